@@ -1,0 +1,138 @@
+"""ModelSpec against published model sizes and hand-computed shapes."""
+
+import json
+
+import pytest
+
+from servesim.errors import ServesimError
+from servesim.model import bundled_models, load_model
+
+# (bundled name, published total params in billions, published active params in billions or None)
+PUBLISHED = [
+    ("meta-llama/Llama-3.1-8B", 8.03, None),
+    ("meta-llama/Llama-3.1-70B", 70.6, None),
+    ("meta-llama/Llama-3.1-405B", 405.9, None),
+    ("Qwen/Qwen3-8B", 8.19, None),
+    ("Qwen/Qwen3-32B", 32.8, None),
+    ("Qwen/Qwen3-30B-A3B", 30.5, 3.3),
+    ("Qwen/Qwen3-235B-A22B", 235.0, 22.0),
+    ("mistralai/Mixtral-8x7B-v0.1", 46.7, 12.9),
+    ("mistralai/Mixtral-8x22B-v0.1", 141.0, 39.0),
+    ("deepseek-ai/DeepSeek-V3", 671.0, 37.0),  # model card: 671B + 14B MTP module, 37B active
+    ("moonshotai/Kimi-K2.5", 1030.0, 32.0),  # "1T total, 32B activated" (text model)
+    ("MiniMaxAI/MiniMax-M2.5", 229.0, 10.0),  # "230B total, 10B active"
+]
+
+
+@pytest.mark.parametrize(("name", "total_b", "active_b"), PUBLISHED)
+def test_parameter_counts_match_published_sizes(name: str, total_b: float, active_b: float) -> None:
+    m = load_model(name)
+    assert m.num_params() / 1e9 == pytest.approx(total_b, rel=0.02)
+    if active_b is not None:
+        # Published "active" figures are rounded and sometimes leave out embeddings: 12 %.
+        assert m.num_active_params() / 1e9 == pytest.approx(active_b, rel=0.12)
+
+
+def test_gpt_oss_matches_the_model_card_breakdown() -> None:
+    # gpt-oss model card: 120b has 116.83B total, 5.13B active (active counts the unembedding
+    # but not the input embedding); 20b has 20.91B total, 3.61B active.
+    for name, total, active in (
+        ("openai/gpt-oss-120b", 116.83, 5.13),
+        ("openai/gpt-oss-20b", 20.91, 3.61),
+    ):
+        m = load_model(name)
+        assert m.num_params() / 1e9 == pytest.approx(total, rel=0.002)
+        embed = m.vocab_size * m.hidden_size
+        assert (m.num_active_params() - embed) / 1e9 == pytest.approx(active, rel=0.01)
+        assert m.expert_dtype == "mxfp4" and m.weight_dtype == "bf16"
+        assert m.sliding_window == 128 and m.num_sliding_layers == m.num_layers // 2
+
+
+def test_llama_8b_by_hand() -> None:
+    m = load_model("Llama-3.1-8B-Instruct")  # instruct variants share the base architecture
+    h, inter, vocab, layers = 4096, 14336, 128256, 32
+    attn = h * 4096 + 2 * h * 1024 + 4096 * h
+    mlp = 3 * h * inter
+    total = layers * (attn + mlp + 2 * h) + h + 2 * vocab * h
+    assert m.num_params() == total
+    assert m.param_bytes() == pytest.approx(2 * total)
+    # KV: 32 layers × 2 (K,V) × 8 heads × 128 × 2 bytes = 131,072 B per token.
+    assert m.kv_bytes_per_token() == 131072
+    fp8 = m.with_dtypes(weight="fp8", kv="fp8")
+    assert fp8.kv_bytes_per_token() == 65536
+    # fp8 halves everything but the 16-bit embeddings, norms and lm_head.
+    emb = 2 * vocab * h * 2.0 + (layers * 2 * h + h) * 2.0
+    assert fp8.param_bytes() == pytest.approx((m.param_bytes() - emb) / 2 + emb)
+    w4 = m.with_dtypes(weight="int4")
+    assert w4.param_bytes() == pytest.approx((m.param_bytes() - emb) / 4 + emb)
+
+
+def test_mla_kv_is_the_compressed_latent() -> None:
+    m = load_model("deepseek-ai/DeepSeek-R1")
+    assert m.is_mla and m.is_moe
+    # (kv_lora_rank 512 + rope 64) values × 61 layers × 2 bytes
+    assert m.kv_bytes_per_token() == (512 + 64) * 61 * 2
+    assert m.weight_dtype == "fp8" and m.first_dense_layers == 3
+    assert m.num_moe_layers == 58
+
+
+def test_sliding_window_caps_kv_of_windowed_layers() -> None:
+    m = load_model("openai/gpt-oss-20b")
+    per_layer_token = 2 * 8 * 64 * 2
+    full_layers, slide_layers = 12, 12
+    assert m.kv_bytes(100) == (full_layers + slide_layers) * 100 * per_layer_token
+    assert m.kv_bytes(10_000) == (full_layers * 10_000 + slide_layers * 128) * per_layer_token
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen3.5-397B-A17B", "zai-org/GLM-5"])
+def test_unknown_families_are_refused_by_name(name: str) -> None:
+    with pytest.raises(ServesimError, match="not supported"):
+        load_model(name)
+
+
+def test_config_path_and_bad_inputs(tmp_path) -> None:
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 1000,
+    }
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    m = load_model(str(tmp_path))
+    assert m.head_dim == 64 and m.num_layers == 2
+    with pytest.raises(ServesimError, match="Unknown model"):
+        load_model("not-a-model")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ServesimError, match="not valid JSON"):
+        load_model(str(bad))
+    del cfg["hidden_size"]
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ServesimError, match="lacks hidden_size"):
+        load_model(str(p))
+    cfg["hidden_size"] = 256
+    cfg["model_type"] = "rwkv"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ServesimError, match=r"'rwkv'.*not supported"):
+        load_model(str(p))
+
+
+def test_tp_must_divide_heads() -> None:
+    m = load_model("meta-llama/Llama-3.1-8B")
+    m.check_tp(8)
+    with pytest.raises(ServesimError, match="does not divide"):
+        m.check_tp(3)
+
+
+def test_every_bundled_config_loads_or_is_refused_by_name() -> None:
+    for name in bundled_models():
+        try:
+            m = load_model(name)
+        except ServesimError as exc:
+            assert "not supported" in str(exc)
+            continue
+        assert m.num_params() > 1e9 and m.kv_bytes_per_token() > 0
