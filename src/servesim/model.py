@@ -182,7 +182,7 @@ class ModelSpec:
         return sum(c.values()) - c["routed_experts"] + routed
 
     def param_bytes(self) -> float:
-        """Weight bytes: experts in `expert_dtype`, embeddings in 16 bits, the rest `weight_dtype`."""
+        """Weight bytes: experts in `expert_dtype`, embeddings in 16 bits, rest `weight_dtype`."""
         c = self.param_counts()
         w = nbytes(self.weight_dtype)
         emb_b = max(w, 2.0)  # embeddings and lm_head stay in 16 bits
