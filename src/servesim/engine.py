@@ -22,6 +22,7 @@ class EngineProfile:
     step_overhead_s: float = 1.0e-3  # per iteration: scheduling, input prep, sampling
     per_seq_overhead_s: float = 5.0e-6  # per sequence in the batch (bookkeeping, detokenise)
     prefill_overhead_s: float = 0.0  # extra per iteration that carries prefill tokens
+    request_overhead_s: float = 0.0  # frontend latency before the engine sees a request
     eager_launch_s_per_layer: float = 0.0  # launch gaps per layer when not graph-captured
     cuda_graph_max_seqs: int = 512  # decode batches up to this size replay a CUDA graph
     allreduce_impl: str = "auto"  # auto = custom all-reduce for small messages (vLLM/SGLang)

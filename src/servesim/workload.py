@@ -458,9 +458,12 @@ class ClosedLoop:
     output: LengthDist
     think_s: float = 0.0
     seed: int = 0
+    jitter_s: float = 0.0  # extra client/network delay per request, uniform in [0, jitter_s)
 
     def __post_init__(self) -> None:
         _check_count(self.clients, "Number of clients")
+        if not (math.isfinite(self.jitter_s) and self.jitter_s >= 0):
+            raise ServesimError(f"Jitter {self.jitter_s!r} must be a number of seconds >= 0.")
         _check_count(self.num_requests, "Number of requests")
         if not (math.isfinite(self.think_s) and self.think_s >= 0):
             raise ServesimError(f"Think time {self.think_s!r} must be a number of seconds >= 0.")
@@ -482,6 +485,12 @@ class ClosedLoop:
     def output_tokens(self) -> np.ndarray:
         """Output lengths of requests 0..num_requests-1 in issue order (deterministic)."""
         return self._lengths[1]
+
+    @cached_property
+    def delays_s(self) -> np.ndarray:
+        """Per-request delay before it reaches the server: think time plus uniform jitter."""
+        gen = _rng(self.seed + 1)
+        return self.think_s + self.jitter_s * gen.random(self.num_requests)
 
     def request(self, i: int) -> tuple[int, int]:
         """(prompt_tokens, output_tokens) of the i-th request issued (0-based)."""

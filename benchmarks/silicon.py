@@ -1,0 +1,202 @@
+"""Reproduce measured end-to-end serving benchmarks (aiconfigurator's silicon samples).
+
+Each row is a fixed-concurrency benchmark: N clients, fixed input/output lengths, one engine at a
+TP degree. servesim simulates exactly that protocol (all clients start together and send again
+as soon as their request ends) from the device specs and the fitted kernel efficiencies, and
+compares its mean TTFT and TPOT with the measured ones.
+
+    .venv/bin/python benchmarks/silicon.py [PATH.csv] [--rounds R] [--limit N]
+
+Rows it cannot predict (a model without a bundled config, disaggregated mode, an unknown
+system or backend) are counted with the reason. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from servesim.devices import Catalog
+from servesim.engine import get_engine
+from servesim.errors import ServesimError
+from servesim.model import load_model
+from servesim.parallel import Parallel
+from servesim.simulator import Deployment, simulate
+from servesim.workload import ClosedLoop, Fixed
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"
+
+
+def concurrency_of(row: dict[str, str]) -> int:
+    """Clients of the benchmark: `silicon_concurrency=N` in the provenance, else the batch size."""
+    m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", ""))
+    if m:
+        return int(m.group(1))
+    return int(float(row["batch_size"]))
+
+
+def batching_of(row: dict[str, str], budget_vllm: int) -> dict[str, object]:
+    """Batching limits the benchmarked engines ran with.
+
+    The rows come from aiconfigurator's benchmark flow, whose config generator sets
+    (src/aiconfigurator/generator/rule_plugin/*.rule): TensorRT-LLM `max_num_tokens =
+    batch + ISL + 1500` (rounded up to 32-token pages) without chunked prefill; SGLang
+    `max_prefill_tokens = ISL + 1500`; vLLM only `max_num_seqs`, so vLLM's own default budget.
+    """
+    bs = int(float(row["batch_size"]))
+    isl = int(float(row["isl"]))
+    backend = row["backend"]
+    if backend == "trtllm":
+        tokens = -(-(bs + isl + 1500) // 32) * 32
+        return {"max_num_seqs": bs, "max_num_batched_tokens": tokens, "chunked_prefill": False}
+    if backend == "sglang":
+        return {"max_num_seqs": max(bs, 1), "max_num_batched_tokens": isl + 1500}
+    return {"max_num_seqs": max(bs, 512), "max_num_batched_tokens": budget_vllm}
+
+
+def deployment_of(row: dict[str, str], catalog: Catalog, budget_vllm: int = 8192) -> Deployment:
+    """The deployment a row measured; ServesimError says why a row cannot be predicted."""
+    if row.get("mode", "agg") != "agg":
+        raise ServesimError(f"mode {row.get('mode')!r} (only colocated 'agg' rows are simulated)")
+    device = catalog.get(row["system"])
+    model = load_model(row["model_path"])
+    quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
+    if quant:
+        model = model.with_dtypes(weight=quant, kv=quant if quant == "fp8" else None)
+    tp = int(float(row.get("tp_size") or 1))
+    pp = int(float(row.get("pp_size") or 1))
+    dp = int(float(row.get("attention_dp_size") or 1))
+    ep = int(float(row.get("moe_ep_size") or 1))
+    par = Parallel(tp=tp, pp=pp, dp=dp, ep=ep if ep > 1 else 1)
+    engine = get_engine(row["backend"])
+    return Deployment(
+        model=model, device=device, parallel=par, engine=engine, **batching_of(row, budget_vllm)
+    )
+
+
+def simulate_row(
+    row: dict[str, str],
+    catalog: Catalog,
+    rounds: int,
+    warmup_rounds: int = 2,
+    jitter_s: float = 0.0,
+    budget_vllm: int = 8192,
+) -> tuple[float, float]:
+    """Simulated (mean TTFT ms, mean TPOT ms) of one benchmark row.
+
+    The protocol is aiperf's, as aiconfigurator's benchmark script runs it: `concurrency`
+    streaming clients, `rounds × concurrency` measured requests after `2 × concurrency`
+    warm-up requests that are not counted.
+    """
+    dep = deployment_of(row, catalog, budget_vllm)
+    clients = concurrency_of(row)
+    isl, osl = int(float(row["isl"])), int(float(row["osl"]))
+    total = clients * (rounds + warmup_rounds)
+    loop = ClosedLoop(clients, total, Fixed(isl), Fixed(osl), jitter_s=jitter_s)
+    res = simulate(dep, closed_loop=loop)
+    cols = res.columns()
+    measured = slice(clients * warmup_rounds, None)
+    ttft = float(np.nanmean(cols["ttft_s"][measured])) * 1e3
+    return ttft, float(np.nanmean(cols["tpot_s"][measured])) * 1e3
+
+
+def ape_stats(errors: list[float]) -> tuple[float, float]:
+    """(median, p90) of absolute percentage errors."""
+    if not errors:
+        return float("nan"), float("nan")
+    a = np.abs(np.asarray(errors))
+    return float(np.median(a)), float(np.percentile(a, 90))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("path", nargs="?", default=str(DEFAULT_CSV), help="silicon sample CSV")
+    ap.add_argument("--rounds", type=int, default=10, help="measured requests per client")
+    ap.add_argument("--warmup-rounds", type=int, default=2, help="uncounted requests per client")
+    ap.add_argument("--vllm-budget", type=int, default=8192, help="vLLM max_num_batched_tokens")
+    ap.add_argument(
+        "--jitter-ms", type=float, default=5.0, help="client send jitter (breaks phase-locking)"
+    )
+    ap.add_argument("--limit", type=int, default=0, help="only the first N rows")
+    ap.add_argument("--rows-out", help="write per-row predictions to this CSV")
+    args = ap.parse_args(argv)
+    catalog = Catalog()
+    with open(args.path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if args.limit:
+        rows = rows[: args.limit]
+    skipped: Counter[str] = Counter()
+    errs: dict[str, list[float]] = defaultdict(list)
+    out_rows = []
+    t0 = time.perf_counter()
+    for row in rows:
+        try:
+            ttft, tpot = simulate_row(
+                row,
+                catalog,
+                args.rounds,
+                args.warmup_rounds,
+                args.jitter_ms / 1e3,
+                args.vllm_budget,
+            )
+        except ServesimError as exc:
+            skipped[str(exc)] += 1
+            continue
+        m_ttft, m_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
+        e_ttft = 100.0 * (ttft - m_ttft) / m_ttft
+        e_tpot = 100.0 * (tpot - m_tpot) / m_tpot
+        for key in ("all", row["backend"], row["model_path"]):
+            errs[f"ttft:{key}"].append(e_ttft)
+            errs[f"tpot:{key}"].append(e_tpot)
+        out_rows.append({**row, "sim_ttft_ms": ttft, "sim_tpot_ms": tpot})
+    wall = time.perf_counter() - t0
+    groups = sorted({k.split(":", 1)[1] for k in errs}, key=lambda g: (g != "all", g))
+    heads = ("TTFT med", "TTFT p90", "TPOT med", "TPOT p90")
+    print(f"{'group':42s} {'rows':>5s} " + " ".join(f"{h:>9s}" for h in heads))
+    for g in groups:
+        tm, tp9 = ape_stats(errs[f"ttft:{g}"])
+        pm, pp9 = ape_stats(errs[f"tpot:{g}"])
+        n = len(errs[f"ttft:{g}"])
+        print(f"{g:42s} {n:5d} {tm:8.1f}% {tp9:8.1f}% {pm:8.1f}% {pp9:8.1f}%")
+        if g == "all":
+            bias_t = float(np.median(errs["ttft:all"]))
+            bias_p = float(np.median(errs["tpot:all"]))
+            print(
+                f"{'  (signed median error)':42s} {'':5s} {bias_t:+8.1f}% {'':9s} {bias_p:+8.1f}%"
+            )
+    for reason, count in skipped.items():
+        print(f"skipped {count} row(s): {reason}")
+    print(f"simulated {len(out_rows)} rows in {wall:.1f} s")
+    if args.rows_out:
+        with open(args.rows_out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
+            w.writeheader()
+            w.writerows(out_rows)
+    tm, tp9 = ape_stats(errs["ttft:all"])
+    pm, pp9 = ape_stats(errs["tpot:all"])
+    print(
+        json.dumps(
+            {
+                "rows": len(out_rows),
+                "skipped": sum(skipped.values()),
+                "ttft_median_ape": round(tm, 2),
+                "ttft_p90_ape": round(tp9, 2),
+                "tpot_median_ape": round(pm, 2),
+                "tpot_p90_ape": round(pp9, 2),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""Iteration-time predictor: seconds and joules of one engine iteration of one replica.
+
+The roofline per operator lives in `kernels`; this module lists the operators one iteration runs
+(from the model's shapes, the batch and the parallel layout), prices each, and adds the engine's
+fixed costs. The simulator calls it through a few memoised pieces (dense work by token count,
+decode attention as an affine function of total context, prefill attention per chunk) so that
+millions of iterations cost microseconds each; `iteration()` sums the same pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+
+from servesim import kernels
+from servesim.devices import Device
+from servesim.dtypes import compute_dtype, nbytes
+from servesim.engine import EngineProfile
+from servesim.model import ModelSpec
+from servesim.parallel import Parallel
+
+ACT_BYTES = 2.0  # activations travel in bf16
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one iteration runs: decodes (one token each) and prefill chunks.
+
+    `decode_context` is the total number of tokens the decode sequences attend to (cached
+    context plus the new token, summed over sequences). Each prefill entry is
+    `(new_tokens, cached_tokens)` for one sequence.
+    """
+
+    decode_seqs: int = 0
+    decode_context: int = 0
+    prefill: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the forward pass processes."""
+        return self.decode_seqs + sum(n for n, _ in self.prefill)
+
+    @property
+    def num_seqs(self) -> int:
+        """Sequences in the batch."""
+        return self.decode_seqs + len(self.prefill)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One operator's share of an iteration: calls per iteration and seconds in total."""
+
+    name: str
+    kind: str
+    calls: int
+    seconds: float
+    flops: float
+    nbytes: float
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One operator's time (and work) for an array of token counts."""
+
+    name: str
+    kind: str
+    calls: float
+    seconds: np.ndarray
+    flops: np.ndarray
+    nbytes: np.ndarray
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    """Time and energy of one iteration on the whole replica."""
+
+    seconds: float
+    joules: float
+    ops: tuple[OpCost, ...] = field(default=(), compare=False)
+
+
+class Predictor:
+    """Prices iterations of one replica: a model on `parallel.num_devices` devices of one type."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        device: Device,
+        parallel: Parallel | None = None,
+        engine: EngineProfile | None = None,
+        fit: kernels.KernelFit | None = None,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.par = parallel or Parallel()
+        self.engine = engine or EngineProfile()
+        self.fit = fit or kernels.default_fit()
+        model.check_tp(self.par.tp)
+        self._eager_s = self.engine.eager_launch_s_per_layer * self.layers_per_stage
+        self._dense_tab: list[float] = []
+        self._lm_tab: list[float] = []
+        self._prefill_cache = lru_cache(maxsize=262144)(self._prefill_attn_s)
+        self._decode_cache = lru_cache(maxsize=65536)(self._decode_coeffs)
+        self._step_cache = lru_cache(maxsize=65536)(self._decode_step_coeffs)
+
+    # ---- shapes ---------------------------------------------------------------------------
+    @property
+    def layers_per_stage(self) -> int:
+        """Layers on the busiest pipeline stage."""
+        return math.ceil(self.model.num_layers / self.par.pp)
+
+    def _stage_fraction(self, count: int) -> float:
+        """Share of `count` layers that the busiest stage holds (all of them when pp = 1)."""
+        return count * self.layers_per_stage / self.model.num_layers
+
+    # ---- operator list --------------------------------------------------------------------
+    def ops(self, batch: BatchShape) -> list[OpCost]:
+        """Every operator of one iteration with its time, for the per-operator breakdown."""
+        out: list[OpCost] = []
+        if batch.num_tokens:
+            tokens = np.array([math.ceil(batch.num_tokens / self.par.dp)], dtype=np.float64)
+            for term in self._dense_terms(tokens):
+                out.append(
+                    OpCost(
+                        term.name,
+                        term.kind,
+                        round(term.calls),
+                        float(term.seconds[0]),
+                        float(term.flops[0]),
+                        float(term.nbytes[0]),
+                    )
+                )
+            out.append(self._lm_head_op(batch.num_seqs))
+        out += self._attention_ops(batch)
+        out.append(self._overhead_op(batch))
+        pp = self.par.pp
+        if pp == 1:
+            return out
+        # Every stage runs its share in turn: the breakdown is per iteration, all stages.
+        out = [replace(op, seconds=op.seconds * pp) for op in out]
+        out.append(OpCost("pp_send", "comm", pp - 1, self.pp_send_s(batch.num_tokens), 0.0, 0.0))
+        return out
+
+    def _gemm(
+        self, name: str, m: np.ndarray, n: int, k: int, calls: float, expert: bool = False
+    ) -> _Term:
+        wdt = self.model.expert_dtype if expert else self.model.weight_dtype
+        t = kernels.gemm_np(m, n, k, compute_dtype(wdt), self.device, self.fit, weight_dtype=wdt)
+        flops = 2.0 * m * n * k
+        nb = n * k * nbytes(wdt) + (m * k + m * n) * ACT_BYTES
+        return _Term(name, "gemm", calls, t * calls, flops * calls, nb * calls)
+
+    def _elementwise(self, name: str, op: str, nbytes_moved: np.ndarray, calls: float) -> _Term:
+        t = kernels.elementwise_np(nbytes_moved, self.device, self.fit, op)
+        zero = np.zeros_like(nbytes_moved)
+        return _Term(name, "elementwise", calls, t * calls, zero, nbytes_moved * calls)
+
+    def _dense_terms(self, t: np.ndarray) -> list[_Term]:
+        """Non-attention work per stage for each token count in `t` (tokens per DP rank):
+        projections, MLP or experts, norms and residuals, TP all-reduce. Vectorised so the
+        simulator can tabulate every token count once."""
+        m, p = self.model, self.par
+        tp, h = p.tp, m.hidden_size
+        layers = self._stage_fraction(m.num_layers)
+        hb = t * h * ACT_BYTES
+        terms = [
+            self._elementwise("norms", "norm", 2 * hb, 2 * layers),
+            self._elementwise("residual_add", "add", 3 * hb, 2 * layers),
+        ]
+        if m.is_mla:
+            nq = m.num_heads // tp
+            if m.q_lora_rank:
+                terms.append(self._gemm("q_a_proj", t, m.q_lora_rank, h, layers))
+                terms.append(self._gemm("q_b_proj", t, nq * m.qk_head_dim, m.q_lora_rank, layers))
+            else:
+                terms.append(self._gemm("q_proj", t, nq * m.qk_head_dim, h, layers))
+            kv_a = m.kv_lora_rank + m.qk_rope_head_dim
+            terms.append(self._gemm("kv_a_proj", t, kv_a, h, layers))
+            # Absorbed up-projections (the decode form), priced for every token.
+            terms.append(
+                self._gemm("k_up_proj", t, nq * m.kv_lora_rank, m.qk_nope_head_dim, layers)
+            )
+            terms.append(self._gemm("v_up_proj", t, nq * m.v_head_dim, m.kv_lora_rank, layers))
+            terms.append(self._gemm("o_proj", t, h, nq * m.v_head_dim, layers))
+        else:
+            q_out = m.num_heads * m.head_dim // tp
+            kv_out = max(1, m.num_kv_heads // tp) * m.head_dim
+            terms.append(self._gemm("qkv_proj", t, q_out + 2 * kv_out, h, layers))
+            rope_bytes = 2 * t * (q_out + kv_out) * ACT_BYTES
+            terms.append(self._elementwise("rope", "rope", rope_bytes, layers))
+            terms.append(self._gemm("o_proj", t, h, q_out, layers))
+        dense_layers = self._stage_fraction(m.num_dense_layers)
+        if dense_layers:
+            i_tp = m.intermediate_size // tp
+            up = (2 if m.gated_mlp else 1) * i_tp
+            terms.append(self._gemm("mlp_up_proj", t, up, h, dense_layers))
+            act_bytes = 3 * t * i_tp * ACT_BYTES
+            terms.append(self._elementwise("mlp_act", "act", act_bytes, dense_layers))
+            terms.append(self._gemm("mlp_down_proj", t, h, i_tp, dense_layers))
+        moe_layers = self._stage_fraction(m.num_moe_layers)
+        if moe_layers:
+            terms += self._moe_terms(t, moe_layers)
+        if tp > 1:
+            ar = kernels.allreduce_np(
+                hb, tp, self.device, self.fit, impl=self.engine.allreduce_impl
+            )
+            zero = np.zeros_like(t)
+            terms.append(_Term("tp_allreduce", "comm", 2 * layers, 2 * layers * ar, zero, hb))
+        return terms
+
+    def _moe_terms(self, t: np.ndarray, layers: float) -> list[_Term]:
+        m, p = self.model, self.par
+        h, k_top, n_exp = m.hidden_size, m.experts_per_token, m.num_experts
+        terms = [self._gemm("router", t, n_exp, h, layers)]
+        zero = np.zeros_like(t)
+        if p.ep > 1:
+            # Every token of the stage meets in the expert layer; each device holds n/ep experts.
+            routed = t * p.dp / p.ep
+            experts = max(1, n_exp // p.ep)
+            width = m.moe_intermediate_size
+            a2a_bytes = t * k_top * h * ACT_BYTES
+            a2a = kernels.collective_np("alltoall", a2a_bytes, p.ep, self.device, self.fit)
+            terms.append(
+                _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
+            )
+        else:
+            routed, experts = t, n_exp
+            width = m.moe_intermediate_size // p.tp
+        # Distinct experts the routed tokens hit (uniform routing), and rows per expert.
+        frac = min(1.0, k_top / experts)
+        hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
+        rows = routed * min(k_top, experts) / hit
+        up = (2 if m.gated_mlp else 1) * width
+        cdt, wdt = compute_dtype(m.expert_dtype), m.expert_dtype
+        for name, n, k in (("moe_up_proj", up, h), ("moe_down_proj", h, width)):
+            sec = kernels.gemm_np(rows, n, k, cdt, self.device, self.fit, wdt, groups=hit)
+            flops = 2.0 * routed * k_top * n * k
+            nb = hit * n * k * nbytes(wdt)
+            terms.append(_Term(name, "moe_gemm", layers, sec * layers, flops * layers, nb * layers))
+        act_bytes = 3 * routed * k_top * width * ACT_BYTES
+        terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
+        if m.shared_expert_intermediate_size:
+            s = m.shared_expert_intermediate_size // p.tp
+            terms.append(self._gemm("shared_up_proj", t, 2 * s, h, layers))
+            terms.append(self._gemm("shared_down_proj", t, h, s, layers))
+        return terms
+
+    def _lm_head_op(self, seqs: int) -> OpCost:
+        """The LM head runs on the last token of every sequence that samples this iteration."""
+        term = self._gemm(
+            "lm_head",
+            np.array([self._lm_rows(seqs)]),
+            self.model.vocab_size // self.par.tp,
+            self.model.hidden_size,
+            1.0,
+        )
+        return OpCost(
+            "lm_head",
+            "gemm",
+            1,
+            float(term.seconds[0]),
+            float(term.flops[0]),
+            float(term.nbytes[0]),
+        )
+
+    def _lm_rows(self, seqs: int) -> float:
+        return float(max(1, math.ceil(seqs / self.par.dp)))
+
+    def _attn_heads(self) -> tuple[int, int, int, int, bool]:
+        """(q heads, kv heads, qk dim, v dim, latent) per device for the attention kernels."""
+        m, tp = self.model, self.par.tp
+        if m.is_mla:
+            return m.num_heads // tp, 1, m.kv_lora_rank + m.qk_rope_head_dim, m.kv_lora_rank, True
+        return m.num_heads // tp, max(1, m.num_kv_heads // tp), m.head_dim, m.head_dim, False
+
+    def _attention_ops(self, batch: BatchShape) -> list[OpCost]:
+        ops: list[OpCost] = []
+        if batch.decode_seqs:
+            a, b = self.decode_coeffs(batch.decode_seqs)
+            t = a + b * batch.decode_context
+            ops.append(OpCost("attn_decode", "attention", self.layers_per_stage, t, 0.0, 0.0))
+        for new, cached in batch.prefill:
+            t = self.prefill_attn_s(new, cached)
+            ops.append(OpCost("attn_prefill", "attention", self.layers_per_stage, t, 0.0, 0.0))
+        return ops
+
+    def _overhead_op(self, batch: BatchShape) -> OpCost:
+        t = self.overhead_s(batch.decode_seqs, len(batch.prefill))
+        return OpCost("framework", "overhead", 1, t, 0.0, 0.0)
+
+    # ---- memoised pieces the simulator uses ----------------------------------------------
+    def dense_s(self, tokens: int, seqs: int) -> float:
+        """Seconds of all non-attention work for `tokens` tokens from `seqs` sequences."""
+        rank_tokens = -(-tokens // self.par.dp)
+        if rank_tokens >= len(self._dense_tab):
+            self._grow_tables(rank_tokens)
+        rows = -(-seqs // self.par.dp)
+        if rows >= len(self._lm_tab):
+            self._grow_tables(rows)
+        return self._dense_tab[rank_tokens] + self._lm_tab[rows]
+
+    def _grow_tables(self, need: int) -> None:
+        """Tabulate dense and LM-head time for every count up to a power of two ≥ need."""
+        size = max(1024, 1 << int(need).bit_length())
+        t = np.arange(size, dtype=np.float64)
+        t[0] = 1.0
+        dense = sum(term.seconds for term in self._dense_terms(t))
+        dense[0] = 0.0
+        lm = self._gemm(
+            "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
+        ).seconds
+        lm[0] = 0.0
+        self._dense_tab = dense.tolist()
+        self._lm_tab = lm.tolist()
+
+    def prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
+        """Seconds of one sequence's prefill-chunk attention over all layers of a stage."""
+        return self._prefill_cache(new_tokens, cached_tokens)
+
+    def _prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
+        m = self.model
+        qh, kvh, qk, v, _ = self._attn_heads()
+        if m.is_mla:  # prefill runs MLA un-absorbed: per-head K of nope+rope, V of v_head_dim
+            qh, kvh, qk, v = (
+                m.num_heads // self.par.tp,
+                m.num_heads // self.par.tp,
+                m.qk_head_dim,
+                m.v_head_dim,
+            )
+        full = self._stage_fraction(m.num_full_attention_layers)
+        t = full * kernels.attn_prefill_s(
+            1, new_tokens, cached_tokens, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit
+        )
+        slide = self._stage_fraction(m.num_sliding_layers)
+        if slide:
+            t += slide * kernels.attn_prefill_s(
+                1,
+                new_tokens,
+                min(cached_tokens, m.sliding_window),
+                qh,
+                kvh,
+                qk,
+                v,
+                m.kv_dtype,
+                self.device,
+                self.fit,
+                window=m.sliding_window,
+            )
+        return t
+
+    def decode_coeffs(self, decode_seqs: int) -> tuple[float, float]:
+        """(a, b) with decode attention seconds = a + b × total attended context, all layers."""
+        return self._decode_cache(decode_seqs)
+
+    def _decode_coeffs(self, seqs: int) -> tuple[float, float]:
+        m = self.model
+        qh, kvh, qk, v, latent = self._attn_heads()
+        seqs_rank = math.ceil(seqs / self.par.dp)
+
+        def at(ctx: int) -> float:
+            return kernels.attn_decode_s(
+                seqs_rank, ctx, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit, latent=latent
+            )
+
+        ref = 1024 * seqs_rank
+        t0, t1 = at(0), at(ref)
+        full = self._stage_fraction(m.num_full_attention_layers)
+        a = full * t0
+        b = full * (t1 - t0) / ref / self.par.dp  # context is spread over the DP ranks
+        slide = self._stage_fraction(m.num_sliding_layers)
+        if slide:  # windowed layers attend to at most the window: constant in context
+            a += slide * at(seqs_rank * m.sliding_window)
+        return a, b
+
+    def overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
+        """Engine time outside the kernels: scheduling, sampling, launches."""
+        e = self.engine
+        t = e.step_overhead_s + e.per_seq_overhead_s * (decode_seqs + prefill_seqs)
+        if prefill_seqs:
+            t += e.prefill_overhead_s + self._eager_s
+        elif decode_seqs > e.cuda_graph_max_seqs:
+            t += self._eager_s
+        return t
+
+    def pp_send_s(self, tokens: int) -> float:
+        """Seconds of the activation hand-offs between pipeline stages for `tokens` tokens."""
+        if self.par.pp == 1:
+            return 0.0
+        hb = math.ceil(tokens / self.par.dp) * self.model.hidden_size * ACT_BYTES
+        return (self.par.pp - 1) * kernels.p2p_s(hb, self.device, self.fit)
+
+    # ---- the seam ------------------------------------------------------------------------
+    def step_s(
+        self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
+    ) -> float:
+        """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
+        tokens = decode_seqs
+        stage = 0.0
+        n_pre = 0
+        pre = self._prefill_cache
+        for new, cached in prefill:
+            tokens += new
+            n_pre += 1
+            stage += pre(new, cached)
+        if decode_seqs:
+            a, b = self._decode_cache(decode_seqs)
+            stage += a + b * decode_context
+        seqs = decode_seqs + n_pre
+        dense, lm = self._dense_tab, self._lm_tab
+        if self.par.dp == 1 and tokens < len(dense) and seqs < len(lm):
+            stage += dense[tokens] + lm[seqs]
+        else:
+            stage += self.dense_s(tokens, seqs)
+        stage += self.overhead_s(decode_seqs, n_pre)
+        if self.par.pp == 1:
+            return stage
+        return stage * self.par.pp + self.pp_send_s(tokens)
+
+    def decode_step_coeffs(self, decode_seqs: int) -> tuple[float, float]:
+        """(c0, c1): a decode-only iteration of n sequences takes c0 + c1 × total context."""
+        return self._step_cache(decode_seqs)
+
+    def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
+        c0 = self.step_s(n, 0, ())
+        _, b = self._decode_cache(n)
+        return c0, b * self.par.pp
+
+    def iteration(self, batch: BatchShape, breakdown: bool = False) -> IterationCost:
+        """Seconds and joules of one iteration (through every pipeline stage)."""
+        seconds = self.step_s(batch.decode_seqs, batch.decode_context, batch.prefill)
+        ops = tuple(self.ops(batch)) if breakdown else ()
+        return IterationCost(
+            seconds,
+            self.joules(seconds, seconds - self.overhead_s(batch.decode_seqs, len(batch.prefill))),
+            ops,
+        )
+
+    def joules(self, seconds: float, busy_s: float) -> float:
+        """Energy of the replica over `seconds` of which `busy_s` run kernels."""
+        dev = self.device
+        dynamic = (dev.max_power_w - dev.idle_power_w) * max(0.0, busy_s)
+        return self.par.num_devices * (dev.idle_power_w * seconds + 0.8 * dynamic)

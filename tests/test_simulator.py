@@ -1,0 +1,163 @@
+"""Simulator behaviour: hand-checkable timings, conservation, determinism, load response."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from servesim.devices import get_device
+from servesim.engine import get_engine
+from servesim.errors import ServesimError
+from servesim.model import load_model
+from servesim.parallel import Parallel
+from servesim.predictor import BatchShape
+from servesim.simulator import Deployment, simulate
+from servesim.trace import bundled_trace
+from servesim.workload import ClosedLoop, Fixed, Workload, synthetic
+
+LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
+H100 = get_device("h100_sxm")
+
+
+def dep(**kw: object) -> Deployment:
+    return Deployment(model=LLAMA8, device=H100, **kw)  # type: ignore[arg-type]
+
+
+def one_request(prompt: int, output: int) -> Workload:
+    return Workload(np.array([0.0]), np.array([prompt]), np.array([output]))
+
+
+def test_lone_request_ttft_is_its_prefill_and_tpot_its_decode_steps() -> None:
+    d = dep()
+    pred = d.predictor()
+    res = simulate(d, one_request(1000, 50))
+    cols = res.columns()
+    prefill = pred.iteration(BatchShape(prefill=((1000, 0),))).seconds
+    assert cols["ttft_s"][0] == pytest.approx(prefill, rel=1e-9)
+    # Decode step j attends to 1000 + j tokens (the prompt plus generated ones).
+    steps = [pred.iteration(BatchShape(1, 1000 + j)).seconds for j in range(1, 50)]
+    assert cols["tpot_s"][0] == pytest.approx(sum(steps) / 49, rel=1e-9)
+    assert cols["e2e_s"][0] == pytest.approx(prefill + sum(steps), rel=1e-9)
+
+
+def test_long_prompt_is_chunked_into_budget_sized_iterations() -> None:
+    d = dep(max_num_batched_tokens=512)
+    pred = d.predictor()
+    res = simulate(d, one_request(1300, 2))
+    expected = sum(
+        pred.iteration(BatchShape(prefill=((n, c),))).seconds
+        for n, c in ((512, 0), (512, 512), (276, 1024))
+    )
+    assert res.columns()["ttft_s"][0] == pytest.approx(expected, rel=1e-9)
+
+
+def trace_sample(n: int = 600, rate: float = 8.0) -> Workload:
+    return bundled_trace("azure_conv").head(n).scaled_to_rate(rate)
+
+
+def test_every_request_finishes_once_and_tokens_are_conserved() -> None:
+    w = trace_sample()
+    res = simulate(dep(replicas=2), w, router="least_loaded")
+    cols = res.columns()
+    assert (cols["finish_s"] > 0).all()
+    assert (cols["generated_tokens"] == w.output_tokens).all()
+    assert cols["generated_tokens"].sum() == w.output_tokens.sum()
+    assert (cols["first_token_s"] >= cols["arrival_s"]).all()
+    assert (cols["finish_s"] >= cols["first_token_s"]).all()
+    assert set(np.unique(cols["replica"])) == {0, 1}
+
+
+def test_preemption_under_a_tiny_cache_still_conserves_tokens() -> None:
+    # A 70B model at TP8 on A10G-sized memory is impossible, so shrink the cache instead:
+    # Llama-8B on an L4 (24 GB) leaves ~3 GB for KV, ~25k tokens; long requests overflow it.
+    d = Deployment(model=LLAMA8, device=get_device("l4"), max_num_seqs=64)
+    w = synthetic(120, 50.0, Fixed(3000), Fixed(600), seed=1)
+    res = simulate(d, w)
+    cols = res.columns()
+    assert cols["preemptions"].sum() > 0
+    assert (cols["generated_tokens"] == 600).all()
+    assert (cols["finish_s"] > 0).all()
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds() -> None:
+    def run(seed: int) -> np.ndarray:
+        w = synthetic(300, 6.0, "uniform:100:3000", "uniform:10:400", seed=seed)
+        return simulate(dep(), w).columns()["finish_s"]
+
+    a, b, c = run(3), run(3), run(4)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_latency_grows_with_load() -> None:
+    base = bundled_trace("azure_conv").head(800)
+    p50 = []
+    for rate in (2.0, 8.0, 16.0, 24.0):
+        s = simulate(dep(), base.scaled_to_rate(rate)).summary()
+        p50.append((s["ttft_s"]["p90"], s["tpot_s"]["p50"]))
+    ttft, tpot = zip(*p50, strict=True)
+    assert all(a < b for a, b in pairwise(ttft)), ttft
+    assert all(a < b for a, b in pairwise(tpot)), tpot
+
+
+def test_chunked_prefill_lowers_tail_inter_token_latency_under_mixed_load() -> None:
+    # Long prompts arriving among many decoding requests stall decodes for a whole prefill
+    # when prefills are not chunked (Sarathi-Serve's motivation).
+    w = synthetic(400, 6.0, "uniform:3000:8000", "uniform:100:300", seed=2)
+    on = simulate(dep(chunked_prefill=True, max_num_batched_tokens=1024), w).summary()
+    off = simulate(dep(chunked_prefill=False), w).summary()
+    assert on["itl_s"]["p99"] < 0.6 * off["itl_s"]["p99"], (on["itl_s"], off["itl_s"])
+
+
+def test_sglang_style_prefill_pauses_decodes() -> None:
+    # Without mixed batches a decoding request waits out every prefill batch: its TPOT grows.
+    w = synthetic(200, 8.0, Fixed(2000), Fixed(200), seed=5)
+    mixed = simulate(dep(engine=get_engine("vllm")), w).summary()
+    split = simulate(dep(engine=get_engine("sglang")), w).summary()
+    assert split["tpot_s"]["mean"] > mixed["tpot_s"]["mean"]
+
+
+def test_closed_loop_keeps_the_client_count_in_flight() -> None:
+    loop = ClosedLoop(8, 80, Fixed(500), Fixed(50))
+    res = simulate(dep(), closed_loop=loop)
+    cols = res.columns()
+    assert (cols["finish_s"] > 0).all()
+    # The first wave starts together; every later request is sent when one ends.
+    assert (cols["arrival_s"][:8] == 0).all()
+    finish_sorted = np.sort(cols["finish_s"])[:72]
+    assert np.allclose(np.sort(cols["arrival_s"][8:]), finish_sorted)
+    assert res.summary()["mean_batch_size"] <= 8.0 + 1e-9
+
+
+def test_pipeline_parallel_runs_pp_microbatches() -> None:
+    w = synthetic(400, 12.0, Fixed(1000), Fixed(200), seed=0)
+    s1 = simulate(dep(parallel=Parallel(tp=2)), w).summary()
+    s2 = simulate(dep(parallel=Parallel(tp=1, pp=2)), w).summary()
+    assert s2["finished"] == s1["finished"] == 400
+    # Same two GPUs: PP pays a latency price per token compared with TP.
+    assert s2["tpot_s"]["mean"] > s1["tpot_s"]["mean"]
+
+
+def test_model_that_cannot_fit_is_refused() -> None:
+    with pytest.raises(ServesimError, match=r"needs .* GB per device"):
+        Deployment(model=load_model("meta-llama/Llama-3.1-70B"), device=H100).memory()
+    w = synthetic(10, 1.0, Fixed(100), Fixed(10))
+    with pytest.raises(ServesimError, match=r"needs .* GB per device"):
+        simulate(Deployment(model=load_model("meta-llama/Llama-3.1-70B"), device=H100), w)
+
+
+def test_request_longer_than_the_cache_is_refused() -> None:
+    d = Deployment(model=LLAMA8, device=get_device("l4"))
+    with pytest.raises(ServesimError, match="does not fit the KV cache"):
+        simulate(d, one_request(200_000, 10))
+
+
+def test_bad_inputs_get_one_clear_sentence() -> None:
+    with pytest.raises(ServesimError, match="does not divide"):
+        simulate(dep(parallel=Parallel(tp=3)), one_request(10, 10))
+    with pytest.raises(ServesimError, match="Unknown router"):
+        simulate(dep(), one_request(10, 10), router="random")
+    with pytest.raises(ServesimError, match="either"):
+        simulate(dep())
