@@ -250,9 +250,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     summary["sim_wall_s"] = res.wall_s
     out = Path(str(s["out"]))
     write_parquet(res.columns(), out / "requests.parquet")
+    write_parquet(res.series, out / "timeseries.parquet")
     write_summary(summary, out / "summary.json")
     print_summary(summary)
-    console.print(f"wrote {out / 'requests.parquet'} and {out / 'summary.json'}")
+    console.print(f"wrote {out}/requests.parquet, timeseries.parquet and summary.json")
     return 0
 
 
@@ -385,7 +386,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     cat = Catalog([args.devices] if args.devices else None)
     table = Table(title="devices")
     for col in ("name", "bf16 TFLOP/s", "mem GB", "HBM GB/s", "link GB/s", "W", "$/h", "aliases"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name in cat.names():
         d = cat.devices[name]
         try:
@@ -412,7 +413,7 @@ def cmd_models(_: argparse.Namespace) -> int:
 
     table = Table(title="bundled models")
     for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for name in bundled_models():
         try:
             m = load_model(name)
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ServesimError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
