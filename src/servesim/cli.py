@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from servesim import config
+from servesim import cli_plan, config
 from servesim.devices import Catalog
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", required=True, help="the device the tables were measured on")
     cal.add_argument("--devices", help="extra device catalog YAML")
     cal.add_argument("--out", required=True, help="where to write the fit JSON")
+
+    cli_plan.add_parser(sub)
 
     dev = sub.add_parser("devices", help="list the device catalog")
     dev.add_argument("--devices", help="extra device catalog YAML")
@@ -438,6 +440,7 @@ COMMANDS = {
     "calibrate": cmd_calibrate,
     "devices": cmd_devices,
     "models": cmd_models,
+    "plan": cli_plan.cmd_plan,
 }
 
 

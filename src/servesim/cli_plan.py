@@ -1,0 +1,242 @@
+"""`servesim plan`: the best deployments for a model, a workload and SLOs, across GPU types."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from servesim import config
+from servesim.errors import ServesimError
+from servesim.metrics import Slo
+from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
+
+console = Console()
+
+PLAN_DEFAULTS: dict[str, Any] = {
+    "model": "meta-llama/Llama-3.1-70B",
+    "trace": "azure_conv",
+    "num_requests": 1000,
+    "prompt": None,
+    "output": None,
+    "arrival": "poisson",
+    "cv": 1.0,
+    "seed": 0,
+    "rate": 10.0,
+    "ttft_slo": 2.0,
+    "tpot_slo": 0.1,
+    "target": 0.9,
+    "gpus": "h100_sxm,a100_sxm,l40s,l4",
+    "devices": None,
+    "tp": "1,2,4,8",
+    "pp": "1",
+    "engines": "vllm,sglang",
+    "batching": "64:2048,256:8192,1024:16384",
+    "weight_dtypes": None,
+    "kv_dtypes": "bf16",
+    "fit": None,
+    "workers": None,
+    "ray": None,
+    "out": "plan-out",
+    "top": 10,
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `plan` on the main parser's subcommands."""
+    p = sub.add_parser("plan", help="search deployments for the best goodput per dollar")
+    p.add_argument("--config", help="YAML/JSON file with any of these settings")
+    p.add_argument("--model", help="bundled model name/HF id or a config.json path")
+    w = p.add_argument_group("workload and SLO")
+    w.add_argument("--trace", help="bundled trace name or file (its arrival shape is scaled)")
+    w.add_argument("--num-requests", type=int, help="requests per capacity probe")
+    w.add_argument("--prompt", help="synthetic prompt lengths instead of a trace")
+    w.add_argument("--output", help="synthetic output lengths instead of a trace")
+    w.add_argument("--arrival", help="synthetic arrivals: poisson or gamma")
+    w.add_argument("--cv", type=float, help="gamma arrivals' coefficient of variation")
+    w.add_argument("--seed", type=int)
+    w.add_argument("--rate", type=float, help="traffic to size the deployment for, req/s")
+    w.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
+    w.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")
+    w.add_argument("--target", type=float, help="fraction of requests that must meet both")
+    s = p.add_argument_group("search space")
+    s.add_argument("--gpus", help="comma-separated device names to consider")
+    s.add_argument("--devices", help="extra device catalog YAML")
+    s.add_argument("--tp", help="comma-separated TP degrees")
+    s.add_argument("--pp", help="comma-separated PP degrees")
+    s.add_argument("--engines", help="comma-separated engine profiles/policies")
+    s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
+    s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
+    s.add_argument("--kv-dtypes", help="comma-separated KV-cache formats")
+    s.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
+    r = p.add_argument_group("execution and output")
+    r.add_argument("--workers", type=int, help="local worker processes (default: cores)")
+    r.add_argument("--ray", help="run on Ray: an address, or 'local' to start one")
+    r.add_argument("--out", help="output folder (results resume from its store)")
+    r.add_argument("--top", type=int, help="candidates shown in the table")
+
+
+def _ints(text: Any, what: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ServesimError(f"--{what} takes comma-separated integers, got {text!r}.") from None
+    if not vals or min(vals) < 1:
+        raise ServesimError(f"--{what} needs positive integers, got {text!r}.")
+    return vals
+
+
+def _names(text: Any) -> tuple[str, ...]:
+    return tuple(x.strip() for x in str(text).split(",") if x.strip())
+
+
+def _batching(text: Any) -> tuple[tuple[int, int], ...]:
+    out = []
+    for part in _names(text):
+        try:
+            seqs, tokens = (int(x) for x in part.split(":"))
+        except ValueError:
+            raise ServesimError(
+                f"--batching takes MAX_SEQS:TOKEN_BUDGET pairs like 256:8192, got {part!r}."
+            ) from None
+        if seqs < 1 or tokens < 1:
+            raise ServesimError(f"--batching values must be positive, got {part!r}.")
+        out.append((seqs, tokens))
+    return tuple(out)
+
+
+def build(s: dict[str, Any]) -> tuple[PlanSpec, SearchSpace]:
+    """The plan question and search space from merged settings."""
+
+    synthetic = s.get("prompt") is not None or s.get("output") is not None
+    work = WorkloadSpec(
+        trace=None if synthetic else str(s["trace"]),
+        num_requests=int(s["num_requests"]),
+        prompt=s.get("prompt"),
+        output=s.get("output"),
+        arrival=str(s["arrival"]),
+        cv=float(s["cv"]),
+        seed=int(s["seed"]),
+    )
+    if work.num_requests < 10:
+        raise ServesimError("--num-requests must be at least 10 for a capacity search.")
+    target = float(s["target"])
+    if not 0 < target <= 1:
+        raise ServesimError(f"--target must be a fraction in (0, 1], got {target}.")
+    rate = s.get("rate")
+    if rate is not None and float(rate) <= 0:
+        raise ServesimError(f"--rate must be a positive request rate, got {rate}.")
+    spec = PlanSpec(
+        model=str(s["model"]),
+        workload=work,
+        slo=Slo(float(s["ttft_slo"]), float(s["tpot_slo"])),
+        target=target,
+        rate_per_s=float(rate) if rate is not None else None,
+        devices_file=s.get("devices"),
+        fit_file=s.get("fit"),
+    )
+    space = SearchSpace(
+        devices=_names(s["gpus"]),
+        tp=_ints(s["tp"], "tp"),
+        pp=_ints(s["pp"], "pp"),
+        engines=_names(s["engines"]),
+        batching=_batching(s["batching"]),
+        weight_dtypes=_names(s["weight_dtypes"]) if s.get("weight_dtypes") else (),
+        kv_dtypes=_names(s["kv_dtypes"]),
+    )
+    return spec, space
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Run a plan and report it."""
+    from servesim.engine import get_engine
+    from servesim.model import load_model
+    from servesim.plan import check_space, run_plan
+
+    file_settings = config.load_file(args.config) if args.config else {}
+    s = config.merge(vars(args), file_settings, PLAN_DEFAULTS, args.config or "flags")
+    spec, space = build(s)
+    check_space(space)
+    load_model(spec.model)  # an unknown model fails before any work
+    for e in space.engines:
+        get_engine(e)
+    workers = int(s["workers"]) if s.get("workers") else None
+    result = run_plan(spec, space, Path(str(s["out"])), workers=workers, ray_address=s.get("ray"))
+    print_plan(result, int(s["top"]))
+    return 0
+
+
+def print_plan(result: Any, top: int = 10) -> None:
+    """Terminal summary: pruning, the top candidates, the winner and the sizing."""
+    spec = result.spec
+    pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
+    console.print(
+        f"[bold]{spec.model}[/bold]: TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ "
+        f"{spec.slo.tpot_s * 1e3:g} ms for {spec.target:.0%} of requests; "
+        f"{result.evaluated} candidates simulated, {result.reused} reused from the store, "
+        f"{len(result.pruned)} pruned ({pruned or 'none'}) in {result.wall_s:.1f} s"
+    )
+    table = Table(title="top deployments by goodput per $/hour (one replica)")
+    cols = (
+        ("#", "right"),
+        ("device", "left"),
+        ("par", "left"),
+        ("engine", "left"),
+        ("batching", "left"),
+        ("dtype", "left"),
+        ("cap req/s", "right"),
+        ("req/s/GPU", "right"),
+        ("req/s per $/h", "right"),
+        ("TTFT p90 ms", "right"),
+        ("TPOT p90 ms", "right"),
+        ("J/token", "right"),
+        ("pareto", "left"),
+    )
+    for name, just in cols:
+        table.add_column(name, justify=just)  # type: ignore[arg-type]
+    for r in result.feasible[:top]:
+        table.add_row(
+            str(r["rank"]),
+            r["device"],
+            f"tp{r['tp']}" + (f"pp{r['pp']}" if r["pp"] > 1 else ""),
+            r["engine"],
+            f"{r['max_num_seqs']}/{r['max_num_batched_tokens']}",
+            f"{r['weight_dtype']}/{r['kv_dtype']}",
+            f"{r['capacity_req_per_s']:.2f}",
+            f"{r['goodput_per_gpu']:.2f}",
+            f"{r['goodput_per_dollar_hour']:.3f}",
+            f"{r['ttft_p90_s'] * 1e3:.0f}",
+            f"{r['tpot_p90_s'] * 1e3:.1f}",
+            f"{r['joules_per_token']:.2f}",
+            "yes" if r["pareto"] else "",
+        )
+    console.print(table)
+    if result.winner is None:
+        miss = result.closest_miss()
+        if miss is not None:
+            console.print(
+                f"[red]No candidate meets the SLO.[/red] Closest: {miss['label']}: "
+                f"{miss['reason']}."
+            )
+        else:
+            console.print("[red]No candidate could even be simulated:[/red] every one was pruned.")
+            for p in result.pruned[:5]:
+                console.print(f"  {p.candidate.label()}: {p.reason}")
+        return
+    w = result.winner
+    console.print(
+        f"winner: {w['label']}: {w['capacity_req_per_s']:.2f} req/s per replica "
+        f"({w['devices']} devices, ${w['price_per_hour']:.2f}/h)"
+    )
+    for name, sz in (("fewest GPUs", result.fewest_devices), ("lowest $/h", result.cheapest)):
+        if sz is not None:
+            console.print(
+                f"{name} for {spec.rate_per_s:g} req/s: {sz.replicas} × {sz.candidate.label()} = "
+                f"{sz.devices} devices, ${sz.price_per_hour:.2f}/h (simulated attainment "
+                f"{sz.attainment:.1%})"
+            )
+    for name, path in result.files.items():
+        console.print(f"wrote {name}: {path}")

@@ -1,0 +1,491 @@
+"""Deployment planner: enumerate candidates, prune what cannot fit, find each one's capacity.
+
+A plan names a model, a workload (a trace or synthetic mix; its arrival shape is scaled to each
+probed rate), SLOs (TTFT and TPOT targets and the fraction of requests that must meet both) and
+the hardware to consider. Every candidate is one replica's configuration — device, TP/PP,
+engine/policy, batching limits, weight and KV formats — evaluated by `capacity.find_capacity`;
+replica counts follow from a target rate (`size_for_rate`). Evaluation is a plain top-level
+function of picklable specs so local processes and Ray run the very same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from servesim.capacity import find_capacity
+from servesim.devices import Catalog
+from servesim.engine import get_engine
+from servesim.errors import ServesimError
+from servesim.kernels import KernelFit
+from servesim.memory import memory_layout
+from servesim.metrics import Slo
+from servesim.model import ModelSpec, load_model
+from servesim.parallel import Parallel
+from servesim.simulator import Deployment, simulate
+from servesim.workload import Workload, parse_length, synthetic
+
+# Batching presets (max_num_seqs, max_num_batched_tokens): latency-leaning, vLLM's H100 default,
+# throughput-leaning.
+DEFAULT_BATCHING: tuple[tuple[int, int], ...] = ((64, 2048), (256, 8192), (1024, 16384))
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """How to build the plan's workload in any process: a trace or a synthetic mix."""
+
+    trace: str | None = "azure_conv"  # bundled name or a file path
+    num_requests: int = 1500
+    prompt: str | None = None  # synthetic length specs (used when trace is None)
+    output: str | None = None
+    arrival: str = "poisson"
+    cv: float = 1.0
+    seed: int = 0
+
+    def build(self) -> Workload:
+        """The workload at its own rate (the capacity search rescales it)."""
+        return _workload(self)
+
+
+@cache
+def _workload(spec: WorkloadSpec) -> Workload:
+    from servesim import trace as tracemod
+
+    if spec.trace:
+        name = spec.trace
+        base = tracemod.bundled_or_file(name)
+        n = spec.num_requests
+        return base.tiled(n) if n > len(base) else base.head(n)
+    prompt = parse_length(spec.prompt or "fixed:1024", "prompt")
+    output = parse_length(spec.output or "fixed:256", "output")
+    return synthetic(
+        spec.num_requests, 1.0, prompt, output, arrival=spec.arrival, cv=spec.cv, seed=spec.seed
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One replica configuration the planner evaluates."""
+
+    device: str
+    tp: int
+    pp: int = 1
+    engine: str = "vllm"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    mode: str = "colocated"  # room for "disaggregated" (P:D ratio and per-phase parallelism)
+
+    @property
+    def devices_per_replica(self) -> int:
+        """Devices one replica of this candidate occupies."""
+        return self.tp * self.pp
+
+    def key(self) -> str:
+        """Stable identifier of the configuration (for the result store)."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        """Human-readable one-liner."""
+        par = f"tp{self.tp}" + (f"pp{self.pp}" if self.pp > 1 else "")
+        return (
+            f"{self.device} {par} {self.engine} seqs={self.max_num_seqs} "
+            f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}"
+        )
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The axes the planner crosses; every combination is one candidate before pruning."""
+
+    devices: tuple[str, ...] = ("h100_sxm", "a100_sxm", "l40s", "l4")
+    tp: tuple[int, ...] = (1, 2, 4, 8)
+    pp: tuple[int, ...] = (1,)
+    engines: tuple[str, ...] = ("vllm", "sglang")
+    batching: tuple[tuple[int, int], ...] = DEFAULT_BATCHING
+    weight_dtypes: tuple[str, ...] = ()  # empty: the model's own format
+    kv_dtypes: tuple[str, ...] = ("bf16",)
+    chunked_prefill: tuple[bool, ...] = (True,)
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """Everything a plan depends on; its hash keys the result store so reruns resume."""
+
+    model: str
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    slo: Slo = field(default_factory=Slo)
+    target: float = 0.9
+    rate_per_s: float | None = None  # the traffic to size for (converse search)
+    devices_file: str | None = None
+    fit_file: str | None = None
+    rel_tol: float = 0.03
+
+    def key(self) -> str:
+        """Identifier of the question (model, workload, SLO) whose answers can be reused."""
+        doc = {
+            "model": self.model,
+            "workload": asdict(self.workload),
+            "slo": [self.slo.ttft_s, self.slo.tpot_s],
+            "target": self.target,
+            "devices_file": self.devices_file,
+            "fit_file": self.fit_file,
+            "rel_tol": self.rel_tol,
+        }
+        return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- enumeration and pruning --------------------------------------------------------------
+
+
+def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate]:
+    """Every combination of the search space's axes."""
+    wdts = space.weight_dtypes or (model.weight_dtype,)
+    out = []
+    for device in space.devices:
+        for tp in space.tp:
+            for pp in space.pp:
+                for engine in space.engines:
+                    for seqs, tokens in space.batching:
+                        for chunked in space.chunked_prefill:
+                            for w in wdts:
+                                for kv in space.kv_dtypes:
+                                    out.append(
+                                        Candidate(
+                                            device=device,
+                                            tp=tp,
+                                            pp=pp,
+                                            engine=engine,
+                                            max_num_seqs=seqs,
+                                            max_num_batched_tokens=tokens,
+                                            chunked_prefill=chunked,
+                                            weight_dtype=w,
+                                            kv_dtype=kv,
+                                        )
+                                    )
+    return out
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A candidate removed before simulation, with the rule and the reason."""
+
+    candidate: Candidate
+    rule: str
+    reason: str
+
+
+def prune(
+    candidates: list[Candidate],
+    model: ModelSpec,
+    catalog: Catalog,
+    longest_request_tokens: int,
+) -> tuple[list[Candidate], list[Pruned]]:
+    """Drop candidates that cannot run, naming the rule that removed each one."""
+    kept: list[Candidate] = []
+    pruned: list[Pruned] = []
+    for c in candidates:
+        rule, reason = _prune_reason(c, model, catalog, longest_request_tokens)
+        if rule:
+            pruned.append(Pruned(c, rule, reason))
+        else:
+            kept.append(c)
+    return kept, pruned
+
+
+def _prune_reason(
+    c: Candidate, model: ModelSpec, catalog: Catalog, longest: int
+) -> tuple[str, str]:
+    device = catalog.get(c.device)
+    if c.tp > device.max_devices_per_node:
+        return (
+            "tp_exceeds_node",
+            f"TP={c.tp} exceeds the {device.max_devices_per_node} devices of a node",
+        )
+    try:
+        model.check_tp(c.tp)
+    except ServesimError as exc:
+        return "tp_splits_heads", str(exc)
+    if model.num_layers < c.pp:
+        return "pp_exceeds_layers", f"PP={c.pp} exceeds {model.num_layers} layers"
+    m = model.with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype)
+    if c.kv_dtype == "fp8" and "fp8" not in device.peak_flops_per_s:
+        return "no_fp8", f"{device.name} has no fp8 support for an fp8 KV cache"
+    try:
+        mem = memory_layout(
+            m,
+            device,
+            Parallel(tp=c.tp, pp=c.pp),
+            max_batched_tokens=c.max_num_batched_tokens,
+            mem_util=get_engine(c.engine).mem_util,
+            max_num_seqs=min(c.max_num_seqs, 256),
+        )
+    except ServesimError as exc:
+        return "does_not_fit", str(exc)
+    if mem.kv_tokens // c.pp < longest:
+        return (
+            "kv_too_small",
+            f"the KV cache holds {mem.kv_tokens // c.pp} tokens, less than the longest request "
+            f"({longest})",
+        )
+    return "", ""
+
+
+# ---- evaluation (runs in worker processes) ------------------------------------------------
+
+
+@cache
+def _catalog(devices_file: str | None) -> Catalog:
+    return Catalog([devices_file] if devices_file else None)
+
+
+@cache
+def _model(name: str) -> ModelSpec:
+    return load_model(name)
+
+
+@cache
+def _fit(path: str | None) -> KernelFit | None:
+    return KernelFit.load(path) if path else None
+
+
+def deployment_for(spec: PlanSpec, c: Candidate, replicas: int = 1) -> Deployment:
+    """The simulator's Deployment for a candidate under a plan."""
+    model = _model(spec.model).with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype)
+    return Deployment(
+        model=model,
+        device=_catalog(spec.devices_file).get(c.device),
+        parallel=Parallel(tp=c.tp, pp=c.pp),
+        engine=get_engine(c.engine),
+        replicas=replicas,
+        max_num_seqs=c.max_num_seqs,
+        max_num_batched_tokens=c.max_num_batched_tokens,
+        chunked_prefill=c.chunked_prefill,
+        fit=_fit(spec.fit_file),
+    )
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.percentile(x, q)) if len(x) else math.nan
+
+
+def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
+    """Capacity search for one candidate, flattened into one result row."""
+    dep = deployment_for(spec, c)
+    base = spec.workload.build()
+    cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol)
+    row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
+    dev = dep.device
+    n_dev = dep.num_devices
+    price = dep.price_per_hour
+    row.update(
+        {
+            "status": "ok" if cap.feasible else "infeasible",
+            "reason": cap.miss,
+            "devices": n_dev,
+            "price_per_hour": price,
+            "power_kw": n_dev * dev.max_power_w / 1e3,
+            "capacity_req_per_s": cap.rate_per_s,
+            "saturation_req_per_s": cap.saturation_rate_per_s,
+            "goodput_per_gpu": cap.rate_per_s / n_dev,
+            "goodput_per_dollar_hour": cap.rate_per_s / price if price > 0 else math.nan,
+            "goodput_per_kw": cap.rate_per_s / (n_dev * dev.max_power_w / 1e3),
+            "probes": json.dumps([asdict(p) for p in cap.probes]),
+        }
+    )
+    mem = dep.memory()
+    row.update(
+        {
+            "weights_gb": mem.weight_bytes / 1e9,
+            "kv_gb": mem.kv_bytes / 1e9,
+            "reserve_gb": mem.reserve_bytes / 1e9,
+            "device_gb": mem.device_bytes / 1e9,
+            "kv_tokens": mem.kv_tokens,
+        }
+    )
+    res = cap.best
+    if res is not None:
+        s = res.summary(spec.slo)
+        cols = res.columns()
+        row.update(
+            {
+                "attainment": s["slo_attainment"],
+                "ttft_p50_s": s["ttft_s"]["p50"],
+                "ttft_p90_s": s["ttft_s"]["p90"],
+                "ttft_p99_s": s["ttft_s"]["p99"],
+                "tpot_p50_s": s["tpot_s"]["p50"],
+                "tpot_p90_s": s["tpot_s"]["p90"],
+                "tpot_p99_s": s["tpot_s"]["p99"],
+                "e2e_p90_s": s["e2e_s"]["p90"],
+                "throughput_tok_per_s": s["throughput_output_tok_per_s"],
+                "joules_per_token": s["joules_per_output_token"],
+                "utilisation": s["utilisation"],
+                "mean_batch_size": s["mean_batch_size"],
+                "mean_kv_use": s["mean_kv_use"],
+                "ttft_cdf_s": json.dumps(_cdf_points(cols["ttft_s"])),
+                "tpot_cdf_s": json.dumps(_cdf_points(cols["tpot_s"])),
+            }
+        )
+    return row
+
+
+def _cdf_points(x: np.ndarray, points: int = 50) -> list[float]:
+    """Quantiles at evenly spaced probabilities, enough to draw a CDF."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return []
+    return [float(v) for v in np.quantile(x, np.linspace(0, 1, points))]
+
+
+# ---- ranking and sizing --------------------------------------------------------------------
+
+PARETO_OBJECTIVES: tuple[tuple[str, str], ...] = (
+    ("dollar_per_req_per_s", "min"),
+    ("ttft_p90_s", "min"),
+    ("tpot_p90_s", "min"),
+    ("goodput_per_gpu", "max"),
+    ("joules_per_token", "min"),
+)
+
+
+def add_rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rank feasible rows by goodput per dollar-hour and mark the Pareto-optimal ones."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("capacity_req_per_s", 0) > 0]
+    for r in rows:
+        cap = r.get("capacity_req_per_s") or 0.0
+        r["dollar_per_req_per_s"] = r["price_per_hour"] / cap if cap > 0 else math.inf
+        r["pareto"] = False
+        r["rank"] = 0
+    ok.sort(key=lambda r: -r["goodput_per_dollar_hour"])
+    for i, r in enumerate(ok, 1):
+        r["rank"] = i
+    for r in ok:
+        r["pareto"] = not any(_dominates(o, r) for o in ok if o is not r)
+    return rows
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    better = False
+    for key, sense in PARETO_OBJECTIVES:
+        x, y = a.get(key, math.nan), b.get(key, math.nan)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            return False
+        if sense == "max":
+            x, y = -x, -y
+        if x > y:
+            return False
+        if x < y:
+            better = True
+    return better
+
+
+def pareto_front(
+    rows: list[dict[str, Any]], x: str, y: str, x_sense: str = "min", y_sense: str = "min"
+) -> list[dict[str, Any]]:
+    """The 2-D non-dominated subset of feasible rows, sorted by x."""
+    sx = 1.0 if x_sense == "min" else -1.0
+    sy = 1.0 if y_sense == "min" else -1.0
+    pts = [
+        r
+        for r in rows
+        if r.get("status") == "ok"
+        and math.isfinite(r.get(x, math.nan))
+        and math.isfinite(r.get(y, math.nan))
+    ]
+    pts.sort(key=lambda r: (sx * r[x], sy * r[y]))
+    front: list[dict[str, Any]] = []
+    best_y = math.inf
+    for r in pts:
+        if sy * r[y] < best_y:
+            front.append(r)
+            best_y = sy * r[y]
+    return front
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How many replicas of a candidate serve a target rate, checked by simulation."""
+
+    candidate: Candidate
+    replicas: int
+    devices: int
+    price_per_hour: float
+    attainment: float
+    verified: bool
+
+
+def size_for_rate(
+    spec: PlanSpec, rows: list[dict[str, Any]], rate_per_s: float, top: int = 5
+) -> tuple[Sizing | None, Sizing | None]:
+    """(fewest devices, lowest $/hour) deployments serving `rate_per_s`, each verified.
+
+    Replicas start at ceil(rate / per-replica capacity) for the `top` cheapest candidates of
+    each kind and grow until a full simulation at that rate (least-loaded routing) meets the
+    attainment target.
+    """
+    if rate_per_s <= 0:
+        raise ServesimError(f"The rate to size for must be positive, got {rate_per_s}.")
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("capacity_req_per_s", 0) > 0]
+    if not ok:
+        return None, None
+
+    def need(r: dict[str, Any]) -> int:
+        return max(1, math.ceil(rate_per_s / r["capacity_req_per_s"]))
+
+    by_devices = sorted(ok, key=lambda r: (need(r) * r["devices"], need(r) * r["price_per_hour"]))
+    by_price = sorted(ok, key=lambda r: (need(r) * r["price_per_hour"], need(r) * r["devices"]))
+    return _verify(spec, by_devices[:top], rate_per_s, "devices"), _verify(
+        spec, by_price[:top], rate_per_s, "price"
+    )
+
+
+def _verify(
+    spec: PlanSpec, rows: list[dict[str, Any]], rate: float, objective: str
+) -> Sizing | None:
+    base = spec.workload.build()
+    best: Sizing | None = None
+    for r in rows:
+        c = candidate_from_row(r)
+        replicas = max(1, math.ceil(rate / r["capacity_req_per_s"]))
+        for _ in range(4):
+            dep = deployment_for(spec, c, replicas)
+            n = min(len(base) * replicas, 20000)
+            work = base.tiled(n) if n > len(base) else base
+            res = simulate(dep, work.scaled_to_rate(rate), router="least_loaded")
+            att = res.summary(spec.slo)["slo_attainment"]
+            if att >= spec.target:
+                s = Sizing(c, replicas, dep.num_devices, dep.price_per_hour, att, True)
+                key = (
+                    (s.devices, s.price_per_hour)
+                    if objective == "devices"
+                    else (s.price_per_hour, s.devices)
+                )
+                if best is None or key < (
+                    (best.devices, best.price_per_hour)
+                    if objective == "devices"
+                    else (best.price_per_hour, best.devices)
+                ):
+                    best = s
+                break
+            replicas += 1
+    return best
+
+
+def candidate_from_row(row: dict[str, Any]) -> Candidate:
+    """Rebuild a Candidate from a result row."""
+    fields = Candidate.__dataclass_fields__
+    return Candidate(**{k: _plain(row[k]) for k in fields if k in row})
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v

@@ -1,0 +1,202 @@
+"""Planner: pruning with reasons, monotone capacity, resume, Ray = local, infeasible plans."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from servesim.capacity import find_capacity
+from servesim.devices import Catalog
+from servesim.errors import ServesimError
+from servesim.metrics import Slo
+from servesim.model import load_model
+from servesim.plan import run_plan
+from servesim.planner import (
+    Candidate,
+    PlanSpec,
+    SearchSpace,
+    WorkloadSpec,
+    add_rankings,
+    deployment_for,
+    enumerate_candidates,
+    pareto_front,
+    prune,
+)
+from servesim.store import PlanStore
+from servesim.trace import bundled_trace
+
+SMALL = WorkloadSpec("azure_conv", 300)
+SPACE = SearchSpace(
+    devices=("h100_sxm", "l40s"),
+    tp=(1, 2),
+    engines=("vllm",),
+    batching=((64, 2048), (256, 8192)),
+)
+
+
+def spec(**kw: object) -> PlanSpec:
+    base = dict(model="meta-llama/Llama-3.1-8B", workload=SMALL, slo=Slo(1.0, 0.05), target=0.9)
+    base.update(kw)
+    return PlanSpec(**base)  # type: ignore[arg-type]
+
+
+def test_candidates_that_cannot_run_are_pruned_with_their_reason() -> None:
+    model = load_model("meta-llama/Llama-3.1-70B")
+    space = SearchSpace(devices=("h100_sxm", "l4"), tp=(1, 3, 8, 16), engines=("vllm",))
+    cands = enumerate_candidates(space, model)
+    assert len(cands) == 2 * 4 * 3
+    kept, pruned = prune(cands, model, Catalog(), longest_request_tokens=20_000)
+    rules = {p.rule for p in pruned}
+    assert {"does_not_fit", "tp_splits_heads", "tp_exceeds_node"} <= rules
+    for p in pruned:
+        if p.rule == "does_not_fit":
+            assert "GB per device" in p.reason
+        if p.rule == "tp_exceeds_node":
+            assert "TP=16" in p.reason
+    # 70B in bf16 (141 GB) fits on 8 H100s and on 8 L4s (192 GB), never on one GPU.
+    assert {(c.device, c.tp) for c in kept} == {("h100_sxm", 8), ("l4", 8)}
+
+
+def test_capacity_is_monotone_in_the_slo() -> None:
+    """A looser SLO never yields a lower capacity (same probes until attainments differ)."""
+    s = spec()
+    dep = deployment_for(s, Candidate("l40s", 1, max_num_seqs=64, max_num_batched_tokens=2048))
+    base = bundled_trace("azure_conv").head(300)
+    caps = [
+        find_capacity(dep, base, Slo(ttft, tpot), 0.9).rate_per_s
+        for ttft, tpot in ((0.3, 0.03), (0.6, 0.04), (1.0, 0.06), (3.0, 0.2))
+    ]
+    assert all(a <= b for a, b in itertools.pairwise(caps)), caps
+    assert caps[-1] > caps[0], caps
+    # A stricter attainment target is a tighter requirement too.
+    slo = Slo(0.6, 0.04)
+    assert (
+        find_capacity(dep, base, slo, 0.99).rate_per_s
+        <= find_capacity(dep, base, slo, 0.8).rate_per_s
+    )
+
+
+def test_capacity_meets_the_target_at_the_rate_it_reports() -> None:
+    s = spec()
+    dep = deployment_for(s, Candidate("h100_sxm", 1))
+    base = bundled_trace("azure_conv").head(300)
+    cap = find_capacity(dep, base, s.slo, 0.9)
+    assert cap.feasible and cap.rate_per_s > 0
+    assert cap.best is not None
+    assert cap.best.summary(s.slo)["slo_attainment"] >= 0.9
+    above = [p for p in cap.probes if p.rate_per_s > cap.rate_per_s * 1.001]
+    assert above and all(p.attainment < 0.9 for p in above[:1])
+
+
+def test_plan_ranks_and_marks_pareto_and_writes_parquet(tmp_path: Path) -> None:
+    res = run_plan(spec(rate_per_s=20.0), SPACE, tmp_path, workers=1, quiet=True)
+    assert (tmp_path / "plan.parquet").is_file()
+    ok = res.feasible
+    assert ok and ok[0]["rank"] == 1
+    values = [r["goodput_per_dollar_hour"] for r in ok]
+    assert values == sorted(values, reverse=True)
+    assert any(r["pareto"] for r in ok)
+    front = pareto_front(res.rows, "dollar_per_req_per_s", "ttft_p90_s")
+    assert front and all(r["status"] == "ok" for r in front)
+    # Memory layout is reported per candidate and adds up to no more than the device.
+    for r in ok:
+        assert r["weights_gb"] + r["kv_gb"] + r["reserve_gb"] <= r["device_gb"] + 1e-6
+    assert res.cheapest is not None and res.cheapest.attainment >= 0.9
+    assert res.fewest_devices is not None and res.fewest_devices.devices <= res.cheapest.devices
+
+
+def test_resume_after_an_interruption_gives_the_same_table(tmp_path: Path) -> None:
+    s = spec()
+    full = run_plan(s, SPACE, tmp_path / "full", workers=1, quiet=True)
+    # Interrupted run: only some candidates reach the store before the "kill".
+    part = tmp_path / "part"
+    first = run_plan(s, SPACE, part, workers=1, quiet=True, limit=2)
+    assert first.evaluated == 2
+    store = PlanStore(part / "store", s.key())
+    (store.dir / "part-deadbeef.tmp").write_bytes(b"half a file")  # a crashed writer's leftover
+    resumed = run_plan(s, SPACE, part, workers=1, quiet=True)
+    assert resumed.reused == 2 and resumed.evaluated == len(full.feasible) + _infeasible(full) - 2
+
+    def table(r: object) -> list[tuple]:
+        rows = sorted(r.rows, key=lambda x: x["key"])  # type: ignore[attr-defined]
+        return [(x["key"], x["status"], x.get("capacity_req_per_s"), x.get("rank")) for x in rows]
+
+    assert table(resumed) == table(full)
+
+
+def _infeasible(r: object) -> int:
+    return sum(1 for x in r.rows if x["status"] == "infeasible")  # type: ignore[attr-defined]
+
+
+def test_ray_and_local_runners_agree(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    s = spec()
+    space = SearchSpace(
+        devices=("h100_sxm",), tp=(1, 2), engines=("vllm",), batching=((256, 8192),)
+    )
+    local = run_plan(s, space, tmp_path / "local", workers=2, quiet=True)
+    ray_res = run_plan(s, space, tmp_path / "ray", workers=2, ray_address="local", quiet=True)
+
+    def caps(r: object) -> dict[str, float]:
+        return {x["key"]: x["capacity_req_per_s"] for x in r.rows}  # type: ignore[attr-defined]
+
+    assert caps(local) == caps(ray_res)
+    assert len(caps(local)) == 2
+
+
+def test_infeasible_slo_explains_the_closest_miss(tmp_path: Path) -> None:
+    # A 5 ms TPOT is below any decode step of an 8B model on these GPUs.
+    res = run_plan(spec(slo=Slo(1.0, 0.005)), SPACE, tmp_path, workers=1, quiet=True)
+    assert res.winner is None
+    miss = res.closest_miss()
+    assert miss is not None
+    assert "TPOT p90" in miss["reason"] and "5.0 ms target" in miss["reason"]
+
+
+def test_rankings_handle_missing_values() -> None:
+    rows = [
+        {
+            "status": "ok",
+            "capacity_req_per_s": 2.0,
+            "price_per_hour": 4.0,
+            "goodput_per_dollar_hour": 0.5,
+            "ttft_p90_s": 0.5,
+            "tpot_p90_s": 0.05,
+            "goodput_per_gpu": 2.0,
+            "joules_per_token": 1.0,
+        },
+        {
+            "status": "ok",
+            "capacity_req_per_s": 1.0,
+            "price_per_hour": 4.0,
+            "goodput_per_dollar_hour": 0.25,
+            "ttft_p90_s": 0.6,
+            "tpot_p90_s": 0.06,
+            "goodput_per_gpu": 1.0,
+            "joules_per_token": 2.0,
+        },
+        {"status": "pruned:does_not_fit", "capacity_req_per_s": 0.0, "price_per_hour": math.nan},
+    ]
+    add_rankings(rows)
+    assert rows[0]["rank"] == 1 and rows[0]["pareto"]
+    assert rows[1]["rank"] == 2 and not rows[1]["pareto"]  # dominated on every objective
+    assert rows[2]["rank"] == 0 and not rows[2]["pareto"]
+
+
+def test_plan_refuses_bad_questions(tmp_path: Path) -> None:
+    with pytest.raises(ServesimError, match="Unknown device"):
+        run_plan(spec(), SearchSpace(devices=("h900",)), tmp_path, workers=1, quiet=True)
+    with pytest.raises(ServesimError, match="Unknown model"):
+        run_plan(spec(model="nope"), SPACE, tmp_path, workers=1, quiet=True)
+
+
+def test_probes_are_stored_for_goodput_curves(tmp_path: Path) -> None:
+    res = run_plan(spec(), SPACE, tmp_path, workers=1, quiet=True)
+    probes = json.loads(res.winner["probes"])
+    assert len(probes) >= 3
+    rates = [p["rate_per_s"] for p in probes]
+    assert rates == sorted(rates)
