@@ -32,6 +32,9 @@ INF = math.inf
 ROUTERS = ("round_robin", "least_loaded", "least_requests")
 
 
+_PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
+
+
 @dataclass(frozen=True)
 class Deployment:
     """One model served by `replicas` identical replicas of one engine on one device type."""
@@ -79,8 +82,19 @@ class Deployment:
         )
 
     def predictor(self) -> Predictor:
-        """The iteration-time predictor of one replica."""
-        return Predictor(self.model, self.device, self.parallel, self.engine, self.fit)
+        """The iteration-time predictor of one replica, shared by equal deployments.
+
+        A capacity search simulates the same replica many times; sharing the predictor keeps
+        its memoised kernel times and dense-work tables across those runs.
+        """
+        key = (self.model, repr(self.device), self.parallel, self.engine, id(self.fit))
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            if len(_PREDICTORS) >= 64:
+                _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            pred = Predictor(self.model, self.device, self.parallel, self.engine, self.fit)
+            _PREDICTORS[key] = pred
+        return pred
 
     def label(self) -> str:
         """Short description such as `2x h100_sxm tp4 vllm`."""
