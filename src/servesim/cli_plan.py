@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "ray": None,
     "out": "plan-out",
     "top": 10,
+    "mix": False,
+    "prompt_edges": "0,1500,inf",
+    "output_edges": "0,250,inf",
+    "slice_factor": 4,
 }
 
 
@@ -72,6 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
     s.add_argument("--kv-dtypes", help="comma-separated KV-cache formats")
     s.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
+    m = p.add_argument_group("heterogeneous mix (Mélange)")
+    m.add_argument(
+        "--mix", action="store_true", default=None, help="cheapest mix of the --gpus for --rate"
+    )
+    m.add_argument("--prompt-edges", help="prompt-token bucket edges, e.g. 0,1500,inf")
+    m.add_argument("--output-edges", help="output-token bucket edges, e.g. 0,250,inf")
+    m.add_argument("--slice-factor", type=int, help="slices per bucket (Mélange suggests 4)")
     r = p.add_argument_group("execution and output")
     r.add_argument("--workers", type=int, help="local worker processes (default: cores)")
     r.add_argument("--ray", help="run on Ray: an address, or 'local' to start one")
@@ -163,9 +175,70 @@ def cmd_plan(args: argparse.Namespace) -> int:
     load_model(spec.model)  # an unknown model fails before any work
     for e in space.engines:
         get_engine(e)
+    if s.get("mix"):
+        return _mix(spec, space, s)
     workers = int(s["workers"]) if s.get("workers") else None
     result = run_plan(spec, space, Path(str(s["out"])), workers=workers, ray_address=s.get("ray"))
     print_plan(result, int(s["top"]))
+    return 0
+
+
+def _edges(text: Any, what: str) -> list[float]:
+    try:
+        edges = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ServesimError(f"--{what} takes comma-separated token counts, got {text!r}.") from None
+    if len(edges) < 2 or any(b <= a for a, b in pairwise(edges)):
+        raise ServesimError(f"--{what} needs at least two increasing edges, got {text!r}.")
+    return edges
+
+
+def _mix(spec: PlanSpec, space: SearchSpace, s: dict[str, Any]) -> int:
+    """The cheapest mix of GPU types for the target rate, checked by simulation."""
+    from servesim.melange import plan_mix
+
+    if not spec.rate_per_s:
+        raise ServesimError("--mix needs --rate, the request rate to serve.")
+    prompt_edges = _edges(s["prompt_edges"], "prompt-edges")
+    output_edges = _edges(s["output_edges"], "output-edges")
+    mp = plan_mix(
+        spec,
+        list(space.devices),
+        spec.rate_per_s,
+        prompt_edges,
+        output_edges,
+        tp=space.tp,
+        slice_factor=int(s["slice_factor"]),
+    )
+    table = Table(title=f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}")
+    for col in ("type", "replicas", "devices", "$/h", "simulated attainment"):
+        table.add_column(col)
+    for t, n in mp.solution.counts.items():
+        if n:
+            table.add_row(
+                t,
+                str(n),
+                str(mp.devices[t]),
+                f"{n * mp.prices[t]:.2f}",
+                f"{mp.attainment.get(t, float('nan')):.1%}",
+            )
+    console.print(table)
+    console.print(
+        f"mix: ${mp.solution.cost_per_hour:.2f}/h, verified by simulation: "
+        f"{'yes' if mp.verified else 'no'}"
+    )
+    if mp.single_type is not None:
+        console.print(
+            f"best one-type fleet by the same capacities: ${mp.single_type.cost_per_hour:.2f}/h"
+        )
+    base = mp.baseline_cost
+    if base is not None:
+        console.print(f"smallest one-type fleet passing simulation: {base[0]} at ${base[1]:.2f}/h")
+        if base[1] < mp.solution.cost_per_hour:
+            console.print(
+                "[yellow]the one-type fleet is cheaper here: bucket loads do not simply add up "
+                "(each bucket must meet the target alone in the mix model)[/yellow]"
+            )
     return 0
 
 
