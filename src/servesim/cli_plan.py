@@ -165,8 +165,10 @@ def build(s: dict[str, Any]) -> tuple[PlanSpec, SearchSpace]:
 def cmd_plan(args: argparse.Namespace) -> int:
     """Run a plan and report it."""
     from servesim.engine import get_engine
+    from servesim.export import write_exports
     from servesim.model import load_model
     from servesim.plan import check_space, run_plan
+    from servesim.report import write_report
 
     file_settings = config.load_file(args.config) if args.config else {}
     s = config.merge(vars(args), file_settings, PLAN_DEFAULTS, args.config or "flags")
@@ -179,6 +181,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return _mix(spec, space, s)
     workers = int(s["workers"]) if s.get("workers") else None
     result = run_plan(spec, space, Path(str(s["out"])), workers=workers, ray_address=s.get("ray"))
+    result.files["report"] = write_report(result, result.out_dir / "report.html")
+    result.files.update(write_exports(result, result.out_dir))
     print_plan(result, int(s["top"]))
     return 0
 
@@ -244,6 +248,8 @@ def _mix(spec: PlanSpec, space: SearchSpace, s: dict[str, Any]) -> int:
 
 def print_plan(result: Any, top: int = 10) -> None:
     """Terminal summary: pruning, the top candidates, the winner and the sizing."""
+    from servesim.report import terminal_table
+
     spec = result.spec
     pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
     console.print(
@@ -252,41 +258,7 @@ def print_plan(result: Any, top: int = 10) -> None:
         f"{result.evaluated} candidates simulated, {result.reused} reused from the store, "
         f"{len(result.pruned)} pruned ({pruned or 'none'}) in {result.wall_s:.1f} s"
     )
-    table = Table(title="top deployments by goodput per $/hour (one replica)")
-    cols = (
-        ("#", "right"),
-        ("device", "left"),
-        ("par", "left"),
-        ("engine", "left"),
-        ("batching", "left"),
-        ("dtype", "left"),
-        ("cap req/s", "right"),
-        ("req/s/GPU", "right"),
-        ("req/s per $/h", "right"),
-        ("TTFT p90 ms", "right"),
-        ("TPOT p90 ms", "right"),
-        ("J/token", "right"),
-        ("pareto", "left"),
-    )
-    for name, just in cols:
-        table.add_column(name, justify=just)  # type: ignore[arg-type]
-    for r in result.feasible[:top]:
-        table.add_row(
-            str(r["rank"]),
-            r["device"],
-            f"tp{r['tp']}" + (f"pp{r['pp']}" if r["pp"] > 1 else ""),
-            r["engine"],
-            f"{r['max_num_seqs']}/{r['max_num_batched_tokens']}",
-            f"{r['weight_dtype']}/{r['kv_dtype']}",
-            f"{r['capacity_req_per_s']:.2f}",
-            f"{r['goodput_per_gpu']:.2f}",
-            f"{r['goodput_per_dollar_hour']:.3f}",
-            f"{r['ttft_p90_s'] * 1e3:.0f}",
-            f"{r['tpot_p90_s'] * 1e3:.1f}",
-            f"{r['joules_per_token']:.2f}",
-            "yes" if r["pareto"] else "",
-        )
-    console.print(table)
+    console.print(terminal_table(result, top))
     if result.winner is None:
         miss = result.closest_miss()
         if miss is not None:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite on a fresh machine: the system packages the tests use
+# (Debian's Chromium renders the plan's HTML report), the venv with the test extra, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null \
+    || echo "note: could not install chromium; the HTML report render test will skip"
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/pytest -q "$@"

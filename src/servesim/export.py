@@ -1,0 +1,344 @@
+"""Launch a plan's winner for real: vLLM and SGLang commands and a Kubernetes Deployment.
+
+Each function takes a result row (or anything with the Candidate fields) and the model name the
+engine should load. Flags are the engines' own: vLLM's `vllm serve` engine arguments and SGLang's
+`sglang.launch_server` server arguments. Weights are quantised online only where both engines can
+(fp8 from a 16-bit checkpoint); any other change of weight format needs a checkpoint already in
+that format, which `launch_notes` says.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from servesim.devices import Catalog, Device
+from servesim.dtypes import canonical
+from servesim.engine import get_engine
+from servesim.errors import ServesimError
+from servesim.model import load_model
+
+if TYPE_CHECKING:
+    from servesim.plan import PlanResult
+
+VLLM_PORT = 8000
+SGLANG_PORT = 30000
+# (engine, GPU vendor) -> container image; the image's own entrypoint is replaced by `command`.
+IMAGES: dict[tuple[str, str], str] = {
+    ("vllm", "nvidia"): "vllm/vllm-openai:latest",
+    ("sglang", "nvidia"): "lmsysorg/sglang:latest",
+    ("vllm", "amd"): "rocm/vllm:latest",
+}
+GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu"}
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated mappings out in full (no `&id001` anchors) so the manifest reads plainly."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def model_source(model_name: str) -> str:
+    """What the engine loads: a Hugging Face id as given, or the folder of a local config.json."""
+    p = Path(model_name)
+    return str(p.parent) if p.suffix == ".json" else model_name
+
+
+def _checkpoint_dtype(model_name: str) -> str:
+    try:
+        return load_model(model_name).weight_dtype
+    except ServesimError:
+        return "bf16"  # an unknown model: assume a 16-bit checkpoint
+
+
+def _online_quantization(row: dict[str, Any], model_name: str) -> bool:
+    """True when the weights run in fp8 from a 16-bit checkpoint (both engines quantise it)."""
+    want = canonical(row.get("weight_dtype") or "bf16")
+    return want == "fp8" and _checkpoint_dtype(model_name) in ("bf16", "fp16")
+
+
+def launch_notes(row: dict[str, Any], model_name: str) -> list[str]:
+    """Caveats a launch command cannot express: a weight format the checkpoint does not have."""
+    want = canonical(row.get("weight_dtype") or "bf16")
+    have = _checkpoint_dtype(model_name)
+    if want == have or {want, have} <= {"bf16", "fp16"} or _online_quantization(row, model_name):
+        return []
+    return [
+        f"weights in {want}: load a {want} checkpoint of the model (the {model_name} "
+        f"checkpoint is {have}); the engines read its format from its config"
+    ]
+
+
+def _mem_fraction(row: dict[str, Any]) -> float:
+    return get_engine(str(row.get("engine") or "vllm")).mem_util
+
+
+def _vllm_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) -> list[str]:
+    tokens = int(row["max_num_batched_tokens"])
+    chunked = bool(row["chunked_prefill"])
+    if not chunked and max_model_len is None:
+        max_model_len = tokens  # unchunked prefill needs the whole prompt in one step's budget
+    argv = [
+        "vllm",
+        "serve",
+        model_source(model_name),
+        "--tensor-parallel-size",
+        str(int(row["tp"])),
+        "--pipeline-parallel-size",
+        str(int(row.get("pp") or 1)),
+        "--max-num-seqs",
+        str(int(row["max_num_seqs"])),
+        "--max-num-batched-tokens",
+        str(tokens if chunked else max(tokens, int(max_model_len or 0))),
+        "--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill",
+        "--gpu-memory-utilization",
+        f"{_mem_fraction(row):g}",
+    ]
+    if max_model_len:
+        argv += ["--max-model-len", str(int(max_model_len))]
+    if _online_quantization(row, model_name):
+        argv += ["--quantization", "fp8"]
+    if canonical(row.get("kv_dtype") or "bf16") == "fp8":
+        argv += ["--kv-cache-dtype", "fp8"]
+    return [*argv, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
+
+
+def _sglang_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) -> list[str]:
+    tokens = int(row["max_num_batched_tokens"])
+    argv = [
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model_source(model_name),
+        "--tp-size",
+        str(int(row["tp"])),
+        "--pp-size",
+        str(int(row.get("pp") or 1)),
+        "--max-running-requests",
+        str(int(row["max_num_seqs"])),
+        "--chunked-prefill-size",
+        str(tokens) if row["chunked_prefill"] else "-1",
+        "--max-prefill-tokens",
+        str(tokens),
+        "--mem-fraction-static",
+        f"{_mem_fraction(row):g}",
+    ]
+    if max_model_len:
+        argv += ["--context-length", str(int(max_model_len))]
+    if _online_quantization(row, model_name):
+        argv += ["--quantization", "fp8"]
+    if canonical(row.get("kv_dtype") or "bf16") == "fp8":
+        argv += ["--kv-cache-dtype", "fp8_e4m3"]
+    return [*argv, "--host", "0.0.0.0", "--port", str(SGLANG_PORT)]
+
+
+def vllm_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
+    """`vllm serve` with the candidate's parallelism, batching, formats and memory fraction."""
+    return shlex.join(_vllm_argv(row, model_name, max_model_len))
+
+
+def sglang_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
+    """`python3 -m sglang.launch_server` with the candidate's settings."""
+    return shlex.join(_sglang_argv(row, model_name, max_model_len))
+
+
+def _argv(engine: str, row: dict[str, Any], model_name: str, max_len: int | None) -> list[str]:
+    if engine == "vllm":
+        return _vllm_argv(row, model_name, max_len)
+    if engine == "sglang":
+        return _sglang_argv(row, model_name, max_len)
+    raise ServesimError(f"No launch command for engine {engine!r}; use vllm or sglang.")
+
+
+def gpu_product_label(device: Device) -> str:
+    """NVIDIA GPU feature discovery's `nvidia.com/gpu.product` value (nvidia-smi name, dashed)."""
+    names = [a for a in device.aliases if a.startswith(("NVIDIA ", "Tesla "))]
+    return names[0].replace(" ", "-") if names else device.name
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:52].strip("-") or "model"
+
+
+def k8s_manifest(
+    row: dict[str, Any],
+    model_name: str,
+    replicas: int,
+    engine: str = "vllm",
+    max_model_len: int | None = None,
+    devices_file: str | None = None,
+    image: str | None = None,
+) -> str:
+    """A Deployment of `replicas` pods, each one replica of the candidate on its own GPUs."""
+    engine = get_engine(engine).name
+    device = Catalog([devices_file] if devices_file else None).get(str(row["device"]))
+    if device.kind != "gpu" or device.vendor not in GPU_RESOURCE:
+        raise ServesimError(
+            f"No Kubernetes manifest for {device.name} ({device.vendor} {device.kind}); "
+            "servesim writes them for NVIDIA and AMD GPUs."
+        )
+    image = image or IMAGES.get((engine, device.vendor))
+    if image is None:
+        raise ServesimError(
+            f"No default {engine} image for {device.vendor} GPUs; pass image= a build for them."
+        )
+    argv = _argv(engine, row, model_name, max_model_len)
+    split = 3 if engine == "sglang" else 2
+    port = SGLANG_PORT if engine == "sglang" else VLLM_PORT
+    gpus = int(row["tp"]) * int(row.get("pp") or 1)
+    name = _slug(f"{Path(model_source(model_name)).name}-{engine}")
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "servesim"}
+    if device.vendor == "nvidia":
+        node_selector = {"nvidia.com/gpu.product": gpu_product_label(device)}
+    else:
+        node_selector = {"servesim/accelerator": device.name}  # label your nodes with it
+    probe = {"httpGet": {"path": "/health", "port": port}}
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"servesim/candidate": str(row.get("label") or "")},
+        },
+        "spec": {
+            "replicas": int(replicas),
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": node_selector,
+                    "containers": [
+                        {
+                            "name": engine,
+                            "image": image,
+                            "command": argv[:split],
+                            "args": argv[split:],
+                            "ports": [{"name": "http", "containerPort": port}],
+                            "env": [
+                                {
+                                    "name": "HF_TOKEN",
+                                    "valueFrom": {
+                                        "secretKeyRef": {
+                                            "name": "hf-token",
+                                            "key": "token",
+                                            "optional": True,
+                                        }
+                                    },
+                                }
+                            ],
+                            "resources": {
+                                "limits": {GPU_RESOURCE[device.vendor]: gpus},
+                                "requests": {GPU_RESOURCE[device.vendor]: gpus},
+                            },
+                            "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+                            "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+                            "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
+                            "volumeMounts": [
+                                {"name": "shm", "mountPath": "/dev/shm"},
+                                {"name": "hf-cache", "mountPath": "/root/.cache/huggingface"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                        {"name": "hf-cache", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+    header = [
+        f"# servesim: {row.get('label', '')}",
+        f"# {replicas} replica(s) x {gpus} {device.name} GPU(s) = {replicas * gpus} GPUs",
+    ]
+    if gpus > device.max_devices_per_node:
+        header.append(
+            f"# note: {gpus} GPUs per replica exceed a {device.name} node "
+            f"({device.max_devices_per_node}); run it multi-node (e.g. LeaderWorkerSet)"
+        )
+    header += [f"# note: {n}" for n in launch_notes(row, model_name)]
+    body = yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+def _script(argv: list[str], comments: list[str]) -> str:
+    lines = ["#!/usr/bin/env bash", "set -euo pipefail", *[f"# {c}" for c in comments]]
+    parts: list[str] = []
+    for a in argv:
+        if a.startswith("--") or not parts:
+            parts.append(shlex.quote(a))
+        else:
+            parts[-1] += " " + shlex.quote(a)
+    return "\n".join(lines) + "\nexec " + " \\\n    ".join(parts) + "\n"
+
+
+def _row_for(result: PlanResult) -> tuple[dict[str, Any] | None, int]:
+    """The deployment to export: the cheapest verified sizing when there is one, else the winner."""
+    sizing = result.cheapest or result.fewest_devices
+    if sizing is not None:
+        key = sizing.candidate.key()
+        row = next((r for r in result.rows if r.get("key") == key), None)
+        if row is not None:
+            return row, sizing.replicas
+    return result.winner, 1
+
+
+def max_model_len_for(result: PlanResult, row: dict[str, Any]) -> int:
+    """The planned workload's longest request rounded up to 1024, within the replica's KV cache."""
+    base = result.spec.workload.build()
+    longest = int((base.prompt_tokens + base.output_tokens).max())
+    cap = int(row.get("kv_tokens") or 0) // int(row.get("pp") or 1)
+    want = int(math.ceil(longest / 1024) * 1024)
+    return min(want, cap) if cap >= longest else want
+
+
+def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write launch_vllm.sh, launch_sglang.sh and k8s_deployment.yaml for the plan's pick."""
+    row, replicas = _row_for(result)
+    if row is None:
+        return {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = result.spec.model
+    max_len = max_model_len_for(result, row)
+    cap = row.get("capacity_req_per_s") or 0.0
+    comments = [
+        f"servesim plan for {model}: {row.get('label', '')}",
+        f"capacity {cap:.2f} req/s per replica; run {replicas} replica(s) behind a load balancer",
+        f"--max-model-len/--context-length {max_len}: the planned workload's longest request",
+        *[f"note: {n}" for n in launch_notes(row, model)],
+    ]
+    winner = result.winner
+    if winner is not None and winner.get("key") != row.get("key"):
+        comments.append(
+            f"the best single replica is {winner['label']}; this is the lowest-$/h deployment "
+            f"verified at {result.spec.rate_per_s:g} req/s"
+        )
+    files: dict[str, Path] = {}
+    planned = str(row.get("engine"))
+    for engine in ("vllm", "sglang"):
+        path = out / f"launch_{engine}.sh"
+        extra = [] if planned == engine else [f"note: planned with the {planned} scheduler"]
+        path.write_text(_script(_argv(engine, row, model, max_len), comments + extra))
+        path.chmod(0o755)
+        files[f"launch_{engine}"] = path
+    engine = str(row.get("engine")) if row.get("engine") in ("vllm", "sglang") else "vllm"
+    try:
+        text = k8s_manifest(
+            row, model, replicas, engine, max_len, devices_file=result.spec.devices_file
+        )
+    except ServesimError:
+        return files  # no manifest for this device kind; the launch scripts still apply
+    path = out / "k8s_deployment.yaml"
+    path.write_text(text)
+    files["k8s"] = path
+    return files

@@ -1,0 +1,244 @@
+"""Exports: engine flags per candidate field, fp8, unchunked prefill, the Deployment YAML."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from servesim.errors import ServesimError
+from servesim.export import (
+    k8s_manifest,
+    launch_notes,
+    sglang_command,
+    vllm_command,
+    write_exports,
+)
+from servesim.metrics import Slo
+from servesim.plan import PlanResult
+from servesim.planner import Candidate, PlanSpec, Sizing, WorkloadSpec
+
+LLAMA = "meta-llama/Llama-3.1-8B"  # a bf16 checkpoint
+DEEPSEEK = "deepseek-ai/DeepSeek-V3"  # an fp8 checkpoint
+
+# Flags as the engines define them: vLLM's EngineArgs CLI (vllm/engine/arg_utils.py, booleans as
+# --x/--no-x) plus `vllm serve`'s --host/--port; SGLang's ServerArgs (sglang/srt/server_args.py).
+VLLM_FLAGS = {
+    "--tensor-parallel-size",
+    "--pipeline-parallel-size",
+    "--max-num-seqs",
+    "--max-num-batched-tokens",
+    "--enable-chunked-prefill",
+    "--no-enable-chunked-prefill",
+    "--gpu-memory-utilization",
+    "--max-model-len",
+    "--quantization",
+    "--kv-cache-dtype",
+    "--host",
+    "--port",
+}
+SGLANG_FLAGS = {
+    "--model-path",
+    "--tp-size",
+    "--pp-size",
+    "--max-running-requests",
+    "--chunked-prefill-size",
+    "--max-prefill-tokens",
+    "--mem-fraction-static",
+    "--context-length",
+    "--quantization",
+    "--kv-cache-dtype",
+    "--host",
+    "--port",
+}
+
+
+def row(**kw: Any) -> dict[str, Any]:
+    c = Candidate(**{"device": "h100_sxm", "tp": 2, **kw})
+    return {"key": c.key(), "label": c.label(), **asdict(c), "kv_tokens": 500_000}
+
+
+def flag(argv: list[str], name: str) -> str:
+    assert argv.count(name) == 1, (name, argv)
+    return argv[argv.index(name) + 1]
+
+
+def flags(argv: list[str]) -> set[str]:
+    return {a for a in argv if a.startswith("--")}
+
+
+def test_vllm_flags_follow_each_field() -> None:
+    r = row(tp=4, pp=2, max_num_seqs=128, max_num_batched_tokens=4096)
+    argv = shlex.split(vllm_command(r, LLAMA))
+    assert argv[:3] == ["vllm", "serve", LLAMA]
+    assert flag(argv, "--tensor-parallel-size") == "4"
+    assert flag(argv, "--pipeline-parallel-size") == "2"
+    assert flag(argv, "--max-num-seqs") == "128"
+    assert flag(argv, "--max-num-batched-tokens") == "4096"
+    assert flag(argv, "--gpu-memory-utilization") == "0.9"  # vLLM profile's memory fraction
+    assert "--enable-chunked-prefill" in argv and "--no-enable-chunked-prefill" not in argv
+    assert "--quantization" not in argv and "--kv-cache-dtype" not in argv
+    assert "--max-model-len" not in argv  # only when asked (or needed, see unchunked)
+    assert flags(argv) <= VLLM_FLAGS
+
+
+def test_sglang_flags_follow_each_field() -> None:
+    r = row(tp=8, engine="sglang", max_num_seqs=64, max_num_batched_tokens=2048)
+    argv = shlex.split(sglang_command(r, LLAMA, max_model_len=9216))
+    assert argv[:3] == ["python3", "-m", "sglang.launch_server"]
+    assert flag(argv, "--model-path") == LLAMA
+    assert flag(argv, "--tp-size") == "8"
+    assert flag(argv, "--pp-size") == "1"
+    assert flag(argv, "--max-running-requests") == "64"
+    assert flag(argv, "--chunked-prefill-size") == "2048"
+    assert flag(argv, "--max-prefill-tokens") == "2048"
+    assert flag(argv, "--mem-fraction-static") == "0.88"  # SGLang profile's memory fraction
+    assert flag(argv, "--context-length") == "9216"
+    assert flags(argv) <= SGLANG_FLAGS
+
+
+@pytest.mark.parametrize(
+    ("model", "weights", "kv", "quantize"),
+    [
+        (LLAMA, "bf16", "fp8", False),
+        (LLAMA, "fp8", "bf16", True),  # bf16 checkpoint: quantised online
+        (LLAMA, "fp8", "fp8", True),
+        (DEEPSEEK, "fp8", "bf16", False),  # already an fp8 checkpoint: no flag
+    ],
+)
+def test_fp8_weights_and_kv_cache(model: str, weights: str, kv: str, quantize: bool) -> None:
+    r = row(weight_dtype=weights, kv_dtype=kv, tp=8)
+    v = shlex.split(vllm_command(r, model))
+    s = shlex.split(sglang_command(r, model))
+    if quantize:
+        assert flag(v, "--quantization") == "fp8" and flag(s, "--quantization") == "fp8"
+    else:
+        assert "--quantization" not in v and "--quantization" not in s
+    if kv == "fp8":
+        assert flag(v, "--kv-cache-dtype") == "fp8"
+        assert flag(s, "--kv-cache-dtype") == "fp8_e4m3"
+    else:
+        assert "--kv-cache-dtype" not in v and "--kv-cache-dtype" not in s
+    assert launch_notes(r, model) == []
+
+
+def test_a_format_no_engine_can_convert_to_is_a_note_not_a_flag() -> None:
+    r = row(weight_dtype="int4")
+    argv = shlex.split(vllm_command(r, LLAMA))
+    assert "--quantization" not in argv
+    (note,) = launch_notes(r, LLAMA)
+    assert "int4 checkpoint" in note and "bf16" in note
+
+
+def test_unchunked_prefill_fits_the_longest_prompt_in_one_step() -> None:
+    r = row(chunked_prefill=False, max_num_batched_tokens=8192)
+    v = shlex.split(vllm_command(r, LLAMA))
+    assert "--no-enable-chunked-prefill" in v and "--enable-chunked-prefill" not in v
+    # vLLM refuses an unchunked budget below the model length: the two are tied.
+    assert flag(v, "--max-num-batched-tokens") == flag(v, "--max-model-len") == "8192"
+    v = shlex.split(vllm_command(r, LLAMA, max_model_len=12288))
+    assert flag(v, "--max-num-batched-tokens") == flag(v, "--max-model-len") == "12288"
+    s = shlex.split(sglang_command(r, LLAMA))
+    assert flag(s, "--chunked-prefill-size") == "-1"
+    assert flag(s, "--max-prefill-tokens") == "8192"
+
+
+def container(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    doc = yaml.safe_load(text)
+    assert doc["apiVersion"] == "apps/v1" and doc["kind"] == "Deployment"
+    pod = doc["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    return doc, c
+
+
+def test_vllm_deployment_parses_with_gpus_replicas_probe_and_shm() -> None:
+    r = row(tp=4, pp=2)
+    doc, c = container(k8s_manifest(r, LLAMA, replicas=3))
+    assert doc["spec"]["replicas"] == 3
+    assert doc["spec"]["selector"]["matchLabels"].items() <= (
+        doc["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert c["image"].startswith("vllm/vllm-openai")
+    assert c["command"] + c["args"] == shlex.split(vllm_command(r, LLAMA))
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 8  # tp × pp per replica
+    pod = doc["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    probe = c["readinessProbe"]["httpGet"]
+    assert probe == {"path": "/health", "port": 8000}
+    assert c["ports"][0]["containerPort"] == 8000
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+
+
+def test_sglang_deployment_on_another_gpu() -> None:
+    r = row(device="a100_sxm", tp=2, engine="sglang")
+    doc, c = container(k8s_manifest(r, LLAMA, replicas=1, engine="sglang", max_model_len=4096))
+    assert c["image"].startswith("lmsysorg/sglang")
+    assert c["command"] == ["python3", "-m", "sglang.launch_server"]
+    assert flag(c["args"], "--tp-size") == "2" and flag(c["args"], "--port") == "30000"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": 30000}
+    pod = doc["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": 2}
+
+
+def test_manifests_for_amd_and_refusals() -> None:
+    _, c = container(k8s_manifest(row(device="mi300x", tp=8), LLAMA, replicas=2))
+    assert c["resources"]["limits"] == {"amd.com/gpu": 8}
+    assert c["image"].startswith("rocm/vllm")
+    with pytest.raises(ServesimError, match="image"):
+        k8s_manifest(row(device="mi300x", tp=8), LLAMA, replicas=2, engine="sglang")
+    with pytest.raises(ServesimError, match="GPU"):
+        k8s_manifest(row(device="cpu", tp=1), LLAMA, replicas=1)
+
+
+def script_argv(path: Path) -> list[str]:
+    return shlex.split(path.read_text().split("\nexec ", 1)[1].replace("\\\n", " "))
+
+
+def test_write_exports_uses_the_sized_deployment(tmp_path: Path) -> None:
+    spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9, rate_per_s=12.0)
+    best = row(device="l40s", tp=1, max_num_seqs=256)
+    sized = row(device="h100_sxm", tp=2, max_num_seqs=64, max_num_batched_tokens=2048)
+    rows = [
+        {**best, "status": "ok", "rank": 1, "capacity_req_per_s": 5.0},
+        {**sized, "status": "ok", "rank": 2, "capacity_req_per_s": 13.0},
+    ]
+    cand = Candidate("h100_sxm", 2, max_num_seqs=64, max_num_batched_tokens=2048)
+    sizing = Sizing(
+        cand, replicas=2, devices=4, price_per_hour=30.08, attainment=0.95, verified=True
+    )
+    result = PlanResult(
+        spec=spec,
+        rows=rows,
+        pruned=[],
+        pruned_by_rule={},
+        evaluated=0,
+        reused=2,
+        wall_s=0.0,
+        cheapest=sizing,
+    )
+    files = write_exports(result, tmp_path)
+    assert set(files) == {"launch_vllm", "launch_sglang", "k8s"}
+    for script in (files["launch_vllm"], files["launch_sglang"]):
+        assert script.stat().st_mode & 0o111
+        subprocess.run(["bash", "-n", str(script)], check=True)  # valid shell
+    argv = script_argv(files["launch_sglang"])
+    assert flag(argv, "--tp-size") == "2" and flag(argv, "--max-running-requests") == "64"
+    argv = script_argv(files["launch_vllm"])
+    assert flag(argv, "--tensor-parallel-size") == "2" and flag(argv, "--max-num-seqs") == "64"
+    # the bundled trace's longest request, rounded up to 1024 tokens
+    assert int(flag(argv, "--max-model-len")) % 1024 == 0
+    doc, c = container(files["k8s"].read_text())
+    assert doc["spec"]["replicas"] == 2
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    # no sizing: the winner, one replica
+    result.cheapest = None
+    doc, c = container(write_exports(result, tmp_path / "w")["k8s"].read_text())
+    assert doc["spec"]["replicas"] == 1 and flag(c["args"], "--max-num-seqs") == "256"
