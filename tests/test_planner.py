@@ -200,3 +200,33 @@ def test_probes_are_stored_for_goodput_curves(tmp_path: Path) -> None:
     assert len(probes) >= 3
     rates = [p["rate_per_s"] for p in probes]
     assert rates == sorted(rates)
+
+
+def test_a_killed_plan_keeps_finished_candidates_and_resumes(tmp_path: Path) -> None:
+    """SIGKILL mid-search: parts already written survive and a rerun only does the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "plan"
+    args = [sys.executable, "-m", "servesim.cli", "plan", "--model", "meta-llama/Llama-3.1-8B"]
+    args += ["--gpus", "h100_sxm,a100_sxm,l40s,l4,a10g", "--tp", "1,2", "--engines", "vllm,sglang"]
+    args += ["--batching", "64:2048,256:8192,512:4096", "--num-requests", "300", "--workers", "1"]
+    args += ["--out", str(out), "--ttft-slo", "1", "--tpot-slo", "0.05", "--rate", "5"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    parts: list[Path] = []
+    while time.time() < deadline and len(parts) < 2:
+        time.sleep(0.05)
+        parts = list(out.glob("store/*/part-*.parquet"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(parts) >= 2, "the plan never wrote a result before the deadline"
+    survived = {p.name for p in out.glob("store/*/part-*.parquet")}
+    assert not (out / "plan.parquet").exists()  # it was killed before the end
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(survived)} reused from the store" in done.stdout.replace("\n", " ")
+    assert (out / "plan.parquet").is_file() and (out / "report.html").is_file()
