@@ -6,10 +6,11 @@ into a `PlanStore` under the output folder, so an interrupted plan resumes where
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,6 @@ class PlanResult:
             return None
 
         def light_load_attainment(r: dict[str, Any]) -> float:
-            import json
-
             probes = json.loads(r.get("probes") or "[]")
             return max((p["attainment"] for p in probes), default=0.0)
 
@@ -133,8 +132,6 @@ def _order(r: dict[str, Any]) -> tuple[int, float]:
 
 
 def _pruned_row(p: Pruned) -> dict[str, Any]:
-    from dataclasses import asdict
-
     c: Candidate = p.candidate
     return {
         "key": c.key(),

@@ -452,7 +452,14 @@ def size_for_rate(
 def _verify(
     spec: PlanSpec, rows: list[dict[str, Any]], rate: float, objective: str
 ) -> Sizing | None:
+    """The best (by `objective`) of `rows` whose fleet, grown a replica at a time, passes."""
     base = spec.workload.build()
+
+    def order(s: Sizing) -> tuple[float, float]:
+        if objective == "devices":
+            return (s.devices, s.price_per_hour)
+        return (s.price_per_hour, s.devices)
+
     best: Sizing | None = None
     for r in rows:
         c = candidate_from_row(r)
@@ -465,16 +472,7 @@ def _verify(
             att = res.summary(spec.slo)["slo_attainment"]
             if att >= spec.target:
                 s = Sizing(c, replicas, dep.num_devices, dep.price_per_hour, att, True)
-                key = (
-                    (s.devices, s.price_per_hour)
-                    if objective == "devices"
-                    else (s.price_per_hour, s.devices)
-                )
-                if best is None or key < (
-                    (best.devices, best.price_per_hour)
-                    if objective == "devices"
-                    else (best.price_per_hour, best.devices)
-                ):
+                if best is None or order(s) < order(best):
                     best = s
                 break
             replicas += 1
