@@ -21,6 +21,7 @@ PUBLISHED = [
     ("deepseek-ai/DeepSeek-V3", 671.0, 37.0),  # model card: 671B + 14B MTP module, 37B active
     ("moonshotai/Kimi-K2.5", 1030.0, 32.0),  # "1T total, 32B activated" (text model)
     ("MiniMaxAI/MiniMax-M2.5", 229.0, 10.0),  # "230B total, 10B active"
+    ("facebook/opt-13b", 12.85, None),  # OPT paper (Zhang et al. 2022) table 1 rounds it to 13B
 ]
 
 
@@ -65,6 +66,19 @@ def test_llama_8b_by_hand() -> None:
     assert fp8.param_bytes() == pytest.approx((m.param_bytes() - emb) / 2 + emb)
     w4 = m.with_dtypes(weight="int4")
     assert w4.param_bytes() == pytest.approx((m.param_bytes() - emb) / 4 + emb)
+
+
+def test_opt_13b_by_hand() -> None:
+    m = load_model("facebook/opt-13b")
+    h, ffn, vocab, layers = 5120, 20480, 50272, 40
+    attn = 4 * h * h + 4 * h  # q, k, v, o with biases
+    mlp = 2 * h * ffn + ffn + h  # ReLU MLP with biases
+    norms = (2 * layers + 1) * 2 * h  # LayerNorm weight and bias
+    total = layers * (attn + mlp) + norms + vocab * h + (2048 + 2) * h  # tied, learned positions
+    assert m.num_params() == total
+    assert not m.gated_mlp and m.num_kv_heads == 40 and m.tie_embeddings
+    assert m.num_params() / 1e9 == pytest.approx(12.85, rel=0.01)
+    assert m.kv_bytes_per_token() == 2 * 40 * 5120 * 2
 
 
 def test_mla_kv_is_the_compressed_latent() -> None:

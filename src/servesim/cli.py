@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from servesim import cli_plan, config
+from servesim import cli_plan, config, mechanisms
 from servesim.devices import Catalog
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -55,6 +55,7 @@ SIMULATE_DEFAULTS: dict[str, Any] = {
     "router": "round_robin",
     "seed": 0,
     "out": "servesim-out",
+    **mechanisms.DEFAULTS,
 }
 
 PREDICT_DEFAULTS: dict[str, Any] = {
@@ -116,8 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sim.add_argument_group("SLO and output")
     s.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
     s.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")
-    s.add_argument("--router", help="round_robin, least_loaded or least_requests")
+    s.add_argument(
+        "--router",
+        help="round_robin, least_loaded, least_requests, least_kv, power_of_two, "
+        "prefix_affinity or session",
+    )
     s.add_argument("--out", help="output folder for requests.parquet and summary.json")
+    mechanisms.add_args(sim)
 
     pred = sub.add_parser("predict", help="time one batch, with a per-operator breakdown")
     _add_deployment_args(pred)
@@ -238,9 +244,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from servesim.workload import ClosedLoop
 
     s = _settings(args, SIMULATE_DEFAULTS)
-    dep = build_deployment(s)
-    work = build_workload(s)
     slo = Slo(float(s["ttft_slo"]), float(s["tpot_slo"]))
+    dep = mechanisms.apply(build_deployment(s), s, slo)
+    work = build_workload(s)
     closed = work if isinstance(work, ClosedLoop) else None
     res = simulate(dep, None if closed else work, closed_loop=closed, router=str(s["router"]))
     summary = res.summary(slo)

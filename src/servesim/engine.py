@@ -32,6 +32,7 @@ class EngineProfile:
     max_num_seqs: int = 1024
     block_size: int = 16  # KV-cache page, tokens
     mem_util: float = 0.9
+    prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
 
     def with_overrides(self, **kwargs: object) -> EngineProfile:
         """A copy with some fields replaced; unknown names are refused."""

@@ -122,13 +122,15 @@ class RequestTable:
     preemptions: list[int] = field(default_factory=list)
     replica: list[int] = field(default_factory=list)
     priority: list[int] = field(default_factory=list)
+    cached_tokens: list[int] = field(default_factory=list)  # prompt tokens found in prefix cache
+    migrations: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
         for name in ("first_token_s", "scheduled_s", "finish_s"):
             if not getattr(self, name):
                 setattr(self, name, [-1.0] * n)
-        for name in ("generated", "preemptions", "priority"):
+        for name in ("generated", "preemptions", "priority", "cached_tokens", "migrations"):
             if not getattr(self, name):
                 setattr(self, name, [0] * n)
         if not self.replica:
@@ -151,6 +153,8 @@ class RequestTable:
             "preemptions": np.asarray(self.preemptions, dtype=np.int64),
             "replica": np.asarray(self.replica, dtype=np.int64),
             "priority": np.asarray(self.priority, dtype=np.int64),
+            "cached_tokens": np.asarray(self.cached_tokens, dtype=np.int64),
+            "migrations": np.asarray(self.migrations, dtype=np.int64),
         }
         return add_derived(cols)
 
@@ -236,6 +240,24 @@ def summarize(
     if extra:
         summary.update(extra)
     return summary
+
+
+def attainment_over_time(
+    cols: dict[str, np.ndarray], slo: Slo | None = None, window_s: float = 3600.0
+) -> list[tuple[float, float, int]]:
+    """SLO attainment per window of arrival time: (window start s, share meeting both targets,
+    requests arriving in it), for windows with any arrival."""
+    slo = slo or Slo()
+    if window_s <= 0:
+        raise ServesimError(f"Attainment window {window_s!r} must be positive seconds.")
+    arrival = cols["arrival_s"]
+    good = (cols["finish_s"] >= 0) & (cols["ttft_s"] <= slo.ttft_s) & (cols["tpot_s"] <= slo.tpot_s)
+    which = np.floor(arrival / window_s).astype(np.int64)
+    out = []
+    for k in np.unique(which):
+        sel = which == k
+        out.append((float(k * window_s), float(good[sel].mean()), int(sel.sum())))
+    return out
 
 
 def write_parquet(cols: dict[str, np.ndarray], path: str | Path) -> None:

@@ -1,8 +1,9 @@
 """Model architecture from a Hugging Face `config.json`: sizes, parameter bytes, KV bytes per token.
 
 `ModelSpec` is the one description of a model that the memory model and the predictor read.
-Families servesim knows: dense GQA (Llama, Mistral, Qwen2/Qwen3), MoE (Mixtral, Qwen3-MoE,
-gpt-oss, MiniMax-M2) and MLA + MoE (DeepSeek-V3/R1, Kimi-K2). Any other `model_type` is refused
+Families servesim knows: dense GQA (Llama, Mistral, Qwen2/Qwen3), OPT (dense MHA with biases, a ReLU
+MLP and learned positions), MoE (Mixtral, Qwen3-MoE, gpt-oss, MiniMax-M2) and MLA + MoE
+(DeepSeek-V3/R1, Kimi-K2). Any other `model_type` is refused
 by name rather than guessed.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from servesim.dtypes import canonical, nbytes
 from servesim.errors import ServesimError
 
-DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt")
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "minimax_m2")
 MLA_TYPES = ("deepseek_v3", "kimi_k2")
 KNOWN_TYPES = DENSE_TYPES + MOE_TYPES + MLA_TYPES
@@ -45,6 +46,10 @@ class ModelSpec:
     gated_mlp: bool = True
     attention_bias: bool = False
     qk_norm: bool = False
+    mlp_bias: bool = False  # OPT: biases on both MLP matrices
+    norm_bias: bool = False  # LayerNorm (weight and bias) rather than RMSNorm
+    position_embeddings: int = 0  # learned absolute positions (OPT), 0 for rotary
+    embed_dim: int = 0  # token-embedding width when it differs from hidden (OPT-350m), else 0
     # MoE
     num_experts: int = 0
     experts_per_token: int = 0
@@ -137,7 +142,8 @@ class ModelSpec:
     def mlp_params(self, width: int) -> int:
         """Parameters of one dense MLP of a given intermediate width."""
         mats = 3 if self.gated_mlp else 2
-        return mats * self.hidden_size * width
+        bias = (width + self.hidden_size) if self.mlp_bias and width else 0
+        return mats * self.hidden_size * width + bias
 
     def expert_params(self) -> int:
         """Parameters of one routed expert."""
@@ -152,14 +158,21 @@ class ModelSpec:
         return self.hidden_size * self.num_experts + bias
 
     def embedding_params(self) -> int:
-        """Input embedding plus output head (counted once when tied)."""
-        n = self.vocab_size * self.hidden_size
-        return n if self.tie_embeddings else 2 * n
+        """Input embedding plus output head (counted once when tied), learned positions and
+        the in/out projections of a narrower embedding."""
+        h = self.hidden_size
+        d = self.embed_dim or h
+        n = self.vocab_size * d
+        n = n if self.tie_embeddings else 2 * n
+        n += self.position_embeddings * h
+        if d != h:
+            n += 2 * d * h
+        return n
 
     def param_counts(self) -> dict[str, int]:
         """Parameter counts by part: attention, dense_mlp, shared_experts, routed_experts, ..."""
         h = self.hidden_size
-        norms = self.num_layers * 2 * h + h
+        norms = (self.num_layers * 2 * h + h) * (2 if self.norm_bias else 1)
         return {
             "attention": self.num_layers * self.attention_params(),
             "dense_mlp": self.num_dense_layers * self.mlp_params(self.intermediate_size),
@@ -320,6 +333,21 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model") -> ModelSpec:
         base["qk_norm"] = True
     if model_type in ("llama", "mistral"):
         base["attention_bias"] = bool(_get(cfg, "attention_bias", False))
+    if model_type == "opt":
+        # OPT: MHA with biases, ReLU MLP of ffn_dim with biases, LayerNorm, learned positions
+        # (HF keeps 2 extra rows for its padding offset), embeddings tied unless said otherwise.
+        _require(cfg, ("ffn_dim",), f"Config of {name}")
+        proj = int(_get(cfg, "word_embed_proj_dim", h))
+        base.update(
+            intermediate_size=int(cfg["ffn_dim"]),
+            gated_mlp=False,
+            attention_bias=bool(_get(cfg, "enable_bias", True)),
+            mlp_bias=bool(_get(cfg, "enable_bias", True)),
+            norm_bias=True,
+            position_embeddings=int(_get(cfg, "max_position_embeddings", 2048)) + 2,
+            embed_dim=proj if proj != h else 0,
+            tie_embeddings=bool(_get(cfg, "tie_word_embeddings", True)),
+        )
 
     if model_type == "mixtral":
         base.update(

@@ -24,6 +24,11 @@ from servesim.model import ModelSpec
 from servesim.parallel import Parallel
 
 ACT_BYTES = 2.0  # activations travel in bf16
+# Dynamic power of a kernel that streams HBM at full bandwidth, as a share of the dynamic power of
+# tensor cores at peak. HBM3 moves ~3 TB/s at a few pJ/bit (~100-150 W) while the SMs that issue
+# the loads stay active, so memory-bound decode draws roughly half of the idle-to-TDP range on
+# H100/A100 (Splitwise, ISCA'24, fig. 9; Samsi et al., HPEC'23: A100 decode at 250-300 W of 400 W).
+MEM_POWER_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,13 @@ class Predictor:
         parallel: Parallel | None = None,
         engine: EngineProfile | None = None,
         fit: kernels.KernelFit | None = None,
+        power_device: Device | None = None,
     ) -> None:
         self.model = model
         self.device = device
+        # The physical device whose peak rates and power price energy: itself, unless this
+        # predictor times a slice of it (semi-PD lanes run on a share of the SMs).
+        self.power_device = power_device or device
         self.par = parallel or Parallel()
         self.engine = engine or EngineProfile()
         self.fit = fit or kernels.default_fit()
@@ -103,9 +112,15 @@ class Predictor:
         self._eager_s = self.engine.eager_launch_s_per_layer * self.layers_per_stage
         self._dense_tab: list[float] = []
         self._lm_tab: list[float] = []
+        self._dyn_dense_tab: list[float] = []
+        self._dyn_lm_tab: list[float] = []
+        self._peak = self.power_device.peak_flops(compute_dtype(model.weight_dtype))
+        self._attn_peak = self.power_device.peak_flops(compute_dtype(model.kv_dtype))
         self._prefill_cache = lru_cache(maxsize=262144)(self._prefill_attn_s)
         self._decode_cache = lru_cache(maxsize=65536)(self._decode_coeffs)
         self._step_cache = lru_cache(maxsize=65536)(self._decode_step_coeffs)
+        self._step_costs_cache = lru_cache(maxsize=65536)(self._decode_step_costs)
+        self._w_ctx: float | None = None
 
     # ---- shapes ---------------------------------------------------------------------------
     @property
@@ -304,18 +319,36 @@ class Predictor:
         return self._dense_tab[rank_tokens] + self._lm_tab[rows]
 
     def _grow_tables(self, need: int) -> None:
-        """Tabulate dense and LM-head time for every count up to a power of two ≥ need."""
+        """Tabulate dense and LM-head time (and busy work) for every count up to a power of two
+        ≥ need."""
         size = max(1024, 1 << int(need).bit_length())
         t = np.arange(size, dtype=np.float64)
         t[0] = 1.0
-        dense = sum(term.seconds for term in self._dense_terms(t))
+        terms = self._dense_terms(t)
+        dense = sum(term.seconds for term in terms)
         dense[0] = 0.0
-        lm = self._gemm(
+        lm_term = self._gemm(
             "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
-        ).seconds
+        )
+        lm = lm_term.seconds.copy()
         lm[0] = 0.0
+        dyn = sum(self._work_s(term) for term in terms)
+        dyn[0] = 0.0
+        dyn_lm = self._work_s(lm_term)
+        dyn_lm[0] = 0.0
         self._dense_tab = dense.tolist()
         self._lm_tab = lm.tolist()
+        self._dyn_dense_tab = dyn.tolist()
+        self._dyn_lm_tab = dyn_lm.tolist()
+
+    def _work_s(self, term: _Term) -> np.ndarray:
+        """Seconds of full dynamic power one operator is worth: its FLOPs at peak plus its bytes
+        at full bandwidth weighted by MEM_POWER_SHARE, never more than the operator's time."""
+        bw = self.power_device.mem_bw_bytes_per_s
+        work = term.flops / self._peak + MEM_POWER_SHARE * term.nbytes / bw
+        if term.kind == "comm":  # links, not HBM or SMs, carry a collective
+            work = np.zeros_like(term.seconds)
+        return np.minimum(work, term.seconds)
 
     def prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
         """Seconds of one sequence's prefill-chunk attention over all layers of a stage."""
@@ -429,18 +462,105 @@ class Predictor:
         _, b = self._decode_cache(n)
         return c0, b * self.par.pp
 
+    def decode_step_costs(self, decode_seqs: int) -> tuple[float, float, float, float]:
+        """(c0, c1, w0, w1): a decode-only iteration of n sequences over total context C takes
+        c0 + c1·C seconds and is worth w0 + w1·C seconds of full dynamic power per device."""
+        return self._step_costs_cache(decode_seqs)
+
+    def _decode_step_costs(self, n: int) -> tuple[float, float, float, float]:
+        c0, c1 = self._step_cache(n)
+        return c0, c1, self.step_work_s(n, 0, ()), self._decode_work_per_token()
+
+    # ---- energy ----------------------------------------------------------------------------
+    def _decode_work_per_token(self) -> float:
+        """Busy work per attended context token of a decode step: its KV read from HBM."""
+        m, p = self.model, self.par
+        kv_values = m.kv_values_per_token_per_layer * nbytes(m.kv_dtype)
+        shards = 1 if m.is_mla else min(p.tp, m.num_kv_heads)
+        layers = self._stage_fraction(m.num_full_attention_layers)
+        per_device = layers * kv_values / shards / p.dp
+        return MEM_POWER_SHARE * per_device / self.power_device.mem_bw_bytes_per_s
+
+    @property
+    def attn_pair_work_s(self) -> float:
+        """Busy work of prefill attention per (query, key) pair under the causal mask: QKᵀ and PV
+        FLOPs at peak. A chunk of n new tokens over c cached ones has n·(c + (n+1)/2) pairs, so a
+        whole prompt of P tokens computed from S cached ones has (P(P+1) − S(S+1))/2, whatever the
+        chunking: the simulator adds it once per finished prefill."""
+        m = self.model
+        qh = m.num_heads // self.par.tp
+        dims = m.qk_head_dim + m.attn_v_head_dim
+        layers = self._stage_fraction(m.num_full_attention_layers)
+        return 2.0 * qh * dims * layers / self._attn_peak
+
+    def _prefill_attn_work_s(self, new_tokens: int, cached_tokens: int) -> float:
+        """Busy work of one prefill chunk's attention."""
+        pairs = new_tokens * (cached_tokens + (new_tokens + 1) * 0.5)
+        return self.attn_pair_work_s * pairs
+
+    def dense_work_many(self, tokens: np.ndarray, seqs: np.ndarray) -> float:
+        """Total busy work of everything but attention over many iterations (token and
+        sequence counts per iteration)."""
+        if not len(tokens):
+            return 0.0
+        t = -(-np.asarray(tokens, dtype=np.int64) // self.par.dp)
+        r = -(-np.asarray(seqs, dtype=np.int64) // self.par.dp)
+        need = int(max(t.max(), r.max()))
+        if need >= len(self._dyn_dense_tab) or need >= len(self._dyn_lm_tab):
+            self._grow_tables(need)
+        dense = np.asarray(self._dyn_dense_tab)
+        lm = np.asarray(self._dyn_lm_tab)
+        return float(dense[t].sum() + np.where(t > 0, lm[r], 0.0).sum())
+
+    @property
+    def decode_work_per_token_s(self) -> float:
+        """Busy work per attended context token of a decode step (its KV read)."""
+        w = self._w_ctx
+        if w is None:
+            w = self._w_ctx = self._decode_work_per_token()
+        return w
+
+    def step_work_s(
+        self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
+    ) -> float:
+        """Seconds of full dynamic power one iteration is worth on each device of a stage: FLOPs
+        at peak plus HBM bytes at full bandwidth (weighted), the engine's CPU overhead worth none.
+
+        Energy of an iteration is then devices × (P_idle·t + (P_max − P_idle)·work): power runs
+        from idle to max with the utilisation of the compute units and of HBM.
+        """
+        tokens = decode_seqs
+        work = 0.0
+        n_pre = 0
+        for new, cached in prefill:
+            tokens += new
+            n_pre += 1
+            work += self._prefill_attn_work_s(new, cached)
+        if decode_seqs:
+            work += self._decode_work_per_token() * decode_context
+        seqs = decode_seqs + n_pre
+        rank_tokens = -(-tokens // self.par.dp)
+        rows = -(-seqs // self.par.dp)
+        if rank_tokens >= len(self._dyn_dense_tab) or rows >= len(self._dyn_lm_tab):
+            self._grow_tables(max(rank_tokens, rows))
+        if tokens:
+            work += self._dyn_dense_tab[rank_tokens] + self._dyn_lm_tab[rows]
+        return work
+
     def iteration(self, batch: BatchShape, breakdown: bool = False) -> IterationCost:
         """Seconds and joules of one iteration (through every pipeline stage)."""
         seconds = self.step_s(batch.decode_seqs, batch.decode_context, batch.prefill)
+        work = self.step_work_s(batch.decode_seqs, batch.decode_context, batch.prefill)
         ops = tuple(self.ops(batch)) if breakdown else ()
-        return IterationCost(
-            seconds,
-            self.joules(seconds, seconds - self.overhead_s(batch.decode_seqs, len(batch.prefill))),
-            ops,
-        )
+        return IterationCost(seconds, self.joules(seconds, work), ops)
 
-    def joules(self, seconds: float, busy_s: float) -> float:
-        """Energy of the replica over `seconds` of which `busy_s` run kernels."""
-        dev = self.device
-        dynamic = (dev.max_power_w - dev.idle_power_w) * max(0.0, busy_s)
-        return self.par.num_devices * (dev.idle_power_w * seconds + 0.8 * dynamic)
+    def joules(self, seconds: float, work_s: float) -> float:
+        """Energy of the replica's devices over `seconds` during which each device of each stage
+        did `work_s` seconds of full-dynamic-power work (the sum of `step_work_s`).
+
+        Power runs from idle to max with utilisation: P = P_idle + (P_max − P_idle)·u per device,
+        and u·t summed over an iteration is its work, so the sum over iterations is exact.
+        """
+        dev = self.power_device
+        dynamic = (dev.max_power_w - dev.idle_power_w) * max(0.0, work_s)
+        return self.par.num_devices * (dev.idle_power_w * seconds + dynamic)

@@ -3,33 +3,42 @@
 The driver is a small discrete-event loop over two kinds of events: request arrivals (from an
 open-loop trace, or from closed-loop clients that send again when their last request ends) and
 replica events (the end of an iteration or of a stretch of decode steps). Replicas advance
-lazily; an arrival routed to a replica cuts its current decode stretch. Everything is
-deterministic: there is no randomness inside the loop, only in the workload it is given.
+lazily; an arrival routed to a replica cuts its current decode stretch. One replica fed by a
+trace runs a tight loop here; everything else (several replicas, migration, autoscaling,
+disaggregated pools in `disagg`, intra-GPU partitions in `semipd`) runs the `cluster` loop.
+Everything is deterministic: the only randomness is seeded (workloads, power-of-two routing,
+noisy length estimates).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from servesim import kernels
+from servesim.autoscale import AutoscaleController, Autoscaler
+from servesim.cluster import Cluster, ClusterStats, KvPath
 from servesim.devices import Device
 from servesim.engine import EngineProfile, get_engine
 from servesim.errors import ServesimError
 from servesim.memory import MemoryLayout, memory_layout
-from servesim.metrics import ItlHistogram, RequestTable, Slo, summarize
+from servesim.metrics import ItlHistogram, RequestTable, Slo, attainment_over_time, summarize
 from servesim.model import ModelSpec
 from servesim.parallel import Parallel
+from servesim.policies import Policy, PolicyState
 from servesim.predictor import Predictor
+from servesim.prefix import PrefixCache
 from servesim.replica import Replica, ReplicaConfig
+from servesim.router import ROUTERS, Migration, Router, check_router
+from servesim.transfer import link_for
 from servesim.workload import ClosedLoop, Workload
 
 INF = math.inf
-ROUTERS = ("round_robin", "least_loaded", "least_requests")
+__all__ = ["ROUTERS", "Deployment", "SimResult", "simulate"]
 
 
 _PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
@@ -48,6 +57,10 @@ class Deployment:
     max_num_batched_tokens: int | None = None
     chunked_prefill: bool | None = None
     fit: kernels.KernelFit | None = None
+    policy: Policy | None = None  # scheduling policy; None is the engine's FCFS
+    prefix_caching: bool | None = None  # None: the engine's default (used when prompts have ids)
+    migration: Migration | None = None  # Llumnix live migration between the replicas
+    autoscaler: Autoscaler | None = None  # replicas added/removed over time; `replicas` at start
 
     @property
     def num_devices(self) -> int:
@@ -98,20 +111,38 @@ class Deployment:
 
     def label(self) -> str:
         """Short description such as `2x h100_sxm tp4 vllm`."""
-        return f"{self.replicas}x {self.device.name} {self.parallel.label()} {self.engine.name}"
+        text = f"{self.replicas}x {self.device.name} {self.parallel.label()} {self.engine.name}"
+        if self.max_num_batched_tokens is not None:
+            text += f" budget{self.max_num_batched_tokens}"
+        if self.chunked_prefill is False:
+            text += " unchunked"
+        if self.policy is not None and not self.policy.is_fcfs:
+            text += f" {self.policy.name}"
+            if self.policy.preemption != "recompute":
+                text += f"/{self.policy.preemption}"
+        if self.migration is not None:
+            text += " +migration"
+        if self.autoscaler is not None:
+            text += " autoscaled"
+        return text
+
+    def uses_prefix_cache(self) -> bool:
+        """Whether prefix caching is on (the engine's default unless set)."""
+        return self.engine.prefix_caching if self.prefix_caching is None else self.prefix_caching
 
 
 @dataclass
 class SimResult:
     """Everything a run produced: per-request table, token gaps, replica time series."""
 
-    deployment: Deployment
+    deployment: Any  # Deployment, DisaggDeployment or SemiPDDeployment
     table: RequestTable
     itl: ItlHistogram
     memory: MemoryLayout
     replica_stats: list[dict[str, Any]]
     series: dict[str, np.ndarray]
     wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # mechanism figures for the summary
     _columns: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -129,6 +160,7 @@ class SimResult:
         busy = sum(r["busy_s"] for r in self.replica_stats)
         energy = sum(r["energy_j"] for r in self.replica_stats)
         out_tokens = max(1, int(cols["generated_tokens"].sum()))
+        all_tokens = out_tokens + int(cols["prompt_tokens"][cols["finish_s"] >= 0].sum())
         s.update(
             {
                 "deployment": dep.label(),
@@ -137,6 +169,9 @@ class SimResult:
                 "cost_usd": dep.price_per_hour * span / 3600.0,
                 "energy_j": energy,
                 "joules_per_output_token": energy / out_tokens,
+                "joules_per_token": energy / max(1, all_tokens),
+                "output_tokens_per_joule": out_tokens / max(energy, 1e-12),
+                "mean_power_w": energy / max(span, 1e-12),
                 "utilisation": busy / max(span * len(self.replica_stats), 1e-12),
                 "mean_batch_size": _time_mean(self.series["t_s"], self.series["running"]),
                 "mean_kv_use": _time_mean(self.series["t_s"], self.series["kv_use"]),
@@ -145,6 +180,12 @@ class SimResult:
                 "iterations": sum(r["iterations"] for r in self.replica_stats),
             }
         )
+        s.update(self.extra)
+        if "scale_events" in self.extra:  # autoscaled: how attainment moved with the load
+            window = max(60.0, span / 24.0)
+            s["slo_attainment_over_time"] = [
+                [round(t, 1), round(a, 4), n] for t, a, n in attainment_over_time(cols, slo, window)
+            ]
         return s
 
 
@@ -156,49 +197,22 @@ def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
     return float((v[:-1] * dt).sum() / total) if total > 0 else float(v.mean())
 
 
-def _build_replicas(
-    dep: Deployment, table: RequestTable, itl: ItlHistogram, max_tokens_needed: int
-) -> tuple[list[Replica], MemoryLayout]:
-    """Replicas (pipeline-parallel ones as `pp` virtual engines sharing the cache)."""
-    seqs, budget, chunked = dep.batching()
-    mem = dep.memory()
-    pred = dep.predictor()
-    e = dep.engine
-    pp = dep.parallel.pp
-    if not chunked:
-        budget = max(budget, max_tokens_needed)  # engines raise the budget to the model length
-    blocks = mem.kv_tokens // e.block_size
-    if max_tokens_needed > mem.kv_tokens // pp:
-        raise ServesimError(
-            f"A request of {max_tokens_needed} tokens does not fit the KV cache of "
-            f"{mem.kv_tokens // pp} tokens per engine of {dep.label()}; use more devices per "
-            "replica, fp8 KV cache, or drop requests longer than the cache."
-        )
-    cfg = ReplicaConfig(
-        max_num_seqs=max(1, seqs // pp),
-        max_num_batched_tokens=budget,
-        chunked_prefill=chunked,
-        mixed_batches=e.mixed_batches,
-        block_size=e.block_size,
-        kv_blocks=max(1, blocks // pp),
-    )
-    reps = [Replica(i, pred, cfg, table, itl) for i in range(dep.replicas * pp)]
-    return reps, mem
+@dataclass
+class Requests:
+    """A workload laid out for the simulator: the request table and what the replicas read."""
+
+    table: RequestTable
+    closed: ClosedLoop | None
+    longest: int  # prompt + output tokens of the longest request
+    hashes: list[list[int]] | None = None  # prefix hash ids per request
+    block_tokens: int = 0  # tokens per hash block
 
 
-def simulate(
-    dep: Deployment,
-    workload: Workload | None = None,
-    closed_loop: ClosedLoop | None = None,
-    router: str = "round_robin",
-) -> SimResult:
-    """Serve an open-loop workload or a closed loop of clients on a deployment."""
-    import time
-
+def prepare(workload: Workload | None, closed_loop: ClosedLoop | None, router: str) -> Requests:
+    """Check a workload (or closed loop) and lay out its request table."""
     if (workload is None) == (closed_loop is None):
         raise ServesimError("Give either an open-loop workload or a closed loop, not both.")
-    if router not in ROUTERS:
-        raise ServesimError(f"Unknown router {router!r}; use one of: {', '.join(ROUTERS)}.")
+    check_router(router)
     src = closed_loop if closed_loop is not None else workload
     prompts = np.asarray(src.prompt_tokens, dtype=np.int64)
     outputs = np.asarray(src.output_tokens, dtype=np.int64)
@@ -218,126 +232,228 @@ def simulate(
     prio = getattr(src, "priority", None)
     if prio is not None:
         table.priority = np.asarray(prio, dtype=np.int64).tolist()
+    hashes = getattr(src, "prefix_hashes", None)
+    block_tokens = int(getattr(src, "prefix_block_tokens", 0) or 0)
+    return Requests(table, closed_loop, int((prompts + outputs).max()), hashes, block_tokens)
+
+
+def build_pool(
+    dep: Deployment,
+    req: Requests,
+    itl: ItlHistogram,
+    role: str = "mixed",
+    count: int | None = None,
+) -> tuple[list[Replica], MemoryLayout]:
+    """Replicas of a deployment (pipeline-parallel ones as `pp` virtual engines sharing the
+    cache), with the deployment's policy and, when prompts carry hash ids, prefix caches."""
+    seqs, budget, chunked = dep.batching()
+    mem = dep.memory()
+    pred = dep.predictor()
+    e = dep.engine
+    pp = dep.parallel.pp
+    if not chunked:
+        budget = max(budget, req.longest)  # engines raise the budget to the model length
+    blocks = mem.kv_tokens // e.block_size
+    if req.longest > mem.kv_tokens // pp:
+        raise ServesimError(
+            f"A request of {req.longest} tokens does not fit the KV cache of "
+            f"{mem.kv_tokens // pp} tokens per engine of {dep.label()}; use more devices per "
+            "replica, fp8 KV cache, or drop requests longer than the cache."
+        )
+    cfg = ReplicaConfig(
+        max_num_seqs=max(1, seqs // pp),
+        max_num_batched_tokens=budget,
+        chunked_prefill=chunked,
+        mixed_batches=e.mixed_batches,
+        block_size=e.block_size,
+        kv_blocks=max(1, blocks // pp),
+    )
+    ps = None
+    if dep.policy is not None and not dep.policy.is_fcfs:
+        ps = PolicyState(dep.policy, req.table, pred)
+    caching = req.hashes is not None and req.block_tokens > 0 and dep.uses_prefix_cache()
+    n = (dep.replicas if count is None else count) * pp
+    reps = [
+        Replica(
+            i,
+            pred,
+            cfg,
+            req.table,
+            itl,
+            policy=ps,
+            role=role,
+            prefix=PrefixCache(req.block_tokens, e.block_size) if caching else None,
+            hashes=req.hashes if caching else None,
+        )
+        for i in range(n)
+    ]
+    return reps, mem
+
+
+def simulate(
+    dep: Any,
+    workload: Workload | None = None,
+    closed_loop: ClosedLoop | None = None,
+    router: str = "round_robin",
+) -> SimResult:
+    """Serve an open-loop workload or a closed loop of clients on a deployment: a `Deployment`
+    (colocated replicas), a `disagg.DisaggDeployment` or a `semipd.SemiPDDeployment`."""
+    from servesim.disagg import DisaggDeployment, simulate_disagg
+    from servesim.semipd import SemiPDDeployment, simulate_semipd
+
+    if isinstance(dep, DisaggDeployment):
+        return simulate_disagg(dep, workload, closed_loop, router)
+    if isinstance(dep, SemiPDDeployment):
+        return simulate_semipd(dep, workload, closed_loop, router)
+    if not isinstance(dep, Deployment):
+        raise ServesimError(
+            f"Cannot simulate a {type(dep).__name__}; give a Deployment, DisaggDeployment or "
+            "SemiPDDeployment."
+        )
+    req = prepare(workload, closed_loop, router)
     itl = ItlHistogram()
-    longest = int((prompts + outputs).max())
-    reps, mem = _build_replicas(dep, table, itl, longest)
+    scaler = dep.autoscaler
+    count = scaler.max_replicas if scaler is not None else None
+    reps, mem = build_pool(dep, req, itl, count=count)
     t_wall = time.perf_counter()
-    _run(reps, table, closed_loop, router)
+    stats = None
+    pp = dep.parallel.pp
+    if len(reps) == 1 and closed_loop is None and dep.migration is None and scaler is None:
+        _run_single(reps[0], req.table)
+    else:
+        cluster = Cluster(
+            req.table,
+            reps,
+            Router(router, req.hashes),
+            lag_s=reps[0].pred.engine.request_overhead_s,
+            closed=closed_loop,
+            migration=dep.migration,
+            migration_path=_migration_path(dep) if dep.migration is not None else None,
+            controllers=[AutoscaleController(scaler, dep, pp)] if scaler is not None else None,
+        )
+        if pp > 1 or scaler is not None:
+            _group_virtual_engines(cluster, pp)
+        cluster.run()
+        stats = cluster.stats
     wall = time.perf_counter() - t_wall
-    return _result(dep, reps, table, itl, mem, wall)
+    return result(dep, reps, req, itl, mem, wall, stats)
 
 
-def _run(reps: list[Replica], table: RequestTable, closed: ClosedLoop | None, router: str) -> None:
-    """The event loop: arrivals and replica events in time order."""
+def _group_virtual_engines(cluster: Cluster, pp: int) -> None:
+    """Autoscaling adds and removes whole replicas: all `pp` virtual engines of one."""
+    for r in cluster.reps:
+        r.group = r.index // pp
+
+
+def _migration_path(dep: Deployment) -> KvPath:
+    return KvPath.for_model(link_for(dep.migration.link, dep.device), dep.model)
+
+
+def _run_single(single: Replica, table: RequestTable) -> None:
+    """One replica fed by a known arrival sequence: the common case, kept tight."""
     n = len(table)
     arrivals = table.arrival_s
     # The engine sees a request after the serving frontend's fixed latency (HTTP, tokenising).
-    lag = reps[0].pred.engine.request_overhead_s
-    rr = 0
-    pending: list[tuple[float, int]] = []  # closed-loop arrivals (time, rid)
-    next_rid = 0
-    if closed is not None:
-        delays = closed.delays_s.tolist()
-        for rid in range(min(closed.clients, n)):
-            heapq.heappush(pending, (delays[rid] - closed.think_s, rid))
-        next_rid = min(closed.clients, n)
-
-    def route(rid: int) -> Replica:
-        nonlocal rr
-        if len(reps) == 1:
-            return reps[0]
-        if router == "round_robin":
-            r = reps[rr % len(reps)]
-            rr += 1
-            return r
-        if router == "least_requests":
-            return min(reps, key=lambda x: (x.num_requests, x.index))
-        return min(reps, key=lambda x: (x.outstanding_tokens, x.index))
-
-    single = reps[0] if len(reps) == 1 else None
-    if single is not None and closed is None:
-        # The common case, kept tight: one replica fed by a known arrival sequence.
-        advance, enqueue = single.advance, single.enqueue
-        for rid in range(n):
-            t_arr = arrivals[rid] + lag
-            while single.next_t < t_arr:
-                advance()
-            enqueue(rid, t_arr)
-        while single.next_t < INF:
+    lag = single.pred.engine.request_overhead_s
+    advance, enqueue = single.advance, single.enqueue
+    for rid in range(n):
+        t_arr = arrivals[rid] + lag
+        while single.next_t < t_arr:
             advance()
-        return
-    i = 0
-    heap: list[tuple[float, int]] = []  # (next_t, replica index), lazily invalidated
-    while True:
-        if closed is None:
-            t_arr = arrivals[i] + lag if i < n else INF
-        else:
-            t_arr = pending[0][0] + lag if pending else INF
-        if single is not None:
-            t_rep, rep = single.next_t, single
-        else:
-            while heap and heap[0][0] != reps[heap[0][1]].next_t:
-                heapq.heappop(heap)
-            if heap:
-                t_rep, idx = heap[0]
-                rep = reps[idx]
-            else:
-                t_rep, rep = INF, None
-        if t_arr == INF and t_rep == INF:
-            break
-        if t_arr <= t_rep:
-            if closed is None:
-                rid = i
-                i += 1
-            else:
-                sent, rid = heapq.heappop(pending)
-                arrivals[rid] = sent
-            target = route(rid)
-            done = target.enqueue(rid, t_arr)
-            if single is None:
-                heapq.heappush(heap, (target.next_t, target.index))
-        else:
-            done = rep.advance()
-            if single is None:
-                heapq.heappush(heap, (rep.next_t, rep.index))
-        if closed is not None and done:
-            for rid in done:
-                if next_rid < n:
-                    heapq.heappush(pending, (table.finish_s[rid] + delays[next_rid], next_rid))
-                    next_rid += 1
+        enqueue(rid, t_arr)
+    while single.next_t < INF:
+        advance()
 
 
-def _result(
-    dep: Deployment,
+def replica_energy_j(r: Replica, end_s: float, decode_context_tokens: float) -> float:
+    """Energy of one replica (or virtual engine): idle power while provisioned (its share of
+    the devices) plus the dynamic power of the work its iterations did."""
+    up = r.provisioned_s(end_s)
+    return r.power_pred.joules(up * r.idle_share, r.total_work_s(decode_context_tokens))
+
+
+def decode_context_by_replica(cols: dict[str, np.ndarray], replicas: int) -> np.ndarray:
+    """Total context the decode steps of each replica attended to: a request that generated O
+    tokens after a P-token prompt decodes O − 1 steps over P + 1 … P + O − 1 tokens; it is
+    counted on the replica it finished on."""
+    p = cols["prompt_tokens"].astype(np.float64)
+    o = np.maximum(cols["generated_tokens"] - 1.0, 0.0)
+    where = cols["replica"]
+    ok = where >= 0
+    ctx = o * p + o * (o + 1.0) * 0.5
+    return np.bincount(where[ok], weights=ctx[ok], minlength=replicas)
+
+
+def result(
+    dep: Any,
     reps: list[Replica],
-    table: RequestTable,
+    req: Requests,
     itl: ItlHistogram,
     mem: MemoryLayout,
     wall: float,
+    stats: ClusterStats | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> SimResult:
-    pred = reps[0].pred
-    cap_tokens = reps[0].cfg.kv_blocks * reps[0].cfg.block_size
-    stats = []
+    """Collect a run's replica statistics, time series and mechanism figures."""
+    res = SimResult(dep, req.table, itl, mem, [], {}, wall)
+    stats_out = res.replica_stats
     t_all: list[np.ndarray] = []
     run_all: list[np.ndarray] = []
     kv_all: list[np.ndarray] = []
     end = max((r.now for r in reps), default=0.0)
+    device_s = 0.0
+    price_s = 0.0
+    contexts = decode_context_by_replica(res.columns(), len(reps))
     for r in reps:
-        span = max(end, 1e-12)
-        stats.append(
+        up = r.provisioned_s(end)
+        stats_out.append(
             {
                 "replica": r.index,
+                "role": r.role,
                 "busy_s": r.busy_s,
                 "iterations": r.iterations,
-                "energy_j": pred.joules(span, r.busy_s) / dep.parallel.pp,
+                "energy_j": replica_energy_j(r, end, float(contexts[r.index])),
+                "provisioned_s": up,
             }
         )
+        devices = r.pred.par.num_devices * r.idle_share
+        device_s += up * devices
+        price_s += up * devices * r.pred.device.price_per_hour
         samples = np.array(r.samples, dtype=np.float64).reshape(-1, 3)
         t_all.append(samples[:, 0])
         run_all.append(samples[:, 1])
-        kv_all.append(samples[:, 2] / cap_tokens)
-    series = _merge_series(t_all, run_all, kv_all)
-    return SimResult(dep, table, itl, mem, stats, series, wall)
+        kv_all.append(samples[:, 2] / max(1, r.cfg.kv_blocks * r.cfg.block_size))
+    res.series = _merge_series(t_all, run_all, kv_all)
+    info: dict[str, Any] = dict(extra or {})
+    caches = [r.prefix for r in reps if r.prefix is not None]
+    if caches:
+        lookups = sum(c.lookup_tokens for c in caches)
+        hits = sum(c.hit_tokens for c in caches)
+        info["prefix_hit_rate"] = hits / lookups if lookups else 0.0
+        info["prefix_evictions"] = sum(c.evictions for c in caches)
+    ps = next((r.ps for r in reps if r.ps is not None), None)
+    if ps is not None:
+        info["swaps"] = ps.swaps
+        info["swap_s"] = ps.swap_s
+        info["prefill_interrupts"] = sum(r.interrupts for r in reps)
+    if stats is not None:
+        if stats.kv_transfers:
+            info["kv_transfers"] = stats.kv_transfers
+            info["kv_transfer_gb"] = stats.kv_bytes / 1e9
+            info["kv_transfer_s_mean"] = float(np.mean(stats.kv_transfer_s))
+            info["kv_transfer_s_p99"] = float(np.percentile(stats.kv_transfer_s, 99))
+        if stats.migrations:
+            info["migrations"] = stats.migrations
+            info["migration_gb"] = stats.migration_bytes / 1e9
+            info["migration_downtime_s_mean"] = float(np.mean(stats.migration_downtime_s))
+            info["migration_gap_s_mean"] = float(np.mean(stats.migration_gap_s))
+        if stats.scale_events:
+            info["cold_starts"] = stats.cold_starts
+            info["device_hours"] = device_s / 3600.0
+            info["cost_usd"] = price_s / 3600.0
+            info["scale_events"] = [list(e) for e in stats.scale_events]
+    res.extra = info
+    return res
 
 
 def _merge_series(

@@ -1,0 +1,409 @@
+"""The cluster event loop: arrivals, replica events, KV transfers and periodic controllers.
+
+One loop drives every multi-replica setting: a pool of colocated replicas behind a router; a
+prefill pool and a decode pool joined by KV transfers over a link (disaggregation); live
+migration between replicas; autoscaling. Events are kept in one heap and invalidated lazily
+(a replica's entry is current while its `next_t` matches; a transfer's while its version does).
+Replicas advance lazily and touch the heap only when their next event time changes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from servesim.metrics import RequestTable
+from servesim.replica import Replica
+from servesim.router import Migration, Router, freeness_steps, least_outstanding
+from servesim.transfer import Link, Network
+from servesim.workload import ClosedLoop
+
+INF = math.inf
+_REP, _XFER, _TICK = 0, 1, 2
+
+
+@dataclass
+class KvPath:
+    """How KV moves between two pools: the link, the bytes per token and the compression."""
+
+    link: Link
+    kv_bytes: Callable[[int], float]  # bytes of a sequence of n cached tokens (whole model)
+    compression: float = 1.0  # CacheGen-style ratio: bytes on the wire = bytes / compression
+
+    @classmethod
+    def for_model(cls, link: Link, model: Any, compression: float = 1.0) -> KvPath:
+        """The path for a model's KV cache (per-token bytes computed once)."""
+        if model.num_sliding_layers:
+            return cls(link, model.kv_bytes, compression)
+        per_token = model.kv_bytes_per_token()
+        return cls(link, lambda n: n * per_token, compression)
+
+
+@dataclass
+class ClusterStats:
+    """What the cluster loop did besides serving: transfers, migrations, scaling."""
+
+    kv_transfers: int = 0
+    kv_bytes: float = 0.0
+    kv_transfer_s: list[float] = field(default_factory=list)  # per transfer, start to arrival
+    migrations: int = 0
+    migration_bytes: float = 0.0
+    migration_downtime_s: list[float] = field(default_factory=list)  # predicted stop-copy
+    migration_gap_s: list[float] = field(default_factory=list)  # last token at A to attach at B
+    cold_starts: int = 0
+    scale_events: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas up)
+
+
+class Cluster:
+    """Replica pools, a router, optional KV path, migration and controllers, run to the end."""
+
+    def __init__(
+        self,
+        table: RequestTable,
+        entry: list[Replica],
+        router: Router,
+        lag_s: float = 0.0,
+        closed: ClosedLoop | None = None,
+        decode: list[Replica] | None = None,
+        kv_path: KvPath | None = None,
+        migration: Migration | None = None,
+        migration_path: KvPath | None = None,
+        controllers: list[Any] | None = None,
+        pairs: list[tuple[Replica, Replica]] | None = None,
+    ) -> None:
+        self.table = table
+        self.entry = entry
+        self.decode = decode or []
+        self.reps = entry + self.decode
+        for i, r in enumerate(self.reps):
+            r.index = i
+        self.router = router
+        self.lag = lag_s
+        self.closed = closed
+        self.kv_path = kv_path
+        self.migration = migration
+        self.migration_path = migration_path
+        self.controllers = controllers or []
+        self.active_entry = list(entry)  # replicas the router may use (autoscaling changes it)
+        self.stats = ClusterStats()
+        # (time, kind, replica or transfer or controller, version or flag): ties break on the
+        # integers, so the order is deterministic without a sequence number.
+        self.heap: list[tuple[float, int, int, int]] = []
+        self.net = Network()
+        self.pending: dict[int, deque[tuple[int, Replica]]] = {r.index: deque() for r in self.reps}
+        self.inflight_migrations = 0
+        self.migrating: set[int] = set()
+        self.now = 0.0
+        self.late: list[int] = []  # requests finished inside a controller's action
+        # Semi-PD: a prefill lane and a decode lane sharing one KV cache, hand-off in place.
+        self.pairs = pairs or []
+        self.pair_of: dict[int, tuple[Replica, Replica]] = {}
+        for p, d in self.pairs:
+            self.pair_of[p.index] = (p, d)
+            self.pair_of[d.index] = (p, d)
+            self.sync_pair(p, d)
+        path = kv_path or migration_path
+        if path is not None:
+            for r in self.reps:
+                cap = path.link.bw_bytes_per_s * r.pred.par.num_devices
+                self.net.endpoint(2 * r.index, cap)  # egress
+                self.net.endpoint(2 * r.index + 1, cap)  # ingress
+
+    # ---- heap helpers ----------------------------------------------------------------------
+    def _push(self, t: float, kind: int, a: int, b: int = 0) -> None:
+        heapq.heappush(self.heap, (t, kind, a, b))
+
+    def _touch(self, r: Replica) -> None:
+        t = r.next_t
+        if t < INF:
+            heapq.heappush(self.heap, (t, _REP, r.index, 0))
+
+    touch = _touch
+
+    def sync_pair(self, p: Replica, d: Replica) -> None:
+        """Semi-PD: each lane may use the shared cache minus what the other holds or will hold
+        by the end of its work in flight; a lane waiting for room is woken when it grows."""
+        total = p.cfg.kv_blocks
+        d.kv_blocks = total - p.fixed_blocks
+        p.kv_blocks = total - (d.kv_blocks - d.free_blocks())
+        for lane in (p, d):
+            if lane.next_t == INF and lane.waiting:
+                lane.kick(self.now)
+                self._touch(lane)
+
+    def schedule_tick(self, t: float, which: int, kind: int = 0) -> None:
+        """Ask for a controller callback at time t (controllers call this to repeat)."""
+        self._push(t, _TICK, which, kind)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve every request."""
+        table, reps, heap = self.table, self.reps, self.heap
+        n = len(table)
+        arrivals = table.arrival_s
+        lag = self.lag
+        closed = self.closed
+        pending: list[tuple[float, int]] = []
+        next_rid = 0
+        delays: list[float] = []
+        if closed is not None:
+            delays = closed.delays_s.tolist()
+            for rid in range(min(closed.clients, n)):
+                heapq.heappush(pending, (delays[rid] - closed.think_s, rid))
+            next_rid = min(closed.clients, n)
+        if self.migration is not None:
+            self._push(self.migration.interval_s, _TICK, -1)
+        for i, c in enumerate(self.controllers):
+            c.start(self, i)
+        route = self.router.pick
+        handoffs = bool(self.decode)
+        pair_of = self.pair_of
+        push, pop = heapq.heappush, heapq.heappop
+        valid = self.net.valid
+        i = 0
+        while True:
+            if closed is None:
+                t_arr = arrivals[i] + lag if i < n else INF
+            else:
+                t_arr = pending[0][0] + lag if pending else INF
+            while heap:
+                t, kind, a, b = heap[0]
+                if kind == _REP:
+                    if reps[a].next_t == t:
+                        break
+                elif kind == _XFER:
+                    if valid(a, b):
+                        break
+                else:
+                    break
+                pop(heap)
+            if not heap:
+                if t_arr == INF:
+                    break
+                t_ev = INF
+            else:
+                t_ev = heap[0][0]
+            done: list[int]
+            if t_arr <= t_ev:
+                if closed is None:
+                    rid = i
+                    i += 1
+                else:
+                    sent, rid = heapq.heappop(pending)
+                    arrivals[rid] = sent
+                self.now = t_arr
+                target = route(rid, self.active_entry)
+                before = target.next_t
+                done = target.enqueue(rid, t_arr)
+                t = target.next_t
+                if t != before and t < INF:
+                    push(heap, (t, _REP, target.index, 0))
+                if handoffs and target.handoff:
+                    done = done + self._handoffs(target)
+                if pair_of:
+                    self.sync_pair(*pair_of[target.index])
+            else:
+                t, kind, a, b = pop(heap)
+                self.now = t
+                if kind == _REP:
+                    r = reps[a]
+                    done = r.advance()
+                    t = r.next_t
+                    if t < INF:
+                        push(heap, (t, _REP, a, 0))
+                    if handoffs:
+                        if r.handoff:
+                            done = done + self._handoffs(r)
+                        if self.pending[a]:
+                            self._pull(r)
+                    if pair_of:
+                        self.sync_pair(*pair_of[a])
+                else:
+                    done = []
+                    if kind == _XFER:
+                        done = self._transfer_done(t, a)
+                    elif a == -1:
+                        self._migrate_tick(t)
+                        if self._busy(i < n or bool(pending)):
+                            self._push(t + self.migration.interval_s, _TICK, -1)
+                    else:
+                        more = self._busy(i < n or bool(pending))
+                        self.controllers[a].tick(self, t, a, more, b)
+            if self.late:
+                done = done + self.late
+                self.late = []
+            if closed is not None and done:
+                for rid in done:
+                    if next_rid < n:
+                        heapq.heappush(pending, (table.finish_s[rid] + delays[next_rid], next_rid))
+                        next_rid += 1
+
+    def _busy(self, more_arrivals: bool) -> bool:
+        return more_arrivals or any(r.next_t < INF for r in self.reps) or bool(self.net.active)
+
+    # ---- disaggregation: hand-off, pull, transfer ------------------------------------------
+    def _handoffs(self, src: Replica) -> list[int]:
+        """Requests whose prefill finished on `src` go to a decode replica's pull queue (or,
+        for a semi-PD lane, straight to its partner); returns requests that finished."""
+        tab = self.table
+        if src.index in self.pair_of:
+            _, dst = self.pair_of[src.index]
+            done: list[int] = []
+            for rid in src.handoff:
+                held = src.held[rid]
+                cached = tab.prompt_tokens[rid] + max(0, tab.generated[rid] - 1)
+                src.release(rid, self.now)
+                dst.reserve(held)
+                done += dst.attach(rid, self.now, cached, tab.first_token_s[rid], held)
+            src.handoff.clear()
+            self._touch(src)
+            self._touch(dst)
+            return done
+        pool, pending = self.decode, self.pending
+        for rid in src.handoff:
+            dst = least_outstanding(pool)
+            load = tab.output_tokens[rid] - tab.generated[rid]
+            dst.attached_load[rid] = load  # counted now so a burst spreads over the pool
+            dst.outstanding_tokens += load
+            q = pending[dst.index]
+            q.append((rid, src))
+            if len(q) == 1:
+                self._pull(dst)
+        src.handoff.clear()
+        return []
+
+    def _pull(self, dst: Replica) -> None:
+        """Start the transfers `dst` has room for, in order (DistServe: decode pulls KV)."""
+        q = self.pending[dst.index]
+        tab = self.table
+        bs = dst.cfg.block_size
+        path = self.kv_path
+        while q:
+            rid, src = q[0]
+            gen = tab.generated[rid]
+            cached = tab.prompt_tokens[rid] + (gen - 1 if gen > 1 else 0)
+            need = -(-(cached + 1) // bs)
+            if not dst.has_room(need):
+                return
+            q.popleft()
+            dst.reserve(need)
+            nbytes = path.kv_bytes(cached) / path.compression
+            payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
+            self._start_transfer(src, dst, nbytes, path.link.latency_s, payload)
+
+    def _start_transfer(
+        self, src: Replica, dst: Replica, nbytes: float, latency: float, payload: tuple
+    ) -> None:
+        heap = self.heap
+        for t, tid, ver in self.net.start(
+            self.now, 2 * src.index, 2 * dst.index + 1, nbytes, latency, payload
+        ):
+            heapq.heappush(heap, (t, _XFER, tid, ver))
+
+    def _transfer_done(self, t: float, tid: int) -> list[int]:
+        """A transfer arrived: hand the request over; returns requests that finished."""
+        payload, changed = self.net.finish(t, tid)
+        for t2, tid2, ver in changed:
+            self._push(t2, _XFER, tid2, ver)
+        kind = payload[0]
+        reps, tab = self.reps, self.table
+        if kind == "kv":
+            _, rid, s, d, cached, need, t_start, nbytes = payload
+            src, dst = reps[s], reps[d]
+            self.stats.kv_transfers += 1
+            self.stats.kv_bytes += nbytes
+            self.stats.kv_transfer_s.append(t - t_start)
+            before = src.next_t
+            src.release(rid, t)
+            if src.next_t != before:
+                self._touch(src)
+            before = dst.next_t
+            done = dst.attach(rid, t, cached, tab.first_token_s[rid], need, counted=True)
+            if dst.next_t != before:
+                self._touch(dst)
+            return done
+        if kind == "mig1":
+            return self._migration_stop_copy(t, payload)
+        _, rid, d, cached, need, t_last, _ = payload
+        dst = reps[d]
+        self.stats.migration_gap_s.append(t - t_last)
+        done = dst.attach(rid, t, cached, t_last, need)
+        self._touch(dst)
+        tab.migrations[rid] += 1
+        self.inflight_migrations -= 1
+        self.migrating.discard(rid)
+        return done
+
+    # ---- live migration (Llumnix) -----------------------------------------------------------
+    def _migrate_tick(self, t: float) -> None:
+        mig = self.migration
+        if self.inflight_migrations >= mig.max_inflight:
+            return
+        pool = self.decode if self.decode else self.active_entry
+        if len(pool) < 2:
+            return
+        src = dst = pool[0]
+        f_src = f_dst = freeness_steps(src)
+        for r in pool:
+            f = freeness_steps(r)
+            if f < f_src:
+                src, f_src = r, f
+            elif f > f_dst:
+                dst, f_dst = r, f
+        if src is dst or f_src >= mig.low_steps or f_dst <= mig.high_steps:
+            return
+        if not src.off or src.mid_iteration:
+            return
+        g = src.G
+        rid = min(
+            (r for r in src.off if r not in self.migrating), key=lambda r: src.off[r], default=None
+        )
+        if rid is None:
+            return
+        cached = src.off[rid] + g + src.shared.get(rid, 0)
+        bs = dst.cfg.block_size
+        path = self.migration_path
+        # The copy runs while the request decodes: reserve room for what it adds meanwhile.
+        copy_s = path.link.seconds(path.kv_bytes(cached), src.pred.par.num_devices)
+        step0 = src.pred.decode_step_coeffs(max(1, len(src.off)))[0]
+        growth = int(copy_s / max(step0, 1e-6)) + 2
+        need = -(-(cached + growth) // bs)
+        if not dst.has_room(need):
+            return
+        dst.reserve(need)
+        self.inflight_migrations += 1
+        self.migrating.add(rid)
+        payload = ("mig1", rid, src.index, dst.index, cached, need)
+        self._start_transfer(src, dst, path.kv_bytes(cached), path.link.latency_s, payload)
+
+    def _migration_stop_copy(self, t: float, payload: tuple) -> list[int]:
+        """The bulk copy is done: stop the request at the next step, copy what it added."""
+        _, rid, s, d, cached0, need = payload
+        src, dst = self.reps[s], self.reps[d]
+        done, cached, boundary = src.detach(rid, t)
+        self._touch(src)
+        if cached < 0:  # it finished (or could not be stopped): give the room back
+            dst.unreserve(need)
+            self.inflight_migrations -= 1
+            self.migrating.discard(rid)
+            dst.kick(t)
+            self._touch(dst)
+            return done
+        path = self.migration_path
+        delta = path.kv_bytes(max(0, cached - cached0))
+        predicted = path.link.seconds(delta, src.pred.par.num_devices)
+        self.stats.migrations += 1
+        self.stats.migration_bytes += path.kv_bytes(cached)
+        self.stats.migration_downtime_s.append(predicted)
+        extra = -(-(cached + 1) // dst.cfg.block_size) - need
+        if extra > 0:
+            dst.reserve(extra)
+            need += extra
+        # The delta leaves once the request stops at the step boundary (at or after t).
+        payload2 = ("mig2", rid, d, cached, need, boundary, predicted)
+        self._start_transfer(src, dst, delta, path.link.latency_s + (boundary - t), payload2)
+        return done

@@ -1,0 +1,154 @@
+"""Routing requests across replicas, and Llumnix-style live migration between them.
+
+Routers pick a replica when a request arrives:
+- `round_robin`: in turn (vLLM production stack, Kubernetes services).
+- `least_loaded`: fewest outstanding tokens (prompt + output of the requests it holds; the
+  output lengths are the workload's, i.e. what a router with a perfect length predictor sees).
+- `least_requests`: fewest requests queued or running (SGLang router's shortest queue).
+- `least_kv`: Llumnix's dispatch: lowest KV-cache load counting queued prompts, with no
+  knowledge of output lengths.
+- `power_of_two`: two replicas drawn at random, the one with fewer outstanding tokens
+  (Mitzenmacher's power of two choices; seeded, so runs are deterministic).
+- `prefix_affinity`: the replica whose prefix cache holds the longest leading part of the prompt
+  (SGLang's cache-aware router, Mooncake's Conductor), unless it is much busier than the
+  least-loaded one, which then gets the request.
+- `session`: sticky by the prompt's first hash block (a conversation or system prompt), so a
+  session always lands on the same replica.
+
+`Migration` moves a decoding request from the most to the least loaded replica: its KV cache is
+copied while it keeps decoding, then the tokens produced meanwhile are copied during a short
+stop (Llumnix's live migration), so the request pauses only for the last copy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from servesim.errors import ServesimError
+from servesim.replica import Replica
+
+ROUTERS = (
+    "round_robin",
+    "least_loaded",
+    "least_requests",
+    "least_kv",
+    "power_of_two",
+    "prefix_affinity",
+    "session",
+)
+
+
+def check_router(name: str) -> None:
+    """Refuse an unknown router name with the list of known ones."""
+    if name not in ROUTERS:
+        raise ServesimError(f"Unknown router {name!r}; use one of: {', '.join(ROUTERS)}.")
+
+
+class Router:
+    """Picks a replica for each arrival under one of the policies above."""
+
+    def __init__(
+        self,
+        name: str,
+        hashes: list[list[int]] | None = None,
+        seed: int = 0,
+        imbalance: float = 0.5,
+    ) -> None:
+        check_router(name)
+        self.name = name
+        self.hashes = hashes
+        self.rng = random.Random(seed)
+        self.rr = 0
+        self.imbalance = imbalance  # prefix_affinity: tolerated load excess over the lightest
+
+    def pick(self, rid: int, reps: list[Replica]) -> Replica:
+        """The replica (of the active ones given) that gets request `rid`."""
+        if len(reps) == 1:
+            return reps[0]
+        name = self.name
+        if name == "round_robin":
+            r = reps[self.rr % len(reps)]
+            self.rr += 1
+            return r
+        if name == "least_loaded":
+            return least_outstanding(reps)
+        if name == "least_requests":
+            return min(reps, key=lambda x: (x.num_requests, x.index))
+        if name == "least_kv":
+            return min(reps, key=lambda x: (kv_load(x), x.index))
+        if name == "power_of_two":
+            a, b = self.rng.sample(reps, 2)
+            return a if (a.outstanding_tokens, a.index) <= (b.outstanding_tokens, b.index) else b
+        if name == "session":
+            hashes = self.hashes[rid] if self.hashes else None
+            key = hashes[0] if hashes else rid
+            return reps[hash((key, 0x5EED)) % len(reps)]
+        return self._prefix_affinity(rid, reps)
+
+    def _prefix_affinity(self, rid: int, reps: list[Replica]) -> Replica:
+        lightest = least_outstanding(reps)
+        hashes = self.hashes[rid] if self.hashes else None
+        if not hashes:
+            return lightest
+        best, best_k = lightest, 0
+        n = len(hashes)
+        for r in reps:
+            # Cached prefixes are contiguous: without block `best_k` a replica cannot match more.
+            if r.prefix is None or best_k >= n or hashes[best_k] not in r.prefix.refs:
+                continue
+            k = r.prefix.match(hashes, n)
+            if k > best_k or (k == best_k and k and r.outstanding_tokens < best.outstanding_tokens):
+                best, best_k = r, k
+        limit = lightest.outstanding_tokens * (1.0 + self.imbalance) + 4096
+        return best if best.outstanding_tokens <= limit else lightest
+
+
+def least_outstanding(reps: list[Replica]) -> Replica:
+    """The replica with the fewest outstanding tokens (the first of equals)."""
+    best = reps[0]
+    low = best.outstanding_tokens
+    for r in reps:
+        if r.outstanding_tokens < low:
+            best, low = r, r.outstanding_tokens
+    return best
+
+
+def kv_load(r: Replica) -> float:
+    """Llumnix's virtual usage: KV pages in use plus the pages queued prompts will need, as a
+    share of the cache."""
+    queued = r.queued_tokens / r.cfg.block_size
+    return (r.kv_used_estimate + queued) / max(1, r.kv_blocks)
+
+
+def freeness_steps(r: Replica) -> float:
+    """Llumnix's freeness: how many more decode steps the running batch can take before the
+    cache runs out, after making room for the queued prompts (negative when they do not fit)."""
+    bs = r.cfg.block_size
+    free = (r.kv_blocks - r.kv_used_estimate) * bs - r.queued_tokens
+    return free / max(1, len(r.off))
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Llumnix live migration between replicas of a pool.
+
+    Every `interval_s` the replica with the least freeness (`freeness_steps`) sends one decoding
+    request — the one with the fewest cached tokens, the cheapest to move — to the replica with
+    the most, when the source would run out of cache within `low_steps` decode steps (it is
+    about to queue or preempt) and the destination has more than `high_steps` of headroom (so
+    the move cannot bounce back). At most `max_inflight` migrations run at once. Moves use the
+    deployment's inter-replica link.
+    """
+
+    interval_s: float = 0.25
+    low_steps: float = 64.0
+    high_steps: float = 512.0
+    max_inflight: int = 2
+    link: str = "scale_up"
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.max_inflight < 1:
+            raise ServesimError("Migration needs interval_s > 0 and max_inflight ≥ 1.")
+        if not self.low_steps < self.high_steps:
+            raise ServesimError("Migration needs low_steps < high_steps (decode steps).")

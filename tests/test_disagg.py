@@ -1,0 +1,231 @@
+"""Prefill/decode disaggregation (DistServe, Splitwise) and the DistServe placement reproduction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from functools import cache
+
+import numpy as np
+import pytest
+
+from servesim import disagg as D
+from servesim.devices import Device, get_device
+from servesim.engine import get_engine
+from servesim.errors import ServesimError
+from servesim.metrics import Slo
+from servesim.model import load_model
+from servesim.parallel import Parallel
+from servesim.predictor import BatchShape
+from servesim.simulator import Deployment, simulate
+from servesim.transfer import Link, Network, link_for
+from servesim.workload import LogNormal, Workload, synthetic
+
+LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
+H100 = get_device("h100_sxm")
+
+
+# ---- the mechanism ---------------------------------------------------------------------------
+
+
+def test_a_lone_request_pays_prefill_then_transfer_then_decode() -> None:
+    """Claim: TTFT is the prefill on the prefill replica; the KV cache then crosses the link
+    (bytes / bandwidth + latency) before the decode replica's first step, so the transfer shows
+    in the time per output token, not in TTFT."""
+    dep = D.DisaggDeployment(Deployment(LLAMA8, H100), Deployment(LLAMA8, H100), "infiniband")
+    res = simulate(dep, Workload(np.array([0.0]), np.array([4000]), np.array([11])))
+    cols, s = res.columns(), res.summary()
+    pred = Deployment(LLAMA8, H100).predictor()
+    prefill = pred.iteration(BatchShape(prefill=((4000, 0),))).seconds
+    link = link_for("infiniband", H100)
+    transfer = link.seconds(LLAMA8.kv_bytes(4000))
+    steps = sum(pred.iteration(BatchShape(1, 4000 + j)).seconds for j in range(1, 11))
+    assert cols["ttft_s"][0] == pytest.approx(prefill, rel=1e-9)
+    assert s["kv_transfer_s_mean"] == pytest.approx(transfer, rel=1e-6)
+    assert cols["e2e_s"][0] == pytest.approx(prefill + transfer + steps, rel=1e-9)
+    assert cols["replica"][0] == 1  # finished on the decode replica
+    assert s["kv_transfer_gb"] == pytest.approx(LLAMA8.kv_bytes(4000) / 1e9)
+
+
+def test_transfers_sharing_a_link_split_its_bandwidth() -> None:
+    """Claim: two transfers on one endpoint each get half its bandwidth (processor sharing);
+    when one ends, the other speeds up."""
+    net = Network()
+    for ep in ("a", "b", "c"):
+        net.endpoint(ep, 10.0)  # bytes/s
+    ((t1, id1, _),) = net.start(0.0, "a", "b", 100.0, 0.0, "x")
+    assert t1 == pytest.approx(10.0)
+    changed = {tid: t for t, tid, _ in net.start(0.0, "a", "c", 50.0, 0.0, "y")}
+    assert changed[id1] == pytest.approx(20.0) and changed[id1 + 1] == pytest.approx(10.0)
+    _, after = net.finish(10.0, id1 + 1)
+    assert after[0][0] == pytest.approx(15.0)  # 50 bytes left at the full 10 B/s
+
+
+def test_compression_and_bad_inputs() -> None:
+    """Claim: compressed KV (CacheGen) moves proportionally fewer bytes; mismatched pools and
+    impossible ratios are refused in one sentence."""
+    w = synthetic(50, 5.0, 2000, 20, seed=0)
+    base = Deployment(LLAMA8, H100)
+    plain = simulate(D.DisaggDeployment(base, base, "ethernet"), w).summary()
+    packed = simulate(D.DisaggDeployment(base, base, "ethernet", kv_compression=4.0), w).summary()
+    assert packed["kv_transfer_gb"] == pytest.approx(plain["kv_transfer_gb"] / 4.0)
+    assert packed["kv_transfer_s_mean"] < 0.5 * plain["kv_transfer_s_mean"]
+    with pytest.raises(ServesimError, match="same model"):
+        D.DisaggDeployment(base, replace(base, model=load_model("Qwen/Qwen3-8B")))
+    with pytest.raises(ServesimError, match="kv_compression"):
+        D.DisaggDeployment(base, base, kv_compression=0.5)
+    with pytest.raises(ServesimError, match="Link kind"):
+        link_for("carrier-pigeon", H100)
+    assert Link("x", 1e9, 1e-6).seconds(1e9, 2) == pytest.approx(0.5 + 1e-6)
+
+
+# ---- the claim: per-GPU goodput at tight vs loose SLOs ----------------------------------------
+
+
+def prompt_heavy() -> Workload:
+    """Prompts of median 3,000 tokens (p90 6,000), outputs of median 150 (p90 400)."""
+    return synthetic(
+        800,
+        1.0,
+        LogNormal(3000, 6000, max_tokens=12000),
+        LogNormal(150, 400, max_tokens=1000),
+        seed=3,
+    )
+
+
+@cache
+def best_per_gpu(kind: str, ttft: float, tpot: float, link: str = "nvlink") -> D.Placement:
+    base = Deployment(LLAMA8, H100)
+    if kind == "colocated":
+        cands = [
+            d
+            for budget in (512, 2048, 8192)
+            for d in D.colocated_candidates(base, 4, tps=(1, 2, 4), max_num_batched_tokens=budget)
+        ]
+    else:
+        cands = D.disagg_candidates(base, 4, tps=(1, 2), counts=True, link=link)
+    return D.best_placement(cands, prompt_heavy(), Slo(ttft, tpot), 0.9, 16.0, 0.1)[0]
+
+
+def test_disaggregation_wins_at_tight_slos_and_not_at_loose_ones() -> None:
+    """Claim (DistServe §6.2, Splitwise): on a prompt-heavy workload with tight TTFT and TPOT
+    targets, separate prefill and decode pools serve more goodput per GPU than the best
+    colocated setup (TP 1/2/4, chunked prefill budgets 512/2048/8192 tokens), because prefill
+    chunks no longer stretch decode steps; with loose targets colocation's pooled resources
+    win. Both searched on 4 H100s, 90% attainment of each target."""
+    tight = (0.5, 0.012)
+    loose = (4.0, 0.1)
+    d_t, c_t = best_per_gpu("disagg", *tight), best_per_gpu("colocated", *tight)
+    d_l, c_l = best_per_gpu("disagg", *loose), best_per_gpu("colocated", *loose)
+    seen = {
+        "tight": (d_t.label(), d_t.per_gpu_rate_per_s, c_t.label(), c_t.per_gpu_rate_per_s),
+        "loose": (d_l.label(), d_l.per_gpu_rate_per_s, c_l.label(), c_l.per_gpu_rate_per_s),
+    }
+    assert d_t.per_gpu_rate_per_s > 1.15 * c_t.per_gpu_rate_per_s, seen
+    assert d_l.per_gpu_rate_per_s < c_l.per_gpu_rate_per_s, seen
+
+
+def test_a_slow_link_erodes_the_gain_and_compression_wins_some_back() -> None:
+    """Claim (DistServe §4.3, Splitwise, CacheGen): KV transfer over 100 GbE instead of
+    NVLink visibly lowers disaggregation's goodput at tight TPOT — every request's first
+    decode step waits for its cache — and compressing the KV recovers part of it."""
+    tight = Slo(0.5, 0.012)
+    best = best_per_gpu("disagg", 0.5, 0.012)
+    dep = best.deployment
+    w = prompt_heavy()
+    eth = D.capacity(replace(dep, link="ethernet"), w, tight, 0.9, 16.0, 0.1)
+    eth4 = D.capacity(replace(dep, link="ethernet", kv_compression=4.0), w, tight, 0.9, 16.0, 0.1)
+    seen = (best.per_gpu_rate_per_s, eth.per_gpu_rate_per_s, eth4.per_gpu_rate_per_s)
+    assert eth.per_gpu_rate_per_s < 0.85 * best.per_gpu_rate_per_s, seen
+    assert eth4.per_gpu_rate_per_s > eth.per_gpu_rate_per_s, seen
+
+
+# ---- DistServe's published point --------------------------------------------------------------
+
+DISTSERVE_PER_GPU = 1.56  # simdistserve README: OPT-13B, 4×A100-80GB, TTFT 200 ms / TPOT 100 ms
+# Lone-request TTFTs (prompt tokens, ms) and the TPOT of DistServe's own run of this placement
+# (prefill TP2, decode TP1) at 3 req/s, published with its simulator:
+# simdistserve/benchmarks/alignment/data-ground-truth/opt-13b-sharegpt/distserve-c21d11-300-3.exp
+MEASURED_TTFT_MS = {
+    21: 20.4, 56: 21.8, 67: 27.6, 345: 45.8, 907: 81.2, 1010: 87.0, 1316: 144.2,
+    1420: 131.6, 1455: 125.7, 1478: 128.1, 1589: 133.5, 1699: 168.5, 2003: 161.1,
+}  # fmt: skip
+MEASURED_TPOT_MS = 26.0  # typical TPOT of that run (batches of ~8 at 3 req/s)
+
+
+def distserve_search(device: Device, engine_name: str = "vllm", **engine: float) -> list:
+    """DistServe's search: one prefill and one decode instance per node segment, every TP and
+    PP that fits 4 GPUs, capacity at 90% attainment of TTFT 200 ms and of TPOT 100 ms, on 300
+    ShareGPT-like requests with Poisson arrivals; prefills are not chunked (DistServe)."""
+    eng = get_engine("vllm").with_overrides(name=engine_name, **engine)
+    base = Deployment(load_model("facebook/opt-13b"), device, engine=eng)
+    cands = D.disagg_candidates(
+        base, 4, tps=(1, 2, 4), pps=(1, 2), prefill=dict(chunked_prefill=False)
+    )
+    w = D.sharegpt_distserve(300, 1.0, seed=0)
+    return D.best_placement(cands, w, Slo(0.2, 0.1), 0.9, 5.0, 0.01)
+
+
+def scaled(device: Device, f: float) -> Device:
+    return replace(
+        device,
+        name=f"{device.name}x{f:g}",
+        peak_flops_per_s={k: v * f for k, v in device.peak_flops_per_s.items()},
+        mem_bw_bytes_per_s=device.mem_bw_bytes_per_s * f,
+    )
+
+
+def fit_distserve_engine(a100: Device) -> tuple[float, float, float, float]:
+    """Fit servesim's A100 to DistServe's measured engine: a speed factor f on its compute and
+    bandwidth, a per-iteration overhead and a frontend latency, by least squares on the log of
+    the published lone-request TTFTs and the TPOT. Returns (f, step_s, request_s, rms_log)."""
+    opt = load_model("facebook/opt-13b")
+    p2 = Deployment(opt, a100, parallel=Parallel(tp=2)).predictor()
+    p1 = Deployment(opt, a100).predictor()
+    n = np.array(list(MEASURED_TTFT_MS))
+    ttft = np.array(list(MEASURED_TTFT_MS.values())) / 1e3
+    tpot = MEASURED_TPOT_MS / 1e3
+    # Kernel time (everything but the engine's fixed cost) at the catalog's speed.
+    k_pre = np.array([p2.step_s(0, 0, ((int(x), 0),)) - p2.overhead_s(0, 1) for x in n])
+    k_dec = p1.step_s(8, 8 * 800, ()) - p1.overhead_s(8, 0)
+    o_pre, o_dec = p2.overhead_s(0, 1), p1.overhead_s(8, 0)
+    best = None
+    for f in np.arange(0.5, 1.0001, 0.01):
+        step = max(0.0, tpot - k_dec / f - o_dec)
+        req = max(0.0, float(np.mean(ttft - k_pre / f - o_pre - step)))
+        pred_ttft = req + step + o_pre + k_pre / f
+        pred_tpot = step + o_dec + k_dec / f
+        err = np.concatenate((np.log(pred_ttft / ttft), [np.log(pred_tpot / tpot)]))
+        rms = float(np.sqrt(np.mean(err**2)))
+        if best is None or rms < best[3]:
+            best = (float(f), step, req, rms)
+    return best
+
+
+def test_distserve_placement_reproduction() -> None:
+    """Claim (DistServe simulator README): for OPT-13B on one node of 4×A100-80GB, TTFT 200 ms
+    and TPOT 100 ms each met by 90% of 300 ShareGPT requests, the best placement is prefill
+    TP2 + decode TP1 at 1.56 req/s per GPU. servesim's search picks the same family. Its
+    per-GPU goodput lands higher because its A100 engine (vLLM-like kernels) is faster than
+    DistServe's 2023 engine that the README's simulator profiles; fitted to that engine's
+    published per-request latencies (not to goodput), the same search lands within ±30%."""
+    a100 = get_device("a100_sxm")
+    raw = distserve_search(a100)
+    f, step, req, rms = fit_distserve_engine(a100)
+    fitted = distserve_search(
+        scaled(a100, f), "distserve", step_overhead_s=step, request_overhead_s=req
+    )
+    seen = {
+        "servesim": [(p.label(), round(p.per_gpu_rate_per_s, 3)) for p in raw[:3]],
+        "fitted engine": (round(f, 2), round(step * 1e3, 1), round(req * 1e3, 1), round(rms, 3)),
+        "servesim, fitted": [(p.label(), round(p.per_gpu_rate_per_s, 3)) for p in fitted[:3]],
+    }
+    for found in (raw, fitted):
+        p, d = found[0].deployment.prefill, found[0].deployment.decode
+        assert (p.parallel, d.parallel) == (Parallel(tp=2), Parallel(tp=1)), seen
+        assert p.replicas == d.replicas == 1, seen
+    assert rms < 0.2, seen  # the fit describes the measured engine within ~20%
+    ratio = fitted[0].per_gpu_rate_per_s / DISTSERVE_PER_GPU
+    assert 0.7 <= ratio <= 1.3, (ratio, seen)
+    assert raw[0].per_gpu_rate_per_s > fitted[0].per_gpu_rate_per_s, seen
+    assert math.isfinite(raw[0].rate_per_s)
