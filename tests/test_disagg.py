@@ -104,7 +104,7 @@ def best_per_gpu(kind: str, ttft: float, tpot: float, link: str = "nvlink") -> D
         ]
     else:
         cands = D.disagg_candidates(base, 4, tps=(1, 2), counts=True, link=link)
-    return D.best_placement(cands, prompt_heavy(), Slo(ttft, tpot), 0.9, 16.0, 0.1)[0]
+    return D.best_placement(cands, prompt_heavy(), Slo(ttft, tpot), 0.9, 0.03)[0]
 
 
 def test_disaggregation_wins_at_tight_slos_and_not_at_loose_ones() -> None:
@@ -133,8 +133,8 @@ def test_a_slow_link_erodes_the_gain_and_compression_wins_some_back() -> None:
     best = best_per_gpu("disagg", 0.5, 0.012)
     dep = best.deployment
     w = prompt_heavy()
-    eth = D.capacity(replace(dep, link="ethernet"), w, tight, 0.9, 16.0, 0.1)
-    eth4 = D.capacity(replace(dep, link="ethernet", kv_compression=4.0), w, tight, 0.9, 16.0, 0.1)
+    eth = D.capacity(replace(dep, link="ethernet"), w, tight, 0.9, 0.03)
+    eth4 = D.capacity(replace(dep, link="ethernet", kv_compression=4.0), w, tight, 0.9, 0.03)
     seen = (best.per_gpu_rate_per_s, eth.per_gpu_rate_per_s, eth4.per_gpu_rate_per_s)
     assert eth.per_gpu_rate_per_s < 0.85 * best.per_gpu_rate_per_s, seen
     assert eth4.per_gpu_rate_per_s > eth.per_gpu_rate_per_s, seen
@@ -163,7 +163,7 @@ def distserve_search(device: Device, engine_name: str = "vllm", **engine: float)
         base, 4, tps=(1, 2, 4), pps=(1, 2), prefill=dict(chunked_prefill=False)
     )
     w = D.sharegpt_distserve(300, 1.0, seed=0)
-    return D.best_placement(cands, w, Slo(0.2, 0.1), 0.9, 5.0, 0.01)
+    return D.best_placement(cands, w, Slo(0.2, 0.1), 0.9, 0.01)
 
 
 def scaled(device: Device, f: float) -> Device:
@@ -221,9 +221,13 @@ def test_distserve_placement_reproduction() -> None:
         "servesim, fitted": [(p.label(), round(p.per_gpu_rate_per_s, 3)) for p in fitted[:3]],
     }
     for found in (raw, fitted):
-        p, d = found[0].deployment.prefill, found[0].deployment.decode
-        assert (p.parallel, d.parallel) == (Parallel(tp=2), Parallel(tp=1)), seen
-        assert p.replicas == d.replicas == 1, seen
+        # The search resolves rates to 1 %: any placement that close to the best is a tie.
+        ties = [x for x in found if x.per_gpu_rate_per_s >= 0.99 * found[0].per_gpu_rate_per_s]
+        shapes = {(x.deployment.prefill.parallel, x.deployment.decode.parallel): x for x in ties}
+        assert (Parallel(tp=2), Parallel(tp=1)) in shapes, seen
+        best = shapes[(Parallel(tp=2), Parallel(tp=1))].deployment
+        assert best.prefill.replicas == best.decode.replicas == 1, seen
+    assert fitted[0].deployment.prefill.parallel == Parallel(tp=2), seen
     assert rms < 0.2, seen  # the fit describes the measured engine within ~20%
     ratio = fitted[0].per_gpu_rate_per_s / DISTSERVE_PER_GPU
     assert 0.7 <= ratio <= 1.3, (ratio, seen)

@@ -41,7 +41,7 @@ def goodput(dep: Deployment | SemiPDDeployment) -> float:
     """Requests per second per GPU with 90% of requests meeting each target (memoised)."""
     key = dep.label()
     if key not in _GOODPUT:
-        _GOODPUT[key] = D.capacity(dep, workload(), SLO, 0.9, 16.0, 0.05).per_gpu_rate_per_s
+        _GOODPUT[key] = D.capacity(dep, workload(), SLO, 0.9, 0.03).per_gpu_rate_per_s
     return _GOODPUT[key]
 
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from servesim.capacity import find_capacity
 from servesim.cluster import Cluster, KvPath
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram, Slo
 from servesim.parallel import Parallel
 from servesim.router import Router
-from servesim.simulator import Deployment, SimResult, build_pool, prepare, result, simulate
+from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
 from servesim.transfer import Link, link_for
 from servesim.workload import ClosedLoop, Workload
 
@@ -146,30 +147,16 @@ def capacity(
     base: Workload,
     slo: Slo,
     target: float = 0.9,
-    max_per_gpu_rate: float = 16.0,
-    tol_per_gpu: float = 0.02,
+    rel_tol: float = 0.02,
     router: str = "least_loaded",
 ) -> CapacityResult:
     """Highest request rate at which at least `target` of requests meet the TTFT target and at
-    least `target` meet the TPOT target (DistServe's attainment criterion), by bisection on the
-    per-device rate in [0, max_per_gpu_rate] until the bracket is narrower than `tol_per_gpu`.
-
-    The lead's `capacity.find_capacity` asks both targets of the same request; this criterion
-    is DistServe's, used to reproduce its placement search.
-    """
-    gpus = dep.num_devices
-    lo, hi = 0.0, max_per_gpu_rate
-    probes = []
-    while hi - lo > tol_per_gpu:
-        mid = 0.5 * (lo + hi)
-        res = simulate(dep, base.scaled_to_rate(mid * gpus), router=router)
-        a_ttft, a_tpot = attainments(res, slo)
-        probes.append((mid * gpus, a_ttft, a_tpot))
-        if a_ttft >= target and a_tpot >= target:
-            lo = mid
-        else:
-            hi = mid
-    return CapacityResult(lo * gpus, lo, tuple(probes))
+    least `target` meet the TPOT target (DistServe's attainment criterion): the general
+    capacity search (`capacity.find_capacity`) with criterion "each", reported per device."""
+    cap = find_capacity(dep, base, slo, target, rel_tol, criterion="each", router=router)
+    rate = cap.rate_per_s
+    probes = tuple((p.rate_per_s, p.ttft_ok, p.tpot_ok) for p in cap.probes)
+    return CapacityResult(rate, rate / dep.num_devices, probes)
 
 
 @dataclass(frozen=True)
@@ -255,14 +242,13 @@ def best_placement(
     base: Workload,
     slo: Slo,
     target: float = 0.9,
-    max_per_gpu_rate: float = 16.0,
-    tol_per_gpu: float = 0.02,
+    rel_tol: float = 0.02,
 ) -> list[Placement]:
     """Capacity of every candidate, best per-GPU goodput first (DistServe's search ranks by
     the highest rate per GPU at which both attainment targets hold)."""
     found = []
     for dep in candidates:
-        cap = capacity(dep, base, slo, target, max_per_gpu_rate, tol_per_gpu)
+        cap = capacity(dep, base, slo, target, rel_tol)
         found.append(Placement(dep, cap.per_gpu_rate_per_s, cap.rate_per_s))
     found.sort(key=lambda p: (-p.per_gpu_rate_per_s, p.deployment.num_devices, p.label()))
     return found
