@@ -4,7 +4,8 @@
 
 Five GPU types (H100, H200, A100, L40S, L4), TP 1/2/4/8, three batching settings, two
 scheduling policies (vLLM-style mixed chunked prefill, SGLang-style prefill-first), bf16 and fp8
-weights; each surviving candidate gets a full capacity search. Prints the candidate counts,
+weights, and disaggregated prefill/decode pools (P:D 1:1, 1:2, 2:1 with each pool's TP from the
+same list); each surviving candidate gets a full capacity search. Prints the candidate counts,
 wall time and winner; the last line is one JSON object.
 """
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         engines=("vllm", "sglang"),
         batching=((64, 2048), (256, 8192), (1024, 16384)),
         weight_dtypes=("bf16", "fp8"),
+        pd_ratios=((1, 1), (1, 2), (2, 1)),
     )
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()

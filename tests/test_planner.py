@@ -230,3 +230,40 @@ def test_a_killed_plan_keeps_finished_candidates_and_resumes(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert f"{len(survived)} reused from the store" in done.stdout.replace("\n", " ")
     assert (out / "plan.parquet").is_file() and (out / "report.html").is_file()
+
+
+def test_disaggregated_candidates_are_searched_and_exported(tmp_path: Path) -> None:
+    """P:D ratios and per-phase TP enter the search; a disaggregated pick exports two pools."""
+    import yaml
+
+    from servesim.export import write_exports
+
+    space = SearchSpace(
+        devices=("h100_sxm",),
+        tp=(1, 2),
+        engines=("vllm",),
+        batching=((256, 8192),),
+        pd_ratios=((1, 1), (1, 2)),
+    )
+    # Tight TPOT on long prompts: prefill chunks stretch colocated decode steps.
+    s = spec(slo=Slo(1.0, 0.02), rate_per_s=20.0)
+    res = run_plan(s, space, tmp_path, workers=1, quiet=True)
+    dis = [r for r in res.rows if r["mode"] == "disaggregated"]
+    assert len(dis) == 2 * 2 * 2  # prefill TP x decode TP x ratio
+    r = next(
+        x for x in dis if x["prefill_tp"] == 1 and x["decode_tp"] == 1 and x["decode_replicas"] == 2
+    )
+    assert r["devices"] == 3 and r["price_per_hour"] == pytest.approx(3 * 7.52)
+    assert r["goodput_per_gpu"] == pytest.approx(r["capacity_req_per_s"] / 3)
+    # Export the best disaggregated row as if it had won.
+    best = max(dis, key=lambda x: x["goodput_per_dollar_hour"])
+    res.cheapest = res.fewest_devices = None
+    for row in res.rows:
+        row["rank"] = 1 if row is best else (2 if row.get("rank") else 0)
+    files = write_exports(res, tmp_path / "exports")
+    assert {"launch_vllm_prefill", "launch_vllm_decode", "launch_sglang_decode"} <= set(files)
+    assert "--kv-transfer-config" in files["launch_vllm_prefill"].read_text()
+    assert "--disaggregation-mode decode" in files["launch_sglang_decode"].read_text()
+    docs = [d for d in yaml.safe_load_all(files["k8s"].read_text()) if d]
+    assert [d["metadata"]["name"].rsplit("-", 1)[-1] for d in docs] == ["prefill", "decode"]
+    assert docs[1]["spec"]["replicas"] == best["decode_replicas"]

@@ -38,6 +38,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "batching": "64:2048,256:8192,1024:16384",
     "weight_dtypes": None,
     "kv_dtypes": "bf16",
+    "pd_ratios": "1:1,1:2",
     "fit": None,
     "workers": None,
     "ray": None,
@@ -76,6 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
     s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
     s.add_argument("--kv-dtypes", help="comma-separated KV-cache formats")
+    s.add_argument(
+        "--pd-ratios",
+        help="disaggregated prefill:decode replica ratios to try, e.g. 1:1,1:2 ('none' to skip)",
+    )
     s.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
     m = p.add_argument_group("heterogeneous mix (Mélange)")
     m.add_argument(
@@ -103,6 +108,23 @@ def _ints(text: Any, what: str) -> tuple[int, ...]:
 
 def _names(text: Any) -> tuple[str, ...]:
     return tuple(x.strip() for x in str(text).split(",") if x.strip())
+
+
+def _ratios(text: Any) -> tuple[tuple[int, int], ...]:
+    if text is None or str(text).strip().lower() in ("", "none", "off"):
+        return ()
+    out = []
+    for part in _names(text):
+        try:
+            p, d = (int(x) for x in part.split(":"))
+        except ValueError:
+            raise ServesimError(
+                f"--pd-ratios takes PREFILL:DECODE replica counts like 1:2, got {part!r}."
+            ) from None
+        if p < 1 or d < 1:
+            raise ServesimError(f"--pd-ratios counts must be positive, got {part!r}.")
+        out.append((p, d))
+    return tuple(out)
 
 
 def _batching(text: Any) -> tuple[tuple[int, int], ...]:
@@ -158,6 +180,7 @@ def build(s: dict[str, Any]) -> tuple[PlanSpec, SearchSpace]:
         batching=_batching(s["batching"]),
         weight_dtypes=_names(s["weight_dtypes"]) if s.get("weight_dtypes") else (),
         kv_dtypes=_names(s["kv_dtypes"]),
+        pd_ratios=_ratios(s.get("pd_ratios")),
     )
     return spec, space
 

@@ -79,7 +79,24 @@ def _mem_fraction(row: dict[str, Any]) -> float:
     return get_engine(str(row.get("engine") or "vllm")).mem_util
 
 
-def _vllm_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) -> list[str]:
+# Disaggregated serving: vLLM's NIXL KV connector (a proxy routes prefill then decode) and
+# SGLang's --disaggregation-mode with its transfer backend.
+VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+
+
+def phases(row: dict[str, Any]) -> list[tuple[str | None, dict[str, Any], int]]:
+    """(phase, row for that pool, replicas per unit): one entry, or prefill and decode pools."""
+    if row.get("mode") != "disaggregated":
+        return [(None, row, 1)]
+    return [
+        ("prefill", {**row, "tp": row["prefill_tp"], "pp": 1}, int(row["prefill_replicas"])),
+        ("decode", {**row, "tp": row["decode_tp"], "pp": 1}, int(row["decode_replicas"])),
+    ]
+
+
+def _vllm_argv(
+    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
+) -> list[str]:
     tokens = int(row["max_num_batched_tokens"])
     chunked = bool(row["chunked_prefill"])
     if not chunked and max_model_len is None:
@@ -106,10 +123,14 @@ def _vllm_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) 
         argv += ["--quantization", "fp8"]
     if canonical(row.get("kv_dtype") or "bf16") == "fp8":
         argv += ["--kv-cache-dtype", "fp8"]
+    if phase:
+        argv += ["--kv-transfer-config", VLLM_KV_TRANSFER]
     return [*argv, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
 
 
-def _sglang_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) -> list[str]:
+def _sglang_argv(
+    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
+) -> list[str]:
     tokens = int(row["max_num_batched_tokens"])
     argv = [
         "python3",
@@ -136,6 +157,8 @@ def _sglang_argv(row: dict[str, Any], model_name: str, max_model_len: int | None
         argv += ["--quantization", "fp8"]
     if canonical(row.get("kv_dtype") or "bf16") == "fp8":
         argv += ["--kv-cache-dtype", "fp8_e4m3"]
+    if phase:
+        argv += ["--disaggregation-mode", phase, "--disaggregation-transfer-backend", "nixl"]
     return [*argv, "--host", "0.0.0.0", "--port", str(SGLANG_PORT)]
 
 
@@ -149,11 +172,17 @@ def sglang_command(row: dict[str, Any], model_name: str, max_model_len: int | No
     return shlex.join(_sglang_argv(row, model_name, max_model_len))
 
 
-def _argv(engine: str, row: dict[str, Any], model_name: str, max_len: int | None) -> list[str]:
+def _argv(
+    engine: str,
+    row: dict[str, Any],
+    model_name: str,
+    max_len: int | None,
+    phase: str | None = None,
+) -> list[str]:
     if engine == "vllm":
-        return _vllm_argv(row, model_name, max_len)
+        return _vllm_argv(row, model_name, max_len, phase)
     if engine == "sglang":
-        return _sglang_argv(row, model_name, max_len)
+        return _sglang_argv(row, model_name, max_len, phase)
     raise ServesimError(f"No launch command for engine {engine!r}; use vllm or sglang.")
 
 
@@ -176,8 +205,10 @@ def k8s_manifest(
     max_model_len: int | None = None,
     devices_file: str | None = None,
     image: str | None = None,
+    phase: str | None = None,
 ) -> str:
-    """A Deployment of `replicas` pods, each one replica of the candidate on its own GPUs."""
+    """A Deployment of `replicas` pods, each one replica of the candidate on its own GPUs
+    (for a disaggregated candidate, of its `phase` pool: prefill or decode)."""
     engine = get_engine(engine).name
     device = Catalog([devices_file] if devices_file else None).get(str(row["device"]))
     if device.kind != "gpu" or device.vendor not in GPU_RESOURCE:
@@ -190,11 +221,11 @@ def k8s_manifest(
         raise ServesimError(
             f"No default {engine} image for {device.vendor} GPUs; pass image= a build for them."
         )
-    argv = _argv(engine, row, model_name, max_model_len)
+    argv = _argv(engine, row, model_name, max_model_len, phase)
     split = 3 if engine == "sglang" else 2
     port = SGLANG_PORT if engine == "sglang" else VLLM_PORT
     gpus = int(row["tp"]) * int(row.get("pp") or 1)
-    name = _slug(f"{Path(model_source(model_name)).name}-{engine}")
+    name = _slug(f"{Path(model_source(model_name)).name}-{engine}" + (f"-{phase}" if phase else ""))
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "servesim"}
     if device.vendor == "nvidia":
         node_selector = {"nvidia.com/gpu.product": gpu_product_label(device)}
@@ -325,16 +356,37 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
         )
     files: dict[str, Path] = {}
     planned = str(row.get("engine"))
+    pools = phases(row)
+    if len(pools) > 1:
+        comments.append(
+            "disaggregated: start the prefill and decode pools below and route each request to "
+            "a prefill server, then a decode server (vLLM's disaggregated-serving proxy, or "
+            "SGLang's mini load balancer with --prefill/--decode)"
+        )
     for engine in ("vllm", "sglang"):
-        path = out / f"launch_{engine}.sh"
-        extra = [] if planned == engine else [f"note: planned with the {planned} scheduler"]
-        path.write_text(_script(_argv(engine, row, model, max_len), comments + extra))
-        path.chmod(0o755)
-        files[f"launch_{engine}"] = path
+        for phase, pool_row, n in pools:
+            suffix = f"_{phase}" if phase else ""
+            path = out / f"launch_{engine}{suffix}.sh"
+            extra = [] if planned == engine else [f"note: planned with the {planned} scheduler"]
+            if phase:
+                extra.append(f"{phase} pool: {n * replicas} replica(s) of this command")
+            argv = _argv(engine, pool_row, model, max_len, phase)
+            path.write_text(_script(argv, comments + extra))
+            path.chmod(0o755)
+            files[f"launch_{engine}{suffix}"] = path
     engine = str(row.get("engine")) if row.get("engine") in ("vllm", "sglang") else "vllm"
     try:
-        text = k8s_manifest(
-            row, model, replicas, engine, max_len, devices_file=result.spec.devices_file
+        text = "---\n".join(
+            k8s_manifest(
+                pool_row,
+                model,
+                replicas * n,
+                engine,
+                max_len,
+                devices_file=result.spec.devices_file,
+                phase=phase,
+            )
+            for phase, pool_row, n in pools
         )
     except ServesimError:
         return files  # no manifest for this device kind; the launch scripts still apply

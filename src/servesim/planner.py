@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from servesim.capacity import find_capacity
 from servesim.devices import Catalog
+from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.kernels import KernelFit
@@ -82,11 +83,22 @@ class Candidate:
     chunked_prefill: bool = True
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
-    mode: str = "colocated"  # room for "disaggregated" (P:D ratio and per-phase parallelism)
+    mode: str = "colocated"  # or "disaggregated": the pools below, `tp`/`pp` unused
+    prefill_tp: int = 0
+    prefill_replicas: int = 0
+    decode_tp: int = 0
+    decode_replicas: int = 0
+
+    @property
+    def disaggregated(self) -> bool:
+        """Whether prefill and decode run in separate pools."""
+        return self.mode == "disaggregated"
 
     @property
     def devices_per_replica(self) -> int:
-        """Devices one replica of this candidate occupies."""
+        """Devices one unit occupies: a replica, or one prefill:decode group."""
+        if self.disaggregated:
+            return self.prefill_tp * self.prefill_replicas + self.decode_tp * self.decode_replicas
         return self.tp * self.pp
 
     def key(self) -> str:
@@ -97,6 +109,11 @@ class Candidate:
     def label(self) -> str:
         """Human-readable one-liner."""
         par = f"tp{self.tp}" + (f"pp{self.pp}" if self.pp > 1 else "")
+        if self.disaggregated:
+            par = (
+                f"P{self.prefill_replicas}xtp{self.prefill_tp}:D{self.decode_replicas}"
+                f"xtp{self.decode_tp}"
+            )
         return (
             f"{self.device} {par} {self.engine} seqs={self.max_num_seqs} "
             f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}"
@@ -115,6 +132,9 @@ class SearchSpace:
     weight_dtypes: tuple[str, ...] = ()  # empty: the model's own format
     kv_dtypes: tuple[str, ...] = ("bf16",)
     chunked_prefill: tuple[bool, ...] = (True,)
+    # Disaggregated prefill/decode pools: prefill:decode replica ratios to try (empty: none).
+    # Each pool's TP comes from `tp`; pools share the first engine and each batching setting.
+    pd_ratios: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +192,29 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
                                             kv_dtype=kv,
                                         )
                                     )
+    for device in space.devices if space.pd_ratios else ():
+        for tp_p in space.tp:
+            for tp_d in space.tp:
+                for n_p, n_d in space.pd_ratios:
+                    for seqs, tokens in space.batching:
+                        for w in wdts:
+                            for kv in space.kv_dtypes:
+                                out.append(
+                                    Candidate(
+                                        device=device,
+                                        tp=tp_d,
+                                        engine=space.engines[0],
+                                        max_num_seqs=seqs,
+                                        max_num_batched_tokens=tokens,
+                                        weight_dtype=w,
+                                        kv_dtype=kv,
+                                        mode="disaggregated",
+                                        prefill_tp=tp_p,
+                                        prefill_replicas=n_p,
+                                        decode_tp=tp_d,
+                                        decode_replicas=n_d,
+                                    )
+                                )
     return out
 
 
@@ -205,6 +248,21 @@ def prune(
 def _prune_reason(
     c: Candidate, model: ModelSpec, catalog: Catalog, longest: int
 ) -> tuple[str, str]:
+    if c.disaggregated:
+        node = catalog.get(c.device).max_devices_per_node
+        if c.devices_per_replica > node:
+            return (
+                "disagg_exceeds_node",
+                f"{c.devices_per_replica} devices of a prefill:decode group exceed one node "
+                f"({node}); KV would cross the scale-out network",
+            )
+        for tp in (c.prefill_tp, c.decode_tp):
+            rule, reason = _prune_reason(
+                replace(c, mode="colocated", tp=tp), model, catalog, longest
+            )
+            if rule:
+                return rule, reason
+        return "", ""
     device = catalog.get(c.device)
     if c.tp > device.max_devices_per_node:
         return (
@@ -258,20 +316,32 @@ def _fit(path: str | None) -> KernelFit | None:
     return KernelFit.load(path) if path else None
 
 
-def deployment_for(spec: PlanSpec, c: Candidate, replicas: int = 1) -> Deployment:
-    """The simulator's Deployment for a candidate under a plan."""
+def deployment_for(
+    spec: PlanSpec, c: Candidate, replicas: int = 1
+) -> Deployment | DisaggDeployment:
+    """The simulator's deployment for a candidate under a plan (`replicas` units of it)."""
     model = _model(spec.model).with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype)
-    return Deployment(
-        model=model,
-        device=_catalog(spec.devices_file).get(c.device),
-        parallel=Parallel(tp=c.tp, pp=c.pp),
-        engine=get_engine(c.engine),
-        replicas=replicas,
-        max_num_seqs=c.max_num_seqs,
-        max_num_batched_tokens=c.max_num_batched_tokens,
-        chunked_prefill=c.chunked_prefill,
-        fit=_fit(spec.fit_file),
-    )
+    device = _catalog(spec.devices_file).get(c.device)
+
+    def pool(tp: int, pp: int, n: int) -> Deployment:
+        return Deployment(
+            model=model,
+            device=device,
+            parallel=Parallel(tp=tp, pp=pp),
+            engine=get_engine(c.engine),
+            replicas=n,
+            max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens,
+            chunked_prefill=c.chunked_prefill,
+            fit=_fit(spec.fit_file),
+        )
+
+    if not c.disaggregated:
+        return pool(c.tp, c.pp, replicas)
+    prefill = pool(c.prefill_tp, 1, c.prefill_replicas * replicas)
+    decode = pool(c.decode_tp, 1, c.decode_replicas * replicas)
+    # A group sits on one node (pruning ensures it), so its KV moves over the node's links.
+    return DisaggDeployment(prefill, decode, link="nvlink")
 
 
 def _pct(x: np.ndarray, q: float) -> float:
@@ -285,7 +355,7 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
     base = spec.workload.build()
     cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol)
     row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
-    dev = dep.device
+    dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
     n_dev = dep.num_devices
     price = dep.price_per_hour
     row.update(
