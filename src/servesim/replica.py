@@ -805,18 +805,7 @@ class Replica:
         """Stop the decode stretch at the first step boundary at or after t."""
         seg = self._seg
         t0, k, step0, slope = seg[0], seg[1], seg[2], seg[3]
-        dt = t - t0
-        # Smallest j ≥ 1 with T(j) = j·step0 + slope·j(j−1)/2 ≥ dt (as `_boundary`, inlined).
-        if slope > 0:
-            b = step0 - 0.5 * slope
-            j = math.ceil((-b + math.sqrt(b * b + 2.0 * slope * max(dt, 0.0))) / slope)
-        else:
-            j = math.ceil(dt / step0) if step0 > 0 else 1
-        j = max(1, min(k, j))
-        while j > 1 and (j - 1) * step0 + slope * (j - 1) * (j - 2) * 0.5 >= dt:
-            j -= 1
-        while j < k and j * step0 + slope * j * (j - 1) * 0.5 < dt:
-            j += 1
+        j = self._boundary(seg, t)
         if j >= k:
             return []  # the stretch ends at or before the next boundary anyway
         self._seg = None
