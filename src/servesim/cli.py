@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from servesim import cli_plan, config, mechanisms
+from servesim import cli_measure, cli_plan, config, mechanisms
 from servesim.devices import Catalog
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", required=True, help="where to write the fit JSON")
 
     cli_plan.add_parser(sub)
+    cli_measure.add_parsers(sub)
 
     dev = sub.add_parser("devices", help="list the device catalog")
     dev.add_argument("--devices", help="extra device catalog YAML")
@@ -447,6 +448,7 @@ COMMANDS = {
     "devices": cmd_devices,
     "models": cmd_models,
     "plan": cli_plan.cmd_plan,
+    **cli_measure.COMMANDS,
 }
 
 

@@ -1,0 +1,107 @@
+"""Comparing two runs: relative errors against hand-computed values, tables and the CDF plot."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+
+from servesim import cli_measure, compare
+from servesim.errors import ServesimError
+from servesim.metrics import add_derived, write_parquet, write_summary
+from servesim.plots import cdf_svg, nice_ticks
+
+
+def _cols(ttft: list[float], tpot: float, out: int = 11) -> dict[str, np.ndarray]:
+    n = len(ttft)
+    arrival = np.arange(n, dtype=float)
+    first = arrival + np.array(ttft)
+    finish = first + tpot * (out - 1)
+    cols = {
+        "request_id": np.arange(n),
+        "arrival_s": arrival,
+        "prompt_tokens": np.full(n, 100),
+        "output_tokens": np.full(n, out),
+        "scheduled_s": np.full(n, -1.0),
+        "first_token_s": first,
+        "finish_s": finish,
+        "generated_tokens": np.full(n, out),
+        "preemptions": np.zeros(n, dtype=np.int64),
+        "replica": np.zeros(n, dtype=np.int64),
+        "priority": np.zeros(n, dtype=np.int64),
+    }
+    return add_derived(cols)
+
+
+def test_relative_errors_are_b_against_a(tmp_path):
+    a = compare.Run("a", _cols([0.1, 0.2, 0.3, 0.4, 0.5], 0.02), {})
+    b = compare.Run("b", _cols([0.2, 0.4, 0.6, 0.8, 1.0], 0.01), {})
+    rows = {r["key"]: r for r in compare.compare(a, b)}
+    assert rows["ttft_s.p50"]["a"] == pytest.approx(0.3)
+    assert rows["ttft_s.p50"]["rel_err"] == pytest.approx(1.0)  # doubled
+    assert rows["ttft_s.mean"]["rel_err"] == pytest.approx(1.0)
+    assert rows["tpot_s.p90"]["rel_err"] == pytest.approx(-0.5)  # halved
+    # E2E = TTFT + 10 TPOT: request 3 of A takes 0.3 + 0.2 s, of B 0.6 + 0.1 s.
+    assert rows["e2e_s.p50"]["a"] == pytest.approx(0.5)
+    assert rows["e2e_s.p50"]["rel_err"] == pytest.approx(0.7 / 0.5 - 1)
+    assert rows["requests"]["rel_err"] == 0.0
+    # No token times and no saved summary: ITL is unknown, not zero.
+    assert math.isnan(rows["itl_s.p50"]["a"])
+    assert compare.rel_err(0.0, 1.0) != compare.rel_err(0.0, 1.0)  # nan for a zero reference
+    path = compare.write_table(list(rows.values()), tmp_path / "c.csv", "a", "b")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "metric,a,b,rel_err" and "TTFT p50,0.3,0.6,1" in lines
+
+
+def test_itl_from_token_times_or_saved_summary(tmp_path):
+    cols = _cols([0.1, 0.1], 0.02, out=3)
+    times = np.empty(2, dtype=object)
+    times[0], times[1] = [1.0, 1.01, 1.04], [2.0, 2.02, 2.03]
+    cols["token_times_s"] = times
+    write_parquet(cols, tmp_path / "m" / "requests.parquet")
+    run = compare.load_run(tmp_path / "m")
+    assert sorted(np.round(run.itl_gaps_s(), 6)) == [0.01, 0.01, 0.02, 0.03]
+    assert run.summary(compare.Slo())["itl_s"]["p50"] == pytest.approx(0.015)
+    sim = _cols([0.1], 0.02)
+    write_parquet(sim, tmp_path / "s" / "requests.parquet")
+    write_summary(
+        {"itl_s": {"mean": 0.02, "p50": 0.019, "p90": 0.03, "p99": 0.04}},
+        tmp_path / "s" / "summary.json",
+    )
+    assert compare.load_run(tmp_path / "s").summary(compare.Slo())["itl_s"]["p50"] == 0.019
+
+
+def test_load_run_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(ServesimError, match="does not exist"):
+        compare.load_run(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ServesimError, match=r"no requests\.parquet"):
+        compare.load_run(tmp_path / "empty")
+    write_parquet({"x": np.arange(3)}, tmp_path / "other.parquet")
+    with pytest.raises(ServesimError, match="lacks column"):
+        compare.load_run(tmp_path / "other.parquet")
+
+
+def test_cdf_svg_draws_one_line_per_run_and_panel(tmp_path):
+    a = compare.Run("measured", _cols([0.1, 0.2, 0.3], 0.02), {})
+    b = compare.Run("simulated", _cols([0.1, 0.25, 0.3], 0.03), {})
+    panels = compare.cdf_panels(a, b)
+    assert [p[0] for p in panels] == ["TTFT", "TPOT", "E2E"]
+    svg = cdf_svg(panels, tmp_path / "cdf.svg", "t").read_text()
+    assert svg.count("<polyline") == 6 and "measured" in svg and "simulated" in svg
+    assert nice_ticks(0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(0, 37) == [0, 10, 20, 30]
+
+
+def test_cli_compare_writes_table_and_plot(tmp_path):
+    write_parquet(_cols([0.1, 0.2], 0.02), tmp_path / "x" / "requests.parquet")
+    write_parquet(_cols([0.1, 0.3], 0.02), tmp_path / "y" / "requests.parquet")
+    parser = argparse.ArgumentParser()
+    cli_measure.add_parsers(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cmp"
+    x, y = str(tmp_path / "x"), str(tmp_path / "y")
+    args = parser.parse_args(["compare", x, y, "--out", str(out)])
+    assert cli_measure.COMMANDS["compare"](args) == 0
+    assert (out / "comparison.csv").is_file() and (out / "cdf.svg").is_file()

@@ -1,0 +1,122 @@
+"""A real engine end to end (item 6): transformers serve with continuous batching on one core.
+
+A tiny random-weight Llama, about 30 requests: exact prompt and output lengths, every request
+accounted for, the simulator calibrated on the engine within a loose bound of what was measured,
+and errors counted when the server is killed mid-run. Deselect with `-m "not engine"`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.engine
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("fastapi")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "validation"))
+
+import engines  # noqa: E402
+
+from servesim import bench  # noqa: E402
+from servesim.devices import Catalog  # noqa: E402
+from servesim.engine import EngineProfile  # noqa: E402
+from servesim.measured import (  # noqa: E402
+    MeasuredDeployment,
+    OpTables,
+    fit_engine_overheads,
+    fit_forward_overhead,
+    run_stats,
+)
+from servesim.model import load_model  # noqa: E402
+from servesim.profile import ProfileConfig, profile_model  # noqa: E402
+from servesim.simulator import simulate  # noqa: E402
+from servesim.workload import ClosedLoop, synthetic  # noqa: E402
+
+if not Path(sys.executable).with_name("transformers").exists() and not shutil.which("transformers"):
+    pytest.skip("the transformers CLI is not installed", allow_module_level=True)
+
+HF = engines.HfSettings(block_size=32, num_blocks=512, max_batch_tokens=128)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    model_dir = engines.make_model(root / "model", engines.TINY)
+    spec = load_model(str(model_dir / "config.json"))
+    prof = profile_model(
+        spec, root / "profile", ProfileConfig(device="cpu").quick(), "cpu_t", model_dir
+    )
+    server = engines.start_hf(model_dir, HF, core=0, log_dir=root)
+    try:
+        target = bench.Target(server.url, server.model, engine="hf")
+        prompts = bench.WordPrompts(engines.words())
+        prompts.offset = bench.probe_prompt_offset(target, prompts)
+        yield server, target, prompts, spec, prof.out_dir
+    finally:
+        server.stop()
+
+
+def test_exact_lengths_and_simulation_within_a_loose_bound(setup):
+    _, target, prompts, spec, prof = setup
+    assert prompts.offset == 1  # the BOS token the Llama tokenizer adds
+    # Calibrate the engine's own costs on a closed loop of one client ...
+    loop = ClosedLoop(1, 6, "uniform:16:96", "fixed:12", seed=5)
+    cal = bench.run(target, loop, prompts, timeout_s=60, deadline_s=90)
+    assert cal.status_counts()["ok"] == 6
+    tables = OpTables(prof)
+    overhead, _ = fit_forward_overhead(tables, spec)
+    device = Catalog([prof / "device.yaml"]).get("cpu_t")
+    engine = EngineProfile(
+        name="hf-cb",
+        cuda_graph_max_seqs=0,
+        max_num_batched_tokens=HF.max_batch_tokens,
+        block_size=HF.block_size,
+    )
+    dep = MeasuredDeployment(
+        model=spec, device=device, engine=engine, tables=tables, forward_overhead=overhead
+    )
+    engine, _ = fit_engine_overheads(dep, [(loop, run_stats(cal.columns(), True))])
+    dep = MeasuredDeployment(
+        model=spec, device=device, engine=engine, tables=tables, forward_overhead=overhead
+    )
+    # ... then replay 30 open-loop requests on the server and in the simulator.
+    work = synthetic(30, 8.0, "uniform:8:96", "uniform:4:24", seed=3)
+    res = bench.run(target, work, prompts, timeout_s=60, deadline_s=90)
+    cols = res.columns()
+    assert res.status_counts()["ok"] == 30
+    assert (cols["server_prompt_tokens"] == work.prompt_tokens).all()
+    assert (cols["generated_tokens"] == work.output_tokens).all()
+    assert (cols["chunks"] == work.output_tokens).all()  # every token streamed on its own
+    assert all(len(t) == n for t, n in zip(cols["token_times_s"], work.output_tokens, strict=True))
+    sim = simulate(dep, work).columns()
+    for key in ("ttft_s", "tpot_s"):
+        m, s = np.median(cols[key]), np.median(sim[key])
+        assert 0.5 < s / m < 2.0, (key, m, s)
+
+
+def test_killing_the_server_mid_run_is_counted(setup):
+    server, target, prompts, _, _ = setup
+    work = synthetic(20, 10.0, "fixed:32", "fixed:1000", seed=4)  # 2 s of arrivals, long outputs
+    killer = threading.Timer(1.0, server.kill)
+    killer.start()
+    t0 = time.perf_counter()
+    res = bench.run(target, work, prompts, timeout_s=30, deadline_s=60)
+    wall = time.perf_counter() - t0
+    killer.join()
+    counts = res.status_counts()
+    assert sum(counts.values()) == 20
+    assert counts["ok"] == 0  # nobody gets 1000 tokens in the first second
+    assert counts["dropped"] >= 1 and counts["refused"] >= 1
+    assert counts["dropped"] + counts["refused"] == 20
+    assert wall < 10
