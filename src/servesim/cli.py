@@ -94,6 +94,20 @@ def _add_deployment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
 
 
+def add_workload_args(w: argparse._ArgumentGroup) -> None:
+    """The workload flags `simulate` and `bench` share (read by `build_workload`)."""
+    w.add_argument("--trace", help="bundled trace name (azure_conv, mooncake_conv) or a file")
+    w.add_argument("--rate", type=float, help="scale arrivals to this mean rate (req/s)")
+    w.add_argument("--num-requests", type=int, help="requests to run (tiles a trace)")
+    w.add_argument("--prompt", help="synthetic prompt lengths: fixed:N, uniform:A:B, ...")
+    w.add_argument("--output", help="synthetic output lengths: fixed:N, uniform:A:B, ...")
+    w.add_argument("--arrival", help="synthetic arrivals: poisson or gamma")
+    w.add_argument("--cv", type=float, help="inter-arrival coefficient of variation (gamma)")
+    w.add_argument("--clients", type=int, help="closed loop with this many concurrent clients")
+    w.add_argument("--think-s", type=float, help="closed-loop think time between requests")
+    w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servesim",
@@ -103,17 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate serving a workload on one deployment")
     _add_deployment_args(sim)
-    w = sim.add_argument_group("workload")
-    w.add_argument("--trace", help="bundled trace name (azure_conv, mooncake_conv) or a file")
-    w.add_argument("--rate", type=float, help="scale arrivals to this mean rate (req/s)")
-    w.add_argument("--num-requests", type=int, help="requests to simulate (tiles a trace)")
-    w.add_argument("--prompt", help="synthetic prompt lengths: fixed:N, uniform:A:B, ...")
-    w.add_argument("--output", help="synthetic output lengths: fixed:N, uniform:A:B, ...")
-    w.add_argument("--arrival", help="synthetic arrivals: poisson or gamma")
-    w.add_argument("--cv", type=float, help="inter-arrival coefficient of variation (gamma)")
-    w.add_argument("--clients", type=int, help="closed loop with this many concurrent clients")
-    w.add_argument("--think-s", type=float, help="closed-loop think time between requests")
-    w.add_argument("--seed", type=int, help="seed for synthetic workloads")
+    add_workload_args(sim.add_argument_group("workload"))
     s = sim.add_argument_group("SLO and output")
     s.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
     s.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")

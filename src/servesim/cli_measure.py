@@ -50,6 +50,8 @@ BENCH_DEFAULTS: dict[str, Any] = {
 
 def add_parsers(sub: Any) -> None:
     """Add `bench`, `compare`, `profile` and `fewshot` to servesim's subcommand parsers."""
+    from servesim.cli import add_workload_args
+
     b = sub.add_parser("bench", help="load-test an OpenAI-compatible server with a workload")
     b.add_argument("--config", help="YAML/JSON file with any of these settings")
     s = b.add_argument_group("server")
@@ -67,17 +69,7 @@ def add_parsers(sub: Any) -> None:
         type=int,
         help="tokens the server adds to each prompt (default: measured with a probe)",
     )
-    w = b.add_argument_group("workload (as for simulate)")
-    w.add_argument("--trace", help="bundled trace name or a trace file")
-    w.add_argument("--rate", type=float, help="scale arrivals to this mean rate (req/s)")
-    w.add_argument("--num-requests", type=int, help="requests to send")
-    w.add_argument("--prompt", help="synthetic prompt lengths: fixed:N, uniform:A:B, ...")
-    w.add_argument("--output", help="synthetic output lengths")
-    w.add_argument("--arrival", help="poisson or gamma")
-    w.add_argument("--cv", type=float, help="inter-arrival coefficient of variation (gamma)")
-    w.add_argument("--clients", type=int, help="closed loop with this many clients")
-    w.add_argument("--think-s", type=float, help="closed-loop think time")
-    w.add_argument("--seed", type=int, help="seed for lengths and prompts")
+    add_workload_args(b.add_argument_group("workload (as for simulate)"))
     r = b.add_argument_group("run")
     r.add_argument("--timeout", type=float, help="seconds per request (default 120)")
     r.add_argument("--deadline", type=float, help="seconds for the whole run (default 3600)")
