@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from servesim.calibrate import VIDUR_OPS
 from servesim.errors import ServesimError
 from servesim.model import ModelSpec
 
@@ -432,18 +433,7 @@ def _profile_layer_ops(
         "num_tokens",
         "num_tensor_parallel_workers",
     ]
-    ops = (
-        "emb",
-        "input_layernorm",
-        "attn_pre_proj",
-        "attn_rope",
-        "attn_post_proj",
-        "post_attention_layernorm",
-        "mlp_up_proj",
-        "mlp_act",
-        "mlp_down_proj",
-        "add",
-    )
+    ops = VIDUR_OPS
     writer = _Writer(
         out / "vidur" / "compute" / "local" / "model" / "mlp.csv",
         [*cols, *(f"time_stats.{op}.median" for op in ops)],

@@ -42,6 +42,18 @@ INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
 
 
+def _chunk_fit(entry: list[int], budget: int, free: int, bs: int) -> tuple[int, int]:
+    """(tokens, new blocks) of a partial prefill's next chunk: at most `budget` tokens, cut to
+    what `free` blocks hold. `entry` is [rid, done, target, held blocks, shared tokens]."""
+    _, done, target, held, shared = entry
+    n = min(target - done, budget)
+    extra = -(-(done + n - shared) // bs) - held
+    if extra > free:
+        n = min(n, (held + free) * bs + shared - done)
+        extra = -(-(done + n - shared) // bs) - held if n > 0 else 0
+    return n, extra
+
+
 @dataclass(frozen=True)
 class ReplicaConfig:
     """Batching limits and cache size of one replica (or one pipeline virtual engine)."""
@@ -595,16 +607,10 @@ class Replica:
         for entry in prefilling:
             if budget <= 0:
                 break
-            _, done, target, held, shared = entry
-            n = target - done
-            if n > budget:
-                n = budget
-            extra = -(-(done + n - shared) // bs) - held
-            if extra > free:
-                n = min(n, (held + free) * bs + shared - done)
-                if n <= 0:
-                    continue
-                extra = -(-(done + n - shared) // bs) - held
+            done, held = entry[1], entry[3]
+            n, extra = _chunk_fit(entry, budget, free, bs)
+            if n <= 0:
+                continue
             free -= extra
             budget -= n
             entry[3] = held + extra
@@ -1000,15 +1006,10 @@ class Replica:
                     continue
                 if classes and klass is not None and batch_class(entry[0]) != klass:
                     continue
-                _, done, target, held, shared = entry
-                n = min(target - done, left)
-                free = free_now()
-                extra = -(-(done + n - shared) // bs) - held
-                if extra > free:
-                    n = min(n, (held + free) * bs + shared - done)
-                    if n <= 0:
-                        continue
-                    extra = -(-(done + n - shared) // bs) - held
+                done, held = entry[1], entry[3]
+                n, extra = _chunk_fit(entry, left, free_now(), bs)
+                if n <= 0:
+                    continue
                 entry[3] = held + extra
                 new_blocks += extra
                 chosen.add(entry[0])
