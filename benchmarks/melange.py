@@ -29,7 +29,7 @@ from servesim.melange import (
     verify_mix,
 )
 from servesim.metrics import Slo
-from servesim.planner import PlanSpec, WorkloadSpec, _catalog
+from servesim.planner import PlanSpec, WorkloadSpec, catalog_for
 
 PROMPT_EDGES = [0, 1500, np.inf]
 OUTPUT_EDGES = [0, 250, np.inf]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     work = spec.workload.build()
     shares, _ = bucket_workload(work, PROMPT_EDGES, OUTPUT_EDGES)
     cands = mix_candidates(spec, args.devices.split(","))
-    cat = _catalog(None)
+    cat = catalog_for(None)
     prices = {t: c.devices_per_replica * cat.get(c.device).price_per_hour for t, c in cands.items()}
     t0 = time.perf_counter()
     caps = capacities_from_simulator(spec, cands, work, PROMPT_EDGES, OUTPUT_EDGES)

@@ -22,7 +22,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from servesim.capacity import find_capacity
 from servesim.errors import ServesimError
-from servesim.planner import Candidate, PlanSpec, _catalog, _model, deployment_for, prune
+from servesim.planner import Candidate, PlanSpec, catalog_for, deployment_for, model_for, prune
 from servesim.simulator import simulate
 from servesim.workload import Workload
 
@@ -277,9 +277,9 @@ def mix_candidates(
     """One replica config per (device, TP) whose weights fit (vLLM, 256 seqs, 8192 tokens)."""
     if not devices:
         raise ServesimError("Give at least one device for the mix, e.g. a10g,l4,a100_sxm.")
-    catalog = _catalog(spec.devices_file)
+    catalog = catalog_for(spec.devices_file)
     wanted = [Candidate(catalog.get(d).name, k) for d in devices for k in tp]
-    kept, _ = prune(wanted, _model(spec.model), catalog, 1)
+    kept, _ = prune(wanted, model_for(spec.model), catalog, 1)
     if not kept:
         raise ServesimError(
             f"{spec.model} fits none of {', '.join(devices)} at TP {tp}; allow a higher TP degree."
@@ -288,8 +288,8 @@ def mix_candidates(
 
 
 def _replica_capacity(spec: PlanSpec, c: Candidate, base: Workload, longest: int) -> float:
-    catalog = _catalog(spec.devices_file)
-    _, pruned = prune([c], _model(spec.model), catalog, longest)
+    catalog = catalog_for(spec.devices_file)
+    _, pruned = prune([c], model_for(spec.model), catalog, longest)
     if pruned:  # the bucket's longest request does not fit this configuration's KV cache
         return 0.0
     cap = find_capacity(deployment_for(spec, c), base, spec.slo, spec.target, spec.rel_tol)
@@ -422,7 +422,7 @@ def plan_mix(
     shares, _ = bucket_workload(workload, prompt_edges, output_edges)
     rates = shares * rate_per_s
     candidates = mix_candidates(spec, devices, tp)
-    catalog = _catalog(spec.devices_file)
+    catalog = catalog_for(spec.devices_file)
     prices = {
         t: c.devices_per_replica * catalog.get(c.device).price_per_hour
         for t, c in candidates.items()

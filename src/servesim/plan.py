@@ -21,10 +21,10 @@ from servesim.planner import (
     Pruned,
     SearchSpace,
     Sizing,
-    _catalog,
-    _model,
     add_rankings,
+    catalog_for,
     enumerate_candidates,
+    model_for,
     prune,
     size_for_rate,
 )
@@ -85,8 +85,8 @@ def run_plan(
     """Answer a plan question, reusing any results the store already holds for it."""
     t0 = time.perf_counter()
     out = Path(out_dir)
-    model = _model(spec.model)
-    catalog = _catalog(spec.devices_file)
+    model = model_for(spec.model)
+    catalog = catalog_for(spec.devices_file)
     for d in space.devices:
         catalog.get(d)  # unknown devices fail here, with the list of known ones
     base = spec.workload.build()

@@ -302,17 +302,17 @@ def _prune_reason(
 
 
 @cache
-def _catalog(devices_file: str | None) -> Catalog:
+def catalog_for(devices_file: str | None) -> Catalog:
     return Catalog([devices_file] if devices_file else None)
 
 
 @cache
-def _model(name: str) -> ModelSpec:
+def model_for(name: str) -> ModelSpec:
     return load_model(name)
 
 
 @cache
-def _fit(path: str | None) -> KernelFit | None:
+def fit_for(path: str | None) -> KernelFit | None:
     return KernelFit.load(path) if path else None
 
 
@@ -320,8 +320,8 @@ def deployment_for(
     spec: PlanSpec, c: Candidate, replicas: int = 1
 ) -> Deployment | DisaggDeployment:
     """The simulator's deployment for a candidate under a plan (`replicas` units of it)."""
-    model = _model(spec.model).with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype)
-    device = _catalog(spec.devices_file).get(c.device)
+    model = model_for(spec.model).with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype)
+    device = catalog_for(spec.devices_file).get(c.device)
 
     def pool(tp: int, pp: int, n: int) -> Deployment:
         return Deployment(
@@ -333,7 +333,7 @@ def deployment_for(
             max_num_seqs=c.max_num_seqs,
             max_num_batched_tokens=c.max_num_batched_tokens,
             chunked_prefill=c.chunked_prefill,
-            fit=_fit(spec.fit_file),
+            fit=fit_for(spec.fit_file),
         )
 
     if not c.disaggregated:
