@@ -150,3 +150,21 @@ def test_every_bundled_config_loads_or_is_refused_by_name() -> None:
             assert "not supported" in str(exc)
             continue
         assert m.num_params() > 1e9 and m.kv_bytes_per_token() > 0
+
+
+def test_partial_expert_parallelism_splits_experts_over_groups() -> None:
+    """EP groups of a stage hold n/ep experts each, split over moe_tp devices: per-device expert
+    bytes are the same for every ep dividing tp (only the split changes), and ep must divide."""
+    from servesim.memory import weight_bytes_per_device
+    from servesim.parallel import Parallel
+
+    m = load_model("Qwen/Qwen3-30B-A3B")
+    full = weight_bytes_per_device(m, Parallel(tp=8))
+    for ep in (2, 4, 8):
+        assert Parallel(tp=8, ep=ep).moe_tp == 8 // ep
+        assert weight_bytes_per_device(m, Parallel(tp=8, ep=ep)) == pytest.approx(full)
+    # Attention DP: 4 ranks of tp2 keep 4 copies of attention but spread experts over all 8.
+    dp = weight_bytes_per_device(m, Parallel(tp=2, dp=4, ep=8))
+    assert dp > full
+    with pytest.raises(ServesimError, match="must divide"):
+        Parallel(tp=8, ep=3)

@@ -51,7 +51,7 @@ def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
     expert_bytes = counts["routed_experts"] * nbytes(model.expert_dtype)
     other = total - expert_bytes
     shard = par.tp * par.pp
-    experts_per_device = expert_bytes / (par.pp * (par.ep if par.ep > 1 else par.tp))
+    experts_per_device = expert_bytes / (par.pp * (par.ep * par.moe_tp if par.ep > 1 else par.tp))
     return other / shard + experts_per_device
 
 

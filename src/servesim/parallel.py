@@ -13,7 +13,8 @@ class Parallel:
 
     `tp` splits every layer's matrices and heads; `pp` splits the layers into stages; `dp` runs
     that many attention data-parallel ranks (each with its own batch share and KV cache) that
-    meet in the MoE layers; `ep` spreads routed experts over that many devices (1 = experts are
+    meet in the MoE layers; `ep` spreads routed experts over that many groups of the stage's
+    tp × dp devices, each expert split over the `moe_tp` devices of its group (1 = experts are
     split by TP instead). Devices per replica = tp × pp × dp.
     """
 
@@ -29,11 +30,16 @@ class Parallel:
                 raise ServesimError(
                     f"Parallel degree {field_name} must be an integer ≥ 1, got {value!r}."
                 )
-        if self.ep > 1 and self.ep != self.tp * self.dp:
+        if self.ep > 1 and (self.tp * self.dp) % self.ep:
             raise ServesimError(
-                f"Expert parallelism ep={self.ep} must equal tp×dp={self.tp * self.dp} (the "
-                "devices of one pipeline stage); set ep to that or to 1."
+                f"Expert parallelism ep={self.ep} must divide tp×dp={self.tp * self.dp} (the "
+                "devices of one pipeline stage share the experts); pick a divisor or 1."
             )
+
+    @property
+    def moe_tp(self) -> int:
+        """Devices each routed expert is split over: tp×dp/ep with EP, else the TP degree."""
+        return self.tp * self.dp // self.ep if self.ep > 1 else self.tp
 
     @property
     def num_devices(self) -> int:

@@ -233,11 +233,14 @@ class Predictor:
         terms = [self._gemm("router", t, n_exp, h, layers)]
         zero = np.zeros_like(t)
         if p.ep > 1:
-            # Every token of the stage meets in the expert layer; each device holds n/ep experts.
+            # Every token of the stage meets in the expert layer; each EP group holds n/ep
+            # experts, each split over the group's moe_tp devices.
             routed = t * p.dp / p.ep
             experts = max(1, n_exp // p.ep)
-            width = m.moe_intermediate_size
-            a2a_bytes = t * k_top * h * ACT_BYTES
+            width = m.moe_intermediate_size // p.moe_tp
+            # Each device dispatches its share of the stage's tokens (its own batch under
+            # attention DP, a 1/tp slice of the replicated tokens under attention TP).
+            a2a_bytes = t / p.tp * k_top * h * ACT_BYTES
             a2a = kernels.collective_np("alltoall", a2a_bytes, p.ep, self.device, self.fit)
             terms.append(
                 _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
