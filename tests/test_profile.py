@@ -187,3 +187,65 @@ def test_iteration_model_fit_recovers_a_known_engine():
     assert pred.step_s(3, 300, ((40, 10),)) == pytest.approx(want, rel=1e-12)
     c0, c1 = pred.decode_step_coeffs(5)
     assert pred.step_s(5, 700, ()) == pytest.approx(c0 + 700 * c1, rel=1e-12)
+
+
+def _cli(args: list[str]) -> int:
+    from servesim.cli import main
+
+    return main(args)
+
+
+def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsys):
+    """A measured engine saved to disk is what `servesim simulate --measured` runs: a lone
+    request's TTFT is the measured predictor's prefill iteration and its TPOT one decode step."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from servesim.measured import IterationModel, load_measured_engine, save_measured_engine
+
+    cfg = tmp_path / "model" / "config.json"
+    cfg.parent.mkdir()
+    cfg.write_text(json.dumps(TINY))
+    m, res = profiled
+    eng = EngineProfile(name="t", step_overhead_s=1e-3, per_seq_overhead_s=1e-4)
+    for kind in ("tables", "iteration"):
+        if kind == "tables":
+            dep = MeasuredDeployment(
+                model=m,
+                device=Catalog([res.out_dir / "device.yaml"]).get("cpu_test"),
+                engine=eng,
+                tables=OpTables(res.out_dir),
+                forward_overhead=ForwardOverhead(2e-3, 1e-6),
+            )
+            path = save_measured_engine(dep, tmp_path / "t.json", cfg, res.out_dir / "device.yaml")
+        else:
+            dep = MeasuredDeployment(
+                model=m,
+                device=Catalog().get("cpu"),
+                engine=eng,
+                iteration=IterationModel(1.5e-3, 2e-4, 1.8e-4, 1e-6, 7e-8),
+            )
+            path = save_measured_engine(dep, tmp_path / "i.json", cfg)
+        pred = load_measured_engine(path).predictor()
+        out = tmp_path / f"run-{kind}"
+        code = _cli(
+            [
+                *("simulate", "--measured", str(path), "--prompt", "fixed:40"),
+                *("--output", "fixed:6", "--rate", "0.01", "--num-requests", "3"),
+                *("--out", str(out)),
+            ]
+        )
+        assert code == 0, capsys.readouterr()
+        cols = pq.read_table(out / "requests.parquet").to_pydict()
+        ttft = pred.step_s(0, 0, ((40, 0),))
+        assert cols["ttft_s"] == pytest.approx([ttft] * 3, rel=1e-9)
+        # Five decode steps over 41 ... 45 cached tokens.
+        steps = [pred.step_s(1, 40 + i, ()) for i in range(1, 6)]
+        assert cols["tpot_s"] == pytest.approx([sum(steps) / 5] * 3, rel=1e-6)
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text('{"kind": "something else"}')
+    for bad in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        assert _cli(["simulate", "--measured", str(bad), "--out", str(tmp_path / "x")]) != 0
+        err = capsys.readouterr().err
+        assert "measured" in err.lower() and "Traceback" not in err

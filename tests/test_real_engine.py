@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.engine
@@ -28,7 +29,7 @@ sys.path.insert(0, str(REPO / "validation"))
 
 import engines  # noqa: E402
 
-from servesim import bench  # noqa: E402
+from servesim import bench, cli  # noqa: E402
 from servesim.devices import Catalog  # noqa: E402
 from servesim.engine import EngineProfile  # noqa: E402
 from servesim.measured import (  # noqa: E402
@@ -37,6 +38,7 @@ from servesim.measured import (  # noqa: E402
     fit_engine_overheads,
     fit_forward_overhead,
     run_stats,
+    save_measured_engine,
 )
 from servesim.model import load_model  # noqa: E402
 from servesim.profile import ProfileConfig, profile_model  # noqa: E402
@@ -99,7 +101,20 @@ def test_exact_lengths_and_simulation_within_a_loose_bound(setup):
     assert (cols["generated_tokens"] == work.output_tokens).all()
     assert (cols["chunks"] == work.output_tokens).all()  # every token streamed on its own
     assert all(len(t) == n for t, n in zip(cols["token_times_s"], work.output_tokens, strict=True))
-    sim = simulate(dep, work).columns()
+    # Simulated through the CLI on the saved measured engine, as validation/real_engine.py does.
+    engine_file = save_measured_engine(
+        dep,
+        prof.parent / "engine.json",
+        prof.parent / "model" / "config.json",
+        prof / "device.yaml",
+    )
+    sim_dir = prof.parent / "simulated"
+    argv = ["simulate", "--measured", str(engine_file), "--num-requests", "30", "--rate", "8"]
+    argv += ["--prompt", "uniform:8:96", "--output", "uniform:4:24", "--seed", "3"]
+    assert cli.main([*argv, "--out", str(sim_dir)]) == 0
+    sim = pq.read_table(sim_dir / "requests.parquet").to_pydict()
+    assert sim["arrival_s"] == pytest.approx(work.arrival_s.tolist())
+    assert sim["ttft_s"] == pytest.approx(simulate(dep, work).columns()["ttft_s"].tolist())
     # Loose on purpose: wall-clock timings on a shared 2-core VM swing by up to 2x between runs;
     # validation/real_engine.py measures the tight figures on an idle machine.
     for key in ("ttft_s", "tpot_s"):

@@ -38,7 +38,7 @@ import contextlib  # noqa: E402
 
 import engines  # noqa: E402
 
-from servesim import bench, compare  # noqa: E402
+from servesim import bench, cli, compare  # noqa: E402
 from servesim.devices import Catalog, get_device  # noqa: E402
 from servesim.engine import EngineProfile  # noqa: E402
 from servesim.measured import (  # noqa: E402
@@ -51,6 +51,7 @@ from servesim.measured import (  # noqa: E402
     fit_iteration_model,
     per_request,
     run_stats,
+    save_measured_engine,
 )
 from servesim.metrics import Slo, write_parquet, write_summary  # noqa: E402
 from servesim.model import load_model  # noqa: E402
@@ -319,11 +320,20 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_trace(work, run_dir / "trace.csv")
     log(f"simulated capacity {cap:.2f} req/s; {args.load} load = {rate:.2f} req/s")
-    # Simulated.
-    sim = simulate(dep, work)
+    # Simulated, through the CLI a user would run on the saved measured engine.
+    engine_file = save_measured_engine(
+        dep,
+        out / "measured_engine.json",
+        model_dir / "config.json",
+        out / "profile" / "device.yaml" if args.engine == "hf" else None,
+    )
     sim_dir = run_dir / "simulated"
-    write_parquet(sim.columns(), sim_dir / "requests.parquet")
-    write_summary(sim.summary(), sim_dir / "summary.json")
+    trace = str(run_dir / "trace.csv")
+    argv = ["simulate", "--measured", str(engine_file), "--trace", trace, "--out", str(sim_dir)]
+    log("servesim " + " ".join(argv))
+    with contextlib.redirect_stdout(sys.stderr):
+        if cli.main(argv) != 0:
+            raise SystemExit("servesim simulate failed on the measured engine")
     # Measured: repeated (up to --attempts) while other processes disturbed the run.
     best = None
     for attempt in range(args.attempts):

@@ -50,6 +50,7 @@ SIMULATE_DEFAULTS: dict[str, Any] = {
     "cv": 1.0,
     "clients": None,
     "think_s": 0.0,
+    "measured": None,
     "ttft_slo": 2.0,
     "tpot_slo": 0.1,
     "router": "round_robin",
@@ -127,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         "prefix_affinity or session",
     )
     s.add_argument("--out", help="output folder for requests.parquet and summary.json")
+    s.add_argument(
+        "--measured",
+        help="a measured-engine JSON (validation/real_engine.py writes one): model, device, "
+        "engine and iteration costs from measurements; --model/--device/--engine/--tp are then "
+        "taken from it",
+    )
     mechanisms.add_args(sim)
 
     pred = sub.add_parser("predict", help="time one batch, with a per-operator breakdown")
@@ -195,6 +202,22 @@ def build_deployment(s: dict[str, Any]):
     )
 
 
+def build_measured(s: dict[str, Any]):
+    """A deployment priced from measurements (`--measured FILE`), with the batching flags the
+    user gave on top of the engine profile the file holds."""
+    from dataclasses import replace
+
+    from servesim.measured import load_measured_engine
+
+    dep = load_measured_engine(str(s["measured"]))
+    over = {
+        k: s[k]
+        for k in ("max_num_seqs", "max_num_batched_tokens", "chunked_prefill")
+        if s.get(k) is not None
+    }
+    return replace(dep, **over) if over else dep
+
+
 def build_workload(s: dict[str, Any]):
     """The open-loop workload or closed loop that the settings describe."""
     from servesim import trace as tracemod
@@ -250,7 +273,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     s = _settings(args, SIMULATE_DEFAULTS)
     slo = Slo(float(s["ttft_slo"]), float(s["tpot_slo"]))
-    dep = mechanisms.apply(build_deployment(s), s, slo)
+    dep = build_measured(s) if s.get("measured") else build_deployment(s)
+    dep = mechanisms.apply(dep, s, slo)
     work = build_workload(s)
     closed = work if isinstance(work, ClosedLoop) else None
     res = simulate(dep, None if closed else work, closed_loop=closed, router=str(s["router"]))

@@ -20,8 +20,10 @@ The engine's own per-iteration costs (scheduling, sampling, streaming, HTTP) liv
 from __future__ import annotations
 
 import csv
+import json
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -478,3 +480,90 @@ def fit_engine_overheads(
     res = least_squares(resid, x0, bounds=bounds, diff_step=0.05, max_nfev=200)
     rms = math.sqrt(float(np.mean(res.fun**2)) * len(runs))
     return with_x(res.x).engine, rms
+
+
+# ---- measured engines on disk ------------------------------------------------------------------
+MEASURED_KIND = "servesim-measured-engine"
+
+
+def save_measured_engine(
+    dep: MeasuredDeployment,
+    path: str | Path,
+    model_config: str | Path,
+    devices_yaml: str | Path | None = None,
+) -> Path:
+    """Write what `servesim simulate --measured FILE` needs to rebuild `dep`: the model config,
+    the device (and its catalog file), the fitted engine profile and the iteration costs (the
+    operator-table folder with the forward overhead, or the iteration model). Paths are stored
+    relative to the file so the folder can move."""
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def rel(p: str | Path) -> str:
+        return os.path.relpath(Path(p).resolve(), base)
+
+    doc: dict[str, object] = {
+        "kind": MEASURED_KIND,
+        "model_config": rel(model_config),
+        "device": dep.device.name,
+        "devices": rel(devices_yaml) if devices_yaml else None,
+        "engine_profile": asdict(dep.engine),
+    }
+    if dep.iteration is not None:
+        doc["iteration_model"] = asdict(dep.iteration)
+    elif dep.tables is not None:
+        doc["tables"] = rel(dep.tables.dir)
+        doc["forward_overhead"] = asdict(dep.forward_overhead)
+    else:
+        raise ServesimError("A measured engine needs operator tables or an iteration model.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_measured_engine(path: str | Path) -> MeasuredDeployment:
+    """The deployment a `save_measured_engine` file describes; a file that is not one, or that
+    names missing parts, is refused with the reason."""
+    from servesim.devices import Catalog
+    from servesim.model import load_model
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ServesimError(f"Measured engine file {path} does not exist.") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ServesimError(f"Measured engine file {path} is not readable JSON ({exc}).") from None
+    if not isinstance(doc, dict) or doc.get("kind") != MEASURED_KIND:
+        raise ServesimError(
+            f"{path} is not a measured-engine file (written by validation/real_engine.py or "
+            "servesim.measured.save_measured_engine)."
+        )
+    base = path.parent
+    missing = [k for k in ("model_config", "device", "engine_profile") if k not in doc]
+    if missing:
+        raise ServesimError(f"Measured engine file {path} lacks {', '.join(missing)}.")
+    model = load_model(str(base / doc["model_config"]))
+    catalog = Catalog([base / doc["devices"]] if doc.get("devices") else None)
+    device = catalog.get(str(doc["device"]))
+    try:
+        engine = EngineProfile(**doc["engine_profile"])
+        iteration = IterationModel(**doc["iteration_model"]) if "iteration_model" in doc else None
+        overhead = ForwardOverhead(**doc.get("forward_overhead", {}))
+    except TypeError as exc:
+        raise ServesimError(f"Measured engine file {path} has an unknown field ({exc}).") from None
+    tables = None
+    if iteration is None:
+        if "tables" not in doc:
+            raise ServesimError(
+                f"Measured engine file {path} has neither operator tables nor an iteration model."
+            )
+        tables = OpTables(base / doc["tables"])
+    return MeasuredDeployment(
+        model=model,
+        device=device,
+        engine=engine,
+        tables=tables,
+        forward_overhead=overhead,
+        iteration=iteration,
+    )
