@@ -7,8 +7,10 @@ compares its mean TTFT and TPOT with the measured ones.
 
     .venv/bin/python benchmarks/silicon.py [PATH.csv] [--rounds R] [--limit N]
 
-Rows it cannot predict (a model without a bundled config, disaggregated mode, an unknown
-system or backend) are counted with the reason. The last line is one JSON object.
+Colocated (`agg`) rows run one engine; disaggregated (`disagg`) rows run prefill and decode
+worker pools with the KV cache moved between them. Rows it cannot predict (a model without a
+bundled config, an unknown system, backend or quantisation) are counted with the reason.
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from servesim.devices import Catalog
+from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.model import load_model
@@ -37,50 +40,112 @@ DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"
 
 
 def concurrency_of(row: dict[str, str]) -> int:
-    """Clients of the benchmark: `silicon_concurrency=N` in the provenance, else the batch size."""
+    """Clients of the benchmark: `silicon_concurrency=N` in the provenance, else the batch size
+    (of all decode workers for disaggregated rows)."""
     m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", ""))
     if m:
         return int(m.group(1))
-    return int(float(row["batch_size"]))
+    if row.get("mode") == "disagg":
+        return _int(row, "decode_batch_size") * _int(row, "decode_num_workers")
+    return _int(row, "batch_size")
 
 
-def batching_of(row: dict[str, str], budget_vllm: int) -> dict[str, object]:
+def _int(row: dict[str, str], key: str, default: int = 1) -> int:
+    text = (row.get(key) or "").strip()
+    return int(float(text)) if text else default
+
+
+def batching_of(backend: str, role: str, bs: int, isl: int, budget_vllm: int) -> dict[str, object]:
     """Batching limits the benchmarked engines ran with.
 
     The rows come from aiconfigurator's benchmark flow, whose config generator sets
-    (src/aiconfigurator/generator/rule_plugin/*.rule): TensorRT-LLM `max_num_tokens =
-    batch + ISL + 1500` (rounded up to 32-token pages) without chunked prefill; SGLang
-    `max_prefill_tokens = ISL + 1500`; vLLM only `max_num_seqs`, so vLLM's own default budget.
+    (src/aiconfigurator/generator/rule_plugin/benchmark/*.rule): TensorRT-LLM `max_num_tokens =
+    batch + ISL + 1500` colocated, `ISL + 1500` on prefill workers and `batch` on decode workers
+    (rounded up to 32-token pages), without chunked prefill; SGLang `max_prefill_tokens = ISL +
+    1500`; vLLM 0.12's launch template passes only `max_num_seqs`, so vLLM's own default budget.
+    `role` is `agg`, `prefill` or `decode`.
     """
-    bs = int(float(row["batch_size"]))
-    isl = int(float(row["isl"]))
-    backend = row["backend"]
     if backend == "trtllm":
-        tokens = -(-(bs + isl + 1500) // 32) * 32
+        tokens = {"agg": bs + isl + 1500, "prefill": isl + 1500, "decode": bs}[role]
+        tokens = -(-tokens // 32) * 32
         return {"max_num_seqs": bs, "max_num_batched_tokens": tokens, "chunked_prefill": False}
     if backend == "sglang":
         return {"max_num_seqs": max(bs, 1), "max_num_batched_tokens": isl + 1500}
     return {"max_num_seqs": max(bs, 512), "max_num_batched_tokens": budget_vllm}
 
 
-def deployment_of(row: dict[str, str], catalog: Catalog, budget_vllm: int = 8192) -> Deployment:
-    """The deployment a row measured; ServesimError says why a row cannot be predicted."""
-    if row.get("mode", "agg") != "agg":
-        raise ServesimError(f"mode {row.get('mode')!r} (only colocated 'agg' rows are simulated)")
-    device = catalog.get(row["system"])
+# aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
+QUANT = {
+    "fp8_block": "fp8",
+    "fp8_ootb": "fp8",
+    "int8_wo": "int8",
+    "sq": "int8",
+    "int4_wo": "int4",
+    "w4afp8": "int4",
+    "w4a16_mxfp4": "mxfp4",
+}
+
+
+def _model(row: dict[str, str]):
     model = load_model(row["model_path"])
     quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
-    if quant:
-        model = model.with_dtypes(weight=quant, kv=quant if quant == "fp8" else None)
-    tp = int(float(row.get("tp_size") or 1))
-    pp = int(float(row.get("pp_size") or 1))
-    dp = int(float(row.get("attention_dp_size") or 1))
-    ep = int(float(row.get("moe_ep_size") or 1))
-    par = Parallel(tp=tp, pp=pp, dp=dp, ep=ep if ep > 1 else 1)
-    engine = get_engine(row["backend"])
-    return Deployment(
-        model=model, device=device, parallel=par, engine=engine, **batching_of(row, budget_vllm)
+    moe = (row.get("moe_quant_mode") or "").strip().lower()
+    quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
+    if quant or moe:
+        model = model.with_dtypes(
+            weight=quant or None,
+            kv=quant if quant == "fp8" else None,
+            expert=moe or None,
+        )
+    return model
+
+
+def _parallel(row: dict[str, str], prefix: str) -> Parallel:
+    """A pool's layout from the row's `{prefix}tp_size`, ... columns (TRT-LLM's tp = moe_tp × ep
+    inside each attention-DP group, so servesim's moe_tp follows from tp, dp and ep)."""
+    tp, pp, dp, ep = (
+        max(1, _int(row, prefix + key))
+        for key in ("tp_size", "pp_size", "attention_dp_size", "moe_ep_size")
     )
+    par = Parallel(tp=tp, pp=pp, dp=dp, ep=ep)
+    moe_tp = _int(row, prefix + "moe_tp_size", 0)
+    if ep > 1 and moe_tp and moe_tp != par.moe_tp:
+        raise ServesimError(
+            f"moe_tp={moe_tp} with ep={ep} over tp={tp}×dp={dp} devices is a layout servesim "
+            "does not model"
+        )
+    return par
+
+
+def deployment_of(
+    row: dict[str, str], catalog: Catalog, budget_vllm: int = 8192
+) -> Deployment | DisaggDeployment:
+    """The deployment a row measured; ServesimError says why a row cannot be predicted."""
+    mode = row.get("mode", "agg") or "agg"
+    if mode not in ("agg", "disagg"):
+        raise ServesimError(f"mode {mode!r} is neither 'agg' nor 'disagg'")
+    device = catalog.get(row["system"])
+    model = _model(row)
+    engine = get_engine(row["backend"])
+    isl = _int(row, "isl")
+
+    def pool(prefix: str, role: str) -> Deployment:
+        bs = _int(row, prefix + "batch_size")
+        return Deployment(
+            model=model,
+            device=device,
+            parallel=_parallel(row, prefix),
+            engine=engine,
+            replicas=_int(row, prefix + "num_workers") if prefix else 1,
+            **batching_of(row["backend"], role, bs, isl, budget_vllm),
+        )
+
+    if mode == "agg":
+        return pool("", "agg")
+    pre, dec = pool("prefill_", "prefill"), pool("decode_", "decode")
+    # KV moves over NVLink inside one 8-GPU node, over the scale-out network beyond it.
+    link = "nvlink" if pre.num_devices + dec.num_devices <= 8 else "infiniband"
+    return DisaggDeployment(prefill=pre, decode=dec, link=link)
 
 
 def simulate_row(
@@ -99,7 +164,7 @@ def simulate_row(
     """
     dep = deployment_of(row, catalog, budget_vllm)
     clients = concurrency_of(row)
-    isl, osl = int(float(row["isl"])), int(float(row["osl"]))
+    isl, osl = _int(row, "isl"), _int(row, "osl")
     total = clients * (rounds + warmup_rounds)
     loop = ClosedLoop(clients, total, Fixed(isl), Fixed(osl), jitter_s=jitter_s)
     res = simulate(dep, closed_loop=loop)

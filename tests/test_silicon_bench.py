@@ -1,0 +1,102 @@
+"""benchmarks/silicon.py reads any silicon-sample CSV: colocated and disaggregated rows, MoE
+layouts, and rows it cannot predict counted with their reason."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import silicon  # noqa: E402
+
+from servesim.devices import Catalog  # noqa: E402
+from servesim.disagg import DisaggDeployment  # noqa: E402
+from servesim.parallel import Parallel  # noqa: E402
+
+with open(silicon.DEFAULT_CSV, newline="") as f:
+    HEADER = next(csv.reader(f))
+
+
+def row(**kw: str) -> dict[str, str]:
+    base = {k: "" for k in HEADER}
+    base.update(
+        id="t",
+        backend="trtllm",
+        model_path="Qwen/Qwen3-32B",
+        system="h100_sxm",
+        mode="agg",
+        isl="4096",
+        osl="256",
+        silicon_ttft_ms="100",
+        silicon_tpot_ms="10",
+    )
+    base.update(kw)
+    return base
+
+
+def test_disaggregated_row_builds_both_pools_with_the_generator_batching() -> None:
+    r = row(
+        mode="disagg",
+        silicon_data_source="silicon_concurrency=48",
+        prefill_batch_size="1",
+        prefill_num_workers="3",
+        prefill_tp_size="2",
+        decode_batch_size="24",
+        decode_num_workers="2",
+        decode_tp_size="4",
+    )
+    dep = silicon.deployment_of(r, Catalog())
+    assert isinstance(dep, DisaggDeployment)
+    assert dep.prefill.replicas == 3 and dep.prefill.parallel == Parallel(tp=2)
+    assert dep.decode.replicas == 2 and dep.decode.parallel == Parallel(tp=4)
+    # TensorRT-LLM rule: prefill max_num_tokens = ISL + 1500, decode = batch, in 32-token pages.
+    assert dep.prefill.max_num_batched_tokens == 5600 and dep.decode.max_num_batched_tokens == 32
+    assert dep.prefill.chunked_prefill is False and dep.decode.max_num_seqs == 24
+    assert dep.link == "infiniband"  # 6 + 8 GPUs span two 8-GPU nodes
+    assert silicon.concurrency_of(r) == 48
+    assert silicon.concurrency_of({**r, "silicon_data_source": ""}) == 48  # 24 × 2 workers
+    ttft, tpot = silicon.simulate_row(r, Catalog(), rounds=2)
+    assert 0 < ttft < 5000 and 0 < tpot < 100
+
+
+def test_moe_row_maps_expert_parallelism_and_quantisation() -> None:
+    r = row(
+        model_path="Qwen/Qwen3-30B-A3B",
+        gemm_quant_mode="fp8_block",
+        moe_quant_mode="w4afp8",
+        batch_size="16",
+        tp_size="4",
+        moe_tp_size="1",
+        moe_ep_size="4",
+    )
+    dep = silicon.deployment_of(r, Catalog())
+    assert dep.parallel == Parallel(tp=4, ep=4) and dep.parallel.moe_tp == 1
+    assert dep.model.weight_dtype == "fp8" and dep.model.expert_dtype == "int4"
+    assert dep.model.kv_dtype == "fp8"
+    with pytest.raises(Exception, match="moe_tp=2"):
+        silicon.deployment_of({**r, "moe_tp_size": "2"}, Catalog())
+
+
+def test_main_counts_skipped_rows_with_their_reason(tmp_path: Path, capsys) -> None:
+    rows = [
+        row(batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=8"),
+        row(model_path="nobody/unknown-model", batch_size="8", tp_size="2"),
+        row(system="nonexistent_gpu", batch_size="8", tp_size="2"),
+    ]
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    assert silicon.main([str(path), "--rounds", "2"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(out[-1])
+    assert last["rows"] == 1 and last["skipped"] == 2
+    skips = [line for line in out if line.startswith("skipped")]
+    assert any("unknown-model" in s for s in skips) and any("nonexistent_gpu" in s for s in skips)
