@@ -53,6 +53,29 @@ def test_long_prompt_is_chunked_into_budget_sized_iterations() -> None:
     assert res.columns()["ttft_s"][0] == pytest.approx(expected, rel=1e-9)
 
 
+def test_overlap_scheduling_admits_an_arrival_one_iteration_later() -> None:
+    """With overlap scheduling (TRT-LLM, SGLang) iteration n+1 is planned while n runs, so a
+    prompt that arrives during A's prefill misses the next iteration (A's first decode) and
+    starts in the one after; an idle engine still starts it at once."""
+    overlap = get_engine("vllm").with_overrides(overlap_scheduling=True)
+    w = Workload(np.array([0.0, 0.001]), np.array([2000, 100]), np.array([40, 5]))
+    plain = simulate(dep(), w).columns()
+    lagged = simulate(dep(engine=overlap), w).columns()
+    pred = dep().predictor()
+    a_prefill = pred.iteration(BatchShape(prefill=((2000, 0),))).seconds
+    assert plain["ttft_s"][0] == lagged["ttft_s"][0] == pytest.approx(a_prefill, rel=1e-9)
+    # Plain: B's prefill shares A's first decode step. Overlap: one decode-only step first.
+    mixed = pred.iteration(BatchShape(1, 2001, prefill=((100, 0),))).seconds
+    assert plain["first_token_s"][1] == pytest.approx(a_prefill + mixed, rel=1e-6)
+    decode = pred.iteration(BatchShape(1, 2001)).seconds
+    mixed2 = pred.iteration(BatchShape(1, 2002, prefill=((100, 0),))).seconds
+    assert lagged["first_token_s"][1] == pytest.approx(a_prefill + decode + mixed2, rel=1e-6)
+    lone = simulate(dep(engine=overlap), one_request(1000, 5)).columns()
+    assert lone["ttft_s"][0] == pytest.approx(
+        simulate(dep(), one_request(1000, 5)).columns()["ttft_s"][0]
+    )
+
+
 def trace_sample(n: int = 600, rate: float = 8.0) -> Workload:
     return bundled_trace("azure_conv").head(n).scaled_to_rate(rate)
 

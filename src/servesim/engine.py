@@ -2,9 +2,11 @@
 
 An `EngineProfile` holds what an engine does that the kernels do not show: its per-iteration
 CPU/launch overhead, whether it captures decode steps in CUDA graphs, whether prefills share an
-iteration with decodes, and its default batching limits. The three built-in profiles follow each
-engine's documented defaults on 80 GB-class GPUs; their overhead terms are fitted to end-to-end
-measurements (see `calibrate_engine` in the benchmarks) and can be overridden per run.
+iteration with decodes, whether it plans the next iteration while one runs (overlap
+scheduling), and its default batching limits. The three built-in profiles follow each engine's
+documented defaults on 80 GB-class GPUs; their overhead terms are priors, not fits (an engine
+measured here gets its own from `measured.fit_engine_overheads`), and any field can be
+overridden per run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class EngineProfile:
     max_num_seqs: int = 1024
     block_size: int = 16  # KV-cache page, tokens
     mem_util: float = 0.9
+    # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
+    # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
+    overlap_scheduling: bool = False
     prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
 
     def with_overrides(self, **kwargs: object) -> EngineProfile:
@@ -52,6 +57,7 @@ ENGINES: dict[str, EngineProfile] = {
     "vllm": EngineProfile(name="vllm"),
     "sglang": EngineProfile(
         name="sglang",
+        overlap_scheduling=True,
         mixed_batches=False,
         block_size=1,
         cuda_graph_max_seqs=256,
@@ -60,6 +66,7 @@ ENGINES: dict[str, EngineProfile] = {
     ),
     "trtllm": EngineProfile(
         name="trtllm",
+        overlap_scheduling=True,
         step_overhead_s=0.5e-3,
         per_seq_overhead_s=2.0e-6,
         block_size=32,

@@ -64,6 +64,7 @@ class ReplicaConfig:
     mixed_batches: bool = True
     block_size: int = 16
     kv_blocks: int = 10_000
+    overlap: bool = False  # the next iteration is scheduled while this one runs
 
 
 class Replica:
@@ -94,6 +95,8 @@ class Replica:
         "incoming",
         "index",
         "interrupts",
+        "iter_start",
+        "lagged",
         "iterations",
         "itl",
         "join_order",
@@ -190,6 +193,10 @@ class Replica:
         self.next_t = INF
         self._mixed: tuple | None = None
         self._seg: tuple | None = None
+        # Overlap scheduling: arrivals not yet seen by a scheduling pass, as (arrival, rid); a
+        # pass runs when an iteration starts, for the one after it.
+        self.lagged: deque[tuple[float, int]] = deque()
+        self.iter_start = 0.0  # start of the iteration that ended last
         # Observables
         self.busy_s = 0.0
         self.work_s = 0.0  # busy work (full-dynamic-power seconds per device), for energy
@@ -225,7 +232,13 @@ class Replica:
     @property
     def num_requests(self) -> int:
         """Requests queued or in service."""
-        return len(self.waiting) + len(self.prefilling) + len(self.off) + len(self.incoming)
+        return (
+            len(self.waiting)
+            + len(self.lagged)
+            + len(self.prefilling)
+            + len(self.off)
+            + len(self.incoming)
+        )
 
     @property
     def mid_iteration(self) -> bool:
@@ -248,14 +261,24 @@ class Replica:
     def enqueue(self, rid: int, t: float) -> list[int]:
         """Accept a request at time t; returns requests that finished while catching up."""
         tab = self.table
-        self.waiting.append(rid)
         self.outstanding_tokens += tab.prompt_tokens[rid] + tab.output_tokens[rid]
         self.queued_tokens += tab.prompt_tokens[rid]
         tab.replica[rid] = self.index
         if self.next_t == INF:  # idle: start now
+            self.waiting.append(rid)
             self.now = max(self.now, t)
             self._schedule()
             return []
+        if self.cfg.overlap:
+            # The pass that planned the next iteration ran when this one started: the request
+            # waits for the pass after it, at the next boundary.
+            self.lagged.append((t, rid))
+            if self._seg is not None and len(self.off) + len(self.prefilling) < (
+                self.cfg.max_num_seqs
+            ):
+                return self._cut(t, extra=1)
+            return []
+        self.waiting.append(rid)
         if self._seg is not None:
             if len(self.off) + len(self.prefilling) < self.cfg.max_num_seqs:
                 return self._cut(t)
@@ -524,6 +547,8 @@ class Replica:
     def _schedule(self) -> None:
         """Start the next iteration or decode stretch at `self.now`, or go idle."""
         cfg = self.cfg
+        if self.lagged:
+            self._release_lagged()
         if self.incoming:
             self._admit_incoming()
         n_run = len(self.off)
@@ -546,6 +571,18 @@ class Replica:
         if self.waiting and not self.prefilling:
             self._cannot_fit()
         self.next_t = INF
+
+    def _release_lagged(self) -> None:
+        """Overlap scheduling: arrivals that came before the iteration just ended started are
+        seen by this pass; with nothing running, the engine's loop sees every arrival."""
+        lagged, waiting = self.lagged, self.waiting
+        if not (self.off or self.prefilling or waiting or self.incoming):
+            while lagged:
+                waiting.append(lagged.popleft()[1])
+            return
+        start = self.iter_start
+        while lagged and lagged[0][0] <= start:
+            waiting.append(lagged.popleft()[1])
 
     def _cannot_fit(self) -> None:
         if self.fixed_blocks or self.incoming or self.held or self.kv_blocks < self.cfg.kv_blocks:
@@ -710,6 +747,8 @@ class Replica:
         t0, dt, n_dec, chunks = self._mixed
         self._mixed = None
         end = t0 + dt
+        if self.lagged:
+            self.iter_start = t0
         self.now = end
         self.busy_s += dt
         self.iterations += 1
@@ -778,6 +817,8 @@ class Replica:
             while heap[0][2] not in off:
                 heapq.heappop(heap)
             k = self.blocks.steps_that_fit(g, cap, heap[0][0] - g)
+        if self.lagged:
+            k = 1  # the next pass admits what arrived during this step's predecessor
         c0, c1, w0, _ = self._step_costs(n)
         # Step j (0-based) attends to off_sum + n(g + 1 + j) tokens: it lasts step0 + j·slope.
         step0 = c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum)
@@ -807,11 +848,12 @@ class Replica:
             j += 1
         return j
 
-    def _cut(self, t: float) -> list[int]:
-        """Stop the decode stretch at the first step boundary at or after t."""
+    def _cut(self, t: float, extra: int = 0) -> list[int]:
+        """Stop the decode stretch at the first step boundary at or after t (`extra` steps
+        later)."""
         seg = self._seg
         t0, k, step0, slope = seg[0], seg[1], seg[2], seg[3]
-        j = self._boundary(seg, t)
+        j = self._boundary(seg, t) + extra
         if j >= k:
             return []  # the stretch ends at or before the next boundary anyway
         self._seg = None
@@ -841,6 +883,8 @@ class Replica:
         t0, _, step0, slope, w0 = seg
         n = len(self.off)
         itl = self.itl
+        if self.lagged:  # only the overlap pass reads it
+            self.iter_start = t0 + (k - 1) * step0 + slope * (k - 1) * (k - 2) * 0.5
         if self.fresh_n:
             self._decode_gaps(t0 + step0)
         else:

@@ -267,6 +267,7 @@ def build_pool(
         mixed_batches=e.mixed_batches,
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
+        overlap=e.overlap_scheduling and role != "prefill",
     )
     ps = None
     if dep.policy is not None and not dep.policy.is_fcfs:
