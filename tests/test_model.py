@@ -168,3 +168,27 @@ def test_partial_expert_parallelism_splits_experts_over_groups() -> None:
     assert dp > full
     with pytest.raises(ServesimError, match="must divide"):
         Parallel(tp=8, ep=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "weight"),
+    [
+        ("Qwen/Qwen3-32B-FP8", "Qwen/Qwen3-32B", "fp8"),
+        ("nvidia/Qwen3-32B-NVFP4", "Qwen/Qwen3-32B", "fp4"),
+        ("nvidia/Qwen3-30B-A3B-NVFP4", "Qwen/Qwen3-30B-A3B", "fp4"),
+        ("meta-llama/Llama-3.3-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B", None),
+        ("nvidia/DeepSeek-V3-0324-NVFP4", "deepseek-ai/DeepSeek-V3", "fp4"),
+        ("deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-R1", None),
+    ],
+)
+def test_quantised_and_rereleased_checkpoints_resolve_to_their_architecture(
+    name: str, base: str, weight: str | None
+) -> None:
+    m, b = load_model(name), load_model(base)
+    assert m.name == b.name and m.num_layers == b.num_layers
+    assert m.weight_dtype == (weight or b.weight_dtype)
+
+
+def test_a_different_family_with_a_known_suffix_is_still_refused() -> None:
+    with pytest.raises(ServesimError, match="Unknown model"):
+        load_model("zai-org/GLM-4.7-FP8")

@@ -456,17 +456,57 @@ def load_model(name_or_path: str) -> ModelSpec:
         except json.JSONDecodeError as exc:
             raise ServesimError(f"Model config {str(p)!r} is not valid JSON ({exc}).") from None
         return spec_from_config(cfg, name=p.parent.name if p.name == "config.json" else p.stem)
+    key, weight = _resolve_bundled(name_or_path)
+    fname = _bundled_index()[key]
+    text = resources.files("servesim").joinpath("data/model_configs", fname).read_text()
+    hf_id = fname[: -len("_config.json")].replace("--", "/")
+    spec = spec_from_config(json.loads(text), name=hf_id)
+    return spec.with_dtypes(weight=weight) if weight else spec
+
+
+# Quantised checkpoints of a bundled model (`Qwen3-32B-FP8`, `nvidia/Qwen3-32B-NVFP4`) share its
+# architecture; the suffix names the weight format.
+_QUANT_SUFFIXES = {
+    "-fp8-dynamic": "fp8",
+    "-fp8": "fp8",
+    "-nvfp4": "fp4",
+    "-fp4": "fp4",
+    "-mxfp4": "mxfp4",
+    "-awq": "int4",
+    "-gptq": "int4",
+    "-int4": "int4",
+    "-w4a16": "int4",
+    "-int8": "int8",
+    "-w8a8": "int8",
+}
+# Re-releases with the same architecture as a bundled config (their model cards say so).
+_SAME_ARCHITECTURE = {
+    "deepseek-v3-0324": "deepseek-ai/deepseek-v3",
+    "deepseek-r1-0528": "deepseek-ai/deepseek-r1",
+    "llama-3.3-70b": "meta-llama/meta-llama-3.1-70b",
+}
+
+
+def _resolve_bundled(name: str) -> tuple[str, str | None]:
+    """The bundled index key a model name means, and the weight format its name carries."""
     idx = _bundled_index()
-    key = name_or_path.strip().lower()
+    key = name.strip().lower()
+    weight = None
+    for suffix, dtype in _QUANT_SUFFIXES.items():
+        if key.endswith(suffix) and key not in idx:
+            key, weight = key[: -len(suffix)], dtype
+            break
     for suffix in ("-instruct", "-chat", "-it"):
         if key.endswith(suffix) and key not in idx:
             key = key[: -len(suffix)]
+    short = key.split("/", 1)[-1]
+    if key not in idx and short in _SAME_ARCHITECTURE:
+        key = _SAME_ARCHITECTURE[short]
+    elif key not in idx and short in idx:
+        key = short  # another organisation's copy (`nvidia/...`) of a bundled model
     if key not in idx:
         raise ServesimError(
-            f"Unknown model {name_or_path!r}; give a config.json path or one of: "
+            f"Unknown model {name!r}; give a config.json path or one of: "
             f"{', '.join(bundled_models())}."
         )
-    fname = idx[key]
-    text = resources.files("servesim").joinpath("data/model_configs", fname).read_text()
-    hf_id = fname[: -len("_config.json")].replace("--", "/")
-    return spec_from_config(json.loads(text), name=hf_id)
+    return key, weight
