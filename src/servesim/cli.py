@@ -34,6 +34,7 @@ DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "max_num_seqs": None,
     "max_num_batched_tokens": None,
     "chunked_prefill": None,
+    "overlap_scheduling": None,
     "weight_dtype": None,
     "kv_dtype": None,
     "fit": None,
@@ -89,6 +90,13 @@ def _add_deployment_args(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="split long prefills across iterations",
+    )
+    g.add_argument(
+        "--overlap-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="plan the next iteration while one runs (default: the engine's; on for trtllm and "
+        "sglang, off for vllm, whose --async-scheduling turns it on)",
     )
     g.add_argument("--weight-dtype", help="bf16, fp8, int4, ... (default: the config's)")
     g.add_argument("--kv-dtype", help="KV cache dtype: bf16 or fp8")
@@ -193,7 +201,9 @@ def build_deployment(s: dict[str, Any]):
         model=model,
         device=device,
         parallel=par,
-        engine=get_engine(str(s["engine"])),
+        engine=get_engine(str(s["engine"])).with_overrides(
+            overlap_scheduling=s.get("overlap_scheduling")
+        ),
         replicas=int(s["replicas"]),
         max_num_seqs=s.get("max_num_seqs"),
         max_num_batched_tokens=s.get("max_num_batched_tokens"),
