@@ -33,10 +33,10 @@ def bursty(seed: int, rate: float = 4.0) -> Workload:
 
 
 @cache
-def run(router: str, seed: int, migrate: bool = False) -> SimResult:
+def run(router: str, seed: int, migrate: bool = False, rate: float = 4.0) -> SimResult:
     mig = Migration() if migrate else None
     return simulate(
-        Deployment(LLAMA8, L40S, replicas=4, migration=mig), bursty(seed), router=router
+        Deployment(LLAMA8, L40S, replicas=4, migration=mig), bursty(seed, rate), router=router
     )
 
 
@@ -59,27 +59,59 @@ def test_least_load_routing_beats_round_robin_on_tail_ttft(seed: int) -> None:
 def test_migration_cuts_tail_ttft_at_the_cost_it_predicts(seed: int) -> None:
     """Claim (Llumnix): moving decoding requests off a replica about to run out of KV cache to
     one with room, by a live copy that pauses each request only for the last few tokens, lowers
-    the tail TTFT that a dispatcher blind to output lengths leaves behind — here round robin,
-    on three bursty traces; each pause is the stop-and-copy time the link model predicts.
-    (Over load-aware dispatch the effect in this model is mixed: see the next test.)"""
+    the tail TTFT and the preemptions that a dispatcher blind to load leaves behind — here round
+    robin, on three bursty traces (p99 34 -> 2.1 s, 40 -> 7.4 s, 85 -> 27 s); each pause is the
+    stop-and-copy time the link model predicts. (Over KV-aware dispatch the effect is not
+    robust in this 4-replica setting: see NOTES.md.)"""
     base, moved = run("round_robin", seed), run("round_robin", seed, migrate=True)
     s = moved.summary()
     assert s["migrations"] > 0, s
-    assert p99_ttft(moved) < 0.85 * p99_ttft(base), (seed, p99_ttft(base), p99_ttft(moved))
+    assert p99_ttft(moved) < 0.5 * p99_ttft(base), (seed, p99_ttft(base), p99_ttft(moved))
+    pre_base = int(base.columns()["preemptions"].sum())
+    pre_moved = int(moved.columns()["preemptions"].sum())
+    assert pre_moved < 0.8 * pre_base, (seed, pre_base, pre_moved)
     assert s["migration_gap_s_mean"] == pytest.approx(s["migration_downtime_s_mean"], rel=0.5), s
     # The cost: gigabytes over the link, and a pause far below one decode step per migration.
     assert s["migration_gb"] > 0 and s["migration_gap_s_mean"] < 0.005, s
     assert moved.columns()["migrations"].sum() == s["migrations"]
 
 
+def test_migration_moves_load_off_a_replica_running_out_of_cache() -> None:
+    """Claim (Llumnix's freeness): a replica whose running requests will outgrow its cache
+    becomes a migration source and sends requests to one with room, which keeps them without
+    preempting; without migration it preempts and recomputes. Two A10G replicas (~15.5k tokens
+    of cache each), round robin: the even requests (3,100 tokens each at the end) all land on
+    replica 0, the odd ones (150 tokens) on replica 1."""
+    n = 16
+    w = Workload(np.linspace(0, 1, n), np.full(n, 100), np.where(np.arange(n) % 2 == 0, 3000, 50))
+    dep = Deployment(LLAMA8, get_device("a10g"), replicas=2)
+    base = simulate(dep, w, router="round_robin").columns()
+    moved = simulate(
+        Deployment(dep.model, dep.device, replicas=2, migration=Migration()),
+        w,
+        router="round_robin",
+    )
+    c = moved.columns()
+    migrated = c["migrations"] > 0
+    assert migrated.any() and (c["output_tokens"][migrated] == 3000).all(), c["migrations"]
+    assert (c["replica"][migrated] == 1).all()
+    assert c["preemptions"][migrated].sum() == 0  # the destination keeps what it takes
+    assert c["preemptions"].sum() < base["preemptions"].sum(), (
+        base["preemptions"],
+        c["preemptions"],
+    )
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_migration_does_not_help_when_kv_aware_dispatch_already_balances(seed: int) -> None:
-    """Claim (the setting where it does not help): when dispatch already balances KV-cache load
-    (Llumnix's own dispatch), migration finds little to move and the tail does not improve —
-    in this model it can even worsen, as a request being copied holds cache on both replicas."""
-    base, moved = run("least_kv", seed), run("least_kv", seed, migrate=True)
-    assert p99_ttft(moved) >= 0.95 * p99_ttft(base), (seed, p99_ttft(base), p99_ttft(moved))
-    assert moved.summary().get("migrations", 0) < 50, moved.summary().get("migrations")
+def test_migration_does_not_help_when_no_replica_runs_short(seed: int) -> None:
+    """Claim (the setting where it does not help): when KV-aware dispatch (Llumnix's own) keeps
+    every replica's cache from running short — the same bursty traces at 3.5 requests/s, where
+    no request is preempted — no replica ever becomes a migration source, nothing moves, and the
+    run is unchanged."""
+    base, moved = run("least_kv", seed, rate=3.5), run("least_kv", seed, migrate=True, rate=3.5)
+    assert int(base.columns()["preemptions"].sum()) == 0
+    assert moved.summary().get("migrations", 0) == 0, moved.summary()
+    assert p99_ttft(moved) == p99_ttft(base), (seed, p99_ttft(base), p99_ttft(moved))
 
 
 def shared_prefix_workload(n: int = 1500, systems: int = 128) -> Workload:
@@ -121,3 +153,5 @@ def test_power_of_two_is_deterministic_and_routers_are_checked() -> None:
         simulate(dep, w, router="random")
     with pytest.raises(ServesimError, match="low_steps"):
         Migration(low_steps=600, high_steps=500)
+    with pytest.raises(ServesimError, match="pick"):
+        Migration(pick="random")

@@ -18,7 +18,7 @@ from typing import Any
 
 from servesim.metrics import RequestTable
 from servesim.replica import Replica
-from servesim.router import Migration, Router, freeness_steps, least_outstanding
+from servesim.router import MIGRATION_ORDER, Migration, Router, freeness_steps, least_outstanding
 from servesim.transfer import Link, Network
 from servesim.workload import ClosedLoop
 
@@ -97,6 +97,8 @@ class Cluster:
         self.pending: dict[int, deque[tuple[int, Replica]]] = {r.index: deque() for r in self.reps}
         self.inflight_migrations = 0
         self.migrating: set[int] = set()
+        self.migrating_reps: set[int] = set()  # replicas sending or receiving a migration
+        self.stopping: dict[int, tuple] = {}  # rid -> migration waiting for its iteration to end
         self.now = 0.0
         self.late: list[int] = []  # requests finished inside a controller's action
         # Semi-PD: a prefill lane and a decode lane sharing one KV cache, hand-off in place.
@@ -215,6 +217,8 @@ class Cluster:
                     t = r.next_t
                     if t < INF:
                         push(heap, (t, _REP, a, 0))
+                    if r.left:
+                        self._left(r)
                     if handoffs:
                         if r.handoff:
                             done = done + self._handoffs(r)
@@ -328,71 +332,90 @@ class Cluster:
             return done
         if kind == "mig1":
             return self._migration_stop_copy(t, payload)
-        _, rid, d, cached, need, t_last, _ = payload
+        _, rid, s, d, cached, need, t_last, _ = payload
         dst = reps[d]
         self.stats.migration_gap_s.append(t - t_last)
-        done = dst.attach(rid, t, cached, t_last, need)
+        done = dst.attach(rid, t, cached, t_last, need, in_order=True)
         self._touch(dst)
         tab.migrations[rid] += 1
-        self.inflight_migrations -= 1
-        self.migrating.discard(rid)
+        self._migration_over(rid, s, d)
         return done
 
     # ---- live migration (Llumnix) -----------------------------------------------------------
     def _migrate_tick(self, t: float) -> None:
+        """Pair the least free replicas with the freest ones and start one migration per pair
+        (Llumnix's global scheduler; each replica takes part in one migration at a time)."""
         mig = self.migration
-        if self.inflight_migrations >= mig.max_inflight:
-            return
         pool = self.decode if self.decode else self.active_entry
-        if len(pool) < 2:
+        if len(pool) < 2 or self.inflight_migrations >= mig.max_inflight:
             return
-        src = dst = pool[0]
-        f_src = f_dst = freeness_steps(src)
-        for r in pool:
-            f = freeness_steps(r)
-            if f < f_src:
-                src, f_src = r, f
-            elif f > f_dst:
-                dst, f_dst = r, f
-        if src is dst or f_src >= mig.low_steps or f_dst <= mig.high_steps:
-            return
-        if not src.off or src.mid_iteration:
-            return
-        g = src.G
-        rid = min(
-            (r for r in src.off if r not in self.migrating), key=lambda r: src.off[r], default=None
-        )
-        if rid is None:
-            return
-        cached = src.off[rid] + g + src.shared.get(rid, 0)
-        bs = dst.cfg.block_size
+        busy = self.migrating_reps
+        scored = [(freeness_steps(r), r.index, r) for r in pool if r.index not in busy]
+        srcs = sorted(x for x in scored if x[0] < mig.low_steps and x[2].off)
+        dsts = sorted((x for x in scored if x[0] > mig.high_steps), reverse=True)
+        for (_, _, src), (_, _, dst) in zip(srcs, dsts, strict=False):
+            if self.inflight_migrations >= mig.max_inflight:
+                return
+            self._start_migration(src, dst)
+
+    def _start_migration(self, src: Replica, dst: Replica) -> None:
+        """Live-copy one decoding request of `src` to `dst` if `dst` keeps enough headroom."""
+        mig = self.migration
         path = self.migration_path
-        # The copy runs while the request decodes: reserve room for what it adds meanwhile.
-        copy_s = path.link.seconds(path.kv_bytes(cached), src.pred.par.num_devices)
+        bs = dst.cfg.block_size
+        g = src.G
+        free_dst = (dst.kv_blocks - dst.kv_used_estimate) * bs
+        n_dst = len(dst.off) + len(dst.prefilling) + (1 if dst.waiting else 0)
+        head_dst = dst.head_tokens() if dst.waiting else 0
         step0 = src.pred.decode_step_coeffs(max(1, len(src.off)))[0]
-        growth = int(copy_s / max(step0, 1e-6)) + 2
-        need = -(-(cached + growth) // bs)
-        if not dst.has_room(need):
+        order = MIGRATION_ORDER[mig.pick](src)
+        for rid in order:
+            if rid in self.migrating:
+                continue
+            cached = src.off[rid] + g + src.shared.get(rid, 0)
+            # The copy runs while the request decodes: reserve room for what it adds meanwhile.
+            copy_s = path.link.seconds(path.kv_bytes(cached), src.pred.par.num_devices)
+            growth = int(copy_s / max(step0, 1e-6)) + 2
+            need = -(-(cached + growth) // bs)
+            if (free_dst - head_dst - need * bs) / (n_dst + 1) < mig.high_steps:
+                continue  # the destination would stop being one: it too would run short
+            if not dst.has_room(need):
+                continue
+            dst.reserve(need)
+            self.inflight_migrations += 1
+            self.migrating.add(rid)
+            self.migrating_reps.update((src.index, dst.index))
+            payload = ("mig1", rid, src.index, dst.index, cached, need)
+            self._start_transfer(src, dst, path.kv_bytes(cached), path.link.latency_s, payload)
             return
-        dst.reserve(need)
-        self.inflight_migrations += 1
-        self.migrating.add(rid)
-        payload = ("mig1", rid, src.index, dst.index, cached, need)
-        self._start_transfer(src, dst, path.kv_bytes(cached), path.link.latency_s, payload)
 
     def _migration_stop_copy(self, t: float, payload: tuple) -> list[int]:
         """The bulk copy is done: stop the request at the next step, copy what it added."""
+        src = self.reps[payload[2]]
+        done, cached, boundary = src.detach(payload[1], t)
+        if cached == -2:  # it stops when the iteration in flight ends (`_left`)
+            self.stopping[payload[1]] = payload
+            return done
+        self._touch(src)
+        self._delta_copy(t, payload, cached, boundary)
+        return done
+
+    def _left(self, src: Replica) -> None:
+        """Requests stopped at the end of `src`'s iteration: copy what they added meanwhile."""
+        for rid, cached, boundary in src.left:
+            self._delta_copy(boundary, self.stopping.pop(rid), cached, boundary)
+        src.left.clear()
+
+    def _delta_copy(self, t: float, payload: tuple, cached: int, boundary: float) -> None:
+        """Stop-and-copy: send the tokens added since the bulk copy (the request is stopped)."""
         _, rid, s, d, cached0, need = payload
         src, dst = self.reps[s], self.reps[d]
-        done, cached, boundary = src.detach(rid, t)
-        self._touch(src)
-        if cached < 0:  # it finished (or could not be stopped): give the room back
+        if cached < 0:  # it finished (or was preempted) first: give the room back
             dst.unreserve(need)
-            self.inflight_migrations -= 1
-            self.migrating.discard(rid)
+            self._migration_over(rid, s, d)
             dst.kick(t)
             self._touch(dst)
-            return done
+            return
         path = self.migration_path
         delta = path.kv_bytes(max(0, cached - cached0))
         predicted = path.link.seconds(delta, src.pred.par.num_devices)
@@ -404,6 +427,11 @@ class Cluster:
             dst.reserve(extra)
             need += extra
         # The delta leaves once the request stops at the step boundary (at or after t).
-        payload2 = ("mig2", rid, d, cached, need, boundary, predicted)
+        payload2 = ("mig2", rid, s, d, cached, need, boundary, predicted)
         self._start_transfer(src, dst, delta, path.link.latency_s + (boundary - t), payload2)
-        return done
+
+    def _migration_over(self, rid: int, s: int, d: int) -> None:
+        self.inflight_migrations -= 1
+        self.migrating.discard(rid)
+        self.migrating_reps.discard(s)
+        self.migrating_reps.discard(d)

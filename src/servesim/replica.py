@@ -103,6 +103,8 @@ class Replica:
         "kv_blocks",
         "lagged",
         "last_decode_end",
+        "leaving",
+        "left",
         "mixed_shapes",
         "next_t",
         "now",
@@ -181,8 +183,13 @@ class Replica:
         # Disaggregation and migration
         self.handoff: list[int] = []  # prefill role: rids whose first token is out
         self.held: dict[int, int] = {}  # rid -> private blocks kept for the KV transfer
-        self.incoming: deque[tuple[int, int, float, int]] = deque()  # (rid, cached, t_tok, rsv)
+        # (rid, cached tokens, last token time, reserved blocks, keeps its arrival-order place)
+        self.incoming: deque[tuple[int, int, float, int, bool]] = deque()
         self.attached_load: dict[int, int] = {}  # rid -> tokens it added to the router signal
+        # Live migration: requests to stop at the end of the iteration in flight, and those
+        # stopped there as (rid, cached tokens or -1 if it finished first, boundary time).
+        self.leaving: set[int] = set()
+        self.left: list[tuple[int, int, float]] = []
         # Policy path state
         self.swapped: dict[int, tuple[int, float]] = {}  # rid -> (cached tokens, last token t)
         self.suspended: list[tuple[float, list, Any]] = []  # FlowPrefill stack
@@ -211,7 +218,9 @@ class Replica:
         # Flat (time, sequences running, KV tokens held) triples, one per scheduling decision
         self.samples: list[float] = []
         self.outstanding_tokens = 0  # prompt + output tokens not yet served (router signal)
-        self.queued_tokens = 0  # prompt tokens of arrivals not yet admitted (router signal)
+        # Tokens the queued requests must prefill to run again (router and migration signal): a
+        # prompt, or for a request preempted by recompute its prompt and the tokens it had made.
+        self.queued_tokens = 0
 
     # ---- public face for the cluster driver --------------------------------------------
     def total_work_s(self, decode_context_tokens: float) -> float:
@@ -297,12 +306,15 @@ class Replica:
         t_token: float,
         reserved: int = 0,
         counted: bool = False,
+        in_order: bool = False,
     ) -> list[int]:
         """Take over a running request whose KV cache (`cached` tokens) has arrived at time t;
         `reserved` blocks were set aside for it by `reserve`; `counted` when its load was
-        already added to the router signal. Returns finished rids."""
+        already added to the router signal; `in_order` when it takes its place among the running
+        requests by arrival time (a migrated request: the order that picks preemption victims)
+        rather than joining last. Returns finished rids."""
         tab = self.table
-        self.incoming.append((rid, cached, t_token, reserved))
+        self.incoming.append((rid, cached, t_token, reserved, in_order))
         if not counted:
             load = tab.output_tokens[rid] - tab.generated[rid]
             self.attached_load[rid] = load
@@ -364,13 +376,22 @@ class Replica:
 
     def detach(self, rid: int, t: float) -> tuple[list[int], int, float]:
         """Stop a decoding request at the first step boundary at or after t and remove it
-        (live migration); returns (finished rids, its cached tokens or -1, boundary time)."""
-        if self._mixed is not None or rid not in self.off:
-            return [], -1, self.now
-        done = self._stop_at(t)
+        (live migration); returns (finished rids, its cached tokens, boundary time). The
+        tokens are -1 if it is no longer decoding here, and -2 if an iteration with prefill
+        tokens is in flight: it then leaves when that iteration ends, listed in `left`."""
         if rid not in self.off:
-            self._schedule()
-            return done, -1, self.now
+            return [], -1, self.now
+        if self._mixed is not None:
+            self.leaving.add(rid)
+            return [], -2, self.now
+        done = self._stop_at(t)
+        cached = self._drop(rid) if rid in self.off else -1
+        boundary = self.now
+        self._schedule()
+        return done, cached, boundary
+
+    def _drop(self, rid: int) -> int:
+        """Remove a decoding request that moves away; returns its cached tokens."""
         cached = self._leave(rid)
         if self.pins:
             self._unpin(rid)
@@ -380,9 +401,7 @@ class Replica:
         self.outstanding_tokens -= (
             tab.prompt_tokens[rid] + tab.output_tokens[rid] if load is None else load
         )
-        boundary = self.now
-        self._schedule()
-        return done, cached, boundary
+        return cached
 
     def set_predictor(self, pred: Predictor, t: float) -> list[int]:
         """Price work from time t with another predictor (a semi-PD lane got a new share): a
@@ -407,6 +426,10 @@ class Replica:
             if seg is not None:
                 self._seg = None
                 self._commit_decode(seg, seg[1], self.next_t, done)
+        if self.leaving:
+            for rid in self.leaving:
+                self.left.append((rid, self._drop(rid) if rid in self.off else -1, self.now))
+            self.leaving.clear()
         self._schedule()
         return done
 
@@ -477,6 +500,16 @@ class Replica:
                 self.outstanding_tokens -= tab.prompt_tokens[rid] + out
             done.append(rid)
 
+    def head_tokens(self) -> int:
+        """Tokens the head-of-line queued request needs (call only with a queue)."""
+        return self._recompute_tokens(self.waiting[0])
+
+    def _recompute_tokens(self, rid: int) -> int:
+        """Tokens a queued request prefills when admitted: its prompt, plus the tokens it had
+        generated before a preemption (all but the last, which is the next input)."""
+        gen = self.table.generated[rid]
+        return self.table.prompt_tokens[rid] + (gen - 1 if gen > 0 else 0)
+
     def _preempt_one(self) -> bool:
         """Preempt a running request (vLLM: the most recently admitted; else the policy's
         least urgent) to free blocks."""
@@ -492,7 +525,7 @@ class Replica:
                 tab.generated[rid] = cached - tab.prompt_tokens[rid] + 1
                 tab.preemptions[rid] += 1
                 self.waiting.appendleft(rid)
-                self.queued_tokens += tab.prompt_tokens[rid]
+                self.queued_tokens += cached
                 return True
         if self.prefilling:
             rid, _, _, blocks, _ = self.prefilling.pop()
@@ -501,7 +534,7 @@ class Replica:
                 self._unpin(rid)
             tab.preemptions[rid] += 1
             self.waiting.appendleft(rid)
-            self.queued_tokens += tab.prompt_tokens[rid]
+            self.queued_tokens += self._recompute_tokens(rid)
             return True
         return False
 
@@ -596,9 +629,24 @@ class Replica:
     def _admit_incoming(self) -> None:
         """Join requests whose KV arrived (disaggregation, migration) at this step boundary."""
         while self.incoming:
-            rid, cached, t_tok, reserved = self.incoming.popleft()
+            rid, cached, t_tok, reserved, in_order = self.incoming.popleft()
             self.fixed_blocks -= reserved
             self._join(rid, cached, t_tok)
+            if in_order:
+                self._place_by_arrival(rid)
+
+    def _place_by_arrival(self, rid: int) -> None:
+        """Move a request that just joined (last in `join_order`) behind the last running
+        request that arrived before it, so it is preempted in its arrival order."""
+        order, off = self.join_order, self.off
+        arrival = self.table.arrival_s
+        t = arrival[rid]
+        i = len(order) - 1
+        while i > 0 and (order[i - 1] not in off or arrival[order[i - 1]] > t):
+            i -= 1
+        if i < len(order) - 1:
+            order.pop()
+            order.insert(i, rid)
 
     def _reserve_decode_blocks(self, slack: int) -> int:
         """Preempt until the decode group's next step fits; returns blocks it will hold.
@@ -673,7 +721,7 @@ class Replica:
                 if need > free:
                     break
                 waiting.popleft()
-                self.queued_tokens -= tab.prompt_tokens[rid]
+                self.queued_tokens -= target
                 if tab.scheduled_s[rid] < 0:
                     tab.scheduled_s[rid] = self.now
                 free -= need
@@ -731,7 +779,7 @@ class Replica:
             waiting.popleft()
             self._pin(rid, k, target)
             free -= pin + need
-            self.queued_tokens -= tab.prompt_tokens[rid]
+            self.queued_tokens -= target
             if tab.scheduled_s[rid] < 0:
                 tab.scheduled_s[rid] = self.now
             budget -= n
@@ -982,7 +1030,7 @@ class Replica:
                 ps.swap_s += cost
                 self.swapped[rid] = (cached, last_token)
         self.waiting.appendleft(rid)
-        self.queued_tokens += tab.prompt_tokens[rid]
+        self.queued_tokens += self._recompute_tokens(rid)
         return rid
 
     def _swap_in(self) -> None:
@@ -998,7 +1046,7 @@ class Replica:
             if len(self.off) + len(self.prefilling) >= self.cfg.max_num_seqs:
                 return
             waiting.popleft()
-            self.queued_tokens -= self.table.prompt_tokens[rid]
+            self.queued_tokens -= self._recompute_tokens(rid)
             del self.swapped[rid]
             cost = self.ps.swap_seconds(need, bs)
             self.stall_s += cost
@@ -1091,7 +1139,7 @@ class Replica:
             waiting.popleft()
             if prefix is not None:
                 self._pin(rid, k, target)
-            self.queued_tokens -= tab.prompt_tokens[rid]
+            self.queued_tokens -= target
             if tab.scheduled_s[rid] < 0:
                 tab.scheduled_s[rid] = self.now
             new_blocks += need

@@ -122,33 +122,67 @@ def kv_load(r: Replica) -> float:
 
 
 def freeness_steps(r: Replica) -> float:
-    """Llumnix's freeness: how many more decode steps the running batch can take before the
-    cache runs out, after making room for the queued prompts (negative when they do not fit)."""
+    """Llumnix's freeness (with de-fragmentation on): how many more decode steps the replica's
+    requests can take before its KV cache runs out, counting the head-of-line queued request's
+    demand as virtual usage and as one more request, so a replica whose queue is blocked on
+    memory has negative freeness and becomes a migration source."""
     bs = r.cfg.block_size
-    free = (r.kv_blocks - r.kv_used_estimate) * bs - r.queued_tokens
-    return free / max(1, len(r.off))
+    running = len(r.off)
+    # Tokens free: `kv_used_estimate` inlined (routers poll this often).
+    free = (r.kv_blocks - r.fixed_blocks - 0.5 * running) * bs - r.off_sum - running * r.G
+    n = running + len(r.prefilling)
+    if r.waiting:
+        free -= r.head_tokens()
+        n += 1
+    return free / (n or 1)
+
+
+def _shortest(r: Replica) -> list[int]:
+    return sorted(r.off, key=r.off.__getitem__)
+
+
+def _longest(r: Replica) -> list[int]:
+    return sorted(r.off, key=r.off.__getitem__, reverse=True)
+
+
+def _last(r: Replica) -> list[int]:
+    off = r.off
+    return [rid for rid in reversed(r.join_order) if rid in off]
+
+
+MIGRATION_ORDER = {"shortest": _shortest, "longest": _longest, "last": _last}
 
 
 @dataclass(frozen=True)
 class Migration:
     """Llumnix live migration between replicas of a pool.
 
-    Every `interval_s` the replica with the least freeness (`freeness_steps`) sends one decoding
-    request — the one with the fewest cached tokens, the cheapest to move — to the replica with
-    the most, when the source would run out of cache within `low_steps` decode steps (it is
-    about to queue or preempt) and the destination has more than `high_steps` of headroom (so
-    the move cannot bounce back). At most `max_inflight` migrations run at once. Moves use the
-    deployment's inter-replica link.
+    Every `interval_s` (Llumnix's global scheduler polls every 50 ms; polling is priced in
+    simulation time, so the default is coarser) the replicas whose
+    freeness (`freeness_steps`) is below `low_steps` — about to preempt, or with a queue blocked
+    on memory — are sorted from the least free, those above `high_steps` from the most free, and
+    the i-th source is paired with the i-th destination. Each pair moves one decoding request,
+    the first in `pick` order (Llumnix's request policies: "shortest" running, the cheapest to
+    move and its default; "longest"; "last" admitted) that the destination can hold while
+    staying above `high_steps` itself. A replica takes part in one migration at a time, at most
+    `max_inflight` run at once, and the moves use the deployment's inter-replica link. The
+    thresholds default to Llumnix's migrate-out threshold of 3 free KV blocks (48 tokens, i.e.
+    48 decode steps) per request.
     """
 
     interval_s: float = 0.25
-    low_steps: float = 64.0
-    high_steps: float = 512.0
+    low_steps: float = 48.0
+    high_steps: float = 48.0
     max_inflight: int = 2
     link: str = "scale_up"
+    pick: str = "shortest"
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.max_inflight < 1:
             raise ServesimError("Migration needs interval_s > 0 and max_inflight ≥ 1.")
-        if not self.low_steps < self.high_steps:
-            raise ServesimError("Migration needs low_steps < high_steps (decode steps).")
+        if not self.low_steps <= self.high_steps:
+            raise ServesimError("Migration needs low_steps ≤ high_steps (decode steps).")
+        if self.pick not in MIGRATION_ORDER:
+            raise ServesimError(
+                f"Migration pick {self.pick!r}: use one of {list(MIGRATION_ORDER)}."
+            )
