@@ -155,3 +155,36 @@ def test_power_of_two_is_deterministic_and_routers_are_checked() -> None:
         Migration(low_steps=600, high_steps=500)
     with pytest.raises(ServesimError, match="pick"):
         Migration(pick="random")
+
+
+def test_router_signals_drain_to_zero_with_migration_and_preemption(monkeypatch) -> None:
+    """Conservation: every token a replica counted as outstanding or queued (the routers' and
+    migration's signals) is taken off again when its request finishes, moves away or is
+    admitted — also for migrated requests preempted and recomputed at their destination."""
+    import servesim.simulator as sim
+    from servesim.engine import get_engine
+
+    seen: list[list[tuple[int, int]]] = []
+    real = sim.result
+
+    def capture(dep, reps, *args, **kwargs):
+        seen.append([(r.outstanding_tokens, r.queued_tokens) for r in reps])
+        return real(dep, reps, *args, **kwargs)
+
+    monkeypatch.setattr(sim, "result", capture)
+    for engine in ("vllm", "trtllm"):
+        dep = Deployment(LLAMA8, L40S, replicas=4, engine=get_engine(engine), migration=Migration())
+        work = synthetic(
+            3000,
+            5.0,
+            LogNormal(1000, 4000, max_tokens=16000),
+            LogNormal(400, 2500, max_tokens=8000),
+            arrival="gamma",
+            cv=2.0,
+            seed=1,
+        )
+        res = simulate(dep, work, router="least_kv")
+        cols = res.columns()
+        assert cols["preemptions"].sum() > 0 and res.summary()["migrations"] > 0
+        assert (cols["generated_tokens"] == cols["output_tokens"]).all()
+        assert seen[-1] == [(0, 0)] * 4, (engine, seen[-1])

@@ -397,10 +397,7 @@ class Replica:
             self._unpin(rid)
         tab = self.table
         tab.generated[rid] = cached - tab.prompt_tokens[rid] + 1  # the group tracks it by G
-        load = self.attached_load.pop(rid, None)
-        self.outstanding_tokens -= (
-            tab.prompt_tokens[rid] + tab.output_tokens[rid] if load is None else load
-        )
+        self.outstanding_tokens -= self._load_of(rid)
         return cached
 
     def set_predictor(self, pred: Predictor, t: float) -> list[int]:
@@ -494,11 +491,18 @@ class Replica:
                 self._unpin(rid)
             tab.generated[rid] = out = tab.output_tokens[rid]
             tab.finish_s[rid] = end
-            if self.attached_load and rid in self.attached_load:
-                self.outstanding_tokens -= self.attached_load.pop(rid)
+            if self.attached_load:
+                self.outstanding_tokens -= self._load_of(rid)
             else:
                 self.outstanding_tokens -= tab.prompt_tokens[rid] + out
             done.append(rid)
+
+    def _load_of(self, rid: int) -> int:
+        """The tokens a request that leaves or finishes here added to `outstanding_tokens`:
+        what was left of it when it was attached, else its prompt and output."""
+        if self.attached_load and rid in self.attached_load:
+            return self.attached_load.pop(rid)
+        return int(self.table.prompt_tokens[rid] + self.table.output_tokens[rid])
 
     def head_tokens(self) -> int:
         """Tokens the head-of-line queued request needs (call only with a queue)."""
@@ -833,7 +837,7 @@ class Replica:
                 if self.pins:
                     self._unpin(rid)
                 tab.finish_s[rid] = end
-                self.outstanding_tokens -= tab.prompt_tokens[rid] + tab.output_tokens[rid]
+                self.outstanding_tokens -= self._load_of(rid)
                 done.append(rid)
             elif self.hands_off:
                 self.held[rid] = held
