@@ -55,7 +55,9 @@ def _int(row: dict[str, str], key: str, default: int = 1) -> int:
     return int(float(text)) if text else default
 
 
-def batching_of(backend: str, role: str, bs: int, isl: int, budget_vllm: int) -> dict[str, object]:
+def batching_of(
+    backend: str, role: str, bs: int, isl: int, budget_vllm: int, dp: int = 1
+) -> dict[str, object]:
     """Batching limits the benchmarked engines ran with.
 
     The rows come from aiconfigurator's benchmark flow, whose config generator sets
@@ -63,15 +65,20 @@ def batching_of(backend: str, role: str, bs: int, isl: int, budget_vllm: int) ->
     batch + ISL + 1500` colocated, `ISL + 1500` on prefill workers and `batch` on decode workers
     (rounded up to 32-token pages), without chunked prefill; SGLang `max_prefill_tokens = ISL +
     1500`; vLLM 0.12's launch template passes only `max_num_seqs`, so vLLM's own default budget.
-    `role` is `agg`, `prefill` or `decode`.
+    `role` is `agg`, `prefill` or `decode`. `bs` and the budgets are per attention-DP rank; one
+    servesim replica holds all `dp` ranks, so its limits are `dp` times theirs.
     """
     if backend == "trtllm":
         tokens = {"agg": bs + isl + 1500, "prefill": isl + 1500, "decode": bs}[role]
         tokens = -(-tokens // 32) * 32
-        return {"max_num_seqs": bs, "max_num_batched_tokens": tokens, "chunked_prefill": False}
+        return {
+            "max_num_seqs": bs * dp,
+            "max_num_batched_tokens": tokens * dp,
+            "chunked_prefill": False,
+        }
     if backend == "sglang":
-        return {"max_num_seqs": max(bs, 1), "max_num_batched_tokens": isl + 1500}
-    return {"max_num_seqs": max(bs, 512), "max_num_batched_tokens": budget_vllm}
+        return {"max_num_seqs": max(bs, 1) * dp, "max_num_batched_tokens": (isl + 1500) * dp}
+    return {"max_num_seqs": max(bs, 512) * dp, "max_num_batched_tokens": budget_vllm * dp}
 
 
 # aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
@@ -130,14 +137,15 @@ def deployment_of(
     isl = _int(row, "isl")
 
     def pool(prefix: str, role: str) -> Deployment:
+        par = _parallel(row, prefix)
         bs = _int(row, prefix + "batch_size")
         return Deployment(
             model=model,
             device=device,
-            parallel=_parallel(row, prefix),
+            parallel=par,
             engine=engine,
             replicas=_int(row, prefix + "num_workers") if prefix else 1,
-            **batching_of(row["backend"], role, bs, isl, budget_vllm),
+            **batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp),
         )
 
     if mode == "agg":

@@ -179,6 +179,7 @@ def test_partial_expert_parallelism_splits_experts_over_groups() -> None:
         ("meta-llama/Llama-3.3-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B", None),
         ("nvidia/DeepSeek-V3-0324-NVFP4", "deepseek-ai/DeepSeek-V3", "fp4"),
         ("deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-R1", None),
+        ("moonshotai/Kimi-K2-Instruct", "moonshotai/Kimi-K2.5", None),
     ],
 )
 def test_quantised_and_rereleased_checkpoints_resolve_to_their_architecture(

@@ -100,3 +100,23 @@ def test_main_counts_skipped_rows_with_their_reason(tmp_path: Path, capsys) -> N
     assert last["rows"] == 1 and last["skipped"] == 2
     skips = [line for line in out if line.startswith("skipped")]
     assert any("unknown-model" in s for s in skips) and any("nonexistent_gpu" in s for s in skips)
+
+
+def test_attention_dp_row_scales_per_rank_limits_to_the_replica() -> None:
+    """aiconfigurator's batch size and token budgets are per attention-DP rank; a servesim
+    replica holds all ranks, so a DEP8 row gets 8 times the slots and budget of one rank."""
+    r = row(
+        model_path="deepseek-ai/DeepSeek-V3",
+        system="h200_sxm",
+        backend="sglang",
+        gemm_quant_mode="fp8_block",
+        moe_quant_mode="fp8_block",
+        batch_size="32",
+        tp_size="1",
+        attention_dp_size="8",
+        moe_tp_size="1",
+        moe_ep_size="8",
+    )
+    dep = silicon.deployment_of(r, Catalog())
+    assert dep.parallel == Parallel(tp=1, dp=8, ep=8) and dep.num_devices == 8
+    assert dep.max_num_seqs == 256 and dep.max_num_batched_tokens == 8 * (4096 + 1500)

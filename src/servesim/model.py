@@ -484,6 +484,9 @@ _SAME_ARCHITECTURE = {
     "deepseek-v3-0324": "deepseek-ai/deepseek-v3",
     "deepseek-r1-0528": "deepseek-ai/deepseek-r1",
     "llama-3.3-70b": "meta-llama/meta-llama-3.1-70b",
+    # Kimi-K2.5's language model is Kimi-K2's (61 layers, 384 experts, MLA, same sizes).
+    "kimi-k2": "moonshotai/kimi-k2.5",
+    "kimi-k2-thinking": "moonshotai/kimi-k2.5",
 }
 
 
