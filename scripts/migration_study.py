@@ -1,9 +1,11 @@
 """Migration over a router, per seed: p99 TTFT, preemptions and migrations with and without it.
 
-The traces are `tests/test_router.py`'s bursty ones (2,000 requests, gamma arrivals of CV 2,
-prompts median 1,000 tokens, heavy-tailed outputs) on 4 L40S replicas of Llama-3.1-8B.
+The traces are `tests/test_router.py`'s bursty ones (by default 2,000 requests, gamma arrivals
+of CV 2, prompts median 1,000 tokens, heavy-tailed outputs) on L40S replicas of Llama-3.1-8B
+(4 by default).
 
     python scripts/migration_study.py --rate 4.5 --seeds 10 --router least_kv
+    python scripts/migration_study.py --replicas 16 --rate 17 --requests 8000
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="seeds 1..N")
     ap.add_argument("--router", default="least_kv")
     ap.add_argument("--device", default="l40s")
+    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=2000)
     args = ap.parse_args()
     model, device = load_model("meta-llama/Llama-3.1-8B"), get_device(args.device)
     better = fewer = 0
     for seed in range(1, args.seeds + 1):
         w = synthetic(
-            2000,
+            args.requests,
             args.rate,
             LogNormal(1000, 4000, max_tokens=16000),
             LogNormal(400, 2500, max_tokens=8000),
@@ -40,7 +44,9 @@ def main() -> None:
         rows = []
         for mig in (None, Migration()):
             res = simulate(
-                Deployment(model, device, replicas=4, migration=mig), w, router=args.router
+                Deployment(model, device, replicas=args.replicas, migration=mig),
+                w,
+                router=args.router,
             )
             s = res.summary()
             pre = int(res.columns()["preemptions"].sum())
