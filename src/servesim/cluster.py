@@ -347,14 +347,15 @@ class Cluster:
         (Llumnix's global scheduler; each replica takes part in one migration at a time)."""
         mig = self.migration
         pool = self.decode if self.decode else self.active_entry
-        if len(pool) < 2 or self.inflight_migrations >= mig.max_inflight:
+        cap = mig.max_inflight if mig.max_inflight is not None else len(pool)
+        if len(pool) < 2 or self.inflight_migrations >= cap:
             return
         busy = self.migrating_reps
         scored = [(freeness_steps(r), r.index, r) for r in pool if r.index not in busy]
         srcs = sorted(x for x in scored if x[0] < mig.low_steps and x[2].off)
         dsts = sorted((x for x in scored if x[0] > mig.high_steps), reverse=True)
         for (_, _, src), (_, _, dst) in zip(srcs, dsts, strict=False):
-            if self.inflight_migrations >= mig.max_inflight:
+            if self.inflight_migrations >= cap:
                 return
             self._start_migration(src, dst)
 

@@ -164,8 +164,9 @@ class Migration:
     the i-th source is paired with the i-th destination. Each pair moves one decoding request,
     the first in `pick` order (Llumnix's request policies: "shortest" running, the cheapest to
     move and its default; "longest"; "last" admitted) that the destination can hold while
-    staying above `high_steps` itself. A replica takes part in one migration at a time, at most
-    `max_inflight` run at once, and the moves use the deployment's inter-replica link. The
+    staying above `high_steps` itself. A replica takes part in one migration at a time, as in
+    Llumnix, which bounds the moves in flight by half the pool; `max_inflight` caps them further
+    for the whole pool if set. The moves use the deployment's inter-replica link. The
     thresholds default to Llumnix's migrate-out threshold of 3 free KV blocks (48 tokens, i.e.
     48 decode steps) per request.
     """
@@ -173,13 +174,13 @@ class Migration:
     interval_s: float = 0.25
     low_steps: float = 48.0
     high_steps: float = 48.0
-    max_inflight: int = 2
+    max_inflight: int | None = None
     link: str = "scale_up"
     pick: str = "shortest"
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0 or self.max_inflight < 1:
-            raise ServesimError("Migration needs interval_s > 0 and max_inflight ≥ 1.")
+        if self.interval_s <= 0 or (self.max_inflight is not None and self.max_inflight < 1):
+            raise ServesimError("Migration needs interval_s > 0 and max_inflight ≥ 1 (or None).")
         if not self.low_steps <= self.high_steps:
             raise ServesimError("Migration needs low_steps ≤ high_steps (decode steps).")
         if self.pick not in MIGRATION_ORDER:
