@@ -66,7 +66,6 @@ class Cluster:
         table: RequestTable,
         entry: list[Replica],
         router: Router,
-        lag_s: float = 0.0,
         closed: ClosedLoop | None = None,
         decode: list[Replica] | None = None,
         kv_path: KvPath | None = None,
@@ -82,7 +81,8 @@ class Cluster:
         for i, r in enumerate(self.reps):
             r.index = i
         self.router = router
-        self.lag = lag_s
+        # The serving frontend's latency before an engine sees a request (HTTP, tokenising).
+        self.lag = entry[0].pred.engine.request_overhead_s if entry else 0.0
         self.closed = closed
         self.kv_path = kv_path
         self.migration = migration

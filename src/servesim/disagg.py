@@ -110,7 +110,6 @@ def simulate_disagg(
         req.table,
         pre,
         Router(router, req.hashes),
-        lag_s=pre[0].pred.engine.request_overhead_s,
         closed=closed_loop,
         decode=dec,
         kv_path=path,

@@ -214,7 +214,6 @@ def simulate_semipd(
         req.table,
         pre,
         Router(router, req.hashes),
-        lag_s=pre[0].pred.engine.request_overhead_s,
         closed=closed_loop,
         decode=dec,
         pairs=pairs,

@@ -326,7 +326,6 @@ def simulate(
             req.table,
             reps,
             Router(router, req.hashes),
-            lag_s=reps[0].pred.engine.request_overhead_s,
             closed=closed_loop,
             migration=dep.migration,
             migration_path=_migration_path(dep) if dep.migration is not None else None,
