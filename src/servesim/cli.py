@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from servesim import cli_measure, cli_plan, config, mechanisms
-from servesim.devices import Catalog
+from servesim.config import add_switch
+from servesim.devices import catalog
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 
@@ -85,17 +86,11 @@ def _add_deployment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", help="engine profile: vllm, sglang or trtllm")
     g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget per iteration")
-    g.add_argument(
-        "--chunked-prefill",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="split long prefills across iterations",
-    )
-    g.add_argument(
+    add_switch(g, "--chunked-prefill", "split long prefills across iterations")
+    add_switch(
+        g,
         "--overlap-scheduling",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="plan the next iteration while one runs (default: the engine's; on for trtllm and "
+        "plan the next iteration while one runs (default: the engine's; on for trtllm and "
         "sglang, off for vllm, whose --async-scheduling turns it on)",
     )
     g.add_argument("--weight-dtype", help="bf16, fp8, int4, ... (default: the config's)")
@@ -187,8 +182,7 @@ def build_deployment(s: dict[str, Any]):
     from servesim.parallel import Parallel
     from servesim.simulator import Deployment
 
-    catalog = Catalog([s["devices"]] if s.get("devices") else None)
-    device = catalog.get(str(s["device"]))
+    device = catalog(s.get("devices")).get(str(s["device"]))
     model = load_model(str(s["model"]))
     if s.get("weight_dtype") or s.get("kv_dtype"):
         model = model.with_dtypes(weight=s.get("weight_dtype"), kv=s.get("kv_dtype"))
@@ -418,7 +412,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit kernel efficiencies to measurement tables and save them."""
     from servesim.calibrate import calibrate_from_dir
 
-    device = Catalog([args.devices] if args.devices else None).get(args.device)
+    device = catalog(args.devices).get(args.device)
     tables = Path(args.tables)
     if not tables.is_dir():
         raise ServesimError(f"--tables {args.tables!r} is not a folder of measurement CSVs.")
@@ -430,7 +424,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """List the catalog."""
-    cat = Catalog([args.devices] if args.devices else None)
+    cat = catalog(args.devices)
     table = Table(title="devices")
     for col in ("name", "bf16 TFLOP/s", "mem GB", "HBM GB/s", "link GB/s", "W", "$/h", "aliases"):
         table.add_column(col, overflow="fold")

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from servesim.config import add_switch
 from servesim.errors import ServesimError
 
 console = Console()
@@ -77,9 +78,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
     r.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")
     r.add_argument("--out", help="output folder (requests.parquet, summary.json)")
-    r.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar"
-    )
+    add_switch(r, "--progress", "progress bar")
 
     c = sub.add_parser("compare", help="two runs side by side with relative errors and CDFs")
     c.add_argument("a", help="run A (reference): a simulate/bench output folder or parquet")
@@ -248,9 +247,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_fewshot(args: argparse.Namespace) -> int:
     """Fit a device's effective efficiencies from k random measurements and save the fit."""
     from servesim import fewshot
-    from servesim.devices import Catalog
+    from servesim.devices import catalog
 
-    device = Catalog([args.devices] if args.devices else None).get(args.device)
+    device = catalog(args.devices).get(args.device)
     pool = fewshot.measurements(args.tables)
     if args.k < 0:
         raise ServesimError("--k must be >= 0.")

@@ -110,36 +110,28 @@ def _names(text: Any) -> tuple[str, ...]:
     return tuple(x.strip() for x in str(text).split(",") if x.strip())
 
 
+def _int_pairs(text: Any, flag: str, form: str) -> tuple[tuple[int, int], ...]:
+    """Comma-separated A:B pairs of positive integers (`form` names them for the error)."""
+    out = []
+    for part in _names(text):
+        try:
+            a, b = (int(x) for x in part.split(":"))
+        except ValueError:
+            raise ServesimError(f"--{flag} takes {form}, got {part!r}.") from None
+        if a < 1 or b < 1:
+            raise ServesimError(f"--{flag} values must be positive, got {part!r}.")
+        out.append((a, b))
+    return tuple(out)
+
+
 def _ratios(text: Any) -> tuple[tuple[int, int], ...]:
     if text is None or str(text).strip().lower() in ("", "none", "off"):
         return ()
-    out = []
-    for part in _names(text):
-        try:
-            p, d = (int(x) for x in part.split(":"))
-        except ValueError:
-            raise ServesimError(
-                f"--pd-ratios takes PREFILL:DECODE replica counts like 1:2, got {part!r}."
-            ) from None
-        if p < 1 or d < 1:
-            raise ServesimError(f"--pd-ratios counts must be positive, got {part!r}.")
-        out.append((p, d))
-    return tuple(out)
+    return _int_pairs(text, "pd-ratios", "PREFILL:DECODE replica counts like 1:2")
 
 
 def _batching(text: Any) -> tuple[tuple[int, int], ...]:
-    out = []
-    for part in _names(text):
-        try:
-            seqs, tokens = (int(x) for x in part.split(":"))
-        except ValueError:
-            raise ServesimError(
-                f"--batching takes MAX_SEQS:TOKEN_BUDGET pairs like 256:8192, got {part!r}."
-            ) from None
-        if seqs < 1 or tokens < 1:
-            raise ServesimError(f"--batching values must be positive, got {part!r}.")
-        out.append((seqs, tokens))
-    return tuple(out)
+    return _int_pairs(text, "batching", "MAX_SEQS:TOKEN_BUDGET pairs like 256:8192")
 
 
 def build(s: dict[str, Any]) -> tuple[PlanSpec, SearchSpace]:

@@ -7,6 +7,7 @@ with the list of valid ones, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,9 @@ def merge(
     out.update(file_settings)
     out.update({k: v for k, v in flags.items() if v is not None and k in defaults})
     return out
+
+
+def add_switch(group: Any, flag: str, help: str) -> None:
+    """An on/off flag (`--x` / `--no-x`) that stays None when not given, so a config file or
+    the engine's default decides."""
+    group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)

@@ -264,6 +264,11 @@ class Catalog:
         return list(self.devices)
 
 
+def catalog(devices_file: str | Path | None = None) -> Catalog:
+    """The bundled catalog, overlaid by one user YAML file when given (`--devices FILE`)."""
+    return Catalog([devices_file] if devices_file else None)
+
+
 def get_device(name: str, extra_files: list[str | Path] | None = None) -> Device:
     """Shorthand for `Catalog(extra_files).get(name)`."""
     return Catalog(extra_files).get(name)

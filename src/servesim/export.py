@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from servesim.devices import Catalog, Device
+from servesim.devices import Device, catalog
 from servesim.dtypes import canonical
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -210,7 +210,7 @@ def k8s_manifest(
     """A Deployment of `replicas` pods, each one replica of the candidate on its own GPUs
     (for a disaggregated candidate, of its `phase` pool: prefill or decode)."""
     engine = get_engine(engine).name
-    device = Catalog([devices_file] if devices_file else None).get(str(row["device"]))
+    device = catalog(devices_file).get(str(row["device"]))
     if device.kind != "gpu" or device.vendor not in GPU_RESOURCE:
         raise ServesimError(
             f"No Kubernetes manifest for {device.name} ({device.vendor} {device.kind}); "

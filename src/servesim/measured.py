@@ -524,7 +524,7 @@ def save_measured_engine(
 def load_measured_engine(path: str | Path) -> MeasuredDeployment:
     """The deployment a `save_measured_engine` file describes; a file that is not one, or that
     names missing parts, is refused with the reason."""
-    from servesim.devices import Catalog
+    from servesim.devices import catalog
     from servesim.model import load_model
 
     path = Path(path)
@@ -544,8 +544,7 @@ def load_measured_engine(path: str | Path) -> MeasuredDeployment:
     if missing:
         raise ServesimError(f"Measured engine file {path} lacks {', '.join(missing)}.")
     model = load_model(str(base / doc["model_config"]))
-    catalog = Catalog([base / doc["devices"]] if doc.get("devices") else None)
-    device = catalog.get(str(doc["device"]))
+    device = catalog(base / doc["devices"] if doc.get("devices") else None).get(str(doc["device"]))
     try:
         engine = EngineProfile(**doc["engine_profile"])
         iteration = IterationModel(**doc["iteration_model"]) if "iteration_model" in doc else None

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
+from servesim.config import add_switch
 from servesim.errors import ServesimError
 
 DEFAULTS: dict[str, Any] = {
@@ -48,11 +49,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy", help="scheduling policy: fcfs, priority, slack or laps")
     g.add_argument("--preemption", help="recompute or swap (to host memory over PCIe)")
     g.add_argument("--swap-group-blocks", type=int, help="KV pages per PCIe copy when swapping")
-    g.add_argument(
+    add_switch(
+        g,
         "--prefill-preemption",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="let urgent prompts interrupt a prefill at operator boundaries (FlowPrefill)",
+        "let urgent prompts interrupt a prefill at operator boundaries (FlowPrefill)",
     )
     g.add_argument(
         "--class-slo",
@@ -63,24 +63,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--length-estimate", help="output lengths for slack: oracle, trace[:Q] or noisy:SIGMA[:Q]"
     )
     g.add_argument("--laps-threshold", type=int, help="prompt tokens that make a prompt long")
-    g.add_argument(
+    add_switch(
+        g,
         "--prefix-caching",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="reuse cached prompt blocks (needs hash ids in the trace; engine default: on)",
+        "reuse cached prompt blocks (needs hash ids in the trace; engine default: on)",
     )
-    g.add_argument(
-        "--migration",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Llumnix live migration of decoding requests between replicas",
-    )
-    g.add_argument(
-        "--disagg",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="separate prefill and decode pools joined by a KV link",
-    )
+    add_switch(g, "--migration", "Llumnix live migration of decoding requests between replicas")
+    add_switch(g, "--disagg", "separate prefill and decode pools joined by a KV link")
     g.add_argument("--prefill-replicas", type=int, help="prefill pool size (with --disagg)")
     g.add_argument("--prefill-tp", type=int, help="prefill TP (default: --tp)")
     g.add_argument("--prefill-device", help="prefill device (default: --device)")
@@ -92,12 +81,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--kv-compression", type=float, help="KV compression ratio (CacheGen), ≥ 1")
     g.add_argument("--semipd", type=float, help="split each GPU: prefill share of the SMs")
-    g.add_argument(
-        "--semipd-adaptive",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="let an SLO controller move the semi-PD split",
-    )
+    add_switch(g, "--semipd-adaptive", "let an SLO controller move the semi-PD split")
     g.add_argument(
         "--autoscale", help="METRIC:TARGET, METRIC utilisation, queue or forecast (req/s/replica)"
     )
@@ -139,7 +123,7 @@ def apply(dep: Any, s: dict[str, Any], slo: Any) -> Any:
     """The deployment `simulate` should run for merged settings `s` (flags over file): a
     Deployment, a DisaggDeployment or a SemiPDDeployment."""
     from servesim.autoscale import Autoscaler
-    from servesim.devices import Catalog
+    from servesim.devices import catalog
     from servesim.disagg import DisaggDeployment
     from servesim.policies import ClassSlo, Policy
     from servesim.router import Migration
@@ -182,11 +166,11 @@ def apply(dep: Any, s: dict[str, Any], slo: Any) -> Any:
     if s.get("disagg") and s.get("semipd") is not None:
         raise ServesimError("Choose --disagg or --semipd, not both.")
     if s.get("disagg"):
-        catalog = Catalog([s["devices"]] if s.get("devices") else None)
+        devices = catalog(s.get("devices"))
 
         def pool(kind: str) -> Any:
             tp = s.get(f"{kind}_tp") or dep.parallel.tp
-            device = catalog.get(s[f"{kind}_device"]) if s.get(f"{kind}_device") else dep.device
+            device = devices.get(s[f"{kind}_device"]) if s.get(f"{kind}_device") else dep.device
             dep.model.check_tp(int(tp))
             return replace(
                 dep,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from servesim.capacity import find_capacity
-from servesim.devices import Catalog
+from servesim.devices import Catalog, catalog
 from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -303,7 +303,8 @@ def _prune_reason(
 
 @cache
 def catalog_for(devices_file: str | None) -> Catalog:
-    return Catalog([devices_file] if devices_file else None)
+    """`devices.catalog`, built once per worker process."""
+    return catalog(devices_file)
 
 
 @cache
