@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
+from itertools import product
 from typing import Any
 
 import numpy as np
@@ -168,54 +169,57 @@ class PlanSpec:
 
 
 def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate]:
-    """Every combination of the search space's axes."""
+    """Every combination of the search space's axes (colocated, then disaggregated groups)."""
     wdts = space.weight_dtypes or (model.weight_dtype,)
-    out = []
-    for device in space.devices:
-        for tp in space.tp:
-            for pp in space.pp:
-                for engine in space.engines:
-                    for seqs, tokens in space.batching:
-                        for chunked in space.chunked_prefill:
-                            for w in wdts:
-                                for kv in space.kv_dtypes:
-                                    out.append(
-                                        Candidate(
-                                            device=device,
-                                            tp=tp,
-                                            pp=pp,
-                                            engine=engine,
-                                            max_num_seqs=seqs,
-                                            max_num_batched_tokens=tokens,
-                                            chunked_prefill=chunked,
-                                            weight_dtype=w,
-                                            kv_dtype=kv,
-                                        )
-                                    )
-    for device in space.devices if space.pd_ratios else ():
-        for tp_p in space.tp:
-            for tp_d in space.tp:
-                for n_p, n_d in space.pd_ratios:
-                    for seqs, tokens in space.batching:
-                        for w in wdts:
-                            for kv in space.kv_dtypes:
-                                out.append(
-                                    Candidate(
-                                        device=device,
-                                        tp=tp_d,
-                                        engine=space.engines[0],
-                                        max_num_seqs=seqs,
-                                        max_num_batched_tokens=tokens,
-                                        weight_dtype=w,
-                                        kv_dtype=kv,
-                                        mode="disaggregated",
-                                        prefill_tp=tp_p,
-                                        prefill_replicas=n_p,
-                                        decode_tp=tp_d,
-                                        decode_replicas=n_d,
-                                    )
-                                )
-    return out
+    colocated = [
+        Candidate(
+            device=device,
+            tp=tp,
+            pp=pp,
+            engine=engine,
+            max_num_seqs=seqs,
+            max_num_batched_tokens=tokens,
+            chunked_prefill=chunked,
+            weight_dtype=w,
+            kv_dtype=kv,
+        )
+        for device, tp, pp, engine, (seqs, tokens), chunked, w, kv in product(
+            space.devices,
+            space.tp,
+            space.pp,
+            space.engines,
+            space.batching,
+            space.chunked_prefill,
+            wdts,
+            space.kv_dtypes,
+        )
+    ]
+    disaggregated = [
+        Candidate(
+            device=device,
+            tp=tp_d,
+            engine=space.engines[0],
+            max_num_seqs=seqs,
+            max_num_batched_tokens=tokens,
+            weight_dtype=w,
+            kv_dtype=kv,
+            mode="disaggregated",
+            prefill_tp=tp_p,
+            prefill_replicas=n_p,
+            decode_tp=tp_d,
+            decode_replicas=n_d,
+        )
+        for device, tp_p, tp_d, (n_p, n_d), (seqs, tokens), w, kv in product(
+            space.devices,
+            space.tp,
+            space.tp,
+            space.pd_ratios,
+            space.batching,
+            wdts,
+            space.kv_dtypes,
+        )
+    ]
+    return colocated + disaggregated
 
 
 @dataclass(frozen=True)
