@@ -230,6 +230,21 @@ def transformers_version() -> str:
     return str(transformers.__version__)
 
 
+def launch(
+    cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start a server process logging to `log` and wait until 127.0.0.1:`port`/health answers;
+    the process is killed if it never does."""
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", proc, log)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
+
+
 def start_hf(model_dir: Path, hf: HfSettings, core: int = 0, log_dir: Path | None = None) -> Server:
     """Start `transformers serve --continuous-batching` on 127.0.0.1, pinned to `core`."""
     port = free_port()
@@ -257,16 +272,7 @@ def start_hf(model_dir: Path, hf: HfSettings, core: int = 0, log_dir: Path | Non
         "warning",
     ]
     log = (log_dir or model_dir) / f"hf_serve_{port}.log"
-    fh = log.open("w")
-    proc = subprocess.Popen(
-        pinned(cmd, core), stdout=fh, stderr=subprocess.STDOUT, env=one_thread_env()
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", proc, log)
-    except BaseException:
-        proc.kill()
-        raise
+    proc, url = launch(pinned(cmd, core), port, log, env=one_thread_env())
     return Server("hf", url, str(model_dir), proc, log, f"transformers {transformers_version()}")
 
 
@@ -428,14 +434,7 @@ def start_llama(gguf: Path, s: LlamaSettings, core: int = 0, log_dir: Path | Non
     cmd += ["--no-kv-unified", "-b", str(s.batch), "-ub", str(s.batch), "--no-cache-prompt"]
     cmd += ["--no-webui", "--poll", "0", "--alias", "model"]
     log = (log_dir or gguf.parent) / f"llama_server_{port}.log"
-    fh = log.open("w")
-    proc = subprocess.Popen(pinned(cmd, core), stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", proc, log)
-    except BaseException:
-        proc.kill()
-        raise
+    proc, url = launch(pinned(cmd, core), port, log)
     version = f"llama.cpp {llama_cpp_commit()} (llama-cpp-python {LLAMA_CPP_VERSION} sdist)"
     return Server("llama.cpp", url, "model", proc, log, version)
 
