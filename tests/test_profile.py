@@ -227,7 +227,10 @@ def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsy
                 iteration=IterationModel(1.5e-3, 2e-4, 1.8e-4, 1e-6, 7e-8),
             )
             path = save_measured_engine(dep, tmp_path / "i.json", cfg)
-        pred = load_measured_engine(path).predictor()
+        # The file rebuilds the same engine: every iteration is priced as the original prices it.
+        pred, back = dep.predictor(), load_measured_engine(path).predictor()
+        shapes = [(0, 0, ((40, 0),)), (3, 500, ()), (2, 150, ((30, 20),))]
+        assert [back.step_s(*x) for x in shapes] == pytest.approx([pred.step_s(*x) for x in shapes])
         out = tmp_path / f"run-{kind}"
         code = _cli(
             [

@@ -18,11 +18,11 @@ LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 L40S = get_device("l40s")  # 48 GB: a KV cache of ~180k tokens, so memory shapes the load
 
 
-def bursty(seed: int, rate: float = 4.0) -> Workload:
-    """2,000 requests with gamma arrivals of CV 2 (bursts), prompts of median 1,000 tokens and
+def bursty(seed: int, rate: float = 4.0, n: int = 2000) -> Workload:
+    """`n` requests with gamma arrivals of CV 2 (bursts), prompts of median 1,000 tokens and
     heavy-tailed outputs (median 400, p90 2,500) that no router can foresee."""
     return synthetic(
-        2000,
+        n,
         rate,
         LogNormal(1000, 4000, max_tokens=16000),
         LogNormal(400, 2500, max_tokens=8000),
@@ -84,15 +84,7 @@ def test_migration_cuts_tail_ttft_over_load_aware_dispatch(seed: int) -> None:
     Here 16 L40S replicas at 19 req/s (8,000 requests, gamma CV 2): p99 TTFT 31/52/90 s ->
     27/35/76 s on seeds 1-3 (lower on all ten seeds of `scripts/migration_study.py`). On 4
     replicas the effect is mixed (NOTES.md): the tail there is set by cluster-wide stalls."""
-    work = synthetic(
-        8000,
-        19.0,
-        LogNormal(1000, 4000, max_tokens=16000),
-        LogNormal(400, 2500, max_tokens=8000),
-        arrival="gamma",
-        cv=2.0,
-        seed=seed,
-    )
+    work = bursty(seed, rate=19.0, n=8000)
     base = simulate(Deployment(LLAMA8, L40S, replicas=16), work, router="least_kv")
     moved = simulate(
         Deployment(LLAMA8, L40S, replicas=16, migration=Migration()), work, router="least_kv"
@@ -200,16 +192,7 @@ def test_router_signals_drain_to_zero_with_migration_and_preemption(monkeypatch)
     monkeypatch.setattr(sim, "result", capture)
     for engine in ("vllm", "trtllm"):
         dep = Deployment(LLAMA8, L40S, replicas=4, engine=get_engine(engine), migration=Migration())
-        work = synthetic(
-            3000,
-            5.0,
-            LogNormal(1000, 4000, max_tokens=16000),
-            LogNormal(400, 2500, max_tokens=8000),
-            arrival="gamma",
-            cv=2.0,
-            seed=1,
-        )
-        res = simulate(dep, work, router="least_kv")
+        res = simulate(dep, bursty(1, rate=5.0, n=3000), router="least_kv")
         cols = res.columns()
         assert cols["preemptions"].sum() > 0 and res.summary()["migrations"] > 0
         assert (cols["generated_tokens"] == cols["output_tokens"]).all()
