@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh machine: the system packages the tests use
-# (Debian's Chromium renders the plan's HTML report), the venv with the test extra, then pytest.
+# (Debian's Chromium renders the plan's HTML report), the venv with the locked test extra, then
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
@@ -10,5 +11,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     || echo "note: could not install chromium; the HTML report render test will skip"
 fi
 python3 -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
-exec .venv/bin/pytest -q "$@"
+# Exact tested versions (requirements.lock, refreshed by scripts/lock.sh), not whatever the
+# registry serves today.
+.venv/bin/pip install -q -c requirements.lock -e '.[test]'
+# pytest's own -q (pyproject addopts) keeps its count line, `N passed`, so an empty run shows.
+exec .venv/bin/pytest "$@"

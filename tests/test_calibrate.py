@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -19,10 +18,6 @@ AIC = REPO / "data" / "aic" / "h100_sxm"
 VIDUR = REPO / "data" / "vidur"
 GEMM_HEADER = "framework,version,device,op_name,kernel_source,gemm_dtype,m,n,k,latency\n"
 GEMM_ROW = "VLLM,0.24.0,H100,gemm,torch,bfloat16,{m},4096,4096,{lat}\n"
-
-
-def _close(a: float, b: float, rel: float = 1e-6) -> bool:
-    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-15)
 
 
 def test_load_shared_tables_row_counts():
@@ -125,14 +120,35 @@ def test_priors_define_every_parameter():
         assert set(free) <= set(names), fam
 
 
+# A refit agrees with the bundled fit where it matters, in what it predicts for the measured
+# rows, not in the optimiser's last digits (which move with the numpy/scipy build): every
+# prediction within 0.1 %, while the fit's own error on these rows is 3-15 %.
+PREDICTION_RTOL = 1e-3
+
+
+def _all_shared_samples() -> dict[str, calibrate.Samples]:
+    return calibrate.all_samples(calibrate.load_tables(AIC), calibrate.load_vidur(VIDUR))
+
+
+def _assert_same_predictions(fit: KernelFit, reference: KernelFit, families=None) -> None:
+    device = get_device("h100_sxm")
+    samples = _all_shared_samples()
+    for fam in families or samples:
+        a = calibrate.predict(fam, samples[fam], device, fit)
+        b = calibrate.predict(fam, samples[fam], device, reference)
+        worst = float(np.max(np.abs(a / b - 1.0)))
+        assert worst <= PREDICTION_RTOL, (fam, worst)
+
+
 def test_regenerating_reproduces_the_bundled_fit():
-    """The bundled kernel_fit.json is exactly what the documented command produces."""
+    """The bundled kernel_fit.json is what the documented command produces: the same parameter
+    names and the same predictions for every measured row."""
     fresh = calibrate.calibrate_from_dir(AIC, "h100_sxm", VIDUR)
     bundled = default_fit()
     assert set(fresh.params) == set(bundled.params)
     for fam, params in bundled.params.items():
-        for name, value in params.items():
-            assert _close(fresh.params[fam][name], value), (fam, name)
+        assert set(fresh.params[fam]) == set(params), fam
+    _assert_same_predictions(fresh, bundled)
 
 
 def test_a_subset_folder_refits_only_its_families(tmp_path):
@@ -140,9 +156,10 @@ def test_a_subset_folder_refits_only_its_families(tmp_path):
     fit = calibrate.calibrate_from_dir(tmp_path, get_device("h100_sxm"))
     bundled = default_fit()
     for fam, params in bundled.params.items():
-        for name, value in params.items():
-            # custom_all_reduce is fitted on this table alone, so it matches too.
-            assert _close(fit.params[fam][name], value), (fam, name)
+        if fam != "custom_all_reduce":  # the one family this table refits
+            assert fit.params[fam] == params, fam
+    # custom_all_reduce is fitted on this table alone, so it predicts as the bundled fit does.
+    _assert_same_predictions(fit, bundled, ["custom_allreduce"])
     assert "custom_all_reduce" in fit.fitted_on and "gemm" not in fit.fitted_on
 
 
@@ -150,8 +167,8 @@ def test_calibration_is_deterministic(tmp_path):
     shutil.copy(AIC / "generation_attention_perf.csv", tmp_path)
     a = calibrate.calibrate_from_dir(tmp_path, "h100_sxm")
     b = calibrate.calibrate_from_dir(tmp_path, "h100_sxm")
-    assert a == b
-    assert a.params["attention_decode"] == default_fit().params["attention_decode"]
+    assert a == b  # same inputs, same build: bit for bit
+    _assert_same_predictions(a, default_fit(), ["attention_decode"])
 
 
 def test_cli_main_writes_a_loadable_fit(tmp_path):
@@ -159,8 +176,14 @@ def test_cli_main_writes_a_loadable_fit(tmp_path):
     out = tmp_path / "fit.json"
     assert calibrate.main([str(tmp_path), "--device", "h100_sxm", "--out", str(out)]) == 0
     fit = KernelFit.load(out)
+    assert fit == calibrate.calibrate_from_dir(tmp_path, "h100_sxm")
     # all_gather / reduce_scatter / alltoall come from nccl_perf.csv alone: same as bundled.
-    assert fit.params["nccl_alltoall"] == default_fit().params["nccl_alltoall"]
+    device = get_device("h100_sxm")
+    s = _all_shared_samples()["nccl"]
+    alltoall = calibrate.subset(s, s["op"] == "alltoall")
+    a = calibrate.predict("nccl", alltoall, device, fit)
+    b = calibrate.predict("nccl", alltoall, device, default_fit())
+    assert np.max(np.abs(a / b - 1.0)) <= PREDICTION_RTOL
 
 
 def test_leave_one_group_out_predicts_every_row():
