@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from properties_lib import time_limit
 
 from servesim.autoscale import Autoscaler
 from servesim.cli import main
@@ -17,10 +18,10 @@ from servesim.metrics import ItlHistogram, Slo
 from servesim.model import load_model
 from servesim.policies import ClassSlo, Policy
 from servesim.router import Migration, Router
-from servesim.semipd import SemiPDDeployment
+from servesim.semipd import SemiPDController, SemiPDDeployment
 from servesim.simulator import Deployment, build_pool, prepare, simulate
 from servesim.trace import bundled_trace
-from servesim.workload import ClosedLoop, Fixed, synthetic
+from servesim.workload import ClosedLoop, Fixed, Workload, synthetic
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
@@ -143,3 +144,42 @@ def test_a_migrated_request_resumes_where_it_stopped() -> None:
     steps = b.iterations
     assert steps == 200 - produced, (steps, produced)
     assert req.table.finish_s[0] > at and req.table.generated[0] == 200
+
+
+# ---- nothing waits for ever: periodic events end with the work ------------------------------
+
+TICKING = {
+    "migration": Deployment(LLAMA8, H100, replicas=2, migration=Migration()),
+    "autoscale utilisation": Deployment(LLAMA8, H100, autoscaler=Autoscaler("utilisation")),
+    "autoscale queue": Deployment(LLAMA8, H100, autoscaler=Autoscaler("queue", 4, 1, 3)),
+    "autoscale forecast": Deployment(LLAMA8, H100, autoscaler=Autoscaler("forecast", 1, 1, 3)),
+    "semi-PD controller": SemiPDDeployment(
+        Deployment(LLAMA8, H100), 0.5, SemiPDController(Slo(), interval_s=0.001)
+    ),
+}
+
+
+@pytest.mark.parametrize("loop", ["closed", "open"])
+@pytest.mark.parametrize("name", list(TICKING))
+def test_periodic_events_stop_when_the_last_request_ends(name: str, loop: str) -> None:
+    """Regression (issue 9, hangs): a closed loop with migration, autoscaling or an adaptive
+    semi-PD split never ended: each tick re-armed itself while "arrivals remained", which a
+    closed loop's arrival counter always said. A tick now repeats only while an arrival can
+    come or a replica or transfer has work, and the loop ends when only ticks are left."""
+    with time_limit(10):
+        if loop == "closed":
+            res = simulate(TICKING[name], closed_loop=ClosedLoop(1, 1, Fixed(1), Fixed(1)))
+        else:
+            res = simulate(TICKING[name], Workload(np.zeros(2), np.ones(2), np.ones(2)))
+    s = res.summary()
+    assert s["finished"] == s["requests"] and s["duration_s"] < 1.0, s
+
+
+def test_the_reported_hanging_command_ends(tmp_path) -> None:
+    """Regression (issue 9): `servesim simulate --clients 1 --num-requests 1 --prompt fixed:1
+    --output fixed:1 --migration` hung; it now ends with its request served."""
+    out = tmp_path / "run"
+    argv = ["simulate", "--clients", "1", "--num-requests", "1", "--prompt", "fixed:1"]
+    with time_limit(20):
+        assert main([*argv, "--output", "fixed:1", "--migration", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["finished"] == 1

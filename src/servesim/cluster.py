@@ -56,6 +56,7 @@ class ClusterStats:
     migration_gap_s: list[float] = field(default_factory=list)  # last token at A to attach at B
     cold_starts: int = 0
     scale_events: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas up)
+    finish_events: int = 0  # requests reported finished (each must be, exactly once)
 
 
 class Cluster:
@@ -167,6 +168,7 @@ class Cluster:
         push, pop = heapq.heappush, heapq.heappop
         valid = self.net.valid
         i = 0
+        tick = False
         while True:
             if closed is None:
                 t_arr = arrivals[i] + lag if i < n else INF
@@ -226,27 +228,40 @@ class Cluster:
                             self._pull(r)
                     if pair_of:
                         self.sync_pair(*pair_of[a])
+                elif kind == _XFER:
+                    done = self._transfer_done(t, a)
                 else:
                     done = []
-                    if kind == _XFER:
-                        done = self._transfer_done(t, a)
-                    elif a == -1:
+                    tick = True
+                    # A tick sees whether anything but ticks can still happen; periodic
+                    # sources repeat only while it can.
+                    busy = self._busy(i < n if closed is None else bool(pending))
+                    if a == -1:
                         self._migrate_tick(t)
-                        if self._busy(i < n or bool(pending)):
+                        if busy:
                             self._push(t + self.migration.interval_s, _TICK, -1)
                     else:
-                        more = self._busy(i < n or bool(pending))
-                        self.controllers[a].tick(self, t, a, more, b)
+                        self.controllers[a].tick(self, t, a, busy, b)
             if self.late:
                 done = done + self.late
                 self.late = []
+            if done:
+                self.stats.finish_events += len(done)
             if closed is not None and done:
                 for rid in done:
                     if next_rid < n:
                         heapq.heappush(pending, (table.finish_s[rid] + delays[next_rid], next_rid))
                         next_rid += 1
+            if tick:
+                tick = False
+                if not self._busy(i < n if closed is None else bool(pending)):
+                    # No arrival can come and no replica or transfer has work: the run is
+                    # over (requests still held would stay so forever; the conservation check
+                    # of the result names them). Ticks left in the heap cannot add work.
+                    break
 
     def _busy(self, more_arrivals: bool) -> bool:
+        """Whether an arrival can still come or a replica or a transfer has work in flight."""
         return more_arrivals or any(r.next_t < INF for r in self.reps) or bool(self.net.active)
 
     # ---- disaggregation: hand-off, pull, transfer ------------------------------------------
