@@ -6,10 +6,12 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
+from properties_lib import time_limit, with_kv_tokens
 
 from servesim.devices import get_device
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
+from servesim.metrics import ConservationError, check_conservation
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
@@ -184,3 +186,63 @@ def test_bad_inputs_get_one_clear_sentence() -> None:
         simulate(dep(), one_request(10, 10), router="random")
     with pytest.raises(ServesimError, match="either"):
         simulate(dep())
+
+
+# ---- every finite run is checked: nothing lost, nothing invented ------------------------------
+
+
+def test_a_lost_request_fails_loudly_naming_it(monkeypatch) -> None:
+    """Claim (issue 9): a run that loses a request raises an internal error naming it instead of
+    returning a partial result; here request 1 is dropped on arrival (a simulated bug)."""
+    from servesim.replica import Replica
+
+    real = Replica.enqueue
+
+    def drop_one(self, rid, t):
+        return [] if rid == 1 else real(self, rid, t)
+
+    monkeypatch.setattr(Replica, "enqueue", drop_one)
+    w = Workload(np.zeros(3), np.full(3, 100), np.full(3, 10))
+    for deployment in (dep(), dep(replicas=2)):  # the single-replica loop and the cluster loop
+        with pytest.raises(ConservationError, match=r"1 did not finish \(request ids 1\)"):
+            simulate(deployment, w)
+
+
+def test_the_conservation_check_names_each_kind_of_inconsistency() -> None:
+    """Claim: unfinished requests, wrong token counts, a first token before the arrival or
+    after the end, and a finish counted twice each get named (numpy over the columns)."""
+    cols = {
+        "arrival_s": np.array([0.0, 0.0, 1.0, 0.0, 0.0]),
+        "first_token_s": np.array([0.1, 0.1, 0.5, 0.9, 0.1]),
+        "finish_s": np.array([0.2, 0.2, 2.0, 0.5, -1.0]),
+        "generated_tokens": np.array([3, 2, 3, 3, 0]),
+        "output_tokens": np.array([3, 3, 3, 3, 3]),
+    }
+    with pytest.raises(ConservationError) as err:
+        check_conservation(cols, finish_events=5)
+    text = str(err.value)
+    for part in (
+        "1 did not finish (request ids 4)",
+        "1 generated a wrong number of tokens (request ids 1)",
+        "1 got a first token before arriving (request ids 2)",
+        "1 got a first token after finishing (request ids 3)",
+    ):
+        assert part in text, (part, text)
+    assert "finish events" not in text  # five reported for five requests: that part is fine
+    ok = {**cols, "finish_s": np.array([0.2, 0.2, 2.0, 1.0, 0.3])}
+    ok["first_token_s"] = np.array([0.1, 0.1, 1.5, 0.9, 0.1])
+    ok["generated_tokens"] = np.full(5, 3)
+    check_conservation(ok, finish_events=5)
+    with pytest.raises(ConservationError, match="6 finish events for 5 requests"):
+        check_conservation(ok, finish_events=6)
+
+
+def test_the_cache_check_counts_whole_pages() -> None:
+    """Regression (found by scripts/fuzz.py): a request was let in when its tokens fitted the
+    cache's token count but not its whole pages (a cache of 2,680 tokens is 83 pages of 32, or
+    2,656 tokens), and the run then died with a RuntimeError; it is now refused up front."""
+    d = with_kv_tokens(dep(engine=get_engine("trtllm")), 2680)
+    assert d.memory().kv_tokens == 2680
+    with time_limit(10), pytest.raises(ServesimError, match="fit the KV cache of 2656 tokens"):
+        simulate(d, one_request(2600, 70))  # (before: preempted itself for ever, or raised)
+    assert simulate(d, one_request(2600, 56)).summary()["finished"] == 1

@@ -175,6 +175,43 @@ def add_derived(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return cols
 
 
+class ConservationError(RuntimeError):
+    """A simulation lost or mangled requests: a simulator bug, never a user's mistake."""
+
+
+def check_conservation(cols: dict[str, np.ndarray], finish_events: int | None = None) -> None:
+    """Raise `ConservationError` naming the requests unless every request finished exactly once
+    with all its output tokens, its first token at or after its arrival and at or before its
+    end (`finish_events`: how many finishes the run reported, when it counted them)."""
+    arrival, first, finish = cols["arrival_s"], cols["first_token_s"], cols["finish_s"]
+    gen, out = cols["generated_tokens"], cols["output_tokens"]
+    n = len(finish)
+    with np.errstate(invalid="ignore"):
+        ok = (finish >= 0) & (gen == out) & (first >= arrival) & (first <= finish)
+        ok &= np.isfinite(finish) & np.isfinite(first)
+    if ok.all() and (finish_events is None or finish_events == n):
+        return
+    problems = []
+    for what, bad in (
+        ("did not finish", ~(finish >= 0)),
+        ("generated a wrong number of tokens", (finish >= 0) & (gen != out)),
+        ("got a first token before arriving", (first >= 0) & (first < arrival)),
+        ("got a first token after finishing", (finish >= 0) & (first > finish)),
+        ("has a non-finite time", ~(np.isfinite(finish) & np.isfinite(first))),
+    ):
+        ids = np.flatnonzero(bad)
+        if len(ids):
+            shown = ", ".join(str(i) for i in ids[:20]) + (", ..." if len(ids) > 20 else "")
+            problems.append(f"{len(ids)} {what} (request ids {shown})")
+    if finish_events is not None and finish_events != n:
+        problems.append(f"{finish_events} finish events for {n} requests")
+    raise ConservationError(
+        f"internal error: the simulation of {n} requests is inconsistent: "
+        + "; ".join(problems)
+        + ". This is a servesim bug; please report it with the command that ran."
+    )
+
+
 @dataclass(frozen=True)
 class Slo:
     """Latency targets a request must meet on both counts to be 'good'."""

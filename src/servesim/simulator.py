@@ -26,7 +26,14 @@ from servesim.devices import Device
 from servesim.engine import EngineProfile, get_engine
 from servesim.errors import ServesimError
 from servesim.memory import MemoryLayout, memory_layout
-from servesim.metrics import ItlHistogram, RequestTable, Slo, attainment_over_time, summarize
+from servesim.metrics import (
+    ItlHistogram,
+    RequestTable,
+    Slo,
+    attainment_over_time,
+    check_conservation,
+    summarize,
+)
 from servesim.model import ModelSpec
 from servesim.parallel import Parallel
 from servesim.policies import Policy, PolicyState
@@ -254,10 +261,11 @@ def build_pool(
     if not chunked:
         budget = max(budget, req.longest)  # engines raise the budget to the model length
     blocks = mem.kv_tokens // e.block_size
-    if req.longest > mem.kv_tokens // pp:
+    per_engine = blocks // pp * e.block_size  # whole pages only
+    if req.longest > per_engine:
         raise ServesimError(
             f"A request of {req.longest} tokens does not fit the KV cache of "
-            f"{mem.kv_tokens // pp} tokens per engine of {dep.label()}; use more devices per "
+            f"{per_engine} tokens per engine of {dep.label()}; use more devices per "
             "replica, fp8 KV cache, or drop requests longer than the cache."
         )
     cfg = ReplicaConfig(
@@ -318,9 +326,10 @@ def simulate(
     reps, mem = build_pool(dep, req, itl, count=count)
     t_wall = time.perf_counter()
     stats = None
+    finish_events = None
     pp = dep.parallel.pp
     if len(reps) == 1 and closed_loop is None and dep.migration is None and scaler is None:
-        _run_single(reps[0], req.table)
+        finish_events = _run_single(reps[0], req.table)
     else:
         cluster = Cluster(
             req.table,
@@ -336,7 +345,7 @@ def simulate(
         cluster.run()
         stats = cluster.stats
     wall = time.perf_counter() - t_wall
-    return result(dep, reps, req, itl, mem, wall, stats)
+    return result(dep, reps, req, itl, mem, wall, stats, finish_events=finish_events)
 
 
 def _group_virtual_engines(cluster: Cluster, pp: int) -> None:
@@ -349,20 +358,23 @@ def _migration_path(dep: Deployment) -> KvPath:
     return KvPath.for_model(link_for(dep.migration.link, dep.device), dep.model)
 
 
-def _run_single(single: Replica, table: RequestTable) -> None:
-    """One replica fed by a known arrival sequence: the common case, kept tight."""
+def _run_single(single: Replica, table: RequestTable) -> int:
+    """One replica fed by a known arrival sequence: the common case, kept tight. Returns how
+    many finishes the replica reported."""
     n = len(table)
     arrivals = table.arrival_s
     # The engine sees a request after the serving frontend's fixed latency (HTTP, tokenising).
     lag = single.pred.engine.request_overhead_s
     advance, enqueue = single.advance, single.enqueue
+    finished = 0
     for rid in range(n):
         t_arr = arrivals[rid] + lag
         while single.next_t < t_arr:
-            advance()
-        enqueue(rid, t_arr)
+            finished += len(advance())
+        finished += len(enqueue(rid, t_arr))
     while single.next_t < INF:
-        advance()
+        finished += len(advance())
+    return finished
 
 
 def replica_energy_j(r: Replica, end_s: float, decode_context_tokens: float) -> float:
@@ -393,9 +405,15 @@ def result(
     wall: float,
     stats: ClusterStats | None = None,
     extra: dict[str, Any] | None = None,
+    finish_events: int | None = None,
 ) -> SimResult:
-    """Collect a run's replica statistics, time series and mechanism figures."""
+    """Check that every request finished exactly once (`ConservationError` naming the lost
+    ones if not), then collect the run's replica statistics, time series and mechanism
+    figures. `finish_events` counts the finishes a run without `stats` reported."""
     res = SimResult(dep, req.table, itl, mem, [], {}, wall)
+    if stats is not None:
+        finish_events = stats.finish_events
+    check_conservation(res.columns(), finish_events)
     stats_out = res.replica_stats
     t_all: list[np.ndarray] = []
     run_all: list[np.ndarray] = []
