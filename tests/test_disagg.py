@@ -8,6 +8,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+from properties_lib import case_of, run_case
 
 from servesim import disagg as D
 from servesim.devices import Device, get_device
@@ -233,3 +234,27 @@ def test_distserve_placement_reproduction() -> None:
     assert 0.7 <= ratio <= 1.3, (ratio, seen)
     assert raw[0].per_gpu_rate_per_s > fitted[0].per_gpu_rate_per_s, seen
     assert math.isfinite(raw[0].rate_per_s)
+
+
+def test_a_prompt_waiting_for_blocks_held_for_transfers_resumes_when_they_leave() -> None:
+    """Regression (found by scripts/fuzz.py; a request was lost): a prefill replica keeps a
+    finished prompt's KV until the decode side pulls it; a prompt it had started and could not
+    continue for want of those blocks was woken when they left only if it had not started yet.
+    Three tight prefill replicas feeding two one-sequence decode replicas over Ethernet now
+    serve every request."""
+    decode = {
+        **{"tp": 2, "pp": 1, "engine": "sglang", "overlap": True, "replicas": 2},
+        **{"max_num_seqs": 1, "max_num_batched_tokens": None, "chunked_prefill": None},
+        **{"kv_factor": 1.3, "prefix_caching": True},
+    }
+    case = case_of(
+        kind="disagg",
+        replicas=3,
+        max_num_batched_tokens=2663,
+        kv_factor=1.3,
+        decode=decode,
+        link="ethernet",
+        prompts=[635, 987, 135, 1254, 2149, 1206, 2661],
+        outputs=[214, 311, 18, 128, 389, 313, 149],
+    )
+    assert run_case(case, limit_s=10.0) is None

@@ -4,16 +4,21 @@ length estimates, length-aware dual queues, and preemptible prefill."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
 import pytest
+from properties_lib import case_of, run_case, with_kv_tokens
 
 from servesim.devices import get_device
+from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.model import load_model
+from servesim.parallel import Parallel
 from servesim.policies import ClassSlo, LengthEstimator, LengthModel, Policy
 from servesim.simulator import Deployment, SimResult, simulate
+from servesim.trace import bundled_trace
 from servesim.workload import LogNormal, Workload, gamma_arrivals
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
@@ -96,7 +101,8 @@ def test_slack_aware_scheduling_raises_goodput_even_with_noisy_lengths() -> None
     progressively refined output-length estimates serves more requests within their SLOs than
     FCFS and than class priority, which ignores how much slack each request has. Noisy
     estimates (log-error σ = 1, the spread CASTILLO measures for one prompt's lengths) cost a
-    little against an oracle, and refining them as tokens arrive wins some of it back."""
+    little against an oracle. Refining them as tokens arrive is modelled but its gain is not
+    claimed: across workload seeds it moves attainment by ±3 points either way here."""
     rate = 6.0
     est = LengthEstimator("noisy", error=1.0, quantile=0.9)
     unrefined = LengthEstimator("noisy", error=1.0, quantile=0.9, refine=False)
@@ -113,7 +119,7 @@ def test_slack_aware_scheduling_raises_goodput_even_with_noisy_lengths() -> None
         )[2],
     }
     assert got["slack noisy"] > got["priority"] + 0.05 > got["fcfs"] + 0.1, got
-    assert got["slack oracle"] >= got["slack noisy"] >= got["slack noisy, unrefined"], got
+    assert got["slack oracle"] >= max(got["slack noisy"], got["slack noisy, unrefined"]), got
     assert got["slack trace"] > got["priority"], got
 
 
@@ -199,3 +205,74 @@ def test_length_estimates_oracle_trace_and_noisy_with_refinement() -> None:
         Policy("fcfs", prefill_preemption=True)
     with pytest.raises(ServesimError, match="unknown"):
         Policy("lottery")
+
+
+# ---- regressions: requests lost under a policy (issue 9) --------------------------------------
+
+
+def test_partial_prefills_go_on_while_the_queue_head_waits_for_a_slot() -> None:
+    """Regression (issue 9: `--policy slack --class-slo 0.05:0.01:30 --max-num-seqs 2
+    --max-num-batched-tokens 4`, 3 requests at t=0 → 0 / 3 finished, exit 0; `--pp 2 --policy
+    laps --max-num-seqs 2 --max-num-batched-tokens 64` → 1 / 3): the prompts already started
+    sorted after a waiting one that could not start (no free sequence slot, or a prompt of the
+    other LAPS class), and the pass stopped there, so nothing ran again. The head now steps
+    aside for them."""
+    slack = Policy("slack", class_slos=(ClassSlo(0.05, 0.01, 30.0),))
+    dep = Deployment(LLAMA8, H100, policy=slack, max_num_seqs=2, max_num_batched_tokens=4)
+    c = simulate(dep, Workload(np.zeros(3), np.full(3, 8), np.full(3, 8))).columns()
+    assert (c["finish_s"] > 0).all() and (c["generated_tokens"] == 8).all()
+    laps = replace(dep, policy=Policy("laps"), parallel=Parallel(pp=2), max_num_batched_tokens=64)
+    w = Workload(np.zeros(3), np.array([2000, 2000, 100]), np.full(3, 64))
+    assert (simulate(laps, w).columns()["finish_s"] > 0).all()
+
+
+def test_the_reported_azure_run_finishes_every_request() -> None:
+    """Regression (issue 9: the Azure trace at 20 req/s with two sequence slots and a slack
+    policy finished a third of its 300 requests)."""
+    w = bundled_trace("azure_conv").head(300).scaled_to_rate(20.0)
+    slack = Policy("slack", class_slos=(ClassSlo(0.05, 0.01, 30.0),))
+    dep = Deployment(LLAMA8, H100, policy=slack, max_num_seqs=2, max_num_batched_tokens=64)
+    assert simulate(dep, w).summary()["finished"] == 300
+
+
+def test_a_request_swapped_out_and_back_decodes_every_token() -> None:
+    """Regression: a request swapped out and back in kept the finish entry of its first stay
+    in the decode group, which then fired early: it ended with the others although it had sat
+    out while they decoded (its tokens were then set, not counted). Now each stay has its own
+    entry and a request's tokens are counted from the steps it took: six equal requests on a
+    cache that holds one and a bit, those swapped out end after every one that was not."""
+    dep = with_kv_tokens(
+        Deployment(LLAMA8, H100, engine=get_engine("trtllm"), policy=Policy(preemption="swap")),
+        800,
+    )
+    c = simulate(dep, Workload(np.zeros(6), np.full(6, 300), np.full(6, 400))).columns()
+    swapped = c["preemptions"] > 0
+    assert swapped.any() and not swapped.all()
+    assert c["finish_s"][swapped].min() > c["finish_s"][~swapped].max(), c["finish_s"]
+    assert (c["generated_tokens"] == 400).all()
+
+
+def test_an_urgent_newcomer_cannot_starve_a_started_prompt_for_ever() -> None:
+    """Claim (a deadlock scripts/fuzz.py found once started prompts could run past a blocked
+    queue head): on a tight cache a more urgent prompt that started beside an older one took
+    every chunk's token budget, then ran out of the blocks the older one held, and both waited
+    for ever. A prompt now starts only if its whole prefill fits beside what the started ones
+    still need."""
+    case = case_of(
+        model="facebook/opt-13b",
+        pp=2,
+        engine="sglang",
+        replicas=3,
+        max_num_batched_tokens=11,
+        kv_factor=1.3,
+        policy={"name": "priority"},
+        router="session",
+        prompts=[42] * 17,
+        outputs=[37] * 17,
+        priorities=[2, 2, 0, 0, 0, 1, 1, 0, 2, 0, 1, 1, 0, 1, 0, 0, 0],
+        arrivals=[
+            *(0.0, 0.016, 0.182, 0.224, 0.487, 0.521, 0.539, 0.611, 0.647, 0.692, 0.754),
+            *(0.755, 0.886, 1.024, 1.067, 1.291, 1.539),
+        ],
+    )
+    assert run_case(case, limit_s=10.0) is None

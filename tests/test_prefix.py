@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from servesim.devices import get_device
+from servesim.engine import get_engine
+from servesim.errors import ServesimError
 from servesim.model import load_model
 from servesim.prefix import PrefixCache
 from servesim.simulator import Deployment, simulate
@@ -141,3 +143,23 @@ def test_no_hash_ids_means_no_cache() -> None:
     a = simulate(Deployment(LLAMA8, H100), plain).columns()["finish_s"]
     b = simulate(Deployment(LLAMA8, H100, prefix_caching=False), w).columns()["finish_s"]
     assert np.array_equal(a, b)
+
+
+def test_hash_blocks_that_do_not_fill_whole_pages_are_refused() -> None:
+    """Regression (found by scripts/fuzz.py): hash blocks of 16 tokens on TensorRT-LLM's
+    32-token pages were each counted as a whole page once cached, so the cache's accounting
+    ran over its size and the run died mid-way; such a workload is now refused in one sentence
+    (prefix caching off, it runs)."""
+    w = Workload(
+        np.zeros(2),
+        np.full(2, 64),
+        np.full(2, 8),
+        prefix_hashes=[[1, 2, 3, 4], [1, 2, 5, 6]],
+        prefix_block_tokens=16,
+    )
+    trt = Deployment(LLAMA8, get_device("h100_sxm"), engine=get_engine("trtllm"))
+    with pytest.raises(ServesimError, match="do not fill whole KV pages of 32 tokens"):
+        simulate(trt, w)
+    assert simulate(replace(trt, prefix_caching=False), w).summary()["finished"] == 2
+    vllm = Deployment(LLAMA8, get_device("h100_sxm"))  # 16-token pages: fine
+    assert simulate(vllm, w).summary()["prefix_hit_rate"] > 0

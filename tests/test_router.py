@@ -97,9 +97,10 @@ def test_migration_cuts_tail_ttft_over_load_aware_dispatch(seed: int) -> None:
 def test_migration_moves_load_off_a_replica_running_out_of_cache() -> None:
     """Claim (Llumnix's freeness): a replica whose running requests will outgrow its cache
     becomes a migration source and sends requests to one with room, which keeps them without
-    preempting; without migration it preempts and recomputes. Two A10G replicas (~15.5k tokens
-    of cache each), round robin: the even requests (3,100 tokens each at the end) all land on
-    replica 0, the odd ones (150 tokens) on replica 1."""
+    preempting; without migration it preempts and recomputes, and the last long request ends
+    much later (138 s against 102 s). Two A10G replicas (~15.5k tokens of cache each), round
+    robin: the even requests (3,100 tokens each at the end) all land on replica 0, the odd ones
+    (150 tokens) on replica 1."""
     n = 16
     w = Workload(np.linspace(0, 1, n), np.full(n, 100), np.where(np.arange(n) % 2 == 0, 3000, 50))
     dep = Deployment(LLAMA8, get_device("a10g"), replicas=2)
@@ -114,10 +115,8 @@ def test_migration_moves_load_off_a_replica_running_out_of_cache() -> None:
     assert migrated.any() and (c["output_tokens"][migrated] == 3000).all(), c["migrations"]
     assert (c["replica"][migrated] == 1).all()
     assert c["preemptions"][migrated].sum() == 0  # the destination keeps what it takes
-    assert c["preemptions"].sum() < base["preemptions"].sum(), (
-        base["preemptions"],
-        c["preemptions"],
-    )
+    assert base["preemptions"].sum() > 0
+    assert c["e2e_s"].max() < 0.8 * base["e2e_s"].max(), (base["e2e_s"], c["e2e_s"])
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

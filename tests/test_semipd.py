@@ -6,15 +6,18 @@ from functools import cache
 
 import numpy as np
 import pytest
+from properties_lib import case_of, run_case, with_kv_tokens
 
 from servesim import disagg as D
+from servesim.cluster import Cluster
 from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.metrics import Slo
+from servesim.metrics import ItlHistogram, Slo
 from servesim.model import load_model
 from servesim.predictor import BatchShape, Predictor
+from servesim.router import Router
 from servesim.semipd import INTERFERENCE, SemiPDController, SemiPDDeployment, lane_device
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import Deployment, build_pool, prepare, simulate
 from servesim.workload import LogNormal, Workload, synthetic
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
@@ -101,3 +104,119 @@ def test_controller_moves_the_split_and_bad_inputs_are_refused() -> None:
     with pytest.raises(ServesimError, match="min_share"):
         SemiPDController(SLO, min_share=0.9, max_share=0.5)
     assert np.isfinite(s["energy_j"]) and s["devices"] == 1
+
+
+# ---- regressions: lanes sharing a tight cache (issue 9, lost requests) ------------------------
+
+
+def _lanes(**fields) -> dict:
+    """A semi-PD case (tests/properties_lib.py) with a fixed split unless one is given."""
+    fields.setdefault("semipd", {"share": 0.5, "controller": False})
+    for k, v in (("interval_s", 0.5), ("window_s", 1.0), ("ttft_s", 1.0), ("tpot_s", 0.1)):
+        fields["semipd"].setdefault(k, v)
+    return case_of(kind="semipd", **fields)
+
+
+REGRESSIONS = {
+    # A lane waiting for room was woken only if it had queued prompts, not a started one: a
+    # prompt whose next chunk did not fit while the decode lane held the blocks never resumed.
+    "a started prompt waits for the other lane": _lanes(
+        model="facebook/opt-13b",
+        engine="sglang",
+        max_num_seqs=32,
+        max_num_batched_tokens=17,
+        kv_factor=2.0,
+        semipd={"share": 0.3, "controller": False},
+        prompts=[62, 175, 64, 90, 9, 196],
+        outputs=[156, 397, 134, 170, 364, 315],
+    ),
+    # Making room preempted every decode of the decode lane inside `_start_mixed`; the
+    # scheduler then started a decode stretch with none left (IndexError).
+    "making room empties the decode lane": _lanes(
+        device="l40s",
+        replicas=3,
+        chunked_prefill=True,
+        kv_factor=1.0,
+        router="session",
+        semipd={"share": 0.5, "controller": True, "ttft_s": 0.001, "tpot_s": 0.1},
+        prompts=[1330, 2153, 2197],
+        outputs=[338, 262, 363],
+        priorities=[1, 1, 0],
+    ),
+    # Each lane held part of a prompt (the decode lane recomputes the prompts it preempted) and
+    # neither could take its next chunk: the decode lane's now gives way.
+    "both lanes hold half a prompt": _lanes(
+        model="openai/gpt-oss-20b",
+        device="a100_sxm",
+        engine="trtllm",
+        replicas=2,
+        max_num_seqs=27,
+        max_num_batched_tokens=270,
+        chunked_prefill=True,
+        kv_factor=1.0,
+        policy={"name": "laps", "laps_threshold_tokens": 1},
+        router="least_kv",
+        semipd={"share": 0.95, "controller": False},
+        prompts=[704] * 5,
+        outputs=[392] * 5,
+        priorities=[2, 1, 1, 1, 1],
+    ),
+    # Under slack, a waiting prompt sorted before started ones it could not start beside.
+    "a slack queue on a cache for one prompt": _lanes(
+        model="Qwen/Qwen3-30B-A3B",
+        device="a100_sxm",
+        tp=4,
+        engine="sglang",
+        replicas=2,
+        max_num_seqs=28,
+        max_num_batched_tokens=61,
+        chunked_prefill=True,
+        kv_factor=1.0,
+        policy={
+            "name": "slack",
+            "class_slos": [(2.0, 0.05, None), (0.05, 0.005, 30.0)],
+            "estimator": ("trace", 0.5, 0.5, False),
+        },
+        semipd={"share": 0.5, "controller": True, "window_s": 0.1, "tpot_s": 0.02},
+        prompts=[258] * 3,
+        outputs=[8] * 3,
+        priorities=[2, 0, 0],
+    ),
+    # On a cache of one page the decode lane swapped its request out and, with the room it
+    # asked for (a page per running sequence besides the request's own), never took it back.
+    "a cache of one page swaps a request out and back": _lanes(
+        device="a100_sxm",
+        engine="trtllm",
+        kv_tokens=32,
+        policy={"name": "priority", "preemption": "swap"},
+        prompts=[4] * 6,
+        outputs=[8] * 6,
+        priorities=[0, 1, 2, 0, 1, 2],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(REGRESSIONS))
+def test_lanes_on_a_tight_shared_cache_serve_every_request(name: str) -> None:
+    """Regression (found by scripts/fuzz.py; each lost requests or raised before): two lanes
+    sharing a cache that holds one or two requests serve every request, each once with all its
+    tokens (run_case checks), within the wall-clock guard."""
+    assert run_case(REGRESSIONS[name], limit_s=10.0) is None
+
+
+def test_two_lanes_woken_together_never_hold_more_than_their_cache() -> None:
+    """Regression: when both lanes of a replica waited for room and were woken in one pass,
+    the second was given the room the first had just taken (its share was computed before),
+    so together they could hold more than the cache. Each lane's share is now recomputed after
+    the other starts. Here each lane has a 600-token prompt queued on a 1,000-token cache."""
+    req = prepare(Workload(np.zeros(2), np.full(2, 600), np.full(2, 10)), None, "round_robin")
+    base = with_kv_tokens(Deployment(LLAMA8, H100), 1000)
+    itl = ItlHistogram()
+    (p,), _ = build_pool(base, req, itl, role="prefill")
+    (d,), _ = build_pool(base, req, itl, role="decode")
+    for lane, rid in ((p, 0), (d, 1)):  # queued while idle (the decode lane recomputes prompts)
+        lane.waiting.append(rid)
+        lane.queued_tokens += 600
+    Cluster(req.table, [p], Router("round_robin"), decode=[d], pairs=[(p, d)])
+    assert p.next_t < np.inf  # the prefill lane started its prompt
+    assert p.fixed_blocks + d.fixed_blocks <= p.cfg.kv_blocks, (p.fixed_blocks, d.fixed_blocks)

@@ -134,9 +134,16 @@ class Cluster:
         d.kv_blocks = total - p.fixed_blocks
         p.kv_blocks = total - (d.kv_blocks - d.free_blocks())
         for lane in (p, d):
-            if lane.next_t == INF and lane.waiting:
+            if lane.next_t == INF and (lane.waiting or lane.prefilling):
                 lane.kick(self.now)
                 self._touch(lane)
+                # What the lane just took is no longer the other's to take.
+                d.kv_blocks = total - p.fixed_blocks
+                p.kv_blocks = total - (d.kv_blocks - d.free_blocks())
+        if p.next_t == INF and d.next_t == INF and p.prefilling and d.prefilling and d.give_way():
+            # Each lane holds part of a prompt and neither can take its next chunk: the decode
+            # lane's (a preempted request it recomputes) waits, the prefill lane goes on.
+            self.sync_pair(p, d)
 
     def schedule_tick(self, t: float, which: int, kind: int = 0) -> None:
         """Ask for a controller callback at time t (controllers call this to repeat)."""

@@ -272,7 +272,7 @@ class PolicyState:
         tab = self.table
         slo = self.slo_of(rid)
         gen = tab.generated[rid]
-        prefill = (tab.prompt_tokens[rid] + max(0, gen - 1)) * self.prefill_s_per_token
+        prefill = (tab.prompt_tokens[rid] + gen) * self.prefill_s_per_token
         first = tab.first_token_s[rid]
         if gen > 0 and first >= 0:  # preempted: recompute first
             if first - tab.arrival_s[rid] > slo.ttft_s:

@@ -100,6 +100,7 @@ class Replica:
         "itl",
         "join_order",
         "join_seq",
+        "joined",
         "kv_blocks",
         "lagged",
         "last_decode_end",
@@ -166,6 +167,9 @@ class Replica:
         self.G = 0
         self.off: dict[int, int] = {}  # rid -> private cached tokens minus G
         self.finish_heap: list[tuple[int, int, int]] = []  # (finish G, join order, rid)
+        # rid -> join order of its current finish_heap entry: entries of earlier stays (a
+        # request preempted, swapped or migrated and back) are stale and skipped.
+        self.joined: dict[int, int] = {}
         self.join_order: list[int] = []  # rids in admission order (for preemption)
         self.join_seq = 0
         self.off_sum = 0
@@ -364,15 +368,45 @@ class Replica:
             self._unpin(rid)
         tab = self.table
         self.outstanding_tokens -= tab.prompt_tokens[rid] + tab.output_tokens[rid]
-        if self.next_t == INF and self.waiting:  # freed blocks may let a waiting prompt in
-            self.now = max(self.now, t)
+        if self.next_t == INF and (self.waiting or self.prefilling):
+            self.now = max(self.now, t)  # freed blocks may let a prompt (or its next chunk) in
             self._schedule()
+        else:  # the time series sees the blocks go now (a partner may take them at once)
+            n_run = len(self.off)
+            self.samples.extend(
+                (
+                    max(self.now, t),
+                    n_run + len(self.prefilling),
+                    self.off_sum + n_run * self.G + self.fixed_blocks * self.cfg.block_size,
+                )
+            )
 
     def kick(self, t: float) -> None:
         """Reconsider the queue at time t if idle (blocks may have been freed elsewhere)."""
         if self.next_t == INF:
             self.now = max(self.now, t)
             self._schedule()
+
+    def give_way(self) -> bool:
+        """Idle and holding partial prefills that cannot go on: send the most recently admitted
+        one (not an interrupted one) back to the queue, to be recomputed, so that a partner
+        lane sharing the cache gets its blocks. False if there is none to preempt."""
+        pre = self.prefilling
+        if self.next_t != INF:
+            return False
+        for i in range(len(pre) - 1, -1, -1):
+            rid, _, _, blocks, _ = pre[i]
+            if rid in self.suspended_rids:
+                continue
+            del pre[i]
+            self.fixed_blocks -= blocks
+            if self.pins:
+                self._unpin(rid)
+            self.table.preemptions[rid] += 1
+            self.waiting.appendleft(rid)
+            self.queued_tokens += self._recompute_tokens(rid)
+            return True
+        return False
 
     def detach(self, rid: int, t: float) -> tuple[list[int], int, float]:
         """Stop a decoding request at the first step boundary at or after t and remove it
@@ -441,10 +475,10 @@ class Replica:
         if shared:
             self.shared[rid] = shared
             self.shared_sum += shared
-        self.join_seq += 1
+        self.join_seq = seq = self.join_seq + 1
+        self.joined[rid] = seq
         heapq.heappush(
-            self.finish_heap,
-            (self.G + tab.output_tokens[rid] - tab.generated[rid], self.join_seq, rid),
+            self.finish_heap, (self.G + tab.output_tokens[rid] - tab.generated[rid], seq, rid)
         )
         self.join_order.append(rid)
         if self.fresh and self.fresh[-1][0] == t_token:
@@ -456,6 +490,7 @@ class Replica:
     def _leave(self, rid: int) -> int:
         """Remove a request from the decode group; returns its cached tokens."""
         off = self.off.pop(rid)
+        del self.joined[rid]
         self.off_sum -= off
         self.blocks.remove(off)
         if self.shared:
@@ -480,16 +515,18 @@ class Replica:
         self.fresh_n = 0
 
     def _pop_finished(self, end: float, done: list[int]) -> None:
-        heap, tab, off = self.finish_heap, self.table, self.off
+        heap, tab, joined = self.finish_heap, self.table, self.joined
         g = self.G
         while heap and heap[0][0] <= g:
-            _, _, rid = heapq.heappop(heap)
-            if rid not in off:
-                continue  # preempted or migrated earlier: stale entry
-            self._leave(rid)
+            _, seq, rid = heapq.heappop(heap)
+            if joined.get(rid) != seq:
+                continue  # of a stay that ended in a preemption or migration: stale
+            # The tokens the group's steps made (the conservation check compares them with
+            # the request's output length: a finish out of step shows there).
+            tab.generated[rid] = self._leave(rid) - tab.prompt_tokens[rid] + 1
             if self.pins:
                 self._unpin(rid)
-            tab.generated[rid] = out = tab.output_tokens[rid]
+            out = tab.output_tokens[rid]
             tab.finish_s[rid] = end
             if self.attached_load:
                 self.outstanding_tokens -= self._load_of(rid)
@@ -510,9 +547,10 @@ class Replica:
 
     def _recompute_tokens(self, rid: int) -> int:
         """Tokens a queued request prefills when admitted: its prompt, plus the tokens it had
-        generated before a preemption (all but the last, which is the next input)."""
-        gen = self.table.generated[rid]
-        return self.table.prompt_tokens[rid] + (gen - 1 if gen > 0 else 0)
+        generated before a preemption (vLLM recomputes them all, the last one included, and
+        samples the next: the cache then holds prompt + generated − 1 tokens, as when it
+        decodes)."""
+        return self.table.prompt_tokens[rid] + self.table.generated[rid]
 
     def _preempt_one(self) -> bool:
         """Preempt a running request (vLLM: the most recently admitted; else the policy's
@@ -529,7 +567,7 @@ class Replica:
                 tab.generated[rid] = cached - tab.prompt_tokens[rid] + 1
                 tab.preemptions[rid] += 1
                 self.waiting.appendleft(rid)
-                self.queued_tokens += cached
+                self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
                 return True
         if self.prefilling:
             rid, _, _, blocks, _ = self.prefilling.pop()
@@ -602,7 +640,7 @@ class Replica:
             return
         if (n_pre or (self.waiting and n_run + n_pre < cfg.max_num_seqs)) and self._start_mixed():
             return
-        if n_run:
+        if self.off:  # (`_start_mixed` may have preempted every decode to make room)
             self._start_decode()
             return
         if self.waiting and not self.prefilling:
@@ -716,8 +754,7 @@ class Replica:
             seqs = n_dec + len(prefilling)
             while waiting and budget > 0 and seqs < cfg.max_num_seqs:
                 rid = waiting[0]
-                gen = tab.generated[rid]
-                target = tab.prompt_tokens[rid] + (gen - 1 if gen > 0 else 0)
+                target = tab.prompt_tokens[rid] + tab.generated[rid]
                 if target > budget and not cfg.chunked_prefill:
                     break
                 n = target if target < budget else budget
@@ -769,8 +806,7 @@ class Replica:
         seqs = n_dec + len(self.prefilling)
         while waiting and budget > 0 and seqs < cfg.max_num_seqs:
             rid = waiting[0]
-            gen = tab.generated[rid]
-            target = tab.prompt_tokens[rid] + (gen - 1 if gen > 0 else 0)
+            target = tab.prompt_tokens[rid] + tab.generated[rid]
             k, pin = self._prefix_lookup(rid, target, free)
             shared = k * prefix.block_tokens
             todo = target - shared
@@ -849,9 +885,9 @@ class Replica:
 
     def _start_decode(self) -> None:
         """Start a stretch of decode-only steps up to the next finish or cache limit."""
-        heap, off = self.finish_heap, self.off
-        while heap[0][2] not in off:
-            heapq.heappop(heap)  # stale entries of preempted requests
+        heap, off, joined = self.finish_heap, self.off, self.joined
+        while joined.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)  # stale entries of preempted or migrated requests
         g = self.G
         k = heap[0][0] - g
         n = len(off)
@@ -866,7 +902,7 @@ class Replica:
             if not n:
                 self._schedule()
                 return
-            while heap[0][2] not in off:
+            while joined.get(heap[0][2]) != heap[0][1]:
                 heapq.heappop(heap)
             k = self.blocks.steps_that_fit(g, cap, heap[0][0] - g)
         if self.lagged:
@@ -1044,8 +1080,13 @@ class Replica:
             rid = waiting[0]
             cached, t_last = self.swapped[rid]
             need = -(-cached // bs)
+            # Room for the group's next step and a block of headroom per sequence; with
+            # nothing decoding, room for its own next token is enough (else a tight cache
+            # would keep it out for ever).
             held = self.blocks.blocks_at(self.G + 1) if self.off else 0
-            if need + held + self.fixed_blocks + len(self.off) + 1 > self.kv_blocks:
+            if need + held + self.fixed_blocks + len(self.off) + 1 > self.kv_blocks and (
+                self.off or -(-(cached + 1) // bs) + self.fixed_blocks > self.kv_blocks
+            ):
                 return
             if len(self.off) + len(self.prefilling) >= self.cfg.max_num_seqs:
                 return
@@ -1091,11 +1132,15 @@ class Replica:
         chunks: list[tuple[list[int], int]] = []
         shapes: list[tuple[int, int]] = []
         waiting, tab, prefix = self.waiting, self.table, self.prefix
+        # Once the head of the queue cannot start, the partial prefills still take their
+        # turn (else a head waiting for a free sequence slot would stall the very prefills
+        # that would free one).
+        blocked = False
         while True:
             left = budget - n_dec_now() - sum(n for _, n in chunks)
             if left <= 0:
                 break
-            if pi < len(pre) and (not waiting or pre[pi][0] <= waiting.head_key()):
+            if pi < len(pre) and (blocked or not waiting or pre[pi][0] <= waiting.head_key()):
                 _, _, entry = pre[pi]
                 pi += 1
                 if entry[0] in chosen or entry not in self.prefilling:
@@ -1113,19 +1158,20 @@ class Replica:
                 shapes.append((n, done))
                 klass = batch_class(entry[0]) if classes else klass
                 continue
-            if not waiting:
+            if blocked or not waiting:
                 break
             rid = waiting[0]
-            if rid in self.swapped:
-                break  # waits for its blocks in `_swap_in`
+            if rid in self.swapped:  # waits for its blocks in `_swap_in`
+                blocked = True
+                continue
             if classes and klass is not None and batch_class(rid) != klass:
-                break
+                blocked = True
+                continue
             if len(off) + len(self.prefilling) >= cfg.max_num_seqs:
                 if not (preempts and self._preempt_victim(waiting.head_key(), chosen) is not None):
-                    break
+                    blocked = True
                 continue
-            gen = tab.generated[rid]
-            target = tab.prompt_tokens[rid] + (gen - 1 if gen > 0 else 0)
+            target = tab.prompt_tokens[rid] + tab.generated[rid]
             free = free_now()
             shared = k = pin = 0
             if prefix is not None:
@@ -1133,13 +1179,20 @@ class Replica:
                 shared = k * prefix.block_tokens
             todo = target - shared
             if todo > left and not cfg.chunked_prefill:
-                break
+                blocked = True
+                continue
             n = min(todo, left)
             need = -(-n // bs)
-            if need + pin > free:
-                if preempts and self._preempt_victim(waiting.head_key(), chosen) is not None:
-                    continue
-                break
+            # A new prompt starts only if its whole prefill fits beside what the partial
+            # prefills hold and still need: this order, unlike FCFS's, lets a newcomer pass the
+            # prompts already started, and an urgent newcomer taking every chunk's budget and an
+            # older prompt holding the blocks it needs would wait for each other for ever.
+            for e in self.prefilling:
+                free -= max(0, -(-(e[2] - e[4]) // bs) - e[3])
+            if -(-todo // bs) + pin > free:
+                if not (preempts and self._preempt_victim(waiting.head_key(), chosen) is not None):
+                    blocked = True
+                continue
             waiting.popleft()
             if prefix is not None:
                 self._pin(rid, k, target)

@@ -281,6 +281,12 @@ def build_pool(
     if dep.policy is not None and not dep.policy.is_fcfs:
         ps = PolicyState(dep.policy, req.table, pred)
     caching = req.hashes is not None and req.block_tokens > 0 and dep.uses_prefix_cache()
+    if caching and req.block_tokens % e.block_size:
+        raise ServesimError(
+            f"The workload's prefix hash blocks of {req.block_tokens} tokens do not fill whole "
+            f"KV pages of {e.block_size} tokens ({e.name}); give hash ids per multiple of "
+            "the page size (Mooncake traces use 512) or turn prefix caching off."
+        )
     n = (dep.replicas if count is None else count) * pp
     reps = [
         Replica(
