@@ -15,9 +15,10 @@ from servesim.metrics import Slo
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.simulator import Deployment, simulate
-from servesim.workload import Workload
+from servesim.workload import Workload, synthetic
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
+H100 = get_device("h100_sxm")
 L4 = get_device("l4")  # a small GPU: one replica serves ~0.2 req/s of this workload
 SLO = Slo(2.0, 0.1)
 MAX = 16
@@ -104,3 +105,18 @@ def test_cold_start_is_start_up_plus_weights_over_load_bandwidth() -> None:
         Autoscaler("vibes")
     with pytest.raises(ServesimError, match="min_replicas"):
         Autoscaler(min_replicas=3, max_replicas=2)
+
+
+def test_utilisation_and_kv_use_are_shares_of_the_replicas_provisioned() -> None:
+    """Regression (issue 9): an autoscaled pool is built with max_replicas replicas, and its
+    utilisation and mean KV use were divided by all of them, parked or not: a pool that never
+    grew past one replica reported a quarter of that replica's figures. Both are now shares of
+    the replica-time (and KV cache) provisioned, so it reports exactly the fixed replica's."""
+    w = synthetic(200, 2.0, 2000, 300, seed=1)
+    fixed = simulate(Deployment(LLAMA8, H100), w).summary()
+    never_grows = Autoscaler("queue", 1000, 1, 4)  # 1,000 requests per replica before adding
+    auto = simulate(Deployment(LLAMA8, H100, autoscaler=never_grows), w).summary()
+    assert auto["scale_events"] == [[0.0, 1]]
+    for key in ("utilisation", "mean_kv_use", "mean_batch_size"):
+        assert auto[key] == pytest.approx(fixed[key], rel=1e-9), key
+    assert 0.5 < fixed["utilisation"] <= 1.0 and 0 < fixed["mean_kv_use"] < 1.0

@@ -150,6 +150,9 @@ class SimResult:
     series: dict[str, np.ndarray]
     wall_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # mechanism figures for the summary
+    # Replica-time provisioned between the first arrival and the last finish (autoscaled runs;
+    # None: every replica was up the whole span).
+    provisioned_replica_s: float | None = None
     _columns: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -165,6 +168,9 @@ class SimResult:
         dep = self.deployment
         span = s["duration_s"]
         busy = sum(r["busy_s"] for r in self.replica_stats)
+        up_s = self.provisioned_replica_s
+        if up_s is None:
+            up_s = span * len(self.replica_stats)
         energy = sum(r["energy_j"] for r in self.replica_stats)
         out_tokens = max(1, int(cols["generated_tokens"].sum()))
         all_tokens = out_tokens + int(cols["prompt_tokens"][cols["finish_s"] >= 0].sum())
@@ -179,7 +185,8 @@ class SimResult:
                 "joules_per_token": energy / max(1, all_tokens),
                 "output_tokens_per_joule": out_tokens / max(energy, 1e-12),
                 "mean_power_w": energy / max(span, 1e-12),
-                "utilisation": busy / max(span * len(self.replica_stats), 1e-12),
+                # busy share of the replica-time provisioned (not of the largest pool)
+                "utilisation": busy / max(up_s, 1e-12),
                 "mean_batch_size": _time_mean(self.series["t_s"], self.series["running"]),
                 "mean_kv_use": _time_mean(self.series["t_s"], self.series["kv_use"]),
                 "kv_tokens_per_replica": self.memory.kv_tokens,
@@ -424,6 +431,7 @@ def result(
     t_all: list[np.ndarray] = []
     run_all: list[np.ndarray] = []
     kv_all: list[np.ndarray] = []
+    caps: list[float] = []
     end = max((r.now for r in reps), default=0.0)
     device_s = 0.0
     price_s = 0.0
@@ -446,8 +454,18 @@ def result(
         samples = np.array(r.samples, dtype=np.float64).reshape(-1, 3)
         t_all.append(samples[:, 0])
         run_all.append(samples[:, 1])
-        kv_all.append(samples[:, 2] / max(1, r.cfg.kv_blocks * r.cfg.block_size))
-    res.series = _merge_series(t_all, run_all, kv_all)
+        kv_all.append(samples[:, 2])
+        # KV tokens this engine's share of its replica's cache holds (pipeline stages hold a
+        # slice each; semi-PD lanes share one cache, each counted for half)
+        caps.append(r.cfg.kv_blocks * r.cfg.block_size * r.idle_share * r.pp)
+    res.series = _merge_series(t_all, run_all, kv_all, caps, [r.provisioned for r in reps])
+    if stats is not None and stats.scale_events:
+        cols = res.columns()
+        start = float(cols["arrival_s"].min())
+        stop = float(cols["finish_s"].max())
+        res.provisioned_replica_s = sum(
+            max(0.0, min(b, stop) - max(a, start)) for r in reps for a, b in r.provisioned
+        )
     info: dict[str, Any] = dict(extra or {})
     caches = [r.prefix for r in reps if r.prefix is not None]
     if caches:
@@ -481,17 +499,32 @@ def result(
 
 
 def _merge_series(
-    t_all: list[np.ndarray], run_all: list[np.ndarray], kv_all: list[np.ndarray], points: int = 2000
+    t_all: list[np.ndarray],
+    run_all: list[np.ndarray],
+    kv_all: list[np.ndarray],
+    caps: list[float],
+    provisioned: list[list[list[float]]],
+    points: int = 2000,
 ) -> dict[str, np.ndarray]:
-    """Cluster-wide batch size (sum) and KV use (mean) on a common time grid."""
+    """Cluster-wide batch size (sum) and KV use on a common time grid: the KV tokens held over
+    the KV tokens of the replicas provisioned at that time (an autoscaled pool's parked
+    replicas count for nothing)."""
     t_end = max((float(t[-1]) for t in t_all if len(t)), default=0.0)
     grid = np.linspace(0.0, t_end, points) if t_end > 0 else np.zeros(1)
     running = np.zeros_like(grid)
-    kv = np.zeros_like(grid)
-    for t, r, k in zip(t_all, run_all, kv_all, strict=True):
+    held = np.zeros_like(grid)
+    cap = np.zeros_like(grid)
+    for t, r, k, c, spans in zip(t_all, run_all, kv_all, caps, provisioned, strict=True):
+        up = np.zeros(len(grid), dtype=bool)
+        for a, b in spans:
+            up |= (grid >= a) & (grid <= b)
+        cap += c * up
         if not len(t):
             continue
-        idx = np.clip(np.searchsorted(t, grid, side="right") - 1, 0, len(t) - 1)
-        running += r[idx]
-        kv += k[idx]
-    return {"t_s": grid, "running": running, "kv_use": kv / max(1, len(t_all))}
+        idx = np.searchsorted(t, grid, side="right") - 1
+        seen = idx >= 0  # before its first scheduling decision a replica holds nothing
+        idx = np.maximum(idx, 0)
+        running += r[idx] * seen
+        held += k[idx] * (up & seen)
+    kv = np.divide(held, cap, out=np.zeros_like(grid), where=cap > 0)
+    return {"t_s": grid, "running": running, "kv_use": kv}
