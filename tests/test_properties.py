@@ -1,0 +1,33 @@
+"""Properties of every simulation, over random deployments × engines × batching limits ×
+policies × routers × prefix caching × migration × autoscaling × disaggregation and semi-PD ×
+open and closed loops (tests/properties_lib.py draws the cases and checks them; scripts/fuzz.py
+runs the same for longer). Each run is under a wall-clock limit, so a hang fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from properties_lib import HypothesisPicker, draw_case, run_case
+
+
+@st.composite
+def cases(draw: Any) -> dict[str, Any]:
+    return draw_case(HypothesisPicker(draw))
+
+
+@settings(
+    max_examples=1000,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(cases())
+def test_every_request_finishes_once_with_its_tokens_in_order(case: dict[str, Any]) -> None:
+    """Every request finished exactly once with all its output tokens, its first token at or
+    after its arrival and at or before its end, closed loops within their client count, the
+    summary finite, a repeated run identical, and no run longer than a few seconds; a
+    deployment that does not fit is refused with a ServesimError (returned, not raised)."""
+    run_case(case, limit_s=5.0)
