@@ -7,8 +7,9 @@ shrink), a seeded `random.Random` in the fuzz script (so it runs long, counts fa
 on). `run_case` builds the deployment and workload, simulates under a wall-clock guard and
 checks: every request finished exactly once, all its output tokens generated, its first token
 at or after its arrival and at or before its end (TTFT ≤ E2E), closed loops never have more
-requests in flight than clients, every number of the summary is finite, and (when the case
-asks) a second run gives identical columns. `ServesimError` (a deployment that does not fit, a
+requests in flight than clients, no replica busy longer than it was provisioned, every number
+of the summary finite (utilisation and KV use at most 1), and (when the case asks) a second run
+gives identical columns. `ServesimError` (a deployment that does not fit, a
 TP that does not divide the heads) is an expected outcome, counted by kind, never a failure.
 """
 
@@ -475,6 +476,9 @@ def check_result(res: Any, work: Workload | None, closed: ClosedLoop | None) -> 
         order = np.lexsort((step, t))  # at equal times, finishes first
         if np.cumsum(step[order]).max() > closed.clients:
             raise PropertyFailure(f"more than {closed.clients} requests in flight")
+    for r in res.replica_stats:
+        if r["busy_s"] > r["provisioned_s"] + 1e-9:
+            raise PropertyFailure(f"replica {r['replica']} busy longer than provisioned: {r}")
     reps = {r["replica"] for r in res.replica_stats}
     if not set(np.unique(c["replica"]).tolist()) <= reps:
         raise PropertyFailure("a request finished on a replica that does not exist")

@@ -6,6 +6,7 @@ from functools import cache
 
 import numpy as np
 import pytest
+from properties_lib import build, case_of, run_case
 
 from servesim.autoscale import Autoscaler, diurnal
 from servesim.devices import get_device
@@ -120,3 +121,37 @@ def test_utilisation_and_kv_use_are_shares_of_the_replicas_provisioned() -> None
     for key in ("utilisation", "mean_kv_use", "mean_batch_size"):
         assert auto[key] == pytest.approx(fixed[key], rel=1e-9), key
     assert 0.5 < fixed["utilisation"] <= 1.0 and 0 < fixed["mean_kv_use"] < 1.0
+
+
+def test_a_replica_is_not_released_while_a_migration_to_it_is_in_flight() -> None:
+    """Regression (found by scripts/fuzz.py: utilisation 1.38): a drained replica was released
+    as soon as it held no request, though a live migration to it was still copying; the request
+    then ran 7.5 s on a replica provisioned for 16 ms. Release now waits for the copy."""
+    case = case_of(
+        device="l40s",
+        engine="sglang",
+        replicas=2,
+        max_num_seqs=15,
+        chunked_prefill=True,
+        kv_factor=1.3,
+        migration={"interval_s": 0.01, "high_steps": 1000.0, "max_inflight": 2, "pick": "last"},
+        autoscaler={
+            "metric": "forecast",
+            "target": 1.0,
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "interval_s": 0.01,
+            "window_s": 0.1,
+            "scale_down_delay_s": 0.05,
+            "startup_s": 0.0,
+        },
+        prompts=[1329, 2525, 1556, 1915, 603],
+        outputs=[353, 78, 257, 234, 171],
+        arrivals=[0.0, 0.00325, 0.004, 0.00443, 0.00559],
+    )
+    dep, work, _ = build(case)
+    res = simulate(dep, work)
+    assert res.summary()["migrations"] >= 1
+    for r in res.replica_stats:  # nobody works longer than it is paid for
+        assert r["busy_s"] <= r["provisioned_s"] + 1e-9, r
+    assert run_case(case) is None  # and every other property holds

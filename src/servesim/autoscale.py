@@ -112,10 +112,14 @@ class AutoscaleController:
         for g, s in self.state.items():
             if s == "starting" and self.groups[g][0].provisioned[-1][0] + self.cold_s <= t + 1e-9:
                 self.state[g] = "up"
-        # Drained replicas are released once empty.
+        # Drained replicas are released once empty, with no live migration to or from them in
+        # flight (one landing on a released replica would run there unpaid for).
+        moving = cluster.migrating_reps
         for g, s in self.state.items():
             members = self.groups[g]
-            if s == "draining" and all(r.num_requests == 0 and r.next_t == INF for r in members):
+            if s == "draining" and all(
+                r.num_requests == 0 and r.next_t == INF and r.index not in moving for r in members
+            ):
                 self.state[g] = "off"
                 for r in members:
                     r.provisioned[-1][1] = max(r.now, r.provisioned[-1][0])
