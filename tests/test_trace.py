@@ -3,6 +3,7 @@ one-sentence errors that name the file and line."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -509,6 +510,24 @@ def test_priority_and_hash_ids_must_fit_64_bits(tmp_path: Path) -> None:
         read_mooncake_jsonl(write(tmp_path, "m.jsonl", row))
 
 
+@pytest.mark.parametrize(
+    "ids, problem",
+    [
+        ("[1, null]", "hash_ids entry None is not an integer"),
+        ("null", "hash_ids None is not a list of integers"),
+        ('[1, "2"]', None),  # a number as text is a number, as before
+    ],
+)
+def test_mooncake_hash_ids(tmp_path: Path, ids: str, problem: str | None) -> None:
+    good = '{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [0, 1]}'
+    path = write(tmp_path, "m.jsonl", good + "\n" + good.replace("[0, 1]", ids) + "\n")
+    if problem is None:
+        assert read_mooncake_jsonl(path).prefix_hashes == [[0, 1], [1, 2]]
+        return
+    with pytest.raises(ServesimError, match=rf"^line 2 of .*{re.escape(problem)}"):
+        read_mooncake_jsonl(path)
+
+
 def test_times_too_far_apart_name_the_line(tmp_path: Path) -> None:
     ms = write(
         tmp_path, "ms.csv", "timestamp_ms,prompt_tokens,output_tokens\n-1e308,1,1\n1e308,1,1\n"
@@ -569,6 +588,10 @@ def test_non_utf8_file_gets_one_sentence_with_the_line(tmp_path: Path) -> None:
     jsonl.write_bytes(b'{"arrival_s": 0, "prompt_tokens": 1, "output_tokens": 1, "who": "\xe9"}\n')
     with pytest.raises(ServesimError, match=r"is not UTF-8 text \(line 1\)"):
         read_trace(jsonl)
+    packed = tmp_path / "trace.csv.gz"
+    packed.write_bytes(gzip.compress(AZURE_HEADER.encode()))
+    with pytest.raises(ServesimError, match=r"is gzip-compressed; decompress it \(gunzip\) first"):
+        read_trace(packed)
     header = tmp_path / "header.csv"
     header.write_bytes(b"TIMESTAMP,ContextTokens,GeneratedTokens\xff\n")
     with pytest.raises(ServesimError, match=r"is not UTF-8 text \(line 1\)"):

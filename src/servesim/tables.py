@@ -123,6 +123,11 @@ def read_head(src: Source, start: int = 0, line: int = 1) -> Head | None:
     with _open(src) as fh:
         fh.seek(start)
         buf = _read(src, fh, max(BLOCK_BYTES, len(codecs.BOM_UTF8)))
+        if start == 0 and buf.startswith(b"\x1f\x8b"):
+            raise ServesimError(
+                f"{src.kind.capitalize()} file {src.origin!r} is gzip-compressed; "
+                "decompress it (gunzip) first."
+            )
         base = start  # file offset of buf[0]
         pos = len(codecs.BOM_UTF8) if start == 0 and buf.startswith(codecs.BOM_UTF8) else 0
         eof = False

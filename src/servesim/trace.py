@@ -238,15 +238,9 @@ def _arrow_text_priority(col: pa.ChunkedArray) -> np.ndarray | None:
 
 
 def _arrow_hash_lists(col: pa.ChunkedArray) -> list[list[int]] | None:
-    out: list[list[int]] = []
-    for chunk in col.chunks:
-        flat = chunk.flatten()
-        if chunk.null_count or flat.null_count:
-            return None
-        values = flat.to_numpy().tolist()
-        offsets = pc.subtract(chunk.offsets, chunk.offsets[0]).to_numpy().tolist()
-        out.extend(values[a:b] for a, b in itertools.pairwise(offsets))
-    return out
+    if col.null_count or any(chunk.flatten().null_count for chunk in col.chunks):
+        return None
+    return col.to_pylist()
 
 
 def _complete(cols: Columns) -> Columns | None:
