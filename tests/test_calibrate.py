@@ -98,6 +98,41 @@ def test_missing_column_and_empty_file(tmp_path):
         calibrate.load_tables(tmp_path)
 
 
+def test_table_text_problems_get_one_sentence(tmp_path):
+    f = tmp_path / "gemm_perf.csv"
+    f.write_bytes((GEMM_HEADER + GEMM_ROW.format(m=1, lat=0.01)).encode() + b"\xe9\n")
+    with pytest.raises(ServesimError, match=r"^Table file .* is not UTF-8 text \(line 3\)"):
+        calibrate.load_tables(tmp_path)
+    _write(f, GEMM_HEADER + GEMM_ROW.format(m="9" * 300_000, lat=0.01))
+    with pytest.raises(ServesimError) as err:  # csv's 128 KB cell limit was a traceback
+        calibrate.load_tables(tmp_path)
+    msg = str(err.value)
+    assert "line 2: column 'm' is '9999" in msg and len(msg) < 200
+    for bad in ("inf", "-inf", "1e999"):
+        _write(f, GEMM_HEADER + GEMM_ROW.format(m=4, lat=bad))
+        with pytest.raises(ServesimError, match=rf"line 2: column 'latency' is '{bad}', not a"):
+            calibrate.load_tables(tmp_path)
+
+
+def test_table_shapes_read_as_plain(tmp_path):
+    """A BOM, CRLF, blank lines, rows of empty cells and a 300 KB quoted cell read as the
+    plain table does; line numbers count every line."""
+    rows = [GEMM_ROW.format(m=m, lat=0.01 * m) for m in (1, 2, 3)]
+    _write(tmp_path / "gemm_perf.csv", GEMM_HEADER + "".join(rows))
+    plain = calibrate.load_tables(tmp_path)["gemm_perf"]
+    note = '"' + "x" * 300_000 + '"'
+    shaped = GEMM_HEADER.replace("\n", "\r\n")
+    shaped += rows[0].replace("torch", note).replace("\n", "\r\n") + "\r\n,,,,,,,,,\r\n"
+    shaped += rows[1] + rows[2]
+    (tmp_path / "gemm_perf.csv").write_bytes(b"\xef\xbb\xbf" + shaped.encode())
+    table = calibrate.load_tables(tmp_path)["gemm_perf"]
+    for col in ("m", "n", "k", "latency"):
+        assert np.array_equal(table[col], plain[col]), col
+    _write(tmp_path / "gemm_perf.csv", shaped + GEMM_ROW.format(m="x", lat=1))
+    with pytest.raises(ServesimError, match=r"gemm_perf\.csv line 7: column 'm' is 'x'"):
+        calibrate.load_tables(tmp_path)
+
+
 def test_missing_or_empty_folders(tmp_path):
     with pytest.raises(ServesimError, match="does not exist"):
         calibrate.load_tables(tmp_path / "nope")

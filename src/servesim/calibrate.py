@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from servesim import kernels
+from servesim import kernels, tables
 from servesim.devices import Device, get_device
 from servesim.errors import ServesimError
 from servesim.kernels import KernelFit
@@ -117,32 +116,39 @@ KV_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "fp16": "fp16", "bf16": "bf1
 
 
 # ---- reading ------------------------------------------------------------------------------------
+def _shown(cell: str) -> str:
+    """A cell as an error shows it, cut short so a huge cell cannot flood the message."""
+    text = repr(cell)
+    return text if len(text) <= 40 else text[:36] + "...'"
+
+
 def read_csv(
     path: str | Path, columns: dict[str, str], optional: dict[str, tuple[str, Any]] | None = None
 ) -> Table:
-    """Read the named columns of a CSV; errors name the file, the line and the column."""
+    """Read the named columns of a CSV; errors name the file, the line and the column.
+
+    The shared block reader (servesim.tables) gives one sentence for a file that is not UTF-8,
+    a cell of megabytes or a line that never ends; these tables have thousands of rows, so
+    each is checked row by row."""
     p = Path(path)
     optional = optional or {}
+    src = tables.Source(p, str(p), "table")
     try:
-        with p.open(newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise ServesimError(f"{p} line 1: the file is empty; expected a header row.")
-            header = [h.strip() for h in header]
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise ServesimError(
-                    f"{p} line 1: missing column {missing[0]!r}; add it to the header "
-                    f"(needed: {', '.join(columns)})."
-                )
-            wanted = {**columns, **{c: kind for c, (kind, _) in optional.items() if c in header}}
-            index = {c: header.index(c) for c in wanted}
-            values: dict[str, list[Any]] = {c: [] for c in wanted}
-            for row in reader:
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                line = reader.line_num
+        head = tables.read_head(src)
+        if head is None:
+            raise ServesimError(f"{p} line 1: the file is empty; expected a header row.")
+        header = [h.strip() for h in tables.split_row(head.text, head.line)]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ServesimError(
+                f"{p} line {head.line}: missing column {missing[0]!r}; add it to the header "
+                f"(needed: {', '.join(columns)})."
+            )
+        wanted = {**columns, **{c: kind for c, (kind, _) in optional.items() if c in header}}
+        index = {c: header.index(c) for c in wanted}
+        values: dict[str, list[Any]] = {c: [] for c in wanted}
+        for block in tables.blocks(src, head.end, head.line + 1, quoted=True):
+            for line, row in tables.csv_rows(block):
                 for col, kind in wanted.items():
                     i = index[col]
                     cell = row[i].strip() if i < len(row) else ""
@@ -153,14 +159,15 @@ def read_csv(
                             val = math.nan
                         if not math.isfinite(val):
                             raise ServesimError(
-                                f"{p} line {line}: column {col!r} is {cell!r}, not a finite "
-                                "number; fix or remove that row."
+                                f"{p} line {line}: column {col!r} is {_shown(cell)}, not a "
+                                "finite number; fix or remove that row."
                             )
                         values[col].append(val)
                     else:
                         values[col].append(cell)
-    except OSError as exc:
-        raise ServesimError(f"Cannot read {p} ({exc.strerror}); check the path.") from None
+    except tables.LineError as exc:
+        problem = f"{p} line {exc.line}: {exc.problem}"
+        raise ServesimError(f"{problem}; fix or remove that row.") from None
     table: Table = {}
     n_rows = len(next(iter(values.values()))) if values else 0
     for col, kind in wanted.items():
