@@ -129,3 +129,7 @@ def test_runs_are_named_by_their_folder_and_the_title_says_each_label_once(tmp_p
     assert code == 0 and "sim (A) vs sim (B)" in out and "(A) (A)" not in out
     header = (tmp_path / "c2" / "comparison.csv").read_text().splitlines()[0]
     assert "sim (A)" in header and "sim (B)" in header
+    # Labels are the user's text, printed as written (brackets are not terminal markup).
+    labels = ["--labels", "[red]x", "[/b]"]
+    code, out, _ = _cli(["compare", str(a), str(b), *labels, "--out", str(tmp_path / "c3")], capsys)
+    assert code == 0 and "[red]x (A) vs [/b] (B)" in out

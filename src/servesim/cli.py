@@ -21,10 +21,12 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from servesim import cli_measure, cli_plan, config, mechanisms
 from servesim.config import (
     Misuse,
+    NonEmpty,
     NonNegInt,
     PosFloat,
     PosInt,
@@ -37,7 +39,8 @@ from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.mechanisms import MechanismSettings
 
-console = Console()
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
 
 
 def _parse_chunk(text: str) -> tuple[int, int]:
@@ -68,20 +71,20 @@ def _listed_chunks(v: Any) -> Any:
 class DeploymentSettings(Settings):
     """What one replica is: model, device, parallel layout, engine and batching limits."""
 
-    model: str = "meta-llama/Llama-3.1-8B"
-    device: str = "h100_sxm"
-    devices: str | None = None
+    model: NonEmpty = "meta-llama/Llama-3.1-8B"
+    device: NonEmpty = "h100_sxm"
+    devices: NonEmpty | None = None
     tp: PosInt = 1
     pp: PosInt = 1
     ep: PosInt = 1
     dp: PosInt = 1
-    engine: str = "vllm"
+    engine: NonEmpty = "vllm"
     max_num_seqs: PosInt | None = None
     max_num_batched_tokens: PosInt | None = None
     chunked_prefill: bool | None = None
-    weight_dtype: str | None = None
-    kv_dtype: str | None = None
-    fit: str | None = None
+    weight_dtype: NonEmpty | None = None
+    kv_dtype: NonEmpty | None = None
+    fit: NonEmpty | None = None
 
 
 MEASURED_KEYS = (
@@ -104,11 +107,11 @@ class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
 
     replicas: PosInt = 1
     overlap_scheduling: bool | None = None
-    measured: str | None = None
+    measured: NonEmpty | None = None
     ttft_slo: PosFloat = 2.0
     tpot_slo: PosFloat = 0.1
-    router: str = "round_robin"
-    out: str = "servesim-out"
+    router: NonEmpty = "round_robin"
+    out: NonEmpty = "servesim-out"
 
     @field_validator("router")
     @classmethod
@@ -151,7 +154,7 @@ class PredictSettings(DeploymentSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
-    context: NonNegInt = 1024
+    context: PosInt = 1024
     prefill: Annotated[list[str], BeforeValidator(_listed_chunks)] = Field(default_factory=list)
 
     @field_validator("prefill")
@@ -175,11 +178,11 @@ class PredictSettings(DeploymentSettings):
 class CalibrateSettings(Settings):
     """Everything `servesim calibrate` reads."""
 
-    tables: str
-    vidur: str | None = None
-    device: str
-    devices: str | None = None
-    out: str
+    tables: NonEmpty
+    vidur: NonEmpty | None = None
+    device: NonEmpty
+    devices: NonEmpty | None = None
+    out: NonEmpty
 
 
 # ---- argument definitions ----------------------------------------------------------------
@@ -423,7 +426,9 @@ SIMULATED_ONLY = ("queue_s", "mean_batch_size", "mean_kv_use", "preemptions", "d
 def print_summary(summary: dict[str, Any], simulated: bool = True) -> None:
     """A rich table of a run's summary; a measured run (`simulated=False`) omits the rows
     only a simulation knows (batch size, KV use, preemptions, devices, energy)."""
-    head = Table(title=f"servesim: {summary.get('deployment', '')} — {summary.get('workload', '')}")
+    head = Table(
+        title=Text(f"servesim: {summary.get('deployment', '')} — {summary.get('workload', '')}")
+    )
     head.add_column("metric")
     for col in ("mean", "p50", "p90", "p99"):
         head.add_column(f"{col} (ms)", justify="right")
@@ -630,7 +635,11 @@ def cmd_models(_: argparse.Namespace) -> int:
         )
     console.print(table)
     if unusable:
-        console.print("[bold]not usable[/bold] (bundled for reference; servesim refuses them):")
+        console.print(
+            Text.assemble(
+                ("not usable", "bold"), " (bundled for reference; servesim refuses them):"
+            )
+        )
         for name, why in unusable:
             console.print(f"  {name}: {why}", highlight=False, soft_wrap=True)
     return 0
@@ -671,6 +680,13 @@ def main(argv: list[str] | None = None) -> int:
             f"[red]error:[/red] {escape(_one_line(exc.strerror or str(exc)))}{escape(where)}; "
             "check the path, "
             "its permissions and the free space.",
+            highlight=False,
+        )
+        return 2
+    except MemoryError:
+        err.print(
+            "[red]error:[/red] this machine ran out of memory for what was asked; ask for less "
+            "(fewer requests, a smaller batch or a smaller model).",
             highlight=False,
         )
         return 2

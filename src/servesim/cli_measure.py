@@ -8,15 +8,18 @@ status; bad input raises ServesimError, which `servesim.cli.main` prints as one 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from servesim import config
 from servesim.config import (
     Misuse,
+    NonEmpty,
     NonNegInt,
     PosFloat,
     PosInt,
@@ -26,19 +29,20 @@ from servesim.config import (
 )
 from servesim.errors import ServesimError
 
-console = Console()
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
 
 
 class BenchSettings(WorkloadSettings):
     """Everything `servesim bench` reads."""
 
-    url: str = "http://127.0.0.1:8000"
-    model: str | None = None
-    engine: str = "vllm"
+    url: NonEmpty = "http://127.0.0.1:8000"
+    model: NonEmpty | None = None
+    engine: NonEmpty = "vllm"
     chat: bool = False
-    api_key: str | None = None
-    words: str | None = None
-    tokenizer: str | None = None
+    api_key: NonEmpty | None = None
+    words: NonEmpty | None = None
+    tokenizer: NonEmpty | None = None
     token_ids: Annotated[int, Field(ge=10)] | None = None
     prompt_offset: NonNegInt | None = None
     timeout: PosFloat = 120.0
@@ -46,8 +50,22 @@ class BenchSettings(WorkloadSettings):
     max_concurrency: PosInt = 256
     ttft_slo: PosFloat = 2.0
     tpot_slo: PosFloat = 0.1
-    out: str = "servesim-bench"
+    out: NonEmpty = "servesim-bench"
     progress: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc}), got {v!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _bench_modes(self) -> BenchSettings:
@@ -70,22 +88,22 @@ class CompareSettings(Settings):
     """Everything `servesim compare` reads."""
 
     POSITIONAL: ClassVar[dict[str, str]] = {"a": "Run A", "b": "Run B"}
-    a: str
-    b: str
-    labels: tuple[str, str] | None = None
+    a: NonEmpty
+    b: NonEmpty
+    labels: Annotated[list[NonEmpty], Field(min_length=2, max_length=2)] | None = None
     ttft_slo: PosFloat = 2.0
     tpot_slo: PosFloat = 0.1
-    out: str = "servesim-compare"
+    out: NonEmpty = "servesim-compare"
 
 
 class ProfileSettings(Settings):
     """Everything `servesim profile` reads."""
 
-    model: str
-    hf_model: str | None = None
-    out: str
-    device_name: str = "local"
-    device: str = "auto"
+    model: NonEmpty
+    hf_model: NonEmpty | None = None
+    out: NonEmpty
+    device_name: NonEmpty = "local"
+    device: NonEmpty = "auto"
     threads: PosInt = 1
     repeats: PosInt = 10
     warmup: NonNegInt = 3
@@ -95,12 +113,12 @@ class ProfileSettings(Settings):
 class FewshotSettings(Settings):
     """Everything `servesim fewshot` reads."""
 
-    tables: str
-    device: str
-    devices: str | None = None
+    tables: NonEmpty
+    device: NonEmpty
+    devices: NonEmpty | None = None
     k: NonNegInt = 10
     seed: NonNegInt = 0
-    out: str
+    out: NonEmpty
 
 
 def add_parsers(sub: Any) -> None:
@@ -257,7 +275,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         title = f"{a.label} (A) vs {b.label} (B)"
     rows = compare.compare(a, b, Slo(s.ttft_slo, s.tpot_slo))
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in ("metric", "A", "B", "B vs A"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for r in rows:
@@ -284,6 +302,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     s = config.settings(ProfileSettings, args)
     out = config.check_out_dir(s.out, s.spell("out"))
+    if s.hf_model is not None and not (Path(s.hf_model) / "config.json").is_file():
+        raise ServesimError(
+            f"{s.spell('hf_model')} {s.hf_model!r} is not a folder with a Hugging Face "
+            "checkpoint (config.json and weights); give the checkpoint's folder."
+        )
     if s.device != "auto" and s.device != "cpu" and not s.device.startswith("cuda"):
         raise ServesimError(f"{s.spell('device')} {s.device!r} is unknown; use auto, cpu or cuda.")
     model = load_model(s.model)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from servesim import config
 from servesim.config import (
@@ -18,6 +19,7 @@ from servesim.config import (
     LengthSpec,
     Misuse,
     Names,
+    NonEmpty,
     NonNegInt,
     PosFloat,
     PosInt,
@@ -28,7 +30,8 @@ from servesim.errors import ServesimError
 from servesim.metrics import Slo
 from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
 
-console = Console()
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
 
 
 def _pairs(v: Any) -> Any:
@@ -87,8 +90,8 @@ SEARCH_ONLY = (
 class PlanSettings(Settings):
     """Everything `servesim plan` reads."""
 
-    model: str = "meta-llama/Llama-3.1-70B"
-    trace: str = "azure_conv"
+    model: NonEmpty = "meta-llama/Llama-3.1-70B"
+    trace: NonEmpty = "azure_conv"
     num_requests: Annotated[int, Field(ge=10)] = 1000
     prompt: LengthSpec | None = None
     output: LengthSpec | None = None
@@ -100,7 +103,7 @@ class PlanSettings(Settings):
     tpot_slo: PosFloat = 0.1
     target: Fraction = 0.9
     gpus: Names = ("h100_sxm", "a100_sxm", "l40s", "l4")
-    devices: str | None = None
+    devices: NonEmpty | None = None
     tp: PosInts = (1, 2, 4, 8)
     pp: PosInts = (1,)
     engines: Names = ("vllm", "sglang")
@@ -108,10 +111,10 @@ class PlanSettings(Settings):
     weight_dtypes: Names = ()
     kv_dtypes: Names = ("bf16",)
     pd_ratios: Pairs = ((1, 1), (1, 2))
-    fit: str | None = None
+    fit: NonEmpty | None = None
     workers: PosInt | None = None
-    ray: str | None = None
-    out: str = "plan-out"
+    ray: NonEmpty | None = None
+    out: NonEmpty = "plan-out"
     top: PosInt = 10
     mix: bool = False
     prompt_edges: BucketEdges = (0.0, 1500.0, float("inf"))
@@ -302,9 +305,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         result.files.update(write_exports(result, result.out_dir))
     print_plan(result, s.top)
     if result.winner is None:
+        why = (
+            "no candidate meets the SLO"
+            if result.closest_miss() is not None
+            else "every candidate was pruned before simulation"
+        )
         Console(stderr=True).print(
-            "no candidate meets the SLO (exit status 1); the report and plan.parquet say how "
-            "close each came.",
+            f"{why} (exit status 1); the report and plan.parquet say how close each came.",
             highlight=False,
             soft_wrap=True,
         )
@@ -326,7 +333,7 @@ def _mix(spec: PlanSpec, space: SearchSpace, s: PlanSettings) -> int:
         tp=space.tp,
         slice_factor=s.slice_factor,
     )
-    table = Table(title=f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}")
+    table = Table(title=Text(f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}"))
     for col in ("type", "replicas", "devices", "$/h", "simulated attainment"):
         table.add_column(col)
     for t, n in mp.solution.counts.items():
@@ -352,8 +359,9 @@ def _mix(spec: PlanSpec, space: SearchSpace, s: PlanSettings) -> int:
         console.print(f"smallest one-type fleet passing simulation: {base[0]} at ${base[1]:.2f}/h")
         if base[1] < mp.solution.cost_per_hour:
             console.print(
-                "[yellow]the one-type fleet is cheaper here: bucket loads do not simply add up "
-                "(each bucket must meet the target alone in the mix model)[/yellow]"
+                "the one-type fleet is cheaper here: bucket loads do not simply add up "
+                "(each bucket must meet the target alone in the mix model)",
+                style="yellow",
             )
     return 0
 
@@ -365,21 +373,30 @@ def print_plan(result: Any, top: int = 10) -> None:
     spec = result.spec
     pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
     console.print(
-        f"[bold]{spec.model}[/bold]: TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ "
-        f"{spec.slo.tpot_s * 1e3:g} ms for {spec.target:.0%} of requests; "
-        f"{result.evaluated} candidates simulated, {result.reused} reused from the store, "
-        f"{len(result.pruned)} pruned ({pruned or 'none'}) in {result.wall_s:.1f} s"
+        Text.assemble(
+            (spec.model, "bold"),
+            f": TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
+            f"{spec.target:.0%} of requests; {result.evaluated} candidates simulated, "
+            f"{result.reused} reused from the store, {len(result.pruned)} pruned "
+            f"({pruned or 'none'}) in {result.wall_s:.1f} s",
+        )
     )
     console.print(terminal_table(result, top))
     if result.winner is None:
         miss = result.closest_miss()
         if miss is not None:
             console.print(
-                f"[red]No candidate meets the SLO.[/red] Closest: {miss['label']}: "
-                f"{miss['reason']}."
+                Text.assemble(
+                    ("No candidate meets the SLO.", "red"),
+                    f" Closest: {miss['label']}: {miss['reason']}.",
+                )
             )
         else:
-            console.print("[red]No candidate could even be simulated:[/red] every one was pruned.")
+            console.print(
+                Text.assemble(
+                    ("No candidate could even be simulated:", "red"), " every one was pruned."
+                )
+            )
             for p in result.pruned[:5]:
                 console.print(f"  {p.candidate.label()}: {p.reason}")
         return

@@ -42,6 +42,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 def _text_or_number(v: Any) -> Any:
@@ -49,7 +50,7 @@ def _text_or_number(v: Any) -> Any:
     return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-LengthSpec = Annotated[str, BeforeValidator(_text_or_number)]
+LengthSpec = Annotated[str, Field(min_length=1), BeforeValidator(_text_or_number)]
 
 
 def _comma_list(v: Any) -> Any:
@@ -118,7 +119,7 @@ class Settings(BaseModel):
     # Positional arguments, spelled in errors by what they are rather than as --flags.
     POSITIONAL: ClassVar[dict[str, str]] = {}
 
-    _file: str | None = PrivateAttr(default=None)
+    _file: NonEmpty | None = PrivateAttr(default=None)
     _from_file: frozenset[str] = PrivateAttr(default=frozenset())
 
     def given(self, key: str) -> bool:
@@ -138,7 +139,7 @@ S = TypeVar("S", bound=Settings)
 class WorkloadSettings(Settings):
     """The workload `simulate` and `bench` run: a trace, a synthetic mix or a closed loop."""
 
-    trace: str | None = None
+    trace: NonEmpty | None = None
     rate: PosFloat | None = None
     num_requests: PosInt | None = None
     prompt: LengthSpec | None = None
@@ -237,7 +238,7 @@ def validate(
     model: type[S],
     flags: dict[str, Any],
     file: dict[str, Any] | None = None,
-    file_name: str | None = None,
+    file_name: NonEmpty | None = None,
 ) -> S:
     """Flags over file over defaults, validated by `model`; problems become one ServesimError."""
     file = file or {}
@@ -301,6 +302,8 @@ def _sentence(exc: ValidationError, spell: Any) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     got = f", got {_shown(err.get('input'))}"
+    if kind == "string_too_short":
+        return f"{name} must not be empty; give a value or leave it out."
     if kind == "missing":
         return f"{name} is required; give it."
     if kind in _EXPECTED:

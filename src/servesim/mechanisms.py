@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from servesim.config import Misuse, NonNegFloat, PosFloat, PosInt, Settings, add_switch
+from servesim.config import Misuse, NonEmpty, NonNegFloat, PosFloat, PosInt, Settings, add_switch
 from servesim.errors import ServesimError
 
 
@@ -27,27 +27,27 @@ def _listed(v: Any) -> Any:
 class MechanismSettings(Settings):
     """The mechanism part of `simulate`'s settings (file keys as the flags, with underscores)."""
 
-    policy: str = "fcfs"
-    preemption: str = "recompute"
+    policy: NonEmpty = "fcfs"
+    preemption: NonEmpty = "recompute"
     swap_group_blocks: PosInt = 1
     prefill_preemption: bool = False
     class_slo: Annotated[list[str], BeforeValidator(_listed)] | None = None
-    length_estimate: str = "oracle"
+    length_estimate: NonEmpty = "oracle"
     laps_threshold: PosInt = 1024
     prefix_caching: bool | None = None
     migration: bool = False
     disagg: bool = False
     prefill_replicas: PosInt = 1
     prefill_tp: PosInt | None = None
-    prefill_device: str | None = None
+    prefill_device: NonEmpty | None = None
     decode_replicas: PosInt = 1
     decode_tp: PosInt | None = None
-    decode_device: str | None = None
-    kv_link: str = "nvlink"
+    decode_device: NonEmpty | None = None
+    kv_link: NonEmpty = "nvlink"
     kv_compression: Annotated[float, Field(ge=1)] = 1.0
     semipd: Annotated[float, Field(ge=0.05, le=0.95)] | None = None
     semipd_adaptive: bool = False
-    autoscale: str | None = None
+    autoscale: NonEmpty | None = None
     min_replicas: PosInt = 1
     max_replicas: PosInt | None = None
     cold_start_s: NonNegFloat = 30.0
