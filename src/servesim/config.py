@@ -115,7 +115,7 @@ class Settings(BaseModel):
     """Base of every command's settings: strict types (no `2.5` → 2, no `"no"` → False), finite
     numbers, no unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, defer_build=True)
     # Positional arguments, spelled in errors by what they are rather than as --flags.
     POSITIONAL: ClassVar[dict[str, str]] = {}
 
