@@ -65,7 +65,7 @@ def _comma_list(v: Any) -> Any:
 
 
 def _int_list(v: Any) -> Any:
-    """`1,2,4`, 4 or [1, 2, 4] → a tuple of integers (other values left for pydantic to refuse)."""
+    """`1,2,4`, 4 or [1, 2, 4] → a tuple of integers (ValueError for anything else)."""
     if isinstance(v, int) and not isinstance(v, bool):
         return (v,)
     items = _comma_list(v) if isinstance(v, str) else v
@@ -97,7 +97,7 @@ class Misuse(ServesimError):
         self.template = template
 
     def __str__(self) -> str:
-        return spell_template(self.template, lambda k: flag(k))
+        return spell_template(self.template, flag)
 
 
 def flag(key: str) -> str:
@@ -119,12 +119,13 @@ class Settings(BaseModel):
     # Positional arguments, spelled in errors by what they are rather than as --flags.
     POSITIONAL: ClassVar[dict[str, str]] = {}
 
-    _file: NonEmpty | None = PrivateAttr(default=None)
+    _file: str | None = PrivateAttr(default=None)
     _from_file: frozenset[str] = PrivateAttr(default=frozenset())
 
     def given(self, key: str) -> bool:
         """Whether the user set `key` (a flag or a file key) to something other than off/None."""
-        return key in self.model_fields_set and getattr(self, key) not in (None, False)
+        value = getattr(self, key)
+        return key in self.model_fields_set and value is not None and value is not False
 
     def spell(self, key: str) -> str:
         """`--max-num-seqs` for a flag or a default, `max_num_seqs in "run.yaml"` for a file key."""
@@ -238,7 +239,7 @@ def validate(
     model: type[S],
     flags: dict[str, Any],
     file: dict[str, Any] | None = None,
-    file_name: NonEmpty | None = None,
+    file_name: str | None = None,
 ) -> S:
     """Flags over file over defaults, validated by `model`; problems become one ServesimError."""
     file = file or {}
@@ -278,7 +279,7 @@ _EXPECTED = {
     "float_type": "a number",
     "float_parsing": "a number",
     "finite_number": "a finite number",
-    "bool_type": "true or false (a YAML/JSON boolean, not a string)",
+    "bool_type": "true or false (a YAML/JSON boolean)",
     "bool_parsing": "true or false",
     "string_type": "text",
     "tuple_type": "a list",
