@@ -219,3 +219,46 @@ def test_cli_bench_writes_the_simulate_schema(server, tmp_path):
         cli_measure.COMMANDS["bench"](
             parser.parse_args(["bench", "--url", server.url, "--model", "fake"])
         )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bench(url: str, tmp_path, *extra: str) -> list[str]:
+    words = tmp_path / "words.txt"
+    words.write_text("aa\nbb\n")
+    return [
+        *("bench", "--url", url, "--model", "fake", "--words", str(words), "--no-progress"),
+        *("--prompt", "fixed:20", "--output", "fixed:6", "--rate", "50", "--num-requests", "3"),
+        *("--prompt-offset", str(BOS), "--timeout", "2", "--out", str(tmp_path / "b"), *extra),
+    ]
+
+
+def test_bench_exits_1_with_one_sentence_when_every_request_failed(tmp_path, capsys):
+    """Nothing listens on the port: every request fails, the outputs are still written, and
+    the exit status is 1 with one sentence saying so (not 0, not a bad-input 2)."""
+    from servesim.cli import main
+
+    code = main(_bench(f"http://127.0.0.1:{_free_port()}", tmp_path))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "every one of the 3 requests failed" in err
+    cols = read_parquet(tmp_path / "b" / "requests.parquet")
+    assert len(cols["status"]) == 3 and "ok" not in set(cols["status"])
+
+
+def test_bench_summary_shows_only_what_a_measurement_knows(server, tmp_path, capsys):
+    """A measured run prints latencies, throughput and SLO attainment, and no simulator-only
+    rows (batch size, KV-cache use, preemptions, devices, energy, queueing) as zeros."""
+    from servesim.cli import main
+
+    assert main(_bench(server.url, tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "TTFT" in out and "SLO attainment" in out and "requests finished" in out
+    for row in ("mean batch size", "KV-cache use", "preemptions", "energy", "queueing", "$ per"):
+        assert row not in out, row

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from servesim.cli import main
+from servesim.errors import ServesimError
 from servesim.metrics import read_parquet
 
 
@@ -133,9 +140,25 @@ def test_malformed_trace_row_names_the_line(tmp_path: Path, capsys) -> None:
 
 
 def test_devices_and_models_list(capsys) -> None:
+    """`models` tables only the configs servesim can use and lists the others apart, each
+    with the reason it refuses them."""
+    from servesim.model import bundled_models, load_model
+
     assert run(["devices"], capsys)[0] == 0
     code, out, _ = run(["models"], capsys)
-    assert code == 0 and "deepseek_v3" in out and "unsupported" in out
+    assert code == 0 and "deepseek_v3" in out
+    table, _, rest = out.partition("not usable")
+    refused = []
+    for name in bundled_models():
+        try:
+            load_model(name)
+        except ServesimError:
+            refused.append(name)
+    assert refused, "the bundle has configs of families servesim does not model"
+    for name in refused:
+        assert name not in table
+        line = next(x for x in rest.splitlines() if name in x)
+        assert "is not supported" in line
 
 
 def test_overlap_scheduling_flag_delays_admission(tmp_path: Path, capsys) -> None:
@@ -150,3 +173,117 @@ def test_overlap_scheduling_flag_delays_admission(tmp_path: Path, capsys) -> Non
         assert summary["finished"] == 200
         ttft[flag] = summary["ttft_s"]["mean"]
     assert ttft["--overlap-scheduling"] > ttft["--no-overlap-scheduling"], ttft
+
+
+def _live_children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` and that are not zombies (Linux /proc)."""
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                state, ppid = Path(f"/proc/{d}/stat").read_bytes().rsplit(b")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue
+            if int(ppid) == pid and state != b"Z":
+                kids.append(int(d))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_plan_workers_die_with_a_killed_plan(tmp_path: Path) -> None:
+    """SIGKILL a plan while its two local workers search: neither outlives it."""
+    args = [sys.executable, "-m", "servesim.cli", "plan", "--model", "meta-llama/Llama-3.1-8B"]
+    args += ["--gpus", "h100_sxm,l40s", "--tp", "1,2", "--engines", "vllm", "--pd-ratios", "none"]
+    args += ["--batching", "64:2048,256:8192", "--num-requests", "300", "--workers", "2"]
+    args += ["--out", str(tmp_path / "plan")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        workers: list[int] = []
+        while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+            time.sleep(0.1)
+            workers = _live_children(proc.pid)
+        assert len(workers) == 2, "the plan never started its two workers"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.05)
+    survivors = [w for w in workers if _running(w)]
+    for w in survivors:  # do not leave them behind if the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived the killed plan"
+
+
+def test_plan_exits_1_but_writes_its_outputs_when_nothing_is_feasible(tmp_path: Path, capsys):
+    """An SLO no GPU meets: status 1 (ran, no answer), one sentence on stderr, and the
+    report and table still written for the user to see how close each candidate came."""
+    args = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--gpus", "l4", "--tp", "1"]
+    args += ["--engines", "vllm", "--batching", "64:2048", "--pd-ratios", "none", "--workers", "1"]
+    args += ["--num-requests", "30", "--ttft-slo", "0.001", "--tpot-slo", "0.001"]
+    code, out, err = run([*args, "--out", str(tmp_path)], capsys)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "no candidate meets the SLO" in err
+    assert (tmp_path / "plan.parquet").is_file() and (tmp_path / "report.html").is_file()
+    assert "No candidate meets the SLO" in out
+
+
+def test_every_flag_is_a_validated_setting_and_help_works(capsys) -> None:
+    """Each command's flags map one to one onto its pydantic settings (so none bypasses
+    validation), and `--help` of every command prints and exits 0."""
+    from servesim import cli, cli_measure, cli_plan
+
+    models = {
+        "simulate": cli.SimulateSettings,
+        "predict": cli.PredictSettings,
+        "calibrate": cli.CalibrateSettings,
+        "plan": cli_plan.PlanSettings,
+        "bench": cli_measure.BenchSettings,
+        "compare": cli_measure.CompareSettings,
+        "profile": cli_measure.ProfileSettings,
+        "fewshot": cli_measure.FewshotSettings,
+    }
+    parser = cli._parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, model in models.items():
+        dests = {a.dest for a in subs.choices[name]._actions if a.dest not in ("help", "config")}
+        assert dests == set(model.model_fields), name
+    for name in (*models, "devices", "models"):
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "utilisation:0.7 = target mean KV-cache use" in " ".join(help_text.split())
+
+
+def test_file_settings_sit_between_defaults_and_flags(tmp_path: Path) -> None:
+    """Defaults < file < flags, with every value validated wherever it came from."""
+    from servesim import config
+    from servesim.cli import SimulateSettings
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("tp: 2\nrate: 3\nchunked_prefill: false\nnum-requests: 50\n")
+    parser_args = argparse.Namespace(config=str(cfg), rate=7.0, tp=None, command="simulate")
+    s = config.settings(SimulateSettings, parser_args)
+    assert (s.tp, s.rate, s.chunked_prefill, s.num_requests, s.pp) == (2, 7.0, False, 50, 1)
+    assert s.spell("tp") == f'tp in "{cfg}"' and s.spell("rate") == "--rate"
+    cfg.write_text("chunked_prefill: no\n")  # YAML 1.1 reads a bare no as false: a real boolean
+    assert config.settings(SimulateSettings, parser_args).chunked_prefill is False
+
+
+def test_disk_errors_while_writing_become_one_sentence(tmp_path: Path) -> None:
+    from servesim import config
+
+    with (
+        pytest.raises(ServesimError, match=r"Cannot write the outputs of --out .*No space left"),
+        config.writing(tmp_path, "--out"),
+    ):
+        raise OSError(28, "No space left on device", str(tmp_path / "requests.parquet"))

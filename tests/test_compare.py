@@ -105,3 +105,31 @@ def test_cli_compare_writes_table_and_plot(tmp_path):
     args = parser.parse_args(["compare", x, y, "--out", str(out)])
     assert cli_measure.COMMANDS["compare"](args) == 0
     assert (out / "comparison.csv").is_file() and (out / "cdf.svg").is_file()
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from servesim.cli import main
+
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_runs_are_named_by_their_folder_and_the_title_says_each_label_once(tmp_path, capsys):
+    """`compare measured/requests.parquet sim/requests.parquet` is "measured (A) vs sim (B)";
+    two runs of one name become "x (A) vs x (B)", never "x (A) (A)"."""
+    for name, ttft in (("measured", [0.1, 0.2]), ("sim", [0.1, 0.3])):
+        write_parquet(_cols(ttft, 0.02), tmp_path / name / "requests.parquet")
+        write_parquet(_cols(ttft, 0.02), tmp_path / "other" / name / "requests.parquet")
+    a, b = tmp_path / "measured" / "requests.parquet", tmp_path / "sim" / "requests.parquet"
+    code, out, _ = _cli(["compare", str(a), str(b), "--out", str(tmp_path / "c1")], capsys)
+    assert code == 0 and "measured (A) vs sim (B)" in out
+    same = [str(tmp_path / "sim"), str(tmp_path / "other" / "sim")]
+    code, out, _ = _cli(["compare", *same, "--out", str(tmp_path / "c2")], capsys)
+    assert code == 0 and "sim (A) vs sim (B)" in out and "(A) (A)" not in out
+    header = (tmp_path / "c2" / "comparison.csv").read_text().splitlines()[0]
+    assert "sim (A)" in header and "sim (B)" in header
+    # Labels are the user's text, printed as written (brackets are not terminal markup).
+    labels = ["--labels", "[red]x", "[/b]"]
+    code, out, _ = _cli(["compare", str(a), str(b), *labels, "--out", str(tmp_path / "c3")], capsys)
+    assert code == 0 and "[red]x (A) vs [/b] (B)" in out

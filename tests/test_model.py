@@ -135,6 +135,73 @@ def test_config_path_and_bad_inputs(tmp_path) -> None:
         load_model(str(p))
 
 
+LLAMA_TINY = {
+    "model_type": "llama",
+    "hidden_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 512,
+    "vocab_size": 1000,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"hidden_size": -4096}, "hidden_size in model config"),
+        ({"num_attention_heads": 0}, "num_attention_heads in model config"),
+        ({"num_hidden_layers": 0}, "num_layers is 0"),
+        ({"num_attention_heads": 4.5}, "num_attention_heads in model config"),
+        ({"hidden_size": "big"}, "hidden_size in model config"),
+        ({"num_key_value_heads": 3}, "not a multiple of num_kv_heads"),
+        ({"intermediate_size": -1}, "intermediate_size is -1"),
+        ({"hidden_size": 250}, "not a multiple of num_attention_heads"),
+        ({"tie_word_embeddings": "yes"}, "tie_word_embeddings in model config"),
+        ({"model_type": "mixtral"}, "lacks num_local_experts"),
+    ],
+)
+def test_impossible_sizes_are_refused_naming_the_key_and_file(tmp_path, change, needle) -> None:
+    """A config with a negative width, no heads, heads that do not split or a missing MoE key
+    is one sentence naming the key and the file, never a negative KV cache or a traceback."""
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**LLAMA_TINY, **change}))
+    with pytest.raises(ServesimError, match=needle) as err:
+        load_model(str(p))
+    assert str(p) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_config_that_is_not_an_object_or_not_utf8_is_refused(tmp_path) -> None:
+    p = tmp_path / "config.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(ServesimError, match="must be a JSON object"):
+        load_model(str(p))
+    p.write_bytes(b'{"model_type": "\xff"}')
+    with pytest.raises(ServesimError, match="not UTF-8"):
+        load_model(str(p))
+
+
+def test_a_whole_float_size_is_read_as_an_integer(tmp_path) -> None:
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({**LLAMA_TINY, "hidden_size": 256.0}))
+    assert load_model(str(p)).hidden_size == 256
+
+
+def test_parallel_layouts_the_model_cannot_take_are_refused() -> None:
+    from servesim.parallel import Parallel
+
+    m = load_model("meta-llama/Llama-3.1-8B")
+    m.check_parallel(Parallel(tp=8, pp=32))
+    with pytest.raises(ServesimError, match=r"PP=1000 exceeds .* 32 layers"):
+        m.check_parallel(Parallel(pp=1000))
+    with pytest.raises(ServesimError, match="is dense"):
+        m.check_parallel(Parallel(tp=2, ep=2))
+    moe = load_model("mistralai/Mixtral-8x7B-v0.1")
+    moe.check_parallel(Parallel(tp=8, ep=8))
+    with pytest.raises(ServesimError, match=r"does not divide .* 8 experts"):
+        moe.check_parallel(Parallel(tp=4, dp=3, ep=3))
+
+
 def test_tp_must_divide_heads() -> None:
     m = load_model("meta-llama/Llama-3.1-8B")
     m.check_tp(8)

@@ -252,3 +252,18 @@ def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsy
         assert _cli(["simulate", "--measured", str(bad), "--out", str(tmp_path / "x")]) != 0
         err = capsys.readouterr().err
         assert "measured" in err.lower() and "Traceback" not in err
+
+
+def test_the_bandwidth_buffer_never_exceeds_what_the_machine_holds() -> None:
+    """DeepSeek-V3's 671 GB of weights used to become a 672 GB allocation at the end of a
+    profile; the stream buffer is the weights' size but at most 2 GB and 1/8 of memory."""
+    import os
+
+    from servesim.model import load_model
+    from servesim.profile import bandwidth_buffer_bytes
+
+    eighth = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 8
+    huge = load_model("deepseek-ai/DeepSeek-V3").param_bytes()
+    assert bandwidth_buffer_bytes(huge) == min(2e9, eighth)
+    assert bandwidth_buffer_bytes(5e8) == min(5e8, eighth)
+    assert bandwidth_buffer_bytes(1.0) == 8e6

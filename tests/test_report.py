@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -49,6 +50,20 @@ def missed(tmp_path_factory: pytest.TempPathFactory) -> PlanResult:
     spec = PlanSpec(MODEL, WorkloadSpec("azure_conv", 100), Slo(0.05, 0.005), 0.9)
     space = SearchSpace(devices=("l40s", "l4"), tp=(1,), engines=("vllm",), batching=((256, 8192),))
     return run_plan(spec, space, tmp_path_factory.mktemp("miss"), workers=1, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def disagg(tmp_path_factory: pytest.TempPathFactory) -> PlanResult:
+    """Colocated and disaggregated (1 prefill : 2 decode) candidates of one GPU type."""
+    spec = PlanSpec(MODEL, WorkloadSpec("azure_conv", 100), Slo(1.0, 0.06), 0.9)
+    space = SearchSpace(
+        devices=("h100_sxm",),
+        tp=(1, 2),
+        engines=("vllm",),
+        batching=((1024, 16384),),
+        pd_ratios=((1, 2),),
+    )
+    return run_plan(spec, space, tmp_path_factory.mktemp("disagg"), workers=1, quiet=True)
 
 
 class Plots(HTMLParser):
@@ -147,6 +162,32 @@ def test_terminal_table_lists_the_top_candidates(plan: PlanResult) -> None:
     labels = list(table.columns[1].cells)
     assert labels == [r["label"] for r in plan.feasible[:3]]
     assert "tp_splits_heads" in str(table.caption)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_terminal_table_reads_whole_at_80_and_120_columns(
+    plan: PlanResult, disagg: PlanResult, missed: PlanResult, width: int
+) -> None:
+    """Nothing is cut: no ellipsis, no line wider than the terminal, every word of every label
+    (disaggregated ones too) and every number shown whole."""
+    from rich.console import Console
+
+    from servesim.report import _leaders
+
+    assert any(r["mode"] == "disaggregated" for r in disagg.feasible)
+    for result in (plan, disagg, missed):
+        console = Console(width=width, file=io.StringIO(), record=True)
+        table = terminal_table(result, top=10)
+        console.print(table)
+        text = console.export_text()
+        assert "…" not in text
+        assert max(len(line) for line in text.splitlines()) <= width
+        words = set(text.split())
+        for r in _leaders(result, 10):
+            assert set(str(r["label"]).split()) <= words, r["label"]
+        for col in table.columns[2:]:
+            for cell in col.cells:
+                assert set(str(cell).split()) <= words, (col.header, cell)
 
 
 def test_an_infeasible_plan_leads_with_the_closest_miss(missed: PlanResult) -> None:

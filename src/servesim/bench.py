@@ -92,6 +92,10 @@ class WordPrompts:
         p = Path(path)
         try:
             return cls(p.read_text(encoding="utf-8").split(), offset)
+        except UnicodeDecodeError:
+            raise ServesimError(
+                f"Word list {str(p)!r} is not UTF-8 text; save it as UTF-8."
+            ) from None
         except OSError as exc:
             raise ServesimError(f"Cannot read word list {str(p)!r} ({exc.strerror}).") from None
 

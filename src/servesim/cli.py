@@ -1,100 +1,230 @@
-"""Command line: `servesim simulate | predict | calibrate | devices | models`.
+"""Command line: `servesim simulate | predict | plan | calibrate | bench | compare | profile |
+fewshot | devices | models`.
 
 Each command reads its settings from flags and, with `--config FILE`, from a YAML/JSON file with
-the same names. Bad input ends in one sentence on stderr and exit status 2, never a traceback.
+the same names, validated by the command's pydantic model (flags win over the file, the file over
+the defaults). Exit status: 0 done; 1 the command ran but has no answer (`plan`: no candidate
+meets the SLO; `bench`: every request failed), its outputs still written; 2 bad input, said in
+one sentence on stderr, never a traceback, with nothing of the user's overwritten; 130
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from servesim import cli_measure, cli_plan, config, mechanisms
-from servesim.config import add_switch
+from servesim.config import (
+    Misuse,
+    NonEmpty,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Settings,
+    WorkloadSettings,
+    add_switch,
+)
 from servesim.devices import catalog
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
+from servesim.mechanisms import MechanismSettings
 
-console = Console()
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
 
-DEPLOYMENT_DEFAULTS: dict[str, Any] = {
-    "model": "meta-llama/Llama-3.1-8B",
-    "device": "h100_sxm",
-    "devices": None,
-    "tp": 1,
-    "pp": 1,
-    "ep": 1,
-    "dp": 1,
-    "replicas": 1,
-    "engine": "vllm",
-    "max_num_seqs": None,
-    "max_num_batched_tokens": None,
-    "chunked_prefill": None,
-    "overlap_scheduling": None,
-    "weight_dtype": None,
-    "kv_dtype": None,
-    "fit": None,
-}
 
-SIMULATE_DEFAULTS: dict[str, Any] = {
-    **DEPLOYMENT_DEFAULTS,
-    "trace": None,
-    "rate": None,
-    "num_requests": None,
-    "prompt": None,
-    "output": None,
-    "arrival": "poisson",
-    "cv": 1.0,
-    "clients": None,
-    "think_s": 0.0,
-    "measured": None,
-    "ttft_slo": 2.0,
-    "tpot_slo": 0.1,
-    "router": "round_robin",
-    "seed": 0,
-    "out": "servesim-out",
-    **mechanisms.DEFAULTS,
-}
+def _parse_chunk(text: str) -> tuple[int, int]:
+    """(new, cached) tokens from NEW[:CACHED] (ValueError saying the form if not)."""
+    parts = str(text).split(":")
+    usage = f"takes NEW or NEW:CACHED token counts with NEW ≥ 1, got {text!r}"
+    try:
+        new = int(parts[0])
+        cached = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ValueError(usage) from None
+    if new < 1 or cached < 0 or len(parts) > 2:
+        raise ValueError(usage)
+    return new, cached
 
-PREDICT_DEFAULTS: dict[str, Any] = {
-    **DEPLOYMENT_DEFAULTS,
-    "decode_seqs": 0,
-    "context": 1024,
-    "prefill": [],
-}
+
+def _listed_chunks(v: Any) -> Any:
+    """`prefill: 512` or `prefill: "512:1024"` in a file is one chunk."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [str(v)]
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list):
+        return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+    return v
+
+
+class DeploymentSettings(Settings):
+    """What one replica is: model, device, parallel layout, engine and batching limits."""
+
+    model: NonEmpty = "meta-llama/Llama-3.1-8B"
+    device: NonEmpty = "h100_sxm"
+    devices: NonEmpty | None = None
+    tp: PosInt = 1
+    pp: PosInt = 1
+    ep: PosInt = 1
+    dp: PosInt = 1
+    engine: NonEmpty = "vllm"
+    max_num_seqs: PosInt | None = None
+    max_num_batched_tokens: PosInt | None = None
+    chunked_prefill: bool | None = None
+    weight_dtype: NonEmpty | None = None
+    kv_dtype: NonEmpty | None = None
+    fit: NonEmpty | None = None
+
+
+MEASURED_KEYS = (
+    "model",
+    "device",
+    "engine",
+    "tp",
+    "pp",
+    "ep",
+    "dp",
+    "weight_dtype",
+    "kv_dtype",
+    "fit",
+    "overlap_scheduling",
+)
+
+
+class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
+    """Everything `servesim simulate` reads."""
+
+    replicas: PosInt = 1
+    overlap_scheduling: bool | None = None
+    measured: NonEmpty | None = None
+    ttft_slo: PosFloat = 2.0
+    tpot_slo: PosFloat = 0.1
+    router: NonEmpty = "round_robin"
+    out: NonEmpty = "servesim-out"
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, v: str) -> str:
+        from servesim.router import ROUTERS
+
+        if v not in ROUTERS:
+            raise ValueError(f"must be one of {', '.join(ROUTERS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _simulate_modes(self) -> SimulateSettings:
+        if self.given("measured"):
+            for key in MEASURED_KEYS:
+                if self.given(key):
+                    raise Misuse(
+                        f"{{{key}}} is taken from the measured engine ({{measured}}); drop "
+                        f"{{{key}}}."
+                    )
+        if self.disagg and self.given("replicas"):
+            raise Misuse(
+                "{replicas} does nothing with {disagg}; size the pools with "
+                "{prefill_replicas} and {decode_replicas}."
+            )
+        one = self.replicas == 1 and not self.autoscale and not self.disagg
+        if one and self.migration:
+            raise Misuse(
+                "{migration} moves requests between replicas; add {replicas} 2 or more (or "
+                "{autoscale}), or drop {migration}."
+            )
+        if one and self.given("router"):
+            raise Misuse(
+                "{router} picks among replicas and does nothing with one; add {replicas} 2 or "
+                "more, or drop {router}."
+            )
+        return self
+
+
+class PredictSettings(DeploymentSettings):
+    """Everything `servesim predict` reads: a deployment and one batch."""
+
+    decode_seqs: NonNegInt = 0
+    context: PosInt = 1024
+    prefill: Annotated[list[str], BeforeValidator(_listed_chunks)] = Field(default_factory=list)
+
+    @field_validator("prefill")
+    @classmethod
+    def _chunks(cls, v: list[str]) -> list[str]:
+        for c in v:
+            _parse_chunk(c)
+        return v
+
+    @model_validator(mode="after")
+    def _batch(self) -> PredictSettings:
+        if not self.decode_seqs and not self.prefill:
+            raise Misuse("Give a batch: {decode_seqs} N and/or {prefill} NEW[:CACHED].")
+        if self.given("context") and not self.decode_seqs:
+            raise Misuse(
+                "{context} is the context of decoding sequences; add {decode_seqs} N or drop it."
+            )
+        return self
+
+
+class CalibrateSettings(Settings):
+    """Everything `servesim calibrate` reads."""
+
+    tables: NonEmpty
+    vidur: NonEmpty | None = None
+    device: NonEmpty
+    devices: NonEmpty | None = None
+    out: NonEmpty
 
 
 # ---- argument definitions ----------------------------------------------------------------
 
 
-def _add_deployment_args(p: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ServesimError sentence (exit 2), like every other
+    bad input."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        m = re.match(r"argument (\S+?)(?:/\S+)?: invalid (int|float) value: (.*)", message)
+        if m:
+            kind = "a whole number" if m.group(2) == "int" else "a number"
+            raise ServesimError(f"{m.group(1)} must be {kind}, got {m.group(3)}.")
+        raise ServesimError(f"{message[:1].upper()}{message[1:]}; see `{self.prog} --help`.")
+
+
+def _add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g = p.add_argument_group("deployment")
     g.add_argument("--config", help="YAML/JSON file with any of these settings")
     g.add_argument("--model", help="bundled model name/HF id or a config.json path")
     g.add_argument("--device", help="device name or alias (see `servesim devices`)")
     g.add_argument("--devices", help="extra device catalog YAML")
     g.add_argument("--tp", type=int, help="tensor-parallel degree")
-    g.add_argument("--pp", type=int, help="pipeline-parallel degree")
+    g.add_argument("--pp", type=int, help="pipeline-parallel degree (at most the model's layers)")
     g.add_argument("--ep", type=int, help="expert-parallel degree (1 = experts split by TP)")
     g.add_argument("--dp", type=int, help="attention data-parallel ranks per replica")
-    g.add_argument("--replicas", type=int, help="identical data-parallel replicas")
+    if simulate:
+        g.add_argument("--replicas", type=int, help="identical data-parallel replicas")
     g.add_argument("--engine", help="engine profile: vllm, sglang or trtllm")
     g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget per iteration")
     add_switch(g, "--chunked-prefill", "split long prefills across iterations")
-    add_switch(
-        g,
-        "--overlap-scheduling",
-        "plan the next iteration while one runs (default: the engine's; on for trtllm and "
-        "sglang, off for vllm, whose --async-scheduling turns it on)",
-    )
+    if simulate:
+        add_switch(
+            g,
+            "--overlap-scheduling",
+            "plan the next iteration while one runs (default: the engine's; on for trtllm and "
+            "sglang, off for vllm, whose --async-scheduling turns it on)",
+        )
     g.add_argument("--weight-dtype", help="bf16, fp8, int4, ... (default: the config's)")
-    g.add_argument("--kv-dtype", help="KV cache dtype: bf16 or fp8")
+    g.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16 or fp8")
     g.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
 
 
@@ -109,18 +239,20 @@ def add_workload_args(w: argparse._ArgumentGroup) -> None:
     w.add_argument("--cv", type=float, help="inter-arrival coefficient of variation (gamma)")
     w.add_argument("--clients", type=int, help="closed loop with this many concurrent clients")
     w.add_argument("--think-s", type=float, help="closed-loop think time between requests")
-    w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals")
+    w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals (≥ 0)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="servesim",
         description="Predict, simulate and plan LLM serving against latency SLOs.",
+        epilog="Exit status: 0 done; 1 ran but no answer (plan: nothing meets the SLO; bench: "
+        "every request failed); 2 bad input; 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate serving a workload on one deployment")
-    _add_deployment_args(sim)
+    _add_deployment_args(sim, simulate=True)
     add_workload_args(sim.add_argument_group("workload"))
     s = sim.add_argument_group("SLO and output")
     s.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
@@ -128,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--router",
         help="round_robin, least_loaded, least_requests, least_kv, power_of_two, "
-        "prefix_affinity or session",
+        "prefix_affinity or session (with --replicas 2 or more)",
     )
     s.add_argument("--out", help="output folder for requests.parquet and summary.json")
     s.add_argument(
@@ -140,8 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     mechanisms.add_args(sim)
 
     pred = sub.add_parser("predict", help="time one batch, with a per-operator breakdown")
-    _add_deployment_args(pred)
-    b = pred.add_argument_group("batch")
+    _add_deployment_args(pred, simulate=False)
+    b = pred.add_argument_group("batch (must fit the batching limits and the KV cache)")
     b.add_argument("--decode-seqs", type=int, help="sequences decoding one token each")
     b.add_argument("--context", type=int, help="mean tokens each decode sequence attends to")
     b.add_argument(
@@ -151,11 +283,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     cal = sub.add_parser("calibrate", help="fit kernel efficiencies to measured tables")
-    cal.add_argument("--tables", required=True, help="folder of aiconfigurator-format CSVs")
+    cal.add_argument("--config", help="YAML/JSON file with any of these settings")
+    cal.add_argument("--tables", help="folder of aiconfigurator-format CSVs (required)")
     cal.add_argument("--vidur", help="folder of Vidur profiling CSVs (compute/, network/)")
-    cal.add_argument("--device", required=True, help="the device the tables were measured on")
+    cal.add_argument("--device", help="the device the tables were measured on (required)")
     cal.add_argument("--devices", help="extra device catalog YAML")
-    cal.add_argument("--out", required=True, help="where to write the fit JSON")
+    cal.add_argument("--out", help="where to write the fit JSON (required)")
 
     cli_plan.add_parser(sub)
     cli_measure.add_parsers(sub)
@@ -169,96 +302,84 @@ def _parser() -> argparse.ArgumentParser:
 # ---- shared builders ---------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
-    file_settings = config.load_file(args.config) if getattr(args, "config", None) else {}
-    origin = args.config or "flags"
-    return config.merge(vars(args), file_settings, defaults, origin)
-
-
-def build_deployment(s: dict[str, Any]):
-    """A Deployment from merged settings."""
+def build_deployment(s: DeploymentSettings) -> Any:
+    """A Deployment from validated settings (the model's own limits checked here)."""
     from servesim.kernels import KernelFit
     from servesim.model import load_model
     from servesim.parallel import Parallel
     from servesim.simulator import Deployment
 
-    device = catalog(s.get("devices")).get(str(s["device"]))
-    model = load_model(str(s["model"]))
-    if s.get("weight_dtype") or s.get("kv_dtype"):
-        model = model.with_dtypes(weight=s.get("weight_dtype"), kv=s.get("kv_dtype"))
-    par = Parallel(tp=int(s["tp"]), pp=int(s["pp"]), ep=int(s["ep"]), dp=int(s["dp"]))
-    model.check_tp(par.tp)
-    if int(s["replicas"]) < 1:
-        raise ServesimError(f"--replicas must be ≥ 1, got {s['replicas']}.")
-    fit = KernelFit.load(s["fit"]) if s.get("fit") else None
+    device = catalog(s.devices).get(s.device)
+    model = load_model(s.model)
+    if s.weight_dtype or s.kv_dtype:
+        model = model.with_dtypes(weight=s.weight_dtype, kv=s.kv_dtype)
+    par = Parallel(tp=s.tp, pp=s.pp, ep=s.ep, dp=s.dp)
+    model.check_parallel(par)
+    fit = KernelFit.load(s.fit) if s.fit else None
     return Deployment(
         model=model,
         device=device,
         parallel=par,
-        engine=get_engine(str(s["engine"])).with_overrides(
-            overlap_scheduling=s.get("overlap_scheduling")
+        engine=get_engine(s.engine).with_overrides(
+            overlap_scheduling=getattr(s, "overlap_scheduling", None)
         ),
-        replicas=int(s["replicas"]),
-        max_num_seqs=s.get("max_num_seqs"),
-        max_num_batched_tokens=s.get("max_num_batched_tokens"),
-        chunked_prefill=s.get("chunked_prefill"),
+        replicas=getattr(s, "replicas", 1),
+        max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=s.max_num_batched_tokens,
+        chunked_prefill=s.chunked_prefill,
         fit=fit,
     )
 
 
-def build_measured(s: dict[str, Any]):
+def build_measured(s: SimulateSettings) -> Any:
     """A deployment priced from measurements (`--measured FILE`), with the batching flags the
     user gave on top of the engine profile the file holds."""
     from dataclasses import replace
 
     from servesim.measured import load_measured_engine
 
-    dep = load_measured_engine(str(s["measured"]))
+    dep = load_measured_engine(str(s.measured))
     over = {
-        k: s[k]
-        for k in ("max_num_seqs", "max_num_batched_tokens", "chunked_prefill")
-        if s.get(k) is not None
+        k: getattr(s, k)
+        for k in ("max_num_seqs", "max_num_batched_tokens", "chunked_prefill", "replicas")
+        if s.given(k)
     }
     return replace(dep, **over) if over else dep
 
 
-def build_workload(s: dict[str, Any]):
-    """The open-loop workload or closed loop that the settings describe."""
+def build_workload(s: Any) -> Any:
+    """The open-loop workload or closed loop that validated workload settings describe."""
     from servesim import trace as tracemod
     from servesim import workload as wl
 
-    seed = int(s["seed"])
-    synthetic = s.get("prompt") is not None or s.get("output") is not None
+    synthetic = s.prompt is not None or s.output is not None
     base = None
-    if s.get("trace") or not synthetic:
-        name = s.get("trace") or "azure_conv"
+    if s.trace or not synthetic:
+        name = s.trace or "azure_conv"
         base = (
             tracemod.read_trace(name)
             if Path(name).exists() or "/" in name or "." in name
             else tracemod.bundled_trace(name)
         )
-    if s.get("clients") is not None:
-        clients = int(s["clients"])
-        n = int(s.get("num_requests") or 10 * clients)
-        prompt = wl.parse_length(str(s.get("prompt") or "trace"), "prompt", base)
-        output = wl.parse_length(str(s.get("output") or "trace"), "output", base)
-        return wl.ClosedLoop(clients, n, prompt, output, float(s["think_s"]), seed)
-    if base is None or (synthetic and not s.get("trace")):
-        rate = s.get("rate")
-        if rate is None:
+    if s.clients is not None:
+        n = s.num_requests or 10 * s.clients
+        prompt = wl.parse_length(s.prompt or "trace", "prompt", base)
+        output = wl.parse_length(s.output or "trace", "output", base)
+        return wl.ClosedLoop(s.clients, n, prompt, output, s.think_s, s.seed)
+    if base is None or (synthetic and not s.trace):
+        if s.rate is None:
             raise ServesimError("A synthetic workload needs --rate (requests per second).")
-        n = int(s.get("num_requests") or 1000)
-        prompt = wl.parse_length(str(s.get("prompt") or "fixed:1024"), "prompt", base)
-        output = wl.parse_length(str(s.get("output") or "fixed:256"), "output", base)
+        prompt = wl.parse_length(s.prompt or "fixed:1024", "prompt", base)
+        output = wl.parse_length(s.output or "fixed:256", "output", base)
         return wl.synthetic(
-            n, float(rate), prompt, output, arrival=str(s["arrival"]), cv=float(s["cv"]), seed=seed
+            s.num_requests or 1000, s.rate, prompt, output, arrival=s.arrival, cv=s.cv, seed=s.seed
         )
     w = base
-    if s.get("num_requests"):
-        n = int(s["num_requests"])
+    if s.num_requests:
+        n = s.num_requests
         w = w.tiled(n) if n > len(w) else w.head(n)
-    if s.get("rate") is not None:
-        w = w.scaled_to_rate(float(s["rate"]))
+    if s.rate is not None:
+        w = w.scaled_to_rate(s.rate)
     return w
 
 
@@ -275,13 +396,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from servesim.simulator import simulate
     from servesim.workload import ClosedLoop
 
-    s = _settings(args, SIMULATE_DEFAULTS)
-    slo = Slo(float(s["ttft_slo"]), float(s["tpot_slo"]))
-    dep = build_measured(s) if s.get("measured") else build_deployment(s)
+    s = config.settings(SimulateSettings, args)
+    out = config.check_out_dir(s.out, s.spell("out"))
+    slo = Slo(s.ttft_slo, s.tpot_slo)
+    dep = build_measured(s) if s.measured else build_deployment(s)
     dep = mechanisms.apply(dep, s, slo)
     work = build_workload(s)
     closed = work if isinstance(work, ClosedLoop) else None
-    res = simulate(dep, None if closed else work, closed_loop=closed, router=str(s["router"]))
+    res = simulate(dep, None if closed else work, closed_loop=closed, router=s.router)
     summary = res.summary(slo)
     summary["workload"] = (
         f"closed loop, {closed.clients} clients, {closed.num_requests} requests"
@@ -289,18 +411,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         else getattr(work, "name", "")
     )
     summary["sim_wall_s"] = res.wall_s
-    out = Path(str(s["out"]))
-    write_parquet(res.columns(), out / "requests.parquet")
-    write_parquet(res.series, out / "timeseries.parquet")
-    write_summary(summary, out / "summary.json")
+    with config.writing(out, s.spell("out")):
+        write_parquet(res.columns(), out / "requests.parquet")
+        write_parquet(res.series, out / "timeseries.parquet")
+        write_summary(summary, out / "summary.json")
     print_summary(summary)
     console.print(f"wrote {out}/requests.parquet, timeseries.parquet and summary.json")
     return 0
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    """A rich table of a run's summary."""
-    head = Table(title=f"servesim: {summary.get('deployment', '')} — {summary.get('workload', '')}")
+SIMULATED_ONLY = ("queue_s", "mean_batch_size", "mean_kv_use", "preemptions", "devices")
+
+
+def print_summary(summary: dict[str, Any], simulated: bool = True) -> None:
+    """A rich table of a run's summary; a measured run (`simulated=False`) omits the rows
+    only a simulation knows (batch size, KV use, preemptions, devices, energy)."""
+    head = Table(
+        title=Text(f"servesim: {summary.get('deployment', '')} — {summary.get('workload', '')}")
+    )
     head.add_column("metric")
     for col in ("mean", "p50", "p90", "p99"):
         head.add_column(f"{col} (ms)", justify="right")
@@ -312,7 +440,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("queue_s", "queueing"),
     ):
         st = summary.get(key)
-        if st:
+        if st and (simulated or key not in SIMULATED_ONLY):
             head.add_row(label, *(_fmt_ms(st[c]) for c in ("mean", "p50", "p90", "p99")))
     console.print(head)
     slo = summary["slo"]
@@ -329,15 +457,18 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"{summary['slo_attainment']:.1%}",
         ),
         ("goodput", f"{summary['goodput_req_per_s']:.2f} req/s"),
-        ("mean batch size", f"{summary.get('mean_batch_size', 0):.1f}"),
-        ("mean KV-cache use", f"{summary.get('mean_kv_use', 0):.1%}"),
-        ("preemptions", f"{summary['preemptions']:,}"),
-        (
-            "devices / $ per hour",
-            f"{summary.get('devices', 0)} / ${summary.get('price_per_hour', 0):.2f}",
-        ),
-        ("energy per output token", f"{summary.get('joules_per_output_token', 0):.2f} J"),
     ]
+    if simulated:
+        rows += [
+            ("mean batch size", f"{summary.get('mean_batch_size', 0):.1f}"),
+            ("mean KV-cache use", f"{summary.get('mean_kv_use', 0):.1%}"),
+            ("preemptions", f"{summary['preemptions']:,}"),
+            (
+                "devices / $ per hour",
+                f"{summary.get('devices', 0)} / ${summary.get('price_per_hour', 0):.2f}",
+            ),
+            ("energy per output token", f"{summary.get('joules_per_output_token', 0):.2f} J"),
+        ]
     if "sim_wall_s" in summary:
         rows.append(("simulation wall time", f"{summary['sim_wall_s']:.2f} s"))
     for a, b in rows:
@@ -345,32 +476,40 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(facts)
 
 
-def _parse_chunk(text: str) -> tuple[int, int]:
-    parts = str(text).split(":")
-    try:
-        new = int(parts[0])
-        cached = int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise ServesimError(f"--prefill {text!r} must be NEW or NEW:CACHED token counts.") from None
-    if new < 1 or cached < 0 or len(parts) > 2:
-        raise ServesimError(f"--prefill {text!r} needs NEW ≥ 1 and CACHED ≥ 0.")
-    return new, cached
+def check_batch(dep: Any, batch: Any, s: PredictSettings) -> None:
+    """Refuse a batch the engine would never run: more sequences or tokens than its limits, or
+    more context than its KV cache holds (checked before anything is priced or allocated)."""
+    seqs, budget, chunked = dep.batching()
+    mem = dep.memory()
+    context = batch.decode_context + sum(n + c for n, c in batch.prefill)
+    if context > mem.kv_tokens:
+        raise ServesimError(
+            f"The batch needs {context:,} tokens of KV cache but the cache of {dep.model.name} "
+            f"on {dep.label()} holds {mem.kv_tokens:,}; give fewer or shorter sequences, or "
+            "more devices per replica."
+        )
+    if batch.num_seqs > seqs:
+        raise ServesimError(
+            f"The batch has {batch.num_seqs:,} sequences but the engine runs at most {seqs:,} "
+            f"({s.spell('max_num_seqs')}); raise {s.spell('max_num_seqs')} or give fewer."
+        )
+    if chunked and batch.num_tokens > budget:
+        raise ServesimError(
+            f"The batch has {batch.num_tokens:,} new tokens but the engine schedules at most "
+            f"{budget:,} per iteration ({s.spell('max_num_batched_tokens')}); raise it, or "
+            "price a smaller chunk."
+        )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Price one batch and print its per-operator breakdown."""
     from servesim.predictor import BatchShape
 
-    s = _settings(args, PREDICT_DEFAULTS)
+    s = config.settings(PredictSettings, args)
     dep = build_deployment(s)
-    decode = int(s["decode_seqs"])
-    context = int(s["context"])
-    if decode < 0 or context < 0:
-        raise ServesimError("--decode-seqs and --context must be ≥ 0.")
-    chunks = tuple(_parse_chunk(c) for c in (s.get("prefill") or []))
-    if not decode and not chunks:
-        raise ServesimError("Give a batch: --decode-seqs N and/or --prefill NEW[:CACHED].")
-    batch = BatchShape(decode, decode * context, chunks)
+    chunks = tuple(_parse_chunk(c) for c in s.prefill)
+    batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
+    check_batch(dep, batch, s)
     mem = dep.memory()
     pred = dep.predictor()
     cost = pred.iteration(batch, breakdown=True)
@@ -408,17 +547,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_fit_file(path: Path) -> bool:
+    """Whether `path` holds a kernel fit servesim wrote (so it may be replaced)."""
+    import json
+
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return False  # a device, a pipe or something far larger than a fit
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and set(doc) == {"fitted_on", "params"}
+
+
+def save_fit(fit: Any, out: Path, name: str) -> None:
+    """Write a fit atomically (a failed write leaves any earlier fit whole)."""
+    with config.writing(out, name):
+        config.replace_atomically(out, fit.save)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit kernel efficiencies to measurement tables and save them."""
     from servesim.calibrate import calibrate_from_dir
 
-    device = catalog(args.devices).get(args.device)
-    tables = Path(args.tables)
+    s = config.settings(CalibrateSettings, args)
+    out = config.check_out_file(s.out, s.spell("out"), ours=is_fit_file)
+    device = catalog(s.devices).get(s.device)
+    tables = Path(s.tables)
     if not tables.is_dir():
-        raise ServesimError(f"--tables {args.tables!r} is not a folder of measurement CSVs.")
-    fit = calibrate_from_dir(tables, device, Path(args.vidur) if args.vidur else None)
-    fit.save(args.out)
-    console.print(f"wrote {args.out} ({fit.fitted_on})")
+        raise ServesimError(
+            f"{s.spell('tables')} {s.tables!r} is not a folder of measurement CSVs."
+        )
+    with config.utf8_tables(s.spell("tables"), s.tables):
+        fit = calibrate_from_dir(tables, device, Path(s.vidur) if s.vidur else None)
+    save_fit(fit, out, s.spell("out"))
+    console.print(f"wrote {out} ({fit.fitted_on})")
     return 0
 
 
@@ -449,17 +612,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_models(_: argparse.Namespace) -> int:
-    """List the bundled model configs and their sizes."""
+    """List the bundled model configs servesim can use, then those it cannot and why."""
     from servesim.model import bundled_models, load_model
 
     table = Table(title="bundled models")
     for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
         table.add_column(col, overflow="fold")
+    unusable: list[tuple[str, str]] = []
     for name in bundled_models():
         try:
             m = load_model(name)
         except ServesimError as exc:
-            table.add_row(name, "unsupported", "", "", "", str(exc)[:60])
+            unusable.append((name, str(exc)))
             continue
         table.add_row(
             name,
@@ -470,6 +634,14 @@ def cmd_models(_: argparse.Namespace) -> int:
             f"{m.kv_bytes_per_token() / 1e3:.1f}",
         )
     console.print(table)
+    if unusable:
+        console.print(
+            Text.assemble(
+                ("not usable", "bold"), " (bundled for reference; servesim refuses them):"
+            )
+        )
+        for name, why in unusable:
+            console.print(f"  {name}: {why}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -484,16 +656,42 @@ COMMANDS = {
 }
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, dispatch, and turn ServesimError into one line and exit code 2."""
-    args = _parser().parse_args(argv)
+    """Entry point: parse, dispatch, and turn bad input into one line and exit code 2."""
+    err = Console(stderr=True, soft_wrap=True)
     try:
+        args, extra = _parser().parse_known_args(argv)
+        if extra:
+            raise ServesimError(
+                f"servesim {args.command} does not take {' '.join(extra)}; see `servesim "
+                f"{args.command} --help`."
+            )
         return COMMANDS[args.command](args)
     except ServesimError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(_one_line(str(exc)))}", highlight=False)
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        err.print(
+            f"[red]error:[/red] {escape(_one_line(exc.strerror or str(exc)))}{escape(where)}; "
+            "check the path, "
+            "its permissions and the free space.",
+            highlight=False,
+        )
+        return 2
+    except MemoryError:
+        err.print(
+            "[red]error:[/red] this machine ran out of memory for what was asked; ask for less "
+            "(fewer requests, a smaller batch or a smaller model).",
+            highlight=False,
+        )
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
+        err.print("interrupted")
         return 130
 
 

@@ -9,44 +9,116 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from servesim.config import add_switch
+from servesim import config
+from servesim.config import (
+    Misuse,
+    NonEmpty,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Settings,
+    WorkloadSettings,
+    add_switch,
+)
 from servesim.errors import ServesimError
 
-console = Console()
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
 
-BENCH_DEFAULTS: dict[str, Any] = {
-    "url": "http://127.0.0.1:8000",
-    "model": None,
-    "engine": "vllm",
-    "chat": False,
-    "api_key": None,
-    "words": None,
-    "tokenizer": None,
-    "token_ids": None,
-    "prompt_offset": None,
-    "trace": None,
-    "rate": None,
-    "num_requests": None,
-    "prompt": None,
-    "output": None,
-    "arrival": "poisson",
-    "cv": 1.0,
-    "clients": None,
-    "think_s": 0.0,
-    "seed": 0,
-    "timeout": 120.0,
-    "deadline": 3600.0,
-    "max_concurrency": 256,
-    "ttft_slo": 2.0,
-    "tpot_slo": 0.1,
-    "out": "servesim-bench",
-    "progress": True,
-}
+
+class BenchSettings(WorkloadSettings):
+    """Everything `servesim bench` reads."""
+
+    url: NonEmpty = "http://127.0.0.1:8000"
+    model: NonEmpty | None = None
+    engine: NonEmpty = "vllm"
+    chat: bool = False
+    api_key: NonEmpty | None = None
+    words: NonEmpty | None = None
+    tokenizer: NonEmpty | None = None
+    token_ids: Annotated[int, Field(ge=10)] | None = None
+    prompt_offset: NonNegInt | None = None
+    timeout: PosFloat = 120.0
+    deadline: PosFloat = 3600.0
+    max_concurrency: PosInt = 256
+    ttft_slo: PosFloat = 2.0
+    tpot_slo: PosFloat = 0.1
+    out: NonEmpty = "servesim-bench"
+    progress: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc}), got {v!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _bench_modes(self) -> BenchSettings:
+        if not self.model:
+            raise Misuse("Give {model}, the model name the server serves.")
+        if sum(self.given(k) for k in ("words", "tokenizer", "token_ids")) != 1:
+            raise Misuse(
+                "Give exactly one of {words} FILE, {tokenizer} PATH or {token_ids} VOCAB_SIZE "
+                "so prompts have exact token counts."
+            )
+        if self.chat and self.given("token_ids"):
+            raise Misuse(
+                "{token_ids} sends token ids, which chat messages cannot carry; use {words} or "
+                "{tokenizer} with {chat}."
+            )
+        return self
+
+
+class CompareSettings(Settings):
+    """Everything `servesim compare` reads."""
+
+    POSITIONAL: ClassVar[dict[str, str]] = {"a": "Run A", "b": "Run B"}
+    a: NonEmpty
+    b: NonEmpty
+    labels: Annotated[list[NonEmpty], Field(min_length=2, max_length=2)] | None = None
+    ttft_slo: PosFloat = 2.0
+    tpot_slo: PosFloat = 0.1
+    out: NonEmpty = "servesim-compare"
+
+
+class ProfileSettings(Settings):
+    """Everything `servesim profile` reads."""
+
+    model: NonEmpty
+    hf_model: NonEmpty | None = None
+    out: NonEmpty
+    device_name: NonEmpty = "local"
+    device: NonEmpty = "auto"
+    threads: PosInt = 1
+    repeats: PosInt = 10
+    warmup: NonNegInt = 3
+    quick: bool = False
+
+
+class FewshotSettings(Settings):
+    """Everything `servesim fewshot` reads."""
+
+    tables: NonEmpty
+    device: NonEmpty
+    devices: NonEmpty | None = None
+    k: NonNegInt = 10
+    seed: NonNegInt = 0
+    out: NonEmpty
 
 
 def add_parsers(sub: Any) -> None:
@@ -81,93 +153,97 @@ def add_parsers(sub: Any) -> None:
     add_switch(r, "--progress", "progress bar")
 
     c = sub.add_parser("compare", help="two runs side by side with relative errors and CDFs")
-    c.add_argument("a", help="run A (reference): a simulate/bench output folder or parquet")
-    c.add_argument("b", help="run B")
+    c.add_argument("a", nargs="?", help="run A (reference): a simulate/bench output or parquet")
+    c.add_argument("b", nargs="?", help="run B")
+    c.add_argument("--config", help="YAML/JSON file with any of these settings")
     c.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two runs")
-    c.add_argument("--ttft-slo", type=float, default=2.0, help="TTFT target, seconds")
-    c.add_argument("--tpot-slo", type=float, default=0.1, help="TPOT target, seconds")
-    c.add_argument("--out", default="servesim-compare", help="folder for table and plot")
+    c.add_argument("--ttft-slo", type=float, help="TTFT target, seconds (default 2)")
+    c.add_argument("--tpot-slo", type=float, help="TPOT target, seconds (default 0.1)")
+    c.add_argument("--out", help="folder for table and plot (default servesim-compare)")
 
     pr = sub.add_parser("profile", help="time a model's operators here and write CSV tables")
-    pr.add_argument("--model", required=True, help="bundled model name or a config.json path")
+    pr.add_argument("--config", help="YAML/JSON file with any of these settings")
+    pr.add_argument("--model", help="bundled model name or a config.json path (required)")
     pr.add_argument("--hf-model", help="HF checkpoint folder to time full forward passes")
-    pr.add_argument("--out", required=True, help="folder for the tables")
-    pr.add_argument("--device-name", default="local", help="name of the device entry written")
-    pr.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    pr.add_argument("--threads", type=int, default=1, help="compute threads (default 1)")
-    pr.add_argument("--repeats", type=int, default=10, help="timed runs per shape")
-    pr.add_argument("--warmup", type=int, default=3, help="untimed runs per shape")
-    pr.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
+    pr.add_argument("--out", help="folder for the tables (required)")
+    pr.add_argument("--device-name", help="name of the device entry written (default local)")
+    pr.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    pr.add_argument("--threads", type=int, help="compute threads (default 1)")
+    pr.add_argument("--repeats", type=int, help="timed runs per shape (default 10)")
+    pr.add_argument("--warmup", type=int, help="untimed runs per shape (default 3)")
+    pr.add_argument("--quick", action="store_true", default=None, help="a small grid (smoke test)")
 
     f = sub.add_parser("fewshot", help="fit an unseen device from a few measurements")
-    f.add_argument("--tables", required=True, help="folder of aiconfigurator-format CSVs")
-    f.add_argument("--device", required=True, help="the device they were measured on")
+    f.add_argument("--config", help="YAML/JSON file with any of these settings")
+    f.add_argument("--tables", help="folder of aiconfigurator-format CSVs (required)")
+    f.add_argument("--device", help="the device they were measured on (required)")
     f.add_argument("--devices", help="extra device catalog YAML")
-    f.add_argument("--k", type=int, default=10, help="measurements to use (random)")
-    f.add_argument("--seed", type=int, default=0, help="which measurements")
-    f.add_argument("--out", required=True, help="fit JSON to write")
+    f.add_argument("--k", type=int, help="measurements to use, drawn at random (default 10)")
+    f.add_argument("--seed", type=int, help="which measurements (default 0)")
+    f.add_argument("--out", help="fit JSON to write (required)")
 
 
 # ---- bench ----------------------------------------------------------------------------------
-def _prompts(s: dict[str, Any]) -> Any:
+def _prompts(s: BenchSettings) -> Any:
     from servesim import bench
 
-    given = [k for k in ("words", "tokenizer", "token_ids") if s.get(k) is not None]
-    if len(given) != 1:
-        raise ServesimError(
-            "Give exactly one of --words FILE, --tokenizer PATH or --token-ids VOCAB_SIZE so "
-            "prompts have exact token counts."
-        )
-    if s.get("words") is not None:
-        return bench.WordPrompts.from_file(s["words"])
-    if s.get("tokenizer") is not None:
-        return bench.TokenizerPrompts(str(s["tokenizer"]))
-    if int(s["token_ids"]) < 10:
-        raise ServesimError("--token-ids needs the vocabulary size (>= 10).")
-    return bench.TokenIdPrompts(int(s["token_ids"]))
+    if s.words is not None:
+        return bench.WordPrompts.from_file(s.words)
+    if s.tokenizer is not None:
+        return bench.TokenizerPrompts(s.tokenizer)
+    assert s.token_ids is not None  # BenchSettings wants exactly one of the three
+    return bench.TokenIdPrompts(s.token_ids)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Replay a workload against a server and write the per-request table and summary."""
-    from servesim import bench, config
+    """Replay a workload against a server and write the per-request table and summary; exit 1
+    (outputs still written) when no request succeeded."""
+    from servesim import bench
     from servesim.cli import build_workload, print_summary
     from servesim.metrics import Slo, write_parquet, write_summary
 
-    file_settings = config.load_file(args.config) if args.config else {}
-    s = config.merge(vars(args), file_settings, BENCH_DEFAULTS, args.config or "flags")
-    if not s.get("model"):
-        raise ServesimError("Give --model, the model name the server serves.")
-    target = bench.Target(
-        str(s["url"]), str(s["model"]), str(s["engine"]), bool(s["chat"]), s.get("api_key")
-    )
+    s = config.settings(BenchSettings, args)
+    out = config.check_out_dir(s.out, s.spell("out"))
+    target = bench.Target(s.url, str(s.model), s.engine, s.chat, s.api_key)
     prompts = _prompts(s)
-    if s.get("prompt_offset") is not None:
-        prompts.offset = int(s["prompt_offset"])
-    else:
-        prompts.offset = bench.probe_prompt_offset(target, prompts, float(s["timeout"]))
-        console.print(f"the server adds {prompts.offset} token(s) to each prompt")
     work = build_workload(s)
-    slo = Slo(float(s["ttft_slo"]), float(s["tpot_slo"]))
+    if s.prompt_offset is not None:
+        prompts.offset = s.prompt_offset
+    else:
+        prompts.offset = bench.probe_prompt_offset(target, prompts, s.timeout)
+        console.print(f"the server adds {prompts.offset} token(s) to each prompt")
+    slo = Slo(s.ttft_slo, s.tpot_slo)
     res = bench.run(
         target,
         work,
         prompts,
-        timeout_s=float(s["timeout"]),
-        deadline_s=float(s["deadline"]),
-        max_concurrency=int(s["max_concurrency"]),
-        seed=int(s["seed"]),
-        progress=bool(s["progress"]),
+        timeout_s=s.timeout,
+        deadline_s=s.deadline,
+        max_concurrency=s.max_concurrency,
+        seed=s.seed,
+        progress=s.progress,
     )
     summary = res.summary(slo)
-    out = Path(str(s["out"]))
-    write_parquet(res.columns(), out / "requests.parquet")
-    write_summary(summary, out / "summary.json")
-    print_summary(summary)
+    with config.writing(out, s.spell("out")):
+        write_parquet(res.columns(), out / "requests.parquet")
+        write_summary(summary, out / "summary.json")
+    print_summary(summary, simulated=False)
     counts = ", ".join(f"{k} {v}" for k, v in summary["statuses"].items() if v)
     console.print(
         f"statuses: {counts}; prompt length mismatches {summary['prompt_length_mismatches']}"
     )
     console.print(f"wrote {out}/requests.parquet and summary.json")
+    if summary["requests"] and not summary["finished"]:
+        first = next((r.error for r in res.records if r.error), "")
+        why = f" (first error: {' '.join(str(first).split())[:160]})" if first else ""
+        Console(stderr=True).print(
+            f"every one of the {summary['requests']} requests failed ({counts}){why}; check "
+            f"that the server at {s.url} is up and serves {s.model!r} (exit status 1).",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        return 1
     return 0
 
 
@@ -188,13 +264,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from servesim.metrics import Slo
     from servesim.plots import cdf_svg
 
-    la, lb = args.labels or (None, None)
-    a = compare.load_run(args.a, la)
-    b = compare.load_run(args.b, lb)
+    s = config.settings(CompareSettings, args)
+    out = config.check_out_dir(s.out, s.spell("out"))
+    la, lb = s.labels or (None, None)
+    a = compare.load_run(s.a, la)
+    b = compare.load_run(s.b, lb)
     if a.label == b.label:
         a.label, b.label = f"{a.label} (A)", f"{b.label} (B)"
-    rows = compare.compare(a, b, Slo(args.ttft_slo, args.tpot_slo))
-    table = Table(title=f"{a.label} (A) vs {b.label} (B)")
+        title = f"{a.label} vs {b.label}"
+    else:
+        title = f"{a.label} (A) vs {b.label} (B)"
+    rows = compare.compare(a, b, Slo(s.ttft_slo, s.tpot_slo))
+    table = Table(title=Text(title))
     for col in ("metric", "A", "B", "B vs A"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for r in rows:
@@ -206,9 +287,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "-" if e != e else f"{e:+.1%}",
         )
     console.print(table)
-    out = Path(args.out)
-    csv_path = compare.write_table(rows, out / "comparison.csv", a.label, b.label)
-    svg = cdf_svg(compare.cdf_panels(a, b), out / "cdf.svg", f"{a.label} vs {b.label}")
+    with config.writing(out, s.spell("out")):
+        csv_path = compare.write_table(rows, out / "comparison.csv", a.label, b.label)
+        svg = cdf_svg(compare.cdf_panels(a, b), out / "cdf.svg", f"{a.label} vs {b.label}")
     console.print(f"wrote {csv_path} and {svg}")
     return 0
 
@@ -219,17 +300,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from servesim.model import load_model
     from servesim.profile import ProfileConfig, profile_model
 
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ServesimError("--threads and --repeats must be >= 1 and --warmup >= 0.")
-    model = load_model(args.model)
-    cfg = ProfileConfig(
-        warmup=args.warmup, repeats=args.repeats, threads=args.threads, device=args.device
-    )
-    if args.quick:
+    s = config.settings(ProfileSettings, args)
+    out = config.check_out_dir(s.out, s.spell("out"))
+    if s.hf_model is not None and not (Path(s.hf_model) / "config.json").is_file():
+        raise ServesimError(
+            f"{s.spell('hf_model')} {s.hf_model!r} is not a folder with a Hugging Face "
+            "checkpoint (config.json and weights); give the checkpoint's folder."
+        )
+    if s.device != "auto" and s.device != "cpu" and not s.device.startswith("cuda"):
+        raise ServesimError(f"{s.spell('device')} {s.device!r} is unknown; use auto, cpu or cuda.")
+    model = load_model(s.model)
+    cfg = ProfileConfig(warmup=s.warmup, repeats=s.repeats, threads=s.threads, device=s.device)
+    if s.quick:
         cfg = cfg.quick()
-    res = profile_model(
-        model, args.out, cfg, args.device_name, args.hf_model, log=lambda m: console.print(m)
-    )
+    with config.writing(out, s.spell("out")):
+        res = profile_model(
+            model, out, cfg, s.device_name, s.hf_model, log=lambda m: console.print(m)
+        )
     console.print(
         f"best GEMM {res.peak_flops_per_s / 1e9:,.0f} GFLOP/s, stream "
         f"{res.mem_bw_bytes_per_s / 1e9:,.1f} GB/s; {res.wall_s:.0f} s"
@@ -237,8 +324,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for f in res.files:
         console.print(f"wrote {f}")
     console.print(
-        f"calibrate with: servesim calibrate --tables {args.out} --vidur {args.out}/vidur "
-        f"--device {args.device_name} --devices {args.out}/device.yaml --out fit.json"
+        f"calibrate with: servesim calibrate --tables {out} --vidur {out}/vidur "
+        f"--device {s.device_name} --devices {out}/device.yaml --out fit.json"
     )
     return 0
 
@@ -247,16 +334,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_fewshot(args: argparse.Namespace) -> int:
     """Fit a device's effective efficiencies from k random measurements and save the fit."""
     from servesim import fewshot
+    from servesim.cli import is_fit_file, save_fit
     from servesim.devices import catalog
 
-    device = catalog(args.devices).get(args.device)
-    pool = fewshot.measurements(args.tables)
-    if args.k < 0:
-        raise ServesimError("--k must be >= 0.")
-    shots = fewshot.sample(pool, args.k, args.seed)
+    s = config.settings(FewshotSettings, args)
+    out = config.check_out_file(s.out, s.spell("out"), ours=is_fit_file)
+    device = catalog(s.devices).get(s.device)
+    with config.utf8_tables(s.spell("tables"), s.tables):
+        pool = fewshot.measurements(s.tables)
+    shots = fewshot.sample(pool, s.k, s.seed)
     fit = fewshot.fit_device(shots, device)
-    fit.save(args.out)
-    console.print(f"wrote {args.out} ({fit.fitted_on})")
+    save_fit(fit, out, s.spell("out"))
+    console.print(f"wrote {out} ({fit.fitted_on})")
     return 0
 
 

@@ -5,50 +5,161 @@ from __future__ import annotations
 import argparse
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from servesim import config
+from servesim.config import (
+    Edges,
+    Fraction,
+    LengthSpec,
+    Misuse,
+    Names,
+    NonEmpty,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    PosInts,
+    Settings,
+)
 from servesim.errors import ServesimError
 from servesim.metrics import Slo
 from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
 
-console = Console()
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
 
-PLAN_DEFAULTS: dict[str, Any] = {
-    "model": "meta-llama/Llama-3.1-70B",
-    "trace": "azure_conv",
-    "num_requests": 1000,
-    "prompt": None,
-    "output": None,
-    "arrival": "poisson",
-    "cv": 1.0,
-    "seed": 0,
-    "rate": 10.0,
-    "ttft_slo": 2.0,
-    "tpot_slo": 0.1,
-    "target": 0.9,
-    "gpus": "h100_sxm,a100_sxm,l40s,l4",
-    "devices": None,
-    "tp": "1,2,4,8",
-    "pp": "1",
-    "engines": "vllm,sglang",
-    "batching": "64:2048,256:8192,1024:16384",
-    "weight_dtypes": None,
-    "kv_dtypes": "bf16",
-    "pd_ratios": "1:1,1:2",
-    "fit": None,
-    "workers": None,
-    "ray": None,
-    "out": "plan-out",
-    "top": 10,
-    "mix": False,
-    "prompt_edges": "0,1500,inf",
-    "output_edges": "0,250,inf",
-    "slice_factor": 4,
-}
+
+def _pairs(v: Any) -> Any:
+    """`64:2048,256:8192`, or a list of "A:B" strings or [A, B] pairs → a tuple of int pairs
+    (a ValueError says the form)."""
+    if isinstance(v, str):
+        if v.strip().lower() in ("", "none", "off"):
+            return ()
+        v = [x for x in v.split(",") if x.strip()]
+    if not isinstance(v, list | tuple):
+        return v
+    out = []
+    for part in v:
+        items = part.split(":") if isinstance(part, str) else part
+        try:
+            a, b = (int(x) for x in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"takes A:B pairs of whole numbers like 1:2, got {part!r}") from None
+        if a < 1 or b < 1:
+            raise ValueError(f"takes pairs of positive whole numbers, got {part!r}")
+        out.append((a, b))
+    return tuple(out)
+
+
+def _edges(v: Any) -> Any:
+    """`0,1500,inf` or a list of numbers → a tuple of increasing bucket edges."""
+    items = [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        return v
+    try:
+        edges = tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"takes comma-separated token counts like 0,1500,inf, got {v!r}") from None
+    if len(edges) < 2 or any(e != e for e in edges) or any(b <= a for a, b in pairwise(edges)):
+        raise ValueError(f"needs at least two increasing edges like 0,1500,inf, got {v!r}")
+    return edges
+
+
+Pairs = Annotated[tuple[tuple[int, int], ...], BeforeValidator(_pairs)]
+BucketEdges = Annotated[Edges, BeforeValidator(_edges)]
+SEARCH_ONLY = (
+    "pp",
+    "engines",
+    "batching",
+    "weight_dtypes",
+    "kv_dtypes",
+    "pd_ratios",
+    "fit",
+    "workers",
+    "ray",
+    "out",
+    "top",
+)
+
+
+class PlanSettings(Settings):
+    """Everything `servesim plan` reads."""
+
+    model: NonEmpty = "meta-llama/Llama-3.1-70B"
+    trace: NonEmpty = "azure_conv"
+    num_requests: Annotated[int, Field(ge=10)] = 1000
+    prompt: LengthSpec | None = None
+    output: LengthSpec | None = None
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    cv: PosFloat = 1.0
+    seed: NonNegInt = 0
+    rate: PosFloat | None = 10.0
+    ttft_slo: PosFloat = 2.0
+    tpot_slo: PosFloat = 0.1
+    target: Fraction = 0.9
+    gpus: Names = ("h100_sxm", "a100_sxm", "l40s", "l4")
+    devices: NonEmpty | None = None
+    tp: PosInts = (1, 2, 4, 8)
+    pp: PosInts = (1,)
+    engines: Names = ("vllm", "sglang")
+    batching: Pairs = ((64, 2048), (256, 8192), (1024, 16384))
+    weight_dtypes: Names = ()
+    kv_dtypes: Names = ("bf16",)
+    pd_ratios: Pairs = ((1, 1), (1, 2))
+    fit: NonEmpty | None = None
+    workers: PosInt | None = None
+    ray: NonEmpty | None = None
+    out: NonEmpty = "plan-out"
+    top: PosInt = 10
+    mix: bool = False
+    prompt_edges: BucketEdges = (0.0, 1500.0, float("inf"))
+    output_edges: BucketEdges = (0.0, 250.0, float("inf"))
+    slice_factor: PosInt = 4
+
+    @field_validator("gpus", "engines", "kv_dtypes", "tp", "pp", "batching")
+    @classmethod
+    def _not_empty(cls, v: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
+        if not v:
+            example = {
+                "gpus": "h100_sxm,l40s",
+                "engines": "vllm,sglang",
+                "kv_dtypes": "bf16,fp8",
+                "tp": "1,2,4,8",
+                "pp": "1",
+                "batching": "256:8192",
+            }[str(info.field_name)]
+            raise ValueError(f"needs at least one value, e.g. {example}")
+        return v
+
+    @model_validator(mode="after")
+    def _plan_modes(self) -> PlanSettings:
+        config.check_workload_mode(self, closed_loops=False)
+        for key in ("prompt_edges", "output_edges", "slice_factor"):
+            if self.given(key) and not self.mix:
+                raise Misuse(
+                    f"{{{key}}} shapes the Mélange mix and does nothing without {{mix}}; add "
+                    f"{{mix}} or drop {{{key}}}."
+                )
+        if self.mix:
+            for key in SEARCH_ONLY:
+                if self.given(key):
+                    raise Misuse(
+                        f"{{{key}}} does nothing with {{mix}}, which sizes a mix of the {{gpus}} "
+                        f"at {{tp}} for {{rate}}; drop {{{key}}} or {{mix}}."
+                    )
+            if self.rate is None:
+                raise Misuse("{mix} needs {rate}, the request rate to serve.")
+        if self.given("workers") and self.ray and self.ray != "local":
+            raise Misuse(
+                "{workers} sets the CPUs of a local Ray and does nothing with a Ray cluster at "
+                "{ray}; drop {workers}."
+            )
+        return self
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,12 +169,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="bundled model name/HF id or a config.json path")
     w = p.add_argument_group("workload and SLO")
     w.add_argument("--trace", help="bundled trace name or file (its arrival shape is scaled)")
-    w.add_argument("--num-requests", type=int, help="requests per capacity probe")
+    w.add_argument("--num-requests", type=int, help="requests per capacity probe (≥ 10)")
     w.add_argument("--prompt", help="synthetic prompt lengths instead of a trace")
     w.add_argument("--output", help="synthetic output lengths instead of a trace")
     w.add_argument("--arrival", help="synthetic arrivals: poisson or gamma")
     w.add_argument("--cv", type=float, help="gamma arrivals' coefficient of variation")
-    w.add_argument("--seed", type=int)
+    w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals (≥ 0)")
     w.add_argument("--rate", type=float, help="traffic to size the deployment for, req/s")
     w.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
     w.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")
@@ -72,7 +183,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--gpus", help="comma-separated device names to consider")
     s.add_argument("--devices", help="extra device catalog YAML")
     s.add_argument("--tp", help="comma-separated TP degrees")
-    s.add_argument("--pp", help="comma-separated PP degrees")
+    s.add_argument("--pp", help="comma-separated PP degrees (at most the model's layers)")
     s.add_argument("--engines", help="comma-separated engine profiles/policies")
     s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
     s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
@@ -86,150 +197,143 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument(
         "--mix", action="store_true", default=None, help="cheapest mix of the --gpus for --rate"
     )
-    m.add_argument("--prompt-edges", help="prompt-token bucket edges, e.g. 0,1500,inf")
-    m.add_argument("--output-edges", help="output-token bucket edges, e.g. 0,250,inf")
-    m.add_argument("--slice-factor", type=int, help="slices per bucket (Mélange suggests 4)")
+    m.add_argument("--prompt-edges", help="prompt-token bucket edges, e.g. 0,1500,inf (--mix)")
+    m.add_argument("--output-edges", help="output-token bucket edges, e.g. 0,250,inf (--mix)")
+    m.add_argument("--slice-factor", type=int, help="slices per bucket (--mix; Mélange: 4)")
     r = p.add_argument_group("execution and output")
     r.add_argument("--workers", type=int, help="local worker processes (default: cores)")
-    r.add_argument("--ray", help="run on Ray: an address, or 'local' to start one")
+    r.add_argument(
+        "--ray", help="run on Ray: a cluster address (host:port), or 'local' to start one"
+    )
     r.add_argument("--out", help="output folder (results resume from its store)")
     r.add_argument("--top", type=int, help="candidates shown in the table")
 
 
-def _ints(text: Any, what: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in str(text).split(",") if x.strip())
-    except ValueError:
-        raise ServesimError(f"--{what} takes comma-separated integers, got {text!r}.") from None
-    if not vals or min(vals) < 1:
-        raise ServesimError(f"--{what} needs positive integers, got {text!r}.")
-    return vals
-
-
-def _names(text: Any) -> tuple[str, ...]:
-    return tuple(x.strip() for x in str(text).split(",") if x.strip())
-
-
-def _int_pairs(text: Any, flag: str, form: str) -> tuple[tuple[int, int], ...]:
-    """Comma-separated A:B pairs of positive integers (`form` names them for the error)."""
-    out = []
-    for part in _names(text):
-        try:
-            a, b = (int(x) for x in part.split(":"))
-        except ValueError:
-            raise ServesimError(f"--{flag} takes {form}, got {part!r}.") from None
-        if a < 1 or b < 1:
-            raise ServesimError(f"--{flag} values must be positive, got {part!r}.")
-        out.append((a, b))
-    return tuple(out)
-
-
-def _ratios(text: Any) -> tuple[tuple[int, int], ...]:
-    if text is None or str(text).strip().lower() in ("", "none", "off"):
-        return ()
-    return _int_pairs(text, "pd-ratios", "PREFILL:DECODE replica counts like 1:2")
-
-
-def _batching(text: Any) -> tuple[tuple[int, int], ...]:
-    return _int_pairs(text, "batching", "MAX_SEQS:TOKEN_BUDGET pairs like 256:8192")
-
-
-def build(s: dict[str, Any]) -> tuple[PlanSpec, SearchSpace]:
-    """The plan question and search space from merged settings."""
-
-    synthetic = s.get("prompt") is not None or s.get("output") is not None
+def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
+    """The plan question and search space from validated settings."""
+    synthetic = s.prompt is not None or s.output is not None
     work = WorkloadSpec(
-        trace=None if synthetic else str(s["trace"]),
-        num_requests=int(s["num_requests"]),
-        prompt=s.get("prompt"),
-        output=s.get("output"),
-        arrival=str(s["arrival"]),
-        cv=float(s["cv"]),
-        seed=int(s["seed"]),
+        trace=None if synthetic else s.trace,
+        num_requests=s.num_requests,
+        prompt=s.prompt,
+        output=s.output,
+        arrival=s.arrival,
+        cv=s.cv,
+        seed=s.seed,
     )
-    if work.num_requests < 10:
-        raise ServesimError("--num-requests must be at least 10 for a capacity search.")
-    target = float(s["target"])
-    if not 0 < target <= 1:
-        raise ServesimError(f"--target must be a fraction in (0, 1], got {target}.")
-    rate = s.get("rate")
-    if rate is not None and float(rate) <= 0:
-        raise ServesimError(f"--rate must be a positive request rate, got {rate}.")
     spec = PlanSpec(
-        model=str(s["model"]),
+        model=s.model,
         workload=work,
-        slo=Slo(float(s["ttft_slo"]), float(s["tpot_slo"])),
-        target=target,
-        rate_per_s=float(rate) if rate is not None else None,
-        devices_file=s.get("devices"),
-        fit_file=s.get("fit"),
+        slo=Slo(s.ttft_slo, s.tpot_slo),
+        target=s.target,
+        rate_per_s=s.rate,
+        devices_file=s.devices,
+        fit_file=s.fit,
     )
     space = SearchSpace(
-        devices=_names(s["gpus"]),
-        tp=_ints(s["tp"], "tp"),
-        pp=_ints(s["pp"], "pp"),
-        engines=_names(s["engines"]),
-        batching=_batching(s["batching"]),
-        weight_dtypes=_names(s["weight_dtypes"]) if s.get("weight_dtypes") else (),
-        kv_dtypes=_names(s["kv_dtypes"]),
-        pd_ratios=_ratios(s.get("pd_ratios")),
+        devices=s.gpus,
+        tp=s.tp,
+        pp=s.pp,
+        engines=s.engines,
+        batching=s.batching,
+        weight_dtypes=s.weight_dtypes,
+        kv_dtypes=s.kv_dtypes,
+        pd_ratios=s.pd_ratios,
     )
     return spec, space
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Run a plan and report it."""
+def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
+    """Everything a plan needs, checked before any search: the model, devices, engines,
+    formats, the kernel fit, the workload and the output folder."""
+    from servesim.devices import catalog
+    from servesim.dtypes import KV_DTYPES, canonical
     from servesim.engine import get_engine
-    from servesim.export import write_exports
+    from servesim.kernels import KernelFit
     from servesim.model import load_model
-    from servesim.plan import check_space, run_plan
-    from servesim.report import write_report
 
-    file_settings = config.load_file(args.config) if args.config else {}
-    s = config.merge(vars(args), file_settings, PLAN_DEFAULTS, args.config or "flags")
-    spec, space = build(s)
-    check_space(space)
-    load_model(spec.model)  # an unknown model fails before any work
+    model = load_model(spec.model)
+    cat = catalog(spec.devices_file)
+    for d in space.devices:
+        cat.get(d)
     for e in space.engines:
         get_engine(e)
-    if s.get("mix"):
+    for w in space.weight_dtypes:
+        canonical(w)
+    for kv in space.kv_dtypes:
+        if canonical(kv) not in KV_DTYPES:
+            raise ServesimError(
+                f"{s.spell('kv_dtypes')} has {kv!r}; KV caches are {', '.join(KV_DTYPES)}."
+            )
+    too_deep = [pp for pp in space.pp if pp > model.num_layers]
+    if too_deep:
+        raise ServesimError(
+            f"{s.spell('pp')} {too_deep[0]} exceeds {model.name}'s {model.num_layers} layers; "
+            f"use pipeline degrees of at most {model.num_layers}."
+        )
+    if spec.fit_file:
+        KernelFit.load(spec.fit_file)
+    if spec.workload.trace is None:
+        from servesim.workload import parse_length
+
+        parse_length(spec.workload.prompt or "fixed:1024", "prompt")
+        parse_length(spec.workload.output or "fixed:256", "output")
+    spec.workload.build()
+    if not s.mix:
+        config.check_out_dir(s.out, s.spell("out"))
+    if s.ray and s.ray != "local":
+        from servesim.runner import check_ray_address
+
+        check_ray_address(s.ray)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Run a plan and report it; exit 1 (outputs still written) when nothing meets the SLO."""
+    from servesim.export import write_exports
+    from servesim.plan import run_plan
+    from servesim.report import write_report
+
+    s = config.settings(PlanSettings, args)
+    spec, space = build(s)
+    check_inputs(s, spec, space)
+    if s.mix:
         return _mix(spec, space, s)
-    workers = int(s["workers"]) if s.get("workers") else None
-    result = run_plan(spec, space, Path(str(s["out"])), workers=workers, ray_address=s.get("ray"))
-    result.files["report"] = write_report(result, result.out_dir / "report.html")
-    result.files.update(write_exports(result, result.out_dir))
-    print_plan(result, int(s["top"]))
+    out = Path(s.out)
+    with config.writing(out, s.spell("out")):
+        result = run_plan(spec, space, out, workers=s.workers, ray_address=s.ray)
+        result.files["report"] = write_report(result, result.out_dir / "report.html")
+        result.files.update(write_exports(result, result.out_dir))
+    print_plan(result, s.top)
+    if result.winner is None:
+        why = (
+            "no candidate meets the SLO"
+            if result.closest_miss() is not None
+            else "every candidate was pruned before simulation"
+        )
+        Console(stderr=True).print(
+            f"{why} (exit status 1); the report and plan.parquet say how close each came.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
     return 0
 
 
-def _edges(text: Any, what: str) -> list[float]:
-    try:
-        edges = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise ServesimError(f"--{what} takes comma-separated token counts, got {text!r}.") from None
-    if len(edges) < 2 or any(b <= a for a, b in pairwise(edges)):
-        raise ServesimError(f"--{what} needs at least two increasing edges, got {text!r}.")
-    return edges
-
-
-def _mix(spec: PlanSpec, space: SearchSpace, s: dict[str, Any]) -> int:
+def _mix(spec: PlanSpec, space: SearchSpace, s: PlanSettings) -> int:
     """The cheapest mix of GPU types for the target rate, checked by simulation."""
     from servesim.melange import plan_mix
 
-    if not spec.rate_per_s:
-        raise ServesimError("--mix needs --rate, the request rate to serve.")
-    prompt_edges = _edges(s["prompt_edges"], "prompt-edges")
-    output_edges = _edges(s["output_edges"], "output-edges")
+    assert spec.rate_per_s is not None  # PlanSettings refuses --mix without --rate
     mp = plan_mix(
         spec,
         list(space.devices),
         spec.rate_per_s,
-        prompt_edges,
-        output_edges,
+        list(s.prompt_edges),
+        list(s.output_edges),
         tp=space.tp,
-        slice_factor=int(s["slice_factor"]),
+        slice_factor=s.slice_factor,
     )
-    table = Table(title=f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}")
+    table = Table(title=Text(f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}"))
     for col in ("type", "replicas", "devices", "$/h", "simulated attainment"):
         table.add_column(col)
     for t, n in mp.solution.counts.items():
@@ -255,8 +359,9 @@ def _mix(spec: PlanSpec, space: SearchSpace, s: dict[str, Any]) -> int:
         console.print(f"smallest one-type fleet passing simulation: {base[0]} at ${base[1]:.2f}/h")
         if base[1] < mp.solution.cost_per_hour:
             console.print(
-                "[yellow]the one-type fleet is cheaper here: bucket loads do not simply add up "
-                "(each bucket must meet the target alone in the mix model)[/yellow]"
+                "the one-type fleet is cheaper here: bucket loads do not simply add up "
+                "(each bucket must meet the target alone in the mix model)",
+                style="yellow",
             )
     return 0
 
@@ -268,21 +373,30 @@ def print_plan(result: Any, top: int = 10) -> None:
     spec = result.spec
     pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
     console.print(
-        f"[bold]{spec.model}[/bold]: TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ "
-        f"{spec.slo.tpot_s * 1e3:g} ms for {spec.target:.0%} of requests; "
-        f"{result.evaluated} candidates simulated, {result.reused} reused from the store, "
-        f"{len(result.pruned)} pruned ({pruned or 'none'}) in {result.wall_s:.1f} s"
+        Text.assemble(
+            (spec.model, "bold"),
+            f": TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
+            f"{spec.target:.0%} of requests; {result.evaluated} candidates simulated, "
+            f"{result.reused} reused from the store, {len(result.pruned)} pruned "
+            f"({pruned or 'none'}) in {result.wall_s:.1f} s",
+        )
     )
     console.print(terminal_table(result, top))
     if result.winner is None:
         miss = result.closest_miss()
         if miss is not None:
             console.print(
-                f"[red]No candidate meets the SLO.[/red] Closest: {miss['label']}: "
-                f"{miss['reason']}."
+                Text.assemble(
+                    ("No candidate meets the SLO.", "red"),
+                    f" Closest: {miss['label']}: {miss['reason']}.",
+                )
             )
         else:
-            console.print("[red]No candidate could even be simulated:[/red] every one was pruned.")
+            console.print(
+                Text.assemble(
+                    ("No candidate could even be simulated:", "red"), " every one was pruned."
+                )
+            )
             for p in result.pruned[:5]:
                 console.print(f"  {p.candidate.label()}: {p.reason}")
         return

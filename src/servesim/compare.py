@@ -95,7 +95,9 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             saved = json.loads(sj.read_text())
         except ValueError:
             saved = {}
-    name = label or (p.name if p.is_dir() else p.stem)
+    # A run is named by its folder (`measured/` or `measured/requests.parquet` → measured).
+    folder = p if p.is_dir() else p.parent if p.name == "requests.parquet" else None
+    name = label or (folder.resolve().name if folder is not None else p.stem)
     return Run(name, cols, saved)
 
 

@@ -71,6 +71,52 @@ class ModelSpec:
     expert_dtype: str = "bf16"
     kv_dtype: str = "bf16"
 
+    def __post_init__(self) -> None:
+        """Refuse a shape no model has: every size positive, heads that split evenly, experts
+        that exist."""
+        where = f"Model {self.name!r}"
+        for key in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim"):
+            _positive(getattr(self, key), key, where)
+        for key in ("intermediate_size", "vocab_size"):
+            _positive(getattr(self, key), key, where)
+        for key in (
+            "position_embeddings",
+            "embed_dim",
+            "num_experts",
+            "experts_per_token",
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "first_dense_layers",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "sliding_window",
+            "num_sliding_layers",
+        ):
+            _positive(getattr(self, key), key, where, zero_ok=True)
+        if not self.is_mla and self.num_heads % self.num_kv_heads:
+            raise ServesimError(
+                f"{where}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                f"{self.num_kv_heads}; grouped-query attention needs it to be."
+            )
+        if self.num_experts:
+            if not 1 <= self.experts_per_token <= self.num_experts:
+                raise ServesimError(
+                    f"{where}: experts_per_token {self.experts_per_token} must be between 1 and "
+                    f"num_experts {self.num_experts}."
+                )
+            _positive(self.moe_intermediate_size, "moe_intermediate_size", where)
+        if self.first_dense_layers > self.num_layers or self.num_sliding_layers > self.num_layers:
+            raise ServesimError(
+                f"{where}: first_dense_layers and num_sliding_layers must not exceed num_layers "
+                f"{self.num_layers}."
+            )
+        if self.is_mla:
+            for key in ("qk_rope_head_dim", "v_head_dim"):
+                _positive(getattr(self, key), key, where)
+
     # ---- derived shape facts -------------------------------------------------------------
     @property
     def is_moe(self) -> bool:
@@ -258,6 +304,30 @@ class ModelSpec:
                 "multiple of them; pick a TP that divides or is a multiple of the KV heads."
             )
 
+    def check_parallel(self, par: Any) -> None:
+        """Refuse a parallel layout the model cannot take: TP that does not split the heads,
+        more pipeline stages than layers, expert parallelism without experts to spread."""
+        self.check_tp(par.tp)
+        if par.pp > self.num_layers:
+            raise ServesimError(
+                f"PP={par.pp} exceeds {self.name}'s {self.num_layers} layers; use a pipeline "
+                f"degree of at most {self.num_layers}."
+            )
+        if par.ep > 1 and not self.is_moe:
+            raise ServesimError(f"EP={par.ep} spreads experts but {self.name} is dense; use ep=1.")
+        if par.ep > 1 and self.num_experts % par.ep:
+            raise ServesimError(
+                f"EP={par.ep} does not divide {self.name}'s {self.num_experts} experts; use an "
+                f"EP that divides {self.num_experts}."
+            )
+
+
+def _positive(value: Any, key: str, where: str, zero_ok: bool = False) -> None:
+    """Refuse a size that is not a whole number ≥ 1 (≥ 0 with `zero_ok`)."""
+    low = 0 if zero_ok else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ServesimError(f"{where}: {key} is {value!r}; it must be a whole number ≥ {low}.")
+
 
 # ---- loading from config.json -----------------------------------------------------------
 
@@ -270,7 +340,9 @@ def _get(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
 def _require(cfg: dict[str, Any], keys: tuple[str, ...], origin: str) -> None:
     missing = [k for k in keys if cfg.get(k) is None]
     if missing:
-        raise ServesimError(f"{origin} lacks {', '.join(missing)}; is it a model's config.json?")
+        raise ServesimError(
+            f"{origin} lacks {', '.join(missing)}; is it a model's config.json (add them)?"
+        )
 
 
 def _quant_dtypes(cfg: dict[str, Any], model_type: str) -> tuple[str, str]:
@@ -293,37 +365,84 @@ def _quant_dtypes(cfg: dict[str, Any], model_type: str) -> tuple[str, str]:
     return "bf16", "bf16"
 
 
-def spec_from_config(cfg: dict[str, Any], name: str = "model") -> ModelSpec:
-    """Build a ModelSpec from a parsed Hugging Face config dict; unknown families are refused."""
+class _Config:
+    """A parsed config.json read strictly: sizes must be whole numbers, missing keys named."""
+
+    def __init__(self, cfg: dict[str, Any], origin: str) -> None:
+        self.cfg = cfg
+        self.origin = origin
+
+    def get(self, key: str, default: Any = None) -> Any:
+        v = self.cfg.get(key, default)
+        return default if v is None else v
+
+    def int(self, key: str, default: Any = None) -> int:
+        """A whole number from `key` (or `default` when absent; absent without one: refused)."""
+        v = self.get(key, default)
+        if v is None:
+            raise ServesimError(
+                f"{self.origin} lacks {key}; is it a model's config.json (add {key})?"
+            )
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ServesimError(
+                f"{key} in {self.origin} must be a whole number, got {v!r}; fix the config."
+            )
+        return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        """A boolean from `key` (JSON true/false)."""
+        v = self.get(key, default)
+        if not isinstance(v, bool):
+            raise ServesimError(f"{key} in {self.origin} must be true or false, got {v!r}.")
+        return v
+
+
+def spec_from_config(
+    cfg: dict[str, Any], name: str = "model", origin: str | None = None
+) -> ModelSpec:
+    """Build a ModelSpec from a parsed Hugging Face config dict; unknown families are refused,
+    and so is any size that is missing, not a whole number, or impossible (0 heads, ...)."""
+    origin = origin or f"the config of {name}"
+    if not isinstance(cfg, dict):
+        raise ServesimError(
+            f"{origin} must be a JSON object of config keys, not a {type(cfg).__name__}."
+        )
+    c = _Config(cfg, origin)
     model_type = str(cfg.get("model_type", ""))
     if model_type in ("kimi_k25",) and isinstance(cfg.get("text_config"), dict):
         inner = dict(cfg["text_config"])
         inner.setdefault("quantization_config", cfg.get("quantization_config"))
-        return spec_from_config(inner, name)
+        return spec_from_config(inner, name, origin)
     if model_type not in KNOWN_TYPES:
         raise ServesimError(
             f"Model family {model_type or '(none)'!r} of {name} is not supported; servesim "
             f"knows {', '.join(KNOWN_TYPES)}."
         )
-    _require(
-        cfg,
-        ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"),
-        f"Config of {name}",
-    )
-    h = int(cfg["hidden_size"])
-    heads = int(cfg["num_attention_heads"])
+    _require(cfg, ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"), origin)
+    h = c.int("hidden_size")
+    heads = c.int("num_attention_heads")
+    for key, value in (("hidden_size", h), ("num_attention_heads", heads)):
+        if value < 1:
+            raise ServesimError(f"{key} in {origin} is {value}; it must be ≥ 1.")
+    if cfg.get("head_dim") is None and h % heads:
+        raise ServesimError(
+            f"hidden_size {h} in {origin} is not a multiple of num_attention_heads {heads}; "
+            "add head_dim or fix the sizes."
+        )
     weight_dtype, expert_dtype = _quant_dtypes(cfg, model_type)
     base: dict[str, Any] = dict(
         name=name,
         model_type=model_type,
-        num_layers=int(cfg["num_hidden_layers"]),
+        num_layers=c.int("num_hidden_layers"),
         hidden_size=h,
         num_heads=heads,
-        num_kv_heads=int(_get(cfg, "num_key_value_heads", heads)),
-        head_dim=int(_get(cfg, "head_dim", h // heads)),
-        intermediate_size=int(_get(cfg, "intermediate_size", 4 * h)),
-        vocab_size=int(cfg["vocab_size"]),
-        tie_embeddings=bool(_get(cfg, "tie_word_embeddings", False)),
+        num_kv_heads=c.int("num_key_value_heads", heads),
+        head_dim=c.int("head_dim", h // heads),
+        intermediate_size=c.int("intermediate_size", 4 * h),
+        vocab_size=c.int("vocab_size"),
+        tie_embeddings=c.flag("tie_word_embeddings", False),
         weight_dtype=weight_dtype,
         expert_dtype=expert_dtype,
     )
@@ -332,88 +451,92 @@ def spec_from_config(cfg: dict[str, Any], name: str = "model") -> ModelSpec:
     if model_type in ("qwen3", "qwen3_moe", "minimax_m2"):
         base["qk_norm"] = True
     if model_type in ("llama", "mistral"):
-        base["attention_bias"] = bool(_get(cfg, "attention_bias", False))
+        base["attention_bias"] = c.flag("attention_bias", False)
     if model_type == "opt":
         # OPT: MHA with biases, ReLU MLP of ffn_dim with biases, LayerNorm, learned positions
         # (HF keeps 2 extra rows for its padding offset), embeddings tied unless said otherwise.
-        _require(cfg, ("ffn_dim",), f"Config of {name}")
-        proj = int(_get(cfg, "word_embed_proj_dim", h))
+        proj = c.int("word_embed_proj_dim", h)
         base.update(
-            intermediate_size=int(cfg["ffn_dim"]),
+            intermediate_size=c.int("ffn_dim"),
             gated_mlp=False,
-            attention_bias=bool(_get(cfg, "enable_bias", True)),
-            mlp_bias=bool(_get(cfg, "enable_bias", True)),
+            attention_bias=c.flag("enable_bias", True),
+            mlp_bias=c.flag("enable_bias", True),
             norm_bias=True,
-            position_embeddings=int(_get(cfg, "max_position_embeddings", 2048)) + 2,
+            position_embeddings=c.int("max_position_embeddings", 2048) + 2,
             embed_dim=proj if proj != h else 0,
-            tie_embeddings=bool(_get(cfg, "tie_word_embeddings", True)),
+            tie_embeddings=c.flag("tie_word_embeddings", True),
         )
 
     if model_type == "mixtral":
         base.update(
-            num_experts=int(cfg["num_local_experts"]),
-            experts_per_token=int(cfg["num_experts_per_tok"]),
+            num_experts=c.int("num_local_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
             moe_intermediate_size=base["intermediate_size"],
         )
     elif model_type in ("qwen3_moe", "qwen2_moe"):
-        sparse_step = int(_get(cfg, "decoder_sparse_step", 1))
-        if sparse_step != 1 or _get(cfg, "mlp_only_layers", []):
+        sparse_step = c.int("decoder_sparse_step", 1)
+        if sparse_step != 1 or c.get("mlp_only_layers", []):
             raise ServesimError(
                 f"{name} mixes dense and MoE layers in a pattern servesim does not model "
                 "(decoder_sparse_step/mlp_only_layers); use a config with MoE in every layer."
             )
         base.update(
-            num_experts=int(cfg["num_experts"]),
-            experts_per_token=int(cfg["num_experts_per_tok"]),
-            moe_intermediate_size=int(cfg["moe_intermediate_size"]),
-            shared_expert_intermediate_size=int(_get(cfg, "shared_expert_intermediate_size", 0)),
+            num_experts=c.int("num_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            moe_intermediate_size=c.int("moe_intermediate_size"),
+            shared_expert_intermediate_size=c.int("shared_expert_intermediate_size", 0),
         )
     elif model_type == "gpt_oss":
-        layer_types = list(_get(cfg, "layer_types", []))
+        layer_types = c.get("layer_types", [])
+        if not isinstance(layer_types, list):
+            raise ServesimError(f"layer_types in {origin} must be a list of layer kinds.")
         base.update(
-            num_experts=int(cfg["num_local_experts"]),
-            experts_per_token=int(_get(cfg, "num_experts_per_tok", cfg.get("experts_per_token"))),
-            moe_intermediate_size=int(cfg["intermediate_size"]),
+            num_experts=c.int("num_local_experts"),
+            experts_per_token=c.int("num_experts_per_tok", c.get("experts_per_token")),
+            moe_intermediate_size=c.int("intermediate_size"),
             attention_bias=True,
             expert_bias=True,
-            sliding_window=int(_get(cfg, "sliding_window", 0)),
+            sliding_window=c.int("sliding_window", 0),
             num_sliding_layers=sum(t == "sliding_attention" for t in layer_types),
         )
     elif model_type == "minimax_m2":
         base.update(
-            num_experts=int(cfg["num_local_experts"]),
-            experts_per_token=int(cfg["num_experts_per_tok"]),
-            moe_intermediate_size=int(cfg["intermediate_size"]),
-            shared_expert_intermediate_size=int(_get(cfg, "shared_intermediate_size", 0)),
+            num_experts=c.int("num_local_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            moe_intermediate_size=c.int("intermediate_size"),
+            shared_expert_intermediate_size=c.int("shared_intermediate_size", 0),
         )
     elif model_type in MLA_TYPES:
-        n_shared = int(_get(cfg, "n_shared_experts", 0))
-        moe_i = int(cfg["moe_intermediate_size"])
+        n_shared = c.int("n_shared_experts", 0)
+        moe_i = c.int("moe_intermediate_size")
         base.update(
             num_kv_heads=heads,
-            num_experts=int(cfg["n_routed_experts"]),
-            experts_per_token=int(cfg["num_experts_per_tok"]),
+            num_experts=c.int("n_routed_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
             moe_intermediate_size=moe_i,
             shared_expert_intermediate_size=n_shared * moe_i,
-            first_dense_layers=int(_get(cfg, "first_k_dense_replace", 0)),
-            q_lora_rank=int(_get(cfg, "q_lora_rank", 0)),
-            kv_lora_rank=int(cfg["kv_lora_rank"]),
-            qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
-            qk_rope_head_dim=int(cfg["qk_rope_head_dim"]),
-            v_head_dim=int(cfg["v_head_dim"]),
+            first_dense_layers=c.int("first_k_dense_replace", 0),
+            q_lora_rank=c.int("q_lora_rank", 0),
+            kv_lora_rank=c.int("kv_lora_rank"),
+            qk_nope_head_dim=c.int("qk_nope_head_dim"),
+            qk_rope_head_dim=c.int("qk_rope_head_dim"),
+            v_head_dim=c.int("v_head_dim"),
         )
     elif model_type in ("mistral", "qwen2", "qwen3"):
         # Windowed layers only when the config turns sliding windows on for them.
-        window = int(_get(cfg, "sliding_window", 0))
-        if window and bool(_get(cfg, "use_sliding_window", model_type == "mistral")):
-            max_window_layers = int(_get(cfg, "max_window_layers", base["num_layers"]))
+        window = c.int("sliding_window", 0)
+        if window and c.flag("use_sliding_window", model_type == "mistral"):
+            max_window_layers = c.int("max_window_layers", base["num_layers"])
             base.update(
                 sliding_window=window,
                 num_sliding_layers=base["num_layers"] - min(max_window_layers, base["num_layers"]),
             )
             if model_type == "mistral":
                 base["num_sliding_layers"] = base["num_layers"]
-    return ModelSpec(**base)
+    try:
+        return ModelSpec(**base)
+    except ServesimError as exc:
+        raise ServesimError(f"{str(exc).rstrip('.')} (read from {origin}).") from None
 
 
 @cache
@@ -452,10 +575,19 @@ def load_model(name_or_path: str) -> ModelSpec:
         if not p.is_file():
             raise ServesimError(f"Model config {str(p)!r} does not exist; check the path.")
         try:
-            cfg = json.loads(p.read_text())
+            cfg = json.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ServesimError(
+                f"Model config {str(p)!r} is not UTF-8 text; save it as UTF-8 JSON."
+            ) from None
         except json.JSONDecodeError as exc:
-            raise ServesimError(f"Model config {str(p)!r} is not valid JSON ({exc}).") from None
-        return spec_from_config(cfg, name=p.parent.name if p.name == "config.json" else p.stem)
+            raise ServesimError(
+                f"Model config {str(p)!r} is not valid JSON ({exc}); fix the syntax."
+            ) from None
+        except OSError as exc:
+            raise ServesimError(f"Cannot read model config {str(p)!r} ({exc.strerror}).") from None
+        name = p.parent.name if p.name == "config.json" else p.stem
+        return spec_from_config(cfg, name=name, origin=f"model config {str(p)!r}")
     key, weight = _resolve_bundled(name_or_path)
     fname = _bundled_index()[key]
     text = resources.files("servesim").joinpath("data/model_configs", fname).read_text()

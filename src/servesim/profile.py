@@ -7,7 +7,8 @@ packed batch with a mask (how Hugging Face continuous batching runs it), and ful
 Each shape runs `warmup` times untimed, then `repeats` times; the tables hold the median in
 milliseconds (the aiconfigurator convention `servesim calibrate` reads) and the spread (p10,
 p90). It also measures the device's best GEMM rate and the bandwidth of a stream over a buffer
-the size of the model's weights, and writes a device YAML for the catalog (`device.yaml`).
+the size of the model's weights (at most 2 GB, past every cache), and writes a device YAML for
+the catalog (`device.yaml`).
 CPU here, CUDA wherever torch sees a GPU. torch is imported only when profiling.
 """
 
@@ -387,7 +388,7 @@ def profile_model(
 
     # ---- device numbers --------------------------------------------------------------------
     say("bandwidth")
-    bw = measure_bandwidth(max(8e6, model.param_bytes()), timer, dev)
+    bw = measure_bandwidth(bandwidth_buffer_bytes(model.param_bytes()), timer, dev)
     files.append(
         write_device_yaml(out / "device.yaml", device_name, label, best_flops, bw, cfg.threads)
     )
@@ -534,6 +535,19 @@ def _profile_forward(
                     **_ms(t),
                 )
     return writer.save()
+
+
+BANDWIDTH_BUFFER_MAX_BYTES = 2e9  # far past every cache: the stream rate no longer changes
+
+
+def bandwidth_buffer_bytes(weight_bytes: float) -> float:
+    """The buffer the bandwidth stream copies: the weights' size (what decode streams), but at
+    most 2 GB and an eighth of this machine's memory (source and copy must both fit)."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 16e9
+    return max(8e6, min(weight_bytes, BANDWIDTH_BUFFER_MAX_BYTES, physical / 8))
 
 
 def measure_bandwidth(nbytes: float, timer: Timer, dev: str) -> float:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.table import Table
 
 from servesim.planner import pareto_front
@@ -872,19 +873,49 @@ def write_report(result: PlanResult, path: str | Path) -> Path:
     return p
 
 
+# The terminal table keeps to the columns that decide a choice, so it reads at 80 columns: the
+# deployment label wraps at spaces and the numbers never wrap (the HTML report has the rest).
+TERMINAL_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
+    ("#", "rank", lambda r: str(r.get("rank") or "–")),
+    ("deployment", "label", lambda r: str(r.get("label", ""))),
+    ("GPUs", "devices", lambda r: str(r.get("devices", ""))),
+    ("$/h", "price_per_hour", lambda r: fmt(_num(r, "price_per_hour"))),
+    ("req/s", "capacity_req_per_s", lambda r: fmt(_num(r, "capacity_req_per_s"))),
+    ("$/h per\nreq/s", "dollar_per_req_per_s", lambda r: fmt(_num(r, "dollar_per_req_per_s"))),
+    ("TTFT\np90 s", "ttft_p90_s", lambda r: fmt(_num(r, "ttft_p90_s"))),
+    ("TPOT\np90 ms", "tpot_p90_s", lambda r: fmt(_num(r, "tpot_p90_s") * 1e3)),
+    ("P", "pareto", lambda r: "★" if r.get("pareto") else ""),
+)
+TERMINAL_MISS_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
+    ("deployment", "label", lambda r: str(r.get("label", ""))),
+    ("GPUs", "devices", lambda r: str(r.get("devices", ""))),
+    ("best\nattain.", "probes", lambda r: _pct(_best_attainment(r))),
+    ("TTFT\np90 s", "ttft_p90_s", lambda r: fmt(_num(r, "ttft_p90_s"))),
+    ("TPOT\np90 ms", "tpot_p90_s", lambda r: fmt(_num(r, "tpot_p90_s") * 1e3)),
+    ("why", "reason", lambda r: str(r.get("reason", ""))),
+)
+_WRAPPED = ("deployment", "why")
+
+
 def terminal_table(result: PlanResult, top: int = 10) -> Table:
-    """A rich Table of the top candidates (or the closest misses when nothing is feasible)."""
+    """A rich Table of the top candidates (or the closest misses when nothing is feasible),
+    readable at 80 columns: few columns, the label wrapped rather than cut."""
     feasible = bool(result.feasible)
     if feasible:
-        title = "top deployments by goodput per $/hour (one replica)"
-        cols = [c for c in TABLE_COLUMNS if c[1] != "attainment"]
+        title = "top deployments by goodput per $/hour (one replica; P = Pareto-optimal)"
+        cols = TERMINAL_COLUMNS
     else:
         title = "no candidate meets the SLO: the closest misses"
-        cols = list(MISS_COLUMNS)
-    table = Table(title=title)
-    for name, _, _ in cols:
-        table.add_column(name, justify="left" if name in ("candidate", "why") else "right")
-    for r in _leaders(result, top):
+        cols = TERMINAL_MISS_COLUMNS
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    rows = _leaders(result, top)
+    for name, _, get in cols:
+        if name in _WRAPPED:
+            table.add_column(name, justify="left", overflow="fold", ratio=1, min_width=14)
+        else:
+            widest = max([len(get(r)) for r in rows] + [len(x) for x in name.split("\n")])
+            table.add_column(name, justify="right", no_wrap=True, min_width=widest)
+    for r in rows:
         table.add_row(*(get(r) for _, _, get in cols))
     if result.pruned_by_rule:
         table.caption = "pruned: " + ", ".join(
