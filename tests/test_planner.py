@@ -88,8 +88,15 @@ def test_capacity_meets_the_target_at_the_rate_it_reports() -> None:
     assert cap.feasible and cap.rate_per_s > 0
     assert cap.best is not None
     assert cap.best.summary(s.slo)["slo_attainment"] >= 0.9
-    above = [p for p in cap.probes if p.rate_per_s > cap.rate_per_s * 1.001]
-    assert above and all(p.attainment < 0.9 for p in above[:1])
+    (at,) = [p for p in cap.probes if p.rate_per_s == cap.rate_per_s]
+    assert at.attainment >= 0.9 and at.window_requests >= 900  # 1,000 expected (Poisson)
+    # The next probe up missed, or the capacity is the highest rate probed: one search step
+    # (3 %) below the service rate.
+    above = [p for p in cap.probes if p.rate_per_s > cap.rate_per_s]
+    if above:
+        assert above[0].attainment < 0.9
+    else:
+        assert cap.rate_per_s == pytest.approx(cap.saturation_rate_per_s / 1.03)
 
 
 def test_plan_ranks_and_marks_pareto_and_writes_parquet(tmp_path: Path) -> None:
@@ -197,7 +204,8 @@ def test_plan_refuses_bad_questions(tmp_path: Path) -> None:
 def test_probes_are_stored_for_goodput_curves(tmp_path: Path) -> None:
     res = run_plan(spec(), SPACE, tmp_path, workers=1, quiet=True)
     probes = json.loads(res.winner["probes"])
-    assert len(probes) >= 3
+    assert len(probes) >= 2  # at least the lightest load and the capacity
+    assert {"requests", "window_requests"} <= set(probes[0])
     rates = [p["rate_per_s"] for p in probes]
     assert rates == sorted(rates)
 
