@@ -220,7 +220,8 @@ def test_a_killed_plan_keeps_finished_candidates_and_resumes(tmp_path: Path) -> 
 
     out = tmp_path / "plan"
     args = [sys.executable, "-m", "servesim.cli", "plan", "--model", "meta-llama/Llama-3.1-8B"]
-    args += ["--gpus", "h100_sxm,a100_sxm,l40s,l4,a10g", "--tp", "1,2", "--engines", "vllm,sglang"]
+    args += ["--gpus", "h100_sxm,a100_sxm,l40s,l4", "--tp", "1,2", "--engines", "vllm,sglang"]
+    args += ["--pd-ratios", "none"]
     args += ["--batching", "64:2048,256:8192,512:4096", "--num-requests", "300", "--workers", "1"]
     args += ["--out", str(out), "--ttft-slo", "1", "--tpot-slo", "0.05", "--rate", "5"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
