@@ -267,6 +267,7 @@ def test_disaggregated_candidates_are_searched_and_exported(tmp_path: Path) -> N
     # Export the best disaggregated row as if it had won.
     best = max(dis, key=lambda x: x["goodput_per_dollar_hour"])
     res.cheapest = res.fewest_devices = None
+    res.cheapest_by_engine = {}
     for row in res.rows:
         row["rank"] = 1 if row is best else (2 if row.get("rank") else 0)
     files = write_exports(res, tmp_path / "exports")
@@ -276,3 +277,29 @@ def test_disaggregated_candidates_are_searched_and_exported(tmp_path: Path) -> N
     docs = [d for d in yaml.safe_load_all(files["k8s"].read_text()) if d]
     assert [d["metadata"]["name"].rsplit("-", 1)[-1] for d in docs] == ["prefill", "decode"]
     assert docs[1]["spec"]["replicas"] == best["decode_replicas"]
+
+
+def test_sizing_verifies_a_fleet_per_engine_and_each_script_launches_its_own(
+    tmp_path: Path,
+) -> None:
+    """The launch scripts come from fleets planned with their own engine's scheduler."""
+    import shlex
+
+    from servesim.export import write_exports
+
+    space = SearchSpace(
+        devices=("h100_sxm",), tp=(1,), engines=("vllm", "sglang"), batching=((256, 8192),)
+    )
+    res = run_plan(spec(rate_per_s=20.0), space, tmp_path, workers=1, quiet=True)
+    assert set(res.cheapest_by_engine) == {"vllm", "sglang"}
+    for engine, sz in res.cheapest_by_engine.items():
+        assert sz.candidate.engine == engine and sz.verified and sz.attainment >= 0.9
+    assert res.cheapest in res.cheapest_by_engine.values()
+    files = write_exports(res, tmp_path / "out")
+    for engine, sz in res.cheapest_by_engine.items():
+        text = files[f"launch_{engine}"].read_text()
+        assert f"planned for {engine}: the lowest-$/h {engine} deployment verified" in text
+        assert f"run {sz.replicas} replica(s)" in text
+        argv = shlex.split(text.split("\nexec ", 1)[1].replace("\\\n", " "))
+        seqs = "--max-num-seqs" if engine == "vllm" else "--max-running-requests"
+        assert argv[argv.index(seqs) + 1] == str(sz.candidate.max_num_seqs)

@@ -24,6 +24,7 @@ from servesim.planner import (
     add_rankings,
     best_sizings,
     catalog_for,
+    cheapest_by_engine,
     enumerate_candidates,
     model_for,
     prune,
@@ -46,6 +47,8 @@ class PlanResult:
     wall_s: float
     fewest_devices: Sizing | None = None
     cheapest: Sizing | None = None
+    # The lowest-$/h verified fleet per engine: each engine's launch script is planned for it.
+    cheapest_by_engine: dict[str, Sizing] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # things the user should know (short input)
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
@@ -121,6 +124,7 @@ def run_plan(
     if spec.rate_per_s:
         found = verified_sizings(spec, rows, spec.rate_per_s)
         result.fewest_devices, result.cheapest = best_sizings(found)
+        result.cheapest_by_engine = cheapest_by_engine(found)
     result.notes = short_workload_notes(spec, rows)
     result.wall_s = time.perf_counter() - t0
     path = out / "plan.parquet"

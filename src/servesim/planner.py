@@ -567,15 +567,25 @@ def best_sizings(sizings: list[Sizing]) -> tuple[Sizing | None, Sizing | None]:
     )
 
 
+def cheapest_by_engine(sizings: list[Sizing]) -> dict[str, Sizing]:
+    """The lowest-$/hour verified fleet of each engine (a launch script per engine uses it)."""
+    out: dict[str, Sizing] = {}
+    for s in sorted(sizings, key=_by("price")):
+        out.setdefault(s.candidate.engine, s)
+    return out
+
+
 def verified_sizings(
     spec: PlanSpec,
     rows: list[dict[str, Any]],
     rate_per_s: float,
     top: int = 5,
+    engines: tuple[str, ...] = ("vllm", "sglang"),
 ) -> list[Sizing]:
     """Fleets that pass a steady-state simulation at `rate_per_s`, one per candidate checked.
 
-    Checked: the `top` feasible candidates by devices and by $/hour. Replicas
+    Checked: the `top` feasible candidates by devices and by $/hour, and the `top` by $/hour of
+    each of `engines`, so every engine with a feasible candidate gets a verified fleet. Replicas
     start at ceil(rate / per-replica capacity), so the fleet's service rate exceeds the rate,
     and grow (up to 3 more) until a simulation of the fleet at that rate (least-loaded
     routing), long enough for a steady state, meets the attainment target in its steady window.
@@ -594,6 +604,8 @@ def verified_sizings(
         return (need(r) * r["price_per_hour"], need(r) * r["devices"])
 
     picked = sorted(ok, key=devices)[:top] + sorted(ok, key=price)[:top]
+    for e in engines:
+        picked += sorted((r for r in ok if r.get("engine") == e), key=price)[:top]
     out = []
     seen: set[str] = set()
     for r in picked:
