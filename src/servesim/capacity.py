@@ -14,7 +14,10 @@ after the last arrival may count, and a short run must not hide a growing queue:
    requests arriving in the steady window count: after a warm-up of R (R the mean time a
    request spends in service at full load, the longest it can be: by then the batch has filled
    and turned over) and before the last R of arrivals (the drain, when batches thin out). The
-   window spans at least 2 R and holds at least `MIN_WINDOW_REQUESTS` requests.
+   window spans at least 2 R and holds at least `MIN_WINDOW_REQUESTS` requests. Near the
+   service rate a few per cent more work decides between a steady queue and a growing one, so
+   a rate that passes must also pass a window long enough to carry the workload's average
+   load (`window_requests`); most rates there already fail the short window, which is cheap.
 
 A workload too short for either is extended: with `draw` (more requests from the same source,
 e.g. more of the trace) or by tiling it, and `Capacity.probe_requests` says how many were used.
@@ -44,6 +47,7 @@ WINDOW_RESIDENCES = 2.0  # the measured window spans at least 2 R ...
 # ... and holds at least this many requests (so does the burst's steady part): enough that the
 # load a window carries is known to about 1/sqrt(1000) = 3 %, the search's own resolution.
 MIN_WINDOW_REQUESTS = 1000
+MAX_WINDOW_REQUESTS = 20000
 
 Draw = Callable[[int], Workload]  # n requests from the workload's source, at its own rate
 
@@ -108,11 +112,26 @@ class Capacity:
 # ---- steady-state measurement ---------------------------------------------------------------
 
 
-def requests_for(rate_per_s: float, residence_s: float) -> int:
-    """Requests whose arrivals at `rate_per_s` span warm-up, a full steady window and drain."""
+def window_requests(load: float) -> int:
+    """Requests the steady window holds at `load` (the rate over the service rate).
+
+    A window of N requests carries its workload's average load to within about 1/sqrt(N)
+    (Poisson arrivals; the mix of lengths adds to it). Near saturation that must be small
+    against the headroom, so N >= (2 / (1 - load))²: one standard deviation is half the
+    headroom. At least `MIN_WINDOW_REQUESTS`, at most `MAX_WINDOW_REQUESTS`.
+    """
+    if not load < 1.0:
+        return MAX_WINDOW_REQUESTS
+    return int(min(MAX_WINDOW_REQUESTS, max(MIN_WINDOW_REQUESTS, (2.0 / (1.0 - load)) ** 2)))
+
+
+def requests_for(rate_per_s: float, residence_s: float, load: float = 0.0) -> int:
+    """Requests whose arrivals at `rate_per_s` span warm-up, a full steady window and drain.
+
+    `load` is the rate over the deployment's service rate (0 when unknown)."""
     r = residence_s if math.isfinite(residence_s) else 0.0
     span = (WARMUP_RESIDENCES + DRAIN_RESIDENCES) * r + max(
-        WINDOW_RESIDENCES * r, MIN_WINDOW_REQUESTS / rate_per_s
+        WINDOW_RESIDENCES * r, window_requests(load) / rate_per_s
     )
     return math.ceil(rate_per_s * span) + 1
 
@@ -182,14 +201,18 @@ def steady_attainment(
     residence_s: float,
     router: str = "least_loaded",
     draw: Draw | None = None,
+    load: float = 0.0,
 ) -> tuple[Probe, SimResult, tuple[float, float]]:
     """Simulate `dep` at `rate_per_s` long enough for a steady state and measure its window.
 
     `residence_s` is R of one replica at full load (`service_rate`); it sets the warm-up, drain
     and window lengths, which do not depend on the replica count (a fleet of n replicas turns
-    over in the same R). Used by the capacity search and by fleet verification alike.
+    over in the same R). `load` is the rate over the whole deployment's service rate (0 when
+    unknown; near 1 the window holds more requests). Used by the capacity search and by fleet
+    verification alike.
     """
-    work = _at_least(base, draw or base.tiled, requests_for(rate_per_s, residence_s))
+    n = requests_for(rate_per_s, residence_s, load)
+    work = _at_least(base, draw or base.tiled, n)
     scaled = work.scaled_to_rate(rate_per_s)
     res = simulate(dep, scaled, router=router)
     window = steady_window(scaled.arrival_s, residence_s)
@@ -290,7 +313,12 @@ def find_capacity(
     used = [svc.requests]
 
     def run(rate: float) -> tuple[bool, SimResult, tuple[float, float]]:
+        # A window of `MIN_WINDOW_REQUESTS` first; near the service rate, a rate that passes
+        # it must pass the longer window too (most probes there fail the short one: cheap).
         p, res, window = steady_attainment(dep, base, rate, slo, r, router, draw)
+        n_long = max(len(base), requests_for(rate, r, rate / mu))
+        if passes(p) and n_long > max(len(base), requests_for(rate, r)):
+            p, res, window = steady_attainment(dep, base, rate, slo, r, router, draw, rate / mu)
         probes.append(p)
         used.append(p.requests)
         return passes(p), res, window

@@ -411,17 +411,16 @@ def verify_mix(
     window count, its warm-up and drain set by the slowest type's residence time. `draw(n)`
     gives n requests from the workload's source (default: tile it).
     """
-    used = {t for t, n in solution.counts.items() if n}
     parts = split_by_type(workload, solution, prompt_edges, output_edges)
-    residence = max(
-        (
-            service_rate(deployment_for(spec, candidates[t]), workload._take(idx)).residence_s
-            for t, idx in parts.items()
-            if t in used and len(idx) >= 2
-        ),
-        default=0.0,
-    )
-    work = _long_enough(workload, rate_per_s, residence, draw)
+    residence, load = 0.0, 0.0
+    for t, idx in parts.items():
+        n = solution.counts.get(t, 0)
+        if n and len(idx) >= 2:
+            svc = service_rate(deployment_for(spec, candidates[t]), workload._take(idx))
+            share = rate_per_s * len(idx) / len(workload)
+            residence = max(residence, svc.residence_s)
+            load = max(load, share / (n * svc.rate_per_s))
+    work = _long_enough(workload, rate_per_s, residence, load, draw)
     scaled = work.scaled_to_rate(rate_per_s)
     window = steady_window(scaled.arrival_s, residence)
     out: dict[str, float] = {}
@@ -439,10 +438,10 @@ def verify_mix(
 
 
 def _long_enough(
-    workload: Workload, rate: float, residence_s: float, draw: Draw | None
+    workload: Workload, rate: float, residence_s: float, load: float, draw: Draw | None
 ) -> Workload:
     """The workload, or more of its source when it is too short for a steady state at `rate`."""
-    n = requests_for(rate, residence_s)
+    n = requests_for(rate, residence_s, load)
     if len(workload) >= n:
         return workload
     return (draw or workload.tiled)(n)
@@ -514,12 +513,18 @@ def smallest_fleet(
     Doubles, then bisects, on the replica count (least-loaded routing), each count checked in
     the steady window of a run long enough for a steady state; None beyond max_replicas.
     """
-    residence = service_rate(deployment_for(spec, c), workload, draw=draw).residence_s
-    work = _long_enough(workload, rate_per_s, residence, draw)
+    svc = service_rate(deployment_for(spec, c), workload, draw=draw)
+    residence = svc.residence_s
+    work = _long_enough(workload, rate_per_s, residence, 0.0, draw)
 
     def ok(n: int) -> bool:
+        load = rate_per_s / (n * svc.rate_per_s)
+        if load >= 1.0:  # above the fleet's service rate: the queue grows without bound
+            return False
         dep = deployment_for(spec, c, replicas=n)
-        p, _, _ = steady_attainment(dep, work, rate_per_s, spec.slo, residence)
+        p, _, _ = steady_attainment(
+            dep, work, rate_per_s, spec.slo, residence, "least_loaded", draw, load
+        )
         return p.attainment >= spec.target
 
     lo, hi = 0, 1  # lo fails (or is 0), hi is the probe

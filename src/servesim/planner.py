@@ -624,12 +624,17 @@ def _verify(spec: PlanSpec, r: dict[str, Any], rate: float) -> Sizing | None:
     base = spec.workload.build()
     draw = spec.workload.draw
     residence = float(r.get("residence_s") or math.nan)
-    if not math.isfinite(residence):  # a row without it: measure it again
-        residence = service_rate(deployment_for(spec, c), base, draw=draw).residence_s
+    mu = float(r.get("saturation_req_per_s") or math.nan)
+    if not (math.isfinite(residence) and math.isfinite(mu)):  # a row without them: measure
+        svc = service_rate(deployment_for(spec, c), base, draw=draw)
+        residence, mu = svc.residence_s, svc.rate_per_s
     replicas = max(1, math.ceil(rate / r["capacity_req_per_s"]))
     for _ in range(4):
         dep = deployment_for(spec, c, replicas)
-        p, _, _ = steady_attainment(dep, base, rate, spec.slo, residence, "least_loaded", draw)
+        load = rate / (replicas * mu)
+        p, _, _ = steady_attainment(
+            dep, base, rate, spec.slo, residence, "least_loaded", draw, load
+        )
         if p.attainment >= spec.target:
             return Sizing(
                 c, replicas, dep.num_devices, dep.price_per_hour, p.attainment, True, p.requests
