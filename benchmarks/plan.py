@@ -5,8 +5,9 @@
 Five GPU types (H100, H200, A100, L40S, L4), TP 1/2/4/8, three batching settings, two
 scheduling policies (vLLM-style mixed chunked prefill, SGLang-style prefill-first), bf16 and fp8
 weights, and disaggregated prefill/decode pools (P:D 1:1, 1:2, 2:1 with each pool's TP from the
-same list); each surviving candidate gets a full capacity search. Prints the candidate counts,
-wall time and winner; the last line is one JSON object.
+same list); each surviving candidate gets a full (steady-state) capacity search. Prints the
+candidate counts, wall time, winner and the cheapest verified fleet (overall and per engine);
+the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             f"cheapest for 10 req/s: {c.replicas} x {c.candidate.label()}, "
             f"{c.devices} devices, ${c.price_per_hour:.2f}/h"
         )
+    for engine, c in res.cheapest_by_engine.items():
+        print(f"  cheapest {engine} fleet: {c.replicas} x {c.candidate.label()}")
+    for note in res.notes:
+        print(f"note: {note}")
     print(
         json.dumps(
             {

@@ -231,6 +231,9 @@ def test_write_exports_uses_the_sized_deployment(tmp_path: Path) -> None:
         subprocess.run(["bash", "-n", str(script)], check=True)  # valid shell
     argv = script_argv(files["launch_sglang"])
     assert flag(argv, "--tp-size") == "2" and flag(argv, "--max-running-requests") == "64"
+    # no SGLang candidate was planned: its script runs the pick and says what it was planned for
+    assert "no sglang candidate met the SLO" in files["launch_sglang"].read_text()
+    assert "planned with the vllm scheduler" in files["launch_sglang"].read_text()
     argv = script_argv(files["launch_vllm"])
     assert flag(argv, "--tensor-parallel-size") == "2" and flag(argv, "--max-num-seqs") == "64"
     # the bundled trace's longest request, rounded up to 1024 tokens
@@ -242,3 +245,64 @@ def test_write_exports_uses_the_sized_deployment(tmp_path: Path) -> None:
     result.cheapest = None
     doc, c = container(write_exports(result, tmp_path / "w")["k8s"].read_text())
     assert doc["spec"]["replicas"] == 1 and flag(c["args"], "--max-num-seqs") == "256"
+
+
+def test_each_launch_script_carries_the_settings_planned_for_its_engine(tmp_path: Path) -> None:
+    """Sizing picks an SGLang fleet while vLLM's best candidate is another configuration: the
+    vLLM script must run vLLM's own plan, not the SGLang one, and each says what it was
+    planned for; the manifest runs the overall pick."""
+    spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9, rate_per_s=30.0)
+    vllm_row = row(tp=1, max_num_seqs=256, max_num_batched_tokens=8192)
+    vllm_worse = row(device="a100_sxm", tp=2, max_num_seqs=64, max_num_batched_tokens=2048)
+    sglang_row = row(tp=2, engine="sglang", max_num_seqs=1024, max_num_batched_tokens=16384)
+    rows = [
+        {**vllm_row, "status": "ok", "rank": 1, "capacity_req_per_s": 19.0},
+        {**sglang_row, "status": "ok", "rank": 2, "capacity_req_per_s": 31.0},
+        {**vllm_worse, "status": "ok", "rank": 3, "capacity_req_per_s": 9.0},
+    ]
+
+    def sized(r: dict[str, Any], replicas: int, price: float) -> Sizing:
+        c = Candidate(**{k: r[k] for k in Candidate.__dataclass_fields__})
+        return Sizing(c, replicas, replicas * c.tp, price, 0.93, True)
+
+    by_engine = {"sglang": sized(sglang_row, 1, 15.04), "vllm": sized(vllm_row, 2, 15.04)}
+    result = PlanResult(
+        spec=spec,
+        rows=rows,
+        pruned=[],
+        pruned_by_rule={},
+        evaluated=0,
+        reused=3,
+        wall_s=0.0,
+        cheapest=by_engine["sglang"],
+        fewest_devices=by_engine["sglang"],
+        cheapest_by_engine=by_engine,
+    )
+    files = write_exports(result, tmp_path)
+    vllm_text = files["launch_vllm"].read_text()
+    argv = script_argv(files["launch_vllm"])
+    assert flag(argv, "--tensor-parallel-size") == "1"
+    assert (
+        flag(argv, "--max-num-seqs") == "256" and flag(argv, "--max-num-batched-tokens") == "8192"
+    )
+    assert "planned for vllm: the lowest-$/h vllm deployment verified at 30 req/s" in vllm_text
+    assert "run 2 replica(s)" in vllm_text and "sglang scheduler" not in vllm_text
+    assert (
+        "the overall pick is h100_sxm tp2 sglang" in vllm_text and "launch_sglang.sh" in vllm_text
+    )
+    sglang_text = files["launch_sglang"].read_text()
+    argv = script_argv(files["launch_sglang"])
+    assert flag(argv, "--tp-size") == "2" and flag(argv, "--max-running-requests") == "1024"
+    assert "planned for sglang: the lowest-$/h sglang deployment" in sglang_text
+    assert "run 1 replica(s)" in sglang_text and "overall pick" not in sglang_text
+    doc, c = container(files["k8s"].read_text())
+    assert doc["spec"]["replicas"] == 1
+    assert c["image"].startswith("lmsysorg/sglang") and flag(c["args"], "--tp-size") == "2"
+    # Without a rate to size for, each engine's best-ranked candidate, one replica.
+    result.spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9)
+    result.cheapest = result.fewest_devices = None
+    result.cheapest_by_engine = {}
+    files = write_exports(result, tmp_path / "unsized")
+    assert flag(script_argv(files["launch_vllm"]), "--max-num-seqs") == "256"
+    assert flag(script_argv(files["launch_sglang"]), "--max-running-requests") == "1024"
+    assert "best sglang candidate by goodput per $/h" in files["launch_sglang"].read_text()

@@ -316,77 +316,120 @@ def _row_for(result: PlanResult) -> tuple[dict[str, Any] | None, int]:
     """The deployment to export: the cheapest verified sizing when there is one, else the winner."""
     sizing = result.cheapest or result.fewest_devices
     if sizing is not None:
-        key = sizing.candidate.key()
-        row = next((r for r in result.rows if r.get("key") == key), None)
+        row = _row_of(result, sizing.candidate.key())
         if row is not None:
             return row, sizing.replicas
     return result.winner, 1
 
 
+def _row_of(result: PlanResult, key: str) -> dict[str, Any] | None:
+    return next((r for r in result.rows if r.get("key") == key), None)
+
+
+LAUNCH_ENGINES = ("vllm", "sglang")
+
+
+def launch_plan(result: PlanResult, engine: str) -> tuple[dict[str, Any] | None, int, str]:
+    """(row, replicas, what it was planned as) for `engine`'s launch script.
+
+    Each engine runs settings planned with its own scheduler: its lowest-$/h verified fleet at
+    the plan's rate, else its best-ranked feasible candidate. None when no candidate of that
+    engine met the SLO.
+    """
+    rate = result.spec.rate_per_s
+    sizing = result.cheapest_by_engine.get(engine)
+    if sizing is None:  # a result without per-engine sizings: the overall ones, if they fit
+        sizing = next(
+            (
+                s
+                for s in (result.cheapest, result.fewest_devices)
+                if s is not None and s.candidate.engine == engine
+            ),
+            None,
+        )
+    if sizing is not None:
+        row = _row_of(result, sizing.candidate.key())
+        if row is not None:
+            return (
+                row,
+                sizing.replicas,
+                f"the lowest-$/h {engine} deployment verified at {rate:g} req/s "
+                f"({sizing.attainment:.1%} steady-state SLO attainment)",
+            )
+    ranked = [r for r in result.feasible if r.get("engine") == engine]
+    if not ranked:
+        return None, 0, ""
+    row = ranked[0]
+    if rate:
+        n = max(1, math.ceil(rate / row["capacity_req_per_s"]))
+        return row, n, f"the best {engine} candidate; {n} replica(s) by capacity, not verified"
+    return row, 1, f"the best {engine} candidate by goodput per $/h"
+
+
 def max_model_len_for(result: PlanResult, row: dict[str, Any]) -> int:
     """The planned workload's longest request rounded up to 1024, within the replica's KV cache."""
-    base = result.spec.workload.build()
-    longest = int((base.prompt_tokens + base.output_tokens).max())
+    longest = result.spec.workload.longest_tokens()
     cap = int(row.get("kv_tokens") or 0) // int(row.get("pp") or 1)
     want = int(math.ceil(longest / 1024) * 1024)
     return min(want, cap) if cap >= longest else want
 
 
 def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write launch_vllm.sh, launch_sglang.sh and k8s_deployment.yaml for the plan's pick."""
-    row, replicas = _row_for(result)
-    if row is None:
+    """Write launch_vllm.sh, launch_sglang.sh and k8s_deployment.yaml for the plan's pick.
+
+    Each launch script carries the settings planned for its own engine (`launch_plan`); the
+    Kubernetes manifest runs the overall pick (cheapest verified fleet, else the winner). When
+    no candidate of an engine met the SLO, its script runs the pick's settings and says so.
+    """
+    pick, pick_replicas = _row_for(result)
+    if pick is None:
         return {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = result.spec.model
-    max_len = max_model_len_for(result, row)
-    cap = row.get("capacity_req_per_s") or 0.0
-    comments = [
-        f"servesim plan for {model}: {row.get('label', '')}",
-        f"capacity {cap:.2f} req/s per replica; run {replicas} replica(s) behind a load balancer",
-        f"--max-model-len/--context-length {max_len}: the planned workload's longest request",
-        *[f"note: {n}" for n in launch_notes(row, model)],
-    ]
-    winner = result.winner
-    if winner is not None and winner.get("key") != row.get("key"):
-        comments.append(
-            f"the best single replica is {winner['label']}; this is the lowest-$/h deployment "
-            f"verified at {result.spec.rate_per_s:g} req/s"
-        )
     files: dict[str, Path] = {}
-    planned = str(row.get("engine"))
-    pools = phases(row)
-    if len(pools) > 1:
-        comments.append(
-            "disaggregated: start the prefill and decode pools below and route each request to "
-            "a prefill server, then a decode server (vLLM's disaggregated-serving proxy, or "
-            "SGLang's mini load balancer with --prefill/--decode)"
-        )
-    for engine in ("vllm", "sglang"):
-        for phase, pool_row, n in pools:
+    for engine in LAUNCH_ENGINES:
+        row, replicas, why = launch_plan(result, engine)
+        if row is None:
+            row, replicas = pick, pick_replicas
+            why = (
+                f"no {engine} candidate met the SLO: these are the settings planned with the "
+                f"{pick.get('engine')} scheduler ({pick.get('label', '')})"
+            )
+        comments = _comments(result, row, replicas, engine, why)
+        if row.get("key") != pick.get("key"):
+            scripts = [
+                f"launch_{pick.get('engine')}{f'_{phase}' if phase else ''}.sh, "
+                for phase, _, _ in phases(pick)
+                if pick.get("engine") in LAUNCH_ENGINES
+            ]
+            comments.append(
+                f"the overall pick is {pick.get('label', '')} ({pick_replicas} replica(s)); "
+                f"see {''.join(scripts)}k8s_deployment.yaml"
+            )
+        max_len = max_model_len_for(result, row)
+        for phase, pool_row, n in phases(row):
             suffix = f"_{phase}" if phase else ""
             path = out / f"launch_{engine}{suffix}.sh"
-            extra = [] if planned == engine else [f"note: planned with the {planned} scheduler"]
-            if phase:
-                extra.append(f"{phase} pool: {n * replicas} replica(s) of this command")
+            extra = [f"{phase} pool: {n * replicas} replica(s) of this command"] if phase else []
             argv = _argv(engine, pool_row, model, max_len, phase)
             path.write_text(_script(argv, comments + extra))
             path.chmod(0o755)
             files[f"launch_{engine}{suffix}"] = path
-    engine = str(row.get("engine")) if row.get("engine") in ("vllm", "sglang") else "vllm"
+    engine = str(pick.get("engine")) if pick.get("engine") in LAUNCH_ENGINES else "vllm"
+    max_len = max_model_len_for(result, pick)
     try:
         text = "---\n".join(
             k8s_manifest(
                 pool_row,
                 model,
-                replicas * n,
+                pick_replicas * n,
                 engine,
                 max_len,
                 devices_file=result.spec.devices_file,
                 phase=phase,
             )
-            for phase, pool_row, n in pools
+            for phase, pool_row, n in phases(pick)
         )
     except ServesimError:
         return files  # no manifest for this device kind; the launch scripts still apply
@@ -394,3 +437,26 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
     path.write_text(text)
     files["k8s"] = path
     return files
+
+
+def _comments(
+    result: PlanResult, row: dict[str, Any], replicas: int, engine: str, why: str
+) -> list[str]:
+    """The header of one launch script: what it runs and what it was planned for."""
+    model = result.spec.model
+    cap = row.get("capacity_req_per_s") or 0.0
+    out = [
+        f"servesim plan for {model}: {row.get('label', '')}",
+        f"planned for {engine}: {why}",
+        f"capacity {cap:.2f} req/s per replica; run {replicas} replica(s) behind a load balancer",
+        f"--max-model-len/--context-length {max_model_len_for(result, row)}: the planned "
+        "workload's longest request",
+        *[f"note: {n}" for n in launch_notes(row, model)],
+    ]
+    if len(phases(row)) > 1:
+        out.append(
+            "disaggregated: start the prefill and decode pools below and route each request to "
+            "a prefill server, then a decode server (vLLM's disaggregated-serving proxy, or "
+            "SGLang's mini load balancer with --prefill/--decode)"
+        )
+    return out

@@ -20,7 +20,15 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from servesim.capacity import find_capacity
+from servesim.capacity import (
+    Draw,
+    find_capacity,
+    measure,
+    requests_for,
+    service_rate,
+    steady_attainment,
+    steady_window,
+)
 from servesim.errors import ServesimError
 from servesim.planner import Candidate, PlanSpec, catalog_for, deployment_for, model_for, prune
 from servesim.simulator import simulate
@@ -287,12 +295,16 @@ def mix_candidates(
     return {type_name(c): c for c in kept}
 
 
-def _replica_capacity(spec: PlanSpec, c: Candidate, base: Workload, longest: int) -> float:
+def _replica_capacity(
+    spec: PlanSpec, c: Candidate, base: Workload, longest: int, draw: Draw
+) -> float:
     catalog = catalog_for(spec.devices_file)
     _, pruned = prune([c], model_for(spec.model), catalog, longest)
     if pruned:  # the bucket's longest request does not fit this configuration's KV cache
         return 0.0
-    cap = find_capacity(deployment_for(spec, c), base, spec.slo, spec.target, spec.rel_tol)
+    cap = find_capacity(
+        deployment_for(spec, c), base, spec.slo, spec.target, spec.rel_tol, draw=draw
+    )
     return cap.rate_per_s if cap.feasible else 0.0
 
 
@@ -307,8 +319,8 @@ def capacities_from_simulator(
     """Per type and bucket, one replica's highest rate (req/s) meeting the plan's SLO target.
 
     Measured by `find_capacity` on the bucket's requests replayed on the whole workload's
-    arrival pattern; 0 where the type cannot meet the SLO (or hold the requests), inf for an
-    empty bucket (no demand to serve).
+    arrival pattern (`num_requests` of them, more when a steady state needs more); 0 where the
+    type cannot meet the SLO (or hold the requests), inf for an empty bucket (no demand).
     """
     _, buckets = bucket_workload(workload, prompt_edges, output_edges)
     shape = (len(buckets), len(buckets[0]))
@@ -319,8 +331,12 @@ def capacities_from_simulator(
             continue
         base = bucket_base(workload, b, num_requests)
         longest = int((b.prompt_tokens + b.output_tokens).max())
+
+        def draw(n: int, b: Workload = b) -> Workload:
+            return bucket_base(workload, b, n)
+
         for t, c in candidates.items():
-            caps[t][i, j] = _replica_capacity(spec, c, base, longest)
+            caps[t][i, j] = _replica_capacity(spec, c, base, longest, draw)
     return caps
 
 
@@ -386,18 +402,49 @@ def verify_mix(
     rate_per_s: float,
     prompt_edges: object,
     output_edges: object,
+    draw: Draw | None = None,
 ) -> dict[str, float]:
-    """SLO attainment of each used type's share of the traffic on its replicas (least-loaded)."""
-    scaled = workload.scaled_to_rate(rate_per_s)
+    """Steady-state SLO attainment of each used type's share of the traffic on its replicas.
+
+    The whole workload (drawn longer when a steady state needs it) is split by the mix and each
+    share simulated on its type's replicas (least-loaded); requests arriving in the steady
+    window count, its warm-up and drain set by the slowest type's residence time. `draw(n)`
+    gives n requests from the workload's source (default: tile it).
+    """
+    parts = split_by_type(workload, solution, prompt_edges, output_edges)
+    residence, load = 0.0, 0.0
+    for t, idx in parts.items():
+        n = solution.counts.get(t, 0)
+        if n and len(idx) >= 2:
+            svc = service_rate(deployment_for(spec, candidates[t]), workload._take(idx))
+            share = rate_per_s * len(idx) / len(workload)
+            residence = max(residence, svc.residence_s)
+            load = max(load, share / (n * svc.rate_per_s))
+    work = _long_enough(workload, rate_per_s, residence, load, draw)
+    scaled = work.scaled_to_rate(rate_per_s)
+    window = steady_window(scaled.arrival_s, residence)
     out: dict[str, float] = {}
     for t, idx in split_by_type(scaled, solution, prompt_edges, output_edges).items():
         n = solution.counts.get(t, 0)
         if len(idx) == 0 or n == 0:
             continue
         dep = deployment_for(spec, candidates[t], replicas=n)
-        res = simulate(dep, scaled._take(idx), router="least_loaded")
-        out[t] = float(res.summary(spec.slo)["slo_attainment"])
+        share = scaled._take(idx)
+        res = simulate(dep, share, router="least_loaded")
+        a = share.arrival_s
+        counted = window if np.any((a >= window[0]) & (a < window[1])) else (-np.inf, np.inf)
+        out[t] = measure(res, spec.slo, counted, rate_per_s).attainment
     return out
+
+
+def _long_enough(
+    workload: Workload, rate: float, residence_s: float, load: float, draw: Draw | None
+) -> Workload:
+    """The workload, or more of its source when it is too short for a steady state at `rate`."""
+    n = requests_for(rate, residence_s, load)
+    if len(workload) >= n:
+        return workload
+    return (draw or workload.tiled)(n)
 
 
 def plan_mix(
@@ -434,6 +481,7 @@ def plan_mix(
     attainment: dict[str, float] = {}
     baseline: dict[str, int | None] = {}
     if verify:
+        # Longer runs tile the workload: the buckets' capacities were measured on its lengths.
         attainment = verify_mix(
             spec, candidates, sol, workload, rate_per_s, prompt_edges, output_edges
         )
@@ -453,17 +501,31 @@ def plan_mix(
 
 
 def smallest_fleet(
-    spec: PlanSpec, c: Candidate, workload: Workload, rate_per_s: float, max_replicas: int = 128
+    spec: PlanSpec,
+    c: Candidate,
+    workload: Workload,
+    rate_per_s: float,
+    max_replicas: int = 128,
+    draw: Draw | None = None,
 ) -> int | None:
     """Fewest replicas of one configuration whose simulation of the whole workload meets the SLO.
 
-    Doubles, then bisects, on the replica count (least-loaded routing); None beyond max_replicas.
+    Doubles, then bisects, on the replica count (least-loaded routing), each count checked in
+    the steady window of a run long enough for a steady state; None beyond max_replicas.
     """
-    scaled = workload.scaled_to_rate(rate_per_s)
+    svc = service_rate(deployment_for(spec, c), workload, draw=draw)
+    residence = svc.residence_s
+    work = _long_enough(workload, rate_per_s, residence, 0.0, draw)
 
     def ok(n: int) -> bool:
-        res = simulate(deployment_for(spec, c, replicas=n), scaled, router="least_loaded")
-        return res.summary(spec.slo)["slo_attainment"] >= spec.target
+        load = rate_per_s / (n * svc.rate_per_s)
+        if load >= 1.0:  # above the fleet's service rate: the queue grows without bound
+            return False
+        dep = deployment_for(spec, c, replicas=n)
+        p, _, _ = steady_attainment(
+            dep, work, rate_per_s, spec.slo, residence, "least_loaded", draw, load
+        )
+        return p.attainment >= spec.target
 
     lo, hi = 0, 1  # lo fails (or is 0), hi is the probe
     while not ok(hi):

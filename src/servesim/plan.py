@@ -22,11 +22,13 @@ from servesim.planner import (
     SearchSpace,
     Sizing,
     add_rankings,
+    best_sizings,
     catalog_for,
+    cheapest_by_engine,
     enumerate_candidates,
     model_for,
     prune,
-    size_for_rate,
+    verified_sizings,
 )
 from servesim.runner import run_local, run_ray
 from servesim.store import PlanStore, write_rows
@@ -45,6 +47,9 @@ class PlanResult:
     wall_s: float
     fewest_devices: Sizing | None = None
     cheapest: Sizing | None = None
+    # The lowest-$/h verified fleet per engine: each engine's launch script is planned for it.
+    cheapest_by_engine: dict[str, Sizing] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # things the user should know (short input)
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -89,8 +94,7 @@ def run_plan(
     catalog = catalog_for(spec.devices_file)
     for d in space.devices:
         catalog.get(d)  # unknown devices fail here, with the list of known ones
-    base = spec.workload.build()
-    longest = int((base.prompt_tokens + base.output_tokens).max())
+    longest = spec.workload.longest_tokens()  # of every request a search may draw
     candidates = enumerate_candidates(space, model)
     kept, pruned = prune(candidates, model, catalog, longest)
     if limit:
@@ -118,12 +122,28 @@ def run_plan(
         out_dir=out,
     )
     if spec.rate_per_s:
-        result.fewest_devices, result.cheapest = size_for_rate(spec, rows, spec.rate_per_s)
+        found = verified_sizings(spec, rows, spec.rate_per_s)
+        result.fewest_devices, result.cheapest = best_sizings(found)
+        result.cheapest_by_engine = cheapest_by_engine(found)
+    result.notes = short_workload_notes(spec, rows)
     result.wall_s = time.perf_counter() - t0
     path = out / "plan.parquet"
     write_rows(sorted(rows, key=_order), path)
     result.files["plan"] = path
     return result
+
+
+def short_workload_notes(spec: PlanSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """A note when the plan's workload was too short for a steady state and was extended."""
+    used = [int(r.get("probe_requests") or 0) for r in rows if r.get("probe_requests")]
+    n = spec.workload.num_requests
+    if not used or max(used) <= n:
+        return []
+    source = "trace" if spec.workload.trace else "synthetic mix"
+    return [
+        f"{n} requests are too few for a steady-state capacity; the searches drew up to "
+        f"{max(used)} from the same {source} (pass --num-requests {max(used)} to make it explicit)"
+    ]
 
 
 def _order(r: dict[str, Any]) -> tuple[int, float]:

@@ -14,24 +14,37 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from functools import cache
+from functools import cache, lru_cache
 from itertools import product
 from typing import Any
 
 import numpy as np
 
-from servesim.capacity import find_capacity
+from servesim.capacity import (
+    Capacity,
+    find_capacity,
+    service_rate,
+    steady_attainment,
+    window_columns,
+)
 from servesim.devices import Catalog, catalog
 from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.kernels import KernelFit
 from servesim.memory import memory_layout
-from servesim.metrics import Slo
+from servesim.metrics import Slo, summarize
 from servesim.model import ModelSpec, load_model
 from servesim.parallel import Parallel
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import Deployment
 from servesim.workload import Workload, parse_length, synthetic
+
+# Bumped whenever `capacity.find_capacity` measures differently, so stores do not mix rules.
+CAPACITY_RULE = "steady-window-1"
+
+# Requests a plan's searches may draw from its trace or synthetic mix (then tiled) when the
+# given number is too few for a steady state; pruning and exports use its longest request.
+SOURCE_REQUESTS = 8192
 
 # Batching presets (max_num_seqs, max_num_batched_tokens): latency-leaning, vLLM's H100 default,
 # throughput-leaning.
@@ -54,8 +67,26 @@ class WorkloadSpec:
         """The workload at its own rate (the capacity search rescales it)."""
         return _workload(self)
 
+    def source(self) -> Workload:
+        """What longer workloads are drawn from: the first max(num_requests, 8192) requests of
+        the trace (tiled past its end) or of the synthetic mix under the same seed."""
+        return _workload(replace(self, num_requests=max(self.num_requests, SOURCE_REQUESTS)))
 
-@cache
+    def draw(self, n: int) -> Workload:
+        """`n` requests from the source, for when `num_requests` is too few for a steady state
+        (the source is tiled past its end, so no request is longer than `longest_tokens`)."""
+        return self.source().tiled(n)
+
+    def longest_tokens(self) -> int:
+        """Prompt + output tokens of the longest request any search of the plan can simulate."""
+        return max(_longest(self.build()), _longest(self.source()))
+
+
+def _longest(w: Workload) -> int:
+    return int((w.prompt_tokens + w.output_tokens).max())
+
+
+@lru_cache(maxsize=16)
 def _workload(spec: WorkloadSpec) -> Workload:
     from servesim import trace as tracemod
 
@@ -161,6 +192,8 @@ class PlanSpec:
             "devices_file": self.devices_file,
             "fit_file": self.fit_file,
             "rel_tol": self.rel_tol,
+            # Results of an older capacity definition (counting warm-up and drain) differ.
+            "capacity": CAPACITY_RULE,
         }
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -355,11 +388,18 @@ def _pct(x: np.ndarray, q: float) -> float:
 
 
 def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
-    """Capacity search for one candidate, flattened into one result row."""
+    """Capacity search for one candidate, flattened into one result row.
+
+    Latencies and attainment describe the steady window of the run at capacity (the requests
+    the search counted); utilisation, batch size and energy describe the whole run.
+    """
     dep = deployment_for(spec, c)
     base = spec.workload.build()
-    cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol)
     row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
+    try:
+        cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol, draw=spec.workload.draw)
+    except ServesimError as exc:  # one candidate's failed simulation must not end the plan
+        cap = Capacity(0.0, math.nan, False, miss=f"the simulation failed: {exc}")
     dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
     n_dev = dep.num_devices
     price = dep.price_per_hour
@@ -372,6 +412,8 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
             "power_kw": n_dev * dev.max_power_w / 1e3,
             "capacity_req_per_s": cap.rate_per_s,
             "saturation_req_per_s": cap.saturation_rate_per_s,
+            "residence_s": cap.residence_s,
+            "probe_requests": cap.probe_requests,
             "goodput_per_gpu": cap.rate_per_s / n_dev,
             "goodput_per_dollar_hour": cap.rate_per_s / price if price > 0 else math.nan,
             "goodput_per_kw": cap.rate_per_s / (n_dev * dev.max_power_w / 1e3),
@@ -390,8 +432,9 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
     )
     res = cap.best
     if res is not None:
-        s = res.summary(spec.slo)
-        cols = res.columns()
+        whole = res.summary(spec.slo)
+        cols = window_columns(res, cap.window)
+        s = summarize(cols, spec.slo)
         row.update(
             {
                 "attainment": s["slo_attainment"],
@@ -402,11 +445,11 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
                 "tpot_p90_s": s["tpot_s"]["p90"],
                 "tpot_p99_s": s["tpot_s"]["p99"],
                 "e2e_p90_s": s["e2e_s"]["p90"],
-                "throughput_tok_per_s": s["throughput_output_tok_per_s"],
-                "joules_per_token": s["joules_per_output_token"],
-                "utilisation": s["utilisation"],
-                "mean_batch_size": s["mean_batch_size"],
-                "mean_kv_use": s["mean_kv_use"],
+                "throughput_tok_per_s": whole["throughput_output_tok_per_s"],
+                "joules_per_token": whole["joules_per_output_token"],
+                "utilisation": whole["utilisation"],
+                "mean_batch_size": whole["mean_batch_size"],
+                "mean_kv_use": whole["mean_kv_use"],
                 "ttft_cdf_s": json.dumps(_cdf_points(cols["ttft_s"])),
                 "tpot_cdf_s": json.dumps(_cdf_points(cols["tpot_s"])),
             }
@@ -495,63 +538,109 @@ class Sizing:
     replicas: int
     devices: int
     price_per_hour: float
-    attainment: float
+    attainment: float  # in the steady window of the fleet's simulation at the target rate
     verified: bool
+    requests: int = 0  # requests the check simulated
+
+
+def _by(objective: str) -> Any:
+    def key(s: Sizing) -> tuple[float, float]:
+        if objective == "devices":
+            return (s.devices, s.price_per_hour)
+        return (s.price_per_hour, s.devices)
+
+    return key
 
 
 def size_for_rate(
     spec: PlanSpec, rows: list[dict[str, Any]], rate_per_s: float, top: int = 5
 ) -> tuple[Sizing | None, Sizing | None]:
-    """(fewest devices, lowest $/hour) deployments serving `rate_per_s`, each verified.
+    """(fewest devices, lowest $/hour) deployments serving `rate_per_s`, each verified."""
+    return best_sizings(verified_sizings(spec, rows, rate_per_s, top))
 
-    Replicas start at ceil(rate / per-replica capacity) for the `top` cheapest candidates of
-    each kind and grow until a full simulation at that rate (least-loaded routing) meets the
-    attainment target.
+
+def best_sizings(sizings: list[Sizing]) -> tuple[Sizing | None, Sizing | None]:
+    """(fewest devices, lowest $/hour) of verified fleets, each breaking ties by the other."""
+    return (
+        min(sizings, key=_by("devices"), default=None),
+        min(sizings, key=_by("price"), default=None),
+    )
+
+
+def cheapest_by_engine(sizings: list[Sizing]) -> dict[str, Sizing]:
+    """The lowest-$/hour verified fleet of each engine (a launch script per engine uses it)."""
+    out: dict[str, Sizing] = {}
+    for s in sorted(sizings, key=_by("price")):
+        out.setdefault(s.candidate.engine, s)
+    return out
+
+
+def verified_sizings(
+    spec: PlanSpec,
+    rows: list[dict[str, Any]],
+    rate_per_s: float,
+    top: int = 5,
+    engines: tuple[str, ...] = ("vllm", "sglang"),
+) -> list[Sizing]:
+    """Fleets that pass a steady-state simulation at `rate_per_s`, one per candidate checked.
+
+    Checked: the `top` feasible candidates by devices and by $/hour, and the `top` by $/hour of
+    each of `engines`, so every engine with a feasible candidate gets a verified fleet. Replicas
+    start at ceil(rate / per-replica capacity), so the fleet's service rate exceeds the rate,
+    and grow (up to 3 more) until a simulation of the fleet at that rate (least-loaded
+    routing), long enough for a steady state, meets the attainment target in its steady window.
     """
-    if rate_per_s <= 0:
+    if not (math.isfinite(rate_per_s) and rate_per_s > 0):
         raise ServesimError(f"The rate to size for must be positive, got {rate_per_s}.")
     ok = [r for r in rows if r.get("status") == "ok" and r.get("capacity_req_per_s", 0) > 0]
-    if not ok:
-        return None, None
 
     def need(r: dict[str, Any]) -> int:
         return max(1, math.ceil(rate_per_s / r["capacity_req_per_s"]))
 
-    by_devices = sorted(ok, key=lambda r: (need(r) * r["devices"], need(r) * r["price_per_hour"]))
-    by_price = sorted(ok, key=lambda r: (need(r) * r["price_per_hour"], need(r) * r["devices"]))
-    return _verify(spec, by_devices[:top], rate_per_s, "devices"), _verify(
-        spec, by_price[:top], rate_per_s, "price"
-    )
+    def devices(r: dict[str, Any]) -> tuple[float, float]:
+        return (need(r) * r["devices"], need(r) * r["price_per_hour"])
+
+    def price(r: dict[str, Any]) -> tuple[float, float]:
+        return (need(r) * r["price_per_hour"], need(r) * r["devices"])
+
+    picked = sorted(ok, key=devices)[:top] + sorted(ok, key=price)[:top]
+    for e in engines:
+        picked += sorted((r for r in ok if r.get("engine") == e), key=price)[:top]
+    out = []
+    seen: set[str] = set()
+    for r in picked:
+        if r["key"] in seen:
+            continue
+        seen.add(r["key"])
+        s = _verify(spec, r, rate_per_s)
+        if s is not None:
+            out.append(s)
+    return out
 
 
-def _verify(
-    spec: PlanSpec, rows: list[dict[str, Any]], rate: float, objective: str
-) -> Sizing | None:
-    """The best (by `objective`) of `rows` whose fleet, grown a replica at a time, passes."""
+def _verify(spec: PlanSpec, r: dict[str, Any], rate: float) -> Sizing | None:
+    """The smallest fleet of `r`'s candidate (from its capacity, up to 3 more) that passes."""
+    c = candidate_from_row(r)
     base = spec.workload.build()
-
-    def order(s: Sizing) -> tuple[float, float]:
-        if objective == "devices":
-            return (s.devices, s.price_per_hour)
-        return (s.price_per_hour, s.devices)
-
-    best: Sizing | None = None
-    for r in rows:
-        c = candidate_from_row(r)
-        replicas = max(1, math.ceil(rate / r["capacity_req_per_s"]))
-        for _ in range(4):
-            dep = deployment_for(spec, c, replicas)
-            n = min(len(base) * replicas, 20000)
-            work = base.tiled(n) if n > len(base) else base
-            res = simulate(dep, work.scaled_to_rate(rate), router="least_loaded")
-            att = res.summary(spec.slo)["slo_attainment"]
-            if att >= spec.target:
-                s = Sizing(c, replicas, dep.num_devices, dep.price_per_hour, att, True)
-                if best is None or order(s) < order(best):
-                    best = s
-                break
-            replicas += 1
-    return best
+    draw = spec.workload.draw
+    residence = float(r.get("residence_s") or math.nan)
+    mu = float(r.get("saturation_req_per_s") or math.nan)
+    if not (math.isfinite(residence) and math.isfinite(mu)):  # a row without them: measure
+        svc = service_rate(deployment_for(spec, c), base, draw=draw)
+        residence, mu = svc.residence_s, svc.rate_per_s
+    replicas = max(1, math.ceil(rate / r["capacity_req_per_s"]))
+    for _ in range(4):
+        dep = deployment_for(spec, c, replicas)
+        load = rate / (replicas * mu)
+        p, _, _ = steady_attainment(
+            dep, base, rate, spec.slo, residence, "least_loaded", draw, load
+        )
+        if p.attainment >= spec.target:
+            return Sizing(
+                c, replicas, dep.num_devices, dep.price_per_hour, p.attainment, True, p.requests
+            )
+        replicas += 1
+    return None
 
 
 def candidate_from_row(row: dict[str, Any]) -> Candidate:
