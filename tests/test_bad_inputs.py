@@ -46,7 +46,7 @@ class Files:
         self.bad_tables = root / "tables"
         self.bad_tables.mkdir()
         (self.bad_tables / "gemm_perf.csv").write_bytes(
-            b"framework,m,n,k,latency\nVLLM,\xff,1,1,1\n"
+            b"framework,gemm_dtype,m,n,k,latency\nVLLM,bfloat16,\xff,1,1,1\n"
         )
         self.runs = root / "run"  # compare needs two runs; bad input must fail before reading
         self.runs.mkdir()

@@ -177,9 +177,15 @@ def test_periodic_events_stop_when_the_last_request_ends(name: str, loop: str) -
 
 def test_the_reported_hanging_command_ends(tmp_path) -> None:
     """Regression (issue 9): `servesim simulate --clients 1 --num-requests 1 --prompt fixed:1
-    --output fixed:1 --migration` hung; it now ends with its request served."""
+    --output fixed:1 --migration` hung; it now ends with its request served. (Migration on one
+    replica is now refused as doing nothing, so the command runs with two.)"""
     out = tmp_path / "run"
     argv = ["simulate", "--clients", "1", "--num-requests", "1", "--prompt", "fixed:1"]
     with time_limit(20):
-        assert main([*argv, "--output", "fixed:1", "--migration", "--out", str(out)]) == 0
+        assert (
+            main(
+                [*argv, "--output", "fixed:1", "--migration", "--replicas", "2", "--out", str(out)]
+            )
+            == 0
+        )
     assert json.loads((out / "summary.json").read_text())["finished"] == 1
