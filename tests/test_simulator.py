@@ -246,3 +246,27 @@ def test_the_cache_check_counts_whole_pages() -> None:
     with time_limit(10), pytest.raises(ServesimError, match="fit the KV cache of 2656 tokens"):
         simulate(d, one_request(2600, 70))  # (before: preempted itself for ever, or raised)
     assert simulate(d, one_request(2600, 56)).summary()["finished"] == 1
+
+
+def _most_in_service(cols: dict[str, np.ndarray]) -> int:
+    """Most requests between their first scheduling and their finish at any instant (a finish
+    at t frees its slot before a start at t)."""
+    events = sorted(
+        [(t, 0, -1) for t in cols["finish_s"]] + [(t, 1, 1) for t in cols["scheduled_s"]]
+    )
+    now = most = 0
+    for _, _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_no_engine_runs_more_sequences_than_max_num_seqs(engine: str) -> None:
+    """Regression: without mixed batches (SGLang) prefill admission counted only the prompts in
+    flight, not the decoding requests, so a burst ran far above `max_num_seqs`."""
+    w = Workload(np.zeros(40), np.full(40, 300), np.full(40, 60))
+    res = simulate(dep(engine=get_engine(engine), max_num_seqs=4), w)
+    cols = res.columns()
+    assert cols["preemptions"].sum() == 0  # so each request is in service once
+    assert _most_in_service(cols) == 4

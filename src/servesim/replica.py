@@ -746,12 +746,10 @@ class Replica:
             shapes.append((n, done))
         waiting = self.waiting
         if waiting and self.prefix is not None:
-            budget, new_blocks = self._admit_with_prefix(
-                n_dec, budget, free, new_blocks, chunks, shapes
-            )
+            budget, new_blocks = self._admit_with_prefix(budget, free, new_blocks, chunks, shapes)
         elif waiting:
             tab = self.table
-            seqs = n_dec + len(prefilling)
+            seqs = len(off) + len(prefilling)  # decoding requests hold slots in every engine
             while waiting and budget > 0 and seqs < cfg.max_num_seqs:
                 rid = waiting[0]
                 target = tab.prompt_tokens[rid] + tab.generated[rid]
@@ -791,7 +789,6 @@ class Replica:
 
     def _admit_with_prefix(
         self,
-        n_dec: int,
         budget: int,
         free: int,
         new_blocks: int,
@@ -803,7 +800,7 @@ class Replica:
         Returns the token budget and the new blocks left after admitting."""
         cfg, tab, prefix, waiting = self.cfg, self.table, self.prefix, self.waiting
         bs = cfg.block_size
-        seqs = n_dec + len(self.prefilling)
+        seqs = len(self.off) + len(self.prefilling)
         while waiting and budget > 0 and seqs < cfg.max_num_seqs:
             rid = waiting[0]
             target = tab.prompt_tokens[rid] + tab.generated[rid]
