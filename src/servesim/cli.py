@@ -38,6 +38,7 @@ from servesim.devices import catalog
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.mechanisms import MechanismSettings
+from servesim.metrics import ConservationError
 
 # No markup: paths, labels and names come from the user and may hold [brackets].
 console = Console(markup=False)
@@ -690,6 +691,14 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         return 2
+    except ConservationError as exc:
+        # A simulator bug, not the user's input: say so, and name the requests (EX_SOFTWARE).
+        err.print(
+            f"[red]internal error:[/red] {escape(_one_line(str(exc)))}; please report it with "
+            "the command that produced it.",
+            highlight=False,
+        )
+        return 70
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

@@ -169,7 +169,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="bundled model name/HF id or a config.json path")
     w = p.add_argument_group("workload and SLO")
     w.add_argument("--trace", help="bundled trace name or file (its arrival shape is scaled)")
-    w.add_argument("--num-requests", type=int, help="requests per capacity probe (≥ 10)")
+    w.add_argument(
+        "--num-requests",
+        type=int,
+        help="requests per capacity probe (≥ 10; more are drawn when a steady state needs them)",
+    )
     w.add_argument("--prompt", help="synthetic prompt lengths instead of a trace")
     w.add_argument("--output", help="synthetic output lengths instead of a trace")
     w.add_argument("--arrival", help="synthetic arrivals: poisson or gamma")
@@ -366,6 +370,10 @@ def _mix(spec: PlanSpec, space: SearchSpace, s: PlanSettings) -> int:
     return 0
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def print_plan(result: Any, top: int = 10) -> None:
     """Terminal summary: pruning, the top candidates, the winner and the sizing."""
     from servesim.report import terminal_table
@@ -381,6 +389,8 @@ def print_plan(result: Any, top: int = 10) -> None:
             f"({pruned or 'none'}) in {result.wall_s:.1f} s",
         )
     )
+    for note in getattr(result, "notes", []):
+        console.print(Text.assemble(("note: ", "yellow"), note))
     console.print(terminal_table(result, top))
     if result.winner is None:
         miss = result.closest_miss()
@@ -403,13 +413,13 @@ def print_plan(result: Any, top: int = 10) -> None:
     w = result.winner
     console.print(
         f"winner: {w['label']}: {w['capacity_req_per_s']:.2f} req/s per replica "
-        f"({w['devices']} devices, ${w['price_per_hour']:.2f}/h)"
+        f"({_count(w['devices'], 'device')}, ${w['price_per_hour']:.2f}/h)"
     )
     for name, sz in (("fewest GPUs", result.fewest_devices), ("lowest $/h", result.cheapest)):
         if sz is not None:
             console.print(
                 f"{name} for {spec.rate_per_s:g} req/s: {sz.replicas} × {sz.candidate.label()} = "
-                f"{sz.devices} devices, ${sz.price_per_hour:.2f}/h (simulated attainment "
+                f"{_count(sz.devices, 'device')}, ${sz.price_per_hour:.2f}/h (simulated attainment "
                 f"{sz.attainment:.1%})"
             )
     for name, path in result.files.items():

@@ -168,6 +168,6 @@ def _pruned_row(p: Pruned) -> dict[str, Any]:
 def check_space(space: SearchSpace) -> None:
     """Refuse an empty or malformed search space with one sentence."""
     if not space.devices:
-        raise ServesimError("The search space has no devices; pass --devices-to-try h100_sxm,...")
+        raise ServesimError("The search space has no devices; pass --gpus h100_sxm,...")
     if not space.tp or min(space.tp) < 1:
         raise ServesimError("TP degrees must be positive integers, e.g. --tp 1,2,4,8.")
