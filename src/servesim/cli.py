@@ -337,7 +337,7 @@ def build_measured(s: SimulateSettings) -> Any:
     user gave on top of the engine profile the file holds."""
     from dataclasses import replace
 
-    from servesim.measured import load_measured_engine
+    from servesim.measured_engine import load_measured_engine
 
     dep = load_measured_engine(str(s.measured))
     over = {

@@ -39,6 +39,7 @@ from servesim.parallel import Parallel
 from servesim.policies import Policy, PolicyState
 from servesim.predictor import Predictor
 from servesim.prefix import PrefixCache
+from servesim.profiled import ProfiledTiming
 from servesim.replica import Replica, ReplicaConfig
 from servesim.router import ROUTERS, Migration, Router, check_router
 from servesim.transfer import link_for
@@ -68,6 +69,7 @@ class Deployment:
     prefix_caching: bool | None = None  # None: the engine's default (used when prompts have ids)
     migration: Migration | None = None  # Llumnix live migration between the replicas
     autoscaler: Autoscaler | None = None  # replicas added/removed over time; `replicas` at start
+    profiled: ProfiledTiming | None = None  # iteration costs measured here (a CPU engine)
 
     @property
     def num_devices(self) -> int:
@@ -107,6 +109,8 @@ class Deployment:
         A capacity search simulates the same replica many times; sharing the predictor keeps
         its memoised kernel times and dense-work tables across those runs.
         """
+        if self.profiled is not None:
+            return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (self.model, repr(self.device), self.parallel, self.engine, id(self.fit))
         pred = _PREDICTORS.get(key)
         if pred is None:
