@@ -17,7 +17,8 @@ import pytest
 
 from servesim.metrics import Slo
 from servesim.plan import PlanResult, run_plan
-from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec, pareto_front
+from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
+from servesim.ranking import pareto_front
 from servesim.report import closest_miss_sentence, report_html, terminal_table, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.table import Table
 
-from servesim.planner import pareto_front
+from servesim.ranking import pareto_front
 
 if TYPE_CHECKING:
     from servesim.plan import PlanResult
