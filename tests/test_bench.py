@@ -16,7 +16,8 @@ from fakeserver import BOS, MODES, SLOW_FIRST_S, TOKEN_GAP_S, FakeServer
 from servesim import bench, cli_measure, compare
 from servesim.errors import ServesimError
 from servesim.metrics import read_parquet, write_parquet
-from servesim.workload import ClosedLoop, Workload
+from servesim.synthetic import ClosedLoop
+from servesim.workload import Workload
 
 MODE_WORDS = {mode: words for words, mode in MODES.items()}
 

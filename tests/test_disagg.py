@@ -20,8 +20,9 @@ from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
 from servesim.simulator import Deployment, simulate
+from servesim.synthetic import LogNormal, synthetic
 from servesim.transfer import Link, Network, link_for
-from servesim.workload import LogNormal, Workload, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

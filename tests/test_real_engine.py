@@ -42,7 +42,7 @@ from servesim.model import load_model  # noqa: E402
 from servesim.profile import ProfileConfig, profile_model  # noqa: E402
 from servesim.profiled import OpTables, fit_forward_overhead  # noqa: E402
 from servesim.simulator import simulate  # noqa: E402
-from servesim.workload import ClosedLoop, synthetic  # noqa: E402
+from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
 
 if not Path(sys.executable).with_name("transformers").exists() and not shutil.which("transformers"):
     pytest.skip("the transformers CLI is not installed", allow_module_level=True)

@@ -18,7 +18,8 @@ from servesim.predictor import BatchShape, Predictor
 from servesim.router import Router
 from servesim.semipd import INTERFERENCE, SemiPDController, SemiPDDeployment, lane_device
 from servesim.simulator import Deployment, build_pool, prepare, simulate
-from servesim.workload import LogNormal, Workload, synthetic
+from servesim.synthetic import LogNormal, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

@@ -60,8 +60,9 @@ from servesim.profiled import (  # noqa: E402
     fit_iteration_model,
 )
 from servesim.simulator import Deployment, simulate  # noqa: E402
+from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
 from servesim.trace import bundled_trace  # noqa: E402
-from servesim.workload import ClosedLoop, Workload, synthetic  # noqa: E402
+from servesim.workload import Workload  # noqa: E402
 
 LOADS = {"light": 0.3, "heavy": 0.8}  # target share of the engine's capacity
 VALIDATION_ARCH = engines.SMALL

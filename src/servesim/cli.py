@@ -350,8 +350,8 @@ def build_measured(s: SimulateSettings) -> Any:
 
 def build_workload(s: Any) -> Any:
     """The open-loop workload or closed loop that validated workload settings describe."""
+    from servesim import synthetic as wl
     from servesim import trace as tracemod
-    from servesim import workload as wl
 
     synthetic = s.prompt is not None or s.output is not None
     base = None
@@ -395,7 +395,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run one simulation and report it."""
     from servesim.metrics import Slo, write_parquet, write_summary
     from servesim.simulator import simulate
-    from servesim.workload import ClosedLoop
+    from servesim.synthetic import ClosedLoop
 
     s = config.settings(SimulateSettings, args)
     out = config.check_out_dir(s.out, s.spell("out"))

@@ -25,8 +25,9 @@ from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram
 from servesim.router import Router
 from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
+from servesim.synthetic import ClosedLoop
 from servesim.transfer import Link, link_for
-from servesim.workload import ClosedLoop, Workload
+from servesim.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def sharegpt_distserve(n: int = 300, rate_per_s: float = 1.0, seed: int = 0) -> 
     distserve-300-3.exp; 197 rows read): prompt median 768, p90 1532 (mean 801); output median
     45, p90 449 (mean 145). Pairs whose total reaches 2048 are redrawn, as DistServe drops them.
     Poisson arrivals at `rate_per_s`."""
-    from servesim.workload import LogNormal, poisson_arrivals
+    from servesim.synthetic import LogNormal
+    from servesim.workload import poisson_arrivals
 
     gen = np.random.default_rng(seed)
     prompt_d = LogNormal(768, 1532, min_tokens=4, max_tokens=2040)

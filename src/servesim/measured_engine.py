@@ -22,7 +22,8 @@ from servesim.errors import ServesimError
 from servesim.model import ModelSpec
 from servesim.profiled import ForwardOverhead, IterationModel, OpTables, ProfiledTiming
 from servesim.simulator import Deployment, simulate
-from servesim.workload import ClosedLoop, Workload
+from servesim.synthetic import ClosedLoop
+from servesim.workload import Workload
 
 
 def measured_deployment(

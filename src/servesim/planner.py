@@ -28,7 +28,8 @@ from servesim.metrics import Slo
 from servesim.model import ModelSpec, load_model
 from servesim.parallel import Parallel
 from servesim.simulator import Deployment
-from servesim.workload import Workload, parse_length, synthetic
+from servesim.synthetic import parse_length, synthetic
+from servesim.workload import Workload
 
 # Bumped whenever `capacity.find_capacity` measures differently, so stores do not mix rules.
 CAPACITY_RULE = "steady-window-1"

@@ -42,8 +42,9 @@ from servesim.prefix import PrefixCache
 from servesim.profiled import ProfiledTiming
 from servesim.replica import Replica, ReplicaConfig
 from servesim.router import ROUTERS, Migration, Router, check_router
+from servesim.synthetic import ClosedLoop
 from servesim.transfer import link_for
-from servesim.workload import ClosedLoop, Workload
+from servesim.workload import Workload
 
 INF = math.inf
 __all__ = ["ROUTERS", "Deployment", "SimResult", "simulate"]
