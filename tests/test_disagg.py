@@ -20,7 +20,7 @@ from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
 from servesim.simulator import Deployment, simulate
-from servesim.synthetic import LogNormal, synthetic
+from servesim.synthetic import LogNormal, sharegpt_distserve, synthetic
 from servesim.transfer import Link, Network, link_for
 from servesim.workload import Workload
 
@@ -169,7 +169,7 @@ def distserve_search(device: Device, engine_name: str = "vllm", **engine: float)
     cands = placement.disagg_candidates(
         base, 4, tps=(1, 2, 4), pps=(1, 2), prefill=dict(chunked_prefill=False)
     )
-    w = D.sharegpt_distserve(300, 1.0, seed=0)
+    w = sharegpt_distserve(300, 1.0, seed=0)
     return placement.best_placement(cands, w, Slo(0.2, 0.1), 0.9, 0.01)
 
 

@@ -7,8 +7,8 @@ replica's decode batch at its next step (decode admission waits for the transfer
 its own device, count, parallelism and batching. TTFT ends with the first token on the prefill
 side; the transfer shows up in the time per output token.
 
-The placement search over prefill/decode layouts lives with the planner (`placement`);
-`sharegpt_distserve` is the workload DistServe evaluates on.
+The placement search over prefill/decode layouts lives with the planner (`placement`); the
+workload DistServe evaluates on is `synthetic.sharegpt_distserve`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
-
-import numpy as np
 
 from servesim.cluster import Cluster, KvPath
 from servesim.errors import ServesimError
@@ -114,28 +112,3 @@ def simulate_disagg(
     cluster.run()
     wall = time.perf_counter() - t0
     return result(dep, pre + dec, req, itl, mem, wall, cluster.stats)
-
-
-def sharegpt_distserve(n: int = 300, rate_per_s: float = 1.0, seed: int = 0) -> Workload:
-    """ShareGPT as DistServe prepared it for OPT (multi-turn history as the prompt, prompt +
-    output < 2048 tokens), fitted with lognormals to the 300-request sample DistServe publishes
-    with its simulator (simdistserve/benchmarks/alignment/data-ground-truth/opt-13b-sharegpt/
-    distserve-300-3.exp; 197 rows read): prompt median 768, p90 1532 (mean 801); output median
-    45, p90 449 (mean 145). Pairs whose total reaches 2048 are redrawn, as DistServe drops them.
-    Poisson arrivals at `rate_per_s`."""
-    from servesim.synthetic import LogNormal
-    from servesim.workload import poisson_arrivals
-
-    gen = np.random.default_rng(seed)
-    prompt_d = LogNormal(768, 1532, min_tokens=4, max_tokens=2040)
-    output_d = LogNormal(45, 449, min_tokens=2, max_tokens=2040)
-    prompts: list[int] = []
-    outputs: list[int] = []
-    while len(prompts) < n:
-        p = prompt_d.sample(2 * n, gen)
-        o = output_d.sample(2 * n, gen)
-        keep = (p + o) < 2048
-        prompts.extend(p[keep].tolist())
-        outputs.extend(o[keep].tolist())
-    arrivals = poisson_arrivals(n, rate_per_s, gen)
-    return Workload(arrivals, prompts[:n], outputs[:n], name="sharegpt-distserve-fit")
