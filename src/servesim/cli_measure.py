@@ -123,7 +123,7 @@ class FewshotSettings(Settings):
 
 def add_parsers(sub: Any) -> None:
     """Add `bench`, `compare`, `profile` and `fewshot` to servesim's subcommand parsers."""
-    from servesim.cli import add_workload_args
+    from servesim.cli_workload import add_workload_args
 
     b = sub.add_parser("bench", help="load-test an OpenAI-compatible server with a workload")
     b.add_argument("--config", help="YAML/JSON file with any of these settings")
@@ -199,7 +199,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Replay a workload against a server and write the per-request table and summary; exit 1
     (outputs still written) when no request succeeded."""
     from servesim import bench
-    from servesim.cli import build_workload, print_summary
+    from servesim.cli_output import print_summary
+    from servesim.cli_workload import build_workload
     from servesim.metrics import Slo, write_parquet, write_summary
 
     s = config.settings(BenchSettings, args)
@@ -334,7 +335,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_fewshot(args: argparse.Namespace) -> int:
     """Fit a device's effective efficiencies from k random measurements and save the fit."""
     from servesim import fewshot
-    from servesim.cli import is_fit_file, save_fit
+    from servesim.cli_calibrate import is_fit_file, save_fit
     from servesim.devices import catalog
 
     s = config.settings(FewshotSettings, args)
