@@ -50,7 +50,7 @@ from servesim.measured_engine import (  # noqa: E402
 )
 from servesim.metrics import Slo, write_parquet, write_summary  # noqa: E402
 from servesim.model import load_model  # noqa: E402
-from servesim.plots import cdf_svg  # noqa: E402
+from servesim.plots import cdf_html  # noqa: E402
 from servesim.profile import ProfileConfig, profile_model  # noqa: E402
 from servesim.profiled import (  # noqa: E402
     ForwardOverhead,
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     b = compare.load_run(sim_dir, "simulated")
     rows = compare.compare(a, b, Slo())
     compare.write_table(rows, run_dir / "comparison.csv", "measured", "simulated")
-    cdf_svg(compare.cdf_panels(a, b), run_dir / "cdf.svg", f"{doc['version']}, {args.load} load")
+    cdf_html(compare.cdf_panels(a, b), run_dir / "cdf.html", f"{doc['version']}, {args.load} load")
     for r in rows:
         va, vb, e = r["a"], r["b"], r["rel_err"]
         print(f"{r['metric']:>22}  measured {va:10.4g}  simulated {vb:10.4g}  err {e:+.1%}")

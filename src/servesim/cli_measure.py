@@ -260,10 +260,10 @@ def _fmt(v: Any, unit: str) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Print two runs side by side and write comparison.csv and cdf.svg."""
+    """Print two runs side by side and write comparison.csv and cdf.html (interactive CDFs)."""
     from servesim import compare
     from servesim.metrics import Slo
-    from servesim.plots import cdf_svg
+    from servesim.plots import cdf_html
 
     s = config.settings(CompareSettings, args)
     out = config.check_out_dir(s.out, s.spell("out"))
@@ -290,8 +290,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print(table)
     with config.writing(out, s.spell("out")):
         csv_path = compare.write_table(rows, out / "comparison.csv", a.label, b.label)
-        svg = cdf_svg(compare.cdf_panels(a, b), out / "cdf.svg", f"{a.label} vs {b.label}")
-    console.print(f"wrote {csv_path} and {svg}")
+        page = cdf_html(compare.cdf_panels(a, b), out / "cdf.html", f"{a.label} vs {b.label}")
+    console.print(f"wrote {csv_path} and {page}")
     return 0
 
 
