@@ -34,8 +34,10 @@ def test_cluster_loop_with_one_replica_matches_the_tight_loop() -> None:
     fast = simulate(Deployment(LLAMA8, H100), w).columns()
     req = prepare(w, None, "round_robin")
     reps, _ = build_pool(Deployment(LLAMA8, H100), req, ItlHistogram())
-    Cluster(req.table, reps, Router("round_robin")).run()
-    slow = req.table.to_arrays()
+    cluster = Cluster(req.table, reps, Router("round_robin"))
+    cluster.run()
+    req.table.close(cluster.stats.finish_events)
+    slow = req.table.sink.columns()
     for col in ("first_token_s", "finish_s", "generated_tokens"):
         assert np.array_equal(fast[col], slow[col]), col
 
@@ -131,20 +133,21 @@ def test_a_migrated_request_resumes_where_it_stopped() -> None:
     reps, _ = build_pool(Deployment(LLAMA8, H100, replicas=2), req, ItlHistogram())
     a, b = reps
     b.index = 1
-    a.enqueue(0, 0.0)
+    rid = req.table.admit(0, 0.0)
+    a.enqueue(rid, 0.0)
     while a.next_t < 1.0:
         a.advance()
-    done, cached, at = a.detach(0, 1.0)
+    done, cached, at = a.detach(rid, 1.0)
     assert not done and cached > 1000
-    produced = req.table.generated[0]
+    produced = req.table.generated[rid]
     assert produced == cached - 1000 + 1 and 1 < produced < 200
-    b.attach(0, at, cached, at)
+    b.attach(rid, at, cached, at)
     steps = 0
     while b.next_t < float("inf"):
         b.advance()
     steps = b.iterations
     assert steps == 200 - produced, (steps, produced)
-    assert req.table.finish_s[0] > at and req.table.generated[0] == 200
+    assert req.table.finish_s[rid] > at and req.table.generated[rid] == 200
 
 
 # ---- nothing waits for ever: periodic events end with the work ------------------------------

@@ -215,8 +215,8 @@ def test_two_lanes_woken_together_never_hold_more_than_their_cache() -> None:
     itl = ItlHistogram()
     (p,), _ = build_pool(base, req, itl, role="prefill")
     (d,), _ = build_pool(base, req, itl, role="decode")
-    for lane, rid in ((p, 0), (d, 1)):  # queued while idle (the decode lane recomputes prompts)
-        lane.waiting.append(rid)
+    for lane, gid in ((p, 0), (d, 1)):  # queued while idle (the decode lane recomputes prompts)
+        lane.waiting.append(req.table.admit(gid, 0.0))
         lane.queued_tokens += 600
     Cluster(req.table, [p], Router("round_robin"), decode=[d], pairs=[(p, d)])
     assert p.next_t < np.inf  # the prefill lane started its prompt

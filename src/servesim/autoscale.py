@@ -79,6 +79,8 @@ class AutoscaleController:
         self.arrivals: list[float] = []  # recent arrival times (rate forecast)
         self.level = 0.0
         self.trend = 0.0
+        # A closed loop's send times are recorded only when the forecast needs them.
+        self.wants_arrivals = policy.metric == "forecast"
 
     def start(self, cluster: Any, which: int) -> None:
         """Provision the initial replicas, park the rest, schedule the first tick."""
@@ -192,8 +194,9 @@ class AutoscaleController:
 
     def _forecast(self, cluster: Any, t: float) -> float:
         """Arrival rate one cold start ahead: Holt's linear smoothing of the windowed rate."""
-        if self.arrival_s is None:
-            self.arrival_s = np.asarray(cluster.table.arrival_s)
+        if self.arrival_s is None:  # the arrivals known at the first forecast
+            known = cluster.arrival_s
+            self.arrival_s = known if cluster.closed is None else np.array(known)
         arr = self.arrival_s
         lo = np.searchsorted(arr, t - self.p.window_s)
         hi = np.searchsorted(arr, t)

@@ -16,7 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from servesim.metrics import RequestTable
+import numpy as np
+
+from servesim.metrics import Quantiles
+from servesim.records import RequestTable
 from servesim.replica import Replica
 from servesim.router import MIGRATION_ORDER, Migration, Router, freeness_steps, least_outstanding
 from servesim.synthetic import ClosedLoop
@@ -49,11 +52,11 @@ class ClusterStats:
 
     kv_transfers: int = 0
     kv_bytes: float = 0.0
-    kv_transfer_s: list[float] = field(default_factory=list)  # per transfer, start to arrival
+    kv_transfer_s: Quantiles = field(default_factory=Quantiles)  # per transfer, start to arrival
     migrations: int = 0
     migration_bytes: float = 0.0
-    migration_downtime_s: list[float] = field(default_factory=list)  # predicted stop-copy
-    migration_gap_s: list[float] = field(default_factory=list)  # last token at A to attach at B
+    migration_downtime_s: Quantiles = field(default_factory=Quantiles)  # predicted stop-copy
+    migration_gap_s: Quantiles = field(default_factory=Quantiles)  # last token at A to attach
     cold_starts: int = 0
     scale_events: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas up)
     finish_events: int = 0  # requests reported finished (each must be, exactly once)
@@ -76,6 +79,7 @@ class Cluster:
         pairs: list[tuple[Replica, Replica]] | None = None,
     ) -> None:
         self.table = table
+        router.ids = table.request_id
         self.entry = entry
         self.decode = decode or []
         self.reps = entry + self.decode
@@ -98,10 +102,17 @@ class Cluster:
         self.pending: dict[int, deque[tuple[int, Replica]]] = {r.index: deque() for r in self.reps}
         self.inflight_migrations = 0
         self.migrating: set[int] = set()
+        if migration is not None:
+            table.hold = self.migrating  # a migration refers to its request until it is over
         self.migrating_reps: set[int] = set()  # replicas sending or receiving a migration
         self.stopping: dict[int, tuple] = {}  # rid -> migration waiting for its iteration to end
         self.now = 0.0
         self.late: list[int] = []  # requests finished inside a controller's action
+        self.arrived = 0  # open loop: requests of the workload admitted so far (for ticks)
+        # Arrival (send) time of every request by workload index, or -1 before it is sent:
+        # the workload's own for an open loop; for a closed loop filled as clients send, when
+        # a controller asks for it (`wants_arrivals`).
+        self.arrival_s: np.ndarray | None = table._arrivals
         # Semi-PD: a prefill lane and a decode lane sharing one KV cache, hand-off in place.
         self.pairs = pairs or []
         self.pair_of: dict[int, tuple[Replica, Replica]] = {}
@@ -153,17 +164,20 @@ class Cluster:
     def run(self) -> None:
         """Serve every request."""
         table, reps, heap = self.table, self.reps, self.heap
-        n = len(table)
-        arrivals = table.arrival_s
+        n = table.n
         lag = self.lag
         closed = self.closed
+        admit, report, arrival_of = table.admit, table.done, table.arrival_of
         pending: list[tuple[float, int]] = []
         next_rid = 0
-        delays: list[float] = []
+        sent_s = None
+        delays = np.zeros(0)
         if closed is not None:
-            delays = closed.delays_s.tolist()
-            for rid in range(min(closed.clients, n)):
-                heapq.heappush(pending, (delays[rid] - closed.think_s, rid))
+            delays = closed.delays_s
+            if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
+                sent_s = self.arrival_s = np.full(n, -1.0)
+            for gid in range(min(closed.clients, n)):
+                heapq.heappush(pending, (float(delays[gid]) - closed.think_s, gid))
             next_rid = min(closed.clients, n)
         if self.migration is not None:
             self._push(self.migration.interval_s, _TICK, -1)
@@ -175,12 +189,11 @@ class Cluster:
         push, pop = heapq.heappush, heapq.heappop
         valid = self.net.valid
         i = 0
+        a_next = arrival_of(0) if closed is None and n else INF
+        t_open = a_next + lag
         tick = False
         while True:
-            if closed is None:
-                t_arr = arrivals[i] + lag if i < n else INF
-            else:
-                t_arr = pending[0][0] + lag if pending else INF
+            t_arr = t_open if closed is None else (pending[0][0] + lag if pending else INF)
             while heap:
                 t, kind, a, b = heap[0]
                 if kind == _REP:
@@ -201,11 +214,15 @@ class Cluster:
             done: list[int]
             if t_arr <= t_ev:
                 if closed is None:
-                    rid = i
+                    rid = admit(i, a_next)
                     i += 1
+                    a_next = arrival_of(i) if i < n else INF
+                    t_open = a_next + lag
                 else:
-                    sent, rid = heapq.heappop(pending)
-                    arrivals[rid] = sent
+                    sent, gid = heapq.heappop(pending)
+                    rid = admit(gid, sent)
+                    if sent_s is not None:
+                        sent_s[gid] = sent
                 self.now = t_arr
                 target = route(rid, self.active_entry)
                 before = target.next_t
@@ -240,6 +257,7 @@ class Cluster:
                 else:
                     done = []
                     tick = True
+                    self.arrived = i
                     # A tick sees whether anything but ticks can still happen; periodic
                     # sources repeat only while it can.
                     busy = self._busy(i < n if closed is None else bool(pending))
@@ -254,11 +272,14 @@ class Cluster:
                 self.late = []
             if done:
                 self.stats.finish_events += len(done)
-            if closed is not None and done:
-                for rid in done:
-                    if next_rid < n:
-                        heapq.heappush(pending, (table.finish_s[rid] + delays[next_rid], next_rid))
-                        next_rid += 1
+                if closed is not None:
+                    finish = table.finish_s
+                    for rid in done:
+                        if next_rid < n:
+                            sent = finish[rid] + float(delays[next_rid])
+                            heapq.heappush(pending, (sent, next_rid))
+                            next_rid += 1
+                report(done)
             if tick:
                 tick = False
                 if not self._busy(i < n if closed is None else bool(pending)):

@@ -21,6 +21,7 @@ from typing import Any
 from servesim.cluster import Cluster, KvPath
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram
+from servesim.records import RecordSink
 from servesim.router import Router
 from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
 from servesim.synthetic import ClosedLoop
@@ -93,9 +94,10 @@ def simulate_disagg(
     workload: Workload | None = None,
     closed_loop: ClosedLoop | None = None,
     router: str = "round_robin",
+    records: RecordSink | None = None,
 ) -> SimResult:
     """Serve a workload on a disaggregated deployment (`simulate` calls this)."""
-    req = prepare(workload, closed_loop, router)
+    req = prepare(workload, closed_loop, router, records)
     itl = ItlHistogram()
     pre, _ = build_pool(dep.prefill, req, itl, role="prefill")
     dec, mem = build_pool(dep.decode, replace(req, hashes=None), itl, role="decode")

@@ -1,15 +1,18 @@
 """Per-request records and their summaries: TTFT, TPOT, inter-token latency, E2E, SLO attainment.
 
-The simulator fills a `RequestTable` (plain lists, one slot per request) and an `ItlHistogram`
-(token gaps on log bins of 0.5 %, so the p99 inter-token time needs no per-token storage). The
-same table is what `servesim bench` writes for a real server, so every summary works on both.
+The simulator records one row per request (`records.RequestTable` while it is in flight, then a
+`records.RecordSink`) and an `ItlHistogram` (token gaps on log bins of 0.5 %, so the p99
+inter-token time needs no per-token storage). The same columns are what `servesim bench`
+writes for a real server, so every summary works on both. Summaries are streaming
+accumulators (`RunSummary`, `Quantiles`) fed chunk by chunk, so a run of millions of requests
+is summarised in fixed memory.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,55 +111,129 @@ class ItlHistogram:
         return float((counts * centres).sum() / total)
 
 
-@dataclass
-class RequestTable:
-    """One row per request, filled as it is served. Times in seconds from the run's start."""
+# Log-spaced bins of 0.1 % for durations from 1 ns to 1e9 s: a value is represented by its
+# bin's geometric centre, within sqrt(1.001) - 1 < 0.05 % of it (values under 1 ns by 0).
+_Q_LOW_S = 1e-9
+_Q_RATIO = 1.001
+_Q_LOG = math.log(_Q_RATIO)
+_Q_BINS = math.ceil(math.log(1e9 / _Q_LOW_S) / _Q_LOG) + 2
+EXACT_VALUES = 1 << 18  # values a `Quantiles` keeps before it switches to bins
+QUANTILE_REL_ERROR = math.sqrt(_Q_RATIO) - 1.0
 
-    arrival_s: list[float]
-    prompt_tokens: list[int]
-    output_tokens: list[int]
-    first_token_s: list[float] = field(default_factory=list)
-    scheduled_s: list[float] = field(default_factory=list)  # first time any of it was scheduled
-    finish_s: list[float] = field(default_factory=list)
-    generated: list[int] = field(default_factory=list)
-    preemptions: list[int] = field(default_factory=list)
-    replica: list[int] = field(default_factory=list)
-    priority: list[int] = field(default_factory=list)
-    cached_tokens: list[int] = field(default_factory=list)  # prompt tokens found in prefix cache
-    migrations: list[int] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        n = len(self.arrival_s)
-        for name in ("first_token_s", "scheduled_s", "finish_s"):
-            if not getattr(self, name):
-                setattr(self, name, [-1.0] * n)
-        for name in ("generated", "preemptions", "priority", "cached_tokens", "migrations"):
-            if not getattr(self, name):
-                setattr(self, name, [0] * n)
-        if not self.replica:
-            self.replica = [-1] * n
+class Quantiles:
+    """Mean and percentiles of a stream of values in fixed memory.
 
-    def __len__(self) -> int:
-        return len(self.arrival_s)
+    Up to `exact_max` values are kept as they are, so the figures are numpy's exactly (with
+    request ids given, in id order, so a stream in finish order summarises as the id-ordered
+    columns do). Beyond that the values go to log-spaced bins 0.1 % wide: each order statistic
+    is then within `QUANTILE_REL_ERROR` (0.05 %) of the true one (or 1 ns), and so is a
+    percentile interpolated between two of them as numpy does; the mean stays a plain sum.
+    Non-finite values are skipped.
+    """
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Columns as numpy arrays, with derived TTFT, TPOT, E2E and queueing delay."""
-        cols: dict[str, np.ndarray] = {
-            "request_id": np.arange(len(self), dtype=np.int64),
-            "arrival_s": np.asarray(self.arrival_s, dtype=np.float64),
-            "prompt_tokens": np.asarray(self.prompt_tokens, dtype=np.int64),
-            "output_tokens": np.asarray(self.output_tokens, dtype=np.int64),
-            "scheduled_s": np.asarray(self.scheduled_s, dtype=np.float64),
-            "first_token_s": np.asarray(self.first_token_s, dtype=np.float64),
-            "finish_s": np.asarray(self.finish_s, dtype=np.float64),
-            "generated_tokens": np.asarray(self.generated, dtype=np.int64),
-            "preemptions": np.asarray(self.preemptions, dtype=np.int64),
-            "replica": np.asarray(self.replica, dtype=np.int64),
-            "priority": np.asarray(self.priority, dtype=np.int64),
-            "cached_tokens": np.asarray(self.cached_tokens, dtype=np.int64),
-            "migrations": np.asarray(self.migrations, dtype=np.int64),
-        }
-        return add_derived(cols)
+    __slots__ = ("_ids", "_pending", "_vals", "count", "counts", "exact_max", "hi", "lo", "total")
+
+    def __init__(self, exact_max: int = EXACT_VALUES) -> None:
+        self.exact_max = exact_max
+        self.count = 0
+        self.total = 0.0  # sum of the values, once binned
+        self.lo = math.inf
+        self.hi = -math.inf
+        self._vals: list[np.ndarray] = []
+        self._ids: list[np.ndarray] | None = []  # None once a chunk came without ids
+        self._pending: list[float] = []
+        self.counts: np.ndarray | None = None  # per bin, once binned
+
+    def append(self, x: float) -> None:
+        """Add one value (buffered; cheap enough for per-event use)."""
+        p = self._pending
+        p.append(x)
+        if len(p) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            vals = np.array(self._pending, dtype=np.float64)
+            self._pending = []
+            self.add(vals)
+
+    def add(self, values: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Add a chunk of values (with their request ids, when they have any)."""
+        if self._pending:
+            self._flush()
+        x = np.asarray(values, dtype=np.float64)
+        fin = np.isfinite(x)
+        if not fin.all():
+            x = x[fin]
+            ids = ids[fin] if ids is not None else None
+        if not len(x):
+            return
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+        self.count += len(x)
+        if self.counts is not None:
+            self._bin(x)
+            return
+        self._vals.append(np.array(x))
+        if self._ids is not None:
+            if ids is None:
+                self._ids = None
+            else:
+                self._ids.append(np.asarray(ids, dtype=np.int64))
+        if self.count > self.exact_max:
+            vals = np.concatenate(self._vals)
+            self._vals, self._ids = [], None
+            self.counts = np.zeros(_Q_BINS, dtype=np.int64)
+            self._bin(vals)
+
+    def _bin(self, x: np.ndarray) -> None:
+        self.total += float(x.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b = np.floor(np.log(np.maximum(x, _Q_LOW_S) / _Q_LOW_S) / _Q_LOG) + 1.0
+        b = np.where(x > _Q_LOW_S, np.minimum(b, _Q_BINS - 1), 0.0).astype(np.int64)
+        self.counts += np.bincount(b, minlength=_Q_BINS)
+
+    def _exact(self) -> np.ndarray:
+        vals = np.concatenate(self._vals) if self._vals else np.zeros(0)
+        if self._ids:
+            vals = vals[np.argsort(np.concatenate(self._ids), kind="stable")]
+        return vals
+
+    def mean(self) -> float:
+        """Mean of the values (nan if none)."""
+        self._flush()
+        if not self.count:
+            return math.nan
+        if self.counts is None:
+            return float(self._exact().mean())
+        return self.total / self.count
+
+    def percentiles(self, qs: list[float]) -> list[float]:
+        """Percentiles (0-100) as numpy's linear method gives them (nan if no values)."""
+        self._flush()
+        if not self.count:
+            return [math.nan] * len(qs)
+        if self.counts is None:
+            return [float(v) for v in np.percentile(self._exact(), qs)]
+        cum = np.cumsum(self.counts)
+        out = []
+        for q in qs:
+            h = (self.count - 1) * q / 100.0
+            k = math.floor(h)
+            lo = self._rep(int(np.searchsorted(cum, k, side="right")))
+            hi = self._rep(int(np.searchsorted(cum, min(k + 1, self.count - 1), side="right")))
+            out.append(lo + (hi - lo) * (h - k))
+        return out
+
+    def _rep(self, b: int) -> float:
+        v = 0.0 if b == 0 else _Q_LOW_S * _Q_RATIO ** (b - 0.5)
+        return min(max(v, self.lo), self.hi)
+
+    def stats(self) -> dict[str, float]:
+        """{"mean", "p50", "p90", "p99"} of the values (nan when there are none)."""
+        p50, p90, p99 = self.percentiles([50, 90, 99])
+        return {"mean": self.mean(), "p50": p50, "p90": p90, "p99": p99}
 
 
 def add_derived(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -179,37 +256,89 @@ class ConservationError(RuntimeError):
     """A simulation lost or mangled requests: a simulator bug, never a user's mistake."""
 
 
+_KINDS = (
+    "did not finish",
+    "generated a wrong number of tokens",
+    "got a first token before arriving",
+    "got a first token after finishing",
+    "has a non-finite time",
+)
+
+
+class Conservation:
+    """The conservation check fed chunk by chunk: how many requests of each kind of
+    inconsistency, and the 20 smallest ids of each, over every row added."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.all_ok = True
+        self.bad: dict[str, tuple[int, np.ndarray]] = {}
+
+    def _note(self, kind: str, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
+        count, shown = self.bad.get(kind, (0, np.zeros(0, dtype=np.int64)))
+        shown = np.sort(np.concatenate((shown, np.asarray(ids, dtype=np.int64))))[:20]
+        self.bad[kind] = (count + len(ids), shown)
+        self.all_ok = False
+
+    def add(self, cols: dict[str, np.ndarray]) -> None:
+        """Check a chunk of rows (`request_id` names them; else their positions do)."""
+        arrival, first, finish = cols["arrival_s"], cols["first_token_s"], cols["finish_s"]
+        gen, out = cols["generated_tokens"], cols["output_tokens"]
+        n = len(finish)
+        ids = cols.get("request_id")
+        if ids is None:
+            ids = np.arange(self.rows, self.rows + n)
+        self.rows += n
+        with np.errstate(invalid="ignore"):
+            ok = (finish >= 0) & (gen == out) & (first >= arrival) & (first <= finish)
+            ok &= np.isfinite(finish) & np.isfinite(first)
+            if ok.all():
+                return
+            self.all_ok = False
+            masks = (
+                ~(finish >= 0),
+                (finish >= 0) & (gen != out),
+                (first >= 0) & (first < arrival),
+                (finish >= 0) & (first > finish),
+                ~(np.isfinite(finish) & np.isfinite(first)),
+            )
+        for kind, bad in zip(_KINDS, masks, strict=True):
+            self._note(kind, ids[bad])
+
+    def missing(self, ids: np.ndarray) -> None:
+        """Requests that never got a row at all (never arrived): they did not finish."""
+        self._note(_KINDS[0], ids)
+
+    def check(self, n: int, finish_events: int | None = None) -> None:
+        """Raise `ConservationError` unless every one of `n` requests finished exactly once with
+        all its output tokens, its first token at or after its arrival and at or before its end
+        (`finish_events`: how many finishes the run reported, when it counted them)."""
+        if self.all_ok and self.rows == n and (finish_events is None or finish_events == n):
+            return
+        problems = []
+        for kind in _KINDS:
+            if kind in self.bad:
+                count, ids = self.bad[kind]
+                shown = ", ".join(str(i) for i in ids) + (", ..." if count > 20 else "")
+                problems.append(f"{count} {kind} (request ids {shown})")
+        if finish_events is not None and finish_events != n:
+            problems.append(f"{finish_events} finish events for {n} requests")
+        raise ConservationError(
+            f"internal error: the simulation of {n} requests is inconsistent: "
+            + "; ".join(problems)
+            + ". This is a servesim bug; please report it with the command that ran."
+        )
+
+
 def check_conservation(cols: dict[str, np.ndarray], finish_events: int | None = None) -> None:
     """Raise `ConservationError` naming the requests unless every request finished exactly once
     with all its output tokens, its first token at or after its arrival and at or before its
     end (`finish_events`: how many finishes the run reported, when it counted them)."""
-    arrival, first, finish = cols["arrival_s"], cols["first_token_s"], cols["finish_s"]
-    gen, out = cols["generated_tokens"], cols["output_tokens"]
-    n = len(finish)
-    with np.errstate(invalid="ignore"):
-        ok = (finish >= 0) & (gen == out) & (first >= arrival) & (first <= finish)
-        ok &= np.isfinite(finish) & np.isfinite(first)
-    if ok.all() and (finish_events is None or finish_events == n):
-        return
-    problems = []
-    for what, bad in (
-        ("did not finish", ~(finish >= 0)),
-        ("generated a wrong number of tokens", (finish >= 0) & (gen != out)),
-        ("got a first token before arriving", (first >= 0) & (first < arrival)),
-        ("got a first token after finishing", (finish >= 0) & (first > finish)),
-        ("has a non-finite time", ~(np.isfinite(finish) & np.isfinite(first))),
-    ):
-        ids = np.flatnonzero(bad)
-        if len(ids):
-            shown = ", ".join(str(i) for i in ids[:20]) + (", ..." if len(ids) > 20 else "")
-            problems.append(f"{len(ids)} {what} (request ids {shown})")
-    if finish_events is not None and finish_events != n:
-        problems.append(f"{finish_events} finish events for {n} requests")
-    raise ConservationError(
-        f"internal error: the simulation of {n} requests is inconsistent: "
-        + "; ".join(problems)
-        + ". This is a servesim bug; please report it with the command that ran."
-    )
+    check = Conservation()
+    check.add({k: v for k, v in cols.items() if k != "request_id"})
+    check.check(len(cols["finish_s"]), finish_events)
 
 
 @dataclass(frozen=True)
@@ -226,12 +355,100 @@ class Slo:
             )
 
 
-def _stats(x: np.ndarray) -> dict[str, float]:
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return {"mean": math.nan, "p50": math.nan, "p90": math.nan, "p99": math.nan}
-    p50, p90, p99 = np.percentile(x, [50, 90, 99])
-    return {"mean": float(x.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+class RunSummary:
+    """The summary of a run accumulated over chunks of its per-request columns (with derived
+    latencies), in any order: counts and token sums exact, latency figures from `Quantiles`.
+    With `window_s`, also SLO attainment per window of arrival time."""
+
+    def __init__(self, slo: Slo | None = None, window_s: float | None = None) -> None:
+        self.slo = slo or Slo()
+        if window_s is not None and not window_s > 0:
+            raise ServesimError(f"Attainment window {window_s!r} must be positive seconds.")
+        self.window_s = window_s
+        self.n = self.n_done = self.good = 0
+        self.start = math.inf
+        self.end = -math.inf
+        self.out_tokens = self.in_tokens = self.generated = self.preemptions = 0
+        self.latency = {k: Quantiles() for k in ("ttft_s", "tpot_s", "e2e_s", "queue_s")}
+        self.windows: dict[int, list[int]] = {}  # window index -> [good, requests]
+
+    def add(self, cols: dict[str, np.ndarray]) -> RunSummary:
+        """Count a chunk of rows."""
+        slo = self.slo
+        finish = cols["finish_s"]
+        done = finish >= 0
+        n, n_done = len(finish), int(done.sum())
+        if not n:
+            return self
+        self.n += n
+        self.n_done += n_done
+        self.start = min(self.start, float(cols["arrival_s"].min()))
+        if n_done:
+            self.end = max(self.end, float(finish[done].max()))
+        good = done & (cols["ttft_s"] <= slo.ttft_s) & (cols["tpot_s"] <= slo.tpot_s)
+        self.good += int(good.sum())
+        gen = cols["generated_tokens"]
+        self.out_tokens += int(gen[done].sum())
+        self.in_tokens += int(cols["prompt_tokens"][done].sum())
+        self.generated += int(gen.sum())
+        self.preemptions += int(cols["preemptions"].sum())
+        ids = cols.get("request_id")
+        for k, q in self.latency.items():
+            q.add(cols[k], ids)
+        if self.window_s is not None:
+            which = np.floor(cols["arrival_s"] / self.window_s).astype(np.int64)
+            keys, inv = np.unique(which, return_inverse=True)
+            total = np.bincount(inv, minlength=len(keys))
+            ok = np.bincount(inv[good], minlength=len(keys))
+            for k, g, c in zip(keys.tolist(), ok.tolist(), total.tolist(), strict=True):
+                w = self.windows.setdefault(k, [0, 0])
+                w[0] += g
+                w[1] += c
+        return self
+
+    @property
+    def span_s(self) -> float:
+        """Seconds from the first arrival to the last finish (at least 1e-12)."""
+        start = self.start if self.n else 0.0
+        end = self.end if self.n_done else start
+        return max(end - start, 1e-12)
+
+    def attainment_over_time(self) -> list[tuple[float, float, int]]:
+        """(window start s, share meeting both targets, requests) per window with arrivals."""
+        w = self.window_s or 0.0
+        return [(float(k * w), g / c, c) for k, (g, c) in sorted(self.windows.items())]
+
+    def result(
+        self, itl: ItlHistogram | None = None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The summary: latency percentiles, throughput, SLO attainment and goodput."""
+        slo, n, span = self.slo, self.n, self.span_s
+        summary: dict[str, Any] = {
+            "requests": n,
+            "finished": self.n_done,
+            "duration_s": span,
+            "ttft_s": self.latency["ttft_s"].stats(),
+            "tpot_s": self.latency["tpot_s"].stats(),
+            "e2e_s": self.latency["e2e_s"].stats(),
+            "queue_s": self.latency["queue_s"].stats(),
+            "throughput_req_per_s": self.n_done / span,
+            "throughput_output_tok_per_s": self.out_tokens / span,
+            "throughput_total_tok_per_s": (self.out_tokens + self.in_tokens) / span,
+            "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
+            "slo_attainment": self.good / n if n else math.nan,
+            "goodput_req_per_s": float(self.good) / span,
+            "preemptions": self.preemptions,
+        }
+        if itl is not None and itl.total() > 0:
+            summary["itl_s"] = {
+                "mean": itl.mean(),
+                "p50": itl.quantile(0.5),
+                "p90": itl.quantile(0.9),
+                "p99": itl.quantile(0.99),
+            }
+        if extra:
+            summary.update(extra)
+        return summary
 
 
 def summarize(
@@ -241,42 +458,7 @@ def summarize(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Summary of a run: latency percentiles, throughput, SLO attainment and goodput."""
-    slo = slo or Slo()
-    done = cols["finish_s"] >= 0
-    n, n_done = len(done), int(done.sum())
-    start = float(cols["arrival_s"].min()) if n else 0.0
-    end = float(cols["finish_s"][done].max()) if n_done else start
-    span = max(end - start, 1e-12)
-    ttft, tpot = cols["ttft_s"], cols["tpot_s"]
-    good = done & (ttft <= slo.ttft_s) & (tpot <= slo.tpot_s)
-    out_tokens = int(cols["generated_tokens"][done].sum())
-    in_tokens = int(cols["prompt_tokens"][done].sum())
-    summary: dict[str, Any] = {
-        "requests": n,
-        "finished": n_done,
-        "duration_s": span,
-        "ttft_s": _stats(ttft),
-        "tpot_s": _stats(tpot),
-        "e2e_s": _stats(cols["e2e_s"]),
-        "queue_s": _stats(cols["queue_s"]),
-        "throughput_req_per_s": n_done / span,
-        "throughput_output_tok_per_s": out_tokens / span,
-        "throughput_total_tok_per_s": (out_tokens + in_tokens) / span,
-        "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
-        "slo_attainment": float(good.sum() / n) if n else math.nan,
-        "goodput_req_per_s": float(good.sum()) / span,
-        "preemptions": int(cols["preemptions"].sum()),
-    }
-    if itl is not None and itl.total() > 0:
-        summary["itl_s"] = {
-            "mean": itl.mean(),
-            "p50": itl.quantile(0.5),
-            "p90": itl.quantile(0.9),
-            "p99": itl.quantile(0.99),
-        }
-    if extra:
-        summary.update(extra)
-    return summary
+    return RunSummary(slo).add(cols).result(itl, extra)
 
 
 def attainment_over_time(
@@ -284,17 +466,9 @@ def attainment_over_time(
 ) -> list[tuple[float, float, int]]:
     """SLO attainment per window of arrival time: (window start s, share meeting both targets,
     requests arriving in it), for windows with any arrival."""
-    slo = slo or Slo()
     if window_s <= 0:
         raise ServesimError(f"Attainment window {window_s!r} must be positive seconds.")
-    arrival = cols["arrival_s"]
-    good = (cols["finish_s"] >= 0) & (cols["ttft_s"] <= slo.ttft_s) & (cols["tpot_s"] <= slo.tpot_s)
-    which = np.floor(arrival / window_s).astype(np.int64)
-    out = []
-    for k in np.unique(which):
-        sel = which == k
-        out.append((float(k * window_s), float(good[sel].mean()), int(sel.sum())))
-    return out
+    return RunSummary(slo, window_s).add(cols).attainment_over_time()
 
 
 def write_parquet(cols: dict[str, np.ndarray], path: str | Path) -> None:

@@ -19,7 +19,6 @@ the next operator boundary; the interrupted batch resumes where it stopped.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections.abc import Callable
@@ -87,13 +86,15 @@ class LengthEstimator:
 class LengthModel:
     """Per-request output-length beliefs for one run."""
 
-    def __init__(self, est: LengthEstimator, true_outputs: list[int]) -> None:
+    def __init__(self, est: LengthEstimator, true_outputs: Any) -> None:
         self.est = est
-        self.true = true_outputs
-        self.population = sorted(true_outputs)
+        # Arrays, indexed by the request's index in the workload (not a list per request: a
+        # trace may hold millions).
+        self.true = np.asarray(true_outputs, dtype=np.int64)
+        self.population = np.sort(self.true)
         rng = np.random.default_rng(est.seed)
-        noise = rng.standard_normal(len(true_outputs)) * est.error
-        self.mu = (np.log(np.maximum(1, true_outputs)) + noise).tolist()
+        noise = rng.standard_normal(len(self.true)) * est.error
+        self.mu = np.log(np.maximum(1, self.true)) + noise
 
     def predicted(self, rid: int) -> float:
         """The estimate of the total output length before any token is generated."""
@@ -104,16 +105,16 @@ class LengthModel:
         estimator's quantile or the one given."""
         est = self.est
         if est.source == "oracle" or (est.source == "noisy" and est.error == 0):
-            return max(1.0, self.true[rid] - generated)
+            return max(1.0, int(self.true[rid]) - generated)
         q = est.quantile if quantile is None else quantile
         if est.source == "trace":
             pop = self.population
-            lo = bisect.bisect_right(pop, generated) if est.refine else 0
+            lo = int(np.searchsorted(pop, generated, side="right")) if est.refine else 0
             if lo >= len(pop):
                 return max(1.0, 0.25 * generated)  # longer than anything seen: a quarter more
-            total = pop[lo + int(q * (len(pop) - 1 - lo))]
+            total = int(pop[lo + int(q * (len(pop) - 1 - lo))])
             return max(1.0, total - generated)
-        mu, sigma = self.mu[rid], est.error
+        mu, sigma = float(self.mu[rid]), est.error
         if not est.refine or generated <= 0:
             total = math.exp(mu + sigma * _NORMAL.inv_cdf(q))
         else:
@@ -203,13 +204,17 @@ class KeyedQueue:
 
 
 class PolicyState:
-    """A policy bound to one run's request table and one replica's predictor."""
+    """A policy bound to one run's request table and one replica's predictor. The table is
+    indexed by slot; `table.request_id` gives the request's index in the workload, which
+    breaks ties between equal keys and indexes `outputs` (every request's output length)."""
 
-    def __init__(self, policy: Policy, table: Any, pred: Predictor) -> None:
+    def __init__(self, policy: Policy, table: Any, pred: Predictor, outputs: Any = None) -> None:
         self.policy = policy
         self.table = table
         self.pred = pred
-        self.lengths = LengthModel(policy.estimator, table.output_tokens)
+        if outputs is None:
+            outputs = table.output_tokens
+        self.lengths = LengthModel(policy.estimator, outputs)
         # Service-time rates the slack policy plans with: a 1024-token prefill, a decode step of
         # a 32-sequence batch at 1024 tokens of context each.
         self.prefill_s_per_token = pred.step_s(0, 0, ((1024, 0),)) / 1024.0
@@ -236,16 +241,17 @@ class PolicyState:
 
     # ---- keys: lower runs sooner; the running request with the highest key gives way -------
     def _fcfs_key(self, rid: int) -> tuple[float, int]:
-        return (self.table.arrival_s[rid], rid)
+        tab = self.table
+        return (tab.arrival_s[rid], tab.request_id[rid])
 
     def _priority_key(self, rid: int) -> tuple[int, float, int]:
         tab = self.table
-        return (tab.priority[rid], tab.arrival_s[rid], rid)
+        return (tab.priority[rid], tab.arrival_s[rid], tab.request_id[rid])
 
     def _laps_key(self, rid: int) -> tuple[int, float, int]:
         tab = self.table
         long = tab.prompt_tokens[rid] > self.policy.laps_threshold_tokens
-        return (1 if long else 0, tab.arrival_s[rid], rid)
+        return (1 if long else 0, tab.arrival_s[rid], tab.request_id[rid])
 
     def is_long(self, rid: int) -> bool:
         """LAPS: whether a request belongs to the long-prefill queue."""
@@ -281,7 +287,7 @@ class PolicyState:
                 return first - prefill
             return self._slack_run_key(rid) - prefill
         if slo.e2e_s is not None:
-            rem = self.lengths.remaining(rid, 0)
+            rem = self.lengths.remaining(tab.request_id[rid], 0)
             latest = tab.arrival_s[rid] + slo.e2e_s - prefill - rem * self.step_s
         else:
             latest = tab.arrival_s[rid] + slo.ttft_s - prefill
@@ -304,7 +310,7 @@ class PolicyState:
         if slo.e2e_s is None:
             return -HOPELESS_S + (first if first >= 0 else tab.arrival_s[rid])
         gen = max(1, tab.generated[rid])
-        rem = self.lengths.remaining(rid, gen)
+        rem = self.lengths.remaining(tab.request_id[rid], gen)
         return tab.arrival_s[rid] + slo.e2e_s - rem * self.step_s
 
     @property

@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 
 from servesim.kvcache import DecodeBlocks
-from servesim.metrics import ItlHistogram, RequestTable
+from servesim.metrics import ItlHistogram
 from servesim.policies import KeyedQueue, PolicyState
 from servesim.predictor import Predictor
 from servesim.prefix import PrefixCache
+from servesim.records import RequestTable, SeriesRecorder
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
@@ -123,6 +124,10 @@ class Replica:
         "queued_tokens",
         "role",
         "samples",
+        "series",
+        "shape_chunks",
+        "shape_count",
+        "shape_work_s",
         "shared",
         "shared_sum",
         "stall_s",
@@ -190,9 +195,10 @@ class Replica:
         # (rid, cached tokens, last token time, reserved blocks, keeps its arrival-order place)
         self.incoming: deque[tuple[int, int, float, int, bool]] = deque()
         self.attached_load: dict[int, int] = {}  # rid -> tokens it added to the router signal
-        # Live migration: requests to stop at the end of the iteration in flight, and those
+        # Live migration: requests to stop at the end of the iteration in flight (in the order
+        # asked: a set would order them by slot, which slot reuse shuffles), and those
         # stopped there as (rid, cached tokens or -1 if it finished first, boundary time).
-        self.leaving: set[int] = set()
+        self.leaving: dict[int, None] = {}
         self.left: list[tuple[int, int, float]] = []
         # Policy path state
         self.swapped: dict[int, tuple[int, float]] = {}  # rid -> (cached tokens, last token t)
@@ -219,12 +225,19 @@ class Replica:
         self.group = index  # the physical replica (pipeline virtual engines share one)
         self.idle_share = 1.0 / self.pp  # share of the devices' idle power this engine carries
         self.power_pred = predictor  # prices energy (semi-PD lanes use the whole GPU's)
-        # Flat (time, sequences running, KV tokens held) triples, one per scheduling decision
+        # Flat (time, sequences running, KV tokens held) triples, one per scheduling decision,
+        # moved to `series` (bounded) whenever the table harvests (`compact`)
         self.samples: list[float] = []
+        self.series: SeriesRecorder | None = None
+        # `mixed_shapes` moved out as arrays, and priced in bulk once they are many
+        self.shape_chunks: list[np.ndarray] = []
+        self.shape_count = 0
+        self.shape_work_s = 0.0
         self.outstanding_tokens = 0  # prompt + output tokens not yet served (router signal)
         # Tokens the queued requests must prefill to run again (router and migration signal): a
         # prompt, or for a request preempted by recompute its prompt and the tokens it had made.
         self.queued_tokens = 0
+        table.reps.append(self)
 
     # ---- public face for the cluster driver --------------------------------------------
     def total_work_s(self, decode_context_tokens: float) -> float:
@@ -233,10 +246,40 @@ class Replica:
         linear in it, so the sum over requests of their per-step contexts, taken from the
         request table at the end, prices every decode step at once)."""
         pred = self.power_pred
-        shapes = np.asarray(self.mixed_shapes, dtype=np.int64)
-        work = self.work_s + pred.dense_work_many(shapes >> 20, shapes & 0xFFFFF)
+        parts = [*self.shape_chunks, np.asarray(self.mixed_shapes, dtype=np.int64)]
+        shapes = np.concatenate(parts)
+        dense = self.shape_work_s + pred.dense_work_many(shapes >> 20, shapes & 0xFFFFF)
+        work = self.work_s + dense
         work += pred.decode_work_per_token_s * decode_context_tokens
         return work + pred.attn_pair_work_s * self.attn_pairs
+
+    def compact(self, series_cap: int, shape_cap: int) -> None:
+        """Move the samples and iteration shapes logged since the last call out of the hot
+        path's lists: samples into the bounded `series` (exact up to `series_cap`), shapes
+        into arrays, priced in bulk once more than `shape_cap` are held."""
+        if self.samples:
+            if self.series is None:
+                self.series = SeriesRecorder(series_cap)
+            self.series.add(self.samples)
+            self.samples.clear()
+        ms = self.mixed_shapes
+        if ms:
+            self.shape_chunks.append(np.fromiter(ms, np.int64, len(ms)))
+            self.shape_count += len(ms)
+            ms.clear()
+            if self.shape_count > shape_cap:
+                shapes = np.concatenate(self.shape_chunks)
+                pred = self.power_pred
+                self.shape_work_s += pred.dense_work_many(shapes >> 20, shapes & 0xFFFFF)
+                self.shape_chunks = []
+                self.shape_count = 0
+
+    def series_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(t_s, running, kv_tokens) samples of the whole run (call after the last compact)."""
+        if self.series is None:
+            flat = np.array(self.samples, dtype=np.float64).reshape(-1, 3)
+            return flat[:, 0].copy(), flat[:, 1].copy(), flat[:, 2].copy()
+        return self.series.arrays()
 
     def provisioned_s(self, end_s: float) -> float:
         """Seconds this replica was provisioned (powered and paid for) up to `end_s`."""
@@ -416,7 +459,7 @@ class Replica:
         if rid not in self.off:
             return [], -1, self.now
         if self._mixed is not None:
-            self.leaving.add(rid)
+            self.leaving[rid] = None
             return [], -2, self.now
         done = self._stop_at(t)
         cached = self._drop(rid) if rid in self.off else -1

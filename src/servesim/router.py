@@ -61,9 +61,12 @@ class Router:
         self.rng = random.Random(seed)
         self.rr = 0
         self.imbalance = imbalance  # prefix_affinity: tolerated load excess over the lightest
+        # slot -> the request's index in the workload (the run's table sets it; without it a
+        # slot is the index)
+        self.ids: list[int] | None = None
 
     def pick(self, rid: int, reps: list[Replica]) -> Replica:
-        """The replica (of the active ones given) that gets request `rid`."""
+        """The replica (of the active ones given) that gets the request in slot `rid`."""
         if len(reps) == 1:
             return reps[0]
         name = self.name
@@ -82,7 +85,7 @@ class Router:
             return a if (a.outstanding_tokens, a.index) <= (b.outstanding_tokens, b.index) else b
         if name == "session":
             hashes = self.hashes[rid] if self.hashes else None
-            key = hashes[0] if hashes else rid
+            key = hashes[0] if hashes else (self.ids[rid] if self.ids is not None else rid)
             return reps[hash((key, 0x5EED)) % len(reps)]
         return self._prefix_affinity(rid, reps)
 

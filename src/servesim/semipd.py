@@ -25,6 +25,7 @@ from servesim.devices import Device
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram, Slo
 from servesim.predictor import Predictor
+from servesim.records import RecordSink
 from servesim.replica import Replica
 from servesim.router import Router
 from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
@@ -141,9 +142,18 @@ class _PartitionController:
         self.lanes = lanes
         self.share = share
         self.history: list[tuple[float, float]] = [(0.0, share)]
+        # Rows of finished requests the table has already recorded and may still count:
+        # (arrival, first token, finish, generated) columns, those finishing before the
+        # current window dropped at each tick.
+        self.recent: list[np.ndarray] = []
 
     def start(self, cluster: Cluster, which: int) -> None:
+        cluster.table.listeners.append(self._recorded)
         cluster.schedule_tick(self.ctl.interval_s, which)
+
+    def _recorded(self, cols: dict[str, np.ndarray]) -> None:
+        keys = ("arrival_s", "first_token_s", "finish_s", "generated_tokens")
+        self.recent.append(np.stack([cols[k].astype(np.float64) for k in keys]))
 
     def tick(self, cluster: Cluster, t: float, which: int, busy: bool, kind: int = 0) -> None:
         ctl = self.ctl
@@ -169,18 +179,26 @@ class _PartitionController:
 
     def attainment(self, cluster: Cluster, t: float, since: float) -> tuple[float, float, int]:
         """TTFT and TPOT attainment since `since`: TTFT of requests whose first token came in
-        that time, plus those still waiting past the target; TPOT of requests finished in it."""
+        that time, plus those still waiting past the target; TPOT of requests finished in it.
+        Requests are those in flight, those recorded in the window, and (open loop) those
+        whose arrival is past but the engine has not seen yet (the frontend's lag)."""
         ctl = self.ctl
-        tab = cluster.table
-        first = np.asarray(tab.first_token_s)
-        arr = np.asarray(tab.arrival_s)
+        keys = ("arrival_s", "first_token_s", "finish_s", "generated_tokens")
+        past = np.hstack([np.zeros((4, 0)), *self.recent])
+        self.recent = [past[:, past[2] >= t - ctl.window_s]]  # what later ticks may count
+        live = cluster.table.live_columns()
+        rows = np.hstack([past, np.stack([live[k].astype(np.float64) for k in keys])])
+        arr, first, fin, gen_all = rows
         recent = (first >= since) & (first <= t)
         late = (first < 0) & (arr >= 0) & (arr <= t - ctl.slo.ttft_s)
-        n_ttft = int(recent.sum() + late.sum())
+        n_unseen = 0
+        if cluster.arrival_s is not None and cluster.closed is None:
+            cut = int(np.searchsorted(cluster.arrival_s, t - ctl.slo.ttft_s, side="right"))
+            n_unseen = max(0, cut - cluster.arrived)
+        n_ttft = int(recent.sum() + late.sum()) + n_unseen
         ttft_ok = float((first[recent] - arr[recent] <= ctl.slo.ttft_s).sum()) / max(1, n_ttft)
-        fin = np.asarray(tab.finish_s)
         done = (fin >= since) & (fin <= t)
-        gen = np.asarray(tab.generated)[done]
+        gen = gen_all[done]
         with np.errstate(divide="ignore", invalid="ignore"):
             tpot = np.where(gen > 1, (fin[done] - first[done]) / np.maximum(gen - 1, 1), 0.0)
         tpot_ok = float(np.mean(tpot <= ctl.slo.tpot_s)) if len(tpot) else 1.0
@@ -192,9 +210,10 @@ def simulate_semipd(
     workload: Workload | None = None,
     closed_loop: ClosedLoop | None = None,
     router: str = "round_robin",
+    records: RecordSink | None = None,
 ) -> SimResult:
     """Serve a workload with every replica split into concurrent prefill and decode lanes."""
-    req = prepare(workload, closed_loop, router)
+    req = prepare(workload, closed_loop, router, records)
     itl = ItlHistogram()
     lanes = _Lanes(dep)
     p_pred, d_pred = lanes.pair(dep.prefill_share)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,20 +27,14 @@ from servesim.devices import Device
 from servesim.engine import EngineProfile, get_engine
 from servesim.errors import ServesimError
 from servesim.memory import MemoryLayout, memory_layout
-from servesim.metrics import (
-    ItlHistogram,
-    RequestTable,
-    Slo,
-    attainment_over_time,
-    check_conservation,
-    summarize,
-)
+from servesim.metrics import ItlHistogram, RunSummary, Slo
 from servesim.model import ModelSpec
 from servesim.parallel import Parallel
 from servesim.policies import Policy, PolicyState
 from servesim.predictor import Predictor
 from servesim.prefix import PrefixCache
 from servesim.profiled import ProfiledTiming
+from servesim.records import CHUNK_ROWS, RecordSink, RequestTable
 from servesim.replica import Replica, ReplicaConfig
 from servesim.router import ROUTERS, Migration, Router, check_router
 from servesim.synthetic import ClosedLoop
@@ -145,10 +140,10 @@ class Deployment:
 
 @dataclass
 class SimResult:
-    """Everything a run produced: per-request table, token gaps, replica time series."""
+    """Everything a run produced: per-request records, token gaps, replica time series."""
 
     deployment: Any  # Deployment, DisaggDeployment or SemiPDDeployment
-    table: RequestTable
+    records: RecordSink
     itl: ItlHistogram
     memory: MemoryLayout
     replica_stats: list[dict[str, Any]]
@@ -158,18 +153,23 @@ class SimResult:
     # Replica-time provisioned between the first arrival and the last finish (autoscaled runs;
     # None: every replica was up the whole span).
     provisioned_replica_s: float | None = None
-    _columns: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Per-request columns with derived latencies (computed once)."""
-        if self._columns is None:
-            self._columns = self.table.to_arrays()
-        return self._columns
+        """Per-request columns ordered by request id, with derived latencies (computed once;
+        a run streamed to Parquet reads its file back)."""
+        return self.records.columns()
 
     def summary(self, slo: Slo | None = None) -> dict[str, Any]:
-        """Latency, throughput, SLO and resource summary of the run."""
-        cols = self.columns()
-        s = summarize(cols, slo, self.itl)
+        """Latency, throughput, SLO and resource summary of the run (one pass over the
+        records, in memory or in the Parquet file, in fixed memory)."""
+        rec = self.records
+        window = None
+        if "scale_events" in self.extra:  # autoscaled: how attainment moved with the load
+            window = max(60.0, max(rec.end_s - rec.start_s, 1e-12) / 24.0)
+        acc = RunSummary(slo, window)
+        for chunk in rec.chunks(_SUMMARY_COLUMNS):
+            acc.add(chunk)
+        s = acc.result(self.itl)
         dep = self.deployment
         span = s["duration_s"]
         busy = sum(r["busy_s"] for r in self.replica_stats)
@@ -177,8 +177,8 @@ class SimResult:
         if up_s is None:
             up_s = span * len(self.replica_stats)
         energy = sum(r["energy_j"] for r in self.replica_stats)
-        out_tokens = max(1, int(cols["generated_tokens"].sum()))
-        all_tokens = out_tokens + int(cols["prompt_tokens"][cols["finish_s"] >= 0].sum())
+        out_tokens = max(1, acc.generated)
+        all_tokens = out_tokens + acc.in_tokens
         s.update(
             {
                 "deployment": dep.label(),
@@ -200,12 +200,25 @@ class SimResult:
             }
         )
         s.update(self.extra)
-        if "scale_events" in self.extra:  # autoscaled: how attainment moved with the load
-            window = max(60.0, span / 24.0)
+        if window is not None:
             s["slo_attainment_over_time"] = [
-                [round(t, 1), round(a, 4), n] for t, a, n in attainment_over_time(cols, slo, window)
+                [round(t, 1), round(a, 4), n] for t, a, n in acc.attainment_over_time()
             ]
         return s
+
+
+_SUMMARY_COLUMNS = [
+    "request_id",
+    "arrival_s",
+    "prompt_tokens",
+    "finish_s",
+    "generated_tokens",
+    "preemptions",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "queue_s",
+]
 
 
 def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
@@ -218,17 +231,25 @@ def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
 
 @dataclass
 class Requests:
-    """A workload laid out for the simulator: the request table and what the replicas read."""
+    """A workload laid out for the simulator: the table of requests in flight (which admits
+    the workload's requests as they arrive) and what the replicas read."""
 
     table: RequestTable
     closed: ClosedLoop | None
     longest: int  # prompt + output tokens of the longest request
-    hashes: list[list[int]] | None = None  # prefix hash ids per request
+    hashes: list[Any] | None = None  # prefix hash ids per slot (the table's list)
     block_tokens: int = 0  # tokens per hash block
+    outputs: np.ndarray | None = None  # every request's output tokens, by workload index
 
 
-def prepare(workload: Workload | None, closed_loop: ClosedLoop | None, router: str) -> Requests:
-    """Check a workload (or closed loop) and lay out its request table."""
+def prepare(
+    workload: Workload | None,
+    closed_loop: ClosedLoop | None,
+    router: str,
+    records: RecordSink | None = None,
+) -> Requests:
+    """Check a workload (or closed loop) and lay out its request table (rows recorded to
+    `records`, by default kept in memory)."""
     if (workload is None) == (closed_loop is None):
         raise ServesimError("Give either an open-loop workload or a closed loop, not both.")
     check_router(router)
@@ -240,20 +261,20 @@ def prepare(workload: Workload | None, closed_loop: ClosedLoop | None, router: s
         raise ServesimError("The workload has no requests.")
     if prompts.min() < 1 or outputs.min() < 1:
         raise ServesimError("Every request needs at least one prompt and one output token.")
+    arrivals = None
     if closed_loop is None:
         arrivals = np.asarray(workload.arrival_s, dtype=np.float64)
-        if len(arrivals) != n or np.any(np.diff(arrivals) < 0):
+        if len(arrivals) != n or np.any(arrivals[1:] < arrivals[:-1]):
             raise ServesimError("Arrival times must be sorted and match the request count.")
-        arrival_list = arrivals.tolist()
-    else:
-        arrival_list = [-1.0] * n
-    table = RequestTable(arrival_list, prompts.tolist(), outputs.tolist())
     prio = getattr(src, "priority", None)
-    if prio is not None:
-        table.priority = np.asarray(prio, dtype=np.int64).tolist()
     hashes = getattr(src, "prefix_hashes", None)
     block_tokens = int(getattr(src, "prefix_block_tokens", 0) or 0)
-    return Requests(table, closed_loop, int((prompts + outputs).max()), hashes, block_tokens)
+    table = RequestTable(prompts, outputs, arrivals, prio, hashes, records)
+    block = 1 << 20  # no temporary of the workload's size
+    longest = max(
+        int((prompts[i : i + block] + outputs[i : i + block]).max()) for i in range(0, n, block)
+    )
+    return Requests(table, closed_loop, longest, table.hashes, block_tokens, outputs)
 
 
 def build_pool(
@@ -291,7 +312,7 @@ def build_pool(
     )
     ps = None
     if dep.policy is not None and not dep.policy.is_fcfs:
-        ps = PolicyState(dep.policy, req.table, pred)
+        ps = PolicyState(dep.policy, req.table, pred, req.outputs)
     caching = req.hashes is not None and req.block_tokens > 0 and dep.uses_prefix_cache()
     if caching and req.block_tokens % e.block_size:
         raise ServesimError(
@@ -322,22 +343,47 @@ def simulate(
     workload: Workload | None = None,
     closed_loop: ClosedLoop | None = None,
     router: str = "round_robin",
+    records_path: str | Path | None = None,
+    record_chunk_rows: int = CHUNK_ROWS,
 ) -> SimResult:
     """Serve an open-loop workload or a closed loop of clients on a deployment: a `Deployment`
-    (colocated replicas), a `disagg.DisaggDeployment` or a `semipd.SemiPDDeployment`."""
+    (colocated replicas), a `disagg.DisaggDeployment` or a `semipd.SemiPDDeployment`.
+
+    Per-request records stay in memory (`SimResult.columns()`), or with `records_path` stream
+    to that Parquet file, one row group of `record_chunk_rows` rows at a time, so memory stays
+    bounded by the requests in flight. The file's rows are in `request_id` order (the index in
+    the workload; see `RecordSink` for the one exception); it replaces `records_path` only
+    when the run completes."""
     from servesim.disagg import DisaggDeployment, simulate_disagg
     from servesim.semipd import SemiPDDeployment, simulate_semipd
 
+    sink = RecordSink(records_path, record_chunk_rows)
     if isinstance(dep, DisaggDeployment):
-        return simulate_disagg(dep, workload, closed_loop, router)
-    if isinstance(dep, SemiPDDeployment):
-        return simulate_semipd(dep, workload, closed_loop, router)
-    if not isinstance(dep, Deployment):
+        run: Any = simulate_disagg
+    elif isinstance(dep, SemiPDDeployment):
+        run = simulate_semipd
+    elif isinstance(dep, Deployment):
+        run = _simulate_colocated
+    else:
         raise ServesimError(
             f"Cannot simulate a {type(dep).__name__}; give a Deployment, DisaggDeployment or "
             "SemiPDDeployment."
         )
-    req = prepare(workload, closed_loop, router)
+    try:
+        return run(dep, workload, closed_loop, router, sink)
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def _simulate_colocated(
+    dep: Deployment,
+    workload: Workload | None,
+    closed_loop: ClosedLoop | None,
+    router: str,
+    sink: RecordSink,
+) -> SimResult:
+    req = prepare(workload, closed_loop, router, sink)
     itl = ItlHistogram()
     scaler = dep.autoscaler
     count = scaler.max_replicas if scaler is not None else None
@@ -379,19 +425,28 @@ def _migration_path(dep: Deployment) -> KvPath:
 def _run_single(single: Replica, table: RequestTable) -> int:
     """One replica fed by a known arrival sequence: the common case, kept tight. Returns how
     many finishes the replica reported."""
-    n = len(table)
-    arrivals = table.arrival_s
     # The engine sees a request after the serving frontend's fixed latency (HTTP, tokenising).
     lag = single.pred.engine.request_overhead_s
     advance, enqueue = single.advance, single.enqueue
+    admit, report = table.admit, table.done
     finished = 0
-    for rid in range(n):
-        t_arr = arrivals[rid] + lag
-        while single.next_t < t_arr:
-            finished += len(advance())
-        finished += len(enqueue(rid, t_arr))
+    for lo, arrivals in table.arrival_blocks():
+        for gid, a in enumerate(arrivals, lo):
+            t_arr = a + lag
+            while single.next_t < t_arr:
+                done = advance()
+                if done:
+                    finished += len(done)
+                    report(done)
+            done = enqueue(admit(gid, a), t_arr)
+            if done:
+                finished += len(done)
+                report(done)
     while single.next_t < INF:
-        finished += len(advance())
+        done = advance()
+        if done:
+            finished += len(done)
+            report(done)
     return finished
 
 
@@ -405,7 +460,8 @@ def replica_energy_j(r: Replica, end_s: float, decode_context_tokens: float) -> 
 def decode_context_by_replica(cols: dict[str, np.ndarray], replicas: int) -> np.ndarray:
     """Total context the decode steps of each replica attended to: a request that generated O
     tokens after a P-token prompt decodes O − 1 steps over P + 1 … P + O − 1 tokens; it is
-    counted on the replica it finished on."""
+    counted on the replica it finished on. (A run accumulates the same sums as its requests
+    finish: `RequestTable.decode_context`.)"""
     p = cols["prompt_tokens"].astype(np.float64)
     o = np.maximum(cols["generated_tokens"] - 1.0, 0.0)
     where = cols["replica"]
@@ -428,10 +484,11 @@ def result(
     """Check that every request finished exactly once (`ConservationError` naming the lost
     ones if not), then collect the run's replica statistics, time series and mechanism
     figures. `finish_events` counts the finishes a run without `stats` reported."""
-    res = SimResult(dep, req.table, itl, mem, [], {}, wall)
+    table = req.table
+    res = SimResult(dep, table.sink, itl, mem, [], {}, wall)
     if stats is not None:
         finish_events = stats.finish_events
-    check_conservation(res.columns(), finish_events)
+    table.close(finish_events)
     stats_out = res.replica_stats
     t_all: list[np.ndarray] = []
     run_all: list[np.ndarray] = []
@@ -440,7 +497,8 @@ def result(
     end = max((r.now for r in reps), default=0.0)
     device_s = 0.0
     price_s = 0.0
-    contexts = decode_context_by_replica(res.columns(), len(reps))
+    contexts = np.zeros(max(len(reps), len(table.decode_context)))
+    contexts[: len(table.decode_context)] = table.decode_context
     for r in reps:
         up = r.provisioned_s(end)
         stats_out.append(
@@ -456,18 +514,16 @@ def result(
         devices = r.pred.par.num_devices * r.idle_share
         device_s += up * devices
         price_s += up * devices * r.pred.device.price_per_hour
-        samples = np.array(r.samples, dtype=np.float64).reshape(-1, 3)
-        t_all.append(samples[:, 0])
-        run_all.append(samples[:, 1])
-        kv_all.append(samples[:, 2])
+        t, running, kv = r.series_arrays()
+        t_all.append(t)
+        run_all.append(running)
+        kv_all.append(kv)
         # KV tokens this engine's share of its replica's cache holds (pipeline stages hold a
         # slice each; semi-PD lanes share one cache, each counted for half)
         caps.append(r.cfg.kv_blocks * r.cfg.block_size * r.idle_share * r.pp)
     res.series = _merge_series(t_all, run_all, kv_all, caps, [r.provisioned for r in reps])
     if stats is not None and stats.scale_events:
-        cols = res.columns()
-        start = float(cols["arrival_s"].min())
-        stop = float(cols["finish_s"].max())
+        start, stop = table.sink.start_s, table.sink.end_s
         res.provisioned_replica_s = sum(
             max(0.0, min(b, stop) - max(a, start)) for r in reps for a, b in r.provisioned
         )
@@ -487,13 +543,13 @@ def result(
         if stats.kv_transfers:
             info["kv_transfers"] = stats.kv_transfers
             info["kv_transfer_gb"] = stats.kv_bytes / 1e9
-            info["kv_transfer_s_mean"] = float(np.mean(stats.kv_transfer_s))
-            info["kv_transfer_s_p99"] = float(np.percentile(stats.kv_transfer_s, 99))
+            info["kv_transfer_s_mean"] = stats.kv_transfer_s.mean()
+            info["kv_transfer_s_p99"] = stats.kv_transfer_s.percentiles([99])[0]
         if stats.migrations:
             info["migrations"] = stats.migrations
             info["migration_gb"] = stats.migration_bytes / 1e9
-            info["migration_downtime_s_mean"] = float(np.mean(stats.migration_downtime_s))
-            info["migration_gap_s_mean"] = float(np.mean(stats.migration_gap_s))
+            info["migration_downtime_s_mean"] = stats.migration_downtime_s.mean()
+            info["migration_gap_s_mean"] = stats.migration_gap_s.mean()
         if stats.scale_events:
             info["cold_starts"] = stats.cold_starts
             info["device_hours"] = device_s / 3600.0
