@@ -33,7 +33,7 @@ from servesim.errors import ServesimError
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.simulator import Deployment, simulate
-from servesim.workload import ClosedLoop, Fixed
+from servesim.synthetic import ClosedLoop, Fixed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"

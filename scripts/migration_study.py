@@ -16,7 +16,7 @@ from servesim.devices import get_device
 from servesim.model import load_model
 from servesim.router import Migration
 from servesim.simulator import Deployment, simulate
-from servesim.workload import LogNormal, synthetic
+from servesim.synthetic import LogNormal, synthetic
 
 
 def main() -> None:

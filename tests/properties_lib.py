@@ -42,7 +42,8 @@ from servesim.policies import ClassSlo, LengthEstimator, Policy
 from servesim.router import ROUTERS, Migration
 from servesim.semipd import SemiPDController, SemiPDDeployment
 from servesim.simulator import Deployment, simulate
-from servesim.workload import ClosedLoop, Empirical, Workload
+from servesim.synthetic import ClosedLoop, Empirical
+from servesim.workload import Workload
 
 MODELS = (
     "meta-llama/Llama-3.1-8B",

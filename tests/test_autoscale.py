@@ -16,7 +16,8 @@ from servesim.metrics import Slo
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.simulator import Deployment, simulate
-from servesim.workload import Workload, synthetic
+from servesim.synthetic import synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

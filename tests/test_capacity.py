@@ -23,7 +23,8 @@ from servesim.planner import (
     deployment_for,
 )
 from servesim.simulator import Deployment, simulate
-from servesim.workload import Workload, synthetic
+from servesim.synthetic import synthetic
+from servesim.workload import Workload
 
 LLAMA8 = "meta-llama/Llama-3.1-8B"
 

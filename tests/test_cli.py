@@ -239,12 +239,12 @@ def test_plan_exits_1_but_writes_its_outputs_when_nothing_is_feasible(tmp_path: 
 def test_every_flag_is_a_validated_setting_and_help_works(capsys) -> None:
     """Each command's flags map one to one onto its pydantic settings (so none bypasses
     validation), and `--help` of every command prints and exits 0."""
-    from servesim import cli, cli_measure, cli_plan
+    from servesim import cli, cli_calibrate, cli_measure, cli_plan, cli_predict, cli_simulate
 
     models = {
-        "simulate": cli.SimulateSettings,
-        "predict": cli.PredictSettings,
-        "calibrate": cli.CalibrateSettings,
+        "simulate": cli_simulate.SimulateSettings,
+        "predict": cli_predict.PredictSettings,
+        "calibrate": cli_calibrate.CalibrateSettings,
         "plan": cli_plan.PlanSettings,
         "bench": cli_measure.BenchSettings,
         "compare": cli_measure.CompareSettings,
@@ -267,7 +267,7 @@ def test_every_flag_is_a_validated_setting_and_help_works(capsys) -> None:
 def test_file_settings_sit_between_defaults_and_flags(tmp_path: Path) -> None:
     """Defaults < file < flags, with every value validated wherever it came from."""
     from servesim import config
-    from servesim.cli import SimulateSettings
+    from servesim.cli_simulate import SimulateSettings
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("tp: 2\nrate: 3\nchunked_prefill: false\nnum-requests: 50\n")

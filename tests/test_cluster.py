@@ -20,8 +20,9 @@ from servesim.policies import ClassSlo, Policy
 from servesim.router import Migration, Router
 from servesim.semipd import SemiPDController, SemiPDDeployment
 from servesim.simulator import Deployment, build_pool, prepare, simulate
+from servesim.synthetic import ClosedLoop, Fixed, synthetic
 from servesim.trace import bundled_trace
-from servesim.workload import ClosedLoop, Fixed, Workload, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

@@ -7,11 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from plotly.offline import get_plotlyjs
 
 from servesim import cli_measure, compare
 from servesim.errors import ServesimError
 from servesim.metrics import add_derived, write_parquet, write_summary
-from servesim.plots import cdf_svg, nice_ticks
+from servesim.plots import cdf_figure, cdf_html, ecdf
 
 
 def _cols(ttft: list[float], tpot: float, out: int = 11) -> dict[str, np.ndarray]:
@@ -84,15 +85,28 @@ def test_load_run_refuses_what_is_not_a_run(tmp_path):
         compare.load_run(tmp_path / "other.parquet")
 
 
-def test_cdf_svg_draws_one_line_per_run_and_panel(tmp_path):
+def test_the_cdf_page_draws_one_step_line_per_run_and_panel(tmp_path):
     a = compare.Run("measured", _cols([0.1, 0.2, 0.3], 0.02), {})
     b = compare.Run("simulated", _cols([0.1, 0.25, 0.3], 0.03), {})
     panels = compare.cdf_panels(a, b)
     assert [p[0] for p in panels] == ["TTFT", "TPOT", "E2E"]
-    svg = cdf_svg(panels, tmp_path / "cdf.svg", "t").read_text()
-    assert svg.count("<polyline") == 6 and "measured" in svg and "simulated" in svg
-    assert nice_ticks(0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(0, 37) == [0, 10, 20, 30]
+    fig = cdf_figure(panels, "t")
+    assert [t.name for t in fig.data] == ["measured", "simulated"] * 3
+    assert [t.showlegend for t in fig.data] == [True, True, False, False, False, False]
+    ttft = fig.data[1]  # simulated TTFTs 0.1, 0.25, 0.3 s: steps of a third, in ms
+    assert list(ttft.x) == pytest.approx([100, 250, 300]) and ttft.line.shape == "hv"
+    assert list(ttft.y) == pytest.approx([1 / 3, 2 / 3, 1])
+    assert fig.layout.xaxis.type == "linear"  # 100–300 ms spans less than a decade
+    text = cdf_html(panels, tmp_path / "cdf.html", "t").read_text()
+    assert text.count(get_plotlyjs()) == 1 and text.count("Plotly.newPlot(") == 1
+
+
+def test_a_long_cdf_is_thinned_and_drawn_on_a_log_axis():
+    v, p = ecdf(np.geomspace(1e-3, 10.0, 100_000))
+    assert 900 < len(v) <= 1000 and v[0] == 1e-3 and v[-1] == 10.0 and p[-1] == 1.0
+    assert np.all(np.diff(v) > 0) and np.all(np.diff(p) > 0)
+    fig = cdf_figure([("TTFT", {"run": np.geomspace(1e-3, 10.0, 100_000)})])
+    assert fig.layout.xaxis.type == "log" and len(fig.data[0].x) == len(v)
 
 
 def test_cli_compare_writes_table_and_plot(tmp_path):
@@ -104,7 +118,7 @@ def test_cli_compare_writes_table_and_plot(tmp_path):
     x, y = str(tmp_path / "x"), str(tmp_path / "y")
     args = parser.parse_args(["compare", x, y, "--out", str(out)])
     assert cli_measure.COMMANDS["compare"](args) == 0
-    assert (out / "comparison.csv").is_file() and (out / "cdf.svg").is_file()
+    assert (out / "comparison.csv").is_file() and (out / "cdf.html").is_file()
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str, str]:

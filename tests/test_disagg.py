@@ -11,6 +11,7 @@ import pytest
 from properties_lib import case_of, run_case
 
 from servesim import disagg as D
+from servesim import placement
 from servesim.devices import Device, get_device
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -19,8 +20,9 @@ from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
 from servesim.simulator import Deployment, simulate
+from servesim.synthetic import LogNormal, sharegpt_distserve, synthetic
 from servesim.transfer import Link, Network, link_for
-from servesim.workload import LogNormal, Workload, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
@@ -95,17 +97,19 @@ def prompt_heavy() -> Workload:
 
 
 @cache
-def best_per_gpu(kind: str, ttft: float, tpot: float, link: str = "nvlink") -> D.Placement:
+def best_per_gpu(kind: str, ttft: float, tpot: float, link: str = "nvlink") -> placement.Placement:
     base = Deployment(LLAMA8, H100)
     if kind == "colocated":
         cands = [
             d
             for budget in (512, 2048, 8192)
-            for d in D.colocated_candidates(base, 4, tps=(1, 2, 4), max_num_batched_tokens=budget)
+            for d in placement.colocated_candidates(
+                base, 4, tps=(1, 2, 4), max_num_batched_tokens=budget
+            )
         ]
     else:
-        cands = D.disagg_candidates(base, 4, tps=(1, 2), counts=True, link=link)
-    return D.best_placement(cands, prompt_heavy(), Slo(ttft, tpot), 0.9, 0.03)[0]
+        cands = placement.disagg_candidates(base, 4, tps=(1, 2), counts=True, link=link)
+    return placement.best_placement(cands, prompt_heavy(), Slo(ttft, tpot), 0.9, 0.03)[0]
 
 
 def test_disaggregation_wins_at_tight_slos_and_not_at_loose_ones() -> None:
@@ -134,8 +138,10 @@ def test_a_slow_link_erodes_the_gain_and_compression_wins_some_back() -> None:
     best = best_per_gpu("disagg", 0.5, 0.012)
     dep = best.deployment
     w = prompt_heavy()
-    eth = D.capacity(replace(dep, link="ethernet"), w, tight, 0.9, 0.03)
-    eth4 = D.capacity(replace(dep, link="ethernet", kv_compression=4.0), w, tight, 0.9, 0.03)
+    eth = placement.capacity(replace(dep, link="ethernet"), w, tight, 0.9, 0.03)
+    eth4 = placement.capacity(
+        replace(dep, link="ethernet", kv_compression=4.0), w, tight, 0.9, 0.03
+    )
     seen = (best.per_gpu_rate_per_s, eth.per_gpu_rate_per_s, eth4.per_gpu_rate_per_s)
     assert eth.per_gpu_rate_per_s < 0.85 * best.per_gpu_rate_per_s, seen
     assert eth4.per_gpu_rate_per_s > eth.per_gpu_rate_per_s, seen
@@ -160,11 +166,11 @@ def distserve_search(device: Device, engine_name: str = "vllm", **engine: float)
     ShareGPT-like requests with Poisson arrivals; prefills are not chunked (DistServe)."""
     eng = get_engine("vllm").with_overrides(name=engine_name, **engine)
     base = Deployment(load_model("facebook/opt-13b"), device, engine=eng)
-    cands = D.disagg_candidates(
+    cands = placement.disagg_candidates(
         base, 4, tps=(1, 2, 4), pps=(1, 2), prefill=dict(chunked_prefill=False)
     )
-    w = D.sharegpt_distserve(300, 1.0, seed=0)
-    return D.best_placement(cands, w, Slo(0.2, 0.1), 0.9, 0.01)
+    w = sharegpt_distserve(300, 1.0, seed=0)
+    return placement.best_placement(cands, w, Slo(0.2, 0.1), 0.9, 0.01)
 
 
 def scaled(device: Device, f: float) -> Device:

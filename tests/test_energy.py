@@ -11,7 +11,8 @@ from servesim.devices import get_device
 from servesim.model import load_model
 from servesim.predictor import BatchShape
 from servesim.simulator import Deployment, simulate
-from servesim.workload import Fixed, Workload, synthetic
+from servesim.synthetic import Fixed, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

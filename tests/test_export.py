@@ -21,7 +21,8 @@ from servesim.export import (
 )
 from servesim.metrics import Slo
 from servesim.plan import PlanResult
-from servesim.planner import Candidate, PlanSpec, Sizing, WorkloadSpec
+from servesim.planner import Candidate, PlanSpec, WorkloadSpec
+from servesim.sizing import Sizing
 
 LLAMA = "meta-llama/Llama-3.1-8B"  # a bf16 checkpoint
 DEEPSEEK = "deepseek-ai/DeepSeek-V3"  # an fp8 checkpoint

@@ -20,12 +20,11 @@ from servesim.planner import (
     PlanSpec,
     SearchSpace,
     WorkloadSpec,
-    add_rankings,
     deployment_for,
     enumerate_candidates,
-    pareto_front,
     prune,
 )
+from servesim.ranking import add_rankings, pareto_front
 from servesim.store import PlanStore
 from servesim.trace import bundled_trace
 

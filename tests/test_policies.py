@@ -18,8 +18,9 @@ from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.policies import ClassSlo, LengthEstimator, LengthModel, Policy
 from servesim.simulator import Deployment, SimResult, simulate
+from servesim.synthetic import LogNormal
 from servesim.trace import bundled_trace
-from servesim.workload import LogNormal, Workload, gamma_arrivals
+from servesim.workload import Workload, gamma_arrivals
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

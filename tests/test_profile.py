@@ -10,16 +10,16 @@ import pytest
 from servesim import calibrate
 from servesim.devices import Catalog
 from servesim.engine import EngineProfile
-from servesim.measured import (
+from servesim.measured_engine import measured_deployment
+from servesim.model import spec_from_config
+from servesim.profiled import (
     Curve,
     ForwardOverhead,
-    MeasuredDeployment,
     OpTables,
     PackedAttention,
     dense_forward_s,
     fit_forward_overhead,
 )
-from servesim.model import spec_from_config
 from servesim.simulator import simulate
 from servesim.workload import Workload
 
@@ -109,7 +109,7 @@ def test_measured_predictor_prices_a_packed_iteration(profiled):
     dev = Catalog([res.out_dir / "device.yaml"]).get("cpu_test")
     eng = EngineProfile(name="t", step_overhead_s=1e-3, per_seq_overhead_s=1e-4)
     over = ForwardOverhead(2e-3, 1e-6)
-    dep = MeasuredDeployment(model=m, device=dev, engine=eng, tables=tables, forward_overhead=over)
+    dep = measured_deployment(model=m, device=dev, engine=eng, tables=tables, forward_overhead=over)
     pred = dep.predictor()
     # Two decodes over 100 + 50 keys and a 30-token chunk over 20 cached: Q = 32, K = 200.
     got = pred.step_s(2, 150, ((30, 20),))
@@ -150,7 +150,7 @@ def test_forward_overhead_fit_recovers_fixed_and_per_token_parts(profiled, tmp_p
 
 
 def test_batched_bench_rows_become_forward_pass_features():
-    from servesim.measured import batched_bench_features
+    from servesim.profiled import batched_bench_features
 
     row = {"pl": 2, "pp": 200, "tg": 3, "t_pp": 0.1, "t_tg": 0.01}
     (prompt, t_pp), (decode, t_tg) = batched_bench_features(row, batch=256)
@@ -162,7 +162,7 @@ def test_batched_bench_rows_become_forward_pass_features():
 
 
 def test_iteration_model_fit_recovers_a_known_engine():
-    from servesim.measured import IterationModel, batched_bench_features, fit_iteration_model
+    from servesim.profiled import IterationModel, batched_bench_features, fit_iteration_model
 
     truth = IterationModel(1.5e-3, 2e-4, 1.8e-4, 1e-6, 7e-8)
     rows = []
@@ -176,7 +176,7 @@ def test_iteration_model_fit_recovers_a_known_engine():
     fit, err = fit_iteration_model(rows, 256)
     assert np.abs(err).max() < 1e-9
     assert vars(fit) == pytest.approx(vars(truth), rel=1e-6)
-    pred = MeasuredDeployment(
+    pred = measured_deployment(
         model=spec_from_config(TINY, "tiny"),
         device=Catalog().get("cpu"),
         engine=EngineProfile(name="llama.cpp", step_overhead_s=1e-3),
@@ -202,7 +202,8 @@ def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsy
 
     import pyarrow.parquet as pq
 
-    from servesim.measured import IterationModel, load_measured_engine, save_measured_engine
+    from servesim.measured_engine import load_measured_engine, save_measured_engine
+    from servesim.profiled import IterationModel
 
     cfg = tmp_path / "model" / "config.json"
     cfg.parent.mkdir()
@@ -211,7 +212,7 @@ def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsy
     eng = EngineProfile(name="t", step_overhead_s=1e-3, per_seq_overhead_s=1e-4)
     for kind in ("tables", "iteration"):
         if kind == "tables":
-            dep = MeasuredDeployment(
+            dep = measured_deployment(
                 model=m,
                 device=Catalog([res.out_dir / "device.yaml"]).get("cpu_test"),
                 engine=eng,
@@ -220,7 +221,7 @@ def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsy
             )
             path = save_measured_engine(dep, tmp_path / "t.json", cfg, res.out_dir / "device.yaml")
         else:
-            dep = MeasuredDeployment(
+            dep = measured_deployment(
                 model=m,
                 device=Catalog().get("cpu"),
                 engine=eng,

@@ -32,18 +32,17 @@ import engines  # noqa: E402
 from servesim import bench, cli  # noqa: E402
 from servesim.devices import Catalog  # noqa: E402
 from servesim.engine import EngineProfile  # noqa: E402
-from servesim.measured import (  # noqa: E402
-    MeasuredDeployment,
-    OpTables,
+from servesim.measured_engine import (  # noqa: E402
     fit_engine_overheads,
-    fit_forward_overhead,
+    measured_deployment,
     run_stats,
     save_measured_engine,
 )
 from servesim.model import load_model  # noqa: E402
 from servesim.profile import ProfileConfig, profile_model  # noqa: E402
+from servesim.profiled import OpTables, fit_forward_overhead  # noqa: E402
 from servesim.simulator import simulate  # noqa: E402
-from servesim.workload import ClosedLoop, synthetic  # noqa: E402
+from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
 
 if not Path(sys.executable).with_name("transformers").exists() and not shutil.which("transformers"):
     pytest.skip("the transformers CLI is not installed", allow_module_level=True)
@@ -85,11 +84,11 @@ def test_exact_lengths_and_simulation_within_a_loose_bound(setup):
         max_num_batched_tokens=HF.max_batch_tokens,
         block_size=HF.block_size,
     )
-    dep = MeasuredDeployment(
+    dep = measured_deployment(
         model=spec, device=device, engine=engine, tables=tables, forward_overhead=overhead
     )
     engine, _ = fit_engine_overheads(dep, [(loop, run_stats(cal.columns(), True))])
-    dep = MeasuredDeployment(
+    dep = measured_deployment(
         model=spec, device=device, engine=engine, tables=tables, forward_overhead=overhead
     )
     # ... then replay 30 open-loop requests on the server and in the simulator.

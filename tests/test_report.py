@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import shutil
 import struct
 import subprocess
-from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from plotly.offline import get_plotlyjs
 
 from servesim.metrics import Slo
 from servesim.plan import PlanResult, run_plan
-from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec, pareto_front
-from servesim.report import closest_miss_sentence, report_html, terminal_table, write_report
+from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
+from servesim.plots import log_axis
+from servesim.ranking import pareto_front
+from servesim.report import (
+    closest_miss_sentence,
+    fmt,
+    pareto_figure,
+    report_html,
+    terminal_table,
+    write_report,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -66,94 +76,144 @@ def disagg(tmp_path_factory: pytest.TempPathFactory) -> PlanResult:
     return run_plan(spec, space, tmp_path_factory.mktemp("disagg"), workers=1, quiet=True)
 
 
-class Plots(HTMLParser):
-    """Every `svg.plot`: its attributes and a count of its data elements by tag and class."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.plots: list[dict[str, Any]] = []
-        self._open = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "svg" and "plot" in a.get("class", "").split():
-            self.plots.append({**a, "items": Counter()})
-            self._open = True
-        elif self._open and tag in ("circle", "path", "rect"):
-            for cls in a.get("class", "").split():
-                self.plots[-1]["items"][f"{tag}.{cls}"] += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "svg":
-            self._open = False
+def figures_of(html: str) -> dict[str, dict[str, Any]]:
+    """Every figure card: its data-points and the traces and layout its Plotly.newPlot draws."""
+    found = {}
+    dec = json.JSONDecoder()
+    for m in re.finditer(r'<figure class="card" data-kind="([^"]+)" data-points="(\d+)">', html):
+        end = html.index("</figure>", m.end())
+        fig: dict[str, Any] = {"points": int(m.group(2)), "data": [], "layout": {}}
+        call = html.find("Plotly.newPlot(", m.end(), end)
+        if call >= 0:
+            i = html.index(",", call) + 1  # after the div id
+            i += len(html[i:]) - len(html[i:].lstrip())
+            fig["data"], j = dec.raw_decode(html, i)
+            j = html.index(",", j) + 1
+            j += len(html[j:]) - len(html[j:].lstrip())
+            fig["layout"], _ = dec.raw_decode(html, j)
+        found[m.group(1)] = fig
+    return found
 
 
-def plots_of(html: str) -> dict[str, dict[str, Any]]:
-    p = Plots()
-    p.feed(html)
-    return {plot["data-kind"]: plot for plot in p.plots}
+def trace(fig: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in fig["data"] if t["name"] == name)
 
 
-def data_items(plot: dict[str, Any]) -> int:
-    c = plot["items"]
-    return c["circle.pt"] + c["path.series"] + c["rect.bar"]
+def data_traces(fig: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in fig["data"] if t.get("meta") == "data"]
 
 
-def test_report_is_self_contained(plan: PlanResult, tmp_path: Path) -> None:
+def test_report_is_self_contained_offline_and_inlines_plotly_once(
+    plan: PlanResult, tmp_path: Path
+) -> None:
     text = write_report(plan, tmp_path / "r.html").read_text()
     assert text.startswith("<!DOCTYPE html>")
-    assert not re.search(r"https?:|//[a-z]", text, re.I), "no network references"
-    for banned in ("<script", "<link", "<img", "<iframe", "@import", "url(", "src=", "href="):
-        assert banned not in text.lower(), banned
+    assert text.count(get_plotlyjs()) == 1, "plotly.js inlined exactly once"
+    figures = figures_of(text)
+    assert text.count("Plotly.newPlot(") == len(figures) == 9
+    rest = text.replace(get_plotlyjs(), "")  # the library mentions map-tile servers it never calls
+    assert not re.search(r"https?:|//[a-z]", rest, re.I), "no network references"
+    for banned in ("<link", "<img", "<iframe", "@import", "url(", "src=", "href="):
+        assert banned not in rest.lower(), banned
+    # no figure offers Plotly's "Share chart" button, which uploads the data to Plotly Cloud
+    assert rest.count('"modeBarButtonsToRemove": ["sendChartToCloud"]') == len(figures)
 
 
-def test_report_states_the_question_the_winner_and_the_sizing(plan: PlanResult) -> None:
-    text = report_html(plan)
-    assert MODEL in text and "azure_conv" in text and "150 requests" in text
-    assert "TTFT ≤ 1.00 s and TPOT ≤ 60.0 ms" in text and "90% of requests" in text
-    assert plan.winner is not None and plan.cheapest is not None
-    assert f'<p class="winner-label">{plan.winner["label"]}</p>' in text
-    assert f"{plan.cheapest.replicas} × {plan.cheapest.candidate.label()}" in text
-    assert "verified by simulation" in text
-    # the candidates table lists the feasible rows in rank order, and the pruning by rule
-    ranks = re.findall(r'<tr class="(?:pareto)?"><td>(\d+)</td>', text)
-    assert ranks == [str(i) for i in range(1, len(plan.feasible) + 1)]
-    assert "<td>tp_splits_heads</td><td>4</td>" in text
+def test_the_same_plan_writes_a_byte_identical_report(plan: PlanResult, tmp_path: Path) -> None:
+    a = write_report(plan, tmp_path / "a.html").read_bytes()
+    b = write_report(plan, tmp_path / "b.html").read_bytes()
+    assert a == b
 
 
-def test_pareto_plots_draw_every_feasible_candidate_and_grey_the_dominated(
+def test_axes_go_log_only_when_values_span_more_than_a_decade() -> None:
+    assert log_axis([1.0, 10.5]) and log_axis([0.02, 0.5, 3.0])
+    assert not log_axis([1.0, 10.0]) and not log_axis([0.0, 100.0]) and not log_axis([])
+    assert not log_axis([-1.0, 50.0]) and log_axis([1.0, math.nan, 20.0])
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float], sense: str) -> bool:
+    """a is no worse than b in cost (min) and in y (min or max), and better in one."""
+    ya, yb = (a[1], b[1]) if sense == "min" else (-a[1], -b[1])
+    return a[0] <= b[0] and ya <= yb and (a[0] < b[0] or ya < yb)
+
+
+def check_pareto(fig: dict[str, Any], rows: list[dict[str, Any]], y: str, sense: str) -> None:
+    """Every feasible row is one point; the front's points are exactly the non-dominated ones."""
+    dominated, front = trace(fig, "dominated"), trace(fig, "Pareto front")
+    pts = list(zip(dominated["x"] + front["x"], dominated["y"] + front["y"], strict=True))
+    assert fig["points"] == len(pts) == len(rows)
+    f = list(zip(front["x"], front["y"], strict=True))
+    assert all(not any(_dominates(q, p, sense) for q in pts) for p in f)
+    d = zip(dominated["x"], dominated["y"], strict=True)
+    assert all(any(_dominates(q, p, sense) for q in f) for p in d)
+    assert front["x"] == sorted(front["x"])  # the front's step line runs left to right
+    xs = [x for x, _ in pts]
+    assert fig["layout"]["xaxis"]["type"] == ("log" if max(xs) / min(xs) > 10 else "linear")
+
+
+def test_pareto_plots_draw_every_feasible_candidate_and_the_front_is_non_dominated(
     plan: PlanResult,
 ) -> None:
-    plots = plots_of(report_html(plan))
-    n = len(plan.feasible)
-    assert n == 8
+    figs = figures_of(report_html(plan))
+    assert len(plan.feasible) == 8
     for kind, sense in PARETO_AXES.items():
-        plot = plots[kind]
-        _, x, y = kind.split(":")
-        front = pareto_front(plan.rows, x, y, "min", sense)
-        items = plot["items"]
-        assert int(plot["data-points"]) == n
-        assert items["circle.pt"] == n
-        assert items["circle.front"] == len(front) >= 1
-        assert items["circle.dominated"] == n - len(front)
-        assert items["path.front-line"] == 1
-    assert sum(p["items"]["circle.dominated"] for k, p in plots.items() if k in PARETO_AXES) > 0
+        y = kind.split(":")[2]
+        fig = figs[kind]
+        check_pareto(fig, plan.feasible, y, sense)
+        front = pareto_front(plan.rows, "dollar_per_req_per_s", y, "min", sense)
+        assert len(trace(fig, "Pareto front")["x"]) == len(front) >= 1
+        ring = trace(fig, "winner")
+        assert ring["x"] == [plan.winner["dollar_per_req_per_s"]]  # type: ignore[index]
+        w = plan.winner
+        assert w is not None and w["label"] in ring["hovertext"][0]
+        assert f"${fmt(w['price_per_hour'])}/h per replica" in ring["hovertext"][0]
+        assert f"goodput {fmt(w['capacity_req_per_s'])} req/s" in ring["hovertext"][0]
+    assert sum(len(trace(figs[k], "dominated")["x"]) for k in PARETO_AXES) > 0
+
+
+def test_a_pareto_front_over_thousands_of_candidates(tmp_path: Path) -> None:
+    """3,000 candidates spanning decades: all drawn, log axes, the front non-dominated."""
+    rng = np.random.default_rng(7)
+    cost = 10 ** rng.uniform(0, 3, 3000)
+    ttft = 10 ** rng.uniform(-2, 1, 3000)
+    rows = [
+        {"key": str(i), "label": f"cand {i}", "status": "ok", "rank": i + 1,
+         "dollar_per_req_per_s": float(c), "ttft_p90_s": float(t), "price_per_hour": 1.0,
+         "capacity_req_per_s": 1.0, "goodput_per_gpu": 1.0}
+        for i, (c, t) in enumerate(zip(cost, ttft, strict=True))
+    ]  # fmt: skip
+    rows.append({**rows[0], "key": "x", "status": "infeasible"})  # not drawn
+    fig = pareto_figure(rows, "ttft_p90_s", "min", "TTFT p90 (s)", None)
+    assert fig is not None
+    as_dict = {"points": sum(len(t.x) for t in fig.data), "layout": fig.to_plotly_json()["layout"]}
+    as_dict["data"] = [{"name": t.name, "x": list(t.x), "y": list(t.y)} for t in fig.data]
+    check_pareto(as_dict, rows[:-1], "ttft_p90_s", "min")
+    assert as_dict["layout"]["yaxis"]["type"] == "log"
 
 
 def test_cdf_rate_and_memory_plots_have_their_data(plan: PlanResult) -> None:
-    plots = plots_of(report_html(plan))
-    for kind in ("cdf:ttft_cdf_s", "cdf:tpot_cdf_s"):
-        assert plots[kind]["items"]["path.series"] == 2  # winner and runner-up
-        assert int(plots[kind]["data-points"]) == 100  # 50 quantiles each
+    figs = figures_of(report_html(plan))
+    slo = {"cdf:ttft_cdf_s": plan.spec.slo.ttft_s, "cdf:tpot_cdf_s": plan.spec.slo.tpot_s * 1e3}
+    for kind, slo_x in slo.items():
+        lines = data_traces(figs[kind])
+        assert len(lines) == 2 and figs[kind]["points"] == 100  # winner, runner-up; 50 quantiles
+        assert all(t["y"][0] == 0 and t["y"][-1] == 1 and t["x"] == sorted(t["x"]) for t in lines)
+        assert trace(figs[kind], "SLO")["x"] == [slo_x, slo_x]
     top = plan.feasible[:5]
-    probes = sum(len(json.loads(r["probes"])) for r in top)
+    probes = [json.loads(r["probes"]) for r in top]
     for kind in ("rate:attainment", "rate:goodput"):
-        assert plots[kind]["items"]["circle.pt"] == probes
-        assert plots[kind]["items"]["path.series"] == len(top)
-    mem = plots["memory"]
-    assert int(mem["data-points"]) == min(8, len(plan.feasible))
-    for seg in ("weights", "kv", "reserve"):
-        assert mem["items"][f"rect.seg-{seg}"] == int(mem["data-points"])
+        lines = data_traces(figs[kind])
+        assert figs[kind]["points"] == sum(map(len, probes))
+        assert [len(t["x"]) for t in lines] == [len(p) for p in probes]
+    good = data_traces(figs["rate:goodput"])[0]["y"]
+    assert good == [p["rate_per_s"] * p["attainment"] for p in probes[0]]
+    mem = figs["memory"]
+    rows = plan.feasible[:8]
+    assert mem["points"] == len(rows) and mem["layout"]["barmode"] == "stack"
+    bars = {t["name"]: t["x"] for t in mem["data"]}
+    assert bars["weights"] == [r["weights_gb"] for r in rows]
+    total = [sum(v) for v in zip(*bars.values(), strict=True)]
+    assert total == pytest.approx([r["device_gb"] for r in rows])  # the bar fills the device
 
 
 def test_terminal_table_lists_the_top_candidates(plan: PlanResult) -> None:
@@ -198,29 +258,43 @@ def test_an_infeasible_plan_leads_with_the_closest_miss(missed: PlanResult) -> N
     assert missed.closest_miss()["label"] in sentence  # type: ignore[index]
     assert "TTFT p90" in sentence and "90% must meet both" in sentence
     assert 'class="answer miss"' in text and sentence.replace("'", "&#x27;") in text
-    plots = plots_of(text)
-    assert all(int(plots[k]["data-points"]) == 0 for k in PARETO_AXES)
-    assert data_items(plots["cdf:ttft_cdf_s"]) == 2  # the closest misses' latencies still show
+    figs = figures_of(text)
+    assert all(figs[k]["points"] == 0 and not figs[k]["data"] for k in PARETO_AXES)
+    assert "no feasible candidate to plot" in text
+    assert len(data_traces(figs["cdf:ttft_cdf_s"])) == 2  # the closest misses' latencies show
     table = terminal_table(missed)
     assert "closest misses" in str(table.title) and table.row_count == 2
 
 
-# Appended to a copy of the report (the report itself has no scripts): measures what Chromium laid
-# out for each plot and writes it into the DOM that --dump-dom prints.
-PROBE_JS = """<script>
-const out = [...document.querySelectorAll('svg.plot')].map(svg => {
-  const box = svg.getBoundingClientRect();
-  const items = [...svg.querySelectorAll('circle.pt, path.series, rect.bar')];
-  const drawn = items.filter(e => { const b = e.getBoundingClientRect();
-    return (b.width > 0 || b.height > 0) && b.left >= box.left - 1 && b.right <= box.right + 1
-      && b.top >= box.top - 1 && b.bottom <= box.bottom + 1; });
-  return {kind: svg.dataset.kind, points: +svg.dataset.points, drawn: drawn.length,
-          dots: drawn.filter(e => e.tagName === 'circle').length,
-          width: box.width, height: box.height};
-});
-document.body.setAttribute('data-layout', JSON.stringify(out));
-document.body.setAttribute('data-height', document.documentElement.scrollHeight);
-</script>"""
+# Put into a copy of the report: ERRORS first in <head> records every script error; PROBE after
+# the page loads reads what Plotly drew into each figure's SVG (points, bars, axis types, size)
+# and which resources the page fetched, and writes it into the DOM that --dump-dom prints.
+ERRORS_JS = """<script>window.__errors = [];
+addEventListener('error', e => window.__errors.push(String(e.message)));</script>"""
+PROBE_JS = """<script>addEventListener('load', () => {
+  const out = [...document.querySelectorAll('figure.card')].map(fig => {
+    const gd = fig.querySelector('.plotly-graph-div');
+    const box = (gd || fig).getBoundingClientRect();
+    const n = s => gd ? gd.querySelectorAll(s).length : 0;
+    return {kind: fig.dataset.kind, points: +fig.dataset.points, svg: n('svg.main-svg'),
+      markers: n('.scatterlayer .point'), bars: n('.barlayer .point'),
+      lines: n('.scatterlayer .js-line'),
+      axes: gd ? [gd._fullLayout.xaxis.type, gd._fullLayout.yaxis.type] : [],
+      width: box.width, height: box.height};
+  });
+  const b = document.body;
+  b.setAttribute('data-layout', JSON.stringify(out));
+  b.setAttribute('data-errors', JSON.stringify(window.__errors));
+  b.setAttribute('data-fetched',
+    JSON.stringify(performance.getEntriesByType('resource').map(e => e.name)));
+  b.setAttribute('data-height', document.documentElement.scrollHeight);
+});</script>"""
+
+
+def dom_attr(dom: str, name: str) -> Any:
+    found = re.search(rf'<body[^>]* {name}="([^"]*)"', dom)
+    assert found, f"the probe did not run ({name})"
+    return json.loads(found.group(1).replace("&quot;", '"'))
 
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
@@ -252,29 +326,42 @@ def png_size(path: Path) -> tuple[int, int]:
     reason="headless Chromium is not installed (apt-get install -y chromium)",
 )
 def test_report_renders_in_headless_chromium(plan: PlanResult, tmp_path: Path) -> None:
+    """Plotly draws every figure (SVG with one marker per candidate, bars per segment), no script
+    fails, nothing is fetched (offline), and a full-page screenshot is kept for people."""
     report = write_report(plan, tmp_path / "plan_report.html")
     probe = tmp_path / "probe.html"
-    probe.write_text(report.read_text().replace("</body>", PROBE_JS + "</body>"))
-    dom = chromium("--dump-dom", probe.as_uri(), profile=tmp_path / "profile").stdout
-    found = re.search(r'data-layout="([^"]*)"', dom)
-    assert found, "the layout probe did not run"
-    layout = json.loads(found.group(1).replace("&quot;", '"'))
+    text = report.read_text().replace("<head>", "<head>" + ERRORS_JS, 1)
+    probe.write_text(text.replace("</body>", PROBE_JS + "</body>"))
+    offline = "--host-resolver-rules=MAP * ~NOTFOUND"
+    wide = "--window-size=1400,1000"  # as wide as the screenshot, so the height measured fits it
+    dom = chromium("--dump-dom", wide, offline, probe.as_uri(), profile=tmp_path / "pr").stdout
+    assert dom_attr(dom, "data-errors") == []
+    assert dom_attr(dom, "data-fetched") == []
+    layout = dom_attr(dom, "data-layout")
     by_kind = {p["kind"]: p for p in layout}
     assert set(by_kind) >= {*PARETO_AXES, "cdf:ttft_cdf_s", "rate:goodput", "memory"}
     for p in layout:
-        assert p["width"] > 300 and p["height"] > 150, p
-        assert p["points"] > 0 and p["drawn"] > 0, p  # laid out inside the plot, not clipped
-    for kind in PARETO_AXES:
-        assert by_kind[kind]["dots"] == len(plan.feasible)
+        assert p["svg"] >= 1 and p["width"] > 300 and p["height"] > 150, p
+        assert p["points"] > 0 and p["markers"] + p["bars"] + p["lines"] > 0, p
+    for kind in PARETO_AXES:  # every feasible candidate and the winner's ring
+        assert by_kind[kind]["markers"] == len(plan.feasible) + 1, by_kind[kind]
+    figs = figures_of(report.read_text())
+    for kind, fig in figs.items():  # the axis types chosen (log past a decade) are the ones drawn
+        for i, ax in enumerate(("xaxis", "yaxis")):
+            if "type" in fig["layout"].get(ax, {}):
+                assert by_kind[kind]["axes"][i] == fig["layout"][ax]["type"], (kind, ax)
+    for kind in ("rate:attainment", "rate:goodput"):
+        assert by_kind[kind]["markers"] == by_kind[kind]["points"]  # one per probe
+    assert by_kind["cdf:ttft_cdf_s"]["lines"] == 4  # two candidates, the SLO and the target
+    assert by_kind["memory"]["bars"] == 4 * by_kind["memory"]["points"]
     # A screenshot of the whole page (as tall as Chromium laid it out), kept for people to see.
-    found = re.search(r'data-height="(\d+)"', dom)
-    assert found and int(found.group(1)) > 2000
-    height = int(found.group(1))
+    height = dom_attr(dom, "data-height")
+    assert height > 2000
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "plan_report.png"
     shot.unlink(missing_ok=True)
     size = f"--window-size=1400,{height}"
-    chromium(f"--screenshot={shot}", size, report.as_uri(), profile=tmp_path / "p2")
+    chromium(f"--screenshot={shot}", size, offline, report.as_uri(), profile=tmp_path / "p2")
     assert png_size(shot) == (1400, height)
     assert shot.stat().st_size > 100_000  # a blank page compresses to a few kB
     shutil.copy(report, ARTIFACTS / "plan_report.html")

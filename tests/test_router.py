@@ -12,7 +12,8 @@ from servesim.errors import ServesimError
 from servesim.model import load_model
 from servesim.router import ROUTERS, Migration
 from servesim.simulator import Deployment, SimResult, simulate
-from servesim.workload import LogNormal, Workload, synthetic
+from servesim.synthetic import LogNormal, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 L40S = get_device("l40s")  # 48 GB: a KV cache of ~180k tokens, so memory shapes the load

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from properties_lib import case_of, run_case, with_kv_tokens
 
-from servesim import disagg as D
+from servesim import placement
 from servesim.cluster import Cluster
 from servesim.devices import get_device
 from servesim.errors import ServesimError
@@ -18,7 +18,8 @@ from servesim.predictor import BatchShape, Predictor
 from servesim.router import Router
 from servesim.semipd import INTERFERENCE, SemiPDController, SemiPDDeployment, lane_device
 from servesim.simulator import Deployment, build_pool, prepare, simulate
-from servesim.workload import LogNormal, Workload, synthetic
+from servesim.synthetic import LogNormal, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
@@ -44,7 +45,7 @@ def goodput(dep: Deployment | SemiPDDeployment) -> float:
     """Requests per second per GPU with 90% of requests meeting each target (memoised)."""
     key = dep.label()
     if key not in _GOODPUT:
-        _GOODPUT[key] = D.capacity(dep, workload(), SLO, 0.9, 0.03).per_gpu_rate_per_s
+        _GOODPUT[key] = placement.capacity(dep, workload(), SLO, 0.9, 0.03).per_gpu_rate_per_s
     return _GOODPUT[key]
 
 

@@ -16,8 +16,9 @@ from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
 from servesim.simulator import Deployment, simulate
+from servesim.synthetic import ClosedLoop, Fixed, synthetic
 from servesim.trace import bundled_trace
-from servesim.workload import ClosedLoop, Fixed, Workload, synthetic
+from servesim.workload import Workload
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

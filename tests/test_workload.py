@@ -8,19 +8,16 @@ import numpy as np
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.workload import (
+from servesim.synthetic import (
     ClosedLoop,
     Empirical,
     Fixed,
     LogNormal,
     Uniform,
-    Workload,
-    gamma_arrivals,
-    interarrival_cv,
     parse_length,
-    poisson_arrivals,
     synthetic,
 )
+from servesim.workload import Workload, gamma_arrivals, interarrival_cv, poisson_arrivals
 
 
 def small() -> Workload:

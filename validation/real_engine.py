@@ -7,7 +7,7 @@ Steps (everything on 127.0.0.1; the engine pinned to core 0 with one compute thr
 generator on core 1; the machine must otherwise be idle):
 1. A random-weight Llama checkpoint with a word-level vocabulary (`engines.make_model`).
 2. Profile: the model's operators timed with PyTorch on core 0 (`servesim.profile`), and the
-   packed-attention and per-forward-pass costs fitted on them (`servesim.measured`).
+   packed-attention and per-forward-pass costs fitted on them (`servesim.profiled`).
 3. Calibrate the engine's own per-iteration costs on two closed-loop benchmark runs (1 and 8
    clients, synthetic lengths) by fitting the simulator to their TTFT/TPOT medians.
 4. Validate on a different workload: a replay of the bundled Azure conversation trace (lengths
@@ -41,25 +41,28 @@ import engines  # noqa: E402
 from servesim import bench, cli, compare  # noqa: E402
 from servesim.devices import Catalog, get_device  # noqa: E402
 from servesim.engine import EngineProfile  # noqa: E402
-from servesim.measured import (  # noqa: E402
-    ForwardOverhead,
-    IterationModel,
-    MeasuredDeployment,
-    OpTables,
+from servesim.measured_engine import (  # noqa: E402
     fit_engine_overheads,
-    fit_forward_overhead,
-    fit_iteration_model,
+    measured_deployment,
     per_request,
     run_stats,
     save_measured_engine,
 )
 from servesim.metrics import Slo, write_parquet, write_summary  # noqa: E402
 from servesim.model import load_model  # noqa: E402
-from servesim.plots import cdf_svg  # noqa: E402
+from servesim.plots import cdf_html  # noqa: E402
 from servesim.profile import ProfileConfig, profile_model  # noqa: E402
-from servesim.simulator import simulate  # noqa: E402
+from servesim.profiled import (  # noqa: E402
+    ForwardOverhead,
+    IterationModel,
+    OpTables,
+    fit_forward_overhead,
+    fit_iteration_model,
+)
+from servesim.simulator import Deployment, simulate  # noqa: E402
+from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
 from servesim.trace import bundled_trace  # noqa: E402
-from servesim.workload import ClosedLoop, Workload, synthetic  # noqa: E402
+from servesim.workload import Workload  # noqa: E402
 
 LOADS = {"light": 0.3, "heavy": 0.8}  # target share of the engine's capacity
 VALIDATION_ARCH = engines.SMALL
@@ -232,19 +235,19 @@ def base_engine(args: argparse.Namespace) -> EngineProfile:
     )
 
 
-def deployment(args, out: Path, model_dir: Path, doc: dict, engine) -> MeasuredDeployment:
+def deployment(args, out: Path, model_dir: Path, doc: dict, engine) -> Deployment:
     """The simulated engine: the device, model and measured iteration costs."""
     spec = load_model(str(model_dir / "config.json"))
     if args.engine == "hf":
         device = Catalog([out / "profile" / "device.yaml"]).get("cpu_local")
-        return MeasuredDeployment(
+        return measured_deployment(
             model=spec,
             device=device,
             engine=engine,
             tables=OpTables(out / "profile"),
             forward_overhead=ForwardOverhead(**doc["forward_overhead"]),
         )
-    return MeasuredDeployment(
+    return measured_deployment(
         model=spec,
         device=get_device("cpu"),  # only its memory is read (the KV cache never fills here)
         engine=engine,
@@ -271,7 +274,7 @@ def warm(target: bench.Target, prompts) -> None:
 
 
 # ---- validation ------------------------------------------------------------------------------
-def capacity_rate(dep: MeasuredDeployment, make) -> float:
+def capacity_rate(dep: Deployment, make) -> float:
     """The rate at which the simulated engine's latency doubles on `make(rate)`'s requests: the
     mean E2E of the last fifth of them is twice what it is with no queueing (bisection)."""
 
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     b = compare.load_run(sim_dir, "simulated")
     rows = compare.compare(a, b, Slo())
     compare.write_table(rows, run_dir / "comparison.csv", "measured", "simulated")
-    cdf_svg(compare.cdf_panels(a, b), run_dir / "cdf.svg", f"{doc['version']}, {args.load} load")
+    cdf_html(compare.cdf_panels(a, b), run_dir / "cdf.html", f"{doc['version']}, {args.load} load")
     for r in rows:
         va, vb, e = r["a"], r["b"], r["rel_err"]
         print(f"{r['metric']:>22}  measured {va:10.4g}  simulated {vb:10.4g}  err {e:+.1%}")

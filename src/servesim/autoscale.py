@@ -24,7 +24,8 @@ import numpy as np
 
 from servesim.errors import ServesimError
 from servesim.memory import weight_bytes_per_device
-from servesim.workload import LengthDist, Seed, Workload, _rng, as_length
+from servesim.synthetic import LengthDist, as_length
+from servesim.workload import Seed, Workload, _rng
 
 METRICS = ("utilisation", "queue", "forecast")
 INF = math.inf

@@ -27,7 +27,8 @@ import numpy as np
 
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram, Slo, add_derived, summarize
-from servesim.workload import ClosedLoop, Workload
+from servesim.synthetic import ClosedLoop
+from servesim.workload import Workload
 
 STATUSES = (
     "ok",  # every requested token arrived and the stream ended normally

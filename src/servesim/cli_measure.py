@@ -123,7 +123,7 @@ class FewshotSettings(Settings):
 
 def add_parsers(sub: Any) -> None:
     """Add `bench`, `compare`, `profile` and `fewshot` to servesim's subcommand parsers."""
-    from servesim.cli import add_workload_args
+    from servesim.cli_workload import add_workload_args
 
     b = sub.add_parser("bench", help="load-test an OpenAI-compatible server with a workload")
     b.add_argument("--config", help="YAML/JSON file with any of these settings")
@@ -199,7 +199,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Replay a workload against a server and write the per-request table and summary; exit 1
     (outputs still written) when no request succeeded."""
     from servesim import bench
-    from servesim.cli import build_workload, print_summary
+    from servesim.cli_output import print_summary
+    from servesim.cli_workload import build_workload
     from servesim.metrics import Slo, write_parquet, write_summary
 
     s = config.settings(BenchSettings, args)
@@ -259,10 +260,10 @@ def _fmt(v: Any, unit: str) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Print two runs side by side and write comparison.csv and cdf.svg."""
+    """Print two runs side by side and write comparison.csv and cdf.html (interactive CDFs)."""
     from servesim import compare
     from servesim.metrics import Slo
-    from servesim.plots import cdf_svg
+    from servesim.plots import cdf_html
 
     s = config.settings(CompareSettings, args)
     out = config.check_out_dir(s.out, s.spell("out"))
@@ -289,8 +290,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console.print(table)
     with config.writing(out, s.spell("out")):
         csv_path = compare.write_table(rows, out / "comparison.csv", a.label, b.label)
-        svg = cdf_svg(compare.cdf_panels(a, b), out / "cdf.svg", f"{a.label} vs {b.label}")
-    console.print(f"wrote {csv_path} and {svg}")
+        page = cdf_html(compare.cdf_panels(a, b), out / "cdf.html", f"{a.label} vs {b.label}")
+    console.print(f"wrote {csv_path} and {page}")
     return 0
 
 
@@ -334,7 +335,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_fewshot(args: argparse.Namespace) -> int:
     """Fit a device's effective efficiencies from k random measurements and save the fit."""
     from servesim import fewshot
-    from servesim.cli import is_fit_file, save_fit
+    from servesim.cli_calibrate import is_fit_file, save_fit
     from servesim.devices import catalog
 
     s = config.settings(FewshotSettings, args)

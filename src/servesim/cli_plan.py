@@ -278,7 +278,7 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
     if spec.fit_file:
         KernelFit.load(spec.fit_file)
     if spec.workload.trace is None:
-        from servesim.workload import parse_length
+        from servesim.synthetic import parse_length
 
         parse_length(spec.workload.prompt or "fixed:1024", "prompt")
         parse_length(spec.workload.output or "fixed:256", "output")

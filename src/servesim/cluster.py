@@ -22,8 +22,8 @@ from servesim.metrics import Quantiles
 from servesim.records import RequestTable
 from servesim.replica import Replica
 from servesim.router import MIGRATION_ORDER, Migration, Router, freeness_steps, least_outstanding
+from servesim.synthetic import ClosedLoop
 from servesim.transfer import Link, Network
-from servesim.workload import ClosedLoop
 
 INF = math.inf
 _REP, _XFER, _TICK = 0, 1, 2

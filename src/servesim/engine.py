@@ -5,7 +5,7 @@ CPU/launch overhead, whether it captures decode steps in CUDA graphs, whether pr
 iteration with decodes, whether it plans the next iteration while one runs (overlap
 scheduling), and its default batching limits. The three built-in profiles follow each engine's
 documented defaults on 80 GB-class GPUs; their overhead terms are priors, not fits (an engine
-measured here gets its own from `measured.fit_engine_overheads`), and any field can be
+measured here gets its own from `measured_engine.fit_engine_overheads`), and any field can be
 overridden per run.
 """
 

@@ -20,17 +20,14 @@ from servesim.planner import (
     PlanSpec,
     Pruned,
     SearchSpace,
-    Sizing,
-    add_rankings,
-    best_sizings,
     catalog_for,
-    cheapest_by_engine,
     enumerate_candidates,
     model_for,
     prune,
-    verified_sizings,
 )
+from servesim.ranking import add_rankings
 from servesim.runner import run_local, run_ray
+from servesim.sizing import Sizing, best_sizings, cheapest_by_engine, verified_sizings
 from servesim.store import PlanStore, write_rows
 
 

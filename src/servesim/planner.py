@@ -1,18 +1,16 @@
-"""Deployment planner: enumerate candidates, prune what cannot fit, find each one's capacity.
+"""The planner's search space: a plan's spec, the candidates it enumerates, what pruning drops.
 
 A plan names a model, a workload (a trace or synthetic mix; its arrival shape is scaled to each
 probed rate), SLOs (TTFT and TPOT targets and the fraction of requests that must meet both) and
 the hardware to consider. Every candidate is one replica's configuration — device, TP/PP,
-engine/policy, batching limits, weight and KV formats — evaluated by `capacity.find_capacity`;
-replica counts follow from a target rate (`size_for_rate`). Evaluation is a plain top-level
-function of picklable specs so local processes and Ray run the very same code.
+engine/policy, batching limits, weight and KV formats — that `evaluate` prices with the
+capacity search, `ranking` orders and `sizing` turns into fleets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache, lru_cache
 from itertools import product
@@ -20,24 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from servesim.capacity import (
-    Capacity,
-    find_capacity,
-    service_rate,
-    steady_attainment,
-    window_columns,
-)
 from servesim.devices import Catalog, catalog
 from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.kernels import KernelFit
 from servesim.memory import memory_layout
-from servesim.metrics import Slo, summarize
+from servesim.metrics import Slo
 from servesim.model import ModelSpec, load_model
 from servesim.parallel import Parallel
 from servesim.simulator import Deployment
-from servesim.workload import Workload, parse_length, synthetic
+from servesim.synthetic import parse_length, synthetic
+from servesim.workload import Workload
 
 # Bumped whenever `capacity.find_capacity` measures differently, so stores do not mix rules.
 CAPACITY_RULE = "steady-window-1"
@@ -198,9 +190,6 @@ class PlanSpec:
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# ---- enumeration and pruning --------------------------------------------------------------
-
-
 def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate]:
     """Every combination of the search space's axes (colocated, then disaggregated groups)."""
     wdts = space.weight_dtypes or (model.weight_dtype,)
@@ -335,9 +324,6 @@ def _prune_reason(
     return "", ""
 
 
-# ---- evaluation (runs in worker processes) ------------------------------------------------
-
-
 @cache
 def catalog_for(devices_file: str | None) -> Catalog:
     """`devices.catalog`, built once per worker process."""
@@ -380,267 +366,6 @@ def deployment_for(
     decode = pool(c.decode_tp, 1, c.decode_replicas * replicas)
     # A group sits on one node (pruning ensures it), so its KV moves over the node's links.
     return DisaggDeployment(prefill, decode, link="nvlink")
-
-
-def _pct(x: np.ndarray, q: float) -> float:
-    x = x[np.isfinite(x)]
-    return float(np.percentile(x, q)) if len(x) else math.nan
-
-
-def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
-    """Capacity search for one candidate, flattened into one result row.
-
-    Latencies and attainment describe the steady window of the run at capacity (the requests
-    the search counted); utilisation, batch size and energy describe the whole run.
-    """
-    dep = deployment_for(spec, c)
-    base = spec.workload.build()
-    row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
-    try:
-        cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol, draw=spec.workload.draw)
-    except ServesimError as exc:  # one candidate's failed simulation must not end the plan
-        cap = Capacity(0.0, math.nan, False, miss=f"the simulation failed: {exc}")
-    dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
-    n_dev = dep.num_devices
-    price = dep.price_per_hour
-    row.update(
-        {
-            "status": "ok" if cap.feasible else "infeasible",
-            "reason": cap.miss,
-            "devices": n_dev,
-            "price_per_hour": price,
-            "power_kw": n_dev * dev.max_power_w / 1e3,
-            "capacity_req_per_s": cap.rate_per_s,
-            "saturation_req_per_s": cap.saturation_rate_per_s,
-            "residence_s": cap.residence_s,
-            "probe_requests": cap.probe_requests,
-            "goodput_per_gpu": cap.rate_per_s / n_dev,
-            "goodput_per_dollar_hour": cap.rate_per_s / price if price > 0 else math.nan,
-            "goodput_per_kw": cap.rate_per_s / (n_dev * dev.max_power_w / 1e3),
-            "probes": json.dumps([asdict(p) for p in cap.probes]),
-        }
-    )
-    mem = dep.memory()
-    row.update(
-        {
-            "weights_gb": mem.weight_bytes / 1e9,
-            "kv_gb": mem.kv_bytes / 1e9,
-            "reserve_gb": mem.reserve_bytes / 1e9,
-            "device_gb": mem.device_bytes / 1e9,
-            "kv_tokens": mem.kv_tokens,
-        }
-    )
-    res = cap.best
-    if res is not None:
-        whole = res.summary(spec.slo)
-        cols = window_columns(res, cap.window)
-        s = summarize(cols, spec.slo)
-        row.update(
-            {
-                "attainment": s["slo_attainment"],
-                "ttft_p50_s": s["ttft_s"]["p50"],
-                "ttft_p90_s": s["ttft_s"]["p90"],
-                "ttft_p99_s": s["ttft_s"]["p99"],
-                "tpot_p50_s": s["tpot_s"]["p50"],
-                "tpot_p90_s": s["tpot_s"]["p90"],
-                "tpot_p99_s": s["tpot_s"]["p99"],
-                "e2e_p90_s": s["e2e_s"]["p90"],
-                "throughput_tok_per_s": whole["throughput_output_tok_per_s"],
-                "joules_per_token": whole["joules_per_output_token"],
-                "utilisation": whole["utilisation"],
-                "mean_batch_size": whole["mean_batch_size"],
-                "mean_kv_use": whole["mean_kv_use"],
-                "ttft_cdf_s": json.dumps(_cdf_points(cols["ttft_s"])),
-                "tpot_cdf_s": json.dumps(_cdf_points(cols["tpot_s"])),
-            }
-        )
-    return row
-
-
-def _cdf_points(x: np.ndarray, points: int = 50) -> list[float]:
-    """Quantiles at evenly spaced probabilities, enough to draw a CDF."""
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return []
-    return [float(v) for v in np.quantile(x, np.linspace(0, 1, points))]
-
-
-# ---- ranking and sizing --------------------------------------------------------------------
-
-PARETO_OBJECTIVES: tuple[tuple[str, str], ...] = (
-    ("dollar_per_req_per_s", "min"),
-    ("ttft_p90_s", "min"),
-    ("tpot_p90_s", "min"),
-    ("goodput_per_gpu", "max"),
-    ("joules_per_token", "min"),
-)
-
-
-def add_rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rank feasible rows by goodput per dollar-hour and mark the Pareto-optimal ones."""
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("capacity_req_per_s", 0) > 0]
-    for r in rows:
-        cap = r.get("capacity_req_per_s") or 0.0
-        r["dollar_per_req_per_s"] = r["price_per_hour"] / cap if cap > 0 else math.inf
-        r["pareto"] = False
-        r["rank"] = 0
-    ok.sort(key=lambda r: -r["goodput_per_dollar_hour"])
-    for i, r in enumerate(ok, 1):
-        r["rank"] = i
-    for r in ok:
-        r["pareto"] = not any(_dominates(o, r) for o in ok if o is not r)
-    return rows
-
-
-def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    better = False
-    for key, sense in PARETO_OBJECTIVES:
-        x, y = a.get(key, math.nan), b.get(key, math.nan)
-        if not (math.isfinite(x) and math.isfinite(y)):
-            return False
-        if sense == "max":
-            x, y = -x, -y
-        if x > y:
-            return False
-        if x < y:
-            better = True
-    return better
-
-
-def pareto_front(
-    rows: list[dict[str, Any]], x: str, y: str, x_sense: str = "min", y_sense: str = "min"
-) -> list[dict[str, Any]]:
-    """The 2-D non-dominated subset of feasible rows, sorted by x."""
-    sx = 1.0 if x_sense == "min" else -1.0
-    sy = 1.0 if y_sense == "min" else -1.0
-    pts = [
-        r
-        for r in rows
-        if r.get("status") == "ok"
-        and math.isfinite(r.get(x, math.nan))
-        and math.isfinite(r.get(y, math.nan))
-    ]
-    pts.sort(key=lambda r: (sx * r[x], sy * r[y]))
-    front: list[dict[str, Any]] = []
-    best_y = math.inf
-    for r in pts:
-        if sy * r[y] < best_y:
-            front.append(r)
-            best_y = sy * r[y]
-    return front
-
-
-@dataclass(frozen=True)
-class Sizing:
-    """How many replicas of a candidate serve a target rate, checked by simulation."""
-
-    candidate: Candidate
-    replicas: int
-    devices: int
-    price_per_hour: float
-    attainment: float  # in the steady window of the fleet's simulation at the target rate
-    verified: bool
-    requests: int = 0  # requests the check simulated
-
-
-def _by(objective: str) -> Any:
-    def key(s: Sizing) -> tuple[float, float]:
-        if objective == "devices":
-            return (s.devices, s.price_per_hour)
-        return (s.price_per_hour, s.devices)
-
-    return key
-
-
-def size_for_rate(
-    spec: PlanSpec, rows: list[dict[str, Any]], rate_per_s: float, top: int = 5
-) -> tuple[Sizing | None, Sizing | None]:
-    """(fewest devices, lowest $/hour) deployments serving `rate_per_s`, each verified."""
-    return best_sizings(verified_sizings(spec, rows, rate_per_s, top))
-
-
-def best_sizings(sizings: list[Sizing]) -> tuple[Sizing | None, Sizing | None]:
-    """(fewest devices, lowest $/hour) of verified fleets, each breaking ties by the other."""
-    return (
-        min(sizings, key=_by("devices"), default=None),
-        min(sizings, key=_by("price"), default=None),
-    )
-
-
-def cheapest_by_engine(sizings: list[Sizing]) -> dict[str, Sizing]:
-    """The lowest-$/hour verified fleet of each engine (a launch script per engine uses it)."""
-    out: dict[str, Sizing] = {}
-    for s in sorted(sizings, key=_by("price")):
-        out.setdefault(s.candidate.engine, s)
-    return out
-
-
-def verified_sizings(
-    spec: PlanSpec,
-    rows: list[dict[str, Any]],
-    rate_per_s: float,
-    top: int = 5,
-    engines: tuple[str, ...] = ("vllm", "sglang"),
-) -> list[Sizing]:
-    """Fleets that pass a steady-state simulation at `rate_per_s`, one per candidate checked.
-
-    Checked: the `top` feasible candidates by devices and by $/hour, and the `top` by $/hour of
-    each of `engines`, so every engine with a feasible candidate gets a verified fleet. Replicas
-    start at ceil(rate / per-replica capacity), so the fleet's service rate exceeds the rate,
-    and grow (up to 3 more) until a simulation of the fleet at that rate (least-loaded
-    routing), long enough for a steady state, meets the attainment target in its steady window.
-    """
-    if not (math.isfinite(rate_per_s) and rate_per_s > 0):
-        raise ServesimError(f"The rate to size for must be positive, got {rate_per_s}.")
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("capacity_req_per_s", 0) > 0]
-
-    def need(r: dict[str, Any]) -> int:
-        return max(1, math.ceil(rate_per_s / r["capacity_req_per_s"]))
-
-    def devices(r: dict[str, Any]) -> tuple[float, float]:
-        return (need(r) * r["devices"], need(r) * r["price_per_hour"])
-
-    def price(r: dict[str, Any]) -> tuple[float, float]:
-        return (need(r) * r["price_per_hour"], need(r) * r["devices"])
-
-    picked = sorted(ok, key=devices)[:top] + sorted(ok, key=price)[:top]
-    for e in engines:
-        picked += sorted((r for r in ok if r.get("engine") == e), key=price)[:top]
-    out = []
-    seen: set[str] = set()
-    for r in picked:
-        if r["key"] in seen:
-            continue
-        seen.add(r["key"])
-        s = _verify(spec, r, rate_per_s)
-        if s is not None:
-            out.append(s)
-    return out
-
-
-def _verify(spec: PlanSpec, r: dict[str, Any], rate: float) -> Sizing | None:
-    """The smallest fleet of `r`'s candidate (from its capacity, up to 3 more) that passes."""
-    c = candidate_from_row(r)
-    base = spec.workload.build()
-    draw = spec.workload.draw
-    residence = float(r.get("residence_s") or math.nan)
-    mu = float(r.get("saturation_req_per_s") or math.nan)
-    if not (math.isfinite(residence) and math.isfinite(mu)):  # a row without them: measure
-        svc = service_rate(deployment_for(spec, c), base, draw=draw)
-        residence, mu = svc.residence_s, svc.rate_per_s
-    replicas = max(1, math.ceil(rate / r["capacity_req_per_s"]))
-    for _ in range(4):
-        dep = deployment_for(spec, c, replicas)
-        load = rate / (replicas * mu)
-        p, _, _ = steady_attainment(
-            dep, base, rate, spec.slo, residence, "least_loaded", draw, load
-        )
-        if p.attainment >= spec.target:
-            return Sizing(
-                c, replicas, dep.num_devices, dep.price_per_hour, p.attainment, True, p.requests
-            )
-        replicas += 1
-    return None
 
 
 def candidate_from_row(row: dict[str, Any]) -> Candidate:

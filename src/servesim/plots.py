@@ -1,136 +1,130 @@
-"""Self-contained SVG plots (no plotting library): empirical CDFs of latencies, side by side.
+"""Interactive plots on Plotly: shared page pieces and the latency CDFs of `servesim compare`.
 
-An SVG opens in any browser and diffs as text; `cdf_svg` draws one panel per metric with one
-step line per run, on a shared linear axis in milliseconds.
+Pages stay offline: plotly.js is inlined once per page (`plotly_script`) and every figure is a
+div plus the call that draws it (`figure_div`, with a stable id, so a page is byte-identical
+when written twice). Axes switch to log when their values span more than a decade.
 """
 
 from __future__ import annotations
 
+import html
 import math
-from collections.abc import Sequence
-from html import escape
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
-PANEL_W, PANEL_H = 360, 260
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 52, 14, 30, 40
-
-
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About `count` round tick values covering [lo, hi] (steps of 1, 2 or 5 times 10^k)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(1, count)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1.0, 2.0, 5.0, 10.0) if m * mag >= raw)
-    start = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    x = start
-    while x <= hi + 1e-9 * step:
-        ticks.append(round(x, 12))
-        x += step
-    return ticks
+PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
+# No "Share chart" button: it would upload the figure to Plotly Cloud; the page stays offline.
+CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["sendChartToCloud"]}
+MAX_CDF_POINTS = 1000  # per line: a CDF of 100k requests stays a few kB without visible change
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}" if abs(x) < 1e5 else f"{x:.2e}"
+def log_axis(values: Iterable[float]) -> bool:
+    """True when the finite values are all positive and span more than one decade."""
+    vals = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return bool(vals) and min(vals) > 0 and max(vals) / min(vals) > 10
 
 
-def _panel(title: str, runs: dict[str, np.ndarray], ox: float, oy: float) -> list[str]:
-    """SVG elements of one CDF panel whose top-left corner is (ox, oy)."""
-    out = [f'<g transform="translate({ox:.1f},{oy:.1f})">']
-    out.append(
-        f'<text x="{PANEL_W / 2:.0f}" y="18" text-anchor="middle" font-size="13" '
-        f'font-weight="bold">{escape(title)}</text>'
+def axis_type(values: Iterable[float]) -> str:
+    """Plotly's axis type for these values: 'log' when they span more than a decade."""
+    return "log" if log_axis(values) else "linear"
+
+
+def plotly_script() -> str:
+    """plotly.js as one inline script tag; a page includes it once, before its figures."""
+    return (
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+        f'<script charset="utf-8">{get_plotlyjs()}</script>'
     )
-    vals = {k: np.sort(v[np.isfinite(v)]) * 1e3 for k, v in runs.items()}
-    vals = {k: v for k, v in vals.items() if len(v)}
-    w = PANEL_W - MARGIN_L - MARGIN_R
-    h = PANEL_H - MARGIN_T - MARGIN_B
-    x0, y0 = MARGIN_L, MARGIN_T
-    out.append(f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#888"/>')
-    if not vals:
-        out.append(f'<text x="{x0 + w / 2}" y="{y0 + h / 2}" text-anchor="middle">no data</text>')
-        return [*out, "</g>"]
-    lo = 0.0
-    hi = max(float(np.percentile(v, 99.5)) for v in vals.values()) * 1.05 or 1.0
-    ticks = nice_ticks(lo, hi)
-    hi = max(hi, ticks[-1])
 
-    def sx(v: float) -> float:
-        return x0 + w * (min(v, hi) - lo) / (hi - lo)
 
-    def sy(q: float) -> float:
-        return y0 + h * (1.0 - q)
-
-    for t in ticks:
-        out.append(
-            f'<line x1="{sx(t):.1f}" y1="{y0 + h}" x2="{sx(t):.1f}" y2="{y0}" stroke="#eee"/>'
-            f'<text x="{sx(t):.1f}" y="{y0 + h + 14}" text-anchor="middle" '
-            f'font-size="10">{_fmt(t)}</text>'
-        )
-    for q in (0.0, 0.5, 0.9, 1.0):
-        out.append(
-            f'<line x1="{x0}" y1="{sy(q):.1f}" x2="{x0 + w}" y2="{sy(q):.1f}" stroke="#eee"/>'
-            f'<text x="{x0 - 4}" y="{sy(q) + 3:.1f}" text-anchor="end" font-size="10">{q:g}</text>'
-        )
-    out.append(
-        f'<text x="{x0 + w / 2}" y="{PANEL_H - 6}" text-anchor="middle" font-size="11">ms</text>'
+def figure_div(fig: go.Figure, div_id: str) -> str:
+    """A figure as a div and its drawing script, without plotly.js (see `plotly_script`)."""
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG, validate=False
     )
-    for i, (_, v) in enumerate(vals.items()):
-        n = len(v)
-        pts = [f"{sx(float(v[0])):.1f},{sy(0.0):.1f}"]
-        step = max(1, n // 800)  # at most ~800 steps per line keeps the file small
-        for j in range(0, n, step):
-            x = sx(float(v[j]))
-            pts.append(f"{x:.1f},{sy(j / n):.1f}")
-            pts.append(f"{x:.1f},{sy((j + 1) / n):.1f}")
-        pts.append(f"{sx(float(v[-1])):.1f},{sy(1.0):.1f}")
-        colour = COLOURS[i % len(COLOURS)]
-        out.append(
-            f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" stroke-width="1.6"/>'
-        )
-    return [*out, "</g>"]
 
 
-def cdf_svg(
-    panels: Sequence[tuple[str, dict[str, np.ndarray]]], path: str | Path, title: str = ""
-) -> Path:
-    """Write one CDF panel per (title, {run label: seconds}) to an SVG file; returns the path."""
+def layout(fig: go.Figure, height: int, **kw: object) -> go.Figure:
+    """The house style: white template, legend under the plot, tight margins."""
+    fig.update_layout(
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 16, "t": 28, "b": 40},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+        hoverlabel={"align": "left"},
+        font={"family": 'system-ui, "DejaVu Sans", sans-serif', "size": 12},
+        **kw,
+    )
+    return fig
+
+
+def ecdf(values: np.ndarray, limit: int = MAX_CDF_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted finite values and their cumulative fractions, thinned to about `limit` points."""
+    v = np.sort(values[np.isfinite(values)])
+    p = np.arange(1, len(v) + 1) / max(1, len(v))
+    if len(v) > limit:
+        keep = np.unique(np.linspace(0, len(v) - 1, limit).round().astype(int))
+        v, p = v[keep], p[keep]
+    return v, p
+
+
+def cdf_figure(panels: Sequence[tuple[str, dict[str, np.ndarray]]], title: str = "") -> go.Figure:
+    """One CDF panel per (title, {run label: seconds}), one step line per run, x in ms."""
     labels: list[str] = []
     for _, runs in panels:
         labels += [k for k in runs if k not in labels]
     cols = min(2, max(1, len(panels)))
-    rows = math.ceil(len(panels) / cols)
-    legend_h = 24 + 16 * len(labels)
-    width = cols * PANEL_W
-    height = rows * PANEL_H + legend_h + (24 if title else 0)
-    top = 24 if title else 0
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-    ]
-    if title:
-        out.append(
-            f'<text x="{width / 2}" y="17" text-anchor="middle" font-size="14">'
-            f"{escape(title)}</text>"
-        )
-    for i, (name, runs) in enumerate(panels):
-        out += _panel(name, runs, (i % cols) * PANEL_W, top + (i // cols) * PANEL_H)
-    ly = top + rows * PANEL_H + 8
-    for i, label in enumerate(labels):
-        y = ly + 16 * i
-        colour = COLOURS[i % len(COLOURS)]
-        out.append(
-            f'<line x1="{MARGIN_L}" y1="{y + 8}" x2="{MARGIN_L + 24}" y2="{y + 8}" '
-            f'stroke="{colour}" stroke-width="2"/>'
-            f'<text x="{MARGIN_L + 30}" y="{y + 12}" font-size="11">{escape(label)}</text>'
-        )
-    out.append("</svg>")
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig = make_subplots(rows, cols, subplot_titles=[name for name, _ in panels] or None)
+    shown: set[str] = set()
+    for i, (_, runs) in enumerate(panels):
+        r, c = i // cols + 1, i % cols + 1
+        ms = {k: ecdf(np.asarray(v, dtype=float)) for k, v in runs.items()}
+        ms = {k: (v * 1e3, p) for k, (v, p) in ms.items() if len(v)}
+        for label, (x, p) in ms.items():
+            j = labels.index(label)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=p,
+                    mode="lines",
+                    line={"shape": "hv", "color": PALETTE[j % len(PALETTE)], "width": 1.8},
+                    name=label,
+                    legendgroup=label,
+                    showlegend=label not in shown,
+                    hovertemplate="%{fullData.name}<br>%{x:.4g} ms: %{y:.1%}<extra></extra>",
+                ),
+                r,
+                c,
+            )
+            shown.add(label)
+        xs = [float(x) for x, _ in ms.values() for x in (x[0], x[-1])]
+        fig.update_xaxes(title_text="ms", type=axis_type(xs), row=r, col=c)
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=r, col=c)
+    return layout(fig, 300 * rows + 80, title={"text": title, "x": 0.5})
+
+
+def page(title: str, body: str, css: str = "") -> str:
+    """A self-contained HTML page: inline CSS, plotly.js once, then the body."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title><style>{css}</style>\n{plotly_script()}\n"
+        f"</head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def cdf_html(
+    panels: Sequence[tuple[str, dict[str, np.ndarray]]], path: str | Path, title: str = ""
+) -> Path:
+    """Write the latency CDFs as a self-contained interactive HTML page; returns its path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("\n".join(out) + "\n", encoding="utf-8")
+    body = figure_div(cdf_figure(panels, title), "cdf")
+    p.write_text(page(title or "latency CDFs", body), encoding="utf-8")
     return p

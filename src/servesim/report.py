@@ -1,9 +1,9 @@
-"""A plan's report: a self-contained HTML page with inline SVG plots, and a terminal table.
+"""A plan's report: a self-contained HTML page with interactive Plotly figures, and a table.
 
-The page needs nothing from the network (inline CSS, SVG drawn here, no scripts or fonts), so it
-opens offline and can be mailed around. Every plot is an `<svg class="plot" data-kind=...
-data-points=N>` whose data are `circle.pt`, `path.series` or `rect.bar` elements, so a test or a
-reader can check that it shows data. Hovering a point shows its candidate.
+The page needs nothing from the network (inline CSS, plotly.js inlined once, no fonts or images),
+so it opens offline and can be mailed around. Every figure sits in a `<figure class="card"
+data-kind=... data-points=N>` so a test or a reader can check what it holds; hovering a point
+names its candidate, dragging zooms, and axes are logarithmic where the values span decades.
 """
 
 from __future__ import annotations
@@ -11,24 +11,23 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import plotly.graph_objects as go
 from rich import box
 from rich.table import Table
 
-from servesim.planner import pareto_front
+from servesim.plots import PALETTE, axis_type, figure_div, layout, page
+from servesim.ranking import pareto_front
 
 if TYPE_CHECKING:
     from servesim.plan import PlanResult
 
 Row = dict[str, Any]
 
-W, H = 560, 330  # one plot's size in CSS pixels
-PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 16, 46
-PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2")
 GREY = "#b8bcc2"
 FRONT = "#2563eb"
 WINNER = "#ea580c"
@@ -37,6 +36,7 @@ MEMORY_SEGMENTS = (
     ("kv_gb", "KV cache", "#16a34a"),
     ("reserve_gb", "activations + reserve", "#f59e0b"),
 )
+UNUSED = "#e5e7eb"
 
 
 # ---- numbers -------------------------------------------------------------------------------
@@ -98,276 +98,16 @@ def _quantiles(row: Row, key: str) -> list[float]:
         return []
 
 
-# ---- scales and the plot frame -------------------------------------------------------------
+# ---- figures -------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Scale:
-    """Maps data values in [lo, hi] (linear or log10) onto pixels a→b."""
-
-    lo: float
-    hi: float
-    log: bool
-    a: float
-    b: float
-
-    def __call__(self, v: float) -> float:
-        if self.log:
-            v = max(v, self.lo)
-            t = math.log10(v / self.lo) / math.log10(self.hi / self.lo)
-        else:
-            t = (v - self.lo) / (self.hi - self.lo)
-        return self.a + t * (self.b - self.a)
-
-    def ticks(self) -> list[float]:
-        """Round tick values inside the range."""
-        if self.log:
-            k0, k1 = math.floor(math.log10(self.lo)), math.ceil(math.log10(self.hi))
-            for mults in ((1,), (1, 3), (1, 2, 5)):
-                t = [m * 10.0**k for k in range(k0, k1 + 1) for m in mults]
-                t = [v for v in t if self.lo <= v <= self.hi]
-                if len(t) >= 3:
-                    return t
-            return t
-        step = _nice((self.hi - self.lo) / 5)
-        first = math.ceil(self.lo / step - 1e-9) * step
-        n = int((self.hi - first) / step + 1e-9) + 1
-        return [round(first + i * step, 12) for i in range(max(0, n))]
-
-
-def _nice(x: float) -> float:
-    if x <= 0 or not _fin(x):
-        return 1.0
-    e = 10.0 ** math.floor(math.log10(x))
-    for m in (1, 2, 2.5, 5, 10):
-        if x <= m * e:
-            return m * e
-    return 10 * e
-
-
-def scale(
-    values: Sequence[float],
-    a: float,
-    b: float,
-    log: bool | None = None,
-    zero: bool = False,
-    bounds: tuple[float, float] | None = None,
-) -> Scale:
-    """A scale covering the finite values (log when they span more than ~30× and are positive)."""
-    vals = [v for v in values if _fin(v)]
-    if bounds is not None:
-        return Scale(bounds[0], bounds[1], False, a, b)
-    if not vals:
-        return Scale(0.0, 1.0, False, a, b)
-    lo, hi = min(vals), max(vals)
-    if log is None:
-        log = lo > 0 and hi / lo > 30
-    if log and lo > 0:
-        return Scale(lo / 1.25, hi * 1.25, True, a, b)
-    if zero:
-        lo = min(lo, 0.0)
-    span = hi - lo
-    pad = 0.07 * span if span > 0 else (abs(hi) * 0.1 or 1.0)
-    lo = lo if zero and lo == 0 else lo - pad
-    if not zero and min(vals) >= 0:
-        lo = max(lo, 0.0)
-    return Scale(lo, hi + pad, False, a, b)
-
-
-def _xy_scales(
-    xs: Sequence[float], ys: Sequence[float], width: int = W, **ykw: Any
-) -> tuple[Scale, Scale]:
-    return scale(xs, PAD_L, width - PAD_R), scale(ys, H - PAD_B, PAD_T, **ykw)
-
-
-def _frame(
-    kind: str,
-    xs: Scale,
-    ys: Scale,
-    xlabel: str,
-    ylabel: str,
-    body: list[str],
-    points: int,
-    legend: Sequence[tuple[str, str, str]] = (),
-    width: int = W,
-    tick: Callable[[float], str] | None = None,
-    ytick: Callable[[float], str] | None = None,
-) -> str:
-    """An SVG plot: grid, tick labels, axis labels, the data `body` and a legend."""
-    x0, x1, y0, y1 = PAD_L, width - PAD_R, PAD_T, H - PAD_B
-    tick, ytick = tick or _tick, ytick or _tick
-    out = [
-        f'<svg class="plot" data-kind="{kind}" data-points="{points}" viewBox="0 0 {width} {H}" '
-        f'width="{width}" height="{H}" role="img">'
-    ]
-    for t in xs.ticks():
-        x = xs(t)
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}"/>')
-        out.append(f'<text class="tick" x="{x:.1f}" y="{y1 + 16}" text-anchor="middle">')
-        out.append(f"{_esc(tick(t))}</text>")
-    for t in ys.ticks():
-        y = ys(t)
-        out.append(f'<line class="grid" x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}"/>')
-        out.append(f'<text class="tick" x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">')
-        out.append(f"{_esc(ytick(t))}</text>")
-    out.append(f'<rect class="axes" x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}"/>')
-    xl = xlabel + (" (log scale)" if xs.log else "")
-    yl = ylabel + (" (log)" if ys.log else "")
-    out.append(f'<text class="label" x="{(x0 + x1) / 2}" y="{H - 8}" text-anchor="middle">')
-    out.append(f"{_esc(xl)}</text>")
-    cy = (y0 + y1) / 2
-    out.append(
-        f'<text class="label" x="14" y="{cy}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {cy})">{_esc(yl)}</text>'
-    )
-    out.extend(body)
-    out.append("</svg>")
-    return "".join(out) + _legend(legend)
-
-
-def _legend(items: Sequence[tuple[str, str, str]]) -> str:
-    """An HTML legend under a plot: (name, colour, 'line' | 'dot' | 'ring')."""
-    spans = "".join(
-        f'<span><i class="{shape}" style="--c:{color}"></i>{_esc(name)}</span>'
-        for name, color, shape in items
-    )
-    return f'<div class="legend">{spans}</div>' if items else ""
-
-
-def _tick(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def _card(title: str, svg: str, note: str = "") -> str:
-    extra = f'<p class="note">{note}</p>' if note else ""
-    return f'<figure class="card"><figcaption>{_esc(title)}</figcaption>{svg}{extra}</figure>'
-
-
-def _empty(kind: str, title: str, why: str) -> str:
-    svg = (
-        f'<svg class="plot empty" data-kind="{kind}" data-points="0" viewBox="0 0 {W} 80" '
-        f'width="{W}" height="80">'
-        f'<text class="label" x="{W / 2}" y="44" text-anchor="middle">{_esc(why)}</text></svg>'
-    )
-    return _card(title, svg)
-
-
-# ---- plots ---------------------------------------------------------------------------------
-
-
-def _ok(rows: list[Row]) -> list[Row]:
-    return [r for r in rows if r.get("status") == "ok"]
-
-
-def pareto_plot(
-    rows: list[Row],
-    x: str,
-    y: str,
-    y_sense: str,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    winner: Row | None = None,
-    y_factor: float = 1.0,
-) -> str:
-    """All feasible candidates in (x, y); the 2-D front highlighted, dominated ones grey."""
-    kind = f"pareto:{x}:{y}"
-    pts = [r for r in _ok(rows) if _fin(_num(r, x)) and _fin(_num(r, y))]
-    if not pts:
-        return _empty(kind, title, "no feasible candidate to plot")
-    clean = [{**r, x: _num(r, x), y: _num(r, y)} for r in pts]
-    front = pareto_front(clean, x, y, "min", y_sense)
-    keys = {r["key"] for r in front}
-    xs, ys = _xy_scales([r[x] for r in clean], [r[y] * y_factor for r in clean])
-    body: list[str] = []
-    if front:
-        p = [(xs(r[x]), ys(r[y] * y_factor)) for r in front]
-        d = f"M{p[0][0]:.1f},{p[0][1]:.1f}" + "".join(f" H{a:.1f} V{b:.1f}" for a, b in p[1:])
-        body.append(f'<path class="series front-line" d="{d}" stroke="{FRONT}"/>')
-    order = sorted(clean, key=lambda r: (r["key"] in keys, int(r.get("rank") or 0)))
-    placed: list[tuple[float, float]] = []
-    for r in order:
-        on = r["key"] in keys
-        cx, cy = xs(r[x]), ys(r[y] * y_factor)
-        tip = f"#{r.get('rank', '')} {r.get('label', '')}\n{xlabel}: {fmt(r[x])}\n"
-        tip += f"{ylabel}: {fmt(r[y] * y_factor)}"
-        cls, color, rad = ("pt front", FRONT, 5.5) if on else ("pt dominated", GREY, 4.5)
-        body.append(
-            f'<circle class="{cls}" cx="{cx:.1f}" cy="{cy:.1f}" r="{rad}" fill="{color}">'
-            f"<title>{_esc(tip)}</title></circle>"
-        )
-        near = any(abs(cx - a) < 22 and abs(cy - b) < 12 for a, b in placed)
-        if on and 0 < int(r.get("rank") or 0) <= 3 and not near:
-            placed.append((cx, cy))
-            body.append(
-                f'<text class="pt-label" x="{cx + 8:.1f}" y="{cy - 7:.1f}">#{r["rank"]}</text>'
-            )
-    if winner is not None and winner.get("key") in {r["key"] for r in clean}:
-        w = next(r for r in clean if r["key"] == winner["key"])
-        body.append(
-            f'<circle class="winner-ring" cx="{xs(w[x]):.1f}" cy="{ys(w[y] * y_factor):.1f}" '
-            f'r="9" stroke="{WINNER}"/>'
-        )
-    legend = [
-        ("Pareto front", FRONT, "dot"),
-        ("dominated", GREY, "dot"),
-        ("winner", WINNER, "ring"),
-    ]
-    svg = _frame(kind, xs, ys, xlabel, ylabel, body, len(clean), legend)
-    note = (
-        f"{len(clean)} feasible candidates, {len(front)} on this front; "
-        "#k: rank by goodput per $/h. Hover a point for its candidate."
-    )
-    return _card(title, svg, note)
-
-
-def cdf_plot(
-    rows: list[Row],
-    key: str,
-    slo_s: float,
-    target: float,
-    title: str,
-    xlabel: str,
-    x_factor: float = 1.0,
-    note: str = "At each candidate's capacity (the highest rate meeting the target).",
-) -> str:
-    """Latency CDFs (50 quantiles each) of the given candidates, with the SLO and the target."""
-    kind = f"cdf:{key}"
-    series = [(r, [v * x_factor for v in q]) for r in rows if (q := _quantiles(r, key))]
-    slo_s *= x_factor
-    if not series:
-        return _empty(kind, title, "no latency distribution recorded")
-    allv = [v for _, q in series for v in q if v > 0] + [slo_s]
-    xs, ys = _xy_scales(allv, [0.0, 1.0], bounds=(0.0, 1.0))
-    body = []
-    n = 0
-    legend = []
-    for i, (r, q) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        probs = [j / (len(q) - 1) for j in range(len(q))] if len(q) > 1 else [1.0]
-        pts = [(xs(max(v, xs.lo)), ys(p)) for v, p in zip(q, probs, strict=True)]
-        d = "M" + " L".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-        name = str(r.get("label", ""))
-        body.append(
-            f'<path class="series" data-n="{len(q)}" d="{d}" stroke="{color}">'
-            f"<title>{_esc(name)}</title></path>"
-        )
-        n += len(q)
-        legend.append((_short(r), color, "line"))
-    sx = xs(slo_s)
-    body.append(f'<line class="slo" x1="{sx:.1f}" y1="{PAD_T}" x2="{sx:.1f}" y2="{H - PAD_B}"/>')
-    body.append(f'<text class="slo-label" x="{sx + 4:.1f}" y="{H - PAD_B - 6}">SLO</text>')
-    ty = ys(target)
-    body.append(f'<line class="target" x1="{PAD_L}" y1="{ty:.1f}" x2="{W - PAD_R}" y2="{ty:.1f}"/>')
-    body.append(
-        f'<text class="slo-label" x="{PAD_L + 4}" y="{ty - 4:.1f}">target {target:.0%}</text>'
-    )
-    svg = _frame(kind, xs, ys, xlabel, "fraction of requests", body, n, legend, ytick=_pct0)
-    return _card(title, svg, note)
-
-
-def _pct0(v: float) -> str:
-    return f"{v:.0%}"
+# (y column, sense, title, y label, y factor); x is always the cost of 1 req/s.
+PARETO_VIEWS = (
+    ("ttft_p90_s", "min", "Cost vs TTFT p90", "TTFT p90 (s)", 1.0),
+    ("tpot_p90_s", "min", "Cost vs TPOT p90", "TPOT p90 (ms)", 1e3),
+    ("joules_per_token", "min", "Cost vs energy", "energy (J per output token)", 1.0),
+    ("goodput_per_gpu", "max", "Goodput per GPU vs cost", "goodput per GPU (req/s)", 1.0),
+)
+COST, COST_LABEL = "dollar_per_req_per_s", "$/h per req/s"
 
 
 def _short(r: Row) -> str:
@@ -377,156 +117,184 @@ def _short(r: Row) -> str:
     )
 
 
-def rate_plots(rows: list[Row], target: float) -> list[str]:
+def _card(kind: str, title: str, fig: go.Figure | None, note: str = "", why: str = "") -> str:
+    """A titled figure; `data-points` counts the points of its traces with meta="data" (the
+    candidates', not the reference lines), 0 with the sentence `why` when there is no figure."""
+    if fig is None:
+        body, points, note = f'<p class="empty">{_esc(why)}</p>', 0, ""
+    else:
+        body = figure_div(fig, "plot-" + re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-"))
+        points = sum(len(t.x) for t in fig.data if t.meta == "data")
+    extra = f'<p class="note">{_esc(note)}</p>' if note else ""
+    return (
+        f'<figure class="card" data-kind="{_esc(kind)}" data-points="{points}">'
+        f"<figcaption>{_esc(title)}</figcaption>{body}{extra}</figure>"
+    )
+
+
+def _line(xs: list[float], ys: list[float], name: str, color: str) -> go.Scatter:
+    """A dashed reference line (SLO, target, every request good)."""
+    line = {"color": color, "dash": "dash", "width": 1.5}
+    return go.Scatter(x=xs, y=ys, mode="lines", name=name, line=line, hoverinfo="name")
+
+
+def pareto_figure(
+    rows: list[Row], y: str, y_sense: str, ylabel: str, winner: Row | None, y_factor: float = 1.0
+) -> go.Figure | None:
+    """Every feasible candidate at (cost, y): the 2-D front joined in blue, the dominated grey,
+    the winner ringed; hovering names the deployment, its cost and goodput. None if none."""
+    pts = [
+        {**r, "_x": _num(r, COST), "_y": _num(r, y) * y_factor}
+        for r in rows
+        if r.get("status") == "ok" and _fin(_num(r, COST)) and _fin(_num(r, y))
+    ]
+    if not pts:
+        return None
+    front = pareto_front(pts, "_x", "_y", "min", y_sense)  # sorted by cost
+    keys = {r["key"] for r in front}
+
+    def trace(rs: list[Row], name: str, **kw: Any) -> go.Scatter:
+        tips = [
+            f"#{r.get('rank') or '–'} {_esc(r.get('label', ''))}<br>{COST_LABEL}: "
+            f"{fmt(r['_x'])}<br>{ylabel}: {fmt(r['_y'])}<br>"
+            f"${fmt(_num(r, 'price_per_hour'))}/h per replica, goodput "
+            f"{fmt(_num(r, 'capacity_req_per_s'))} req/s ({fmt(_num(r, 'goodput_per_gpu'))}/GPU)"
+            for r in rs
+        ]
+        xy = {"x": [r["_x"] for r in rs], "y": [r["_y"] for r in rs]}
+        return go.Scatter(**xy, name=name, hovertext=tips, hoverinfo="text", **kw)
+
+    fig = go.Figure(
+        [
+            trace(
+                [r for r in pts if r["key"] not in keys],
+                "dominated",
+                meta="data",
+                mode="markers",
+                marker={"color": GREY, "size": 7},
+            ),
+            trace(
+                front,
+                "Pareto front",
+                meta="data",
+                mode="lines+markers+text",
+                text=[f"#{r['rank']}" if 0 < int(r.get("rank") or 0) <= 3 else "" for r in front],
+                textposition="top right",
+                line={"shape": "hv", "color": FRONT, "width": 1.6},
+                marker={"color": FRONT, "size": 9},
+            ),
+        ]
+    )
+    won = [r for r in pts if winner is not None and r["key"] == winner.get("key")]
+    if won:
+        ring = {"symbol": "circle-open", "size": 18, "color": WINNER, "line": {"width": 2.5}}
+        fig.add_trace(trace(won, "winner", mode="markers", marker=ring))
+    fig.update_xaxes(title_text=COST_LABEL, type=axis_type(r["_x"] for r in pts))
+    fig.update_yaxes(title_text=ylabel, type=axis_type(r["_y"] for r in pts))
+    return layout(fig, 380)
+
+
+def latency_figure(
+    rows: list[Row], key: str, slo_s: float, target: float, xlabel: str, x_factor: float = 1.0
+) -> go.Figure | None:
+    """Latency CDFs (the 50 stored quantiles) of the given candidates, with the SLO and target."""
+    series = [(r, [v * x_factor for v in q]) for r in rows if (q := _quantiles(r, key))]
+    if not series:
+        return None
+    fig = go.Figure()
+    for i, (r, q) in enumerate(series):
+        fig.add_trace(
+            go.Scatter(
+                x=q,
+                y=[j / (len(q) - 1) for j in range(len(q))] if len(q) > 1 else [1.0],
+                mode="lines",
+                name=_short(r),
+                meta="data",
+                line={"color": PALETTE[i % len(PALETTE)], "width": 2.2},
+                hovertext=_esc(r.get("label", "")),
+                hovertemplate="%{hovertext}<br>%{x:.4g}: %{y:.0%}<extra></extra>",
+            )
+        )
+    slo = slo_s * x_factor
+    allx = [v for _, q in series for v in q] + [slo]
+    fig.add_trace(_line([slo, slo], [0, 1], "SLO", "#dc2626"))
+    fig.add_trace(_line([min(allx), max(allx)], [target] * 2, f"target {target:.0%}", "#6b7280"))
+    fig.update_xaxes(title_text=xlabel, type=axis_type(allx))
+    fig.update_yaxes(title_text="fraction of requests", range=[0, 1.02], tickformat=".0%")
+    return layout(fig, 360)
+
+
+def rate_figures(rows: list[Row], target: float) -> tuple[go.Figure, go.Figure] | None:
     """SLO attainment and goodput against offered rate, from each candidate's capacity probes."""
     series = [(r, p) for r in rows if (p := _probes(r))]
-    title_a = "SLO attainment vs request rate"
-    title_g = "Goodput vs request rate"
     if not series:
-        return [
-            _empty("rate:attainment", title_a, "no probes"),
-            _empty("rate:goodput", title_g, ""),
-        ]
+        return None
     rates = [p["rate_per_s"] for _, ps in series for p in ps]
-    good = [p["rate_per_s"] * p["attainment"] for _, ps in series for p in ps]
-    out = []
-    for kind, title, ylabel, yfun, ys_vals in (
-        ("rate:attainment", title_a, "requests meeting both SLOs", _att, [0.0, 1.0]),
-        ("rate:goodput", title_g, "goodput (req/s meeting SLOs)", _good, good),
-    ):
-        xs = scale(rates, PAD_L, W - PAD_R, log=False, zero=True)
-        if kind == "rate:attainment":
-            ys = scale(ys_vals, H - PAD_B, PAD_T, bounds=(0.0, 1.05))
-        else:
-            ys = scale(ys_vals, H - PAD_B, PAD_T, log=False, zero=True)
-        body: list[str] = []
-        legend = []
-        n = 0
-        if kind == "rate:attainment":
-            ty = ys(target)
-            body.append(
-                f'<line class="target" x1="{PAD_L}" y1="{ty:.1f}" x2="{W - PAD_R}" y2="{ty:.1f}"/>'
-            )
-            body.append(
-                f'<text class="slo-label" x="{W - PAD_R - 4}" y="{ty + 14:.1f}" '
-                f'text-anchor="end">target {target:.0%}</text>'
-            )
-        else:
-            a, b = max(xs.lo, ys.lo), min(xs.hi, ys.hi)
-            if b > a:
-                body.append(
-                    f'<line class="target" x1="{xs(a):.1f}" y1="{ys(a):.1f}" x2="{xs(b):.1f}" '
-                    f'y2="{ys(b):.1f}"><title>every request meets the SLO</title></line>'
-                )
-        for i, (r, ps) in enumerate(series):
-            color = PALETTE[i % len(PALETTE)]
-            pts = [(xs(p["rate_per_s"]), ys(yfun(p))) for p in ps]
-            d = "M" + " L".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-            body.append(f'<path class="series" data-n="{len(ps)}" d="{d}" stroke="{color}"/>')
-            for p, (cx, cy) in zip(ps, pts, strict=True):
-                tip = (
-                    f"{r.get('label', '')}\n{fmt(p['rate_per_s'])} req/s: "
-                    f"{p['attainment']:.1%} meet both (TTFT {p['ttft_ok']:.0%}, "
-                    f"TPOT {p['tpot_ok']:.0%})"
-                )
-                body.append(
-                    f'<circle class="pt" cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{color}">'
-                    f"<title>{_esc(tip)}</title></circle>"
-                )
-            n += len(ps)
-            legend.append((_short(r), color, "line"))
-        svg = _frame(
-            kind,
-            xs,
-            ys,
-            "offered rate (req/s, one replica)",
-            ylabel,
-            body,
-            n,
-            legend,
-            ytick=_pct0 if kind == "rate:attainment" else _tick,
-        )
-        note = (
-            "Each point is one simulated probe of the capacity search."
-            if kind == "rate:attainment"
-            else "Goodput = offered rate × attainment; the dashed diagonal is every request good."
-        )
-        out.append(_card(title, svg, note))
-    return out
+    xtype = axis_type(rates)
+    ends = [min(rates) if xtype == "log" else 0.0, max(rates)]
+    att = go.Figure(_line(ends, [target] * 2, f"target {target:.0%}", "#6b7280"))
+    good = go.Figure(_line(ends, ends, "every request meets the SLO", "#6b7280"))
+    tip = "%{hovertext}<br>%{x:.3g} req/s: %{y:.3g}; TTFT %{customdata[0]:.0%}, TPOT "
+    tip += "%{customdata[1]:.0%} ok<extra></extra>"
+    for i, (r, ps) in enumerate(series):
+        common = {
+            "x": [p["rate_per_s"] for p in ps],
+            "customdata": [[p["ttft_ok"], p["tpot_ok"]] for p in ps],
+            "mode": "lines+markers",
+            "name": _short(r),
+            "meta": "data",
+            "hovertext": _esc(r.get("label", "")),
+            "hovertemplate": tip,
+            "line": {"color": PALETTE[i % len(PALETTE)], "width": 2.2},
+        }
+        att.add_trace(go.Scatter(y=[p["attainment"] for p in ps], **common))
+        good.add_trace(go.Scatter(y=[p["rate_per_s"] * p["attainment"] for p in ps], **common))
+    for fig in (att, good):
+        layout(fig, 360).update_xaxes(title_text="offered rate (req/s, one replica)", type=xtype)
+    att.update_yaxes(title_text="requests meeting both SLOs", range=[0, 1.05], tickformat=".0%")
+    good.update_yaxes(title_text="goodput (req/s meeting SLOs)", type=xtype)
+    return att, good
 
 
-def _att(p: dict[str, float]) -> float:
-    return p["attainment"]
-
-
-def _good(p: dict[str, float]) -> float:
-    return p["rate_per_s"] * p["attainment"]
-
-
-def memory_plot(rows: list[Row], width: int = 2 * W + 24) -> str:
-    """Per-device memory of each candidate: weights, KV cache, reserve and what is left."""
-    kind = "memory"
+def memory_figure(rows: list[Row]) -> go.Figure | None:
+    """Per-device memory of each candidate as stacked bars (weights, KV cache, reserve, unused);
+    each bar's label carries the device size, the busy fraction and the KV cache use."""
     rows = [r for r in rows if _fin(_num(r, "device_gb"))]
     if not rows:
-        return _empty(kind, "Memory layout per device", "no memory layout recorded")
-    lane = 46
-    height = PAD_T + lane * len(rows) + 4
-    x0, x1 = 24, width - 330
-    top = max(_num(r, "device_gb") for r in rows)
-    sx = Scale(0.0, top, False, x0, x1)
-    out = [
-        f'<svg class="plot" data-kind="{kind}" data-points="{len(rows)}" '
-        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        'role="img">'
+        return None
+    names = [
+        f"#{r.get('rank') or '–'} {_esc(r.get('label', ''))}<br>{fmt(_num(r, 'device_gb'))} "
+        f"GB/device · busy {_pct(_num(r, 'utilisation'))} · KV used {_pct(_num(r, 'mean_kv_use'))}"
+        for r in rows
     ]
-    for i, r in enumerate(rows):
-        y = PAD_T + i * lane
-        out.append(
-            f'<text class="bar-label" x="{x0}" y="{y + 11}">#{r.get("rank") or "–"} '
-            f"{_esc(r.get('label', ''))}</text>"
-        )
-        at = 0.0
-        for key, name, color in MEMORY_SEGMENTS:
-            v = _num(r, key)
-            if not _fin(v) or v <= 0:
-                continue
-            xa, xb = sx(at), sx(at + v)
-            out.append(
-                f'<rect class="bar seg-{key[:-3]}" x="{xa:.1f}" y="{y + 16}" '
-                f'width="{max(xb - xa, 0.5):.1f}" height="20" fill="{color}">'
-                f"<title>{_esc(name)}: {fmt(v)} GB</title></rect>"
+    segs = [
+        (n, c, [max(_num(r, k), 0.0) if _fin(_num(r, k)) else 0.0 for r in rows])
+        for k, n, c in MEMORY_SEGMENTS
+    ]
+    free = [max(_num(r, "device_gb") - sum(s[2][i] for s in segs), 0.0) for i, r in enumerate(rows)]
+    segs.append(("unused (outside the memory fraction)", UNUSED, free))
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=gb,
+                y=names,
+                orientation="h",
+                name=name,
+                meta="data" if i == 0 else None,
+                marker={"color": color},
+                texttemplate="%{x:.3g} GB",
+                textposition="inside",
+                textangle=0,
+                insidetextanchor="middle",
+                hovertemplate=f"{name}: %{{x:.3g}} GB<extra></extra>",
             )
-            if xb - xa > 44:
-                out.append(
-                    f'<text class="bar-value" x="{(xa + xb) / 2:.1f}" y="{y + 30}" '
-                    f'text-anchor="middle">{fmt(v)} GB</text>'
-                )
-            at += v
-        dev = _num(r, "device_gb")
-        if dev > at:
-            out.append(
-                f'<rect class="bar seg-free" x="{sx(at):.1f}" y="{y + 16}" '
-                f'width="{sx(dev) - sx(at):.1f}" height="20" fill="#e5e7eb">'
-                f"<title>outside the engine's memory fraction: {fmt(dev - at)} GB</title></rect>"
-            )
-        out.append(
-            f'<rect class="bar-outline" x="{x0}" y="{y + 16}" width="{sx(dev) - x0:.1f}" '
-            'height="20"/>'
-        )
-        stats = (
-            f"{fmt(dev)} GB/device · busy {_pct(_num(r, 'utilisation'))} · "
-            f"KV used {_pct(_num(r, 'mean_kv_use'))}"
-        )
-        out.append(f'<text class="bar-stats" x="{x1 + 10}" y="{y + 31}">{_esc(stats)}</text>')
-    out.append("</svg>")
-    unused = ("", "unused (outside the memory fraction)", "#e5e7eb")
-    out.append(_legend([(name, color, "box") for _, name, color in (*MEMORY_SEGMENTS, unused)]))
-    note = (
-        "Predicted per-device memory of one replica at its KV cache sizing; busy = fraction of "
-        "time an iteration runs, KV used = mean share of the KV cache holding context (both at "
-        "capacity)."
+            for i, (name, color, gb) in enumerate(segs)
+        ]
     )
-    return _card("Memory layout per device and utilisation", "".join(out), note)
+    fig.update_xaxes(title_text="GB per device")
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    layout(fig, 110 + 52 * len(rows), barmode="stack", uniformtext={"mode": "hide", "minsize": 9})
+    return fig.update_layout(legend_traceorder="normal")
 
 
 # ---- page sections -------------------------------------------------------------------------
@@ -727,82 +495,31 @@ tr.pareto td:last-child{color:#2563eb;font-weight:700}
 .grid2{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:16px}
 figure.card{margin:0;background:#fff;border:1px solid #e3e6ea;border-radius:10px;padding:10px}
 figure.card figcaption{font-weight:600;margin:2px 4px 6px}
-figure svg{max-width:100%;height:auto;display:block}
 .note{color:#59636e;font-size:12px;margin:6px 4px 0}
-.legend{display:flex;flex-wrap:wrap;gap:4px 16px;font-size:12px;margin:4px 6px 0}
-.legend i{display:inline-block;margin-right:6px;vertical-align:middle;width:10px;height:10px}
-.legend i.dot{border-radius:50%;background:var(--c)}
-.legend i.ring{border-radius:50%;border:2.5px solid var(--c);width:7px;height:7px}
-.legend i.line{width:18px;height:3px;background:var(--c)}
-.legend i.box{width:12px;height:12px;background:var(--c)}
-svg .grid{stroke:#eceef1;stroke-width:1}
-svg .axes{fill:none;stroke:#9aa1a9}
-svg .tick{font-size:11px;fill:#59636e}
-svg .label{font-size:12px;fill:#1f2328}
-svg .pt-label{font-size:11px;fill:#1e40af;font-weight:600}
-svg .series{fill:none;stroke-width:2.2}
-svg .front-line{stroke-width:1.6;opacity:.7}
-svg .pt{stroke:#fff;stroke-width:1}
-svg .winner-ring{fill:none;stroke-width:2.5}
-svg .slo{stroke:#dc2626;stroke-width:1.5;stroke-dasharray:5 4}
-svg .target{stroke:#6b7280;stroke-width:1.2;stroke-dasharray:3 3}
-svg .slo-label{font-size:11px;fill:#b91c1c}
-svg .bar-label{font-size:12px;fill:#1f2328}
-svg .bar-value{font-size:11px;fill:#fff;font-weight:600}
-svg .bar-stats{font-size:12px;fill:#374151}
-svg .bar-outline{fill:none;stroke:#9aa1a9}
+.empty{color:#59636e;text-align:center;padding:28px 0;margin:0}
 """
 
 
 def report_html(result: PlanResult, top: int = 15) -> str:
-    """The whole report as one HTML string (inline CSS and SVG, no scripts, no network)."""
+    """The whole report as one HTML page (inline CSS, plotly.js once, nothing from the network)."""
     spec = result.spec
     winner = result.winner
     rows = result.rows
     feasible = result.feasible
     shown = feasible if feasible else _leaders(result, top)
     pareto = [
-        pareto_plot(
-            rows,
-            "dollar_per_req_per_s",
-            "ttft_p90_s",
-            "min",
-            "Cost vs TTFT p90",
-            "$/h per req/s",
-            "TTFT p90 (s)",
-            winner,
-        ),
-        pareto_plot(
-            rows,
-            "dollar_per_req_per_s",
-            "tpot_p90_s",
-            "min",
-            "Cost vs TPOT p90",
-            "$/h per req/s",
-            "TPOT p90 (ms)",
-            winner,
-            y_factor=1e3,
-        ),
-        pareto_plot(
-            rows,
-            "dollar_per_req_per_s",
-            "joules_per_token",
-            "min",
-            "Cost vs energy",
-            "$/h per req/s",
-            "energy (J per output token)",
-            winner,
-        ),
-        pareto_plot(
-            rows,
-            "dollar_per_req_per_s",
-            "goodput_per_gpu",
-            "max",
-            "Goodput per GPU vs cost",
-            "$/h per req/s",
-            "goodput per GPU (req/s)",
-            winner,
-        ),
+        _card(
+            f"pareto:{COST}:{y}",
+            title,
+            fig := pareto_figure(rows, y, sense, ylabel, winner, factor),
+            f"{len(fig.data[0].x) + len(fig.data[1].x)} feasible candidates, "
+            f"{len(fig.data[1].x)} on this front; #k: rank by goodput per $/h. Hover a point for "
+            "its candidate; drag to zoom, double-click to reset."
+            if fig
+            else "",
+            "no feasible candidate to plot",
+        )
+        for y, sense, title, ylabel, factor in PARETO_VIEWS
     ]
     pair = _leaders(result, 2)
     when = (
@@ -811,30 +528,52 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         else "At each candidate's lightest probed rate (where it came nearest the SLO)."
     )
     cdfs = [
-        cdf_plot(pair, "ttft_cdf_s", spec.slo.ttft_s, spec.target, "TTFT", "TTFT (s)", note=when),
-        cdf_plot(
-            pair,
-            "tpot_cdf_s",
-            spec.slo.tpot_s,
-            spec.target,
-            "TPOT",
-            "TPOT (ms)",
-            x_factor=1e3,
-            note=when,
-        ),
+        _card(
+            f"cdf:{key}",
+            name,
+            latency_figure(pair, key, slo, spec.target, xlabel, factor),
+            when,
+            "no latency distribution recorded",
+        )
+        for key, name, slo, xlabel, factor in (
+            ("ttft_cdf_s", "TTFT", spec.slo.ttft_s, "TTFT (s)", 1.0),
+            ("tpot_cdf_s", "TPOT", spec.slo.tpot_s, "TPOT (ms)", 1e3),
+        )
     ]
     latency_title = (
         "Latency distributions: the winner and the runner-up"
         if feasible
         else "Latency distributions: the closest misses"
     )
-    leaders = _leaders(result, 5)
+    att, good = rate_figures(_leaders(result, 5), spec.target) or (None, None)
+    rates = [
+        _card(
+            "rate:attainment",
+            "SLO attainment vs request rate",
+            att,
+            "Each point is one simulated probe of the capacity search.",
+            "no probes",
+        ),
+        _card(
+            "rate:goodput",
+            "Goodput vs request rate",
+            good,
+            "Goodput = offered rate × attainment; the dashed diagonal is every request good.",
+            "no probes",
+        ),
+    ]
+    memory = _card(
+        "memory",
+        "Memory layout per device and utilisation",
+        memory_figure(_leaders(result, 8)),
+        "Predicted per-device memory of one replica at its KV cache sizing; busy = fraction of "
+        "time an iteration runs, KV used = mean share of the KV cache holding context (both at "
+        "capacity).",
+        "no memory layout recorded",
+    )
     title = f"servesim plan: {spec.model}"
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body><main>",
+        "<main>",
         f"<h1>{_esc(title)}</h1>",
         '<p class="sub">Which deployment meets the latency SLO at the lowest cost, predicted by '
         "simulating each candidate under the workload at increasing rates.</p>",
@@ -851,18 +590,17 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         "</section>",
         '<section id="pareto"><h2>Pareto fronts</h2>',
         '<p class="note">Every feasible candidate is drawn; those on the front of the two '
-        "objectives shown are blue, the dominated grey.</p>",
+        "objectives shown are blue, the dominated grey, the winner ringed in orange.</p>",
         f'<div class="grid2">{"".join(pareto)}</div></section>',
         f'<section id="latency"><h2>{latency_title}</h2>',
         f'<div class="grid2">{"".join(cdfs)}</div></section>',
         '<section id="rates"><h2>Goodput and attainment vs rate (top candidates)</h2>',
-        f'<div class="grid2">{"".join(rate_plots(leaders, spec.target))}</div></section>',
+        f'<div class="grid2">{"".join(rates)}</div></section>',
         '<section id="memory"><h2>Memory layout</h2>',
-        memory_plot(_leaders(result, 8)),
-        "</section>",
-        "</main></body></html>",
+        f"{memory}</section>",
+        "</main>",
     ]
-    return "\n".join(parts)
+    return page(title, "\n".join(parts), CSS)
 
 
 def write_report(result: PlanResult, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """Run plan evaluations in parallel: local worker processes by default, or a Ray cluster.
 
-Both runners call the same top-level `planner.evaluate(spec, candidate)` and hand each row to a
+Both runners call the same top-level `evaluate.evaluate(spec, candidate)` and hand each row to a
 callback the moment it is done (the plan streams it to its store), with a rich progress bar and
 ETA. Local workers die with the plan (even a SIGKILLed one); connecting to Ray is bounded in
 time, so a wrong address is one clear error rather than minutes of retries. Ray is an optional
@@ -32,7 +32,8 @@ from rich.progress import (
 )
 
 from servesim.errors import ServesimError
-from servesim.planner import Candidate, PlanSpec, evaluate
+from servesim.evaluate import evaluate
+from servesim.planner import Candidate, PlanSpec
 
 OnResult = Callable[[dict[str, Any]], None]
 

@@ -29,7 +29,8 @@ from servesim.records import RecordSink
 from servesim.replica import Replica
 from servesim.router import Router
 from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
-from servesim.workload import ClosedLoop, Workload
+from servesim.synthetic import ClosedLoop
+from servesim.workload import Workload
 
 HBM_SATURATION_SHARE = 0.5  # share of SMs that saturates HBM bandwidth with streaming kernels
 INTERFERENCE = 0.15  # bandwidth each lane loses to the other's concurrent traffic

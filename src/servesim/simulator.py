@@ -33,11 +33,13 @@ from servesim.parallel import Parallel
 from servesim.policies import Policy, PolicyState
 from servesim.predictor import Predictor
 from servesim.prefix import PrefixCache
+from servesim.profiled import ProfiledTiming
 from servesim.records import CHUNK_ROWS, RecordSink, RequestTable
 from servesim.replica import Replica, ReplicaConfig
 from servesim.router import ROUTERS, Migration, Router, check_router
+from servesim.synthetic import ClosedLoop
 from servesim.transfer import link_for
-from servesim.workload import ClosedLoop, Workload
+from servesim.workload import Workload
 
 INF = math.inf
 __all__ = ["ROUTERS", "Deployment", "SimResult", "simulate"]
@@ -63,6 +65,7 @@ class Deployment:
     prefix_caching: bool | None = None  # None: the engine's default (used when prompts have ids)
     migration: Migration | None = None  # Llumnix live migration between the replicas
     autoscaler: Autoscaler | None = None  # replicas added/removed over time; `replicas` at start
+    profiled: ProfiledTiming | None = None  # iteration costs measured here (a CPU engine)
 
     @property
     def num_devices(self) -> int:
@@ -102,6 +105,8 @@ class Deployment:
         A capacity search simulates the same replica many times; sharing the predictor keeps
         its memoised kernel times and dense-work tables across those runs.
         """
+        if self.profiled is not None:
+            return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (self.model, repr(self.device), self.parallel, self.engine, id(self.fit))
         pred = _PREDICTORS.get(key)
         if pred is None:
