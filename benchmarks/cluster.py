@@ -22,12 +22,13 @@ import json
 import sys
 import time
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.disagg import DisaggDeployment
 from servesim.metrics import Slo
 from servesim.model import load_model
 from servesim.router import Migration
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.trace import bundled_trace
 
 

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from servesim.deployment import Deployment
 from servesim.devices import Catalog
 from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.model import load_model
 from servesim.parallel import Parallel
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import ClosedLoop, Fixed
 
 ROOT = Path(__file__).resolve().parents[1]

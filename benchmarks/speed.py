@@ -17,9 +17,10 @@ import resource
 import sys
 import time
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.model import load_model
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.trace import bundled_trace
 
 

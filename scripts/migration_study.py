@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.model import load_model
 from servesim.router import Migration
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import LogNormal, synthetic
 
 

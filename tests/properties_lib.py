@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from servesim import records, simulator
+from servesim import deployment, records
 from servesim.autoscale import Autoscaler
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
@@ -41,7 +42,7 @@ from servesim.parallel import Parallel
 from servesim.policies import ClassSlo, LengthEstimator, Policy
 from servesim.router import ROUTERS, Migration
 from servesim.semipd import SemiPDController, SemiPDDeployment
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import ClosedLoop, Empirical
 from servesim.workload import Workload
 
@@ -542,6 +543,6 @@ def run_case(case: dict[str, Any], limit_s: float = 10.0) -> str | None:
     except ServesimError as exc:
         return error_kind(exc)
     except Hang:
-        simulator._PREDICTORS.clear()  # a predictor may have been cut mid-update
+        deployment._PREDICTORS.clear()  # a predictor may have been cut mid-update
         raise
     return None

@@ -9,13 +9,14 @@ import pytest
 from properties_lib import build, case_of, run_case
 
 from servesim.autoscale import Autoscaler, diurnal
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.errors import ServesimError
 from servesim.memory import weight_bytes_per_device
 from servesim.metrics import Slo
 from servesim.model import load_model
 from servesim.parallel import Parallel
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import synthetic
 from servesim.workload import Workload
 

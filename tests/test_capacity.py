@@ -10,6 +10,7 @@ from functools import cache
 import pytest
 
 from servesim.capacity import Capacity, find_capacity, service_rate
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.engine import get_engine
 from servesim.metrics import Slo
@@ -22,7 +23,7 @@ from servesim.planner import (
     WorkloadSpec,
     deployment_for,
 )
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import synthetic
 from servesim.workload import Workload
 

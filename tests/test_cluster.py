@@ -12,14 +12,16 @@ from properties_lib import time_limit
 from servesim.autoscale import Autoscaler
 from servesim.cli import main
 from servesim.cluster import Cluster
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.disagg import DisaggDeployment
 from servesim.metrics import ItlHistogram, Slo
 from servesim.model import load_model
 from servesim.policies import ClassSlo, Policy
+from servesim.pool import build_pool, prepare
 from servesim.router import Migration, Router
 from servesim.semipd import SemiPDController, SemiPDDeployment
-from servesim.simulator import Deployment, build_pool, prepare, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import ClosedLoop, Fixed, synthetic
 from servesim.trace import bundled_trace
 from servesim.workload import Workload

@@ -12,6 +12,7 @@ from properties_lib import case_of, run_case
 
 from servesim import disagg as D
 from servesim import placement
+from servesim.deployment import Deployment
 from servesim.devices import Device, get_device
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -19,7 +20,7 @@ from servesim.metrics import Slo
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import LogNormal, sharegpt_distserve, synthetic
 from servesim.transfer import Link, Network, link_for
 from servesim.workload import Workload

@@ -7,10 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.model import load_model
 from servesim.predictor import BatchShape
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import Fixed, synthetic
 from servesim.workload import Workload
 

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 from properties_lib import case_of, run_case, with_kv_tokens
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.policies import ClassSlo, LengthEstimator, LengthModel, Policy
-from servesim.simulator import Deployment, SimResult, simulate
+from servesim.result import SimResult
+from servesim.simulator import simulate
 from servesim.synthetic import LogNormal
 from servesim.trace import bundled_trace
 from servesim.workload import Workload, gamma_arrivals

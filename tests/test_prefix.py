@@ -7,12 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
 from servesim.model import load_model
 from servesim.prefix import PrefixCache
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.trace import bundled_trace
 from servesim.workload import Workload, poisson_arrivals
 

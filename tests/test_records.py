@@ -10,12 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import servesim.records as records
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.metrics import QUANTILE_REL_ERROR, ConservationError, ItlHistogram, Quantiles
 from servesim.model import load_model
+from servesim.pool import build_pool, prepare
 from servesim.records import SeriesRecorder
 from servesim.router import Migration
-from servesim.simulator import Deployment, _run_single, build_pool, prepare, simulate
+from servesim.simulator import _run_single, simulate
 from servesim.trace import bundled_trace
 from servesim.workload import Workload
 

@@ -7,11 +7,13 @@ from functools import cache
 import numpy as np
 import pytest
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.errors import ServesimError
 from servesim.model import load_model
+from servesim.result import SimResult
 from servesim.router import ROUTERS, Migration
-from servesim.simulator import Deployment, SimResult, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import LogNormal, synthetic
 from servesim.workload import Workload
 

@@ -10,14 +10,16 @@ from properties_lib import case_of, run_case, with_kv_tokens
 
 from servesim import placement
 from servesim.cluster import Cluster
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram, Slo
 from servesim.model import load_model
+from servesim.pool import build_pool, prepare
 from servesim.predictor import BatchShape, Predictor
 from servesim.router import Router
 from servesim.semipd import INTERFERENCE, SemiPDController, SemiPDDeployment, lane_device
-from servesim.simulator import Deployment, build_pool, prepare, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import LogNormal, synthetic
 from servesim.workload import Workload
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from properties_lib import time_limit, with_kv_tokens
 
+from servesim.deployment import Deployment
 from servesim.devices import get_device
 from servesim.engine import get_engine
 from servesim.errors import ServesimError
@@ -15,7 +16,7 @@ from servesim.metrics import ConservationError, check_conservation
 from servesim.model import load_model
 from servesim.parallel import Parallel
 from servesim.predictor import BatchShape
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import ClosedLoop, Fixed, synthetic
 from servesim.trace import bundled_trace
 from servesim.workload import Workload

@@ -39,6 +39,7 @@ import contextlib  # noqa: E402
 import engines  # noqa: E402
 
 from servesim import bench, cli, compare  # noqa: E402
+from servesim.deployment import Deployment  # noqa: E402
 from servesim.devices import Catalog, get_device  # noqa: E402
 from servesim.engine import EngineProfile  # noqa: E402
 from servesim.measured_engine import (  # noqa: E402
@@ -59,7 +60,7 @@ from servesim.profiled import (  # noqa: E402
     fit_forward_overhead,
     fit_iteration_model,
 )
-from servesim.simulator import Deployment, simulate  # noqa: E402
+from servesim.simulator import simulate  # noqa: E402
 from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
 from servesim.trace import bundled_trace  # noqa: E402
 from servesim.workload import Workload  # noqa: E402

@@ -36,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from servesim.deployment import Deployment
 from servesim.errors import ServesimError
 from servesim.metrics import Slo
-from servesim.simulator import Deployment, SimResult, simulate
+from servesim.result import SimResult
+from servesim.simulator import simulate
 from servesim.workload import Workload
 
 WARMUP_RESIDENCES = 1.0  # arrivals in the first R are warm-up (the batch fills and turns over)

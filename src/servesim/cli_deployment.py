@@ -92,10 +92,10 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
 
 def build_deployment(s: DeploymentSettings) -> Any:
     """A Deployment from validated settings (the model's own limits checked here)."""
+    from servesim.deployment import Deployment
     from servesim.kernels import KernelFit
     from servesim.model import load_model
     from servesim.parallel import Parallel
-    from servesim.simulator import Deployment
 
     device = catalog(s.devices).get(s.device)
     model = load_model(s.model)

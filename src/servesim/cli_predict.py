@@ -24,7 +24,6 @@ from servesim.config import (
     NonNegInt,
     PosInt,
 )
-from servesim.errors import ServesimError
 
 
 class PredictSettings(DeploymentSettings):
@@ -66,31 +65,6 @@ def add_predict_parser(sub: Any) -> None:
     )
 
 
-def check_batch(dep: Any, batch: Any, s: PredictSettings) -> None:
-    """Refuse a batch the engine would never run: more sequences or tokens than its limits, or
-    more context than its KV cache holds (checked before anything is priced or allocated)."""
-    seqs, budget, chunked = dep.batching()
-    mem = dep.memory()
-    context = batch.decode_context + sum(n + c for n, c in batch.prefill)
-    if context > mem.kv_tokens:
-        raise ServesimError(
-            f"The batch needs {context:,} tokens of KV cache but the cache of {dep.model.name} "
-            f"on {dep.label()} holds {mem.kv_tokens:,}; give fewer or shorter sequences, or "
-            "more devices per replica."
-        )
-    if batch.num_seqs > seqs:
-        raise ServesimError(
-            f"The batch has {batch.num_seqs:,} sequences but the engine runs at most {seqs:,} "
-            f"({s.spell('max_num_seqs')}); raise {s.spell('max_num_seqs')} or give fewer."
-        )
-    if chunked and batch.num_tokens > budget:
-        raise ServesimError(
-            f"The batch has {batch.num_tokens:,} new tokens but the engine schedules at most "
-            f"{budget:,} per iteration ({s.spell('max_num_batched_tokens')}); raise it, or "
-            "price a smaller chunk."
-        )
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """Price one batch and print its per-operator breakdown."""
     from servesim.predictor import BatchShape
@@ -99,7 +73,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     dep = build_deployment(s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
-    check_batch(dep, batch, s)
+    dep.check_batch(batch, s.spell)
     mem = dep.memory()
     pred = dep.predictor()
     cost = pred.iteration(batch, breakdown=True)

@@ -19,11 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from servesim.cluster import Cluster, KvPath
+from servesim.deployment import Deployment
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram
+from servesim.pool import build_pool, prepare
 from servesim.records import RecordSink
+from servesim.result import SimResult, result
 from servesim.router import Router
-from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
 from servesim.synthetic import ClosedLoop
 from servesim.transfer import Link, link_for
 from servesim.workload import Workload

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from servesim.deployment import Deployment
 from servesim.devices import Device
 from servesim.engine import EngineProfile
 from servesim.errors import ServesimError
 from servesim.model import ModelSpec
 from servesim.profiled import ForwardOverhead, IterationModel, OpTables, ProfiledTiming
-from servesim.simulator import Deployment, simulate
+from servesim.simulator import simulate
 from servesim.synthetic import ClosedLoop
 from servesim.workload import Workload
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from servesim.capacity import find_capacity
+from servesim.deployment import Deployment
 from servesim.disagg import DisaggDeployment
 from servesim.errors import ServesimError
 from servesim.metrics import Slo
 from servesim.parallel import Parallel
-from servesim.simulator import Deployment, SimResult
+from servesim.result import SimResult
 from servesim.transfer import Link
 from servesim.workload import Workload
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from servesim.deployment import Deployment
 from servesim.devices import Catalog, catalog
 from servesim.disagg import DisaggDeployment
 from servesim.engine import get_engine
@@ -27,7 +28,6 @@ from servesim.memory import memory_layout
 from servesim.metrics import Slo
 from servesim.model import ModelSpec, load_model
 from servesim.parallel import Parallel
-from servesim.simulator import Deployment
 from servesim.synthetic import parse_length, synthetic
 from servesim.workload import Workload
 

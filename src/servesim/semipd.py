@@ -21,14 +21,16 @@ from typing import Any
 import numpy as np
 
 from servesim.cluster import Cluster
+from servesim.deployment import Deployment
 from servesim.devices import Device
 from servesim.errors import ServesimError
 from servesim.metrics import ItlHistogram, Slo
+from servesim.pool import build_pool, prepare
 from servesim.predictor import Predictor
 from servesim.records import RecordSink
 from servesim.replica import Replica
+from servesim.result import SimResult, result
 from servesim.router import Router
-from servesim.simulator import Deployment, SimResult, build_pool, prepare, result
 from servesim.synthetic import ClosedLoop
 from servesim.workload import Workload
 
