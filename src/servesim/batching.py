@@ -1,0 +1,320 @@
+"""Batch formation of the default schedulers (vLLM V1 and SGLang styles): which prefills join the
+next iteration under the token budget, max_num_seqs and free KV blocks, chunking, prefix-cache
+reuse, and recompute preemption when a decode step cannot get a block.
+"""
+
+from __future__ import annotations
+
+
+def _chunk_fit(entry: list[int], budget: int, free: int, bs: int) -> tuple[int, int]:
+    """(tokens, new blocks) of a partial prefill's next chunk: at most `budget` tokens, cut to
+    what `free` blocks hold. `entry` is [rid, done, target, held blocks, shared tokens]."""
+    _, done, target, held, shared = entry
+    n = min(target - done, budget)
+    extra = -(-(done + n - shared) // bs) - held
+    if extra > free:
+        n = min(n, (held + free) * bs + shared - done)
+        extra = -(-(done + n - shared) // bs) - held if n > 0 else 0
+    return n, extra
+
+
+class BatchFormation:
+    """The default scheduler's part of `Replica`: forms and commits prefill-carrying iterations."""
+
+    __slots__ = ()
+
+    def _admit_incoming(self) -> None:
+        """Join requests whose KV arrived (disaggregation, migration) at this step boundary."""
+        while self.incoming:
+            rid, cached, t_tok, reserved, in_order = self.incoming.popleft()
+            self.fixed_blocks -= reserved
+            self._join(rid, cached, t_tok)
+            if in_order:
+                self._place_by_arrival(rid)
+
+    def _place_by_arrival(self, rid: int) -> None:
+        """Move a request that just joined (last in `join_order`) behind the last running
+        request that arrived before it, so it is preempted in its arrival order."""
+        order, off = self.join_order, self.off
+        arrival = self.table.arrival_s
+        t = arrival[rid]
+        i = len(order) - 1
+        while i > 0 and (order[i - 1] not in off or arrival[order[i - 1]] > t):
+            i -= 1
+        if i < len(order) - 1:
+            order.pop()
+            order.insert(i, rid)
+
+    def _reserve_decode_blocks(self, slack: int) -> int:
+        """Preempt until the decode group's next step fits; returns blocks it will hold.
+
+        When an upper bound on the group's blocks leaves `slack` blocks free, the bound is
+        returned without the exact count: no admission decision can depend on the difference.
+        """
+        cap = self.kv_blocks
+        n, bs = len(self.off), self.cfg.block_size
+        upper = (self.off_sum + n * (self.G + bs)) // bs
+        if upper + self.fixed_blocks + slack <= cap:
+            return upper
+        while self.off:
+            need = self.blocks.blocks_at(self.G + 1)
+            if need + self.fixed_blocks <= cap:
+                return need
+            self._preempt_one()
+        return 0
+
+    def _start_mixed(self) -> bool:
+        """Form an iteration with prefill tokens (and decodes when mixing); False if none fit."""
+        cfg = self.cfg
+        bs = cfg.block_size
+        off = self.off
+        prefilling = self.prefilling
+        budget = cfg.max_num_batched_tokens
+        if cfg.mixed_batches:
+            n_dec = len(off)
+            if n_dec:
+                slack = budget // bs + len(prefilling) + 2
+                free = self.kv_blocks - self._reserve_decode_blocks(slack) - self.fixed_blocks
+                n_dec = len(off)  # reserving may have preempted some
+            else:
+                free = self.kv_blocks - self.fixed_blocks
+            budget -= n_dec
+        else:
+            n_dec = 0
+            held = self.blocks.blocks_at(self.G + 1) if off else 0
+            free = self.kv_blocks - held - self.fixed_blocks
+        chunks: list[tuple[list[int], int]] = []  # (prefilling entry, new tokens)
+        shapes: list[tuple[int, int]] = []
+        new_blocks = 0
+        for entry in prefilling:
+            if budget <= 0:
+                break
+            done, held = entry[1], entry[3]
+            n, extra = _chunk_fit(entry, budget, free, bs)
+            if n <= 0:
+                continue
+            free -= extra
+            budget -= n
+            entry[3] = held + extra
+            new_blocks += extra
+            chunks.append((entry, n))
+            shapes.append((n, done))
+        waiting = self.waiting
+        if waiting and self.prefix is not None:
+            budget, new_blocks = self._admit_with_prefix(budget, free, new_blocks, chunks, shapes)
+        elif waiting:
+            tab = self.table
+            seqs = len(off) + len(prefilling)  # decoding requests hold slots in every engine
+            while waiting and budget > 0 and seqs < cfg.max_num_seqs:
+                rid = waiting[0]
+                target = tab.prompt_tokens[rid] + tab.generated[rid]
+                if target > budget and not cfg.chunked_prefill:
+                    break
+                n = target if target < budget else budget
+                need = -(-n // bs)
+                if need > free:
+                    break
+                waiting.popleft()
+                self.queued_tokens -= target
+                if tab.scheduled_s[rid] < 0:
+                    tab.scheduled_s[rid] = self.now
+                free -= need
+                budget -= n
+                new_blocks += need
+                entry = [rid, 0, target, need, 0]
+                chunks.append((entry, n))
+                prefilling.append(entry)
+                shapes.append((n, 0))
+                seqs += 1
+        if not chunks:
+            return False
+        self.fixed_blocks += new_blocks
+        context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
+        dt = self.pred.step_s(n_dec, context, shapes)
+        # Busy work of the iteration, priced in bulk at the end (`total_work_s`).
+        self.mixed_shapes.append(
+            (cfg.max_num_batched_tokens - budget) << 20 | (n_dec + len(chunks))
+        )
+        if self.stall_s:
+            dt += self.stall_s
+            self.stall_s = 0.0
+        self._mixed = (self.now, dt, n_dec, chunks)
+        self.next_t = self.now + dt
+        return True
+
+    def _admit_with_prefix(
+        self,
+        budget: int,
+        free: int,
+        new_blocks: int,
+        chunks: list[tuple[list[int], int]],
+        shapes: list[tuple[int, int]],
+    ) -> tuple[int, int]:
+        """`_start_mixed`'s FCFS admission when a prefix cache serves leading prompt blocks:
+        a prompt's cached blocks are pinned and only the rest is computed, attending to them.
+        Returns the token budget and the new blocks left after admitting."""
+        cfg, tab, prefix, waiting = self.cfg, self.table, self.prefix, self.waiting
+        bs = cfg.block_size
+        seqs = len(self.off) + len(self.prefilling)
+        while waiting and budget > 0 and seqs < cfg.max_num_seqs:
+            rid = waiting[0]
+            target = tab.prompt_tokens[rid] + tab.generated[rid]
+            k, pin = self._prefix_lookup(rid, target, free)
+            shared = k * prefix.block_tokens
+            todo = target - shared
+            if todo > budget and not cfg.chunked_prefill:
+                break
+            n = todo if todo < budget else budget
+            need = -(-n // bs)
+            if need + pin > free:
+                break
+            waiting.popleft()
+            self._pin(rid, k, target)
+            free -= pin + need
+            self.queued_tokens -= target
+            if tab.scheduled_s[rid] < 0:
+                tab.scheduled_s[rid] = self.now
+            budget -= n
+            new_blocks += need
+            entry = [rid, shared, target, need, shared]
+            chunks.append((entry, n))
+            self.prefilling.append(entry)
+            shapes.append((n, shared))
+            seqs += 1
+        return budget, new_blocks
+
+    def _commit_mixed(self, done: list[int]) -> None:
+        t0, dt, n_dec, chunks = self._mixed
+        self._mixed = None
+        end = t0 + dt
+        if self.lagged:
+            self.iter_start = t0
+        self.now = end
+        self.busy_s += dt
+        self.iterations += 1
+        tab = self.table
+        if n_dec:
+            self._decode_gaps(end)
+            self.G += 1
+            self.last_decode_end = end
+            self._pop_finished(end, done)
+        finished = False
+        for entry, n in chunks:
+            entry[1] += n
+            if entry[1] >= entry[2]:
+                finished = True
+        if not finished:
+            return
+        still: list[list[int]] = []
+        for entry in self.prefilling:
+            if entry[1] < entry[2]:
+                still.append(entry)
+                continue
+            rid, _, target, held, shared = entry
+            self.attn_pairs += 0.5 * (target * (target + 1.0) - shared * (shared + 1.0))
+            if self.prefix is not None:
+                shared = self._prefix_insert(rid, shared, target)
+                private = -(-(target - shared) // self.cfg.block_size)
+                self.fixed_blocks += private - held  # computed prompt blocks are now shared
+                held = private
+            if tab.first_token_s[rid] < 0:
+                tab.first_token_s[rid] = end
+            tab.generated[rid] += 1
+            if tab.generated[rid] >= tab.output_tokens[rid]:
+                self.fixed_blocks -= held
+                if self.pins:
+                    self._unpin(rid)
+                tab.finish_s[rid] = end
+                self.outstanding_tokens -= self._load_of(rid)
+                done.append(rid)
+            elif self.hands_off:
+                self.held[rid] = held
+                self.handoff.append(rid)
+            else:
+                self.fixed_blocks -= held
+                self._join(rid, target, end, shared)
+        self.prefilling = still
+
+    def _load_of(self, rid: int) -> int:
+        """The tokens a request that leaves or finishes here added to `outstanding_tokens`:
+        what was left of it when it was attached, else its prompt and output."""
+        if self.attached_load and rid in self.attached_load:
+            return self.attached_load.pop(rid)
+        return int(self.table.prompt_tokens[rid] + self.table.output_tokens[rid])
+
+    def head_tokens(self) -> int:
+        """Tokens the head-of-line queued request needs (call only with a queue)."""
+        return self._recompute_tokens(self.waiting[0])
+
+    def _recompute_tokens(self, rid: int) -> int:
+        """Tokens a queued request prefills when admitted: its prompt, plus the tokens it had
+        generated before a preemption (vLLM recomputes them all, the last one included, and
+        samples the next: the cache then holds prompt + generated − 1 tokens, as when it
+        decodes)."""
+        return self.table.prompt_tokens[rid] + self.table.generated[rid]
+
+    def _preempt_one(self) -> bool:
+        """Preempt a running request (vLLM: the most recently admitted; else the policy's
+        least urgent) to free blocks."""
+        if self.ps is not None:
+            return self._preempt_victim(None) is not None
+        order, off, tab = self.join_order, self.off, self.table
+        while order:
+            rid = order.pop()
+            if rid in off:
+                cached = self._leave(rid)
+                if self.pins:
+                    self._unpin(rid)
+                tab.generated[rid] = cached - tab.prompt_tokens[rid] + 1
+                tab.preemptions[rid] += 1
+                self.waiting.appendleft(rid)
+                self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
+                return True
+        if self.prefilling:
+            rid, _, _, blocks, _ = self.prefilling.pop()
+            self.fixed_blocks -= blocks
+            if self.pins:
+                self._unpin(rid)
+            tab.preemptions[rid] += 1
+            self.waiting.appendleft(rid)
+            self.queued_tokens += self._recompute_tokens(rid)
+            return True
+        return False
+
+    # ---- prefix cache --------------------------------------------------------------------
+    def _prefix_lookup(self, rid: int, target: int, free: int) -> tuple[int, int]:
+        """Leading cached hash blocks usable by a prompt of `target` tokens, after evicting
+        what no longer fits in `free` blocks; returns (blocks matched, pages to pin)."""
+        pc = self.prefix
+        pc.evict_to(max(0, free))
+        return pc.lookup(self.hashes[rid], (target - 1) // pc.block_tokens)  # compute ≥ 1 token
+
+    def _pin(self, rid: int, k: int, target: int) -> None:
+        pc = self.prefix
+        self.fixed_blocks += pc.acquire(self.hashes[rid][:k])
+        self.pins[rid] = k
+        tab = self.table
+        if tab.scheduled_s[rid] < 0:  # count each prompt once, at its first admission
+            pc.lookup_tokens += tab.prompt_tokens[rid]
+            pc.hit_tokens += k * pc.block_tokens
+            tab.cached_tokens[rid] = k * pc.block_tokens
+
+    def _unpin(self, rid: int) -> None:
+        k = self.pins.pop(rid, 0)
+        if k:
+            self.fixed_blocks -= self.prefix.release(self.hashes[rid][:k])
+
+    def _prefix_insert(self, rid: int, shared: int, target: int) -> int:
+        """Cache the full prompt blocks a finished prefill computed; returns the prefix tokens
+        it now reads from pinned blocks (its private blocks shrink by as much)."""
+        pc = self.prefix
+        k = self.pins.get(rid, 0)
+        full = min(len(self.hashes[rid]), self.table.prompt_tokens[rid] // pc.block_tokens)
+        if full <= k:
+            return shared
+        added = pc.insert(self.hashes[rid][k:full])
+        if not added:
+            return shared
+        self.pins[rid] = k + added
+        self.fixed_blocks += added * pc.entry_blocks
+        return (k + added) * pc.block_tokens
