@@ -22,14 +22,14 @@ import json
 import sys
 import time
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.disagg import DisaggDeployment
-from servesim.metrics import Slo
-from servesim.model import load_model
-from servesim.router import Migration
-from servesim.simulator import simulate
-from servesim.trace import bundled_trace
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.metrics import Slo
+from servesim.sim.router import Migration
+from servesim.sim.simulate import simulate
+from servesim.sim.traces import bundled_trace
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@
 
 For each device's tables, the "devices already fitted" are a full calibration on half of the
 shape groups (GEMM (n, k); attention heads and KV dtype) and the "unseen device" is the other
-half: k random measurements of it fit its efficiency factors (`servesim.fewshot`), and the error
-is the median absolute percentage error on all its other measurements, over `--repeats` draws.
+half: k random measurements of it fit its efficiency factors (`servesim.predictor.fewshot`),
+and the error is the median absolute percentage error on all its other measurements, over
+`--repeats` draws.
 With `--tables` and `--cross`, the prior is the bundled H100 fit instead and the whole folder is
 the unseen device (a real transfer, e.g. a CPU profiled with `servesim profile`). The last line
 printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devices pooled).
@@ -25,9 +26,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from servesim import fewshot  # noqa: E402
-from servesim.devices import Catalog  # noqa: E402
-from servesim.kernels import default_fit  # noqa: E402
+from servesim.predictor import fewshot  # noqa: E402
+from servesim.predictor.roofline import default_fit  # noqa: E402
+from servesim.spec.devices import Catalog  # noqa: E402
 
 KS = (0, 3, 5, 10)
 

@@ -25,9 +25,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from servesim import calibrate  # noqa: E402
-from servesim.devices import get_device  # noqa: E402
-from servesim.kernels import default_fit  # noqa: E402
+from servesim.predictor import calibrate  # noqa: E402
+from servesim.predictor.roofline import default_fit  # noqa: E402
+from servesim.spec.devices import get_device  # noqa: E402
 
 GOAL = {"median": 5.0, "p90": 15.0}
 GOAL_FAMILIES = ("gemm", "attention_prefill", "attention_decode", "allreduce")

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from servesim.melange import (
+from servesim.planner.candidates import PlanSpec, WorkloadSpec, catalog_for
+from servesim.planner.melange import (
     best_single_type,
     bucket_workload,
     capacities_from_simulator,
@@ -28,8 +29,7 @@ from servesim.melange import (
     solve_mix,
     verify_mix,
 )
-from servesim.metrics import Slo
-from servesim.planner import PlanSpec, WorkloadSpec, catalog_for
+from servesim.sim.metrics import Slo
 
 PROMPT_EDGES = [0, 1500, np.inf]
 OUTPUT_EDGES = [0, 250, np.inf]

@@ -5,7 +5,7 @@
 Writes a generic trace (arrival_s, prompt_tokens, output_tokens) to a temporary folder: Poisson
 arrivals at `--rate` (25 req/s, about what one H100 sustains for Llama-3.1-8B at these lengths),
 prompts lognormal around 700 tokens (16-8,000), outputs lognormal around 180 (8-2,000). Then runs
-`python -m servesim.cli simulate --trace FILE --out DIR` (Llama-3.1-8B on one H100, the
+`python -m servesim.cli.main simulate --trace FILE --out DIR` (Llama-3.1-8B on one H100, the
 defaults) and prints its peak resident memory (getrusage of the child), the wall time of the
 whole command and the simulated requests per second of its loop (from summary.json). The last
 line is one JSON object. Goal: 10,000,000 requests in under 1 GB (about 3 minutes).
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         write_trace(trace, args.requests, args.rate)
         print(f"trace: {args.requests:,} requests in {time.perf_counter() - t0:.1f} s ({trace})")
-        cmd = [sys.executable, "-m", "servesim.cli", "simulate", "--trace", str(trace)]
+        cmd = [sys.executable, "-m", "servesim.cli.main", "simulate", "--trace", str(trace)]
         cmd += ["--out", str(out)]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())

@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 
-from servesim.metrics import Slo
-from servesim.plan import run_plan
-from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
+from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
+from servesim.planner.plan import run_plan
+from servesim.sim.metrics import Slo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from servesim.deployment import Deployment
-from servesim.devices import Catalog
-from servesim.disagg import DisaggDeployment
-from servesim.engine import get_engine
 from servesim.errors import ServesimError
-from servesim.model import load_model
-from servesim.parallel import Parallel
-from servesim.simulator import simulate
-from servesim.synthetic import ClosedLoop, Fixed
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import ClosedLoop, Fixed
+from servesim.spec.devices import Catalog
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"

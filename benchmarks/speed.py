@@ -17,11 +17,11 @@ import resource
 import sys
 import time
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.model import load_model
-from servesim.simulator import simulate
-from servesim.trace import bundled_trace
+from servesim.sim.deployment import Deployment
+from servesim.sim.simulate import simulate
+from servesim.sim.traces import bundled_trace
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 
 def peak_rss_mb() -> float:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.model import load_model
-from servesim.router import Migration
-from servesim.simulator import simulate
-from servesim.synthetic import LogNormal, synthetic
+from servesim.sim.deployment import Deployment
+from servesim.sim.router import Migration
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import LogNormal, synthetic
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 
 def main() -> None:

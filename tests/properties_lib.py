@@ -29,22 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from servesim import deployment, records
-from servesim.autoscale import Autoscaler
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.disagg import DisaggDeployment
-from servesim.engine import get_engine
 from servesim.errors import ServesimError
-from servesim.metrics import Slo
-from servesim.model import load_model
-from servesim.parallel import Parallel
-from servesim.policies import ClassSlo, LengthEstimator, Policy
-from servesim.router import ROUTERS, Migration
-from servesim.semipd import SemiPDController, SemiPDDeployment
-from servesim.simulator import simulate
-from servesim.synthetic import ClosedLoop, Empirical
-from servesim.workload import Workload
+from servesim.sim import deployment, records
+from servesim.sim.autoscale import Autoscaler
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.metrics import Slo
+from servesim.sim.policies import ClassSlo, LengthEstimator, Policy
+from servesim.sim.router import ROUTERS, Migration
+from servesim.sim.semipd import SemiPDController, SemiPDDeployment
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import ClosedLoop, Empirical
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
 
 MODELS = (
     "meta-llama/Llama-3.1-8B",

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 from properties_lib import build, case_of, run_case
 
-from servesim.autoscale import Autoscaler, diurnal
-from servesim.deployment import Deployment
-from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.memory import weight_bytes_per_device
-from servesim.metrics import Slo
-from servesim.model import load_model
-from servesim.parallel import Parallel
-from servesim.simulator import simulate
-from servesim.synthetic import synthetic
-from servesim.workload import Workload
+from servesim.sim.autoscale import Autoscaler, diurnal
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import Slo
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import synthetic
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.memory import weight_bytes_per_device
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

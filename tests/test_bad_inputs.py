@@ -1,7 +1,7 @@
 """Every command × every kind of bad input: exit status 2, one line on stderr, no traceback,
 nothing written where the outputs would go and no file of the user's touched.
 
-The table runs the commands in-process through `servesim.cli.main` (fast); a few cases run
+The table runs the commands in-process through `servesim.cli.main.main` (fast); a few cases run
 through a real subprocess as a user would.
 """
 
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from servesim.cli import main
+from servesim.cli.main import main
 
 Argv = list[str]
 USER_TEXT = "a user's notes: keep me\n"
@@ -351,7 +351,7 @@ def test_a_real_process_exits_2_with_one_line(args: Argv, needle: str, tmp_path:
     argv = [a.replace("{out}", str(tmp_path / "out")) for a in args]
     src = str(Path(servesim.__file__).resolve().parents[1])
     done = subprocess.run(
-        [sys.executable, "-m", "servesim.cli", *argv],
+        [sys.executable, "-m", "servesim.cli.main", *argv],
         capture_output=True,
         text=True,
         timeout=120,

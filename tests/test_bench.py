@@ -13,11 +13,12 @@ pytest.importorskip("aiohttp")
 
 from fakeserver import BOS, MODES, SLOW_FIRST_S, TOKEN_GAP_S, FakeServer
 
-from servesim import bench, cli_measure, compare
+from servesim.cli import measure as cli_measure
 from servesim.errors import ServesimError
-from servesim.metrics import read_parquet, write_parquet
-from servesim.synthetic import ClosedLoop
-from servesim.workload import Workload
+from servesim.measure import bench, compare
+from servesim.sim.metrics import read_parquet, write_parquet
+from servesim.sim.synthetic import ClosedLoop
+from servesim.sim.workload import Workload
 
 MODE_WORDS = {mode: words for words, mode in MODES.items()}
 
@@ -245,7 +246,7 @@ def _bench(url: str, tmp_path, *extra: str) -> list[str]:
 def test_bench_exits_1_with_one_sentence_when_every_request_failed(tmp_path, capsys):
     """Nothing listens on the port: every request fails, the outputs are still written, and
     the exit status is 1 with one sentence saying so (not 0, not a bad-input 2)."""
-    from servesim.cli import main
+    from servesim.cli.main import main
 
     code = main(_bench(f"http://127.0.0.1:{_free_port()}", tmp_path))
     err = capsys.readouterr().err
@@ -258,7 +259,7 @@ def test_bench_exits_1_with_one_sentence_when_every_request_failed(tmp_path, cap
 def test_bench_summary_shows_only_what_a_measurement_knows(server, tmp_path, capsys):
     """A measured run prints latencies, throughput and SLO attainment, and no simulator-only
     rows (batch size, KV-cache use, preemptions, devices, energy, queueing) as zeros."""
-    from servesim.cli import main
+    from servesim.cli.main import main
 
     assert main(_bench(server.url, tmp_path)) == 0
     out = capsys.readouterr().out

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servesim import calibrate, kernels
-from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.kernels import KernelFit, default_fit
+from servesim.predictor import calibrate, roofline
+from servesim.predictor.roofline import KernelFit, default_fit
+from servesim.spec.devices import get_device
 
 REPO = Path(__file__).resolve().parents[1]
 AIC = REPO / "data" / "aic" / "h100_sxm"
@@ -149,7 +149,7 @@ def test_unknown_gemm_dtypes_are_skipped(tmp_path):
 
 
 def test_priors_define_every_parameter():
-    for fam, names in kernels.PARAM_NAMES.items():
+    for fam, names in roofline.PARAM_NAMES.items():
         assert set(calibrate.PRIORS[fam]) == set(names), fam
         free = calibrate.FREE.get(fam, calibrate.FREE["nccl"] if fam.startswith("nccl") else {})
         assert set(free) <= set(names), fam

@@ -9,23 +9,23 @@ from functools import cache
 
 import pytest
 
-from servesim.capacity import Capacity, find_capacity, service_rate
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.engine import get_engine
-from servesim.metrics import Slo
-from servesim.model import load_model
-from servesim.plan import run_plan
-from servesim.planner import (
+from servesim.planner.candidates import (
     Candidate,
     PlanSpec,
     SearchSpace,
     WorkloadSpec,
     deployment_for,
 )
-from servesim.simulator import simulate
-from servesim.synthetic import synthetic
-from servesim.workload import Workload
+from servesim.planner.capacity import Capacity, find_capacity, service_rate
+from servesim.planner.plan import run_plan
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import Slo
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import synthetic
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
 
 LLAMA8 = "meta-llama/Llama-3.1-8B"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from servesim.cli import main
+from servesim.cli.main import main
 from servesim.errors import ServesimError
-from servesim.metrics import read_parquet
+from servesim.sim.metrics import read_parquet
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -142,7 +142,7 @@ def test_malformed_trace_row_names_the_line(tmp_path: Path, capsys) -> None:
 def test_devices_and_models_list(capsys) -> None:
     """`models` tables only the configs servesim can use and lists the others apart, each
     with the reason it refuses them."""
-    from servesim.model import bundled_models, load_model
+    from servesim.spec.model import bundled_models, load_model
 
     assert run(["devices"], capsys)[0] == 0
     code, out, _ = run(["models"], capsys)
@@ -199,7 +199,7 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_plan_workers_die_with_a_killed_plan(tmp_path: Path) -> None:
     """SIGKILL a plan while its two local workers search: neither outlives it."""
-    args = [sys.executable, "-m", "servesim.cli", "plan", "--model", "meta-llama/Llama-3.1-8B"]
+    args = [sys.executable, "-m", "servesim.cli.main", "plan", "--model", "meta-llama/Llama-3.1-8B"]
     args += ["--gpus", "h100_sxm,l40s", "--tp", "1,2", "--engines", "vllm", "--pd-ratios", "none"]
     args += ["--batching", "64:2048,256:8192", "--num-requests", "300", "--workers", "2"]
     args += ["--out", str(tmp_path / "plan")]
@@ -239,7 +239,12 @@ def test_plan_exits_1_but_writes_its_outputs_when_nothing_is_feasible(tmp_path: 
 def test_every_flag_is_a_validated_setting_and_help_works(capsys) -> None:
     """Each command's flags map one to one onto its pydantic settings (so none bypasses
     validation), and `--help` of every command prints and exits 0."""
-    from servesim import cli, cli_calibrate, cli_measure, cli_plan, cli_predict, cli_simulate
+    from servesim.cli import calibrate as cli_calibrate
+    from servesim.cli import main as cli
+    from servesim.cli import measure as cli_measure
+    from servesim.cli import plan as cli_plan
+    from servesim.cli import predict as cli_predict
+    from servesim.cli import simulate as cli_simulate
 
     models = {
         "simulate": cli_simulate.SimulateSettings,
@@ -266,8 +271,8 @@ def test_every_flag_is_a_validated_setting_and_help_works(capsys) -> None:
 
 def test_file_settings_sit_between_defaults_and_flags(tmp_path: Path) -> None:
     """Defaults < file < flags, with every value validated wherever it came from."""
-    from servesim import config
-    from servesim.cli_simulate import SimulateSettings
+    from servesim.cli import settings as config
+    from servesim.cli.simulate import SimulateSettings
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("tp: 2\nrate: 3\nchunked_prefill: false\nnum-requests: 50\n")
@@ -280,7 +285,7 @@ def test_file_settings_sit_between_defaults_and_flags(tmp_path: Path) -> None:
 
 
 def test_disk_errors_while_writing_become_one_sentence(tmp_path: Path) -> None:
-    from servesim import config
+    from servesim.cli import settings as config
 
     with (
         pytest.raises(ServesimError, match=r"Cannot write the outputs of --out .*No space left"),

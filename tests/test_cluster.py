@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 from properties_lib import time_limit
 
-from servesim.autoscale import Autoscaler
-from servesim.cli import main
-from servesim.cluster import Cluster
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.disagg import DisaggDeployment
-from servesim.metrics import ItlHistogram, Slo
-from servesim.model import load_model
-from servesim.policies import ClassSlo, Policy
-from servesim.pool import build_pool, prepare
-from servesim.router import Migration, Router
-from servesim.semipd import SemiPDController, SemiPDDeployment
-from servesim.simulator import simulate
-from servesim.synthetic import ClosedLoop, Fixed, synthetic
-from servesim.trace import bundled_trace
-from servesim.workload import Workload
+from servesim.cli.main import main
+from servesim.sim.autoscale import Autoscaler
+from servesim.sim.cluster import Cluster
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.metrics import ItlHistogram, Slo
+from servesim.sim.policies import ClassSlo, Policy
+from servesim.sim.pool import build_pool, prepare
+from servesim.sim.router import Migration, Router
+from servesim.sim.semipd import SemiPDController, SemiPDDeployment
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import ClosedLoop, Fixed, synthetic
+from servesim.sim.traces import bundled_trace
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
@@ -128,7 +128,7 @@ def test_summary_reports_slo_attainment_over_time_when_autoscaled() -> None:
 def test_a_migrated_request_resumes_where_it_stopped() -> None:
     """Claim: detaching a decoding request and attaching it elsewhere keeps its progress: it
     generates only its remaining tokens on the new replica."""
-    from servesim.workload import Workload
+    from servesim.sim.workload import Workload
 
     w = Workload(np.array([0.0]), np.array([1000]), np.array([200]))
     req = prepare(w, None, "round_robin")

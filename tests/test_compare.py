@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
-from servesim import cli_measure, compare
+from servesim.cli import measure as cli_measure
 from servesim.errors import ServesimError
-from servesim.metrics import add_derived, write_parquet, write_summary
-from servesim.plots import cdf_figure, cdf_html, ecdf
+from servesim.measure import compare
+from servesim.report.plots import cdf_figure, cdf_html, ecdf
+from servesim.sim.metrics import add_derived, write_parquet, write_summary
 
 
 def _cols(ttft: list[float], tpot: float, out: int = 11) -> dict[str, np.ndarray]:
@@ -122,7 +123,7 @@ def test_cli_compare_writes_table_and_plot(tmp_path):
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from servesim.cli import main
+    from servesim.cli.main import main
 
     code = main(args)
     out, err = capsys.readouterr()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from servesim.devices import Catalog, Device, get_device
 from servesim.errors import ServesimError
+from servesim.spec.devices import Catalog, Device, get_device
 
 REQUIRED_NAMES = [
     "h100_sxm",

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from properties_lib import case_of, run_case
 
-from servesim import disagg as D
-from servesim import placement
-from servesim.deployment import Deployment
-from servesim.devices import Device, get_device
-from servesim.engine import get_engine
 from servesim.errors import ServesimError
-from servesim.metrics import Slo
-from servesim.model import load_model
-from servesim.parallel import Parallel
-from servesim.predictor import BatchShape
-from servesim.simulator import simulate
-from servesim.synthetic import LogNormal, sharegpt_distserve, synthetic
-from servesim.transfer import Link, Network, link_for
-from servesim.workload import Workload
+from servesim.planner import placement
+from servesim.predictor.iteration import BatchShape
+from servesim.sim import disagg as D
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import Slo
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import LogNormal, sharegpt_distserve, synthetic
+from servesim.sim.transfer import Link, Network, link_for
+from servesim.sim.workload import Workload
+from servesim.spec.devices import Device, get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

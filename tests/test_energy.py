@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.model import load_model
-from servesim.predictor import BatchShape
-from servesim.simulator import simulate
-from servesim.synthetic import Fixed, synthetic
-from servesim.workload import Workload
+from servesim.predictor.iteration import BatchShape
+from servesim.sim.deployment import Deployment
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import Fixed, synthetic
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

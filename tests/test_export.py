@@ -12,17 +12,17 @@ import pytest
 import yaml
 
 from servesim.errors import ServesimError
-from servesim.export import (
+from servesim.planner.candidates import Candidate, PlanSpec, WorkloadSpec
+from servesim.planner.plan import PlanResult
+from servesim.planner.sizing import Sizing
+from servesim.report.export import (
     k8s_manifest,
     launch_notes,
     sglang_command,
     vllm_command,
     write_exports,
 )
-from servesim.metrics import Slo
-from servesim.plan import PlanResult
-from servesim.planner import Candidate, PlanSpec, WorkloadSpec
-from servesim.sizing import Sizing
+from servesim.sim.metrics import Slo
 
 LLAMA = "meta-llama/Llama-3.1-8B"  # a bf16 checkpoint
 DEEPSEEK = "deepseek-ai/DeepSeek-V3"  # an fp8 checkpoint

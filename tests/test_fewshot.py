@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servesim import calibrate, fewshot
-from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.kernels import default_fit
+from servesim.predictor import calibrate, fewshot
+from servesim.predictor.roofline import default_fit
+from servesim.spec.devices import get_device
 
 AIC = Path(__file__).resolve().parents[1] / "data" / "aic" / "h100_sxm"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servesim import calibrate, kernels
-from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.kernels import KernelFit, default_fit
+from servesim.predictor import calibrate, roofline
+from servesim.predictor.roofline import KernelFit, default_fit
+from servesim.spec.devices import get_device
 
 REPO = Path(__file__).resolve().parents[1]
 AIC = REPO / "data" / "aic" / "h100_sxm"
@@ -35,42 +35,42 @@ def fit():
 
 # ---- GEMM ---------------------------------------------------------------------------------------
 def test_large_bf16_gemm_near_peak_and_measured(h100, fit):
-    t = kernels.gemm_s(8192, 8192, 8192, "bf16", h100, fit)
+    t = roofline.gemm_s(8192, 8192, 8192, "bf16", h100, fit)
     ideal = 2 * 8192**3 / h100.peak_flops("bf16")  # 1.111 ms at the 989 TFLOP/s spec
     assert ideal < t < 1.6 * ideal
     assert t == pytest.approx(1.5417e-3, rel=0.15)  # measured (EXPECTED_FIGURES.md)
 
 
 def test_gemv_is_a_weight_read(h100, fit):
-    t = kernels.gemm_s(1, 8192, 8192, "bf16", h100, fit)
+    t = roofline.gemm_s(1, 8192, 8192, "bf16", h100, fit)
     weights = 8192 * 8192 * 2
     assert weights / h100.mem_bw_bytes_per_s < t < 1.3 * weights / h100.mem_bw_bytes_per_s + 10 * US
     assert t == pytest.approx(weights / 2595e9, rel=0.15)  # measured median GEMV rate 2595 GB/s
 
 
 def test_fp8_halves_weight_bytes_but_adds_quantisation(h100, fit):
-    bf16 = kernels.gemm_s(1, 16384, 16384, "bf16", h100, fit)
-    fp8 = kernels.gemm_s(1, 16384, 16384, "fp8", h100, fit)
+    bf16 = roofline.gemm_s(1, 16384, 16384, "bf16", h100, fit)
+    fp8 = roofline.gemm_s(1, 16384, 16384, "fp8", h100, fit)
     assert 0.5 * bf16 < fp8 < 0.9 * bf16
     # Large fp8 GEMMs run near 2x the bf16 rate, not more.
-    big_bf16 = kernels.gemm_s(8192, 8192, 8192, "bf16", h100, fit)
-    big_fp8 = kernels.gemm_s(8192, 8192, 8192, "fp8", h100, fit)
+    big_bf16 = roofline.gemm_s(8192, 8192, 8192, "bf16", h100, fit)
+    big_fp8 = roofline.gemm_s(8192, 8192, 8192, "fp8", h100, fit)
     assert 1.2 < big_bf16 / big_fp8 < 2.0
     assert big_fp8 == pytest.approx(0.8361e-3, rel=0.2)  # measured 8192^3 fp8
 
 
 def test_weight_only_4bit_reads_a_quarter(h100, fit):
-    bf16 = kernels.gemm_s(1, 8192, 8192, "bf16", h100, fit)
-    w4 = kernels.gemm_s(1, 8192, 8192, "bf16", h100, fit, weight_dtype="int4")
+    bf16 = roofline.gemm_s(1, 8192, 8192, "bf16", h100, fit)
+    w4 = roofline.gemm_s(1, 8192, 8192, "bf16", h100, fit, weight_dtype="int4")
     assert 0.2 * bf16 < w4 < 0.5 * bf16
     # Compute-bound GEMMs do not get faster from narrower weights.
-    big = kernels.gemm_s(8192, 8192, 8192, "bf16", h100, fit)
-    assert kernels.gemm_s(8192, 8192, 8192, "bf16", h100, fit, weight_dtype="int4") >= 0.95 * big
+    big = roofline.gemm_s(8192, 8192, 8192, "bf16", h100, fit)
+    assert roofline.gemm_s(8192, 8192, 8192, "bf16", h100, fit, weight_dtype="int4") >= 0.95 * big
 
 
 def test_gemm_monotone_in_m_and_efficiency_saturates(h100, fit):
     ms = [2**i for i in range(16)]
-    t = [kernels.gemm_s(m, 8192, 8192, "bf16", h100, fit) for m in ms]
+    t = [roofline.gemm_s(m, 8192, 8192, "bf16", h100, fit) for m in ms]
     assert all(b >= a for a, b in itertools.pairwise(t))
     eff = [2 * m * 8192 * 8192 / x / h100.peak_flops("bf16") for m, x in zip(ms, t, strict=True)]
     assert eff[0] < 0.01 and 0.6 < eff[-1] < 0.95
@@ -78,19 +78,19 @@ def test_gemm_monotone_in_m_and_efficiency_saturates(h100, fit):
 
 
 def test_zero_sizes_cost_nothing(h100, fit):
-    assert kernels.gemm_s(0, 4096, 4096, "bf16", h100, fit) == 0.0
-    assert kernels.moe_gemm_s(0, 8, 2, 4096, 4096, "bf16", h100, fit) == 0.0
-    assert kernels.attn_prefill_s(0, 10, 0, 8, 8, 128, 128, "bf16", h100, fit) == 0.0
-    assert kernels.attn_decode_s(0, 0, 8, 8, 128, 128, "bf16", h100, fit) == 0.0
-    assert kernels.elementwise_s(0, h100, fit) == 0.0
+    assert roofline.gemm_s(0, 4096, 4096, "bf16", h100, fit) == 0.0
+    assert roofline.moe_gemm_s(0, 8, 2, 4096, 4096, "bf16", h100, fit) == 0.0
+    assert roofline.attn_prefill_s(0, 10, 0, 8, 8, 128, 128, "bf16", h100, fit) == 0.0
+    assert roofline.attn_decode_s(0, 0, 8, 8, 128, 128, "bf16", h100, fit) == 0.0
+    assert roofline.elementwise_s(0, h100, fit) == 0.0
 
 
 def test_wave_quantisation_follows_the_device_sm_count(h100, fit):
     # fp8 tiles are 256x128 on 2-SM clusters: 66 tiles fill H100's 132 SMs exactly once, so a
     # 67th tile starts a second wave; a device with 134 SMs (same peak) still runs it in one.
     def jump(device):
-        one = kernels.gemm_s(256, 128 * 66, 16384, "fp8", device, fit)
-        return kernels.gemm_s(256, 128 * 67, 16384, "fp8", device, fit) / one
+        one = roofline.gemm_s(256, 128 * 66, 16384, "fp8", device, fit)
+        return roofline.gemm_s(256, 128 * 67, 16384, "fp8", device, fit) / one
 
     assert jump(h100) > 1.3
     assert jump(replace(h100, num_sms=134)) < 1.05
@@ -100,21 +100,21 @@ def test_weight_only_when_device_lacks_native_8bit(fit):
     a100 = get_device("a100_sxm")
     if "fp8" in a100.peak_flops_per_s:
         pytest.skip("catalog gives A100 an fp8 rate")
-    big_fp8 = kernels.gemm_s(8192, 8192, 8192, "fp8", a100, fit)
-    big_bf16 = kernels.gemm_s(8192, 8192, 8192, "bf16", a100, fit)
+    big_fp8 = roofline.gemm_s(8192, 8192, 8192, "fp8", a100, fit)
+    big_bf16 = roofline.gemm_s(8192, 8192, 8192, "bf16", a100, fit)
     assert big_fp8 == pytest.approx(big_bf16, rel=0.02)  # W8A16: bf16 math
-    assert kernels.gemm_s(1, 8192, 8192, "fp8", a100, fit) < 0.7 * kernels.gemm_s(
+    assert roofline.gemm_s(1, 8192, 8192, "fp8", a100, fit) < 0.7 * roofline.gemm_s(
         1, 8192, 8192, "bf16", a100, fit
     )
 
 
 def test_moe_reads_only_experts_hit(h100, fit):
-    assert kernels.expected_experts_hit(1, 64, 8) == pytest.approx(8.0)
-    assert kernels.expected_experts_hit(10_000, 64, 8) == pytest.approx(64.0)
-    one = kernels.moe_gemm_s(1, 64, 8, 1536, 4096, "bf16", h100, fit)
+    assert roofline.expected_experts_hit(1, 64, 8) == pytest.approx(8.0)
+    assert roofline.expected_experts_hit(10_000, 64, 8) == pytest.approx(64.0)
+    one = roofline.moe_gemm_s(1, 64, 8, 1536, 4096, "bf16", h100, fit)
     eight_gemvs = 8 * 1536 * 4096 * 2 / h100.mem_bw_bytes_per_s
     assert eight_gemvs < one < 2 * eight_gemvs + 10 * US
-    many = [kernels.moe_gemm_s(t, 64, 8, 1536, 4096, "bf16", h100, fit) for t in (1, 8, 64, 4096)]
+    many = [roofline.moe_gemm_s(t, 64, 8, 1536, 4096, "bf16", h100, fit) for t in (1, 8, 64, 4096)]
     assert all(b > a for a, b in itertools.pairwise(many))
     all_experts = 64 * 1536 * 4096 * 2 / h100.mem_bw_bytes_per_s
     assert many[2] > 0.8 * all_experts  # 64 tokens x top-8 touch almost all 64 experts
@@ -125,7 +125,7 @@ def test_decode_is_affine_in_context(h100, fit):
     for kv in ("bf16", "fp8"):
         for batch in (1, 37, 512):
             t = [
-                kernels.attn_decode_s(batch, c, 32, 8, 128, 128, kv, h100, fit)
+                roofline.attn_decode_s(batch, c, 32, 8, 128, 128, kv, h100, fit)
                 for c in (0, 10_000, 20_000, 1_000_000)
             ]
             slope = (t[1] - t[0]) / 10_000
@@ -136,86 +136,88 @@ def test_decode_is_affine_in_context(h100, fit):
 
 def test_decode_is_bandwidth_bound_at_long_context(h100, fit):
     ctx = 64 * 4096  # heads 32/8, hd 128, bs 64, step 4095: KV 1074 MB read
-    t = kernels.attn_decode_s(64, ctx, 32, 8, 128, 128, "bf16", h100, fit)
+    t = roofline.attn_decode_s(64, ctx, 32, 8, 128, 128, "bf16", h100, fit)
     kv_bytes = ctx * 2 * 8 * 128 * 2
     assert t > kv_bytes / h100.mem_bw_bytes_per_s
     assert t == pytest.approx(0.3536e-3, rel=0.1)  # measured 0.3536 ms
-    fp8 = kernels.attn_decode_s(64, ctx, 32, 8, 128, 128, "fp8", h100, fit)
+    fp8 = roofline.attn_decode_s(64, ctx, 32, 8, 128, 128, "fp8", h100, fit)
     assert 0.5 * t < fp8 < 0.8 * t  # half the bytes, less bandwidth efficiency
 
 
 def test_decode_floor_grows_with_batch(h100, fit):
-    small = [kernels.attn_decode_s(b, b, 32, 8, 128, 128, "bf16", h100, fit) for b in (1, 64, 2048)]
+    small = [
+        roofline.attn_decode_s(b, b, 32, 8, 128, 128, "bf16", h100, fit) for b in (1, 64, 2048)
+    ]
     assert 5 * US < small[0] < 20 * US
     assert small[0] < small[1] < small[2]
     assert small[2] == pytest.approx(442.6 * US, rel=0.15)  # measured bs 2048, step 1
 
 
 def test_decode_latent_mla(h100, fit):
-    a = kernels.attn_decode_s(32, 0, 128, 1, 576, 512, "bf16", h100, fit, latent=True)
-    b = kernels.attn_decode_s(32, 32 * 4096, 128, 1, 576, 512, "bf16", h100, fit, latent=True)
+    a = roofline.attn_decode_s(32, 0, 128, 1, 576, 512, "bf16", h100, fit, latent=True)
+    b = roofline.attn_decode_s(32, 32 * 4096, 128, 1, 576, 512, "bf16", h100, fit, latent=True)
     kv_bytes = 32 * 4096 * 576 * 2
     assert b - a > kv_bytes / h100.mem_bw_bytes_per_s
-    c = kernels.attn_decode_s(32, 2 * 32 * 4096, 128, 1, 576, 512, "bf16", h100, fit, latent=True)
+    c = roofline.attn_decode_s(32, 2 * 32 * 4096, 128, 1, 576, 512, "bf16", h100, fit, latent=True)
     assert c - b == pytest.approx(b - a, rel=1e-9)
 
 
 def test_prefill_quadratic_and_near_measured(h100, fit):
-    t8 = kernels.attn_prefill_s(1, 8192, 0, 32, 8, 128, 128, "bf16", h100, fit)
-    t16 = kernels.attn_prefill_s(1, 16384, 0, 32, 8, 128, 128, "bf16", h100, fit)
+    t8 = roofline.attn_prefill_s(1, 8192, 0, 32, 8, 128, 128, "bf16", h100, fit)
+    t16 = roofline.attn_prefill_s(1, 16384, 0, 32, 8, 128, 128, "bf16", h100, fit)
     assert 3.3 < t16 / t8 < 4.2
     assert t8 == pytest.approx(0.9122e-3, rel=0.1)  # measured
     causal_flops = 2 * 8192**2 * 32 * 128
     assert 0.4 < causal_flops / t8 / h100.peak_flops("bf16") < 0.8
     # Efficiency rises with sequence length.
-    t1k = kernels.attn_prefill_s(1, 1024, 0, 32, 8, 128, 128, "bf16", h100, fit)
+    t1k = roofline.attn_prefill_s(1, 1024, 0, 32, 8, 128, 128, "bf16", h100, fit)
     assert 2 * 1024**2 * 32 * 128 / t1k < 0.6 * causal_flops / t8
 
 
 def test_prefill_chunk_on_cached_context(h100, fit):
-    full = kernels.attn_prefill_s(1, 8192, 0, 32, 8, 128, 128, "bf16", h100, fit)
-    first = kernels.attn_prefill_s(1, 1024, 0, 32, 8, 128, 128, "bf16", h100, fit)
-    last = kernels.attn_prefill_s(1, 1024, 7168, 32, 8, 128, 128, "bf16", h100, fit)
+    full = roofline.attn_prefill_s(1, 8192, 0, 32, 8, 128, 128, "bf16", h100, fit)
+    first = roofline.attn_prefill_s(1, 1024, 0, 32, 8, 128, 128, "bf16", h100, fit)
+    last = roofline.attn_prefill_s(1, 1024, 7168, 32, 8, 128, 128, "bf16", h100, fit)
     assert first < last < full
     # The last chunk attends to ~8x the keys of the first: clearly more expensive.
     assert last > 3 * first
 
 
 def test_sliding_window_caps_prefill_work(h100, fit):
-    full = kernels.attn_prefill_s(1, 16384, 0, 64, 8, 64, 64, "bf16", h100, fit)
-    swa = kernels.attn_prefill_s(1, 16384, 0, 64, 8, 64, 64, "bf16", h100, fit, window=128)
+    full = roofline.attn_prefill_s(1, 16384, 0, 64, 8, 64, 64, "bf16", h100, fit)
+    swa = roofline.attn_prefill_s(1, 16384, 0, 64, 8, 64, 64, "bf16", h100, fit, window=128)
     assert swa < 0.2 * full
     # Beyond the window, time grows linearly, not quadratically.
-    swa2 = kernels.attn_prefill_s(1, 32768, 0, 64, 8, 64, 64, "bf16", h100, fit, window=128)
+    swa2 = roofline.attn_prefill_s(1, 32768, 0, 64, 8, 64, 64, "bf16", h100, fit, window=128)
     assert 1.7 < swa2 / swa < 2.3
 
 
 def test_vectorised_matches_scalar(h100, fit):
     s = np.array([1.0, 100.0, 4096.0])
-    vec = kernels.attn_prefill_np(2, s, 0, 32, 8, 128, 128, "fp8", h100, fit)
-    one = [kernels.attn_prefill_s(2, int(x), 0, 32, 8, 128, 128, "fp8", h100, fit) for x in s]
+    vec = roofline.attn_prefill_np(2, s, 0, 32, 8, 128, 128, "fp8", h100, fit)
+    one = [roofline.attn_prefill_s(2, int(x), 0, 32, 8, 128, 128, "fp8", h100, fit) for x in s]
     assert np.allclose(vec, one, rtol=1e-12)
     m = np.array([1.0, 333.0, 8192.0])
-    vec = kernels.gemm_np(m, 6144, 4096, "fp8", h100, fit)
-    one = [kernels.gemm_s(int(x), 6144, 4096, "fp8", h100, fit) for x in m]
+    vec = roofline.gemm_np(m, 6144, 4096, "fp8", h100, fit)
+    one = [roofline.gemm_s(int(x), 6144, 4096, "fp8", h100, fit) for x in m]
     assert np.allclose(vec, one, rtol=1e-12)
 
 
 # ---- collectives --------------------------------------------------------------------------------
 def test_allreduce_single_device_is_free(h100, fit):
-    assert kernels.allreduce_s(2**20, 1, h100, fit) == 0.0
-    assert kernels.allgather_s(2**20, 1, h100, fit) == 0.0
-    assert kernels.alltoall_s(2**20, 1, h100, fit) == 0.0
+    assert roofline.allreduce_s(2**20, 1, h100, fit) == 0.0
+    assert roofline.allgather_s(2**20, 1, h100, fit) == 0.0
+    assert roofline.alltoall_s(2**20, 1, h100, fit) == 0.0
 
 
 def test_nccl_allreduce_anchor_points(h100, fit):
     # nccl-tests: 8 GPUs 64 MiB 0.3219 ms (busBW 365 GB/s); 2 GPUs 512 B 6.2 us.
-    assert kernels.allreduce_s(2**26, 8, h100, fit, impl="nccl") == pytest.approx(
+    assert roofline.allreduce_s(2**26, 8, h100, fit, impl="nccl") == pytest.approx(
         0.3219e-3, rel=0.1
     )
-    assert kernels.allreduce_s(512, 2, h100, fit, impl="nccl") == pytest.approx(6.2 * US, rel=0.2)
+    assert roofline.allreduce_s(512, 2, h100, fit, impl="nccl") == pytest.approx(6.2 * US, rel=0.2)
     # busBW = algBW * 2(n-1)/n stays below a plausible NVLink ceiling.
-    t = kernels.allreduce_s(2**29, 8, h100, fit, impl="nccl")
+    t = roofline.allreduce_s(2**29, 8, h100, fit, impl="nccl")
     bus = 2**29 / t * 2 * 7 / 8
     assert 300e9 < bus < 1.2 * h100.link_bw_bytes_per_s
 
@@ -223,71 +225,71 @@ def test_nccl_allreduce_anchor_points(h100, fit):
 def test_allreduce_monotone_in_size_and_floor(h100, fit):
     sizes = [2**i for i in range(8, 31)]
     for impl in ("nccl", "custom", "auto"):
-        t = [kernels.allreduce_s(s, 8, h100, fit, impl=impl) for s in sizes]
+        t = [roofline.allreduce_s(s, 8, h100, fit, impl=impl) for s in sizes]
         assert all(b >= a * 0.999 for a, b in itertools.pairwise(t)), impl
         assert t[0] > 2 * US  # latency floor
 
 
 def test_allreduce_impls(h100, fit):
     small, large = 256 * 1024, 64 * 2**20
-    custom = kernels.allreduce_s(small, 8, h100, fit, impl="custom")
-    nccl = kernels.allreduce_s(small, 8, h100, fit, impl="nccl")
+    custom = roofline.allreduce_s(small, 8, h100, fit, impl="custom")
+    nccl = roofline.allreduce_s(small, 8, h100, fit, impl="nccl")
     assert custom < nccl  # custom all-reduce wins for small messages
-    assert kernels.allreduce_s(small, 8, h100, fit) == custom  # auto = custom below 8 MiB
-    assert kernels.allreduce_s(large, 8, h100, fit) == kernels.allreduce_s(
+    assert roofline.allreduce_s(small, 8, h100, fit) == custom  # auto = custom below 8 MiB
+    assert roofline.allreduce_s(large, 8, h100, fit) == roofline.allreduce_s(
         large, 8, h100, fit, impl="nccl"
     )
-    eager = kernels.allreduce_s(small, 8, h100, fit, impl="custom", cuda_graph=False)
+    eager = roofline.allreduce_s(small, 8, h100, fit, impl="custom", cuda_graph=False)
     assert eager > custom + 10 * US  # eager launch floor (measured ~23 us vs ~5 us)
     l40s = get_device("l40s")  # PCIe: auto falls back to NCCL
-    assert kernels.allreduce_s(small, 4, l40s, fit) == kernels.allreduce_s(
+    assert roofline.allreduce_s(small, 4, l40s, fit) == roofline.allreduce_s(
         small, 4, l40s, fit, impl="nccl"
     )
     with pytest.raises(ServesimError, match="impl"):
-        kernels.allreduce_s(small, 8, h100, fit, impl="mpi")
+        roofline.allreduce_s(small, 8, h100, fit, impl="mpi")
 
 
 def test_multi_node_collectives_are_slower(h100, fit):
-    intra = kernels.allreduce_s(2**24, 8, h100, fit)
-    inter = kernels.allreduce_s(2**24, 16, h100, fit)
+    intra = roofline.allreduce_s(2**24, 8, h100, fit)
+    inter = roofline.allreduce_s(2**24, 16, h100, fit)
     assert inter > intra
-    assert kernels.alltoall_s(2**24, 16, h100, fit) > kernels.alltoall_s(2**24, 8, h100, fit)
+    assert roofline.alltoall_s(2**24, 16, h100, fit) > roofline.alltoall_s(2**24, 8, h100, fit)
 
 
 def test_p2p(h100, fit):
-    intra = kernels.p2p_s(2**20, h100, fit)
-    inter = kernels.p2p_s(2**20, h100, fit, inter_node=True)
+    intra = roofline.p2p_s(2**20, h100, fit)
+    inter = roofline.p2p_s(2**20, h100, fit, inter_node=True)
     assert 2 * US < intra < inter
-    assert kernels.p2p_s(2**30, h100, fit) > 2**30 / h100.link_bw_bytes_per_s
+    assert roofline.p2p_s(2**30, h100, fit) > 2**30 / h100.link_bw_bytes_per_s
 
 
 # ---- elementwise --------------------------------------------------------------------------------
 def test_elementwise_floor_and_bandwidth(h100, fit):
-    tiny = kernels.elementwise_s(1024, h100, fit)
+    tiny = roofline.elementwise_s(1024, h100, fit)
     assert 0.5 * US < tiny < 5 * US
     big = 1e9
-    t = kernels.elementwise_s(big, h100, fit, op="add")
+    t = roofline.elementwise_s(big, h100, fit, op="add")
     assert big / h100.mem_bw_bytes_per_s < t < 2 * big / h100.mem_bw_bytes_per_s
     sizes = [10.0**i for i in range(3, 10)]
-    ts = [kernels.elementwise_s(s, h100, fit) for s in sizes]
+    ts = [roofline.elementwise_s(s, h100, fit) for s in sizes]
     assert all(b > a for a, b in itertools.pairwise(ts))
     with pytest.raises(ServesimError, match="elementwise op"):
-        kernels.elementwise_s(1e6, h100, fit, op="softmax")
+        roofline.elementwise_s(1e6, h100, fit, op="softmax")
 
 
 # ---- devices: the same parameters transfer through spec sheets ----------------------------------
 def test_double_bandwidth_speeds_memory_bound_only(h100, fit):
     fast = replace(h100, mem_bw_bytes_per_s=2 * h100.mem_bw_bytes_per_s)
-    gemv = (kernels.gemm_s(1, 16384, 16384, "bf16", h100, fit),)
-    gemv += (kernels.gemm_s(1, 16384, 16384, "bf16", fast, fit),)
+    gemv = (roofline.gemm_s(1, 16384, 16384, "bf16", h100, fit),)
+    gemv += (roofline.gemm_s(1, 16384, 16384, "bf16", fast, fit),)
     assert 1.7 < gemv[0] / gemv[1] < 2.0
     ctx = 256 * 8192
-    dec = [kernels.attn_decode_s(256, ctx, 32, 8, 128, 128, "bf16", d, fit) for d in (h100, fast)]
+    dec = [roofline.attn_decode_s(256, ctx, 32, 8, 128, 128, "bf16", d, fit) for d in (h100, fast)]
     assert 1.6 < dec[0] / dec[1] < 2.0
-    big = [kernels.gemm_s(8192, 8192, 8192, "bf16", d, fit) for d in (h100, fast)]
+    big = [roofline.gemm_s(8192, 8192, 8192, "bf16", d, fit) for d in (h100, fast)]
     assert big[0] == pytest.approx(big[1], rel=0.01)
     pre = [
-        kernels.attn_prefill_s(1, 16384, 0, 32, 8, 128, 128, "bf16", d, fit) for d in (h100, fast)
+        roofline.attn_prefill_s(1, 16384, 0, 32, 8, 128, 128, "bf16", d, fit) for d in (h100, fast)
     ]
     assert pre[0] == pytest.approx(pre[1], rel=0.05)
 
@@ -295,25 +297,25 @@ def test_double_bandwidth_speeds_memory_bound_only(h100, fit):
 def test_double_peak_speeds_compute_bound_only(h100, fit):
     peaks = {k: 2 * v for k, v in h100.peak_flops_per_s.items()}
     fast = replace(h100, peak_flops_per_s=peaks)
-    big = [kernels.gemm_s(8192, 8192, 8192, "bf16", d, fit) for d in (h100, fast)]
+    big = [roofline.gemm_s(8192, 8192, 8192, "bf16", d, fit) for d in (h100, fast)]
     assert 1.8 < big[0] / big[1] < 2.0
-    gemv = [kernels.gemm_s(1, 16384, 16384, "bf16", d, fit) for d in (h100, fast)]
+    gemv = [roofline.gemm_s(1, 16384, 16384, "bf16", d, fit) for d in (h100, fast)]
     assert gemv[0] == pytest.approx(gemv[1], rel=0.02)
 
 
 def test_every_catalog_device_gets_finite_times(fit):
-    from servesim.devices import Catalog
+    from servesim.spec.devices import Catalog
 
     cat = Catalog()
     for name in cat.names():
         d = cat.get(name)
         values = [
-            kernels.gemm_s(128, 4096, 4096, "bf16", d, fit),
-            kernels.attn_prefill_s(1, 2048, 0, 32, 8, 128, 128, "bf16", d, fit),
-            kernels.attn_decode_s(8, 8 * 2048, 32, 8, 128, 128, "bf16", d, fit),
-            kernels.allreduce_s(2**20, 2, d, fit),
-            kernels.p2p_s(2**20, d, fit),
-            kernels.elementwise_s(2**20, d, fit),
+            roofline.gemm_s(128, 4096, 4096, "bf16", d, fit),
+            roofline.attn_prefill_s(1, 2048, 0, 32, 8, 128, 128, "bf16", d, fit),
+            roofline.attn_decode_s(8, 8 * 2048, 32, 8, 128, 128, "bf16", d, fit),
+            roofline.allreduce_s(2**20, 2, d, fit),
+            roofline.p2p_s(2**20, d, fit),
+            roofline.elementwise_s(2**20, d, fit),
         ]
         assert all(math.isfinite(v) and v >= 0 for v in values), name
 
@@ -324,7 +326,7 @@ def test_fit_round_trip(tmp_path, h100, fit):
     fit.save(path)
     again = KernelFit.load(path)
     assert again == fit
-    assert kernels.gemm_s(77, 4096, 1024, "fp8", h100, again) == kernels.gemm_s(
+    assert roofline.gemm_s(77, 4096, 1024, "fp8", h100, again) == roofline.gemm_s(
         77, 4096, 1024, "fp8", h100, fit
     )
 
@@ -348,7 +350,7 @@ def test_fit_load_errors(tmp_path):
 
 
 def test_bundled_fit_has_every_family(fit):
-    for fam, names in kernels.PARAM_NAMES.items():
+    for fam, names in roofline.PARAM_NAMES.items():
         assert set(names) <= set(fit.params[fam]), fam
     assert "h100_sxm" in fit.fitted_on
 
@@ -356,8 +358,8 @@ def test_bundled_fit_has_every_family(fit):
 def test_scalar_calls_are_cheap(h100, fit):
     t0 = time.perf_counter()
     for i in range(2000):
-        kernels.gemm_s(1 + i, 4096, 4096, "bf16", h100, fit)
-        kernels.attn_decode_s(8, 8 * i, 32, 8, 128, 128, "bf16", h100, fit)
+        roofline.gemm_s(1 + i, 4096, 4096, "bf16", h100, fit)
+        roofline.attn_decode_s(8, 8 * i, 32, 8, 128, 128, "bf16", h100, fit)
     assert time.perf_counter() - t0 < 1.0  # well under 250 us per call pair
 
 

@@ -2,7 +2,7 @@
 
 import random
 
-from servesim.kvcache import DecodeBlocks, blocks_for
+from servesim.sim.kvcache import DecodeBlocks, blocks_for
 
 
 def brute(offs: list[int], g: int, bs: int) -> int:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.melange import (
+from servesim.planner.candidates import PlanSpec, WorkloadSpec
+from servesim.planner.melange import (
     MixSolution,
     best_single_type,
     bucket_base,
@@ -19,9 +20,8 @@ from servesim.melange import (
     solve_mix,
     split_by_type,
 )
-from servesim.metrics import Slo
-from servesim.planner import PlanSpec, WorkloadSpec
-from servesim.workload import Workload
+from servesim.sim.metrics import Slo
+from servesim.sim.workload import Workload
 
 # melange/config/example.json of github.com/tyler-griggs/melange-release (slice_factor 1).
 EXAMPLE_SHARES = np.array([[0.2, 0.1], [0.5, 0.2]])

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.model import bundled_models, load_model
+from servesim.spec.model import bundled_models, load_model
 
 # (bundled name, published total params in billions, published active params in billions or None)
 PUBLISHED = [
@@ -188,7 +188,7 @@ def test_a_whole_float_size_is_read_as_an_integer(tmp_path) -> None:
 
 
 def test_parallel_layouts_the_model_cannot_take_are_refused() -> None:
-    from servesim.parallel import Parallel
+    from servesim.spec.parallel import Parallel
 
     m = load_model("meta-llama/Llama-3.1-8B")
     m.check_parallel(Parallel(tp=8, pp=32))
@@ -222,8 +222,8 @@ def test_every_bundled_config_loads_or_is_refused_by_name() -> None:
 def test_partial_expert_parallelism_splits_experts_over_groups() -> None:
     """EP groups of a stage hold n/ep experts each, split over moe_tp devices: per-device expert
     bytes are the same for every ep dividing tp (only the split changes), and ep must divide."""
-    from servesim.memory import weight_bytes_per_device
-    from servesim.parallel import Parallel
+    from servesim.spec.memory import weight_bytes_per_device
+    from servesim.spec.parallel import Parallel
 
     m = load_model("Qwen/Qwen3-30B-A3B")
     full = weight_bytes_per_device(m, Parallel(tp=8))

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from servesim.capacity import find_capacity
-from servesim.devices import Catalog
 from servesim.errors import ServesimError
-from servesim.metrics import Slo
-from servesim.model import load_model
-from servesim.plan import run_plan
-from servesim.planner import (
+from servesim.planner.candidates import (
     Candidate,
     PlanSpec,
     SearchSpace,
@@ -24,9 +19,14 @@ from servesim.planner import (
     enumerate_candidates,
     prune,
 )
-from servesim.ranking import add_rankings, pareto_front
-from servesim.store import PlanStore
-from servesim.trace import bundled_trace
+from servesim.planner.capacity import find_capacity
+from servesim.planner.plan import run_plan
+from servesim.planner.ranking import add_rankings, pareto_front
+from servesim.planner.store import PlanStore
+from servesim.sim.metrics import Slo
+from servesim.sim.traces import bundled_trace
+from servesim.spec.devices import Catalog
+from servesim.spec.model import load_model
 
 SMALL = WorkloadSpec("azure_conv", 300)
 SPACE = SearchSpace(
@@ -218,7 +218,7 @@ def test_a_killed_plan_keeps_finished_candidates_and_resumes(tmp_path: Path) -> 
     import time
 
     out = tmp_path / "plan"
-    args = [sys.executable, "-m", "servesim.cli", "plan", "--model", "meta-llama/Llama-3.1-8B"]
+    args = [sys.executable, "-m", "servesim.cli.main", "plan", "--model", "meta-llama/Llama-3.1-8B"]
     args += ["--gpus", "h100_sxm,a100_sxm,l40s,l4", "--tp", "1,2", "--engines", "vllm,sglang"]
     args += ["--pd-ratios", "none"]
     args += ["--batching", "64:2048,256:8192,512:4096", "--num-requests", "300", "--workers", "1"]
@@ -244,7 +244,7 @@ def test_disaggregated_candidates_are_searched_and_exported(tmp_path: Path) -> N
     """P:D ratios and per-phase TP enter the search; a disaggregated pick exports two pools."""
     import yaml
 
-    from servesim.export import write_exports
+    from servesim.report.export import write_exports
 
     space = SearchSpace(
         devices=("h100_sxm",),
@@ -284,7 +284,7 @@ def test_sizing_verifies_a_fleet_per_engine_and_each_script_launches_its_own(
     """The launch scripts come from fleets planned with their own engine's scheduler."""
     import shlex
 
-    from servesim.export import write_exports
+    from servesim.report.export import write_exports
 
     space = SearchSpace(
         devices=("h100_sxm",), tp=(1,), engines=("vllm", "sglang"), batching=((256, 8192),)

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from properties_lib import case_of, run_case, with_kv_tokens
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.engine import get_engine
 from servesim.errors import ServesimError
-from servesim.model import load_model
-from servesim.parallel import Parallel
-from servesim.policies import ClassSlo, LengthEstimator, LengthModel, Policy
-from servesim.result import SimResult
-from servesim.simulator import simulate
-from servesim.synthetic import LogNormal
-from servesim.trace import bundled_trace
-from servesim.workload import Workload, gamma_arrivals
+from servesim.sim.deployment import Deployment
+from servesim.sim.policies import ClassSlo, LengthEstimator, LengthModel, Policy
+from servesim.sim.result import SimResult
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import LogNormal
+from servesim.sim.traces import bundled_trace
+from servesim.sim.workload import Workload, gamma_arrivals
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

@@ -7,15 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.engine import get_engine
 from servesim.errors import ServesimError
-from servesim.model import load_model
-from servesim.prefix import PrefixCache
-from servesim.simulator import simulate
-from servesim.trace import bundled_trace
-from servesim.workload import Workload, poisson_arrivals
+from servesim.sim.deployment import Deployment
+from servesim.sim.prefix_cache import PrefixCache
+from servesim.sim.simulate import simulate
+from servesim.sim.traces import bundled_trace
+from servesim.sim.workload import Workload, poisson_arrivals
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

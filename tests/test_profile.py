@@ -7,12 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from servesim import calibrate
-from servesim.devices import Catalog
-from servesim.engine import EngineProfile
-from servesim.measured_engine import measured_deployment
-from servesim.model import spec_from_config
-from servesim.profiled import (
+from servesim.measure.measured_engine import measured_deployment
+from servesim.predictor import calibrate
+from servesim.predictor.profiled import (
     Curve,
     ForwardOverhead,
     OpTables,
@@ -20,12 +17,15 @@ from servesim.profiled import (
     dense_forward_s,
     fit_forward_overhead,
 )
-from servesim.simulator import simulate
-from servesim.workload import Workload
+from servesim.sim.simulate import simulate
+from servesim.sim.workload import Workload
+from servesim.spec.devices import Catalog
+from servesim.spec.engine_profile import EngineProfile
+from servesim.spec.model import spec_from_config
 
 torch = pytest.importorskip("torch")
 
-from servesim.profile import ProfileConfig, Timer, gemm_shapes, profile_model  # noqa: E402
+from servesim.measure.profile import ProfileConfig, Timer, gemm_shapes, profile_model  # noqa: E402
 
 TINY = {
     "model_type": "llama",
@@ -150,7 +150,7 @@ def test_forward_overhead_fit_recovers_fixed_and_per_token_parts(profiled, tmp_p
 
 
 def test_batched_bench_rows_become_forward_pass_features():
-    from servesim.profiled import batched_bench_features
+    from servesim.predictor.profiled import batched_bench_features
 
     row = {"pl": 2, "pp": 200, "tg": 3, "t_pp": 0.1, "t_tg": 0.01}
     (prompt, t_pp), (decode, t_tg) = batched_bench_features(row, batch=256)
@@ -162,7 +162,11 @@ def test_batched_bench_rows_become_forward_pass_features():
 
 
 def test_iteration_model_fit_recovers_a_known_engine():
-    from servesim.profiled import IterationModel, batched_bench_features, fit_iteration_model
+    from servesim.predictor.profiled import (
+        IterationModel,
+        batched_bench_features,
+        fit_iteration_model,
+    )
 
     truth = IterationModel(1.5e-3, 2e-4, 1.8e-4, 1e-6, 7e-8)
     rows = []
@@ -190,7 +194,7 @@ def test_iteration_model_fit_recovers_a_known_engine():
 
 
 def _cli(args: list[str]) -> int:
-    from servesim.cli import main
+    from servesim.cli.main import main
 
     return main(args)
 
@@ -202,8 +206,8 @@ def test_measured_engine_file_drives_servesim_simulate(profiled, tmp_path, capsy
 
     import pyarrow.parquet as pq
 
-    from servesim.measured_engine import load_measured_engine, save_measured_engine
-    from servesim.profiled import IterationModel
+    from servesim.measure.measured_engine import load_measured_engine, save_measured_engine
+    from servesim.predictor.profiled import IterationModel
 
     cfg = tmp_path / "model" / "config.json"
     cfg.parent.mkdir()
@@ -260,8 +264,8 @@ def test_the_bandwidth_buffer_never_exceeds_what_the_machine_holds() -> None:
     profile; the stream buffer is the weights' size but at most 2 GB and 1/8 of memory."""
     import os
 
-    from servesim.model import load_model
-    from servesim.profile import bandwidth_buffer_bytes
+    from servesim.measure.profile import bandwidth_buffer_bytes
+    from servesim.spec.model import load_model
 
     eighth = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 8
     huge = load_model("deepseek-ai/DeepSeek-V3").param_bytes()

@@ -29,20 +29,21 @@ sys.path.insert(0, str(REPO / "validation"))
 
 import engines  # noqa: E402
 
-from servesim import bench, cli  # noqa: E402
-from servesim.devices import Catalog  # noqa: E402
-from servesim.engine import EngineProfile  # noqa: E402
-from servesim.measured_engine import (  # noqa: E402
+from servesim.cli import main as cli  # noqa: E402
+from servesim.measure import bench  # noqa: E402
+from servesim.measure.measured_engine import (  # noqa: E402
     fit_engine_overheads,
     measured_deployment,
     run_stats,
     save_measured_engine,
 )
-from servesim.model import load_model  # noqa: E402
-from servesim.profile import ProfileConfig, profile_model  # noqa: E402
-from servesim.profiled import OpTables, fit_forward_overhead  # noqa: E402
-from servesim.simulator import simulate  # noqa: E402
-from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
+from servesim.measure.profile import ProfileConfig, profile_model  # noqa: E402
+from servesim.predictor.profiled import OpTables, fit_forward_overhead  # noqa: E402
+from servesim.sim.simulate import simulate  # noqa: E402
+from servesim.sim.synthetic import ClosedLoop, synthetic  # noqa: E402
+from servesim.spec.devices import Catalog  # noqa: E402
+from servesim.spec.engine_profile import EngineProfile  # noqa: E402
+from servesim.spec.model import load_model  # noqa: E402
 
 if not Path(sys.executable).with_name("transformers").exists() and not shutil.which("transformers"):
     pytest.skip("the transformers CLI is not installed", allow_module_level=True)

@@ -9,17 +9,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import servesim.records as records
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.metrics import QUANTILE_REL_ERROR, ConservationError, ItlHistogram, Quantiles
-from servesim.model import load_model
-from servesim.pool import build_pool, prepare
-from servesim.records import SeriesRecorder
-from servesim.router import Migration
-from servesim.simulator import _run_single, simulate
-from servesim.trace import bundled_trace
-from servesim.workload import Workload
+import servesim.sim.records as records
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import QUANTILE_REL_ERROR, ConservationError, ItlHistogram, Quantiles
+from servesim.sim.pool import build_pool, prepare
+from servesim.sim.records import SeriesRecorder
+from servesim.sim.router import Migration
+from servesim.sim.simulate import _run_single, simulate
+from servesim.sim.traces import bundled_trace
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
@@ -94,7 +94,7 @@ def test_the_table_holds_only_requests_in_flight(monkeypatch) -> None:
 def test_a_failed_run_leaves_an_existing_file_alone(tmp_path, monkeypatch) -> None:
     """Claim: when a streamed run fails (here a request is lost: a simulated bug), the file
     that was at the path is untouched and no partial file remains."""
-    from servesim.replica import Replica
+    from servesim.sim.replica import Replica
 
     real = Replica.enqueue
 

@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 from plotly.offline import get_plotlyjs
 
-from servesim.metrics import Slo
-from servesim.plan import PlanResult, run_plan
-from servesim.planner import PlanSpec, SearchSpace, WorkloadSpec
-from servesim.plots import log_axis
-from servesim.ranking import pareto_front
-from servesim.report import (
+from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
+from servesim.planner.plan import PlanResult, run_plan
+from servesim.planner.ranking import pareto_front
+from servesim.report.page import (
     closest_miss_sentence,
     fmt,
     pareto_figure,
@@ -29,6 +27,8 @@ from servesim.report import (
     terminal_table,
     write_report,
 )
+from servesim.report.plots import log_axis
+from servesim.sim.metrics import Slo
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -232,7 +232,7 @@ def test_the_terminal_table_reads_whole_at_80_and_120_columns(
     (disaggregated ones too) and every number shown whole."""
     from rich.console import Console
 
-    from servesim.report import _leaders
+    from servesim.report.page import _leaders
 
     assert any(r["mode"] == "disaggregated" for r in disagg.feasible)
     for result in (plan, disagg, missed):

@@ -7,15 +7,15 @@ from functools import cache
 import numpy as np
 import pytest
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.model import load_model
-from servesim.result import SimResult
-from servesim.router import ROUTERS, Migration
-from servesim.simulator import simulate
-from servesim.synthetic import LogNormal, synthetic
-from servesim.workload import Workload
+from servesim.sim.deployment import Deployment
+from servesim.sim.result import SimResult
+from servesim.sim.router import ROUTERS, Migration
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import LogNormal, synthetic
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 L40S = get_device("l40s")  # 48 GB: a KV cache of ~180k tokens, so memory shapes the load
@@ -181,8 +181,8 @@ def test_router_signals_drain_to_zero_with_migration_and_preemption(monkeypatch)
     """Conservation: every token a replica counted as outstanding or queued (the routers' and
     migration's signals) is taken off again when its request finishes, moves away or is
     admitted — also for migrated requests preempted and recomputed at their destination."""
-    import servesim.simulator as sim
-    from servesim.engine import get_engine
+    import servesim.sim.simulate as sim
+    from servesim.spec.engine_profile import get_engine
 
     seen: list[list[tuple[int, int]]] = []
     real = sim.result

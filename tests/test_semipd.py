@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 from properties_lib import case_of, run_case, with_kv_tokens
 
-from servesim import placement
-from servesim.cluster import Cluster
-from servesim.deployment import Deployment
-from servesim.devices import get_device
 from servesim.errors import ServesimError
-from servesim.metrics import ItlHistogram, Slo
-from servesim.model import load_model
-from servesim.pool import build_pool, prepare
-from servesim.predictor import BatchShape, Predictor
-from servesim.router import Router
-from servesim.semipd import INTERFERENCE, SemiPDController, SemiPDDeployment, lane_device
-from servesim.simulator import simulate
-from servesim.synthetic import LogNormal, synthetic
-from servesim.workload import Workload
+from servesim.planner import placement
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.sim.cluster import Cluster
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import ItlHistogram, Slo
+from servesim.sim.pool import build_pool, prepare
+from servesim.sim.router import Router
+from servesim.sim.semipd import INTERFERENCE, SemiPDController, SemiPDDeployment, lane_device
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import LogNormal, synthetic
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")

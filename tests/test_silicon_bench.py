@@ -15,9 +15,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import silicon  # noqa: E402
 
-from servesim.devices import Catalog  # noqa: E402
-from servesim.disagg import DisaggDeployment  # noqa: E402
-from servesim.parallel import Parallel  # noqa: E402
+from servesim.sim.disagg import DisaggDeployment  # noqa: E402
+from servesim.spec.devices import Catalog  # noqa: E402
+from servesim.spec.parallel import Parallel  # noqa: E402
 
 with open(silicon.DEFAULT_CSV, newline="") as f:
     HEADER = next(csv.reader(f))

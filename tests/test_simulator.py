@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from properties_lib import time_limit, with_kv_tokens
 
-from servesim.deployment import Deployment
-from servesim.devices import get_device
-from servesim.engine import get_engine
 from servesim.errors import ServesimError
-from servesim.metrics import ConservationError, check_conservation
-from servesim.model import load_model
-from servesim.parallel import Parallel
-from servesim.predictor import BatchShape
-from servesim.simulator import simulate
-from servesim.synthetic import ClosedLoop, Fixed, synthetic
-from servesim.trace import bundled_trace
-from servesim.workload import Workload
+from servesim.predictor.iteration import BatchShape
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import ConservationError, check_conservation
+from servesim.sim.simulate import simulate
+from servesim.sim.synthetic import ClosedLoop, Fixed, synthetic
+from servesim.sim.traces import bundled_trace
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
@@ -196,7 +196,7 @@ def test_bad_inputs_get_one_clear_sentence() -> None:
 def test_a_lost_request_fails_loudly_naming_it(monkeypatch) -> None:
     """Claim (issue 9): a run that loses a request raises an internal error naming it instead of
     returning a partial result; here request 1 is dropped on arrival (a simulated bug)."""
-    from servesim.replica import Replica
+    from servesim.sim.replica import Replica
 
     real = Replica.enqueue
 

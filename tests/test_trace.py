@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from servesim import tables
 from servesim.errors import ServesimError
-from servesim.trace import (
+from servesim.sim.traces import (
     BUNDLED_TRACES,
     GENERIC_TIME_COLUMNS,
     bundled_trace,

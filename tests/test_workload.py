@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.synthetic import (
+from servesim.sim.synthetic import (
     ClosedLoop,
     Empirical,
     Fixed,
@@ -17,7 +17,7 @@ from servesim.synthetic import (
     parse_length,
     synthetic,
 )
-from servesim.workload import Workload, gamma_arrivals, interarrival_cv, poisson_arrivals
+from servesim.sim.workload import Workload, gamma_arrivals, interarrival_cv, poisson_arrivals
 
 
 def small() -> Workload:

@@ -6,8 +6,8 @@
 Steps (everything on 127.0.0.1; the engine pinned to core 0 with one compute thread, the load
 generator on core 1; the machine must otherwise be idle):
 1. A random-weight Llama checkpoint with a word-level vocabulary (`engines.make_model`).
-2. Profile: the model's operators timed with PyTorch on core 0 (`servesim.profile`), and the
-   packed-attention and per-forward-pass costs fitted on them (`servesim.profiled`).
+2. Profile: the model's operators timed with PyTorch on core 0 (`servesim.measure.profile`), and the
+   packed-attention and per-forward-pass costs fitted on them (`servesim.predictor.profiled`).
 3. Calibrate the engine's own per-iteration costs on two closed-loop benchmark runs (1 and 8
    clients, synthetic lengths) by fitting the simulator to their TTFT/TPOT medians.
 4. Validate on a different workload: a replay of the bundled Azure conversation trace (lengths
@@ -38,32 +38,33 @@ import contextlib  # noqa: E402
 
 import engines  # noqa: E402
 
-from servesim import bench, cli, compare  # noqa: E402
-from servesim.deployment import Deployment  # noqa: E402
-from servesim.devices import Catalog, get_device  # noqa: E402
-from servesim.engine import EngineProfile  # noqa: E402
-from servesim.measured_engine import (  # noqa: E402
+from servesim.cli import main as cli  # noqa: E402
+from servesim.measure import bench, compare  # noqa: E402
+from servesim.measure.measured_engine import (  # noqa: E402
     fit_engine_overheads,
     measured_deployment,
     per_request,
     run_stats,
     save_measured_engine,
 )
-from servesim.metrics import Slo, write_parquet, write_summary  # noqa: E402
-from servesim.model import load_model  # noqa: E402
-from servesim.plots import cdf_html  # noqa: E402
-from servesim.profile import ProfileConfig, profile_model  # noqa: E402
-from servesim.profiled import (  # noqa: E402
+from servesim.measure.profile import ProfileConfig, profile_model  # noqa: E402
+from servesim.predictor.profiled import (  # noqa: E402
     ForwardOverhead,
     IterationModel,
     OpTables,
     fit_forward_overhead,
     fit_iteration_model,
 )
-from servesim.simulator import simulate  # noqa: E402
-from servesim.synthetic import ClosedLoop, synthetic  # noqa: E402
-from servesim.trace import bundled_trace  # noqa: E402
-from servesim.workload import Workload  # noqa: E402
+from servesim.report.plots import cdf_html  # noqa: E402
+from servesim.sim.deployment import Deployment  # noqa: E402
+from servesim.sim.metrics import Slo, write_parquet, write_summary  # noqa: E402
+from servesim.sim.simulate import simulate  # noqa: E402
+from servesim.sim.synthetic import ClosedLoop, synthetic  # noqa: E402
+from servesim.sim.traces import bundled_trace  # noqa: E402
+from servesim.sim.workload import Workload  # noqa: E402
+from servesim.spec.devices import Catalog, get_device  # noqa: E402
+from servesim.spec.engine_profile import EngineProfile  # noqa: E402
+from servesim.spec.model import load_model  # noqa: E402
 
 LOADS = {"light": 0.3, "heavy": 0.8}  # target share of the engine's capacity
 VALIDATION_ARCH = engines.SMALL

@@ -1,0 +1,80 @@
+"""`servesim devices` and `servesim models`: the device catalog and the bundled model configs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from servesim.cli.output import console
+from servesim.errors import ServesimError
+from servesim.spec.devices import catalog
+
+
+def add_catalog_parsers(sub: Any) -> None:
+    """Add `devices` and `models` to servesim's subcommand parsers."""
+    dev = sub.add_parser("devices", help="list the device catalog")
+    dev.add_argument("--devices", help="extra device catalog YAML")
+    sub.add_parser("models", help="list the bundled model configs")
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List the catalog."""
+    cat = catalog(args.devices)
+    table = Table(title="devices")
+    for col in ("name", "bf16 TFLOP/s", "mem GB", "HBM GB/s", "link GB/s", "W", "$/h", "aliases"):
+        table.add_column(col, overflow="fold")
+    for name in cat.names():
+        d = cat.devices[name]
+        try:
+            bf16 = f"{d.peak_flops('bf16') / 1e12:,.0f}"
+        except ServesimError:
+            bf16 = "-"
+        table.add_row(
+            name,
+            bf16,
+            f"{d.mem_bytes / 1e9:.0f}",
+            f"{d.mem_bw_bytes_per_s / 1e9:,.0f}",
+            f"{d.link_bw_bytes_per_s / 1e9:,.0f}",
+            f"{d.max_power_w:.0f}",
+            f"{d.price_per_hour:.2f}",
+            ", ".join(d.aliases),
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    """List the bundled model configs servesim can use, then those it cannot and why."""
+    from servesim.spec.model import bundled_models, load_model
+
+    table = Table(title="bundled models")
+    for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
+        table.add_column(col, overflow="fold")
+    unusable: list[tuple[str, str]] = []
+    for name in bundled_models():
+        try:
+            m = load_model(name)
+        except ServesimError as exc:
+            unusable.append((name, str(exc)))
+            continue
+        table.add_row(
+            name,
+            m.model_type,
+            f"{m.num_params() / 1e9:.1f}",
+            f"{m.num_active_params() / 1e9:.1f}",
+            f"{m.weight_dtype}/{m.expert_dtype}",
+            f"{m.kv_bytes_per_token() / 1e3:.1f}",
+        )
+    console.print(table)
+    if unusable:
+        console.print(
+            Text.assemble(
+                ("not usable", "bold"), " (bundled for reference; servesim refuses them):"
+            )
+        )
+        for name, why in unusable:
+            console.print(f"  {name}: {why}", highlight=False, soft_wrap=True)
+    return 0

@@ -1,0 +1,119 @@
+"""The deployment flags `simulate` and `predict` share, their settings schema, and the `Deployment`
+they build (the model's own limits checked here).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from servesim.cli.settings import (
+    NonEmpty,
+    PosInt,
+    Settings,
+    add_switch,
+)
+from servesim.spec.devices import catalog
+from servesim.spec.engine_profile import get_engine
+
+
+def parse_chunk(text: str) -> tuple[int, int]:
+    """(new, cached) tokens from NEW[:CACHED] (ValueError saying the form if not)."""
+    parts = str(text).split(":")
+    usage = f"takes NEW or NEW:CACHED token counts with NEW ≥ 1, got {text!r}"
+    try:
+        new = int(parts[0])
+        cached = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ValueError(usage) from None
+    if new < 1 or cached < 0 or len(parts) > 2:
+        raise ValueError(usage)
+    return new, cached
+
+
+def listed_chunks(v: Any) -> Any:
+    """`prefill: 512` or `prefill: "512:1024"` in a file is one chunk."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [str(v)]
+    if isinstance(v, str):
+        return [v]
+    if isinstance(v, list):
+        return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+    return v
+
+
+class DeploymentSettings(Settings):
+    """What one replica is: model, device, parallel layout, engine and batching limits."""
+
+    model: NonEmpty = "meta-llama/Llama-3.1-8B"
+    device: NonEmpty = "h100_sxm"
+    devices: NonEmpty | None = None
+    tp: PosInt = 1
+    pp: PosInt = 1
+    ep: PosInt = 1
+    dp: PosInt = 1
+    engine: NonEmpty = "vllm"
+    max_num_seqs: PosInt | None = None
+    max_num_batched_tokens: PosInt | None = None
+    chunked_prefill: bool | None = None
+    weight_dtype: NonEmpty | None = None
+    kv_dtype: NonEmpty | None = None
+    fit: NonEmpty | None = None
+
+
+def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
+    """The deployment flags `simulate` and `predict` share (read by `build_deployment`)."""
+    g = p.add_argument_group("deployment")
+    g.add_argument("--config", help="YAML/JSON file with any of these settings")
+    g.add_argument("--model", help="bundled model name/HF id or a config.json path")
+    g.add_argument("--device", help="device name or alias (see `servesim devices`)")
+    g.add_argument("--devices", help="extra device catalog YAML")
+    g.add_argument("--tp", type=int, help="tensor-parallel degree")
+    g.add_argument("--pp", type=int, help="pipeline-parallel degree (at most the model's layers)")
+    g.add_argument("--ep", type=int, help="expert-parallel degree (1 = experts split by TP)")
+    g.add_argument("--dp", type=int, help="attention data-parallel ranks per replica")
+    if simulate:
+        g.add_argument("--replicas", type=int, help="identical data-parallel replicas")
+    g.add_argument("--engine", help="engine profile: vllm, sglang or trtllm")
+    g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")
+    g.add_argument("--max-num-batched-tokens", type=int, help="token budget per iteration")
+    add_switch(g, "--chunked-prefill", "split long prefills across iterations")
+    if simulate:
+        add_switch(
+            g,
+            "--overlap-scheduling",
+            "plan the next iteration while one runs (default: the engine's; on for trtllm and "
+            "sglang, off for vllm, whose --async-scheduling turns it on)",
+        )
+    g.add_argument("--weight-dtype", help="bf16, fp8, int4, ... (default: the config's)")
+    g.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16 or fp8")
+    g.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
+
+
+def build_deployment(s: DeploymentSettings) -> Any:
+    """A Deployment from validated settings (the model's own limits checked here)."""
+    from servesim.predictor.roofline import KernelFit
+    from servesim.sim.deployment import Deployment
+    from servesim.spec.model import load_model
+    from servesim.spec.parallel import Parallel
+
+    device = catalog(s.devices).get(s.device)
+    model = load_model(s.model)
+    if s.weight_dtype or s.kv_dtype:
+        model = model.with_dtypes(weight=s.weight_dtype, kv=s.kv_dtype)
+    par = Parallel(tp=s.tp, pp=s.pp, ep=s.ep, dp=s.dp)
+    model.check_parallel(par)
+    fit = KernelFit.load(s.fit) if s.fit else None
+    return Deployment(
+        model=model,
+        device=device,
+        parallel=par,
+        engine=get_engine(s.engine).with_overrides(
+            overlap_scheduling=getattr(s, "overlap_scheduling", None)
+        ),
+        replicas=getattr(s, "replicas", 1),
+        max_num_seqs=s.max_num_seqs,
+        max_num_batched_tokens=s.max_num_batched_tokens,
+        chunked_prefill=s.chunked_prefill,
+        fit=fit,
+    )

@@ -1,0 +1,426 @@
+"""`servesim plan`: the best deployments for a model, a workload and SLOs, across GPU types."""
+
+from __future__ import annotations
+
+import argparse
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from servesim.cli import settings as config
+from servesim.cli.settings import (
+    Edges,
+    Fraction,
+    LengthSpec,
+    Misuse,
+    Names,
+    NonEmpty,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    PosInts,
+    Settings,
+)
+from servesim.errors import ServesimError
+from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
+from servesim.sim.metrics import Slo
+
+# No markup: paths, labels and names come from the user and may hold [brackets].
+console = Console(markup=False)
+
+
+def _pairs(v: Any) -> Any:
+    """`64:2048,256:8192`, or a list of "A:B" strings or [A, B] pairs → a tuple of int pairs
+    (a ValueError says the form)."""
+    if isinstance(v, str):
+        if v.strip().lower() in ("", "none", "off"):
+            return ()
+        v = [x for x in v.split(",") if x.strip()]
+    if not isinstance(v, list | tuple):
+        return v
+    out = []
+    for part in v:
+        items = part.split(":") if isinstance(part, str) else part
+        try:
+            a, b = (int(x) for x in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"takes A:B pairs of whole numbers like 1:2, got {part!r}") from None
+        if a < 1 or b < 1:
+            raise ValueError(f"takes pairs of positive whole numbers, got {part!r}")
+        out.append((a, b))
+    return tuple(out)
+
+
+def _edges(v: Any) -> Any:
+    """`0,1500,inf` or a list of numbers → a tuple of increasing bucket edges."""
+    items = [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        return v
+    try:
+        edges = tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"takes comma-separated token counts like 0,1500,inf, got {v!r}") from None
+    if len(edges) < 2 or any(e != e for e in edges) or any(b <= a for a, b in pairwise(edges)):
+        raise ValueError(f"needs at least two increasing edges like 0,1500,inf, got {v!r}")
+    return edges
+
+
+Pairs = Annotated[tuple[tuple[int, int], ...], BeforeValidator(_pairs)]
+BucketEdges = Annotated[Edges, BeforeValidator(_edges)]
+SEARCH_ONLY = (
+    "pp",
+    "engines",
+    "batching",
+    "weight_dtypes",
+    "kv_dtypes",
+    "pd_ratios",
+    "fit",
+    "workers",
+    "ray",
+    "out",
+    "top",
+)
+
+
+class PlanSettings(Settings):
+    """Everything `servesim plan` reads."""
+
+    model: NonEmpty = "meta-llama/Llama-3.1-70B"
+    trace: NonEmpty = "azure_conv"
+    num_requests: Annotated[int, Field(ge=10)] = 1000
+    prompt: LengthSpec | None = None
+    output: LengthSpec | None = None
+    arrival: Literal["poisson", "gamma"] = "poisson"
+    cv: PosFloat = 1.0
+    seed: NonNegInt = 0
+    rate: PosFloat | None = 10.0
+    ttft_slo: PosFloat = 2.0
+    tpot_slo: PosFloat = 0.1
+    target: Fraction = 0.9
+    gpus: Names = ("h100_sxm", "a100_sxm", "l40s", "l4")
+    devices: NonEmpty | None = None
+    tp: PosInts = (1, 2, 4, 8)
+    pp: PosInts = (1,)
+    engines: Names = ("vllm", "sglang")
+    batching: Pairs = ((64, 2048), (256, 8192), (1024, 16384))
+    weight_dtypes: Names = ()
+    kv_dtypes: Names = ("bf16",)
+    pd_ratios: Pairs = ((1, 1), (1, 2))
+    fit: NonEmpty | None = None
+    workers: PosInt | None = None
+    ray: NonEmpty | None = None
+    out: NonEmpty = "plan-out"
+    top: PosInt = 10
+    mix: bool = False
+    prompt_edges: BucketEdges = (0.0, 1500.0, float("inf"))
+    output_edges: BucketEdges = (0.0, 250.0, float("inf"))
+    slice_factor: PosInt = 4
+
+    @field_validator("gpus", "engines", "kv_dtypes", "tp", "pp", "batching")
+    @classmethod
+    def _not_empty(cls, v: tuple[Any, ...], info: ValidationInfo) -> tuple[Any, ...]:
+        if not v:
+            example = {
+                "gpus": "h100_sxm,l40s",
+                "engines": "vllm,sglang",
+                "kv_dtypes": "bf16,fp8",
+                "tp": "1,2,4,8",
+                "pp": "1",
+                "batching": "256:8192",
+            }[str(info.field_name)]
+            raise ValueError(f"needs at least one value, e.g. {example}")
+        return v
+
+    @model_validator(mode="after")
+    def _plan_modes(self) -> PlanSettings:
+        config.check_workload_mode(self, closed_loops=False)
+        for key in ("prompt_edges", "output_edges", "slice_factor"):
+            if self.given(key) and not self.mix:
+                raise Misuse(
+                    f"{{{key}}} shapes the Mélange mix and does nothing without {{mix}}; add "
+                    f"{{mix}} or drop {{{key}}}."
+                )
+        if self.mix:
+            for key in SEARCH_ONLY:
+                if self.given(key):
+                    raise Misuse(
+                        f"{{{key}}} does nothing with {{mix}}, which sizes a mix of the {{gpus}} "
+                        f"at {{tp}} for {{rate}}; drop {{{key}}} or {{mix}}."
+                    )
+            if self.rate is None:
+                raise Misuse("{mix} needs {rate}, the request rate to serve.")
+        if self.given("workers") and self.ray and self.ray != "local":
+            raise Misuse(
+                "{workers} sets the CPUs of a local Ray and does nothing with a Ray cluster at "
+                "{ray}; drop {workers}."
+            )
+        return self
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `plan` on the main parser's subcommands."""
+    p = sub.add_parser("plan", help="search deployments for the best goodput per dollar")
+    p.add_argument("--config", help="YAML/JSON file with any of these settings")
+    p.add_argument("--model", help="bundled model name/HF id or a config.json path")
+    w = p.add_argument_group("workload and SLO")
+    w.add_argument("--trace", help="bundled trace name or file (its arrival shape is scaled)")
+    w.add_argument(
+        "--num-requests",
+        type=int,
+        help="requests per capacity probe (≥ 10; more are drawn when a steady state needs them)",
+    )
+    w.add_argument("--prompt", help="synthetic prompt lengths instead of a trace")
+    w.add_argument("--output", help="synthetic output lengths instead of a trace")
+    w.add_argument("--arrival", help="synthetic arrivals: poisson or gamma")
+    w.add_argument("--cv", type=float, help="gamma arrivals' coefficient of variation")
+    w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals (≥ 0)")
+    w.add_argument("--rate", type=float, help="traffic to size the deployment for, req/s")
+    w.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
+    w.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")
+    w.add_argument("--target", type=float, help="fraction of requests that must meet both")
+    s = p.add_argument_group("search space")
+    s.add_argument("--gpus", help="comma-separated device names to consider")
+    s.add_argument("--devices", help="extra device catalog YAML")
+    s.add_argument("--tp", help="comma-separated TP degrees")
+    s.add_argument("--pp", help="comma-separated PP degrees (at most the model's layers)")
+    s.add_argument("--engines", help="comma-separated engine profiles/policies")
+    s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
+    s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
+    s.add_argument("--kv-dtypes", help="comma-separated KV-cache formats")
+    s.add_argument(
+        "--pd-ratios",
+        help="disaggregated prefill:decode replica ratios to try, e.g. 1:1,1:2 ('none' to skip)",
+    )
+    s.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
+    m = p.add_argument_group("heterogeneous mix (Mélange)")
+    m.add_argument(
+        "--mix", action="store_true", default=None, help="cheapest mix of the --gpus for --rate"
+    )
+    m.add_argument("--prompt-edges", help="prompt-token bucket edges, e.g. 0,1500,inf (--mix)")
+    m.add_argument("--output-edges", help="output-token bucket edges, e.g. 0,250,inf (--mix)")
+    m.add_argument("--slice-factor", type=int, help="slices per bucket (--mix; Mélange: 4)")
+    r = p.add_argument_group("execution and output")
+    r.add_argument("--workers", type=int, help="local worker processes (default: cores)")
+    r.add_argument(
+        "--ray", help="run on Ray: a cluster address (host:port), or 'local' to start one"
+    )
+    r.add_argument("--out", help="output folder (results resume from its store)")
+    r.add_argument("--top", type=int, help="candidates shown in the table")
+
+
+def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
+    """The plan question and search space from validated settings."""
+    synthetic = s.prompt is not None or s.output is not None
+    work = WorkloadSpec(
+        trace=None if synthetic else s.trace,
+        num_requests=s.num_requests,
+        prompt=s.prompt,
+        output=s.output,
+        arrival=s.arrival,
+        cv=s.cv,
+        seed=s.seed,
+    )
+    spec = PlanSpec(
+        model=s.model,
+        workload=work,
+        slo=Slo(s.ttft_slo, s.tpot_slo),
+        target=s.target,
+        rate_per_s=s.rate,
+        devices_file=s.devices,
+        fit_file=s.fit,
+    )
+    space = SearchSpace(
+        devices=s.gpus,
+        tp=s.tp,
+        pp=s.pp,
+        engines=s.engines,
+        batching=s.batching,
+        weight_dtypes=s.weight_dtypes,
+        kv_dtypes=s.kv_dtypes,
+        pd_ratios=s.pd_ratios,
+    )
+    return spec, space
+
+
+def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
+    """Everything a plan needs, checked before any search: the model, devices, engines,
+    formats, the kernel fit, the workload and the output folder."""
+    from servesim.predictor.roofline import KernelFit
+    from servesim.spec.devices import catalog
+    from servesim.spec.dtypes import KV_DTYPES, canonical
+    from servesim.spec.engine_profile import get_engine
+    from servesim.spec.model import load_model
+
+    model = load_model(spec.model)
+    cat = catalog(spec.devices_file)
+    for d in space.devices:
+        cat.get(d)
+    for e in space.engines:
+        get_engine(e)
+    for w in space.weight_dtypes:
+        canonical(w)
+    for kv in space.kv_dtypes:
+        if canonical(kv) not in KV_DTYPES:
+            raise ServesimError(
+                f"{s.spell('kv_dtypes')} has {kv!r}; KV caches are {', '.join(KV_DTYPES)}."
+            )
+    too_deep = [pp for pp in space.pp if pp > model.num_layers]
+    if too_deep:
+        raise ServesimError(
+            f"{s.spell('pp')} {too_deep[0]} exceeds {model.name}'s {model.num_layers} layers; "
+            f"use pipeline degrees of at most {model.num_layers}."
+        )
+    if spec.fit_file:
+        KernelFit.load(spec.fit_file)
+    if spec.workload.trace is None:
+        from servesim.sim.synthetic import parse_length
+
+        parse_length(spec.workload.prompt or "fixed:1024", "prompt")
+        parse_length(spec.workload.output or "fixed:256", "output")
+    spec.workload.build()
+    if not s.mix:
+        config.check_out_dir(s.out, s.spell("out"))
+    if s.ray and s.ray != "local":
+        from servesim.planner.runner import check_ray_address
+
+        check_ray_address(s.ray)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Run a plan and report it; exit 1 (outputs still written) when nothing meets the SLO."""
+    from servesim.planner.plan import run_plan
+    from servesim.report.export import write_exports
+    from servesim.report.page import write_report
+
+    s = config.settings(PlanSettings, args)
+    spec, space = build(s)
+    check_inputs(s, spec, space)
+    if s.mix:
+        return _mix(spec, space, s)
+    out = Path(s.out)
+    with config.writing(out, s.spell("out")):
+        result = run_plan(spec, space, out, workers=s.workers, ray_address=s.ray)
+        result.files["report"] = write_report(result, result.out_dir / "report.html")
+        result.files.update(write_exports(result, result.out_dir))
+    print_plan(result, s.top)
+    if result.winner is None:
+        why = (
+            "no candidate meets the SLO"
+            if result.closest_miss() is not None
+            else "every candidate was pruned before simulation"
+        )
+        Console(stderr=True).print(
+            f"{why} (exit status 1); the report and plan.parquet say how close each came.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+def _mix(spec: PlanSpec, space: SearchSpace, s: PlanSettings) -> int:
+    """The cheapest mix of GPU types for the target rate, checked by simulation."""
+    from servesim.planner.melange import plan_mix
+
+    assert spec.rate_per_s is not None  # PlanSettings refuses --mix without --rate
+    mp = plan_mix(
+        spec,
+        list(space.devices),
+        spec.rate_per_s,
+        list(s.prompt_edges),
+        list(s.output_edges),
+        tp=space.tp,
+        slice_factor=s.slice_factor,
+    )
+    table = Table(title=Text(f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}"))
+    for col in ("type", "replicas", "devices", "$/h", "simulated attainment"):
+        table.add_column(col)
+    for t, n in mp.solution.counts.items():
+        if n:
+            table.add_row(
+                t,
+                str(n),
+                str(mp.devices[t]),
+                f"{n * mp.prices[t]:.2f}",
+                f"{mp.attainment.get(t, float('nan')):.1%}",
+            )
+    console.print(table)
+    console.print(
+        f"mix: ${mp.solution.cost_per_hour:.2f}/h, verified by simulation: "
+        f"{'yes' if mp.verified else 'no'}"
+    )
+    if mp.single_type is not None:
+        console.print(
+            f"best one-type fleet by the same capacities: ${mp.single_type.cost_per_hour:.2f}/h"
+        )
+    base = mp.baseline_cost
+    if base is not None:
+        console.print(f"smallest one-type fleet passing simulation: {base[0]} at ${base[1]:.2f}/h")
+        if base[1] < mp.solution.cost_per_hour:
+            console.print(
+                "the one-type fleet is cheaper here: bucket loads do not simply add up "
+                "(each bucket must meet the target alone in the mix model)",
+                style="yellow",
+            )
+    return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def print_plan(result: Any, top: int = 10) -> None:
+    """Terminal summary: pruning, the top candidates, the winner and the sizing."""
+    from servesim.report.page import terminal_table
+
+    spec = result.spec
+    pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
+    console.print(
+        Text.assemble(
+            (spec.model, "bold"),
+            f": TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
+            f"{spec.target:.0%} of requests; {result.evaluated} candidates simulated, "
+            f"{result.reused} reused from the store, {len(result.pruned)} pruned "
+            f"({pruned or 'none'}) in {result.wall_s:.1f} s",
+        )
+    )
+    for note in getattr(result, "notes", []):
+        console.print(Text.assemble(("note: ", "yellow"), note))
+    console.print(terminal_table(result, top))
+    if result.winner is None:
+        miss = result.closest_miss()
+        if miss is not None:
+            console.print(
+                Text.assemble(
+                    ("No candidate meets the SLO.", "red"),
+                    f" Closest: {miss['label']}: {miss['reason']}.",
+                )
+            )
+        else:
+            console.print(
+                Text.assemble(
+                    ("No candidate could even be simulated:", "red"), " every one was pruned."
+                )
+            )
+            for p in result.pruned[:5]:
+                console.print(f"  {p.candidate.label()}: {p.reason}")
+        return
+    w = result.winner
+    console.print(
+        f"winner: {w['label']}: {w['capacity_req_per_s']:.2f} req/s per replica "
+        f"({_count(w['devices'], 'device')}, ${w['price_per_hour']:.2f}/h)"
+    )
+    for name, sz in (("fewest GPUs", result.fewest_devices), ("lowest $/h", result.cheapest)):
+        if sz is not None:
+            console.print(
+                f"{name} for {spec.rate_per_s:g} req/s: {sz.replicas} × {sz.candidate.label()} = "
+                f"{_count(sz.devices, 'device')}, ${sz.price_per_hour:.2f}/h (simulated attainment "
+                f"{sz.attainment:.1%})"
+            )
+    for name, path in result.files.items():
+        console.print(f"wrote {name}: {path}")

@@ -1,0 +1,111 @@
+"""`servesim predict`: one iteration's time with a per-operator breakdown and the memory layout,
+for a batch that must fit the batching limits and the KV cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+from rich.table import Table
+
+from servesim.cli import settings as config
+from servesim.cli.deployment_flags import (
+    DeploymentSettings,
+    add_deployment_args,
+    build_deployment,
+    listed_chunks,
+    parse_chunk,
+)
+from servesim.cli.output import console
+from servesim.cli.settings import (
+    Misuse,
+    NonNegInt,
+    PosInt,
+)
+
+
+class PredictSettings(DeploymentSettings):
+    """Everything `servesim predict` reads: a deployment and one batch."""
+
+    decode_seqs: NonNegInt = 0
+    context: PosInt = 1024
+    prefill: Annotated[list[str], BeforeValidator(listed_chunks)] = Field(default_factory=list)
+
+    @field_validator("prefill")
+    @classmethod
+    def _chunks(cls, v: list[str]) -> list[str]:
+        for c in v:
+            parse_chunk(c)
+        return v
+
+    @model_validator(mode="after")
+    def _batch(self) -> PredictSettings:
+        if not self.decode_seqs and not self.prefill:
+            raise Misuse("Give a batch: {decode_seqs} N and/or {prefill} NEW[:CACHED].")
+        if self.given("context") and not self.decode_seqs:
+            raise Misuse(
+                "{context} is the context of decoding sequences; add {decode_seqs} N or drop it."
+            )
+        return self
+
+
+def add_predict_parser(sub: Any) -> None:
+    """Add `predict` to servesim's subcommand parsers."""
+    pred = sub.add_parser("predict", help="time one batch, with a per-operator breakdown")
+    add_deployment_args(pred, simulate=False)
+    b = pred.add_argument_group("batch (must fit the batching limits and the KV cache)")
+    b.add_argument("--decode-seqs", type=int, help="sequences decoding one token each")
+    b.add_argument("--context", type=int, help="mean tokens each decode sequence attends to")
+    b.add_argument(
+        "--prefill",
+        action="append",
+        help="a prefill chunk NEW[:CACHED] tokens (repeat for several sequences)",
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Price one batch and print its per-operator breakdown."""
+    from servesim.predictor.iteration import BatchShape
+
+    s = config.settings(PredictSettings, args)
+    dep = build_deployment(s)
+    chunks = tuple(parse_chunk(c) for c in s.prefill)
+    batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
+    dep.check_batch(batch, s.spell)
+    mem = dep.memory()
+    pred = dep.predictor()
+    cost = pred.iteration(batch, breakdown=True)
+    table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
+    for col, just in (
+        ("operator", "left"),
+        ("kind", "left"),
+        ("calls", "right"),
+        ("time (ms)", "right"),
+        ("share", "right"),
+        ("TFLOP", "right"),
+        ("GB moved", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for op in sorted(cost.ops, key=lambda o: -o.seconds):
+        table.add_row(
+            op.name,
+            op.kind,
+            str(op.calls),
+            f"{op.seconds * 1e3:.3f}",
+            f"{op.seconds / cost.seconds:.1%}",
+            f"{op.flops / 1e12:.3f}" if op.flops else "",
+            f"{op.nbytes / 1e9:.3f}" if op.nbytes else "",
+        )
+    console.print(table)
+    console.print(
+        f"iteration: {cost.seconds * 1e3:.3f} ms, {cost.joules:.1f} J; tokens {batch.num_tokens}, "
+        f"sequences {batch.num_seqs}"
+    )
+    m = mem.as_dict()
+    console.print(
+        f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
+        f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB"
+    )
+    return 0

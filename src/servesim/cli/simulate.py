@@ -1,0 +1,162 @@
+"""`servesim simulate`: serve a workload on one deployment and write its per-request records,
+time series and summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pydantic import field_validator, model_validator
+
+from servesim.cli import cluster_flags
+from servesim.cli import settings as config
+from servesim.cli.cluster_flags import MechanismSettings
+from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
+from servesim.cli.output import console, print_summary
+from servesim.cli.settings import (
+    Misuse,
+    NonEmpty,
+    PosFloat,
+    PosInt,
+    WorkloadSettings,
+)
+from servesim.cli.workload_flags import add_workload_args, build_workload
+
+MEASURED_KEYS = (
+    "model",
+    "device",
+    "engine",
+    "tp",
+    "pp",
+    "ep",
+    "dp",
+    "weight_dtype",
+    "kv_dtype",
+    "fit",
+    "overlap_scheduling",
+)
+
+
+class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
+    """Everything `servesim simulate` reads."""
+
+    replicas: PosInt = 1
+    overlap_scheduling: bool | None = None
+    measured: NonEmpty | None = None
+    ttft_slo: PosFloat = 2.0
+    tpot_slo: PosFloat = 0.1
+    router: NonEmpty = "round_robin"
+    out: NonEmpty = "servesim-out"
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, v: str) -> str:
+        from servesim.sim.router import ROUTERS
+
+        if v not in ROUTERS:
+            raise ValueError(f"must be one of {', '.join(ROUTERS)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _simulate_modes(self) -> SimulateSettings:
+        if self.given("measured"):
+            for key in MEASURED_KEYS:
+                if self.given(key):
+                    raise Misuse(
+                        f"{{{key}}} is taken from the measured engine ({{measured}}); drop "
+                        f"{{{key}}}."
+                    )
+        if self.disagg and self.given("replicas"):
+            raise Misuse(
+                "{replicas} does nothing with {disagg}; size the pools with "
+                "{prefill_replicas} and {decode_replicas}."
+            )
+        one = self.replicas == 1 and not self.autoscale and not self.disagg
+        if one and self.migration:
+            raise Misuse(
+                "{migration} moves requests between replicas; add {replicas} 2 or more (or "
+                "{autoscale}), or drop {migration}."
+            )
+        if one and self.given("router"):
+            raise Misuse(
+                "{router} picks among replicas and does nothing with one; add {replicas} 2 or "
+                "more, or drop {router}."
+            )
+        return self
+
+
+def add_simulate_parser(sub: Any) -> None:
+    """Add `simulate` to servesim's subcommand parsers."""
+    sim = sub.add_parser("simulate", help="simulate serving a workload on one deployment")
+    add_deployment_args(sim, simulate=True)
+    add_workload_args(sim.add_argument_group("workload"))
+    s = sim.add_argument_group("SLO and output")
+    s.add_argument("--ttft-slo", type=float, help="TTFT target, seconds")
+    s.add_argument("--tpot-slo", type=float, help="TPOT target, seconds")
+    s.add_argument(
+        "--router",
+        help="round_robin, least_loaded, least_requests, least_kv, power_of_two, "
+        "prefix_affinity or session (with --replicas 2 or more)",
+    )
+    s.add_argument("--out", help="output folder for requests.parquet and summary.json")
+    s.add_argument(
+        "--measured",
+        help="a measured-engine JSON (validation/real_engine.py writes one): model, device, "
+        "engine and iteration costs from measurements; --model/--device/--engine/--tp are then "
+        "taken from it",
+    )
+    cluster_flags.add_args(sim)
+
+
+def build_measured(s: SimulateSettings) -> Any:
+    """A deployment priced from measurements (`--measured FILE`), with the batching flags the
+    user gave on top of the engine profile the file holds."""
+    from dataclasses import replace
+
+    from servesim.measure.measured_engine import load_measured_engine
+
+    dep = load_measured_engine(str(s.measured))
+    over = {
+        k: getattr(s, k)
+        for k in ("max_num_seqs", "max_num_batched_tokens", "chunked_prefill", "replicas")
+        if s.given(k)
+    }
+    return replace(dep, **over) if over else dep
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run one simulation and report it."""
+    from servesim.sim.metrics import Slo, write_parquet, write_summary
+    from servesim.sim.simulate import simulate
+    from servesim.sim.synthetic import ClosedLoop
+
+    s = config.settings(SimulateSettings, args)
+    out = config.check_out_dir(s.out, s.spell("out"))
+    slo = Slo(s.ttft_slo, s.tpot_slo)
+    dep = build_measured(s) if s.measured else build_deployment(s)
+    dep = cluster_flags.apply(dep, s, slo)
+    work = build_workload(s)
+    closed = work if isinstance(work, ClosedLoop) else None
+    with config.writing(out, s.spell("out")):
+        # Per-request rows stream to the Parquet file as requests finish (written in
+        # request_id order): memory stays bounded on long traces.
+        res = simulate(
+            dep,
+            None if closed else work,
+            closed_loop=closed,
+            router=s.router,
+            records_path=out / "requests.parquet",
+        )
+        summary = res.summary(slo)
+        summary["workload"] = (
+            f"closed loop, {closed.clients} clients, {closed.num_requests} requests"
+            if closed
+            else getattr(work, "name", "")
+        )
+        summary["sim_wall_s"] = res.wall_s
+        write_parquet(res.series, out / "timeseries.parquet")
+        write_summary(summary, out / "summary.json")
+    print_summary(summary)
+    console.print(f"wrote {out}/requests.parquet, timeseries.parquet and summary.json")
+    return 0

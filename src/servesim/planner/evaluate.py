@@ -1,0 +1,106 @@
+"""One candidate's evaluation: its capacity search flattened into one result row (latency
+percentiles and CDF points of the steady window, utilisation, energy). A plain top-level
+function of picklable specs, so local processes and Ray run the very same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from servesim.errors import ServesimError
+from servesim.planner.candidates import Candidate, PlanSpec, deployment_for
+from servesim.planner.capacity import (
+    Capacity,
+    find_capacity,
+    window_columns,
+)
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.metrics import summarize
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.percentile(x, q)) if len(x) else math.nan
+
+
+def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
+    """Capacity search for one candidate, flattened into one result row.
+
+    Latencies and attainment describe the steady window of the run at capacity (the requests
+    the search counted); utilisation, batch size and energy describe the whole run.
+    """
+    dep = deployment_for(spec, c)
+    base = spec.workload.build()
+    row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
+    try:
+        cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol, draw=spec.workload.draw)
+    except ServesimError as exc:  # one candidate's failed simulation must not end the plan
+        cap = Capacity(0.0, math.nan, False, miss=f"the simulation failed: {exc}")
+    dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
+    n_dev = dep.num_devices
+    price = dep.price_per_hour
+    row.update(
+        {
+            "status": "ok" if cap.feasible else "infeasible",
+            "reason": cap.miss,
+            "devices": n_dev,
+            "price_per_hour": price,
+            "power_kw": n_dev * dev.max_power_w / 1e3,
+            "capacity_req_per_s": cap.rate_per_s,
+            "saturation_req_per_s": cap.saturation_rate_per_s,
+            "residence_s": cap.residence_s,
+            "probe_requests": cap.probe_requests,
+            "goodput_per_gpu": cap.rate_per_s / n_dev,
+            "goodput_per_dollar_hour": cap.rate_per_s / price if price > 0 else math.nan,
+            "goodput_per_kw": cap.rate_per_s / (n_dev * dev.max_power_w / 1e3),
+            "probes": json.dumps([asdict(p) for p in cap.probes]),
+        }
+    )
+    mem = dep.memory()
+    row.update(
+        {
+            "weights_gb": mem.weight_bytes / 1e9,
+            "kv_gb": mem.kv_bytes / 1e9,
+            "reserve_gb": mem.reserve_bytes / 1e9,
+            "device_gb": mem.device_bytes / 1e9,
+            "kv_tokens": mem.kv_tokens,
+        }
+    )
+    res = cap.best
+    if res is not None:
+        whole = res.summary(spec.slo)
+        cols = window_columns(res, cap.window)
+        s = summarize(cols, spec.slo)
+        row.update(
+            {
+                "attainment": s["slo_attainment"],
+                "ttft_p50_s": s["ttft_s"]["p50"],
+                "ttft_p90_s": s["ttft_s"]["p90"],
+                "ttft_p99_s": s["ttft_s"]["p99"],
+                "tpot_p50_s": s["tpot_s"]["p50"],
+                "tpot_p90_s": s["tpot_s"]["p90"],
+                "tpot_p99_s": s["tpot_s"]["p99"],
+                "e2e_p90_s": s["e2e_s"]["p90"],
+                "throughput_tok_per_s": whole["throughput_output_tok_per_s"],
+                "joules_per_token": whole["joules_per_output_token"],
+                "utilisation": whole["utilisation"],
+                "mean_batch_size": whole["mean_batch_size"],
+                "mean_kv_use": whole["mean_kv_use"],
+                "ttft_cdf_s": json.dumps(_cdf_points(cols["ttft_s"])),
+                "tpot_cdf_s": json.dumps(_cdf_points(cols["tpot_s"])),
+            }
+        )
+    return row
+
+
+def _cdf_points(x: np.ndarray, points: int = 50) -> list[float]:
+    """Quantiles at evenly spaced probabilities, enough to draw a CDF."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return []
+    return [float(v) for v in np.quantile(x, np.linspace(0, 1, points))]

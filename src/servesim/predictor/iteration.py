@@ -1,0 +1,569 @@
+"""Iteration-time predictor: seconds and joules of one engine iteration of one replica.
+
+The roofline per operator lives in `roofline`; this module lists the operators one iteration runs
+(from the model's shapes, the batch and the parallel layout), prices each, and adds the engine's
+fixed costs. The simulator calls it through a few memoised pieces (dense work by token count,
+decode attention as an affine function of total context, prefill attention per chunk) so that
+millions of iterations cost microseconds each; `iteration()` sums the same pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+
+from servesim.predictor import roofline
+from servesim.spec.devices import Device
+from servesim.spec.dtypes import compute_dtype, nbytes
+from servesim.spec.engine_profile import EngineProfile
+from servesim.spec.model import ModelSpec
+from servesim.spec.parallel import Parallel
+
+ACT_BYTES = 2.0  # activations travel in bf16
+# Dynamic power of a kernel that streams HBM at full bandwidth, as a share of the dynamic power of
+# tensor cores at peak. HBM3 moves ~3 TB/s at a few pJ/bit (~100-150 W) while the SMs that issue
+# the loads stay active, so memory-bound decode draws roughly half of the idle-to-TDP range on
+# H100/A100 (Splitwise, ISCA'24, fig. 9; Samsi et al., HPEC'23: A100 decode at 250-300 W of 400 W).
+MEM_POWER_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one iteration runs: decodes (one token each) and prefill chunks.
+
+    `decode_context` is the total number of tokens the decode sequences attend to (cached
+    context plus the new token, summed over sequences). Each prefill entry is
+    `(new_tokens, cached_tokens)` for one sequence.
+    """
+
+    decode_seqs: int = 0
+    decode_context: int = 0
+    prefill: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the forward pass processes."""
+        return self.decode_seqs + sum(n for n, _ in self.prefill)
+
+    @property
+    def num_seqs(self) -> int:
+        """Sequences in the batch."""
+        return self.decode_seqs + len(self.prefill)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """One operator's share of an iteration: calls per iteration and seconds in total."""
+
+    name: str
+    kind: str
+    calls: int
+    seconds: float
+    flops: float
+    nbytes: float
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One operator's time (and work) for an array of token counts."""
+
+    name: str
+    kind: str
+    calls: float
+    seconds: np.ndarray
+    flops: np.ndarray
+    nbytes: np.ndarray
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    """Time and energy of one iteration on the whole replica."""
+
+    seconds: float
+    joules: float
+    ops: tuple[OpCost, ...] = field(default=(), compare=False)
+
+
+class Predictor:
+    """Prices iterations of one replica: a model on `parallel.num_devices` devices of one type."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        device: Device,
+        parallel: Parallel | None = None,
+        engine: EngineProfile | None = None,
+        fit: roofline.KernelFit | None = None,
+        power_device: Device | None = None,
+    ) -> None:
+        self.model = model
+        self.device = device
+        # The physical device whose peak rates and power price energy: itself, unless this
+        # predictor times a slice of it (semi-PD lanes run on a share of the SMs).
+        self.power_device = power_device or device
+        self.par = parallel or Parallel()
+        self.engine = engine or EngineProfile()
+        self.fit = fit or roofline.default_fit()
+        model.check_tp(self.par.tp)
+        self._eager_s = self.engine.eager_launch_s_per_layer * self.layers_per_stage
+        self._dense_tab: list[float] = []
+        self._lm_tab: list[float] = []
+        self._dyn_dense_tab: list[float] = []
+        self._dyn_lm_tab: list[float] = []
+        self._peak = self.power_device.peak_flops(compute_dtype(model.weight_dtype))
+        self._attn_peak = self.power_device.peak_flops(compute_dtype(model.kv_dtype))
+        self._prefill_cache = lru_cache(maxsize=262144)(self._prefill_attn_s)
+        self._decode_cache = lru_cache(maxsize=65536)(self._decode_coeffs)
+        self._step_cache = lru_cache(maxsize=65536)(self._decode_step_coeffs)
+        self._step_costs_cache = lru_cache(maxsize=65536)(self._decode_step_costs)
+        self._w_ctx: float | None = None
+
+    # ---- shapes ---------------------------------------------------------------------------
+    @property
+    def layers_per_stage(self) -> int:
+        """Layers on the busiest pipeline stage."""
+        return math.ceil(self.model.num_layers / self.par.pp)
+
+    def _stage_fraction(self, count: int) -> float:
+        """Share of `count` layers that the busiest stage holds (all of them when pp = 1)."""
+        return count * self.layers_per_stage / self.model.num_layers
+
+    # ---- operator list --------------------------------------------------------------------
+    def ops(self, batch: BatchShape) -> list[OpCost]:
+        """Every operator of one iteration with its time, for the per-operator breakdown."""
+        out: list[OpCost] = []
+        if batch.num_tokens:
+            tokens = np.array([math.ceil(batch.num_tokens / self.par.dp)], dtype=np.float64)
+            for term in self._dense_terms(tokens):
+                out.append(
+                    OpCost(
+                        term.name,
+                        term.kind,
+                        round(term.calls),
+                        float(term.seconds[0]),
+                        float(term.flops[0]),
+                        float(term.nbytes[0]),
+                    )
+                )
+            out.append(self._lm_head_op(batch.num_seqs))
+        out += self._attention_ops(batch)
+        out.append(self._overhead_op(batch))
+        pp = self.par.pp
+        if pp == 1:
+            return out
+        # Every stage runs its share in turn: the breakdown is per iteration, all stages.
+        out = [replace(op, seconds=op.seconds * pp) for op in out]
+        out.append(OpCost("pp_send", "comm", pp - 1, self.pp_send_s(batch.num_tokens), 0.0, 0.0))
+        return out
+
+    def _gemm(
+        self, name: str, m: np.ndarray, n: int, k: int, calls: float, expert: bool = False
+    ) -> _Term:
+        wdt = self.model.expert_dtype if expert else self.model.weight_dtype
+        t = roofline.gemm_np(m, n, k, compute_dtype(wdt), self.device, self.fit, weight_dtype=wdt)
+        flops = 2.0 * m * n * k
+        nb = n * k * nbytes(wdt) + (m * k + m * n) * ACT_BYTES
+        return _Term(name, "gemm", calls, t * calls, flops * calls, nb * calls)
+
+    def _elementwise(self, name: str, op: str, nbytes_moved: np.ndarray, calls: float) -> _Term:
+        t = roofline.elementwise_np(nbytes_moved, self.device, self.fit, op)
+        zero = np.zeros_like(nbytes_moved)
+        return _Term(name, "elementwise", calls, t * calls, zero, nbytes_moved * calls)
+
+    def _dense_terms(self, t: np.ndarray) -> list[_Term]:
+        """Non-attention work per stage for each token count in `t` (tokens per DP rank):
+        projections, MLP or experts, norms and residuals, TP all-reduce. Vectorised so the
+        simulator can tabulate every token count once."""
+        m, p = self.model, self.par
+        tp, h = p.tp, m.hidden_size
+        layers = self._stage_fraction(m.num_layers)
+        hb = t * h * ACT_BYTES
+        terms = [
+            self._elementwise("norms", "norm", 2 * hb, 2 * layers),
+            self._elementwise("residual_add", "add", 3 * hb, 2 * layers),
+        ]
+        if m.is_mla:
+            nq = m.num_heads // tp
+            if m.q_lora_rank:
+                terms.append(self._gemm("q_a_proj", t, m.q_lora_rank, h, layers))
+                terms.append(self._gemm("q_b_proj", t, nq * m.qk_head_dim, m.q_lora_rank, layers))
+            else:
+                terms.append(self._gemm("q_proj", t, nq * m.qk_head_dim, h, layers))
+            kv_a = m.kv_lora_rank + m.qk_rope_head_dim
+            terms.append(self._gemm("kv_a_proj", t, kv_a, h, layers))
+            # Absorbed up-projections (the decode form), priced for every token.
+            terms.append(
+                self._gemm("k_up_proj", t, nq * m.kv_lora_rank, m.qk_nope_head_dim, layers)
+            )
+            terms.append(self._gemm("v_up_proj", t, nq * m.v_head_dim, m.kv_lora_rank, layers))
+            terms.append(self._gemm("o_proj", t, h, nq * m.v_head_dim, layers))
+        else:
+            q_out = m.num_heads * m.head_dim // tp
+            kv_out = max(1, m.num_kv_heads // tp) * m.head_dim
+            terms.append(self._gemm("qkv_proj", t, q_out + 2 * kv_out, h, layers))
+            rope_bytes = 2 * t * (q_out + kv_out) * ACT_BYTES
+            terms.append(self._elementwise("rope", "rope", rope_bytes, layers))
+            terms.append(self._gemm("o_proj", t, h, q_out, layers))
+        dense_layers = self._stage_fraction(m.num_dense_layers)
+        if dense_layers:
+            i_tp = m.intermediate_size // tp
+            up = (2 if m.gated_mlp else 1) * i_tp
+            terms.append(self._gemm("mlp_up_proj", t, up, h, dense_layers))
+            act_bytes = 3 * t * i_tp * ACT_BYTES
+            terms.append(self._elementwise("mlp_act", "act", act_bytes, dense_layers))
+            terms.append(self._gemm("mlp_down_proj", t, h, i_tp, dense_layers))
+        moe_layers = self._stage_fraction(m.num_moe_layers)
+        if moe_layers:
+            terms += self._moe_terms(t, moe_layers)
+        if tp > 1:
+            ar = roofline.allreduce_np(
+                hb, tp, self.device, self.fit, impl=self.engine.allreduce_impl
+            )
+            zero = np.zeros_like(t)
+            terms.append(_Term("tp_allreduce", "comm", 2 * layers, 2 * layers * ar, zero, hb))
+        return terms
+
+    def _moe_terms(self, t: np.ndarray, layers: float) -> list[_Term]:
+        m, p = self.model, self.par
+        h, k_top, n_exp = m.hidden_size, m.experts_per_token, m.num_experts
+        terms = [self._gemm("router", t, n_exp, h, layers)]
+        zero = np.zeros_like(t)
+        if p.ep > 1:
+            # Every token of the stage meets in the expert layer; each EP group holds n/ep
+            # experts, each split over the group's moe_tp devices.
+            routed = t * p.dp / p.ep
+            experts = max(1, n_exp // p.ep)
+            width = m.moe_intermediate_size // p.moe_tp
+            # Each device dispatches its share of the stage's tokens (its own batch under
+            # attention DP, a 1/tp slice of the replicated tokens under attention TP).
+            a2a_bytes = t / p.tp * k_top * h * ACT_BYTES
+            a2a = roofline.collective_np("alltoall", a2a_bytes, p.ep, self.device, self.fit)
+            terms.append(
+                _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
+            )
+        else:
+            routed, experts = t, n_exp
+            width = m.moe_intermediate_size // p.tp
+        # Distinct experts the routed tokens hit (uniform routing), and rows per expert.
+        frac = min(1.0, k_top / experts)
+        hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
+        rows = routed * min(k_top, experts) / hit
+        up = (2 if m.gated_mlp else 1) * width
+        cdt, wdt = compute_dtype(m.expert_dtype), m.expert_dtype
+        for name, n, k in (("moe_up_proj", up, h), ("moe_down_proj", h, width)):
+            sec = roofline.gemm_np(rows, n, k, cdt, self.device, self.fit, wdt, groups=hit)
+            flops = 2.0 * routed * k_top * n * k
+            nb = hit * n * k * nbytes(wdt)
+            terms.append(_Term(name, "moe_gemm", layers, sec * layers, flops * layers, nb * layers))
+        act_bytes = 3 * routed * k_top * width * ACT_BYTES
+        terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
+        if m.shared_expert_intermediate_size:
+            s = m.shared_expert_intermediate_size // p.tp
+            terms.append(self._gemm("shared_up_proj", t, 2 * s, h, layers))
+            terms.append(self._gemm("shared_down_proj", t, h, s, layers))
+        return terms
+
+    def _lm_head_op(self, seqs: int) -> OpCost:
+        """The LM head runs on the last token of every sequence that samples this iteration."""
+        term = self._gemm(
+            "lm_head",
+            np.array([self._lm_rows(seqs)]),
+            self.model.vocab_size // self.par.tp,
+            self.model.hidden_size,
+            1.0,
+        )
+        return OpCost(
+            "lm_head",
+            "gemm",
+            1,
+            float(term.seconds[0]),
+            float(term.flops[0]),
+            float(term.nbytes[0]),
+        )
+
+    def _lm_rows(self, seqs: int) -> float:
+        return float(max(1, math.ceil(seqs / self.par.dp)))
+
+    def _attn_heads(self) -> tuple[int, int, int, int, bool]:
+        """(q heads, kv heads, qk dim, v dim, latent) per device for the attention kernels."""
+        m, tp = self.model, self.par.tp
+        if m.is_mla:
+            return m.num_heads // tp, 1, m.kv_lora_rank + m.qk_rope_head_dim, m.kv_lora_rank, True
+        return m.num_heads // tp, max(1, m.num_kv_heads // tp), m.head_dim, m.head_dim, False
+
+    def _attention_ops(self, batch: BatchShape) -> list[OpCost]:
+        ops: list[OpCost] = []
+        if batch.decode_seqs:
+            a, b = self.decode_coeffs(batch.decode_seqs)
+            t = a + b * batch.decode_context
+            ops.append(OpCost("attn_decode", "attention", self.layers_per_stage, t, 0.0, 0.0))
+        for new, cached in batch.prefill:
+            t = self.prefill_attn_s(new, cached)
+            ops.append(OpCost("attn_prefill", "attention", self.layers_per_stage, t, 0.0, 0.0))
+        return ops
+
+    def _overhead_op(self, batch: BatchShape) -> OpCost:
+        t = self.overhead_s(batch.decode_seqs, len(batch.prefill))
+        return OpCost("framework", "overhead", 1, t, 0.0, 0.0)
+
+    # ---- memoised pieces the simulator uses ----------------------------------------------
+    def dense_s(self, tokens: int, seqs: int) -> float:
+        """Seconds of all non-attention work for `tokens` tokens from `seqs` sequences."""
+        rank_tokens = -(-tokens // self.par.dp)
+        if rank_tokens >= len(self._dense_tab):
+            self._grow_tables(rank_tokens)
+        rows = -(-seqs // self.par.dp)
+        if rows >= len(self._lm_tab):
+            self._grow_tables(rows)
+        return self._dense_tab[rank_tokens] + self._lm_tab[rows]
+
+    def _grow_tables(self, need: int) -> None:
+        """Tabulate dense and LM-head time (and busy work) for every count up to a power of two
+        ≥ need."""
+        size = max(1024, 1 << int(need).bit_length())
+        t = np.arange(size, dtype=np.float64)
+        t[0] = 1.0
+        terms = self._dense_terms(t)
+        dense = sum(term.seconds for term in terms)
+        dense[0] = 0.0
+        lm_term = self._gemm(
+            "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
+        )
+        lm = lm_term.seconds.copy()
+        lm[0] = 0.0
+        dyn = sum(self._work_s(term) for term in terms)
+        dyn[0] = 0.0
+        dyn_lm = self._work_s(lm_term)
+        dyn_lm[0] = 0.0
+        self._dense_tab = dense.tolist()
+        self._lm_tab = lm.tolist()
+        self._dyn_dense_tab = dyn.tolist()
+        self._dyn_lm_tab = dyn_lm.tolist()
+
+    def _work_s(self, term: _Term) -> np.ndarray:
+        """Seconds of full dynamic power one operator is worth: its FLOPs at peak plus its bytes
+        at full bandwidth weighted by MEM_POWER_SHARE, never more than the operator's time."""
+        bw = self.power_device.mem_bw_bytes_per_s
+        work = term.flops / self._peak + MEM_POWER_SHARE * term.nbytes / bw
+        if term.kind == "comm":  # links, not HBM or SMs, carry a collective
+            work = np.zeros_like(term.seconds)
+        return np.minimum(work, term.seconds)
+
+    def prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
+        """Seconds of one sequence's prefill-chunk attention over all layers of a stage."""
+        return self._prefill_cache(new_tokens, cached_tokens)
+
+    def _prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
+        m = self.model
+        qh, kvh, qk, v, _ = self._attn_heads()
+        if m.is_mla:  # prefill runs MLA un-absorbed: per-head K of nope+rope, V of v_head_dim
+            qh, kvh, qk, v = (
+                m.num_heads // self.par.tp,
+                m.num_heads // self.par.tp,
+                m.qk_head_dim,
+                m.v_head_dim,
+            )
+        full = self._stage_fraction(m.num_full_attention_layers)
+        t = full * roofline.attn_prefill_s(
+            1, new_tokens, cached_tokens, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit
+        )
+        slide = self._stage_fraction(m.num_sliding_layers)
+        if slide:
+            t += slide * roofline.attn_prefill_s(
+                1,
+                new_tokens,
+                min(cached_tokens, m.sliding_window),
+                qh,
+                kvh,
+                qk,
+                v,
+                m.kv_dtype,
+                self.device,
+                self.fit,
+                window=m.sliding_window,
+            )
+        return t
+
+    def decode_coeffs(self, decode_seqs: int) -> tuple[float, float]:
+        """(a, b) with decode attention seconds = a + b × total attended context, all layers."""
+        return self._decode_cache(decode_seqs)
+
+    def _decode_coeffs(self, seqs: int) -> tuple[float, float]:
+        m = self.model
+        qh, kvh, qk, v, latent = self._attn_heads()
+        seqs_rank = math.ceil(seqs / self.par.dp)
+
+        def at(ctx: int) -> float:
+            return roofline.attn_decode_s(
+                seqs_rank, ctx, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit, latent=latent
+            )
+
+        ref = 1024 * seqs_rank
+        t0, t1 = at(0), at(ref)
+        full = self._stage_fraction(m.num_full_attention_layers)
+        a = full * t0
+        b = full * (t1 - t0) / ref / self.par.dp  # context is spread over the DP ranks
+        slide = self._stage_fraction(m.num_sliding_layers)
+        if slide:  # windowed layers attend to at most the window: constant in context
+            a += slide * at(seqs_rank * m.sliding_window)
+        return a, b
+
+    def overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
+        """Engine time outside the kernels: scheduling, sampling, launches."""
+        e = self.engine
+        t = e.step_overhead_s + e.per_seq_overhead_s * (decode_seqs + prefill_seqs)
+        if prefill_seqs:
+            t += e.prefill_overhead_s + self._eager_s
+        elif decode_seqs > e.cuda_graph_max_seqs:
+            t += self._eager_s
+        return t
+
+    def pp_send_s(self, tokens: int) -> float:
+        """Seconds of the activation hand-offs between pipeline stages for `tokens` tokens."""
+        if self.par.pp == 1:
+            return 0.0
+        hb = math.ceil(tokens / self.par.dp) * self.model.hidden_size * ACT_BYTES
+        return (self.par.pp - 1) * roofline.p2p_s(hb, self.device, self.fit)
+
+    # ---- the seam ------------------------------------------------------------------------
+    def step_s(
+        self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
+    ) -> float:
+        """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
+        tokens = decode_seqs
+        stage = 0.0
+        n_pre = 0
+        pre = self._prefill_cache
+        for new, cached in prefill:
+            tokens += new
+            n_pre += 1
+            stage += pre(new, cached)
+        if decode_seqs:
+            a, b = self._decode_cache(decode_seqs)
+            stage += a + b * decode_context
+        seqs = decode_seqs + n_pre
+        dense, lm = self._dense_tab, self._lm_tab
+        if self.par.dp == 1 and tokens < len(dense) and seqs < len(lm):
+            stage += dense[tokens] + lm[seqs]
+        else:
+            stage += self.dense_s(tokens, seqs)
+        stage += self.overhead_s(decode_seqs, n_pre)
+        if self.par.pp == 1:
+            return stage
+        return stage * self.par.pp + self.pp_send_s(tokens)
+
+    def decode_step_coeffs(self, decode_seqs: int) -> tuple[float, float]:
+        """(c0, c1): a decode-only iteration of n sequences takes c0 + c1 × total context."""
+        return self._step_cache(decode_seqs)
+
+    def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
+        c0 = self.step_s(n, 0, ())
+        _, b = self._decode_cache(n)
+        return c0, b * self.par.pp
+
+    def decode_step_costs(self, decode_seqs: int) -> tuple[float, float, float, float]:
+        """(c0, c1, w0, w1): a decode-only iteration of n sequences over total context C takes
+        c0 + c1·C seconds and is worth w0 + w1·C seconds of full dynamic power per device."""
+        return self._step_costs_cache(decode_seqs)
+
+    def _decode_step_costs(self, n: int) -> tuple[float, float, float, float]:
+        c0, c1 = self._step_cache(n)
+        return c0, c1, self.step_work_s(n, 0, ()), self._decode_work_per_token()
+
+    # ---- energy ----------------------------------------------------------------------------
+    def _decode_work_per_token(self) -> float:
+        """Busy work per attended context token of a decode step: its KV read from HBM."""
+        m, p = self.model, self.par
+        kv_values = m.kv_values_per_token_per_layer * nbytes(m.kv_dtype)
+        shards = 1 if m.is_mla else min(p.tp, m.num_kv_heads)
+        layers = self._stage_fraction(m.num_full_attention_layers)
+        per_device = layers * kv_values / shards / p.dp
+        return MEM_POWER_SHARE * per_device / self.power_device.mem_bw_bytes_per_s
+
+    @property
+    def attn_pair_work_s(self) -> float:
+        """Busy work of prefill attention per (query, key) pair under the causal mask: QKᵀ and PV
+        FLOPs at peak. A chunk of n new tokens over c cached ones has n·(c + (n+1)/2) pairs, so a
+        whole prompt of P tokens computed from S cached ones has (P(P+1) − S(S+1))/2, whatever the
+        chunking: the simulator adds it once per finished prefill."""
+        m = self.model
+        qh = m.num_heads // self.par.tp
+        dims = m.qk_head_dim + m.attn_v_head_dim
+        layers = self._stage_fraction(m.num_full_attention_layers)
+        return 2.0 * qh * dims * layers / self._attn_peak
+
+    def _prefill_attn_work_s(self, new_tokens: int, cached_tokens: int) -> float:
+        """Busy work of one prefill chunk's attention."""
+        pairs = new_tokens * (cached_tokens + (new_tokens + 1) * 0.5)
+        return self.attn_pair_work_s * pairs
+
+    def dense_work_many(self, tokens: np.ndarray, seqs: np.ndarray) -> float:
+        """Total busy work of everything but attention over many iterations (token and
+        sequence counts per iteration)."""
+        if not len(tokens):
+            return 0.0
+        t = -(-np.asarray(tokens, dtype=np.int64) // self.par.dp)
+        r = -(-np.asarray(seqs, dtype=np.int64) // self.par.dp)
+        need = int(max(t.max(), r.max()))
+        if need >= len(self._dyn_dense_tab) or need >= len(self._dyn_lm_tab):
+            self._grow_tables(need)
+        dense = np.asarray(self._dyn_dense_tab)
+        lm = np.asarray(self._dyn_lm_tab)
+        return float(dense[t].sum() + np.where(t > 0, lm[r], 0.0).sum())
+
+    @property
+    def decode_work_per_token_s(self) -> float:
+        """Busy work per attended context token of a decode step (its KV read)."""
+        w = self._w_ctx
+        if w is None:
+            w = self._w_ctx = self._decode_work_per_token()
+        return w
+
+    def step_work_s(
+        self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
+    ) -> float:
+        """Seconds of full dynamic power one iteration is worth on each device of a stage: FLOPs
+        at peak plus HBM bytes at full bandwidth (weighted), the engine's CPU overhead worth none.
+
+        Energy of an iteration is then devices × (P_idle·t + (P_max − P_idle)·work): power runs
+        from idle to max with the utilisation of the compute units and of HBM.
+        """
+        tokens = decode_seqs
+        work = 0.0
+        n_pre = 0
+        for new, cached in prefill:
+            tokens += new
+            n_pre += 1
+            work += self._prefill_attn_work_s(new, cached)
+        if decode_seqs:
+            work += self._decode_work_per_token() * decode_context
+        seqs = decode_seqs + n_pre
+        rank_tokens = -(-tokens // self.par.dp)
+        rows = -(-seqs // self.par.dp)
+        if rank_tokens >= len(self._dyn_dense_tab) or rows >= len(self._dyn_lm_tab):
+            self._grow_tables(max(rank_tokens, rows))
+        if tokens:
+            work += self._dyn_dense_tab[rank_tokens] + self._dyn_lm_tab[rows]
+        return work
+
+    def iteration(self, batch: BatchShape, breakdown: bool = False) -> IterationCost:
+        """Seconds and joules of one iteration (through every pipeline stage)."""
+        seconds = self.step_s(batch.decode_seqs, batch.decode_context, batch.prefill)
+        work = self.step_work_s(batch.decode_seqs, batch.decode_context, batch.prefill)
+        ops = tuple(self.ops(batch)) if breakdown else ()
+        return IterationCost(seconds, self.joules(seconds, work), ops)
+
+    def joules(self, seconds: float, work_s: float) -> float:
+        """Energy of the replica's devices over `seconds` during which each device of each stage
+        did `work_s` seconds of full-dynamic-power work (the sum of `step_work_s`).
+
+        Power runs from idle to max with utilisation: P = P_idle + (P_max − P_idle)·u per device,
+        and u·t summed over an iteration is its work, so the sum over iterations is exact.
+        """
+        dev = self.power_device
+        dynamic = (dev.max_power_w - dev.idle_power_w) * max(0.0, work_s)
+        return self.par.num_devices * (dev.idle_power_w * seconds + dynamic)

@@ -1,0 +1,742 @@
+"""Operator-level latency model: a roofline per kernel with fitted, shape-dependent efficiencies.
+
+Each kernel time is `floor + smooth_max(compute time, memory time)`. Compute time counts the work
+the kernel really issues (tiles padded to the tile shape, waves of thread blocks over the device's
+own SM count, per-tile prologue/epilogue, the causal-mask diagonal) at the device's peak FLOP/s
+times a fitted efficiency; memory time counts the bytes moved at the device's HBM bandwidth times
+a fitted efficiency. Collectives pay a latency per algorithm step plus bytes at a bus bandwidth
+that saturates with message size towards a fraction of the link bandwidth. The parameters (a
+handful per operator family, `KernelFit.params`) are fitted on one measured GPU by
+`servesim.predictor.calibrate` and transfer to other devices through their spec sheets.
+
+SI units throughout: bytes, seconds, FLOP/s. The `*_np` variants take numpy arrays for the shape
+arguments (the fitting uses them); the scalar API runs the same formulas on plain floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from servesim.errors import ServesimError
+from servesim.spec.devices import Device
+from servesim.spec.dtypes import canonical, compute_dtype, nbytes
+
+ACT_BYTES = 2.0  # activations, GEMM outputs and attention inputs are bf16/fp16
+LOW_PRECISION_COMPUTE = ("fp8", "int8", "fp4")  # GEMMs that quantise activations first
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
+ELEMENTWISE_OPS = ("generic", "norm", "act", "rope", "add", "emb", "quant")
+ALLREDUCE_IMPLS = ("auto", "nccl", "custom")
+
+_COLLECTIVE = (
+    "base_s",
+    "step_latency_ratio",
+    "bw_eff",
+    "bw_eff_log2n",
+    "half_bytes",
+    "bw_exp",
+    "eager_floor_s",
+    "eager_extra_s",
+    "eager_p",
+)
+_GEMM = (
+    "floor_s",
+    "k_latency_s",
+    "mem_eff",
+    "compute_eff",
+    "tile_m",
+    "tile_m_min",
+    "tile_n",
+    "tile_n_small",
+    "cluster_m",
+    "k_overhead",
+    "wave_quant",
+    "ragged_m_eff",
+    "max_split_k",
+    "sm_bw_ratio",
+    "smooth_p",
+)
+# Parameters each family must define (a fit file is checked against this on load).
+PARAM_NAMES: dict[str, tuple[str, ...]] = {
+    "gemm": _GEMM,
+    "gemm_8bit": (*_GEMM, "quant_floor_s", "quant_bytes_per_elem", "quant_row_sm_s"),
+    "attention_prefill": (
+        "floor_s",
+        "tile_q",
+        "tile_kv",
+        "cta_overhead_tiles",
+        "balance_p",
+        "softmax_dim_equiv",
+        "compute_eff",
+        "mem_eff",
+        "smooth_p",
+        "token_sm_s",
+        "fp8_time_scale",
+        "fp8_cta_overhead_tiles",
+        "fp8_token_sm_s",
+        "fp8_floor_s",
+    ),
+    "attention_decode": (
+        "floor_s",
+        "fp8_floor_s",
+        "cta_s",
+        "floor_p",
+        "mem_eff",
+        "mem_eff_fp8",
+        "seqs_half",
+        "overlap_units_per_sm",
+        "overlap_exp",
+        "mma_m_min",
+        "compute_eff",
+        "compute_eff_fp8",
+        "smooth_p",
+    ),
+    "elementwise": (
+        "floor_s",
+        *(f"mem_eff_{op}" for op in ELEMENTWISE_OPS),
+        "l2_gain",
+        "l2_fraction",
+        "l2_exp",
+    ),
+    "nccl_all_reduce": _COLLECTIVE,
+    "nccl_all_gather": _COLLECTIVE,
+    "nccl_reduce_scatter": _COLLECTIVE,
+    "nccl_alltoall": _COLLECTIVE,
+    "custom_all_reduce": (
+        *_COLLECTIVE,
+        "max_bytes",
+        "one_shot_max_bytes_4",
+        "one_shot_max_bytes_8",
+    ),
+    "network": ("base_s", "bw_eff"),
+}
+
+
+@dataclass(frozen=True)
+class KernelFit:
+    """Fitted parameters per operator family, plus a note of what they were fitted on."""
+
+    params: dict[str, dict[str, float]]
+    fitted_on: str
+
+    def save(self, path: str | Path) -> None:
+        """Write the fit as JSON (sorted keys, full float precision, stable diffs)."""
+        doc = {"fitted_on": self.fitted_on, "params": self.params}
+        Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> KernelFit:
+        """Read a fit written by `save`; a missing or malformed file raises ServesimError."""
+        p = Path(path)
+        try:
+            doc = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ServesimError(
+                f"Kernel fit file {str(p)!r} does not exist; check the path."
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ServesimError(
+                f"Kernel fit file {str(p)!r} is not valid JSON ({exc}); regenerate it with "
+                "`servesim calibrate`."
+            ) from None
+        return cls.from_dict(doc, repr(str(p)))
+
+    @classmethod
+    def from_dict(cls, doc: Any, origin: str = "document") -> KernelFit:
+        """Validate a parsed fit: every family of PARAM_NAMES with all its parameters as numbers."""
+        fix = "regenerate it with `servesim calibrate`"
+        if not isinstance(doc, dict) or not isinstance(doc.get("params"), dict):
+            raise ServesimError(f"Kernel fit {origin} lacks a `params` mapping; {fix}.")
+        params: dict[str, dict[str, float]] = {}
+        for fam, vals in doc["params"].items():
+            if not isinstance(vals, dict):
+                raise ServesimError(
+                    f"Kernel fit {origin}: family {fam!r} must map parameter names to "
+                    f"numbers; {fix}."
+                )
+            out = {}
+            for k, v in vals.items():
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise ServesimError(
+                        f"Kernel fit {origin}: {fam}.{k} is {v!r}, not a finite number; {fix}."
+                    )
+                out[str(k)] = float(v)
+            params[str(fam)] = out
+        for fam, names in PARAM_NAMES.items():
+            missing = [n for n in names if n not in params.get(fam, {})]
+            if missing:
+                raise ServesimError(
+                    f"Kernel fit {origin} lacks {fam}.{missing[0]}"
+                    f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; {fix}."
+                )
+        return cls(params=params, fitted_on=str(doc.get("fitted_on", "")))
+
+
+@cache
+def default_fit() -> KernelFit:
+    """The bundled fit (`data/kernel_fit.json`, fitted on H100 SXM measurements), loaded once."""
+    text = resources.files("servesim").joinpath("data/kernel_fit.json").read_text()
+    return KernelFit.from_dict(json.loads(text), "bundled with servesim")
+
+
+# ---- helpers that work on floats (fast scalar path) and numpy arrays (fitting) ------------------
+_A = np.ndarray
+
+
+def _arr(*xs: Any) -> bool:
+    return any(isinstance(x, _A) for x in xs)
+
+
+def _num(x: Any) -> Any:
+    """A float, or a float array for array-likes."""
+    if isinstance(x, _A | list | tuple):
+        return np.asarray(x, dtype=float)
+    return float(x)
+
+
+def _max(a: Any, b: Any) -> Any:
+    if isinstance(a, _A) or isinstance(b, _A):
+        return np.maximum(a, b)
+    return a if a > b else b
+
+
+def _min(a: Any, b: Any) -> Any:
+    if isinstance(a, _A) or isinstance(b, _A):
+        return np.minimum(a, b)
+    return a if a < b else b
+
+
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    if isinstance(cond, _A) or isinstance(a, _A) or isinstance(b, _A):
+        return np.where(cond, a, b)
+    return a if cond else b
+
+
+def _ceil(x: Any) -> Any:
+    """Ceiling that forgives float noise (4096/128 is 32, not 33)."""
+    return np.ceil(x - 1e-9) if isinstance(x, _A) else float(math.ceil(x - 1e-9))
+
+
+def _floor(x: Any) -> Any:
+    return np.floor(x + 1e-9) if isinstance(x, _A) else float(math.floor(x + 1e-9))
+
+
+def _log2(x: Any) -> Any:
+    return np.log2(x) if isinstance(x, _A) else math.log2(x)
+
+
+def _clip(x: Any, lo: Any, hi: Any) -> Any:
+    return _min(_max(x, lo), hi)
+
+
+def smooth_max(a: Any, b: Any, p: float) -> Any:
+    """(a^p + b^p)^(1/p) for a, b >= 0: a max that rounds the corner where two limits cross."""
+    hi, lo = _max(a, b), _min(a, b)
+    if isinstance(hi, _A):
+        safe = np.where(hi > 0, hi, 1.0)
+        return np.where(hi > 0, hi * (1.0 + (lo / safe) ** p) ** (1.0 / p), hi)
+    return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p) if hi > 0 else hi
+
+
+def _waves(units: Any, slots: Any, quant: float, max_split: float) -> Any:
+    """Waves of `units` thread blocks over `slots`; `quant` in [0, 1] blends in the ceiling.
+
+    Below one wave a library that splits K (up to `max_split` ways) spreads the work over idle
+    SMs; one that does not still pays a whole block's time.
+    """
+    w = units / slots
+    return _where(w < 1.0, _max(w, 1.0 / max_split), (1.0 - quant) * w + quant * _ceil(w))
+
+
+# ---- GEMM ---------------------------------------------------------------------------------------
+def _gemm_dtypes(dtype: str, weight_dtype: str | None, device: Device) -> tuple[str, str]:
+    """(compute dtype, weight dtype). 4-bit formats named as compute dtype mean W4A16, and an
+    8-bit compute dtype the device has no native rate for runs weight-only in bf16 (Marlin)."""
+    cdt = canonical(dtype)
+    wdt = canonical(weight_dtype) if weight_dtype is not None else cdt
+    if cdt in ("int4", "mxfp4") or (cdt == "fp4" and weight_dtype is None):
+        cdt = compute_dtype(cdt)
+    if cdt in LOW_PRECISION_COMPUTE and cdt not in device.peak_flops_per_s:
+        cdt = "bf16"
+    return cdt, wdt
+
+
+def gemm_np(
+    m: Any,
+    n: Any,
+    k: Any,
+    dtype: str,
+    device: Device,
+    fit: KernelFit,
+    weight_dtype: str | None = None,
+    groups: Any = 1.0,
+) -> Any:
+    """Seconds for `groups` independent y[m,n] = x[m,k] @ W[n,k]^T (one group per expert)."""
+    cdt, wdt = _gemm_dtypes(dtype, weight_dtype, device)
+    low = cdt in LOW_PRECISION_COMPUTE
+    p = fit.params["gemm_8bit" if low else "gemm"]
+    m, n, k, g = _num(m), _num(n), _num(k), _num(groups)
+    sms = float(device.num_sms)
+    peak = device.peak_flops(cdt)
+    bw = device.mem_bw_bytes_per_s
+    # Tile shape: libraries pick a smaller M tile for few rows (next power of two, clamped); big
+    # tiles run on clusters of `cluster_m` SMs (Hopper 2x1 clusters) that share one M tile.
+    tm = _clip(2.0 ** _ceil(_log2(_max(m, 1.0))), p["tile_m_min"], p["tile_m"])
+    small = m <= p["tile_m_min"]
+    tn = _where(small, p["tile_n_small"], p["tile_n"])
+    cm = _where(tm > p["tile_m_min"], p["cluster_m"], 1.0)
+    tiles = g * _ceil(m / tm) * _ceil(n / tn)
+    # A ragged last M tile (m not a multiple of the tile) costs efficiency on every tile.
+    ragged = m / tm - _floor(m / tm) > 1e-9
+    eff = p["compute_eff"] * _where(ragged, p["ragged_m_eff"], 1.0)
+    tile_s = 2.0 * tm * tn * (k + p["k_overhead"]) / (cm * peak / sms * eff)
+    t_comp = _waves(tiles, sms / cm, p["wave_quant"], p["max_split_k"]) * tile_s
+    # Streaming the weights needs enough blocks: split-K multiplies the tiles (up to a limit) and
+    # one SM alone sustains a fitted multiple of its even share of the HBM bandwidth.
+    active = _min(tiles * cm * p["max_split_k"], sms)
+    bw_eff = _min(bw * p["mem_eff"], active * (bw / sms) * p["sm_bw_ratio"])
+    a_bytes, w_bytes, o_bytes = nbytes(cdt), nbytes(wdt), max(ACT_BYTES, nbytes(cdt))
+    t_mem = g * (n * k * w_bytes + m * k * a_bytes + m * n * o_bytes) / bw_eff
+    # Fixed cost: launch plus a pipeline latency that grows with the serial K loop.
+    t = p["floor_s"] + k * p["k_latency_s"] + smooth_max(t_comp, t_mem, p["smooth_p"])
+    if low:
+        # Dynamic per-tensor activation quantisation: an absmax pass and a quantise pass over
+        # bf16 activations, one thread block per row.
+        rows = g * m
+        t_q = rows * (
+            k * p["quant_bytes_per_elem"] / (bw * p["mem_eff"]) + p["quant_row_sm_s"] / sms
+        )
+        t = t + p["quant_floor_s"] + t_q
+    return t
+
+
+def gemm_s(
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    device: Device,
+    fit: KernelFit,
+    weight_dtype: str | None = None,
+) -> float:
+    """Seconds for y[m,n] = x[m,k] @ W[n,k]^T on one GPU in compute `dtype` (0 if any size is 0).
+
+    `dtype` is the compute dtype (bf16, fp16, fp8 or int8 W8A8 including activation
+    quantisation); `weight_dtype` (int4, mxfp4, ...) only changes the weight bytes read.
+    """
+    if m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    return float(gemm_np(m, n, k, dtype, device, fit, weight_dtype))
+
+
+def expected_experts_hit(tokens: float, num_experts: int, top_k: int) -> float:
+    """Distinct experts hit when `tokens` tokens each pick `top_k` of `num_experts` uniformly."""
+    if tokens <= 0 or num_experts <= 0:
+        return 0.0
+    frac = min(1.0, top_k / num_experts)
+    return num_experts * (1.0 - (1.0 - frac) ** tokens)
+
+
+def moe_gemm_s(
+    tokens: int,
+    num_experts: int,
+    top_k: int,
+    n: int,
+    k: int,
+    dtype: str,
+    device: Device,
+    fit: KernelFit,
+    weight_dtype: str | None = None,
+) -> float:
+    """Seconds for one grouped MoE projection over `num_experts` local experts (each W[n,k]).
+
+    Reads only the experts the tokens hit (uniform routing), tokens*top_k rows spread evenly.
+    """
+    if tokens <= 0 or num_experts <= 0 or top_k <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    hit = expected_experts_hit(tokens, num_experts, top_k)
+    rows = tokens * min(top_k, num_experts) / hit
+    return float(gemm_np(rows, n, k, dtype, device, fit, weight_dtype, groups=hit))
+
+
+# ---- attention ----------------------------------------------------------------------------------
+def _ceil_sum(count: Any, r: Any) -> Any:
+    """sum_{i=1..count} ceil(i / r) in closed form (r >= 1; exact for integer r)."""
+    q = _floor(count / r)
+    t = count - q * r
+    return r * q * (q + 1.0) / 2.0 + t * (q + 1.0)
+
+
+_NO_WINDOW = 1e30
+
+
+def attn_prefill_np(
+    batch: Any,
+    new_tokens: Any,
+    cached_tokens: Any,
+    q_heads: Any,
+    kv_heads: Any,
+    qk_head_dim: Any,
+    v_head_dim: Any,
+    kv_dtype: str,
+    device: Device,
+    fit: KernelFit,
+    window: Any = 0,
+) -> Any:
+    """Seconds for prefill attention: the KV-cache write, then a flash-attention tile model.
+
+    Query heads that share a KV head are packed into one tile's rows, so a tile holds
+    tile_q / G positions. Under the causal mask query tile i reads the cached context plus the
+    key tiles up to its last position (capped by a sliding window). Blocks run in waves over the
+    SMs, but no faster than the longest block.
+    """
+    p = fit.params["attention_prefill"]
+    b, s, c = _num(batch), _num(new_tokens), _num(cached_tokens)
+    hq, hkv = _num(q_heads), _max(_num(kv_heads), 1.0)
+    dqk, dv, win = _num(qk_head_dim), _num(v_head_dim), _num(window)
+    sms = float(device.num_sms)
+    peak = device.peak_flops("bf16")
+    bw = device.mem_bw_bytes_per_s
+    kvb = nbytes(kv_dtype)
+    fp8 = kvb < 2
+    bm, bn = p["tile_q"], p["tile_kv"]
+    group = _max(hq / hkv, 1.0)
+    pos_per_tile = bm / group
+    nq = _ceil(s / pos_per_tile)  # query tiles per (sequence, KV head)
+    r = _max(bn / pos_per_tile, 1.0)  # query tiles per key tile along the diagonal
+    cached = _where(win > 0, _min(c, win), c)
+    cc = _ceil(cached / bn)
+    cap = _where(win > 0, _ceil((win + pos_per_tile) / bn) + 1.0, _NO_WINDOW)
+    uncapped = _clip((cap - cc) * r, 0.0, nq)  # query tiles whose key range is under the cap
+    units_per_group = cc * uncapped + _ceil_sum(uncapped, r) + (nq - uncapped) * cap
+    longest = _min(cc + _ceil(s / bn), cap)
+    overhead = p["cta_overhead_tiles"] + (p["fp8_cta_overhead_tiles"] if fp8 else 0.0)
+    total = b * hkv * (units_per_group + nq * overhead)
+    units = smooth_max(total / sms, longest + overhead, p["balance_p"])
+    d = (dqk + dv) / 2.0
+    tile_flops = 2.0 * bm * bn * (dqk + dv) * (d + p["softmax_dim_equiv"]) / d
+    t_comp = units * tile_flops / (peak / sms * p["compute_eff"])
+    if fp8:
+        t_comp = t_comp * p["fp8_time_scale"]
+    # Attention reads Q, the new K/V and the cached K/V and writes O, overlapped with compute.
+    kv_row = hkv * (dqk + dv)
+    attn_bytes = b * s * (hq * dqk + kv_row + hq * dv) * ACT_BYTES + b * cached * kv_row * kvb
+    t_attn = smooth_max(t_comp, attn_bytes / (bw * p["mem_eff"]), p["smooth_p"])
+    # The KV-cache write is its own memory-bound kernel before attention, one block per token;
+    # an fp8 cache also quantises the queries.
+    token_sm_s = p["token_sm_s"] + (p["fp8_token_sm_s"] if fp8 else 0.0)
+    t_cache = b * s * (kv_row * (ACT_BYTES + kvb) / (bw * p["mem_eff"]) + token_sm_s / sms)
+    return p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + t_cache + t_attn
+
+
+def attn_prefill_s(
+    batch: int,
+    new_tokens: int,
+    cached_tokens: int,
+    q_heads: int,
+    kv_heads: int,
+    qk_head_dim: int,
+    v_head_dim: int,
+    kv_dtype: str,
+    device: Device,
+    fit: KernelFit,
+    window: int = 0,
+) -> float:
+    """Seconds for one prefill attention layer call on one GPU (heads already divided by TP).
+
+    `batch` sequences each add `new_tokens` (causal among themselves) on top of `cached_tokens`
+    already in the KV cache; includes the KV-cache write; `window` > 0 is sliding-window attention.
+    """
+    if batch <= 0 or new_tokens <= 0:
+        return 0.0
+    return float(
+        attn_prefill_np(
+            batch,
+            new_tokens,
+            max(0, cached_tokens),
+            q_heads,
+            kv_heads,
+            qk_head_dim,
+            v_head_dim,
+            kv_dtype,
+            device,
+            fit,
+            max(0, window),
+        )
+    )
+
+
+def decode_coeffs_np(
+    batch: Any,
+    q_heads: Any,
+    kv_heads: Any,
+    qk_head_dim: Any,
+    v_head_dim: Any,
+    kv_dtype: str,
+    device: Device,
+    fit: KernelFit,
+    latent: bool = False,
+) -> tuple[Any, Any]:
+    """(a seconds, b seconds per token): decode attention takes a + b * total attended context.
+
+    One thread block per (sequence, KV head) streams its KV cache (split along the context when
+    there are few). The slope is the KV bytes per token at the bandwidth reached (lower for a
+    batch of one or two: split-KV combine), smoothly maxed with the MMA work padded to the MMA's
+    minimum rows; many blocks per SM hide part of their fixed latency behind the stream (but the
+    KV never streams faster than the HBM spec). The intercept is the launch floor plus each wave
+    of blocks beyond the first.
+    """
+    p = fit.params["attention_decode"]
+    b, hq, hkv = _num(batch), _num(q_heads), _max(_num(kv_heads), 1.0)
+    dqk, dv = _num(qk_head_dim), _num(v_head_dim)
+    sms = float(device.num_sms)
+    peak = device.peak_flops("bf16")
+    bw = device.mem_bw_bytes_per_s
+    kvb = nbytes(kv_dtype)
+    fp8 = kvb < 2
+    mma = p["mma_m_min"]
+    if latent:
+        # MLA, absorbed: one latent KV head shared by all query heads; K is the latent+rope
+        # vector, V the first v_head_dim values of it. Blocks tile the query heads.
+        units = b * _ceil(hq / mma)
+        bytes_tok = dqk * kvb
+        flops_tok = 2.0 * _max(hq, mma) * (dqk + dv)
+    else:
+        units = b * hkv
+        bytes_tok = hkv * (dqk + dv) * kvb
+        flops_tok = 2.0 * hkv * _max(hq / hkv, mma) * (dqk + dv)
+    mem_eff = p["mem_eff_fp8" if fp8 else "mem_eff"] * b / (b + p["seqs_half"])
+    ceff = p["compute_eff_fp8" if fp8 else "compute_eff"]
+    slope = smooth_max(bytes_tok / (bw * mem_eff), flops_tok / (peak * ceff), p["smooth_p"])
+    slope = slope / (1.0 + (units / sms / p["overlap_units_per_sm"]) ** p["overlap_exp"])
+    slope = _max(slope, bytes_tok / bw)  # never faster than the HBM spec
+    extra_waves = smooth_max(units / sms, 1.0, p["floor_p"]) - 1.0
+    floor = p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + p["cta_s"] * extra_waves
+    return floor, slope
+
+
+def attn_decode_s(
+    batch: int,
+    total_context: int,
+    q_heads: int,
+    kv_heads: int,
+    qk_head_dim: int,
+    v_head_dim: int,
+    kv_dtype: str,
+    device: Device,
+    fit: KernelFit,
+    latent: bool = False,
+) -> float:
+    """Seconds for one decode attention layer call: `batch` sequences, one new token each.
+
+    `total_context` is the number of cached tokens attended, summed over the batch (each
+    sequence's new token included). Exactly affine in `total_context` (see `decode_coeffs_np`).
+    `latent=True` is DeepSeek MLA with absorbed weights (qk_head_dim = kv_lora_rank + rope).
+    """
+    if batch <= 0:
+        return 0.0
+    a, b = decode_coeffs_np(
+        batch, q_heads, kv_heads, qk_head_dim, v_head_dim, kv_dtype, device, fit, latent
+    )
+    return float(a + b * max(0.0, float(total_context)))
+
+
+# ---- collectives --------------------------------------------------------------------------------
+def _steps(op: str, n: Any) -> Any:
+    """Latency-bound steps of the ring algorithms: all-reduce 2(n-1), the others n-1."""
+    return 2.0 * (n - 1.0) if op == "all_reduce" else n - 1.0
+
+
+def _bus_factor(op: str, n: Any) -> Any:
+    """busBW / algBW as nccl-tests defines it: 2(n-1)/n for all-reduce, (n-1)/n otherwise."""
+    return (2.0 if op == "all_reduce" else 1.0) * (n - 1.0) / n
+
+
+def nvlink_class(device: Device) -> bool:
+    """Whether GPUs talk over a switched scale-up fabric (NVLink/NVSwitch, Infinity Fabric)."""
+    name = device.link_name.lower()
+    fabric = any(t in name for t in ("nvlink", "xgmi", "infinity"))
+    return device.kind == "gpu" and (fabric or device.link_bw_bytes_per_s >= 100e9)
+
+
+def collective_np(
+    op: str,
+    nbytes_total: Any,
+    num_devices: Any,
+    device: Device,
+    fit: KernelFit,
+    impl: str = "nccl",
+    cuda_graph: bool = True,
+) -> Any:
+    """Seconds for a single-node collective; `impl` nccl, or custom (vLLM's all-reduce).
+
+    Latency: a base plus the device's link latency (scaled) per algorithm step. Bandwidth: the
+    bus bandwidth saturates with message size towards a fraction of the link bandwidth; on a
+    switched fabric that fraction grows log-linearly with the GPU count (NVLS helps 8 GPUs).
+    vLLM's custom all-reduce reads every peer's buffer in one shot below a size limit
+    ((n-1) x traffic) and runs reduce-scatter + all-gather above it. Without CUDA graphs a
+    CPU-bound launch interval bounds the time from below.
+    """
+    custom = impl == "custom"
+    p = fit.params["custom_all_reduce" if custom else f"nccl_{op}"]
+    s = _max(_num(nbytes_total), 1.0)
+    n = _num(num_devices)
+    steps = _steps(op, n)
+    factor = _bus_factor(op, n)
+    if custom:
+        limit = _where(n <= 4, p["one_shot_max_bytes_4"], p["one_shot_max_bytes_8"])
+        one_shot = (n <= 2) | (s < limit) if _arr(n, s) else (n <= 2 or s < limit)
+        steps = _where(one_shot, 1.0, 2.0)
+        factor = _where(one_shot, n - 1.0, factor)
+    lat = p["base_s"] + p["step_latency_ratio"] * device.link_latency_s * steps
+    growth = p["bw_eff_log2n"] * (_log2(n) - 1.0) if nvlink_class(device) else 0.0
+    bw_max = device.link_bw_bytes_per_s * p["bw_eff"] * (1.0 + growth)
+    bw = bw_max / (1.0 + (p["half_bytes"] / s) ** p["bw_exp"])
+    t = lat + s * factor / bw
+    if not cuda_graph:
+        t = smooth_max(t + p["eager_extra_s"], p["eager_floor_s"], p["eager_p"])
+    return t
+
+
+def _multi_node_s(
+    op: str, nbytes_total: float, num_devices: int, device: Device, fit: KernelFit
+) -> float:
+    """Hierarchical collective over nodes: the fitted NVLink model inside a node, then the
+    scale-out network between nodes with each GPU driving its own NIC share (not fitted)."""
+    p = fit.params["network"]
+    per_node = max(1, device.max_devices_per_node)
+    nodes = math.ceil(num_devices / per_node)
+    g = min(per_node, num_devices)
+    if op == "alltoall":
+        intra_bytes, inter_bytes = nbytes_total / nodes, nbytes_total * (nodes - 1) / nodes
+    else:
+        intra_bytes, inter_bytes = nbytes_total, nbytes_total / g * _bus_factor(op, nodes)
+    intra = float(collective_np(op, intra_bytes, g, device, fit)) if g > 1 else 0.0
+    latency = p["base_s"] + _steps(op, nodes) * device.net_latency_s
+    return intra + latency + inter_bytes / (device.net_bw_bytes_per_s * p["bw_eff"])
+
+
+def allreduce_np(
+    nbytes: Any,
+    num_devices: int,
+    device: Device,
+    fit: KernelFit,
+    impl: str = "auto",
+    *,
+    cuda_graph: bool = True,
+) -> Any:
+    """Seconds for all-reduces of `nbytes` (array or scalar) over `num_devices` GPUs of one node.
+
+    impl: "nccl"; "custom" (vLLM's custom all-reduce); "auto" as vLLM does it: custom below its
+    size limit on a switched NVLink-class fabric with an even GPU count, NCCL otherwise.
+    """
+    if impl not in ALLREDUCE_IMPLS:
+        raise ServesimError(f"Unknown all-reduce impl {impl!r}; use auto, nccl or custom.")
+    nb = _num(nbytes)
+    if num_devices <= 1:
+        return nb * 0.0
+    if num_devices > device.max_devices_per_node:
+        if _arr(nb):
+            return np.array(
+                [_multi_node_s("all_reduce", float(x), num_devices, device, fit) for x in nb]
+            )
+        return _multi_node_s("all_reduce", nb, num_devices, device, fit)
+    nccl = collective_np("all_reduce", nb, num_devices, device, fit, "nccl", cuda_graph)
+    if impl == "nccl" or not nvlink_class(device) or num_devices % 2:
+        return nccl
+    custom = collective_np("all_reduce", nb, num_devices, device, fit, "custom", cuda_graph)
+    if impl == "custom":
+        return custom
+    return _where(nb <= fit.params["custom_all_reduce"]["max_bytes"], custom, nccl)
+
+
+def allreduce_s(
+    nbytes: float,
+    num_devices: int,
+    device: Device,
+    fit: KernelFit,
+    impl: str = "auto",
+    *,
+    cuda_graph: bool = True,
+) -> float:
+    """Seconds for an all-reduce of `nbytes` over `num_devices` GPUs (0 for one device).
+
+    See `allreduce_np` for `impl`; `cuda_graph=False` prices an eager launch (CPU-bound floor).
+    """
+    if impl not in ALLREDUCE_IMPLS:
+        raise ServesimError(f"Unknown all-reduce impl {impl!r}; use auto, nccl or custom.")
+    if num_devices <= 1 or nbytes <= 0:
+        return 0.0
+    return float(allreduce_np(nbytes, num_devices, device, fit, impl, cuda_graph=cuda_graph))
+
+
+def _collective_s(
+    op: str, nbytes: float, num_devices: int, device: Device, fit: KernelFit
+) -> float:
+    if num_devices <= 1 or nbytes <= 0:
+        return 0.0
+    if num_devices > device.max_devices_per_node:
+        return _multi_node_s(op, nbytes, num_devices, device, fit)
+    return float(collective_np(op, nbytes, num_devices, device, fit))
+
+
+def allgather_s(nbytes: float, num_devices: int, device: Device, fit: KernelFit) -> float:
+    """Seconds for an NCCL all-gather whose gathered output is `nbytes` (nccl-tests size)."""
+    return _collective_s("all_gather", nbytes, num_devices, device, fit)
+
+
+def reduce_scatter_s(nbytes: float, num_devices: int, device: Device, fit: KernelFit) -> float:
+    """Seconds for an NCCL reduce-scatter of an `nbytes` input per GPU (nccl-tests size)."""
+    return _collective_s("reduce_scatter", nbytes, num_devices, device, fit)
+
+
+def alltoall_s(nbytes: float, num_devices: int, device: Device, fit: KernelFit) -> float:
+    """Seconds for an NCCL all-to-all sending `nbytes` in total per GPU (nccl-tests size)."""
+    return _collective_s("alltoall", nbytes, num_devices, device, fit)
+
+
+def p2p_s(nbytes: float, device: Device, fit: KernelFit, inter_node: bool = False) -> float:
+    """Seconds for one send/recv of `nbytes` (pipeline-stage activations, a KV transfer)."""
+    if nbytes <= 0:
+        return 0.0
+    if inter_node:
+        p = fit.params["network"]
+        bw = device.net_bw_bytes_per_s * p["bw_eff"]
+        return p["base_s"] + device.net_latency_s + nbytes / bw
+    # A 2-GPU all-gather of 2*nbytes moves exactly nbytes each way between the pair.
+    return float(collective_np("all_gather", 2.0 * nbytes, 2.0, device, fit))
+
+
+# ---- elementwise --------------------------------------------------------------------------------
+def elementwise_np(nbytes_moved: Any, device: Device, fit: KernelFit, op: str = "generic") -> Any:
+    """Seconds for a memory-bound kernel: a floor plus bytes at a fitted fraction of bandwidth,
+    faster while the data fits in the device's L2 (a producer's output is still there)."""
+    if op not in ELEMENTWISE_OPS:
+        raise ServesimError(
+            f"Unknown elementwise op {op!r}; use one of {', '.join(ELEMENTWISE_OPS)}."
+        )
+    p = fit.params["elementwise"]
+    nb = _num(nbytes_moved)
+    resident = 1.0 / (1.0 + (nb / (device.l2_bytes * p["l2_fraction"])) ** p["l2_exp"])
+    bw = device.mem_bw_bytes_per_s * p[f"mem_eff_{op}"] * (1.0 + p["l2_gain"] * resident)
+    return p["floor_s"] + nb / bw
+
+
+def elementwise_s(
+    nbytes_moved: float, device: Device, fit: KernelFit, op: str = "generic"
+) -> float:
+    """Seconds for a memory-bound op (RMSNorm, SiLU*mul, RoPE, residual add, quantisation).
+
+    `op` optionally names the kind (norm, act, rope, add, emb, quant) for its own efficiency;
+    "generic" uses the geometric mean of norm, act, rope and add.
+    """
+    if nbytes_moved <= 0:
+        return 0.0
+    return float(elementwise_np(nbytes_moved, device, fit, op))

@@ -1,0 +1,462 @@
+"""Launch a plan's winner for real: vLLM and SGLang commands and a Kubernetes Deployment.
+
+Each function takes a result row (or anything with the Candidate fields) and the model name the
+engine should load. Flags are the engines' own: vLLM's `vllm serve` engine arguments and SGLang's
+`sglang.launch_server` server arguments. Weights are quantised online only where both engines can
+(fp8 from a 16-bit checkpoint); any other change of weight format needs a checkpoint already in
+that format, which `launch_notes` says.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from servesim.errors import ServesimError
+from servesim.spec.devices import Device, catalog
+from servesim.spec.dtypes import canonical
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+
+if TYPE_CHECKING:
+    from servesim.planner.plan import PlanResult
+
+VLLM_PORT = 8000
+SGLANG_PORT = 30000
+# (engine, GPU vendor) -> container image; the image's own entrypoint is replaced by `command`.
+IMAGES: dict[tuple[str, str], str] = {
+    ("vllm", "nvidia"): "vllm/vllm-openai:latest",
+    ("sglang", "nvidia"): "lmsysorg/sglang:latest",
+    ("vllm", "amd"): "rocm/vllm:latest",
+}
+GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu"}
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated mappings out in full (no `&id001` anchors) so the manifest reads plainly."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def model_source(model_name: str) -> str:
+    """What the engine loads: a Hugging Face id as given, or the folder of a local config.json."""
+    p = Path(model_name)
+    return str(p.parent) if p.suffix == ".json" else model_name
+
+
+def _checkpoint_dtype(model_name: str) -> str:
+    try:
+        return load_model(model_name).weight_dtype
+    except ServesimError:
+        return "bf16"  # an unknown model: assume a 16-bit checkpoint
+
+
+def _online_quantization(row: dict[str, Any], model_name: str) -> bool:
+    """True when the weights run in fp8 from a 16-bit checkpoint (both engines quantise it)."""
+    want = canonical(row.get("weight_dtype") or "bf16")
+    return want == "fp8" and _checkpoint_dtype(model_name) in ("bf16", "fp16")
+
+
+def launch_notes(row: dict[str, Any], model_name: str) -> list[str]:
+    """Caveats a launch command cannot express: a weight format the checkpoint does not have."""
+    want = canonical(row.get("weight_dtype") or "bf16")
+    have = _checkpoint_dtype(model_name)
+    if want == have or {want, have} <= {"bf16", "fp16"} or _online_quantization(row, model_name):
+        return []
+    return [
+        f"weights in {want}: load a {want} checkpoint of the model (the {model_name} "
+        f"checkpoint is {have}); the engines read its format from its config"
+    ]
+
+
+def _mem_fraction(row: dict[str, Any]) -> float:
+    return get_engine(str(row.get("engine") or "vllm")).mem_util
+
+
+# Disaggregated serving: vLLM's NIXL KV connector (a proxy routes prefill then decode) and
+# SGLang's --disaggregation-mode with its transfer backend.
+VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+
+
+def phases(row: dict[str, Any]) -> list[tuple[str | None, dict[str, Any], int]]:
+    """(phase, row for that pool, replicas per unit): one entry, or prefill and decode pools."""
+    if row.get("mode") != "disaggregated":
+        return [(None, row, 1)]
+    return [
+        ("prefill", {**row, "tp": row["prefill_tp"], "pp": 1}, int(row["prefill_replicas"])),
+        ("decode", {**row, "tp": row["decode_tp"], "pp": 1}, int(row["decode_replicas"])),
+    ]
+
+
+def _vllm_argv(
+    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
+) -> list[str]:
+    tokens = int(row["max_num_batched_tokens"])
+    chunked = bool(row["chunked_prefill"])
+    if not chunked and max_model_len is None:
+        max_model_len = tokens  # unchunked prefill needs the whole prompt in one step's budget
+    argv = [
+        "vllm",
+        "serve",
+        model_source(model_name),
+        "--tensor-parallel-size",
+        str(int(row["tp"])),
+        "--pipeline-parallel-size",
+        str(int(row.get("pp") or 1)),
+        "--max-num-seqs",
+        str(int(row["max_num_seqs"])),
+        "--max-num-batched-tokens",
+        str(tokens if chunked else max(tokens, int(max_model_len or 0))),
+        "--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill",
+        "--gpu-memory-utilization",
+        f"{_mem_fraction(row):g}",
+    ]
+    if max_model_len:
+        argv += ["--max-model-len", str(int(max_model_len))]
+    if _online_quantization(row, model_name):
+        argv += ["--quantization", "fp8"]
+    if canonical(row.get("kv_dtype") or "bf16") == "fp8":
+        argv += ["--kv-cache-dtype", "fp8"]
+    if phase:
+        argv += ["--kv-transfer-config", VLLM_KV_TRANSFER]
+    return [*argv, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
+
+
+def _sglang_argv(
+    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
+) -> list[str]:
+    tokens = int(row["max_num_batched_tokens"])
+    argv = [
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model_source(model_name),
+        "--tp-size",
+        str(int(row["tp"])),
+        "--pp-size",
+        str(int(row.get("pp") or 1)),
+        "--max-running-requests",
+        str(int(row["max_num_seqs"])),
+        "--chunked-prefill-size",
+        str(tokens) if row["chunked_prefill"] else "-1",
+        "--max-prefill-tokens",
+        str(tokens),
+        "--mem-fraction-static",
+        f"{_mem_fraction(row):g}",
+    ]
+    if max_model_len:
+        argv += ["--context-length", str(int(max_model_len))]
+    if _online_quantization(row, model_name):
+        argv += ["--quantization", "fp8"]
+    if canonical(row.get("kv_dtype") or "bf16") == "fp8":
+        argv += ["--kv-cache-dtype", "fp8_e4m3"]
+    if phase:
+        argv += ["--disaggregation-mode", phase, "--disaggregation-transfer-backend", "nixl"]
+    return [*argv, "--host", "0.0.0.0", "--port", str(SGLANG_PORT)]
+
+
+def vllm_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
+    """`vllm serve` with the candidate's parallelism, batching, formats and memory fraction."""
+    return shlex.join(_vllm_argv(row, model_name, max_model_len))
+
+
+def sglang_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
+    """`python3 -m sglang.launch_server` with the candidate's settings."""
+    return shlex.join(_sglang_argv(row, model_name, max_model_len))
+
+
+def _argv(
+    engine: str,
+    row: dict[str, Any],
+    model_name: str,
+    max_len: int | None,
+    phase: str | None = None,
+) -> list[str]:
+    if engine == "vllm":
+        return _vllm_argv(row, model_name, max_len, phase)
+    if engine == "sglang":
+        return _sglang_argv(row, model_name, max_len, phase)
+    raise ServesimError(f"No launch command for engine {engine!r}; use vllm or sglang.")
+
+
+def gpu_product_label(device: Device) -> str:
+    """NVIDIA GPU feature discovery's `nvidia.com/gpu.product` value (nvidia-smi name, dashed)."""
+    names = [a for a in device.aliases if a.startswith(("NVIDIA ", "Tesla "))]
+    return names[0].replace(" ", "-") if names else device.name
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:52].strip("-") or "model"
+
+
+def k8s_manifest(
+    row: dict[str, Any],
+    model_name: str,
+    replicas: int,
+    engine: str = "vllm",
+    max_model_len: int | None = None,
+    devices_file: str | None = None,
+    image: str | None = None,
+    phase: str | None = None,
+) -> str:
+    """A Deployment of `replicas` pods, each one replica of the candidate on its own GPUs
+    (for a disaggregated candidate, of its `phase` pool: prefill or decode)."""
+    engine = get_engine(engine).name
+    device = catalog(devices_file).get(str(row["device"]))
+    if device.kind != "gpu" or device.vendor not in GPU_RESOURCE:
+        raise ServesimError(
+            f"No Kubernetes manifest for {device.name} ({device.vendor} {device.kind}); "
+            "servesim writes them for NVIDIA and AMD GPUs."
+        )
+    image = image or IMAGES.get((engine, device.vendor))
+    if image is None:
+        raise ServesimError(
+            f"No default {engine} image for {device.vendor} GPUs; pass image= a build for them."
+        )
+    argv = _argv(engine, row, model_name, max_model_len, phase)
+    split = 3 if engine == "sglang" else 2
+    port = SGLANG_PORT if engine == "sglang" else VLLM_PORT
+    gpus = int(row["tp"]) * int(row.get("pp") or 1)
+    name = _slug(f"{Path(model_source(model_name)).name}-{engine}" + (f"-{phase}" if phase else ""))
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "servesim"}
+    if device.vendor == "nvidia":
+        node_selector = {"nvidia.com/gpu.product": gpu_product_label(device)}
+    else:
+        node_selector = {"servesim/accelerator": device.name}  # label your nodes with it
+    probe = {"httpGet": {"path": "/health", "port": port}}
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"servesim/candidate": str(row.get("label") or "")},
+        },
+        "spec": {
+            "replicas": int(replicas),
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": node_selector,
+                    "containers": [
+                        {
+                            "name": engine,
+                            "image": image,
+                            "command": argv[:split],
+                            "args": argv[split:],
+                            "ports": [{"name": "http", "containerPort": port}],
+                            "env": [
+                                {
+                                    "name": "HF_TOKEN",
+                                    "valueFrom": {
+                                        "secretKeyRef": {
+                                            "name": "hf-token",
+                                            "key": "token",
+                                            "optional": True,
+                                        }
+                                    },
+                                }
+                            ],
+                            "resources": {
+                                "limits": {GPU_RESOURCE[device.vendor]: gpus},
+                                "requests": {GPU_RESOURCE[device.vendor]: gpus},
+                            },
+                            "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+                            "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+                            "livenessProbe": {**probe, "periodSeconds": 30, "failureThreshold": 5},
+                            "volumeMounts": [
+                                {"name": "shm", "mountPath": "/dev/shm"},
+                                {"name": "hf-cache", "mountPath": "/root/.cache/huggingface"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                        {"name": "hf-cache", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+    header = [
+        f"# servesim: {row.get('label', '')}",
+        f"# {replicas} replica(s) x {gpus} {device.name} GPU(s) = {replicas * gpus} GPUs",
+    ]
+    if gpus > device.max_devices_per_node:
+        header.append(
+            f"# note: {gpus} GPUs per replica exceed a {device.name} node "
+            f"({device.max_devices_per_node}); run it multi-node (e.g. LeaderWorkerSet)"
+        )
+    header += [f"# note: {n}" for n in launch_notes(row, model_name)]
+    body = yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+def _script(argv: list[str], comments: list[str]) -> str:
+    lines = ["#!/usr/bin/env bash", "set -euo pipefail", *[f"# {c}" for c in comments]]
+    parts: list[str] = []
+    for a in argv:
+        if a.startswith("--") or not parts:
+            parts.append(shlex.quote(a))
+        else:
+            parts[-1] += " " + shlex.quote(a)
+    return "\n".join(lines) + "\nexec " + " \\\n    ".join(parts) + "\n"
+
+
+def _row_for(result: PlanResult) -> tuple[dict[str, Any] | None, int]:
+    """The deployment to export: the cheapest verified sizing when there is one, else the winner."""
+    sizing = result.cheapest or result.fewest_devices
+    if sizing is not None:
+        row = _row_of(result, sizing.candidate.key())
+        if row is not None:
+            return row, sizing.replicas
+    return result.winner, 1
+
+
+def _row_of(result: PlanResult, key: str) -> dict[str, Any] | None:
+    return next((r for r in result.rows if r.get("key") == key), None)
+
+
+LAUNCH_ENGINES = ("vllm", "sglang")
+
+
+def launch_plan(result: PlanResult, engine: str) -> tuple[dict[str, Any] | None, int, str]:
+    """(row, replicas, what it was planned as) for `engine`'s launch script.
+
+    Each engine runs settings planned with its own scheduler: its lowest-$/h verified fleet at
+    the plan's rate, else its best-ranked feasible candidate. None when no candidate of that
+    engine met the SLO.
+    """
+    rate = result.spec.rate_per_s
+    sizing = result.cheapest_by_engine.get(engine)
+    if sizing is None:  # a result without per-engine sizings: the overall ones, if they fit
+        sizing = next(
+            (
+                s
+                for s in (result.cheapest, result.fewest_devices)
+                if s is not None and s.candidate.engine == engine
+            ),
+            None,
+        )
+    if sizing is not None:
+        row = _row_of(result, sizing.candidate.key())
+        if row is not None:
+            return (
+                row,
+                sizing.replicas,
+                f"the lowest-$/h {engine} deployment verified at {rate:g} req/s "
+                f"({sizing.attainment:.1%} steady-state SLO attainment)",
+            )
+    ranked = [r for r in result.feasible if r.get("engine") == engine]
+    if not ranked:
+        return None, 0, ""
+    row = ranked[0]
+    if rate:
+        n = max(1, math.ceil(rate / row["capacity_req_per_s"]))
+        return row, n, f"the best {engine} candidate; {n} replica(s) by capacity, not verified"
+    return row, 1, f"the best {engine} candidate by goodput per $/h"
+
+
+def max_model_len_for(result: PlanResult, row: dict[str, Any]) -> int:
+    """The planned workload's longest request rounded up to 1024, within the replica's KV cache."""
+    longest = result.spec.workload.longest_tokens()
+    cap = int(row.get("kv_tokens") or 0) // int(row.get("pp") or 1)
+    want = int(math.ceil(longest / 1024) * 1024)
+    return min(want, cap) if cap >= longest else want
+
+
+def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write launch_vllm.sh, launch_sglang.sh and k8s_deployment.yaml for the plan's pick.
+
+    Each launch script carries the settings planned for its own engine (`launch_plan`); the
+    Kubernetes manifest runs the overall pick (cheapest verified fleet, else the winner). When
+    no candidate of an engine met the SLO, its script runs the pick's settings and says so.
+    """
+    pick, pick_replicas = _row_for(result)
+    if pick is None:
+        return {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = result.spec.model
+    files: dict[str, Path] = {}
+    for engine in LAUNCH_ENGINES:
+        row, replicas, why = launch_plan(result, engine)
+        if row is None:
+            row, replicas = pick, pick_replicas
+            why = (
+                f"no {engine} candidate met the SLO: these are the settings planned with the "
+                f"{pick.get('engine')} scheduler ({pick.get('label', '')})"
+            )
+        comments = _comments(result, row, replicas, engine, why)
+        if row.get("key") != pick.get("key"):
+            scripts = [
+                f"launch_{pick.get('engine')}{f'_{phase}' if phase else ''}.sh, "
+                for phase, _, _ in phases(pick)
+                if pick.get("engine") in LAUNCH_ENGINES
+            ]
+            comments.append(
+                f"the overall pick is {pick.get('label', '')} ({pick_replicas} replica(s)); "
+                f"see {''.join(scripts)}k8s_deployment.yaml"
+            )
+        max_len = max_model_len_for(result, row)
+        for phase, pool_row, n in phases(row):
+            suffix = f"_{phase}" if phase else ""
+            path = out / f"launch_{engine}{suffix}.sh"
+            extra = [f"{phase} pool: {n * replicas} replica(s) of this command"] if phase else []
+            argv = _argv(engine, pool_row, model, max_len, phase)
+            path.write_text(_script(argv, comments + extra))
+            path.chmod(0o755)
+            files[f"launch_{engine}{suffix}"] = path
+    engine = str(pick.get("engine")) if pick.get("engine") in LAUNCH_ENGINES else "vllm"
+    max_len = max_model_len_for(result, pick)
+    try:
+        text = "---\n".join(
+            k8s_manifest(
+                pool_row,
+                model,
+                pick_replicas * n,
+                engine,
+                max_len,
+                devices_file=result.spec.devices_file,
+                phase=phase,
+            )
+            for phase, pool_row, n in phases(pick)
+        )
+    except ServesimError:
+        return files  # no manifest for this device kind; the launch scripts still apply
+    path = out / "k8s_deployment.yaml"
+    path.write_text(text)
+    files["k8s"] = path
+    return files
+
+
+def _comments(
+    result: PlanResult, row: dict[str, Any], replicas: int, engine: str, why: str
+) -> list[str]:
+    """The header of one launch script: what it runs and what it was planned for."""
+    model = result.spec.model
+    cap = row.get("capacity_req_per_s") or 0.0
+    out = [
+        f"servesim plan for {model}: {row.get('label', '')}",
+        f"planned for {engine}: {why}",
+        f"capacity {cap:.2f} req/s per replica; run {replicas} replica(s) behind a load balancer",
+        f"--max-model-len/--context-length {max_model_len_for(result, row)}: the planned "
+        "workload's longest request",
+        *[f"note: {n}" for n in launch_notes(row, model)],
+    ]
+    if len(phases(row)) > 1:
+        out.append(
+            "disaggregated: start the prefill and decode pools below and route each request to "
+            "a prefill server, then a decode server (vLLM's disaggregated-serving proxy, or "
+            "SGLang's mini load balancer with --prefill/--decode)"
+        )
+    return out

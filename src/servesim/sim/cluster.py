@@ -1,0 +1,487 @@
+"""The cluster event loop: arrivals, replica events, KV transfers and periodic controllers.
+
+One loop drives every multi-replica setting: a pool of colocated replicas behind a router; a
+prefill pool and a decode pool joined by KV transfers over a link (disaggregation); live
+migration between replicas; autoscaling. Events are kept in one heap and invalidated lazily
+(a replica's entry is current while its `next_t` matches; a transfer's while its version does).
+Replicas advance lazily and touch the heap only when their next event time changes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from servesim.sim.metrics import Quantiles
+from servesim.sim.records import RequestTable
+from servesim.sim.replica import Replica
+from servesim.sim.router import (
+    MIGRATION_ORDER,
+    Migration,
+    Router,
+    freeness_steps,
+    least_outstanding,
+)
+from servesim.sim.synthetic import ClosedLoop
+from servesim.sim.transfer import Link, Network
+
+INF = math.inf
+_REP, _XFER, _TICK = 0, 1, 2
+
+
+@dataclass
+class KvPath:
+    """How KV moves between two pools: the link, the bytes per token and the compression."""
+
+    link: Link
+    kv_bytes: Callable[[int], float]  # bytes of a sequence of n cached tokens (whole model)
+    compression: float = 1.0  # CacheGen-style ratio: bytes on the wire = bytes / compression
+
+    @classmethod
+    def for_model(cls, link: Link, model: Any, compression: float = 1.0) -> KvPath:
+        """The path for a model's KV cache (per-token bytes computed once)."""
+        if model.num_sliding_layers:
+            return cls(link, model.kv_bytes, compression)
+        per_token = model.kv_bytes_per_token()
+        return cls(link, lambda n: n * per_token, compression)
+
+
+@dataclass
+class ClusterStats:
+    """What the cluster loop did besides serving: transfers, migrations, scaling."""
+
+    kv_transfers: int = 0
+    kv_bytes: float = 0.0
+    kv_transfer_s: Quantiles = field(default_factory=Quantiles)  # per transfer, start to arrival
+    migrations: int = 0
+    migration_bytes: float = 0.0
+    migration_downtime_s: Quantiles = field(default_factory=Quantiles)  # predicted stop-copy
+    migration_gap_s: Quantiles = field(default_factory=Quantiles)  # last token at A to attach
+    cold_starts: int = 0
+    scale_events: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas up)
+    finish_events: int = 0  # requests reported finished (each must be, exactly once)
+
+
+class Cluster:
+    """Replica pools, a router, optional KV path, migration and controllers, run to the end."""
+
+    def __init__(
+        self,
+        table: RequestTable,
+        entry: list[Replica],
+        router: Router,
+        closed: ClosedLoop | None = None,
+        decode: list[Replica] | None = None,
+        kv_path: KvPath | None = None,
+        migration: Migration | None = None,
+        migration_path: KvPath | None = None,
+        controllers: list[Any] | None = None,
+        pairs: list[tuple[Replica, Replica]] | None = None,
+    ) -> None:
+        self.table = table
+        router.ids = table.request_id
+        self.entry = entry
+        self.decode = decode or []
+        self.reps = entry + self.decode
+        for i, r in enumerate(self.reps):
+            r.index = i
+        self.router = router
+        # The serving frontend's latency before an engine sees a request (HTTP, tokenising).
+        self.lag = entry[0].pred.engine.request_overhead_s if entry else 0.0
+        self.closed = closed
+        self.kv_path = kv_path
+        self.migration = migration
+        self.migration_path = migration_path
+        self.controllers = controllers or []
+        self.active_entry = list(entry)  # replicas the router may use (autoscaling changes it)
+        self.stats = ClusterStats()
+        # (time, kind, replica or transfer or controller, version or flag): ties break on the
+        # integers, so the order is deterministic without a sequence number.
+        self.heap: list[tuple[float, int, int, int]] = []
+        self.net = Network()
+        self.pending: dict[int, deque[tuple[int, Replica]]] = {r.index: deque() for r in self.reps}
+        self.inflight_migrations = 0
+        self.migrating: set[int] = set()
+        if migration is not None:
+            table.hold = self.migrating  # a migration refers to its request until it is over
+        self.migrating_reps: set[int] = set()  # replicas sending or receiving a migration
+        self.stopping: dict[int, tuple] = {}  # rid -> migration waiting for its iteration to end
+        self.now = 0.0
+        self.late: list[int] = []  # requests finished inside a controller's action
+        self.arrived = 0  # open loop: requests of the workload admitted so far (for ticks)
+        # Arrival (send) time of every request by workload index, or -1 before it is sent:
+        # the workload's own for an open loop; for a closed loop filled as clients send, when
+        # a controller asks for it (`wants_arrivals`).
+        self.arrival_s: np.ndarray | None = table._arrivals
+        # Semi-PD: a prefill lane and a decode lane sharing one KV cache, hand-off in place.
+        self.pairs = pairs or []
+        self.pair_of: dict[int, tuple[Replica, Replica]] = {}
+        for p, d in self.pairs:
+            self.pair_of[p.index] = (p, d)
+            self.pair_of[d.index] = (p, d)
+            self.sync_pair(p, d)
+        path = kv_path or migration_path
+        if path is not None:
+            for r in self.reps:
+                cap = path.link.bw_bytes_per_s * r.pred.par.num_devices
+                self.net.endpoint(2 * r.index, cap)  # egress
+                self.net.endpoint(2 * r.index + 1, cap)  # ingress
+
+    # ---- heap helpers ----------------------------------------------------------------------
+    def _push(self, t: float, kind: int, a: int, b: int = 0) -> None:
+        heapq.heappush(self.heap, (t, kind, a, b))
+
+    def _touch(self, r: Replica) -> None:
+        t = r.next_t
+        if t < INF:
+            heapq.heappush(self.heap, (t, _REP, r.index, 0))
+
+    touch = _touch
+
+    def sync_pair(self, p: Replica, d: Replica) -> None:
+        """Semi-PD: each lane may use the shared cache minus what the other holds or will hold
+        by the end of its work in flight; a lane waiting for room is woken when it grows."""
+        total = p.cfg.kv_blocks
+        d.kv_blocks = total - p.fixed_blocks
+        p.kv_blocks = total - (d.kv_blocks - d.free_blocks())
+        for lane in (p, d):
+            if lane.next_t == INF and (lane.waiting or lane.prefilling):
+                lane.kick(self.now)
+                self._touch(lane)
+                # What the lane just took is no longer the other's to take.
+                d.kv_blocks = total - p.fixed_blocks
+                p.kv_blocks = total - (d.kv_blocks - d.free_blocks())
+        if p.next_t == INF and d.next_t == INF and p.prefilling and d.prefilling and d.give_way():
+            # Each lane holds part of a prompt and neither can take its next chunk: the decode
+            # lane's (a preempted request it recomputes) waits, the prefill lane goes on.
+            self.sync_pair(p, d)
+
+    def schedule_tick(self, t: float, which: int, kind: int = 0) -> None:
+        """Ask for a controller callback at time t (controllers call this to repeat)."""
+        self._push(t, _TICK, which, kind)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve every request."""
+        table, reps, heap = self.table, self.reps, self.heap
+        n = table.n
+        lag = self.lag
+        closed = self.closed
+        admit, report, arrival_of = table.admit, table.done, table.arrival_of
+        pending: list[tuple[float, int]] = []
+        next_rid = 0
+        sent_s = None
+        delays = np.zeros(0)
+        if closed is not None:
+            delays = closed.delays_s
+            if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
+                sent_s = self.arrival_s = np.full(n, -1.0)
+            for gid in range(min(closed.clients, n)):
+                heapq.heappush(pending, (float(delays[gid]) - closed.think_s, gid))
+            next_rid = min(closed.clients, n)
+        if self.migration is not None:
+            self._push(self.migration.interval_s, _TICK, -1)
+        for i, c in enumerate(self.controllers):
+            c.start(self, i)
+        route = self.router.pick
+        handoffs = bool(self.decode)
+        pair_of = self.pair_of
+        push, pop = heapq.heappush, heapq.heappop
+        valid = self.net.valid
+        i = 0
+        a_next = arrival_of(0) if closed is None and n else INF
+        t_open = a_next + lag
+        tick = False
+        while True:
+            t_arr = t_open if closed is None else (pending[0][0] + lag if pending else INF)
+            while heap:
+                t, kind, a, b = heap[0]
+                if kind == _REP:
+                    if reps[a].next_t == t:
+                        break
+                elif kind == _XFER:
+                    if valid(a, b):
+                        break
+                else:
+                    break
+                pop(heap)
+            if not heap:
+                if t_arr == INF:
+                    break
+                t_ev = INF
+            else:
+                t_ev = heap[0][0]
+            done: list[int]
+            if t_arr <= t_ev:
+                if closed is None:
+                    rid = admit(i, a_next)
+                    i += 1
+                    a_next = arrival_of(i) if i < n else INF
+                    t_open = a_next + lag
+                else:
+                    sent, gid = heapq.heappop(pending)
+                    rid = admit(gid, sent)
+                    if sent_s is not None:
+                        sent_s[gid] = sent
+                self.now = t_arr
+                target = route(rid, self.active_entry)
+                before = target.next_t
+                done = target.enqueue(rid, t_arr)
+                t = target.next_t
+                if t != before and t < INF:
+                    push(heap, (t, _REP, target.index, 0))
+                if handoffs and target.handoff:
+                    done = done + self._handoffs(target)
+                if pair_of:
+                    self.sync_pair(*pair_of[target.index])
+            else:
+                t, kind, a, b = pop(heap)
+                self.now = t
+                if kind == _REP:
+                    r = reps[a]
+                    done = r.advance()
+                    t = r.next_t
+                    if t < INF:
+                        push(heap, (t, _REP, a, 0))
+                    if r.left:
+                        self._left(r)
+                    if handoffs:
+                        if r.handoff:
+                            done = done + self._handoffs(r)
+                        if self.pending[a]:
+                            self._pull(r)
+                    if pair_of:
+                        self.sync_pair(*pair_of[a])
+                elif kind == _XFER:
+                    done = self._transfer_done(t, a)
+                else:
+                    done = []
+                    tick = True
+                    self.arrived = i
+                    # A tick sees whether anything but ticks can still happen; periodic
+                    # sources repeat only while it can.
+                    busy = self._busy(i < n if closed is None else bool(pending))
+                    if a == -1:
+                        self._migrate_tick(t)
+                        if busy:
+                            self._push(t + self.migration.interval_s, _TICK, -1)
+                    else:
+                        self.controllers[a].tick(self, t, a, busy, b)
+            if self.late:
+                done = done + self.late
+                self.late = []
+            if done:
+                self.stats.finish_events += len(done)
+                if closed is not None:
+                    finish = table.finish_s
+                    for rid in done:
+                        if next_rid < n:
+                            sent = finish[rid] + float(delays[next_rid])
+                            heapq.heappush(pending, (sent, next_rid))
+                            next_rid += 1
+                report(done)
+            if tick:
+                tick = False
+                if not self._busy(i < n if closed is None else bool(pending)):
+                    # No arrival can come and no replica or transfer has work: the run is
+                    # over (requests still held would stay so forever; the conservation check
+                    # of the result names them). Ticks left in the heap cannot add work.
+                    break
+
+    def _busy(self, more_arrivals: bool) -> bool:
+        """Whether an arrival can still come or a replica or a transfer has work in flight."""
+        return more_arrivals or any(r.next_t < INF for r in self.reps) or bool(self.net.active)
+
+    # ---- disaggregation: hand-off, pull, transfer ------------------------------------------
+    def _handoffs(self, src: Replica) -> list[int]:
+        """Requests whose prefill finished on `src` go to a decode replica's pull queue (or,
+        for a semi-PD lane, straight to its partner); returns requests that finished."""
+        tab = self.table
+        if src.index in self.pair_of:
+            _, dst = self.pair_of[src.index]
+            done: list[int] = []
+            for rid in src.handoff:
+                held = src.held[rid]
+                cached = tab.prompt_tokens[rid] + max(0, tab.generated[rid] - 1)
+                src.release(rid, self.now)
+                dst.reserve(held)
+                done += dst.attach(rid, self.now, cached, tab.first_token_s[rid], held)
+            src.handoff.clear()
+            self._touch(src)
+            self._touch(dst)
+            return done
+        pool, pending = self.decode, self.pending
+        for rid in src.handoff:
+            dst = least_outstanding(pool)
+            load = tab.output_tokens[rid] - tab.generated[rid]
+            dst.attached_load[rid] = load  # counted now so a burst spreads over the pool
+            dst.outstanding_tokens += load
+            q = pending[dst.index]
+            q.append((rid, src))
+            if len(q) == 1:
+                self._pull(dst)
+        src.handoff.clear()
+        return []
+
+    def _pull(self, dst: Replica) -> None:
+        """Start the transfers `dst` has room for, in order (DistServe: decode pulls KV)."""
+        q = self.pending[dst.index]
+        tab = self.table
+        bs = dst.cfg.block_size
+        path = self.kv_path
+        while q:
+            rid, src = q[0]
+            gen = tab.generated[rid]
+            cached = tab.prompt_tokens[rid] + (gen - 1 if gen > 1 else 0)
+            need = -(-(cached + 1) // bs)
+            if not dst.has_room(need):
+                return
+            q.popleft()
+            dst.reserve(need)
+            nbytes = path.kv_bytes(cached) / path.compression
+            payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
+            self._start_transfer(src, dst, nbytes, path.link.latency_s, payload)
+
+    def _start_transfer(
+        self, src: Replica, dst: Replica, nbytes: float, latency: float, payload: tuple
+    ) -> None:
+        heap = self.heap
+        for t, tid, ver in self.net.start(
+            self.now, 2 * src.index, 2 * dst.index + 1, nbytes, latency, payload
+        ):
+            heapq.heappush(heap, (t, _XFER, tid, ver))
+
+    def _transfer_done(self, t: float, tid: int) -> list[int]:
+        """A transfer arrived: hand the request over; returns requests that finished."""
+        payload, changed = self.net.finish(t, tid)
+        for t2, tid2, ver in changed:
+            self._push(t2, _XFER, tid2, ver)
+        kind = payload[0]
+        reps, tab = self.reps, self.table
+        if kind == "kv":
+            _, rid, s, d, cached, need, t_start, nbytes = payload
+            src, dst = reps[s], reps[d]
+            self.stats.kv_transfers += 1
+            self.stats.kv_bytes += nbytes
+            self.stats.kv_transfer_s.append(t - t_start)
+            before = src.next_t
+            src.release(rid, t)
+            if src.next_t != before:
+                self._touch(src)
+            before = dst.next_t
+            done = dst.attach(rid, t, cached, tab.first_token_s[rid], need, counted=True)
+            if dst.next_t != before:
+                self._touch(dst)
+            return done
+        if kind == "mig1":
+            return self._migration_stop_copy(t, payload)
+        _, rid, s, d, cached, need, t_last, _ = payload
+        dst = reps[d]
+        self.stats.migration_gap_s.append(t - t_last)
+        done = dst.attach(rid, t, cached, t_last, need, in_order=True)
+        self._touch(dst)
+        tab.migrations[rid] += 1
+        self._migration_over(rid, s, d)
+        return done
+
+    # ---- live migration (Llumnix) -----------------------------------------------------------
+    def _migrate_tick(self, t: float) -> None:
+        """Pair the least free replicas with the freest ones and start one migration per pair
+        (Llumnix's global scheduler; each replica takes part in one migration at a time)."""
+        mig = self.migration
+        pool = self.decode if self.decode else self.active_entry
+        cap = mig.max_inflight if mig.max_inflight is not None else len(pool)
+        if len(pool) < 2 or self.inflight_migrations >= cap:
+            return
+        busy = self.migrating_reps
+        scored = [(freeness_steps(r), r.index, r) for r in pool if r.index not in busy]
+        srcs = sorted(x for x in scored if x[0] < mig.low_steps and x[2].off)
+        dsts = sorted((x for x in scored if x[0] > mig.high_steps), reverse=True)
+        for (_, _, src), (_, _, dst) in zip(srcs, dsts, strict=False):
+            if self.inflight_migrations >= cap:
+                return
+            self._start_migration(src, dst)
+
+    def _start_migration(self, src: Replica, dst: Replica) -> None:
+        """Live-copy one decoding request of `src` to `dst` if `dst` keeps enough headroom."""
+        mig = self.migration
+        path = self.migration_path
+        bs = dst.cfg.block_size
+        g = src.G
+        free_dst = (dst.kv_blocks - dst.kv_used_estimate) * bs
+        n_dst = len(dst.off) + len(dst.prefilling) + (1 if dst.waiting else 0)
+        head_dst = dst.head_tokens() if dst.waiting else 0
+        step0 = src.pred.decode_step_coeffs(max(1, len(src.off)))[0]
+        order = MIGRATION_ORDER[mig.pick](src)
+        for rid in order:
+            if rid in self.migrating:
+                continue
+            cached = src.off[rid] + g + src.shared.get(rid, 0)
+            # The copy runs while the request decodes: reserve room for what it adds meanwhile.
+            copy_s = path.link.seconds(path.kv_bytes(cached), src.pred.par.num_devices)
+            growth = int(copy_s / max(step0, 1e-6)) + 2
+            need = -(-(cached + growth) // bs)
+            if (free_dst - head_dst - need * bs) / (n_dst + 1) < mig.high_steps:
+                continue  # the destination would stop being one: it too would run short
+            if not dst.has_room(need):
+                continue
+            dst.reserve(need)
+            self.inflight_migrations += 1
+            self.migrating.add(rid)
+            self.migrating_reps.update((src.index, dst.index))
+            payload = ("mig1", rid, src.index, dst.index, cached, need)
+            self._start_transfer(src, dst, path.kv_bytes(cached), path.link.latency_s, payload)
+            return
+
+    def _migration_stop_copy(self, t: float, payload: tuple) -> list[int]:
+        """The bulk copy is done: stop the request at the next step, copy what it added."""
+        src = self.reps[payload[2]]
+        done, cached, boundary = src.detach(payload[1], t)
+        if cached == -2:  # it stops when the iteration in flight ends (`_left`)
+            self.stopping[payload[1]] = payload
+            return done
+        self._touch(src)
+        self._delta_copy(t, payload, cached, boundary)
+        return done
+
+    def _left(self, src: Replica) -> None:
+        """Requests stopped at the end of `src`'s iteration: copy what they added meanwhile."""
+        for rid, cached, boundary in src.left:
+            self._delta_copy(boundary, self.stopping.pop(rid), cached, boundary)
+        src.left.clear()
+
+    def _delta_copy(self, t: float, payload: tuple, cached: int, boundary: float) -> None:
+        """Stop-and-copy: send the tokens added since the bulk copy (the request is stopped)."""
+        _, rid, s, d, cached0, need = payload
+        src, dst = self.reps[s], self.reps[d]
+        if cached < 0:  # it finished (or was preempted) first: give the room back
+            dst.unreserve(need)
+            self._migration_over(rid, s, d)
+            dst.kick(t)
+            self._touch(dst)
+            return
+        path = self.migration_path
+        delta = path.kv_bytes(max(0, cached - cached0))
+        predicted = path.link.seconds(delta, src.pred.par.num_devices)
+        self.stats.migrations += 1
+        self.stats.migration_bytes += path.kv_bytes(cached)
+        self.stats.migration_downtime_s.append(predicted)
+        extra = -(-(cached + 1) // dst.cfg.block_size) - need
+        if extra > 0:
+            dst.reserve(extra)
+            need += extra
+        # The delta leaves once the request stops at the step boundary (at or after t).
+        payload2 = ("mig2", rid, s, d, cached, need, boundary, predicted)
+        self._start_transfer(src, dst, delta, path.link.latency_s + (boundary - t), payload2)
+
+    def _migration_over(self, rid: int, s: int, d: int) -> None:
+        self.inflight_migrations -= 1
+        self.migrating.discard(rid)
+        self.migrating_reps.discard(s)
+        self.migrating_reps.discard(d)

@@ -1,0 +1,139 @@
+"""What is simulated: one model served by identical replicas of one engine on one device type,
+with its batching limits, parallel layout and cluster mechanisms (policy, prefix caching,
+migration, autoscaling), and the iteration-time predictor its replicas share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from servesim.errors import ServesimError
+from servesim.predictor import roofline
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.predictor.profiled import ProfiledTiming
+from servesim.sim.autoscale import Autoscaler
+from servesim.sim.policies import Policy
+from servesim.sim.router import Migration
+from servesim.spec.devices import Device
+from servesim.spec.engine_profile import EngineProfile, get_engine
+from servesim.spec.memory import MemoryLayout, memory_layout
+from servesim.spec.model import ModelSpec
+from servesim.spec.parallel import Parallel
+
+_PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model served by `replicas` identical replicas of one engine on one device type."""
+
+    model: ModelSpec
+    device: Device
+    parallel: Parallel = field(default_factory=Parallel)
+    engine: EngineProfile = field(default_factory=lambda: get_engine("vllm"))
+    replicas: int = 1
+    max_num_seqs: int | None = None  # None: the engine's default
+    max_num_batched_tokens: int | None = None
+    chunked_prefill: bool | None = None
+    fit: roofline.KernelFit | None = None
+    policy: Policy | None = None  # scheduling policy; None is the engine's FCFS
+    prefix_caching: bool | None = None  # None: the engine's default (used when prompts have ids)
+    migration: Migration | None = None  # Llumnix live migration between the replicas
+    autoscaler: Autoscaler | None = None  # replicas added/removed over time; `replicas` at start
+    profiled: ProfiledTiming | None = None  # iteration costs measured here (a CPU engine)
+
+    @property
+    def num_devices(self) -> int:
+        """Devices in the whole deployment."""
+        return self.replicas * self.parallel.num_devices
+
+    @property
+    def price_per_hour(self) -> float:
+        """Rental cost of every device of the deployment, USD per hour."""
+        return self.num_devices * self.device.price_per_hour
+
+    def batching(self) -> tuple[int, int, bool]:
+        """(max_num_seqs, max_num_batched_tokens, chunked_prefill) after engine defaults."""
+        e = self.engine
+        seqs = self.max_num_seqs or e.max_num_seqs
+        tokens = self.max_num_batched_tokens or e.max_num_batched_tokens
+        chunked = e.chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
+        if seqs < 1 or tokens < 1:
+            raise ServesimError("max_num_seqs and max_num_batched_tokens must be ≥ 1.")
+        return seqs, tokens, chunked
+
+    def memory(self) -> MemoryLayout:
+        """Per-device memory layout (raises if the model does not fit)."""
+        seqs, tokens, _ = self.batching()
+        return memory_layout(
+            self.model,
+            self.device,
+            self.parallel,
+            max_batched_tokens=tokens,
+            mem_util=self.engine.mem_util,
+            max_num_seqs=min(seqs, 256),
+        )
+
+    def predictor(self) -> Predictor:
+        """The iteration-time predictor of one replica, shared by equal deployments.
+
+        A capacity search simulates the same replica many times; sharing the predictor keeps
+        its memoised kernel times and dense-work tables across those runs.
+        """
+        if self.profiled is not None:
+            return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
+        key = (self.model, repr(self.device), self.parallel, self.engine, id(self.fit))
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            if len(_PREDICTORS) >= 64:
+                _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            pred = Predictor(self.model, self.device, self.parallel, self.engine, self.fit)
+            _PREDICTORS[key] = pred
+        return pred
+
+    def label(self) -> str:
+        """Short description such as `2x h100_sxm tp4 vllm`."""
+        text = f"{self.replicas}x {self.device.name} {self.parallel.label()} {self.engine.name}"
+        if self.max_num_batched_tokens is not None:
+            text += f" budget{self.max_num_batched_tokens}"
+        if self.chunked_prefill is False:
+            text += " unchunked"
+        if self.policy is not None and not self.policy.is_fcfs:
+            text += f" {self.policy.name}"
+            if self.policy.preemption != "recompute":
+                text += f"/{self.policy.preemption}"
+        if self.migration is not None:
+            text += " +migration"
+        if self.autoscaler is not None:
+            text += " autoscaled"
+        return text
+
+    def check_batch(self, batch: BatchShape, spell: Callable[[str], str] = str) -> None:
+        """Refuse a batch the engine would never run: more sequences or tokens than its limits,
+        or more context than its KV cache holds (checked before anything is priced).
+        `spell` names a setting the way the caller's user gives it (a flag, a YAML key)."""
+        seqs, budget, chunked = self.batching()
+        mem = self.memory()
+        context = batch.decode_context + sum(n + c for n, c in batch.prefill)
+        if context > mem.kv_tokens:
+            raise ServesimError(
+                f"The batch needs {context:,} tokens of KV cache but the cache of "
+                f"{self.model.name} on {self.label()} holds {mem.kv_tokens:,}; give fewer or "
+                "shorter sequences, or more devices per replica."
+            )
+        if batch.num_seqs > seqs:
+            raise ServesimError(
+                f"The batch has {batch.num_seqs:,} sequences but the engine runs at most "
+                f"{seqs:,} ({spell('max_num_seqs')}); raise {spell('max_num_seqs')} or give fewer."
+            )
+        if chunked and batch.num_tokens > budget:
+            raise ServesimError(
+                f"The batch has {batch.num_tokens:,} new tokens but the engine schedules at most "
+                f"{budget:,} per iteration ({spell('max_num_batched_tokens')}); raise it, or "
+                "price a smaller chunk."
+            )
+
+    def uses_prefix_cache(self) -> bool:
+        """Whether prefix caching is on (the engine's default unless set)."""
+        return self.engine.prefix_caching if self.prefix_caching is None else self.prefix_caching

@@ -1,0 +1,118 @@
+"""Prefill/decode disaggregation (DistServe, Splitwise): two pools joined by a KV transfer.
+
+Prefill replicas run prompts only; when a prompt's first token is out, the request's KV cache
+waits in prefill memory until a decode replica (the least loaded) has room, then moves over the
+link — contended when several transfers share an instance's links — and the request joins that
+replica's decode batch at its next step (decode admission waits for the transfer). Each pool has
+its own device, count, parallelism and batching. TTFT ends with the first token on the prefill
+side; the transfer shows up in the time per output token.
+
+The placement search over prefill/decode layouts lives with the planner (`placement`); the
+workload DistServe evaluates on is `synthetic.sharegpt_distserve`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from servesim.errors import ServesimError
+from servesim.sim.cluster import Cluster, KvPath
+from servesim.sim.deployment import Deployment
+from servesim.sim.metrics import ItlHistogram
+from servesim.sim.pool import build_pool, prepare
+from servesim.sim.records import RecordSink
+from servesim.sim.result import SimResult, result
+from servesim.sim.router import Router
+from servesim.sim.synthetic import ClosedLoop
+from servesim.sim.transfer import Link, link_for
+from servesim.sim.workload import Workload
+
+
+@dataclass(frozen=True)
+class DisaggDeployment:
+    """A prefill pool and a decode pool of one model, and how KV moves between them."""
+
+    prefill: Deployment
+    decode: Deployment
+    link: str | Link = "nvlink"  # nvlink, pcie, infiniband, roce, ethernet or a Link
+    kv_compression: float = 1.0  # CacheGen-style ratio; 1 sends the KV cache as it is
+
+    def __post_init__(self) -> None:
+        if self.prefill.model.kv_bytes_per_token() != self.decode.model.kv_bytes_per_token():
+            raise ServesimError(
+                "Prefill and decode pools must serve the same model with the same KV format; "
+                "give both Deployments the same ModelSpec."
+            )
+        if not (self.kv_compression >= 1.0 and math.isfinite(self.kv_compression)):
+            raise ServesimError(
+                f"kv_compression {self.kv_compression!r} must be ≥ 1 (1 = uncompressed)."
+            )
+        for d in (self.prefill, self.decode):
+            if d.autoscaler is not None or d.migration is not None:
+                raise ServesimError(
+                    "Autoscaling and migration are modelled for colocated pools only; remove "
+                    "them from the prefill and decode Deployments."
+                )
+
+    @property
+    def model(self) -> Any:
+        """The model both pools serve."""
+        return self.prefill.model
+
+    @property
+    def num_devices(self) -> int:
+        """Devices of both pools."""
+        return self.prefill.num_devices + self.decode.num_devices
+
+    @property
+    def price_per_hour(self) -> float:
+        """Rental cost of both pools, USD per hour."""
+        return self.prefill.price_per_hour + self.decode.price_per_hour
+
+    def kv_link(self) -> Link:
+        """The link KV travels over (the slower end's when the pools' devices differ)."""
+        a = link_for(self.link, self.prefill.device)
+        b = link_for(self.link, self.decode.device)
+        return a if a.bw_bytes_per_s <= b.bw_bytes_per_s else b
+
+    def memory(self) -> Any:
+        """The decode pool's per-device memory layout (where KV capacity limits the batch)."""
+        return self.decode.memory()
+
+    def label(self) -> str:
+        """Short description such as `P 1x a100_sxm tp2 | D 1x a100_sxm tp1 over nvlink`."""
+        link = self.link.name if isinstance(self.link, Link) else str(self.link)
+        text = f"P {self.prefill.label()} | D {self.decode.label()} over {link}"
+        if self.kv_compression != 1.0:
+            text += f" kv/{self.kv_compression:g}"
+        return text
+
+
+def simulate_disagg(
+    dep: DisaggDeployment,
+    workload: Workload | None = None,
+    closed_loop: ClosedLoop | None = None,
+    router: str = "round_robin",
+    records: RecordSink | None = None,
+) -> SimResult:
+    """Serve a workload on a disaggregated deployment (`simulate` calls this)."""
+    req = prepare(workload, closed_loop, router, records)
+    itl = ItlHistogram()
+    pre, _ = build_pool(dep.prefill, req, itl, role="prefill")
+    dec, mem = build_pool(dep.decode, replace(req, hashes=None), itl, role="decode")
+    path = KvPath.for_model(dep.kv_link(), dep.model, dep.kv_compression)
+    t0 = time.perf_counter()
+    cluster = Cluster(
+        req.table,
+        pre,
+        Router(router, req.hashes),
+        closed=closed_loop,
+        decode=dec,
+        kv_path=path,
+    )
+    cluster.run()
+    wall = time.perf_counter() - t0
+    return result(dep, pre + dec, req, itl, mem, wall, cluster.stats)

@@ -1,0 +1,518 @@
+"""One engine replica: continuous batching over a paged KV cache, with event skipping.
+
+The replica runs two kinds of work. An iteration that carries prefill tokens is priced and
+advanced on its own (`_start_mixed`). When only decodes run, nothing changes until a request
+finishes, a new one arrives, or the cache fills, so the replica prices that whole stretch of
+steps in closed form (`_start_decode`): decode step time is affine in the total context, which
+grows by the batch size each step, so k steps take k·t₀ + c₁·B·k(k−1)/2. An arrival cuts the
+stretch at the first step boundary after it. Running sequences are stored as offsets from the
+replica's step counter so no per-token or per-step Python loop runs.
+
+Scheduling follows vLLM's V1 scheduler by default: decodes first, then partial prefills, then
+waiting requests in FCFS order under the token budget and `max_num_seqs`; blocks are allocated
+as chunks are scheduled; when a decode step cannot get a block, the most recently admitted
+request is preempted and recomputed later. With `mixed_batches=False` (SGLang) an iteration runs
+either prefills or decodes, prefills first. Other orders (priority, slack, length-aware queues,
+swap to host, preemptible prefill) come from a `PolicyState` and take a separate, slower path
+(`_schedule_policy`) so the default one stays tight.
+
+Roles: a `mixed` replica serves requests end to end; a `prefill` replica hands a request off
+after its first token and keeps its KV cache until `release` (the cluster moves it over a link);
+a `decode` replica takes requests whose KV arrives by `attach`. Energy is accumulated as busy
+work (`Predictor.step_work_s`) per iteration and in closed form per decode stretch.
+
+This module is the engine loop and the replica's interface to the cluster (enqueue, attach,
+release, detach, advance). The rest of the class lives beside it, one concern per file, as
+mixins sharing these slots (a plain method lookup, so the hot path pays nothing for the split):
+`batching` (the default scheduler: batch formation, chunking, prefix reuse, preemption),
+`decode_stretch` (the closed-form decode stretch), `policy_batching` (the policy path) and
+`bookkeeping` (sequences joining and leaving, finished requests, bounded series).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servesim.predictor.iteration import Predictor
+from servesim.sim.batching import BatchFormation
+from servesim.sim.bookkeeping import RequestBookkeeping
+from servesim.sim.decode_stretch import DecodeStretch
+from servesim.sim.kvcache import DecodeBlocks
+from servesim.sim.metrics import ItlHistogram
+from servesim.sim.policies import KeyedQueue, PolicyState
+from servesim.sim.policy_batching import PolicyBatchFormation
+from servesim.sim.prefix_cache import PrefixCache
+from servesim.sim.records import RequestTable, SeriesRecorder
+
+INF = math.inf
+ROLES = ("mixed", "prefill", "decode")
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Batching limits and cache size of one replica (or one pipeline virtual engine)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    mixed_batches: bool = True
+    block_size: int = 16
+    kv_blocks: int = 10_000
+    overlap: bool = False  # the next iteration is scheduled while this one runs
+
+
+class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookkeeping):
+    """Continuous-batching engine state and its event-skipping step loop."""
+
+    # Slots keep attribute access on the hot path fast (a plain instance dict with this many
+    # keys loses CPython's specialised loads).
+    __slots__ = (
+        "G",
+        "_mixed",
+        "_seg",
+        "_step_costs",
+        "attached_load",
+        "attn_pairs",
+        "blocks",
+        "busy_s",
+        "cfg",
+        "finish_heap",
+        "fixed_blocks",
+        "fresh",
+        "fresh_n",
+        "group",
+        "handoff",
+        "hands_off",
+        "hashes",
+        "held",
+        "idle_share",
+        "incoming",
+        "index",
+        "interrupts",
+        "iter_start",
+        "iterations",
+        "itl",
+        "join_order",
+        "join_seq",
+        "joined",
+        "kv_blocks",
+        "lagged",
+        "last_decode_end",
+        "leaving",
+        "left",
+        "mixed_shapes",
+        "next_t",
+        "now",
+        "off",
+        "off_sum",
+        "outstanding_tokens",
+        "pins",
+        "power_pred",
+        "pp",
+        "pred",
+        "prefilling",
+        "prefix",
+        "provisioned",
+        "ps",
+        "queued_tokens",
+        "role",
+        "samples",
+        "series",
+        "shape_chunks",
+        "shape_count",
+        "shape_work_s",
+        "shared",
+        "shared_sum",
+        "stall_s",
+        "suspended",
+        "suspended_rids",
+        "swapped",
+        "table",
+        "waiting",
+        "work_s",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        predictor: Predictor,
+        cfg: ReplicaConfig,
+        table: RequestTable,
+        itl: ItlHistogram,
+        policy: PolicyState | None = None,
+        role: str = "mixed",
+        prefix: PrefixCache | None = None,
+        hashes: list[list[int]] | None = None,
+    ) -> None:
+        self.index = index
+        self.pred = predictor
+        self.cfg = cfg
+        self.table = table
+        self.itl = itl
+        self.pp = predictor.par.pp
+        self._step_costs = predictor.decode_step_costs
+        self.role = role
+        self.hands_off = role == "prefill"
+        self.ps = policy
+        self.waiting: Any = deque() if policy is None else KeyedQueue(policy.key)
+        self.kv_blocks = cfg.kv_blocks  # may shrink when a partner shares the cache (semi-PD)
+        # Partial prefills: [rid, done_tokens, target_tokens, private_blocks, shared_tokens]
+        self.prefilling: list[list[int]] = []
+        # Blocks outside the decode group's private ones: prefill chunks, pinned prefix blocks,
+        # KV held for a transfer, blocks reserved for an incoming request.
+        self.fixed_blocks = 0
+        # Lock-step decode group, stored as offsets from the step counter G.
+        self.G = 0
+        self.off: dict[int, int] = {}  # rid -> private cached tokens minus G
+        self.finish_heap: list[tuple[int, int, int]] = []  # (finish G, join order, rid)
+        # rid -> join order of its current finish_heap entry: entries of earlier stays (a
+        # request preempted, swapped or migrated and back) are stale and skipped.
+        self.joined: dict[int, int] = {}
+        self.join_order: list[int] = []  # rids in admission order (for preemption)
+        self.join_seq = 0
+        self.off_sum = 0
+        self.shared: dict[int, int] = {}  # rid -> prefix tokens it reads from pinned blocks
+        self.shared_sum = 0
+        self.blocks = DecodeBlocks(cfg.block_size)
+        # (first-token time, count) of requests that joined since the last decode step
+        self.fresh: list[tuple[float, int]] = []
+        self.fresh_n = 0
+        self.last_decode_end = 0.0
+        # Prefix caching
+        self.prefix = prefix
+        self.hashes = hashes
+        self.pins: dict[int, int] = {}  # rid -> leading hash blocks it pins
+        # Disaggregation and migration
+        self.handoff: list[int] = []  # prefill role: rids whose first token is out
+        self.held: dict[int, int] = {}  # rid -> private blocks kept for the KV transfer
+        # (rid, cached tokens, last token time, reserved blocks, keeps its arrival-order place)
+        self.incoming: deque[tuple[int, int, float, int, bool]] = deque()
+        self.attached_load: dict[int, int] = {}  # rid -> tokens it added to the router signal
+        # Live migration: requests to stop at the end of the iteration in flight (in the order
+        # asked: a set would order them by slot, which slot reuse shuffles), and those
+        # stopped there as (rid, cached tokens or -1 if it finished first, boundary time).
+        self.leaving: dict[int, None] = {}
+        self.left: list[tuple[int, int, float]] = []
+        # Policy path state
+        self.swapped: dict[int, tuple[int, float]] = {}  # rid -> (cached tokens, last token t)
+        self.suspended: list[tuple[float, list, Any]] = []  # FlowPrefill stack
+        self.suspended_rids: set[int] = set()
+        self.stall_s = 0.0  # PCIe time the next iteration waits for (swaps)
+        # Work in flight
+        self.now = 0.0
+        self.next_t = INF
+        self._mixed: tuple | None = None
+        self._seg: tuple | None = None
+        # Overlap scheduling: arrivals not yet seen by a scheduling pass, as (arrival, rid); a
+        # pass runs when an iteration starts, for the one after it.
+        self.lagged: deque[tuple[float, int]] = deque()
+        self.iter_start = 0.0  # start of the iteration that ended last
+        # Observables
+        self.busy_s = 0.0
+        self.work_s = 0.0  # busy work (full-dynamic-power seconds per device), for energy
+        self.attn_pairs = 0.0  # prefill attention (query, key) pairs computed
+        self.mixed_shapes: list[int] = []  # tokens << 20 | sequences, per prefill iteration
+        self.iterations = 0
+        self.interrupts = 0
+        self.provisioned: list[list[float]] = [[0.0, INF]]  # [from, to] intervals (autoscaling)
+        self.group = index  # the physical replica (pipeline virtual engines share one)
+        self.idle_share = 1.0 / self.pp  # share of the devices' idle power this engine carries
+        self.power_pred = predictor  # prices energy (semi-PD lanes use the whole GPU's)
+        # Flat (time, sequences running, KV tokens held) triples, one per scheduling decision,
+        # moved to `series` (bounded) whenever the table harvests (`compact`)
+        self.samples: list[float] = []
+        self.series: SeriesRecorder | None = None
+        # `mixed_shapes` moved out as arrays, and priced in bulk once they are many
+        self.shape_chunks: list[np.ndarray] = []
+        self.shape_count = 0
+        self.shape_work_s = 0.0
+        self.outstanding_tokens = 0  # prompt + output tokens not yet served (router signal)
+        # Tokens the queued requests must prefill to run again (router and migration signal): a
+        # prompt, or for a request preempted by recompute its prompt and the tokens it had made.
+        self.queued_tokens = 0
+        table.reps.append(self)
+
+    # ---- public face for the cluster driver --------------------------------------------
+    def total_work_s(self, decode_context_tokens: float) -> float:
+        """Busy work of everything this replica ran (full-dynamic-power seconds per device),
+        given the context its decode steps attended to in total (reading the KV cache is
+        linear in it, so the sum over requests of their per-step contexts, taken from the
+        request table at the end, prices every decode step at once)."""
+        pred = self.power_pred
+        parts = [*self.shape_chunks, np.asarray(self.mixed_shapes, dtype=np.int64)]
+        shapes = np.concatenate(parts)
+        dense = self.shape_work_s + pred.dense_work_many(shapes >> 20, shapes & 0xFFFFF)
+        work = self.work_s + dense
+        work += pred.decode_work_per_token_s * decode_context_tokens
+        return work + pred.attn_pair_work_s * self.attn_pairs
+
+    def provisioned_s(self, end_s: float) -> float:
+        """Seconds this replica was provisioned (powered and paid for) up to `end_s`."""
+        return sum(max(0.0, min(b, end_s) - a) for a, b in self.provisioned)
+
+    @property
+    def num_requests(self) -> int:
+        """Requests queued or in service."""
+        return (
+            len(self.waiting)
+            + len(self.lagged)
+            + len(self.prefilling)
+            + len(self.off)
+            + len(self.incoming)
+        )
+
+    @property
+    def mid_iteration(self) -> bool:
+        """True while an iteration with prefill tokens is in flight (it cannot be cut)."""
+        return self._mixed is not None
+
+    @property
+    def kv_used_blocks(self) -> int:
+        """KV pages in use now (decode group, prefill chunks, pinned and held blocks)."""
+        return self.blocks.blocks_at(self.G) + self.fixed_blocks
+
+    @property
+    def kv_used_estimate(self) -> float:
+        """KV pages in use now, in O(1): each sequence's last page counted half full (routers
+        and controllers poll this; the exact count is `kv_used_blocks`)."""
+        n = len(self.off)
+        bs = self.cfg.block_size
+        return (self.off_sum + n * self.G) / bs + 0.5 * n + self.fixed_blocks
+
+    def enqueue(self, rid: int, t: float) -> list[int]:
+        """Accept a request at time t; returns requests that finished while catching up."""
+        tab = self.table
+        self.outstanding_tokens += tab.prompt_tokens[rid] + tab.output_tokens[rid]
+        self.queued_tokens += tab.prompt_tokens[rid]
+        tab.replica[rid] = self.index
+        if self.next_t == INF:  # idle: start now
+            self.waiting.append(rid)
+            self.now = max(self.now, t)
+            self._schedule()
+            return []
+        if self.cfg.overlap:
+            # The pass that planned the next iteration ran when this one started: the request
+            # waits for the pass after it, at the next boundary.
+            self.lagged.append((t, rid))
+            if self._seg is not None and len(self.off) + len(self.prefilling) < (
+                self.cfg.max_num_seqs
+            ):
+                return self._cut(t, extra=1)
+            return []
+        self.waiting.append(rid)
+        if self._seg is not None:
+            if len(self.off) + len(self.prefilling) < self.cfg.max_num_seqs:
+                return self._cut(t)
+            if self.ps is not None and self.ps.preempts:
+                return self._cut(t)  # it may preempt someone at the next step
+            return []
+        if self._mixed is not None and self.ps is not None and self.ps.policy.prefill_preemption:
+            self._maybe_interrupt(rid, t)
+        return []
+
+    def attach(
+        self,
+        rid: int,
+        t: float,
+        cached: int,
+        t_token: float,
+        reserved: int = 0,
+        counted: bool = False,
+        in_order: bool = False,
+    ) -> list[int]:
+        """Take over a running request whose KV cache (`cached` tokens) has arrived at time t;
+        `reserved` blocks were set aside for it by `reserve`; `counted` when its load was
+        already added to the router signal; `in_order` when it takes its place among the running
+        requests by arrival time (a migrated request: the order that picks preemption victims)
+        rather than joining last. Returns finished rids."""
+        tab = self.table
+        self.incoming.append((rid, cached, t_token, reserved, in_order))
+        if not counted:
+            load = tab.output_tokens[rid] - tab.generated[rid]
+            self.attached_load[rid] = load
+            self.outstanding_tokens += load
+        tab.replica[rid] = self.index
+        if self.next_t == INF:
+            self.now = max(self.now, t)
+            self._schedule()
+            return []
+        if self._seg is not None:
+            return self._cut(t)
+        return []
+
+    def free_blocks(self) -> int:
+        """Blocks that can be promised now without disturbing the work in flight."""
+        free = self.kv_blocks - self.fixed_blocks
+        if self.off:
+            seg = self._seg
+            free -= self.blocks.blocks_at(self.G + (seg[1] if seg is not None else 1))
+        return free
+
+    def has_room(self, blocks: int) -> bool:
+        """Whether `free_blocks() >= blocks`, with a cheap upper bound tried first."""
+        free = self.kv_blocks - self.fixed_blocks - blocks
+        n = len(self.off)
+        if not n:
+            return free >= 0
+        seg = self._seg
+        g = self.G + (seg[1] if seg is not None else 1)
+        bs = self.cfg.block_size
+        if (self.off_sum + n * (g + bs - 1)) // bs <= free:  # Σ ceil(x/bs) ≤ (Σx + n(bs−1))/bs
+            return True
+        return self.blocks.blocks_at(g) <= free
+
+    def reserve(self, blocks: int) -> None:
+        """Set blocks aside for a request that will arrive by `attach`."""
+        self.fixed_blocks += blocks
+
+    def unreserve(self, blocks: int) -> None:
+        """Give back blocks set aside with `reserve`."""
+        self.fixed_blocks -= blocks
+
+    def release(self, rid: int, t: float) -> None:
+        """Prefill role: the request's KV has left; free its blocks (and pins) at time t."""
+        self.fixed_blocks -= self.held.pop(rid)
+        if self.pins:
+            self._unpin(rid)
+        tab = self.table
+        self.outstanding_tokens -= tab.prompt_tokens[rid] + tab.output_tokens[rid]
+        if self.next_t == INF and (self.waiting or self.prefilling):
+            self.now = max(self.now, t)  # freed blocks may let a prompt (or its next chunk) in
+            self._schedule()
+        else:  # the time series sees the blocks go now (a partner may take them at once)
+            n_run = len(self.off)
+            self.samples.extend(
+                (
+                    max(self.now, t),
+                    n_run + len(self.prefilling),
+                    self.off_sum + n_run * self.G + self.fixed_blocks * self.cfg.block_size,
+                )
+            )
+
+    def kick(self, t: float) -> None:
+        """Reconsider the queue at time t if idle (blocks may have been freed elsewhere)."""
+        if self.next_t == INF:
+            self.now = max(self.now, t)
+            self._schedule()
+
+    def give_way(self) -> bool:
+        """Idle and holding partial prefills that cannot go on: send the most recently admitted
+        one (not an interrupted one) back to the queue, to be recomputed, so that a partner
+        lane sharing the cache gets its blocks. False if there is none to preempt."""
+        pre = self.prefilling
+        if self.next_t != INF:
+            return False
+        for i in range(len(pre) - 1, -1, -1):
+            rid, _, _, blocks, _ = pre[i]
+            if rid in self.suspended_rids:
+                continue
+            del pre[i]
+            self.fixed_blocks -= blocks
+            if self.pins:
+                self._unpin(rid)
+            self.table.preemptions[rid] += 1
+            self.waiting.appendleft(rid)
+            self.queued_tokens += self._recompute_tokens(rid)
+            return True
+        return False
+
+    def detach(self, rid: int, t: float) -> tuple[list[int], int, float]:
+        """Stop a decoding request at the first step boundary at or after t and remove it
+        (live migration); returns (finished rids, its cached tokens, boundary time). The
+        tokens are -1 if it is no longer decoding here, and -2 if an iteration with prefill
+        tokens is in flight: it then leaves when that iteration ends, listed in `left`."""
+        if rid not in self.off:
+            return [], -1, self.now
+        if self._mixed is not None:
+            self.leaving[rid] = None
+            return [], -2, self.now
+        done = self._stop_at(t)
+        cached = self._drop(rid) if rid in self.off else -1
+        boundary = self.now
+        self._schedule()
+        return done, cached, boundary
+
+    def set_predictor(self, pred: Predictor, t: float) -> list[int]:
+        """Price work from time t with another predictor (a semi-PD lane got a new share): a
+        decode stretch in flight stops at its next step boundary; an iteration with prefill
+        tokens finishes at the old speed. Returns finished rids."""
+        self._step_costs = pred.decode_step_costs
+        if self._seg is None:
+            self.pred = pred
+            return []
+        done = self._stop_at(t)
+        self.pred = pred
+        self._schedule()
+        return done
+
+    def advance(self) -> list[int]:
+        """Finish the work in flight at `next_t` and start the next; returns finished rids."""
+        done: list[int] = []
+        if self._mixed is not None:
+            self._commit_mixed(done)
+        else:
+            seg = self._seg
+            if seg is not None:
+                self._seg = None
+                self._commit_decode(seg, seg[1], self.next_t, done)
+        if self.leaving:
+            for rid in self.leaving:
+                self.left.append((rid, self._drop(rid) if rid in self.off else -1, self.now))
+            self.leaving.clear()
+        self._schedule()
+        return done
+
+    # ---- scheduling ----------------------------------------------------------------------
+    def _schedule(self) -> None:
+        """Start the next iteration or decode stretch at `self.now`, or go idle."""
+        cfg = self.cfg
+        if self.lagged:
+            self._release_lagged()
+        if self.incoming:
+            self._admit_incoming()
+        n_run = len(self.off)
+        n_pre = len(self.prefilling)
+        self.samples.extend(
+            (
+                self.now,
+                n_run + n_pre,
+                self.off_sum + n_run * self.G + self.fixed_blocks * cfg.block_size,
+            )
+        )
+        if self.ps is not None:
+            self._schedule_policy(n_run, n_pre)
+            return
+        if (n_pre or (self.waiting and n_run + n_pre < cfg.max_num_seqs)) and self._start_mixed():
+            return
+        if self.off:  # (`_start_mixed` may have preempted every decode to make room)
+            self._start_decode()
+            return
+        if self.waiting and not self.prefilling:
+            self._cannot_fit()
+        self.next_t = INF
+
+    def _release_lagged(self) -> None:
+        """Overlap scheduling: arrivals that came before the iteration just ended started are
+        seen by this pass; with nothing running, the engine's loop sees every arrival."""
+        lagged, waiting = self.lagged, self.waiting
+        if not (self.off or self.prefilling or waiting or self.incoming):
+            while lagged:
+                waiting.append(lagged.popleft()[1])
+            return
+        start = self.iter_start
+        while lagged and lagged[0][0] <= start:
+            waiting.append(lagged.popleft()[1])
+
+    def _cannot_fit(self) -> None:
+        if self.fixed_blocks or self.incoming or self.held or self.kv_blocks < self.cfg.kv_blocks:
+            return  # blocks held for transfers, reservations or a partner lane come back
+        rid = self.waiting[0]
+        raise RuntimeError(
+            f"request {rid} needs more KV blocks than the replica has "
+            f"({self.kv_blocks}); the workload exceeds the cache"
+        )

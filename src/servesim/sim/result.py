@@ -1,0 +1,250 @@
+"""A finished run: `result` checks that every request finished exactly once, then collects the
+replicas' statistics, time series and energy into a `SimResult`, whose `summary` is what the
+CLI prints and the planner ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from servesim.sim.cluster import ClusterStats
+from servesim.sim.metrics import ItlHistogram, RunSummary, Slo
+from servesim.sim.pool import Requests
+from servesim.sim.records import RecordSink
+from servesim.sim.replica import Replica
+from servesim.spec.memory import MemoryLayout
+
+
+@dataclass
+class SimResult:
+    """Everything a run produced: per-request records, token gaps, replica time series."""
+
+    deployment: Any  # Deployment, DisaggDeployment or SemiPDDeployment
+    records: RecordSink
+    itl: ItlHistogram
+    memory: MemoryLayout
+    replica_stats: list[dict[str, Any]]
+    series: dict[str, np.ndarray]
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # mechanism figures for the summary
+    # Replica-time provisioned between the first arrival and the last finish (autoscaled runs;
+    # None: every replica was up the whole span).
+    provisioned_replica_s: float | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-request columns ordered by request id, with derived latencies (computed once;
+        a run streamed to Parquet reads its file back)."""
+        return self.records.columns()
+
+    def summary(self, slo: Slo | None = None) -> dict[str, Any]:
+        """Latency, throughput, SLO and resource summary of the run (one pass over the
+        records, in memory or in the Parquet file, in fixed memory)."""
+        rec = self.records
+        window = None
+        if "scale_events" in self.extra:  # autoscaled: how attainment moved with the load
+            window = max(60.0, max(rec.end_s - rec.start_s, 1e-12) / 24.0)
+        acc = RunSummary(slo, window)
+        for chunk in rec.chunks(_SUMMARY_COLUMNS):
+            acc.add(chunk)
+        s = acc.result(self.itl)
+        dep = self.deployment
+        span = s["duration_s"]
+        busy = sum(r["busy_s"] for r in self.replica_stats)
+        up_s = self.provisioned_replica_s
+        if up_s is None:
+            up_s = span * len(self.replica_stats)
+        energy = sum(r["energy_j"] for r in self.replica_stats)
+        out_tokens = max(1, acc.generated)
+        all_tokens = out_tokens + acc.in_tokens
+        s.update(
+            {
+                "deployment": dep.label(),
+                "devices": dep.num_devices,
+                "price_per_hour": dep.price_per_hour,
+                "cost_usd": dep.price_per_hour * span / 3600.0,
+                "energy_j": energy,
+                "joules_per_output_token": energy / out_tokens,
+                "joules_per_token": energy / max(1, all_tokens),
+                "output_tokens_per_joule": out_tokens / max(energy, 1e-12),
+                "mean_power_w": energy / max(span, 1e-12),
+                # busy share of the replica-time provisioned (not of the largest pool)
+                "utilisation": busy / max(up_s, 1e-12),
+                "mean_batch_size": _time_mean(self.series["t_s"], self.series["running"]),
+                "mean_kv_use": _time_mean(self.series["t_s"], self.series["kv_use"]),
+                "kv_tokens_per_replica": self.memory.kv_tokens,
+                "memory_gb_per_device": self.memory.as_dict(),
+                "iterations": sum(r["iterations"] for r in self.replica_stats),
+            }
+        )
+        s.update(self.extra)
+        if window is not None:
+            s["slo_attainment_over_time"] = [
+                [round(t, 1), round(a, 4), n] for t, a, n in acc.attainment_over_time()
+            ]
+        return s
+
+
+_SUMMARY_COLUMNS = [
+    "request_id",
+    "arrival_s",
+    "prompt_tokens",
+    "finish_s",
+    "generated_tokens",
+    "preemptions",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "queue_s",
+]
+
+
+def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
+    if len(t) < 2:
+        return float(v.mean()) if len(v) else 0.0
+    dt = np.diff(t)
+    total = dt.sum()
+    return float((v[:-1] * dt).sum() / total) if total > 0 else float(v.mean())
+
+
+def replica_energy_j(r: Replica, end_s: float, decode_context_tokens: float) -> float:
+    """Energy of one replica (or virtual engine): idle power while provisioned (its share of
+    the devices) plus the dynamic power of the work its iterations did."""
+    up = r.provisioned_s(end_s)
+    return r.power_pred.joules(up * r.idle_share, r.total_work_s(decode_context_tokens))
+
+
+def decode_context_by_replica(cols: dict[str, np.ndarray], replicas: int) -> np.ndarray:
+    """Total context the decode steps of each replica attended to: a request that generated O
+    tokens after a P-token prompt decodes O − 1 steps over P + 1 … P + O − 1 tokens; it is
+    counted on the replica it finished on. (A run accumulates the same sums as its requests
+    finish: `RequestTable.decode_context`.)"""
+    p = cols["prompt_tokens"].astype(np.float64)
+    o = np.maximum(cols["generated_tokens"] - 1.0, 0.0)
+    where = cols["replica"]
+    ok = where >= 0
+    ctx = o * p + o * (o + 1.0) * 0.5
+    return np.bincount(where[ok], weights=ctx[ok], minlength=replicas)
+
+
+def result(
+    dep: Any,
+    reps: list[Replica],
+    req: Requests,
+    itl: ItlHistogram,
+    mem: MemoryLayout,
+    wall: float,
+    stats: ClusterStats | None = None,
+    extra: dict[str, Any] | None = None,
+    finish_events: int | None = None,
+) -> SimResult:
+    """Check that every request finished exactly once (`ConservationError` naming the lost
+    ones if not), then collect the run's replica statistics, time series and mechanism
+    figures. `finish_events` counts the finishes a run without `stats` reported."""
+    table = req.table
+    res = SimResult(dep, table.sink, itl, mem, [], {}, wall)
+    if stats is not None:
+        finish_events = stats.finish_events
+    table.close(finish_events)
+    stats_out = res.replica_stats
+    t_all: list[np.ndarray] = []
+    run_all: list[np.ndarray] = []
+    kv_all: list[np.ndarray] = []
+    caps: list[float] = []
+    end = max((r.now for r in reps), default=0.0)
+    device_s = 0.0
+    price_s = 0.0
+    contexts = np.zeros(max(len(reps), len(table.decode_context)))
+    contexts[: len(table.decode_context)] = table.decode_context
+    for r in reps:
+        up = r.provisioned_s(end)
+        stats_out.append(
+            {
+                "replica": r.index,
+                "role": r.role,
+                "busy_s": r.busy_s,
+                "iterations": r.iterations,
+                "energy_j": replica_energy_j(r, end, float(contexts[r.index])),
+                "provisioned_s": up,
+            }
+        )
+        devices = r.pred.par.num_devices * r.idle_share
+        device_s += up * devices
+        price_s += up * devices * r.pred.device.price_per_hour
+        t, running, kv = r.series_arrays()
+        t_all.append(t)
+        run_all.append(running)
+        kv_all.append(kv)
+        # KV tokens this engine's share of its replica's cache holds (pipeline stages hold a
+        # slice each; semi-PD lanes share one cache, each counted for half)
+        caps.append(r.cfg.kv_blocks * r.cfg.block_size * r.idle_share * r.pp)
+    res.series = _merge_series(t_all, run_all, kv_all, caps, [r.provisioned for r in reps])
+    if stats is not None and stats.scale_events:
+        start, stop = table.sink.start_s, table.sink.end_s
+        res.provisioned_replica_s = sum(
+            max(0.0, min(b, stop) - max(a, start)) for r in reps for a, b in r.provisioned
+        )
+    info: dict[str, Any] = dict(extra or {})
+    caches = [r.prefix for r in reps if r.prefix is not None]
+    if caches:
+        lookups = sum(c.lookup_tokens for c in caches)
+        hits = sum(c.hit_tokens for c in caches)
+        info["prefix_hit_rate"] = hits / lookups if lookups else 0.0
+        info["prefix_evictions"] = sum(c.evictions for c in caches)
+    ps = next((r.ps for r in reps if r.ps is not None), None)
+    if ps is not None:
+        info["swaps"] = ps.swaps
+        info["swap_s"] = ps.swap_s
+        info["prefill_interrupts"] = sum(r.interrupts for r in reps)
+    if stats is not None:
+        if stats.kv_transfers:
+            info["kv_transfers"] = stats.kv_transfers
+            info["kv_transfer_gb"] = stats.kv_bytes / 1e9
+            info["kv_transfer_s_mean"] = stats.kv_transfer_s.mean()
+            info["kv_transfer_s_p99"] = stats.kv_transfer_s.percentiles([99])[0]
+        if stats.migrations:
+            info["migrations"] = stats.migrations
+            info["migration_gb"] = stats.migration_bytes / 1e9
+            info["migration_downtime_s_mean"] = stats.migration_downtime_s.mean()
+            info["migration_gap_s_mean"] = stats.migration_gap_s.mean()
+        if stats.scale_events:
+            info["cold_starts"] = stats.cold_starts
+            info["device_hours"] = device_s / 3600.0
+            info["cost_usd"] = price_s / 3600.0
+            info["scale_events"] = [list(e) for e in stats.scale_events]
+    res.extra = info
+    return res
+
+
+def _merge_series(
+    t_all: list[np.ndarray],
+    run_all: list[np.ndarray],
+    kv_all: list[np.ndarray],
+    caps: list[float],
+    provisioned: list[list[list[float]]],
+    points: int = 2000,
+) -> dict[str, np.ndarray]:
+    """Cluster-wide batch size (sum) and KV use on a common time grid: the KV tokens held over
+    the KV tokens of the replicas provisioned at that time (an autoscaled pool's parked
+    replicas count for nothing)."""
+    t_end = max((float(t[-1]) for t in t_all if len(t)), default=0.0)
+    grid = np.linspace(0.0, t_end, points) if t_end > 0 else np.zeros(1)
+    running = np.zeros_like(grid)
+    held = np.zeros_like(grid)
+    cap = np.zeros_like(grid)
+    for t, r, k, c, spans in zip(t_all, run_all, kv_all, caps, provisioned, strict=True):
+        up = np.zeros(len(grid), dtype=bool)
+        for a, b in spans:
+            up |= (grid >= a) & (grid <= b)
+        cap += c * up
+        if not len(t):
+            continue
+        idx = np.searchsorted(t, grid, side="right") - 1
+        seen = idx >= 0  # before its first scheduling decision a replica holds nothing
+        idx = np.maximum(idx, 0)
+        running += r[idx] * seen
+        held += k[idx] * (up & seen)
+    kv = np.divide(held, cap, out=np.zeros_like(grid), where=cap > 0)
+    return {"t_s": grid, "running": running, "kv_use": kv}

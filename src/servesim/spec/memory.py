@@ -1,0 +1,113 @@
+"""Per-device memory layout of one replica: weights, activation reserve, and what is left for KV.
+
+The KV-cache capacity that the simulator's paged cache gets comes from here, the way vLLM sizes
+it: `gpu_memory_utilization × device memory − weights − activation/graph reserve`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from servesim.errors import ServesimError
+from servesim.spec.devices import Device
+from servesim.spec.dtypes import nbytes
+from servesim.spec.model import ModelSpec
+from servesim.spec.parallel import Parallel
+
+# CUDA context, NCCL buffers, CUDA-graph pools and allocator fragmentation outside the profiled
+# activation peak. vLLM reports 1-3 GiB of "non-torch" and graph memory on H100-class GPUs.
+FIXED_RESERVE_BYTES = 2.0e9
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Bytes per device of one replica, and the KV capacity that results."""
+
+    device_bytes: float
+    usable_bytes: float  # device_bytes × memory-utilisation fraction
+    weight_bytes: float
+    reserve_bytes: float
+    kv_bytes: float
+    kv_bytes_per_token: float  # per device, as the paged cache stores it
+    kv_tokens: int  # tokens of context the whole replica's cache holds (all layers, DP ranks)
+    window_bytes_per_seq: float  # sliding-window layers' fixed share per running sequence
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain numbers for reports (GB where the key says so)."""
+        return {
+            "device_gb": self.device_bytes / 1e9,
+            "usable_gb": self.usable_bytes / 1e9,
+            "weights_gb": self.weight_bytes / 1e9,
+            "reserve_gb": self.reserve_bytes / 1e9,
+            "kv_gb": self.kv_bytes / 1e9,
+            "kv_tokens": float(self.kv_tokens),
+        }
+
+
+def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
+    """Weights one device holds: layers split by PP, matrices by TP, routed experts by EP."""
+    counts = model.param_counts()
+    total = model.param_bytes()
+    expert_bytes = counts["routed_experts"] * nbytes(model.expert_dtype)
+    other = total - expert_bytes
+    shard = par.tp * par.pp
+    experts_per_device = expert_bytes / (par.pp * (par.ep * par.moe_tp if par.ep > 1 else par.tp))
+    return other / shard + experts_per_device
+
+
+def kv_bytes_per_token_per_device(model: ModelSpec, par: Parallel) -> float:
+    """KV bytes one token costs on one device: heads split by TP (replicated past the KV heads)."""
+    per_token = model.kv_bytes_per_token() / par.pp
+    if model.is_mla:
+        return per_token  # the latent cache is replicated on every TP rank
+    kv_shards = min(par.tp, model.num_kv_heads)
+    return per_token / kv_shards
+
+
+def activation_reserve_bytes(model: ModelSpec, par: Parallel, max_batched_tokens: int) -> float:
+    """Peak activation memory of a forward pass over `max_batched_tokens`, plus fixed overheads."""
+    h = model.hidden_size
+    width = max(model.intermediate_size, model.moe_intermediate_size * model.experts_per_token)
+    per_token = 2.0 * (4 * h + 3 * width / par.tp)  # bf16 hidden states, MLP intermediates
+    logits = 4.0 * min(max_batched_tokens, 1024) * model.vocab_size / par.tp  # fp32 sampler
+    return FIXED_RESERVE_BYTES + max_batched_tokens * per_token + logits
+
+
+def memory_layout(
+    model: ModelSpec,
+    device: Device,
+    par: Parallel,
+    max_batched_tokens: int = 8192,
+    mem_util: float = 0.9,
+    max_num_seqs: int = 256,
+) -> MemoryLayout:
+    """Lay out one replica's memory; refuse a configuration whose weights leave no KV space."""
+    if not 0.0 < mem_util <= 1.0:
+        raise ServesimError(f"Memory utilisation must be in (0, 1], got {mem_util}.")
+    usable = device.mem_bytes * mem_util
+    weights = weight_bytes_per_device(model, par)
+    reserve = activation_reserve_bytes(model, par, max_batched_tokens)
+    kv_per_token = kv_bytes_per_token_per_device(model, par)
+    window_per_seq = model.kv_bytes_per_seq_window() / par.pp
+    if not model.is_mla:
+        window_per_seq /= min(par.tp, model.num_kv_heads)
+    kv = usable - weights - reserve - max_num_seqs * window_per_seq
+    if kv <= 0:
+        need = (weights + reserve) / 1e9
+        raise ServesimError(
+            f"{model.name} ({model.weight_dtype} weights) needs {need:.1f} GB per device for "
+            f"weights and activations but {device.name} at {mem_util:.0%} utilisation offers "
+            f"{usable / 1e9:.1f} GB with TP={par.tp}, PP={par.pp}; raise TP/PP, quantise the "
+            "weights, or pick a larger device."
+        )
+    tokens = int(kv // kv_per_token) * par.dp  # each attention-DP rank holds its own cache
+    return MemoryLayout(
+        device_bytes=device.mem_bytes,
+        usable_bytes=usable,
+        weight_bytes=weights,
+        reserve_bytes=reserve,
+        kv_bytes=kv,
+        kv_bytes_per_token=kv_per_token,
+        kv_tokens=tokens,
+        window_bytes_per_seq=window_per_seq,
+    )
