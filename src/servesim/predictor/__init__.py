@@ -5,4 +5,5 @@
 - `calibrate`: fits those efficiencies on measured kernel tables.
 - `fewshot`: adapts them to an unseen device from a handful of measurements.
 - `profiled`: iteration costs measured on this machine (CPU engines), as predictors.
+- `kernel_tables`: aiconfigurator-core's measured kernel tables, found and read in place.
 """

@@ -1,0 +1,95 @@
+"""Measured kernel tables: NVIDIA's aiconfigurator-core package (Apache-2.0), read in place.
+
+The package ships latencies measured per GPU, operator family, serving engine and engine version,
+one Parquet file per table: `systems/data/<gpu>/<family>/<engine>/<version>/<table>.parquet`
+(families: gemm, attention, mla, mla_bmm, moe, comm (nccl), custom_allreduce, ...). servesim
+never copies them: this module finds them, picks the table for an engine and version (the
+nearest version when the exact one was not measured) and reads columns as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from packaging.version import InvalidVersion, Version
+
+from servesim.errors import ServesimError
+
+ENGINES = ("vllm", "sglang", "trtllm")
+
+
+@functools.cache
+def data_root() -> Path:
+    """The installed package's data folder (one sub-folder per GPU)."""
+    try:
+        root = resources.files("aiconfigurator_core") / "systems" / "data"
+    except ModuleNotFoundError:
+        raise ServesimError(
+            "Measured kernel tables need the aiconfigurator-core package; install servesim's "
+            "locked dependencies (pip install -c requirements.lock -e .) or use "
+            "--latency-model roofline."
+        ) from None
+    return Path(str(root))
+
+
+def gpus() -> list[str]:
+    """GPUs with measured tables (aiconfigurator's names, which servesim's catalog shares)."""
+    return sorted(p.name for p in data_root().iterdir() if p.is_dir())
+
+
+def versions(gpu: str, family: str, engine: str) -> list[str]:
+    """Engine versions measured for a GPU and operator family (empty if none)."""
+    where = data_root() / gpu / family / engine
+    return sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
+
+
+def _key(v: str) -> tuple[int, ...]:
+    try:
+        rel = Version(v).release
+    except InvalidVersion:
+        return (0,)
+    return tuple(rel) + (0,) * (3 - len(rel))
+
+
+def nearest_version(available: list[str], wanted: str | None) -> str:
+    """The exact version when measured; else the nearest by (major, minor, patch), the newer
+    on a tie; with no version wanted, the newest."""
+    if not available:
+        raise ValueError("no versions to choose from")
+    if wanted in available:
+        return wanted
+    if wanted is None:
+        return max(available, key=_key)
+    w = _key(wanted)
+
+    def distance(v: str) -> tuple[int, ...]:
+        return tuple(abs(a - b) for a, b in zip(_key(v), w, strict=False))
+
+    return min(available, key=lambda v: (distance(v), tuple(-x for x in _key(v))))
+
+
+def find(
+    gpu: str, family: str, table: str, engine: str, version: str | None = None
+) -> tuple[Path, str] | None:
+    """The Parquet file of `table` (e.g. "gemm_perf") for a GPU, family and engine, with the
+    version chosen; None when that engine has no such table on that GPU."""
+    found = versions(gpu, family, engine)
+    found = [
+        v for v in found if (data_root() / gpu / family / engine / v / f"{table}.parquet").exists()
+    ]
+    if not found:
+        return None
+    v = nearest_version(found, version)
+    return data_root() / gpu / family / engine / v / f"{table}.parquet", v
+
+
+@functools.lru_cache(maxsize=64)
+def read(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Columns of one table as numpy arrays (text columns as object arrays), cached."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(path), columns=list(columns))
+    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in columns}

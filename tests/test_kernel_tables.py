@@ -1,0 +1,34 @@
+"""The measured kernel tables of aiconfigurator-core: found in place, the nearest engine version."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.predictor import kernel_tables as kt
+
+
+def test_the_package_has_the_gpus_servesim_plans_on() -> None:
+    assert {"h100_sxm", "h200_sxm", "b200_sxm", "gb200", "a100_sxm", "l40s"} <= set(kt.gpus())
+
+
+@pytest.mark.parametrize(
+    ("available", "wanted", "chosen"),
+    [
+        (["0.10.1", "0.11.0", "0.24.0"], "0.11.0", "0.11.0"),  # exact
+        (["0.10.1", "0.11.0", "0.24.0"], "0.12.0", "0.11.0"),  # nearest minor
+        (["0.10.1", "0.12.0"], "0.11.0", "0.12.0"),  # a tie goes to the newer
+        (["1.0.0rc3", "1.3.0rc20"], "1.2.0", "1.3.0rc20"),
+        (["0.5.14", "0.5.16"], None, "0.5.16"),  # nothing asked: the newest
+    ],
+)
+def test_nearest_version(available, wanted, chosen) -> None:
+    assert kt.nearest_version(available, wanted) == chosen
+
+
+def test_a_gemm_table_reads_as_columns() -> None:
+    path, version = kt.find("h100_sxm", "gemm", "gemm_perf", "vllm", "0.20.0")
+    assert version in kt.versions("h100_sxm", "gemm", "vllm")
+    cols = kt.read(path, ("gemm_dtype", "m", "n", "k", "latency"))
+    assert len(cols["m"]) > 1000 and (cols["latency"] > 0).all()
+    assert {"bfloat16", "fp8"} <= set(cols["gemm_dtype"])
+    assert kt.find("h100_sxm", "gemm", "no_such_table", "vllm") is None
