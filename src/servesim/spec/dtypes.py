@@ -2,8 +2,11 @@
 
 Weights may be `bf16`, `fp16`, `fp8`, `int8` or 4-bit (`int4`, `fp4`, `mxfp4`); the KV cache
 `bf16`, `fp16` or `fp8`. 4-bit weight-only formats compute in bf16 (W4A16); fp8 and int8 compute
-in their own tensor-core rate (W8A8).
+in their own tensor-core rate (W8A8); NVFP4 (`fp4`) computes at the FP4 tensor-core rate on a
+device that has one (W4A4, Blackwell) and weight-only in bf16 elsewhere (`gemm_compute_dtype`).
 """
+
+from collections.abc import Collection
 
 from servesim.errors import ServesimError
 
@@ -61,3 +64,13 @@ def compute_dtype(weight_dtype: str) -> str:
     if w == "fp32":
         return "fp32"
     return w
+
+
+def gemm_compute_dtype(weight_dtype: str, native: Collection[str]) -> str:
+    """The format a GEMM with these weights runs in on a device whose native tensor-core formats
+    are `native` (its peak-rate keys): NVFP4 weights run W4A4 at the FP4 rate where the device
+    has one, W4A16 in bf16 where it has none; other formats as `compute_dtype`."""
+    w = canonical(weight_dtype)
+    if w == "fp4":
+        return "fp4" if "fp4" in native else "bf16"
+    return compute_dtype(w)

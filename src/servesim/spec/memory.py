@@ -1,7 +1,9 @@
 """Per-device memory layout of one replica: weights, activation reserve, and what is left for KV.
 
 The KV-cache capacity that the simulator's paged cache gets comes from here, the way vLLM sizes
-it: `gpu_memory_utilization × device memory − weights − activation/graph reserve`.
+it: `gpu_memory_utilization × device memory − weights − activation/graph reserve`. Hybrid models
+(linear attention or SSM layers) first set aside their constant per-sequence recurrent state for
+`max_num_seqs` sequences; the KV cache then holds only the full-attention layers.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from dataclasses import dataclass
 
 from servesim.errors import ServesimError
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import nbytes
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -31,6 +32,7 @@ class MemoryLayout:
     kv_bytes_per_token: float  # per device, as the paged cache stores it
     kv_tokens: int  # tokens of context the whole replica's cache holds (all layers, DP ranks)
     window_bytes_per_seq: float  # sliding-window layers' fixed share per running sequence
+    state_bytes_per_seq: float = 0.0  # linear/SSM layers' recurrent state per running sequence
 
     def as_dict(self) -> dict[str, float]:
         """Plain numbers for reports (GB where the key says so)."""
@@ -41,14 +43,14 @@ class MemoryLayout:
             "reserve_gb": self.reserve_bytes / 1e9,
             "kv_gb": self.kv_bytes / 1e9,
             "kv_tokens": float(self.kv_tokens),
+            "state_mb_per_seq": self.state_bytes_per_seq / 1e6,
         }
 
 
 def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
     """Weights one device holds: layers split by PP, matrices by TP, routed experts by EP."""
-    counts = model.param_counts()
     total = model.param_bytes()
-    expert_bytes = counts["routed_experts"] * nbytes(model.expert_dtype)
+    expert_bytes = model.expert_bytes()
     other = total - expert_bytes
     shard = par.tp * par.pp
     experts_per_device = expert_bytes / (par.pp * (par.ep * par.moe_tp if par.ep > 1 else par.tp))
@@ -62,6 +64,15 @@ def kv_bytes_per_token_per_device(model: ModelSpec, par: Parallel) -> float:
         return per_token  # the latent cache is replicated on every TP rank
     kv_shards = min(par.tp, model.num_kv_heads)
     return per_token / kv_shards
+
+
+def state_bytes_per_seq_per_device(model: ModelSpec, par: Parallel) -> float:
+    """Recurrent state one running sequence holds on one device: linear-attention/SSM heads are
+    split by TP, layers by PP."""
+    if not model.num_linear_layers:
+        return 0.0
+    shards = min(par.tp, model.linear_num_v_heads)
+    return model.state_bytes_per_seq() / par.pp / shards
 
 
 def activation_reserve_bytes(model: ModelSpec, par: Parallel, max_batched_tokens: int) -> float:
@@ -81,9 +92,11 @@ def memory_layout(
     mem_util: float = 0.9,
     max_num_seqs: int = 256,
 ) -> MemoryLayout:
-    """Lay out one replica's memory; refuse a configuration whose weights leave no KV space."""
+    """Lay out one replica's memory; refuse a configuration whose weights (and the recurrent
+    state of `max_num_seqs` sequences) leave no KV space, or formats the device cannot run."""
     if not 0.0 < mem_util <= 1.0:
         raise ServesimError(f"Memory utilisation must be in (0, 1], got {mem_util}.")
+    model.check_device(device)
     usable = device.mem_bytes * mem_util
     weights = weight_bytes_per_device(model, par)
     reserve = activation_reserve_bytes(model, par, max_batched_tokens)
@@ -91,14 +104,21 @@ def memory_layout(
     window_per_seq = model.kv_bytes_per_seq_window() / par.pp
     if not model.is_mla:
         window_per_seq /= min(par.tp, model.num_kv_heads)
-    kv = usable - weights - reserve - max_num_seqs * window_per_seq
+    state_per_seq = state_bytes_per_seq_per_device(model, par)
+    kv = usable - weights - reserve - max_num_seqs * (window_per_seq + state_per_seq)
     if kv <= 0:
         need = (weights + reserve) / 1e9
+        state = (
+            f" plus {max_num_seqs * state_per_seq / 1e9:.1f} GB of recurrent state for "
+            f"{max_num_seqs} sequences"
+            if state_per_seq
+            else ""
+        )
         raise ServesimError(
             f"{model.name} ({model.weight_dtype} weights) needs {need:.1f} GB per device for "
-            f"weights and activations but {device.name} at {mem_util:.0%} utilisation offers "
-            f"{usable / 1e9:.1f} GB with TP={par.tp}, PP={par.pp}; raise TP/PP, quantise the "
-            "weights, or pick a larger device."
+            f"weights and activations{state} but {device.name} at {mem_util:.0%} utilisation "
+            f"offers {usable / 1e9:.1f} GB with TP={par.tp}, PP={par.pp}; raise TP/PP, quantise "
+            "the weights, lower max_num_seqs, or pick a larger device."
         )
     tokens = int(kv // kv_per_token) * par.dp  # each attention-DP rank holds its own cache
     return MemoryLayout(
@@ -110,4 +130,5 @@ def memory_layout(
         kv_bytes_per_token=kv_per_token,
         kv_tokens=tokens,
         window_bytes_per_seq=window_per_seq,
+        state_bytes_per_seq=state_per_seq,
     )

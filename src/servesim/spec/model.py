@@ -2,9 +2,12 @@
 
 `ModelSpec` is the one description of a model that the memory model and the predictor read.
 Families servesim knows: dense GQA (Llama, Mistral, Qwen2/Qwen3), OPT (dense MHA with biases, a ReLU
-MLP and learned positions), MoE (Mixtral, Qwen3-MoE, gpt-oss, MiniMax-M2) and MLA + MoE
-(DeepSeek-V3/R1, Kimi-K2). Any other `model_type` is refused
-by name rather than guessed.
+MLP and learned positions), MoE (Mixtral, Qwen3-MoE, gpt-oss, MiniMax-M2), MLA + MoE
+(DeepSeek-V3/R1, Kimi-K2), MLA + DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5) and hybrids of
+full attention with linear attention or SSM layers (Qwen3-Next and Qwen3.5: Gated DeltaNet;
+Kimi Linear: KDA; Nemotron-H: Mamba2). Any other `model_type` is refused by name rather than
+guessed. Quantised checkpoints set the weight, expert and KV formats from `quantization_config`
+or a ModelOpt `hf_quant_config.json` beside the config.
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ from servesim.spec.dtypes import canonical, nbytes
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt")
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "minimax_m2")
 MLA_TYPES = ("deepseek_v3", "kimi_k2")
-KNOWN_TYPES = DENSE_TYPES + MOE_TYPES + MLA_TYPES
+DSA_TYPES = ("deepseek_v32", "glm_moe_dsa")  # MLA + lightning indexer + top-k sparse attention
+HYBRID_TYPES = ("qwen3_next", "qwen3_5_moe", "qwen3_5", "kimi_linear", "nemotron_h")
+KNOWN_TYPES = DENSE_TYPES + MOE_TYPES + MLA_TYPES + DSA_TYPES + HYBRID_TYPES
+LINEAR_KINDS = ("gdn", "kda", "mamba2")  # Gated DeltaNet, Kimi Delta Attention, Mamba2 (SSD)
+GDN_CHUNK = 64  # chunk length of the chunked Gated DeltaNet / KDA kernels (flash-linear-attention)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer's shape, in the terms the predictor needs.
 
-    Attention is GQA unless `kv_lora_rank` > 0 (DeepSeek MLA). Layers `[0, first_dense_layers)`
-    use a dense MLP of `intermediate_size`; the rest are MoE when `num_experts` > 0.
+    Attention is GQA unless `kv_lora_rank` > 0 (DeepSeek MLA); `index_topk` > 0 adds DeepSeek
+    Sparse Attention (an indexer over every cached token picks the top-k the MLA attends to).
+    `num_linear_layers` layers replace softmax attention with a linear-attention/SSM mixer whose
+    state is a constant per sequence (no KV cache). Blocks may hold only a mixer or only an MLP
+    (Nemotron-H). Of the MLP layers, the first `first_dense_layers` use a dense MLP of
+    `intermediate_size`; the rest are MoE when `num_experts` > 0.
     """
 
     name: str
@@ -66,10 +77,34 @@ class ModelSpec:
     # Sliding-window attention: the window and how many layers use it
     sliding_window: int = 0
     num_sliding_layers: int = 0
-    # Storage formats (weights of attention/dense/shared parts, routed experts, KV cache)
+    attn_output_gate: bool = False  # Qwen3-Next/3.5: q_proj also emits a sigmoid output gate
+    # DeepSeek Sparse Attention: lightning indexer heads and width, tokens each query attends to
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
+    # Linear-attention / SSM mixers (hybrids). Mamba2 maps onto the same names: k heads = groups
+    # (B and C), k head dim = state size, v heads = SSM heads, v head dim = SSM head dim.
+    linear_kind: str = ""
+    num_linear_layers: int = 0
+    linear_num_k_heads: int = 0
+    linear_num_v_heads: int = 0
+    linear_k_head_dim: int = 0
+    linear_v_head_dim: int = 0
+    linear_conv_kernel: int = 0
+    linear_chunk: int = GDN_CHUNK
+    state_dtype: str = "bf16"  # recurrent state (the short-convolution state stays in bf16)
+    # Blocks holding only a token mixer, or only an MLP (Nemotron-H's 'M'/'*' and '-' blocks)
+    num_mixer_only_layers: int = 0
+    num_mlp_only_layers: int = 0
+    # Multi-token-prediction (draft) layers the checkpoint carries, held in memory with the model
+    num_mtp_layers: int = 0
+    # Storage formats (weights of dense/shared parts, routed experts, KV cache; attention
+    # projections and MTP layers when the checkpoint keeps them in another format, else "")
     weight_dtype: str = "bf16"
     expert_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    attention_dtype: str = ""
+    mtp_dtype: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a shape no model has: every size positive, heads that split evenly, experts
@@ -94,6 +129,18 @@ class ModelSpec:
             "v_head_dim",
             "sliding_window",
             "num_sliding_layers",
+            "index_n_heads",
+            "index_head_dim",
+            "index_topk",
+            "num_linear_layers",
+            "linear_num_k_heads",
+            "linear_num_v_heads",
+            "linear_k_head_dim",
+            "linear_v_head_dim",
+            "linear_conv_kernel",
+            "num_mixer_only_layers",
+            "num_mlp_only_layers",
+            "num_mtp_layers",
         ):
             _positive(getattr(self, key), key, where, zero_ok=True)
         if not self.is_mla and self.num_heads % self.num_kv_heads:
@@ -116,6 +163,31 @@ class ModelSpec:
         if self.is_mla:
             for key in ("qk_rope_head_dim", "v_head_dim"):
                 _positive(getattr(self, key), key, where)
+        if self.num_attention_layers < self.num_sliding_layers or self.num_mlp_layers < 0:
+            raise ServesimError(
+                f"{where}: linear, MLP-only and sliding layers add up to more than its "
+                f"{self.num_layers} layers."
+            )
+        if self.num_linear_layers:
+            if self.linear_kind not in LINEAR_KINDS:
+                raise ServesimError(
+                    f"{where}: linear_kind {self.linear_kind!r} is not one of "
+                    f"{', '.join(LINEAR_KINDS)}."
+                )
+            for key in (
+                "linear_num_k_heads",
+                "linear_num_v_heads",
+                "linear_k_head_dim",
+                "linear_v_head_dim",
+                "linear_conv_kernel",
+                "linear_chunk",
+            ):
+                _positive(getattr(self, key), key, where)
+        if self.index_topk:
+            if not self.is_mla:
+                raise ServesimError(f"{where}: sparse attention (index_topk) needs MLA here.")
+            for key in ("index_n_heads", "index_head_dim"):
+                _positive(getattr(self, key), key, where)
 
     # ---- derived shape facts -------------------------------------------------------------
     @property
@@ -129,19 +201,44 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def is_sparse(self) -> bool:
+        """True for DeepSeek Sparse Attention (indexer plus top-k MLA)."""
+        return self.index_topk > 0
+
+    @property
+    def is_hybrid(self) -> bool:
+        """True when some layers mix tokens with linear attention or an SSM (constant state)."""
+        return self.num_linear_layers > 0
+
+    @property
+    def num_attention_layers(self) -> int:
+        """Layers with softmax attention (full or sliding-window)."""
+        return self.num_layers - self.num_linear_layers - self.num_mlp_only_layers
+
+    @property
+    def num_mlp_layers(self) -> int:
+        """Layers with an MLP (dense or routed experts)."""
+        return self.num_layers - self.num_mixer_only_layers
+
+    @property
     def num_moe_layers(self) -> int:
         """Layers with a routed-expert MLP."""
-        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+        return self.num_mlp_layers - self.first_dense_layers if self.is_moe else 0
 
     @property
     def num_dense_layers(self) -> int:
         """Layers with a plain (dense) MLP."""
-        return self.num_layers - self.num_moe_layers
+        return self.num_mlp_layers - self.num_moe_layers
 
     @property
     def num_full_attention_layers(self) -> int:
-        """Layers whose attention sees the whole context."""
-        return self.num_layers - self.num_sliding_layers
+        """Layers whose attention sees the whole context (the ones the KV cache holds in full)."""
+        return self.num_attention_layers - self.num_sliding_layers
+
+    @property
+    def attn_weight_dtype(self) -> str:
+        """Format of the attention (and linear-mixer) projections."""
+        return self.attention_dtype or self.weight_dtype
 
     @property
     def qk_head_dim(self) -> int:
@@ -173,10 +270,11 @@ class ModelSpec:
             kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
             kv_b = self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
             o = self.num_heads * self.v_head_dim * h
-            return q + kv_a + kv_b + o
+            return q + kv_a + kv_b + o + self.indexer_params()
         q_out = self.num_heads * self.head_dim
         kv_out = self.num_kv_heads * self.head_dim
-        params = h * (q_out + 2 * kv_out) + q_out * h
+        gate = q_out if self.attn_output_gate else 0
+        params = h * (q_out + gate + 2 * kv_out) + q_out * h
         if self.attention_bias:
             params += q_out + 2 * kv_out + h
         if self.qk_norm:
@@ -184,6 +282,45 @@ class ModelSpec:
         if self.model_type == "gpt_oss":
             params += self.num_heads  # attention sinks
         return params
+
+    def indexer_params(self) -> int:
+        """Parameters of one DSA lightning indexer: query up-projection from the q latent, one
+        shared key projection with its LayerNorm, per-head weights."""
+        if not self.is_sparse:
+            return 0
+        d, n = self.index_head_dim, self.index_n_heads
+        q_in = self.q_lora_rank or self.hidden_size
+        return q_in * n * d + self.hidden_size * d + 2 * d + self.hidden_size * n
+
+    @property
+    def linear_conv_dim(self) -> int:
+        """Channels of a linear mixer's short causal convolution (q and k, or B and C, plus v/x)."""
+        return (
+            2 * self.linear_num_k_heads * self.linear_k_head_dim
+            + self.linear_num_v_heads * self.linear_v_head_dim
+        )
+
+    def linear_params(self) -> int:
+        """Parameters of one linear-attention/SSM mixer (projections, conv, gates, norm)."""
+        if not self.num_linear_layers:
+            return 0
+        h, k = self.hidden_size, self.linear_conv_kernel
+        nk, nv = self.linear_num_k_heads, self.linear_num_v_heads
+        dk, dv = self.linear_k_head_dim, self.linear_v_head_dim
+        conv = self.linear_conv_dim
+        out = nv * dv * h
+        if self.linear_kind == "gdn":
+            # in_proj q, k, v, z (output gate) and b, a (beta, decay); conv; dt_bias, A_log; norm
+            return h * (2 * nk * dk + 2 * nv * dv + 2 * nv) + conv * k + 2 * nv + dv + out
+        if self.linear_kind == "kda":
+            # q, k, v projections with convs; low-rank decay (f_a, f_b) and output gate (g_a, g_b)
+            # of rank head_dim; beta; A_log, dt_bias; norm
+            gates = 2 * (h * dk + dk * nv * dv)
+            return 3 * h * nv * dv + conv * k + gates + h * nv + nv + nv * dk + dv + out
+        # mamba2: in_proj z, x, B, C, dt; conv with bias; dt_bias, A_log, D; gated norm
+        d_inner = nv * dv
+        in_proj = h * (2 * d_inner + 2 * nk * dk + nv)
+        return in_proj + conv * (k + 1) + 3 * nv + d_inner + out
 
     def mlp_params(self, width: int) -> int:
         """Parameters of one dense MLP of a given intermediate width."""
@@ -199,8 +336,14 @@ class ModelSpec:
         return p
 
     def router_params(self) -> int:
-        """Parameters of one MoE router (plus its bias where the family has one)."""
+        """Parameters of one MoE router (plus its bias, or the shared expert's gate, where the
+        family has one)."""
         bias = self.num_experts if self.model_type in ("gpt_oss",) else 0
+        if (
+            self.model_type in ("qwen3_next", "qwen3_5_moe")
+            and self.shared_expert_intermediate_size
+        ):
+            bias = self.hidden_size  # shared_expert_gate
         return self.hidden_size * self.num_experts + bias
 
     def embedding_params(self) -> int:
@@ -216,11 +359,15 @@ class ModelSpec:
         return n
 
     def param_counts(self) -> dict[str, int]:
-        """Parameter counts by part: attention, dense_mlp, shared_experts, routed_experts, ..."""
+        """Parameter counts by part: attention, linear_attention, dense_mlp, shared_experts,
+        routed_experts, router, norms, embedding (MTP layers apart: `mtp_params`)."""
         h = self.hidden_size
-        norms = (self.num_layers * 2 * h + h) * (2 if self.norm_bias else 1)
+        blocks = self.num_mixer_only_layers or self.num_mlp_only_layers
+        per_layer = 1 if blocks else 2  # a block with one sublayer has one pre-norm
+        norms = (self.num_layers * per_layer * h + h) * (2 if self.norm_bias else 1)
         return {
-            "attention": self.num_layers * self.attention_params(),
+            "attention": self.num_attention_layers * self.attention_params(),
+            "linear_attention": self.num_linear_layers * self.linear_params(),
             "dense_mlp": self.num_dense_layers * self.mlp_params(self.intermediate_size),
             "shared_experts": self.num_moe_layers
             * self.mlp_params(self.shared_expert_intermediate_size),
@@ -231,7 +378,7 @@ class ModelSpec:
         }
 
     def num_params(self) -> int:
-        """Total parameters."""
+        """Total parameters of the model proper (MTP layers apart, as model cards count)."""
         return sum(self.param_counts().values())
 
     def num_active_params(self) -> int:
@@ -240,26 +387,91 @@ class ModelSpec:
         routed = self.num_moe_layers * self.experts_per_token * self.expert_params()
         return sum(c.values()) - c["routed_experts"] + routed
 
+    def mtp_layer_parts(self) -> dict[str, int]:
+        """One multi-token-prediction layer (DeepSeek/GLM/Qwen3.5 style): a full-attention
+        decoder layer with the last layers' MLP, the projection of [embedding; hidden] (2h → h)
+        and its norms; it shares the embedding and LM head."""
+        h = self.hidden_size
+        moe = self.is_moe and self.num_moe_layers > 0
+        return {
+            "attention": self.attention_params() + 2 * h,
+            "routed_experts": self.num_experts * self.expert_params() if moe else 0,
+            "mlp": (
+                self.mlp_params(self.shared_expert_intermediate_size) + self.router_params()
+                if moe
+                else self.mlp_params(self.intermediate_size)
+            ),
+            "proj": 2 * h * h + 3 * h,
+        }
+
+    def mtp_params(self) -> int:
+        """Parameters of the checkpoint's MTP (draft) layers."""
+        return self.num_mtp_layers * sum(self.mtp_layer_parts().values())
+
+    def mtp_bytes(self) -> float:
+        """Bytes of the MTP layers: in `mtp_dtype` when the checkpoint keeps them apart, else in
+        the formats of the main layers."""
+        if not self.num_mtp_layers:
+            return 0.0
+        p = self.mtp_layer_parts()
+        if self.mtp_dtype:
+            per = sum(p.values()) * nbytes(self.mtp_dtype)
+        else:
+            per = (
+                p["attention"] * nbytes(self.attn_weight_dtype)
+                + p["routed_experts"] * nbytes(self.expert_dtype)
+                + (p["mlp"] + p["proj"]) * nbytes(self.weight_dtype)
+            )
+        return self.num_mtp_layers * per
+
     def param_bytes(self) -> float:
-        """Weight bytes: experts in `expert_dtype`, embeddings in 16 bits, rest `weight_dtype`."""
+        """Weight bytes: experts in `expert_dtype`, attention in `attn_weight_dtype`, embeddings
+        in 16 bits, the rest in `weight_dtype`; MTP layers the checkpoint carries included."""
         c = self.param_counts()
         w = nbytes(self.weight_dtype)
         emb_b = max(w, 2.0)  # embeddings and lm_head stay in 16 bits
         return (
             c["routed_experts"] * nbytes(self.expert_dtype)
-            + (c["attention"] + c["dense_mlp"] + c["shared_experts"]) * w
+            + (c["attention"] + c["linear_attention"]) * nbytes(self.attn_weight_dtype)
+            + (c["dense_mlp"] + c["shared_experts"]) * w
             + (c["router"] + c["norms"]) * 2.0
             + c["embedding"] * emb_b
+            + self.mtp_bytes()
         )
 
+    def expert_bytes(self) -> float:
+        """Bytes of the routed experts (main layers and MTP layers), which EP spreads."""
+        mtp = self.num_mtp_layers * self.mtp_layer_parts()["routed_experts"]
+        mtp_b = mtp * nbytes(self.mtp_dtype or self.expert_dtype)
+        return self.param_counts()["routed_experts"] * nbytes(self.expert_dtype) + mtp_b
+
+    # ---- recurrent state (linear-attention / SSM layers) -----------------------------------
+    def state_values_per_layer(self) -> tuple[int, int]:
+        """(recurrent-state values, convolution-state values) one sequence holds per linear
+        layer: a (k head dim × v head dim) matrix per v head, and kernel − 1 past inputs of the
+        short convolution."""
+        if not self.num_linear_layers:
+            return 0, 0
+        ssm = self.linear_num_v_heads * self.linear_k_head_dim * self.linear_v_head_dim
+        return ssm, (self.linear_conv_kernel - 1) * self.linear_conv_dim
+
+    def state_bytes_per_seq(self) -> float:
+        """Recurrent-state bytes one running sequence holds, whatever its length (whole model)."""
+        ssm, conv = self.state_values_per_layer()
+        return self.num_linear_layers * (ssm * nbytes(self.state_dtype) + conv * 2.0)
+
     # ---- KV cache ------------------------------------------------------------------------
+    def index_bytes_per_token_per_layer(self) -> float:
+        """DSA indexer key cache per token and layer: fp8 keys plus one fp32 scale per 128."""
+        if not self.is_sparse:
+            return 0.0
+        return self.index_head_dim + 4.0 * -(-self.index_head_dim // 128)
+
     def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes one token adds across the full-attention layers (whole model, no TP)."""
-        return (
-            self.num_full_attention_layers
-            * self.kv_values_per_token_per_layer
-            * nbytes(self.kv_dtype)
-        )
+        """KV-cache bytes one token adds across the full-attention layers (whole model, no TP);
+        linear layers hold none, DSA layers add the indexer's keys."""
+        per_layer = self.kv_values_per_token_per_layer * nbytes(self.kv_dtype)
+        return self.num_full_attention_layers * (per_layer + self.index_bytes_per_token_per_layer())
 
     def kv_bytes_per_seq_window(self) -> float:
         """KV bytes a sequence holds in its sliding-window layers once past the window."""
@@ -287,7 +499,33 @@ class ModelSpec:
         k = canonical(kv) if kv else self.kv_dtype
         if k not in ("bf16", "fp16", "fp8"):
             raise ServesimError(f"KV-cache dtype {kv!r} is not supported; use bf16, fp16 or fp8.")
-        return replace(self, weight_dtype=w, expert_dtype=e, kv_dtype=k)
+        a = "" if weight else self.attention_dtype
+        mtp = "" if weight else self.mtp_dtype
+        return replace(
+            self, weight_dtype=w, expert_dtype=e, kv_dtype=k, attention_dtype=a, mtp_dtype=mtp
+        )
+
+    def weight_dtypes(self) -> set[str]:
+        """Every format the checkpoint's GEMM weights come in."""
+        out = {self.weight_dtype, self.attn_weight_dtype}
+        if self.is_moe:
+            out.add(self.expert_dtype)
+        if self.num_mtp_layers and self.mtp_dtype:
+            out.add(self.mtp_dtype)
+        return out
+
+    def check_device(self, device: Any) -> None:
+        """Refuse formats a GPU cannot run, as the engines do: FP8 and FP4 (NVFP4) weights need
+        FP8 tensor cores (Hopper, Ada, Blackwell), so an Ampere-class GPU refuses them."""
+        if getattr(device, "kind", "gpu") != "gpu" or "fp8" in device.peak_flops_per_s:
+            return
+        bad = sorted(d for d in self.weight_dtypes() if d in ("fp8", "fp4"))
+        if bad:
+            raise ServesimError(
+                f"{device.name} has no FP8 tensor cores, so serving engines cannot run "
+                f"{self.name}'s {' and '.join(bad)} weights; use a bf16 or int4 (AWQ/GPTQ) "
+                "checkpoint (--weight-dtype) or a Hopper, Ada or Blackwell GPU."
+            )
 
     def check_tp(self, tp: int) -> None:
         """Refuse a tensor-parallel degree that does not split the heads evenly."""
@@ -297,6 +535,11 @@ class ModelSpec:
             raise ServesimError(
                 f"TP={tp} does not divide {self.name}'s {self.num_heads} attention heads; "
                 f"use a TP that divides {self.num_heads}."
+            )
+        if self.num_linear_layers and self.linear_num_v_heads % tp:
+            raise ServesimError(
+                f"TP={tp} does not divide {self.name}'s {self.linear_num_v_heads} linear-attention "
+                f"heads; use a TP that divides {self.linear_num_v_heads}."
             )
         if not self.is_mla and self.num_kv_heads % tp and tp % self.num_kv_heads:
             raise ServesimError(
@@ -345,24 +588,156 @@ def _require(cfg: dict[str, Any], keys: tuple[str, ...], origin: str) -> None:
         )
 
 
-def _quant_dtypes(cfg: dict[str, Any], model_type: str) -> tuple[str, str]:
-    """Weight and expert dtypes implied by a config's `quantization_config`."""
+_ALGO_DTYPES = {
+    "nvfp4": "fp4",
+    "fp8": "fp8",
+    "fp8_pb_wo": "fp8",
+    "fp8_block_scales": "fp8",
+    "w4a16_awq": "int4",
+    "w4a8_awq": "int4",
+    "int4_awq": "int4",
+    "w4a16_gptq": "int4",
+    "w8a16": "int8",
+    "int8_sq": "int8",
+    "w8a8_sq_per_channel": "int8",
+    "mxfp4": "mxfp4",
+    "w4a8_mxfp4_fp8": "mxfp4",
+    "w4a16_mxfp4": "mxfp4",
+}
+# Module-name fragments that mark the attention (or linear-mixer) projections, the shared or
+# dense MLP, and the MTP layers in a checkpoint's list of unquantised modules.
+_ATTN_MARKS = (
+    "self_attn",
+    "q_proj",
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj",
+    "kv_b_proj",
+    "linear_attn",
+    "in_proj",
+    "qkv_proj",
+    "mixer",
+)
+_SHARED_MARKS = ("shared_expert",)
+
+
+def _excluded(patterns: list[Any], marks: tuple[str, ...]) -> bool:
+    """True when some unquantised-module pattern names one of `marks`."""
+    return any(any(m in str(p) for m in marks) for p in patterns)
+
+
+def _mtp_excluded(patterns: list[Any], num_layers: int) -> bool:
+    """True when the unquantised modules include the MTP layers (`layers.<num_layers>`, `mtp`)."""
+    for p in patterns:
+        text = str(p)
+        if "mtp" in text or f"layers.{num_layers}." in text or f"layers.{num_layers}*" in text:
+            return True
+        if text.startswith(f"{num_layers}*"):
+            return True
+    return False
+
+
+def _algo_dtype(algo: Any, origin: str) -> str:
+    """servesim's format for a ModelOpt quant_algo (NVFP4, FP8, W4A16_AWQ, ...)."""
+    key = str(algo).strip().lower()
+    if key not in _ALGO_DTYPES:
+        raise ServesimError(
+            f"{origin} uses quantisation {algo!r}, which servesim does not model; use a bf16, "
+            "FP8, NVFP4, MXFP4 or AWQ/GPTQ int4 checkpoint or set --weight-dtype."
+        )
+    return _ALGO_DTYPES[key]
+
+
+def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[str, str]:
+    """Formats from a ModelOpt description (`hf_quant_config.json`'s `quantization`, or a
+    `quantization_config` with quant_method modelopt)."""
+    algo = q.get("quant_algo")
+    if str(algo).upper() == "MIXED_PRECISION":
+        raise ServesimError(
+            f"{origin} is a mixed-precision checkpoint (per-layer formats), which servesim does "
+            "not model; set --weight-dtype to the format of its experts."
+        )
+    dtype = _algo_dtype(algo, origin) if algo else "bf16"
+    excluded = list(q.get("exclude_modules") or q.get("ignore") or [])
+    out = {"weight_dtype": dtype, "expert_dtype": dtype}
+    if dtype != "bf16" and _excluded(excluded, _ATTN_MARKS):
+        out["attention_dtype"] = "bf16"
+    if dtype != "bf16" and _excluded(excluded, _SHARED_MARKS):
+        out["weight_dtype"] = "bf16"
+    if dtype != "bf16" and _mtp_excluded(excluded, num_layers):
+        out["mtp_dtype"] = "bf16"
+    kv = q.get("kv_cache_quant_algo")
+    scheme = q.get("kv_cache_scheme")
+    if isinstance(scheme, dict) and int(scheme.get("num_bits") or 16) == 8:
+        kv = "fp8"
+    elif isinstance(scheme, str):
+        kv = scheme
+    if kv:
+        if str(kv).lower() != "fp8":
+            raise ServesimError(
+                f"{origin} stores the KV cache as {kv!r}; servesim models bf16 or fp8 KV caches."
+            )
+        out["kv_dtype"] = "fp8"
+    return out
+
+
+def _quant_formats(
+    cfg: dict[str, Any], hf_quant: dict[str, Any] | None, num_layers: int, origin: str
+) -> dict[str, str]:
+    """Weight, expert, attention, MTP and KV formats a checkpoint states: its config's
+    `quantization_config`, or a ModelOpt `hf_quant_config.json` beside it (which wins)."""
+    if hf_quant is not None:
+        q = hf_quant.get("quantization")
+        if not isinstance(q, dict):
+            raise ServesimError(
+                f"hf_quant_config.json of {origin} lacks a `quantization` object; is it a "
+                "ModelOpt quantisation config?"
+            )
+        return _modelopt_formats(q, num_layers, f"hf_quant_config.json of {origin}")
     q = cfg.get("quantization_config") or {}
+    if not isinstance(q, dict):
+        raise ServesimError(f"quantization_config in {origin} must be an object.")
     method = str(q.get("quant_method", "")).lower()
+    if not q or not method:
+        return {}
     if method == "fp8":
-        return "fp8", "fp8"
+        fmt = {"weight_dtype": "fp8", "expert_dtype": "fp8"}
+        if str(q.get("moe_quant_algo", "")).upper() == "NVFP4":
+            fmt["expert_dtype"] = "fp4"
+        return fmt
     if method == "mxfp4":
-        return "bf16", "mxfp4"  # gpt-oss: experts in MXFP4, attention and router in bf16
+        return {"weight_dtype": "bf16", "expert_dtype": "mxfp4"}  # gpt-oss: experts only
+    if method == "modelopt":
+        return _modelopt_formats(q, num_layers, origin)
+    if method in ("awq", "gptq", "awq_marlin", "gptq_marlin"):
+        bits = int(q.get("bits") or q.get("w_bit") or 4)
+        if bits not in (4, 8):
+            raise ServesimError(f"{origin}: {method} with {bits}-bit weights is not modelled.")
+        dtype = "int4" if bits == 4 else "int8"
+        return {"weight_dtype": dtype, "expert_dtype": dtype}
     if method == "compressed-tensors":
-        groups = (q.get("config_groups") or {}).values()
-        bits = {int((g.get("weights") or {}).get("num_bits") or 16) for g in groups}
-        ignore = " ".join(q.get("ignore", []))
+        groups = [g for g in (q.get("config_groups") or {}).values() if isinstance(g, dict)]
+        weights = [g.get("weights") or {} for g in groups]
+        bits = {int(w.get("num_bits") or 16) for w in weights}
+        floats = {str(w.get("type", "int")) == "float" for w in weights}
+        ignore = " ".join(str(x) for x in q.get("ignore", []))
+        out: dict[str, str] = {}
         if 4 in bits:
-            dense = "bf16" if "self_attn" in ignore else "int4"
-            return dense, "int4"
-        if 8 in bits:
-            return "fp8", "fp8"
-    return "bf16", "bf16"
+            fmt = str(q.get("format", ""))
+            dtype = "mxfp4" if "mxfp4" in fmt else ("fp4" if True in floats else "int4")
+            dense = "bf16" if "self_attn" in ignore else dtype
+            out = {"weight_dtype": dense, "expert_dtype": dtype}
+        elif 8 in bits:
+            dtype = "fp8" if True in floats else "int8"
+            out = {"weight_dtype": dtype, "expert_dtype": dtype}
+        scheme = q.get("kv_cache_scheme")
+        if isinstance(scheme, dict) and int(scheme.get("num_bits") or 16) == 8:
+            out["kv_dtype"] = "fp8"
+        return out
+    raise ServesimError(
+        f"{origin} uses quant_method {method!r}, which servesim does not model; use a bf16, FP8, "
+        "NVFP4, MXFP4 or AWQ/GPTQ int4 checkpoint or set --weight-dtype."
+    )
 
 
 class _Config:
@@ -400,10 +775,14 @@ class _Config:
 
 
 def spec_from_config(
-    cfg: dict[str, Any], name: str = "model", origin: str | None = None
+    cfg: dict[str, Any],
+    name: str = "model",
+    origin: str | None = None,
+    hf_quant: dict[str, Any] | None = None,
 ) -> ModelSpec:
-    """Build a ModelSpec from a parsed Hugging Face config dict; unknown families are refused,
-    and so is any size that is missing, not a whole number, or impossible (0 heads, ...)."""
+    """Build a ModelSpec from a parsed Hugging Face config dict (and the checkpoint's ModelOpt
+    `hf_quant_config.json`, if any); unknown families are refused, and so is any size that is
+    missing, not a whole number, or impossible (0 heads, ...)."""
     origin = origin or f"the config of {name}"
     if not isinstance(cfg, dict):
         raise ServesimError(
@@ -411,10 +790,17 @@ def spec_from_config(
         )
     c = _Config(cfg, origin)
     model_type = str(cfg.get("model_type", ""))
-    if model_type in ("kimi_k25",) and isinstance(cfg.get("text_config"), dict):
+    if model_type in ("kimi_k25", "qwen3_5_moe", "qwen3_5") and isinstance(
+        cfg.get("text_config"), dict
+    ):
+        # Multimodal wrappers: the language model's config sits in text_config (the vision
+        # encoder's few hundred million parameters are not modelled).
         inner = dict(cfg["text_config"])
         inner.setdefault("quantization_config", cfg.get("quantization_config"))
-        return spec_from_config(inner, name, origin)
+        if model_type != "kimi_k25":
+            inner["model_type"] = model_type
+            inner.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings"))
+        return spec_from_config(inner, name, origin, hf_quant)
     if model_type not in KNOWN_TYPES:
         raise ServesimError(
             f"Model family {model_type or '(none)'!r} of {name} is not supported; servesim "
@@ -431,7 +817,7 @@ def spec_from_config(
             f"hidden_size {h} in {origin} is not a multiple of num_attention_heads {heads}; "
             "add head_dim or fix the sizes."
         )
-    weight_dtype, expert_dtype = _quant_dtypes(cfg, model_type)
+    formats = _quant_formats(cfg, hf_quant, c.int("num_hidden_layers"), origin)
     base: dict[str, Any] = dict(
         name=name,
         model_type=model_type,
@@ -443,8 +829,7 @@ def spec_from_config(
         intermediate_size=c.int("intermediate_size", 4 * h),
         vocab_size=c.int("vocab_size"),
         tie_embeddings=c.flag("tie_word_embeddings", False),
-        weight_dtype=weight_dtype,
-        expert_dtype=expert_dtype,
+        **formats,
     )
     if model_type == "qwen2":
         base["attention_bias"] = True
@@ -506,7 +891,9 @@ def spec_from_config(
             moe_intermediate_size=c.int("intermediate_size"),
             shared_expert_intermediate_size=c.int("shared_intermediate_size", 0),
         )
-    elif model_type in MLA_TYPES:
+    elif model_type in HYBRID_TYPES:
+        base.update(_hybrid_fields(c, model_type, base, name))
+    elif model_type in MLA_TYPES + DSA_TYPES:
         n_shared = c.int("n_shared_experts", 0)
         moe_i = c.int("moe_intermediate_size")
         base.update(
@@ -521,7 +908,14 @@ def spec_from_config(
             qk_nope_head_dim=c.int("qk_nope_head_dim"),
             qk_rope_head_dim=c.int("qk_rope_head_dim"),
             v_head_dim=c.int("v_head_dim"),
+            num_mtp_layers=c.int("num_nextn_predict_layers", 0),
         )
+        if model_type in DSA_TYPES:
+            base.update(
+                index_n_heads=c.int("index_n_heads"),
+                index_head_dim=c.int("index_head_dim"),
+                index_topk=c.int("index_topk"),
+            )
     elif model_type in ("mistral", "qwen2", "qwen3"):
         # Windowed layers only when the config turns sliding windows on for them.
         window = c.int("sliding_window", 0)
@@ -539,6 +933,130 @@ def spec_from_config(
         raise ServesimError(f"{str(exc).rstrip('.')} (read from {origin}).") from None
 
 
+def _hybrid_fields(c: _Config, model_type: str, base: dict[str, Any], name: str) -> dict[str, Any]:
+    """Layer counts and mixer shapes of a linear/full-attention hybrid."""
+    layers = base["num_layers"]
+    if model_type == "nemotron_h":
+        pattern = str(c.get("hybrid_override_pattern", ""))
+        if len(pattern) != layers or set(pattern) - set("M*-"):
+            raise ServesimError(
+                f"hybrid_override_pattern of {name} must give one of M (Mamba2), * (attention) "
+                f"or - (MLP) for each of its {layers} layers; MoE blocks (E) are not modelled."
+            )
+        mamba, attn, mlp = pattern.count("M"), pattern.count("*"), pattern.count("-")
+        heads = c.int("num_attention_heads")
+        return dict(
+            head_dim=c.int("attention_head_dim", c.get("head_dim", base["hidden_size"] // heads)),
+            gated_mlp=False,  # squared-ReLU MLP
+            mlp_bias=c.flag("mlp_bias", False),
+            attention_bias=c.flag("attention_bias", False),
+            linear_kind="mamba2",
+            num_linear_layers=mamba,
+            linear_num_k_heads=c.int("n_groups"),
+            linear_num_v_heads=c.int("mamba_num_heads"),
+            linear_k_head_dim=c.int("ssm_state_size"),
+            linear_v_head_dim=c.int("mamba_head_dim"),
+            linear_conv_kernel=c.int("conv_kernel", 4),
+            linear_chunk=c.int("chunk_size", 256),
+            num_mixer_only_layers=mamba + attn,
+            num_mlp_only_layers=mlp,
+            num_mtp_layers=c.int("num_nextn_predict_layers", 0),
+        )
+    if model_type == "kimi_linear":
+        la = c.get("linear_attn_config")
+        if not isinstance(la, dict):
+            raise ServesimError(f"{name}'s config lacks linear_attn_config (KDA layers).")
+        full = la.get("full_attn_layers") or []
+        kda = la.get("kda_layers") or []
+        if len(full) + len(kda) != layers:
+            raise ServesimError(
+                f"linear_attn_config of {name} lists {len(full)} full and {len(kda)} KDA layers "
+                f"but the model has {layers}; they must cover every layer once."
+            )
+        lc = _Config(la, f"linear_attn_config of {name}")
+        d, n = lc.int("head_dim"), lc.int("num_heads")
+        moe_i = c.int("moe_intermediate_size")
+        return dict(
+            num_kv_heads=base["num_heads"],
+            num_experts=c.int("num_experts"),
+            experts_per_token=c.int("num_experts_per_token", c.get("num_experts_per_tok")),
+            moe_intermediate_size=moe_i,
+            shared_expert_intermediate_size=c.int("num_shared_experts", 0) * moe_i,
+            first_dense_layers=c.int("first_k_dense_replace", 0),
+            q_lora_rank=c.int("q_lora_rank", 0),
+            kv_lora_rank=c.int("kv_lora_rank"),
+            qk_nope_head_dim=c.int("qk_nope_head_dim"),
+            qk_rope_head_dim=c.int("qk_rope_head_dim"),
+            v_head_dim=c.int("v_head_dim"),
+            linear_kind="kda",
+            num_linear_layers=len(kda),
+            linear_num_k_heads=n,
+            linear_num_v_heads=n,
+            linear_k_head_dim=d,
+            linear_v_head_dim=d,
+            linear_conv_kernel=lc.int("short_conv_kernel_size", 4),
+        )
+    # Qwen3-Next, Qwen3.5 (dense and MoE): Gated DeltaNet with full attention every few layers
+    layer_types = c.get("layer_types")
+    if layer_types is None:
+        every = c.int("full_attention_interval", 4)
+        layer_types = [
+            "full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(layers)
+        ]
+    if not isinstance(layer_types, list) or len(layer_types) != layers:
+        raise ServesimError(f"layer_types of {name} must list one kind for each of its {layers}.")
+    if set(layer_types) - {"linear_attention", "full_attention"}:
+        raise ServesimError(
+            f"layer_types of {name} holds kinds other than linear_attention and full_attention."
+        )
+    ssm = c.get("mamba_ssm_dtype")
+    out: dict[str, Any] = dict(
+        qk_norm=True,
+        attn_output_gate=c.flag("attn_output_gate", True),
+        linear_kind="gdn",
+        num_linear_layers=layer_types.count("linear_attention"),
+        linear_num_k_heads=c.int("linear_num_key_heads"),
+        linear_num_v_heads=c.int("linear_num_value_heads"),
+        linear_k_head_dim=c.int("linear_key_head_dim"),
+        linear_v_head_dim=c.int("linear_value_head_dim"),
+        linear_conv_kernel=c.int("linear_conv_kernel_dim", 4),
+        state_dtype=canonical(ssm) if ssm else "bf16",
+        num_mtp_layers=c.int("mtp_num_hidden_layers", c.get("num_nextn_predict_layers", 0)),
+    )
+    if model_type in ("qwen3_next", "qwen3_5_moe"):
+        if c.int("decoder_sparse_step", 1) != 1 or c.get("mlp_only_layers", []):
+            raise ServesimError(
+                f"{name} mixes dense and MoE layers in a pattern servesim does not model "
+                "(decoder_sparse_step/mlp_only_layers); use a config with MoE in every layer."
+            )
+        out.update(
+            num_experts=c.int("num_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            moe_intermediate_size=c.int("moe_intermediate_size"),
+            shared_expert_intermediate_size=c.int("shared_expert_intermediate_size", 0),
+        )
+    return out
+
+
+_HF_QUANT_SUFFIX = "_hf_quant_config.json"
+
+
+def _read_json(p: Path, what: str) -> Any:
+    """A JSON file's content; one sentence naming the file when it cannot be read."""
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ServesimError(
+            f"{what} {str(p)!r} is not UTF-8 text; save it as UTF-8 JSON."
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ServesimError(
+            f"{what} {str(p)!r} is not valid JSON ({exc}); fix the syntax."
+        ) from None
+    except OSError as exc:
+        raise ServesimError(f"Cannot read {what.lower()} {str(p)!r} ({exc.strerror}).") from None
+
+
 @cache
 def _bundled_index() -> dict[str, str]:
     """Bundled config file names keyed by lower-case HF id, short name and aliases."""
@@ -546,7 +1064,7 @@ def _bundled_index() -> dict[str, str]:
     folder = resources.files("servesim").joinpath("data/model_configs")
     for entry in folder.iterdir():
         fname = entry.name
-        if not fname.endswith("_config.json"):
+        if not fname.endswith("_config.json") or fname.endswith(_HF_QUANT_SUFFIX):
             continue
         hf_id = fname[: -len("_config.json")].replace("--", "/")
         short = hf_id.split("/", 1)[1]
@@ -574,25 +1092,24 @@ def load_model(name_or_path: str) -> ModelSpec:
     if p.suffix == ".json" or p.is_file():
         if not p.is_file():
             raise ServesimError(f"Model config {str(p)!r} does not exist; check the path.")
-        try:
-            cfg = json.loads(p.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ServesimError(
-                f"Model config {str(p)!r} is not UTF-8 text; save it as UTF-8 JSON."
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise ServesimError(
-                f"Model config {str(p)!r} is not valid JSON ({exc}); fix the syntax."
-            ) from None
-        except OSError as exc:
-            raise ServesimError(f"Cannot read model config {str(p)!r} ({exc.strerror}).") from None
+        cfg = _read_json(p, "Model config")
         name = p.parent.name if p.name == "config.json" else p.stem
-        return spec_from_config(cfg, name=name, origin=f"model config {str(p)!r}")
+        side = p.parent / "hf_quant_config.json"
+        hf_quant = _read_json(side, "Quantisation config") if side.is_file() else None
+        if hf_quant is not None and not isinstance(hf_quant, dict):
+            raise ServesimError(f"Quantisation config {str(side)!r} must be a JSON object.")
+        return spec_from_config(
+            cfg, name=name, origin=f"model config {str(p)!r}", hf_quant=hf_quant
+        )
     key, weight = _resolve_bundled(name_or_path)
     fname = _bundled_index()[key]
-    text = resources.files("servesim").joinpath("data/model_configs", fname).read_text()
-    hf_id = fname[: -len("_config.json")].replace("--", "/")
-    spec = spec_from_config(json.loads(text), name=hf_id)
+    folder = resources.files("servesim").joinpath("data/model_configs")
+    text = folder.joinpath(fname).read_text()
+    stem = fname[: -len("_config.json")]
+    side = folder.joinpath(stem + _HF_QUANT_SUFFIX)
+    hf_quant = json.loads(side.read_text()) if side.is_file() else None
+    hf_id = stem.replace("--", "/")
+    spec = spec_from_config(json.loads(text), name=hf_id, hf_quant=hf_quant)
     return spec.with_dtypes(weight=weight) if weight else spec
 
 
