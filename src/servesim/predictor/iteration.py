@@ -18,7 +18,7 @@ import numpy as np
 
 from servesim.predictor import roofline
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import compute_dtype, nbytes
+from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
@@ -114,7 +114,9 @@ class Predictor:
         self._lm_tab: list[float] = []
         self._dyn_dense_tab: list[float] = []
         self._dyn_lm_tab: list[float] = []
-        self._peak = self.power_device.peak_flops(compute_dtype(model.weight_dtype))
+        self._peak = self.power_device.peak_flops(
+            gemm_compute_dtype(model.weight_dtype, self.power_device.peak_flops_per_s)
+        )
         self._attn_peak = self.power_device.peak_flops(compute_dtype(model.kv_dtype))
         self._prefill_cache = lru_cache(maxsize=262144)(self._prefill_attn_s)
         self._decode_cache = lru_cache(maxsize=65536)(self._decode_coeffs)
@@ -161,10 +163,18 @@ class Predictor:
         return out
 
     def _gemm(
-        self, name: str, m: np.ndarray, n: int, k: int, calls: float, expert: bool = False
+        self,
+        name: str,
+        m: np.ndarray,
+        n: int,
+        k: int,
+        calls: float,
+        expert: bool = False,
+        dtype: str | None = None,
     ) -> _Term:
-        wdt = self.model.expert_dtype if expert else self.model.weight_dtype
-        t = roofline.gemm_np(m, n, k, compute_dtype(wdt), self.device, self.fit, weight_dtype=wdt)
+        wdt = dtype or (self.model.expert_dtype if expert else self.model.weight_dtype)
+        cdt = gemm_compute_dtype(wdt, self.device.peak_flops_per_s)
+        t = roofline.gemm_np(m, n, k, cdt, self.device, self.fit, weight_dtype=wdt)
         flops = 2.0 * m * n * k
         nb = n * k * nbytes(wdt) + (m * k + m * n) * ACT_BYTES
         return _Term(name, "gemm", calls, t * calls, flops * calls, nb * calls)
@@ -180,34 +190,48 @@ class Predictor:
         simulator can tabulate every token count once."""
         m, p = self.model, self.par
         tp, h = p.tp, m.hidden_size
-        layers = self._stage_fraction(m.num_layers)
+        # Sublayers (token mixers plus MLPs): two per layer, one per Nemotron-H block.
+        sub = self._stage_fraction(m.num_attention_layers + m.num_linear_layers + m.num_mlp_layers)
+        layers = self._stage_fraction(m.num_attention_layers)
+        adt = m.attn_weight_dtype
         hb = t * h * ACT_BYTES
         terms = [
-            self._elementwise("norms", "norm", 2 * hb, 2 * layers),
-            self._elementwise("residual_add", "add", 3 * hb, 2 * layers),
+            self._elementwise("norms", "norm", 2 * hb, sub),
+            self._elementwise("residual_add", "add", 3 * hb, sub),
         ]
-        if m.is_mla:
+        if m.is_mla and layers:
             nq = m.num_heads // tp
             if m.q_lora_rank:
-                terms.append(self._gemm("q_a_proj", t, m.q_lora_rank, h, layers))
-                terms.append(self._gemm("q_b_proj", t, nq * m.qk_head_dim, m.q_lora_rank, layers))
+                terms.append(self._gemm("q_a_proj", t, m.q_lora_rank, h, layers, dtype=adt))
+                terms.append(
+                    self._gemm("q_b_proj", t, nq * m.qk_head_dim, m.q_lora_rank, layers, dtype=adt)
+                )
             else:
-                terms.append(self._gemm("q_proj", t, nq * m.qk_head_dim, h, layers))
+                terms.append(self._gemm("q_proj", t, nq * m.qk_head_dim, h, layers, dtype=adt))
             kv_a = m.kv_lora_rank + m.qk_rope_head_dim
-            terms.append(self._gemm("kv_a_proj", t, kv_a, h, layers))
+            terms.append(self._gemm("kv_a_proj", t, kv_a, h, layers, dtype=adt))
             # Absorbed up-projections (the decode form), priced for every token.
             terms.append(
-                self._gemm("k_up_proj", t, nq * m.kv_lora_rank, m.qk_nope_head_dim, layers)
+                self._gemm(
+                    "k_up_proj", t, nq * m.kv_lora_rank, m.qk_nope_head_dim, layers, dtype=adt
+                )
             )
-            terms.append(self._gemm("v_up_proj", t, nq * m.v_head_dim, m.kv_lora_rank, layers))
-            terms.append(self._gemm("o_proj", t, h, nq * m.v_head_dim, layers))
-        else:
+            terms.append(
+                self._gemm("v_up_proj", t, nq * m.v_head_dim, m.kv_lora_rank, layers, dtype=adt)
+            )
+            terms.append(self._gemm("o_proj", t, h, nq * m.v_head_dim, layers, dtype=adt))
+            if m.is_sparse:
+                terms += self._indexer_proj_terms(t, layers)
+        elif layers:
             q_out = m.num_heads * m.head_dim // tp
             kv_out = max(1, m.num_kv_heads // tp) * m.head_dim
-            terms.append(self._gemm("qkv_proj", t, q_out + 2 * kv_out, h, layers))
+            gate = q_out if m.attn_output_gate else 0
+            terms.append(self._gemm("qkv_proj", t, q_out + gate + 2 * kv_out, h, layers, dtype=adt))
             rope_bytes = 2 * t * (q_out + kv_out) * ACT_BYTES
             terms.append(self._elementwise("rope", "rope", rope_bytes, layers))
-            terms.append(self._gemm("o_proj", t, h, q_out, layers))
+            terms.append(self._gemm("o_proj", t, h, q_out, layers, dtype=adt))
+        if m.num_linear_layers:
+            terms += self._linear_proj_terms(t, self._stage_fraction(m.num_linear_layers))
         dense_layers = self._stage_fraction(m.num_dense_layers)
         if dense_layers:
             i_tp = m.intermediate_size // tp
@@ -224,8 +248,147 @@ class Predictor:
                 hb, tp, self.device, self.fit, impl=self.engine.allreduce_impl
             )
             zero = np.zeros_like(t)
-            terms.append(_Term("tp_allreduce", "comm", 2 * layers, 2 * layers * ar, zero, hb))
+            terms.append(_Term("tp_allreduce", "comm", sub, sub * ar, zero, hb))
         return terms
+
+    # ---- hybrid and sparse-attention layers: operator listing ---------------------------
+    def _linear_proj_terms(self, t: np.ndarray, layers: float) -> list[_Term]:
+        """Projections, short convolution and gated norm of the linear-attention/SSM layers
+        (their recurrence is priced per sequence with the attention: `_mixer_*_parts`)."""
+        m, tp, h = self.model, self.par.tp, self.model.hidden_size
+        adt = m.attn_weight_dtype
+        nk = max(1, m.linear_num_k_heads // tp)
+        nv = m.linear_num_v_heads // tp
+        dk, dv = m.linear_k_head_dim, m.linear_v_head_dim
+        terms: list[_Term] = []
+        if m.linear_kind == "gdn":  # q, k, v, output gate z, and beta, decay per v head
+            in_n = 2 * nk * dk + 2 * nv * dv + 2 * nv
+        elif m.linear_kind == "kda":  # q, k, v and beta; decay and output gate are low rank
+            in_n = 3 * nv * dv + nv
+            terms.append(self._gemm("linear_gate_a_proj", t, 2 * dk, h, layers, dtype=adt))
+            terms.append(self._gemm("linear_gate_b_proj", t, 2 * nv * dv, dk, layers, dtype=adt))
+        else:  # mamba2: z, x, B, C and dt
+            in_n = 2 * nv * dv + 2 * nk * dk + nv
+        terms.append(self._gemm("linear_in_proj", t, in_n, h, layers, dtype=adt))
+        conv_dim = 2 * nk * dk + nv * dv
+        conv_bytes = 2 * t * conv_dim * ACT_BYTES
+        terms.append(self._elementwise("linear_conv", "act", conv_bytes, layers))
+        terms.append(self._elementwise("linear_norm", "norm", 3 * t * nv * dv * ACT_BYTES, layers))
+        terms.append(self._gemm("linear_out_proj", t, h, nv * dv, layers, dtype=adt))
+        return terms
+
+    def _indexer_proj_terms(self, t: np.ndarray, layers: float) -> list[_Term]:
+        """The DSA indexer's projections (replicated on every TP rank, as engines run them)."""
+        m, h = self.model, self.model.hidden_size
+        adt = m.attn_weight_dtype
+        q_in = m.q_lora_rank or h
+        nd = m.index_n_heads * m.index_head_dim
+        return [
+            self._gemm("indexer_q_proj", t, nd, q_in, layers, dtype=adt),
+            self._gemm("indexer_k_proj", t, m.index_head_dim, h, layers, dtype=adt),
+            self._gemm("indexer_weights_proj", t, m.index_n_heads, h, layers, dtype=adt),
+        ]
+
+    def _stream_s(self, flops: float, nbytes_moved: float, dtype: str) -> float:
+        """A memory-streaming kernel: its bytes at the elementwise bandwidth or its FLOPs at the
+        peak rate of `dtype`, whichever takes longer."""
+        t_mem = float(roofline.elementwise_np(nbytes_moved, self.device, self.fit))
+        return max(t_mem, flops / self.device.peak_flops(dtype))
+
+    def _index_dtype(self) -> str:
+        """The indexer's logits run in FP8 where the device has FP8 tensor cores."""
+        return "fp8" if "fp8" in self.device.peak_flops_per_s else "bf16"
+
+    def _linear_state_bytes(self) -> tuple[float, int, int]:
+        """(state bytes per sequence per linear layer on one device, v heads and conv channels
+        per device)."""
+        m = self.model
+        shards = min(self.par.tp, m.linear_num_v_heads)
+        ssm, conv = m.state_values_per_layer()
+        state = (ssm * nbytes(m.state_dtype) + conv * 2.0) / shards
+        return state, m.linear_num_v_heads // shards, m.linear_conv_dim // shards
+
+    def _mixer_decode_parts(self, seqs_rank: int) -> list[tuple[str, str, float, float]]:
+        """(name, kind, a, b) of the per-sequence work outside softmax attention in a decode
+        step, seconds = a + b × total context: the linear layers' state update (each sequence
+        reads and writes its state once) and the DSA indexer (a scan of every cached key)."""
+        m, dev = self.model, self.device
+        parts: list[tuple[str, str, float, float]] = []
+        if m.num_linear_layers:
+            state, nv, conv = self._linear_state_bytes()
+            ssm_per_dev = nv * m.linear_k_head_dim * m.linear_v_head_dim
+            io = (conv + nv * m.linear_v_head_dim) * ACT_BYTES
+            # decay, rank-1 update and read-out: ~3 multiply-adds per state value, in fp32
+            t = self._stream_s(6.0 * ssm_per_dev * seqs_rank, seqs_rank * (2 * state + io), "fp32")
+            parts.append(
+                (
+                    "linear_scan_decode",
+                    "linear_attention",
+                    self._stage_fraction(m.num_linear_layers) * t,
+                    0.0,
+                )
+            )
+        if m.is_sparse:
+            hd = m.index_n_heads * m.index_head_dim
+            per_tok = m.index_bytes_per_token_per_layer() + 8.0  # keys, fp32 logits out and in
+            idt = self._index_dtype()
+
+            def at(ctx: float) -> float:
+                nb = seqs_rank * hd * ACT_BYTES + ctx * per_tok
+                return max(
+                    float(roofline.elementwise_np(nb, dev, self.fit)),
+                    2.0 * hd * ctx / dev.peak_flops(idt),
+                )
+
+            ref = 1024.0 * seqs_rank
+            layers = self._stage_fraction(m.num_full_attention_layers)
+            a = layers * at(0.0)
+            b = layers * (at(ref) - at(0.0)) / ref / self.par.dp
+            parts.append(("indexer_decode", "indexer", a, b))
+        return parts
+
+    def _mixer_prefill_parts(
+        self, new_tokens: int, cached_tokens: int
+    ) -> list[tuple[str, str, float]]:
+        """(name, kind, seconds) of one sequence's prefill chunk outside softmax attention: the
+        chunked scan of the linear layers (chunk-local matmuls plus a state pass per chunk,
+        priced as a GEMM of the same FLOPs, and the state read and written once) and the DSA
+        indexer (logits of every new token against every cached key, then a top-k pass)."""
+        m, dev, fit = self.model, self.device, self.fit
+        parts: list[tuple[str, str, float]] = []
+        if new_tokens <= 0:
+            return parts
+        if m.num_linear_layers:
+            state, nv, _ = self._linear_state_bytes()
+            c, dk, dv = m.linear_chunk, m.linear_k_head_dim, m.linear_v_head_dim
+            if m.linear_kind == "mamba2":  # SSD: C·Bᵀ, its product with x; state in and out
+                per_tok_head = 2.0 * (c * (dk + dv) + 2 * dk * dv)
+            else:  # delta rule: QKᵀ, KKᵀ, A·V, T·V in the chunk; Q·S, W·S, Kᵀ·U across chunks
+                per_tok_head = 2.0 * (c * (2 * dk + 2 * dv) + 3 * dk * dv)
+            k_eq = math.ceil(per_tok_head / (2.0 * dv))
+            t = roofline.gemm_s(new_tokens, nv * dv, k_eq, "bf16", dev, fit)
+            t += roofline.elementwise_s(2 * state, dev, fit)
+            parts.append(
+                (
+                    "linear_scan_prefill",
+                    "linear_attention",
+                    self._stage_fraction(m.num_linear_layers) * t,
+                )
+            )
+        if m.is_sparse:
+            idt = self._index_dtype()
+            ctx = cached_tokens + (new_tokens + 1) / 2.0  # keys each new token sees, on average
+            hd = m.index_n_heads * m.index_head_dim
+            t = roofline.gemm_s(new_tokens, math.ceil(ctx), hd, idt, dev, fit, weight_dtype=idt)
+            t += roofline.elementwise_s(4.0 * new_tokens * ctx, dev, fit)  # top-k over logits
+            parts.append(
+                (
+                    "indexer_prefill",
+                    "indexer",
+                    self._stage_fraction(m.num_full_attention_layers) * t,
+                )
+            )
+        return parts
 
     def _moe_terms(self, t: np.ndarray, layers: float) -> list[_Term]:
         m, p = self.model, self.par
@@ -253,7 +416,8 @@ class Predictor:
         hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
         rows = routed * min(k_top, experts) / hit
         up = (2 if m.gated_mlp else 1) * width
-        cdt, wdt = compute_dtype(m.expert_dtype), m.expert_dtype
+        cdt = gemm_compute_dtype(m.expert_dtype, self.device.peak_flops_per_s)
+        wdt = m.expert_dtype
         for name, n, k in (("moe_up_proj", up, h), ("moe_down_proj", h, width)):
             sec = roofline.gemm_np(rows, n, k, cdt, self.device, self.fit, wdt, groups=hit)
             flops = 2.0 * routed * k_top * n * k
@@ -297,14 +461,35 @@ class Predictor:
 
     def _attention_ops(self, batch: BatchShape) -> list[OpCost]:
         ops: list[OpCost] = []
+        layers = self._stage_fraction(self.model.num_attention_layers)
+        calls = round(layers)
         if batch.decode_seqs:
             a, b = self.decode_coeffs(batch.decode_seqs)
             t = a + b * batch.decode_context
-            ops.append(OpCost("attn_decode", "attention", self.layers_per_stage, t, 0.0, 0.0))
+            seqs_rank = math.ceil(batch.decode_seqs / self.par.dp)
+            extra = [
+                OpCost(name, kind, self._part_calls(kind), pa + pb * batch.decode_context, 0.0, 0.0)
+                for name, kind, pa, pb in self._mixer_decode_parts(seqs_rank)
+            ]
+            t -= sum(op.seconds for op in extra)
+            ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0))
+            ops += extra
         for new, cached in batch.prefill:
             t = self.prefill_attn_s(new, cached)
-            ops.append(OpCost("attn_prefill", "attention", self.layers_per_stage, t, 0.0, 0.0))
+            extra = [
+                OpCost(name, kind, self._part_calls(kind), sec, 0.0, 0.0)
+                for name, kind, sec in self._mixer_prefill_parts(new, cached)
+            ]
+            t -= sum(op.seconds for op in extra)
+            ops.append(OpCost("attn_prefill", "attention", calls, t, 0.0, 0.0))
+            ops += extra
         return ops
+
+    def _part_calls(self, kind: str) -> int:
+        """Kernel calls per iteration of a per-sequence part: one per linear or DSA layer."""
+        m = self.model
+        count = m.num_linear_layers if kind == "linear_attention" else m.num_full_attention_layers
+        return round(self._stage_fraction(count))
 
     def _overhead_op(self, batch: BatchShape) -> OpCost:
         t = self.overhead_s(batch.decode_seqs, len(batch.prefill))
@@ -368,9 +553,26 @@ class Predictor:
                 m.v_head_dim,
             )
         full = self._stage_fraction(m.num_full_attention_layers)
-        t = full * roofline.attn_prefill_s(
-            1, new_tokens, cached_tokens, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit
-        )
+        if m.is_sparse:  # DSA: latent MQA over the top-k keys each query picks, like a window
+            qh, kvh, qk, v, _ = self._attn_heads()
+            top = m.index_topk
+            t = full * roofline.attn_prefill_s(
+                1,
+                new_tokens,
+                min(cached_tokens, top),
+                qh,
+                kvh,
+                qk,
+                v,
+                m.kv_dtype,
+                self.device,
+                self.fit,
+                window=top,
+            )
+        else:
+            t = full * roofline.attn_prefill_s(
+                1, new_tokens, cached_tokens, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit
+            )
         slide = self._stage_fraction(m.num_sliding_layers)
         if slide:
             t += slide * roofline.attn_prefill_s(
@@ -386,7 +588,7 @@ class Predictor:
                 self.fit,
                 window=m.sliding_window,
             )
-        return t
+        return t + sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
 
     def decode_coeffs(self, decode_seqs: int) -> tuple[float, float]:
         """(a, b) with decode attention seconds = a + b × total attended context, all layers."""
@@ -407,9 +609,13 @@ class Predictor:
         full = self._stage_fraction(m.num_full_attention_layers)
         a = full * t0
         b = full * (t1 - t0) / ref / self.par.dp  # context is spread over the DP ranks
+        if m.is_sparse:  # DSA: each sequence's sparse MLA reads its top-k picks (a fixed count)
+            a, b = full * at(seqs_rank * m.index_topk), 0.0
         slide = self._stage_fraction(m.num_sliding_layers)
         if slide:  # windowed layers attend to at most the window: constant in context
             a += slide * at(seqs_rank * m.sliding_window)
+        for _, _, pa, pb in self._mixer_decode_parts(seqs_rank):
+            a, b = a + pa, b + pb
         return a, b
 
     def overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
