@@ -1,0 +1,283 @@
+"""Hybrid (linear + full attention), DeepSeek Sparse Attention, quantised checkpoints and MTP
+layers: parameter counts against published sizes, state and KV bytes and operator work by hand."""
+
+import json
+import math
+
+import pytest
+
+from servesim.errors import ServesimError
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.spec.devices import catalog
+from servesim.spec.dtypes import gemm_compute_dtype
+from servesim.spec.memory import memory_layout, weight_bytes_per_device
+from servesim.spec.model import load_model, spec_from_config
+from servesim.spec.parallel import Parallel
+
+# (bundled name, published total and active parameters in billions; model cards)
+PUBLISHED = [
+    ("Qwen/Qwen3.5-397B-A17B", 397.0, 17.0),  # "397B total, 17B activated"
+    ("zai-org/GLM-5", 744.0, 40.0),  # "744B parameters (40B active)"
+    ("deepseek-ai/DeepSeek-V3.2", 671.0, 37.0),  # V3's architecture plus the indexer
+    ("nvidia/DeepSeek-R1-NVFP4", 671.0, 37.0),
+    ("nvidia/Nemotron-H-56B-Base-8K", 56.0, None),  # Nemotron-H paper: 56B
+]
+
+# Published hyper-parameters of models whose configs are not bundled (model cards, Apache-2.0 /
+# MIT): Qwen3-Next-80B-A3B ("80B total, 3B activated") and Kimi-Linear-48B-A3B ("48B, 3B").
+QWEN3_NEXT = {
+    "model_type": "qwen3_next",
+    "hidden_size": 2048,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "intermediate_size": 5120,
+    "vocab_size": 151936,
+    "num_experts": 512,
+    "num_experts_per_tok": 10,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_conv_kernel_dim": 4,
+    "full_attention_interval": 4,
+}
+KIMI_LINEAR = {
+    "model_type": "kimi_linear",
+    "hidden_size": 2304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 9216,
+    "vocab_size": 163840,
+    "num_experts": 256,
+    "num_experts_per_token": 8,
+    "num_shared_experts": 1,
+    "moe_intermediate_size": 1024,
+    "first_k_dense_replace": 1,
+    "q_lora_rank": None,
+    "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
+    "linear_attn_config": {
+        "full_attn_layers": [4, 8, 12, 16, 20, 24, 27],
+        "kda_layers": [i for i in range(1, 28) if i not in (4, 8, 12, 16, 20, 24, 27)],
+        "head_dim": 128,
+        "num_heads": 32,
+        "short_conv_kernel_size": 4,
+    },
+}
+
+
+@pytest.mark.parametrize(("name", "total_b", "active_b"), PUBLISHED)
+def test_parameter_counts_match_published_sizes(name: str, total_b: float, active_b: float) -> None:
+    m = load_model(name)
+    assert m.num_params() / 1e9 == pytest.approx(total_b, rel=0.02)
+    if active_b is not None:
+        assert m.num_active_params() / 1e9 == pytest.approx(active_b, rel=0.12)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "total_b", "active_b"), [(QWEN3_NEXT, 80.0, 3.0), (KIMI_LINEAR, 48.0, 3.0)]
+)
+def test_unbundled_hybrids_from_published_hyperparameters(cfg, total_b, active_b) -> None:
+    m = spec_from_config(cfg, name=cfg["model_type"])
+    assert m.is_hybrid
+    assert m.num_params() / 1e9 == pytest.approx(total_b, rel=0.03)
+    # "3B activated" is rounded down (Qwen3-Next reports 3.9B with embeddings): 35 %
+    assert m.num_active_params() / 1e9 == pytest.approx(active_b, rel=0.35)
+
+
+def test_qwen35_state_and_kv_by_hand() -> None:
+    m = load_model("Qwen/Qwen3.5-397B-A17B")
+    assert (m.num_linear_layers, m.num_full_attention_layers) == (45, 15)
+    # Gated DeltaNet state: 64 v heads × 128 × 128 in fp32 (mamba_ssm_dtype), plus the conv's
+    # 3 past inputs of q, k (16 heads × 128 each) and v (64 × 128) in bf16, per linear layer.
+    ssm = 64 * 128 * 128 * 4
+    conv = 3 * (2 * 16 * 128 + 64 * 128) * 2
+    assert m.state_bytes_per_seq() == 45 * (ssm + conv) == 192_061_440
+    # KV only in the 15 full-attention layers: 2 (K, V) × 2 KV heads × 256 × 2 bytes.
+    assert m.kv_bytes_per_token() == 15 * 2 * 2 * 256 * 2 == 30_720
+    assert m.num_mtp_layers == 1 and m.attn_output_gate
+
+
+def test_nemotron_h_blocks_state_and_kv_by_hand() -> None:
+    m = load_model("nvidia/Nemotron-H-56B-Base-8K")
+    assert (m.num_linear_layers, m.num_attention_layers, m.num_mlp_layers) == (54, 10, 54)
+    # Mamba2: 256 heads × 64 head dim × 256 state (bf16); conv over x (256×64) plus B and C
+    # (8 groups × 256) with 3 past inputs.
+    per_layer = 256 * 64 * 256 * 2 + 3 * (256 * 64 + 2 * 8 * 256) * 2
+    assert m.state_bytes_per_seq() == 54 * per_layer == 459_620_352
+    assert m.kv_bytes_per_token() == 10 * 2 * 8 * 128 * 2
+
+
+def test_dsa_kv_adds_the_indexer_keys() -> None:
+    m = load_model("deepseek-ai/DeepSeek-V3.2")
+    assert m.is_sparse and m.index_topk == 2048 and m.kv_dtype == "bf16"
+    # latent 512 + rope 64 in bf16, plus 128 fp8 indexer key values and one fp32 scale
+    assert m.kv_bytes_per_token() == 61 * ((512 + 64) * 2 + 128 + 4)
+
+
+def test_hybrid_memory_reserves_state_per_sequence() -> None:
+    m = load_model("Qwen/Qwen3.5-397B-A17B")
+    b200 = catalog().get("b200_sxm")
+    par = Parallel(tp=8)
+    a = memory_layout(m, b200, par, max_num_seqs=64)
+    b = memory_layout(m, b200, par, max_num_seqs=256)
+    state = m.state_bytes_per_seq() / 8  # heads split over 8 ranks
+    assert a.state_bytes_per_seq == pytest.approx(state)
+    assert a.kv_bytes - b.kv_bytes == pytest.approx(192 * state)
+    # KV per token per device: 2 KV heads over TP 8 keep 2 shards
+    assert a.kv_bytes_per_token == 30_720 / 2
+    assert a.kv_tokens == int(a.kv_bytes // a.kv_bytes_per_token)
+
+
+def test_checkpoint_formats_nvfp4_with_mtp() -> None:
+    m = load_model("nvidia/DeepSeek-R1-NVFP4")
+    assert (m.weight_dtype, m.expert_dtype, m.attn_weight_dtype) == ("fp4", "fp4", "bf16")
+    assert m.kv_dtype == "fp8" and m.mtp_dtype == "bf16" and m.num_mtp_layers == 1
+    c = m.param_counts()
+    expected = (
+        c["routed_experts"] * 0.5
+        + c["attention"] * 2.0
+        + (c["dense_mlp"] + c["shared_experts"]) * 0.5
+        + (c["router"] + c["norms"] + c["embedding"]) * 2.0
+        + m.mtp_params() * 2.0
+    )
+    assert m.param_bytes() == pytest.approx(expected)
+    # DeepSeek-V3 model card: 14B of MTP module weights (its own embedding and head included)
+    assert (m.mtp_params() + m.embedding_params()) / 1e9 == pytest.approx(14.0, rel=0.05)
+    # the MTP layer is held in memory: per device, its bytes over TP 8
+    no_mtp = m.__class__(**{**m.__dict__, "num_mtp_layers": 0})
+    par = Parallel(tp=8)
+    diff = weight_bytes_per_device(m, par) - weight_bytes_per_device(no_mtp, par)
+    assert diff == pytest.approx(m.mtp_bytes() / 8)
+
+
+def _write(tmp_path, cfg, quant=None):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    if quant is not None:
+        (tmp_path / "hf_quant_config.json").write_text(json.dumps(quant))
+    return load_model(str(tmp_path))
+
+
+SMALL = {
+    "model_type": "qwen3",
+    "hidden_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "intermediate_size": 2048,
+    "vocab_size": 1000,
+}
+
+
+def test_quantisation_configs(tmp_path) -> None:
+    nvfp4 = {"quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"}}
+    m = _write(tmp_path, SMALL, nvfp4)
+    assert (m.weight_dtype, m.kv_dtype) == ("fp4", "fp8")
+    (tmp_path / "hf_quant_config.json").unlink()
+    for q, want in (
+        ({"quant_method": "awq", "bits": 4}, "int4"),
+        ({"quant_method": "gptq", "bits": 4}, "int4"),
+        ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8"),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "config_groups": {"g": {"weights": {"num_bits": 4, "type": "float"}}},
+                "kv_cache_scheme": {"num_bits": 8, "type": "float"},
+            },
+            "fp4",
+        ),
+    ):
+        m = _write(tmp_path, {**SMALL, "quantization_config": q})
+        assert m.weight_dtype == want, q
+    with pytest.raises(ServesimError, match="bitsandbytes"):
+        _write(tmp_path, {**SMALL, "quantization_config": {"quant_method": "bitsandbytes"}})
+
+
+def test_fp8_and_fp4_refused_on_ampere() -> None:
+    a100 = catalog().get("a100_sxm")
+    with pytest.raises(ServesimError, match="no FP8 tensor cores"):
+        memory_layout(load_model("deepseek-ai/DeepSeek-R1"), a100, Parallel(tp=8))
+    with pytest.raises(ServesimError, match="fp4"):
+        memory_layout(load_model("Qwen3-8B").with_dtypes(weight="fp4"), a100, Parallel())
+    memory_layout(load_model("Qwen3-8B").with_dtypes(weight="int4"), a100, Parallel())
+
+
+def test_fp4_gemms_run_at_the_fp4_rate_where_the_device_has_one() -> None:
+    cat = catalog()
+    b200, h100 = cat.get("b200_sxm"), cat.get("h100_sxm")
+    assert gemm_compute_dtype("fp4", b200.peak_flops_per_s) == "fp4"
+    assert gemm_compute_dtype("fp4", h100.peak_flops_per_s) == "bf16"
+    m = load_model("Qwen3-8B")
+    fp4 = Predictor(m.with_dtypes(weight="fp4"), b200)
+    bf16 = Predictor(m, b200)
+    big = BatchShape(prefill=((8192, 0),))
+    t4 = {o.name: o.seconds for o in fp4.ops(big)}["mlp_up_proj"]
+    t16 = {o.name: o.seconds for o in bf16.ops(big)}["mlp_up_proj"]
+    # compute-bound: the FP4 rate is 4× bf16 on B200; allow for fixed and quantisation costs
+    assert t4 < 0.5 * t16
+
+
+def _ops(pred: Predictor, batch: BatchShape) -> dict[str, object]:
+    return {o.name: o for o in pred.ops(batch)}
+
+
+def test_hybrid_operators_by_hand() -> None:
+    m = load_model("Qwen/Qwen3.5-397B-A17B")
+    b200 = catalog().get("b200_sxm")
+    pred = Predictor(m, b200, Parallel(tp=8))
+    ops = _ops(pred, BatchShape(decode_seqs=64, decode_context=64 * 4000))
+    # in_proj per device: q, k (2 heads × 128 each), v and z (8 heads × 128 each), b and a (8)
+    in_n = 2 * 2 * 128 + 2 * 8 * 128 + 2 * 8
+    assert ops["linear_in_proj"].flops == pytest.approx(2 * 64 * in_n * 4096 * 45)
+    assert ops["linear_out_proj"].flops == pytest.approx(2 * 64 * 4096 * 8 * 128 * 45)
+    assert ops["qkv_proj"].calls == 15 and ops["linear_scan_decode"].calls == 45
+    # decode: each sequence reads and writes its state once per linear layer, whatever its
+    # context: at least those bytes at the HBM peak, at most a few times that
+    state_dev = m.state_bytes_per_seq() / 45 / 8
+    floor = 64 * 45 * 2 * state_dev / b200.mem_bw_bytes_per_s
+    scan = ops["linear_scan_decode"].seconds
+    assert floor < scan < 3 * floor
+    longer = _ops(pred, BatchShape(decode_seqs=64, decode_context=64 * 40000))
+    assert longer["linear_scan_decode"].seconds == pytest.approx(scan)
+    # prefill: the chunked scan's FLOPs (chunk 64) priced no faster than the bf16 peak
+    pre = _ops(pred, BatchShape(prefill=((8192, 0),)))["linear_scan_prefill"].seconds
+    flops = 8192 * 8 * 2 * (64 * (2 * 128 + 2 * 128) + 3 * 128 * 128) * 45
+    assert pre > flops / b200.peak_flops("bf16")
+    # the iteration is the sum of its operators
+    batch = BatchShape(decode_seqs=8, decode_context=8 * 3000, prefill=((512, 100),))
+    total = sum(o.seconds for o in pred.ops(batch))
+    assert total == pytest.approx(pred.iteration(batch).seconds)
+
+
+def test_dsa_attention_grows_with_min_of_context_and_topk() -> None:
+    m = load_model("deepseek-ai/DeepSeek-V3.2")
+    b200 = catalog().get("b200_sxm")
+    pred = Predictor(m, b200, Parallel(tp=8))
+
+    def prefill(cached: int) -> dict[str, object]:
+        return _ops(pred, BatchShape(prefill=((256, cached),)))
+
+    short, at_k, long = prefill(500), prefill(4000), prefill(40000)
+    assert short["attn_prefill"].seconds < at_k["attn_prefill"].seconds
+    assert at_k["attn_prefill"].seconds == pytest.approx(long["attn_prefill"].seconds)
+    # the indexer scans every cached key: 64 heads × 128 dims of FP8 logits per (query, key)
+    # pair, no faster than the FP8 peak, and ~10× the keys take several times as long
+    flops = 2 * 64 * 128 * 256 * (40000 + 257 / 2) * 61
+    assert long["indexer_prefill"].seconds > flops / b200.peak_flops("fp8")
+    assert long["indexer_prefill"].seconds > 3 * at_k["indexer_prefill"].seconds
+    d1 = _ops(pred, BatchShape(decode_seqs=32, decode_context=32 * 4000))
+    d2 = _ops(pred, BatchShape(decode_seqs=32, decode_context=32 * 40000))
+    assert d1["attn_decode"].seconds == pytest.approx(d2["attn_decode"].seconds)
+    # indexer decode slope: at least its key bytes (128 + 4 + 8 logit bytes) per token and
+    # layer at the HBM peak
+    grow = d2["indexer_decode"].seconds - d1["indexer_decode"].seconds
+    assert grow > 61 * 140 * 32 * 36000 / b200.mem_bw_bytes_per_s
+    assert math.isfinite(grow)
