@@ -5,6 +5,7 @@ for a batch that must fit the batching limits and the KV cache.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -86,7 +87,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = dep.predictor()
     cost = pred.iteration(batch, breakdown=True)
     if s.json_output:
-        console.print_json(data=_as_json(dep, batch, cost, mem), indent=None)
+        print(json.dumps(_as_json(dep, batch, cost, mem)))  # one line, never wrapped
         return 0
     table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
     for col, just in (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,6 +236,8 @@ class MeasuredKernels:
         self.version = version
         self.fit = fit
         first = engine if engine in kernel_tables.ENGINES else None
+        self._prefill_memo: dict[tuple, tuple[float, int, float, bool] | None] = {}
+        self._layout_memo: dict[tuple, tuple[tuple[float, float, float], int] | None] = {}
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
 
     def _find(self, family: str, table: str) -> Path | None:
@@ -285,14 +288,18 @@ class MeasuredKernels:
         self, path: Path, qh: int, kvh: int, dim: int, kv: str, window: int
     ) -> tuple[tuple[float, float, float], int] | None:
         """The measured (heads, kv heads, head dim) and window nearest the query in log space
-        (the exact one when measured)."""
-        for w in dict.fromkeys((window, 0)):
-            layouts = _attn_layouts(path, kv, w)
-            if len(layouts):
-                q = np.log([qh, kvh, dim])
-                best = layouts[np.argmin(np.abs(np.log(layouts) - q).sum(axis=1))]
-                return (float(best[0]), float(best[1]), float(best[2])), w
-        return None
+        (the exact one when measured), memoised."""
+        key = (path, qh, kvh, dim, kv, window)
+        if key not in self._layout_memo:
+            self._layout_memo[key] = None
+            for w in dict.fromkeys((window, 0)):
+                layouts = _attn_layouts(path, kv, w)
+                if len(layouts):
+                    q = np.log([qh, kvh, dim])
+                    best = layouts[np.argmin(np.abs(np.log(layouts) - q).sum(axis=1))]
+                    self._layout_memo[key] = (float(best[0]), float(best[1]), float(best[2])), w
+                    break
+        return self._layout_memo[key]
 
     def prefill(
         self,
@@ -307,40 +314,53 @@ class MeasuredKernels:
         """Seconds of one sequence's prefill-chunk attention (one layer). The tables measure
         prompts without cached context: a chunk over cached tokens is anchored at the same chunk
         without them."""
+        base = self._prefill_base(new_tokens, qh, kvh, dim, kv_dtype, window)
+        if base is None:
+            return None
+        t, code, anchor_s, exact = base
+        if exact and cached_tokens == 0:
+            return t, code
+        query_s = roofline.attn_prefill_s(
+            1, new_tokens, cached_tokens, qh, kvh, dim, dim, kv_dtype, self.device, self.fit,
+            window=window,
+        )  # fmt: skip
+        if code == ROOFLINE:
+            return query_s, ROOFLINE
+        return t * query_s / anchor_s, EXTRAPOLATED
+
+    def _prefill_base(
+        self, new_tokens: int, qh: int, kvh: int, dim: int, kv_dtype: str, window: int
+    ) -> tuple[float, int, float, bool] | None:
+        """(measured seconds at the anchor, its code, the roofline at the anchor, whether the
+        anchor is the query itself) for a chunk without cached context, memoised: the
+        simulator asks for every (new, cached) pair, and the table part depends on new only."""
+        key = (new_tokens, qh, kvh, dim, kv_dtype, window)
+        if key in self._prefill_memo:
+            return self._prefill_memo[key]
         path = self._paths["prefill"]
         kv = KV_DTYPES.get(canonical(kv_dtype))
-        if path is None or kv is None or new_tokens <= 0:
-            return None
-        found = self._layout(path, qh, kvh, dim, kv, window)
+        found = None
+        if path is not None and kv is not None and new_tokens > 0:
+            found = self._layout(path, qh, kvh, dim, kv, window)
         if found is None:
+            self._prefill_memo[key] = None
             return None
         layout, w = found
         grid = _attn_grid(path, layout, kv, w, False)
-        x = np.array([[1.0, new_tokens, 0.0, *layout, float(w)]])
-        shift = np.array([[1.0, new_tokens, cached_tokens, qh, kvh, dim, float(window)]])
-
-        def roof(p: np.ndarray) -> np.ndarray:
-            return np.array(
-                [
-                    roofline.attn_prefill_s(
-                        int(r[0]),
-                        int(r[1]),
-                        int(r[2]),
-                        int(r[3]),
-                        int(r[4]),
-                        int(r[5]),
-                        int(r[5]),
-                        kv_dtype,
-                        self.device,
-                        self.fit,
-                        window=int(r[6]),
-                    )
-                    for r in p
-                ]
-            )
-
-        t, code = _anchored_cols(grid, x, shift, roof, (0, 1))
-        return float(t[0]), int(code[0])
+        logt, codes, anchor = grid.lookup(np.array([[1.0, float(new_tokens)]]))
+        code = int(codes[0])
+        a_new = round(float(anchor[0, 1]))
+        a_heads = tuple(int(v) for v in layout)
+        anchor_s = roofline.attn_prefill_s(
+            1, a_new, 0, *a_heads, a_heads[2], kv_dtype, self.device, self.fit, window=w
+        )
+        exact = code != EXTRAPOLATED and a_heads == (qh, kvh, dim) and w == window
+        if np.isnan(logt[0]):
+            out = (math.nan, ROOFLINE, anchor_s, False)
+        else:
+            out = (float(np.exp(logt[0])), code, anchor_s, exact)
+        self._prefill_memo[key] = out
+        return out
 
     def decode(
         self, batch: int, ctx_per_seq: np.ndarray, qh: int, kvh: int, dim: int, kv_dtype: str
