@@ -8,6 +8,7 @@ import argparse
 from typing import Any
 
 from servesim.cli.settings import (
+    LatencyModel,
     NonEmpty,
     PosInt,
     Settings,
@@ -59,6 +60,7 @@ class DeploymentSettings(Settings):
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
+    latency_model: LatencyModel | None = None  # None: the predictor's default
 
 
 def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
@@ -88,6 +90,18 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g.add_argument("--weight-dtype", help="bf16, fp8, int4, ... (default: the config's)")
     g.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16 or fp8")
     g.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
+    add_latency_model_arg(g)
+
+
+def add_latency_model_arg(g: Any) -> None:
+    """`--latency-model`: what prices kernels (shared by simulate, predict and plan)."""
+    g.add_argument(
+        "--latency-model",
+        choices=("auto", "measured", "roofline"),
+        help="kernel times from measured tables where the GPU has them (auto), only from "
+        "them (measured; refuses a GPU without tables) or from the roofline "
+        "(default: roofline)",
+    )
 
 
 def build_deployment(s: DeploymentSettings) -> Any:
@@ -116,4 +130,5 @@ def build_deployment(s: DeploymentSettings) -> Any:
         max_num_batched_tokens=s.max_num_batched_tokens,
         chunked_prefill=s.chunked_prefill,
         fit=fit,
+        **({"latency_model": s.latency_model} if s.latency_model else {}),
     )

@@ -5,6 +5,7 @@ for a batch that must fit the batching limits and the KV cache.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -30,6 +31,7 @@ class PredictSettings(DeploymentSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
+    json_output: bool = False
     context: PosInt = 1024
     prefill: Annotated[list[str], BeforeValidator(listed_chunks)] = Field(default_factory=list)
 
@@ -63,6 +65,13 @@ def add_predict_parser(sub: Any) -> None:
         action="append",
         help="a prefill chunk NEW[:CACHED] tokens (repeat for several sequences)",
     )
+    pred.add_argument(
+        "--json",
+        dest="json_output",
+        action="store_true",
+        default=None,
+        help="print the breakdown as one JSON object (operators, totals, memory)",
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -77,6 +86,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     mem = dep.memory()
     pred = dep.predictor()
     cost = pred.iteration(batch, breakdown=True)
+    if s.json_output:
+        print(json.dumps(_as_json(dep, batch, cost, mem)))  # one line, never wrapped
+        return 0
     table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
     for col, just in (
         ("operator", "left"),
@@ -86,8 +98,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ("share", "right"),
         ("TFLOP", "right"),
         ("GB moved", "right"),
+        ("provenance", "left"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        # Names and numbers in full: only the kind column gives way on a narrow terminal.
+        full = col != "kind"
+        table.add_column(col, justify=just, no_wrap=full)  # type: ignore[arg-type]
     for op in sorted(cost.ops, key=lambda o: -o.seconds):
         table.add_row(
             op.name,
@@ -97,11 +112,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{op.seconds / cost.seconds:.1%}",
             f"{op.flops / 1e12:.3f}" if op.flops else "",
             f"{op.nbytes / 1e9:.3f}" if op.nbytes else "",
+            op.provenance,
         )
     console.print(table)
     console.print(
         f"iteration: {cost.seconds * 1e3:.3f} ms, {cost.joules:.1f} J; tokens {batch.num_tokens}, "
-        f"sequences {batch.num_seqs}"
+        f"sequences {batch.num_seqs}; latency model {pred.latency_model}, kernel time "
+        + ", ".join(f"{k} {v:.0%}" for k, v in _time_by_provenance(cost).items() if v)
     )
     m = mem.as_dict()
     console.print(
@@ -109,3 +126,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB"
     )
     return 0
+
+
+def _time_by_provenance(cost: Any) -> dict[str, float]:
+    """Share of the iteration's kernel time by provenance (engine overhead left out)."""
+    shares: dict[str, float] = {}
+    kernels = sum(op.seconds for op in cost.ops if op.provenance != "engine") or 1.0
+    for op in cost.ops:
+        if op.provenance != "engine":
+            shares[op.provenance] = shares.get(op.provenance, 0.0) + op.seconds / kernels
+    return shares
+
+
+def _as_json(dep: Any, batch: Any, cost: Any, mem: Any) -> dict[str, Any]:
+    """The breakdown as one JSON-ready object: operators, totals and memory."""
+    ops = sorted(cost.ops, key=lambda o: -o.seconds)
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op.provenance] = counts.get(op.provenance, 0) + 1
+    return {
+        "model": dep.model.name,
+        "deployment": dep.label(),
+        "latency_model": dep.latency_model,
+        "operators": [
+            {
+                "name": op.name,
+                "kind": op.kind,
+                "calls": op.calls,
+                "seconds": op.seconds,
+                "flops": op.flops,
+                "bytes": op.nbytes,
+                "provenance": op.provenance,
+            }
+            for op in ops
+        ],
+        "totals": {
+            "seconds": cost.seconds,
+            "joules": cost.joules,
+            "tokens": batch.num_tokens,
+            "sequences": batch.num_seqs,
+            "flops": sum(op.flops for op in ops),
+            "bytes": sum(op.nbytes for op in ops),
+            "provenance": counts,
+            "kernel_time_share": _time_by_provenance(cost),
+        },
+        "memory": {**mem.as_dict(), "kv_tokens": mem.kv_tokens},
+    }

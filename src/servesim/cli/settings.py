@@ -43,6 +43,8 @@ PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
+# What prices kernels (see predictor.measured_kernels).
+LatencyModel = Literal["auto", "measured", "roofline"]
 
 
 def _text_or_number(v: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.predictor.roofline import KernelFit
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
@@ -173,6 +174,7 @@ class PlanSpec:
     devices_file: str | None = None
     fit_file: str | None = None
     rel_tol: float = 0.03
+    latency_model: str = DEFAULT_LATENCY_MODEL  # auto, measured or roofline
 
     def key(self) -> str:
         """Identifier of the question (model, workload, SLO) whose answers can be reused."""
@@ -187,6 +189,8 @@ class PlanSpec:
             # Results of an older capacity definition (counting warm-up and drain) differ.
             "capacity": CAPACITY_RULE,
         }
+        if self.latency_model != "roofline":  # plans stored before the field keep their key
+            doc["latency_model"] = self.latency_model
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -358,6 +362,7 @@ def deployment_for(
             max_num_batched_tokens=c.max_num_batched_tokens,
             chunked_prefill=c.chunked_prefill,
             fit=fit_for(spec.fit_file),
+            latency_model=spec.latency_model,
         )
 
     if not c.disaggregated:

@@ -37,6 +37,7 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
     dep = deployment_for(spec, c)
     base = spec.workload.build()
     row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
+    row["latency_model"] = spec.latency_model
     try:
         cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol, draw=spec.workload.draw)
     except ServesimError as exc:  # one candidate's failed simulation must not end the plan
@@ -93,6 +94,8 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
                 "mean_kv_use": whole["mean_kv_use"],
                 "ttft_cdf_s": json.dumps(_cdf_points(cols["ttft_s"])),
                 "tpot_cdf_s": json.dumps(_cdf_points(cols["tpot_s"])),
+                # operator shapes priced, by provenance (measured, interpolated, ...)
+                "latency_provenance": json.dumps(whole.get("latency_provenance", {})),
             }
         )
     return row

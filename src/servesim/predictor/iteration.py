@@ -16,7 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from servesim.predictor import roofline
+from servesim.predictor import measured_kernels, roofline
+from servesim.predictor.measured_kernels import PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import EngineProfile
@@ -29,6 +30,20 @@ ACT_BYTES = 2.0  # activations travel in bf16
 # the loads stay active, so memory-bound decode draws roughly half of the idle-to-TDP range on
 # H100/A100 (Splitwise, ISCA'24, fig. 9; Samsi et al., HPEC'23: A100 decode at 250-300 W of 400 W).
 MEM_POWER_SHARE = 0.5
+# What prices kernels when nobody says: "roofline" everywhere, or "auto" (measured tables where
+# the GPU has them and the shape is covered, the roofline elsewhere).
+DEFAULT_LATENCY_MODEL = "roofline"
+
+
+MEASURED_CODE = 0
+# Context per sequence (tokens) of the two decode-attention measurements a line goes through.
+DECODE_CTX_REF = (128.0, 4096.0)
+
+
+def _prov_name(prov: np.ndarray | int, i: int) -> str:
+    """Provenance name of element i of a term's codes (one code may stand for all)."""
+    a = np.asarray(prov)
+    return PROVENANCE[int(a if a.ndim == 0 else a[i])]
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,8 @@ class BatchShape:
 
 @dataclass(frozen=True)
 class OpCost:
-    """One operator's share of an iteration: calls per iteration and seconds in total."""
+    """One operator's share of an iteration: calls per iteration and seconds in total, and
+    where the seconds came from (measured, interpolated, extrapolated, roofline)."""
 
     name: str
     kind: str
@@ -65,6 +81,7 @@ class OpCost:
     seconds: float
     flops: float
     nbytes: float
+    provenance: str = "roofline"
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,7 @@ class _Term:
     seconds: np.ndarray
     flops: np.ndarray
     nbytes: np.ndarray
+    prov: np.ndarray | int = ROOFLINE  # provenance code per token count (or one for all)
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,7 @@ class Predictor:
         engine: EngineProfile | None = None,
         fit: roofline.KernelFit | None = None,
         power_device: Device | None = None,
+        latency_model: str = DEFAULT_LATENCY_MODEL,
     ) -> None:
         self.model = model
         self.device = device
@@ -109,6 +128,17 @@ class Predictor:
         self.engine = engine or EngineProfile()
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
+        self.latency_model = latency_model
+        # Measured kernel tables of this GPU and engine (None: the roofline prices everything).
+        self.kernels = measured_kernels.backend(
+            latency_model,
+            device,
+            self.engine.name,
+            getattr(self.engine, "version", None),
+            self.fit,
+        )
+        self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
+        self._attn_prov: dict[tuple[int, ...], int] = {}  # attention shape -> provenance code
         self._eager_s = self.engine.eager_launch_s_per_layer * self.layers_per_stage
         self._dense_tab: list[float] = []
         self._lm_tab: list[float] = []
@@ -149,6 +179,7 @@ class Predictor:
                         float(term.seconds[0]),
                         float(term.flops[0]),
                         float(term.nbytes[0]),
+                        _prov_name(term.prov, 0),
                     )
                 )
             out.append(self._lm_head_op(batch.num_seqs))
@@ -173,11 +204,16 @@ class Predictor:
         dtype: str | None = None,
     ) -> _Term:
         wdt = dtype or (self.model.expert_dtype if expert else self.model.weight_dtype)
-        cdt = gemm_compute_dtype(wdt, self.device.peak_flops_per_s)
-        t = roofline.gemm_np(m, n, k, cdt, self.device, self.fit, weight_dtype=wdt)
+        priced = self.kernels.gemm(m, n, k, wdt) if self.kernels is not None else None
+        if priced is None:
+            cdt = gemm_compute_dtype(wdt, self.device.peak_flops_per_s)
+            t = roofline.gemm_np(m, n, k, cdt, self.device, self.fit, weight_dtype=wdt)
+            prov: np.ndarray | int = ROOFLINE
+        else:
+            t, prov = priced
         flops = 2.0 * m * n * k
         nb = n * k * nbytes(wdt) + (m * k + m * n) * ACT_BYTES
-        return _Term(name, "gemm", calls, t * calls, flops * calls, nb * calls)
+        return _Term(name, "gemm", calls, t * calls, flops * calls, nb * calls, prov)
 
     def _elementwise(self, name: str, op: str, nbytes_moved: np.ndarray, calls: float) -> _Term:
         t = roofline.elementwise_np(nbytes_moved, self.device, self.fit, op)
@@ -244,11 +280,14 @@ class Predictor:
         if moe_layers:
             terms += self._moe_terms(t, moe_layers)
         if tp > 1:
-            ar = roofline.allreduce_np(
-                hb, tp, self.device, self.fit, impl=self.engine.allreduce_impl
-            )
+            impl = self.engine.allreduce_impl
+            priced = self.kernels.allreduce(hb, tp, impl) if self.kernels is not None else None
+            if priced is None:
+                ar, prov = roofline.allreduce_np(hb, tp, self.device, self.fit, impl=impl), ROOFLINE
+            else:
+                ar, prov = priced
             zero = np.zeros_like(t)
-            terms.append(_Term("tp_allreduce", "comm", sub, sub * ar, zero, hb))
+            terms.append(_Term("tp_allreduce", "comm", sub, sub * ar, zero, hb, prov))
         return terms
 
     # ---- hybrid and sparse-attention layers: operator listing ---------------------------
@@ -447,6 +486,7 @@ class Predictor:
             float(term.seconds[0]),
             float(term.flops[0]),
             float(term.nbytes[0]),
+            _prov_name(term.prov, 0),
         )
 
     def _lm_rows(self, seqs: int) -> float:
@@ -466,22 +506,24 @@ class Predictor:
         if batch.decode_seqs:
             a, b = self.decode_coeffs(batch.decode_seqs)
             t = a + b * batch.decode_context
+            prov = PROVENANCE[self._attn_prov.get((batch.decode_seqs,), ROOFLINE)]
             seqs_rank = math.ceil(batch.decode_seqs / self.par.dp)
             extra = [
                 OpCost(name, kind, self._part_calls(kind), pa + pb * batch.decode_context, 0.0, 0.0)
                 for name, kind, pa, pb in self._mixer_decode_parts(seqs_rank)
             ]
             t -= sum(op.seconds for op in extra)
-            ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0))
+            ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0, prov))
             ops += extra
         for new, cached in batch.prefill:
             t = self.prefill_attn_s(new, cached)
+            prov = PROVENANCE[self._attn_prov.get((new, cached), ROOFLINE)]
             extra = [
                 OpCost(name, kind, self._part_calls(kind), sec, 0.0, 0.0)
                 for name, kind, sec in self._mixer_prefill_parts(new, cached)
             ]
             t -= sum(op.seconds for op in extra)
-            ops.append(OpCost("attn_prefill", "attention", calls, t, 0.0, 0.0))
+            ops.append(OpCost("attn_prefill", "attention", calls, t, 0.0, 0.0, prov))
             ops += extra
         return ops
 
@@ -493,7 +535,7 @@ class Predictor:
 
     def _overhead_op(self, batch: BatchShape) -> OpCost:
         t = self.overhead_s(batch.decode_seqs, len(batch.prefill))
-        return OpCost("framework", "overhead", 1, t, 0.0, 0.0)
+        return OpCost("framework", "overhead", 1, t, 0.0, 0.0, "engine")
 
     # ---- memoised pieces the simulator uses ----------------------------------------------
     def dense_s(self, tokens: int, seqs: int) -> float:
@@ -524,6 +566,12 @@ class Predictor:
         dyn[0] = 0.0
         dyn_lm = self._work_s(lm_term)
         dyn_lm[0] = 0.0
+        counts: dict[int, int] = {}
+        for term in [*terms, lm_term]:  # every tabulated token count of every operator
+            codes = np.broadcast_to(np.asarray(term.prov), t.shape)[1:]
+            for code, n in zip(*np.unique(codes, return_counts=True), strict=True):
+                counts[int(code)] = counts.get(int(code), 0) + int(n)
+        self._dense_prov = counts
         self._dense_tab = dense.tolist()
         self._lm_tab = lm.tolist()
         self._dyn_dense_tab = dyn.tolist()
@@ -553,7 +601,9 @@ class Predictor:
                 m.v_head_dim,
             )
         full = self._stage_fraction(m.num_full_attention_layers)
+        slide = self._stage_fraction(m.num_sliding_layers)
         if m.is_sparse:  # DSA: latent MQA over the top-k keys each query picks, like a window
+            self._attn_prov[(new_tokens, cached_tokens)] = ROOFLINE
             qh, kvh, qk, v, _ = self._attn_heads()
             top = m.index_topk
             t = full * roofline.attn_prefill_s(
@@ -570,10 +620,14 @@ class Predictor:
                 window=top,
             )
         else:
+            if self.kernels is not None and qk == v:
+                return self._measured_prefill_s(new_tokens, cached_tokens, full, slide) + sum(
+                    sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
+                )
+            self._attn_prov[(new_tokens, cached_tokens)] = ROOFLINE
             t = full * roofline.attn_prefill_s(
                 1, new_tokens, cached_tokens, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit
             )
-        slide = self._stage_fraction(m.num_sliding_layers)
         if slide:
             t += slide * roofline.attn_prefill_s(
                 1,
@@ -590,6 +644,28 @@ class Predictor:
             )
         return t + sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
 
+    def _measured_prefill_s(self, new: int, cached: int, full: float, slide: float) -> float:
+        """Prefill-chunk attention from the measured tables (the roofline where none fit)."""
+        m, k = self.model, self.kernels
+        assert k is not None
+        qh, kvh, qk, _, _ = self._attn_heads()
+        parts = [(full, cached, 0)] if full else []
+        if slide:
+            w = m.sliding_window
+            parts.append((slide, min(cached, w), w))
+        t, worst = 0.0, MEASURED_CODE
+        for layers, ctx, window in parts:
+            priced = k.prefill(new, ctx, qh, kvh, qk, m.kv_dtype, window)
+            if priced is None:
+                s = roofline.attn_prefill_s(
+                    1, new, ctx, qh, kvh, qk, qk, m.kv_dtype, self.device, self.fit, window=window
+                )
+                priced = (s, ROOFLINE)
+            t += layers * priced[0]
+            worst = max(worst, priced[1])
+        self._attn_prov[(new, cached)] = worst
+        return t
+
     def decode_coeffs(self, decode_seqs: int) -> tuple[float, float]:
         """(a, b) with decode attention seconds = a + b × total attended context, all layers."""
         return self._decode_cache(decode_seqs)
@@ -598,6 +674,14 @@ class Predictor:
         m = self.model
         qh, kvh, qk, v, latent = self._attn_heads()
         seqs_rank = math.ceil(seqs / self.par.dp)
+        if self.kernels is not None and not latent:
+            measured = self._measured_decode_coeffs(seqs, seqs_rank)
+            if measured is not None:
+                a, b = measured
+                for _, _, pa, pb in self._mixer_decode_parts(seqs_rank):
+                    a, b = a + pa, b + pb
+                return a, b
+        self._attn_prov[(seqs,)] = ROOFLINE
 
         def at(ctx: int) -> float:
             return roofline.attn_decode_s(
@@ -617,6 +701,42 @@ class Predictor:
         for _, _, pa, pb in self._mixer_decode_parts(seqs_rank):
             a, b = a + pa, b + pb
         return a, b
+
+    def _measured_decode_coeffs(self, seqs: int, seqs_rank: int) -> tuple[float, float] | None:
+        """Decode attention as a + b × context from the measured tables: the line through
+        DECODE_CTX_REF tokens per sequence (decode time is affine in context)."""
+        m, k = self.model, self.kernels
+        assert k is not None
+        qh, kvh, qk, _, _ = self._attn_heads()
+        lo, hi = DECODE_CTX_REF
+        priced = k.decode(seqs_rank, np.array([lo, hi]), qh, kvh, qk, m.kv_dtype)
+        if priced is None:
+            return None
+        (t_lo, t_hi), codes = priced
+        b_rank = max(0.0, (t_hi - t_lo) / (seqs_rank * (hi - lo)))
+        a_rank = max(0.0, t_lo - b_rank * seqs_rank * lo)
+        full = self._stage_fraction(m.num_full_attention_layers)
+        a, b = full * a_rank, full * b_rank / self.par.dp
+        worst = int(codes.max())
+        slide = self._stage_fraction(m.num_sliding_layers)
+        if slide:  # windowed layers attend to at most the window: constant in context
+            w = k.decode(seqs_rank, np.array([float(m.sliding_window)]), qh, kvh, qk, m.kv_dtype)
+            if w is None:
+                return None
+            a += slide * float(w[0][0])
+            worst = max(worst, int(w[1][0]))
+        self._attn_prov[(seqs,)] = worst
+        return a, b
+
+    def provenance_counts(self) -> dict[str, int]:
+        """Operator shapes this predictor priced, by provenance: each dense operator once per
+        tabulated token count, attention once per distinct decode batch and prefill chunk."""
+        counts = dict.fromkeys(PROVENANCE, 0)
+        for code, n in self._dense_prov.items():
+            counts[PROVENANCE[code]] += n
+        for code in self._attn_prov.values():
+            counts[PROVENANCE[code]] += 1
+        return counts
 
     def overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
         """Engine time outside the kernels: scheduling, sampling, launches."""

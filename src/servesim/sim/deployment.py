@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from servesim.errors import ServesimError
 from servesim.predictor import roofline
-from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
 from servesim.predictor.profiled import ProfiledTiming
 from servesim.sim.autoscale import Autoscaler
 from servesim.sim.policies import Policy
@@ -42,6 +42,9 @@ class Deployment:
     migration: Migration | None = None  # Llumnix live migration between the replicas
     autoscaler: Autoscaler | None = None  # replicas added/removed over time; `replicas` at start
     profiled: ProfiledTiming | None = None  # iteration costs measured here (a CPU engine)
+    # What prices kernels: "roofline", "measured" (aiconfigurator-core's tables; refuses a GPU
+    # without them) or "auto" (measured where covered, the roofline elsewhere).
+    latency_model: str = DEFAULT_LATENCY_MODEL
 
     @property
     def num_devices(self) -> int:
@@ -83,12 +86,26 @@ class Deployment:
         """
         if self.profiled is not None:
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
-        key = (self.model, repr(self.device), self.parallel, self.engine, id(self.fit))
+        key = (
+            self.model,
+            repr(self.device),
+            self.parallel,
+            self.engine,
+            id(self.fit),
+            self.latency_model,
+        )
         pred = _PREDICTORS.get(key)
         if pred is None:
             if len(_PREDICTORS) >= 64:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
-            pred = Predictor(self.model, self.device, self.parallel, self.engine, self.fit)
+            pred = Predictor(
+                self.model,
+                self.device,
+                self.parallel,
+                self.engine,
+                self.fit,
+                latency_model=self.latency_model,
+            )
             _PREDICTORS[key] = pred
         return pred
 

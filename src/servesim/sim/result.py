@@ -79,6 +79,7 @@ class SimResult:
                 "iterations": sum(r["iterations"] for r in self.replica_stats),
             }
         )
+        s.update(latency_provenance(dep))
         s.update(self.extra)
         if window is not None:
             s["slo_attainment_over_time"] = [
@@ -99,6 +100,28 @@ _SUMMARY_COLUMNS = [
     "e2e_s",
     "queue_s",
 ]
+
+
+def latency_provenance(dep: Any) -> dict[str, Any]:
+    """The latency model and the operator shapes its predictors priced, by provenance
+    (measured, interpolated, extrapolated, roofline; see `Predictor.provenance_counts`), summed
+    over the deployment's pools. Empty for deployments whose predictors are built elsewhere."""
+    pools = [getattr(dep, n, None) for n in ("prefill", "decode")] if hasattr(dep, "decode") else []
+    pools = [p for p in pools if p is not None] or [dep]
+    counts: dict[str, int] = {}
+    models: list[str] = []
+    for pool in pools:
+        if getattr(pool, "profiled", None) is not None or not hasattr(pool, "latency_model"):
+            continue
+        pred = pool.predictor()
+        if not hasattr(pred, "provenance_counts"):
+            continue
+        models.append(pool.latency_model)
+        for k, v in pred.provenance_counts().items():
+            counts[k] = counts.get(k, 0) + v
+    if not models:
+        return {}
+    return {"latency_model": models[0], "latency_provenance": counts}
 
 
 def _time_mean(t: np.ndarray, v: np.ndarray) -> float:

@@ -1,0 +1,479 @@
+"""Measured-kernel backend: operator times read from aiconfigurator-core's kernel tables.
+
+For one GPU and serving engine (tables found by `kernel_tables`, the engine's version or the
+nearest one) this prices GEMMs per dtype, prefill and decode attention and TP all-reduces. Each
+table is a grid over its measured axes (GEMM m×n×k, attention batch×length per head layout,
+all-reduce message size per GPU count); a shape inside the grid is interpolated multilinearly in
+log latency over log size (exact on measured points, monotone between neighbours). Outside the
+grid the roofline is anchored to the nearest measured point: measured(anchor) ×
+roofline(shape) / roofline(anchor), continuous at the grid's edge, never a flat extrapolation.
+Every time comes with a provenance code (`PROVENANCE`); what has no table returns None and the
+caller prices it with the roofline.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from servesim.errors import ServesimError
+from servesim.predictor import kernel_tables, roofline
+from servesim.spec.devices import Device
+from servesim.spec.dtypes import canonical, compute_dtype
+
+MEASURED, INTERPOLATED, EXTRAPOLATED, ROOFLINE = 0, 1, 2, 3
+PROVENANCE = ("measured", "interpolated", "extrapolated", "roofline")
+LATENCY_MODELS = ("auto", "measured", "roofline")
+MS = 1e-3  # the tables store milliseconds
+_EPS = 1e-9
+
+# servesim weight dtype -> the table's gemm_dtype (W8A8 per-tensor fp8, NVFP4 W4A4, ...).
+GEMM_DTYPES = {
+    "bf16": "bfloat16",
+    "fp16": "bfloat16",
+    "fp8": "fp8",
+    "fp8_block": "fp8_block",
+    "fp4": "nvfp4",
+    "int4": "int4_wo",
+    "int8": "int8_wo",
+}
+KV_DTYPES = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+
+Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Log latencies on the product of measured axes (NaN where a cell was not measured)."""
+
+    axes: tuple[np.ndarray, ...]  # log of the sorted measured values, one array per axis
+    values: np.ndarray  # log seconds, shape = lengths of the axes
+
+    def lookup(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log seconds, provenance code, anchor) for points `x` (N × axes, linear units).
+
+        Multilinear in log space between the bracketing grid points; a point outside the grid
+        is clamped onto it (code EXTRAPOLATED, the anchor is the clamped point) and a point on
+        grid points of every axis is MEASURED. Missing cells drop out of the weights; NaN when
+        every bracketing cell is missing.
+        """
+        lx = np.log(np.maximum(x, _EPS))
+        n = len(lx)
+        clamped = np.zeros(n, dtype=bool)
+        exact = np.ones(n, dtype=bool)
+        lo: list[np.ndarray] = []
+        ws: list[np.ndarray] = []
+        for d, ax in enumerate(self.axes):
+            v = np.clip(lx[:, d], ax[0], ax[-1])
+            clamped |= np.abs(v - lx[:, d]) > 1e-9
+            if len(ax) == 1:
+                i = np.zeros(n, dtype=np.int64)
+                w = np.zeros(n)
+            else:
+                i = np.clip(np.searchsorted(ax, v, side="right") - 1, 0, len(ax) - 2)
+                w = (v - ax[i]) / (ax[i + 1] - ax[i])
+                w = np.where(w < 1e-9, 0.0, np.where(w > 1 - 1e-9, 1.0, w))
+            exact &= (w == 0.0) | (w == 1.0)
+            lo.append(i)
+            ws.append(w)
+            lx[:, d] = v
+        acc = np.zeros(n)
+        wsum = np.zeros(n)
+        for corner in itertools.product((0, 1), repeat=len(self.axes)):
+            wt = np.ones(n)
+            idx = []
+            for d, c in enumerate(corner):
+                wt = wt * (ws[d] if c else 1.0 - ws[d])
+                idx.append(np.minimum(lo[d] + c, len(self.axes[d]) - 1))
+            val = self.values[tuple(idx)]
+            ok = (wt > 0) & ~np.isnan(val)
+            acc += np.where(ok, wt * np.where(ok, val, 0.0), 0.0)
+            wsum += np.where(ok, wt, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logt = np.where(wsum > 0, acc / np.where(wsum > 0, wsum, 1.0), np.nan)
+        code = np.where(clamped, EXTRAPOLATED, np.where(exact, MEASURED, INTERPOLATED))
+        code = code.astype(np.int8)
+        holes = np.isnan(logt)
+        if holes.any() and len(self._measured_cells[1]):
+            # Not measured around the point (a batch too large for memory at that length):
+            # anchor on the nearest measured cell in log space.
+            cells, vals = self._measured_cells
+            _, j = self._tree.query(lx[holes])
+            lx[holes] = cells[j]
+            logt[holes] = vals[j]
+            code[holes] = EXTRAPOLATED
+        return logt, code, np.exp(lx)
+
+    @functools.cached_property
+    def _measured_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Log coordinates and log seconds of every measured cell."""
+        where = np.nonzero(~np.isnan(self.values))
+        cells = np.stack([ax[i] for ax, i in zip(self.axes, where, strict=True)], axis=1)
+        return cells, self.values[where]
+
+    @functools.cached_property
+    def _tree(self) -> cKDTree:
+        return cKDTree(self._measured_cells[0])
+
+
+def build_grid(coords: list[np.ndarray], latency_ms: np.ndarray) -> Grid:
+    """A grid from scattered rows on a product of axes; repeated cells keep the fastest kernel
+    (tables list several kernels for one shape, the engine picks the fastest)."""
+    axes = [np.unique(np.asarray(c, dtype=np.float64)) for c in coords]
+    idx = tuple(
+        np.searchsorted(a, np.asarray(c, dtype=np.float64))
+        for a, c in zip(axes, coords, strict=True)
+    )
+    vals = np.full([len(a) for a in axes], np.inf)
+    np.minimum.at(vals, idx, np.asarray(latency_ms, dtype=np.float64) * MS)
+    vals[~np.isfinite(vals) | (vals <= 0)] = np.nan
+    return Grid(tuple(np.log(a) for a in axes), np.log(vals))
+
+
+def anchored(grid: Grid, x: np.ndarray, roof: Callable[[np.ndarray], np.ndarray]) -> Coded:
+    """Seconds and provenance for points `x` on `grid`: interpolated inside, the roofline
+    anchored at the clamped point outside, the plain roofline where no cell was measured."""
+    cols = tuple(range(x.shape[1]))
+    return _anchored_cols(grid, x, x, roof, cols)
+
+
+# ---- reading the tables -----------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _gemm_grid(path: Path, gemm_dtype: str) -> Grid | None:
+    cols = kernel_tables.read(path, ("gemm_dtype", "m", "n", "k", "latency"))
+    keep = cols["gemm_dtype"] == gemm_dtype
+    if not keep.any():
+        return None
+    return build_grid([cols[c][keep] for c in ("m", "n", "k")], cols["latency"][keep])
+
+
+_ATTN_COLS = (
+    "batch_size",
+    "isl",
+    "num_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "kv_cache_dtype",
+    "step",
+    "window_size",
+    "latency",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _attn_layouts(path: Path, kv: str, window: int) -> np.ndarray:
+    """Distinct (q heads, kv heads, head dim) measured for a kv dtype and window."""
+    c = kernel_tables.read(path, _ATTN_COLS)
+    keep = (c["kv_cache_dtype"] == kv) & (c["window_size"] == window)
+    heads = np.stack([c["num_heads"], c["num_key_value_heads"], c["head_dim"]], axis=1)[keep]
+    return np.unique(heads.astype(np.float64), axis=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _attn_grid(path: Path, layout: tuple[float, float, float], kv: str, window: int, decode: bool):
+    c = kernel_tables.read(path, _ATTN_COLS)
+    keep = (c["kv_cache_dtype"] == kv) & (c["window_size"] == window)
+    keep &= (c["num_heads"] == layout[0]) & (c["num_key_value_heads"] == layout[1])
+    keep &= c["head_dim"] == layout[2]
+    if decode:  # each sequence attends step + 1 tokens
+        length = c["step"][keep] + 1.0
+    else:
+        keep &= c["step"] == 0
+        length = c["isl"][keep]
+    return build_grid([c["batch_size"][keep], length], c["latency"][keep])
+
+
+@functools.lru_cache(maxsize=64)
+def _comm_grid(path: Path, num_gpus: int, custom: bool) -> Grid | None:
+    dtype_col = "allreduce_dtype" if custom else "nccl_dtype"
+    cols = ("num_gpus", "message_size", "latency", "kernel_source", dtype_col)
+    c = kernel_tables.read(path, cols + (() if custom else ("op_name",)))
+    keep = c["num_gpus"] == num_gpus
+    if custom:  # CUDA-graph replays (decode and captured prefill), not eager launches
+        keep &= np.array(["eager" not in str(s).lower() for s in c["kernel_source"]], dtype=bool)
+    else:
+        keep &= c["op_name"] == "all_reduce"
+    keep &= np.isin(c[dtype_col], ("half", "bfloat16", "float16"))
+    if not keep.any():
+        return None
+    return build_grid([c["message_size"][keep] * 2.0], c["latency"][keep])
+
+
+def _path(found: tuple[Path, str] | None) -> Path | None:
+    return None if found is None else found[0]
+
+
+def has_tables(gpu: str) -> bool:
+    """Whether aiconfigurator-core measured GEMMs on this GPU (for any engine)."""
+    try:
+        known = kernel_tables.gpus()
+    except ServesimError:
+        return False
+    return gpu in known and any(
+        kernel_tables.versions(gpu, "gemm", e) for e in kernel_tables.ENGINES
+    )
+
+
+class MeasuredKernels:
+    """Operator times of one GPU and engine from the measured tables (None where none exist).
+
+    The engine's own tables are used first, then another engine's on the same GPU (a cuBLAS
+    GEMM or an NCCL all-reduce is the same kernel whichever engine calls it).
+    """
+
+    def __init__(
+        self, device: Device, engine: str, version: str | None, fit: roofline.KernelFit
+    ) -> None:
+        self.device = device
+        self.gpu = device.name
+        self.version = version
+        self.fit = fit
+        first = engine if engine in kernel_tables.ENGINES else None
+        self._prefill_memo: dict[tuple, tuple[float, int, float, bool] | None] = {}
+        self._layout_memo: dict[tuple, tuple[tuple[float, float, float], int] | None] = {}
+        self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
+
+    def _find(self, family: str, table: str) -> Path | None:
+        for engine in self.engines:
+            found = _path(kernel_tables.find(self.gpu, family, table, engine, self.version))
+            if found is not None:
+                return found
+        return None
+
+    @functools.cached_property
+    def _paths(self) -> dict[str, Path | None]:
+        return {
+            "gemm": self._find("gemm", "gemm_perf"),
+            "prefill": self._find("attention", "context_attention_perf"),
+            "decode": self._find("attention", "generation_attention_perf"),
+            "custom_ar": self._find("comm", "custom_allreduce_perf"),
+            "nccl": _path(kernel_tables.find(self.gpu, "comm", "nccl_perf", "nccl")),
+        }
+
+    # ---- GEMM -----------------------------------------------------------------------------
+    def gemm(self, m: np.ndarray, n: int, k: int, weight_dtype: str) -> Coded | None:
+        """Seconds of y[m,n] = x[m,k] @ W[n,k]^T per row count in `m`, in the table of the
+        weight dtype (fp8 per-tensor W8A8, nvfp4 W4A4, ...); None without such a table."""
+        path = self._paths["gemm"]
+        table_dtype = GEMM_DTYPES.get(canonical(weight_dtype))
+        if path is None or table_dtype is None:
+            return None
+        grid = _gemm_grid(path, table_dtype)
+        if grid is None:
+            return None
+        wdt = canonical(weight_dtype)
+        cdt = (
+            "fp4" if wdt == "fp4" and "fp4" in self.device.peak_flops_per_s else compute_dtype(wdt)
+        )
+
+        def roof(x: np.ndarray) -> np.ndarray:
+            return np.asarray(
+                roofline.gemm_np(x[:, 0], x[:, 1], x[:, 2], cdt, self.device, self.fit, wdt),
+                dtype=np.float64,
+            )
+
+        m = np.asarray(m, dtype=np.float64)
+        x = np.stack([m, np.full_like(m, n), np.full_like(m, k)], axis=1)
+        return anchored(grid, x, roof)
+
+    # ---- attention ------------------------------------------------------------------------
+    def _layout(
+        self, path: Path, qh: int, kvh: int, dim: int, kv: str, window: int
+    ) -> tuple[tuple[float, float, float], int] | None:
+        """The measured (heads, kv heads, head dim) and window nearest the query in log space
+        (the exact one when measured), memoised."""
+        key = (path, qh, kvh, dim, kv, window)
+        if key not in self._layout_memo:
+            self._layout_memo[key] = None
+            for w in dict.fromkeys((window, 0)):
+                layouts = _attn_layouts(path, kv, w)
+                if len(layouts):
+                    q = np.log([qh, kvh, dim])
+                    best = layouts[np.argmin(np.abs(np.log(layouts) - q).sum(axis=1))]
+                    self._layout_memo[key] = (float(best[0]), float(best[1]), float(best[2])), w
+                    break
+        return self._layout_memo[key]
+
+    def prefill(
+        self,
+        new_tokens: int,
+        cached_tokens: int,
+        qh: int,
+        kvh: int,
+        dim: int,
+        kv_dtype: str,
+        window: int = 0,
+    ) -> tuple[float, int] | None:
+        """Seconds of one sequence's prefill-chunk attention (one layer). The tables measure
+        prompts without cached context: a chunk over cached tokens is anchored at the same chunk
+        without them."""
+        base = self._prefill_base(new_tokens, qh, kvh, dim, kv_dtype, window)
+        if base is None:
+            return None
+        t, code, anchor_s, exact = base
+        if exact and cached_tokens == 0:
+            return t, code
+        query_s = roofline.attn_prefill_s(
+            1, new_tokens, cached_tokens, qh, kvh, dim, dim, kv_dtype, self.device, self.fit,
+            window=window,
+        )  # fmt: skip
+        if code == ROOFLINE:
+            return query_s, ROOFLINE
+        return t * query_s / anchor_s, EXTRAPOLATED
+
+    def _prefill_base(
+        self, new_tokens: int, qh: int, kvh: int, dim: int, kv_dtype: str, window: int
+    ) -> tuple[float, int, float, bool] | None:
+        """(measured seconds at the anchor, its code, the roofline at the anchor, whether the
+        anchor is the query itself) for a chunk without cached context, memoised: the
+        simulator asks for every (new, cached) pair, and the table part depends on new only."""
+        key = (new_tokens, qh, kvh, dim, kv_dtype, window)
+        if key in self._prefill_memo:
+            return self._prefill_memo[key]
+        path = self._paths["prefill"]
+        kv = KV_DTYPES.get(canonical(kv_dtype))
+        found = None
+        if path is not None and kv is not None and new_tokens > 0:
+            found = self._layout(path, qh, kvh, dim, kv, window)
+        if found is None:
+            self._prefill_memo[key] = None
+            return None
+        layout, w = found
+        grid = _attn_grid(path, layout, kv, w, False)
+        logt, codes, anchor = grid.lookup(np.array([[1.0, float(new_tokens)]]))
+        code = int(codes[0])
+        a_new = round(float(anchor[0, 1]))
+        a_heads = tuple(int(v) for v in layout)
+        anchor_s = roofline.attn_prefill_s(
+            1, a_new, 0, *a_heads, a_heads[2], kv_dtype, self.device, self.fit, window=w
+        )
+        exact = code != EXTRAPOLATED and a_heads == (qh, kvh, dim) and w == window
+        if np.isnan(logt[0]):
+            out = (math.nan, ROOFLINE, anchor_s, False)
+        else:
+            out = (float(np.exp(logt[0])), code, anchor_s, exact)
+        self._prefill_memo[key] = out
+        return out
+
+    def decode(
+        self, batch: int, ctx_per_seq: np.ndarray, qh: int, kvh: int, dim: int, kv_dtype: str
+    ) -> Coded | None:
+        """Seconds of one decode-attention call (one layer) of `batch` sequences each attending
+        `ctx_per_seq` tokens (an array)."""
+        path = self._paths["decode"]
+        kv = KV_DTYPES.get(canonical(kv_dtype))
+        if path is None or kv is None:
+            return None
+        found = self._layout(path, qh, kvh, dim, kv, 0)
+        if found is None:
+            return None
+        layout, _ = found
+        grid = _attn_grid(path, layout, kv, 0, True)
+        ctx = np.asarray(ctx_per_seq, dtype=np.float64)
+        ones = np.ones_like(ctx)
+        x = np.stack([batch * ones, ctx, *(v * ones for v in layout)], axis=1)
+        shift = np.stack([batch * ones, ctx, qh * ones, kvh * ones, dim * ones], axis=1)
+
+        def roof(p: np.ndarray) -> np.ndarray:
+            a, b = roofline.decode_coeffs_np(
+                p[:, 0], p[:, 2], p[:, 3], p[:, 4], p[:, 4], kv_dtype, self.device, self.fit
+            )
+            return np.asarray(a + b * p[:, 0] * p[:, 1], dtype=np.float64)
+
+        return _anchored_cols(grid, x, shift, roof, (0, 1))
+
+    # ---- all-reduce -----------------------------------------------------------------------
+    def allreduce(self, nbytes: np.ndarray, num_devices: int, impl: str) -> Coded | None:
+        """Seconds of TP all-reduces of `nbytes` on `num_devices` GPUs of one node: the engine's
+        custom all-reduce where the roofline's rule picks it, NCCL otherwise."""
+        nb = np.asarray(nbytes, dtype=np.float64)
+        if num_devices > self.device.max_devices_per_node:
+            return None
+        custom_path, nccl_path = self._paths["custom_ar"], self._paths["nccl"]
+        nccl = _comm_grid(nccl_path, num_devices, False) if nccl_path else None
+        custom = _comm_grid(custom_path, num_devices, True) if custom_path else None
+        use_custom = np.zeros(len(nb), dtype=bool)
+        if impl != "nccl" and roofline.nvlink_class(self.device) and num_devices % 2 == 0:
+            limit = self.fit.params["custom_all_reduce"]["max_bytes"]
+            use_custom = np.full(len(nb), True) if impl == "custom" else nb <= limit
+        out_t = np.full(len(nb), np.nan)
+        out_c = np.full(len(nb), ROOFLINE, dtype=np.int8)
+        for grid, mask, name in ((custom, use_custom, "custom"), (nccl, ~use_custom, "nccl")):
+            if grid is None or not mask.any():
+                continue
+
+            def roof(p: np.ndarray, name: str = name) -> np.ndarray:
+                return np.asarray(
+                    roofline.collective_np(
+                        "all_reduce", p[:, 0], num_devices, self.device, self.fit, name
+                    ),
+                    dtype=np.float64,
+                )
+
+            t, c = anchored(grid, nb[mask][:, None], roof)
+            out_t[mask], out_c[mask] = t, c
+        if np.isnan(out_t).all():
+            return None
+        return out_t, out_c
+
+
+def _anchored_cols(
+    grid: Grid,
+    x: np.ndarray,
+    shift: np.ndarray,
+    roof: Callable[[np.ndarray], np.ndarray],
+    grid_cols: tuple[int, ...],
+) -> Coded:
+    """`anchored` for points whose first columns index the grid and whose other columns (head
+    layout, cached context, window) select the table: the roofline prices the full query
+    `shift` against the anchor (the clamped grid point with the table's own columns)."""
+    logt, code, anchor_g = grid.lookup(x[:, list(grid_cols)])
+    t = np.exp(logt)
+    anchor = x.copy()
+    anchor[:, list(grid_cols)] = anchor_g
+    off = (code == EXTRAPOLATED) | np.any(
+        np.abs(shift - x) > 1e-9 * np.maximum(1.0, np.abs(x)), axis=1
+    )
+    off &= ~np.isnan(t)
+    if off.any():
+        t[off] *= roof(shift[off]) / roof(anchor[off])
+        code[off] = EXTRAPOLATED
+    bad = np.isnan(t)
+    if bad.any():
+        t[bad] = roof(shift[bad])
+        code[bad] = ROOFLINE
+    return t, code
+
+
+def backend(
+    latency_model: str,
+    device: Device,
+    engine: str,
+    version: str | None,
+    fit: roofline.KernelFit,
+) -> MeasuredKernels | None:
+    """The measured backend a predictor uses under `latency_model`: None for "roofline" and for
+    "auto" on a GPU without tables; "measured" refuses such a GPU."""
+    if latency_model not in LATENCY_MODELS:
+        raise ServesimError(
+            f"Unknown latency model {latency_model!r}; use auto, measured or roofline."
+        )
+    if latency_model == "roofline":
+        return None
+    if not has_tables(device.name):
+        if latency_model == "measured":
+            raise ServesimError(
+                f"No measured kernel tables for {device.name!r} (aiconfigurator-core measured "
+                f"{', '.join(g for g in kernel_tables.gpus() if has_tables(g))}); use "
+                "--latency-model auto or "
+                "roofline."
+            )
+        return None
+    return MeasuredKernels(device, engine, version, fit)

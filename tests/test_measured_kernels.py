@@ -1,0 +1,218 @@
+"""The measured-kernel backend: aiconfigurator-core's tables read in place (never copied),
+interpolated in log space, the roofline anchored outside them, provenance per operator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from servesim.cli.main import main
+from servesim.errors import ServesimError
+from servesim.predictor import kernel_tables, roofline
+from servesim.predictor import measured_kernels as mk
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.sim.deployment import Deployment
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+
+FIT = roofline.default_fit()
+
+
+def backend(gpu: str, engine: str = "vllm") -> mk.MeasuredKernels:
+    b = mk.backend("measured", get_device(gpu), engine, None, FIT)
+    assert b is not None
+    return b
+
+
+def gemm_rows(gpu: str, dtype: str, engine: str = "vllm") -> dict[str, np.ndarray]:
+    found = kernel_tables.find(gpu, "gemm", "gemm_perf", engine)
+    assert found is not None
+    cols = kernel_tables.read(found[0], ("gemm_dtype", "m", "n", "k", "latency"))
+    keep = cols["gemm_dtype"] == dtype
+    return {c: v[keep] for c, v in cols.items()}
+
+
+def one_gemm(b: mk.MeasuredKernels, m: float, n: int, k: int, dtype: str) -> tuple[float, int]:
+    priced = b.gemm(np.array([float(m)]), n, k, dtype)
+    assert priced is not None
+    return float(priced[0][0]), int(priced[1][0])
+
+
+def test_exact_on_measured_points() -> None:
+    b = backend("h100_sxm")
+    rows = gemm_rows("h100_sxm", "bfloat16")
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(rows["m"]), 40, replace=False):
+        m, n, k = (int(rows[c][i]) for c in "mnk")
+        t, code = one_gemm(b, m, n, k, "bf16")
+        # bf16 has one kernel per shape: the cell is that row, in seconds
+        assert t == pytest.approx(rows["latency"][i] * 1e-3, rel=1e-9)
+        assert mk.PROVENANCE[code] == "measured"
+
+
+def test_monotone_between_neighbouring_points_along_each_axis() -> None:
+    b = backend("h100_sxm")
+    # m: 1024 and 1025 are both measured; 1280 next. Between 2048 and 2304 along m:
+    lo, c_lo = one_gemm(b, 2048, 4096, 4096, "bf16")
+    hi, c_hi = one_gemm(b, 2304, 4096, 4096, "bf16")
+    assert (c_lo, c_hi) == (mk.MEASURED, mk.MEASURED)
+    mids = [one_gemm(b, m, 4096, 4096, "bf16") for m in (2100, 2150, 2200, 2250, 2300)]
+    ts = [lo] + [t for t, _ in mids] + [hi]
+    assert all(code == mk.INTERPOLATED for _, code in mids)
+    diffs = np.diff(ts)
+    assert (diffs >= 0).all() or (diffs <= 0).all()
+    assert min(lo, hi) <= min(ts) and max(ts) <= max(lo, hi)
+    # n between 5120 and 6144 at a measured m and k
+    a, _ = one_gemm(b, 512, 5120, 4096, "bf16")
+    z, _ = one_gemm(b, 512, 6144, 4096, "bf16")
+    mid, code = one_gemm(b, 512, 5632, 4096, "bf16")
+    assert code == mk.INTERPOLATED and min(a, z) <= mid <= max(a, z)
+    # log-linear: the geometric midpoint in n gives the geometric mean of the times
+    g, _ = one_gemm(b, 512, round(np.sqrt(5120 * 6144)), 4096, "bf16")
+    assert g == pytest.approx(np.sqrt(a * z), rel=2e-3)
+
+
+def test_decode_attention_monotone_in_context_between_measured_points() -> None:
+    b = backend("h100_sxm")
+    ctx = np.geomspace(1024, 2048, 9)  # step 1023 and 2047 are measured: context 1024, 2048
+    priced = b.decode(16, ctx, 32, 8, 128, "bf16")
+    assert priced is not None
+    t, codes = priced
+    assert codes[0] == codes[-1] == mk.MEASURED and (codes[1:-1] == mk.INTERPOLATED).all()
+    assert (np.diff(t) >= 0).all() or (np.diff(t) <= 0).all()
+
+
+def test_out_of_grid_is_the_anchored_roofline_and_continuous_at_the_edge() -> None:
+    b = backend("h100_sxm")
+    dev = get_device("h100_sxm")
+    edge, c_edge = one_gemm(b, 32768, 4096, 4096, "bf16")
+    just_out, c_out = one_gemm(b, 32768 * 1.002, 4096, 4096, "bf16")
+    assert c_edge == mk.MEASURED and c_out == mk.EXTRAPOLATED
+    assert just_out == pytest.approx(edge, rel=0.02)
+    # far out: measured at the edge times the roofline's growth, not a flat copy of the edge
+    far, c_far = one_gemm(b, 131072, 4096, 4096, "bf16")
+    ratio = roofline.gemm_s(131072, 4096, 4096, "bf16", dev, FIT) / roofline.gemm_s(
+        32768, 4096, 4096, "bf16", dev, FIT
+    )
+    assert c_far == mk.EXTRAPOLATED
+    assert far == pytest.approx(edge * ratio, rel=1e-9)
+    assert far > 3 * edge
+    # n beyond the grid (an LM head's vocabulary): anchored at n = 65536
+    edge_n, _ = one_gemm(b, 64, 65536, 4096, "bf16")
+    out_n, code = one_gemm(b, 64, 66000, 4096, "bf16")
+    assert code == mk.EXTRAPOLATED and out_n == pytest.approx(edge_n, rel=0.03)
+
+
+def test_fp4_gemm_on_b200_is_priced_at_its_measured_time_not_bf16() -> None:
+    b = backend("b200_sxm")
+    fp4 = gemm_rows("b200_sxm", "nvfp4")
+    bf16 = gemm_rows("b200_sxm", "bfloat16")
+    shape = (4096, 8192, 8192)
+
+    def measured(rows: dict[str, np.ndarray]) -> float:
+        hit = (rows["m"] == shape[0]) & (rows["n"] == shape[1]) & (rows["k"] == shape[2])
+        return float(rows["latency"][hit].min()) * 1e-3
+
+    t4, code = one_gemm(b, *shape, "fp4")
+    assert code == mk.MEASURED and t4 == pytest.approx(measured(fp4), rel=1e-9)
+    assert measured(bf16) > 1.5 * t4  # and the bf16 kernel is a different, slower number
+    # an interpolated FP4 shape stays near its measured neighbours, far from bf16
+    t4i, code = one_gemm(b, 4000, 8192, 8192, "fp4")
+    assert code == mk.INTERPOLATED and t4i == pytest.approx(t4, rel=0.05)
+    # through the predictor: an FP4 checkpoint's GEMMs come from the nvfp4 table
+    model = load_model("meta-llama/Llama-3.1-8B").with_dtypes(weight="fp4")
+    pred = Predictor(model, get_device("b200_sxm"), latency_model="auto")
+    ops = {op.name: op for op in pred.ops(BatchShape(prefill=((4096, 0),)))}
+    up = ops["mlp_up_proj"]
+    one = float(b.gemm(np.array([4096.0]), 2 * 14336, 4096, "fp4")[0][0])  # type: ignore[index]
+    assert up.seconds == pytest.approx(one * up.calls, rel=1e-9)
+
+
+def test_provenance_per_case_in_the_predictor() -> None:
+    model = load_model("meta-llama/Llama-3.1-8B")
+    pred = Predictor(model, get_device("h100_sxm"), Parallel(tp=2), latency_model="auto")
+    ops = {op.name: op for op in pred.ops(BatchShape(16, 16 * 1024, ((1024, 0), (300, 700))))}
+    assert ops["qkv_proj"].provenance == "interpolated"  # m = 1340 between measured rows
+    assert ops["norms"].provenance == "roofline"  # no table for elementwise kernels
+    assert ops["framework"].provenance == "engine"
+    assert ops["tp_allreduce"].provenance in ("measured", "interpolated")
+    prefill = [op for op in pred.ops(BatchShape(prefill=((1024, 0),))) if op.kind == "attention"]
+    assert prefill[0].provenance == "measured"  # 1024 tokens, 16/4 heads of 128: a grid point
+    cached = [o for o in pred.ops(BatchShape(prefill=((300, 700),))) if o.kind == "attention"]
+    assert cached[0].provenance == "extrapolated"  # the tables measure no cached context
+    assert pred.provenance_counts()["interpolated"] == 0  # the breakdown tabulates nothing
+    pred.step_s(16, 16 * 1024, ((1024, 0),))  # the simulator's path tabulates 1..1024 tokens
+    counts = pred.provenance_counts()
+    assert set(counts) == set(mk.PROVENANCE)
+    assert counts["interpolated"] > counts["measured"] > 0
+
+
+def test_auto_falls_back_to_roofline_and_measured_refuses_a_gpu_without_tables() -> None:
+    model = load_model("meta-llama/Llama-3.1-8B")
+    dev = get_device("mi300x")
+    auto = Predictor(model, dev, latency_model="auto")
+    roof = Predictor(model, dev, latency_model="roofline")
+    batch = BatchShape(8, 8 * 2000, ((512, 0),))
+    assert auto.kernels is None
+    assert {op.provenance for op in auto.ops(batch)} <= {"roofline", "engine"}
+    assert auto.iteration(batch).seconds == roof.iteration(batch).seconds
+    with pytest.raises(ServesimError, match="No measured kernel tables for 'mi300x'"):
+        Predictor(model, dev, latency_model="measured")
+    with pytest.raises(ServesimError, match="Unknown latency model"):
+        Predictor(model, dev, latency_model="tables")
+
+
+def test_auto_changes_the_time_where_tables_exist_and_simulation_counts_provenance() -> None:
+    model = load_model("meta-llama/Llama-3.1-8B")
+    dep = Deployment(model=model, device=get_device("h100_sxm"), latency_model="auto")
+    pred = dep.predictor()
+    assert pred.kernels is not None
+    roof = Predictor(model, get_device("h100_sxm"), engine=get_engine("vllm"))
+    batch = BatchShape(32, 32 * 1000, ())
+    a, r = pred.iteration(batch).seconds, roof.iteration(batch).seconds
+    assert a != r and a == pytest.approx(r, rel=0.5)  # same ballpark, different source
+    # the memoised seam agrees with the per-operator breakdown
+    assert sum(op.seconds for op in pred.ops(batch)) == pytest.approx(a, rel=1e-9)
+    from servesim.sim.result import latency_provenance
+
+    prov = latency_provenance(dep)
+    assert prov["latency_model"] == "auto" and sum(prov["latency_provenance"].values()) > 0
+
+
+def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "predict",
+            "--device",
+            "b200_sxm",
+            "--tp",
+            "2",
+            "--decode-seqs",
+            "16",
+            "--prefill",
+            "512",
+            "--latency-model",
+            "auto",
+            "--json",
+        ]
+    )
+    out, _ = capsys.readouterr()
+    assert code == 0
+    doc = json.loads(out)
+    ops = doc["operators"]
+    assert doc["latency_model"] == "auto"
+    assert {"name", "kind", "calls", "seconds", "flops", "bytes", "provenance"} <= set(ops[0])
+    assert sum(o["seconds"] for o in ops) == pytest.approx(doc["totals"]["seconds"], rel=1e-9)
+    assert {o["provenance"] for o in ops} >= {"measured", "roofline", "engine"}
+    assert sum(doc["totals"]["provenance"].values()) == len(ops)
+    assert doc["memory"]["kv_tokens"] > 0
+    # the table form shows the same provenance column
+    assert main(["predict", "--device", "b200_sxm", "--decode-seqs", "16", "--latency-model",
+                 "auto"]) == 0  # fmt: skip
+    assert "provenance" in capsys.readouterr().out
+    assert main(["predict", "--device", "mi300x", "--decode-seqs", "4", "--latency-model",
+                 "measured"]) == 2  # fmt: skip
