@@ -67,8 +67,24 @@ def print_summary(summary: dict[str, Any], simulated: bool = True) -> None:
             ),
             ("energy per output token", f"{summary.get('joules_per_output_token', 0):.2f} J"),
         ]
+    if simulated and summary.get("latency_provenance"):
+        rows.append(
+            (
+                f"kernel times ({summary.get('latency_model', '')} model)",
+                provenance_text(summary["latency_provenance"]),
+            )
+        )
     if "sim_wall_s" in summary:
         rows.append(("simulation wall time", f"{summary['sim_wall_s']:.2f} s"))
     for a, b in rows:
         facts.add_row(a, b)
     console.print(facts)
+
+
+def provenance_text(counts: dict[str, int]) -> str:
+    """Shares of priced operator shapes by where their time came from, e.g. "62% interpolated,
+    38% roofline" (measured, interpolated, extrapolated from a measured point, roofline)."""
+    total = sum(counts.values())
+    if not total:
+        return "-"
+    return ", ".join(f"{n / total:.0%} {k}" for k, n in counts.items() if n)

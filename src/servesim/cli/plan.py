@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,9 +15,12 @@ from rich.table import Table
 from rich.text import Text
 
 from servesim.cli import settings as config
+from servesim.cli.deployment_flags import add_latency_model_arg
+from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
     Edges,
     Fraction,
+    LatencyModel,
     LengthSpec,
     Misuse,
     Names,
@@ -112,6 +117,7 @@ class PlanSettings(Settings):
     kv_dtypes: Names = ("bf16",)
     pd_ratios: Pairs = ((1, 1), (1, 2))
     fit: NonEmpty | None = None
+    latency_model: LatencyModel | None = None  # None: the predictor's default
     workers: PosInt | None = None
     ray: NonEmpty | None = None
     out: NonEmpty = "plan-out"
@@ -197,6 +203,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="disaggregated prefill:decode replica ratios to try, e.g. 1:1,1:2 ('none' to skip)",
     )
     s.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
+    add_latency_model_arg(s)
     m = p.add_argument_group("heterogeneous mix (Mélange)")
     m.add_argument(
         "--mix", action="store_true", default=None, help="cheapest mix of the --gpus for --rate"
@@ -233,6 +240,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         rate_per_s=s.rate,
         devices_file=s.devices,
         fit_file=s.fit,
+        **({"latency_model": s.latency_model} if s.latency_model else {}),
     )
     space = SearchSpace(
         devices=s.gpus,
@@ -415,6 +423,14 @@ def print_plan(result: Any, top: int = 10) -> None:
         f"winner: {w['label']}: {w['capacity_req_per_s']:.2f} req/s per replica "
         f"({_count(w['devices'], 'device')}, ${w['price_per_hour']:.2f}/h)"
     )
+    counts: Counter[str] = Counter()
+    for r in result.rows:
+        counts.update(json.loads(r.get("latency_provenance") or "{}"))
+    if counts:
+        console.print(
+            f"kernel times ({spec.latency_model} model, over every evaluated candidate): "
+            + provenance_text(dict(counts))
+        )
     for name, sz in (("fewest GPUs", result.fewest_devices), ("lowest $/h", result.cheapest)):
         if sz is not None:
             console.print(

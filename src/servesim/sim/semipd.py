@@ -129,6 +129,8 @@ class _Lanes:
         key = round(share, 3)
         if key not in self.cache:
             b = self.base
+            # A lane is a share of one GPU's SMs: no table measured that, so lanes are priced
+            # by the roofline whatever the deployment's latency model.
             mk = lambda s: Predictor(  # noqa: E731
                 b.model, lane_device(b.device, s), b.parallel, b.engine, b.fit, b.device
             )
