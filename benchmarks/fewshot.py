@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fewshot.py                 # the shared H100 tables
     .venv/bin/python benchmarks/fewshot.py --tables DIR --device NAME [--devices YAML]
+    .venv/bin/python benchmarks/fewshot.py --leave-one-gpu-out --k 0,3,5,10 [--gpus ...]
 
 For each device's tables, the "devices already fitted" are a full calibration on half of the
 shape groups (GEMM (n, k); attention heads and KV dtype) and the "unseen device" is the other
@@ -11,6 +12,14 @@ and the error is the median absolute percentage error on all its other measureme
 With `--tables` and `--cross`, the prior is the bundled H100 fit instead and the whole folder is
 the unseen device (a real transfer, e.g. a CPU profiled with `servesim profile`). The last line
 printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devices pooled).
+
+With `--leave-one-gpu-out`, each GPU of aiconfigurator-core's installed tables is the unseen
+device: the prior is the cross-GPU fit on all the other GPUs (`calibrate.fit_transfer`, its
+spread across them as the prior's width), k measurements drawn at random from the left-out
+GPU's GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt`, MAP), and the
+error is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats`
+draws. The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0": n}
+(n: GPUs whose error at the largest k is not below their k = 0 error).
 """
 
 from __future__ import annotations
@@ -44,15 +53,60 @@ def evaluate(pool, device, prior, repeats: int, seed: int) -> dict[int, list[flo
     return out
 
 
+def leave_one_gpu_out(args: argparse.Namespace) -> int:
+    """Few-shot adaptation of the cross-GPU fit to each left-out GPU."""
+    from servesim.predictor import calibrate, kernel_tables
+
+    ks = [int(x) for x in args.k.split(",")]
+    names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
+    train = calibrate.package_data(names, max_rows=args.fit_rows, seed=0)
+    test = calibrate.package_data(list(train), max_rows=args.eval_rows, seed=1)
+    per_gpu: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    for gpu, (device, samples) in test.items():
+        prior = calibrate.leave_one_gpu_out_fit(train, gpu)
+        pool = fewshot.Shots(samples)
+        errs = []
+        for k in ks:
+            vals = []
+            for r in range(args.repeats if k else 1):
+                shots, others = fewshot.draw(pool, k, args.seed + 1000 * r + k)
+                fit = fewshot.adapt(shots, device, prior)
+                vals.append(fewshot.median_ape(others, device, fit))
+            errs.append(float(np.mean(vals)))
+        per_gpu[gpu] = errs
+        print(
+            f"{gpu}: "
+            + "  ".join(f"k={k}: {e:5.1f}%" for k, e in zip(ks, errs, strict=True))
+            + f"  ({time.perf_counter() - t0:.0f} s)"
+        )
+    medians = [round(float(np.median([v[i] for v in per_gpu.values()])), 2) for i in range(len(ks))]
+    worse = sum(1 for v in per_gpu.values() if v[-1] >= v[0])
+    print(
+        "median over GPUs: " + "  ".join(f"k={k}: {m}%" for k, m in zip(ks, medians, strict=True))
+    )
+    print(json.dumps({"k": ks, "median_ape": medians, "gpus_worse_than_k0": worse}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tables", action="append", help="folder of tables (repeatable)")
     ap.add_argument("--device", action="append", help="device of each --tables folder")
     ap.add_argument("--devices", help="extra device catalog YAML")
     ap.add_argument("--cross", action="store_true", help="prior = bundled fit, whole folder unseen")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, help="draws per k (default 20; 5 leaving GPUs out)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--leave-one-gpu-out", action="store_true", help="unseen GPU = each GPU")
+    ap.add_argument("--k", default="0,3,5,10", help="measurement counts (--leave-one-gpu-out)")
+    ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
+    ap.add_argument("--fit-rows", type=int, default=300, help="rows per table of the prior fit")
+    ap.add_argument("--eval-rows", type=int, default=1000, help="rows per table of the left-out")
     args = ap.parse_args(argv)
+    if args.leave_one_gpu_out:
+        args.repeats = args.repeats or 5
+        return leave_one_gpu_out(args)
+    args.repeats = args.repeats or 20
     catalog = Catalog([args.devices] if args.devices else None)
     if args.tables:
         runs = list(zip(args.tables, args.device or [], strict=True))

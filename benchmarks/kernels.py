@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/kernels.py            # shared H100 data, in-sample + LOGO
     .venv/bin/python benchmarks/kernels.py --no-logo  # skip the leave-one-group-out refits
     .venv/bin/python benchmarks/kernels.py --tables DIR --device NAME [--vidur DIR]
+    .venv/bin/python benchmarks/kernels.py --leave-one-gpu-out [--gpus a100_sxm,l40s,...]
 
 With no arguments it predicts `data/aic/h100_sxm` and `data/vidur` with the bundled fit and also
 refits the model with each group held out (each (n, k) of the GEMM table, each head configuration
@@ -10,6 +11,15 @@ of the attention tables, each GPU count of the collectives, each (op, TP) of Vid
 ops) to show how it generalises. With `--tables` it predicts any folder of tables with the same
 columns for `--device`, using only the bundled H100 fit (no refitting). The last line printed is
 one JSON object with the median and p90 absolute percentage errors of the four goal families.
+
+With `--leave-one-gpu-out` it reads aiconfigurator-core's installed tables of every GPU that
+has a catalog entry (vLLM's tables; MLA from TRT-LLM, which alone measures the MLA kernels;
+nccl-tests from comm/nccl), and for each GPU fits the cross-GPU model (`calibrate.fit_transfer`:
+shared shape parameters, efficiencies log-linear in spec-sheet features) on all the others
+(`--fit-rows` random rows per table) and predicts that GPU's tables (`--eval-rows` random rows
+per table, another seed). The last line is {"gpus": {gpu: {family_median_ape, family_p90_ape}},
+"worst_median_ape", "worst_p90_ape"} with families gemm, attention_prefill, attention_decode, mla
+(context and generation), moe (balanced routing) and allreduce (nccl-tests and vLLM custom).
 """
 
 from __future__ import annotations
@@ -31,6 +41,81 @@ from servesim.spec.devices import get_device  # noqa: E402
 
 GOAL = {"median": 5.0, "p90": 15.0}
 GOAL_FAMILIES = ("gemm", "attention_prefill", "attention_decode", "allreduce")
+LOGO_GOAL = {"median": 10.0, "p90": 25.0}
+LOGO_FAMILIES = ("gemm", "attention_prefill", "attention_decode", "mla", "moe", "allreduce")
+
+
+def logo_rows(samples: dict, preds: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(predicted, measured) per leave-one-GPU-out family from per-sample predictions."""
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def add(name: str, src: str, mask: np.ndarray | None = None) -> None:
+        if src in samples:
+            m = slice(None) if mask is None else mask
+            parts.setdefault(name, []).append((preds[src][m], samples[src]["latency_s"][m]))
+
+    for fam in ("gemm", "attention_prefill", "attention_decode", "moe"):
+        add(fam, fam)
+    add("mla", "mla_prefill")
+    add("mla", "mla_decode")
+    if "nccl" in samples:
+        add("allreduce", "nccl", samples["nccl"]["op"] == "all_reduce")
+    add("allreduce", "custom_allreduce")
+    return {
+        k: (np.concatenate([p for p, _ in v]), np.concatenate([m for _, m in v]))
+        for k, v in parts.items()
+        if sum(len(p) for p, _ in v)
+    }
+
+
+def leave_one_gpu_out(gpus: list[str] | None, fit_rows: int, eval_rows: int, max_nfev: int) -> int:
+    """Fit on all GPUs but one, predict that one; print a table and the JSON summary."""
+    from servesim.predictor import kernel_tables
+
+    names = gpus or kernel_tables.gpus()
+    train = calibrate.package_data(names, max_rows=fit_rows, seed=0)
+    test = calibrate.package_data(list(train), max_rows=eval_rows, seed=1)
+    skipped = sorted(set(names) - set(train))
+    out: dict[str, dict[str, float]] = {}
+    body = []
+    t0 = time.perf_counter()
+    for gpu, (device, samples) in test.items():
+        fit = calibrate.leave_one_gpu_out_fit(train, gpu, max_nfev)
+        preds = {f: calibrate.predict(f, s, device, fit) for f, s in samples.items()}
+        for fam, (p, m) in logo_rows(samples, preds).items():
+            n, med, p90 = stats(p, m)
+            out.setdefault(gpu, {})[f"{fam}_median_ape"] = round(med, 2)
+            out[gpu][f"{fam}_p90_ape"] = round(p90, 2)
+            body.append([gpu, fam, str(n), f"{med:.1f}", f"{p90:.1f}"])
+        print(f"{gpu}: fitted on {len(train) - 1} other GPUs ({time.perf_counter() - t0:.0f} s)")
+    print_table(
+        "Leave one GPU out: fit on the others, predict this one",
+        ["gpu", "family", "rows", "median APE %", "p90 APE %"],
+        body,
+    )
+    if skipped:
+        print(f"skipped (no tables or no catalog entry): {', '.join(skipped)}")
+    meds = [v for d in out.values() for k, v in d.items() if k.endswith("_median_ape")]
+    p90s = [v for d in out.values() for k, v in d.items() if k.endswith("_p90_ape")]
+    worst_med, worst_p90 = max(meds), max(p90s)
+    misses = [
+        f"{g} {k[: -len('_median_ape')]}"
+        for g, d in out.items()
+        for k, v in d.items()
+        if k.endswith("_median_ape")
+        and (v > LOGO_GOAL["median"] or d[k.replace("median", "p90")] > LOGO_GOAL["p90"])
+    ]
+    print(
+        f"goal (median <= {LOGO_GOAL['median']:.0f}%, p90 <= {LOGO_GOAL['p90']:.0f}% per GPU "
+        f"and family): {'met' if not misses else f'NOT met for {len(misses)} of {len(meds)}'}"
+    )
+    summary = {
+        "gpus": out,
+        "worst_median_ape": round(worst_med, 2),
+        "worst_p90_ape": round(worst_p90, 2),
+    }
+    print(json.dumps(summary))
+    return 0
 
 
 def family_rows(samples: dict, preds: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -122,7 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", help="device name from the catalog (required with --tables)")
     ap.add_argument("--vidur", help="Vidur profiling folder (default: data/vidur without --tables)")
     ap.add_argument("--no-logo", action="store_true", help="skip leave-one-group-out refits")
+    ap.add_argument("--leave-one-gpu-out", action="store_true", help="cross-GPU transfer test")
+    ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
+    ap.add_argument("--fit-rows", type=int, default=300, help="rows per table to fit on")
+    ap.add_argument("--eval-rows", type=int, default=3000, help="rows per table to predict")
+    ap.add_argument("--max-nfev", type=int, default=calibrate.TRANSFER_MAX_NFEV)
     args = ap.parse_args(argv)
+    if args.leave_one_gpu_out:
+        gpus = args.gpus.split(",") if args.gpus else None
+        return leave_one_gpu_out(gpus, args.fit_rows, args.eval_rows, args.max_nfev)
 
     shared = args.tables is None
     tables_dir = Path(args.tables) if args.tables else REPO / "data" / "aic" / "h100_sxm"

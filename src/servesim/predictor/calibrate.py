@@ -58,6 +58,45 @@ SCHEMAS: dict[str, dict[str, str]] = {
     },
     "nccl_perf": {"op_name": TEXT, "num_gpus": NUM, "message_size": NUM, "latency": NUM},
     "custom_allreduce_perf": {"num_gpus": NUM, "message_size": NUM, "latency": NUM},
+    "context_mla_perf": {
+        "batch_size": NUM,
+        "isl": NUM,
+        "num_heads": NUM,
+        "kv_cache_dtype": TEXT,
+        "step": NUM,
+        "latency": NUM,
+    },
+    "generation_mla_perf": {
+        "batch_size": NUM,
+        "num_heads": NUM,
+        "kv_cache_dtype": TEXT,
+        "step": NUM,
+        "latency": NUM,
+    },
+    "moe_perf": {
+        "moe_dtype": TEXT,
+        "num_tokens": NUM,
+        "hidden_size": NUM,
+        "inter_size": NUM,
+        "topk": NUM,
+        "num_experts": NUM,
+        "moe_tp_size": NUM,
+        "moe_ep_size": NUM,
+        "distribution": TEXT,
+        "latency": NUM,
+    },
+}
+# Where aiconfigurator-core keeps each table: (operator family folder, engines to try in order).
+# nccl-tests tables sit under comm/nccl (TRT-LLM's own folder on some GPUs).
+PACKAGE_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gemm_perf": ("gemm", ()),
+    "context_attention_perf": ("attention", ()),
+    "generation_attention_perf": ("attention", ()),
+    "context_mla_perf": ("mla", ("trtllm", "sglang")),
+    "generation_mla_perf": ("mla", ("trtllm", "sglang")),
+    "moe_perf": ("moe", ()),
+    "nccl_perf": ("comm", ("nccl", "trtllm")),
+    "custom_allreduce_perf": ("comm", ()),
 }
 # Optional columns and the value a missing one takes.
 OPTIONAL: dict[str, dict[str, tuple[str, Any]]] = {
@@ -114,6 +153,13 @@ GEMM_DTYPES: dict[str, tuple[str, str]] = {
     "nvfp4": ("fp4", "fp4"),
 }
 KV_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "fp16": "fp16", "bf16": "bf16", "fp8": "fp8"}
+MOE_DTYPES: dict[str, tuple[str, str]] = {
+    **GEMM_DTYPES,
+    "w4a16_mxfp4": ("bf16", "mxfp4"),
+    "int4_wo": ("bf16", "int4"),
+}
+MLA_QK_DIM, MLA_V_DIM = 192.0, 128.0  # DeepSeek MLA prefill: 128 nope + 64 rope; V 128
+MLA_LATENT_DIM, MLA_LATENT_V = 576.0, 512.0  # absorbed decode: kv_lora_rank 512 + rope 64
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -190,6 +236,63 @@ def load_tables(tables_dir: str | Path) -> dict[str, Table]:
         if f.is_file():
             out[stem] = read_csv(f, cols, OPTIONAL.get(stem))
     return out
+
+
+def load_package_tables(
+    gpu: str, engine: str = "vllm", max_rows: int | None = None, seed: int = 0
+) -> dict[str, Table]:
+    """aiconfigurator-core's measured tables of one GPU, keyed like `load_tables`.
+
+    Each table comes from `engine` where measured (the newest version), else from the family's
+    fallback engines (MLA kernels are measured for TRT-LLM and SGLang, nccl-tests under nccl).
+    `max_rows` keeps that many rows drawn at random (seeded) from a larger table."""
+    from servesim.predictor import kernel_tables
+
+    out: dict[str, Table] = {}
+    for stem, (family, fallback) in PACKAGE_TABLES.items():
+        engines = (engine, *[e for e in fallback if e != engine])
+        found = None
+        for eng in engines:
+            found = kernel_tables.find(gpu, family, stem, eng)
+            if found is not None:
+                break
+        if found is None:
+            continue
+        out[stem] = _parquet_table(found[0], SCHEMAS[stem], OPTIONAL.get(stem, {}), max_rows, seed)
+    return out
+
+
+def _parquet_table(
+    path: Path,
+    columns: dict[str, str],
+    optional: dict[str, tuple[str, Any]],
+    max_rows: int | None,
+    seed: int,
+) -> Table:
+    """The named columns of a Parquet table (optional ones defaulted), sub-sampled if asked."""
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(str(path)).names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ServesimError(f"{path}: missing column {missing[0]!r}; the table is not usable.")
+    present = tuple(c for c in (*columns, *optional) if c in names)
+    from servesim.predictor import kernel_tables
+
+    raw = kernel_tables.read(path, present)
+    n = len(raw[present[0]])
+    keep = np.arange(n)
+    if max_rows is not None and n > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+    table: Table = {}
+    for col in present:
+        kind = columns.get(col) or optional[col][0]
+        v = raw[col][keep]
+        table[col] = v.astype(float) if kind == NUM else np.asarray([str(x) for x in v], object)
+    for col, (kind, default) in optional.items():
+        if col not in table:
+            table[col] = np.full(len(keep), default, dtype=float if kind == NUM else object)
+    return table
 
 
 def load_vidur(vidur_dir: str | Path) -> dict[str, list[Table]]:
@@ -345,6 +448,71 @@ def decode_samples(table: Table) -> Samples:
     }
 
 
+def mla_prefill_samples(table: Table) -> Samples:
+    """MLA context rows (heads per GPU, MHA over the decompressed K/V); group = heads."""
+    known = np.array([str(d) in KV_DTYPES for d in table["kv_cache_dtype"]], dtype=bool)
+    t = {c: v[known] for c, v in table.items()}
+    h = t["num_heads"]
+    return {
+        "batch": t["batch_size"],
+        "new_tokens": t["isl"],
+        "cached_tokens": t["step"],
+        "q_heads": h,
+        "kv_dtype": np.array([KV_DTYPES[str(d)] for d in t["kv_cache_dtype"]], dtype=object),
+        "latency_s": t["latency"] * MS,
+        "group": np.array([f"mla heads {x:.0f}" for x in h], dtype=object),
+    }
+
+
+def mla_decode_samples(table: Table) -> Samples:
+    """MLA generation rows (absorbed, latent cache): each sequence attends step+1 tokens."""
+    known = np.array([str(d) in KV_DTYPES for d in table["kv_cache_dtype"]], dtype=bool)
+    t = {c: v[known] for c, v in table.items()}
+    h = t["num_heads"]
+    return {
+        "batch": t["batch_size"],
+        "total_context": t["batch_size"] * (t["step"] + 1.0),
+        "q_heads": h,
+        "kv_dtype": np.array([KV_DTYPES[str(d)] for d in t["kv_cache_dtype"]], dtype=object),
+        "latency_s": t["latency"] * MS,
+        "group": np.array([f"mla heads {x:.0f}" for x in h], dtype=object),
+    }
+
+
+def moe_samples(table: Table) -> Samples:
+    """Fused-MoE rows with balanced routing and a known dtype; group = (hidden, inter, experts).
+
+    Power-law routing rows are left out: the uniform-routing model does not price imbalance."""
+    keep = np.array(
+        [
+            str(d) in MOE_DTYPES and str(r) == "balanced"
+            for d, r in zip(table["moe_dtype"], table["distribution"], strict=True)
+        ],
+        dtype=bool,
+    )
+    t = {c: v[keep] for c, v in table.items()}
+    dts = [MOE_DTYPES[str(d)] for d in t["moe_dtype"]]
+    return {
+        "dtype": np.array([c for c, _ in dts], dtype=object),
+        "weight_dtype": np.array([w for _, w in dts], dtype=object),
+        "tokens": t["num_tokens"],
+        "hidden": t["hidden_size"],
+        "inter": t["inter_size"],
+        "top_k": t["topk"],
+        "num_experts": t["num_experts"],
+        "tp": t["moe_tp_size"],
+        "ep": t["moe_ep_size"],
+        "latency_s": t["latency"] * MS,
+        "group": np.array(
+            [
+                f"moe h={a:.0f} i={b:.0f} e={c:.0f}"
+                for a, b, c in zip(t["hidden_size"], t["inter_size"], t["num_experts"], strict=True)
+            ],
+            dtype=object,
+        ),
+    }
+
+
 def _elem_bytes(dtype_col: np.ndarray, default: float = 2.0) -> np.ndarray:
     size = {"half": 2.0, "float16": 2.0, "bfloat16": 2.0, "float": 4.0, "float32": 4.0}
     size |= {"fp8": 1.0, "int8": 1.0}
@@ -421,6 +589,12 @@ def all_samples(
         out["nccl"] = nccl_samples(tables["nccl_perf"])
     if "custom_allreduce_perf" in tables:
         out["custom_allreduce"] = custom_ar_samples(tables["custom_allreduce_perf"])
+    if "context_mla_perf" in tables:
+        out["mla_prefill"] = mla_prefill_samples(tables["context_mla_perf"])
+    if "generation_mla_perf" in tables:
+        out["mla_decode"] = mla_decode_samples(tables["generation_mla_perf"])
+    if "moe_perf" in tables:
+        out["moe"] = moe_samples(tables["moe_perf"])
     va = _cat([vidur_allreduce_samples(t) for t in vidur["all_reduce"]])
     if va:
         out["allreduce_vidur"] = va
@@ -491,6 +665,67 @@ def predict_decode(s: Samples, device: Device, fit: KernelFit) -> np.ndarray:
     return _by_key([s["kv_dtype"]], one)
 
 
+def predict_mla_prefill(s: Samples, device: Device, fit: KernelFit) -> np.ndarray:
+    """Predicted seconds for MLA context samples."""
+    return _by_key(
+        [s["kv_dtype"]],
+        lambda mk, c: roofline.attn_prefill_np(
+            s["batch"][mk],
+            s["new_tokens"][mk],
+            s["cached_tokens"][mk],
+            s["q_heads"][mk],
+            s["q_heads"][mk],
+            MLA_QK_DIM,
+            MLA_V_DIM,
+            c[0],
+            device,
+            fit,
+            0.0,
+            family="mla_prefill",
+        ),
+    )
+
+
+def predict_mla_decode(s: Samples, device: Device, fit: KernelFit) -> np.ndarray:
+    """Predicted seconds for MLA generation samples (absorbed, latent KV cache)."""
+
+    def one(mk: np.ndarray, c: tuple) -> np.ndarray:
+        a, b = roofline.decode_coeffs_np(
+            s["batch"][mk],
+            s["q_heads"][mk],
+            1.0,
+            MLA_LATENT_DIM,
+            MLA_LATENT_V,
+            c[0],
+            device,
+            fit,
+            latent=True,
+        )
+        return a + b * s["total_context"][mk]
+
+    return _by_key([s["kv_dtype"]], one)
+
+
+def predict_moe(s: Samples, device: Device, fit: KernelFit) -> np.ndarray:
+    """Predicted seconds for fused-MoE samples."""
+    return _by_key(
+        [s["dtype"], s["weight_dtype"]],
+        lambda mk, c: roofline.moe_np(
+            s["tokens"][mk],
+            s["hidden"][mk],
+            s["inter"][mk],
+            s["top_k"][mk],
+            s["num_experts"][mk],
+            c[0],
+            device,
+            fit,
+            c[1],
+            s["tp"][mk],
+            s["ep"][mk],
+        ),
+    )
+
+
 def predict_collective(s: Samples, device: Device, fit: KernelFit) -> np.ndarray:
     """Predicted seconds for collective samples (single node)."""
     graph = np.array(["graph" if g else "eager" for g in s["cuda_graph"]], dtype=object)
@@ -518,6 +753,9 @@ PREDICTORS: dict[str, Callable[[Samples, Device, KernelFit], np.ndarray]] = {
     "custom_allreduce": predict_collective,
     "allreduce_vidur": predict_collective,
     "elementwise": predict_elementwise,
+    "mla_prefill": predict_mla_prefill,
+    "mla_decode": predict_mla_decode,
+    "moe": predict_moe,
 }
 
 
@@ -653,7 +891,10 @@ PRIORS: dict[str, dict[str, float]] = {
         "one_shot_max_bytes_8": 256.0 * 1024,
     },
     "network": {"base_s": 10e-6, "bw_eff": 0.85},
+    "moe": {"floor_s": 10e-6, "gemm_eff": 1.0, "mem_eff": 0.5},
 }
+PRIORS["mla_prefill"] = dict(PRIORS["attention_prefill"])
+PRIORS["mla_decode"] = dict(PRIORS["attention_decode"])
 
 # Free parameters per family: name -> (lower, upper). Positive ranges are fitted in log space.
 FREE: dict[str, dict[str, tuple[float, float]]] = {
@@ -728,6 +969,9 @@ FREE: dict[str, dict[str, tuple[float, float]]] = {
         "bw_exp": (0.2, 3.0),
     },
 }
+FREE["mla_prefill"] = dict(FREE["attention_prefill"])
+FREE["mla_decode"] = dict(FREE["attention_decode"])
+FREE["moe"] = {"floor_s": (0.5e-6, 200e-6), "gemm_eff": (0.1, 2.0), "mem_eff": (0.02, 1.0)}
 EAGER_FREE = {
     "eager_floor_s": (0.1e-6, 200e-6),
     "eager_extra_s": (0.0, 100e-6),
@@ -845,7 +1089,13 @@ def fit_families(
         if s and np.any(w > 0):
             fit = _fit_one(fam, s, device, fit, predict_gemm, FREE[fam], weights=w)
             done.append(fam)
-    for fam, pred in (("attention_prefill", predict_prefill), ("attention_decode", predict_decode)):
+    for fam, pred in (
+        ("attention_prefill", predict_prefill),
+        ("attention_decode", predict_decode),
+        ("mla_prefill", predict_mla_prefill),
+        ("mla_decode", predict_mla_decode),
+        ("moe", predict_moe),
+    ):
         if samples.get(fam):
             fit = _fit_one(fam, samples[fam], device, fit, pred, FREE[fam])
             done.append(fam)
@@ -962,6 +1212,234 @@ def calibrate_from_dir(
     sources = [Path(tables_dir).as_posix()] + ([Path(vidur_dir).as_posix()] if vidur_dir else [])
     note = f"{dev.name}: {' + '.join(sources)}; fitted {', '.join(sorted(fitted))}"
     return KernelFit(params=params, fitted_on=note)
+
+
+# ---- joint fit across GPUs: efficiencies as functions of the spec sheet ------------------------
+# Features each efficiency factor may depend on (log ratios to the H100 reference, see
+# roofline.device_features); a ridge prior of sd COEF_SD keeps coefficients small, so a feature
+# earns weight only where several GPUs agree on it.
+TRANSFER_FEATURES: dict[str, tuple[str, ...]] = {
+    "compute": ("flops_per_sm", "sms"),
+    "memory": ("mem_bw", "balance", "l2"),
+    "latency": ("flops_per_sm", "sms"),
+}
+COLLECTIVE_FEATURES: dict[str, tuple[str, ...]] = {"memory": ("link_bw",), "latency": ("link_bw",)}
+COEF_SD = 0.5
+FACTOR_SD_FLOOR = 0.05  # the few-shot prior never claims to know a device better than 5 %
+TRANSFER_MAX_NFEV = 200
+# Parameter family <- (sample family, row filter); fitted in this order (MoE prices with GEMM).
+TRANSFER_FAMILIES: tuple[tuple[str, str, Callable[[Samples], np.ndarray] | None], ...] = (
+    ("gemm", "gemm", lambda s: ~np.isin(s["dtype"], roofline.LOW_PRECISION_COMPUTE)),
+    ("gemm_8bit", "gemm", lambda s: np.isin(s["dtype"], roofline.LOW_PRECISION_COMPUTE)),
+    ("attention_prefill", "attention_prefill", None),
+    ("attention_decode", "attention_decode", None),
+    ("mla_prefill", "mla_prefill", None),
+    ("mla_decode", "mla_decode", None),
+    ("moe", "moe", None),
+    ("nccl_all_reduce", "nccl", lambda s: s["op"] == "all_reduce"),
+    ("custom_all_reduce", "custom_allreduce", None),
+)
+
+GpuData = dict[str, tuple[Device, dict[str, Samples]]]  # gpu name -> (device, samples)
+
+
+def _coef_names(family: str) -> list[tuple[str, str]]:
+    feats = COLLECTIVE_FEATURES if family.startswith(("nccl", "custom")) else TRANSFER_FEATURES
+    groups = roofline.SCALED.get(family, {})
+    return [(fac, f) for fac, names in groups.items() if names for f in feats.get(fac, ())]
+
+
+def _model(coefs: list[tuple[str, str]], x: np.ndarray) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for (fac, f), v in zip(coefs, x, strict=True):
+        out.setdefault(fac, {})[f] = float(v)
+    return out
+
+
+def _family_rows(data: GpuData, sample_family: str, keep: Callable | None) -> list:
+    rows = []
+    for dev, samples in data.values():
+        s = samples.get(sample_family)
+        if not s:
+            continue
+        if keep is not None:
+            s = subset(s, keep(s))
+        if len(s["latency_s"]):
+            rows.append((dev, s))
+    return rows
+
+
+def fit_transfer(
+    data: GpuData,
+    start: KernelFit | None = None,
+    max_nfev: int = TRANSFER_MAX_NFEV,
+    families: tuple[str, ...] | None = None,
+) -> KernelFit:
+    """One fit for every GPU of `data`: shape parameters shared, and each family's compute,
+    memory and latency efficiencies log-linear in the device's spec-sheet features.
+
+    Each GPU weighs the same whatever its row count. Afterwards each GPU's residual log-scale
+    per factor (what the features miss) is fitted alone; their spread across GPUs is stored as
+    `factor_sd`, the prior width few-shot calibration starts from."""
+    fit = start or _priors()
+    model: dict[str, dict[str, dict[str, float]]] = {}
+    sd: dict[str, dict[str, float]] = {}
+    fitted: list[str] = []
+    for fam, source, keep in TRANSFER_FAMILIES:
+        if families is not None and fam not in families:
+            continue
+        rows = _family_rows(data, source, keep)
+        if not rows:
+            continue
+        fit = _transfer_family(fit, fam, rows, max_nfev)
+        model[fam] = fit.device_model[fam]
+        sd[fam] = _factor_spread(fit, fam, rows)
+        fitted.append(fam)
+    gpus = ", ".join(sorted(data))
+    return KernelFit(
+        params=fit.params,
+        fitted_on=f"joint fit on {gpus}; families {', '.join(fitted)}",
+        device_model={f: m for f, m in model.items() if m},
+        factor_sd=sd,
+    )
+
+
+def leave_one_gpu_out_fit(
+    data: GpuData, gpu: str, max_nfev: int = TRANSFER_MAX_NFEV, **kw: Any
+) -> KernelFit:
+    """The cross-GPU fit on every GPU of `data` except `gpu` (whose rows it never sees)."""
+    if gpu not in data:
+        raise ServesimError(f"GPU {gpu!r} has no tables here; pick one of {', '.join(data)}.")
+    return fit_transfer({g: d for g, d in data.items() if g != gpu}, None, max_nfev, **kw)
+
+
+def _transfer_family(fit: KernelFit, fam: str, rows: list, max_nfev: int) -> KernelFit:
+    """`fit` with family `fam`'s free parameters and feature coefficients fitted on `rows`."""
+    coefs = _coef_names(fam)
+    free = FREE.get(fam, FREE["nccl"] if fam.startswith("nccl") else {})
+    names = list(free)
+    source = source_of(fam)
+    total = sum(len(s["latency_s"]) for _, s in rows)
+    weights = [math.sqrt(total / len(rows) / len(s["latency_s"])) for _, s in rows]
+    ridge = math.sqrt(total / len(rows)) / COEF_SD
+
+    def split(x: np.ndarray) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        params = dict(fit.params[fam]) | {n: float(v) for n, v in zip(names, x, strict=False)}
+        return params, _model(coefs, x[len(names) :])
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        trial = _with_model(fit, fam, *split(x))
+        parts = [
+            w * _log_residual(predict(source, s, dev, trial), s["latency_s"])
+            for (dev, s), w in zip(rows, weights, strict=True)
+        ]
+        return np.concatenate([*parts, ridge * x[len(names) :]])
+
+    x = _fit_vector(fit.params[fam], free, len(coefs), residual, max_nfev)
+    return _with_model(fit, fam, *split(x))
+
+
+def source_of(family: str) -> str:
+    """The sample family whose rows fit a parameter family."""
+    return next(src for fam, src, _ in TRANSFER_FAMILIES if fam == family)
+
+
+def _with_model(
+    fit: KernelFit, family: str, params: dict[str, float], model: dict[str, dict[str, float]]
+) -> KernelFit:
+    new = dict(fit.params)
+    new[family] = {k: float(v) for k, v in params.items()}
+    dm = dict(fit.device_model)
+    dm[family] = model
+    return KernelFit(params=new, fitted_on=fit.fitted_on, device_model=dm, factor_sd=fit.factor_sd)
+
+
+def _fit_vector(
+    base: dict[str, float],
+    free: dict[str, tuple[float, float]],
+    n_coefs: int,
+    residual: Callable[[np.ndarray], np.ndarray],
+    max_nfev: int,
+) -> np.ndarray:
+    """Least squares over free parameters (log space for positive ranges) plus coefficients."""
+    names = list(free)
+    logs = [free[n][0] > 0 for n in names]
+    lo = [math.log(free[n][0]) if lg else free[n][0] for n, lg in zip(names, logs, strict=True)]
+    hi = [math.log(free[n][1]) if lg else free[n][1] for n, lg in zip(names, logs, strict=True)]
+    x0 = []
+    for n, lg, a, b in zip(names, logs, lo, hi, strict=True):
+        v = math.log(base[n]) if lg else base[n]
+        x0.append(min(max(v, a + 1e-6 * (b - a)), b - 1e-6 * (b - a)))
+
+    def unpack(x: np.ndarray) -> np.ndarray:
+        out = np.array(x, dtype=float)
+        for i, lg in enumerate(logs):
+            if lg:
+                out[i] = math.exp(x[i])
+        return out
+
+    res = least_squares(
+        lambda x: residual(unpack(x)),
+        np.array(x0 + [0.0] * n_coefs),
+        bounds=(np.array(lo + [-3.0] * n_coefs), np.array(hi + [3.0] * n_coefs)),
+        loss="soft_l1",
+        f_scale=LOSS_SCALE,
+        max_nfev=max_nfev,
+        x_scale=1.0,
+    )
+    return unpack(res.x)
+
+
+def device_offsets(
+    fit: KernelFit, family: str, device: Device, s: Samples, sd: dict[str, float] | None = None
+) -> dict[str, float]:
+    """MAP log-scale per factor of one device's efficiencies on top of `fit` (Gaussian prior of
+    sd `sd` per factor, or nearly flat), from its rows `s` of `family`'s source."""
+    factors = [f for f, names in roofline.SCALED.get(family, {}).items() if names]
+    if not factors:
+        return {}
+    sig = np.array([(sd or {}).get(f, 1.0) for f in factors])
+    meas = s["latency_s"]
+    noise = 0.1
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        model = {f: dict(m) for f, m in fit.device_model.get(family, {}).items()}
+        for fac, v in zip(factors, z, strict=True):
+            model.setdefault(fac, {})
+            model[fac]["const"] = model[fac].get("const", 0.0) + float(v)
+        trial = _with_model(fit, family, fit.params[family], model)
+        r = _log_residual(predict(source_of(family), s, device, trial), meas) / noise
+        return np.concatenate([r, z / sig])
+
+    res = least_squares(resid, np.zeros(len(factors)), loss="soft_l1", f_scale=1.0)
+    return dict(zip(factors, (float(v) for v in res.x), strict=True))
+
+
+def _factor_spread(fit: KernelFit, family: str, rows: list) -> dict[str, float]:
+    """Spread across GPUs of each factor's per-GPU residual log-scale (RMS, floored)."""
+    offs = [device_offsets(fit, family, dev, s) for dev, s in rows]
+    if not offs or not offs[0]:
+        return {}
+    return {
+        f: max(FACTOR_SD_FLOOR, float(np.sqrt(np.mean([o[f] ** 2 for o in offs])))) for f in offs[0]
+    }
+
+
+def package_data(
+    gpus: list[str], engine: str = "vllm", max_rows: int | None = 400, seed: int = 0
+) -> GpuData:
+    """Samples of each GPU's installed tables (at most `max_rows` rows per table), with its
+    catalog device; GPUs missing from the catalog are skipped."""
+    out: GpuData = {}
+    for g in gpus:
+        try:
+            dev = get_device(g)
+        except ServesimError:
+            continue
+        samples = all_samples(load_package_tables(g, engine, max_rows, seed))
+        if samples:
+            out[g] = (dev, samples)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,3 +194,87 @@ def fit_prior(known: Shots, device: Device) -> KernelFit:
     for f in done:
         params[f] = dict(fit.params[f])
     return KernelFit(params=params, fitted_on=f"{device.name}, {len(known)} measurements")
+
+
+# ---- transfer across GPUs: a prior learned on other GPUs, adapted by k measurements -------------
+DEVICE_SD_SHARE = 0.5  # the shared device factor's prior sd, as a share of the families' median
+
+
+def adapt(
+    shots: Shots, device: Device, prior: KernelFit, noise_sigma: float = NOISE_SIGMA
+) -> KernelFit:
+    """MAP adaptation of a cross-GPU fit (`calibrate.fit_transfer`) to a device from `shots`.
+
+    Unknowns: per efficiency factor (compute, memory, latency) one log-scale shared by every
+    family, plus one per family, added to the device model's constant. Their Gaussian prior
+    has the spread across the fitted GPUs of what the spec-sheet features did not explain
+    (`prior.factor_sd`), so a factor that varies little between GPUs moves little, and k = 0
+    returns the prior's spec-sheet transfer unchanged."""
+    from scipy.optimize import least_squares
+
+    note = f"{device.name}: adapted with {len(shots)} measurements on {prior.fitted_on}"
+    fams = [
+        f
+        for f in prior.factor_sd
+        if any(calibrate.source_of(f) == src for src in shots.samples) and prior.factor_sd[f]
+    ]
+    if len(shots) == 0 or not fams:
+        return _retag(prior, note)
+    facs = [(f, fac) for f in fams for fac in prior.factor_sd[f]]
+    shared = sorted({fac for _, fac in facs})
+    fam_sd = np.array([prior.factor_sd[f][fac] for f, fac in facs])
+    dev_sd = np.array(
+        [
+            DEVICE_SD_SHARE * float(np.median([prior.factor_sd[f][x] for f, x in facs if x == fac]))
+            for fac in shared
+        ]
+    )
+    sig = np.concatenate([dev_sd, fam_sd])
+    rows = [
+        (f, src, s)
+        for f in fams
+        for src, s in shots.samples.items()
+        if calibrate.source_of(f) == src
+    ]
+    meas = {src: s["latency_s"] for _, src, s in rows}
+
+    def fit_of(z: np.ndarray) -> KernelFit:
+        return _shift(
+            prior,
+            {sf: z[i] for i, sf in enumerate(shared)},
+            {ff: z[len(shared) + j] for j, ff in enumerate(facs)},
+        )
+
+    def resid(z: np.ndarray) -> np.ndarray:
+        trial = fit_of(z)
+        r = [
+            np.log(np.maximum(calibrate.predict(src, s, device, trial), 1e-15) / meas[src])
+            / noise_sigma
+            for src, s in {src: s for _, src, s in rows}.items()
+        ]
+        return np.concatenate([*r, z / sig])
+
+    res = least_squares(resid, np.zeros(len(sig)), loss="soft_l1", f_scale=1.0, x_scale=1.0)
+    return _retag(fit_of(res.x), note)
+
+
+def _shift(
+    prior: KernelFit, shared: dict[str, float], own: dict[tuple[str, str], float]
+) -> KernelFit:
+    """`prior` with each (family, factor) log-scale moved by the shared and its own offset."""
+    model = {f: {fac: dict(c) for fac, c in m.items()} for f, m in prior.device_model.items()}
+    for (f, fac), v in own.items():
+        coefs = model.setdefault(f, {}).setdefault(fac, {})
+        coefs["const"] = coefs.get("const", 0.0) + float(v) + float(shared.get(fac, 0.0))
+    return KernelFit(
+        params=prior.params,
+        fitted_on=prior.fitted_on,
+        device_model=model,
+        factor_sd=prior.factor_sd,
+    )
+
+
+def _retag(fit: KernelFit, note: str) -> KernelFit:
+    return KernelFit(
+        params=fit.params, fitted_on=note, device_model=fit.device_model, factor_sd=fit.factor_sd
+    )

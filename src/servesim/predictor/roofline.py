@@ -6,8 +6,12 @@ own SM count, per-tile prologue/epilogue, the causal-mask diagonal) at the devic
 times a fitted efficiency; memory time counts the bytes moved at the device's HBM bandwidth times
 a fitted efficiency. Collectives pay a latency per algorithm step plus bytes at a bus bandwidth
 that saturates with message size towards a fraction of the link bandwidth. The parameters (a
-handful per operator family, `KernelFit.params`) are fitted on one measured GPU by
-`servesim.predictor.calibrate` and transfer to other devices through their spec sheets.
+handful per operator family, `KernelFit.params`) are fitted by `servesim.predictor.calibrate`.
+They transfer to other devices through their spec sheets twice over: the formulas use the
+device's own SMs, peak rates and bandwidths, and an optional `KernelFit.device_model` scales each
+family's compute, memory and fixed-latency efficiencies by a log-linear function of spec-sheet
+features (`device_features`: per-SM tensor rate, SM count, HBM bandwidth, machine balance, L2,
+link bandwidth), fitted jointly on several measured GPUs. No per-device constants.
 
 SI units throughout: bytes, seconds, FLOP/s. The `*_np` variants take numpy arrays for the shape
 arguments (the fitting uses them); the scalar API runs the same formulas on plain floats.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -117,6 +121,104 @@ PARAM_NAMES: dict[str, tuple[str, ...]] = {
     ),
     "network": ("base_s", "bw_eff"),
 }
+# Families a fit may lack (older fit files): each is filled on load from the family it refines
+# (MLA kernels start as the GQA attention kernels) or from fixed defaults.
+OPTIONAL_FAMILIES: dict[str, str | dict[str, float]] = {
+    "mla_prefill": "attention_prefill",
+    "mla_decode": "attention_decode",
+    # Fused MoE: grouped expert GEMMs at `gemm_eff` of the dense GEMM rate, plus token
+    # permutation traffic (gather in, scatter out) and a fixed routing cost.
+    "moe": {"floor_s": 10e-6, "gemm_eff": 1.0, "mem_eff": 0.5},
+}
+PARAM_NAMES["mla_prefill"] = PARAM_NAMES["attention_prefill"]
+PARAM_NAMES["mla_decode"] = PARAM_NAMES["attention_decode"]
+PARAM_NAMES["moe"] = ("floor_s", "gemm_eff", "mem_eff")
+
+# ---- device features: efficiencies as functions of the spec sheet ------------------------------
+# Reference point (H100 SXM spec sheet): a device with these numbers has all features 0, so a fit
+# without a device model and one whose coefficients are 0 price identically.
+_REF = {
+    "flops_per_sm": 989.4e12 / 132,
+    "sms": 132.0,
+    "mem_bw": 3.35e12,
+    "balance": 989.4e12 / 3.35e12,
+    "l2": 50e6,
+    "link_bw": 450e9,
+}
+FEATURES = tuple(_REF)
+FACTORS = ("compute", "memory", "latency")
+# Which parameters each efficiency factor scales, per family. Efficiencies grow with the factor;
+# fixed latencies shrink with it.
+_DENSE = {"compute": ("compute_eff",), "memory": ("mem_eff",)}
+_COLL = {"compute": (), "memory": ("bw_eff",), "latency": ("base_s",)}
+SCALED: dict[str, dict[str, tuple[str, ...]]] = {
+    "gemm": {**_DENSE, "latency": ("floor_s", "k_latency_s")},
+    "gemm_8bit": {
+        **_DENSE,
+        "latency": ("floor_s", "k_latency_s", "quant_floor_s", "quant_row_sm_s"),
+    },
+    "attention_prefill": {
+        **_DENSE,
+        "latency": ("floor_s", "fp8_floor_s", "token_sm_s", "fp8_token_sm_s"),
+    },
+    "attention_decode": {
+        "compute": ("compute_eff", "compute_eff_fp8"),
+        "memory": ("mem_eff", "mem_eff_fp8"),
+        "latency": ("floor_s", "fp8_floor_s", "cta_s"),
+    },
+    "moe": {"compute": ("gemm_eff",), "memory": ("mem_eff",), "latency": ("floor_s",)},
+    "nccl_all_reduce": _COLL,
+    "custom_all_reduce": _COLL,
+}
+SCALED["mla_prefill"] = SCALED["attention_prefill"]
+SCALED["mla_decode"] = SCALED["attention_decode"]
+_LATENCY_FACTOR = "latency"
+
+
+def device_features(device: Device) -> dict[str, float]:
+    """Spec-sheet features of a device as log ratios to the H100 SXM reference (0 there)."""
+    peak = device.peak_flops("bf16")
+    sms = max(float(device.num_sms), 1.0)
+    bw = max(device.mem_bw_bytes_per_s, 1.0)
+    raw = {
+        "flops_per_sm": peak / sms,
+        "sms": sms,
+        "mem_bw": bw,
+        "balance": peak / bw,
+        "l2": max(device.l2_bytes, 1.0),
+        "link_bw": max(device.link_bw_bytes_per_s, 1.0),
+    }
+    return {k: math.log(v / _REF[k]) for k, v in raw.items()}
+
+
+def scale_family(
+    family: str, params: dict[str, float], log_scale: dict[str, float]
+) -> dict[str, float]:
+    """`params` of `family` with each factor's efficiencies multiplied by exp(log_scale[factor])
+    (fixed latencies divided by it); families without efficiency factors are returned as is."""
+    groups = SCALED.get(family)
+    if not groups:
+        return params
+    out = dict(params)
+    for factor, names in groups.items():
+        z = log_scale.get(factor, 0.0)
+        if not z:
+            continue
+        mult = math.exp(-z if factor == _LATENCY_FACTOR else z)
+        for name in names:
+            if name in out:
+                out[name] = out[name] * mult
+    return out
+
+
+def device_log_scales(
+    model: dict[str, dict[str, float]], feats: dict[str, float]
+) -> dict[str, float]:
+    """Log-scale per factor: `const` plus the coefficients times the device's features."""
+    return {
+        factor: coefs.get("const", 0.0) + sum(c * feats[f] for f, c in coefs.items() if f in feats)
+        for factor, coefs in model.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -125,10 +227,52 @@ class KernelFit:
 
     params: dict[str, dict[str, float]]
     fitted_on: str
+    # family -> factor -> {"const": c, feature: coefficient}: log-scale of that factor's
+    # efficiencies on a device (see `device_features`); empty means no device dependence.
+    device_model: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # family -> factor -> spread (sd, log units) across the fitted GPUs of what the features do
+    # not explain: the few-shot prior's width (`servesim.predictor.fewshot`).
+    factor_sd: dict[str, dict[str, float]] = field(default_factory=dict)
+    _resolved: dict[tuple, dict[str, float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def family(self, family: str, device: Device) -> dict[str, float]:
+        """The parameters of `family` on `device` (the device model applied), memoised."""
+        model = self.device_model.get(family)
+        if not model:
+            return self.params[family] if family in self.params else self._optional(family)
+        key = (
+            family,
+            device.name,
+            device.num_sms,
+            device.mem_bw_bytes_per_s,
+            device.peak_flops_per_s.get("bf16"),
+            device.l2_bytes,
+            device.link_bw_bytes_per_s,
+        )
+        got = self._resolved.get(key)
+        if got is None:
+            z = device_log_scales(model, device_features(device))
+            base = self.params[family] if family in self.params else self._optional(family)
+            got = scale_family(family, base, z)
+            self._resolved[key] = got
+        return got
+
+    def _optional(self, family: str) -> dict[str, float]:
+        """An optional family a hand-built fit lacks: its source family's or default values."""
+        default = OPTIONAL_FAMILIES.get(family)
+        if default is None:
+            raise KeyError(family)
+        return self.params[default] if isinstance(default, str) else default
 
     def save(self, path: str | Path) -> None:
         """Write the fit as JSON (sorted keys, full float precision, stable diffs)."""
-        doc = {"fitted_on": self.fitted_on, "params": self.params}
+        doc: dict[str, Any] = {"fitted_on": self.fitted_on, "params": self.params}
+        if self.device_model:
+            doc["device_model"] = self.device_model
+        if self.factor_sd:
+            doc["factor_sd"] = self.factor_sd
         Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     @classmethod
@@ -169,6 +313,10 @@ class KernelFit:
                     )
                 out[str(k)] = float(v)
             params[str(fam)] = out
+        for fam, default in OPTIONAL_FAMILIES.items():
+            if fam not in params:
+                src = params.get(default, {}) if isinstance(default, str) else default
+                params[fam] = dict(src)
         for fam, names in PARAM_NAMES.items():
             missing = [n for n in names if n not in params.get(fam, {})]
             if missing:
@@ -176,7 +324,34 @@ class KernelFit:
                     f"Kernel fit {origin} lacks {fam}.{missing[0]}"
                     f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}; {fix}."
                 )
-        return cls(params=params, fitted_on=str(doc.get("fitted_on", "")))
+        model = _nested_numbers(doc.get("device_model", {}), 3, origin, "device_model", fix)
+        for fam, factors in model.items():
+            bad = [f for f in factors if f not in FACTORS] + [
+                c for coefs in factors.values() for c in coefs if c not in (*FEATURES, "const")
+            ]
+            if fam not in PARAM_NAMES or bad:
+                what = f"factor or feature {bad[0]!r}" if bad else f"family {fam!r}"
+                raise ServesimError(f"Kernel fit {origin}: device_model has unknown {what}; {fix}.")
+        sd = _nested_numbers(doc.get("factor_sd", {}), 2, origin, "factor_sd", fix)
+        return cls(
+            params=params,
+            fitted_on=str(doc.get("fitted_on", "")),
+            device_model=model,
+            factor_sd=sd,
+        )
+
+
+def _nested_numbers(doc: Any, depth: int, origin: str, what: str, fix: str) -> Any:
+    """A mapping nested `depth` levels deep whose leaves are finite numbers, or ServesimError."""
+    if depth == 0:
+        if isinstance(doc, bool) or not isinstance(doc, int | float) or not math.isfinite(doc):
+            raise ServesimError(f"Kernel fit {origin}: {what} is {doc!r}, not a number; {fix}.")
+        return float(doc)
+    if not isinstance(doc, dict):
+        raise ServesimError(f"Kernel fit {origin}: {what} must be a mapping; {fix}.")
+    return {
+        str(k): _nested_numbers(v, depth - 1, origin, f"{what}.{k}", fix) for k, v in doc.items()
+    }
 
 
 @cache
@@ -281,7 +456,7 @@ def gemm_np(
     """Seconds for `groups` independent y[m,n] = x[m,k] @ W[n,k]^T (one group per expert)."""
     cdt, wdt = _gemm_dtypes(dtype, weight_dtype, device)
     low = cdt in LOW_PRECISION_COMPUTE
-    p = fit.params["gemm_8bit" if low else "gemm"]
+    p = fit.family("gemm_8bit" if low else "gemm", device)
     m, n, k, g = _num(m), _num(n), _num(k), _num(groups)
     sms = float(device.num_sms)
     peak = device.peak_flops(cdt)
@@ -366,6 +541,43 @@ def moe_gemm_s(
     return float(gemm_np(rows, n, k, dtype, device, fit, weight_dtype, groups=hit))
 
 
+def moe_np(
+    tokens: Any,
+    hidden: Any,
+    inter: Any,
+    top_k: Any,
+    num_experts: Any,
+    dtype: str,
+    device: Device,
+    fit: KernelFit,
+    weight_dtype: str | None = None,
+    tp: Any = 1,
+    ep: Any = 1,
+) -> Any:
+    """Seconds for one fused, gated MoE layer on one GPU of a TP x EP group (uniform routing).
+
+    The GPU holds num_experts/ep experts, each sliced to inter/tp; the tokens' top_k picks that
+    land here run as grouped up (2 x inter) and down GEMMs over the experts hit, at `gemm_eff`
+    of the dense GEMM model, plus the permutation traffic (each routed row's hidden vector
+    gathered in and scattered out) and a fixed routing cost.
+    """
+    p = fit.family("moe", device)
+    t, h, i = _num(tokens), _num(hidden), _num(inter)
+    k, e = _num(top_k), _num(num_experts)
+    tp, ep = _num(tp), _num(ep)
+    local = _max(e / ep, 1.0)
+    inter_local = _max(i / tp, 1.0)
+    frac = _min(k / e, 1.0)
+    hit = local * (1.0 - (1.0 - frac) ** t)
+    routed = t * k / ep
+    rows = _max(routed / _max(hit, 1e-9), 1.0)
+    up = gemm_np(rows, 2.0 * inter_local, h, dtype, device, fit, weight_dtype, groups=hit)
+    down = gemm_np(rows, h, inter_local, dtype, device, fit, weight_dtype, groups=hit)
+    perm_bytes = 4.0 * routed * h * ACT_BYTES
+    t_perm = perm_bytes / (device.mem_bw_bytes_per_s * p["mem_eff"])
+    return p["floor_s"] + (up + down) / p["gemm_eff"] + t_perm
+
+
 # ---- attention ----------------------------------------------------------------------------------
 def _ceil_sum(count: Any, r: Any) -> Any:
     """sum_{i=1..count} ceil(i / r) in closed form (r >= 1; exact for integer r)."""
@@ -389,15 +601,17 @@ def attn_prefill_np(
     device: Device,
     fit: KernelFit,
     window: Any = 0,
+    family: str = "attention_prefill",
 ) -> Any:
     """Seconds for prefill attention: the KV-cache write, then a flash-attention tile model.
 
     Query heads that share a KV head are packed into one tile's rows, so a tile holds
     tile_q / G positions. Under the causal mask query tile i reads the cached context plus the
     key tiles up to its last position (capped by a sliding window). Blocks run in waves over the
-    SMs, but no faster than the longest block.
+    SMs, but no faster than the longest block. `family="mla_prefill"` prices MLA's prefill
+    kernels (qk_head_dim 192, v_head_dim 128) with their own fitted parameters.
     """
-    p = fit.params["attention_prefill"]
+    p = fit.family(family, device)
     b, s, c = _num(batch), _num(new_tokens), _num(cached_tokens)
     hq, hkv = _num(q_heads), _max(_num(kv_heads), 1.0)
     dqk, dv, win = _num(qk_head_dim), _num(v_head_dim), _num(window)
@@ -493,7 +707,7 @@ def decode_coeffs_np(
     KV never streams faster than the HBM spec). The intercept is the launch floor plus each wave
     of blocks beyond the first.
     """
-    p = fit.params["attention_decode"]
+    p = fit.family("mla_decode" if latent else "attention_decode", device)
     b, hq, hkv = _num(batch), _num(q_heads), _max(_num(kv_heads), 1.0)
     dqk, dv = _num(qk_head_dim), _num(v_head_dim)
     sms = float(device.num_sms)
@@ -585,7 +799,7 @@ def collective_np(
     CPU-bound launch interval bounds the time from below.
     """
     custom = impl == "custom"
-    p = fit.params["custom_all_reduce" if custom else f"nccl_{op}"]
+    p = fit.family("custom_all_reduce" if custom else f"nccl_{op}", device)
     s = _max(_num(nbytes_total), 1.0)
     n = _num(num_devices)
     steps = _steps(op, n)
@@ -654,7 +868,7 @@ def allreduce_np(
     custom = collective_np("all_reduce", nb, num_devices, device, fit, "custom", cuda_graph)
     if impl == "custom":
         return custom
-    return _where(nb <= fit.params["custom_all_reduce"]["max_bytes"], custom, nccl)
+    return _where(nb <= fit.family("custom_all_reduce", device)["max_bytes"], custom, nccl)
 
 
 def allreduce_s(
@@ -722,7 +936,7 @@ def elementwise_np(nbytes_moved: Any, device: Device, fit: KernelFit, op: str = 
         raise ServesimError(
             f"Unknown elementwise op {op!r}; use one of {', '.join(ELEMENTWISE_OPS)}."
         )
-    p = fit.params["elementwise"]
+    p = fit.family("elementwise", device)
     nb = _num(nbytes_moved)
     resident = 1.0 / (1.0 + (nb / (device.l2_bytes * p["l2_fraction"])) ** p["l2_exp"])
     bw = device.mem_bw_bytes_per_s * p[f"mem_eff_{op}"] * (1.0 + p["l2_gain"] * resident)
