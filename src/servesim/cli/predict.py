@@ -90,23 +90,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(_as_json(dep, batch, cost, mem)))  # one line, never wrapped
         return 0
     table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
-    for col, just in (
-        ("operator", "left"),
-        ("kind", "left"),
+    # Names and numbers in full; on a terminal too narrow for every column the operator kind
+    # (in --json) is left out rather than squeezed to nothing.
+    show_kind = console.width >= 100
+    cols = [("operator", "left"), ("kind", "left")] if show_kind else [("operator", "left")]
+    cols += [
         ("calls", "right"),
         ("time (ms)", "right"),
         ("share", "right"),
         ("TFLOP", "right"),
         ("GB moved", "right"),
         ("provenance", "left"),
-    ):
-        # Names and numbers in full: only the kind column gives way on a narrow terminal.
-        full = col != "kind"
-        table.add_column(col, justify=just, no_wrap=full)  # type: ignore[arg-type]
+    ]
+    for col, just in cols:
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for op in sorted(cost.ops, key=lambda o: -o.seconds):
         table.add_row(
             op.name,
-            op.kind,
+            *([op.kind] if show_kind else []),
             str(op.calls),
             f"{op.seconds * 1e3:.3f}",
             f"{op.seconds / cost.seconds:.1%}",
