@@ -457,18 +457,47 @@ class Predictor:
         up = (2 if m.gated_mlp else 1) * width
         cdt = gemm_compute_dtype(m.expert_dtype, self.device.peak_flops_per_s)
         wdt = m.expert_dtype
+        expert_terms = []
         for name, n, k in (("moe_up_proj", up, h), ("moe_down_proj", h, width)):
             sec = roofline.gemm_np(rows, n, k, cdt, self.device, self.fit, wdt, groups=hit)
             flops = 2.0 * routed * k_top * n * k
             nb = hit * n * k * nbytes(wdt)
-            terms.append(_Term(name, "moe_gemm", layers, sec * layers, flops * layers, nb * layers))
+            expert_terms.append(
+                _Term(name, "moe_gemm", layers, sec * layers, flops * layers, nb * layers)
+            )
         act_bytes = 3 * routed * k_top * width * ACT_BYTES
-        terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
+        expert_terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
+        terms += self._measured_experts(t, expert_terms)
         if m.shared_expert_intermediate_size:
             s = m.shared_expert_intermediate_size // p.tp
             terms.append(self._gemm("shared_up_proj", t, 2 * s, h, layers))
             terms.append(self._gemm("shared_down_proj", t, h, s, layers))
         return terms
+
+    def _measured_experts(self, t: np.ndarray, expert_terms: list[_Term]) -> list[_Term]:
+        """The expert terms with the measured fused MoE layer's time where a table has one,
+        shared between up, down and activation as the roofline shares it (unchanged without
+        the measured backend)."""
+        if self.kernels is None:
+            return expert_terms
+        m, p = self.model, self.par
+        ep = p.ep
+        tokens = t * p.dp if ep > 1 else t  # the tokens meeting in one EP group
+        layout = (
+            m.hidden_size,
+            m.moe_intermediate_size,
+            m.experts_per_token,
+            m.num_experts,
+            p.moe_tp,
+            ep,
+        )
+        priced = self.kernels.moe(tokens, layout, m.expert_dtype, m.gated_mlp)
+        if priced is None:
+            return expert_terms
+        sec, prov = priced
+        roof = sum(term.seconds for term in expert_terms)
+        scale = sec * expert_terms[0].calls / roof
+        return [replace(term, seconds=term.seconds * scale, prov=prov) for term in expert_terms]
 
     def _lm_head_op(self, seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence that samples this iteration."""
