@@ -323,3 +323,45 @@ def test_moe_roofline_path_unchanged_and_matches_the_backends_roofline() -> None
         mine = mk.moe_roofline_np(np.array([[tokens, *layout]]), True, model.expert_dtype, dev, FIT)
         total = sum(roof[n].seconds for n in experts) / roof["moe_up_proj"].calls
         assert float(mine[0]) == pytest.approx(total, rel=1e-9)
+
+
+def test_mla_exact_on_measured_rows_and_in_the_predictor() -> None:
+    b = backend("b200_sxm")
+    path = b._paths["mla_decode"]
+    assert path is not None
+    c = kernel_tables.read(path, mk._MLA_COLS)
+    rng = np.random.default_rng(2)
+    for i in rng.choice(len(c["latency"]), 20, replace=False):
+        heads, kv = int(c["num_heads"][i]), str(c["kv_cache_dtype"][i])
+        kv = "bf16" if kv == "bfloat16" else kv
+        priced = b.mla_decode(
+            int(c["batch_size"][i]), np.array([c["step"][i] + 1.0]), heads, mk.MLA_DIMS, kv
+        )
+        assert priced is not None
+        assert float(priced[0][0]) == pytest.approx(c["latency"][i] * 1e-3, rel=1e-9)
+        assert int(priced[1][0]) == mk.MEASURED
+    # between two measured context lengths: interpolated and monotone
+    t, codes = b.mla_decode(64, np.geomspace(2048, 4096, 6), 16, mk.MLA_DIMS, "bf16")  # type: ignore[misc]
+    assert (codes[1:-1] == mk.INTERPOLATED).all() and (np.diff(t) >= 0).all()
+    # another latent layout is not what the tables measured: the roofline prices it
+    assert b.mla_decode(8, np.array([1024.0]), 16, (256, 64, 128, 128), "bf16") is None
+    # DeepSeek-V3 on 8 B200s: 16 heads per GPU, prompts of 2048 and context 128 / 4096 measured
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    pred = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), latency_model="auto")
+    ops = {o.name: o for o in pred.ops(BatchShape(64, 64 * 4000, ((2048, 0),)))}
+    assert ops["attn_decode"].provenance == "measured"
+    assert ops["attn_prefill"].provenance == "measured"
+    one, code = b.mla_prefill(2048, 0, 16, mk.MLA_DIMS, model.kv_dtype)  # type: ignore[misc]
+    assert code == mk.MEASURED
+    assert ops["attn_prefill"].seconds == pytest.approx(one * model.num_attention_layers)
+    cached = b.mla_prefill(2048, 4000, 16, mk.MLA_DIMS, model.kv_dtype)
+    assert cached is not None and cached[1] == mk.EXTRAPOLATED and cached[0] > one
+    # the roofline model keeps its own MLA numbers
+    roof = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), latency_model="roofline")
+    rops = {o.name: o for o in roof.ops(BatchShape(64, 64 * 4000, ((2048, 0),)))}
+    by_hand = roofline.attn_decode_s(
+        64, 64 * 4000, 16, 1, 576, 512, model.kv_dtype, get_device("b200_sxm"), FIT, latent=True
+    )
+    assert rops["attn_decode"].provenance == "roofline"
+    assert rops["attn_decode"].seconds == pytest.approx(by_hand * model.num_attention_layers)
+    assert rops["attn_decode"].seconds != ops["attn_decode"].seconds

@@ -649,6 +649,11 @@ class Predictor:
                 window=top,
             )
         else:
+            priced = self._measured_mla_prefill(new_tokens, cached_tokens)
+            if priced is not None:
+                return full * priced + sum(
+                    sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
+                )
             if self.kernels is not None and qk == v:
                 return self._measured_prefill_s(new_tokens, cached_tokens, full, slide) + sum(
                     sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
@@ -672,6 +677,22 @@ class Predictor:
                 window=m.sliding_window,
             )
         return t + sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
+
+    def _mla_dims(self) -> tuple[int, int, int, int]:
+        m = self.model
+        return (m.kv_lora_rank, m.qk_rope_head_dim, m.qk_nope_head_dim, m.v_head_dim)
+
+    def _measured_mla_prefill(self, new: int, cached: int) -> float | None:
+        """One layer's MLA prefill-chunk attention from the MLA tables (None: the roofline)."""
+        m = self.model
+        if self.kernels is None or not m.is_mla or m.num_sliding_layers:
+            return None
+        heads = m.num_heads // self.par.tp
+        priced = self.kernels.mla_prefill(new, cached, heads, self._mla_dims(), m.kv_dtype)
+        if priced is None:
+            return None
+        self._attn_prov[(new, cached)] = priced[1]
+        return priced[0]
 
     def _measured_prefill_s(self, new: int, cached: int, full: float, slide: float) -> float:
         """Prefill-chunk attention from the measured tables (the roofline where none fit)."""
@@ -703,7 +724,7 @@ class Predictor:
         m = self.model
         qh, kvh, qk, v, latent = self._attn_heads()
         seqs_rank = math.ceil(seqs / self.par.dp)
-        if self.kernels is not None and not latent:
+        if self.kernels is not None and not m.is_sparse:
             measured = self._measured_decode_coeffs(seqs, seqs_rank)
             if measured is not None:
                 a, b = measured
@@ -736,9 +757,15 @@ class Predictor:
         DECODE_CTX_REF tokens per sequence (decode time is affine in context)."""
         m, k = self.model, self.kernels
         assert k is not None
-        qh, kvh, qk, _, _ = self._attn_heads()
+        qh, kvh, qk, _, latent = self._attn_heads()
         lo, hi = DECODE_CTX_REF
-        priced = k.decode(seqs_rank, np.array([lo, hi]), qh, kvh, qk, m.kv_dtype)
+        if latent:  # absorbed MLA: the MLA tables, which have no windowed layers
+            if m.num_sliding_layers:
+                return None
+            ref = np.array([lo, hi])
+            priced = k.mla_decode(seqs_rank, ref, qh, self._mla_dims(), m.kv_dtype)
+        else:
+            priced = k.decode(seqs_rank, np.array([lo, hi]), qh, kvh, qk, m.kv_dtype)
         if priced is None:
             return None
         (t_lo, t_hi), codes = priced
