@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/measured_kernels.py [--gpus h100_sxm,b200_sxm] [--engine vllm]
 
 For each GPU and family (GEMM per dtype, prefill and decode attention per head layout, NCCL and
-custom all-reduce per GPU count) it leaves every other grid point out along one axis (GEMM: m;
-attention: the sequence length; all-reduce: message size), rebuilds the grid from the rest and
-predicts the held-out points between kept neighbours (pure log-space interpolation, no
-roofline). Prints median and p90 absolute percentage error per GPU and family; the last line is
-one JSON object {"gpus": {gpu: {family_median_ape, family_p90_ape, family_points}}}.
+custom all-reduce per GPU count, MoE expert layer per dtype and layout with balanced routing, MLA
+prefill and decode per head count) it leaves every other grid point out along one axis (GEMM: m;
+attention and MLA: the sequence length; all-reduce: message size; MoE: token count), rebuilds the
+grid from the rest and predicts the held-out points between kept neighbours (pure log-space
+interpolation, no roofline). Prints median and p90 absolute percentage error per GPU and family;
+the last line is one JSON object
+{"gpus": {gpu: {family_median_ape, family_p90_ape, family_points}}}.
 """
 
 from __future__ import annotations
@@ -76,6 +78,30 @@ def families(gpu: str, engine: str) -> dict[str, list[tuple[mk.Grid, int]]]:
             g = mk._comm_grid(found[0], n, custom)
             if g is not None:
                 out.setdefault(fam, []).append((g, 0))
+    found = kernel_tables.find(gpu, "moe", "moe_perf", engine)
+    if found:
+        cols = kernel_tables.read(found[0], ("moe_dtype",))
+        for dt in sorted(set(cols["moe_dtype"])):
+            for layout in mk._moe_layouts(found[0], dt):
+                g = mk._moe_grid(found[0], dt, tuple(float(v) for v in layout))
+                out.setdefault("moe", []).append((g, 0))
+    for fam, table, decode in (
+        ("mla_prefill", "context_mla_perf", False),
+        ("mla_decode", "generation_mla_perf", True),
+    ):
+        found = next(
+            (
+                f
+                for e in (engine, "sglang", "trtllm")
+                if (f := kernel_tables.find(gpu, "mla", table, e))
+            ),
+            None,
+        )
+        if not found:
+            continue
+        for kv in ("bfloat16", "fp8"):
+            for heads in mk._mla_heads(found[0], kv):
+                out.setdefault(fam, []).append((mk._mla_grid(found[0], heads, kv, decode), 1))
     return out
 
 

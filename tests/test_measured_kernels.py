@@ -216,3 +216,152 @@ def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "provenance" in capsys.readouterr().out
     assert main(["predict", "--device", "mi300x", "--decode-seqs", "4", "--latency-model",
                  "measured"]) == 2  # fmt: skip
+
+
+def moe_rows(gpu: str, dtype: str, engine: str = "vllm") -> dict[str, np.ndarray]:
+    found = kernel_tables.find(gpu, "moe", "moe_perf", engine)
+    assert found is not None
+    cols = kernel_tables.read(found[0], mk._MOE_COLS)
+    keep = (cols["moe_dtype"] == dtype) & (cols["distribution"] == "balanced")
+    return {c: v[keep] for c, v in cols.items()}
+
+
+def one_moe(b: mk.MeasuredKernels, tokens: float, layout: tuple, dtype: str) -> tuple[float, int]:
+    priced = b.moe(np.array([float(tokens)]), layout, dtype)
+    assert priced is not None
+    return float(priced[0][0]), int(priced[1][0])
+
+
+def test_moe_exact_on_measured_rows() -> None:
+    b = backend("h100_sxm")
+    rows = moe_rows("h100_sxm", "bfloat16")
+    rng = np.random.default_rng(1)
+    for i in rng.choice(len(rows["num_tokens"]), 30, replace=False):
+        layout = tuple(int(rows[c][i]) for c in mk._MOE_LAYOUT)
+        same = rows["num_tokens"] == rows["num_tokens"][i]
+        for c, v in zip(mk._MOE_LAYOUT, layout, strict=True):
+            same &= rows[c] == v
+        t, code = one_moe(b, rows["num_tokens"][i], layout, "bf16")
+        # several kernels may be measured for one shape: the engine runs the fastest
+        assert t == pytest.approx(rows["latency"][same].min() * 1e-3, rel=1e-9)
+        assert mk.PROVENANCE[code] == "measured"
+
+
+QWEN3_MOE_TP2 = (2048, 768, 8, 128, 2, 1)  # Qwen3-30B-A3B's expert layer on 2 GPUs, no EP
+
+
+def test_moe_monotone_between_measured_token_counts_and_anchored_outside() -> None:
+    b = backend("h100_sxm")
+    priced = b.moe(np.geomspace(64, 80, 7), QWEN3_MOE_TP2, "bf16")
+    assert priced is not None
+    t, codes = priced
+    assert codes[0] == codes[-1] == mk.MEASURED and (codes[1:-1] == mk.INTERPOLATED).all()
+    assert (np.diff(t) >= 0).all() or (np.diff(t) <= 0).all()
+    # past the largest measured count (16384) the roofline carries the growth, never flat
+    edge, c_edge = one_moe(b, 16384, QWEN3_MOE_TP2, "bf16")
+    far, c_far = one_moe(b, 65536, QWEN3_MOE_TP2, "bf16")
+    dev = get_device("h100_sxm")
+    roof = mk.moe_roofline_np(
+        np.array([[65536.0, *QWEN3_MOE_TP2], [16384.0, *QWEN3_MOE_TP2]]), True, "bf16", dev, FIT
+    )
+    assert (c_edge, c_far) == (mk.MEASURED, mk.EXTRAPOLATED)
+    assert far == pytest.approx(edge * roof[0] / roof[1], rel=1e-9) and far > 2 * edge
+    # an unmeasured layout (4 GPUs of TP are measured, 3 are not) is the nearest one shifted
+    _, code = one_moe(b, 64, (2048, 768, 8, 128, 3, 1), "bf16")
+    assert code == mk.EXTRAPOLATED
+
+
+def moe_ops(model_name: str, gpu: str, par: Parallel, model: str, seqs: int) -> dict:
+    pred = Predictor(load_model(model_name), get_device(gpu), par, latency_model=model)
+    return {op.name: op for op in pred.ops(BatchShape(seqs, seqs * 4000, ()))}
+
+
+def test_moe_provenance_in_the_predictor_deepseek_b200_and_qwen3_h100() -> None:
+    ops = moe_ops("deepseek-ai/DeepSeek-V3", "b200_sxm", Parallel(tp=8), "auto", 64)
+    experts = [ops[n] for n in ("moe_up_proj", "moe_down_proj", "moe_act")]
+    assert {op.provenance for op in experts} == {"measured"}  # 64 tokens: a measured row
+    # the three share the fused layer's measured time (fp8 DeepSeek: the block-scaled table)
+    b = backend("b200_sxm")
+    one, _ = one_moe(b, 64, (7168, 2048, 8, 256, 8, 1), "fp8")
+    rows = moe_rows("b200_sxm", "fp8_block")
+    hit = (rows["num_tokens"] == 64) & (rows["hidden_size"] == 7168)
+    hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8) & (rows["moe_ep_size"] == 1)
+    assert one == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
+    assert sum(op.seconds for op in experts) == pytest.approx(one * experts[0].calls, rel=1e-9)
+    q = moe_ops("Qwen/Qwen3-30B-A3B", "h100_sxm", Parallel(tp=2), "auto", 70)
+    assert q["moe_up_proj"].provenance == "interpolated"  # 70 tokens, between 64 and 80
+    assert q["router"].provenance in ("measured", "interpolated")
+
+
+def test_moe_roofline_path_unchanged_and_matches_the_backends_roofline() -> None:
+    for name, gpu, par in (
+        ("deepseek-ai/DeepSeek-V3", "b200_sxm", Parallel(tp=8)),
+        ("Qwen/Qwen3-30B-A3B", "h100_sxm", Parallel(tp=1, dp=8, ep=8)),
+    ):
+        model, dev = load_model(name), get_device(gpu)
+        roof = moe_ops(name, gpu, par, "roofline", 64)
+        auto = moe_ops(name, gpu, par, "auto", 64)
+        experts = ("moe_up_proj", "moe_down_proj", "moe_act")
+        assert {roof[n].provenance for n in experts} == {"roofline"}
+        assert {auto[n].provenance for n in experts} != {"roofline"}
+        assert sum(auto[n].seconds for n in experts) != sum(roof[n].seconds for n in experts)
+        # the roofline's expert layer, by hand (tokens of the EP group, experts hit uniformly)
+        ep, tp = par.ep, par.moe_tp
+        tokens = 64.0  # 64 sequences: one rank's batch without EP, the EP group's with it
+        routed = tokens / ep
+        experts_n = model.num_experts // ep
+        width = model.moe_intermediate_size // tp
+        k = model.experts_per_token
+        hit = experts_n * (1 - (1 - k / experts_n) ** routed)
+        cdt = "fp8" if model.expert_dtype == "fp8" else "bf16"
+        h = model.hidden_size
+        up = roofline.gemm_np(routed * k / hit, 2 * width, h, cdt, dev, FIT, model.expert_dtype,
+                              groups=hit)  # fmt: skip
+        assert roof["moe_up_proj"].seconds == pytest.approx(up * roof["moe_up_proj"].calls)
+        # the backend's roofline (which shifts unmeasured layouts) is the same layer
+        layout = (h, model.moe_intermediate_size, k, model.num_experts, tp, ep)
+        mine = mk.moe_roofline_np(np.array([[tokens, *layout]]), True, model.expert_dtype, dev, FIT)
+        total = sum(roof[n].seconds for n in experts) / roof["moe_up_proj"].calls
+        assert float(mine[0]) == pytest.approx(total, rel=1e-9)
+
+
+def test_mla_exact_on_measured_rows_and_in_the_predictor() -> None:
+    b = backend("b200_sxm")
+    path = b._paths["mla_decode"]
+    assert path is not None
+    c = kernel_tables.read(path, mk._MLA_COLS)
+    rng = np.random.default_rng(2)
+    for i in rng.choice(len(c["latency"]), 20, replace=False):
+        heads, kv = int(c["num_heads"][i]), str(c["kv_cache_dtype"][i])
+        kv = "bf16" if kv == "bfloat16" else kv
+        priced = b.mla_decode(
+            int(c["batch_size"][i]), np.array([c["step"][i] + 1.0]), heads, mk.MLA_DIMS, kv
+        )
+        assert priced is not None
+        assert float(priced[0][0]) == pytest.approx(c["latency"][i] * 1e-3, rel=1e-9)
+        assert int(priced[1][0]) == mk.MEASURED
+    # between two measured context lengths: interpolated and monotone
+    t, codes = b.mla_decode(64, np.geomspace(2048, 4096, 6), 16, mk.MLA_DIMS, "bf16")  # type: ignore[misc]
+    assert (codes[1:-1] == mk.INTERPOLATED).all() and (np.diff(t) >= 0).all()
+    # another latent layout is not what the tables measured: the roofline prices it
+    assert b.mla_decode(8, np.array([1024.0]), 16, (256, 64, 128, 128), "bf16") is None
+    # DeepSeek-V3 on 8 B200s: 16 heads per GPU, prompts of 2048 and context 128 / 4096 measured
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    pred = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), latency_model="auto")
+    ops = {o.name: o for o in pred.ops(BatchShape(64, 64 * 4000, ((2048, 0),)))}
+    assert ops["attn_decode"].provenance == "measured"
+    assert ops["attn_prefill"].provenance == "measured"
+    one, code = b.mla_prefill(2048, 0, 16, mk.MLA_DIMS, model.kv_dtype)  # type: ignore[misc]
+    assert code == mk.MEASURED
+    assert ops["attn_prefill"].seconds == pytest.approx(one * model.num_attention_layers)
+    cached = b.mla_prefill(2048, 4000, 16, mk.MLA_DIMS, model.kv_dtype)
+    assert cached is not None and cached[1] == mk.EXTRAPOLATED and cached[0] > one
+    # the roofline model keeps its own MLA numbers
+    roof = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), latency_model="roofline")
+    rops = {o.name: o for o in roof.ops(BatchShape(64, 64 * 4000, ((2048, 0),)))}
+    by_hand = roofline.attn_decode_s(
+        64, 64 * 4000, 16, 1, 576, 512, model.kv_dtype, get_device("b200_sxm"), FIT, latent=True
+    )
+    assert rops["attn_decode"].provenance == "roofline"
+    assert rops["attn_decode"].seconds == pytest.approx(by_hand * model.num_attention_layers)
+    assert rops["attn_decode"].seconds != ops["attn_decode"].seconds

@@ -457,18 +457,47 @@ class Predictor:
         up = (2 if m.gated_mlp else 1) * width
         cdt = gemm_compute_dtype(m.expert_dtype, self.device.peak_flops_per_s)
         wdt = m.expert_dtype
+        expert_terms = []
         for name, n, k in (("moe_up_proj", up, h), ("moe_down_proj", h, width)):
             sec = roofline.gemm_np(rows, n, k, cdt, self.device, self.fit, wdt, groups=hit)
             flops = 2.0 * routed * k_top * n * k
             nb = hit * n * k * nbytes(wdt)
-            terms.append(_Term(name, "moe_gemm", layers, sec * layers, flops * layers, nb * layers))
+            expert_terms.append(
+                _Term(name, "moe_gemm", layers, sec * layers, flops * layers, nb * layers)
+            )
         act_bytes = 3 * routed * k_top * width * ACT_BYTES
-        terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
+        expert_terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
+        terms += self._measured_experts(t, expert_terms)
         if m.shared_expert_intermediate_size:
             s = m.shared_expert_intermediate_size // p.tp
             terms.append(self._gemm("shared_up_proj", t, 2 * s, h, layers))
             terms.append(self._gemm("shared_down_proj", t, h, s, layers))
         return terms
+
+    def _measured_experts(self, t: np.ndarray, expert_terms: list[_Term]) -> list[_Term]:
+        """The expert terms with the measured fused MoE layer's time where a table has one,
+        shared between up, down and activation as the roofline shares it (unchanged without
+        the measured backend)."""
+        if self.kernels is None:
+            return expert_terms
+        m, p = self.model, self.par
+        ep = p.ep
+        tokens = t * p.dp if ep > 1 else t  # the tokens meeting in one EP group
+        layout = (
+            m.hidden_size,
+            m.moe_intermediate_size,
+            m.experts_per_token,
+            m.num_experts,
+            p.moe_tp,
+            ep,
+        )
+        priced = self.kernels.moe(tokens, layout, m.expert_dtype, m.gated_mlp)
+        if priced is None:
+            return expert_terms
+        sec, prov = priced
+        roof = sum(term.seconds for term in expert_terms)
+        scale = sec * expert_terms[0].calls / roof
+        return [replace(term, seconds=term.seconds * scale, prov=prov) for term in expert_terms]
 
     def _lm_head_op(self, seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence that samples this iteration."""
@@ -620,6 +649,11 @@ class Predictor:
                 window=top,
             )
         else:
+            priced = self._measured_mla_prefill(new_tokens, cached_tokens)
+            if priced is not None:
+                return full * priced + sum(
+                    sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
+                )
             if self.kernels is not None and qk == v:
                 return self._measured_prefill_s(new_tokens, cached_tokens, full, slide) + sum(
                     sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
@@ -643,6 +677,22 @@ class Predictor:
                 window=m.sliding_window,
             )
         return t + sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
+
+    def _mla_dims(self) -> tuple[int, int, int, int]:
+        m = self.model
+        return (m.kv_lora_rank, m.qk_rope_head_dim, m.qk_nope_head_dim, m.v_head_dim)
+
+    def _measured_mla_prefill(self, new: int, cached: int) -> float | None:
+        """One layer's MLA prefill-chunk attention from the MLA tables (None: the roofline)."""
+        m = self.model
+        if self.kernels is None or not m.is_mla or m.num_sliding_layers:
+            return None
+        heads = m.num_heads // self.par.tp
+        priced = self.kernels.mla_prefill(new, cached, heads, self._mla_dims(), m.kv_dtype)
+        if priced is None:
+            return None
+        self._attn_prov[(new, cached)] = priced[1]
+        return priced[0]
 
     def _measured_prefill_s(self, new: int, cached: int, full: float, slide: float) -> float:
         """Prefill-chunk attention from the measured tables (the roofline where none fit)."""
@@ -674,7 +724,7 @@ class Predictor:
         m = self.model
         qh, kvh, qk, v, latent = self._attn_heads()
         seqs_rank = math.ceil(seqs / self.par.dp)
-        if self.kernels is not None and not latent:
+        if self.kernels is not None and not m.is_sparse:
             measured = self._measured_decode_coeffs(seqs, seqs_rank)
             if measured is not None:
                 a, b = measured
@@ -707,9 +757,15 @@ class Predictor:
         DECODE_CTX_REF tokens per sequence (decode time is affine in context)."""
         m, k = self.model, self.kernels
         assert k is not None
-        qh, kvh, qk, _, _ = self._attn_heads()
+        qh, kvh, qk, _, latent = self._attn_heads()
         lo, hi = DECODE_CTX_REF
-        priced = k.decode(seqs_rank, np.array([lo, hi]), qh, kvh, qk, m.kv_dtype)
+        if latent:  # absorbed MLA: the MLA tables, which have no windowed layers
+            if m.num_sliding_layers:
+                return None
+            ref = np.array([lo, hi])
+            priced = k.mla_decode(seqs_rank, ref, qh, self._mla_dims(), m.kv_dtype)
+        else:
+            priced = k.decode(seqs_rank, np.array([lo, hi]), qh, kvh, qk, m.kv_dtype)
         if priced is None:
             return None
         (t_lo, t_hi), codes = priced

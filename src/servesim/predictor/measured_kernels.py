@@ -1,7 +1,8 @@
 """Measured-kernel backend: operator times read from aiconfigurator-core's kernel tables.
 
 For one GPU and serving engine (tables found by `kernel_tables`, the engine's version or the
-nearest one) this prices GEMMs per dtype, prefill and decode attention and TP all-reduces. Each
+nearest one) this prices GEMMs per dtype, prefill and decode attention (MLA's too), MoE expert
+layers and TP all-reduces. Each
 table is a grid over its measured axes (GEMM m×n×k, attention batch×length per head layout,
 all-reduce message size per GPU count); a shape inside the grid is interpolated multilinearly in
 log latency over log size (exact on measured points, monotone between neighbours). Outside the
@@ -26,7 +27,7 @@ from scipy.spatial import cKDTree
 from servesim.errors import ServesimError
 from servesim.predictor import kernel_tables, roofline
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import canonical, compute_dtype
+from servesim.spec.dtypes import canonical, compute_dtype, gemm_compute_dtype
 
 MEASURED, INTERPOLATED, EXTRAPOLATED, ROOFLINE = 0, 1, 2, 3
 PROVENANCE = ("measured", "interpolated", "extrapolated", "roofline")
@@ -45,6 +46,22 @@ GEMM_DTYPES = {
     "int8": "int8_wo",
 }
 KV_DTYPES = {"bf16": "bfloat16", "fp16": "bfloat16", "fp8": "fp8"}
+# servesim expert dtype -> the MoE table's moe_dtype, in order of preference: an fp8 checkpoint
+# is per-tensor or block-scaled (DeepSeek's), the same 8-bit GEMMs with other scales, so either
+# table serves and the one that measured the layout wins.
+MOE_DTYPES = {
+    "bf16": ("bfloat16",),
+    "fp16": ("bfloat16",),
+    "fp8": ("fp8", "fp8_block"),
+    "fp8_block": ("fp8_block", "fp8"),
+    "fp4": ("nvfp4",),
+    "mxfp4": ("w4a16_mxfp4",),
+    "int4": ("int4_wo",),
+}
+ACT_BYTES = 2.0  # activations travel in bf16
+# The MLA tables measure DeepSeek-V3's latent layout: (kv_lora_rank, qk_rope_head_dim,
+# qk_nope_head_dim, v_head_dim); another layout is left to the roofline.
+MLA_DIMS = (512, 64, 128, 128)
 
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
@@ -206,6 +223,81 @@ def _comm_grid(path: Path, num_gpus: int, custom: bool) -> Grid | None:
     return build_grid([c["message_size"][keep] * 2.0], c["latency"][keep])
 
 
+_MOE_COLS = (
+    "moe_dtype",
+    "num_tokens",
+    "hidden_size",
+    "inter_size",
+    "topk",
+    "num_experts",
+    "moe_tp_size",
+    "moe_ep_size",
+    "distribution",
+    "latency",
+)
+_MOE_LAYOUT = _MOE_COLS[2:8]  # hidden, inter, top-k, experts, moe TP, EP
+
+
+@functools.lru_cache(maxsize=64)
+def _moe_layouts(path: Path, moe_dtype: str) -> np.ndarray:
+    """Distinct (hidden, inter, top-k, experts, moe TP, EP) measured with balanced routing."""
+    c = kernel_tables.read(path, _MOE_COLS)
+    keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == "balanced")
+    rows = np.stack([c[k] for k in _MOE_LAYOUT], axis=1)[keep]
+    return np.unique(rows.astype(np.float64), axis=0)
+
+
+@functools.lru_cache(maxsize=256)
+def _moe_grid(path: Path, moe_dtype: str, layout: tuple[float, ...]) -> Grid:
+    """Expert-layer seconds over the token count for one layout (balanced routing; the fastest
+    kernel where several were measured)."""
+    c = kernel_tables.read(path, _MOE_COLS)
+    keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == "balanced")
+    for name, v in zip(_MOE_LAYOUT, layout, strict=True):
+        keep &= c[name] == v
+    return build_grid([c["num_tokens"][keep]], c["latency"][keep])
+
+
+_MLA_COLS = ("kv_cache_dtype", "num_heads", "batch_size", "isl", "step", "latency")
+
+
+@functools.lru_cache(maxsize=64)
+def _mla_heads(path: Path, kv: str) -> np.ndarray:
+    """Query heads per GPU measured for a kv dtype."""
+    c = kernel_tables.read(path, _MLA_COLS)
+    return np.unique(c["num_heads"][c["kv_cache_dtype"] == kv].astype(np.float64))
+
+
+@functools.lru_cache(maxsize=64)
+def _mla_grid(path: Path, heads: float, kv: str, decode: bool) -> Grid:
+    """MLA attention seconds over (batch, tokens attended or prompt length) for one head count."""
+    c = kernel_tables.read(path, _MLA_COLS)
+    keep = (c["kv_cache_dtype"] == kv) & (c["num_heads"] == heads)
+    length = c["step"][keep] + 1.0 if decode else c["isl"][keep]
+    return build_grid([c["batch_size"][keep], length], c["latency"][keep])
+
+
+def moe_roofline_np(
+    p: np.ndarray, gated: bool, weight_dtype: str, device: Device, fit: roofline.KernelFit
+) -> np.ndarray:
+    """Roofline seconds of one expert layer (up and down GEMMs over the experts hit, the
+    activation) for rows p = (tokens, hidden, inter, top-k, experts, moe TP, EP): the tokens
+    of the EP group, each EP rank holding experts/EP experts split over moe TP devices."""
+    tokens, h, inter, k_top, n_exp, tp, ep = (p[:, i] for i in range(7))
+    routed = tokens / ep
+    experts = np.maximum(1.0, np.floor(n_exp / ep))
+    width = np.floor(inter / tp)
+    frac = np.minimum(1.0, k_top / experts)
+    hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
+    rows = routed * np.minimum(k_top, experts) / hit
+    up = (2.0 if gated else 1.0) * width
+    cdt = gemm_compute_dtype(weight_dtype, device.peak_flops_per_s)
+    sec = roofline.gemm_np(rows, up, h, cdt, device, fit, weight_dtype, groups=hit)
+    sec = sec + roofline.gemm_np(rows, h, width, cdt, device, fit, weight_dtype, groups=hit)
+    act = roofline.elementwise_np(3.0 * routed * k_top * width * ACT_BYTES, device, fit, "act")
+    return np.asarray(sec + act, dtype=np.float64)
+
+
 def _path(found: tuple[Path, str] | None) -> Path | None:
     return None if found is None else found[0]
 
@@ -255,6 +347,9 @@ class MeasuredKernels:
             "decode": self._find("attention", "generation_attention_perf"),
             "custom_ar": self._find("comm", "custom_allreduce_perf"),
             "nccl": _path(kernel_tables.find(self.gpu, "comm", "nccl_perf", "nccl")),
+            "moe": self._find("moe", "moe_perf"),
+            "mla_prefill": self._find("mla", "context_mla_perf"),
+            "mla_decode": self._find("mla", "generation_mla_perf"),
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
@@ -388,6 +483,120 @@ class MeasuredKernels:
             return np.asarray(a + b * p[:, 0] * p[:, 1], dtype=np.float64)
 
         return _anchored_cols(grid, x, shift, roof, (0, 1))
+
+    # ---- MoE experts ----------------------------------------------------------------------
+    def moe(
+        self,
+        tokens: np.ndarray,
+        layout: tuple[int, int, int, int, int, int],
+        expert_dtype: str,
+        gated: bool = True,
+    ) -> Coded | None:
+        """Seconds of one expert layer (routed experts' GEMMs and activation, balanced routing)
+        per token count in `tokens` (the tokens of the EP group, each counted once), for
+        layout = (hidden, inter, top-k, experts, moe TP, EP); the nearest measured layout in
+        log space, the roofline carrying the difference, when this one was not measured."""
+        path = self._paths["moe"]
+        if path is None:
+            return None
+        best_d, best, found = math.inf, np.zeros(0), ""
+        for table_dtype in MOE_DTYPES.get(canonical(expert_dtype), ()):
+            layouts = _moe_layouts(path, table_dtype)
+            if not len(layouts):
+                continue
+            dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
+            if dist.min() < best_d - 1e-12:
+                best_d, best, found = float(dist.min()), layouts[np.argmin(dist)], table_dtype
+        if best_d == math.inf:
+            return None
+        grid = _moe_grid(path, found, tuple(float(v) for v in best))
+        tk = np.asarray(tokens, dtype=np.float64)
+        ones = np.ones_like(tk)
+        x = np.stack([tk, *(v * ones for v in best)], axis=1)
+        shift = np.stack([tk, *(float(v) * ones for v in layout)], axis=1)
+        wdt = canonical(expert_dtype)
+
+        def roof(p: np.ndarray) -> np.ndarray:
+            return moe_roofline_np(p, gated, wdt, self.device, self.fit)
+
+        return _anchored_cols(grid, x, shift, roof, (0,))
+
+    # ---- MLA attention --------------------------------------------------------------------
+    def _mla(
+        self, which: str, heads: int, dims: tuple[int, int, int, int], kv_dtype: str
+    ) -> tuple[Path, float, str] | None:
+        """(table, nearest measured head count, kv dtype) for MLA of this layout, or None."""
+        path = self._paths[which]
+        kv = KV_DTYPES.get(canonical(kv_dtype))
+        if path is None or kv is None or tuple(dims) != MLA_DIMS:
+            return None
+        measured = _mla_heads(path, kv)
+        if not len(measured):
+            return None
+        return path, float(measured[np.argmin(np.abs(np.log(measured) - math.log(heads)))]), kv
+
+    def mla_decode(
+        self,
+        batch: int,
+        ctx_per_seq: np.ndarray,
+        heads: int,
+        dims: tuple[int, int, int, int],
+        kv_dtype: str,
+    ) -> Coded | None:
+        """Seconds of one absorbed-MLA decode call (one layer) of `batch` sequences each
+        attending `ctx_per_seq` tokens, `heads` query heads per GPU sharing one latent head;
+        dims = (kv_lora_rank, rope, nope, v head dims), None unless the tables' own."""
+        found = self._mla("mla_decode", heads, dims, kv_dtype)
+        if found is None:
+            return None
+        path, h_tab, kv = found
+        grid = _mla_grid(path, h_tab, kv, True)
+        ctx = np.asarray(ctx_per_seq, dtype=np.float64)
+        ones = np.ones_like(ctx)
+        x = np.stack([batch * ones, ctx, h_tab * ones], axis=1)
+        shift = np.stack([batch * ones, ctx, heads * ones], axis=1)
+        qk, v = dims[0] + dims[1], dims[0]
+
+        def roof(p: np.ndarray) -> np.ndarray:
+            a, b = roofline.decode_coeffs_np(
+                p[:, 0], p[:, 2], 1.0, qk, v, kv_dtype, self.device, self.fit, latent=True
+            )
+            return np.asarray(a + b * p[:, 0] * p[:, 1], dtype=np.float64)
+
+        return _anchored_cols(grid, x, shift, roof, (0, 1))
+
+    def mla_prefill(
+        self,
+        new_tokens: int,
+        cached_tokens: int,
+        heads: int,
+        dims: tuple[int, int, int, int],
+        kv_dtype: str,
+    ) -> tuple[float, int] | None:
+        """Seconds of one sequence's MLA prefill-chunk attention (one layer, un-absorbed:
+        per-head K of nope+rope, V of v dims); the tables measure prompts without cached
+        context, a chunk over cached tokens is anchored at the same chunk without them."""
+        found = self._mla("mla_prefill", heads, dims, kv_dtype)
+        if found is None or new_tokens <= 0:
+            return None
+        path, h_tab, kv = found
+        grid = _mla_grid(path, h_tab, kv, False)
+        x = np.array([[1.0, float(new_tokens), 0.0, h_tab]])
+        shift = np.array([[1.0, float(new_tokens), float(max(0, cached_tokens)), float(heads)]])
+        qk, v = dims[2] + dims[1], dims[3]
+
+        def roof(p: np.ndarray) -> np.ndarray:
+            dev, fit = self.device, self.fit
+            rows = [(round(r[1]), round(r[2]), round(r[3])) for r in p]
+            return np.array(
+                [
+                    roofline.attn_prefill_s(1, n, c, h, h, qk, v, kv_dtype, dev, fit)
+                    for n, c, h in rows
+                ]
+            )
+
+        t, code = _anchored_cols(grid, x, shift, roof, (0, 1))
+        return float(t[0]), int(code[0])
 
     # ---- all-reduce -----------------------------------------------------------------------
     def allreduce(self, nbytes: np.ndarray, num_devices: int, impl: str) -> Coded | None:
