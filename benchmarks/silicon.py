@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
@@ -109,26 +110,36 @@ def _model(row: dict[str, str]):
 
 
 def _parallel(row: dict[str, str], prefix: str) -> Parallel:
-    """A pool's layout from the row's `{prefix}tp_size`, ... columns (TRT-LLM's tp = moe_tp × ep
-    inside each attention-DP group, so servesim's moe_tp follows from tp, dp and ep)."""
+    """A pool's layout from the row's `{prefix}tp_size`, ... columns: attention TP per DP
+    rank, attention-DP ranks, and the expert layers as moe_tp × ep over all tp × dp GPUs.
+
+    Under SGLang's dp-attention the dense FFN layers and shared experts stay tensor-parallel
+    over the whole group (`--moe-dense-tp-size` defaults to None, i.e. the full TP size:
+    python/sglang/srt/server_args.py); TRT-LLM replicates them on every attention-DP rank
+    (`overridden_tp_size=1 if enable_attention_dp`, tensorrt_llm/_torch/models/).
+    """
     tp, pp, dp, ep = (
         max(1, _int(row, prefix + key))
         for key in ("tp_size", "pp_size", "attention_dp_size", "moe_ep_size")
     )
-    par = Parallel(tp=tp, pp=pp, dp=dp, ep=ep)
     moe_tp = _int(row, prefix + "moe_tp_size", 0)
-    if ep > 1 and moe_tp and moe_tp != par.moe_tp:
+    if moe_tp and moe_tp * ep != tp * dp:
         raise ServesimError(
-            f"moe_tp={moe_tp} with ep={ep} over tp={tp}×dp={dp} devices is a layout servesim "
-            "does not model"
+            f"moe_tp={moe_tp} × ep={ep} does not cover tp={tp}×dp={dp} GPUs, a layout "
+            "servesim does not model"
         )
-    return par
+    dense_tp = tp * dp if row.get("backend") == "sglang" and dp > 1 else 0
+    return Parallel(tp=tp, pp=pp, dp=dp, ep=ep, moe_tp_size=moe_tp, dense_tp_size=dense_tp)
 
 
 def deployment_of(
-    row: dict[str, str], catalog: Catalog, budget_vllm: int = 8192
+    row: dict[str, str],
+    catalog: Catalog,
+    budget_vllm: int = 8192,
+    latency_model: str = DEFAULT_LATENCY_MODEL,
 ) -> Deployment | DisaggDeployment:
-    """The deployment a row measured; ServesimError says why a row cannot be predicted."""
+    """The deployment a row measured, its kernels priced by `latency_model` (roofline, auto or
+    measured); ServesimError says why a row cannot be predicted."""
     mode = row.get("mode", "agg") or "agg"
     if mode not in ("agg", "disagg"):
         raise ServesimError(f"mode {mode!r} is neither 'agg' nor 'disagg'")
@@ -146,6 +157,7 @@ def deployment_of(
             parallel=par,
             engine=engine,
             replicas=_int(row, prefix + "num_workers") if prefix else 1,
+            latency_model=latency_model,
             **batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp),
         )
 
@@ -164,6 +176,7 @@ def simulate_row(
     warmup_rounds: int = 2,
     jitter_s: float = 0.0,
     budget_vllm: int = 8192,
+    latency_model: str = DEFAULT_LATENCY_MODEL,
 ) -> tuple[float, float]:
     """Simulated (mean TTFT ms, mean TPOT ms) of one benchmark row.
 
@@ -171,7 +184,7 @@ def simulate_row(
     streaming clients, `rounds × concurrency` measured requests after `2 × concurrency`
     warm-up requests that are not counted.
     """
-    dep = deployment_of(row, catalog, budget_vllm)
+    dep = deployment_of(row, catalog, budget_vllm, latency_model)
     clients = concurrency_of(row)
     isl, osl = _int(row, "isl"), _int(row, "osl")
     total = clients * (rounds + warmup_rounds)
@@ -202,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows")
     ap.add_argument("--rows-out", help="write per-row predictions to this CSV")
+    ap.add_argument(
+        "--latency-model",
+        default=DEFAULT_LATENCY_MODEL,
+        choices=("auto", "roofline", "measured"),
+        help="kernel times: measured tables where the GPU has them (auto), or the roofline",
+    )
     args = ap.parse_args(argv)
     catalog = Catalog()
     with open(args.path, newline="") as f:
@@ -221,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.warmup_rounds,
                 args.jitter_ms / 1e3,
                 args.vllm_budget,
+                args.latency_model,
             )
         except ServesimError as exc:
             skipped[str(exc)] += 1

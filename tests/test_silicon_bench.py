@@ -76,7 +76,7 @@ def test_moe_row_maps_expert_parallelism_and_quantisation() -> None:
         moe_ep_size="4",
     )
     dep = silicon.deployment_of(r, Catalog())
-    assert dep.parallel == Parallel(tp=4, ep=4) and dep.parallel.moe_tp == 1
+    assert dep.parallel == Parallel(tp=4, ep=4, moe_tp_size=1) and dep.parallel.moe_tp == 1
     assert dep.model.weight_dtype == "fp8" and dep.model.expert_dtype == "int4"
     assert dep.model.kv_dtype == "fp8"
     with pytest.raises(Exception, match="moe_tp=2"):
@@ -118,5 +118,29 @@ def test_attention_dp_row_scales_per_rank_limits_to_the_replica() -> None:
         moe_ep_size="8",
     )
     dep = silicon.deployment_of(r, Catalog())
-    assert dep.parallel == Parallel(tp=1, dp=8, ep=8) and dep.num_devices == 8
+    # SGLang keeps the dense FFN layers tensor-parallel over all 8 GPUs (moe_dense_tp_size).
+    assert dep.parallel == Parallel(tp=1, dp=8, ep=8, moe_tp_size=1, dense_tp_size=8)
+    assert dep.num_devices == 8
     assert dep.max_num_seqs == 256 and dep.max_num_batched_tokens == 8 * (4096 + 1500)
+
+
+def test_moe_tp_across_attention_dp_ranks_is_represented() -> None:
+    """SGLang dp-attention with MoE TP 8 (ep 1) over 8 GPUs: the experts are split 8 ways,
+    not replicated on every rank (which put 673 GB of weights on each GPU)."""
+    r = row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        backend="sglang",
+        gemm_quant_mode="fp8_block",
+        moe_quant_mode="fp8_block",
+        batch_size="16",
+        tp_size="1",
+        attention_dp_size="8",
+        moe_tp_size="8",
+        moe_ep_size="1",
+    )
+    dep = silicon.deployment_of(r, Catalog())
+    assert dep.parallel.moe_tp == 8 and dep.parallel.dense_tp == 8
+    assert dep.memory().weight_bytes < 110e9
+    with pytest.raises(Exception, match="moe_tp=4"):
+        silicon.deployment_of({**r, "moe_tp_size": "4"}, Catalog())

@@ -141,6 +141,7 @@ class Predictor:
         self._attn_prov: dict[tuple[int, ...], int] = {}  # attention shape -> provenance code
         self._eager_s = self.engine.eager_launch_s_per_layer * self.layers_per_stage
         self._dense_tab: list[float] = []
+        self._group_tab: list[float] = []
         self._lm_tab: list[float] = []
         self._dyn_dense_tab: list[float] = []
         self._dyn_lm_tab: list[float] = []
@@ -166,11 +167,14 @@ class Predictor:
 
     # ---- operator list --------------------------------------------------------------------
     def ops(self, batch: BatchShape) -> list[OpCost]:
-        """Every operator of one iteration with its time, for the per-operator breakdown."""
+        """Every operator of one iteration with its time, for the per-operator breakdown (under
+        attention DP, the busiest rank's: its own work, and the expert layers all share)."""
         out: list[OpCost] = []
+        chunks, rank_tokens, rank_seqs = self._busiest_rank(batch.decode_seqs, batch.prefill)
         if batch.num_tokens:
-            tokens = np.array([math.ceil(batch.num_tokens / self.par.dp)], dtype=np.float64)
-            for term in self._dense_terms(tokens):
+            t = np.array([max(1, rank_tokens)], dtype=np.float64)
+            terms = self._rank_terms(t) + self._group_terms(np.array([float(batch.num_tokens)]))
+            for term in terms:
                 out.append(
                     OpCost(
                         term.name,
@@ -182,9 +186,13 @@ class Predictor:
                         _prov_name(term.prov, 0),
                     )
                 )
-            out.append(self._lm_head_op(batch.num_seqs))
-        out += self._attention_ops(batch)
-        out.append(self._overhead_op(batch))
+            out.append(self._lm_head_op(rank_seqs))
+        rank_batch = replace(batch, prefill=tuple(batch.prefill[i] for i in chunks))
+        out += self._attention_ops(rank_batch)
+        n_pre = len(chunks)
+        dec_rank = -(-batch.decode_seqs // self.par.dp)
+        t_over = self._rank_overhead_s(dec_rank, n_pre)
+        out.append(OpCost("framework", "overhead", 1, t_over, 0.0, 0.0, "engine"))
         pp = self.par.pp
         if pp == 1:
             return out
@@ -221,9 +229,81 @@ class Predictor:
         return _Term(name, "elementwise", calls, t * calls, zero, nbytes_moved * calls)
 
     def _dense_terms(self, t: np.ndarray) -> list[_Term]:
-        """Non-attention work per stage for each token count in `t` (tokens per DP rank):
-        projections, MLP or experts, norms and residuals, TP all-reduce. Vectorised so the
-        simulator can tabulate every token count once."""
+        """Non-attention work per stage for each token count in `t` with every attention-DP
+        rank holding `t` tokens: the rank's own work plus the shared expert layers over the
+        dp·t tokens of the stage."""
+        return self._rank_terms(t) + self._group_terms(t * self.par.dp)
+
+    def _group_terms(self, tokens: np.ndarray) -> list[_Term]:
+        """Work of the layers every device of a stage runs together over the stage's `tokens`
+        (all attention-DP ranks' tokens, each counted once): routed experts and their
+        collectives, and the dense FFN/shared experts when they span the DP ranks."""
+        m, p = self.model, self.par
+        terms: list[_Term] = []
+        moe_layers = self._stage_fraction(m.num_moe_layers)
+        if moe_layers:
+            terms += self._moe_terms(tokens, moe_layers)
+        if p.dense_tp > p.tp:
+            terms += self._ffn_terms(tokens, p.dense_tp)
+        group = p.tp * p.dp
+        spans_dp = p.dp > 1 and (p.dense_tp > p.tp or (moe_layers and p.ep == 1))
+        if spans_dp:
+            # The tokens of every rank meet over the tp×dp devices and leave again: TRT-LLM's
+            # attention-DP MoE all-gathers the hidden states and reduce-scatters the output
+            # (tensorrt_llm/_torch/modules/fused_moe: allgather + reducescatter with
+            # all_rank_num_tokens); SGLang dp-attention gathers (layers/dp_attention.py
+            # dp_gather) and all-reduces over the group before dp_scatter. Priced as one
+            # all-gather and one reduce-scatter of the stage's hidden states per such layer.
+            count = (moe_layers if p.ep == 1 else 0.0) + (
+                self._stage_fraction(m.num_dense_layers) if p.dense_tp > p.tp else 0.0
+            )
+            if p.dense_tp > p.tp and m.shared_expert_intermediate_size and p.ep > 1:
+                count += moe_layers
+            hb = tokens * m.hidden_size * ACT_BYTES
+            sec = self._collective("all_gather", hb, group) + self._collective(
+                "reduce_scatter", hb, group
+            )
+            zero = np.zeros_like(tokens)
+            terms.append(_Term("dp_gather_scatter", "comm", 2 * count, count * sec, zero, hb))
+        return terms
+
+    def _collective(self, op: str, nbytes_moved: np.ndarray, n: int) -> np.ndarray:
+        """Seconds of an NCCL collective of `nbytes_moved` (nccl-tests size) over n devices,
+        hierarchical past one node (sampled on a log grid there: the multi-node model is
+        scalar)."""
+        nb = np.asarray(nbytes_moved, dtype=np.float64)
+        if n <= 1:
+            return np.zeros_like(nb)
+        if n <= self.device.max_devices_per_node:
+            return np.asarray(roofline.collective_np(op, nb, n, self.device, self.fit))
+        lo, hi = max(1.0, float(nb.min())), max(2.0, float(nb.max()))
+        grid = np.geomspace(lo, hi, 48)
+        vals = [roofline._collective_s(op, float(x), n, self.device, self.fit) for x in grid]
+        return np.interp(np.log(np.maximum(nb, 1.0)), np.log(grid), np.asarray(vals))
+
+    def _ffn_terms(self, t: np.ndarray, dense_tp: int) -> list[_Term]:
+        """Dense FFN layers and shared experts for `t` tokens split over `dense_tp` devices."""
+        m, h = self.model, self.model.hidden_size
+        terms: list[_Term] = []
+        dense_layers = self._stage_fraction(m.num_dense_layers)
+        if dense_layers:
+            i_tp = m.intermediate_size // dense_tp
+            up = (2 if m.gated_mlp else 1) * i_tp
+            terms.append(self._gemm("mlp_up_proj", t, up, h, dense_layers))
+            act_bytes = 3 * t * i_tp * ACT_BYTES
+            terms.append(self._elementwise("mlp_act", "act", act_bytes, dense_layers))
+            terms.append(self._gemm("mlp_down_proj", t, h, i_tp, dense_layers))
+        moe_layers = self._stage_fraction(m.num_moe_layers)
+        if moe_layers and m.shared_expert_intermediate_size:
+            s = m.shared_expert_intermediate_size // dense_tp
+            terms.append(self._gemm("shared_up_proj", t, 2 * s, h, moe_layers))
+            terms.append(self._gemm("shared_down_proj", t, h, s, moe_layers))
+        return terms
+
+    def _rank_terms(self, t: np.ndarray) -> list[_Term]:
+        """Work each attention-DP rank runs on its own `t` tokens: projections, norms and
+        residuals, the TP all-reduce, the router, and the dense FFN layers when they are
+        replicated on each rank. Vectorised so the simulator tabulates every count once."""
         m, p = self.model, self.par
         tp, h = p.tp, m.hidden_size
         # Sublayers (token mixers plus MLPs): two per layer, one per Nemotron-H block.
@@ -268,17 +348,11 @@ class Predictor:
             terms.append(self._gemm("o_proj", t, h, q_out, layers, dtype=adt))
         if m.num_linear_layers:
             terms += self._linear_proj_terms(t, self._stage_fraction(m.num_linear_layers))
-        dense_layers = self._stage_fraction(m.num_dense_layers)
-        if dense_layers:
-            i_tp = m.intermediate_size // tp
-            up = (2 if m.gated_mlp else 1) * i_tp
-            terms.append(self._gemm("mlp_up_proj", t, up, h, dense_layers))
-            act_bytes = 3 * t * i_tp * ACT_BYTES
-            terms.append(self._elementwise("mlp_act", "act", act_bytes, dense_layers))
-            terms.append(self._gemm("mlp_down_proj", t, h, i_tp, dense_layers))
+        if p.dense_tp == tp:
+            terms += self._ffn_terms(t, tp)
         moe_layers = self._stage_fraction(m.num_moe_layers)
         if moe_layers:
-            terms += self._moe_terms(t, moe_layers)
+            terms.append(self._gemm("router", t, m.num_experts, h, moe_layers))
         if tp > 1:
             impl = self.engine.allreduce_impl
             priced = self.kernels.allreduce(hb, tp, impl) if self.kernels is not None else None
@@ -429,27 +503,23 @@ class Predictor:
             )
         return parts
 
-    def _moe_terms(self, t: np.ndarray, layers: float) -> list[_Term]:
+    def _moe_terms(self, tokens: np.ndarray, layers: float) -> list[_Term]:
+        """Routed experts over the stage's `tokens` (each counted once): each of the ep groups
+        holds n/ep experts, each split over the group's moe_tp devices."""
         m, p = self.model, self.par
         h, k_top, n_exp = m.hidden_size, m.experts_per_token, m.num_experts
-        terms = [self._gemm("router", t, n_exp, h, layers)]
-        zero = np.zeros_like(t)
+        terms: list[_Term] = []
+        zero = np.zeros_like(tokens)
+        routed = tokens / p.ep
+        experts = max(1, n_exp // p.ep)
+        width = m.moe_intermediate_size // p.moe_tp
         if p.ep > 1:
-            # Every token of the stage meets in the expert layer; each EP group holds n/ep
-            # experts, each split over the group's moe_tp devices.
-            routed = t * p.dp / p.ep
-            experts = max(1, n_exp // p.ep)
-            width = m.moe_intermediate_size // p.moe_tp
-            # Each device dispatches its share of the stage's tokens (its own batch under
-            # attention DP, a 1/tp slice of the replicated tokens under attention TP).
-            a2a_bytes = t / p.tp * k_top * h * ACT_BYTES
-            a2a = roofline.collective_np("alltoall", a2a_bytes, p.ep, self.device, self.fit)
+            # Each device dispatches its 1/(tp·dp) share of the stage's tokens.
+            a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES
+            a2a = self._collective("alltoall", a2a_bytes, p.ep)
             terms.append(
                 _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
             )
-        else:
-            routed, experts = t, n_exp
-            width = m.moe_intermediate_size // p.tp
         # Distinct experts the routed tokens hit (uniform routing), and rows per expert.
         frac = min(1.0, k_top / experts)
         hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
@@ -467,14 +537,10 @@ class Predictor:
             )
         act_bytes = 3 * routed * k_top * width * ACT_BYTES
         expert_terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
-        terms += self._measured_experts(t, expert_terms)
-        if m.shared_expert_intermediate_size:
-            s = m.shared_expert_intermediate_size // p.tp
-            terms.append(self._gemm("shared_up_proj", t, 2 * s, h, layers))
-            terms.append(self._gemm("shared_down_proj", t, h, s, layers))
+        terms += self._measured_experts(tokens, expert_terms)
         return terms
 
-    def _measured_experts(self, t: np.ndarray, expert_terms: list[_Term]) -> list[_Term]:
+    def _measured_experts(self, tokens: np.ndarray, expert_terms: list[_Term]) -> list[_Term]:
         """The expert terms with the measured fused MoE layer's time where a table has one,
         shared between up, down and activation as the roofline shares it (unchanged without
         the measured backend)."""
@@ -482,7 +548,6 @@ class Predictor:
             return expert_terms
         m, p = self.model, self.par
         ep = p.ep
-        tokens = t * p.dp if ep > 1 else t  # the tokens meeting in one EP group
         layout = (
             m.hidden_size,
             m.moe_intermediate_size,
@@ -499,11 +564,11 @@ class Predictor:
         scale = sec * expert_terms[0].calls / roof
         return [replace(term, seconds=term.seconds * scale, prov=prov) for term in expert_terms]
 
-    def _lm_head_op(self, seqs: int) -> OpCost:
-        """The LM head runs on the last token of every sequence that samples this iteration."""
+    def _lm_head_op(self, rank_seqs: int) -> OpCost:
+        """The LM head runs on the last token of every sequence of a rank that samples."""
         term = self._gemm(
             "lm_head",
-            np.array([self._lm_rows(seqs)]),
+            np.array([float(max(1, rank_seqs))]),
             self.model.vocab_size // self.par.tp,
             self.model.hidden_size,
             1.0,
@@ -517,9 +582,6 @@ class Predictor:
             float(term.nbytes[0]),
             _prov_name(term.prov, 0),
         )
-
-    def _lm_rows(self, seqs: int) -> float:
-        return float(max(1, math.ceil(seqs / self.par.dp)))
 
     def _attn_heads(self) -> tuple[int, int, int, int, bool]:
         """(q heads, kv heads, qk dim, v dim, latent) per device for the attention kernels."""
@@ -562,20 +624,13 @@ class Predictor:
         count = m.num_linear_layers if kind == "linear_attention" else m.num_full_attention_layers
         return round(self._stage_fraction(count))
 
-    def _overhead_op(self, batch: BatchShape) -> OpCost:
-        t = self.overhead_s(batch.decode_seqs, len(batch.prefill))
-        return OpCost("framework", "overhead", 1, t, 0.0, 0.0, "engine")
-
     # ---- memoised pieces the simulator uses ----------------------------------------------
     def dense_s(self, tokens: int, seqs: int) -> float:
-        """Seconds of all non-attention work for `tokens` tokens from `seqs` sequences."""
-        rank_tokens = -(-tokens // self.par.dp)
-        if rank_tokens >= len(self._dense_tab):
-            self._grow_tables(rank_tokens)
-        rows = -(-seqs // self.par.dp)
-        if rows >= len(self._lm_tab):
-            self._grow_tables(rows)
-        return self._dense_tab[rank_tokens] + self._lm_tab[rows]
+        """Seconds of all non-attention work for `tokens` tokens from `seqs` sequences spread
+        evenly over the attention-DP ranks."""
+        dp = self.par.dp
+        rank = self._rank_dense_s(-(-tokens // dp), -(-seqs // dp))
+        return rank + (self._group_s(tokens) if dp > 1 and tokens else 0.0)
 
     def _grow_tables(self, need: int) -> None:
         """Tabulate dense and LM-head time (and busy work) for every count up to a power of two
@@ -583,8 +638,12 @@ class Predictor:
         size = max(1024, 1 << int(need).bit_length())
         t = np.arange(size, dtype=np.float64)
         t[0] = 1.0
-        terms = self._dense_terms(t)
-        dense = sum(term.seconds for term in terms)
+        # Time: a rank's own work (plus the expert layers when one rank is the whole stage);
+        # busy work: the expert layers' share of each device with every rank at t tokens.
+        rank_terms = self._rank_terms(t)
+        terms = rank_terms + self._group_terms(t * self.par.dp)
+        timed = terms if self.par.dp == 1 else rank_terms
+        dense = sum(term.seconds for term in timed)
         dense[0] = 0.0
         lm_term = self._gemm(
             "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
@@ -795,7 +854,15 @@ class Predictor:
         return counts
 
     def overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
-        """Engine time outside the kernels: scheduling, sampling, launches."""
+        """Engine time outside the kernels: scheduling, sampling, launches. Each attention-DP
+        rank runs its own scheduler in parallel (SGLang launches one scheduler process per DP
+        rank, managers/data_parallel_controller.py; TRT-LLM one executor per rank), so a step
+        costs one rank's overhead for the busiest rank's share of the sequences."""
+        dp = self.par.dp
+        return self._rank_overhead_s(-(-decode_seqs // dp), -(-prefill_seqs // dp))
+
+    def _rank_overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
+        """One scheduler's overhead for a step of its own decode and prefill sequences."""
         e = self.engine
         t = e.step_overhead_s + e.per_seq_overhead_s * (decode_seqs + prefill_seqs)
         if prefill_seqs:
@@ -812,10 +879,83 @@ class Predictor:
         return (self.par.pp - 1) * roofline.p2p_s(hb, self.device, self.fit)
 
     # ---- the seam ------------------------------------------------------------------------
+    def _busiest_rank(
+        self, decode_seqs: int, prefill: Iterable[tuple[int, int]]
+    ) -> tuple[list[int], int, int]:
+        """(indices of its prefill chunks, tokens, sequences) of the attention-DP rank whose
+        step takes longest.
+
+        Both engines spread requests over the ranks so that their counts stay even: SGLang
+        dispatches round-robin (managers/data_parallel_controller.py, `round_robin_scheduler`,
+        the default `load_balance_method`), TRT-LLM gives each new request to the rank with
+        the fewest active tokens below ceil(active/dp) requests
+        (_torch/pyexecutor/executor_request_queue.py, `_balance_requests_across_ranks`). So
+        consecutive admissions land on different ranks: chunk i of a step runs on rank
+        i mod dp, and every rank decodes ceil(decode_seqs/dp) sequences (the busiest share).
+        """
+        chunks = list(prefill)
+        dp = self.par.dp
+        if dp == 1:
+            tokens = decode_seqs + sum(n for n, _ in chunks)
+            return list(range(len(chunks))), tokens, decode_seqs + len(chunks)
+        dec = -(-decode_seqs // dp)
+        ranks = min(dp, len(chunks))
+        best: tuple[float, list[int], int, int] = (-1.0, [], dec, dec)
+        if len(chunks) < dp:
+            t0 = self._rank_dense_s(dec, dec) if dec else 0.0
+            best = (t0 + self._rank_overhead_s(dec, 0), [], dec, dec)
+        pre = self._prefill_cache
+        for r in range(ranks):
+            idx = list(range(r, len(chunks), dp))
+            tok = dec + sum(chunks[i][0] for i in idx)
+            cost = sum(pre(*chunks[i]) for i in idx) + self._rank_dense_s(tok, dec + len(idx))
+            cost += self._rank_overhead_s(dec, len(idx))
+            if cost > best[0]:
+                best = (cost, idx, tok, dec + len(idx))
+        return best[1], best[2], best[3]
+
+    def _rank_dense_s(self, tokens: int, seqs: int) -> float:
+        """One rank's own non-attention work (and LM head) for its tokens and sequences."""
+        if tokens >= len(self._dense_tab) or seqs >= len(self._lm_tab):
+            self._grow_tables(max(tokens, seqs))
+        return self._dense_tab[tokens] + self._lm_tab[seqs] if tokens else 0.0
+
+    def _group_s(self, tokens: int) -> float:
+        """The shared expert layers' seconds for the stage's tokens (attention DP only)."""
+        if tokens >= len(self._group_tab):
+            size = max(1024, 1 << int(tokens).bit_length())
+            t = np.arange(size, dtype=np.float64)
+            t[0] = 1.0
+            tab = sum((term.seconds for term in self._group_terms(t)), np.zeros(size))
+            tab[0] = 0.0
+            self._group_tab = tab.tolist()
+        return self._group_tab[tokens]
+
+    def _step_dp_s(
+        self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
+    ) -> float:
+        """One stage's step under attention DP: the busiest rank's attention, own dense work
+        and scheduler, plus the expert layers over every rank's tokens."""
+        chunks = list(prefill)
+        idx, rank_tokens, rank_seqs = self._busiest_rank(decode_seqs, chunks)
+        stage = sum(self._prefill_cache(*chunks[i]) for i in idx)
+        if decode_seqs:
+            a, b = self._decode_cache(decode_seqs)
+            stage += a + b * decode_context
+        stage += self._rank_dense_s(rank_tokens, rank_seqs)
+        tokens = decode_seqs + sum(n for n, _ in chunks)
+        stage += self._group_s(tokens)
+        stage += self._rank_overhead_s(-(-decode_seqs // self.par.dp), len(idx))
+        if self.par.pp == 1:
+            return stage
+        return stage * self.par.pp + self.pp_send_s(tokens)
+
     def step_s(
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
     ) -> float:
         """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
+        if self.par.dp > 1:
+            return self._step_dp_s(decode_seqs, decode_context, prefill)
         tokens = decode_seqs
         stage = 0.0
         n_pre = 0
@@ -829,7 +969,7 @@ class Predictor:
             stage += a + b * decode_context
         seqs = decode_seqs + n_pre
         dense, lm = self._dense_tab, self._lm_tab
-        if self.par.dp == 1 and tokens < len(dense) and seqs < len(lm):
+        if tokens < len(dense) and seqs < len(lm):
             stage += dense[tokens] + lm[seqs]
         else:
             stage += self.dense_s(tokens, seqs)

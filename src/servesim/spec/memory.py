@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from servesim.errors import ServesimError
 from servesim.spec.devices import Device
+from servesim.spec.dtypes import nbytes
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -47,14 +48,24 @@ class MemoryLayout:
         }
 
 
+def dense_ffn_bytes(model: ModelSpec) -> float:
+    """Bytes of the dense FFN layers and shared experts (split over `Parallel.dense_tp`)."""
+    c = model.param_counts()
+    return (c["dense_mlp"] + c["shared_experts"]) * nbytes(model.weight_dtype)
+
+
 def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
-    """Weights one device holds: layers split by PP, matrices by TP, routed experts by EP."""
-    total = model.param_bytes()
+    """Weights one device holds: layers split by PP; attention, embeddings and norms by TP
+    (replicated on every attention-DP rank); routed experts over all moe_tp × ep = tp × dp
+    devices of a stage; dense FFN layers and shared experts over `dense_tp` devices."""
     expert_bytes = model.expert_bytes()
-    other = total - expert_bytes
-    shard = par.tp * par.pp
-    experts_per_device = expert_bytes / (par.pp * (par.ep * par.moe_tp if par.ep > 1 else par.tp))
-    return other / shard + experts_per_device
+    dense = dense_ffn_bytes(model)
+    other = model.param_bytes() - expert_bytes - dense
+    return (
+        other / (par.tp * par.pp)
+        + dense / (par.dense_tp * par.pp)
+        + expert_bytes / (par.pp * par.moe_tp * par.ep)
+    )
 
 
 def kv_bytes_per_token_per_device(model: ModelSpec, par: Parallel) -> float:
@@ -76,7 +87,10 @@ def state_bytes_per_seq_per_device(model: ModelSpec, par: Parallel) -> float:
 
 
 def activation_reserve_bytes(model: ModelSpec, par: Parallel, max_batched_tokens: int) -> float:
-    """Peak activation memory of a forward pass over `max_batched_tokens`, plus fixed overheads."""
+    """Peak activation memory of a forward pass over `max_batched_tokens` (the replica's
+    budget: each attention-DP rank runs its own forward over its 1/dp share, so a device holds
+    one rank's activations), plus fixed overheads."""
+    max_batched_tokens = -(-max_batched_tokens // par.dp)
     h = model.hidden_size
     width = max(model.intermediate_size, model.moe_intermediate_size * model.experts_per_token)
     per_token = 2.0 * (4 * h + 3 * width / par.tp)  # bf16 hidden states, MLP intermediates
@@ -97,6 +111,7 @@ def memory_layout(
     if not 0.0 < mem_util <= 1.0:
         raise ServesimError(f"Memory utilisation must be in (0, 1], got {mem_util}.")
     model.check_device(device)
+    max_num_seqs = -(-max_num_seqs // par.dp)  # each attention-DP rank runs its own share
     usable = device.mem_bytes * mem_util
     weights = weight_bytes_per_device(model, par)
     reserve = activation_reserve_bytes(model, par, max_batched_tokens)
@@ -117,7 +132,7 @@ def memory_layout(
         raise ServesimError(
             f"{model.name} ({model.weight_dtype} weights) needs {need:.1f} GB per device for "
             f"weights and activations{state} but {device.name} at {mem_util:.0%} utilisation "
-            f"offers {usable / 1e9:.1f} GB with TP={par.tp}, PP={par.pp}; raise TP/PP, quantise "
+            f"offers {usable / 1e9:.1f} GB with {par.label()}; raise TP/PP, quantise "
             "the weights, lower max_num_seqs, or pick a larger device."
         )
     tokens = int(kv // kv_per_token) * par.dp  # each attention-DP rank holds its own cache

@@ -11,17 +11,27 @@ from servesim.errors import ServesimError
 class Parallel:
     """Parallel layout of one replica.
 
-    `tp` splits every layer's matrices and heads; `pp` splits the layers into stages; `dp` runs
-    that many attention data-parallel ranks (each with its own batch share and KV cache) that
-    meet in the MoE layers; `ep` spreads routed experts over that many groups of the stage's
-    tp × dp devices, each expert split over the `moe_tp` devices of its group (1 = experts are
-    split by TP instead). Devices per replica = tp × pp × dp.
+    `tp` splits every attention layer's matrices and heads; `pp` splits the layers into
+    stages; `dp` runs that many attention data-parallel ranks (each with its own scheduler,
+    batch share and KV cache) that meet in the expert layers. The routed experts are spread
+    over all tp × dp devices of a stage as `ep` groups of `moe_tp` devices each
+    (moe_tp × ep = tp × dp): each group holds experts/ep experts, each split over its moe_tp
+    devices. `moe_tp_size` 0 derives moe_tp = tp × dp / ep, the layout vLLM, SGLang and
+    TRT-LLM all use (vLLM docs, "Data Parallel Deployment": the expert layers form a DP × TP
+    group; SGLang `--enable-dp-attention` with `--tp N --dp N`: MoE over the N GPUs;
+    TRT-LLM `moe_tp_size × moe_ep_size = tp_size`). The dense FFN layers and shared experts
+    are split over `dense_tp` devices: `tp` (the default: replicated on every DP rank, as
+    TRT-LLM's attention DP does, `overridden_tp_size=1 if enable_attention_dp` in its
+    models/modeling_*.py) or tp × dp (SGLang's default `moe_dense_tp_size=None`: the dense
+    MLP tensor-parallel over the whole group). Devices per replica = tp × pp × dp.
     """
 
     tp: int = 1
     pp: int = 1
     ep: int = 1
     dp: int = 1
+    moe_tp_size: int = 0  # 0: tp × dp / ep
+    dense_tp_size: int = 0  # 0: tp
 
     def __post_init__(self) -> None:
         for field_name in ("tp", "pp", "ep", "dp"):
@@ -30,16 +40,39 @@ class Parallel:
                 raise ServesimError(
                     f"Parallel degree {field_name} must be an integer ≥ 1, got {value!r}."
                 )
-        if self.ep > 1 and (self.tp * self.dp) % self.ep:
+        for field_name in ("moe_tp_size", "dense_tp_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 0:
+                raise ServesimError(
+                    f"Parallel size {field_name} must be an integer ≥ 0 (0 = derived), "
+                    f"got {value!r}."
+                )
+        group = self.tp * self.dp
+        if self.ep > 1 and group % self.ep:
             raise ServesimError(
-                f"Expert parallelism ep={self.ep} must divide tp×dp={self.tp * self.dp} (the "
+                f"Expert parallelism ep={self.ep} must divide tp×dp={group} (the "
                 "devices of one pipeline stage share the experts); pick a divisor or 1."
+            )
+        if self.moe_tp_size and self.moe_tp_size * self.ep != group:
+            raise ServesimError(
+                f"moe_tp={self.moe_tp_size} × ep={self.ep} must equal tp×dp={group}: the "
+                "expert layers use every device of a pipeline stage."
+            )
+        if self.dense_tp_size and self.dense_tp_size not in (self.tp, group):
+            raise ServesimError(
+                f"dense_tp={self.dense_tp_size} must be tp={self.tp} (dense layers replicated "
+                f"on each attention-DP rank) or tp×dp={group} (split over the whole stage)."
             )
 
     @property
     def moe_tp(self) -> int:
-        """Devices each routed expert is split over: tp×dp/ep with EP, else the TP degree."""
-        return self.tp * self.dp // self.ep if self.ep > 1 else self.tp
+        """Devices each routed expert is split over: tp × dp / ep."""
+        return self.moe_tp_size or self.tp * self.dp // self.ep
+
+    @property
+    def dense_tp(self) -> int:
+        """Devices the dense FFN layers and shared experts are split over (tp or tp × dp)."""
+        return self.dense_tp_size or self.tp
 
     @property
     def num_devices(self) -> int:
@@ -55,4 +88,6 @@ class Parallel:
             parts.append(f"ep{self.ep}")
         if self.dp > 1:
             parts.append(f"dp{self.dp}")
+            if self.dense_tp > self.tp:
+                parts.append("densetp")
         return "".join(parts)

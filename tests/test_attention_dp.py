@@ -1,0 +1,140 @@
+"""Attention data parallelism: per-rank schedulers, per-rank activations, expert layers over
+every GPU of a stage, and the busiest rank under the engines' request dispatch (issue 12)."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.errors import ServesimError
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.spec.devices import Catalog
+from servesim.spec.engine_profile import EngineProfile
+from servesim.spec.memory import (
+    FIXED_RESERVE_BYTES,
+    activation_reserve_bytes,
+    dense_ffn_bytes,
+    weight_bytes_per_device,
+)
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+
+# A scheduler whose costs are round numbers: 1 ms a step, 5 µs a sequence, graphs up to 512.
+ENGINE = EngineProfile(
+    name="sglang", step_overhead_s=1e-3, per_seq_overhead_s=5e-6, cuda_graph_max_seqs=512
+)
+
+
+@pytest.fixture(scope="module")
+def r1():
+    return load_model("deepseek-ai/DeepSeek-R1")
+
+
+@pytest.fixture(scope="module")
+def gb200():
+    return Catalog().get("gb200")
+
+
+def test_overhead_is_one_ranks_not_the_sum(r1, gb200) -> None:
+    """tp1 ep32 dp32 at 8,192 sequences: each of the 32 schedulers handles 256 of them in
+    parallel, so the step costs 1 ms + 256 × 5 µs = 2.28 ms, not 1 ms + 8192 × 5 µs."""
+    pred = Predictor(r1, gb200, Parallel(tp=1, dp=32, ep=32), ENGINE)
+    assert pred.overhead_s(8192, 0) == pytest.approx(1e-3 + 256 * 5e-6)
+    one = Predictor(r1, gb200, Parallel(tp=1, ep=1), ENGINE)
+    assert one.overhead_s(8192, 0) == pytest.approx(1e-3 + 8192 * 5e-6 + one._eager_s)
+    # The step's breakdown carries the same single overhead.
+    ops = {op.name: op for op in pred.ops(BatchShape(8192, 8192 * 2048))}
+    assert ops["framework"].seconds == pytest.approx(1e-3 + 256 * 5e-6)
+
+
+def test_activation_reserve_is_one_ranks_per_gpu(r1) -> None:
+    """DeepSeek-R1 (h 7168, FFN 18432, vocab 129280) with a 9,692-token budget per rank (SGLang
+    max_prefill_tokens = ISL + 1500 at ISL 8192): 2 GB + 9692 × 2 × (4·7168 + 3·18432) B +
+    4 × 1024 × 129280 B = 4.157 GB on every GPU, whether dp is 1 or 32 (the replica's budget
+    is then 32 × 9692)."""
+    per_rank = 9692
+    hand = FIXED_RESERVE_BYTES + per_rank * 2.0 * (4 * 7168 + 3 * 18432) + 4.0 * 1024 * 129280
+    assert hand == pytest.approx(4.157e9, rel=1e-3)
+    dp32 = activation_reserve_bytes(r1, Parallel(tp=1, dp=32, ep=32), 32 * per_rank)
+    assert dp32 == pytest.approx(hand)
+    assert activation_reserve_bytes(r1, Parallel(tp=1), per_rank) == pytest.approx(hand)
+
+
+def test_moe_tp_over_attention_dp_ranks_weights_by_hand(r1) -> None:
+    """DeepSeek-R1 fp8 on tp1 dp8 moe_tp8 (ep 1): routed experts 3·7168·2048 parameters each,
+    256 per layer on 58 MoE layers plus the MTP layer (59 × 256 × 44,040,192 B = 665.18 GB)
+    split over 8 GPUs; dense FFN (3 layers × 3·7168·18432) and shared experts (58 × 3·7168·2048)
+    = 3.743 GB; everything else (attention, embeddings, router, norms, MTP's rest) = 15.671 GB
+    replicated on every attention-DP rank."""
+    experts = 59 * 256 * 3 * 7168 * 2048 * 1.0
+    dense = (3 * 3 * 7168 * 18432 + 58 * 3 * 7168 * 2048) * 1.0
+    assert r1.expert_bytes() == pytest.approx(experts, rel=1e-9)
+    assert dense_ffn_bytes(r1) == pytest.approx(dense, rel=1e-9)
+    other = r1.param_bytes() - experts - dense
+    assert other == pytest.approx(15.671e9, rel=1e-3)
+    # TRT-LLM: dense FFN and shared experts replicated on each rank.
+    trt = weight_bytes_per_device(r1, Parallel(tp=1, dp=8, moe_tp_size=8))
+    assert trt == pytest.approx(other + dense + experts / 8)
+    assert trt == pytest.approx(102.56e9, rel=1e-3)
+    # SGLang: dense FFN and shared experts tensor-parallel over the 8 GPUs too.
+    sgl = weight_bytes_per_device(r1, Parallel(tp=1, dp=8, moe_tp_size=8, dense_tp_size=8))
+    assert sgl == pytest.approx(other + dense / 8 + experts / 8)
+    assert sgl == pytest.approx(99.29e9, rel=1e-3)
+    # EP 8 holds the same expert bytes per GPU as MoE TP 8.
+    assert weight_bytes_per_device(r1, Parallel(tp=1, dp=8, ep=8)) == pytest.approx(trt)
+
+
+def test_parallel_expert_layout_rules() -> None:
+    assert Parallel(tp=1, dp=8).moe_tp == 8  # every engine spreads experts over tp × dp
+    assert Parallel(tp=2, dp=4, ep=4).moe_tp == 2
+    assert Parallel(tp=8).moe_tp == 8 and Parallel(tp=8).dense_tp == 8
+    with pytest.raises(ServesimError, match="moe_tp=4"):
+        Parallel(tp=1, dp=8, moe_tp_size=4)
+    with pytest.raises(ServesimError, match="dense_tp=2"):
+        Parallel(tp=1, dp=8, dense_tp_size=2)
+
+
+def test_busiest_rank_under_round_robin_dispatch(r1, gb200) -> None:
+    """dp 4, 10 decodes and five prefill chunks: chunk i runs on rank i mod 4, every rank
+    decodes ceil(10/4) = 3 sequences; rank 0 holds chunks 0 and 4, so the busiest rank runs
+    3 + 1000 + 500 tokens of 5 sequences."""
+    pred = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), ENGINE)
+    chunks = ((1000, 0), (1000, 0), (1000, 0), (1000, 0), (500, 0))
+    idx, tokens, seqs = pred._busiest_rank(10, chunks)
+    assert (idx, tokens, seqs) == ([0, 4], 1503, 5)
+    # Four equal chunks: each rank prefills one; five: rank 0 carries 1,500 tokens.
+    four = pred.step_s(10, 10 * 100, chunks[:4])
+    five = pred.step_s(10, 10 * 100, chunks)
+    assert five > four
+    one_rank = pred._rank_dense_s(1503, 5) + sum(pred.prefill_attn_s(*chunks[i]) for i in idx)
+    a, b = pred.decode_coeffs(10)
+    hand = (
+        one_rank
+        + a
+        + b * 1000
+        + pred._group_s(10 + 4500)
+        + pred._rank_overhead_s(3, 2)  # the busiest rank: 3 decodes, 2 prefills
+    )
+    assert five == pytest.approx(hand)
+    # The breakdown sums to the same step.
+    ops = pred.ops(BatchShape(10, 1000, chunks))
+    assert sum(op.seconds for op in ops) == pytest.approx(five, rel=1e-9)
+
+
+def test_a_lone_prefill_is_not_spread_over_the_ranks(r1, gb200) -> None:
+    """One 8,192-token prompt under dp 8 runs on one rank: its projections see 8,192 tokens,
+    not 1,024, so the step is slower than a dp-1 rank's 1,024-token step."""
+    dp8 = Predictor(r1, gb200, Parallel(tp=1, dp=8, ep=8), ENGINE)
+    t = dp8.step_s(0, 0, ((8192, 0),))
+    assert t > dp8._rank_dense_s(8192, 1) + dp8.prefill_attn_s(8192, 0)
+    assert t > dp8.step_s(0, 0, ((1024, 0),) * 8)
+
+
+def test_moe_tp_over_dp_ranks_gathers_every_ranks_tokens(r1, gb200) -> None:
+    """MoE TP across the DP ranks (ep 1) prices the experts on all ranks' tokens with an
+    all-gather and a reduce-scatter of the stage's hidden states per MoE layer."""
+    pred = Predictor(r1, gb200, Parallel(tp=1, dp=8, moe_tp_size=8), ENGINE)
+    ops = {op.name: op for op in pred.ops(BatchShape(64, 64 * 1000))}
+    assert ops["dp_gather_scatter"].calls == 2 * 58
+    assert ops["moe_up_proj"].flops == pytest.approx(
+        2.0 * 64 * 8 * (2 * 2048 // 8) * 7168 * 58, rel=1e-9
+    )
