@@ -218,16 +218,20 @@ def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:
                  "measured"]) == 2  # fmt: skip
 
 
-def moe_rows(gpu: str, dtype: str, engine: str = "vllm") -> dict[str, np.ndarray]:
+def moe_rows(
+    gpu: str, dtype: str, engine: str = "vllm", distribution: str = "balanced"
+) -> dict[str, np.ndarray]:
     found = kernel_tables.find(gpu, "moe", "moe_perf", engine)
     assert found is not None
     cols = kernel_tables.read(found[0], mk._MOE_COLS)
-    keep = (cols["moe_dtype"] == dtype) & (cols["distribution"] == "balanced")
+    keep = (cols["moe_dtype"] == dtype) & (cols["distribution"] == distribution)
     return {c: v[keep] for c, v in cols.items()}
 
 
-def one_moe(b: mk.MeasuredKernels, tokens: float, layout: tuple, dtype: str) -> tuple[float, int]:
-    priced = b.moe(np.array([float(tokens)]), layout, dtype)
+def one_moe(
+    b: mk.MeasuredKernels, tokens: float, layout: tuple, dtype: str, routing: str = "balanced"
+) -> tuple[float, int]:
+    priced = b.moe(np.array([float(tokens)]), layout, dtype, distribution=routing)
     assert priced is not None
     return float(priced[0][0]), int(priced[1][0])
 
@@ -280,10 +284,11 @@ def test_moe_provenance_in_the_predictor_deepseek_b200_and_qwen3_h100() -> None:
     ops = moe_ops("deepseek-ai/DeepSeek-V3", "b200_sxm", Parallel(tp=8), "auto", 64)
     experts = [ops[n] for n in ("moe_up_proj", "moe_down_proj", "moe_act")]
     assert {op.provenance for op in experts} == {"measured"}  # 64 tokens: a measured row
-    # the three share the fused layer's measured time (fp8 DeepSeek: the block-scaled table)
+    # the three share the fused layer's measured time (fp8 DeepSeek: the block-scaled table,
+    # tokens routed by the 1.01 power law the predictor assumes)
     b = backend("b200_sxm")
-    one, _ = one_moe(b, 64, (7168, 2048, 8, 256, 8, 1), "fp8")
-    rows = moe_rows("b200_sxm", "fp8_block")
+    one, _ = one_moe(b, 64, (7168, 2048, 8, 256, 8, 1), "fp8", "power_law_1.01")
+    rows = moe_rows("b200_sxm", "fp8_block", distribution="power_law_1.01")
     hit = (rows["num_tokens"] == 64) & (rows["hidden_size"] == 7168)
     hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8) & (rows["moe_ep_size"] == 1)
     assert one == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
@@ -365,3 +370,19 @@ def test_mla_exact_on_measured_rows_and_in_the_predictor() -> None:
     assert rops["attn_decode"].provenance == "roofline"
     assert rops["attn_decode"].seconds == pytest.approx(by_hand * model.num_attention_layers)
     assert rops["attn_decode"].seconds != ops["attn_decode"].seconds
+
+
+def test_moe_skewed_routing_is_slower_than_balanced_on_measured_rows() -> None:
+    """The power-law rows are the measured ones of that distribution, and at a few thousand
+    tokens a skewed routing loads some experts more: the layer takes longer than balanced."""
+    b = backend("b200_sxm")
+    layout = (7168, 2048, 8, 256, 8, 1)
+    for tokens in (2048, 8192):
+        skew, code = one_moe(b, tokens, layout, "fp8", "power_law_1.2")
+        rows = moe_rows("b200_sxm", "fp8_block", distribution="power_law_1.2")
+        hit = (rows["num_tokens"] == tokens) & (rows["hidden_size"] == 7168)
+        hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8)
+        hit &= rows["moe_ep_size"] == 1
+        assert code == mk.MEASURED
+        assert skew == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
+        assert skew > one_moe(b, tokens, layout, "fp8")[0]

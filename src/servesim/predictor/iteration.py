@@ -35,6 +35,14 @@ MEM_POWER_SHARE = 0.5
 DEFAULT_LATENCY_MODEL = "roofline"
 
 
+# How tokens spread over the experts when the measured MoE tables price them. A trained router
+# does not split tokens evenly; aiconfigurator-core's tables measure balanced routing and
+# power laws of exponent 1.01 and 1.2 (collector: expert loads drawn from a power law), and its
+# estimator prices DeepSeek-style MoE with the 1.01 power law (aiconfigurator
+# sdk/config.py `workload_distribution = "power_law"`, sdk/models/deepseek.py
+# `_power_law_alpha = 1.01`) for the same benchmark flow whose end-to-end rows we check.
+MOE_DISTRIBUTION = "power_law_1.01"
+
 MEASURED_CODE = 0
 # Context per sequence (tokens) of the two decode-attention measurements a line goes through.
 DECODE_CTX_REF = (128.0, 4096.0)
@@ -556,7 +564,7 @@ class Predictor:
             p.moe_tp,
             ep,
         )
-        priced = self.kernels.moe(tokens, layout, m.expert_dtype, m.gated_mlp)
+        priced = self.kernels.moe(tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION)
         if priced is None:
             return expert_terms
         sec, prov = priced

@@ -239,20 +239,23 @@ _MOE_LAYOUT = _MOE_COLS[2:8]  # hidden, inter, top-k, experts, moe TP, EP
 
 
 @functools.lru_cache(maxsize=64)
-def _moe_layouts(path: Path, moe_dtype: str) -> np.ndarray:
-    """Distinct (hidden, inter, top-k, experts, moe TP, EP) measured with balanced routing."""
+def _moe_layouts(path: Path, moe_dtype: str, distribution: str = "balanced") -> np.ndarray:
+    """Distinct (hidden, inter, top-k, experts, moe TP, EP) measured with this routing
+    distribution (`balanced`, `power_law_1.01`, `power_law_1.2`)."""
     c = kernel_tables.read(path, _MOE_COLS)
-    keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == "balanced")
+    keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == distribution)
     rows = np.stack([c[k] for k in _MOE_LAYOUT], axis=1)[keep]
     return np.unique(rows.astype(np.float64), axis=0)
 
 
 @functools.lru_cache(maxsize=256)
-def _moe_grid(path: Path, moe_dtype: str, layout: tuple[float, ...]) -> Grid:
-    """Expert-layer seconds over the token count for one layout (balanced routing; the fastest
-    kernel where several were measured)."""
+def _moe_grid(
+    path: Path, moe_dtype: str, layout: tuple[float, ...], distribution: str = "balanced"
+) -> Grid:
+    """Expert-layer seconds over the token count for one layout and routing distribution (the
+    fastest kernel where several were measured)."""
     c = kernel_tables.read(path, _MOE_COLS)
-    keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == "balanced")
+    keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == distribution)
     for name, v in zip(_MOE_LAYOUT, layout, strict=True):
         keep &= c[name] == v
     return build_grid([c["num_tokens"][keep]], c["latency"][keep])
@@ -491,25 +494,31 @@ class MeasuredKernels:
         layout: tuple[int, int, int, int, int, int],
         expert_dtype: str,
         gated: bool = True,
+        distribution: str = "balanced",
     ) -> Coded | None:
-        """Seconds of one expert layer (routed experts' GEMMs and activation, balanced routing)
-        per token count in `tokens` (the tokens of the EP group, each counted once), for
-        layout = (hidden, inter, top-k, experts, moe TP, EP); the nearest measured layout in
-        log space, the roofline carrying the difference, when this one was not measured."""
+        """Seconds of one expert layer (routed experts' GEMMs and activation) per token count
+        in `tokens` (the tokens of the EP group, each counted once), for layout = (hidden,
+        inter, top-k, experts, moe TP, EP) with the tokens routed as `distribution` (balanced
+        where that distribution was not measured); the nearest measured layout in log space,
+        the roofline carrying the difference, when this one was not measured."""
         path = self._paths["moe"]
         if path is None:
             return None
-        best_d, best, found = math.inf, np.zeros(0), ""
+        best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         for table_dtype in MOE_DTYPES.get(canonical(expert_dtype), ()):
-            layouts = _moe_layouts(path, table_dtype)
+            for routing in dict.fromkeys((distribution, "balanced")):
+                layouts = _moe_layouts(path, table_dtype, routing)
+                if len(layouts):
+                    break
             if not len(layouts):
                 continue
             dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
             if dist.min() < best_d - 1e-12:
                 best_d, best, found = float(dist.min()), layouts[np.argmin(dist)], table_dtype
+                dist_used = routing
         if best_d == math.inf:
             return None
-        grid = _moe_grid(path, found, tuple(float(v) for v in best))
+        grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used)
         tk = np.asarray(tokens, dtype=np.float64)
         ones = np.ones_like(tk)
         x = np.stack([tk, *(v * ones for v in best)], axis=1)
