@@ -68,7 +68,7 @@ def test_moe_tp_over_attention_dp_ranks_weights_by_hand(r1) -> None:
     experts = 59 * 256 * 3 * 7168 * 2048 * 1.0
     dense = (3 * 3 * 7168 * 18432 + 58 * 3 * 7168 * 2048) * 1.0
     assert r1.expert_bytes() == pytest.approx(experts, rel=1e-9)
-    assert dense_ffn_bytes(r1) == pytest.approx(dense, rel=1e-9)
+    assert sum(dense_ffn_bytes(r1)) == pytest.approx(dense, rel=1e-9)
     other = r1.param_bytes() - experts - dense
     assert other == pytest.approx(15.671e9, rel=1e-3)
     # TRT-LLM: dense FFN and shared experts replicated on each rank.
@@ -79,8 +79,12 @@ def test_moe_tp_over_attention_dp_ranks_weights_by_hand(r1) -> None:
     sgl = weight_bytes_per_device(r1, Parallel(tp=1, dp=8, moe_tp_size=8, dense_tp_size=8))
     assert sgl == pytest.approx(other + dense / 8 + experts / 8)
     assert sgl == pytest.approx(99.29e9, rel=1e-3)
-    # EP 8 holds the same expert bytes per GPU as MoE TP 8.
+    # EP 8 holds the same expert bytes per GPU as MoE TP 8; under SGLang's DeepEP the shared
+    # experts (58 × 3·7168·2048 = 2.554 GB) stay on each rank, the dense layers are split.
     assert weight_bytes_per_device(r1, Parallel(tp=1, dp=8, ep=8)) == pytest.approx(trt)
+    shared = 58 * 3 * 7168 * 2048 * 1.0
+    sgl_ep = weight_bytes_per_device(r1, Parallel(tp=1, dp=8, ep=8, dense_tp_size=8))
+    assert sgl_ep == pytest.approx(other + shared + (dense - shared) / 8 + experts / 8)
 
 
 def test_parallel_expert_layout_rules() -> None:

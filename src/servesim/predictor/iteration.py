@@ -252,7 +252,9 @@ class Predictor:
         if moe_layers:
             terms += self._moe_terms(tokens, moe_layers)
         if p.dense_tp > p.tp:
-            terms += self._ffn_terms(tokens, p.dense_tp)
+            terms += self._ffn_terms(tokens, p.dense_tp, shared=False)
+        if p.shared_tp > p.tp:
+            terms += self._ffn_terms(tokens, p.shared_tp, dense=False)
         group = p.tp * p.dp
         spans_dp = p.dp > 1 and (p.dense_tp > p.tp or (moe_layers and p.ep == 1))
         if spans_dp:
@@ -265,8 +267,6 @@ class Predictor:
             count = (moe_layers if p.ep == 1 else 0.0) + (
                 self._stage_fraction(m.num_dense_layers) if p.dense_tp > p.tp else 0.0
             )
-            if p.dense_tp > p.tp and m.shared_expert_intermediate_size and p.ep > 1:
-                count += moe_layers
             hb = tokens * m.hidden_size * ACT_BYTES
             sec = self._collective("all_gather", hb, group) + self._collective(
                 "reduce_scatter", hb, group
@@ -289,11 +289,14 @@ class Predictor:
         vals = [roofline._collective_s(op, float(x), n, self.device, self.fit) for x in grid]
         return np.interp(np.log(np.maximum(nb, 1.0)), np.log(grid), np.asarray(vals))
 
-    def _ffn_terms(self, t: np.ndarray, dense_tp: int) -> list[_Term]:
-        """Dense FFN layers and shared experts for `t` tokens split over `dense_tp` devices."""
+    def _ffn_terms(
+        self, t: np.ndarray, dense_tp: int, dense: bool = True, shared: bool = True
+    ) -> list[_Term]:
+        """Dense FFN layers and/or shared experts for `t` tokens split over `dense_tp`
+        devices."""
         m, h = self.model, self.model.hidden_size
         terms: list[_Term] = []
-        dense_layers = self._stage_fraction(m.num_dense_layers)
+        dense_layers = self._stage_fraction(m.num_dense_layers) if dense else 0.0
         if dense_layers:
             i_tp = m.intermediate_size // dense_tp
             up = (2 if m.gated_mlp else 1) * i_tp
@@ -301,7 +304,7 @@ class Predictor:
             act_bytes = 3 * t * i_tp * ACT_BYTES
             terms.append(self._elementwise("mlp_act", "act", act_bytes, dense_layers))
             terms.append(self._gemm("mlp_down_proj", t, h, i_tp, dense_layers))
-        moe_layers = self._stage_fraction(m.num_moe_layers)
+        moe_layers = self._stage_fraction(m.num_moe_layers) if shared else 0.0
         if moe_layers and m.shared_expert_intermediate_size:
             s = m.shared_expert_intermediate_size // dense_tp
             terms.append(self._gemm("shared_up_proj", t, 2 * s, h, moe_layers))
@@ -356,8 +359,8 @@ class Predictor:
             terms.append(self._gemm("o_proj", t, h, q_out, layers, dtype=adt))
         if m.num_linear_layers:
             terms += self._linear_proj_terms(t, self._stage_fraction(m.num_linear_layers))
-        if p.dense_tp == tp:
-            terms += self._ffn_terms(t, tp)
+        if p.dense_tp == tp or p.shared_tp == tp:
+            terms += self._ffn_terms(t, tp, dense=p.dense_tp == tp, shared=p.shared_tp == tp)
         moe_layers = self._stage_fraction(m.num_moe_layers)
         if moe_layers:
             terms.append(self._gemm("router", t, m.num_experts, h, moe_layers))

@@ -48,22 +48,26 @@ class MemoryLayout:
         }
 
 
-def dense_ffn_bytes(model: ModelSpec) -> float:
-    """Bytes of the dense FFN layers and shared experts (split over `Parallel.dense_tp`)."""
+def dense_ffn_bytes(model: ModelSpec) -> tuple[float, float]:
+    """Bytes of the dense FFN layers (split over `Parallel.dense_tp`) and of the shared experts
+    (over `Parallel.shared_tp`)."""
     c = model.param_counts()
-    return (c["dense_mlp"] + c["shared_experts"]) * nbytes(model.weight_dtype)
+    w = nbytes(model.weight_dtype)
+    return c["dense_mlp"] * w, c["shared_experts"] * w
 
 
 def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
     """Weights one device holds: layers split by PP; attention, embeddings and norms by TP
     (replicated on every attention-DP rank); routed experts over all moe_tp × ep = tp × dp
-    devices of a stage; dense FFN layers and shared experts over `dense_tp` devices."""
+    devices of a stage; dense FFN layers over `dense_tp` devices, shared experts over
+    `shared_tp`."""
     expert_bytes = model.expert_bytes()
-    dense = dense_ffn_bytes(model)
-    other = model.param_bytes() - expert_bytes - dense
+    dense, shared = dense_ffn_bytes(model)
+    other = model.param_bytes() - expert_bytes - dense - shared
     return (
         other / (par.tp * par.pp)
         + dense / (par.dense_tp * par.pp)
+        + shared / (par.shared_tp * par.pp)
         + expert_bytes / (par.pp * par.moe_tp * par.ep)
     )
 

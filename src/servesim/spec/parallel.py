@@ -75,6 +75,13 @@ class Parallel:
         return self.dense_tp_size or self.tp
 
     @property
+    def shared_tp(self) -> int:
+        """Devices the shared experts are split over: with the experts in tensor parallel over
+        the DP ranks (ep 1) they ride along on the gathered tokens (`dense_tp`); with EP's
+        all-to-all (SGLang DeepEP, TRT-LLM) each rank runs them on its own tokens (`tp`)."""
+        return self.dense_tp if self.ep == 1 else self.tp
+
+    @property
     def num_devices(self) -> int:
         """Devices one replica occupies."""
         return self.tp * self.pp * self.dp
