@@ -109,7 +109,7 @@ def _model(row: dict[str, str]):
     return model
 
 
-def _parallel(row: dict[str, str], prefix: str) -> Parallel:
+def _parallel(row: dict[str, str], prefix: str, role: str = "agg") -> Parallel:
     """A pool's layout from the row's `{prefix}tp_size`, ... columns: attention TP per DP
     rank, attention-DP ranks, and the expert layers as moe_tp × ep over all tp × dp GPUs.
 
@@ -128,8 +128,19 @@ def _parallel(row: dict[str, str], prefix: str) -> Parallel:
             f"moe_tp={moe_tp} × ep={ep} does not cover tp={tp}×dp={dp} GPUs, a layout "
             "servesim does not model"
         )
-    dense_tp = tp * dp if row.get("backend") == "sglang" and dp > 1 else 0
-    return Parallel(tp=tp, pp=pp, dp=dp, ep=ep, moe_tp_size=moe_tp, dense_tp_size=dense_tp)
+    sglang = row.get("backend") == "sglang"
+    dense_tp = tp * dp if sglang and dp > 1 else 0
+    # SGLang's PD prefill workers route to DP ranks by a random bootstrap room.
+    dispatch = "random" if sglang and role == "prefill" else "balanced"
+    return Parallel(
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        ep=ep,
+        moe_tp_size=moe_tp,
+        dense_tp_size=dense_tp,
+        dp_dispatch=dispatch,
+    )
 
 
 def deployment_of(
@@ -149,7 +160,7 @@ def deployment_of(
     isl = _int(row, "isl")
 
     def pool(prefix: str, role: str) -> Deployment:
-        par = _parallel(row, prefix)
+        par = _parallel(row, prefix, role)
         bs = _int(row, prefix + "batch_size")
         return Deployment(
             model=model,

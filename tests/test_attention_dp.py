@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.predictor.iteration import BatchShape, Predictor, busiest_share
 from servesim.spec.devices import Catalog
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.memory import (
@@ -142,3 +142,40 @@ def test_moe_tp_over_dp_ranks_gathers_every_ranks_tokens(r1, gb200) -> None:
     assert ops["moe_up_proj"].flops == pytest.approx(
         2.0 * 64 * 8 * (2 * 2048 // 8) * 7168 * 58, rel=1e-9
     )
+
+
+def test_busiest_share_of_random_dispatch_by_hand() -> None:
+    """4 prompts on 4 ranks at random: P(no rank gets ≥ 2) = 4!/4⁴ = 0.094, P(none gets ≥ 3) =
+    1 − (4·C(4,3)·3 + 4)/256 = 204/256 = 0.797, so the median busiest rank holds 2. Two
+    prompts on 8 ranks collide with probability 1/8: the busiest holds 1."""
+    assert busiest_share(4, 4) == 2
+    assert busiest_share(2, 8) == 1
+    assert busiest_share(1, 32) == 1
+
+
+def test_random_dispatch_loads_the_busiest_rank(r1, gb200) -> None:
+    """SGLang PD prefill workers route by a random bootstrap room: 4 prompts on a dp-4 worker
+    put 2 on one rank (the balanced dispatch puts 1 on each), so the step takes longer."""
+    even = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), ENGINE)
+    rand = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4, dp_dispatch="random"), ENGINE)
+    chunks = ((4096, 0),) * 4
+    assert rand._busiest_rank(0, chunks)[:2] == ([0, 1], 8192)
+    assert even._busiest_rank(0, chunks)[2] == 1
+    assert rand.step_s(0, 0, chunks) > even.step_s(0, 0, chunks)
+
+
+def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
+    """TRT-LLM dispatches by all-to-all only under attention DP with moe_ep_size > top-k (8
+    for DeepSeek), and gathers otherwise; without DP no engine moves tokens for the experts
+    (they are on every device of the TP group already)."""
+    trt = EngineProfile(name="trtllm")
+
+    def names(par: Parallel, engine: EngineProfile) -> set[str]:
+        return {op.name for op in Predictor(r1, gb200, par, engine).ops(BatchShape(64, 64000))}
+
+    assert "dp_gather_scatter" in names(Parallel(tp=1, dp=8, ep=8), trt)
+    assert "ep_alltoall" not in names(Parallel(tp=1, dp=8, ep=8), trt)
+    assert "ep_alltoall" in names(Parallel(tp=1, dp=32, ep=32), trt)
+    assert "ep_alltoall" in names(Parallel(tp=1, dp=8, ep=8), ENGINE)  # SGLang: DeepEP
+    tp8 = names(Parallel(tp=8, ep=8), trt) | names(Parallel(tp=8, ep=8), ENGINE)
+    assert not {"ep_alltoall", "dp_gather_scatter"} & tp8

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -46,6 +46,31 @@ MOE_DISTRIBUTION = "power_law_1.01"
 MEASURED_CODE = 0
 # Context per sequence (tokens) of the two decode-attention measurements a line goes through.
 DECODE_CTX_REF = (128.0, 4096.0)
+
+
+@lru_cache(maxsize=4096)
+def busiest_share(k: int, bins: int) -> int:
+    """Median of the largest count when k items go to `bins` uniformly random bins: the
+    smallest m with P(every bin holds ≤ m) ≥ 1/2 (exact, by conditioning bin by bin)."""
+    if k <= 0:
+        return 0
+
+    @cache
+    def fits(b: int, r: int, m: int) -> float:  # P(r items in b bins all ≤ m)
+        if r == 0:
+            return 1.0
+        if b == 1:
+            return 1.0 if r <= m else 0.0
+        p = 1.0 / b
+        return sum(
+            math.comb(r, j) * p**j * (1.0 - p) ** (r - j) * fits(b - 1, r - j, m)
+            for j in range(min(m, r) + 1)
+        )
+
+    m = -(-k // bins)
+    while fits(bins, k, m) < 0.5:
+        m += 1
+    return m
 
 
 def _prov_name(prov: np.ndarray | int, i: int) -> str:
@@ -256,7 +281,8 @@ class Predictor:
         if p.shared_tp > p.tp:
             terms += self._ffn_terms(tokens, p.shared_tp, dense=False)
         group = p.tp * p.dp
-        spans_dp = p.dp > 1 and (p.dense_tp > p.tp or (moe_layers and p.ep == 1))
+        gathered = moe_layers if moe_layers and not self._uses_alltoall() else 0.0
+        spans_dp = p.dp > 1 and (p.dense_tp > p.tp or gathered)
         if spans_dp:
             # The tokens of every rank meet over the tp×dp devices and leave again: TRT-LLM's
             # attention-DP MoE all-gathers the hidden states and reduce-scatters the output
@@ -264,7 +290,7 @@ class Predictor:
             # all_rank_num_tokens); SGLang dp-attention gathers (layers/dp_attention.py
             # dp_gather) and all-reduces over the group before dp_scatter. Priced as one
             # all-gather and one reduce-scatter of the stage's hidden states per such layer.
-            count = (moe_layers if p.ep == 1 else 0.0) + (
+            count = gathered + (
                 self._stage_fraction(m.num_dense_layers) if p.dense_tp > p.tp else 0.0
             )
             hb = tokens * m.hidden_size * ACT_BYTES
@@ -274,6 +300,24 @@ class Predictor:
             zero = np.zeros_like(tokens)
             terms.append(_Term("dp_gather_scatter", "comm", 2 * count, count * sec, zero, hb))
         return terms
+
+    def _uses_alltoall(self) -> bool:
+        """Whether the expert layers move tokens by all-to-all (dispatch and combine) rather
+        than gathering every rank's tokens.
+
+        Only across attention-DP ranks: without DP the tokens are already on every device
+        of the TP group and the partial outputs meet in its all-reduce (vLLM
+        `FusedMoEParallelConfig.use_all2all_kernels` is `dp_size > 1 and use_ep`; TRT-LLM
+        `select_alltoall_method_type` returns NotEnabled without attention DP). TRT-LLM also
+        gathers when moe_ep_size ≤ top-k (same function, _torch/modules/fused_moe/); SGLang's
+        expert-parallel deployments with dp-attention dispatch with DeepEP.
+        """
+        p = self.par
+        if p.dp == 1 or p.ep == 1:
+            return False
+        if self.engine.name == "trtllm":
+            return p.ep > self.model.experts_per_token
+        return True
 
     def _collective(self, op: str, nbytes_moved: np.ndarray, n: int) -> np.ndarray:
         """Seconds of an NCCL collective of `nbytes_moved` (nccl-tests size) over n devices,
@@ -524,7 +568,7 @@ class Predictor:
         routed = tokens / p.ep
         experts = max(1, n_exp // p.ep)
         width = m.moe_intermediate_size // p.moe_tp
-        if p.ep > 1:
+        if self._uses_alltoall():
             # Each device dispatches its 1/(tp·dp) share of the stage's tokens.
             a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES
             a2a = self._collective("alltoall", a2a_bytes, p.ep)
@@ -903,6 +947,9 @@ class Predictor:
         (_torch/pyexecutor/executor_request_queue.py, `_balance_requests_across_ranks`). So
         consecutive admissions land on different ranks: chunk i of a step runs on rank
         i mod dp, and every rank decodes ceil(decode_seqs/dp) sequences (the busiest share).
+        Under `random` dispatch the k chunks of a step land on uniformly random ranks and the
+        busiest rank holds the median of the largest of dp multinomial counts
+        (`busiest_share`): the first that many chunks.
         """
         chunks = list(prefill)
         dp = self.par.dp
@@ -910,6 +957,12 @@ class Predictor:
             tokens = decode_seqs + sum(n for n, _ in chunks)
             return list(range(len(chunks))), tokens, decode_seqs + len(chunks)
         dec = -(-decode_seqs // dp)
+        if self.par.dp_dispatch == "random" and len(chunks) > 1:
+            share = busiest_share(len(chunks), dp)
+            if share > -(-len(chunks) // dp):
+                idx = list(range(share))
+                tok = dec + sum(chunks[i][0] for i in idx)
+                return idx, tok, dec + share
         ranks = min(dp, len(chunks))
         best: tuple[float, list[int], int, int] = (-1.0, [], dec, dec)
         if len(chunks) < dp:

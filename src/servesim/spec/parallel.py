@@ -24,6 +24,13 @@ class Parallel:
     TRT-LLM's attention DP does, `overridden_tp_size=1 if enable_attention_dp` in its
     models/modeling_*.py) or tp × dp (SGLang's default `moe_dense_tp_size=None`: the dense
     MLP tensor-parallel over the whole group). Devices per replica = tp × pp × dp.
+
+    `dp_dispatch` is how requests reach the DP ranks: `balanced` keeps their counts even
+    (SGLang's default round-robin, TRT-LLM's attention-DP balancer), `random` sends each to a
+    uniformly random rank (SGLang prefill workers in PD disaggregation route by
+    `bootstrap_room % dp`, the room a random 63-bit number:
+    managers/data_parallel_controller.py `follow_bootstrap_room_scheduler`, the default
+    there in server_args.py `_handle_load_balance_method`).
     """
 
     tp: int = 1
@@ -32,6 +39,7 @@ class Parallel:
     dp: int = 1
     moe_tp_size: int = 0  # 0: tp × dp / ep
     dense_tp_size: int = 0  # 0: tp
+    dp_dispatch: str = "balanced"  # or "random"
 
     def __post_init__(self) -> None:
         for field_name in ("tp", "pp", "ep", "dp"):
@@ -47,6 +55,10 @@ class Parallel:
                     f"Parallel size {field_name} must be an integer ≥ 0 (0 = derived), "
                     f"got {value!r}."
                 )
+        if self.dp_dispatch not in ("balanced", "random"):
+            raise ServesimError(
+                f"dp_dispatch must be 'balanced' or 'random', got {self.dp_dispatch!r}."
+            )
         group = self.tp * self.dp
         if self.ep > 1 and group % self.ep:
             raise ServesimError(
