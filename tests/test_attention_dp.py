@@ -166,8 +166,8 @@ def test_random_dispatch_loads_the_busiest_rank(r1, gb200) -> None:
 
 def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     """TRT-LLM dispatches by all-to-all only under attention DP with moe_ep_size > top-k (8
-    for DeepSeek), and gathers otherwise; without DP no engine moves tokens for the experts
-    (they are on every device of the TP group already)."""
+    for DeepSeek), and gathers otherwise; vLLM only across DP ranks (without DP the tokens
+    are on every device of the TP group already); SGLang's DeepEP always."""
     trt = EngineProfile(name="trtllm")
 
     def names(par: Parallel, engine: EngineProfile) -> set[str]:
@@ -177,5 +177,7 @@ def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     assert "ep_alltoall" not in names(Parallel(tp=1, dp=8, ep=8), trt)
     assert "ep_alltoall" in names(Parallel(tp=1, dp=32, ep=32), trt)
     assert "ep_alltoall" in names(Parallel(tp=1, dp=8, ep=8), ENGINE)  # SGLang: DeepEP
-    tp8 = names(Parallel(tp=8, ep=8), trt) | names(Parallel(tp=8, ep=8), ENGINE)
-    assert not {"ep_alltoall", "dp_gather_scatter"} & tp8
+    assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), trt)
+    vllm = EngineProfile(name="vllm")
+    assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), vllm)
+    assert "ep_alltoall" in names(Parallel(tp=8, ep=8), ENGINE)  # DeepEP scatters over TP

@@ -303,17 +303,22 @@ class Predictor:
 
     def _uses_alltoall(self) -> bool:
         """Whether the expert layers move tokens by all-to-all (dispatch and combine) rather
-        than gathering every rank's tokens.
+        than gathering every rank's tokens or, without attention DP, finding them already on
+        every device of the TP group (the partial outputs then meet in its all-reduce).
 
-        Only across attention-DP ranks: without DP the tokens are already on every device
-        of the TP group and the partial outputs meet in its all-reduce (vLLM
-        `FusedMoEParallelConfig.use_all2all_kernels` is `dp_size > 1 and use_ep`; TRT-LLM
-        `select_alltoall_method_type` returns NotEnabled without attention DP). TRT-LLM also
-        gathers when moe_ep_size ≤ top-k (same function, _torch/modules/fused_moe/); SGLang's
-        expert-parallel deployments with dp-attention dispatch with DeepEP.
+        vLLM: only across DP ranks (`FusedMoEParallelConfig.use_all2all_kernels` is
+        `dp_size > 1 and use_ep`). TRT-LLM: only under attention DP with moe_ep_size > top-k,
+        else all-gather and reduce-scatter (`select_alltoall_method_type`,
+        tensorrt_llm/_torch/modules/fused_moe/). SGLang's expert-parallel deployments
+        dispatch with DeepEP (`--moe-a2a-backend deepep`), which first scatters the tokens
+        over the attention-TP ranks, so each device sends its 1/(tp·dp) share even at dp 1.
         """
         p = self.par
-        if p.dp == 1 or p.ep == 1:
+        if p.ep == 1:
+            return False
+        if self.engine.name == "sglang":
+            return True
+        if p.dp == 1:
             return False
         if self.engine.name == "trtllm":
             return p.ep > self.model.experts_per_token
