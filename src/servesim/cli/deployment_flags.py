@@ -72,7 +72,7 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g.add_argument("--devices", help="extra device catalog YAML")
     g.add_argument("--tp", type=int, help="tensor-parallel degree")
     g.add_argument("--pp", type=int, help="pipeline-parallel degree (at most the model's layers)")
-    g.add_argument("--ep", type=int, help="expert-parallel degree (1 = experts split by TP)")
+    g.add_argument("--ep", type=int, help="expert-parallel degree (1: experts split over tp×dp)")
     g.add_argument("--dp", type=int, help="attention data-parallel ranks per replica")
     if simulate:
         g.add_argument("--replicas", type=int, help="identical data-parallel replicas")
