@@ -10,7 +10,22 @@ compares its mean TTFT and TPOT with the measured ones.
 Colocated (`agg`) rows run one engine; disaggregated (`disagg`) rows run prefill and decode
 worker pools with the KV cache moved between them. Rows it cannot predict (a model without a
 bundled config, an unknown system, backend or quantisation) are counted with the reason.
-The last line is one JSON object.
+
+A row is predicted only when it says what was deployed (`specified_or_reason`); servesim does
+not guess a layout. Fully specified means, per mode:
+- `agg`: `batch_size` and `tp_size` are given, and the clients fit the batch slots: concurrency
+  ≤ batch_size × attention_dp_size (the row has no replica count, so more clients than slots
+  would mean unstated replicas or a deep queue the real run did not have);
+- `disagg`: `prefill_`/`decode_` `num_workers`, `batch_size` and `tp_size` are all given, and
+  concurrency ≤ decode_batch_size × decode_num_workers × decode_attention_dp_size.
+Anything else is refused with the reason and counted like the other skips.
+
+The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
+(APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
+`by_group` (`"<system>/<mode>": {rows, ttft_median_ape, tpot_median_ape}`), `skipped_by_reason`
+(reason → rows) and the slowest row's wall time. `--rows-out FILE` writes one CSV row per input
+row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused)
+and the wall seconds it took.
 """
 
 from __future__ import annotations
@@ -215,6 +230,110 @@ def ape_stats(errors: list[float]) -> tuple[float, float]:
     return float(np.median(a)), float(np.percentile(a, 90))
 
 
+def _given(row: dict[str, str], key: str) -> bool:
+    """Whether a column holds a positive number (empty and 0 mean "not stated")."""
+    text = (row.get(key) or "").strip()
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def specified_or_reason(row: dict[str, str]) -> str:
+    """Empty if the row states its whole deployment, else why it is refused (one phrase per
+    kind, so refusals count by reason; the module docstring says what each mode needs)."""
+    mode = (row.get("mode") or "agg").strip() or "agg"
+    clients = concurrency_of(row)
+    if mode == "disagg":
+        missing = [
+            f"{pool}_{key}"
+            for pool in ("prefill", "decode")
+            for key in ("num_workers", "batch_size", "tp_size")
+            if not _given(row, f"{pool}_{key}")
+        ]
+        if any(k.endswith(("num_workers", "batch_size")) for k in missing):
+            return "disagg row without worker counts or batch sizes"
+        if missing:
+            return "disagg row without tensor-parallel sizes"
+        slots = (
+            _int(row, "decode_batch_size")
+            * _int(row, "decode_num_workers")
+            * max(1, _int(row, "decode_attention_dp_size"))
+        )
+        if clients > slots:
+            return "disagg row with more clients than decode batch slots"
+        return ""
+    if mode != "agg":
+        return ""  # deployment_of names the unknown mode
+    if not _given(row, "batch_size"):
+        return "agg row without batch_size"
+    if not _given(row, "tp_size"):
+        return "agg row without tp_size"
+    slots = _int(row, "batch_size") * max(1, _int(row, "attention_dp_size"))
+    if clients > slots:
+        return "agg row with concurrency above batch_size × attention_dp and no replica count"
+    return ""
+
+
+ROWS_OUT_FIELDS = (
+    "id",
+    "system",
+    "mode",
+    "backend",
+    "model_path",
+    "isl",
+    "osl",
+    "concurrency",
+    "measured_ttft_ms",
+    "predicted_ttft_ms",
+    "measured_tpot_ms",
+    "predicted_tpot_ms",
+    "status",
+    "wall_s",
+)
+
+
+def summary(results: list[dict[str, object]]) -> dict[str, object]:
+    """The benchmark's figures from per-row results (`ROWS_OUT_FIELDS` dicts; predicted ones
+    have status `ok`): overall and per-`system/mode` APEs, skips by reason, the slowest row."""
+    ok = [r for r in results if r["status"] == "ok"]
+
+    def apes(rows: list[dict[str, object]], what: str) -> list[float]:
+        return [
+            100.0 * abs(float(r[f"predicted_{what}_ms"]) / float(r[f"measured_{what}_ms"]) - 1.0)
+            for r in rows
+        ]
+
+    tm, tp9 = ape_stats(apes(ok, "ttft"))
+    pm, pp9 = ape_stats(apes(ok, "tpot"))
+    groups: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for r in ok:
+        groups[f"{r['system']}/{r['mode']}"].append(r)
+    by_group = {
+        g: {
+            "rows": len(rs),
+            "ttft_median_ape": round(ape_stats(apes(rs, "ttft"))[0], 2),
+            "tpot_median_ape": round(ape_stats(apes(rs, "tpot"))[0], 2),
+        }
+        for g, rs in sorted(groups.items())
+    }
+    skipped = Counter(str(r["status"]) for r in results if r["status"] != "ok")
+    slowest = max(results, key=lambda r: float(r["wall_s"]), default=None)
+    return {
+        "rows": len(ok),
+        "skipped": sum(skipped.values()),
+        "predicted_fraction": round(len(ok) / len(results), 4) if results else 0.0,
+        "ttft_median_ape": round(tm, 2),
+        "ttft_p90_ape": round(tp9, 2),
+        "tpot_median_ape": round(pm, 2),
+        "tpot_p90_ape": round(pp9, 2),
+        "by_group": by_group,
+        "skipped_by_reason": dict(skipped.most_common()),
+        "slowest_row_s": round(float(slowest["wall_s"]), 3) if slowest else 0.0,
+        "slowest_row_id": slowest["id"] if slowest else "",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("path", nargs="?", default=str(DEFAULT_CSV), help="silicon sample CSV")
@@ -225,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "--jitter-ms", type=float, default=5.0, help="client send jitter (breaks phase-locking)"
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows")
-    ap.add_argument("--rows-out", help="write per-row predictions to this CSV")
+    ap.add_argument("--rows-out", help="write one CSV row per input row (predictions, status)")
     ap.add_argument(
         "--latency-model",
         default=DEFAULT_LATENCY_MODEL,
@@ -238,31 +357,47 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(csv.DictReader(f))
     if args.limit:
         rows = rows[: args.limit]
-    skipped: Counter[str] = Counter()
     errs: dict[str, list[float]] = defaultdict(list)
-    out_rows = []
+    results: list[dict[str, object]] = []
     t0 = time.perf_counter()
     for row in rows:
+        t_row = time.perf_counter()
+        out: dict[str, object] = {k: row.get(k, "") for k in ROWS_OUT_FIELDS[:7]}
+        out.update(
+            measured_ttft_ms=row["silicon_ttft_ms"],
+            measured_tpot_ms=row["silicon_tpot_ms"],
+            predicted_ttft_ms="",
+            predicted_tpot_ms="",
+        )
+        status = specified_or_reason(row)
         try:
-            ttft, tpot = simulate_row(
-                row,
-                catalog,
-                args.rounds,
-                args.warmup_rounds,
-                args.jitter_ms / 1e3,
-                args.vllm_budget,
-                args.latency_model,
-            )
+            out["concurrency"] = concurrency_of(row)
+            if not status:
+                ttft, tpot = simulate_row(
+                    row,
+                    catalog,
+                    args.rounds,
+                    args.warmup_rounds,
+                    args.jitter_ms / 1e3,
+                    args.vllm_budget,
+                    args.latency_model,
+                )
+                out.update(predicted_ttft_ms=ttft, predicted_tpot_ms=tpot)
+                status = "ok"
         except ServesimError as exc:
-            skipped[str(exc)] += 1
+            status = str(exc)
+        out["status"] = status
+        out["wall_s"] = round(time.perf_counter() - t_row, 4)
+        results.append(out)
+        if status != "ok":
             continue
         m_ttft, m_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
         e_ttft = 100.0 * (ttft - m_ttft) / m_ttft
         e_tpot = 100.0 * (tpot - m_tpot) / m_tpot
-        for key in ("all", row["backend"], row["model_path"]):
+        group = f"{row['system']}/{row['mode']}"
+        for key in ("all", group, row["backend"], row["model_path"]):
             errs[f"ttft:{key}"].append(e_ttft)
             errs[f"tpot:{key}"].append(e_tpot)
-        out_rows.append({**row, "sim_ttft_ms": ttft, "sim_tpot_ms": tpot})
     wall = time.perf_counter() - t0
     groups = sorted({k.split(":", 1)[1] for k in errs}, key=lambda g: (g != "all", g))
     heads = ("TTFT med", "TTFT p90", "TPOT med", "TPOT p90")
@@ -278,28 +413,19 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{'  (signed median error)':42s} {'':5s} {bias_t:+8.1f}% {'':9s} {bias_p:+8.1f}%"
             )
-    for reason, count in skipped.items():
+    stats = summary(results)
+    for reason, count in stats["skipped_by_reason"].items():
         print(f"skipped {count} row(s): {reason}")
-    print(f"simulated {len(out_rows)} rows in {wall:.1f} s")
+    print(
+        f"simulated {stats['rows']} rows in {wall:.1f} s "
+        f"(slowest {stats['slowest_row_s']} s: {stats['slowest_row_id']})"
+    )
     if args.rows_out:
         with open(args.rows_out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
+            w = csv.DictWriter(f, fieldnames=list(ROWS_OUT_FIELDS))
             w.writeheader()
-            w.writerows(out_rows)
-    tm, tp9 = ape_stats(errs["ttft:all"])
-    pm, pp9 = ape_stats(errs["tpot:all"])
-    print(
-        json.dumps(
-            {
-                "rows": len(out_rows),
-                "skipped": sum(skipped.values()),
-                "ttft_median_ape": round(tm, 2),
-                "ttft_p90_ape": round(tp9, 2),
-                "tpot_median_ape": round(pm, 2),
-                "tpot_p90_ape": round(pp9, 2),
-            }
-        )
-    )
+            w.writerows(results)
+    print(json.dumps({**stats, "wall_s": round(wall, 1)}))
     return 0
 
 
