@@ -144,3 +144,109 @@ def test_moe_tp_across_attention_dp_ranks_is_represented() -> None:
     assert dep.memory().weight_bytes < 110e9
     with pytest.raises(Exception, match="moe_tp=4"):
         silicon.deployment_of({**r, "moe_tp_size": "4"}, Catalog())
+
+
+DEV_CSV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
+
+
+def _rows_by_id(path: Path, ids: list[str]) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        by_id = {r["id"]: r for r in csv.DictReader(f)}
+    return [by_id[i] for i in ids]
+
+
+def test_under_specified_rows_are_refused_with_their_reason() -> None:
+    """A disaggregated row without worker counts, or a colocated row with more clients than
+    batch slots and no replica count, is refused rather than simulated as 1 worker at batch 1."""
+    assert silicon.specified_or_reason(row(batch_size="8", tp_size="2")) == ""
+    over = row(batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=64")
+    assert "concurrency above batch_size" in silicon.specified_or_reason(over)
+    # Attention-DP ranks each hold batch_size slots: 8 × 8 = 64 clients fit.
+    assert silicon.specified_or_reason({**over, "attention_dp_size": "8"}) == ""
+    assert silicon.specified_or_reason(row(tp_size="2")) == "agg row without batch_size"
+    (unspecified,) = _rows_by_id(
+        DEV_CSV,
+        ["2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c288_tp8_0_ep8_0_353"],
+    )
+    assert silicon.specified_or_reason(unspecified) == (
+        "disagg row without worker counts or batch sizes"
+    )
+    full = row(
+        mode="disagg",
+        silicon_data_source="silicon_concurrency=48",
+        prefill_batch_size="1",
+        prefill_num_workers="3",
+        prefill_tp_size="2",
+        decode_batch_size="24",
+        decode_num_workers="2",
+        decode_tp_size="4",
+    )
+    assert silicon.specified_or_reason(full) == ""
+    more = {**full, "silicon_data_source": "silicon_concurrency=49"}
+    assert silicon.specified_or_reason(more) == (
+        "disagg row with more clients than decode batch slots"
+    )
+
+
+def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys) -> None:
+    """On five real rows (two H100 and one H200 Llama-3.1-8B row predicted, two refused) the
+    last line's counts, per-group and overall APEs equal those computed from `--rows-out`."""
+    h100 = _rows_by_id(
+        silicon.DEFAULT_CSV,
+        [
+            "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm"
+            "_agg_1024x128_c8_tp1_epnone_1",
+            "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm"
+            "_agg_1024x128_c8_tp2_epnone_43",
+        ],
+    )
+    h200, disagg = _rows_by_id(
+        DEV_CSV,
+        [
+            "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h200_sxm_sglang"
+            "_agg_1000x100_c160_tp1_epnone_1",
+            "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c288_tp8_0_ep8_0_353",
+        ],
+    )
+    crowded = {**h200, "id": "crowded", "batch_size": "20"}  # 160 clients on 20 slots
+    with open(DEV_CSV, newline="") as f:
+        header = next(csv.reader(f))
+    path, out_path = tmp_path / "rows.csv", tmp_path / "out.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows([*h100, disagg, h200, crowded])
+    assert silicon.main([str(path), "--rounds", "2", "--rows-out", str(out_path)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with open(out_path, newline="") as f:
+        out = list(csv.DictReader(f))
+    assert [r["id"] for r in out] == [r["id"] for r in (*h100, disagg, h200, crowded)]
+    assert [r["status"] for r in out][:2] == ["ok", "ok"] and out[3]["status"] == "ok"
+    assert last["rows"] == 3 and last["skipped"] == 2 and last["predicted_fraction"] == 0.6
+    assert last["skipped_by_reason"] == {
+        "disagg row without worker counts or batch sizes": 1,
+        "agg row with concurrency above batch_size × attention_dp and no replica count": 1,
+    }
+    assert out[2]["predicted_ttft_ms"] == "" and float(out[2]["wall_s"]) >= 0.0
+
+    def ape(r: dict[str, str], what: str) -> float:
+        pred, meas = float(r[f"predicted_{what}_ms"]), float(r[f"measured_{what}_ms"])
+        return 100.0 * abs(pred - meas) / meas
+
+    assert float(out[0]["measured_ttft_ms"]) == float(h100[0]["silicon_ttft_ms"])
+    a, b, c = out[0], out[1], out[3]
+    h100_ttft = (ape(a, "ttft") + ape(b, "ttft")) / 2  # the median of two
+    assert last["by_group"] == {
+        "h100_sxm/agg": {
+            "rows": 2,
+            "ttft_median_ape": round(h100_ttft, 2),
+            "tpot_median_ape": round((ape(a, "tpot") + ape(b, "tpot")) / 2, 2),
+        },
+        "h200_sxm/agg": {
+            "rows": 1,
+            "ttft_median_ape": round(ape(c, "ttft"), 2),
+            "tpot_median_ape": round(ape(c, "tpot"), 2),
+        },
+    }
+    assert last["ttft_median_ape"] == round(sorted(ape(r, "ttft") for r in (a, b, c))[1], 2)
+    assert last["tpot_median_ape"] == round(sorted(ape(r, "tpot") for r in (a, b, c))[1], 2)
