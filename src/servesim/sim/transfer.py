@@ -7,13 +7,21 @@ link), so an instance's egress and ingress capacity is the link bandwidth times 
 
 `Network` runs transfers with processor sharing: a transfer moves at the smaller of its source's
 and its destination's capacity divided by the transfers each carries at that moment, recomputed
-whenever a transfer starts or ends; the link latency is paid once per transfer. Compressed KV
-(CacheGen) moves fewer bytes.
+whenever a transfer starts or ends; the link latency is paid once per transfer (a transfer holds
+its share until it has arrived). Compressed KV (CacheGen) moves fewer bytes.
+
+Transfers with the same source, destination and latency always move at the same rate, so they
+form one class served in virtual time (bytes each member has moved since the class began): a
+member's bytes are out when the class's virtual time reaches its start mark plus its size, so
+members leave in the order of those marks and only the class's next departure is an event.
+A start or an end costs O(log n) plus the classes sharing its endpoints, not O(transfers).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,28 +79,33 @@ def link_for(kind: str | Link, device: Device) -> Link:
 
 
 class _Transfer:
-    __slots__ = (
-        "done_at",
-        "dst",
-        "last_t",
-        "latency",
-        "payload",
-        "rate",
-        "remaining",
-        "src",
-        "version",
-    )
+    __slots__ = ("cls", "dst", "end_v", "finish_t", "payload", "src", "version")
 
-    def __init__(self, src: Any, dst: Any, nbytes: float, latency: float, payload: Any) -> None:
+    def __init__(self, cls: _Class, end_v: float, payload: Any) -> None:
+        self.cls = cls
+        self.src = cls.src
+        self.dst = cls.dst
+        self.end_v = end_v  # the class's virtual time at which its last byte is out
+        self.payload = payload
+        self.version = 0
+        self.finish_t = -1.0  # arrival time, once its last byte is out
+
+
+class _Class:
+    """Transfers of one (source, destination, latency): they share one rate at all times."""
+
+    __slots__ = ("dst", "event", "latency", "rate", "sending", "src", "t", "tail", "v")
+
+    def __init__(self, src: Any, dst: Any, latency: float) -> None:
         self.src = src
         self.dst = dst
-        self.remaining = nbytes
         self.latency = latency
-        self.payload = payload
-        self.rate = 0.0
-        self.last_t = 0.0
-        self.version = 0
-        self.done_at = -1.0  # when the last byte left (the latency is still to be paid)
+        self.rate = 0.0  # bytes/s of each member still sending
+        self.v = 0.0  # virtual time: bytes each sending member has moved since the class began
+        self.t = 0.0  # when `v` was last brought up to date
+        self.sending: list[tuple[float, int]] = []  # heap of (end_v, tid) of members sending
+        self.tail: deque[int] = deque()  # members whose bytes are out, by arrival time
+        self.event = -1  # the member whose arrival is the class's pending event
 
 
 class Network:
@@ -100,73 +113,111 @@ class Network:
 
     def __init__(self) -> None:
         self.capacity: dict[Any, float] = {}  # endpoint -> bytes/s
-        self.on: dict[Any, set[int]] = {}  # endpoint -> active transfer ids
+        self.count: dict[Any, int] = {}  # endpoint -> transfers it carries (until arrival)
+        self.classes_on: dict[Any, list[_Class]] = {}  # endpoint -> classes using it
+        self.classes: dict[tuple[Any, Any, float], _Class] = {}
         self.active: dict[int, _Transfer] = {}
         self.next_id = 0
         self.bytes_moved = 0.0
         self.transfers = 0
-        self.busy_s = 0.0
 
     def endpoint(self, name: Any, capacity_bytes_per_s: float) -> None:
         """Declare an endpoint (an instance's egress or ingress) and its capacity."""
         self.capacity[name] = capacity_bytes_per_s
-        self.on.setdefault(name, set())
+        self.count.setdefault(name, 0)
+        self.classes_on.setdefault(name, [])
 
     def start(
         self, t: float, src: Any, dst: Any, nbytes: float, latency: float, payload: Any
     ) -> list[tuple[float, int, int]]:
-        """Begin a transfer at t; returns (finish time, id, version) of every transfer whose
-        finish time changed (the new one included)."""
+        """Begin a transfer at t; returns (arrival time, id, version) of every pending arrival
+        that changed (the new transfer's, if it is its class's next)."""
+        key = (src, dst, latency)
+        cls = self.classes.get(key)
+        if cls is None:
+            cls = self.classes[key] = _Class(src, dst, latency)
+            self.classes_on[src].append(cls)
+            self.classes_on[dst].append(cls)
+        nbytes = max(0.0, nbytes)
+        touched = self._catch_up(t, src, dst)
         tid = self.next_id
         self.next_id += 1
-        tr = _Transfer(src, dst, max(0.0, nbytes), latency, payload)
-        tr.last_t = t
+        tr = _Transfer(cls, cls.v + nbytes, payload)
         self.active[tid] = tr
-        on_src, on_dst = self.on[src], self.on[dst]
-        self.bytes_moved += tr.remaining
+        heapq.heappush(cls.sending, (tr.end_v, tid))
+        self.count[src] += 1
+        self.count[dst] += 1
+        self.bytes_moved += nbytes
         self.transfers += 1
-        if not on_src and not on_dst:  # alone on both ends: the common, uncontended case
-            on_src.add(tid)
-            on_dst.add(tid)
-            tr.rate = rate = min(self.capacity[src], self.capacity[dst])
-            tr.version = 1
-            return [(t + tr.remaining / rate + latency, tid, 1)]
-        on_src.add(tid)
-        on_dst.add(tid)
-        return self._rerate(t, on_src | on_dst)
+        touched.add(cls)
+        return self._rerate(t, touched)
 
     def finish(self, t: float, tid: int) -> tuple[Any, list[tuple[float, int, int]]]:
-        """End a transfer (its finish event fired); returns its payload and the new finish
+        """End a transfer (its arrival event fired); returns its payload and the new arrival
         times of the transfers that now get more bandwidth."""
-        tr = self.active.pop(tid)
-        on_src, on_dst = self.on[tr.src], self.on[tr.dst]
-        on_src.discard(tid)
-        on_dst.discard(tid)
-        if not on_src and not on_dst:
-            return tr.payload, []
-        return tr.payload, self._rerate(t, on_src | on_dst)
+        tr = self.active[tid]
+        cls = tr.cls
+        touched = self._catch_up(t, tr.src, tr.dst)
+        del self.active[tid]
+        if cls.tail and cls.tail[0] == tid:
+            cls.tail.popleft()
+        else:  # its last byte left at t − latency, a rounding error short of the class's mark
+            first = heapq.heappop(cls.sending)[1]
+            assert first == tid, "only a class's next arrival can fire"
+        cls.event = -1
+        self.count[tr.src] -= 1
+        self.count[tr.dst] -= 1
+        return tr.payload, self._rerate(t, touched)
 
     def valid(self, tid: int, version: int) -> bool:
-        """Whether a finish event is still current."""
+        """Whether an arrival event is still current."""
         tr = self.active.get(tid)
         return tr is not None and tr.version == version
 
-    def _rerate(self, t: float, ids: set[int]) -> list[tuple[float, int, int]]:
+    def _catch_up(self, t: float, src: Any, dst: Any) -> set[_Class]:
+        """Bring every class on these endpoints to time t at its current rate (members whose
+        bytes went out meanwhile get their arrival time); returns those classes."""
+        touched: set[_Class] = set()
+        active = self.active
+        for cls in (*self.classes_on[src], *self.classes_on[dst]):
+            if cls in touched:
+                continue
+            touched.add(cls)
+            rate = cls.rate
+            if rate > 0.0 and t > cls.t:
+                v0, t0 = cls.v, cls.t
+                cls.v = v = v0 + rate * (t - t0)
+                sending = cls.sending
+                limit = v + 1e-12 * v  # marks equal to v up to rounding are out too
+                while sending and sending[0][0] <= limit:
+                    end_v, tid = heapq.heappop(sending)
+                    tr = active[tid]
+                    tr.finish_t = t0 + max(0.0, end_v - v0) / rate + cls.latency
+                    cls.tail.append(tid)
+            cls.t = max(cls.t, t)
+        return touched
+
+    def _rerate(self, t: float, touched: set[_Class]) -> list[tuple[float, int, int]]:
+        """New rates for the classes whose endpoints' loads changed, and their next arrival."""
         out = []
-        cap, on = self.capacity, self.on
-        for tid in ids:
-            tr = self.active[tid]
-            if tr.done_at >= 0:
-                continue  # only its latency is left: bandwidth changes do not matter
-            if tr.rate > 0:
-                moved = tr.rate * (t - tr.last_t)
-                if moved >= tr.remaining:
-                    tr.done_at = tr.last_t + tr.remaining / tr.rate
-                    tr.remaining = 0.0
-                    continue
-                tr.remaining -= moved
-            tr.last_t = t
-            tr.rate = min(cap[tr.src] / len(on[tr.src]), cap[tr.dst] / len(on[tr.dst]))
+        cap, count, active = self.capacity, self.count, self.active
+        for cls in touched:
+            ns, nd = count[cls.src], count[cls.dst]
+            cls.rate = min(cap[cls.src] / ns, cap[cls.dst] / nd) if ns and nd else 0.0
+            if cls.tail:
+                tid = cls.tail[0]
+                if cls.event == tid:
+                    continue  # its arrival time is fixed and already pending
+                when = active[tid].finish_t
+            elif cls.sending:
+                end_v, tid = cls.sending[0]
+                when = t + (end_v - cls.v) / cls.rate + cls.latency
+            else:
+                continue
+            if cls.event >= 0 and cls.event != tid:
+                active[cls.event].version += 1  # its pending event is stale
+            tr = active[tid]
             tr.version += 1
-            out.append((t + tr.remaining / tr.rate + tr.latency, tid, tr.version))
+            cls.event = tid
+            out.append((when, tid, tr.version))
         return out
