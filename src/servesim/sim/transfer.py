@@ -139,34 +139,52 @@ class Network:
             self.classes_on[src].append(cls)
             self.classes_on[dst].append(cls)
         nbytes = max(0.0, nbytes)
-        touched = self._catch_up(t, src, dst)
+        count = self.count
         tid = self.next_id
         self.next_id += 1
+        self.bytes_moved += nbytes
+        self.transfers += 1
+        if not count[src] and not count[dst]:  # alone on both ends: the common case
+            count[src] = count[dst] = 1
+            tr = _Transfer(cls, cls.v + nbytes, payload)
+            tr.version = 1
+            self.active[tid] = tr
+            heapq.heappush(cls.sending, (tr.end_v, tid))
+            cls.t = t
+            cls.event = tid
+            cls.rate = rate = min(self.capacity[src], self.capacity[dst])
+            return [(t + nbytes / rate + latency, tid, 1)]
+        touched = self._catch_up(t, src, dst)
         tr = _Transfer(cls, cls.v + nbytes, payload)
         self.active[tid] = tr
         heapq.heappush(cls.sending, (tr.end_v, tid))
-        self.count[src] += 1
-        self.count[dst] += 1
-        self.bytes_moved += nbytes
-        self.transfers += 1
-        touched.add(cls)
-        return self._rerate(t, touched)
+        count[src] += 1
+        count[dst] += 1
+        return self._rerate(t, touched)  # (`touched` holds every class on src, cls too)
 
     def finish(self, t: float, tid: int) -> tuple[Any, list[tuple[float, int, int]]]:
         """End a transfer (its arrival event fired); returns its payload and the new arrival
         times of the transfers that now get more bandwidth."""
         tr = self.active[tid]
-        cls = tr.cls
-        touched = self._catch_up(t, tr.src, tr.dst)
+        cls, src, dst, count = tr.cls, tr.src, tr.dst, self.count
+        count[src] -= 1
+        count[dst] -= 1
+        cls.event = -1
+        if not count[src] and not count[dst]:  # it was alone on both ends
+            del self.active[tid]
+            if cls.tail:
+                cls.tail.popleft()
+            else:
+                heapq.heappop(cls.sending)
+            cls.rate = 0.0
+            return tr.payload, []
+        touched = self._catch_up(t, src, dst)
         del self.active[tid]
         if cls.tail and cls.tail[0] == tid:
             cls.tail.popleft()
         else:  # its last byte left at t − latency, a rounding error short of the class's mark
             first = heapq.heappop(cls.sending)[1]
             assert first == tid, "only a class's next arrival can fire"
-        cls.event = -1
-        self.count[tr.src] -= 1
-        self.count[tr.dst] -= 1
         return tr.payload, self._rerate(t, touched)
 
     def valid(self, tid: int, version: int) -> bool:
@@ -174,15 +192,13 @@ class Network:
         tr = self.active.get(tid)
         return tr is not None and tr.version == version
 
-    def _catch_up(self, t: float, src: Any, dst: Any) -> set[_Class]:
+    def _catch_up(self, t: float, src: Any, dst: Any) -> list[_Class]:
         """Bring every class on these endpoints to time t at its current rate (members whose
         bytes went out meanwhile get their arrival time); returns those classes."""
-        touched: set[_Class] = set()
+        touched = [*self.classes_on[src]]
+        touched += [c for c in self.classes_on[dst] if c.src != src]
         active = self.active
-        for cls in (*self.classes_on[src], *self.classes_on[dst]):
-            if cls in touched:
-                continue
-            touched.add(cls)
+        for cls in touched:
             rate = cls.rate
             if rate > 0.0 and t > cls.t:
                 v0, t0 = cls.v, cls.t
@@ -194,26 +210,31 @@ class Network:
                     tr = active[tid]
                     tr.finish_t = t0 + max(0.0, end_v - v0) / rate + cls.latency
                     cls.tail.append(tid)
-            cls.t = max(cls.t, t)
+            cls.t = t  # (events come in time order)
         return touched
 
-    def _rerate(self, t: float, touched: set[_Class]) -> list[tuple[float, int, int]]:
+    def _rerate(self, t: float, touched: list[_Class]) -> list[tuple[float, int, int]]:
         """New rates for the classes whose endpoints' loads changed, and their next arrival."""
         out = []
         cap, count, active = self.capacity, self.count, self.active
         for cls in touched:
+            if not cls.sending and not cls.tail:
+                cls.rate = 0.0
+                continue
             ns, nd = count[cls.src], count[cls.dst]
-            cls.rate = min(cap[cls.src] / ns, cap[cls.dst] / nd) if ns and nd else 0.0
+            rate = min(cap[cls.src] / ns, cap[cls.dst] / nd)
+            same = rate == cls.rate
+            cls.rate = rate
             if cls.tail:
                 tid = cls.tail[0]
                 if cls.event == tid:
                     continue  # its arrival time is fixed and already pending
                 when = active[tid].finish_t
-            elif cls.sending:
-                end_v, tid = cls.sending[0]
-                when = t + (end_v - cls.v) / cls.rate + cls.latency
             else:
-                continue
+                end_v, tid = cls.sending[0]
+                if same and cls.event == tid:
+                    continue  # same rate, same next member: its pending arrival stands
+                when = t + (end_v - cls.v) / rate + cls.latency
             if cls.event >= 0 and cls.event != tid:
                 active[cls.event].version += 1  # its pending event is stale
             tr = active[tid]
