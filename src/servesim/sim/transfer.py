@@ -94,7 +94,7 @@ class _Transfer:
 class _Class:
     """Transfers of one (source, destination, latency): they share one rate at all times."""
 
-    __slots__ = ("dst", "event", "latency", "rate", "sending", "src", "t", "tail", "v")
+    __slots__ = ("dst", "event", "latency", "n", "rate", "sending", "src", "t", "tail", "v")
 
     def __init__(self, src: Any, dst: Any, latency: float) -> None:
         self.src = src
@@ -106,6 +106,7 @@ class _Class:
         self.sending: list[tuple[float, int]] = []  # heap of (end_v, tid) of members sending
         self.tail: deque[int] = deque()  # members whose bytes are out, by arrival time
         self.event = -1  # the member whose arrival is the class's pending event
+        self.n = 0  # members (sending or paying their latency)
 
 
 class Network:
@@ -114,7 +115,8 @@ class Network:
     def __init__(self) -> None:
         self.capacity: dict[Any, float] = {}  # endpoint -> bytes/s
         self.count: dict[Any, int] = {}  # endpoint -> transfers it carries (until arrival)
-        self.classes_on: dict[Any, list[_Class]] = {}  # endpoint -> classes using it
+        # endpoint -> classes with members on it (a dict as an ordered set)
+        self.classes_on: dict[Any, dict[_Class, None]] = {}
         self.classes: dict[tuple[Any, Any, float], _Class] = {}
         self.active: dict[int, _Transfer] = {}
         self.next_id = 0
@@ -125,7 +127,7 @@ class Network:
         """Declare an endpoint (an instance's egress or ingress) and its capacity."""
         self.capacity[name] = capacity_bytes_per_s
         self.count.setdefault(name, 0)
-        self.classes_on.setdefault(name, [])
+        self.classes_on.setdefault(name, {})
 
     def start(
         self, t: float, src: Any, dst: Any, nbytes: float, latency: float, payload: Any
@@ -136,14 +138,16 @@ class Network:
         cls = self.classes.get(key)
         if cls is None:
             cls = self.classes[key] = _Class(src, dst, latency)
-            self.classes_on[src].append(cls)
-            self.classes_on[dst].append(cls)
         nbytes = max(0.0, nbytes)
         count = self.count
         tid = self.next_id
         self.next_id += 1
         self.bytes_moved += nbytes
         self.transfers += 1
+        if not cls.n:
+            self.classes_on[src][cls] = None
+            self.classes_on[dst][cls] = None
+        cls.n += 1
         if not count[src] and not count[dst]:  # alone on both ends: the common case
             count[src] = count[dst] = 1
             tr = _Transfer(cls, cls.v + nbytes, payload)
@@ -154,13 +158,13 @@ class Network:
             cls.event = tid
             cls.rate = rate = min(self.capacity[src], self.capacity[dst])
             return [(t + nbytes / rate + latency, tid, 1)]
-        touched = self._catch_up(t, src, dst)
+        touched = self._catch_up(t, src, dst)  # (cls is on src: it is among them)
         tr = _Transfer(cls, cls.v + nbytes, payload)
         self.active[tid] = tr
         heapq.heappush(cls.sending, (tr.end_v, tid))
         count[src] += 1
         count[dst] += 1
-        return self._rerate(t, touched)  # (`touched` holds every class on src, cls too)
+        return self._rerate(t, touched)
 
     def finish(self, t: float, tid: int) -> tuple[Any, list[tuple[float, int, int]]]:
         """End a transfer (its arrival event fired); returns its payload and the new arrival
@@ -170,8 +174,10 @@ class Network:
         count[src] -= 1
         count[dst] -= 1
         cls.event = -1
+        cls.n -= 1
         if not count[src] and not count[dst]:  # it was alone on both ends
             del self.active[tid]
+            del self.classes_on[src][cls], self.classes_on[dst][cls]
             if cls.tail:
                 cls.tail.popleft()
             else:
@@ -185,6 +191,8 @@ class Network:
         else:  # its last byte left at t − latency, a rounding error short of the class's mark
             first = heapq.heappop(cls.sending)[1]
             assert first == tid, "only a class's next arrival can fire"
+        if not cls.n:
+            del self.classes_on[src][cls], self.classes_on[dst][cls]
         return tr.payload, self._rerate(t, touched)
 
     def valid(self, tid: int, version: int) -> bool:
@@ -193,8 +201,8 @@ class Network:
         return tr is not None and tr.version == version
 
     def _catch_up(self, t: float, src: Any, dst: Any) -> list[_Class]:
-        """Bring every class on these endpoints to time t at its current rate (members whose
-        bytes went out meanwhile get their arrival time); returns those classes."""
+        """Bring every class with members on these endpoints to time t at its current rate
+        (members whose bytes went out meanwhile get their arrival time); returns them."""
         touched = [*self.classes_on[src]]
         touched += [c for c in self.classes_on[dst] if c.src != src]
         active = self.active
