@@ -228,6 +228,7 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
         "agg row with concurrency above batch_size × attention_dp and no replica count": 1,
     }
     assert out[2]["predicted_ttft_ms"] == "" and float(out[2]["wall_s"]) >= 0.0
+    assert float(out[0]["cpu_s"]) > 0.0 and last["slowest_row_cpu_s"] >= float(out[0]["cpu_s"])
 
     def ape(r: dict[str, str], what: str) -> float:
         pred, meas = float(r[f"predicted_{what}_ms"]), float(r[f"measured_{what}_ms"])
