@@ -131,6 +131,22 @@ def test_classes_give_every_transfer_the_reference_arrival(seed: int) -> None:
         assert fast[i] >= alone - 1e-9
 
 
+def test_every_transfer_with_its_own_latency_matches_too() -> None:
+    """Live-migration deltas each carry their own latency, so each is a class of its own (more
+    classes than are kept idle): arrivals still match the reference."""
+    rng = np.random.default_rng(11)
+    times = np.cumsum(rng.exponential(0.3, 400))
+    starts = [
+        (float(t), f"p{rng.integers(3)}", f"d{rng.integers(2)}", float(rng.uniform(1, 60)), lat)
+        for t, lat in zip(times, rng.uniform(0.0, 1.0, 400), strict=True)
+    ]
+    net = Network()
+    fast, ref = _run(net, starts), _run(ReferenceNetwork(), starts)
+    assert len(net.classes) <= 65 and not any(net.classes_on.values())
+    for i in range(len(starts)):
+        assert fast[i] == pytest.approx(ref[i], abs=1e-9), i
+
+
 def test_shared_link_halves_then_speeds_up_by_hand() -> None:
     """Two 100-byte transfers from p0 (10 B/s) to d0 start together: each moves at 5 B/s and
     both arrive at 20 s; a third of 50 bytes at t = 10 s leaves the first two 50 bytes each,

@@ -78,6 +78,9 @@ def link_for(kind: str | Link, device: Device) -> Link:
     raise ServesimError(f"Link kind {kind!r} is unknown; use one of {', '.join(LINK_KINDS)}.")
 
 
+_KEEP_CLASSES = 64  # idle classes kept for reuse up to this many
+
+
 class _Transfer:
     __slots__ = ("cls", "dst", "end_v", "finish_t", "payload", "src", "version")
 
@@ -177,7 +180,7 @@ class Network:
         cls.n -= 1
         if not count[src] and not count[dst]:  # it was alone on both ends
             del self.active[tid]
-            del self.classes_on[src][cls], self.classes_on[dst][cls]
+            self._idle(cls)
             if cls.tail:
                 cls.tail.popleft()
             else:
@@ -192,8 +195,15 @@ class Network:
             first = heapq.heappop(cls.sending)[1]
             assert first == tid, "only a class's next arrival can fire"
         if not cls.n:
-            del self.classes_on[src][cls], self.classes_on[dst][cls]
+            self._idle(cls)
         return tr.payload, self._rerate(t, touched)
+
+    def _idle(self, cls: _Class) -> None:
+        """A class lost its last member: off its endpoints' lists; forgotten when classes are
+        many (migration deltas each bring their own latency), so memory stays bounded."""
+        del self.classes_on[cls.src][cls], self.classes_on[cls.dst][cls]
+        if len(self.classes) > _KEEP_CLASSES:
+            del self.classes[(cls.src, cls.dst, cls.latency)]
 
     def valid(self, tid: int, version: int) -> bool:
         """Whether an arrival event is still current."""
