@@ -206,3 +206,33 @@ def test_equal_requests_get_the_reference_figures_up_to_their_order(monkeypatch)
     b = simulate(dep, closed_loop=loop).columns()
     for col in ("ttft_s", "tpot_s", "finish_s"):
         assert np.allclose(np.sort(a[col]), np.sort(b[col]), rtol=0, atol=1e-9), col
+
+
+def test_events_per_transfer_stay_constant_under_contention() -> None:
+    """2,000 transfers started together on one link: each start or arrival re-prices only its
+    class's next arrival, so the events handed to the loop grow linearly (pricing every
+    transfer at every change would hand out about n²/2 = 2,000,000)."""
+    n = 2000
+    starts = [(0.0, "p0", "d0", 10.0 + (i % 7), 0.001) for i in range(n)]
+    net = Network()
+    handed = 0
+    real_start, real_finish = net.start, net.finish
+
+    def start(*a):
+        nonlocal handed
+        out = real_start(*a)
+        handed += len(out)
+        return out
+
+    def finish(*a):
+        nonlocal handed
+        payload, out = real_finish(*a)
+        handed += len(out)
+        return payload, out
+
+    net.start, net.finish = start, finish  # type: ignore[method-assign]
+    arrived = _run(net, starts)
+    assert len(arrived) == n and handed <= 3 * n
+    # All share 10 B/s: the last of 2,000 × 13 bytes on average is out at Σ bytes / 10 B/s.
+    total = sum(s[3] for s in starts)
+    assert max(arrived.values()) == pytest.approx(total / 10.0 + 0.001)
