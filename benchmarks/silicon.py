@@ -124,7 +124,7 @@ def _model(row: dict[str, str]):
     return model
 
 
-def _parallel(row: dict[str, str], prefix: str, role: str = "agg") -> Parallel:
+def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = True) -> Parallel:
     """A pool's layout from the row's `{prefix}tp_size`, ... columns: attention TP per DP
     rank, attention-DP ranks, and the expert layers as moe_tp × ep over all tp × dp GPUs.
 
@@ -132,12 +132,15 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg") -> Parallel:
     over the whole group (`--moe-dense-tp-size` defaults to None, i.e. the full TP size:
     python/sglang/srt/server_args.py); TRT-LLM replicates them on every attention-DP rank
     (`overridden_tp_size=1 if enable_attention_dp`, tensorrt_llm/_torch/models/).
+    A dense model (`moe` False) has no expert layers: its rows' `moe_tp_size 1, moe_ep_size 1`
+    are the generator's defaults and say nothing.
     """
     tp, pp, dp, ep = (
         max(1, _int(row, prefix + key))
         for key in ("tp_size", "pp_size", "attention_dp_size", "moe_ep_size")
     )
-    moe_tp = _int(row, prefix + "moe_tp_size", 0)
+    moe_tp = _int(row, prefix + "moe_tp_size", 0) if moe else 0
+    ep = ep if moe else 1
     if moe_tp and moe_tp * ep != tp * dp:
         raise ServesimError(
             f"moe_tp={moe_tp} × ep={ep} does not cover tp={tp}×dp={dp} GPUs, a layout "
@@ -175,7 +178,7 @@ def deployment_of(
     isl = _int(row, "isl")
 
     def pool(prefix: str, role: str) -> Deployment:
-        par = _parallel(row, prefix, role)
+        par = _parallel(row, prefix, role, model.is_moe)
         bs = _int(row, prefix + "batch_size")
         return Deployment(
             model=model,
