@@ -426,6 +426,13 @@ class RequestTable:
             j = self._load(gid)
         return self._ba[j]
 
+    def prompt_of(self, gid: int) -> int:
+        """Prompt tokens of request `gid` of the workload (before it is admitted)."""
+        j = gid - self._bl
+        if j < 0 or j >= self._bn:
+            j = self._load(gid)
+        return self._bp[j]
+
     def _grow(self) -> int:
         """A new slot (no free one): every list one longer."""
         self.arrival_s.append(-1.0)
