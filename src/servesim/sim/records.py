@@ -429,9 +429,9 @@ class RequestTable:
     def prompt_of(self, gid: int) -> int:
         """Prompt tokens of request `gid` of the workload (before it is admitted)."""
         j = gid - self._bl
-        if j < 0 or j >= self._bn:
-            j = self._load(gid)
-        return self._bp[j]
+        if 0 <= j < self._bn:
+            return self._bp[j]
+        return int(self._prompts[gid])  # leave the converted block where admission needs it
 
     def _grow(self) -> int:
         """A new slot (no free one): every list one longer."""
