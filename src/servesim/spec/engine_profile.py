@@ -21,10 +21,11 @@ FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
 # The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
 # minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
 # the request) was 8.4-12.2 ms for 512-token prompts over HTTP streaming (vllm-project/vllm
-# PR #54628, `vllm bench serve` against `vllm serve`, three backends, two rounds); less the
-# prompt's tokenisation below (~1.3 ms) that is ~7 ms of HTTP, chat template, engine-client hop
-# and SSE. SGLang (TokenizerManager -> Scheduler -> DetokenizerManager -> TokenizerManager over
-# ZMQ, python/sglang/srt/managers/) and trtllm-serve (FastAPI -> LLM API -> executor proxy over
+# PR #54628, `vllm bench serve` against `vllm serve` on one host, concurrency 8, three API
+# backends, two rounds, on a laptop RTX 4070 under WSL2); less the prompt's tokenisation below
+# (~1.3 ms) that is ~7 ms of HTTP, chat template, engine-client hop and SSE. SGLang
+# (TokenizerManager -> Scheduler -> DetokenizerManager -> TokenizerManager over ZMQ,
+# python/sglang/srt/managers/) and trtllm-serve (FastAPI -> LLM API -> executor proxy over
 # ZMQ IPC -> PyExecutor, tensorrt_llm/serve/openai_server.py, tensorrt_llm/executor/proxy.py)
 # run the same FastAPI/uvicorn front with one or two more ZMQ hops of ~0.1 ms: the same prior.
 REQUEST_OVERHEAD_S = 7.0e-3
