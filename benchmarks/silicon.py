@@ -109,7 +109,7 @@ def _model(row: dict[str, str]):
     return model
 
 
-def _parallel(row: dict[str, str], prefix: str, role: str = "agg") -> Parallel:
+def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = True) -> Parallel:
     """A pool's layout from the row's `{prefix}tp_size`, ... columns: attention TP per DP
     rank, attention-DP ranks, and the expert layers as moe_tp × ep over all tp × dp GPUs.
 
@@ -117,12 +117,15 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg") -> Parallel:
     over the whole group (`--moe-dense-tp-size` defaults to None, i.e. the full TP size:
     python/sglang/srt/server_args.py); TRT-LLM replicates them on every attention-DP rank
     (`overridden_tp_size=1 if enable_attention_dp`, tensorrt_llm/_torch/models/).
+    A dense model (`moe` false) has no expert layers: its moe_tp/ep columns say nothing.
     """
     tp, pp, dp, ep = (
         max(1, _int(row, prefix + key))
         for key in ("tp_size", "pp_size", "attention_dp_size", "moe_ep_size")
     )
     moe_tp = _int(row, prefix + "moe_tp_size", 0)
+    if not moe:
+        moe_tp, ep = 0, 1
     if moe_tp and moe_tp * ep != tp * dp:
         raise ServesimError(
             f"moe_tp={moe_tp} × ep={ep} does not cover tp={tp}×dp={dp} GPUs, a layout "
@@ -160,7 +163,7 @@ def deployment_of(
     isl = _int(row, "isl")
 
     def pool(prefix: str, role: str) -> Deployment:
-        par = _parallel(row, prefix, role)
+        par = _parallel(row, prefix, role, moe=model.num_experts > 0)
         bs = _int(row, prefix + "batch_size")
         return Deployment(
             model=model,

@@ -144,3 +144,11 @@ def test_moe_tp_across_attention_dp_ranks_is_represented() -> None:
     assert dep.memory().weight_bytes < 110e9
     with pytest.raises(Exception, match="moe_tp=4"):
         silicon.deployment_of({**r, "moe_tp_size": "4"}, Catalog())
+
+
+def test_dense_row_ignores_its_moe_columns() -> None:
+    """The H100 file's dense rows carry moe_tp_size=1, moe_ep_size=1 beside tp=2: a dense model
+    has no expert layers, so those columns must not refuse the row."""
+    r = row(tp_size="2", moe_tp_size="1", moe_ep_size="1", batch_size="8")
+    dep = silicon.deployment_of(r, Catalog())
+    assert dep.parallel.tp == 2 and dep.parallel.ep == 1
