@@ -175,16 +175,14 @@ class Cluster:
         closed = self.closed
         admit, report, arrival_of = table.admit, table.done, table.arrival_of
         pending: list[tuple[float, int]] = []
-        next_rid = 0
         sent_s = None
-        delays = np.zeros(0)
         if closed is not None:
-            delays = closed.delays_s
+            # The client protocol (ramp, request rate, warm-up phase) decides each send time.
+            pacer = closed.pacer()
             if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
                 sent_s = self.arrival_s = np.full(n, -1.0)
-            for gid in range(min(closed.clients, n)):
-                heapq.heappush(pending, (float(delays[gid]) - closed.think_s, gid))
-            next_rid = min(closed.clients, n)
+            for item in pacer.start():
+                heapq.heappush(pending, item)
         if self.migration is not None:
             self._push(self.migration.interval_s, _TICK, -1)
         for i, c in enumerate(self.controllers):
@@ -281,10 +279,8 @@ class Cluster:
                 if closed is not None:
                     finish = table.finish_s
                     for rid in done:
-                        if next_rid < n:
-                            sent = finish[rid] + float(delays[next_rid])
-                            heapq.heappush(pending, (sent, next_rid))
-                            next_rid += 1
+                        for item in pacer.finished(float(finish[rid])):
+                            heapq.heappush(pending, item)
                 report(done)
             if tick:
                 tick = False

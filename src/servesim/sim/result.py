@@ -33,6 +33,9 @@ class SimResult:
     # Replica-time provisioned between the first arrival and the last finish (autoscaled runs;
     # None: every replica was up the whole span).
     provisioned_replica_s: float | None = None
+    # Requests 0..warmup_requests-1 were a closed loop's warm-up: kept in the records, left out
+    # of the summary's latencies and throughput (as the benchmark clients report them).
+    warmup_requests: int = 0
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per-request columns ordered by request id, with derived latencies (computed once;
@@ -47,7 +50,12 @@ class SimResult:
         if "scale_events" in self.extra:  # autoscaled: how attainment moved with the load
             window = max(60.0, max(rec.end_s - rec.start_s, 1e-12) / 24.0)
         acc = RunSummary(slo, window)
+        w = self.warmup_requests
         for chunk in rec.chunks(_SUMMARY_COLUMNS):
+            if w:
+                keep = chunk["request_id"] >= w
+                if not keep.all():
+                    chunk = {k: v[keep] for k, v in chunk.items()}
             acc.add(chunk)
         s = acc.result(self.itl)
         dep = self.deployment
@@ -168,6 +176,8 @@ def result(
     figures. `finish_events` counts the finishes a run without `stats` reported."""
     table = req.table
     res = SimResult(dep, table.sink, itl, mem, [], {}, wall)
+    if req.closed is not None:
+        res.warmup_requests = req.closed.warmup_requests
     if stats is not None:
         finish_events = stats.finish_events
     table.close(finish_events)
