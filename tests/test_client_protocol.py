@@ -219,3 +219,60 @@ def test_silicon_rows_map_to_the_client_that_measured_them() -> None:
     assert silicon.protocol_of(src(new)).name == "inferencex"
     aic = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Q.csv"
     assert silicon.protocol_of(src(aic)).name == "aiperf"
+
+
+# ---- the command line --------------------------------------------------------------------------
+def test_cli_protocol_names_are_the_presets() -> None:
+    from typing import get_args
+
+    from servesim.cli.settings import WorkloadSettings
+    from servesim.sim.clients import PROTOCOLS
+
+    ann = WorkloadSettings.model_fields["client_protocol"].annotation
+    literal = next(a for a in get_args(ann) if a is not type(None))
+    assert set(get_args(literal)) == {p.name for p in PROTOCOLS}
+
+
+def test_cli_runs_a_client_protocol_and_summarises_the_measured_requests(
+    tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from servesim.cli.main import main
+
+    args = ["simulate", "--clients", "4", "--prompt", "512", "--output", "32", "--seed", "3"]
+    code = main([*args, "--client-protocol", "inferencex", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["requests"] == 40  # 10 per client measured; the 8 warm-up ones left out
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--client-protocol", "genai"], "client-protocol"),
+        (["--length-range-ratio", "-0.5"], "length-range-ratio"),
+        (["--client-protocol", "aiperf", "--prompt", "uniform:10:20"], "nominal length"),
+        (["--client-protocol", "aiperf", "--warmup-requests", "3"], "multiple of --clients"),
+    ],
+)
+def test_cli_refuses_bad_protocol_settings_in_one_sentence(
+    extra: list, pattern: str, capsys
+) -> None:
+    from servesim.cli.main import main
+
+    base = ["simulate", "--clients", "4", "--output", "32", "--num-requests", "8"]
+    if "--prompt" not in extra:
+        base += ["--prompt", "512"]
+    code = main([*base, *extra])
+    _, err = capsys.readouterr()
+    assert code == 2 and pattern in err and "Traceback" not in err
+
+
+def test_cli_protocol_flags_need_clients(capsys) -> None:
+    from servesim.cli.main import main
+
+    code = main(["simulate", "--rate", "2", "--prompt", "64", "--output", "8", "--ramp-s", "1"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--ramp-s applies to closed loops only" in err
