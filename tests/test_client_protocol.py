@@ -173,6 +173,11 @@ def test_warmup_is_left_out_of_the_summary_and_requests_and_tokens_are_conserved
     s = res.summary()
     assert s["requests"] == loop.num_requests - w == 40
     assert s["ttft_s"]["mean"] == pytest.approx(float(np.mean(cols["ttft_s"][w:])))
+    # Energy and use are the whole run's (the GPUs worked through the warm-up too).
+    assert s["joules_per_output_token"] * cols["generated_tokens"].sum() == pytest.approx(
+        s["energy_j"]
+    )
+    assert s["utilisation"] <= 1.0
     # The measured phase starts when the last warm-up request has ended.
     assert cols["arrival_s"][w:].min() == pytest.approx(cols["finish_s"][:w].max())
 

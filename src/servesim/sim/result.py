@@ -51,8 +51,11 @@ class SimResult:
             window = max(60.0, max(rec.end_s - rec.start_s, 1e-12) / 24.0)
         acc = RunSummary(slo, window)
         w = self.warmup_requests
+        gen_all = in_all = 0
         for chunk in rec.chunks(_SUMMARY_COLUMNS):
             if w:
+                gen_all += int(chunk["generated_tokens"].sum())
+                in_all += int(chunk["prompt_tokens"][chunk["finish_s"] >= 0].sum())
                 keep = chunk["request_id"] >= w
                 if not keep.all():
                     chunk = {k: v[keep] for k, v in chunk.items()}
@@ -60,13 +63,16 @@ class SimResult:
         s = acc.result(self.itl)
         dep = self.deployment
         span = s["duration_s"]
+        out_tokens = max(1, acc.generated)
+        all_tokens = out_tokens + acc.in_tokens
+        if w:  # latencies are the measured requests'; energy, cost and use the whole run's
+            span = max(rec.end_s - rec.start_s, 1e-12)
+            out_tokens, all_tokens = max(1, gen_all), max(1, gen_all) + in_all
         busy = sum(r["busy_s"] for r in self.replica_stats)
         up_s = self.provisioned_replica_s
         if up_s is None:
             up_s = span * len(self.replica_stats)
         energy = sum(r["energy_j"] for r in self.replica_stats)
-        out_tokens = max(1, acc.generated)
-        all_tokens = out_tokens + acc.in_tokens
         s.update(
             {
                 "deployment": dep.label(),
