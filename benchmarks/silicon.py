@@ -1,6 +1,6 @@
 """Reproduce measured end-to-end serving benchmarks (aiconfigurator's silicon samples).
 
-Each row is a fixed-concurrency benchmark: N clients, fixed input/output lengths, one engine at a
+Each row is a fixed-concurrency benchmark: N clients, nominal input/output lengths, one engine at a
 TP degree. servesim simulates the protocol of the client that measured the row (InferenceX's
 benchmark_serving.py or aiconfigurator's aiperf: warm-up, length spread, all clients sending
 again as soon as their request ends) from the device specs and the fitted kernel efficiencies,
@@ -251,8 +251,12 @@ def ape_stats(errors: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("path", nargs="?", default=str(DEFAULT_CSV), help="silicon sample CSV")
-    ap.add_argument("--rounds", type=int, default=10, help="measured requests per client")
-    ap.add_argument("--warmup-rounds", type=int, default=2, help="uncounted requests per client")
+    ap.add_argument(
+        "--rounds", type=int, default=10, help="measured requests per client (lockstep only)"
+    )
+    ap.add_argument(
+        "--warmup-rounds", type=int, default=2, help="uncounted requests per client (lockstep)"
+    )
     ap.add_argument("--vllm-budget", type=int, default=8192, help="vLLM max_num_batched_tokens")
     ap.add_argument("--jitter-ms", type=float, default=0.0, help="extra client send jitter")
     ap.add_argument(
