@@ -252,7 +252,7 @@ def range_ratio_length(tokens: int, ratio: float, convention: str = "symmetric")
             f"Length range convention {convention!r} is unknown; use 'symmetric' or 'below'."
         )
     lo = max(1, lo)
-    return Fixed(int(tokens)) if lo >= hi else Uniform(lo, max(lo, hi))
+    return Fixed(int(tokens)) if lo >= hi else Uniform(lo, hi)
 
 
 @dataclass(frozen=True)
