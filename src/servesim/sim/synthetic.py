@@ -398,9 +398,11 @@ class ClientPacer:
     def __init__(self, loop: ClosedLoop) -> None:
         self.clients = loop.clients
         self.n = loop.num_requests
-        self.delays = loop.delays_s
-        self.first = self.delays - loop.think_s  # a client's first request: its jitter only
-        self.release = loop.release_s
+        delays = loop.delays_s
+        self.delays = delays.tolist()  # plain floats: one lookup per finished request
+        self.first = (delays - loop.think_s).tolist()  # a client's first request: its jitter
+        rel = loop.release_s
+        self.release = None if rel is None else rel.tolist()
         self.barrier = loop.warmup_requests  # index where the measured phase starts (0: none)
         self.next = 0
         self.done = 0
@@ -411,11 +413,8 @@ class ClientPacer:
         lo = self.next
         hi = min(end, lo + self.clients)
         self.next = hi
-        rel = self.release
-        return [
-            (t0 + float(self.first[g]) + (float(rel[g]) if rel is not None else 0.0), g)
-            for g in range(lo, hi)
-        ]
+        rel, first = self.release, self.first
+        return [(t0 + first[g] + (rel[g] if rel is not None else 0.0), g) for g in range(lo, hi)]
 
     def start(self) -> list[tuple[float, int]]:
         """The first request of each client (of the warm-up phase, if any)."""
@@ -431,9 +430,9 @@ class ClientPacer:
         if k == self.barrier:  # warm-up fully sent: the profile starts when it has all ended
             return self._phase(t, self.n) if self.done == self.barrier else []
         self.next = k + 1
-        sent = t + float(self.delays[k])
+        sent = t + self.delays[k]
         if self.release is not None:
-            sent = max(sent, self.phase_t + float(self.release[k]))
+            sent = max(sent, self.phase_t + self.release[k])
         return [(sent, k)]
 
 
