@@ -97,7 +97,8 @@ def _client_loop(s: Any) -> Any:
     proto = client_protocol(s.client_protocol) if s.client_protocol else LOCKSTEP
     nominal = []
     for key in ("prompt", "output"):
-        dist = wl.parse_length(getattr(s, key) or "", key) if getattr(s, key) else None
+        spec = getattr(s, key)
+        dist = wl.parse_length(spec, key) if spec else None
         if not isinstance(dist, wl.Fixed):
             raise ServesimError(
                 f"A client protocol draws {key} lengths around a nominal length; give "
