@@ -174,19 +174,16 @@ class Cluster:
         lag, prompt_of = self.lag, table.prompt_of
         closed = self.closed
         admit, report, arrival_of = table.admit, table.done, table.arrival_of
-        # Closed loop: (when the engine sees it, client, when it was sent)
+        # Closed loop: (when the engine sees it, request, when it was sent)
         pending: list[tuple[float, int, float]] = []
-        next_rid = 0
         sent_s = None
-        delays = np.zeros(0)
         if closed is not None:
-            delays = closed.delays_s
+            # The client protocol (ramp, request rate, warm-up phase) decides each send time.
+            pacer = closed.pacer()
             if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
                 sent_s = self.arrival_s = np.full(n, -1.0)
-            for gid in range(min(closed.clients, n)):
-                sent = float(delays[gid]) - closed.think_s
+            for sent, gid in pacer.start():
                 heapq.heappush(pending, (sent + lag(prompt_of(gid)), gid, sent))
-            next_rid = min(closed.clients, n)
         if self.migration is not None:
             self._push(self.migration.interval_s, _TICK, -1)
         for i, c in enumerate(self.controllers):
@@ -285,11 +282,8 @@ class Cluster:
                 if closed is not None:
                     finish = table.finish_s
                     for rid in done:
-                        if next_rid < n:
-                            sent = finish[rid] + float(delays[next_rid])
-                            at = sent + lag(prompt_of(next_rid))
-                            heapq.heappush(pending, (at, next_rid, sent))
-                            next_rid += 1
+                        for sent, gid in pacer.finished(float(finish[rid])):
+                            heapq.heappush(pending, (sent + lag(prompt_of(gid)), gid, sent))
                 report(done)
             if tick:
                 tick = False
