@@ -1,9 +1,10 @@
 """Reproduce measured end-to-end serving benchmarks (aiconfigurator's silicon samples).
 
-Each row is a fixed-concurrency benchmark: N clients, fixed input/output lengths, one engine at a
-TP degree. servesim simulates exactly that protocol (all clients start together and send again
-as soon as their request ends) from the device specs and the fitted kernel efficiencies, and
-compares its mean TTFT and TPOT with the measured ones.
+Each row is a fixed-concurrency benchmark: N clients, nominal input/output lengths, one engine at a
+TP degree. servesim simulates the protocol of the client that measured the row (InferenceX's
+benchmark_serving.py or aiconfigurator's aiperf: warm-up, length spread, all clients sending
+again as soon as their request ends) from the device specs and the fitted kernel efficiencies,
+and compares its mean TTFT and TPOT with the measured ones.
 
     .venv/bin/python benchmarks/silicon.py [PATH.csv] [--rounds R] [--limit N]
 
@@ -43,6 +44,13 @@ import numpy as np
 
 from servesim.errors import ServesimError
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
+from servesim.sim.clients import (
+    AIPERF,
+    INFERENCEX,
+    INFERENCEX_2025,
+    ClientProtocol,
+    client_protocol,
+)
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
@@ -132,15 +140,15 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = T
     over the whole group (`--moe-dense-tp-size` defaults to None, i.e. the full TP size:
     python/sglang/srt/server_args.py); TRT-LLM replicates them on every attention-DP rank
     (`overridden_tp_size=1 if enable_attention_dp`, tensorrt_llm/_torch/models/).
-    A dense model (`moe` False) has no expert layers: its rows' `moe_tp_size 1, moe_ep_size 1`
-    are the generator's defaults and say nothing.
+    A dense model (`moe` false) has no expert layers: its moe_tp/ep columns say nothing.
     """
     tp, pp, dp, ep = (
         max(1, _int(row, prefix + key))
         for key in ("tp_size", "pp_size", "attention_dp_size", "moe_ep_size")
     )
-    moe_tp = _int(row, prefix + "moe_tp_size", 0) if moe else 0
-    ep = ep if moe else 1
+    moe_tp = _int(row, prefix + "moe_tp_size", 0)
+    if not moe:
+        moe_tp, ep = 0, 1
     if moe_tp and moe_tp * ep != tp * dp:
         raise ServesimError(
             f"moe_tp={moe_tp} × ep={ep} does not cover tp={tp}×dp={dp} GPUs, a layout "
@@ -178,7 +186,7 @@ def deployment_of(
     isl = _int(row, "isl")
 
     def pool(prefix: str, role: str) -> Deployment:
-        par = _parallel(row, prefix, role, model.is_moe)
+        par = _parallel(row, prefix, role, moe=model.num_experts > 0)
         bs = _int(row, prefix + "batch_size")
         return Deployment(
             model=model,
@@ -198,6 +206,22 @@ def deployment_of(
     return DisaggDeployment(prefill=pre, decode=dec, link=link)
 
 
+def protocol_of(row: dict[str, str]) -> ClientProtocol:
+    """The benchmark client that measured a row, from its provenance.
+
+    `db-dump/<date>` rows are InferenceX database records, and `source_file=<date>.csv;
+    model=...` rows its dashboard exports (InferenceX's ISL/OSL set 1k/1k, 1k/8k, 8k/1k and
+    container images): its benchmark_serving.py client, with warm-up requests from 2026-01-21.
+    The rest (`.../aic-auto-gap-analysis/...`, `*-gap-analysis.csv`) are aiconfigurator's own
+    collection, whose benchmark is aiperf. See servesim.sim.clients for the settings' sources.
+    """
+    src = row.get("silicon_data_source", "")
+    if src.startswith("db-dump/") or re.match(r"source_file=\d{4}-\d\d-\d\d\.csv;", src):
+        m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
+        return INFERENCEX if m and m.group(1) >= "2026-01-21" else INFERENCEX_2025
+    return AIPERF
+
+
 def simulate_row(
     row: dict[str, str],
     catalog: Catalog,
@@ -206,21 +230,30 @@ def simulate_row(
     jitter_s: float = 0.0,
     budget_vllm: int = 8192,
     latency_model: str = DEFAULT_LATENCY_MODEL,
+    protocol: str = "auto",
 ) -> tuple[float, float]:
     """Simulated (mean TTFT ms, mean TPOT ms) of one benchmark row.
 
-    The protocol is aiperf's, as aiconfigurator's benchmark script runs it: `concurrency`
-    streaming clients, `rounds × concurrency` measured requests after `2 × concurrency`
-    warm-up requests that are not counted.
+    The protocol is the row's client (`protocol_of`; or a `servesim.sim.clients` preset by
+    name): `concurrency` streaming clients sending the client's measured requests after its
+    warm-up phase, with its length spread. `lockstep` is the old closed loop instead: all
+    clients at 0, fixed lengths, `rounds × concurrency` measured requests after `warmup_rounds
+    × concurrency` uncounted ones in the same loop (`rounds` applies to it only).
     """
     dep = deployment_of(row, catalog, budget_vllm, latency_model)
     clients = concurrency_of(row)
     isl, osl = _int(row, "isl"), _int(row, "osl")
-    total = clients * (rounds + warmup_rounds)
-    loop = ClosedLoop(clients, total, Fixed(isl), Fixed(osl), jitter_s=jitter_s)
+    proto = protocol_of(row) if protocol == "auto" else client_protocol(protocol)
+    if proto.name == "lockstep":
+        total = clients * (rounds + warmup_rounds)
+        loop = ClosedLoop(clients, total, Fixed(isl), Fixed(osl), jitter_s=jitter_s)
+        first = clients * warmup_rounds
+    else:
+        loop = proto.closed_loop(clients, isl, osl, jitter_s=jitter_s)
+        first = loop.warmup_requests
     res = simulate(dep, closed_loop=loop)
     cols = res.columns()
-    measured = slice(clients * warmup_rounds, None)
+    measured = slice(first, None)
     ttft = float(np.nanmean(cols["ttft_s"][measured])) * 1e3
     return ttft, float(np.nanmean(cols["tpot_s"][measured])) * 1e3
 
@@ -343,11 +376,19 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("path", nargs="?", default=str(DEFAULT_CSV), help="silicon sample CSV")
-    ap.add_argument("--rounds", type=int, default=10, help="measured requests per client")
-    ap.add_argument("--warmup-rounds", type=int, default=2, help="uncounted requests per client")
-    ap.add_argument("--vllm-budget", type=int, default=8192, help="vLLM max_num_batched_tokens")
     ap.add_argument(
-        "--jitter-ms", type=float, default=5.0, help="client send jitter (breaks phase-locking)"
+        "--rounds", type=int, default=10, help="measured requests per client (lockstep only)"
+    )
+    ap.add_argument(
+        "--warmup-rounds", type=int, default=2, help="uncounted requests per client (lockstep)"
+    )
+    ap.add_argument("--vllm-budget", type=int, default=8192, help="vLLM max_num_batched_tokens")
+    ap.add_argument("--jitter-ms", type=float, default=0.0, help="extra client send jitter")
+    ap.add_argument(
+        "--client-protocol",
+        default="auto",
+        help="benchmark client: auto (from each row's provenance) or a servesim.sim.clients "
+        "preset (inferencex, inferencex_2025, aiperf, vllm_bench_serve, lockstep)",
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows")
     ap.add_argument("--rows-out", help="write one CSV row per input row (predictions, status)")
@@ -387,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.jitter_ms / 1e3,
                     args.vllm_budget,
                     args.latency_model,
+                    args.client_protocol,
                 )
                 out.update(predicted_ttft_ms=ttft, predicted_tpot_ms=tpot)
                 status = "ok"

@@ -153,6 +153,10 @@ def _workload(p: Picker, case: dict[str, Any]) -> None:
             "think_s": p.pick((0.0, 0.0, 0.01, 0.5)),
             "jitter_s": p.pick((0.0, 0.0, 0.05)),
             "seed": p.int(0, 3),
+            # Benchmark-client protocols (sim.clients): ramp, request-rate pacing, warm-up phase.
+            "ramp_s": p.pick((0.0, 0.0, 0.2)),
+            "rate": p.pick((math.inf, math.inf, 50.0)),
+            "warmup": p.int(0, n - 1) if p.chance(0.3) else 0,
         }
         case["arrivals"] = None
     else:
@@ -415,6 +419,9 @@ def build(case: dict[str, Any]) -> tuple[Any, Workload | None, ClosedLoop | None
             think_s=c["think_s"],
             seed=c["seed"],
             jitter_s=c["jitter_s"],
+            ramp_s=c.get("ramp_s", 0.0),
+            request_rate_per_s=c.get("rate", math.inf),
+            warmup_requests=c.get("warmup", 0),
         )
         return dep, None, closed
     work = Workload(
@@ -491,7 +498,8 @@ def check_result(res: Any, work: Workload | None, closed: ClosedLoop | None) -> 
     bad = _finite(summary)
     if bad:
         raise PropertyFailure(f"non-finite summary figures: {bad}")
-    if summary["finished"] != n or summary["requests"] != n:
+    measured = n - (closed.warmup_requests if closed is not None else 0)  # warm-up left out
+    if summary["finished"] != measured or summary["requests"] != measured:
         raise PropertyFailure(f"summary counts {summary['finished']} of {summary['requests']}")
     if summary["utilisation"] > 1.0 + 1e-9 or summary["mean_kv_use"] > 1.0 + 1e-9:
         raise PropertyFailure(

@@ -253,9 +253,9 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
     assert last["tpot_median_ape"] == round(sorted(ape(r, "tpot") for r in (a, b, c))[1], 2)
 
 
-def test_dense_rows_ignore_the_generators_moe_defaults() -> None:
-    """Dense rows carry aiconfigurator's defaults `moe_tp_size 1, moe_ep_size 1` at any TP: a
-    model without experts ignores them (they were refusing 440 of the 534 H100 rows)."""
-    r = row(model_path="Qwen/Qwen3-32B", batch_size="8", tp_size="4", moe_tp_size="1")
-    dep = silicon.deployment_of({**r, "moe_ep_size": "1"}, Catalog())
-    assert dep.parallel.tp == 4 and dep.parallel.ep == 1
+def test_dense_row_ignores_its_moe_columns() -> None:
+    """The H100 file's dense rows carry moe_tp_size=1, moe_ep_size=1 beside tp=2: a dense model
+    has no expert layers, so those columns must not refuse the row."""
+    r = row(tp_size="2", moe_tp_size="1", moe_ep_size="1", batch_size="8")
+    dep = silicon.deployment_of(r, Catalog())
+    assert dep.parallel.tp == 2 and dep.parallel.ep == 1

@@ -49,6 +49,7 @@ _API = {
     "Workload": "servesim.sim.workload",
     "synthetic": "servesim.sim.synthetic",
     "ClosedLoop": "servesim.sim.synthetic",
+    "client_protocol": "servesim.sim.clients",
     "read_trace": "servesim.sim.traces",
     "bundled_trace": "servesim.sim.traces",
     "PlanSpec": "servesim.planner.candidates",

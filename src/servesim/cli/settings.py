@@ -151,6 +151,13 @@ class WorkloadSettings(Settings):
     cv: PosFloat = 1.0
     clients: PosInt | None = None
     think_s: NonNegFloat = 0.0
+    # The benchmark client a closed loop mirrors (servesim.sim.clients presets).
+    client_protocol: (
+        Literal["vllm_bench_serve", "inferencex", "inferencex_2025", "aiperf", "lockstep"] | None
+    ) = None
+    length_range_ratio: NonNegFloat | None = None
+    ramp_s: NonNegFloat = 0.0
+    warmup_requests: NonNegInt | None = None
     seed: NonNegInt = 0
 
     @model_validator(mode="after")
@@ -178,8 +185,18 @@ def check_workload_mode(s: Settings, closed_loops: bool) -> None:
                 "{trace}, or write trace for the lengths to take from it."
             )
         return
-    if closed_loops and given("think_s"):
-        raise Misuse("{think_s} applies to closed loops only; add {clients} N or drop it.")
+    if closed_loops:
+        for key in (
+            "think_s",
+            "client_protocol",
+            "length_range_ratio",
+            "ramp_s",
+            "warmup_requests",
+        ):
+            if given(key):
+                raise Misuse(
+                    f"{{{key}}} applies to closed loops only; add {{clients}} N or drop it."
+                )
     if given("trace") and synthetic:
         key = "prompt" if given("prompt") else "output"
         raise Misuse(

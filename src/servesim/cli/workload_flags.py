@@ -22,6 +22,19 @@ def add_workload_args(w: argparse._ArgumentGroup) -> None:
     w.add_argument("--cv", type=float, help="inter-arrival coefficient of variation (gamma)")
     w.add_argument("--clients", type=int, help="closed loop with this many concurrent clients")
     w.add_argument("--think-s", type=float, help="closed-loop think time between requests")
+    w.add_argument(
+        "--client-protocol",
+        help="closed loop as a benchmark client runs it: inferencex, inferencex_2025, aiperf, "
+        "vllm_bench_serve or lockstep (warm-up, length spread, requests per client)",
+    )
+    w.add_argument(
+        "--length-range-ratio",
+        type=float,
+        help="closed loop: spread fixed --prompt/--output lengths as the client's "
+        "--random-range-ratio does (vllm bench serve: [L(1-r), L(1+r)])",
+    )
+    w.add_argument("--ramp-s", type=float, help="closed loop: open client slots over this time")
+    w.add_argument("--warmup-requests", type=int, help="closed loop: uncounted warm-up requests")
     w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals (≥ 0)")
 
 
@@ -40,10 +53,21 @@ def build_workload(s: Any) -> Any:
             else tracemod.bundled_trace(name)
         )
     if s.clients is not None:
+        if s.client_protocol is not None or s.length_range_ratio is not None:
+            return _client_loop(s)
         n = s.num_requests or 10 * s.clients
         prompt = wl.parse_length(s.prompt or "trace", "prompt", base)
         output = wl.parse_length(s.output or "trace", "output", base)
-        return wl.ClosedLoop(s.clients, n, prompt, output, s.think_s, s.seed)
+        return wl.ClosedLoop(
+            s.clients,
+            n + (s.warmup_requests or 0),
+            prompt,
+            output,
+            s.think_s,
+            s.seed,
+            ramp_s=s.ramp_s,
+            warmup_requests=s.warmup_requests or 0,
+        )
     if base is None or (synthetic and not s.trace):
         if s.rate is None:
             raise ServesimError("A synthetic workload needs --rate (requests per second).")
@@ -59,3 +83,43 @@ def build_workload(s: Any) -> Any:
     if s.rate is not None:
         w = w.scaled_to_rate(s.rate)
     return w
+
+
+def _client_loop(s: Any) -> Any:
+    """A closed loop as a benchmark client runs it: nominal fixed lengths spread by the
+    client's range ratio, its warm-up phase and its requests per client (or --num-requests
+    measured ones)."""
+    from dataclasses import replace
+
+    from servesim.sim import synthetic as wl
+    from servesim.sim.clients import LOCKSTEP, client_protocol
+
+    proto = client_protocol(s.client_protocol) if s.client_protocol else LOCKSTEP
+    nominal = []
+    for key in ("prompt", "output"):
+        spec = getattr(s, key)
+        dist = wl.parse_length(spec, key) if spec else None
+        if not isinstance(dist, wl.Fixed):
+            raise ServesimError(
+                f"A client protocol draws {key} lengths around a nominal length; give "
+                f"--{key} N (a fixed length) with --client-protocol or --length-range-ratio."
+            )
+        nominal.append(dist.tokens)
+    if s.warmup_requests is not None:
+        if s.warmup_requests % s.clients:
+            raise ServesimError(
+                f"--warmup-requests {s.warmup_requests} is not a multiple of --clients "
+                f"{s.clients}; client protocols size their warm-up per client."
+            )
+        proto = replace(proto, warmup_per_client=s.warmup_requests // s.clients)
+    if s.ramp_s:
+        proto = replace(proto, ramp_s=s.ramp_s)
+    loop = proto.closed_loop(
+        s.clients,
+        nominal[0],
+        nominal[1],
+        num_requests=s.num_requests,
+        range_ratio=s.length_range_ratio,
+        seed=s.seed,
+    )
+    return replace(loop, think_s=s.think_s) if s.think_s else loop

@@ -480,8 +480,14 @@ async def _run_async(
     seed: int,
     progress: bool,
 ) -> BenchResult:
-    aiohttp = _aiohttp()
     closed = isinstance(work, ClosedLoop)
+    if closed and work.paced:
+        raise ServesimError(
+            "bench sends a closed loop's requests as soon as a client is free; it does not run "
+            "a ramp, a request rate or a warm-up phase yet: drop --ramp-s and "
+            "--warmup-requests, or use --client-protocol vllm_bench_serve or lockstep."
+        )
+    aiohttp = _aiohttp()
     p_tok = np.asarray(work.prompt_tokens, dtype=np.int64)
     o_tok = np.asarray(work.output_tokens, dtype=np.int64)
     n = len(p_tok)

@@ -24,13 +24,32 @@ class BatchFormation:
     __slots__ = ()
 
     def _admit_incoming(self) -> None:
-        """Join requests whose KV arrived (disaggregation, migration) at this step boundary."""
+        """Join requests whose KV arrived (disaggregation, migration) at this step boundary.
+
+        A request handed over by a prefill pool may get its client-visible first token here: at
+        this pass (token time -1) or at the end of the first step that runs it (-2)."""
+        after_step: list[int] = []
+        first = self.table.first_token_s
+        now = self.now
         while self.incoming:
             rid, cached, t_tok, reserved, in_order = self.incoming.popleft()
             self.fixed_blocks -= reserved
+            if t_tok < 0:
+                if t_tok == -1.0:
+                    first[rid] = now
+                else:
+                    after_step.append(rid)
+                t_tok = now
             self._join(rid, cached, t_tok)
             if in_order:
                 self._place_by_arrival(rid)
+        if after_step:
+            # The first decode step of the group as it now stands (as `_start_decode` prices it).
+            n, g = len(self.off), self.G
+            c0, c1 = self._step_costs(n)[:2]
+            end = now + c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum)
+            for rid in after_step:
+                first[rid] = end
 
     def _place_by_arrival(self, rid: int) -> None:
         """Move a request that just joined (last in `join_order`) behind the last running

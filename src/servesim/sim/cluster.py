@@ -93,7 +93,7 @@ class Cluster:
             r.index = i
         self.router = router
         # The serving frontend's latency before an engine sees a request (HTTP, tokenising).
-        self.lag = entry[0].pred.engine.request_overhead_s if entry else 0.0
+        self.lag = entry[0].pred.engine.frontend_s if entry else (lambda _: 0.0)
         self.closed = closed
         self.kv_path = kv_path
         self.migration = migration
@@ -171,20 +171,19 @@ class Cluster:
         """Serve every request."""
         table, reps, heap = self.table, self.reps, self.heap
         n = table.n
-        lag = self.lag
+        lag, prompt_of = self.lag, table.prompt_of
         closed = self.closed
         admit, report, arrival_of = table.admit, table.done, table.arrival_of
-        pending: list[tuple[float, int]] = []
-        next_rid = 0
+        # Closed loop: (when the engine sees it, request, when it was sent)
+        pending: list[tuple[float, int, float]] = []
         sent_s = None
-        delays = np.zeros(0)
         if closed is not None:
-            delays = closed.delays_s
+            # The client protocol (ramp, request rate, warm-up phase) decides each send time.
+            pacer = closed.pacer()
             if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
                 sent_s = self.arrival_s = np.full(n, -1.0)
-            for gid in range(min(closed.clients, n)):
-                heapq.heappush(pending, (float(delays[gid]) - closed.think_s, gid))
-            next_rid = min(closed.clients, n)
+            for sent, gid in pacer.start():
+                heapq.heappush(pending, (sent + lag(prompt_of(gid)), gid, sent))
         if self.migration is not None:
             self._push(self.migration.interval_s, _TICK, -1)
         for i, c in enumerate(self.controllers):
@@ -196,10 +195,12 @@ class Cluster:
         valid = self.net.valid
         i = 0
         a_next = arrival_of(0) if closed is None and n else INF
-        t_open = a_next + lag
+        # The frontend passes requests on in arrival order (a long prompt's tokenising holds
+        # back the ones behind it), so engine-side times never go back.
+        t_open = a_next + lag(prompt_of(0)) if a_next < INF else INF
         tick = False
         while True:
-            t_arr = t_open if closed is None else (pending[0][0] + lag if pending else INF)
+            t_arr = t_open if closed is None else (pending[0][0] if pending else INF)
             while heap:
                 t, kind, a, b = heap[0]
                 if kind == _REP:
@@ -223,9 +224,9 @@ class Cluster:
                     rid = admit(i, a_next)
                     i += 1
                     a_next = arrival_of(i) if i < n else INF
-                    t_open = a_next + lag
+                    t_open = max(t_arr, a_next + lag(prompt_of(i))) if a_next < INF else INF
                 else:
-                    sent, gid = heapq.heappop(pending)
+                    _, gid, sent = heapq.heappop(pending)
                     rid = admit(gid, sent)
                     if sent_s is not None:
                         sent_s[gid] = sent
@@ -281,10 +282,8 @@ class Cluster:
                 if closed is not None:
                     finish = table.finish_s
                     for rid in done:
-                        if next_rid < n:
-                            sent = finish[rid] + float(delays[next_rid])
-                            heapq.heappush(pending, (sent, next_rid))
-                            next_rid += 1
+                        for sent, gid in pacer.finished(float(finish[rid])):
+                            heapq.heappush(pending, (sent + lag(prompt_of(gid)), gid, sent))
                 report(done)
             if tick:
                 tick = False
@@ -346,7 +345,19 @@ class Cluster:
             dst.reserve(need)
             nbytes = path.kv_bytes(cached) / path.compression
             payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
-            self._start_transfer(src, dst, nbytes, path.link.latency_s, payload)
+            delay = self._handoff_s(rid, dst)
+            self._start_transfer(src, dst, nbytes, path.link.latency_s + delay, payload)
+
+    def _handoff_s(self, rid: int, dst: Replica) -> float:
+        """Seconds from now until the KV of a finished prefill starts to move, beyond the link:
+        the router's hop to the decode worker (counted from the prefill's end) and, when the
+        decode worker pulls, the wait for its next scheduler pass (`EngineProfile`)."""
+        e = dst.pred.engine
+        tab = self.table
+        ready = max(self.now, tab.first_token_s[rid] + e.handoff_s(tab.prompt_tokens[rid]))
+        if e.disagg_pull_at_pass:
+            ready = dst.next_pass_s(ready)
+        return ready - self.now
 
     def _start_transfer(
         self, src: Replica, dst: Replica, nbytes: float, latency: float, payload: tuple
@@ -375,7 +386,9 @@ class Cluster:
             if src.next_t != before:
                 self._touch(src)
             before = dst.next_t
-            done = dst.attach(rid, t, cached, tab.first_token_s[rid], need, counted=True)
+            done = dst.attach(
+                rid, t, cached, tab.first_token_s[rid], need, counted=True, handed_over=True
+            )
             if dst.next_t != before:
                 self._touch(dst)
             return done

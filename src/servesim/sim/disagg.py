@@ -4,8 +4,16 @@ Prefill replicas run prompts only; when a prompt's first token is out, the reque
 waits in prefill memory until a decode replica (the least loaded) has room, then moves over the
 link — contended when several transfers share an instance's links — and the request joins that
 replica's decode batch at its next step (decode admission waits for the transfer). Each pool has
-its own device, count, parallelism and batching. TTFT ends with the first token on the prefill
-side; the transfer shows up in the time per output token.
+its own device, count, parallelism and batching.
+
+What the client sees as its first token follows the decode pool's engine (`EngineProfile`,
+`disagg_*` fields): the router's hand-off from the prefill's end to the decode worker (vLLM's
+proxy and TRT-LLM's disaggregated server send the decode request after the prefill's response;
+SGLang's router sent it to both at the start), the decode worker's next scheduler pass before it
+pulls the KV (TRT-LLM, vLLM), the transfer, then the first token at the decode worker's pass that
+admits the request (SGLang, TRT-LLM stream the prefill's token then) or at the end of the decode
+iteration that recomputes the last prompt token and samples it (vLLM). With
+`disagg_first_token="prefill"` TTFT ends on the prefill side and the transfer shows in TPOT.
 
 The placement search over prefill/decode layouts lives with the planner (`placement`); the
 workload DistServe evaluates on is `synthetic.sharegpt_distserve`.

@@ -426,6 +426,13 @@ class RequestTable:
             j = self._load(gid)
         return self._ba[j]
 
+    def prompt_of(self, gid: int) -> int:
+        """Prompt tokens of request `gid` of the workload (before it is admitted)."""
+        j = gid - self._bl
+        if 0 <= j < self._bn:
+            return self._bp[j]
+        return int(self._prompts[gid])  # leave the converted block where admission needs it
+
     def _grow(self) -> int:
         """A new slot (no free one): every list one longer."""
         self.arrival_s.append(-1.0)

@@ -51,6 +51,9 @@ from servesim.sim.records import RequestTable, SeriesRecorder
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
+# `incoming` token times meaning "the client's first token is made here" (disaggregation).
+FIRST_AT_ADMISSION = -1.0  # at the scheduler pass that admits the request
+FIRST_AFTER_STEP = -2.0  # at the end of the first iteration that runs it
 
 
 @dataclass(frozen=True)
@@ -324,13 +327,25 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         reserved: int = 0,
         counted: bool = False,
         in_order: bool = False,
+        handed_over: bool = False,
     ) -> list[int]:
         """Take over a running request whose KV cache (`cached` tokens) has arrived at time t;
         `reserved` blocks were set aside for it by `reserve`; `counted` when its load was
         already added to the router signal; `in_order` when it takes its place among the running
         requests by arrival time (a migrated request: the order that picks preemption victims)
-        rather than joining last. Returns finished rids."""
+        rather than joining last; `handed_over` when it comes from a prefill pool, so that the
+        client's first token comes from here as the engine's `disagg_first_token` says.
+        Returns finished rids."""
         tab = self.table
+        if handed_over:
+            source = self.pred.engine.disagg_first_token
+            if source == "decode_admit":
+                t_token = FIRST_AT_ADMISSION
+            elif source == "decode_step":
+                # The last prompt token is recomputed here and the first token sampled again.
+                cached -= 1
+                tab.generated[rid] -= 1
+                t_token = FIRST_AFTER_STEP
         self.incoming.append((rid, cached, t_token, reserved, in_order))
         if not counted:
             load = tab.output_tokens[rid] - tab.generated[rid]
@@ -344,6 +359,18 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         if self._seg is not None:
             return self._cut(t)
         return []
+
+    def next_pass_s(self, t: float) -> float:
+        """When the engine's scheduler next looks at new work arriving at time t: the first
+        step boundary at or after t of the work in flight (t itself when idle, or when t is
+        past the work planned so far)."""
+        if self.next_t == INF or t >= self.next_t:
+            return t
+        seg = self._seg
+        if seg is None:
+            return self.next_t  # an iteration with prefill tokens is in flight
+        j = self._boundary(seg, t)
+        return seg[0] + j * seg[2] + seg[3] * j * (j - 1) * 0.5
 
     def free_blocks(self) -> int:
         """Blocks that can be promised now without disturbing the work in flight."""

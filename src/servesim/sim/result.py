@@ -33,6 +33,9 @@ class SimResult:
     # Replica-time provisioned between the first arrival and the last finish (autoscaled runs;
     # None: every replica was up the whole span).
     provisioned_replica_s: float | None = None
+    # Requests 0..warmup_requests-1 were a closed loop's warm-up: kept in the records, left out
+    # of the summary's latencies and throughput (as the benchmark clients report them).
+    warmup_requests: int = 0
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per-request columns ordered by request id, with derived latencies (computed once;
@@ -47,18 +50,29 @@ class SimResult:
         if "scale_events" in self.extra:  # autoscaled: how attainment moved with the load
             window = max(60.0, max(rec.end_s - rec.start_s, 1e-12) / 24.0)
         acc = RunSummary(slo, window)
+        w = self.warmup_requests
+        gen_all = in_all = 0
         for chunk in rec.chunks(_SUMMARY_COLUMNS):
+            if w:
+                gen_all += int(chunk["generated_tokens"].sum())
+                in_all += int(chunk["prompt_tokens"][chunk["finish_s"] >= 0].sum())
+                keep = chunk["request_id"] >= w
+                if not keep.all():
+                    chunk = {k: v[keep] for k, v in chunk.items()}
             acc.add(chunk)
         s = acc.result(self.itl)
         dep = self.deployment
         span = s["duration_s"]
+        out_tokens = max(1, acc.generated)
+        all_tokens = out_tokens + acc.in_tokens
+        if w:  # latencies are the measured requests'; energy, cost and use the whole run's
+            span = max(rec.end_s - rec.start_s, 1e-12)
+            out_tokens, all_tokens = max(1, gen_all), max(1, gen_all) + in_all
         busy = sum(r["busy_s"] for r in self.replica_stats)
         up_s = self.provisioned_replica_s
         if up_s is None:
             up_s = span * len(self.replica_stats)
         energy = sum(r["energy_j"] for r in self.replica_stats)
-        out_tokens = max(1, acc.generated)
-        all_tokens = out_tokens + acc.in_tokens
         s.update(
             {
                 "deployment": dep.label(),
@@ -168,6 +182,8 @@ def result(
     figures. `finish_events` counts the finishes a run without `stats` reported."""
     table = req.table
     res = SimResult(dep, table.sink, itl, mem, [], {}, wall)
+    if req.closed is not None:
+        res.warmup_requests = req.closed.warmup_requests
     if stats is not None:
         finish_events = stats.finish_events
     table.close(finish_events)

@@ -120,14 +120,17 @@ def _migration_path(dep: Deployment) -> KvPath:
 def _run_single(single: Replica, table: RequestTable) -> int:
     """One replica fed by a known arrival sequence: the common case, kept tight. Returns how
     many finishes the replica reported."""
-    # The engine sees a request after the serving frontend's fixed latency (HTTP, tokenising).
-    lag = single.pred.engine.request_overhead_s
+    # The engine sees a request after the serving frontend (HTTP, tokenising its prompt), in
+    # arrival order.
+    lag = single.pred.engine.frontend_s
+    prompt_of = table.prompt_of
     advance, enqueue = single.advance, single.enqueue
     admit, report = table.admit, table.done
     finished = 0
+    t_arr = -INF
     for lo, arrivals in table.arrival_blocks():
         for gid, a in enumerate(arrivals, lo):
-            t_arr = a + lag
+            t_arr = max(t_arr, a + lag(prompt_of(gid)))
             while single.next_t < t_arr:
                 done = advance()
                 if done:

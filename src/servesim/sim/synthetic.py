@@ -220,11 +220,63 @@ def synthetic(
     return Workload(arrivals, p.sample(num_requests, gen), o.sample(num_requests, gen), name=label)
 
 
+def range_ratio_length(tokens: int, ratio: float, convention: str = "symmetric") -> LengthDist:
+    """Lengths as a benchmark client's `--random-range-ratio` draws them around a nominal length,
+    uniform over whole tokens:
+
+    - `symmetric`: vLLM's `vllm bench serve` (vllm/benchmarks/datasets.py, RandomDataset):
+      [int(L(1 - r)), int(L(1 + r))], mean L; r must be < 1.
+    - `below`: the benchmark_serving.py fork InferenceX runs (SemiAnalysisAI/InferenceX,
+      utils/bench_serving/benchmark_serving.py, sample_random_requests) and srt-slurm's sa-bench:
+      [int(L r), L], mean about L(1 + r)/2; r in [0, 1], and r = 1 is the fixed length L.
+
+    r = 0 (symmetric) or 1 (below) gives `Fixed(L)`.
+    """
+    _check_count(tokens, "Nominal length")
+    if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio >= 0):
+        raise ServesimError(f"Length range ratio {ratio!r} must be a number >= 0.")
+    if convention == "symmetric":
+        if ratio >= 1:
+            raise ServesimError(
+                f"Length range ratio {ratio} must be below 1 for lengths in [L(1-r), L(1+r)]."
+            )
+        lo, hi = int(tokens * (1 - ratio)), int(tokens * (1 + ratio))
+    elif convention == "below":
+        if ratio > 1:
+            raise ServesimError(
+                f"Length range ratio {ratio} must be at most 1 for lengths in [L*r, L]."
+            )
+        lo, hi = int(tokens * ratio), int(tokens)
+    else:
+        raise ServesimError(
+            f"Length range convention {convention!r} is unknown; use 'symmetric' or 'below'."
+        )
+    lo = max(1, lo)
+    return Fixed(int(tokens)) if lo >= hi else Uniform(lo, hi)
+
+
 @dataclass(frozen=True)
 class ClosedLoop:
     """A fixed-concurrency benchmark: `clients` users, each sending its next request think_s
-    after its previous one finishes, until num_requests have been sent. All clients start at 0.
-    The simulator drives the timing; this holds the spec and the pre-drawn lengths.
+    after its previous one finishes, until num_requests have been sent. The simulator drives
+    the timing; this holds the spec and the pre-drawn lengths.
+
+    By default all clients send their first request at 0. The options below mirror what real
+    benchmark clients do (presets in `sim.clients`):
+
+    - `ramp_s`: the concurrency limit rises from 1 to `clients` in equal steps over ramp_s
+      (aiperf `--concurrency-ramp-duration`), so client i's first request goes at
+      i * ramp_s / (clients - 1).
+    - `request_rate_per_s`: requests become eligible at this mean rate (gamma intervals of
+      shape `burstiness`, 1 = Poisson) and go when eligible and a client is free, as vLLM's
+      benchmark_serving.py `get_request` with `--max-concurrency` does (eligibility does not
+      wait for a free client, so a backlog goes out as clients free up). inf: no pacing.
+    - `warmup_requests`: the first requests form a warm-up phase; the measured phase starts when
+      all of them have finished (benchmark_serving.py `--num-warmups` and aiperf
+      `--warmup-request-count` both finish the warm-up before the profile starts). Warm-up
+      requests are the first request ids and are left out of `SimResult.summary`.
+    - `jitter_s`: extra per-request delay, uniform in [0, jitter_s) (no client cites one).
+    Ramp and rate are measured from the start of each phase.
     """
 
     clients: int
@@ -234,6 +286,10 @@ class ClosedLoop:
     think_s: float = 0.0
     seed: int = 0
     jitter_s: float = 0.0  # extra client/network delay per request, uniform in [0, jitter_s)
+    ramp_s: float = 0.0
+    request_rate_per_s: float = math.inf
+    burstiness: float = 1.0
+    warmup_requests: int = 0
 
     def __post_init__(self) -> None:
         _check_count(self.clients, "Number of clients")
@@ -242,6 +298,27 @@ class ClosedLoop:
         _check_count(self.num_requests, "Number of requests")
         if not (math.isfinite(self.think_s) and self.think_s >= 0):
             raise ServesimError(f"Think time {self.think_s!r} must be a number of seconds >= 0.")
+        if not (isinstance(self.ramp_s, int | float) and math.isfinite(self.ramp_s)) or (
+            self.ramp_s < 0
+        ):
+            raise ServesimError(f"Ramp time {self.ramp_s!r} must be a number of seconds >= 0.")
+        rate = self.request_rate_per_s
+        if not isinstance(rate, int | float) or math.isnan(rate) or rate <= 0:
+            raise ServesimError(
+                f"Request rate {rate!r} must be a number of requests per second > 0 (inf: "
+                "send as soon as a client is free)."
+            )
+        b = self.burstiness
+        if not (isinstance(b, int | float) and math.isfinite(b) and b > 0):
+            raise ServesimError(f"Burstiness {b!r} must be a number > 0 (1 is Poisson).")
+        w = self.warmup_requests
+        if isinstance(w, bool) or not isinstance(w, int | np.integer) or w < 0:
+            raise ServesimError(f"Warm-up requests {w!r} must be a whole number >= 0.")
+        if w >= self.num_requests:
+            raise ServesimError(
+                f"Warm-up of {w} requests leaves none of the {self.num_requests} to measure; "
+                "raise num_requests or lower warmup_requests."
+            )
         object.__setattr__(self, "prompt", as_length(self.prompt))
         object.__setattr__(self, "output", as_length(self.output))
 
@@ -267,6 +344,41 @@ class ClosedLoop:
         gen = _rng(self.seed + 1)
         return self.think_s + self.jitter_s * gen.random(self.num_requests)
 
+    @property
+    def paced(self) -> bool:
+        """Whether the send times follow more than 'as soon as a client is free' (a ramp, a
+        request rate or a warm-up phase)."""
+        return self.ramp_s > 0 or math.isfinite(self.request_rate_per_s) or self.warmup_requests > 0
+
+    @cached_property
+    def release_s(self) -> np.ndarray | None:
+        """Earliest send time of each request from the start of its phase (ramp and request
+        rate), or None when neither applies."""
+        if self.ramp_s <= 0 and not math.isfinite(self.request_rate_per_s):
+            return None
+        n, w = self.num_requests, self.warmup_requests
+        gen = _rng(self.seed + 2)
+        parts = [self._phase_release(m, gen) for m in ((w, n - w) if w else (n,))]
+        return np.concatenate(parts)
+
+    def _phase_release(self, m: int, gen: np.random.Generator) -> np.ndarray:
+        out = np.zeros(m)
+        if math.isfinite(self.request_rate_per_s):
+            # benchmark_serving.py get_request: the first request at once, then gamma intervals
+            # of shape b and scale 1 / (rate b) (mean 1 / rate).
+            b = self.burstiness
+            gaps = gen.gamma(b, 1.0 / (self.request_rate_per_s * b), size=max(0, m - 1))
+            out[1:] = np.cumsum(gaps)
+        if self.ramp_s > 0 and self.clients > 1:
+            k = min(m, self.clients)
+            steps = np.arange(k) * (self.ramp_s / (self.clients - 1))
+            out[:k] = np.maximum(out[:k], steps)
+        return out
+
+    def pacer(self) -> ClientPacer:
+        """A fresh per-run schedule of this loop's send times (the simulator drives it)."""
+        return ClientPacer(self)
+
     def request(self, i: int) -> tuple[int, int]:
         """(prompt_tokens, output_tokens) of the i-th request issued (0-based)."""
         if not 0 <= i < self.num_requests:
@@ -274,6 +386,54 @@ class ClosedLoop:
                 f"Request index {i} is outside 0..{self.num_requests - 1} of this closed loop."
             )
         return int(self._lengths[0][i]), int(self._lengths[1][i])
+
+
+class ClientPacer:
+    """One run of a closed loop: which request each client sends next and when. The driver
+    calls `start` once and `finished(t)` for every request that ends at t; both return the
+    (send time, request index) pairs that became due, in index order."""
+
+    __slots__ = ("barrier", "clients", "delays", "done", "first", "n", "next", "phase_t", "release")
+
+    def __init__(self, loop: ClosedLoop) -> None:
+        self.clients = loop.clients
+        self.n = loop.num_requests
+        delays = loop.delays_s
+        self.delays = delays.tolist()  # plain floats: one lookup per finished request
+        self.first = (delays - loop.think_s).tolist()  # a client's first request: its jitter
+        rel = loop.release_s
+        self.release = None if rel is None else rel.tolist()
+        self.barrier = loop.warmup_requests  # index where the measured phase starts (0: none)
+        self.next = 0
+        self.done = 0
+        self.phase_t = 0.0
+
+    def _phase(self, t0: float, end: int) -> list[tuple[float, int]]:
+        self.phase_t = t0
+        lo = self.next
+        hi = min(end, lo + self.clients)
+        self.next = hi
+        rel, first = self.release, self.first
+        return [(t0 + first[g] + (rel[g] if rel is not None else 0.0), g) for g in range(lo, hi)]
+
+    def start(self) -> list[tuple[float, int]]:
+        """The first request of each client (of the warm-up phase, if any)."""
+        return self._phase(0.0, self.barrier or self.n)
+
+    def finished(self, t: float) -> list[tuple[float, int]]:
+        """A request ended at t: the freed client's next request, or at the end of the warm-up
+        the measured phase's first requests."""
+        self.done += 1
+        k = self.next
+        if k >= self.n:
+            return []
+        if k == self.barrier:  # warm-up fully sent: the profile starts when it has all ended
+            return self._phase(t, self.n) if self.done == self.barrier else []
+        self.next = k + 1
+        sent = t + self.delays[k]
+        if self.release is not None:
+            sent = max(sent, self.phase_t + self.release[k])
+        return [(sent, k)]
 
 
 def sharegpt_distserve(n: int = 300, rate_per_s: float = 1.0, seed: int = 0) -> Workload:

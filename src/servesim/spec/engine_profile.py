@@ -11,9 +11,30 @@ overridden per run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from servesim.errors import ServesimError
+
+FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
+
+# The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
+# minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
+# the request) was 8.4-12.2 ms for 512-token prompts over HTTP streaming (vllm-project/vllm
+# PR #54628, `vllm bench serve` against `vllm serve` on one host, concurrency 8, three API
+# backends, two rounds, on a laptop RTX 4070 under WSL2); less the prompt's tokenisation below
+# (~1.3 ms) that is ~7 ms of HTTP, chat template, engine-client hop and SSE. SGLang
+# (TokenizerManager -> Scheduler -> DetokenizerManager -> TokenizerManager over ZMQ,
+# python/sglang/srt/managers/) and trtllm-serve (FastAPI -> LLM API -> executor proxy over
+# ZMQ IPC -> PyExecutor, tensorrt_llm/serve/openai_server.py, tensorrt_llm/executor/proxy.py)
+# run the same FastAPI/uvicorn front with one or two more ZMQ hops of ~0.1 ms: the same prior.
+REQUEST_OVERHEAD_S = 7.0e-3
+# HF fast tokenizer (Rust BPE) encoding one prompt at a time: 2.4 µs per token (1.7 MB/s) measured
+# here (tokenizers 0.23.3, byte-level BPE of 32k tokens trained on Python sources, 100 prompts
+# of ~8k tokens, one thread); tiktoken's README puts HF's GPT2TokenizerFast 3-6x below tiktoken
+# on 1 GB of text. All three engines tokenise with it in the API process when the client sends
+# text, as benchmark clients do (aiperf, `vllm bench serve`, sglang bench_serving).
+TOKENIZE_S_PER_TOKEN = 2.5e-6
 
 
 @dataclass(frozen=True)
@@ -24,7 +45,28 @@ class EngineProfile:
     step_overhead_s: float = 1.0e-3  # per iteration: scheduling, input prep, sampling
     per_seq_overhead_s: float = 5.0e-6  # per sequence in the batch (bookkeeping, detokenise)
     prefill_overhead_s: float = 0.0  # extra per iteration that carries prefill tokens
-    request_overhead_s: float = 0.0  # frontend latency before the engine sees a request
+    # The serving frontend, once per request: HTTP parse and chat template, the hop to the
+    # engine process, and the first token's way back (detokenise, SSE). The way back is charged
+    # up front: for TTFT and for a closed-loop client that sends on the last token the sum is
+    # what counts, and the engine sees the request no earlier than it really does.
+    request_overhead_s: float = REQUEST_OVERHEAD_S
+    tokenize_s_per_token: float = TOKENIZE_S_PER_TOKEN  # the prompt, in the API process
+    # Disaggregated prefill/decode: where the client's first token comes from.
+    #   "prefill": the prefill worker streams it (the ideal; no hand-off on the TTFT path);
+    #   "decode_admit": the decode worker streams the token the prefill sampled once it admits
+    #     the request, at its first scheduler pass after the KV arrived (SGLang, TRT-LLM);
+    #   "decode_step": the decode worker recomputes the last prompt token and samples the first
+    #     token itself, so it comes out at the end of the decode iteration that admits it (vLLM).
+    disagg_first_token: str = "decode_step"
+    # Latency between the prefill's end and the decode worker holding the request: the prefill
+    # server's non-streaming response, the router, the decode server's frontend (0 when the
+    # router sent the request to both at once, as SGLang's does).
+    disagg_handoff_s: float = REQUEST_OVERHEAD_S
+    disagg_handoff_tokenizes: bool = True  # the decode server tokenises the prompt again
+    # The decode worker asks for the KV at its next scheduler pass after the request reached
+    # it (a pull: TRT-LLM, vLLM's NIXL read); False when the prefill pushes it at its end into
+    # blocks the decode pre-allocated during the prefill (SGLang's bootstrap handshake).
+    disagg_pull_at_pass: bool = True
     eager_launch_s_per_layer: float = 0.0  # launch gaps per layer when not graph-captured
     cuda_graph_max_seqs: int = 512  # decode batches up to this size replay a CUDA graph
     allreduce_impl: str = "auto"  # auto = custom all-reduce for small messages (vLLM/SGLang)
@@ -38,6 +80,30 @@ class EngineProfile:
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
     prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
+
+    def __post_init__(self) -> None:
+        if self.disagg_first_token not in FIRST_TOKEN_SOURCES:
+            raise ServesimError(
+                f"disagg_first_token {self.disagg_first_token!r} is not one of "
+                f"{', '.join(FIRST_TOKEN_SOURCES)}."
+            )
+        for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
+            value = getattr(self, key)
+            if not (value >= 0.0 and math.isfinite(value)):
+                raise ServesimError(f"Engine setting {key} must be ≥ 0 s, not {value!r}.")
+
+    def frontend_s(self, prompt_tokens: int) -> float:
+        """Seconds a request spends in the serving frontend (both ways) before and after the
+        engine: the fixed part plus tokenising its prompt."""
+        return self.request_overhead_s + self.tokenize_s_per_token * prompt_tokens
+
+    def handoff_s(self, prompt_tokens: int) -> float:
+        """Disaggregated serving: seconds from the prefill's end until the decode worker holds
+        the request (router hop, decode frontend, tokenising the prompt again if it does)."""
+        t = self.disagg_handoff_s
+        if self.disagg_handoff_tokenizes:
+            t += self.tokenize_s_per_token * prompt_tokens
+        return t
 
     def with_overrides(self, **kwargs: object) -> EngineProfile:
         """A copy with some fields replaced; unknown names are refused."""
@@ -53,12 +119,41 @@ class EngineProfile:
 # --enable-mixed-chunk, token-granular pages, cuda graphs up to bs 160-256);
 # TensorRT-LLM (in-flight batching mixes context and generation, max_num_tokens 8192,
 # kv pages of 32 tokens, C++ runtime with a lower per-step cost).
+#
+# Disaggregated paths (what the client sees as its first token):
+# - vLLM, NixlConnector behind its proxy (examples/online_serving/disaggregated_serving/,
+#   tests/v1/kv_connector/nixl_integration/toy_proxy_server.py): the proxy sends the request to
+#   the prefill server with max_tokens=1 and waits for its (non-streaming) response, then sends
+#   the same request (text again, so tokenised again) with the returned kv_transfer_params to the
+#   decode server and streams that one. The decode scheduler parks the request in
+#   WAITING_FOR_REMOTE_KVS; the worker starts the NIXL read in the next step; when the read is
+#   done the scheduler recomputes the last prompt token (the connector loads all but it) and
+#   samples the first token in that iteration (vllm/v1/core/sched/scheduler.py,
+#   vllm/distributed/kv_transfer/kv_connector/v1/nixl_connector.py).
+# - SGLang PD (python/sglang/srt/disaggregation/): the router sends the request to a prefill and
+#   a decode server at once with a bootstrap room; the decode pre-allocates KV (PreallocQueue)
+#   and hands its indices to the prefill during the prefill; the prefill pushes KV and the first
+#   token's id (metadata buffer) with Mooncake/NIXL when its forward ends; the decode scheduler
+#   polls the TransferQueue each loop, builds a "prebuilt" batch without a forward and streams
+#   that first token, then decodes (decode.py, event_loop_*_disagg_decode).
+# - TensorRT-LLM (trtllm-serve disaggregated, tensorrt_llm/serve/openai_disagg_service.py,
+#   context-first): the context server returns a non-streaming response with the first token and
+#   ctx params; the disaggregated server then sends a generation_only request; the generation
+#   executor requests the KV at its next loop pass (_prepare_disagg_gen_init), checks the
+#   transfer each pass, and returns the first token to the client in the pass that schedules the
+#   request, before its forward (_handle_first_token_response in
+#   tensorrt_llm/_torch/pyexecutor/py_executor.py). Dynamo's TRT-LLM prefill-first path is the
+#   same sequence through its own frontend.
 ENGINES: dict[str, EngineProfile] = {
     "vllm": EngineProfile(name="vllm"),
     "sglang": EngineProfile(
         name="sglang",
         overlap_scheduling=True,
         mixed_batches=False,
+        disagg_first_token="decode_admit",
+        disagg_handoff_s=0.0,  # the router sent the request to both servers at the start
+        disagg_handoff_tokenizes=False,
+        disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
         block_size=1,
         cuda_graph_max_seqs=256,
         max_num_seqs=4096,
@@ -67,6 +162,8 @@ ENGINES: dict[str, EngineProfile] = {
     "trtllm": EngineProfile(
         name="trtllm",
         overlap_scheduling=True,
+        disagg_first_token="decode_admit",
+        disagg_handoff_tokenizes=False,  # the generation request carries prompt_token_ids
         step_overhead_s=0.5e-3,
         per_seq_overhead_s=2.0e-6,
         block_size=32,

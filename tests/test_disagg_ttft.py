@@ -1,0 +1,133 @@
+"""What a client sees as TTFT in disaggregated serving, per engine: the frontend, the prefill,
+the router's hand-off to the decode worker, the KV transfer, the decode worker's admission at
+its scheduler pass and (vLLM) the decode iteration that samples the first token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.predictor.iteration import BatchShape
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.simulate import simulate
+from servesim.sim.transfer import link_for
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+
+LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
+H100 = get_device("h100_sxm")
+P, OUT = 4000, 11
+LINK = link_for("infiniband", H100)
+
+
+def disagg(engine: str) -> tuple[DisaggDeployment, object]:
+    pool = Deployment(LLAMA8, H100, engine=get_engine(engine))
+    return DisaggDeployment(pool, pool, "infiniband"), pool.predictor()
+
+
+def lone(engine: str) -> tuple[dict, object, float, float]:
+    dep, pred = disagg(engine)
+    res = simulate(dep, Workload(np.array([0.0]), np.array([P]), np.array([OUT])))
+    prefill = pred.iteration(BatchShape(prefill=((P, 0),))).seconds
+    transfer = LINK.seconds(LLAMA8.kv_bytes(P))
+    return res.columns(), pred, prefill, transfer
+
+
+def step(pred: object, ctx: int) -> float:
+    return pred.iteration(BatchShape(1, ctx)).seconds
+
+
+def test_vllm_lone_client_waits_for_the_decode_iteration_that_samples_its_token() -> None:
+    """Claim (vLLM, NixlConnector behind its proxy): TTFT = frontend (7 ms + 2.5 µs × 4000) +
+    prefill + the proxy's hop to the decode server, which tokenises the prompt again (7 ms +
+    10 ms) + KV transfer + the decode iteration that recomputes the last prompt token (it
+    attends to all 4000) and samples the first token. The decode pool then makes the other 10
+    tokens; TPOT is their steps' mean."""
+    cols, pred, prefill, transfer = lone("vllm")
+    front = 7e-3 + P * 2.5e-6  # 17 ms
+    handoff = 7e-3 + P * 2.5e-6  # 17 ms
+    first = step(pred, P)
+    ttft = front + prefill + handoff + transfer + first
+    assert cols["ttft_s"][0] == pytest.approx(ttft, rel=1e-9)
+    rest = [step(pred, P + j) for j in range(1, OUT)]
+    assert cols["tpot_s"][0] == pytest.approx(sum(rest) / (OUT - 1), rel=1e-9)
+    assert cols["e2e_s"][0] == pytest.approx(ttft + sum(rest), rel=1e-9)
+    assert cols["generated_tokens"][0] == OUT and cols["replica"][0] == 1
+
+
+def test_trtllm_lone_client_gets_the_context_token_when_the_generation_server_admits_it() -> None:
+    """Claim (TRT-LLM, context-first): TTFT = frontend (17 ms) + prefill + the disaggregated
+    server's generation request (7 ms; it carries token ids, no tokenising) + KV transfer; the
+    idle generation executor admits the request at once and returns the context server's token
+    before its forward. Decoding the other 10 tokens follows."""
+    cols, pred, prefill, transfer = lone("trtllm")
+    ttft = (7e-3 + P * 2.5e-6) + prefill + 7e-3 + transfer
+    assert cols["ttft_s"][0] == pytest.approx(ttft, rel=1e-9)
+    rest = [step(pred, P + j) for j in range(1, OUT)]
+    assert cols["e2e_s"][0] == pytest.approx(ttft + sum(rest), rel=1e-9)
+
+
+def test_sglang_lone_client_pays_no_router_hop() -> None:
+    """Claim (SGLang PD): the router sent the request to both servers at once, the decode
+    pre-allocated during the prefill, so TTFT = frontend + prefill + KV push, and the idle
+    decode streams the prefill's token at its next (immediate) pass."""
+    cols, _, prefill, transfer = lone("sglang")
+    ttft = (7e-3 + P * 2.5e-6) + prefill + transfer
+    assert cols["ttft_s"][0] == pytest.approx(ttft, rel=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["sglang", "trtllm", "vllm"])
+def test_a_busy_decode_worker_admits_at_its_next_step_boundary(engine: str) -> None:
+    """Claim: when the decode worker is busy decoding request A, request B's KV is requested
+    (TRT-LLM, vLLM: at the worker's first step boundary after the router's hop) and its first
+    token comes at the first step boundary after the KV arrived (vLLM: at the end of the step
+    that follows). The boundaries are A's decode steps, summed here by hand."""
+    dep, pred = disagg(engine)
+    e = dep.decode.engine
+    t_b = 0.5  # A is decoding alone by then
+    w = Workload(np.array([0.0, t_b]), np.array([P, P]), np.array([400, OUT]))
+    cols = simulate(dep, w).columns()
+    prefill = pred.iteration(BatchShape(prefill=((P, 0),))).seconds
+    transfer = LINK.seconds(LLAMA8.kv_bytes(P))
+    front = e.frontend_s(P)
+    # A: prefill, hand-off, transfer, then decode alone from t_a (steps attend to P + j).
+    t_a = front + prefill + e.handoff_s(P) + transfer
+    # vLLM recomputes the last prompt token in A's first step: it attends to P, not P + 1.
+    ctx0 = P if e.disagg_first_token == "decode_step" else P + 1
+    bounds = t_a + np.cumsum([step(pred, ctx0 + j) for j in range(400)])
+
+    def next_boundary(t: float) -> float:
+        return float(bounds[np.searchsorted(bounds, t)])
+
+    ready = t_b + front + prefill + e.handoff_s(P)
+    if e.disagg_pull_at_pass:
+        ready = next_boundary(ready)
+    arrive = ready + transfer
+    first = next_boundary(arrive)
+    if e.disagg_first_token == "decode_step":
+        # The step after admission runs A and B together: B recomputes its last prompt token.
+        ctx = (P + 1 + int(np.searchsorted(bounds, arrive))) + P  # both sequences' context
+        first += pred.iteration(BatchShape(2, ctx)).seconds
+    assert first > arrive + 1e-6  # a real wait: B's KV lands mid-step
+    assert cols["ttft_s"][1] == pytest.approx(first - t_b, rel=1e-9)
+    assert (cols["generated_tokens"] == cols["output_tokens"]).all()
+    assert (cols["first_token_s"] >= cols["arrival_s"]).all()
+    assert (cols["first_token_s"] <= cols["finish_s"]).all()
+
+
+def test_the_ideal_path_is_still_available() -> None:
+    """Claim: an engine set to stream the prefill's token with no frontend and no hand-off
+    gives the old accounting: TTFT is the prefill alone, the transfer is in TPOT."""
+    ideal = get_engine("sglang").with_overrides(
+        request_overhead_s=0.0, tokenize_s_per_token=0.0, disagg_first_token="prefill"
+    )
+    pool = Deployment(LLAMA8, H100, engine=ideal)
+    res = simulate(
+        DisaggDeployment(pool, pool, "infiniband"),
+        Workload(np.array([0.0]), np.array([P]), np.array([OUT])),
+    )
+    prefill = pool.predictor().iteration(BatchShape(prefill=((P, 0),))).seconds
+    assert res.columns()["ttft_s"][0] == pytest.approx(prefill, rel=1e-9)
