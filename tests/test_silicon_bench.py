@@ -152,3 +152,56 @@ def test_dense_row_ignores_its_moe_columns() -> None:
     r = row(tp_size="2", moe_tp_size="1", moe_ep_size="1", batch_size="8")
     dep = silicon.deployment_of(r, Catalog())
     assert dep.parallel.tp == 2 and dep.parallel.ep == 1
+
+
+def test_inferencex_sglang_rows_get_the_scripts_recv_interval_and_prefill_budget() -> None:
+    """InferenceX's SGLang launch scripts (benchmarks/single_node/*.sh): recv every 10 decode
+    steps below 16 clients, else 30, on B200; none on H200; their prefill budgets."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured=2026-03-01"
+    r = row(
+        backend="sglang",
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        gemm_quant_mode="fp8",
+        tp_size="8",
+        silicon_data_source=ix.format(c=4),
+    )
+    assert silicon.inferencex_sglang_launch(r) == (10, 32768)
+    r["silicon_data_source"] = ix.format(c=64)
+    assert silicon.inferencex_sglang_launch(r) == (30, 32768)
+    r["tp_size"] = "4"
+    assert silicon.inferencex_sglang_launch(r) == (10, 8192)
+    r.update(gemm_quant_mode="nvfp4")
+    assert silicon.inferencex_sglang_launch(r) == (30, 16384)
+    r.update(system="h200_sxm", gemm_quant_mode="fp8")
+    assert silicon.inferencex_sglang_launch(r) == (1, 32768)
+    q = row(
+        backend="sglang",
+        model_path="Qwen/Qwen3.5-397B-A17B",
+        system="h200_sxm",
+        silicon_data_source=ix.format(c=8),
+    )
+    assert silicon.inferencex_sglang_launch(q) == (1, 16384)
+    # aiconfigurator's own aiperf rows and other engines keep their launch.
+    assert (
+        silicon.inferencex_sglang_launch({**r, "silicon_data_source": "x-gap-analysis.csv"}) is None
+    )
+    assert silicon.inferencex_sglang_launch({**r, "backend": "trtllm"}) is None
+    dep = silicon.deployment_of(
+        {
+            **row(
+                backend="sglang",
+                model_path="Qwen/Qwen3.5-397B-A17B",
+                system="b200_sxm",
+                tp_size="8",
+                isl="1024",
+                osl="1024",
+                gemm_quant_mode="fp8",
+                moe_quant_mode="fp8_block",
+                silicon_data_source=ix.format(c=4),
+            )
+        },
+        Catalog(),
+    )
+    assert dep.engine.recv_interval_steps == 10
+    assert dep.max_num_batched_tokens == 32768

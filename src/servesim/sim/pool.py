@@ -103,6 +103,7 @@ def build_pool(
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
         overlap=e.overlap_scheduling and role != "prefill",
+        recv_interval=e.recv_interval_steps,
     )
     ps = None
     if dep.policy is not None and not dep.policy.is_fcfs:

@@ -67,6 +67,9 @@ class ReplicaConfig:
     block_size: int = 16
     kv_blocks: int = 10_000
     overlap: bool = False  # the next iteration is scheduled while this one runs
+    # Decode steps between the scheduler's reads of new requests (SGLang
+    # `--scheduler-recv-interval`; 1 = every pass). Acts on the overlap path only.
+    recv_interval: int = 1
 
 
 class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookkeeping):
@@ -123,6 +126,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         "provisioned",
         "ps",
         "queued_tokens",
+        "recv_steps",
         "role",
         "samples",
         "series",
@@ -215,6 +219,9 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         # pass runs when an iteration starts, for the one after it.
         self.lagged: deque[tuple[float, int]] = deque()
         self.iter_start = 0.0  # start of the iteration that ended last
+        # Decode steps since the scheduler last read new requests (`recv_interval`); a pass
+        # reads them once this reaches the interval (a prefill-carrying iteration sets it there).
+        self.recv_steps = cfg.recv_interval
         # Observables
         self.busy_s = 0.0
         self.work_s = 0.0  # busy work (full-dynamic-power seconds per device), for energy
@@ -305,7 +312,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
             if self._seg is not None and len(self.off) + len(self.prefilling) < (
                 self.cfg.max_num_seqs
             ):
-                return self._cut(t, extra=1)
+                return self._cut(t, extra=1 + self._steps_to_recv(t))
             return []
         self.waiting.append(rid)
         if self._seg is not None:
@@ -523,14 +530,30 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
             self._cannot_fit()
         self.next_t = INF
 
+    def _steps_to_recv(self, t: float) -> int:
+        """Decode steps past the first pass after t (at the boundary one step after the one at
+        or after t) until a pass that reads new requests, in the stretch in flight."""
+        every = self.cfg.recv_interval
+        if every <= 1:
+            return 0
+        j = self._boundary(self._seg, t) + 1
+        return -(self.recv_steps + j) % every
+
     def _release_lagged(self) -> None:
         """Overlap scheduling: arrivals that came before the iteration just ended started are
-        seen by this pass; with nothing running, the engine's loop sees every arrival."""
+        seen by this pass; with nothing running, the engine's loop sees every arrival. With a
+        receive interval the busy engine reads them only every `recv_interval` decode steps
+        (or right after an iteration that carried prefill tokens)."""
         lagged, waiting = self.lagged, self.waiting
         if not (self.off or self.prefilling or waiting or self.incoming):
             while lagged:
                 waiting.append(lagged.popleft()[1])
+            self.recv_steps = 0
             return
+        if self.cfg.recv_interval > 1:
+            if self.recv_steps < self.cfg.recv_interval:
+                return
+            self.recv_steps = 0
         start = self.iter_start
         while lagged and lagged[0][0] <= start:
             waiting.append(lagged.popleft()[1])
