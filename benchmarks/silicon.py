@@ -129,6 +129,39 @@ def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
     return None
 
 
+def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float] | None:
+    """(`max_num_tokens`, `batch_wait_timeout_iters`, `batch_wait_max_tokens_ratio`) of
+    InferenceX's colocated TensorRT-LLM launch for a row, or None when the row is not one.
+
+    From SemiAnalysisAI/InferenceX: the Llama-3.1-70B launch (llama-config.yml) passes
+    `--max_num_tokens 16384` and, at ISL 1024 / OSL 1024 below TP 8, batch waiting of 20
+    iterations or 0.9 of the budget; benchmarks/single_node/dsr1_fp8_b200_trt.sh, dsr1_fp4_b200
+    _trt.sh and dsr1_fp8_h200_trt.sh pass max(8192, CONC + ISL + 64 rounded up to 64) and only
+    dsr1_fp8_b200_trt.sh at 1k/1k with 64 or more clients waits (40 iterations, 0.8).
+    """
+    if row.get("backend") != "trtllm" or row.get("mode", "agg") not in ("agg", ""):
+        return None
+    if protocol_of(row) is AIPERF or _int(row, "attention_dp_size") > 1:
+        return None
+    model = row["model_path"].lower()
+    isl, osl, tp, conc = (
+        _int(row, "isl"),
+        _int(row, "osl"),
+        _int(row, "tp_size"),
+        concurrency_of(row),
+    )
+    chat = isl == 1024 and osl == 1024
+    if "llama-3.1-70b" in model:
+        return (16384, 20, 0.9) if chat and tp < 8 else (16384, 0, 0.0)
+    if "deepseek" in model:
+        tokens = max(8192, -(-(conc + isl + 64) // 64) * 64)
+        fp8 = "fp8" in (row.get("gemm_quant_mode") or row.get("precision") or "").lower()
+        if fp8 and row["system"].startswith("b200") and chat and conc >= 64:
+            return tokens, 40, 0.8
+        return tokens, 0, 0.0
+    return None
+
+
 # aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
 QUANT = {
     "fp8_block": "fp8",
@@ -209,6 +242,7 @@ def deployment_of(
     isl = _int(row, "isl")
 
     launch = inferencex_sglang_launch(row)
+    trt = inferencex_trtllm_launch(row)
 
     def pool(prefix: str, role: str) -> Deployment:
         par = _parallel(row, prefix, role, moe=model.num_experts > 0)
@@ -218,6 +252,11 @@ def deployment_of(
         if launch is not None:
             eng = engine.with_overrides(recv_interval_steps=launch[0])
             limits["max_num_batched_tokens"] = launch[1]
+        if trt is not None:
+            eng = engine.with_overrides(
+                batch_wait_timeout_iters=trt[1], batch_wait_max_tokens_ratio=trt[2]
+            )
+            limits["max_num_batched_tokens"] = trt[0]
         return Deployment(
             model=model,
             device=device,

@@ -205,3 +205,43 @@ def test_inferencex_sglang_rows_get_the_scripts_recv_interval_and_prefill_budget
     )
     assert dep.engine.recv_interval_steps == 10
     assert dep.max_num_batched_tokens == 32768
+
+
+def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting() -> None:
+    """InferenceX's TensorRT-LLM launches: Llama-3.1-70B 16,384 tokens, waiting 20 iterations
+    or 0.9 of it at 1k/1k below TP 8; DeepSeek max(8192, CONC + ISL + 64 up to 64), waiting
+    40 / 0.8 only for fp8 on B200 at 1k/1k with 64+ clients."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured=2026-03-01"
+    llama = row(
+        model_path="meta-llama/Llama-3.1-70B",
+        system="b200_sxm",
+        isl="1024",
+        osl="1024",
+        tp_size="4",
+        silicon_data_source=ix.format(c=4),
+    )
+    assert silicon.inferencex_trtllm_launch(llama) == (16384, 20, 0.9)
+    assert silicon.inferencex_trtllm_launch({**llama, "osl": "8192"}) == (16384, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch({**llama, "tp_size": "8"}) == (16384, 0, 0.0)
+    ds = row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        isl="1024",
+        osl="1024",
+        tp_size="8",
+        gemm_quant_mode="fp8",
+        silicon_data_source=ix.format(c=64),
+    )
+    assert silicon.inferencex_trtllm_launch(ds) == (8192, 40, 0.8)
+    # 256 + 8192 + 64 = 8512 → 8512 (a multiple of 64)
+    ds8k = {**ds, "isl": "8192", "silicon_data_source": ix.format(c=256)}
+    assert silicon.inferencex_trtllm_launch(ds8k) == (8512, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch({**ds, "system": "h200_sxm"}) == (8192, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch({**ds, "attention_dp_size": "8"}) is None
+    assert (
+        silicon.inferencex_trtllm_launch({**ds, "silicon_data_source": "x-gap-analysis.csv"})
+        is None
+    )
+    dep = silicon.deployment_of(llama, Catalog())
+    assert dep.engine.batch_wait_timeout_iters == 20
+    assert dep.max_num_batched_tokens == 16384

@@ -70,6 +70,10 @@ class ReplicaConfig:
     # Decode steps between the scheduler's reads of new requests (SGLang
     # `--scheduler-recv-interval`; 1 = every pass). Acts on the overlap path only.
     recv_interval: int = 1
+    # TensorRT-LLM batch waiting: prompts wait while decodes run until an iteration would hold
+    # batch_wait_ratio × max_num_batched_tokens tokens or they waited batch_wait_iters steps.
+    batch_wait_iters: int = 0
+    batch_wait_ratio: float = 0.0
 
 
 class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookkeeping):
@@ -84,6 +88,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         "_step_costs",
         "attached_load",
         "attn_pairs",
+        "batch_waited",
         "blocks",
         "busy_s",
         "cfg",
@@ -222,6 +227,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         # Decode steps since the scheduler last read new requests (`recv_interval`); a pass
         # reads them once this reaches the interval (a prefill-carrying iteration sets it there).
         self.recv_steps = cfg.recv_interval
+        self.batch_waited = 0  # iterations the waiting prompts were held back (batch waiting)
         # Observables
         self.busy_s = 0.0
         self.work_s = 0.0  # busy work (full-dynamic-power seconds per device), for energy
@@ -521,6 +527,9 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         if self.ps is not None:
             self._schedule_policy(n_run, n_pre)
             return
+        if self.waiting and n_run and not n_pre and self._holds_prompts():
+            self._start_decode(max_steps=1)
+            return
         if (n_pre or (self.waiting and n_run + n_pre < cfg.max_num_seqs)) and self._start_mixed():
             return
         if self.off:  # (`_start_mixed` may have preempted every decode to make room)
@@ -529,6 +538,27 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         if self.waiting and not self.prefilling:
             self._cannot_fit()
         self.next_t = INF
+
+    def _holds_prompts(self) -> bool:
+        """TensorRT-LLM batch waiting: whether this pass holds the waiting prompts back (and
+        counts the iteration), as PyExecutor's `_waiting_requests` does."""
+        cfg = self.cfg
+        if not (cfg.batch_wait_iters > 0 or cfg.batch_wait_ratio > 0.0):
+            return False
+        budget = cfg.max_num_batched_tokens
+        n_dec = len(self.off)
+        prompts = self.table.prompt_tokens
+        ctx = 0
+        for rid in self.waiting:
+            ctx += int(prompts[rid])
+            if ctx >= budget - n_dec:
+                break
+        tokens = min(ctx, budget - n_dec) + n_dec
+        if self.batch_waited >= cfg.batch_wait_iters or tokens >= cfg.batch_wait_ratio * budget:
+            self.batch_waited = 0
+            return False
+        self.batch_waited += 1
+        return True
 
     def _steps_to_recv(self, t: float) -> int:
         """Decode steps past the first pass after t (at the boundary one step after the one at
