@@ -106,6 +106,77 @@ def batching_of(
     return {"max_num_seqs": max(bs, 512) * dp, "max_num_batched_tokens": budget_vllm * dp}
 
 
+def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
+    """(`--scheduler-recv-interval`, `--max-prefill-tokens`) of InferenceX's colocated SGLang
+    launch for a row, or None when the row is not one (other engines, other clients,
+    attention DP, models or GPUs without such a script).
+
+    From SemiAnalysisAI/InferenceX benchmarks/single_node/: dsr1_fp8_b200.sh (TP8: recv 10
+    below 16 clients, else 30, prefill 32768; TP4: recv 10, prefill 8192), dsr1_fp4_b200.sh
+    (recv 10/30, chunked prefill 16384, which caps max_prefill_tokens' default of 16384),
+    qwen3.5_fp8_b200.sh and qwen3.5_bf16_b200.sh (recv 10/30, prefill 32768); on H200
+    dsr1_fp8_h200.sh (no recv interval, prefill 32768) and qwen3.5_fp8_h200.sh (none, 16384).
+    """
+    # `qwen3.5-397b-gap-analysis.csv` rows repeat InferenceX's measurements (each of the dev
+    # file's 45 matches an InferenceX row's TTFT and TPOT to 0.01 ms): the same launch.
+    src = row.get("silicon_data_source", "")
+    copied = src.startswith("source_file=qwen3.5-397b-gap-analysis.csv")
+    if row.get("backend") != "sglang" or (protocol_of(row) is AIPERF and not copied):
+        return None
+    if row.get("mode", "agg") not in ("agg", "") or _int(row, "attention_dp_size") > 1:
+        return None
+    model, system = row["model_path"].lower(), row["system"]
+    conc, tp = concurrency_of(row), _int(row, "tp_size")
+    fp4 = "fp4" in (row.get("gemm_quant_mode") or row.get("precision") or "").lower()
+    recv = 10 if conc < 16 else 30
+    if "deepseek" in model:
+        if system.startswith("b200"):
+            if fp4:
+                return recv, 16384
+            return (recv, 32768) if tp >= 8 else (10, 8192)
+        if system.startswith("h200"):
+            return 1, 32768
+    if "qwen3.5" in model:
+        if system.startswith("b200"):
+            return recv, 32768
+        if system.startswith("h200"):
+            return 1, 16384
+    return None
+
+
+def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float] | None:
+    """(`max_num_tokens`, `batch_wait_timeout_iters`, `batch_wait_max_tokens_ratio`) of
+    InferenceX's colocated TensorRT-LLM launch for a row, or None when the row is not one.
+
+    From SemiAnalysisAI/InferenceX: the Llama-3.1-70B launch (llama-config.yml) passes
+    `--max_num_tokens 16384` and, at ISL 1024 / OSL 1024 below TP 8, batch waiting of 20
+    iterations or 0.9 of the budget; benchmarks/single_node/dsr1_fp8_b200_trt.sh, dsr1_fp4_b200
+    _trt.sh and dsr1_fp8_h200_trt.sh pass max(8192, CONC + ISL + 64 rounded up to 64) and only
+    dsr1_fp8_b200_trt.sh at 1k/1k with 64 or more clients waits (40 iterations, 0.8).
+    """
+    if row.get("backend") != "trtllm" or row.get("mode", "agg") not in ("agg", ""):
+        return None
+    if protocol_of(row) is AIPERF or _int(row, "attention_dp_size") > 1:
+        return None
+    model = row["model_path"].lower()
+    isl, osl, tp, conc = (
+        _int(row, "isl"),
+        _int(row, "osl"),
+        _int(row, "tp_size"),
+        concurrency_of(row),
+    )
+    chat = isl == 1024 and osl == 1024
+    if "llama-3.1-70b" in model:
+        return (16384, 20, 0.9) if chat and tp < 8 else (16384, 0, 0.0)
+    if "deepseek" in model:
+        tokens = max(8192, -(-(conc + isl + 64) // 64) * 64)
+        fp8 = "fp8" in (row.get("gemm_quant_mode") or row.get("precision") or "").lower()
+        if fp8 and row["system"].startswith("b200") and chat and conc >= 64:
+            return tokens, 40, 0.8
+        return tokens, 0, 0.0
+    return None
+
+
 # aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
 QUANT = {
     "fp8_block": "fp8",
@@ -185,17 +256,30 @@ def deployment_of(
     engine = get_engine(row["backend"])
     isl = _int(row, "isl")
 
+    launch = inferencex_sglang_launch(row)
+    trt = inferencex_trtllm_launch(row)
+
     def pool(prefix: str, role: str) -> Deployment:
         par = _parallel(row, prefix, role, moe=model.num_experts > 0)
         bs = _int(row, prefix + "batch_size")
+        limits = batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp)
+        eng = engine
+        if launch is not None:
+            eng = engine.with_overrides(recv_interval_steps=launch[0])
+            limits["max_num_batched_tokens"] = launch[1]
+        if trt is not None:
+            eng = engine.with_overrides(
+                batch_wait_timeout_iters=trt[1], batch_wait_max_tokens_ratio=trt[2]
+            )
+            limits["max_num_batched_tokens"] = trt[0]
         return Deployment(
             model=model,
             device=device,
             parallel=par,
-            engine=engine,
+            engine=eng,
             replicas=_int(row, prefix + "num_workers") if prefix else 1,
             latency_model=latency_model,
-            **batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp),
+            **limits,
         )
 
     if mode == "agg":

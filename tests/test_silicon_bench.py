@@ -259,3 +259,96 @@ def test_dense_row_ignores_its_moe_columns() -> None:
     r = row(tp_size="2", moe_tp_size="1", moe_ep_size="1", batch_size="8")
     dep = silicon.deployment_of(r, Catalog())
     assert dep.parallel.tp == 2 and dep.parallel.ep == 1
+
+
+def test_inferencex_sglang_rows_get_the_scripts_recv_interval_and_prefill_budget() -> None:
+    """InferenceX's SGLang launch scripts (benchmarks/single_node/*.sh): recv every 10 decode
+    steps below 16 clients, else 30, on B200; none on H200; their prefill budgets."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured=2026-03-01"
+    r = row(
+        backend="sglang",
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        gemm_quant_mode="fp8",
+        tp_size="8",
+        silicon_data_source=ix.format(c=4),
+    )
+    assert silicon.inferencex_sglang_launch(r) == (10, 32768)
+    r["silicon_data_source"] = ix.format(c=64)
+    assert silicon.inferencex_sglang_launch(r) == (30, 32768)
+    r["tp_size"] = "4"
+    assert silicon.inferencex_sglang_launch(r) == (10, 8192)
+    r.update(gemm_quant_mode="nvfp4")
+    assert silicon.inferencex_sglang_launch(r) == (30, 16384)
+    r.update(system="h200_sxm", gemm_quant_mode="fp8")
+    assert silicon.inferencex_sglang_launch(r) == (1, 32768)
+    q = row(
+        backend="sglang",
+        model_path="Qwen/Qwen3.5-397B-A17B",
+        system="h200_sxm",
+        silicon_data_source=ix.format(c=8),
+    )
+    assert silicon.inferencex_sglang_launch(q) == (1, 16384)
+    # aiconfigurator's own aiperf rows and other engines keep their launch.
+    assert (
+        silicon.inferencex_sglang_launch({**r, "silicon_data_source": "x-gap-analysis.csv"}) is None
+    )
+    assert silicon.inferencex_sglang_launch({**r, "backend": "trtllm"}) is None
+    dep = silicon.deployment_of(
+        {
+            **row(
+                backend="sglang",
+                model_path="Qwen/Qwen3.5-397B-A17B",
+                system="b200_sxm",
+                tp_size="8",
+                isl="1024",
+                osl="1024",
+                gemm_quant_mode="fp8",
+                moe_quant_mode="fp8_block",
+                silicon_data_source=ix.format(c=4),
+            )
+        },
+        Catalog(),
+    )
+    assert dep.engine.recv_interval_steps == 10
+    assert dep.max_num_batched_tokens == 32768
+
+
+def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting() -> None:
+    """InferenceX's TensorRT-LLM launches: Llama-3.1-70B 16,384 tokens, waiting 20 iterations
+    or 0.9 of it at 1k/1k below TP 8; DeepSeek max(8192, CONC + ISL + 64 up to 64), waiting
+    40 / 0.8 only for fp8 on B200 at 1k/1k with 64+ clients."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured=2026-03-01"
+    llama = row(
+        model_path="meta-llama/Llama-3.1-70B",
+        system="b200_sxm",
+        isl="1024",
+        osl="1024",
+        tp_size="4",
+        silicon_data_source=ix.format(c=4),
+    )
+    assert silicon.inferencex_trtllm_launch(llama) == (16384, 20, 0.9)
+    assert silicon.inferencex_trtllm_launch({**llama, "osl": "8192"}) == (16384, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch({**llama, "tp_size": "8"}) == (16384, 0, 0.0)
+    ds = row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        isl="1024",
+        osl="1024",
+        tp_size="8",
+        gemm_quant_mode="fp8",
+        silicon_data_source=ix.format(c=64),
+    )
+    assert silicon.inferencex_trtllm_launch(ds) == (8192, 40, 0.8)
+    # 256 + 8192 + 64 = 8512 → 8512 (a multiple of 64)
+    ds8k = {**ds, "isl": "8192", "silicon_data_source": ix.format(c=256)}
+    assert silicon.inferencex_trtllm_launch(ds8k) == (8512, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch({**ds, "system": "h200_sxm"}) == (8192, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch({**ds, "attention_dp_size": "8"}) is None
+    assert (
+        silicon.inferencex_trtllm_launch({**ds, "silicon_data_source": "x-gap-analysis.csv"})
+        is None
+    )
+    dep = silicon.deployment_of(llama, Catalog())
+    assert dep.engine.batch_wait_timeout_iters == 20
+    assert dep.max_num_batched_tokens == 16384

@@ -208,6 +208,9 @@ class BatchFormation:
         end = t0 + dt
         if self.lagged:
             self.iter_start = t0
+        # SGLang weighs a non-decode iteration 1000 steps (scheduler_recv_skipper.py): the next
+        # pass reads new requests.
+        self.recv_steps = self.cfg.recv_interval
         self.now = end
         self.busy_s += dt
         self.iterations += 1

@@ -17,8 +17,9 @@ class DecodeStretch:
 
     __slots__ = ()
 
-    def _start_decode(self) -> None:
-        """Start a stretch of decode-only steps up to the next finish or cache limit."""
+    def _start_decode(self, max_steps: int = 0) -> None:
+        """Start a stretch of decode-only steps up to the next finish or cache limit (at most
+        `max_steps` when given)."""
         heap, off, joined = self.finish_heap, self.off, self.joined
         while joined.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)  # stale entries of preempted or migrated requests
@@ -40,7 +41,11 @@ class DecodeStretch:
                 heapq.heappop(heap)
             k = self.blocks.steps_that_fit(g, cap, heap[0][0] - g)
         if self.lagged:
-            k = 1  # the next pass admits what arrived during this step's predecessor
+            # The next pass admits what arrived during this step's predecessor, or, with a
+            # receive interval, the next pass that reads new requests does.
+            k = max(1, min(k, self.cfg.recv_interval - self.recv_steps))
+        if max_steps:
+            k = min(k, max_steps)
         c0, c1, w0, _ = self._step_costs(n)
         # Step j (0-based) attends to off_sum + n(g + 1 + j) tokens: it lasts step0 + j·slope.
         step0 = c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum)
@@ -117,6 +122,10 @@ class DecodeStretch:
         self.work_s += k * w0  # dense work; the KV reads are priced from the table at the end
         self.iterations += k
         self.G = g = self.G + k
+        every = self.cfg.recv_interval
+        if every > 1:  # passes inside the stretch read (nothing) and restart the count
+            r = self.recv_steps + k
+            self.recv_steps = r if r <= every else (r - 1) % every + 1
         self.now = end
         self.last_decode_end = end
         heap = self.finish_heap

@@ -103,6 +103,9 @@ def build_pool(
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
         overlap=e.overlap_scheduling and role != "prefill",
+        recv_interval=e.recv_interval_steps,
+        batch_wait_iters=e.batch_wait_timeout_iters if dep.parallel.dp == 1 else 0,
+        batch_wait_ratio=e.batch_wait_max_tokens_ratio if dep.parallel.dp == 1 else 0.0,
     )
     ps = None
     if dep.policy is not None and not dep.policy.is_fcfs:

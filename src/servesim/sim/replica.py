@@ -67,6 +67,13 @@ class ReplicaConfig:
     block_size: int = 16
     kv_blocks: int = 10_000
     overlap: bool = False  # the next iteration is scheduled while this one runs
+    # Decode steps between the scheduler's reads of new requests (SGLang
+    # `--scheduler-recv-interval`; 1 = every pass). Acts on the overlap path only.
+    recv_interval: int = 1
+    # TensorRT-LLM batch waiting: prompts wait while decodes run until an iteration would hold
+    # batch_wait_ratio × max_num_batched_tokens tokens or they waited batch_wait_iters steps.
+    batch_wait_iters: int = 0
+    batch_wait_ratio: float = 0.0
 
 
 class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookkeeping):
@@ -81,6 +88,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         "_step_costs",
         "attached_load",
         "attn_pairs",
+        "batch_waited",
         "blocks",
         "busy_s",
         "cfg",
@@ -123,6 +131,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         "provisioned",
         "ps",
         "queued_tokens",
+        "recv_steps",
         "role",
         "samples",
         "series",
@@ -215,6 +224,10 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         # pass runs when an iteration starts, for the one after it.
         self.lagged: deque[tuple[float, int]] = deque()
         self.iter_start = 0.0  # start of the iteration that ended last
+        # Decode steps since the scheduler last read new requests (`recv_interval`); a pass
+        # reads them once this reaches the interval (a prefill-carrying iteration sets it there).
+        self.recv_steps = cfg.recv_interval
+        self.batch_waited = 0  # iterations the waiting prompts were held back (batch waiting)
         # Observables
         self.busy_s = 0.0
         self.work_s = 0.0  # busy work (full-dynamic-power seconds per device), for energy
@@ -305,7 +318,7 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
             if self._seg is not None and len(self.off) + len(self.prefilling) < (
                 self.cfg.max_num_seqs
             ):
-                return self._cut(t, extra=1)
+                return self._cut(t, extra=1 + self._steps_to_recv(t))
             return []
         self.waiting.append(rid)
         if self._seg is not None:
@@ -514,6 +527,9 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         if self.ps is not None:
             self._schedule_policy(n_run, n_pre)
             return
+        if self.waiting and n_run and not n_pre and self._holds_prompts():
+            self._start_decode(max_steps=1)
+            return
         if (n_pre or (self.waiting and n_run + n_pre < cfg.max_num_seqs)) and self._start_mixed():
             return
         if self.off:  # (`_start_mixed` may have preempted every decode to make room)
@@ -523,14 +539,51 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
             self._cannot_fit()
         self.next_t = INF
 
+    def _holds_prompts(self) -> bool:
+        """TensorRT-LLM batch waiting: whether this pass holds the waiting prompts back (and
+        counts the iteration), as PyExecutor's `_waiting_requests` does."""
+        cfg = self.cfg
+        if not (cfg.batch_wait_iters > 0 or cfg.batch_wait_ratio > 0.0):
+            return False
+        budget = cfg.max_num_batched_tokens
+        n_dec = len(self.off)
+        prompts = self.table.prompt_tokens
+        ctx = 0
+        for rid in self.waiting:
+            ctx += int(prompts[rid])
+            if ctx >= budget - n_dec:
+                break
+        tokens = min(ctx, budget - n_dec) + n_dec
+        if self.batch_waited >= cfg.batch_wait_iters or tokens >= cfg.batch_wait_ratio * budget:
+            self.batch_waited = 0
+            return False
+        self.batch_waited += 1
+        return True
+
+    def _steps_to_recv(self, t: float) -> int:
+        """Decode steps past the first pass after t (at the boundary one step after the one at
+        or after t) until a pass that reads new requests, in the stretch in flight."""
+        every = self.cfg.recv_interval
+        if every <= 1:
+            return 0
+        j = self._boundary(self._seg, t) + 1
+        return -(self.recv_steps + j) % every
+
     def _release_lagged(self) -> None:
         """Overlap scheduling: arrivals that came before the iteration just ended started are
-        seen by this pass; with nothing running, the engine's loop sees every arrival."""
+        seen by this pass; with nothing running, the engine's loop sees every arrival. With a
+        receive interval the busy engine reads them only every `recv_interval` decode steps
+        (or right after an iteration that carried prefill tokens)."""
         lagged, waiting = self.lagged, self.waiting
         if not (self.off or self.prefilling or waiting or self.incoming):
             while lagged:
                 waiting.append(lagged.popleft()[1])
+            self.recv_steps = 0
             return
+        if self.cfg.recv_interval > 1:
+            if self.recv_steps < self.cfg.recv_interval:
+                return
+            self.recv_steps = 0
         start = self.iter_start
         while lagged and lagged[0][0] <= start:
             waiting.append(lagged.popleft()[1])

@@ -79,6 +79,22 @@ class EngineProfile:
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
+    # Decode steps between the scheduler's reads of new requests while it is busy (SGLang
+    # `--scheduler-recv-interval`, default 1: python/sglang/srt/server_args.py). SGLang's
+    # SchedulerRecvSkipper (python/sglang/srt/managers/scheduler_recv_skipper.py) adds 1 per
+    # decode (or idle) pass and 1000 per any other forward, and reads the tokenizer's queue
+    # once the count reaches the interval, then restarts it: a request that arrives while
+    # the engine decodes waits for the next multiple of the interval in decode steps.
+    recv_interval_steps: int = 1
+    # TensorRT-LLM batch waiting (`batch_wait_timeout_iters`, `batch_wait_max_tokens_ratio`,
+    # both 0 = off by default: tensorrt_llm/llmapi/llm_args.py). While generation requests run,
+    # PyExecutor holds the scheduled context requests back (`_waiting_requests` in
+    # tensorrt_llm/_torch/pyexecutor/py_executor.py) until the iteration's tokens (contexts'
+    # prompts plus one per generation request) reach ratio × max_num_tokens or it has held them
+    # for timeout iterations; an engine with no generation requests never waits, and attention
+    # DP skips it.
+    batch_wait_timeout_iters: int = 0
+    batch_wait_max_tokens_ratio: float = 0.0
     prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
 
     def __post_init__(self) -> None:
@@ -86,6 +102,23 @@ class EngineProfile:
             raise ServesimError(
                 f"disagg_first_token {self.disagg_first_token!r} is not one of "
                 f"{', '.join(FIRST_TOKEN_SOURCES)}."
+            )
+        if not (isinstance(self.recv_interval_steps, int) and self.recv_interval_steps >= 1):
+            raise ServesimError(
+                f"Engine setting recv_interval_steps must be a whole number ≥ 1, not "
+                f"{self.recv_interval_steps!r}."
+            )
+        if not (
+            isinstance(self.batch_wait_timeout_iters, int) and self.batch_wait_timeout_iters >= 0
+        ):
+            raise ServesimError(
+                f"Engine setting batch_wait_timeout_iters must be a whole number ≥ 0, not "
+                f"{self.batch_wait_timeout_iters!r}."
+            )
+        if not 0.0 <= self.batch_wait_max_tokens_ratio <= 1.0:
+            raise ServesimError(
+                f"Engine setting batch_wait_max_tokens_ratio must be in [0, 1], not "
+                f"{self.batch_wait_max_tokens_ratio!r}."
             )
         for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
             value = getattr(self, key)
