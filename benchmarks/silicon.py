@@ -117,11 +117,8 @@ def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
     qwen3.5_fp8_b200.sh and qwen3.5_bf16_b200.sh (recv 10/30, prefill 32768); on H200
     dsr1_fp8_h200.sh (no recv interval, prefill 32768) and qwen3.5_fp8_h200.sh (none, 16384).
     """
-    # `qwen3.5-397b-gap-analysis.csv` rows repeat InferenceX's measurements (each of the dev
-    # file's 45 matches an InferenceX row's TTFT and TPOT to 0.01 ms): the same launch.
-    src = row.get("silicon_data_source", "")
-    copied = src.startswith("source_file=qwen3.5-397b-gap-analysis.csv")
-    if row.get("backend") != "sglang" or (protocol_of(row) is AIPERF and not copied):
+    # `qwen3.5-397b-gap-analysis.csv` rows are InferenceX runs (protocol_of): the same launch.
+    if row.get("backend") != "sglang" or protocol_of(row) is AIPERF:
         return None
     if row.get("mode", "agg") not in ("agg", "") or _int(row, "attention_dp_size") > 1:
         return None
@@ -296,10 +293,14 @@ def protocol_of(row: dict[str, str]) -> ClientProtocol:
     `db-dump/<date>` rows are InferenceX database records, and `source_file=<date>.csv;
     model=...` rows its dashboard exports (InferenceX's ISL/OSL set 1k/1k, 1k/8k, 8k/1k and
     container images): its benchmark_serving.py client, with warm-up requests from 2026-01-21.
-    The rest (`.../aic-auto-gap-analysis/...`, `*-gap-analysis.csv`) are aiconfigurator's own
-    collection, whose benchmark is aiperf. See servesim.sim.clients for the settings' sources.
+    `qwen3.5-397b-gap-analysis.csv` rows repeat InferenceX measurements (each matches an
+    InferenceX row's TTFT and TPOT to 0.01 ms), so they are InferenceX runs too. The rest
+    (`.../aic-auto-gap-analysis/...`) are aiconfigurator's own collection, whose benchmark is
+    aiperf. See servesim.sim.clients for the settings' sources.
     """
     src = row.get("silicon_data_source", "")
+    if src.startswith("source_file=qwen3.5-397b-gap-analysis.csv"):
+        return INFERENCEX
     if src.startswith("db-dump/") or re.match(r"source_file=\d{4}-\d\d-\d\d\.csv;", src):
         m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
         return INFERENCEX if m and m.group(1) >= "2026-01-21" else INFERENCEX_2025

@@ -224,6 +224,8 @@ def test_silicon_rows_map_to_the_client_that_measured_them() -> None:
     assert silicon.protocol_of(src(new)).name == "inferencex"
     aic = "source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Q.csv"
     assert silicon.protocol_of(src(aic)).name == "aiperf"
+    qwen = "source_file=qwen3.5-397b-gap-analysis.csv; silicon_concurrency=4"
+    assert silicon.protocol_of(src(qwen)).name == "inferencex"
 
 
 # ---- the command line --------------------------------------------------------------------------
