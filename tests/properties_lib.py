@@ -337,8 +337,9 @@ def case_of(**fields: Any) -> dict[str, Any]:
 
 def with_kv_tokens(dep: Deployment, tokens: int) -> Deployment:
     """The deployment with its memory share cut so the replica's KV cache holds `tokens` tokens
-    (pages are then whole pages of those); unchanged if the device cannot offer that much."""
-    engine = dep.engine
+    (pages are then whole pages of those); unchanged if the device cannot offer that much.
+    The share is set as a fraction of the whole device, whatever the engine's convention."""
+    engine = dep.engine.with_overrides(mem_util_of_free=False)
     full = replace(dep, engine=engine.with_overrides(mem_util=1.0)).memory()
     per_token = full.kv_bytes / max(1, full.kv_tokens)
     util = (full.usable_bytes - full.kv_bytes + (tokens + 0.5) * per_token) / full.device_bytes

@@ -315,6 +315,7 @@ def _prune_reason(
             Parallel(tp=c.tp, pp=c.pp),
             max_batched_tokens=c.max_num_batched_tokens,
             mem_util=get_engine(c.engine).mem_util,
+            mem_util_of_free=get_engine(c.engine).mem_util_of_free,
             max_num_seqs=min(c.max_num_seqs, 256),
         )
     except ServesimError as exc:

@@ -75,6 +75,7 @@ class Deployment:
             self.parallel,
             max_batched_tokens=tokens,
             mem_util=self.engine.mem_util,
+            mem_util_of_free=self.engine.mem_util_of_free,
             max_num_seqs=min(seqs, 256),
         )
 

@@ -76,6 +76,11 @@ class EngineProfile:
     max_num_seqs: int = 1024
     block_size: int = 16  # KV-cache page, tokens
     mem_util: float = 0.9
+    # Whether mem_util is a fraction of the memory left free after the weights and activations
+    # (TRT-LLM's KvCacheConfig.free_gpu_memory_fraction, default 0.9: "allocate 90% of free GPU
+    # memory for KV cache", nvidia.github.io/TensorRT-LLM/examples/kvcacheconfig.html) rather
+    # than of the whole device (vLLM's gpu_memory_utilization, SGLang's mem_fraction_static).
+    mem_util_of_free: bool = False
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
@@ -202,6 +207,7 @@ ENGINES: dict[str, EngineProfile] = {
         block_size=32,
         max_num_seqs=2048,
         mem_util=0.9,
+        mem_util_of_free=True,
     ),
 }
 

@@ -109,16 +109,23 @@ def memory_layout(
     max_batched_tokens: int = 8192,
     mem_util: float = 0.9,
     max_num_seqs: int = 256,
+    mem_util_of_free: bool = False,
 ) -> MemoryLayout:
     """Lay out one replica's memory; refuse a configuration whose weights (and the recurrent
-    state of `max_num_seqs` sequences) leave no KV space, or formats the device cannot run."""
+    state of `max_num_seqs` sequences) leave no KV space, or formats the device cannot run.
+
+    `mem_util` is the engine's share of the whole device (vLLM, SGLang) or, with
+    `mem_util_of_free`, of the memory left after weights and activations (TRT-LLM)."""
     if not 0.0 < mem_util <= 1.0:
         raise ServesimError(f"Memory utilisation must be in (0, 1], got {mem_util}.")
     model.check_device(device)
     max_num_seqs = -(-max_num_seqs // par.dp)  # each attention-DP rank runs its own share
-    usable = device.mem_bytes * mem_util
     weights = weight_bytes_per_device(model, par)
     reserve = activation_reserve_bytes(model, par, max_batched_tokens)
+    if mem_util_of_free:
+        usable = weights + reserve + max(device.mem_bytes - weights - reserve, 0.0) * mem_util
+    else:
+        usable = device.mem_bytes * mem_util
     kv_per_token = kv_bytes_per_token_per_device(model, par)
     window_per_seq = model.kv_bytes_per_seq_window() / par.pp
     if not model.is_mla:
@@ -135,8 +142,13 @@ def memory_layout(
         )
         raise ServesimError(
             f"{model.name} ({model.weight_dtype} weights) needs {need:.1f} GB per device for "
-            f"weights and activations{state} but {device.name} at {mem_util:.0%} utilisation "
-            f"offers {usable / 1e9:.1f} GB with {par.label()}; raise TP/PP, quantise "
+            f"weights and activations{state} but {device.name} "
+            + (
+                f"has {device.mem_bytes / 1e9:.1f} GB"
+                if mem_util_of_free
+                else f"at {mem_util:.0%} utilisation offers {usable / 1e9:.1f} GB"
+            )
+            + f" with {par.label()}; raise TP/PP, quantise "
             "the weights, lower max_num_seqs, or pick a larger device."
         )
     tokens = int(kv // kv_per_token) * par.dp  # each attention-DP rank holds its own cache
