@@ -236,6 +236,9 @@ class KernelFit:
     _resolved: dict[tuple, dict[str, float]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # The cross-GPU correction (`servesim.predictor.transfer.TransferModel`) applied on GPUs
+    # without measured kernel tables; the bundled fit carries the bundled one, a user's none.
+    transfer: Any = field(default=None, compare=False, repr=False)
 
     def family(self, family: str, device: Device) -> dict[str, float]:
         """The parameters of `family` on `device` (the device model applied), memoised."""
@@ -355,10 +358,50 @@ def _nested_numbers(doc: Any, depth: int, origin: str, what: str, fix: str) -> A
 
 
 @cache
-def default_fit() -> KernelFit:
-    """The bundled fit (`data/kernel_fit.json`, fitted on H100 SXM measurements), loaded once."""
+def physical_fit() -> KernelFit:
+    """The bundled roofline parameters (`data/kernel_fit.json`, fitted on H100 SXM
+    measurements) alone, without the cross-GPU correction; loaded once."""
     text = resources.files("servesim").joinpath("data/kernel_fit.json").read_text()
     return KernelFit.from_dict(json.loads(text), "bundled with servesim")
+
+
+@cache
+def default_fit() -> KernelFit:
+    """The bundled fit: `physical_fit` plus the bundled cross-GPU correction
+    (`data/transfer_model.npz`), which prices GPUs that have no measured kernel tables."""
+    from servesim.predictor import transfer
+
+    base = physical_fit()
+    model = transfer.bundled()
+    if model is None:
+        return base
+    return KernelFit(
+        params=base.params,
+        fitted_on=f"{base.fitted_on}; cross-GPU correction {model.fitted_on}",
+        device_model=base.device_model,
+        factor_sd=base.factor_sd,
+        transfer=model,
+    )
+
+
+def _corrects(fit: KernelFit, device: Device) -> bool:
+    """Whether `fit` carries a cross-GPU correction that applies to `device` (a GPU without
+    measured kernel tables)."""
+    if fit.transfer is None:
+        return False
+    from servesim.predictor import transfer
+
+    return transfer.applies_to(device)
+
+
+def _transferred(fit: KernelFit, device: Device, family: str, make: Any, t: Any) -> Any:
+    """`t` times the cross-GPU correction of `fit` for `family` on a GPU without measured
+    tables (`make()` builds the rows as `servesim.predictor.calibrate` samples); else `t`."""
+    if not _corrects(fit, device):
+        return t
+    from servesim.predictor import transfer
+
+    return t * transfer.correction(fit.transfer, family, make(), device, _arr(t))
 
 
 # ---- helpers that work on floats (fast scalar path) and numpy arrays (fitting) ------------------
@@ -489,7 +532,22 @@ def gemm_np(
             k * p["quant_bytes_per_elem"] / (bw * p["mem_eff"]) + p["quant_row_sm_s"] / sms
         )
         t = t + p["quant_floor_s"] + t_q
-    return t
+    if not _corrects(fit, device) or np.any(np.asarray(g) != 1.0):
+        return t  # grouped (MoE) GEMMs keep the dense roofline
+
+    def rows() -> dict:
+        mm, nn, kk = np.broadcast_arrays(np.atleast_1d(m), np.atleast_1d(n), np.atleast_1d(k))
+        one = np.ones(len(mm), dtype=object)
+        return {
+            "m": mm * 1.0,
+            "n": nn * 1.0,
+            "k": kk * 1.0,
+            "dtype": one * dtype,
+            "format": one * wdt,
+            "weight_dtype": one * (weight_dtype if weight_dtype is not None else dtype),
+        }
+
+    return _transferred(fit, device, "gemm", rows, t)
 
 
 def gemm_s(
@@ -587,6 +645,9 @@ def _ceil_sum(count: Any, r: Any) -> Any:
 
 
 _NO_WINDOW = 1e30
+# Context lengths per sequence at which the cross-GPU correction of decode attention is taken
+# (a short and a long context; decode stays a line through them).
+DECODE_REFERENCE_CONTEXTS = (512.0, 8192.0)
 
 
 def attn_prefill_np(
@@ -647,7 +708,17 @@ def attn_prefill_np(
     # an fp8 cache also quantises the queries.
     token_sm_s = p["token_sm_s"] + (p["fp8_token_sm_s"] if fp8 else 0.0)
     t_cache = b * s * (kv_row * (ACT_BYTES + kvb) / (bw * p["mem_eff"]) + token_sm_s / sms)
-    return p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + t_cache + t_attn
+    t = p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + t_cache + t_attn
+    if not _corrects(fit, device):
+        return t
+
+    def rows() -> dict:
+        cols = np.broadcast_arrays(*(np.atleast_1d(x) * 1.0 for x in (b, s, c, hq, hkv, dqk, win)))
+        kv = np.full(len(cols[0]), kv_dtype, dtype=object)
+        names = ("batch", "new_tokens", "cached_tokens", "q_heads", "kv_heads", "head_dim")
+        return {**dict(zip(names, cols[:6], strict=True)), "window": cols[6], "kv_dtype": kv}
+
+    return _transferred(fit, device, family, rows, t)
 
 
 def attn_prefill_s(
@@ -733,7 +804,31 @@ def decode_coeffs_np(
     slope = _max(slope, bytes_tok / bw)  # never faster than the HBM spec
     extra_waves = smooth_max(units / sms, 1.0, p["floor_p"]) - 1.0
     floor = p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + p["cta_s"] * extra_waves
-    return floor, slope
+    if not _corrects(fit, device):
+        return floor, slope
+    # The correction depends on the context: keep decode affine in it (the simulator's fast path
+    # needs that) by correcting two contexts per sequence and drawing the line through them.
+    ctx = np.array(DECODE_REFERENCE_CONTEXTS)
+    bb, hh, kk, dd = (np.atleast_1d(x) * 1.0 for x in np.broadcast_arrays(b, hq, hkv, dqk))
+    n_rows = len(bb)
+    tot = np.concatenate([bb * c for c in ctx])
+
+    def rows() -> dict:
+        two = (np.concatenate([x, x]) for x in (bb, hh, kk, dd))
+        kv = np.full(2 * n_rows, kv_dtype, dtype=object)
+        names = ("batch", "q_heads", "kv_heads", "head_dim")
+        return {**dict(zip(names, two, strict=True)), "total_context": tot, "kv_dtype": kv}
+
+    family = "mla_decode" if latent else "attention_decode"
+    fl, sl = (np.broadcast_to(np.atleast_1d(x), (n_rows,)) for x in (floor, slope))
+    t = np.concatenate([fl, fl]) + np.concatenate([sl, sl]) * tot
+    t = np.asarray(_transferred(fit, device, family, rows, t))
+    t1, t2 = t[:n_rows], t[n_rows:]
+    slope_c = np.maximum((t2 - t1) / (tot[n_rows:] - tot[:n_rows]), 0.0)
+    floor_c = np.maximum(t1 - slope_c * tot[:n_rows], 0.0)
+    if _arr(floor, slope, b, hq, hkv):
+        return floor_c, slope_c
+    return float(floor_c[0]), float(slope_c[0])
 
 
 def attn_decode_s(
@@ -816,7 +911,20 @@ def collective_np(
     t = lat + s * factor / bw
     if not cuda_graph:
         t = smooth_max(t + p["eager_extra_s"], p["eager_floor_s"], p["eager_p"])
-    return t
+    if op != "all_reduce" or not _corrects(fit, device):
+        return t
+
+    def rows() -> dict:
+        nb, nd = np.broadcast_arrays(np.atleast_1d(s) * 1.0, np.atleast_1d(n) * 1.0)
+        return {
+            "nbytes": nb,
+            "num_devices": nd,
+            "op": np.full(len(nb), op, dtype=object),
+            "impl": np.full(len(nb), impl, dtype=object),
+            "cuda_graph": np.full(len(nb), cuda_graph, dtype=bool),
+        }
+
+    return _transferred(fit, device, "allreduce", rows, t)
 
 
 def _multi_node_s(
