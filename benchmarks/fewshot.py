@@ -16,9 +16,9 @@ printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devi
 With `--leave-one-gpu-out`, each GPU of aiconfigurator-core's installed tables is the unseen
 device: the prior is the transfer model fitted on all the other GPUs (`transfer.fit`: roofline
 times a boosted-tree shape correction), k measurements drawn at random from the left-out GPU's
-GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt_transfer`: shrunk device
-and family offsets plus a local kernel-smoothed correction), and the error is the median APE on
-its other rows (`--eval-rows` per table), averaged over `--repeats` draws. The last line is
+GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt_transfer`: the shots
+weigh each fitted GPU's proposal for this GPU's shapes, then a shrunk offset), and the error
+is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats` draws. The last line is
 {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0": n} (n: GPUs whose error
 at the largest k is not below their k = 0 error).
 """
@@ -66,6 +66,7 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     for gpu, (device, samples) in test.items():
         prior = transfer.leave_one_gpu_out(train, gpu)
+        others = tuple(dev for g, (dev, _) in train.items() if g != gpu)
         pool = fewshot.Shots(
             {
                 src: transfer.rows_of(src, s)
@@ -77,11 +78,11 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
         for k in ks:
             vals = []
             for r in range(args.repeats if k else 1):
-                shots, others = fewshot.draw(pool, k, args.seed + 1000 * r + k)
-                adapted = fewshot.adapt_transfer(prior, shots, device)
+                shots, rest = fewshot.draw(pool, k, args.seed + 1000 * r + k)
+                adapted = fewshot.adapt_transfer(prior, shots, device, others)
                 e = [
                     calibrate.ape(adapted.predict(src, s, device), s["latency_s"])
-                    for src, s in others.samples.items()
+                    for src, s in rest.samples.items()
                 ]
                 vals.append(float(np.median(np.concatenate(e))))
             errs.append(float(np.mean(vals)))

@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from servesim.predictor import calibrate  # noqa: E402
+from servesim.predictor import calibrate, roofline  # noqa: E402
 from servesim.predictor.roofline import default_fit  # noqa: E402
 from servesim.spec.devices import get_device  # noqa: E402
 
@@ -87,22 +87,29 @@ def leave_one_gpu_out(
     for gpu, (device, samples) in test.items():
         if method == "transfer":
             model = transfer.leave_one_gpu_out(train, gpu)
-            preds = {f: model.predict(f, s, device) for f, s in samples.items()}
+            preds = {f: transfer.predict(model, f, s, device) for f, s in samples.items()}
         else:
             fit = calibrate.leave_one_gpu_out_fit(train, gpu, max_nfev)
             preds = {f: calibrate.predict(f, s, device, fit) for f, s in samples.items()}
+        # The reference: the bundled H100 roofline alone on this GPU's spec sheet.
+        phys = roofline.physical_fit()
+        base = {f: calibrate.predict(f, s, device, phys) for f, s in samples.items()}
+        base_rows = logo_rows(samples, base)
         for fam, (p, m) in logo_rows(samples, preds).items():
             n, med, p90 = stats(p, m)
+            _, bmed, bp90 = stats(*base_rows[fam])
             out.setdefault(gpu, {})[f"{fam}_median_ape"] = round(med, 2)
             out[gpu][f"{fam}_p90_ape"] = round(p90, 2)
-            body.append([gpu, fam, str(n), f"{med:.1f}", f"{p90:.1f}"])
+            body.append(
+                [gpu, fam, str(n), f"{med:.1f}", f"{p90:.1f}", f"{bmed:.1f}", f"{bp90:.1f}"]
+            )
         print(
             f"{gpu}: fitted on {len(train) - 1} other GPUs ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
     print_table(
         "Leave one GPU out: fit on the others, predict this one",
-        ["gpu", "family", "rows", "median APE %", "p90 APE %"],
+        ["gpu", "family", "rows", "median APE %", "p90 APE %", "H100 fit med %", "H100 fit p90 %"],
         body,
     )
     if skipped:

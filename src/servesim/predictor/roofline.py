@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.predictor import transfer_model
+from servesim.predictor.kernel_classes import LOW_PRECISION_COMPUTE, nvlink_class
+from servesim.predictor.kernel_classes import gemm_dtypes as _gemm_dtypes
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import canonical, compute_dtype, nbytes
+from servesim.spec.dtypes import nbytes
 
 ACT_BYTES = 2.0  # activations, GEMM outputs and attention inputs are bf16/fp16
-LOW_PRECISION_COMPUTE = ("fp8", "int8", "fp4")  # GEMMs that quantise activations first
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
 ELEMENTWISE_OPS = ("generic", "norm", "act", "rope", "add", "emb", "quant")
 ALLREDUCE_IMPLS = ("auto", "nccl", "custom")
@@ -369,10 +371,8 @@ def physical_fit() -> KernelFit:
 def default_fit() -> KernelFit:
     """The bundled fit: `physical_fit` plus the bundled cross-GPU correction
     (`data/transfer_model.npz`), which prices GPUs that have no measured kernel tables."""
-    from servesim.predictor import transfer
-
     base = physical_fit()
-    model = transfer.bundled()
+    model = transfer_model.bundled()
     if model is None:
         return base
     return KernelFit(
@@ -387,21 +387,17 @@ def default_fit() -> KernelFit:
 def _corrects(fit: KernelFit, device: Device) -> bool:
     """Whether `fit` carries a cross-GPU correction that applies to `device` (a GPU without
     measured kernel tables)."""
-    if fit.transfer is None:
-        return False
-    from servesim.predictor import transfer
-
-    return transfer.applies_to(device)
+    return fit.transfer is not None and transfer_model.applies_to(device)
 
 
 def _transferred(fit: KernelFit, device: Device, family: str, make: Any, t: Any) -> Any:
     """`t` times the cross-GPU correction of `fit` for `family` on a GPU without measured
-    tables (`make()` builds the rows as `servesim.predictor.calibrate` samples); else `t`."""
+    tables (`make()` builds the rows as `servesim.predictor.calibrate` samples); else `t`.
+    The correction is fitted on top of the bundled parameters, so `t` is its roofline time."""
     if not _corrects(fit, device):
         return t
-    from servesim.predictor import transfer
-
-    return t * transfer.correction(fit.transfer, family, make(), device, _arr(t))
+    f = fit.transfer.correction(family, make(), device, np.atleast_1d(t))
+    return t * f if _arr(t) else t * float(f[0])
 
 
 # ---- helpers that work on floats (fast scalar path) and numpy arrays (fitting) ------------------
@@ -474,18 +470,6 @@ def _waves(units: Any, slots: Any, quant: float, max_split: float) -> Any:
 
 
 # ---- GEMM ---------------------------------------------------------------------------------------
-def _gemm_dtypes(dtype: str, weight_dtype: str | None, device: Device) -> tuple[str, str]:
-    """(compute dtype, weight dtype). 4-bit formats named as compute dtype mean W4A16, and an
-    8-bit compute dtype the device has no native rate for runs weight-only in bf16 (Marlin)."""
-    cdt = canonical(dtype)
-    wdt = canonical(weight_dtype) if weight_dtype is not None else cdt
-    if cdt in ("int4", "mxfp4") or (cdt == "fp4" and weight_dtype is None):
-        cdt = compute_dtype(cdt)
-    if cdt in LOW_PRECISION_COMPUTE and cdt not in device.peak_flops_per_s:
-        cdt = "bf16"
-    return cdt, wdt
-
-
 def gemm_np(
     m: Any,
     n: Any,
@@ -868,13 +852,6 @@ def _bus_factor(op: str, n: Any) -> Any:
     return (2.0 if op == "all_reduce" else 1.0) * (n - 1.0) / n
 
 
-def nvlink_class(device: Device) -> bool:
-    """Whether GPUs talk over a switched scale-up fabric (NVLink/NVSwitch, Infinity Fabric)."""
-    name = device.link_name.lower()
-    fabric = any(t in name for t in ("nvlink", "xgmi", "infinity"))
-    return device.kind == "gpu" and (fabric or device.link_bw_bytes_per_s >= 100e9)
-
-
 def collective_np(
     op: str,
     nbytes_total: Any,
@@ -911,7 +888,9 @@ def collective_np(
     t = lat + s * factor / bw
     if not cuda_graph:
         t = smooth_max(t + p["eager_extra_s"], p["eager_floor_s"], p["eager_p"])
-    if op != "all_reduce" or not _corrects(fit, device):
+    # All-reduce is corrected on switched fabrics only: over PCIe the held-out GPUs (RTX PRO
+    # 6000, B60) came out worse with it than without (NOTES, issue 11).
+    if op != "all_reduce" or not nvlink_class(device) or not _corrects(fit, device):
         return t
 
     def rows() -> dict:

@@ -17,21 +17,17 @@ Fitting needs scikit-learn; prediction is numpy only (`trees.Trees`), and the bu
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.predictor import calibrate, transfer_features
+from servesim.predictor import calibrate
 from servesim.predictor.roofline import KernelFit, physical_fit
-from servesim.predictor.trees import Trees, from_sklearn
+from servesim.predictor.transfer_model import FamilyModel, TransferModel, features
+from servesim.predictor.trees import from_sklearn
 from servesim.spec.devices import Device
 
 Samples = dict[str, np.ndarray]
@@ -48,7 +44,6 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "allreduce": ("nccl", "custom_allreduce"),
 }
 FAMILY_OF = {src: fam for fam, srcs in SOURCES.items() for src in srcs}
-BASE_FEATURE = "log_t_base_us"
 # Boosting settings: shallow trees, strong leaves, so a split needs several GPUs' rows to agree.
 MAX_ITER = 150
 MAX_LEAF_NODES = 15
@@ -68,126 +63,19 @@ def rows_of(source: str, s: Samples) -> Samples:
 
 
 def design(
-    family: str, source: str, s: Samples, device: Device, base: KernelFit
+    family: str, source: str, s: Samples, device: Device, base: KernelFit | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """(features by name, roofline seconds) of sample rows `s` of `source` on `device`."""
-    feats = transfer_features.BUILDERS[family](s, device)
-    t_base = np.maximum(calibrate.predict(source, s, device, base), 1e-9)
-    feats[BASE_FEATURE] = np.log10(t_base * 1e6)
-    return feats, t_base
+    t_base = np.maximum(calibrate.predict(source, s, device, base or physical_fit()), 1e-9)
+    return features(family, s, device, t_base), t_base
 
 
-@dataclass(frozen=True)
-class FamilyModel:
-    """One family's correction: feature names (in column order), a linear term in the device
-    features (the smooth device scaling, which trees cannot interpolate) and the trees."""
-
-    names: tuple[str, ...]
-    trees: Trees
-    linear: np.ndarray  # one coefficient per feature (0 for shape features), then the intercept
-    # [lowest, highest] log correction seen on the fitted GPUs (0.5 and 99.5 percentiles): a
-    # shape or device outside what was fitted never gets a larger correction than any GPU had.
-    bounds: np.ndarray
-
-    def log_correction(self, feats: dict[str, np.ndarray]) -> np.ndarray:
-        """Predicted log(measured / roofline) for rows given as named feature columns."""
-        x = np.column_stack([np.asarray(feats[n], dtype=float) for n in self.names])
-        z = self.trees.predict(x) + x @ self.linear[:-1] + self.linear[-1]
-        return np.clip(z, self.bounds[0], self.bounds[1])
-
-
-@dataclass(frozen=True)
-class TransferModel:
-    """Per-family corrections on top of the roofline, and what they were fitted on."""
-
-    families: dict[str, FamilyModel]
-    fitted_on: str
-    base: KernelFit = field(default_factory=physical_fit, compare=False, repr=False)
-
-    def predict(self, source: str, s: Samples, device: Device) -> np.ndarray:
-        """Seconds for sample rows `s` of sample family `source` on `device`."""
-        fam = FAMILY_OF[source]
-        feats, t_base = design(fam, source, s, device, self.base)
-        model = self.families.get(fam)
-        if model is None:
-            return t_base
-        return t_base * np.exp(model.log_correction(feats))
-
-    def save(self, path: str | Path) -> None:
-        """Write the model as one `.npz` of plain arrays (no pickle)."""
-        arrays: dict[str, np.ndarray] = {}
-        meta = {"fitted_on": self.fitted_on, "families": {}}
-        for fam, m in self.families.items():
-            arrays.update(m.trees.arrays(f"{fam}/"))
-            arrays[f"{fam}/linear"] = m.linear
-            arrays[f"{fam}/bounds"] = m.bounds
-            meta["families"][fam] = list(m.names)
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TransferModel:
-        """Read a model written by `save`; a missing or malformed file raises ServesimError."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                fams = {
-                    f: FamilyModel(
-                        tuple(names),
-                        Trees.from_arrays(z, f"{f}/"),
-                        np.asarray(z[f"{f}/linear"], dtype=float),
-                        np.asarray(z[f"{f}/bounds"], dtype=float),
-                    )
-                    for f, names in meta["families"].items()
-                }
-        except (OSError, KeyError, ValueError) as exc:
-            raise ServesimError(
-                f"Transfer model {str(path)!r} cannot be read ({exc}); regenerate it with "
-                "scripts/fit_transfer.py."
-            ) from None
-        return cls(families=fams, fitted_on=str(meta.get("fitted_on", "")))
-
-
-@cache
-def bundled() -> TransferModel | None:
-    """The bundled model (`data/transfer_model.npz`), or None when it is not installed."""
-    ref = resources.files("servesim").joinpath("data/transfer_model.npz")
-    if not ref.is_file():
-        return None
-    with resources.as_file(ref) as p:
-        return TransferModel.load(p)
-
-
-@cache
-def _has_tables(name: str) -> bool:
-    from servesim.predictor import kernel_tables
-
-    try:
-        return any(
-            kernel_tables.find(name, "gemm", "gemm_perf", eng) is not None
-            for eng in kernel_tables.ENGINES
-        )
-    except (ServesimError, OSError):
-        return False
-
-
-def applies_to(device: Device) -> bool:
-    """Whether the correction prices `device`: a GPU without measured kernel tables (one with
-    tables keeps the roofline fitted where it was measured, or the tables themselves)."""
-    return device.kind == "gpu" and not _has_tables(device.name)
-
-
-def correction(
-    model: TransferModel, family: str, s: Samples, device: Device, as_array: bool = True
-) -> Any:
-    """exp(predicted log(measured / roofline)) for rows `s` of model family `family`."""
-    m = model.families.get(family)
-    if m is None:
-        return np.ones(len(next(iter(s.values())))) if as_array else 1.0
-    feats, _ = design(family, SOURCES[family][0], s, device, model.base)
-    f = np.exp(m.log_correction(feats))
-    return f if as_array else float(f[0])
+def predict(model: TransferModel, source: str, s: Samples, device: Device) -> np.ndarray:
+    """Seconds for sample rows `s` of sample family `source` on `device`: the bundled
+    roofline times the model's correction."""
+    fam = FAMILY_OF[source]
+    feats, t_base = design(fam, source, s, device)
+    return t_base * np.exp(model.log_correction(fam, feats))
 
 
 def _family_arrays(
@@ -242,7 +130,11 @@ def fit_family(
     )
     lin = _device_trend(x, y, w, names)
     model.fit(x, y - x @ lin[:-1] - lin[-1], sample_weight=w * len(y) / len(per_gpu))
-    bounds = np.percentile(y, [0.5, 99.5])
+    # The correction's range: the typical GPU's 1st to 99th percentile (one GPU's outliers do
+    # not widen it for all), stretched to reach every GPU's median.
+    qs = np.array([np.percentile(r, [1.0, 50.0, 99.0]) for _, r in per_gpu.values()])
+    lo, hi = np.median(qs[:, 0]), np.median(qs[:, 2])
+    bounds = np.array([min(lo, qs[:, 1].min()), max(hi, qs[:, 1].max())])
     return FamilyModel(names, from_sklearn(model), lin, bounds)
 
 
@@ -285,7 +177,7 @@ def fit(
             out[fam] = fit_family(per_gpu, seed, max_iter)
     if not out:
         raise ServesimError("No measured rows to fit the transfer model on.")
-    return TransferModel(out, f"fitted on {', '.join(sorted(data))}", base)
+    return TransferModel(out, f"fitted on {', '.join(sorted(data))}")
 
 
 def leave_one_gpu_out(data: GpuData, gpu: str, **kw: Any) -> TransferModel:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from servesim.predictor import roofline
+from servesim.predictor.kernel_classes import gemm_dtypes, nvlink_class
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import nbytes
 
@@ -66,7 +66,7 @@ def link_vector(device: Device) -> dict[str, float]:
     return {
         "dev_log_link_bw": math.log10(max(device.link_bw_bytes_per_s, 1.0)),
         "dev_log_link_lat": math.log10(max(device.link_latency_s, 1e-9)),
-        "dev_fabric": 1.0 if roofline.nvlink_class(device) else 0.0,
+        "dev_fabric": 1.0 if nvlink_class(device) else 0.0,
     }
 
 
@@ -118,7 +118,7 @@ def gemm(s: Samples, device: Device) -> dict[str, np.ndarray]:
     dev_rows: dict[str, np.ndarray] = {}
     for dt, wdt in _dtype_pairs(s):
         mk = (s["dtype"] == dt) & (s["weight_dtype"] == wdt)
-        cdt, w = roofline._gemm_dtypes(dt, wdt, device)
+        cdt, w = gemm_dtypes(dt, wdt, device)
         peak[mk] = device.peak_flops(cdt)
         native[mk] = 1.0 if cdt == dt else 0.0
         wbytes[mk] = nbytes(w)
@@ -248,7 +248,7 @@ def moe(s: Samples, device: Device) -> dict[str, np.ndarray]:
     dev_rows: dict[str, np.ndarray] = {}
     for dt, wdt in _dtype_pairs(s):
         mk = (s["dtype"] == dt) & (s["weight_dtype"] == wdt)
-        cdt, w = roofline._gemm_dtypes(dt, wdt, device)
+        cdt, w = gemm_dtypes(dt, wdt, device)
         peak[mk] = device.peak_flops(cdt)
         wbytes[mk] = nbytes(w)
         for key, v in device_vector(device, cdt).items():
