@@ -18,9 +18,9 @@ device: the prior is the transfer model fitted on all the other GPUs (`transfer.
 times a boosted-tree shape correction), k measurements drawn at random from the left-out GPU's
 GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt_transfer`: the shots
 weigh each fitted GPU's proposal for this GPU's shapes, then a shrunk offset), and the error
-is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats` draws. The last line is
-{"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0": n} (n: GPUs whose error
-at the largest k is not below their k = 0 error).
+is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats`
+draws. The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0":
+n} (n: GPUs whose error at the largest k is not below their k = 0 error).
 """
 
 from __future__ import annotations
