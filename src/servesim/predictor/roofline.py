@@ -390,13 +390,17 @@ def _corrects(fit: KernelFit, device: Device) -> bool:
     return fit.transfer is not None and transfer_model.applies_to(device)
 
 
-def _transferred(fit: KernelFit, device: Device, family: str, make: Any, t: Any) -> Any:
+def _transferred(
+    fit: KernelFit, device: Device, family: str, make: Any, t: Any, along: Any = None
+) -> Any:
     """`t` times the cross-GPU correction of `fit` for `family` on a GPU without measured
     tables (`make()` builds the rows as `servesim.predictor.calibrate` samples); else `t`.
-    The correction is fitted on top of the bundled parameters, so `t` is its roofline time."""
+    The correction is fitted on top of the bundled parameters, so `t` is its roofline time.
+    `along`: the only size that varies between rows, if one does (see `correction`)."""
     if not _corrects(fit, device):
         return t
-    f = fit.transfer.correction(family, make(), device, np.atleast_1d(t))
+    ax = np.asarray(along, dtype=float) if along is not None and np.ndim(along) == 1 else None
+    f = fit.transfer.correction(family, make(), device, np.atleast_1d(t), ax)
     return t * f if _arr(t) else t * float(f[0])
 
 
@@ -531,7 +535,8 @@ def gemm_np(
             "weight_dtype": one * (weight_dtype if weight_dtype is not None else dtype),
         }
 
-    return _transferred(fit, device, "gemm", rows, t)
+    along = m if np.ndim(n) == 0 and np.ndim(k) == 0 else None
+    return _transferred(fit, device, "gemm", rows, t, along)
 
 
 def gemm_s(
@@ -903,7 +908,7 @@ def collective_np(
             "cuda_graph": np.full(len(nb), cuda_graph, dtype=bool),
         }
 
-    return _transferred(fit, device, "allreduce", rows, t)
+    return _transferred(fit, device, "allreduce", rows, t, s if np.ndim(n) == 0 else None)
 
 
 def _multi_node_s(

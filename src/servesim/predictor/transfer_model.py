@@ -25,6 +25,7 @@ from servesim.spec.devices import Device
 
 Samples = dict[str, np.ndarray]
 BASE_FEATURE = "log_t_base_us"
+GRID = 192  # sizes at which a long table of one varying size is corrected (then interpolated)
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,28 @@ class TransferModel:
             return np.zeros(len(next(iter(feats.values()))))
         return m.log_correction(feats)
 
-    def correction(self, family: str, s: Samples, device: Device, t_base: np.ndarray) -> np.ndarray:
-        """Factor per row of `s` (family `family`, roofline times `t_base`) on `device`."""
-        return np.exp(self.log_correction(family, features(family, s, device, t_base)))
+    def correction(
+        self,
+        family: str,
+        s: Samples,
+        device: Device,
+        t_base: np.ndarray,
+        along: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Factor per row of `s` (family `family`, roofline times `t_base`) on `device`.
+
+        `along`: the one size the rows vary in (a GEMM's token count over a table of them);
+        past GRID rows the trees run on GRID sizes spread evenly in log size and the log factor
+        in between is interpolated (the simulator tabulates thousands of token counts)."""
+        feats = features(family, s, device, t_base)
+        if along is None or len(along) <= GRID:
+            return np.exp(self.log_correction(family, feats))
+        x = np.log(np.maximum(np.asarray(along, dtype=float), 1e-9))
+        order = np.argsort(x)
+        at = np.searchsorted(x[order], np.linspace(x[order[0]], x[order[-1]], GRID))
+        pick = order[np.unique(np.clip(at, 0, len(x) - 1))]
+        z = self.log_correction(family, {k: v[pick] for k, v in feats.items()})
+        return np.exp(np.interp(x, x[pick], z))
 
     def save(self, path: str | Path) -> None:
         """Write the model as one `.npz` of plain arrays (no pickle)."""
