@@ -152,4 +152,5 @@ def _has_tables(name: str) -> bool:
 def applies_to(device: Device) -> bool:
     """Whether the correction prices `device`: a GPU without measured kernel tables (one with
     tables keeps the roofline fitted where it was measured, or the tables themselves)."""
-    return device.kind == "gpu" and not _has_tables(device.name)
+    # A share of a GPU (`sim/semipd.py` names its lanes "<gpu>@<share>") is that GPU.
+    return device.kind == "gpu" and not _has_tables(device.name.split("@")[0])
