@@ -11,8 +11,9 @@ several GPUs (`fit`), each GPU weighing the same, and applied to any device of t
 a GPU nobody measured gets the correction its spec sheet implies. `benchmarks/kernels.py
 --leave-one-gpu-out` fits it on all GPUs but one and predicts the one left out.
 
-Fitting needs scikit-learn; prediction is numpy only (`trees.Trees`), and the bundled model
-(`data/transfer_model.npz`, written by `scripts/fit_transfer.py`) is read without pickle.
+Fitting needs scikit-learn; the fitted model (`transfer_model.TransferModel`) predicts with
+numpy only, and the bundled one (`data/transfer_model.npz`, written by `scripts/fit_transfer.py`)
+is read without pickle.
 """
 
 from __future__ import annotations
