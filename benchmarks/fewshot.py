@@ -14,12 +14,13 @@ the unseen device (a real transfer, e.g. a CPU profiled with `servesim profile`)
 printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devices pooled).
 
 With `--leave-one-gpu-out`, each GPU of aiconfigurator-core's installed tables is the unseen
-device: the prior is the cross-GPU fit on all the other GPUs (`calibrate.fit_transfer`, its
-spread across them as the prior's width), k measurements drawn at random from the left-out
-GPU's GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt`, MAP), and the
-error is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats`
-draws. The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0": n}
-(n: GPUs whose error at the largest k is not below their k = 0 error).
+device: the prior is the transfer model fitted on all the other GPUs (`transfer.fit`: roofline
+times a boosted-tree shape correction), k measurements drawn at random from the left-out GPU's
+GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt_transfer`: the shots
+weigh each fitted GPU's proposal for this GPU's shapes, then a shrunk offset), and the error
+is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats`
+draws. The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0":
+n} (n: GPUs whose error at the largest k is not below their k = 0 error).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def evaluate(pool, device, prior, repeats: int, seed: int) -> dict[int, list[flo
 
 
 def leave_one_gpu_out(args: argparse.Namespace) -> int:
-    """Few-shot adaptation of the cross-GPU fit to each left-out GPU."""
-    from servesim.predictor import calibrate, kernel_tables
+    """Few-shot adaptation of the cross-GPU transfer model to each left-out GPU."""
+    from servesim.predictor import calibrate, kernel_tables, transfer
 
     ks = [int(x) for x in args.k.split(",")]
     names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
@@ -64,21 +65,33 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
     per_gpu: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for gpu, (device, samples) in test.items():
-        prior = calibrate.leave_one_gpu_out_fit(train, gpu)
-        pool = fewshot.Shots(samples)
+        prior = transfer.leave_one_gpu_out(train, gpu)
+        others = tuple(dev for g, (dev, _) in train.items() if g != gpu)
+        pool = fewshot.Shots(
+            {
+                src: transfer.rows_of(src, s)
+                for src, s in samples.items()
+                if src in transfer.FAMILY_OF and len(transfer.rows_of(src, s)["latency_s"])
+            }
+        )
         errs = []
         for k in ks:
             vals = []
             for r in range(args.repeats if k else 1):
-                shots, others = fewshot.draw(pool, k, args.seed + 1000 * r + k)
-                fit = fewshot.adapt(shots, device, prior)
-                vals.append(fewshot.median_ape(others, device, fit))
+                shots, rest = fewshot.draw(pool, k, args.seed + 1000 * r + k)
+                adapted = fewshot.adapt_transfer(prior, shots, device, others)
+                e = [
+                    calibrate.ape(adapted.predict(src, s, device), s["latency_s"])
+                    for src, s in rest.samples.items()
+                ]
+                vals.append(float(np.median(np.concatenate(e))))
             errs.append(float(np.mean(vals)))
         per_gpu[gpu] = errs
         print(
             f"{gpu}: "
             + "  ".join(f"k={k}: {e:5.1f}%" for k, e in zip(ks, errs, strict=True))
-            + f"  ({time.perf_counter() - t0:.0f} s)"
+            + f"  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
         )
     medians = [round(float(np.median([v[i] for v in per_gpu.values()])), 2) for i in range(len(ks))]
     worse = sum(1 for v in per_gpu.values() if v[-1] >= v[0])
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leave-one-gpu-out", action="store_true", help="unseen GPU = each GPU")
     ap.add_argument("--k", default="0,3,5,10", help="measurement counts (--leave-one-gpu-out)")
     ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
-    ap.add_argument("--fit-rows", type=int, default=300, help="rows per table of the prior fit")
+    ap.add_argument("--fit-rows", type=int, default=2000, help="rows per table of the prior fit")
     ap.add_argument("--eval-rows", type=int, default=1000, help="rows per table of the left-out")
     args = ap.parse_args(argv)
     if args.leave_one_gpu_out:

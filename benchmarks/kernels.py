@@ -14,12 +14,15 @@ one JSON object with the median and p90 absolute percentage errors of the four g
 
 With `--leave-one-gpu-out` it reads aiconfigurator-core's installed tables of every GPU that
 has a catalog entry (vLLM's tables; MLA from TRT-LLM, which alone measures the MLA kernels;
-nccl-tests from comm/nccl), and for each GPU fits the cross-GPU model (`calibrate.fit_transfer`:
-shared shape parameters, efficiencies log-linear in spec-sheet features) on all the others
-(`--fit-rows` random rows per table) and predicts that GPU's tables (`--eval-rows` random rows
-per table, another seed). The last line is {"gpus": {gpu: {family_median_ape, family_p90_ape}},
-"worst_median_ape", "worst_p90_ape"} with families gemm, attention_prefill, attention_decode, mla
-(context and generation), moe (balanced routing) and allreduce (nccl-tests and vLLM custom).
+nccl-tests from comm/nccl), and for each GPU fits the cross-GPU model on all the others
+(`--fit-rows` random rows per table, seed 0) and predicts that GPU's tables (`--eval-rows`
+random rows per table, seed 1). `--method transfer` (default) is `servesim.predictor.transfer`:
+the physical roofline (bundled H100 fit, each device's own spec sheet) times a correction learnt
+per family as a linear device trend plus boosted trees on device-normalised shape features;
+`--method joint` is the older log-linear device model (`calibrate.fit_transfer`). The last line
+is {"gpus": {gpu: {family_median_ape, family_p90_ape}}, "worst_median_ape", "worst_p90_ape"}
+with families gemm, attention_prefill, attention_decode, mla (context and generation), moe
+(balanced routing) and allreduce (nccl-tests and vLLM custom).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from servesim.predictor import calibrate  # noqa: E402
+from servesim.predictor import calibrate, roofline  # noqa: E402
 from servesim.predictor.roofline import default_fit  # noqa: E402
 from servesim.spec.devices import get_device  # noqa: E402
 
@@ -68,9 +71,11 @@ def logo_rows(samples: dict, preds: dict) -> dict[str, tuple[np.ndarray, np.ndar
     }
 
 
-def leave_one_gpu_out(gpus: list[str] | None, fit_rows: int, eval_rows: int, max_nfev: int) -> int:
+def leave_one_gpu_out(
+    gpus: list[str] | None, fit_rows: int, eval_rows: int, max_nfev: int, method: str
+) -> int:
     """Fit on all GPUs but one, predict that one; print a table and the JSON summary."""
-    from servesim.predictor import kernel_tables
+    from servesim.predictor import kernel_tables, transfer
 
     names = gpus or kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=fit_rows, seed=0)
@@ -80,17 +85,31 @@ def leave_one_gpu_out(gpus: list[str] | None, fit_rows: int, eval_rows: int, max
     body = []
     t0 = time.perf_counter()
     for gpu, (device, samples) in test.items():
-        fit = calibrate.leave_one_gpu_out_fit(train, gpu, max_nfev)
-        preds = {f: calibrate.predict(f, s, device, fit) for f, s in samples.items()}
+        if method == "transfer":
+            model = transfer.leave_one_gpu_out(train, gpu)
+            preds = {f: transfer.predict(model, f, s, device) for f, s in samples.items()}
+        else:
+            fit = calibrate.leave_one_gpu_out_fit(train, gpu, max_nfev)
+            preds = {f: calibrate.predict(f, s, device, fit) for f, s in samples.items()}
+        # The reference: the bundled H100 roofline alone on this GPU's spec sheet.
+        phys = roofline.physical_fit()
+        base = {f: calibrate.predict(f, s, device, phys) for f, s in samples.items()}
+        base_rows = logo_rows(samples, base)
         for fam, (p, m) in logo_rows(samples, preds).items():
             n, med, p90 = stats(p, m)
+            _, bmed, bp90 = stats(*base_rows[fam])
             out.setdefault(gpu, {})[f"{fam}_median_ape"] = round(med, 2)
             out[gpu][f"{fam}_p90_ape"] = round(p90, 2)
-            body.append([gpu, fam, str(n), f"{med:.1f}", f"{p90:.1f}"])
-        print(f"{gpu}: fitted on {len(train) - 1} other GPUs ({time.perf_counter() - t0:.0f} s)")
+            body.append(
+                [gpu, fam, str(n), f"{med:.1f}", f"{p90:.1f}", f"{bmed:.1f}", f"{bp90:.1f}"]
+            )
+        print(
+            f"{gpu}: fitted on {len(train) - 1} other GPUs ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     print_table(
         "Leave one GPU out: fit on the others, predict this one",
-        ["gpu", "family", "rows", "median APE %", "p90 APE %"],
+        ["gpu", "family", "rows", "median APE %", "p90 APE %", "H100 fit med %", "H100 fit p90 %"],
         body,
     )
     if skipped:
@@ -209,13 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-logo", action="store_true", help="skip leave-one-group-out refits")
     ap.add_argument("--leave-one-gpu-out", action="store_true", help="cross-GPU transfer test")
     ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
-    ap.add_argument("--fit-rows", type=int, default=300, help="rows per table to fit on")
+    ap.add_argument(
+        "--method",
+        choices=("transfer", "joint"),
+        default="transfer",
+        help="transfer: roofline x boosted-tree correction (servesim.predictor.transfer); "
+        "joint: the log-linear device model of calibrate.fit_transfer",
+    )
+    ap.add_argument("--fit-rows", type=int, default=2000, help="rows per table to fit on")
     ap.add_argument("--eval-rows", type=int, default=3000, help="rows per table to predict")
     ap.add_argument("--max-nfev", type=int, default=calibrate.TRANSFER_MAX_NFEV)
     args = ap.parse_args(argv)
     if args.leave_one_gpu_out:
         gpus = args.gpus.split(",") if args.gpus else None
-        return leave_one_gpu_out(gpus, args.fit_rows, args.eval_rows, args.max_nfev)
+        return leave_one_gpu_out(gpus, args.fit_rows, args.eval_rows, args.max_nfev, args.method)
 
     shared = args.tables is None
     tables_dir = Path(args.tables) if args.tables else REPO / "data" / "aic" / "h100_sxm"

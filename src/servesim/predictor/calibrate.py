@@ -327,6 +327,7 @@ def gemm_samples(table: Table) -> Samples:
     return {
         "dtype": cdt,
         "weight_dtype": np.array([w for _, w in dts], dtype=object),
+        "format": np.array([str(d) for d in table["gemm_dtype"][known]], dtype=object),
         "m": table["m"][known],
         "n": n,
         "k": k,
@@ -365,6 +366,7 @@ def vidur_gemm_samples(t: Table) -> Samples:
             {
                 "dtype": np.full(cnt, "fp16", dtype=object),
                 "weight_dtype": np.full(cnt, "fp16", dtype=object),
+                "format": np.full(cnt, "float16", dtype=object),
                 "m": m[ok],
                 "n": n[ok],
                 "k": k[ok],
@@ -495,6 +497,7 @@ def moe_samples(table: Table) -> Samples:
     return {
         "dtype": np.array([c for c, _ in dts], dtype=object),
         "weight_dtype": np.array([w for _, w in dts], dtype=object),
+        "format": np.array([str(d) for d in t["moe_dtype"]], dtype=object),
         "tokens": t["num_tokens"],
         "hidden": t["hidden_size"],
         "inter": t["inter_size"],

@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.predictor import transfer_model
+from servesim.predictor.kernel_classes import LOW_PRECISION_COMPUTE, nvlink_class
+from servesim.predictor.kernel_classes import gemm_dtypes as _gemm_dtypes
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import canonical, compute_dtype, nbytes
+from servesim.spec.dtypes import nbytes
 
 ACT_BYTES = 2.0  # activations, GEMM outputs and attention inputs are bf16/fp16
-LOW_PRECISION_COMPUTE = ("fp8", "int8", "fp4")  # GEMMs that quantise activations first
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
 ELEMENTWISE_OPS = ("generic", "norm", "act", "rope", "add", "emb", "quant")
 ALLREDUCE_IMPLS = ("auto", "nccl", "custom")
@@ -236,6 +238,9 @@ class KernelFit:
     _resolved: dict[tuple, dict[str, float]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # The cross-GPU correction (`servesim.predictor.transfer.TransferModel`) applied on GPUs
+    # without measured kernel tables; the bundled fit carries the bundled one, a user's none.
+    transfer: Any = field(default=None, compare=False, repr=False)
 
     def family(self, family: str, device: Device) -> dict[str, float]:
         """The parameters of `family` on `device` (the device model applied), memoised."""
@@ -355,10 +360,48 @@ def _nested_numbers(doc: Any, depth: int, origin: str, what: str, fix: str) -> A
 
 
 @cache
-def default_fit() -> KernelFit:
-    """The bundled fit (`data/kernel_fit.json`, fitted on H100 SXM measurements), loaded once."""
+def physical_fit() -> KernelFit:
+    """The bundled roofline parameters (`data/kernel_fit.json`, fitted on H100 SXM
+    measurements) alone, without the cross-GPU correction; loaded once."""
     text = resources.files("servesim").joinpath("data/kernel_fit.json").read_text()
     return KernelFit.from_dict(json.loads(text), "bundled with servesim")
+
+
+@cache
+def default_fit() -> KernelFit:
+    """The bundled fit: `physical_fit` plus the bundled cross-GPU correction
+    (`data/transfer_model.npz`), which prices GPUs that have no measured kernel tables."""
+    base = physical_fit()
+    model = transfer_model.bundled()
+    if model is None:
+        return base
+    return KernelFit(
+        params=base.params,
+        fitted_on=f"{base.fitted_on}; cross-GPU correction {model.fitted_on}",
+        device_model=base.device_model,
+        factor_sd=base.factor_sd,
+        transfer=model,
+    )
+
+
+def _corrects(fit: KernelFit, device: Device) -> bool:
+    """Whether `fit` carries a cross-GPU correction that applies to `device` (a GPU without
+    measured kernel tables)."""
+    return fit.transfer is not None and transfer_model.applies_to(device)
+
+
+def _transferred(
+    fit: KernelFit, device: Device, family: str, make: Any, t: Any, along: Any = None
+) -> Any:
+    """`t` times the cross-GPU correction of `fit` for `family` on a GPU without measured
+    tables (`make()` builds the rows as `servesim.predictor.calibrate` samples); else `t`.
+    The correction is fitted on top of the bundled parameters, so `t` is its roofline time.
+    `along`: the only size that varies between rows, if one does (see `correction`)."""
+    if not _corrects(fit, device):
+        return t
+    ax = np.asarray(along, dtype=float) if along is not None and np.ndim(along) == 1 else None
+    f = fit.transfer.correction(family, make(), device, np.atleast_1d(t), ax)
+    return t * f if _arr(t) else t * float(f[0])
 
 
 # ---- helpers that work on floats (fast scalar path) and numpy arrays (fitting) ------------------
@@ -431,18 +474,6 @@ def _waves(units: Any, slots: Any, quant: float, max_split: float) -> Any:
 
 
 # ---- GEMM ---------------------------------------------------------------------------------------
-def _gemm_dtypes(dtype: str, weight_dtype: str | None, device: Device) -> tuple[str, str]:
-    """(compute dtype, weight dtype). 4-bit formats named as compute dtype mean W4A16, and an
-    8-bit compute dtype the device has no native rate for runs weight-only in bf16 (Marlin)."""
-    cdt = canonical(dtype)
-    wdt = canonical(weight_dtype) if weight_dtype is not None else cdt
-    if cdt in ("int4", "mxfp4") or (cdt == "fp4" and weight_dtype is None):
-        cdt = compute_dtype(cdt)
-    if cdt in LOW_PRECISION_COMPUTE and cdt not in device.peak_flops_per_s:
-        cdt = "bf16"
-    return cdt, wdt
-
-
 def gemm_np(
     m: Any,
     n: Any,
@@ -489,7 +520,23 @@ def gemm_np(
             k * p["quant_bytes_per_elem"] / (bw * p["mem_eff"]) + p["quant_row_sm_s"] / sms
         )
         t = t + p["quant_floor_s"] + t_q
-    return t
+    if not _corrects(fit, device) or np.any(np.asarray(g) != 1.0):
+        return t  # grouped (MoE) GEMMs keep the dense roofline
+
+    def rows() -> dict:
+        mm, nn, kk = np.broadcast_arrays(np.atleast_1d(m), np.atleast_1d(n), np.atleast_1d(k))
+        one = np.ones(len(mm), dtype=object)
+        return {
+            "m": mm * 1.0,
+            "n": nn * 1.0,
+            "k": kk * 1.0,
+            "dtype": one * dtype,
+            "format": one * wdt,
+            "weight_dtype": one * (weight_dtype if weight_dtype is not None else dtype),
+        }
+
+    along = m if np.ndim(n) == 0 and np.ndim(k) == 0 else None
+    return _transferred(fit, device, "gemm", rows, t, along)
 
 
 def gemm_s(
@@ -587,6 +634,9 @@ def _ceil_sum(count: Any, r: Any) -> Any:
 
 
 _NO_WINDOW = 1e30
+# Context lengths per sequence at which the cross-GPU correction of decode attention is taken
+# (a short and a long context; decode stays a line through them).
+DECODE_REFERENCE_CONTEXTS = (512.0, 8192.0)
 
 
 def attn_prefill_np(
@@ -647,7 +697,17 @@ def attn_prefill_np(
     # an fp8 cache also quantises the queries.
     token_sm_s = p["token_sm_s"] + (p["fp8_token_sm_s"] if fp8 else 0.0)
     t_cache = b * s * (kv_row * (ACT_BYTES + kvb) / (bw * p["mem_eff"]) + token_sm_s / sms)
-    return p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + t_cache + t_attn
+    t = p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + t_cache + t_attn
+    if not _corrects(fit, device):
+        return t
+
+    def rows() -> dict:
+        cols = np.broadcast_arrays(*(np.atleast_1d(x) * 1.0 for x in (b, s, c, hq, hkv, dqk, win)))
+        kv = np.full(len(cols[0]), kv_dtype, dtype=object)
+        names = ("batch", "new_tokens", "cached_tokens", "q_heads", "kv_heads", "head_dim")
+        return {**dict(zip(names, cols[:6], strict=True)), "window": cols[6], "kv_dtype": kv}
+
+    return _transferred(fit, device, family, rows, t)
 
 
 def attn_prefill_s(
@@ -733,7 +793,31 @@ def decode_coeffs_np(
     slope = _max(slope, bytes_tok / bw)  # never faster than the HBM spec
     extra_waves = smooth_max(units / sms, 1.0, p["floor_p"]) - 1.0
     floor = p["floor_s"] + (p["fp8_floor_s"] if fp8 else 0.0) + p["cta_s"] * extra_waves
-    return floor, slope
+    if not _corrects(fit, device):
+        return floor, slope
+    # The correction depends on the context: keep decode affine in it (the simulator's fast path
+    # needs that) by correcting two contexts per sequence and drawing the line through them.
+    ctx = np.array(DECODE_REFERENCE_CONTEXTS)
+    bb, hh, kk, dd = (np.atleast_1d(x) * 1.0 for x in np.broadcast_arrays(b, hq, hkv, dqk))
+    n_rows = len(bb)
+    tot = np.concatenate([bb * c for c in ctx])
+
+    def rows() -> dict:
+        two = (np.concatenate([x, x]) for x in (bb, hh, kk, dd))
+        kv = np.full(2 * n_rows, kv_dtype, dtype=object)
+        names = ("batch", "q_heads", "kv_heads", "head_dim")
+        return {**dict(zip(names, two, strict=True)), "total_context": tot, "kv_dtype": kv}
+
+    family = "mla_decode" if latent else "attention_decode"
+    fl, sl = (np.broadcast_to(np.atleast_1d(x), (n_rows,)) for x in (floor, slope))
+    t = np.concatenate([fl, fl]) + np.concatenate([sl, sl]) * tot
+    t = np.asarray(_transferred(fit, device, family, rows, t))
+    t1, t2 = t[:n_rows], t[n_rows:]
+    slope_c = np.maximum((t2 - t1) / (tot[n_rows:] - tot[:n_rows]), 0.0)
+    floor_c = np.maximum(t1 - slope_c * tot[:n_rows], 0.0)
+    if _arr(floor, slope, b, hq, hkv):
+        return floor_c, slope_c
+    return float(floor_c[0]), float(slope_c[0])
 
 
 def attn_decode_s(
@@ -773,13 +857,6 @@ def _bus_factor(op: str, n: Any) -> Any:
     return (2.0 if op == "all_reduce" else 1.0) * (n - 1.0) / n
 
 
-def nvlink_class(device: Device) -> bool:
-    """Whether GPUs talk over a switched scale-up fabric (NVLink/NVSwitch, Infinity Fabric)."""
-    name = device.link_name.lower()
-    fabric = any(t in name for t in ("nvlink", "xgmi", "infinity"))
-    return device.kind == "gpu" and (fabric or device.link_bw_bytes_per_s >= 100e9)
-
-
 def collective_np(
     op: str,
     nbytes_total: Any,
@@ -816,7 +893,22 @@ def collective_np(
     t = lat + s * factor / bw
     if not cuda_graph:
         t = smooth_max(t + p["eager_extra_s"], p["eager_floor_s"], p["eager_p"])
-    return t
+    # All-reduce is corrected on switched fabrics only: over PCIe the held-out GPUs (RTX PRO
+    # 6000, B60) came out worse with it than without (NOTES, issue 11).
+    if op != "all_reduce" or not nvlink_class(device) or not _corrects(fit, device):
+        return t
+
+    def rows() -> dict:
+        nb, nd = np.broadcast_arrays(np.atleast_1d(s) * 1.0, np.atleast_1d(n) * 1.0)
+        return {
+            "nbytes": nb,
+            "num_devices": nd,
+            "op": np.full(len(nb), op, dtype=object),
+            "impl": np.full(len(nb), impl, dtype=object),
+            "cuda_graph": np.full(len(nb), cuda_graph, dtype=bool),
+        }
+
+    return _transferred(fit, device, "allreduce", rows, t, s if np.ndim(n) == 0 else None)
 
 
 def _multi_node_s(
