@@ -9,7 +9,8 @@ reads the config as it stood on each date benchmark rows were measured (the last
 it up to that day) and the recipes from a github.com/NVIDIA/srt-slurm checkout at the last
 commit up to the same day, and writes one CSV row per disaggregated search-space item, with
 the measured days it was in effect and, for each of those days, the InferenceX and srt-slurm
-commits read (`-`: the recipe is not in NVIDIA/srt-slurm, so its batch limits are unknown).
+commits read (`-`: no usable recipe, so its batch limits are unknown). A recipe absent from
+srt-slurm on that day is read at the commit that first added it.
 
     python scripts/inferencex_layouts.py INFERENCEX_GIT SRT_SLURM_GIT [--dates D ...] [--out F]
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import re
 import subprocess
 import sys
@@ -73,6 +75,13 @@ def commit_at(gitdir: str, day: str, path: str = "") -> tuple[str, str]:
     args = ["log", "-1", f"--until={day}T23:59:59Z", "--format=%H %cI"]
     out = git(gitdir, *args, *(["--", path] if path else [])).split()
     return (out[0], out[1][:10]) if out else ("", "")
+
+
+@functools.cache
+def first_version(gitdir: str, path: str) -> str:
+    """The commit that first added `path` on any branch ('' if never)."""
+    out = git(gitdir, "log", "--all", "--diff-filter=A", "--format=%H", "--", path).split()
+    return out[-1] if out else ""
 
 
 def recipe_batches(recipe_text: str) -> tuple[int | None, int | None]:
@@ -138,7 +147,13 @@ def layouts(
                 db = extra.get("DECODE_MAX_BATCH_SIZE")
                 r_commit = ""
                 if recipe and srt_commit and (pb is None or db is None):
+                    r_commit = srt_commit
                     body = git(srt, "show", f"{srt_commit}:{recipe}")
+                    if not body:
+                        # Not in srt-slurm that day: its first public version, e.g. the
+                        # sa-submission-q1-2026 branch InferenceX cites, merged 2026-03-03.
+                        r_commit = first_version(srt, recipe)
+                        body = git(srt, "show", f"{r_commit}:{recipe}") if r_commit else ""
                     res = (yaml.safe_load(body) or {}).get("resources") or {} if body else {}
                     # Use a recipe only if its worker counts are the config's (same deployment).
                     same = (res.get("prefill_workers"), res.get("decode_workers")) == (
@@ -149,7 +164,8 @@ def layouts(
                         rp, rd = recipe_batches(body)
                         pb = pb if pb is not None else rp
                         db = db if db is not None else rd
-                        r_commit = srt_commit
+                    else:
+                        r_commit = ""
                 conc = item.get("conc-list") or []
                 rows.append(
                     {

@@ -52,6 +52,27 @@ def test_refused_dev_row_gets_the_config_s_worker_counts() -> None:
     assert row["decode_num_workers"] == ""  # the input row is not modified
 
 
+def test_recipe_gone_from_srt_slurm_that_day_is_read_where_it_was_first_published() -> None:
+    """Hand-checked: nvidia-master.yaml at 593fb431addc (2026-03-18, row measured 21:01Z),
+    dsr1-fp8-b200-dynamo-sglang 1k/1k item `conc-list: [16, 32, 64, 128, 256]`, prefill 1 ×
+    tp8 ep8, decode 3 × tp8 ep8, no dp-attn, CONFIG_FILE recipes/b200-fp8/1k1k/stp/
+    low-latency-tep8-1p3d.yaml: removed from NVIDIA/srt-slurm on 2026-03-04, so read at
+    5063eb43 (the merge of the sa-submission-q1-2026 branch), max-running-requests 512."""
+    row = dev_row(
+        "2026_03_25_deepseek_r1_b200_sxm_sglang_fp8_disagg_1024x1024_c256_tp8_0_ep8_0_541"
+    )
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == "" and "@593fb431addc" in source and "srt-slurm 5063eb432640" in source
+    got = {k: filled[k] for k in ("prefill_num_workers", "decode_num_workers", "decode_batch_size")}
+    assert got == {
+        "prefill_num_workers": "1",
+        "decode_num_workers": "3",
+        "decode_batch_size": "512",
+    }
+    assert (filled["decode_tp_size"], filled["decode_attention_dp_size"]) == ("8", "1")
+    assert (filled["decode_moe_tp_size"], filled["decode_moe_ep_size"]) == ("1", "8")
+
+
 def test_ambiguous_and_unmatched_rows_stay_refused_with_their_reason() -> None:
     """h200 SGLang 1k/1k at concurrency 1: the low-latency 1p9d recipe is listed both without
     and with MTP (same TP layout), so the row cannot say which ran. h200 TRT-LLM at 288
