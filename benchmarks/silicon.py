@@ -19,20 +19,26 @@ not guess a layout. Fully specified means, per mode:
   would mean unstated replicas or a deep queue the real run did not have);
 - `disagg`: `prefill_`/`decode_` `num_workers`, `batch_size` and `tp_size` are all given, and
   concurrency ≤ decode_batch_size × decode_num_workers × decode_attention_dp_size.
-Anything else is refused with the reason and counted like the other skips.
+Anything else is refused with the reason and counted like the other skips. InferenceX dashboard
+rows (`source_file=<date>.csv`) that lack disaggregated worker counts and batch sizes are first
+completed from the deployment InferenceX's config listed for them (`recovered_layout`, table
+data/inferencex/disagg_layouts.csv), only where exactly one layout matches.
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
 (APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
 `by_group` (`"<system>/<mode>": {rows, ttft_median_ape, tpot_median_ape}`), `skipped_by_reason`
-(reason → rows) and the slowest row's wall time. `--rows-out FILE` writes one CSV row per input
-row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused)
-and the wall and CPU seconds it took (on a shared machine CPU time is the steadier figure).
+(reason → rows), the slowest row's wall time and `recovered_layouts` (rows whose layout came from
+InferenceX's config). `--rows-out FILE` writes one CSV row per input
+row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused),
+`layout_source` (where a recovered layout came from, else empty) and the wall and CPU seconds
+it took (on a shared machine CPU time is the steadier figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import re
 import sys
@@ -360,6 +366,117 @@ def _given(row: dict[str, str], key: str) -> bool:
         return False
 
 
+INFERENCEX_LAYOUTS = ROOT / "data" / "inferencex" / "disagg_layouts.csv"
+# InferenceX config names (`<model-prefix>-<precision>-<gpu>-<framework>`) → the rows' names.
+INFERENCEX_GPU = {"b200": "b200_sxm", "h100": "h100_sxm", "h200": "h200_sxm", "gb200": "gb200"}
+INFERENCEX_FRAMEWORK = {"dynamo-trt": "trtllm", "dynamo-sglang": "sglang", "dynamo-vllm": "vllm"}
+INFERENCEX_MODEL = {"DeepSeek-R1": "dsr1"}
+
+
+@functools.cache
+def inferencex_layouts(path: Path = INFERENCEX_LAYOUTS) -> tuple[dict[str, str], ...]:
+    """The bundled table of InferenceX's disaggregated deployments, made by
+    scripts/inferencex_layouts.py."""
+    with open(path, newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def _pool_columns(row: dict[str, str], layout: dict[str, str], pool: str) -> dict[str, str]:
+    """A pool's row columns in this file's convention from an InferenceX item: with
+    attention DP, `tp` GPUs are `tp` DP ranks of attention TP 1; experts are split `ep` ways
+    and tensor-parallel over the rest (moe_tp = tp / ep)."""
+    tp, ep = int(layout[f"{pool}_tp"]), int(layout[f"{pool}_ep"])
+    dp = tp if layout[f"{pool}_dp_attn"] == "True" else 1
+    return {
+        f"{pool}_num_workers": layout[f"{pool}_workers"],
+        f"{pool}_batch_size": layout[f"{pool}_max_batch"],
+        f"{pool}_tp_size": str(tp // dp),
+        f"{pool}_pp_size": "1",
+        f"{pool}_attention_dp_size": str(dp),
+        f"{pool}_moe_tp_size": str(tp // ep),
+        f"{pool}_moe_ep_size": str(ep),
+    }
+
+
+def recovered_layout(
+    row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
+) -> tuple[dict[str, str], str, str]:
+    """(row, layout_source, refusal): an InferenceX disaggregated row without worker counts
+    completed from the deployment InferenceX's config listed for it, else why not.
+
+    Only `source_file=<date>.csv` dashboard rows whose prefill/decode worker counts or batch
+    sizes are empty are looked up; other rows come back unchanged with ('', ''). A table item
+    matches when model, GPU, framework, precision, ISL/OSL and the measured day agree, the
+    row's concurrency is in its list, and its prefill tp/ep and decode tp equal the row's (the
+    rows repeat the prefill ep in their decode ep and leave dp-attention at 1, so those two
+    columns say nothing). The match must be one layout, without speculative decoding (not
+    modelled) and with the recipe's batch sizes; its layout replaces the row's pool columns.
+    """
+    src = row.get("silicon_data_source", "")
+    if (row.get("mode") or "").strip() != "disagg" or not src.startswith("source_file="):
+        return row, "", ""
+    if all(
+        _given(row, f"{pool}_{key}")
+        for pool in ("prefill", "decode")
+        for key in ("num_workers", "batch_size")
+    ):
+        return row, "", ""
+    fields = dict(kv.strip().split("=", 1) for kv in src.split(";") if "=" in kv)
+    day = fields.get("measured", "")[:10]
+    conc = str(concurrency_of(row))
+    want = {
+        "model_prefix": INFERENCEX_MODEL.get(fields.get("model", ""), ""),
+        "precision": row.get("precision", ""),
+        "isl": row.get("isl", ""),
+        "osl": row.get("osl", ""),
+        "prefill_tp": row.get("prefill_tp_size", ""),
+        "prefill_ep": row.get("prefill_moe_ep_size", ""),
+        "decode_tp": row.get("decode_tp_size", ""),
+    }
+    matches = {}
+    for item in table if table is not None else inferencex_layouts():
+        if (
+            INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
+            and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
+            and all(item[k] == v for k, v in want.items())
+            and day in item["measured_days"].split()
+            and conc in item["concurrencies"].split()
+        ):
+            layout = tuple(item[k] for k in _LAYOUT_KEYS)
+            matches.setdefault(layout, item)
+    if not matches:
+        return row, "", "no InferenceX config matches"
+    if len(matches) > 1:
+        return row, "", f"{len(matches)} InferenceX configs match"
+    item = next(iter(matches.values()))
+    if item["spec_decoding"] != "none":
+        return row, "", "InferenceX config uses speculative decoding, which servesim does not model"
+    if not (item["prefill_max_batch"] and item["decode_max_batch"]):
+        return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
+    commit = item["source_commits"].split()[item["measured_days"].split().index(day)]
+    filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
+    where = f"{item['source_file']}@{commit}"
+    if item["recipe"]:
+        rc = item["recipe_commits"].split()[item["measured_days"].split().index(day)]
+        where += f" ({item['config_key']}; recipe {item['recipe']}@srt-slurm {rc})"
+    return filled, f"layout recovered from InferenceX config {where}", ""
+
+
+_LAYOUT_KEYS = (
+    "spec_decoding",
+    "prefill_workers",
+    "prefill_tp",
+    "prefill_ep",
+    "prefill_dp_attn",
+    "prefill_max_batch",
+    "decode_workers",
+    "decode_tp",
+    "decode_ep",
+    "decode_dp_attn",
+    "decode_max_batch",
+)
+
+
 def specified_or_reason(row: dict[str, str]) -> str:
     """Empty if the row states its whole deployment, else why it is refused (one phrase per
     kind, so refusals count by reason; the module docstring says what each mode needs)."""
@@ -410,6 +527,7 @@ ROWS_OUT_FIELDS = (
     "measured_tpot_ms",
     "predicted_tpot_ms",
     "status",
+    "layout_source",
     "wall_s",
     "cpu_s",
 )
@@ -455,6 +573,7 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
         "slowest_row_s": round(float(slowest["wall_s"]), 3) if slowest else 0.0,
         "slowest_row_id": slowest["id"] if slowest else "",
         "slowest_row_cpu_s": round(cpu, 3),
+        "recovered_layouts": sum(1 for r in results if r.get("layout_source")),
     }
 
 
@@ -501,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
             predicted_ttft_ms="",
             predicted_tpot_ms="",
         )
-        status = specified_or_reason(row)
+        row, out["layout_source"], refusal = recovered_layout(row)
+        status = refusal or specified_or_reason(row)
         try:
             out["concurrency"] = concurrency_of(row)
             if not status:

@@ -1,0 +1,242 @@
+"""Regenerate data/inferencex/disagg_layouts.csv: InferenceX's disaggregated deployments.
+
+InferenceX (github.com/SemiAnalysisAI/InferenceX, Apache-2.0) lists, in
+`.github/configs/nvidia-master.yaml` (later `configs/nvidia-master.yaml`), every benchmarked
+deployment: per model × GPU × framework × precision × ISL/OSL a search space whose disaggregated
+items give prefill and decode `num-worker`, `tp`, `ep`, `dp-attn`, the concurrency list and the
+srt-slurm recipe (`CONFIG_FILE=recipes/...`) that holds the engines' batch limits. This script
+reads the config as it stood on each date benchmark rows were measured (the last commit touching
+it up to that day) and the recipes from a github.com/NVIDIA/srt-slurm checkout at the last
+commit up to the same day, and writes one CSV row per disaggregated search-space item, with
+the measured days it was in effect and, for each of those days, the InferenceX and srt-slurm
+commits read (`-`: no usable recipe, so its batch limits are unknown). A recipe absent from
+srt-slurm on that day is read at the commit that first added it.
+
+    python scripts/inferencex_layouts.py INFERENCEX_GIT SRT_SLURM_GIT [--dates D ...] [--out F]
+
+Both paths are git directories (a bare clone works): files are read with `git show`, so no
+checkout is needed. Without `--dates`, the measured dates are those of the InferenceX rows in
+data/aic_e2e/*.csv (`measured=YYYY-MM-DD...` in their provenance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "data" / "inferencex" / "disagg_layouts.csv"
+CONFIG_PATHS = (".github/configs/nvidia-master.yaml", "configs/nvidia-master.yaml")
+FIELDS = (
+    "config_key",
+    "model_prefix",
+    "gpu",
+    "framework",
+    "precision",
+    "isl",
+    "osl",
+    "spec_decoding",
+    "prefill_workers",
+    "prefill_tp",
+    "prefill_ep",
+    "prefill_dp_attn",
+    "prefill_max_batch",
+    "decode_workers",
+    "decode_tp",
+    "decode_ep",
+    "decode_dp_attn",
+    "decode_max_batch",
+    "concurrencies",
+    "recipe",
+    "source_file",
+    "measured_days",
+    "source_commits",
+    "recipe_commits",
+)
+# Fields that say when a layout was in effect: merged over days, not part of its identity.
+WHEN = ("measured_days", "source_commits", "recipe_commits")
+
+
+def git(gitdir: str, *args: str) -> str:
+    """stdout of a git command in `gitdir`, '' when it fails (a path absent at a commit)."""
+    res = subprocess.run(["git", "--git-dir", gitdir, *args], capture_output=True, text=True)
+    return res.stdout if res.returncode == 0 else ""
+
+
+def commit_at(gitdir: str, day: str, path: str = "") -> tuple[str, str]:
+    """(hash, ISO date) of the last commit up to the end of `day` (touching `path` if given)."""
+    args = ["log", "-1", f"--until={day}T23:59:59Z", "--format=%H %cI"]
+    out = git(gitdir, *args, *(["--", path] if path else [])).split()
+    return (out[0], out[1][:10]) if out else ("", "")
+
+
+@functools.cache
+def first_version(gitdir: str, path: str) -> str:
+    """The commit that first added `path` on any branch ('' if never)."""
+    out = git(gitdir, "log", "--all", "--diff-filter=A", "--format=%H", "--", path).split()
+    return out[-1] if out else ""
+
+
+def recipe_batches(recipe_text: str) -> tuple[int | None, int | None]:
+    """(prefill, decode) batch slots per attention-DP rank from an srt-slurm recipe.
+
+    TensorRT-LLM's `max_batch_size` is per rank under attention DP; SGLang's
+    `max-running-requests` is per server and split evenly over its `dp-size` ranks
+    (scheduler: `max_running_requests // dp_size` with --enable-dp-attention).
+    """
+    doc = yaml.safe_load(recipe_text) or {}
+    backend = doc.get("backend") or {}
+    out: list[int | None] = []
+    for role in ("prefill", "decode"):
+        trt = (backend.get("trtllm_config") or {}).get(role) or {}
+        sgl = (backend.get("sglang_config") or {}).get(role) or {}
+        if trt.get("max_batch_size"):
+            out.append(int(trt["max_batch_size"]))
+        elif sgl.get("max-running-requests"):
+            dp = int(sgl.get("dp-size") or 1) if sgl.get("enable-dp-attention") else 1
+            out.append(int(sgl["max-running-requests"]) // dp or None)  # < 1 a rank: unknown
+        else:
+            out.append(None)
+    return out[0], out[1]
+
+
+def settings(items: list[str] | None) -> dict[str, str]:
+    """`additional-settings` (`KEY=value` strings) as a dict."""
+    return dict(s.split("=", 1) for s in (items or []) if "=" in s)
+
+
+def layouts(
+    inferencex: str, srt: str, day: str, models: tuple[str, ...]
+) -> list[dict[str, object]]:
+    """The disaggregated search-space items of the NVIDIA master config in effect on `day`
+    (only those whose `model-prefix` is in `models`)."""
+    for path in CONFIG_PATHS:
+        commit, _ = commit_at(inferencex, day, path)
+        if commit:
+            break
+    else:
+        return []
+    text = git(inferencex, "show", f"{commit}:{path}")
+    if not text:
+        return []
+    srt_commit, _ = commit_at(srt, day)
+    rows: list[dict[str, object]] = []
+    for key, entry in (yaml.safe_load(text) or {}).items():
+        if not isinstance(entry, dict) or not entry.get("disagg"):
+            continue
+        if entry.get("model-prefix") not in models:
+            continue
+        gpu = key.split("-")[2] if key.count("-") >= 3 else ""
+        for seq in entry.get("seq-len-configs") or []:
+            for item in seq.get("search-space") or []:
+                pre, dec = item.get("prefill") or {}, item.get("decode") or {}
+                extra = {
+                    **settings(pre.get("additional-settings")),
+                    **settings(item.get("additional-settings")),
+                }
+                extra.update(settings(dec.get("additional-settings")))
+                recipe = extra.get("CONFIG_FILE", "")
+                pb = extra.get("PREFILL_MAX_BATCH_SIZE")
+                db = extra.get("DECODE_MAX_BATCH_SIZE")
+                r_commit = ""
+                if recipe and srt_commit and (pb is None or db is None):
+                    r_commit = srt_commit
+                    body = git(srt, "show", f"{srt_commit}:{recipe}")
+                    if not body:
+                        # Not in srt-slurm that day: its first public version, e.g. the
+                        # sa-submission-q1-2026 branch InferenceX cites, merged 2026-03-03.
+                        r_commit = first_version(srt, recipe)
+                        body = git(srt, "show", f"{r_commit}:{recipe}") if r_commit else ""
+                    res = (yaml.safe_load(body) or {}).get("resources") or {} if body else {}
+                    # Use a recipe only if its worker counts are the config's (same deployment).
+                    same = (res.get("prefill_workers"), res.get("decode_workers")) == (
+                        pre.get("num-worker"),
+                        dec.get("num-worker"),
+                    )
+                    if body and same:
+                        rp, rd = recipe_batches(body)
+                        pb = pb if pb is not None else rp
+                        db = db if db is not None else rd
+                    else:
+                        r_commit = ""
+                conc = item.get("conc-list") or []
+                rows.append(
+                    {
+                        "config_key": key,
+                        "model_prefix": entry.get("model-prefix", ""),
+                        "gpu": gpu,
+                        "framework": entry.get("framework", ""),
+                        "precision": entry.get("precision", ""),
+                        "isl": seq.get("isl", ""),
+                        "osl": seq.get("osl", ""),
+                        "spec_decoding": item.get("spec-decoding", "none") or "none",
+                        "prefill_workers": pre.get("num-worker", ""),
+                        "prefill_tp": pre.get("tp", ""),
+                        "prefill_ep": pre.get("ep", ""),
+                        "prefill_dp_attn": bool(pre.get("dp-attn", False)),
+                        "prefill_max_batch": pb if pb is not None else "",
+                        "decode_workers": dec.get("num-worker", ""),
+                        "decode_tp": dec.get("tp", ""),
+                        "decode_ep": dec.get("ep", ""),
+                        "decode_dp_attn": bool(dec.get("dp-attn", False)),
+                        "decode_max_batch": db if db is not None else "",
+                        "concurrencies": " ".join(str(c) for c in conc),
+                        "recipe": recipe,
+                        "source_file": path,
+                        "measured_days": day,
+                        "source_commits": commit[:12],
+                        "recipe_commits": r_commit[:12] or "-",
+                    }
+                )
+    return rows
+
+
+def measured_dates() -> list[str]:
+    """Days the InferenceX rows of data/aic_e2e/*.csv were measured."""
+    days: set[str] = set()
+    for path in sorted((ROOT / "data" / "aic_e2e").glob("*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                src = row.get("silicon_data_source", "")
+                m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
+                if m and src.startswith("source_file="):
+                    days.add(m.group(1))
+    return sorted(days)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("inferencex", help="git dir of SemiAnalysisAI/InferenceX")
+    ap.add_argument("srt_slurm", help="git dir of NVIDIA/srt-slurm")
+    ap.add_argument("--dates", nargs="*", help="measured days (YYYY-MM-DD)")
+    ap.add_argument("--models", nargs="*", default=["dsr1"], help="InferenceX model-prefixes")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    merged: dict[tuple[object, ...], dict[str, object]] = {}
+    for day in args.dates or measured_dates():
+        for row in layouts(args.inferencex, args.srt_slurm, day, tuple(args.models)):
+            key = tuple(row[f] for f in FIELDS if f not in WHEN)
+            if key in merged:
+                for f in WHEN:
+                    merged[key][f] = f"{merged[key][f]} {row[f]}"
+            else:
+                merged[key] = row
+    rows = list(merged.values())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(FIELDS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

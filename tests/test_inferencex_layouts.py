@@ -1,0 +1,114 @@
+"""benchmarks/silicon.py completes InferenceX disaggregated rows from InferenceX's own config
+(data/inferencex/disagg_layouts.csv) only where one layout matches, and the table is sound."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import silicon  # noqa: E402
+
+DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
+
+
+def dev_row(row_id: str) -> dict[str, str]:
+    with open(DEV, newline="") as f:
+        return next(r for r in csv.DictReader(f) if r["id"] == row_id)
+
+
+def test_refused_dev_row_gets_the_config_s_worker_counts() -> None:
+    """Hand-checked: InferenceX .github/configs/nvidia-master.yaml at f316a0ef6013 (2026-03-23,
+    in effect when the row was measured at 13:00Z), entry dsr1-fp4-gb200-dynamo-trt, 1k/1k,
+    `conc-list: [6144, 16130]` with prefill 1 worker tp4 ep4 dp-attn, decode 2 workers tp4 ep4
+    dp-attn and CONFIG_FILE recipes/trtllm/gb200-fp4/1k1k/stp/ctx1_gen2_dep4_batch768_eplb0_
+    mtp0.yaml, whose NVIDIA/srt-slurm copy (535b2dc7a129) sets max_batch_size 16 (prefill)
+    and 768 (decode)."""
+    row = dev_row("2026_03_25_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c6144_tp4_0_ep4_0_359")
+    assert silicon.specified_or_reason(row) == "disagg row without worker counts or batch sizes"
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == ""
+    assert "nvidia-master.yaml@f316a0ef6013" in source
+    assert "ctx1_gen2_dep4_batch768_eplb0_mtp0.yaml" in source
+    expect = {
+        "prefill_num_workers": "1",
+        "prefill_batch_size": "16",
+        "prefill_tp_size": "1",
+        "prefill_attention_dp_size": "4",
+        "prefill_moe_ep_size": "4",
+        "decode_num_workers": "2",
+        "decode_batch_size": "768",
+        "decode_tp_size": "1",
+        "decode_attention_dp_size": "4",
+        "decode_moe_tp_size": "1",
+        "decode_moe_ep_size": "4",
+    }
+    assert {k: filled[k] for k in expect} == expect
+    # 6144 clients fit 2 workers × 4 ranks × 768 slots exactly, so the row is now predicted.
+    assert silicon.specified_or_reason(filled) == ""
+    assert row["decode_num_workers"] == ""  # the input row is not modified
+
+
+def test_recipe_gone_from_srt_slurm_that_day_is_read_where_it_was_first_published() -> None:
+    """Hand-checked: nvidia-master.yaml at 593fb431addc (2026-03-18, row measured 21:01Z),
+    dsr1-fp8-b200-dynamo-sglang 1k/1k item `conc-list: [16, 32, 64, 128, 256]`, prefill 1 ×
+    tp8 ep8, decode 3 × tp8 ep8, no dp-attn, CONFIG_FILE recipes/b200-fp8/1k1k/stp/
+    low-latency-tep8-1p3d.yaml: removed from NVIDIA/srt-slurm on 2026-03-04, so read at
+    5063eb43 (the merge of the sa-submission-q1-2026 branch), max-running-requests 512."""
+    row = dev_row(
+        "2026_03_25_deepseek_r1_b200_sxm_sglang_fp8_disagg_1024x1024_c256_tp8_0_ep8_0_541"
+    )
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == "" and "@593fb431addc" in source and "srt-slurm 5063eb432640" in source
+    got = {k: filled[k] for k in ("prefill_num_workers", "decode_num_workers", "decode_batch_size")}
+    assert got == {
+        "prefill_num_workers": "1",
+        "decode_num_workers": "3",
+        "decode_batch_size": "512",
+    }
+    assert (filled["decode_tp_size"], filled["decode_attention_dp_size"]) == ("8", "1")
+    assert (filled["decode_moe_tp_size"], filled["decode_moe_ep_size"]) == ("1", "8")
+
+
+def test_ambiguous_and_unmatched_rows_stay_refused_with_their_reason() -> None:
+    """h200 SGLang 1k/1k at concurrency 1: the low-latency 1p9d recipe is listed both without
+    and with MTP (same TP layout), so the row cannot say which ran. h200 TRT-LLM at 288
+    clients: no h200 config of that day lists 288."""
+    amb = dev_row("2026_03_25_deepseek_r1_h200_sxm_sglang_fp8_disagg_1024x1024_c1_tp8_0_ep1_0_890")
+    filled, source, refusal = silicon.recovered_layout(amb)
+    assert (source, refusal) == ("", "2 InferenceX configs match")
+    assert filled is amb
+    none = dev_row(
+        "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c288_tp8_0_ep8_0_353"
+    )
+    assert silicon.recovered_layout(none)[1:] == ("", "no InferenceX config matches")
+
+
+def test_rows_that_state_their_layout_are_left_alone() -> None:
+    row = {"mode": "disagg", "silicon_data_source": "db-dump/2026-04-27; config_id=434"}
+    assert silicon.recovered_layout(row) == (row, "", "")
+
+
+def test_layout_table_is_well_formed() -> None:
+    rows = silicon.inferencex_layouts()
+    assert len(rows) > 100
+    for r in rows:
+        for pool in ("prefill", "decode"):
+            tp, ep = int(r[f"{pool}_tp"]), int(r[f"{pool}_ep"])
+            assert int(r[f"{pool}_workers"]) >= 0 and tp >= 1 and ep >= 1  # 0: agg-style item
+            # Usable items (batch sizes known) split experts as moe_tp = tp / ep; December
+            # 2025 GB200 SGLang items carry placeholder tp 1 and no recipe, so are never used.
+            if r["prefill_max_batch"] and r["decode_max_batch"]:
+                assert tp % ep == 0, r["config_key"]
+            assert r[f"{pool}_dp_attn"] in ("True", "False")
+            assert r[f"{pool}_max_batch"] == "" or int(r[f"{pool}_max_batch"]) >= 1
+        assert r["gpu"] in r["config_key"].split("-")
+        assert r["precision"] in r["config_key"].split("-")
+        assert all(int(c) >= 1 for c in r["concurrencies"].split())
+        days = r["measured_days"].split()
+        assert days == sorted(days)
+        assert len(days) == len(r["source_commits"].split()) == len(r["recipe_commits"].split())
+        assert all(len(c) == 12 for c in r["source_commits"].split())
