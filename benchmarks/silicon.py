@@ -462,18 +462,15 @@ def recovered_layout(
     return filled, f"layout recovered from InferenceX config {where}", ""
 
 
+# What makes two InferenceX items the same deployment: speculative decoding and each pool's
+# workers, TP, EP, DP-attention and batch (the table's columns, scripts/inferencex_layouts.py).
 _LAYOUT_KEYS = (
     "spec_decoding",
-    "prefill_workers",
-    "prefill_tp",
-    "prefill_ep",
-    "prefill_dp_attn",
-    "prefill_max_batch",
-    "decode_workers",
-    "decode_tp",
-    "decode_ep",
-    "decode_dp_attn",
-    "decode_max_batch",
+    *(
+        f"{pool}_{key}"
+        for pool in ("prefill", "decode")
+        for key in ("workers", "tp", "ep", "dp_attn", "max_batch")
+    ),
 )
 
 

@@ -750,6 +750,8 @@ class Predictor:
             )
         full = self._stage_fraction(m.num_full_attention_layers)
         slide = self._stage_fraction(m.num_sliding_layers)
+        # Linear-attention mixers (hybrids) run beside whichever attention prices the rest.
+        mixers = sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
         if m.is_sparse:  # DSA: latent MQA over the top-k keys each query picks, like a window
             self._attn_prov[(new_tokens, cached_tokens)] = ROOFLINE
             qh, kvh, qk, v, _ = self._attn_heads()
@@ -770,13 +772,9 @@ class Predictor:
         else:
             priced = self._measured_mla_prefill(new_tokens, cached_tokens)
             if priced is not None:
-                return full * priced + sum(
-                    sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
-                )
+                return full * priced + mixers
             if self.kernels is not None and qk == v:
-                return self._measured_prefill_s(new_tokens, cached_tokens, full, slide) + sum(
-                    sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens)
-                )
+                return self._measured_prefill_s(new_tokens, cached_tokens, full, slide) + mixers
             self._attn_prov[(new_tokens, cached_tokens)] = ROOFLINE
             t = full * roofline.attn_prefill_s(
                 1, new_tokens, cached_tokens, qh, kvh, qk, v, m.kv_dtype, self.device, self.fit
@@ -795,7 +793,7 @@ class Predictor:
                 self.fit,
                 window=m.sliding_window,
             )
-        return t + sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
+        return t + mixers
 
     def _mla_dims(self) -> tuple[int, int, int, int]:
         m = self.model
