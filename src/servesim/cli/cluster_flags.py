@@ -152,7 +152,9 @@ class MechanismSettings(Settings):
 def add_args(p: argparse.ArgumentParser) -> None:
     """Declare the mechanism flags on the simulate parser."""
     g = p.add_argument_group("scheduling, caching and cluster mechanisms")
-    g.add_argument("--policy", help="scheduling policy: fcfs, priority, slack or laps")
+    g.add_argument(
+        "--policy", help="scheduling policy: fcfs, priority, slack, laps or deadline (workflows)"
+    )
     g.add_argument("--preemption", help="recompute or swap (to host memory over PCIe)")
     g.add_argument(
         "--swap-group-blocks", type=int, help="KV pages per PCIe copy (with --preemption swap)"
