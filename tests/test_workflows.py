@@ -201,3 +201,24 @@ def test_cli_runs_a_bundled_workflow_and_reports_it(tmp_path: Path, capsys) -> N
     assert "workflows: 20 instances" in capsys.readouterr().out
     assert main([*args[:5], "--policy", "deadline", "--out", str(out / "x")]) == 2
     assert "workflows" in capsys.readouterr().err
+
+
+def test_workflow_capacity_is_monotone_in_target_and_hardware() -> None:
+    """The highest Text-to-SQL rate meeting the SLO for 90 % of workflows: higher on an H100
+    than on an A100, and never lower for a looser target (probes do not depend on it)."""
+    from servesim.planner.workflow_capacity import find_workflow_capacity
+
+    specs = load_workflows("text2sql")
+    caps = {}
+    for dev in ("h100_sxm", "a100_sxm"):
+        dep = Deployment(model=LLAMA, device=Catalog().get(dev))
+        for target in (0.9, 0.5):
+            caps[(dev, target)] = find_workflow_capacity(dep, specs, target)
+    assert caps[("h100_sxm", 0.9)].rate_per_s > caps[("a100_sxm", 0.9)].rate_per_s > 0
+    for dev in ("h100_sxm", "a100_sxm"):
+        tight, loose = caps[(dev, 0.9)], caps[(dev, 0.5)]
+        assert loose.rate_per_s >= tight.rate_per_s
+        passing = [p for p in tight.probes if p.rate_per_s == tight.rate_per_s]
+        assert passing and passing[0].attainment >= 0.9
+        above = [p for p in tight.probes if p.rate_per_s > tight.rate_per_s]
+        assert any(p.attainment < 0.9 for p in above)  # a faster rate was tried and missed

@@ -258,17 +258,25 @@ class WorkflowWorkload:
         """A fresh per-run release schedule (the simulator drives it)."""
         return WorkflowPacer(self)
 
-    def report(self, finish_s: np.ndarray) -> dict[str, Any]:
-        """Per-workflow end-to-end latency and SLO attainment from the requests' finish times
-        (indexed by request id; tools end their drawn latency after their predecessors)."""
+    def outcomes(self, finish_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(end-to-end seconds, SLO met) of every workflow instance from the requests' finish
+        times (indexed by request id; tools end their drawn latency after their predecessors;
+        an unfinished call, -1, makes its workflow miss)."""
         e2e = np.zeros(self.num_workflows)
         met = np.zeros(self.num_workflows, dtype=bool)
         for w, ids in enumerate(self.instances):
             spec = self.specs[int(self.workflow_spec[w])]
             t0 = float(self.workflow_arrival_s[w])
             end = _timeline(spec, ids, t0, finish_s, self.tool_latency_s)
-            e2e[w] = max(end.values()) - t0
+            unfinished = any(rid >= 0 and finish_s[rid] < 0 for rid in ids.values())
+            e2e[w] = math.inf if unfinished else max(end.values()) - t0
             met[w] = e2e[w] <= spec.slo_s
+        return e2e, met
+
+    def report(self, finish_s: np.ndarray) -> dict[str, Any]:
+        """Per-workflow end-to-end latency and SLO attainment from the requests' finish times
+        (indexed by request id)."""
+        e2e, met = self.outcomes(finish_s)
         by_name: dict[str, dict[str, float]] = {}
         for i, spec in enumerate(self.specs):
             sel = self.workflow_spec == i
