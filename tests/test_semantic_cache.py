@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from servesim.errors import ServesimError
+from servesim.planner.cache_fleet import fleet_cost
 from servesim.sim.deployment import Deployment
 from servesim.sim.metrics import Slo
-from servesim.sim.semantic_cache import CacheCategory, SemanticCache, fleet_cost, serve_with_cache
+from servesim.sim.semantic_cache import CacheCategory, SemanticCache, serve_with_cache
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import LogNormal, synthetic
 from servesim.spec.devices import Catalog
