@@ -10,13 +10,17 @@ from dataclasses import dataclass, field
 
 from servesim.errors import ServesimError
 from servesim.predictor import roofline
+from servesim.predictor.adaptive_depth import SkippingPredictor
+from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
 from servesim.predictor.profiled import ProfiledTiming
 from servesim.sim.autoscale import Autoscaler
 from servesim.sim.policies import Policy
 from servesim.sim.router import Migration
+from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile, get_engine
+from servesim.spec.finetune import FineTuneJob
 from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
@@ -45,6 +49,10 @@ class Deployment:
     # What prices kernels: "roofline", "measured" (aiconfigurator-core's tables; refuses a GPU
     # without them) or "auto" (measured where covered, the roofline elsewhere).
     latency_model: str = DEFAULT_LATENCY_MODEL
+    # Requests skip layers (FiRST): each step priced by the layers its sequences run.
+    layer_skipping: LayerSkipping | None = None
+    # A fine-tuning job riding along in every iteration (FlexLLM co-serving).
+    finetune: FineTuneJob | None = None
 
     @property
     def num_devices(self) -> int:
@@ -86,6 +94,11 @@ class Deployment:
         its memoised kernel times and dense-work tables across those runs.
         """
         if self.profiled is not None:
+            if self.layer_skipping is not None or self.finetune is not None:
+                raise ServesimError(
+                    "Layer skipping and co-served fine-tuning are priced on the GPU model, not "
+                    "on a CPU engine profiled here; drop them or the profiled engine."
+                )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (
             self.model,
@@ -94,19 +107,29 @@ class Deployment:
             self.engine,
             id(self.fit),
             self.latency_model,
+            self.layer_skipping,
+            self.finetune,
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
             if len(_PREDICTORS) >= 64:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
-            pred = Predictor(
-                self.model,
-                self.device,
-                self.parallel,
-                self.engine,
-                self.fit,
-                latency_model=self.latency_model,
-            )
+            args = (self.model, self.device, self.parallel, self.engine, self.fit)
+            if self.layer_skipping is not None and self.finetune is not None:
+                raise ServesimError(
+                    "Layer skipping and co-served fine-tuning are not modelled together; "
+                    "drop one of them."
+                )
+            if self.layer_skipping is not None:
+                pred = SkippingPredictor(
+                    *args, latency_model=self.latency_model, skipping=self.layer_skipping
+                )
+            elif self.finetune is not None:
+                pred = CoServingPredictor(
+                    *args, latency_model=self.latency_model, job=self.finetune
+                )
+            else:
+                pred = Predictor(*args, latency_model=self.latency_model)
             _PREDICTORS[key] = pred
         return pred
 
@@ -125,6 +148,10 @@ class Deployment:
             text += " +migration"
         if self.autoscaler is not None:
             text += " autoscaled"
+        if self.layer_skipping is not None:
+            text += f" skip{self.layer_skipping.skip_prob:g}"
+        if self.finetune is not None:
+            text += f" +finetune{self.finetune.tokens_per_iter}"
         return text
 
     def check_batch(self, batch: BatchShape, spell: Callable[[str], str] = str) -> None:
