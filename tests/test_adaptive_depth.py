@@ -118,3 +118,24 @@ def test_a_submodel_of_half_depth_and_width_is_priced_as_a_model_of_its_own() ->
     part = small_p.step_s(1, 256, ()) - small_p.overhead_s(1, 0)
     share = small.param_bytes() / LLAMA.param_bytes()  # 0.35
     assert part / full == pytest.approx(share, rel=0.1), (full, part, share)
+
+
+def test_cli_predict_shows_both_iterations_and_simulate_runs_with_skipping(
+    tmp_path, capsys
+) -> None:
+    import json
+
+    from servesim.cli.main import main
+
+    args = ["predict", "--decode-seqs", "1", "--context", "512", "--skip-prob", "0.5", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    skip = out["layer_skipping"]
+    assert skip["full_depth_seconds"] == pytest.approx(out["totals"]["seconds"])
+    assert 0.35 < skip["saving"] < 0.5 and skip["used_layer_share"] == 0.5
+    run = ["simulate", "--rate", "5", "--num-requests", "60", "--out", str(tmp_path / "r")]
+    assert main([*run, "--skip-prob", "0.5", "--skip-correlation", "1"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert "skip0.5" in summary["deployment"]
+    assert main(["predict", "--decode-seqs", "2", "--skip-phase", "both"]) == 2
+    assert "--skip-prob" in capsys.readouterr().err

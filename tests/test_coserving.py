@@ -77,3 +77,16 @@ def test_bad_jobs_and_runs_without_one_are_refused() -> None:
         from servesim.spec.adaptive_depth import LayerSkipping
 
         replace(DEP, finetune=FineTuneJob(8), layer_skipping=LayerSkipping(0.2)).predictor()
+
+
+def test_cli_simulate_reports_the_finetuning_job(tmp_path) -> None:
+    import json
+
+    from servesim.cli.main import main
+
+    out = tmp_path / "ft"
+    args = ["simulate", "--rate", "5", "--num-requests", "80", "--out", str(out)]
+    assert main([*args, "--finetune-tokens", "64"]) == 0
+    ft = json.loads((out / "summary.json").read_text())["finetune"]
+    assert ft["finetune_tok_per_s"] > 0 and 0 < ft["share_of_alone"] <= 1.0
+    assert main([*args, "--finetune-full"]) == 2

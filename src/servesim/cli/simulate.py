@@ -13,6 +13,7 @@ from servesim.cli import cluster_flags
 from servesim.cli import settings as config
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
+from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
 from servesim.cli.output import console, print_summary, print_workflows
 from servesim.cli.settings import (
     Misuse,
@@ -38,7 +39,7 @@ MEASURED_KEYS = (
 )
 
 
-class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
+class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings):
     """Everything `servesim simulate` reads."""
 
     replicas: PosInt = 1
@@ -127,6 +128,7 @@ def add_simulate_parser(sub: Any) -> None:
         "engine and iteration costs from measurements; --model/--device/--engine/--tp are then "
         "taken from it",
     )
+    add_depth_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
         "--workflows",
@@ -164,7 +166,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     s = config.settings(SimulateSettings, args)
     out = config.check_out_dir(s.out, s.spell("out"))
     slo = Slo(s.ttft_slo, s.tpot_slo)
-    dep = build_measured(s) if s.measured else build_deployment(s)
+    dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
     dep = cluster_flags.apply(dep, s, slo)
     flows = _workflow_workload(s, dep) if s.workflows else None
     work = flows if flows is not None else build_workload(s)
@@ -190,11 +192,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         else:
             summary["workload"] = getattr(work, "name", "")
         summary["sim_wall_s"] = res.wall_s
+        if getattr(dep, "finetune", None) is not None:
+            from servesim.sim.coserving import finetune_throughput
+
+            summary["finetune"] = finetune_throughput(res)
         write_parquet(res.series, out / "timeseries.parquet")
         write_summary(summary, out / "summary.json")
     print_summary(summary)
     if flows is not None:
         print_workflows(summary["workflows"])
+    if "finetune" in summary:
+        ft = summary["finetune"]
+        console.print(
+            f"co-served fine-tuning: {ft['finetune_tok_per_s']:,.0f} training tokens/s, "
+            f"{ft['share_of_alone']:.0%} of the same GPUs training alone"
+        )
     console.print(f"wrote {out}/requests.parquet, timeseries.parquet and summary.json")
     return 0
 
