@@ -21,6 +21,7 @@ from servesim.cli.deployment_flags import (
     parse_chunk,
 )
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
 from servesim.cli.output import console
 from servesim.cli.settings import (
     Misuse,
@@ -29,7 +30,7 @@ from servesim.cli.settings import (
 )
 
 
-class PredictSettings(DeploymentSettings, DepthSettings):
+class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
@@ -68,6 +69,7 @@ def add_predict_parser(sub: Any) -> None:
         help="a prefill chunk NEW[:CACHED] tokens (repeat for several sequences)",
     )
     add_depth_args(pred)
+    add_moe_args(pred)
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -82,7 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from servesim.predictor.iteration import BatchShape
 
     s = config.settings(PredictSettings, args)
-    dep = apply_depth(build_deployment(s), s)
+    dep = apply_moe(apply_depth(build_deployment(s), s), s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
     dep.check_batch(batch, s.spell)

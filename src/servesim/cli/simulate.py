@@ -14,6 +14,7 @@ from servesim.cli import settings as config
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.moe_flags import MoeSettings, add_moe_args
 from servesim.cli.output import console, print_summary, print_workflows
 from servesim.cli.settings import (
     Misuse,
@@ -39,7 +40,9 @@ MEASURED_KEYS = (
 )
 
 
-class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings):
+class SimulateSettings(
+    DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings, MoeSettings
+):
     """Everything `servesim simulate` reads."""
 
     replicas: PosInt = 1
@@ -129,6 +132,7 @@ def add_simulate_parser(sub: Any) -> None:
         "taken from it",
     )
     add_depth_args(sim)
+    add_moe_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
         "--workflows",

@@ -21,6 +21,7 @@ from servesim.predictor.measured_kernels import PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import EngineProfile
+from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -151,6 +152,7 @@ class Predictor:
         fit: roofline.KernelFit | None = None,
         power_device: Device | None = None,
         latency_model: str = DEFAULT_LATENCY_MODEL,
+        expert_load: ExpertLoad | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -161,6 +163,14 @@ class Predictor:
         self.engine = engine or EngineProfile()
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
+        # Routed tokens on the busiest EP rank over the mean (1: balanced); with a stated expert
+        # popularity and placement the expert layers run at the busiest rank's load.
+        self.expert_load = expert_load
+        self._imbalance = 1.0
+        if expert_load is not None and model.num_experts:
+            self._imbalance = expert_load.busiest_share(model.num_experts, self.par.ep) * (
+                self.par.ep
+            )
         self.latency_model = latency_model
         # Measured kernel tables of this GPU and engine (None: the roofline prices everything).
         self.kernels = measured_kernels.backend(
@@ -571,11 +581,13 @@ class Predictor:
         terms: list[_Term] = []
         zero = np.zeros_like(tokens)
         routed = tokens / p.ep
+        if self.expert_load is not None:  # the busiest EP rank's routed tokens (whole ones)
+            routed = np.ceil(routed * self._imbalance - 1e-9)
         experts = max(1, n_exp // p.ep)
         width = m.moe_intermediate_size // p.moe_tp
         if self._uses_alltoall():
             # Each device dispatches its 1/(tp·dp) share of the stage's tokens.
-            a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES
+            a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES * self._imbalance
             a2a = self._collective("alltoall", a2a_bytes, p.ep)
             terms.append(
                 _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
@@ -604,7 +616,9 @@ class Predictor:
         """The expert terms with the measured fused MoE layer's time where a table has one,
         shared between up, down and activation as the roofline shares it (unchanged without
         the measured backend)."""
-        if self.kernels is None:
+        if self.kernels is None or self.expert_load is not None:
+            # A stated popularity is priced by the roofline at the busiest rank's load (the
+            # measured tables carry their own fixed token distribution).
             return expert_terms
         m, p = self.model, self.par
         ep = p.ep

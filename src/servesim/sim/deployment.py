@@ -20,6 +20,7 @@ from servesim.sim.router import Migration
 from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile, get_engine
+from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.finetune import FineTuneJob
 from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
@@ -53,6 +54,8 @@ class Deployment:
     layer_skipping: LayerSkipping | None = None
     # A fine-tuning job riding along in every iteration (FlexLLM co-serving).
     finetune: FineTuneJob | None = None
+    # Expert popularity and placement over the EP ranks (None: tokens spread evenly).
+    expert_load: ExpertLoad | None = None
 
     @property
     def num_devices(self) -> int:
@@ -109,6 +112,7 @@ class Deployment:
             self.latency_model,
             self.layer_skipping,
             self.finetune,
+            self.expert_load,
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
@@ -120,16 +124,13 @@ class Deployment:
                     "Layer skipping and co-served fine-tuning are not modelled together; "
                     "drop one of them."
                 )
+            kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
             if self.layer_skipping is not None:
-                pred = SkippingPredictor(
-                    *args, latency_model=self.latency_model, skipping=self.layer_skipping
-                )
+                pred = SkippingPredictor(*args, **kw, skipping=self.layer_skipping)
             elif self.finetune is not None:
-                pred = CoServingPredictor(
-                    *args, latency_model=self.latency_model, job=self.finetune
-                )
+                pred = CoServingPredictor(*args, **kw, job=self.finetune)
             else:
-                pred = Predictor(*args, latency_model=self.latency_model)
+                pred = Predictor(*args, **kw)
             _PREDICTORS[key] = pred
         return pred
 
