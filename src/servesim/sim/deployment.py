@@ -12,6 +12,7 @@ from servesim.errors import ServesimError
 from servesim.predictor import roofline
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
 from servesim.predictor.profiled import ProfiledTiming
+from servesim.predictor.speculative import SpeculativePredictor
 from servesim.sim.autoscale import Autoscaler
 from servesim.sim.policies import Policy
 from servesim.sim.router import Migration
@@ -20,6 +21,7 @@ from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
 
 _PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
 
@@ -45,6 +47,8 @@ class Deployment:
     # What prices kernels: "roofline", "measured" (aiconfigurator-core's tables; refuses a GPU
     # without them) or "auto" (measured where covered, the roofline elsewhere).
     latency_model: str = DEFAULT_LATENCY_MODEL
+    # Speculative decoding of every decode step (None: one token per step).
+    speculative: SpeculativeDecoding | None = None
 
     @property
     def num_devices(self) -> int:
@@ -86,6 +90,11 @@ class Deployment:
         its memoised kernel times and dense-work tables across those runs.
         """
         if self.profiled is not None:
+            if self.speculative is not None:
+                raise ServesimError(
+                    "Speculative decoding is priced on GPU kernels, not on a CPU engine profiled "
+                    "here; drop the speculative settings or the profiled engine."
+                )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (
             self.model,
@@ -94,11 +103,24 @@ class Deployment:
             self.engine,
             id(self.fit),
             self.latency_model,
+            self.speculative,
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
             if len(_PREDICTORS) >= 64:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            if self.speculative is not None:
+                pred = SpeculativePredictor(
+                    self.model,
+                    self.device,
+                    self.speculative,
+                    self.parallel,
+                    self.engine,
+                    self.fit,
+                    latency_model=self.latency_model,
+                )
+                _PREDICTORS[key] = pred
+                return pred
             pred = Predictor(
                 self.model,
                 self.device,
@@ -125,6 +147,8 @@ class Deployment:
             text += " +migration"
         if self.autoscaler is not None:
             text += " autoscaled"
+        if self.speculative is not None:
+            text += f" {self.speculative.label()}"
         return text
 
     def check_batch(self, batch: BatchShape, spell: Callable[[str], str] = str) -> None:
