@@ -35,6 +35,7 @@ MEASURED_KEYS = (
     "kv_dtype",
     "fit",
     "overlap_scheduling",
+    "speculative",
 )
 
 

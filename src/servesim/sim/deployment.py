@@ -50,6 +50,10 @@ class Deployment:
     # Speculative decoding of every decode step (None: one token per step).
     speculative: SpeculativeDecoding | None = None
 
+    def __post_init__(self) -> None:
+        if self.speculative is not None:
+            self.speculative.check_target(self.model)
+
     @property
     def num_devices(self) -> int:
         """Devices in the whole deployment."""
