@@ -200,5 +200,9 @@ def _as_json(dep: Any, batch: Any, cost: Any, mem: Any) -> dict[str, Any]:
             "kernel_time_share": _time_by_provenance(cost),
         },
         "memory": {**mem.as_dict(), "kv_tokens": mem.kv_tokens},
-        **({"speculative": spec} if (spec := _speculative(dep, dep.predictor(), batch, cost)) else {}),
+        **(
+            {"speculative": spec}
+            if (spec := _speculative(dep, dep.predictor(), batch, cost))
+            else {}
+        ),
     }

@@ -147,8 +147,7 @@ class Candidate:
         spec = f" draft={self.num_draft_tokens}" if self.num_draft_tokens else ""
         return (
             f"{self.device} {par} {self.engine} seqs={self.max_num_seqs} "
-            f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}"
-            + spec
+            f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}" + spec
         )
 
 

@@ -187,9 +187,7 @@ class Replica(
         self.spec_tau = 1.0 if spec is None else spec.expected_tokens_per_step
         self.spec_acc = None if spec is None else np.asarray(spec.acceptance, dtype=np.float64)
         self.spec_rng = None if spec is None else np.random.default_rng((spec.seed, index))
-        self.spec_state: dict[int, tuple[int, int, list[int]]] | None = (
-            None if spec is None else {}
-        )
+        self.spec_state: dict[int, tuple[int, int, list[int]]] | None = None if spec is None else {}
         self.waiting: Any = deque() if policy is None else KeyedQueue(policy.key)
         self.kv_blocks = cfg.kv_blocks  # may shrink when a partner shares the cache (semi-PD)
         # Partial prefills: [rid, done_tokens, target_tokens, private_blocks, shared_tokens]

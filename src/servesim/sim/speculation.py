@@ -17,9 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def draw_step_tokens(
-    rng: np.random.Generator, acceptance: np.ndarray, remaining: int
-) -> list[int]:
+def draw_step_tokens(rng: np.random.Generator, acceptance: np.ndarray, remaining: int) -> list[int]:
     """Cumulative tokens emitted after 0, 1, …, S verify steps (ending at `remaining`), each
     step emitting one token plus the accepted prefix of its drafts."""
     k = len(acceptance)

@@ -76,9 +76,7 @@ class SpeculativeDecoding:
             )
         bad = [a for a in acc if not 0.0 <= a <= 1.0]
         if bad:
-            raise ServesimError(
-                f"Acceptance rates are probabilities in [0, 1]; got {bad[0]:g}."
-            )
+            raise ServesimError(f"Acceptance rates are probabilities in [0, 1]; got {bad[0]:g}.")
         object.__setattr__(self, "acceptance", acc)
         if self.method == "draft" and self.draft_model is None:
             raise ServesimError(
