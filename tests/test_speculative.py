@@ -16,7 +16,7 @@ from servesim.predictor.speculative import SpeculativePredictor
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
-from servesim.sim.speculation import draw_step_tokens
+from servesim.sim.speculation import draw_step_tokens, step_probabilities
 from servesim.sim.synthetic import ClosedLoop, Fixed
 from servesim.sim.workload import Workload
 from servesim.spec.devices import get_device
@@ -53,7 +53,10 @@ def test_expected_tokens_per_step_hand_computed() -> None:
 def test_draws_follow_the_chain_and_end_at_the_output() -> None:
     rng = np.random.default_rng(7)
     acc = np.array([0.8, 0.5, 0.25])
-    cum = draw_step_tokens(rng, acc, 300_000)
+    p = step_probabilities(acc)
+    assert p == pytest.approx([0.2, 0.4, 0.3, 0.1])  # hand: 1−a1, a1(1−a2), a1a2(1−a3), a1a2a3
+    cdf = np.cumsum(p)[:-1]
+    cum = draw_step_tokens(rng, cdf, 300_000)
     steps = np.diff(cum)
     assert cum[0] == 0 and cum[-1] == 300_000
     assert steps.min() >= 1 and steps.max() <= 4
@@ -64,7 +67,7 @@ def test_draws_follow_the_chain_and_end_at_the_output() -> None:
     assert full.mean() == pytest.approx(2.3, rel=0.005)
     # Short outputs: the last step is cut, never more tokens than asked.
     for remaining in (1, 2, 3, 5):
-        c = draw_step_tokens(np.random.default_rng(remaining), acc, remaining)
+        c = draw_step_tokens(np.random.default_rng(remaining), cdf, remaining)
         assert c[-1] == remaining and all(b > a for a, b in itertools.pairwise(c))
 
 

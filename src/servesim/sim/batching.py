@@ -47,7 +47,9 @@ class BatchFormation:
             # The first decode step of the group as it now stands (as `_start_decode` prices it).
             n, g = len(self.off), self.G
             c0, c1 = self._step_costs(n)[:2]
-            end = now + c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum)
+            # Summed as `_start_decode` sums it, so a request that finishes in that step
+            # (speculation can emit all its tokens at once) ends exactly then, not an ulp before.
+            end = now + (c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum))
             for rid in after_step:
                 first[rid] = end
 

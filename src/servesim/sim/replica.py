@@ -48,7 +48,7 @@ from servesim.sim.policies import KeyedQueue, PolicyState
 from servesim.sim.policy_batching import PolicyBatchFormation
 from servesim.sim.prefix_cache import PrefixCache
 from servesim.sim.records import RequestTable, SeriesRecorder
-from servesim.sim.speculation import SpeculativeSteps
+from servesim.sim.speculation import SpecState, SpeculativeSteps
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
@@ -143,8 +143,6 @@ class Replica(
         "shape_work_s",
         "shared",
         "shared_sum",
-        "spec_acc",
-        "spec_rng",
         "spec_state",
         "spec_tau",
         "stall_s",
@@ -180,14 +178,11 @@ class Replica(
         self.hands_off = role == "prefill"
         self.ps = policy
         # Speculative decoding (`sim.speculation`): KV slots a decode step writes per sequence,
-        # mean tokens it emits, the acceptance chain, the seeded draws and, per running
-        # sequence, (join step, join offset, cumulative tokens by step); None without it.
+        # mean tokens it emits, and the running sequences' seeded draws (None without it).
         spec = getattr(predictor, "speculative", None)
         self.step_slots = 1 if spec is None else spec.num_draft_tokens + 1
         self.spec_tau = 1.0 if spec is None else spec.expected_tokens_per_step
-        self.spec_acc = None if spec is None else np.asarray(spec.acceptance, dtype=np.float64)
-        self.spec_rng = None if spec is None else np.random.default_rng((spec.seed, index))
-        self.spec_state: dict[int, tuple[int, int, list[int]]] | None = None if spec is None else {}
+        self.spec_state = None if spec is None else SpecState(spec.acceptance, spec.seed, index)
         self.waiting: Any = deque() if policy is None else KeyedQueue(policy.key)
         self.kv_blocks = cfg.kv_blocks  # may shrink when a partner shares the cache (semi-PD)
         # Partial prefills: [rid, done_tokens, target_tokens, private_blocks, shared_tokens]
