@@ -278,3 +278,11 @@ def test_plan_candidates_keep_their_keys_when_speculation_is_off() -> None:
     assert speculative_for(spec, 2).acceptance == (0.9, 0.8)
     assert deployment_for(spec, on).speculative.num_draft_tokens == 2
     assert deployment_for(spec, c).speculative is None
+
+
+def test_semipd_refuses_speculation_rather_than_dropping_it(llama8, h100) -> None:
+    from servesim.sim.semipd import SemiPDDeployment
+
+    dep = Deployment(llama8, h100, speculative=SpeculativeDecoding("eagle", 2))
+    with pytest.raises(ServesimError, match="without speculative decoding"):
+        SemiPDDeployment(dep, 0.5)
