@@ -26,7 +26,9 @@ data/inferencex/disagg_layouts.csv), only where exactly one layout matches. Infe
 colocated rows (dashboard exports, database records) are matched to the config that ran them
 (`single_node_config`, table data/inferencex/single_node_configs.csv) by image, day, layout and
 concurrency: runs with speculative decoding (MTP), which the rows do not flag, are refused
-like the disaggregated ones, as are rows no config or both kinds of config match.
+like the disaggregated ones (see below), as are rows no config or both kinds of config match.
+A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
+(`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
 (APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
@@ -69,6 +71,7 @@ from servesim.spec.devices import Catalog
 from servesim.spec.engine_profile import get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"
@@ -265,6 +268,10 @@ def deployment_of(
 
     launch = inferencex_sglang_launch(row)
     trt = inferencex_trtllm_launch(row)
+    # MTP drafting (InferenceX's config says how many tokens, `recovered_layout`), at the
+    # sourced default acceptance of `spec.speculative` (never fitted on these rows).
+    k = _int(row, "speculative_num_draft_tokens", 0)
+    speculative = SpeculativeDecoding("mtp", k) if k else None
 
     def pool(prefix: str, role: str) -> Deployment:
         par = _parallel(row, prefix, role, moe=model.num_experts > 0)
@@ -286,6 +293,7 @@ def deployment_of(
             engine=eng,
             replicas=_int(row, prefix + "num_workers") if prefix else 1,
             latency_model=latency_model,
+            speculative=speculative,
             **limits,
         )
 
@@ -413,8 +421,9 @@ def recovered_layout(
     matches when model, GPU, framework, precision, ISL/OSL and the measured day agree, the
     row's concurrency is in its list, and its prefill tp/ep and decode tp equal the row's (the
     rows repeat the prefill ep in their decode ep and leave dp-attention at 1, so those two
-    columns say nothing). The match must be one layout, without speculative decoding (not
-    modelled) and with the recipe's batch sizes; its layout replaces the row's pool columns.
+    columns say nothing). The match must be one layout (speculative decoding and its draft
+    length are part of it) with the recipe's batch sizes; its layout replaces the row's pool
+    columns, and an MTP config adds `speculative_num_draft_tokens`.
     """
     src = row.get("silicon_data_source", "")
     if (row.get("mode") or "").strip() != "disagg" or not src.startswith("source_file="):
@@ -453,12 +462,17 @@ def recovered_layout(
     if len(matches) > 1:
         return row, "", f"{len(matches)} InferenceX configs match"
     item = next(iter(matches.values()))
-    if item["spec_decoding"] != "none":
-        return row, "", "InferenceX config uses speculative decoding, which servesim does not model"
+    spec = item["spec_decoding"]
+    if spec not in ("none", "mtp"):
+        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
+    if spec == "mtp" and not item["num_draft_tokens"]:
+        return row, "", "InferenceX config's MTP draft length is not public"
     if not (item["prefill_max_batch"] and item["decode_max_batch"]):
         return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
     commit = item["source_commits"].split()[item["measured_days"].split().index(day)]
     filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
+    if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
+        filled["speculative_num_draft_tokens"] = item["num_draft_tokens"]
     where = f"{item['source_file']}@{commit}"
     if item["recipe"]:
         rc = item["recipe_commits"].split()[item["measured_days"].split().index(day)]
@@ -470,6 +484,7 @@ def recovered_layout(
 # workers, TP, EP, DP-attention and batch (the table's columns, scripts/inferencex_layouts.py).
 _LAYOUT_KEYS = (
     "spec_decoding",
+    "num_draft_tokens",
     *(
         f"{pool}_{key}"
         for pool in ("prefill", "decode")

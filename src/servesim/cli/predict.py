@@ -139,6 +139,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{skipping['seconds'] * 1e3:.3f} ms against {cost.seconds * 1e3:.3f} ms without "
             f"({skipping['saving']:.1%} saved); the table above is the full-depth iteration"
         )
+    spec = _speculative(dep, pred, batch, cost)
+    if spec:
+        console.print(
+            f"speculative {spec['method']} k={spec['num_draft_tokens']}: draft "
+            f"{spec['draft_s'] * 1e3:.3f} ms + verify {spec['verify_s'] * 1e3:.3f} ms "
+            f"({spec['num_draft_tokens'] + 1} tokens per decode sequence); "
+            f"{spec['tokens_per_step']:.3f} tokens per step expected (acceptance "
+            f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
+            f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
+        )
     m = mem.as_dict()
     console.print(
         f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
@@ -165,6 +175,24 @@ def _skipping(pred: Any, batch: Any, cost: Any) -> dict[str, Any] | None:
         "seconds": seconds,
         "full_depth_seconds": full_s,
         "saving": 1.0 - seconds / full_s,
+    }
+
+
+def _speculative(dep: Any, pred: Any, batch: Any, cost: Any) -> dict[str, Any]:
+    """The draft/verify split of a speculative step ({} without speculation)."""
+    sd = dep.speculative
+    if sd is None:
+        return {}
+    draft, verify = pred.breakdown_s(batch)
+    tau = sd.expected_tokens_per_step
+    return {
+        "method": sd.method,
+        "num_draft_tokens": sd.num_draft_tokens,
+        "acceptance": list(sd.acceptance),
+        "draft_s": draft,
+        "verify_s": verify,
+        "tokens_per_step": tau,
+        "seconds_per_token": cost.seconds / tau if batch.decode_seqs else None,
     }
 
 
@@ -211,4 +239,9 @@ def _as_json(dep: Any, batch: Any, cost: Any, mem: Any) -> dict[str, Any]:
             "kernel_time_share": _time_by_provenance(cost),
         },
         "memory": {**mem.as_dict(), "kv_tokens": mem.kv_tokens},
+        **(
+            {"speculative": spec}
+            if (spec := _speculative(dep, dep.predictor(), batch, cost))
+            else {}
+        ),
     }

@@ -37,6 +37,7 @@ MEASURED_KEYS = (
     "kv_dtype",
     "fit",
     "overlap_scheduling",
+    "speculative",
 )
 
 
