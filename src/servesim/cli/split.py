@@ -1,0 +1,132 @@
+"""`servesim split`: one model across heterogeneous devices over a link, as the latency vs
+throughput Pareto front of pipeline splits with each device's memory, or as TPI-LLM tensor
+parallelism with a sliding window of weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.table import Table
+
+from servesim.cli.output import console
+from servesim.errors import ServesimError
+
+
+def add_split_parser(sub: Any) -> None:
+    """Add `split` to servesim's subcommand parsers."""
+    p = sub.add_parser(
+        "split",
+        help="split one model across heterogeneous devices (pipeline Pareto front, TPI-LLM)",
+        description="Search where to split a model across devices joined by a link: the "
+        "pipeline splits on the latency vs throughput Pareto front (with each device's memory), "
+        "or tensor parallelism over identical low-resource devices with a sliding window of "
+        "weights read from storage (TPI-LLM).",
+    )
+    p.add_argument("model", help="bundled model name or a config.json path")
+    p.add_argument(
+        "--on",
+        dest="on",
+        required=True,
+        help="devices in pipeline order, comma-separated (e.g. jetson_orin,rtx_4090); "
+        "tensor mode: one device name",
+    )
+    p.add_argument("--link", default="10gbe", help="link between devices (see data/links.yaml)")
+    p.add_argument("--quant", default="q4_k_m", help="weight recipe: f16, q8_0, q4_k_m, ...")
+    p.add_argument("--context", type=int, default=1024, help="tokens of context per sequence")
+    p.add_argument("--mode", choices=("pipeline", "tensor"), default="pipeline")
+    p.add_argument("--num-devices", type=int, default=4, help="tensor mode: devices")
+    p.add_argument("--window", type=int, default=0, help="tensor mode: layers kept in memory")
+    p.add_argument("--storage", default="nvme_gen4", help="tensor mode: where weights stream from")
+    p.add_argument("--devices", help="extra device catalog YAML")
+    p.add_argument("--links", help="extra links YAML")
+    p.add_argument("--json", dest="json_output", action="store_true", help="print one JSON object")
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    """Run the split search and print the front (or the TPI-LLM plan)."""
+    from servesim.planner.split import pareto_front, search_splits, tensor_parallel
+    from servesim.spec.devices import catalog
+    from servesim.spec.links import get_link
+    from servesim.spec.model import load_model
+    from servesim.spec.quant import get_quant
+
+    if args.context < 1:
+        raise ServesimError(f"--context must be at least 1, got {args.context}.")
+    cat = catalog(args.devices)
+    names = [n.strip() for n in args.on.split(",") if n.strip()]
+    if not names:
+        raise ServesimError("--on needs at least one device name.")
+    devices = [cat.get(n) for n in names]
+    model = load_model(args.model)
+    quant = get_quant(args.quant)
+    link = get_link(args.link, args.links)
+    if args.mode == "tensor":
+        if len(devices) != 1:
+            raise ServesimError("Tensor mode runs identical devices: give one name to --on.")
+        storage = get_link(args.storage, args.links)
+        plan = tensor_parallel(
+            model, quant, devices[0], args.num_devices, link, storage, args.window, args.context
+        )
+        doc = {
+            "mode": "tensor",
+            "model": model.name,
+            "device": devices[0].name,
+            **plan.__dict__,
+            "device_mem_bytes": devices[0].mem_bytes,
+            "fits": plan.mem_bytes_per_device <= devices[0].mem_bytes,
+        }
+        if args.json_output:
+            print(json.dumps(doc))
+            return 0
+        t = Table(title=f"TPI-LLM: {model.name} on {args.num_devices} x {devices[0].name}")
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        t.add_row("latency per token", f"{plan.latency_s * 1e3:,.1f} ms")
+        t.add_row(
+            "compute / all-reduce / storage reads",
+            f"{plan.compute_s * 1e3:,.1f} / "
+            f"{plan.allreduce_s * 1e3:,.1f} / {plan.load_s * 1e3:,.1f} ms",
+        )
+        t.add_row(
+            "memory per device",
+            f"{plan.mem_bytes_per_device / 1e9:.2f} GB of {devices[0].mem_bytes / 1e9:.0f} GB",
+        )
+        t.add_row("whole model", f"{plan.model_bytes / 1e9:.1f} GB")
+        console.print(t)
+        return 0 if doc["fits"] else 1
+    splits = search_splits(model, quant, devices, link, args.context)
+    front = pareto_front(splits)
+    if args.json_output:
+        print(
+            json.dumps(
+                {
+                    "mode": "pipeline",
+                    "model": model.name,
+                    "devices": names,
+                    "link": link.name,
+                    "splits_searched": len(splits),
+                    "front": [s.as_dict(names) for s in front],
+                }
+            )
+        )
+        return 0
+    t = Table(title=f"{model.name} ({quant.name}) over {', '.join(names)} via {link.name}")
+    t.add_column("layers per device")
+    t.add_column("latency (ms/token)", justify="right")
+    t.add_column("throughput (tokens/s)", justify="right")
+    t.add_column("memory (GB per device)")
+    for s in front:
+        t.add_row(
+            " / ".join(map(str, s.layers)),
+            f"{s.latency_s * 1e3:,.2f}",
+            f"{s.tokens_per_s:,.1f}",
+            " / ".join(f"{m / 1e9:.1f}" for m in s.mem_bytes),
+        )
+    console.print(t)
+    console.print(
+        f"{len(front)} splits on the Pareto front of {len(splits)} that fit; first row is the "
+        "latency-optimal split, last row the throughput-optimal one."
+    )
+    return 0
