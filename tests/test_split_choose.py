@@ -202,6 +202,19 @@ def test_cli_split_and_choose_json(capsys) -> None:
     assert rc == 0 and doc["fits"] and doc["model_bytes"] > 4 * doc["device_mem_bytes"]
     rc = cli.main(
         [
+            "split",
+            "meta-llama/Meta-Llama-3.1-70B",
+            "--on",
+            "rtx_4090,ryzen_9_7950x",
+            "--mode",
+            "offload",
+            "--json",
+        ]
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["best"]["mode"] == "ngl" and 0 < doc["best"]["gpu_layers"] < 80
+    rc = cli.main(
+        [
             "choose",
             "--on",
             "rtx_4090",
@@ -226,6 +239,7 @@ def test_cli_split_and_choose_json(capsys) -> None:
         (["split", "meta-llama/Meta-Llama-3.1-8B", "--on", "rtx_4090", "--link", "x"], "link"),
         (["split", "meta-llama/Meta-Llama-3.1-405B", "--on", "phone"], "No split"),
         (["choose", "--on", "rtx_4090", "--quants", "q3"], "Unknown quantisation"),
+        (["split", "Qwen/Qwen3-8B", "--on", "rtx_4090,phone", "--mode", "offload"], "GPU,CPU"),
         (["choose", "--on", "rtx_4090", "--tpot-ms", "-1"], "greater than 0"),
         (["choose", "--on", "rtx_4090", "--rank-by", "quality"], "quality file"),
     ],

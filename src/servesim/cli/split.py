@@ -1,6 +1,6 @@
 """`servesim split`: one model across heterogeneous devices over a link, as the latency vs
-throughput Pareto front of pipeline splits with each device's memory, or as TPI-LLM tensor
-parallelism with a sliding window of weights."""
+throughput Pareto front of pipeline splits with each device's memory, as TPI-LLM tensor
+parallelism with a sliding window of weights, or as a CPU–GPU offload split for a target."""
 
 from __future__ import annotations
 
@@ -32,10 +32,26 @@ def add_split_parser(sub: Any) -> None:
         help="devices in pipeline order, comma-separated (e.g. jetson_orin,rtx_4090); "
         "tensor mode: one device name",
     )
-    p.add_argument("--link", default="10gbe", help="link between devices (see data/links.yaml)")
+    p.add_argument(
+        "--link",
+        help="link between devices (data/links.yaml; default 10gbe, offload: pcie4_x16)",
+    )
     p.add_argument("--quant", default="q4_k_m", help="weight recipe: f16, q8_0, q4_k_m, ...")
     p.add_argument("--context", type=int, default=1024, help="tokens of context per sequence")
-    p.add_argument("--mode", choices=("pipeline", "tensor"), default="pipeline")
+    p.add_argument(
+        "--mode",
+        choices=("pipeline", "tensor", "offload"),
+        default="pipeline",
+        help="pipeline: Pareto front of split points; tensor: TPI-LLM; offload: GPU,CPU hybrid",
+    )
+    p.add_argument(
+        "--target",
+        choices=("latency", "throughput"),
+        default="latency",
+        help="offload mode: batch-1 decode latency, or tokens/s of a --prompt-token prefill",
+    )
+    p.add_argument("--prompt", type=int, default=2048, help="offload throughput: prompt tokens")
+    p.add_argument("--threads", type=int, default=0, help="offload: CPU threads (0: all cores)")
     p.add_argument("--num-devices", type=int, default=4, help="tensor mode: devices")
     p.add_argument("--window", type=int, default=0, help="tensor mode: layers kept in memory")
     p.add_argument("--storage", default="nvme_gen4", help="tensor mode: where weights stream from")
@@ -61,7 +77,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     devices = [cat.get(n) for n in names]
     model = load_model(args.model)
     quant = get_quant(args.quant)
-    link = get_link(args.link, args.links)
+    link = get_link(args.link or ("pcie4_x16" if args.mode == "offload" else "10gbe"), args.links)
+    if args.mode == "offload":
+        return _offload(args, model, quant, devices, link)
     if args.mode == "tensor":
         if len(devices) != 1:
             raise ServesimError("Tensor mode runs identical devices: give one name to --on.")
@@ -129,4 +147,37 @@ def cmd_split(args: argparse.Namespace) -> int:
         f"{len(front)} splits on the Pareto front of {len(splits)} that fit; first row is the "
         "latency-optimal split, last row the throughput-optimal one."
     )
+    return 0
+
+
+def _offload(args: argparse.Namespace, model: Any, quant: Any, devices: list, link: Any) -> int:
+    """`--mode offload`: the best CPU–GPU split of `--on GPU,CPU` for the target."""
+    from servesim.planner.hybrid import search_hybrid
+    from servesim.predictor.device_step import Step
+
+    if len(devices) != 2 or devices[1].kind != "cpu":
+        raise ServesimError("Offload mode takes --on GPU,CPU (a GPU, then a CPU device).")
+    if args.prompt < 1 or args.threads < 0:
+        raise ServesimError("--prompt must be at least 1 and --threads at least 0.")
+    gpu, cpu = devices
+    step = Step(args.prompt, 1, 0) if args.target == "throughput" else None
+    choice = search_hybrid(
+        model, quant, gpu, cpu, link, args.target, step, args.context, args.threads
+    )
+    if args.json_output:
+        print(json.dumps({"mode": "offload", "model": model.name, **choice.as_dict()}))
+        return 0
+    b = choice.best
+    t = Table(title=f"{model.name} ({quant.name}) on {gpu.name} + {cpu.name} via {link.name}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("best", f"{b.mode}, {b.gpu_layers} of {model.num_layers} layers on the GPU")
+    t.add_row("seconds per pass", f"{b.seconds * 1e3:,.1f} ms")
+    t.add_row("tokens/s", f"{choice.tokens_per_s:,.1f}")
+    t.add_row(
+        "CPU / GPU / transfer",
+        f"{b.cpu_s * 1e3:,.1f} / {b.gpu_s * 1e3:,.1f} / {b.transfer_s * 1e3:,.1f} ms",
+    )
+    t.add_row("GPU memory", f"{b.gpu_mem_bytes / 1e9:.1f} of {gpu.mem_bytes / 1e9:.0f} GB")
+    console.print(t)
     return 0

@@ -124,28 +124,46 @@ def prefill(tokens: int) -> Step:
     return Step(tokens, 1, 0)
 
 
-def _matrices(model: ModelSpec) -> dict[str, int]:
-    """Parameters of each matrix of one dense decoder layer (llama.cpp tensor roles)."""
+def check_supported(model: ModelSpec) -> None:
+    """Refuse the shapes this cost model does not price (it knows GQA attention with dense or
+    routed-expert MLPs), rather than return a wrong number."""
+    if model.is_mla or model.is_hybrid or model.num_mixer_only_layers or model.num_mlp_only_layers:
+        raise ServesimError(
+            f"{model.name} uses MLA or linear-attention layers, which the local-device cost model "
+            "does not price yet; use a GQA model (Llama, Qwen, Mistral, Mixtral, gpt-oss)."
+        )
+
+
+def _is_moe_layer(model: ModelSpec, layer: int) -> bool:
+    return model.is_moe and layer >= model.first_dense_layers
+
+
+def _matrices(model: ModelSpec, layer: int = 0) -> dict[str, int]:
+    """Parameters of each matrix of one decoder layer (llama.cpp tensor roles), routed experts
+    apart."""
     h, q, kv = model.hidden_size, model.num_heads * model.head_dim, model.num_kv_heads
     kvd = kv * model.head_dim
     out = {"q": h * q, "k": h * kvd, "v": h * kvd, "o": q * h}
-    if not model.is_moe:
+    if not _is_moe_layer(model, layer):
         i = model.intermediate_size
-        out |= {"gate": h * i, "up": h * i, "down": i * h}
+        out |= {"up": h * i, "down": i * h}
+        if model.gated_mlp:
+            out["gate"] = h * i
     return out
 
 
 def layer_work(model: ModelSpec, quant: Quant, layer: int, step: Step) -> Work:
     """FLOPs, bytes and operators of decoder layer `layer` for one step (MoE experts priced by
     the expected number of distinct experts the step's tokens hit)."""
+    check_supported(model)
     flops: dict[str, float] = {}
     wbytes = 0.0
-    for part, params in _matrices(model).items():
+    for part, params in _matrices(model, layer).items():
         bpw = quant.layer_bytes_per_weight(part, layer, model.num_layers)
         fmt = _fmt_of(quant, part, layer, model.num_layers)
         flops[fmt] = flops.get(fmt, 0.0) + 2.0 * params * step.tokens
         wbytes += params * bpw
-    if model.is_moe:
+    if _is_moe_layer(model, layer):
         k, n = model.experts_per_token, model.num_experts
         hit = expected_experts_hit(float(step.tokens), n, k)
         ep = model.expert_params()
@@ -202,11 +220,12 @@ def model_work(model: ModelSpec, quant: Quant, step: Step) -> Work:
 
 def layer_weight_bytes(model: ModelSpec, quant: Quant, layer: int) -> float:
     """Bytes of one decoder layer's weights (all experts of an MoE layer), norms in f32."""
+    check_supported(model)
     b = sum(
         p * quant.layer_bytes_per_weight(part, layer, model.num_layers)
-        for part, p in _matrices(model).items()
+        for part, p in _matrices(model, layer).items()
     )
-    if model.is_moe:
+    if _is_moe_layer(model, layer):
         per = BLOCK_BYTES_PER_WEIGHT[quant.base]
         b += model.num_experts * model.expert_params() * per + model.router_params() * 4.0
         if model.shared_expert_intermediate_size:
