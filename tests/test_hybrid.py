@@ -71,6 +71,7 @@ def test_search_picks_ngl_for_latency_and_streaming_for_long_prefills(rig) -> No
     # the most layers that fit: one more would not
     n = lat.best.gpu_layers
     assert gpu_memory(m, q, n, 2048) <= gpu.mem_bytes < gpu_memory(m, q, n + 1, 2048)
+    assert lat.best.gpu_mem_bytes == gpu_memory(m, q, n, 2048)
     tput = search_hybrid(m, q, gpu, cpu, link, "throughput", step=ds.prefill(2048))
     assert tput.best.mode == "stream"
     ngl_best = min(c.seconds for c in tput.candidates if c.mode == "ngl")

@@ -132,6 +132,9 @@ def test_latency_optimal_size_follows_bandwidth() -> None:
     assert n["phone"] < n["rtx_4090"] < n["rtx_5090"]
     bw = get_device("rtx_5090").mem_bw_bytes_per_s / get_device("rtx_4090").mem_bw_bytes_per_s
     assert n["rtx_5090"] / n["rtx_4090"] == pytest.approx(bw, rel=0.25)
+    # a looser budget buys a bigger model until memory, not latency, binds (24 GB of Q4_K_M)
+    roomy = ch.latency_optimal_size(get_device("rtx_4090"), Q4, 1.0, sizes=grid)
+    assert 25e9 < roomy < 40e9  # Q4_K_M at ~4.9 bits: 21.6 GB usable holds ~35B at most
 
 
 def test_choose_budgets_quality_and_front(tmp_path, llama8b) -> None:

@@ -244,14 +244,17 @@ def latency_optimal_size(
     context: int = 1024,
 ) -> float:
     """The largest model (parameters) on a grid whose batch-1 decode meets `tpot_s` on
-    `device`: the most accurate model for the budget, since loss falls with size. Models keep
-    a fixed depth-to-width ratio (layers ≈ `depth_per_width` × hidden). 0 when none meets it."""
+    `device` and whose weights and KV fit its memory: the most accurate model for the budget,
+    since loss falls with size. Models keep a fixed depth-to-width ratio (layers ≈
+    `depth_per_width` × hidden). 0 when none meets it."""
     grid = sizes or [10 ** (8 + i / 8) for i in range(0, 29)]  # 100M .. 400B
     best = 0.0
     for n in grid:
         # layers from the aspect ratio: h ≈ layers / ratio and n ≈ 13·L·h² → L = (13 n r²)^(1/3)
         layers = max(2, round((n * depth_per_width**2 / 13.0) ** (1 / 3)))
         m = llama_like(n, layers)
+        if weight_bytes(m, quant) + kv_bytes(m, quant, context) > device.mem_bytes * MEM_HEADROOM:
+            continue
         t = step_time(m, quant, device, decode(1, context), eff).seconds
         if t <= tpot_s:
             best = max(best, n)

@@ -67,7 +67,9 @@ def search_hybrid(
             if gpu_memory(model, quant, n, context * st.seqs, mode) > gpu.mem_bytes:
                 continue
             fits.append(
-                hybrid_step(model, quant, gpu, cpu, link, st, n, mode, threads, gpu_eff, cpu_eff)
+                hybrid_step(
+                    model, quant, gpu, cpu, link, st, n, mode, threads, gpu_eff, cpu_eff, context
+                )
             )
     if not fits:
         raise ServesimError(

@@ -102,20 +102,23 @@ def hybrid_step(
     threads: int = 0,
     gpu_eff: Efficiency | None = None,
     cpu_eff: Efficiency | None = None,
+    kv_context: int = 0,
 ) -> HybridTime:
     """Price one forward pass with the last `gpu_layers` layers resident on the GPU.
 
     `ngl`: the other layers (and the head, unless every layer is resident) run on the CPU,
     then the GPU's; activations cross the link at the boundary and back for sampling.
     `stream`: every layer runs on the GPU; non-resident layers' weights cross the link while the
-    GPU computes, so each costs max(GPU compute, copy).
+    GPU computes, so each costs max(GPU compute, copy). Memory figures hold the KV cache of
+    `kv_context` tokens per sequence (0: the context this step reaches).
     """
     _check(model, gpu, gpu_layers)
     if mode not in MODES:
         raise ServesimError(f"Unknown offload mode {mode!r}; use one of: {', '.join(MODES)}.")
     n = model.num_layers
     first = n - gpu_layers
-    context = step.context + step.tokens // step.seqs
+    # memory holds KV for `kv_context` tokens per sequence (default: what this step reaches)
+    context = kv_context or step.context + step.tokens // step.seqs
     gpu_mem = gpu_memory(model, quant, gpu_layers, context * step.seqs, mode)
     total_w = sum(layer_weight_bytes(model, quant, i) for i in range(n)) + embedding_bytes(
         model, quant
