@@ -242,6 +242,7 @@ def test_cli_split_and_choose_json(capsys) -> None:
         (["split", "meta-llama/Meta-Llama-3.1-8B", "--on", "rtx_4090", "--link", "x"], "link"),
         (["split", "meta-llama/Meta-Llama-3.1-405B", "--on", "phone"], "No split"),
         (["choose", "--on", "rtx_4090", "--quants", "q3"], "Unknown quantisation"),
+        (["split", "Qwen/Qwen3-8B", "--on", "rtx_4090", "--window", "3"], "--mode tensor only"),
         (["split", "Qwen/Qwen3-8B", "--on", "rtx_4090,phone", "--mode", "offload"], "GPU,CPU"),
         (["choose", "--on", "rtx_4090", "--tpot-ms", "-1"], "greater than 0"),
         (["choose", "--on", "rtx_4090", "--rank-by", "quality"], "quality file"),

@@ -47,17 +47,41 @@ def add_split_parser(sub: Any) -> None:
     p.add_argument(
         "--target",
         choices=("latency", "throughput"),
-        default="latency",
+        default=None,
         help="offload mode: batch-1 decode latency, or tokens/s of a --prompt-token prefill",
     )
-    p.add_argument("--prompt", type=int, default=2048, help="offload throughput: prompt tokens")
-    p.add_argument("--threads", type=int, default=0, help="offload: CPU threads (0: all cores)")
-    p.add_argument("--num-devices", type=int, default=4, help="tensor mode: devices")
-    p.add_argument("--window", type=int, default=0, help="tensor mode: layers kept in memory")
-    p.add_argument("--storage", default="nvme_gen4", help="tensor mode: where weights stream from")
+    p.add_argument("--prompt", type=int, default=None, help="offload throughput: prompt tokens")
+    p.add_argument("--threads", type=int, default=None, help="offload: CPU threads (0: all cores)")
+    p.add_argument("--num-devices", type=int, default=None, help="tensor mode: devices (4)")
+    p.add_argument(
+        "--window", type=int, default=None, help="tensor mode: layers kept in memory (0: all)"
+    )
+    p.add_argument(
+        "--storage", default=None, help="tensor mode: where weights stream from (nvme_gen4)"
+    )
     p.add_argument("--devices", help="extra device catalog YAML")
     p.add_argument("--links", help="extra links YAML")
     p.add_argument("--json", dest="json_output", action="store_true", help="print one JSON object")
+
+
+MODE_FLAGS = {
+    "tensor": {"num_devices": 4, "window": 0, "storage": "nvme_gen4"},
+    "offload": {"target": "latency", "prompt": 2048, "threads": 0},
+}
+
+
+def _check_mode_flags(args: argparse.Namespace) -> None:
+    """Refuse flags the chosen mode would ignore, and fill the mode's defaults."""
+    for mode, flags in MODE_FLAGS.items():
+        for name, default in flags.items():
+            given = getattr(args, name) is not None
+            if given and args.mode != mode:
+                flag = "--" + name.replace("_", "-")
+                raise ServesimError(
+                    f"{flag} applies to --mode {mode} only; drop it or add the mode."
+                )
+            if not given:
+                setattr(args, name, default)
 
 
 def cmd_split(args: argparse.Namespace) -> int:
@@ -70,6 +94,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     if args.context < 1:
         raise ServesimError(f"--context must be at least 1, got {args.context}.")
+    _check_mode_flags(args)
     cat = catalog(args.devices)
     names = [n.strip() for n in args.on.split(",") if n.strip()]
     if not names:
