@@ -52,7 +52,8 @@ def compact(doc: dict) -> dict:
         "spec_decode_median_ape",
         "spec_prefill_median_ape",
     )
-    return {"device": doc["device"], "rows": rows, **{k: round(doc[k], 4) for k in keys}}
+    medians = {k: None if doc[k] is None else round(doc[k], 4) for k in keys}
+    return {"device": doc["device"], "rows": rows, **medians}
 
 
 def main(argv: list[str] | None = None) -> int:

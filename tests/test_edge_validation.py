@@ -32,17 +32,23 @@ def _shots(device, eff):
 def test_fewshot_recovers_efficiencies_from_ten_measurements() -> None:
     here = get_device("this_cpu")
     truth = ds.Efficiency(
-        {"f16": 0.3, "q8_0": 0.2, "q4_k": 0.1, "q6_k": 0.1}, memory=0.45, op_s=3e-6, step_s=5e-4
+        {"f16": 0.3, "q8_0": 0.2, "q4_k": 0.2, "q6_k": 0.2},
+        memory=0.45,
+        op_s=3e-6,
+        step_s=5e-4,
+        gemv={"f16": 0.3, "q8_0": 0.1, "q4_k": 0.05, "q6_k": 0.05},
     )
     shots = _shots(here, truth)
-    train = shots[6:16]  # the middle size: all three recipes, decode and prefill (10 shots)
+    # the middle size: all three recipes, decode and prefill; the small and large sizes' decode
+    # in F16 and Q4_K_M (10 shots; 8 held out)
+    train = [*shots[6:12], shots[0], shots[4], shots[12], shots[16]]
     spec = [ape(s.predicted_tokens_per_s(here), s.tokens_per_s) for s in shots]
     fit = fit_efficiency(here, train)
     after = [ape(s.predicted_tokens_per_s(here, fit), s.tokens_per_s) for s in shots]
     assert sorted(after)[len(after) // 2] < 0.05  # median within 5 % on all 18, 8 held out
     assert sorted(after)[len(after) // 2] < sorted(spec)[len(spec) // 2] / 3
-    assert fit.compute_share("f16") == pytest.approx(0.3, rel=0.1)
     assert fit.compute_share("q8_0") == pytest.approx(0.2, rel=0.1)
+    assert fit.share("q4_k", 1) == pytest.approx(0.05, rel=0.1)
     with pytest.raises(ServesimError, match="at most 10"):
         fit_efficiency(here, shots)
 

@@ -183,13 +183,18 @@ def measure(
 
 def fewshot_rows(rows: list[Row]) -> list[tuple[Row, str]]:
     """At most 10 measurements to fit on: per quant, decode and prefill of the middle size at 1
-    thread; then decode at the most threads on the largest size for F16 and Q4_K_M."""
+    thread; the smallest size's F16 decode (fixed costs dominate it); then decode at the most
+    threads on the largest size for F16 and Q4_K_M."""
     sizes = sorted({r.size for r in rows}, key=list(SIZES).index)
     mid = sizes[len(sizes) // 2]
     pick: list[tuple[Row, str]] = []
+    t_min = min(x.threads for x in rows)
     for r in rows:
-        if r.size == mid and r.threads == min(x.threads for x in rows):
+        if r.size == mid and r.threads == t_min:
             pick += [(r, "decode"), (r, "prefill")]
+    for r in rows:
+        if r.size == sizes[0] != mid and r.threads == t_min and r.quant == "f16":
+            pick.append((r, "decode"))
     top_t = max(r.threads for r in rows)
     for r in rows:
         big = r.size == sizes[-1] and r.threads == top_t and r.quant in ("f16", "q4_k_m")
@@ -232,8 +237,8 @@ def summary(rows: list[Row]) -> dict:
     """Per-row errors and the medians the issue asks for (few-shot predictions; spec-only and
     held-out medians beside them)."""
 
-    def med(xs: list[float]) -> float:
-        return statistics.median(xs) if xs else float("nan")
+    def med(xs: list[float]) -> float | None:  # None (JSON null) when no row is held out
+        return statistics.median(xs) if xs else None
 
     per = []
     for r in rows:

@@ -40,7 +40,10 @@ class Efficiency:
     """What share of a device's peaks a runtime reaches, and its fixed costs.
 
     `compute` maps a weight block format (f16, q8_0, q4_k, ...) to the share of the peak of the
-    format it computes in; "*" is the default. `memory` is the share of the streamable DRAM
+    format it computes in for a many-row GEMM; "*" is the default. `gemv` the same for one
+    activation row (decode of one sequence), when it differs: a CPU's quantised dot products
+    unpack every weight block for every row (ggml-cpu `ggml_vec_dot_*`), so that cost is
+    amortised only across rows (`share`). `memory` is the share of the streamable DRAM
     bandwidth; `op_s` the fixed seconds per graph operator; `step_s` per forward pass.
     """
 
@@ -48,10 +51,20 @@ class Efficiency:
     memory: float = 0.8
     op_s: float = 1e-6
     step_s: float = 1e-4
+    gemv: dict[str, float] = field(default_factory=dict)
 
     def compute_share(self, fmt: str) -> float:
-        """Share of peak reached by GEMMs whose weights are in block format `fmt`."""
+        """Share of peak reached by many-row GEMMs whose weights are in block format `fmt`."""
         return self.compute.get(fmt, self.compute.get("*", 0.5))
+
+    def share(self, fmt: str, rows: float) -> float:
+        """Share of peak with `rows` activation rows: the per-row unpacking overhead of a
+        one-row GEMV (1/gemv − 1/gemm per FLOP) shrinks as 1/rows."""
+        gemm = self.compute_share(fmt)
+        one = self.gemv.get(fmt, self.gemv.get("*"))
+        if one is None or rows <= 0:
+            return gemm
+        return 1.0 / (1.0 / gemm + (1.0 / one - 1.0 / gemm) / rows)
 
 
 def default_efficiency(device: Device) -> Efficiency:
@@ -81,6 +94,7 @@ class Work:
     other_bytes: float  # KV cache and activations read or written
     attn_flops: float
     ops: int
+    rows: float = 0.0  # activation rows each GEMM multiplies (0: unknown, many)
 
     def __add__(self, other: Work) -> Work:
         flops = dict(self.flops)
@@ -92,6 +106,7 @@ class Work:
             self.other_bytes + other.other_bytes,
             self.attn_flops + other.attn_flops,
             self.ops + other.ops,
+            max(self.rows, other.rows),
         )
 
 
@@ -182,7 +197,8 @@ def layer_work(model: ModelSpec, quant: Quant, layer: int, step: Step) -> Work:
     per_seq = step.tokens / step.seqs
     # QK^T and PV: 4·heads·hd FLOPs per (query, key) pair; a prompt attends causally (half).
     pairs = step.tokens * step.context + step.seqs * per_seq * (per_seq + 1) / 2
-    return Work(flops, wbytes, kv_read + kv_write + act, 4.0 * heads * hd * pairs, OPS_PER_LAYER)
+    other = kv_read + kv_write + act
+    return Work(flops, wbytes, other, 4.0 * heads * hd * pairs, OPS_PER_LAYER, step.tokens)
 
 
 def _fmt_of(quant: Quant, part: str, layer: int, num_layers: int) -> str:
@@ -202,6 +218,7 @@ def head_work(model: ModelSpec, quant: Quant, step: Step) -> Work:
         step.seqs * model.vocab_size * ACT_BYTES,
         0.0,
         OPS_PER_HEAD,
+        step.seqs,
     )
 
 
@@ -284,7 +301,7 @@ def time_work(
     compute_s = 0.0
     for fmt, f in work.flops.items():
         peak = device.peak_flops(_compute_key(fmt, device, quant)) * share
-        compute_s += f / (peak * e.compute_share(fmt))
+        compute_s += f / (peak * e.share(fmt, work.rows))
     attn_peak = device.peak_flops("fp32" if device.kind == "cpu" else "fp16") * share
     compute_s += work.attn_flops / (attn_peak * e.compute_share("*"))
     bw = device.stream_bw(threads if device.kind == "cpu" else 0)

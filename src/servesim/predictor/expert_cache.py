@@ -58,7 +58,7 @@ def expert_costs(
         raise ServesimError(f"{model.name} has no routed experts to place.")
     p = model.expert_params()
     nbytes = p * BLOCK_BYTES_PER_WEIGHT[quant.base]
-    work = Work({quant.base: 2.0 * p * tokens}, nbytes, 0.0, 0.0, EXPERT_OPS)
+    work = Work({quant.base: 2.0 * p * tokens}, nbytes, 0.0, 0.0, EXPERT_OPS, tokens)
     g = time_work(work, gpu, quant, gpu_eff, step_overhead=False).seconds
     c = time_work(work, cpu, quant, cpu_eff, threads, step_overhead=False).seconds
     return ExpertCosts(g, c, link.transfer_s(nbytes))
