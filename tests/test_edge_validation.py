@@ -54,7 +54,7 @@ def test_fewshot_recovers_efficiencies_from_ten_measurements() -> None:
 
 
 @pytest.mark.engine
-def test_quick_llama_cpp_run_on_this_cpu(tmp_path) -> None:
+def test_quick_llama_cpp_run_on_this_cpu() -> None:
     sys.path.insert(0, str(REPO / "validation"))
     import edge
 
@@ -62,13 +62,14 @@ def test_quick_llama_cpp_run_on_this_cpu(tmp_path) -> None:
         pytest.skip("llama.cpp's llama-bench is not built (run validation/edge.py once)")
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    args = edge.parse(["--quick", "--workdir", str(tmp_path)])
+    # the tiny checkpoint and its GGUF are cached beside the llama.cpp build (rebuilt if absent)
+    args = edge.parse(["--quick"])
     doc = edge.run(args, say=lambda *_: None)
     (row,) = doc["rows"]
     assert row["measured_decode"] > 0 and row["measured_prefill"] > 0
     # a real GGUF of the tiny model: its size is what the recipe predicts (headers and
     # vocabulary metadata aside)
-    m = edge.load_model(str(tmp_path / "tiny" / "config.json"))
+    m = edge.load_model(str(Path(args.workdir) / "tiny" / "config.json"))
     assert row["gguf_bytes"] == pytest.approx(ds.weight_bytes(m, get_quant("f16")), rel=0.1)
     # spec-only within a factor of 5 either way on a shared, busy machine; the few-shot fit
     # on this row's own two numbers reproduces them

@@ -166,7 +166,9 @@ def measure(
     rows: list[Row] = []
     specs: dict[str, ModelSpec] = {}
     for size in sizes:
-        mdir = engines.make_model(workdir / size, SIZES[size])
+        mdir = workdir / size
+        if not (mdir / "config.json").is_file() or not (mdir / "tokenizer.json").is_file():
+            engines.make_model(mdir, SIZES[size])  # imports torch: only when needed
         specs[size] = load_model(str(mdir / "config.json"))
         for q in quants:
             path = gguf(mdir, q)
