@@ -65,6 +65,23 @@ def test_pareto_front_ends_are_the_latency_and_throughput_optima(llama8b) -> Non
         assert all(m <= d.mem_bytes for m, d in zip(s.mem_bytes, devs, strict=True))
 
 
+def test_any_order_search_covers_every_order(llama8b) -> None:
+    devs = [get_device(n) for n in ("rtx_4090", "jetson_orin_nano")]
+    link = get_link("1gbe")
+    given = sp.search_splits(llama8b, Q4, devs, link)
+    anyo = sp.search_splits(llama8b, Q4, devs, link, any_order=True)
+    # 33 splits per order, the two all-on-one-device splits shared: 2 x 33 - 2
+    assert len(anyo) == 64 and len(given) == 33
+    assert {s.devices for s in anyo} == {
+        ("rtx_4090", "jetson_orin_nano"),
+        ("jetson_orin_nano", "rtx_4090"),
+    }
+    front = sp.pareto_front(anyo)
+    assert front[0].latency_s == min(s.latency_s for s in anyo)
+    assert front[-1].tokens_per_s == max(s.tokens_per_s for s in anyo)
+    assert max(s.tokens_per_s for s in anyo) >= max(s.tokens_per_s for s in given)
+
+
 def test_tpi_llm_sliding_window_runs_a_model_larger_than_each_device() -> None:
     m = load_model("meta-llama/Meta-Llama-3.1-70B")
     dev = get_device("jetson_orin_nano")  # 8 GB
@@ -243,6 +260,10 @@ def test_cli_split_and_choose_json(capsys) -> None:
         (["split", "meta-llama/Meta-Llama-3.1-405B", "--on", "phone"], "No split"),
         (["choose", "--on", "rtx_4090", "--quants", "q3"], "Unknown quantisation"),
         (["split", "Qwen/Qwen3-8B", "--on", "rtx_4090", "--window", "3"], "--mode tensor only"),
+        (
+            ["split", "Qwen/Qwen3-8B", "--on", "rtx_4090", "--mode", "tensor", "--any-order"],
+            "pipeline only",
+        ),
         (["split", "Qwen/Qwen3-8B", "--on", "rtx_4090,phone", "--mode", "offload"], "GPU,CPU"),
         (["choose", "--on", "rtx_4090", "--tpot-ms", "-1"], "greater than 0"),
         (["choose", "--on", "rtx_4090", "--rank-by", "quality"], "quality file"),

@@ -59,6 +59,11 @@ def add_split_parser(sub: Any) -> None:
     p.add_argument(
         "--storage", default=None, help="tensor mode: where weights stream from (nvme_gen4)"
     )
+    p.add_argument(
+        "--any-order",
+        action="store_true",
+        help="pipeline mode: also try every order of the devices (default: the order given)",
+    )
     p.add_argument("--devices", help="extra device catalog YAML")
     p.add_argument("--links", help="extra links YAML")
     p.add_argument("--json", dest="json_output", action="store_true", help="print one JSON object")
@@ -72,6 +77,8 @@ MODE_FLAGS = {
 
 def _check_mode_flags(args: argparse.Namespace) -> None:
     """Refuse flags the chosen mode would ignore, and fill the mode's defaults."""
+    if args.any_order and args.mode != "pipeline":
+        raise ServesimError("--any-order applies to --mode pipeline only; drop it.")
     for mode, flags in MODE_FLAGS.items():
         for name, default in flags.items():
             given = getattr(args, name) is not None
@@ -139,7 +146,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         t.add_row("whole model", f"{plan.model_bytes / 1e9:.1f} GB")
         console.print(t)
         return 0 if doc["fits"] else 1
-    splits = search_splits(model, quant, devices, link, args.context)
+    splits = search_splits(model, quant, devices, link, args.context, any_order=args.any_order)
     front = pareto_front(splits)
     if args.json_output:
         print(
@@ -150,22 +157,30 @@ def cmd_split(args: argparse.Namespace) -> int:
                     "devices": names,
                     "link": link.name,
                     "splits_searched": len(splits),
-                    "front": [s.as_dict(names) for s in front],
+                    "front": [s.as_dict() for s in front],
                 }
             )
         )
         return 0
     t = Table(title=f"{model.name} ({quant.name}) over {', '.join(names)} via {link.name}")
-    t.add_column("layers per device")
+    t.add_column("layers per device" + (" (device order varies)" if args.any_order else ""))
     t.add_column("latency (ms/token)", justify="right")
     t.add_column("throughput (tokens/s)", justify="right")
     t.add_column("memory (GB per device)")
     for s in front:
         t.add_row(
-            " / ".join(map(str, s.layers)),
+            " / ".join(
+                f"{n} {d}" if args.any_order else str(n)
+                for n, d in zip(s.layers, s.devices, strict=True)
+                if n or not args.any_order
+            ),
             f"{s.latency_s * 1e3:,.2f}",
             f"{s.tokens_per_s:,.1f}",
-            " / ".join(f"{m / 1e9:.1f}" for m in s.mem_bytes),
+            " / ".join(
+                f"{m / 1e9:.1f}"
+                for n, m in zip(s.layers, s.mem_bytes, strict=True)
+                if n or not args.any_order
+            ),
         )
     console.print(t)
     console.print(

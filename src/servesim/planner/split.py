@@ -22,7 +22,8 @@ window is smaller than the model; memory per device is the window, not the model
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from itertools import combinations
+from itertools import combinations, permutations
+from math import comb, factorial
 
 from servesim.errors import ServesimError
 from servesim.predictor.device_step import (
@@ -55,11 +56,12 @@ class Split:
     stage_s: tuple[float, ...]
     mem_bytes: tuple[float, ...]
     fits: bool
+    devices: tuple[str, ...] = ()  # device names in pipeline order
 
-    def as_dict(self, names: list[str]) -> dict:
+    def as_dict(self) -> dict:
         """Plain fields for JSON, memory named by device."""
         d = asdict(self)
-        d["mem_gb"] = {n: m / 1e9 for n, m in zip(names, self.mem_bytes, strict=True)}
+        d["mem_gb"] = {n: m / 1e9 for n, m in zip(self.devices, self.mem_bytes, strict=True)}
         del d["mem_bytes"]
         return d
 
@@ -119,7 +121,8 @@ def evaluate_split(
     latency = sum(stage_s) + hops * hop
     slowest = max(max(stage_s), hop if hops else 0.0)
     fits = all(m <= d.mem_bytes * MEM_HEADROOM for m, d in zip(mem, devices, strict=True))
-    return Split(tuple(layers), latency, 1.0 / slowest, tuple(stage_s), tuple(mem), fits)
+    names = tuple(d.name for d in devices)
+    return Split(tuple(layers), latency, 1.0 / slowest, tuple(stage_s), tuple(mem), fits, names)
 
 
 def all_splits(num_layers: int, num_devices: int) -> list[tuple[int, ...]]:
@@ -141,23 +144,36 @@ def search_splits(
     link: Link,
     context: int = 1024,
     effs: list[Efficiency | None] | None = None,
+    any_order: bool = False,
 ) -> list[Split]:
-    """Every split that fits each device's memory (stars and bars over the layers)."""
+    """Every split that fits each device's memory (stars and bars over the layers), with the
+    devices in the order given or, with `any_order`, in every order (a split that leaves some
+    devices empty is kept once)."""
     if not devices:
         raise ServesimError("Give at least one device to split the model across.")
-    from math import comb
-
     n = comb(model.num_layers + len(devices) - 1, len(devices) - 1)
+    if any_order:
+        n *= factorial(len(devices))
     if n > MAX_SPLITS:
         raise ServesimError(
             f"{n:,} splits of {model.num_layers} layers over {len(devices)} devices is too many "
             "to search; give fewer devices."
         )
     out = []
-    for layers in all_splits(model.num_layers, len(devices)):
-        s = evaluate_split(model, quant, devices, link, layers, context, effs)
-        if s.fits:
-            out.append(s)
+    seen: set[tuple] = set()
+    effs = effs or [None] * len(devices)
+    orders = permutations(range(len(devices))) if any_order else [tuple(range(len(devices)))]
+    for order in orders:
+        devs = [devices[i] for i in order]
+        es = [effs[i] for i in order]
+        for layers in all_splits(model.num_layers, len(devices)):
+            key = tuple((i, n) for i, n in zip(order, layers, strict=True) if n)
+            if key in seen:
+                continue
+            seen.add(key)
+            s = evaluate_split(model, quant, devs, link, layers, context, es)
+            if s.fits:
+                out.append(s)
     if not out:
         raise ServesimError(
             f"No split of {model.name} in {quant.name} fits these devices' memory; add a device, "
