@@ -252,6 +252,27 @@ def test_cli_split_and_choose_json(capsys) -> None:
     assert doc["candidates"][0]["quant"] == "q4_k_m"
 
 
+def test_choose_takes_a_user_config(tmp_path, capsys) -> None:
+    cfg = {
+        "model_type": "llama",
+        "num_hidden_layers": 16,
+        "hidden_size": 2048,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 8192,
+        "vocab_size": 128256,
+        "torch_dtype": "bfloat16",
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    rc = cli.main(
+        ["choose", "--on", "phone", "--models", str(path), "--quants", "q4_k_m", "--json"]
+    )
+    doc = json.loads(capsys.readouterr().out)
+    (c,) = doc["candidates"]
+    assert rc == 0 and c["fits_memory"] and 1.0 < c["params_b"] < 1.6
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
