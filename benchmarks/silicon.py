@@ -25,8 +25,9 @@ completed from the deployment InferenceX's config listed for them (`recovered_la
 data/inferencex/disagg_layouts.csv), only where exactly one layout matches. InferenceX's
 colocated rows (dashboard exports, database records) are matched to the config that ran them
 (`single_node_config`, table data/inferencex/single_node_configs.csv) by image, day, layout and
-concurrency: runs with speculative decoding (MTP), which the rows do not flag, are refused
-like the disaggregated ones (see below), as are rows no config or both kinds of config match.
+concurrency: runs with speculative decoding (MTP), which the rows do not flag, are simulated
+with the draft length of the config's launch script, and rows no config or both kinds of config
+match are refused.
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
 
@@ -544,7 +545,9 @@ def single_node_config(
     concurrency agree and the GPUs do: the row's tp × attention-DP, EP and dp-attention are the
     item's, or the row reports the item's tp × ep GPUs (some exports multiply TP or DP by EP),
     in which case the item's layout replaces the row's. All matches must agree on speculative
-    decoding; MTP runs are refused (not modelled), as are rows no config or both kinds match.
+    decoding and draft length; MTP runs are simulated with that draft length (the launch
+    script's, `scripts/inferencex_single_node.py`), rows no config or several kinds match are
+    refused.
     The Qwen3.5 gap-analysis file repeats InferenceX runs without their day or image: any day's
     config may match it.
     Other rows (aiconfigurator's collection, other models) come back unchanged with ('', '').
@@ -586,22 +589,29 @@ def single_node_config(
             matches.append((item, False))
         elif i_ep > 1 and tp * dp == i_tp * i_ep and ep == i_ep:
             matches.append((item, True))
-    specs = {item["spec_decoding"] for item, _ in matches}
+    kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
     if not matches:
         return row, "", "no InferenceX config matches"
-    if len(specs) > 1:
-        return row, "", f"{len(specs)} InferenceX configs match"
-    if specs != {"none"}:
-        return row, "", "InferenceX config uses speculative decoding, which servesim does not model"
+    if len(kinds) > 1:
+        return row, "", f"{len(kinds)} InferenceX configs match"
+    ((spec, k),) = kinds
+    if spec not in ("none", "mtp"):
+        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
+    if spec == "mtp" and not k:
+        return row, "", "InferenceX MTP config without a readable draft length"
     item, remapped = matches[0]
     if len({(m["tp"], m["ep"], m["dp_attn"]) for m, _ in matches}) > 1:
         return row, "", f"{len(matches)} InferenceX configs match"
     days = item["measured_days"].split()
     commit = item["source_commits"].split()[days.index(day) if day in days else -1]
     where = f"{item['config_key']} in {item['source_file']}@{commit}"
+    out = _single_node_layout(item, row, conc) if remapped else dict(row)
+    if spec == "mtp":  # simulated with the launch script's draft length, sourced acceptance
+        out["speculative_num_draft_tokens"] = k
+        return out, f"MTP k={k}{', layout recovered' if remapped else ''}: {where}", ""
     if not remapped:
         return row, f"no speculative decoding: {where}", ""
-    return _single_node_layout(item, row, conc), f"layout recovered from {where}", ""
+    return out, f"layout recovered from {where}", ""
 
 
 def specified_or_reason(row: dict[str, str]) -> str:

@@ -7,8 +7,11 @@ container tag) and per ISL/OSL a search space of `tp`, `ep`, `dp-attn`, `spec-de
 concurrency range (`conc-start` doubling up to `conc-end`). Its dashboard rows say the model,
 GPU, engine, precision, lengths, parallelism, concurrency, the day and the image, but not
 whether speculative decoding (MTP) ran: the same deployment is often benchmarked with and
-without it, and its TPOT differs by up to 2×. This table lets `benchmarks/silicon.py` tell them
-apart by the image and day, the way `scripts/inferencex_layouts.py` does for disaggregated rows.
+without it, and its TPOT differs by up to 2×. For MTP items the draft tokens per step come from
+the launch script the entry runs at that commit (`benchmarks/single_node/<prefix>_<precision>_
+<gpu>[_trt]_mtp.sh`, earlier `benchmarks/..._slurm.sh`). This table lets `benchmarks/silicon.py`
+tell them apart by the image and day, as `scripts/inferencex_layouts.py` does for disaggregated
+rows.
 
     python scripts/inferencex_single_node.py INFERENCEX_GIT [--dates D ...] [--out F]
 
@@ -44,12 +47,21 @@ FIELDS = (
     "ep",
     "dp_attn",
     "spec_decoding",
+    "num_draft_tokens",
     "concurrencies",
     "source_file",
     "measured_days",
     "source_commits",
 )
 WHEN = ("measured_days", "source_commits")
+# Where an entry's launch script has lived: benchmarks/single_node/ since early 2026, before
+# that benchmarks/<name>.sh, and earlier still benchmarks/<name>_slurm.sh (or _docker.sh).
+SCRIPT_PATHS = (
+    "benchmarks/single_node/{}.sh",
+    "benchmarks/{}.sh",
+    "benchmarks/{}_slurm.sh",
+    "benchmarks/{}_docker.sh",
+)
 
 
 def concurrencies(item: dict[str, object]) -> list[int]:
@@ -79,6 +91,33 @@ def measured_dates() -> list[str]:
     return sorted(days)
 
 
+def draft_tokens(script: str, dp_attn: bool) -> str:
+    """Draft tokens per step an MTP launch script sets: TensorRT-LLM's `MTP=N`
+    (`num_nextn_predict_layers`), with the value of the `if [[ "$DP_ATTENTION" == "true" ]]`
+    branch under attention DP and of the other branch (or the default before it) otherwise;
+    SGLang's `SPECULATIVE_NUM_STEPS=N` (`--speculative-num-steps`). '' when it sets none."""
+    m = re.search(r"^SPECULATIVE_NUM_STEPS=(\d+)", script, re.M)
+    if m:
+        return m.group(1)
+    value = {True: "", False: ""}
+    branch = None  # None: top level; True/False: inside the DP_ATTENTION if/else
+    for line in script.splitlines():
+        text = line.strip()
+        if re.match(r'if \[\[ "\$DP_ATTENTION" == "true" \]\]', text):
+            branch = True
+        elif branch is not None and text == "else":
+            branch = False
+        elif branch is not None and text == "fi":
+            branch = None
+        m = re.match(r"MTP=(\d+)$", text)
+        if m:
+            if branch is None:
+                value = {True: m.group(1), False: m.group(1)}
+            else:
+                value[branch] = m.group(1)
+    return value[dp_attn]
+
+
 def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict[str, object]]:
     """The colocated search-space items of the NVIDIA master config in effect on `day`."""
     for path in CONFIG_PATHS:
@@ -95,8 +134,19 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
         if entry.get("model-prefix") not in models:
             continue
         gpu = key.split("-")[2] if key.count("-") >= 3 else ""
+        fw = "_trt" if entry.get("framework") == "trt" else ""
         for seq in entry.get("seq-len-configs") or []:
             for item in seq.get("search-space") or []:
+                spec = item.get("spec-decoding", "none") or "none"
+                k = ""
+                if spec == "mtp":
+                    base = f"{entry.get('model-prefix')}_{entry.get('precision')}_{gpu}{fw}_mtp"
+                    script = ""
+                    for where in SCRIPT_PATHS:
+                        script = git(inferencex, "show", f"{commit}:{where.format(base)}")
+                        if script:
+                            break
+                    k = draft_tokens(script, bool(item.get("dp-attn", False))) if script else ""
                 rows.append(
                     {
                         "config_key": key,
@@ -110,7 +160,8 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                         "tp": item.get("tp", ""),
                         "ep": item.get("ep", 1),
                         "dp_attn": bool(item.get("dp-attn", False)),
-                        "spec_decoding": item.get("spec-decoding", "none") or "none",
+                        "spec_decoding": spec,
+                        "num_draft_tokens": k,
                         "concurrencies": " ".join(str(c) for c in concurrencies(item)),
                         "source_file": path,
                         "measured_days": day,

@@ -139,3 +139,19 @@ def test_cli_predict_shows_both_iterations_and_simulate_runs_with_skipping(
     assert "skip0.5" in summary["deployment"]
     assert main(["predict", "--decode-seqs", "2", "--skip-phase", "both"]) == 2
     assert "--skip-prob" in capsys.readouterr().err
+
+
+def test_plan_prices_candidates_with_layer_skipping() -> None:
+    """A plan with --skip-prob builds every candidate with that skipping and keys its results
+    apart from the plan without."""
+    from servesim.planner.candidates import Candidate, PlanSpec, deployment_for
+
+    plain = PlanSpec(model="meta-llama/Llama-3.1-8B")
+    skip = PlanSpec(model="meta-llama/Llama-3.1-8B", skip_prob=0.4, skip_correlation=1.0)
+    c = Candidate(device="h100_sxm", tp=1, engine="vllm")
+    dep = deployment_for(skip, c)
+    assert dep.layer_skipping == LayerSkipping(0.4, 1.0)
+    assert deployment_for(plain, c).layer_skipping is None and skip.key() != plain.key()
+    assert dep.predictor().step_s(8, 8192, ()) < deployment_for(plain, c).predictor().step_s(
+        8, 8192, ()
+    )

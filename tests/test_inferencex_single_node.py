@@ -30,6 +30,7 @@ def item(key: str, image: str, spec: str, tp: int, ep: int, dp_attn: bool, conc:
         "ep": str(ep),
         "dp_attn": str(dp_attn),
         "spec_decoding": spec,
+        "num_draft_tokens": "3" if spec == "mtp" else "",
         "concurrencies": conc,
         "source_file": ".github/configs/nvidia-master.yaml",
         "measured_days": "2026-02-03 2026-02-05",
@@ -68,12 +69,14 @@ def dashboard_row(image: str, conc: int, tp: int, dp: int = 1, ep: int = 1, day:
 
 
 def test_the_image_tells_the_mtp_run_from_the_plain_one() -> None:
+    """The MTP run is simulated with its launch script's draft length (MTP=3)."""
     plain = dashboard_row(POST2, 4, 8)
     out, source, refusal = silicon.single_node_config(plain, TABLE)
     assert (out, refusal) == (plain, "") and source.startswith("no speculative decoding: ")
     assert "dsr1-fp8-b200-trt in" in source and source.endswith("@bbbbbbbbbbbb")
-    _, _, refusal = silicon.single_node_config(dashboard_row(POST3, 4, 8), TABLE)
-    assert refusal == "InferenceX config uses speculative decoding, which servesim does not model"
+    mtp, source, refusal = silicon.single_node_config(dashboard_row(POST3, 4, 8), TABLE)
+    assert refusal == "" and source.startswith("MTP k=3: dsr1-fp8-b200-trt-mtp in")
+    assert mtp["speculative_num_draft_tokens"] == "3"
 
 
 def test_without_an_image_both_kinds_match_and_the_row_is_refused() -> None:
@@ -106,7 +109,7 @@ def test_database_records_are_read_too_and_other_rows_pass_through() -> None:
         silicon_data_source="db-dump/2026-04-27; config_id=473; silicon_concurrency=4; "
         f"measured=2026-02-03T00:00:00.000Z; workflow_run_id=248; {POST3}",
     )
-    assert silicon.single_node_config(dump, TABLE)[2].startswith("InferenceX config uses")
+    assert silicon.single_node_config(dump, TABLE)[0]["speculative_num_draft_tokens"] == "3"
     aiperf = {**dump, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
     assert silicon.single_node_config(aiperf, TABLE) == (aiperf, "", "")
     disagg = {**dump, "mode": "disagg"}
@@ -123,6 +126,9 @@ def test_the_bundled_table_keeps_februarys_b200_pair_apart() -> None:
     ]
     images = {(r["spec_decoding"], r["image"]) for r in rows}
     assert images == {("none", POST2), ("mtp", POST3)}
+    # Its launch script: MTP=3, or 1 under attention DP (dsr1_fp8_b200_trt_mtp.sh).
+    drafts = {(r["dp_attn"], r["num_draft_tokens"]) for r in rows if r["spec_decoding"] == "mtp"}
+    assert drafts <= {("False", "3"), ("True", "1")} and ("False", "3") in drafts
 
 
 def test_gap_analysis_rows_match_any_day_by_their_layout() -> None:
@@ -144,6 +150,21 @@ def test_gap_analysis_rows_match_any_day_by_their_layout() -> None:
         "moe_ep_size": "1",
         "silicon_data_source": "source_file=qwen3.5-397b-gap-analysis.csv; silicon_concurrency=4",
     }
-    assert silicon.single_node_config(gap, table)[2].startswith("InferenceX config uses")
+    mtp = silicon.single_node_config(gap, table)
+    assert mtp[2] == "" and mtp[0]["speculative_num_draft_tokens"] == "3"  # SPECULATIVE_NUM_STEPS
     _, source, refusal = silicon.single_node_config({**gap, "tp_size": "8"}, table)
     assert refusal == "" and "qwen3.5-fp8-b200-sglang in" in source
+
+
+def test_draft_length_read_from_launch_scripts() -> None:
+    """TensorRT-LLM scripts set MTP=N, with another N under attention DP; SGLang scripts set
+    SPECULATIVE_NUM_STEPS (shapes of InferenceX's benchmarks/single_node/*_mtp.sh)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from inferencex_single_node import draft_tokens
+
+    trt_default = 'MTP=3\nif [[ "$DP_ATTENTION" == "true" ]]; then\n    MTP=1\nfi\n'
+    trt_branches = 'if [[ "$DP_ATTENTION" == "true" ]]; then\n    MTP=1\nelse\n    MTP=3\nfi\n'
+    for script in (trt_default, trt_branches):
+        assert (draft_tokens(script, False), draft_tokens(script, True)) == ("3", "1")
+    assert draft_tokens("SPECULATIVE_NUM_STEPS=2\nSPECULATIVE_DRAFT_TOKENS=3\n", False) == "2"
+    assert draft_tokens("echo nothing\n", False) == ""

@@ -222,3 +222,20 @@ def test_workflow_capacity_is_monotone_in_target_and_hardware() -> None:
         assert passing and passing[0].attainment >= 0.9
         above = [p for p in tight.probes if p.rate_per_s > tight.rate_per_s]
         assert any(p.attainment < 0.9 for p in above)  # a faster rate was tried and missed
+
+
+def test_plan_ranks_deployments_by_workflow_goodput(tmp_path: Path) -> None:
+    """`servesim plan --workflows`: each candidate's capacity is its workflow rate (here the
+    Text-to-SQL pipeline on one H100 vs one A100), ranked per dollar."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "plan"
+    args = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--gpus", "h100_sxm,a100_sxm"]
+    args += ["--tp", "1", "--engines", "vllm", "--batching", "256:8192", "--kv-dtypes", "bf16"]
+    args += ["--pd-ratios", "none", "--workflows", "text2sql", "--workers", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    rows = pq.read_table(out / "plan.parquet").to_pylist()
+    by_gpu = {r["device"]: r for r in rows}
+    assert {r["capacity_unit"] for r in rows} == {"workflows/s"}
+    assert by_gpu["h100_sxm"]["capacity_req_per_s"] > by_gpu["a100_sxm"]["capacity_req_per_s"] > 0
+    assert main([*args, "--trace", "azure_conv", "--out", str(tmp_path / "bad")]) == 2

@@ -130,6 +130,10 @@ class PlanSettings(Settings):
     speculative_k: Annotated[tuple[NonNegInt, ...], BeforeValidator(config._int_list)] = (0,)
     acceptance: Acceptance = ()
     draft_model: NonEmpty | None = None
+    workflows: NonEmpty | None = None
+    workflow_policy: Literal["fcfs", "deadline"] = "deadline"
+    skip_prob: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    skip_correlation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
     @field_validator("gpus", "engines", "kv_dtypes", "tp", "pp", "batching")
     @classmethod
@@ -182,6 +186,19 @@ class PlanSettings(Settings):
             )
         if self.mix and self.speculative is not None:
             raise Misuse("{speculative} is not searched by {mix}; drop one.")
+        if self.workflows is not None:
+            for key in ("trace", "prompt", "output", "rate", "mix"):
+                if self.given(key) and getattr(self, key):
+                    raise Misuse(
+                        f"{{{key}}} does nothing with {{workflows}}, whose nodes give the "
+                        f"requests; drop {{{key}}}."
+                    )
+        elif self.given("workflow_policy"):
+            raise Misuse("{workflow_policy} orders workflow calls; add {workflows}.")
+        if self.skip_prob is None and self.given("skip_correlation"):
+            raise Misuse("{skip_correlation} shapes layer skipping; add {skip_prob}.")
+        if self.skip_prob is not None and self.speculative is not None:
+            raise Misuse("{skip_prob} and {speculative} are not modelled together; drop one.")
         if self.given("workers") and self.ray and self.ray != "local":
             raise Misuse(
                 "{workers} sets the CPUs of a local Ray and does nothing with a Ray cluster at "
@@ -237,6 +254,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "largest k (default: the method's sourced rates)",
     )
     sp.add_argument("--draft-model", help="draft model HF id or config.json (--speculative draft)")
+    a = p.add_argument_group("applications and adaptive depth")
+    a.add_argument(
+        "--workflows",
+        help="rank by workflow goodput: a workflow file or bundled example (text2sql, "
+        "function_calling); capacity is the workflow rate meeting their end-to-end SLOs",
+    )
+    a.add_argument("--workflow-policy", help="deadline (default) or fcfs order of workflow calls")
+    a.add_argument("--skip-prob", type=float, help="per-request layer skipping (FiRST) to price")
+    a.add_argument("--skip-correlation", type=float, help="share of requests skipping alike")
     m = p.add_argument_group("heterogeneous mix (Mélange)")
     m.add_argument(
         "--mix", action="store_true", default=None, help="cheapest mix of the --gpus for --rate"
@@ -270,12 +296,16 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         workload=work,
         slo=Slo(s.ttft_slo, s.tpot_slo),
         target=s.target,
-        rate_per_s=s.rate,
+        rate_per_s=None if s.workflows else s.rate,  # fleets are sized in requests only
         devices_file=s.devices,
         fit_file=s.fit,
         speculative=s.speculative,
         acceptance=tuple(s.acceptance),
         draft_model=s.draft_model,
+        workflows=s.workflows,
+        workflow_policy=s.workflow_policy,
+        skip_prob=s.skip_prob,
+        skip_correlation=s.skip_correlation,
         **({"latency_model": s.latency_model} if s.latency_model else {}),
     )
     space = SearchSpace(
@@ -303,6 +333,10 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
     from servesim.spec.model import load_model
 
     model = load_model(spec.model)
+    if spec.workflows is not None:
+        from servesim.sim.workflows import load_workflows
+
+        load_workflows(spec.workflows)
     cat = catalog(spec.devices_file)
     for d in space.devices:
         cat.get(d)
@@ -462,7 +496,8 @@ def print_plan(result: Any, top: int = 10) -> None:
         return
     w = result.winner
     console.print(
-        f"winner: {w['label']}: {w['capacity_req_per_s']:.2f} req/s per replica "
+        f"winner: {w['label']}: {w['capacity_req_per_s']:.2f} "
+        f"{w.get('capacity_unit') or 'req/s'} per replica "
         f"({_count(w['devices'], 'device')}, ${w['price_per_hour']:.2f}/h)"
     )
     counts: Counter[str] = Counter()

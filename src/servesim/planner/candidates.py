@@ -24,8 +24,10 @@ from servesim.predictor.roofline import KernelFit
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.metrics import Slo
+from servesim.sim.policies import Policy
 from servesim.sim.synthetic import parse_length, synthetic
 from servesim.sim.workload import Workload
+from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Catalog, catalog
 from servesim.spec.engine_profile import get_engine
 from servesim.spec.memory import memory_layout
@@ -188,6 +190,13 @@ class PlanSpec:
     speculative: str | None = None
     acceptance: tuple[float, ...] = ()
     draft_model: str | None = None
+    # Workflow applications (`sim.workflows`: a file or bundled example): capacity is then the
+    # workflow rate meeting the workflows' end-to-end SLOs, scheduled by `workflow_policy`.
+    workflows: str | None = None
+    workflow_policy: str = "deadline"
+    # Per-request layer skipping every candidate runs (FiRST): probability and correlation.
+    skip_prob: float | None = None
+    skip_correlation: float = 0.0
 
     def key(self) -> str:
         """Identifier of the question (model, workload, SLO) whose answers can be reused."""
@@ -206,6 +215,10 @@ class PlanSpec:
             doc["latency_model"] = self.latency_model
         if self.speculative is not None:
             doc["speculative"] = [self.speculative, list(self.acceptance), self.draft_model]
+        if self.workflows is not None:
+            doc["workflows"] = [self.workflows, self.workflow_policy]
+        if self.skip_prob is not None:
+            doc["layer_skipping"] = [self.skip_prob, self.skip_correlation]
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -384,6 +397,14 @@ def deployment_for(
             fit=fit_for(spec.fit_file),
             latency_model=spec.latency_model,
             speculative=speculative_for(spec, c.num_draft_tokens),
+            layer_skipping=(
+                LayerSkipping(spec.skip_prob, spec.skip_correlation)
+                if spec.skip_prob is not None
+                else None
+            ),
+            policy=Policy("deadline")
+            if spec.workflows and spec.workflow_policy == "deadline"
+            else None,
         )
 
     if not c.disaggregated:

@@ -35,9 +35,11 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
     the search counted); utilisation, batch size and energy describe the whole run.
     """
     dep = deployment_for(spec, c)
-    base = spec.workload.build()
     row: dict[str, Any] = {"key": c.key(), "label": c.label(), **asdict(c)}
     row["latency_model"] = spec.latency_model
+    if spec.workflows is not None:
+        return _evaluate_workflows(spec, dep, row)
+    base = spec.workload.build()
     try:
         cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol, draw=spec.workload.draw)
     except ServesimError as exc:  # one candidate's failed simulation must not end the plan
@@ -107,3 +109,45 @@ def _cdf_points(x: np.ndarray, points: int = 50) -> list[float]:
     if not len(x):
         return []
     return [float(v) for v in np.quantile(x, np.linspace(0, 1, points))]
+
+
+def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """A candidate under a workflow workload: its capacity is the highest workflow rate whose
+    steady window meets the workflows' end-to-end SLOs for `spec.target` of them, and its
+    goodput per dollar-hour is in workflows."""
+    from servesim.planner.workflow_capacity import find_workflow_capacity
+    from servesim.sim.workflows import Estimate, load_workflows
+
+    specs = load_workflows(spec.workflows or "")
+    scheduling = "deadline" if spec.workflow_policy == "deadline" else "fcfs"
+    price, n_dev = dep.price_per_hour, dep.num_devices
+    try:
+        pred = getattr(dep, "prefill", dep).predictor()
+        est = Estimate(pred.step_s(0, 0, ((1024, 0),)) / 1024.0, pred.decode_step_coeffs(64)[0])
+        cap = find_workflow_capacity(dep, specs, spec.target, scheduling, est)
+        rate, miss = cap.rate_per_s, "" if cap.rate_per_s > 0 else "misses at light load"
+        residence = cap.residence_s
+        probes = [p.__dict__ for p in cap.probes]
+    except ServesimError as exc:
+        rate, miss, residence, probes = 0.0, f"the simulation failed: {exc}", math.nan, []
+    dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
+    row.update(
+        {
+            "status": "ok" if rate > 0 else "infeasible",
+            "reason": miss,
+            "devices": n_dev,
+            "price_per_hour": price,
+            "power_kw": n_dev * dev.max_power_w / 1e3,
+            "capacity_unit": "workflows/s",
+            "capacity_req_per_s": rate,
+            "saturation_req_per_s": math.nan,
+            "residence_s": residence,
+            "probe_requests": 0,
+            "goodput_per_gpu": rate / n_dev,
+            "goodput_per_dollar_hour": rate / price if price > 0 else math.nan,
+            "goodput_per_kw": rate / (n_dev * dev.max_power_w / 1e3),
+            "probes": "[]",  # request-level probes; the workflow ones follow
+            "workflow_probes": json.dumps(probes),
+        }
+    )
+    return row
