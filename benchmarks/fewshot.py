@@ -15,11 +15,13 @@ printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devi
 
 With `--leave-one-gpu-out`, each GPU of aiconfigurator-core's installed tables is the unseen
 device: the prior is the transfer model fitted on all the other GPUs (`transfer.fit`: roofline
-times a boosted-tree shape correction), k measurements drawn at random from the left-out GPU's
-GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt_transfer`: the shots
-weigh each fitted GPU's proposal for this GPU's shapes, then a shrunk offset), and the error
-is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats`
-draws. The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0":
+times a boosted-tree shape correction); k of the left-out GPU's GEMM, attention, MLA, MoE and
+all-reduce rows are measured — chosen from their shapes alone, latencies removed
+(`fewshot_transfer.plan_shots`, `--shots plan`, the default) or drawn at random (`--shots
+random`, averaged over `--repeats` draws) — and adapt it (`fewshot_transfer.adapt`: per
+family, the shots weigh each fitted GPU's proposal for this GPU's shapes against the
+transferred model). The error is the median APE on the rows not measured (`--eval-rows` per
+table). The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0":
 n} (n: GPUs whose error at the largest k is not below their k = 0 error).
 """
 
@@ -55,51 +57,76 @@ def evaluate(pool, device, prior, repeats: int, seed: int) -> dict[int, list[flo
 
 
 def leave_one_gpu_out(args: argparse.Namespace) -> int:
-    """Few-shot adaptation of the cross-GPU transfer model to each left-out GPU."""
+    """Few-shot adaptation of the cross-GPU transfer model to each left-out GPU.
+
+    Per GPU the prior sees only the other GPUs' tables; `plan_shots` sees the left-out GPU's
+    shapes with their latencies removed; `adapt` sees the k picked rows only; the error is
+    measured on the rows not picked."""
     from servesim.predictor import calibrate, kernel_tables, transfer
+    from servesim.predictor import fewshot_transfer as ft
 
     ks = [int(x) for x in args.k.split(",")]
     names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=args.fit_rows, seed=0)
     test = calibrate.package_data(list(train), max_rows=args.eval_rows, seed=1)
     per_gpu: dict[str, list[float]] = {}
+    families: dict[str, dict[str, list[float]]] = {}
     t0 = time.perf_counter()
     for gpu, (device, samples) in test.items():
-        prior = transfer.leave_one_gpu_out(train, gpu)
-        others = tuple(dev for g, (dev, _) in train.items() if g != gpu)
-        pool = fewshot.Shots(
-            {
-                src: transfer.rows_of(src, s)
-                for src, s in samples.items()
-                if src in transfer.FAMILY_OF and len(transfer.rows_of(src, s)["latency_s"])
-            }
-        )
+        others = {g: d for g, d in train.items() if g != gpu}
+        prior = transfer.fit(others)
+        cands = tuple(dev for dev, _ in others.values())
+        pool = ft._rows(samples)
+        shapes = ft.without_latency(pool)
         errs = []
         for k in ks:
-            vals = []
-            for r in range(args.repeats if k else 1):
-                shots, rest = fewshot.draw(pool, k, args.seed + 1000 * r + k)
-                adapted = fewshot.adapt_transfer(prior, shots, device, others)
-                e = [
-                    calibrate.ape(adapted.predict(src, s, device), s["latency_s"])
-                    for src, s in rest.samples.items()
-                ]
-                vals.append(float(np.median(np.concatenate(e))))
+            vals, fam_vals = [], {}
+            draws = args.repeats if (k and args.shots == "random") else 1
+            for r in range(draws):
+                if args.shots == "random":
+                    picks = _random_picks(pool, k, args.seed + 1000 * r + k)
+                else:
+                    picks = ft.plan_shots(prior, shapes, device, k, cands)
+                shots, rest = ft.split(pool, picks)
+                adapted = ft.adapt(prior, shots, device, cands, shapes)
+                e = {
+                    src: calibrate.ape(adapted.predict(src, s, device), s["latency_s"])
+                    for src, s in rest.items()
+                }
+                vals.append(float(np.median(np.concatenate(list(e.values())))))
+                for src, x in e.items():
+                    fam_vals.setdefault(src, []).append(float(np.median(x)))
             errs.append(float(np.mean(vals)))
+            for src, x in fam_vals.items():
+                families.setdefault(gpu, {}).setdefault(src, []).append(float(np.mean(x)))
         per_gpu[gpu] = errs
         print(
             f"{gpu}: "
-            + "  ".join(f"k={k}: {e:5.1f}%" for k, e in zip(ks, errs, strict=True))
+            + "  ".join(f"k={k}: {e:6.2f}%" for k, e in zip(ks, errs, strict=True))
             + f"  ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
+        for src, x in families[gpu].items():
+            print(f"    {src:18s} " + "  ".join(f"{v:5.1f}" for v in x), flush=True)
     medians = [round(float(np.median([v[i] for v in per_gpu.values()])), 2) for i in range(len(ks))]
     worse = sum(1 for v in per_gpu.values() if v[-1] >= v[0])
+    worse_any = sum(1 for v in per_gpu.values() if any(x >= v[0] for x in v[1:]))
     print(
         "median over GPUs: " + "  ".join(f"k={k}: {m}%" for k, m in zip(ks, medians, strict=True))
     )
+    print(f"GPUs not better than k=0 at some k > 0: {worse_any}")
     print(json.dumps({"k": ks, "median_ape": medians, "gpus_worse_than_k0": worse}))
     return 0
+
+
+def _random_picks(pool: dict, k: int, seed: int) -> dict:
+    """k rows drawn at random from all families together (indices per family)."""
+    keys = [(src, i) for src, s in pool.items() for i in range(len(s["latency_s"]))]
+    rng = np.random.default_rng(seed)
+    out: dict = {src: [] for src in pool}
+    for j in rng.choice(len(keys), size=k, replace=False) if k else []:
+        out[keys[j][0]].append(keys[j][1])
+    return {src: np.asarray(v, dtype=int) for src, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
     ap.add_argument("--fit-rows", type=int, default=2000, help="rows per table of the prior fit")
     ap.add_argument("--eval-rows", type=int, default=1000, help="rows per table of the left-out")
+    ap.add_argument(
+        "--shots",
+        choices=("plan", "random"),
+        default="plan",
+        help="which rows of the left-out GPU are measured: planned from shapes (default) or random",
+    )
     args = ap.parse_args(argv)
     if args.leave_one_gpu_out:
         args.repeats = args.repeats or 5

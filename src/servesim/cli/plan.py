@@ -258,7 +258,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
 def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
     """Everything a plan needs, checked before any search: the model, devices, engines,
     formats, the kernel fit, the workload and the output folder."""
-    from servesim.predictor.roofline import KernelFit
+    from servesim.planner.candidates import fit_for
     from servesim.spec.devices import catalog
     from servesim.spec.dtypes import KV_DTYPES, canonical
     from servesim.spec.engine_profile import get_engine
@@ -284,7 +284,7 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
             f"use pipeline degrees of at most {model.num_layers}."
         )
     if spec.fit_file:
-        KernelFit.load(spec.fit_file)
+        fit_for(spec.fit_file)
     if spec.workload.trace is None:
         from servesim.sim.synthetic import parse_length
 

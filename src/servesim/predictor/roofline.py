@@ -241,6 +241,10 @@ class KernelFit:
     # The cross-GPU correction (`servesim.predictor.transfer.TransferModel`) applied on GPUs
     # without measured kernel tables; the bundled fit carries the bundled one, a user's none.
     transfer: Any = field(default=None, compare=False, repr=False)
+    # A few-shot adaptation of the bundled correction to one device (`fewshot_transfer`), as
+    # saved: weights of the fitted GPUs' proposals per family; `fewshot_transfer.load_fit`
+    # turns it back into `transfer`.
+    adaptation: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def family(self, family: str, device: Device) -> dict[str, float]:
         """The parameters of `family` on `device` (the device model applied), memoised."""
@@ -278,6 +282,8 @@ class KernelFit:
             doc["device_model"] = self.device_model
         if self.factor_sd:
             doc["factor_sd"] = self.factor_sd
+        if self.adaptation:
+            doc["adaptation"] = self.adaptation
         Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     @classmethod
@@ -338,11 +344,15 @@ class KernelFit:
                 what = f"factor or feature {bad[0]!r}" if bad else f"family {fam!r}"
                 raise ServesimError(f"Kernel fit {origin}: device_model has unknown {what}; {fix}.")
         sd = _nested_numbers(doc.get("factor_sd", {}), 2, origin, "factor_sd", fix)
+        adaptation = doc.get("adaptation", {})
+        if not isinstance(adaptation, dict):
+            raise ServesimError(f"Kernel fit {origin}: adaptation must be a mapping; {fix}.")
         return cls(
             params=params,
             fitted_on=str(doc.get("fitted_on", "")),
             device_model=model,
             factor_sd=sd,
+            adaptation=adaptation,
         )
 
 
@@ -385,9 +395,12 @@ def default_fit() -> KernelFit:
 
 
 def _corrects(fit: KernelFit, device: Device) -> bool:
-    """Whether `fit` carries a cross-GPU correction that applies to `device` (a GPU without
-    measured kernel tables)."""
-    return fit.transfer is not None and transfer_model.applies_to(device)
+    """Whether `fit` carries a cross-GPU correction that applies to `device`: a GPU without
+    measured kernel tables, or the device a few-shot adaptation was made for."""
+    if fit.transfer is None:
+        return False
+    adapted = getattr(fit.transfer, "applies", None)
+    return transfer_model.applies_to(device) or (adapted is not None and adapted(device))
 
 
 def _transferred(
