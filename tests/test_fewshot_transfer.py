@@ -61,7 +61,7 @@ def test_no_shots_return_the_prior_exactly(fitted) -> None:
 
 def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
     """True times = the prior x 1.3 everywhere; with no other GPU to propose anything, the
-    adaptation is the device-wide offset: log 1.3 x k / (k + OFFSET_SHOTS), by hand."""
+    adaptation is the device-wide offset: log 1.3 x k / (k + 40), by hand."""
     model, _ = fitted
     dev = dataclasses.replace(H100, name="odd")
     s = _device_rows()
@@ -71,7 +71,7 @@ def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
         shots = {"gemm": calibrate.subset(s, np.arange(200) < k)}
         adapted = ft.adapt(model, shots, dev, candidates=())
         ratio = adapted.predict("gemm", s, dev) / transfer.predict(model, "gemm", s, dev)
-        want = 1.3 ** (k / (k + ft.OFFSET_SHOTS))
+        want = 1.3 ** (k / (k + ft.KNOBS.offset_shots))
         assert ratio == pytest.approx(np.full(200, want), rel=1e-9)
         ratios.append(float(ratio[0]))
     # More shots move the prediction monotonically towards the shots, never past them.
@@ -84,8 +84,8 @@ def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
 def test_a_device_like_a_fitted_gpu_takes_its_proposal(fitted) -> None:
     """True times = the model evaluated as if the device were g0.6 (its proposal). Here every
     proposal is a constant shift (g0.6 +0.18, g1.0 +0.02 over the transferred model), so the
-    prior rates g0.6 e^-8 below g1.0 ((0.18 - 0.02) / SIMILARITY) and each shot weighs
-    0.18 / SCALE = 1.8 against staying: twenty shots put nearly all the weight on g0.6, and
+    prior rates g0.6 e^-8 below g1.0 ((0.18 - 0.02) / similarity 0.02) and each shot weighs
+    0.18 / scale 0.1 = 1.8 against staying: twenty shots put nearly all the weight on g0.6, and
     the prediction recovers the truth on every other row."""
     model, cands = fitted
     dev = dataclasses.replace(H100, name="odd", mem_bw_bytes_per_s=3.35e12 * 1.1)

@@ -4,16 +4,16 @@ HELP's idea (Lee et al., NeurIPS 2021) on `transfer`'s model: what transfers is 
 dependence learnt on the fitted GPUs, and the device embedding is *which of them the new device
 behaves like, per operator family*. Each fitted GPU j proposes its own correction for every
 shape (the model evaluated with GPU j's spec sheet); before any measurement the transferred
-model keeps weight STAY and the proposals share the rest, each by how close it already is to
+model keeps weight `Knobs.stay` and the proposals share the rest, each by how close it already is to
 the transferred one over the shapes at hand (a GPU whose proposal differs wildly from the spec
 sheet's is an unlikely twin). The shots of a family then weigh that family's proposals by a
-Laplace likelihood of scale SCALE (log units); families without shots keep the transferred
+Laplace likelihood of scale `Knobs.scale` (log units); families without shots keep the transferred
 model. What the weighted proposals still miss on the shots, their median, becomes one
-device-wide log offset shrunk by k / (k + OFFSET_SHOTS). k = 0 returns the transferred model
+device-wide log offset shrunk by k / (k + `Knobs.offset_shots`). k = 0 returns the transferred model
 exactly.
 
 Where to measure matters as much as how many: `plan_shots` picks, family by family, shapes on
-which the plausible proposals disagree with the transferred model (the QUANTILE-th most
+which the plausible proposals disagree with the transferred model (the `Knobs.quantile`-th most
 disagreeing, so one odd shape is not the whole evidence), chosen from shapes alone, before any
 latency is seen.
 
@@ -39,11 +39,19 @@ from servesim.predictor.calibrate import Samples
 from servesim.predictor.transfer_model import GRID, TransferModel
 from servesim.spec.devices import Device, get_device
 
-STAY = 0.8  # prior weight of the transferred model itself
-SCALE = 0.1  # Laplace scale of a shot's log error about the right proposal
-SIMILARITY = 0.02  # a proposal's prior falls by e per this median |log difference| from the model
-OFFSET_SHOTS = 40.0  # the device-wide offset is the shots' median left-over times k / (k + this)
-QUANTILE = 0.9  # `plan_shots` measures the shape at this quantile of disagreement, then below
+
+@dataclass(frozen=True)
+class Knobs:
+    """The adaptation's few constants (chosen by leave-one-GPU-out meta-validation, NOTES)."""
+
+    stay: float = 0.8  # prior weight of the transferred model itself
+    scale: float = 0.1  # Laplace scale of a shot's log error about the right proposal
+    similarity: float = 0.02  # a proposal's prior falls by e per this much median |log diff|
+    offset_shots: float = 40.0  # the device offset: the shots' median left-over x k/(k + this)
+    quantile: float = 0.9  # `plan_shots` measures the shape at this quantile of disagreement
+
+
+KNOBS = Knobs()
 # Families in the order `plan_shots` visits them (the ones every dense model runs first).
 ORDER = (
     "gemm",
@@ -76,7 +84,7 @@ def candidates_of(model: TransferModel) -> tuple[Device, ...]:
     return tuple(out)
 
 
-def _rows(shots: dict[str, Samples]) -> dict[str, Samples]:
+def covered(shots: dict[str, Samples]) -> dict[str, Samples]:
     """The rows of each sample family the transfer model covers."""
     out = {}
     for src, s in shots.items():
@@ -88,7 +96,7 @@ def _rows(shots: dict[str, Samples]) -> dict[str, Samples]:
     return out
 
 
-def _log_corrections(
+def log_corrections(
     model: TransferModel, source: str, s: Samples, device: Device, cands: tuple[Device, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the model's log correction per row, each candidate's proposal minus it per row)."""
@@ -105,7 +113,20 @@ def _log_corrections(
     return z, np.column_stack(cols) if cols else np.zeros((len(z), 0))
 
 
-def prior_weights(diffs: list[np.ndarray]) -> np.ndarray:
+def residuals(
+    model: TransferModel, rows: dict[str, Samples], device: Device, cands: tuple[Device, ...]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per sample family of measured `rows`: (log(measured / the model's prediction), each
+    candidate's proposal minus the model's, per row)."""
+    out = {}
+    for src, s in covered(rows).items():
+        z, d = log_corrections(model, src, s, device, cands)
+        _, t_base = transfer.design(transfer.FAMILY_OF[src], src, s, device)
+        out[src] = (np.log(np.maximum(s["latency_s"], 1e-15) / t_base) - z, d)
+    return out
+
+
+def prior_weights(diffs: list[np.ndarray], knobs: Knobs = KNOBS) -> np.ndarray:
     """[transferred model, then each candidate] before any measurement, from the candidates'
     median |log difference| to the transferred model over the shapes at hand."""
     n = diffs[0].shape[1] if diffs else 0
@@ -113,8 +134,45 @@ def prior_weights(diffs: list[np.ndarray]) -> np.ndarray:
         return np.ones(1)
     d = np.vstack(diffs)
     far = np.median(np.abs(d), axis=0)
-    p = np.exp(-(far - far.min()) / SIMILARITY)
-    return np.concatenate([[STAY], (1.0 - STAY) * p / p.sum()])
+    p = np.exp(-(far - far.min()) / knobs.similarity)
+    return np.concatenate([[knobs.stay], (1.0 - knobs.stay) * p / p.sum()])
+
+
+def weigh(
+    per_fam: dict[str, tuple[np.ndarray, np.ndarray]], prior: np.ndarray, knobs: Knobs = KNOBS
+) -> tuple[dict[str, np.ndarray], float]:
+    """(candidate weights per family, device log offset) from the shots' log residuals over
+    the transferred model and the candidates' differences to it, per family."""
+    weights, left = {}, []
+    for fam, (r, d) in per_fam.items():
+        dz = np.column_stack([np.zeros(len(r)), d])
+        lw = np.log(prior) - np.abs(r[:, None] - dz).sum(axis=0) / knobs.scale
+        w = np.exp(lw - lw.max())
+        weights[fam] = (w / w.sum())[1:]
+        left.append(r - d @ weights[fam])
+    if not left:
+        return weights, 0.0
+    rest = np.concatenate(left)
+    k = len(rest)
+    return weights, k / (k + knobs.offset_shots) * float(np.median(rest))
+
+
+def pick(scores: dict[str, np.ndarray], k: int, knobs: Knobs = KNOBS) -> dict[str, np.ndarray]:
+    """k row indices spread over the families of `scores` (in the given order, round robin):
+    in each, the row at `knobs.quantile` of the disagreement score, then the ones below."""
+    srcs = list(scores)
+    ranked = {s: np.argsort(scores[s], kind="stable") for s in srcs}
+    start = {s: int(knobs.quantile * (len(scores[s]) - 1)) for s in srcs}
+    picks: dict[str, list[int]] = {s: [] for s in srcs}
+    total = sum(len(v) for v in scores.values())
+    for i in range(min(max(k, 0), total)):
+        for j in range(len(srcs)):
+            s = srcs[(i + j) % len(srcs)]
+            if len(picks[s]) < len(scores[s]):
+                break
+        at = (start[s] - len(picks[s])) % len(scores[s])
+        picks[s].append(int(ranked[s][at]))
+    return {s: np.asarray(v, dtype=int) for s, v in picks.items()}
 
 
 @dataclass(frozen=True)
@@ -140,7 +198,7 @@ class Adapted:
         keep = tuple(i for i, x in enumerate(w) if x > MIN_WEIGHT)
         if not keep:
             return z
-        _, d = _log_corrections(
+        _, d = log_corrections(
             self.model, source, s, device, tuple(self.candidates[i] for i in keep)
         )
         return z + d @ w[list(keep)]
@@ -189,7 +247,7 @@ class Adapted:
         """The weighted proposals' log difference to the model, per row."""
         w = self.weights[family]
         keep = [i for i, x in enumerate(w) if x > MIN_WEIGHT]
-        _, d = _log_corrections(
+        _, d = log_corrections(
             self.model, source, s, device, tuple(self.candidates[i] for i in keep)
         )
         return d @ w[keep]
@@ -213,37 +271,31 @@ def adapt(
     device: Device,
     candidates: tuple[Device, ...] | None = None,
     shapes: dict[str, Samples] | None = None,
+    knobs: Knobs = KNOBS,
 ) -> Adapted:
     """Adapt `model` to `device` with the measured rows `shots` (sample families as in
     `calibrate.all_samples`); k = 0 returns the transferred model unchanged. `shapes`: the
     shapes (latencies not needed) over which the proposals' plausibility is judged; the
     shots' own by default."""
     cands = candidates_of(model) if candidates is None else tuple(candidates)
-    rows = _rows(shots)
+    rows = covered(shots)
     k = sum(len(s["latency_s"]) for s in rows.values())
     if not k:
         return Adapted(model, device.name, cands, {}, 0.0, 0)
     per_fam: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for src, s in rows.items():
-        z, d = _log_corrections(model, src, s, device, cands)
-        _, t_base = transfer.design(transfer.FAMILY_OF[src], src, s, device)
-        r = np.log(np.maximum(s["latency_s"], 1e-15) / t_base) - z
+    for src, (r, d) in residuals(model, rows, device, cands).items():
         per_fam.setdefault(transfer.FAMILY_OF[src], []).append((r, d))
     if shapes is None:
-        prior = prior_weights([d for parts in per_fam.values() for _, d in parts])
+        prior = prior_weights([d for parts in per_fam.values() for _, d in parts], knobs)
     else:
-        sh = _rows(shapes)
-        prior = prior_weights([_log_corrections(model, x, sh[x], device, cands)[1] for x in sh])
-    weights, left = {}, []
-    for fam, parts in per_fam.items():
-        r = np.concatenate([p[0] for p in parts])
-        d = np.vstack([p[1] for p in parts])
-        dz = np.column_stack([np.zeros(len(r)), d])
-        lw = np.log(prior) - np.abs(r[:, None] - dz).sum(axis=0) / SCALE
-        w = np.exp(lw - lw.max())
-        weights[fam] = (w / w.sum())[1:]
-        left.append(r - d @ weights[fam])
-    offset = k / (k + OFFSET_SHOTS) * float(np.median(np.concatenate(left)))
+        sh = covered(shapes)
+        diffs = [log_corrections(model, x, sh[x], device, cands)[1] for x in sh]
+        prior = prior_weights(diffs, knobs)
+    joined = {
+        fam: (np.concatenate([p[0] for p in parts]), np.vstack([p[1] for p in parts]))
+        for fam, parts in per_fam.items()
+    }
+    weights, offset = weigh(joined, prior, knobs)
     return Adapted(model, device.name, cands, weights, offset, k)
 
 
@@ -253,32 +305,25 @@ def plan_shots(
     device: Device,
     k: int,
     candidates: tuple[Device, ...] | None = None,
+    knobs: Knobs = KNOBS,
 ) -> dict[str, np.ndarray]:
     """Which k rows of `shapes` to measure (indices per sample family): family by family in
-    ORDER, the shape on which the plausible proposals disagree most with the transferred model.
+    ORDER, shapes on which the plausible proposals disagree with the transferred model (`pick`).
     Uses shapes only: `shapes` may (and in the benchmark does) carry no latencies."""
     cands = candidates_of(model) if candidates is None else tuple(candidates)
     srcs = [s for s in shapes if s in transfer.FAMILY_OF and shapes[s]]
     srcs.sort(key=lambda s: (ORDER.index(transfer.FAMILY_OF[s]), s))
     if not srcs or k <= 0:
         return {s: np.zeros(0, dtype=int) for s in srcs}
-    diffs = {s: _log_corrections(model, s, shapes[s], device, cands)[1] for s in srcs}
-    prior = prior_weights(list(diffs.values()))[1:]
-    score = {s: np.abs(d) @ prior if d.shape[1] else np.zeros(len(d)) for s, d in diffs.items()}
-    # Per family: rows by rising disagreement; the first shot at QUANTILE, the next ones below.
-    ranked = {s: np.argsort(score[s], kind="stable") for s in srcs}
-    start = {s: int(QUANTILE * (len(score[s]) - 1)) for s in srcs}
-    picks: dict[str, list[int]] = {s: [] for s in srcs}
-    total = sum(len(v) for v in score.values())
-    for i in range(min(k, total)):
-        for j in range(len(srcs)):
-            s = srcs[(i + j) % len(srcs)]
-            if len(picks[s]) < len(score[s]):
-                break
-        n = len(score[s])
-        at = (start[s] - len(picks[s])) % n
-        picks[s].append(int(ranked[s][at]))
-    return {s: np.asarray(v, dtype=int) for s, v in picks.items()}
+    diffs = {s: log_corrections(model, s, shapes[s], device, cands)[1] for s in srcs}
+    return pick(disagreement(diffs, knobs), k, knobs)
+
+
+def disagreement(diffs: dict[str, np.ndarray], knobs: Knobs = KNOBS) -> dict[str, np.ndarray]:
+    """Per family and row: the candidates' |log difference| to the transferred model,
+    weighted by their prior plausibility."""
+    prior = prior_weights(list(diffs.values()), knobs)[1:]
+    return {s: np.abs(d) @ prior if d.shape[1] else np.zeros(len(d)) for s, d in diffs.items()}
 
 
 def without_latency(samples: dict[str, Samples]) -> dict[str, Samples]:
@@ -399,7 +444,7 @@ def read_shots(path: str | Path) -> dict[str, Samples]:
         for stem, t in tables.items()
     }
     samples = calibrate.all_samples(arrays)
-    kept = sum(len(s["latency_s"]) for s in _rows(samples).values())
+    kept = sum(len(s["latency_s"]) for s in covered(samples).values())
     if kept < n:
         raise ServesimError(
             f"{p}: {n - kept} of {n} rows name a number format servesim does not price "
