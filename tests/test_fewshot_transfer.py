@@ -3,6 +3,7 @@ user path, `servesim calibrate --shots`."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -140,7 +141,7 @@ def test_calibrate_shots_end_to_end(tmp_path: Path, capsys) -> None:
     measurements than the spec-sheet roofline (L40S is one of the bundled model's GPUs)."""
     out = tmp_path / "l40s.json"
     assert main(["calibrate", "--shots", str(EXAMPLE), "--device", "l40s", "--out", str(out)]) == 0
-    assert "few-shot transfer (10 measurements)" in capsys.readouterr().out
+    assert "few-shot transfer (10 measurements)" in " ".join(capsys.readouterr().out.split())
     doc = json.loads(out.read_text())
     assert doc["adaptation"]["device"] == "l40s" and doc["adaptation"]["shots"] == 10
     fit = ft.load_fit(out)
@@ -235,6 +236,11 @@ def test_shots_of_a_cpu_are_refused(tmp_path: Path, capsys) -> None:
     argv = ["calibrate", "--shots", str(EXAMPLE), "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "f.json")]) == 2
     assert "prices GPUs" in capsys.readouterr().err
+    assert (
+        main(["calibrate", "--suggest", "3", "--device", "cpu", "--out", str(tmp_path / "s.csv")])
+        == 2
+    )
+    assert "prices GPUs" in capsys.readouterr().err
 
 
 def test_a_tampered_adaptation_is_one_sentence(tmp_path: Path) -> None:
@@ -251,3 +257,36 @@ def test_a_tampered_adaptation_is_one_sentence(tmp_path: Path) -> None:
     p.write_text(json.dumps(doc))
     with pytest.raises(ServesimError, match="malformed"):
         ft.load_fit(p)
+
+
+def test_suggest_offers_shapes_of_every_family_the_device_runs(tmp_path: Path, capsys) -> None:
+    """`--suggest 4` writes one GEMM, decode, prefill and all-reduce shape to measure (latency
+    blank); filled in, the file is a valid `--shots` file. An A100 (no fp8) gets no fp8 shape."""
+    out = tmp_path / "measure.csv"
+    assert main(["calibrate", "--suggest", "4", "--device", "l4", "--out", str(out)]) == 0
+    assert "4 kernels to measure on l4" in " ".join(capsys.readouterr().out.split())
+    lines = out.read_text().splitlines()
+    assert lines[0] == ",".join(ft.CSV_COLUMNS) and len(lines) == 5
+    ops = [line.split(",")[0] for line in lines[1:]]
+    assert ops == ["gemm", "generation_attention", "context_attention", "nccl"]
+    with pytest.raises(ServesimError, match="latency_ms"):
+        ft.read_shots(out)  # not measured yet
+    with open(out, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["latency_ms"] = "0.5"  # as if measured
+    with open(tmp_path / "done.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(ft.CSV_COLUMNS))
+        w.writeheader()
+        w.writerows(rows)
+    shots = ft.read_shots(tmp_path / "done.csv")
+    assert sum(len(s["latency_s"]) for s in shots.values()) == 4
+    # Run again: its own file is replaced; a user's file is not.
+    assert main(["calibrate", "--suggest", "2", "--device", "l4", "--out", str(out)]) == 0
+    user = tmp_path / "mine.csv"
+    user.write_text("my,data\n")
+    assert main(["calibrate", "--suggest", "2", "--device", "l4", "--out", str(user)]) == 2
+    assert user.read_text() == "my,data\n"
+    rows_a100 = ft.suggest(transfer_model.bundled(), get_device("a100_sxm"), 8)
+    assert {r.get("gemm_dtype", "bfloat16") for r in rows_a100} == {"bfloat16"}
+    assert {r.get("kv_cache_dtype", "bfloat16") for r in rows_a100} == {"bfloat16"}

@@ -2,8 +2,9 @@
 
 Two ways: `--shots FILE`, a handful of the user's own kernel measurements (one CSV, see
 `predictor.fewshot_transfer.SHOT_COLUMNS` and `examples/shots_l40s.csv`), adapts the bundled
-cross-GPU transfer model to the device (few-shot, the default for a GPU without tables); or
-`--tables DIR`, full aiconfigurator-format tables, refits the roofline's efficiencies.
+cross-GPU transfer model to the device (few-shot, the default for a GPU without tables;
+`--suggest K` writes that CSV with K shapes worth measuring, latency blank); or `--tables DIR`,
+full aiconfigurator-format tables, refits the roofline's efficiencies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from servesim.cli.output import console
 from servesim.cli.settings import (
     Misuse,
     NonEmpty,
+    PosInt,
     Settings,
 )
 from servesim.errors import ServesimError
@@ -30,6 +32,7 @@ class CalibrateSettings(Settings):
     """Everything `servesim calibrate` reads."""
 
     shots: NonEmpty | None = None
+    suggest: PosInt | None = None
     tables: NonEmpty | None = None
     vidur: NonEmpty | None = None
     device: NonEmpty
@@ -38,10 +41,11 @@ class CalibrateSettings(Settings):
 
     @model_validator(mode="after")
     def _one_source(self) -> CalibrateSettings:
-        if self.given("shots") == self.given("tables"):
+        if sum(self.given(k) for k in ("shots", "suggest", "tables")) != 1:
             raise Misuse(
-                "Give exactly one of {shots} FILE (a few kernel measurements: few-shot) or "
-                "{tables} DIR (full measurement tables)."
+                "Give exactly one of {shots} FILE (a few kernel measurements: few-shot), "
+                "{suggest} K (which K kernels to measure, written to {out}) or {tables} DIR "
+                "(full measurement tables)."
             )
         if self.given("vidur") and not self.given("tables"):
             raise Misuse("{vidur} adds to {tables}; give {tables} DIR with it.")
@@ -58,6 +62,12 @@ def add_calibrate_parser(sub: Any) -> None:
         "--shots",
         help="CSV of a few kernel measurements of the device (few-shot): columns op, "
         "latency_ms and the op's shape, see examples/shots_l40s.csv",
+    )
+    cal.add_argument(
+        "--suggest",
+        type=int,
+        help="write to --out a --shots CSV of K kernel shapes worth measuring on --device "
+        "(latency_ms blank)",
     )
     cal.add_argument("--tables", help="folder of aiconfigurator-format CSVs (full fit)")
     cal.add_argument("--vidur", help="folder of Vidur profiling CSVs (compute/, network/)")
@@ -94,6 +104,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from servesim.predictor.calibrate import calibrate_from_dir
 
     s = config.settings(CalibrateSettings, args)
+    if s.suggest is not None:
+        return _suggest(s)
     out = config.check_out_file(s.out, s.spell("out"), ours=is_fit_file)
     device = catalog(s.devices).get(s.device)
     if s.shots is not None:
@@ -111,23 +123,65 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _few_shot(s: CalibrateSettings, device: Any, out: Path) -> int:
-    """Adapt the bundled transfer model to `device` with the measurements in `--shots`."""
-    from servesim.predictor import fewshot_transfer as ft
-    from servesim.predictor import transfer_model
-    from servesim.predictor.roofline import physical_fit
+def is_suggestion(path: Path) -> bool:
+    """Whether `path` is a shapes CSV `--suggest` wrote (so it may be replaced)."""
+    from servesim.predictor.fewshot_transfer import CSV_COLUMNS, SUGGESTED
 
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.readline().strip()
+            first = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head == ",".join(CSV_COLUMNS) and (not first or SUGGESTED in first)
+
+
+def _suggest(s: CalibrateSettings) -> int:
+    """Write the kernel shapes worth measuring on the device, as a `--shots` CSV to fill in."""
+    from servesim.predictor import fewshot_transfer as ft
+
+    out = config.check_out_file(s.out, s.spell("out"), ours=is_suggestion)
+    device = _gpu(s, catalog(s.devices).get(s.device), "suggest")
+    assert s.suggest is not None
+    rows = ft.suggest(_bundled(), device, s.suggest)
+    with config.writing(out, s.spell("out")):
+        config.replace_atomically(out, lambda p: ft.write_csv(rows, p))
+    console.print(
+        f"wrote {out}: {len(rows)} kernels to measure on {device.name}; fill latency_ms "
+        f"(milliseconds), then run calibrate {s.spell('shots')} {out}"
+    )
+    return 0
+
+
+def _gpu(s: CalibrateSettings, device: Any, key: str) -> Any:
+    """The device, if it is a GPU (the transfer model prices GPUs only)."""
     if device.kind != "gpu":
         raise ServesimError(
-            f"{s.spell('shots')} adapts the cross-GPU kernel model, which prices GPUs; "
+            f"{s.spell(key)} works with the cross-GPU kernel model, which prices GPUs; "
             f"{device.name!r} is a {device.kind}: use {s.spell('tables')} with its tables."
         )
+    return device
+
+
+def _bundled() -> Any:
+    from servesim.predictor import transfer_model
+
     model = transfer_model.bundled()
     if model is None:
         raise ServesimError(
             "The bundled transfer model (data/transfer_model.npz) is not installed; "
             "reinstall servesim."
         )
+    return model
+
+
+def _few_shot(s: CalibrateSettings, device: Any, out: Path) -> int:
+    """Adapt the bundled transfer model to `device` with the measurements in `--shots`."""
+    from servesim.predictor import fewshot_transfer as ft
+    from servesim.predictor.roofline import physical_fit
+
+    device = _gpu(s, device, "shots")
+    model = _bundled()
     assert s.shots is not None
     try:
         shots = ft.read_shots(s.shots)

@@ -505,3 +505,94 @@ def load_fit(path: str | Path) -> Any:
             "installed; reinstall servesim."
         )
     return replace(fit, transfer=from_dict(fit.adaptation, model, repr(str(path))))
+
+
+# ---- which kernels a user should measure -------------------------------------------------------
+# The shapes offered: aiconfigurator-core's measured shapes of one GPU (read in place, shapes
+# only), the formats every recent GPU runs; `plan_shots` picks among them for the user's device.
+POOL_GPU = "h100_sxm"
+POOL_ROWS = 600  # rows per table, drawn at random (seeded)
+SUGGESTED = "suggested by servesim calibrate --suggest: measure it, fill latency_ms"
+CSV_COLUMNS = (
+    "op",
+    "gemm_dtype",
+    "m",
+    "n",
+    "k",
+    "batch_size",
+    "isl",
+    "num_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "kv_cache_dtype",
+    "step",
+    "num_gpus",
+    "message_size",
+    "nccl_dtype",
+    "latency_ms",
+    "source",
+)
+_POOL_OPS = {
+    "gemm_perf": ("gemm", "gemm"),
+    "context_attention_perf": ("context_attention", "attention_prefill"),
+    "generation_attention_perf": ("generation_attention", "attention_decode"),
+    "nccl_perf": ("nccl", "nccl"),
+}
+
+
+def _pool(device: Device) -> dict[str, dict[str, np.ndarray]]:
+    """Raw table rows (columns as in the tables) the device can run, per pool table."""
+    fp8 = "fp8" in device.peak_flops_per_s
+    formats = {"bfloat16", "fp8"} if fp8 else {"bfloat16"}
+    tables = calibrate.load_package_tables(POOL_GPU, max_rows=POOL_ROWS, seed=0)
+    out = {}
+    for stem in _POOL_OPS:
+        t = tables.get(stem)
+        if t is None:
+            continue
+        if stem == "gemm_perf":
+            keep = np.isin(t["gemm_dtype"].astype(str), list(formats))
+        elif stem == "nccl_perf":
+            keep = t["op_name"].astype(str) == "all_reduce"
+        else:
+            keep = np.isin(t["kv_cache_dtype"].astype(str), list(formats))
+            keep &= t["window_size"] == 0
+        out[stem] = {c: v[keep] for c, v in t.items()}
+    return out
+
+
+def suggest(
+    model: TransferModel, device: Device, k: int, candidates: tuple[Device, ...] | None = None
+) -> list[dict[str, Any]]:
+    """k kernel shapes worth measuring on `device` (rows of the `--shots` CSV, latency blank):
+    `plan_shots` over the pool's GEMM, attention and all-reduce shapes."""
+    pool = _pool(device)
+    samples = calibrate.all_samples(pool)
+    source_of = {src: stem for stem, (_, src) in _POOL_OPS.items()}
+    shapes = without_latency({src: s for src, s in samples.items() if src in source_of})
+    picks = plan_shots(model, shapes, device, k, candidates)
+    rows = []
+    for src in sorted(picks, key=lambda x: (ORDER.index(transfer.FAMILY_OF[x]), x)):
+        stem = source_of[src]
+        op = _POOL_OPS[stem][0]
+        for i in picks[src]:
+            row: dict[str, Any] = {"op": op, "latency_ms": "", "source": SUGGESTED}
+            for col in (*SHOT_COLUMNS[op][1], *SHOT_COLUMNS[op][2]):
+                if col in CSV_COLUMNS and col in pool[stem]:
+                    v = pool[stem][col][i]
+                    x = float(v) if col not in TEXT_COLUMNS else 0.0
+                    row[col] = str(v) if col in TEXT_COLUMNS else (
+                        str(int(x)) if x.is_integer() else repr(x)
+                    )  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Rows of the `--shots` format as a CSV (blank where a column does not apply)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
