@@ -189,7 +189,8 @@ def _few_shot(s: CalibrateSettings, device: Any, out: Path) -> int:
         raise ServesimError(
             f"{s.spell('shots')} {s.shots!r} is not UTF-8 text; save the CSV as UTF-8."
         ) from None
-    adapted = ft.adapt(model, shots, device)
+    # The candidates' plausibility over a broad set of shapes, not only the user's few.
+    adapted = ft.adapt(model, shots, device, shapes=ft.pool_shapes(device))
     fit = ft.adapted_fit(adapted, physical_fit())
     save_fit(fit, out, s.spell("out"))
     moved = ", ".join(

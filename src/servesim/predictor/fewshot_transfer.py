@@ -561,15 +561,26 @@ def _pool(device: Device) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def _pool_shapes(pool: dict[str, dict[str, np.ndarray]]) -> dict[str, Samples]:
+    sources = {src for _, src in _POOL_OPS.values()}
+    samples = calibrate.all_samples(pool)
+    return without_latency({src: s for src, s in samples.items() if src in sources})
+
+
+def pool_shapes(device: Device) -> dict[str, Samples]:
+    """The pool's shapes the device runs (no latencies): what a user's shots are judged
+    against when the candidates' plausibility is weighed (`adapt(shapes=...)`)."""
+    return _pool_shapes(_pool(device))
+
+
 def suggest(
     model: TransferModel, device: Device, k: int, candidates: tuple[Device, ...] | None = None
 ) -> list[dict[str, Any]]:
     """k kernel shapes worth measuring on `device` (rows of the `--shots` CSV, latency blank):
     `plan_shots` over the pool's GEMM, attention and all-reduce shapes."""
     pool = _pool(device)
-    samples = calibrate.all_samples(pool)
     source_of = {src: stem for stem, (_, src) in _POOL_OPS.items()}
-    shapes = without_latency({src: s for src, s in samples.items() if src in source_of})
+    shapes = _pool_shapes(pool)
     picks = plan_shots(model, shapes, device, k, candidates)
     rows = []
     for src in sorted(picks, key=lambda x: (ORDER.index(transfer.FAMILY_OF[x]), x)):
