@@ -175,6 +175,8 @@ def test_a_saved_adaptation_reloads_identically(tmp_path: Path) -> None:
     fit = ft.adapted_fit(adapted, roofline.physical_fit())
     fit.save(tmp_path / "f.json")
     back = ft.load_fit(tmp_path / "f.json")
+    with pytest.raises(ServesimError, match="few-shot adaptation; read it with"):
+        roofline.KernelFit.load(tmp_path / "f.json")  # never silently without it
     assert back.transfer.offset == adapted.offset
     for fam, w in adapted.weights.items():
         assert np.array_equal(back.transfer.weights[fam], w)

@@ -495,7 +495,7 @@ def load_fit(path: str | Path) -> Any:
     from servesim.predictor.roofline import KernelFit
     from servesim.predictor.transfer_model import bundled
 
-    fit = KernelFit.load(path)
+    fit = KernelFit.load(path, adapted=True)
     if not fit.adaptation:
         return fit
     model = bundled()

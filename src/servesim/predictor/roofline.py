@@ -287,8 +287,10 @@ class KernelFit:
         Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> KernelFit:
-        """Read a fit written by `save`; a missing or malformed file raises ServesimError."""
+    def load(cls, path: str | Path, adapted: bool = False) -> KernelFit:
+        """Read a fit written by `save`; a missing or malformed file raises ServesimError. A
+        few-shot fit (`adaptation`) needs the bundled transfer model on top: read it with
+        `fewshot_transfer.load_fit` (which passes `adapted=True`), never without it."""
         p = Path(path)
         try:
             doc = json.loads(p.read_text())
@@ -301,7 +303,13 @@ class KernelFit:
                 f"Kernel fit file {str(p)!r} is not valid JSON ({exc}); regenerate it with "
                 "`servesim calibrate`."
             ) from None
-        return cls.from_dict(doc, repr(str(p)))
+        fit = cls.from_dict(doc, repr(str(p)))
+        if fit.adaptation and not adapted:
+            raise ServesimError(
+                f"Kernel fit file {str(p)!r} is a few-shot adaptation; read it with "
+                "servesim.predictor.fewshot_transfer.load_fit (the CLI's --fit does)."
+            )
+        return fit
 
     @classmethod
     def from_dict(cls, doc: Any, origin: str = "document") -> KernelFit:
