@@ -22,7 +22,13 @@ not guess a layout. Fully specified means, per mode:
 Anything else is refused with the reason and counted like the other skips. InferenceX dashboard
 rows (`source_file=<date>.csv`) that lack disaggregated worker counts and batch sizes are first
 completed from the deployment InferenceX's config listed for them (`recovered_layout`, table
-data/inferencex/disagg_layouts.csv), only where exactly one layout matches.
+data/inferencex/disagg_layouts.csv), only where exactly one layout matches. InferenceX's
+colocated rows (dashboard exports, database records) are matched to the config that ran them
+(`single_node_config`, table data/inferencex/single_node_configs.csv) by image, day, layout and
+concurrency: runs with speculative decoding (MTP), which the rows do not flag, are refused
+like the disaggregated ones (see below), as are rows no config or both kinds of config match.
+A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
+(`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
 (APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
@@ -65,6 +71,7 @@ from servesim.spec.devices import Catalog
 from servesim.spec.engine_profile import get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"
@@ -261,6 +268,10 @@ def deployment_of(
 
     launch = inferencex_sglang_launch(row)
     trt = inferencex_trtllm_launch(row)
+    # MTP drafting (InferenceX's config says how many tokens, `recovered_layout`), at the
+    # sourced default acceptance of `spec.speculative` (never fitted on these rows).
+    k = _int(row, "speculative_num_draft_tokens", 0)
+    speculative = SpeculativeDecoding("mtp", k) if k else None
 
     def pool(prefix: str, role: str) -> Deployment:
         par = _parallel(row, prefix, role, moe=model.num_experts > 0)
@@ -282,6 +293,7 @@ def deployment_of(
             engine=eng,
             replicas=_int(row, prefix + "num_workers") if prefix else 1,
             latency_model=latency_model,
+            speculative=speculative,
             **limits,
         )
 
@@ -409,8 +421,9 @@ def recovered_layout(
     matches when model, GPU, framework, precision, ISL/OSL and the measured day agree, the
     row's concurrency is in its list, and its prefill tp/ep and decode tp equal the row's (the
     rows repeat the prefill ep in their decode ep and leave dp-attention at 1, so those two
-    columns say nothing). The match must be one layout, without speculative decoding (not
-    modelled) and with the recipe's batch sizes; its layout replaces the row's pool columns.
+    columns say nothing). The match must be one layout (speculative decoding and its draft
+    length are part of it) with the recipe's batch sizes; its layout replaces the row's pool
+    columns, and an MTP config adds `speculative_num_draft_tokens`.
     """
     src = row.get("silicon_data_source", "")
     if (row.get("mode") or "").strip() != "disagg" or not src.startswith("source_file="):
@@ -449,12 +462,17 @@ def recovered_layout(
     if len(matches) > 1:
         return row, "", f"{len(matches)} InferenceX configs match"
     item = next(iter(matches.values()))
-    if item["spec_decoding"] != "none":
-        return row, "", "InferenceX config uses speculative decoding, which servesim does not model"
+    spec = item["spec_decoding"]
+    if spec not in ("none", "mtp"):
+        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
+    if spec == "mtp" and not item["num_draft_tokens"]:
+        return row, "", "InferenceX config's MTP draft length is not public"
     if not (item["prefill_max_batch"] and item["decode_max_batch"]):
         return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
     commit = item["source_commits"].split()[item["measured_days"].split().index(day)]
     filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
+    if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
+        filled["speculative_num_draft_tokens"] = item["num_draft_tokens"]
     where = f"{item['source_file']}@{commit}"
     if item["recipe"]:
         rc = item["recipe_commits"].split()[item["measured_days"].split().index(day)]
@@ -466,12 +484,124 @@ def recovered_layout(
 # workers, TP, EP, DP-attention and batch (the table's columns, scripts/inferencex_layouts.py).
 _LAYOUT_KEYS = (
     "spec_decoding",
+    "num_draft_tokens",
     *(
         f"{pool}_{key}"
         for pool in ("prefill", "decode")
         for key in ("workers", "tp", "ep", "dp_attn", "max_batch")
     ),
 )
+
+
+INFERENCEX_SINGLE_NODE = ROOT / "data" / "inferencex" / "single_node_configs.csv"
+# Dashboard model names → InferenceX model prefixes whose colocated configs the table holds.
+INFERENCEX_AGG_MODEL = {"DeepSeek-R1": "dsr1", "Qwen3.5-397B": "qwen3.5"}
+# InferenceX's database records name the model by a path: its DeepSeek runs serve
+# DeepSeek-R1-0528 (the configs' `model:`), which has DeepSeek-V3's architecture.
+INFERENCEX_DUMP_MODEL = {
+    "deepseek-ai/DeepSeek-V3": "DeepSeek-R1",
+    "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
+    "Qwen/Qwen3.5-397B-A17B": "Qwen3.5-397B",
+}
+INFERENCEX_SINGLE_FRAMEWORK = {"trt": "trtllm", "sglang": "sglang", "vllm": "vllm"}
+
+
+@functools.cache
+def inferencex_single_node(path: Path = INFERENCEX_SINGLE_NODE) -> tuple[dict[str, str], ...]:
+    """The bundled table of InferenceX's colocated deployments, made by
+    scripts/inferencex_single_node.py."""
+    with open(path, newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def _single_node_layout(item: dict[str, str], row: dict[str, str], conc: int) -> dict[str, str]:
+    """A colocated row's parallel columns from an InferenceX item: `tp` GPUs, which under
+    dp-attention are `tp` DP ranks of attention TP 1; experts split `ep` ways, TP over the
+    rest; each DP rank holds its share of the clients."""
+    tp, ep = int(item["tp"]), int(item["ep"])
+    dp = tp if item["dp_attn"] == "True" else 1
+    return {
+        **row,
+        "tp_size": str(tp // dp),
+        "attention_dp_size": str(dp),
+        "moe_ep_size": str(ep),
+        "moe_tp_size": str(tp // ep),
+        "batch_size": str(-(-conc // dp)),
+    }
+
+
+def single_node_config(
+    row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
+) -> tuple[dict[str, str], str, str]:
+    """(row, layout_source, refusal): which InferenceX colocated config measured a dashboard
+    row, so a run with speculative decoding is not predicted as one without it.
+
+    The dashboard rows do not say whether MTP ran, and InferenceX benchmarks most DeepSeek-R1
+    and Qwen3.5 deployments both ways, with container images that differ (e.g. TRT-LLM
+    1.2.0rc6.post2 without MTP, post3 with it on B200 in February 2026); their TPOTs differ by
+    up to 2×. An item of data/inferencex/single_node_configs.csv matches a row when model, GPU,
+    framework, precision, ISL/OSL, the measured day, the image (when the row names one) and the
+    concurrency agree and the GPUs do: the row's tp × attention-DP, EP and dp-attention are the
+    item's, or the row reports the item's tp × ep GPUs (some exports multiply TP or DP by EP),
+    in which case the item's layout replaces the row's. All matches must agree on speculative
+    decoding; MTP runs are refused (not modelled), as are rows no config or both kinds match.
+    The Qwen3.5 gap-analysis file repeats InferenceX runs without their day or image: any day's
+    config may match it.
+    Other rows (aiconfigurator's collection, other models) come back unchanged with ('', '').
+    """
+    src = row.get("silicon_data_source", "")
+    dump = src.startswith("db-dump/")
+    gap = src.startswith("source_file=qwen3.5-397b-gap-analysis.csv")
+    if (row.get("mode") or "agg").strip() != "agg" or not (
+        dump or gap or re.match(r"source_file=\d{4}-", src)
+    ):
+        return row, "", ""
+    parts = [p.strip() for p in src.split(";")]
+    fields = dict(p.split("=", 1) for p in parts if "=" in p)
+    if dump or gap:  # records end with the bare image (if any) and name the model by its path
+        fields["image"] = parts[-1] if dump and "=" not in parts[-1] else ""
+        fields["model"] = INFERENCEX_DUMP_MODEL.get(row.get("model_path", ""), "")
+    prefix = INFERENCEX_AGG_MODEL.get(fields.get("model", ""))
+    if prefix is None:
+        return row, "", ""
+    day = fields.get("measured", "")[:10]
+    image = fields.get("image", "").replace("#", "/")
+    conc = concurrency_of(row)
+    tp, dp, ep = (max(1, _int(row, k)) for k in ("tp_size", "attention_dp_size", "moe_ep_size"))
+    matches: list[tuple[dict[str, str], bool]] = []
+    for item in table if table is not None else inferencex_single_node():
+        if not (
+            item["model_prefix"] == prefix
+            and INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
+            and INFERENCEX_SINGLE_FRAMEWORK.get(item["framework"]) == row.get("backend")
+            and item["precision"] == row.get("precision")
+            and (item["isl"], item["osl"]) == (row.get("isl"), row.get("osl"))
+            and (not day or day in item["measured_days"].split())
+            and (not image or item["image"].replace("#", "/") == image)
+            and str(conc) in item["concurrencies"].split()
+        ):
+            continue
+        i_tp, i_ep, i_dp = int(item["tp"]), int(item["ep"]), item["dp_attn"] == "True"
+        if (tp * dp, ep, dp > 1) == (i_tp, i_ep, i_dp):
+            matches.append((item, False))
+        elif i_ep > 1 and tp * dp == i_tp * i_ep and ep == i_ep:
+            matches.append((item, True))
+    specs = {item["spec_decoding"] for item, _ in matches}
+    if not matches:
+        return row, "", "no InferenceX config matches"
+    if len(specs) > 1:
+        return row, "", f"{len(specs)} InferenceX configs match"
+    if specs != {"none"}:
+        return row, "", "InferenceX config uses speculative decoding, which servesim does not model"
+    item, remapped = matches[0]
+    if len({(m["tp"], m["ep"], m["dp_attn"]) for m, _ in matches}) > 1:
+        return row, "", f"{len(matches)} InferenceX configs match"
+    days = item["measured_days"].split()
+    commit = item["source_commits"].split()[days.index(day) if day in days else -1]
+    where = f"{item['config_key']} in {item['source_file']}@{commit}"
+    if not remapped:
+        return row, f"no speculative decoding: {where}", ""
+    return _single_node_layout(item, row, conc), f"layout recovered from {where}", ""
 
 
 def specified_or_reason(row: dict[str, str]) -> str:
@@ -570,7 +700,9 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
         "slowest_row_s": round(float(slowest["wall_s"]), 3) if slowest else 0.0,
         "slowest_row_id": slowest["id"] if slowest else "",
         "slowest_row_cpu_s": round(cpu, 3),
-        "recovered_layouts": sum(1 for r in results if r.get("layout_source")),
+        "recovered_layouts": sum(
+            1 for r in results if str(r.get("layout_source", "")).startswith("layout recovered")
+        ),
     }
 
 
@@ -618,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             predicted_tpot_ms="",
         )
         row, out["layout_source"], refusal = recovered_layout(row)
+        if not refusal and not out["layout_source"]:
+            row, out["layout_source"], refusal = single_node_config(row)
         status = refusal or specified_or_reason(row)
         try:
             out["concurrency"] = concurrency_of(row)

@@ -43,6 +43,7 @@ FIELDS = (
     "isl",
     "osl",
     "spec_decoding",
+    "num_draft_tokens",
     "prefill_workers",
     "prefill_tp",
     "prefill_ep",
@@ -107,6 +108,27 @@ def recipe_batches(recipe_text: str) -> tuple[int | None, int | None]:
     return out[0], out[1]
 
 
+def recipe_draft_tokens(recipe_text: str) -> int | None:
+    """Draft tokens per decode step of an srt-slurm recipe's decode workers (None: not said).
+
+    TensorRT-LLM: `speculative_config` `num_nextn_predict_layers` (MTP draft length; newer
+    recipes may say `max_draft_len`). SGLang: `speculative-num-steps`, the draft passes of its
+    EAGLE/MTP worker; with `speculative-eagle-topk` 1 its `speculative-num-draft-tokens` is
+    steps + 1, counting the verified token (sglang/srt/server_args.py).
+    """
+    doc = yaml.safe_load(recipe_text) or {}
+    backend = doc.get("backend") or {}
+    trt = ((backend.get("trtllm_config") or {}).get("decode") or {}).get("speculative_config")
+    if trt:
+        for key in ("num_nextn_predict_layers", "max_draft_len"):
+            if trt.get(key):
+                return int(trt[key])
+    sgl = (backend.get("sglang_config") or {}).get("decode") or {}
+    if sgl.get("speculative-num-steps"):
+        return int(sgl["speculative-num-steps"])
+    return None
+
+
 def settings(items: list[str] | None) -> dict[str, str]:
     """`additional-settings` (`KEY=value` strings) as a dict."""
     return dict(s.split("=", 1) for s in (items or []) if "=" in s)
@@ -145,8 +167,13 @@ def layouts(
                 recipe = extra.get("CONFIG_FILE", "")
                 pb = extra.get("PREFILL_MAX_BATCH_SIZE")
                 db = extra.get("DECODE_MAX_BATCH_SIZE")
+                spec = item.get("spec-decoding", "none") or "none"
+                # Early multinode items pass the MTP draft length as DECODE_MTP_SIZE.
+                mtp = extra.get("DECODE_MTP_SIZE") if spec != "none" else None
+                mtp = int(mtp) if mtp is not None else None
                 r_commit = ""
-                if recipe and srt_commit and (pb is None or db is None):
+                unknown = pb is None or db is None or (spec != "none" and mtp is None)
+                if recipe and srt_commit and unknown:
                     r_commit = srt_commit
                     body = git(srt, "show", f"{srt_commit}:{recipe}")
                     if not body:
@@ -164,6 +191,8 @@ def layouts(
                         rp, rd = recipe_batches(body)
                         pb = pb if pb is not None else rp
                         db = db if db is not None else rd
+                        if spec != "none" and mtp is None:
+                            mtp = recipe_draft_tokens(body)
                     else:
                         r_commit = ""
                 conc = item.get("conc-list") or []
@@ -176,7 +205,8 @@ def layouts(
                         "precision": entry.get("precision", ""),
                         "isl": seq.get("isl", ""),
                         "osl": seq.get("osl", ""),
-                        "spec_decoding": item.get("spec-decoding", "none") or "none",
+                        "spec_decoding": spec,
+                        "num_draft_tokens": mtp if mtp is not None else "",
                         "prefill_workers": pre.get("num-worker", ""),
                         "prefill_tp": pre.get("tp", ""),
                         "prefill_ep": pre.get("ep", ""),

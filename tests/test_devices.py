@@ -70,11 +70,13 @@ def test_every_entry_is_physically_plausible(catalog: Catalog) -> None:
     for name in catalog.names():
         d = catalog.devices[name]
         assert d.kind in ("gpu", "cpu", "edge"), name
-        assert 1e12 <= d.peak_flops("bf16") <= 1e16, name  # TFLOP/s .. 10 PFLOP/s
+        # TFLOP/s .. 10 PFLOP/s; a 2-vCPU slice (this_cpu) or a phone reaches down to 0.1
+        low_flops, low_bw = (1e11, 5e10) if d.kind != "gpu" else (1e12, 1e11)
+        assert low_flops <= d.peak_flops("bf16") <= 1e16, name
         assert 1e9 <= d.mem_bytes <= 1e12, name
-        assert 1e11 <= d.mem_bw_bytes_per_s <= 1e13, name
+        assert low_bw <= d.mem_bw_bytes_per_s <= 1e13, name
         assert 1e5 <= d.l2_bytes <= 1e9, name
-        assert 0 < d.link_latency_s < 1e-3 and 0 < d.net_latency_s < 1e-3, name
+        assert 0 < d.link_latency_s < 1e-2 and 0 < d.net_latency_s < 1e-2, name  # Wi-Fi ~2 ms
         assert 0 < d.idle_power_w < d.max_power_w <= 2000, name
         assert 0 < d.price_per_hour < 50, name
         assert d.max_devices_per_node >= 1 and d.num_sms >= 1, name

@@ -112,3 +112,37 @@ def test_layout_table_is_well_formed() -> None:
         assert days == sorted(days)
         assert len(days) == len(r["source_commits"].split()) == len(r["recipe_commits"].split())
         assert all(len(c) == 12 for c in r["source_commits"].split())
+
+
+def test_mtp_row_gets_the_config_s_draft_length_and_is_simulated_with_it() -> None:
+    """Hand-checked: nvidia-master.yaml at f316a0ef6013, dsr1-fp8-b200-dynamo-trt 8k/1k item
+    for 48 clients, recipe recipes/trtllm/b200-fp8/8k1k/mtp/ctx1_gen6_tp8_batch8_eplb0_mtp3_48
+    .yaml (NVIDIA/srt-slurm 535b2dc7a129): decode `speculative_config: {decoding_type: MTP,
+    num_nextn_predict_layers: 3}`, 6 decode workers of max_batch_size 8."""
+    row = dev_row("2026_03_25_deepseek_r1_b200_sxm_trtllm_fp8_disagg_8192x1024_c48_tp8_0_ep1_0_383")
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == "" and "mtp3_48.yaml" in source
+    assert filled["speculative_num_draft_tokens"] == "3"
+    assert (filled["decode_num_workers"], filled["decode_batch_size"]) == ("6", "8")
+    assert silicon.specified_or_reason(filled) == ""
+    dep = silicon.deployment_of(filled, silicon.Catalog())
+    assert dep.decode.speculative.num_draft_tokens == 3
+    assert dep.decode.speculative.method == "mtp"
+
+
+def test_recipe_draft_length_from_either_engine() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    trt = "backend:\n  trtllm_config:\n    decode:\n      speculative_config:\n" + (
+        "        decoding_type: MTP\n        num_nextn_predict_layers: 2\n"
+    )
+    sgl = "backend:\n  sglang_config:\n    decode:\n      speculative-num-steps: 3\n" + (
+        "      speculative-eagle-topk: 1\n      speculative-num-draft-tokens: 4\n"
+    )
+    assert lay.recipe_draft_tokens(trt) == 2
+    assert lay.recipe_draft_tokens(sgl) == 3  # steps, not draft tokens (steps + 1 at topk 1)
+    assert lay.recipe_draft_tokens("backend:\n  sglang_config:\n    decode: {}\n") is None
+    table = silicon.inferencex_layouts()
+    for r in table:  # every MTP item names its draft length, no other item does
+        assert (r["spec_decoding"] == "mtp") == (r["num_draft_tokens"] != ""), r["config_key"]

@@ -38,6 +38,7 @@ _API = {
     "Parallel": "servesim.spec.parallel",
     "get_engine": "servesim.spec.engine_profile",
     "EngineProfile": "servesim.spec.engine_profile",
+    "SpeculativeDecoding": "servesim.spec.speculative",
     "BatchShape": "servesim.predictor.iteration",
     "IterationCost": "servesim.predictor.iteration",
     "Predictor": "servesim.predictor.iteration",

@@ -29,7 +29,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     for name in cat.names():
         d = cat.devices[name]
         try:
-            bf16 = f"{d.peak_flops('bf16') / 1e12:,.0f}"
+            tf = d.peak_flops("bf16") / 1e12
+            bf16 = f"{tf:,.0f}" if tf >= 10 else f"{tf:.2g}"  # CPUs and phones: 0.33, 5.6
         except ServesimError:
             bf16 = "-"
         table.add_row(

@@ -19,6 +19,7 @@ from servesim.cli.settings import (
     Misuse,
     NonEmpty,
     NonNegFloat,
+    NonNegInt,
     PosFloat,
     PosInt,
     Settings,
@@ -60,6 +61,8 @@ class MechanismSettings(Settings):
     max_replicas: PosInt | None = None
     cold_start_s: NonNegFloat = 30.0
     load_gb_s: PosFloat = 2.0
+    finetune_tokens: NonNegInt | None = None
+    finetune_full: bool = False
 
     @field_validator("policy", "preemption")
     @classmethod
@@ -93,6 +96,8 @@ class MechanismSettings(Settings):
 
     @model_validator(mode="after")
     def _mechanism_modes(self) -> MechanismSettings:
+        if self.given("finetune_full") and self.finetune_tokens is None:
+            raise Misuse("{finetune_full} sets how a fine-tuning job trains; add {finetune_tokens}")
         needs = {
             "class_slo": ("policy", "slack"),
             "length_estimate": ("policy", "slack"),
@@ -152,7 +157,9 @@ class MechanismSettings(Settings):
 def add_args(p: argparse.ArgumentParser) -> None:
     """Declare the mechanism flags on the simulate parser."""
     g = p.add_argument_group("scheduling, caching and cluster mechanisms")
-    g.add_argument("--policy", help="scheduling policy: fcfs, priority, slack or laps")
+    g.add_argument(
+        "--policy", help="scheduling policy: fcfs, priority, slack, laps or deadline (workflows)"
+    )
     g.add_argument("--preemption", help="recompute or swap (to host memory over PCIe)")
     g.add_argument(
         "--swap-group-blocks", type=int, help="KV pages per PCIe copy (with --preemption swap)"
@@ -211,6 +218,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--load-gb-s", type=float, help="weight load bandwidth per device, GB/s (--autoscale)"
+    )
+    ft = p.add_argument_group("co-served fine-tuning (FlexLLM)")
+    ft.add_argument(
+        "--finetune-tokens",
+        type=int,
+        help="training tokens each iteration carries beside inference (PEFT; idle time trains "
+        "at 8,192 per iteration)",
+    )
+    ft.add_argument(
+        "--finetune-full",
+        action="store_true",
+        default=None,
+        help="full fine-tuning (3 forward passes a token) instead of PEFT (2)",
     )
 
 
@@ -291,6 +311,11 @@ def apply(dep: Any, s: MechanismSettings, slo: Any) -> Any:
             estimator=_estimator(s.length_estimate),
         )
     dep = replace(dep, policy=policy, prefix_caching=s.prefix_caching)
+    if s.finetune_tokens is not None:
+        from servesim.spec.finetune import FULL_TRAIN_FACTOR, PEFT_TRAIN_FACTOR, FineTuneJob
+
+        factor = FULL_TRAIN_FACTOR if s.finetune_full else PEFT_TRAIN_FACTOR
+        dep = replace(dep, finetune=FineTuneJob(s.finetune_tokens, train_factor=factor))
     if s.migration:
         dep = replace(dep, migration=Migration())
     if s.autoscale:

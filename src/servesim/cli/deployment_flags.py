@@ -5,10 +5,13 @@ they build (the model's own limits checked here).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, model_validator
 
 from servesim.cli.settings import (
     LatencyModel,
+    Misuse,
     NonEmpty,
     PosInt,
     Settings,
@@ -43,6 +46,24 @@ def listed_chunks(v: Any) -> Any:
     return v
 
 
+def float_list(v: Any) -> Any:
+    """`0.8,0.7`, 0.8 or [0.8, 0.7] → a tuple of numbers (ValueError saying the form)."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return (float(v),)
+    items = [x for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"takes numbers like 0.8 or 0.8,0.7,0.6, got {v!r}")
+    try:
+        return tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"takes numbers like 0.8 or 0.8,0.7,0.6, got {v!r}") from None
+
+
+Acceptance = Annotated[tuple[float, ...], BeforeValidator(float_list)]
+SpecMethod = Literal["mtp", "eagle", "draft"]
+SPEC_OPTIONS = ("num_draft_tokens", "acceptance", "draft_model")
+
+
 class DeploymentSettings(Settings):
     """What one replica is: model, device, parallel layout, engine and batching limits."""
 
@@ -61,6 +82,55 @@ class DeploymentSettings(Settings):
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
     latency_model: LatencyModel | None = None  # None: the predictor's default
+    speculative: SpecMethod | None = None
+    num_draft_tokens: PosInt | None = None
+    acceptance: Acceptance = ()
+    draft_model: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _speculation(self) -> DeploymentSettings:
+        if self.speculative is None:
+            for key in SPEC_OPTIONS:
+                if self.given(key) and getattr(self, key):
+                    raise Misuse(
+                        f"{{{key}}} shapes speculative decoding and does nothing without "
+                        f"{{speculative}}; add {{speculative}} mtp|eagle|draft or drop {{{key}}}."
+                    )
+        elif self.num_draft_tokens is None:
+            raise Misuse("{speculative} needs {num_draft_tokens} K, the draft tokens per step.")
+        return self
+
+
+def add_speculative_args(p: Any) -> None:
+    """`--speculative`, `--num-draft-tokens`, `--acceptance`, `--draft-model`."""
+    g = p.add_argument_group("speculative decoding")
+    g.add_argument(
+        "--speculative",
+        choices=("mtp", "eagle", "draft"),
+        help="draft tokens with the model's MTP head, an EAGLE head or a draft model",
+    )
+    g.add_argument("--num-draft-tokens", type=int, help="draft tokens per decode step (k ≥ 1)")
+    g.add_argument(
+        "--acceptance",
+        help="conditional acceptance per draft position, one rate or one per position "
+        "(default: mtp 0.85,0.63,… from DeepSeek-V3's report; eagle 0.8)",
+    )
+    g.add_argument("--draft-model", help="draft model HF id or config.json (--speculative draft)")
+
+
+def speculative_from(s: Any, method: str | None, k: int, prefix: bool = False) -> Any:
+    """The `SpeculativeDecoding` of validated settings (None when off or k is 0); `prefix`
+    takes the first k rates of a longer chain (a plan searching several k gives it once)."""
+    from servesim.spec.model import load_model
+    from servesim.spec.speculative import SpeculativeDecoding
+
+    if method is None or k == 0:
+        return None
+    acc = tuple(s.acceptance)
+    if prefix and len(acc) > k:
+        acc = acc[:k]
+    draft = load_model(s.draft_model) if s.draft_model else None
+    return SpeculativeDecoding(method, k, acc, draft, seed=int(getattr(s, "seed", 0) or 0))
 
 
 def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
@@ -91,6 +161,7 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16 or fp8")
     g.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
     add_latency_model_arg(g)
+    add_speculative_args(p)
 
 
 def add_latency_model_arg(g: Any) -> None:
@@ -130,5 +201,6 @@ def build_deployment(s: DeploymentSettings) -> Any:
         max_num_batched_tokens=s.max_num_batched_tokens,
         chunked_prefill=s.chunked_prefill,
         fit=fit,
+        speculative=speculative_from(s, s.speculative, s.num_draft_tokens or 0),
         **({"latency_model": s.latency_model} if s.latency_model else {}),
     )

@@ -1,5 +1,5 @@
 """Command line: `servesim simulate | predict | plan | calibrate | bench | compare | profile |
-fewshot | devices | models`.
+fewshot | devices | models | split | choose`.
 
 Each command reads its settings from flags and, with `--config FILE`, from a YAML/JSON file with
 the same names, validated by the command's pydantic model (flags win over the file, the file over
@@ -23,8 +23,10 @@ from servesim.cli import measure as cli_measure
 from servesim.cli import plan as cli_plan
 from servesim.cli.calibrate import add_calibrate_parser, cmd_calibrate
 from servesim.cli.catalog import add_catalog_parsers, cmd_devices, cmd_models
+from servesim.cli.choose import add_choose_parser, cmd_choose
 from servesim.cli.predict import add_predict_parser, cmd_predict
 from servesim.cli.simulate import add_simulate_parser, cmd_simulate
+from servesim.cli.split import add_split_parser, cmd_split
 from servesim.errors import ServesimError
 from servesim.sim.metrics import ConservationError
 
@@ -55,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     cli_plan.add_parser(sub)
     cli_measure.add_parsers(sub)
     add_catalog_parsers(sub)
+    add_split_parser(sub)
+    add_choose_parser(sub)
     return parser
 
 
@@ -65,6 +69,8 @@ COMMANDS = {
     "devices": cmd_devices,
     "models": cmd_models,
     "plan": cli_plan.cmd_plan,
+    "split": cmd_split,
+    "choose": cmd_choose,
     **cli_measure.COMMANDS,
 }
 

@@ -21,6 +21,23 @@ def _fmt_ms(x: float) -> str:
 SIMULATED_ONLY = ("queue_s", "mean_batch_size", "mean_kv_use", "preemptions", "devices")
 
 
+def print_workflows(report: dict[str, Any]) -> None:
+    """A table of per-workflow end-to-end latency and SLO attainment."""
+    t = Table(title=f"workflows: {report['workflows']:,} instances, {report['llm_calls']:,} calls")
+    for col in ("workflow", "instances", "E2E p50 (s)", "E2E p90 (s)", "SLO (s)", "within SLO"):
+        t.add_column(col, justify="left" if col == "workflow" else "right")
+    for name, r in report["by_workflow"].items():
+        t.add_row(
+            name,
+            f"{r['workflows']:,}",
+            f"{r['e2e_p50_s']:.2f}",
+            f"{r['e2e_p90_s']:.2f}",
+            f"{r['slo_s']:g}",
+            f"{r['slo_attainment']:.1%}",
+        )
+    console.print(t)
+
+
 def print_summary(summary: dict[str, Any], simulated: bool = True) -> None:
     """A rich table of a run's summary; a measured run (`simulated=False`) omits the rows
     only a simulation knows (batch size, KV use, preemptions, devices, energy)."""

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from servesim.cli import settings as config
-from servesim.cli.deployment_flags import add_latency_model_arg
+from servesim.cli.deployment_flags import Acceptance, SpecMethod, add_latency_model_arg
 from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
     Edges,
@@ -126,6 +126,10 @@ class PlanSettings(Settings):
     prompt_edges: BucketEdges = (0.0, 1500.0, float("inf"))
     output_edges: BucketEdges = (0.0, 250.0, float("inf"))
     slice_factor: PosInt = 4
+    speculative: SpecMethod | None = None
+    speculative_k: Annotated[tuple[NonNegInt, ...], BeforeValidator(config._int_list)] = (0,)
+    acceptance: Acceptance = ()
+    draft_model: NonEmpty | None = None
 
     @field_validator("gpus", "engines", "kv_dtypes", "tp", "pp", "batching")
     @classmethod
@@ -160,6 +164,24 @@ class PlanSettings(Settings):
                     )
             if self.rate is None:
                 raise Misuse("{mix} needs {rate}, the request rate to serve.")
+        if self.speculative is None:
+            for key in ("acceptance", "draft_model"):
+                if self.given(key) and getattr(self, key):
+                    raise Misuse(
+                        f"{{{key}}} shapes speculative decoding and does nothing without "
+                        f"{{speculative}}; add {{speculative}} mtp|eagle|draft or drop {{{key}}}."
+                    )
+            if any(self.speculative_k):
+                raise Misuse(
+                    "{speculative_k} above 0 needs {speculative} mtp|eagle|draft, the drafter."
+                )
+        elif not any(self.speculative_k):
+            raise Misuse(
+                "{speculative} needs {speculative_k}, the draft tokens per step to try, e.g. "
+                "0,1,2,3 (0 is speculation off)."
+            )
+        if self.mix and self.speculative is not None:
+            raise Misuse("{speculative} is not searched by {mix}; drop one.")
         if self.given("workers") and self.ray and self.ray != "local":
             raise Misuse(
                 "{workers} sets the CPUs of a local Ray and does nothing with a Ray cluster at "
@@ -204,6 +226,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--fit", help="kernel fit JSON from `servesim calibrate`")
     add_latency_model_arg(s)
+    sp = p.add_argument_group("speculative decoding (searched)")
+    sp.add_argument("--speculative", help="drafter: mtp, eagle or draft")
+    sp.add_argument(
+        "--speculative-k", help="comma-separated draft tokens per step to try, 0 = off (0,1,2,3)"
+    )
+    sp.add_argument(
+        "--acceptance",
+        help="conditional acceptance per draft position, one rate or a chain as long as the "
+        "largest k (default: the method's sourced rates)",
+    )
+    sp.add_argument("--draft-model", help="draft model HF id or config.json (--speculative draft)")
     m = p.add_argument_group("heterogeneous mix (Mélange)")
     m.add_argument(
         "--mix", action="store_true", default=None, help="cheapest mix of the --gpus for --rate"
@@ -240,6 +273,9 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         rate_per_s=s.rate,
         devices_file=s.devices,
         fit_file=s.fit,
+        speculative=s.speculative,
+        acceptance=tuple(s.acceptance),
+        draft_model=s.draft_model,
         **({"latency_model": s.latency_model} if s.latency_model else {}),
     )
     space = SearchSpace(
@@ -251,6 +287,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         weight_dtypes=s.weight_dtypes,
         kv_dtypes=s.kv_dtypes,
         pd_ratios=s.pd_ratios,
+        speculative_k=tuple(dict.fromkeys(s.speculative_k)),
     )
     return spec, space
 
@@ -258,7 +295,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
 def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
     """Everything a plan needs, checked before any search: the model, devices, engines,
     formats, the kernel fit, the workload and the output folder."""
-    from servesim.planner.candidates import fit_for
+    from servesim.planner.candidates import fit_for, speculative_for
     from servesim.spec.devices import catalog
     from servesim.spec.dtypes import KV_DTYPES, canonical
     from servesim.spec.engine_profile import get_engine
@@ -285,6 +322,10 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
         )
     if spec.fit_file:
         fit_for(spec.fit_file)
+    for k in space.speculative_k:  # the drafter fits the model at every k searched
+        sd = speculative_for(spec, k)
+        if sd is not None:
+            sd.check_target(model)
     if spec.workload.trace is None:
         from servesim.sim.synthetic import parse_length
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -19,6 +20,8 @@ from servesim.cli.deployment_flags import (
     listed_chunks,
     parse_chunk,
 )
+from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
 from servesim.cli.output import console
 from servesim.cli.settings import (
     Misuse,
@@ -27,7 +30,7 @@ from servesim.cli.settings import (
 )
 
 
-class PredictSettings(DeploymentSettings):
+class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
@@ -65,6 +68,8 @@ def add_predict_parser(sub: Any) -> None:
         action="append",
         help="a prefill chunk NEW[:CACHED] tokens (repeat for several sequences)",
     )
+    add_depth_args(pred)
+    add_moe_args(pred)
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -79,15 +84,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from servesim.predictor.iteration import BatchShape
 
     s = config.settings(PredictSettings, args)
-    dep = build_deployment(s)
+    dep = apply_moe(apply_depth(build_deployment(s), s), s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
     dep.check_batch(batch, s.spell)
     mem = dep.memory()
     pred = dep.predictor()
     cost = pred.iteration(batch, breakdown=True)
+    skipping = _skipping(pred, batch, cost)
+    if skipping:  # the table is the full-depth iteration its operators add up to
+        cost = replace(cost, seconds=skipping["full_depth_seconds"])
     if s.json_output:
-        print(json.dumps(_as_json(dep, batch, cost, mem)))  # one line, never wrapped
+        out = _as_json(dep, batch, cost, mem)
+        if skipping:
+            out["layer_skipping"] = skipping
+        print(json.dumps(out))  # one line, never wrapped
         return 0
     table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
     # Names and numbers in full; on a terminal too narrow for every column the operator kind
@@ -121,12 +132,68 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"sequences {batch.num_seqs}; latency model {pred.latency_model}, kernel time "
         + ", ".join(f"{k} {v:.0%}" for k, v in _time_by_provenance(cost).items() if v)
     )
+    if skipping:
+        console.print(
+            f"with layer skipping (each layer skipped with p={skipping['skip_prob']:g}, "
+            f"correlation {skipping['correlation']:g}, {skipping['phase']}): expected "
+            f"{skipping['seconds'] * 1e3:.3f} ms against {cost.seconds * 1e3:.3f} ms without "
+            f"({skipping['saving']:.1%} saved); the table above is the full-depth iteration"
+        )
+    spec = _speculative(dep, pred, batch, cost)
+    if spec:
+        console.print(
+            f"speculative {spec['method']} k={spec['num_draft_tokens']}: draft "
+            f"{spec['draft_s'] * 1e3:.3f} ms + verify {spec['verify_s'] * 1e3:.3f} ms "
+            f"({spec['num_draft_tokens'] + 1} tokens per decode sequence); "
+            f"{spec['tokens_per_step']:.3f} tokens per step expected (acceptance "
+            f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
+            f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
+        )
     m = mem.as_dict()
     console.print(
         f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
         f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB"
     )
     return 0
+
+
+def _skipping(pred: Any, batch: Any, cost: Any) -> dict[str, Any] | None:
+    """The expected iteration time with the deployment's layer skipping (`cost.seconds`, priced
+    by the skipping predictor) against the full-depth one, or None without skipping."""
+    from servesim.predictor.iteration import Predictor
+
+    skip = getattr(pred, "skipping", None)
+    if skip is None:
+        return None
+    seconds = cost.seconds
+    full_s = Predictor.step_s(pred, batch.decode_seqs, batch.decode_context, batch.prefill)
+    return {
+        "skip_prob": skip.skip_prob,
+        "correlation": skip.correlation,
+        "phase": skip.phase,
+        "used_layer_share": pred.used_share,
+        "seconds": seconds,
+        "full_depth_seconds": full_s,
+        "saving": 1.0 - seconds / full_s,
+    }
+
+
+def _speculative(dep: Any, pred: Any, batch: Any, cost: Any) -> dict[str, Any]:
+    """The draft/verify split of a speculative step ({} without speculation)."""
+    sd = dep.speculative
+    if sd is None:
+        return {}
+    draft, verify = pred.breakdown_s(batch)
+    tau = sd.expected_tokens_per_step
+    return {
+        "method": sd.method,
+        "num_draft_tokens": sd.num_draft_tokens,
+        "acceptance": list(sd.acceptance),
+        "draft_s": draft,
+        "verify_s": verify,
+        "tokens_per_step": tau,
+        "seconds_per_token": cost.seconds / tau if batch.decode_seqs else None,
+    }
 
 
 def _time_by_provenance(cost: Any) -> dict[str, float]:
@@ -172,4 +239,9 @@ def _as_json(dep: Any, batch: Any, cost: Any, mem: Any) -> dict[str, Any]:
             "kernel_time_share": _time_by_provenance(cost),
         },
         "memory": {**mem.as_dict(), "kv_tokens": mem.kv_tokens},
+        **(
+            {"speculative": spec}
+            if (spec := _speculative(dep, dep.predictor(), batch, cost))
+            else {}
+        ),
     }

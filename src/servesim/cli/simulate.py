@@ -13,7 +13,9 @@ from servesim.cli import cluster_flags
 from servesim.cli import settings as config
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
-from servesim.cli.output import console, print_summary
+from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.moe_flags import MoeSettings, add_moe_args
+from servesim.cli.output import console, print_summary, print_workflows
 from servesim.cli.settings import (
     Misuse,
     NonEmpty,
@@ -35,10 +37,13 @@ MEASURED_KEYS = (
     "kv_dtype",
     "fit",
     "overlap_scheduling",
+    "speculative",
 )
 
 
-class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
+class SimulateSettings(
+    DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings, MoeSettings
+):
     """Everything `servesim simulate` reads."""
 
     replicas: PosInt = 1
@@ -48,6 +53,9 @@ class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
     tpot_slo: PosFloat = 0.1
     router: NonEmpty = "round_robin"
     out: NonEmpty = "servesim-out"
+    workflows: NonEmpty | None = None
+    num_workflows: PosInt = 200
+    workflow_rate: PosFloat | None = None
 
     @field_validator("router")
     @classmethod
@@ -78,6 +86,24 @@ class SimulateSettings(DeploymentSettings, WorkloadSettings, MechanismSettings):
                 "{migration} moves requests between replicas; add {replicas} 2 or more (or "
                 "{autoscale}), or drop {migration}."
             )
+        if self.given("workflows"):
+            for key in ("trace", "prompt", "output", "clients", "rate", "num_requests"):
+                if self.given(key):
+                    raise Misuse(
+                        f"{{{key}}} does nothing with {{workflows}}: the workflows' nodes give "
+                        f"the requests and {{workflow_rate}} their arrivals; drop {{{key}}}."
+                    )
+            if self.workflow_rate is None:
+                raise Misuse("{workflows} needs {workflow_rate} (workflows per second).")
+        else:
+            for key in ("num_workflows", "workflow_rate"):
+                if self.given(key):
+                    raise Misuse(f"{{{key}}} needs {{workflows}} (a workflow file or example).")
+            if self.policy == "deadline":
+                raise Misuse(
+                    "{policy} deadline orders the calls of workflows by their deadlines; give "
+                    "{workflows}, or use another policy."
+                )
         if one and self.given("router"):
             raise Misuse(
                 "{router} picks among replicas and does nothing with one; add {replicas} 2 or "
@@ -106,6 +132,16 @@ def add_simulate_parser(sub: Any) -> None:
         "engine and iteration costs from measurements; --model/--device/--engine/--tp are then "
         "taken from it",
     )
+    add_depth_args(sim)
+    add_moe_args(sim)
+    wf = sim.add_argument_group("workflows (agent and pipeline applications)")
+    wf.add_argument(
+        "--workflows",
+        help="workflow file (YAML/JSON DAGs of LLM and tool calls) or a bundled example: "
+        "text2sql, function_calling; --policy deadline schedules by workflow deadline",
+    )
+    wf.add_argument("--num-workflows", type=int, help="workflow instances to run (default 200)")
+    wf.add_argument("--workflow-rate", type=float, help="workflow arrivals per second (Poisson)")
     cluster_flags.add_args(sim)
 
 
@@ -130,14 +166,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from servesim.sim.metrics import Slo, write_parquet, write_summary
     from servesim.sim.simulate import simulate
     from servesim.sim.synthetic import ClosedLoop
+    from servesim.sim.workflows import WorkflowWorkload
 
     s = config.settings(SimulateSettings, args)
     out = config.check_out_dir(s.out, s.spell("out"))
     slo = Slo(s.ttft_slo, s.tpot_slo)
-    dep = build_measured(s) if s.measured else build_deployment(s)
+    dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
     dep = cluster_flags.apply(dep, s, slo)
-    work = build_workload(s)
-    closed = work if isinstance(work, ClosedLoop) else None
+    flows = _workflow_workload(s, dep) if s.workflows else None
+    work = flows if flows is not None else build_workload(s)
+    closed = work if isinstance(work, ClosedLoop | WorkflowWorkload) else None
     with config.writing(out, s.spell("out")):
         # Per-request rows stream to the Parquet file as requests finish (written in
         # request_id order): memory stays bounded on long traces.
@@ -149,14 +187,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             records_path=out / "requests.parquet",
         )
         summary = res.summary(slo)
-        summary["workload"] = (
-            f"closed loop, {closed.clients} clients, {closed.num_requests} requests"
-            if closed
-            else getattr(work, "name", "")
-        )
+        if flows is not None:
+            summary["workload"] = f"{flows.num_workflows} workflows, {flows.num_requests} calls"
+            summary["workflows"] = flows.report(res.columns()["finish_s"])
+        elif closed is not None:
+            summary["workload"] = (
+                f"closed loop, {closed.clients} clients, {closed.num_requests} requests"
+            )
+        else:
+            summary["workload"] = getattr(work, "name", "")
         summary["sim_wall_s"] = res.wall_s
+        if getattr(dep, "finetune", None) is not None:
+            from servesim.sim.coserving import finetune_throughput
+
+            summary["finetune"] = finetune_throughput(res)
         write_parquet(res.series, out / "timeseries.parquet")
         write_summary(summary, out / "summary.json")
     print_summary(summary)
+    if flows is not None:
+        print_workflows(summary["workflows"])
+    if "finetune" in summary:
+        ft = summary["finetune"]
+        console.print(
+            f"co-served fine-tuning: {ft['finetune_tok_per_s']:,.0f} training tokens/s, "
+            f"{ft['share_of_alone']:.0%} of the same GPUs training alone"
+        )
     console.print(f"wrote {out}/requests.parquet, timeseries.parquet and summary.json")
     return 0
+
+
+def _workflow_workload(s: SimulateSettings, dep: Any) -> Any:
+    """The workflow instances `--workflows` asks for; with `--policy deadline` each call gets
+    its latest start, planned with this deployment's prefill and decode speeds."""
+    from servesim.sim.workflows import Estimate, WorkflowWorkload, load_workflows
+
+    specs = load_workflows(str(s.workflows))
+    estimate = Estimate()
+    scheduling = "deadline" if s.policy == "deadline" else "fcfs"
+    pred = getattr(dep, "prefill", dep).predictor()
+    if scheduling == "deadline":
+        seqs = dep.batching()[0] if hasattr(dep, "batching") else 32
+        estimate = Estimate(
+            pred.step_s(0, 0, ((1024, 0),)) / 1024.0, pred.decode_step_coeffs(min(seqs, 64))[0]
+        )
+    assert s.workflow_rate is not None
+    return WorkflowWorkload(specs, s.num_workflows, s.workflow_rate, s.seed, scheduling, estimate)

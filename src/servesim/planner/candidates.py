@@ -32,6 +32,7 @@ from servesim.spec.engine_profile import get_engine
 from servesim.spec.memory import memory_layout
 from servesim.spec.model import ModelSpec, load_model
 from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
 
 # Bumped whenever `capacity.find_capacity` measures differently, so stores do not mix rules.
 CAPACITY_RULE = "steady-window-1"
@@ -114,6 +115,7 @@ class Candidate:
     prefill_replicas: int = 0
     decode_tp: int = 0
     decode_replicas: int = 0
+    num_draft_tokens: int = 0  # speculative draft tokens per step (0: no speculation)
 
     @property
     def disaggregated(self) -> bool:
@@ -129,7 +131,10 @@ class Candidate:
 
     def key(self) -> str:
         """Stable identifier of the configuration (for the result store)."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        doc = asdict(self)
+        if not doc["num_draft_tokens"]:  # stores written before speculation keep their keys
+            del doc["num_draft_tokens"]
+        text = json.dumps(doc, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -140,9 +145,10 @@ class Candidate:
                 f"P{self.prefill_replicas}xtp{self.prefill_tp}:D{self.decode_replicas}"
                 f"xtp{self.decode_tp}"
             )
+        spec = f" draft={self.num_draft_tokens}" if self.num_draft_tokens else ""
         return (
             f"{self.device} {par} {self.engine} seqs={self.max_num_seqs} "
-            f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}"
+            f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}" + spec
         )
 
 
@@ -161,6 +167,8 @@ class SearchSpace:
     # Disaggregated prefill/decode pools: prefill:decode replica ratios to try (empty: none).
     # Each pool's TP comes from `tp`; pools share the first engine and each batching setting.
     pd_ratios: tuple[tuple[int, int], ...] = ()
+    # Speculative draft tokens per step to try (0: off), with the plan's speculative method.
+    speculative_k: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,11 @@ class PlanSpec:
     fit_file: str | None = None
     rel_tol: float = 0.03
     latency_model: str = DEFAULT_LATENCY_MODEL  # auto, measured or roofline
+    # Speculative decoding the candidates with num_draft_tokens > 0 run: method (mtp, eagle,
+    # draft), the acceptance chain (empty: the method's sourced default) and a draft model.
+    speculative: str | None = None
+    acceptance: tuple[float, ...] = ()
+    draft_model: str | None = None
 
     def key(self) -> str:
         """Identifier of the question (model, workload, SLO) whose answers can be reused."""
@@ -192,6 +205,8 @@ class PlanSpec:
         }
         if self.latency_model != "roofline":  # plans stored before the field keep their key
             doc["latency_model"] = self.latency_model
+        if self.speculative is not None:
+            doc["speculative"] = [self.speculative, list(self.acceptance), self.draft_model]
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -209,8 +224,9 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             chunked_prefill=chunked,
             weight_dtype=w,
             kv_dtype=kv,
+            num_draft_tokens=k,
         )
-        for device, tp, pp, engine, (seqs, tokens), chunked, w, kv in product(
+        for device, tp, pp, engine, (seqs, tokens), chunked, w, kv, k in product(
             space.devices,
             space.tp,
             space.pp,
@@ -219,6 +235,7 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             space.chunked_prefill,
             wdts,
             space.kv_dtypes,
+            space.speculative_k,
         )
     ]
     disaggregated = [
@@ -235,8 +252,9 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             prefill_replicas=n_p,
             decode_tp=tp_d,
             decode_replicas=n_d,
+            num_draft_tokens=k,
         )
-        for device, tp_p, tp_d, (n_p, n_d), (seqs, tokens), w, kv in product(
+        for device, tp_p, tp_d, (n_p, n_d), (seqs, tokens), w, kv, k in product(
             space.devices,
             space.tp,
             space.tp,
@@ -244,6 +262,7 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             space.batching,
             wdts,
             space.kv_dtypes,
+            space.speculative_k,
         )
     ]
     return colocated + disaggregated
@@ -366,6 +385,7 @@ def deployment_for(
             chunked_prefill=c.chunked_prefill,
             fit=fit_for(spec.fit_file),
             latency_model=spec.latency_model,
+            speculative=speculative_for(spec, c.num_draft_tokens),
         )
 
     if not c.disaggregated:
@@ -374,6 +394,22 @@ def deployment_for(
     decode = pool(c.decode_tp, 1, c.decode_replicas * replicas)
     # A group sits on one node (pruning ensures it), so its KV moves over the node's links.
     return DisaggDeployment(prefill, decode, link="nvlink")
+
+
+@cache
+def speculative_for(spec: PlanSpec, k: int) -> SpeculativeDecoding | None:
+    """The plan's speculative decoding at k draft tokens (None when k is 0): the first k
+    rates of its acceptance chain, or its one rate at every position."""
+    if not k:
+        return None
+    if spec.speculative is None:
+        raise ServesimError(
+            f"A candidate drafts {k} tokens per step but the plan names no speculative method; "
+            "give --speculative mtp|eagle|draft."
+        )
+    acc = spec.acceptance[:k] if len(spec.acceptance) > 1 else spec.acceptance
+    draft = model_for(spec.draft_model) if spec.draft_model else None
+    return SpeculativeDecoding(spec.speculative, k, acc, draft, seed=spec.workload.seed)
 
 
 def candidate_from_row(row: dict[str, Any]) -> Candidate:

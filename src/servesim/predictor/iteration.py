@@ -21,6 +21,7 @@ from servesim.predictor.measured_kernels import PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import EngineProfile
+from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -151,6 +152,7 @@ class Predictor:
         fit: roofline.KernelFit | None = None,
         power_device: Device | None = None,
         latency_model: str = DEFAULT_LATENCY_MODEL,
+        expert_load: ExpertLoad | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -161,7 +163,18 @@ class Predictor:
         self.engine = engine or EngineProfile()
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
+        # Routed tokens on the busiest EP rank over the mean (1: balanced); with a stated expert
+        # popularity and placement the expert layers run at the busiest rank's load.
+        self.expert_load = expert_load
+        self._imbalance = 1.0
+        if expert_load is not None and model.num_experts:
+            self._imbalance = expert_load.busiest_share(model.num_experts, self.par.ep) * (
+                self.par.ep
+            )
         self.latency_model = latency_model
+        # Query tokens each decode sequence runs per step: 1, or k+1 when a speculative step
+        # verifies k draft tokens (`predictor.speculative`): its GEMMs and LM head see them all.
+        self.decode_tokens = 1
         # Measured kernel tables of this GPU and engine (None: the roofline prices everything).
         self.kernels = measured_kernels.backend(
             latency_model,
@@ -206,7 +219,8 @@ class Predictor:
         chunks, rank_tokens, rank_seqs = self._busiest_rank(batch.decode_seqs, batch.prefill)
         if batch.num_tokens:
             t = np.array([max(1, rank_tokens)], dtype=np.float64)
-            terms = self._rank_terms(t) + self._group_terms(np.array([float(batch.num_tokens)]))
+            stage_tokens = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
+            terms = self._rank_terms(t) + self._group_terms(np.array([float(stage_tokens)]))
             for term in terms:
                 out.append(
                     OpCost(
@@ -231,7 +245,8 @@ class Predictor:
             return out
         # Every stage runs its share in turn: the breakdown is per iteration, all stages.
         out = [replace(op, seconds=op.seconds * pp) for op in out]
-        out.append(OpCost("pp_send", "comm", pp - 1, self.pp_send_s(batch.num_tokens), 0.0, 0.0))
+        sent = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
+        out.append(OpCost("pp_send", "comm", pp - 1, self.pp_send_s(sent), 0.0, 0.0))
         return out
 
     def _gemm(
@@ -571,11 +586,13 @@ class Predictor:
         terms: list[_Term] = []
         zero = np.zeros_like(tokens)
         routed = tokens / p.ep
+        if self.expert_load is not None:  # the busiest EP rank's routed tokens (whole ones)
+            routed = np.ceil(routed * self._imbalance - 1e-9)
         experts = max(1, n_exp // p.ep)
         width = m.moe_intermediate_size // p.moe_tp
         if self._uses_alltoall():
             # Each device dispatches its 1/(tp·dp) share of the stage's tokens.
-            a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES
+            a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES * self._imbalance
             a2a = self._collective("alltoall", a2a_bytes, p.ep)
             terms.append(
                 _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
@@ -604,7 +621,9 @@ class Predictor:
         """The expert terms with the measured fused MoE layer's time where a table has one,
         shared between up, down and activation as the roofline shares it (unchanged without
         the measured backend)."""
-        if self.kernels is None:
+        if self.kernels is None or self.expert_load is not None:
+            # A stated popularity is priced by the roofline at the busiest rank's load (the
+            # measured tables carry their own fixed token distribution).
             return expert_terms
         m, p = self.model, self.par
         ep = p.ep
@@ -956,29 +975,31 @@ class Predictor:
         """
         chunks = list(prefill)
         dp = self.par.dp
+        q = self.decode_tokens  # LM-head rows and tokens of a decode sequence
         if dp == 1:
-            tokens = decode_seqs + sum(n for n, _ in chunks)
-            return list(range(len(chunks))), tokens, decode_seqs + len(chunks)
+            tokens = decode_seqs * q + sum(n for n, _ in chunks)
+            return list(range(len(chunks))), tokens, decode_seqs * q + len(chunks)
         dec = -(-decode_seqs // dp)
+        dq = dec * q
         if self.par.dp_dispatch == "random" and len(chunks) > 1:
             share = busiest_share(len(chunks), dp)
             if share > -(-len(chunks) // dp):
                 idx = list(range(share))
-                tok = dec + sum(chunks[i][0] for i in idx)
-                return idx, tok, dec + share
+                tok = dq + sum(chunks[i][0] for i in idx)
+                return idx, tok, dq + share
         ranks = min(dp, len(chunks))
-        best: tuple[float, list[int], int, int] = (-1.0, [], dec, dec)
+        best: tuple[float, list[int], int, int] = (-1.0, [], dq, dq)
         if len(chunks) < dp:
-            t0 = self._rank_dense_s(dec, dec) if dec else 0.0
-            best = (t0 + self._rank_overhead_s(dec, 0), [], dec, dec)
+            t0 = self._rank_dense_s(dq, dq) if dec else 0.0
+            best = (t0 + self._rank_overhead_s(dec, 0), [], dq, dq)
         pre = self._prefill_cache
         for r in range(ranks):
             idx = list(range(r, len(chunks), dp))
-            tok = dec + sum(chunks[i][0] for i in idx)
-            cost = sum(pre(*chunks[i]) for i in idx) + self._rank_dense_s(tok, dec + len(idx))
+            tok = dq + sum(chunks[i][0] for i in idx)
+            cost = sum(pre(*chunks[i]) for i in idx) + self._rank_dense_s(tok, dq + len(idx))
             cost += self._rank_overhead_s(dec, len(idx))
             if cost > best[0]:
-                best = (cost, idx, tok, dec + len(idx))
+                best = (cost, idx, tok, dq + len(idx))
         return best[1], best[2], best[3]
 
     def _rank_dense_s(self, tokens: int, seqs: int) -> float:
@@ -1010,7 +1031,7 @@ class Predictor:
             a, b = self._decode_cache(decode_seqs)
             stage += a + b * decode_context
         stage += self._rank_dense_s(rank_tokens, rank_seqs)
-        tokens = decode_seqs + sum(n for n, _ in chunks)
+        tokens = decode_seqs * self.decode_tokens + sum(n for n, _ in chunks)
         stage += self._group_s(tokens)
         stage += self._rank_overhead_s(-(-decode_seqs // self.par.dp), len(idx))
         if self.par.pp == 1:
@@ -1023,7 +1044,7 @@ class Predictor:
         """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
         if self.par.dp > 1:
             return self._step_dp_s(decode_seqs, decode_context, prefill)
-        tokens = decode_seqs
+        tokens = rows = decode_seqs * self.decode_tokens  # rows: of the LM head
         stage = 0.0
         n_pre = 0
         pre = self._prefill_cache
@@ -1034,7 +1055,7 @@ class Predictor:
         if decode_seqs:
             a, b = self._decode_cache(decode_seqs)
             stage += a + b * decode_context
-        seqs = decode_seqs + n_pre
+        seqs = rows + n_pre
         dense, lm = self._dense_tab, self._lm_tab
         if tokens < len(dense) and seqs < len(lm):
             stage += dense[tokens] + lm[seqs]
@@ -1121,7 +1142,7 @@ class Predictor:
         Energy of an iteration is then devices × (P_idle·t + (P_max − P_idle)·work): power runs
         from idle to max with the utilisation of the compute units and of HBM.
         """
-        tokens = decode_seqs
+        tokens = rows = decode_seqs * self.decode_tokens
         work = 0.0
         n_pre = 0
         for new, cached in prefill:
@@ -1130,7 +1151,7 @@ class Predictor:
             work += self._prefill_attn_work_s(new, cached)
         if decode_seqs:
             work += self._decode_work_per_token() * decode_context
-        seqs = decode_seqs + n_pre
+        seqs = rows + n_pre
         rank_tokens = -(-tokens // self.par.dp)
         rows = -(-seqs // self.par.dp)
         if rank_tokens >= len(self._dyn_dense_tab) or rows >= len(self._dyn_lm_tab):

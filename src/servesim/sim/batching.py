@@ -47,7 +47,9 @@ class BatchFormation:
             # The first decode step of the group as it now stands (as `_start_decode` prices it).
             n, g = len(self.off), self.G
             c0, c1 = self._step_costs(n)[:2]
-            end = now + c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum)
+            # Summed as `_start_decode` sums it, so a request that finishes in that step
+            # (speculation can emit all its tokens at once) ends exactly then, not an ulp before.
+            end = now + (c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum))
             for rid in after_step:
                 first[rid] = end
 
@@ -72,11 +74,12 @@ class BatchFormation:
         """
         cap = self.kv_blocks
         n, bs = len(self.off), self.cfg.block_size
-        upper = (self.off_sum + n * (self.G + bs)) // bs
+        s = self.step_slots  # KV slots a decode step writes per sequence (k+1 speculating)
+        upper = (self.off_sum + n * (self.G + s - 1 + bs)) // bs
         if upper + self.fixed_blocks + slack <= cap:
             return upper
         while self.off:
-            need = self.blocks.blocks_at(self.G + 1)
+            need = self.blocks.blocks_at(self.G + s)
             if need + self.fixed_blocks <= cap:
                 return need
             self._preempt_one()
@@ -97,10 +100,10 @@ class BatchFormation:
                 n_dec = len(off)  # reserving may have preempted some
             else:
                 free = self.kv_blocks - self.fixed_blocks
-            budget -= n_dec
+            budget -= n_dec * self.step_slots  # verify tokens count against the budget
         else:
             n_dec = 0
-            held = self.blocks.blocks_at(self.G + 1) if off else 0
+            held = self.blocks.blocks_at(self.G + self.step_slots) if off else 0
             free = self.kv_blocks - held - self.fixed_blocks
         chunks: list[tuple[list[int], int]] = []  # (prefilling entry, new tokens)
         shapes: list[tuple[int, int]] = []
@@ -218,6 +221,8 @@ class BatchFormation:
         if n_dec:
             self._decode_gaps(end)
             self.G += 1
+            if self.spec_state is not None:
+                self._spec_advance(self.G - 1)
             self.last_decode_end = end
             self._pop_finished(end, done)
         finished = False

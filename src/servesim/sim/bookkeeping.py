@@ -30,9 +30,10 @@ class RequestBookkeeping:
             self.shared_sum += shared
         self.join_seq = seq = self.join_seq + 1
         self.joined[rid] = seq
-        heapq.heappush(
-            self.finish_heap, (self.G + tab.output_tokens[rid] - tab.generated[rid], seq, rid)
-        )
+        steps = tab.output_tokens[rid] - tab.generated[rid]
+        if self.spec_state is not None:  # speculative: drawn verify steps, not one per token
+            steps = self._spec_join(rid, off, steps)
+        heapq.heappush(self.finish_heap, (self.G + steps, seq, rid))
         self.join_order.append(rid)
         if self.fresh and self.fresh[-1][0] == t_token:
             self.fresh[-1] = (t_token, self.fresh[-1][1] + 1)
@@ -44,6 +45,8 @@ class RequestBookkeeping:
         """Remove a request from the decode group; returns its cached tokens."""
         off = self.off.pop(rid)
         del self.joined[rid]
+        if self.spec_state is not None:  # what the group's sums hold for it: its drawn tokens
+            off = self._spec_leave_offset(rid)
         self.off_sum -= off
         self.blocks.remove(off)
         if self.shared:

@@ -280,9 +280,9 @@ class Cluster:
             if done:
                 self.stats.finish_events += len(done)
                 if closed is not None:
-                    finish = table.finish_s
+                    finish, ids = table.finish_s, table.request_id
                     for rid in done:
-                        for sent, gid in pacer.finished(float(finish[rid])):
+                        for sent, gid in pacer.finished(float(finish[rid]), ids[rid]):
                             heapq.heappush(pending, (sent + lag(prompt_of(gid)), gid, sent))
                 report(done)
             if tick:

@@ -28,8 +28,14 @@ class DecodeStretch:
         n = len(off)
         cap = self.kv_blocks - self.fixed_blocks
         bs = self.cfg.block_size
+        if self.spec_state is not None:  # speculative steps write k+1 KV slots per sequence
+            k = self._spec_fit(k)
+            n = len(off)
+            if not n:
+                self._schedule()
+                return
         # Σ ceil(x/bs) ≤ (Σx + n(bs−1))/bs: when even that bound fits, skip the exact count.
-        if (self.off_sum + n * (g + k + bs - 1)) // bs > cap:
+        elif (self.off_sum + n * (g + k + bs - 1)) // bs > cap:
             while self.off and self.blocks.blocks_at(g + 1) > cap:
                 self._preempt_one()
                 cap = self.kv_blocks - self.fixed_blocks
@@ -49,7 +55,7 @@ class DecodeStretch:
         c0, c1, w0, _ = self._step_costs(n)
         # Step j (0-based) attends to off_sum + n(g + 1 + j) tokens: it lasts step0 + j·slope.
         step0 = c0 + c1 * (self.off_sum + n * (g + 1) + self.shared_sum)
-        slope = c1 * n
+        slope = c1 * n * self.spec_tau  # context grows by the tokens a step emits
         t0 = self.now
         if self.stall_s:
             t0 += self.stall_s
@@ -122,6 +128,8 @@ class DecodeStretch:
         self.work_s += k * w0  # dense work; the KV reads are priced from the table at the end
         self.iterations += k
         self.G = g = self.G + k
+        if self.spec_state is not None:
+            self._spec_advance(g - k)
         every = self.cfg.recv_interval
         if every > 1:  # passes inside the stretch read (nothing) and restart the count
             r = self.recv_steps + k

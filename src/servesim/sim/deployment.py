@@ -10,16 +10,23 @@ from dataclasses import dataclass, field
 
 from servesim.errors import ServesimError
 from servesim.predictor import roofline
+from servesim.predictor.adaptive_depth import SkippingPredictor
+from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
 from servesim.predictor.profiled import ProfiledTiming
+from servesim.predictor.speculative import SpeculativePredictor
 from servesim.sim.autoscale import Autoscaler
 from servesim.sim.policies import Policy
 from servesim.sim.router import Migration
+from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile, get_engine
+from servesim.spec.expert_load import ExpertLoad
+from servesim.spec.finetune import FineTuneJob
 from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
 
 _PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
 
@@ -45,6 +52,18 @@ class Deployment:
     # What prices kernels: "roofline", "measured" (aiconfigurator-core's tables; refuses a GPU
     # without them) or "auto" (measured where covered, the roofline elsewhere).
     latency_model: str = DEFAULT_LATENCY_MODEL
+    # Requests skip layers (FiRST): each step priced by the layers its sequences run.
+    layer_skipping: LayerSkipping | None = None
+    # A fine-tuning job riding along in every iteration (FlexLLM co-serving).
+    finetune: FineTuneJob | None = None
+    # Expert popularity and placement over the EP ranks (None: tokens spread evenly).
+    expert_load: ExpertLoad | None = None
+    # Speculative decoding of every decode step (None: one token per step).
+    speculative: SpeculativeDecoding | None = None
+
+    def __post_init__(self) -> None:
+        if self.speculative is not None:
+            self.speculative.check_target(self.model)
 
     @property
     def num_devices(self) -> int:
@@ -86,6 +105,16 @@ class Deployment:
         its memoised kernel times and dense-work tables across those runs.
         """
         if self.profiled is not None:
+            if (
+                self.speculative is not None
+                or self.layer_skipping is not None
+                or self.finetune is not None
+            ):
+                raise ServesimError(
+                    "Speculative decoding, layer skipping and co-served fine-tuning are priced "
+                    "on GPU kernels, not on a CPU engine profiled here; drop them or the "
+                    "profiled engine."
+                )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (
             self.model,
@@ -94,19 +123,40 @@ class Deployment:
             self.engine,
             id(self.fit),
             self.latency_model,
+            self.layer_skipping,
+            self.finetune,
+            self.expert_load,
+            self.speculative,
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
             if len(_PREDICTORS) >= 64:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
-            pred = Predictor(
-                self.model,
-                self.device,
-                self.parallel,
-                self.engine,
-                self.fit,
-                latency_model=self.latency_model,
-            )
+            args = (self.model, self.device, self.parallel, self.engine, self.fit)
+            variants = [self.speculative, self.layer_skipping, self.finetune]
+            if sum(v is not None for v in variants) > 1:
+                raise ServesimError(
+                    "Speculative decoding, layer skipping and co-served fine-tuning are not "
+                    "modelled together; keep one of them."
+                )
+            kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
+            if self.speculative is not None:
+                pred = SpeculativePredictor(
+                    self.model,
+                    self.device,
+                    self.speculative,
+                    self.parallel,
+                    self.engine,
+                    self.fit,
+                    latency_model=self.latency_model,
+                    expert_load=self.expert_load,
+                )
+            elif self.layer_skipping is not None:
+                pred = SkippingPredictor(*args, **kw, skipping=self.layer_skipping)
+            elif self.finetune is not None:
+                pred = CoServingPredictor(*args, **kw, job=self.finetune)
+            else:
+                pred = Predictor(*args, **kw)
             _PREDICTORS[key] = pred
         return pred
 
@@ -125,6 +175,12 @@ class Deployment:
             text += " +migration"
         if self.autoscaler is not None:
             text += " autoscaled"
+        if self.layer_skipping is not None:
+            text += f" skip{self.layer_skipping.skip_prob:g}"
+        if self.finetune is not None:
+            text += f" +finetune{self.finetune.tokens_per_iter}"
+        if self.speculative is not None:
+            text += f" {self.speculative.label()}"
         return text
 
     def check_batch(self, batch: BatchShape, spell: Callable[[str], str] = str) -> None:

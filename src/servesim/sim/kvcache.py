@@ -9,6 +9,8 @@ at once and still preempt on the exact step where the cache runs out.
 
 from __future__ import annotations
 
+import numpy as np
+
 
 class DecodeBlocks:
     """Exact block count of a lock-step decoding group, by residue classes of the offsets."""
@@ -34,6 +36,13 @@ class DecodeBlocks:
         self._a_sum -= a
         self._cnt[r] -= 1
         self.n -= 1
+
+    def reset(self, offs: list[int]) -> None:
+        """Hold exactly the sequences of offsets `offs` (a whole group moved at once)."""
+        a = np.asarray(offs, dtype=np.int64)
+        self.n = len(a)
+        self._a_sum = int((a // self.bs).sum())
+        self._cnt = np.bincount(a % self.bs, minlength=self.bs).tolist()
 
     def blocks_at(self, g: int) -> int:
         """Blocks the group holds when the step counter is `g`: Σ ceil((off_i + g) / bs)."""

@@ -10,6 +10,10 @@ gives way, plus the output-length estimates deadline-aware scheduling depends on
   start (or continue) and still meet its class's SLO, from an output-length estimate that is
   noisy at first and refined as tokens arrive; the least slack runs first, requests with the
   most slack give way, and requests that can no longer make it go last.
+- `deadline`: workflow-aware urgency as HEXGEN-Text2SQL orders its queues. A request's
+  `priority` is the latest time (µs) it can start and still let its workflow meet its SLO
+  (`sim.workflows`); the earliest runs first, a request released already past it goes last (its
+  workflow is lost; serving it first would make others late too), and nothing is preempted.
 - `laps`: LAPS's dual queues. Prompts up to a threshold form the short queue, which runs first,
   and an iteration batches only one kind (temporal disaggregation of short and long prefills).
 
@@ -32,7 +36,7 @@ from servesim.errors import ServesimError
 from servesim.predictor.iteration import Predictor
 from servesim.spec.memory import kv_bytes_per_token_per_device
 
-POLICIES = ("fcfs", "priority", "slack", "laps")
+POLICIES = ("fcfs", "priority", "slack", "laps", "deadline")
 PREEMPTION_MODES = ("recompute", "swap")
 ESTIMATE_SOURCES = ("oracle", "trace", "noisy")
 _NORMAL = NormalDist()
@@ -232,6 +236,9 @@ class PolicyState:
         elif name == "laps":
             self.key = self._laps_key
             self.run_key = self._laps_key
+        elif name == "deadline":
+            self.key = self._deadline_key
+            self.run_key = self._deadline_key
         elif name == "slack":
             self.key = self._slack_key
             self.run_key = self._slack_run_key
@@ -247,6 +254,12 @@ class PolicyState:
     def _priority_key(self, rid: int) -> tuple[int, float, int]:
         tab = self.table
         return (tab.priority[rid], tab.arrival_s[rid], tab.request_id[rid])
+
+    def _deadline_key(self, rid: int) -> tuple[int, int, int]:
+        tab = self.table
+        latest = tab.priority[rid]
+        late = 1 if tab.arrival_s[rid] * 1e6 > latest else 0
+        return (late, latest, tab.request_id[rid])
 
     def _laps_key(self, rid: int) -> tuple[int, float, int]:
         tab = self.table

@@ -48,6 +48,7 @@ from servesim.sim.policies import KeyedQueue, PolicyState
 from servesim.sim.policy_batching import PolicyBatchFormation
 from servesim.sim.prefix_cache import PrefixCache
 from servesim.sim.records import RequestTable, SeriesRecorder
+from servesim.sim.speculation import SpecState, SpeculativeSteps
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
@@ -76,7 +77,9 @@ class ReplicaConfig:
     batch_wait_ratio: float = 0.0
 
 
-class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookkeeping):
+class Replica(
+    BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookkeeping, SpeculativeSteps
+):
     """Continuous-batching engine state and its event-skipping step loop."""
 
     # Slots keep attribute access on the hot path fast (a plain instance dict with this many
@@ -140,7 +143,10 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         "shape_work_s",
         "shared",
         "shared_sum",
+        "spec_state",
+        "spec_tau",
         "stall_s",
+        "step_slots",
         "suspended",
         "suspended_rids",
         "swapped",
@@ -171,6 +177,12 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         self.role = role
         self.hands_off = role == "prefill"
         self.ps = policy
+        # Speculative decoding (`sim.speculation`): KV slots a decode step writes per sequence,
+        # mean tokens it emits, and the running sequences' seeded draws (None without it).
+        spec = getattr(predictor, "speculative", None)
+        self.step_slots = 1 if spec is None else spec.num_draft_tokens + 1
+        self.spec_tau = 1.0 if spec is None else spec.expected_tokens_per_step
+        self.spec_state = None if spec is None else SpecState(spec.acceptance, spec.seed, index)
         self.waiting: Any = deque() if policy is None else KeyedQueue(policy.key)
         self.kv_blocks = cfg.kv_blocks  # may shrink when a partner shares the cache (semi-PD)
         # Partial prefills: [rid, done_tokens, target_tokens, private_blocks, shared_tokens]
@@ -264,7 +276,8 @@ class Replica(BatchFormation, DecodeStretch, PolicyBatchFormation, RequestBookke
         shapes = np.concatenate(parts)
         dense = self.shape_work_s + pred.dense_work_many(shapes >> 20, shapes & 0xFFFFF)
         work = self.work_s + dense
-        work += pred.decode_work_per_token_s * decode_context_tokens
+        # The table sums one context per token; a speculative step reads it once per step.
+        work += pred.decode_work_per_token_s * decode_context_tokens / self.spec_tau
         return work + pred.attn_pair_work_s * self.attn_pairs
 
     def provisioned_s(self, end_s: float) -> float:

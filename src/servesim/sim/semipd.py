@@ -90,6 +90,11 @@ class SemiPDDeployment:
                 "Semi-PD is modelled without pipeline parallelism, autoscaling or migration; "
                 "use pp=1 and plain replicas."
             )
+        if self.base.speculative is not None:
+            raise ServesimError(
+                "Semi-PD lanes are modelled without speculative decoding; drop the speculative "
+                "settings or run colocated or disaggregated."
+            )
 
     @property
     def num_devices(self) -> int:

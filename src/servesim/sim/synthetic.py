@@ -420,9 +420,10 @@ class ClientPacer:
         """The first request of each client (of the warm-up phase, if any)."""
         return self._phase(0.0, self.barrier or self.n)
 
-    def finished(self, t: float) -> list[tuple[float, int]]:
-        """A request ended at t: the freed client's next request, or at the end of the warm-up
-        the measured phase's first requests."""
+    def finished(self, t: float, request_id: int = -1) -> list[tuple[float, int]]:
+        """A request (any: clients are alike, so `request_id` does not matter) ended at t: the
+        freed client's next request, or at the end of the warm-up the measured phase's first
+        requests."""
         self.done += 1
         k = self.next
         if k >= self.n:

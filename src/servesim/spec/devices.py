@@ -43,6 +43,20 @@ class Device:
     vendor: str = ""
     link_name: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Edge and CPU facts (0 / False when the entry does not say): DRAM channels; what one core
+    # streams from DRAM on its own (a few threads cannot use a socket's full bandwidth); memory
+    # shared by CPU and GPU (Apple M-series, Jetson), so "offloading" moves no bytes.
+    mem_channels: int = 0
+    core_bw_bytes_per_s: float = 0.0
+    unified_memory: bool = False
+
+    def stream_bw(self, threads: int = 0) -> float:
+        """DRAM bytes/s that `threads` cores can stream (0: all cores): the socket's bandwidth,
+        capped by `threads` times one core's when the entry gives it."""
+        if not self.core_bw_bytes_per_s:
+            return self.mem_bw_bytes_per_s
+        cores = self.num_sms if threads <= 0 else min(threads, self.num_sms)
+        return min(self.mem_bw_bytes_per_s, cores * self.core_bw_bytes_per_s)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense peak FLOP/s for a compute dtype, falling back to the nearest wider format."""
@@ -87,7 +101,15 @@ _NUMERIC: dict[str, tuple[str, float]] = {
 }
 _INTEGER = ("num_sms", "max_devices_per_node")
 _REQUIRED = ("peak_tflops", *_NUMERIC, *_INTEGER)
-_OPTIONAL = ("kind", "vendor", "link_name", "aliases")
+_OPTIONAL = (
+    "kind",
+    "vendor",
+    "link_name",
+    "aliases",
+    "mem_channels",
+    "core_bw_gb_s",
+    "unified_memory",
+)
 _KINDS = ("gpu", "cpu", "edge")
 
 
@@ -146,8 +168,19 @@ def _device_from_entry(name: str, entry: dict[str, Any], origin: str) -> Device:
     aliases = entry.get("aliases", ())
     if isinstance(aliases, str) or not isinstance(aliases, list | tuple):
         raise ServesimError(f"{where}: aliases must be a list, e.g. [h100, h100-sxm].")
+    channels = _number(entry.get("mem_channels", 0), "mem_channels", where)
+    if channels != int(channels):
+        raise ServesimError(
+            f"{where}: mem_channels is {entry['mem_channels']!r}; use a whole number."
+        )
+    unified = entry.get("unified_memory", False)
+    if not isinstance(unified, bool):
+        raise ServesimError(f"{where}: unified_memory must be true or false, not {unified!r}.")
     return Device(
         name=name,
+        mem_channels=int(channels),
+        core_bw_bytes_per_s=_number(entry.get("core_bw_gb_s", 0), "core_bw_gb_s", where) * 1e9,
+        unified_memory=unified,
         peak_flops_per_s=peak,
         num_sms=ints["num_sms"],
         max_devices_per_node=ints["max_devices_per_node"],

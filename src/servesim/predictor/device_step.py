@@ -1,0 +1,354 @@
+"""One forward pass of a model, or of a run of its layers, on one local device (CPU, consumer
+GPU, Apple/Jetson/phone SoC) as a per-layer roofline plus fixed costs per operator.
+
+The datacenter predictor (`iteration.Predictor`) prices vLLM/SGLang kernels with fitted,
+shape-dependent efficiencies. Local runtimes (llama.cpp, kTransformers, MLX) differ in what
+dominates: GGUF block formats, a CPU's thread count capping its bandwidth, and a fixed cost per
+graph operator (a CUDA kernel launch, a ggml thread barrier) that makes deep-narrow models
+slower than wide-shallow ones at batch 1 (Nemotron-Flash, NVIDIA 2025). This module is the
+one cost model the hybrid, split and choose code share; `edge_fit` adapts its efficiencies to a
+device from a few measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from servesim.errors import ServesimError
+from servesim.predictor.roofline import expected_experts_hit
+from servesim.spec.devices import Device
+from servesim.spec.model import ModelSpec
+from servesim.spec.quant import (
+    BLOCK_BYTES_PER_WEIGHT,
+    Quant,
+    compute_dtype,
+    kv_bytes_per_value,
+    use_more_bits,
+)
+
+# Compute nodes of one Llama decoder layer in llama.cpp's graph (src/models/llama.cpp,
+# `llm_build_llama`): rms_norm, mul, q/k/v mul_mat, 2 rope, 2 KV-cache copies, kq mul_mat,
+# soft_max, kqv mul_mat, o mul_mat, add, rms_norm, mul, gate and up mul_mat, swiglu, down
+# mul_mat, add = 20. Each pays a launch (GPU) or a barrier across threads (CPU).
+OPS_PER_LAYER = 20
+OPS_PER_HEAD = 4  # final norm, mul, lm_head mul_mat, get_rows of the last token
+ACT_BYTES = 4.0  # llama.cpp keeps activations in fp32 between operators
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """What share of a device's peaks a runtime reaches, and its fixed costs.
+
+    `compute` maps a weight block format (f16, q8_0, q4_k, ...) to the share of the peak of the
+    format it computes in for a many-row GEMM; "*" is the default. `gemv` the same for one
+    activation row (decode of one sequence), when it differs: a CPU's quantised dot products
+    unpack every weight block for every row (ggml-cpu `ggml_vec_dot_*`), so that cost is
+    amortised only across rows (`share`). `memory` is the share of the streamable DRAM
+    bandwidth; `op_s` the fixed seconds per graph operator; `step_s` per forward pass.
+    """
+
+    compute: dict[str, float] = field(default_factory=lambda: {"*": 0.5})
+    memory: float = 0.8
+    op_s: float = 1e-6
+    step_s: float = 1e-4
+    gemv: dict[str, float] = field(default_factory=dict)
+
+    def compute_share(self, fmt: str) -> float:
+        """Share of peak reached by many-row GEMMs whose weights are in block format `fmt`."""
+        return self.compute.get(fmt, self.compute.get("*", 0.5))
+
+    def share(self, fmt: str, rows: float) -> float:
+        """Share of peak with `rows` activation rows: the per-row unpacking overhead of a
+        one-row GEMV (1/gemv − 1/gemm per FLOP) shrinks as 1/rows."""
+        gemm = self.compute_share(fmt)
+        one = self.gemv.get(fmt, self.gemv.get("*"))
+        if one is None or rows <= 0:
+            return gemm
+        return 1.0 / (1.0 / gemm + (1.0 / one - 1.0 / gemm) / rows)
+
+
+def default_efficiency(device: Device) -> Efficiency:
+    """Spec-only efficiencies by device kind, before any measurement.
+
+    CPU (llama.cpp ggml-cpu): GEMMs at ~half of the vector peak (dequantisation and packing cost
+    about as much as the FMAs; llamafile tinyBLAS reports 40-60 % of peak), 80 % of stream
+    bandwidth in decode, ~1 µs per operator for the thread barrier (ggml_barrier spins on an
+    atomic; about a cache-line round trip per thread). GPUs: 60 % of tensor peak, 80 % of DRAM
+    bandwidth (what GEMV kernels reach on GDDR6X/LPDDR5), ~4 µs per kernel launch when the
+    graph is not captured (CUDA launch overhead, NVIDIA CUDA C best practices guide), 6 µs on
+    Jetson and Apple (slower host cores and Metal encoding; estimate).
+    """
+    if device.kind == "cpu":
+        return Efficiency({"*": 0.5}, memory=0.8, op_s=1e-6, step_s=1e-4)
+    if device.kind == "edge":
+        return Efficiency({"*": 0.5}, memory=0.8, op_s=6e-6, step_s=2e-4)
+    return Efficiency({"*": 0.6}, memory=0.8, op_s=4e-6, step_s=1e-4)
+
+
+@dataclass(frozen=True)
+class Work:
+    """Work of one forward pass over some layers: FLOPs and bytes per block format, operators."""
+
+    flops: dict[str, float]  # per weight block format: GEMM FLOPs
+    weight_bytes: float
+    other_bytes: float  # KV cache and activations read or written
+    attn_flops: float
+    ops: int
+    rows: float = 0.0  # activation rows each GEMM multiplies (0: unknown, many)
+
+    def __add__(self, other: Work) -> Work:
+        flops = dict(self.flops)
+        for k, v in other.flops.items():
+            flops[k] = flops.get(k, 0.0) + v
+        return Work(
+            flops,
+            self.weight_bytes + other.weight_bytes,
+            self.other_bytes + other.other_bytes,
+            self.attn_flops + other.attn_flops,
+            self.ops + other.ops,
+            max(self.rows, other.rows),
+        )
+
+
+ZERO = Work({}, 0.0, 0.0, 0.0, 0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A batch's shape: `tokens` processed in this pass by `seqs` sequences that already hold
+    `context` tokens each (decode: tokens == seqs; prefill of one prompt: seqs 1, context 0)."""
+
+    tokens: int
+    seqs: int = 1
+    context: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.seqs < 1 or self.context < 0:
+            raise ServesimError(
+                f"A step needs tokens >= 1 and seqs >= 1 and context >= 0, got {self}."
+            )
+
+
+def decode(seqs: int = 1, context: int = 512) -> Step:
+    """One decode step of `seqs` sequences at `context` tokens each."""
+    return Step(seqs, seqs, context)
+
+
+def prefill(tokens: int) -> Step:
+    """The prefill of one prompt of `tokens` tokens."""
+    return Step(tokens, 1, 0)
+
+
+def check_supported(model: ModelSpec) -> None:
+    """Refuse the shapes this cost model does not price (it knows GQA attention with dense or
+    routed-expert MLPs), rather than return a wrong number."""
+    if model.is_mla or model.is_hybrid or model.num_mixer_only_layers or model.num_mlp_only_layers:
+        raise ServesimError(
+            f"{model.name} uses MLA or linear-attention layers, which the local-device cost model "
+            "does not price yet; use a GQA model (Llama, Qwen, Mistral, Mixtral, gpt-oss)."
+        )
+
+
+def _is_moe_layer(model: ModelSpec, layer: int) -> bool:
+    return model.is_moe and layer >= model.first_dense_layers
+
+
+def _matrices(model: ModelSpec, layer: int = 0) -> dict[str, int]:
+    """Parameters of each matrix of one decoder layer (llama.cpp tensor roles), routed experts
+    apart."""
+    h, q, kv = model.hidden_size, model.num_heads * model.head_dim, model.num_kv_heads
+    kvd = kv * model.head_dim
+    out = {"q": h * q, "k": h * kvd, "v": h * kvd, "o": q * h}
+    if not _is_moe_layer(model, layer):
+        i = model.intermediate_size
+        out |= {"up": h * i, "down": i * h}
+        if model.gated_mlp:
+            out["gate"] = h * i
+    return out
+
+
+def layer_work(model: ModelSpec, quant: Quant, layer: int, step: Step) -> Work:
+    """FLOPs, bytes and operators of decoder layer `layer` for one step (MoE experts priced by
+    the expected number of distinct experts the step's tokens hit)."""
+    check_supported(model)
+    flops: dict[str, float] = {}
+    wbytes = 0.0
+    for part, params in _matrices(model, layer).items():
+        bpw = quant.layer_bytes_per_weight(part, layer, model.num_layers)
+        fmt = _fmt_of(quant, part, layer, model.num_layers)
+        flops[fmt] = flops.get(fmt, 0.0) + 2.0 * params * step.tokens
+        wbytes += params * bpw
+    if _is_moe_layer(model, layer):
+        k, n = model.experts_per_token, model.num_experts
+        hit = expected_experts_hit(float(step.tokens), n, k)
+        ep = model.expert_params()
+        fmt = quant.base
+        flops[fmt] = flops.get(fmt, 0.0) + 2.0 * ep * step.tokens * k
+        wbytes += hit * ep * BLOCK_BYTES_PER_WEIGHT[fmt]
+        if model.shared_expert_intermediate_size:
+            sp = model.mlp_params(model.shared_expert_intermediate_size)
+            flops[fmt] += 2.0 * sp * step.tokens
+            wbytes += sp * BLOCK_BYTES_PER_WEIGHT[fmt]
+    kv_per_token = model.kv_values_per_token_per_layer * kv_bytes_per_value(quant)
+    kv_read = step.seqs * step.context * kv_per_token
+    kv_write = step.tokens * kv_per_token
+    act = 6 * step.tokens * model.hidden_size * ACT_BYTES
+    heads, hd = model.num_heads, model.head_dim
+    per_seq = step.tokens / step.seqs
+    # QK^T and PV: 4·heads·hd FLOPs per (query, key) pair; a prompt attends causally (half).
+    pairs = step.tokens * step.context + step.seqs * per_seq * (per_seq + 1) / 2
+    other = kv_read + kv_write + act
+    return Work(flops, wbytes, other, 4.0 * heads * hd * pairs, OPS_PER_LAYER, step.tokens)
+
+
+def _fmt_of(quant: Quant, part: str, layer: int, num_layers: int) -> str:
+    if quant.more_bits and part in ("v", "down") and use_more_bits(layer, num_layers):
+        return quant.more_bits
+    return quant.base
+
+
+def head_work(model: ModelSpec, quant: Quant, step: Step) -> Work:
+    """The output head on the last token of each sequence (llama.cpp computes logits only for
+    the tokens it samples)."""
+    params = model.vocab_size * model.hidden_size
+    fmt = quant.output
+    return Work(
+        {fmt: 2.0 * params * step.seqs},
+        params * BLOCK_BYTES_PER_WEIGHT[fmt],
+        step.seqs * model.vocab_size * ACT_BYTES,
+        0.0,
+        OPS_PER_HEAD,
+        step.seqs,
+    )
+
+
+def layers_work(model: ModelSpec, quant: Quant, layers: range, step: Step) -> Work:
+    """Work of a contiguous run of decoder layers."""
+    total = ZERO
+    for i in layers:
+        total = total + layer_work(model, quant, i, step)
+    return total
+
+
+def model_work(model: ModelSpec, quant: Quant, step: Step) -> Work:
+    """Work of the whole forward pass: every layer plus the output head."""
+    return layers_work(model, quant, range(model.num_layers), step) + head_work(model, quant, step)
+
+
+def layer_weight_bytes(model: ModelSpec, quant: Quant, layer: int) -> float:
+    """Bytes of one decoder layer's weights (all experts of an MoE layer), norms in f32."""
+    check_supported(model)
+    b = sum(
+        p * quant.layer_bytes_per_weight(part, layer, model.num_layers)
+        for part, p in _matrices(model, layer).items()
+    )
+    if _is_moe_layer(model, layer):
+        per = BLOCK_BYTES_PER_WEIGHT[quant.base]
+        b += model.num_experts * model.expert_params() * per + model.router_params() * 4.0
+        if model.shared_expert_intermediate_size:
+            b += model.mlp_params(model.shared_expert_intermediate_size) * per
+    return b + 2 * model.hidden_size * 4.0
+
+
+def embedding_bytes(model: ModelSpec, quant: Quant) -> float:
+    """Bytes of the token embedding table plus the output head and final norm."""
+    v, h = model.vocab_size, model.hidden_size
+    emb = BLOCK_BYTES_PER_WEIGHT[quant.embedding or quant.base]
+    head = 0.0 if model.tie_embeddings else v * h * BLOCK_BYTES_PER_WEIGHT[quant.output]
+    return v * h * emb + head + h * 4.0
+
+
+def weight_bytes(model: ModelSpec, quant: Quant) -> float:
+    """Bytes of the whole checkpoint in this recipe (what a GGUF file holds, headers aside)."""
+    layers = sum(layer_weight_bytes(model, quant, i) for i in range(model.num_layers))
+    return layers + embedding_bytes(model, quant)
+
+
+def kv_bytes(model: ModelSpec, quant: Quant, tokens: int) -> float:
+    """KV-cache bytes of `tokens` cached tokens over all layers."""
+    per = model.kv_values_per_token_per_layer * kv_bytes_per_value(quant)
+    return tokens * per * model.num_attention_layers
+
+
+@dataclass(frozen=True)
+class Timed:
+    """Seconds of some work on a device, split into its roofline parts, and joules."""
+
+    seconds: float
+    compute_s: float
+    memory_s: float
+    fixed_s: float
+    joules: float
+
+
+def time_work(
+    work: Work,
+    device: Device,
+    quant: Quant,
+    eff: Efficiency | None = None,
+    threads: int = 0,
+    step_overhead: bool = True,
+) -> Timed:
+    """Seconds of `work` on `device`: the larger of compute and memory time, plus fixed costs.
+
+    A CPU run with `threads` cores (0: all) gets that share of the socket's peak and the
+    bandwidth `threads` cores can stream. Energy: idle power plus the dynamic range scaled by
+    how busy compute (full share) and memory (half share, as `iteration.MEM_POWER_SHARE`) are.
+    """
+    e = eff or default_efficiency(device)
+    cores = device.num_sms
+    share = 1.0 if device.kind != "cpu" or threads <= 0 else min(threads, cores) / cores
+    compute_s = 0.0
+    for fmt, f in work.flops.items():
+        peak = device.peak_flops(_compute_key(fmt, device, quant)) * share
+        compute_s += f / (peak * e.share(fmt, work.rows))
+    attn_peak = device.peak_flops("fp32" if device.kind == "cpu" else "fp16") * share
+    compute_s += work.attn_flops / (attn_peak * e.compute_share("*"))
+    bw = device.stream_bw(threads if device.kind == "cpu" else 0)
+    memory_s = (work.weight_bytes + work.other_bytes) / (bw * e.memory)
+    fixed_s = work.ops * e.op_s + (e.step_s if step_overhead else 0.0)
+    seconds = max(compute_s, memory_s) + fixed_s
+    busy = 0.0 if seconds <= 0 else min(1.0, (compute_s + 0.5 * memory_s) / seconds)
+    idle = device.idle_power_w * (share if device.kind == "cpu" else 1.0)
+    dyn = (device.max_power_w - device.idle_power_w) * share
+    return Timed(seconds, compute_s, memory_s, fixed_s, seconds * (idle + dyn * busy))
+
+
+def _compute_key(fmt: str, device: Device, quant: Quant) -> str:
+    return compute_dtype(replace(quant, base=fmt), device.kind)
+
+
+def step_time(
+    model: ModelSpec,
+    quant: Quant,
+    device: Device,
+    step: Step,
+    eff: Efficiency | None = None,
+    threads: int = 0,
+) -> Timed:
+    """One whole forward pass of `model` on `device`."""
+    return time_work(model_work(model, quant, step), device, quant, eff, threads)
+
+
+def decode_tokens_per_s(
+    model: ModelSpec,
+    quant: Quant,
+    device: Device,
+    context: int = 512,
+    eff: Efficiency | None = None,
+    threads: int = 0,
+) -> float:
+    """Single-sequence decode speed (tokens/s) at `context` cached tokens."""
+    return 1.0 / step_time(model, quant, device, decode(1, context), eff, threads).seconds
+
+
+def prefill_tokens_per_s(
+    model: ModelSpec,
+    quant: Quant,
+    device: Device,
+    tokens: int = 512,
+    eff: Efficiency | None = None,
+    threads: int = 0,
+) -> float:
+    """Prompt-processing speed (tokens/s) of one prompt of `tokens` tokens."""
+    return tokens / step_time(model, quant, device, prefill(tokens), eff, threads).seconds

@@ -1,0 +1,118 @@
+"""Issue 13 devices, links, GGUF recipes and the local-device cost model, against spec sheets,
+published file sizes and hand computation."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.errors import ServesimError
+from servesim.predictor import device_step as ds
+from servesim.spec.devices import Catalog, get_device
+from servesim.spec.links import get_link, links
+from servesim.spec.model import ModelSpec, load_model
+from servesim.spec.quant import get_quant, use_more_bits
+
+
+@pytest.fixture(scope="module")
+def llama8b() -> ModelSpec:
+    return load_model("meta-llama/Meta-Llama-3.1-8B")
+
+
+def test_new_devices_carry_their_spec_sheet_numbers() -> None:
+    cat = Catalog()
+    assert cat.get("rtx_4090").mem_bw_bytes_per_s == pytest.approx(1008e9)
+    assert cat.get("rtx_4090").peak_flops("bf16") == pytest.approx(165.2e12)
+    assert cat.get("rtx_5090").mem_bytes == pytest.approx(32e9)
+    assert cat.get("m4_max").unified_memory and cat.get("m4_max").mem_bw_bytes_per_s == 546e9
+    assert cat.get("orin_nano").mem_bw_bytes_per_s == pytest.approx(102e9)
+    assert cat.get("phone").kind == "edge" and cat.get("phone").mem_channels == 4
+    # Sapphire Rapids AMX: 56 cores x 1,024 bf16 FLOP/cycle x 2.0 GHz
+    assert cat.get("cpu").peak_flops("bf16") == pytest.approx(56 * 1024 * 2.0e9, rel=0.01)
+    # this machine: 2 Zen 4 cores x 32 fp32 FLOP/cycle x 2.6 GHz; AVX512_BF16 doubles it
+    here = cat.get("this_cpu")
+    assert here.peak_flops("fp32") == pytest.approx(2 * 32 * 2.6e9, rel=0.01)
+    assert here.peak_flops("bf16") == pytest.approx(2 * here.peak_flops("fp32"), rel=0.01)
+    # AVX2-only desktop has no bf16: it falls back to fp32
+    i9 = cat.get("core_i9_14900k")
+    assert i9.peak_flops("bf16") == i9.peak_flops("fp32")
+
+
+def test_stream_bandwidth_is_capped_by_cores() -> None:
+    here = get_device("this_cpu")
+    assert here.stream_bw(1) == pytest.approx(30e9)
+    assert here.stream_bw(2) == pytest.approx(60e9)
+    assert here.stream_bw(0) == pytest.approx(60e9)  # all 2 cores, not the 460 GB/s socket
+    genoa = get_device("epyc_9654")
+    assert genoa.stream_bw(0) == pytest.approx(460.8e9)  # 96 cores saturate the channels
+
+
+def test_links_table() -> None:
+    t = links()
+    assert t["pcie4_x16"].bw_bytes_per_s == pytest.approx(2 * t["pcie3_x16"].bw_bytes_per_s)
+    assert t["pcie5_x16"].bw_bytes_per_s == pytest.approx(2 * t["pcie4_x16"].bw_bytes_per_s)
+    assert t["wifi6"].latency_s > 10 * t["10gbe"].latency_s
+    assert get_link("10GbE").transfer_s(1.25e9) == pytest.approx(1.0 + 30e-6)
+    with pytest.raises(ServesimError, match="Unknown link"):
+        get_link("carrier_pigeon")
+
+
+def test_user_link_file(tmp_path) -> None:
+    f = tmp_path / "l.yaml"
+    f.write_text("links:\n  mylink: {kind: ethernet, bw_gb_s: 2, latency_us: 5}\n")
+    assert get_link("mylink", f).bw_bytes_per_s == 2e9
+    f.write_text("links:\n  bad: {kind: ethernet, bw_gb_s: -1, latency_us: 5}\n")
+    with pytest.raises(ServesimError, match="bw_gb_s must be > 0"):
+        get_link("bad", f)
+
+
+def test_q4_k_m_uses_more_bits_on_llama_cpp_layers() -> None:
+    # 32 layers: first 4, last 4, and layers 6, 9, ..., 27 (8 of them)
+    more = [i for i in range(32) if use_more_bits(i, 32)]
+    assert len(more) == 16 and more[:5] == [0, 1, 2, 3, 6] and more[-4:] == [28, 29, 30, 31]
+
+
+@pytest.mark.parametrize(
+    "quant, published_gb",
+    # GGUF file sizes of Meta-Llama-3.1-8B-Instruct on Hugging Face (bartowski's conversions):
+    # F16 16.07 GB, Q8_0 8.54 GB, Q4_K_M 4.92 GB
+    [("f16", 16.07), ("q8_0", 8.54), ("q4_k_m", 4.92)],
+)
+def test_recipe_bytes_match_published_gguf_sizes(llama8b, quant, published_gb) -> None:
+    got = ds.weight_bytes(llama8b, get_quant(quant)) / 1e9
+    assert got == pytest.approx(published_gb, rel=0.01)
+
+
+def test_decode_step_by_hand() -> None:
+    m = ModelSpec("t", "llama", 2, 256, 4, 4, 64, 512, 1000)
+    q = get_quant("f16")
+    dev = get_device("rtx_4090")
+    eff = ds.Efficiency({"*": 0.5}, memory=0.5, op_s=1e-5, step_s=1e-4)
+    t = ds.step_time(m, q, dev, ds.decode(1, 0), eff)
+    matrices = 4 * 256 * 256 + 3 * 256 * 512
+    weights = 2 * matrices * 2.0 + 1000 * 256 * 2.0  # two layers plus the head, f16
+    kv_write = 2 * (2 * 4 * 64 * 2.0)
+    acts = 2 * 6 * 256 * 4.0 + 1000 * 4.0
+    memory_s = (weights + kv_write + acts) / (1008e9 * 0.5)
+    fixed = (2 * ds.OPS_PER_LAYER + ds.OPS_PER_HEAD) * 1e-5 + 1e-4
+    assert t.memory_s == pytest.approx(memory_s)
+    assert t.seconds == pytest.approx(max(t.compute_s, memory_s) + fixed)
+    assert t.compute_s < t.memory_s  # batch-1 decode is memory-bound
+
+
+def test_threads_scale_a_cpu(llama8b) -> None:
+    q = get_quant("q4_k_m")
+    here = get_device("this_cpu")
+    one = ds.step_time(llama8b, q, here, ds.decode(1, 128), threads=1)
+    two = ds.step_time(llama8b, q, here, ds.decode(1, 128), threads=2)
+    assert one.memory_s == pytest.approx(2 * two.memory_s)
+    pre1 = ds.step_time(llama8b, q, here, ds.prefill(256), threads=1)
+    pre2 = ds.step_time(llama8b, q, here, ds.prefill(256), threads=2)
+    assert pre1.compute_s == pytest.approx(2 * pre2.compute_s)
+
+
+def test_quantisation_speeds_memory_bound_decode(llama8b) -> None:
+    dev = get_device("rtx_4090")
+    tps = {q: ds.decode_tokens_per_s(llama8b, get_quant(q), dev) for q in ("f16", "q8_0", "q4_k_m")}
+    assert tps["f16"] < tps["q8_0"] < tps["q4_k_m"]
+    with pytest.raises(ServesimError, match="Unknown quantisation"):
+        get_quant("q3_k_xl")

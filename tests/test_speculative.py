@@ -1,0 +1,288 @@
+"""Speculative decoding: the acceptance chain, the draft + verify price, the simulated steps
+(seeded draws, truncation, token conservation under preemption) and the refusals."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from servesim.cli.main import main
+from servesim.errors import ServesimError
+from servesim.planner.candidates import Candidate, PlanSpec, deployment_for, speculative_for
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.predictor.speculative import SpeculativePredictor
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.simulate import simulate
+from servesim.sim.speculation import draw_step_tokens, step_probabilities
+from servesim.sim.synthetic import ClosedLoop, Fixed
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
+
+LLAMA8 = "meta-llama/Llama-3.1-8B"
+
+
+@pytest.fixture(scope="module")
+def llama8():
+    return load_model(LLAMA8)
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return get_device("h100_sxm")
+
+
+# ---- the acceptance chain ----------------------------------------------------------------------
+def test_expected_tokens_per_step_hand_computed() -> None:
+    # 1 + a1 + a1·a2 + a1·a2·a3
+    sd = SpeculativeDecoding("eagle", 3, (0.8, 0.5, 0.25))
+    assert sd.expected_tokens_per_step == pytest.approx(1 + 0.8 + 0.4 + 0.1)
+    # One rate for every position: 1 + 0.6 + 0.36
+    assert SpeculativeDecoding("eagle", 2, (0.6,)).expected_tokens_per_step == pytest.approx(1.96)
+    # The sourced MTP default: 0.85 (DeepSeek-V3 report), 0.63 after.
+    mtp = SpeculativeDecoding("mtp", 3)
+    assert mtp.acceptance == (0.85, 0.63, 0.63)
+    assert mtp.expected_tokens_per_step == pytest.approx(1 + 0.85 + 0.85 * 0.63 + 0.85 * 0.63**2)
+
+
+def test_draws_follow_the_chain_and_end_at_the_output() -> None:
+    rng = np.random.default_rng(7)
+    acc = np.array([0.8, 0.5, 0.25])
+    p = step_probabilities(acc)
+    assert p == pytest.approx([0.2, 0.4, 0.3, 0.1])  # hand: 1−a1, a1(1−a2), a1a2(1−a3), a1a2a3
+    cdf = np.cumsum(p)[:-1]
+    cum = draw_step_tokens(rng, cdf, 300_000)
+    steps = np.diff(cum)
+    assert cum[0] == 0 and cum[-1] == 300_000
+    assert steps.min() >= 1 and steps.max() <= 4
+    # Per-step emissions: P(1) = 0.2, P(2) = 0.8·0.5, P(3) = 0.8·0.5·0.75, P(4) = 0.1
+    full = steps[:-1]
+    freq = np.bincount(full, minlength=5)[1:] / len(full)
+    assert freq == pytest.approx([0.2, 0.4, 0.3, 0.1], abs=0.005)
+    assert full.mean() == pytest.approx(2.3, rel=0.005)
+    # Short outputs: the last step is cut, never more tokens than asked.
+    for remaining in (1, 2, 3, 5):
+        c = draw_step_tokens(np.random.default_rng(remaining), cdf, remaining)
+        assert c[-1] == remaining and all(b > a for a, b in itertools.pairwise(c))
+
+
+# ---- the price of a step ------------------------------------------------------------------------
+def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -> None:
+    k, n, ctx = 3, 16, 16 * 2000
+    sd = SpeculativeDecoding("eagle", k)
+    base = Predictor(llama8, h100)
+    spec = SpeculativePredictor(llama8, h100, sd)
+    # Hand-assembled: GEMMs and LM head over n(k+1) tokens, attention reading the context once,
+    # the scheduler's overhead for n sequences.
+    a, b = base.decode_coeffs(n)
+    rows = n * (k + 1)
+    verify = base.dense_s(rows, rows) + a + b * ctx + base.overhead_s(n, 0)
+    draft = spec.draft_s(n, ctx)
+    assert spec.step_s(n, ctx, ()) - draft == pytest.approx(verify, rel=1e-12)
+    # One EAGLE pass: the average target layer, the 2h→h projection, the LM head and one
+    # layer's attention.
+    layers = llama8.num_layers
+    h = llama8.hidden_size
+    proj = base._gemm("eh_proj", np.array([float(n)]), h, 2 * h, 1.0).seconds[0]
+    lm_s = base._lm_tab[n]
+    one = (base.dense_s(n, n) - lm_s) / layers + proj + lm_s + (a + b * ctx) / layers
+    assert draft == pytest.approx(k * one, rel=1e-12)
+    # The breakdown splits the same time into draft and verify.
+    d, v = spec.breakdown_s(BatchShape(n, ctx))
+    assert (d, v) == pytest.approx((draft, verify), rel=1e-12)
+    ops = spec.ops(BatchShape(n, ctx))
+    assert sum(op.seconds for op in ops) == pytest.approx(draft + verify, rel=1e-9)
+    assert any(op.name == "draft:eagle" for op in ops)
+
+
+def test_verify_is_nearly_free_at_batch_1_and_not_at_batch_512(llama8, h100) -> None:
+    """k+1 tokens read the weights once: at batch 1 the verify pass costs about a decode step;
+    at batch 512 the GEMMs see 2048 tokens and are compute-bound."""
+    sd = SpeculativeDecoding("eagle", 3)
+    base = Predictor(llama8, h100)
+    spec = SpeculativePredictor(llama8, h100, sd)
+    ratio = {}
+    for n in (1, 512):
+        ctx = n * 1024
+        ratio[n] = (spec.step_s(n, ctx, ()) - spec.draft_s(n, ctx)) / base.step_s(n, ctx, ())
+    assert ratio[1] < 1.1, ratio
+    assert ratio[512] > 1.5, ratio  # the attention, read once, keeps it below 4
+    dense = {n: base.dense_s(4 * n, 4 * n) / base.dense_s(n, n) for n in (1, 512)}
+    assert dense[1] < 1.1 and dense[512] > 3.0, dense
+
+
+def _tpot(dep: Deployment, clients: int, output: int = 256) -> float:
+    loop = ClosedLoop(clients, 2 * clients, Fixed(512), Fixed(output))
+    return simulate(dep, closed_loop=loop).summary()["tpot_s"]["p50"]
+
+
+def test_speedup_large_at_batch_1_and_shrinking_with_batch(llama8, h100) -> None:
+    """The speculative-decoding papers' claim (EAGLE §5, Leviathan et al.): speculation pays
+    when decode is memory-bound and loses its edge as the batch makes it compute-bound."""
+    sd = SpeculativeDecoding("eagle", 3)
+    plain = Deployment(llama8, h100, max_num_seqs=512)
+    spec = Deployment(llama8, h100, max_num_seqs=512, speculative=sd)
+    speedup = {b: _tpot(plain, b) / _tpot(spec, b) for b in (1, 16, 256)}
+    figures = {b: round(x, 3) for b, x in speedup.items()}
+    assert speedup[1] > 2.0, figures  # close to 2.95 tokens per step, less the drafts
+    assert speedup[1] > speedup[16] > speedup[256], figures
+    assert speedup[256] < 0.75 * speedup[1], figures
+
+
+# ---- the simulator ------------------------------------------------------------------------------
+def _run(dep: Deployment, n: int = 60, output: int = 200, seed_rate: float = 8.0):
+    rng = np.random.default_rng(3)
+    arrivals = np.cumsum(rng.exponential(1.0 / seed_rate, n))
+    prompts = rng.integers(100, 1500, n)
+    outputs = rng.integers(1, output, n)
+    return simulate(dep, Workload(arrivals, prompts, outputs)), outputs
+
+
+def test_deterministic_under_a_seed_and_seed_matters(llama8, h100) -> None:
+    def finish(seed: int) -> np.ndarray:
+        sd = SpeculativeDecoding("eagle", 2, (0.7,), seed=seed)
+        res, _ = _run(Deployment(llama8, h100, speculative=sd))
+        return res.columns()["finish_s"]
+
+    a, b, c = finish(0), finish(0), finish(1)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_tokens_conserved_and_truncated(llama8, h100) -> None:
+    sd = SpeculativeDecoding("eagle", 4, (0.9,))
+    res, outputs = _run(Deployment(llama8, h100, speculative=sd), output=12)
+    cols = res.columns()
+    assert np.array_equal(np.sort(cols["generated_tokens"]), np.sort(outputs))
+    # Fewer steps than tokens: the mean TPOT is below the plain run's.
+    plain, _ = _run(Deployment(llama8, h100), output=12)
+    assert res.summary()["iterations"] < plain.summary()["iterations"]
+
+
+def test_conservation_under_preemption(llama8) -> None:
+    """A cache too small for the batch: speculative steps reserve k+1 slots per sequence,
+    sequences are preempted and recomputed, and every request still gets exactly its tokens."""
+    l4 = get_device("l4")
+    sd = SpeculativeDecoding("eagle", 3)
+    dep = Deployment(llama8, l4, max_num_seqs=256, speculative=sd)
+    loop = ClosedLoop(200, 400, Fixed(2000), Fixed(600))
+    res = simulate(dep, closed_loop=loop)  # raises ConservationError on a lost token
+    s = res.summary()
+    assert s["preemptions"] > 0
+    assert s["finished"] == 400
+    assert int(res.columns()["generated_tokens"].sum()) == 400 * 600
+
+
+def test_disaggregated_decode_pool_speculates(llama8, h100) -> None:
+    sd = SpeculativeDecoding("eagle", 3)
+    pool = Deployment(llama8, h100, speculative=sd)
+    res, outputs = _run(DisaggDeployment(pool, pool))
+    assert int(res.columns()["generated_tokens"].sum()) == int(outputs.sum())
+    plain, _ = _run(DisaggDeployment(Deployment(llama8, h100), Deployment(llama8, h100)))
+    assert res.summary()["tpot_s"]["p50"] < plain.summary()["tpot_s"]["p50"]
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"method": "medusa", "num_draft_tokens": 2}, "Unknown speculative method"),
+        ({"method": "eagle", "num_draft_tokens": 0}, "at least one draft token"),
+        ({"method": "eagle", "num_draft_tokens": 2, "acceptance": (1.5,)}, "in [0, 1]"),
+        ({"method": "eagle", "num_draft_tokens": 2, "acceptance": (0.5, 0.4, 0.3)}, "3 rates"),
+        ({"method": "draft", "num_draft_tokens": 2, "acceptance": (0.5,)}, "needs a draft model"),
+        ({"method": "draft", "num_draft_tokens": 2}, "no default acceptance"),
+    ],
+)
+def test_bad_speculation_refused_in_one_sentence(kwargs: dict, words: str) -> None:
+    with pytest.raises(ServesimError) as err:
+        SpeculativeDecoding(**kwargs)
+    msg = str(err.value)
+    assert words in msg and msg.replace("e.g. ", "").count(". ") == 0 and msg.endswith(".")
+
+
+def test_mtp_refused_without_mtp_layers_and_draft_vocab_checked(llama8, h100) -> None:
+    with pytest.raises(ServesimError, match="no multi-token-prediction layers"):
+        Deployment(llama8, h100, speculative=SpeculativeDecoding("mtp", 1))
+    qwen = load_model("Qwen/Qwen3-8B")
+    sd = SpeculativeDecoding("draft", 2, (0.6,), draft_model=qwen)
+    with pytest.raises(ServesimError, match="must share the target's tokenizer"):
+        Deployment(load_model("meta-llama/Llama-3.1-70B"), h100, speculative=sd)
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    assert r1.num_mtp_layers == 1
+    Deployment(
+        r1, get_device("b200_sxm"), Parallel(tp=8), speculative=SpeculativeDecoding("mtp", 3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--speculative", "mtp", "--num-draft-tokens", "2"], "no multi-token-prediction layers"),
+        (["--num-draft-tokens", "2"], "does nothing without --speculative"),
+        (["--speculative", "eagle"], "needs --num-draft-tokens"),
+        (["--speculative", "eagle", "--num-draft-tokens", "2", "--acceptance", "x"], "numbers"),
+    ],
+)
+def test_cli_refusals(argv: list[str], words: str, capsys) -> None:
+    code = main(["predict", "--model", LLAMA8, "--decode-seqs", "4", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_predict_cli_shows_draft_and_verify(capsys) -> None:
+    code = main(
+        [
+            "predict",
+            "--model",
+            LLAMA8,
+            "--decode-seqs",
+            "8",
+            "--speculative",
+            "eagle",
+            "--num-draft-tokens",
+            "3",
+            "--json",
+        ]
+    )
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    spec = doc["speculative"]
+    assert spec["tokens_per_step"] == pytest.approx(1 + 0.8 + 0.64 + 0.512)
+    assert spec["draft_s"] + spec["verify_s"] == pytest.approx(doc["totals"]["seconds"])
+    names = {op["name"] for op in doc["operators"]}
+    assert "draft:eagle" in names and "verify:lm_head" in names
+
+
+# ---- the planner --------------------------------------------------------------------------------
+def test_plan_candidates_keep_their_keys_when_speculation_is_off() -> None:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    c = Candidate("h100_sxm", 1)
+    doc = asdict(c)
+    del doc["num_draft_tokens"]
+    old = hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    assert c.key() == old
+    on = Candidate("h100_sxm", 1, num_draft_tokens=2)
+    assert on.key() != old and "draft=2" in on.label()
+    spec = PlanSpec(LLAMA8, speculative="eagle", acceptance=(0.9, 0.8, 0.7))
+    assert speculative_for(spec, 2).acceptance == (0.9, 0.8)
+    assert deployment_for(spec, on).speculative.num_draft_tokens == 2
+    assert deployment_for(spec, c).speculative is None
+
+
+def test_semipd_refuses_speculation_rather_than_dropping_it(llama8, h100) -> None:
+    from servesim.sim.semipd import SemiPDDeployment
+
+    dep = Deployment(llama8, h100, speculative=SpeculativeDecoding("eagle", 2))
+    with pytest.raises(ServesimError, match="without speculative decoding"):
+        SemiPDDeployment(dep, 0.5)
