@@ -15,11 +15,13 @@ printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devi
 
 With `--leave-one-gpu-out`, each GPU of aiconfigurator-core's installed tables is the unseen
 device: the prior is the transfer model fitted on all the other GPUs (`transfer.fit`: roofline
-times a boosted-tree shape correction), k measurements drawn at random from the left-out GPU's
-GEMM, attention, MLA, MoE and all-reduce rows adapt it (`fewshot.adapt_transfer`: the shots
-weigh each fitted GPU's proposal for this GPU's shapes, then a shrunk offset), and the error
-is the median APE on its other rows (`--eval-rows` per table), averaged over `--repeats`
-draws. The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0":
+times a boosted-tree shape correction); k of the left-out GPU's GEMM, attention, MLA, MoE and
+all-reduce rows are measured — chosen from their shapes alone, latencies removed
+(`fewshot_transfer.plan_shots`, `--shots plan`, the default) or drawn at random (`--shots
+random`, averaged over `--repeats` draws) — and adapt it (`fewshot_transfer.adapt`: per
+family, the shots weigh each fitted GPU's proposal for this GPU's shapes against the
+transferred model). The error is the median APE on the rows not measured (`--eval-rows` per
+table). The last line is {"k": [...], "median_ape": [median over GPUs], "gpus_worse_than_k0":
 n} (n: GPUs whose error at the largest k is not below their k = 0 error).
 """
 
@@ -55,51 +57,175 @@ def evaluate(pool, device, prior, repeats: int, seed: int) -> dict[int, list[flo
 
 
 def leave_one_gpu_out(args: argparse.Namespace) -> int:
-    """Few-shot adaptation of the cross-GPU transfer model to each left-out GPU."""
+    """Few-shot adaptation of the cross-GPU transfer model to each left-out GPU.
+
+    Per GPU the prior sees only the other GPUs' tables; `plan_shots` sees the left-out GPU's
+    shapes with their latencies removed; `adapt` sees the k picked rows only; the error is
+    measured on the rows not picked."""
     from servesim.predictor import calibrate, kernel_tables, transfer
+    from servesim.predictor import fewshot_transfer as ft
 
     ks = [int(x) for x in args.k.split(",")]
     names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=args.fit_rows, seed=0)
     test = calibrate.package_data(list(train), max_rows=args.eval_rows, seed=1)
     per_gpu: dict[str, list[float]] = {}
+    families: dict[str, dict[str, list[float]]] = {}
     t0 = time.perf_counter()
+    meta = Meta(args, names) if args.meta else None
     for gpu, (device, samples) in test.items():
-        prior = transfer.leave_one_gpu_out(train, gpu)
-        others = tuple(dev for g, (dev, _) in train.items() if g != gpu)
-        pool = fewshot.Shots(
-            {
-                src: transfer.rows_of(src, s)
-                for src, s in samples.items()
-                if src in transfer.FAMILY_OF and len(transfer.rows_of(src, s)["latency_s"])
-            }
-        )
+        others = {g: d for g, d in train.items() if g != gpu}
+        prior = transfer.fit(others)
+        cands = tuple(dev for dev, _ in others.values())
+        pool = ft.covered(samples)
+        shapes = ft.without_latency(pool)
+        knobs = ft.KNOBS
+        if meta is not None:
+            # Chosen on the other GPUs alone: `meta.knobs` never sees `gpu`'s rows.
+            knobs = meta.knobs(exclude=gpu, ks=[k for k in ks if k])
+            print(f"{gpu}: meta-validated {knobs}", flush=True)
         errs = []
         for k in ks:
-            vals = []
-            for r in range(args.repeats if k else 1):
-                shots, rest = fewshot.draw(pool, k, args.seed + 1000 * r + k)
-                adapted = fewshot.adapt_transfer(prior, shots, device, others)
-                e = [
-                    calibrate.ape(adapted.predict(src, s, device), s["latency_s"])
-                    for src, s in rest.samples.items()
-                ]
-                vals.append(float(np.median(np.concatenate(e))))
+            vals, fam_vals = [], {}
+            draws = args.repeats if (k and args.shots == "random") else 1
+            for r in range(draws):
+                if args.shots == "random":
+                    picks = _random_picks(pool, k, args.seed + 1000 * r + k)
+                else:
+                    picks = ft.plan_shots(prior, shapes, device, k, cands, knobs)
+                shots, rest = ft.split(pool, picks)
+                adapted = ft.adapt(prior, shots, device, cands, shapes, knobs)
+                e = {
+                    src: calibrate.ape(adapted.predict(src, s, device), s["latency_s"])
+                    for src, s in rest.items()
+                }
+                vals.append(float(np.median(np.concatenate(list(e.values())))))
+                for src, x in e.items():
+                    fam_vals.setdefault(src, []).append(float(np.median(x)))
             errs.append(float(np.mean(vals)))
+            for src, x in fam_vals.items():
+                families.setdefault(gpu, {}).setdefault(src, []).append(float(np.mean(x)))
         per_gpu[gpu] = errs
         print(
             f"{gpu}: "
-            + "  ".join(f"k={k}: {e:5.1f}%" for k, e in zip(ks, errs, strict=True))
+            + "  ".join(f"k={k}: {e:6.2f}%" for k, e in zip(ks, errs, strict=True))
             + f"  ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
+        for src, x in families[gpu].items():
+            print(f"    {src:18s} " + "  ".join(f"{v:5.1f}" for v in x), flush=True)
     medians = [round(float(np.median([v[i] for v in per_gpu.values()])), 2) for i in range(len(ks))]
     worse = sum(1 for v in per_gpu.values() if v[-1] >= v[0])
+    worse_any = sum(1 for v in per_gpu.values() if any(x >= v[0] for x in v[1:]))
     print(
         "median over GPUs: " + "  ".join(f"k={k}: {m}%" for k, m in zip(ks, medians, strict=True))
     )
+    print(f"GPUs not better than k=0 at some k > 0: {worse_any}")
     print(json.dumps({"k": ks, "median_ape": medians, "gpus_worse_than_k0": worse}))
     return 0
+
+
+class Meta:
+    """Leave-one-GPU-out meta-validation of the adaptation's knobs (`fewshot_transfer.Knobs`).
+
+    For a left-out GPU g it uses only the other GPUs: each other GPU j in turn plays the unseen
+    one, with a transfer model fitted on the GPUs other than g and j (smaller: `--meta-rows`
+    rows per table, `--meta-trees` rounds) and j's rows as the pool; the knobs with the
+    lowest mean relative change of j's error from k = 0 (over j and k) win. A pair model is
+    fitted once and serves both (g out, j inner) and (j out, g inner)."""
+
+    def __init__(self, args: argparse.Namespace, names: list[str]) -> None:
+        from servesim.predictor import calibrate
+
+        self.train = calibrate.package_data(names, max_rows=args.meta_rows, seed=2)
+        self.test = calibrate.package_data(list(self.train), max_rows=args.meta_eval_rows, seed=3)
+        self.trees = args.meta_trees
+        self.models: dict[frozenset, object] = {}
+        self.cache: dict[tuple, dict] = {}
+
+    def _arrays(self, out: str, inner: str) -> dict:
+        """(residual, proposals) per family of `inner`'s rows under the model without both."""
+        from servesim.predictor import fewshot_transfer as ft
+        from servesim.predictor import transfer
+
+        pair = frozenset((out, inner))
+        if pair not in self.models:
+            self.models[pair] = transfer.fit({g: d for g, d in self.train.items() if g not in pair})
+        key = (pair, inner)
+        if key not in self.cache:
+            cands = tuple(dev for g, (dev, _) in self.train.items() if g not in pair)
+            dev, samples = self.test[inner]
+            res = ft.residuals(self.models[pair], samples, dev, cands)
+            order = sorted(res, key=lambda x: (ft.ORDER.index(transfer.FAMILY_OF[x]), x))
+            self.cache[key] = {x: res[x] for x in order}
+        return self.cache[key]
+
+    def knobs(self, exclude: str, ks: list[int]):
+        """The grid point best on every GPU but `exclude`."""
+        from servesim.predictor import fewshot_transfer as ft
+
+        grid = [
+            ft.Knobs(stay, scale, sim, off, q)
+            for stay in (0.8, 0.9)
+            for scale in (0.1, 0.2)
+            for sim in (0.02, 0.05)
+            for off in (20.0, 40.0, 80.0, 1e9)
+            for q in (1.0, 0.9, 0.75)
+        ]
+        inner = [g for g in self.test if g != exclude]
+        arrays = {j: self._arrays(exclude, j) for j in inner}
+        scores = {kn: float(np.mean([_change(arrays[j], kn, ks) for j in inner])) for kn in grid}
+        return min(grid, key=lambda kn: scores[kn])
+
+
+def _change(arrays: dict, knobs, ks: list[int]) -> float:
+    """Mean relative change of the median APE from k = 0 over `ks` (planned shots)."""
+    from servesim.predictor import fewshot_transfer as ft
+    from servesim.predictor import transfer
+
+    diffs = {x: d for x, (_, d) in arrays.items()}
+    prior = ft.prior_weights(list(diffs.values()), knobs)
+    base = _median_ape(arrays, {}, {}, 0.0)
+    out = []
+    for k in ks:
+        picks = ft.pick(ft.disagreement(diffs, knobs), k, knobs)
+        per_fam: dict = {}
+        for x, ix in picks.items():
+            if len(ix):
+                r, d = arrays[x]
+                fam = transfer.FAMILY_OF[x]
+                old = per_fam.get(fam)
+                per_fam[fam] = (
+                    (r[ix], d[ix]) if old is None else
+                    (np.concatenate([old[0], r[ix]]), np.vstack([old[1], d[ix]]))
+                )  # fmt: skip
+        weights, offset = ft.weigh(per_fam, prior, knobs)
+        out.append(_median_ape(arrays, picks, weights, offset) / base - 1.0)
+    return float(np.mean(out))
+
+
+def _median_ape(arrays: dict, picks: dict, weights: dict, offset: float) -> float:
+    """Median APE over the rows not picked, with the adaptation's log correction applied."""
+    from servesim.predictor import transfer
+
+    errs = []
+    for x, (r, d) in arrays.items():
+        keep = np.ones(len(r), dtype=bool)
+        keep[picks.get(x, np.zeros(0, dtype=int))] = False
+        w = weights.get(transfer.FAMILY_OF[x])
+        corr = offset + (d[keep] @ w if w is not None and len(w) else 0.0)
+        errs.append(100.0 * np.abs(np.exp(corr - r[keep]) - 1.0))
+    return float(np.median(np.concatenate(errs)))
+
+
+def _random_picks(pool: dict, k: int, seed: int) -> dict:
+    """k rows drawn at random from all families together (indices per family)."""
+    keys = [(src, i) for src, s in pool.items() for i in range(len(s["latency_s"]))]
+    rng = np.random.default_rng(seed)
+    out: dict = {src: [] for src in pool}
+    for j in rng.choice(len(keys), size=k, replace=False) if k else []:
+        out[keys[j][0]].append(keys[j][1])
+    return {src: np.asarray(v, dtype=int) for src, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
     ap.add_argument("--fit-rows", type=int, default=2000, help="rows per table of the prior fit")
     ap.add_argument("--eval-rows", type=int, default=1000, help="rows per table of the left-out")
+    ap.add_argument(
+        "--shots",
+        choices=("plan", "random"),
+        default="plan",
+        help="which rows of the left-out GPU are measured: planned from shapes (default) or random",
+    )
+    ap.add_argument(
+        "--meta",
+        action="store_true",
+        help="choose the adaptation's knobs per left-out GPU by leave-one-GPU-out "
+        "meta-validation on the other GPUs (default: the fixed fewshot_transfer.KNOBS)",
+    )
+    ap.add_argument("--meta-rows", type=int, default=300, help="rows per table, meta fits")
+    ap.add_argument("--meta-trees", type=int, default=40, help="boosting rounds, meta fits")
+    ap.add_argument("--meta-eval-rows", type=int, default=200, help="rows per table, meta pools")
     args = ap.parse_args(argv)
     if args.leave_one_gpu_out:
         args.repeats = args.repeats or 5

@@ -1,4 +1,5 @@
-"""The cross-GPU transfer model: features, tree export, leave-one-GPU-out, few-shot, bundle."""
+"""The cross-GPU transfer model: features, tree export, leave-one-GPU-out, bundle (its few-shot
+adaptation: test_fewshot_transfer.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 
 from servesim.predictor import (
     calibrate,
-    fewshot,
     roofline,
     transfer,
     transfer_features,
@@ -89,28 +89,6 @@ def test_leave_one_gpu_out_recovers_device_scaling():
         # others (the ridge-shrunk device trend: LINEAR_RIDGE keeps it cautious with 4 GPUs).
         assert np.median(base) == pytest.approx(100 * abs(x**0.5 - 1), rel=1e-6)
         assert np.median(err) < 0.55 * np.median(base)
-
-
-def test_fewshot_reduces_error_on_a_biased_device():
-    pytest.importorskip("sklearn")
-    data = {f"g{i}": _synthetic(x, f"g{i}") for i, x in enumerate((0.6, 0.8, 1.0, 1.25))}
-    model = transfer.fit(data, families=("gemm",), max_iter=40)
-    dev = dataclasses.replace(H100, name="odd")
-    rng = np.random.default_rng(5)
-    s = _gemm_rows(2.0 ** rng.integers(0, 13, 200), 2.0 ** rng.integers(9, 14, 200), 4096.0)
-    s["latency_s"] = (
-        transfer.predict(model, "gemm", s, dev) * 1.3
-    )  # the model is 30 % fast everywhere
-    pool = fewshot.Shots({"gemm": s})
-    errs = {}
-    for k in (0, 10):
-        shots, others = fewshot.draw(pool, k, seed=1)
-        adapted = fewshot.adapt_transfer(model, shots, dev)
-        g = others.samples["gemm"]
-        errs[k] = float(np.median(calibrate.ape(adapted.predict("gemm", g, dev), g["latency_s"])))
-    assert errs[0] == pytest.approx(100 * (1 - 1 / 1.3), rel=1e-6)
-    # Ten shots and shrinkage k / (k + 10): half the bias removed, never overshooting.
-    assert errs[10] < 0.6 * errs[0]
 
 
 def test_bundled_model_reproduces_h100_gemm_rows():

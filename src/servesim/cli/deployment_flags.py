@@ -177,7 +177,7 @@ def add_latency_model_arg(g: Any) -> None:
 
 def build_deployment(s: DeploymentSettings) -> Any:
     """A Deployment from validated settings (the model's own limits checked here)."""
-    from servesim.predictor.roofline import KernelFit
+    from servesim.predictor.fewshot_transfer import load_fit
     from servesim.sim.deployment import Deployment
     from servesim.spec.model import load_model
     from servesim.spec.parallel import Parallel
@@ -188,7 +188,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
         model = model.with_dtypes(weight=s.weight_dtype, kv=s.kv_dtype)
     par = Parallel(tp=s.tp, pp=s.pp, ep=s.ep, dp=s.dp)
     model.check_parallel(par)
-    fit = KernelFit.load(s.fit) if s.fit else None
+    fit = load_fit(s.fit) if s.fit else None
     return Deployment(
         model=model,
         device=device,

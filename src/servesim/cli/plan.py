@@ -325,8 +325,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
 def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
     """Everything a plan needs, checked before any search: the model, devices, engines,
     formats, the kernel fit, the workload and the output folder."""
-    from servesim.planner.candidates import speculative_for
-    from servesim.predictor.roofline import KernelFit
+    from servesim.planner.candidates import fit_for, speculative_for
     from servesim.spec.devices import catalog
     from servesim.spec.dtypes import KV_DTYPES, canonical
     from servesim.spec.engine_profile import get_engine
@@ -356,7 +355,7 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
             f"use pipeline degrees of at most {model.num_layers}."
         )
     if spec.fit_file:
-        KernelFit.load(spec.fit_file)
+        fit_for(spec.fit_file)
     for k in space.speculative_k:  # the drafter fits the model at every k searched
         sd = speculative_for(spec, k)
         if sd is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.predictor.fewshot_transfer import load_fit
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.predictor.roofline import KernelFit
 from servesim.sim.deployment import Deployment
@@ -374,7 +375,8 @@ def model_for(name: str) -> ModelSpec:
 
 @cache
 def fit_for(path: str | None) -> KernelFit | None:
-    return KernelFit.load(path) if path else None
+    """The kernel fit file of a plan (a few-shot one with its adaptation), read once."""
+    return load_fit(path) if path else None
 
 
 def deployment_for(

@@ -1,5 +1,8 @@
 """Few-shot calibration of an unseen device: a handful of measurements instead of a full profile.
 
+(The efficiency-factor method of `servesim fewshot`; `servesim calibrate --shots` adapts the
+cross-GPU transfer model instead, `fewshot_transfer`.)
+
 HELP's idea (Lee et al., NeurIPS 2021): keep what transfers between devices and learn only a
 low-dimensional device embedding from a few samples. Here what transfers is the kernel model's
 shape dependence (tile shapes, waves, causal structure, smoothing: `roofline` with parameters
@@ -23,7 +26,6 @@ from servesim.errors import ServesimError
 from servesim.predictor import calibrate
 from servesim.predictor.calibrate import Samples, subset
 from servesim.predictor.roofline import KernelFit, default_fit
-from servesim.predictor.transfer_model import TransferModel
 from servesim.spec.devices import Device
 
 FAMILIES = ("gemm", "attention_prefill", "attention_decode")
@@ -279,115 +281,3 @@ def _retag(fit: KernelFit, note: str) -> KernelFit:
     return KernelFit(
         params=fit.params, fitted_on=note, device_model=fit.device_model, factor_sd=fit.factor_sd
     )
-
-
-# ---- few-shot on the cross-GPU transfer model (`servesim.predictor.transfer`) -------------------
-# HELP's idea on the transfer model: the device embedding is which of the fitted GPUs the new
-# one behaves like. Each fitted GPU j proposes its own correction for every shape (the model
-# evaluated with GPU j's spec sheet: "price it as if it were j, scaled by the roofline to this
-# GPU"); the shots weigh the proposals (Bayes over the candidates, robust Huber likelihood, the
-# transferred model itself keeping prior weight TRANSFER_STAY), and what the weighted proposal
-# still misses is a device-wide offset shrunk by k / (k + TRANSFER_OFFSET_SHOTS). The constants
-# were chosen on the leave-one-GPU-out pool before this code ran on the benchmark (see NOTES).
-TRANSFER_STAY = 0.5
-TRANSFER_NOISE_SD = 0.3  # log units: a shot's scatter about a good candidate
-TRANSFER_HUBER = 0.3  # residuals beyond this count linearly (an odd shape cannot veto)
-TRANSFER_OFFSET_SHOTS = 10.0
-
-
-@dataclass(frozen=True)
-class AdaptedTransfer:
-    """A transfer model adapted to one device by k measurements: weights over the fitted GPUs'
-    proposals and a shrunk device-wide log offset."""
-
-    model: TransferModel
-    candidates: tuple[Device, ...]  # the fitted GPUs whose proposals are mixed in
-    weights: np.ndarray  # [the transferred model itself, then one per candidate]
-    offset: float
-
-    def log_correction(self, source: str, s: Samples, device: Device) -> np.ndarray:
-        """log(predicted / roofline) per row after adaptation."""
-        from servesim.predictor import transfer
-
-        fam = transfer.FAMILY_OF[source]
-        feats, _ = transfer.design(fam, source, s, device)
-        z = self.model.log_correction(fam, feats)
-        if len(self.candidates):
-            d = _proposals(self.model, fam, source, s, self.candidates, z)
-            z = z + d @ self.weights[1:]
-        return z + self.offset
-
-    def predict(self, source: str, s: Samples, device: Device) -> np.ndarray:
-        """Seconds for sample rows `s` of sample family `source` on `device`."""
-        from servesim.predictor import transfer
-
-        fam = transfer.FAMILY_OF[source]
-        _, t_base = transfer.design(fam, source, s, device)
-        return t_base * np.exp(self.log_correction(source, s, device))
-
-
-def _proposals(
-    model: TransferModel,
-    fam: str,
-    source: str,
-    s: Samples,
-    candidates: tuple[Device, ...],
-    z: np.ndarray,
-) -> np.ndarray:
-    """Per row and candidate GPU: its correction minus the transferred one (log units)."""
-    from servesim.predictor import transfer
-
-    cols = []
-    for dev in candidates:
-        try:
-            feats, _ = transfer.design(fam, source, s, dev)
-            cols.append(model.log_correction(fam, feats) - z)
-        except ServesimError:  # a format the candidate cannot run: no opinion
-            cols.append(np.zeros(len(z)))
-    return np.column_stack(cols)
-
-
-def _huber(x: np.ndarray) -> np.ndarray:
-    a = np.abs(x)
-    return np.where(a < TRANSFER_HUBER, 0.5 * x * x, TRANSFER_HUBER * (a - 0.5 * TRANSFER_HUBER))
-
-
-def adapt_transfer(
-    model: TransferModel, shots: Shots, device: Device, candidates: tuple[Device, ...] = ()
-) -> AdaptedTransfer:
-    """Adapt a transfer model to `device` with the measurements in `shots` (k = 0: unchanged).
-
-    `candidates` are the GPUs the model was fitted on (their proposals are mixed by how well
-    they explain the shots); with none, only the shrunk offset adapts."""
-    from servesim.predictor import transfer
-
-    res, props = [], []
-    for src, s in shots.samples.items():
-        fam = transfer.FAMILY_OF.get(src)
-        if fam is None:
-            continue
-        s = transfer.rows_of(src, s)
-        if not len(s["latency_s"]):
-            continue
-        feats, t_base = transfer.design(fam, src, s, device)
-        z = model.log_correction(fam, feats)
-        res.append(np.log(s["latency_s"] / t_base) - z)
-        props.append(_proposals(model, fam, src, s, candidates, z) if candidates else None)
-    k = sum(len(r) for r in res)
-    if not k:
-        return AdaptedTransfer(model, (), np.ones(1), 0.0)
-    r = np.concatenate(res)
-    if candidates:
-        d = np.column_stack([np.zeros(k), np.vstack(props)])
-        prior = np.array(
-            [TRANSFER_STAY] + [(1 - TRANSFER_STAY) / len(candidates)] * len(candidates)
-        )
-        loglik = -_huber(r[:, None] - d).sum(axis=0) / TRANSFER_NOISE_SD**2
-        lw = np.log(prior) + loglik
-        w = np.exp(lw - lw.max())
-        w = w / w.sum()
-    else:
-        d, w = np.zeros((k, 1)), np.ones(1)
-    left = r - d @ w
-    offset = k / (k + TRANSFER_OFFSET_SHOTS) * float(np.median(left))
-    return AdaptedTransfer(model, tuple(candidates), w, offset)

@@ -241,6 +241,10 @@ class KernelFit:
     # The cross-GPU correction (`servesim.predictor.transfer.TransferModel`) applied on GPUs
     # without measured kernel tables; the bundled fit carries the bundled one, a user's none.
     transfer: Any = field(default=None, compare=False, repr=False)
+    # A few-shot adaptation of the bundled correction to one device (`fewshot_transfer`), as
+    # saved: weights of the fitted GPUs' proposals per family; `fewshot_transfer.load_fit`
+    # turns it back into `transfer`.
+    adaptation: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def family(self, family: str, device: Device) -> dict[str, float]:
         """The parameters of `family` on `device` (the device model applied), memoised."""
@@ -278,11 +282,15 @@ class KernelFit:
             doc["device_model"] = self.device_model
         if self.factor_sd:
             doc["factor_sd"] = self.factor_sd
+        if self.adaptation:
+            doc["adaptation"] = self.adaptation
         Path(path).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> KernelFit:
-        """Read a fit written by `save`; a missing or malformed file raises ServesimError."""
+    def load(cls, path: str | Path, adapted: bool = False) -> KernelFit:
+        """Read a fit written by `save`; a missing or malformed file raises ServesimError. A
+        few-shot fit (`adaptation`) needs the bundled transfer model on top: read it with
+        `fewshot_transfer.load_fit` (which passes `adapted=True`), never without it."""
         p = Path(path)
         try:
             doc = json.loads(p.read_text())
@@ -295,7 +303,13 @@ class KernelFit:
                 f"Kernel fit file {str(p)!r} is not valid JSON ({exc}); regenerate it with "
                 "`servesim calibrate`."
             ) from None
-        return cls.from_dict(doc, repr(str(p)))
+        fit = cls.from_dict(doc, repr(str(p)))
+        if fit.adaptation and not adapted:
+            raise ServesimError(
+                f"Kernel fit file {str(p)!r} is a few-shot adaptation; read it with "
+                "servesim.predictor.fewshot_transfer.load_fit (the CLI's --fit does)."
+            )
+        return fit
 
     @classmethod
     def from_dict(cls, doc: Any, origin: str = "document") -> KernelFit:
@@ -338,11 +352,15 @@ class KernelFit:
                 what = f"factor or feature {bad[0]!r}" if bad else f"family {fam!r}"
                 raise ServesimError(f"Kernel fit {origin}: device_model has unknown {what}; {fix}.")
         sd = _nested_numbers(doc.get("factor_sd", {}), 2, origin, "factor_sd", fix)
+        adaptation = doc.get("adaptation", {})
+        if not isinstance(adaptation, dict):
+            raise ServesimError(f"Kernel fit {origin}: adaptation must be a mapping; {fix}.")
         return cls(
             params=params,
             fitted_on=str(doc.get("fitted_on", "")),
             device_model=model,
             factor_sd=sd,
+            adaptation=adaptation,
         )
 
 
@@ -385,9 +403,12 @@ def default_fit() -> KernelFit:
 
 
 def _corrects(fit: KernelFit, device: Device) -> bool:
-    """Whether `fit` carries a cross-GPU correction that applies to `device` (a GPU without
-    measured kernel tables)."""
-    return fit.transfer is not None and transfer_model.applies_to(device)
+    """Whether `fit` carries a cross-GPU correction that applies to `device`: a GPU without
+    measured kernel tables, or the device a few-shot adaptation was made for."""
+    if fit.transfer is None:
+        return False
+    adapted = getattr(fit.transfer, "applies", None)
+    return transfer_model.applies_to(device) or (adapted is not None and adapted(device))
 
 
 def _transferred(
