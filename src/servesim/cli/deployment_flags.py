@@ -86,6 +86,7 @@ class DeploymentSettings(Settings):
     num_draft_tokens: PosInt | None = None
     acceptance: Acceptance = ()
     draft_model: NonEmpty | None = None
+    nanoflow: bool = False
 
     @model_validator(mode="after")
     def _speculation(self) -> DeploymentSettings:
@@ -116,6 +117,13 @@ def add_speculative_args(p: Any) -> None:
         "(default: mtp 0.85,0.63,… from DeepSeek-V3's report; eagle 0.8)",
     )
     g.add_argument("--draft-model", help="draft model HF id or config.json (--speculative draft)")
+    g.add_argument(
+        "--nanoflow",
+        action="store_true",
+        default=None,
+        help="NanoFlow's intra-device overlap: nano-batches overlap compute-, memory- and "
+        "network-bound operators (ideal overlap, an upper bound)",
+    )
 
 
 def speculative_from(s: Any, method: str | None, k: int, prefix: bool = False) -> Any:
@@ -202,5 +210,6 @@ def build_deployment(s: DeploymentSettings) -> Any:
         chunked_prefill=s.chunked_prefill,
         fit=fit,
         speculative=speculative_from(s, s.speculative, s.num_draft_tokens or 0),
+        nanoflow=s.nanoflow,
         **({"latency_model": s.latency_model} if s.latency_model else {}),
     )

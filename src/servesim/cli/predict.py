@@ -94,10 +94,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     skipping = _skipping(pred, batch, cost)
     if skipping:  # the table is the full-depth iteration its operators add up to
         cost = replace(cost, seconds=skipping["full_depth_seconds"])
+    overlap = None
+    if hasattr(pred, "sequential_s"):  # NanoFlow: the table is the sequential iteration
+        seq = pred.sequential_s(batch.decode_seqs, batch.decode_context, batch.prefill)
+        overlap = {"seconds": cost.seconds, "sequential_seconds": seq}
+        cost = replace(cost, seconds=seq)
     if s.json_output:
         out = _as_json(dep, batch, cost, mem)
         if skipping:
             out["layer_skipping"] = skipping
+        if overlap:
+            out["nanoflow"] = overlap
         print(json.dumps(out))  # one line, never wrapped
         return 0
     table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
@@ -138,6 +145,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"correlation {skipping['correlation']:g}, {skipping['phase']}): expected "
             f"{skipping['seconds'] * 1e3:.3f} ms against {cost.seconds * 1e3:.3f} ms without "
             f"({skipping['saving']:.1%} saved); the table above is the full-depth iteration"
+        )
+    if overlap:
+        console.print(
+            f"with NanoFlow overlap: {overlap['seconds'] * 1e3:.3f} ms against "
+            f"{overlap['sequential_seconds'] * 1e3:.3f} ms sequential (the table above)"
         )
     spec = _speculative(dep, pred, batch, cost)
     if spec:

@@ -13,6 +13,7 @@ from servesim.predictor import roofline
 from servesim.predictor.adaptive_depth import SkippingPredictor
 from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
+from servesim.predictor.nanoflow import NanoFlowPredictor
 from servesim.predictor.profiled import ProfiledTiming
 from servesim.predictor.speculative import SpeculativePredictor
 from servesim.sim.autoscale import Autoscaler
@@ -58,6 +59,8 @@ class Deployment:
     finetune: FineTuneJob | None = None
     # Expert popularity and placement over the EP ranks (None: tokens spread evenly).
     expert_load: ExpertLoad | None = None
+    # NanoFlow's intra-device overlap of compute-, memory- and network-bound operators.
+    nanoflow: bool = False
     # Speculative decoding of every decode step (None: one token per step).
     speculative: SpeculativeDecoding | None = None
 
@@ -109,11 +112,12 @@ class Deployment:
                 self.speculative is not None
                 or self.layer_skipping is not None
                 or self.finetune is not None
+                or self.nanoflow
             ):
                 raise ServesimError(
-                    "Speculative decoding, layer skipping and co-served fine-tuning are priced "
-                    "on GPU kernels, not on a CPU engine profiled here; drop them or the "
-                    "profiled engine."
+                    "Speculative decoding, layer skipping, co-served fine-tuning and NanoFlow "
+                    "are priced on GPU kernels, not on a CPU engine profiled here; drop them or "
+                    "the profiled engine."
                 )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (
@@ -127,6 +131,7 @@ class Deployment:
             self.finetune,
             self.expert_load,
             self.speculative,
+            self.nanoflow,
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
@@ -134,10 +139,10 @@ class Deployment:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
             args = (self.model, self.device, self.parallel, self.engine, self.fit)
             variants = [self.speculative, self.layer_skipping, self.finetune]
-            if sum(v is not None for v in variants) > 1:
+            if sum(v is not None for v in variants) + self.nanoflow > 1:
                 raise ServesimError(
-                    "Speculative decoding, layer skipping and co-served fine-tuning are not "
-                    "modelled together; keep one of them."
+                    "Speculative decoding, layer skipping, co-served fine-tuning and NanoFlow "
+                    "overlap are not modelled together; keep one of them."
                 )
             kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
             if self.speculative is not None:
@@ -155,6 +160,8 @@ class Deployment:
                 pred = SkippingPredictor(*args, **kw, skipping=self.layer_skipping)
             elif self.finetune is not None:
                 pred = CoServingPredictor(*args, **kw, job=self.finetune)
+            elif self.nanoflow:
+                pred = NanoFlowPredictor(*args, **kw)
             else:
                 pred = Predictor(*args, **kw)
             _PREDICTORS[key] = pred
@@ -179,6 +186,8 @@ class Deployment:
             text += f" skip{self.layer_skipping.skip_prob:g}"
         if self.finetune is not None:
             text += f" +finetune{self.finetune.tokens_per_iter}"
+        if self.nanoflow:
+            text += " nanoflow"
         if self.speculative is not None:
             text += f" {self.speculative.label()}"
         return text
