@@ -67,3 +67,17 @@ def test_slots_cost_kv_capacity_and_bad_settings_are_refused() -> None:
         LoraAdapters(0, 4)
     with pytest.raises(ServesimError, match="more than"):
         serve_with_adapters(DEP, w, LoraAdapters(4, gpu_slots=5000))
+
+
+def test_cli_simulate_with_many_adapters(tmp_path) -> None:
+    import json
+
+    from servesim.cli.main import main
+
+    out = tmp_path / "l"
+    args = ["simulate", "--device", "a100_sxm", "--prompt", "lognormal:500:1500"]
+    args += ["--output", "lognormal:150:400", "--rate", "4", "--num-requests", "200"]
+    assert main([*args, "--lora-adapters", "4", "--lora-slots", "8", "--out", str(out)]) == 0
+    fig = json.loads((out / "summary.json").read_text())["lora_adapters"]
+    assert fig["loads"] == 4 and fig["adapter_mb"] == pytest.approx(83.886, abs=0.01)
+    assert main([*args, "--lora-rank", "8", "--out", str(tmp_path / "x")]) == 2

@@ -75,3 +75,19 @@ def test_bad_caches_are_refused() -> None:
         serve_with_cache(
             traffic(50, 1.0), LARGE, SemanticCache({"a": CacheCategory(1, 0.5)}, 0.0, "small_model")
         )
+
+
+def test_cli_simulate_through_a_category_aware_cache(tmp_path) -> None:
+    import json
+
+    from servesim.cli.main import main
+
+    out = tmp_path / "c"
+    args = ["simulate", "--prompt", "lognormal:600:1500", "--output", "lognormal:200:500"]
+    args += ["--rate", "6", "--num-requests", "200", "--out", str(out)]
+    assert main([*args, "--cache-categories", "code:0.4:0.6,chat:0.6:0.1"]) == 0
+    fig = json.loads((out / "summary.json").read_text())["semantic_cache"]
+    assert fig["served"]["cache"] + fig["served"]["large"] == 200
+    assert fig["by_category"]["code"]["hit_rate"] > fig["by_category"]["chat"]["hit_rate"]
+    assert main([*args, "--cache-on-hit", "small_model", "--cache-hit-rate", "0.5"]) == 2
+    assert main([*args, "--cache-lookup-ms", "3"]) == 2

@@ -8,9 +8,11 @@ import argparse
 from typing import Any
 
 from pydantic import field_validator, model_validator
+from rich.table import Table
 
 from servesim.cli import cluster_flags
 from servesim.cli import settings as config
+from servesim.cli.app_flags import AppSettings, add_app_args, run_app
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
@@ -42,7 +44,7 @@ MEASURED_KEYS = (
 
 
 class SimulateSettings(
-    DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings, MoeSettings
+    DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings, MoeSettings, AppSettings
 ):
     """Everything `servesim simulate` reads."""
 
@@ -134,6 +136,7 @@ def add_simulate_parser(sub: Any) -> None:
     )
     add_depth_args(sim)
     add_moe_args(sim)
+    add_app_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
         "--workflows",
@@ -175,6 +178,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     dep = cluster_flags.apply(dep, s, slo)
     flows = _workflow_workload(s, dep) if s.workflows else None
     work = flows if flows is not None else build_workload(s)
+    app = run_app(s, dep, work) if flows is None else None
+    if app is not None:  # a cache or adapters: their own serving path and figures
+        import json
+
+        with config.writing(out, s.spell("out")):
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text(json.dumps(app, indent=1, default=float))
+        ((name, figures),) = app.items()
+        table = Table(title=f"servesim: {dep.label()} — {name.replace('_', ' ')}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for k, v in figures.items():
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(table)
+        console.print(f"wrote {out}/summary.json")
+        return 0
     closed = work if isinstance(work, ClosedLoop | WorkflowWorkload) else None
     with config.writing(out, s.spell("out")):
         # Per-request rows stream to the Parquet file as requests finish (written in
