@@ -239,3 +239,64 @@ def test_plan_ranks_deployments_by_workflow_goodput(tmp_path: Path) -> None:
     assert {r["capacity_unit"] for r in rows} == {"workflows/s"}
     assert by_gpu["h100_sxm"]["capacity_req_per_s"] > by_gpu["a100_sxm"]["capacity_req_per_s"] > 0
     assert main([*args, "--trace", "azure_conv", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_calls_on_several_models_are_served_by_fixed_point() -> None:
+    """A small model classifies, a tool runs 0.3 s, a large model answers: the answer is sent
+    when the classification plus the tool are done, on the other deployment. The fixed point
+    settles in as many rounds as the DAG is deep, and with one model it agrees with the
+    simulator's own release of calls (the closed-loop path)."""
+    from servesim.sim.workflows import serve_workflows
+
+    small = Deployment(model=LLAMA, device=H100)
+    from servesim.spec.parallel import Parallel
+
+    big = Deployment(
+        model=load_model("meta-llama/Llama-3.1-70B"), device=H100, parallel=Parallel(tp=4)
+    )
+    nodes = (
+        WorkflowNode("classify", prompt=Fixed(400), output=Fixed(10), model="small"),
+        WorkflowNode("tool", kind="tool", after=("classify",), latency_s=0.3),
+        WorkflowNode(
+            "answer",
+            after=("tool",),
+            context=("classify",),
+            prompt=Fixed(800),
+            output=Fixed(200),
+            model="big",
+        ),
+    )
+    wl = WorkflowWorkload((WorkflowSpec("route", nodes, 10.0),), 100, 2.0, seed=1)
+    out = serve_workflows({"small": small, "big": big}, wl)
+    assert out["rounds"] <= 3 and out["report"]["slo_attainment"] == 1.0
+    f = out["finish_s"]
+    for ids in wl.instances[:10]:
+        # answer ends at least a 200-token decode after its classification's end + 0.3 s
+        assert f[ids["answer"]] > f[ids["classify"]] + 0.3 + 200 * 0.005
+    with pytest.raises(ServesimError, match="no deployment serves"):
+        serve_workflows({"small": small}, wl)
+    one = tuple(
+        WorkflowNode(n.name, n.kind, n.after, n.prompt, n.output, n.context, n.latency_s)
+        for n in nodes
+    )
+    wl1 = WorkflowWorkload((WorkflowSpec("route", one, 10.0),), 100, 2.0, seed=1)
+    fixed = serve_workflows({"": small}, wl1)["report"]["e2e_p50_s"]
+    paced = wl1.report(simulate(small, closed_loop=wl1).columns()["finish_s"])["e2e_p50_s"]
+    assert fixed == pytest.approx(paced, rel=0.02)
+
+
+def test_cli_serves_workflow_calls_on_several_models(tmp_path: Path) -> None:
+    flow = tmp_path / "route.yaml"
+    flow.write_text(
+        "workflows:\n  - name: route\n    slo_s: 10\n    nodes:\n"
+        "      - {name: classify, prompt_tokens: 400, output_tokens: 10, model: small}\n"
+        "      - {name: answer, after: [classify], prompt_tokens: 800, output_tokens: 100}\n"
+    )
+    args = ["simulate", "--workflows", str(flow), "--workflow-rate", "2", "--num-workflows", "30"]
+    out = tmp_path / "o"
+    assert (
+        main([*args, "--workflow-model", "small=meta-llama/Llama-3.1-8B", "--out", str(out)]) == 0
+    )
+    report = json.loads((out / "summary.json").read_text())["workflows"]
+    assert report["workflows"] == 30 and report["fixed_point_rounds"] <= 3
+    assert main([*args, "--out", str(tmp_path / "x")]) == 2  # `small` not given

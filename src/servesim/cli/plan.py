@@ -335,7 +335,14 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
     if spec.workflows is not None:
         from servesim.sim.workflows import load_workflows
 
-        load_workflows(spec.workflows)
+        named = sorted(
+            {n.model for w in load_workflows(spec.workflows) for n in w.nodes if n.model}
+        )
+        if named:
+            raise Misuse(
+                f"plan sizes one deployment for the workflows, whose calls also go to "
+                f"{', '.join(named)}; plan each model's share separately or drop their `model`."
+            )
     cat = catalog(spec.devices_file)
     for d in space.devices:
         cat.get(d)

@@ -5,9 +5,9 @@ time series and summary.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from rich.table import Table
 
 from servesim.cli import cluster_flags
@@ -26,6 +26,12 @@ from servesim.cli.settings import (
     WorkloadSettings,
 )
 from servesim.cli.workload_flags import add_workload_args, build_workload
+
+
+def _listed(v: Any) -> Any:
+    """One flag value or a list of them."""
+    return [v] if isinstance(v, str) else v
+
 
 MEASURED_KEYS = (
     "model",
@@ -58,6 +64,7 @@ class SimulateSettings(
     workflows: NonEmpty | None = None
     num_workflows: PosInt = 200
     workflow_rate: PosFloat | None = None
+    workflow_model: Annotated[list[str], BeforeValidator(_listed)] = Field(default_factory=list)
 
     @field_validator("router")
     @classmethod
@@ -98,7 +105,7 @@ class SimulateSettings(
             if self.workflow_rate is None:
                 raise Misuse("{workflows} needs {workflow_rate} (workflows per second).")
         else:
-            for key in ("num_workflows", "workflow_rate"):
+            for key in ("num_workflows", "workflow_rate", "workflow_model"):
                 if self.given(key):
                     raise Misuse(f"{{{key}}} needs {{workflows}} (a workflow file or example).")
             if self.policy == "deadline":
@@ -145,6 +152,12 @@ def add_simulate_parser(sub: Any) -> None:
     )
     wf.add_argument("--num-workflows", type=int, help="workflow instances to run (default 200)")
     wf.add_argument("--workflow-rate", type=float, help="workflow arrivals per second (Poisson)")
+    wf.add_argument(
+        "--workflow-model",
+        action="append",
+        help="NAME=MODEL[:TP]: the deployment (this device and engine) serving the nodes whose "
+        "`model` is NAME; repeat for each",
+    )
     cluster_flags.add_args(sim)
 
 
@@ -177,6 +190,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
     dep = cluster_flags.apply(dep, s, slo)
     flows = _workflow_workload(s, dep) if s.workflows else None
+    if flows is not None and (s.workflow_model or any(flows.request_model)):
+        named = sorted({m for m in flows.request_model if m})
+        if named and not s.workflow_model:
+            raise Misuse(
+                f"The workflows send calls to model(s) {', '.join(named)}; give each with "
+                "{workflow_model} NAME=MODEL[:TP]."
+            )
+        return _several_models(s, dep, flows, out)
     work = flows if flows is not None else build_workload(s)
     app = run_app(s, dep, work) if flows is None else None
     if app is not None:  # a cache or adapters: their own serving path and figures
@@ -251,3 +272,30 @@ def _workflow_workload(s: SimulateSettings, dep: Any) -> Any:
         )
     assert s.workflow_rate is not None
     return WorkflowWorkload(specs, s.num_workflows, s.workflow_rate, s.seed, scheduling, estimate)
+
+
+def _several_models(s: SimulateSettings, dep: Any, flows: Any, out: Any) -> int:
+    """Workflows whose nodes name other models: each served on its own deployment (same
+    device and engine), releases found by fixed point; the per-workflow figures are written."""
+    import json
+    from dataclasses import replace
+
+    from servesim.sim.workflows import serve_workflows
+    from servesim.spec.model import load_model
+    from servesim.spec.parallel import Parallel
+
+    deps = {"": dep}
+    for item in s.workflow_model:
+        name, sep, rest = item.partition("=")
+        model, _, tp = rest.partition(":")
+        if not sep or not name or not model or (tp and not tp.isdigit()):
+            raise Misuse(f"{{workflow_model}} takes NAME=MODEL[:TP], got {item!r}")
+        deps[name] = replace(dep, model=load_model(model), parallel=Parallel(tp=int(tp or 1)))
+    res = serve_workflows(deps, flows)
+    report = {**res["report"], "fixed_point_rounds": res["rounds"]}
+    with config.writing(out, s.spell("out")):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({"workflows": report}, indent=1))
+    print_workflows(report)
+    console.print(f"wrote {out}/summary.json ({res['rounds']} fixed-point rounds)")
+    return 0

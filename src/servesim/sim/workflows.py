@@ -15,8 +15,10 @@ estimated time of the longest remaining path from this call, tools included), an
 priority queue serves the earliest such time first. Per-request FCFS is the baseline.
 
 Files (YAML or JSON): `workflows: [{name, slo_s, weight, nodes: [{name, kind: llm|tool,
-after: [...], prompt_tokens, output_tokens, context: [...], latency_s, latency_cv}]}]`, token
-counts as numbers or length specs (`lognormal:MEDIAN:P90`, `uniform:LO:HI`).
+after: [...], prompt_tokens, output_tokens, context: [...], latency_s, latency_cv, model}]}]`,
+token counts as numbers or length specs (`lognormal:MEDIAN:P90`, `uniform:LO:HI`). A node's
+`model` names the deployment that serves it when several models serve one application
+(`serve_workflows`: a router model and a large one, say).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class WorkflowNode:
     context: tuple[str, ...] = ()
     latency_s: float = 0.0
     latency_cv: float = 0.0
+    model: str = ""  # which deployment serves the call ("" the default one)
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class WorkflowWorkload:
         self.instances: list[dict[str, int]] = []
         self.tool_latency_s: list[float] = []
         self.request_workflow: list[int] = []
+        self.request_model: list[str] = []
         orders = [s.order() for s in self.specs]
         for w in range(n):
             spec = self.specs[int(self.workflow_spec[w])]
@@ -221,6 +225,7 @@ class WorkflowWorkload:
                 prompts.append(own + sum(out_len[c] for c in node.context))
                 outputs.append(o)
                 self.request_workflow.append(w)
+                self.request_model.append(node.model)
                 priority.append(0)
             self.instances.append(ids)
         self.prompt_tokens = np.array(prompts, dtype=np.int64)
@@ -399,6 +404,7 @@ def spec_from_dict(doc: dict[str, Any], origin: str = "workflow") -> WorkflowSpe
         "context",
         "latency_s",
         "latency_cv",
+        "model",
     }
     for raw in doc["nodes"] or []:
         if not isinstance(raw, dict) or "name" not in raw:
@@ -425,6 +431,7 @@ def spec_from_dict(doc: dict[str, Any], origin: str = "workflow") -> WorkflowSpe
                 context=tuple(str(c) for c in raw.get("context") or ()),
                 latency_s=float(raw.get("latency_s", 0.0)),
                 latency_cv=float(raw.get("latency_cv", 0.0)),
+                model=str(raw.get("model", "")),
             )
         )
     try:
@@ -457,3 +464,69 @@ def load_workflows(path_or_name: str) -> tuple[WorkflowSpec, ...]:
     if not isinstance(items, list) or not items:
         raise ServesimError(f"{p}: expected a top-level `workflows:` list of workflows.")
     return tuple(spec_from_dict(d, f"{p.name}") for d in items)
+
+
+# ---- several models ----------------------------------------------------------------------------
+FIXED_POINT_ROUNDS = 12
+
+
+def release_times(wl: WorkflowWorkload, finish_s: np.ndarray) -> np.ndarray:
+    """When each LLM call is sent, given every call's finish time: its workflow's arrival for
+    a first call, else the latest end of its predecessors (tools their drawn latency later)."""
+    sent = np.zeros(wl.num_requests)
+    for w, ids in enumerate(wl.instances):
+        spec = wl.specs[int(wl.workflow_spec[w])]
+        t0 = float(wl.workflow_arrival_s[w])
+        end: dict[str, float] = {}
+        for name in spec.order():
+            node = spec.node(name)
+            start = max((end[a] for a in node.after), default=t0)
+            rid = ids[name]
+            if rid >= 0:
+                sent[rid] = start
+                end[name] = max(float(finish_s[rid]), start)
+            else:
+                end[name] = start + wl.tool_latency_s[-1 - rid]
+    return sent
+
+
+def serve_workflows(deployments: dict[str, Any], wl: WorkflowWorkload) -> dict[str, Any]:
+    """Serve a workflow workload whose calls go to several deployments (`deployments[model]`,
+    "" the default): each deployment serves its calls as an open loop released when their
+    predecessors end, found by fixed point — simulate every deployment with the current
+    release times, recompute the releases from the finishes, repeat until no release moves by
+    more than a millisecond (each round settles at least one more level of the DAGs). Returns
+    the per-request finish times (`finish_s`), the rounds taken and `report`."""
+    from servesim.sim.simulate import simulate
+    from servesim.sim.workload import Workload
+
+    models = np.array(wl.request_model, dtype=object)
+    missing = sorted(set(models) - set(deployments))
+    if missing:
+        raise ServesimError(
+            f"Workflow calls name model(s) {', '.join(repr(m) for m in missing)} that no "
+            "deployment serves; give a deployment for each."
+        )
+    finish = np.zeros(wl.num_requests)
+    sent = release_times(wl, finish)
+    rounds = 0
+    for i in range(1, FIXED_POINT_ROUNDS + 1):
+        rounds = i
+        for name, dep in deployments.items():
+            idx = np.flatnonzero(models == name)
+            if not len(idx):
+                continue
+            order = idx[np.argsort(sent[idx], kind="stable")]
+            prio = None if wl.priority is None else wl.priority[order]
+            w = Workload(
+                sent[order], wl.prompt_tokens[order], wl.output_tokens[order], priority=prio
+            )
+            cols = simulate(dep, w).columns()
+            by_id = np.argsort(cols["request_id"])
+            finish[order] = cols["finish_s"][by_id]
+        new = release_times(wl, finish)
+        moved = float(np.max(np.abs(new - sent))) if len(new) else 0.0
+        sent = new
+        if moved < 1e-3:
+            break
+    return {"finish_s": finish, "rounds": rounds, "report": wl.report(finish)}
