@@ -43,7 +43,8 @@ def test_the_replay_evicts_lru_and_waits_when_every_slot_is_held() -> None:
 
 def test_swapping_raises_tail_latency_once_adapters_outnumber_the_slots() -> None:
     """Llama-3.1-8B on an A100, 8 adapter slots, 8 req/s: with 4 or 8 adapters every one stays
-    resident and the tail does not move; with 16, 64 and 256 the p99 TTFT grows with the count."""
+        resident and the tail does not move; with 16 it jumps more than tenfold, with 64 it grows
+    again, and by 256 every request waits for a swap (the tail saturates)."""
     w = synthetic(1500, 8.0, LogNormal(500, 1500), LogNormal(150, 400), seed=2)
     p99 = {}
     for n in (4, 8, 16, 64, 256):
@@ -52,8 +53,10 @@ def test_swapping_raises_tail_latency_once_adapters_outnumber_the_slots() -> Non
         if n <= 8:
             # Each adapter loads once, on first use (a few ms, once).
             assert r["loads"] == n and r["load_delay_mean_s"] < 1e-4, r
-    assert p99[4] == pytest.approx(p99[8], rel=1e-3), p99  # only the first loads differ
-    assert p99[8] < p99[16] < p99[64] < p99[256], p99
+    # No swapping: only the adapters' own per-iteration work differs (8 distinct read, not 4).
+    assert p99[4] == pytest.approx(p99[8], rel=0.02), p99
+    # Past the slots swaps queue up: the tail jumps, then saturates (every request waits).
+    assert 10 * p99[8] < p99[16] < p99[64] and p99[256] > 0.95 * p99[64], p99
 
 
 def test_slots_cost_kv_capacity_and_bad_settings_are_refused() -> None:
@@ -81,3 +84,23 @@ def test_cli_simulate_with_many_adapters(tmp_path) -> None:
     fig = json.loads((out / "summary.json").read_text())["lora_adapters"]
     assert fig["loads"] == 4 and fig["adapter_mb"] == pytest.approx(83.886, abs=0.01)
     assert main([*args, "--lora-rank", "8", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_batched_adapters_add_their_reads_or_flops_to_each_iteration() -> None:
+    """Punica/S-LoRA batching: a 64-sequence decode step reads every distinct adapter in it
+    (uniform popularity over 64 adapters: 64 × (1 − (63/64)^64) ≈ 40.7 of them, capped at the
+    slots), an 8,192-token prefill pays the adapters' FLOPs (one FLOP per adapter byte)."""
+    from dataclasses import replace
+
+    from servesim.spec.lora import LoraAdapters
+
+    lora = LoraAdapters(64, gpu_slots=64, zipf=0.0)
+    assert lora.expected_distinct(64) == pytest.approx(64 * (1 - (63 / 64) ** 64))
+    base, with_lora = DEP.predictor(), replace(DEP, lora=lora).predictor()
+    extra = with_lora.step_s(64, 64 * 512, ()) - base.step_s(64, 64 * 512, ())
+    a100 = DEP.device
+    read = lora.expected_distinct(64) * lora.bytes_per_adapter(LLAMA) / a100.mem_bw_bytes_per_s
+    assert extra == pytest.approx(read, rel=1e-6)
+    extra_pre = with_lora.step_s(0, 0, ((8192, 0),)) - base.step_s(0, 0, ((8192, 0),))
+    flops = 8192 * lora.bytes_per_adapter(LLAMA) / base._peak
+    assert extra_pre == pytest.approx(max(flops, read / lora.expected_distinct(64)), rel=1e-6)

@@ -5,10 +5,9 @@ Each request names an adapter. A replica keeps `gpu_slots` adapters in GPU memor
 the same pool as the KV cache, so the slots cost KV capacity);
 an adapter that is not resident is copied from host memory over the device's host link before
 its request can run, evicting the least recently used adapter that no request in flight is
-using. Batching requests of different adapters adds the adapters' own FLOPs, which are not
-added to the iterations here: at rank 16 they are about 1 % of an 8B model's
-(`lora_flops_share`), and Punica's and S-LoRA's batched kernels keep their cost close to
-that. What grows with the adapter count is the swapping.
+using. Batching requests of different adapters adds their own work to every iteration
+(`predictor.lora`): the weights of each distinct adapter in the batch are read, and each token
+multiplied by its adapter (about 1 % of an 8B model's FLOPs at rank 16).
 
 `serve_with_adapters` finds the swap delays by fixed point: it simulates the replica, replays
 the adapter cache over the requests in arrival order with each request holding its adapter
@@ -20,7 +19,7 @@ settle the delays to well under an iteration in the cases tested.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,50 +27,9 @@ import numpy as np
 from servesim.errors import ServesimError
 from servesim.sim.simulate import simulate
 from servesim.sim.workload import Workload
-from servesim.spec.model import ModelSpec
+from servesim.spec.lora import LoraAdapters
 
 ROUNDS = 2
-
-
-@dataclass(frozen=True)
-class LoraAdapters:
-    """`num_adapters` adapters of rank `rank` on the attention and MLP projections, requested
-    with Zipf popularity of exponent `zipf` (0: uniform), `gpu_slots` of them resident per
-    replica."""
-
-    num_adapters: int
-    gpu_slots: int
-    rank: int = 16
-    zipf: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("num_adapters", "gpu_slots", "rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ServesimError(f"LoRA {name} must be a whole number ≥ 1, got {value!r}.")
-        if not self.zipf >= 0:
-            raise ServesimError(f"LoRA popularity exponent must be ≥ 0, got {self.zipf}.")
-
-    def bytes_per_adapter(self, model: ModelSpec) -> float:
-        """Bytes of one adapter in bf16: A (d_in × r) and B (r × d_out) for each of q, k, v, o
-        and the MLP's gate, up and down projections, in every layer."""
-        h, q, kv = model.hidden_size, model.num_heads * model.head_dim, model.num_kv_heads
-        kv *= model.head_dim
-        inter = model.intermediate_size
-        pairs = [(h, q), (h, kv), (h, kv), (q, h), (h, inter), (h, inter), (inter, h)]
-        per_layer = sum(self.rank * (a + b) for a, b in pairs)
-        return 2.0 * per_layer * model.num_layers
-
-    def lora_flops_share(self, model: ModelSpec) -> float:
-        """The adapters' FLOPs per token relative to the base model's (2 per weight each)."""
-        return self.bytes_per_adapter(model) / 2.0 / max(1, model.num_active_params())
-
-    def assign(self, n: int) -> np.ndarray:
-        """The adapter each of n requests names (Zipf over adapter ids, seeded)."""
-        rng = np.random.default_rng(self.seed)
-        weights = 1.0 / np.arange(1, self.num_adapters + 1) ** self.zipf
-        return rng.choice(self.num_adapters, size=n, p=weights / weights.sum())
 
 
 def _with_adapter_pool(dep: Any, adapters: LoraAdapters) -> Any:
@@ -83,7 +41,7 @@ def _with_adapter_pool(dep: Any, adapters: LoraAdapters) -> Any:
             f"{adapters.gpu_slots} adapter slots need {pool / 1e9:.1f} GB per device, more than "
             f"{dep.device.name} has; use fewer slots or a lower rank."
         )
-    return replace(dep, device=replace(dep.device, mem_bytes=mem))
+    return replace(dep, device=replace(dep.device, mem_bytes=mem), lora=adapters)
 
 
 def _replay(

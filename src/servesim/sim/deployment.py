@@ -13,6 +13,7 @@ from servesim.predictor import roofline
 from servesim.predictor.adaptive_depth import SkippingPredictor
 from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
+from servesim.predictor.lora import LoraPredictor
 from servesim.predictor.nanoflow import NanoFlowPredictor
 from servesim.predictor.profiled import ProfiledTiming
 from servesim.predictor.speculative import SpeculativePredictor
@@ -24,6 +25,7 @@ from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.finetune import FineTuneJob
+from servesim.spec.lora import LoraAdapters
 from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
@@ -61,6 +63,9 @@ class Deployment:
     expert_load: ExpertLoad | None = None
     # NanoFlow's intra-device overlap of compute-, memory- and network-bound operators.
     nanoflow: bool = False
+    # LoRA adapters batched on the base model (their per-iteration work; swapping and
+    # residency are `sim.adapters`).
+    lora: LoraAdapters | None = None
     # Speculative decoding of every decode step (None: one token per step).
     speculative: SpeculativeDecoding | None = None
 
@@ -132,17 +137,18 @@ class Deployment:
             self.expert_load,
             self.speculative,
             self.nanoflow,
+            self.lora,
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
             if len(_PREDICTORS) >= 64:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
             args = (self.model, self.device, self.parallel, self.engine, self.fit)
-            variants = [self.speculative, self.layer_skipping, self.finetune]
+            variants = [self.speculative, self.layer_skipping, self.finetune, self.lora]
             if sum(v is not None for v in variants) + self.nanoflow > 1:
                 raise ServesimError(
-                    "Speculative decoding, layer skipping, co-served fine-tuning and NanoFlow "
-                    "overlap are not modelled together; keep one of them."
+                    "Speculative decoding, layer skipping, co-served fine-tuning, LoRA adapters "
+                    "and NanoFlow overlap are not modelled together; keep one of them."
                 )
             kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
             if self.speculative is not None:
@@ -162,6 +168,8 @@ class Deployment:
                 pred = CoServingPredictor(*args, **kw, job=self.finetune)
             elif self.nanoflow:
                 pred = NanoFlowPredictor(*args, **kw)
+            elif self.lora is not None:
+                pred = LoraPredictor(*args, **kw, adapters=self.lora)
             else:
                 pred = Predictor(*args, **kw)
             _PREDICTORS[key] = pred
