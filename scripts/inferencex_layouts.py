@@ -27,6 +27,7 @@ import functools
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -228,17 +229,44 @@ def layouts(
     return rows
 
 
-def measured_dates() -> list[str]:
-    """Days the InferenceX rows of data/aic_e2e/*.csv were measured."""
+def measured_dates(sources: tuple[str, ...] = ("source_file=",)) -> list[str]:
+    """Days the InferenceX rows of data/aic_e2e/*.csv were measured (rows whose provenance
+    starts with one of `sources`: dashboard exports, or also database records `db-dump/`)."""
     days: set[str] = set()
     for path in sorted((ROOT / "data" / "aic_e2e").glob("*.csv")):
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 src = row.get("silicon_data_source", "")
                 m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
-                if m and src.startswith("source_file="):
+                if m and src.startswith(sources):
                     days.add(m.group(1))
     return sorted(days)
+
+
+def write_merged(
+    rows_by_day: Iterable[list[dict[str, object]]],
+    fields: tuple[str, ...],
+    when: tuple[str, ...],
+    out: str,
+) -> int:
+    """Write the items of every day to `out` as CSV, an item seen on several days once with
+    its `when` fields (days, commits) joined by spaces; returns the rows written."""
+    merged: dict[tuple[object, ...], dict[str, object]] = {}
+    for rows in rows_by_day:
+        for row in rows:
+            key = tuple(row[f] for f in fields if f not in when)
+            if key in merged:
+                for f in when:
+                    merged[key][f] = f"{merged[key][f]} {row[f]}"
+            else:
+                merged[key] = row
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), lineterminator="\n")
+        w.writeheader()
+        w.writerows(merged.values())
+    print(f"wrote {len(merged)} rows to {out}")
+    return len(merged)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,22 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=["dsr1"], help="InferenceX model-prefixes")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    merged: dict[tuple[object, ...], dict[str, object]] = {}
-    for day in args.dates or measured_dates():
-        for row in layouts(args.inferencex, args.srt_slurm, day, tuple(args.models)):
-            key = tuple(row[f] for f in FIELDS if f not in WHEN)
-            if key in merged:
-                for f in WHEN:
-                    merged[key][f] = f"{merged[key][f]} {row[f]}"
-            else:
-                merged[key] = row
-    rows = list(merged.values())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(FIELDS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows to {args.out}")
+    days = args.dates or measured_dates()
+    models = tuple(args.models)
+    per_day = (layouts(args.inferencex, args.srt_slurm, day, models) for day in days)
+    write_merged(per_day, FIELDS, WHEN, args.out)
     return 0
 
 

@@ -22,7 +22,6 @@ exports and database records).
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inferencex_layouts import CONFIG_PATHS, commit_at, git
+from inferencex_layouts import CONFIG_PATHS, commit_at, git, measured_dates, write_merged
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "inferencex" / "single_node_configs.csv"
@@ -75,20 +74,6 @@ def concurrencies(item: dict[str, object]) -> list[int]:
         out.append(c)
         c *= 2
     return out
-
-
-def measured_dates() -> list[str]:
-    """Days the InferenceX rows of data/aic_e2e/*.csv were measured (dashboard exports and
-    database records)."""
-    days: set[str] = set()
-    for path in sorted((ROOT / "data" / "aic_e2e").glob("*.csv")):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                src = row.get("silicon_data_source", "")
-                m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
-                if m and src.startswith(("source_file=", "db-dump/")):
-                    days.add(m.group(1))
-    return sorted(days)
 
 
 def draft_tokens(script: str, dp_attn: bool) -> str:
@@ -178,22 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=["dsr1", "qwen3.5"], help="model-prefixes")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    merged: dict[tuple[object, ...], dict[str, object]] = {}
-    for day in args.dates or measured_dates():
-        for row in single_node(args.inferencex, day, tuple(args.models)):
-            key = tuple(row[f] for f in FIELDS if f not in WHEN)
-            if key in merged:
-                for f in WHEN:
-                    merged[key][f] = f"{merged[key][f]} {row[f]}"
-            else:
-                merged[key] = row
-    rows = list(merged.values())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(FIELDS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {len(rows)} rows to {args.out}")
+    days = args.dates or measured_dates(("source_file=", "db-dump/"))
+    per_day = (single_node(args.inferencex, day, tuple(args.models)) for day in days)
+    write_merged(per_day, FIELDS, WHEN, args.out)
     return 0
 
 

@@ -38,6 +38,16 @@ def test_users_distribution_hand_computed() -> None:
     assert users_pmf(0, 0.3, 0.2).tolist() == [1.0]
 
 
+def test_users_distribution_matches_drawn_masks() -> None:
+    """The priced distribution is the one per-request masks follow: batches of 4 requests
+    (each batch draws who follows the shared pattern), 8 layers each skipped with p = 0.3,
+    half the requests following on average; 3,000 batches."""
+    skip = LayerSkipping(0.3, correlation=0.5)
+    users = np.concatenate([skip.masks(4, 8, seed=i).sum(axis=0) for i in range(3000)])
+    drawn = np.bincount(users, minlength=5) / len(users)
+    assert drawn == pytest.approx(users_pmf(4, 0.3, 0.5), abs=0.015)
+
+
 def test_a_lone_request_skipping_half_the_layers_decodes_in_about_half_the_time() -> None:
     """Every per-layer cost halves; the LM head and the engine's step overhead do not."""
     base, skip = predictors(LayerSkipping(0.5))

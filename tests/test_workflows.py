@@ -106,8 +106,7 @@ def test_deadline_order_beats_fcfs_on_workflow_slo_attainment_under_load() -> No
                 max_num_seqs=32,
                 policy=Policy("deadline") if sched == "deadline" else None,
             )
-            pred = dep.predictor()
-            est = Estimate(pred.step_s(0, 0, ((1024, 0),)) / 1024, pred.decode_step_coeffs(32)[0])
+            est = Estimate.for_deployment(dep)
             wl = WorkflowWorkload(specs, 400, rate, seed=1, scheduling=sched, estimate=est)
             rep = wl.report(simulate(dep, closed_loop=wl).columns()["finish_s"])
             out[(rate, sched)] = rep["slo_attainment"]

@@ -262,14 +262,8 @@ def _workflow_workload(s: SimulateSettings, dep: Any) -> Any:
     from servesim.sim.workflows import Estimate, WorkflowWorkload, load_workflows
 
     specs = load_workflows(str(s.workflows))
-    estimate = Estimate()
     scheduling = "deadline" if s.policy == "deadline" else "fcfs"
-    pred = getattr(dep, "prefill", dep).predictor()
-    if scheduling == "deadline":
-        seqs = dep.batching()[0] if hasattr(dep, "batching") else 32
-        estimate = Estimate(
-            pred.step_s(0, 0, ((1024, 0),)) / 1024.0, pred.decode_step_coeffs(min(seqs, 64))[0]
-        )
+    estimate = Estimate.for_deployment(dep) if scheduling == "deadline" else Estimate()
     assert s.workflow_rate is not None
     return WorkflowWorkload(specs, s.num_workflows, s.workflow_rate, s.seed, scheduling, estimate)
 

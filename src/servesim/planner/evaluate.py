@@ -122,8 +122,7 @@ def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[s
     scheduling = "deadline" if spec.workflow_policy == "deadline" else "fcfs"
     price, n_dev = dep.price_per_hour, dep.num_devices
     try:
-        pred = getattr(dep, "prefill", dep).predictor()
-        est = Estimate(pred.step_s(0, 0, ((1024, 0),)) / 1024.0, pred.decode_step_coeffs(64)[0])
+        est = Estimate.for_deployment(dep)
         cap = find_workflow_capacity(dep, specs, spec.target, scheduling, est)
         rate, miss = cap.rate_per_s, "" if cap.rate_per_s > 0 else "misses at light load"
         residence = cap.residence_s

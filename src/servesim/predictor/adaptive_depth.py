@@ -88,8 +88,8 @@ class SkippingPredictor(Predictor):
             # them whose sequences run it (priced at its mean: prefill is compute-bound there,
             # linear in tokens).
             base = pre_tokens * (1.0 - p) if both else pre_tokens
-            idx = np.rint(base + np.arange(decode_seqs + 1)).astype(int)
-            layer_dense = float(pmf @ np.asarray(dense)[idx]) / layers
+            lo = round(base)  # the tabulated counts base, base + 1, ..., base + decode_seqs
+            layer_dense = float(pmf @ np.asarray(dense[lo : lo + decode_seqs + 1])) / layers
             busy = 1.0 - (pmf[0] if base == 0 else 0.0)  # P(some sequence runs the layer)
             t += count * (layer_dense + busy * a / layers)
         return t + lm[seqs] + self.overhead_s(decode_seqs, n_pre)

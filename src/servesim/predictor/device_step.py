@@ -20,9 +20,9 @@ from servesim.spec.devices import Device
 from servesim.spec.model import ModelSpec
 from servesim.spec.quant import (
     BLOCK_BYTES_PER_WEIGHT,
+    KV_BYTES_PER_VALUE,
     Quant,
     compute_dtype,
-    kv_bytes_per_value,
     use_more_bits,
 )
 
@@ -189,7 +189,7 @@ def layer_work(model: ModelSpec, quant: Quant, layer: int, step: Step) -> Work:
             sp = model.mlp_params(model.shared_expert_intermediate_size)
             flops[fmt] += 2.0 * sp * step.tokens
             wbytes += sp * BLOCK_BYTES_PER_WEIGHT[fmt]
-    kv_per_token = model.kv_values_per_token_per_layer * kv_bytes_per_value(quant)
+    kv_per_token = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
     kv_read = step.seqs * step.context * kv_per_token
     kv_write = step.tokens * kv_per_token
     act = 6 * step.tokens * model.hidden_size * ACT_BYTES
@@ -266,7 +266,7 @@ def weight_bytes(model: ModelSpec, quant: Quant) -> float:
 
 def kv_bytes(model: ModelSpec, quant: Quant, tokens: int) -> float:
     """KV-cache bytes of `tokens` cached tokens over all layers."""
-    per = model.kv_values_per_token_per_layer * kv_bytes_per_value(quant)
+    per = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
     return tokens * per * model.num_attention_layers
 
 

@@ -36,7 +36,7 @@ from servesim.predictor.device_step import (
 from servesim.spec.devices import Device
 from servesim.spec.links import Link
 from servesim.spec.model import ModelSpec
-from servesim.spec.quant import Quant, kv_bytes_per_value
+from servesim.spec.quant import KV_BYTES_PER_VALUE, Quant
 
 MODES = ("ngl", "stream")
 # GPU memory the runtime keeps for itself: CUDA context, cuBLAS workspace and compute buffers
@@ -205,7 +205,7 @@ def attention_offload_step(
     step = Step(seqs, seqs, 0)  # dense work: no KV read on the GPU
     dense = layers_work(model, quant, range(model.num_layers), step) + head_work(model, quant, step)
     dense_s = time_work(dense, gpu, quant, gpu_eff).seconds
-    per = model.kv_values_per_token_per_layer * kv_bytes_per_value(quant)
+    per = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
     L = model.num_attention_layers
     kv_read = seqs * context * per * L
     attn_flops = 4.0 * model.num_heads * model.head_dim * seqs * context * L

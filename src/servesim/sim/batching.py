@@ -222,7 +222,7 @@ class BatchFormation:
             self._decode_gaps(end)
             self.G += 1
             if self.spec_state is not None:
-                self._spec_advance(self.G - 1)
+                self._spec_advance()
             self.last_decode_end = end
             self._pop_finished(end, done)
         finished = False

@@ -129,7 +129,7 @@ class DecodeStretch:
         self.iterations += k
         self.G = g = self.G + k
         if self.spec_state is not None:
-            self._spec_advance(g - k)
+            self._spec_advance()
         every = self.cfg.recv_interval
         if every > 1:  # passes inside the stretch read (nothing) and restart the count
             r = self.recv_steps + k

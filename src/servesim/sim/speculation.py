@@ -130,7 +130,7 @@ class SpeculativeSteps:
         """The offset a leaving sequence holds now (what the group's sums count for it)."""
         return self.spec_state.offset(rid, self.G)
 
-    def _spec_advance(self, g_old: int) -> None:
+    def _spec_advance(self) -> None:
         """Rebuild the group's cached-token sum and block counts at the new step from every
         running sequence's drawn tokens (one numpy pass per commit)."""
         offs = self.off

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,19 @@ class WorkflowSpec:
 
     def node(self, name: str) -> WorkflowNode:
         """The node called `name`."""
-        return next(n for n in self.nodes if n.name == name)
+        return self._by_name[name]
 
     def order(self) -> list[str]:
         """Node names in a topological order (predecessors first)."""
+        return list(self._order)
+
+    @cached_property
+    def _by_name(self) -> dict[str, WorkflowNode]:
+        return {n.name: n for n in self.nodes}
+
+    @cached_property
+    def _order(self) -> tuple[str, ...]:
+        """Kahn's algorithm over `after` (computed once: the run replays it per instance)."""
         deps = {n.name: set(n.after) for n in self.nodes}
         out: list[str] = []
         ready = [n.name for n in self.nodes if not n.after]
@@ -128,7 +138,7 @@ class WorkflowSpec:
             raise ServesimError(
                 f"Workflow {self.name!r} has a cycle in `after`; a workflow must be a DAG."
             )
-        return out
+        return tuple(out)
 
     def ancestors(self, name: str) -> set[str]:
         """Every node `name` waits for, directly or not."""
@@ -149,6 +159,16 @@ class Estimate:
 
     prefill_s_per_token: float = 1e-4
     tpot_s: float = 0.03
+
+    @classmethod
+    def for_deployment(cls, dep: Any) -> Estimate:
+        """The speeds of `dep`'s predictor (a disaggregated one's prefill pool): a 1,024-token
+        prefill per token and a decode step of up to 64 sequences (its batch limit if lower)."""
+        seqs = dep.batching()[0] if hasattr(dep, "batching") else 64
+        pred = getattr(dep, "prefill", dep).predictor()
+        return cls(
+            pred.step_s(0, 0, ((1024, 0),)) / 1024.0, pred.decode_step_coeffs(min(seqs, 64))[0]
+        )
 
 
 @dataclass

@@ -114,6 +114,5 @@ def compute_dtype(quant: Quant, kind: str) -> str:
     return table[quant.base]
 
 
-def kv_bytes_per_value(quant: Quant) -> float:
-    """KV-cache bytes per value: llama.cpp keeps F16 caches whatever the weights (`-ctk f16`)."""
-    return nbytes("fp16")
+# KV-cache bytes per value: llama.cpp keeps F16 caches whatever the weights' format (`-ctk f16`).
+KV_BYTES_PER_VALUE = nbytes("fp16")
