@@ -72,11 +72,16 @@ def test_profile_writes_tables_calibrate_reads(profiled):
     samples = calibrate.all_samples(tables, vidur)
     assert {"gemm", "attention_prefill", "attention_decode", "elementwise"} <= set(samples)
     # Latencies are milliseconds in the tables and plausible for one CPU core: a GEMM of 64 rows
-    # does 64x the work of one row and takes longer, but not 64x longer (fixed costs).
+    # does 64x the work of one row and takes longer, but not 64x longer (fixed costs). One
+    # shape's pair of timings is noise-prone on a shared core (a 512x128 GEMM of one row and of
+    # 64 rows both take ~0.1 ms), so the claim is checked on the median over the model's shapes.
     g = tables["gemm_perf"]
-    big = (g["n"] == 512) & (g["k"] == 128)
-    lat = dict(zip(g["m"][big], g["latency"][big], strict=True))
-    assert 0.0005 < lat[1.0] < 5.0 and lat[1.0] < lat[64.0] < 64 * lat[1.0]
+    lat = {}
+    for n, k, mm, t in zip(g["n"], g["k"], g["m"], g["latency"], strict=True):
+        lat.setdefault((n, k), {})[mm] = t
+    ratios = [v[64.0] / v[1.0] for v in lat.values()]
+    assert all(0.0005 < v[1.0] < 5.0 for v in lat.values())
+    assert 1.0 < float(np.median(ratios)) < 64.0, ratios
     dev = Catalog([res.out_dir / "device.yaml"]).get("cpu_test")
     assert dev.kind == "cpu" and dev.num_sms == 1
     assert dev.peak_flops("bf16") == pytest.approx(res.peak_flops_per_s, rel=1e-5)
