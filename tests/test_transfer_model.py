@@ -49,7 +49,8 @@ def test_gemm_features_by_hand():
         _gemm_rows([64.0, 64.0], 4096.0, 4096.0, np.array(["fp8", "fp8_block"]), "fp8", "fp8"),
         H100,
     )
-    assert g["format"][0] != g["format"][1]
+    assert (g["fmt_fp8"][0], g["fmt_fp8_block"][0]) == (1.0, 0.0)
+    assert (g["fmt_fp8"][1], g["fmt_fp8_block"][1]) == (0.0, 1.0)
     assert g["dev_log_flops_per_sm"][0] == pytest.approx(math.log10(1978.9e12 / 132))
 
 

@@ -24,24 +24,24 @@ Samples = dict[str, np.ndarray]
 
 # Kernel classes of a number format (the table's spelling or servesim's): per-tensor fp8 and
 # block-scaled fp8 run different kernels (CUTLASS scaled-mm vs DeepGEMM/Triton block GEMM).
-FORMAT_CLASS: dict[str, float] = {
-    "bfloat16": 0.0,
-    "bf16": 0.0,
-    "float16": 0.0,
-    "fp16": 0.0,
-    "fp8": 1.0,
-    "fp8_block": 2.0,
-    "nvfp4": 3.0,
-    "fp4": 3.0,
-    "int8": 4.0,
-    "int8_wo": 5.0,
-    "int4_wo": 6.0,
-    "w4a16": 6.0,
-    "int4": 6.0,
-    "w4a16_mxfp4": 7.0,
-    "mxfp4": 7.0,
-    "w4a8_mxfp4_mxfp8": 8.0,
+# Each class is its own 0/1 column (bf16/fp16, the reference, is none of them): an ordinal code
+# let trees lump neighbouring classes, so a GPU's nvfp4 rows landed in a leaf learnt from other
+# GPUs' slow fp8-block rows (x10 on the RTX PRO 6000).
+FORMAT_CLASS: dict[str, str] = {
+    "fp8": "fp8",
+    "fp8_block": "fp8_block",
+    "nvfp4": "fp4",
+    "fp4": "fp4",
+    "int8": "int8",
+    "int8_wo": "int_wo",
+    "int4_wo": "int_wo",
+    "w4a16": "int_wo",
+    "int4": "int_wo",
+    "w4a16_mxfp4": "mxfp4",
+    "mxfp4": "mxfp4",
+    "w4a8_mxfp4_mxfp8": "mxfp4",
 }
+CLASSES = tuple(sorted(set(FORMAT_CLASS.values())))
 US = 1e6
 TILE = 128.0  # a representative thread-block tile edge for wave counts
 
@@ -94,8 +94,10 @@ def _l2(nbytes_: np.ndarray, device: Device) -> dict:
     return {"log_bytes_over_l2": np.log10(np.maximum(nbytes_, 1.0) / max(device.l2_bytes, 1.0))}
 
 
-def _format_class(col: np.ndarray) -> np.ndarray:
-    return np.array([FORMAT_CLASS.get(str(x), -1.0) for x in col])
+def format_classes(col: np.ndarray) -> dict[str, np.ndarray]:
+    """One 0/1 column per number-format kernel class (`fmt_<class>`) for a column of formats."""
+    cls = np.array([FORMAT_CLASS.get(str(x), "") for x in col], dtype=object)
+    return {f"fmt_{c}": (cls == c).astype(float) for c in CLASSES}
 
 
 def _dtype_pairs(s: Samples) -> list[tuple[str, str]]:
@@ -132,7 +134,7 @@ def gemm(s: Samples, device: Device) -> dict[str, np.ndarray]:
         "log_m": np.log10(m),
         "log_n": np.log10(n),
         "log_k": np.log10(k),
-        "format": _format_class(s["format"] if "format" in s else s["dtype"]),
+        **format_classes(s["format"] if "format" in s else s["dtype"]),
         "native_rate": native,
         **_ideal(flops, moved, peak, device.mem_bw_bytes_per_s),
         **_waves(np.ceil(m / TILE) * np.ceil(n / TILE), sms),
@@ -264,7 +266,7 @@ def moe(s: Samples, device: Device) -> dict[str, np.ndarray]:
         "log_local_experts": np.log10(local),
         "top_k": k,
         "log_rows_per_expert": np.log10(np.maximum(rows_per_expert, 1e-3)),
-        "format": _format_class(s["format"] if "format" in s else s["weight_dtype"]),
+        **format_classes(s["format"] if "format" in s else s["weight_dtype"]),
         **_ideal(flops, moved, peak, device.mem_bw_bytes_per_s),
         **_waves(units, float(device.num_sms)),
         **_l2(moved, device),
