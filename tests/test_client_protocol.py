@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 import numpy as np
@@ -283,3 +284,60 @@ def test_cli_protocol_flags_need_clients(capsys) -> None:
     code = main(["simulate", "--rate", "2", "--prompt", "64", "--output", "8", "--ramp-s", "1"])
     _, err = capsys.readouterr()
     assert code == 2 and "--ramp-s applies to closed loops only" in err
+
+
+# ---- prompt pool (aiperf's dataset entries) ------------------------------------------------
+def test_shuffle_pool_sends_every_entry_once_per_pass_and_repeats_share_their_blocks() -> None:
+    loop = ClosedLoop(4, 25, Uniform(100, 300), Fixed(8), dataset_entries=10, seed=2)
+    e = loop.entry_of
+    for start in (0, 10):  # two full passes, each a permutation of the 10 entries
+        assert sorted(e[start : start + 10]) == list(range(10))
+    assert len(set(e[20:])) == 5  # the third pass is cut at 25 requests
+    p, h = loop.prompt_tokens, loop.prefix_hashes
+    for i in range(25):
+        for j in range(25):
+            same = e[i] == e[j]
+            assert (p[i] == p[j] and h[i] == h[j]) if same else not set(h[i]) & set(h[j])
+    # ceil(prompt / 64) hash blocks per prompt, every engine's page a divisor of 64 tokens.
+    assert all(len(h[i]) == -(-int(p[i]) // 64) for i in range(25))
+    assert loop.prefix_block_tokens == 64
+    assert ClosedLoop(4, 25, Fixed(100), Fixed(8)).prefix_hashes is None
+
+
+def test_random_and_sequential_pools() -> None:
+    seq = ClosedLoop(2, 7, Fixed(64), Fixed(4), dataset_entries=3, dataset_sampling="sequential")
+    assert list(seq.entry_of) == [0, 1, 2, 0, 1, 2, 0]
+    rnd = ClosedLoop(2, 2000, Fixed(64), Fixed(4), dataset_entries=5, dataset_sampling="random")
+    counts = np.bincount(rnd.entry_of, minlength=5)
+    assert counts.min() > 330 and counts.max() < 470  # 400 each, sd 18
+    with pytest.raises(ServesimError, match="sampling"):
+        ClosedLoop(2, 7, Fixed(64), Fixed(4), dataset_entries=3, dataset_sampling="lru")
+
+
+def test_pooled_prompts_hit_the_prefix_cache_and_conserve_tokens() -> None:
+    """4 clients cycle through 4 prompts of 2,048 tokens: after the first pass every prompt is
+    cached (the KV holds them all), so each later request prefills one 64-token block instead
+    of 2,048 tokens and its TTFT falls; with prefix caching off nothing changes."""
+    dep = _deployment()
+    kw = dict(clients=4, num_requests=40, prompt=Fixed(2048), output=Fixed(16), seed=1)
+    fresh = simulate(dep, closed_loop=ClosedLoop(**kw)).columns()
+    pooled = simulate(dep, closed_loop=ClosedLoop(**kw, dataset_entries=4)).columns()
+    off = simulate(
+        dataclass_replace(dep, prefix_caching=False),
+        closed_loop=ClosedLoop(**kw, dataset_entries=4),
+    ).columns()
+    assert pooled["generated_tokens"].sum() == fresh["generated_tokens"].sum() == 40 * 16
+    late = slice(8, None)
+    t_fresh, t_pool = float(np.mean(fresh["ttft_s"][late])), float(np.mean(pooled["ttft_s"][late]))
+    assert t_pool < 0.5 * t_fresh, (t_pool, t_fresh)
+    assert np.allclose(off["ttft_s"], fresh["ttft_s"])
+
+
+def test_cli_prompt_pool_needs_a_closed_loop(capsys) -> None:
+    from servesim.cli.main import main
+
+    code = main(
+        ["simulate", "--rate", "2", "--prompt", "64", "--output", "8", "--prompt-pool", "5"]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2 and "--prompt-pool applies to closed loops only" in err

@@ -158,6 +158,9 @@ class WorkloadSettings(Settings):
     length_range_ratio: NonNegFloat | None = None
     ramp_s: NonNegFloat = 0.0
     warmup_requests: NonNegInt | None = None
+    # Distinct prompts the closed loop's clients cycle through (aiperf --num-dataset-entries).
+    prompt_pool: PosInt | None = None
+    prompt_pool_sampling: Literal["shuffle", "random", "sequential"] = "shuffle"
     seed: NonNegInt = 0
 
     @model_validator(mode="after")
@@ -192,6 +195,8 @@ def check_workload_mode(s: Settings, closed_loops: bool) -> None:
             "length_range_ratio",
             "ramp_s",
             "warmup_requests",
+            "prompt_pool",
+            "prompt_pool_sampling",
         ):
             if given(key):
                 raise Misuse(

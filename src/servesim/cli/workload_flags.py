@@ -35,6 +35,16 @@ def add_workload_args(w: argparse._ArgumentGroup) -> None:
     )
     w.add_argument("--ramp-s", type=float, help="closed loop: open client slots over this time")
     w.add_argument("--warmup-requests", type=int, help="closed loop: uncounted warm-up requests")
+    w.add_argument(
+        "--prompt-pool",
+        type=int,
+        help="closed loop: clients draw prompts from this many distinct ones (aiperf "
+        "--num-dataset-entries, 100 by default there), so repeats hit the prefix cache",
+    )
+    w.add_argument(
+        "--prompt-pool-sampling",
+        help="how clients pick from --prompt-pool: shuffle (aiperf's default), random, sequential",
+    )
     w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals (≥ 0)")
 
 
@@ -67,6 +77,8 @@ def build_workload(s: Any) -> Any:
             s.seed,
             ramp_s=s.ramp_s,
             warmup_requests=s.warmup_requests or 0,
+            dataset_entries=s.prompt_pool or 0,
+            dataset_sampling=s.prompt_pool_sampling,
         )
     if base is None or (synthetic and not s.trace):
         if s.rate is None:
@@ -114,6 +126,9 @@ def _client_loop(s: Any) -> Any:
         proto = replace(proto, warmup_per_client=s.warmup_requests // s.clients)
     if s.ramp_s:
         proto = replace(proto, ramp_s=s.ramp_s)
+    if s.prompt_pool:
+        proto = replace(proto, dataset_entries=s.prompt_pool)
+    proto = replace(proto, dataset_sampling=s.prompt_pool_sampling)
     loop = proto.closed_loop(
         s.clients,
         nominal[0],

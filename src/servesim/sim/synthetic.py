@@ -255,6 +255,13 @@ def range_ratio_length(tokens: int, ratio: float, convention: str = "symmetric")
     return Fixed(int(tokens)) if lo >= hi else Uniform(lo, hi)
 
 
+# How a closed loop's client picks from its prompt pool (`ClosedLoop.dataset_entries`).
+DATASET_SAMPLING = ("shuffle", "random", "sequential")
+# Granularity of a pooled prompt's prefix hash blocks: a whole number of every engine's KV page
+# (vLLM 16 tokens, TRT-LLM 32, SGLang 1), so a repeated prompt recomputes at most 64 tokens.
+DATASET_BLOCK_TOKENS = 64
+
+
 @dataclass(frozen=True)
 class ClosedLoop:
     """A fixed-concurrency benchmark: `clients` users, each sending its next request think_s
@@ -276,6 +283,12 @@ class ClosedLoop:
       `--warmup-request-count` both finish the warm-up before the profile starts). Warm-up
       requests are the first request ids and are left out of `SimResult.summary`.
     - `jitter_s`: extra per-request delay, uniform in [0, jitter_s) (no client cites one).
+    - `dataset_entries`: the client draws its prompts from a pool of this many distinct ones
+      (aiperf's synthetic dataset holds `--num-dataset-entries`, 100 by default, and reuses
+      them until the run ends), picked by `dataset_sampling`: "shuffle" (every entry once per
+      pass in a fresh random order, aiperf's default), "random" (with replacement) or
+      "sequential". A repeated prompt is the same token sequence, so an engine's prefix cache
+      serves it (`prefix_hashes`). 0: every request is a new prompt.
     Ramp and rate are measured from the start of each phase.
     """
 
@@ -290,6 +303,8 @@ class ClosedLoop:
     request_rate_per_s: float = math.inf
     burstiness: float = 1.0
     warmup_requests: int = 0
+    dataset_entries: int = 0
+    dataset_sampling: str = "shuffle"
 
     def __post_init__(self) -> None:
         _check_count(self.clients, "Number of clients")
@@ -319,14 +334,59 @@ class ClosedLoop:
                 f"Warm-up of {w} requests leaves none of the {self.num_requests} to measure; "
                 "raise num_requests or lower warmup_requests."
             )
+        e = self.dataset_entries
+        if isinstance(e, bool) or not isinstance(e, int | np.integer) or e < 0:
+            raise ServesimError(
+                f"Dataset entries {e!r} must be a whole number >= 0 (0: every prompt new)."
+            )
+        if self.dataset_sampling not in DATASET_SAMPLING:
+            raise ServesimError(
+                f"Dataset sampling {self.dataset_sampling!r} is unknown; use one of "
+                f"{', '.join(DATASET_SAMPLING)}."
+            )
         object.__setattr__(self, "prompt", as_length(self.prompt))
         object.__setattr__(self, "output", as_length(self.output))
 
     @cached_property
+    def entry_of(self) -> np.ndarray | None:
+        """The dataset entry each request sends (issue order), or None without a pool."""
+        e, n = int(self.dataset_entries), self.num_requests
+        if not e:
+            return None
+        if self.dataset_sampling == "sequential":
+            return np.arange(n) % e
+        gen = _rng(self.seed + 3)
+        if self.dataset_sampling == "random":
+            return gen.integers(0, e, size=n)
+        passes = -(-n // e)
+        return np.concatenate([gen.permutation(e) for _ in range(passes)])[:n]
+
+    @cached_property
     def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
         gen = _rng(self.seed)
-        p = self.prompt.sample(self.num_requests, gen)
-        return p, self.output.sample(self.num_requests, gen)
+        m = int(self.dataset_entries) or self.num_requests
+        p, o = self.prompt.sample(m, gen), self.output.sample(m, gen)
+        idx = self.entry_of
+        return (p, o) if idx is None else (p[idx], o[idx])
+
+    @property
+    def prefix_block_tokens(self) -> int:
+        """Tokens per prefix hash block (`prefix_hashes`); 0 without a prompt pool."""
+        return DATASET_BLOCK_TOKENS if self.dataset_entries else 0
+
+    @cached_property
+    def prefix_hashes(self) -> list[list[int]] | None:
+        """Per request, the hash ids of its prompt's blocks: requests sending the same
+        dataset entry share all of them, different entries none. None without a pool."""
+        idx = self.entry_of
+        if idx is None:
+            return None
+        p = self.prompt_tokens
+        blocks = np.zeros(int(self.dataset_entries), dtype=np.int64)
+        blocks[idx] = -(-p // DATASET_BLOCK_TOKENS)
+        stride = int(blocks.max()) + 1
+        lists = [list(range(k * stride, k * stride + int(b))) for k, b in enumerate(blocks)]
+        return [lists[k] for k in idx]  # one shared list per entry
 
     @property
     def prompt_tokens(self) -> np.ndarray:
