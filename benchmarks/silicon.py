@@ -155,20 +155,24 @@ def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
     return None
 
 
-def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float] | None:
-    """(`max_num_tokens`, `batch_wait_timeout_iters`, `batch_wait_max_tokens_ratio`) of
-    InferenceX's colocated TensorRT-LLM launch for a row, or None when the row is not one.
+def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int] | None:
+    """(`max_num_tokens`, `batch_wait_timeout_iters`, `batch_wait_max_tokens_ratio`,
+    attention-DP balance `timeout_iters`) of InferenceX's colocated TensorRT-LLM launch for a
+    row, or None when the row is not one.
 
     From SemiAnalysisAI/InferenceX: the Llama-3.1-70B launch (llama-config.yml) passes
     `--max_num_tokens 16384` and, at ISL 1024 / OSL 1024 below TP 8, batch waiting of 20
     iterations or 0.9 of the budget; benchmarks/single_node/dsr1_fp8_b200_trt.sh, dsr1_fp4_b200
-    _trt.sh and dsr1_fp8_h200_trt.sh pass max(8192, CONC + ISL + 64 rounded up to 64) and only
-    dsr1_fp8_b200_trt.sh at 1k/1k with 64 or more clients waits (40 iterations, 0.8).
+    _trt.sh and dsr1_fp8_h200_trt.sh pass max(8192, CONC + ISL + 64 rounded up to 64), only
+    dsr1_fp8_b200_trt.sh at 1k/1k with 64 or more clients waits (40 iterations, 0.8), and with
+    attention DP all three write `attention_dp_config: {batching_wait_iters: 0, enable_balance:
+    true, timeout_iters: 60}` (batch waiting is skipped under attention DP).
     """
     if row.get("backend") != "trtllm" or row.get("mode", "agg") not in ("agg", ""):
         return None
-    if protocol_of(row) is AIPERF or _int(row, "attention_dp_size") > 1:
+    if protocol_of(row) is AIPERF:
         return None
+    dp = _int(row, "attention_dp_size") > 1
     model = row["model_path"].lower()
     isl, osl, tp, conc = (
         _int(row, "isl"),
@@ -177,14 +181,16 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float] | No
         concurrency_of(row),
     )
     chat = isl == 1024 and osl == 1024
-    if "llama-3.1-70b" in model:
-        return (16384, 20, 0.9) if chat and tp < 8 else (16384, 0, 0.0)
+    if "llama-3.1-70b" in model and not dp:
+        return (16384, 20, 0.9, 0) if chat and tp < 8 else (16384, 0, 0.0, 0)
     if "deepseek" in model:
         tokens = max(8192, -(-(conc + isl + 64) // 64) * 64)
+        if dp:
+            return tokens, 0, 0.0, 60
         fp8 = "fp8" in (row.get("gemm_quant_mode") or row.get("precision") or "").lower()
         if fp8 and row["system"].startswith("b200") and chat and conc >= 64:
-            return tokens, 40, 0.8
-        return tokens, 0, 0.0
+            return tokens, 40, 0.8, 0
+        return tokens, 0, 0.0, 0
     return None
 
 
@@ -284,9 +290,11 @@ def deployment_of(
             limits["max_num_batched_tokens"] = launch[1]
         if trt is not None:
             eng = engine.with_overrides(
-                batch_wait_timeout_iters=trt[1], batch_wait_max_tokens_ratio=trt[2]
+                batch_wait_timeout_iters=trt[1],
+                batch_wait_max_tokens_ratio=trt[2],
+                adp_balance_timeout_iters=trt[3],
             )
-            limits["max_num_batched_tokens"] = trt[0]
+            limits["max_num_batched_tokens"] = trt[0] * par.dp  # per rank (one executor each)
         return Deployment(
             model=model,
             device=device,

@@ -329,9 +329,9 @@ def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting()
         tp_size="4",
         silicon_data_source=ix.format(c=4),
     )
-    assert silicon.inferencex_trtllm_launch(llama) == (16384, 20, 0.9)
-    assert silicon.inferencex_trtllm_launch({**llama, "osl": "8192"}) == (16384, 0, 0.0)
-    assert silicon.inferencex_trtllm_launch({**llama, "tp_size": "8"}) == (16384, 0, 0.0)
+    assert silicon.inferencex_trtllm_launch(llama) == (16384, 20, 0.9, 0)
+    assert silicon.inferencex_trtllm_launch({**llama, "osl": "8192"}) == (16384, 0, 0.0, 0)
+    assert silicon.inferencex_trtllm_launch({**llama, "tp_size": "8"}) == (16384, 0, 0.0, 0)
     ds = row(
         model_path="deepseek-ai/DeepSeek-R1",
         system="b200_sxm",
@@ -341,12 +341,13 @@ def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting()
         gemm_quant_mode="fp8",
         silicon_data_source=ix.format(c=64),
     )
-    assert silicon.inferencex_trtllm_launch(ds) == (8192, 40, 0.8)
+    assert silicon.inferencex_trtllm_launch(ds) == (8192, 40, 0.8, 0)
     # 256 + 8192 + 64 = 8512 → 8512 (a multiple of 64)
     ds8k = {**ds, "isl": "8192", "silicon_data_source": ix.format(c=256)}
-    assert silicon.inferencex_trtllm_launch(ds8k) == (8512, 0, 0.0)
-    assert silicon.inferencex_trtllm_launch({**ds, "system": "h200_sxm"}) == (8192, 0, 0.0)
-    assert silicon.inferencex_trtllm_launch({**ds, "attention_dp_size": "8"}) is None
+    assert silicon.inferencex_trtllm_launch(ds8k) == (8512, 0, 0.0, 0)
+    assert silicon.inferencex_trtllm_launch({**ds, "system": "h200_sxm"}) == (8192, 0, 0.0, 0)
+    # Attention DP: no batch waiting, balancing with a 60-iteration timeout.
+    assert silicon.inferencex_trtllm_launch({**ds, "attention_dp_size": "8"}) == (8192, 0, 0.0, 60)
     assert (
         silicon.inferencex_trtllm_launch({**ds, "silicon_data_source": "x-gap-analysis.csv"})
         is None

@@ -212,8 +212,12 @@ class BatchFormation:
         if self.lagged:
             self.iter_start = t0
         # SGLang weighs a non-decode iteration 1000 steps (scheduler_recv_skipper.py): the next
-        # pass reads new requests.
-        self.recv_steps = self.cfg.recv_interval
+        # pass reads new requests. TensorRT-LLM's attention-DP counter just counts it.
+        cfg = self.cfg
+        if cfg.recv_quorum:
+            self.recv_steps = min(self.recv_steps + 1, cfg.recv_interval)
+        else:
+            self.recv_steps = cfg.recv_interval
         self.now = end
         self.busy_s += dt
         self.iterations += 1

@@ -103,7 +103,12 @@ def build_pool(
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
         overlap=e.overlap_scheduling and role != "prefill",
-        recv_interval=e.recv_interval_steps,
+        recv_interval=(
+            e.adp_balance_timeout_iters
+            if e.adp_balance_timeout_iters and dep.parallel.dp > 1
+            else e.recv_interval_steps
+        ),
+        recv_quorum=dep.parallel.dp if e.adp_balance_timeout_iters and dep.parallel.dp > 1 else 0,
         batch_wait_iters=e.batch_wait_timeout_iters if dep.parallel.dp == 1 else 0,
         batch_wait_ratio=e.batch_wait_max_tokens_ratio if dep.parallel.dp == 1 else 0.0,
     )

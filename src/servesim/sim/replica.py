@@ -57,6 +57,25 @@ FIRST_AT_ADMISSION = -1.0  # at the scheduler pass that admits the request
 FIRST_AFTER_STEP = -2.0  # at the end of the first iteration that runs it
 
 
+def dp_rank_of(rid: int, ranks: int) -> int:
+    """The attention-DP rank a request lands on. TensorRT-LLM gives a new request to the rank
+    with room (`_balance_requests_across_ranks`); in a full closed loop that is the rank where
+    a request just ended, which is any of them: a fixed pseudo-random draw per request id."""
+    x = ((rid + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF  # splitmix64's mixing
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) % ranks
+
+
+def _covers_ranks(waiting: Any, seen: list[int], ranks: int) -> bool:
+    """Whether the waiting and newly seen prompts put one on every attention-DP rank."""
+    if len(waiting) + len(seen) < ranks:
+        return False
+    hit = {dp_rank_of(r, ranks) for r in waiting}
+    hit.update(dp_rank_of(r, ranks) for r in seen)
+    return len(hit) >= ranks
+
+
 @dataclass(frozen=True)
 class ReplicaConfig:
     """Batching limits and cache size of one replica (or one pipeline virtual engine)."""
@@ -71,6 +90,11 @@ class ReplicaConfig:
     # Decode steps between the scheduler's reads of new requests (SGLang
     # `--scheduler-recv-interval`; 1 = every pass). Acts on the overlap path only.
     recv_interval: int = 1
+    # TensorRT-LLM attention-DP balancing (EngineProfile.adp_balance_timeout_iters): with
+    # recv_interval = the timeout, prompts go early once `recv_quorum` of them wait (one per DP
+    # rank) or fewer than that many sequences decode (a rank without generation requests), and
+    # a prefill iteration does not reset the count as SGLang's receive skipper does. 0: off.
+    recv_quorum: int = 0
     # TensorRT-LLM batch waiting: prompts wait while decodes run until an iteration would hold
     # batch_wait_ratio × max_num_batched_tokens tokens or they waited batch_wait_iters steps.
     batch_wait_iters: int = 0
@@ -331,6 +355,10 @@ class Replica(
             if self._seg is not None and len(self.off) + len(self.prefilling) < (
                 self.cfg.max_num_seqs
             ):
+                if self.cfg.recv_quorum:
+                    # Attention-DP balancing: the next pass decides (a later arrival may
+                    # complete the ranks before the timeout), and plans to the timeout.
+                    return self._cut(t, extra=1)
                 return self._cut(t, extra=1 + self._steps_to_recv(t))
             return []
         self.waiting.append(rid)
@@ -593,11 +621,19 @@ class Replica(
                 waiting.append(lagged.popleft()[1])
             self.recv_steps = 0
             return
-        if self.cfg.recv_interval > 1:
-            if self.recv_steps < self.cfg.recv_interval:
-                return
-            self.recv_steps = 0
+        cfg = self.cfg
         start = self.iter_start
+        if cfg.recv_interval > 1 and self.recv_steps < cfg.recv_interval:
+            q = cfg.recv_quorum
+            if not q:
+                return
+            # Attention-DP balancing: go before the timeout when every rank has a prompt or
+            # some rank has no sequence to decode.
+            seen = [rid for a, rid in lagged if a <= start]
+            if len(self.off) >= q and not _covers_ranks(waiting, seen, q):
+                return
+        if cfg.recv_interval > 1:
+            self.recv_steps = 0
         while lagged and lagged[0][0] <= start:
             waiting.append(lagged.popleft()[1])
 

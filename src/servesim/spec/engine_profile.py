@@ -100,6 +100,15 @@ class EngineProfile:
     # DP skips it.
     batch_wait_timeout_iters: int = 0
     batch_wait_max_tokens_ratio: float = 0.0
+    # TensorRT-LLM attention-DP balancing (`attention_dp_config.enable_balance`, off by
+    # default; `timeout_iters` 50 by default: tensorrt_llm/llmapi/llm_args.py AttentionDpConfig).
+    # Each pass PyExecutor._balance_adp_requests allgathers every rank's scheduled context and
+    # generation counts: context requests go only when every rank has one (and a free slot), or
+    # when its counter of passes without that reaches timeout_iters, or when some rank has no
+    # generation request; the counter advances on every such pass, waiting requests or not,
+    # and restarts at each release. 0: no balancing. (`batching_wait_iters`, a further wait once
+    # every rank has context requests, is not modelled: InferenceX's DeepSeek runs set 0.)
+    adp_balance_timeout_iters: int = 0
     prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
 
     def __post_init__(self) -> None:
@@ -112,6 +121,13 @@ class EngineProfile:
             raise ServesimError(
                 f"Engine setting recv_interval_steps must be a whole number ≥ 1, not "
                 f"{self.recv_interval_steps!r}."
+            )
+        if not (
+            isinstance(self.adp_balance_timeout_iters, int) and self.adp_balance_timeout_iters >= 0
+        ):
+            raise ServesimError(
+                f"Engine setting adp_balance_timeout_iters must be a whole number ≥ 0 (0: no "
+                f"attention-DP balancing), not {self.adp_balance_timeout_iters!r}."
             )
         if not (
             isinstance(self.batch_wait_timeout_iters, int) and self.batch_wait_timeout_iters >= 0
