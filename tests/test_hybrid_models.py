@@ -281,3 +281,23 @@ def test_dsa_attention_grows_with_min_of_context_and_topk() -> None:
     grow = d2["indexer_decode"].seconds - d1["indexer_decode"].seconds
     assert grow > 61 * 140 * 32 * 36000 / b200.mem_bw_bytes_per_s
     assert math.isfinite(grow)
+
+
+def test_predict_prices_a_deployment_that_does_not_fit_and_says_so(capsys) -> None:
+    """GLM-5 in bf16 (1.5 TB of weights) cannot fit 8 B200s; `predict` still prices the
+    iteration (its time does not depend on fitting) and says plainly that it does not fit."""
+    import json
+
+    from servesim.cli.main import main
+
+    args = ["predict", "--model", "zai-org/GLM-5", "--device", "b200_sxm", "--tp", "8"]
+    args += ["--decode-seqs", "64", "--context", "4000"]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["memory"]["fits"] is False and "GB per device" in doc["memory"]["reason"]
+    assert doc["totals"]["seconds"] > 0 and doc["operators"]
+    assert main(args) == 0
+    assert "does not fit:" in capsys.readouterr().out
+    # Fitting (fp8 weights: 744 GB over 8 GPUs) reports its layout.
+    assert main([*args, "--weight-dtype", "fp8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["memory"]["fits"] is True

@@ -28,6 +28,7 @@ from servesim.cli.settings import (
     NonNegInt,
     PosInt,
 )
+from servesim.errors import ServesimError
 
 
 class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings):
@@ -87,8 +88,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     dep = apply_moe(apply_depth(build_deployment(s), s), s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
-    dep.check_batch(batch, s.spell)
-    mem = dep.memory()
+    dep.check_batch(batch, s.spell, require_fit=False)
+    # An iteration's time is defined whether or not the deployment fits its devices: price it
+    # and say plainly that it does not fit (simulate and plan refuse such a deployment).
+    try:
+        mem, misfit = dep.memory(), ""
+    except ServesimError as exc:
+        mem, misfit = None, str(exc)
     pred = dep.predictor()
     cost = pred.iteration(batch, breakdown=True)
     skipping = _skipping(pred, batch, cost)
@@ -100,7 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         overlap = {"seconds": cost.seconds, "sequential_seconds": seq}
         cost = replace(cost, seconds=seq)
     if s.json_output:
-        out = _as_json(dep, batch, cost, mem)
+        out = _as_json(dep, batch, cost, mem, misfit)
         if skipping:
             out["layer_skipping"] = skipping
         if overlap:
@@ -161,6 +167,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
             f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
         )
+    if mem is None:
+        console.print(f"does not fit: {misfit}")
+        return 0
     m = mem.as_dict()
     console.print(
         f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
@@ -218,8 +227,9 @@ def _time_by_provenance(cost: Any) -> dict[str, float]:
     return shares
 
 
-def _as_json(dep: Any, batch: Any, cost: Any, mem: Any) -> dict[str, Any]:
-    """The breakdown as one JSON-ready object: operators, totals and memory."""
+def _as_json(dep: Any, batch: Any, cost: Any, mem: Any, misfit: str = "") -> dict[str, Any]:
+    """The breakdown as one JSON-ready object: operators, totals and memory (`fits` false and
+    the reason when the deployment does not fit its devices)."""
     ops = sorted(cost.ops, key=lambda o: -o.seconds)
     counts: dict[str, int] = {}
     for op in ops:
@@ -250,7 +260,11 @@ def _as_json(dep: Any, batch: Any, cost: Any, mem: Any) -> dict[str, Any]:
             "provenance": counts,
             "kernel_time_share": _time_by_provenance(cost),
         },
-        "memory": {**mem.as_dict(), "kv_tokens": mem.kv_tokens},
+        "memory": (
+            {"fits": True, **mem.as_dict(), "kv_tokens": mem.kv_tokens}
+            if mem is not None
+            else {"fits": False, "reason": misfit}
+        ),
         **(
             {"speculative": spec}
             if (spec := _speculative(dep, dep.predictor(), batch, cost))

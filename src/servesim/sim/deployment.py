@@ -200,14 +200,23 @@ class Deployment:
             text += f" {self.speculative.label()}"
         return text
 
-    def check_batch(self, batch: BatchShape, spell: Callable[[str], str] = str) -> None:
+    def check_batch(
+        self, batch: BatchShape, spell: Callable[[str], str] = str, require_fit: bool = True
+    ) -> None:
         """Refuse a batch the engine would never run: more sequences or tokens than its limits,
         or more context than its KV cache holds (checked before anything is priced).
-        `spell` names a setting the way the caller's user gives it (a flag, a YAML key)."""
+        `spell` names a setting the way the caller's user gives it (a flag, a YAML key).
+        `require_fit` False: a deployment that does not fit its devices has no KV cache to
+        check against (the caller reports the misfit itself)."""
         seqs, budget, chunked = self.batching()
-        mem = self.memory()
+        try:
+            mem = self.memory()
+        except ServesimError:
+            if require_fit:
+                raise
+            mem = None
         context = batch.decode_context + sum(n + c for n, c in batch.prefill)
-        if context > mem.kv_tokens:
+        if mem is not None and context > mem.kv_tokens:
             raise ServesimError(
                 f"The batch needs {context:,} tokens of KV cache but the cache of "
                 f"{self.model.name} on {self.label()} holds {mem.kv_tokens:,}; give fewer or "
