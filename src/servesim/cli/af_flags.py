@@ -24,6 +24,40 @@ class AFSettings(Settings):
     af_link: NonEmpty | None = None
 
 
+AF_PLAN_KEYS = (
+    "af_max_gpus",
+    "af_batch",
+    "af_context",
+    "af_microbatches_search",
+    "af_expert_device",
+    "af_link",
+)
+# `plan` settings the split search does not read.
+PLAN_ONLY = (
+    "trace",
+    "num_requests",
+    "prompt",
+    "output",
+    "arrival",
+    "cv",
+    "rate",
+    "ttft_slo",
+    "target",
+    "pp",
+    "batching",
+    "weight_dtypes",
+    "kv_dtypes",
+    "pd_ratios",
+    "workers",
+    "ray",
+    "out",
+    "mix",
+    "speculative",
+    "workflows",
+    "skip_prob",
+)
+
+
 class AFPlanSettings(Settings):
     """`plan --af-disagg` settings: the split search over a steady decode load."""
 
@@ -38,9 +72,17 @@ class AFPlanSettings(Settings):
     @model_validator(mode="after")
     def _af_only(self) -> AFPlanSettings:
         if not self.af_disagg:
-            for key in ("af_max_gpus", "af_batch", "af_context", "af_microbatches_search"):
+            for key in AF_PLAN_KEYS:
                 if self.given(key):
                     raise Misuse(f"{{{key}}} shapes the split search; add {{af_disagg}}.")
+            return self
+        for key in PLAN_ONLY:
+            if self.given(key):
+                raise Misuse(
+                    f"{{{key}}} does nothing with {{af_disagg}}, which prices steady decode "
+                    f"batches ({{af_batch}} at {{af_context}}) on the first of {{gpus}} and "
+                    f"{{engines}}; drop {{{key}}}."
+                )
         return self
 
 
@@ -227,6 +269,11 @@ def run_af_plan(s: Any, top: int = 10) -> int:
             console.print(
                 f"best AF split {rows[0].label}: {gain:.2f}× the tokens per dollar of the best "
                 f"colocated layout {base[0].label}"
+            )
+        if not rows:
+            console.print(
+                f"no AF split of ≤ {s.af_max_gpus} GPUs holds {batch} sequences of "
+                f"{s.af_context} tokens within TPOT {s.tpot_slo * 1e3:g} ms"
             )
         found = found or bool(rows)
     return 0 if found else 1

@@ -43,7 +43,14 @@ from functools import lru_cache
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.predictor.iteration import ACT_BYTES, DECODE_CTX_REF, MEM_POWER_SHARE, Predictor
+from servesim.predictor.iteration import (
+    ACT_BYTES,
+    DECODE_CTX_REF,
+    MEM_POWER_SHARE,
+    BatchShape,
+    OpCost,
+    Predictor,
+)
 from servesim.spec.devices import Device
 from servesim.spec.links import Link
 from servesim.spec.memory import (
@@ -302,6 +309,42 @@ class AFDisaggPredictor(Predictor):
             self.transfer_s(tokens),
             tokens,
         )
+
+    def ops(self, batch: BatchShape) -> list[OpCost]:
+        """Every operator's work in one iteration, by pool: the attention pool's operators (the
+        whole batch, as the base predictor lists them), the expert pool's busiest rank over each
+        micro-batch, and the dispatch and combine transfers. Their seconds are work, not the
+        critical path: the pools overlap (`breakdown` gives the pipelined time)."""
+        out = super().ops(batch)
+        b = self.breakdown(batch.decode_seqs, batch.decode_context, batch.prefill)
+        m, layers = b.microbatches, b.layers
+        tokens = np.array([float(max(1, b.microbatch_tokens))])
+        for term in self.experts._moe_terms(tokens, float(layers)):
+            if term.kind == "comm":
+                continue
+            out.append(
+                OpCost(
+                    f"expert_pool:{term.name}",
+                    term.kind,
+                    round(term.calls) * m,
+                    float(term.seconds[0]) * m,
+                    float(term.flops[0]) * m,
+                    float(term.nbytes[0]) * m,
+                )
+            )
+        for name in ("af_dispatch", "af_combine"):
+            out.append(
+                OpCost(
+                    name,
+                    "comm",
+                    layers * m,
+                    b.transfer_s * layers * m,
+                    0.0,
+                    b.transfer_bytes * layers * m,
+                    "link",
+                )
+            )
+        return out
 
     def step_s(
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
