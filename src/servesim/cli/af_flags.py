@@ -63,7 +63,7 @@ class AFPlanSettings(Settings):
 
     af_disagg: bool = False
     af_max_gpus: PosInt = 32
-    af_batch: PosInts = (16, 256, 1024)
+    af_batch: PosInts = ()  # empty: each layout's capacity under the TPOT target
     af_context: PosInt = 2048
     af_microbatches_search: PosInts = (1, 2, 3, 4)
     af_expert_device: NonEmpty | None = None
@@ -112,7 +112,11 @@ def add_af_plan_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attention–FFN split search (--af-disagg)")
     add_switch(g, "--af-disagg", "search attention/expert pool sizes instead of simulating")
     g.add_argument("--af-max-gpus", type=int, help="GPUs per replica at most (default 32)")
-    g.add_argument("--af-batch", help="decode batch sizes to price, e.g. 16,256,1024")
+    g.add_argument(
+        "--af-batch",
+        help="decode batch sizes to price, e.g. 16,256,1024 (default: each layout's largest "
+        "batch within the KV cache and --tpot-slo)",
+    )
     g.add_argument("--af-context", type=int, help="mean context per sequence (default 2048)")
     g.add_argument("--af-microbatches-search", help="micro-batch counts to try (default 1,2,3,4)")
     g.add_argument("--af-expert-device", help="device of the expert pool (default: first --gpus)")
@@ -230,34 +234,54 @@ def run_af_plan(s: Any, top: int = 10) -> int:
     model = load_model(s.model)
     engine = get_engine(s.engines[0])
     found = False
-    for batch in s.af_batch:
+    for batch in s.af_batch or (None,):
         rows = af_splits(
             model,
             device,
             engine,
-            batch,
             s.af_context,
             s.af_max_gpus,
+            batch,
+            s.tpot_slo,
             tuple(s.tp),
             tuple(s.af_microbatches_search),
             edev,
             link,
-            s.tpot_slo,
         )
         base = colocated(
-            model, device, engine, batch, s.af_context, s.af_max_gpus, tuple(s.tp), s.tpot_slo
+            model, device, engine, s.af_context, s.af_max_gpus, batch, s.tpot_slo, tuple(s.tp)
         )
+        what = f"decode batch {batch}" if batch else "decode capacity"
         table = Table(
-            title=f"{model.name}: decode batch {batch} at {s.af_context} tokens context, "
+            title=f"{model.name}: {what} at {s.af_context} tokens context, "
             f"TPOT ≤ {s.tpot_slo * 1e3:g} ms, ≤ {s.af_max_gpus} GPUs"
         )
-        for col in ("layout", "GPUs", "m", "iteration ms", "tok/s/GPU", "tok/s per $/h", "bound"):
+        cols = (
+            "layout",
+            "GPUs",
+            "m",
+            "batch",
+            "iteration ms",
+            "tok/s/GPU",
+            "tok/s per $/h",
+            "bound",
+        )
+        for col in cols:
             table.add_column(col, justify="left" if col in ("layout", "bound") else "right")
-        for r in rows[:top] + base[:1]:
+        # The best colocated layout, and the best of each kind: wide EP (attention DP, one EP
+        # rank per GPU) and attention in tensor parallel.
+        kinds = [
+            base,
+            [r for r in base if r.ep == r.gpus and r.tp == 1],
+            [r for r in base if r.tp > 1],
+        ]
+        shown = list(dict.fromkeys(k[0] for k in kinds if k))
+        for r in rows[:top] + shown:
             table.add_row(
                 r.label + ("" if r.expert_gpus else " (colocated)"),
                 str(r.gpus),
                 str(r.microbatches),
+                str(r.batch),
                 f"{r.iteration_s * 1e3:.2f}",
                 f"{r.tokens_per_s_per_gpu:.1f}",
                 f"{r.tokens_per_dollar_hour:.1f}",
@@ -272,8 +296,8 @@ def run_af_plan(s: Any, top: int = 10) -> int:
             )
         if not rows:
             console.print(
-                f"no AF split of ≤ {s.af_max_gpus} GPUs holds {batch} sequences of "
-                f"{s.af_context} tokens within TPOT {s.tpot_slo * 1e3:g} ms"
+                f"no AF split of ≤ {s.af_max_gpus} GPUs holds {batch or 'a batch of'} "
+                f"sequences of {s.af_context} tokens within TPOT {s.tpot_slo * 1e3:g} ms"
             )
         found = found or bool(rows)
     return 0 if found else 1

@@ -1,15 +1,19 @@
 """The attention/expert split of an AF-disaggregated MoE deployment (MegaScale-Infer, Janus).
 
-For a steady decode load (a batch of sequences at a mean context) the search tries attention
-pools of tp × dp GPUs, expert pools of E GPUs (E divides the expert count, the experts must fit)
-and m ping-pong micro-batches, keeps the layouts whose KV cache holds the batch and whose
-iteration meets the TPOT target, and ranks them by decode tokens per second per dollar-hour
-(per GPU on one GPU type). The colocated layouts of the same GPUs (attention TP or DP, experts EP
-over all of them) are priced the same way, so the answer says whether disaggregation pays off.
+For a steady decode load at a mean context the search tries attention pools of tp × dp GPUs,
+expert pools of E GPUs (E divides the expert count and the experts fit) and m ping-pong
+micro-batches. Each layout runs either a given batch (kept when its KV cache holds it and the
+iteration meets the TPOT target) or, with no batch given, the largest batch that its KV cache
+holds and that meets the TPOT target (its decode capacity, the figure MegaScale-Infer compares:
+throughput per GPU under a latency target). Layouts are ranked by decode tokens per second per
+dollar-hour (per GPU on one GPU type). The colocated layouts of the same GPUs are priced the same
+way, so the answer says whether disaggregation pays off against them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from servesim.errors import ServesimError
@@ -22,6 +26,9 @@ from servesim.spec.memory import memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
+# The activation reserve is sized for this many batched tokens (SGLang's decode default chunk).
+RESERVE_TOKENS = 8192
+
 
 @dataclass(frozen=True)
 class SplitResult:
@@ -32,6 +39,7 @@ class SplitResult:
     expert_gpus: int
     microbatches: int
     tp: int
+    ep: int  # colocated: EP degree; AF: the expert pool's size
     batch: int
     iteration_s: float
     tokens_per_s: float
@@ -58,21 +66,45 @@ def _divisors(n: int, cap: int) -> list[int]:
     return [d for d in range(1, min(n, cap) + 1) if n % d == 0]
 
 
+def _batch(
+    step_s: Callable[[int], float], kv_tokens: int, context: int, batch: int | None, slo: float
+) -> tuple[int, float]:
+    """(batch, iteration seconds) the layout runs: the given batch, or the largest one its KV
+    cache holds whose iteration meets `slo` (bisection; the step grows with the batch). (0, 0)
+    when none fits."""
+    cap = kv_tokens // context
+    if batch is not None:
+        if batch > cap:
+            return 0, 0.0
+        t = step_s(batch)
+        return (batch, t) if t <= slo else (0, 0.0)
+    if cap < 1 or step_s(1) > slo:
+        return 0, 0.0
+    lo, hi = 1, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if step_s(mid) <= slo:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, step_s(lo)
+
+
 def af_splits(
     model: ModelSpec,
     device: Device,
     engine: EngineProfile,
-    batch: int,
     context: int,
     max_gpus: int,
+    batch: int | None = None,
+    tpot_slo_s: float = math.inf,
     tps: tuple[int, ...] = (1,),
     microbatches: tuple[int, ...] = (1, 2, 3, 4),
     expert_device: Device | None = None,
     link: Link | None = None,
-    tpot_slo_s: float | None = None,
 ) -> list[SplitResult]:
-    """Every AF layout of at most `max_gpus` GPUs that holds `batch` sequences of `context`
-    tokens and meets the TPOT target, best tokens per dollar-hour first."""
+    """Every AF layout of at most `max_gpus` GPUs that runs `batch` sequences of `context`
+    tokens (None: its capacity) within the TPOT target, best tokens per dollar-hour first."""
     if not model.num_experts:
         raise ServesimError(f"AF disaggregation needs an MoE model; {model.name} has no experts.")
     out: list[SplitResult] = []
@@ -84,30 +116,34 @@ def af_splits(
             for e in _divisors(model.num_experts, max_gpus - attn):
                 for m in microbatches:
                     af = AFDisagg(e, m, expert_device, link)
+                    seqs = min(batch or 256, 256)
                     try:
                         mem = af_memory_layout(
-                            model, device, par, af, 8192, engine.mem_util, min(batch, 256)
+                            model, device, par, af, RESERVE_TOKENS, engine.mem_util, seqs
                         )
                     except ServesimError:
                         continue
-                    if mem.kv_tokens < batch * context:
-                        continue
                     pred = AFDisaggPredictor(model, device, af, par, engine)
-                    b = pred.breakdown(batch, batch * context)
-                    if tpot_slo_s is not None and b.seconds > tpot_slo_s:
+
+                    def step(b: int, pred: AFDisaggPredictor = pred) -> float:
+                        return pred.step_s(b, b * context, ())
+
+                    n, t = _batch(step, mem.kv_tokens, context, batch, tpot_slo_s)
+                    if not n:
                         continue
                     out.append(
                         SplitResult(
                             af.label(attn),
                             attn,
                             e,
-                            b.microbatches,
+                            min(m, n),
                             tp,
-                            batch,
-                            b.seconds,
-                            batch / b.seconds,
+                            e,
+                            n,
+                            t,
+                            n / t,
                             pred.price_per_hour,
-                            b.bottleneck,
+                            pred.breakdown(n, n * context).bottleneck,
                         )
                     )
     out.sort(key=lambda r: -r.tokens_per_dollar_hour)
@@ -118,35 +154,44 @@ def colocated(
     model: ModelSpec,
     device: Device,
     engine: EngineProfile,
-    batch: int,
     context: int,
     max_gpus: int,
+    batch: int | None = None,
+    tpot_slo_s: float = math.inf,
     tps: tuple[int, ...] = (1, 8),
-    tpot_slo_s: float | None = None,
 ) -> list[SplitResult]:
-    """The colocated layouts of up to `max_gpus` GPUs (attention tp × dp, experts EP over all
-    of them where the expert count allows, else over the TP group), best first."""
+    """The colocated layouts of up to `max_gpus` GPUs, best first: attention tp × dp, the
+    experts over all of them either as wide EP (one EP rank per GPU, SGLang's DeepEP layout,
+    where the experts divide evenly) or as EP over as many ranks as divide both the GPUs and
+    the experts with TP inside each (TRT-LLM's moe_tp × moe_ep)."""
     out: list[SplitResult] = []
     for tp in tps:
         if model.num_heads % tp:
             continue
         for dp in range(1, max_gpus // tp + 1):
             n = tp * dp
-            ep = n if model.num_experts % n == 0 else 1
-            par = Parallel(tp=tp, dp=dp, ep=ep)
-            try:
-                mem = memory_layout(model, device, par, 8192, engine.mem_util, min(batch, 256))
-            except ServesimError:
-                continue
-            if mem.kv_tokens < batch * context:
-                continue
-            t = Predictor(model, device, par, engine).step_s(batch, batch * context, ())
-            if tpot_slo_s is not None and t > tpot_slo_s:
-                continue
-            out.append(
-                SplitResult(
-                    par.label(), n, 0, 1, tp, batch, t, batch / t, n * device.price_per_hour, ""
+            eps = {math.gcd(n, model.num_experts)}
+            if model.num_experts % n == 0:
+                eps.add(n)
+            for ep in sorted(eps):
+                par = Parallel(tp=tp, dp=dp, ep=ep)
+                seqs = min(batch or 256, 256)
+                try:
+                    mem = memory_layout(model, device, par, RESERVE_TOKENS, engine.mem_util, seqs)
+                except ServesimError:
+                    continue
+                pred = Predictor(model, device, par, engine)
+
+                def step(b: int, pred: Predictor = pred) -> float:
+                    return pred.step_s(b, b * context, ())
+
+                b, t = _batch(step, mem.kv_tokens, context, batch, tpot_slo_s)
+                if not b:
+                    continue
+                out.append(
+                    SplitResult(
+                        par.label(), n, 0, 1, tp, ep, b, t, b / t, n * device.price_per_hour, ""
+                    )
                 )
-            )
     out.sort(key=lambda r: -r.tokens_per_dollar_hour)
     return out
