@@ -3,6 +3,7 @@ iteration, the activation transfer, and where splitting attention from the exper
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -239,3 +240,20 @@ def test_simulated_decode_runs_at_the_af_step_time() -> None:
     )
     summary = res.summary()
     assert summary["devices"] == 6, summary
+
+
+def test_cli_plan_searches_the_split() -> None:
+    """`plan --af-disagg` prints the AF splits beside the colocated layouts and exits 0 when one
+    meets the TPOT target; a second GPU type is refused (one attention device)."""
+    base = [sys.executable, "-m", "servesim.cli", "plan", "--model", "Qwen/Qwen3-30B-A3B"]
+    base += ["--engines", "sglang", "--tp", "1", "--af-disagg", "--af-max-gpus", "8"]
+    ok = subprocess.run(
+        [*base, "--gpus", "h100_sxm", "--af-batch", "256", "--af-microbatches-search", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "af1+" in ok.stdout and "(colocated)" in ok.stdout and "best AF split" in ok.stdout
+    bad = subprocess.run([*base, "--gpus", "h100_sxm,l40s"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "one --gpus" in bad.stderr

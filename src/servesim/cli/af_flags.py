@@ -76,6 +76,12 @@ class AFPlanSettings(Settings):
                 if self.given(key):
                     raise Misuse(f"{{{key}}} shapes the split search; add {{af_disagg}}.")
             return self
+        for key in ("gpus", "engines"):
+            if self.given(key) and len(getattr(self, key)) > 1:
+                raise Misuse(
+                    f"{{af_disagg}} prices one attention device and engine; give one {{{key}}} "
+                    "({af_expert_device} sets the experts' device)."
+                )
         for key in PLAN_ONLY:
             if self.given(key):
                 raise Misuse(
@@ -150,8 +156,15 @@ def apply_af(dep: Any, s: AFSettings) -> Any:
         return dep
     if len(given) == 1:
         raise Misuse("AF disaggregation needs both {af_attention_gpus} and {af_expert_gpus}.")
+    from servesim.sim.deployment import Deployment
+
     af = _af(s, catalog(getattr(s, "devices", None)))
     target = getattr(dep, "decode", dep)  # a DisaggDeployment's decode pool
+    if not isinstance(target, Deployment):
+        raise Misuse(
+            "AF disaggregation is modelled on colocated replicas and on the decode pool of "
+            "{disagg}, not with semi-PD lanes; drop one."
+        )
     if target.parallel.pp > 1 or target.parallel.ep > 1 or target.parallel.dp > 1:
         raise Misuse(
             "Under AF disaggregation {af_attention_gpus} sets the attention pool (with {tp}) "
@@ -253,7 +266,8 @@ def run_af_plan(s: Any, top: int = 10) -> int:
         )
         what = f"decode batch {batch}" if batch else "decode capacity"
         table = Table(
-            title=f"{model.name}: {what} at {s.af_context} tokens context, "
+            title=f"{model.name} on {device.name} ({engine.name}): {what} at {s.af_context} "
+            "tokens context, "
             f"TPOT ≤ {s.tpot_slo * 1e3:g} ms, ≤ {s.af_max_gpus} GPUs"
         )
         cols = (
