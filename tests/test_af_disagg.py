@@ -78,6 +78,8 @@ def test_two_microbatches_take_the_max_not_the_sum() -> None:
     )
     assert 0.8 < ratio < 1.25, figures
     body = b.seconds - b.overhead_s
+    closed, _ = pipeline_s(b.layers, 2, b.attention_s, b.expert_s, b.transfer_s)
+    assert body == pytest.approx(closed, rel=1e-12)  # equal micro-batches: the formula itself
     assert body <= 1.1 * b.layers * 2 * max(b.attention_s, b.expert_s), figures
     assert body < 0.6 * b.layers * 2 * (b.attention_s + b.expert_s), figures
 
