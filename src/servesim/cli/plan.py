@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from servesim.cli import settings as config
+from servesim.cli.af_flags import AFPlanSettings, add_af_plan_args, run_af_plan
 from servesim.cli.deployment_flags import Acceptance, SpecMethod, add_latency_model_arg
 from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
@@ -29,7 +30,6 @@ from servesim.cli.settings import (
     PosFloat,
     PosInt,
     PosInts,
-    Settings,
 )
 from servesim.errors import ServesimError
 from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
@@ -92,7 +92,7 @@ SEARCH_ONLY = (
 )
 
 
-class PlanSettings(Settings):
+class PlanSettings(AFPlanSettings):
     """Everything `servesim plan` reads."""
 
     model: NonEmpty = "meta-llama/Llama-3.1-70B"
@@ -277,6 +277,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--out", help="output folder (results resume from its store)")
     r.add_argument("--top", type=int, help="candidates shown in the table")
+    add_af_plan_args(p)
 
 
 def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
@@ -388,6 +389,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from servesim.report.page import write_report
 
     s = config.settings(PlanSettings, args)
+    if s.af_disagg:  # the attention/expert split of one replica, priced per decode iteration
+        return run_af_plan(s, s.top)
     spec, space = build(s)
     check_inputs(s, spec, space)
     if s.mix:

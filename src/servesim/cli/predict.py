@@ -13,6 +13,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from rich.table import Table
 
 from servesim.cli import settings as config
+from servesim.cli.af_flags import AFSettings, add_af_args, apply_af, breakdown_dict, print_breakdown
 from servesim.cli.deployment_flags import (
     DeploymentSettings,
     add_deployment_args,
@@ -31,7 +32,7 @@ from servesim.cli.settings import (
 from servesim.errors import ServesimError
 
 
-class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings):
+class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings, AFSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
@@ -71,6 +72,7 @@ def add_predict_parser(sub: Any) -> None:
     )
     add_depth_args(pred)
     add_moe_args(pred)
+    add_af_args(pred)
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -85,7 +87,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from servesim.predictor.iteration import BatchShape
 
     s = config.settings(PredictSettings, args)
-    dep = apply_moe(apply_depth(build_deployment(s), s), s)
+    dep = apply_af(apply_moe(apply_depth(build_deployment(s), s), s), s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
     dep.check_batch(batch, s.spell, require_fit=False)
@@ -111,6 +113,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             out["layer_skipping"] = skipping
         if overlap:
             out["nanoflow"] = overlap
+        if dep.af is not None:
+            out["af_disagg"] = breakdown_dict(
+                pred, pred.breakdown(batch.decode_seqs, batch.decode_context, batch.prefill)
+            )
         print(json.dumps(out))  # one line, never wrapped
         return 0
     table = Table(title=f"{dep.model.name} on {dep.label()}: one iteration")
@@ -157,6 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"with NanoFlow overlap: {overlap['seconds'] * 1e3:.3f} ms against "
             f"{overlap['sequential_seconds'] * 1e3:.3f} ms sequential (the table above)"
         )
+    print_breakdown(pred, batch)  # AF disaggregation's stages (nothing otherwise)
     spec = _speculative(dep, pred, batch, cost)
     if spec:
         console.print(

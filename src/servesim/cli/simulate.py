@@ -12,6 +12,7 @@ from rich.table import Table
 
 from servesim.cli import cluster_flags
 from servesim.cli import settings as config
+from servesim.cli.af_flags import AFSettings, add_af_args, apply_af
 from servesim.cli.app_flags import AppSettings, add_app_args, run_app
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
@@ -50,7 +51,13 @@ MEASURED_KEYS = (
 
 
 class SimulateSettings(
-    DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings, MoeSettings, AppSettings
+    DeploymentSettings,
+    WorkloadSettings,
+    MechanismSettings,
+    DepthSettings,
+    MoeSettings,
+    AppSettings,
+    AFSettings,
 ):
     """Everything `servesim simulate` reads."""
 
@@ -143,6 +150,7 @@ def add_simulate_parser(sub: Any) -> None:
     )
     add_depth_args(sim)
     add_moe_args(sim)
+    add_af_args(sim)
     add_app_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
@@ -188,7 +196,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = config.check_out_dir(s.out, s.spell("out"))
     slo = Slo(s.ttft_slo, s.tpot_slo)
     dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
-    dep = cluster_flags.apply(dep, s, slo)
+    dep = apply_af(cluster_flags.apply(dep, s, slo), s)
     flows = _workflow_workload(s, dep) if s.workflows else None
     if flows is not None and (s.workflow_model or any(flows.request_model)):
         named = sorted({m for m in flows.request_model if m})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from servesim.errors import ServesimError
 from servesim.predictor import roofline
 from servesim.predictor.adaptive_depth import SkippingPredictor
+from servesim.predictor.af_disagg import AFDisagg, AFDisaggPredictor, af_memory_layout
 from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
 from servesim.predictor.lora import LoraPredictor
@@ -68,6 +69,9 @@ class Deployment:
     lora: LoraAdapters | None = None
     # Speculative decoding of every decode step (None: one token per step).
     speculative: SpeculativeDecoding | None = None
+    # Attention–FFN disaggregation: the routed experts on their own GPU pool (MegaScale-Infer);
+    # `parallel` is then the attention pool's layout.
+    af: AFDisagg | None = None
 
     def __post_init__(self) -> None:
         if self.speculative is not None:
@@ -76,11 +80,17 @@ class Deployment:
     @property
     def num_devices(self) -> int:
         """Devices in the whole deployment."""
+        if self.af is not None:
+            return self.replicas * (self.parallel.num_devices + self.af.expert_gpus)
         return self.replicas * self.parallel.num_devices
 
     @property
     def price_per_hour(self) -> float:
         """Rental cost of every device of the deployment, USD per hour."""
+        if self.af is not None:
+            edev = self.af.expert_device or self.device
+            per = self.parallel.num_devices * self.device.price_per_hour
+            return self.replicas * (per + self.af.expert_gpus * edev.price_per_hour)
         return self.num_devices * self.device.price_per_hour
 
     def batching(self) -> tuple[int, int, bool]:
@@ -96,6 +106,18 @@ class Deployment:
     def memory(self) -> MemoryLayout:
         """Per-device memory layout (raises if the model does not fit)."""
         seqs, tokens, _ = self.batching()
+        if self.af is not None:  # the attention pool's memory; the experts checked to fit
+            e = self.engine
+            return af_memory_layout(
+                self.model,
+                self.device,
+                self.parallel,
+                self.af,
+                tokens,
+                e.mem_util,
+                min(seqs, 256),
+                e.mem_util_of_free,
+            )
         return memory_layout(
             self.model,
             self.device,
@@ -118,11 +140,12 @@ class Deployment:
                 or self.layer_skipping is not None
                 or self.finetune is not None
                 or self.nanoflow
+                or self.af is not None
             ):
                 raise ServesimError(
-                    "Speculative decoding, layer skipping, co-served fine-tuning and NanoFlow "
-                    "are priced on GPU kernels, not on a CPU engine profiled here; drop them or "
-                    "the profiled engine."
+                    "Speculative decoding, layer skipping, co-served fine-tuning, NanoFlow and "
+                    "AF disaggregation are priced on GPU kernels, not on a CPU engine profiled "
+                    "here; drop them or the profiled engine."
                 )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
         key = (
@@ -138,6 +161,7 @@ class Deployment:
             self.speculative,
             self.nanoflow,
             self.lora,
+            repr(self.af),
         )
         pred = _PREDICTORS.get(key)
         if pred is None:
@@ -145,10 +169,12 @@ class Deployment:
                 _PREDICTORS.pop(next(iter(_PREDICTORS)))
             args = (self.model, self.device, self.parallel, self.engine, self.fit)
             variants = [self.speculative, self.layer_skipping, self.finetune, self.lora]
+            variants.append(self.af)
             if sum(v is not None for v in variants) + self.nanoflow > 1:
                 raise ServesimError(
-                    "Speculative decoding, layer skipping, co-served fine-tuning, LoRA adapters "
-                    "and NanoFlow overlap are not modelled together; keep one of them."
+                    "Speculative decoding, layer skipping, co-served fine-tuning, LoRA adapters, "
+                    "NanoFlow overlap and AF disaggregation are not modelled together; keep one "
+                    "of them."
                 )
             kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
             if self.speculative is not None:
@@ -170,6 +196,14 @@ class Deployment:
                 pred = NanoFlowPredictor(*args, **kw)
             elif self.lora is not None:
                 pred = LoraPredictor(*args, **kw, adapters=self.lora)
+            elif self.af is not None:
+                pred = AFDisaggPredictor(
+                    self.model,
+                    self.device,
+                    self.af,
+                    *args[2:],
+                    **kw,  # type: ignore[arg-type]
+                )
             else:
                 pred = Predictor(*args, **kw)
             _PREDICTORS[key] = pred
@@ -198,6 +232,8 @@ class Deployment:
             text += " nanoflow"
         if self.speculative is not None:
             text += f" {self.speculative.label()}"
+        if self.af is not None:
+            text += f" {self.af.label(self.parallel.num_devices)}"
         return text
 
     def check_batch(

@@ -209,9 +209,11 @@ def result(
                 "provisioned_s": up,
             }
         )
-        devices = r.pred.par.num_devices * r.idle_share
-        device_s += up * devices
-        price_s += up * devices * r.pred.device.price_per_hour
+        # An AF-disaggregated replica (predictor.af_disagg) also rents its expert pool.
+        n_dev = getattr(r.pred, "num_gpus", r.pred.par.num_devices)
+        per_hour = getattr(r.pred, "price_per_hour", n_dev * r.pred.device.price_per_hour)
+        device_s += up * n_dev * r.idle_share
+        price_s += up * per_hour * r.idle_share
         t, running, kv = r.series_arrays()
         t_all.append(t)
         run_all.append(running)
