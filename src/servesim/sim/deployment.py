@@ -30,6 +30,7 @@ from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
+from servesim.spec.vision import VisionEncoder
 
 _PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
 
@@ -68,6 +69,9 @@ class Deployment:
     lora: LoraAdapters | None = None
     # Speculative decoding of every decode step (None: one token per step).
     speculative: SpeculativeDecoding | None = None
+    # The vision encoder a multimodal model runs in the engine, in the iteration that
+    # prefills an image (`sim.multimodal`); None for text-only serving.
+    vision: VisionEncoder | None = None
 
     def __post_init__(self) -> None:
         if self.speculative is not None:
