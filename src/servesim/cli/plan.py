@@ -16,6 +16,7 @@ from rich.text import Text
 
 from servesim.cli import settings as config
 from servesim.cli.deployment_flags import Acceptance, SpecMethod, add_latency_model_arg
+from servesim.cli.multimodal_flags import MultimodalSettings, add_multimodal_args, run_epd_plan
 from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
     Edges,
@@ -29,7 +30,6 @@ from servesim.cli.settings import (
     PosFloat,
     PosInt,
     PosInts,
-    Settings,
 )
 from servesim.errors import ServesimError
 from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
@@ -92,7 +92,7 @@ SEARCH_ONLY = (
 )
 
 
-class PlanSettings(Settings):
+class PlanSettings(MultimodalSettings):
     """Everything `servesim plan` reads."""
 
     model: NonEmpty = "meta-llama/Llama-3.1-70B"
@@ -277,6 +277,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--out", help="output folder (results resume from its store)")
     r.add_argument("--top", type=int, help="candidates shown in the table")
+    add_multimodal_args(p, "plan")
 
 
 def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
@@ -390,6 +391,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     s = config.settings(PlanSettings, args)
     spec, space = build(s)
     check_inputs(s, spec, space)
+    if s.epd_gpus is not None:
+        return run_epd_plan(s, spec)
     if s.mix:
         return _mix(spec, space, s)
     out = Path(s.out)

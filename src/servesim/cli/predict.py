@@ -22,6 +22,7 @@ from servesim.cli.deployment_flags import (
 )
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
 from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
+from servesim.cli.multimodal_flags import MultimodalSettings, add_multimodal_args, encoder_line
 from servesim.cli.output import console
 from servesim.cli.settings import (
     Misuse,
@@ -30,7 +31,7 @@ from servesim.cli.settings import (
 )
 
 
-class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings):
+class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings, MultimodalSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
@@ -70,6 +71,7 @@ def add_predict_parser(sub: Any) -> None:
     )
     add_depth_args(pred)
     add_moe_args(pred)
+    add_multimodal_args(pred, "predict")
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -161,12 +163,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
             f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
         )
+    vision = _vision_line(dep, s)
+    if vision:
+        console.print(vision)
     m = mem.as_dict()
     console.print(
         f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
         f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB"
     )
     return 0
+
+
+def _vision_line(dep: Any, s: PredictSettings) -> str:
+    """The vision encoder's time per image for a vision-language model (or when an image size
+    is asked for, which a text-only model refuses)."""
+    from servesim.errors import ServesimError
+
+    try:
+        return encoder_line(s.model, dep.device, dep.parallel.tp, dep.engine, s)
+    except ServesimError:
+        if s.given("image_size") or s.given("video_frames"):
+            raise
+        return ""
 
 
 def _skipping(pred: Any, batch: Any, cost: Any) -> dict[str, Any] | None:

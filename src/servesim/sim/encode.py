@@ -247,4 +247,3 @@ def simulate_epd(
         }
     )
     return res
-

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.sim.deployment import Deployment
 from servesim.predictor.encoder import EncoderTiming
+from servesim.sim.deployment import Deployment
 from servesim.sim.metrics import ItlHistogram
 from servesim.sim.multimodal import InEngineEncoder
 from servesim.sim.policies import PolicyState
