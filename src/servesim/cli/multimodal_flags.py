@@ -149,7 +149,16 @@ def run_epd_plan(s: Any, spec: Any) -> int:
     base = Deployment(load_model(s.model), device, vision=vision)
     rows = search_encode_split(base, work, s.epd_gpus, s.encode_link)
     table = Table(title=f"{s.model}: {s.epd_gpus} x {device.name}, splits by mean TTFT")
-    for col in ("split", "encode", "prefill", "decode", "TTFT mean (s)", "TTFT p90 (s)"):
+    cols = (
+        "split",
+        "encode",
+        "prefill",
+        "decode",
+        "TTFT mean (s)",
+        "TTFT p90 (s)",
+        "TPOT p50 (ms)",
+    )
+    for col in cols:
         table.add_column(col)
     for r in rows[: max(s.top, 1)]:
         table.add_row(
@@ -159,6 +168,7 @@ def run_epd_plan(s: Any, spec: Any) -> int:
             str(r.decode),
             f"{r.ttft_mean_s:.3f}",
             f"{r.ttft_p90_s:.3f}",
+            f"{r.tpot_p50_s * 1e3:.1f}",
         )
     Console().print(table)
     return 0

@@ -235,7 +235,23 @@ def simulate_epd(
         cluster.run()
         res = result(serve, reps, req, itl, mem, 0.0, cluster.stats)
     res.deployment = dep
-    span = max(float(stage.ready_s.max() - workload.arrival_s[0]), 1e-12) if len(workload) else 1.0
+    span = max(res.records.end_s - res.records.start_s, 1e-12)
+    # Each encode worker as a row of the run's replicas: its busy time and energy (idle power
+    # over the run, full dynamic power while encoding), so the summary's energy, cost per
+    # token and utilisation count the encode pool.
+    dev, tp = dep.encode.device, dep.encode.tp
+    for w, busy in enumerate(stage.busy_s):
+        joules = tp * (dev.idle_power_w * span + (dev.max_power_w - dev.idle_power_w) * busy)
+        res.replica_stats.append(
+            {
+                "replica": -1 - w,
+                "role": "encode",
+                "busy_s": float(busy),
+                "iterations": 0,
+                "energy_j": joules,
+                "provisioned_s": span,
+            }
+        )
     res.extra.update(
         {
             "encode_workers": dep.encode.workers,
