@@ -12,16 +12,11 @@ from pydantic import Field, field_validator
 from servesim.cli.settings import Misuse, NonNegInt, PosInt, Settings
 
 
-class MultimodalSettings(Settings):
-    """Image and encode-pool settings (file keys as the flags, with underscores)."""
+class ImageSizeSettings(Settings):
+    """The image size asked about (`predict`)."""
 
-    images_per_request: Annotated[float, Field(ge=0.0)] = 0.0
     image_size: str = "1024x1024"
     video_frames: PosInt = 1
-    encode_workers: NonNegInt = 0
-    encode_link: str = "nvlink"
-    split_images: bool = True
-    epd_gpus: PosInt | None = None
 
     @field_validator("image_size")
     @classmethod
@@ -32,18 +27,38 @@ class MultimodalSettings(Settings):
         return v
 
 
+class ImageSettings(ImageSizeSettings):
+    """Images per request and how embeddings travel (`simulate`, `plan`)."""
+
+    images_per_request: Annotated[float, Field(ge=0.0)] = 0.0
+    encode_link: str = "nvlink"
+    split_images: bool = True
+
+
+class MultimodalSettings(ImageSettings):
+    """`simulate`'s image and encode-pool settings (file keys as the flags, with underscores)."""
+
+    encode_workers: NonNegInt = 0
+
+
+class EpdPlanSettings(ImageSettings):
+    """`plan`'s image settings and the GPU count whose splits it ranks."""
+
+    epd_gpus: PosInt | None = None
+
+
 def add_multimodal_args(p: argparse.ArgumentParser, command: str = "simulate") -> None:
     """Add the image (and, for `simulate` and `plan`, encode-pool) flags to a command."""
     g = p.add_argument_group("multimodal requests (vision-language models)")
+    g.add_argument("--image-size", help="WIDTHxHEIGHT in pixels (default 1024x1024)")
+    g.add_argument("--video-frames", type=int, help="frames per image: > 1 makes each a video")
+    if command == "predict":
+        return
     g.add_argument(
         "--images-per-request",
         type=float,
         help="images attached to every request (a fraction: Poisson count of that mean)",
     )
-    g.add_argument("--image-size", help="WIDTHxHEIGHT in pixels (default 1024x1024)")
-    g.add_argument("--video-frames", type=int, help="frames per image: > 1 makes each a video")
-    if command == "predict":
-        return
     if command == "plan":
         g.add_argument(
             "--epd-gpus",
@@ -101,7 +116,7 @@ def apply_multimodal(dep: Any, work: Any, s: MultimodalSettings, model: str) -> 
     return EpdDeployment(pool, dep, s.encode_link, s.split_images), work
 
 
-def _attach(work: Any, vision: Any, s: MultimodalSettings) -> Any:
+def _attach(work: Any, vision: Any, s: ImageSettings) -> Any:
     from servesim.sim.multimodal import synthetic_images
     from servesim.spec.vision import parse_size
 
@@ -109,7 +124,7 @@ def _attach(work: Any, vision: Any, s: MultimodalSettings) -> Any:
     return synthetic_images(work, vision, s.images_per_request, w, h, s.video_frames)
 
 
-def encoder_line(model: str, device: Any, tp: int, engine: Any, s: MultimodalSettings) -> str:
+def encoder_line(model: str, device: Any, tp: int, engine: Any, s: ImageSizeSettings) -> str:
     """`predict`'s line on the vision encoder: seconds per image of the size asked for."""
     from servesim.predictor.encoder import EncoderTiming
     from servesim.spec.vision import load_vision, parse_size
@@ -126,7 +141,7 @@ def encoder_line(model: str, device: Any, tp: int, engine: Any, s: MultimodalSet
     )
 
 
-def run_epd_plan(s: Any, spec: Any) -> int:
+def run_epd_plan(s: EpdPlanSettings, spec: Any) -> int:
     """`plan --epd-gpus N`: every split of N GPUs over encode, prefill and decode (and without
     an encode pool) on the plan's workload with images, ranked by mean TTFT."""
     from rich.console import Console
@@ -138,6 +153,8 @@ def run_epd_plan(s: Any, spec: Any) -> int:
     from servesim.spec.model import load_model
     from servesim.spec.vision import load_vision
 
+    if s.epd_gpus is None:
+        raise Misuse("{images_per_request} in a plan ranks encode splits; add {epd_gpus}.")
     if s.images_per_request <= 0:
         raise Misuse("{epd_gpus} splits GPUs for image encoding; add {images_per_request}.")
     device = get_device(s.gpus[0], [s.devices] if s.devices else None)
@@ -147,7 +164,7 @@ def run_epd_plan(s: Any, spec: Any) -> int:
         work = work.scaled_to_rate(s.rate)
     work = _attach(work, vision, s)
     base = Deployment(load_model(s.model), device, vision=vision)
-    rows = search_encode_split(base, work, s.epd_gpus, s.encode_link)
+    rows = search_encode_split(base, work, s.epd_gpus, s.encode_link, split_images=s.split_images)
     table = Table(title=f"{s.model}: {s.epd_gpus} x {device.name}, splits by mean TTFT")
     cols = (
         "split",

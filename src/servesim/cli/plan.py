@@ -16,7 +16,7 @@ from rich.text import Text
 
 from servesim.cli import settings as config
 from servesim.cli.deployment_flags import Acceptance, SpecMethod, add_latency_model_arg
-from servesim.cli.multimodal_flags import MultimodalSettings, add_multimodal_args, run_epd_plan
+from servesim.cli.multimodal_flags import EpdPlanSettings, add_multimodal_args, run_epd_plan
 from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
     Edges,
@@ -92,7 +92,7 @@ SEARCH_ONLY = (
 )
 
 
-class PlanSettings(MultimodalSettings):
+class PlanSettings(EpdPlanSettings):
     """Everything `servesim plan` reads."""
 
     model: NonEmpty = "meta-llama/Llama-3.1-70B"
@@ -391,7 +391,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     s = config.settings(PlanSettings, args)
     spec, space = build(s)
     check_inputs(s, spec, space)
-    if s.epd_gpus is not None:
+    if s.epd_gpus is not None or s.images_per_request:
         return run_epd_plan(s, spec)
     if s.mix:
         return _mix(spec, space, s)

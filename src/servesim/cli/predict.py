@@ -22,7 +22,7 @@ from servesim.cli.deployment_flags import (
 )
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
 from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
-from servesim.cli.multimodal_flags import MultimodalSettings, add_multimodal_args, encoder_line
+from servesim.cli.multimodal_flags import ImageSizeSettings, add_multimodal_args, encoder_line
 from servesim.cli.output import console
 from servesim.cli.settings import (
     Misuse,
@@ -31,7 +31,7 @@ from servesim.cli.settings import (
 )
 
 
-class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings, MultimodalSettings):
+class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings, ImageSizeSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0

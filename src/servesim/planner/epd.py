@@ -36,6 +36,7 @@ def search_encode_split(
     gpus: int,
     link: str = "nvlink",
     kinds: tuple[str, ...] = ("colocated", "pd", "e+pd", "epd"),
+    split_images: bool = True,
 ) -> list[SplitResult]:
     """Every split of `gpus` replicas of `base` (one replica per `base.parallel` group, the
     encode workers one device each) over the kinds asked for, best mean TTFT first.
@@ -74,13 +75,14 @@ def search_encode_split(
         pool = EncodePool(base.vision, base.device, e, engine=base.engine, fit=base.fit)
         rest = (gpus - e) // per
         if "e+pd" in kinds and rest >= 1:
-            run("e+pd", e, rest, 0, EpdDeployment(pool, _with(plain, replicas=rest), link))
+            epd = EpdDeployment(pool, _with(plain, replicas=rest), link, split_images)
+            run("e+pd", e, rest, 0, epd)
         if "epd" in kinds:
             for p in range(1, rest):
                 serve = DisaggDeployment(
                     _with(plain, replicas=p), _with(plain, replicas=rest - p), link
                 )
-                run("epd", e, p, rest - p, EpdDeployment(pool, serve, link))
+                run("epd", e, p, rest - p, EpdDeployment(pool, serve, link, split_images))
     if not out:
         raise ServesimError(f"No split of {gpus} GPUs of the kinds {', '.join(kinds)} exists.")
     return sorted(out, key=lambda r: (r.ttft_mean_s, r.label))
