@@ -94,7 +94,8 @@ def apply_multimodal(dep: Any, work: Any, s: MultimodalSettings, model: str) -> 
     from servesim.sim.workload import Workload
     from servesim.spec.vision import load_vision
 
-    if not _wants_images(s):
+    from_trace = isinstance(work, Workload) and work.images is not None
+    if not _wants_images(s) and not from_trace:
         for key in ("image_size", "video_frames", "encode_link", "split_images"):
             if s.given(key):
                 raise Misuse(f"{{{key}}} describes images; add {{images_per_request}}.")
@@ -117,10 +118,18 @@ def apply_multimodal(dep: Any, work: Any, s: MultimodalSettings, model: str) -> 
 
 
 def _attach(work: Any, vision: Any, s: ImageSettings) -> Any:
-    from servesim.sim.multimodal import synthetic_images
+    """Images per request from the flags, or the trace's `images` column given a size."""
+    from servesim.sim.multimodal import size_images, synthetic_images
     from servesim.spec.vision import parse_size
 
     w, h = parse_size(s.image_size)
+    if work.images is not None:
+        if s.given("images_per_request"):
+            raise Misuse(
+                "The trace gives images per request (its images column); drop "
+                "{images_per_request} or the column."
+            )
+        return size_images(work, vision, w, h, s.video_frames)
     return synthetic_images(work, vision, s.images_per_request, w, h, s.video_frames)
 
 
@@ -155,11 +164,14 @@ def run_epd_plan(s: EpdPlanSettings, spec: Any) -> int:
 
     if s.epd_gpus is None:
         raise Misuse("{images_per_request} in a plan ranks encode splits; add {epd_gpus}.")
-    if s.images_per_request <= 0:
-        raise Misuse("{epd_gpus} splits GPUs for image encoding; add {images_per_request}.")
+    work = spec.workload.build()
+    if s.images_per_request <= 0 and work.images is None:
+        raise Misuse(
+            "{epd_gpus} splits GPUs for image encoding; add {images_per_request} (or a trace "
+            "with an images column)."
+        )
     device = get_device(s.gpus[0], [s.devices] if s.devices else None)
     vision = load_vision(s.model)
-    work = spec.workload.build()
     if s.rate is not None:
         work = work.scaled_to_rate(s.rate)
     work = _attach(work, vision, s)

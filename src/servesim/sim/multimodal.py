@@ -32,6 +32,11 @@ def with_images(workload: Workload, enc: VisionEncoder, images: Images) -> Workl
         )
     if workload.images is not None:
         raise ServesimError("The workload already carries images; attach them once.")
+    if workload.prefix_hashes is not None:
+        raise ServesimError(
+            "Images on a workload with prefix hash ids are not modelled (the image tokens would "
+            "shift its hashed blocks); drop the images or the hash ids."
+        )
     prompts = workload.prompt_tokens + images.tokens_per_request(enc)
     return replace(workload, prompt_tokens=prompts, images=images)
 
@@ -57,6 +62,18 @@ def synthetic_images(
     else:
         count = _rng(seed).poisson(per_request, size=n).astype(np.int64)
     return with_images(workload, enc, Images(count, width_px, height_px, frames))
+
+
+def size_images(
+    workload: Workload, enc: VisionEncoder, width_px: int, height_px: int, frames: int = 1
+) -> Workload:
+    """Give a trace's image counts (its `images` column) a size: their tokens join the prompt."""
+    if workload.images is None or workload.images.sized:
+        raise ServesimError("The workload has no unsized image counts to give a size to.")
+    counts = workload.images.count
+    return with_images(
+        replace(workload, images=None), enc, Images(counts, width_px, height_px, frames)
+    )
 
 
 class InEngineEncoder:

@@ -73,6 +73,11 @@ def prepare(
         int((prompts[i : i + block] + outputs[i : i + block]).max()) for i in range(0, n, block)
     )
     images = getattr(src, "images", None)
+    if images is not None and not images.sized:
+        raise ServesimError(
+            "The workload's images have counts but no size; give them one (--image-size WxH, "
+            "or multimodal.size_images)."
+        )
     return Requests(table, closed_loop, longest, table.hashes, block_tokens, outputs, images)
 
 

@@ -38,7 +38,8 @@ class Workload:
     priority: np.ndarray | None = None  # int64, lower = more urgent
     prefix_hashes: list[list[int]] | None = None  # per-request prefix block hash ids (Mooncake)
     prefix_block_tokens: int = 0  # tokens per hash block (512 for Mooncake)
-    # Images per request (`sim.multimodal`); their tokens are already in prompt_tokens.
+    # Images per request (`sim.multimodal`); their tokens are already in prompt_tokens once
+    # they have a size (a trace's counts have none until `multimodal.size_images`).
     images: Images | None = None
 
     def __post_init__(self) -> None:

@@ -259,7 +259,8 @@ def load_vision(name_or_path: str) -> VisionEncoder:
 @dataclass(eq=False)
 class Images:
     """Images attached to each request of a workload: a count and one size per request
-    (every image of a request has that size), and frames per image (1 = a still image)."""
+    (every image of a request has that size), and frames per image (1 = a still image).
+    Sizes of 0 mean not given yet (a trace's counts, until `multimodal.size_images`)."""
 
     count: np.ndarray
     width_px: np.ndarray
@@ -275,11 +276,23 @@ class Images:
         self.frames = _per_request(frames, n, "frames per image")
         if n and self.count.min() < 0:
             raise ServesimError("A request has a negative image count; use 0 or more.")
-        for arr, what in ((self.width_px, "width"), (self.height_px, "height")):
-            if n and arr[self.count > 0].size and arr[self.count > 0].min() < 1:
-                raise ServesimError(f"A request with images has image {what} < 1 pixel.")
+        has = self.count > 0
+        if self.sized:
+            for arr, what in ((self.width_px, "width"), (self.height_px, "height")):
+                if has.any() and arr[has].min() < 1:
+                    raise ServesimError(f"A request with images has image {what} < 1 pixel.")
         if n and self.frames.min() < 1:
             raise ServesimError("Frames per image must be ≥ 1 (1 = a still image).")
+
+    @classmethod
+    def unsized(cls, count: np.ndarray) -> Images:
+        """Image counts whose size is not known yet (a trace's `images` column)."""
+        return cls(count, 0, 0)
+
+    @property
+    def sized(self) -> bool:
+        """Whether the images have sizes (and their tokens are in the prompts)."""
+        return not (len(self.count) and self.width_px.max() == 0 and self.height_px.max() == 0)
 
     def __len__(self) -> int:
         return len(self.count)
@@ -290,21 +303,23 @@ class Images:
 
     def tokens_per_request(self, enc: VisionEncoder) -> np.ndarray:
         """Image tokens each request adds to its prompt (count × tokens of its image size)."""
-        return self.count * self._per_size(enc, enc.tokens)
+        return self.count * self.per_image(enc, enc.tokens).astype(np.int64)
 
     def per_image(self, enc: VisionEncoder, fn: Any) -> np.ndarray:
         """fn(width, height, frames) of each request's image size (0 where it has none)."""
-        return np.where(self.count > 0, self._per_size(enc, fn), 0)
-
-    def _per_size(self, enc: VisionEncoder, fn: Any) -> np.ndarray:
-        memo: dict[tuple[int, int, int], Any] = {}
+        if not self.sized:
+            raise ServesimError(
+                "The workload's images have no size; give one (--image-size WxH, or "
+                "multimodal.size_images)."
+            )
+        memo: dict[tuple[int, int, int], float] = {}
         out = np.zeros(len(self), dtype=np.float64)
         for i in np.flatnonzero(self.count > 0):
             key = (int(self.width_px[i]), int(self.height_px[i]), int(self.frames[i]))
             if key not in memo:
                 memo[key] = fn(*key)
             out[i] = memo[key]
-        return out.astype(np.int64) if fn == enc.tokens else out
+        return out
 
 
 def _per_request(x: Any, n: int, what: str) -> np.ndarray:
