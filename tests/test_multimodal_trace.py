@@ -40,7 +40,7 @@ def test_csv_and_jsonl_images_column(tmp_path: Path) -> None:
 def test_bad_image_counts_name_the_line(tmp_path: Path) -> None:
     p = tmp_path / "bad.csv"
     p.write_text("arrival_s,prompt_tokens,output_tokens,images\n0,10,1,1\n1,10,1,-2\n")
-    with pytest.raises(ServesimError, match="line 3.*images is -2"):
+    with pytest.raises(ServesimError, match=r"line 3.*images is -2"):
         read_trace(str(p))
 
 
