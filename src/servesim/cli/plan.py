@@ -17,6 +17,7 @@ from rich.text import Text
 from servesim.cli import settings as config
 from servesim.cli.af_flags import AFPlanSettings, add_af_plan_args, run_af_plan
 from servesim.cli.deployment_flags import Acceptance, SpecMethod, add_latency_model_arg
+from servesim.cli.multimodal_flags import EpdPlanSettings, add_multimodal_args, run_epd_plan
 from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
     Edges,
@@ -92,7 +93,7 @@ SEARCH_ONLY = (
 )
 
 
-class PlanSettings(AFPlanSettings):
+class PlanSettings(AFPlanSettings, EpdPlanSettings):
     """Everything `servesim plan` reads."""
 
     model: NonEmpty = "meta-llama/Llama-3.1-70B"
@@ -278,6 +279,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="output folder (results resume from its store)")
     r.add_argument("--top", type=int, help="candidates shown in the table")
     add_af_plan_args(p)
+    add_multimodal_args(p, "plan")
 
 
 def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
@@ -393,6 +395,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return run_af_plan(s, s.top)
     spec, space = build(s)
     check_inputs(s, spec, space)
+    if s.epd_gpus is not None or s.images_per_request:
+        return run_epd_plan(s, spec)
     if s.mix:
         return _mix(spec, space, s)
     out = Path(s.out)

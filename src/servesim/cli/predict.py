@@ -23,6 +23,7 @@ from servesim.cli.deployment_flags import (
 )
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
 from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
+from servesim.cli.multimodal_flags import ImageSizeSettings, add_multimodal_args, encoder_line
 from servesim.cli.output import console
 from servesim.cli.settings import (
     Misuse,
@@ -32,7 +33,9 @@ from servesim.cli.settings import (
 from servesim.errors import ServesimError
 
 
-class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings, AFSettings):
+class PredictSettings(
+    DeploymentSettings, DepthSettings, MoeSettings, AFSettings, ImageSizeSettings
+):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
@@ -73,6 +76,7 @@ def add_predict_parser(sub: Any) -> None:
     add_depth_args(pred)
     add_moe_args(pred)
     add_af_args(pred)
+    add_multimodal_args(pred, "predict")
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -174,6 +178,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
             f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
         )
+    vision = _vision_line(dep, s)
+    if vision:
+        console.print(vision)
     if mem is None:
         console.print(f"does not fit: {misfit}")
         return 0
@@ -183,6 +190,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB"
     )
     return 0
+
+
+def _vision_line(dep: Any, s: PredictSettings) -> str:
+    """The vision encoder's time per image for a vision-language model (or when an image size
+    is asked for, which a text-only model refuses)."""
+    from servesim.errors import ServesimError
+
+    try:
+        return encoder_line(s.model, dep.device, dep.parallel.tp, dep.engine, s)
+    except ServesimError:
+        if s.given("image_size") or s.given("video_frames"):
+            raise
+        return ""
 
 
 def _skipping(pred: Any, batch: Any, cost: Any) -> dict[str, Any] | None:

@@ -18,6 +18,11 @@ from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
 from servesim.cli.moe_flags import MoeSettings, add_moe_args
+from servesim.cli.multimodal_flags import (
+    MultimodalSettings,
+    add_multimodal_args,
+    apply_multimodal,
+)
 from servesim.cli.output import console, print_summary, print_workflows
 from servesim.cli.settings import (
     Misuse,
@@ -58,6 +63,7 @@ class SimulateSettings(
     MoeSettings,
     AppSettings,
     AFSettings,
+    MultimodalSettings,
 ):
     """Everything `servesim simulate` reads."""
 
@@ -151,6 +157,7 @@ def add_simulate_parser(sub: Any) -> None:
     add_depth_args(sim)
     add_moe_args(sim)
     add_af_args(sim)
+    add_multimodal_args(sim)
     add_app_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
@@ -207,6 +214,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
         return _several_models(s, dep, flows, out)
     work = flows if flows is not None else build_workload(s)
+    dep, work = apply_multimodal(dep, work, s, s.model)
     app = run_app(s, dep, work) if flows is None else None
     if app is not None:  # a cache or adapters: their own serving path and figures
         import json

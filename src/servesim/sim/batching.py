@@ -153,6 +153,10 @@ class BatchFormation:
         self.fixed_blocks += new_blocks
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes)
+        if self.encoder is not None:
+            enc_s = self.encoder.chunks_s(chunks)
+            dt += enc_s
+            self.work_s += enc_s  # the compute-bound ViT at full dynamic power
         # Busy work of the iteration, priced in bulk at the end (`total_work_s`).
         self.mixed_shapes.append(
             (cfg.max_num_batched_tokens - budget) << 20 | (n_dec + len(chunks))

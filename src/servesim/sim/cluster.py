@@ -83,8 +83,12 @@ class Cluster:
         migration_path: KvPath | None = None,
         controllers: list[Any] | None = None,
         pairs: list[tuple[Replica, Replica]] | None = None,
+        ready_s: np.ndarray | None = None,
     ) -> None:
         self.table = table
+        # Open loop: when each request (workload index) is ready for the engine beyond its
+        # arrival, e.g. once a separate encode pool has encoded its images (`sim.encode`).
+        self.ready_s = ready_s
         router.ids = table.request_id
         self.entry = entry
         self.decode = decode or []
@@ -198,6 +202,9 @@ class Cluster:
         # The frontend passes requests on in arrival order (a long prompt's tokenising holds
         # back the ones behind it), so engine-side times never go back.
         t_open = a_next + lag(prompt_of(0)) if a_next < INF else INF
+        ready = self.ready_s if closed is None else None
+        if ready is not None and a_next < INF:
+            t_open = max(t_open, ready[0])
         tick = False
         while True:
             t_arr = t_open if closed is None else (pending[0][0] if pending else INF)
@@ -225,6 +232,8 @@ class Cluster:
                     i += 1
                     a_next = arrival_of(i) if i < n else INF
                     t_open = max(t_arr, a_next + lag(prompt_of(i))) if a_next < INF else INF
+                    if ready is not None and a_next < INF:
+                        t_open = max(t_open, ready[i])
                 else:
                     _, gid, sent = heapq.heappop(pending)
                     rid = admit(gid, sent)

@@ -31,6 +31,7 @@ from servesim.spec.memory import MemoryLayout, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
+from servesim.spec.vision import VisionEncoder
 
 _PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
 
@@ -72,6 +73,9 @@ class Deployment:
     # Attention–FFN disaggregation: the routed experts on their own GPU pool (MegaScale-Infer);
     # `parallel` is then the attention pool's layout.
     af: AFDisagg | None = None
+    # The vision encoder a multimodal model runs in the engine, in the iteration that
+    # prefills an image (`sim.multimodal`); None for text-only serving.
+    vision: VisionEncoder | None = None
 
     def __post_init__(self) -> None:
         if self.speculative is not None:

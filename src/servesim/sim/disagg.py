@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from servesim.errors import ServesimError
 from servesim.sim.cluster import Cluster, KvPath
 from servesim.sim.deployment import Deployment
@@ -105,8 +107,10 @@ def simulate_disagg(
     closed_loop: ClosedLoop | None = None,
     router: str = "round_robin",
     records: RecordSink | None = None,
+    ready_s: np.ndarray | None = None,
 ) -> SimResult:
-    """Serve a workload on a disaggregated deployment (`simulate` calls this)."""
+    """Serve a workload on a disaggregated deployment (`simulate` calls this); `ready_s`, by
+    workload index, holds requests back until then (an encode pool ahead, `sim.encode`)."""
     req = prepare(workload, closed_loop, router, records)
     itl = ItlHistogram()
     pre, _ = build_pool(dep.prefill, req, itl, role="prefill")
@@ -120,6 +124,7 @@ def simulate_disagg(
         closed=closed_loop,
         decode=dec,
         kv_path=path,
+        ready_s=ready_s,
     )
     cluster.run()
     wall = time.perf_counter() - t0

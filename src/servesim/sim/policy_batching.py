@@ -241,6 +241,10 @@ class PolicyBatchFormation:
         n_dec = n_dec_now()
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes) + self.stall_s
+        if self.encoder is not None:
+            enc_s = self.encoder.chunks_s(chunks)
+            dt += enc_s
+            self.work_s += enc_s  # the compute-bound ViT at full dynamic power
         self.stall_s = 0.0
         tokens = n_dec + sum(n for _, n in chunks)
         self.mixed_shapes.append(tokens << 20 | (n_dec + len(chunks)))

@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.predictor.encoder import EncoderTiming
 from servesim.sim.deployment import Deployment
 from servesim.sim.metrics import ItlHistogram
+from servesim.sim.multimodal import InEngineEncoder
 from servesim.sim.policies import PolicyState
 from servesim.sim.prefix_cache import PrefixCache
 from servesim.sim.records import RecordSink, RequestTable
@@ -21,6 +23,7 @@ from servesim.sim.router import check_router
 from servesim.sim.synthetic import ClosedLoop
 from servesim.sim.workload import Workload
 from servesim.spec.memory import MemoryLayout
+from servesim.spec.vision import Images
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Requests:
     hashes: list[Any] | None = None  # prefix hash ids per slot (the table's list)
     block_tokens: int = 0  # tokens per hash block
     outputs: np.ndarray | None = None  # every request's output tokens, by workload index
+    images: Images | None = None  # images per request (`sim.multimodal`)
 
 
 def prepare(
@@ -68,7 +72,13 @@ def prepare(
     longest = max(
         int((prompts[i : i + block] + outputs[i : i + block]).max()) for i in range(0, n, block)
     )
-    return Requests(table, closed_loop, longest, table.hashes, block_tokens, outputs)
+    images = getattr(src, "images", None)
+    if images is not None and not images.sized:
+        raise ServesimError(
+            "The workload's images have counts but no size; give them one (--image-size WxH, "
+            "or multimodal.size_images)."
+        )
+    return Requests(table, closed_loop, longest, table.hashes, block_tokens, outputs, images)
 
 
 def build_pool(
@@ -122,6 +132,15 @@ def build_pool(
             f"KV pages of {e.block_size} tokens ({e.name}); give hash ids per multiple of "
             "the page size (Mooncake traces use 512) or turn prefix caching off."
         )
+    encoder = None
+    if req.images is not None and role != "decode" and req.images.count.any():
+        if dep.vision is None:
+            raise ServesimError(
+                f"The workload carries images but {dep.label()} has no vision encoder; give the "
+                "Deployment the model's VisionEncoder (spec.vision.load_vision) or drop the images."
+            )
+        timing = EncoderTiming(dep.vision, dep.device, dep.parallel.tp, e, dep.fit)
+        encoder = InEngineEncoder(timing, req.images, req.table.request_id)
     n = (dep.replicas if count is None else count) * pp
     reps = [
         Replica(
@@ -134,6 +153,7 @@ def build_pool(
             role=role,
             prefix=PrefixCache(req.block_tokens, e.block_size) if caching else None,
             hashes=req.hashes if caching else None,
+            encoder=encoder,
         )
         for i in range(n)
     ]

@@ -119,6 +119,7 @@ class Replica(
         "blocks",
         "busy_s",
         "cfg",
+        "encoder",
         "finish_heap",
         "fixed_blocks",
         "fresh",
@@ -190,8 +191,12 @@ class Replica(
         role: str = "mixed",
         prefix: PrefixCache | None = None,
         hashes: list[list[int]] | None = None,
+        encoder: Any = None,
     ) -> None:
         self.index = index
+        # Colocated vision encoding (`sim.multimodal.InEngineEncoder`): seconds added to an
+        # iteration for the images its prefill chunks reach; None for text-only serving.
+        self.encoder = encoder
         self.pred = predictor
         self.cfg = cfg
         self.table = table

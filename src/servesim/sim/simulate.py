@@ -22,6 +22,7 @@ from servesim.sim.autoscale import AutoscaleController
 from servesim.sim.cluster import Cluster, KvPath
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment, simulate_disagg
+from servesim.sim.encode import EpdDeployment, simulate_epd
 from servesim.sim.metrics import ItlHistogram
 from servesim.sim.pool import build_pool, prepare
 from servesim.sim.records import CHUNK_ROWS, RecordSink, RequestTable
@@ -37,7 +38,7 @@ INF = math.inf
 
 
 def simulate(
-    dep: Deployment | DisaggDeployment | SemiPDDeployment,
+    dep: Deployment | DisaggDeployment | SemiPDDeployment | EpdDeployment,
     workload: Workload | None = None,
     closed_loop: ClosedLoop | None = None,
     router: str = "round_robin",
@@ -57,12 +58,14 @@ def simulate(
         run: Any = simulate_disagg
     elif isinstance(dep, SemiPDDeployment):
         run = simulate_semipd
+    elif isinstance(dep, EpdDeployment):
+        run = simulate_epd
     elif isinstance(dep, Deployment):
         run = _simulate_colocated
     else:
         raise ServesimError(
-            f"Cannot simulate a {type(dep).__name__}; give a Deployment, DisaggDeployment or "
-            "SemiPDDeployment."
+            f"Cannot simulate a {type(dep).__name__}; give a Deployment, DisaggDeployment, "
+            "SemiPDDeployment or EpdDeployment."
         )
     try:
         return run(dep, workload, closed_loop, router, sink)

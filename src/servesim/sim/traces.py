@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from servesim import tables
 from servesim.errors import ServesimError
 from servesim.sim.workload import Workload
+from servesim.spec.vision import Images
 from servesim.tables import Block, Head, Source
 
 # Bundled trace name -> file under servesim/data/traces (see data/README.md for origin/licence).
@@ -44,7 +45,7 @@ AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 GENERIC_TIME_COLUMNS = ("arrival_s", "timestamp_ms", "timestamp")
 GENERIC_HELP = (
     "a generic trace has columns arrival_s (or timestamp_ms / timestamp), prompt_tokens, "
-    "output_tokens and optionally priority"
+    "output_tokens and optionally priority and images (a count per request)"
 )
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -53,7 +54,8 @@ _DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.
 _DIGITS = re.compile(r"[+-]?\d+")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
-Columns = dict[str, Any]  # "time", "prompt", "output" [, "priority"] arrays [, "hashes" lists]
+Columns = dict[str, Any]  # "time", "prompt", "output" [, "priority", "images"] arrays
+#                           [, "hashes" lists]
 
 
 class _RowError(Exception):
@@ -160,6 +162,14 @@ def _priority(value: Any) -> int:
     return 0 if value is None or value == "" else _int64(value, "priority")
 
 
+def _images(value: Any) -> int:
+    """A request's image count; a blank or missing one is 0."""
+    n = 0 if value is None or value == "" else _int64(value, "images")
+    if n < 0:
+        raise _RowError(f"images is {n}; give a count of 0 or more")
+    return n
+
+
 def _mooncake_time(value: Any) -> int | float:
     """Milliseconds, kept as an exact integer when the file writes one."""
     if isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX:
@@ -235,6 +245,11 @@ def _arrow_timestamp_s(col: pa.ChunkedArray) -> np.ndarray | None:
 
 def _arrow_text_priority(col: pa.ChunkedArray) -> np.ndarray | None:
     return _arrow_text_ints(pc.if_else(pc.equal(col, ""), "0", col))
+
+
+def _arrow_text_images(col: pa.ChunkedArray) -> np.ndarray | None:
+    n = _arrow_text_priority(col)
+    return None if n is None or (len(n) and n.min() < 0) else n
 
 
 def _arrow_hash_lists(col: pa.ChunkedArray) -> list[list[int]] | None:
@@ -380,6 +395,8 @@ def _sorted_workload(
         priority=take(cols.pop("priority")) if "priority" in cols else None,
         prefix_hashes=hashes,
         prefix_block_tokens=block_tokens,
+        # A trace's image counts carry no size yet (`multimodal.size_images` gives one).
+        images=Images.unsized(take(cols.pop("images"))) if "images" in cols else None,
     )
 
 
@@ -501,9 +518,12 @@ def _parse_generic_csv(src: Source, head: Head, name: str) -> Workload:
     width = len(header)
     it, ip, io = index[time_col], index["prompt_tokens"], index["output_tokens"]
     ir = index.get("priority")
+    im = index.get("images")
     types = {it: _STR if time_col == "timestamp" else pa.float64(), ip: _STR, io: _STR}
     if ir is not None:
         types[ir] = _STR
+    if im is not None:
+        types[im] = _STR
 
     def fast(block: Block) -> Columns | None:
         cols = tables.csv_columns(block, width, types)
@@ -517,12 +537,16 @@ def _parse_generic_csv(src: Source, head: Head, name: str) -> Workload:
         }
         if ir is not None:
             out["priority"] = _arrow_text_priority(cols[ir])
+        if im is not None:
+            out["images"] = _arrow_text_images(cols[im])
         return _complete(out)
 
     def slow(block: Block) -> Columns:
         out: dict[str, list[Any]] = {"time": [], "prompt": [], "output": []}
         if ir is not None:
             out["priority"] = []
+        if im is not None:
+            out["images"] = []
         for line, row in tables.csv_rows(block):
             _check_width(row, width, src.origin, line)
             try:
@@ -531,6 +555,8 @@ def _parse_generic_csv(src: Source, head: Head, name: str) -> Workload:
                 out["output"].append(_tokens(row[io].strip(), "output_tokens"))
                 if ir is not None:
                     out["priority"].append(_priority(row[ir].strip()))
+                if im is not None:
+                    out["images"].append(_images(row[im].strip()))
             except _RowError as exc:
                 raise _row_error(src.origin, line, str(exc)) from None
         return {
@@ -545,6 +571,7 @@ def _parse_generic_jsonl(src: Source, head: Head, name: str) -> Workload:
     first = _first_object(src, head)
     time_col = _generic_columns(first, src.origin)
     has_prio = "priority" in first
+    has_images = "images" in first
     text_time = time_col == "timestamp" and isinstance(first[time_col], str)
     types = {
         time_col: _STR if text_time else pa.float64(),
@@ -553,6 +580,8 @@ def _parse_generic_jsonl(src: Source, head: Head, name: str) -> Workload:
     }
     if has_prio:
         types["priority"] = pa.int64()
+    if has_images:
+        types["images"] = pa.int64()
 
     def fast(block: Block) -> Columns | None:
         cols = tables.json_columns(block, types)
@@ -566,12 +595,17 @@ def _parse_generic_jsonl(src: Source, head: Head, name: str) -> Workload:
         }
         if has_prio:
             out["priority"] = pc.fill_null(cols["priority"], 0).to_numpy()
+        if has_images:
+            n = pc.fill_null(cols["images"], 0).to_numpy()
+            out["images"] = None if len(n) and n.min() < 0 else n
         return _complete(out)
 
     def slow(block: Block) -> Columns:
         out: dict[str, list[Any]] = {"time": [], "prompt": [], "output": []}
         if has_prio:
             out["priority"] = []
+        if has_images:
+            out["images"] = []
         for line, obj in tables.json_rows(block):
             try:
                 out["time"].append(_generic_time(_field(obj, time_col), time_col))
@@ -579,6 +613,8 @@ def _parse_generic_jsonl(src: Source, head: Head, name: str) -> Workload:
                 out["output"].append(_tokens(_field(obj, "output_tokens"), "output_tokens"))
                 if has_prio:
                     out["priority"].append(_priority(obj.get("priority")))
+                if has_images:
+                    out["images"].append(_images(obj.get("images")))
             except _RowError as exc:
                 raise _row_error(src.origin, line, str(exc)) from None
         return {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servesim.errors import ServesimError
+from servesim.spec.vision import Images
 
 Seed = int | np.random.Generator
 
@@ -37,6 +38,9 @@ class Workload:
     priority: np.ndarray | None = None  # int64, lower = more urgent
     prefix_hashes: list[list[int]] | None = None  # per-request prefix block hash ids (Mooncake)
     prefix_block_tokens: int = 0  # tokens per hash block (512 for Mooncake)
+    # Images per request (`sim.multimodal`); their tokens are already in prompt_tokens once
+    # they have a size (a trace's counts have none until `multimodal.size_images`).
+    images: Images | None = None
 
     def __post_init__(self) -> None:
         self.arrival_s = np.asarray(self.arrival_s, dtype=np.float64).reshape(-1)
@@ -77,6 +81,12 @@ class Workload:
                     "set the tokens per hash block (512 for Mooncake)."
                 )
 
+        if self.images is not None and len(self.images) != n:
+            raise ServesimError(
+                f"{what} has images for {len(self.images)} requests but {n} requests; give "
+                "one image count per request."
+            )
+
     def __len__(self) -> int:
         return len(self.arrival_s)
 
@@ -112,6 +122,7 @@ class Workload:
             priority=None if self.priority is None else np.array(self.priority[idx]),
             prefix_hashes=hashes,
             prefix_block_tokens=self.prefix_block_tokens,
+            images=None if self.images is None else self.images.take(idx),
         )
 
     def head(self, n: int) -> Workload:

@@ -774,6 +774,10 @@ class _Config:
         return v
 
 
+# Qwen3-VL wraps a Qwen3 (dense or MoE) language model; its vision encoder is `spec.vision`.
+_VL_TEXT = {"qwen3_vl": "qwen3", "qwen3_vl_moe": "qwen3_moe"}
+
+
 def spec_from_config(
     cfg: dict[str, Any],
     name: str = "model",
@@ -790,7 +794,7 @@ def spec_from_config(
         )
     c = _Config(cfg, origin)
     model_type = str(cfg.get("model_type", ""))
-    if model_type in ("kimi_k25", "qwen3_5_moe", "qwen3_5") and isinstance(
+    if model_type in ("kimi_k25", "qwen3_5_moe", "qwen3_5", *_VL_TEXT) and isinstance(
         cfg.get("text_config"), dict
     ):
         # Multimodal wrappers: the language model's config sits in text_config (the vision
@@ -798,7 +802,7 @@ def spec_from_config(
         inner = dict(cfg["text_config"])
         inner.setdefault("quantization_config", cfg.get("quantization_config"))
         if model_type != "kimi_k25":
-            inner["model_type"] = model_type
+            inner["model_type"] = _VL_TEXT.get(model_type, model_type)
             inner.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings"))
         return spec_from_config(inner, name, origin, hf_quant)
     if model_type not in KNOWN_TYPES:
@@ -1111,6 +1115,14 @@ def load_model(name_or_path: str) -> ModelSpec:
     hf_id = stem.replace("--", "/")
     spec = spec_from_config(json.loads(text), name=hf_id, hf_quant=hf_quant)
     return spec.with_dtypes(weight=weight) if weight else spec
+
+
+def bundled_config(name: str) -> tuple[dict[str, Any], str]:
+    """The parsed config.json of a bundled model name, and its Hugging Face id."""
+    key, _ = _resolve_bundled(name)
+    fname = _bundled_index()[key]
+    text = resources.files("servesim").joinpath("data/model_configs").joinpath(fname).read_text()
+    return json.loads(text), fname[: -len("_config.json")].replace("--", "/")
 
 
 # Quantised checkpoints of a bundled model (`Qwen3-32B-FP8`, `nvidia/Qwen3-32B-NVFP4`) share its

@@ -1,0 +1,99 @@
+"""`simulate`, `plan` and `predict` with images: in the engine, on an encode pool, the split
+search, the encoder's time per image, and one-sentence misuse errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from servesim.cli.main import main
+from servesim.predictor.encoder import EncoderTiming
+from servesim.spec.devices import get_device
+from servesim.spec.vision import load_vision
+
+VL = ["--model", "Qwen/Qwen3-VL-8B-Instruct", "--device", "h100_sxm"]
+LOAD = ["--prompt", "100", "--output", "20", "--rate", "2", "--num-requests", "40"]
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_simulate_in_engine_and_on_an_encode_pool(tmp_path: Path, capsys) -> None:
+    img = ["--images-per-request", "2", "--image-size", "896x896"]
+    code, _, _ = run(["simulate", *VL, *LOAD, *img, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0
+    colocated = json.loads((tmp_path / "a" / "summary.json").read_text())
+    code, _, _ = run(
+        ["simulate", *VL, *LOAD, *img, "--encode-workers", "2", "--out", str(tmp_path / "b")],
+        capsys,
+    )
+    assert code == 0
+    epd = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert epd["encode_workers"] == 2 and epd["images"] == 80 and epd["devices"] == 3
+    assert epd["deployment"].startswith("E 2x h100_sxm")
+    assert colocated["devices"] == 1 and "encode_workers" not in colocated
+    # TTFT counts from arrival: the encode stage (and its hop to the prefill pool) is in it.
+    assert epd["ttft_s"]["p50"] > epd["encode_s_p50"] > 0
+
+
+def test_predict_shows_the_encoder_time_per_image(capsys) -> None:
+    code, out, _ = run(["predict", *VL, "--decode-seqs", "8", "--image-size", "1024x1024"], capsys)
+    assert code == 0
+    t = EncoderTiming(load_vision("Qwen/Qwen3-VL-8B-Instruct"), get_device("h100_sxm"))
+    assert f"{t.image_s(1024, 1024) * 1e3:.3f} ms per 1024x1024 image" in " ".join(out.split())
+
+
+def test_plan_ranks_encode_splits(tmp_path: Path, capsys) -> None:
+    code, out, _ = run(
+        [
+            "plan",
+            "--model",
+            "Qwen/Qwen3-VL-8B-Instruct",
+            "--gpus",
+            "h100_sxm",
+            *LOAD,
+            "--images-per-request",
+            "4",
+            "--epd-gpus",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert "e+pd" in out and "colocated" in out and "epd" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--image-size", "800x600"], "add --images-per-request"),
+        (["--images-per-request", "1", "--image-size", "big"], "WIDTHxHEIGHT"),
+    ],
+)
+def test_misuse_is_one_sentence(args: list[str], said: str, tmp_path: Path, capsys) -> None:
+    code, _, err = run(["simulate", *VL, *LOAD, *args, "--out", str(tmp_path)], capsys)
+    assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_text_only_model_refuses_images(tmp_path: Path, capsys) -> None:
+    code, _, err = run(
+        [
+            "simulate",
+            "--model",
+            "Qwen/Qwen3-8B",
+            *LOAD,
+            "--images-per-request",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
+    assert code == 2 and "no vision_config" in err
