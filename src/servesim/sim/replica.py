@@ -48,7 +48,7 @@ from servesim.sim.policies import KeyedQueue, PolicyState
 from servesim.sim.policy_batching import PolicyBatchFormation
 from servesim.sim.prefix_cache import PrefixCache
 from servesim.sim.records import RequestTable, SeriesRecorder
-from servesim.sim.speculation import SpecState, SpeculativeSteps
+from servesim.sim.speculation import SpecBlocks, SpecState, SpeculativeSteps
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
@@ -203,6 +203,8 @@ class Replica(
         self.shared: dict[int, int] = {}  # rid -> prefix tokens it reads from pinned blocks
         self.shared_sum = 0
         self.blocks = DecodeBlocks(cfg.block_size)
+        if self.spec_state is not None:  # offsets move by drawn tokens: rebuilt when asked
+            self.blocks = SpecBlocks(cfg.block_size, self.spec_state, self.off)
         # (first-token time, count) of requests that joined since the last decode step
         self.fresh: list[tuple[float, int]] = []
         self.fresh_n = 0
