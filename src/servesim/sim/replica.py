@@ -204,7 +204,7 @@ class Replica(
         self.shared_sum = 0
         self.blocks = DecodeBlocks(cfg.block_size)
         if self.spec_state is not None:  # offsets move by drawn tokens: rebuilt when asked
-            self.blocks = SpecBlocks(cfg.block_size, self.spec_state, self.off)
+            self.blocks = SpecBlocks(cfg.block_size, self.spec_state)
         # (first-token time, count) of requests that joined since the last decode step
         self.fresh: list[tuple[float, int]] = []
         self.fresh_n = 0
