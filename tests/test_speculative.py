@@ -88,8 +88,8 @@ def test_group_sums_follow_the_paths() -> None:
     state = SpecState((0.8, 0.6), seed=3, index=0)
     rng = np.random.default_rng(4)
     live: dict[int, tuple[int, int, int, int]] = {}  # rid -> (offset, join step, tokens, steps)
-    g, rid = 0, 0
-    for _ in range(400):
+    rid = 0
+    for g in range(400):
         if rng.random() < 0.3 or not live:
             off, rem = int(rng.integers(0, 500)), int(rng.integers(0, 300))
             live[rid] = (off, g, rem, state.join(rid, off, g, rem))
@@ -98,12 +98,12 @@ def test_group_sums_follow_the_paths() -> None:
             r = int(rng.choice(list(live)))
             off, g0, rem, _ = live.pop(r)
             assert 0 <= state.leave(r, g) + g - (off + g0) <= rem
-        g += 1
-        for r in [r for r, v in live.items() if g >= v[1] + v[3]]:
+        nxt = g + 1
+        for r in [r for r, v in live.items() if nxt >= v[1] + v[3]]:
             off, g0, rem, _ = live.pop(r)
-            assert state.leave(r, g) + g == off + g0 + rem
-        exact = int(state.offsets(g).sum())
-        assert 0 <= state.offset_sum(g) - exact <= len(live) + 1
+            assert state.leave(r, nxt) + nxt == off + g0 + rem
+        exact = int(state.offsets(nxt).sum())
+        assert 0 <= state.offset_sum(nxt) - exact <= len(live) + 1
         assert state.n == len(live)
 
 
