@@ -303,13 +303,20 @@ def test_plan_candidates_keep_their_keys_when_speculation_is_off() -> None:
     import json
     from dataclasses import asdict
 
+    def stored(c: Candidate, *dropped: str) -> str:  # a key as stores before these fields
+        doc = asdict(c)
+        for name in dropped:
+            del doc[name]
+        return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
     c = Candidate("h100_sxm", 1)
-    doc = asdict(c)
-    del doc["num_draft_tokens"]
-    old = hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    old = stored(c, "num_draft_tokens", "spec_tree_width")
     assert c.key() == old
     on = Candidate("h100_sxm", 1, num_draft_tokens=2)
     assert on.key() != old and "draft=2" in on.label()
+    assert on.key() == stored(on, "spec_tree_width")  # chains keep their keys too
+    tree = Candidate("h100_sxm", 1, num_draft_tokens=2, spec_tree_width=4)
+    assert tree.key() != on.key() and "draft=2x4" in tree.label()
     spec = PlanSpec(LLAMA8, speculative="eagle", acceptance=(0.9, 0.8, 0.7))
     assert speculative_for(spec, 2).acceptance == (0.9, 0.8)
     assert deployment_for(spec, on).speculative.num_draft_tokens == 2

@@ -75,13 +75,23 @@ class Deployment:
 
     @property
     def num_devices(self) -> int:
-        """Devices in the whole deployment."""
-        return self.replicas * self.parallel.num_devices
+        """Devices in the whole deployment (with Mirror-SD, each replica's draft devices too)."""
+        return self.replicas * (self.parallel.num_devices + self._mirror_devices)
+
+    @property
+    def _mirror_devices(self) -> int:
+        sd = self.speculative
+        return 0 if sd is None or sd.mirror_device is None else sd.mirror_devices
 
     @property
     def price_per_hour(self) -> float:
-        """Rental cost of every device of the deployment, USD per hour."""
-        return self.num_devices * self.device.price_per_hour
+        """Rental cost of every device of the deployment, USD per hour (Mirror-SD's draft
+        devices at their own price)."""
+        own = self.replicas * self.parallel.num_devices * self.device.price_per_hour
+        sd = self.speculative
+        if sd is None or sd.mirror_device is None:
+            return own
+        return own + self.replicas * sd.mirror_devices * sd.mirror_device.price_per_hour
 
     def batching(self) -> tuple[int, int, bool]:
         """(max_num_seqs, max_num_batched_tokens, chunked_prefill) after engine defaults."""

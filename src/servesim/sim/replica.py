@@ -180,9 +180,11 @@ class Replica(
         # Speculative decoding (`sim.speculation`): KV slots a decode step writes per sequence,
         # mean tokens it emits, and the running sequences' seeded draws (None without it).
         spec = getattr(predictor, "speculative", None)
-        self.step_slots = 1 if spec is None else spec.num_draft_tokens + 1
+        self.step_slots = 1 if spec is None else spec.verify_tokens
         self.spec_tau = 1.0 if spec is None else spec.expected_tokens_per_step
-        self.spec_state = None if spec is None else SpecState(spec.acceptance, spec.seed, index)
+        self.spec_state = (
+            None if spec is None else SpecState(spec.depth_acceptance, spec.seed, index)
+        )
         self.waiting: Any = deque() if policy is None else KeyedQueue(policy.key)
         self.kv_blocks = cfg.kv_blocks  # may shrink when a partner shares the cache (semi-PD)
         # Partial prefills: [rid, done_tokens, target_tokens, private_blocks, shared_tokens]
