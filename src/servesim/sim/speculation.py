@@ -15,8 +15,9 @@ per step; the KV block counts (`SpecBlocks`) are rebuilt from those paths only w
 count is asked for, and upper bounds are tried first. A sequence that leaves early (preempted,
 moved) takes the tokens its path reached, and the rest are drawn again when it rejoins. Inside a
 stretch of decode steps the attended context and the cache grow by the expected tokens per step
-(`Replica.spec_tau`). The KV check before a step reserves k+1 slots per sequence: the verify
-pass writes the KV of its k draft tokens, and the rejected ones are freed when the step commits.
+(`Replica.spec_tau`). The KV check before a step reserves a slot per verified token (k+1 for a
+chain, every node of a draft tree): the verify pass writes their KV, and the rejected ones are
+freed when the step commits. A draft tree draws from its per-depth acceptance.
 
 The per-request offsets in `Replica.off` keep their join values (one token per step), which is
 what scheduling policies and the migration planner read; every sum and every departure uses the
@@ -239,7 +240,7 @@ class SpeculativeSteps:
 
     def _spec_fit(self, steps: int) -> int:
         """Steps (≤ `steps`) of the decode group that fit the cache, after preempting until
-        one verify step (k+1 KV slots per sequence) fits; 0 when nobody is left. Past the first
+        one verify step (a KV slot per verified token and sequence) fits; 0 when nobody is left. Past the first
         step the group is taken to grow by the expected tokens per step: a sequence that drew
         more is caught at the next boundary, where this check runs again."""
         s = self.step_slots
