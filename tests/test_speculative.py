@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ from servesim.predictor.speculative import SpeculativePredictor
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
-from servesim.sim.speculation import draw_step_tokens, step_probabilities
+from servesim.sim.speculation import SpecState, StepDraw, step_probabilities
 from servesim.sim.synthetic import ClosedLoop, Fixed
 from servesim.sim.workload import Workload
 from servesim.spec.devices import get_device
@@ -50,25 +48,63 @@ def test_expected_tokens_per_step_hand_computed() -> None:
     assert mtp.expected_tokens_per_step == pytest.approx(1 + 0.85 + 0.85 * 0.63 + 0.85 * 0.63**2)
 
 
-def test_draws_follow_the_chain_and_end_at_the_output() -> None:
-    rng = np.random.default_rng(7)
+def test_step_distribution_hand_computed() -> None:
     acc = np.array([0.8, 0.5, 0.25])
     p = step_probabilities(acc)
     assert p == pytest.approx([0.2, 0.4, 0.3, 0.1])  # hand: 1−a1, a1(1−a2), a1a2(1−a3), a1a2a3
-    cdf = np.cumsum(p)[:-1]
-    cum = draw_step_tokens(rng, cdf, 300_000)
-    steps = np.diff(cum)
-    assert cum[0] == 0 and cum[-1] == 300_000
-    assert steps.min() >= 1 and steps.max() <= 4
-    # Per-step emissions: P(1) = 0.2, P(2) = 0.8·0.5, P(3) = 0.8·0.5·0.75, P(4) = 0.1
-    full = steps[:-1]
-    freq = np.bincount(full, minlength=5)[1:] / len(full)
-    assert freq == pytest.approx([0.2, 0.4, 0.3, 0.1], abs=0.005)
-    assert full.mean() == pytest.approx(2.3, rel=0.005)
-    # Short outputs: the last step is cut, never more tokens than asked.
-    for remaining in (1, 2, 3, 5):
-        c = draw_step_tokens(np.random.default_rng(remaining), cdf, remaining)
-        assert c[-1] == remaining and all(b > a for a, b in itertools.pairwise(c))
+
+
+def test_step_counts_exact_for_short_outputs() -> None:
+    """Three tokens with steps of 1…4 tokens at P = 0.2, 0.4, 0.3, 0.1: one step if the first
+    emits ≥ 3 (0.4); two if it emits 2 (0.4) or 1 then ≥ 2 (0.2·0.8); three if 1, 1 (0.04)."""
+    draw = StepDraw(step_probabilities(np.array([0.8, 0.5, 0.25])), np.random.default_rng(7))
+    counts = np.bincount([draw.steps(3) for _ in range(100_000)], minlength=4)[1:] / 100_000
+    assert counts == pytest.approx([0.4, 0.56, 0.04], abs=0.005)
+    assert draw.steps(0) == 0 and draw.steps(1) == 1
+
+
+@pytest.mark.parametrize("remaining", [40, 1000, 8192])
+def test_step_counts_match_step_by_step_draws(remaining: int) -> None:
+    """The multinomial head plus single steps gives the step count that drawing every step
+    does (mean and spread over 4,000 sequences), and the mean accepted length of the chain:
+    about remaining / τ steps."""
+    p = step_probabilities(np.array([0.85, 0.63, 0.63]))
+    draw = StepDraw(p, np.random.default_rng(1))
+    fast = np.array([draw.steps(remaining) for _ in range(4000)])
+    rng = np.random.default_rng(2)
+    tokens = 1 + np.searchsorted(np.cumsum(p)[:-1], rng.random((4000, remaining)), side="right")
+    slow = (np.cumsum(tokens, axis=1) < remaining).sum(axis=1) + 1
+    se = slow.std() / np.sqrt(4000)
+    assert abs(fast.mean() - slow.mean()) < 5 * se
+    assert fast.std() == pytest.approx(slow.std(), rel=0.08)
+    tau = SpeculativeDecoding("mtp", 3).expected_tokens_per_step
+    assert fast.mean() == pytest.approx(remaining / tau, rel=0.02, abs=1.0)
+
+
+def test_group_sums_follow_the_paths() -> None:
+    """Joins, leaves and steps in any order: the affine offset sum stays within one token per
+    sequence of the exact sum of the paths' offsets (each path rounds down), a path ends with
+    exactly its tokens, and one that leaves early has made between none and all of them."""
+    state = SpecState((0.8, 0.6), seed=3, index=0)
+    rng = np.random.default_rng(4)
+    live: dict[int, tuple[int, int, int, int]] = {}  # rid -> (offset, join step, tokens, steps)
+    rid = 0
+    for g in range(400):
+        if rng.random() < 0.3 or not live:
+            off, rem = int(rng.integers(0, 500)), int(rng.integers(0, 300))
+            live[rid] = (off, g, rem, state.join(rid, off, g, rem))
+            rid += 1
+        if rng.random() < 0.1:
+            r = int(rng.choice(list(live)))
+            off, g0, rem, _ = live.pop(r)
+            assert 0 <= state.leave(r, g) + g - (off + g0) <= rem
+        nxt = g + 1
+        for r in [r for r, v in live.items() if nxt >= v[1] + v[3]]:
+            off, g0, rem, _ = live.pop(r)
+            assert state.leave(r, nxt) + nxt == off + g0 + rem
+        exact = int(state.offsets(nxt).sum())
+        assert 0 <= state.offset_sum(nxt) - exact <= len(live) + 1
+        assert state.n == len(live)
 
 
 # ---- the price of a step ------------------------------------------------------------------------
@@ -267,13 +303,20 @@ def test_plan_candidates_keep_their_keys_when_speculation_is_off() -> None:
     import json
     from dataclasses import asdict
 
+    def stored(c: Candidate, *dropped: str) -> str:  # a key as stores before these fields
+        doc = asdict(c)
+        for name in dropped:
+            del doc[name]
+        return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
     c = Candidate("h100_sxm", 1)
-    doc = asdict(c)
-    del doc["num_draft_tokens"]
-    old = hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    old = stored(c, "num_draft_tokens", "spec_tree_width")
     assert c.key() == old
     on = Candidate("h100_sxm", 1, num_draft_tokens=2)
     assert on.key() != old and "draft=2" in on.label()
+    assert on.key() == stored(on, "spec_tree_width")  # chains keep their keys too
+    tree = Candidate("h100_sxm", 1, num_draft_tokens=2, spec_tree_width=4)
+    assert tree.key() != on.key() and "draft=2x4" in tree.label()
     spec = PlanSpec(LLAMA8, speculative="eagle", acceptance=(0.9, 0.8, 0.7))
     assert speculative_for(spec, 2).acceptance == (0.9, 0.8)
     assert deployment_for(spec, on).speculative.num_draft_tokens == 2

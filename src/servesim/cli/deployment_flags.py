@@ -15,6 +15,7 @@ from servesim.cli.settings import (
     NonEmpty,
     PosInt,
     Settings,
+    _int_list,
     add_switch,
 )
 from servesim.spec.devices import catalog
@@ -61,7 +62,11 @@ def float_list(v: Any) -> Any:
 
 Acceptance = Annotated[tuple[float, ...], BeforeValidator(float_list)]
 SpecMethod = Literal["mtp", "eagle", "draft"]
-SPEC_OPTIONS = ("num_draft_tokens", "acceptance", "draft_model")
+SPEC_OPTIONS = (
+    "num_draft_tokens", "acceptance", "draft_model", "spec_tree_width", "mirror_draft_device",
+)  # fmt: skip
+TreeWidths = Annotated[tuple[PosInt, ...], BeforeValidator(_int_list)]
+MirrorLink = Literal["nvlink", "infiniband", "pcie"]
 
 
 class DeploymentSettings(Settings):
@@ -86,6 +91,10 @@ class DeploymentSettings(Settings):
     num_draft_tokens: PosInt | None = None
     acceptance: Acceptance = ()
     draft_model: NonEmpty | None = None
+    spec_tree_width: TreeWidths = ()
+    mirror_draft_device: NonEmpty | None = None
+    mirror_draft_devices: PosInt = 1
+    mirror_link: MirrorLink = "nvlink"
     nanoflow: bool = False
 
     @model_validator(mode="after")
@@ -117,12 +126,35 @@ def add_speculative_args(p: Any) -> None:
         "(default: mtp 0.85,0.63,… from DeepSeek-V3's report; eagle 0.8)",
     )
     g.add_argument("--draft-model", help="draft model HF id or config.json (--speculative draft)")
+    add_tree_and_mirror_args(g)
     g.add_argument(
         "--nanoflow",
         action="store_true",
         default=None,
         help="NanoFlow's intra-device overlap: nano-batches overlap compute-, memory- and "
         "network-bound operators (ideal overlap, an upper bound)",
+    )
+
+
+def add_tree_and_mirror_args(g: Any) -> None:
+    """`--spec-tree-width`, `--mirror-draft-device`, `--mirror-draft-devices`, `--mirror-link`."""
+    g.add_argument(
+        "--spec-tree-width",
+        help="draft tree: candidates per depth, one width or one per depth (EAGLE-2/Medusa; "
+        "SGLang --speculative-eagle-topk); default 1, a chain",
+    )
+    g.add_argument(
+        "--mirror-draft-device",
+        help="Mirror-SD: run the drafter on its own devices of this type, in parallel with "
+        "verify (step = max(draft, verify) + exchange); they are priced with the deployment",
+    )
+    g.add_argument(
+        "--mirror-draft-devices", type=int, help="Mirror-SD draft devices per replica (1)"
+    )
+    g.add_argument(
+        "--mirror-link",
+        choices=("nvlink", "infiniband", "pcie"),
+        help="Mirror-SD link between target and draft devices (nvlink)",
     )
 
 
@@ -138,7 +170,22 @@ def speculative_from(s: Any, method: str | None, k: int, prefix: bool = False) -
     if prefix and len(acc) > k:
         acc = acc[:k]
     draft = load_model(s.draft_model) if s.draft_model else None
-    return SpeculativeDecoding(method, k, acc, draft, seed=int(getattr(s, "seed", 0) or 0))
+    widths = tuple(getattr(s, "spec_tree_width", ()) or ())
+    if prefix and len(widths) > k:
+        widths = widths[:k]
+    name = getattr(s, "mirror_draft_device", None)
+    mirror = catalog(getattr(s, "devices", None)).get(name) if name else None
+    return SpeculativeDecoding(
+        method,
+        k,
+        acc,
+        draft,
+        seed=int(getattr(s, "seed", 0) or 0),
+        tree_widths=widths,
+        mirror_device=mirror,
+        mirror_devices=int(getattr(s, "mirror_draft_devices", 1) or 1),
+        mirror_link=getattr(s, "mirror_link", "nvlink") or "nvlink",
+    )
 
 
 def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:

@@ -16,7 +16,13 @@ from rich.text import Text
 
 from servesim.cli import settings as config
 from servesim.cli.af_flags import AFPlanSettings, add_af_plan_args, run_af_plan
-from servesim.cli.deployment_flags import Acceptance, SpecMethod, add_latency_model_arg
+from servesim.cli.deployment_flags import (
+    Acceptance,
+    MirrorLink,
+    SpecMethod,
+    add_latency_model_arg,
+    add_tree_and_mirror_args,
+)
 from servesim.cli.multimodal_flags import EpdPlanSettings, add_multimodal_args, run_epd_plan
 from servesim.cli.output import provenance_text
 from servesim.cli.settings import (
@@ -131,6 +137,10 @@ class PlanSettings(AFPlanSettings, EpdPlanSettings):
     speculative_k: Annotated[tuple[NonNegInt, ...], BeforeValidator(config._int_list)] = (0,)
     acceptance: Acceptance = ()
     draft_model: NonEmpty | None = None
+    spec_tree_width: Annotated[tuple[PosInt, ...], BeforeValidator(config._int_list)] = (1,)
+    mirror_draft_device: NonEmpty | None = None
+    mirror_draft_devices: PosInt = 1
+    mirror_link: MirrorLink = "nvlink"
     workflows: NonEmpty | None = None
     workflow_policy: Literal["fcfs", "deadline"] = "deadline"
     skip_prob: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
@@ -170,7 +180,7 @@ class PlanSettings(AFPlanSettings, EpdPlanSettings):
             if self.rate is None:
                 raise Misuse("{mix} needs {rate}, the request rate to serve.")
         if self.speculative is None:
-            for key in ("acceptance", "draft_model"):
+            for key in ("acceptance", "draft_model", "spec_tree_width", "mirror_draft_device"):
                 if self.given(key) and getattr(self, key):
                     raise Misuse(
                         f"{{{key}}} shapes speculative decoding and does nothing without "
@@ -255,6 +265,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "largest k (default: the method's sourced rates)",
     )
     sp.add_argument("--draft-model", help="draft model HF id or config.json (--speculative draft)")
+    add_tree_and_mirror_args(sp)  # in a plan, --spec-tree-width lists the widths to try
     a = p.add_argument_group("applications and adaptive depth")
     a.add_argument(
         "--workflows",
@@ -305,6 +316,9 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         speculative=s.speculative,
         acceptance=tuple(s.acceptance),
         draft_model=s.draft_model,
+        mirror_device=s.mirror_draft_device,
+        mirror_devices=s.mirror_draft_devices,
+        mirror_link=s.mirror_link,
         workflows=s.workflows,
         workflow_policy=s.workflow_policy,
         skip_prob=s.skip_prob,
@@ -321,6 +335,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         kv_dtypes=s.kv_dtypes,
         pd_ratios=s.pd_ratios,
         speculative_k=tuple(dict.fromkeys(s.speculative_k)),
+        speculative_tree_width=tuple(dict.fromkeys(s.spec_tree_width)),
     )
     return spec, space
 
@@ -366,8 +381,8 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
         )
     if spec.fit_file:
         fit_for(spec.fit_file)
-    for k in space.speculative_k:  # the drafter fits the model at every k searched
-        sd = speculative_for(spec, k)
+    for k, w in space.speculation_axes():  # the drafter fits the model at every k searched
+        sd = speculative_for(spec, k, w)
         if sd is not None:
             sd.check_target(model)
     if spec.workload.trace is None:

@@ -171,9 +171,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     spec = _speculative(dep, pred, batch, cost)
     if spec:
         console.print(
-            f"speculative {spec['method']} k={spec['num_draft_tokens']}: draft "
-            f"{spec['draft_s'] * 1e3:.3f} ms + verify {spec['verify_s'] * 1e3:.3f} ms "
-            f"({spec['num_draft_tokens'] + 1} tokens per decode sequence); "
+            f"speculative {spec['label']}: draft {spec['draft_s'] * 1e3:.3f} ms "
+            f"{'∥' if spec['mirror'] else '+'} verify {spec['verify_s'] * 1e3:.3f} ms "
+            f"({spec['verify_tokens']} tokens per decode sequence); "
             f"{spec['tokens_per_step']:.3f} tokens per step expected (acceptance "
             f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
             f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
@@ -237,6 +237,10 @@ def _speculative(dep: Any, pred: Any, batch: Any, cost: Any) -> dict[str, Any]:
         "method": sd.method,
         "num_draft_tokens": sd.num_draft_tokens,
         "acceptance": list(sd.acceptance),
+        "label": sd.label(),
+        "tree_widths": list(sd.tree_widths),
+        "verify_tokens": sd.verify_tokens,
+        "mirror": sd.mirror_device is not None,  # draft ∥ verify on its own devices
         "draft_s": draft,
         "verify_s": verify,
         "tokens_per_step": tau,

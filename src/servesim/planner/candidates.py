@@ -118,6 +118,7 @@ class Candidate:
     decode_tp: int = 0
     decode_replicas: int = 0
     num_draft_tokens: int = 0  # speculative draft tokens per step (0: no speculation)
+    spec_tree_width: int = 1  # draft tree candidates per depth (1: a chain)
 
     @property
     def disaggregated(self) -> bool:
@@ -136,6 +137,8 @@ class Candidate:
         doc = asdict(self)
         if not doc["num_draft_tokens"]:  # stores written before speculation keep their keys
             del doc["num_draft_tokens"]
+        if doc["spec_tree_width"] == 1:  # and chains those written before draft trees
+            del doc["spec_tree_width"]
         text = json.dumps(doc, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -148,6 +151,8 @@ class Candidate:
                 f"xtp{self.decode_tp}"
             )
         spec = f" draft={self.num_draft_tokens}" if self.num_draft_tokens else ""
+        if self.spec_tree_width > 1:
+            spec += f"x{self.spec_tree_width}"
         return (
             f"{self.device} {par} {self.engine} seqs={self.max_num_seqs} "
             f"tokens={self.max_num_batched_tokens} w={self.weight_dtype} kv={self.kv_dtype}" + spec
@@ -171,6 +176,15 @@ class SearchSpace:
     pd_ratios: tuple[tuple[int, int], ...] = ()
     # Speculative draft tokens per step to try (0: off), with the plan's speculative method.
     speculative_k: tuple[int, ...] = (0,)
+    # Draft tree widths (candidates per depth) to try at every k > 0 (1: a chain).
+    speculative_tree_width: tuple[int, ...] = (1,)
+
+    def speculation_axes(self) -> tuple[tuple[int, int], ...]:
+        """(draft tokens, tree width) pairs to try: every width at each k > 0, a chain at 0."""
+        pairs = (
+            (k, w if k else 1) for k in self.speculative_k for w in self.speculative_tree_width
+        )
+        return tuple(dict.fromkeys(pairs))
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,11 @@ class PlanSpec:
     speculative: str | None = None
     acceptance: tuple[float, ...] = ()
     draft_model: str | None = None
+    # Mirror-SD: every speculating candidate drafts on this many devices of this type beside
+    # each replica, in parallel with verify, over this link (None: drafts in series).
+    mirror_device: str | None = None
+    mirror_devices: int = 1
+    mirror_link: str = "nvlink"
     # Workflow applications (`sim.workflows`: a file or bundled example): capacity is then the
     # workflow rate meeting the workflows' end-to-end SLOs, scheduled by `workflow_policy`.
     workflows: str | None = None
@@ -216,6 +235,8 @@ class PlanSpec:
             doc["latency_model"] = self.latency_model
         if self.speculative is not None:
             doc["speculative"] = [self.speculative, list(self.acceptance), self.draft_model]
+        if self.mirror_device is not None:
+            doc["mirror"] = [self.mirror_device, self.mirror_devices, self.mirror_link]
         if self.workflows is not None:
             doc["workflows"] = [self.workflows, self.workflow_policy]
         if self.skip_prob is not None:
@@ -238,8 +259,9 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             weight_dtype=w,
             kv_dtype=kv,
             num_draft_tokens=k,
+            spec_tree_width=width,
         )
-        for device, tp, pp, engine, (seqs, tokens), chunked, w, kv, k in product(
+        for device, tp, pp, engine, (seqs, tokens), chunked, w, kv, (k, width) in product(
             space.devices,
             space.tp,
             space.pp,
@@ -248,7 +270,7 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             space.chunked_prefill,
             wdts,
             space.kv_dtypes,
-            space.speculative_k,
+            space.speculation_axes(),
         )
     ]
     disaggregated = [
@@ -266,8 +288,9 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             decode_tp=tp_d,
             decode_replicas=n_d,
             num_draft_tokens=k,
+            spec_tree_width=width,
         )
-        for device, tp_p, tp_d, (n_p, n_d), (seqs, tokens), w, kv, k in product(
+        for device, tp_p, tp_d, (n_p, n_d), (seqs, tokens), w, kv, (k, width) in product(
             space.devices,
             space.tp,
             space.tp,
@@ -275,7 +298,7 @@ def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate
             space.batching,
             wdts,
             space.kv_dtypes,
-            space.speculative_k,
+            space.speculation_axes(),
         )
     ]
     return colocated + disaggregated
@@ -398,7 +421,7 @@ def deployment_for(
             chunked_prefill=c.chunked_prefill,
             fit=fit_for(spec.fit_file),
             latency_model=spec.latency_model,
-            speculative=speculative_for(spec, c.num_draft_tokens),
+            speculative=speculative_for(spec, c.num_draft_tokens, c.spec_tree_width),
             layer_skipping=(
                 LayerSkipping(spec.skip_prob, spec.skip_correlation)
                 if spec.skip_prob is not None
@@ -418,9 +441,10 @@ def deployment_for(
 
 
 @cache
-def speculative_for(spec: PlanSpec, k: int) -> SpeculativeDecoding | None:
-    """The plan's speculative decoding at k draft tokens (None when k is 0): the first k
-    rates of its acceptance chain, or its one rate at every position."""
+def speculative_for(spec: PlanSpec, k: int, width: int = 1) -> SpeculativeDecoding | None:
+    """The plan's speculative decoding at k draft tokens and tree width (None when k is 0):
+    the first k rates of its acceptance chain, or its one rate at every position; with the
+    plan's Mirror-SD draft devices if it names them."""
     if not k:
         return None
     if spec.speculative is None:
@@ -430,7 +454,18 @@ def speculative_for(spec: PlanSpec, k: int) -> SpeculativeDecoding | None:
         )
     acc = spec.acceptance[:k] if len(spec.acceptance) > 1 else spec.acceptance
     draft = model_for(spec.draft_model) if spec.draft_model else None
-    return SpeculativeDecoding(spec.speculative, k, acc, draft, seed=spec.workload.seed)
+    mirror = catalog_for(spec.devices_file).get(spec.mirror_device) if spec.mirror_device else None
+    return SpeculativeDecoding(
+        spec.speculative,
+        k,
+        acc,
+        draft,
+        seed=spec.workload.seed,
+        tree_widths=(width,),
+        mirror_device=mirror,
+        mirror_devices=spec.mirror_devices,
+        mirror_link=spec.mirror_link,
+    )
 
 
 def candidate_from_row(row: dict[str, Any]) -> Candidate:

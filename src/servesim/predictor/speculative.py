@@ -10,6 +10,14 @@ the LM head; EAGLE: one decoder layer plus an `fc` 2h→h, the LM head shared) r
 one layer of KV; a draft model's pass is that model's decode step. The engines run the draft
 passes in the same captured CUDA graph as the step (SGLang `EAGLEDraftCudaGraphRunner`,
 vLLM `EagleProposer` under cudagraph), so no scheduler overhead is added per pass.
+
+A draft tree (`SpeculativeDecoding.tree_widths`) verifies 1 + Σ w_i tokens per sequence and
+its draft pass i runs the previous depth's w_{i−1} expanded nodes per sequence. With Mirror-SD
+the drafter runs on its own devices (the head's one layer, or the draft model, tensor-parallel
+over `mirror_devices` of `mirror_device`) concurrently with verify, so a decode step takes
+max(draft, verify) + the exchange over the link: the draft tokens one way and, for a head that
+drafts from the target's hidden states (MTP, EAGLE), those states of every verified token the
+other way.
 """
 
 from __future__ import annotations
@@ -49,21 +57,35 @@ class SpeculativePredictor(Predictor):
             model, device, parallel, engine, fit, power_device, latency_model, expert_load
         )
         self.speculative = speculative
-        self.decode_tokens = speculative.num_draft_tokens + 1
+        self.decode_tokens = speculative.verify_tokens
         self.tokens_per_step = speculative.expected_tokens_per_step
+        mirror = speculative.mirror_device
         self.draft: Predictor | None = None
         if speculative.draft_model is not None:
             # The draft model runs tensor-parallel like the target (vLLM's
-            # draft_tensor_parallel_size defaults to the target's), one copy per DP rank.
+            # draft_tensor_parallel_size defaults to the target's), one copy per DP rank; with
+            # Mirror-SD on its own devices (no kernel fit: that is the target device's).
             self.draft = Predictor(
                 speculative.draft_model,
-                device,
-                Parallel(tp=self.par.tp),
+                mirror or device,
+                Parallel(tp=speculative.mirror_devices if mirror else self.par.tp),
                 self.engine,
-                self.fit,
+                None if mirror else self.fit,
+                latency_model=latency_model,
+            )
+        # Where a head's draft passes run: here, or (Mirror-SD) on the draft devices, one
+        # head for the whole batch, tensor-parallel over them.
+        self.head_host: Predictor = self
+        if mirror is not None and self.draft is None:
+            self.head_host = Predictor(
+                model,
+                mirror,
+                Parallel(tp=speculative.mirror_devices),
+                self.engine,
                 latency_model=latency_model,
             )
         self._draft_cache: dict[int, tuple[float, float]] = {}
+        self._proj_tab = np.zeros(0)  # a head's 2h→h input projection by row count
 
     # ---- one draft pass ------------------------------------------------------------------
     def draft_pass_coeffs(self, decode_seqs: int) -> tuple[float, float]:
@@ -74,53 +96,94 @@ class SpeculativePredictor(Predictor):
         return got
 
     def _draft_pass(self, n: int) -> tuple[float, float]:
-        dp = self.par.dp
-        rows = -(-n // dp)  # the busiest rank's sequences
         if self.draft is not None:
             d = self.draft
+            # One copy per DP rank beside the target, or (Mirror-SD) one for the whole batch.
+            div = 1 if self.speculative.mirror_device else self.par.dp
+            rows = -(-n // div)
             a, b = d.decode_coeffs(rows)
-            return d.dense_s(rows, rows) + a, b / dp
+            return d.dense_s(rows, rows) + a, b / div
         # One decoder layer of the target (its average layer: DeepSeek's MTP layer is an MoE
         # layer like 58 of its 61), the 2h→h input projection and the shared LM head.
-        layers = self.layers_per_stage
-        dense = self.dense_s(n, n)
-        lm = self._lm_tab[rows]
-        h = self.model.hidden_size
-        proj = self._gemm("eh_proj", np.array([float(rows)]), h, 2 * h, 1.0).seconds[0]
-        a, b = self.decode_coeffs(n)
+        host = self.head_host
+        rows = -(-n // host.par.dp)  # the busiest rank's sequences
+        layers = host.layers_per_stage
+        dense = host.dense_s(n, n)
+        lm = host._lm_tab[rows]
+        h = host.model.hidden_size
+        tab = self._proj_tab
+        if rows >= len(tab):  # priced for every row count up to twice this one, at once
+            rows_all = np.maximum(np.arange(2 * rows + 64, dtype=np.float64), 1.0)
+            tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
+        proj = tab[rows]
+        a, b = host.decode_coeffs(n)
         return (dense - lm) / layers + float(proj) + lm + a / layers, b / layers
 
     def draft_s(self, decode_seqs: int, decode_context: int) -> float:
-        """Seconds of a step's k draft passes over n sequences of total context C (each pass
-        reads the drafter's KV of that context; its growth by one token a pass is negligible)."""
+        """Seconds of a step's k draft passes over n sequences of total context C: pass i runs
+        the nodes it expands per sequence (1 for a chain) and reads the drafter's KV of that
+        context (its growth by one token a pass is negligible)."""
         if not decode_seqs:
             return 0.0
-        a, b = self.draft_pass_coeffs(decode_seqs)
-        return self.speculative.num_draft_tokens * (a + b * decode_context)
+        rows = self.speculative.draft_rows
+        total = sum(self.draft_pass_coeffs(decode_seqs * r)[0] for r in rows)
+        return total + len(rows) * self.draft_pass_coeffs(decode_seqs)[1] * decode_context
+
+    def exchange_s(self, decode_seqs: int) -> float:
+        """Mirror-SD: seconds of a step's exchange between target and draft devices (0 when
+        the drafter runs in series): two messages over the link, draft token ids one way and,
+        for an MTP or EAGLE head, the target's hidden states of every verified token the
+        other. Link figures as `sim.transfer.link_for` derives them from the target device:
+        NVLink at 80 %, the scale-out NIC at 90 %, PCIe via the host at 80 % (20 µs a hop)."""
+        sd = self.speculative
+        if sd.mirror_device is None or not decode_seqs:
+            return 0.0
+        dev = self.device
+        bw, lat = {
+            "nvlink": (0.8 * dev.link_bw_bytes_per_s, dev.link_latency_s),
+            "infiniband": (0.9 * dev.net_bw_bytes_per_s, dev.net_latency_s),
+            "pcie": (0.8 * dev.host_bw_bytes_per_s, 20e-6),
+        }[sd.mirror_link]
+        nbytes = decode_seqs * sd.verify_tokens * 4.0  # int32 token ids
+        if self.draft is None:  # the head drafts from the target's last hidden states
+            nbytes += decode_seqs * sd.verify_tokens * self.model.hidden_size * 2.0
+        return 2.0 * lat + nbytes / bw
 
     # ---- the seam --------------------------------------------------------------------------
     def step_s(self, decode_seqs: int, decode_context: int, prefill) -> float:  # type: ignore[override]
-        """Seconds of one iteration: the verify pass (with any prefill chunks) plus the drafts."""
+        """Seconds of one iteration: the verify pass (with any prefill chunks) plus the drafts,
+        or with Mirror-SD the longer of the two plus the exchange."""
         t = super().step_s(decode_seqs, decode_context, prefill)
-        return t + self.draft_s(decode_seqs, decode_context) if decode_seqs else t
+        if not decode_seqs:
+            return t
+        d = self.draft_s(decode_seqs, decode_context)
+        if self.speculative.mirror_device is not None:
+            return max(t, d) + self.exchange_s(decode_seqs)
+        return t + d
 
     def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
         c0 = self.step_s(n, 0, ())  # verify and drafts at zero context
         _, b = self._decode_cache(n)
-        _, db = self.draft_pass_coeffs(n)
-        return c0, b * self.par.pp + self.speculative.num_draft_tokens * db
+        db = len(self.speculative.draft_rows) * self.draft_pass_coeffs(n)[1]
+        if self.speculative.mirror_device is not None:
+            # max(a_v + b_v·C, a_d + b_d·C) ≤ max(a) + max(b)·C: exact when one side leads at
+            # every context (verify does, unless the draft devices are much slower).
+            return c0, max(b * self.par.pp, db)
+        return c0, b * self.par.pp + db
 
     def step_work_s(self, decode_seqs: int, decode_context: int, prefill) -> float:  # type: ignore[override]
         """Busy work of the verify pass plus the draft passes (their dense work and LM head)."""
         work = super().step_work_s(decode_seqs, decode_context, prefill)
         if decode_seqs:
-            rows = -(-decode_seqs // self.par.dp)
-            if rows >= len(self._dyn_dense_tab):
-                self._grow_tables(rows)
-            per = self._dyn_dense_tab[rows] / self.layers_per_stage + self._dyn_lm_tab[rows]
-            if self.draft is not None:
-                per = self.draft.step_work_s(rows, 0, ())
-            work += self.speculative.num_draft_tokens * per
+            host = self.head_host
+            for r in self.speculative.draft_rows:
+                rows = -(-decode_seqs * r // host.par.dp)
+                if self.draft is not None:
+                    work += self.draft.step_work_s(rows, 0, ())
+                    continue
+                if rows >= len(host._dyn_dense_tab):
+                    host._grow_tables(rows)
+                work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[rows]
         return work
 
     def ops(self, batch: BatchShape) -> list[OpCost]:
@@ -138,7 +201,6 @@ class SpeculativePredictor(Predictor):
         return out
 
     def breakdown_s(self, batch: BatchShape) -> tuple[float, float]:
-        """(draft seconds, verify seconds) of one iteration."""
-        total = self.step_s(batch.decode_seqs, batch.decode_context, batch.prefill)
-        draft = self.draft_s(batch.decode_seqs, batch.decode_context)
-        return draft, total - draft
+        """(draft seconds, verify seconds) of one iteration (with Mirror-SD they overlap)."""
+        n, c = batch.decode_seqs, batch.decode_context
+        return self.draft_s(n, c), Predictor.step_s(self, n, c, batch.prefill)

@@ -83,19 +83,30 @@ class Deployment:
 
     @property
     def num_devices(self) -> int:
-        """Devices in the whole deployment."""
+        """Devices in the whole deployment (with AF disaggregation each replica's expert pool,
+        with Mirror-SD each replica's draft devices too)."""
+        per = self.parallel.num_devices + self._mirror_devices
         if self.af is not None:
-            return self.replicas * (self.parallel.num_devices + self.af.expert_gpus)
-        return self.replicas * self.parallel.num_devices
+            per += self.af.expert_gpus
+        return self.replicas * per
+
+    @property
+    def _mirror_devices(self) -> int:
+        sd = self.speculative
+        return 0 if sd is None or sd.mirror_device is None else sd.mirror_devices
 
     @property
     def price_per_hour(self) -> float:
-        """Rental cost of every device of the deployment, USD per hour."""
+        """Rental cost of every device of the deployment, USD per hour (an AF expert pool and
+        Mirror-SD's draft devices at their own devices' price)."""
+        per = self.parallel.num_devices * self.device.price_per_hour
         if self.af is not None:
             edev = self.af.expert_device or self.device
-            per = self.parallel.num_devices * self.device.price_per_hour
-            return self.replicas * (per + self.af.expert_gpus * edev.price_per_hour)
-        return self.num_devices * self.device.price_per_hour
+            per += self.af.expert_gpus * edev.price_per_hour
+        sd = self.speculative
+        if sd is not None and sd.mirror_device is not None:
+            per += sd.mirror_devices * sd.mirror_device.price_per_hour
+        return self.replicas * per
 
     def batching(self) -> tuple[int, int, bool]:
         """(max_num_seqs, max_num_batched_tokens, chunked_prefill) after engine defaults."""

@@ -48,7 +48,7 @@ from servesim.sim.policies import KeyedQueue, PolicyState
 from servesim.sim.policy_batching import PolicyBatchFormation
 from servesim.sim.prefix_cache import PrefixCache
 from servesim.sim.records import RequestTable, SeriesRecorder
-from servesim.sim.speculation import SpecState, SpeculativeSteps
+from servesim.sim.speculation import SpecBlocks, SpecState, SpeculativeSteps
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
@@ -209,9 +209,11 @@ class Replica(
         # Speculative decoding (`sim.speculation`): KV slots a decode step writes per sequence,
         # mean tokens it emits, and the running sequences' seeded draws (None without it).
         spec = getattr(predictor, "speculative", None)
-        self.step_slots = 1 if spec is None else spec.num_draft_tokens + 1
+        self.step_slots = 1 if spec is None else spec.verify_tokens
         self.spec_tau = 1.0 if spec is None else spec.expected_tokens_per_step
-        self.spec_state = None if spec is None else SpecState(spec.acceptance, spec.seed, index)
+        self.spec_state = (
+            None if spec is None else SpecState(spec.depth_acceptance, spec.seed, index)
+        )
         self.waiting: Any = deque() if policy is None else KeyedQueue(policy.key)
         self.kv_blocks = cfg.kv_blocks  # may shrink when a partner shares the cache (semi-PD)
         # Partial prefills: [rid, done_tokens, target_tokens, private_blocks, shared_tokens]
@@ -232,6 +234,8 @@ class Replica(
         self.shared: dict[int, int] = {}  # rid -> prefix tokens it reads from pinned blocks
         self.shared_sum = 0
         self.blocks = DecodeBlocks(cfg.block_size)
+        if self.spec_state is not None:  # offsets move by drawn tokens: rebuilt when asked
+            self.blocks = SpecBlocks(cfg.block_size, self.spec_state)
         # (first-token time, count) of requests that joined since the last decode step
         self.fresh: list[tuple[float, int]] = []
         self.fresh_n = 0

@@ -1,19 +1,27 @@
 """Speculative decoding in the replica: each verify step of a sequence emits 1 + accepted tokens.
 
-When a sequence joins the decode group its remaining output is laid out as verify steps drawn
-from the acceptance chain (position i is accepted with probability a_i only if every earlier
-one was) with the replica's seeded generator, the last step cut to the output length. The
-group's step counter G then counts verify steps: a sequence finishes at its join step plus its
-drawn step count, so its finish time, and the tokens it holds when it leaves (finished,
-preempted or moved), are exact. The group's sums (cached tokens, KV blocks) are rebuilt from
-every sequence's drawn tokens at each step boundary, in bulk with numpy; inside a stretch of
-decode steps the attended context and the cache grow by the expected tokens per step
-(`Replica.spec_tau`). The KV check before a step reserves k+1 slots per sequence: the verify
-pass writes the KV of its k draft tokens, and the rejected ones are freed when the step commits.
+When a sequence joins the decode group with R tokens to emit, its number of verify steps S is
+drawn from the acceptance chain (position i is accepted with probability a_i only if every
+earlier one was) with the replica's seeded generator: S is the first step count whose tokens
+reach R, the last step cut to R. The draw is exact and costs O(√R), not O(R): the first s0
+steps, well short of R (six standard deviations), are one multinomial draw of how many steps
+emit 1, 2, …, k+1 tokens, and only the last few are drawn one by one. The group's step counter G
+counts verify steps, so a sequence finishes at its join step plus S: finish times, TPOT and the
+steps it holds the cache are exact.
+
+Between join and finish a sequence's tokens grow at its own mean rate R/S (its expected path
+given its drawn step count), so the group's cached-token sum is affine in G and moves in O(1)
+per step; the KV block counts (`SpecBlocks`) are rebuilt from those paths only when an exact
+count is asked for, and upper bounds are tried first. A sequence that leaves early (preempted,
+moved) takes the tokens its path reached, and the rest are drawn again when it rejoins. Inside a
+stretch of decode steps the attended context and the cache grow by the expected tokens per step
+(`Replica.spec_tau`). The KV check before a step reserves a slot per verified token (k+1 for a
+chain, every node of a draft tree): the verify pass writes their KV, and the rejected ones are
+freed when the step commits. A draft tree draws from its per-depth acceptance.
 
 The per-request offsets in `Replica.off` keep their join values (one token per step), which is
 what scheduling policies and the migration planner read; every sum and every departure uses the
-drawn tokens.
+drawn steps.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from servesim.sim.kvcache import DecodeBlocks
 
 
 def step_probabilities(acceptance: np.ndarray) -> np.ndarray:
@@ -30,131 +40,223 @@ def step_probabilities(acceptance: np.ndarray) -> np.ndarray:
     return run * stop
 
 
-def draw_step_tokens(
-    rng: np.random.Generator, cdf: np.ndarray, remaining: int, tau: float = 1.0
-) -> np.ndarray:
-    """Cumulative tokens emitted after 0, 1, …, S verify steps (ending at `remaining`); `cdf`
-    is the cumulative of `step_probabilities` but its last entry, `tau` the mean tokens per
-    step (sizes the first block of draws; more follow if it falls short)."""
-    rows = min(remaining, int(remaining / tau * 1.1) + 16)  # every step emits ≥ 1 token
-    total = 0
-    parts = [np.zeros(1, dtype=np.int64)]
-    while total < remaining:
-        emitted = 1 + np.searchsorted(cdf, rng.random(rows), side="right")
-        cum = total + np.cumsum(emitted)
-        parts.append(cum)
-        total = int(cum[-1])
-        rows = remaining
-    cum = np.concatenate(parts)
-    steps = int(np.searchsorted(cum, remaining))  # first step count reaching the output
-    cum = cum[: steps + 1]
-    cum[steps] = remaining  # the last step is truncated to the output length
-    return cum
+class StepDraw:
+    """Draws of verify steps until a number of tokens is emitted, steps emitting 1…k+1 tokens
+    with probabilities `p` (`step_probabilities`): a multinomial draw for the steps that surely
+    fall short, then single steps taken from a stream drawn ahead in blocks. Exact: the
+    multinomial's tokens are below the target whenever it is used (checked; else every step is
+    drawn singly)."""
+
+    __slots__ = ("cdf", "cum", "margin", "p", "pos", "rng", "tau")
+
+    BLOCK = 1 << 14  # single steps drawn ahead at a time
+
+    def __init__(self, p: np.ndarray, rng: np.random.Generator) -> None:
+        self.p, self.rng = p, rng
+        sizes = np.arange(1, len(p) + 1)
+        self.tau = tau = float(sizes @ p)
+        # Six standard deviations of the tokens per step, scaled by √tokens at each use.
+        self.margin = 6.0 * math.sqrt(float((sizes - tau) ** 2 @ p) / tau)
+        self.cdf = np.cumsum(p)[:-1]
+        self.cum = np.zeros(1, dtype=np.int64)  # tokens after each step of the stream
+        self.pos = 0
+
+    def _refill(self, need: int) -> None:
+        rows = max(self.BLOCK, need + 1)
+        tokens = 1 + np.searchsorted(self.cdf, self.rng.random(rows), side="right")
+        self.cum = np.concatenate(([0], np.cumsum(tokens)))
+        self.pos = 0
+
+    def steps(self, remaining: int) -> int:
+        """Verify steps until `remaining` tokens are emitted (the last one cut to them)."""
+        if remaining <= 0:
+            return 0
+        head = int((remaining - self.margin * math.sqrt(remaining) - len(self.p)) / self.tau)
+        steps = 0
+        if head > 16:
+            counts = self.rng.multinomial(head, self.p).tolist()
+            made = sum(i * c for i, c in enumerate(counts, 1))
+            if made < remaining:  # else beyond six standard deviations: every step singly
+                steps, remaining = head, remaining - made
+        # Each step emits at least one token: the steps left are within the next `remaining`.
+        if self.pos + remaining >= len(self.cum):
+            self._refill(remaining)
+        pos, cum = self.pos, self.cum
+        j = int(np.searchsorted(cum[pos : pos + remaining + 1], int(cum[pos]) + remaining))
+        self.pos = pos + j
+        return steps + j
 
 
 class SpecState:
-    """The drawn steps of a replica's running sequences, by request slot: join offset, join
-    step and where each one's cumulative tokens sit in one flat buffer."""
+    """The drawn steps of a replica's running sequences in dense slots (join offset, join step,
+    step count, tokens to emit; a leaving sequence's slot takes the last one's), so the whole
+    group is one contiguous numpy pass, and the affine sums of their paths."""
 
-    __slots__ = ("buf", "cdf", "end", "g0", "last", "off0", "rng", "start", "tau")
+    __slots__ = ("a_sum", "draw", "g0", "n", "off0", "rate_sum", "rem", "rid_at", "slot", "steps")
 
     def __init__(self, acceptance: tuple[float, ...], seed: int, index: int) -> None:
         p = step_probabilities(np.asarray(acceptance, dtype=np.float64))
-        self.cdf = np.cumsum(p)[:-1]  # searchsorted of a uniform gives accepted drafts
-        self.tau = float(np.dot(np.arange(1, len(p) + 1), p))
-        self.rng = np.random.default_rng((seed, index))
+        self.draw = StepDraw(p, np.random.default_rng((seed, index)))
+        self.slot: dict[int, int] = {}  # rid -> slot
+        self.n = 0  # slots in use
+        self.rid_at = np.zeros(64, dtype=np.int64)
         self.off0 = np.zeros(64, dtype=np.int64)
         self.g0 = np.zeros(64, dtype=np.int64)
-        self.start = np.zeros(64, dtype=np.int64)
-        self.last = np.zeros(64, dtype=np.int64)
-        self.buf = np.zeros(1 << 16, dtype=np.int64)
-        self.end = 0
+        self.steps = np.zeros(64, dtype=np.int64)
+        self.rem = np.zeros(64, dtype=np.int64)
+        # Σ offsets at step G = a_sum + rate_sum·G − n·G (each path: off0 + g0 + R(G−g0)/S − G).
+        self.a_sum = 0.0
+        self.rate_sum = 0.0
 
-    def join(self, rid: int, off: int, g: int, remaining: int, live: dict[int, int]) -> int:
-        """Draw a joining sequence's steps; returns their count. `live` holds the running
-        sequences (their segments survive when the buffer is compacted)."""
-        cum = draw_step_tokens(self.rng, self.cdf, remaining, self.tau)
-        if rid >= len(self.off0):
-            size = max(2 * len(self.off0), rid + 1)
-            for name in ("off0", "g0", "start", "last"):
+    def join(self, rid: int, off: int, g: int, remaining: int) -> int:
+        """Draw a joining sequence's step count; returns it."""
+        remaining = max(remaining, 0)
+        i = self.n
+        if i == len(self.off0):
+            for name in ("rid_at", "off0", "g0", "steps", "rem"):
                 arr = getattr(self, name)
-                grown = np.zeros(size, dtype=np.int64)
-                grown[: len(arr)] = arr
+                grown = np.zeros(2 * i, dtype=np.int64)
+                grown[:i] = arr
                 setattr(self, name, grown)
-        if self.end + len(cum) > len(self.buf):
-            self._compact(live, len(cum))
-        self.buf[self.end : self.end + len(cum)] = cum
-        self.off0[rid], self.g0[rid] = off, g
-        self.start[rid], self.last[rid] = self.end, len(cum) - 1
-        self.end += len(cum)
-        return len(cum) - 1
+        steps = self.draw.steps(remaining)
+        self.slot[rid] = i
+        self.n = i + 1
+        self.rid_at[i], self.off0[i], self.g0[i] = rid, off, g
+        self.steps[i], self.rem[i] = steps, remaining
+        rate = remaining / steps if steps else 0.0
+        self.a_sum += off + g - rate * g
+        self.rate_sum += rate
+        return steps
 
-    def _compact(self, live: dict[int, int], extra: int) -> None:
-        """Keep only the running sequences' segments (and room for `extra` more)."""
-        rids = [r for r in live]
-        need = sum(int(self.last[r]) + 1 for r in rids) + extra
-        buf = np.zeros(max(len(self.buf), 2 * need), dtype=np.int64)
-        end = 0
-        for r in rids:
-            s, n = int(self.start[r]), int(self.last[r]) + 1
-            buf[end : end + n] = self.buf[s : s + n]
-            self.start[r] = end
-            end += n
-        self.buf, self.end = buf, end
+    def leave(self, rid: int, g: int) -> int:
+        """A sequence leaves at step g: drop its path from the sums; returns its offset."""
+        off = self.offset(rid, g)
+        i = self.slot.pop(rid)
+        steps, rem, g0 = int(self.steps[i]), int(self.rem[i]), int(self.g0[i])
+        rate = rem / steps if steps else 0.0
+        self.a_sum -= int(self.off0[i]) + g0 - rate * g0
+        self.rate_sum -= rate
+        self.n = last = self.n - 1
+        if i != last:  # the last slot fills the hole
+            for arr in (self.rid_at, self.off0, self.g0, self.steps, self.rem):
+                arr[i] = arr[last]
+            self.slot[int(self.rid_at[i])] = i
+        return off
 
-    def offsets(self, rids: np.ndarray, g: int) -> np.ndarray:
-        """Current offsets (cached tokens − g) of running sequences at step g."""
-        g0 = self.g0[rids]
-        steps = np.minimum(g - g0, self.last[rids])
-        return self.off0[rids] + g0 + self.buf[self.start[rids] + steps] - g
+    def offset_sum(self, g: int) -> int:
+        """Σ offsets (cached tokens − g) of the running sequences' paths at step g."""
+        return round(self.a_sum + (self.rate_sum - self.n) * g)
+
+    def offsets(self, g: int) -> np.ndarray:
+        """Offsets of every running sequence at step g: the tokens their paths reached."""
+        n = self.n
+        g0, steps = self.g0[:n], self.steps[:n]
+        made = self.rem[:n] * np.minimum(g - g0, steps) // np.maximum(steps, 1)
+        return self.off0[:n] + g0 + made - g
 
     def offset(self, rid: int, g: int) -> int:
-        """Current offset of one running sequence at step g."""
-        g0 = int(self.g0[rid])
-        steps = min(g - g0, int(self.last[rid]))
-        return int(self.off0[rid]) + g0 + int(self.buf[self.start[rid] + steps]) - g
+        """Offset of one running sequence at step g."""
+        i = self.slot[rid]
+        g0, steps = int(self.g0[i]), int(self.steps[i])
+        made = int(self.rem[i]) * min(g - g0, steps) // max(steps, 1)
+        return int(self.off0[i]) + g0 + made - g
+
+    def resum(self) -> None:
+        """Recompute the affine sums over the running sequences (float drift stays bounded)."""
+        n = self.n
+        steps = self.steps[:n]
+        rate = self.rem[:n] / np.maximum(steps, 1)  # a sequence with no steps has no tokens
+        self.a_sum = float((self.off0[:n] + self.g0[:n] * (1.0 - rate)).sum())
+        self.rate_sum = float(rate.sum())
+
+
+class SpecBlocks(DecodeBlocks):
+    """`DecodeBlocks` of a speculating group: sequences advance at their own rates, so the
+    residue counts go stale at every step; they are rebuilt from the paths (one numpy pass over
+    the dense slots) only when a block count is asked for; upper bounds are tried first."""
+
+    __slots__ = ("g", "rebuilds", "stale", "state")
+
+    RESUM_EVERY = 256  # rebuilds between recomputations of the affine sums
+
+    def __init__(self, block_size: int, state: SpecState) -> None:
+        super().__init__(block_size)
+        self.state, self.stale, self.g, self.rebuilds = state, False, 0, 0
+
+    def add(self, off: int) -> None:
+        """Add a joining sequence (nothing to do while stale: the rebuild counts it)."""
+        if not self.stale:
+            super().add(off)
+
+    def remove(self, off: int) -> None:
+        """Remove a leaving sequence (nothing to do while stale)."""
+        if not self.stale:
+            super().remove(off)
+
+    def _fresh(self) -> None:
+        if self.stale:
+            self.reset(self.state.offsets(self.g))
+            self.stale = False
+            self.rebuilds += 1
+            if self.rebuilds % self.RESUM_EVERY == 0:
+                self.state.resum()
+
+    def blocks_at(self, g: int) -> int:
+        """Exact Σ ceil((off_i + g) / bs) over the sequences' paths."""
+        self._fresh()
+        return super().blocks_at(g)
+
+    def steps_that_fit(self, g: int, free_blocks: int, limit: int) -> int:
+        """As `DecodeBlocks.steps_that_fit`, on the sequences' paths."""
+        self._fresh()
+        return super().steps_that_fit(g, free_blocks, limit)
 
 
 class SpeculativeSteps:
-    """The speculative part of `Replica`: drawing a joining sequence's steps and rebuilding the
-    group's sums from the tokens its steps emitted."""
+    """The speculative part of `Replica`: drawing a joining sequence's steps and moving the
+    group's sums along the sequences' paths."""
 
     __slots__ = ()
 
     def _spec_join(self, rid: int, off: int, remaining: int) -> int:
-        """Lay out the verify steps of a sequence joining with `remaining` tokens to emit and
-        offset `off`; returns its step count."""
-        return self.spec_state.join(rid, off, self.G, remaining, self.off)
+        """Draw the verify steps of a sequence joining with `remaining` tokens to emit and
+        offset `off`; returns their count."""
+        return self.spec_state.join(rid, off, self.G, remaining)
 
     def _spec_leave_offset(self, rid: int) -> int:
         """The offset a leaving sequence holds now (what the group's sums count for it)."""
-        return self.spec_state.offset(rid, self.G)
+        return self.spec_state.leave(rid, self.G)
 
     def _spec_advance(self) -> None:
-        """Rebuild the group's cached-token sum and block counts at the new step from every
-        running sequence's drawn tokens (one numpy pass per commit)."""
-        offs = self.off
-        if not offs:
-            return
-        rids = np.fromiter(offs, dtype=np.int64, count=len(offs))
-        new = self.spec_state.offsets(rids, self.G)
-        self.off_sum = int(new.sum())
-        self.blocks.reset(new)
+        """Move the group's cached-token sum to the new step along the sequences' paths; the
+        block counts are rebuilt when next asked for."""
+        state, blocks = self.spec_state, self.blocks
+        blocks.g = self.G
+        if self.off:
+            self.off_sum = state.offset_sum(self.G)
+            blocks.stale = True
+        else:  # nobody left: the sums are exactly empty
+            state.a_sum = state.rate_sum = 0.0
 
     def _spec_fit(self, steps: int) -> int:
         """Steps (≤ `steps`) of the decode group that fit the cache, after preempting until
-        one verify step (k+1 KV slots per sequence) fits; 0 when nobody is left. Past the first
-        step the group is taken to grow by the expected tokens per step: a sequence that drew
-        more is caught at the next boundary, where this check runs again."""
+        one verify step (a KV slot per verified token and sequence) fits; 0 when nobody is
+        left. Past the first step the group is taken to grow by the expected tokens per step:
+        a sequence that drew more is caught at the next boundary, where this check runs
+        again."""
         s = self.step_slots
         blocks = self.blocks
         cap = self.kv_blocks - self.fixed_blocks
-        while self.off and blocks.blocks_at(self.G + s) > cap:
+        g, tau = self.G, self.spec_tau
+        n, bs = len(self.off), self.cfg.block_size
+        # Σ ceil(x/bs) ≤ (Σx + n(bs−1))/bs: when even that bound fits, skip the exact count.
+        if (self.off_sum + n * (g + math.ceil(tau * (steps - 1)) + s + bs - 1)) // bs <= cap:
+            return steps
+        while self.off and blocks.blocks_at(g + s) > cap:
             self._preempt_one()
             cap = self.kv_blocks - self.fixed_blocks
         if not self.off:
             return 0
-        g, tau = self.G, self.spec_tau
 
         def fits(n: int) -> bool:
             return blocks.blocks_at(g + math.ceil(tau * (n - 1)) + s) <= cap
