@@ -155,6 +155,26 @@ def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
     return None
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def aiconfigurator_mixed_chunk(row: dict[str, str]) -> bool:
+    """Whether aiconfigurator's own collection ran a colocated SGLang row with
+    `--enable-mixed-chunk` (prefill chunks sharing iterations with the running decodes).
+
+    Its SGLang rule sets `enable_mixed_chunk = true` for colocated workers, but until commit
+    07a3779 (2026-01-19, "fix sglang enable mixed chunk") the parameter mapping spelled it
+    `enable_mix_chunk`, so the generator emitted no flag. Launch templates for SGLang 0.5.6.post2
+    and later were added after that fix (generator/config/backend_templates/sglang/
+    cli_args.0.5.6.post2.j2 on 2026-01-23, 0.5.8 on 2026-02-11), so those runs had it; runs
+    of 0.5.4 and older could predate it and are taken without (the H100 file's 0.5.1.post1 rows
+    agree: TTFT 11.9 % median APE without against 76.7 % with)."""
+    if row.get("backend") != "sglang" or protocol_of(row) is not AIPERF:
+        return False
+    return _version(row.get("backend_version", "")) >= (0, 5, 6)
+
+
 def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int] | None:
     """(`max_num_tokens`, `batch_wait_timeout_iters`, `batch_wait_max_tokens_ratio`,
     attention-DP balance `timeout_iters`) of InferenceX's colocated TensorRT-LLM launch for a
@@ -295,6 +315,8 @@ def deployment_of(
                 adp_balance_timeout_iters=trt[3],
             )
             limits["max_num_batched_tokens"] = trt[0] * par.dp  # per rank (one executor each)
+        if role == "agg" and aiconfigurator_mixed_chunk(row):
+            eng = eng.with_overrides(mixed_batches=True)
         return Deployment(
             model=model,
             device=device,

@@ -355,3 +355,20 @@ def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting()
     dep = silicon.deployment_of(llama, Catalog())
     assert dep.engine.batch_wait_timeout_iters == 20
     assert dep.max_num_batched_tokens == 16384
+
+
+def test_aiconfigurator_sglang_rows_mix_prefill_chunks_from_the_fixed_generator_on() -> None:
+    """aiconfigurator's SGLang rule asks for --enable-mixed-chunk on colocated workers; the
+    generator emits it from 2026-01-19, which every SGLang 0.5.6.post2+ template post-dates."""
+    src = "source_file=/x/aic-auto-gap-analysis/data/h100_sxm/sglang/0.5.8/q.csv"
+    new = row(backend="sglang", backend_version="0.5.8.post1", silicon_data_source=src)
+    new.update(tp_size="2", batch_size="8")
+    old = {**new, "backend_version": "0.5.1.post1"}
+    assert silicon.aiconfigurator_mixed_chunk(new)
+    assert not silicon.aiconfigurator_mixed_chunk(old)
+    assert silicon.deployment_of(new, Catalog()).engine.mixed_batches
+    assert not silicon.deployment_of(old, Catalog()).engine.mixed_batches  # SGLang's default
+    # InferenceX rows (their own launch scripts) and other engines are untouched.
+    ix = {**new, "silicon_data_source": "db-dump/2026-04-27; measured=2026-02-01T00:00:00Z"}
+    assert not silicon.aiconfigurator_mixed_chunk(ix)
+    assert not silicon.aiconfigurator_mixed_chunk({**new, "backend": "vllm"})
