@@ -95,7 +95,7 @@ def _int(row: dict[str, str], key: str, default: int = 1) -> int:
 
 
 def batching_of(
-    backend: str, role: str, bs: int, isl: int, budget_vllm: int, dp: int = 1
+    backend: str, role: str, bs: int, isl: int, budget_vllm: int | None = None, dp: int = 1
 ) -> dict[str, object]:
     """Batching limits the benchmarked engines ran with.
 
@@ -103,9 +103,13 @@ def batching_of(
     (src/aiconfigurator/generator/rule_plugin/benchmark/*.rule): TensorRT-LLM `max_num_tokens =
     batch + ISL + 1500` colocated, `ISL + 1500` on prefill workers and `batch` on decode workers
     (rounded up to 32-token pages), without chunked prefill; SGLang `max_prefill_tokens = ISL +
-    1500`; vLLM 0.12's launch template passes only `max_num_seqs`, so vLLM's own default budget.
-    `role` is `agg`, `prefill` or `decode`. `bs` and the budgets are per attention-DP rank; one
-    servesim replica holds all `dp` ranks, so its limits are `dp` times theirs.
+    1500`; vLLM (rule_plugin/vllm.rule) raises colocated and decode batches to 512 (or twice the
+    batch from 512 on) and sets `max_num_tokens` to that batch + ISL + 1500 colocated, ISL + 1500
+    on prefill workers and the batch on decode workers, passed as `--max-num-batched-tokens`
+    (backend_config_mapping.yaml; in the vLLM launch templates since 2026-01-08 for the generic
+    one and 2026-02-11 for 0.12.0). `budget_vllm` overrides vLLM's budget. `role` is `agg`,
+    `prefill` or `decode`. `bs` and the budgets are per attention-DP rank; one servesim replica
+    holds all `dp` ranks, so its limits are `dp` times theirs.
     """
     if backend == "trtllm":
         tokens = {"agg": bs + isl + 1500, "prefill": isl + 1500, "decode": bs}[role]
@@ -117,7 +121,11 @@ def batching_of(
         }
     if backend == "sglang":
         return {"max_num_seqs": max(bs, 1) * dp, "max_num_batched_tokens": (isl + 1500) * dp}
-    return {"max_num_seqs": max(bs, 512) * dp, "max_num_batched_tokens": budget_vllm * dp}
+    seqs = max(bs, 1) if role == "prefill" else (512 if bs < 512 else 2 * bs)
+    tokens = {"agg": seqs + isl + 1500, "prefill": isl + 1500, "decode": seqs}[role]
+    if budget_vllm is not None:
+        tokens = budget_vllm
+    return {"max_num_seqs": seqs * dp, "max_num_batched_tokens": tokens * dp}
 
 
 def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
@@ -280,7 +288,7 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = T
 def deployment_of(
     row: dict[str, str],
     catalog: Catalog,
-    budget_vllm: int = 8192,
+    budget_vllm: int | None = None,
     latency_model: str = DEFAULT_LATENCY_MODEL,
 ) -> Deployment | DisaggDeployment:
     """The deployment a row measured, its kernels priced by `latency_model` (roofline, auto or
@@ -362,7 +370,7 @@ def simulate_row(
     rounds: int,
     warmup_rounds: int = 2,
     jitter_s: float = 0.0,
-    budget_vllm: int = 8192,
+    budget_vllm: int | None = None,
     latency_model: str = DEFAULT_LATENCY_MODEL,
     protocol: str = "auto",
 ) -> tuple[float, float]:
@@ -755,7 +763,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--warmup-rounds", type=int, default=2, help="uncounted requests per client (lockstep)"
     )
-    ap.add_argument("--vllm-budget", type=int, default=8192, help="vLLM max_num_batched_tokens")
+    ap.add_argument(
+        "--vllm-budget",
+        type=int,
+        help="vLLM max_num_batched_tokens (default: aiconfigurator's rule, batch + ISL + 1500)",
+    )
     ap.add_argument("--jitter-ms", type=float, default=0.0, help="extra client send jitter")
     ap.add_argument(
         "--client-protocol",

@@ -372,3 +372,16 @@ def test_aiconfigurator_sglang_rows_mix_prefill_chunks_from_the_fixed_generator_
     ix = {**new, "silicon_data_source": "db-dump/2026-04-27; measured=2026-02-01T00:00:00Z"}
     assert not silicon.aiconfigurator_mixed_chunk(ix)
     assert not silicon.aiconfigurator_mixed_chunk({**new, "backend": "vllm"})
+
+
+def test_vllm_rows_get_aiconfigurators_batch_and_token_budget() -> None:
+    """vllm.rule: colocated/decode batches raised to 512 (twice the batch from 512 on) and
+    --max-num-batched-tokens = that batch + ISL + 1500 colocated, ISL + 1500 prefill."""
+    agg = silicon.batching_of("vllm", "agg", 64, 4096)
+    assert agg == {"max_num_seqs": 512, "max_num_batched_tokens": 512 + 4096 + 1500}
+    big = silicon.batching_of("vllm", "agg", 600, 1000, dp=2)
+    assert big == {"max_num_seqs": 2400, "max_num_batched_tokens": 2 * (1200 + 1000 + 1500)}
+    assert silicon.batching_of("vllm", "prefill", 1, 8192)["max_num_batched_tokens"] == 9692
+    assert silicon.batching_of("vllm", "decode", 64, 8192)["max_num_batched_tokens"] == 512
+    # --vllm-budget overrides the rule.
+    assert silicon.batching_of("vllm", "agg", 64, 4096, 8192)["max_num_batched_tokens"] == 8192
