@@ -2,7 +2,7 @@
 
     nice .venv/bin/python benchmarks/edge.py                   # the full run (~15 min idle)
     .venv/bin/python benchmarks/edge.py --quick                # tiny model, F16, 1 thread
-    .venv/bin/python benchmarks/edge.py --from runs/edge.json  # summarise a saved run
+    .venv/bin/python benchmarks/edge.py --from runs/edge.json  # re-predict a saved run
 
 Runs `validation/edge.py` (build llama.cpp, random-weight Llama checkpoints to GGUF F16, Q8_0,
 Q4_K_M, llama-bench prefill and decode with 1 and 2 threads), predicts each from the spec sheet
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--from" in argv:
         i = argv.index("--from")
-        doc = json.loads(Path(argv[i + 1]).read_text())
+        doc = edge.refit(json.loads(Path(argv[i + 1]).read_text()))
     else:
         doc = edge.run(edge.parse(argv))
     for r in doc["rows"]:

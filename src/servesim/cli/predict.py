@@ -21,6 +21,7 @@ from servesim.cli.deployment_flags import (
     parse_chunk,
 )
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.hybrid_flags import HybridSettings, add_hybrid_args, apply_hybrid
 from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
 from servesim.cli.output import console
 from servesim.cli.settings import (
@@ -30,7 +31,7 @@ from servesim.cli.settings import (
 )
 
 
-class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings):
+class PredictSettings(DeploymentSettings, DepthSettings, MoeSettings, HybridSettings):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
     decode_seqs: NonNegInt = 0
@@ -70,6 +71,7 @@ def add_predict_parser(sub: Any) -> None:
     )
     add_depth_args(pred)
     add_moe_args(pred)
+    add_hybrid_args(pred)
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -84,7 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from servesim.predictor.iteration import BatchShape
 
     s = config.settings(PredictSettings, args)
-    dep = apply_moe(apply_depth(build_deployment(s), s), s)
+    dep = apply_hybrid(apply_moe(apply_depth(build_deployment(s), s), s), s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
     dep.check_batch(batch, s.spell)

@@ -16,6 +16,7 @@ from servesim.cli.app_flags import AppSettings, add_app_args, run_app
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.hybrid_flags import HybridSettings, add_hybrid_args, apply_hybrid
 from servesim.cli.moe_flags import MoeSettings, add_moe_args
 from servesim.cli.output import console, print_summary, print_workflows
 from servesim.cli.settings import (
@@ -50,7 +51,13 @@ MEASURED_KEYS = (
 
 
 class SimulateSettings(
-    DeploymentSettings, WorkloadSettings, MechanismSettings, DepthSettings, MoeSettings, AppSettings
+    DeploymentSettings,
+    WorkloadSettings,
+    MechanismSettings,
+    DepthSettings,
+    MoeSettings,
+    AppSettings,
+    HybridSettings,
 ):
     """Everything `servesim simulate` reads."""
 
@@ -143,6 +150,7 @@ def add_simulate_parser(sub: Any) -> None:
     )
     add_depth_args(sim)
     add_moe_args(sim)
+    add_hybrid_args(sim)
     add_app_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
@@ -188,6 +196,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = config.check_out_dir(s.out, s.spell("out"))
     slo = Slo(s.ttft_slo, s.tpot_slo)
     dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
+    dep = dep if s.measured else apply_hybrid(dep, s)
     dep = cluster_flags.apply(dep, s, slo)
     flows = _workflow_workload(s, dep) if s.workflows else None
     if flows is not None and (s.workflow_model or any(flows.request_model)):

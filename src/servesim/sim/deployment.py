@@ -13,6 +13,8 @@ from servesim.predictor import roofline
 from servesim.predictor.adaptive_depth import SkippingPredictor
 from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
+from servesim.predictor.local_predictor import LocalPredictor
+from servesim.predictor.local_runtime import LocalRuntime, default_quant, local_memory
 from servesim.predictor.lora import LoraPredictor
 from servesim.predictor.nanoflow import NanoFlowPredictor
 from servesim.predictor.profiled import ProfiledTiming
@@ -68,6 +70,9 @@ class Deployment:
     lora: LoraAdapters | None = None
     # Speculative decoding of every decode step (None: one token per step).
     speculative: SpeculativeDecoding | None = None
+    # A local runtime (llama.cpp-style recipe, threads, CPU–GPU hybrid): priced by the
+    # local-device cost model. CPU and edge devices get a default one (`runtime`).
+    local: LocalRuntime | None = None
 
     def __post_init__(self) -> None:
         if self.speculative is not None:
@@ -93,8 +98,21 @@ class Deployment:
             raise ServesimError("max_num_seqs and max_num_batched_tokens must be ≥ 1.")
         return seqs, tokens, chunked
 
+    def runtime(self) -> LocalRuntime | None:
+        """The local runtime that prices this deployment: the one given, or for a CPU or edge
+        device (not profiled here) the checkpoint's own format on every core; None on a
+        datacenter path."""
+        if self.local is not None:
+            return self.local
+        if self.profiled is None and self.device.kind in ("cpu", "edge"):
+            return LocalRuntime(default_quant(self.model))
+        return None
+
     def memory(self) -> MemoryLayout:
         """Per-device memory layout (raises if the model does not fit)."""
+        rt = self.runtime()
+        if rt is not None:
+            return local_memory(self.model, self.device, rt)
         seqs, tokens, _ = self.batching()
         return memory_layout(
             self.model,
@@ -125,6 +143,9 @@ class Deployment:
                     "the profiled engine."
                 )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
+        rt = self.runtime()
+        if rt is not None:
+            return self._local_predictor(rt)
         key = (
             self.model,
             repr(self.device),
@@ -175,6 +196,29 @@ class Deployment:
             _PREDICTORS[key] = pred
         return pred
 
+    def _local_predictor(self, rt: LocalRuntime) -> Predictor:
+        """The local-device predictor (shared by equal deployments, as `predictor`)."""
+        if (
+            self.speculative is not None
+            or self.layer_skipping is not None
+            or self.finetune is not None
+            or self.nanoflow
+            or self.lora is not None
+            or self.parallel.num_devices > 1
+        ):
+            raise ServesimError(
+                f"{self.device.name} runs the local-device cost model, which prices one device "
+                "without speculative decoding, layer skipping, fine-tuning, LoRA or NanoFlow; "
+                "drop those (and --tp/--pp/--ep/--dp)."
+            )
+        key = ("local", self.model, repr(self.device), self.engine, repr(rt))
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            if len(_PREDICTORS) >= 64:
+                _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            pred = _PREDICTORS[key] = LocalPredictor(self.model, self.device, self.engine, rt)
+        return pred
+
     def label(self) -> str:
         """Short description such as `2x h100_sxm tp4 vllm`."""
         text = f"{self.replicas}x {self.device.name} {self.parallel.label()} {self.engine.name}"
@@ -198,6 +242,8 @@ class Deployment:
             text += " nanoflow"
         if self.speculative is not None:
             text += f" {self.speculative.label()}"
+        if self.local is not None:
+            text += f" {self.local.label()}"
         return text
 
     def check_batch(self, batch: BatchShape, spell: Callable[[str], str] = str) -> None:
