@@ -105,13 +105,11 @@ def test_cli_simulate_on_a_cpu_decodes_at_the_predicted_pace(tmp_path: Path, cap
     code, _, _ = run(argv, capsys)
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["latency_model"] == "local"
     m, cpu, q = load_model(LLAMA8B), get_device("this_cpu"), get_quant("q4_k_m")
     # decode steps see 65..96 tokens of context; the step is affine in context here
     step = ds.step_time(m, q, cpu, ds.decode(1, 80)).seconds
-    tpot = summary["tpot_s"]["mean"] if isinstance(summary["tpot_s"], dict) else None
-    if tpot is None:
-        tpot = summary["tpot_mean_s"]
-    assert tpot == pytest.approx(step, rel=0.02)
+    assert summary["tpot_s"]["mean"] == pytest.approx(step, rel=0.02)
 
 
 # ---- few-shot: CSV in, fit file out, used by --fit --------------------------------------------
@@ -231,6 +229,16 @@ def test_a_fit_for_another_device_is_refused(tmp_path: Path, capsys) -> None:
     argv = ["predict", "--model", LLAMA8B, "--device", "epyc_9654", "--fit", str(fit_file)]
     code, _, err = run([*argv, "--decode-seqs", "1"], capsys)
     assert code == 2 and "was fitted on this_cpu" in err
+
+
+def test_a_local_fit_is_not_a_kernel_fit(tmp_path: Path, capsys) -> None:
+    rows, _ = _known_shots(tmp_path)
+    write_shots_csv(rows, tmp_path / "s.csv")
+    fit_file = tmp_path / "fit.json"
+    fit_csv(get_device("this_cpu"), tmp_path / "s.csv").save(fit_file)
+    argv = ["plan", "--model", LLAMA8B, "--fit", str(fit_file), "--out", str(tmp_path / "p")]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "is a local-device fit" in err
 
 
 def test_validation_edge_fits_through_the_fewshot_csv(tmp_path: Path) -> None:
@@ -387,3 +395,11 @@ def test_offloading_from_a_cpu_is_refused(capsys) -> None:
     argv = ["predict", "--model", LLAMA8B, "--device", "this_cpu", "--gpu-layers", "4"]
     code, _, err = run([*argv, "--host-cpu", "ryzen_9_7950x", "--decode-seqs", "1"], capsys)
     assert code == 2 and "is a CPU" in err
+
+
+def test_the_example_shots_fit_this_cpu() -> None:
+    """examples/edge_shots.csv (llama-bench on this CPU, the small random Llama at 1 thread)."""
+    shots = read_shots(REPO / "examples" / "edge_shots.csv")
+    assert len(shots) == 6 and {s.quant.name for s in shots} == {"f16", "q8_0", "q4_k_m"}
+    fit = fit_csv(get_device("this_cpu"), REPO / "examples" / "edge_shots.csv")
+    assert max(fit.fit_ape) < 0.15

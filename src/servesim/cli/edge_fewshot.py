@@ -19,10 +19,11 @@ from servesim.errors import ServesimError
 
 
 def is_edge_fit_file(path: Path) -> bool:
-    """Whether `path` holds a local-device fit servesim wrote (so it may be replaced)."""
+    """Whether `path` holds a fit servesim wrote (local-device or kernel: it may be replaced)."""
+    from servesim.cli.calibrate import is_fit_file
     from servesim.predictor.edge_fit import is_edge_fit
 
-    return is_edge_fit(path)
+    return is_edge_fit(path) or is_fit_file(path)
 
 
 def run_edge_fewshot(s: Any, device: Any) -> int:

@@ -154,6 +154,10 @@ class LocalPredictor(Predictor):
         far = n * SECANT_CONTEXT
         return c0, max(0.0, (self.step_s(n, far, ()) - c0) / far)
 
+    def provenance_counts(self) -> dict[str, int]:
+        """Every iteration shape priced by the local cost model (one class of provenance)."""
+        return {"local": self._forward.cache_info().currsize}
+
     def ops(self, batch: BatchShape) -> list[OpCost]:
         """The forward pass in its roofline parts: the binding side of compute and memory, the
         other side hidden under it, and the fixed costs (operators, pass, transfers)."""
