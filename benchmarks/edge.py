@@ -9,8 +9,9 @@ Q4_K_M, llama-bench prefill and decode with 1 and 2 threads), predicts each from
 and after a few-shot fit on ≤ 10 of the measurements (written as a `servesim fewshot --shots` CSV
 and fitted by the command's own `edge_fit.fit_csv`), and prints one line per (size, quant,
 threads); `--out FILE` keeps the run for `--from`. The last line is one JSON object: per
-(size, quant, threads) measured and predicted decode and prefill tokens/s and their errors, `decode_median_ape`, `prefill_median_ape` (after
-few-shot, all rows), the held-out medians and the spec-only medians.
+(size, quant, threads) measured and predicted decode and prefill tokens/s and their errors,
+`decode_median_ape`, `prefill_median_ape` (after few-shot, all rows), the held-out medians and
+the spec-only medians.
 """
 
 from __future__ import annotations
