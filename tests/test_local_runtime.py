@@ -403,3 +403,14 @@ def test_the_example_shots_fit_this_cpu() -> None:
     assert len(shots) == 6 and {s.quant.name for s in shots} == {"f16", "q8_0", "q4_k_m"}
     fit = fit_csv(get_device("this_cpu"), REPO / "examples" / "edge_shots.csv")
     assert max(fit.fit_ape) < 0.15
+
+
+def test_weights_beyond_the_device_are_refused(capsys) -> None:
+    """Llama-3.1-70B in bf16 is 141 GB: refused on this CPU's 24 GB, and on a 24 GB GPU with only
+    attention offloaded (Lamina moves the KV, not the weights)."""
+    base = ["predict", "--model", "meta-llama/Meta-Llama-3.1-70B", "--decode-seqs", "1"]
+    code, _, err = run([*base, "--device", "this_cpu"], capsys)
+    assert code == 2 and "keeps 141.1 GB of weights on this_cpu" in err
+    argv = [*base, "--device", "rtx_4090", "--quant", "q4_k_m", "--offload-attention-to", "cpu"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "keeps 42.5 GB of weights on rtx_4090" in err

@@ -179,14 +179,15 @@ def local_memory(model: ModelSpec, device: Device, rt: LocalRuntime) -> MemoryLa
     if rt.gpu_layers is not None and rt.offload_mode == "ngl":
         kv_share = rt.gpu_layers / model.num_layers
     free = device.mem_bytes - weights - reserve
-    if rt.attention_device is not None:
-        free = rt.attention_device.mem_bytes * 0.9  # Lamina: the KV lives on the memory device
     if free <= 0:
         raise ServesimError(
             f"{model.name} in {rt.quant.name} keeps {weights / 1e9:.1f} GB of weights on "
             f"{device.name}, which holds {device.mem_bytes / 1e9:.0f} GB with "
-            f"{reserve / 1e9:.1f} GB reserved; offload more or use a smaller recipe."
+            f"{reserve / 1e9:.1f} GB reserved; use a smaller recipe, a larger device or (from a "
+            "GPU) offload more to the CPU."
         )
+    if rt.attention_device is not None:
+        free = rt.attention_device.mem_bytes * 0.9  # Lamina: the KV lives on the memory device
     tokens = int(free // (per_token * kv_share)) if kv_share > 0 else 1 << 40
     if rt.gpu_layers is not None and rt.offload_mode == "ngl" and rt.host is not None:
         host_free = (
