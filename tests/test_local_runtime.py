@@ -414,3 +414,23 @@ def test_weights_beyond_the_device_are_refused(capsys) -> None:
     argv = [*base, "--device", "rtx_4090", "--quant", "q4_k_m", "--offload-attention-to", "cpu"]
     code, _, err = run(argv, capsys)
     assert code == 2 and "keeps 42.5 GB of weights on rtx_4090" in err
+
+
+def test_local_flags_with_a_measured_engine_are_refused(tmp_path: Path, capsys) -> None:
+    """A measured CPU engine prices its own iterations: local-runtime flags would do nothing."""
+    from servesim.measure.measured_engine import measured_deployment, save_measured_engine
+    from servesim.predictor.profiled import IterationModel
+    from servesim.spec.engine_profile import get_engine
+
+    cfg = _config(tmp_path, 512, 8, "small.json")
+    it = IterationModel(1e-3, 1e-4, 1e-5, 1e-8, 1e-9)
+    dep = measured_deployment(
+        load_model(str(cfg)), get_device("this_cpu"), get_engine("vllm"), iteration=it
+    )
+    engine = save_measured_engine(dep, tmp_path / "engine.json", cfg)
+    argv = ["simulate", "--measured", str(engine), "--num-requests", "2", "--clients", "1"]
+    argv += ["--prompt", "fixed:16", "--output", "fixed:4", "--out", str(tmp_path / "o")]
+    code, _, err = run([*argv, "--quant", "q4_k_m"], capsys)
+    assert code == 2 and "--quant shapes a local runtime" in err
+    code, _, err = run(argv, capsys)  # without them it runs on its measured costs
+    assert code == 0, err

@@ -34,6 +34,16 @@ def _layers(v: Any) -> Any:
 GpuLayers = Annotated[int | Literal["auto"], BeforeValidator(_layers)]
 OFFLOAD_KEYS = ("gpu_layers", "offload_mode", "offload_target")
 EXPERT_KEYS = ("gpu_expert_cache", "expert_cache_policy", "expert_shift_every")
+ALL_KEYS = (
+    "quant",
+    "threads",
+    *OFFLOAD_KEYS,
+    "host_cpu",
+    "offload_link",
+    "offload_experts_to_cpu",
+    *EXPERT_KEYS,
+    "offload_attention_to",
+)
 
 
 class HybridSettings(Settings):
@@ -107,6 +117,10 @@ def apply_hybrid(dep: Any, s: HybridSettings) -> Any:
     from servesim.spec.links import get_link
     from servesim.spec.quant import get_quant
 
+    if dep.profiled is not None:  # a CPU engine measured here prices its own iterations
+        if (k := _used(s, ALL_KEYS)) is not None:
+            raise Misuse(f"{{{k}}} shapes a local runtime; a measured engine has its own costs.")
+        return dep
     edge_fit = getattr(s, "fit", None)
     fit = EdgeFit.load(edge_fit) if edge_fit and is_edge_fit(edge_fit) else None
     if fit is not None and fit.device != dep.device.name:
@@ -140,8 +154,6 @@ def apply_hybrid(dep: Any, s: HybridSettings) -> Any:
         return dep
     if s.given("threads") and dep.device.kind != "cpu" and not hybrid:
         raise Misuse(f"{{threads}} sets CPU threads; {dep.device.name} is not a CPU.")
-    if dep.profiled is not None:
-        raise Misuse("A profiled CPU engine prices its own iterations; drop the local flags.")
     quant = get_quant(s.quant) if s.quant else default_quant(dep.model)
     cat = catalog(getattr(s, "devices", None))
     host = None

@@ -196,7 +196,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = config.check_out_dir(s.out, s.spell("out"))
     slo = Slo(s.ttft_slo, s.tpot_slo)
     dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
-    dep = dep if s.measured else apply_hybrid(dep, s)
+    dep = apply_hybrid(dep, s)
     dep = cluster_flags.apply(dep, s, slo)
     flows = _workflow_workload(s, dep) if s.workflows else None
     if flows is not None and (s.workflow_model or any(flows.request_model)):
