@@ -2,14 +2,16 @@
 
     nice .venv/bin/python benchmarks/edge.py                   # the full run (~15 min idle)
     .venv/bin/python benchmarks/edge.py --quick                # tiny model, F16, 1 thread
-    .venv/bin/python benchmarks/edge.py --from runs/edge.json  # summarise a saved run
+    .venv/bin/python benchmarks/edge.py --from runs/edge.json  # re-predict a saved run
 
 Runs `validation/edge.py` (build llama.cpp, random-weight Llama checkpoints to GGUF F16, Q8_0,
 Q4_K_M, llama-bench prefill and decode with 1 and 2 threads), predicts each from the spec sheet
-and after a few-shot fit on ≤ 10 of the measurements, and prints one line per (size, quant,
-threads). The last line is one JSON object: per (size, quant, threads) measured and predicted
-decode and prefill tokens/s and their errors, `decode_median_ape`, `prefill_median_ape` (after
-few-shot, all rows), the held-out medians and the spec-only medians.
+and after a few-shot fit on ≤ 10 of the measurements (written as a `servesim fewshot --shots` CSV
+and fitted by the command's own `edge_fit.fit_csv`), and prints one line per (size, quant,
+threads); `--out FILE` keeps the run for `--from`. The last line is one JSON object: per
+(size, quant, threads) measured and predicted decode and prefill tokens/s and their errors,
+`decode_median_ape`, `prefill_median_ape` (after few-shot, all rows), the held-out medians and
+the spec-only medians.
 """
 
 from __future__ import annotations
@@ -60,9 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--from" in argv:
         i = argv.index("--from")
-        doc = json.loads(Path(argv[i + 1]).read_text())
+        doc = edge.refit(json.loads(Path(argv[i + 1]).read_text()))
     else:
-        doc = edge.run(edge.parse(argv))
+        args = edge.parse(argv)
+        doc = edge.run(args)
+        if args.out:  # the measurements, for `--from` later
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(doc, indent=1))
     for r in doc["rows"]:
         print(
             f"{r['size']:>6} {r['quant']:>6} t={r['threads']}: decode {r['measured_decode']:8.1f} "

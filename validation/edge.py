@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import engines  # noqa: E402
 
 from servesim.predictor.device_step import Step, decode, prefill  # noqa: E402
-from servesim.predictor.edge_fit import Shot, ape, fit_efficiency  # noqa: E402
+from servesim.predictor.edge_fit import Shot, ape, fit_csv, write_shots_csv  # noqa: E402
 from servesim.spec.devices import Device, get_device  # noqa: E402
 from servesim.spec.model import ModelSpec, load_model  # noqa: E402
 from servesim.spec.quant import get_quant  # noqa: E402
@@ -205,8 +205,38 @@ def fewshot_rows(rows: list[Row]) -> list[tuple[Row, str]]:
     return pick[:10]
 
 
-def predict(rows: list[Row], specs: dict[str, ModelSpec], device: Device, n_prompt: int) -> dict:
-    """Fill the spec-only and few-shot predictions into `rows`; return the fitted efficiency."""
+def shot_rows(picks: list[tuple[Row, str]], config_paths: dict[str, str], n_prompt: int) -> list:
+    """The few-shot measurements as `servesim fewshot --shots` CSV rows."""
+    out = []
+    for r, kind in picks:
+        decode_row = kind == "decode"
+        out.append(
+            {
+                "model": config_paths[r.size],
+                "quant": r.quant,
+                "threads": r.threads,
+                "phase": kind,
+                "tokens": 1 if decode_row else n_prompt,
+                "context": BENCH_DECODE_CONTEXT if decode_row else 0,
+                "tokens_per_s": r.measured_decode if decode_row else r.measured_prefill,
+            }
+        )
+    return out
+
+
+def predict(
+    rows: list[Row],
+    specs: dict[str, ModelSpec],
+    device: Device,
+    n_prompt: int,
+    config_paths: dict[str, str],
+    shots_csv: Path,
+) -> dict:
+    """Fill the spec-only and few-shot predictions into `rows`; return the fitted efficiency.
+
+    The few-shot measurements are written to `shots_csv` and fitted by `edge_fit.fit_csv`, the
+    code path of `servesim fewshot --shots` (the same file given to the command gives the same
+    fit)."""
     dec, pre = _steps(n_prompt)
     for r in rows:
         q = get_quant(r.quant)
@@ -214,17 +244,9 @@ def predict(rows: list[Row], specs: dict[str, ModelSpec], device: Device, n_prom
         r.spec_decode = Shot(m, q, dec, r.threads, 1).predicted_tokens_per_s(device)
         r.spec_prefill = Shot(m, q, pre, r.threads, 1).predicted_tokens_per_s(device)
     picks = fewshot_rows(rows)
-    shots = [
-        Shot(
-            specs[r.size],
-            get_quant(r.quant),
-            dec if kind == "decode" else pre,
-            r.threads,
-            r.measured_decode if kind == "decode" else r.measured_prefill,
-        )
-        for r, kind in picks
-    ]
-    eff = fit_efficiency(device, shots)
+    shots_csv.parent.mkdir(parents=True, exist_ok=True)
+    write_shots_csv(shot_rows(picks, config_paths, n_prompt), shots_csv)
+    eff = fit_csv(device, shots_csv).efficiency
     for r, kind in picks:
         r.in_fewshot = "both" if r.in_fewshot and r.in_fewshot != kind else kind
     for r in rows:
@@ -232,7 +254,14 @@ def predict(rows: list[Row], specs: dict[str, ModelSpec], device: Device, n_prom
         m = specs[r.size]
         r.fewshot_decode = Shot(m, q, dec, r.threads, 1).predicted_tokens_per_s(device, eff)
         r.fewshot_prefill = Shot(m, q, pre, r.threads, 1).predicted_tokens_per_s(device, eff)
-    return {"memory": eff.memory, "op_s": eff.op_s, "step_s": eff.step_s, **eff.compute}
+    return {
+        "memory": eff.memory,
+        "op_s": eff.op_s,
+        "step_s": eff.step_s,
+        "compute": eff.compute,
+        "gemv": eff.gemv,
+        "shots_csv": str(shots_csv),
+    }
 
 
 def summary(rows: list[Row]) -> dict:
@@ -280,7 +309,8 @@ def run(args: argparse.Namespace, say=print) -> dict:
         say,
     )
     device = get_device(args.device)
-    eff = predict(rows, specs, device, args.n_prompt)
+    paths = {size: str(workdir / size / "config.json") for size in specs}
+    eff = predict(rows, specs, device, args.n_prompt, paths, workdir / "fewshot_shots.csv")
     doc = {
         "device": device.name,
         "llama_cpp": engines.LLAMA_CPP_VERSION,
@@ -291,6 +321,25 @@ def run(args: argparse.Namespace, say=print) -> dict:
         **summary(rows),
     }
     return doc
+
+
+def refit(doc: dict, workdir: Path | None = None) -> dict:
+    """A saved run's measurements predicted again with the current code (spec-only and few-shot
+    through `servesim fewshot`'s path), without measuring again."""
+    wd = Path(workdir or engines.BUILD_DIR / "edge_models")
+    keep = {f.name for f in Row.__dataclass_fields__.values()} - {
+        "spec_decode",
+        "spec_prefill",
+        "fewshot_decode",
+        "fewshot_prefill",
+        "in_fewshot",
+    }
+    rows = [Row(**{k: v for k, v in r.items() if k in keep}) for r in doc["rows"]]
+    specs = {r.size: load_model(str(wd / r.size / "config.json")) for r in rows}
+    device = get_device(doc["device"])
+    paths = {size: str(wd / size / "config.json") for size in specs}
+    eff = predict(rows, specs, device, doc["n_prompt"], paths, wd / "fewshot_shots.csv")
+    return {**doc, "fitted_efficiency": eff, **summary(rows)}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

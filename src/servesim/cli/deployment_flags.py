@@ -232,6 +232,7 @@ def add_latency_model_arg(g: Any) -> None:
 
 def build_deployment(s: DeploymentSettings) -> Any:
     """A Deployment from validated settings (the model's own limits checked here)."""
+    from servesim.predictor.edge_fit import is_edge_fit
     from servesim.predictor.fewshot_transfer import load_fit
     from servesim.sim.deployment import Deployment
     from servesim.spec.model import load_model
@@ -243,7 +244,8 @@ def build_deployment(s: DeploymentSettings) -> Any:
         model = model.with_dtypes(weight=s.weight_dtype, kv=s.kv_dtype)
     par = Parallel(tp=s.tp, pp=s.pp, ep=s.ep, dp=s.dp)
     model.check_parallel(par)
-    fit = load_fit(s.fit) if s.fit else None
+    # A local-device fit (`servesim fewshot --shots`) is the local runtime's: cli.hybrid_flags.
+    fit = load_fit(s.fit) if s.fit and not is_edge_fit(s.fit) else None
     return Deployment(
         model=model,
         device=device,

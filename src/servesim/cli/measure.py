@@ -113,12 +113,25 @@ class ProfileSettings(Settings):
 class FewshotSettings(Settings):
     """Everything `servesim fewshot` reads."""
 
-    tables: NonEmpty
+    tables: NonEmpty | None = None
+    shots: NonEmpty | None = None  # local-device tokens/s CSV (`cli.edge_fewshot`)
     device: NonEmpty
     devices: NonEmpty | None = None
     k: NonNegInt = 10
     seed: NonNegInt = 0
     out: NonEmpty
+    json_output: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FewshotSettings:
+        if self.given("tables") == self.given("shots"):
+            raise Misuse(
+                "Give exactly one of {tables} DIR (kernel tables, k drawn at random) or {shots} "
+                "CSV (at most 10 measured tokens/s of a local device)."
+            )
+        if self.given("shots") and (self.given("k") or self.given("seed")):
+            raise Misuse("{k} and {seed} draw from {tables}; with {shots} every row is used.")
+        return self
 
 
 def add_parsers(sub: Any) -> None:
@@ -175,12 +188,24 @@ def add_parsers(sub: Any) -> None:
 
     f = sub.add_parser("fewshot", help="fit an unseen device from a few measurements")
     f.add_argument("--config", help="YAML/JSON file with any of these settings")
-    f.add_argument("--tables", help="folder of aiconfigurator-format CSVs (required)")
+    f.add_argument("--tables", help="folder of aiconfigurator-format CSVs (GPU kernels)")
+    f.add_argument(
+        "--shots",
+        help="CSV of <= 10 measured tokens/s of a local device (model, quant, threads, phase, "
+        "tokens, context, tokens_per_s or seconds; see examples/edge_shots.csv)",
+    )
     f.add_argument("--device", help="the device they were measured on (required)")
     f.add_argument("--devices", help="extra device catalog YAML")
     f.add_argument("--k", type=int, help="measurements to use, drawn at random (default 10)")
     f.add_argument("--seed", type=int, help="which measurements (default 0)")
-    f.add_argument("--out", help="fit JSON to write (required)")
+    f.add_argument("--out", help="fit JSON to write (required; use it with --fit)")
+    f.add_argument(
+        "--json",
+        dest="json_output",
+        action="store_true",
+        default=None,
+        help="print the fit as JSON",
+    )
 
 
 # ---- bench ----------------------------------------------------------------------------------
@@ -339,8 +364,13 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     from servesim.spec.devices import catalog
 
     s = config.settings(FewshotSettings, args)
-    out = config.check_out_file(s.out, s.spell("out"), ours=is_fit_file)
     device = catalog(s.devices).get(s.device)
+    if s.shots is not None:
+        from servesim.cli.edge_fewshot import run_edge_fewshot
+
+        return run_edge_fewshot(s, device)
+    out = config.check_out_file(s.out, s.spell("out"), ours=is_fit_file)
+    assert s.tables is not None
     with config.utf8_tables(s.spell("tables"), s.tables):
         pool = fewshot.measurements(s.tables)
     shots = fewshot.sample(pool, s.k, s.seed)

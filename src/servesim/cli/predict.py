@@ -22,6 +22,7 @@ from servesim.cli.deployment_flags import (
     parse_chunk,
 )
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.hybrid_flags import HybridSettings, add_hybrid_args, apply_hybrid
 from servesim.cli.moe_flags import MoeSettings, add_moe_args, apply_moe
 from servesim.cli.multimodal_flags import ImageSizeSettings, add_multimodal_args, encoder_line
 from servesim.cli.output import console
@@ -34,7 +35,7 @@ from servesim.errors import ServesimError
 
 
 class PredictSettings(
-    DeploymentSettings, DepthSettings, MoeSettings, AFSettings, ImageSizeSettings
+    DeploymentSettings, DepthSettings, MoeSettings, AFSettings, ImageSizeSettings, HybridSettings
 ):
     """Everything `servesim predict` reads: a deployment and one batch."""
 
@@ -77,6 +78,7 @@ def add_predict_parser(sub: Any) -> None:
     add_moe_args(pred)
     add_af_args(pred)
     add_multimodal_args(pred, "predict")
+    add_hybrid_args(pred)
     pred.add_argument(
         "--json",
         dest="json_output",
@@ -91,7 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from servesim.predictor.iteration import BatchShape
 
     s = config.settings(PredictSettings, args)
-    dep = apply_af(apply_moe(apply_depth(build_deployment(s), s), s), s)
+    dep = apply_hybrid(apply_af(apply_moe(apply_depth(build_deployment(s), s), s), s), s)
     chunks = tuple(parse_chunk(c) for c in s.prefill)
     batch = BatchShape(s.decode_seqs, s.decode_seqs * s.context, chunks)
     dep.check_batch(batch, s.spell, require_fit=False)

@@ -17,6 +17,7 @@ from servesim.cli.app_flags import AppSettings, add_app_args, run_app
 from servesim.cli.cluster_flags import MechanismSettings
 from servesim.cli.deployment_flags import DeploymentSettings, add_deployment_args, build_deployment
 from servesim.cli.depth_flags import DepthSettings, add_depth_args, apply_depth
+from servesim.cli.hybrid_flags import HybridSettings, add_hybrid_args, apply_hybrid
 from servesim.cli.moe_flags import MoeSettings, add_moe_args
 from servesim.cli.multimodal_flags import (
     MultimodalSettings,
@@ -64,6 +65,7 @@ class SimulateSettings(
     AppSettings,
     AFSettings,
     MultimodalSettings,
+    HybridSettings,
 ):
     """Everything `servesim simulate` reads."""
 
@@ -158,6 +160,7 @@ def add_simulate_parser(sub: Any) -> None:
     add_moe_args(sim)
     add_af_args(sim)
     add_multimodal_args(sim)
+    add_hybrid_args(sim)
     add_app_args(sim)
     wf = sim.add_argument_group("workflows (agent and pipeline applications)")
     wf.add_argument(
@@ -203,6 +206,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out = config.check_out_dir(s.out, s.spell("out"))
     slo = Slo(s.ttft_slo, s.tpot_slo)
     dep = build_measured(s) if s.measured else apply_depth(build_deployment(s), s)
+    dep = apply_hybrid(dep, s)
     dep = apply_af(cluster_flags.apply(dep, s, slo), s)
     flows = _workflow_workload(s, dep) if s.workflows else None
     if flows is not None and (s.workflow_model or any(flows.request_model)):

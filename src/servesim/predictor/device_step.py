@@ -12,6 +12,7 @@ device from a few measurements.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from servesim.errors import ServesimError
@@ -139,6 +140,21 @@ def prefill(tokens: int) -> Step:
     return Step(tokens, 1, 0)
 
 
+def batch_step(decode_seqs: int, decode_context: int, chunks: Iterable[tuple[int, int]]) -> Step:
+    """A serving iteration (decode sequences attending to `decode_context` tokens in total,
+    prefill chunks of (new, cached) tokens) as one Step: its tokens, sequences and mean context.
+    Exact for decode-only steps and for one prefill chunk; a mixed batch's attention pairs are
+    priced at the mean context (weights, KV bytes and the head are exact)."""
+    tokens, seqs, context = decode_seqs, decode_seqs, decode_context
+    for new, cached in chunks:
+        tokens += new
+        seqs += 1
+        context += cached
+    if tokens < 1:
+        raise ServesimError("An iteration needs at least one token.")
+    return Step(tokens, seqs, round(context / seqs))
+
+
 def check_supported(model: ModelSpec) -> None:
     """Refuse the shapes this cost model does not price (it knows GQA attention with dense or
     routed-expert MLPs), rather than return a wrong number."""
@@ -167,9 +183,12 @@ def _matrices(model: ModelSpec, layer: int = 0) -> dict[str, int]:
     return out
 
 
-def layer_work(model: ModelSpec, quant: Quant, layer: int, step: Step) -> Work:
+def layer_work(
+    model: ModelSpec, quant: Quant, layer: int, step: Step, experts: bool = True
+) -> Work:
     """FLOPs, bytes and operators of decoder layer `layer` for one step (MoE experts priced by
-    the expected number of distinct experts the step's tokens hit)."""
+    the expected number of distinct experts the step's tokens hit; left out with `experts`
+    False, when they run elsewhere)."""
     check_supported(model)
     flops: dict[str, float] = {}
     wbytes = 0.0
@@ -178,7 +197,7 @@ def layer_work(model: ModelSpec, quant: Quant, layer: int, step: Step) -> Work:
         fmt = _fmt_of(quant, part, layer, model.num_layers)
         flops[fmt] = flops.get(fmt, 0.0) + 2.0 * params * step.tokens
         wbytes += params * bpw
-    if _is_moe_layer(model, layer):
+    if experts and _is_moe_layer(model, layer):
         k, n = model.experts_per_token, model.num_experts
         hit = expected_experts_hit(float(step.tokens), n, k)
         ep = model.expert_params()
@@ -222,11 +241,13 @@ def head_work(model: ModelSpec, quant: Quant, step: Step) -> Work:
     )
 
 
-def layers_work(model: ModelSpec, quant: Quant, layers: range, step: Step) -> Work:
-    """Work of a contiguous run of decoder layers."""
+def layers_work(
+    model: ModelSpec, quant: Quant, layers: range, step: Step, experts: bool = True
+) -> Work:
+    """Work of a contiguous run of decoder layers (routed experts left out unless `experts`)."""
     total = ZERO
     for i in layers:
-        total = total + layer_work(model, quant, i, step)
+        total = total + layer_work(model, quant, i, step, experts)
     return total
 
 

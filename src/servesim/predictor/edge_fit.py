@@ -12,8 +12,10 @@ costs), and a one-row GEMV pays the unpacking once per weight per token.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -128,3 +130,186 @@ def fit_efficiency(
 def ape(predicted: float, measured: float) -> float:
     """Absolute percentage error of a prediction against a measurement."""
     return abs(predicted - measured) / measured
+
+
+# ---- measurements in, fit file out (`servesim fewshot --shots`, `validation/edge.py`) -------
+# One row per measurement. `phase` decode: `tokens` sequences decoding one token each (default
+# 1) at `context` tokens each; prefill: one prompt of `tokens` tokens after `context` cached
+# ones. The speed as `tokens_per_s` or as the forward pass's `seconds`. `model`: a bundled name
+# or a config.json path (relative to the CSV's folder); `threads` 0 or blank: every core.
+SHOT_CSV_COLUMNS = ("model", "quant", "threads", "phase", "tokens", "context", "tokens_per_s")
+OPTIONAL_COLUMNS = ("threads", "tokens", "context", "tokens_per_s", "seconds")
+FIT_KIND = "servesim local-device efficiency fit"
+
+
+def _model(name: str, folder: Path) -> ModelSpec:
+    from servesim.spec.model import load_model
+
+    local = folder / name
+    return load_model(str(local) if name.endswith(".json") and local.is_file() else name)
+
+
+def _whole(cell: str, col: str, where: str, default: int, least: int) -> int:
+    if not cell:
+        return default
+    try:
+        v = float(cell)
+    except ValueError:
+        raise ServesimError(f"{where}: {col} must be a whole number, got {cell!r}.") from None
+    if v != int(v) or v < least:
+        raise ServesimError(f"{where}: {col} must be a whole number >= {least}, got {cell!r}.")
+    return int(v)
+
+
+def read_shots(path: str | Path) -> list[Shot]:
+    """Measured tokens/s of a local device from a CSV (`SHOT_CSV_COLUMNS`; see above), at most
+    `MAX_SHOTS` rows; a bad file raises one sentence naming the line and column."""
+    from servesim.predictor.calibrate import TEXT, read_csv
+    from servesim.spec.quant import get_quant
+
+    p = Path(path)
+    if not p.is_file():
+        raise ServesimError(f"Measurements file {str(p)!r} does not exist; check the path.")
+    table = read_csv(
+        p,
+        {"model": TEXT, "quant": TEXT, "phase": TEXT},
+        {c: (TEXT, "") for c in OPTIONAL_COLUMNS},
+    )
+    n = len(table["model"])
+    if not n:
+        raise ServesimError(f"{p} has a header but no measurements; add one row per measurement.")
+    if n > MAX_SHOTS:
+        raise ServesimError(
+            f"{p} has {n} measurements; few-shot fitting takes at most {MAX_SHOTS}."
+        )
+    shots: list[Shot] = []
+    for i in range(n):
+        where = f"{p} line {i + 2}"
+
+        def cell(col: str, i: int = i) -> str:
+            return str(table[col][i]).strip()
+
+        phase = cell("phase").lower()
+        if phase not in ("decode", "prefill"):
+            raise ServesimError(f"{where}: phase must be decode or prefill, got {cell('phase')!r}.")
+        try:
+            model = _model(cell("model"), p.parent)
+            quant = get_quant(cell("quant"))
+        except ServesimError as exc:
+            raise ServesimError(f"{where}: {exc}") from None
+        threads = _whole(cell("threads"), "threads", where, 0, 0)
+        context = _whole(cell("context"), "context", where, 0, 0)
+        if phase == "decode":
+            seqs = _whole(cell("tokens"), "tokens", where, 1, 1)
+            step = Step(seqs, seqs, context)
+        else:
+            if not cell("tokens"):
+                raise ServesimError(f"{where}: a prefill row needs its prompt length in tokens.")
+            step = Step(_whole(cell("tokens"), "tokens", where, 1, 1), 1, context)
+        speed, secs = cell("tokens_per_s"), cell("seconds")
+        if bool(speed) == bool(secs):
+            raise ServesimError(f"{where}: give exactly one of tokens_per_s and seconds.")
+        try:
+            value = float(speed or secs)
+        except ValueError:
+            raise ServesimError(f"{where}: {speed or secs!r} is not a number.") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise ServesimError(f"{where}: the measured speed must be a number > 0.")
+        tps = value if speed else step.tokens / value
+        shots.append(Shot(model, quant, step, threads, tps))
+    return shots
+
+
+@dataclass(frozen=True)
+class EdgeFit:
+    """A device's fitted efficiencies, the measurements behind them and how well they fit."""
+
+    device: str
+    efficiency: Efficiency
+    shots: int
+    fit_ape: tuple[float, ...]  # each measurement's error under the fit
+
+    def as_dict(self) -> dict:
+        """Plain fields for JSON (the fit file's body)."""
+        e = self.efficiency
+        return {
+            "kind": FIT_KIND,
+            "device": self.device,
+            "shots": self.shots,
+            "fit_ape": list(self.fit_ape),
+            "efficiency": {
+                "compute": e.compute,
+                "gemv": e.gemv,
+                "memory": e.memory,
+                "op_s": e.op_s,
+                "step_s": e.step_s,
+            },
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the fit as JSON."""
+        Path(path).write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> EdgeFit:
+        """Read a fit `servesim fewshot --shots` wrote."""
+        doc = _read_json(Path(path))
+        if doc is None or doc.get("kind") != FIT_KIND:
+            raise ServesimError(
+                f"{str(path)!r} is not a local-device fit; write one with servesim fewshot --shots."
+            )
+        try:
+            e = doc["efficiency"]
+            eff = Efficiency(
+                {str(k): float(v) for k, v in e["compute"].items()},
+                memory=float(e["memory"]),
+                op_s=float(e["op_s"]),
+                step_s=float(e["step_s"]),
+                gemv={str(k): float(v) for k, v in e["gemv"].items()},
+            )
+            return cls(
+                str(doc["device"]), eff, int(doc["shots"]), tuple(map(float, doc["fit_ape"]))
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ServesimError(
+                f"Local-device fit {str(path)!r} is damaged; write it again with servesim fewshot."
+            ) from None
+
+
+def _read_json(p: Path) -> dict | None:
+    try:
+        if not p.is_file() or p.stat().st_size > 1 << 20:
+            return None
+        doc = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_edge_fit(path: str | Path) -> bool:
+    """Whether `path` holds a local-device fit (rather than a kernel fit)."""
+    doc = _read_json(Path(path))
+    return doc is not None and doc.get("kind") == FIT_KIND
+
+
+def fit_shots(device: Device, shots: list[Shot]) -> EdgeFit:
+    """Fit `device` on `shots` and record each measurement's error under the fit."""
+    eff = fit_efficiency(device, shots)
+    errs = tuple(ape(s.predicted_tokens_per_s(device, eff), s.tokens_per_s) for s in shots)
+    return EdgeFit(device.name, eff, len(shots), errs)
+
+
+def fit_csv(device: Device, path: str | Path) -> EdgeFit:
+    """`servesim fewshot --shots`: fit `device` on the measurements in a CSV."""
+    return fit_shots(device, read_shots(path))
+
+
+def write_shots_csv(rows: list[dict], path: str | Path) -> None:
+    """Write measurements (dicts keyed by `SHOT_CSV_COLUMNS`) as a CSV `read_shots` reads."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(SHOT_CSV_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in SHOT_CSV_COLUMNS})

@@ -492,9 +492,15 @@ def from_dict(doc: dict[str, Any], model: TransferModel, origin: str) -> Adapted
 def load_fit(path: str | Path) -> Any:
     """A kernel fit file (`KernelFit.load`); one written by `servesim calibrate --shots` comes
     back with its adaptation on top of the bundled transfer model."""
+    from servesim.predictor.edge_fit import is_edge_fit
     from servesim.predictor.roofline import KernelFit
     from servesim.predictor.transfer_model import bundled
 
+    if is_edge_fit(path):
+        raise ServesimError(
+            f"{str(path)!r} is a local-device fit (servesim fewshot --shots), not a kernel fit; "
+            "give it to servesim predict or simulate --fit for that device."
+        )
     fit = KernelFit.load(path, adapted=True)
     if not fit.adaptation:
         return fit

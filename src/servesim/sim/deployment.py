@@ -14,6 +14,8 @@ from servesim.predictor.adaptive_depth import SkippingPredictor
 from servesim.predictor.af_disagg import AFDisagg, AFDisaggPredictor, af_memory_layout
 from servesim.predictor.coserving import CoServingPredictor
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, BatchShape, Predictor
+from servesim.predictor.local_predictor import LocalPredictor
+from servesim.predictor.local_runtime import LocalRuntime, default_quant, local_memory
 from servesim.predictor.lora import LoraPredictor
 from servesim.predictor.nanoflow import NanoFlowPredictor
 from servesim.predictor.profiled import ProfiledTiming
@@ -76,6 +78,9 @@ class Deployment:
     # The vision encoder a multimodal model runs in the engine, in the iteration that
     # prefills an image (`sim.multimodal`); None for text-only serving.
     vision: VisionEncoder | None = None
+    # A local runtime (llama.cpp-style recipe, threads, CPU–GPU hybrid): priced by the
+    # local-device cost model. CPU and edge devices get a default one (`runtime`).
+    local: LocalRuntime | None = None
 
     def __post_init__(self) -> None:
         if self.speculative is not None:
@@ -118,8 +123,21 @@ class Deployment:
             raise ServesimError("max_num_seqs and max_num_batched_tokens must be ≥ 1.")
         return seqs, tokens, chunked
 
+    def runtime(self) -> LocalRuntime | None:
+        """The local runtime that prices this deployment: the one given, or for a CPU or edge
+        device (not profiled here) the checkpoint's own format on every core; None on a
+        datacenter path."""
+        if self.local is not None:
+            return self.local
+        if self.profiled is None and self.device.kind in ("cpu", "edge"):
+            return LocalRuntime(default_quant(self.model))
+        return None
+
     def memory(self) -> MemoryLayout:
         """Per-device memory layout (raises if the model does not fit)."""
+        rt = self.runtime()
+        if rt is not None:
+            return local_memory(self.model, self.device, rt)
         seqs, tokens, _ = self.batching()
         if self.af is not None:  # the attention pool's memory; the experts checked to fit
             e = self.engine
@@ -163,6 +181,9 @@ class Deployment:
                     "here; drop them or the profiled engine."
                 )
             return self.profiled.predictor(self.model, self.device, self.engine, self.fit)
+        rt = self.runtime()
+        if rt is not None:
+            return self._local_predictor(rt)
         key = (
             self.model,
             repr(self.device),
@@ -224,6 +245,32 @@ class Deployment:
             _PREDICTORS[key] = pred
         return pred
 
+    def _local_predictor(self, rt: LocalRuntime) -> Predictor:
+        """The local-device predictor (shared by equal deployments, as `predictor`)."""
+        if (
+            self.speculative is not None
+            or self.layer_skipping is not None
+            or self.finetune is not None
+            or self.nanoflow
+            or self.lora is not None
+            or self.af is not None
+            or self.vision is not None
+            or self.parallel.num_devices > 1
+        ):
+            raise ServesimError(
+                f"{self.device.name} runs the local-device cost model, which prices one device "
+                "without speculative decoding, layer skipping, fine-tuning, LoRA, NanoFlow, "
+                "attention-FFN disaggregation or a vision encoder; drop those (and "
+                "--tp/--pp/--ep/--dp)."
+            )
+        key = ("local", self.model, repr(self.device), self.engine, repr(rt))
+        pred = _PREDICTORS.get(key)
+        if pred is None:
+            if len(_PREDICTORS) >= 64:
+                _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            pred = _PREDICTORS[key] = LocalPredictor(self.model, self.device, self.engine, rt)
+        return pred
+
     def label(self) -> str:
         """Short description such as `2x h100_sxm tp4 vllm`."""
         text = f"{self.replicas}x {self.device.name} {self.parallel.label()} {self.engine.name}"
@@ -249,6 +296,8 @@ class Deployment:
             text += f" {self.speculative.label()}"
         if self.af is not None:
             text += f" {self.af.label(self.parallel.num_devices)}"
+        if self.local is not None:
+            text += f" {self.local.label()}"
         return text
 
     def check_batch(

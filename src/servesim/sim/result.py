@@ -130,7 +130,7 @@ def latency_provenance(dep: Any) -> dict[str, Any]:
         pred = pool.predictor()
         if not hasattr(pred, "provenance_counts"):
             continue
-        models.append(pool.latency_model)
+        models.append(getattr(pred, "latency_model", pool.latency_model))
         for k, v in pred.provenance_counts().items():
             counts[k] = counts.get(k, 0) + v
     if not models:
