@@ -406,13 +406,18 @@ def test_the_example_shots_fit_this_cpu() -> None:
 
 
 def test_weights_beyond_the_device_are_refused(capsys) -> None:
-    """Llama-3.1-70B in bf16 is 141 GB: refused on this CPU's 24 GB, and on a 24 GB GPU with only
-    attention offloaded (Lamina moves the KV, not the weights)."""
-    base = ["predict", "--model", "meta-llama/Meta-Llama-3.1-70B", "--decode-seqs", "1"]
-    code, _, err = run([*base, "--device", "this_cpu"], capsys)
+    """Llama-3.1-70B in bf16 is 141 GB: it does not fit this CPU's 24 GB, nor a 24 GB GPU with
+    only attention offloaded (Lamina moves the KV, not the weights). `predict` prices the step
+    and says it does not fit; `simulate` refuses to run it."""
+    base = ["--model", "meta-llama/Meta-Llama-3.1-70B"]
+    code, out, _ = run(["predict", *base, "--decode-seqs", "1", "--device", "this_cpu"], capsys)
+    out = " ".join(out.split())  # the terminal wraps lines
+    assert code == 0 and "does not fit:" in out and "141.1 GB of weights on this_cpu" in out
+    sim = ["simulate", *base, "--clients", "1", "--prompt", "16", "--output", "4"]
+    code, _, err = run([*sim, "--device", "this_cpu"], capsys)
     assert code == 2 and "keeps 141.1 GB of weights on this_cpu" in err
-    argv = [*base, "--device", "rtx_4090", "--quant", "q4_k_m", "--offload-attention-to", "cpu"]
-    code, _, err = run(argv, capsys)
+    gpu = ["--device", "rtx_4090", "--quant", "q4_k_m", "--offload-attention-to", "cpu"]
+    code, _, err = run([*sim, *gpu], capsys)
     assert code == 2 and "keeps 42.5 GB of weights on rtx_4090" in err
 
 
