@@ -53,6 +53,44 @@ def test_fewshot_recovers_efficiencies_from_ten_measurements() -> None:
         fit_efficiency(here, shots)
 
 
+def test_thread_barrier_is_paid_per_operator_and_extra_thread_and_fitted() -> None:
+    """ggml ends every operator with a barrier across threads: one thread pays none, two pay
+    `barrier_s` per operator. A fit whose shots include two-thread decodes recovers it, and
+    two-thread decodes of other sizes then come out right (the thread scaling that a
+    bandwidth share alone cannot give: small models gain little from a second thread)."""
+    here = get_device("this_cpu")
+    m = llama_like(3e7, 4)
+    base = ds.Efficiency({"*": 0.3}, memory=0.5, op_s=2e-6, step_s=1e-4)
+    with_bar = ds.Efficiency({"*": 0.3}, memory=0.5, op_s=2e-6, step_s=1e-4, barrier_s=8e-6)
+    work = ds.model_work(m, get_quant("f16"), ds.decode(1, 32))
+    one = ds.time_work(work, here, get_quant("f16"), with_bar, threads=1)
+    assert one.fixed_s == pytest.approx(work.ops * 2e-6 + 1e-4)
+    two = ds.time_work(work, here, get_quant("f16"), with_bar, threads=2)
+    assert two.fixed_s == pytest.approx(work.ops * (2e-6 + 8e-6) + 1e-4)
+    assert ds.time_work(work, here, get_quant("f16"), base, threads=2).fixed_s == pytest.approx(
+        work.ops * 2e-6 + 1e-4
+    )
+    shots = []
+    for params, layers in ((3e7, 4), (1e8, 8), (3e8, 16)):
+        mm = llama_like(params, layers)
+        for threads in (1, 2):
+            s = Shot(mm, get_quant("f16"), ds.decode(1, 32), threads, 1.0)
+            tps = s.predicted_tokens_per_s(here, with_bar)
+            shots.append(Shot(mm, s.quant, s.step, threads, tps))
+    fit = fit_efficiency(here, shots[:2] + shots[4:])  # the middle size held out
+    held = shots[3]  # the middle size on two threads
+    err = ape(held.predicted_tokens_per_s(here, fit), held.tokens_per_s)
+    no_bar = fit_efficiency(here, [s for s in shots[:2] + shots[4:] if s.threads == 1])
+    err_1t = ape(held.predicted_tokens_per_s(here, no_bar), held.tokens_per_s)
+    # The prior (1 µs) shrinks the fitted barrier (2.2 µs against 8 here, from two two-thread
+    # shots), yet the held-out two-thread decode's error halves (12.8 % against 25.8 %).
+    assert fit.barrier_s > 1.5e-6 and err < 0.15 and err < err_1t / 1.5, (
+        fit.barrier_s,
+        err,
+        err_1t,
+    )
+
+
 @pytest.mark.engine
 def test_quick_llama_cpp_run_on_this_cpu() -> None:
     sys.path.insert(0, str(REPO / "validation"))

@@ -49,7 +49,8 @@ def run_edge_fewshot(s: Any, device: Any) -> int:
     console.print(
         f"wrote {out}: {device.name} fitted on {fit.shots} measurements (median error "
         f"{_median(fit.fit_ape):.1%}); memory share {e.memory:.2f}, {e.op_s * 1e6:.2f} µs per "
-        f"operator, {e.step_s * 1e3:.3f} ms per pass; GEMM shares {shares}; one-row shares "
+        f"operator (+{e.barrier_s * 1e6:.2f} µs per extra thread), {e.step_s * 1e3:.3f} ms per "
+        f"pass; GEMM shares {shares}; one-row shares "
         f"{gemv}. Use it with: servesim predict --device {device.name} --fit {out} ..."
     )
     return 0

@@ -45,7 +45,10 @@ class Efficiency:
     activation row (decode of one sequence), when it differs: a CPU's quantised dot products
     unpack every weight block for every row (ggml-cpu `ggml_vec_dot_*`), so that cost is
     amortised only across rows (`share`). `memory` is the share of the streamable DRAM
-    bandwidth; `op_s` the fixed seconds per graph operator; `step_s` per forward pass.
+    bandwidth; `op_s` the fixed seconds per graph operator; `step_s` per forward pass;
+    `barrier_s` per operator and per CPU thread beyond the first (ggml-cpu ends every operator
+    with `ggml_barrier`, where each thread waits for the slowest: a cost one thread never pays
+    and that grows with the threads, large against a small model's short operators).
     """
 
     compute: dict[str, float] = field(default_factory=lambda: {"*": 0.5})
@@ -53,6 +56,7 @@ class Efficiency:
     op_s: float = 1e-6
     step_s: float = 1e-4
     gemv: dict[str, float] = field(default_factory=dict)
+    barrier_s: float = 0.0
 
     def compute_share(self, fmt: str) -> float:
         """Share of peak reached by many-row GEMMs whose weights are in block format `fmt`."""
@@ -74,7 +78,8 @@ def default_efficiency(device: Device) -> Efficiency:
     CPU (llama.cpp ggml-cpu): GEMMs at ~half of the vector peak (dequantisation and packing cost
     about as much as the FMAs; llamafile tinyBLAS reports 40-60 % of peak), 80 % of stream
     bandwidth in decode, ~1 µs per operator for the thread barrier (ggml_barrier spins on an
-    atomic; about a cache-line round trip per thread). GPUs: 60 % of tensor peak, 80 % of DRAM
+    atomic; about a cache-line round trip per thread), not split by thread count (`barrier_s`
+    0: a few-shot fit learns it). GPUs: 60 % of tensor peak, 80 % of DRAM
     bandwidth (what GEMV kernels reach on GDDR6X/LPDDR5), ~4 µs per kernel launch when the
     graph is not captured (CUDA launch overhead, NVIDIA CUDA C best practices guide), 6 µs on
     Jetson and Apple (slower host cores and Metal encoding; estimate).
@@ -327,7 +332,11 @@ def time_work(
     compute_s += work.attn_flops / (attn_peak * e.compute_share("*"))
     bw = device.stream_bw(threads if device.kind == "cpu" else 0)
     memory_s = (work.weight_bytes + work.other_bytes) / (bw * e.memory)
-    fixed_s = work.ops * e.op_s + (e.step_s if step_overhead else 0.0)
+    per_op = e.op_s
+    if device.kind == "cpu":
+        used = min(threads, cores) if threads > 0 else cores
+        per_op += e.barrier_s * max(used - 1, 0)
+    fixed_s = work.ops * per_op + (e.step_s if step_overhead else 0.0)
     seconds = max(compute_s, memory_s) + fixed_s
     busy = 0.0 if seconds <= 0 else min(1.0, (compute_s + 0.5 * memory_s) / seconds)
     idle = device.idle_power_w * (share if device.kind == "cpu" else 1.0)

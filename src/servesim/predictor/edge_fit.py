@@ -32,6 +32,8 @@ from servesim.spec.model import ModelSpec
 from servesim.spec.quant import BLOCK_BYTES_PER_WEIGHT, Quant, use_more_bits
 
 MAX_SHOTS = 10
+NFIXED = 4  # memory share, op_s, step_s, barrier_s lead the parameter vector
+BARRIER_PRIOR_S = 1e-6
 PRIOR_LOG_SD = 1.0  # one e-fold of prior width: the defaults are right within ~3x
 
 
@@ -61,17 +63,17 @@ def _formats(q: Quant, model: ModelSpec) -> set[str]:
 
 
 def _unpack(x: np.ndarray, recipes: list[str], fmts: dict[str, set[str]]) -> Efficiency:
-    """Parameters (log memory share, log op_s, log step_s, then per recipe log GEMM share and
-    log GEMV share) as an Efficiency."""
-    mem, op_s, step_s = math.exp(x[0]), math.exp(x[1]), math.exp(x[2])
+    """Parameters (log memory share, log op_s, log step_s, log barrier_s, then per recipe log
+    GEMM share and log GEMV share) as an Efficiency."""
+    mem, op_s, step_s, bar = (math.exp(v) for v in x[:NFIXED])
     compute: dict[str, float] = {}
     gemv: dict[str, float] = {}
     n = len(recipes)
     for i, r in enumerate(recipes):
         for f in fmts[r]:
-            compute[f] = math.exp(x[3 + i])
-            gemv[f] = math.exp(x[3 + n + i])
-    return Efficiency(compute, memory=mem, op_s=op_s, step_s=step_s, gemv=gemv)
+            compute[f] = math.exp(x[NFIXED + i])
+            gemv[f] = math.exp(x[NFIXED + n + i])
+    return Efficiency(compute, memory=mem, op_s=op_s, step_s=step_s, gemv=gemv, barrier_s=bar)
 
 
 def fit_efficiency(
@@ -94,7 +96,12 @@ def fit_efficiency(
         fmts.setdefault(s.quant.name, set()).update(_formats(s.quant, s.model))
     gemm0 = [math.log(p0.compute_share(sorted(fmts[r])[0])) for r in recipes]
     gemv0 = [math.log(p0.share(sorted(fmts[r])[0], 1)) for r in recipes]
-    x0 = np.array([math.log(p0.memory), math.log(p0.op_s), math.log(p0.step_s), *gemm0, *gemv0])
+    # The barrier's prior: a cache-line round trip per extra thread and operator (~1 µs, what
+    # the spec-only op_s stands for), where the spec-only default leaves it inside op_s.
+    bar0 = math.log(p0.barrier_s if p0.barrier_s > 0 else BARRIER_PRIOR_S)
+    x0 = np.array(
+        [math.log(p0.memory), math.log(p0.op_s), math.log(p0.step_s), bar0, *gemm0, *gemv0]
+    )
     meas = np.log([s.tokens_per_s for s in shots])
 
     def residuals(x: np.ndarray) -> np.ndarray:
@@ -105,10 +112,11 @@ def fit_efficiency(
     lo = np.full_like(x0, -np.inf)
     hi = np.full_like(x0, np.inf)
     hi[0] = 0.0  # memory share <= 1
-    hi[3:] = 0.0  # compute shares (GEMM and GEMV) <= 1
-    lo[0], lo[3:] = math.log(0.02), math.log(0.005)
+    hi[NFIXED:] = 0.0  # compute shares (GEMM and GEMV) <= 1
+    lo[0], lo[NFIXED:] = math.log(0.02), math.log(0.005)
     lo[1], hi[1] = math.log(1e-8), math.log(1e-3)
     lo[2], hi[2] = math.log(1e-7), math.log(1e-1)
+    lo[3], hi[3] = math.log(1e-9), math.log(1e-4)  # barrier: ns (idle spin) to 100 µs
     # The roofline's max() leaves flat directions (a compute share does not matter while memory
     # binds), so one start can stall; start from the prior and from lower compute and memory
     # shares, and keep the best.
@@ -117,7 +125,7 @@ def fit_efficiency(
     for gemv_scale in (1.0, 0.3, 0.1):
         for mem_scale in (1.0, 0.5):
             start = x0.copy()
-            start[3 + n :] += math.log(gemv_scale)
+            start[NFIXED + n :] += math.log(gemv_scale)
             start[0] += math.log(mem_scale)
             start = np.clip(start, lo + 1e-9, hi - 1e-9)
             res = least_squares(residuals, start, bounds=(lo, hi), method="trf")
@@ -243,6 +251,7 @@ class EdgeFit:
                 "memory": e.memory,
                 "op_s": e.op_s,
                 "step_s": e.step_s,
+                "barrier_s": e.barrier_s,
             },
         }
 
@@ -266,6 +275,7 @@ class EdgeFit:
                 op_s=float(e["op_s"]),
                 step_s=float(e["step_s"]),
                 gemv={str(k): float(v) for k, v in e["gemv"].items()},
+                barrier_s=float(e.get("barrier_s", 0.0)),
             )
             return cls(
                 str(doc["device"]), eff, int(doc["shots"]), tuple(map(float, doc["fit_ape"]))
