@@ -57,6 +57,7 @@ import numpy as np
 
 from servesim.errors import ServesimError
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
+from servesim.predictor.kernel_tables import version_key
 from servesim.sim.clients import (
     AIPERF,
     INFERENCEX,
@@ -163,10 +164,6 @@ def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
     return None
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
-
-
 def aiconfigurator_mixed_chunk(row: dict[str, str]) -> bool:
     """Whether aiconfigurator's own collection ran a colocated SGLang row with
     `--enable-mixed-chunk` (prefill chunks sharing iterations with the running decodes).
@@ -180,7 +177,7 @@ def aiconfigurator_mixed_chunk(row: dict[str, str]) -> bool:
     agree: TTFT 11.9 % median APE without against 76.7 % with)."""
     if row.get("backend") != "sglang" or protocol_of(row) is not AIPERF:
         return False
-    return _version(row.get("backend_version", "")) >= (0, 5, 6)
+    return version_key(row.get("backend_version", "")) >= (0, 5, 6)
 
 
 def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int] | None:

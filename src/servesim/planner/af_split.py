@@ -13,8 +13,8 @@ way, so the answer says whether disaggregation pays off against them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from servesim.errors import ServesimError
 from servesim.predictor.af_disagg import AFDisagg, AFDisaggPredictor, af_memory_layout
@@ -66,12 +66,16 @@ def _divisors(n: int, cap: int) -> list[int]:
     return [d for d in range(1, min(n, cap) + 1) if n % d == 0]
 
 
-def _batch(
-    step_s: Callable[[int], float], kv_tokens: int, context: int, batch: int | None, slo: float
+def _decode_batch(
+    pred: Any, kv_tokens: int, context: int, batch: int | None, slo: float
 ) -> tuple[int, float]:
-    """(batch, iteration seconds) the layout runs: the given batch, or the largest one its KV
-    cache holds whose iteration meets `slo` (bisection; the step grows with the batch). (0, 0)
-    when none fits."""
+    """(batch, iteration seconds) a layout runs at `context` tokens per sequence: the given
+    batch, or the largest one its KV cache holds whose decode step (`pred.step_s`) meets `slo`
+    (bisection; the step grows with the batch). (0, 0) when none fits."""
+
+    def step_s(b: int) -> float:
+        return pred.step_s(b, b * context, ())
+
     cap = kv_tokens // context
     if batch is not None:
         if batch > cap:
@@ -124,11 +128,7 @@ def af_splits(
                     except ServesimError:
                         continue
                     pred = AFDisaggPredictor(model, device, af, par, engine)
-
-                    def step(b: int, pred: AFDisaggPredictor = pred) -> float:
-                        return pred.step_s(b, b * context, ())
-
-                    n, t = _batch(step, mem.kv_tokens, context, batch, tpot_slo_s)
+                    n, t = _decode_batch(pred, mem.kv_tokens, context, batch, tpot_slo_s)
                     if not n:
                         continue
                     out.append(
@@ -181,11 +181,7 @@ def colocated(
                 except ServesimError:
                     continue
                 pred = Predictor(model, device, par, engine)
-
-                def step(b: int, pred: Predictor = pred) -> float:
-                    return pred.step_s(b, b * context, ())
-
-                b, t = _batch(step, mem.kv_tokens, context, batch, tpot_slo_s)
+                b, t = _decode_batch(pred, mem.kv_tokens, context, batch, tpot_slo_s)
                 if not b:
                     continue
                 out.append(

@@ -46,7 +46,8 @@ def versions(gpu: str, family: str, engine: str) -> list[str]:
     return sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
 
 
-def _key(v: str) -> tuple[int, ...]:
+def version_key(v: str) -> tuple[int, ...]:
+    """(major, minor, patch, ...) of a release string such as "0.5.8.post1"; (0,) if unparsable."""
     try:
         rel = Version(v).release
     except InvalidVersion:
@@ -62,13 +63,13 @@ def nearest_version(available: list[str], wanted: str | None) -> str:
     if wanted in available:
         return wanted
     if wanted is None:
-        return max(available, key=_key)
-    w = _key(wanted)
+        return max(available, key=version_key)
+    w = version_key(wanted)
 
     def distance(v: str) -> tuple[int, ...]:
-        return tuple(abs(a - b) for a, b in zip(_key(v), w, strict=False))
+        return tuple(abs(a - b) for a, b in zip(version_key(v), w, strict=False))
 
-    return min(available, key=lambda v: (distance(v), tuple(-x for x in _key(v))))
+    return min(available, key=lambda v: (distance(v), tuple(-x for x in version_key(v))))
 
 
 def find(

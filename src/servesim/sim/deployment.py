@@ -38,6 +38,16 @@ from servesim.spec.vision import VisionEncoder
 _PREDICTORS: dict[tuple, Predictor] = {}  # bounded, oldest evicted first
 
 
+def _shared(key: tuple, make: Callable[[], Predictor]) -> Predictor:
+    """The predictor cached under `key`, made (and the oldest of 64 evicted) on a miss."""
+    pred = _PREDICTORS.get(key)
+    if pred is None:
+        if len(_PREDICTORS) >= 64:
+            _PREDICTORS.pop(next(iter(_PREDICTORS)))
+        pred = _PREDICTORS[key] = make()
+    return pred
+
+
 @dataclass(frozen=True)
 class Deployment:
     """One model served by `replicas` identical replicas of one engine on one device type."""
@@ -199,50 +209,48 @@ class Deployment:
             self.lora,
             repr(self.af),
         )
-        pred = _PREDICTORS.get(key)
-        if pred is None:
-            if len(_PREDICTORS) >= 64:
-                _PREDICTORS.pop(next(iter(_PREDICTORS)))
-            args = (self.model, self.device, self.parallel, self.engine, self.fit)
-            variants = [self.speculative, self.layer_skipping, self.finetune, self.lora]
-            variants.append(self.af)
-            if sum(v is not None for v in variants) + self.nanoflow > 1:
-                raise ServesimError(
-                    "Speculative decoding, layer skipping, co-served fine-tuning, LoRA adapters, "
-                    "NanoFlow overlap and AF disaggregation are not modelled together; keep one "
-                    "of them."
-                )
-            kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
-            if self.speculative is not None:
-                pred = SpeculativePredictor(
-                    self.model,
-                    self.device,
-                    self.speculative,
-                    self.parallel,
-                    self.engine,
-                    self.fit,
-                    latency_model=self.latency_model,
-                    expert_load=self.expert_load,
-                )
-            elif self.layer_skipping is not None:
-                pred = SkippingPredictor(*args, **kw, skipping=self.layer_skipping)
-            elif self.finetune is not None:
-                pred = CoServingPredictor(*args, **kw, job=self.finetune)
-            elif self.nanoflow:
-                pred = NanoFlowPredictor(*args, **kw)
-            elif self.lora is not None:
-                pred = LoraPredictor(*args, **kw, adapters=self.lora)
-            elif self.af is not None:
-                pred = AFDisaggPredictor(
-                    self.model,
-                    self.device,
-                    self.af,
-                    *args[2:],
-                    **kw,  # type: ignore[arg-type]
-                )
-            else:
-                pred = Predictor(*args, **kw)
-            _PREDICTORS[key] = pred
+        return _shared(key, self._make_predictor)
+
+    def _make_predictor(self) -> Predictor:
+        """A new predictor for this deployment's variant (one at a time)."""
+        args = (self.model, self.device, self.parallel, self.engine, self.fit)
+        variants = [self.speculative, self.layer_skipping, self.finetune, self.lora, self.af]
+        if sum(v is not None for v in variants) + self.nanoflow > 1:
+            raise ServesimError(
+                "Speculative decoding, layer skipping, co-served fine-tuning, LoRA adapters, "
+                "NanoFlow overlap and AF disaggregation are not modelled together; keep one "
+                "of them."
+            )
+        kw = {"latency_model": self.latency_model, "expert_load": self.expert_load}
+        if self.speculative is not None:
+            pred = SpeculativePredictor(
+                self.model,
+                self.device,
+                self.speculative,
+                self.parallel,
+                self.engine,
+                self.fit,
+                latency_model=self.latency_model,
+                expert_load=self.expert_load,
+            )
+        elif self.layer_skipping is not None:
+            pred = SkippingPredictor(*args, **kw, skipping=self.layer_skipping)
+        elif self.finetune is not None:
+            pred = CoServingPredictor(*args, **kw, job=self.finetune)
+        elif self.nanoflow:
+            pred = NanoFlowPredictor(*args, **kw)
+        elif self.lora is not None:
+            pred = LoraPredictor(*args, **kw, adapters=self.lora)
+        elif self.af is not None:
+            pred = AFDisaggPredictor(
+                self.model,
+                self.device,
+                self.af,
+                *args[2:],
+                **kw,  # type: ignore[arg-type]
+            )
+        else:
+            pred = Predictor(*args, **kw)
         return pred
 
     def _local_predictor(self, rt: LocalRuntime) -> Predictor:
@@ -264,12 +272,7 @@ class Deployment:
                 "--tp/--pp/--ep/--dp)."
             )
         key = ("local", self.model, repr(self.device), self.engine, repr(rt))
-        pred = _PREDICTORS.get(key)
-        if pred is None:
-            if len(_PREDICTORS) >= 64:
-                _PREDICTORS.pop(next(iter(_PREDICTORS)))
-            pred = _PREDICTORS[key] = LocalPredictor(self.model, self.device, self.engine, rt)
-        return pred
+        return _shared(key, lambda: LocalPredictor(self.model, self.device, self.engine, rt))
 
     def label(self) -> str:
         """Short description such as `2x h100_sxm tp4 vllm`."""

@@ -71,9 +71,13 @@ def _covers_ranks(waiting: Any, seen: list[int], ranks: int) -> bool:
     """Whether the waiting and newly seen prompts put one on every attention-DP rank."""
     if len(waiting) + len(seen) < ranks:
         return False
-    hit = {dp_rank_of(r, ranks) for r in waiting}
-    hit.update(dp_rank_of(r, ranks) for r in seen)
-    return len(hit) >= ranks
+    hit: set[int] = set()
+    for queue in (seen, waiting):  # stop at the first prompt that completes the ranks
+        for r in queue:
+            hit.add(dp_rank_of(r, ranks))
+            if len(hit) == ranks:
+                return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -1090,12 +1090,8 @@ def load_model(name_or_path: str) -> ModelSpec:
 
     Instruct variants resolve to their base architecture (`Llama-3.1-8B-Instruct` → Llama-3.1-8B).
     """
-    p = Path(name_or_path)
-    if p.is_dir():
-        p = p / "config.json"
-    if p.suffix == ".json" or p.is_file():
-        if not p.is_file():
-            raise ServesimError(f"Model config {str(p)!r} does not exist; check the path.")
+    p = config_path(name_or_path)
+    if p is not None:
         cfg = _read_json(p, "Model config")
         name = p.parent.name if p.name == "config.json" else p.stem
         side = p.parent / "hf_quant_config.json"
@@ -1115,6 +1111,19 @@ def load_model(name_or_path: str) -> ModelSpec:
     hf_id = stem.replace("--", "/")
     spec = spec_from_config(json.loads(text), name=hf_id, hf_quant=hf_quant)
     return spec.with_dtypes(weight=weight) if weight else spec
+
+
+def config_path(name_or_path: str) -> Path | None:
+    """The config.json a path names (a file, or a folder holding one), or None for a bundled
+    model name; a path to a config that does not exist is refused."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not (p.suffix == ".json" or p.is_file()):
+        return None
+    if not p.is_file():
+        raise ServesimError(f"Model config {str(p)!r} does not exist; check the path.")
+    return p
 
 
 def bundled_config(name: str) -> tuple[dict[str, Any], str]:

@@ -241,16 +241,10 @@ def vision_from_config(cfg: dict[str, Any], name: str = "model") -> VisionEncode
 
 def load_vision(name_or_path: str) -> VisionEncoder:
     """The vision encoder of a bundled model name or a config.json path (as `load_model`)."""
-    from pathlib import Path
-
     from servesim.spec import model as model_spec
 
-    p = Path(name_or_path)
-    if p.is_dir():
-        p = p / "config.json"
-    if p.suffix == ".json" or p.is_file():
-        if not p.is_file():
-            raise ServesimError(f"Model config {str(p)!r} does not exist; check the path.")
+    p = model_spec.config_path(name_or_path)
+    if p is not None:
         return vision_from_config(model_spec._read_json(p, "Model config"), p.stem)
     cfg, hf_id = model_spec.bundled_config(name_or_path)
     return vision_from_config(cfg, hf_id)
