@@ -13,6 +13,7 @@ from servesim.cli.settings import (
     LatencyModel,
     Misuse,
     NonEmpty,
+    NonNegInt,
     PosInt,
     Settings,
     _int_list,
@@ -83,6 +84,7 @@ class DeploymentSettings(Settings):
     max_num_seqs: PosInt | None = None
     max_num_batched_tokens: PosInt | None = None
     chunked_prefill: bool | None = None
+    piecewise_cuda_graph_max_tokens: NonNegInt | None = None  # None: the engine's
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -205,6 +207,13 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget per iteration")
     add_switch(g, "--chunked-prefill", "split long prefills across iterations")
+    g.add_argument(
+        "--piecewise-cuda-graph-max-tokens",
+        type=int,
+        metavar="N",
+        help="iterations with prefill tokens replay piecewise CUDA graphs up to N tokens "
+        "(0: prefill runs eager; default: the engine's)",
+    )
     if simulate:
         add_switch(
             g,
@@ -251,7 +260,8 @@ def build_deployment(s: DeploymentSettings) -> Any:
         device=device,
         parallel=par,
         engine=get_engine(s.engine).with_overrides(
-            overlap_scheduling=getattr(s, "overlap_scheduling", None)
+            overlap_scheduling=getattr(s, "overlap_scheduling", None),
+            prefill_graph_max_tokens=s.piecewise_cuda_graph_max_tokens,
         ),
         replicas=getattr(s, "replicas", 1),
         max_num_seqs=s.max_num_seqs,

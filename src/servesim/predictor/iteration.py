@@ -185,7 +185,9 @@ class Predictor:
         )
         self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
         self._attn_prov: dict[tuple[int, ...], int] = {}  # attention shape -> provenance code
-        self._eager_s = self.engine.eager_launch_s_per_layer * self.layers_per_stage
+        self._eager_s = self.engine.eager_host_s_per_layer * self.layers_per_stage
+        self._piecewise_s = self.engine.piecewise_host_s_per_layer * self.layers_per_stage
+        self._hosted = bool(self._eager_s or self._piecewise_s)  # any host time to price
         self._dense_tab: list[float] = []
         self._group_tab: list[float] = []
         self._lm_tab: list[float] = []
@@ -238,6 +240,10 @@ class Predictor:
         out += self._attention_ops(rank_batch)
         n_pre = len(chunks)
         dec_rank = -(-batch.decode_seqs // self.par.dp)
+        # the host time the kernels do not hide (the iteration takes the max)
+        unhidden = self.host_s(rank_tokens, n_pre, dec_rank) - sum(op.seconds for op in out)
+        if unhidden > 0:
+            out.append(OpCost("eager_launch", "overhead", 1, unhidden, 0.0, 0.0, "engine"))
         t_over = self._rank_overhead_s(dec_rank, n_pre)
         out.append(OpCost("framework", "overhead", 1, t_over, 0.0, 0.0, "engine"))
         pp = self.par.pp
@@ -931,7 +937,7 @@ class Predictor:
         return counts
 
     def overhead_s(self, decode_seqs: int, prefill_seqs: int) -> float:
-        """Engine time outside the kernels: scheduling, sampling, launches. Each attention-DP
+        """Engine time outside the kernels: scheduling, sampling. Each attention-DP
         rank runs its own scheduler in parallel (SGLang launches one scheduler process per DP
         rank, managers/data_parallel_controller.py; TRT-LLM one executor per rank), so a step
         costs one rank's overhead for the busiest rank's share of the sequences."""
@@ -943,10 +949,20 @@ class Predictor:
         e = self.engine
         t = e.step_overhead_s + e.per_seq_overhead_s * (decode_seqs + prefill_seqs)
         if prefill_seqs:
-            t += e.prefill_overhead_s + self._eager_s
-        elif decode_seqs > e.cuda_graph_max_seqs:
-            t += self._eager_s
+            t += e.prefill_overhead_s
         return t
+
+    def host_s(self, tokens: int, prefill_seqs: int, decode_seqs: int) -> float:
+        """Host seconds to issue one stage's kernels of a rank's iteration (`tokens` tokens,
+        `prefill_seqs` prefill chunks, `decode_seqs` decodes): eager unless captured. An
+        iteration with prefill tokens replays piecewise graphs up to the engine's
+        `prefill_graph_max_tokens` (and still launches attention eagerly: the piecewise host
+        time), a decode-only one a full graph (no host time) up to `cuda_graph_max_seqs`.
+        The iteration then takes max(kernels, host): the CPU runs ahead of the GPU."""
+        e = self.engine
+        if prefill_seqs:
+            return self._eager_s if tokens > e.prefill_graph_max_tokens else self._piecewise_s
+        return self._eager_s if decode_seqs > e.cuda_graph_max_seqs else 0.0
 
     def pp_send_s(self, tokens: int) -> float:
         """Seconds of the activation hand-offs between pipeline stages for `tokens` tokens."""
@@ -991,12 +1007,14 @@ class Predictor:
         best: tuple[float, list[int], int, int] = (-1.0, [], dq, dq)
         if len(chunks) < dp:
             t0 = self._rank_dense_s(dq, dq) if dec else 0.0
+            t0 = max(t0, self.host_s(dq, 0, dec))
             best = (t0 + self._rank_overhead_s(dec, 0), [], dq, dq)
         pre = self._prefill_cache
         for r in range(ranks):
             idx = list(range(r, len(chunks), dp))
             tok = dq + sum(chunks[i][0] for i in idx)
             cost = sum(pre(*chunks[i]) for i in idx) + self._rank_dense_s(tok, dq + len(idx))
+            cost = max(cost, self.host_s(tok, len(idx), dec))
             cost += self._rank_overhead_s(dec, len(idx))
             if cost > best[0]:
                 best = (cost, idx, tok, dq + len(idx))
@@ -1033,7 +1051,10 @@ class Predictor:
         stage += self._rank_dense_s(rank_tokens, rank_seqs)
         tokens = decode_seqs * self.decode_tokens + sum(n for n, _ in chunks)
         stage += self._group_s(tokens)
-        stage += self._rank_overhead_s(-(-decode_seqs // self.par.dp), len(idx))
+        dec_rank = -(-decode_seqs // self.par.dp)
+        if self._hosted:
+            stage = max(stage, self.host_s(rank_tokens, len(idx), dec_rank))
+        stage += self._rank_overhead_s(dec_rank, len(idx))
         if self.par.pp == 1:
             return stage
         return stage * self.par.pp + self.pp_send_s(tokens)
@@ -1061,6 +1082,8 @@ class Predictor:
             stage += dense[tokens] + lm[seqs]
         else:
             stage += self.dense_s(tokens, seqs)
+        if self._hosted:
+            stage = max(stage, self.host_s(tokens, n_pre, decode_seqs))
         stage += self.overhead_s(decode_seqs, n_pre)
         if self.par.pp == 1:
             return stage

@@ -29,6 +29,17 @@ FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
 # ZMQ IPC -> PyExecutor, tensorrt_llm/serve/openai_server.py, tensorrt_llm/executor/proxy.py)
 # run the same FastAPI/uvicorn front with one or two more ZMQ hops of ~0.1 ms: the same prior.
 REQUEST_OVERHEAD_S = 7.0e-3
+# Host time per layer of an eager (not graph-captured) prefill forward in a PyTorch engine.
+# SGLang PR #13094 (sgl-project/sglang, "[Piecewise CUDA Graph] Support ModelOpt FP8"):
+# Llama-3.1-8B-Instruct-FP8 on TP8, 1,024-token prompts, one client: mean TTFT 29.97 ms with
+# eager prefill against 19.66 ms with piecewise CUDA graphs, so the host exceeded the GPU by
+# 10.31 ms over 32 layers (0.32 ms a layer); the forward's kernels price at 9.5 ms here on
+# H100 (0.30 ms a layer; the PR does not name its GPU), so the host spends ~0.62 ms a layer.
+# SGLang #13081 (Qwen3-Next-80B-A3B, H200 TP2, 1k prompts: 99.17 -> 67.83 ms, 0.65 ms a
+# layer of excess with the Gated DeltaNet block eager in both runs) agrees in size. The same
+# figure stands for TensorRT-LLM's PyTorch backend, which runs its modules the same way
+# (no before/after measurement of its eager prefill was found).
+EAGER_HOST_S_PER_LAYER = 0.62e-3
 # HF fast tokenizer (Rust BPE) encoding one prompt at a time: 2.4 µs per token (1.7 MB/s) measured
 # here (tokenizers 0.23.3, byte-level BPE of 32k tokens trained on Python sources, 100 prompts
 # of ~8k tokens, one thread); tiktoken's README puts HF's GPT2TokenizerFast 3-6x below tiktoken
@@ -67,8 +78,20 @@ class EngineProfile:
     # it (a pull: TRT-LLM, vLLM's NIXL read); False when the prefill pushes it at its end into
     # blocks the decode pre-allocated during the prefill (SGLang's bootstrap handshake).
     disagg_pull_at_pass: bool = True
-    eager_launch_s_per_layer: float = 0.0  # launch gaps per layer when not graph-captured
+    # Host time to issue one layer's kernels in a forward that is not graph-captured (PyTorch
+    # eager: Python modules, dispatcher, cudaLaunchKernel per kernel). The CPU runs ahead of the
+    # GPU, so such an iteration takes max(kernel time, host time) rather than their sum: a
+    # short prefill is host-bound, a long one hides the launches. 0: launches are free.
+    eager_host_s_per_layer: float = 0.0
     cuda_graph_max_seqs: int = 512  # decode batches up to this size replay a CUDA graph
+    # Iterations that carry prefill tokens replay piecewise CUDA graphs up to this many tokens
+    # (vLLM's piecewise cudagraphs, SGLang `--piecewise-cuda-graph-max-tokens`, TRT-LLM
+    # `torch_compile_config.capture_num_tokens`); 0: prefill iterations always run eager.
+    prefill_graph_max_tokens: int = 0
+    # Host time per layer of such a piecewise-captured iteration: the graphs split at the
+    # attention op, which still runs eager, so each layer pays its attention launch and the
+    # replays of the pieces around it.
+    piecewise_host_s_per_layer: float = 0.0
     allreduce_impl: str = "auto"  # auto = custom all-reduce for small messages (vLLM/SGLang)
     mixed_batches: bool = True  # prefill chunks share iterations with decodes
     chunked_prefill: bool = True
@@ -199,7 +222,10 @@ class EngineProfile:
 #   tensorrt_llm/_torch/pyexecutor/py_executor.py). Dynamo's TRT-LLM prefill-first path is the
 #   same sequence through its own frontend.
 ENGINES: dict[str, EngineProfile] = {
-    "vllm": EngineProfile(name="vllm"),
+    # vLLM V1 compiles the model (torch.compile) and replays piecewise CUDA graphs for
+    # batches up to its largest capture size (512 tokens by default); larger ones run the
+    # compiled code, whose host time no measurement found here prices: none is charged.
+    "vllm": EngineProfile(name="vllm", prefill_graph_max_tokens=512),
     "sglang": EngineProfile(
         name="sglang",
         overlap_scheduling=True,
@@ -208,6 +234,10 @@ ENGINES: dict[str, EngineProfile] = {
         disagg_handoff_s=0.0,  # the router sent the request to both servers at the start
         disagg_handoff_tokenizes=False,
         disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
+        # Prefill runs eager (piecewise CUDA graphs were opt-in, `--enable-piecewise-cuda-graph`,
+        # until PR #16331 made them the default in March 2026; InferenceX's DeepSeek launch
+        # still passes --disable-piecewise-cuda-graph).
+        eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
         block_size=1,
         cuda_graph_max_seqs=256,
         max_num_seqs=4096,
@@ -220,6 +250,9 @@ ENGINES: dict[str, EngineProfile] = {
         disagg_handoff_tokenizes=False,  # the generation request carries prompt_token_ids
         step_overhead_s=0.5e-3,
         per_seq_overhead_s=2.0e-6,
+        # PyTorch backend: context phases run eager unless `torch_compile_config` enables
+        # piecewise CUDA graphs (off by default: tensorrt_llm/llmapi/llm_args.py).
+        eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
         block_size=32,
         max_num_seqs=2048,
         mem_util=0.9,

@@ -1,0 +1,103 @@
+"""Eager host time: an iteration that is not graph-captured takes max(kernels, host launches),
+so a short prefill is host-bound and a long one hides its launches."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.sim.deployment import Deployment
+from servesim.sim.simulate import simulate
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import EAGER_HOST_S_PER_LAYER, get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+
+LLAMA8_FP8 = load_model("meta-llama/Llama-3.1-8B").with_dtypes(weight="fp8")
+H100 = get_device("h100_sxm")
+SGLANG = get_engine("sglang")
+GRAPHED = SGLANG.with_overrides(prefill_graph_max_tokens=8192)
+NO_HOST = SGLANG.with_overrides(eager_host_s_per_layer=0.0)
+
+
+def _kernels_s(pred: Predictor, decode: int, context: int, prefill: tuple) -> float:
+    """An iteration's seconds without host time or framework overhead."""
+    bare = Predictor(pred.model, pred.device, pred.par, NO_HOST)
+    return bare.step_s(decode, context, prefill) - bare.overhead_s(decode, len(prefill))
+
+
+def test_short_eager_prefill_is_host_bound() -> None:
+    """Llama-3.1-8B FP8 on TP8, a 1,024-token prefill: kernels ≈ 9.5 ms, the host issues 32
+    layers × 0.62 ms = 19.84 ms, so the iteration takes the host's 19.84 ms plus overhead."""
+    pred = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
+    kern = _kernels_s(pred, 0, 0, ((1024, 0),))
+    assert kern == pytest.approx(9.5e-3, rel=0.05)
+    host = 32 * EAGER_HOST_S_PER_LAYER
+    assert host == pytest.approx(19.84e-3)
+    step = pred.step_s(0, 0, ((1024, 0),)) - pred.overhead_s(0, 1)
+    assert step == pytest.approx(host, rel=1e-12)
+    # the breakdown shows the host time the kernels leave unhidden, and still sums to the step
+    ops = pred.ops(BatchShape(prefill=((1024, 0),)))
+    by_name = {op.name: op.seconds for op in ops}
+    assert by_name["eager_launch"] == pytest.approx(host - kern, rel=1e-9)
+    assert sum(op.seconds for op in ops) == pytest.approx(pred.step_s(0, 0, ((1024, 0),)))
+
+
+def test_long_prefill_hides_the_launches() -> None:
+    """An 8,192-token prefill's kernels outlast the 19.84 ms of launches: nothing is added."""
+    pred = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
+    kern = _kernels_s(pred, 0, 0, ((8192, 0),))
+    assert kern > 32 * EAGER_HOST_S_PER_LAYER
+    step = pred.step_s(0, 0, ((8192, 0),)) - pred.overhead_s(0, 1)
+    assert step == pytest.approx(kern, rel=1e-12)
+    assert "eager_launch" not in {op.name for op in pred.ops(BatchShape(prefill=((8192, 0),)))}
+
+
+def test_graph_captured_iterations_pay_no_eager_host_time() -> None:
+    """Piecewise graphs up to 8,192 tokens remove the prefill's host time; a decode batch within
+    the CUDA-graph size pays none either, one beyond it runs eager."""
+    graphed = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), GRAPHED)
+    step = graphed.step_s(0, 0, ((1024, 0),)) - graphed.overhead_s(0, 1)
+    assert step == pytest.approx(_kernels_s(graphed, 0, 0, ((1024, 0),)), rel=1e-12)
+    eager = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
+    small = SGLANG.cuda_graph_max_seqs
+    assert eager.host_s(small, 0, small) == 0.0
+    assert eager.host_s(small + 1, 0, small + 1) == pytest.approx(32 * EAGER_HOST_S_PER_LAYER)
+    # monotone: a longer prefill never takes less time, with or without the host floor
+    lengths = [64, 256, 1024, 2048, 4096, 8192]
+    steps = [eager.step_s(0, 0, ((n, 0),)) for n in lengths]
+    assert all(b >= a for a, b in itertools.pairwise(steps))
+
+
+def test_lone_request_gap_matches_the_sglang_measurement() -> None:
+    """SGLang PR #13094 measured a lone 1,024-token request's TTFT 10.31 ms longer with eager
+    prefill than with piecewise CUDA graphs (29.97 against 19.66 ms, Llama-3.1-8B FP8, TP8): the
+    simulated gap is the host's 19.84 ms less the kernels' ≈ 9.5 ms, within 1 ms of it."""
+    ttft = {}
+    for name, engine in (("eager", SGLANG), ("graphs", GRAPHED)):
+        d = Deployment(LLAMA8_FP8, H100, Parallel(tp=8), engine=engine)
+        res = simulate(d, Workload(np.array([0.0]), np.array([1024]), np.array([4])))
+        ttft[name] = float(res.columns()["ttft_s"][0])
+    assert ttft["eager"] - ttft["graphs"] == pytest.approx(10.31e-3, abs=1.0e-3)
+
+
+def test_predict_flag_turns_piecewise_graphs_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """`servesim predict --engine sglang` shows the unhidden launches of an eager 1k prefill as
+    an `eager_launch` operator; `--piecewise-cuda-graph-max-tokens 8192` removes it."""
+    import json
+
+    from servesim.cli.main import main
+
+    base = ["predict", "--model", "meta-llama/Llama-3.1-8B", "--weight-dtype", "fp8"]
+    base += ["--tp", "8", "--engine", "sglang", "--prefill", "1024", "--json"]
+    names = {}
+    for label, extra in (("eager", []), ("graphs", ["--piecewise-cuda-graph-max-tokens", "8192"])):
+        assert main(base + extra) == 0
+        doc = json.loads(capsys.readouterr().out)
+        names[label] = {op["name"] for op in doc["operators"]}
+    assert "eager_launch" in names["eager"]
+    assert "eager_launch" not in names["graphs"]
