@@ -30,6 +30,9 @@ with the draft length of the config's launch script, and rows no config or both 
 match are refused.
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
+InferenceX rows get their launch scripts' engine settings (`inferencex_sglang_launch`,
+`inferencex_trtllm_launch`, `inferencex_vllm_launch`); aiconfigurator's own rows its
+generator's (`batching_of`, `aiconfigurator_mixed_chunk`).
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
 (APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
@@ -219,6 +222,27 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int]
     return None
 
 
+def inferencex_vllm_launch(row: dict[str, str]) -> tuple[int, int, int] | None:
+    """(`--max-num-seqs`, `--max-num-batched-tokens`, tokens up to which prefill iterations
+    replay piecewise CUDA graphs) of InferenceX's colocated vLLM launch for a row, or None when
+    the row is not one. Every such launch also sets `async-scheduling: true` (the overlap
+    scheduler here) and `no-enable-prefix-caching`.
+
+    From SemiAnalysisAI/InferenceX before commit 3233df20f ("remove llama 70b", 2025-10-29):
+    benchmarks/70b_fp8_b200_docker.sh and 70b_fp4_b200_docker.sh pass `--max-num-seqs 512`,
+    `max-num-batched-tokens: 8192` and `cudagraph_mode: FULL_DECODE_ONLY` with no splitting ops
+    (iterations that carry prefill tokens run without CUDA graphs); 70b_fp8_h200_slurm.sh and
+    70b_fp8_h100_docker.sh pass `--max-num-seqs CONC`, the same budget and vLLM's default
+    compilation (piecewise graphs up to 512 tokens)."""
+    if row.get("backend") != "vllm" or row.get("mode", "agg") not in ("agg", ""):
+        return None
+    if protocol_of(row) is AIPERF or "llama-3.1-70b" not in row["model_path"].lower():
+        return None
+    if row["system"].startswith("b200"):
+        return 512, 8192, 0
+    return concurrency_of(row), 8192, 512
+
+
 # aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
 QUANT = {
     "fp8_block": "fp8",
@@ -300,6 +324,7 @@ def deployment_of(
 
     launch = inferencex_sglang_launch(row)
     trt = inferencex_trtllm_launch(row)
+    vllm = inferencex_vllm_launch(row)
     # MTP drafting (InferenceX's config says how many tokens, `recovered_layout`), at the
     # sourced default acceptance of `spec.speculative` (never fitted on these rows).
     k = _int(row, "speculative_num_draft_tokens", 0)
@@ -320,6 +345,11 @@ def deployment_of(
                 adp_balance_timeout_iters=trt[3],
             )
             limits["max_num_batched_tokens"] = trt[0] * par.dp  # per rank (one executor each)
+        if vllm is not None:
+            eng = engine.with_overrides(
+                overlap_scheduling=True, prefix_caching=False, prefill_graph_max_tokens=vllm[2]
+            )
+            limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and aiconfigurator_mixed_chunk(row):
             eng = eng.with_overrides(mixed_batches=True)
         return Deployment(

@@ -357,6 +357,32 @@ def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting()
     assert dep.max_num_batched_tokens == 16384
 
 
+def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
+    """InferenceX's 2025 Llama-3.1-70B vLLM launches: 8,192-token budget, async scheduling, no
+    prefix caching; B200 runs 512 sequences with prefill outside CUDA graphs
+    (FULL_DECODE_ONLY), H200 and H100 CONC sequences with piecewise graphs up to 512 tokens."""
+    ix = "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency={c}; measured=2025"
+    llama = row(
+        backend="vllm",
+        model_path="meta-llama/Llama-3.1-70B",
+        system="b200_sxm",
+        isl="1024",
+        osl="1024",
+        tp_size="4",
+        batch_size="",
+        silicon_data_source=ix.format(c=16) + "-10-29T00:00:00.000Z; wip=False",
+    )
+    assert silicon.inferencex_vllm_launch(llama) == (512, 8192, 0)
+    assert silicon.inferencex_vllm_launch({**llama, "system": "h200_sxm"}) == (16, 8192, 512)
+    assert silicon.inferencex_vllm_launch({**llama, "backend": "sglang"}) is None
+    aiperf = {**llama, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
+    assert silicon.inferencex_vllm_launch(aiperf) is None
+    dep = silicon.deployment_of(llama, Catalog())
+    assert dep.engine.overlap_scheduling and not dep.engine.prefix_caching
+    assert dep.engine.prefill_graph_max_tokens == 0
+    assert (dep.max_num_seqs, dep.max_num_batched_tokens) == (512, 8192)
+
+
 def test_aiconfigurator_sglang_rows_mix_prefill_chunks_from_the_fixed_generator_on() -> None:
     """aiconfigurator's SGLang rule asks for --enable-mixed-chunk on colocated workers; the
     generator emits it from 2026-01-19, which every SGLang 0.5.6.post2+ template post-dates."""
