@@ -386,3 +386,59 @@ def test_moe_skewed_routing_is_slower_than_balanced_on_measured_rows() -> None:
         assert code == mk.MEASURED
         assert skew == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
         assert skew > one_moe(b, tokens, layout, "fp8")[0]
+
+
+def gdn_rows(gpu: str, engine: str, phase: str, source: str) -> dict[str, np.ndarray]:
+    found = kernel_tables.find(gpu, "linear_attention", "gdn_perf", engine)
+    assert found is not None
+    names = ("kernel_source", "phase", "batch_size", "seq_len", "num_k_heads", "num_v_heads")
+    cols = kernel_tables.read(found[0], (*names, "latency"))
+    keep = (cols["phase"] == phase) & (cols["kernel_source"] == source)
+    keep &= (cols["num_k_heads"] == 2) & (cols["num_v_heads"] == 8)
+    return {c: v[keep] for c, v in cols.items()}
+
+
+def test_gdn_exact_on_measured_rows_and_monotone_between_them() -> None:
+    """Gated DeltaNet (Qwen3.5-397B's 2 k / 8 v heads of 128 per device at TP8, B200, SGLang):
+    a measured batch (decode) or length (prefill) returns its row; between two it lies between
+    them."""
+    b = backend("b200_sxm", "sglang")
+    unused = lambda p: np.full(len(p), np.nan)  # noqa: E731 (never reached on the grid)
+    heads = (2, 8, 128, 128)
+    dec = gdn_rows("b200_sxm", "sglang", "generation", mk.GDN_KERNELS[True][1])
+    for batch in np.unique(dec["batch_size"])[:6]:  # several models share a layout: fastest
+        lat = dec["latency"][dec["batch_size"] == batch].min()
+        t, code = b.gdn(int(batch), 1, heads, True, unused)
+        assert (t, code) == (pytest.approx(lat * 1e-3, rel=1e-9), mk.MEASURED)
+    pre = gdn_rows("b200_sxm", "sglang", "context", mk.GDN_KERNELS[False][1])
+    one = pre["batch_size"] == 1
+    lengths = np.unique(pre["seq_len"][one])
+    lats = np.array([pre["latency"][one & (pre["seq_len"] == n)].min() for n in lengths])
+    i = int(np.searchsorted(lengths, 1024))
+    t, code = b.gdn(1, int(lengths[i]), heads, False, unused)
+    assert (t, code) == (pytest.approx(lats[i] * 1e-3, rel=1e-9), mk.MEASURED)
+    mid = int(np.sqrt(lengths[i] * lengths[i + 1]))
+    t, code = b.gdn(1, mid, heads, False, unused)
+    lo, hi = sorted((lats[i] * 1e-3, lats[i + 1] * 1e-3))
+    assert lo <= t <= hi and code == mk.INTERPOLATED
+    assert b.gdn(4, 1, (3, 8, 128, 128), True, unused) is None  # layout not measured
+
+
+def test_gdn_provenance_in_the_predictor() -> None:
+    """Qwen3.5-397B on 8 B200s under SGLang: `auto` prices the recurrence from the GDN tables
+    (decode and prefill), the roofline does not; a layout the tables lack stays roofline."""
+    model = load_model("Qwen/Qwen3.5-397B-A17B").with_dtypes(weight="fp8")
+    eng = get_engine("sglang")
+    auto = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), eng, latency_model="auto")
+    ops = {op.name: op for op in auto.ops(BatchShape(64, 64 * 1500, ((1024, 0),)))}
+    assert ops["linear_scan_decode"].provenance == "measured"  # batch 64 is a grid point
+    assert ops["linear_scan_prefill"].provenance == "measured"  # 1024 tokens too
+    rows = gdn_rows("b200_sxm", "sglang", "generation", mk.GDN_KERNELS[True][1])
+    per_layer = float(rows["latency"][rows["batch_size"] == 64].min()) * 1e-3
+    assert ops["linear_scan_decode"].seconds == pytest.approx(45 * per_layer, rel=1e-9)
+    roof = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), eng)
+    r_ops = {op.name: op for op in roof.ops(BatchShape(64, 64 * 1500, ()))}
+    assert r_ops["linear_scan_decode"].provenance == "roofline"
+    odd = Predictor(model, get_device("b200_sxm"), Parallel(tp=4), eng, latency_model="auto")
+    o_ops = {op.name: op for op in odd.ops(BatchShape(8, 8 * 1500, ()))}
+    assert o_ops["linear_scan_decode"].provenance in ("measured", "interpolated")  # 4/16 heads

@@ -10,7 +10,7 @@ millions of iterations cost microseconds each; `iteration()` sums the same piece
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 
@@ -502,24 +502,32 @@ class Predictor:
         state = (ssm * nbytes(m.state_dtype) + conv * 2.0) / shards
         return state, m.linear_num_v_heads // shards, m.linear_conv_dim // shards
 
-    def _mixer_decode_parts(self, seqs_rank: int) -> list[tuple[str, str, float, float]]:
-        """(name, kind, a, b) of the per-sequence work outside softmax attention in a decode
-        step, seconds = a + b × total context: the linear layers' state update (each sequence
-        reads and writes its state once) and the DSA indexer (a scan of every cached key)."""
+    def _mixer_decode_parts(self, seqs_rank: int) -> list[tuple[str, str, float, float, int]]:
+        """(name, kind, a, b, provenance) of the per-sequence work outside softmax attention in
+        a decode step, seconds = a + b × total context: the linear layers' state update (each
+        sequence reads and writes its state once; Gated DeltaNet's from the measured tables
+        where they hold the head layout) and the DSA indexer (a scan of every cached key)."""
         m, dev = self.model, self.device
-        parts: list[tuple[str, str, float, float]] = []
+        parts: list[tuple[str, str, float, float, int]] = []
         if m.num_linear_layers:
             state, nv, conv = self._linear_state_bytes()
             ssm_per_dev = nv * m.linear_k_head_dim * m.linear_v_head_dim
             io = (conv + nv * m.linear_v_head_dim) * ACT_BYTES
-            # decay, rank-1 update and read-out: ~3 multiply-adds per state value, in fp32
-            t = self._stream_s(6.0 * ssm_per_dev * seqs_rank, seqs_rank * (2 * state + io), "fp32")
+
+            def scan(seqs: float) -> float:
+                # decay, rank-1 update and read-out: ~3 multiply-adds per state value, in fp32
+                return self._stream_s(6.0 * ssm_per_dev * seqs, seqs * (2 * state + io), "fp32")
+
+            t, prov = self._measured_gdn(seqs_rank, 1, True, lambda p: scan(p[0]))
+            if t is None:
+                t = scan(seqs_rank)
             parts.append(
                 (
                     "linear_scan_decode",
                     "linear_attention",
                     self._stage_fraction(m.num_linear_layers) * t,
                     0.0,
+                    prov,
                 )
             )
         if m.is_sparse:
@@ -538,18 +546,44 @@ class Predictor:
             layers = self._stage_fraction(m.num_full_attention_layers)
             a = layers * at(0.0)
             b = layers * (at(ref) - at(0.0)) / ref / self.par.dp
-            parts.append(("indexer_decode", "indexer", a, b))
+            parts.append(("indexer_decode", "indexer", a, b, ROOFLINE))
         return parts
+
+    def _measured_gdn(
+        self, batch: int, tokens: int, decode: bool, roof: Callable[[np.ndarray], float]
+    ) -> tuple[float | None, int]:
+        """(seconds, provenance) of one Gated DeltaNet layer's recurrence from the measured
+        tables, or (None, ROOFLINE) where they do not hold this model's head layout per device.
+        `roof([batch, tokens])` is the roofline of the same kernel, anchoring points outside
+        the grid."""
+        m = self.model
+        if self.kernels is None or m.linear_kind != "gdn":
+            return None, ROOFLINE
+        heads = (
+            max(1, m.linear_num_k_heads // self.par.tp),
+            m.linear_num_v_heads // self.par.tp,
+            m.linear_k_head_dim,
+            m.linear_v_head_dim,
+        )
+
+        def roof_np(p: np.ndarray) -> np.ndarray:
+            return np.array([roof(row) for row in p], dtype=np.float64)
+
+        priced = self.kernels.gdn(batch, tokens, heads, decode, roof_np)
+        if priced is None:
+            return None, ROOFLINE
+        self._attn_prov[("gdn", decode, batch, tokens)] = priced[1]
+        return priced
 
     def _mixer_prefill_parts(
         self, new_tokens: int, cached_tokens: int
-    ) -> list[tuple[str, str, float]]:
+    ) -> list[tuple[str, str, float, int]]:
         """(name, kind, seconds) of one sequence's prefill chunk outside softmax attention: the
         chunked scan of the linear layers (chunk-local matmuls plus a state pass per chunk,
         priced as a GEMM of the same FLOPs, and the state read and written once) and the DSA
         indexer (logits of every new token against every cached key, then a top-k pass)."""
         m, dev, fit = self.model, self.device, self.fit
-        parts: list[tuple[str, str, float]] = []
+        parts: list[tuple[str, str, float, int]] = []
         if new_tokens <= 0:
             return parts
         if m.num_linear_layers:
@@ -560,13 +594,20 @@ class Predictor:
             else:  # delta rule: QKᵀ, KKᵀ, A·V, T·V in the chunk; Q·S, W·S, Kᵀ·U across chunks
                 per_tok_head = 2.0 * (c * (2 * dk + 2 * dv) + 3 * dk * dv)
             k_eq = math.ceil(per_tok_head / (2.0 * dv))
-            t = roofline.gemm_s(new_tokens, nv * dv, k_eq, "bf16", dev, fit)
-            t += roofline.elementwise_s(2 * state, dev, fit)
+
+            def scan(tokens: float) -> float:
+                t = roofline.gemm_s(max(1, round(tokens)), nv * dv, k_eq, "bf16", dev, fit)
+                return t + roofline.elementwise_s(2 * state, dev, fit)
+
+            t, prov = self._measured_gdn(1, new_tokens, False, lambda p: scan(p[1]))
+            if t is None:
+                t = scan(new_tokens)
             parts.append(
                 (
                     "linear_scan_prefill",
                     "linear_attention",
                     self._stage_fraction(m.num_linear_layers) * t,
+                    prov,
                 )
             )
         if m.is_sparse:
@@ -580,6 +621,7 @@ class Predictor:
                     "indexer_prefill",
                     "indexer",
                     self._stage_fraction(m.num_full_attention_layers) * t,
+                    ROOFLINE,
                 )
             )
         return parts
@@ -685,8 +727,16 @@ class Predictor:
             prov = PROVENANCE[self._attn_prov.get((batch.decode_seqs,), ROOFLINE)]
             seqs_rank = math.ceil(batch.decode_seqs / self.par.dp)
             extra = [
-                OpCost(name, kind, self._part_calls(kind), pa + pb * batch.decode_context, 0.0, 0.0)
-                for name, kind, pa, pb in self._mixer_decode_parts(seqs_rank)
+                OpCost(
+                    name,
+                    kind,
+                    self._part_calls(kind),
+                    pa + pb * batch.decode_context,
+                    0.0,
+                    0.0,
+                    PROVENANCE[code],
+                )
+                for name, kind, pa, pb, code in self._mixer_decode_parts(seqs_rank)
             ]
             t -= sum(op.seconds for op in extra)
             ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0, prov))
@@ -695,8 +745,8 @@ class Predictor:
             t = self.prefill_attn_s(new, cached)
             prov = PROVENANCE[self._attn_prov.get((new, cached), ROOFLINE)]
             extra = [
-                OpCost(name, kind, self._part_calls(kind), sec, 0.0, 0.0)
-                for name, kind, sec in self._mixer_prefill_parts(new, cached)
+                OpCost(name, kind, self._part_calls(kind), sec, 0.0, 0.0, PROVENANCE[code])
+                for name, kind, sec, code in self._mixer_prefill_parts(new, cached)
             ]
             t -= sum(op.seconds for op in extra)
             ops.append(OpCost("attn_prefill", "attention", calls, t, 0.0, 0.0, prov))
@@ -776,7 +826,7 @@ class Predictor:
         full = self._stage_fraction(m.num_full_attention_layers)
         slide = self._stage_fraction(m.num_sliding_layers)
         # Linear-attention mixers (hybrids) run beside whichever attention prices the rest.
-        mixers = sum(sec for _, _, sec in self._mixer_prefill_parts(new_tokens, cached_tokens))
+        mixers = sum(p[2] for p in self._mixer_prefill_parts(new_tokens, cached_tokens))
         if m.is_sparse:  # DSA: latent MQA over the top-k keys each query picks, like a window
             self._attn_prov[(new_tokens, cached_tokens)] = ROOFLINE
             qh, kvh, qk, v, _ = self._attn_heads()
@@ -870,7 +920,7 @@ class Predictor:
             measured = self._measured_decode_coeffs(seqs, seqs_rank)
             if measured is not None:
                 a, b = measured
-                for _, _, pa, pb in self._mixer_decode_parts(seqs_rank):
+                for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank):
                     a, b = a + pa, b + pb
                 return a, b
         self._attn_prov[(seqs,)] = ROOFLINE
@@ -890,7 +940,7 @@ class Predictor:
         slide = self._stage_fraction(m.num_sliding_layers)
         if slide:  # windowed layers attend to at most the window: constant in context
             a += slide * at(seqs_rank * m.sliding_window)
-        for _, _, pa, pb in self._mixer_decode_parts(seqs_rank):
+        for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank):
             a, b = a + pa, b + pb
         return a, b
 

@@ -2,7 +2,7 @@
 
 For one GPU and serving engine (tables found by `kernel_tables`, the engine's version or the
 nearest one) this prices GEMMs per dtype, prefill and decode attention (MLA's too), MoE expert
-layers and TP all-reduces. Each
+layers, TP all-reduces and Gated DeltaNet's recurrence (chunked prefill, recurrent decode). Each
 table is a grid over its measured axes (GEMM m×n×k, attention batch×length per head layout,
 all-reduce message size per GPU count); a shape inside the grid is interpolated multilinearly in
 log latency over log size (exact on measured points, monotone between neighbours). Outside the
@@ -280,6 +280,43 @@ def _mla_grid(path: Path, heads: float, kv: str, decode: bool) -> Grid:
     return build_grid([c["batch_size"][keep], length], c["latency"][keep])
 
 
+# Gated DeltaNet kernels as SGLang, vLLM and TensorRT-LLM run them (fla's chunked prefill and
+# the fused recurrent decode step), measured per head layout on one device.
+GDN_KERNELS = {
+    False: ("context", "chunk_gated_delta_rule"),
+    True: ("generation", "fused_recurrent_gated_delta_rule_packed_decode"),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _gdn_grid(path: Path, decode: bool, layout: tuple[float, float, float, float]) -> Grid | None:
+    """Latency over batch × sequence length of one GDN layer's recurrence kernel for a head
+    layout (k heads, v heads, k dim, v dim per device), or None when it was not measured."""
+    cols = kernel_tables.read(
+        path,
+        (
+            "kernel_source",
+            "phase",
+            "batch_size",
+            "seq_len",
+            "num_k_heads",
+            "num_v_heads",
+            "head_k_dim",
+            "head_v_dim",
+            "latency",
+        ),
+    )
+    phase, source = GDN_KERNELS[decode]
+    keep = (cols["phase"] == phase) & (cols["kernel_source"] == source)
+    for name, v in zip(
+        ("num_k_heads", "num_v_heads", "head_k_dim", "head_v_dim"), layout, strict=True
+    ):
+        keep &= np.asarray(cols[name], dtype=np.float64) == v
+    if not keep.any():
+        return None
+    return build_grid([cols["batch_size"][keep], cols["seq_len"][keep]], cols["latency"][keep])
+
+
 def moe_roofline_np(
     p: np.ndarray, gated: bool, weight_dtype: str, device: Device, fit: roofline.KernelFit
 ) -> np.ndarray:
@@ -353,6 +390,7 @@ class MeasuredKernels:
             "moe": self._find("moe", "moe_perf"),
             "mla_prefill": self._find("mla", "context_mla_perf"),
             "mla_decode": self._find("mla", "generation_mla_perf"),
+            "gdn": self._find("linear_attention", "gdn_perf"),
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
@@ -529,6 +567,30 @@ class MeasuredKernels:
             return moe_roofline_np(p, gated, wdt, self.device, self.fit)
 
         return _anchored_cols(grid, x, shift, roof, (0,))
+
+    # ---- Gated DeltaNet recurrence ------------------------------------------------------
+    def gdn(
+        self,
+        batch: int,
+        seq_len: int,
+        heads: tuple[int, int, int, int],
+        decode: bool,
+        roof: Callable[[np.ndarray], np.ndarray],
+    ) -> tuple[float, int] | None:
+        """(seconds, provenance) of one Gated DeltaNet layer's recurrence on one device: a
+        decode step of `batch` sequences (seq_len 1), or one sequence's prefill chunk of
+        `seq_len` tokens; heads = (k heads, v heads, k dim, v dim) per device, which must have
+        been measured (None otherwise: the caller's roofline). `roof(p)` prices points
+        p = [[batch, seq_len], ...] for anchoring outside the grid."""
+        path = self._paths["gdn"]
+        if path is None:
+            return None
+        grid = _gdn_grid(path, decode, tuple(float(h) for h in heads))
+        if grid is None:
+            return None
+        x = np.array([[float(batch), float(seq_len)]])
+        t, code = anchored(grid, x, roof)
+        return float(t[0]), int(code[0])
 
     # ---- MLA attention --------------------------------------------------------------------
     def _mla(
