@@ -184,7 +184,7 @@ class Predictor:
             self.fit,
         )
         self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
-        self._attn_prov: dict[tuple[int, ...], int] = {}  # attention shape -> provenance code
+        self._attn_prov: dict[tuple, int] = {}  # attention (or GDN) shape -> provenance code
         self._eager_s = self.engine.eager_host_s_per_layer * self.layers_per_stage
         self._piecewise_s = self.engine.piecewise_host_s_per_layer * self.layers_per_stage
         self._hosted = bool(self._eager_s or self._piecewise_s)  # any host time to price
@@ -578,10 +578,11 @@ class Predictor:
     def _mixer_prefill_parts(
         self, new_tokens: int, cached_tokens: int
     ) -> list[tuple[str, str, float, int]]:
-        """(name, kind, seconds) of one sequence's prefill chunk outside softmax attention: the
-        chunked scan of the linear layers (chunk-local matmuls plus a state pass per chunk,
-        priced as a GEMM of the same FLOPs, and the state read and written once) and the DSA
-        indexer (logits of every new token against every cached key, then a top-k pass)."""
+        """(name, kind, seconds, provenance) of one sequence's prefill chunk outside softmax
+        attention: the chunked scan of the linear layers (Gated DeltaNet's from the measured
+        tables where they hold the head layout; else chunk-local matmuls plus a state pass per
+        chunk, priced as a GEMM of the same FLOPs, and the state read and written once) and the
+        DSA indexer (logits of every new token against every cached key, then a top-k pass)."""
         m, dev, fit = self.model, self.device, self.fit
         parts: list[tuple[str, str, float, int]] = []
         if new_tokens <= 0:
