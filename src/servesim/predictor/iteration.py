@@ -16,7 +16,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from servesim.predictor import measured_kernels, roofline
+from servesim.predictor import linear_scan, measured_kernels, roofline
 from servesim.predictor.measured_kernels import PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
@@ -580,9 +580,10 @@ class Predictor:
     ) -> list[tuple[str, str, float, int]]:
         """(name, kind, seconds, provenance) of one sequence's prefill chunk outside softmax
         attention: the chunked scan of the linear layers (Gated DeltaNet's from the measured
-        tables where they hold the head layout; else chunk-local matmuls plus a state pass per
-        chunk, priced as a GEMM of the same FLOPs, and the state read and written once) and the
-        DSA indexer (logits of every new token against every cached key, then a top-k pass)."""
+        tables where they hold the head layout, else by `linear_scan`, chunk by chunk; Mamba2's
+        and KDA's chunk-local matmuls plus a state pass per chunk, priced as a GEMM of the same
+        FLOPs, and the state read and written once) and the DSA indexer (logits of every new
+        token against every cached key, then a top-k pass)."""
         m, dev, fit = self.model, self.device, self.fit
         parts: list[tuple[str, str, float, int]] = []
         if new_tokens <= 0:
@@ -597,6 +598,8 @@ class Predictor:
             k_eq = math.ceil(per_tok_head / (2.0 * dv))
 
             def scan(tokens: float) -> float:
+                if m.linear_kind == "gdn":  # latency-bound chunk by chunk (`linear_scan`)
+                    return linear_scan.gdn_prefill_s(tokens, nv, dk, dv, c, dev)
                 t = roofline.gemm_s(max(1, round(tokens)), nv * dv, k_eq, "bf16", dev, fit)
                 return t + roofline.elementwise_s(2 * state, dev, fit)
 
