@@ -191,7 +191,8 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int]
     From SemiAnalysisAI/InferenceX: the Llama-3.1-70B launch (llama-config.yml) passes
     `--max_num_tokens 16384` and, at ISL 1024 / OSL 1024 below TP 8, batch waiting of 20
     iterations or 0.9 of the budget; benchmarks/single_node/dsr1_fp8_b200_trt.sh, dsr1_fp4_b200
-    _trt.sh and dsr1_fp8_h200_trt.sh pass max(8192, CONC + ISL + 64 rounded up to 64), only
+    _trt.sh and dsr1_fp8_h200_trt.sh pass max(8192, CONC + ISL + 64 rounded up to 64) (without
+    the 8192 floor before the search space, SEARCH_SPACE_DAY), only
     dsr1_fp8_b200_trt.sh at 1k/1k with 64 or more clients waits (40 iterations, 0.8), and with
     attention DP all three write `attention_dp_config: {batching_wait_iters: 0, enable_balance:
     true, timeout_iters: 60}` (batch waiting is skipped under attention DP).
@@ -212,7 +213,9 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int]
     if "llama-3.1-70b" in model and not dp:
         return (16384, 20, 0.9, 0) if chat and tp < 8 else (16384, 0, 0.0, 0)
     if "deepseek" in model:
-        tokens = max(8192, -(-(conc + isl + 64) // 64) * 64)
+        tokens = -(-(conc + isl + 64) // 64) * 64
+        if _measured_day(row) >= SEARCH_SPACE_DAY or not _measured_day(row):
+            tokens = max(8192, tokens)  # the floor the scripts added with the search space
         if dp:
             return tokens, 0, 0.0, 60
         fp8 = "fp8" in (row.get("gemm_quant_mode") or row.get("precision") or "").lower()
@@ -596,6 +599,58 @@ def _single_node_layout(item: dict[str, str], row: dict[str, str], conc: int) ->
     }
 
 
+# Before InferenceX's candidate search space (commit 17d5e204f, 2025-11-03) its launch scripts
+# chose expert parallelism and attention DP themselves from TP, ISL/OSL and the concurrency
+# (benchmarks/dsr1_fp4_b200_trt_slurm.sh and dsr1_fp8_h200_trt_slurm.sh at e06929c70), the
+# dashboard rows keep only the inputs (tp, ep 1), and no DeepSeek script drafted with MTP (it
+# was removed on 2025-09-07, commit 294fe5f27, and came back on 2026-01-15).
+SEARCH_SPACE_DAY = "2025-11-03"
+
+
+def _measured_day(row: dict[str, str]) -> str:
+    """The day a row was measured (YYYY-MM-DD), or empty when the source does not say."""
+    m = re.search(r"measured=(\d{4}-\d\d-\d\d)", row.get("silicon_data_source", ""))
+    return m.group(1) if m else ""
+
+
+def inferencex_2025_trt_layout(row: dict[str, str]) -> dict[str, str] | None:
+    """A colocated DeepSeek-R1 TensorRT-LLM row measured before the search space (see
+    SEARCH_SPACE_DAY) with the layout its launch script chose, or None for other rows.
+
+    dsr1_fp4_b200_trt_slurm.sh: EP = TP above 32 clients at TP 4 (above 8 at TP 8 for 1k/1k,
+    16 for 1k/8k, 32 for 8k/1k), attention DP from 256 clients (above 32 at 8k/1k, with EP);
+    dsr1_fp8_h200_trt_slurm.sh: EP = TP always, attention DP above 64 clients (32 at 8k/1k)."""
+    day = _measured_day(row)
+    if not day or day >= SEARCH_SPACE_DAY or row.get("backend") != "trtllm":
+        return None
+    if (row.get("mode") or "agg") != "agg" or "deepseek" not in row["model_path"].lower():
+        return None
+    tp = _int(row, "tp_size") * max(1, _int(row, "attention_dp_size"))
+    isl, osl, conc = _int(row, "isl"), _int(row, "osl"), concurrency_of(row)
+    shape = {(1024, 1024): "1k1k", (1024, 8192): "1k8k", (8192, 1024): "8k1k"}.get((isl, osl))
+    system, precision = row.get("system", ""), row.get("precision", "")
+    if shape is None or tp not in (4, 8):
+        return None
+    if system.startswith("b200") and precision == "fp4":
+        ep_above = {4: {"1k1k": 32, "1k8k": 32, "8k1k": 32}, 8: {"1k1k": 8, "1k8k": 16, "8k1k": 32}}
+        ep = tp if conc > ep_above[tp][shape] else 1
+        dp = conc > 32 if shape == "8k1k" else conc >= 256
+    elif system.startswith("h200") and precision == "fp8":
+        ep = tp
+        dp = conc > (32 if shape == "8k1k" else 64)
+    else:
+        return None
+    ranks = tp if dp else 1
+    return {
+        **row,
+        "tp_size": str(tp // ranks),
+        "attention_dp_size": str(ranks),
+        "moe_ep_size": str(ep),
+        "moe_tp_size": str(tp // ep),
+        "batch_size": str(-(-conc // ranks)),
+    }
+
+
 def single_node_config(
     row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
 ) -> tuple[dict[str, str], str, str]:
@@ -656,6 +711,10 @@ def single_node_config(
             matches.append((item, True))
     kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
     if not matches:
+        early = inferencex_2025_trt_layout(row)
+        if early is not None:
+            where = "dsr1 TensorRT-LLM launch script before the search space (e06929c70)"
+            return early, f"no speculative decoding, layout from the {where}", ""
         return row, "", "no InferenceX config matches"
     if len(kinds) > 1:
         return row, "", f"{len(kinds)} InferenceX configs match"

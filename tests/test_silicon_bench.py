@@ -383,6 +383,42 @@ def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
     assert (dep.max_num_seqs, dep.max_num_batched_tokens) == (512, 8192)
 
 
+def test_inferencex_rows_before_the_search_space_get_their_scripts_layout() -> None:
+    """Rows measured before InferenceX's search space (2025-11-03) ran the layout the launch
+    script chose: dsr1 fp4 B200 TensorRT-LLM at TP 8 and 1k/1k takes EP 8 above 8 clients and
+    attention DP from 256; fp8 H200 always EP = TP, DP above 64 clients (32 at 8k/1k); their
+    token budget had no 8192 floor yet; no MTP then."""
+    src = "db-dump/2026-04-27; config_id=91; silicon_concurrency={c}; measured=2025-11-02T00:00"
+    fp4 = row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        precision="fp4",
+        isl="1024",
+        osl="1024",
+        tp_size="8",
+        attention_dp_size="1",
+        moe_ep_size="1",
+        silicon_data_source=src.format(c=8),
+    )
+    low = silicon.inferencex_2025_trt_layout(fp4)
+    assert (low["tp_size"], low["attention_dp_size"], low["moe_ep_size"]) == ("8", "1", "1")
+    mid = silicon.inferencex_2025_trt_layout({**fp4, "silicon_data_source": src.format(c=32)})
+    assert (mid["tp_size"], mid["moe_ep_size"], mid["batch_size"]) == ("8", "8", "32")
+    high = silicon.inferencex_2025_trt_layout({**fp4, "silicon_data_source": src.format(c=256)})
+    assert (high["tp_size"], high["attention_dp_size"], high["batch_size"]) == ("1", "8", "32")
+    h200 = {**fp4, "system": "h200_sxm", "precision": "fp8", "isl": "8192"}
+    h = silicon.inferencex_2025_trt_layout({**h200, "silicon_data_source": src.format(c=32)})
+    assert (h["attention_dp_size"], h["moe_ep_size"]) == ("1", "8")
+    h = silicon.inferencex_2025_trt_layout({**h200, "silicon_data_source": src.format(c=64)})
+    assert h["attention_dp_size"] == "8"
+    later = {**fp4, "silicon_data_source": src.format(c=8).replace("2025-11-02", "2025-11-10")}
+    assert silicon.inferencex_2025_trt_layout(later) is None
+    # 32 + 1024 + 64 = 1120, rounded up to 64 tokens: 1152 (no 8192 floor)
+    assert silicon.inferencex_trtllm_launch(mid)[0] == 1152
+    filled, where, refusal = silicon.single_node_config(mid, table=())
+    assert refusal == "" and "before the search space" in where and filled["moe_ep_size"] == "8"
+
+
 def test_aiconfigurator_sglang_rows_mix_prefill_chunks_from_the_fixed_generator_on() -> None:
     """aiconfigurator's SGLang rule asks for --enable-mixed-chunk on colocated workers; the
     generator emits it from 2026-01-19, which every SGLang 0.5.6.post2+ template post-dates."""
