@@ -664,7 +664,10 @@ def single_node_config(
     framework, precision, ISL/OSL, the measured day, the image (when the row names one) and the
     concurrency agree and the GPUs do: the row's tp × attention-DP, EP and dp-attention are the
     item's, or the row reports the item's tp × ep GPUs (some exports multiply TP or DP by EP),
-    in which case the item's layout replaces the row's. All matches must agree on speculative
+    in which case the item's layout replaces the row's. A row that states its TP but leaves EP
+    and attention DP at 1 (early database records do, e.g. config_id 88 on 2025-11-10 while the
+    launch script passed the config's `--ep-size 4`) takes the layout of the configs run at that
+    TP when no config matches it exactly. All matches must agree on speculative
     decoding and draft length; MTP runs are simulated with that draft length (the launch
     script's, `scripts/inferencex_single_node.py`), rows no config or several kinds match are
     refused.
@@ -692,6 +695,7 @@ def single_node_config(
     conc = concurrency_of(row)
     tp, dp, ep = (max(1, _int(row, k)) for k in ("tp_size", "attention_dp_size", "moe_ep_size"))
     matches: list[tuple[dict[str, str], bool]] = []
+    unstated: list[dict[str, str]] = []
     for item in table if table is not None else inferencex_single_node():
         if not (
             item["model_prefix"] == prefix
@@ -709,6 +713,10 @@ def single_node_config(
             matches.append((item, False))
         elif i_ep > 1 and tp * dp == i_tp * i_ep and ep == i_ep:
             matches.append((item, True))
+        elif (ep, dp) == (1, 1) and tp == i_tp and (i_ep > 1 or i_dp):
+            unstated.append(item)  # the row left EP and DP at their defaults
+    if not matches:  # the config's own layout where the row states only its TP
+        matches = [(item, True) for item in unstated]
     kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
     if not matches:
         early = inferencex_2025_trt_layout(row)

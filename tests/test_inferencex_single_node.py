@@ -168,3 +168,17 @@ def test_draft_length_read_from_launch_scripts() -> None:
         assert (draft_tokens(script, False), draft_tokens(script, True)) == ("3", "1")
     assert draft_tokens("SPECULATIVE_NUM_STEPS=2\nSPECULATIVE_DRAFT_TOKENS=3\n", False) == "2"
     assert draft_tokens("echo nothing\n", False) == ""
+
+
+def test_a_row_stating_only_its_tp_takes_the_configs_ep_and_dp() -> None:
+    """Early records leave EP and attention DP at 1: tp8 with 128 clients matches no config
+    exactly, so it takes the one run at TP 8 for 128 clients (EP 8 with DP attention); a TP no
+    config ran at stays refused."""
+    early = dashboard_row(POST2, 128, 8)
+    out, source, refusal = silicon.single_node_config(early, TABLE)
+    assert refusal == "" and source.startswith("layout recovered from dsr1-fp8-b200-trt in")
+    assert (out["tp_size"], out["attention_dp_size"], out["moe_ep_size"]) == ("1", "8", "8")
+    assert out["batch_size"] == "16"
+    assert silicon.single_node_config(dashboard_row(POST2, 128, 4), TABLE)[2] == (
+        "no InferenceX config matches"
+    )
