@@ -19,6 +19,8 @@ from servesim.report.export import (
     k8s_manifest,
     launch_notes,
     sglang_command,
+    trtllm_command,
+    trtllm_options,
     vllm_command,
     write_exports,
 )
@@ -101,6 +103,62 @@ def test_sglang_flags_follow_each_field() -> None:
     assert flag(argv, "--mem-fraction-static") == "0.88"  # SGLang profile's memory fraction
     assert flag(argv, "--context-length") == "9216"
     assert flags(argv) <= SGLANG_FLAGS
+
+
+# trtllm-serve's options (tensorrt_llm/commands/serve.py): the rest lives in the LlmArgs YAML.
+TRTLLM_FLAGS = {
+    "--backend",
+    "--tp_size",
+    "--pp_size",
+    "--max_batch_size",
+    "--max_num_tokens",
+    "--max_seq_len",
+    "--extra_llm_api_options",
+    "--host",
+    "--port",
+}
+
+
+def test_trtllm_flags_and_options_follow_each_field() -> None:
+    """trtllm-serve on the PyTorch backend with the candidate's parallelism and batching; the KV
+    cache's share of free memory (TensorRT-LLM's own meaning, 0.9), its dtype and chunked
+    prefill go in the LlmArgs YAML, with the KV transceiver for a disaggregated pool."""
+    r = row(tp=4, pp=2, engine="trtllm", max_num_seqs=128, max_num_batched_tokens=4096)
+    argv = shlex.split(trtllm_command(r, LLAMA, max_model_len=9216))
+    assert argv[:2] == ["trtllm-serve", LLAMA]
+    assert flag(argv, "--backend") == "pytorch"
+    assert (flag(argv, "--tp_size"), flag(argv, "--pp_size")) == ("4", "2")
+    assert flag(argv, "--max_batch_size") == "128" and flag(argv, "--max_num_tokens") == "4096"
+    assert flag(argv, "--max_seq_len") == "9216"
+    assert flags(argv) <= TRTLLM_FLAGS
+    opts = trtllm_options({**r, "kv_dtype": "fp8"})
+    assert opts == {
+        "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "dtype": "fp8"},
+        "enable_chunked_prefill": True,
+    }
+    assert trtllm_options(r, "decode")["cache_transceiver_config"] == {"backend": "DEFAULT"}
+    # unchunked: the budget holds the longest prompt
+    argv = shlex.split(trtllm_command({**r, "chunked_prefill": False}, LLAMA, max_model_len=9216))
+    assert flag(argv, "--max_num_tokens") == "9216"
+    # fp8 weights from a bf16 checkpoint: TensorRT-LLM does not quantise online, so a note
+    note = launch_notes({**r, "weight_dtype": "fp8"}, LLAMA)
+    assert len(note) == 1 and "ModelOpt" in note[0]
+    assert launch_notes({**r, "engine": "vllm", "weight_dtype": "fp8"}, LLAMA) == []
+
+
+def test_trtllm_deployment_writes_its_options_then_serves() -> None:
+    r = row(tp=4, engine="trtllm", kv_dtype="fp8")
+    doc, c = container(k8s_manifest(r, LLAMA, 2, "trtllm", 9216))
+    assert c["image"].startswith("nvcr.io/nvidia/tensorrt-llm/release")
+    assert c["command"] == ["/bin/sh", "-c"] and c["ports"][0]["containerPort"] == 8000
+    script = c["args"][0]
+    head, run = script.split("\nexec ", 1)
+    opts = yaml.safe_load(head.split("<<'YAML'\n", 1)[1].rsplit("YAML", 1)[0])
+    assert opts["kv_cache_config"]["dtype"] == "fp8"
+    argv = shlex.split(run)
+    assert argv[0] == "trtllm-serve" and flag(argv, "--tp_size") == "4"
+    subprocess.run(["sh", "-n", "-c", script], check=True)  # valid shell
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4 and doc["spec"]["replicas"] == 2
 
 
 @pytest.mark.parametrize(
@@ -226,8 +284,8 @@ def test_write_exports_uses_the_sized_deployment(tmp_path: Path) -> None:
         cheapest=sizing,
     )
     files = write_exports(result, tmp_path)
-    assert set(files) == {"launch_vllm", "launch_sglang", "k8s"}
-    for script in (files["launch_vllm"], files["launch_sglang"]):
+    assert set(files) == {"launch_vllm", "launch_sglang", "launch_trtllm", "k8s"}
+    for script in (files["launch_vllm"], files["launch_sglang"], files["launch_trtllm"]):
         assert script.stat().st_mode & 0o111
         subprocess.run(["bash", "-n", str(script)], check=True)  # valid shell
     argv = script_argv(files["launch_sglang"])

@@ -1,10 +1,14 @@
-"""Launch a plan's winner for real: vLLM and SGLang commands and a Kubernetes Deployment.
+"""Launch a plan's winner for real: vLLM, SGLang and TensorRT-LLM commands and a Kubernetes
+Deployment.
 
 Each function takes a result row (or anything with the Candidate fields) and the model name the
-engine should load. Flags are the engines' own: vLLM's `vllm serve` engine arguments and SGLang's
-`sglang.launch_server` server arguments. Weights are quantised online only where both engines can
-(fp8 from a 16-bit checkpoint); any other change of weight format needs a checkpoint already in
-that format, which `launch_notes` says.
+engine should load. Flags are the engines' own: vLLM's `vllm serve` engine arguments, SGLang's
+`sglang.launch_server` server arguments and TensorRT-LLM's `trtllm-serve` options with an
+`--extra_llm_api_options` YAML (LlmArgs: KV-cache dtype and memory fraction, chunked prefill,
+the disaggregated KV transceiver). vLLM and SGLang quantise fp8 weights online from a 16-bit
+checkpoint; any other change of weight format (and any at all for TensorRT-LLM, which loads
+ModelOpt-quantised checkpoints) needs a checkpoint already in that format, which `launch_notes`
+says.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ if TYPE_CHECKING:
 
 VLLM_PORT = 8000
 SGLANG_PORT = 30000
+TRTLLM_PORT = 8000
+TRTLLM_OPTIONS = "/tmp/servesim_llm_api_options.yml"  # where the launch writes the YAML
 # (engine, GPU vendor) -> container image; the image's own entrypoint is replaced by `command`.
 IMAGES: dict[tuple[str, str], str] = {
     ("vllm", "nvidia"): "vllm/vllm-openai:latest",
     ("sglang", "nvidia"): "lmsysorg/sglang:latest",
     ("vllm", "amd"): "rocm/vllm:latest",
+    ("trtllm", "nvidia"): "nvcr.io/nvidia/tensorrt-llm/release:latest",
 }
 GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu"}
 
@@ -67,8 +74,15 @@ def launch_notes(row: dict[str, Any], model_name: str) -> list[str]:
     """Caveats a launch command cannot express: a weight format the checkpoint does not have."""
     want = canonical(row.get("weight_dtype") or "bf16")
     have = _checkpoint_dtype(model_name)
-    if want == have or {want, have} <= {"bf16", "fp16"} or _online_quantization(row, model_name):
+    if want == have or {want, have} <= {"bf16", "fp16"}:
         return []
+    if _online_quantization(row, model_name):
+        if row.get("engine") != "trtllm":
+            return []
+        return [
+            f"weights in {want}: TensorRT-LLM does not quantise online; load an {want} "
+            f"checkpoint of {model_name} (NVIDIA ModelOpt makes one from the 16-bit weights)"
+        ]
     return [
         f"weights in {want}: load a {want} checkpoint of the model (the {model_name} "
         f"checkpoint is {have}); the engines read its format from its config"
@@ -162,6 +176,55 @@ def _sglang_argv(
     return [*argv, "--host", "0.0.0.0", "--port", str(SGLANG_PORT)]
 
 
+def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, Any]:
+    """The `--extra_llm_api_options` YAML (TensorRT-LLM LlmArgs): the KV cache's share of the
+    memory left after the weights and its dtype, chunked prefill, and for a disaggregated pool
+    the KV-cache transceiver."""
+    # TensorRT-LLM's fraction is of the memory left after weights and activations (its profile's
+    # meaning), whatever scheduler the row was planned with
+    kv: dict[str, Any] = {"free_gpu_memory_fraction": get_engine("trtllm").mem_util}
+    if canonical(row.get("kv_dtype") or "bf16") == "fp8":
+        kv["dtype"] = "fp8"
+    doc: dict[str, Any] = {
+        "kv_cache_config": kv,
+        "enable_chunked_prefill": bool(row["chunked_prefill"]),
+    }
+    if phase:
+        doc["cache_transceiver_config"] = {"backend": "DEFAULT"}
+    return doc
+
+
+def _trtllm_argv(
+    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
+) -> list[str]:
+    tokens = int(row["max_num_batched_tokens"])
+    if not row["chunked_prefill"] and max_model_len:
+        tokens = max(tokens, int(max_model_len))  # a whole prompt in one step's budget
+    argv = [
+        "trtllm-serve",
+        model_source(model_name),
+        "--backend",
+        "pytorch",
+        "--tp_size",
+        str(int(row["tp"])),
+        "--pp_size",
+        str(int(row.get("pp") or 1)),
+        "--max_batch_size",
+        str(int(row["max_num_seqs"])),
+        "--max_num_tokens",
+        str(tokens),
+    ]
+    if max_model_len:
+        argv += ["--max_seq_len", str(int(max_model_len))]
+    argv += ["--extra_llm_api_options", TRTLLM_OPTIONS]
+    return [*argv, "--host", "0.0.0.0", "--port", str(TRTLLM_PORT)]
+
+
+def trtllm_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
+    """`trtllm-serve` with the candidate's settings (its options YAML: `trtllm_options`)."""
+    return shlex.join(_trtllm_argv(row, model_name, max_model_len))
+
+
 def vllm_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
     """`vllm serve` with the candidate's parallelism, batching, formats and memory fraction."""
     return shlex.join(_vllm_argv(row, model_name, max_model_len))
@@ -183,7 +246,17 @@ def _argv(
         return _vllm_argv(row, model_name, max_len, phase)
     if engine == "sglang":
         return _sglang_argv(row, model_name, max_len, phase)
-    raise ServesimError(f"No launch command for engine {engine!r}; use vllm or sglang.")
+    if engine == "trtllm":
+        return _trtllm_argv(row, model_name, max_len, phase)
+    raise ServesimError(f"No launch command for engine {engine!r}; use vllm, sglang or trtllm.")
+
+
+def _prelude(engine: str, row: dict[str, Any], phase: str | None) -> str:
+    """Shell lines a launch needs before its command: TensorRT-LLM's options YAML."""
+    if engine != "trtllm":
+        return ""
+    body = yaml.dump(trtllm_options(row, phase), Dumper=_PlainDumper, sort_keys=False)
+    return f"cat > {TRTLLM_OPTIONS} <<'YAML'\n{body}YAML\n"
 
 
 def gpu_product_label(device: Device) -> str:
@@ -224,6 +297,11 @@ def k8s_manifest(
     argv = _argv(engine, row, model_name, max_model_len, phase)
     split = 3 if engine == "sglang" else 2
     port = SGLANG_PORT if engine == "sglang" else VLLM_PORT
+    command, args = argv[:split], argv[split:]
+    if engine == "trtllm":  # the options YAML is written first, in the container's shell
+        port = TRTLLM_PORT
+        command = ["/bin/sh", "-c"]
+        args = [_prelude(engine, row, phase) + "exec " + shlex.join(argv)]
     gpus = int(row["tp"]) * int(row.get("pp") or 1)
     name = _slug(f"{Path(model_source(model_name)).name}-{engine}" + (f"-{phase}" if phase else ""))
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "servesim"}
@@ -251,8 +329,8 @@ def k8s_manifest(
                         {
                             "name": engine,
                             "image": image,
-                            "command": argv[:split],
-                            "args": argv[split:],
+                            "command": command,
+                            "args": args,
                             "ports": [{"name": "http", "containerPort": port}],
                             "env": [
                                 {
@@ -301,7 +379,7 @@ def k8s_manifest(
     return "\n".join(header) + "\n" + body
 
 
-def _script(argv: list[str], comments: list[str]) -> str:
+def _script(argv: list[str], comments: list[str], prelude: str = "") -> str:
     lines = ["#!/usr/bin/env bash", "set -euo pipefail", *[f"# {c}" for c in comments]]
     parts: list[str] = []
     for a in argv:
@@ -309,7 +387,8 @@ def _script(argv: list[str], comments: list[str]) -> str:
             parts.append(shlex.quote(a))
         else:
             parts[-1] += " " + shlex.quote(a)
-    return "\n".join(lines) + "\nexec " + " \\\n    ".join(parts) + "\n"
+    head = "\n".join(lines) + "\n" + prelude
+    return head + "exec " + " \\\n    ".join(parts) + "\n"
 
 
 def _row_for(result: PlanResult) -> tuple[dict[str, Any] | None, int]:
@@ -326,7 +405,7 @@ def _row_of(result: PlanResult, key: str) -> dict[str, Any] | None:
     return next((r for r in result.rows if r.get("key") == key), None)
 
 
-LAUNCH_ENGINES = ("vllm", "sglang")
+LAUNCH_ENGINES = ("vllm", "sglang", "trtllm")
 
 
 def launch_plan(result: PlanResult, engine: str) -> tuple[dict[str, Any] | None, int, str]:
@@ -375,7 +454,8 @@ def max_model_len_for(result: PlanResult, row: dict[str, Any]) -> int:
 
 
 def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write launch_vllm.sh, launch_sglang.sh and k8s_deployment.yaml for the plan's pick.
+    """Write launch_vllm.sh, launch_sglang.sh, launch_trtllm.sh and k8s_deployment.yaml for the
+    plan's pick.
 
     Each launch script carries the settings planned for its own engine (`launch_plan`); the
     Kubernetes manifest runs the overall pick (cheapest verified fleet, else the winner). When
@@ -413,7 +493,7 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
             path = out / f"launch_{engine}{suffix}.sh"
             extra = [f"{phase} pool: {n * replicas} replica(s) of this command"] if phase else []
             argv = _argv(engine, pool_row, model, max_len, phase)
-            path.write_text(_script(argv, comments + extra))
+            path.write_text(_script(argv, comments + extra, _prelude(engine, pool_row, phase)))
             path.chmod(0o755)
             files[f"launch_{engine}{suffix}"] = path
     engine = str(pick.get("engine")) if pick.get("engine") in LAUNCH_ENGINES else "vllm"
@@ -456,7 +536,8 @@ def _comments(
     if len(phases(row)) > 1:
         out.append(
             "disaggregated: start the prefill and decode pools below and route each request to "
-            "a prefill server, then a decode server (vLLM's disaggregated-serving proxy, or "
-            "SGLang's mini load balancer with --prefill/--decode)"
+            "a prefill server, then a decode server (vLLM's disaggregated-serving proxy, "
+            "SGLang's mini load balancer with --prefill/--decode, or `trtllm-serve "
+            "disaggregated -c` with the context and generation servers' URLs)"
         )
     return out
