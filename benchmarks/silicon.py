@@ -214,7 +214,8 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int]
         return (16384, 20, 0.9, 0) if chat and tp < 8 else (16384, 0, 0.0, 0)
     if "deepseek" in model:
         tokens = -(-(conc + isl + 64) // 64) * 64
-        if _measured_day(row) >= SEARCH_SPACE_DAY or not _measured_day(row):
+        day = _measured_day(row)
+        if not day or day >= SEARCH_SPACE_DAY:
             tokens = max(8192, tokens)  # the floor the scripts added with the search space
         if dp:
             return tokens, 0, 0.0, 60
@@ -389,8 +390,7 @@ def protocol_of(row: dict[str, str]) -> ClientProtocol:
     if src.startswith("source_file=qwen3.5-397b-gap-analysis.csv"):
         return INFERENCEX
     if src.startswith("db-dump/") or re.match(r"source_file=\d{4}-\d\d-\d\d\.csv;", src):
-        m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
-        return INFERENCEX if m and m.group(1) >= "2026-01-21" else INFERENCEX_2025
+        return INFERENCEX if _measured_day(row) >= "2026-01-21" else INFERENCEX_2025
     return AIPERF
 
 

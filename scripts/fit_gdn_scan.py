@@ -73,10 +73,9 @@ def _fit(r: dict[str, np.ndarray], m: np.ndarray) -> tuple[float, float, float]:
 
 
 def _ape(r: dict[str, np.ndarray], m: np.ndarray, c: tuple[float, float, float]) -> np.ndarray:
-    t0, tau, gamma = c
-    steps = np.ceil(r["tokens"][m] / 64)
-    moved = linear_scan.state_bytes_per_chunk(r["v_heads"][m], r["dk"][m], r["dv"][m], 64)
-    pred = t0 + steps * (tau + gamma * moved / r["bw"][m])
+    pred = linear_scan.gdn_prefill_np(
+        r["tokens"][m], r["v_heads"][m], r["dk"][m], r["dv"][m], 64, r["bw"][m], c
+    )
     return 100 * np.abs(pred / r["latency_s"][m] - 1)
 
 

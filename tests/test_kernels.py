@@ -24,11 +24,6 @@ US = 1e-6
 
 
 @pytest.fixture(scope="module")
-def h100():
-    return get_device("h100_sxm")
-
-
-@pytest.fixture(scope="module")
 def fit():
     return default_fit()
 

@@ -25,16 +25,6 @@ from servesim.spec.speculative import SpeculativeDecoding
 LLAMA8 = "meta-llama/Llama-3.1-8B"
 
 
-@pytest.fixture(scope="module")
-def llama8():
-    return load_model(LLAMA8)
-
-
-@pytest.fixture(scope="module")
-def h100():
-    return get_device("h100_sxm")
-
-
 # ---- the acceptance chain ----------------------------------------------------------------------
 def test_expected_tokens_per_step_hand_computed() -> None:
     # 1 + a1 + a1·a2 + a1·a2·a3

@@ -21,20 +21,9 @@ from servesim.sim.deployment import Deployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed
 from servesim.spec.devices import get_device
-from servesim.spec.model import load_model
 from servesim.spec.speculative import SpeculativeDecoding
 
 LLAMA8 = "meta-llama/Llama-3.1-8B"
-
-
-@pytest.fixture(scope="module")
-def llama8():
-    return load_model(LLAMA8)
-
-
-@pytest.fixture(scope="module")
-def h100():
-    return get_device("h100_sxm")
 
 
 def _tpot(dep: Deployment, clients: int, output: int = 256) -> float:
