@@ -31,7 +31,8 @@ match are refused.
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
 InferenceX rows get their launch scripts' engine settings (`inferencex_sglang_launch`,
-`inferencex_trtllm_launch`, `inferencex_vllm_launch`); aiconfigurator's own rows its
+`inferencex_trtllm_launch`, `inferencex_vllm_launch`) and KV-cache format
+(`inferencex_kv_dtype`); aiconfigurator's own rows its
 generator's (`batching_of`, `aiconfigurator_mixed_chunk`).
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
@@ -259,17 +260,48 @@ QUANT = {
 }
 
 
+def inferencex_kv_dtype(row: dict[str, str]) -> str | None:
+    """The KV-cache format of InferenceX's colocated launch for a row, or None when the row is
+    not one (other clients, disaggregated pools, launches this does not know).
+
+    From SemiAnalysisAI/InferenceX's launch scripts, every version from 2025-09 to 2026-03:
+    - TensorRT-LLM writes `kv_cache_config: {dtype: fp8}` for every model and precision
+      (benchmarks/70b_fp{4,8}_b200_trt_slurm.sh, 70b_fp8_h200_trt_slurm.sh,
+      dsr1_fp{4,8}_b200_trt*.sh, dsr1_fp8_h200_trt*.sh);
+    - vLLM's Llama-3.1-70B launches pass `kv-cache-dtype: fp8` (70b_fp{4,8}_b200_docker.sh,
+      70b_fp8_h200_slurm.sh);
+    - SGLang on B200 passes `--kv-cache-dtype fp8_e4m3` for DeepSeek-R1 at fp4 and fp8
+      (dsr1_fp{4,8}_b200_docker.sh, which the `b200` runners ran, and dsr1_fp{4,8}_b200.sh) and
+      for Qwen3.5 fp8 (qwen3.5_fp8_b200.sh, qwen3.5_fp8_h200.sh); its DeepSeek fp8 launch on
+      H200 (dsr1_fp8_h200.sh) and Qwen3.5 bf16 (qwen3.5_bf16_b200.sh) pass none, so the cache
+      keeps the model's bf16.
+    Without this an fp4 row would cache in bf16, and SGLang's DeepSeek fp8 on H200 in fp8."""
+    if protocol_of(row) is AIPERF or row.get("mode", "agg") not in ("agg", ""):
+        return None
+    backend, model, system = row.get("backend"), row["model_path"].lower(), row["system"]
+    weights = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
+    if backend == "trtllm" and ("deepseek" in model or "llama-3.1-70b" in model):
+        return "fp8"
+    if backend == "vllm" and "llama-3.1-70b" in model:
+        return "fp8"
+    if backend == "sglang" and "deepseek" in model:
+        if system.startswith("b200"):
+            return "fp8"
+        if system.startswith("h200"):
+            return "bf16"
+    if backend == "sglang" and "qwen3.5" in model:
+        return "fp8" if weights.startswith("fp8") else "bf16"
+    return None
+
+
 def _model(row: dict[str, str]):
     model = load_model(row["model_path"])
     quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
     moe = (row.get("moe_quant_mode") or "").strip().lower()
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
-    if quant or moe:
-        model = model.with_dtypes(
-            weight=quant or None,
-            kv=quant if quant == "fp8" else None,
-            expert=moe or None,
-        )
+    kv = inferencex_kv_dtype(row) or (quant if quant == "fp8" else None)
+    if quant or moe or kv:
+        model = model.with_dtypes(weight=quant or None, kv=kv, expert=moe or None)
     return model
 
 

@@ -447,3 +447,33 @@ def test_vllm_rows_get_aiconfigurators_batch_and_token_budget() -> None:
     assert silicon.batching_of("vllm", "decode", 64, 8192)["max_num_batched_tokens"] == 512
     # --vllm-budget overrides the rule.
     assert silicon.batching_of("vllm", "agg", 64, 4096, 8192)["max_num_batched_tokens"] == 8192
+
+
+def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
+    """InferenceX's launches: TensorRT-LLM and vLLM Llama-3.1-70B cache in fp8 whatever the
+    weights, SGLang DeepSeek in fp8 on B200 and bf16 on H200, Qwen3.5 as its weights; an fp4
+    row no longer caches in bf16, and aiperf rows keep the weight rule."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency=4; measured=2026-03-01"
+    ds = row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        tp_size="4",
+        gemm_quant_mode="fp4",
+        moe_quant_mode="fp4",
+        silicon_data_source=ix,
+    )
+    assert silicon.inferencex_kv_dtype(ds) == "fp8"
+    assert silicon._model(ds).kv_dtype == "fp8"
+    assert silicon.inferencex_kv_dtype({**ds, "backend": "sglang"}) == "fp8"
+    h200 = {**ds, "backend": "sglang", "system": "h200_sxm", "gemm_quant_mode": "fp8"}
+    assert silicon.inferencex_kv_dtype(h200) == "bf16"
+    assert silicon._model(h200).kv_dtype == "bf16"
+    llama = {**ds, "backend": "vllm", "model_path": "meta-llama/Llama-3.1-70B"}
+    assert silicon._model(llama).kv_dtype == "fp8"
+    qwen = {**ds, "backend": "sglang", "model_path": "Qwen/Qwen3.5-397B-A17B"}
+    assert silicon.inferencex_kv_dtype({**qwen, "gemm_quant_mode": "bf16"}) == "bf16"
+    assert silicon.inferencex_kv_dtype({**qwen, "gemm_quant_mode": "fp8"}) == "fp8"
+    aiperf = {**ds, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
+    assert silicon.inferencex_kv_dtype(aiperf) is None
+    assert silicon._model(aiperf).kv_dtype == "bf16"
+    assert silicon.inferencex_kv_dtype({**ds, "mode": "disagg"}) is None
