@@ -288,3 +288,21 @@ def test_a_prompt_waiting_for_blocks_held_for_transfers_resumes_when_they_leave(
         outputs=[214, 311, 18, 128, 389, 313, 149],
     )
     assert run_case(case, limit_s=10.0) is None
+
+
+def test_arrivals_within_one_decode_step_join_at_the_same_pass() -> None:
+    """Claim: the scheduler pass at a step boundary sees every request that arrived during the
+    step, so two requests arriving within one decode step start in the same iteration and get
+    their first token together (here colocated: their prompts share the iteration at the
+    boundary; a decode replica admits KV hand-overs through the same cut). Before, only the
+    first arrival cut the decode stretch at the boundary; the second one waited a step more."""
+    ideal = get_engine("vllm").with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
+    dep = Deployment(LLAMA8, H100, engine=ideal)
+    step = dep.predictor().iteration(BatchShape(1, 1100)).seconds
+    t1 = 1.0 + 0.1 * step
+    arrivals = np.array([0.0, t1, t1 + 0.5 * step])
+    res = simulate(dep, Workload(arrivals, np.array([100, 200, 200]), np.array([2000, 5, 5])))
+    cols = res.columns()
+    first = cols["arrival_s"] + cols["ttft_s"]
+    assert first[1] == pytest.approx(first[2], abs=1e-12)
+    assert cols["ttft_s"][1] < 3 * step  # the boundary, then one iteration with both prompts

@@ -82,18 +82,20 @@ class DecodeStretch:
         return j
 
     def _cut(self, t: float, extra: int = 0) -> list[int]:
-        """Stop the decode stretch at the first step boundary at or after t (`extra` steps
-        later)."""
+        """End the decode stretch at the first step boundary at or after t (`extra` steps
+        later) instead of where it was planned to end. The stretch stays in flight and
+        `advance` commits it there, so the scheduler pass at that boundary sees everything
+        that arrived before it: several arrivals within one step join together, as they do in
+        the engine, and the stretch is committed once. Returns no finished requests (none
+        finish before a stretch's planned end)."""
         seg = self._seg
         t0, k, step0, slope = seg[0], seg[1], seg[2], seg[3]
         j = self._boundary(seg, t) + extra
         if j >= k:
-            return []  # the stretch ends at or before the next boundary anyway
-        self._seg = None
-        done: list[int] = []
-        self._commit_decode(seg, j, t0 + j * step0 + slope * j * (j - 1) * 0.5, done)
-        self._schedule()
-        return done
+            return []  # the stretch ends at or before that boundary anyway
+        self._seg = (t0, j, step0, slope, seg[4])
+        self.next_t = t0 + j * step0 + slope * j * (j - 1) * 0.5
+        return []
 
     def _stop_at(self, t: float) -> list[int]:
         """Commit the decode stretch up to the first boundary at or after t and leave nothing
