@@ -442,3 +442,40 @@ def test_gdn_provenance_in_the_predictor() -> None:
     odd = Predictor(model, get_device("b200_sxm"), Parallel(tp=4), eng, latency_model="auto")
     o_ops = {op.name: op for op in odd.ops(BatchShape(8, 8 * 1500, ()))}
     assert o_ops["linear_scan_decode"].provenance in ("measured", "interpolated")  # 4/16 heads
+
+
+def test_trtllm_fp8_block_moe_on_blackwell_skips_the_deepgemm_table_unless_asked() -> None:
+    """aiconfigurator measured TensorRT-LLM's block-scaled fp8 MoE on B200 with DeepGEMM only,
+    while the engine's own choice there is its TRTLLM-gen kernels: by default that table does
+    not price the expert layers; a launch that asks for DeepGEMM (`moe_backend`) gets it."""
+    layout = (7168, 2048, 8, 256, 8, 1)  # DeepSeek's expert layer on 8 GPUs, no EP
+    rows = moe_rows("b200_sxm", "fp8_block", engine="trtllm")
+    assert set(rows["kernel_source"]) == {"deepgemm"}
+    hit = (rows["num_tokens"] == 64) & (rows["hidden_size"] == 7168)
+    hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8) & (rows["moe_ep_size"] == 1)
+    deepgemm = rows["latency"][hit].min() * 1e-3
+    dev = get_device("b200_sxm")
+    asked = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend="DeepGEMM")
+    t, code = one_moe(asked, 64, layout, "fp8")
+    assert t == pytest.approx(deepgemm, rel=1e-9) and code == mk.MEASURED
+    default = mk.backend("measured", dev, "trtllm", None, FIT)
+    priced = default.moe(np.array([64.0]), layout, "fp8")
+    assert priced is None or float(priced[0][0]) != pytest.approx(deepgemm, rel=1e-3)
+    # SGLang's table on the same GPU holds its own kernels and still prices the layer
+    sglang = mk.backend("measured", dev, "sglang", None, FIT)
+    assert sglang.moe(np.array([64.0]), layout, "fp8") is not None
+
+
+def test_predict_moe_backend_flag_picks_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--moe-backend deepgemm` lets TensorRT-LLM's DeepGEMM table price DeepSeek's experts on
+    B200; without it they are not the measured DeepGEMM rows."""
+    base = ["predict", "--model", "deepseek-ai/DeepSeek-R1", "--device", "b200_sxm", "--tp",
+            "8", "--engine", "trtllm", "--decode-seqs", "64", "--context", "1000",
+            "--weight-dtype", "fp8", "--latency-model", "measured", "--json"]  # fmt: skip
+    prov = {}
+    for extra in ([], ["--moe-backend", "DEEPGEMM"]):
+        assert main(base + extra) == 0
+        ops = {o["name"]: o for o in json.loads(capsys.readouterr().out)["operators"]}
+        prov[bool(extra)] = (ops["moe_up_proj"]["provenance"], ops["moe_up_proj"]["seconds"])
+    assert prov[True][0] == "measured"
+    assert prov[False][0] != "measured" and prov[False][1] < prov[True][1]

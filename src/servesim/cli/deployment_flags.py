@@ -85,6 +85,7 @@ class DeploymentSettings(Settings):
     max_num_batched_tokens: PosInt | None = None
     chunked_prefill: bool | None = None
     piecewise_cuda_graph_max_tokens: NonNegInt | None = None  # None: the engine's
+    moe_backend: NonEmpty | None = None  # None: the engine's own choice
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -214,6 +215,13 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         help="iterations with prefill tokens replay piecewise CUDA graphs up to N tokens "
         "(0: prefill runs eager; default: the engine's)",
     )
+    g.add_argument(
+        "--moe-backend",
+        metavar="NAME",
+        help="the engine's fused-MoE kernels (TRT-LLM moe_config.backend, SGLang "
+        "--moe-runner-backend); measured MoE tables of other kernels are not used "
+        "(default: the engine's own choice)",
+    )
     if simulate:
         add_switch(
             g,
@@ -262,6 +270,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
         engine=get_engine(s.engine).with_overrides(
             overlap_scheduling=getattr(s, "overlap_scheduling", None),
             prefill_graph_max_tokens=s.piecewise_cuda_graph_max_tokens,
+            moe_backend=s.moe_backend.lower() if s.moe_backend else None,
         ),
         replicas=getattr(s, "replicas", 1),
         max_num_seqs=s.max_num_seqs,

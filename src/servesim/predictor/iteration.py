@@ -182,6 +182,7 @@ class Predictor:
             self.engine.name,
             getattr(self.engine, "version", None),
             self.fit,
+            self.engine.moe_backend,
         )
         self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
         self._attn_prov: dict[tuple, int] = {}  # attention (or GDN) shape -> provenance code

@@ -224,6 +224,7 @@ def _comm_grid(path: Path, num_gpus: int, custom: bool) -> Grid | None:
 
 
 _MOE_COLS = (
+    "kernel_source",
     "moe_dtype",
     "num_tokens",
     "hidden_size",
@@ -235,7 +236,14 @@ _MOE_COLS = (
     "distribution",
     "latency",
 )
-_MOE_LAYOUT = _MOE_COLS[2:8]  # hidden, inter, top-k, experts, moe TP, EP
+_MOE_LAYOUT = _MOE_COLS[3:9]  # hidden, inter, top-k, experts, moe TP, EP
+
+
+@functools.lru_cache(maxsize=64)
+def _moe_sources(path: Path, moe_dtype: str) -> frozenset[str]:
+    """The kernels (`kernel_source`) a MoE table measured for one dtype."""
+    c = kernel_tables.read(path, _MOE_COLS)
+    return frozenset(str(s) for s in c["kernel_source"][c["moe_dtype"] == moe_dtype])
 
 
 @functools.lru_cache(maxsize=64)
@@ -361,12 +369,23 @@ class MeasuredKernels:
     """
 
     def __init__(
-        self, device: Device, engine: str, version: str | None, fit: roofline.KernelFit
+        self,
+        device: Device,
+        engine: str,
+        version: str | None,
+        fit: roofline.KernelFit,
+        moe_backend: str = "auto",
     ) -> None:
         self.device = device
         self.gpu = device.name
         self.version = version
         self.fit = fit
+        # aiconfigurator collected TensorRT-LLM's block-scaled fp8 MoE on Blackwell with
+        # DeepGEMM (collector/trtllm/collect_moe.py: "SM100/103: DeepGEMM"), while the engine's
+        # own choice there is its TRTLLM-gen kernels (the collector's note on
+        # `resolve_moe_backend`: "serving AUTO resolves fp8_block to TRTLLM only when
+        # is_sm_100f"); such a table prices only a launch that asks for DeepGEMM.
+        self.deepgemm_moe = engine != "trtllm" or moe_backend.lower() == "deepgemm"
         first = engine if engine in kernel_tables.ENGINES else None
         self._prefill_memo: dict[tuple, tuple[float, int, float, bool] | None] = {}
         self._layout_memo: dict[tuple, tuple[tuple[float, float, float], int] | None] = {}
@@ -544,6 +563,8 @@ class MeasuredKernels:
             return None
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         for table_dtype in MOE_DTYPES.get(canonical(expert_dtype), ()):
+            if not self.deepgemm_moe and _moe_sources(path, table_dtype) == {"deepgemm"}:
+                continue  # DeepGEMM kernels, not the ones this engine runs
             for routing in dict.fromkeys((distribution, "balanced")):
                 layouts = _moe_layouts(path, table_dtype, routing)
                 if len(layouts):
@@ -738,9 +759,11 @@ def backend(
     engine: str,
     version: str | None,
     fit: roofline.KernelFit,
+    moe_backend: str = "auto",
 ) -> MeasuredKernels | None:
     """The measured backend a predictor uses under `latency_model`: None for "roofline" and for
-    "auto" on a GPU without tables; "measured" refuses such a GPU."""
+    "auto" on a GPU without tables; "measured" refuses such a GPU. `moe_backend` is the
+    engine's fused-MoE implementation (`EngineProfile.moe_backend`)."""
     if latency_model not in LATENCY_MODELS:
         raise ServesimError(
             f"Unknown latency model {latency_model!r}; use auto, measured or roofline."
@@ -756,4 +779,4 @@ def backend(
                 "roofline."
             )
         return None
-    return MeasuredKernels(device, engine, version, fit)
+    return MeasuredKernels(device, engine, version, fit, moe_backend)

@@ -133,6 +133,10 @@ class EngineProfile:
     # every rank has context requests, is not modelled: InferenceX's DeepSeek runs set 0.)
     adp_balance_timeout_iters: int = 0
     prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
+    # The fused-MoE implementation the engine runs (TRT-LLM `moe_config.backend`, SGLang
+    # `--moe-runner-backend`): "auto" is the engine's own choice. The measured backend prices
+    # expert layers only from tables of a kernel this can be (`measured_kernels.moe`).
+    moe_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.disagg_first_token not in FIRST_TOKEN_SOURCES:
