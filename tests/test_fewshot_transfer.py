@@ -292,3 +292,21 @@ def test_suggest_offers_shapes_of_every_family_the_device_runs(tmp_path: Path, c
     rows_a100 = ft.suggest(transfer_model.bundled(), get_device("a100_sxm"), 8)
     assert {r.get("gemm_dtype", "bfloat16") for r in rows_a100} == {"bfloat16"}
     assert {r.get("kv_cache_dtype", "bfloat16") for r in rows_a100} == {"bfloat16"}
+
+
+def test_all_reduce_shots_neither_set_nor_take_the_device_offset() -> None:
+    """An all-reduce measures the fabric, not the chip: with compute shots 1.3x and all-reduce
+    shots 2x the model, the offset is the compute shots' median shrunk by k / (k + 40), here
+    10 / 50 x log 1.3 (the all-reduce shots leave it alone), and it applies to compute
+    families only."""
+    none = np.zeros((10, 0))
+    per_fam = {
+        "gemm": (np.full(10, np.log(1.3)), none),
+        "allreduce": (np.full(10, np.log(2.0)), none),
+    }
+    _, offset = ft.weigh(per_fam, np.ones(1))
+    assert offset == pytest.approx(10 / (10 + ft.KNOBS.offset_shots) * np.log(1.3), rel=1e-12)
+    _, alone = ft.weigh({"allreduce": per_fam["allreduce"]}, np.ones(1))
+    assert alone == 0.0
+    adapted = ft.Adapted(None, "odd", (), {}, offset, 20)  # type: ignore[arg-type]
+    assert adapted._offset("gemm") == offset and adapted._offset("allreduce") == 0.0

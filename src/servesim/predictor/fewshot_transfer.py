@@ -8,9 +8,10 @@ model keeps weight `Knobs.stay` and the proposals share the rest, each by how cl
 the transferred one over the shapes at hand (a GPU whose proposal differs wildly from the spec
 sheet's is an unlikely twin). The shots of a family then weigh that family's proposals by a
 Laplace likelihood of scale `Knobs.scale` (log units); families without shots keep the transferred
-model. What the weighted proposals still miss on the shots, their median, becomes one
-device-wide log offset shrunk by k / (k + `Knobs.offset_shots`). k = 0 returns the transferred model
-exactly.
+model. What the weighted proposals still miss on the compute shots, their median, becomes one
+device-wide log offset shrunk by k / (k + `Knobs.offset_shots`), for the compute families only:
+an all-reduce measures the fabric the GPUs sit on, not the chip, so its shots neither set the
+offset nor take it (`FABRIC`). k = 0 returns the transferred model exactly.
 
 Where to measure matters as much as how many: `plan_shots` picks, family by family, shapes on
 which the plausible proposals disagree with the transferred model (the `Knobs.quantile`-th most
@@ -63,6 +64,9 @@ ORDER = (
     "allreduce",
 )
 MIN_WEIGHT = 1e-4  # proposals below this weight are not evaluated
+# Families whose times are the interconnect's (NVLink, PCIe, NCCL's algorithms), not the chip's:
+# kept out of the device-wide offset.
+FABRIC = frozenset({"allreduce"})
 
 
 def fitted_gpus(model: TransferModel) -> tuple[str, ...]:
@@ -141,15 +145,17 @@ def prior_weights(diffs: list[np.ndarray], knobs: Knobs = KNOBS) -> np.ndarray:
 def weigh(
     per_fam: dict[str, tuple[np.ndarray, np.ndarray]], prior: np.ndarray, knobs: Knobs = KNOBS
 ) -> tuple[dict[str, np.ndarray], float]:
-    """(candidate weights per family, device log offset) from the shots' log residuals over
-    the transferred model and the candidates' differences to it, per family."""
+    """(candidate weights per family, device log offset of the compute families) from the
+    shots' log residuals over the transferred model and the candidates' differences to it, per
+    family."""
     weights, left = {}, []
     for fam, (r, d) in per_fam.items():
         dz = np.column_stack([np.zeros(len(r)), d])
         lw = np.log(prior) - np.abs(r[:, None] - dz).sum(axis=0) / knobs.scale
         w = np.exp(lw - lw.max())
         weights[fam] = (w / w.sum())[1:]
-        left.append(r - d @ weights[fam])
+        if fam not in FABRIC:
+            left.append(r - d @ weights[fam])
     if not left:
         return weights, 0.0
     rest = np.concatenate(left)
@@ -184,15 +190,19 @@ class Adapted:
     device_name: str
     candidates: tuple[Device, ...]
     weights: dict[str, np.ndarray]  # model family -> one weight per candidate
-    offset: float = 0.0  # device-wide log offset on top
+    offset: float = 0.0  # device-wide log offset on top of the compute families (not FABRIC)
     shots: int = 0
+
+    def _offset(self, family: str) -> float:
+        """The device-wide log offset where it applies: the compute families."""
+        return 0.0 if family in FABRIC else self.offset
 
     def log_correction(self, source: str, s: Samples, device: Device) -> np.ndarray:
         """log(predicted / roofline) per row of sample family `source` on `device`."""
         fam = transfer.FAMILY_OF[source]
         w = self.weights.get(fam)
         feats, _ = transfer.design(fam, source, s, device)
-        z = self.model.log_correction(fam, feats) + self.offset
+        z = self.model.log_correction(fam, feats) + self._offset(fam)
         if w is None or not len(self.candidates):
             return z
         keep = tuple(i for i, x in enumerate(w) if x > MIN_WEIGHT)
@@ -227,7 +237,7 @@ class Adapted:
         base = self.model.correction(family, s, device, t_base, along)
         if not self.applies(device):
             return base
-        base = base * math.exp(self.offset)
+        base = base * math.exp(self._offset(family))
         w = self.weights.get(family)
         if w is None or not (w > MIN_WEIGHT).any():
             return base
