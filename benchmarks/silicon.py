@@ -672,15 +672,7 @@ def inferencex_2025_trt_layout(row: dict[str, str]) -> dict[str, str] | None:
         dp = conc > (32 if shape == "8k1k" else 64)
     else:
         return None
-    ranks = tp if dp else 1
-    return {
-        **row,
-        "tp_size": str(tp // ranks),
-        "attention_dp_size": str(ranks),
-        "moe_ep_size": str(ep),
-        "moe_tp_size": str(tp // ep),
-        "batch_size": str(-(-conc // ranks)),
-    }
+    return _single_node_layout({"tp": str(tp), "ep": str(ep), "dp_attn": str(dp)}, row, conc)
 
 
 def single_node_config(

@@ -1062,14 +1062,16 @@ class Predictor:
         best: tuple[float, list[int], int, int] = (-1.0, [], dq, dq)
         if len(chunks) < dp:
             t0 = self._rank_dense_s(dq, dq) if dec else 0.0
-            t0 = max(t0, self.host_s(dq, 0, dec))
+            if self._hosted:
+                t0 = max(t0, self.host_s(dq, 0, dec))
             best = (t0 + self._rank_overhead_s(dec, 0), [], dq, dq)
         pre = self._prefill_cache
         for r in range(ranks):
             idx = list(range(r, len(chunks), dp))
             tok = dq + sum(chunks[i][0] for i in idx)
             cost = sum(pre(*chunks[i]) for i in idx) + self._rank_dense_s(tok, dq + len(idx))
-            cost = max(cost, self.host_s(tok, len(idx), dec))
+            if self._hosted:
+                cost = max(cost, self.host_s(tok, len(idx), dec))
             cost += self._rank_overhead_s(dec, len(idx))
             if cost > best[0]:
                 best = (cost, idx, tok, dq + len(idx))

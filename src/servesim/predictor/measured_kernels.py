@@ -385,7 +385,7 @@ class MeasuredKernels:
         # own choice there is its TRTLLM-gen kernels (the collector's note on
         # `resolve_moe_backend`: "serving AUTO resolves fp8_block to TRTLLM only when
         # is_sm_100f"); such a table prices only a launch that asks for DeepGEMM.
-        self.deepgemm_moe = engine != "trtllm" or moe_backend.lower() == "deepgemm"
+        self.deepgemm_tables_ok = engine != "trtllm" or moe_backend.lower() == "deepgemm"
         first = engine if engine in kernel_tables.ENGINES else None
         self._prefill_memo: dict[tuple, tuple[float, int, float, bool] | None] = {}
         self._layout_memo: dict[tuple, tuple[tuple[float, float, float], int] | None] = {}
@@ -563,7 +563,7 @@ class MeasuredKernels:
             return None
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         for table_dtype in MOE_DTYPES.get(canonical(expert_dtype), ()):
-            if not self.deepgemm_moe and _moe_sources(path, table_dtype) == {"deepgemm"}:
+            if not self.deepgemm_tables_ok and _moe_sources(path, table_dtype) == {"deepgemm"}:
                 continue  # DeepGEMM kernels, not the ones this engine runs
             for routing in dict.fromkeys((distribution, "balanced")):
                 layouts = _moe_layouts(path, table_dtype, routing)

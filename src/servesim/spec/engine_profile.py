@@ -35,10 +35,12 @@ REQUEST_OVERHEAD_S = 7.0e-3
 # eager prefill against 19.66 ms with piecewise CUDA graphs, so the host exceeded the GPU by
 # 10.31 ms over 32 layers (0.32 ms a layer); the forward's kernels price at 9.5 ms here on
 # H100 (0.30 ms a layer; the PR does not name its GPU), so the host spends ~0.62 ms a layer.
-# SGLang #13081 (Qwen3-Next-80B-A3B, H200 TP2, 1k prompts: 99.17 -> 67.83 ms, 0.65 ms a
-# layer of excess with the Gated DeltaNet block eager in both runs) agrees in size. The same
-# figure stands for TensorRT-LLM's PyTorch backend, which runs its modules the same way
-# (no before/after measurement of its eager prefill was found).
+# SGLang #13081 (Qwen3-Next-80B-A3B, H200 TP2, 1k prompts: 99.17 -> 67.83 ms) shows an
+# excess of 0.65 ms a layer, twice Llama's 0.32 with the Gated DeltaNet block eager in both
+# runs: a MoE hybrid layer issues more kernels. That host time per layer is not modelled per
+# architecture here (one figure for every model). The same figure stands for TensorRT-LLM's
+# PyTorch backend, which runs its modules the same way (no before/after measurement of its
+# eager prefill was found).
 EAGER_HOST_S_PER_LAYER = 0.62e-3
 # HF fast tokenizer (Rust BPE) encoding one prompt at a time: 2.4 µs per token (1.7 MB/s) measured
 # here (tokenizers 0.23.3, byte-level BPE of 32k tokens trained on Python sources, 100 prompts
