@@ -11,8 +11,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     || echo "note: could not install chromium; the HTML report render test will skip"
 fi
 python3 -m venv .venv
-# Exact tested versions (constraints.txt, refreshed by scripts/lock.sh), not whatever the
+# Exact tested versions (requirements.txt, refreshed by scripts/lock.sh), not whatever the
 # registry serves today.
-.venv/bin/pip install -q -c constraints.txt -e '.[test]'
+.venv/bin/pip install -q -c requirements.txt -e '.[test]'
 # pytest's own -q (pyproject addopts) keeps its count line, `N passed`, so an empty run shows.
 exec .venv/bin/pytest "$@"

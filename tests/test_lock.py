@@ -1,5 +1,5 @@
 """The pinned set is complete: every distribution the test environment holds (installed from
-constraints.txt as constraints) has its exact version pinned there, so CI on a fresh clone
+requirements.txt as constraints) has its exact version pinned there, so CI on a fresh clone
 installs what was tested rather than whatever the registry serves that day."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-REQUIREMENTS = Path(__file__).resolve().parents[1] / "constraints.txt"
+REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements.txt"
 UNPINNED = {"servesim", "pip", "setuptools", "wheel"}  # the project and the installer
 
 
@@ -32,5 +32,5 @@ def test_every_installed_distribution_is_pinned_at_its_version() -> None:
             missing.append(f"{name}=={version}")
         elif pins[name] != version:
             other.append(f"{name} {version} (pinned {pins[name]})")
-    assert not missing, f"installed but not pinned in constraints.txt: {missing}"
+    assert not missing, f"installed but not pinned in requirements.txt: {missing}"
     assert not other, f"installed at another version than pinned: {other}"
