@@ -18,7 +18,9 @@ not guess a layout. Fully specified means, per mode:
   ≤ batch_size × attention_dp_size (the row has no replica count, so more clients than slots
   would mean unstated replicas or a deep queue the real run did not have);
 - `disagg`: `prefill_`/`decode_` `num_workers`, `batch_size` and `tp_size` are all given, and
-  concurrency ≤ decode_batch_size × decode_num_workers × decode_attention_dp_size.
+  concurrency ≤ decode_batch_size × decode_num_workers × decode_attention_dp_size unless the
+  layout and the client count both come from InferenceX's config and srt-slurm recipe (their
+  TensorRT-LLM recipes benchmark up to 1.5× the decode slots on purpose; the excess queues).
 Anything else is refused with the reason and counted like the other skips. InferenceX dashboard
 rows (`source_file=<date>.csv`) that lack disaggregated worker counts and batch sizes are first
 completed from the deployment InferenceX's config listed for them (`recovered_layout`, table
@@ -520,7 +522,10 @@ def recovered_layout(
     Only `source_file=<date>.csv` dashboard rows whose prefill/decode worker counts or batch
     sizes are empty are looked up; other rows come back unchanged with ('', ''). A table item
     matches when model, GPU, framework, precision, ISL/OSL and the measured day agree, the
-    row's concurrency is in its list, and its prefill tp/ep and decode tp equal the row's (the
+    row's concurrency is one its srt-slurm recipe benchmarks (InferenceX submits the recipe
+    as it is, so the config's `conc-list` is nominal there, e.g. 4 for a recipe of 9 decode
+    workers that runs 36 clients) or, without a recipe, in its conc-list, and its prefill
+    tp/ep and decode tp equal the row's (the
     rows repeat the prefill ep in their decode ep and leave dp-attention at 1, so those two
     columns say nothing). The match must be one layout (speculative decoding and its draft
     length are part of it) with the recipe's batch sizes; its layout replaces the row's pool
@@ -537,6 +542,7 @@ def recovered_layout(
         return row, "", ""
     fields = dict(kv.strip().split("=", 1) for kv in src.split(";") if "=" in kv)
     day = fields.get("measured", "")[:10]
+    image = fields.get("image", "").replace("#", "/")
     conc = str(concurrency_of(row))
     want = {
         "model_prefix": INFERENCEX_MODEL.get(fields.get("model", ""), ""),
@@ -554,7 +560,8 @@ def recovered_layout(
             and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
             and all(item[k] == v for k, v in want.items())
             and day in item["measured_days"].split()
-            and conc in item["concurrencies"].split()
+            and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
+            and (not image or item["image"].replace("#", "/") == image)
         ):
             layout = tuple(item[k] for k in _LAYOUT_KEYS)
             matches.setdefault(layout, item)
@@ -770,9 +777,13 @@ def single_node_config(
     return out, f"layout recovered from {where}", ""
 
 
-def specified_or_reason(row: dict[str, str]) -> str:
+def specified_or_reason(row: dict[str, str], benchmarked_clients: bool = False) -> str:
     """Empty if the row states its whole deployment, else why it is refused (one phrase per
-    kind, so refusals count by reason; the module docstring says what each mode needs)."""
+    kind, so refusals count by reason; the module docstring says what each mode needs).
+
+    `benchmarked_clients`: the layout and the client count both come from the deployment's
+    own benchmark config (`recovered_layout`), so clients beyond the decode slots are the
+    queue that benchmark really had, not a sign of unstated workers."""
     mode = (row.get("mode") or "agg").strip() or "agg"
     clients = concurrency_of(row)
     if mode == "disagg":
@@ -791,7 +802,7 @@ def specified_or_reason(row: dict[str, str]) -> str:
             * _int(row, "decode_num_workers")
             * max(1, _int(row, "decode_attention_dp_size"))
         )
-        if clients > slots:
+        if clients > slots and not benchmarked_clients:
             return "disagg row with more clients than decode batch slots"
         return ""
     if mode != "agg":
@@ -922,7 +933,8 @@ def main(argv: list[str] | None = None) -> int:
         row, out["layout_source"], refusal = recovered_layout(row)
         if not refusal and not out["layout_source"]:
             row, out["layout_source"], refusal = single_node_config(row)
-        status = refusal or specified_or_reason(row)
+        recovered = bool(out["layout_source"]) and row.get("mode") == "disagg"
+        status = refusal or specified_or_reason(row, benchmarked_clients=recovered)
         try:
             out["concurrency"] = concurrency_of(row)
             if not status:

@@ -3,13 +3,14 @@
 InferenceX (github.com/SemiAnalysisAI/InferenceX, Apache-2.0) lists, in
 `.github/configs/nvidia-master.yaml` (later `configs/nvidia-master.yaml`), every benchmarked
 deployment: per model × GPU × framework × precision × ISL/OSL a search space whose disaggregated
-items give prefill and decode `num-worker`, `tp`, `ep`, `dp-attn`, the concurrency list and the
-srt-slurm recipe (`CONFIG_FILE=recipes/...`) that holds the engines' batch limits. This script
+items give prefill and decode `num-worker`, `tp`, `ep`, `dp-attn`, the concurrency list, the
+container image and the srt-slurm recipe (`CONFIG_FILE=recipes/...`) that holds the engines'
+batch limits and the client counts its benchmark really runs. This script
 reads the config as it stood on each date benchmark rows were measured (the last commit touching
 it up to that day) and the recipes from a github.com/NVIDIA/srt-slurm checkout at the last
 commit up to the same day, and writes one CSV row per disaggregated search-space item, with
 the measured days it was in effect and, for each of those days, the InferenceX and srt-slurm
-commits read (`-`: no usable recipe, so its batch limits are unknown). A recipe absent from
+commits read (`-`: no usable recipe). A recipe absent from
 srt-slurm on that day is read at the commit that first added it.
 
     python scripts/inferencex_layouts.py INFERENCEX_GIT SRT_SLURM_GIT [--dates D ...] [--out F]
@@ -40,6 +41,7 @@ FIELDS = (
     "model_prefix",
     "gpu",
     "framework",
+    "image",
     "precision",
     "isl",
     "osl",
@@ -56,6 +58,7 @@ FIELDS = (
     "decode_dp_attn",
     "decode_max_batch",
     "concurrencies",
+    "recipe_concurrencies",
     "recipe",
     "source_file",
     "measured_days",
@@ -130,6 +133,23 @@ def recipe_draft_tokens(recipe_text: str) -> int | None:
     return None
 
 
+def recipe_concurrencies(recipe_text: str) -> list[int]:
+    """The client counts an srt-slurm recipe's benchmark runs (`benchmark.concurrencies`:
+    `"36"`, `"4x8x16"` or a list); [] when it names none.
+
+    InferenceX's multi-node runners submit the recipe as it is (`srtctl apply -f
+    $CONFIG_FILE`, runners/launch_*-slurm.sh and launch_gb200-nv.sh) and report each result
+    file's concurrency, so these, not the config's `conc-list`, are the clients a row ran with
+    (e.g. the H200 TensorRT-LLM `c4_ctx1_gen9` recipe benchmarks 36 = 4 × 9 decode workers).
+    """
+    doc = yaml.safe_load(recipe_text) or {}
+    value = (doc.get("benchmark") or {}).get("concurrencies")
+    if value is None:
+        return []
+    parts = value if isinstance(value, list) else str(value).split("x")
+    return [int(p) for p in parts if str(p).strip().isdigit()]
+
+
 def settings(items: list[str] | None) -> dict[str, str]:
     """`additional-settings` (`KEY=value` strings) as a dict."""
     return dict(s.split("=", 1) for s in (items or []) if "=" in s)
@@ -174,7 +194,8 @@ def layouts(
                 mtp = int(mtp) if mtp is not None else None
                 r_commit = ""
                 unknown = pb is None or db is None or (spec != "none" and mtp is None)
-                if recipe and srt_commit and unknown:
+                clients: list[int] = []
+                if recipe and srt_commit:
                     r_commit = srt_commit
                     body = git(srt, "show", f"{srt_commit}:{recipe}")
                     if not body:
@@ -189,11 +210,13 @@ def layouts(
                         dec.get("num-worker"),
                     )
                     if body and same:
-                        rp, rd = recipe_batches(body)
-                        pb = pb if pb is not None else rp
-                        db = db if db is not None else rd
-                        if spec != "none" and mtp is None:
-                            mtp = recipe_draft_tokens(body)
+                        clients = recipe_concurrencies(body)
+                        if unknown:
+                            rp, rd = recipe_batches(body)
+                            pb = pb if pb is not None else rp
+                            db = db if db is not None else rd
+                            if spec != "none" and mtp is None:
+                                mtp = recipe_draft_tokens(body)
                     else:
                         r_commit = ""
                 conc = item.get("conc-list") or []
@@ -203,6 +226,7 @@ def layouts(
                         "model_prefix": entry.get("model-prefix", ""),
                         "gpu": gpu,
                         "framework": entry.get("framework", ""),
+                        "image": entry.get("image", ""),
                         "precision": entry.get("precision", ""),
                         "isl": seq.get("isl", ""),
                         "osl": seq.get("osl", ""),
@@ -219,6 +243,7 @@ def layouts(
                         "decode_dp_attn": bool(dec.get("dp-attn", False)),
                         "decode_max_batch": db if db is not None else "",
                         "concurrencies": " ".join(str(c) for c in conc),
+                        "recipe_concurrencies": " ".join(str(c) for c in clients),
                         "recipe": recipe,
                         "source_file": path,
                         "measured_days": day,

@@ -4,6 +4,8 @@ its scheduler pass and (vLLM) the decode iteration that samples the first token.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,30 @@ def test_the_ideal_path_is_still_available() -> None:
     )
     prefill = pool.predictor().iteration(BatchShape(prefill=((P, 0),))).seconds
     assert res.columns()["ttft_s"][0] == pytest.approx(prefill, rel=1e-9)
+
+
+def test_a_full_decode_worker_holds_the_next_request_until_a_slot_frees() -> None:
+    """Claim (TRT-LLM: the executor fetches requests only while active < max_batch_size; SGLang
+    and vLLM likewise cap running requests): with one decode slot, B's prefill is done long
+    before A's 200 tokens are, but B's KV is pulled only when A has finished, so B's first
+    token comes at A's end + the transfer (its hand-off is long over, the worker is idle and
+    admits it on arrival). By hand: A's first token at t_a = frontend + prefill + hand-off +
+    transfer; its 199 decode steps (attending to P + j) end at a_done."""
+    pool = Deployment(LLAMA8, H100, engine=get_engine("trtllm"), max_num_seqs=1)
+    pred = pool.predictor()
+    e = pool.engine
+    out_a = 200
+    w = Workload(np.array([0.0, 0.0]), np.array([P, P]), np.array([out_a, OUT]))
+    cols = simulate(DisaggDeployment(pool, pool, "infiniband"), w).columns()
+    one = pred.iteration(BatchShape(prefill=((P, 0),))).seconds
+    transfer = LINK.seconds(LLAMA8.kv_bytes(P))
+    t_a = e.frontend_s(P) + one + e.handoff_s(P) + transfer
+    a_done = t_a + sum(step(pred, P + j) for j in range(1, out_a))
+    assert e.frontend_s(P) + 2 * one < a_done  # B's prefill is not what holds it
+    assert cols["first_token_s"][0] == pytest.approx(t_a, rel=1e-9)
+    assert cols["finish_s"][0] == pytest.approx(a_done, rel=1e-9)
+    assert cols["first_token_s"][1] == pytest.approx(a_done + transfer, rel=1e-9)
+    # With two slots, B is not held: its first token comes while A is still decoding.
+    roomy = replace(pool, max_num_seqs=2)
+    cols = simulate(DisaggDeployment(roomy, roomy, "infiniband"), w).columns()
+    assert cols["first_token_s"][1] < a_done

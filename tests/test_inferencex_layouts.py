@@ -75,16 +75,57 @@ def test_recipe_gone_from_srt_slurm_that_day_is_read_where_it_was_first_publishe
 
 def test_ambiguous_and_unmatched_rows_stay_refused_with_their_reason() -> None:
     """h200 SGLang 1k/1k at concurrency 1: the low-latency 1p9d recipe is listed both without
-    and with MTP (same TP layout), so the row cannot say which ran. h200 TRT-LLM at 288
-    clients: no h200 config of that day lists 288."""
+    and with MTP (same TP layout and image), so the row cannot say which ran. GB200 TRT-LLM of
+    December 2025 at tp 36: the export counts the whole deployment's GPUs as TP."""
     amb = dev_row("2026_03_25_deepseek_r1_h200_sxm_sglang_fp8_disagg_1024x1024_c1_tp8_0_ep1_0_890")
     filled, source, refusal = silicon.recovered_layout(amb)
     assert (source, refusal) == ("", "2 InferenceX configs match")
     assert filled is amb
-    none = dev_row(
+    none = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c4_tp36_ep1_1079")
+    assert silicon.recovered_layout(none)[1:] == ("", "no InferenceX config matches")
+
+
+def test_clients_are_the_ones_the_srt_slurm_recipe_benchmarks() -> None:
+    """Hand-checked: nvidia-master.yaml at f316a0ef6013 lists dsr1-fp8-h200-dynamo-trt 1k/1k
+    items with `conc-list: [32]`, but InferenceX submits their recipe as it is (`srtctl apply
+    -f $CONFIG_FILE`), and recipes/trtllm/h200/1k1k/stp/c32_ctx1_gen9_tep8_batch256_eplb0_
+    mtp0.yaml (srt-slurm 535b2dc7a129) benchmarks `concurrencies: "288"` = 32 × 9 decode
+    workers. The dashboard row of 288 clients is that deployment, without MTP."""
+    row = dev_row(
         "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c288_tp8_0_ep8_0_353"
     )
-    assert silicon.recovered_layout(none)[1:] == ("", "no InferenceX config matches")
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == "" and "c32_ctx1_gen9_tep8_batch256_eplb0_mtp0.yaml" in source
+    assert (filled["decode_num_workers"], filled["decode_batch_size"]) == ("9", "256")
+    assert "speculative_num_draft_tokens" not in filled
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    assert lay.recipe_concurrencies('benchmark:\n  concurrencies: "288"\n') == [288]
+    assert lay.recipe_concurrencies('benchmark:\n  concurrencies: "4x8x16"\n') == [4, 8, 16]
+    assert lay.recipe_concurrencies("benchmark:\n  concurrencies: [6144, '16130']\n") == [
+        6144,
+        16130,
+    ]
+    assert lay.recipe_concurrencies("benchmark:\n  type: sa-bench\n") == []
+
+
+def test_the_container_image_tells_mtp_and_plain_runs_apart() -> None:
+    """Hand-checked: on 2026-02-11 (nvidia-master.yaml at 84b7df6837bc) B200 fp4 SGLang ran
+    the same 1p/6d layout at 64 clients as dsr1-fp4-b200-dynamo-sglang (image
+    lmsysorg/sglang:v0.5.8.post1-cu130-runtime) and as its -mtp twin (v0.5.8.post1-cu130);
+    the dashboard rows name the image, so each gets its own config (measured TPOT 6.3 ms for
+    the MTP run, 8.8 ms for the plain one)."""
+    mtp = dev_row("2026_03_25_deepseek_r1_b200_sxm_sglang_fp4_disagg_1024x1024_c64_tp4_0_ep4_0_784")
+    plain = dev_row(
+        "2026_03_25_deepseek_r1_b200_sxm_sglang_fp4_disagg_1024x1024_c64_tp4_0_ep4_0_799"
+    )
+    f_mtp, s_mtp, r_mtp = silicon.recovered_layout(mtp)
+    f_plain, s_plain, r_plain = silicon.recovered_layout(plain)
+    assert r_mtp == r_plain == ""
+    assert "dsr1-fp4-b200-dynamo-sglang-mtp;" in s_mtp and "dsr1-fp4-b200-dynamo-sglang;" in s_plain
+    assert int(f_mtp["speculative_num_draft_tokens"]) >= 1
+    assert "speculative_num_draft_tokens" not in f_plain
 
 
 def test_rows_that_state_their_layout_are_left_alone() -> None:

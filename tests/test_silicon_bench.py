@@ -205,7 +205,7 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
         [
             "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h200_sxm_sglang"
             "_agg_1000x100_c160_tp1_epnone_1",
-            "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c288_tp8_0_ep8_0_353",
+            "2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c4_tp36_ep1_1079",
         ],
     )
     crowded = {**h200, "id": "crowded", "batch_size": "20"}  # 160 clients on 20 slots
@@ -224,7 +224,7 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
     assert [r["status"] for r in out][:2] == ["ok", "ok"] and out[3]["status"] == "ok"
     assert last["rows"] == 3 and last["skipped"] == 2 and last["predicted_fraction"] == 0.6
     assert last["skipped_by_reason"] == {
-        # no InferenceX config of 2026-03-23 lists 288 clients on H200 TRT-LLM
+        # a December 2025 export whose tp 36 counts the whole deployment's GPUs
         "no InferenceX config matches": 1,
         "agg row with concurrency above batch_size × attention_dp and no replica count": 1,
     }

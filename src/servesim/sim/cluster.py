@@ -338,7 +338,9 @@ class Cluster:
         return []
 
     def _pull(self, dst: Replica) -> None:
-        """Start the transfers `dst` has room for, in order (DistServe: decode pulls KV)."""
+        """Start the transfers `dst` has a request slot and KV room for, in order (DistServe:
+        decode pulls KV; engines take a request in only under their request cap, so the rest
+        wait with their KV on the prefill side and the client sees no first token yet)."""
         q = self.pending[dst.index]
         tab = self.table
         bs = dst.cfg.block_size
@@ -348,10 +350,11 @@ class Cluster:
             gen = tab.generated[rid]
             cached = tab.prompt_tokens[rid] + (gen - 1 if gen > 1 else 0)
             need = -(-(cached + 1) // bs)
-            if not dst.has_room(need):
+            if not (dst.has_seat() and dst.has_room(need)):
                 return
             q.popleft()
             dst.reserve(need)
+            dst.promised += 1
             nbytes = path.kv_bytes(cached) / path.compression
             payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
             delay = self._handoff_s(rid, dst)
@@ -395,6 +398,7 @@ class Cluster:
             if src.next_t != before:
                 self._touch(src)
             before = dst.next_t
+            dst.promised -= 1  # now counted among its incoming requests
             done = dst.attach(
                 rid, t, cached, tab.first_token_s[rid], need, counted=True, handed_over=True
             )

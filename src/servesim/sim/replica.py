@@ -160,6 +160,7 @@ class Replica(
         "pred",
         "prefilling",
         "prefix",
+        "promised",
         "provisioned",
         "ps",
         "queued_tokens",
@@ -253,6 +254,8 @@ class Replica(
         self.held: dict[int, int] = {}  # rid -> private blocks kept for the KV transfer
         # (rid, cached tokens, last token time, reserved blocks, keeps its arrival-order place)
         self.incoming: deque[tuple[int, int, float, int, bool]] = deque()
+        # Sequences whose KV is on its way here (a decode slot is taken when the pull starts).
+        self.promised = 0
         self.attached_load: dict[int, int] = {}  # rid -> tokens it added to the router signal
         # Live migration: requests to stop at the end of the iteration in flight (in the order
         # asked: a set would order them by slot, which slot reuse shuffles), and those
@@ -459,6 +462,12 @@ class Replica(
         if (self.off_sum + n * (g + bs - 1)) // bs <= free:  # Σ ceil(x/bs) ≤ (Σx + n(bs−1))/bs
             return True
         return self.blocks.blocks_at(g) <= free
+
+    def has_seat(self) -> bool:
+        """Whether one more sequence may become active here: the engine's request cap
+        (`max_num_seqs`; TensorRT-LLM's `max_batch_size`, SGLang's `max-running-requests`)
+        counts requests still waiting for their KV as well as running ones."""
+        return self.num_requests + self.promised < self.cfg.max_num_seqs
 
     def reserve(self, blocks: int) -> None:
         """Set blocks aside for a request that will arrive by `attach`."""
