@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Refresh requirements.txt, the exact versions the README's commands install.
+# Refresh requirements.txt, the exact versions the README's commands install, and pylock.toml,
+# the same set with each file's hash.
 #
 # Resolves pyproject.toml's ranges (with the test extra, which holds every optional dependency
 # the suite uses) in a clean virtual environment and pins what pip chose. Run it after changing
@@ -18,3 +19,8 @@ python3 -m venv "$tmp/venv"
   "$tmp/venv/bin/pip" freeze --exclude servesim | sed -E 's/^(torch==[^+]+)\+.*$/\1/'
 } > requirements.txt
 echo "wrote requirements.txt ($(grep -vc '^#' requirements.txt) packages)"
+# The same set as a standard lock file (PEP 751): each distribution's file and sha256, as pip's
+# own `pip lock` (pip >= 25.1) resolves the pins on this machine (torch: the CPU build on disk).
+"$tmp/venv/bin/pip" install -q 'pip==25.3'
+"$tmp/venv/bin/pip" lock -q -r requirements.txt -o pylock.toml
+echo "wrote pylock.toml"

@@ -5,10 +5,13 @@ installs what was tested rather than whatever the registry serves that day."""
 from __future__ import annotations
 
 import re
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
-REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements.txt"
+ROOT = Path(__file__).resolve().parents[1]
+REQUIREMENTS = ROOT / "requirements.txt"
+PYLOCK = ROOT / "pylock.toml"
 UNPINNED = {"servesim", "pip", "setuptools", "wheel"}  # the project and the installer
 
 
@@ -16,12 +19,17 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def test_every_installed_distribution_is_pinned_at_its_version() -> None:
+def _pins() -> dict[str, str]:
     pins = {}
     for line in REQUIREMENTS.read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             pins[_norm(name)] = version.strip()
+    return pins
+
+
+def test_every_installed_distribution_is_pinned_at_its_version() -> None:
+    pins = _pins()
     missing, other = [], []
     for dist in metadata.distributions():
         name = _norm(dist.metadata["Name"])
@@ -34,3 +42,18 @@ def test_every_installed_distribution_is_pinned_at_its_version() -> None:
             other.append(f"{name} {version} (pinned {pins[name]})")
     assert not missing, f"installed but not pinned in requirements.txt: {missing}"
     assert not other, f"installed at another version than pinned: {other}"
+
+
+def test_the_standard_lock_file_holds_the_same_set_with_hashes() -> None:
+    """pylock.toml (PEP 751, written by `pip lock` in scripts/lock.sh) names exactly the pinned
+    distributions at the pinned versions, each with a file and its sha256."""
+    lock = tomllib.loads(PYLOCK.read_text())
+    assert lock["lock-version"] == "1.0"
+    got = {}
+    for pkg in lock["packages"]:
+        files = pkg.get("wheels", []) + ([pkg["sdist"]] if "sdist" in pkg else [])
+        assert files and all(f["hashes"]["sha256"] for f in files), pkg["name"]
+        got[_norm(pkg["name"])] = pkg["version"].split("+")[0]
+    # pip freeze leaves the installer's own packages out of requirements.txt; pip lock keeps
+    # setuptools, which torch requires.
+    assert {k: v for k, v in got.items() if k not in UNPINNED} == _pins()
