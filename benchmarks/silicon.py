@@ -522,13 +522,12 @@ def recovered_layout(
     Only `source_file=<date>.csv` dashboard rows whose prefill/decode worker counts or batch
     sizes are empty are looked up; other rows come back unchanged with ('', ''). A table item
     matches when model, GPU, framework, precision, ISL/OSL, the measured day and (when the row
-    names one) the container image agree, the
-    row's concurrency is one its srt-slurm recipe benchmarks (InferenceX submits the recipe
-    as it is, so the config's `conc-list` is nominal there, e.g. 4 for a recipe of 9 decode
-    workers that runs 36 clients) or, without a recipe, in its conc-list, and its prefill
-    tp/ep and decode tp equal the row's (the
-    rows repeat the prefill ep in their decode ep and leave dp-attention at 1, so those two
-    columns say nothing). The match must be one layout (speculative decoding and its draft
+    names one) the container image agree; the row's concurrency is one its srt-slurm recipe
+    benchmarks (InferenceX submits the recipe as it is, so the config's `conc-list` is nominal
+    there, e.g. 4 for a recipe of 9 decode workers that runs 36 clients) or, without a recipe,
+    in its conc-list; and its prefill tp/ep and decode tp equal the row's (the rows repeat the
+    prefill ep in their decode ep and leave dp-attention at 1, so those two columns say
+    nothing). The match must be one layout (speculative decoding and its draft
     length are part of it) with the recipe's batch sizes; its layout replaces the row's pool
     columns, and an MTP config adds `speculative_num_draft_tokens`.
     """

@@ -9,13 +9,8 @@ from servesim.errors import ServesimError
 from servesim.predictor import device_step as ds
 from servesim.spec.devices import Catalog, get_device
 from servesim.spec.links import get_link, links
-from servesim.spec.model import ModelSpec, load_model
+from servesim.spec.model import ModelSpec
 from servesim.spec.quant import get_quant, use_more_bits
-
-
-@pytest.fixture(scope="module")
-def llama8b() -> ModelSpec:
-    return load_model("meta-llama/Meta-Llama-3.1-8B")
 
 
 def test_new_devices_carry_their_spec_sheet_numbers() -> None:
@@ -77,8 +72,8 @@ def test_q4_k_m_uses_more_bits_on_llama_cpp_layers() -> None:
     # F16 16.07 GB, Q8_0 8.54 GB, Q4_K_M 4.92 GB
     [("f16", 16.07), ("q8_0", 8.54), ("q4_k_m", 4.92)],
 )
-def test_recipe_bytes_match_published_gguf_sizes(llama8b, quant, published_gb) -> None:
-    got = ds.weight_bytes(llama8b, get_quant(quant)) / 1e9
+def test_recipe_bytes_match_published_gguf_sizes(llama8, quant, published_gb) -> None:
+    got = ds.weight_bytes(llama8, get_quant(quant)) / 1e9
     assert got == pytest.approx(published_gb, rel=0.01)
 
 
@@ -99,20 +94,20 @@ def test_decode_step_by_hand() -> None:
     assert t.compute_s < t.memory_s  # batch-1 decode is memory-bound
 
 
-def test_threads_scale_a_cpu(llama8b) -> None:
+def test_threads_scale_a_cpu(llama8) -> None:
     q = get_quant("q4_k_m")
     here = get_device("this_cpu")
-    one = ds.step_time(llama8b, q, here, ds.decode(1, 128), threads=1)
-    two = ds.step_time(llama8b, q, here, ds.decode(1, 128), threads=2)
+    one = ds.step_time(llama8, q, here, ds.decode(1, 128), threads=1)
+    two = ds.step_time(llama8, q, here, ds.decode(1, 128), threads=2)
     assert one.memory_s == pytest.approx(2 * two.memory_s)
-    pre1 = ds.step_time(llama8b, q, here, ds.prefill(256), threads=1)
-    pre2 = ds.step_time(llama8b, q, here, ds.prefill(256), threads=2)
+    pre1 = ds.step_time(llama8, q, here, ds.prefill(256), threads=1)
+    pre2 = ds.step_time(llama8, q, here, ds.prefill(256), threads=2)
     assert pre1.compute_s == pytest.approx(2 * pre2.compute_s)
 
 
-def test_quantisation_speeds_memory_bound_decode(llama8b) -> None:
+def test_quantisation_speeds_memory_bound_decode(llama8) -> None:
     dev = get_device("rtx_4090")
-    tps = {q: ds.decode_tokens_per_s(llama8b, get_quant(q), dev) for q in ("f16", "q8_0", "q4_k_m")}
+    tps = {q: ds.decode_tokens_per_s(llama8, get_quant(q), dev) for q in ("f16", "q8_0", "q4_k_m")}
     assert tps["f16"] < tps["q8_0"] < tps["q4_k_m"]
     with pytest.raises(ServesimError, match="Unknown quantisation"):
         get_quant("q3_k_xl")

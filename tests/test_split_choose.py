@@ -20,35 +20,30 @@ from servesim.spec.quant import get_quant
 Q4 = get_quant("q4_k_m")
 
 
-@pytest.fixture(scope="module")
-def llama8b() -> ModelSpec:
-    return load_model("meta-llama/Meta-Llama-3.1-8B")
-
-
 def test_all_splits_are_every_composition() -> None:
     splits = sp.all_splits(5, 3)
     assert len(splits) == 21  # C(5 + 2, 2)
     assert all(sum(s) == 5 and len(s) == 3 for s in splits) and len(set(splits)) == 21
 
 
-def test_split_latency_and_throughput_by_hand(llama8b) -> None:
+def test_split_latency_and_throughput_by_hand(llama8) -> None:
     devs = [get_device("jetson_orin_nano"), get_device("rtx_4090")]
     link = get_link("1gbe")
-    s = sp.evaluate_split(llama8b, Q4, devs, link, (12, 20), context=512)
+    s = sp.evaluate_split(llama8, Q4, devs, link, (12, 20), context=512)
     step = ds.decode(1, 512)
-    a = ds.time_work(ds.layers_work(llama8b, Q4, range(12), step), devs[0], Q4).seconds
-    work_b = ds.layers_work(llama8b, Q4, range(12, 32), step) + ds.head_work(llama8b, Q4, step)
+    a = ds.time_work(ds.layers_work(llama8, Q4, range(12), step), devs[0], Q4).seconds
+    work_b = ds.layers_work(llama8, Q4, range(12, 32), step) + ds.head_work(llama8, Q4, step)
     b = ds.time_work(work_b, devs[1], Q4).seconds
-    hop = link.transfer_s(llama8b.hidden_size * ds.ACT_BYTES)
+    hop = link.transfer_s(llama8.hidden_size * ds.ACT_BYTES)
     assert s.latency_s == pytest.approx(a + b + hop)
     assert s.tokens_per_s == pytest.approx(1 / max(a, b, hop))
     with pytest.raises(ServesimError, match="summing to 32"):
-        sp.evaluate_split(llama8b, Q4, devs, link, (12, 12))
+        sp.evaluate_split(llama8, Q4, devs, link, (12, 12))
 
 
-def test_pareto_front_ends_are_the_latency_and_throughput_optima(llama8b) -> None:
+def test_pareto_front_ends_are_the_latency_and_throughput_optima(llama8) -> None:
     devs = [get_device(n) for n in ("jetson_orin_nano", "phone", "rtx_4090")]
-    splits = sp.search_splits(llama8b, Q4, devs, get_link("1gbe"), context=1024)
+    splits = sp.search_splits(llama8, Q4, devs, get_link("1gbe"), context=1024)
     front = sp.pareto_front(splits)
     assert len(front) >= 3
     assert front[0].latency_s == min(s.latency_s for s in splits)
@@ -65,11 +60,11 @@ def test_pareto_front_ends_are_the_latency_and_throughput_optima(llama8b) -> Non
         assert all(m <= d.mem_bytes for m, d in zip(s.mem_bytes, devs, strict=True))
 
 
-def test_any_order_search_covers_every_order(llama8b) -> None:
+def test_any_order_search_covers_every_order(llama8) -> None:
     devs = [get_device(n) for n in ("rtx_4090", "jetson_orin_nano")]
     link = get_link("1gbe")
-    given = sp.search_splits(llama8b, Q4, devs, link)
-    anyo = sp.search_splits(llama8b, Q4, devs, link, any_order=True)
+    given = sp.search_splits(llama8, Q4, devs, link)
+    anyo = sp.search_splits(llama8, Q4, devs, link, any_order=True)
     # 33 splits per order, the two all-on-one-device splits shared: 2 x 33 - 2
     assert len(anyo) == 64 and len(given) == 33
     assert {s.devices for s in anyo} == {
@@ -154,11 +149,11 @@ def test_latency_optimal_size_follows_bandwidth() -> None:
     assert 25e9 < roomy < 40e9  # Q4_K_M at ~4.9 bits: 21.6 GB usable holds ~35B at most
 
 
-def test_choose_budgets_quality_and_front(tmp_path, llama8b) -> None:
+def test_choose_budgets_quality_and_front(tmp_path, llama8) -> None:
     qfile = tmp_path / "q.csv"
     qfile.write_text("model,score\nMeta-Llama-3.1-8B,66.7\nQwen/Qwen3-32B,83.0\n")
     quality = ch.read_quality(qfile)
-    models = [llama8b, load_model("Qwen/Qwen3-32B")]
+    models = [llama8, load_model("Qwen/Qwen3-32B")]
     devices = [get_device("rtx_4090"), get_device("this_cpu")]
     quants = [get_quant(q) for q in ("f16", "q4_k_m")]
     out = ch.choose(models, quants, devices, ch.Budgets(tpot_s=0.05), quality, "quality_per_joule")

@@ -194,9 +194,8 @@ def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, A
     return doc
 
 
-def _trtllm_argv(
-    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
-) -> list[str]:
+def _trtllm_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) -> list[str]:
+    """A disaggregated pool differs only in its options YAML (`trtllm_options`)."""
     tokens = int(row["max_num_batched_tokens"])
     if not row["chunked_prefill"] and max_model_len:
         tokens = max(tokens, int(max_model_len))  # a whole prompt in one step's budget
@@ -247,7 +246,7 @@ def _argv(
     if engine == "sglang":
         return _sglang_argv(row, model_name, max_len, phase)
     if engine == "trtllm":
-        return _trtllm_argv(row, model_name, max_len, phase)
+        return _trtllm_argv(row, model_name, max_len)
     raise ServesimError(f"No launch command for engine {engine!r}; use vllm, sglang or trtllm.")
 
 
