@@ -317,8 +317,12 @@ class Cluster:
             for rid in src.handoff:
                 held = src.held[rid]
                 cached = tab.prompt_tokens[rid] + max(0, tab.generated[rid] - 1)
-                src.release(rid, self.now)
+                # The blocks stay where they are and become the decode lane's: promise them to
+                # it and take them off the prefill lane's allowance before the release lets
+                # the prefill lane admit its next prompt.
                 dst.reserve(held)
+                src.kv_blocks -= held
+                src.release(rid, self.now)
                 done += dst.attach(rid, self.now, cached, tab.first_token_s[rid], held)
             src.handoff.clear()
             self._touch(src)
