@@ -282,3 +282,61 @@ def test_an_urgent_newcomer_cannot_starve_a_started_prompt_for_ever() -> None:
         ],
     )
     assert run_case(case, limit_s=10.0) is None
+
+
+def test_room_made_by_swapping_out_lets_a_passed_over_prompt_go_on() -> None:
+    """Regression (scripts/fuzz.py seed 5, example 576; requests lost before): a started
+    prompt's next chunk did not fit beside a decode, so the slack scheduler went on to the
+    queue head, swapped the decode out to make room for it, found the head still too big and
+    stopped: the prompt it had passed over was not looked at again, the replica went idle
+    with the room now free, and with no arrival to wake it (a closed loop whose clients all
+    wait) 13 requests never finished. The partial prefills are now reconsidered after every
+    preemption."""
+    case = case_of(
+        model="openai/gpt-oss-20b",
+        device="l40s",
+        engine="sglang",
+        replicas=2,
+        max_num_batched_tokens=741,
+        chunked_prefill=True,
+        kv_factor=1.0,
+        prefix_caching=True,
+        policy={
+            "name": "slack",
+            "preemption": "swap",
+            "swap_group_blocks": 8,
+            "prefill_preemption": False,
+            "class_slos": [[2.0, 0.05, None]],
+            "estimator": ["oracle", 0.5, 0.9, True],
+            "preempt_margin_s": 5.0,
+        },
+        autoscaler={
+            "metric": "forecast",
+            "target": 0.05,
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "interval_s": 0.1,
+            "window_s": 60.0,
+            "scale_down_delay_s": 0.05,
+            "startup_s": 2.0,
+        },
+        prompts=[
+            *(512, 2414, 2749, 1109, 2081, 2113, 2446, 1540, 707, 2634, 1539),
+            *(2061, 1500, 1126, 624, 2470, 1241, 2245, 946, 1735, 2125),
+        ],
+        outputs=[
+            *(192, 6, 215, 94, 36, 130, 200, 35, 6, 380, 177),
+            *(47, 208, 182, 388, 217, 313, 168, 290, 146, 275),
+        ],
+        priorities=[2, 2, 1, 2, 1, 0, 0, 2, 2, 0, 0, 2, 1, 1, 2, 2, 0, 2, 0, 2, 1],
+        closed={
+            "clients": 6,
+            "think_s": 0.01,
+            "jitter_s": 0.0,
+            "seed": 1,
+            "ramp_s": 0.2,
+            "rate": float("inf"),
+            "warmup": 6,
+        },
+    )
+    assert run_case(case, limit_s=10.0) is None

@@ -197,7 +197,9 @@ class PolicyBatchFormation:
                 blocked = True
                 continue
             if len(off) + len(self.prefilling) >= cfg.max_num_seqs:
-                if not (preempts and self._preempt_victim(waiting.head_key(), chosen) is not None):
+                if preempts and self._preempt_victim(waiting.head_key(), chosen) is not None:
+                    pi = 0  # the room made may let a partial prefill passed over go on
+                else:
                     blocked = True
                 continue
             target = tab.prompt_tokens[rid] + tab.generated[rid]
@@ -219,7 +221,9 @@ class PolicyBatchFormation:
             for e in self.prefilling:
                 free -= max(0, -(-(e[2] - e[4]) // bs) - e[3])
             if -(-todo // bs) + pin > free:
-                if not (preempts and self._preempt_victim(waiting.head_key(), chosen) is not None):
+                if preempts and self._preempt_victim(waiting.head_key(), chosen) is not None:
+                    pi = 0  # the room made may let a partial prefill passed over go on
+                else:
                     blocked = True
                 continue
             waiting.popleft()
