@@ -74,6 +74,8 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     meta = Meta(args, names) if args.meta else None
     for gpu, (device, samples) in test.items():
+        if args.only and gpu not in args.only.split(","):
+            continue
         others = {g: d for g, d in train.items() if g != gpu}
         prior = transfer.fit(others)
         cands = tuple(dev for dev, _ in others.values())
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leave-one-gpu-out", action="store_true", help="unseen GPU = each GPU")
     ap.add_argument("--k", default="0,3,5,10", help="measurement counts (--leave-one-gpu-out)")
     ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
+    ap.add_argument("--only", help="comma-separated GPUs to leave out (default: every GPU)")
     ap.add_argument("--fit-rows", type=int, default=2000, help="rows per table of the prior fit")
     ap.add_argument("--eval-rows", type=int, default=1000, help="rows per table of the left-out")
     ap.add_argument(
