@@ -103,8 +103,9 @@ def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -
     sd = SpeculativeDecoding("eagle", k)
     base = Predictor(llama8, h100)
     spec = SpeculativePredictor(llama8, h100, sd)
-    # Hand-assembled: GEMMs and LM head over n(k+1) tokens, attention reading the context once,
-    # the scheduler's overhead for n sequences.
+    # Hand-assembled: GEMMs and LM head over n(k+1) tokens, attention reading the context once
+    # (Llama's 4 query heads per KV head x 4 positions fit the MMA's minimum rows, so the
+    # k+1 queries cost no more than one), the scheduler's overhead for n sequences.
     a, b = base.decode_coeffs(n)
     rows = n * (k + 1)
     verify = base.dense_s(rows, rows) + a + b * ctx + base.overhead_s(n, 0)
@@ -124,6 +125,31 @@ def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -
     ops = spec.ops(BatchShape(n, ctx))
     assert sum(op.seconds for op in ops) == pytest.approx(draft + verify, rel=1e-9)
     assert any(op.name == "draft:eagle" for op in ops)
+
+
+def test_verify_attention_does_k_plus_1_queries_of_work() -> None:
+    """The verify pass's k+1 queries per sequence attend the same cached keys, packed beside
+    the query heads as the kernels do (the roofline's decode for heads x (k+1) query rows on
+    all 61 layers); a draft pass keeps one query. DeepSeek's absorbed MLA tiles query rows by
+    64: at TP8 its 16 heads a GPU are padded to 64 rows, so MTP-3's 4 x 16 rows come free; with
+    attention DP (DEP8) each GPU has all 128 heads and 4 x 128 rows are 4x the MMA work of a
+    pass that is compute-bound already (1,088 MACs per fp8 latent byte)."""
+    from servesim.predictor import roofline
+
+    ds, b200 = load_model("deepseek-ai/DeepSeek-V3"), get_device("b200_sxm")
+    dims = (1, ds.kv_lora_rank + ds.qk_rope_head_dim, ds.kv_lora_rank, ds.kv_dtype, b200)
+    n = 64
+    slope = {}
+    for par, heads, per_rank in ((Parallel(tp=8), 16, 64), (Parallel(dp=8, ep=8), 128, 8)):
+        spec = SpeculativePredictor(ds, b200, SpeculativeDecoding("mtp", 3), par)
+        for queries, rows in ((None, 4 * heads), (1, heads)):
+            a, b = roofline.decode_coeffs_np(per_rank, rows, *dims, spec.fit, latent=True)
+            want = (61 * a, 61 * b / par.dp)  # the context spreads over the DP ranks
+            got = spec.decode_coeffs(n) if queries is None else spec.decode_coeffs(n, queries)
+            assert got == pytest.approx(want, rel=1e-9)
+        slope[par.dp] = spec.decode_coeffs(n)[1] / spec.decode_coeffs(n, 1)[1]
+    assert slope[1] == pytest.approx(1.0, rel=1e-9)
+    assert slope[8] > 3.0, slope
 
 
 def test_verify_is_nearly_free_at_batch_1_and_not_at_batch_512(llama8, h100) -> None:

@@ -913,15 +913,24 @@ class Predictor:
         self._attn_prov[(new, cached)] = worst
         return t
 
-    def decode_coeffs(self, decode_seqs: int) -> tuple[float, float]:
-        """(a, b) with decode attention seconds = a + b × total attended context, all layers."""
-        return self._decode_cache(decode_seqs)
+    def decode_coeffs(self, decode_seqs: int, queries: int | None = None) -> tuple[float, float]:
+        """(a, b) with decode attention seconds = a + b × total attended context, all layers.
 
-    def _decode_coeffs(self, seqs: int) -> tuple[float, float]:
+        `queries`: query tokens per sequence (default `decode_tokens`: 1, or k+1 in a
+        speculative verify pass; a draft head's pass asks for 1)."""
+        return self._decode_cache(decode_seqs, queries)
+
+    def _decode_coeffs(self, seqs: int, queries: int | None = None) -> tuple[float, float]:
         m = self.model
         qh, kvh, qk, v, latent = self._attn_heads()
+        # A verify pass's k+1 queries per sequence attend the same cached keys: the kernels
+        # pack them beside the query heads (FlashMLA's s_q x h_q rows, FlashInfer's and
+        # TRT-LLM's multi-token generation), so the work grows k+1-fold and the KV read does
+        # not. The measured tables hold one query per sequence: such passes use the roofline.
+        q = self.decode_tokens if queries is None else queries
+        qh *= q
         seqs_rank = math.ceil(seqs / self.par.dp)
-        if self.kernels is not None and not m.is_sparse:
+        if self.kernels is not None and not m.is_sparse and q == 1:
             measured = self._measured_decode_coeffs(seqs, seqs_rank)
             if measured is not None:
                 a, b = measured

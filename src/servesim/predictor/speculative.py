@@ -116,7 +116,7 @@ class SpeculativePredictor(Predictor):
             rows_all = np.maximum(np.arange(2 * rows + 64, dtype=np.float64), 1.0)
             tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
         proj = tab[rows]
-        a, b = host.decode_coeffs(n)
+        a, b = host.decode_coeffs(n, queries=1)  # a draft pass: one query per sequence
         return (dense - lm) / layers + float(proj) + lm + a / layers, b / layers
 
     def draft_s(self, decode_seqs: int, decode_context: int) -> float:
