@@ -18,6 +18,7 @@ from servesim.sim.speculation import SpecState, StepDraw, step_probabilities
 from servesim.sim.synthetic import ClosedLoop, Fixed
 from servesim.sim.workload import Workload
 from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
@@ -150,6 +151,31 @@ def test_verify_attention_does_k_plus_1_queries_of_work() -> None:
         slope[par.dp] = spec.decode_coeffs(n)[1] / spec.decode_coeffs(n, 1)[1]
     assert slope[1] == pytest.approx(1.0, rel=1e-9)
     assert slope[8] > 3.0, slope
+
+
+def test_measured_verify_attention_is_anchored_on_the_one_query_table() -> None:
+    """With measured kernels the tables hold one query a sequence: the verify pass takes the
+    measured line times the roofline's ratio of 4 x 128 query rows to 128 (DEP8), and says
+    "extrapolated"; the draft pass's one query is the table's own line."""
+    from servesim.predictor import roofline
+
+    ds, b200 = load_model("deepseek-ai/DeepSeek-V3"), get_device("b200_sxm")
+    par = Parallel(dp=8, ep=8)
+    spec = SpeculativePredictor(
+        ds, b200, SpeculativeDecoding("mtp", 3), par, engine=get_engine("trtllm"),
+        latency_model="auto",
+    )  # fmt: skip
+    n = 64
+    a1, b1 = spec.decode_coeffs(n, 1)
+    assert spec.provenance_counts()["measured"] + spec.provenance_counts()["interpolated"] > 0
+    dims = (1, ds.kv_lora_rank + ds.qk_rope_head_dim, ds.kv_lora_rank, ds.kv_dtype, b200)
+    one = roofline.decode_coeffs_np(8, 128, *dims, spec.fit, latent=True)
+    many = roofline.decode_coeffs_np(8, 512, *dims, spec.fit, latent=True)
+    spec._decode_cache.cache_clear()
+    a, b = spec.decode_coeffs(n)
+    assert (a, b) == pytest.approx((a1 * many[0] / one[0], b1 * many[1] / one[1]), rel=1e-9)
+    assert b > 2.0 * b1
+    assert spec.provenance_counts()["extrapolated"] >= 1
 
 
 def test_verify_is_nearly_free_at_batch_1_and_not_at_batch_512(llama8, h100) -> None:

@@ -17,7 +17,7 @@ from functools import cache, lru_cache
 import numpy as np
 
 from servesim.predictor import linear_scan, measured_kernels, roofline
-from servesim.predictor.measured_kernels import PROVENANCE, ROOFLINE
+from servesim.predictor.measured_kernels import EXTRAPOLATED, PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import EngineProfile
@@ -926,18 +926,29 @@ class Predictor:
         # A verify pass's k+1 queries per sequence attend the same cached keys: the kernels
         # pack them beside the query heads (FlashMLA's s_q x h_q rows, FlashInfer's and
         # TRT-LLM's multi-token generation), so the work grows k+1-fold and the KV read does
-        # not. The measured tables hold one query per sequence: such passes use the roofline.
+        # not. The measured tables hold one query per sequence: anchored on them, such a pass
+        # takes the roofline's ratio of q query rows to one ("extrapolated").
         q = self.decode_tokens if queries is None else queries
-        qh *= q
         seqs_rank = math.ceil(seqs / self.par.dp)
-        if self.kernels is not None and not m.is_sparse and q == 1:
+        if self.kernels is not None and not m.is_sparse:
             measured = self._measured_decode_coeffs(seqs, seqs_rank)
             if measured is not None:
                 a, b = measured
+                if q > 1:
+                    one, many = (
+                        roofline.decode_coeffs_np(
+                            seqs_rank, h, kvh, qk, v, m.kv_dtype, self.device, self.fit, latent
+                        )
+                        for h in (qh, qh * q)
+                    )
+                    a *= float(many[0]) / float(one[0])
+                    b *= float(many[1]) / float(one[1])
+                    self._attn_prov[(seqs,)] = max(self._attn_prov[(seqs,)], EXTRAPOLATED)
                 for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank):
                     a, b = a + pa, b + pb
                 return a, b
         self._attn_prov[(seqs,)] = ROOFLINE
+        qh *= q
 
         def at(ctx: int) -> float:
             return roofline.attn_decode_s(
