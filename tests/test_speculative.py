@@ -178,6 +178,29 @@ def test_measured_verify_attention_is_anchored_on_the_one_query_table() -> None:
     assert spec.provenance_counts()["extrapolated"] >= 1
 
 
+def test_a_hybrid_verify_writes_the_state_after_every_draft_token() -> None:
+    """Gated DeltaNet in a verify pass: each sequence reads its state once and writes it after
+    each of its k+1 tokens (the engines keep every position's state to roll back to), and the
+    k+1 tokens' inputs and outputs stream through. Qwen3.5 at TP8, MTP-3, 32 sequences: by hand
+    32 x (5 states + 4 x io) bytes on each of the 45 linear layers, against 32 x (2 + 1 x io)
+    for a plain decode; the draft pass keeps the one-token price."""
+    qwen, b200 = load_model("Qwen/Qwen3.5-397B-A17B"), get_device("b200_sxm")
+    spec = SpeculativePredictor(qwen, b200, SpeculativeDecoding("mtp", 3), Parallel(tp=8))
+    state, nv, conv = spec._linear_state_bytes()
+    io = (conv + nv * qwen.linear_v_head_dim) * 2.0
+    ssm = nv * qwen.linear_k_head_dim * qwen.linear_v_head_dim
+    n, layers = 32, qwen.num_linear_layers
+    assert layers == 45
+    for q, states in ((4, 5), (1, 2)):
+        (name, _, a, b, _), *_ = spec._mixer_decode_parts(n, q)
+        want = spec._stream_s(6.0 * ssm * n * q, n * (states * state + q * io), "fp32")
+        assert name == "linear_scan_decode" and b == 0.0
+        assert a == pytest.approx(layers * want, rel=1e-12)
+    verify = spec._mixer_decode_parts(n, 4)[0][2]
+    plain = spec._mixer_decode_parts(n, 1)[0][2]
+    assert verify > 2.0 * plain  # the state writes dominate: 5 state moves against 2
+
+
 def test_verify_is_nearly_free_at_batch_1_and_not_at_batch_512(llama8, h100) -> None:
     """k+1 tokens read the weights once: at batch 1 the verify pass costs about a decode step;
     at batch 512 the GEMMs see 2048 tokens and are compute-bound."""

@@ -503,11 +503,17 @@ class Predictor:
         state = (ssm * nbytes(m.state_dtype) + conv * 2.0) / shards
         return state, m.linear_num_v_heads // shards, m.linear_conv_dim // shards
 
-    def _mixer_decode_parts(self, seqs_rank: int) -> list[tuple[str, str, float, float, int]]:
+    def _mixer_decode_parts(
+        self, seqs_rank: int, queries: int = 1
+    ) -> list[tuple[str, str, float, float, int]]:
         """(name, kind, a, b, provenance) of the per-sequence work outside softmax attention in
-        a decode step, seconds = a + b × total context: the linear layers' state update (each
-        sequence reads and writes its state once; Gated DeltaNet's from the measured tables
-        where they hold the head layout) and the DSA indexer (a scan of every cached key)."""
+        a decode step of `queries` tokens per sequence, seconds = a + b × total context: the
+        linear layers' state update (each sequence reads its state once and writes it after
+        every token: a verify pass keeps the state at each draft position to roll back to,
+        SGLang's `intermediate_ssm_state_cache`, vLLM's per-token state slots; Gated
+        DeltaNet's from the measured tables where they hold the head layout, one token
+        anchoring the rest) and the DSA indexer (every query's logits against every cached
+        key, the keys read once)."""
         m, dev = self.model, self.device
         parts: list[tuple[str, str, float, float, int]] = []
         if m.num_linear_layers:
@@ -515,13 +521,17 @@ class Predictor:
             ssm_per_dev = nv * m.linear_k_head_dim * m.linear_v_head_dim
             io = (conv + nv * m.linear_v_head_dim) * ACT_BYTES
 
-            def scan(seqs: float) -> float:
+            def scan(seqs: float, q: int = 1) -> float:
                 # decay, rank-1 update and read-out: ~3 multiply-adds per state value, in fp32
-                return self._stream_s(6.0 * ssm_per_dev * seqs, seqs * (2 * state + io), "fp32")
+                moved = seqs * ((1 + q) * state + q * io)
+                return self._stream_s(6.0 * ssm_per_dev * seqs * q, moved, "fp32")
 
             t, prov = self._measured_gdn(seqs_rank, 1, True, lambda p: scan(p[0]))
             if t is None:
                 t = scan(seqs_rank)
+            if queries > 1:  # the one-token kernel, scaled as the roofline scales it
+                t *= scan(seqs_rank, queries) / scan(seqs_rank)
+                prov = max(prov, EXTRAPOLATED)
             parts.append(
                 (
                     "linear_scan_decode",
@@ -533,14 +543,15 @@ class Predictor:
             )
         if m.is_sparse:
             hd = m.index_n_heads * m.index_head_dim
-            per_tok = m.index_bytes_per_token_per_layer() + 8.0  # keys, fp32 logits out and in
+            keys = m.index_bytes_per_token_per_layer()
+            per_tok = keys + 8.0 * queries  # the key, each query's fp32 logit out and in
             idt = self._index_dtype()
 
             def at(ctx: float) -> float:
-                nb = seqs_rank * hd * ACT_BYTES + ctx * per_tok
+                nb = queries * seqs_rank * hd * ACT_BYTES + ctx * per_tok
                 return max(
                     float(roofline.elementwise_np(nb, dev, self.fit)),
-                    2.0 * hd * ctx / dev.peak_flops(idt),
+                    2.0 * hd * ctx * queries / dev.peak_flops(idt),
                 )
 
             ref = 1024.0 * seqs_rank
@@ -741,7 +752,9 @@ class Predictor:
                     0.0,
                     PROVENANCE[code],
                 )
-                for name, kind, pa, pb, code in self._mixer_decode_parts(seqs_rank)
+                for name, kind, pa, pb, code in self._mixer_decode_parts(
+                    seqs_rank, self.decode_tokens
+                )
             ]
             t -= sum(op.seconds for op in extra)
             ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0, prov))
@@ -944,7 +957,7 @@ class Predictor:
                     a *= float(many[0]) / float(one[0])
                     b *= float(many[1]) / float(one[1])
                     self._attn_prov[(seqs,)] = max(self._attn_prov[(seqs,)], EXTRAPOLATED)
-                for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank):
+                for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank, q):
                     a, b = a + pa, b + pb
                 return a, b
         self._attn_prov[(seqs,)] = ROOFLINE
@@ -965,7 +978,7 @@ class Predictor:
         slide = self._stage_fraction(m.num_sliding_layers)
         if slide:  # windowed layers attend to at most the window: constant in context
             a += slide * at(seqs_rank * m.sliding_window)
-        for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank):
+        for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank, q):
             a, b = a + pa, b + pb
         return a, b
 
