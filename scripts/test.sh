@@ -11,8 +11,9 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     || echo "note: could not install chromium; the HTML report render test will skip"
 fi
 python3 -m venv .venv
-# Exact tested versions (requirements.txt, refreshed by scripts/lock.sh), not whatever the
-# registry serves today.
-.venv/bin/pip install -q -c requirements.txt -e '.[test]'
+# Exactly the tested set: requirements.txt (written by scripts/lock.sh from a `.[test]`
+# install, so it is that install's full list) installed as requirements and as constraints,
+# not whatever the registry serves today.
+.venv/bin/pip install -q -r requirements.txt -c requirements.txt -e '.[test]'
 # pytest's own -q (pyproject addopts) keeps its count line, `N passed`, so an empty run shows.
 exec .venv/bin/pytest "$@"

@@ -931,6 +931,8 @@ class Predictor:
 
         `queries`: query tokens per sequence (default `decode_tokens`: 1, or k+1 in a
         speculative verify pass; a draft head's pass asks for 1)."""
+        if queries is None:  # one cache key for the default, whoever asks
+            return self._decode_cache(decode_seqs)
         return self._decode_cache(decode_seqs, queries)
 
     def _decode_coeffs(self, seqs: int, queries: int | None = None) -> tuple[float, float]:
