@@ -90,7 +90,7 @@ def test_h100_numbers_are_si(catalog: Catalog) -> None:
     assert h.peak_flops("bf16") == pytest.approx(989e12, rel=0.01)
     assert h.peak_flops("fp8") == pytest.approx(1979e12, rel=0.01)
     assert h.mem_bw_bytes_per_s == pytest.approx(3.35e12)
-    assert h.mem_bytes == pytest.approx(80e9)
+    assert h.mem_bytes == 81559 * 2**20  # the driver's total (nvidia-smi), not "80 GB"
     assert h.l2_bytes == pytest.approx(50e6)
     assert h.link_bw_bytes_per_s == pytest.approx(450e9)  # 900 GB/s bidirectional / 2
     assert h.link_latency_s == pytest.approx(2e-6)
@@ -99,7 +99,7 @@ def test_h100_numbers_are_si(catalog: Catalog) -> None:
 
 def test_spot_values_from_datasheets(catalog: Catalog) -> None:
     assert catalog.get("a100_sxm").peak_flops("bf16") == pytest.approx(312e12)
-    assert catalog.get("a100_sxm").mem_bytes == pytest.approx(80e9)
+    assert catalog.get("a100_sxm").mem_bytes == 81920 * 2**20  # nvidia-smi: 81,920 MiB
     assert catalog.get("a100_sxm_40gb").mem_bytes == pytest.approx(40e9)
     assert catalog.get("h200_sxm").mem_bw_bytes_per_s == pytest.approx(4.8e12)
     assert catalog.get("mi300x").mem_bytes == pytest.approx(192e9)
@@ -250,3 +250,19 @@ def test_every_catalog_number_has_a_source_comment() -> None:
         if numeric.match(line):
             above = lines[i - 1].strip()
             assert "#" in line or above.startswith("#"), f"no source comment: {line!r}"
+
+
+def test_a_users_mem_gb_replaces_the_bundled_driver_total(tmp_path) -> None:
+    """mem_mib stands for mem_gb; a user file that gives mem_gb for a bundled device with a
+    driver figure gets its own number, and one that gives mem_mib gets that."""
+    (tmp_path / "gb.yaml").write_text("devices:\n  b200_sxm:\n    mem_gb: 180\n")
+    (tmp_path / "mib.yaml").write_text("devices:\n  a10g:\n    mem_mib: 23028\n")
+    assert Catalog([tmp_path / "gb.yaml"]).get("b200_sxm").mem_bytes == pytest.approx(180e9)
+    assert Catalog().get("b200_sxm").mem_bytes == 183359 * 2**20
+    assert Catalog([tmp_path / "mib.yaml"]).get("a10g").mem_bytes == 23028 * 2**20
+
+
+def test_a_bad_mem_mib_is_named(tmp_path) -> None:
+    (tmp_path / "bad.yaml").write_text("devices:\n  b200_sxm:\n    mem_mib: lots\n")
+    with pytest.raises(ServesimError, match="mem_mib"):
+        Catalog([tmp_path / "bad.yaml"])

@@ -101,7 +101,13 @@ _NUMERIC: dict[str, tuple[str, float]] = {
 }
 _INTEGER = ("num_sms", "max_devices_per_node")
 _REQUIRED = ("peak_tflops", *_NUMERIC, *_INTEGER)
+# The memory the driver reports (nvidia-smi's total, MiB): it can stand for `mem_gb`, whose
+# datasheet "80 GB" is nearer 80 GiB (an H100 SXM reports 81,559 MiB = 85.5 GB). Engines take
+# their memory fractions of this total (torch.cuda.mem_get_info), so where it is known it is
+# what the catalog holds.
+MEM_MIB = "mem_mib"
 _OPTIONAL = (
+    MEM_MIB,
     "kind",
     "vendor",
     "link_name",
@@ -133,6 +139,10 @@ def _device_from_entry(name: str, entry: dict[str, Any], origin: str) -> Device:
     where = f"Device {name!r} in {origin}"
     if not isinstance(entry, dict):
         raise ServesimError(f"{where} must be a mapping of spec fields, not {entry!r}.")
+    if MEM_MIB in entry:  # the driver's figure stands for the datasheet's
+        mib = _number(entry[MEM_MIB], MEM_MIB, where)
+        entry = {k: v for k, v in entry.items() if k != MEM_MIB}
+        entry["mem_gb"] = mib * 2**20 / 1e9
     missing = [k for k in _REQUIRED if k not in entry]
     if missing:
         raise ServesimError(f"{where} lacks {', '.join(missing)}; add them to its entry.")
@@ -267,7 +277,10 @@ class Catalog:
             index = self._build_index()
             for name, entry in _load_entries(text, str(p)).items():
                 target = index.get(_key(name), name)
-                merged = {**raw.get(target, {}), **entry}
+                base = dict(raw.get(target, {}))
+                if "mem_gb" in entry:  # a user's mem_gb replaces the bundled driver figure
+                    base.pop(MEM_MIB, None)
+                merged = {**base, **entry}
                 raw[target] = merged
                 self.devices[target] = _device_from_entry(target, merged, str(p))
                 index = self._build_index()
