@@ -135,16 +135,17 @@ def batching_of(
     return {"max_num_seqs": seqs * dp, "max_num_batched_tokens": tokens * dp}
 
 
-def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
-    """(`--scheduler-recv-interval`, `--max-prefill-tokens`) of InferenceX's colocated SGLang
-    launch for a row, or None when the row is not one (other engines, other clients,
-    attention DP, models or GPUs without such a script).
+def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int, float] | None:
+    """(`--scheduler-recv-interval`, `--max-prefill-tokens`, `--mem-fraction-static`) of
+    InferenceX's colocated SGLang launch for a row, or None when the row is not one (other
+    engines, other clients, attention DP, models or GPUs without such a script).
 
-    From SemiAnalysisAI/InferenceX benchmarks/single_node/: dsr1_fp8_b200.sh (TP8: recv 10
-    below 16 clients, else 30, prefill 32768; TP4: recv 10, prefill 8192), dsr1_fp4_b200.sh
-    (recv 10/30, chunked prefill 16384, which caps max_prefill_tokens' default of 16384),
-    qwen3.5_fp8_b200.sh and qwen3.5_bf16_b200.sh (recv 10/30, prefill 32768); on H200
-    dsr1_fp8_h200.sh (no recv interval, prefill 32768) and qwen3.5_fp8_h200.sh (none, 16384).
+    From SemiAnalysisAI/InferenceX benchmarks/single_node/ (at 12ba0ae07): dsr1_fp8_b200.sh
+    (TP8: recv 10 below 16 clients, else 30, prefill 32768, fraction 0.82; TP4: recv 10,
+    prefill 8192, 0.95), dsr1_fp4_b200.sh (recv 10/30, chunked prefill 16384, which caps
+    max_prefill_tokens' default of 16384, 0.85), qwen3.5_fp8_b200.sh and qwen3.5_bf16_b200.sh
+    (recv 10/30, prefill 32768, 0.82; qwen3.5_fp8_b200_mtp.sh 0.8); on H200 dsr1_fp8_h200.sh
+    (no recv interval, prefill 32768, 0.82) and qwen3.5_fp8_h200.sh (none, 16384, 0.8).
     """
     # `qwen3.5-397b-gap-analysis.csv` rows are InferenceX runs (protocol_of): the same launch.
     if row.get("backend") != "sglang" or protocol_of(row) is AIPERF:
@@ -158,15 +159,15 @@ def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int] | None:
     if "deepseek" in model:
         if system.startswith("b200"):
             if fp4:
-                return recv, 16384
-            return (recv, 32768) if tp >= 8 else (10, 8192)
+                return recv, 16384, 0.85
+            return (recv, 32768, 0.82) if tp >= 8 else (10, 8192, 0.95)
         if system.startswith("h200"):
-            return 1, 32768
+            return 1, 32768, 0.82
     if "qwen3.5" in model:
         if system.startswith("b200"):
-            return recv, 32768
+            return recv, 32768, 0.8 if _int(row, "speculative_num_draft_tokens", 0) else 0.82
         if system.startswith("h200"):
-            return 1, 16384
+            return 1, 16384, 0.8
     return None
 
 
@@ -374,7 +375,7 @@ def deployment_of(
         limits = batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp)
         eng = engine
         if launch is not None:
-            eng = engine.with_overrides(recv_interval_steps=launch[0])
+            eng = engine.with_overrides(recv_interval_steps=launch[0], mem_util=launch[2])
             limits["max_num_batched_tokens"] = launch[1]
         if trt is not None:
             eng = engine.with_overrides(

@@ -100,7 +100,9 @@ def test_sglang_flags_follow_each_field() -> None:
     assert flag(argv, "--max-running-requests") == "64"
     assert flag(argv, "--chunked-prefill-size") == "2048"
     assert flag(argv, "--max-prefill-tokens") == "2048"
-    assert flag(argv, "--mem-fraction-static") == "0.88"  # SGLang profile's memory fraction
+    # SGLang's own rule on an H100 (81,559 MiB) at TP 8, written out as simulated: a reserve of
+    # 512 + 1.5 × 8,192 + 2 × 512 + 8/8 × 1,024 = 14,848 MiB, (81,559 − 14,848) / 81,559 = 0.818
+    assert flag(argv, "--mem-fraction-static") == "0.818"
     assert flag(argv, "--context-length") == "9216"
     assert flags(argv) <= SGLANG_FLAGS
 

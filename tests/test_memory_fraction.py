@@ -9,7 +9,14 @@ import pytest
 from servesim.errors import ServesimError
 from servesim.spec.devices import get_device
 from servesim.spec.engine_profile import get_engine
-from servesim.spec.memory import activation_reserve_bytes, memory_layout, weight_bytes_per_device
+from servesim.spec.memory import (
+    FIXED_RESERVE_BYTES,
+    activation_reserve_bytes,
+    engine_memory,
+    memory_layout,
+    sglang_mem_fraction,
+    weight_bytes_per_device,
+)
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
 
@@ -24,7 +31,7 @@ def test_trtllm_gives_the_kv_cache_a_fraction_of_the_free_memory() -> None:
     r = activation_reserve_bytes(model, par, 8192)
     free = memory_layout(model, dev, par, 8192, mem_util=0.9, mem_util_of_free=True)
     total = memory_layout(model, dev, par, 8192, mem_util=0.9)
-    # Hand: 0.9 × (80 GB − weights − reserve) against 0.9 × 80 GB − weights − reserve.
+    # Hand: 0.9 × (device − weights − reserve) against 0.9 × device − weights − reserve.
     assert free.kv_bytes == pytest.approx(0.9 * (dev.mem_bytes - w - r), rel=1e-12)
     assert total.kv_bytes == pytest.approx(0.9 * dev.mem_bytes - w - r, rel=1e-12)
     assert free.kv_bytes - total.kv_bytes == pytest.approx(0.1 * (w + r), rel=1e-9)
@@ -40,3 +47,41 @@ def test_a_model_that_fills_the_device_still_fits_under_trtllm_but_not_under_vll
     assert 0 < mem.kv_bytes < 0.1 * dev.mem_bytes
     with pytest.raises(ServesimError, match="utilisation"):
         memory_layout(model, dev, par, 8192, mem_util=0.9)
+
+
+def test_sglang_sets_its_fraction_by_its_own_rule() -> None:
+    """SGLang's default --mem-fraction-static (server_args.py, v0.5), by hand in MiB: an H100
+    (81,559 MiB) at TP 1 reserves 512 + 1.5 × 8,192 + 2 × 256 + 1/8 × 1,024 = 13,440 MiB, so
+    (81,559 − 13,440) / 81,559 = 0.835; a B200 (183,359 MiB) at TP 8 reserves 512 + 1.5 × 16,384
+    + 2 × 512 + 1,024 = 27,136 MiB, 0.852; a draft adds 2 GiB; an L4 (23,034 MiB) at TP 1
+    reserves 512 + 3,072 + 48 + 128 = 3,760 MiB (no 10 GiB floor below 60 GiB), 0.837."""
+    h100, b200, l4 = get_device("h100_sxm"), get_device("b200_sxm"), get_device("l4")
+    assert sglang_mem_fraction(h100, Parallel()) == 0.835
+    assert sglang_mem_fraction(b200, Parallel(tp=8)) == 0.852
+    assert sglang_mem_fraction(h100, Parallel(), speculative=True) == round(
+        (81559 - 13440 - 2048) / 81559, 3
+    )
+    assert sglang_mem_fraction(l4, Parallel()) == round((23034 - 3760) / 23034, 3) == 0.837
+    # A small chunk still reserves the 10 GiB floor on a large device.
+    assert sglang_mem_fraction(h100, Parallel(), chunked_prefill_tokens=2048) == round(
+        (81559 - 10240) / 81559, 3
+    )
+
+
+def test_sglang_fraction_covers_weights_and_kv_only() -> None:
+    """Under SGLang's rule the fraction already leaves the activations out: the KV cache is
+    fraction × device − weights − the fixed 2 GB, with no activation reserve taken again."""
+    model, dev, par = load_model("Qwen/Qwen3-32B"), get_device("h100_sxm"), Parallel()
+    sglang = get_engine("sglang")
+    args = engine_memory(sglang, dev, par)
+    assert args == {"mem_util": 0.835, "mem_util_of_free": False, "reserve_in_fraction": True}
+    mem = memory_layout(model, dev, par, 8192, **args)  # type: ignore[arg-type]
+    w = weight_bytes_per_device(model, par)
+    assert mem.kv_bytes == pytest.approx(0.835 * dev.mem_bytes - w - FIXED_RESERVE_BYTES)
+    # An explicit fraction (a launch's --mem-fraction-static) turns the rule off, not the meaning.
+    fixed = engine_memory(sglang.with_overrides(mem_util=0.8), dev, par)
+    assert fixed == {"mem_util": 0.8, "mem_util_of_free": False, "reserve_in_fraction": True}
+    # Under attention DP the profile's fraction stands (the rule's padding outgrows the device).
+    assert engine_memory(sglang, dev, Parallel(dp=8, ep=8))["mem_util"] == sglang.mem_util
+    # vLLM keeps its fraction of everything it allocates.
+    assert engine_memory(get_engine("vllm"), dev, par)["reserve_in_fraction"] is False

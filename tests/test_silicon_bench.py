@@ -265,7 +265,8 @@ def test_dense_row_ignores_its_moe_columns() -> None:
 
 def test_inferencex_sglang_rows_get_the_scripts_recv_interval_and_prefill_budget() -> None:
     """InferenceX's SGLang launch scripts (benchmarks/single_node/*.sh): recv every 10 decode
-    steps below 16 clients, else 30, on B200; none on H200; their prefill budgets."""
+    steps below 16 clients, else 30, on B200; none on H200; their prefill budgets and memory
+    fractions."""
     ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured=2026-03-01"
     r = row(
         backend="sglang",
@@ -275,22 +276,22 @@ def test_inferencex_sglang_rows_get_the_scripts_recv_interval_and_prefill_budget
         tp_size="8",
         silicon_data_source=ix.format(c=4),
     )
-    assert silicon.inferencex_sglang_launch(r) == (10, 32768)
+    assert silicon.inferencex_sglang_launch(r) == (10, 32768, 0.82)
     r["silicon_data_source"] = ix.format(c=64)
-    assert silicon.inferencex_sglang_launch(r) == (30, 32768)
+    assert silicon.inferencex_sglang_launch(r) == (30, 32768, 0.82)
     r["tp_size"] = "4"
-    assert silicon.inferencex_sglang_launch(r) == (10, 8192)
+    assert silicon.inferencex_sglang_launch(r) == (10, 8192, 0.95)
     r.update(gemm_quant_mode="nvfp4")
-    assert silicon.inferencex_sglang_launch(r) == (30, 16384)
+    assert silicon.inferencex_sglang_launch(r) == (30, 16384, 0.85)
     r.update(system="h200_sxm", gemm_quant_mode="fp8")
-    assert silicon.inferencex_sglang_launch(r) == (1, 32768)
+    assert silicon.inferencex_sglang_launch(r) == (1, 32768, 0.82)
     q = row(
         backend="sglang",
         model_path="Qwen/Qwen3.5-397B-A17B",
         system="h200_sxm",
         silicon_data_source=ix.format(c=8),
     )
-    assert silicon.inferencex_sglang_launch(q) == (1, 16384)
+    assert silicon.inferencex_sglang_launch(q) == (1, 16384, 0.8)
     # aiconfigurator's own aiperf rows and other engines keep their launch.
     assert (
         silicon.inferencex_sglang_launch({**r, "silicon_data_source": "x-gap-analysis.csv"}) is None

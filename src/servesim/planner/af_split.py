@@ -22,7 +22,7 @@ from servesim.predictor.iteration import Predictor
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.links import Link
-from servesim.spec.memory import memory_layout
+from servesim.spec.memory import engine_memory, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -177,7 +177,14 @@ def colocated(
                 par = Parallel(tp=tp, dp=dp, ep=ep)
                 seqs = min(batch or 256, 256)
                 try:
-                    mem = memory_layout(model, device, par, RESERVE_TOKENS, engine.mem_util, seqs)
+                    mem = memory_layout(
+                        model,
+                        device,
+                        par,
+                        RESERVE_TOKENS,
+                        max_num_seqs=seqs,
+                        **engine_memory(engine, device, par),  # type: ignore[arg-type]
+                    )
                 except ServesimError:
                     continue
                 pred = Predictor(model, device, par, engine)

@@ -31,7 +31,7 @@ from servesim.sim.workload import Workload
 from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Catalog, catalog
 from servesim.spec.engine_profile import get_engine
-from servesim.spec.memory import memory_layout
+from servesim.spec.memory import engine_memory, memory_layout
 from servesim.spec.model import ModelSpec, load_model
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
@@ -365,14 +365,14 @@ def _prune_reason(
     if c.kv_dtype == "fp8" and "fp8" not in device.peak_flops_per_s:
         return "no_fp8", f"{device.name} has no fp8 support for an fp8 KV cache"
     try:
+        par = Parallel(tp=c.tp, pp=c.pp)
         mem = memory_layout(
             m,
             device,
-            Parallel(tp=c.tp, pp=c.pp),
+            par,
             max_batched_tokens=c.max_num_batched_tokens,
-            mem_util=get_engine(c.engine).mem_util,
-            mem_util_of_free=get_engine(c.engine).mem_util_of_free,
             max_num_seqs=min(c.max_num_seqs, 256),
+            **engine_memory(get_engine(c.engine), device, par),  # type: ignore[arg-type]
         )
     except ServesimError as exc:
         return "does_not_fit", str(exc)

@@ -29,7 +29,7 @@ from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.finetune import FineTuneJob
 from servesim.spec.lora import LoraAdapters
-from servesim.spec.memory import MemoryLayout, memory_layout
+from servesim.spec.memory import MemoryLayout, engine_memory, memory_layout
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
@@ -166,9 +166,10 @@ class Deployment:
             self.device,
             self.parallel,
             max_batched_tokens=tokens,
-            mem_util=self.engine.mem_util,
-            mem_util_of_free=self.engine.mem_util_of_free,
             max_num_seqs=min(seqs, 256),
+            **engine_memory(  # type: ignore[arg-type]
+                self.engine, self.device, self.parallel, self.speculative is not None
+            ),
         )
 
     def predictor(self) -> Predictor:

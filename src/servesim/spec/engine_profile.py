@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from servesim.errors import ServesimError
 
 FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
+MEM_FRACTION_RULES = ("", "sglang")
 
 # The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
 # minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
@@ -106,6 +107,16 @@ class EngineProfile:
     # memory for KV cache", nvidia.github.io/TensorRT-LLM/examples/kvcacheconfig.html) rather
     # than of the whole device (vLLM's gpu_memory_utilization, SGLang's mem_fraction_static).
     mem_util_of_free: bool = False
+    # Whether mem_util covers only the weights and the KV cache, the engine reserving the rest
+    # of the device for activations and CUDA graphs itself (SGLang's mem_fraction_static:
+    # "mem_fraction_static = (weights + KV pool) / GPU memory capacity", server_args.py), rather
+    # than everything the engine allocates (vLLM's gpu_memory_utilization).
+    reserve_in_fraction: bool = False
+    # "sglang": SGLang's default `--mem-fraction-static` rule (server_args.py
+    # `_handle_gpu_memory_settings`, v0.5) sets mem_util per deployment
+    # (`spec.memory.engine_memory`); "": mem_util as it stands. Setting mem_util (an explicit
+    # --mem-fraction-static) turns the rule off.
+    mem_fraction_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
@@ -170,6 +181,11 @@ class EngineProfile:
                 f"Engine setting batch_wait_max_tokens_ratio must be in [0, 1], not "
                 f"{self.batch_wait_max_tokens_ratio!r}."
             )
+        if self.mem_fraction_rule not in MEM_FRACTION_RULES:
+            raise ServesimError(
+                f"Engine setting mem_fraction_rule {self.mem_fraction_rule!r} is not one of "
+                f"{', '.join(map(repr, MEM_FRACTION_RULES))} ('' keeps mem_util as given)."
+            )
         for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
             value = getattr(self, key)
             if not (value >= 0.0 and math.isfinite(value)):
@@ -193,7 +209,10 @@ class EngineProfile:
         unknown = [k for k in kwargs if k not in self.__dataclass_fields__]
         if unknown:
             raise ServesimError(f"Unknown engine setting(s) {', '.join(unknown)}.")
-        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        if "mem_util" in given and "mem_fraction_rule" not in given:
+            given["mem_fraction_rule"] = ""  # an explicit fraction replaces the engine's rule
+        return replace(self, **given)
 
 
 # Defaults: vLLM V1 on GPUs with ≥70 GB (OpenAI server: max_num_batched_tokens 8192,
@@ -247,7 +266,9 @@ ENGINES: dict[str, EngineProfile] = {
         block_size=1,
         cuda_graph_max_seqs=256,
         max_num_seqs=4096,
-        mem_util=0.88,
+        mem_util=0.88,  # the pre-v0.5 default at TP 1; the rule below sets it per deployment
+        reserve_in_fraction=True,
+        mem_fraction_rule="sglang",
     ),
     "trtllm": EngineProfile(
         name="trtllm",

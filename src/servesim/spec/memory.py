@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from servesim.errors import ServesimError
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import nbytes
+from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -102,6 +103,80 @@ def activation_reserve_bytes(model: ModelSpec, par: Parallel, max_batched_tokens
     return FIXED_RESERVE_BYTES + max_batched_tokens * per_token + logits
 
 
+MIB = 2**20
+
+
+def sglang_server_defaults(device: Device, par: Parallel) -> tuple[int, int]:
+    """SGLang's (`--chunked-prefill-size`, `--cuda-graph-max-bs`) defaults by the device's
+    memory (server_args.py `_handle_gpu_memory_settings`, v0.5): below 20 GiB 2,048 and 8; below
+    35 GiB 2,048 and 24 (80 from TP 4); below 60 GiB 4,096 and 32 (160); below 160 GiB 8,192
+    and 256 (512); above, 16,384 and 512."""
+    gpu_mib = device.mem_bytes / MIB
+    tp_size = par.tp * par.dp
+    if gpu_mib < 20 * 1024:
+        return 2048, 8
+    if gpu_mib < 35 * 1024:
+        return 2048, 24 if tp_size < 4 else 80
+    if gpu_mib < 60 * 1024:
+        return 4096, 32 if tp_size < 4 else 160
+    if gpu_mib < 160 * 1024:
+        return 8192, 256 if tp_size < 4 else 512
+    return 16384, 512
+
+
+def sglang_mem_fraction(
+    device: Device,
+    par: Parallel,
+    speculative: bool = False,
+    chunked_prefill_tokens: int | None = None,
+    cuda_graph_max_bs: int | None = None,
+) -> float:
+    """SGLang's default `--mem-fraction-static` for a server (python/sglang/srt/server_args.py
+    `_handle_gpu_memory_settings`, v0.5): the device's MiB less a reserve of 512 MiB of
+    metadata, 1.5 MiB per token of the chunked-prefill size (at least 2,048), 2 MiB per CUDA-graph
+    batch slot and 128 MiB per GPU of TP × PP; under attention DP 3 MiB more per graph slot and
+    DP rank (4.5 above 300 slots); at least 10 GiB on a device of more than 60 GiB; 2 GiB more for
+    an EAGLE/MTP draft. Rounded to three decimals as SGLang does. The chunk size and graph
+    slots are the server's own defaults (`sglang_server_defaults`) unless given."""
+    chunk, graph_bs = sglang_server_defaults(device, par)
+    chunk = chunk if chunked_prefill_tokens is None else chunked_prefill_tokens
+    graph_bs = graph_bs if cuda_graph_max_bs is None else cuda_graph_max_bs
+    gpu_mib = device.mem_bytes / MIB
+    tp_size = par.tp * par.dp  # SGLang's tp_size counts every GPU of an attention-DP server
+    reserved = 512.0 + max(chunk, 2048) * 1.5 + graph_bs * 2.0 + tp_size * par.pp / 8 * 1024
+    if par.dp > 1:
+        reserved += graph_bs * par.dp * 3.0
+        if graph_bs > 300:
+            reserved += graph_bs * par.dp * 1.5
+    if gpu_mib > 60 * 1024:
+        reserved = max(reserved, 10.0 * 1024)
+    if speculative:
+        reserved += 2.0 * 1024
+    return round((gpu_mib - reserved) / gpu_mib, 3)
+
+
+def engine_memory(
+    engine: EngineProfile,
+    device: Device,
+    par: Parallel,
+    speculative: bool = False,
+) -> dict[str, float | bool]:
+    """`memory_layout`'s engine arguments (mem_util, mem_util_of_free, reserve_in_fraction): the
+    engine's own fraction, or the one its rule gives this deployment (`mem_fraction_rule`)."""
+    util = engine.mem_util
+    # The server's defaults, as a bare launch has them. Not under attention DP: the rule's graph
+    # padding (3 MiB per graph slot per DP rank, 512 slots) outgrows the device at the DP
+    # degrees wide-EP runs use, so those launches set --mem-fraction-static themselves (0.85 and
+    # 0.846 in SGLang's large-scale PD/EP instructions, sgl-project/sglang#6017): mem_util stands.
+    if engine.mem_fraction_rule == "sglang" and par.dp == 1:
+        util = sglang_mem_fraction(device, par, speculative)
+    return {
+        "mem_util": util,
+        "mem_util_of_free": engine.mem_util_of_free,
+        "reserve_in_fraction": engine.reserve_in_fraction,
+    }
+
+
 def memory_layout(
     model: ModelSpec,
     device: Device,
@@ -110,18 +185,25 @@ def memory_layout(
     mem_util: float = 0.9,
     max_num_seqs: int = 256,
     mem_util_of_free: bool = False,
+    reserve_in_fraction: bool = False,
 ) -> MemoryLayout:
     """Lay out one replica's memory; refuse a configuration whose weights (and the recurrent
     state of `max_num_seqs` sequences) leave no KV space, or formats the device cannot run.
 
     `mem_util` is the engine's share of the whole device (vLLM, SGLang) or, with
-    `mem_util_of_free`, of the memory left after weights and activations (TRT-LLM)."""
+    `mem_util_of_free`, of the memory left after weights and activations (TRT-LLM). With
+    `reserve_in_fraction` the share already leaves the activations out (SGLang's rule), so only
+    the fixed overheads outside the engine's pools come off it."""
     if not 0.0 < mem_util <= 1.0:
         raise ServesimError(f"Memory utilisation must be in (0, 1], got {mem_util}.")
     model.check_device(device)
     max_num_seqs = -(-max_num_seqs // par.dp)  # each attention-DP rank runs its own share
     weights = weight_bytes_per_device(model, par)
-    reserve = activation_reserve_bytes(model, par, max_batched_tokens)
+    reserve = (
+        FIXED_RESERVE_BYTES
+        if reserve_in_fraction
+        else activation_reserve_bytes(model, par, max_batched_tokens)
+    )
     if mem_util_of_free:
         usable = weights + reserve + max(device.mem_bytes - weights - reserve, 0.0) * mem_util
     else:
