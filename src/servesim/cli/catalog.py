@@ -24,7 +24,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
     """List the catalog."""
     cat = catalog(args.devices)
     table = Table(title="devices")
-    for col in ("name", "bf16 TFLOP/s", "mem GB", "HBM GB/s", "link GB/s", "W", "$/h", "aliases"):
+    # Memory in GB (10⁹ bytes, as servesim computes) and GiB (nvidia-smi's MiB / 1,024: an H100
+    # "80 GB" reports 81,559 MiB = 79.6 GiB = 85.5 GB).
+    cols = ("name", "bf16 TFLOP/s", "mem GB", "mem GiB", "HBM GB/s", "link GB/s", "W", "$/h")
+    for col in (*cols, "aliases"):
         table.add_column(col, overflow="fold")
     for name in cat.names():
         d = cat.devices[name]
@@ -36,7 +39,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         table.add_row(
             name,
             bf16,
-            f"{d.mem_bytes / 1e9:.0f}",
+            f"{d.mem_bytes / 1e9:.1f}",
+            f"{d.mem_bytes / 2**30:.1f}",
             f"{d.mem_bw_bytes_per_s / 1e9:,.0f}",
             f"{d.link_bw_bytes_per_s / 1e9:,.0f}",
             f"{d.max_power_w:.0f}",
