@@ -53,13 +53,17 @@ def test_sglang_sets_its_fraction_by_its_own_rule() -> None:
     """SGLang's default --mem-fraction-static (server_args.py, v0.5), by hand in MiB: an H100
     (81,559 MiB) at TP 1 reserves 512 + 1.5 × 8,192 + 2 × 256 + 1/8 × 1,024 = 13,440 MiB, so
     (81,559 − 13,440) / 81,559 = 0.835; a B200 (183,359 MiB) at TP 8 reserves 512 + 1.5 × 16,384
-    + 2 × 512 + 1,024 = 27,136 MiB, 0.852; a draft adds 2 GiB; an L4 (23,034 MiB) at TP 1
-    reserves 512 + 3,072 + 48 + 128 = 3,760 MiB (no 10 GiB floor below 60 GiB), 0.837."""
+    + 2 × 512 + 1,024 = 27,136 MiB, 0.852; an MTP/EAGLE head adds 2 GiB, a draft model 6; an
+    L4 (23,034 MiB) at TP 1 reserves 512 + 3,072 + 48 + 128 = 3,760 MiB (no 10 GiB floor below
+    60 GiB), 0.837."""
     h100, b200, l4 = get_device("h100_sxm"), get_device("b200_sxm"), get_device("l4")
     assert sglang_mem_fraction(h100, Parallel()) == 0.835
     assert sglang_mem_fraction(b200, Parallel(tp=8)) == 0.852
-    assert sglang_mem_fraction(h100, Parallel(), speculative=True) == round(
+    assert sglang_mem_fraction(h100, Parallel(), speculative="mtp") == round(
         (81559 - 13440 - 2048) / 81559, 3
+    )
+    assert sglang_mem_fraction(h100, Parallel(), speculative="draft") == round(
+        (81559 - 13440 - 6144) / 81559, 3
     )
     assert sglang_mem_fraction(l4, Parallel()) == round((23034 - 3760) / 23034, 3) == 0.837
     # A small chunk still reserves the 10 GiB floor on a large device.

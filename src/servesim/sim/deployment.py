@@ -168,7 +168,10 @@ class Deployment:
             max_batched_tokens=tokens,
             max_num_seqs=min(seqs, 256),
             **engine_memory(  # type: ignore[arg-type]
-                self.engine, self.device, self.parallel, self.speculative is not None
+                self.engine,
+                self.device,
+                self.parallel,
+                self.speculative.method if self.speculative is not None else "",
             ),
         )
 

@@ -127,7 +127,7 @@ def sglang_server_defaults(device: Device, par: Parallel) -> tuple[int, int]:
 def sglang_mem_fraction(
     device: Device,
     par: Parallel,
-    speculative: bool = False,
+    speculative: str = "",
     chunked_prefill_tokens: int | None = None,
     cuda_graph_max_bs: int | None = None,
 ) -> float:
@@ -135,9 +135,11 @@ def sglang_mem_fraction(
     `_handle_gpu_memory_settings`, v0.5): the device's MiB less a reserve of 512 MiB of
     metadata, 1.5 MiB per token of the chunked-prefill size (at least 2,048), 2 MiB per CUDA-graph
     batch slot and 128 MiB per GPU of TP × PP; under attention DP 3 MiB more per graph slot and
-    DP rank (4.5 above 300 slots); at least 10 GiB on a device of more than 60 GiB; 2 GiB more for
-    an EAGLE/MTP draft. Rounded to three decimals as SGLang does. The chunk size and graph
-    slots are the server's own defaults (`sglang_server_defaults`) unless given."""
+    DP rank (4.5 above 300 slots); at least 10 GiB on a device of more than 60 GiB; then 2 GiB
+    more for an EAGLE/MTP draft head and 6 GiB for a separate draft model (`speculative`:
+    servesim's method name, "" for none). Rounded to three decimals as SGLang does. The chunk
+    size and graph slots are the server's own defaults (`sglang_server_defaults`) unless
+    given."""
     chunk, graph_bs = sglang_server_defaults(device, par)
     chunk = chunk if chunked_prefill_tokens is None else chunked_prefill_tokens
     graph_bs = graph_bs if cuda_graph_max_bs is None else cuda_graph_max_bs
@@ -150,7 +152,9 @@ def sglang_mem_fraction(
             reserved += graph_bs * par.dp * 1.5
     if gpu_mib > 60 * 1024:
         reserved = max(reserved, 10.0 * 1024)
-    if speculative:
+    if speculative == "draft":  # SGLang's STANDALONE: a draft model and its graphs
+        reserved += 6.0 * 1024
+    elif speculative:  # EAGLE/MTP heads and their graphs
         reserved += 2.0 * 1024
     return round((gpu_mib - reserved) / gpu_mib, 3)
 
@@ -159,7 +163,7 @@ def engine_memory(
     engine: EngineProfile,
     device: Device,
     par: Parallel,
-    speculative: bool = False,
+    speculative: str = "",
 ) -> dict[str, float | bool]:
     """`memory_layout`'s engine arguments (mem_util, mem_util_of_free, reserve_in_fraction): the
     engine's own fraction, or the one its rule gives this deployment (`mem_fraction_rule`)."""
