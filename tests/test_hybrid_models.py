@@ -257,6 +257,33 @@ def test_hybrid_operators_by_hand() -> None:
     assert total == pytest.approx(pred.iteration(batch).seconds)
 
 
+def test_gated_attention_and_gated_shared_expert_have_their_kernels() -> None:
+    """Qwen3.5 scales each attention output by sigmoid(gate) (15 layers) and each shared
+    expert's output by sigmoid(x·w) (a hidden → 1 GEMV and a scale, 60 MoE layers); every
+    shared expert has its SiLU(gate)·up between its two GEMMs. DeepSeek-V3 has the activation
+    but no gate; Llama has neither. Bytes by hand at 64 tokens, TP 8, bf16 activations."""
+    t, h = 64, 4096
+    m = load_model("Qwen/Qwen3.5-397B-A17B")
+    ops = _ops(Predictor(m, catalog().get("b200_sxm"), Parallel(tp=8)), BatchShape(decode_seqs=t))
+    q_out = 32 * 256 // 8  # heads × head_dim per device
+    assert ops["attn_gate"].calls == 15 and ops["attn_gate"].nbytes == 15 * 3 * t * q_out * 2
+    assert ops["shared_gate_proj"].calls == 60
+    assert ops["shared_gate_proj"].flops == pytest.approx(60 * 2 * t * h)
+    assert ops["shared_gate_mul"].nbytes == 60 * 2 * t * h * 2
+    s = 1024 // 8  # shared expert intermediate per device
+    assert ops["shared_act"].calls == 60 and ops["shared_act"].nbytes == 60 * 3 * t * s * 2
+    ds = _ops(
+        Predictor(load_model("deepseek-ai/DeepSeek-V3"), catalog().get("b200_sxm"), Parallel(tp=8)),
+        BatchShape(decode_seqs=t),
+    )
+    assert ds["shared_act"].calls == 58 and "shared_gate_proj" not in ds and "attn_gate" not in ds
+    llama = _ops(
+        Predictor(load_model("meta-llama/Llama-3.1-8B"), catalog().get("h100_sxm"), Parallel()),
+        BatchShape(decode_seqs=t),
+    )
+    assert not {"shared_act", "shared_gate_proj", "attn_gate"} & set(llama)
+
+
 def test_dsa_attention_grows_with_min_of_context_and_topk() -> None:
     m = load_model("deepseek-ai/DeepSeek-V3.2")
     b200 = catalog().get("b200_sxm")

@@ -379,7 +379,13 @@ class Predictor:
         if moe_layers and m.shared_expert_intermediate_size:
             s = m.shared_expert_intermediate_size // dense_tp
             terms.append(self._gemm("shared_up_proj", t, 2 * s, h, moe_layers))
+            act_bytes = 3 * t * s * ACT_BYTES  # SiLU(gate)·up
+            terms.append(self._elementwise("shared_act", "act", act_bytes, moe_layers))
             terms.append(self._gemm("shared_down_proj", t, h, s, moe_layers))
+            if m.shared_expert_gate:  # sigmoid(x·w)·shared output: a GEMV and a scale
+                terms.append(self._gemm("shared_gate_proj", t, 1, h, moe_layers))
+                gate_bytes = 2 * t * h * ACT_BYTES
+                terms.append(self._elementwise("shared_gate_mul", "act", gate_bytes, moe_layers))
         return terms
 
     def _rank_terms(self, t: np.ndarray) -> list[_Term]:
@@ -427,6 +433,9 @@ class Predictor:
             terms.append(self._gemm("qkv_proj", t, q_out + gate + 2 * kv_out, h, layers, dtype=adt))
             rope_bytes = 2 * t * (q_out + kv_out) * ACT_BYTES
             terms.append(self._elementwise("rope", "rope", rope_bytes, layers))
+            if m.attn_output_gate:  # attention output × sigmoid(gate) before o_proj
+                gate_bytes = 3 * t * q_out * ACT_BYTES
+                terms.append(self._elementwise("attn_gate", "act", gate_bytes, layers))
             terms.append(self._gemm("o_proj", t, h, q_out, layers, dtype=adt))
         if m.num_linear_layers:
             terms += self._linear_proj_terms(t, self._stage_fraction(m.num_linear_layers))

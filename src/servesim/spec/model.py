@@ -335,14 +335,20 @@ class ModelSpec:
             p += 2 * self.moe_intermediate_size + self.hidden_size
         return p
 
+    @property
+    def shared_expert_gate(self) -> bool:
+        """Whether a sigmoid gate (a hidden → 1 projection) scales the shared expert's output
+        (Qwen2-MoE's family: Qwen3-Next, Qwen3.5)."""
+        return (
+            self.model_type in ("qwen3_next", "qwen3_5_moe")
+            and self.shared_expert_intermediate_size > 0
+        )
+
     def router_params(self) -> int:
         """Parameters of one MoE router (plus its bias, or the shared expert's gate, where the
         family has one)."""
         bias = self.num_experts if self.model_type in ("gpt_oss",) else 0
-        if (
-            self.model_type in ("qwen3_next", "qwen3_5_moe")
-            and self.shared_expert_intermediate_size
-        ):
+        if self.shared_expert_gate:
             bias = self.hidden_size  # shared_expert_gate
         return self.hidden_size * self.num_experts + bias
 
