@@ -189,7 +189,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     m = mem.as_dict()
     console.print(
         f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
-        f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB"
+        f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB "
+        f"({m['usable_gb'] / m['device_gb']:.3g} of it the engine's)"
     )
     return 0
 
