@@ -64,7 +64,8 @@ def test_graph_captured_iterations_pay_no_eager_host_time() -> None:
     step = graphed.step_s(0, 0, ((1024, 0),)) - graphed.overhead_s(0, 1)
     assert step == pytest.approx(_kernels_s(graphed, 0, 0, ((1024, 0),)), rel=1e-12)
     eager = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
-    small = SGLANG.cuda_graph_max_seqs
+    small = eager.engine.cuda_graph_max_seqs  # SGLang's default at TP 8 on an H100: 512
+    assert small == 512
     assert eager.host_s(small, 0, small) == 0.0
     assert eager.host_s(small + 1, 0, small + 1) == pytest.approx(32 * EAGER_HOST_S_PER_LAYER)
     # monotone: a longer prefill never takes less time, with or without the host floor

@@ -102,3 +102,34 @@ def test_sglang_kv_tokens_match_a_logged_server() -> None:
     sglang = get_engine("sglang").with_overrides(mem_util=0.93)
     mem = memory_layout(model, dev, par, 8192, **engine_memory(sglang, dev, par))  # type: ignore[arg-type]
     assert mem.kv_tokens == pytest.approx(367_404, rel=0.05)
+
+
+def test_sglang_captures_decode_graphs_up_to_its_default_size() -> None:
+    """SGLang's default --cuda-graph-max-bs (server_args.py, v0.5) by memory tier and size:
+    256 below TP 4 and 512 from it on an H100 (< 160 GiB), 512 on a B200, 160 on an L40S at
+    TP 4 (< 60 GiB); an explicit size stays. A 300-sequence decode replays a graph at TP 4 and
+    runs eager (host-bound) at TP 2."""
+    from servesim.predictor.iteration import Predictor
+
+    m, sglang = load_model("meta-llama/Llama-3.1-70B"), get_engine("sglang")
+    h100 = get_device("h100_sxm")
+    sizes = {
+        (name, tp): Predictor(m, get_device(name), Parallel(tp=tp), sglang).engine
+        for name, tp in (("h100_sxm", 2), ("h100_sxm", 4), ("b200_sxm", 1), ("l40s", 4))
+    }
+    assert {k: e.cuda_graph_max_seqs for k, e in sizes.items()} == {
+        ("h100_sxm", 2): 256,
+        ("h100_sxm", 4): 512,
+        ("b200_sxm", 1): 512,
+        ("l40s", 4): 160,
+    }
+    fixed = Predictor(m, h100, Parallel(tp=4), sglang.with_overrides(cuda_graph_max_seqs=128))
+    assert fixed.engine.cuda_graph_max_seqs == 128
+    tp4, tp2 = (
+        Predictor(m, h100, Parallel(tp=4), sglang),
+        Predictor(m, h100, Parallel(tp=2), sglang),
+    )
+    assert tp4.host_s(300, 0, 300) == 0.0 and tp2.host_s(300, 0, 300) > 0.0
+    # The memory rule reserves an explicit size's slots: 2 MiB each, here 128 instead of 512.
+    explicit = engine_memory(sglang.with_overrides(cuda_graph_max_seqs=128), h100, Parallel(tp=4))
+    assert explicit["mem_util"] == sglang_mem_fraction(h100, Parallel(tp=4), cuda_graph_max_bs=128)

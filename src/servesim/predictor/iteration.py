@@ -22,6 +22,7 @@ from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.expert_load import ExpertLoad
+from servesim.spec.memory import sglang_server_defaults
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 
@@ -160,7 +161,11 @@ class Predictor:
         # predictor times a slice of it (semi-PD lanes run on a share of the SMs).
         self.power_device = power_device or device
         self.par = parallel or Parallel()
-        self.engine = engine or EngineProfile()
+        engine = engine or EngineProfile()
+        if engine.cuda_graph_rule == "sglang":  # the server's default graph size here
+            graph_bs = sglang_server_defaults(device, self.par)[1]
+            engine = engine.with_overrides(cuda_graph_max_seqs=graph_bs)
+        self.engine = engine
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
         # Routed tokens on the busiest EP rank over the mean (1: balanced); with a stated expert

@@ -117,6 +117,12 @@ class EngineProfile:
     # (`spec.memory.engine_memory`); "": mem_util as it stands. Setting mem_util (an explicit
     # --mem-fraction-static) turns the rule off.
     mem_fraction_rule: str = ""
+    # "sglang": decode batches are graph-captured up to SGLang's default `--cuda-graph-max-bs`
+    # for the server's memory and size (server_args.py, v0.5: 256 below TP 4 and 512 from it
+    # under 160 GiB, 512 above; `spec.memory.sglang_server_defaults`), which then replaces
+    # cuda_graph_max_seqs; "": cuda_graph_max_seqs as it stands. Setting cuda_graph_max_seqs
+    # (an explicit --cuda-graph-max-bs) turns the rule off.
+    cuda_graph_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
@@ -181,6 +187,11 @@ class EngineProfile:
                 f"Engine setting batch_wait_max_tokens_ratio must be in [0, 1], not "
                 f"{self.batch_wait_max_tokens_ratio!r}."
             )
+        if self.cuda_graph_rule not in MEM_FRACTION_RULES:
+            raise ServesimError(
+                f"Engine setting cuda_graph_rule {self.cuda_graph_rule!r} is not one of "
+                f"{', '.join(map(repr, MEM_FRACTION_RULES))} ('' keeps cuda_graph_max_seqs)."
+            )
         if self.mem_fraction_rule not in MEM_FRACTION_RULES:
             raise ServesimError(
                 f"Engine setting mem_fraction_rule {self.mem_fraction_rule!r} is not one of "
@@ -212,6 +223,8 @@ class EngineProfile:
         given = {k: v for k, v in kwargs.items() if v is not None}
         if "mem_util" in given and "mem_fraction_rule" not in given:
             given["mem_fraction_rule"] = ""  # an explicit fraction replaces the engine's rule
+        if "cuda_graph_max_seqs" in given and "cuda_graph_rule" not in given:
+            given["cuda_graph_rule"] = ""  # so does an explicit graph size
         return replace(self, **given)
 
 
@@ -269,6 +282,7 @@ ENGINES: dict[str, EngineProfile] = {
         mem_util=0.88,  # the pre-v0.5 default at TP 1; the rule below sets it per deployment
         reserve_in_fraction=True,
         mem_fraction_rule="sglang",
+        cuda_graph_rule="sglang",
     ),
     "trtllm": EngineProfile(
         name="trtllm",

@@ -173,7 +173,9 @@ def engine_memory(
     # degrees wide-EP runs use, so those launches set --mem-fraction-static themselves (0.85 and
     # 0.846 in SGLang's large-scale PD/EP instructions, sgl-project/sglang#6017): mem_util stands.
     if engine.mem_fraction_rule == "sglang" and par.dp == 1:
-        util = sglang_mem_fraction(device, par, speculative)
+        # The graph slots the server captures: its default, or the size a launch set.
+        graph_bs = engine.cuda_graph_max_seqs if not engine.cuda_graph_rule else None
+        util = sglang_mem_fraction(device, par, speculative, cuda_graph_max_bs=graph_bs)
     return {
         "mem_util": util,
         "mem_util_of_free": engine.mem_util_of_free,
