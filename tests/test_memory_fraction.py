@@ -17,7 +17,7 @@ from servesim.spec.memory import (
     sglang_mem_fraction,
     weight_bytes_per_device,
 )
-from servesim.spec.model import load_model
+from servesim.spec.model import load_model, spec_from_config
 from servesim.spec.parallel import Parallel
 
 
@@ -133,3 +133,28 @@ def test_sglang_captures_decode_graphs_up_to_its_default_size() -> None:
     # The memory rule reserves an explicit size's slots: 2 MiB each, here 128 instead of 512.
     explicit = engine_memory(sglang.with_overrides(cuda_graph_max_seqs=128), h100, Parallel(tp=4))
     assert explicit["mem_util"] == sglang_mem_fraction(h100, Parallel(tp=4), cuda_graph_max_bs=128)
+
+
+def test_vllm_kv_tokens_match_a_logged_server() -> None:
+    """vLLM's own error for DeepSeek-R1-Distill-Qwen-14B on 2 × RTX 4090 (24,564 MiB each) at
+    --gpu-memory-utilization 0.98: "the maximum number of tokens that can be stored in KV cache
+    (81536)" (vllm-project/vllm#13061; V0, whose chunked-prefill budget was 2,048 tokens). The
+    driver's total gives that within 3 % (24·10⁹ bytes gave 63,776, −22 %)."""
+    cfg = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 131072,
+        "torch_dtype": "bfloat16",
+    }
+    model = spec_from_config(cfg, "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B")
+    dev = get_device("rtx_4090")
+    assert dev.mem_bytes == 24564 * 2**20
+    mem = memory_layout(model, dev, Parallel(tp=2), 2048, mem_util=0.98)
+    assert mem.kv_tokens == pytest.approx(81_536, rel=0.03)
