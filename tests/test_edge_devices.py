@@ -17,7 +17,7 @@ def test_new_devices_carry_their_spec_sheet_numbers() -> None:
     cat = Catalog()
     assert cat.get("rtx_4090").mem_bw_bytes_per_s == pytest.approx(1008e9)
     assert cat.get("rtx_4090").peak_flops("bf16") == pytest.approx(165.2e12)
-    assert cat.get("rtx_5090").mem_bytes == pytest.approx(32e9)
+    assert cat.get("rtx_5090").mem_bytes == 32607 * 2**20  # nvidia-smi: 32,607 MiB
     assert cat.get("m4_max").unified_memory and cat.get("m4_max").mem_bw_bytes_per_s == 546e9
     assert cat.get("orin_nano").mem_bw_bytes_per_s == pytest.approx(102e9)
     assert cat.get("phone").kind == "edge" and cat.get("phone").mem_channels == 4
