@@ -123,7 +123,13 @@ def af_splits(
                     seqs = min(batch or 256, 256)
                     try:
                         mem = af_memory_layout(
-                            model, device, par, af, RESERVE_TOKENS, engine.mem_util, seqs
+                            model,
+                            device,
+                            par,
+                            af,
+                            RESERVE_TOKENS,
+                            max_num_seqs=seqs,
+                            **engine_memory(engine, device, par),
                         )
                     except ServesimError:
                         continue
@@ -183,7 +189,7 @@ def colocated(
                         par,
                         RESERVE_TOKENS,
                         max_num_seqs=seqs,
-                        **engine_memory(engine, device, par),  # type: ignore[arg-type]
+                        **engine_memory(engine, device, par),
                     )
                 except ServesimError:
                     continue

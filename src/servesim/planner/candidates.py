@@ -372,7 +372,7 @@ def _prune_reason(
             par,
             max_batched_tokens=c.max_num_batched_tokens,
             max_num_seqs=min(c.max_num_seqs, 256),
-            **engine_memory(get_engine(c.engine), device, par),  # type: ignore[arg-type]
+            **engine_memory(get_engine(c.engine), device, par),
         )
     except ServesimError as exc:
         return "does_not_fit", str(exc)

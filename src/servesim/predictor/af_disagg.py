@@ -382,8 +382,9 @@ def af_memory_layout(
     af: AFDisagg,
     max_batched_tokens: int,
     mem_util: float,
-    max_num_seqs: int,
+    max_num_seqs: int = 256,
     mem_util_of_free: bool = False,
+    reserve_in_fraction: bool = False,
 ) -> MemoryLayout:
     """The attention pool's memory (its KV cache is the replica's), after checking that the
     routed experts fit the expert pool. The attention GPUs hold no routed experts."""
@@ -409,6 +410,7 @@ def af_memory_layout(
         mem_util=mem_util,
         max_num_seqs=max_num_seqs,
         mem_util_of_free=mem_util_of_free,
+        reserve_in_fraction=reserve_in_fraction,
     )
     return replace(
         layout,

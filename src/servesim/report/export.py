@@ -25,7 +25,7 @@ from servesim.errors import ServesimError
 from servesim.spec.devices import Device, catalog
 from servesim.spec.dtypes import canonical
 from servesim.spec.engine_profile import get_engine
-from servesim.spec.memory import sglang_mem_fraction
+from servesim.spec.memory import engine_memory
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
 
@@ -92,17 +92,17 @@ def launch_notes(row: dict[str, Any], model_name: str) -> list[str]:
 
 
 def _mem_fraction(row: dict[str, Any]) -> float:
-    """The memory fraction the simulation used: the engine's, or for SGLang its default rule's
-    value for this device and layout (written out, so the launch holds what was simulated)."""
+    """The memory fraction the simulation used (`engine_memory`: SGLang's rule gives one per
+    device and layout), written out so the launch holds what was simulated."""
     engine = get_engine(str(row.get("engine") or "vllm"))
-    if engine.mem_fraction_rule != "sglang":
+    if not engine.mem_fraction_rule:
         return engine.mem_util
     try:
         device = catalog().get(str(row.get("device") or ""))
     except ServesimError:  # a device from a user file: SGLang computes its own at launch
         return engine.mem_util
     par = Parallel(tp=int(row["tp"]), pp=int(row.get("pp") or 1))
-    return sglang_mem_fraction(device, par)
+    return engine_memory(engine, device, par)["mem_util"]
 
 
 # Disaggregated serving: vLLM's NIXL KV connector (a proxy routes prefill then decode) and

@@ -149,17 +149,17 @@ class Deployment:
         if rt is not None:
             return local_memory(self.model, self.device, rt)
         seqs, tokens, _ = self.batching()
+        method = self.speculative.method if self.speculative is not None else ""
+        share = engine_memory(self.engine, self.device, self.parallel, method)
         if self.af is not None:  # the attention pool's memory; the experts checked to fit
-            e = self.engine
             return af_memory_layout(
                 self.model,
                 self.device,
                 self.parallel,
                 self.af,
                 tokens,
-                e.mem_util,
-                min(seqs, 256),
-                e.mem_util_of_free,
+                max_num_seqs=min(seqs, 256),
+                **share,
             )
         return memory_layout(
             self.model,
@@ -167,12 +167,7 @@ class Deployment:
             self.parallel,
             max_batched_tokens=tokens,
             max_num_seqs=min(seqs, 256),
-            **engine_memory(  # type: ignore[arg-type]
-                self.engine,
-                self.device,
-                self.parallel,
-                self.speculative.method if self.speculative is not None else "",
-            ),
+            **share,
         )
 
     def predictor(self) -> Predictor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from servesim.errors import ServesimError
 
 FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
-MEM_FRACTION_RULES = ("", "sglang")
+SERVER_RULES = ("", "sglang")  # whose default rules an engine setting follows
 
 # The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
 # minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
@@ -187,16 +187,12 @@ class EngineProfile:
                 f"Engine setting batch_wait_max_tokens_ratio must be in [0, 1], not "
                 f"{self.batch_wait_max_tokens_ratio!r}."
             )
-        if self.cuda_graph_rule not in MEM_FRACTION_RULES:
-            raise ServesimError(
-                f"Engine setting cuda_graph_rule {self.cuda_graph_rule!r} is not one of "
-                f"{', '.join(map(repr, MEM_FRACTION_RULES))} ('' keeps cuda_graph_max_seqs)."
-            )
-        if self.mem_fraction_rule not in MEM_FRACTION_RULES:
-            raise ServesimError(
-                f"Engine setting mem_fraction_rule {self.mem_fraction_rule!r} is not one of "
-                f"{', '.join(map(repr, MEM_FRACTION_RULES))} ('' keeps mem_util as given)."
-            )
+        for key in ("cuda_graph_rule", "mem_fraction_rule"):
+            if getattr(self, key) not in SERVER_RULES:
+                raise ServesimError(
+                    f"Engine setting {key} {getattr(self, key)!r} is not one of "
+                    f"{', '.join(map(repr, SERVER_RULES))} ('' keeps the value as given)."
+                )
         for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
             value = getattr(self, key)
             if not (value >= 0.0 and math.isfinite(value)):

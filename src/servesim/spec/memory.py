@@ -9,6 +9,7 @@ it: `gpu_memory_utilization × device memory − weights − activation/graph re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from servesim.errors import ServesimError
 from servesim.spec.devices import Device
@@ -159,12 +160,20 @@ def sglang_mem_fraction(
     return round((gpu_mib - reserved) / gpu_mib, 3)
 
 
+class EngineMemory(TypedDict):
+    """`memory_layout`'s engine arguments."""
+
+    mem_util: float
+    mem_util_of_free: bool
+    reserve_in_fraction: bool
+
+
 def engine_memory(
     engine: EngineProfile,
     device: Device,
     par: Parallel,
     speculative: str = "",
-) -> dict[str, float | bool]:
+) -> EngineMemory:
     """`memory_layout`'s engine arguments (mem_util, mem_util_of_free, reserve_in_fraction): the
     engine's own fraction, or the one its rule gives this deployment (`mem_fraction_rule`)."""
     util = engine.mem_util
@@ -176,11 +185,11 @@ def engine_memory(
         # The graph slots the server captures: its default, or the size a launch set.
         graph_bs = engine.cuda_graph_max_seqs if not engine.cuda_graph_rule else None
         util = sglang_mem_fraction(device, par, speculative, cuda_graph_max_bs=graph_bs)
-    return {
-        "mem_util": util,
-        "mem_util_of_free": engine.mem_util_of_free,
-        "reserve_in_fraction": engine.reserve_in_fraction,
-    }
+    return EngineMemory(
+        mem_util=util,
+        mem_util_of_free=engine.mem_util_of_free,
+        reserve_in_fraction=engine.reserve_in_fraction,
+    )
 
 
 def memory_layout(
