@@ -32,10 +32,15 @@ with the draft length of the config's launch script, and rows no config or both 
 match are refused.
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
-InferenceX rows get their launch scripts' engine settings (`inferencex_sglang_launch`,
-`inferencex_trtllm_launch`, `inferencex_vllm_launch`) and KV-cache format
-(`inferencex_kv_dtype`); aiconfigurator's own rows its
-generator's (`batching_of`, `aiconfigurator_mixed_chunk`).
+InferenceX rows get their launch scripts' engine settings: the DeepSeek-R1, Qwen3.5 and
+Llama-3.1-70B launches whose values depend on TP, ISL/OSL or the clients were read by hand
+(`inferencex_sglang_launch`, `inferencex_trtllm_launch`, `inferencex_vllm_launch`,
+`inferencex_kv_dtype`); every other colocated config takes what its script fixes
+(`script_launch`, read by scripts/inferencex_single_node.py into the config table). The
+tables cover every day and every model InferenceX's NVIDIA config ran from 2025-08-13 to
+2026-04-27 on B200, B300, GB200, GB300, H100 and H200, not only the rows bundled here.
+aiconfigurator's own rows get its generator's settings (`batching_of`,
+`aiconfigurator_mixed_chunk`).
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
 (APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
@@ -50,6 +55,7 @@ it took (on a shared machine CPU time is the steadier figure).
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import functools
 import json
@@ -76,7 +82,7 @@ from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed
 from servesim.spec.devices import Catalog
-from servesim.spec.engine_profile import get_engine
+from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
@@ -251,6 +257,70 @@ def inferencex_vllm_launch(row: dict[str, str]) -> tuple[int, int, int] | None:
     return concurrency_of(row), 8192, 512
 
 
+# What scripts/inferencex_single_node.py reads from a launch script (its LAUNCH_FIELDS).
+LAUNCH_FIELDS = (
+    "kv_cache_dtype",
+    "mem_fraction",
+    "token_budget",
+    "max_seqs",
+    "graph_max_bs",
+    "recv_interval",
+)
+
+
+def _runner_value(expr: str, names: dict[str, int]) -> float | None:
+    """A launch value (a number, or arithmetic in the runner's ISL, OSL, CONC, TP, EP_SIZE as
+    the table writes it) for one row; None when empty or not such an expression."""
+    if not expr:
+        return None
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return None
+
+    def value(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id in names:
+            return float(names[node.id])
+        if isinstance(node, ast.BinOp):
+            a, b = value(node.left), value(node.right)
+            ops = {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}
+            if isinstance(node.op, ast.Div | ast.FloorDiv) and b:
+                return a // b if isinstance(node.op, ast.FloorDiv) else a / b
+            if type(node.op) in ops:
+                return ops[type(node.op)]
+        raise ValueError(expr)
+
+    try:
+        return value(tree)
+    except ValueError:
+        return None
+
+
+def script_launch(row: dict[str, str]) -> dict[str, float | str]:
+    """What the InferenceX launch script that measured a colocated row passes its engine, as
+    `single_node_config` found it (`launch_*` columns from data/inferencex/single_node_configs
+    .csv): only the settings the script fixes, evaluated for the row's ISL, OSL, clients and
+    GPUs; {} for other rows. The KV dtype is 'auto' (the checkpoint's own) when the script
+    leaves the engine's default."""
+    if "launch_gpus" not in row:
+        return {}
+    names = {
+        "ISL": _int(row, "isl"),
+        "OSL": _int(row, "osl"),
+        "CONC": concurrency_of(row),
+        "TP": _int(row, "launch_gpus"),
+        "EP_SIZE": _int(row, "launch_ep"),
+    }
+    out: dict[str, float | str] = {"kv_cache_dtype": row.get("launch_kv_cache_dtype") or "auto"}
+    for field in LAUNCH_FIELDS[1:]:
+        v = _runner_value(row.get(f"launch_{field}", ""), names)
+        if v is not None and v > 0:
+            out[field] = v
+    return out
+
+
 # aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
 QUANT = {
     "fp8_block": "fp8",
@@ -302,7 +372,11 @@ def _model(row: dict[str, str]):
     quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
     moe = (row.get("moe_quant_mode") or "").strip().lower()
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
-    kv = inferencex_kv_dtype(row) or (quant if quant == "fp8" else None)
+    kv = inferencex_kv_dtype(row)
+    if kv is None and "launch_gpus" in row:  # the launch script's, else the checkpoint's
+        kv = str(script_launch(row)["kv_cache_dtype"]).replace("auto", "") or None
+    elif kv is None:
+        kv = quant if quant == "fp8" else None
     if quant or moe or kv:
         model = model.with_dtypes(weight=quant or None, kv=kv, expert=moe or None)
     return model
@@ -364,6 +438,7 @@ def deployment_of(
     launch = inferencex_sglang_launch(row)
     trt = inferencex_trtllm_launch(row)
     vllm = inferencex_vllm_launch(row)
+    scripted = script_launch(row)  # where no launch above knows the script's conditions
     # MTP drafting (InferenceX's config says how many tokens, `recovered_layout`), at the
     # sourced default acceptance of `spec.speculative` (never fitted on these rows).
     k = _int(row, "speculative_num_draft_tokens", 0)
@@ -389,6 +464,8 @@ def deployment_of(
                 overlap_scheduling=True, prefix_caching=False, prefill_graph_max_tokens=vllm[2]
             )
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
+        if role == "agg" and scripted and all(x is None for x in (launch, trt, vllm)):
+            eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
         if role == "agg" and aiconfigurator_mixed_chunk(row):
             eng = eng.with_overrides(mixed_batches=True)
         return Deployment(
@@ -408,6 +485,34 @@ def deployment_of(
     # KV moves over NVLink inside one 8-GPU node, over the scale-out network beyond it.
     link = "nvlink" if pre.num_devices + dec.num_devices <= 8 else "infiniband"
     return DisaggDeployment(prefill=pre, decode=dec, link=link)
+
+
+def _apply_script(
+    engine: EngineProfile,
+    limits: dict[str, int],
+    scripted: dict[str, float | str],
+    backend: str,
+    dp: int,
+) -> tuple[EngineProfile, dict[str, int]]:
+    """An engine and batch limits with what a launch script fixes (`script_launch`). Each
+    engine's memory fraction keeps its own meaning (EngineProfile.mem_util); TensorRT-LLM's
+    `max_batch_size` and `max_num_tokens` and vLLM's `max-num-seqs` are per attention-DP rank
+    (one executor each), SGLang's `--max-running-requests` per server."""
+    per_rank = dp if backend in ("trtllm", "vllm") else 1
+    limits = dict(limits)
+    if "token_budget" in scripted:
+        tokens = int(scripted["token_budget"]) * (dp if backend == "trtllm" else 1)
+        limits["max_num_batched_tokens"] = tokens
+    if "max_seqs" in scripted:
+        limits["max_num_seqs"] = int(scripted["max_seqs"]) * per_rank
+    overrides: dict[str, object] = {}
+    if "mem_fraction" in scripted:
+        overrides["mem_util"] = float(scripted["mem_fraction"])
+    if "graph_max_bs" in scripted:
+        overrides["cuda_graph_max_seqs"] = int(scripted["graph_max_bs"])
+    if "recv_interval" in scripted:
+        overrides["recv_interval_steps"] = int(scripted["recv_interval"])
+    return engine.with_overrides(**overrides), limits
 
 
 def protocol_of(row: dict[str, str]) -> ClientProtocol:
@@ -483,10 +588,49 @@ def _given(row: dict[str, str], key: str) -> bool:
 
 
 INFERENCEX_LAYOUTS = ROOT / "data" / "inferencex" / "disagg_layouts.csv"
-# InferenceX config names (`<model-prefix>-<precision>-<gpu>-<framework>`) → the rows' names.
-INFERENCEX_GPU = {"b200": "b200_sxm", "h100": "h100_sxm", "h200": "h200_sxm", "gb200": "gb200"}
+# InferenceX config names (`<model-prefix>-<precision>-<gpu>-<framework>`) → the rows' names
+# (the GPUs of InferenceX's NVIDIA master config as aiconfigurator names its systems).
+INFERENCEX_GPU = {
+    "b200": "b200_sxm",
+    "b300": "b300_sxm",
+    "h100": "h100_sxm",
+    "h200": "h200_sxm",
+    "gb200": "gb200",
+    "gb300": "gb300",
+}
 INFERENCEX_FRAMEWORK = {"dynamo-trt": "trtllm", "dynamo-sglang": "sglang", "dynamo-vllm": "vllm"}
-INFERENCEX_MODEL = {"DeepSeek-R1": "dsr1"}
+# InferenceX model prefixes (MODELS.md) by the start of a model's name with case and
+# punctuation dropped: dashboard names (`DeepSeek-R1`, `Qwen3.5-397B`, `Kimi-K2.5`,
+# `MiniMax-M2.5`, `gpt-oss-120b`, `GLM-5`; InferenceX-app's data-mappings.ts) and checkpoint
+# paths (`deepseek-ai/DeepSeek-V3`, `nvidia/Kimi-K2.5-NVFP4`, `openai/gpt-oss-120b`). Its
+# DeepSeek runs serve DeepSeek-R1-0528, which has DeepSeek-V3's architecture; the more
+# specific names come first (GLM-5.1 before GLM-5). Llama-3.1-70B predates the master config.
+INFERENCEX_MODEL_NAMES = (
+    ("deepseekr1", "dsr1"),
+    ("deepseekv3", "dsr1"),
+    ("qwen35397b", "qwen3.5"),
+    ("kimik25", "kimik2.5"),
+    ("minimaxm25", "minimaxm2.5"),
+    ("gptoss120b", "gptoss"),
+    ("glm51", "glm5.1"),
+    ("glm5", "glm5"),
+)
+
+
+def inferencex_prefix(name: str) -> str:
+    """The InferenceX model prefix of a dashboard model name or checkpoint path, '' if none."""
+    key = re.sub(r"[^a-z0-9]", "", name.rsplit("/", 1)[-1].lower())
+    return next((prefix for start, prefix in INFERENCEX_MODEL_NAMES if key.startswith(start)), "")
+
+
+def in_effect(days: str, day: str) -> int | None:
+    """Which of an InferenceX table item's runs of days (`D` or `D1..D2`, space-separated)
+    covers `day` (YYYY-MM-DD), or None."""
+    for i, run in enumerate(days.split()):
+        first, _, last = run.partition("..")
+        if first <= day <= (last or first):
+            return i
+    return None
 
 
 @functools.cache
@@ -546,7 +690,7 @@ def recovered_layout(
     image = fields.get("image", "").replace("#", "/")
     conc = str(concurrency_of(row))
     want = {
-        "model_prefix": INFERENCEX_MODEL.get(fields.get("model", ""), ""),
+        "model_prefix": inferencex_prefix(fields.get("model", "")),
         "precision": row.get("precision", ""),
         "isl": row.get("isl", ""),
         "osl": row.get("osl", ""),
@@ -560,7 +704,7 @@ def recovered_layout(
             INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
             and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
             and all(item[k] == v for k, v in want.items())
-            and day in item["measured_days"].split()
+            and in_effect(item["days_in_effect"], day) is not None
             and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
             and (not image or item["image"].replace("#", "/") == image)
         ):
@@ -578,13 +722,14 @@ def recovered_layout(
         return row, "", "InferenceX config's MTP draft length is not public"
     if not (item["prefill_max_batch"] and item["decode_max_batch"]):
         return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
-    commit = item["source_commits"].split()[item["measured_days"].split().index(day)]
+    run = in_effect(item["days_in_effect"], day) or 0
+    commit = item["source_commits"].split()[run]
     filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
     if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
         filled["speculative_num_draft_tokens"] = item["num_draft_tokens"]
     where = f"{item['source_file']}@{commit}"
     if item["recipe"]:
-        rc = item["recipe_commits"].split()[item["measured_days"].split().index(day)]
+        rc = item["recipe_commits"].split()[run]
         where += f" ({item['config_key']}; recipe {item['recipe']}@srt-slurm {rc})"
     return filled, f"layout recovered from InferenceX config {where}", ""
 
@@ -603,15 +748,6 @@ _LAYOUT_KEYS = (
 
 
 INFERENCEX_SINGLE_NODE = ROOT / "data" / "inferencex" / "single_node_configs.csv"
-# Dashboard model names → InferenceX model prefixes whose colocated configs the table holds.
-INFERENCEX_AGG_MODEL = {"DeepSeek-R1": "dsr1", "Qwen3.5-397B": "qwen3.5"}
-# InferenceX's database records name the model by a path: its DeepSeek runs serve
-# DeepSeek-R1-0528 (the configs' `model:`), which has DeepSeek-V3's architecture.
-INFERENCEX_DUMP_MODEL = {
-    "deepseek-ai/DeepSeek-V3": "DeepSeek-R1",
-    "deepseek-ai/DeepSeek-R1": "DeepSeek-R1",
-    "Qwen/Qwen3.5-397B-A17B": "Qwen3.5-397B",
-}
 INFERENCEX_SINGLE_FRAMEWORK = {"trt": "trtllm", "sglang": "sglang", "vllm": "vllm"}
 
 
@@ -645,6 +781,10 @@ def _single_node_layout(item: dict[str, str], row: dict[str, str], conc: int) ->
 # dashboard rows keep only the inputs (tp, ep 1), and no DeepSeek script drafted with MTP (it
 # was removed on 2025-09-07, commit 294fe5f27, and came back on 2026-01-15).
 SEARCH_SPACE_DAY = "2025-11-03"
+# The first day no InferenceX launch script drafted (294fe5f27 removed the last MTP setting
+# on 2025-09-07; `git grep -i "speculative|mtp|eagle" benchmarks/` finds none again until
+# the search space): rows from then until the search space ran without speculative decoding.
+NO_DRAFT_DAY = "2025-09-08"
 
 
 def _measured_day(row: dict[str, str]) -> str:
@@ -683,6 +823,40 @@ def inferencex_2025_trt_layout(row: dict[str, str]) -> dict[str, str] | None:
     return _single_node_layout({"tp": str(tp), "ep": str(ep), "dp_attn": str(dp)}, row, conc)
 
 
+TWIN_KEYS = ("system", "backend", "precision", "isl", "osl", "tp_size")
+
+
+def date_twins(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The rows, each Qwen3.5 gap-analysis row (an InferenceX run repeated without its day or
+    image) given the day and image of its dashboard twins in the same file (`twin_measured`,
+    `twin_image`): the dashboard rows of the same system, engine, precision, lengths, TP and
+    clients whose measured TTFT and TPOT are the same to 0.01 ms, when they agree on one day
+    and image. Measured values only identify the run here; nothing is fitted to them."""
+    index: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        if re.match(r"source_file=\d{4}-\d\d-\d\d\.csv;", r.get("silicon_data_source", "")):
+            index[(*(r.get(k, "") for k in TWIN_KEYS), str(concurrency_of(r)))].append(r)
+    out = []
+    for r in rows:
+        if r.get("silicon_data_source", "").startswith("source_file=qwen3.5-397b-gap-analysis"):
+            twins = [
+                t
+                for t in index[(*(r.get(k, "") for k in TWIN_KEYS), str(concurrency_of(r)))]
+                if abs(float(t["silicon_ttft_ms"]) - float(r["silicon_ttft_ms"])) < 0.01
+                and abs(float(t["silicon_tpot_ms"]) - float(r["silicon_tpot_ms"])) < 0.01
+            ]
+            seen = {
+                (_measured_day(t), re.search(r"image=([^;]*)", t["silicon_data_source"]))
+                for t in twins
+            }
+            days = {d for d, _ in seen}
+            images = {m.group(1).strip() if m else "" for _, m in seen}
+            if len(days) == 1 and len(images) == 1 and "" not in days:
+                r = {**r, "twin_measured": days.pop(), "twin_image": images.pop()}
+        out.append(r)
+    return out
+
+
 def single_node_config(
     row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
 ) -> tuple[dict[str, str], str, str]:
@@ -703,8 +877,8 @@ def single_node_config(
     decoding and draft length; MTP runs are simulated with that draft length (the launch
     script's, `scripts/inferencex_single_node.py`), rows no config or several kinds match are
     refused.
-    The Qwen3.5 gap-analysis file repeats InferenceX runs without their day or image: any day's
-    config may match it.
+    The Qwen3.5 gap-analysis file repeats InferenceX runs without their day or image: such a
+    row takes its dashboard twin's (`date_twins`), and without one any day's config may match.
     Other rows (aiconfigurator's collection, other models) come back unchanged with ('', '').
     """
     src = row.get("silicon_data_source", "")
@@ -718,9 +892,11 @@ def single_node_config(
     fields = dict(p.split("=", 1) for p in parts if "=" in p)
     if dump or gap:  # records end with the bare image (if any) and name the model by its path
         fields["image"] = parts[-1] if dump and "=" not in parts[-1] else ""
-        fields["model"] = INFERENCEX_DUMP_MODEL.get(row.get("model_path", ""), "")
-    prefix = INFERENCEX_AGG_MODEL.get(fields.get("model", ""))
-    if prefix is None:
+        fields["model"] = row.get("model_path", "")
+    if gap and row.get("twin_measured"):
+        fields["measured"], fields["image"] = row["twin_measured"], row.get("twin_image", "")
+    prefix = inferencex_prefix(fields.get("model", ""))
+    if not prefix:
         return row, "", ""
     day = fields.get("measured", "")[:10]
     image = fields.get("image", "").replace("#", "/")
@@ -735,7 +911,7 @@ def single_node_config(
             and INFERENCEX_SINGLE_FRAMEWORK.get(item["framework"]) == row.get("backend")
             and item["precision"] == row.get("precision")
             and (item["isl"], item["osl"]) == (row.get("isl"), row.get("osl"))
-            and (not day or day in item["measured_days"].split())
+            and (not day or in_effect(item["days_in_effect"], day) is not None)
             and (not image or item["image"].replace("#", "/") == image)
             and str(conc) in item["concurrencies"].split()
         ):
@@ -755,6 +931,9 @@ def single_node_config(
         if early is not None:
             where = "dsr1 TensorRT-LLM launch script before the search space (e06929c70)"
             return early, f"no speculative decoding, layout from the {where}", ""
+        if day and NO_DRAFT_DAY <= day < SEARCH_SPACE_DAY:
+            # No config table yet: the row's own layout, and no script drafted then.
+            return row, "before InferenceX's search space: the row's layout, no drafting", ""
         return row, "", "no InferenceX config matches"
     if len(kinds) > 1:
         return row, "", f"{len(kinds)} InferenceX configs match"
@@ -766,15 +945,19 @@ def single_node_config(
     item, remapped = matches[0]
     if len({(m["tp"], m["ep"], m["dp_attn"]) for m, _ in matches}) > 1:
         return row, "", f"{len(matches)} InferenceX configs match"
-    days = item["measured_days"].split()
-    commit = item["source_commits"].split()[days.index(day) if day in days else -1]
+    run = in_effect(item["days_in_effect"], day) if day else None
+    commit = item["source_commits"].split()[-1 if run is None else run]
     where = f"{item['config_key']} in {item['source_file']}@{commit}"
     out = _single_node_layout(item, row, conc) if remapped else dict(row)
+    if item.get("script") and len({m.get("script") for m, _ in matches}) == 1:
+        # What the launch script passes its engine (`script_launch`), for the GPUs it ran on.
+        out.update({f"launch_{f}": item[f] for f in LAUNCH_FIELDS})
+        out["launch_gpus"], out["launch_ep"] = item["tp"], item["ep"]
     if spec == "mtp":  # simulated with the launch script's draft length, sourced acceptance
         out["speculative_num_draft_tokens"] = k
         return out, f"MTP k={k}{', layout recovered' if remapped else ''}: {where}", ""
     if not remapped:
-        return row, f"no speculative decoding: {where}", ""
+        return out, f"no speculative decoding: {where}", ""
     return out, f"layout recovered from {where}", ""
 
 
@@ -919,6 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = list(csv.DictReader(f))
     if args.limit:
         rows = rows[: args.limit]
+    rows = date_twins(rows)
     errs: dict[str, list[float]] = defaultdict(list)
     results: list[dict[str, object]] = []
     t0 = time.perf_counter()

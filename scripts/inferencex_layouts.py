@@ -16,16 +16,19 @@ srt-slurm on that day is read at the commit that first added it.
     python scripts/inferencex_layouts.py INFERENCEX_GIT SRT_SLURM_GIT [--dates D ...] [--out F]
 
 Both paths are git directories (a bare clone works): files are read with `git show`, so no
-checkout is needed. Without `--dates`, the measured dates are those of the InferenceX rows in
-data/aic_e2e/*.csv (`measured=YYYY-MM-DD...` in their provenance).
+checkout is needed. Without `--dates`, every day from InferenceX's first DeepSeek run
+(FIRST_DAY) to the last day of the benchmark source (LAST_DAY) is read, so a row measured on
+any of them finds its config, not only rows of the days the bundled samples happen to hold;
+consecutive days on which an item stood unchanged are written as one range `D1..D2`, with
+the commits of its first day.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import functools
-import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -36,6 +39,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "inferencex" / "disagg_layouts.csv"
 CONFIG_PATHS = (".github/configs/nvidia-master.yaml", "configs/nvidia-master.yaml")
+# The span of days the benchmark source's InferenceX rows can come from: InferenceX's first
+# DeepSeek-R1 run (MODELS.md) to the database dump the source was exported from
+# (`db-dump/2026-04-27` in the rows' provenance).
+FIRST_DAY, LAST_DAY = "2025-08-13", "2026-04-27"
+# NVIDIA-config model prefixes (InferenceX MODELS.md) whose architectures servesim bundles.
+MODELS = ("dsr1", "qwen3.5", "kimik2.5", "minimaxm2.5", "gptoss", "glm5")
 FIELDS = (
     "config_key",
     "model_prefix",
@@ -61,18 +70,40 @@ FIELDS = (
     "recipe_concurrencies",
     "recipe",
     "source_file",
-    "measured_days",
+    "days_in_effect",
     "source_commits",
     "recipe_commits",
 )
 # Fields that say when a layout was in effect: merged over days, not part of its identity.
-WHEN = ("measured_days", "source_commits", "recipe_commits")
+WHEN = ("days_in_effect", "source_commits", "recipe_commits")
 
 
+@functools.cache
 def git(gitdir: str, *args: str) -> str:
-    """stdout of a git command in `gitdir`, '' when it fails (a path absent at a commit)."""
+    """stdout of a git command in `gitdir`, '' when it fails (a path absent at a commit);
+    cached, as every day of a span reads mostly the same commits."""
     res = subprocess.run(["git", "--git-dir", gitdir, *args], capture_output=True, text=True)
     return res.stdout if res.returncode == 0 else ""
+
+
+@functools.cache
+def tree(gitdir: str, commit: str) -> dict[str, str]:
+    """Every file of a commit by path → blob hash (one `git ls-tree` per commit)."""
+    out = git(gitdir, "ls-tree", "-r", commit)
+    return {line.split("\t", 1)[1]: line.split()[2] for line in out.splitlines() if "\t" in line}
+
+
+def file_at(gitdir: str, commit: str, path: str) -> str:
+    """A file's text at a commit ('' if absent), read once per distinct content."""
+    blob = tree(gitdir, commit).get(path)
+    return git(gitdir, "cat-file", "blob", blob) if blob else ""
+
+
+@functools.cache
+def parsed(text: str) -> dict:
+    """A YAML document as a dict, parsed once per distinct text (callers only read it)."""
+    doc = yaml.safe_load(text) if text else None
+    return doc if isinstance(doc, dict) else {}
 
 
 def commit_at(gitdir: str, day: str, path: str = "") -> tuple[str, str]:
@@ -94,16 +125,20 @@ def recipe_batches(recipe_text: str) -> tuple[int | None, int | None]:
 
     TensorRT-LLM's `max_batch_size` is per rank under attention DP; SGLang's
     `max-running-requests` is per server and split evenly over its `dp-size` ranks
-    (scheduler: `max_running_requests // dp_size` with --enable-dp-attention).
+    (scheduler: `max_running_requests // dp_size` with --enable-dp-attention); vLLM's
+    `max-num-seqs` is per engine, and under `data-parallel-size` each rank runs one engine.
     """
-    doc = yaml.safe_load(recipe_text) or {}
+    doc = parsed(recipe_text)
     backend = doc.get("backend") or {}
     out: list[int | None] = []
     for role in ("prefill", "decode"):
         trt = (backend.get("trtllm_config") or {}).get(role) or {}
         sgl = (backend.get("sglang_config") or {}).get(role) or {}
+        vllm = (backend.get("vllm_config") or {}).get(role) or {}
         if trt.get("max_batch_size"):
             out.append(int(trt["max_batch_size"]))
+        elif vllm.get("max-num-seqs"):
+            out.append(int(vllm["max-num-seqs"]))
         elif sgl.get("max-running-requests"):
             dp = int(sgl.get("dp-size") or 1) if sgl.get("enable-dp-attention") else 1
             out.append(int(sgl["max-running-requests"]) // dp or None)  # < 1 a rank: unknown
@@ -118,9 +153,10 @@ def recipe_draft_tokens(recipe_text: str) -> int | None:
     TensorRT-LLM: `speculative_config` `num_nextn_predict_layers` (MTP draft length; newer
     recipes may say `max_draft_len`). SGLang: `speculative-num-steps`, the draft passes of its
     EAGLE/MTP worker; with `speculative-eagle-topk` 1 its `speculative-num-draft-tokens` is
-    steps + 1, counting the verified token (sglang/srt/server_args.py).
+    steps + 1, counting the verified token (sglang/srt/server_args.py). vLLM:
+    `speculative-config`'s `num_speculative_tokens`.
     """
-    doc = yaml.safe_load(recipe_text) or {}
+    doc = parsed(recipe_text)
     backend = doc.get("backend") or {}
     trt = ((backend.get("trtllm_config") or {}).get("decode") or {}).get("speculative_config")
     if trt:
@@ -130,6 +166,12 @@ def recipe_draft_tokens(recipe_text: str) -> int | None:
     sgl = (backend.get("sglang_config") or {}).get("decode") or {}
     if sgl.get("speculative-num-steps"):
         return int(sgl["speculative-num-steps"])
+    vllm = (backend.get("vllm_config") or {}).get("decode") or {}
+    spec = vllm.get("speculative-config")
+    if spec:  # vLLM: a JSON string (or mapping) with `num_speculative_tokens`
+        spec = yaml.safe_load(spec) if isinstance(spec, str) else spec
+        if isinstance(spec, dict) and spec.get("num_speculative_tokens"):
+            return int(spec["num_speculative_tokens"])
     return None
 
 
@@ -142,7 +184,7 @@ def recipe_concurrencies(recipe_text: str) -> list[int]:
     file's concurrency, so these, not the config's `conc-list`, are the clients a row ran with
     (e.g. the H200 TensorRT-LLM `c4_ctx1_gen9` recipe benchmarks 36 = 4 × 9 decode workers).
     """
-    doc = yaml.safe_load(recipe_text) or {}
+    doc = parsed(recipe_text)
     value = (doc.get("benchmark") or {}).get("concurrencies")
     if value is None:
         return []
@@ -166,12 +208,12 @@ def layouts(
             break
     else:
         return []
-    text = git(inferencex, "show", f"{commit}:{path}")
-    if not text:
+    config = master_config(inferencex, commit, path)
+    if not config:
         return []
     srt_commit, _ = commit_at(srt, day)
     rows: list[dict[str, object]] = []
-    for key, entry in (yaml.safe_load(text) or {}).items():
+    for key, entry in config.items():
         if not isinstance(entry, dict) or not entry.get("disagg"):
             continue
         if entry.get("model-prefix") not in models:
@@ -197,13 +239,13 @@ def layouts(
                 clients: list[int] = []
                 if recipe and srt_commit:
                     r_commit = srt_commit
-                    body = git(srt, "show", f"{srt_commit}:{recipe}")
+                    body = file_at(srt, srt_commit, recipe)
                     if not body:
                         # Not in srt-slurm that day: its first public version, e.g. the
                         # sa-submission-q1-2026 branch InferenceX cites, merged 2026-03-03.
                         r_commit = first_version(srt, recipe)
-                        body = git(srt, "show", f"{r_commit}:{recipe}") if r_commit else ""
-                    res = (yaml.safe_load(body) or {}).get("resources") or {} if body else {}
+                        body = file_at(srt, r_commit, recipe) if r_commit else ""
+                    res = parsed(body).get("resources") or {}
                     # Use a recipe only if its worker counts are the config's (same deployment).
                     same = (res.get("prefill_workers"), res.get("decode_workers")) == (
                         pre.get("num-worker"),
@@ -246,7 +288,7 @@ def layouts(
                         "recipe_concurrencies": " ".join(str(c) for c in clients),
                         "recipe": recipe,
                         "source_file": path,
-                        "measured_days": day,
+                        "days_in_effect": day,
                         "source_commits": commit[:12],
                         "recipe_commits": r_commit[:12] or "-",
                     }
@@ -254,18 +296,31 @@ def layouts(
     return rows
 
 
-def measured_dates(sources: tuple[str, ...] = ("source_file=",)) -> list[str]:
-    """Days the InferenceX rows of data/aic_e2e/*.csv were measured (rows whose provenance
-    starts with one of `sources`: dashboard exports, or also database records `db-dump/`)."""
-    days: set[str] = set()
-    for path in sorted((ROOT / "data" / "aic_e2e").glob("*.csv")):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                src = row.get("silicon_data_source", "")
-                m = re.search(r"measured=(\d{4}-\d\d-\d\d)", src)
-                if m and src.startswith(sources):
-                    days.add(m.group(1))
-    return sorted(days)
+@functools.cache
+def master_config(gitdir: str, commit: str, path: str) -> dict[str, object]:
+    """InferenceX's master config at `commit` (parsed once per commit), {} if absent."""
+    return yaml.safe_load(git(gitdir, "show", f"{commit}:{path}")) or {}
+
+
+def every_day(first: str = FIRST_DAY, last: str = LAST_DAY) -> list[str]:
+    """Each calendar day from `first` to `last` inclusive (YYYY-MM-DD)."""
+    start, end = datetime.date.fromisoformat(first), datetime.date.fromisoformat(last)
+    return [str(start + datetime.timedelta(d)) for d in range((end - start).days + 1)]
+
+
+def day_ranges(days: list[str]) -> list[tuple[int, str]]:
+    """Runs of consecutive calendar days as (index of the run's first day, `D` or `D1..D2`)."""
+    out: list[tuple[int, str]] = []
+    start = 0
+    for i in range(1, len(days) + 1):
+        end = i == len(days) or (
+            datetime.date.fromisoformat(days[i]) - datetime.date.fromisoformat(days[i - 1])
+        ) != datetime.timedelta(1)
+        if end:
+            run = days[start] if i - 1 == start else f"{days[start]}..{days[i - 1]}"
+            out.append((start, run))
+            start = i
+    return out
 
 
 def write_merged(
@@ -274,17 +329,24 @@ def write_merged(
     when: tuple[str, ...],
     out: str,
 ) -> int:
-    """Write the items of every day to `out` as CSV, an item seen on several days once with
-    its `when` fields (days, commits) joined by spaces; returns the rows written."""
+    """Write the items of every day to `out` as CSV, an item seen on several days once: its
+    first `when` field (the day) becomes space-separated runs of consecutive days (`D` or
+    `D1..D2`, `day_ranges`) and the other `when` fields (commits) those of each run's first
+    day; returns the rows written."""
     merged: dict[tuple[object, ...], dict[str, object]] = {}
+    seen: dict[tuple[object, ...], dict[str, list[str]]] = {}
     for rows in rows_by_day:
         for row in rows:
             key = tuple(row[f] for f in fields if f not in when)
-            if key in merged:
-                for f in when:
-                    merged[key][f] = f"{merged[key][f]} {row[f]}"
-            else:
-                merged[key] = row
+            merged.setdefault(key, row)
+            per = seen.setdefault(key, {f: [] for f in when})
+            for f in when:
+                per[f].append(str(row[f]))
+    for key, row in merged.items():
+        runs = day_ranges(seen[key][when[0]])
+        row[when[0]] = " ".join(run for _, run in runs)
+        for f in when[1:]:
+            row[f] = " ".join(seen[key][f][i] for i, _ in runs)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields), lineterminator="\n")
@@ -298,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("inferencex", help="git dir of SemiAnalysisAI/InferenceX")
     ap.add_argument("srt_slurm", help="git dir of NVIDIA/srt-slurm")
-    ap.add_argument("--dates", nargs="*", help="measured days (YYYY-MM-DD)")
-    ap.add_argument("--models", nargs="*", default=["dsr1"], help="InferenceX model-prefixes")
+    ap.add_argument("--dates", nargs="*", help="days (YYYY-MM-DD); default: every day")
+    ap.add_argument("--models", nargs="*", default=list(MODELS), help="InferenceX model-prefixes")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    days = args.dates or measured_dates()
+    days = sorted(args.dates) if args.dates else every_day()
     models = tuple(args.models)
     per_day = (layouts(args.inferencex, args.srt_slurm, day, models) for day in days)
     write_merged(per_day, FIELDS, WHEN, args.out)

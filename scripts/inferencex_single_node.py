@@ -15,8 +15,8 @@ rows.
 
     python scripts/inferencex_single_node.py INFERENCEX_GIT [--dates D ...] [--out F]
 
-Without `--dates`, the days are those of the InferenceX rows in data/aic_e2e/*.csv (dashboard
-exports and database records).
+Without `--dates`, every day of the source's span is read (as scripts/inferencex_layouts.py
+does), and an item's days in effect are written as runs `D1..D2`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,31 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inferencex_layouts import CONFIG_PATHS, commit_at, git, measured_dates, write_merged
+from inferencex_layouts import (
+    CONFIG_PATHS,
+    MODELS,
+    commit_at,
+    every_day,
+    git,
+    master_config,
+    write_merged,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+# What a launch script sets that the simulation uses (`launch_settings`): each a number, an
+# expression in the runner's variables (ISL, OSL, CONC, TP, EP_SIZE) or '' (not set, or set
+# differently in different branches, so unknown).
+LAUNCH_FIELDS = (
+    "kv_cache_dtype",
+    "mem_fraction",
+    "token_budget",
+    "max_seqs",
+    "graph_max_bs",
+    "recv_interval",
+)
+# The runner's variables a script's values may depend on (runners/launch_*.sh export them).
+RUNNER_VARS = ("ISL", "OSL", "CONC", "TP", "EP_SIZE")
 OUT = ROOT / "data" / "inferencex" / "single_node_configs.csv"
 FIELDS = (
     "config_key",
@@ -47,12 +66,14 @@ FIELDS = (
     "dp_attn",
     "spec_decoding",
     "num_draft_tokens",
+    "script",
+    *LAUNCH_FIELDS,
     "concurrencies",
     "source_file",
-    "measured_days",
+    "days_in_effect",
     "source_commits",
 )
-WHEN = ("measured_days", "source_commits")
+WHEN = ("days_in_effect", "source_commits")
 # Where an entry's launch script has lived: benchmarks/single_node/ since early 2026, before
 # that benchmarks/<name>.sh, and earlier still benchmarks/<name>_slurm.sh (or _docker.sh).
 SCRIPT_PATHS = (
@@ -80,10 +101,17 @@ def draft_tokens(script: str, dp_attn: bool) -> str:
     """Draft tokens per step an MTP launch script sets: TensorRT-LLM's `MTP=N`
     (`num_nextn_predict_layers`), with the value of the `if [[ "$DP_ATTENTION" == "true" ]]`
     branch under attention DP and of the other branch (or the default before it) otherwise;
-    SGLang's `SPECULATIVE_NUM_STEPS=N` (`--speculative-num-steps`). '' when it sets none."""
-    m = re.search(r"^SPECULATIVE_NUM_STEPS=(\d+)", script, re.M)
-    if m:
-        return m.group(1)
+    SGLang's `SPECULATIVE_NUM_STEPS=N` or a literal `--speculative-num-steps N` (its draft
+    passes; later scripts, e.g. qwen3.5_fp8_b300_mtp.sh, write the flag); vLLM's
+    `"num_speculative_tokens": N` in `--speculative-config`. '' when it sets none."""
+    for pattern in (
+        r"^SPECULATIVE_NUM_STEPS=(\d+)",
+        r"--speculative-num-steps[= ]+(\d+)",
+        r"num_speculative_tokens\\?\"?\s*:\s*(\d+)",
+    ):
+        m = re.search(pattern, script, re.M)
+        if m:
+            return m.group(1)
     value = {True: "", False: ""}
     branch = None  # None: top level; True/False: inside the DP_ATTENTION if/else
     for line in script.splitlines():
@@ -103,6 +131,140 @@ def draft_tokens(script: str, dp_attn: bool) -> str:
     return value[dp_attn]
 
 
+def _shell_value(text: str, assigned: dict[str, set[str]]) -> str | None:
+    """A flag's value as a number or an expression in RUNNER_VARS: quotes dropped, `$((...))`
+    unwrapped, a variable the script assigns one value resolved; None if it depends on
+    anything else."""
+    text = text.strip().strip("'\"")
+    m = re.fullmatch(r"\$\(\((.*)\)\)", text)
+    if m:
+        text = m.group(1)
+    for _ in range(3):  # a variable may name another
+        names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", text)
+        if not names:
+            break
+        for name in names:
+            values = assigned.get(name, set())
+            if name in RUNNER_VARS:
+                value = name
+            elif len(values) == 1:
+                value = next(iter(values))
+            else:
+                return None
+            text = re.sub(r"\$\{?" + name + r"\}?(?![A-Za-z0-9_])", value, text)
+    text = text.strip().strip("'\"")
+    m = re.fullmatch(r"\$\(\((.*)\)\)", text)
+    if m:
+        text = m.group(1)
+    text = re.sub(r"\s+", "", text)
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    if not text or not words <= set(RUNNER_VARS) or not re.fullmatch(r"[A-Z_0-9.+\-*/()]+", text):
+        return None
+    return text
+
+
+def _one(
+    script: str, patterns: tuple[str, ...], assigned: dict[str, set[str]], word: bool = False
+) -> str:
+    """The single value the patterns find in a script ('' if none, or several that differ);
+    `word`: a literal word (a data type), not a number."""
+    found = set()
+    for pattern in patterns:
+        for m in re.finditer(pattern, script, re.M):
+            text = m.group(1).strip("'\"")
+            if word:
+                found.add(text if re.fullmatch(r"[A-Za-z0-9_]+", text) else None)
+            else:
+                found.add(_shell_value(text, assigned))
+    return found.pop() or "" if len(found) == 1 else ""
+
+
+def launch_settings(script: str) -> dict[str, str]:
+    """What an InferenceX single-node launch script passes its engine (LAUNCH_FIELDS), read
+    from vLLM's `--flag value` or config-file `flag: value`, SGLang's `--flag value` and
+    TensorRT-LLM's `--flag value` or extra-options YAML.
+
+    - kv_cache_dtype: `--kv-cache-dtype` (fp8_e4m3 is fp8), TensorRT-LLM's `kv_cache_config`
+      `dtype`; '' when the script leaves the engine's default;
+    - mem_fraction: vLLM `gpu-memory-utilization`, SGLang `--mem-fraction-static`,
+      TensorRT-LLM `free_gpu_memory_fraction` (each engine's own meaning);
+    - token_budget: vLLM `max-num-batched-tokens`, SGLang `--chunked-prefill-size`,
+      TensorRT-LLM `max_num_tokens`;
+    - max_seqs: vLLM `max-num-seqs`, SGLang `--max-running-requests`, TensorRT-LLM
+      `--max_batch_size` or a top-level `max_batch_size:`;
+    - graph_max_bs: SGLang `--cuda-graph-max-bs`, vLLM `max-cudagraph-capture-size`,
+      TensorRT-LLM `cuda_graph_config`'s `max_batch_size`;
+    - recv_interval: SGLang `--scheduler-recv-interval`.
+    """
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    script = "\n".join(lines)
+    assigned: dict[str, set[str]] = {}
+    for m in re.finditer(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)\s*$", script, re.M):
+        if "EVAL_" not in m.group(2):  # accuracy-eval runs only (`EVAL_ONLY` branches)
+            assigned.setdefault(m.group(1), set()).add(m.group(2).strip("'\""))
+    val = r"[= ]+(\"[^\"]*\"|'[^']*'|\S+)"
+    yaml_val = r":\s*(\S+)\s*$"
+    out = {
+        "kv_cache_dtype": _one(
+            script,
+            (
+                r"--kv-cache-dtype" + val,
+                r"^kv-cache-dtype" + yaml_val,
+                r"^kv_cache_config:\s*\n(?:[ \t]+\S.*\n)*?[ \t]+dtype" + yaml_val,
+            ),
+            {},
+            word=True,
+        ),
+        "mem_fraction": _one(
+            script,
+            (
+                r"--gpu-memory-utilization" + val,
+                r"^gpu-memory-utilization" + yaml_val,
+                r"--mem-fraction-static" + val,
+                r"free_gpu_memory_fraction" + yaml_val,
+                r"--free_gpu_memory_fraction" + val,
+            ),
+            assigned,
+        ),
+        "token_budget": _one(
+            script,
+            (
+                r"--max-num-batched-tokens" + val,
+                r"^max-num-batched-tokens" + yaml_val,
+                r"--chunked-prefill-size" + val,
+                r"--max_num_tokens" + val,
+                r"^max_num_tokens" + yaml_val,
+            ),
+            assigned,
+        ),
+        "max_seqs": _one(
+            script,
+            (
+                r"--max-num-seqs" + val,
+                r"^max-num-seqs" + yaml_val,
+                r"--max-running-requests" + val,
+                r"--max_batch_size" + val,
+                r"^max_batch_size" + yaml_val,
+            ),
+            assigned,
+        ),
+        "graph_max_bs": _one(
+            script,
+            (
+                r"--cuda-graph-max-bs" + val,
+                r"--max-cudagraph-capture-size" + val,
+                r"^max-cudagraph-capture-size" + yaml_val,
+                r"^cuda_graph_config:\s*\n(?:[ \t]+\S.*\n)*?[ \t]+max_batch_size" + yaml_val,
+            ),
+            assigned,
+        ),
+        "recv_interval": _one(script, (r"--scheduler-recv-interval" + val,), assigned),
+    }
+    dtype = out["kv_cache_dtype"].lower()
+    out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
+    return out
+
+
 def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict[str, object]]:
     """The colocated search-space items of the NVIDIA master config in effect on `day`."""
     for path in CONFIG_PATHS:
@@ -111,9 +273,8 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
             break
     else:
         return []
-    text = git(inferencex, "show", f"{commit}:{path}")
     rows: list[dict[str, object]] = []
-    for key, entry in (yaml.safe_load(text) or {}).items():
+    for key, entry in master_config(inferencex, commit, path).items():
         if not isinstance(entry, dict) or entry.get("disagg") or entry.get("multinode"):
             continue
         if entry.get("model-prefix") not in models:
@@ -123,15 +284,23 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
         for seq in entry.get("seq-len-configs") or []:
             for item in seq.get("search-space") or []:
                 spec = item.get("spec-decoding", "none") or "none"
-                k = ""
-                if spec == "mtp":
-                    base = f"{entry.get('model-prefix')}_{entry.get('precision')}_{gpu}{fw}_mtp"
-                    script = ""
-                    for where in SCRIPT_PATHS:
-                        script = git(inferencex, "show", f"{commit}:{where.format(base)}")
+                # The runner's script name: <prefix>_<precision>_<gpu>[_trt][_mtp] (H100
+                # runners drop both suffixes).
+                mtp = "_mtp" if spec == "mtp" else ""
+                base = f"{entry.get('model-prefix')}_{entry.get('precision')}_{gpu}"
+                script, where = "", ""
+                for name in (base + fw + mtp, *((base,) if gpu == "h100" else ())):
+                    for pattern in SCRIPT_PATHS:
+                        where = pattern.format(name)
+                        script = git(inferencex, "show", f"{commit}:{where}")
                         if script:
                             break
-                    k = draft_tokens(script, bool(item.get("dp-attn", False))) if script else ""
+                    if script:
+                        break
+                k = ""
+                if spec == "mtp" and script:
+                    k = draft_tokens(script, bool(item.get("dp-attn", False)))
+                launch = launch_settings(script) if script else dict.fromkeys(LAUNCH_FIELDS, "")
                 rows.append(
                     {
                         "config_key": key,
@@ -147,9 +316,11 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                         "dp_attn": bool(item.get("dp-attn", False)),
                         "spec_decoding": spec,
                         "num_draft_tokens": k,
+                        "script": where if script else "",
+                        **launch,
                         "concurrencies": " ".join(str(c) for c in concurrencies(item)),
                         "source_file": path,
-                        "measured_days": day,
+                        "days_in_effect": day,
                         "source_commits": commit[:12],
                     }
                 )
@@ -159,11 +330,11 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("inferencex", help="git dir of SemiAnalysisAI/InferenceX")
-    ap.add_argument("--dates", nargs="*", help="measured days (YYYY-MM-DD)")
-    ap.add_argument("--models", nargs="*", default=["dsr1", "qwen3.5"], help="model-prefixes")
+    ap.add_argument("--dates", nargs="*", help="days (YYYY-MM-DD); default: every day")
+    ap.add_argument("--models", nargs="*", default=list(MODELS), help="model-prefixes")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
-    days = args.dates or measured_dates(("source_file=", "db-dump/"))
+    days = sorted(args.dates) if args.dates else every_day()
     per_day = (single_node(args.inferencex, day, tuple(args.models)) for day in days)
     write_merged(per_day, FIELDS, WHEN, args.out)
     return 0

@@ -26,12 +26,13 @@ def test_refused_dev_row_gets_the_config_s_worker_counts() -> None:
     `conc-list: [6144, 16130]` with prefill 1 worker tp4 ep4 dp-attn, decode 2 workers tp4 ep4
     dp-attn and CONFIG_FILE recipes/trtllm/gb200-fp4/1k1k/stp/ctx1_gen2_dep4_batch768_eplb0_
     mtp0.yaml, whose NVIDIA/srt-slurm copy (535b2dc7a129) sets max_batch_size 16 (prefill)
-    and 768 (decode)."""
+    and 768 (decode). The table cites the first commit of the run of days the item stood
+    unchanged in (4e9a376bfcb0, 2026-01-30; srt-slurm 0e421305fe4a)."""
     row = dev_row("2026_03_25_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c6144_tp4_0_ep4_0_359")
     assert silicon.specified_or_reason(row) == "disagg row without worker counts or batch sizes"
     filled, source, refusal = silicon.recovered_layout(row)
     assert refusal == ""
-    assert "nvidia-master.yaml@f316a0ef6013" in source
+    assert "nvidia-master.yaml@4e9a376bfcb0" in source
     assert "ctx1_gen2_dep4_batch768_eplb0_mtp0.yaml" in source
     expect = {
         "prefill_num_workers": "1",
@@ -57,12 +58,13 @@ def test_recipe_gone_from_srt_slurm_that_day_is_read_where_it_was_first_publishe
     dsr1-fp8-b200-dynamo-sglang 1k/1k item `conc-list: [16, 32, 64, 128, 256]`, prefill 1 ×
     tp8 ep8, decode 3 × tp8 ep8, no dp-attn, CONFIG_FILE recipes/b200-fp8/1k1k/stp/
     low-latency-tep8-1p3d.yaml: removed from NVIDIA/srt-slurm on 2026-03-04, so read at
-    5063eb43 (the merge of the sa-submission-q1-2026 branch), max-running-requests 512."""
+    5063eb43 (the merge of the sa-submission-q1-2026 branch), max-running-requests 512. The
+    table cites the first commit of the item's unchanged run (04b564b3942a)."""
     row = dev_row(
         "2026_03_25_deepseek_r1_b200_sxm_sglang_fp8_disagg_1024x1024_c256_tp8_0_ep8_0_541"
     )
     filled, source, refusal = silicon.recovered_layout(row)
-    assert refusal == "" and "@593fb431addc" in source and "srt-slurm 5063eb432640" in source
+    assert refusal == "" and "@04b564b3942a" in source and "srt-slurm 5063eb432640" in source
     got = {k: filled[k] for k in ("prefill_num_workers", "decode_num_workers", "decode_batch_size")}
     assert got == {
         "prefill_num_workers": "1",
@@ -149,9 +151,11 @@ def test_layout_table_is_well_formed() -> None:
         assert r["gpu"] in r["config_key"].split("-")
         assert r["precision"] in r["config_key"].split("-")
         assert all(int(c) >= 1 for c in r["concurrencies"].split())
-        days = r["measured_days"].split()
-        assert days == sorted(days)
-        assert len(days) == len(r["source_commits"].split()) == len(r["recipe_commits"].split())
+        runs = [run.split("..") for run in r["days_in_effect"].split()]
+        assert all(len(run) in (1, 2) and run == sorted(run) for run in runs)
+        flat = [day for run in runs for day in run]
+        assert flat == sorted(flat)
+        assert len(runs) == len(r["source_commits"].split()) == len(r["recipe_commits"].split())
         assert all(len(c) == 12 for c in r["source_commits"].split())
 
 
@@ -184,6 +188,88 @@ def test_recipe_draft_length_from_either_engine() -> None:
     assert lay.recipe_draft_tokens(trt) == 2
     assert lay.recipe_draft_tokens(sgl) == 3  # steps, not draft tokens (steps + 1 at topk 1)
     assert lay.recipe_draft_tokens("backend:\n  sglang_config:\n    decode: {}\n") is None
+    vllm = "backend:\n  vllm_config:\n    decode:\n      speculative-config: " + (
+        """'{"method": "mtp", "num_speculative_tokens": 2}'\n"""
+    )
+    assert lay.recipe_draft_tokens(vllm) == 2
+    # vLLM's max-num-seqs is per engine, one engine per data-parallel rank
+    seqs = "backend:\n  vllm_config:\n    prefill:\n      data-parallel-size: 4\n" + (
+        "      max-num-seqs: 1024\n    decode:\n      max-num-seqs: 256\n"
+    )
+    assert lay.recipe_batches(seqs) == (1024, 256)
     table = silicon.inferencex_layouts()
-    for r in table:  # every MTP item names its draft length, no other item does
-        assert (r["spec_decoding"] == "mtp") == (r["num_draft_tokens"] != ""), r["config_key"]
+    for r in table:  # no plain item names a draft length; an MTP item does unless its
+        # recipe is not public (April 2026's `recipes/<gpu>-<fmt>/1k1k.yaml:zip_override_...`
+        # variants, whose file srt-slurm published later), and then it is refused
+        assert r["spec_decoding"] == "mtp" or r["num_draft_tokens"] == "", r["config_key"]
+        if r["spec_decoding"] == "mtp" and not r["num_draft_tokens"]:
+            assert set(r["recipe_commits"].split()) == {"-"}, r["config_key"]
+
+
+def test_days_in_effect_are_written_as_runs_and_read_back(tmp_path: Path) -> None:
+    """An item seen on 1-3 and 5 March is written once as `2026-03-01..2026-03-03 2026-03-05`
+    with the commits of each run's first day, and each day finds its run."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    assert lay.every_day("2026-02-27", "2026-03-02") == [
+        "2026-02-27",
+        "2026-02-28",
+        "2026-03-01",
+        "2026-03-02",
+    ]
+    item = {"key": "a", "days": "", "commit": ""}
+    per_day = [
+        [{**item, "days": d, "commit": c}]
+        for d, c in (("2026-03-01", "c1"), ("2026-03-02", "c2"), ("2026-03-03", "c2"))
+    ] + [
+        [{**item, "days": "2026-03-05", "commit": "c3"}],
+        [{**item, "key": "b", "days": "2026-03-05", "commit": "c3"}],
+    ]
+    out = tmp_path / "t.csv"
+    assert lay.write_merged(per_day, ("key", "days", "commit"), ("days", "commit"), str(out)) == 2
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0] == {"key": "a", "days": "2026-03-01..2026-03-03 2026-03-05", "commit": "c1 c3"}
+    assert rows[1] == {"key": "b", "days": "2026-03-05", "commit": "c3"}
+    runs = rows[0]["days"]
+    assert [silicon.in_effect(runs, d) for d in ("2026-02-28", "2026-03-01", "2026-03-02")] == [
+        None,
+        0,
+        0,
+    ]
+    assert [silicon.in_effect(runs, d) for d in ("2026-03-03", "2026-03-04", "2026-03-05")] == [
+        0,
+        None,
+        1,
+    ]
+
+
+def test_model_prefixes_from_dashboard_names_and_checkpoint_paths() -> None:
+    """InferenceX's prefixes (MODELS.md) for the names its dashboard and database use."""
+    names = {
+        "DeepSeek-R1": "dsr1",
+        "deepseek-ai/DeepSeek-V3": "dsr1",
+        "nvidia/DeepSeek-R1-0528-FP4-V2": "dsr1",
+        "Qwen3.5-397B": "qwen3.5",
+        "Qwen/Qwen3.5-397B-A17B": "qwen3.5",
+        "Kimi-K2.5": "kimik2.5",
+        "moonshotai/Kimi-K2.5": "kimik2.5",
+        "MiniMax-M2.5": "minimaxm2.5",
+        "gpt-oss-120b": "gptoss",
+        "openai/gpt-oss-120b": "gptoss",
+        "GLM-5": "glm5",
+        "zai-org/GLM-5.1-FP8": "glm5.1",
+        "Llama-3.1-70B": "",
+        "Qwen/Qwen3-32B": "",
+    }
+    assert {n: silicon.inferencex_prefix(n) for n in names} == names
+
+
+def test_every_gpu_and_model_of_the_table_is_one_a_row_can_name() -> None:
+    """B300 and GB300 items (and every model of the table) are reachable from a row: the table
+    is useless for a GPU or model prefix the lookup cannot name."""
+    table = silicon.inferencex_layouts() + silicon.inferencex_single_node()
+    assert {r["gpu"] for r in table} <= set(silicon.INFERENCEX_GPU)
+    assert {"b300", "gb300"} <= {r["gpu"] for r in table}
+    assert {r["model_prefix"] for r in table} <= {p for _, p in silicon.INFERENCEX_MODEL_NAMES}

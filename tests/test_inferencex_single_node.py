@@ -4,6 +4,7 @@ report tp × ep GPUs as TP."""
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def item(key: str, image: str, spec: str, tp: int, ep: int, dp_attn: bool, conc:
         "num_draft_tokens": "3" if spec == "mtp" else "",
         "concurrencies": conc,
         "source_file": ".github/configs/nvidia-master.yaml",
-        "measured_days": "2026-02-03 2026-02-05",
+        "days_in_effect": "2026-02-03 2026-02-05",
         "source_commits": "aaaaaaaaaaaa bbbbbbbbbbbb",
     }
 
@@ -122,7 +123,8 @@ def test_the_bundled_table_keeps_februarys_b200_pair_apart() -> None:
     rows = [
         r
         for r in silicon.inferencex_single_node()
-        if r["config_key"].startswith("dsr1-fp8-b200-trt") and "2026-02-05" in r["measured_days"]
+        if r["config_key"].startswith("dsr1-fp8-b200-trt")
+        and silicon.in_effect(r["days_in_effect"], "2026-02-05") is not None
     ]
     images = {(r["spec_decoding"], r["image"]) for r in rows}
     assert images == {("none", POST2), ("mtp", POST3)}
@@ -167,6 +169,10 @@ def test_draft_length_read_from_launch_scripts() -> None:
     for script in (trt_default, trt_branches):
         assert (draft_tokens(script, False), draft_tokens(script, True)) == ("3", "1")
     assert draft_tokens("SPECULATIVE_NUM_STEPS=2\nSPECULATIVE_DRAFT_TOKENS=3\n", False) == "2"
+    sgl_flag = "python3 -m sglang.launch_server \\\n--speculative-num-steps 3 \\\n"
+    assert draft_tokens(sgl_flag + "--speculative-num-draft-tokens 4 \\\n", False) == "3"
+    vllm = """--speculative-config '{"method": "mtp", "num_speculative_tokens": 2}'\n"""
+    assert draft_tokens(vllm, False) == "2"
     assert draft_tokens("echo nothing\n", False) == ""
 
 
@@ -182,3 +188,170 @@ def test_a_row_stating_only_its_tp_takes_the_configs_ep_and_dp() -> None:
     assert silicon.single_node_config(dashboard_row(POST2, 128, 4), TABLE)[2] == (
         "no InferenceX config matches"
     )
+
+
+def test_launch_settings_read_only_what_a_script_fixes() -> None:
+    """Shapes of InferenceX's benchmarks/single_node scripts: a vLLM config file and flags
+    (gptoss_fp4_b200.sh, minimaxm2.5_fp8_b200.sh), TensorRT-LLM's extra-options YAML
+    (gptoss_fp4_b200_trt.sh), and SGLang values set per TP branch (dsr1_fp8_b200.sh), which
+    are unknown rather than the first branch's."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from inferencex_single_node import launch_settings
+
+    vllm = (
+        "cat > config.yaml << EOF\nkv-cache-dtype: fp8\nmax-num-batched-tokens: 8192\nEOF\n"
+        "vllm serve $MODEL --gpu-memory-utilization 0.9 --max-num-seqs $CONC \\\n"
+        '--max-cudagraph-capture-size 2048 --max-num-batched-tokens "$((ISL * 2 ))"\n'
+    )
+    got = launch_settings(vllm)
+    assert (got["kv_cache_dtype"], got["mem_fraction"], got["max_seqs"]) == ("fp8", "0.9", "CONC")
+    assert got["token_budget"] == ""  # 8192 in the file and ISL*2 on the command line
+    assert got["graph_max_bs"] == "2048"
+    trt = (
+        "cat > $F << EOF\ncuda_graph_config:\n    enable_padding: true\n    max_batch_size: $CONC\n"
+        "kv_cache_config:\n    dtype: fp8\n    free_gpu_memory_fraction: 0.85\nEOF\n"
+        "MAX_NUM_TOKENS=20000\n"
+        'if [ "${EVAL_ONLY}" = "true" ]; then\n    MAX_NUM_TOKENS="$EVAL_MAX_MODEL_LEN"\nfi\n'
+        "trtllm-serve $MODEL --max_batch_size 512 --max_num_tokens=$MAX_NUM_TOKENS\n"
+    )
+    got = launch_settings(trt)
+    assert got == {
+        "kv_cache_dtype": "fp8",
+        "mem_fraction": "0.85",
+        "token_budget": "20000",
+        "max_seqs": "512",
+        "graph_max_bs": "CONC",
+        "recv_interval": "",
+    }
+    sglang = (
+        "if [[ $TP -eq 8 ]]; then\n  MEM_FRAC_STATIC=0.82\nelse\n  MEM_FRAC_STATIC=0.95\nfi\n"
+        "python3 -m sglang.launch_server --mem-fraction-static $MEM_FRAC_STATIC "
+        "--kv-cache-dtype fp8_e4m3 --scheduler-recv-interval 10 # --chunked-prefill-size 4\n"
+    )
+    got = launch_settings(sglang)
+    assert (got["mem_fraction"], got["kv_cache_dtype"], got["recv_interval"]) == ("", "fp8", "10")
+
+
+def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
+    """A MiniMax-M2.5 fp8 row on 2 × B200 (vLLM) measured in April 2026, while
+    minimaxm2.5_fp8_b200.sh (nvidia-master.yaml at bddbf4031771) passed
+    `--max-num-batched-tokens $((ISL * 2))`, `--gpu-memory-utilization 0.90`, `--kv-cache-dtype
+    fp8` and `--max-cudagraph-capture-size 2048`: simulated with 2,048 tokens a step at ISL
+    1,024, 0.9 of the device and an fp8 cache. The March version of the script (0.95, no KV
+    flag) gives a March row 0.95 and the checkpoint's cache."""
+    conc = 16
+    row = {
+        "silicon_data_source": (
+            f"source_file=2026-04-06.csv; model=MiniMax-M2.5; silicon_concurrency={conc}; "
+            "measured=2026-04-10T12:00:00Z; wip=False; image=vllm/vllm-openai:v0.19.0-cu130"
+        ),
+        "mode": "agg",
+        "system": "b200_sxm",
+        "backend": "vllm",
+        "model_path": "MiniMaxAI/MiniMax-M2.5",
+        "precision": "fp8",
+        "gemm_quant_mode": "fp8_block",
+        "moe_quant_mode": "fp8_block",
+        "isl": "1024",
+        "osl": "1024",
+        "batch_size": str(conc),
+        "tp_size": "2",
+        "attention_dp_size": "1",
+        "moe_ep_size": "1",
+        "moe_tp_size": "2",
+    }
+    filled, source, refusal = silicon.single_node_config(row)
+    assert refusal == "" and source.startswith("no speculative decoding: minimaxm2.5-fp8-b200-vllm")
+    assert silicon.script_launch(filled) == {
+        "kv_cache_dtype": "fp8",
+        "mem_fraction": 0.9,
+        "token_budget": 2048.0,
+        "graph_max_bs": 2048.0,
+    }
+    dep = silicon.deployment_of(filled, silicon.Catalog())
+    assert dep.max_num_batched_tokens == 2048
+    assert dep.engine.mem_util == 0.9 and dep.engine.cuda_graph_max_seqs == 2048
+    assert dep.model.kv_dtype == "fp8"
+    march = {
+        **row,
+        "silicon_data_source": row["silicon_data_source"]
+        .replace("2026-04-10", "2026-03-20")
+        .replace("v0.19.0", "v0.17.0"),
+    }
+    filled = silicon.single_node_config(march)[0]
+    assert silicon.script_launch(filled) == {"kv_cache_dtype": "auto", "mem_fraction": 0.95}
+    assert silicon.deployment_of(filled, silicon.Catalog()).model.kv_dtype == "bf16"
+
+
+def test_runner_values_evaluate_only_arithmetic_in_the_runners_variables() -> None:
+    names = {"ISL": 1024, "OSL": 8192, "CONC": 64, "TP": 8, "EP_SIZE": 8}
+    assert silicon._runner_value("ISL*2", names) == 2048
+    assert silicon._runner_value("(ISL+OSL+256)", names) == 9472
+    assert silicon._runner_value("CONC", names) == 64
+    assert silicon._runner_value("0.85", names) == 0.85
+    assert silicon._runner_value("", names) is None
+    assert silicon._runner_value("MAX_MODEL_LEN", names) is None
+    assert silicon._runner_value("__import__('os')", names) is None
+
+
+def test_rows_from_before_the_config_table_keep_their_layout_once_no_script_drafted() -> None:
+    """InferenceX had no master config before 2025-11-03 and no launch script drafting after
+    2025-09-07 (294fe5f27 removed dsr1's MTP): a gpt-oss row from October passes with its own
+    layout, an August one (MTP still possible) is refused."""
+    row = {
+        "silicon_data_source": (
+            "source_file=2026-04-06.csv; model=gpt-oss-120b; silicon_concurrency=16; "
+            "measured=2025-10-15T00:00:00.000Z; wip=False"
+        ),
+        "mode": "agg",
+        "system": "h200_sxm",
+        "backend": "vllm",
+        "model_path": "openai/gpt-oss-120b",
+        "precision": "fp4",
+        "isl": "1024",
+        "osl": "1024",
+        "batch_size": "16",
+        "tp_size": "2",
+    }
+    assert silicon.single_node_config(row, TABLE) == (
+        row,
+        "before InferenceX's search space: the row's layout, no drafting",
+        "",
+    )
+    august = {**row, "silicon_data_source": row["silicon_data_source"].replace("10-15", "08-20")}
+    assert silicon.single_node_config(august, TABLE)[2] == "no InferenceX config matches"
+
+
+def test_a_gap_analysis_row_takes_its_dashboard_twins_day() -> None:
+    """The dev file's Qwen3.5 H200 TP8 EP8 gap-analysis row at 4 clients repeats a dashboard
+    run of 2026-03-04 (same TTFT and TPOT to 0.01 ms): with that day only the plain config was
+    in effect (the MTP twin config starts on 2026-04-06), so it is not ambiguous."""
+    with open(REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    gap_id = "qwen3_5_397b_gap_analysis_" * 2 + "h200_sxm_sglang_fp8_agg_1024x1024_c4_tp8_ep8_62"
+    dated = {r["id"]: r for r in silicon.date_twins(rows)}
+    row = dated[gap_id]
+    assert (row["twin_measured"], row["twin_image"]) == (
+        "2026-03-04",
+        "lmsysorg/sglang:v0.5.9-cu129-amd64",
+    )
+    _, source, refusal = silicon.single_node_config(row)
+    assert refusal == "" and source.startswith("no speculative decoding: qwen3.5-fp8-h200-sglang")
+    undated = next(r for r in rows if r["id"] == gap_id)
+    assert silicon.single_node_config(undated)[2] == "2 InferenceX configs match"
+    # a twin whose measurements differ by more than 0.01 ms is not one
+    off = [
+        r
+        if r["id"] == gap_id
+        else {**r, "silicon_ttft_ms": str(float(r["silicon_ttft_ms"]) + 0.02)}
+        for r in rows
+    ]
+    assert "twin_measured" not in {r["id"]: r for r in silicon.date_twins(off)}[gap_id]
+
+
+def test_the_benchmark_reads_the_launch_columns_the_script_writes() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_single_node as gen
+
+    assert silicon.LAUNCH_FIELDS == gen.LAUNCH_FIELDS
+    assert set(gen.LAUNCH_FIELDS) <= set(silicon.inferencex_single_node()[0])
