@@ -133,3 +133,28 @@ def test_roofline_applies_correction_only_without_tables():
         t0 = calibrate.predict("attention_decode", rows, l4, phys)
         want = t0[0] * fit.transfer.correction("attention_decode", rows, l4, t0)[0]
         assert a + b * 8 * c == pytest.approx(want, rel=1e-9)
+
+
+def test_all_reduce_off_nvlink_is_the_roofline_in_the_product_and_the_benchmark_alike():
+    """Over PCIe (L4: no NVLink) all-reduce keeps the roofline, both where the simulator
+    prices it and where the leave-one-GPU-out benchmark scores the transfer model; on an
+    NVLink GPU without tables (H800) the correction applies in both."""
+    fit, phys = roofline.default_fit(), roofline.physical_fit()
+    l4, h800 = get_device("l4"), get_device("h800")
+    assert not transfer_model.corrects_family("allreduce", l4)
+    assert transfer_model.corrects_family("allreduce", h800)
+    assert transfer_model.corrects_family("gemm", l4)
+    rows = {
+        "op": np.array(["all_reduce"], dtype=object),
+        "impl": np.array(["nccl"], dtype=object),
+        "cuda_graph": np.array([True]),
+        "nbytes": np.array([4.0e6]),
+        "num_devices": np.array([4.0]),
+        "latency_s": np.array([1e-4]),
+    }
+    for dev, corrected in ((l4, False), (h800, True)):
+        ours = roofline.allreduce_s(4.0e6, 4, dev, fit, "nccl")
+        plain = roofline.allreduce_s(4.0e6, 4, dev, phys, "nccl")
+        scored = transfer.predict(fit.transfer, "nccl", rows, dev)[0]
+        assert (ours != pytest.approx(plain, rel=1e-6)) == corrected
+        assert scored == pytest.approx(ours, rel=1e-6)

@@ -37,7 +37,7 @@ import numpy as np
 from servesim.errors import ServesimError
 from servesim.predictor import calibrate, transfer
 from servesim.predictor.calibrate import Samples
-from servesim.predictor.transfer_model import GRID, TransferModel
+from servesim.predictor.transfer_model import GRID, TransferModel, corrects_family
 from servesim.spec.devices import Device, get_device
 
 
@@ -202,6 +202,8 @@ class Adapted:
         fam = transfer.FAMILY_OF[source]
         w = self.weights.get(fam)
         feats, _ = transfer.design(fam, source, s, device)
+        if not corrects_family(fam, device):  # as roofline.collective_np prices it
+            return np.zeros(len(next(iter(feats.values()))))
         z = self.model.log_correction(fam, feats) + self._offset(fam)
         if w is None or not len(self.candidates):
             return z

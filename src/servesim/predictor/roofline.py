@@ -914,9 +914,12 @@ def collective_np(
     t = lat + s * factor / bw
     if not cuda_graph:
         t = smooth_max(t + p["eager_extra_s"], p["eager_floor_s"], p["eager_p"])
-    # All-reduce is corrected on switched fabrics only: over PCIe the held-out GPUs (RTX PRO
-    # 6000, B60) came out worse with it than without (NOTES, issue 11).
-    if op != "all_reduce" or not nvlink_class(device) or not _corrects(fit, device):
+    # All-reduce is corrected on switched fabrics only (`transfer_model.corrects_family`).
+    if (
+        op != "all_reduce"
+        or not transfer_model.corrects_family("allreduce", device)
+        or not _corrects(fit, device)
+    ):
         return t
 
     def rows() -> dict:

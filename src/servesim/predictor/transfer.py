@@ -27,7 +27,12 @@ import numpy as np
 from servesim.errors import ServesimError
 from servesim.predictor import calibrate
 from servesim.predictor.roofline import KernelFit, physical_fit
-from servesim.predictor.transfer_model import FamilyModel, TransferModel, features
+from servesim.predictor.transfer_model import (
+    FamilyModel,
+    TransferModel,
+    corrects_family,
+    features,
+)
 from servesim.predictor.trees import from_sklearn
 from servesim.spec.devices import Device
 
@@ -76,6 +81,8 @@ def predict(model: TransferModel, source: str, s: Samples, device: Device) -> np
     roofline times the model's correction."""
     fam = FAMILY_OF[source]
     feats, t_base = design(fam, source, s, device)
+    if not corrects_family(fam, device):  # as the product prices it (roofline.collective_np)
+        return t_base
     return t_base * np.exp(model.log_correction(fam, feats))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from servesim.errors import ServesimError
 from servesim.predictor import kernel_tables, transfer_features
+from servesim.predictor.kernel_classes import nvlink_class
 from servesim.predictor.trees import Trees
 from servesim.spec.devices import Device
 
@@ -147,6 +148,16 @@ def _has_tables(name: str) -> bool:
         )
     except (ServesimError, OSError):
         return False
+
+
+def corrects_family(family: str, device: Device) -> bool:
+    """Whether the cross-GPU correction applies to `family` on `device`: everywhere but
+    all-reduce off a switched NVLink-class fabric. Over PCIe the time follows the host's PCIe
+    topology (L40S: two GPUs behind one switch reach ~20 GB/s, four or eight crossing the CPU
+    1.5-5 GB/s of bus bandwidth in aiconfigurator's tables), which no spec sheet states, and
+    each left-out PCIe GPU (L40S, RTX PRO 6000, B60) came out worse with the correction
+    learnt from the other two than with the roofline alone (NOTES, issue 11)."""
+    return family != "allreduce" or nvlink_class(device)
 
 
 def applies_to(device: Device) -> bool:
