@@ -832,27 +832,39 @@ def date_twins(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     `twin_image`): the dashboard rows of the same system, engine, precision, lengths, TP and
     clients whose measured TTFT and TPOT are the same to 0.01 ms, when they agree on one day
     and image. Measured values only identify the run here; nothing is fitted to them."""
+
+    def key(r: dict[str, str]) -> tuple[str, ...]:
+        try:
+            clients = str(concurrency_of(r))
+        except ValueError:  # not a number: the row is refused later with the reason
+            clients = ""
+        return (*(r.get(k, "") for k in TWIN_KEYS), clients)
+
+    def measured(r: dict[str, str]) -> tuple[float, float] | None:
+        try:
+            return float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
+        except (KeyError, ValueError):
+            return None
+
     index: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
     for r in rows:
         if re.match(r"source_file=\d{4}-\d\d-\d\d\.csv;", r.get("silicon_data_source", "")):
-            index[(*(r.get(k, "") for k in TWIN_KEYS), str(concurrency_of(r)))].append(r)
+            index[key(r)].append(r)
     out = []
     for r in rows:
-        if r.get("silicon_data_source", "").startswith("source_file=qwen3.5-397b-gap-analysis"):
-            twins = [
-                t
-                for t in index[(*(r.get(k, "") for k in TWIN_KEYS), str(concurrency_of(r)))]
-                if abs(float(t["silicon_ttft_ms"]) - float(r["silicon_ttft_ms"])) < 0.01
-                and abs(float(t["silicon_tpot_ms"]) - float(r["silicon_tpot_ms"])) < 0.01
-            ]
-            seen = {
-                (_measured_day(t), re.search(r"image=([^;]*)", t["silicon_data_source"]))
-                for t in twins
-            }
-            days = {d for d, _ in seen}
-            images = {m.group(1).strip() if m else "" for _, m in seen}
-            if len(days) == 1 and len(images) == 1 and "" not in days:
-                r = {**r, "twin_measured": days.pop(), "twin_image": images.pop()}
+        mine = measured(r)
+        if mine and r.get("silicon_data_source", "").startswith(
+            "source_file=qwen3.5-397b-gap-analysis"
+        ):
+            seen = set()
+            for t in index[key(r)]:
+                theirs = measured(t)
+                if theirs and all(abs(a - b) < 0.01 for a, b in zip(theirs, mine, strict=True)):
+                    image = re.search(r"image=([^;]*)", t["silicon_data_source"])
+                    seen.add((_measured_day(t), image.group(1).strip() if image else ""))
+            day, image = seen.pop() if len(seen) == 1 else ("", "")
+            if day:
+                r = {**r, "twin_measured": day, "twin_image": image}
         out.append(r)
     return out
 
