@@ -105,3 +105,20 @@ def test_predict_flag_turns_piecewise_graphs_on(capsys: pytest.CaptureFixture[st
         names[label] = {op["name"] for op in doc["operators"]}
     assert "eager_launch" in names["eager"]
     assert "eager_launch" not in names["graphs"]
+
+
+def test_vllm_prefill_beyond_its_piecewise_graphs_pays_its_compiled_host_time() -> None:
+    """vLLM replays piecewise graphs up to 512 tokens; a 1,024-token prefill of Llama-3.1-8B
+    FP8 on TP8 runs its compiled code without graphs: 32 layers × 0.47 ms = 15.04 ms of host
+    time (vLLM #45709), above the ~9.5 ms of kernels; a 256-token prefill pays none."""
+    from servesim.spec.engine_profile import VLLM_UNGRAPHED_HOST_S_PER_LAYER
+
+    vllm = get_engine("vllm")
+    assert vllm.prefill_graph_max_tokens == 512
+    pred = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), vllm)
+    host = 32 * VLLM_UNGRAPHED_HOST_S_PER_LAYER
+    assert host == pytest.approx(15.04e-3)
+    assert pred.host_s(1024, 1, 0) == pytest.approx(host)
+    assert pred.host_s(256, 1, 0) == 0.0
+    step = pred.step_s(0, 0, ((1024, 0),)) - pred.overhead_s(0, 1)
+    assert step == pytest.approx(host, rel=1e-12)

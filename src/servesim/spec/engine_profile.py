@@ -43,6 +43,15 @@ REQUEST_OVERHEAD_S = 7.0e-3
 # PyTorch backend, which runs its modules the same way (no before/after measurement of its
 # eager prefill was found).
 EAGER_HOST_S_PER_LAYER = 0.62e-3
+# vLLM runs torch.compile'd code, so a forward outside its CUDA graphs (a prefill beyond the
+# piecewise capture sizes, or every prefill under `cudagraph_mode: FULL_DECODE_ONLY`) costs
+# less host time than an eager PyTorch module, but not none. vLLM issue #45709
+# (vllm-project/vllm, 2026-08-28 reproduction): Qwen3-30B-A3B on 4 × L20, TP 4, 8 clients:
+# TPOT 34.4 ms compiled with `cudagraph_mode=NONE` against 11.8 ms with PIECEWISE graphs, the
+# same kernels, so 22.6 ms of host time over 48 layers: 0.47 ms a layer. It is a MoE model's
+# decode step on a PCIe machine's host, the only vLLM measurement of compiled code without
+# graphs found; one figure stands for every model, as above.
+VLLM_UNGRAPHED_HOST_S_PER_LAYER = 0.47e-3
 # HF fast tokenizer (Rust BPE) encoding one prompt at a time: 2.4 µs per token (1.7 MB/s) measured
 # here (tokenizers 0.23.3, byte-level BPE of 32k tokens trained on Python sources, 100 prompts
 # of ~8k tokens, one thread); tiktoken's README puts HF's GPT2TokenizerFast 3-6x below tiktoken
@@ -259,7 +268,11 @@ ENGINES: dict[str, EngineProfile] = {
     # vLLM V1 compiles the model (torch.compile) and replays piecewise CUDA graphs for
     # batches up to its largest capture size (512 tokens by default); larger ones run the
     # compiled code, whose host time no measurement found here prices: none is charged.
-    "vllm": EngineProfile(name="vllm", prefill_graph_max_tokens=512),
+    "vllm": EngineProfile(
+        name="vllm",
+        prefill_graph_max_tokens=512,
+        eager_host_s_per_layer=VLLM_UNGRAPHED_HOST_S_PER_LAYER,
+    ),
     "sglang": EngineProfile(
         name="sglang",
         overlap_scheduling=True,
