@@ -374,7 +374,8 @@ def _model(row: dict[str, str]):
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
     kv = inferencex_kv_dtype(row)
     if kv is None and "launch_gpus" in row:  # the launch script's, else the checkpoint's
-        kv = str(script_launch(row)["kv_cache_dtype"]).replace("auto", "") or None
+        scripted = str(script_launch(row)["kv_cache_dtype"])
+        kv = None if scripted == "auto" else scripted
     elif kv is None:
         kv = quant if quant == "fp8" else None
     if quant or moe or kv:
@@ -496,13 +497,14 @@ def _apply_script(
 ) -> tuple[EngineProfile, dict[str, int]]:
     """An engine and batch limits with what a launch script fixes (`script_launch`). Each
     engine's memory fraction keeps its own meaning (EngineProfile.mem_util); TensorRT-LLM's
-    `max_batch_size` and `max_num_tokens` and vLLM's `max-num-seqs` are per attention-DP rank
-    (one executor each), SGLang's `--max-running-requests` per server."""
+    `max_batch_size` and `max_num_tokens` and vLLM's `max-num-seqs` and
+    `max-num-batched-tokens` are per attention-DP rank (one executor or engine each); SGLang's
+    `--max-running-requests` and `--chunked-prefill-size` are per server (under DP attention
+    it divides the chunk over the ranks, server_args.py)."""
     per_rank = dp if backend in ("trtllm", "vllm") else 1
     limits = dict(limits)
     if "token_budget" in scripted:
-        tokens = int(scripted["token_budget"]) * (dp if backend == "trtllm" else 1)
-        limits["max_num_batched_tokens"] = tokens
+        limits["max_num_batched_tokens"] = int(scripted["token_budget"]) * per_rank
     if "max_seqs" in scripted:
         limits["max_num_seqs"] = int(scripted["max_seqs"]) * per_rank
     overrides: dict[str, object] = {}
