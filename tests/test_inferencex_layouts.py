@@ -273,3 +273,54 @@ def test_every_gpu_and_model_of_the_table_is_one_a_row_can_name() -> None:
     assert {r["gpu"] for r in table} <= set(silicon.INFERENCEX_GPU)
     assert {"b300", "gb300"} <= {r["gpu"] for r in table}
     assert {r["model_prefix"] for r in table} <= {p for _, p in silicon.INFERENCEX_MODEL_NAMES}
+
+
+def test_a_kimi_gb200_disaggregated_row_gets_its_recipe_and_simulates() -> None:
+    """A dashboard row of the kind the issue quotes (Kimi-K2.5, GB200, TensorRT-LLM, 4
+    clients, 1k/1k) measured on 2026-04-20: InferenceX's kimik2.5-fp4-gb200-dynamo-trt item
+    (2026-04-18 on) with recipe ctx1dep4_gen4tep8_batch128 (srt-slurm) gives one prefill
+    worker of 4 attention-DP ranks and four TP8 decode workers of 128 slots."""
+    row = {
+        "silicon_data_source": (
+            "source_file=2026-04-06.csv; model=Kimi-K2.5; silicon_concurrency=4; "
+            "measured=2026-04-20T12:00:00Z; wip=False; "
+            "image=nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:1.1.0-dev.2"
+        ),
+        "backend": "trtllm",
+        "model_path": "moonshotai/Kimi-K2.5",
+        "system": "gb200",
+        "precision": "fp4",
+        "mode": "disagg",
+        "isl": "1024",
+        "osl": "1024",
+        "gemm_quant_mode": "nvfp4",
+        "moe_quant_mode": "nvfp4",
+        "prefill_tp_size": "4",
+        "prefill_moe_ep_size": "4",
+        "decode_tp_size": "8",
+        "decode_moe_ep_size": "4",
+        "silicon_ttft_ms": "196",
+        "silicon_tpot_ms": "10",
+    }
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == "" and "ctx1dep4_gen4tep8_batch128" in source
+    got = {
+        k: filled[k]
+        for k in (
+            "prefill_num_workers",
+            "prefill_attention_dp_size",
+            "decode_num_workers",
+            "decode_tp_size",
+            "decode_batch_size",
+        )
+    }
+    assert got == {
+        "prefill_num_workers": "1",
+        "prefill_attention_dp_size": "4",
+        "decode_num_workers": "4",
+        "decode_tp_size": "8",
+        "decode_batch_size": "128",
+    }
+    assert silicon.specified_or_reason(filled, benchmarked_clients=True) == ""
+    ttft_ms, tpot_ms = silicon.simulate_row(filled, silicon.Catalog(), 2)
+    assert 0 < ttft_ms < 1000 and 0 < tpot_ms < 100
