@@ -321,15 +321,27 @@ def script_launch(row: dict[str, str]) -> dict[str, float | str]:
     return out
 
 
-# aiconfigurator quantisation modes by storage (w4afp8 computes in bf16 here: a little slow).
+# aiconfigurator's quantisation modes (aiconfigurator_core.sdk.common GEMMQuantMode and
+# MoEQuantMode) as the weight format servesim prices, by storage. 4-bit weights compute in bf16
+# here, so w4afp8 and gpt-oss's w4a8 MXFP4-MXFP8 MoE run a little slow; NVFP4 dequantised to
+# bf16 (nvfp4_wo, w4a16_nvfp4: W4A16 with a scale per 16 weights) is priced as MXFP4, the
+# 4-bit float format servesim computes in bf16, and not at the FP4 tensor-core rate.
 QUANT = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
     "fp8_block": "fp8",
     "fp8_ootb": "fp8",
+    "fp8_static": "fp8",
     "int8_wo": "int8",
     "sq": "int8",
     "int4_wo": "int4",
     "w4afp8": "int4",
+    "nvfp4_wo": "mxfp4",
+    "w4a16_nvfp4": "mxfp4",
     "w4a16_mxfp4": "mxfp4",
+    "w4a16_mxfp4_cutlass": "mxfp4",
+    "w4a8_mxfp4_mxfp8": "mxfp4",
+    "w4a8_mxfp4_mxfp8_trtllm": "mxfp4",
 }
 
 

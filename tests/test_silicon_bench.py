@@ -17,6 +17,7 @@ import silicon  # noqa: E402
 
 from servesim.sim.disagg import DisaggDeployment  # noqa: E402
 from servesim.spec.devices import Catalog  # noqa: E402
+from servesim.spec.model import load_model  # noqa: E402
 from servesim.spec.parallel import Parallel  # noqa: E402
 
 with open(silicon.DEFAULT_CSV, newline="") as f:
@@ -478,3 +479,17 @@ def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
     assert silicon.inferencex_kv_dtype(aiperf) is None
     assert silicon._model(aiperf).kv_dtype == "bf16"
     assert silicon.inferencex_kv_dtype({**ds, "mode": "disagg"}) is None
+
+
+def test_every_aiconfigurator_quant_mode_is_one_servesim_prices() -> None:
+    """Held-out rows may name any of aiconfigurator's GEMM and MoE quantisation modes (e.g.
+    gpt-oss's `w4a8_mxfp4_mxfp8` on Blackwell); each maps to a weight format a model accepts,
+    read from the installed package's own enums."""
+    from aiconfigurator_core.sdk.common import GEMMQuantMode, MoEQuantMode
+
+    model = load_model("openai/gpt-oss-120b")
+    for mode in [*GEMMQuantMode, *MoEQuantMode]:
+        fmt = silicon.QUANT.get(mode.name, mode.name)
+        model.with_dtypes(weight=fmt, expert=fmt)  # raises for a format servesim lacks
+    assert silicon.QUANT["w4a8_mxfp4_mxfp8"] == "mxfp4"
+    assert silicon.QUANT["nvfp4_wo"] == "mxfp4"  # W4A16: not the FP4 tensor-core rate
