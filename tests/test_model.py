@@ -248,15 +248,32 @@ def test_partial_expert_parallelism_splits_experts_over_groups() -> None:
         ("meta-llama/Llama-3.3-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B", None),
         ("nvidia/DeepSeek-V3-0324-NVFP4", "deepseek-ai/DeepSeek-V3", "fp4"),
         ("deepseek-ai/DeepSeek-R1-0528", "deepseek-ai/DeepSeek-R1", None),
-        ("moonshotai/Kimi-K2-Instruct", "moonshotai/Kimi-K2.5", None),
+        # aiconfigurator-core ships Kimi-K2-Instruct's own config: its FP8 block checkpoint.
+        ("moonshotai/Kimi-K2-Instruct", "moonshotai/Kimi-K2.5", "fp8"),
     ],
 )
 def test_quantised_and_rereleased_checkpoints_resolve_to_their_architecture(
     name: str, base: str, weight: str | None
 ) -> None:
+    """A quantised or re-released checkpoint loads as its architecture: its own config where
+    servesim or aiconfigurator-core has one (Qwen3-32B-FP8's quantization_config), else the
+    bundled base under the name's weight format."""
     m, b = load_model(name), load_model(base)
-    assert m.name == b.name and m.num_layers == b.num_layers
+    assert m.num_layers == b.num_layers and m.hidden_size == b.hidden_size
+    assert m.num_params() == pytest.approx(b.num_params())
     assert m.weight_dtype == (weight or b.weight_dtype)
+
+
+def test_a_model_only_aiconfigurator_core_ships_loads_by_name() -> None:
+    """Qwen3.5-122B-A10B is not bundled; aiconfigurator-core's config (read in place) gives
+    it: 48 layers, 256 experts of which 8 route, ~122 B parameters. Names neither knows are
+    refused with both places named."""
+    assert "Qwen/Qwen3.5-122B-A10B" not in bundled_models()
+    m = load_model("Qwen/Qwen3.5-122B-A10B")
+    assert (m.num_layers, m.num_experts, m.experts_per_token) == (48, 256, 8)
+    assert m.num_params() == pytest.approx(122e9, rel=0.03)
+    with pytest.raises(ServesimError, match="aiconfigurator-core's model configs"):
+        load_model("acme/NoSuchModel-7B")
 
 
 def test_a_different_family_with_a_known_suffix_is_still_refused() -> None:

@@ -12,6 +12,7 @@ or a ModelOpt `hf_quant_config.json` beside the config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from functools import cache
@@ -1067,28 +1068,44 @@ def _read_json(p: Path, what: str) -> Any:
         raise ServesimError(f"Cannot read {what.lower()} {str(p)!r} ({exc.strerror}).") from None
 
 
+def _config_folders() -> list[Any]:
+    """Where model configs are looked up by name, later ones winning: aiconfigurator-core's
+    `model_configs` (a dependency, Apache-2.0, read in place), then servesim's own."""
+    folders = []
+    with contextlib.suppress(ModuleNotFoundError):  # a dependency; absent only in odd installs
+        folders.append(resources.files("aiconfigurator_core").joinpath("model_configs"))
+    folders.append(resources.files("servesim").joinpath("data/model_configs"))
+    return folders
+
+
 @cache
-def _bundled_index() -> dict[str, str]:
-    """Bundled config file names keyed by lower-case HF id, short name and aliases."""
-    index: dict[str, str] = {}
-    folder = resources.files("servesim").joinpath("data/model_configs")
-    for entry in folder.iterdir():
-        fname = entry.name
-        if not fname.endswith("_config.json") or fname.endswith(_HF_QUANT_SUFFIX):
+def _bundled_index() -> dict[str, tuple[Any, str]]:
+    """(folder, config file name) keyed by lower-case HF id, short name and aliases: servesim's
+    bundled configs, and for other names aiconfigurator-core's."""
+    index: dict[str, tuple[Any, str]] = {}
+    for folder in _config_folders():
+        if not folder.is_dir():
             continue
-        hf_id = fname[: -len("_config.json")].replace("--", "/")
-        short = hf_id.split("/", 1)[1]
-        for key in {hf_id, short, short.replace("Meta-Llama-", "Llama-")}:
-            index[key.lower()] = fname
+        for entry in folder.iterdir():
+            fname = entry.name
+            if not fname.endswith("_config.json") or fname.endswith(_HF_QUANT_SUFFIX):
+                continue
+            hf_id = fname[: -len("_config.json")].replace("--", "/")
+            short = hf_id.split("/", 1)[1]
+            keys = {hf_id, short, short.replace("Meta-Llama-", "Llama-")}
             if short.startswith("Meta-Llama-"):
-                index[(hf_id.split("/")[0] + "/" + short.replace("Meta-", "")).lower()] = fname
+                keys.add(hf_id.split("/")[0] + "/" + short.replace("Meta-", ""))
+            for key in keys:
+                index[key.lower()] = (folder, fname)
     return index
 
 
 def bundled_models() -> list[str]:
-    """Hugging Face ids of the bundled configs."""
-    idx = _bundled_index()
-    return sorted({v[: -len("_config.json")].replace("--", "/") for v in idx.values()})
+    """Hugging Face ids of the configs servesim bundles (aiconfigurator-core's further ones
+    load by name too, `load_model`)."""
+    own = resources.files("servesim").joinpath("data/model_configs")
+    names = {f[: -len("_config.json")] for d, f in _bundled_index().values() if d == own}
+    return sorted(n.replace("--", "/") for n in names)
 
 
 def load_model(name_or_path: str) -> ModelSpec:
@@ -1108,8 +1125,7 @@ def load_model(name_or_path: str) -> ModelSpec:
             cfg, name=name, origin=f"model config {str(p)!r}", hf_quant=hf_quant
         )
     key, weight = _resolve_bundled(name_or_path)
-    fname = _bundled_index()[key]
-    folder = resources.files("servesim").joinpath("data/model_configs")
+    folder, fname = _bundled_index()[key]
     text = folder.joinpath(fname).read_text()
     stem = fname[: -len("_config.json")]
     side = folder.joinpath(stem + _HF_QUANT_SUFFIX)
@@ -1135,8 +1151,8 @@ def config_path(name_or_path: str) -> Path | None:
 def bundled_config(name: str) -> tuple[dict[str, Any], str]:
     """The parsed config.json of a bundled model name, and its Hugging Face id."""
     key, _ = _resolve_bundled(name)
-    fname = _bundled_index()[key]
-    text = resources.files("servesim").joinpath("data/model_configs").joinpath(fname).read_text()
+    folder, fname = _bundled_index()[key]
+    text = folder.joinpath(fname).read_text()
     return json.loads(text), fname[: -len("_config.json")].replace("--", "/")
 
 
@@ -1185,7 +1201,7 @@ def _resolve_bundled(name: str) -> tuple[str, str | None]:
         key = short  # another organisation's copy (`nvidia/...`) of a bundled model
     if key not in idx:
         raise ServesimError(
-            f"Unknown model {name!r}; give a config.json path or one of: "
-            f"{', '.join(bundled_models())}."
+            f"Unknown model {name!r}; give a config.json path, one of aiconfigurator-core's "
+            f"model configs or one of: {', '.join(bundled_models())}."
         )
     return key, weight
