@@ -161,6 +161,13 @@ def test_devices_and_models_list(capsys) -> None:
         assert name not in table
         line = next(x for x in rest.splitlines() if name in x)
         assert "is not supported" in line
+    # --all adds aiconfigurator-core's configs, which load by name too (the narrow test
+    # console folds table cells, so the table is checked by a short unique fragment)
+    code, out, _ = run(["models", "--all"], capsys)
+    table, _, rest = out.partition("not usable")
+    assert "Qwen/Qwen3.5-122B-A10B" not in bundled_models()
+    assert code == 0 and "loadable by name" in table and "122B" in table
+    assert "deepseek-ai/DeepSeek-V4-Pro" in rest  # a family servesim does not model
 
 
 def test_overlap_scheduling_flag_delays_admission(tmp_path: Path, capsys) -> None:

@@ -17,7 +17,12 @@ def add_catalog_parsers(sub: Any) -> None:
     """Add `devices` and `models` to servesim's subcommand parsers."""
     dev = sub.add_parser("devices", help="list the device catalog")
     dev.add_argument("--devices", help="extra device catalog YAML")
-    sub.add_parser("models", help="list the bundled model configs")
+    mod = sub.add_parser("models", help="list the bundled model configs")
+    mod.add_argument(
+        "--all",
+        action="store_true",
+        help="also the model configs of the installed aiconfigurator-core (loadable by name)",
+    )
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -51,15 +56,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(_: argparse.Namespace) -> int:
-    """List the bundled model configs servesim can use, then those it cannot and why."""
-    from servesim.spec.model import bundled_models, load_model
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the bundled model configs servesim can use, then those it cannot and why; with
+    --all, also aiconfigurator-core's (every name `--model` accepts without a path)."""
+    from servesim.spec.model import bundled_models, known_models, load_model
 
-    table = Table(title="bundled models")
+    everything = getattr(args, "all", False)
+    names = known_models() if everything else bundled_models()
+    table = Table(title="models loadable by name" if everything else "bundled models")
     for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
         table.add_column(col, overflow="fold")
     unusable: list[tuple[str, str]] = []
-    for name in bundled_models():
+    for name in names:
         try:
             m = load_model(name)
         except ServesimError as exc:
@@ -76,9 +84,7 @@ def cmd_models(_: argparse.Namespace) -> int:
     console.print(table)
     if unusable:
         console.print(
-            Text.assemble(
-                ("not usable", "bold"), " (bundled for reference; servesim refuses them):"
-            )
+            Text.assemble(("not usable", "bold"), " (listed for reference; servesim refuses them):")
         )
         for name, why in unusable:
             console.print(f"  {name}: {why}", highlight=False, soft_wrap=True)

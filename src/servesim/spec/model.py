@@ -1108,6 +1108,13 @@ def bundled_models() -> list[str]:
     return sorted(n.replace("--", "/") for n in names)
 
 
+def known_models() -> list[str]:
+    """Hugging Face ids `load_model` resolves by name: the bundled configs and the installed
+    aiconfigurator-core's."""
+    names = {f[: -len("_config.json")] for _, f in _bundled_index().values()}
+    return sorted(n.replace("--", "/") for n in names)
+
+
 def load_model(name_or_path: str) -> ModelSpec:
     """A ModelSpec from a config.json path, a folder holding one, or a bundled model name.
 
