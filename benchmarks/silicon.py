@@ -59,6 +59,7 @@ import ast
 import csv
 import functools
 import json
+import operator
 import re
 import sys
 import time
@@ -257,15 +258,18 @@ def inferencex_vllm_launch(row: dict[str, str]) -> tuple[int, int, int] | None:
     return concurrency_of(row), 8192, 512
 
 
-# What scripts/inferencex_single_node.py reads from a launch script (its LAUNCH_FIELDS).
-LAUNCH_FIELDS = (
-    "kv_cache_dtype",
-    "mem_fraction",
-    "token_budget",
-    "max_seqs",
-    "graph_max_bs",
-    "recv_interval",
-)
+# What a launch script fixes for its engine: the columns scripts/inferencex_single_node.py
+# writes into the colocated config table (its module is the one definition of them).
+sys.path.insert(0, str(ROOT / "scripts"))
+from inferencex_single_node import LAUNCH_FIELDS  # noqa: E402
+
+_ARITHMETIC = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+}
 
 
 def _runner_value(expr: str, names: dict[str, int]) -> float | None:
@@ -283,18 +287,13 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
             return float(node.value)
         if isinstance(node, ast.Name) and node.id in names:
             return float(names[node.id])
-        if isinstance(node, ast.BinOp):
-            a, b = value(node.left), value(node.right)
-            ops = {ast.Add: a + b, ast.Sub: a - b, ast.Mult: a * b}
-            if isinstance(node.op, ast.Div | ast.FloorDiv) and b:
-                return a // b if isinstance(node.op, ast.FloorDiv) else a / b
-            if type(node.op) in ops:
-                return ops[type(node.op)]
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+            return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
         raise ValueError(expr)
 
     try:
         return value(tree)
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         return None
 
 
@@ -515,18 +514,23 @@ def _apply_script(
     it divides the chunk over the ranks, server_args.py)."""
     per_rank = dp if backend in ("trtllm", "vllm") else 1
     limits = dict(limits)
-    if "token_budget" in scripted:
-        limits["max_num_batched_tokens"] = int(scripted["token_budget"]) * per_rank
-    if "max_seqs" in scripted:
-        limits["max_num_seqs"] = int(scripted["max_seqs"]) * per_rank
-    overrides: dict[str, object] = {}
-    if "mem_fraction" in scripted:
-        overrides["mem_util"] = float(scripted["mem_fraction"])
-    if "graph_max_bs" in scripted:
-        overrides["cuda_graph_max_seqs"] = int(scripted["graph_max_bs"])
-    if "recv_interval" in scripted:
-        overrides["recv_interval_steps"] = int(scripted["recv_interval"])
+    for field, limit in (("token_budget", "max_num_batched_tokens"), ("max_seqs", "max_num_seqs")):
+        if field in scripted:
+            limits[limit] = int(scripted[field]) * per_rank
+    overrides = {
+        setting: kind(scripted[field])
+        for field, (setting, kind) in _SCRIPT_ENGINE_SETTINGS.items()
+        if field in scripted
+    }
     return engine.with_overrides(**overrides), limits
+
+
+# Launch-script fields that set an EngineProfile field directly: (field, its type).
+_SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
+    "mem_fraction": ("mem_util", float),
+    "graph_max_bs": ("cuda_graph_max_seqs", int),
+    "recv_interval": ("recv_interval_steps", int),
+}
 
 
 def protocol_of(row: dict[str, str]) -> ClientProtocol:
