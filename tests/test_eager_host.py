@@ -21,7 +21,7 @@ LLAMA8_FP8 = load_model("meta-llama/Llama-3.1-8B").with_dtypes(weight="fp8")
 H100 = get_device("h100_sxm")
 SGLANG = get_engine("sglang")
 GRAPHED = SGLANG.with_overrides(prefill_graph_max_tokens=8192)
-NO_HOST = SGLANG.with_overrides(eager_host_s_per_layer=0.0)
+NO_HOST = SGLANG.with_overrides(eager_host_s_per_layer=0.0, eager_host_s_per_moe_layer=0.0)
 
 
 def _kernels_s(pred: Predictor, decode: int, context: int, prefill: tuple) -> float:
@@ -122,3 +122,43 @@ def test_vllm_prefill_beyond_its_piecewise_graphs_pays_its_compiled_host_time() 
     assert pred.host_s(256, 1, 0) == 0.0
     step = pred.step_s(0, 0, ((1024, 0),)) - pred.overhead_s(0, 1)
     assert step == pytest.approx(host, rel=1e-12)
+
+
+def test_moe_layers_issue_more_host_work() -> None:
+    """DeepSeek-R1 (3 dense layers, 58 MoE) on SGLang and TensorRT-LLM: an eager forward costs
+    3 × 0.62 + 58 × 1.35 = 80.16 ms of host time (SGLang #12160 measured 82.6 ms for
+    DeepSeek-V3), a 1,024-token prefill on 8 B200s is host-bound at it; vLLM's compiled code
+    keeps its one figure for every layer (61 × 0.47 ms = 28.67 ms); with PP 2 the busiest stage
+    holds 31 layers of the same mix."""
+    from servesim.spec.engine_profile import (
+        EAGER_HOST_S_PER_MOE_LAYER,
+        VLLM_UNGRAPHED_HOST_S_PER_LAYER,
+    )
+
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    assert (r1.num_layers, r1.num_moe_layers) == (61, 58)
+    b200 = get_device("b200_sxm")
+    want = 3 * EAGER_HOST_S_PER_LAYER + 58 * EAGER_HOST_S_PER_MOE_LAYER
+    assert want == pytest.approx(80.16e-3)
+    for name in ("sglang", "trtllm"):
+        pred = Predictor(r1, b200, Parallel(tp=8), get_engine(name))
+        assert pred.host_s(1024, 1, 0) == pytest.approx(want)
+        bare = Predictor(
+            r1,
+            b200,
+            Parallel(tp=8),
+            get_engine(name).with_overrides(
+                eager_host_s_per_layer=0.0, eager_host_s_per_moe_layer=0.0
+            ),
+        )
+        kern = bare.step_s(0, 0, ((1024, 0),)) - bare.overhead_s(0, 1)
+        assert kern < want  # the kernels finish before the host has issued them all
+        step = pred.step_s(0, 0, ((1024, 0),)) - pred.overhead_s(0, 1)
+        assert step == pytest.approx(want, rel=1e-12)
+    staged = Predictor(r1, b200, Parallel(tp=4, pp=2), get_engine("sglang"))
+    assert staged.host_s(1024, 1, 0) == pytest.approx(want * 31 / 61)
+    vllm = Predictor(r1, b200, Parallel(tp=8), get_engine("vllm"))
+    assert vllm.host_s(1024, 1, 0) == pytest.approx(61 * VLLM_UNGRAPHED_HOST_S_PER_LAYER)
+    # a dense model is priced as before, whatever the MoE figure
+    llama = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
+    assert llama.host_s(1024, 1, 0) == pytest.approx(32 * EAGER_HOST_S_PER_LAYER)

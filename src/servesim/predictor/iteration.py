@@ -191,7 +191,7 @@ class Predictor:
         )
         self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
         self._attn_prov: dict[tuple, int] = {}  # attention (or GDN) shape -> provenance code
-        self._eager_s = self.engine.eager_host_s_per_layer * self.layers_per_stage
+        self._eager_s = self._eager_host_s()
         self._piecewise_s = self.engine.piecewise_host_s_per_layer * self.layers_per_stage
         self._hosted = bool(self._eager_s or self._piecewise_s)  # any host time to price
         self._dense_tab: list[float] = []
@@ -214,6 +214,16 @@ class Predictor:
     def layers_per_stage(self) -> int:
         """Layers on the busiest pipeline stage."""
         return math.ceil(self.model.num_layers / self.par.pp)
+
+    def _eager_host_s(self) -> float:
+        """Host seconds to issue the busiest stage's layers without a CUDA graph: MoE layers
+        at the engine's MoE figure, the others at its per-layer one."""
+        e = self.engine
+        moe = self._stage_fraction(self.model.num_moe_layers) if self.model.is_moe else 0.0
+        per_moe = e.eager_host_s_per_layer
+        if e.eager_host_s_per_moe_layer is not None:
+            per_moe = e.eager_host_s_per_moe_layer
+        return e.eager_host_s_per_layer * (self.layers_per_stage - moe) + per_moe * moe
 
     def _stage_fraction(self, count: int) -> float:
         """Share of `count` layers that the busiest stage holds (all of them when pp = 1)."""

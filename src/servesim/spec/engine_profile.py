@@ -43,6 +43,13 @@ REQUEST_OVERHEAD_S = 7.0e-3
 # PyTorch backend, which runs its modules the same way (no before/after measurement of its
 # eager prefill was found).
 EAGER_HOST_S_PER_LAYER = 0.62e-3
+# A mixture-of-experts layer issues more: routing, top-k, token permutation, the expert
+# GEMMs with their activation quantisation, the combine and the shared expert. SGLang PR
+# #12160 (sgl-project/sglang, DeepSeek-V3, 2025-10): a prefill of one new token took 82.6 ms
+# eager against 23.1 ms replayed as a CUDA graph (`forward cost` in the scheduler log), so the
+# eager forward was host-bound at 82.6 ms over 61 layers: 1.35 ms a layer (58 of them MoE,
+# with MLA attention). Dense layers keep the Llama figure above; every MoE layer takes this.
+EAGER_HOST_S_PER_MOE_LAYER = 1.35e-3
 # vLLM runs torch.compile'd code, so a forward outside its CUDA graphs (a prefill beyond the
 # piecewise capture sizes, or every prefill under `cudagraph_mode: FULL_DECODE_ONLY`) costs
 # less host time than an eager PyTorch module, but not none. vLLM issue #45709
@@ -95,6 +102,9 @@ class EngineProfile:
     # GPU, so such an iteration takes max(kernel time, host time) rather than their sum: a
     # short prefill is host-bound, a long one hides the launches. 0: launches are free.
     eager_host_s_per_layer: float = 0.0
+    # The same for a layer whose MLP is a mixture of experts (more kernels a layer);
+    # None: as eager_host_s_per_layer.
+    eager_host_s_per_moe_layer: float | None = None
     cuda_graph_max_seqs: int = 512  # decode batches up to this size replay a CUDA graph
     # Iterations that carry prefill tokens replay piecewise CUDA graphs up to this many tokens
     # (vLLM's piecewise cudagraphs, SGLang `--piecewise-cuda-graph-max-tokens`, TRT-LLM
@@ -285,6 +295,7 @@ ENGINES: dict[str, EngineProfile] = {
         # until PR #16331 made them the default in March 2026; InferenceX's DeepSeek launch
         # still passes --disable-piecewise-cuda-graph).
         eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
+        eager_host_s_per_moe_layer=EAGER_HOST_S_PER_MOE_LAYER,
         block_size=1,
         cuda_graph_max_seqs=256,
         max_num_seqs=4096,
@@ -303,6 +314,7 @@ ENGINES: dict[str, EngineProfile] = {
         # PyTorch backend: context phases run eager unless `torch_compile_config` enables
         # piecewise CUDA graphs (off by default: tensorrt_llm/llmapi/llm_args.py).
         eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
+        eager_host_s_per_moe_layer=EAGER_HOST_S_PER_MOE_LAYER,
         block_size=32,
         max_num_seqs=2048,
         mem_util=0.9,
