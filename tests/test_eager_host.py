@@ -21,7 +21,9 @@ LLAMA8_FP8 = load_model("meta-llama/Llama-3.1-8B").with_dtypes(weight="fp8")
 H100 = get_device("h100_sxm")
 SGLANG = get_engine("sglang")
 GRAPHED = SGLANG.with_overrides(prefill_graph_max_tokens=8192)
-NO_HOST = SGLANG.with_overrides(eager_host_s_per_layer=0.0, eager_host_s_per_moe_layer=0.0)
+NO_HOST = SGLANG.with_overrides(
+    eager_host_s_per_layer=0.0, eager_host_s_per_moe_layer=0.0, eager_host_s_per_linear_mixer=0.0
+)
 
 
 def _kernels_s(pred: Predictor, decode: int, context: int, prefill: tuple) -> float:
@@ -160,5 +162,42 @@ def test_moe_layers_issue_more_host_work() -> None:
     vllm = Predictor(r1, b200, Parallel(tp=8), get_engine("vllm"))
     assert vllm.host_s(1024, 1, 0) == pytest.approx(61 * VLLM_UNGRAPHED_HOST_S_PER_LAYER)
     # a dense model is priced as before, whatever the MoE figure
+    llama = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
+    assert llama.host_s(1024, 1, 0) == pytest.approx(32 * EAGER_HOST_S_PER_LAYER)
+
+
+def test_linear_attention_mixers_add_their_launches() -> None:
+    """Qwen3-Next-80B-A3B (48 MoE layers, 36 of them Gated DeltaNet) on 2 H200s, SGLang, one
+    1,024-token prompt: 48 × 1.35 + 36 × 0.66 = 88.56 ms of host time, which the kernels
+    (~30 ms) hide beneath; with the 9.56 ms frontend and the 1 ms scheduler pass that is the
+    99.17 ms TTFT SGLang PR #13081 measured. Qwen3.5-397B (60 MoE layers, 45 Gated DeltaNet):
+    60 × 1.35 + 45 × 0.66 = 110.7 ms. Models without a linear mixer are priced as before."""
+    from test_hybrid_models import QWEN3_NEXT
+
+    from servesim.spec.engine_profile import (
+        EAGER_HOST_S_PER_LINEAR_MIXER,
+        EAGER_HOST_S_PER_MOE_LAYER,
+    )
+    from servesim.spec.model import spec_from_config
+
+    nxt = spec_from_config(QWEN3_NEXT, name="qwen3_next")
+    assert (nxt.num_layers, nxt.num_moe_layers, nxt.num_linear_layers) == (48, 48, 36)
+    pred = Predictor(nxt, get_device("h200_sxm"), Parallel(tp=2), SGLANG)
+    host = 48 * EAGER_HOST_S_PER_MOE_LAYER + 36 * EAGER_HOST_S_PER_LINEAR_MIXER
+    assert host == pytest.approx(88.56e-3)
+    assert pred.host_s(1024, 1, 0) == pytest.approx(host)
+    assert _kernels_s(pred, 0, 0, ((1024, 0),)) < host
+    ttft = SGLANG.frontend_s(1024) + pred.step_s(0, 0, ((1024, 0),))
+    assert ttft == pytest.approx(99.17e-3, abs=0.2e-3)
+    qwen35 = load_model("Qwen/Qwen3.5-397B-A17B")
+    big = Predictor(qwen35, get_device("b200_sxm"), Parallel(tp=8), SGLANG)
+    assert big.host_s(1024, 1, 0) == pytest.approx(110.7e-3)
+    # PP 2: the busiest stage holds 30 of the 60 layers and half the mixers
+    staged = Predictor(qwen35, get_device("b200_sxm"), Parallel(tp=4, pp=2), SGLANG)
+    assert staged.host_s(1024, 1, 0) == pytest.approx(110.7e-3 / 2)
+    off = SGLANG.with_overrides(eager_host_s_per_linear_mixer=0.0)
+    assert Predictor(nxt, get_device("h200_sxm"), Parallel(tp=2), off).host_s(
+        1024, 1, 0
+    ) == pytest.approx(48 * EAGER_HOST_S_PER_MOE_LAYER)
     llama = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
     assert llama.host_s(1024, 1, 0) == pytest.approx(32 * EAGER_HOST_S_PER_LAYER)

@@ -217,13 +217,19 @@ class Predictor:
 
     def _eager_host_s(self) -> float:
         """Host seconds to issue the busiest stage's layers without a CUDA graph: MoE layers
-        at the engine's MoE figure, the others at its per-layer one."""
+        at the engine's MoE figure, the others at its per-layer one, and each linear-attention
+        mixer its extra."""
         e = self.engine
         moe = self._stage_fraction(self.model.num_moe_layers) if self.model.is_moe else 0.0
         per_moe = e.eager_host_s_per_layer
         if e.eager_host_s_per_moe_layer is not None:
             per_moe = e.eager_host_s_per_moe_layer
-        return e.eager_host_s_per_layer * (self.layers_per_stage - moe) + per_moe * moe
+        linear = self._stage_fraction(self.model.num_linear_layers)
+        return (
+            e.eager_host_s_per_layer * (self.layers_per_stage - moe)
+            + per_moe * moe
+            + e.eager_host_s_per_linear_mixer * linear
+        )
 
     def _stage_fraction(self, count: int) -> float:
         """Share of `count` layers that the busiest stage holds (all of them when pp = 1)."""

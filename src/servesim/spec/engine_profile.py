@@ -50,6 +50,16 @@ EAGER_HOST_S_PER_LAYER = 0.62e-3
 # eager forward was host-bound at 82.6 ms over 61 layers: 1.35 ms a layer (58 of them MoE,
 # with MLA attention). Dense layers keep the Llama figure above; every MoE layer takes this.
 EAGER_HOST_S_PER_MOE_LAYER = 1.35e-3
+# A linear-attention mixer (Gated DeltaNet, Mamba2, KDA) issues more again than softmax
+# attention: its chunked scan is several Triton kernels (cumulative decay, the intra-chunk
+# triangular solve, the state pass, the output), plus the causal convolution and the gating.
+# SGLang PR #13081 (Qwen3-Next-80B-A3B, 48 MoE layers of which 36 Gated DeltaNet, H200 TP 2,
+# one client, 1,024-token prompts): mean TTFT 99.17 ms with eager prefill. servesim prices that
+# request's frontend at 9.56 ms, the scheduler pass at 1.0 ms and 48 MoE layers of host time
+# at 64.8 ms (the kernels, 30 ms, hide beneath it); the 23.8 ms left over the 36 Gated DeltaNet
+# layers is 0.66 ms each, added to the layer's own figure. Measured for Gated DeltaNet only; the
+# other linear mixers (Mamba2's chunked scan is as many kernels) take the same figure.
+EAGER_HOST_S_PER_LINEAR_MIXER = 0.66e-3
 # vLLM runs torch.compile'd code, so a forward outside its CUDA graphs (a prefill beyond the
 # piecewise capture sizes, or every prefill under `cudagraph_mode: FULL_DECODE_ONLY`) costs
 # less host time than an eager PyTorch module, but not none. vLLM issue #45709
@@ -105,6 +115,9 @@ class EngineProfile:
     # The same for a layer whose MLP is a mixture of experts (more kernels a layer);
     # None: as eager_host_s_per_layer.
     eager_host_s_per_moe_layer: float | None = None
+    # Added for a layer whose mixer is linear attention (Gated DeltaNet, Mamba2, KDA) rather
+    # than softmax attention: its chunked scan launches more kernels.
+    eager_host_s_per_linear_mixer: float = 0.0
     cuda_graph_max_seqs: int = 512  # decode batches up to this size replay a CUDA graph
     # Iterations that carry prefill tokens replay piecewise CUDA graphs up to this many tokens
     # (vLLM's piecewise cudagraphs, SGLang `--piecewise-cuda-graph-max-tokens`, TRT-LLM
@@ -296,6 +309,7 @@ ENGINES: dict[str, EngineProfile] = {
         # still passes --disable-piecewise-cuda-graph).
         eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
         eager_host_s_per_moe_layer=EAGER_HOST_S_PER_MOE_LAYER,
+        eager_host_s_per_linear_mixer=EAGER_HOST_S_PER_LINEAR_MIXER,
         block_size=1,
         cuda_graph_max_seqs=256,
         max_num_seqs=4096,
@@ -315,6 +329,7 @@ ENGINES: dict[str, EngineProfile] = {
         # piecewise CUDA graphs (off by default: tensorrt_llm/llmapi/llm_args.py).
         eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
         eager_host_s_per_moe_layer=EAGER_HOST_S_PER_MOE_LAYER,
+        eager_host_s_per_linear_mixer=EAGER_HOST_S_PER_LINEAR_MIXER,
         block_size=32,
         max_num_seqs=2048,
         mem_util=0.9,
