@@ -361,7 +361,7 @@ def _prune_reason(
         return "tp_splits_heads", str(exc)
     if model.num_layers < c.pp:
         return "pp_exceeds_layers", f"PP={c.pp} exceeds {model.num_layers} layers"
-    m = model.with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype)
+    m = model.with_dtypes(weight=c.weight_dtype, kv=c.kv_dtype).loaded(c.num_draft_tokens > 0)
     if c.kv_dtype == "fp8" and "fp8" not in device.peak_flops_per_s:
         return "no_fp8", f"{device.name} has no fp8 support for an fp8 KV cache"
     try:

@@ -151,9 +151,10 @@ class Deployment:
         seqs, tokens, _ = self.batching()
         method = self.speculative.method if self.speculative is not None else ""
         share = engine_memory(self.engine, self.device, self.parallel, method)
+        model = self.model.loaded(mtp=method == "mtp")
         if self.af is not None:  # the attention pool's memory; the experts checked to fit
             return af_memory_layout(
-                self.model,
+                model,
                 self.device,
                 self.parallel,
                 self.af,
@@ -162,7 +163,7 @@ class Deployment:
                 **share,
             )
         return memory_layout(
-            self.model,
+            model,
             self.device,
             self.parallel,
             max_batched_tokens=tokens,

@@ -497,6 +497,16 @@ class ModelSpec:
         per_token = self.kv_values_per_token_per_layer * nbytes(self.kv_dtype)
         return full + self.num_sliding_layers * min(context_tokens, self.sliding_window) * per_token
 
+    def loaded(self, mtp: bool) -> ModelSpec:
+        """The model as an engine loads it: the checkpoint's MTP layers only when MTP drafting
+        uses them. Without it vLLM, SGLang and TensorRT-LLM skip `model.layers.<n>` for n past
+        `num_hidden_layers` when they load the weights (vLLM's `get_spec_layer_idx_from_weight_name`
+        check in deepseek_v2.py, SGLang's `DeepseekV2ForCausalLM.load_weights`; the draft model
+        class loads them), so those layers take no memory."""
+        if mtp or not self.num_mtp_layers:
+            return self
+        return replace(self, num_mtp_layers=0)
+
     def with_dtypes(
         self, weight: str | None = None, kv: str | None = None, expert: str | None = None
     ) -> ModelSpec:

@@ -1,0 +1,52 @@
+"""A checkpoint's MTP layers take memory only when MTP drafting loads them: without it vLLM,
+SGLang and TensorRT-LLM skip the layers past `num_hidden_layers` when they load the weights."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from servesim.errors import ServesimError
+from servesim.sim.deployment import Deployment
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.memory import weight_bytes_per_device
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
+
+R1 = load_model("deepseek-ai/DeepSeek-R1")  # fp8 checkpoint with one MTP layer
+
+
+def test_mtp_weights_count_only_when_drafting() -> None:
+    """DeepSeek-R1 on 8 B200s: the MTP layer (11.61 GB in fp8) adds 11.61 / 8 GB a GPU with MTP
+    on and nothing without; the model itself still reports it."""
+    assert R1.num_mtp_layers == 1
+    assert R1.mtp_bytes() == pytest.approx(11.61e9, rel=1e-3)
+    par = Parallel(tp=8)
+    dep = Deployment(
+        model=R1, device=get_device("b200_sxm"), parallel=par, engine=get_engine("sglang")
+    )
+    plain = dep.memory()
+    drafting = replace(dep, speculative=SpeculativeDecoding("mtp", 3)).memory()
+    assert drafting.weight_bytes - plain.weight_bytes == pytest.approx(R1.mtp_bytes() / 8)
+    assert plain.weight_bytes == pytest.approx(weight_bytes_per_device(R1.loaded(False), par))
+    assert drafting.weight_bytes == pytest.approx(weight_bytes_per_device(R1, par))
+    assert plain.kv_tokens > drafting.kv_tokens
+    assert R1.loaded(True) is R1
+    assert R1.loaded(False).num_mtp_layers == 0
+
+
+def test_a_layout_that_fits_only_without_the_mtp_layer() -> None:
+    """DeepSeek-R1 fp8 on 4 GB200s at SGLang's --mem-fraction-static 0.86 (InferenceX ran it
+    without MTP): 0.86 × 198.68 GB = 170.86 GB holds 168.25 GB of weights and the 2 GB fixed
+    reserve, leaving a KV cache; with the MTP layer (+2.90 GB) nothing is left."""
+    eng = get_engine("sglang").with_overrides(mem_util=0.86, mem_fraction_rule="")
+    dep = Deployment(model=R1, device=get_device("gb200"), parallel=Parallel(tp=4), engine=eng)
+    mem = dep.memory()
+    assert mem.usable_bytes == pytest.approx(170.86e9, rel=1e-4)
+    assert mem.weight_bytes == pytest.approx(168.25e9, rel=1e-4)
+    assert mem.kv_tokens > 0
+    with pytest.raises(ServesimError, match=r"needs 173\.1 GB"):
+        replace(dep, speculative=SpeculativeDecoding("mtp", 3)).memory()
