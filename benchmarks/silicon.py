@@ -478,10 +478,20 @@ def deployment_of(
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and scripted and all(x is None for x in (launch, trt, vllm)):
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
+        recipe = recipe_settings(row, prefix) if role != "agg" else {}
+        pool_model = model
+        if recipe:
+            eng, limits = _apply_script(eng, limits, recipe, row["backend"], par.dp)
+            if "kv_dtype" in recipe:
+                pool_model = model.with_dtypes(kv=str(recipe["kv_dtype"]))
+            if "adp_balance_timeout" in recipe and par.dp > 1:
+                eng = eng.with_overrides(
+                    adp_balance_timeout_iters=int(recipe["adp_balance_timeout"])
+                )
         if role == "agg" and aiconfigurator_mixed_chunk(row):
             eng = eng.with_overrides(mixed_batches=True)
         return Deployment(
-            model=model,
+            model=pool_model,
             device=device,
             parallel=par,
             engine=eng,
@@ -497,6 +507,18 @@ def deployment_of(
     # KV moves over NVLink inside one 8-GPU node, over the scale-out network beyond it.
     link = "nvlink" if pre.num_devices + dec.num_devices <= 8 else "infiniband"
     return DisaggDeployment(prefill=pre, decode=dec, link=link)
+
+
+def recipe_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
+    """The engine settings the srt-slurm recipe of a recovered disaggregated layout gives the
+    pool `prefix` (`prefill_` or `decode_`), from data/inferencex/disagg_layouts.csv's
+    `*_settings` column (`recovered_layout` copies it into the row): numbers as floats, the KV
+    dtype as its name; {} when the row has none."""
+    out: dict[str, float | str] = {}
+    for pair in (row.get(prefix + "settings") or "").split():
+        key, _, value = pair.partition("=")
+        out[key] = value if key == "kv_dtype" else float(value)
+    return out
 
 
 def _apply_script(
@@ -666,6 +688,7 @@ def _pool_columns(row: dict[str, str], layout: dict[str, str], pool: str) -> dic
     tp, ep = int(layout[f"{pool}_tp"]), int(layout[f"{pool}_ep"])
     dp = tp if layout[f"{pool}_dp_attn"] == "True" else 1
     return {
+        f"{pool}_settings": layout.get(f"{pool}_settings", ""),
         f"{pool}_num_workers": layout[f"{pool}_workers"],
         f"{pool}_batch_size": layout[f"{pool}_max_batch"],
         f"{pool}_tp_size": str(tp // dp),
@@ -692,7 +715,9 @@ def recovered_layout(
     prefill ep in their decode ep and leave dp-attention at 1, so those two columns say
     nothing). The match must be one layout (speculative decoding and its draft
     length are part of it) with the recipe's batch sizes; its layout replaces the row's pool
-    columns, and an MTP config adds `speculative_num_draft_tokens`.
+    columns, its recipe's engine flags come along as `prefill_settings` / `decode_settings`
+    (`recipe_settings`, applied by `deployment_of` like a colocated launch script's), and an
+    MTP config adds `speculative_num_draft_tokens`.
     """
     src = row.get("silicon_data_source", "")
     if (row.get("mode") or "").strip() != "disagg" or not src.startswith("source_file="):
@@ -760,7 +785,7 @@ _LAYOUT_KEYS = (
     *(
         f"{pool}_{key}"
         for pool in ("prefill", "decode")
-        for key in ("workers", "tp", "ep", "dp_attn", "max_batch")
+        for key in ("workers", "tp", "ep", "dp_attn", "max_batch", "settings")
     ),
 )
 

@@ -66,6 +66,8 @@ FIELDS = (
     "decode_ep",
     "decode_dp_attn",
     "decode_max_batch",
+    "prefill_settings",
+    "decode_settings",
     "concurrencies",
     "recipe_concurrencies",
     "recipe",
@@ -175,6 +177,93 @@ def recipe_draft_tokens(recipe_text: str) -> int | None:
     return None
 
 
+# KV-cache formats as the engines spell them -> servesim's (absent or "auto": the checkpoint's).
+KV_DTYPES = {"fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def _sglang_settings(cfg: dict) -> dict[str, object]:
+    """SGLang server flags servesim models: `--mem-fraction-static`, `--kv-cache-dtype`,
+    `--chunked-prefill-size` (per server), `--cuda-graph-max-bs`, `--scheduler-recv-interval`."""
+    out: dict[str, object] = {}
+    for flag, key in (
+        ("mem-fraction-static", "mem_fraction"),
+        ("chunked-prefill-size", "token_budget"),
+        ("cuda-graph-max-bs", "graph_max_bs"),
+        ("scheduler-recv-interval", "recv_interval"),
+    ):
+        if cfg.get(flag) is not None and float(cfg[flag]) > 0:
+            out[key] = cfg[flag]
+    return out
+
+
+def _trtllm_settings(cfg: dict) -> dict[str, object]:
+    """TensorRT-LLM LLM-API options servesim models: `kv_cache_config` (free-memory fraction,
+    dtype), `max_num_tokens` (per rank), `cuda_graph_config` (largest captured batch) and
+    attention-DP balancing (`attention_dp_config.enable_balance`, `timeout_iters`)."""
+    out: dict[str, object] = {}
+    kv = cfg.get("kv_cache_config") or {}
+    if kv.get("free_gpu_memory_fraction") is not None:
+        out["mem_fraction"] = kv["free_gpu_memory_fraction"]
+    if KV_DTYPES.get(str(kv.get("dtype", "")).lower()):
+        out["kv_dtype"] = KV_DTYPES[str(kv["dtype"]).lower()]
+    if cfg.get("max_num_tokens"):
+        out["token_budget"] = cfg["max_num_tokens"]
+    graphs = cfg.get("cuda_graph_config")
+    if isinstance(graphs, dict):
+        sizes = graphs.get("batch_sizes") or []
+        top = graphs.get("max_batch_size") or (max(sizes) if sizes else None)
+        if top:
+            out["graph_max_bs"] = top
+    adp = cfg.get("attention_dp_config") or {}
+    if adp.get("enable_balance") and adp.get("timeout_iters"):
+        out["adp_balance_timeout"] = adp["timeout_iters"]
+    return out
+
+
+def _vllm_settings(cfg: dict) -> dict[str, object]:
+    """vLLM engine arguments servesim models: `--gpu-memory-utilization`, `--kv-cache-dtype`,
+    `--max-num-batched-tokens` (per engine) and `--max-cudagraph-capture-size`."""
+    out: dict[str, object] = {}
+    for flag, key in (
+        ("gpu-memory-utilization", "mem_fraction"),
+        ("max-num-batched-tokens", "token_budget"),
+        ("max-cudagraph-capture-size", "graph_max_bs"),
+    ):
+        if cfg.get(flag) is not None and float(cfg[flag]) > 0:
+            out[key] = cfg[flag]
+    return out
+
+
+def recipe_settings(recipe_text: str) -> tuple[str, str]:
+    """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
+    `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
+    token_budget, graph_max_bs, recv_interval, adp_balance_timeout); each engine's values keep
+    their own meaning (a fraction of the device or of free memory, a budget per server or per
+    rank), which `benchmarks/silicon.py` applies as it does for colocated launch scripts."""
+    doc = parsed(recipe_text)
+    backend = doc.get("backend") or {}
+    out = []
+    for role in ("prefill", "decode"):
+        sgl = (backend.get("sglang_config") or {}).get(role)
+        trt = (backend.get("trtllm_config") or {}).get(role)
+        vllm = (backend.get("vllm_config") or {}).get(role)
+        found: dict[str, object] = {}
+        if isinstance(sgl, dict):
+            found = _sglang_settings(sgl)
+            dtype = KV_DTYPES.get(str(sgl.get("kv-cache-dtype", "")).lower())
+            if dtype:
+                found["kv_dtype"] = dtype
+        elif isinstance(trt, dict):
+            found = _trtllm_settings(trt)
+        elif isinstance(vllm, dict):
+            found = _vllm_settings(vllm)
+            dtype = KV_DTYPES.get(str(vllm.get("kv-cache-dtype", "")).lower())
+            if dtype:
+                found["kv_dtype"] = dtype
+        out.append(" ".join(f"{k}={v}" for k, v in sorted(found.items())))
+    return out[0], out[1]
+
+
 def recipe_concurrencies(recipe_text: str) -> list[int]:
     """The client counts an srt-slurm recipe's benchmark runs (`benchmark.concurrencies`:
     `"36"`, `"4x8x16"` or a list); [] when it names none.
@@ -237,6 +326,7 @@ def layouts(
                 r_commit = ""
                 unknown = pb is None or db is None or (spec != "none" and mtp is None)
                 clients: list[int] = []
+                pre_set = dec_set = ""
                 if recipe and srt_commit:
                     r_commit = srt_commit
                     body = file_at(srt, srt_commit, recipe)
@@ -253,6 +343,7 @@ def layouts(
                     )
                     if body and same:
                         clients = recipe_concurrencies(body)
+                        pre_set, dec_set = recipe_settings(body)
                         if unknown:
                             rp, rd = recipe_batches(body)
                             pb = pb if pb is not None else rp
@@ -284,6 +375,8 @@ def layouts(
                         "decode_ep": dec.get("ep", ""),
                         "decode_dp_attn": bool(dec.get("dp-attn", False)),
                         "decode_max_batch": db if db is not None else "",
+                        "prefill_settings": pre_set,
+                        "decode_settings": dec_set,
                         "concurrencies": " ".join(str(c) for c in conc),
                         "recipe_concurrencies": " ".join(str(c) for c in clients),
                         "recipe": recipe,

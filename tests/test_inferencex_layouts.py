@@ -13,6 +13,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import silicon  # noqa: E402
 
 DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
+SETTING_KEYS = {
+    "mem_fraction",
+    "kv_dtype",
+    "token_budget",
+    "graph_max_bs",
+    "recv_interval",
+    "adp_balance_timeout",
+}
 
 
 def dev_row(row_id: str) -> dict[str, str]:
@@ -157,6 +165,11 @@ def test_layout_table_is_well_formed() -> None:
         assert flat == sorted(flat)
         assert len(runs) == len(r["source_commits"].split()) == len(r["recipe_commits"].split())
         assert all(len(c) == 12 for c in r["source_commits"].split())
+        for pool in ("prefill", "decode"):  # recipe engine settings: known keys, numbers
+            for pair in r[f"{pool}_settings"].split():
+                key, _, value = pair.partition("=")
+                assert key in SETTING_KEYS, (r["config_key"], pair)
+                assert value in ("fp8", "bf16") if key == "kv_dtype" else float(value) > 0
 
 
 def test_mtp_row_gets_the_config_s_draft_length_and_is_simulated_with_it() -> None:
@@ -324,3 +337,81 @@ def test_a_kimi_gb200_disaggregated_row_gets_its_recipe_and_simulates() -> None:
     assert silicon.specified_or_reason(filled, benchmarked_clients=True) == ""
     ttft_ms, tpot_ms = silicon.simulate_row(filled, silicon.Catalog(), 2)
     assert 0 < ttft_ms < 1000 and 0 < tpot_ms < 100
+
+
+def test_recipe_engine_settings_in_servesim_names() -> None:
+    """Each engine's recipe flags under servesim's names: SGLang's memory fraction, KV dtype,
+    chunked-prefill size, graph size and receive interval; TensorRT-LLM's kv_cache_config,
+    max_num_tokens, cuda_graph_config and attention-DP balancing; vLLM's engine arguments."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    sgl = (
+        "backend:\n  sglang_config:\n    prefill:\n      mem-fraction-static: 0.95\n"
+        "      kv-cache-dtype: fp8_e4m3\n      chunked-prefill-size: 8192\n"
+        "      scheduler-recv-interval: 10\n    decode:\n      cuda-graph-max-bs: 128\n"
+        "      mem-fraction-static: 0.85\n      stream-interval: 10\n"
+    )
+    assert lay.recipe_settings(sgl) == (
+        "kv_dtype=fp8 mem_fraction=0.95 recv_interval=10 token_budget=8192",
+        "graph_max_bs=128 mem_fraction=0.85",
+    )
+    trt = (
+        "backend:\n  trtllm_config:\n    prefill:\n      max_num_tokens: 16384\n"
+        "      cuda_graph_config: null\n      kv_cache_config:\n        dtype: fp8\n"
+        "        free_gpu_memory_fraction: 0.6\n    decode:\n      max_num_tokens: 768\n"
+        "      cuda_graph_config:\n        batch_sizes: [1, 2, 4, 768]\n"
+        "      attention_dp_config:\n        enable_balance: true\n        timeout_iters: 60\n"
+    )
+    assert lay.recipe_settings(trt) == (
+        "kv_dtype=fp8 mem_fraction=0.6 token_budget=16384",
+        "adp_balance_timeout=60 graph_max_bs=768 token_budget=768",
+    )
+    vllm = (
+        "backend:\n  vllm_config:\n    prefill:\n      gpu-memory-utilization: 0.9\n"
+        "      kv-cache-dtype: fp8\n      max-num-batched-tokens: 16384\n"
+        "    decode:\n      max-cudagraph-capture-size: 512\n"
+    )
+    assert lay.recipe_settings(vllm) == (
+        "kv_dtype=fp8 mem_fraction=0.9 token_budget=16384",
+        "graph_max_bs=512",
+    )
+    assert lay.recipe_settings("backend: {}\n") == ("", "")
+
+
+def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
+    """Hand-checked: the GB200 TensorRT-LLM row's recipe (ctx1_gen2_dep4_batch768_eplb0_mtp0,
+    srt-slurm 0e421305fe4a) gives the context servers an fp8 KV cache, 60 % of free memory and
+    max_num_tokens 16384 a rank, and the generation servers an fp8 cache, 80 %, max_num_tokens
+    768 a rank and CUDA graphs up to 768 sequences a rank. The SGLang GB200 fp8 row's recipe
+    (gb200-fp8/1k1k/low-latency.yaml) sets mem-fraction-static 0.95, an fp8 cache, a
+    receive interval of 10 and chunked prefill of 8192 on both pools, graphs up to 128."""
+    from servesim.spec.devices import Catalog
+
+    row = dev_row("2026_03_25_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c6144_tp4_0_ep4_0_359")
+    filled, _, refusal = silicon.recovered_layout(row)
+    assert refusal == ""
+    assert (
+        filled["decode_settings"]
+        == "graph_max_bs=768 kv_dtype=fp8 mem_fraction=0.8 token_budget=768"
+    )
+    dep = silicon.deployment_of(filled, Catalog())
+    pre, dec = dep.prefill, dep.decode
+    assert (pre.model.kv_dtype, dec.model.kv_dtype) == ("fp8", "fp8")
+    assert (pre.engine.mem_util, dec.engine.mem_util) == (0.6, 0.8)
+    assert pre.engine.mem_util_of_free  # TensorRT-LLM's fraction is of the free memory
+    assert pre.max_num_batched_tokens == 16384 * 4  # per rank, 4 attention-DP ranks
+    assert dec.max_num_batched_tokens == 768 * 4
+    assert dec.engine.cuda_graph_max_seqs == 768
+    sgl = dev_row("2026_03_25_deepseek_r1_gb200_sglang_fp8_disagg_1024x1024_c8_tp4_0_ep1_0_828")
+    filled, _, refusal = silicon.recovered_layout(sgl)
+    assert refusal == ""
+    dep = silicon.deployment_of(filled, Catalog())
+    for pool in (dep.prefill, dep.decode):
+        assert pool.model.kv_dtype == "fp8"
+        assert pool.engine.mem_util == 0.95
+        assert pool.engine.recv_interval_steps == 10
+        assert pool.engine.cuda_graph_max_seqs == 128
+        assert pool.max_num_batched_tokens == 8192  # per server
+    # a row without a recovered layout keeps the engine's defaults
+    assert silicon.recipe_settings({}, "decode_") == {}
