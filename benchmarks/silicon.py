@@ -64,6 +64,7 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -713,8 +714,10 @@ def recovered_layout(
     there, e.g. 4 for a recipe of 9 decode workers that runs 36 clients) or, without a recipe,
     in its conc-list; and its prefill tp/ep and decode tp equal the row's (the rows repeat the
     prefill ep in their decode ep and leave dp-attention at 1, so those two columns say
-    nothing). The match must be one layout (speculative decoding and its draft
-    length are part of it) with the recipe's batch sizes; its layout replaces the row's pool
+    nothing); where none does and both tp columns hold the same number, that number is read as
+    the deployment's GPUs (workers × tp over both pools: December 2025 exports write it so).
+    The match must be one layout (speculative decoding and its draft length are part of it)
+    with the recipe's batch sizes; its layout replaces the row's pool
     columns, its recipe's engine flags come along as `prefill_settings` / `decode_settings`
     (`recipe_settings`, applied by `deployment_of` like a colocated launch script's), and an
     MTP config adds `speculative_num_draft_tokens`.
@@ -737,22 +740,30 @@ def recovered_layout(
         "precision": row.get("precision", ""),
         "isl": row.get("isl", ""),
         "osl": row.get("osl", ""),
+    }
+    pools = {
         "prefill_tp": row.get("prefill_tp_size", ""),
         "prefill_ep": row.get("prefill_moe_ep_size", ""),
         "decode_tp": row.get("decode_tp_size", ""),
     }
-    matches = {}
-    for item in table if table is not None else inferencex_layouts():
-        if (
-            INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
-            and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
-            and all(item[k] == v for k, v in want.items())
-            and in_effect(item["days_in_effect"], day) is not None
-            and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
-            and (not image or item["image"].replace("#", "/") == image)
-        ):
-            layout = tuple(item[k] for k in _LAYOUT_KEYS)
-            matches.setdefault(layout, item)
+    items = [
+        item
+        for item in (table if table is not None else inferencex_layouts())
+        if INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
+        and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
+        and all(item[k] == v for k, v in want.items())
+        and in_effect(item["days_in_effect"], day) is not None
+        and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
+        and (not image or item["image"].replace("#", "/") == image)
+    ]
+    matches = _layouts_of(item for item in items if all(item[k] == v for k, v in pools.items()))
+    total = ""
+    if not matches and _float(pools["prefill_tp"]) == _float(pools["decode_tp"]) > 0:
+        # Some dashboard exports (rows measured in December 2025) state the deployment's total
+        # GPU count in both tp columns: prefill 1 x 4 + decode 1 x 32 GPUs reads "36" / "36".
+        n = _float(pools["prefill_tp"])
+        matches = _layouts_of(item for item in items if _item_gpus(item) == n)
+        total = f"; the row's tp {n:g} read as the deployment's GPUs"
     if not matches:
         return row, "", "no InferenceX config matches"
     if len(matches) > 1:
@@ -774,7 +785,31 @@ def recovered_layout(
     if item["recipe"]:
         rc = item["recipe_commits"].split()[run]
         where += f" ({item['config_key']}; recipe {item['recipe']}@srt-slurm {rc})"
-    return filled, f"layout recovered from InferenceX config {where}", ""
+    return filled, f"layout recovered from InferenceX config {where}{total}", ""
+
+
+def _float(text: str) -> float:
+    """A column's number (0 when empty or not a number)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _item_gpus(item: dict[str, str]) -> float:
+    """GPUs of an InferenceX disaggregated item: workers × tp of both pools."""
+    return sum(
+        _float(item[f"{pool}_workers"]) * _float(item[f"{pool}_tp"])
+        for pool in ("prefill", "decode")
+    )
+
+
+def _layouts_of(items: Iterable[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
+    """Distinct layouts (`_LAYOUT_KEYS`) among InferenceX items, the first item of each."""
+    out: dict[tuple[str, ...], dict[str, str]] = {}
+    for item in items:
+        out.setdefault(tuple(item[k] for k in _LAYOUT_KEYS), item)
+    return out
 
 
 # What makes two InferenceX items the same deployment: speculative decoding and each pool's

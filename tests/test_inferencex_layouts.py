@@ -86,13 +86,19 @@ def test_recipe_gone_from_srt_slurm_that_day_is_read_where_it_was_first_publishe
 def test_ambiguous_and_unmatched_rows_stay_refused_with_their_reason() -> None:
     """h200 SGLang 1k/1k at concurrency 1: the low-latency 1p9d recipe is listed both without
     and with MTP (same TP layout and image), so the row cannot say which ran. GB200 TRT-LLM of
-    December 2025 at tp 36: the export counts the whole deployment's GPUs as TP."""
+    December 2025 at tp 36 and 4 clients: the export counts the whole deployment's GPUs as TP,
+    and an MTP and a plain item of 36 GPUs both ran 4 clients."""
     amb = dev_row("2026_03_25_deepseek_r1_h200_sxm_sglang_fp8_disagg_1024x1024_c1_tp8_0_ep1_0_890")
     filled, source, refusal = silicon.recovered_layout(amb)
     assert (source, refusal) == ("", "2 InferenceX configs match")
     assert filled is amb
     none = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c4_tp36_ep1_1079")
-    assert silicon.recovered_layout(none)[1:] == ("", "no InferenceX config matches")
+    assert silicon.recovered_layout(none)[1:] == ("", "2 InferenceX configs match")
+    other = {
+        **none,
+        "silicon_data_source": none["silicon_data_source"].replace("2025-12", "2024-12"),
+    }
+    assert silicon.recovered_layout(other)[1:] == ("", "no InferenceX config matches")
 
 
 def test_clients_are_the_ones_the_srt_slurm_recipe_benchmarks() -> None:
@@ -415,3 +421,28 @@ def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
         assert pool.max_num_batched_tokens == 8192  # per server
     # a row without a recovered layout keeps the engine's defaults
     assert silicon.recipe_settings({}, "decode_") == {}
+
+
+def test_rows_stating_the_deployment_s_total_gpus_in_their_tp_columns() -> None:
+    """December 2025 dashboard rows write the deployment's GPU count in both tp columns. Hand-
+    checked: the GB200 TensorRT-LLM fp4 1k/1k row at 2,150 clients says tp 24 / 24; of the
+    items in effect on 2025-12-05 that benchmark 2,150 clients (nvidia-master.yaml@25506e87c8e4)
+    only the MTP one with 2 prefill workers x 4 GPUs and 1 decode worker x 16 GPUs has 24 GPUs.
+    At 8 clients the row says 36, and both the MTP and the plain item with 1 x 4 + 4 x 8 GPUs
+    run 8 clients: refused as ambiguous."""
+    row = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c2150_tp24_ep1_1081")
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == ""
+    assert source.endswith("the row's tp 24 read as the deployment's GPUs")
+    expect = {
+        "prefill_num_workers": "2",
+        "prefill_attention_dp_size": "4",
+        "decode_num_workers": "1",
+        "decode_attention_dp_size": "16",
+        "decode_moe_ep_size": "16",
+        "speculative_num_draft_tokens": filled["speculative_num_draft_tokens"],
+    }
+    assert {k: filled[k] for k in expect} == expect
+    assert int(filled["speculative_num_draft_tokens"]) >= 1
+    ambiguous = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c8_tp36_ep1_1077")
+    assert silicon.recovered_layout(ambiguous)[2] == "2 InferenceX configs match"

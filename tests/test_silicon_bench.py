@@ -225,8 +225,9 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
     assert [r["status"] for r in out][:2] == ["ok", "ok"] and out[3]["status"] == "ok"
     assert last["rows"] == 3 and last["skipped"] == 2 and last["predicted_fraction"] == 0.6
     assert last["skipped_by_reason"] == {
-        # a December 2025 export whose tp 36 counts the whole deployment's GPUs
-        "no InferenceX config matches": 1,
+        # a December 2025 export whose tp 36 counts the whole deployment's GPUs, which an MTP
+        # and a plain item both have at 4 clients
+        "2 InferenceX configs match": 1,
         "agg row with concurrency above batch_size × attention_dp and no replica count": 1,
     }
     assert last["recovered_layouts"] == 0 and all(r["layout_source"] == "" for r in out)
