@@ -24,7 +24,10 @@ not guess a layout. Fully specified means, per mode:
 Anything else is refused with the reason and counted like the other skips. InferenceX dashboard
 rows (`source_file=<date>.csv`) that lack disaggregated worker counts and batch sizes are first
 completed from the deployment InferenceX's config listed for them (`recovered_layout`, table
-data/inferencex/disagg_layouts.csv), only where exactly one layout matches. InferenceX's
+data/inferencex/disagg_layouts.csv), only where exactly one layout matches, and run with the
+flags of that layout's srt-slurm recipe; rows that state their layout (database records) take
+the flags and batch limits of the one recipe with that layout, if one (`stated_layout_settings`:
+a record's batch columns are a placeholder and the clients per rank). InferenceX's
 colocated rows (dashboard exports, database records) are matched to the config that ran them
 (`single_node_config`, table data/inferencex/single_node_configs.csv) by image, day, layout and
 concurrency: runs with speculative decoding (MTP), which the rows do not flag, are simulated
@@ -48,7 +51,8 @@ The last line is one JSON object: overall TTFT/TPOT median and p90 absolute perc
 (reason → rows), the slowest row's wall time and `recovered_layouts` (rows whose layout came from
 InferenceX's config). `--rows-out FILE` writes one CSV row per input
 row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused),
-`layout_source` (where a recovered layout came from, else empty) and the wall and CPU seconds
+`layout_source` (where a recovered layout or a stated layout's recipe flags came from, else
+empty) and the wall and CPU seconds
 it took (on a shared machine CPU time is the steadier figure).
 """
 
@@ -788,6 +792,65 @@ def recovered_layout(
     return filled, f"layout recovered from InferenceX config {where}{total}", ""
 
 
+def stated_layout_settings(
+    row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
+) -> tuple[dict[str, str], str]:
+    """(row, note): an InferenceX disaggregated row that states its own layout (database
+    records, `db-dump/...`, and exports with worker counts) with its srt-slurm recipe's engine
+    flags (`prefill_settings` / `decode_settings`) where the InferenceX items in effect that day
+    for its model, GPU, framework, precision, ISL/OSL, clients and image with the same workers,
+    TP, attention DP and EP in both pools name exactly one set of flags; else the row unchanged
+    and ''. It refines a stated deployment, so no match is not a refusal."""
+    src = row.get("silicon_data_source", "")
+    if (row.get("mode") or "").strip() != "disagg" or row.get("prefill_settings"):
+        return row, ""
+    if not (src.startswith("db-dump/") or src.startswith("source_file=2")):
+        return row, ""
+    fields = dict(kv.strip().split("=", 1) for kv in src.split(";") if "=" in kv)
+    day = fields.get("measured", "")[:10]
+    image = fields.get("image", "")
+    if not image and src.startswith("db-dump/"):  # the record's last item is its image
+        image = src.rsplit(";", 1)[-1].strip() if "=" not in src.rsplit(";", 1)[-1] else ""
+    image = image.replace("#", "/")
+    name = fields.get("model") or row.get("model_path", "")
+    conc = str(concurrency_of(row))
+    keys = ("num_workers", "tp_size", "attention_dp_size", "moe_ep_size")
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for item in table if table is not None else inferencex_layouts():
+        if (
+            INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
+            and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
+            and item["model_prefix"] == inferencex_prefix(name)
+            and all(item[k] == row.get(k, "") for k in ("precision", "isl", "osl"))
+            and in_effect(item["days_in_effect"], day) is not None
+            and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
+            and (not image or item["image"].replace("#", "/") == image)
+            and (item["prefill_settings"] or item["decode_settings"])
+            and all(
+                _float(cols[f"{pool}_{k}"]) == _float(row.get(f"{pool}_{k}", ""))
+                for pool in ("prefill", "decode")
+                for cols in (_pool_columns(row, item, pool),)
+                for k in keys
+            )
+        ):
+            found.setdefault((item["prefill_settings"], item["decode_settings"]), item)
+    if len(found) != 1:
+        return row, ""
+    (pre, dec), item = next(iter(found.items()))
+    run = in_effect(item["days_in_effect"], day) or 0
+    note = f"engine flags from {item['recipe']}@srt-slurm {item['recipe_commits'].split()[run]}"
+    out = {**row, "prefill_settings": pre, "decode_settings": dec}
+    if src.startswith("db-dump/") and item["prefill_max_batch"] and item["decode_max_batch"]:
+        # A database record of a disaggregated run does not hold the engines' batch limits: its
+        # prefill batch is 1 in every record (the recipes' context servers take 1-64 requests a
+        # rank) and its decode batch is the clients over the decode ranks (370 clients on 5
+        # workers: 74, where the recipe's generation servers take 64). The recipe's stand.
+        out["prefill_batch_size"] = item["prefill_max_batch"]
+        out["decode_batch_size"] = item["decode_max_batch"]
+        note += f"; batch {item['prefill_max_batch']} / {item['decode_max_batch']} a rank from it"
+    return out, note
+
+
 def _float(text: str) -> float:
     """A column's number (0 when empty or not a number)."""
     try:
@@ -1208,7 +1271,11 @@ def main(argv: list[str] | None = None) -> int:
         row, out["layout_source"], refusal = recovered_layout(row)
         if not refusal and not out["layout_source"]:
             row, out["layout_source"], refusal = single_node_config(row)
-        recovered = bool(out["layout_source"]) and row.get("mode") == "disagg"
+        if not refusal and not out["layout_source"]:
+            row, out["layout_source"] = stated_layout_settings(row)
+        recovered = row.get("mode") == "disagg" and out["layout_source"].startswith(
+            ("layout recovered", "engine flags")
+        )
         status = refusal or specified_or_reason(row, benchmarked_clients=recovered)
         try:
             out["concurrency"] = concurrency_of(row)

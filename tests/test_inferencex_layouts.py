@@ -446,3 +446,24 @@ def test_rows_stating_the_deployment_s_total_gpus_in_their_tp_columns() -> None:
     assert int(filled["speculative_num_draft_tokens"]) >= 1
     ambiguous = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c8_tp36_ep1_1077")
     assert silicon.recovered_layout(ambiguous)[2] == "2 InferenceX configs match"
+
+
+def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
+    """Hand-checked: database record cfg315 (B200 TensorRT-LLM fp4, 8k/1k, 370 clients) states
+    2 context workers of 4 attention-DP ranks and 5 generation workers of TEP 8, prefill batch 1
+    and decode batch 74 (= 370 / 5: clients, not a limit). Of InferenceX's items that day only the
+    ctx2_gen5_tep8_batch64 recipe has that layout: its flags come along and its batch limits
+    (2 a context rank, 64 a generation worker) replace the record's. A record no item matches
+    (GB200 cfg229) keeps what it states; colocated rows are left alone."""
+    row = dev_row("dsr1_b200_trtllm_fp4_disagg_8192x1024_c370_cfg315")
+    assert (row["prefill_batch_size"], row["decode_batch_size"]) == ("1", "74")
+    out, note = silicon.stated_layout_settings(row)
+    assert note.startswith("engine flags from recipes/trtllm/b200-fp4/8k1k/stp/")
+    assert "ctx2_gen5_tep8_batch64_eplb0_mtp0.yaml" in note
+    assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("2", "64")
+    assert out["decode_settings"] == "graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 token_budget=64"
+    assert row["decode_batch_size"] == "74"  # the input row is not modified
+    other = dev_row("dsr1_gb200_trtllm_fp4_disagg_8192x1024_c6_cfg229")
+    assert silicon.stated_layout_settings(other) == (other, "")
+    agg = dev_row("dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91")
+    assert silicon.stated_layout_settings(agg) == (agg, "")
