@@ -522,7 +522,13 @@ def recipe_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
     out: dict[str, float | str] = {}
     for pair in (row.get(prefix + "settings") or "").split():
         key, _, value = pair.partition("=")
-        out[key] = value if key == "kv_dtype" else float(value)
+        try:
+            out[key] = value if key == "kv_dtype" else float(value)
+        except ValueError:
+            raise ServesimError(
+                f"{prefix}settings holds {pair!r}, not key=number; regenerate the layout table "
+                "with scripts/inferencex_layouts.py"
+            ) from None
     return out
 
 

@@ -7,10 +7,14 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import silicon  # noqa: E402
+
+from servesim.errors import ServesimError  # noqa: E402
 
 DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
 SETTING_KEYS = {
@@ -421,6 +425,8 @@ def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
         assert pool.max_num_batched_tokens == 8192  # per server
     # a row without a recovered layout keeps the engine's defaults
     assert silicon.recipe_settings({}, "decode_") == {}
+    with pytest.raises(ServesimError, match="decode_settings holds 'token_budget=lots'"):
+        silicon.recipe_settings({"decode_settings": "token_budget=lots"}, "decode_")
 
 
 def test_rows_stating_the_deployment_s_total_gpus_in_their_tp_columns() -> None:
