@@ -69,6 +69,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,7 @@ from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed
 from servesim.spec.devices import Catalog
+from servesim.spec.dtypes import canonical
 from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
@@ -307,7 +309,8 @@ def script_launch(row: dict[str, str]) -> dict[str, float | str]:
     `single_node_config` found it (`launch_*` columns from data/inferencex/single_node_configs
     .csv): only the settings the script fixes, evaluated for the row's ISL, OSL, clients and
     GPUs; {} for other rows. The KV dtype is 'auto' (the checkpoint's own) when the script
-    leaves the engine's default."""
+    leaves the engine's default; `ssm_dtype` (the recurrent state's format) only when it sets
+    one."""
     if "launch_gpus" not in row:
         return {}
     names = {
@@ -318,7 +321,11 @@ def script_launch(row: dict[str, str]) -> dict[str, float | str]:
         "EP_SIZE": _int(row, "launch_ep"),
     }
     out: dict[str, float | str] = {"kv_cache_dtype": row.get("launch_kv_cache_dtype") or "auto"}
-    for field in LAUNCH_FIELDS[1:]:
+    if row.get("launch_ssm_dtype"):
+        out["ssm_dtype"] = row["launch_ssm_dtype"]
+    for field in LAUNCH_FIELDS:
+        if field in ("kv_cache_dtype", "ssm_dtype"):
+            continue
         v = _runner_value(row.get(f"launch_{field}", ""), names)
         if v is not None and v > 0:
             out[field] = v
@@ -396,6 +403,9 @@ def _model(row: dict[str, str]):
         kv = quant if quant == "fp8" else None
     if quant or moe or kv:
         model = model.with_dtypes(weight=quant or None, kv=kv, expert=moe or None)
+    ssm = script_launch(row).get("ssm_dtype")
+    if ssm and model.num_linear_layers:  # e.g. SGLang --mamba-ssm-dtype bfloat16
+        model = replace(model, state_dtype=canonical(str(ssm)))
     return model
 
 

@@ -48,6 +48,7 @@ LAUNCH_FIELDS = (
     "max_seqs",
     "graph_max_bs",
     "recv_interval",
+    "ssm_dtype",
 )
 # The runner's variables a script's values may depend on (runners/launch_*.sh export them).
 RUNNER_VARS = ("ISL", "OSL", "CONC", "TP", "EP_SIZE")
@@ -194,7 +195,10 @@ def launch_settings(script: str) -> dict[str, str]:
       `--max_batch_size` or a top-level `max_batch_size:`;
     - graph_max_bs: SGLang `--cuda-graph-max-bs`, vLLM `max-cudagraph-capture-size`,
       TensorRT-LLM `cuda_graph_config`'s `max_batch_size`;
-    - recv_interval: SGLang `--scheduler-recv-interval`.
+    - recv_interval: SGLang `--scheduler-recv-interval`;
+    - ssm_dtype: the recurrent (Mamba / Gated DeltaNet) state's format, SGLang
+      `--mamba-ssm-dtype`, vLLM `--mamba-ssm-cache-dtype`; '' leaves the checkpoint's
+      `mamba_ssm_dtype`.
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
@@ -259,6 +263,16 @@ def launch_settings(script: str) -> dict[str, str]:
             assigned,
         ),
         "recv_interval": _one(script, (r"--scheduler-recv-interval" + val,), assigned),
+        "ssm_dtype": _one(
+            script,
+            (
+                r"--mamba-ssm-dtype" + val,
+                r"--mamba-ssm-cache-dtype" + val,
+                r"^mamba-ssm-cache-dtype" + yaml_val,
+            ),
+            {},
+            word=True,
+        ),
     }
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype

@@ -222,14 +222,17 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "max_seqs": "512",
         "graph_max_bs": "CONC",
         "recv_interval": "",
+        "ssm_dtype": "",
     }
     sglang = (
         "if [[ $TP -eq 8 ]]; then\n  MEM_FRAC_STATIC=0.82\nelse\n  MEM_FRAC_STATIC=0.95\nfi\n"
         "python3 -m sglang.launch_server --mem-fraction-static $MEM_FRAC_STATIC "
         "--kv-cache-dtype fp8_e4m3 --scheduler-recv-interval 10 # --chunked-prefill-size 4\n"
+        "--mamba-ssm-dtype bfloat16 \\\n"
     )
     got = launch_settings(sglang)
     assert (got["mem_fraction"], got["kv_cache_dtype"], got["recv_interval"]) == ("", "fp8", "10")
+    assert got["ssm_dtype"] == "bfloat16"  # Qwen3.5's SGLang launches since 2026-02-28
 
 
 def test_a_scripted_row_runs_with_its_scripts_settings() -> None:

@@ -494,3 +494,23 @@ def test_every_aiconfigurator_quant_mode_is_one_servesim_prices() -> None:
         model.with_dtypes(weight=fmt, expert=fmt)  # raises for a format servesim lacks
     assert silicon.QUANT["w4a8_mxfp4_mxfp8"] == "mxfp4"
     assert silicon.QUANT["nvfp4_wo"] == "mxfp4"  # W4A16: not the FP4 tensor-core rate
+
+
+def test_launch_ssm_dtype_reaches_the_model() -> None:
+    """InferenceX's qwen3.5_fp8_b200.sh passes `--mamba-ssm-dtype bfloat16` (since a02210c17):
+    the matched config carries it and the simulated model keeps its Gated DeltaNet state in
+    bf16, half the checkpoint's fp32 state a sequence; a model without linear layers and a row
+    without the setting keep theirs."""
+    (row,) = _rows_by_id(DEV_CSV, ["qwen3_5_b200_sglang_fp8_agg_1024x1024_c4_cfg618"])
+    filled, _, refusal = silicon.single_node_config(row)
+    assert refusal == "" and filled["launch_ssm_dtype"] == "bfloat16"
+    assert silicon.script_launch(filled)["ssm_dtype"] == "bfloat16"
+    model = silicon._model(filled)
+    base = load_model("Qwen/Qwen3.5-397B-A17B")
+    assert (base.state_dtype, model.state_dtype) == ("fp32", "bf16")
+    ssm, _ = base.state_values_per_layer()
+    saved = base.num_linear_layers * ssm * 2  # 4 → 2 bytes a recurrent-state value
+    assert base.state_bytes_per_seq() - model.state_bytes_per_seq() == pytest.approx(saved)
+    unset = {k: v for k, v in filled.items() if k != "launch_ssm_dtype"}
+    assert "ssm_dtype" not in silicon.script_launch(unset)
+    assert silicon._model(unset).state_dtype == "fp32"
