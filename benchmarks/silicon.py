@@ -396,14 +396,14 @@ def _model(row: dict[str, str]):
     moe = (row.get("moe_quant_mode") or "").strip().lower()
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
     kv = inferencex_kv_dtype(row)
-    if kv is None and "launch_gpus" in row:  # the launch script's, else the checkpoint's
-        scripted = str(script_launch(row)["kv_cache_dtype"])
-        kv = None if scripted == "auto" else scripted
+    scripted = script_launch(row)
+    if kv is None and scripted:  # the launch script's, else the checkpoint's
+        kv = None if scripted["kv_cache_dtype"] == "auto" else str(scripted["kv_cache_dtype"])
     elif kv is None:
         kv = quant if quant == "fp8" else None
     if quant or moe or kv:
         model = model.with_dtypes(weight=quant or None, kv=kv, expert=moe or None)
-    ssm = script_launch(row).get("ssm_dtype")
+    ssm = scripted.get("ssm_dtype")
     if ssm and model.num_linear_layers:  # e.g. SGLang --mamba-ssm-dtype bfloat16
         model = replace(model, state_dtype=canonical(str(ssm)))
     return model
@@ -493,16 +493,12 @@ def deployment_of(
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and scripted and all(x is None for x in (launch, trt, vllm)):
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
-        recipe = recipe_settings(row, prefix) if role != "agg" else {}
+        recipe = pool_settings(row, prefix) if role != "agg" else {}
         pool_model = model
         if recipe:
             eng, limits = _apply_script(eng, limits, recipe, row["backend"], par.dp)
             if "kv_dtype" in recipe:
                 pool_model = model.with_dtypes(kv=str(recipe["kv_dtype"]))
-            if "adp_balance_timeout" in recipe and par.dp > 1:
-                eng = eng.with_overrides(
-                    adp_balance_timeout_iters=int(recipe["adp_balance_timeout"])
-                )
         if role == "agg" and aiconfigurator_mixed_chunk(row):
             eng = eng.with_overrides(mixed_batches=True)
         return Deployment(
@@ -524,7 +520,7 @@ def deployment_of(
     return DisaggDeployment(prefill=pre, decode=dec, link=link)
 
 
-def recipe_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
+def pool_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
     """The engine settings the srt-slurm recipe of a recovered disaggregated layout gives the
     pool `prefix` (`prefill_` or `decode_`), from data/inferencex/disagg_layouts.csv's
     `*_settings` column (`recovered_layout` copies it into the row): numbers as floats, the KV
@@ -573,6 +569,8 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "mem_fraction": ("mem_util", float),
     "graph_max_bs": ("cuda_graph_max_seqs", int),
     "recv_interval": ("recv_interval_steps", int),
+    # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
+    "adp_balance_timeout": ("adp_balance_timeout_iters", int),
 }
 
 
@@ -739,7 +737,7 @@ def recovered_layout(
     The match must be one layout (speculative decoding and its draft length are part of it)
     with the recipe's batch sizes; its layout replaces the row's pool
     columns, its recipe's engine flags come along as `prefill_settings` / `decode_settings`
-    (`recipe_settings`, applied by `deployment_of` like a colocated launch script's), and an
+    (`pool_settings`, applied by `deployment_of` like a colocated launch script's), and an
     MTP config adds `speculative_num_draft_tokens`.
     """
     src = row.get("silicon_data_source", "")
@@ -751,31 +749,14 @@ def recovered_layout(
         for key in ("num_workers", "batch_size")
     ):
         return row, "", ""
-    fields = dict(kv.strip().split("=", 1) for kv in src.split(";") if "=" in kv)
-    day = fields.get("measured", "")[:10]
-    image = fields.get("image", "").replace("#", "/")
-    conc = str(concurrency_of(row))
-    want = {
-        "model_prefix": inferencex_prefix(fields.get("model", "")),
-        "precision": row.get("precision", ""),
-        "isl": row.get("isl", ""),
-        "osl": row.get("osl", ""),
-    }
+    fields = source_fields(row)
+    day = fields["measured"][:10]
     pools = {
         "prefill_tp": row.get("prefill_tp_size", ""),
         "prefill_ep": row.get("prefill_moe_ep_size", ""),
         "decode_tp": row.get("decode_tp_size", ""),
     }
-    items = [
-        item
-        for item in (table if table is not None else inferencex_layouts())
-        if INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
-        and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
-        and all(item[k] == v for k, v in want.items())
-        and in_effect(item["days_in_effect"], day) is not None
-        and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
-        and (not image or item["image"].replace("#", "/") == image)
-    ]
+    items = _disagg_items(row, fields, table)
     matches = _layouts_of(item for item in items if all(item[k] == v for k, v in pools.items()))
     total = ""
     if not matches and _float(pools["prefill_tp"]) == _float(pools["decode_tp"]) > 0:
@@ -822,32 +803,16 @@ def stated_layout_settings(
         return row, ""
     if not (src.startswith("db-dump/") or src.startswith("source_file=2")):
         return row, ""
-    fields = dict(kv.strip().split("=", 1) for kv in src.split(";") if "=" in kv)
-    day = fields.get("measured", "")[:10]
-    image = fields.get("image", "")
-    if not image and src.startswith("db-dump/"):  # the record's last item is its image
-        image = src.rsplit(";", 1)[-1].strip() if "=" not in src.rsplit(";", 1)[-1] else ""
-    image = image.replace("#", "/")
-    name = fields.get("model") or row.get("model_path", "")
-    conc = str(concurrency_of(row))
+    fields = source_fields(row)
+    day = fields["measured"][:10]
     keys = ("num_workers", "tp_size", "attention_dp_size", "moe_ep_size")
     found: dict[tuple[str, str], dict[str, str]] = {}
-    for item in table if table is not None else inferencex_layouts():
-        if (
-            INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
-            and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
-            and item["model_prefix"] == inferencex_prefix(name)
-            and all(item[k] == row.get(k, "") for k in ("precision", "isl", "osl"))
-            and in_effect(item["days_in_effect"], day) is not None
-            and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
-            and (not image or item["image"].replace("#", "/") == image)
-            and (item["prefill_settings"] or item["decode_settings"])
-            and all(
-                _float(cols[f"{pool}_{k}"]) == _float(row.get(f"{pool}_{k}", ""))
-                for pool in ("prefill", "decode")
-                for cols in (_pool_columns(row, item, pool),)
-                for k in keys
-            )
+    for item in _disagg_items(row, fields, table):
+        if (item["prefill_settings"] or item["decode_settings"]) and all(
+            _float(cols[f"{pool}_{k}"]) == _float(row.get(f"{pool}_{k}", ""))
+            for pool in ("prefill", "decode")
+            for cols in (_pool_columns(row, item, pool),)
+            for k in keys
         ):
             found.setdefault((item["prefill_settings"], item["decode_settings"]), item)
     if len(found) != 1:
@@ -865,6 +830,47 @@ def stated_layout_settings(
         out["decode_batch_size"] = item["decode_max_batch"]
         note += f"; batch {item['prefill_max_batch']} / {item['decode_max_batch']} a rank from it"
     return out, note
+
+
+def source_fields(row: dict[str, str]) -> dict[str, str]:
+    """A row's provenance (`silicon_data_source`, `key=value; ...`) as a dict with at least
+    `measured`, `image` (as the configs spell it, `/` not `#`) and `model`: database records
+    (`db-dump/...`) end with their bare image and name the model by its checkpoint path."""
+    src = row.get("silicon_data_source", "")
+    parts = [p.strip() for p in src.split(";")]
+    fields = dict(p.split("=", 1) for p in parts if "=" in p)
+    if src.startswith("db-dump/"):
+        fields.setdefault("image", parts[-1] if "=" not in parts[-1] else "")
+    fields.setdefault("model", row.get("model_path", ""))
+    fields.setdefault("measured", "")
+    fields["image"] = fields.get("image", "").replace("#", "/")
+    return fields
+
+
+def _disagg_items(
+    row: dict[str, str], fields: dict[str, str], table: tuple[dict[str, str], ...] | None
+) -> list[dict[str, str]]:
+    """The disaggregated InferenceX items a row could have measured, whatever their layout:
+    same model, GPU, framework, precision and ISL/OSL, in effect on the measured day, running
+    the row's clients (the recipe's, else the config's list) and, when the row names one, in
+    its container image."""
+    day, image, conc = fields["measured"][:10], fields["image"], str(concurrency_of(row))
+    want = {
+        "model_prefix": inferencex_prefix(fields["model"]),
+        "precision": row.get("precision", ""),
+        "isl": row.get("isl", ""),
+        "osl": row.get("osl", ""),
+    }
+    return [
+        item
+        for item in (table if table is not None else inferencex_layouts())
+        if INFERENCEX_GPU.get(item["gpu"]) == row.get("system")
+        and INFERENCEX_FRAMEWORK.get(item["framework"]) == row.get("backend")
+        and all(item[k] == v for k, v in want.items())
+        and in_effect(item["days_in_effect"], day) is not None
+        and conc in (item["recipe_concurrencies"] or item["concurrencies"]).split()
+        and (not image or item["image"].replace("#", "/") == image)
+    ]
 
 
 def _float(text: str) -> float:
@@ -1057,18 +1063,17 @@ def single_node_config(
         dump or gap or re.match(r"source_file=\d{4}-", src)
     ):
         return row, "", ""
-    parts = [p.strip() for p in src.split(";")]
-    fields = dict(p.split("=", 1) for p in parts if "=" in p)
-    if dump or gap:  # records end with the bare image (if any) and name the model by its path
-        fields["image"] = parts[-1] if dump and "=" not in parts[-1] else ""
-        fields["model"] = row.get("model_path", "")
-    if gap and row.get("twin_measured"):
-        fields["measured"], fields["image"] = row["twin_measured"], row.get("twin_image", "")
-    prefix = inferencex_prefix(fields.get("model", ""))
+    fields = source_fields(row)
+    if gap:  # the gap-analysis file names the model by its path and gives no image
+        fields["model"], fields["image"] = row.get("model_path", ""), ""
+        if row.get("twin_measured"):
+            fields["measured"] = row["twin_measured"]
+            fields["image"] = row.get("twin_image", "").replace("#", "/")
+    prefix = inferencex_prefix(fields["model"])
     if not prefix:
         return row, "", ""
-    day = fields.get("measured", "")[:10]
-    image = fields.get("image", "").replace("#", "/")
+    day = fields["measured"][:10]
+    image = fields["image"]
     conc = concurrency_of(row)
     tp, dp, ep = (max(1, _int(row, k)) for k in ("tp_size", "attention_dp_size", "moe_ep_size"))
     matches: list[tuple[dict[str, str], bool]] = []

@@ -181,18 +181,31 @@ def recipe_draft_tokens(recipe_text: str) -> int | None:
 KV_DTYPES = {"fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "bf16": "bf16", "bfloat16": "bf16"}
 
 
-def _sglang_settings(cfg: dict) -> dict[str, object]:
-    """SGLang server flags servesim models: `--mem-fraction-static`, `--kv-cache-dtype`,
-    `--chunked-prefill-size` (per server), `--cuda-graph-max-bs`, `--scheduler-recv-interval`."""
-    out: dict[str, object] = {}
-    for flag, key in (
-        ("mem-fraction-static", "mem_fraction"),
-        ("chunked-prefill-size", "token_budget"),
-        ("cuda-graph-max-bs", "graph_max_bs"),
-        ("scheduler-recv-interval", "recv_interval"),
-    ):
-        if cfg.get(flag) is not None and float(cfg[flag]) > 0:
-            out[key] = cfg[flag]
+# Engine flags whose values servesim reads as numbers, each in its engine's meaning: (flag,
+# servesim's name). SGLang: fraction of the device, chunked-prefill size per server; vLLM:
+# fraction of the device, batched tokens per engine (one per data-parallel rank).
+SGLANG_FLAGS = (
+    ("mem-fraction-static", "mem_fraction"),
+    ("chunked-prefill-size", "token_budget"),
+    ("cuda-graph-max-bs", "graph_max_bs"),
+    ("scheduler-recv-interval", "recv_interval"),
+)
+VLLM_FLAGS = (
+    ("gpu-memory-utilization", "mem_fraction"),
+    ("max-num-batched-tokens", "token_budget"),
+    ("max-cudagraph-capture-size", "graph_max_bs"),
+)
+
+
+def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, object]:
+    """A SGLang or vLLM pool's `flags` that are set to a positive number, and its
+    `kv-cache-dtype` (servesim's name)."""
+    out: dict[str, object] = {
+        key: cfg[flag] for flag, key in flags if cfg.get(flag) is not None and float(cfg[flag]) > 0
+    }
+    dtype = KV_DTYPES.get(str(cfg.get("kv-cache-dtype", "")).lower())
+    if dtype:
+        out["kv_dtype"] = dtype
     return out
 
 
@@ -220,18 +233,12 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
     return out
 
 
-def _vllm_settings(cfg: dict) -> dict[str, object]:
-    """vLLM engine arguments servesim models: `--gpu-memory-utilization`, `--kv-cache-dtype`,
-    `--max-num-batched-tokens` (per engine) and `--max-cudagraph-capture-size`."""
-    out: dict[str, object] = {}
-    for flag, key in (
-        ("gpu-memory-utilization", "mem_fraction"),
-        ("max-num-batched-tokens", "token_budget"),
-        ("max-cudagraph-capture-size", "graph_max_bs"),
-    ):
-        if cfg.get(flag) is not None and float(cfg[flag]) > 0:
-            out[key] = cfg[flag]
-    return out
+# Each engine's section of a recipe's `backend` and how its pool settings are read.
+READERS = (
+    ("sglang_config", lambda cfg: _flag_settings(cfg, SGLANG_FLAGS)),
+    ("trtllm_config", _trtllm_settings),
+    ("vllm_config", lambda cfg: _flag_settings(cfg, VLLM_FLAGS)),
+)
 
 
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
@@ -240,26 +247,15 @@ def recipe_settings(recipe_text: str) -> tuple[str, str]:
     token_budget, graph_max_bs, recv_interval, adp_balance_timeout); each engine's values keep
     their own meaning (a fraction of the device or of free memory, a budget per server or per
     rank), which `benchmarks/silicon.py` applies as it does for colocated launch scripts."""
-    doc = parsed(recipe_text)
-    backend = doc.get("backend") or {}
+    backend = parsed(recipe_text).get("backend") or {}
     out = []
     for role in ("prefill", "decode"):
-        sgl = (backend.get("sglang_config") or {}).get(role)
-        trt = (backend.get("trtllm_config") or {}).get(role)
-        vllm = (backend.get("vllm_config") or {}).get(role)
         found: dict[str, object] = {}
-        if isinstance(sgl, dict):
-            found = _sglang_settings(sgl)
-            dtype = KV_DTYPES.get(str(sgl.get("kv-cache-dtype", "")).lower())
-            if dtype:
-                found["kv_dtype"] = dtype
-        elif isinstance(trt, dict):
-            found = _trtllm_settings(trt)
-        elif isinstance(vllm, dict):
-            found = _vllm_settings(vllm)
-            dtype = KV_DTYPES.get(str(vllm.get("kv-cache-dtype", "")).lower())
-            if dtype:
-                found["kv_dtype"] = dtype
+        for section, read in READERS:
+            cfg = (backend.get(section) or {}).get(role)
+            if isinstance(cfg, dict):
+                found = read(cfg)
+                break
         out.append(" ".join(f"{k}={v}" for k, v in sorted(found.items())))
     return out[0], out[1]
 

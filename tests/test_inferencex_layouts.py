@@ -424,9 +424,9 @@ def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
         assert pool.engine.cuda_graph_max_seqs == 128
         assert pool.max_num_batched_tokens == 8192  # per server
     # a row without a recovered layout keeps the engine's defaults
-    assert silicon.recipe_settings({}, "decode_") == {}
+    assert silicon.pool_settings({}, "decode_") == {}
     with pytest.raises(ServesimError, match="decode_settings holds 'token_budget=lots'"):
-        silicon.recipe_settings({"decode_settings": "token_budget=lots"}, "decode_")
+        silicon.pool_settings({"decode_settings": "token_budget=lots"}, "decode_")
 
 
 def test_rows_stating_the_deployment_s_total_gpus_in_their_tp_columns() -> None:
@@ -475,57 +475,35 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     assert silicon.stated_layout_settings(agg) == (agg, "")
 
 
-# The dashboard's model names (InferenceX-app's data-mappings.ts) and a checkpoint of each prefix.
-DASHBOARD = {
-    "dsr1": ("DeepSeek-R1", "deepseek-ai/DeepSeek-R1"),
-    "kimik2.5": ("Kimi-K2.5", "nvidia/Kimi-K2.5-NVFP4"),
-    "minimaxm2.5": ("MiniMax-M2.5", "MiniMaxAI/MiniMax-M2.5"),
-    "gptoss": ("gpt-oss-120b", "openai/gpt-oss-120b"),
-    "glm5": ("GLM-5", "zai-org/GLM-5"),
-    "qwen3.5": ("Qwen3.5-397B", "Qwen/Qwen3.5-397B-A17B"),
-}
-
-
 def test_every_kind_of_table_deployment_simulates_from_a_dashboard_row() -> None:
     """Rows held out from this repository name other GPUs and models of the same table: one
     dashboard-style row per model, GPU, framework, precision and MTP-or-not (at the item's
     fewest clients, where a recipe gives its batch limits) either gets its layout and recipe
     flags and simulates to finite positive times, or is refused with a reason; none crashes."""
+    from inferencex_kinds import kinds
+
     from servesim.spec.devices import Catalog
 
-    catalog, seen, simulated = Catalog(), set(), 0
-    for item in silicon.inferencex_layouts():
-        key = tuple(item[k] for k in ("model_prefix", "gpu", "framework", "precision"))
-        key += (item["spec_decoding"],)
-        if key in seen or not (item["prefill_max_batch"] and item["decode_max_batch"]):
-            continue
-        seen.add(key)
-        conc = min(int(c) for c in (item["recipe_concurrencies"] or item["concurrencies"]).split())
-        day = item["days_in_effect"].split()[0].split("..")[0]
-        name, checkpoint = DASHBOARD[item["model_prefix"]]
+    catalog, simulated = Catalog(), 0
+    usable = [
+        r for r in silicon.inferencex_layouts() if r["prefill_max_batch"] and r["decode_max_batch"]
+    ]
+    for item, common in kinds(tuple(usable), clients_of="recipe_concurrencies"):
         row = {
-            "id": "-".join(key),
-            "silicon_data_source": (
-                f"source_file=2026-04-06.csv; model={name}; silicon_concurrency={conc}; "
-                f"measured={day}T12:00:00Z; image={item['image']}"
-            ),
+            **common,
             "backend": silicon.INFERENCEX_FRAMEWORK[item["framework"]],
-            "model_path": checkpoint,
             "system": silicon.INFERENCEX_GPU[item["gpu"]],
-            "precision": item["precision"],
             "mode": "disagg",
-            "isl": item["isl"],
-            "osl": item["osl"],
             "prefill_tp_size": item["prefill_tp"],
             "prefill_moe_ep_size": item["prefill_ep"],
             "decode_tp_size": item["decode_tp"],
         }
         filled, source, refusal = silicon.recovered_layout(row)
         if refusal:
-            assert refusal.endswith("configs match") or "not" in refusal, refusal
+            assert refusal.endswith("configs match"), (row["id"], refusal)
             continue
         assert source.startswith("layout recovered")
         ttft, tpot = silicon.simulate_row(filled, catalog, 10)
-        assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (key, ttft, tpot)
+        assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (row["id"], ttft, tpot)
         simulated += 1
     assert simulated >= 20

@@ -356,59 +356,33 @@ def test_the_bundled_table_carries_the_launch_columns() -> None:
     assert set(silicon.LAUNCH_FIELDS) <= set(silicon.inferencex_single_node()[0])
 
 
-# Dashboard names (InferenceX-app's data-mappings.ts) and a checkpoint for each model prefix.
-DASHBOARD = {
-    "dsr1": ("DeepSeek-R1", "deepseek-ai/DeepSeek-R1"),
-    "kimik2.5": ("Kimi-K2.5", "nvidia/Kimi-K2.5-NVFP4"),
-    "minimaxm2.5": ("MiniMax-M2.5", "MiniMaxAI/MiniMax-M2.5"),
-    "gptoss": ("gpt-oss-120b", "openai/gpt-oss-120b"),
-    "glm5": ("GLM-5", "zai-org/GLM-5"),
-    "qwen3.5": ("Qwen3.5-397B", "Qwen/Qwen3.5-397B-A17B"),
-}
-
-
 def test_every_kind_of_colocated_config_simulates_from_a_dashboard_row() -> None:
     """One dashboard-style row per model, GPU, framework, precision and MTP-or-not of the
     colocated table (at the config's fewest clients and its own layout) is matched and
     simulated to finite positive times, or refused as ambiguous; none crashes (a guard for the
     held-out rows' GPUs and models)."""
+    from inferencex_kinds import kinds
+
     from servesim.spec.devices import Catalog
 
-    catalog, seen, simulated = Catalog(), set(), 0
-    for item in silicon.inferencex_single_node():
-        key = tuple(item[k] for k in ("model_prefix", "gpu", "framework", "precision"))
-        key += (item["spec_decoding"],)
-        if key in seen or item["model_prefix"] not in DASHBOARD:
-            continue
-        seen.add(key)
-        name, checkpoint = DASHBOARD[item["model_prefix"]]
-        conc = min(int(c) for c in item["concurrencies"].split())
-        day = item["days_in_effect"].split()[0].split("..")[0]
+    catalog, simulated = Catalog(), 0
+    for item, common in kinds(silicon.inferencex_single_node()):
         tp, dp_attn = int(item["tp"]), item["dp_attn"] == "True"
         row = {
-            "id": "-".join(key),
-            "silicon_data_source": (
-                f"source_file=2026-04-06.csv; model={name}; silicon_concurrency={conc}; "
-                f"measured={day}T12:00:00Z; image={item['image']}"
-            ),
+            **common,
             "backend": silicon.INFERENCEX_SINGLE_FRAMEWORK[item["framework"]],
-            "model_path": checkpoint,
             "system": silicon.INFERENCEX_GPU[item["gpu"]],
-            "precision": item["precision"],
             "mode": "agg",
-            "isl": item["isl"],
-            "osl": item["osl"],
             "tp_size": "1" if dp_attn else str(tp),
             "attention_dp_size": str(tp) if dp_attn else "1",
             "moe_ep_size": item["ep"] or "1",
-            "batch_size": str(conc),
         }
         filled, _, refusal = silicon.single_node_config(row)
         if refusal:
-            assert refusal.endswith("configs match"), (key, refusal)
+            assert refusal.endswith("configs match"), (row["id"], refusal)
             continue
-        assert silicon.specified_or_reason(filled) == "", key
+        assert silicon.specified_or_reason(filled) == "", row["id"]
         ttft, tpot = silicon.simulate_row(filled, catalog, 10)
-        assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (key, ttft, tpot)
+        assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (row["id"], ttft, tpot)
         simulated += 1
     assert simulated >= 25
