@@ -394,6 +394,9 @@ def _model(row: dict[str, str]):
     model = load_model(row["model_path"])
     quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
     moe = (row.get("moe_quant_mode") or "").strip().lower()
+    # The row's fp8_block: a block-scaled fp8 checkpoint (Qwen3.5-FP8's experts, DeepSeek's
+    # whole model), which the engines run with block-scaled kernels.
+    block = "fp8_block" in (quant, moe)
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
     kv = inferencex_kv_dtype(row)
     scripted = script_launch(row)
@@ -403,6 +406,8 @@ def _model(row: dict[str, str]):
         kv = quant if quant == "fp8" else None
     if quant or moe or kv:
         model = model.with_dtypes(weight=quant or None, kv=kv, expert=moe or None)
+    if block and not model.fp8_block:
+        model = replace(model, fp8_block=True)
     ssm = scripted.get("ssm_dtype")
     if ssm and model.num_linear_layers:  # e.g. SGLang --mamba-ssm-dtype bfloat16
         model = replace(model, state_dtype=canonical(str(ssm)))

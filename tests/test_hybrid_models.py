@@ -201,6 +201,24 @@ def test_quantisation_configs(tmp_path) -> None:
         _write(tmp_path, {**SMALL, "quantization_config": {"quant_method": "bitsandbytes"}})
 
 
+def test_block_scaled_fp8_is_told_from_per_tensor(tmp_path) -> None:
+    """DeepSeek-style `weight_block_size` and llm-compressor's block strategy mark fp8 weights
+    scaled per block (their own kernels); a plain fp8 config is per-tensor."""
+    block = {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": [128, 128]}
+    channel = {"num_bits": 8, "type": "float", "strategy": "channel"}
+    ct = "compressed-tensors"
+    for q, want in (
+        ({"quant_method": "fp8", "weight_block_size": [128, 128]}, True),
+        ({"quant_method": "fp8", "activation_scheme": "static"}, False),
+        ({"quant_method": ct, "config_groups": {"g": {"weights": block}}}, True),
+        ({"quant_method": ct, "config_groups": {"g": {"weights": channel}}}, False),
+    ):
+        m = _write(tmp_path, {**SMALL, "quantization_config": q})
+        assert (m.weight_dtype, m.fp8_block) == ("fp8", want), q
+    assert load_model("deepseek-ai/DeepSeek-R1").fp8_block
+    assert not load_model("Qwen3-8B").with_dtypes(weight="fp8").fp8_block
+
+
 def test_fp8_and_fp4_refused_on_ampere() -> None:
     a100 = catalog().get("a100_sxm")
     with pytest.raises(ServesimError, match="no FP8 tensor cores"):

@@ -219,9 +219,13 @@ def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def moe_rows(
-    gpu: str, dtype: str, engine: str = "vllm", distribution: str = "balanced"
+    gpu: str,
+    dtype: str,
+    engine: str = "vllm",
+    distribution: str = "balanced",
+    version: str | None = None,
 ) -> dict[str, np.ndarray]:
-    found = kernel_tables.find(gpu, "moe", "moe_perf", engine)
+    found = kernel_tables.find(gpu, "moe", "moe_perf", engine, version)
     assert found is not None
     cols = kernel_tables.read(found[0], mk._MOE_COLS)
     keep = (cols["moe_dtype"] == dtype) & (cols["distribution"] == distribution)
@@ -229,9 +233,14 @@ def moe_rows(
 
 
 def one_moe(
-    b: mk.MeasuredKernels, tokens: float, layout: tuple, dtype: str, routing: str = "balanced"
+    b: mk.MeasuredKernels,
+    tokens: float,
+    layout: tuple,
+    dtype: str,
+    routing: str = "balanced",
+    block: bool = False,
 ) -> tuple[float, int]:
-    priced = b.moe(np.array([float(tokens)]), layout, dtype, distribution=routing)
+    priced = b.moe(np.array([float(tokens)]), layout, dtype, distribution=routing, block=block)
     assert priced is not None
     return float(priced[0][0]), int(priced[1][0])
 
@@ -287,7 +296,7 @@ def test_moe_provenance_in_the_predictor_deepseek_b200_and_qwen3_h100() -> None:
     # the three share the fused layer's measured time (fp8 DeepSeek: the block-scaled table,
     # tokens routed by the 1.01 power law the predictor assumes)
     b = backend("b200_sxm")
-    one, _ = one_moe(b, 64, (7168, 2048, 8, 256, 8, 1), "fp8", "power_law_1.01")
+    one, _ = one_moe(b, 64, (7168, 2048, 8, 256, 8, 1), "fp8", "power_law_1.01", block=True)
     rows = moe_rows("b200_sxm", "fp8_block", distribution="power_law_1.01")
     hit = (rows["num_tokens"] == 64) & (rows["hidden_size"] == 7168)
     hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8) & (rows["moe_ep_size"] == 1)
@@ -378,14 +387,14 @@ def test_moe_skewed_routing_is_slower_than_balanced_on_measured_rows() -> None:
     b = backend("b200_sxm")
     layout = (7168, 2048, 8, 256, 8, 1)
     for tokens in (2048, 8192):
-        skew, code = one_moe(b, tokens, layout, "fp8", "power_law_1.2")
+        skew, code = one_moe(b, tokens, layout, "fp8", "power_law_1.2", block=True)
         rows = moe_rows("b200_sxm", "fp8_block", distribution="power_law_1.2")
         hit = (rows["num_tokens"] == tokens) & (rows["hidden_size"] == 7168)
         hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8)
         hit &= rows["moe_ep_size"] == 1
         assert code == mk.MEASURED
         assert skew == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
-        assert skew > one_moe(b, tokens, layout, "fp8")[0]
+        assert skew > one_moe(b, tokens, layout, "fp8", block=True)[0]
 
 
 def gdn_rows(gpu: str, engine: str, phase: str, source: str) -> dict[str, np.ndarray]:
@@ -449,17 +458,18 @@ def test_trtllm_fp8_block_moe_on_blackwell_skips_the_deepgemm_table_unless_asked
     while the engine's own choice there is its TRTLLM-gen kernels: by default that table does
     not price the expert layers; a launch that asks for DeepGEMM (`moe_backend`) gets it."""
     layout = (7168, 2048, 8, 256, 8, 1)  # DeepSeek's expert layer on 8 GPUs, no EP
-    rows = moe_rows("b200_sxm", "fp8_block", engine="trtllm")
+    # (1.3.0rc20's collection: rc23's holds only MXFP4 experts)
+    rows = moe_rows("b200_sxm", "fp8_block", engine="trtllm", version="1.3.0rc20")
     assert set(rows["kernel_source"]) == {"deepgemm"}
     hit = (rows["num_tokens"] == 64) & (rows["hidden_size"] == 7168)
     hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 8) & (rows["moe_ep_size"] == 1)
     deepgemm = rows["latency"][hit].min() * 1e-3
     dev = get_device("b200_sxm")
     asked = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend="DeepGEMM")
-    t, code = one_moe(asked, 64, layout, "fp8")
+    t, code = one_moe(asked, 64, layout, "fp8", block=True)
     assert t == pytest.approx(deepgemm, rel=1e-9) and code == mk.MEASURED
     default = mk.backend("measured", dev, "trtllm", None, FIT)
-    priced = default.moe(np.array([64.0]), layout, "fp8")
+    priced = default.moe(np.array([64.0]), layout, "fp8", block=True)
     assert priced is None or float(priced[0][0]) != pytest.approx(deepgemm, rel=1e-3)
     # SGLang's table on the same GPU holds its own kernels and still prices the layer
     sglang = mk.backend("measured", dev, "sglang", None, FIT)
@@ -479,3 +489,45 @@ def test_predict_moe_backend_flag_picks_the_table(capsys: pytest.CaptureFixture[
         prov[bool(extra)] = (ops["moe_up_proj"]["provenance"], ops["moe_up_proj"]["seconds"])
     assert prov[True][0] == "measured"
     assert prov[False][0] != "measured" and prov[False][1] < prov[True][1]
+
+
+def test_block_scaled_fp8_checkpoints_take_the_block_scaled_tables() -> None:
+    """DeepSeek-R1's fp8 weights are scaled per 128 × 128 block: TensorRT-LLM runs them with its
+    block-scaled GEMMs, which its H200 table measures at 6.4 µs for q_b_proj at 4 rows; the
+    per-tensor fp8 GEMM of the same shape is another kernel (13.4 µs there)."""
+    model = load_model("deepseek-ai/DeepSeek-R1")
+    assert model.fp8_block
+    pred = Predictor(
+        model,
+        get_device("h200_sxm"),
+        Parallel(tp=8, ep=8),
+        get_engine("trtllm"),
+        latency_model="measured",
+    )
+    ops = {op.name: op for op in pred.ops(BatchShape(4, 4 * 1500, ()))}
+    n = model.num_heads * (model.qk_nope_head_dim + model.qk_rope_head_dim) // 8  # 3072
+    rows = {d: gemm_rows("h200_sxm", d, "trtllm") for d in ("fp8_block", "fp8")}
+    at = {
+        d: float(r["latency"][(r["m"] == 4) & (r["n"] == n) & (r["k"] == model.q_lora_rank)][0])
+        for d, r in rows.items()
+    }
+    assert at["fp8"] > 2 * at["fp8_block"]  # the two kernels differ
+    q_b = ops["q_b_proj"]
+    assert q_b.provenance == "measured"
+    assert q_b.seconds == pytest.approx(q_b.calls * at["fp8_block"] * 1e-3, rel=1e-9)
+
+
+def test_moe_layouts_are_found_in_every_collection_of_the_engine() -> None:
+    """TensorRT-LLM 1.3.0rc23's H200 expert tables hold four layouts, none DeepSeek's, which
+    1.3.0rc20 measured: asked for rc23, DeepSeek's layer is still a measured row (rc20's, the
+    nearer of the collections that have it), not another model's layout shifted."""
+    b = mk.backend("measured", get_device("h200_sxm"), "trtllm", "1.3.0rc23", FIT)
+    layout = (7168, 2048, 8, 256, 1, 8)
+    t, code = one_moe(b, 4, layout, "fp8", block=True)
+    assert code == mk.MEASURED
+    rows = moe_rows("h200_sxm", "fp8_block", "trtllm", version="1.3.0rc20")
+    hit = (rows["num_tokens"] == 4) & (rows["hidden_size"] == 7168)
+    hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 1) & (rows["moe_ep_size"] == 8)
+    assert t == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
+    assert kernel_tables.nearest_version(["1.3.0rc10", "1.3.0rc20"], "1.3.0rc23") == "1.3.0rc20"
+    assert kernel_tables.nearest_version(["1.3.0rc10", "1.3.0rc20"], None) == "1.3.0rc20"

@@ -288,10 +288,11 @@ class Predictor:
         dtype: str | None = None,
     ) -> _Term:
         wdt = dtype or (self.model.expert_dtype if expert else self.model.weight_dtype)
-        priced = self.kernels.gemm(m, n, k, wdt) if self.kernels is not None else None
+        block = self.model.fp8_block and wdt == "fp8"
+        priced = self.kernels.gemm(m, n, k, wdt, block) if self.kernels is not None else None
         if priced is None:
             cdt = gemm_compute_dtype(wdt, self.device.peak_flops_per_s)
-            t = roofline.gemm_np(m, n, k, cdt, self.device, self.fit, weight_dtype=wdt)
+            t = roofline.gemm_np(m, n, k, cdt, self.device, self.fit, weight_dtype=wdt, block=block)
             prov: np.ndarray | int = ROOFLINE
         else:
             t, prov = priced
@@ -729,7 +730,10 @@ class Predictor:
             p.moe_tp,
             ep,
         )
-        priced = self.kernels.moe(tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION)
+        block = m.fp8_block and m.expert_dtype == "fp8"
+        priced = self.kernels.moe(
+            tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION, block
+        )
         if priced is None:
             return expert_terms
         sec, prov = priced

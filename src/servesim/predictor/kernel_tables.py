@@ -46,18 +46,24 @@ def versions(gpu: str, family: str, engine: str) -> list[str]:
     return sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
 
 
+# A final release sorts after every release candidate of its number.
+_FINAL = 1_000_000
+
+
 def version_key(v: str) -> tuple[int, ...]:
-    """(major, minor, patch, ...) of a release string such as "0.5.8.post1"; (0,) if unparsable."""
+    """(major, minor, patch, candidate) of a release string such as "0.5.8.post1" or
+    "1.3.0rc20" (candidate: the rc/beta number, `_FINAL` for a release); (0,) if unparsable."""
     try:
-        rel = Version(v).release
+        ver = Version(v)
     except InvalidVersion:
         return (0,)
-    return tuple(rel) + (0,) * (3 - len(rel))
+    rel = tuple(ver.release[:3]) + (0,) * (3 - len(ver.release[:3]))
+    return (*rel, ver.pre[1] if ver.pre else _FINAL)
 
 
 def nearest_version(available: list[str], wanted: str | None) -> str:
-    """The exact version when measured; else the nearest by (major, minor, patch), the newer
-    on a tie; with no version wanted, the newest."""
+    """The exact version when measured; else the nearest by (major, minor, patch, release
+    candidate), the newer on a tie; with no version wanted, the newest."""
     if not available:
         raise ValueError("no versions to choose from")
     if wanted in available:
@@ -85,6 +91,25 @@ def find(
         return None
     v = nearest_version(found, version)
     return data_root() / gpu / family / engine / v / f"{table}.parquet", v
+
+
+def find_all(
+    gpu: str, family: str, table: str, engine: str, version: str | None = None
+) -> list[tuple[Path, str]]:
+    """Every version's Parquet file of `table` for a GPU, family and engine, the one `find`
+    picks first and the rest by the same nearness (a later collection may have measured
+    other layouts than the nearest one did)."""
+    found = [
+        v
+        for v in versions(gpu, family, engine)
+        if (data_root() / gpu / family / engine / v / f"{table}.parquet").exists()
+    ]
+    out = []
+    while found:
+        v = nearest_version(found, version)
+        found.remove(v)
+        out.append((data_root() / gpu / family / engine / v / f"{table}.parquet", v))
+    return out
 
 
 @functools.lru_cache(maxsize=64)

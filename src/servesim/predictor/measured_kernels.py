@@ -346,6 +346,12 @@ def moe_roofline_np(
     return np.asarray(sec + act, dtype=np.float64)
 
 
+def _table_format(weight_dtype: str, block: bool) -> str:
+    """The tables' name of a weight format: fp8 scaled per block is `fp8_block`."""
+    wdt = canonical(weight_dtype)
+    return "fp8_block" if block and wdt == "fp8" else wdt
+
+
 def _path(found: tuple[Path, str] | None) -> Path | None:
     return None if found is None else found[0]
 
@@ -399,6 +405,17 @@ class MeasuredKernels:
         return None
 
     @functools.cached_property
+    def _moe_paths(self) -> list[Path]:
+        """Every collection of expert-layer tables, this engine's nearest version first: the
+        collections measured different model layouts (TensorRT-LLM 1.3.0rc23's H200 tables
+        hold four, none DeepSeek's, which rc20 measured)."""
+        for engine in self.engines:  # one engine's kernels, as `_find` picks them
+            found = kernel_tables.find_all(self.gpu, "moe", "moe_perf", engine, self.version)
+            if found:
+                return [path for path, _ in found]
+        return []
+
+    @functools.cached_property
     def _paths(self) -> dict[str, Path | None]:
         return {
             "gemm": self._find("gemm", "gemm_perf"),
@@ -413,11 +430,14 @@ class MeasuredKernels:
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
-    def gemm(self, m: np.ndarray, n: int, k: int, weight_dtype: str) -> Coded | None:
+    def gemm(
+        self, m: np.ndarray, n: int, k: int, weight_dtype: str, block: bool = False
+    ) -> Coded | None:
         """Seconds of y[m,n] = x[m,k] @ W[n,k]^T per row count in `m`, in the table of the
-        weight dtype (fp8 per-tensor W8A8, nvfp4 W4A4, ...); None without such a table."""
+        weight dtype (fp8 per-tensor W8A8, nvfp4 W4A4, ...; `block`: fp8 weights scaled per
+        block, a kernel of its own); None without such a table."""
         path = self._paths["gemm"]
-        table_dtype = GEMM_DTYPES.get(canonical(weight_dtype))
+        table_dtype = GEMM_DTYPES.get(_table_format(weight_dtype, block))
         if path is None or table_dtype is None:
             return None
         grid = _gemm_grid(path, table_dtype)
@@ -552,30 +572,33 @@ class MeasuredKernels:
         expert_dtype: str,
         gated: bool = True,
         distribution: str = "balanced",
+        block: bool = False,
     ) -> Coded | None:
         """Seconds of one expert layer (routed experts' GEMMs and activation) per token count
         in `tokens` (the tokens of the EP group, each counted once), for layout = (hidden,
         inter, top-k, experts, moe TP, EP) with the tokens routed as `distribution` (balanced
         where that distribution was not measured); the nearest measured layout in log space,
-        the roofline carrying the difference, when this one was not measured."""
-        path = self._paths["moe"]
-        if path is None:
-            return None
+        the roofline carrying the difference, when this one was not measured. Block-scaled
+        fp8 experts (`block`) take the block-scaled table, per-tensor fp8's only without one."""
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
-        for table_dtype in MOE_DTYPES.get(canonical(expert_dtype), ()):
-            if not self.deepgemm_tables_ok and _moe_sources(path, table_dtype) == {"deepgemm"}:
-                continue  # DeepGEMM kernels, not the ones this engine runs
-            for routing in dict.fromkeys((distribution, "balanced")):
-                layouts = _moe_layouts(path, table_dtype, routing)
-                if len(layouts):
-                    break
-            if not len(layouts):
-                continue
-            dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
-            if dist.min() < best_d - 1e-12:
-                best_d, best, found = float(dist.min()), layouts[np.argmin(dist)], table_dtype
-                dist_used = routing
-        if best_d == math.inf:
+        path: Path | None = None
+        for table_dtype in MOE_DTYPES.get(_table_format(expert_dtype, block), ()):
+            if block and found:
+                break  # a block-scaled table was found: per-tensor kernels are other kernels
+            for where in self._moe_paths:  # the nearest version first
+                if not self.deepgemm_tables_ok and _moe_sources(where, table_dtype) == {"deepgemm"}:
+                    continue  # DeepGEMM kernels, not the ones this engine runs
+                for routing in dict.fromkeys((distribution, "balanced")):
+                    layouts = _moe_layouts(where, table_dtype, routing)
+                    if len(layouts):
+                        break
+                if not len(layouts):
+                    continue
+                dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
+                if dist.min() < best_d - 1e-12:
+                    best_d, best, found = float(dist.min()), layouts[np.argmin(dist)], table_dtype
+                    path, dist_used = where, routing
+        if path is None:
             return None
         grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used)
         tk = np.asarray(tokens, dtype=np.float64)

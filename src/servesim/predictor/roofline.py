@@ -504,8 +504,11 @@ def gemm_np(
     fit: KernelFit,
     weight_dtype: str | None = None,
     groups: Any = 1.0,
+    block: bool = False,
 ) -> Any:
-    """Seconds for `groups` independent y[m,n] = x[m,k] @ W[n,k]^T (one group per expert)."""
+    """Seconds for `groups` independent y[m,n] = x[m,k] @ W[n,k]^T (one group per expert).
+    `block`: fp8 weights scaled per block, which the cross-GPU correction knows as a kernel
+    class of its own (`fp8_block`); the roofline prices them as fp8."""
     cdt, wdt = _gemm_dtypes(dtype, weight_dtype, device)
     low = cdt in LOW_PRECISION_COMPUTE
     p = fit.family("gemm_8bit" if low else "gemm", device)
@@ -552,7 +555,7 @@ def gemm_np(
             "n": nn * 1.0,
             "k": kk * 1.0,
             "dtype": one * dtype,
-            "format": one * wdt,
+            "format": one * ("fp8_block" if block and wdt == "fp8" else wdt),
             "weight_dtype": one * (weight_dtype if weight_dtype is not None else dtype),
         }
 

@@ -106,6 +106,10 @@ class ModelSpec:
     kv_dtype: str = "bf16"
     attention_dtype: str = ""
     mtp_dtype: str = ""
+    # fp8 weights scaled per block (DeepSeek's `weight_block_size` [128, 128]) rather than per
+    # tensor: engines run them with block-scaled GEMM and MoE kernels, measured in their own
+    # tables (aiconfigurator's `fp8_block`); the bytes and FLOPs are fp8's.
+    fp8_block: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a shape no model has: every size positive, heads that split evenly, experts
@@ -700,7 +704,7 @@ def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[s
 
 def _quant_formats(
     cfg: dict[str, Any], hf_quant: dict[str, Any] | None, num_layers: int, origin: str
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Weight, expert, attention, MTP and KV formats a checkpoint states: its config's
     `quantization_config`, or a ModelOpt `hf_quant_config.json` beside it (which wins)."""
     if hf_quant is not None:
@@ -718,7 +722,9 @@ def _quant_formats(
     if not q or not method:
         return {}
     if method == "fp8":
-        fmt = {"weight_dtype": "fp8", "expert_dtype": "fp8"}
+        fmt: dict[str, Any] = {"weight_dtype": "fp8", "expert_dtype": "fp8"}
+        if q.get("weight_block_size"):  # e.g. [128, 128]: DeepSeek-V3, Qwen3.5-FP8, MiniMax-M2
+            fmt["fp8_block"] = True
         if str(q.get("moe_quant_algo", "")).upper() == "NVFP4":
             fmt["expert_dtype"] = "fp4"
         return fmt
@@ -738,7 +744,7 @@ def _quant_formats(
         bits = {int(w.get("num_bits") or 16) for w in weights}
         floats = {str(w.get("type", "int")) == "float" for w in weights}
         ignore = " ".join(str(x) for x in q.get("ignore", []))
-        out: dict[str, str] = {}
+        out: dict[str, Any] = {}
         if 4 in bits:
             fmt = str(q.get("format", ""))
             dtype = "mxfp4" if "mxfp4" in fmt else ("fp4" if True in floats else "int4")
@@ -747,6 +753,8 @@ def _quant_formats(
         elif 8 in bits:
             dtype = "fp8" if True in floats else "int8"
             out = {"weight_dtype": dtype, "expert_dtype": dtype}
+            if dtype == "fp8" and any(w.get("strategy") == "block" for w in weights):
+                out["fp8_block"] = True  # llm-compressor's FP8_BLOCK scheme
         scheme = q.get("kv_cache_scheme")
         if isinstance(scheme, dict) and int(scheme.get("num_bits") or 16) == 8:
             out["kv_dtype"] = "fp8"
