@@ -3,6 +3,7 @@ layers: parameter counts against published sizes, state and KV bytes and operato
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -300,6 +301,32 @@ def test_gated_attention_and_gated_shared_expert_have_their_kernels() -> None:
         BatchShape(decode_seqs=t),
     )
     assert not {"shared_act", "shared_gate_proj", "attn_gate"} & set(llama)
+
+
+def test_mla_makes_both_latents_in_one_gemm_and_normalises_each() -> None:
+    """vLLM (fused_qkv_a_proj), SGLang (fused_qkv_a_proj_with_mqa) and TensorRT-LLM
+    (kv_a_proj_with_mqa) compute DeepSeek's query and KV latents in one GEMM of
+    1536 + 512 + 64 = 2112 outputs, then RMS-normalise the 1536 and 512 latents. By hand at
+    64 tokens: 61 layers, 2·64·2112·7168 FLOPs each; the two norms read and write their latent
+    in bf16. A model without a query latent (DeepSeek-V2-Lite style) keeps q_proj apart and
+    normalises the KV latent alone."""
+    t = 64
+    m = load_model("deepseek-ai/DeepSeek-V3")
+    ops = _ops(Predictor(m, catalog().get("h200_sxm"), Parallel(tp=8)), BatchShape(decode_seqs=t))
+    assert "q_a_proj" not in ops and "kv_a_proj" not in ops
+    assert ops["qkv_a_proj"].calls == 61
+    assert ops["qkv_a_proj"].flops == pytest.approx(61 * 2 * t * 2112 * 7168)
+    assert ops["latent_norms"].calls == 2 * 61
+    assert ops["latent_norms"].nbytes == pytest.approx(2 * 61 * t * (1536 + 512) * 2)
+    no_q_latent = replace(m, q_lora_rank=0)
+    lite = _ops(
+        Predictor(no_q_latent, catalog().get("h200_sxm"), Parallel(tp=8)),
+        BatchShape(decode_seqs=t),
+    )
+    assert "q_proj" in lite and "qkv_a_proj" not in lite
+    assert lite["kv_a_proj"].flops == pytest.approx(61 * 2 * t * 576 * 7168)
+    assert lite["latent_norms"].calls == 61
+    assert lite["latent_norms"].nbytes == pytest.approx(61 * 2 * t * 512 * 2)
 
 
 def test_dsa_attention_grows_with_min_of_context_and_topk() -> None:

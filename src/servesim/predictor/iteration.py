@@ -427,15 +427,23 @@ class Predictor:
         ]
         if m.is_mla and layers:
             nq = m.num_heads // tp
+            kv_a = m.kv_lora_rank + m.qk_rope_head_dim
             if m.q_lora_rank:
-                terms.append(self._gemm("q_a_proj", t, m.q_lora_rank, h, layers, dtype=adt))
+                # One GEMM makes both latents in every engine (vLLM fused_qkv_a_proj, SGLang
+                # fused_qkv_a_proj_with_mqa, TensorRT-LLM kv_a_proj_with_mqa), then each
+                # latent has its RMSNorm (q_a_layernorm, kv_a_layernorm).
+                a = m.q_lora_rank + kv_a
+                terms.append(self._gemm("qkv_a_proj", t, a, h, layers, dtype=adt))
                 terms.append(
                     self._gemm("q_b_proj", t, nq * m.qk_head_dim, m.q_lora_rank, layers, dtype=adt)
                 )
+                norm_bytes = t * (m.q_lora_rank + m.kv_lora_rank) * ACT_BYTES  # both, read+write
+                terms.append(self._elementwise("latent_norms", "norm", norm_bytes, 2 * layers))
             else:
                 terms.append(self._gemm("q_proj", t, nq * m.qk_head_dim, h, layers, dtype=adt))
-            kv_a = m.kv_lora_rank + m.qk_rope_head_dim
-            terms.append(self._gemm("kv_a_proj", t, kv_a, h, layers, dtype=adt))
+                terms.append(self._gemm("kv_a_proj", t, kv_a, h, layers, dtype=adt))
+                norm_bytes = 2 * t * m.kv_lora_rank * ACT_BYTES
+                terms.append(self._elementwise("latent_norms", "norm", norm_bytes, layers))
             # Absorbed up-projections (the decode form), priced for every token.
             terms.append(
                 self._gemm(
