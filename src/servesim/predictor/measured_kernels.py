@@ -423,7 +423,6 @@ class MeasuredKernels:
             "decode": self._find("attention", "generation_attention_perf"),
             "custom_ar": self._find("comm", "custom_allreduce_perf"),
             "nccl": _path(kernel_tables.find(self.gpu, "comm", "nccl_perf", "nccl")),
-            "moe": self._find("moe", "moe_perf"),
             "mla_prefill": self._find("mla", "context_mla_perf"),
             "mla_decode": self._find("mla", "generation_mla_perf"),
             "gdn": self._find("linear_attention", "gdn_perf"),
