@@ -253,9 +253,11 @@ def test_hybrid_operators_by_hand() -> None:
     b200 = catalog().get("b200_sxm")
     pred = Predictor(m, b200, Parallel(tp=8))
     ops = _ops(pred, BatchShape(decode_seqs=64, decode_context=64 * 4000))
-    # in_proj per device: q, k (2 heads × 128 each), v and z (8 heads × 128 each), b and a (8)
-    in_n = 2 * 2 * 128 + 2 * 8 * 128 + 2 * 8
+    # in_proj_qkvz per device: q, k (2 heads × 128 each), v and z (8 heads × 128 each); b and
+    # a (8 each) are a GEMM of their own (in_proj_ba)
+    in_n = 2 * 2 * 128 + 2 * 8 * 128
     assert ops["linear_in_proj"].flops == pytest.approx(2 * 64 * in_n * 4096 * 45)
+    assert ops["linear_ba_proj"].flops == pytest.approx(2 * 64 * (2 * 8) * 4096 * 45)
     assert ops["linear_out_proj"].flops == pytest.approx(2 * 64 * 4096 * 8 * 128 * 45)
     assert ops["qkv_proj"].calls == 15 and ops["linear_scan_decode"].calls == 45
     # decode: each sequence reads and writes its state once per linear layer, whatever its

@@ -495,8 +495,11 @@ class Predictor:
         nv = m.linear_num_v_heads // tp
         dk, dv = m.linear_k_head_dim, m.linear_v_head_dim
         terms: list[_Term] = []
-        if m.linear_kind == "gdn":  # q, k, v, output gate z, and beta, decay per v head
-            in_n = 2 * nk * dk + 2 * nv * dv + 2 * nv
+        if m.linear_kind == "gdn":  # q, k, v and output gate z; beta and decay per v head
+            # are a GEMM of their own in every engine (in_proj_qkvz and in_proj_ba: vLLM,
+            # SGLang and TensorRT-LLM's Qwen3-Next/Qwen3.5 layers)
+            in_n = 2 * nk * dk + 2 * nv * dv
+            terms.append(self._gemm("linear_ba_proj", t, 2 * nv, h, layers, dtype=adt))
         elif m.linear_kind == "kda":  # q, k, v and beta; decay and output gate are low rank
             in_n = 3 * nv * dv + nv
             terms.append(self._gemm("linear_gate_a_proj", t, 2 * dk, h, layers, dtype=adt))
