@@ -7,7 +7,7 @@ import pytest
 
 from servesim.errors import ServesimError
 from servesim.predictor.iteration import BatchShape, Predictor, busiest_share
-from servesim.spec.devices import Catalog
+from servesim.spec.devices import Catalog, get_device
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.memory import (
     FIXED_RESERVE_BYTES,
@@ -166,8 +166,9 @@ def test_random_dispatch_loads_the_busiest_rank(r1, gb200) -> None:
 
 def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     """TRT-LLM dispatches by all-to-all only under attention DP with moe_ep_size > top-k (8
-    for DeepSeek), and gathers otherwise; vLLM only across DP ranks (without DP the tokens
-    are on every device of the TP group already); SGLang's DeepEP always."""
+    for DeepSeek) within one NVLink domain, and gathers otherwise; vLLM only across DP ranks
+    (without DP the tokens are on every device of the TP group already); SGLang's DeepEP
+    always."""
     trt = EngineProfile(name="trtllm")
 
     def names(par: Parallel, engine: EngineProfile) -> set[str]:
@@ -176,6 +177,11 @@ def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     assert "dp_gather_scatter" in names(Parallel(tp=1, dp=8, ep=8), trt)
     assert "ep_alltoall" not in names(Parallel(tp=1, dp=8, ep=8), trt)
     assert "ep_alltoall" in names(Parallel(tp=1, dp=32, ep=32), trt)
+    # ... inside one NVLink domain (its MNNVL all-to-all): 16 H100s span two 8-GPU nodes
+    h100 = get_device("h100_sxm")
+    over_ib = {op.name for op in Predictor(r1, h100, Parallel(tp=1, dp=16, ep=16), trt).ops(
+        BatchShape(64, 64000))}  # fmt: skip
+    assert "dp_gather_scatter" in over_ib and "ep_alltoall" not in over_ib
     assert "ep_alltoall" in names(Parallel(tp=1, dp=8, ep=8), ENGINE)  # SGLang: DeepEP
     assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), trt)
     vllm = EngineProfile(name="vllm")

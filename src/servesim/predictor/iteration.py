@@ -351,11 +351,15 @@ class Predictor:
         every device of the TP group (the partial outputs then meet in its all-reduce).
 
         vLLM: only across DP ranks (`FusedMoEParallelConfig.use_all2all_kernels` is
-        `dp_size > 1 and use_ep`). TRT-LLM: only under attention DP with moe_ep_size > top-k,
-        else all-gather and reduce-scatter (`select_alltoall_method_type`,
-        tensorrt_llm/_torch/modules/fused_moe/). SGLang's expert-parallel deployments
-        dispatch with DeepEP (`--moe-a2a-backend deepep`), which first scatters the tokens
-        over the attention-TP ranks, so each device sends its 1/(tp·dp) share even at dp 1.
+        `dp_size > 1 and use_ep`). TRT-LLM: only under attention DP with moe_ep_size > top-k
+        and a group inside one NVLink domain, else all-gather and reduce-scatter
+        (`select_alltoall_method_type`, tensorrt_llm/_torch/modules/fused_moe/): its
+        all-to-all is MNNVL's (NVLink-mapped workspaces) or DeepEP's, which the engine takes
+        only under TRTLLM_CAN_USE_DEEP_EP=1 (no InferenceX recipe sets it), so an EP group
+        spanning nodes joined by InfiniBand (H100 DEP16) gathers. SGLang's expert-parallel
+        deployments dispatch with DeepEP (`--moe-a2a-backend deepep`), which first scatters
+        the tokens over the attention-TP ranks, so each device sends its 1/(tp·dp) share even
+        at dp 1.
         """
         p = self.par
         if p.ep == 1:
@@ -365,7 +369,8 @@ class Predictor:
         if p.dp == 1:
             return False
         if self.engine.name == "trtllm":
-            return p.ep > self.model.experts_per_token
+            in_domain = p.tp * p.dp <= self.device.max_devices_per_node
+            return p.ep > self.model.experts_per_token and in_domain
         return True
 
     def _collective(self, op: str, nbytes_moved: np.ndarray, n: int) -> np.ndarray:
