@@ -722,12 +722,12 @@ def _quant_formats(
     if not q or not method:
         return {}
     if method == "fp8":
-        fmt: dict[str, Any] = {"weight_dtype": "fp8", "expert_dtype": "fp8"}
+        fp8: dict[str, Any] = {"weight_dtype": "fp8", "expert_dtype": "fp8"}
         if q.get("weight_block_size"):  # e.g. [128, 128]: DeepSeek-V3, Qwen3.5-FP8, MiniMax-M2
-            fmt["fp8_block"] = True
+            fp8["fp8_block"] = True
         if str(q.get("moe_quant_algo", "")).upper() == "NVFP4":
-            fmt["expert_dtype"] = "fp4"
-        return fmt
+            fp8["expert_dtype"] = "fp4"
+        return fp8
     if method == "mxfp4":
         return {"weight_dtype": "bf16", "expert_dtype": "mxfp4"}  # gpt-oss: experts only
     if method == "modelopt":
