@@ -813,10 +813,12 @@ def stated_layout_settings(
     keys = ("num_workers", "tp_size", "attention_dp_size", "moe_ep_size")
     found: dict[tuple[str, str], dict[str, str]] = {}
     for item in _disagg_items(row, fields, table):
-        if (item["prefill_settings"] or item["decode_settings"]) and all(
+        if not (item["prefill_settings"] or item["decode_settings"]):
+            continue
+        cols = {**_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
+        if all(
             _float(cols[f"{pool}_{k}"]) == _float(row.get(f"{pool}_{k}", ""))
             for pool in ("prefill", "decode")
-            for cols in (_pool_columns(row, item, pool),)
             for k in keys
         ):
             found.setdefault((item["prefill_settings"], item["decode_settings"]), item)
@@ -1299,9 +1301,9 @@ def main(argv: list[str] | None = None) -> int:
             row, out["layout_source"], refusal = single_node_config(row)
         if not refusal and not out["layout_source"]:
             row, out["layout_source"] = stated_layout_settings(row)
-        recovered = row.get("mode") == "disagg" and out["layout_source"].startswith(
-            ("layout recovered", "engine flags")
-        )
+        # (single_node_config answers colocated rows only: a disaggregated row's source is
+        # its recovered layout or its recipe's flags)
+        recovered = row.get("mode") == "disagg" and bool(out["layout_source"])
         status = refusal or specified_or_reason(row, benchmarked_clients=recovered)
         try:
             out["concurrency"] = concurrency_of(row)

@@ -83,32 +83,23 @@ def find(
 ) -> tuple[Path, str] | None:
     """The Parquet file of `table` (e.g. "gemm_perf") for a GPU, family and engine, with the
     version chosen; None when that engine has no such table on that GPU."""
-    found = versions(gpu, family, engine)
-    found = [
-        v for v in found if (data_root() / gpu / family / engine / v / f"{table}.parquet").exists()
-    ]
-    if not found:
-        return None
-    v = nearest_version(found, version)
-    return data_root() / gpu / family / engine / v / f"{table}.parquet", v
+    found = find_all(gpu, family, table, engine, version)
+    return found[0] if found else None
 
 
 def find_all(
     gpu: str, family: str, table: str, engine: str, version: str | None = None
 ) -> list[tuple[Path, str]]:
-    """Every version's Parquet file of `table` for a GPU, family and engine, the one `find`
-    picks first and the rest by the same nearness (a later collection may have measured
-    other layouts than the nearest one did)."""
-    found = [
-        v
-        for v in versions(gpu, family, engine)
-        if (data_root() / gpu / family / engine / v / f"{table}.parquet").exists()
-    ]
+    """Every version's Parquet file of `table` for a GPU, family and engine, nearest to
+    `version` first (`nearest_version`; a later collection may have measured other layouts
+    than the nearest one did)."""
+    where = data_root() / gpu / family / engine
+    left = [v for v in versions(gpu, family, engine) if (where / v / f"{table}.parquet").exists()]
     out = []
-    while found:
-        v = nearest_version(found, version)
-        found.remove(v)
-        out.append((data_root() / gpu / family / engine / v / f"{table}.parquet", v))
+    while left:
+        v = nearest_version(left, version)
+        left.remove(v)
+        out.append((where / v / f"{table}.parquet", v))
     return out
 
 
