@@ -531,3 +531,25 @@ def test_moe_layouts_are_found_in_every_collection_of_the_engine() -> None:
     assert t == pytest.approx(rows["latency"][hit].min() * 1e-3, rel=1e-9)
     assert kernel_tables.nearest_version(["1.3.0rc10", "1.3.0rc20"], "1.3.0rc23") == "1.3.0rc20"
     assert kernel_tables.nearest_version(["1.3.0rc10", "1.3.0rc20"], None) == "1.3.0rc20"
+
+
+def test_the_router_is_priced_unquantised_whatever_the_checkpoint() -> None:
+    """Engines keep the MoE router in bf16 (vLLM's GateLinear has no quant_config, SGLang's
+    MoEGate and TensorRT-LLM's DeepseekV3Gate hold bf16 weights), so an NVFP4 DeepSeek-R1's
+    router at 8 rows is B200's measured bf16 GEMM (about 5 µs), not its nvfp4 one (about 19 µs
+    with the activation quantisation)."""
+    model = load_model("nvidia/DeepSeek-R1-NVFP4")
+    assert model.weight_dtype == "fp4"
+    b200, trtllm = get_device("b200_sxm"), get_engine("trtllm")
+    pred = Predictor(model, b200, Parallel(tp=4), trtllm, latency_model="measured")
+    router = {op.name: op for op in pred.ops(BatchShape(8, 8 * 1500, ()))}["router"]
+    rows = {d: gemm_rows("b200_sxm", d, "trtllm") for d in ("bfloat16", "nvfp4")}
+    hit = {
+        d: (r["m"] == 8) & (r["n"] == model.num_experts) & (r["k"] == model.hidden_size)
+        for d, r in rows.items()
+    }
+    bf16_s = float(rows["bfloat16"]["latency"][hit["bfloat16"]][0]) * 1e-3
+    fp4_s = float(rows["nvfp4"]["latency"][hit["nvfp4"]][0]) * 1e-3
+    assert fp4_s > 3 * bf16_s
+    assert router.provenance == "measured"
+    assert router.seconds == pytest.approx(router.calls * bf16_s, rel=1e-9)

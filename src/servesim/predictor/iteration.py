@@ -410,7 +410,8 @@ class Predictor:
             terms.append(self._elementwise("shared_act", "act", act_bytes, moe_layers))
             terms.append(self._gemm("shared_down_proj", t, h, s, moe_layers))
             if m.shared_expert_gate:  # sigmoid(x·w)·shared output: a GEMV and a scale
-                terms.append(self._gemm("shared_gate_proj", t, 1, h, moe_layers))
+                # (unquantised like the router: vLLM builds it without a quant_config)
+                terms.append(self._gemm("shared_gate_proj", t, 1, h, moe_layers, dtype="bf16"))
                 gate_bytes = 2 * t * h * ACT_BYTES
                 terms.append(self._elementwise("shared_gate_mul", "act", gate_bytes, moe_layers))
         return terms
@@ -478,7 +479,11 @@ class Predictor:
             terms += self._ffn_terms(t, tp, dense=p.dense_tp == tp, shared=p.shared_tp == tp)
         moe_layers = self._stage_fraction(m.num_moe_layers)
         if moe_layers:
-            terms.append(self._gemm("router", t, m.num_experts, h, moe_layers))
+            # The router stays unquantised in every engine whatever the checkpoint: vLLM's
+            # GateLinear/ReplicatedLinear without a quant_config, SGLang's MoEGate and
+            # TensorRT-LLM's DeepseekV3Gate bf16 weights (dsv3_router_gemm), and quantisers
+            # leave `mlp.gate` out; an fp8/fp4 GEMM table would price it as a quantised GEMM.
+            terms.append(self._gemm("router", t, m.num_experts, h, moe_layers, dtype="bf16"))
         if tp > 1:
             impl = self.engine.allreduce_impl
             priced = self.kernels.allreduce(hb, tp, impl) if self.kernels is not None else None
