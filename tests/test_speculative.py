@@ -113,13 +113,21 @@ def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -
     draft = spec.draft_s(n, ctx)
     assert spec.step_s(n, ctx, ()) - draft == pytest.approx(verify, rel=1e-12)
     # One EAGLE pass: the average target layer, the 2h→h projection, the LM head and one
-    # layer's attention.
+    # layer's attention. The first pass runs the k+1 verified positions of every sequence
+    # (SGLang's draft-extend, vLLM's first proposer pass) with logits at one of them; the
+    # k−1 others one position each.
     layers = llama8.num_layers
     h = llama8.hidden_size
-    proj = base._gemm("eh_proj", np.array([float(n)]), h, 2 * h, 1.0).seconds[0]
-    lm_s = base._lm_tab[n]
-    one = (base.dense_s(n, n) - lm_s) / layers + proj + lm_s + (a + b * ctx) / layers
-    assert draft == pytest.approx(k * one, rel=1e-12)
+
+    def one_pass(q: int) -> float:
+        proj = base._gemm("eh_proj", np.array([float(n * q)]), h, 2 * h, 1.0).seconds[0]
+        lm_all, lm_s = base._lm_tab[n * q], base._lm_tab[n]
+        aq, bq = base.decode_coeffs(n, queries=q)
+        layer = (base.dense_s(n * q, n * q) - lm_all + aq + bq * ctx) / layers
+        return layer + proj + lm_s
+
+    assert draft == pytest.approx(one_pass(k + 1) + (k - 1) * one_pass(1), rel=1e-12)
+    assert one_pass(k + 1) > one_pass(1)
     # The breakdown splits the same time into draft and verify.
     d, v = spec.breakdown_s(BatchShape(n, ctx))
     assert (d, v) == pytest.approx((draft, verify), rel=1e-12)

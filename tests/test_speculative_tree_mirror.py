@@ -38,7 +38,8 @@ def test_tree_acceptance_hand_computed() -> None:
     assert sd.depth_acceptance == pytest.approx((0.936, 0.75))
     assert sd.expected_tokens_per_step == pytest.approx(1 + 0.936 + 0.936 * 0.75)
     assert sd.verify_tokens == 6  # the root and 3 + 2 nodes
-    assert sd.draft_rows == (1, 3)  # pass 2 expands depth 1's candidates
+    # pass 1 runs the kept positions, padded to depth + 1; pass 2 expands depth 1's candidates
+    assert sd.draft_rows == (3, 3)
     assert sd.label() == "eagle2w3-2"
     chain = SpeculativeDecoding("eagle", 2, (0.6, 0.5))
     assert chain.tree_widths == (1, 1) and chain.verify_tokens == 3 and not chain.is_tree

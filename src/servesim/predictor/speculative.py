@@ -11,8 +11,14 @@ one layer of KV; a draft model's pass is that model's decode step. The engines r
 passes in the same captured CUDA graph as the step (SGLang `EAGLEDraftCudaGraphRunner`,
 vLLM `EagleProposer` under cudagraph), so no scheduler overhead is added per pass.
 
-A draft tree (`SpeculativeDecoding.tree_widths`) verifies 1 + Σ w_i tokens per sequence and
-its draft pass i runs the previous depth's w_{i−1} expanded nodes per sequence. With Mirror-SD
+The first draft pass of a step runs over the positions the last verify pass kept, padded to
+depth + 1 per sequence: it extends the drafter's KV over the accepted tokens and drafts the
+first new one (SGLang's draft-extend, `EAGLEDraftExtendCudaGraphRunner` with
+`speculative_num_steps` + 1 tokens a request, then `speculative_num_steps` − 1 decode passes;
+vLLM's `EagleProposer.propose` over every scheduled token of the step; TensorRT-LLM's MTP-Eagle
+first draft over the accepted tokens); its LM head reads one position per sequence. A draft
+tree (`SpeculativeDecoding.tree_widths`) verifies 1 + Σ w_i tokens per sequence and its later
+draft pass i runs the previous depth's w_{i−1} expanded nodes per sequence. With Mirror-SD
 the drafter runs on its own devices (the head's one layer, or the draft model, tensor-parallel
 over `mirror_devices` of `mirror_device`) concurrently with verify, so a decode step takes
 max(draft, verify) + the exchange over the link: the draft tokens one way and, for a head that
@@ -84,40 +90,47 @@ class SpeculativePredictor(Predictor):
                 self.engine,
                 latency_model=latency_model,
             )
-        self._draft_cache: dict[int, tuple[float, float]] = {}
+        self._draft_cache: dict[tuple[int, int], tuple[float, float]] = {}
         self._proj_tab = np.zeros(0)  # a head's 2h→h input projection by row count
 
     # ---- one draft pass ------------------------------------------------------------------
-    def draft_pass_coeffs(self, decode_seqs: int) -> tuple[float, float]:
-        """(a, b): one draft pass over n sequences takes a + b × their total context."""
-        got = self._draft_cache.get(decode_seqs)
+    def draft_pass_coeffs(self, decode_seqs: int, positions: int = 1) -> tuple[float, float]:
+        """(a, b): one draft pass over n sequences of `positions` tokens each (the first pass of
+        a step runs the kept positions, later ones one node each) takes a + b × their total
+        context."""
+        key = (decode_seqs, positions)
+        got = self._draft_cache.get(key)
         if got is None:
-            got = self._draft_cache[decode_seqs] = self._draft_pass(decode_seqs)
+            got = self._draft_cache[key] = self._draft_pass(decode_seqs, positions)
         return got
 
-    def _draft_pass(self, n: int) -> tuple[float, float]:
+    def _draft_pass(self, n: int, q: int = 1) -> tuple[float, float]:
         if self.draft is not None:
             d = self.draft
             # One copy per DP rank beside the target, or (Mirror-SD) one for the whole batch.
             div = 1 if self.speculative.mirror_device else self.par.dp
             rows = -(-n // div)
-            a, b = d.decode_coeffs(rows)
-            return d.dense_s(rows, rows) + a, b / div
+            a, b = d.decode_coeffs(rows, queries=q)
+            lm_extra = d._lm_tab[rows] if q > 1 else 0.0  # logits of one position a sequence
+            return d.dense_s(rows * q, rows) - (q - 1) / q * lm_extra + a, b / div
         # One decoder layer of the target (its average layer: DeepSeek's MTP layer is an MoE
         # layer like 58 of its 61), the 2h→h input projection and the shared LM head.
         host = self.head_host
         rows = -(-n // host.par.dp)  # the busiest rank's sequences
         layers = host.layers_per_stage
-        dense = host.dense_s(n, n)
-        lm = host._lm_tab[rows]
+        dense = host.dense_s(n * q, n * q)  # the layer's work over every position
+        if rows * q >= len(host._lm_tab):
+            host._grow_tables(rows * q)
+        lm_all = host._lm_tab[rows * q]  # what dense_s holds for the LM head
+        lm = host._lm_tab[rows]  # logits of one position a sequence
         h = host.model.hidden_size
         tab = self._proj_tab
-        if rows >= len(tab):  # priced for every row count up to twice this one, at once
-            rows_all = np.maximum(np.arange(2 * rows + 64, dtype=np.float64), 1.0)
+        if rows * q >= len(tab):  # priced for every row count up to twice this one, at once
+            rows_all = np.maximum(np.arange(2 * rows * q + 64, dtype=np.float64), 1.0)
             tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
-        proj = tab[rows]
-        a, b = host.decode_coeffs(n, queries=1)  # a draft pass: one query per sequence
-        return (dense - lm) / layers + float(proj) + lm + a / layers, b / layers
+        proj = tab[rows * q]
+        a, b = host.decode_coeffs(n, queries=q)
+        return (dense - lm_all) / layers + float(proj) + lm + a / layers, b / layers
 
     def draft_s(self, decode_seqs: int, decode_context: int) -> float:
         """Seconds of a step's k draft passes over n sequences of total context C: pass i runs
@@ -125,9 +138,15 @@ class SpeculativePredictor(Predictor):
         context (its growth by one token a pass is negligible)."""
         if not decode_seqs:
             return 0.0
-        rows = self.speculative.draft_rows
-        total = sum(self.draft_pass_coeffs(decode_seqs * r)[0] for r in rows)
-        return total + len(rows) * self.draft_pass_coeffs(decode_seqs)[1] * decode_context
+        return sum(self._draft_coeffs(decode_seqs, decode_context))
+
+    def _draft_coeffs(self, n: int, context: int = 0) -> tuple[float, float]:
+        """(fixed seconds, seconds per unit of total context) of a step's draft passes."""
+        first, *later = self.speculative.draft_rows
+        a, b = self.draft_pass_coeffs(n, first)
+        b1 = self.draft_pass_coeffs(n)[1]
+        fixed = a + sum(self.draft_pass_coeffs(n * r)[0] for r in later)
+        return fixed, (b + len(later) * b1) * context
 
     def exchange_s(self, decode_seqs: int) -> float:
         """Mirror-SD: seconds of a step's exchange between target and draft devices (0 when
@@ -164,7 +183,7 @@ class SpeculativePredictor(Predictor):
     def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
         c0 = self.step_s(n, 0, ())  # verify and drafts at zero context
         _, b = self._decode_cache(n)
-        db = len(self.speculative.draft_rows) * self.draft_pass_coeffs(n)[1]
+        db = self._draft_coeffs(n, 1)[1]
         if self.speculative.mirror_device is not None:
             # max(a_v + b_v·C, a_d + b_d·C) ≤ max(a) + max(b)·C: exact when one side leads at
             # every context (verify does, unless the draft devices are much slower).
@@ -176,14 +195,16 @@ class SpeculativePredictor(Predictor):
         work = super().step_work_s(decode_seqs, decode_context, prefill)
         if decode_seqs:
             host = self.head_host
-            for r in self.speculative.draft_rows:
+            for i, r in enumerate(self.speculative.draft_rows):
                 rows = -(-decode_seqs * r // host.par.dp)
                 if self.draft is not None:
                     work += self.draft.step_work_s(rows, 0, ())
                     continue
                 if rows >= len(host._dyn_dense_tab):
                     host._grow_tables(rows)
-                work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[rows]
+                # the first pass takes logits at one position a sequence, later ones every node
+                logits = -(-decode_seqs // host.par.dp) if i == 0 else rows
+                work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[logits]
         return work
 
     def ops(self, batch: BatchShape) -> list[OpCost]:

@@ -182,9 +182,11 @@ class SpeculativeDecoding:
 
     @property
     def draft_rows(self) -> tuple[int, ...]:
-        """Nodes each draft pass runs per sequence: the root, then each depth's expanded
-        candidates (EAGLE-2 expands the frontier of the previous depth)."""
-        return (1, *self.tree_widths[:-1])
+        """Positions each draft pass runs per sequence: first the verified positions the step
+        kept, padded to depth + 1 (SGLang's draft-extend, vLLM's and TensorRT-LLM's first
+        draft pass over the accepted tokens), then each depth's expanded candidates (EAGLE-2
+        expands the frontier of the previous depth)."""
+        return (len(self.tree_widths) + 1, *self.tree_widths[:-1])
 
     def label(self) -> str:
         """Short description such as `mtp3`, `eagle3w4` (a tree of width 4) or `mtp3+mirror`."""
