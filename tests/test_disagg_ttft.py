@@ -104,7 +104,10 @@ def test_a_busy_decode_worker_admits_at_its_next_step_boundary(engine: str) -> N
     def next_boundary(t: float) -> float:
         return float(bounds[np.searchsorted(bounds, t)])
 
-    ready = t_b + front + prefill + e.handoff_s(P)
+    start = t_b + front
+    if e.disagg_prefill_waits_for_decode:  # SGLang: the busy decode reads B in at its next pass
+        start = next_boundary(start)
+    ready = start + prefill + e.handoff_s(P)
     if e.disagg_pull_at_pass:
         ready = next_boundary(ready)
     arrive = ready + transfer
@@ -160,3 +163,35 @@ def test_a_full_decode_worker_holds_the_next_request_until_a_slot_frees() -> Non
     roomy = replace(pool, max_num_seqs=2)
     cols = simulate(DisaggDeployment(roomy, roomy, "infiniband"), w).columns()
     assert cols["first_token_s"][1] < a_done
+
+
+def test_sglang_prefill_waits_for_the_decode_to_read_the_request_in() -> None:
+    """Claim (SGLang PD bootstrap): the prefill worker starts B only once the decode worker has
+    read B in and sent back the blocks it pre-allocated; a decode worker busy with A under
+    `--scheduler-recv-interval 10` reads new requests on every tenth pass only. So B's prefill
+    starts on one of A's step boundaries, the first at or after B reached the servers whose
+    pass reads, and those reading boundaries are 10 steps apart: B's start indices agree
+    modulo 10 whatever B's arrival, and each is within 10 steps of the first boundary after
+    it. With interval 1 B starts at the first boundary (the test above)."""
+    engine = get_engine("sglang").with_overrides(recv_interval_steps=10)
+    pool = Deployment(LLAMA8, H100, engine=engine)
+    dep, pred = DisaggDeployment(pool, pool, "infiniband"), pool.predictor()
+    front = engine.frontend_s(P)
+    prefill = pred.iteration(BatchShape(prefill=((P, 0),))).seconds
+    t_a = front + prefill + LINK.seconds(LLAMA8.kv_bytes(P))
+    bounds = t_a + np.cumsum([step(pred, P + 1 + j) for j in range(400)])
+    first_step = bounds[1] - bounds[0]
+    starts, firsts = [], []
+    for x in range(12):
+        t_b = 0.5 + 0.37 * x * first_step
+        w = Workload(np.array([0.0, t_b]), np.array([P, P]), np.array([400, OUT]))
+        cols = simulate(dep, w).columns()
+        start = float(cols["scheduled_s"][1])
+        j = int(np.argmin(np.abs(bounds - start)))
+        assert start == pytest.approx(bounds[j], abs=1e-9)  # on one of A's boundaries
+        j0 = int(np.searchsorted(bounds, t_b + front))  # the first boundary after B came
+        assert 0 <= j - j0 < 10
+        starts.append(j)
+        firsts.append(j0)
+    assert len({j % 10 for j in starts}) == 1  # the decode reads every tenth pass
+    assert any(j > j0 for j, j0 in zip(starts, firsts, strict=True))  # B waited past one

@@ -32,7 +32,7 @@ from servesim.sim.synthetic import ClosedLoop
 from servesim.sim.transfer import Link, Network
 
 INF = math.inf
-_REP, _XFER, _TICK = 0, 1, 2
+_REP, _XFER, _TICK, _BOOT = 0, 1, 2, 3
 
 
 @dataclass
@@ -130,6 +130,11 @@ class Cluster:
             self.pair_of[p.index] = (p, d)
             self.pair_of[d.index] = (p, d)
             self.sync_pair(p, d)
+        # SGLang's bootstrap: a request reaches the prefill worker only once a decode worker
+        # (taken in turn, as the router picks the pair at arrival) has read it in.
+        self.boot = bool(self.decode) and self.decode[0].pred.engine.disagg_prefill_waits_for_decode
+        self.boot_turn = 0
+        self.booting = 0  # requests waiting for their decode worker to read them
         path = kv_path or migration_path
         if path is not None:
             for r in self.reps:
@@ -241,19 +246,25 @@ class Cluster:
                         sent_s[gid] = sent
                 self.now = t_arr
                 target = route(rid, self.active_entry)
-                before = target.next_t
-                done = target.enqueue(rid, t_arr)
-                t = target.next_t
-                if t != before and t < INF:
-                    push(heap, (t, _REP, target.index, 0))
-                if handoffs and target.handoff:
-                    done = done + self._handoffs(target)
-                if pair_of:
-                    self.sync_pair(*pair_of[target.index])
+                if self.boot:
+                    pool = self.decode
+                    read = pool[self.boot_turn % len(pool)].next_read_s(t_arr)
+                    self.boot_turn += 1
+                    if read > t_arr:  # the prefill sees it once the decode has read it
+                        push(heap, (read, _BOOT, rid, target.index))
+                        self.booting += 1
+                        done = []
+                    else:
+                        done = self._enter(target, rid, t_arr)
+                else:
+                    done = self._enter(target, rid, t_arr)
             else:
                 t, kind, a, b = pop(heap)
                 self.now = t
-                if kind == _REP:
+                if kind == _BOOT:
+                    self.booting -= 1
+                    done = self._enter(reps[b], a, t)
+                elif kind == _REP:
                     r = reps[a]
                     done = r.advance()
                     t = r.next_t
@@ -302,9 +313,27 @@ class Cluster:
                     # of the result names them). Ticks left in the heap cannot add work.
                     break
 
+    def _enter(self, target: Replica, rid: int, t: float) -> list[int]:
+        """A request reaches the replica the router chose; returns requests that finished."""
+        before = target.next_t
+        done = target.enqueue(rid, t)
+        t_next = target.next_t
+        if t_next != before and t_next < INF:
+            heapq.heappush(self.heap, (t_next, _REP, target.index, 0))
+        if self.decode and target.handoff:
+            done = done + self._handoffs(target)
+        if self.pair_of:
+            self.sync_pair(*self.pair_of[target.index])
+        return done
+
     def _busy(self, more_arrivals: bool) -> bool:
         """Whether an arrival can still come or a replica or a transfer has work in flight."""
-        return more_arrivals or any(r.next_t < INF for r in self.reps) or bool(self.net.active)
+        return (
+            more_arrivals
+            or bool(self.booting)
+            or any(r.next_t < INF for r in self.reps)
+            or bool(self.net.active)
+        )
 
     # ---- disaggregation: hand-off, pull, transfer ------------------------------------------
     def _handoffs(self, src: Replica) -> list[int]:

@@ -442,6 +442,20 @@ class Replica(
         j = self._boundary(seg, t)
         return seg[0] + j * seg[2] + seg[3] * j * (j - 1) * 0.5
 
+    def next_read_s(self, t: float) -> float:
+        """When the engine's scheduler next reads new requests sent at time t: the next pass
+        (`next_pass_s`), or with a receive interval while it decodes, the first pass boundary
+        at which the interval comes round (SGLang's SchedulerRecvSkipper; an iteration with
+        prefill tokens counts as a whole interval). Passes past the stretch in flight are
+        assumed to last as its last one."""
+        every = self.cfg.recv_interval
+        seg = self._seg
+        if every <= 1 or seg is None or self.next_t == INF or t >= self.next_t:
+            return self.next_pass_s(t)
+        j = self._boundary(seg, t)
+        j += -(self.recv_steps + j) % every
+        return seg[0] + j * seg[2] + seg[3] * j * (j - 1) * 0.5
+
     def free_blocks(self) -> int:
         """Blocks that can be promised now without disturbing the work in flight."""
         free = self.kv_blocks - self.fixed_blocks

@@ -107,6 +107,14 @@ class EngineProfile:
     # it (a pull: TRT-LLM, vLLM's NIXL read); False when the prefill pushes it at its end into
     # blocks the decode pre-allocated during the prefill (SGLang's bootstrap handshake).
     disagg_pull_at_pass: bool = True
+    # The prefill worker may start a request only once a decode worker has taken it in and
+    # sent back the KV blocks it pre-allocated (SGLang's bootstrap: the prefill's
+    # PrefillBootstrapQueue holds a request until its KV sender leaves `Bootstrapping`, which
+    # happens when the decode's DecodePreallocQueue has allocated and its KVReceiver.init sent
+    # the indices; the decode reads the request in its scheduler loop, so only on the passes
+    # its `--scheduler-recv-interval` lets read: python/sglang/srt/disaggregation/prefill.py,
+    # decode.py). False: the prefill starts at once (TRT-LLM context-first, vLLM NIXL).
+    disagg_prefill_waits_for_decode: bool = False
     # Host time to issue one layer's kernels in a forward that is not graph-captured (PyTorch
     # eager: Python modules, dispatcher, cudaLaunchKernel per kernel). The CPU runs ahead of the
     # GPU, so such an iteration takes max(kernel time, host time) rather than their sum: a
@@ -304,6 +312,7 @@ ENGINES: dict[str, EngineProfile] = {
         disagg_handoff_s=0.0,  # the router sent the request to both servers at the start
         disagg_handoff_tokenizes=False,
         disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
+        disagg_prefill_waits_for_decode=True,  # ... which the decode allocated first
         # Prefill runs eager (piecewise CUDA graphs were opt-in, `--enable-piecewise-cuda-graph`,
         # until PR #16331 made them the default in March 2026; InferenceX's DeepSeek launch
         # still passes --disable-piecewise-cuda-graph).
