@@ -121,9 +121,9 @@ def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -
 
     def one_pass(q: int) -> float:
         proj = base._gemm("eh_proj", np.array([float(n * q)]), h, 2 * h, 1.0).seconds[0]
-        lm_all, lm_s = base._lm_tab[n * q], base._lm_tab[n]
+        lm_s = base._lm_tab[n]
         aq, bq = base.decode_coeffs(n, queries=q)
-        layer = (base.dense_s(n * q, n * q) - lm_all + aq + bq * ctx) / layers
+        layer = (base.dense_s(n * q, n) - lm_s + aq + bq * ctx) / layers
         return layer + proj + lm_s
 
     assert draft == pytest.approx(one_pass(k + 1) + (k - 1) * one_pass(1), rel=1e-12)

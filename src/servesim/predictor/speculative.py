@@ -111,18 +111,15 @@ class SpeculativePredictor(Predictor):
             div = 1 if self.speculative.mirror_device else self.par.dp
             rows = -(-n // div)
             a, b = d.decode_coeffs(rows, queries=q)
-            lm_extra = d._lm_tab[rows] if q > 1 else 0.0  # logits of one position a sequence
-            return d.dense_s(rows * q, rows) - (q - 1) / q * lm_extra + a, b / div
+            return d.dense_s(rows * q, rows) + a, b / div  # logits at one position a sequence
         # One decoder layer of the target (its average layer: DeepSeek's MTP layer is an MoE
         # layer like 58 of its 61), the 2h→h input projection and the shared LM head.
         host = self.head_host
         rows = -(-n // host.par.dp)  # the busiest rank's sequences
         layers = host.layers_per_stage
-        dense = host.dense_s(n * q, n * q)  # the layer's work over every position
-        if rows * q >= len(host._lm_tab):
-            host._grow_tables(rows * q)
-        lm_all = host._lm_tab[rows * q]  # what dense_s holds for the LM head
-        lm = host._lm_tab[rows]  # logits of one position a sequence
+        # The layers' work over every position, the LM head over one position a sequence.
+        dense = host.dense_s(n * q, n)
+        lm = host._lm_tab[rows]
         h = host.model.hidden_size
         tab = self._proj_tab
         if rows * q >= len(tab):  # priced for every row count up to twice this one, at once
@@ -130,7 +127,7 @@ class SpeculativePredictor(Predictor):
             tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
         proj = tab[rows * q]
         a, b = host.decode_coeffs(n, queries=q)
-        return (dense - lm_all) / layers + float(proj) + lm + a / layers, b / layers
+        return (dense - lm) / layers + float(proj) + lm + a / layers, b / layers
 
     def draft_s(self, decode_seqs: int, decode_context: int) -> float:
         """Seconds of a step's k draft passes over n sequences of total context C: pass i runs

@@ -131,8 +131,13 @@ class Cluster:
             self.pair_of[d.index] = (p, d)
             self.sync_pair(p, d)
         # SGLang's bootstrap: a request reaches the prefill worker only once a decode worker
-        # (taken in turn, as the router picks the pair at arrival) has read it in.
-        self.boot = bool(self.decode) and self.decode[0].pred.engine.disagg_prefill_waits_for_decode
+        # (taken in turn, as the router picks the pair at arrival) has read it in. Not for
+        # semi-PD lanes, which hand over in place.
+        self.boot = (
+            bool(self.decode)
+            and not self.pairs
+            and self.decode[0].pred.engine.disagg_prefill_waits_for_decode
+        )
         self.boot_turn = 0
         self.booting = 0  # requests waiting for their decode worker to read them
         path = kv_path or migration_path
