@@ -356,6 +356,22 @@ QUANT = {
 }
 
 
+def inferencex_static_fp8(row: dict[str, str]) -> bool:
+    """Whether a row ran a per-tensor FP8 checkpoint with calibrated (static) input scales:
+    InferenceX's Llama-3.1-70B FP8 launches serve nvidia/Llama-3.3-70B-Instruct-FP8 (its
+    configs, e.g. `.github/configs` at 3233df20f^: `model: 'nvidia/Llama-3.3-70B-Instruct-FP8'`),
+    a ModelOpt FP8 checkpoint. aiconfigurator's own rows label static FP8 `fp8_static`, so
+    their plain `fp8` is the dynamic kind."""
+    weights = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
+    if weights == "fp8_static":
+        return True
+    return (
+        protocol_of(row) is not AIPERF
+        and weights == "fp8"
+        and "llama-3.1-70b" in row["model_path"].lower()
+    )
+
+
 def inferencex_kv_dtype(row: dict[str, str]) -> str | None:
     """The KV-cache format of InferenceX's colocated launch for a row, or None when the row is
     not one (other clients, disaggregated pools, launches this does not know).
@@ -408,6 +424,8 @@ def _model(row: dict[str, str]):
         model = model.with_dtypes(weight=quant or None, kv=kv, expert=moe or None)
     if block and not model.fp8_block:
         model = replace(model, fp8_block=True)
+    if inferencex_static_fp8(row):
+        model = replace(model, fp8_static_act=True)
     ssm = scripted.get("ssm_dtype")
     if ssm and model.num_linear_layers:  # e.g. SGLang --mamba-ssm-dtype bfloat16
         model = replace(model, state_dtype=canonical(str(ssm)))

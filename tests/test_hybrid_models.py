@@ -220,6 +220,32 @@ def test_block_scaled_fp8_is_told_from_per_tensor(tmp_path) -> None:
     assert not load_model("Qwen3-8B").with_dtypes(weight="fp8").fp8_block
 
 
+def test_static_fp8_activation_scales_are_read_from_the_checkpoint(tmp_path) -> None:
+    """A calibrated input scale (ModelOpt FP8, `activation_scheme: static`, llm-compressor
+    with `dynamic: false`) marks static fp8 activations; a dynamic scheme, DeepSeek's config,
+    an fp8 flag on a bf16 checkpoint and NVFP4 do not."""
+    w8 = {"num_bits": 8, "type": "float", "strategy": "tensor"}
+    ct = "compressed-tensors"
+
+    def groups(dynamic: bool) -> dict:
+        acts = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": dynamic}
+        return {"g": {"weights": w8, "input_activations": acts}}
+
+    for q, want in (
+        ({"quant_method": "fp8", "activation_scheme": "static"}, True),
+        ({"quant_method": "fp8", "activation_scheme": "dynamic"}, False),
+        ({"quant_method": ct, "config_groups": groups(False)}, True),
+        ({"quant_method": ct, "config_groups": groups(True)}, False),
+    ):
+        m = _write(tmp_path, {**SMALL, "quantization_config": q})
+        assert (m.weight_dtype, m.fp8_static_act) == ("fp8", want), q
+    modelopt = {"quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}}
+    assert _write(tmp_path, SMALL, modelopt).fp8_static_act
+    assert not load_model("deepseek-ai/DeepSeek-R1").fp8_static_act
+    assert not load_model("Qwen3-8B").with_dtypes(weight="fp8").fp8_static_act
+    assert not load_model("nvidia/DeepSeek-R1-NVFP4").fp8_static_act
+
+
 def test_fp8_and_fp4_refused_on_ampere() -> None:
     a100 = catalog().get("a100_sxm")
     with pytest.raises(ServesimError, match="no FP8 tensor cores"):

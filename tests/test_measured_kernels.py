@@ -553,3 +553,30 @@ def test_the_router_is_priced_unquantised_whatever_the_checkpoint() -> None:
     assert fp4_s > 3 * bf16_s
     assert router.provenance == "measured"
     assert router.seconds == pytest.approx(router.calls * bf16_s, rel=1e-9)
+
+
+def test_static_fp8_scales_take_the_scale_pass_off_the_measured_gemm() -> None:
+    """aiconfigurator collected the per-tensor fp8 GEMMs without an input scale, so they hold
+    the dynamic scale's amax pass (its TensorRT-LLM collector says so); a checkpoint with a
+    calibrated scale skips it. At a measured point (B200 TensorRT-LLM, 8 × 10240 × 8192) the
+    static GEMM is the table's time less the engine's `computescale` row at (8, 8192), and it
+    never goes below the GEMM's speed of light (the weights read once at peak bandwidth)."""
+    b = backend("b200_sxm", "trtllm")
+    m, n, k = 8, 10240, 8192
+    rows = gemm_rows("b200_sxm", "fp8", "trtllm")
+    hit = (rows["m"] == m) & (rows["n"] == n) & (rows["k"] == k)
+    table_s = float(rows["latency"][hit].min()) * 1e-3
+    path, _ = kernel_tables.find("b200_sxm", "quantize", "computescale_perf", "trtllm")
+    scale = kernel_tables.read(path, ("quant_dtype", "m", "k", "latency"))
+    at = (scale["quant_dtype"] == "fp8") & (scale["m"] == m) & (scale["k"] == k)
+    scale_s = float(scale["latency"][at].min()) * 1e-3
+    dynamic, code = b.gemm(np.array([float(m)]), n, k, "fp8")
+    static, code_s = b.gemm(np.array([float(m)]), n, k, "fp8", static_scale=True)
+    assert dynamic[0] == pytest.approx(table_s, rel=1e-9) and code[0] == mk.MEASURED
+    assert static[0] == pytest.approx(table_s - scale_s, rel=1e-9) and code_s[0] == mk.MEASURED
+    sol = n * k / get_device("b200_sxm").mem_bw_bytes_per_s
+    assert static[0] > sol
+    # Block-scaled and nvfp4 tables are other kernels: nothing is taken off them.
+    for dtype, block in (("fp8", True), ("fp4", False)):
+        plain, _ = b.gemm(np.array([float(m)]), n, k, dtype, block)
+        assert b.gemm(np.array([float(m)]), n, k, dtype, block, True)[0][0] == plain[0]

@@ -482,6 +482,27 @@ def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
     assert silicon.inferencex_kv_dtype({**ds, "mode": "disagg"}) is None
 
 
+def test_inferencex_llama_fp8_rows_run_a_static_scale_checkpoint() -> None:
+    """InferenceX serves nvidia/Llama-3.3-70B-Instruct-FP8 (ModelOpt, calibrated input
+    scales) for its Llama FP8 rows; aiconfigurator's own rows say `fp8_static` when they mean
+    it, so their `fp8` is dynamic; DeepSeek's fp8 is block-scaled and dynamic."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency=4; measured=2026-03-01"
+    llama = row(
+        model_path="meta-llama/Llama-3.1-70B",
+        system="b200_sxm",
+        backend="trtllm",
+        tp_size="4",
+        gemm_quant_mode="fp8",
+        silicon_data_source=ix,
+    )
+    assert silicon._model(llama).fp8_static_act
+    aiperf = {**llama, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
+    assert not silicon._model(aiperf).fp8_static_act
+    assert silicon._model({**aiperf, "gemm_quant_mode": "fp8_static"}).fp8_static_act
+    ds = {**llama, "model_path": "deepseek-ai/DeepSeek-R1", "moe_quant_mode": "fp8"}
+    assert not silicon._model(ds).fp8_static_act
+
+
 def test_every_aiconfigurator_quant_mode_is_one_servesim_prices() -> None:
     """Held-out rows may name any of aiconfigurator's GEMM and MoE quantisation modes (e.g.
     gpt-oss's `w4a8_mxfp4_mxfp8` on Blackwell); each maps to a weight format a model accepts,

@@ -289,7 +289,9 @@ class Predictor:
     ) -> _Term:
         wdt = dtype or (self.model.expert_dtype if expert else self.model.weight_dtype)
         block = self.model.fp8_block and wdt == "fp8"
-        priced = self.kernels.gemm(m, n, k, wdt, block) if self.kernels is not None else None
+        priced = None
+        if self.kernels is not None:
+            priced = self.kernels.gemm(m, n, k, wdt, block, self.model.fp8_static_act)
         if priced is None:
             cdt = gemm_compute_dtype(wdt, self.device.peak_flops_per_s)
             t = roofline.gemm_np(m, n, k, cdt, self.device, self.fit, weight_dtype=wdt, block=block)

@@ -171,6 +171,16 @@ def _gemm_grid(path: Path, gemm_dtype: str) -> Grid | None:
     return build_grid([cols[c][keep] for c in ("m", "n", "k")], cols["latency"][keep])
 
 
+@functools.lru_cache(maxsize=64)
+def _scale_grid(path: Path) -> Grid | None:
+    """The per-tensor fp8 scale computation (an amax pass over the activations) by (m, k)."""
+    cols = kernel_tables.read(path, ("quant_dtype", "m", "k", "latency"))
+    keep = cols["quant_dtype"] == "fp8"
+    if not keep.any():
+        return None
+    return build_grid([cols["m"][keep], cols["k"][keep]], cols["latency"][keep])
+
+
 _ATTN_COLS = (
     "batch_size",
     "isl",
@@ -426,15 +436,28 @@ class MeasuredKernels:
             "mla_prefill": self._find("mla", "context_mla_perf"),
             "mla_decode": self._find("mla", "generation_mla_perf"),
             "gdn": self._find("linear_attention", "gdn_perf"),
+            "scale": self._find("quantize", "computescale_perf"),
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
     def gemm(
-        self, m: np.ndarray, n: int, k: int, weight_dtype: str, block: bool = False
+        self,
+        m: np.ndarray,
+        n: int,
+        k: int,
+        weight_dtype: str,
+        block: bool = False,
+        static_scale: bool = False,
     ) -> Coded | None:
         """Seconds of y[m,n] = x[m,k] @ W[n,k]^T per row count in `m`, in the table of the
         weight dtype (fp8 per-tensor W8A8, nvfp4 W4A4, ...; `block`: fp8 weights scaled per
-        block, a kernel of its own); None without such a table."""
+        block, a kernel of its own); None without such a table.
+
+        The per-tensor fp8 tables were collected without an input scale, so they hold the
+        dynamic scale computation too (aiconfigurator's collector/trtllm/collect_gemm.py says
+        so); with `static_scale` (a checkpoint's calibrated scale) that pass is taken off, as
+        aiconfigurator does for its fp8_static mode: the engine's `computescale` table at
+        (m, k), never below the GEMM's speed of light."""
         path = self._paths["gemm"]
         table_dtype = GEMM_DTYPES.get(_table_format(weight_dtype, block))
         if path is None or table_dtype is None:
@@ -455,7 +478,20 @@ class MeasuredKernels:
 
         m = np.asarray(m, dtype=np.float64)
         x = np.stack([m, np.full_like(m, n), np.full_like(m, k)], axis=1)
-        return anchored(grid, x, roof)
+        t, code = anchored(grid, x, roof)
+        scale_path = self._paths["scale"]
+        if static_scale and table_dtype == "fp8" and scale_path is not None:
+            scale = _scale_grid(scale_path)
+            if scale is not None:
+                logs, _, _ = scale.lookup(x[:, [0, 2]])
+                cut = np.nan_to_num(np.exp(logs))
+                dev = self.device
+                sol = np.maximum(  # speed of light: peak fp8 FLOPs or weights and activations
+                    2.0 * m * n * k / dev.peak_flops_per_s[cdt],
+                    (n * k + ACT_BYTES * (m * k + m * n)) / dev.mem_bw_bytes_per_s,
+                )
+                t = np.maximum(t - cut, sol)
+        return t, code
 
     # ---- attention ------------------------------------------------------------------------
     def _layout(

@@ -110,6 +110,10 @@ class ModelSpec:
     # tensor: engines run them with block-scaled GEMM and MoE kernels, measured in their own
     # tables (aiconfigurator's `fp8_block`); the bytes and FLOPs are fp8's.
     fp8_block: bool = False
+    # Per-tensor fp8 activations scaled by a calibrated scale the checkpoint stores (ModelOpt
+    # FP8, llm-compressor with `dynamic: false`, `activation_scheme: static`) rather than one
+    # computed from each batch at run time: the engine skips the amax pass before each GEMM.
+    fp8_static_act: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a shape no model has: every size positive, heads that split evenly, experts
@@ -669,7 +673,7 @@ def _algo_dtype(algo: Any, origin: str) -> str:
     return _ALGO_DTYPES[key]
 
 
-def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[str, str]:
+def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[str, Any]:
     """Formats from a ModelOpt description (`hf_quant_config.json`'s `quantization`, or a
     `quantization_config` with quant_method modelopt)."""
     algo = q.get("quant_algo")
@@ -680,7 +684,9 @@ def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[s
         )
     dtype = _algo_dtype(algo, origin) if algo else "bf16"
     excluded = list(q.get("exclude_modules") or q.get("ignore") or [])
-    out = {"weight_dtype": dtype, "expert_dtype": dtype}
+    out: dict[str, Any] = {"weight_dtype": dtype, "expert_dtype": dtype}
+    if str(algo).upper() == "FP8":  # ModelOpt calibrates a static input scale per layer
+        out["fp8_static_act"] = True
     if dtype != "bf16" and _excluded(excluded, _ATTN_MARKS):
         out["attention_dtype"] = "bf16"
     if dtype != "bf16" and _excluded(excluded, _SHARED_MARKS):
@@ -725,6 +731,8 @@ def _quant_formats(
         fp8: dict[str, Any] = {"weight_dtype": "fp8", "expert_dtype": "fp8"}
         if q.get("weight_block_size"):  # e.g. [128, 128]: DeepSeek-V3, Qwen3.5-FP8, MiniMax-M2
             fp8["fp8_block"] = True
+        if str(q.get("activation_scheme", "")).lower() == "static":
+            fp8["fp8_static_act"] = True
         if str(q.get("moe_quant_algo", "")).upper() == "NVFP4":
             fp8["expert_dtype"] = "fp4"
         return fp8
@@ -755,6 +763,9 @@ def _quant_formats(
             out = {"weight_dtype": dtype, "expert_dtype": dtype}
             if dtype == "fp8" and any(w.get("strategy") == "block" for w in weights):
                 out["fp8_block"] = True  # llm-compressor's FP8_BLOCK scheme
+            acts = [g.get("input_activations") or {} for g in groups]
+            if dtype == "fp8" and acts and all(a.get("dynamic") is False for a in acts):
+                out["fp8_static_act"] = True  # llm-compressor's FP8 (static) scheme
         scheme = q.get("kv_cache_scheme")
         if isinstance(scheme, dict) and int(scheme.get("num_bits") or 16) == 8:
             out["kv_dtype"] = "fp8"
