@@ -24,6 +24,11 @@ with open(silicon.DEFAULT_CSV, newline="") as f:
     HEADER = next(csv.reader(f))
 
 
+# An InferenceX database record's provenance at 4 clients (its client and launch scripts).
+INFERENCEX_SOURCE = "db-dump/2026-04-27; config_id=1; silicon_concurrency=4; measured=2026-03-01"
+AIPERF_SOURCE = "source_file=/x/aic-auto-gap-analysis/y.csv"
+
+
 def row(**kw: str) -> dict[str, str]:
     base = {k: "" for k in HEADER}
     base.update(
@@ -378,7 +383,7 @@ def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
     assert silicon.inferencex_vllm_launch(llama) == (512, 8192, 0)
     assert silicon.inferencex_vllm_launch({**llama, "system": "h200_sxm"}) == (16, 8192, 512)
     assert silicon.inferencex_vllm_launch({**llama, "backend": "sglang"}) is None
-    aiperf = {**llama, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
+    aiperf = {**llama, "silicon_data_source": AIPERF_SOURCE}
     assert silicon.inferencex_vllm_launch(aiperf) is None
     dep = silicon.deployment_of(llama, Catalog())
     assert dep.engine.overlap_scheduling and not dep.engine.prefix_caching
@@ -456,14 +461,13 @@ def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
     """InferenceX's launches: TensorRT-LLM and vLLM Llama-3.1-70B cache in fp8 whatever the
     weights, SGLang DeepSeek in fp8 on B200 and bf16 on H200, Qwen3.5 as its weights; an fp4
     row no longer caches in bf16, and aiperf rows keep the weight rule."""
-    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency=4; measured=2026-03-01"
     ds = row(
         model_path="deepseek-ai/DeepSeek-R1",
         system="b200_sxm",
         tp_size="4",
         gemm_quant_mode="fp4",
         moe_quant_mode="fp4",
-        silicon_data_source=ix,
+        silicon_data_source=INFERENCEX_SOURCE,
     )
     assert silicon.inferencex_kv_dtype(ds) == "fp8"
     assert silicon._model(ds).kv_dtype == "fp8"
@@ -476,7 +480,7 @@ def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
     qwen = {**ds, "backend": "sglang", "model_path": "Qwen/Qwen3.5-397B-A17B"}
     assert silicon.inferencex_kv_dtype({**qwen, "gemm_quant_mode": "bf16"}) == "bf16"
     assert silicon.inferencex_kv_dtype({**qwen, "gemm_quant_mode": "fp8"}) == "fp8"
-    aiperf = {**ds, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
+    aiperf = {**ds, "silicon_data_source": AIPERF_SOURCE}
     assert silicon.inferencex_kv_dtype(aiperf) is None
     assert silicon._model(aiperf).kv_dtype == "bf16"
     assert silicon.inferencex_kv_dtype({**ds, "mode": "disagg"}) is None
@@ -486,17 +490,16 @@ def test_inferencex_llama_fp8_rows_run_a_static_scale_checkpoint() -> None:
     """InferenceX serves nvidia/Llama-3.3-70B-Instruct-FP8 (ModelOpt, calibrated input
     scales) for its Llama FP8 rows; aiconfigurator's own rows say `fp8_static` when they mean
     it, so their `fp8` is dynamic; DeepSeek's fp8 is block-scaled and dynamic."""
-    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency=4; measured=2026-03-01"
     llama = row(
         model_path="meta-llama/Llama-3.1-70B",
         system="b200_sxm",
         backend="trtllm",
         tp_size="4",
         gemm_quant_mode="fp8",
-        silicon_data_source=ix,
+        silicon_data_source=INFERENCEX_SOURCE,
     )
     assert silicon._model(llama).fp8_static_act
-    aiperf = {**llama, "silicon_data_source": "source_file=/x/aic-auto-gap-analysis/y.csv"}
+    aiperf = {**llama, "silicon_data_source": AIPERF_SOURCE}
     assert not silicon._model(aiperf).fp8_static_act
     assert silicon._model({**aiperf, "gemm_quant_mode": "fp8_static"}).fp8_static_act
     ds = {**llama, "model_path": "deepseek-ai/DeepSeek-R1", "moe_quant_mode": "fp8"}

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from servesim.errors import ServesimError
 from servesim.predictor import kernel_tables, roofline
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import canonical, compute_dtype, gemm_compute_dtype
+from servesim.spec.dtypes import canonical, compute_dtype, gemm_compute_dtype, kernel_format
 
 MEASURED, INTERPOLATED, EXTRAPOLATED, ROOFLINE = 0, 1, 2, 3
 PROVENANCE = ("measured", "interpolated", "extrapolated", "roofline")
@@ -356,12 +356,6 @@ def moe_roofline_np(
     return np.asarray(sec + act, dtype=np.float64)
 
 
-def _table_format(weight_dtype: str, block: bool) -> str:
-    """The tables' name of a weight format: fp8 scaled per block is `fp8_block`."""
-    wdt = canonical(weight_dtype)
-    return "fp8_block" if block and wdt == "fp8" else wdt
-
-
 def _path(found: tuple[Path, str] | None) -> Path | None:
     return None if found is None else found[0]
 
@@ -459,7 +453,7 @@ class MeasuredKernels:
         aiconfigurator does for its fp8_static mode: the engine's `computescale` table at
         (m, k), never below the GEMM's speed of light."""
         path = self._paths["gemm"]
-        table_dtype = GEMM_DTYPES.get(_table_format(weight_dtype, block))
+        table_dtype = GEMM_DTYPES.get(kernel_format(weight_dtype, block))
         if path is None or table_dtype is None:
             return None
         grid = _gemm_grid(path, table_dtype)
@@ -617,7 +611,7 @@ class MeasuredKernels:
         fp8 experts (`block`) take the block-scaled table, per-tensor fp8's only without one."""
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
-        for table_dtype in MOE_DTYPES.get(_table_format(expert_dtype, block), ()):
+        for table_dtype in MOE_DTYPES.get(kernel_format(expert_dtype, block), ()):
             if block and found:
                 break  # a block-scaled table was found: per-tensor kernels are other kernels
             for where in self._moe_paths:  # the nearest version first

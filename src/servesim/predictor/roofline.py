@@ -34,7 +34,7 @@ from servesim.predictor import transfer_model
 from servesim.predictor.kernel_classes import LOW_PRECISION_COMPUTE, nvlink_class
 from servesim.predictor.kernel_classes import gemm_dtypes as _gemm_dtypes
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import nbytes
+from servesim.spec.dtypes import kernel_format, nbytes
 
 ACT_BYTES = 2.0  # activations, GEMM outputs and attention inputs are bf16/fp16
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
@@ -555,7 +555,7 @@ def gemm_np(
             "n": nn * 1.0,
             "k": kk * 1.0,
             "dtype": one * dtype,
-            "format": one * ("fp8_block" if block and wdt == "fp8" else wdt),
+            "format": one * kernel_format(wdt, block),
             "weight_dtype": one * (weight_dtype if weight_dtype is not None else dtype),
         }
 

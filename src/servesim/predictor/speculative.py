@@ -135,15 +135,15 @@ class SpeculativePredictor(Predictor):
         context (its growth by one token a pass is negligible)."""
         if not decode_seqs:
             return 0.0
-        return sum(self._draft_coeffs(decode_seqs, decode_context))
+        a, b = self._draft_coeffs(decode_seqs)
+        return a + b * decode_context
 
-    def _draft_coeffs(self, n: int, context: int = 0) -> tuple[float, float]:
-        """(fixed seconds, seconds per unit of total context) of a step's draft passes."""
+    def _draft_coeffs(self, n: int) -> tuple[float, float]:
+        """(a, b): a step's draft passes over n sequences take a + b × their total context."""
         first, *later = self.speculative.draft_rows
         a, b = self.draft_pass_coeffs(n, first)
-        b1 = self.draft_pass_coeffs(n)[1]
         fixed = a + sum(self.draft_pass_coeffs(n * r)[0] for r in later)
-        return fixed, (b + len(later) * b1) * context
+        return fixed, b + len(later) * self.draft_pass_coeffs(n)[1]
 
     def exchange_s(self, decode_seqs: int) -> float:
         """Mirror-SD: seconds of a step's exchange between target and draft devices (0 when
@@ -180,7 +180,7 @@ class SpeculativePredictor(Predictor):
     def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
         c0 = self.step_s(n, 0, ())  # verify and drafts at zero context
         _, b = self._decode_cache(n)
-        db = self._draft_coeffs(n, 1)[1]
+        db = self._draft_coeffs(n)[1]
         if self.speculative.mirror_device is not None:
             # max(a_v + b_v·C, a_d + b_d·C) ≤ max(a) + max(b)·C: exact when one side leads at
             # every context (verify does, unless the draft devices are much slower).

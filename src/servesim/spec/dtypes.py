@@ -51,6 +51,13 @@ def canonical(name: str) -> str:
     return key
 
 
+def kernel_format(weight_dtype: str, block: bool = False) -> str:
+    """The kernel class of a weight format: fp8 scaled per 128 × 128 block (`block`) runs
+    block-scaled kernels of its own, `fp8_block` in the measured tables; others are as named."""
+    wdt = canonical(weight_dtype)
+    return "fp8_block" if block and wdt == "fp8" else wdt
+
+
 def nbytes(name: str) -> float:
     """Bytes per element of a dtype name (any accepted spelling)."""
     return BYTES_PER_ELEMENT[canonical(name)]
