@@ -577,6 +577,34 @@ def test_static_fp8_scales_take_the_scale_pass_off_the_measured_gemm() -> None:
     sol = n * k / get_device("b200_sxm").mem_bw_bytes_per_s
     assert static[0] > sol
     # Block-scaled and nvfp4 tables are other kernels: nothing is taken off them.
-    for dtype, block in (("fp8", True), ("fp4", False)):
-        plain, _ = b.gemm(np.array([float(m)]), n, k, dtype, block)
-        assert b.gemm(np.array([float(m)]), n, k, dtype, block, True)[0][0] == plain[0]
+    for kb, dtype, block in ((b, "fp8", True), (backend("b200_sxm", "sglang"), "fp4", False)):
+        plain, _ = kb.gemm(np.array([float(m)]), n, k, dtype, block)
+        assert kb.gemm(np.array([float(m)]), n, k, dtype, block, True)[0][0] == plain[0]
+
+
+def test_tensorrt_llm_nvfp4_gemms_are_not_priced_from_their_untuned_tables() -> None:
+    """aiconfigurator's TensorRT-LLM GEMM collector never enters `autotune()`, so
+    `trtllm::nvfp4_gemm` (which picks its tactic with `AutoTuner.choose_one`) ran its fallback
+    tactic there: about 19 µs at 8 × 2048 × 7168 on B200, twice the bf16 GEMM of twice the
+    bytes, while the engine tunes at warm-up. TensorRT-LLM's NVFP4 GEMMs are therefore priced
+    by the roofline (provenance says so); its other GEMM tables, and other engines' nvfp4
+    tables, stay measured."""
+    trt = backend("b200_sxm", "trtllm")
+    m = np.array([8.0])
+    rows = {d: gemm_rows("b200_sxm", d, "trtllm") for d in ("bfloat16", "nvfp4")}
+    hit = {d: (r["m"] == 8) & (r["n"] == 2048) & (r["k"] == 7168) for d, r in rows.items()}
+    fp4_s, bf16_s = (float(rows[d]["latency"][hit[d]].min()) * 1e-3 for d in ("nvfp4", "bfloat16"))
+    assert fp4_s > 1.8 * bf16_s  # the untuned table: slower than twice the bytes in bf16
+    assert trt.gemm(m, 2048, 7168, "fp4") is None
+    assert trt.gemm(m, 2048, 7168, "bf16") is not None
+    assert trt.gemm(m, 2048, 7168, "fp8", True) is not None
+    priced = backend("b200_sxm", "sglang").gemm(m, 2048, 7168, "fp4")
+    assert priced is not None and priced[1][0] == mk.MEASURED
+    model = load_model("nvidia/DeepSeek-R1-NVFP4")
+    pred = Predictor(
+        model, get_device("b200_sxm"), Parallel(tp=8), get_engine("trtllm"), latency_model="auto"
+    )
+    ops = {op.name: op for op in pred.ops(BatchShape(8, 8 * 1500, ()))}
+    # the NVFP4 checkpoint keeps attention in fp8 (its hf_quant_config excludes self_attn)
+    assert ops["shared_up_proj"].provenance == ops["mlp_up_proj"].provenance == "roofline"
+    assert ops["o_proj"].provenance == ops["router"].provenance == "measured"

@@ -396,6 +396,11 @@ class MeasuredKernels:
         # `resolve_moe_backend`: "serving AUTO resolves fp8_block to TRTLLM only when
         # is_sm_100f"); such a table prices only a launch that asks for DeepGEMM.
         self.deepgemm_tables_ok = engine != "trtllm" or moe_backend.lower() == "deepgemm"
+        # aiconfigurator's TensorRT-LLM GEMM collector (collector/trtllm/collect_gemm.py) never
+        # enters `autotune()`, so `trtllm::nvfp4_gemm`, which picks its tactic with
+        # `AutoTuner.choose_one`, ran its untuned fallback tactic there; the engine tunes every
+        # tunable op at warm-up. Those tables do not price what TensorRT-LLM serves with.
+        self.untuned_gemm_dtypes = {"nvfp4"} if engine == "trtllm" else set()
         first = engine if engine in kernel_tables.ENGINES else None
         self._prefill_memo: dict[tuple, tuple[float, int, float, bool] | None] = {}
         self._layout_memo: dict[tuple, tuple[tuple[float, float, float], int] | None] = {}
@@ -454,7 +459,7 @@ class MeasuredKernels:
         (m, k), never below the GEMM's speed of light."""
         path = self._paths["gemm"]
         table_dtype = GEMM_DTYPES.get(kernel_format(weight_dtype, block))
-        if path is None or table_dtype is None:
+        if path is None or table_dtype is None or table_dtype in self.untuned_gemm_dtypes:
             return None
         grid = _gemm_grid(path, table_dtype)
         if grid is None:
