@@ -35,11 +35,12 @@ with the draft length of the config's launch script, and rows no config or both 
 match are refused.
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
-InferenceX rows get their launch scripts' engine settings: the DeepSeek-R1, Qwen3.5 and
-Llama-3.1-70B launches whose values depend on TP, ISL/OSL or the clients were read by hand
-(`inferencex_sglang_launch`, `inferencex_trtllm_launch`, `inferencex_vllm_launch`,
-`inferencex_kv_dtype`); every other colocated config takes what its script fixes
-(`script_launch`, read by scripts/inferencex_single_node.py into the config table). The
+InferenceX rows get their launch scripts' engine settings: the TensorRT-LLM and vLLM
+launches of DeepSeek-R1 and Llama-3.1-70B whose values depend on ISL/OSL or the clients in ways
+the table cannot write were read by hand (`inferencex_trtllm_launch`, `inferencex_vllm_launch`,
+`inferencex_kv_dtype`); every other colocated config takes what the script in effect on its day
+fixes (`script_launch`, read by scripts/inferencex_single_node.py into the config table,
+including values set per branch on TP or the clients, such as SGLang's receive interval). The
 tables cover every day and every model InferenceX's NVIDIA config ran from 2025-08-13 to
 2026-04-27 on B200, B300, GB200, GB300, H100 and H200, not only the rows bundled here.
 aiconfigurator's own rows get its generator's settings (`batching_of`,
@@ -149,42 +150,6 @@ def batching_of(
     return {"max_num_seqs": seqs * dp, "max_num_batched_tokens": tokens * dp}
 
 
-def inferencex_sglang_launch(row: dict[str, str]) -> tuple[int, int, float] | None:
-    """(`--scheduler-recv-interval`, `--max-prefill-tokens`, `--mem-fraction-static`) of
-    InferenceX's colocated SGLang launch for a row, or None when the row is not one (other
-    engines, other clients, attention DP, models or GPUs without such a script).
-
-    From SemiAnalysisAI/InferenceX benchmarks/single_node/ (at 12ba0ae07): dsr1_fp8_b200.sh
-    (TP8: recv 10 below 16 clients, else 30, prefill 32768, fraction 0.82; TP4: recv 10,
-    prefill 8192, 0.95), dsr1_fp4_b200.sh (recv 10/30, chunked prefill 16384, which caps
-    max_prefill_tokens' default of 16384, 0.85), qwen3.5_fp8_b200.sh and qwen3.5_bf16_b200.sh
-    (recv 10/30, prefill 32768, 0.82; qwen3.5_fp8_b200_mtp.sh 0.8); on H200 dsr1_fp8_h200.sh
-    (no recv interval, prefill 32768, 0.82) and qwen3.5_fp8_h200.sh (none, 16384, 0.8).
-    """
-    # `qwen3.5-397b-gap-analysis.csv` rows are InferenceX runs (protocol_of): the same launch.
-    if row.get("backend") != "sglang" or protocol_of(row) is AIPERF:
-        return None
-    if row.get("mode", "agg") not in ("agg", "") or _int(row, "attention_dp_size") > 1:
-        return None
-    model, system = row["model_path"].lower(), row["system"]
-    conc, tp = concurrency_of(row), _int(row, "tp_size")
-    fp4 = "fp4" in (row.get("gemm_quant_mode") or row.get("precision") or "").lower()
-    recv = 10 if conc < 16 else 30
-    if "deepseek" in model:
-        if system.startswith("b200"):
-            if fp4:
-                return recv, 16384, 0.85
-            return (recv, 32768, 0.82) if tp >= 8 else (10, 8192, 0.95)
-        if system.startswith("h200"):
-            return 1, 32768, 0.82
-    if "qwen3.5" in model:
-        if system.startswith("b200"):
-            return recv, 32768, 0.8 if _int(row, "speculative_num_draft_tokens", 0) else 0.82
-        if system.startswith("h200"):
-            return 1, 16384, 0.8
-    return None
-
-
 def aiconfigurator_mixed_chunk(row: dict[str, str]) -> bool:
     """Whether aiconfigurator's own collection ran a colocated SGLang row with
     `--enable-mixed-chunk` (prefill chunks sharing iterations with the running decodes).
@@ -279,9 +244,21 @@ _ARITHMETIC = {
 }
 
 
+_COMPARE = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.GtE: operator.ge,
+    ast.Gt: operator.gt,
+    ast.LtE: operator.le,
+    ast.Lt: operator.lt,
+}
+
+
 def _runner_value(expr: str, names: dict[str, int]) -> float | None:
     """A launch value (a number, or arithmetic in the runner's ISL, OSL, CONC, TP, EP_SIZE as
-    the table writes it) for one row; None when empty or not such an expression."""
+    the table writes it; a value the script sets per branch is `IF(cond,then,else)` with
+    comparisons joined by `&`, `|` and `NOT(...)`) for one row; None when empty, not such an
+    expression, or on a branch that sets nothing (`NONE`)."""
     if not expr:
         return None
     try:
@@ -296,6 +273,17 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
             return float(names[node.id])
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
             return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd | ast.BitOr):
+            left, right = bool(value(node.left)), bool(value(node.right))
+            return float(left and right if isinstance(node.op, ast.BitAnd) else left or right)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE:
+            return float(_COMPARE[type(node.ops[0])](value(node.left), value(node.comparators[0])))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+            args = node.args
+            if node.func.id == "IF" and len(args) == 3:
+                return value(args[1]) if value(args[0]) else value(args[2])
+            if node.func.id == "NOT" and len(args) == 1:
+                return float(not value(args[0]))
         raise ValueError(expr)
 
     try:
@@ -485,7 +473,6 @@ def deployment_of(
     engine = get_engine(row["backend"])
     isl = _int(row, "isl")
 
-    launch = inferencex_sglang_launch(row)
     trt = inferencex_trtllm_launch(row)
     vllm = inferencex_vllm_launch(row)
     scripted = script_launch(row)  # where no launch above knows the script's conditions
@@ -499,9 +486,6 @@ def deployment_of(
         bs = _int(row, prefix + "batch_size")
         limits = batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp)
         eng = engine
-        if launch is not None:
-            eng = engine.with_overrides(recv_interval_steps=launch[0], mem_util=launch[2])
-            limits["max_num_batched_tokens"] = launch[1]
         if trt is not None:
             eng = engine.with_overrides(
                 batch_wait_timeout_iters=trt[1],
@@ -514,7 +498,7 @@ def deployment_of(
                 overlap_scheduling=True, prefix_caching=False, prefill_graph_max_tokens=vllm[2]
             )
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
-        if role == "agg" and scripted and all(x is None for x in (launch, trt, vllm)):
+        if role == "agg" and scripted and all(x is None for x in (trt, vllm)):
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
         recipe = pool_settings(row, prefix) if role != "agg" else {}
         pool_model = model

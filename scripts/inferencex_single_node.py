@@ -132,7 +132,80 @@ def draft_tokens(script: str, dp_attn: bool) -> str:
     return value[dp_attn]
 
 
-def _shell_value(text: str, assigned: dict[str, set[str]]) -> str | None:
+_TEST_OPS = {"-eq": "==", "-ne": "!=", "-ge": ">=", "-gt": ">", "-le": "<=", "-lt": "<"}
+
+
+def _shell_test(text: str) -> str | None:
+    """A bash `if`/`elif` condition as an expression in RUNNER_VARS (`CONC>=16`, tests joined
+    by `&`/`|`), or None when it tests anything else (a string, another variable, a file)."""
+    m = re.fullmatch(r"(?:el)?if\s+(.*?)\s*;\s*then", text)
+    if not m:
+        return None
+    parts = re.split(r"\s*(\|\||&&)\s*", m.group(1))
+    out = []
+    for part in parts:
+        if part in ("||", "&&"):
+            out.append("|" if part == "||" else "&")
+            continue
+        t = re.fullmatch(r"\[\[?\s*\"?\$\{?([A-Z_]+)\}?\"?\s+(-[a-z]{2})\s+(\d+)\s*\]\]?", part)
+        if not t or t.group(1) not in RUNNER_VARS or t.group(2) not in _TEST_OPS:
+            return None
+        out.append(f"({t.group(1)}{_TEST_OPS[t.group(2)]}{t.group(3)})")
+    return "".join(out)
+
+
+def branched_values(script: str) -> dict[str, str]:
+    """Variables a script sets in `if`/`elif`/`else` branches on the runner's variables, each
+    as one expression: `IF(cond,then,else)` nested in the order the script runs (so a later
+    top-level assignment wins), `NONE` on a path that sets nothing. The scripts' usual forms:
+    SGLang's `--scheduler-recv-interval` of 30 from 16 clients and 10 below
+    (benchmarks/single_node/qwen3.5_fp8_b200.sh), settings per TP (dsr1_fp8_b200.sh). A
+    variable set under any other condition is left out (unknown); so are accuracy-eval values
+    (`EVAL_...`)."""
+    values: dict[str, str] = {}
+    unknown: set[str] = set()
+    frames: list[list[str | None]] = []  # per open `if`: its branch conditions so far
+    for line in script.splitlines():
+        text = line.split("#", 1)[0].strip()
+        if re.match(r"if\s", text):
+            frames.append([_shell_test(text)])
+        elif re.match(r"elif\s", text) and frames:
+            frames[-1].append(_shell_test(text))
+        elif text == "else" and frames:
+            frames[-1].append("else")
+        elif text == "fi" and frames:
+            frames.pop()
+        else:
+            m = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", text)
+            if not m or "EVAL_" in m.group(2):
+                continue
+            name, value = m.group(1), m.group(2).strip("'\"")
+            path = []
+            for branches in frames:
+                *before, here = branches
+                if here is None or None in before:
+                    unknown.add(name)
+                    break
+                negs = [f"NOT({c})" for c in before]
+                path.append("&".join(([] if here == "else" else [here]) + negs) or "(1==1)")
+            else:
+                if not re.fullmatch(r"[0-9.]+|\$\{?[A-Z_]+\}?", value):
+                    unknown.add(name)
+                    continue
+                value = value.strip("${}")
+                if value not in RUNNER_VARS and not re.fullmatch(r"[0-9.]+", value):
+                    unknown.add(name)
+                    continue
+                cond = "&".join(f"({p})" for p in path)
+                if not cond:  # set whatever came before
+                    unknown.discard(name)
+                values[name] = f"IF({cond},{value},{values.get(name, 'NONE')})" if cond else value
+    return {k: v for k, v in values.items() if k not in unknown}
+
+
+def _shell_value(
+    text: str, assigned: dict[str, set[str]], branched: dict[str, str] | None = None
+) -> str | None:
     """A flag's value as a number or an expression in RUNNER_VARS: quotes dropped, `$((...))`
     unwrapped, a variable the script assigns one value resolved; None if it depends on
     anything else."""
@@ -150,6 +223,8 @@ def _shell_value(text: str, assigned: dict[str, set[str]]) -> str | None:
                 value = name
             elif len(values) == 1:
                 value = next(iter(values))
+            elif branched and name in branched:
+                value = branched[name]
             else:
                 return None
             text = re.sub(r"\$\{?" + name + r"\}?(?![A-Za-z0-9_])", value, text)
@@ -159,13 +234,21 @@ def _shell_value(text: str, assigned: dict[str, set[str]]) -> str | None:
         text = m.group(1)
     text = re.sub(r"\s+", "", text)
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
-    if not text or not words <= set(RUNNER_VARS) or not re.fullmatch(r"[A-Z_0-9.+\-*/()]+", text):
+    if (
+        not text
+        or not words <= set(RUNNER_VARS) | {"IF", "NOT", "NONE"}
+        or not re.fullmatch(r"[A-Z_0-9.+\-*/(),<>=!&|]+", text)
+    ):
         return None
     return text
 
 
 def _one(
-    script: str, patterns: tuple[str, ...], assigned: dict[str, set[str]], word: bool = False
+    script: str,
+    patterns: tuple[str, ...],
+    assigned: dict[str, set[str]],
+    word: bool = False,
+    branched: dict[str, str] | None = None,
 ) -> str:
     """The single value the patterns find in a script ('' if none, or several that differ);
     `word`: a literal word (a data type), not a number."""
@@ -176,7 +259,7 @@ def _one(
             if word:
                 found.add(text if re.fullmatch(r"[A-Za-z0-9_]+", text) else None)
             else:
-                found.add(_shell_value(text, assigned))
+                found.add(_shell_value(text, assigned, branched))
     return found.pop() or "" if len(found) == 1 else ""
 
 
@@ -206,6 +289,7 @@ def launch_settings(script: str) -> dict[str, str]:
     for m in re.finditer(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)\s*$", script, re.M):
         if "EVAL_" not in m.group(2):  # accuracy-eval runs only (`EVAL_ONLY` branches)
             assigned.setdefault(m.group(1), set()).add(m.group(2).strip("'\""))
+    branched = branched_values(script)
     val = r"[= ]+(\"[^\"]*\"|'[^']*'|\S+)"
     yaml_val = r":\s*(\S+)\s*$"
     out = {
@@ -229,6 +313,7 @@ def launch_settings(script: str) -> dict[str, str]:
                 r"--free_gpu_memory_fraction" + val,
             ),
             assigned,
+            branched=branched,
         ),
         "token_budget": _one(
             script,
@@ -240,6 +325,7 @@ def launch_settings(script: str) -> dict[str, str]:
                 r"^max_num_tokens" + yaml_val,
             ),
             assigned,
+            branched=branched,
         ),
         "max_seqs": _one(
             script,
@@ -251,6 +337,7 @@ def launch_settings(script: str) -> dict[str, str]:
                 r"^max_batch_size" + yaml_val,
             ),
             assigned,
+            branched=branched,
         ),
         "graph_max_bs": _one(
             script,
@@ -261,8 +348,11 @@ def launch_settings(script: str) -> dict[str, str]:
                 r"^cuda_graph_config:\s*\n(?:[ \t]+\S.*\n)*?[ \t]+max_batch_size" + yaml_val,
             ),
             assigned,
+            branched=branched,
         ),
-        "recv_interval": _one(script, (r"--scheduler-recv-interval" + val,), assigned),
+        "recv_interval": _one(
+            script, (r"--scheduler-recv-interval" + val,), assigned, branched=branched
+        ),
         "ssm_dtype": _one(
             script,
             (

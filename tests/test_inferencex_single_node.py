@@ -194,7 +194,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     """Shapes of InferenceX's benchmarks/single_node scripts: a vLLM config file and flags
     (gptoss_fp4_b200.sh, minimaxm2.5_fp8_b200.sh), TensorRT-LLM's extra-options YAML
     (gptoss_fp4_b200_trt.sh), and SGLang values set per TP branch (dsr1_fp8_b200.sh), which
-    are unknown rather than the first branch's."""
+    become one expression choosing by TP rather than the first branch's."""
     sys.path.insert(0, str(REPO / "scripts"))
     from inferencex_single_node import launch_settings
 
@@ -231,8 +231,57 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "--mamba-ssm-dtype bfloat16 \\\n"
     )
     got = launch_settings(sglang)
-    assert (got["mem_fraction"], got["kv_cache_dtype"], got["recv_interval"]) == ("", "fp8", "10")
+    assert (got["kv_cache_dtype"], got["recv_interval"]) == ("fp8", "10")
+    names = {"ISL": 1024, "OSL": 1024, "CONC": 4, "EP_SIZE": 1}
+    assert silicon._runner_value(got["mem_fraction"], {**names, "TP": 8}) == 0.82
+    assert silicon._runner_value(got["mem_fraction"], {**names, "TP": 4}) == 0.95
     assert got["ssm_dtype"] == "bfloat16"  # Qwen3.5's SGLang launches since 2026-02-28
+
+
+def test_settings_a_script_sets_per_branch_follow_the_runners_values() -> None:
+    """InferenceX's SGLang B200/B300 launches set `--scheduler-recv-interval` to 30 from 16
+    clients and 10 below (benchmarks/single_node/qwen3.5_fp8_b200.sh), and
+    dsr1_fp8_b200.sh nests that rule in its TP 8 branch while TP 4 takes 10 and other TPs
+    exit: each is one expression in the runner's variables, none where no branch sets it, and
+    a setting under a test of anything else (an eval-only branch, a file) stays unknown."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from inferencex_single_node import branched_values, launch_settings
+
+    qwen = (
+        "if [[ $CONC -ge 16 ]]; then\n  SCHEDULER_RECV_INTERVAL=30\nelse\n"
+        "  SCHEDULER_RECV_INTERVAL=10\nfi\n"
+        "python3 -m sglang.launch_server --scheduler-recv-interval $SCHEDULER_RECV_INTERVAL\n"
+    )
+    expr = launch_settings(qwen)["recv_interval"]
+    names = {"ISL": 1024, "OSL": 1024, "TP": 8, "EP_SIZE": 1}
+    assert [silicon._runner_value(expr, {**names, "CONC": c}) for c in (4, 15, 16, 64)] == [
+        10,
+        10,
+        30,
+        30,
+    ]
+    dsr1 = (
+        "if [[ $TP -eq 8 ]]; then\n  if [[ $CONC -ge 16 ]]; then\n    R=30\n  else\n    R=10\n"
+        "  fi\n  M=0.82\nelif [[ $TP -eq 4 ]]; then\n  M=0.95\n  R=10\nelse\n  exit 1\nfi\n"
+        'if [ "$EVAL_ONLY" = "true" ]; then\n  X=1\nfi\nX=2\n'
+        "if [[ -f $CONFIG ]]; then\n  Y=3\nfi\n"
+    )
+    got = branched_values(dsr1)
+    assert "Y" not in got and got["X"] == "2"  # a later top-level assignment wins
+    value = {
+        (tp, c): silicon._runner_value(got["R"], {**names, "TP": tp, "CONC": c})
+        for tp in (8, 4, 2)
+        for c in (8, 32)
+    }
+    assert value == {
+        (8, 8): 10,
+        (8, 32): 30,
+        (4, 8): 10,
+        (4, 32): 10,
+        (2, 8): None,
+        (2, 32): None,
+    }
+    assert silicon._runner_value(got["M"], {**names, "TP": 4, "CONC": 8}) == 0.95
 
 
 def test_a_scripted_row_runs_with_its_scripts_settings() -> None:

@@ -15,8 +15,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import silicon  # noqa: E402
 
+from servesim.sim.deployment import Deployment  # noqa: E402
 from servesim.sim.disagg import DisaggDeployment  # noqa: E402
 from servesim.spec.devices import Catalog  # noqa: E402
+from servesim.spec.engine_profile import get_engine  # noqa: E402
 from servesim.spec.model import load_model  # noqa: E402
 from servesim.spec.parallel import Parallel  # noqa: E402
 
@@ -270,58 +272,49 @@ def test_dense_row_ignores_its_moe_columns() -> None:
     assert dep.parallel.tp == 2 and dep.parallel.ep == 1
 
 
-def test_inferencex_sglang_rows_get_the_scripts_recv_interval_and_prefill_budget() -> None:
-    """InferenceX's SGLang launch scripts (benchmarks/single_node/*.sh): recv every 10 decode
-    steps below 16 clients, else 30, on B200; none on H200; their prefill budgets and memory
-    fractions."""
-    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured=2026-03-01"
-    r = row(
-        backend="sglang",
-        model_path="deepseek-ai/DeepSeek-R1",
-        system="b200_sxm",
-        gemm_quant_mode="fp8",
-        tp_size="8",
-        silicon_data_source=ix.format(c=4),
-    )
-    assert silicon.inferencex_sglang_launch(r) == (10, 32768, 0.82)
-    r["silicon_data_source"] = ix.format(c=64)
-    assert silicon.inferencex_sglang_launch(r) == (30, 32768, 0.82)
-    r["tp_size"] = "4"
-    assert silicon.inferencex_sglang_launch(r) == (10, 8192, 0.95)
-    r.update(gemm_quant_mode="nvfp4")
-    assert silicon.inferencex_sglang_launch(r) == (30, 16384, 0.85)
-    r.update(system="h200_sxm", gemm_quant_mode="fp8")
-    assert silicon.inferencex_sglang_launch(r) == (1, 32768, 0.82)
-    q = row(
-        backend="sglang",
-        model_path="Qwen/Qwen3.5-397B-A17B",
-        system="h200_sxm",
-        silicon_data_source=ix.format(c=8),
-    )
-    assert silicon.inferencex_sglang_launch(q) == (1, 16384, 0.8)
-    # aiconfigurator's own aiperf rows and other engines keep their launch.
-    assert (
-        silicon.inferencex_sglang_launch({**r, "silicon_data_source": "x-gap-analysis.csv"}) is None
-    )
-    assert silicon.inferencex_sglang_launch({**r, "backend": "trtllm"}) is None
-    dep = silicon.deployment_of(
-        {
-            **row(
-                backend="sglang",
-                model_path="Qwen/Qwen3.5-397B-A17B",
-                system="b200_sxm",
-                tp_size="8",
-                isl="1024",
-                osl="1024",
-                gemm_quant_mode="fp8",
-                moe_quant_mode="fp8_block",
-                silicon_data_source=ix.format(c=4),
-            )
-        },
-        Catalog(),
-    )
-    assert dep.engine.recv_interval_steps == 10
-    assert dep.max_num_batched_tokens == 32768
+def test_inferencex_sglang_rows_run_with_the_script_in_effect_on_their_day() -> None:
+    """InferenceX's SGLang launches as its config table read them, by the day measured: from
+    late February 2026 benchmarks/single_node/qwen3.5_fp8_b200.sh and dsr1_fp8_b200.sh receive
+    every 10 decode steps below 16 clients and every 30 from 16 (dsr1_fp8_b200.sh: TP 4 always
+    10, with its own budget and memory fraction), with 32,768-token chunks; the H200 scripts
+    set no interval; and the first Qwen3.5 bf16 script (benchmarks/qwen3.5_bf16_b200.sh, 17–22
+    February) passed only `--mem-fraction-static 0.8`, so its rows keep SGLang's defaults."""
+    ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured={day}; {image}"
+    v59, v56 = "lmsysorg/sglang:v0.5.9-cu130-amd64", "lmsysorg/sglang:v0.5.6-cu129-amd64"
+
+    def dep(c: int, day: str = "2026-03-25", image: str = v59, **kw: str) -> Deployment:
+        r = row(
+            backend="sglang",
+            model_path="Qwen/Qwen3.5-397B-A17B",
+            system="b200_sxm",
+            precision="fp8",
+            gemm_quant_mode="fp8",
+            moe_quant_mode="fp8_block",
+            tp_size="8",
+            isl="1024",
+            osl="1024",
+            silicon_data_source=ix.format(c=c, day=day, image=image),
+        )
+        r.update(kw)
+        filled, source, refusal = silicon.single_node_config(r)
+        assert refusal == "" and "MTP" not in source, (source, refusal)
+        return silicon.deployment_of(filled, Catalog())
+
+    qwen = dep(4)
+    assert qwen.engine.recv_interval_steps == 10 and qwen.max_num_batched_tokens == 32768
+    assert dep(64, tp_size="4").engine.recv_interval_steps == 30
+    ds = {"model_path": "deepseek-ai/DeepSeek-R1", "day": "2026-03-10", "image": v56}
+    assert dep(8, **ds).engine.recv_interval_steps == 10
+    assert dep(32, **ds).engine.recv_interval_steps == 30
+    tp4 = dep(16, isl="8192", tp_size="4", **ds)
+    assert tp4.engine.recv_interval_steps == 10 and tp4.max_num_batched_tokens == 8192
+    assert tp4.engine.mem_util == 0.95
+    h200 = dict(ds, system="h200_sxm", image="lmsysorg/sglang:v0.5.9-cu129-amd64")
+    assert dep(64, **h200).engine.recv_interval_steps == 1
+    bf16 = {"precision": "bf16", "gemm_quant_mode": "bf16", "moe_quant_mode": "bf16"}
+    early = dep(8, day="2026-02-20", image="lmsysorg/sglang:nightly-dev-20260216-d3bae71e", **bf16)
+    assert early.engine.recv_interval_steps == get_engine("sglang").recv_interval_steps == 1
+    assert early.engine.mem_util == 0.8
 
 
 def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting() -> None:
