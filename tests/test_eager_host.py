@@ -127,22 +127,26 @@ def test_vllm_prefill_beyond_its_piecewise_graphs_pays_its_compiled_host_time() 
 
 
 def test_moe_layers_issue_more_host_work() -> None:
-    """DeepSeek-R1 (3 dense layers, 58 MoE) on SGLang and TensorRT-LLM: an eager forward costs
+    """DeepSeek-R1 (3 dense layers, 58 MoE): an eager forward costs SGLang
     3 × 0.62 + 58 × 1.35 = 80.16 ms of host time (SGLang #12160 measured 82.6 ms for
-    DeepSeek-V3), a 1,024-token prefill on 8 B200s is host-bound at it; vLLM's compiled code
-    keeps its one figure for every layer (61 × 0.47 ms = 28.67 ms); with PP 2 the busiest stage
-    holds 31 layers of the same mix."""
+    DeepSeek-V3) and TensorRT-LLM 3 × 0.62 + 58 × 2.54 = 149.18 ms (TensorRT-LLM #5929); a
+    1,024-token prefill on 8 B200s is host-bound at it; vLLM's compiled code keeps its one figure
+    for every layer (61 × 0.47 ms = 28.67 ms); with PP 2 the busiest stage holds 31 layers of
+    the same mix."""
     from servesim.spec.engine_profile import (
         EAGER_HOST_S_PER_MOE_LAYER,
+        TRTLLM_EAGER_HOST_S_PER_MOE_LAYER,
         VLLM_UNGRAPHED_HOST_S_PER_LAYER,
     )
 
     r1 = load_model("deepseek-ai/DeepSeek-R1")
     assert (r1.num_layers, r1.num_moe_layers) == (61, 58)
     b200 = get_device("b200_sxm")
-    want = 3 * EAGER_HOST_S_PER_LAYER + 58 * EAGER_HOST_S_PER_MOE_LAYER
-    assert want == pytest.approx(80.16e-3)
+    per_moe = {"sglang": EAGER_HOST_S_PER_MOE_LAYER, "trtllm": TRTLLM_EAGER_HOST_S_PER_MOE_LAYER}
+    hand = {"sglang": 80.16e-3, "trtllm": 149.18e-3}
     for name in ("sglang", "trtllm"):
+        want = 3 * EAGER_HOST_S_PER_LAYER + 58 * per_moe[name]
+        assert want == pytest.approx(hand[name])
         pred = Predictor(r1, b200, Parallel(tp=8), get_engine(name))
         assert pred.host_s(1024, 1, 0) == pytest.approx(want)
         bare = Predictor(
@@ -158,7 +162,7 @@ def test_moe_layers_issue_more_host_work() -> None:
         step = pred.step_s(0, 0, ((1024, 0),)) - pred.overhead_s(0, 1)
         assert step == pytest.approx(want, rel=1e-12)
     staged = Predictor(r1, b200, Parallel(tp=4, pp=2), get_engine("sglang"))
-    assert staged.host_s(1024, 1, 0) == pytest.approx(want * 31 / 61)
+    assert staged.host_s(1024, 1, 0) == pytest.approx(hand["sglang"] * 31 / 61)
     vllm = Predictor(r1, b200, Parallel(tp=8), get_engine("vllm"))
     assert vllm.host_s(1024, 1, 0) == pytest.approx(61 * VLLM_UNGRAPHED_HOST_S_PER_LAYER)
     # a dense model is priced as before, whatever the MoE figure
@@ -201,3 +205,17 @@ def test_linear_attention_mixers_add_their_launches() -> None:
     ) == pytest.approx(48 * EAGER_HOST_S_PER_MOE_LAYER)
     llama = Predictor(LLAMA8_FP8, H100, Parallel(tp=8), SGLANG)
     assert llama.host_s(1024, 1, 0) == pytest.approx(32 * EAGER_HOST_S_PER_LAYER)
+
+
+def test_a_lone_deepseek_request_on_tensorrt_llm_matches_its_source() -> None:
+    """TensorRT-LLM #5929: one 1,600-token request to DeepSeek-R1 FP4 on 8 B200s (TP 8) had a
+    TTFT p50 of 161.0 ms. The simulated client sees the frontend (7 ms + 1,600 × 2.5 µs = 11 ms),
+    then the host-bound prefill: 149.18 ms of launches, and the scheduler's 0.5 ms a step and
+    2 µs a sequence: 160.682 ms."""
+    model = load_model("nvidia/DeepSeek-R1-NVFP4").with_dtypes(kv="fp8")
+    trt = get_engine("trtllm")
+    dep = Deployment(model, get_device("b200_sxm"), Parallel(tp=8), trt)
+    res = simulate(dep, Workload(np.array([0.0]), np.array([1600]), np.array([2])))
+    ttft_s = float(res.columns()["ttft_s"][0])
+    assert ttft_s == pytest.approx(11.0e-3 + 149.18e-3 + 0.5e-3 + 2e-6, rel=1e-9)
+    assert abs(ttft_s - 161.0e-3) < 0.01 * 161.0e-3

@@ -50,6 +50,14 @@ EAGER_HOST_S_PER_LAYER = 0.62e-3
 # eager forward was host-bound at 82.6 ms over 61 layers: 1.35 ms a layer (58 of them MoE,
 # with MLA attention). Dense layers keep the Llama figure above; every MoE layer takes this.
 EAGER_HOST_S_PER_MOE_LAYER = 1.35e-3
+# TensorRT-LLM's PyTorch backend issues more per MoE layer in its eager context phase. NVIDIA/
+# TensorRT-LLM issue #5929 (v0.21.0rc2, trtllm-serve, LLMPerf, one request of 1,600 prompt
+# tokens, TTFT p50): DeepSeek-R1 FP4 on 8 B200s at TP 8 with EP none/4/8: 161.0/160.2/172.7 ms;
+# FP8 on 8 H200s: 164.6/134.4/124.1 ms. servesim prices the kernels of that prefill below
+# 81 ms in each case, so it is host-bound; less the frontend (7 ms + 1,600 × 2.5 µs of
+# tokenising), the step overhead (0.5 ms) and 3 dense layers at 0.62 ms, 58 MoE layers take
+# 1.91-2.75 ms each (median of the six: 2.54 ms). SGLang keeps its own measured 1.35 ms.
+TRTLLM_EAGER_HOST_S_PER_MOE_LAYER = 2.54e-3
 # A linear-attention mixer (Gated DeltaNet, Mamba2, KDA) issues more again than softmax
 # attention: its chunked scan is several Triton kernels (cumulative decay, the intra-chunk
 # triangular solve, the state pass, the output), plus the causal convolution and the gating.
@@ -337,7 +345,7 @@ ENGINES: dict[str, EngineProfile] = {
         # PyTorch backend: context phases run eager unless `torch_compile_config` enables
         # piecewise CUDA graphs (off by default: tensorrt_llm/llmapi/llm_args.py).
         eager_host_s_per_layer=EAGER_HOST_S_PER_LAYER,
-        eager_host_s_per_moe_layer=EAGER_HOST_S_PER_MOE_LAYER,
+        eager_host_s_per_moe_layer=TRTLLM_EAGER_HOST_S_PER_MOE_LAYER,
         eager_host_s_per_linear_mixer=EAGER_HOST_S_PER_LINEAR_MIXER,
         block_size=32,
         max_num_seqs=2048,
