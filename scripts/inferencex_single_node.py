@@ -207,8 +207,9 @@ def _shell_value(
     text: str, assigned: dict[str, set[str]], branched: dict[str, str] | None = None
 ) -> str | None:
     """A flag's value as a number or an expression in RUNNER_VARS: quotes dropped, `$((...))`
-    unwrapped, a variable the script assigns one value resolved; None if it depends on
-    anything else."""
+    unwrapped, a variable the script assigns one value resolved, one it sets per branch on the
+    runner's variables replaced by its `branched` expression; None if it depends on anything
+    else."""
     text = text.strip().strip("'\"")
     m = re.fullmatch(r"\$\(\((.*)\)\)", text)
     if m:
