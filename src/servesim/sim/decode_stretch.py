@@ -62,7 +62,12 @@ class DecodeStretch:
             self.busy_s += self.stall_s
             self.stall_s = 0.0
         self._seg = (t0, k, step0, slope, w0)
-        self.next_t = t0 + k * step0 + slope * k * (k - 1) * 0.5
+        self.next_t = self._step_end_s(self._seg, k)
+
+    @staticmethod
+    def _step_end_s(seg: tuple, j: int) -> float:
+        """When step j (1-based count) of a stretch ends: T(j) = t0 + j·step0 + slope·j(j−1)/2."""
+        return seg[0] + j * seg[2] + seg[3] * j * (j - 1) * 0.5
 
     def _boundary(self, seg: tuple, t: float) -> int:
         """Smallest step count j ≥ 1 of a stretch whose end is at or after t (at most k)."""
@@ -89,12 +94,11 @@ class DecodeStretch:
         the engine, and the stretch is committed once. Returns no finished requests (none
         finish before a stretch's planned end)."""
         seg = self._seg
-        t0, k, step0, slope = seg[0], seg[1], seg[2], seg[3]
         j = self._boundary(seg, t) + extra
-        if j >= k:
+        if j >= seg[1]:
             return []  # the stretch ends at or before that boundary anyway
-        self._seg = (t0, j, step0, slope, seg[4])
-        self.next_t = t0 + j * step0 + slope * j * (j - 1) * 0.5
+        self._seg = (seg[0], j, seg[2], seg[3], seg[4])
+        self.next_t = self._step_end_s(seg, j)
         return []
 
     def _stop_at(self, t: float) -> list[int]:
@@ -108,8 +112,7 @@ class DecodeStretch:
             return done
         self._seg = None
         j = self._boundary(seg, t)
-        t0, step0, slope = seg[0], seg[2], seg[3]
-        self._commit_decode(seg, j, t0 + j * step0 + slope * j * (j - 1) * 0.5, done)
+        self._commit_decode(seg, j, self._step_end_s(seg, j), done)
         self.next_t = INF
         return done
 

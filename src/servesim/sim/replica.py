@@ -440,7 +440,7 @@ class Replica(
         if seg is None:
             return self.next_t  # an iteration with prefill tokens is in flight
         j = self._boundary(seg, t)
-        return seg[0] + j * seg[2] + seg[3] * j * (j - 1) * 0.5
+        return self._step_end_s(seg, j)
 
     def next_read_s(self, t: float) -> float:
         """When the engine's scheduler next reads new requests sent at time t: the next pass
@@ -454,7 +454,7 @@ class Replica(
             return self.next_pass_s(t)
         j = self._boundary(seg, t)
         j += -(self.recv_steps + j) % every
-        return seg[0] + j * seg[2] + seg[3] * j * (j - 1) * 0.5
+        return self._step_end_s(seg, j)
 
     def free_blocks(self) -> int:
         """Blocks that can be promised now without disturbing the work in flight."""
