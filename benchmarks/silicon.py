@@ -522,9 +522,9 @@ def deployment_of(
     if mode == "agg":
         return pool("", "agg")
     pre, dec = pool("prefill_", "prefill"), pool("decode_", "decode")
-    # KV moves over NVLink inside one 8-GPU node, over the scale-out network beyond it.
-    link = "nvlink" if pre.num_devices + dec.num_devices <= 8 else "infiniband"
-    return DisaggDeployment(prefill=pre, decode=dec, link=link)
+    # KV moves over the scale-up fabric inside one domain (an HGX node's 8 GPUs, a GB200
+    # NVL72 rack's 72), over the scale-out network beyond it (`DisaggDeployment.link_kind`).
+    return DisaggDeployment(prefill=pre, decode=dec, link="auto")
 
 
 def pool_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:

@@ -62,6 +62,40 @@ def test_a_lone_request_pays_prefill_then_transfer_then_decode() -> None:
     assert s["kv_transfer_gb"] == pytest.approx(LLAMA8.kv_bytes(4000) / 1e9)
 
 
+def _pools(device: str, prefill_tp: int, decode_tp: int, decode_device: str = "") -> tuple:
+    model = load_model("deepseek-ai/DeepSeek-R1")
+    pre = Deployment(model, get_device(device), parallel=Parallel(tp=prefill_tp))
+    dec = replace(pre, parallel=Parallel(tp=decode_tp))
+    if decode_device:
+        dec = replace(dec, device=get_device(decode_device))
+    return pre, dec
+
+
+@pytest.mark.parametrize(
+    ("device", "prefill_tp", "decode_tp", "decode_device", "kind"),
+    [
+        ("h200_sxm", 4, 4, "", "scale_up"),  # 8 GPUs: one HGX node
+        ("h200_sxm", 8, 8, "", "infiniband"),  # 16 GPUs: two nodes
+        ("gb200", 4, 32, "", "scale_up"),  # 36 GPUs of one NVL72 rack
+        ("gb200", 32, 64, "", "infiniband"),  # 96 GPUs: more than a rack
+        ("h200_sxm", 2, 2, "h100_sxm", "infiniband"),  # different machines
+    ],
+)
+def test_the_default_kv_link_follows_the_scale_up_domain(
+    device: str, prefill_tp: int, decode_tp: int, decode_device: str, kind: str
+) -> None:
+    """Claim: without a stated link, KV moves over the scale-up fabric when both pools are one
+    device type within one domain (8 GPUs of an HGX node, 72 of a GB200 NVL72 rack) and over
+    InfiniBand otherwise; the label and the transfer's bandwidth say which."""
+    pre, dec = _pools(device, prefill_tp, decode_tp, decode_device)
+    dep = D.DisaggDeployment(pre, dec)
+    assert dep.link_kind() == kind
+    assert dep.label().endswith(f"over {kind}")
+    slow = min((pre.device, dec.device), key=lambda d: link_for(kind, d).bw_bytes_per_s)
+    assert dep.kv_link() == link_for(kind, slow)
+    assert D.DisaggDeployment(pre, dec, "roce").link_kind() == "roce"  # a stated link stands
+
+
 def test_transfers_sharing_a_link_split_its_bandwidth() -> None:
     """Claim: two transfers on one endpoint each get half its bandwidth (processor sharing);
     when one ends, the other speeds up."""

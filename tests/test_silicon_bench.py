@@ -66,7 +66,7 @@ def test_disaggregated_row_builds_both_pools_with_the_generator_batching() -> No
     # TensorRT-LLM rule: prefill max_num_tokens = ISL + 1500, decode = batch, in 32-token pages.
     assert dep.prefill.max_num_batched_tokens == 5600 and dep.decode.max_num_batched_tokens == 32
     assert dep.prefill.chunked_prefill is False and dep.decode.max_num_seqs == 24
-    assert dep.link == "infiniband"  # 6 + 8 GPUs span two 8-GPU nodes
+    assert dep.link_kind() == "infiniband"  # 6 + 8 GPUs span two 8-GPU nodes
     assert silicon.concurrency_of(r) == 48
     assert silicon.concurrency_of({**r, "silicon_data_source": ""}) == 48  # 24 × 2 workers
     ttft, tpot = silicon.simulate_row(r, Catalog(), rounds=2)

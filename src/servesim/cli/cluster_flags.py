@@ -52,7 +52,7 @@ class MechanismSettings(Settings):
     decode_replicas: PosInt = 1
     decode_tp: PosInt | None = None
     decode_device: NonEmpty | None = None
-    kv_link: NonEmpty = "nvlink"
+    kv_link: NonEmpty = "auto"
     kv_compression: Annotated[float, Field(ge=1)] = 1.0
     semipd: Annotated[float, Field(ge=0.05, le=0.95)] | None = None
     semipd_adaptive: bool = False
@@ -196,7 +196,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decode-device", help="decode device (with --disagg; default: --device)")
     g.add_argument(
         "--kv-link",
-        help="KV transfer link (with --disagg): scale_up, nvlink, pcie, infiniband, roce, ethernet",
+        help="KV transfer link (with --disagg): auto (default: NVLink when both pools fit in one "
+        "scale-up domain, InfiniBand otherwise), scale_up, nvlink, pcie, infiniband, roce, "
+        "ethernet",
     )
     g.add_argument(
         "--kv-compression", type=float, help="KV compression ratio (CacheGen), ≥ 1 (--disagg)"

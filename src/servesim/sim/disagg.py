@@ -47,7 +47,9 @@ class DisaggDeployment:
 
     prefill: Deployment
     decode: Deployment
-    link: str | Link = "nvlink"  # nvlink, pcie, infiniband, roce, ethernet or a Link
+    # auto, scale_up (nvlink), pcie, infiniband, roce, ethernet or a Link; auto: the scale-up
+    # fabric when both pools fit in one of its domains, the scale-out network otherwise
+    link: str | Link = "auto"
     kv_compression: float = 1.0  # CacheGen-style ratio; 1 sends the KV cache as it is
 
     def __post_init__(self) -> None:
@@ -82,10 +84,23 @@ class DisaggDeployment:
         """Rental cost of both pools, USD per hour."""
         return self.prefill.price_per_hour + self.decode.price_per_hour
 
+    def link_kind(self) -> str | Link:
+        """The link as given, with `auto` resolved: KV stays on the scale-up fabric (NVLink,
+        an NVL72 rack's NVLink switches) when both pools are the same device type and fit in
+        one of its domains (`max_devices_per_node`), and crosses the scale-out network
+        (InfiniBand) otherwise: two 8-GPU pools of an HGX H200 are two nodes, while a GB200
+        NVL72 rack moves KV between its trays over NVLink (NIXL and Mooncake use MNNVL)."""
+        if not (isinstance(self.link, str) and self.link.strip().lower() == "auto"):
+            return self.link
+        p, d = self.prefill.device, self.decode.device
+        one_domain = p.name == d.name and self.num_devices <= max(1, p.max_devices_per_node)
+        return "scale_up" if one_domain else "infiniband"
+
     def kv_link(self) -> Link:
         """The link KV travels over (the slower end's when the pools' devices differ)."""
-        a = link_for(self.link, self.prefill.device)
-        b = link_for(self.link, self.decode.device)
+        kind = self.link_kind()
+        a = link_for(kind, self.prefill.device)
+        b = link_for(kind, self.decode.device)
         return a if a.bw_bytes_per_s <= b.bw_bytes_per_s else b
 
     def memory(self) -> Any:
@@ -94,7 +109,8 @@ class DisaggDeployment:
 
     def label(self) -> str:
         """Short description such as `P 1x a100_sxm tp2 | D 1x a100_sxm tp1 over nvlink`."""
-        link = self.link.name if isinstance(self.link, Link) else str(self.link)
+        kind = self.link_kind()
+        link = kind.name if isinstance(kind, Link) else str(kind)
         text = f"P {self.prefill.label()} | D {self.decode.label()} over {link}"
         if self.kv_compression != 1.0:
             text += f" kv/{self.kv_compression:g}"
