@@ -251,6 +251,20 @@ def test_multi_node_collectives_are_slower(h100, fit):
     assert roofline.alltoall_s(2**24, 16, h100, fit) > roofline.alltoall_s(2**24, 8, h100, fit)
 
 
+def test_a_small_all_reduce_over_two_h100_nodes_agrees_with_nccls_own_model(h100, fit):
+    """Independent check of the hierarchical multi-node model against NCCL's tuning model
+    (NVIDIA/nccl src/graph/tuning.cc, ncclTopoTuneModel / ncclTopoGetAlgoTime), which picks
+    Tree/LL for 64 KiB on 2 nodes x 8 GPUs (x86 Intel hosts). Latency: base 6.8 µs +
+    2 x (7 intra-node hops x 0.6 µs NVLink + 1 inter-node hop x 5.0 µs) = 25.2 µs. Bandwidth:
+    LL is capped at 39 GB/s of bus bandwidth (llMaxBws, 2 nodes), tree all-reduce algorithm
+    bandwidth is half of it, and its correction at 2^10 64-byte lines is 0.6: 11.7 GB/s, so
+    65,536 B add 5.6 µs: 30.8 µs. Ring/LL (43 µs) and NVLS-tree (67 µs) are slower. None of
+    this depends on the topology search's channel count (the LL cap binds)."""
+    nccl_model_s = (6.8 + 2 * (7 * 0.6 + 5.0) + 65536 / (39e3 * 0.5 * 0.6)) * US
+    assert nccl_model_s == pytest.approx(30.8 * US, rel=1e-3)
+    assert roofline.allreduce_s(65536, 16, h100, fit) == pytest.approx(nccl_model_s, rel=0.25)
+
+
 def test_p2p(h100, fit):
     intra = roofline.p2p_s(2**20, h100, fit)
     inter = roofline.p2p_s(2**20, h100, fit, inter_node=True)
