@@ -20,7 +20,11 @@ from servesim.predictor import linear_scan, measured_kernels, roofline
 from servesim.predictor.measured_kernels import EXTRAPOLATED, PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
-from servesim.spec.engine_profile import EngineProfile
+from servesim.spec.engine_profile import (
+    EngineProfile,
+    allreduce_fusion_max_bytes,
+    fuses_allreduce_norm,
+)
 from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.memory import sglang_server_defaults
 from servesim.spec.model import ModelSpec
@@ -168,6 +172,9 @@ class Predictor:
         self.engine = engine
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
+        self._ar_fuses_norm = fuses_allreduce_norm(
+            engine, model.model_type, model.hidden_size, self.par.tp, self.par.dp
+        )
         # Routed tokens on the busiest EP rank over the mean (1: balanced); with a stated expert
         # popularity and placement the expert layers run at the busiest rank's load.
         self.expert_load = expert_load
@@ -246,6 +253,8 @@ class Predictor:
             stage_tokens = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
             terms = self._rank_terms(t) + self._group_terms(np.array([float(stage_tokens)]))
             for term in terms:
+                if not term.calls:
+                    continue  # done inside another operator here (a fused all-reduce)
                 out.append(
                     OpCost(
                         term.name,
@@ -429,10 +438,25 @@ class Predictor:
         layers = self._stage_fraction(m.num_attention_layers)
         adt = m.attn_weight_dtype
         hb = t * h * ACT_BYTES
+        # Each sublayer's RMSNorm and residual add, except where the engine does them inside
+        # the TP all-reduce that ends the sublayer (`fuses_allreduce_norm`: its own all-reduce
+        # kernel, for messages within its workspace; the first layer's input norm, one call a
+        # forward, is then left out too). Larger messages go to NCCL and the two run after it.
         terms = [
             self._elementwise("norms", "norm", 2 * hb, sub),
             self._elementwise("residual_add", "add", 3 * hb, sub),
         ]
+        if self._ar_fuses_norm:
+            unfused = hb > allreduce_fusion_max_bytes(tp)
+            terms = [
+                replace(
+                    x,
+                    calls=sub if unfused.any() else 0.0,
+                    seconds=x.seconds * unfused,
+                    nbytes=x.nbytes * unfused,
+                )
+                for x in terms
+            ]
         if m.is_mla and layers:
             nq = m.num_heads // tp
             kv_a = m.kv_lora_rank + m.qk_rope_head_dim

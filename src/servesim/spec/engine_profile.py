@@ -85,6 +85,9 @@ VLLM_UNGRAPHED_HOST_S_PER_LAYER = 0.47e-3
 TOKENIZE_S_PER_TOKEN = 2.5e-6
 
 
+ALLREDUCE_NORM_FUSION = ("none", "trtllm", "all")
+
+
 @dataclass(frozen=True)
 class EngineProfile:
     """Per-engine constants the predictor and the scheduler read."""
@@ -204,8 +207,18 @@ class EngineProfile:
     # `--moe-runner-backend`): "auto" is the engine's own choice. The measured backend prices
     # expert layers only from tables of a kernel this can be (`measured_kernels.moe`).
     moe_backend: str = "auto"
+    # Which models' tensor-parallel all-reduces also do the residual add and the RMSNorm that
+    # follow them, in the same kernel (`fuses_allreduce_norm`): "none"; "trtllm", TensorRT-LLM's
+    # eager fusion for the model families it enables it for; "all", every model (SGLang's
+    # `--enable-flashinfer-allreduce-fusion`).
+    allreduce_norm_fusion: str = "none"
 
     def __post_init__(self) -> None:
+        if self.allreduce_norm_fusion not in ALLREDUCE_NORM_FUSION:
+            raise ServesimError(
+                f"allreduce_norm_fusion {self.allreduce_norm_fusion!r} is not one of "
+                f"{', '.join(ALLREDUCE_NORM_FUSION)}."
+            )
         if self.disagg_first_token not in FIRST_TOKEN_SOURCES:
             raise ServesimError(
                 f"disagg_first_token {self.disagg_first_token!r} is not one of "
@@ -338,6 +351,7 @@ ENGINES: dict[str, EngineProfile] = {
     "trtllm": EngineProfile(
         name="trtllm",
         overlap_scheduling=True,
+        allreduce_norm_fusion="trtllm",
         disagg_first_token="decode_admit",
         disagg_handoff_tokenizes=False,  # the generation request carries prompt_token_ids
         step_overhead_s=0.5e-3,
@@ -353,6 +367,39 @@ ENGINES: dict[str, EngineProfile] = {
         mem_util_of_free=True,
     ),
 }
+
+
+def fuses_allreduce_norm(
+    engine: EngineProfile, model_type: str, hidden_size: int, tp: int, attention_dp: int
+) -> bool:
+    """Whether each tensor-parallel all-reduce of a layer also adds the residual and applies the
+    next RMSNorm (and the next GEMM's fp8/nvfp4 input quantisation) in one kernel, so those
+    elementwise passes cost nothing of their own.
+
+    TensorRT-LLM's PyTorch models (tensorrt_llm/_torch/models/): `LlamaDecoderLayer` fuses both
+    all-reduces of a layer (`AllReduceFusionOp.RESIDUAL_RMS_NORM[_QUANT_FP8/NVFP4]`) unless
+    `TRTLLM_LLAMA_EAGER_FUSION_DISABLED=1`, for hidden sizes above 4,096 ("disable fusion for
+    small models due to accuracy issues") and not under attention DP (PRE_MLP_FUSION);
+    `DeepseekV3DecoderLayer` (DeepSeek-V3/R1, Kimi-K2) does so unless
+    `TRTLLM_DEEPSEEK_EAGER_FUSION_DISABLED=1` and not under attention DP; Qwen3's is off by
+    default (`TRTLLM_QWEN3_EAGER_FUSION_DISABLED` defaults to "1"). With attention DP there is
+    no tensor-parallel all-reduce to fuse into."""
+    if tp <= 1 or attention_dp > 1 or engine.allreduce_norm_fusion == "none":
+        return False
+    if engine.allreduce_norm_fusion == "all":
+        return True
+    if model_type == "llama":
+        return hidden_size > 4096
+    return model_type in ("deepseek_v3", "kimi_k2")
+
+
+def allreduce_fusion_max_bytes(tp: int) -> float:
+    """Largest all-reduce (bytes) that TensorRT-LLM's AUTO strategy runs on its own fused
+    kernels rather than NCCL, whose residual add and RMSNorm then run as separate kernels
+    (`fallbackRunSubsequentOps`, cpp/tensorrt_llm/thop/allreduceOp.cpp): its workspace,
+    `customAllReduceUtils::getMaxRequiredWorkspaceSize`, 16 MB for two ranks and 8 MB for more
+    in the 1.0-1.2 releases the measured rows ran (later releases raised it to 64 MiB)."""
+    return 16e6 if tp <= 2 else 8e6
 
 
 def get_engine(name: str) -> EngineProfile:

@@ -1,0 +1,88 @@
+"""TensorRT-LLM folds the residual add and RMSNorm after each TP all-reduce into the all-reduce
+kernel (its models' eager fusion), for the model families and layouts it enables it for."""
+
+from __future__ import annotations
+
+import pytest
+
+from servesim.errors import ServesimError
+from servesim.predictor.iteration import BatchShape, Predictor
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import EngineProfile, fuses_allreduce_norm, get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+
+H200 = get_device("h200_sxm")
+LLAMA70 = load_model("meta-llama/Llama-3.1-70B").with_dtypes(weight="fp8", kv="fp8")
+BATCH = BatchShape(32, 32 * 1500)
+
+
+def _ops(pred: Predictor) -> dict[str, float]:
+    return {op.name: op.seconds for op in pred.ops(BATCH)}
+
+
+def test_a_fused_decode_step_drops_exactly_the_norms_and_residual_adds() -> None:
+    """Claim: Llama-3.1-70B (hidden 8,192) on TensorRT-LLM at TP 8 prices no norm or residual
+    pass of its own, and its iteration is the unfused one less exactly those two operators;
+    every other operator, the all-reduce included, is unchanged."""
+    trt = get_engine("trtllm")
+    fused = Predictor(LLAMA70, H200, Parallel(tp=8), engine=trt)
+    plain = Predictor(
+        LLAMA70, H200, Parallel(tp=8), engine=trt.with_overrides(allreduce_norm_fusion="none")
+    )
+    a, b = _ops(fused), _ops(plain)
+    assert "norms" not in a and "residual_add" not in a
+    assert b["norms"] > 0 and b["residual_add"] > 0
+    assert {k: v for k, v in b.items() if k not in ("norms", "residual_add")} == a
+    saved = b["norms"] + b["residual_add"]
+    assert fused.iteration(BATCH).seconds == pytest.approx(
+        plain.iteration(BATCH).seconds - saved, rel=1e-12
+    )
+
+
+def test_messages_beyond_the_workspace_go_to_nccl_and_pay_their_norms() -> None:
+    """Claim: TensorRT-LLM runs an all-reduce on its fused kernel only within its 8 MB
+    workspace (TP > 2); 488 tokens of 8,192 bf16 values (7,995,392 bytes) fit, 489 tokens
+    (8,011,776 bytes) go to NCCL, after which the residual add and the norm run on their own,
+    as the unfused engine prices them."""
+    trt = get_engine("trtllm")
+    fused = Predictor(LLAMA70, H200, Parallel(tp=8), engine=trt)
+    plain = Predictor(
+        LLAMA70, H200, Parallel(tp=8), engine=trt.with_overrides(allreduce_norm_fusion="none")
+    )
+    for tokens, kept in ((488, False), (489, True), (4096, True)):
+        batch = BatchShape(prefill=((tokens, 0),))
+        a = {op.name: op.seconds for op in fused.ops(batch)}
+        b = {op.name: op.seconds for op in plain.ops(batch)}
+        assert ("norms" in a) is kept, tokens
+        if kept:
+            assert a["norms"] == b["norms"] and a["residual_add"] == b["residual_add"]
+
+
+@pytest.mark.parametrize(
+    ("engine", "model_type", "hidden", "tp", "dp", "fused"),
+    [
+        ("trtllm", "llama", 8192, 8, 1, True),  # Llama-3.1-70B
+        ("trtllm", "llama", 4096, 8, 1, False),  # Llama-3.1-8B: "small models" keep it off
+        ("trtllm", "llama", 8192, 1, 1, False),  # no all-reduce to fuse into
+        ("trtllm", "deepseek_v3", 7168, 8, 1, True),
+        ("trtllm", "kimi_k2", 7168, 8, 1, True),
+        ("trtllm", "deepseek_v3", 7168, 1, 8, False),  # attention DP: no TP all-reduce
+        ("trtllm", "qwen3", 5120, 4, 1, False),  # TRTLLM_QWEN3_EAGER_FUSION_DISABLED=1
+        ("sglang", "deepseek_v3", 7168, 8, 1, False),  # opt-in there
+        ("vllm", "llama", 8192, 8, 1, False),
+    ],
+)
+def test_which_layouts_fuse(
+    engine: str, model_type: str, hidden: int, tp: int, dp: int, fused: bool
+) -> None:
+    assert fuses_allreduce_norm(get_engine(engine), model_type, hidden, tp, dp) is fused
+
+
+def test_an_engine_can_fuse_for_every_model_and_refuses_unknown_modes() -> None:
+    """SGLang's `--enable-flashinfer-allreduce-fusion` fuses for any model with TP."""
+    sglang = get_engine("sglang").with_overrides(allreduce_norm_fusion="all")
+    assert fuses_allreduce_norm(sglang, "qwen3", 5120, 4, 1)
+    assert not fuses_allreduce_norm(sglang, "qwen3", 5120, 1, 1)
+    with pytest.raises(ServesimError, match="allreduce_norm_fusion"):
+        EngineProfile(allreduce_norm_fusion="sometimes")
