@@ -292,13 +292,18 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
         return None
 
 
+# Launch fields that are names, not numbers: the recurrent state's format and SGLang's
+# all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`).
+TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion")
+
+
 def script_launch(row: dict[str, str]) -> dict[str, float | str]:
     """What the InferenceX launch script that measured a colocated row passes its engine, as
     `single_node_config` found it (`launch_*` columns from data/inferencex/single_node_configs
     .csv): only the settings the script fixes, evaluated for the row's ISL, OSL, clients and
     GPUs; {} for other rows. The KV dtype is 'auto' (the checkpoint's own) when the script
-    leaves the engine's default; `ssm_dtype` (the recurrent state's format) only when it sets
-    one."""
+    leaves the engine's default; `ssm_dtype` (the recurrent state's format) and `ar_fusion`
+    only when it sets them."""
     if "launch_gpus" not in row:
         return {}
     names = {
@@ -309,10 +314,11 @@ def script_launch(row: dict[str, str]) -> dict[str, float | str]:
         "EP_SIZE": _int(row, "launch_ep"),
     }
     out: dict[str, float | str] = {"kv_cache_dtype": row.get("launch_kv_cache_dtype") or "auto"}
-    if row.get("launch_ssm_dtype"):
-        out["ssm_dtype"] = row["launch_ssm_dtype"]
+    for field in TEXT_LAUNCH_FIELDS:
+        if row.get(f"launch_{field}"):
+            out[field] = row[f"launch_{field}"]
     for field in LAUNCH_FIELDS:
-        if field in ("kv_cache_dtype", "ssm_dtype"):
+        if field in ("kv_cache_dtype", *TEXT_LAUNCH_FIELDS):
             continue
         v = _runner_value(row.get(f"launch_{field}", ""), names)
         if v is not None and v > 0:
@@ -536,7 +542,7 @@ def pool_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
     for pair in (row.get(prefix + "settings") or "").split():
         key, _, value = pair.partition("=")
         try:
-            out[key] = value if key == "kv_dtype" else float(value)
+            out[key] = value if key in ("kv_dtype", "ar_fusion") else float(value)
         except ValueError:
             raise ServesimError(
                 f"{prefix}settings holds {pair!r}, not key=number; regenerate the layout table "
@@ -576,6 +582,7 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "mem_fraction": ("mem_util", float),
     "graph_max_bs": ("cuda_graph_max_seqs", int),
     "recv_interval": ("recv_interval_steps", int),
+    "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang --enable-flashinfer-allreduce-fusion
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
     "adp_balance_timeout": ("adp_balance_timeout_iters", int),
 }

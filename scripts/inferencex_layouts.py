@@ -198,14 +198,16 @@ VLLM_FLAGS = (
 
 
 def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, object]:
-    """A SGLang or vLLM pool's `flags` that are set to a positive number, and its
-    `kv-cache-dtype` (servesim's name)."""
+    """A SGLang or vLLM pool's `flags` that are set to a positive number, its
+    `kv-cache-dtype` (servesim's name) and SGLang's `enable-flashinfer-allreduce-fusion`."""
     out: dict[str, object] = {
         key: cfg[flag] for flag, key in flags if cfg.get(flag) is not None and float(cfg[flag]) > 0
     }
     dtype = KV_DTYPES.get(str(cfg.get("kv-cache-dtype", "")).lower())
     if dtype:
         out["kv_dtype"] = dtype
+    if str(cfg.get("enable-flashinfer-allreduce-fusion", "")).lower() == "true":
+        out["ar_fusion"] = "flashinfer"  # SGLang's all-reduce + residual + RMSNorm kernel
     return out
 
 
@@ -244,9 +246,10 @@ READERS = (
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
-    token_budget, graph_max_bs, recv_interval, adp_balance_timeout); each engine's values keep
-    their own meaning (a fraction of the device or of free memory, a budget per server or per
-    rank), which `benchmarks/silicon.py` applies as it does for colocated launch scripts."""
+    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion); each engine's
+    values keep their own meaning (a fraction of the device or of free memory, a budget per
+    server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch
+    scripts."""
     backend = parsed(recipe_text).get("backend") or {}
     out = []
     for role in ("prefill", "decode"):

@@ -49,6 +49,7 @@ LAUNCH_FIELDS = (
     "graph_max_bs",
     "recv_interval",
     "ssm_dtype",
+    "ar_fusion",
 )
 # The runner's variables a script's values may depend on (runners/launch_*.sh export them).
 RUNNER_VARS = ("ISL", "OSL", "CONC", "TP", "EP_SIZE")
@@ -282,7 +283,9 @@ def launch_settings(script: str) -> dict[str, str]:
     - recv_interval: SGLang `--scheduler-recv-interval`;
     - ssm_dtype: the recurrent (Mamba / Gated DeltaNet) state's format, SGLang
       `--mamba-ssm-dtype`, vLLM `--mamba-ssm-cache-dtype`; '' leaves the checkpoint's
-      `mamba_ssm_dtype`.
+      `mamba_ssm_dtype`;
+    - ar_fusion: "flashinfer" where the script passes SGLang's
+      `--enable-flashinfer-allreduce-fusion`, '' otherwise.
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
@@ -365,6 +368,8 @@ def launch_settings(script: str) -> dict[str, str]:
             word=True,
         ),
     }
+    fusion = re.search(r"--enable-flashinfer-allreduce-fusion\b", script)
+    out["ar_fusion"] = "flashinfer" if fusion else ""
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
     return out

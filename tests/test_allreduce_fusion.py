@@ -8,7 +8,12 @@ import pytest
 from servesim.errors import ServesimError
 from servesim.predictor.iteration import BatchShape, Predictor
 from servesim.spec.devices import get_device
-from servesim.spec.engine_profile import EngineProfile, fuses_allreduce_norm, get_engine
+from servesim.spec.engine_profile import (
+    EngineProfile,
+    fused_allreduce_max_tokens,
+    fuses_allreduce_norm,
+    get_engine,
+)
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
 
@@ -80,9 +85,44 @@ def test_which_layouts_fuse(
 
 
 def test_an_engine_can_fuse_for_every_model_and_refuses_unknown_modes() -> None:
-    """SGLang's `--enable-flashinfer-allreduce-fusion` fuses for any model with TP."""
-    sglang = get_engine("sglang").with_overrides(allreduce_norm_fusion="all")
+    """SGLang's `--enable-flashinfer-allreduce-fusion` fuses for any model with TP, up to
+    2,048 tokens."""
+    sglang = get_engine("sglang").with_overrides(allreduce_norm_fusion="flashinfer")
+    assert fused_allreduce_max_tokens(sglang, 5120, 4) == 2048
     assert fuses_allreduce_norm(sglang, "qwen3", 5120, 4, 1)
     assert not fuses_allreduce_norm(sglang, "qwen3", 5120, 1, 1)
     with pytest.raises(ServesimError, match="allreduce_norm_fusion"):
         EngineProfile(allreduce_norm_fusion="sometimes")
+
+
+def test_sglang_fuses_up_to_2048_tokens_when_launched_with_the_flag() -> None:
+    """Claim: SGLang with `--enable-flashinfer-allreduce-fusion` prices no norm or residual
+    kernel for iterations of up to 2,048 tokens at TP 4, and the unfused ones beyond."""
+    qwen = load_model("Qwen/Qwen3-32B")
+    b200 = get_device("b200_sxm")
+    flag = get_engine("sglang").with_overrides(allreduce_norm_fusion="flashinfer")
+    pred = Predictor(qwen, b200, Parallel(tp=4), engine=flag)
+    plain = Predictor(qwen, b200, Parallel(tp=4), engine=get_engine("sglang"))
+    for tokens, kept in ((2048, False), (2049, True)):
+        batch = BatchShape(prefill=((tokens, 0),))
+        names = {op.name for op in pred.ops(batch)}
+        assert ("norms" in names) is kept and ("residual_add" in names) is kept
+    assert "norms" in {op.name for op in plain.ops(BatchShape(prefill=((512, 0),)))}
+
+
+def test_the_predict_flag_sets_the_fusion(capsys: pytest.CaptureFixture[str]) -> None:
+    """`servesim predict --engine sglang --allreduce-norm-fusion flashinfer` lists no norm or
+    residual operator for a decode step at TP 8; without the flag SGLang has them."""
+    import json
+
+    from servesim.cli.main import main
+
+    base = ["predict", "--model", "meta-llama/Llama-3.1-70B", "--device", "h200_sxm"]
+    base += ["--tp", "8", "--engine", "sglang", "--decode-seqs", "32", "--json"]
+    names = {}
+    for label, extra in (("plain", []), ("fused", ["--allreduce-norm-fusion", "flashinfer"])):
+        assert main(base + extra) == 0
+        doc = json.loads(capsys.readouterr().out)
+        names[label] = {op["name"] for op in doc["operators"]}
+    assert {"norms", "residual_add"} <= names["plain"]
+    assert not {"norms", "residual_add"} & names["fused"]

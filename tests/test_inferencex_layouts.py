@@ -19,6 +19,7 @@ from servesim.errors import ServesimError  # noqa: E402
 DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
 SETTING_KEYS = {
     "mem_fraction",
+    "ar_fusion",
     "kv_dtype",
     "token_budget",
     "graph_max_bs",
@@ -179,7 +180,12 @@ def test_layout_table_is_well_formed() -> None:
             for pair in r[f"{pool}_settings"].split():
                 key, _, value = pair.partition("=")
                 assert key in SETTING_KEYS, (r["config_key"], pair)
-                assert value in ("fp8", "bf16") if key == "kv_dtype" else float(value) > 0
+                if key == "kv_dtype":
+                    assert value in ("fp8", "bf16")
+                elif key == "ar_fusion":
+                    assert value == "flashinfer"
+                else:
+                    assert float(value) > 0
 
 
 def test_mtp_row_gets_the_config_s_draft_length_and_is_simulated_with_it() -> None:
@@ -361,10 +367,11 @@ def test_recipe_engine_settings_in_servesim_names() -> None:
         "      kv-cache-dtype: fp8_e4m3\n      chunked-prefill-size: 8192\n"
         "      scheduler-recv-interval: 10\n    decode:\n      cuda-graph-max-bs: 128\n"
         "      mem-fraction-static: 0.85\n      stream-interval: 10\n"
+        "      enable-flashinfer-allreduce-fusion: true\n"
     )
     assert lay.recipe_settings(sgl) == (
         "kv_dtype=fp8 mem_fraction=0.95 recv_interval=10 token_budget=8192",
-        "graph_max_bs=128 mem_fraction=0.85",
+        "ar_fusion=flashinfer graph_max_bs=128 mem_fraction=0.85",
     )
     trt = (
         "backend:\n  trtllm_config:\n    prefill:\n      max_num_tokens: 16384\n"

@@ -223,15 +223,23 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "graph_max_bs": "CONC",
         "recv_interval": "",
         "ssm_dtype": "",
+        "ar_fusion": "",
     }
     sglang = (
         "if [[ $TP -eq 8 ]]; then\n  MEM_FRAC_STATIC=0.82\nelse\n  MEM_FRAC_STATIC=0.95\nfi\n"
         "python3 -m sglang.launch_server --mem-fraction-static $MEM_FRAC_STATIC "
         "--kv-cache-dtype fp8_e4m3 --scheduler-recv-interval 10 # --chunked-prefill-size 4\n"
         "--mamba-ssm-dtype bfloat16 \\\n"
+        "--enable-flashinfer-allreduce-fusion --disable-radix-cache\n"
+        "# --enable-flashinfer-allreduce-fusion-in-a-comment is not read\n"
     )
     got = launch_settings(sglang)
     assert (got["kv_cache_dtype"], got["recv_interval"]) == ("fp8", "10")
+    assert got["ar_fusion"] == "flashinfer"
+    assert (
+        launch_settings(sglang.replace("--enable-flashinfer-allreduce-fusion ", ""))["ar_fusion"]
+        == ""
+    )
     names = {"ISL": 1024, "OSL": 1024, "CONC": 4, "EP_SIZE": 1}
     assert silicon._runner_value(got["mem_fraction"], {**names, "TP": 8}) == 0.82
     assert silicon._runner_value(got["mem_fraction"], {**names, "TP": 4}) == 0.95
@@ -435,3 +443,21 @@ def test_every_kind_of_colocated_config_simulates_from_a_dashboard_row() -> None
         assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (row["id"], ttft, tpot)
         simulated += 1
     assert simulated >= 25
+
+
+def test_a_script_passing_the_flashinfer_fusion_flag_runs_with_it() -> None:
+    """The dev file's Qwen3.5 FP8 B200 row at 16 clients (config 618) ran
+    qwen3.5_fp8_b200.sh, which passes `--enable-flashinfer-allreduce-fusion`: its deployment's
+    engine fuses the TP all-reduces with the norms that follow (up to 2,048 tokens); SGLang
+    without the flag does not."""
+    with open(REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv", newline="") as f:
+        rows = {r["id"]: r for r in silicon.date_twins(list(csv.DictReader(f)))}
+    filled, source, refusal = silicon.single_node_config(
+        rows["qwen3_5_b200_sglang_fp8_agg_1024x1024_c16_cfg618"]
+    )
+    assert refusal == "" and "qwen3.5-fp8-b200-sglang " in source
+    assert silicon.script_launch(filled)["ar_fusion"] == "flashinfer"
+    dep = silicon.deployment_of(filled, silicon.Catalog())
+    assert dep.engine.allreduce_norm_fusion == "flashinfer"
+    plain = silicon.deployment_of({**filled, "launch_ar_fusion": ""}, silicon.Catalog())
+    assert plain.engine.allreduce_norm_fusion == "none"

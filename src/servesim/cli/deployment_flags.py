@@ -68,6 +68,7 @@ SPEC_OPTIONS = (
 )  # fmt: skip
 TreeWidths = Annotated[tuple[PosInt, ...], BeforeValidator(_int_list)]
 MirrorLink = Literal["nvlink", "infiniband", "pcie"]
+NormFusion = Literal["none", "trtllm", "flashinfer"]
 
 
 class DeploymentSettings(Settings):
@@ -86,6 +87,7 @@ class DeploymentSettings(Settings):
     chunked_prefill: bool | None = None
     piecewise_cuda_graph_max_tokens: NonNegInt | None = None  # None: the engine's
     moe_backend: NonEmpty | None = None  # None: the engine's own choice
+    allreduce_norm_fusion: NormFusion | None = None  # None: the engine's
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -222,6 +224,14 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "--moe-runner-backend); measured MoE tables of other kernels are not used "
         "(default: the engine's own choice)",
     )
+    g.add_argument(
+        "--allreduce-norm-fusion",
+        choices=("none", "trtllm", "flashinfer"),
+        help="residual add and RMSNorm done inside each TP all-reduce: trtllm (TensorRT-LLM's "
+        "eager fusion: Llama above hidden 4096, DeepSeek-V3/Kimi-K2, within its 8 MB "
+        "workspace), flashinfer (SGLang --enable-flashinfer-allreduce-fusion, up to 2048 "
+        "tokens) or none (default: the engine's; trtllm for trtllm, none otherwise)",
+    )
     if simulate:
         add_switch(
             g,
@@ -271,6 +281,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
             overlap_scheduling=getattr(s, "overlap_scheduling", None),
             prefill_graph_max_tokens=s.piecewise_cuda_graph_max_tokens,
             moe_backend=s.moe_backend.lower() if s.moe_backend else None,
+            allreduce_norm_fusion=s.allreduce_norm_fusion,
         ),
         replicas=getattr(s, "replicas", 1),
         max_num_seqs=s.max_num_seqs,

@@ -22,7 +22,7 @@ from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
 from servesim.spec.engine_profile import (
     EngineProfile,
-    allreduce_fusion_max_bytes,
+    fused_allreduce_max_tokens,
     fuses_allreduce_norm,
 )
 from servesim.spec.expert_load import ExpertLoad
@@ -447,7 +447,7 @@ class Predictor:
             self._elementwise("residual_add", "add", 3 * hb, sub),
         ]
         if self._ar_fuses_norm:
-            unfused = hb > allreduce_fusion_max_bytes(tp)
+            unfused = t > fused_allreduce_max_tokens(self.engine, h, tp)
             terms = [
                 replace(
                     x,

@@ -85,7 +85,7 @@ VLLM_UNGRAPHED_HOST_S_PER_LAYER = 0.47e-3
 TOKENIZE_S_PER_TOKEN = 2.5e-6
 
 
-ALLREDUCE_NORM_FUSION = ("none", "trtllm", "all")
+ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer")
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,9 @@ class EngineProfile:
     # expert layers only from tables of a kernel this can be (`measured_kernels.moe`).
     moe_backend: str = "auto"
     # Which models' tensor-parallel all-reduces also do the residual add and the RMSNorm that
-    # follow them, in the same kernel (`fuses_allreduce_norm`): "none"; "trtllm", TensorRT-LLM's
-    # eager fusion for the model families it enables it for; "all", every model (SGLang's
+    # follow them, in the same kernel (`fuses_allreduce_norm`, `fused_allreduce_max_tokens`):
+    # "none"; "trtllm", TensorRT-LLM's eager fusion for the model families it enables it for;
+    # "flashinfer", every model, up to 2,048 tokens (SGLang's
     # `--enable-flashinfer-allreduce-fusion`).
     allreduce_norm_fusion: str = "none"
 
@@ -382,24 +383,33 @@ def fuses_allreduce_norm(
     small models due to accuracy issues") and not under attention DP (PRE_MLP_FUSION);
     `DeepseekV3DecoderLayer` (DeepSeek-V3/R1, Kimi-K2) does so unless
     `TRTLLM_DEEPSEEK_EAGER_FUSION_DISABLED=1` and not under attention DP; Qwen3's is off by
-    default (`TRTLLM_QWEN3_EAGER_FUSION_DISABLED` defaults to "1"). With attention DP there is
-    no tensor-parallel all-reduce to fuse into."""
+    default (`TRTLLM_QWEN3_EAGER_FUSION_DISABLED` defaults to "1"). SGLang with
+    `--enable-flashinfer-allreduce-fusion` fuses for the models it serves, not under attention
+    DP (`apply_flashinfer_allreduce_fusion`, python/sglang/srt/layers/communicator.py). With
+    attention DP there is no tensor-parallel all-reduce to fuse into."""
     if tp <= 1 or attention_dp > 1 or engine.allreduce_norm_fusion == "none":
         return False
-    if engine.allreduce_norm_fusion == "all":
+    if engine.allreduce_norm_fusion == "flashinfer":
         return True
     if model_type == "llama":
         return hidden_size > 4096
     return model_type in ("deepseek_v3", "kimi_k2")
 
 
-def allreduce_fusion_max_bytes(tp: int) -> float:
-    """Largest all-reduce (bytes) that TensorRT-LLM's AUTO strategy runs on its own fused
-    kernels rather than NCCL, whose residual add and RMSNorm then run as separate kernels
-    (`fallbackRunSubsequentOps`, cpp/tensorrt_llm/thop/allreduceOp.cpp): its workspace,
-    `customAllReduceUtils::getMaxRequiredWorkspaceSize`, 16 MB for two ranks and 8 MB for more
-    in the 1.0-1.2 releases the measured rows ran (later releases raised it to 64 MiB)."""
-    return 16e6 if tp <= 2 else 8e6
+def fused_allreduce_max_tokens(engine: EngineProfile, hidden_size: int, tp: int) -> float:
+    """Most tokens whose all-reduce still runs fused (`fuses_allreduce_norm`); beyond them the
+    residual add and RMSNorm run as kernels of their own.
+
+    TensorRT-LLM: its AUTO strategy runs an all-reduce on its own fused kernels only within
+    their workspace, `customAllReduceUtils::getMaxRequiredWorkspaceSize` (16 MB for two ranks,
+    8 MB for more, in the 1.0-1.2 releases the measured rows ran; later releases raised it to
+    64 MiB), and hands larger ones to NCCL followed by separate kernels
+    (`fallbackRunSubsequentOps`, cpp/tensorrt_llm/thop/allreduceOp.cpp); a token is hidden_size
+    bf16 values. SGLang: `FUSE_ALLREDUCE_MAX_BATCH_SIZE` = 2,048 tokens."""
+    if engine.allreduce_norm_fusion == "flashinfer":
+        return 2048.0
+    workspace_bytes = 16e6 if tp <= 2 else 8e6
+    return workspace_bytes / (2.0 * hidden_size)
 
 
 def get_engine(name: str) -> EngineProfile:
