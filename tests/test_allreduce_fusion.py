@@ -126,3 +126,17 @@ def test_the_predict_flag_sets_the_fusion(capsys: pytest.CaptureFixture[str]) ->
         names[label] = {op["name"] for op in doc["operators"]}
     assert {"norms", "residual_add"} <= names["plain"]
     assert not {"norms", "residual_add"} & names["fused"]
+
+
+def test_no_fusion_without_nvlink_or_across_nodes() -> None:
+    """Claim: without NVLink peers (L40S, PCIe) or with a TP group spanning two 8-GPU nodes,
+    TensorRT-LLM falls back to NCCL, so the norms and residual adds keep their own kernels."""
+    trt = get_engine("trtllm")
+    assert not fuses_allreduce_norm(trt, "llama", 8192, 4, 1, nvlink=False)
+    l40s = Predictor(LLAMA70, get_device("l40s"), Parallel(tp=4), engine=trt)
+    assert "norms" in {op.name for op in l40s.ops(BATCH)}
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    two_nodes = Predictor(r1, get_device("h100_sxm"), Parallel(tp=16, ep=16), engine=trt)
+    one_node = Predictor(r1, H200, Parallel(tp=8, ep=8), engine=trt)
+    assert "norms" in {op.name for op in two_nodes.ops(BATCH)}
+    assert "norms" not in {op.name for op in one_node.ops(BATCH)}

@@ -17,6 +17,7 @@ from functools import cache, lru_cache
 import numpy as np
 
 from servesim.predictor import linear_scan, measured_kernels, roofline
+from servesim.predictor.kernel_classes import nvlink_class
 from servesim.predictor.measured_kernels import EXTRAPOLATED, PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import compute_dtype, gemm_compute_dtype, nbytes
@@ -173,7 +174,12 @@ class Predictor:
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
         self._ar_fuses_norm = fuses_allreduce_norm(
-            engine, model.model_type, model.hidden_size, self.par.tp, self.par.dp
+            engine,
+            model.model_type,
+            model.hidden_size,
+            self.par.tp,
+            self.par.dp,
+            nvlink=nvlink_class(device) and self.par.tp <= device.max_devices_per_node,
         )
         # Routed tokens on the busiest EP rank over the mean (1: balanced); with a stated expert
         # popularity and placement the expert layers run at the busiest rank's load.

@@ -371,7 +371,12 @@ ENGINES: dict[str, EngineProfile] = {
 
 
 def fuses_allreduce_norm(
-    engine: EngineProfile, model_type: str, hidden_size: int, tp: int, attention_dp: int
+    engine: EngineProfile,
+    model_type: str,
+    hidden_size: int,
+    tp: int,
+    attention_dp: int,
+    nvlink: bool = True,
 ) -> bool:
     """Whether each tensor-parallel all-reduce of a layer also adds the residual and applies the
     next RMSNorm (and the next GEMM's fp8/nvfp4 input quantisation) in one kernel, so those
@@ -386,8 +391,10 @@ def fuses_allreduce_norm(
     default (`TRTLLM_QWEN3_EAGER_FUSION_DISABLED` defaults to "1"). SGLang with
     `--enable-flashinfer-allreduce-fusion` fuses for the models it serves, not under attention
     DP (`apply_flashinfer_allreduce_fusion`, python/sglang/srt/layers/communicator.py). With
-    attention DP there is no tensor-parallel all-reduce to fuse into."""
-    if tp <= 1 or attention_dp > 1 or engine.allreduce_norm_fusion == "none":
+    attention DP there is no tensor-parallel all-reduce to fuse into; without an NVLink-class
+    fabric (`nvlink` false) both fall back to NCCL and separate kernels (TensorRT-LLM's
+    `ifFallbackToNCCL` when peers lack NVLink; FlashInfer's fused kernel needs NVLink P2P)."""
+    if tp <= 1 or attention_dp > 1 or not nvlink or engine.allreduce_norm_fusion == "none":
         return False
     if engine.allreduce_norm_fusion == "flashinfer":
         return True
