@@ -21,3 +21,17 @@ def llama8():
 def h100():
     """The catalog's H100 SXM."""
     return get_device("h100_sxm")
+
+
+@pytest.fixture
+def predict_op_names(capsys):
+    """Runs `servesim predict ... --json` and returns the names of the operators it lists."""
+    import json
+
+    from servesim.cli.main import main
+
+    def run(argv: list[str]) -> set[str]:
+        assert main(["predict", *argv, "--json"]) == 0
+        return {op["name"] for op in json.loads(capsys.readouterr().out)["operators"]}
+
+    return run

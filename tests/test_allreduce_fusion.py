@@ -81,7 +81,8 @@ def test_messages_beyond_the_workspace_go_to_nccl_and_pay_their_norms() -> None:
 def test_which_layouts_fuse(
     engine: str, model_type: str, hidden: int, tp: int, dp: int, fused: bool
 ) -> None:
-    assert fuses_allreduce_norm(get_engine(engine), model_type, hidden, tp, dp) is fused
+    got = fuses_allreduce_norm(get_engine(engine), model_type, hidden, tp, dp, nvlink=True)
+    assert got is fused
 
 
 def test_an_engine_can_fuse_for_every_model_and_refuses_unknown_modes() -> None:
@@ -89,8 +90,8 @@ def test_an_engine_can_fuse_for_every_model_and_refuses_unknown_modes() -> None:
     2,048 tokens."""
     sglang = get_engine("sglang").with_overrides(allreduce_norm_fusion="flashinfer")
     assert fused_allreduce_max_tokens(sglang, 5120, 4) == 2048
-    assert fuses_allreduce_norm(sglang, "qwen3", 5120, 4, 1)
-    assert not fuses_allreduce_norm(sglang, "qwen3", 5120, 1, 1)
+    assert fuses_allreduce_norm(sglang, "qwen3", 5120, 4, 1, nvlink=True)
+    assert not fuses_allreduce_norm(sglang, "qwen3", 5120, 1, 1, nvlink=True)
     with pytest.raises(ServesimError, match="allreduce_norm_fusion"):
         EngineProfile(allreduce_norm_fusion="sometimes")
 
@@ -110,22 +111,15 @@ def test_sglang_fuses_up_to_2048_tokens_when_launched_with_the_flag() -> None:
     assert "norms" in {op.name for op in plain.ops(BatchShape(prefill=((512, 0),)))}
 
 
-def test_the_predict_flag_sets_the_fusion(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_predict_flag_sets_the_fusion(predict_op_names) -> None:
     """`servesim predict --engine sglang --allreduce-norm-fusion flashinfer` lists no norm or
     residual operator for a decode step at TP 8; without the flag SGLang has them."""
-    import json
-
-    from servesim.cli.main import main
-
-    base = ["predict", "--model", "meta-llama/Llama-3.1-70B", "--device", "h200_sxm"]
-    base += ["--tp", "8", "--engine", "sglang", "--decode-seqs", "32", "--json"]
-    names = {}
-    for label, extra in (("plain", []), ("fused", ["--allreduce-norm-fusion", "flashinfer"])):
-        assert main(base + extra) == 0
-        doc = json.loads(capsys.readouterr().out)
-        names[label] = {op["name"] for op in doc["operators"]}
-    assert {"norms", "residual_add"} <= names["plain"]
-    assert not {"norms", "residual_add"} & names["fused"]
+    base = ["--model", "meta-llama/Llama-3.1-70B", "--device", "h200_sxm", "--tp", "8"]
+    base += ["--engine", "sglang", "--decode-seqs", "32"]
+    plain = predict_op_names(base)
+    fused = predict_op_names([*base, "--allreduce-norm-fusion", "flashinfer"])
+    assert {"norms", "residual_add"} <= plain
+    assert not {"norms", "residual_add"} & fused
 
 
 def test_no_fusion_without_nvlink_or_across_nodes() -> None:

@@ -91,22 +91,15 @@ def test_lone_request_ttft_moves_by_the_iterations_difference() -> None:
     assert ttft["eager"] - ttft["graphs"] == pytest.approx(gap, rel=1e-9)
 
 
-def test_predict_flag_turns_piecewise_graphs_on(capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_flag_turns_piecewise_graphs_on(predict_op_names) -> None:
     """`servesim predict --engine sglang` shows the unhidden launches of an eager 1k prefill as
     an `eager_launch` operator; `--piecewise-cuda-graph-max-tokens 8192` removes it."""
-    import json
-
-    from servesim.cli.main import main
-
-    base = ["predict", "--model", "meta-llama/Llama-3.1-8B", "--weight-dtype", "fp8"]
-    base += ["--tp", "8", "--engine", "sglang", "--prefill", "1024", "--json"]
-    names = {}
-    for label, extra in (("eager", []), ("graphs", ["--piecewise-cuda-graph-max-tokens", "8192"])):
-        assert main(base + extra) == 0
-        doc = json.loads(capsys.readouterr().out)
-        names[label] = {op["name"] for op in doc["operators"]}
-    assert "eager_launch" in names["eager"]
-    assert "eager_launch" not in names["graphs"]
+    base = ["--model", "meta-llama/Llama-3.1-8B", "--weight-dtype", "fp8"]
+    base += ["--tp", "8", "--engine", "sglang", "--prefill", "1024"]
+    assert "eager_launch" in predict_op_names(base)
+    assert "eager_launch" not in predict_op_names(
+        [*base, "--piecewise-cuda-graph-max-tokens", "8192"]
+    )
 
 
 def test_vllm_prefill_beyond_its_piecewise_graphs_pays_its_compiled_host_time() -> None:

@@ -20,7 +20,7 @@ from servesim.cli.settings import (
     add_switch,
 )
 from servesim.spec.devices import catalog
-from servesim.spec.engine_profile import get_engine
+from servesim.spec.engine_profile import ALLREDUCE_NORM_FUSION, get_engine
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
@@ -226,7 +226,7 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     )
     g.add_argument(
         "--allreduce-norm-fusion",
-        choices=("none", "trtllm", "flashinfer"),
+        choices=ALLREDUCE_NORM_FUSION,
         help="residual add and RMSNorm done inside each TP all-reduce: trtllm (TensorRT-LLM's "
         "eager fusion: Llama above hidden 4096, DeepSeek-V3/Kimi-K2, within its 8 MB "
         "workspace), flashinfer (SGLang --enable-flashinfer-allreduce-fusion, up to 2048 "

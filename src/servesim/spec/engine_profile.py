@@ -376,7 +376,8 @@ def fuses_allreduce_norm(
     hidden_size: int,
     tp: int,
     attention_dp: int,
-    nvlink: bool = True,
+    *,
+    nvlink: bool,
 ) -> bool:
     """Whether each tensor-parallel all-reduce of a layer also adds the residual and applies the
     next RMSNorm (and the next GEMM's fp8/nvfp4 input quantisation) in one kernel, so those
