@@ -11,9 +11,9 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     || echo "note: could not install chromium; the HTML report render test will skip"
 fi
 python3 -m venv .venv
-# Exactly the tested set: requirements.txt (written by scripts/lock.sh from a `.[test]`
+# Exactly the tested set: constraints.txt (written by scripts/lock.sh from a `.[test]`
 # install, so it is that install's full list) installed as requirements and as constraints,
 # not whatever the registry serves today.
-.venv/bin/pip install -q -r requirements.txt -c requirements.txt -e '.[test]'
+.venv/bin/pip install -q -r constraints.txt -c constraints.txt -e '.[test]'
 # pytest's own -q (pyproject addopts) keeps its count line, `N passed`, so an empty run shows.
 exec .venv/bin/pytest "$@"

@@ -1,5 +1,5 @@
 """The pinned set is complete: every distribution the test environment holds (installed from
-requirements.txt as constraints) has its exact version pinned there, so CI on a fresh clone
+constraints.txt as constraints) has its exact version pinned there, so CI on a fresh clone
 installs what was tested rather than whatever the registry serves that day."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIREMENTS = ROOT / "requirements.txt"
+REQUIREMENTS = ROOT / "constraints.txt"
 PYLOCK = ROOT / "pylock.toml"
 UNPINNED = {"servesim", "pip", "setuptools", "wheel"}  # the project and the installer
 
@@ -40,7 +40,7 @@ def test_every_installed_distribution_is_pinned_at_its_version() -> None:
             missing.append(f"{name}=={version}")
         elif pins[name] != version:
             other.append(f"{name} {version} (pinned {pins[name]})")
-    assert not missing, f"installed but not pinned in requirements.txt: {missing}"
+    assert not missing, f"installed but not pinned in constraints.txt: {missing}"
     assert not other, f"installed at another version than pinned: {other}"
 
 
@@ -54,6 +54,6 @@ def test_the_standard_lock_file_holds_the_same_set_with_hashes() -> None:
         files = pkg.get("wheels", []) + ([pkg["sdist"]] if "sdist" in pkg else [])
         assert files and all(f["hashes"]["sha256"] for f in files), pkg["name"]
         got[_norm(pkg["name"])] = pkg["version"].split("+")[0]
-    # pip freeze leaves the installer's own packages out of requirements.txt; pip lock keeps
+    # pip freeze leaves the installer's own packages out of constraints.txt; pip lock keeps
     # setuptools, which torch requires.
     assert {k: v for k, v in got.items() if k not in UNPINNED} == _pins()

@@ -29,7 +29,7 @@ def data_root() -> Path:
     except ModuleNotFoundError:
         raise ServesimError(
             "Measured kernel tables need the aiconfigurator-core package; install servesim's "
-            "locked dependencies (pip install -c requirements.txt -e .) or use "
+            "locked dependencies (pip install -c constraints.txt -e .) or use "
             "--latency-model roofline."
         ) from None
     return Path(str(root))
