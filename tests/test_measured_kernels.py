@@ -608,3 +608,21 @@ def test_tensorrt_llm_nvfp4_gemms_are_not_priced_from_their_untuned_tables() -> 
     # the NVFP4 checkpoint keeps attention in fp8 (its hf_quant_config excludes self_attn)
     assert ops["shared_up_proj"].provenance == ops["mlp_up_proj"].provenance == "roofline"
     assert ops["o_proj"].provenance == ops["router"].provenance == "measured"
+
+
+def test_attention_tables_without_a_window_column_are_full_attention() -> None:
+    """aiconfigurator-core's A100 SGLang 0.5.10 and vLLM 0.14.0 attention tables predate the
+    `window_size` column; they measure full attention, so they price it (no crash under auto)."""
+    found = kernel_tables.find("a100_sxm", "attention", "context_attention_perf", "sglang")
+    assert found is not None
+    cols = kernel_tables.read(found[0], ("num_heads", "window_size", "latency"))
+    assert len(cols["window_size"]) == len(cols["latency"]) > 0
+    assert not cols["window_size"].any()
+    model = load_model("meta-llama/Llama-3.1-8B")
+    pred = Predictor(
+        model, get_device("a100_sxm"), engine=get_engine("sglang"), latency_model="auto"
+    )
+    ops = [o for o in pred.ops(BatchShape(prefill=((1024, 0),))) if o.kind == "attention"]
+    assert ops[0].provenance in ("measured", "interpolated") and ops[0].seconds > 0
+    with pytest.raises(ServesimError, match="has no column 'nope'"):
+        kernel_tables.read(found[0], ("nope",))

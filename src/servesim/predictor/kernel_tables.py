@@ -103,10 +103,27 @@ def find_all(
     return out
 
 
+# Columns some versions of a table lack, and what their absence means: attention tables
+# collected before sliding windows were measured have no `window_size` (all full attention).
+OPTIONAL_COLUMNS: dict[str, int] = {"window_size": 0}
+
+
 @functools.lru_cache(maxsize=64)
 def read(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Columns of one table as numpy arrays (text columns as object arrays), cached."""
+    """Columns of one table as numpy arrays (text columns as object arrays), cached; a column
+    the table's version lacks takes its `OPTIONAL_COLUMNS` value on every row."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(str(path), columns=list(columns))
-    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in columns}
+    present = set(pq.read_schema(str(path)).names)
+    missing = [c for c in columns if c not in present]
+    unknown = [c for c in missing if c not in OPTIONAL_COLUMNS]
+    if unknown:
+        raise ServesimError(
+            f"Kernel table {path} has no column {unknown[0]!r}; reinstall the pinned "
+            "aiconfigurator-core (constraints.txt) or pass --latency-model roofline."
+        )
+    t = pq.read_table(str(path), columns=[c for c in columns if c in present])
+    out = {c: t.column(c).to_numpy(zero_copy_only=False) for c in columns if c in present}
+    for c in missing:
+        out[c] = np.full(t.num_rows, OPTIONAL_COLUMNS[c])
+    return out
