@@ -90,3 +90,32 @@ def test_cli_predict_takes_expert_skew_and_placement(capsys) -> None:
     assert times[2] > 1.1 * times[0] and times[6] == pytest.approx(times[0], rel=0.01), times
     assert main(["predict", "--decode-seqs", "4", "--expert-zipf", "1"]) == 2
     assert "no experts" in capsys.readouterr().err
+
+
+def test_a_stated_skew_raises_the_measured_expert_time_too() -> None:
+    """Under the measured tables (auto) a stated popularity scales the measured MoE layer by
+    the busiest rank's extra load as the roofline prices it, so skew is never cheaper than the
+    tables' own routing and EPLB with enough replicas gives that routing back."""
+    m = load_model("deepseek-ai/DeepSeek-V3").with_dtypes(weight="fp8", kv="fp8", expert="fp8")
+    dep = Deployment(
+        model=m,
+        device=Catalog().get("h200_sxm"),
+        parallel=Parallel(tp=8, ep=8),
+        latency_model="auto",
+    )
+    shape = BatchShape(0, 0, ((6000, 0),))
+
+    def experts(d: Deployment) -> tuple[float, set[str]]:
+        ops = [o for o in d.predictor().ops(shape) if o.name in ("moe_up_proj", "moe_down_proj")]
+        return sum(o.seconds for o in ops), {o.provenance for o in ops}
+
+    base, prov = experts(dep)
+    assert prov <= {"measured", "interpolated"}
+    skewed, prov_s = experts(replace(dep, expert_load=ExpertLoad(zipf=1.0)))
+    assert prov_s == prov
+    roof = replace(dep, latency_model="roofline")
+    r0 = experts(roof)[0]
+    r1 = experts(replace(roof, expert_load=ExpertLoad(zipf=1.0)))[0]
+    assert skewed / base == pytest.approx(r1 / r0, rel=1e-6) and skewed > 1.5 * base
+    eplb = experts(replace(dep, expert_load=ExpertLoad(1.0, "eplb", 32)))[0]
+    assert eplb == pytest.approx(base, rel=0.02)
