@@ -531,3 +531,25 @@ def test_launch_ssm_dtype_reaches_the_model() -> None:
     unset = {k: v for k, v in filled.items() if k != "launch_ssm_dtype"}
     assert "ssm_dtype" not in silicon.script_launch(unset)
     assert silicon._model(unset).state_dtype == "fp32"
+
+
+def test_a_repeated_run_takes_the_first_ones_figures(monkeypatch) -> None:
+    """Two rows that describe the same deployment and client (a measurement exported on two
+    days) are simulated once; a row that differs in anything the simulation reads is not."""
+    calls: list[int] = []
+    real = silicon.simulate
+
+    def counting(dep, **kw):
+        calls.append(1)
+        return real(dep, **kw)
+
+    monkeypatch.setattr(silicon, "simulate", counting)
+    monkeypatch.setattr(silicon, "_RUNS", {})
+    base = row(
+        batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=4; " + AIPERF_SOURCE
+    )
+    first = silicon.simulate_row(base, Catalog(), rounds=2)
+    twin = silicon.simulate_row({**base, "id": "twin"}, Catalog(), rounds=2)
+    assert twin == first and len(calls) == 1
+    other = silicon.simulate_row({**base, "osl": "128"}, Catalog(), rounds=2)
+    assert len(calls) == 2 and other != first
