@@ -14,7 +14,7 @@ from servesim.spec.devices import Catalog
 from servesim.spec.model import load_model
 
 LLAMA = load_model("meta-llama/Llama-3.1-8B")
-DEP = Deployment(model=LLAMA, device=Catalog().get("a100_sxm"))
+DEP = Deployment(model=LLAMA, device=Catalog().get("a100_sxm"), latency_model="roofline")
 
 
 def test_adapter_bytes_hand_computed() -> None:

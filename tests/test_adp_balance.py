@@ -31,6 +31,7 @@ def dep(timeout: int, dp: int = 2) -> Deployment:
         parallel=Parallel(dp=dp),
         max_num_batched_tokens=8192,
         chunked_prefill=False,
+        latency_model="roofline",  # the timings below are laid out on its step times
     )
 
 

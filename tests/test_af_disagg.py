@@ -94,8 +94,10 @@ def _layouts(name: str, batch: int | None) -> tuple[list, list]:
     """(AF splits, colocated layouts) of ≤ 32 H100s for decode at 2048 tokens of context and
     TPOT ≤ 100 ms: at `batch`, or each layout's capacity (None)."""
     m = load_model(name)
-    af = af_splits(m, H100, SGLANG, 2048, 32, batch, 0.1, microbatches=(2, 3))
-    return af, colocated(m, H100, SGLANG, 2048, 32, batch, 0.1)
+    af = af_splits(
+        m, H100, SGLANG, 2048, 32, batch, 0.1, microbatches=(2, 3), latency_model="roofline"
+    )
+    return af, colocated(m, H100, SGLANG, 2048, 32, batch, 0.1, latency_model="roofline")
 
 
 def _versus(name: str, batch: int | None) -> dict[str, SplitResult]:

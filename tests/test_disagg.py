@@ -144,7 +144,7 @@ def prompt_heavy() -> Workload:
 
 @cache
 def best_per_gpu(kind: str, ttft: float, tpot: float, link: str = "nvlink") -> placement.Placement:
-    base = Deployment(LLAMA8, H100)
+    base = Deployment(LLAMA8, H100, latency_model="roofline")
     if kind == "colocated":
         cands = [
             d
@@ -223,7 +223,7 @@ def distserve_search(device: Device, engine_name: str = "vllm", **engine: float)
     # DistServe's engine streams the first token from the prefill instance and its simulator
     # has no frontend: TTFT ends with the prefill (the fitted engine adds a frontend latency).
     eng = get_engine("vllm").with_overrides(name=engine_name, **{**DISTSERVE_PATH, **engine})
-    base = Deployment(load_model("facebook/opt-13b"), device, engine=eng)
+    base = Deployment(load_model("facebook/opt-13b"), device, engine=eng, latency_model="roofline")
     cands = placement.disagg_candidates(
         base, 4, tps=(1, 2, 4), pps=(1, 2), prefill=dict(chunked_prefill=False)
     )
@@ -245,8 +245,8 @@ def fit_distserve_engine(a100: Device) -> tuple[float, float, float, float]:
     bandwidth, a per-iteration overhead and a frontend latency, by least squares on the log of
     the published lone-request TTFTs and the TPOT. Returns (f, step_s, request_s, rms_log)."""
     opt = load_model("facebook/opt-13b")
-    p2 = Deployment(opt, a100, parallel=Parallel(tp=2)).predictor()
-    p1 = Deployment(opt, a100).predictor()
+    p2 = Deployment(opt, a100, parallel=Parallel(tp=2), latency_model="roofline").predictor()
+    p1 = Deployment(opt, a100, latency_model="roofline").predictor()
     n = np.array(list(MEASURED_TTFT_MS))
     ttft = np.array(list(MEASURED_TTFT_MS.values())) / 1e3
     tpot = MEASURED_TPOT_MS / 1e3

@@ -73,7 +73,7 @@ def test_qwen35_prefill_uses_it_on_the_roofline() -> None:
     `linear_scan_prefill` of an 8k prompt is its 45 GDN layers × the model; with `auto` the
     measured table prices it instead."""
     model = load_model("Qwen/Qwen3.5-397B-A17B").with_dtypes(weight="fp8")
-    pred = Predictor(model, B200, Parallel(tp=8), get_engine("sglang"))
+    pred = Predictor(model, B200, Parallel(tp=8), get_engine("sglang"), latency_model="roofline")
     ops = {op.name: op for op in pred.ops(BatchShape(prefill=((8192, 0),)))}
     per_layer = linear_scan.gdn_prefill_s(8192, 8, 128, 128, 64, B200)
     assert ops["linear_scan_prefill"].seconds == pytest.approx(45 * per_layer)

@@ -171,7 +171,9 @@ def test_auto_changes_the_time_where_tables_exist_and_simulation_counts_provenan
     dep = Deployment(model=model, device=get_device("h100_sxm"), latency_model="auto")
     pred = dep.predictor()
     assert pred.kernels is not None
-    roof = Predictor(model, get_device("h100_sxm"), engine=get_engine("vllm"))
+    roof = Predictor(
+        model, get_device("h100_sxm"), engine=get_engine("vllm"), latency_model="roofline"
+    )
     batch = BatchShape(32, 32 * 1000, ())
     a, r = pred.iteration(batch).seconds, roof.iteration(batch).seconds
     assert a != r and a == pytest.approx(r, rel=0.5)  # same ballpark, different source
@@ -445,7 +447,7 @@ def test_gdn_provenance_in_the_predictor() -> None:
     rows = gdn_rows("b200_sxm", "sglang", "generation", mk.GDN_KERNELS[True][1])
     per_layer = float(rows["latency"][rows["batch_size"] == 64].min()) * 1e-3
     assert ops["linear_scan_decode"].seconds == pytest.approx(45 * per_layer, rel=1e-9)
-    roof = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), eng)
+    roof = Predictor(model, get_device("b200_sxm"), Parallel(tp=8), eng, latency_model="roofline")
     r_ops = {op.name: op for op in roof.ops(BatchShape(64, 64 * 1500, ()))}
     assert r_ops["linear_scan_decode"].provenance == "roofline"
     odd = Predictor(model, get_device("b200_sxm"), Parallel(tp=4), eng, latency_model="auto")
@@ -626,3 +628,23 @@ def test_attention_tables_without_a_window_column_are_full_attention() -> None:
     assert ops[0].provenance in ("measured", "interpolated") and ops[0].seconds > 0
     with pytest.raises(ServesimError, match="has no column 'nope'"):
         kernel_tables.read(found[0], ("nope",))
+
+
+def test_measured_tables_are_the_default_where_they_exist(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --latency-model, predict prices an H100's GEMMs from the tables and an MI300X's
+    (no tables) from the roofline."""
+    assert (
+        Deployment(
+            model=load_model("meta-llama/Llama-3.1-8B"), device=get_device("h100_sxm")
+        ).latency_model
+        == "auto"
+    )
+    argv = ["predict", "--model", "meta-llama/Llama-3.1-8B", "--decode-seqs", "64", "--json"]
+    assert main([*argv, "--device", "h100_sxm"]) == 0
+    ops = {op["name"]: op["provenance"] for op in json.loads(capsys.readouterr().out)["operators"]}
+    assert ops["qkv_proj"] in ("measured", "interpolated")
+    assert main([*argv, "--device", "mi300x"]) == 0
+    ops = {op["name"]: op["provenance"] for op in json.loads(capsys.readouterr().out)["operators"]}
+    assert ops["qkv_proj"] == "roofline"

@@ -25,6 +25,8 @@ L40S = get_device("l40s")  # 48 GB: a KV cache of ~180k tokens, so memory shapes
 # and moves several-fold under millisecond perturbations such as per-prompt tokenising (on
 # seed 2, least_kv 9.5 s -> 50 s and least_loaded 34 s -> 11 s), which is not what is tested.
 ENGINE = get_engine("vllm").with_overrides(tokenize_s_per_token=0.0)
+# The bursts below are sized on the roofline's step times (L40S has measured tables too).
+ROOF = "roofline"
 
 
 def bursty(seed: int, rate: float = 4.0, n: int = 2000) -> Workload:
@@ -45,7 +47,7 @@ def bursty(seed: int, rate: float = 4.0, n: int = 2000) -> Workload:
 def run(router: str, seed: int, migrate: bool = False, rate: float = 4.0) -> SimResult:
     mig = Migration() if migrate else None
     return simulate(
-        Deployment(LLAMA8, L40S, replicas=4, migration=mig, engine=ENGINE),
+        Deployment(LLAMA8, L40S, latency_model=ROOF, replicas=4, migration=mig, engine=ENGINE),
         bursty(seed, rate),
         router=router,
     )
@@ -96,9 +98,15 @@ def test_migration_cuts_tail_ttft_over_load_aware_dispatch(seed: int) -> None:
     27/35/76 s on seeds 1-3 (lower on all ten seeds of `scripts/migration_study.py`). On 4
     replicas the effect is mixed (NOTES.md): the tail there is set by cluster-wide stalls."""
     work = bursty(seed, rate=19.0, n=8000)
-    base = simulate(Deployment(LLAMA8, L40S, replicas=16, engine=ENGINE), work, router="least_kv")
+    base = simulate(
+        Deployment(LLAMA8, L40S, latency_model=ROOF, replicas=16, engine=ENGINE),
+        work,
+        router="least_kv",
+    )
     moved = simulate(
-        Deployment(LLAMA8, L40S, replicas=16, migration=Migration(), engine=ENGINE),
+        Deployment(
+            LLAMA8, L40S, latency_model=ROOF, replicas=16, migration=Migration(), engine=ENGINE
+        ),
         work,
         router="least_kv",
     )
@@ -175,7 +183,7 @@ def test_prefix_affinity_and_sessions_raise_the_cluster_hit_rate() -> None:
 def test_power_of_two_is_deterministic_and_routers_are_checked() -> None:
     """Claim: the random choices are seeded, so a run repeats exactly; bad names are refused."""
     w = bursty(3, rate=2.0).head(300)
-    dep = Deployment(LLAMA8, L40S, replicas=3)
+    dep = Deployment(LLAMA8, L40S, latency_model=ROOF, replicas=3)
     a = simulate(dep, w, router="power_of_two").columns()["replica"]
     b = simulate(dep, w, router="power_of_two").columns()["replica"]
     assert np.array_equal(a, b) and len(set(a.tolist())) == 3
@@ -203,7 +211,14 @@ def test_router_signals_drain_to_zero_with_migration_and_preemption(monkeypatch)
 
     monkeypatch.setattr(sim, "result", capture)
     for engine in ("vllm", "trtllm"):
-        dep = Deployment(LLAMA8, L40S, replicas=4, engine=get_engine(engine), migration=Migration())
+        dep = Deployment(
+            LLAMA8,
+            L40S,
+            latency_model=ROOF,
+            replicas=4,
+            engine=get_engine(engine),
+            migration=Migration(),
+        )
         res = simulate(dep, bursty(1, rate=5.0, n=3000), router="least_kv")
         cols = res.columns()
         assert cols["preemptions"].sum() > 0 and res.summary()["migrations"] > 0

@@ -102,8 +102,8 @@ def test_group_sums_follow_the_paths() -> None:
 def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -> None:
     k, n, ctx = 3, 16, 16 * 2000
     sd = SpeculativeDecoding("eagle", k)
-    base = Predictor(llama8, h100)
-    spec = SpeculativePredictor(llama8, h100, sd)
+    base = Predictor(llama8, h100, latency_model="roofline")  # hand-assembled from its terms
+    spec = SpeculativePredictor(llama8, h100, sd, latency_model="roofline")
     # Hand-assembled: GEMMs and LM head over n(k+1) tokens, attention reading the context once
     # (Llama's 4 query heads per KV head x 4 positions fit the MMA's minimum rows, so the
     # k+1 queries cost no more than one), the scheduler's overhead for n sequences.

@@ -54,8 +54,8 @@ def test_tree_accepts_more_costs_more_verify_pays_off_only_at_small_batch(llama8
     chain = SpeculativeDecoding("eagle", 3)
     tree = SpeculativeDecoding("eagle", 3, tree_widths=(4,))
     assert tree.expected_tokens_per_step > chain.expected_tokens_per_step + 0.9
-    pc = Deployment(llama8, h100, speculative=chain).predictor()
-    pt = Deployment(llama8, h100, speculative=tree).predictor()
+    pc = Deployment(llama8, h100, speculative=chain, latency_model="roofline").predictor()
+    pt = Deployment(llama8, h100, speculative=tree, latency_model="roofline").predictor()
 
     def per_token(pred, sd, b: int) -> float:
         return pred.step_s(b, b * 1024, ()) / sd.expected_tokens_per_step
@@ -68,8 +68,9 @@ def test_tree_accepts_more_costs_more_verify_pays_off_only_at_small_batch(llama8
     assert per_token(pt, tree, 1) < 0.8 * per_token(pc, chain, 1)
     assert per_token(pt, tree, 256) > 1.3 * per_token(pc, chain, 256)
     # The simulator agrees at one client.
-    assert _tpot(Deployment(llama8, h100, speculative=tree), 1) < 0.85 * _tpot(
-        Deployment(llama8, h100, speculative=chain), 1
+    roof = "roofline"
+    assert _tpot(Deployment(llama8, h100, speculative=tree, latency_model=roof), 1) < 0.85 * _tpot(
+        Deployment(llama8, h100, speculative=chain, latency_model=roof), 1
     )
 
 

@@ -251,9 +251,10 @@ def add_latency_model_arg(g: Any) -> None:
     g.add_argument(
         "--latency-model",
         choices=("auto", "measured", "roofline"),
-        help="kernel times from measured tables where the GPU has them (auto), only from "
-        "them (measured; refuses a GPU without tables) or from the roofline "
-        "(default: roofline)",
+        help="kernel times from measured tables where the GPU and engine have them and the "
+        "roofline elsewhere (auto, the default; roofline when --fit gives a calibration), "
+        "only from them (measured; refuses a GPU without tables) or from the roofline "
+        "everywhere (roofline)",
     )
 
 
@@ -273,6 +274,8 @@ def build_deployment(s: DeploymentSettings) -> Any:
     model.check_parallel(par)
     # A local-device fit (`servesim fewshot --shots`) is the local runtime's: cli.hybrid_flags.
     fit = load_fit(s.fit) if s.fit and not is_edge_fit(s.fit) else None
+    # A calibration the user measured prices every kernel unless they ask for the tables too.
+    latency = s.latency_model or ("roofline" if fit is not None else None)
     return Deployment(
         model=model,
         device=device,
@@ -290,5 +293,5 @@ def build_deployment(s: DeploymentSettings) -> Any:
         fit=fit,
         speculative=speculative_from(s, s.speculative, s.num_draft_tokens or 0),
         nanoflow=s.nanoflow,
-        **({"latency_model": s.latency_model} if s.latency_model else {}),
+        **({"latency_model": latency} if latency else {}),
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 from servesim.errors import ServesimError
 from servesim.predictor.af_disagg import AFDisagg, AFDisaggPredictor, af_memory_layout
-from servesim.predictor.iteration import Predictor
+from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL, Predictor
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.links import Link
@@ -106,9 +106,11 @@ def af_splits(
     microbatches: tuple[int, ...] = (1, 2, 3, 4),
     expert_device: Device | None = None,
     link: Link | None = None,
+    latency_model: str = DEFAULT_LATENCY_MODEL,
 ) -> list[SplitResult]:
     """Every AF layout of at most `max_gpus` GPUs that runs `batch` sequences of `context`
-    tokens (None: its capacity) within the TPOT target, best tokens per dollar-hour first."""
+    tokens (None: its capacity) within the TPOT target, best tokens per dollar-hour first;
+    kernels priced by `latency_model` (as `Predictor`'s)."""
     if not model.num_experts:
         raise ServesimError(f"AF disaggregation needs an MoE model; {model.name} has no experts.")
     out: list[SplitResult] = []
@@ -133,7 +135,9 @@ def af_splits(
                         )
                     except ServesimError:
                         continue
-                    pred = AFDisaggPredictor(model, device, af, par, engine)
+                    pred = AFDisaggPredictor(
+                        model, device, af, par, engine, latency_model=latency_model
+                    )
                     n, t = _decode_batch(pred, mem.kv_tokens, context, batch, tpot_slo_s)
                     if not n:
                         continue
@@ -165,6 +169,7 @@ def colocated(
     batch: int | None = None,
     tpot_slo_s: float = math.inf,
     tps: tuple[int, ...] = (1, 8),
+    latency_model: str = DEFAULT_LATENCY_MODEL,
 ) -> list[SplitResult]:
     """The colocated layouts of up to `max_gpus` GPUs, best first: attention tp × dp, the
     experts over all of them either as wide EP (one EP rank per GPU, SGLang's DeepEP layout,
@@ -193,7 +198,7 @@ def colocated(
                     )
                 except ServesimError:
                     continue
-                pred = Predictor(model, device, par, engine)
+                pred = Predictor(model, device, par, engine, latency_model=latency_model)
                 b, t = _decode_batch(pred, mem.kv_tokens, context, batch, tpot_slo_s)
                 if not b:
                     continue

@@ -37,9 +37,12 @@ ACT_BYTES = 2.0  # activations travel in bf16
 # the loads stay active, so memory-bound decode draws roughly half of the idle-to-TDP range on
 # H100/A100 (Splitwise, ISCA'24, fig. 9; Samsi et al., HPEC'23: A100 decode at 250-300 W of 400 W).
 MEM_POWER_SHARE = 0.5
-# What prices kernels when nobody says: "roofline" everywhere, or "auto" (measured tables where
-# the GPU has them and the shape is covered, the roofline elsewhere).
-DEFAULT_LATENCY_MODEL = "roofline"
+# What prices kernels when nobody says: "auto", the measured tables where the GPU and engine
+# have them and the shape is covered, the roofline (anchored to the nearest measured point)
+# elsewhere; a GPU nobody measured gets the roofline alone. Measured kernels are the ground
+# truth the roofline approximates; "roofline" is the choice for speed (auto simulates ~16 %
+# slower, benchmarks/speed.py) or for figures that must not move with the tables.
+DEFAULT_LATENCY_MODEL = "auto"
 
 
 # How tokens spread over the experts when the measured MoE tables price them. A trained router
