@@ -20,6 +20,7 @@ import time
 
 from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
 from servesim.planner.plan import run_plan
+from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.sim.metrics import Slo
 
 
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     ap.add_argument("--num-requests", type=int, default=1000, help="requests per probe")
+    ap.add_argument(
+        "--latency-model",
+        choices=("auto", "measured", "roofline"),
+        default=DEFAULT_LATENCY_MODEL,
+        help=f"what prices kernels (default: {DEFAULT_LATENCY_MODEL})",
+    )
     args = ap.parse_args(argv)
     spec = PlanSpec(
         model="meta-llama/Llama-3.1-70B",
@@ -34,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         slo=Slo(ttft_s=2.0, tpot_s=0.1),
         target=0.9,
         rate_per_s=10.0,
+        latency_model=args.latency_model,
     )
     space = SearchSpace(
         devices=("h100_sxm", "h200_sxm", "a100_sxm", "l40s", "l4"),

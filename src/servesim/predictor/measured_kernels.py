@@ -62,6 +62,8 @@ ACT_BYTES = 2.0  # activations travel in bf16
 # The MLA tables measure DeepSeek-V3's latent layout: (kv_lora_rank, qk_rope_head_dim,
 # qk_nope_head_dim, v_head_dim); another layout is left to the roofline.
 MLA_DIMS = (512, 64, 128, 128)
+# Prefill chunk sizes priced together from the attention tables (one vectorised lookup).
+PREFILL_BLOCK = 256
 
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
@@ -554,22 +556,28 @@ class MeasuredKernels:
         if found is None:
             self._prefill_memo[key] = None
             return None
+        # One vectorised lookup for the block of PREFILL_BLOCK chunk sizes around this one: a
+        # trace asks for hundreds of distinct chunk sizes, each a scalar lookup otherwise.
         layout, w = found
         grid = _attn_grid(path, layout, kv, w, False)
-        logt, codes, anchor = grid.lookup(np.array([[1.0, float(new_tokens)]]))
-        code = int(codes[0])
-        a_new = round(float(anchor[0, 1]))
+        first = (new_tokens - 1) // PREFILL_BLOCK * PREFILL_BLOCK + 1
+        news = np.arange(first, first + PREFILL_BLOCK, dtype=np.float64)
+        logt, codes, anchor = grid.lookup(np.stack([np.ones_like(news), news], axis=1))
+        a_news = np.round(anchor[:, 1])
         a_heads = tuple(int(v) for v in layout)
-        anchor_s = roofline.attn_prefill_s(
-            1, a_new, 0, *a_heads, a_heads[2], kv_dtype, self.device, self.fit, window=w
+        anchor_s = roofline.attn_prefill_np(
+            1.0, a_news, 0.0, *a_heads, a_heads[2], kv_dtype, self.device, self.fit, window=w
         )
-        exact = code != EXTRAPOLATED and a_heads == (qh, kvh, dim) and w == window
-        if np.isnan(logt[0]):
-            out = (math.nan, ROOFLINE, anchor_s, False)
-        else:
-            out = (float(np.exp(logt[0])), code, anchor_s, exact)
-        self._prefill_memo[key] = out
-        return out
+        same_layout = a_heads == (qh, kvh, dim) and w == window
+        for j, n in enumerate(news.astype(int)):
+            code = int(codes[j])
+            if np.isnan(logt[j]):
+                out = (math.nan, ROOFLINE, float(anchor_s[j]), False)
+            else:
+                exact = code != EXTRAPOLATED and same_layout
+                out = (float(np.exp(logt[j])), code, float(anchor_s[j]), exact)
+            self._prefill_memo[(int(n), qh, kvh, dim, kv_dtype, window)] = out
+        return self._prefill_memo[key]
 
     def decode(
         self, batch: int, ctx_per_seq: np.ndarray, qh: int, kvh: int, dim: int, kv_dtype: str
