@@ -648,3 +648,20 @@ def test_measured_tables_are_the_default_where_they_exist(
     assert main([*argv, "--device", "mi300x"]) == 0
     ops = {op["name"]: op["provenance"] for op in json.loads(capsys.readouterr().out)["operators"]}
     assert ops["qkv_proj"] == "roofline"
+
+
+def test_an_all_reduce_without_a_table_at_that_gpu_count_takes_the_roofline() -> None:
+    """GB300's NCCL table measures 2 and 4 GPUs only: at TP 8 the messages above the custom
+    all-reduce's limit go to NCCL, which the roofline prices (before: NaN, and every GB300
+    TP-8 prefill over ~800 tokens never finished)."""
+    b = backend("gb300")
+    limit = FIT.params["custom_all_reduce"]["max_bytes"]
+    priced = b.allreduce(np.array([1024.0, 4.0 * limit]), 8, "auto")
+    assert priced is not None
+    t, codes = priced
+    assert np.isfinite(t).all() and mk.PROVENANCE[int(codes[1])] == "roofline"
+    nccl = roofline.collective_np("all_reduce", np.array([4.0 * limit]), 8, b.device, FIT, "nccl")
+    assert t[1] == pytest.approx(float(nccl[0]))
+    model = load_model("Qwen/Qwen3-32B")
+    pred = Predictor(model, get_device("gb300"), Parallel(tp=8), latency_model="auto")
+    assert np.isfinite([pred.step_s(0, 0, ((n, 0),)) for n in (512, 1024, 2048, 8192)]).all()

@@ -787,6 +787,15 @@ class MeasuredKernels:
             out_t[mask], out_c[mask] = t, c
         if np.isnan(out_t).all():
             return None
+        # Sizes whose implementation has no table at this GPU count (GB300's NCCL table has
+        # no 8-GPU rows) take the roofline of that implementation, not a NaN.
+        for mask, name in ((use_custom, "custom"), (~use_custom, "nccl")):
+            gap = mask & np.isnan(out_t)
+            if gap.any():
+                out_t[gap] = roofline.collective_np(
+                    "all_reduce", nb[gap], num_devices, self.device, self.fit, name
+                )
+                out_c[gap] = ROOFLINE
         return out_t, out_c
 
 
