@@ -665,3 +665,22 @@ def test_an_all_reduce_without_a_table_at_that_gpu_count_takes_the_roofline() ->
     model = load_model("Qwen/Qwen3-32B")
     pred = Predictor(model, get_device("gb300"), Parallel(tp=8), latency_model="auto")
     assert np.isfinite([pred.step_s(0, 0, ((n, 0),)) for n in (512, 1024, 2048, 8192)]).all()
+
+
+@pytest.mark.parametrize("gpu", ["b300", "gb300"])
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_every_request_finishes_on_the_newest_gpus_under_the_default(gpu: str, engine: str) -> None:
+    """A short closed loop on each engine's B300/GB300 tables (dense TP 8, MoE TP 8 + EP 8, 8k
+    prompts past every all-reduce table's range) serves every request with finite times."""
+    from servesim.sim.simulate import simulate
+    from servesim.sim.synthetic import ClosedLoop, Fixed
+
+    for name, par in (
+        ("Qwen/Qwen3-32B", Parallel(tp=8)),
+        ("deepseek-ai/DeepSeek-R1", Parallel(tp=8, ep=8)),
+    ):
+        dep = Deployment(load_model(name), get_device(gpu), par, get_engine(engine))
+        res = simulate(dep, closed_loop=ClosedLoop(8, 16, Fixed(8192), Fixed(16)))
+        cols = res.columns()
+        assert len(cols["ttft_s"]) == 16 and np.isfinite(cols["ttft_s"]).all(), (name, gpu, engine)
+        assert np.isfinite(cols["tpot_s"]).all()
