@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIREMENTS = ROOT / "constraints.txt"
+CONSTRAINTS = ROOT / "constraints.txt"
 PYLOCK = ROOT / "pylock.toml"
 UNPINNED = {"servesim", "pip", "setuptools", "wheel"}  # the project and the installer
 
@@ -21,7 +21,7 @@ def _norm(name: str) -> str:
 
 def _pins() -> dict[str, str]:
     pins = {}
-    for line in REQUIREMENTS.read_text().splitlines():
+    for line in CONSTRAINTS.read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             pins[_norm(name)] = version.strip()

@@ -68,7 +68,7 @@ SPEC_OPTIONS = (
 )  # fmt: skip
 TreeWidths = Annotated[tuple[PosInt, ...], BeforeValidator(_int_list)]
 MirrorLink = Literal["nvlink", "infiniband", "pcie"]
-NormFusion = Literal["none", "trtllm", "flashinfer"]
+NormFusion = Literal[ALLREDUCE_NORM_FUSION]  # type: ignore[valid-type]  # the engine profile's
 
 
 class DeploymentSettings(Settings):

@@ -747,28 +747,19 @@ class Predictor:
                 _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
             )
         expert_terms = self._expert_terms(routed, layers)
-        if self.kernels is None:
-            return terms + expert_terms
-        if self.expert_load is None:
-            return terms + self._measured_experts(tokens, expert_terms)
-        # A stated popularity: the measured layer (its usual routing), raised by the busiest
-        # rank's load as much as that load raises the roofline's time over balanced routing.
-        # (Not the tables' own "balanced" rows: in the block-scaled fp8 tables they run slower
-        # than the power-law ones, e.g. H200 DeepSeek-V3 EP 8 at 6,000 tokens 4.5 against
+        # The measured layer over the roofline's, both at the tables' routing; a stated
+        # popularity keeps the roofline's extra load of its busiest rank on top of that ratio.
+        # (The tables' own "balanced" rows are no base: in the block-scaled fp8 tables they run
+        # slower than the power-law ones, H200 DeepSeek-V3 EP 8 at 6,000 tokens 4.5 against
         # 2.6 ms, so they do not measure the same kernel path.)
-        balanced = self._expert_terms(tokens / p.ep, layers)
-        measured = self._measured_experts(tokens, balanced)
-        return terms + [
-            replace(
-                t,
-                seconds=t.seconds
-                * np.divide(
-                    b2.seconds, b1.seconds, out=np.ones_like(t.seconds), where=b1.seconds > 0
-                ),
-                prov=b2.prov,
-            )
-            for t, b1, b2 in zip(expert_terms, balanced, measured, strict=True)
-        ]
+        base = (
+            expert_terms if self.expert_load is None else self._expert_terms(tokens / p.ep, layers)
+        )
+        priced = self._measured_scale(tokens, base)
+        if priced is None:
+            return terms + expert_terms
+        scale, prov = priced
+        return terms + [replace(t, seconds=t.seconds * scale, prov=prov) for t in expert_terms]
 
     def _expert_terms(self, routed: np.ndarray, layers: float) -> list[_Term]:
         """The roofline's expert GEMMs and activation when each EP rank routes `routed` tokens:
@@ -795,32 +786,32 @@ class Predictor:
         expert_terms.append(self._elementwise("moe_act", "act", act_bytes, layers))
         return expert_terms
 
-    def _measured_experts(self, tokens: np.ndarray, expert_terms: list[_Term]) -> list[_Term]:
-        """The expert terms with the measured fused MoE layer's time (tokens routed as
-        `MOE_DISTRIBUTION`) where a table has one, shared between up, down and activation as
-        the roofline shares them; unchanged where none does."""
+    def _measured_scale(
+        self, tokens: np.ndarray, expert_terms: list[_Term]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(measured fused MoE layer time over the roofline's expert terms, provenance) per
+        token count, tokens routed as `MOE_DISTRIBUTION`; None without a table for the layer.
+        Up, down and activation share the measured time as the roofline shares it."""
         if self.kernels is None:
-            return expert_terms
+            return None
         m, p = self.model, self.par
-        ep = p.ep
         layout = (
             m.hidden_size,
             m.moe_intermediate_size,
             m.experts_per_token,
             m.num_experts,
             p.moe_tp,
-            ep,
+            p.ep,
         )
         block = m.fp8_block and m.expert_dtype == "fp8"
         priced = self.kernels.moe(
             tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION, block
         )
         if priced is None:
-            return expert_terms
+            return None
         sec, prov = priced
         roof = sum(term.seconds for term in expert_terms)
-        scale = sec * expert_terms[0].calls / roof
-        return [replace(term, seconds=term.seconds * scale, prov=prov) for term in expert_terms]
+        return sec * expert_terms[0].calls / roof, prov
 
     def _lm_head_op(self, rank_seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence of a rank that samples."""

@@ -769,10 +769,15 @@ class MeasuredKernels:
         if impl != "nccl" and roofline.nvlink_class(self.device) and num_devices % 2 == 0:
             limit = self.fit.params["custom_all_reduce"]["max_bytes"]
             use_custom = np.full(len(nb), True) if impl == "custom" else nb <= limit
-        out_t = np.full(len(nb), np.nan)
+        # Sizes whose implementation has no table at this GPU count (GB300's NCCL table has 2
+        # and 4 GPUs only) take that implementation's roofline; None when no size has a table.
+        plan = ((custom, use_custom, "custom"), (nccl, ~use_custom, "nccl"))
+        if not any(g is not None and m.any() for g, m, _ in plan):
+            return None
+        out_t = np.zeros(len(nb))
         out_c = np.full(len(nb), ROOFLINE, dtype=np.int8)
-        for grid, mask, name in ((custom, use_custom, "custom"), (nccl, ~use_custom, "nccl")):
-            if grid is None or not mask.any():
+        for grid, mask, name in plan:
+            if not mask.any():
                 continue
 
             def roof(p: np.ndarray, name: str = name) -> np.ndarray:
@@ -783,19 +788,10 @@ class MeasuredKernels:
                     dtype=np.float64,
                 )
 
-            t, c = anchored(grid, nb[mask][:, None], roof)
-            out_t[mask], out_c[mask] = t, c
-        if np.isnan(out_t).all():
-            return None
-        # Sizes whose implementation has no table at this GPU count (GB300's NCCL table has
-        # no 8-GPU rows) take the roofline of that implementation, not a NaN.
-        for mask, name in ((use_custom, "custom"), (~use_custom, "nccl")):
-            gap = mask & np.isnan(out_t)
-            if gap.any():
-                out_t[gap] = roofline.collective_np(
-                    "all_reduce", nb[gap], num_devices, self.device, self.fit, name
-                )
-                out_c[gap] = ROOFLINE
+            if grid is None:
+                out_t[mask] = roof(nb[mask][:, None])
+            else:
+                out_t[mask], out_c[mask] = anchored(grid, nb[mask][:, None], roof)
         return out_t, out_c
 
 
