@@ -684,3 +684,36 @@ def test_every_request_finishes_on_the_newest_gpus_under_the_default(gpu: str, e
         cols = res.columns()
         assert len(cols["ttft_s"]) == 16 and np.isfinite(cols["ttft_s"]).all(), (name, gpu, engine)
         assert np.isfinite(cols["tpot_s"]).all()
+
+
+def test_shapes_priced_in_blocks_match_each_shape_priced_alone() -> None:
+    """Decode batch sizes and MLA prefill chunks are looked up a block at a time (speed); each
+    must price exactly as the point-by-point lookup does, at the block edges and beyond the
+    measured grid too."""
+    b = backend("b200_sxm", "sglang")
+    ctx = np.array([1024.0, 4096.0])
+    # A context array longer than 4 is priced directly, point by point: the reference.
+    ref_ctx = np.array([1024.0, 4096.0, 1500.0, 2500.0, 3500.0])
+    for batch in (1, 2, 255, 256, 257, 511, 3000, 9000):
+        for price in (
+            lambda c, n=batch: b.mla_decode(n, c, 16, mk.MLA_DIMS, "fp8"),
+            lambda c, n=batch: b.decode(n, c, 8, 1, 128, "fp8"),
+        ):
+            blocked, alone = price(ctx), price(ref_ctx)
+            assert blocked is not None and alone is not None
+            np.testing.assert_array_equal(blocked[0], alone[0][:2])
+            np.testing.assert_array_equal(blocked[1], alone[1][:2])
+    # MLA prefill: a chunk over cached tokens, or with another head count, is the table's
+    # chunk without them scaled by the roofline's ratio (by hand), whichever block it is in.
+    dev = get_device("b200_sxm")
+    for new in (1, 255, 256, 257, 3000, 40000):
+        alone, code = b.mla_prefill(new, 0, 16, mk.MLA_DIMS, "fp8")  # type: ignore[misc]
+        assert code in (mk.MEASURED, mk.INTERPOLATED, mk.EXTRAPOLATED)
+        cached, c_code = b.mla_prefill(new, 5000, 16, mk.MLA_DIMS, "fp8")  # type: ignore[misc]
+        if code != mk.EXTRAPOLATED:  # on the grid: anchored at the chunk itself
+            with_cache, without = (
+                roofline.attn_prefill_s(1, new, c, 16, 16, 192, 128, "fp8", dev, FIT)
+                for c in (5000, 0)
+            )
+            assert cached == pytest.approx(alone * (with_cache / without), rel=1e-12)
+        assert c_code == mk.EXTRAPOLATED and cached > alone

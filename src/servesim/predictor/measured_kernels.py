@@ -64,6 +64,8 @@ ACT_BYTES = 2.0  # activations travel in bf16
 MLA_DIMS = (512, 64, 128, 128)
 # Prefill chunk sizes priced together from the attention tables (one vectorised lookup).
 PREFILL_BLOCK = 256
+# Decode batch sizes priced together from the attention tables.
+DECODE_BLOCK = 256
 
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
@@ -404,8 +406,9 @@ class MeasuredKernels:
         # tunable op at warm-up. Those tables do not price what TensorRT-LLM serves with.
         self.untuned_gemm_dtypes = {"nvfp4"} if engine == "trtllm" else set()
         first = engine if engine in kernel_tables.ENGINES else None
-        self._prefill_memo: dict[tuple, tuple[float, int, float, bool] | None] = {}
-        self._layout_memo: dict[tuple, tuple[tuple[float, float, float], int] | None] = {}
+        self._prefill_memo: dict[tuple, tuple | None] = {}
+        self._layout_memo: dict[tuple, tuple | None] = {}
+        self._decode_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
 
     def _find(self, family: str, table: str) -> Path | None:
@@ -593,10 +596,6 @@ class MeasuredKernels:
             return None
         layout, _ = found
         grid = _attn_grid(path, layout, kv, 0, True)
-        ctx = np.asarray(ctx_per_seq, dtype=np.float64)
-        ones = np.ones_like(ctx)
-        x = np.stack([batch * ones, ctx, *(v * ones for v in layout)], axis=1)
-        shift = np.stack([batch * ones, ctx, qh * ones, kvh * ones, dim * ones], axis=1)
 
         def roof(p: np.ndarray) -> np.ndarray:
             a, b = roofline.decode_coeffs_np(
@@ -604,7 +603,39 @@ class MeasuredKernels:
             )
             return np.asarray(a + b * p[:, 0] * p[:, 1], dtype=np.float64)
 
-        return _anchored_cols(grid, x, shift, roof, (0, 1))
+        def price(batches: np.ndarray, ctx: np.ndarray) -> Coded:
+            ones = np.ones_like(ctx)
+            x = np.stack([batches, ctx, *(v * ones for v in layout)], axis=1)
+            shift = np.stack([batches, ctx, qh * ones, kvh * ones, dim * ones], axis=1)
+            return _anchored_cols(grid, x, shift, roof, (0, 1))
+
+        key = ("decode", path, layout, qh, kvh, dim, kv_dtype)
+        return self._by_batch(key, batch, ctx_per_seq, price)
+
+    def _by_batch(
+        self,
+        key: tuple,
+        batch: int,
+        ctx_per_seq: np.ndarray,
+        price: Callable[[np.ndarray, np.ndarray], Coded],
+    ) -> Coded:
+        """`price(batches, contexts)` of one decode batch size at a few context lengths,
+        memoised and priced for the block of DECODE_BLOCK batch sizes around it at once: the
+        simulator asks for every batch size it meets, each a scalar lookup otherwise. Long
+        context arrays (a per-sequence breakdown) are priced directly."""
+        ctx = np.asarray(ctx_per_seq, dtype=np.float64)
+        if len(ctx) > 4 or batch < 1 or batch != int(batch):
+            return price(np.full(len(ctx), float(batch)), ctx)
+        first = (int(batch) - 1) // DECODE_BLOCK * DECODE_BLOCK + 1
+        memo_key = (key, tuple(ctx.tolist()), first)
+        block = self._decode_memo.get(memo_key)
+        if block is None:
+            batches = np.repeat(np.arange(first, first + DECODE_BLOCK, dtype=np.float64), len(ctx))
+            t, code = price(batches, np.tile(ctx, DECODE_BLOCK))
+            block = (t.reshape(DECODE_BLOCK, len(ctx)), code.reshape(DECODE_BLOCK, len(ctx)))
+            self._decode_memo[memo_key] = block
+        i = int(batch) - first
+        return block[0][i].copy(), block[1][i].copy()
 
     # ---- MoE experts ----------------------------------------------------------------------
     def moe(
@@ -682,15 +713,19 @@ class MeasuredKernels:
     def _mla(
         self, which: str, heads: int, dims: tuple[int, int, int, int], kv_dtype: str
     ) -> tuple[Path, float, str] | None:
-        """(table, nearest measured head count, kv dtype) for MLA of this layout, or None."""
-        path = self._paths[which]
-        kv = KV_DTYPES.get(canonical(kv_dtype))
-        if path is None or kv is None or tuple(dims) != MLA_DIMS:
-            return None
-        measured = _mla_heads(path, kv)
-        if not len(measured):
-            return None
-        return path, float(measured[np.argmin(np.abs(np.log(measured) - math.log(heads)))]), kv
+        """(table, nearest measured head count, kv dtype) for MLA of this layout, or None;
+        memoised (the simulator asks once per decode batch and prefill chunk)."""
+        key = ("mla", which, heads, tuple(dims), kv_dtype)
+        if key not in self._layout_memo:
+            self._layout_memo[key] = None
+            path = self._paths[which]
+            kv = KV_DTYPES.get(canonical(kv_dtype))
+            if path is not None and kv is not None and tuple(dims) == MLA_DIMS:
+                measured = _mla_heads(path, kv)
+                if len(measured):
+                    near = measured[np.argmin(np.abs(np.log(measured) - math.log(heads)))]
+                    self._layout_memo[key] = path, float(near), kv
+        return self._layout_memo[key]  # type: ignore[return-value]
 
     def mla_decode(
         self,
@@ -708,10 +743,6 @@ class MeasuredKernels:
             return None
         path, h_tab, kv = found
         grid = _mla_grid(path, h_tab, kv, True)
-        ctx = np.asarray(ctx_per_seq, dtype=np.float64)
-        ones = np.ones_like(ctx)
-        x = np.stack([batch * ones, ctx, h_tab * ones], axis=1)
-        shift = np.stack([batch * ones, ctx, heads * ones], axis=1)
         qk, v = dims[0] + dims[1], dims[0]
 
         def roof(p: np.ndarray) -> np.ndarray:
@@ -720,7 +751,15 @@ class MeasuredKernels:
             )
             return np.asarray(a + b * p[:, 0] * p[:, 1], dtype=np.float64)
 
-        return _anchored_cols(grid, x, shift, roof, (0, 1))
+        def price(batches: np.ndarray, ctx: np.ndarray) -> Coded:
+            ones = np.ones_like(ctx)
+            x = np.stack([batches, ctx, h_tab * ones], axis=1)
+            shift = np.stack([batches, ctx, heads * ones], axis=1)
+            return _anchored_cols(grid, x, shift, roof, (0, 1))
+
+        return self._by_batch(
+            ("mla_decode", path, h_tab, kv, heads, kv_dtype), batch, ctx_per_seq, price
+        )
 
     def mla_prefill(
         self,
@@ -737,23 +776,38 @@ class MeasuredKernels:
         if found is None or new_tokens <= 0:
             return None
         path, h_tab, kv = found
-        grid = _mla_grid(path, h_tab, kv, False)
-        x = np.array([[1.0, float(new_tokens), 0.0, h_tab]])
-        shift = np.array([[1.0, float(new_tokens), float(max(0, cached_tokens)), float(heads)]])
+        t, code, a_new = self._mla_prefill_base(path, h_tab, kv, new_tokens)
         qk, v = dims[2] + dims[1], dims[3]
 
-        def roof(p: np.ndarray) -> np.ndarray:
-            dev, fit = self.device, self.fit
-            rows = [(round(r[1]), round(r[2]), round(r[3])) for r in p]
-            return np.array(
-                [
-                    roofline.attn_prefill_s(1, n, c, h, h, qk, v, kv_dtype, dev, fit)
-                    for n, c, h in rows
-                ]
+        def roof(new: int, cached: int, h: int) -> float:
+            return roofline.attn_prefill_s(
+                1, new, cached, h, h, qk, v, kv_dtype, self.device, self.fit
             )
 
-        t, code = _anchored_cols(grid, x, shift, roof, (0, 1))
-        return float(t[0]), int(code[0])
+        if math.isnan(t):
+            return roof(new_tokens, max(0, cached_tokens), heads), ROOFLINE
+        if code != EXTRAPOLATED and cached_tokens <= 0 and heads == h_tab:
+            return t, code
+        query = roof(new_tokens, max(0, cached_tokens), heads)
+        return t * (query / roof(a_new, 0, round(h_tab))), EXTRAPOLATED
+
+    def _mla_prefill_base(
+        self, path: Path, h_tab: float, kv: str, new_tokens: int
+    ) -> tuple[float, int, int]:
+        """(measured seconds, code, anchored prompt length) of an MLA prefill of `new_tokens`
+        without cached context on the table's head count, memoised and looked up for the
+        block of PREFILL_BLOCK prompt lengths around it at once (a trace asks for thousands
+        of distinct (chunk, cached) pairs; the table part depends on the chunk only)."""
+        key = (path, h_tab, kv, new_tokens)
+        if key not in self._prefill_memo:
+            grid = _mla_grid(path, h_tab, kv, False)
+            first = (new_tokens - 1) // PREFILL_BLOCK * PREFILL_BLOCK + 1
+            news = np.arange(first, first + PREFILL_BLOCK, dtype=np.float64)
+            logt, codes, anchor = grid.lookup(np.stack([np.ones_like(news), news], axis=1))
+            for j, n in enumerate(news.astype(int)):
+                out = (float(np.exp(logt[j])), int(codes[j]), round(float(anchor[j, 1])))
+                self._prefill_memo[(path, h_tab, kv, int(n))] = out
+        return self._prefill_memo[key]  # type: ignore[return-value]
 
     # ---- all-reduce -----------------------------------------------------------------------
     def allreduce(self, nbytes: np.ndarray, num_devices: int, impl: str) -> Coded | None:
