@@ -61,10 +61,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import functools
 import hashlib
 import json
+import math
 import operator
 import pickle
 import re
@@ -91,7 +93,7 @@ from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed
-from servesim.spec.devices import Catalog
+from servesim.spec.devices import Catalog, get_device
 from servesim.spec.dtypes import canonical
 from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.model import load_model
@@ -114,8 +116,17 @@ def concurrency_of(row: dict[str, str]) -> int:
 
 
 def _int(row: dict[str, str], key: str, default: int = 1) -> int:
+    """A count column as an int (`default` when empty); a ServesimError when it is not one."""
     text = (row.get(key) or "").strip()
-    return int(float(text)) if text else default
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ServesimError(f"column {key} holds {text!r}, not a number")
+    return int(value)
 
 
 def batching_of(
@@ -609,6 +620,51 @@ def protocol_of(row: dict[str, str]) -> ClientProtocol:
     return AIPERF
 
 
+def normalised_row(row: dict[str, str]) -> tuple[dict[str, str], tuple[float, float]]:
+    """(row, (measured TTFT ms, measured TPOT ms)): a row with its numbers in one spelling,
+    so that matching compares like with like, or a ServesimError naming the bad column.
+
+    Whole numbers in the count columns lose a float spelling (`1024.0` -> `1024`); `nan`,
+    `none` and `null` read as not stated (what a data frame writes for a missing value); the
+    GPU is the catalog's name for it (`b200` -> `b200_sxm`); the measured TTFT and TPOT must be
+    positive, or the row cannot be scored."""
+    out = dict(row)
+    for key, text in row.items():
+        if key not in _COUNT_COLUMNS and not key.endswith(_COUNT_SUFFIXES):
+            continue
+        text = (text or "").strip()
+        if text.lower() in ("nan", "none", "null"):
+            out[key] = ""
+            continue
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise ServesimError(f"column {key} holds {text!r}, not a number") from None
+        if not math.isfinite(value) or value < 0 or value != int(value):
+            raise ServesimError(f"column {key} holds {text!r}, not a whole number")
+        out[key] = str(int(value))
+    system = (row.get("system") or "").strip()
+    with contextlib.suppress(ServesimError):  # deployment_of names an unknown GPU
+        out["system"] = get_device(system).name if system else system
+    measured = []
+    for key in ("silicon_ttft_ms", "silicon_tpot_ms"):
+        try:
+            value = float((row.get(key) or "").strip())
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ServesimError(f"row without a positive measured {key} to score against")
+        measured.append(value)
+    return out, (measured[0], measured[1])
+
+
+# Columns that hold counts (tokens, GPUs, workers, sequences) in the silicon CSVs.
+_COUNT_COLUMNS = frozenset({"isl", "osl"})
+_COUNT_SUFFIXES = ("_size", "_num_workers")
+
+
 def simulate_row(
     row: dict[str, str],
     catalog: Catalog,
@@ -829,47 +885,79 @@ def recovered_layout(
 
 def stated_layout_settings(
     row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
-) -> tuple[dict[str, str], str]:
-    """(row, note): an InferenceX disaggregated row that states its own layout (database
-    records, `db-dump/...`, and exports with worker counts) with its srt-slurm recipe's engine
-    flags (`prefill_settings` / `decode_settings`) where the InferenceX items in effect that day
-    for its model, GPU, framework, precision, ISL/OSL, clients and image with the same workers,
-    TP, attention DP and EP in both pools name exactly one set of flags; else the row unchanged
-    and ''. It refines a stated deployment, so no match is not a refusal."""
+) -> tuple[dict[str, str], str, str]:
+    """(row, note, refusal): an InferenceX disaggregated row that states its own layout
+    (database records, `db-dump/...`, and exports with worker counts) completed from the
+    InferenceX items in effect that day for its model, GPU, framework, precision, ISL/OSL,
+    clients and image with the same workers, TP, attention DP and EP in both pools: their
+    speculative decoding (an MTP config's draft length), their srt-slurm recipe's engine flags
+    (`prefill_settings` / `decode_settings`) and, for a database record, the recipe's batch
+    limits. Items that differ only in flags or batch limits leave the row as stated; items
+    that differ in speculative decoding make the row ambiguous (refused, like a dashboard row
+    two configs match). It refines a stated deployment, so no match is not a refusal."""
     src = row.get("silicon_data_source", "")
     if (row.get("mode") or "").strip() != "disagg" or row.get("prefill_settings"):
-        return row, ""
+        return row, "", ""
     if not (src.startswith("db-dump/") or src.startswith("source_file=2")):
-        return row, ""
+        return row, "", ""
     fields = source_fields(row)
     day = fields["measured"][:10]
     keys = ("num_workers", "tp_size", "attention_dp_size", "moe_ep_size")
-    found: dict[tuple[str, str], dict[str, str]] = {}
+    found: dict[tuple[str, ...], dict[str, str]] = {}
     for item in _disagg_items(row, fields, table):
-        if not (item["prefill_settings"] or item["decode_settings"]):
-            continue
         cols = {**_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
         if all(
             _float(cols[f"{pool}_{k}"]) == _float(row.get(f"{pool}_{k}", ""))
             for pool in ("prefill", "decode")
             for k in keys
         ):
-            found.setdefault((item["prefill_settings"], item["decode_settings"]), item)
-    if len(found) != 1:
-        return row, ""
-    (pre, dec), item = next(iter(found.items()))
-    run = in_effect(item["days_in_effect"], day) or 0
-    note = f"engine flags from {item['recipe']}@srt-slurm {item['recipe_commits'].split()[run]}"
-    out = {**row, "prefill_settings": pre, "decode_settings": dec}
-    if src.startswith("db-dump/") and item["prefill_max_batch"] and item["decode_max_batch"]:
-        # A database record of a disaggregated run does not hold the engines' batch limits: its
-        # prefill batch is 1 in every record (the recipes' context servers take 1-64 requests a
-        # rank) and its decode batch is the clients over the decode ranks (370 clients on 5
-        # workers: 74, where the recipe's generation servers take 64). The recipe's stand.
-        out["prefill_batch_size"] = item["prefill_max_batch"]
-        out["decode_batch_size"] = item["decode_max_batch"]
-        note += f"; batch {item['prefill_max_batch']} / {item['decode_max_batch']} a rank from it"
-    return out, note
+            key = tuple(item[k] for k in _STATED_KEYS)
+            found.setdefault(key, item)
+    specs = {(item["spec_decoding"], item["num_draft_tokens"]) for item in found.values()}
+    if len(specs) > 1:
+        return row, "", f"{len(found)} InferenceX configs match"
+    if not specs:
+        return row, "", ""
+    spec, drafts = specs.pop()
+    if spec not in ("none", "mtp"):
+        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
+    if spec == "mtp" and not drafts:
+        return row, "", "InferenceX config's MTP draft length is not public"
+    out, notes = dict(row), []
+    if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
+        out["speculative_num_draft_tokens"] = drafts
+        notes.append(f"MTP with {drafts} draft tokens")
+    if len(found) == 1:
+        item = next(iter(found.values()))
+        run = in_effect(item["days_in_effect"], day) or 0
+        if item["prefill_settings"] or item["decode_settings"]:
+            out["prefill_settings"] = item["prefill_settings"]
+            out["decode_settings"] = item["decode_settings"]
+            rc = item["recipe_commits"].split()[run]
+            notes.append(f"engine flags from {item['recipe']}@srt-slurm {rc}")
+        if src.startswith("db-dump/") and item["prefill_max_batch"] and item["decode_max_batch"]:
+            # A database record of a disaggregated run does not hold the engines' batch
+            # limits: its prefill batch is 1 in every record (the recipes' context servers
+            # take 1-64 requests a rank) and its decode batch is the clients over the decode
+            # ranks (370 clients on 5 workers: 74, where the recipe's generation servers take
+            # 64). The recipe's (or config's) stand.
+            out["prefill_batch_size"] = item["prefill_max_batch"]
+            out["decode_batch_size"] = item["decode_max_batch"]
+            notes.append(
+                f"batch {item['prefill_max_batch']} / {item['decode_max_batch']} a rank from it"
+            )
+    return out, "; ".join(notes), ""
+
+
+# What `stated_layout_settings` tells apart among items of one stated layout.
+_STATED_KEYS = (
+    "spec_decoding",
+    "num_draft_tokens",
+    "prefill_settings",
+    "decode_settings",
+    "prefill_max_batch",
+    "decode_max_batch",
+)
 
 
 def source_fields(row: dict[str, str]) -> dict[str, str]:
@@ -1039,7 +1127,7 @@ def date_twins(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     def key(r: dict[str, str]) -> tuple[str, ...]:
         try:
             clients = str(concurrency_of(r))
-        except ValueError:  # not a number: the row is refused later with the reason
+        except (ValueError, ServesimError):  # not a number: refused later with the reason
             clients = ""
         return (*(r.get(k, "") for k in TWIN_KEYS), clients)
 
@@ -1215,6 +1303,20 @@ def specified_or_reason(row: dict[str, str], benchmarked_clients: bool = False) 
     return ""
 
 
+# What every row must have: its identity, deployment kind and the measured figures.
+REQUIRED_COLUMNS = (
+    "id",
+    "silicon_data_source",
+    "backend",
+    "model_path",
+    "system",
+    "mode",
+    "isl",
+    "osl",
+    "silicon_ttft_ms",
+    "silicon_tpot_ms",
+)
+
 ROWS_OUT_FIELDS = (
     "id",
     "system",
@@ -1312,8 +1414,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     catalog = Catalog()
-    with open(args.path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(args.path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        print(f"error: cannot read {args.path} as a CSV ({exc}); pass a silicon sample CSV.")
+        return 2
+    if missing:
+        print(
+            f"error: {args.path} lacks the column(s) {', '.join(missing)}; pass a CSV in the "
+            f"format of {DEFAULT_CSV.name} (one row per measured run)."
+        )
+        return 2
     if args.limit:
         rows = rows[: args.limit]
     rows = date_twins(rows)
@@ -1324,21 +1438,23 @@ def main(argv: list[str] | None = None) -> int:
         t_row, cpu_row = time.perf_counter(), time.process_time()
         out: dict[str, object] = {k: row.get(k, "") for k in ROWS_OUT_FIELDS[:7]}
         out.update(
-            measured_ttft_ms=row["silicon_ttft_ms"],
-            measured_tpot_ms=row["silicon_tpot_ms"],
+            measured_ttft_ms=row.get("silicon_ttft_ms", ""),
+            measured_tpot_ms=row.get("silicon_tpot_ms", ""),
             predicted_ttft_ms="",
             predicted_tpot_ms="",
+            layout_source="",
         )
-        row, out["layout_source"], refusal = recovered_layout(row)
-        if not refusal and not out["layout_source"]:
-            row, out["layout_source"], refusal = single_node_config(row)
-        if not refusal and not out["layout_source"]:
-            row, out["layout_source"] = stated_layout_settings(row)
-        # (single_node_config answers colocated rows only: a disaggregated row's source is
-        # its recovered layout or its recipe's flags)
-        recovered = row.get("mode") == "disagg" and bool(out["layout_source"])
-        status = refusal or specified_or_reason(row, benchmarked_clients=recovered)
         try:
+            row, measured = normalised_row(row)
+            row, out["layout_source"], refusal = recovered_layout(row)
+            if not refusal and not out["layout_source"]:
+                row, out["layout_source"], refusal = single_node_config(row)
+            if not refusal and not out["layout_source"]:
+                row, out["layout_source"], refusal = stated_layout_settings(row)
+            # (single_node_config answers colocated rows only: a disaggregated row's source is
+            # its recovered layout or its recipe's flags)
+            recovered = row.get("mode") == "disagg" and bool(out["layout_source"])
+            status = refusal or specified_or_reason(row, benchmarked_clients=recovered)
             out["concurrency"] = concurrency_of(row)
             if not status:
                 ttft, tpot = simulate_row(
@@ -1361,7 +1477,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(out)
         if status != "ok":
             continue
-        m_ttft, m_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
+        m_ttft, m_tpot = measured
         e_ttft = 100.0 * (ttft - m_ttft) / m_ttft
         e_tpot = 100.0 * (tpot - m_tpot) / m_tpot
         group = f"{row['system']}/{row['mode']}"

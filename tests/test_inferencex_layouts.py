@@ -470,16 +470,74 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     (GB200 cfg229) keeps what it states; colocated rows are left alone."""
     row = dev_row("dsr1_b200_trtllm_fp4_disagg_8192x1024_c370_cfg315")
     assert (row["prefill_batch_size"], row["decode_batch_size"]) == ("1", "74")
-    out, note = silicon.stated_layout_settings(row)
+    out, note, refusal = silicon.stated_layout_settings(row)
+    assert refusal == ""
     assert note.startswith("engine flags from recipes/trtllm/b200-fp4/8k1k/stp/")
     assert "ctx2_gen5_tep8_batch64_eplb0_mtp0.yaml" in note
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("2", "64")
     assert out["decode_settings"] == "graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 token_budget=64"
     assert row["decode_batch_size"] == "74"  # the input row is not modified
     other = dev_row("dsr1_gb200_trtllm_fp4_disagg_8192x1024_c6_cfg229")
-    assert silicon.stated_layout_settings(other) == (other, "")
+    assert silicon.stated_layout_settings(other) == (other, "", "")
     agg = dev_row("dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91")
-    assert silicon.stated_layout_settings(agg) == (agg, "")
+    assert silicon.stated_layout_settings(agg) == (agg, "", "")
+
+
+def _record(
+    row_id: str, source: str, system: str, precision: str, quant: str, pools: str
+) -> dict[str, str]:
+    """A database-style disaggregated DeepSeek-R1 TensorRT-LLM 1k/1k row in the dev file's
+    columns: `pools` the 14 prefill/decode layout columns as a record states them."""
+    with open(DEV, newline="") as f:
+        header = next(csv.reader(f))
+    text = (
+        f"{row_id},{source},trtllm,,deepseek-ai/DeepSeek-R1,{system},{precision},disagg,1024,"
+        f"1024,{quant},{quant},,,,,,,{pools},100,10"
+    )
+    return dict(zip(header, next(csv.reader([text])), strict=True))
+
+
+def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flags() -> None:
+    """A database record states workers, TP, EP and attention DP but neither speculative
+    decoding nor the engines' batch limits. Hand-checked against the table: on 2026-04-27 the
+    only B200 fp4 TensorRT-LLM 1k/1k item with 1 context worker of 4 DP ranks and 5 generation
+    workers of 8 DP ranks at 875 clients is recipe ctx1_gen5_dep8_batch16_eplb0_mtp3 (MTP, 3
+    draft tokens; batch 8 a context rank, 16 a generation rank). On 2026-01-30 the GB200 item
+    with 1 context worker of DEP 4 and 1 generation worker of DEP 32 at 1,075 clients has no
+    recipe flags in the table but its batch limits (4 / 32). Before, the first was simulated
+    without MTP (TPOT 15.0 ms against its dashboard twin's 6.9) and the second kept the record's
+    prefill batch of 1 (TTFT 29.7 s against 4.4 s)."""
+    mtp = _record(
+        "mtp_record",
+        "db-dump/2026-04-27; config_id=999; silicon_concurrency=875; "
+        "measured=2026-04-27T00:00:00.000Z; workflow_run_id=1; "
+        "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post1",
+        "b200_sxm",
+        "fp4",
+        "nvfp4",
+        "1.0,1.0,1.0,1.0,4.0,1.0,4.0,22.0,5.0,1.0,1.0,8.0,1.0,8.0",
+    )
+    out, note, refusal = silicon.stated_layout_settings(mtp)
+    assert refusal == "" and note.startswith("MTP with 3 draft tokens")
+    assert "ctx1_gen5_dep8_batch16_eplb0_mtp3.yaml" in note
+    assert out["speculative_num_draft_tokens"] == "3"
+    assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("8", "16")
+    dep = silicon.deployment_of(out, silicon.Catalog())
+    assert dep.decode.speculative is not None and dep.decode.speculative.num_draft_tokens == 3
+    plain = _record(
+        "plain_record",
+        "db-dump/2026-04-27; config_id=999; silicon_concurrency=1075; "
+        "measured=2026-01-30T00:00:00.000Z; workflow_run_id=1; "
+        "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.5.1-rc0.pre3",
+        "gb200",
+        "fp4",
+        "nvfp4",
+        "1.0,1.0,1.0,1.0,4.0,1.0,4.0,34.0,1.0,1.0,1.0,32.0,1.0,32.0",
+    )
+    out, note, refusal = silicon.stated_layout_settings(plain)
+    assert (refusal, note) == ("", "batch 4 / 32 a rank from it")
+    assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("4", "32")
+    assert "speculative_num_draft_tokens" not in out
 
 
 def test_every_kind_of_table_deployment_simulates_from_a_dashboard_row() -> None:

@@ -32,3 +32,14 @@ def test_a_gemm_table_reads_as_columns() -> None:
     assert len(cols["m"]) > 1000 and (cols["latency"] > 0).all()
     assert {"bfloat16", "fp8"} <= set(cols["gemm_dtype"])
     assert kt.find("h100_sxm", "gemm", "no_such_table", "vllm") is None
+
+
+def test_version_keys_drop_a_container_tag_s_build_suffix() -> None:
+    """A row's engine version can come spelled as its container tag: the release it names
+    orders as that release (before, "0.5.6.post2-cu130" read as unparsable, (0,), and turned
+    SGLang's mixed chunking off for a 0.5.6 run)."""
+    key = kt.version_key
+    assert key("0.5.6.post2-cu130") == key("0.5.6.post2") == (0, 5, 6, kt._FINAL)
+    assert key("v0.5.9") == key("0.5.9") > key("0.5.6")
+    assert key("1.2.0rc6.post2") == (1, 2, 0, 6) < key("1.2.0")
+    assert key("nightly") == (0,)

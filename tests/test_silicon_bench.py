@@ -553,3 +553,52 @@ def test_a_repeated_run_takes_the_first_ones_figures(monkeypatch) -> None:
     assert twin == first and len(calls) == 1
     other = silicon.simulate_row({**base, "osl": "128"}, Catalog(), rounds=2)
     assert len(calls) == 2 and other != first
+
+
+def test_malformed_rows_are_refused_with_the_column_and_spellings_agree(
+    tmp_path: Path, capsys
+) -> None:
+    """A bad value is the row's refusal, never a crash of the whole run: a count column that
+    is not a number names the column, `nan` reads as not stated, a measured figure that is
+    missing or 0 cannot be scored. The same run spelled `1024.0` or with a GPU alias (`h100`)
+    predicts the same figures as its canonical spelling."""
+    ok = dict(batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=8")
+    rows = [
+        row(id="plain", **ok),
+        row(id="floaty", **{**ok, "isl": "4096.0", "batch_size": "8.0"}, system="h100"),
+        row(id="garbage", **{**ok, "tp_size": "two"}),
+        row(id="nan_tp", **{**ok, "tp_size": "nan"}),
+        row(id="no_tpot", **ok, silicon_tpot_ms=""),
+        row(id="zero_ttft", **ok, silicon_ttft_ms="0"),
+    ]
+    path, out_csv = tmp_path / "rows.csv", tmp_path / "out.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    assert silicon.main([str(path), "--rows-out", str(out_csv)]) == 0
+    with open(out_csv, newline="") as f:
+        got = {r["id"]: r for r in csv.DictReader(f)}
+    assert got["plain"]["status"] == got["floaty"]["status"] == "ok"
+    for key in ("predicted_ttft_ms", "predicted_tpot_ms"):
+        assert got["floaty"][key] == got["plain"][key]
+    assert got["garbage"]["status"] == "column tp_size holds 'two', not a number"
+    assert got["nan_tp"]["status"] == "agg row without tp_size"
+    assert (
+        got["no_tpot"]["status"]
+        == "row without a positive measured silicon_tpot_ms to score against"
+    )
+    assert got["zero_ttft"]["status"].startswith("row without a positive measured silicon_ttft_ms")
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 2
+
+
+def test_a_file_that_is_not_a_silicon_csv_is_one_sentence_and_exit_2(
+    tmp_path: Path, capsys
+) -> None:
+    assert silicon.main([str(tmp_path / "missing.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().out
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    assert silicon.main([str(other)]) == 2
+    out = capsys.readouterr().out
+    assert "lacks the column(s) id, silicon_data_source" in out and "Traceback" not in out

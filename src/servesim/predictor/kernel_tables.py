@@ -10,6 +10,7 @@ nearest version when the exact one was not measured) and reads columns as numpy 
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -50,11 +51,18 @@ def versions(gpu: str, family: str, engine: str) -> list[str]:
 _FINAL = 1_000_000
 
 
+# The leading release of a version string: numbers, a pre-release and a post-release.
+_VERSION_PREFIX = re.compile(r"v?\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?")
+
+
 def version_key(v: str) -> tuple[int, ...]:
     """(major, minor, patch, candidate) of a release string such as "0.5.8.post1" or
-    "1.3.0rc20" (candidate: the rc/beta number, `_FINAL` for a release); (0,) if unparsable."""
+    "1.3.0rc20" (candidate: the rc/beta number, `_FINAL` for a release); a build suffix that
+    is not part of the version (a container tag's "0.5.6.post2-cu130", "v0.5.9") is dropped;
+    (0,) if unparsable."""
+    m = _VERSION_PREFIX.match(v.strip())
     try:
-        ver = Version(v)
+        ver = Version(m.group(0) if m else v)
     except InvalidVersion:
         return (0,)
     rel = tuple(ver.release[:3]) + (0,) * (3 - len(ver.release[:3]))
