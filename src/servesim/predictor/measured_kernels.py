@@ -409,6 +409,7 @@ class MeasuredKernels:
         self._prefill_memo: dict[tuple, tuple | None] = {}
         self._layout_memo: dict[tuple, tuple | None] = {}
         self._decode_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._anchor_memo: dict[tuple, float] = {}  # the roofline at an MLA prefill anchor
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
 
     def _find(self, family: str, table: str) -> Path | None:
@@ -789,7 +790,11 @@ class MeasuredKernels:
         if code != EXTRAPOLATED and cached_tokens <= 0 and heads == h_tab:
             return t, code
         query = roof(new_tokens, max(0, cached_tokens), heads)
-        return t * (query / roof(a_new, 0, round(h_tab))), EXTRAPOLATED
+        key = (a_new, round(h_tab), qk, v, kv_dtype)
+        anchor = self._anchor_memo.get(key)
+        if anchor is None:  # one per chunk length, however many cached lengths follow it
+            anchor = self._anchor_memo[key] = roof(a_new, 0, round(h_tab))
+        return t * (query / anchor), EXTRAPOLATED
 
     def _mla_prefill_base(
         self, path: Path, h_tab: float, kv: str, new_tokens: int
