@@ -555,7 +555,7 @@ def pool_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
     for pair in (row.get(prefix + "settings") or "").split():
         key, _, value = pair.partition("=")
         try:
-            out[key] = value if key in ("kv_dtype", "ar_fusion") else float(value)
+            out[key] = value if key in ("kv_dtype", "ar_fusion", "a2a") else float(value)
         except ValueError:
             raise ServesimError(
                 f"{prefix}settings holds {pair!r}, not key=number; regenerate the layout table "
@@ -596,6 +596,7 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "graph_max_bs": ("cuda_graph_max_seqs", int),
     "recv_interval": ("recv_interval_steps", int),
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang --enable-flashinfer-allreduce-fusion
+    "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend (recipes only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
     "adp_balance_timeout": ("adp_balance_timeout_iters", int),
 }

@@ -199,7 +199,8 @@ VLLM_FLAGS = (
 
 def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, object]:
     """A SGLang or vLLM pool's `flags` that are set to a positive number, its
-    `kv-cache-dtype` (servesim's name) and SGLang's `enable-flashinfer-allreduce-fusion`."""
+    `kv-cache-dtype` (servesim's name), SGLang's `enable-flashinfer-allreduce-fusion` and its
+    all-to-all backend (`moe-a2a-backend`, or the older `enable-deepep-moe`)."""
     out: dict[str, object] = {
         key: cfg[flag] for flag, key in flags if cfg.get(flag) is not None and float(cfg[flag]) > 0
     }
@@ -208,6 +209,11 @@ def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, o
         out["kv_dtype"] = dtype
     if str(cfg.get("enable-flashinfer-allreduce-fusion", "")).lower() == "true":
         out["ar_fusion"] = "flashinfer"  # SGLang's all-reduce + residual + RMSNorm kernel
+    a2a = str(cfg.get("moe-a2a-backend") or "").lower()
+    if str(cfg.get("enable-deepep-moe", "")).lower() == "true":
+        a2a = "deepep"  # SGLang's flag for it before --moe-a2a-backend
+    if a2a and a2a != "none":
+        out["a2a"] = a2a  # expert-parallel tokens dispatched by all-to-all
     return out
 
 
@@ -246,7 +252,7 @@ READERS = (
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
-    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion); each engine's
+    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a); each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per
     server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch
     scripts."""

@@ -3,6 +3,8 @@ every GPU of a stage, and the busiest rank under the engines' request dispatch (
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from servesim.errors import ServesimError
@@ -167,8 +169,9 @@ def test_random_dispatch_loads_the_busiest_rank(r1, gb200) -> None:
 def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     """TRT-LLM dispatches by all-to-all only under attention DP with moe_ep_size > top-k (8
     for DeepSeek) within one NVLink domain, and gathers otherwise; vLLM only across DP ranks
-    (without DP the tokens are on every device of the TP group already); SGLang's DeepEP
-    always."""
+    (without DP the tokens are on every device of the TP group already); SGLang only with an
+    all-to-all backend (`--moe-a2a-backend deepep`): its default gathers under attention DP
+    and otherwise finds the tokens on every device."""
     trt = EngineProfile(name="trtllm")
 
     def names(par: Parallel, engine: EngineProfile) -> set[str]:
@@ -182,8 +185,17 @@ def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     over_ib = {op.name for op in Predictor(r1, h100, Parallel(tp=1, dp=16, ep=16), trt).ops(
         BatchShape(64, 64000))}  # fmt: skip
     assert "dp_gather_scatter" in over_ib and "ep_alltoall" not in over_ib
-    assert "ep_alltoall" in names(Parallel(tp=1, dp=8, ep=8), ENGINE)  # SGLang: DeepEP
+    deepep = replace(ENGINE, moe_a2a="deepep")
+    assert "ep_alltoall" in names(Parallel(tp=1, dp=8, ep=8), deepep)
+    sgl_dp = names(Parallel(tp=1, dp=8, ep=8), ENGINE)  # SGLang's default: dp_gather
+    assert "dp_gather_scatter" in sgl_dp and "ep_alltoall" not in sgl_dp
+    assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), ENGINE)
     assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), trt)
     vllm = EngineProfile(name="vllm")
     assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), vllm)
-    assert "ep_alltoall" in names(Parallel(tp=8, ep=8), ENGINE)  # DeepEP scatters over TP
+    # DeepEP scatters over TP: each of 8 devices dispatches its 64/8 tokens × top-8 × 7168
+    # hidden × 2 B, and combines them back, in each of the 58 MoE layers.
+    ops = {o.name: o for o in Predictor(r1, gb200, Parallel(tp=8, ep=8), deepep).ops(
+        BatchShape(64, 64000))}  # fmt: skip
+    a2a = ops["ep_alltoall"]
+    assert a2a.calls == 2 * 58 and a2a.nbytes == pytest.approx(64 / 8 * 8 * 7168 * 2)

@@ -18,6 +18,7 @@ from servesim.errors import ServesimError  # noqa: E402
 
 DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
 SETTING_KEYS = {
+    "a2a",
     "mem_fraction",
     "ar_fusion",
     "kv_dtype",
@@ -184,6 +185,8 @@ def test_layout_table_is_well_formed() -> None:
                     assert value in ("fp8", "bf16")
                 elif key == "ar_fusion":
                     assert value == "flashinfer"
+                elif key == "a2a":
+                    assert value == "deepep"
                 else:
                     assert float(value) > 0
 
@@ -394,6 +397,17 @@ def test_recipe_engine_settings_in_servesim_names() -> None:
         "graph_max_bs=512",
     )
     assert lay.recipe_settings("backend: {}\n") == ("", "")
+    # SGLang's all-to-all backend for expert-parallel tokens, and its older switch for DeepEP
+    a2a = (
+        "backend:\n  sglang_config:\n    prefill:\n      enable-deepep-moe: true\n"
+        "    decode:\n      moe-a2a-backend: deepep\n      deepep-mode: low_latency\n"
+    )
+    assert lay.recipe_settings(a2a) == ("a2a=deepep", "a2a=deepep")
+    none = "backend:\n  sglang_config:\n    decode:\n      moe-a2a-backend: none\n"
+    assert lay.recipe_settings(none) == ("", "")
+    # ... which reaches the pool's engine
+    row = {"decode_settings": "a2a=deepep graph_max_bs=64"}
+    assert silicon.pool_settings(row, "decode_") == {"a2a": "deepep", "graph_max_bs": 64.0}
 
 
 def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:

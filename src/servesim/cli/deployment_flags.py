@@ -87,6 +87,7 @@ class DeploymentSettings(Settings):
     chunked_prefill: bool | None = None
     piecewise_cuda_graph_max_tokens: NonNegInt | None = None  # None: the engine's
     moe_backend: NonEmpty | None = None  # None: the engine's own choice
+    moe_a2a_backend: NonEmpty | None = None  # None: the engine's (SGLang: none)
     allreduce_norm_fusion: NormFusion | None = None  # None: the engine's
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
@@ -225,6 +226,13 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "(default: the engine's own choice)",
     )
     g.add_argument(
+        "--moe-a2a-backend",
+        metavar="NAME",
+        help="SGLang's --moe-a2a-backend: none (default: expert-parallel layers find their "
+        "tokens on every device, or gather them under attention DP) or an all-to-all backend "
+        "such as deepep (tokens dispatched and combined by all-to-all)",
+    )
+    g.add_argument(
         "--allreduce-norm-fusion",
         choices=ALLREDUCE_NORM_FUSION,
         help="residual add and RMSNorm done inside each TP all-reduce: trtllm (TensorRT-LLM's "
@@ -284,6 +292,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
             overlap_scheduling=getattr(s, "overlap_scheduling", None),
             prefill_graph_max_tokens=s.piecewise_cuda_graph_max_tokens,
             moe_backend=s.moe_backend.lower() if s.moe_backend else None,
+            moe_a2a=s.moe_a2a_backend.lower() if s.moe_a2a_backend else None,
             allreduce_norm_fusion=s.allreduce_norm_fusion,
         ),
         replicas=getattr(s, "replicas", 1),

@@ -388,16 +388,17 @@ class Predictor:
         (`select_alltoall_method_type`, tensorrt_llm/_torch/modules/fused_moe/): its
         all-to-all is MNNVL's (NVLink-mapped workspaces) or DeepEP's, which the engine takes
         only under TRTLLM_CAN_USE_DEEP_EP=1 (no InferenceX recipe sets it), so an EP group
-        spanning nodes joined by InfiniBand (H100 DEP16) gathers. SGLang's expert-parallel
-        deployments dispatch with DeepEP (`--moe-a2a-backend deepep`), which first scatters
-        the tokens over the attention-TP ranks, so each device sends its 1/(tp·dp) share even
-        at dp 1.
+        spanning nodes joined by InfiniBand (H100 DEP16) gathers. SGLang: only with an
+        all-to-all backend (`--moe-a2a-backend deepep` and the like, `EngineProfile.moe_a2a`;
+        its default "none" gathers under attention DP and otherwise finds the tokens on every
+        device); DeepEP first scatters the tokens over the attention-TP ranks, so each device
+        sends its 1/(tp·dp) share even at dp 1.
         """
         p = self.par
         if p.ep == 1:
             return False
         if self.engine.name == "sglang":
-            return True
+            return self.engine.moe_a2a.lower() != "none"
         if p.dp == 1:
             return False
         if self.engine.name == "trtllm":

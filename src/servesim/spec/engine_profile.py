@@ -213,8 +213,21 @@ class EngineProfile:
     # "flashinfer", every model, up to 2,048 tokens (SGLang's
     # `--enable-flashinfer-allreduce-fusion`).
     allreduce_norm_fusion: str = "none"
+    # SGLang's `--moe-a2a-backend` (server_args.py, default "none"): how expert-parallel MoE
+    # layers reach their tokens. "none": they do not move; without attention DP every device of
+    # the TP group already holds them (each computes its local experts, the partial outputs
+    # meet in the layer's all-reduce: DeepseekV2MoE.forward_normal), with it the DP ranks
+    # gather and scatter them (dp_attention.py). "deepep" (or mooncake, mori, flashinfer, ...):
+    # dispatch and combine by all-to-all. vLLM and TensorRT-LLM pick their own path from the
+    # layout (`Predictor._uses_alltoall`), so only SGLang reads this.
+    moe_a2a: str = "none"
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.moe_a2a, str) and self.moe_a2a.strip()):
+            raise ServesimError(
+                f"moe_a2a {self.moe_a2a!r} must name SGLang's --moe-a2a-backend (none, deepep, "
+                "...)."
+            )
         if self.allreduce_norm_fusion not in ALLREDUCE_NORM_FUSION:
             raise ServesimError(
                 f"allreduce_norm_fusion {self.allreduce_norm_fusion!r} is not one of "
