@@ -199,8 +199,9 @@ VLLM_FLAGS = (
 
 def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, object]:
     """A SGLang or vLLM pool's `flags` that are set to a positive number, its
-    `kv-cache-dtype` (servesim's name), SGLang's `enable-flashinfer-allreduce-fusion` and its
-    all-to-all backend (`moe-a2a-backend`, or the older `enable-deepep-moe`)."""
+    `kv-cache-dtype` (servesim's name), SGLang's `enable-flashinfer-allreduce-fusion` and the
+    expert-parallel all-to-all backend (SGLang `moe-a2a-backend` or the older
+    `enable-deepep-moe`, vLLM `all2all-backend`)."""
     out: dict[str, object] = {
         key: cfg[flag] for flag, key in flags if cfg.get(flag) is not None and float(cfg[flag]) > 0
     }
@@ -209,11 +210,13 @@ def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, o
         out["kv_dtype"] = dtype
     if str(cfg.get("enable-flashinfer-allreduce-fusion", "")).lower() == "true":
         out["ar_fusion"] = "flashinfer"  # SGLang's all-reduce + residual + RMSNorm kernel
-    a2a = str(cfg.get("moe-a2a-backend") or "").lower()
+    # How expert-parallel tokens move: SGLang `moe-a2a-backend` (or its older
+    # `enable-deepep-moe`), vLLM `all2all-backend`; absent or "none": the engine's default.
+    a2a = str(cfg.get("moe-a2a-backend") or cfg.get("all2all-backend") or "").lower()
     if str(cfg.get("enable-deepep-moe", "")).lower() == "true":
-        a2a = "deepep"  # SGLang's flag for it before --moe-a2a-backend
+        a2a = "deepep"
     if a2a and a2a != "none":
-        out["a2a"] = a2a  # expert-parallel tokens dispatched by all-to-all
+        out["a2a"] = a2a
     return out
 
 

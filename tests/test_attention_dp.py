@@ -169,9 +169,10 @@ def test_random_dispatch_loads_the_busiest_rank(r1, gb200) -> None:
 def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     """TRT-LLM dispatches by all-to-all only under attention DP with moe_ep_size > top-k (8
     for DeepSeek) within one NVLink domain, and gathers otherwise; vLLM only across DP ranks
-    (without DP the tokens are on every device of the TP group already); SGLang only with an
-    all-to-all backend (`--moe-a2a-backend deepep`): its default gathers under attention DP
-    and otherwise finds the tokens on every device."""
+    (without DP the tokens are on every device of the TP group already) and with an all-to-all
+    kernel (its default backend gathers); SGLang only with an all-to-all backend
+    (`--moe-a2a-backend deepep`): its default gathers under attention DP and otherwise finds
+    the tokens on every device."""
     trt = EngineProfile(name="trtllm")
 
     def names(par: Parallel, engine: EngineProfile) -> set[str]:
@@ -193,6 +194,13 @@ def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
     assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), trt)
     vllm = EngineProfile(name="vllm")
     assert not {"ep_alltoall", "dp_gather_scatter"} & names(Parallel(tp=8, ep=8), vllm)
+    # vLLM across DP ranks: its default all2all backend (allgather_reducescatter) gathers; an
+    # all-to-all kernel (--all2all-backend deepep_low_latency) dispatches
+    vllm_dp = names(Parallel(tp=1, dp=8, ep=8), vllm)
+    assert "dp_gather_scatter" in vllm_dp and "ep_alltoall" not in vllm_dp
+    assert "ep_alltoall" in names(
+        Parallel(tp=1, dp=8, ep=8), replace(vllm, moe_a2a="deepep_low_latency")
+    )
     # DeepEP scatters over TP: each of 8 devices dispatches its 64/8 tokens × top-8 × 7168
     # hidden × 2 B, and combines them back, in each of the 58 MoE layers.
     ops = {o.name: o for o in Predictor(r1, gb200, Parallel(tp=8, ep=8), deepep).ops(

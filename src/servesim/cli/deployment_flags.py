@@ -228,9 +228,10 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g.add_argument(
         "--moe-a2a-backend",
         metavar="NAME",
-        help="SGLang's --moe-a2a-backend: none (default: expert-parallel layers find their "
-        "tokens on every device, or gather them under attention DP) or an all-to-all backend "
-        "such as deepep (tokens dispatched and combined by all-to-all)",
+        help="how expert-parallel layers exchange tokens: SGLang's --moe-a2a-backend or vLLM's "
+        "--all2all-backend; none (default: the engine's; SGLang finds the tokens on every "
+        "device or gathers them under attention DP, vLLM gathers across DP ranks) or an "
+        "all-to-all backend such as deepep (tokens dispatched and combined by all-to-all)",
     )
     g.add_argument(
         "--allreduce-norm-fusion",

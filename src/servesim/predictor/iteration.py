@@ -383,7 +383,10 @@ class Predictor:
         every device of the TP group (the partial outputs then meet in its all-reduce).
 
         vLLM: only across DP ranks (`FusedMoEParallelConfig.use_all2all_kernels` is
-        `dp_size > 1 and use_ep`). TRT-LLM: only under attention DP with moe_ep_size > top-k
+        `dp_size > 1 and use_ep`) and only with an all-to-all kernel (`--all2all-backend`,
+        `EngineProfile.moe_a2a`: deepep_*, pplx, flashinfer_*); its default
+        (`allgather_reducescatter`, vllm/config/parallel.py) and `naive` (broadcasts) gather
+        every rank's tokens instead. TRT-LLM: only under attention DP with moe_ep_size > top-k
         and a group inside one NVLink domain, else all-gather and reduce-scatter
         (`select_alltoall_method_type`, tensorrt_llm/_torch/modules/fused_moe/): its
         all-to-all is MNNVL's (NVLink-mapped workspaces) or DeepEP's, which the engine takes
@@ -397,14 +400,15 @@ class Predictor:
         p = self.par
         if p.ep == 1:
             return False
+        a2a = self.engine.moe_a2a.lower()
         if self.engine.name == "sglang":
-            return self.engine.moe_a2a.lower() != "none"
+            return a2a != "none"
         if p.dp == 1:
             return False
         if self.engine.name == "trtllm":
             in_domain = p.tp * p.dp <= self.device.max_devices_per_node
             return p.ep > self.model.experts_per_token and in_domain
-        return True
+        return a2a not in ("none", "allgather_reducescatter", "naive")
 
     def _collective(self, op: str, nbytes_moved: np.ndarray, n: int) -> np.ndarray:
         """Seconds of an NCCL collective of `nbytes_moved` (nccl-tests size) over n devices,

@@ -213,20 +213,22 @@ class EngineProfile:
     # "flashinfer", every model, up to 2,048 tokens (SGLang's
     # `--enable-flashinfer-allreduce-fusion`).
     allreduce_norm_fusion: str = "none"
-    # SGLang's `--moe-a2a-backend` (server_args.py, default "none"): how expert-parallel MoE
-    # layers reach their tokens. "none": they do not move; without attention DP every device of
-    # the TP group already holds them (each computes its local experts, the partial outputs
-    # meet in the layer's all-reduce: DeepseekV2MoE.forward_normal), with it the DP ranks
-    # gather and scatter them (dp_attention.py). "deepep" (or mooncake, mori, flashinfer, ...):
-    # dispatch and combine by all-to-all. vLLM and TensorRT-LLM pick their own path from the
-    # layout (`Predictor._uses_alltoall`), so only SGLang reads this.
+    # How expert-parallel MoE layers exchange tokens: SGLang's `--moe-a2a-backend`
+    # (server_args.py, default "none"), vLLM's `--all2all-backend` (vllm/config/parallel.py,
+    # default "allgather_reducescatter"); "none" is the engine's default. SGLang "none": the
+    # tokens do not move; without attention DP every device of the TP group holds them (each
+    # computes its local experts, the partial outputs meet in the layer's all-reduce:
+    # DeepseekV2MoE.forward_normal), with it the DP ranks gather and scatter them
+    # (dp_attention.py); "deepep" (mooncake, mori, flashinfer, ...): dispatch and combine by
+    # all-to-all. vLLM across DP ranks: its default and "naive" gather, deepep_*, pplx and
+    # flashinfer_* all-to-all. TensorRT-LLM picks its own path (`Predictor._uses_alltoall`).
     moe_a2a: str = "none"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.moe_a2a, str) and self.moe_a2a.strip()):
             raise ServesimError(
-                f"moe_a2a {self.moe_a2a!r} must name SGLang's --moe-a2a-backend (none, deepep, "
-                "...)."
+                f"moe_a2a {self.moe_a2a!r} must name the engine's all-to-all backend (none for "
+                "its default, deepep, ...)."
             )
         if self.allreduce_norm_fusion not in ALLREDUCE_NORM_FUSION:
             raise ServesimError(
