@@ -118,15 +118,18 @@ def concurrency_of(row: dict[str, str]) -> int:
 def _int(row: dict[str, str], key: str, default: int = 1) -> int:
     """A count column as an int (`default` when empty); a ServesimError when it is not one."""
     text = (row.get(key) or "").strip()
-    if not text:
-        return default
+    return int(_number(key, text)) if text else default
+
+
+def _number(key: str, text: str) -> float:
+    """A column's text as a finite number; a ServesimError naming the column otherwise."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
         raise ServesimError(f"column {key} holds {text!r}, not a number")
-    return int(value)
+    return value
 
 
 def batching_of(
@@ -639,11 +642,8 @@ def normalised_row(row: dict[str, str]) -> tuple[dict[str, str], tuple[float, fl
             continue
         if not text:
             continue
-        try:
-            value = float(text)
-        except ValueError:
-            raise ServesimError(f"column {key} holds {text!r}, not a number") from None
-        if not math.isfinite(value) or value < 0 or value != int(value):
+        value = _number(key, text)
+        if value < 0 or value != int(value):
             raise ServesimError(f"column {key} holds {text!r}, not a whole number")
         out[key] = str(int(value))
     system = (row.get("system") or "").strip()
@@ -813,6 +813,16 @@ def _pool_columns(row: dict[str, str], layout: dict[str, str], pool: str) -> dic
     }
 
 
+def speculation_refusal(spec: str, drafts: object) -> str:
+    """Why an InferenceX config's speculative decoding cannot be simulated ('' when it can:
+    none, or MTP with a known draft length)."""
+    if spec not in ("none", "mtp"):
+        return f"InferenceX config uses {spec} speculative decoding, not modelled"
+    if spec == "mtp" and not drafts:
+        return "InferenceX config's MTP draft length is not public"
+    return ""
+
+
 def recovered_layout(
     row: dict[str, str], table: tuple[dict[str, str], ...] | None = None
 ) -> tuple[dict[str, str], str, str]:
@@ -866,10 +876,9 @@ def recovered_layout(
         return row, "", f"{len(matches)} InferenceX configs match"
     item = next(iter(matches.values()))
     spec = item["spec_decoding"]
-    if spec not in ("none", "mtp"):
-        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
-    if spec == "mtp" and not item["num_draft_tokens"]:
-        return row, "", "InferenceX config's MTP draft length is not public"
+    refusal = speculation_refusal(spec, item["num_draft_tokens"])
+    if refusal:
+        return row, "", refusal
     if not (item["prefill_max_batch"] and item["decode_max_batch"]):
         return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
     run = in_effect(item["days_in_effect"], day) or 0
@@ -920,10 +929,9 @@ def stated_layout_settings(
     if not specs:
         return row, "", ""
     spec, drafts = specs.pop()
-    if spec not in ("none", "mtp"):
-        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
-    if spec == "mtp" and not drafts:
-        return row, "", "InferenceX config's MTP draft length is not public"
+    refusal = speculation_refusal(spec, drafts)
+    if refusal:
+        return row, "", refusal
     out, notes = dict(row), []
     if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
         out["speculative_num_draft_tokens"] = drafts
@@ -1241,10 +1249,9 @@ def single_node_config(
     if len(kinds) > 1:
         return row, "", f"{len(kinds)} InferenceX configs match"
     ((spec, k),) = kinds
-    if spec not in ("none", "mtp"):
-        return row, "", f"InferenceX config uses {spec} speculative decoding, not modelled"
-    if spec == "mtp" and not k:
-        return row, "", "InferenceX MTP config without a readable draft length"
+    refusal = speculation_refusal(spec, k)
+    if refusal:
+        return row, "", refusal
     item, remapped = matches[0]
     if len({(m["tp"], m["ep"], m["dp_attn"]) for m, _ in matches}) > 1:
         return row, "", f"{len(matches)} InferenceX configs match"

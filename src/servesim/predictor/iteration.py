@@ -40,8 +40,8 @@ MEM_POWER_SHARE = 0.5
 # What prices kernels when nobody says: "auto", the measured tables where the GPU and engine
 # have them and the shape is covered, the roofline (anchored to the nearest measured point)
 # elsewhere; a GPU nobody measured gets the roofline alone. Measured kernels are the ground
-# truth the roofline approximates; "roofline" is the choice for speed (auto simulates ~16 %
-# slower, benchmarks/speed.py) or for figures that must not move with the tables.
+# truth the roofline approximates; "roofline" is the choice for figures that must not move
+# with the tables (both simulate at the same speed, benchmarks/speed.py).
 DEFAULT_LATENCY_MODEL = "auto"
 
 

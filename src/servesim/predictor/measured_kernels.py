@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -62,10 +63,9 @@ ACT_BYTES = 2.0  # activations travel in bf16
 # The MLA tables measure DeepSeek-V3's latent layout: (kv_lora_rank, qk_rope_head_dim,
 # qk_nope_head_dim, v_head_dim); another layout is left to the roofline.
 MLA_DIMS = (512, 64, 128, 128)
-# Prefill chunk sizes priced together from the attention tables (one vectorised lookup).
-PREFILL_BLOCK = 256
-# Decode batch sizes priced together from the attention tables.
-DECODE_BLOCK = 256
+# Prefill chunk lengths and decode batch sizes priced together from the attention tables (one
+# vectorised lookup per block of this many, `MeasuredKernels._in_blocks`).
+SHAPE_BLOCK = 256
 
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
@@ -406,9 +406,8 @@ class MeasuredKernels:
         # tunable op at warm-up. Those tables do not price what TensorRT-LLM serves with.
         self.untuned_gemm_dtypes = {"nvfp4"} if engine == "trtllm" else set()
         first = engine if engine in kernel_tables.ENGINES else None
-        self._prefill_memo: dict[tuple, tuple | None] = {}
         self._layout_memo: dict[tuple, tuple | None] = {}
-        self._decode_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._blocks: dict[tuple, Sequence[Any]] = {}  # `_in_blocks`
         self._anchor_memo: dict[tuple, float] = {}  # the roofline at an MLA prefill anchor
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
 
@@ -547,41 +546,49 @@ class MeasuredKernels:
         self, new_tokens: int, qh: int, kvh: int, dim: int, kv_dtype: str, window: int
     ) -> tuple[float, int, float, bool] | None:
         """(measured seconds at the anchor, its code, the roofline at the anchor, whether the
-        anchor is the query itself) for a chunk without cached context, memoised: the
-        simulator asks for every (new, cached) pair, and the table part depends on new only."""
-        key = (new_tokens, qh, kvh, dim, kv_dtype, window)
-        if key in self._prefill_memo:
-            return self._prefill_memo[key]
+        anchor is the query itself) for a chunk without cached context, memoised by the block
+        of chunk lengths: the simulator asks for every (new, cached) pair, and the table part
+        depends on new only."""
         path = self._paths["prefill"]
         kv = KV_DTYPES.get(canonical(kv_dtype))
-        found = None
-        if path is not None and kv is not None and new_tokens > 0:
-            found = self._layout(path, qh, kvh, dim, kv, window)
-        if found is None:
-            self._prefill_memo[key] = None
+        if path is None or kv is None or new_tokens <= 0:
             return None
-        # One vectorised lookup for the block of PREFILL_BLOCK chunk sizes around this one: a
-        # trace asks for hundreds of distinct chunk sizes, each a scalar lookup otherwise.
+        found = self._layout(path, qh, kvh, dim, kv, window)
+        if found is None:
+            return None
         layout, w = found
-        grid = _attn_grid(path, layout, kv, w, False)
-        first = (new_tokens - 1) // PREFILL_BLOCK * PREFILL_BLOCK + 1
-        news = np.arange(first, first + PREFILL_BLOCK, dtype=np.float64)
-        logt, codes, anchor = grid.lookup(np.stack([np.ones_like(news), news], axis=1))
-        a_news = np.round(anchor[:, 1])
         a_heads = tuple(int(v) for v in layout)
-        anchor_s = roofline.attn_prefill_np(
-            1.0, a_news, 0.0, *a_heads, a_heads[2], kv_dtype, self.device, self.fit, window=w
-        )
         same_layout = a_heads == (qh, kvh, dim) and w == window
-        for j, n in enumerate(news.astype(int)):
-            code = int(codes[j])
-            if np.isnan(logt[j]):
-                out = (math.nan, ROOFLINE, float(anchor_s[j]), False)
-            else:
-                exact = code != EXTRAPOLATED and same_layout
-                out = (float(np.exp(logt[j])), code, float(anchor_s[j]), exact)
-            self._prefill_memo[(int(n), qh, kvh, dim, kv_dtype, window)] = out
-        return self._prefill_memo[key]
+
+        def compute(news: np.ndarray) -> list[tuple[float, int, float, bool]]:
+            grid = _attn_grid(path, layout, kv, w, False)
+            logt, codes, anchor = grid.lookup(np.stack([np.ones_like(news), news], axis=1))
+            anchor_s = roofline.attn_prefill_np(
+                1.0, np.round(anchor[:, 1]), 0.0, *a_heads, a_heads[2], kv_dtype, self.device,
+                self.fit, window=w,
+            )  # fmt: skip
+            out = []
+            for lt, c, a_s in zip(logt, codes, anchor_s, strict=True):
+                if np.isnan(lt):
+                    out.append((math.nan, ROOFLINE, float(a_s), False))
+                else:
+                    exact = int(c) != EXTRAPOLATED and same_layout
+                    out.append((float(np.exp(lt)), int(c), float(a_s), exact))
+            return out
+
+        key = ("prefill", path, layout, w, kv_dtype, same_layout)
+        return self._in_blocks(key, new_tokens, compute)
+
+    def _in_blocks(self, key: tuple, n: int, compute: Callable[[np.ndarray], Sequence[Any]]) -> Any:
+        """Entry n of `compute(values)`, evaluated once for the block of SHAPE_BLOCK whole
+        numbers around n (n ≥ 1) and memoised under `key`: one vectorised table lookup for the
+        chunk lengths or batch sizes near n instead of one per shape the simulator meets."""
+        first = (n - 1) // SHAPE_BLOCK * SHAPE_BLOCK + 1
+        block = self._blocks.get((key, first))
+        if block is None:
+            values = np.arange(first, first + SHAPE_BLOCK, dtype=np.float64)
+            block = self._blocks[(key, first)] = compute(values)
+        return block[n - first]
 
     def decode(
         self, batch: int, ctx_per_seq: np.ndarray, qh: int, kvh: int, dim: int, kv_dtype: str
@@ -621,22 +628,19 @@ class MeasuredKernels:
         price: Callable[[np.ndarray, np.ndarray], Coded],
     ) -> Coded:
         """`price(batches, contexts)` of one decode batch size at a few context lengths,
-        memoised and priced for the block of DECODE_BLOCK batch sizes around it at once: the
-        simulator asks for every batch size it meets, each a scalar lookup otherwise. Long
-        context arrays (a per-sequence breakdown) are priced directly."""
+        priced for the block of batch sizes around it at once (`_in_blocks`). Long context
+        arrays (a per-sequence breakdown) are priced directly."""
         ctx = np.asarray(ctx_per_seq, dtype=np.float64)
         if len(ctx) > 4 or batch < 1 or batch != int(batch):
             return price(np.full(len(ctx), float(batch)), ctx)
-        first = (int(batch) - 1) // DECODE_BLOCK * DECODE_BLOCK + 1
-        memo_key = (key, tuple(ctx.tolist()), first)
-        block = self._decode_memo.get(memo_key)
-        if block is None:
-            batches = np.repeat(np.arange(first, first + DECODE_BLOCK, dtype=np.float64), len(ctx))
-            t, code = price(batches, np.tile(ctx, DECODE_BLOCK))
-            block = (t.reshape(DECODE_BLOCK, len(ctx)), code.reshape(DECODE_BLOCK, len(ctx)))
-            self._decode_memo[memo_key] = block
-        i = int(batch) - first
-        return block[0][i].copy(), block[1][i].copy()
+
+        def compute(batches: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+            t, code = price(np.repeat(batches, len(ctx)), np.tile(ctx, len(batches)))
+            shape = (len(batches), len(ctx))
+            return list(zip(t.reshape(shape), code.reshape(shape), strict=True))
+
+        t, code = self._in_blocks((key, tuple(ctx.tolist())), int(batch), compute)
+        return t.copy(), code.copy()
 
     # ---- MoE experts ----------------------------------------------------------------------
     def moe(
@@ -800,19 +804,19 @@ class MeasuredKernels:
         self, path: Path, h_tab: float, kv: str, new_tokens: int
     ) -> tuple[float, int, int]:
         """(measured seconds, code, anchored prompt length) of an MLA prefill of `new_tokens`
-        without cached context on the table's head count, memoised and looked up for the
-        block of PREFILL_BLOCK prompt lengths around it at once (a trace asks for thousands
-        of distinct (chunk, cached) pairs; the table part depends on the chunk only)."""
-        key = (path, h_tab, kv, new_tokens)
-        if key not in self._prefill_memo:
+        without cached context on the table's head count, memoised by the block of prompt
+        lengths (`_in_blocks`): a trace asks for thousands of distinct (chunk, cached) pairs,
+        and the table part depends on the chunk only."""
+
+        def compute(news: np.ndarray) -> list[tuple[float, int, int]]:
             grid = _mla_grid(path, h_tab, kv, False)
-            first = (new_tokens - 1) // PREFILL_BLOCK * PREFILL_BLOCK + 1
-            news = np.arange(first, first + PREFILL_BLOCK, dtype=np.float64)
             logt, codes, anchor = grid.lookup(np.stack([np.ones_like(news), news], axis=1))
-            for j, n in enumerate(news.astype(int)):
-                out = (float(np.exp(logt[j])), int(codes[j]), round(float(anchor[j, 1])))
-                self._prefill_memo[(path, h_tab, kv, int(n))] = out
-        return self._prefill_memo[key]  # type: ignore[return-value]
+            return [
+                (float(np.exp(lt)), int(c), round(float(a)))
+                for lt, c, a in zip(logt, codes, anchor[:, 1], strict=True)
+            ]
+
+        return self._in_blocks(("mla_prefill", path, h_tab, kv), new_tokens, compute)
 
     # ---- all-reduce -----------------------------------------------------------------------
     def allreduce(self, nbytes: np.ndarray, num_devices: int, impl: str) -> Coded | None:
