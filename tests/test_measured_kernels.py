@@ -4,6 +4,7 @@ interpolated in log space, the roofline anchored outside them, provenance per op
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -717,3 +718,56 @@ def test_shapes_priced_in_blocks_match_each_shape_priced_alone() -> None:
             )
             assert cached == pytest.approx(alone * (with_cache / without), rel=1e-12)
         assert c_code == mk.EXTRAPOLATED and cached > alone
+
+
+def wide_ep_row(gpu: str, phase: str, tokens: int, ep: int) -> float:
+    """Seconds of one row of SGLang's DeepEP expert table (DeepSeek's layer, 1.01 power law)."""
+    found = kernel_tables.find(gpu, "moe", f"wideep_{phase}_moe_perf", "sglang")
+    assert found is not None
+    c = kernel_tables.read(found[0], mk._MOE_COLS)
+    hit = (c["num_tokens"] == tokens) & (c["moe_ep_size"] == ep)
+    hit &= (c["distribution"] == "power_law_1.01") & (c["moe_dtype"] == "fp8_block")
+    assert hit.sum() == 1
+    return float(c["latency"][hit][0]) * 1e-3
+
+
+def test_sglang_deepep_experts_are_priced_from_the_deepep_tables_per_phase() -> None:
+    """`--moe-a2a-backend deepep` runs DeepEP's grouped GEMMs on the dispatched tokens, not
+    the fused MoE kernel of the tables measured without DeepEP (GB200, DeepSeek-R1, EP 16).
+    Prefill batches take the normal-mode (context) table, decode batches the low-latency
+    (generation) one; experts of a dtype without a DeepEP table keep the fused tables."""
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    gb200 = get_device("gb200")
+    deepep = get_engine("sglang").with_overrides(moe_a2a="deepep")
+    par = Parallel(tp=1, dp=16, ep=16)
+    pred = Predictor(r1, gb200, par, deepep, latency_model="auto")
+
+    def experts(batch: BatchShape) -> float:
+        ops = {o.name: o for o in pred.ops(batch)}
+        return sum(ops[n].seconds for n in ("moe_up_proj", "moe_down_proj", "moe_act"))
+
+    layers = r1.num_moe_layers
+    # 16 ranks each prefilling 2,048 tokens: 32,768 tokens of the EP group, a measured row
+    prefill = BatchShape(0, 0, tuple((2048, 0) for _ in range(16)))
+    assert experts(prefill) == pytest.approx(
+        layers * wide_ep_row("gb200", "context", 32768, 16), rel=1e-9
+    )
+    # 1,024 decoding sequences over the 16 ranks: the low-latency table's 1,024-token row
+    assert experts(BatchShape(1024, 1024 * 2000, ())) == pytest.approx(
+        layers * wide_ep_row("gb200", "generation", 1024, 16), rel=1e-9
+    )
+    # the simulator's step prices a prefill batch with the context table too (and the
+    # kernels, not the eager host, set the pace of a prefill this long)
+    fused = Predictor(r1, gb200, par, get_engine("sglang"), latency_model="auto")
+    assert pred.step_s(0, 0, prefill.prefill) < fused.step_s(0, 0, prefill.prefill)
+    assert pred.step_s(0, 0, prefill.prefill) == pytest.approx(
+        sum(o.seconds for o in pred.ops(prefill)), rel=1e-9
+    )
+    # fp4 experts: no DeepEP table of that dtype, so the fused tables price them
+    fp4 = load_model("nvidia/DeepSeek-R1-NVFP4")
+    a = Predictor(fp4, gb200, par, deepep, latency_model="auto").ops(prefill)
+    b = Predictor(fp4, gb200, par, replace(deepep, moe_a2a="none"), latency_model="auto").ops(
+        prefill
+    )
+    up = {o.name: o.seconds for o in a}["moe_up_proj"]
+    assert up == pytest.approx({o.name: o.seconds for o in b}["moe_up_proj"], rel=1e-9)

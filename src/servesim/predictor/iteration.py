@@ -9,6 +9,7 @@ millions of iterations cost microseconds each; `iteration()` sums the same piece
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -215,6 +216,19 @@ class Predictor:
             self.fit,
             self.engine.moe_backend,
         )
+        # SGLang with DeepEP (`--moe-a2a-backend deepep`) runs the experts as DeepEP's grouped
+        # GEMMs on the tokens dispatched to each rank: normal mode for batches with prefill,
+        # low-latency mode for decode-only ones (`--deepep-mode auto`, the default), each
+        # measured in its own tables. The tables below are the decode phase's; steps with
+        # prefill are priced by a twin whose tables are the prefill phase's (`_prefill_twin`).
+        self._wide_ep = (
+            self.engine.name == "sglang"
+            and self.engine.moe_a2a.lower().startswith("deepep")
+            and self.par.ep > 1
+            and bool(model.num_experts)
+        )
+        self._table_phase = "generation" if self._wide_ep else ""
+        self._context_twin: Predictor | None = None
         self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
         self._attn_prov: dict[tuple, int] = {}  # attention (or GDN) shape -> provenance code
         self._eager_s = self._eager_host_s()
@@ -272,7 +286,8 @@ class Predictor:
         if batch.num_tokens:
             t = np.array([max(1, rank_tokens)], dtype=np.float64)
             stage_tokens = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
-            terms = self._rank_terms(t) + self._group_terms(np.array([float(stage_tokens)]))
+            group = self._prefill_twin() if self._wide_ep and batch.prefill else self
+            terms = self._rank_terms(t) + group._group_terms(np.array([float(stage_tokens)]))
             for term in terms:
                 if not term.calls:
                     continue  # done inside another operator here (a fused all-reduce)
@@ -822,7 +837,7 @@ class Predictor:
         )
         block = m.fp8_block and m.expert_dtype == "fp8"
         priced = self.kernels.moe(
-            tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION, block
+            tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION, block, self._table_phase
         )
         if priced is None:
             return None
@@ -1274,10 +1289,27 @@ class Predictor:
             return stage
         return stage * self.par.pp + self.pp_send_s(tokens)
 
+    def _prefill_twin(self) -> Predictor:
+        """This predictor with the expert tables of DeepEP's prefill phase (wide EP only): a
+        shallow copy sharing the attention memos, its own operator tables."""
+        twin = self._context_twin
+        if twin is None:
+            twin = copy.copy(self)
+            twin._table_phase = "context"
+            twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
+            twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
+            twin._dense_prov = {}
+            self._context_twin = twin
+        return twin
+
     def step_s(
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
     ) -> float:
         """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
+        if self._table_phase == "generation":
+            prefill = tuple(prefill)
+            if prefill:  # a prefill batch: DeepEP's normal mode (the base step, not a variant's)
+                return Predictor.step_s(self._prefill_twin(), decode_seqs, decode_context, prefill)
         if self.par.dp > 1:
             return self._step_dp_s(decode_seqs, decode_context, prefill)
         tokens = rows = decode_seqs * self.decode_tokens  # rows: of the LM head

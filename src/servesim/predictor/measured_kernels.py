@@ -66,6 +66,9 @@ MLA_DIMS = (512, 64, 128, 128)
 # Prefill chunk lengths and decode batch sizes priced together from the attention tables (one
 # vectorised lookup per block of this many, `MeasuredKernels._in_blocks`).
 SHAPE_BLOCK = 256
+# Phases of SGLang's DeepEP expert tables: prefill batches run DeepEP's normal mode, decode
+# batches its low-latency mode (`--deepep-mode auto`, the default).
+WIDE_EP_PHASES = ("context", "generation")
 
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
@@ -261,6 +264,12 @@ def _moe_sources(path: Path, moe_dtype: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=64)
+def _moe_dtypes(path: Path) -> frozenset[str]:
+    """The expert dtypes a MoE table measured."""
+    return frozenset(str(d) for d in kernel_tables.read(path, _MOE_COLS)["moe_dtype"])
+
+
+@functools.lru_cache(maxsize=64)
 def _moe_layouts(path: Path, moe_dtype: str, distribution: str = "balanced") -> np.ndarray:
     """Distinct (hidden, inter, top-k, experts, moe TP, EP) measured with this routing
     distribution (`balanced`, `power_law_1.01`, `power_law_1.2`)."""
@@ -410,6 +419,7 @@ class MeasuredKernels:
         self._blocks: dict[tuple, Sequence[Any]] = {}  # `_in_blocks`
         self._anchor_memo: dict[tuple, float] = {}  # the roofline at an MLA prefill anchor
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
+        self.engine = engine
 
     def _find(self, family: str, table: str) -> Path | None:
         for engine in self.engines:
@@ -428,6 +438,25 @@ class MeasuredKernels:
             if found:
                 return [path for path, _ in found]
         return []
+
+    @functools.cached_property
+    def _wide_ep_paths(self) -> dict[str, list[Path]]:
+        """SGLang's DeepEP expert-layer tables per phase, nearest version first: the grouped
+        GEMMs that run on the tokens DeepEP dispatched to a rank (aiconfigurator's
+        collector/wideep/sglang/collect_deepep_moe.py: `run_moe_core` on DeepEP normal-mode
+        dispatch outputs for `context`, low-latency masked layouts for `generation`). No other
+        engine measured them."""
+        if self.engine != "sglang":
+            return {}
+        return {
+            phase: [
+                path
+                for path, _ in kernel_tables.find_all(
+                    self.gpu, "moe", f"wideep_{phase}_moe_perf", "sglang", self.version
+                )
+            ]
+            for phase in WIDE_EP_PHASES
+        }
 
     @functools.cached_property
     def _paths(self) -> dict[str, Path | None]:
@@ -651,22 +680,33 @@ class MeasuredKernels:
         gated: bool = True,
         distribution: str = "balanced",
         block: bool = False,
+        wide_ep_phase: str = "",
     ) -> Coded | None:
         """Seconds of one expert layer (routed experts' GEMMs and activation) per token count
         in `tokens` (the tokens of the EP group, each counted once), for layout = (hidden,
         inter, top-k, experts, moe TP, EP) with the tokens routed as `distribution` (balanced
         where that distribution was not measured); the nearest measured layout in log space,
         the roofline carrying the difference, when this one was not measured. Block-scaled
-        fp8 experts (`block`) take the block-scaled table, per-tensor fp8's only without one."""
+        fp8 experts (`block`) take the block-scaled table, per-tensor fp8's only without one.
+        `wide_ep_phase` (`context` or `generation`): the layer runs on DeepEP-dispatched tokens,
+        priced from SGLang's DeepEP tables of that phase, or from the fused-MoE tables where
+        those hold no table of this dtype."""
+        paths = self._moe_paths
+        if wide_ep_phase:
+            wide = self._wide_ep_paths.get(wide_ep_phase, [])
+            dtypes = MOE_DTYPES.get(kernel_format(expert_dtype, block), ())
+            if any(dtypes and dtypes[0] in _moe_dtypes(w) for w in wide):
+                paths = wide
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
         for table_dtype in MOE_DTYPES.get(kernel_format(expert_dtype, block), ()):
             if block and found:
                 break  # a block-scaled table was found: per-tensor kernels are other kernels
-            for where in self._moe_paths:  # the nearest version first
+            for where in paths:  # the nearest version first
                 if not self.deepgemm_tables_ok and _moe_sources(where, table_dtype) == {"deepgemm"}:
                     continue  # DeepGEMM kernels, not the ones this engine runs
-                for routing in dict.fromkeys((distribution, "balanced")):
+                # (the DeepEP tables call an even spread `uniform`)
+                for routing in dict.fromkeys((distribution, "balanced", "uniform")):
                     layouts = _moe_layouts(where, table_dtype, routing)
                     if len(layouts):
                         break
