@@ -157,13 +157,34 @@ def test_busiest_share_of_random_dispatch_by_hand() -> None:
 
 def test_random_dispatch_loads_the_busiest_rank(r1, gb200) -> None:
     """SGLang PD prefill workers route by a random bootstrap room: 4 prompts on a dp-4 worker
-    put 2 on one rank (the balanced dispatch puts 1 on each), so the step takes longer."""
-    even = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), ENGINE)
-    rand = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4, dp_dispatch="random"), ENGINE)
+    put 2 on one rank (the balanced dispatch puts 1 on each), so the step takes longer, when a
+    rank's share of the budget (32,768 // 4 = 8,192 tokens) holds both."""
+    engine = replace(ENGINE, max_num_batched_tokens=32768)
+    even = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), engine)
+    rand = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4, dp_dispatch="random"), engine)
     chunks = ((4096, 0),) * 4
     assert rand._busiest_rank(0, chunks)[:2] == ([0, 1], 8192)
     assert even._busiest_rank(0, chunks)[2] == 1
     assert rand.step_s(0, 0, chunks) > even.step_s(0, 0, chunks)
+
+
+def test_a_rank_prefills_at_most_its_share_of_the_budget(r1, gb200) -> None:
+    """SGLang divides the prefill budget over the attention-DP ranks (16,384 // 4 = 4,096
+    tokens a rank) and each rank takes from its own queue: the rank sent two 4,096-token
+    prompts prefills one this step, so a full step costs what the balanced dispatch's does.
+    Shorter prompts still pile up on it, up to its 4,096 tokens: 8 of 1,024 tokens put 3 on
+    the median busiest rank (P(max ≤ 2) = 0.04, P(max ≤ 3) = 0.55), and 16 would put 6 there
+    (P(max ≤ 5) = 0.31, P(max ≤ 6) = 0.69), of which it takes 4."""
+    engine = replace(ENGINE, max_num_batched_tokens=16384)
+    even = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), engine)
+    rand = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4, dp_dispatch="random"), engine)
+    chunks = ((4096, 0),) * 4
+    assert rand._busiest_rank(0, chunks)[:2] == ([0], 4096)
+    assert rand.step_s(0, 0, chunks) == pytest.approx(even.step_s(0, 0, chunks), rel=1e-12)
+    assert busiest_share(8, 4) == 3 and busiest_share(16, 4) == 6
+    assert rand._busiest_rank(0, ((1024, 0),) * 8)[:2] == ([0, 1, 2], 3072)
+    idx, tokens, _ = rand._busiest_rank(0, ((1024, 0),) * 16)
+    assert (len(idx), tokens) == (4, 4096)  # what the balanced dispatch gives each rank
 
 
 def test_expert_collectives_follow_each_engine(r1, gb200) -> None:

@@ -1215,7 +1215,11 @@ class Predictor:
         i mod dp, and every rank decodes ceil(decode_seqs/dp) sequences (the busiest share).
         Under `random` dispatch the k chunks of a step land on uniformly random ranks and the
         busiest rank holds the median of the largest of dp multinomial counts
-        (`busiest_share`): the first that many chunks.
+        (`busiest_share`): the first that many chunks, but never more tokens than one rank
+        prefills in a step. SGLang splits the token budget over the ranks under attention DP
+        (server_args.py: `chunked_prefill_size // dp_size`) and each rank's scheduler takes
+        from its own queue, so a rank sent more keeps the rest for its next step while the
+        other ranks work on theirs.
         """
         chunks = list(prefill)
         dp = self.par.dp
@@ -1227,10 +1231,14 @@ class Predictor:
         dq = dec * q
         if self.par.dp_dispatch == "random" and len(chunks) > 1:
             share = busiest_share(len(chunks), dp)
-            if share > -(-len(chunks) // dp):
-                idx = list(range(share))
-                tok = dq + sum(chunks[i][0] for i in idx)
-                return idx, tok, dq + share
+            room = self.engine.max_num_batched_tokens // dp
+            tok = chunks[0][0]
+            take = 1
+            while take < share and tok + chunks[take][0] <= room:
+                tok += chunks[take][0]
+                take += 1
+            if take > -(-len(chunks) // dp):
+                return list(range(take)), dq + tok, dq + take
         ranks = min(dp, len(chunks))
         best: tuple[float, list[int], int, int] = (-1.0, [], dq, dq)
         if len(chunks) < dp:

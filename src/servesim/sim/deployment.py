@@ -198,7 +198,7 @@ class Deployment:
             self.model,
             repr(self.device),
             self.parallel,
-            self.engine,
+            self._priced_engine(),
             id(self.fit),
             self.latency_model,
             self.layer_skipping,
@@ -211,9 +211,20 @@ class Deployment:
         )
         return _shared(key, self._make_predictor)
 
+    def _priced_engine(self) -> EngineProfile:
+        """The engine profile the predictor prices with: with requests sent to random
+        attention-DP ranks, it carries this deployment's token budget, which bounds what one
+        rank prefills in a step (`Predictor._busiest_rank`)."""
+        tokens = self.batching()[1]
+        p = self.parallel
+        if p.dp > 1 and p.dp_dispatch == "random" and tokens != self.engine.max_num_batched_tokens:
+            return self.engine.with_overrides(max_num_batched_tokens=tokens)
+        return self.engine
+
     def _make_predictor(self) -> Predictor:
         """A new predictor for this deployment's variant (one at a time)."""
-        args = (self.model, self.device, self.parallel, self.engine, self.fit)
+        engine = self._priced_engine()
+        args = (self.model, self.device, self.parallel, engine, self.fit)
         variants = [self.speculative, self.layer_skipping, self.finetune, self.lora, self.af]
         if sum(v is not None for v in variants) + self.nanoflow > 1:
             raise ServesimError(
@@ -228,7 +239,7 @@ class Deployment:
                 self.device,
                 self.speculative,
                 self.parallel,
-                self.engine,
+                engine,
                 self.fit,
                 latency_model=self.latency_model,
                 expert_load=self.expert_load,
