@@ -111,7 +111,13 @@ def test_busiest_rank_under_round_robin_dispatch(r1, gb200) -> None:
     four = pred.step_s(10, 10 * 100, chunks[:4])
     five = pred.step_s(10, 10 * 100, chunks)
     assert five > four
-    one_rank = pred._rank_dense_s(1503, 5) + sum(pred.prefill_attn_s(*chunks[i]) for i in idx)
+    # rank 0's two prompts run as one batched attention call (`_prefill_gain`: 1,000 and 500
+    # tokens have the (query, key) pairs of two 791-token prompts)
+    pairs = (1000 * 1001 + 500 * 501) / 2 / 2
+    gain = pred._prefill_gain(2, pairs)
+    assert 0.4 < gain < 1 and pred._gain_memo == {(2, 791): gain}
+    attn = sum(pred.prefill_attn_s(*chunks[i]) for i in idx) * gain
+    one_rank = pred._rank_dense_s(1503, 5) + attn
     a, b = pred.decode_coeffs(10)
     hand = (
         one_rank

@@ -771,3 +771,33 @@ def test_sglang_deepep_experts_are_priced_from_the_deepep_tables_per_phase() -> 
     )
     up = {o.name: o.seconds for o in a}["moe_up_proj"]
     assert up == pytest.approx({o.name: o.seconds for o in b}["moe_up_proj"], rel=1e-9)
+
+
+def test_a_steps_prefill_chunks_share_one_batched_attention_call() -> None:
+    """The engines run one rank's prefill chunks as one varlen attention call a layer, which
+    fills SMs one short prompt leaves idle: 8 prompts of 1,024 tokens (Llama-3.1-8B on 8 H200s,
+    4 query heads and 1 KV head a GPU) cost what the table measures for a batch of 8, not 8
+    times its batch of 1; a lone chunk keeps its own price, and the gain fades with length."""
+    m = load_model("meta-llama/Llama-3.1-8B-Instruct")
+    pred = Predictor(
+        m, get_device("h200_sxm"), Parallel(tp=8), get_engine("vllm"), latency_model="auto"
+    )
+    found = kernel_tables.find("h200_sxm", "attention", "context_attention_perf", "vllm")
+    assert found is not None
+    c = kernel_tables.read(found[0], mk._ATTN_COLS)
+    hit = (c["num_heads"] == 4) & (c["num_key_value_heads"] == 1) & (c["head_dim"] == 128)
+    hit &= (c["isl"] == 1024) & (c["window_size"] == 0) & (c["kv_cache_dtype"] == "bfloat16")
+
+    def measured(batch: int) -> float:
+        return float(c["latency"][hit & (c["batch_size"] == batch)].min()) * 1e-3
+
+    layers = m.num_layers
+    assert pred._prefill_chunks_s([(1024, 0)]) == pytest.approx(layers * measured(1), rel=1e-9)
+    assert pred._prefill_chunks_s([(1024, 0)] * 8) == pytest.approx(layers * measured(8), rel=1e-9)
+    assert measured(8) < 0.5 * 8 * measured(1)
+    short, long = pred._prefill_gain(8, 1024 * 1025 / 2), pred._prefill_gain(8, 8192 * 8193 / 2)
+    assert short < long <= 1.0
+    # the per-operator breakdown prices the chunks as the step does
+    batch = BatchShape(0, 0, ((1024, 0),) * 8)
+    attn = sum(o.seconds for o in pred.ops(batch) if o.name == "attn_prefill")
+    assert attn == pytest.approx(pred._prefill_chunks_s(list(batch.prefill)), rel=1e-9)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 
@@ -229,6 +229,12 @@ class Predictor:
         )
         self._table_phase = "generation" if self._wide_ep else ""
         self._context_twin: Predictor | None = None
+        # The prefill chunks of one rank's iteration run as one batched (varlen) attention call
+        # a layer in every engine (vLLM's FlashAttention/FlashInfer, SGLang's ragged prefill,
+        # TensorRT-LLM's context FMHA over all context requests), which fills the SMs that one
+        # short prompt leaves idle. Hybrids (linear mixers) and DSA keep per-chunk prices.
+        self._batched_prefill = not model.num_linear_layers and not model.is_sparse
+        self._gain_memo: dict[tuple[int, int], float] = {}
         self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
         self._attn_prov: dict[tuple, int] = {}  # attention (or GDN) shape -> provenance code
         self._eager_s = self._eager_host_s()
@@ -897,8 +903,12 @@ class Predictor:
             t -= sum(op.seconds for op in extra)
             ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0, prov))
             ops += extra
+        gain = 1.0
+        if self._batched_prefill and len(batch.prefill) > 1:
+            pairs = sum(n * (c + (n + 1) * 0.5) for n, c in batch.prefill)
+            gain = self._prefill_gain(len(batch.prefill), pairs / len(batch.prefill))
         for new, cached in batch.prefill:
-            t = self.prefill_attn_s(new, cached)
+            t = self.prefill_attn_s(new, cached) * gain
             prov = PROVENANCE[self._attn_prov.get((new, cached), ROOFLINE)]
             extra = [
                 OpCost(name, kind, self._part_calls(kind), sec, 0.0, 0.0, PROVENANCE[code])
@@ -968,6 +978,55 @@ class Predictor:
     def prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
         """Seconds of one sequence's prefill-chunk attention over all layers of a stage."""
         return self._prefill_cache(new_tokens, cached_tokens)
+
+    def _prefill_chunks_s(self, chunks: Sequence[tuple[int, int]]) -> float:
+        """Seconds of the attention of one rank's prefill chunks in one iteration: each chunk's
+        own price, times the batching gain of that many prompts in one call."""
+        pre = self._prefill_cache
+        if len(chunks) == 1:
+            return pre(*chunks[0])
+        t = pairs = 0.0
+        for n, c in chunks:
+            t += pre(n, c)
+            pairs += n * (c + (n + 1) * 0.5)
+        if self._batched_prefill and chunks:
+            t *= self._prefill_gain(len(chunks), pairs / len(chunks))
+        return t
+
+    def _prefill_gain(self, chunks: int, mean_pairs: float) -> float:
+        """Per-prompt attention seconds of `chunks` prompts in one call over one prompt's
+        alone, for prompts of the causal length (whole tokens) with the chunks' mean (query,
+        key) pairs; memoised."""
+        length = max(1, round((math.sqrt(1.0 + 8.0 * mean_pairs) - 1.0) * 0.5))
+        key = (chunks, length)
+        gain = self._gain_memo.get(key)
+        if gain is None:
+            gain = self._gain_memo[key] = self._batch_gain_at(chunks, float(length))
+        return gain
+
+    def _batch_gain_at(self, batch: int, length: float) -> float:
+        """The batching gain of `batch` prompts of `length` tokens: the measured prefill table's
+        (`measured_kernels.batch_gains`) where one holds this layout, else the roofline's."""
+        m, k = self.model, self.kernels
+        qh, kvh, qk, v, _ = self._attn_heads()
+        if k is not None:
+            if m.is_mla:
+                heads = m.num_heads // self.par.tp
+                gain = k.mla_prefill_batch_gain(batch, length, heads, self._mla_dims(), m.kv_dtype)
+            elif qk == v:
+                gain = k.prefill_batch_gain(batch, length, qh, kvh, qk, m.kv_dtype, 0)
+            else:
+                gain = None
+            if gain is not None:
+                return float(gain)
+        if m.is_mla:  # un-absorbed prefill heads, as `_prefill_attn_s` prices them
+            qh = kvh = m.num_heads // self.par.tp
+            qk, v = m.qk_head_dim, m.v_head_dim
+        n = max(1, round(length))
+        dev, fit, kv = self.device, self.fit, m.kv_dtype
+        one = roofline.attn_prefill_s(1, n, 0, qh, kvh, qk, v, kv, dev, fit)
+        many = roofline.attn_prefill_s(batch, n, 0, qh, kvh, qk, v, kv, dev, fit)
+        return min(1.0, many / (batch * one)) if one > 0 else 1.0
 
     def _prefill_attn_s(self, new_tokens: int, cached_tokens: int) -> float:
         m = self.model
@@ -1246,11 +1305,11 @@ class Predictor:
             if self._hosted:
                 t0 = max(t0, self.host_s(dq, 0, dec))
             best = (t0 + self._rank_overhead_s(dec, 0), [], dq, dq)
-        pre = self._prefill_cache
         for r in range(ranks):
             idx = list(range(r, len(chunks), dp))
             tok = dq + sum(chunks[i][0] for i in idx)
-            cost = sum(pre(*chunks[i]) for i in idx) + self._rank_dense_s(tok, dq + len(idx))
+            cost = self._prefill_chunks_s([chunks[i] for i in idx]) if idx else 0.0
+            cost += self._rank_dense_s(tok, dq + len(idx))
             if self._hosted:
                 cost = max(cost, self.host_s(tok, len(idx), dec))
             cost += self._rank_overhead_s(dec, len(idx))
@@ -1282,7 +1341,7 @@ class Predictor:
         and scheduler, plus the expert layers over every rank's tokens."""
         chunks = list(prefill)
         idx, rank_tokens, rank_seqs = self._busiest_rank(decode_seqs, chunks)
-        stage = sum(self._prefill_cache(*chunks[i]) for i in idx)
+        stage = self._prefill_chunks_s([chunks[i] for i in idx]) if idx else 0.0
         if decode_seqs:
             a, b = self._decode_cache(decode_seqs)
             stage += a + b * decode_context
@@ -1321,13 +1380,11 @@ class Predictor:
         if self.par.dp > 1:
             return self._step_dp_s(decode_seqs, decode_context, prefill)
         tokens = rows = decode_seqs * self.decode_tokens  # rows: of the LM head
-        stage = 0.0
-        n_pre = 0
-        pre = self._prefill_cache
-        for new, cached in prefill:
+        chunks = prefill if isinstance(prefill, tuple | list) else tuple(prefill)
+        n_pre = len(chunks)
+        stage = self._prefill_chunks_s(chunks) if n_pre else 0.0
+        for new, _ in chunks:
             tokens += new
-            n_pre += 1
-            stage += pre(new, cached)
         if decode_seqs:
             a, b = self._decode_cache(decode_seqs)
             stage += a + b * decode_context

@@ -147,6 +147,32 @@ class Grid:
         return cKDTree(self._measured_cells[0])
 
 
+def batch_gains(grid: Grid, batch: int, lengths: np.ndarray) -> np.ndarray:
+    """Per-prompt seconds of `batch` prompts of each length in `lengths` run in one kernel
+    call, over one prompt's alone, from a (batch, prompt length) grid: interpolated in log
+    batch between the measured batches whose cells at that length are measured or
+    interpolated, the largest such batch's gain beyond it; at most 1 (a batch never costs more
+    a prompt than one prompt). Lengths outside the grid take its nearest edge's gains."""
+    ax_b, ax_l = grid.axes
+    lengths = np.asarray(lengths, dtype=np.float64)
+    out = np.ones(len(lengths))
+    sizes = np.exp(ax_b)
+    if batch <= 1 or sizes[0] > 1.0 + 1e-9:
+        return out
+    ls = np.exp(np.clip(np.log(np.maximum(lengths, 1.0)), ax_l[0], ax_l[-1]))
+    pts = np.stack([np.repeat(sizes, len(ls)), np.tile(ls, len(sizes))], axis=1)
+    logt, code, _ = grid.lookup(pts)
+    logt = logt.reshape(len(sizes), len(ls))
+    ok = ((code != EXTRAPOLATED) & ~np.isnan(logt.ravel())).reshape(len(sizes), len(ls))
+    lb = math.log(batch)
+    for j in range(len(ls)):
+        keep = ok[:, j]
+        if keep[0]:
+            log_gain = logt[keep, j] - ax_b[keep] - logt[0, j]
+            out[j] = min(1.0, math.exp(float(np.interp(lb, ax_b[keep], log_gain))))
+    return out
+
+
 def build_grid(coords: list[np.ndarray], latency_ms: np.ndarray) -> Grid:
     """A grid from scattered rows on a product of axes; repeated cells keep the fastest kernel
     (tables list several kernels for one shape, the engine picks the fastest)."""
@@ -570,6 +596,39 @@ class MeasuredKernels:
         if code == ROOFLINE:
             return query_s, ROOFLINE
         return t * query_s / anchor_s, EXTRAPOLATED
+
+    def prefill_batch_gain(
+        self, batch: int, length: float, qh: int, kvh: int, dim: int, kv_dtype: str, window: int
+    ) -> float | None:
+        """`batch_gains` of the prefill-attention table this layout takes (the nearest measured
+        head layout); None without one."""
+        path = self._paths["prefill"]
+        kv = KV_DTYPES.get(canonical(kv_dtype))
+        if path is None or kv is None:
+            return None
+        found = self._layout(path, qh, kvh, dim, kv, window)
+        if found is None:
+            return None
+        layout, w = found
+        grid = _attn_grid(path, layout, kv, w, False)
+        key = ("prefill_gain", path, layout, w, kv, batch)
+        return float(
+            self._in_blocks(key, max(1, round(length)), lambda ls: batch_gains(grid, batch, ls))
+        )
+
+    def mla_prefill_batch_gain(
+        self, batch: int, length: float, heads: int, dims: tuple[int, int, int, int], kv_dtype: str
+    ) -> float | None:
+        """`batch_gains` of the MLA prefill table this layout takes; None without one."""
+        found = self._mla("mla_prefill", heads, dims, kv_dtype)
+        if found is None:
+            return None
+        path, h_tab, kv = found
+        grid = _mla_grid(path, h_tab, kv, False)
+        key = ("mla_prefill_gain", path, h_tab, kv, batch)
+        return float(
+            self._in_blocks(key, max(1, round(length)), lambda ls: batch_gains(grid, batch, ls))
+        )
 
     def _prefill_base(
         self, new_tokens: int, qh: int, kvh: int, dim: int, kv_dtype: str, window: int
