@@ -903,10 +903,7 @@ class Predictor:
             t -= sum(op.seconds for op in extra)
             ops.append(OpCost("attn_decode", "attention", calls, t, 0.0, 0.0, prov))
             ops += extra
-        gain = 1.0
-        if self._batched_prefill and len(batch.prefill) > 1:
-            pairs = sum(n * (c + (n + 1) * 0.5) for n, c in batch.prefill)
-            gain = self._prefill_gain(len(batch.prefill), pairs / len(batch.prefill))
+        gain = self._chunks_gain(batch.prefill)
         for new, cached in batch.prefill:
             t = self.prefill_attn_s(new, cached) * gain
             prov = PROVENANCE[self._attn_prov.get((new, cached), ROOFLINE)]
@@ -985,13 +982,15 @@ class Predictor:
         pre = self._prefill_cache
         if len(chunks) == 1:
             return pre(*chunks[0])
-        t = pairs = 0.0
-        for n, c in chunks:
-            t += pre(n, c)
-            pairs += n * (c + (n + 1) * 0.5)
-        if self._batched_prefill and chunks:
-            t *= self._prefill_gain(len(chunks), pairs / len(chunks))
-        return t
+        return sum(pre(n, c) for n, c in chunks) * self._chunks_gain(chunks)
+
+    def _chunks_gain(self, chunks: Sequence[tuple[int, int]]) -> float:
+        """The batching gain (`_prefill_gain`) of one rank's prefill chunks; 1 for one chunk
+        or a model priced chunk by chunk."""
+        if not self._batched_prefill or len(chunks) < 2:
+            return 1.0
+        pairs = sum(n * (c + (n + 1) * 0.5) for n, c in chunks)
+        return self._prefill_gain(len(chunks), pairs / len(chunks))
 
     def _prefill_gain(self, chunks: int, mean_pairs: float) -> float:
         """Per-prompt attention seconds of `chunks` prompts in one call over one prompt's
