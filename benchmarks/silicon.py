@@ -558,7 +558,7 @@ def pool_settings(row: dict[str, str], prefix: str) -> dict[str, float | str]:
     for pair in (row.get(prefix + "settings") or "").split():
         key, _, value = pair.partition("=")
         try:
-            out[key] = value if key in ("kv_dtype", "ar_fusion", "a2a") else float(value)
+            out[key] = value if key in _TEXT_SETTINGS else float(value)
         except ValueError:
             raise ServesimError(
                 f"{prefix}settings holds {pair!r}, not key=number; regenerate the layout table "
@@ -593,6 +593,9 @@ def _apply_script(
     return engine.with_overrides(**overrides), limits
 
 
+# Recipe settings whose values are names, not numbers.
+_TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend"})
+
 # Launch-script fields that set an EngineProfile field directly: (field, its type).
 _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "mem_fraction": ("mem_util", float),
@@ -600,6 +603,7 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "recv_interval": ("recv_interval_steps", int),
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang --enable-flashinfer-allreduce-fusion
     "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend (recipes only)
+    "moe_backend": ("moe_backend", str),  # TensorRT-LLM moe_config.backend (recipes only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
     "adp_balance_timeout": ("adp_balance_timeout_iters", int),
 }

@@ -222,9 +222,13 @@ def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, o
 
 def _trtllm_settings(cfg: dict) -> dict[str, object]:
     """TensorRT-LLM LLM-API options servesim models: `kv_cache_config` (free-memory fraction,
-    dtype), `max_num_tokens` (per rank), `cuda_graph_config` (largest captured batch) and
-    attention-DP balancing (`attention_dp_config.enable_balance`, `timeout_iters`)."""
+    dtype), `max_num_tokens` (per rank), `cuda_graph_config` (largest captured batch),
+    attention-DP balancing (`attention_dp_config.enable_balance`, `timeout_iters`) and the fused
+    MoE's kernels (`moe_config.backend`: TRTLLM, CUTLASS, DEEPGEMM, WIDEEP, CUTEDSL)."""
     out: dict[str, object] = {}
+    moe = cfg.get("moe_config") or {}
+    if isinstance(moe, dict) and moe.get("backend"):
+        out["moe_backend"] = str(moe["backend"]).lower()
     kv = cfg.get("kv_cache_config") or {}
     if kv.get("free_gpu_memory_fraction") is not None:
         out["mem_fraction"] = kv["free_gpu_memory_fraction"]
@@ -255,7 +259,8 @@ READERS = (
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
-    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a); each engine's
+    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend);
+    each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per
     server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch
     scripts."""

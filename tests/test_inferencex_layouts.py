@@ -19,6 +19,7 @@ from servesim.errors import ServesimError  # noqa: E402
 DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
 SETTING_KEYS = {
     "a2a",
+    "moe_backend",
     "mem_fraction",
     "ar_fusion",
     "kv_dtype",
@@ -187,6 +188,8 @@ def test_layout_table_is_well_formed() -> None:
                     assert value == "flashinfer"
                 elif key == "a2a":
                     assert value.replace("_", "").isalnum()
+                elif key == "moe_backend":
+                    assert value in ("trtllm", "cutlass", "deepgemm", "wideep", "cutedsl")
                 else:
                     assert float(value) > 0
 
@@ -410,6 +413,13 @@ def test_recipe_engine_settings_in_servesim_names() -> None:
     # ... which reaches the pool's engine
     row = {"decode_settings": "a2a=deepep graph_max_bs=64"}
     assert silicon.pool_settings(row, "decode_") == {"a2a": "deepep", "graph_max_bs": 64.0}
+    # TensorRT-LLM's fused-MoE backend (which kernels price the experts)
+    trt = "backend:\n  trtllm_config:\n    decode:\n      moe_config:\n        backend: CUTLASS\n"
+    assert lay.recipe_settings(trt) == ("", "moe_backend=cutlass")
+    scripted = silicon.pool_settings({"decode_settings": "moe_backend=cutlass"}, "decode_")
+    assert scripted == {"moe_backend": "cutlass"}
+    engine, _ = silicon._apply_script(silicon.get_engine("trtllm"), {}, scripted, "trtllm", 1)
+    assert engine.moe_backend == "cutlass"
 
 
 def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
@@ -426,7 +436,7 @@ def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
     assert refusal == ""
     assert (
         filled["decode_settings"]
-        == "graph_max_bs=768 kv_dtype=fp8 mem_fraction=0.8 token_budget=768"
+        == "graph_max_bs=768 kv_dtype=fp8 mem_fraction=0.8 moe_backend=cutlass token_budget=768"
     )
     dep = silicon.deployment_of(filled, Catalog())
     pre, dec = dep.prefill, dep.decode
@@ -491,7 +501,9 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     assert note.startswith("engine flags from recipes/trtllm/b200-fp4/8k1k/stp/")
     assert "ctx2_gen5_tep8_batch64_eplb0_mtp0.yaml" in note
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("2", "64")
-    assert out["decode_settings"] == "graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 token_budget=64"
+    assert out["decode_settings"] == (
+        "graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 moe_backend=trtllm token_budget=64"
+    )
     assert row["decode_batch_size"] == "74"  # the input row is not modified
     other = dev_row("dsr1_gb200_trtllm_fp4_disagg_8192x1024_c6_cfg229")
     assert silicon.stated_layout_settings(other) == (other, "", "")

@@ -801,3 +801,26 @@ def test_a_steps_prefill_chunks_share_one_batched_attention_call() -> None:
     batch = BatchShape(0, 0, ((1024, 0),) * 8)
     attn = sum(o.seconds for o in pred.ops(batch) if o.name == "attn_prefill")
     assert attn == pytest.approx(pred._prefill_chunks_s(list(batch.prefill)), rel=1e-9)
+
+
+def test_a_trtllm_launch_that_names_deepgemm_is_priced_by_the_deepgemm_rows() -> None:
+    """TensorRT-LLM's `moe_config.backend: DEEPGEMM` (152 srt-slurm recipes) runs DeepGEMM's
+    block-scaled fp8 grouped GEMMs, which B200's table measures alone for that dtype; the table
+    of a launch naming no backend holds NVFP4 kernels too, and a TRTLLM, CUTLASS or WIDEEP
+    launch is priced by the fastest kernel of each shape, as one naming none."""
+    layout = (7168, 2048, 8, 256, 1, 8)  # DeepSeek's expert layer on 8 GPUs of EP
+    dev = get_device("b200_sxm")
+    rows = moe_rows("b200_sxm", "fp8_block", engine="trtllm", version="1.3.0rc20")
+    rows = {k: v for k, v in rows.items()}
+    hit = (rows["num_tokens"] == 256) & (rows["hidden_size"] == 7168)
+    hit &= (rows["num_experts"] == 256) & (rows["moe_tp_size"] == 1) & (rows["moe_ep_size"] == 8)
+    deepgemm = rows["latency"][hit].min() * 1e-3
+    asked = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend="deepgemm")
+    assert asked.moe_kernels == {"deepgemm"}
+    assert one_moe(asked, 256, layout, "fp8", block=True) == (pytest.approx(deepgemm), mk.MEASURED)
+    fp4 = {}
+    for name in ("auto", "TRTLLM", "CUTLASS", "WIDEEP"):
+        b = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend=name)
+        assert b.moe_kernels is None
+        fp4[name] = one_moe(b, 256, layout, "fp4")
+    assert len(set(fp4.values())) == 1

@@ -66,6 +66,16 @@ MLA_DIMS = (512, 64, 128, 128)
 # Prefill chunk lengths and decode batch sizes priced together from the attention tables (one
 # vectorised lookup per block of this many, `MeasuredKernels._in_blocks`).
 SHAPE_BLOCK = 256
+# The `kernel_source` values of aiconfigurator's TensorRT-LLM MoE tables that a
+# `moe_config.backend` runs (collector/trtllm/collect_moe.py): DeepGEMM's block-scaled fp8
+# grouped GEMMs. TRTLLM-gen was measured only in its opt-in min-latency mode
+# (`moe_torch_flow_min_latency`: at most 128 tokens, no finalize), not the throughput kernels
+# a TRTLLM launch runs, so that backend keeps the fastest kernel of each shape; so does CUTLASS
+# for now (NOTES.md, stop 35: its NVFP4 rows price B200 decode pools 20-25 % above their
+# measured TPOT although NVIDIA's recipes pick CUTLASS there for speed).
+TRTLLM_MOE_KERNELS: dict[str, frozenset[str]] = {
+    "deepgemm": frozenset({"deepgemm"}),
+}
 # Phases of SGLang's DeepEP expert tables: prefill batches run DeepEP's normal mode, decode
 # batches its low-latency mode (`--deepep-mode auto`, the default).
 WIDE_EP_PHASES = ("context", "generation")
@@ -296,23 +306,37 @@ def _moe_dtypes(path: Path) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _moe_layouts(path: Path, moe_dtype: str, distribution: str = "balanced") -> np.ndarray:
+def _moe_layouts(
+    path: Path,
+    moe_dtype: str,
+    distribution: str = "balanced",
+    kernels: frozenset[str] | None = None,
+) -> np.ndarray:
     """Distinct (hidden, inter, top-k, experts, moe TP, EP) measured with this routing
-    distribution (`balanced`, `power_law_1.01`, `power_law_1.2`)."""
+    distribution (`balanced`, `power_law_1.01`, `power_law_1.2`), by `kernels` (the
+    `kernel_source` values; None: any)."""
     c = kernel_tables.read(path, _MOE_COLS)
     keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == distribution)
+    if kernels is not None:
+        keep &= np.isin(c["kernel_source"], list(kernels))
     rows = np.stack([c[k] for k in _MOE_LAYOUT], axis=1)[keep]
     return np.unique(rows.astype(np.float64), axis=0)
 
 
 @functools.lru_cache(maxsize=256)
 def _moe_grid(
-    path: Path, moe_dtype: str, layout: tuple[float, ...], distribution: str = "balanced"
+    path: Path,
+    moe_dtype: str,
+    layout: tuple[float, ...],
+    distribution: str = "balanced",
+    kernels: frozenset[str] | None = None,
 ) -> Grid:
     """Expert-layer seconds over the token count for one layout and routing distribution (the
-    fastest kernel where several were measured)."""
+    fastest of `kernels`, or of every kernel measured, where several were)."""
     c = kernel_tables.read(path, _MOE_COLS)
     keep = (c["moe_dtype"] == moe_dtype) & (c["distribution"] == distribution)
+    if kernels is not None:
+        keep &= np.isin(c["kernel_source"], list(kernels))
     for name, v in zip(_MOE_LAYOUT, layout, strict=True):
         keep &= c[name] == v
     return build_grid([c["num_tokens"][keep]], c["latency"][keep])
@@ -435,6 +459,12 @@ class MeasuredKernels:
         # `resolve_moe_backend`: "serving AUTO resolves fp8_block to TRTLLM only when
         # is_sm_100f"); such a table prices only a launch that asks for DeepGEMM.
         self.deepgemm_tables_ok = engine != "trtllm" or moe_backend.lower() == "deepgemm"
+        # A TensorRT-LLM launch that names DeepGEMM as its fused-MoE backend
+        # (`moe_config.backend`) runs those kernels, which the tables name (`kernel_source`,
+        # `TRTLLM_MOE_KERNELS`); otherwise the fastest kernel measured for a shape prices it.
+        self.moe_kernels = (
+            TRTLLM_MOE_KERNELS.get(moe_backend.lower()) if engine == "trtllm" else None
+        )
         # aiconfigurator's TensorRT-LLM GEMM collector (collector/trtllm/collect_gemm.py) never
         # enters `autotune()`, so `trtllm::nvfp4_gemm`, which picks its tactic with
         # `AutoTuner.choose_one`, ran its untuned fallback tactic there; the engine tunes every
@@ -764,9 +794,12 @@ class MeasuredKernels:
             for where in paths:  # the nearest version first
                 if not self.deepgemm_tables_ok and _moe_sources(where, table_dtype) == {"deepgemm"}:
                     continue  # DeepGEMM kernels, not the ones this engine runs
+                kernels = self.moe_kernels
+                if kernels is not None and not kernels & _moe_sources(where, table_dtype):
+                    continue  # the launch's kernels were not measured here
                 # (the DeepEP tables call an even spread `uniform`)
                 for routing in dict.fromkeys((distribution, "balanced", "uniform")):
-                    layouts = _moe_layouts(where, table_dtype, routing)
+                    layouts = _moe_layouts(where, table_dtype, routing, kernels)
                     if len(layouts):
                         break
                 if not len(layouts):
@@ -777,7 +810,7 @@ class MeasuredKernels:
                     path, dist_used = where, routing
         if path is None:
             return None
-        grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used)
+        grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used, self.moe_kernels)
         tk = np.asarray(tokens, dtype=np.float64)
         ones = np.ones_like(tk)
         x = np.stack([tk, *(v * ones for v in best)], axis=1)
