@@ -806,8 +806,8 @@ def test_a_steps_prefill_chunks_share_one_batched_attention_call() -> None:
 def test_a_trtllm_launch_that_names_deepgemm_is_priced_by_the_deepgemm_rows() -> None:
     """TensorRT-LLM's `moe_config.backend: DEEPGEMM` (152 srt-slurm recipes) runs DeepGEMM's
     block-scaled fp8 grouped GEMMs, which B200's table measures alone for that dtype; the table
-    of a launch naming no backend holds NVFP4 kernels too, and a TRTLLM, CUTLASS or WIDEEP
-    launch is priced by the fastest kernel of each shape, as one naming none."""
+    of a launch naming no backend holds NVFP4 kernels too, and a TRTLLM or CUTLASS launch is
+    priced by the fastest kernel of each shape, as one naming none."""
     layout = (7168, 2048, 8, 256, 1, 8)  # DeepSeek's expert layer on 8 GPUs of EP
     dev = get_device("b200_sxm")
     rows = moe_rows("b200_sxm", "fp8_block", engine="trtllm", version="1.3.0rc20")
@@ -819,8 +819,30 @@ def test_a_trtllm_launch_that_names_deepgemm_is_priced_by_the_deepgemm_rows() ->
     assert asked.moe_kernels == {"deepgemm"}
     assert one_moe(asked, 256, layout, "fp8", block=True) == (pytest.approx(deepgemm), mk.MEASURED)
     fp4 = {}
-    for name in ("auto", "TRTLLM", "CUTLASS", "WIDEEP"):
+    for name in ("auto", "TRTLLM", "CUTLASS"):
         b = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend=name)
         assert b.moe_kernels is None
         fp4[name] = one_moe(b, 256, layout, "fp4")
     assert len(set(fp4.values())) == 1
+
+
+def test_a_trtllm_wideep_launch_is_priced_by_the_wideep_rows() -> None:
+    """TensorRT-LLM's `moe_config.backend: WIDEEP` runs its own expert kernels on the tokens its
+    all-to-all dispatched (aiconfigurator's `wideep_moe_perf`: CUTLASS NVFP4, the EP group's
+    tokens, the 1.01 power law without EPLB), not the fused MoE of `moe_perf`; fp8 experts,
+    which that table does not hold, keep the fused tables."""
+    layout = (7168, 2048, 8, 256, 1, 16)  # DeepSeek's expert layer over 16 GPUs of EP
+    found = kernel_tables.find("gb200", "moe", "wideep_moe_perf", "trtllm")
+    assert found is not None
+    c = kernel_tables.read(found[0], mk._MOE_COLS)
+    hit = (c["num_tokens"] == 1024) & (c["moe_ep_size"] == 16) & (c["hidden_size"] == 7168)
+    hit &= (c["num_experts"] == 256) & (c["distribution"] == "power_law_1.01")
+    assert hit.sum() == 1
+    dev = get_device("gb200")
+    wide = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend="WIDEEP")
+    t, code = one_moe(wide, 1024, layout, "fp4", "power_law_1.01")
+    assert (t, code) == (pytest.approx(float(c["latency"][hit][0]) * 1e-3), mk.MEASURED)
+    fused = mk.backend("measured", dev, "trtllm", None, FIT)
+    assert one_moe(fused, 1024, layout, "fp4", "power_law_1.01")[0] != pytest.approx(t)
+    fp8 = one_moe(wide, 1024, layout, "fp8", "power_law_1.01", block=True)
+    assert fp8 == one_moe(fused, 1024, layout, "fp8", "power_law_1.01", block=True)

@@ -465,6 +465,9 @@ class MeasuredKernels:
         self.moe_kernels = (
             TRTLLM_MOE_KERNELS.get(moe_backend.lower()) if engine == "trtllm" else None
         )
+        # TensorRT-LLM's WIDEEP backend runs its own expert kernels on the tokens its
+        # all-to-all dispatched, measured apart (`wideep_moe_perf`, `_trtllm_wide_ep_paths`).
+        self.trtllm_wide_ep = engine == "trtllm" and moe_backend.lower() == "wideep"
         # aiconfigurator's TensorRT-LLM GEMM collector (collector/trtllm/collect_gemm.py) never
         # enters `autotune()`, so `trtllm::nvfp4_gemm`, which picks its tactic with
         # `AutoTuner.choose_one`, ran its untuned fallback tactic there; the engine tunes every
@@ -513,6 +516,15 @@ class MeasuredKernels:
             ]
             for phase in WIDE_EP_PHASES
         }
+
+    @functools.cached_property
+    def _trtllm_wide_ep_paths(self) -> list[Path]:
+        """TensorRT-LLM's WideEP expert-layer tables, nearest version first: its CUTLASS
+        kernels on the tokens dispatched to a rank (aiconfigurator's
+        collector/wideep/trtllm/collect_moe_compute.py: `num_tokens` are the EP group's, each
+        DP rank holding num_tokens / EP; `_eplb` distributions with redundant slots apart)."""
+        found = kernel_tables.find_all(self.gpu, "moe", "wideep_moe_perf", "trtllm", self.version)
+        return [path for path, _ in found]
 
     @functools.cached_property
     def _paths(self) -> dict[str, Path | None]:
@@ -779,13 +791,33 @@ class MeasuredKernels:
         fp8 experts (`block`) take the block-scaled table, per-tensor fp8's only without one.
         `wide_ep_phase` (`context` or `generation`): the layer runs on DeepEP-dispatched tokens,
         priced from SGLang's DeepEP tables of that phase, or from the fused-MoE tables where
-        those hold no table of this dtype."""
-        paths = self._moe_paths
+        those hold no table of this dtype; a TensorRT-LLM WIDEEP launch (`trtllm_wide_ep`)
+        likewise takes its WideEP tables where they hold the dtype."""
+        wide: list[Path] = []
         if wide_ep_phase:
             wide = self._wide_ep_paths.get(wide_ep_phase, [])
-            dtypes = MOE_DTYPES.get(kernel_format(expert_dtype, block), ())
-            if any(dtypes and dtypes[0] in _moe_dtypes(w) for w in wide):
-                paths = wide
+        elif self.trtllm_wide_ep:
+            wide = self._trtllm_wide_ep_paths
+        if wide:
+            priced = self._moe_from(wide, tokens, layout, expert_dtype, gated, distribution, block)
+            if priced is not None:
+                return priced
+        return self._moe_from(
+            self._moe_paths, tokens, layout, expert_dtype, gated, distribution, block
+        )
+
+    def _moe_from(
+        self,
+        paths: list[Path],
+        tokens: np.ndarray,
+        layout: tuple[int, int, int, int, int, int],
+        expert_dtype: str,
+        gated: bool,
+        distribution: str,
+        block: bool,
+    ) -> Coded | None:
+        """`moe` from one family of tables (`paths`, nearest version first); None where they
+        hold no layout of this dtype and routing."""
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
         for table_dtype in MOE_DTYPES.get(kernel_format(expert_dtype, block), ()):
