@@ -448,8 +448,10 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = T
 
     Under SGLang's dp-attention the dense FFN layers and shared experts stay tensor-parallel
     over the whole group (`--moe-dense-tp-size` defaults to None, i.e. the full TP size:
-    python/sglang/srt/server_args.py); TRT-LLM replicates them on every attention-DP rank
-    (`overridden_tp_size=1 if enable_attention_dp`, tensorrt_llm/_torch/models/).
+    python/sglang/srt/server_args.py) unless the recipe sets `--moe-dense-tp-size 1` (each
+    rank then runs them on its own tokens, `enable_moe_dense_fully_dp`); TRT-LLM replicates
+    them on every attention-DP rank (`overridden_tp_size=1 if enable_attention_dp`,
+    tensorrt_llm/_torch/models/).
     A dense model (`moe` false) has no expert layers: its moe_tp/ep columns say nothing.
     """
     tp, pp, dp, ep = (
@@ -466,6 +468,8 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = T
         )
     sglang = row.get("backend") == "sglang"
     dense_tp = tp * dp if sglang and dp > 1 else 0
+    if sglang and pool_settings(row, prefix).get("dense_tp") == 1:
+        dense_tp = 0  # --moe-dense-tp-size 1: the dense layers stay on each rank's tokens
     # SGLang's PD prefill workers route to DP ranks by a random bootstrap room.
     dispatch = "random" if sglang and role == "prefill" else "balanced"
     return Parallel(

@@ -189,6 +189,7 @@ SGLANG_FLAGS = (
     ("chunked-prefill-size", "token_budget"),
     ("cuda-graph-max-bs", "graph_max_bs"),
     ("scheduler-recv-interval", "recv_interval"),
+    ("moe-dense-tp-size", "dense_tp"),
 )
 VLLM_FLAGS = (
     ("gpu-memory-utilization", "mem_fraction"),

@@ -19,6 +19,7 @@ from servesim.errors import ServesimError  # noqa: E402
 DEV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
 SETTING_KEYS = {
     "a2a",
+    "dense_tp",
     "moe_backend",
     "mem_fraction",
     "ar_fusion",
