@@ -601,3 +601,22 @@ def test_every_kind_of_table_deployment_simulates_from_a_dashboard_row() -> None
         assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (row["id"], ttft, tpot)
         simulated += 1
     assert simulated >= 20
+
+
+def test_sglang_moe_dense_tp_size_1_keeps_the_dense_layers_on_each_rank() -> None:
+    """SGLang's dense FFN layers are tensor-parallel over the whole dp-attention group by
+    default (`--moe-dense-tp-size` None); a recipe's `moe-dense-tp-size: 1` keeps them on each
+    rank's own tokens. The GB200 mid-curve recipe's prefill pools (tp 8, dp 8, ep 8) set it."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    recipe = "backend:\n  sglang_config:\n    prefill:\n      moe-dense-tp-size: 1\n"
+    assert lay.recipe_settings(recipe) == ("dense_tp=1", "")
+    row = {"backend": "sglang", "prefill_tp_size": "1", "prefill_attention_dp_size": "8"}
+    row |= {"prefill_moe_ep_size": "8", "prefill_pp_size": "1"}
+    assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 8
+    row["prefill_settings"] = "dense_tp=1"
+    assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 1
+    row["backend"] = "trtllm"  # TensorRT-LLM keeps them on every rank anyway
+    row.pop("prefill_settings")
+    assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 1
