@@ -300,12 +300,6 @@ def _moe_sources(path: Path, moe_dtype: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _moe_dtypes(path: Path) -> frozenset[str]:
-    """The expert dtypes a MoE table measured."""
-    return frozenset(str(d) for d in kernel_tables.read(path, _MOE_COLS)["moe_dtype"])
-
-
-@functools.lru_cache(maxsize=64)
 def _moe_layouts(
     path: Path,
     moe_dtype: str,
