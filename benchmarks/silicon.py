@@ -442,7 +442,13 @@ def _model(row: dict[str, str]):
     return model
 
 
-def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = True) -> Parallel:
+def _parallel(
+    row: dict[str, str],
+    prefix: str,
+    role: str = "agg",
+    moe: bool = True,
+    recipe: dict[str, float | str] | None = None,
+) -> Parallel:
     """A pool's layout from the row's `{prefix}tp_size`, ... columns: attention TP per DP
     rank, attention-DP ranks, and the expert layers as moe_tp × ep over all tp × dp GPUs.
 
@@ -453,6 +459,7 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = T
     them on every attention-DP rank (`overridden_tp_size=1 if enable_attention_dp`,
     tensorrt_llm/_torch/models/).
     A dense model (`moe` false) has no expert layers: its moe_tp/ep columns say nothing.
+    `recipe`: the pool's srt-slurm settings (`pool_settings`), where its flags come from.
     """
     tp, pp, dp, ep = (
         max(1, _int(row, prefix + key))
@@ -468,7 +475,7 @@ def _parallel(row: dict[str, str], prefix: str, role: str = "agg", moe: bool = T
         )
     sglang = row.get("backend") == "sglang"
     dense_tp = tp * dp if sglang and dp > 1 else 0
-    if sglang and pool_settings(row, prefix).get("dense_tp") == 1:
+    if sglang and (recipe or {}).get("dense_tp") == 1:
         dense_tp = 0  # --moe-dense-tp-size 1: the dense layers stay on each rank's tokens
     # SGLang's PD prefill workers route to DP ranks by a random bootstrap room.
     dispatch = "random" if sglang and role == "prefill" else "balanced"
@@ -508,7 +515,8 @@ def deployment_of(
     speculative = SpeculativeDecoding("mtp", k) if k else None
 
     def pool(prefix: str, role: str) -> Deployment:
-        par = _parallel(row, prefix, role, moe=model.num_experts > 0)
+        recipe = pool_settings(row, prefix) if role != "agg" else {}
+        par = _parallel(row, prefix, role, moe=model.num_experts > 0, recipe=recipe)
         bs = _int(row, prefix + "batch_size")
         limits = batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp)
         eng = engine
@@ -526,7 +534,6 @@ def deployment_of(
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and scripted and all(x is None for x in (trt, vllm)):
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
-        recipe = pool_settings(row, prefix) if role != "agg" else {}
         pool_model = model
         if recipe:
             eng, limits = _apply_script(eng, limits, recipe, row["backend"], par.dp)

@@ -615,8 +615,7 @@ def test_sglang_moe_dense_tp_size_1_keeps_the_dense_layers_on_each_rank() -> Non
     row = {"backend": "sglang", "prefill_tp_size": "1", "prefill_attention_dp_size": "8"}
     row |= {"prefill_moe_ep_size": "8", "prefill_pp_size": "1"}
     assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 8
-    row["prefill_settings"] = "dense_tp=1"
-    assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 1
+    recipe = silicon.pool_settings({"prefill_settings": "dense_tp=1"}, "prefill_")
+    assert silicon._parallel(row, "prefill_", "prefill", recipe=recipe).dense_tp == 1
     row["backend"] = "trtllm"  # TensorRT-LLM keeps them on every rank anyway
-    row.pop("prefill_settings")
     assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 1

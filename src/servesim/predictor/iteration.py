@@ -977,8 +977,8 @@ class Predictor:
         return self._prefill_cache(new_tokens, cached_tokens)
 
     def _prefill_chunks_s(self, chunks: Sequence[tuple[int, int]]) -> float:
-        """Seconds of the attention of one rank's prefill chunks in one iteration: each chunk's
-        own price, times the batching gain of that many prompts in one call."""
+        """Seconds of the attention of one rank's prefill chunks in one iteration (0 for none):
+        each chunk's own price, times the batching gain of that many prompts in one call."""
         pre = self._prefill_cache
         if len(chunks) == 1:
             return pre(*chunks[0])
@@ -1307,7 +1307,7 @@ class Predictor:
         for r in range(ranks):
             idx = list(range(r, len(chunks), dp))
             tok = dq + sum(chunks[i][0] for i in idx)
-            cost = self._prefill_chunks_s([chunks[i] for i in idx]) if idx else 0.0
+            cost = self._prefill_chunks_s([chunks[i] for i in idx])
             cost += self._rank_dense_s(tok, dq + len(idx))
             if self._hosted:
                 cost = max(cost, self.host_s(tok, len(idx), dec))
@@ -1340,7 +1340,7 @@ class Predictor:
         and scheduler, plus the expert layers over every rank's tokens."""
         chunks = list(prefill)
         idx, rank_tokens, rank_seqs = self._busiest_rank(decode_seqs, chunks)
-        stage = self._prefill_chunks_s([chunks[i] for i in idx]) if idx else 0.0
+        stage = self._prefill_chunks_s([chunks[i] for i in idx])
         if decode_seqs:
             a, b = self._decode_cache(decode_seqs)
             stage += a + b * decode_context
@@ -1381,7 +1381,7 @@ class Predictor:
         tokens = rows = decode_seqs * self.decode_tokens  # rows: of the LM head
         chunks = prefill if isinstance(prefill, tuple | list) else tuple(prefill)
         n_pre = len(chunks)
-        stage = self._prefill_chunks_s(chunks) if n_pre else 0.0
+        stage = self._prefill_chunks_s(chunks)
         for new, _ in chunks:
             tokens += new
         if decode_seqs:

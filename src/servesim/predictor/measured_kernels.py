@@ -66,16 +66,6 @@ MLA_DIMS = (512, 64, 128, 128)
 # Prefill chunk lengths and decode batch sizes priced together from the attention tables (one
 # vectorised lookup per block of this many, `MeasuredKernels._in_blocks`).
 SHAPE_BLOCK = 256
-# The `kernel_source` values of aiconfigurator's TensorRT-LLM MoE tables that a
-# `moe_config.backend` runs (collector/trtllm/collect_moe.py): DeepGEMM's block-scaled fp8
-# grouped GEMMs. TRTLLM-gen was measured only in its opt-in min-latency mode
-# (`moe_torch_flow_min_latency`: at most 128 tokens, no finalize), not the throughput kernels
-# a TRTLLM launch runs, so that backend keeps the fastest kernel of each shape; so does CUTLASS
-# for now (NOTES.md, stop 35: its NVFP4 rows price B200 decode pools 20-25 % above their
-# measured TPOT although NVIDIA's recipes pick CUTLASS there for speed).
-TRTLLM_MOE_KERNELS: dict[str, frozenset[str]] = {
-    "deepgemm": frozenset({"deepgemm"}),
-}
 # Phases of SGLang's DeepEP expert tables: prefill batches run DeepEP's normal mode, decode
 # batches its low-latency mode (`--deepep-mode auto`, the default).
 WIDE_EP_PHASES = ("context", "generation")
@@ -447,21 +437,12 @@ class MeasuredKernels:
         self.gpu = device.name
         self.version = version
         self.fit = fit
-        # aiconfigurator collected TensorRT-LLM's block-scaled fp8 MoE on Blackwell with
-        # DeepGEMM (collector/trtllm/collect_moe.py: "SM100/103: DeepGEMM"), while the engine's
-        # own choice there is its TRTLLM-gen kernels (the collector's note on
-        # `resolve_moe_backend`: "serving AUTO resolves fp8_block to TRTLLM only when
-        # is_sm_100f"); such a table prices only a launch that asks for DeepGEMM.
-        self.deepgemm_tables_ok = engine != "trtllm" or moe_backend.lower() == "deepgemm"
-        # A TensorRT-LLM launch that names DeepGEMM as its fused-MoE backend
-        # (`moe_config.backend`) runs those kernels, which the tables name (`kernel_source`,
-        # `TRTLLM_MOE_KERNELS`); otherwise the fastest kernel measured for a shape prices it.
-        self.moe_kernels = (
-            TRTLLM_MOE_KERNELS.get(moe_backend.lower()) if engine == "trtllm" else None
-        )
+        # TensorRT-LLM's fused-MoE backend (`moe_config.backend`, `--moe-backend`): which of
+        # its measured kernels price the experts (`_moe_kernels`).
+        self.moe_backend = moe_backend.lower()
         # TensorRT-LLM's WIDEEP backend runs its own expert kernels on the tokens its
         # all-to-all dispatched, measured apart (`wideep_moe_perf`, `_trtllm_wide_ep_paths`).
-        self.trtllm_wide_ep = engine == "trtllm" and moe_backend.lower() == "wideep"
+        self.trtllm_wide_ep = engine == "trtllm" and self.moe_backend == "wideep"
         # aiconfigurator's TensorRT-LLM GEMM collector (collector/trtllm/collect_gemm.py) never
         # enters `autotune()`, so `trtllm::nvfp4_gemm`, which picks its tactic with
         # `AutoTuner.choose_one`, ran its untuned fallback tactic there; the engine tunes every
@@ -800,6 +781,23 @@ class MeasuredKernels:
             self._moe_paths, tokens, layout, expert_dtype, gated, distribution, block
         )
 
+    def _moe_kernels(self, path: Path, moe_dtype: str) -> frozenset[str] | None:
+        """The kernels (`kernel_source`) of a MoE table that this launch runs for a dtype; None:
+        every one (the fastest of a shape prices it). TensorRT-LLM runs DeepGEMM's block-scaled
+        fp8 grouped GEMMs only when the launch asks for them (`moe_config.backend: DEEPGEMM`):
+        aiconfigurator measured its block-scaled fp8 MoE on Blackwell with DeepGEMM
+        (collector/trtllm/collect_moe.py: "SM100/103: DeepGEMM"), while the engine's own choice
+        there is TRTLLM-gen ("serving AUTO resolves fp8_block to TRTLLM only when is_sm_100f").
+        Every other TensorRT-LLM backend keeps the fastest of the rest: TRTLLM-gen was measured
+        only in its opt-in min-latency mode, and CUTLASS's NVFP4 rows price B200 decode pools
+        20-25 % above their measured TPOT (NOTES.md, stop 35)."""
+        if self.engine != "trtllm":
+            return None
+        sources = _moe_sources(path, moe_dtype)
+        if self.moe_backend == "deepgemm":
+            return sources & {"deepgemm"}
+        return sources - {"deepgemm"}
+
     def _moe_from(
         self,
         paths: list[Path],
@@ -814,15 +812,14 @@ class MeasuredKernels:
         hold no layout of this dtype and routing."""
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
+        path_kernels: frozenset[str] | None = None
         for table_dtype in MOE_DTYPES.get(kernel_format(expert_dtype, block), ()):
             if block and found:
                 break  # a block-scaled table was found: per-tensor kernels are other kernels
             for where in paths:  # the nearest version first
-                if not self.deepgemm_tables_ok and _moe_sources(where, table_dtype) == {"deepgemm"}:
-                    continue  # DeepGEMM kernels, not the ones this engine runs
-                kernels = self.moe_kernels
-                if kernels is not None and not kernels & _moe_sources(where, table_dtype):
-                    continue  # the launch's kernels were not measured here
+                kernels = self._moe_kernels(where, table_dtype)
+                if kernels is not None and not kernels:
+                    continue  # none of this launch's kernels was measured here
                 # (the DeepEP tables call an even spread `uniform`)
                 for routing in dict.fromkeys((distribution, "balanced", "uniform")):
                     layouts = _moe_layouts(where, table_dtype, routing, kernels)
@@ -833,10 +830,10 @@ class MeasuredKernels:
                 dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
                 if dist.min() < best_d - 1e-12:
                     best_d, best, found = float(dist.min()), layouts[np.argmin(dist)], table_dtype
-                    path, dist_used = where, routing
+                    path, dist_used, path_kernels = where, routing, kernels
         if path is None:
             return None
-        grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used, self.moe_kernels)
+        grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used, path_kernels)
         tk = np.asarray(tokens, dtype=np.float64)
         ones = np.ones_like(tk)
         x = np.stack([tk, *(v * ones for v in best)], axis=1)

@@ -212,14 +212,13 @@ class Deployment:
         return _shared(key, self._make_predictor)
 
     def _priced_engine(self) -> EngineProfile:
-        """The engine profile the predictor prices with: with requests sent to random
-        attention-DP ranks, it carries this deployment's token budget, which bounds what one
-        rank prefills in a step (`Predictor._busiest_rank`)."""
+        """The engine profile the predictor prices with, carrying this deployment's token
+        budget (it bounds what one attention-DP rank prefills in a step,
+        `Predictor._busiest_rank`)."""
         tokens = self.batching()[1]
-        p = self.parallel
-        if p.dp > 1 and p.dp_dispatch == "random" and tokens != self.engine.max_num_batched_tokens:
-            return self.engine.with_overrides(max_num_batched_tokens=tokens)
-        return self.engine
+        if tokens == self.engine.max_num_batched_tokens:
+            return self.engine
+        return self.engine.with_overrides(max_num_batched_tokens=tokens)
 
     def _make_predictor(self) -> Predictor:
         """A new predictor for this deployment's variant (one at a time)."""
