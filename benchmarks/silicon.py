@@ -308,9 +308,10 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
         return None
 
 
-# Launch fields that are names, not numbers: the recurrent state's format and SGLang's
-# all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`).
-TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion")
+# Launch fields that are names, not numbers: the recurrent state's format, SGLang's
+# all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`) and the format
+# MXFP4 experts quantise activations to (e.g. vLLM's VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1).
+TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion", "mxfp4_activation")
 
 
 def script_launch(row: dict[str, str]) -> dict[str, float | str]:
@@ -363,6 +364,14 @@ QUANT = {
     "w4a16_mxfp4_cutlass": "mxfp4",
     "w4a8_mxfp4_mxfp8": "mxfp4",
     "w4a8_mxfp4_mxfp8_trtllm": "mxfp4",
+}
+# The MXFP4 MoE modes name the activation format the run quantised to (MXFP8 or none); the
+# tables price the two as different kernels (`EngineProfile.mxfp4_activation`).
+MXFP4_ACTIVATION = {
+    "w4a16_mxfp4": "bf16",
+    "w4a16_mxfp4_cutlass": "bf16",
+    "w4a8_mxfp4_mxfp8": "mxfp8",
+    "w4a8_mxfp4_mxfp8_trtllm": "mxfp8",
 }
 
 
@@ -503,7 +512,10 @@ def deployment_of(
         raise ServesimError(f"mode {mode!r} is neither 'agg' nor 'disagg'")
     device = catalog.get(row["system"])
     model = _model(row)
-    engine = get_engine(row["backend"])
+    moe_mode = (row.get("moe_quant_mode") or "").strip().lower()
+    engine = get_engine(row["backend"]).with_overrides(
+        mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode)
+    )
     isl = _int(row, "isl")
 
     trt = inferencex_trtllm_launch(row)
@@ -615,6 +627,7 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang --enable-flashinfer-allreduce-fusion
     "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend (recipes only)
     "moe_backend": ("moe_backend", str),  # TensorRT-LLM moe_config.backend (recipes only)
+    "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
     "adp_balance_timeout": ("adp_balance_timeout_iters", int),
 }

@@ -50,6 +50,7 @@ LAUNCH_FIELDS = (
     "recv_interval",
     "ssm_dtype",
     "ar_fusion",
+    "mxfp4_activation",
 )
 # The runner's variables a script's values may depend on (runners/launch_*.sh export them).
 RUNNER_VARS = ("ISL", "OSL", "CONC", "TP", "EP_SIZE")
@@ -285,7 +286,9 @@ def launch_settings(script: str) -> dict[str, str]:
       `--mamba-ssm-dtype`, vLLM `--mamba-ssm-cache-dtype`; '' leaves the checkpoint's
       `mamba_ssm_dtype`;
     - ar_fusion: "flashinfer" where the script passes SGLang's
-      `--enable-flashinfer-allreduce-fusion`, '' otherwise.
+      `--enable-flashinfer-allreduce-fusion`, '' otherwise;
+    - mxfp4_activation: what MXFP4 experts quantise activations to, where the script chooses
+      (`mxfp4_activation_of`).
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
@@ -370,9 +373,33 @@ def launch_settings(script: str) -> dict[str, str]:
     }
     fusion = re.search(r"--enable-flashinfer-allreduce-fusion\b", script)
     out["ar_fusion"] = "flashinfer" if fusion else ""
+    out["mxfp4_activation"] = mxfp4_activation_of(script)
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
     return out
+
+
+# How a launch chooses the activation format of MXFP4 experts (gpt-oss), and which it is:
+# vLLM's environment switches and `--mxfp4-backend` (vllm/model_executor/layers/quantization/
+# mxfp4.py `get_mxfp4_backend`), SGLang's `--flashinfer-mxfp4-moe-precision`, TensorRT-LLM's
+# `OVERRIDE_QUANT_ALGO` (`ModelConfig.override_quant_algo`).
+_MXFP4_SWITCHES = (
+    (r"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8(?:_CUTLASS)?=[\"']?1\b", "mxfp8"),
+    (r"VLLM_USE_FLASHINFER_MOE_MXFP4_BF16=[\"']?1\b", "bf16"),
+    (r"VLLM_MXFP4_USE_MARLIN=[\"']?1\b", "bf16"),
+    (r"--mxfp4-backend[= ]+[\"']?(?:trtllm-mxfp8|TRTLLM_MXFP8|cutlass|CUTLASS)\b", "mxfp8"),
+    (r"--mxfp4-backend[= ]+[\"']?(?:marlin|MARLIN|triton|TRITON|trtllm|TRTLLM)(?![-\w])", "bf16"),
+    (r"--flashinfer-mxfp4-moe-precision[= ]+[\"']?bf16\b", "bf16"),
+    (r"OVERRIDE_QUANT_ALGO=[\"']?W4A16_MXFP4\b", "bf16"),
+    (r"OVERRIDE_QUANT_ALGO=[\"']?W4A8_MXFP4_MXFP8\b", "mxfp8"),
+)
+
+
+def mxfp4_activation_of(script: str) -> str:
+    """ "mxfp8" or "bf16" where a launch script chooses what its MXFP4 experts quantise
+    activations to (one answer across the script), '' where it leaves the engine's choice."""
+    found = {fmt for pattern, fmt in _MXFP4_SWITCHES if re.search(pattern, script)}
+    return found.pop() if len(found) == 1 else ""
 
 
 def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict[str, object]]:

@@ -205,6 +205,14 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     )
     got = launch_settings(vllm)
     assert (got["kv_cache_dtype"], got["mem_fraction"], got["max_seqs"]) == ("fp8", "0.9", "CONC")
+    assert got["mxfp4_activation"] == ""  # vLLM's default: bf16 activations
+    # gptoss_fp4_b200.sh asks vLLM for the MXFP8 kernel, gptoss_fp4_h200.sh for Marlin
+    mxfp8 = launch_settings("export VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1\n" + vllm)
+    assert mxfp8["mxfp4_activation"] == "mxfp8"
+    marlin = launch_settings("export VLLM_MXFP4_USE_MARLIN=1\n" + vllm)
+    assert marlin["mxfp4_activation"] == "bf16"
+    assert launch_settings("vllm serve --mxfp4-backend trtllm-mxfp8")["mxfp4_activation"] == "mxfp8"
+    assert launch_settings("vllm serve --mxfp4-backend trtllm")["mxfp4_activation"] == "bf16"
     assert got["token_budget"] == ""  # 8192 in the file and ISL*2 on the command line
     assert got["graph_max_bs"] == "2048"
     trt = (
@@ -224,6 +232,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "recv_interval": "",
         "ssm_dtype": "",
         "ar_fusion": "",
+        "mxfp4_activation": "",  # TensorRT-LLM's own choice on the GPU
     }
     sglang = (
         "if [[ $TP -eq 8 ]]; then\n  MEM_FRAC_STATIC=0.82\nelse\n  MEM_FRAC_STATIC=0.95\nfi\n"

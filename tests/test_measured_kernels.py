@@ -849,3 +849,35 @@ def test_a_trtllm_wideep_launch_is_priced_by_the_wideep_rows() -> None:
     assert one_moe(fused, 1024, layout, "fp4", "power_law_1.01")[0] != pytest.approx(t)
     fp8 = one_moe(wide, 1024, layout, "fp8", "power_law_1.01", block=True)
     assert fp8 == one_moe(fused, 1024, layout, "fp8", "power_law_1.01", block=True)
+
+
+def test_mxfp4_experts_are_priced_by_the_activation_format_the_engine_runs() -> None:
+    """gpt-oss's MXFP4 experts run on MXFP8-quantised activations under TensorRT-LLM on
+    Blackwell (`get_mxfp4_quant_algo`: W4A8_MXFP4_MXFP8 from SM 10.0) and on bf16 ones on
+    Hopper; B200's TensorRT-LLM table measured both, 4x apart at 64 tokens, so the launch's
+    format picks the row. A launch naming bf16 (`--mxfp4-activation bf16`) takes the other."""
+    layout = (2880, 2880, 4, 128, 1, 1)  # gpt-oss-120b's expert layer on one GPU
+    dev = get_device("b200_sxm")
+
+    def row(dtype: str) -> float:
+        rows = moe_rows("b200_sxm", dtype, engine="trtllm", version="1.3.0rc20")
+        hit = (rows["num_tokens"] == 64) & (rows["hidden_size"] == 2880)
+        hit &= (rows["num_experts"] == 128) & (rows["topk"] == 4) & (rows["moe_tp_size"] == 1)
+        hit &= rows["moe_ep_size"] == 1
+        assert hit.sum() == 1
+        return float(rows["latency"][hit][0]) * 1e-3
+
+    w4a8, w4a16 = row("w4a8_mxfp4_mxfp8"), row("w4a16_mxfp4")
+    assert w4a16 > 3 * w4a8
+    trt = mk.backend("measured", dev, "trtllm", "1.3.0rc20", FIT)
+    assert one_moe(trt, 64, layout, "mxfp4") == (pytest.approx(w4a8), mk.MEASURED)
+    bf16 = mk.backend("measured", dev, "trtllm", "1.3.0rc20", FIT, mxfp4_activation="bf16")
+    assert one_moe(bf16, 64, layout, "mxfp4") == (pytest.approx(w4a16), mk.MEASURED)
+    # the engines' own choices (vLLM needs VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 for MXFP8)
+    assert mk.mxfp4_activation("trtllm", "b200_sxm") == "mxfp8"
+    assert mk.mxfp4_activation("trtllm", "h200_sxm") == "bf16"
+    assert mk.mxfp4_activation("sglang", "gb200") == "mxfp8"
+    assert mk.mxfp4_activation("vllm", "b200_sxm") == "bf16"
+    assert mk.mxfp4_activation("vllm", "b200_sxm", "mxfp8") == "mxfp8"
+    with pytest.raises(ServesimError, match="MXFP4 activation"):
+        mk.mxfp4_activation("vllm", "b200_sxm", "fp8")

@@ -511,6 +511,20 @@ def test_every_aiconfigurator_quant_mode_is_one_servesim_prices() -> None:
         model.with_dtypes(weight=fmt, expert=fmt)  # raises for a format servesim lacks
     assert silicon.QUANT["w4a8_mxfp4_mxfp8"] == "mxfp4"
     assert silicon.QUANT["nvfp4_wo"] == "mxfp4"  # W4A16: not the FP4 tensor-core rate
+    # every MXFP4 MoE mode names the activation format its run quantised to
+    mxfp4 = [m.name for m in MoEQuantMode if "mxfp4" in m.name]
+    assert mxfp4 and all(m in silicon.MXFP4_ACTIVATION for m in mxfp4)
+
+
+def test_an_mxfp4_row_runs_the_activation_format_its_moe_mode_names() -> None:
+    """aiconfigurator's gpt-oss rows say whether the experts ran W4A8 (MXFP8 activations) or
+    W4A16; the engine prices that kernel, and a row that does not say keeps the engine's own
+    choice on the GPU."""
+    cat = Catalog()
+    base = dict(model_path="openai/gpt-oss-120b", system="b200_sxm", backend="vllm", tp_size="1")
+    for mode, act in (("w4a8_mxfp4_mxfp8", "mxfp8"), ("w4a16_mxfp4", "bf16"), ("", "auto")):
+        dep = silicon.deployment_of(row(**base, moe_quant_mode=mode, batch_size="8"), cat)
+        assert dep.engine.mxfp4_activation == act
 
 
 def test_launch_ssm_dtype_reaches_the_model() -> None:

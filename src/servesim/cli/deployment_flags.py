@@ -20,7 +20,7 @@ from servesim.cli.settings import (
     add_switch,
 )
 from servesim.spec.devices import catalog
-from servesim.spec.engine_profile import ALLREDUCE_NORM_FUSION, get_engine
+from servesim.spec.engine_profile import ALLREDUCE_NORM_FUSION, MXFP4_ACTIVATIONS, get_engine
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
@@ -69,6 +69,7 @@ SPEC_OPTIONS = (
 TreeWidths = Annotated[tuple[PosInt, ...], BeforeValidator(_int_list)]
 MirrorLink = Literal["nvlink", "infiniband", "pcie"]
 NormFusion = Literal[ALLREDUCE_NORM_FUSION]  # type: ignore[valid-type]  # the engine profile's
+Mxfp4Activation = Literal[MXFP4_ACTIVATIONS]  # type: ignore[valid-type]
 
 
 class DeploymentSettings(Settings):
@@ -89,6 +90,7 @@ class DeploymentSettings(Settings):
     moe_backend: NonEmpty | None = None  # None: the engine's own choice
     moe_a2a_backend: NonEmpty | None = None  # None: the engine's (SGLang: none)
     allreduce_norm_fusion: NormFusion | None = None  # None: the engine's
+    mxfp4_activation: Mxfp4Activation | None = None  # None: the engine's choice on the GPU
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -241,6 +243,13 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "workspace), flashinfer (SGLang --enable-flashinfer-allreduce-fusion, up to 2048 "
         "tokens) or none (default: the engine's; trtllm for trtllm, none otherwise)",
     )
+    g.add_argument(
+        "--mxfp4-activation",
+        choices=MXFP4_ACTIVATIONS,
+        help="what MXFP4 experts (gpt-oss) quantise activations to: mxfp8 (W4A8: TensorRT-LLM "
+        "and SGLang on Blackwell, vLLM with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1) or bf16 "
+        "(W4A16); auto (default): the engine's own choice on the GPU",
+    )
     if simulate:
         add_switch(
             g,
@@ -295,6 +304,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
             moe_backend=s.moe_backend.lower() if s.moe_backend else None,
             moe_a2a=s.moe_a2a_backend.lower() if s.moe_a2a_backend else None,
             allreduce_norm_fusion=s.allreduce_norm_fusion,
+            mxfp4_activation=s.mxfp4_activation,
         ),
         replicas=getattr(s, "replicas", 1),
         max_num_seqs=s.max_num_seqs,

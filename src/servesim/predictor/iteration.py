@@ -215,6 +215,7 @@ class Predictor:
             getattr(self.engine, "version", None),
             self.fit,
             self.engine.moe_backend,
+            self.engine.mxfp4_activation,
         )
         # SGLang with DeepEP (`--moe-a2a-backend deepep`) runs the experts as DeepEP's grouped
         # GEMMs on the tokens dispatched to each rank: normal mode for batches with prefill,

@@ -29,6 +29,7 @@ from servesim.errors import ServesimError
 from servesim.predictor import kernel_tables, roofline
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import canonical, compute_dtype, gemm_compute_dtype, kernel_format
+from servesim.spec.engine_profile import MXFP4_ACTIVATIONS
 
 MEASURED, INTERPOLATED, EXTRAPOLATED, ROOFLINE = 0, 1, 2, 3
 PROVENANCE = ("measured", "interpolated", "extrapolated", "roofline")
@@ -56,9 +57,16 @@ MOE_DTYPES = {
     "fp8": ("fp8", "fp8_block"),
     "fp8_block": ("fp8_block", "fp8"),
     "fp4": ("nvfp4",),
-    "mxfp4": ("w4a16_mxfp4",),
+    "mxfp4": ("w4a16_mxfp4", "w4a8_mxfp4_mxfp8"),
     "int4": ("int4_wo",),
 }
+# MXFP4 experts (gpt-oss) run on bf16 activations (W4A16) or on activations quantised to MXFP8
+# (W4A8), measured as different kernels about 3-4x apart on Blackwell: the table dtype of each.
+MXFP4_TABLES = {"bf16": "w4a16_mxfp4", "mxfp8": "w4a8_mxfp4_mxfp8"}
+# GPUs of the measured set by tensor-core generation: SM 10.x (B200, B300, GB200, GB300) and
+# SM 12.0 (RTX PRO 6000 Blackwell); the others are Ampere, Ada, Hopper or not NVIDIA's.
+SM100_GPUS = frozenset({"b200_sxm", "b300_sxm", "gb200", "gb300"})
+SM120_GPUS = frozenset({"rtx_pro_6000_server"})
 ACT_BYTES = 2.0  # activations travel in bf16
 # The MLA tables measure DeepSeek-V3's latent layout: (kv_lora_rank, qk_rope_head_dim,
 # qk_nope_head_dim, v_head_dim); another layout is left to the roofline.
@@ -432,6 +440,7 @@ class MeasuredKernels:
         version: str | None,
         fit: roofline.KernelFit,
         moe_backend: str = "auto",
+        mxfp4_activation: str = "auto",
     ) -> None:
         self.device = device
         self.gpu = device.name
@@ -443,6 +452,8 @@ class MeasuredKernels:
         # TensorRT-LLM's WIDEEP backend runs its own expert kernels on the tokens its
         # all-to-all dispatched, measured apart (`wideep_moe_perf`, `_trtllm_wide_ep_paths`).
         self.trtllm_wide_ep = engine == "trtllm" and self.moe_backend == "wideep"
+        # The activation format of MXFP4 expert GEMMs (`EngineProfile.mxfp4_activation`).
+        self.mxfp4_activation = mxfp4_activation
         # aiconfigurator's TensorRT-LLM GEMM collector (collector/trtllm/collect_gemm.py) never
         # enters `autotune()`, so `trtllm::nvfp4_gemm`, which picks its tactic with
         # `AutoTuner.choose_one`, ran its untuned fallback tactic there; the engine tunes every
@@ -781,6 +792,17 @@ class MeasuredKernels:
             self._moe_paths, tokens, layout, expert_dtype, gated, distribution, block
         )
 
+    def _moe_table_dtypes(self, expert_dtype: str, block: bool) -> tuple[str, ...]:
+        """The MoE tables' dtypes that price experts of this format, preferred first: MXFP4
+        experts take the kernel of the activation format this launch runs
+        (`mxfp4_activation`), at the nearest layout measured in that format, and the other
+        format only where that one was not measured at all."""
+        fmt = kernel_format(expert_dtype, block)
+        if fmt != "mxfp4":
+            return MOE_DTYPES.get(fmt, ())
+        first = MXFP4_TABLES[mxfp4_activation(self.engine, self.gpu, self.mxfp4_activation)]
+        return (first, *(t for t in MOE_DTYPES["mxfp4"] if t != first))
+
     def _moe_kernels(self, path: Path, moe_dtype: str) -> frozenset[str] | None:
         """The kernels (`kernel_source`) of a MoE table that this launch runs for a dtype; None:
         every one (the fastest of a shape prices it). TensorRT-LLM runs DeepGEMM's block-scaled
@@ -813,9 +835,12 @@ class MeasuredKernels:
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
         path_kernels: frozenset[str] | None = None
-        for table_dtype in MOE_DTYPES.get(kernel_format(expert_dtype, block), ()):
-            if block and found:
-                break  # a block-scaled table was found: per-tensor kernels are other kernels
+        # Block-scaled fp8 and MXFP4 experts keep the first dtype found: the others are other
+        # kernels (per-tensor scales; the other activation format), not other layouts.
+        strict = block or kernel_format(expert_dtype) == "mxfp4"
+        for table_dtype in self._moe_table_dtypes(expert_dtype, block):
+            if strict and found:
+                break
             for where in paths:  # the nearest version first
                 kernels = self._moe_kernels(where, table_dtype)
                 if kernels is not None and not kernels:
@@ -1048,10 +1073,12 @@ def backend(
     version: str | None,
     fit: roofline.KernelFit,
     moe_backend: str = "auto",
+    mxfp4_activation: str = "auto",
 ) -> MeasuredKernels | None:
     """The measured backend a predictor uses under `latency_model`: None for "roofline" and for
     "auto" on a GPU without tables; "measured" refuses such a GPU. `moe_backend` is the
-    engine's fused-MoE implementation (`EngineProfile.moe_backend`)."""
+    engine's fused-MoE implementation (`EngineProfile.moe_backend`), `mxfp4_activation` the
+    format its MXFP4 experts quantise activations to (`EngineProfile.mxfp4_activation`)."""
     if latency_model not in LATENCY_MODELS:
         raise ServesimError(
             f"Unknown latency model {latency_model!r}; use auto, measured or roofline."
@@ -1067,4 +1094,28 @@ def backend(
                 "roofline."
             )
         return None
-    return MeasuredKernels(device, engine, version, fit, moe_backend)
+    return MeasuredKernels(device, engine, version, fit, moe_backend, mxfp4_activation)
+
+
+def mxfp4_activation(engine: str, gpu: str, setting: str = "auto") -> str:
+    """The activation format ("mxfp8" or "bf16") MXFP4 expert GEMMs run on: `setting` when the
+    launch names one, else the engine's own choice on this GPU.
+
+    - TensorRT-LLM: W4A8_MXFP4_MXFP8 from SM 10.0 up, W4A16_MXFP4 below
+      (`ModelConfig.get_mxfp4_quant_algo`: `get_sm_version() >= 100`);
+    - SGLang: gpt-oss on SM 10.x runs the `flashinfer_mxfp4` MoE runner, whose default
+      precision quantises activations to MXFP8 (`--flashinfer-mxfp4-moe-precision default`;
+      `bf16` keeps them); Hopper runs Triton kernels on bf16;
+    - vLLM: bf16 unless the launch asks for MXFP8 (`get_mxfp4_backend`: SM100_FI_MXFP4_BF16 by
+      default, `VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1` for the MXFP8 kernel)."""
+    if setting not in MXFP4_ACTIVATIONS:
+        raise ServesimError(
+            f"Unknown MXFP4 activation format {setting!r}; use {', '.join(MXFP4_ACTIVATIONS)}."
+        )
+    if setting != "auto":
+        return setting
+    if engine == "trtllm" and gpu in SM100_GPUS | SM120_GPUS:
+        return "mxfp8"
+    if engine == "sglang" and gpu in SM100_GPUS:
+        return "mxfp8"
+    return "bf16"

@@ -86,6 +86,8 @@ TOKENIZE_S_PER_TOKEN = 2.5e-6
 
 
 ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer")
+# What MXFP4 expert GEMMs quantise their activations to (`EngineProfile.mxfp4_activation`).
+MXFP4_ACTIVATIONS = ("auto", "mxfp8", "bf16")
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,9 @@ class EngineProfile:
     # `--moe-runner-backend`): "auto" is the engine's own choice. The measured backend prices
     # expert layers only from tables of a kernel this can be (`measured_kernels.moe`).
     moe_backend: str = "auto"
+    # The format MXFP4 experts (gpt-oss) quantise their activations to: "auto" (the engine's
+    # own choice on the GPU, `measured_kernels.mxfp4_activation`), "mxfp8" or "bf16".
+    mxfp4_activation: str = "auto"
     # Which models' tensor-parallel all-reduces also do the residual add and the RMSNorm that
     # follow them, in the same kernel (`fuses_allreduce_norm`, `fused_allreduce_max_tokens`):
     # "none"; "trtllm", TensorRT-LLM's eager fusion for the model families it enables it for;
