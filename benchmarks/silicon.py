@@ -309,9 +309,10 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
 
 
 # Launch fields that are names, not numbers: the recurrent state's format, SGLang's
-# all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`) and the format
-# MXFP4 experts quantise activations to (e.g. vLLM's VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1).
-TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion", "mxfp4_activation")
+# all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`), the format
+# MXFP4 experts quantise activations to (e.g. vLLM's VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)
+# and the MoE kernels (vLLM's VLLM_USE_FLASHINFER_MOE_INT4=1).
+TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion", "mxfp4_activation", "moe_backend")
 
 
 def script_launch(row: dict[str, str]) -> dict[str, float | str]:
@@ -626,7 +627,7 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "recv_interval": ("recv_interval_steps", int),
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang --enable-flashinfer-allreduce-fusion
     "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend (recipes only)
-    "moe_backend": ("moe_backend", str),  # TensorRT-LLM moe_config.backend (recipes only)
+    "moe_backend": ("moe_backend", str),  # TRT-LLM moe_config.backend; vLLM's FlashInfer int4
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
     "adp_balance_timeout": ("adp_balance_timeout_iters", int),

@@ -51,6 +51,7 @@ LAUNCH_FIELDS = (
     "ssm_dtype",
     "ar_fusion",
     "mxfp4_activation",
+    "moe_backend",
 )
 # The runner's variables a script's values may depend on (runners/launch_*.sh export them).
 RUNNER_VARS = ("ISL", "OSL", "CONC", "TP", "EP_SIZE")
@@ -288,7 +289,10 @@ def launch_settings(script: str) -> dict[str, str]:
     - ar_fusion: "flashinfer" where the script passes SGLang's
       `--enable-flashinfer-allreduce-fusion`, '' otherwise;
     - mxfp4_activation: what MXFP4 experts quantise activations to, where the script chooses
-      (`mxfp4_activation_of`).
+      (`mxfp4_activation_of`);
+    - moe_backend: "flashinfer_trtllm" where a vLLM script sets
+      `VLLM_USE_FLASHINFER_MOE_INT4=1` (FlashInfer's TRT-LLM MxInt4 MoE instead of Marlin,
+      e.g. kimik2.5_int4_b200.sh), '' otherwise.
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
@@ -374,6 +378,8 @@ def launch_settings(script: str) -> dict[str, str]:
     fusion = re.search(r"--enable-flashinfer-allreduce-fusion\b", script)
     out["ar_fusion"] = "flashinfer" if fusion else ""
     out["mxfp4_activation"] = mxfp4_activation_of(script)
+    int4 = re.search(r"VLLM_USE_FLASHINFER_MOE_INT4=[\"']?1\b", script)
+    out["moe_backend"] = "flashinfer_trtllm" if int4 else ""
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
     return out

@@ -213,6 +213,9 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     assert marlin["mxfp4_activation"] == "bf16"
     assert launch_settings("vllm serve --mxfp4-backend trtllm-mxfp8")["mxfp4_activation"] == "mxfp8"
     assert launch_settings("vllm serve --mxfp4-backend trtllm")["mxfp4_activation"] == "bf16"
+    # kimik2.5_int4_b200.sh from 2026-03-25: FlashInfer's TRT-LLM MxInt4 MoE, not Marlin
+    int4 = launch_settings("export VLLM_USE_FLASHINFER_MOE_INT4=1\n" + vllm)
+    assert (int4["moe_backend"], got["moe_backend"]) == ("flashinfer_trtllm", "")
     assert got["token_budget"] == ""  # 8192 in the file and ISL*2 on the command line
     assert got["graph_max_bs"] == "2048"
     trt = (
@@ -233,6 +236,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "ssm_dtype": "",
         "ar_fusion": "",
         "mxfp4_activation": "",  # TensorRT-LLM's own choice on the GPU
+        "moe_backend": "",
     }
     sglang = (
         "if [[ $TP -eq 8 ]]; then\n  MEM_FRAC_STATIC=0.82\nelse\n  MEM_FRAC_STATIC=0.95\nfi\n"

@@ -881,3 +881,27 @@ def test_mxfp4_experts_are_priced_by_the_activation_format_the_engine_runs() -> 
     assert mk.mxfp4_activation("vllm", "b200_sxm", "mxfp8") == "mxfp8"
     with pytest.raises(ServesimError, match="MXFP4 activation"):
         mk.mxfp4_activation("vllm", "b200_sxm", "fp8")
+
+
+def test_a_vllm_launch_asking_for_flashinfer_int4_moe_is_priced_by_that_kernel() -> None:
+    """`VLLM_USE_FLASHINFER_MOE_INT4=1` (InferenceX's Kimi-K2.5 B200 launches) runs FlashInfer's
+    TRT-LLM MxInt4 MoE instead of Marlin on SM 10.x. vLLM's B200 tables measured Marlin only;
+    SGLang's measured the FlashInfer kernel, 3x faster at 4,096 tokens of Kimi's layout, and
+    price it. Hopper ignores the variable (Marlin stays)."""
+    layout = (7168, 2048, 8, 384, 8, 1)  # Kimi-K2.5's expert layer, MoE TP 8
+    found = kernel_tables.find("b200_sxm", "moe", "moe_perf", "sglang")
+    assert found is not None
+    c = kernel_tables.read(found[0], mk._MOE_COLS)
+    hit = (c["moe_dtype"] == "int4_wo") & (c["num_experts"] == 384) & (c["num_tokens"] == 4096)
+    hit &= (c["moe_tp_size"] == 8) & (c["moe_ep_size"] == 1) & (c["distribution"] == "balanced")
+    assert hit.sum() == 1 and "flashinfer_trtllm" in str(c["kernel_source"][hit][0])
+    flashinfer = float(c["latency"][hit][0]) * 1e-3
+    dev = get_device("b200_sxm")
+    asked = mk.backend("measured", dev, "vllm", None, FIT, moe_backend="flashinfer_trtllm")
+    assert one_moe(asked, 4096, layout, "int4") == (pytest.approx(flashinfer), mk.MEASURED)
+    marlin = one_moe(mk.backend("measured", dev, "vllm", None, FIT), 4096, layout, "int4")[0]
+    assert marlin > 2 * flashinfer
+    h200 = get_device("h200_sxm")
+    hopper = mk.backend("measured", h200, "vllm", None, FIT, moe_backend="flashinfer_trtllm")
+    default = mk.backend("measured", h200, "vllm", None, FIT)
+    assert one_moe(hopper, 4096, layout, "int4") == one_moe(default, 4096, layout, "int4")

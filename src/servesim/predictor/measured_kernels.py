@@ -477,12 +477,27 @@ class MeasuredKernels:
     def _moe_paths(self) -> list[Path]:
         """Every collection of expert-layer tables, this engine's nearest version first: the
         collections measured different model layouts (TensorRT-LLM 1.3.0rc23's H200 tables
-        hold four, none DeepSeek's, which rc20 measured)."""
+        hold four, none DeepSeek's, which rc20 measured). A launch that names a kernel family
+        (`_moe_kernel_family`) looks in every engine's tables after its own for it."""
+        paths: list[Path] = []
         for engine in self.engines:  # one engine's kernels, as `_find` picks them
             found = kernel_tables.find_all(self.gpu, "moe", "moe_perf", engine, self.version)
-            if found:
-                return [path for path, _ in found]
-        return []
+            paths += [path for path, _ in found]
+            if paths and not self._moe_kernel_family:
+                break
+        return paths
+
+    @property
+    def _moe_kernel_family(self) -> str:
+        """The kernel family a vLLM launch asks its fused MoE for, whichever engine's tables
+        measured it ('' for the engine's own choice): `VLLM_USE_FLASHINFER_MOE_INT4=1` runs
+        FlashInfer's TRT-LLM MxInt4 MoE on SM 10.x (`is_flashinfer_mxint4_moe_available`),
+        which vLLM's tables do not hold and SGLang's (`sglang_flashinfer_trtllm_moe`, int4)
+        do."""
+        sm100 = self.gpu in SM100_GPUS
+        if self.engine == "vllm" and self.moe_backend == "flashinfer_trtllm" and sm100:
+            return "flashinfer_trtllm"
+        return ""
 
     @functools.cached_property
     def _wide_ep_paths(self) -> dict[str, list[Path]]:
@@ -812,7 +827,11 @@ class MeasuredKernels:
         there is TRTLLM-gen ("serving AUTO resolves fp8_block to TRTLLM only when is_sm_100f").
         Every other TensorRT-LLM backend keeps the fastest of the rest: TRTLLM-gen was measured
         only in its opt-in min-latency mode, and CUTLASS's NVFP4 rows price B200 decode pools
-        20-25 % above their measured TPOT (NOTES.md, stop 35)."""
+        20-25 % above their measured TPOT (NOTES.md, stop 35). A vLLM launch naming a kernel
+        family (`_moe_kernel_family`) runs only kernels of that family."""
+        if self._moe_kernel_family:
+            family = self._moe_kernel_family
+            return frozenset(k for k in _moe_sources(path, moe_dtype) if family in k)
         if self.engine != "trtllm":
             return None
         sources = _moe_sources(path, moe_dtype)
