@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from properties_lib import with_kv_tokens
 
 from servesim.predictor.iteration import BatchShape
 from servesim.sim.deployment import Deployment
@@ -214,3 +215,27 @@ def test_a_lone_sglang_pd_request_agrees_with_a_published_measurement() -> None:
     w = Workload(np.arange(n) * 5.0, np.full(n, 1000), np.full(n, 200))
     ttft = simulate(dep, w).columns()["ttft_s"][1:]
     assert float(np.mean(ttft)) == pytest.approx(0.100, rel=0.25)
+
+
+def test_an_sglang_decode_worker_keeps_a_decode_reserve_for_every_request() -> None:
+    """Claim (SGLang `DecodePreallocQueue._allocatable_tokens`): a handed-over request's KV is
+    pre-allocated only if its prompt fits what is free after 512 tokens are kept for the
+    decoding of every request the worker holds, has in transfer, and this one. With a decode
+    cache of 9,000 tokens, A (4,001 tokens with its first) runs; B would fit beside it
+    (4,999 free) but not with the reserve (4,001 + 2 × 512 = 5,025), so B's KV is pulled only
+    when A finishes. With 9,300 tokens (5,299 − A's ≤ 200 new tokens ≥ 5,025 free) it is not
+    held."""
+    assert get_engine("sglang").disagg_decode_reserve_tokens == 512
+    out_a = 200
+    w = Workload(np.array([0.0, 0.0]), np.array([P, P]), np.array([out_a, OUT]))
+    prefill = Deployment(LLAMA8, H100, engine=get_engine("sglang"))
+
+    def run(kv_tokens: int) -> dict:
+        decode = with_kv_tokens(prefill, kv_tokens)
+        assert decode.memory().kv_tokens == kv_tokens
+        return simulate(DisaggDeployment(prefill, decode, "infiniband"), w).columns()
+
+    held = run(9000)
+    assert held["first_token_s"][1] > held["finish_s"][0]
+    roomy = run(9300)
+    assert roomy["first_token_s"][1] < roomy["finish_s"][0]

@@ -198,7 +198,7 @@ def test_power_of_two_is_deterministic_and_routers_are_checked() -> None:
 def test_router_signals_drain_to_zero_with_migration_and_preemption(monkeypatch) -> None:
     """Conservation: every token a replica counted as outstanding or queued (the routers' and
     migration's signals) is taken off again when its request finishes, moves away or is
-    admitted — also for migrated requests preempted and recomputed at their destination."""
+    admitted — also for migrated requests preempted and recomputed at their destination (vLLM)."""
     import servesim.sim.simulate as sim
     from servesim.spec.engine_profile import get_engine
 
@@ -221,6 +221,9 @@ def test_router_signals_drain_to_zero_with_migration_and_preemption(monkeypatch)
         )
         res = simulate(dep, bursty(1, rate=5.0, n=3000), router="least_kv")
         cols = res.columns()
-        assert cols["preemptions"].sum() > 0 and res.summary()["migrations"] > 0
+        if engine == "vllm":
+            assert cols["preemptions"].sum() > 0 and res.summary()["migrations"] > 0
+        else:  # admits only what runs to completion (GUARANTEED_NO_EVICT): never preempts
+            assert cols["preemptions"].sum() == 0
         assert (cols["generated_tokens"] == cols["output_tokens"]).all()
         assert seen[-1] == [(0, 0)] * 4, (engine, seen[-1])

@@ -276,3 +276,22 @@ def test_no_engine_runs_more_sequences_than_max_num_seqs(engine: str) -> None:
     cols = res.columns()
     assert cols["preemptions"].sum() == 0  # so each request is in service once
     assert _most_in_service(cols) == 4
+
+
+def test_tensorrt_llm_admits_only_what_can_run_to_completion() -> None:
+    """TensorRT-LLM's default capacity policy (GUARANTEED_NO_EVICT) admits a request only when
+    the blocks of its whole length fit beside every admitted request's final blocks: a cache of
+    4,096 tokens holds four 256 + 768-token requests to completion (32 pages of 32 each), so
+    ten sent at once run four at a time, none preempted, and the fifth starts when the first
+    finishes. vLLM admits on the prompt's blocks (sixteen prompts fit) and preempts."""
+    w = Workload(np.zeros(10), np.full(10, 256), np.full(10, 768))
+    trt = with_kv_tokens(dep(engine=get_engine("trtllm")), 4096)
+    assert trt.memory().kv_tokens == 4096
+    cols = simulate(trt, w).columns()
+    assert cols["preemptions"].sum() == 0
+    assert _most_in_service(cols) == 4
+    starts = np.sort(cols["scheduled_s"])
+    assert starts[3] < cols["finish_s"].min() <= starts[4]
+    assert (cols["generated_tokens"] == 768).all()
+    vllm = simulate(with_kv_tokens(dep(), 4096), w).columns()
+    assert _most_in_service(vllm) > 4 and vllm["preemptions"].sum() > 0

@@ -126,6 +126,7 @@ class BatchFormation:
             budget, new_blocks = self._admit_with_prefix(budget, free, new_blocks, chunks, shapes)
         elif waiting:
             tab = self.table
+            reserve = cfg.reserve_to_completion
             seqs = len(off) + len(prefilling)  # decoding requests hold slots in every engine
             while waiting and budget > 0 and seqs < cfg.max_num_seqs:
                 rid = waiting[0]
@@ -134,9 +135,11 @@ class BatchFormation:
                     break
                 n = target if target < budget else budget
                 need = -(-n // bs)
-                if need > free:
+                final = self.completion_blocks(rid) if reserve else 0
+                if need > free or (reserve and not self.fits_to_completion(final)):
                     break
                 waiting.popleft()
+                self.hold_to_completion(rid, final)
                 self.queued_tokens -= target
                 if tab.scheduled_s[rid] < 0:
                     tab.scheduled_s[rid] = self.now
@@ -192,9 +195,11 @@ class BatchFormation:
                 break
             n = todo if todo < budget else budget
             need = -(-n // bs)
-            if need + pin > free:
+            final = self.completion_blocks(rid) if cfg.reserve_to_completion else 0
+            if need + pin > free or not self.fits_to_completion(final):
                 break
             waiting.popleft()
+            self.hold_to_completion(rid, final)
             self._pin(rid, k, target)
             free -= pin + need
             self.queued_tokens -= target
@@ -257,6 +262,7 @@ class BatchFormation:
             tab.generated[rid] += 1
             if tab.generated[rid] >= tab.output_tokens[rid]:
                 self.fixed_blocks -= held
+                self._end_hold(rid)
                 if self.pins:
                     self._unpin(rid)
                 tab.finish_s[rid] = end
@@ -308,6 +314,7 @@ class BatchFormation:
         if self.prefilling:
             rid, _, _, blocks, _ = self.prefilling.pop()
             self.fixed_blocks -= blocks
+            self._end_hold(rid)
             if self.pins:
                 self._unpin(rid)
             tab.preemptions[rid] += 1

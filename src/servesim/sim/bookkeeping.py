@@ -45,6 +45,7 @@ class RequestBookkeeping:
         """Remove a request from the decode group; returns its cached tokens."""
         off = self.off.pop(rid)
         del self.joined[rid]
+        self._end_hold(rid)
         if self.spec_state is not None:  # what the group's sums hold for it: its drawn tokens
             off = self._spec_leave_offset(rid)
         self.off_sum -= off

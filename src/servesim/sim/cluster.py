@@ -388,9 +388,11 @@ class Cluster:
             gen = tab.generated[rid]
             cached = tab.prompt_tokens[rid] + (gen - 1 if gen > 1 else 0)
             need = -(-(cached + 1) // bs)
-            if not (dst.has_seat() and dst.has_room(need)):
+            final = dst.completion_blocks(rid)
+            if not (dst.has_seat() and dst.reserve_room(need) and dst.fits_to_completion(final)):
                 return
             q.popleft()
+            dst.hold_to_completion(rid, final)
             dst.reserve(need)
             dst.promised += 1
             nbytes = path.kv_bytes(cached) / path.compression

@@ -113,6 +113,9 @@ def build_pool(
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
         overlap=e.overlap_scheduling and role != "prefill",
+        # (a context server's requests end at their first token: nothing to reserve beyond it)
+        reserve_to_completion=e.reserve_to_completion and role != "prefill",
+        decode_reserve_tokens=e.disagg_decode_reserve_tokens if role == "decode" else 0,
         recv_interval=(
             e.adp_balance_timeout_iters
             if e.adp_balance_timeout_iters and dep.parallel.dp > 1

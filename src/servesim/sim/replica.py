@@ -103,6 +103,13 @@ class ReplicaConfig:
     # batch_wait_ratio × max_num_batched_tokens tokens or they waited batch_wait_iters steps.
     batch_wait_iters: int = 0
     batch_wait_ratio: float = 0.0
+    # TensorRT-LLM's default capacity policy (GUARANTEED_NO_EVICT): a request is admitted only
+    # when the blocks of its whole length (prompt + max new tokens) fit beside those every
+    # admitted request will hold at its end, so nothing is ever preempted.
+    reserve_to_completion: bool = False
+    # A disaggregated decode worker's decode reserve per request it holds or takes in
+    # (`EngineProfile.disagg_decode_reserve_tokens`; 0: none).
+    decode_reserve_tokens: int = 0
 
 
 class Replica(
@@ -124,6 +131,8 @@ class Replica(
         "busy_s",
         "cfg",
         "encoder",
+        "final_blocks",
+        "final_of",
         "finish_heap",
         "fixed_blocks",
         "fresh",
@@ -226,6 +235,10 @@ class Replica(
         # Blocks outside the decode group's private ones: prefill chunks, pinned prefix blocks,
         # KV held for a transfer, blocks reserved for an incoming request.
         self.fixed_blocks = 0
+        # Blocks each admitted request will hold at its end, and their sum, where the engine
+        # admits only what can run to completion (`ReplicaConfig.reserve_to_completion`).
+        self.final_of: dict[int, int] = {}
+        self.final_blocks = 0
         # Lock-step decode group, stored as offsets from the step counter G.
         self.G = 0
         self.off: dict[int, int] = {}  # rid -> private cached tokens minus G
@@ -476,6 +489,36 @@ class Replica(
         if (self.off_sum + n * (g + bs - 1)) // bs <= free:  # Σ ceil(x/bs) ≤ (Σx + n(bs−1))/bs
             return True
         return self.blocks.blocks_at(g) <= free
+
+    def completion_blocks(self, rid: int) -> int:
+        """Blocks request `rid` holds at its end (prompt and every output token)."""
+        tab = self.table
+        return -(-int(tab.prompt_tokens[rid] + tab.output_tokens[rid]) // self.cfg.block_size)
+
+    def fits_to_completion(self, blocks: int) -> bool:
+        """Whether a request of `blocks` final blocks may be admitted: always, unless the
+        engine reserves to completion and the admitted requests' final blocks leave too few."""
+        return not self.cfg.reserve_to_completion or self.final_blocks + blocks <= self.kv_blocks
+
+    def hold_to_completion(self, rid: int, blocks: int) -> None:
+        """Count an admitted request's final blocks (engines that reserve to completion)."""
+        if self.cfg.reserve_to_completion:
+            self.final_of[rid] = blocks
+            self.final_blocks += blocks
+
+    def _end_hold(self, rid: int) -> None:
+        """A request left (finished, preempted, moved): its final blocks are free again."""
+        if self.final_of:
+            self.final_blocks -= self.final_of.pop(rid, 0)
+
+    def reserve_room(self, blocks: int) -> bool:
+        """Whether a handed-over request of `blocks` blocks can be pre-allocated: `has_room`,
+        with the decode reserve kept for every request here, in transfer, and this one."""
+        per = self.cfg.decode_reserve_tokens
+        if per:
+            n = self.num_requests + self.promised + 1
+            blocks += -(-per * n // self.cfg.block_size)
+        return self.has_room(blocks)
 
     def has_seat(self) -> bool:
         """Whether one more sequence may become active here: the engine's request cap

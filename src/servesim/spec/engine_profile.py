@@ -205,6 +205,19 @@ class EngineProfile:
     # every rank has context requests, is not modelled: InferenceX's DeepSeek runs set 0.)
     adp_balance_timeout_iters: int = 0
     prefix_caching: bool = True  # vLLM V1 APC, SGLang radix cache, TRT-LLM KV reuse: on by default
+    # Admit a request only when the KV blocks of its whole length (prompt + max new tokens)
+    # fit beside the final blocks of every admitted one, so none is ever preempted:
+    # TensorRT-LLM's default capacity policy, GUARANTEED_NO_EVICT (llmapi/llm_args.py
+    # SchedulerConfig; the C++ GuaranteedNoEvictScheduler counts each request's
+    # `getRemainingBlocksToCompletion`). vLLM and SGLang admit on the prompt's blocks and
+    # preempt (or retract) when decoding runs out.
+    reserve_to_completion: bool = False
+    # Tokens a disaggregated decode worker keeps free for the decoding of each request it holds
+    # or has taken in (running, in transfer, waiting): a request's KV is pre-allocated only if
+    # its prompt plus this fits what is free after that reserve for all of them and itself.
+    # SGLang's DecodePreallocQueue (`_allocatable_tokens`, `num_reserved_decode_tokens`,
+    # SGLANG_NUM_RESERVED_DECODE_TOKENS, 512 by default; no srt-slurm recipe changes it).
+    disagg_decode_reserve_tokens: int = 0
     # The fused-MoE implementation the engine runs (TRT-LLM `moe_config.backend`, SGLang
     # `--moe-runner-backend`): "auto" is the engine's own choice. The measured backend prices
     # expert layers only from tables of a kernel this can be (`measured_kernels.moe`).
@@ -355,6 +368,7 @@ ENGINES: dict[str, EngineProfile] = {
         disagg_handoff_tokenizes=False,
         disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
         disagg_prefill_waits_for_decode=True,  # ... which the decode allocated first
+        disagg_decode_reserve_tokens=512,
         # Prefill runs eager (piecewise CUDA graphs were opt-in, `--enable-piecewise-cuda-graph`,
         # until PR #16331 made them the default in March 2026; InferenceX's DeepSeek launch
         # still passes --disable-piecewise-cuda-graph).
@@ -386,6 +400,7 @@ ENGINES: dict[str, EngineProfile] = {
         max_num_seqs=2048,
         mem_util=0.9,
         mem_util_of_free=True,
+        reserve_to_completion=True,
     ),
 }
 
