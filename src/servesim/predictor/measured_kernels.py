@@ -57,11 +57,11 @@ MOE_DTYPES = {
     "fp8": ("fp8", "fp8_block"),
     "fp8_block": ("fp8_block", "fp8"),
     "fp4": ("nvfp4",),
-    "mxfp4": ("w4a16_mxfp4", "w4a8_mxfp4_mxfp8"),
     "int4": ("int4_wo",),
 }
 # MXFP4 experts (gpt-oss) run on bf16 activations (W4A16) or on activations quantised to MXFP8
-# (W4A8), measured as different kernels about 3-4x apart on Blackwell: the table dtype of each.
+# (W4A8), measured as different kernels about 3-4x apart on Blackwell: the table dtype of each
+# (`MeasuredKernels._moe_table_dtypes` orders them by the launch's format).
 MXFP4_TABLES = {"bf16": "w4a16_mxfp4", "mxfp8": "w4a8_mxfp4_mxfp8"}
 # GPUs of the measured set by tensor-core generation: SM 10.x (B200, B300, GB200, GB300) and
 # SM 12.0 (RTX PRO 6000 Blackwell); the others are Ampere, Ada, Hopper or not NVIDIA's.
@@ -816,7 +816,7 @@ class MeasuredKernels:
         if fmt != "mxfp4":
             return MOE_DTYPES.get(fmt, ())
         first = MXFP4_TABLES[mxfp4_activation(self.engine, self.gpu, self.mxfp4_activation)]
-        return (first, *(t for t in MOE_DTYPES["mxfp4"] if t != first))
+        return (first, *(t for t in MXFP4_TABLES.values() if t != first))
 
     def _moe_kernels(self, path: Path, moe_dtype: str) -> frozenset[str] | None:
         """The kernels (`kernel_source`) of a MoE table that this launch runs for a dtype; None:

@@ -389,7 +389,7 @@ class Cluster:
             cached = tab.prompt_tokens[rid] + (gen - 1 if gen > 1 else 0)
             need = -(-(cached + 1) // bs)
             final = dst.completion_blocks(rid)
-            if not (dst.has_seat() and dst.reserve_room(need) and dst.fits_to_completion(final)):
+            if not (dst.has_seat() and dst.can_preallocate(need) and dst.fits_to_completion(final)):
                 return
             q.popleft()
             dst.hold_to_completion(rid, final)

@@ -105,7 +105,8 @@ class ReplicaConfig:
     batch_wait_ratio: float = 0.0
     # TensorRT-LLM's default capacity policy (GUARANTEED_NO_EVICT): a request is admitted only
     # when the blocks of its whole length (prompt + max new tokens) fit beside those every
-    # admitted request will hold at its end, so nothing is ever preempted.
+    # admitted request will hold at its end, so nothing is ever preempted. (The default
+    # scheduler's admission and the disaggregated pull; a scheduling policy keeps its own.)
     reserve_to_completion: bool = False
     # A disaggregated decode worker's decode reserve per request it holds or takes in
     # (`EngineProfile.disagg_decode_reserve_tokens`; 0: none).
@@ -511,7 +512,7 @@ class Replica(
         if self.final_of:
             self.final_blocks -= self.final_of.pop(rid, 0)
 
-    def reserve_room(self, blocks: int) -> bool:
+    def can_preallocate(self, blocks: int) -> bool:
         """Whether a handed-over request of `blocks` blocks can be pre-allocated: `has_room`,
         with the decode reserve kept for every request here, in transfer, and this one."""
         per = self.cfg.decode_reserve_tokens
