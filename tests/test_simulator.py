@@ -295,3 +295,24 @@ def test_tensorrt_llm_admits_only_what_can_run_to_completion() -> None:
     assert (cols["generated_tokens"] == 768).all()
     vllm = simulate(with_kv_tokens(dep(), 4096), w).columns()
     assert _most_in_service(vllm) > 4 and vllm["preemptions"].sum() > 0
+
+
+def test_sglang_admits_a_prompt_only_with_room_left_for_decoding() -> None:
+    """SGLang's PrefillAdder admits a waiting request only if its prompt and its max new
+    tokens (clipped at 4,096) fit what is free after 0.7 (falling to 0.098 over 600 decode
+    steps) × each running request's remaining max new tokens. Four 1,000 + 3,000-token
+    requests on a cache of 8,000 tokens: the first goes alone (4,001 tokens spent in the
+    pass), so the second (4,000 ≥ 8,000 − 4,001) waits for the next pass, after the first's
+    prefill: 6,999 free − 0.7 × 2,999 ≈ 4,900 > 4,000, and the third waits again. vLLM admits
+    every prompt that reaches it (the first goes alone, ahead of the others' frontend)."""
+    assert get_engine("sglang").new_token_ratio == pytest.approx((0.7, 0.098, 600, 4096))
+    w = Workload(np.zeros(4), np.full(4, 1000), np.full(4, 3000))
+    sglang = with_kv_tokens(dep(engine=get_engine("sglang")), 8000)
+    assert sglang.memory().kv_tokens == 8000
+    cols = simulate(sglang, w).columns()
+    starts = np.sort(cols["scheduled_s"])
+    assert starts[0] < starts[1] < cols["first_token_s"].max()  # (after the frontend)
+    assert starts[2] > starts[1]  # 4,900 − 4,001 leaves too little for the third
+    assert (cols["generated_tokens"] == 3000).all()
+    vllm = np.sort(simulate(with_kv_tokens(dep(), 8000), w).columns()["scheduled_s"])
+    assert vllm[1] == vllm[3]

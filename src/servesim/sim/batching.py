@@ -5,6 +5,8 @@ reuse, and recompute preemption when a decode step cannot get a block.
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def _chunk_fit(entry: list[int], budget: int, free: int, bs: int) -> tuple[int, int]:
     """(tokens, new blocks) of a partial prefill's next chunk: at most `budget` tokens, cut to
@@ -127,6 +129,8 @@ class BatchFormation:
         elif waiting:
             tab = self.table
             reserve = cfg.reserve_to_completion
+            estimate = cfg.new_token_ratio
+            room = [*self._decode_room(free * bs), 0] if estimate else []
             seqs = len(off) + len(prefilling)  # decoding requests hold slots in every engine
             while waiting and budget > 0 and seqs < cfg.max_num_seqs:
                 rid = waiting[0]
@@ -138,6 +142,12 @@ class BatchFormation:
                 final = self.completion_blocks(rid) if reserve else 0
                 if need > free or (reserve and not self.fits_to_completion(final)):
                     break
+                if estimate:  # SGLang: its prompt and its max new tokens within the room
+                    left = max(int(tab.output_tokens[rid] - tab.generated[rid]), 0)
+                    total = target + min(left, estimate[3])
+                    alone = not (off or prefilling)  # (alone, it fits: pool.py)
+                    if not self._admits_with_decode_room(total, room, free * bs, alone):
+                        break
                 waiting.popleft()
                 self.hold_to_completion(rid, final)
                 self.queued_tokens -= target
@@ -184,6 +194,8 @@ class BatchFormation:
         Returns the token budget and the new blocks left after admitting."""
         cfg, tab, prefix, waiting = self.cfg, self.table, self.prefix, self.waiting
         bs = cfg.block_size
+        estimate = cfg.new_token_ratio
+        room = [*self._decode_room(free * bs), 0] if estimate else []
         seqs = len(self.off) + len(self.prefilling)
         while waiting and budget > 0 and seqs < cfg.max_num_seqs:
             rid = waiting[0]
@@ -198,6 +210,12 @@ class BatchFormation:
             final = self.completion_blocks(rid) if cfg.reserve_to_completion else 0
             if need + pin > free or not self.fits_to_completion(final):
                 break
+            if estimate:  # SGLang: what it computes and its max new tokens within the room
+                left = max(int(tab.output_tokens[rid] - tab.generated[rid]), 0)
+                total = todo + min(left, estimate[3])
+                alone = not (self.off or self.prefilling)  # (alone, it fits: pool.py)
+                if not self._admits_with_decode_room(total, room, free * bs, alone):
+                    break
             waiting.popleft()
             self.hold_to_completion(rid, final)
             self._pin(rid, k, target)
@@ -294,6 +312,79 @@ class BatchFormation:
         decodes)."""
         return self.table.prompt_tokens[rid] + self.table.generated[rid]
 
+    def _token_ratio(self) -> float:
+        """SGLang's new-token ratio now: from r0 at step g0 down by (initial − floor) / steps a
+        decode step to the floor; an empty batch restarts it at the initial value."""
+        init, floor, steps, _ = self.cfg.new_token_ratio
+        if not self.off:
+            self.ratio_r0, self.ratio_g0 = init, self.G
+        return max(floor, self.ratio_r0 - (init - floor) / steps * (self.G - self.ratio_g0))
+
+    def _decode_room(self, free_tokens: int) -> tuple[int, int]:
+        """Bounds (low, high) on SGLang's `rem_total_tokens` before this pass admits anything:
+        free tokens less the ratio times the running requests' remaining max new tokens, each
+        clipped. From the group's sums: the unclipped remainder (and clip × requests) bound
+        the clipped one; `_decode_room_exact` is asked only when a decision falls between."""
+        n = len(self.off)
+        if not n:
+            return free_tokens, free_tokens
+        cached = self.off_sum + n * self.G + self.shared_sum
+        left = min(self.full_sum - cached - n, self.cfg.new_token_ratio[3] * n)
+        return free_tokens - int(self._token_ratio() * max(left, 0)), free_tokens
+
+    def _decode_room_exact(self, free_tokens: int) -> int:
+        """SGLang's `rem_total_tokens` before this pass admits anything (`_decode_room`)."""
+        clip = self.cfg.new_token_ratio[3]
+        left = int(np.minimum(np.maximum(self._tokens_to_go(), 0), clip).sum())
+        return free_tokens - int(self._token_ratio() * left)
+
+    def _tokens_to_go(self) -> np.ndarray:
+        """Max new tokens each running request has left: output − (cached − prompt + 1)."""
+        tab, g, spec, shared = self.table, self.G, self.spec_state, self.shared
+        if spec is not None:  # the sequences' paths, in their dense slots
+            rids = spec.rid_at[: spec.n].tolist()
+            cached = spec.offsets(g) + g
+        else:
+            rids = list(self.off)
+            cached = np.fromiter(self.off.values(), np.int64, len(rids)) + g
+        out, prompt = tab.output_tokens, tab.prompt_tokens
+        full = np.fromiter((out[r] + prompt[r] for r in rids), np.int64, len(rids))
+        if shared:
+            cached += np.fromiter((shared.get(r, 0) for r in rids), np.int64, len(rids))
+        return full - 1 - cached
+
+    def _admits_with_decode_room(
+        self, total: int, room: list[int], free_tokens: int, alone: bool = False
+    ) -> bool:
+        """Whether a request needing `total` tokens (compute and max new, clipped) passes
+        SGLang's check `total < rem_total_tokens` (always, `alone` in the replica); `room` =
+        [low, high, spent this pass], exact once computed. Spends its tokens and a page when
+        it passes."""
+        lo, hi, spent = room
+        if alone:
+            pass
+        elif total >= hi - spent:
+            return False
+        elif total >= lo - spent:
+            room[0] = room[1] = exact = self._decode_room_exact(free_tokens)
+            if total >= exact - spent:
+                return False
+        room[2] = spent + total + self.cfg.block_size
+        return True
+
+    def _retract_estimate(self) -> None:
+        """After a retraction SGLang re-estimates the ratio from what the running requests did
+        decode: (decoded + 20 per request) / their max new tokens, at most 1
+        (ScheduleBatch.retract_decode, `retract_decode_steps`)."""
+        if not self.off:
+            return
+        out = self.table.output_tokens
+        total = sum(out[r] for r in self.off)
+        decoded = total - int(self._tokens_to_go().sum())
+        if total:
+            self.ratio_r0 = min(1.0, (decoded + 20 * len(self.off)) / total)
+            self.ratio_g0 = self.G
+
     def _preempt_one(self) -> bool:
         """Preempt a running request (vLLM: the most recently admitted; else the policy's
         least urgent) to free blocks."""
@@ -310,6 +401,8 @@ class BatchFormation:
                 tab.preemptions[rid] += 1
                 self.waiting.appendleft(rid)
                 self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
+                if self.cfg.new_token_ratio:
+                    self._retract_estimate()
                 return True
         if self.prefilling:
             rid, _, _, blocks, _ = self.prefilling.pop()

@@ -24,6 +24,7 @@ class RequestBookkeeping:
         off = cached - shared - self.G
         self.off[rid] = off
         self.off_sum += off
+        self.full_sum += tab.prompt_tokens[rid] + tab.output_tokens[rid]
         self.blocks.add(off)
         if shared:
             self.shared[rid] = shared
@@ -46,6 +47,7 @@ class RequestBookkeeping:
         off = self.off.pop(rid)
         del self.joined[rid]
         self._end_hold(rid)
+        self.full_sum -= self.table.prompt_tokens[rid] + self.table.output_tokens[rid]
         if self.spec_state is not None:  # what the group's sums hold for it: its drawn tokens
             off = self._spec_leave_offset(rid)
         self.off_sum -= off

@@ -111,6 +111,8 @@ class ReplicaConfig:
     # A disaggregated decode worker's decode reserve per request it holds or takes in
     # (`EngineProfile.disagg_decode_reserve_tokens`; 0: none).
     decode_reserve_tokens: int = 0
+    # SGLang's decode estimate at admission (`EngineProfile.new_token_ratio`; () for none).
+    new_token_ratio: tuple[float, float, int, int] = ()
 
 
 class Replica(
@@ -138,6 +140,7 @@ class Replica(
         "fixed_blocks",
         "fresh",
         "fresh_n",
+        "full_sum",
         "group",
         "handoff",
         "hands_off",
@@ -174,6 +177,8 @@ class Replica(
         "provisioned",
         "ps",
         "queued_tokens",
+        "ratio_g0",
+        "ratio_r0",
         "recv_steps",
         "role",
         "samples",
@@ -240,6 +245,9 @@ class Replica(
         # admits only what can run to completion (`ReplicaConfig.reserve_to_completion`).
         self.final_of: dict[int, int] = {}
         self.final_blocks = 0
+        # SGLang's new-token ratio: r0 at decode step g0, falling from there (`_token_ratio`).
+        self.ratio_r0 = cfg.new_token_ratio[0] if cfg.new_token_ratio else 0.0
+        self.ratio_g0 = 0
         # Lock-step decode group, stored as offsets from the step counter G.
         self.G = 0
         self.off: dict[int, int] = {}  # rid -> private cached tokens minus G
@@ -250,6 +258,7 @@ class Replica(
         self.join_order: list[int] = []  # rids in admission order (for preemption)
         self.join_seq = 0
         self.off_sum = 0
+        self.full_sum = 0  # Σ prompt + output tokens of the decode group's requests
         self.shared: dict[int, int] = {}  # rid -> prefix tokens it reads from pinned blocks
         self.shared_sum = 0
         self.blocks = DecodeBlocks(cfg.block_size)
@@ -514,11 +523,12 @@ class Replica(
 
     def can_preallocate(self, blocks: int) -> bool:
         """Whether a handed-over request of `blocks` blocks can be pre-allocated: `has_room`,
-        with the decode reserve kept for every request here, in transfer, and this one."""
+        with the decode reserve kept for every request here, in transfer, and this one (on a
+        worker holding nothing it is enough that the request fits: the pool checked that)."""
         per = self.cfg.decode_reserve_tokens
-        if per:
-            n = self.num_requests + self.promised + 1
-            blocks += -(-per * n // self.cfg.block_size)
+        held = self.num_requests + self.promised
+        if per and held:
+            blocks += -(-per * (held + 1) // self.cfg.block_size)
         return self.has_room(blocks)
 
     def has_seat(self) -> bool:

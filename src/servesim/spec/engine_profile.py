@@ -218,6 +218,16 @@ class EngineProfile:
     # SGLang's DecodePreallocQueue (`_allocatable_tokens`, `num_reserved_decode_tokens`,
     # SGLANG_NUM_RESERVED_DECODE_TOKENS, 512 by default; no srt-slurm recipe changes it).
     disagg_decode_reserve_tokens: int = 0
+    # Admission that keeps room for decoding (SGLang's PrefillAdder): a waiting request is
+    # admitted only if its prompt plus its max new tokens (clipped) fit what is free after
+    # `ratio` × each running request's remaining max new tokens (clipped) and the requests
+    # admitted with it; `ratio` falls linearly from its initial value to its floor over the
+    # given decode steps, restarts when the batch empties and is raised after a retraction.
+    # (initial ratio, floor, decay steps, clip tokens); () admits on the prompt alone.
+    # SGLang: SGLANG_INIT_NEW_TOKEN_RATIO 0.7, SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR 0.14 of it,
+    # SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS 600, SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION 4096
+    # (managers/schedule_policy.py PrefillAdder, scheduler.py).
+    new_token_ratio: tuple[float, float, int, int] = ()
     # The fused-MoE implementation the engine runs (TRT-LLM `moe_config.backend`, SGLang
     # `--moe-runner-backend`): "auto" is the engine's own choice. The measured backend prices
     # expert layers only from tables of a kernel this can be (`measured_kernels.moe`).
@@ -369,6 +379,7 @@ ENGINES: dict[str, EngineProfile] = {
         disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
         disagg_prefill_waits_for_decode=True,  # ... which the decode allocated first
         disagg_decode_reserve_tokens=512,
+        new_token_ratio=(0.7, 0.7 * 0.14, 600, 4096),
         # Prefill runs eager (piecewise CUDA graphs were opt-in, `--enable-piecewise-cuda-graph`,
         # until PR #16331 made them the default in March 2026; InferenceX's DeepSeek launch
         # still passes --disable-piecewise-cuda-graph).
