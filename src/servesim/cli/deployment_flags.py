@@ -224,8 +224,9 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "--moe-backend",
         metavar="NAME",
         help="the engine's fused-MoE kernels (TRT-LLM moe_config.backend, SGLang "
-        "--moe-runner-backend); measured MoE tables of other kernels are not used "
-        "(default: the engine's own choice)",
+        "--moe-runner-backend; vLLM flashinfer_trtllm for VLLM_USE_FLASHINFER_MOE_INT4=1 on "
+        "Blackwell); measured MoE tables of other kernels are not used (default: the "
+        "engine's own choice)",
     )
     g.add_argument(
         "--moe-a2a-backend",
