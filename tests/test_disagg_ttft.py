@@ -239,3 +239,37 @@ def test_an_sglang_decode_worker_keeps_a_decode_reserve_for_every_request() -> N
     assert held["first_token_s"][1] > held["finish_s"][0]
     roomy = run(9300)
     assert roomy["first_token_s"][1] < roomy["finish_s"][0]
+
+
+def test_an_sglang_decode_worker_retracts_to_host_memory_instead_of_recomputing(
+    monkeypatch,
+) -> None:
+    """Claim (SGLang decode mode: `release_req` offloads a retracted request's KV to the host,
+    `resume_retracted_reqs` loads it back before new pre-allocations): a decode worker whose
+    requests outgrow its cache parks one and reloads it, never prefilling it again. Two
+    1,000 + 2,500-token requests on a 6,000-token decode cache both get in (1,001 + 2 × 512
+    fits beside the first) and outgrow it (2 × 3,500). With the engine's retraction turned off
+    the worker recomputes the parked request (a prefill on the decode worker), as vLLM does."""
+    from servesim.sim.replica import Replica
+
+    held_prompts: list[str] = []
+    real = Replica._schedule
+
+    def watch(self: Replica) -> None:
+        if self.role == "decode" and self.waiting:
+            held_prompts.append("recompute")
+        real(self)
+
+    monkeypatch.setattr(Replica, "_schedule", watch)
+    w = Workload(np.array([0.0, 0.0]), np.array([1000, 1000]), np.array([2500, 2500]))
+    prefill = Deployment(LLAMA8, H100, engine=get_engine("sglang"))
+    decode = with_kv_tokens(prefill, 6000)
+    cols = simulate(DisaggDeployment(prefill, decode, "infiniband"), w).columns()
+    assert cols["preemptions"].sum() >= 1 and (cols["generated_tokens"] == 2500).all()
+    assert held_prompts == []
+    recompute = replace(
+        decode, engine=decode.engine.with_overrides(disagg_decode_retracts_to_host=False)
+    )
+    cols = simulate(DisaggDeployment(prefill, recompute, "infiniband"), w).columns()
+    assert cols["preemptions"].sum() >= 1 and (cols["generated_tokens"] == 2500).all()
+    assert held_prompts

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from servesim.spec.memory import kv_bytes_per_token_per_device
+
 
 def _chunk_fit(entry: list[int], budget: int, free: int, bs: int) -> tuple[int, int]:
     """(tokens, new blocks) of a partial prefill's next chunk: at most `budget` tokens, cut to
@@ -385,6 +387,29 @@ class BatchFormation:
             self.ratio_r0 = min(1.0, (decoded + 20 * len(self.off)) / total)
             self.ratio_g0 = self.G
 
+    def _host_copy_s(self, tokens: int) -> float:
+        """Seconds to move `tokens` tokens of this device's KV over its host link, one way."""
+        per_token = kv_bytes_per_token_per_device(self.pred.model, self.pred.par)
+        return tokens * per_token / self.pred.device.host_bw_bytes_per_s
+
+    def _resume_retracted(self) -> None:
+        """Reload retracted requests, oldest first, while each fits with the decode reserve
+        kept for every request here and itself (SGLang's `resume_retracted_reqs`: prompt,
+        output and reserve within the allocatable tokens); with nothing running the next one
+        always fits (the pool checked it)."""
+        bs, per = self.cfg.block_size, self.cfg.decode_reserve_tokens
+        while self.retracted:
+            rid = self.retracted[0]
+            cached, t_last = self.swapped[rid]
+            held = len(self.off) + len(self.incoming) + self.promised
+            need = -(-(cached + 1 + per * (held + 1)) // bs)
+            if self.off and not self.has_room(need):
+                return
+            self.retracted.popleft()
+            del self.swapped[rid]
+            self.stall_s += self._host_copy_s(cached)
+            self._join(rid, cached, t_last)
+
     def _preempt_one(self) -> bool:
         """Preempt a running request (vLLM: the most recently admitted; else the policy's
         least urgent) to free blocks."""
@@ -399,6 +424,11 @@ class BatchFormation:
                     self._unpin(rid)
                 tab.generated[rid] = cached - tab.prompt_tokens[rid] + 1
                 tab.preemptions[rid] += 1
+                if self.cfg.retract_to_host:  # its KV goes to host memory, to come back
+                    self.swapped[rid] = (cached, self.now)
+                    self.retracted.append(rid)
+                    self.stall_s += self._host_copy_s(cached)
+                    return True
                 self.waiting.appendleft(rid)
                 self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
                 if self.cfg.new_token_ratio:

@@ -116,6 +116,7 @@ def build_pool(
         # (a context server's requests end at their first token: nothing to reserve beyond it)
         reserve_to_completion=e.reserve_to_completion and role != "prefill",
         decode_reserve_tokens=e.disagg_decode_reserve_tokens if role == "decode" else 0,
+        retract_to_host=e.disagg_decode_retracts_to_host and role == "decode",
         # (a context server's requests ask for one token; a decode worker pre-allocates)
         new_token_ratio=e.new_token_ratio if role == "mixed" else (),
         recv_interval=(

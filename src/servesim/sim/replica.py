@@ -113,6 +113,9 @@ class ReplicaConfig:
     decode_reserve_tokens: int = 0
     # SGLang's decode estimate at admission (`EngineProfile.new_token_ratio`; () for none).
     new_token_ratio: tuple[float, float, int, int] = ()
+    # A decode worker parks preempted requests' KV in host memory and reloads it, instead of
+    # recomputing them (`EngineProfile.disagg_decode_retracts_to_host`).
+    retract_to_host: bool = False
 
 
 class Replica(
@@ -180,6 +183,7 @@ class Replica(
         "ratio_g0",
         "ratio_r0",
         "recv_steps",
+        "retracted",
         "role",
         "samples",
         "series",
@@ -287,6 +291,9 @@ class Replica(
         self.left: list[tuple[int, int, float]] = []
         # Policy path state
         self.swapped: dict[int, tuple[int, float]] = {}  # rid -> (cached tokens, last token t)
+        # Requests whose KV a decode worker moved to host memory, in retraction order
+        # (`ReplicaConfig.retract_to_host`; their cached tokens and times are in `swapped`).
+        self.retracted: deque[int] = deque()
         self.suspended: list[tuple[float, list, Any]] = []  # FlowPrefill stack
         self.suspended_rids: set[int] = set()
         self.stall_s = 0.0  # PCIe time the next iteration waits for (swaps)
@@ -525,6 +532,8 @@ class Replica(
         """Whether a handed-over request of `blocks` blocks can be pre-allocated: `has_room`,
         with the decode reserve kept for every request here, in transfer, and this one (on a
         worker holding nothing it is enough that the request fits: the pool checked that)."""
+        if self.retracted:  # retracted requests come back first (SGLang resumes them first)
+            return False
         per = self.cfg.decode_reserve_tokens
         held = self.num_requests + self.promised
         if per and held:
@@ -644,6 +653,8 @@ class Replica(
         cfg = self.cfg
         if self.lagged:
             self._release_lagged()
+        if self.retracted:
+            self._resume_retracted()
         if self.incoming:
             self._admit_incoming()
         n_run = len(self.off)

@@ -218,6 +218,11 @@ class EngineProfile:
     # SGLang's DecodePreallocQueue (`_allocatable_tokens`, `num_reserved_decode_tokens`,
     # SGLANG_NUM_RESERVED_DECODE_TOKENS, 512 by default; no srt-slurm recipe changes it).
     disagg_decode_reserve_tokens: int = 0
+    # A disaggregated decode worker out of KV retracts requests to host memory and reloads
+    # them when room frees (SGLang: `release_req` offloads the KV in decode mode,
+    # `DecodePreallocQueue.resume_retracted_reqs` loads it back before new pre-allocations);
+    # otherwise a preempted request is recomputed where it is, as vLLM's decode worker does.
+    disagg_decode_retracts_to_host: bool = False
     # Admission that keeps room for decoding (SGLang's PrefillAdder): a waiting request is
     # admitted only if its prompt plus its max new tokens (clipped) fit what is free after
     # `ratio` × each running request's remaining max new tokens (clipped) and the requests
@@ -379,6 +384,7 @@ ENGINES: dict[str, EngineProfile] = {
         disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
         disagg_prefill_waits_for_decode=True,  # ... which the decode allocated first
         disagg_decode_reserve_tokens=512,
+        disagg_decode_retracts_to_host=True,
         new_token_ratio=(0.7, 0.7 * 0.14, 600, 4096),
         # Prefill runs eager (piecewise CUDA graphs were opt-in, `--enable-piecewise-cuda-graph`,
         # until PR #16331 made them the default in March 2026; InferenceX's DeepSeek launch
