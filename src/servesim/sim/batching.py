@@ -130,9 +130,7 @@ class BatchFormation:
             budget, new_blocks = self._admit_with_prefix(budget, free, new_blocks, chunks, shapes)
         elif waiting:
             tab = self.table
-            reserve = cfg.reserve_to_completion
-            estimate = cfg.new_token_ratio
-            room = [*self._decode_room(free * bs), 0] if estimate else []
+            room = self._decode_room(free * bs) if cfg.new_token_ratio else []
             seqs = len(off) + len(prefilling)  # decoding requests hold slots in every engine
             while waiting and budget > 0 and seqs < cfg.max_num_seqs:
                 rid = waiting[0]
@@ -141,17 +139,9 @@ class BatchFormation:
                     break
                 n = target if target < budget else budget
                 need = -(-n // bs)
-                final = self.completion_blocks(rid) if reserve else 0
-                if need > free or (reserve and not self.fits_to_completion(final)):
+                if need > free or not self._engine_admits(rid, target, room):
                     break
-                if estimate:  # SGLang: its prompt and its max new tokens within the room
-                    left = max(int(tab.output_tokens[rid] - tab.generated[rid]), 0)
-                    total = target + min(left, estimate[3])
-                    alone = not (off or prefilling)  # (alone, it fits: pool.py)
-                    if not self._admits_with_decode_room(total, room, free * bs, alone):
-                        break
                 waiting.popleft()
-                self.hold_to_completion(rid, final)
                 self.queued_tokens -= target
                 if tab.scheduled_s[rid] < 0:
                     tab.scheduled_s[rid] = self.now
@@ -196,8 +186,7 @@ class BatchFormation:
         Returns the token budget and the new blocks left after admitting."""
         cfg, tab, prefix, waiting = self.cfg, self.table, self.prefix, self.waiting
         bs = cfg.block_size
-        estimate = cfg.new_token_ratio
-        room = [*self._decode_room(free * bs), 0] if estimate else []
+        room = self._decode_room(free * bs) if cfg.new_token_ratio else []
         seqs = len(self.off) + len(self.prefilling)
         while waiting and budget > 0 and seqs < cfg.max_num_seqs:
             rid = waiting[0]
@@ -209,17 +198,9 @@ class BatchFormation:
                 break
             n = todo if todo < budget else budget
             need = -(-n // bs)
-            final = self.completion_blocks(rid) if cfg.reserve_to_completion else 0
-            if need + pin > free or not self.fits_to_completion(final):
+            if need + pin > free or not self._engine_admits(rid, todo, room):
                 break
-            if estimate:  # SGLang: what it computes and its max new tokens within the room
-                left = max(int(tab.output_tokens[rid] - tab.generated[rid]), 0)
-                total = todo + min(left, estimate[3])
-                alone = not (self.off or self.prefilling)  # (alone, it fits: pool.py)
-                if not self._admits_with_decode_room(total, room, free * bs, alone):
-                    break
             waiting.popleft()
-            self.hold_to_completion(rid, final)
             self._pin(rid, k, target)
             free -= pin + need
             self.queued_tokens -= target
@@ -314,6 +295,23 @@ class BatchFormation:
         decodes)."""
         return self.table.prompt_tokens[rid] + self.table.generated[rid]
 
+    def _engine_admits(self, rid: int, compute: int, room: list[int]) -> bool:
+        """The engine's admission checks beyond the blocks of this pass's chunk, for a request
+        that would prefill `compute` tokens: TensorRT-LLM's reservation to completion, SGLang's
+        room for decoding (`room` as `_admits_with_decode_room` keeps it). A request that
+        passes holds its final blocks."""
+        if not self.fits_to_completion(rid):
+            return False
+        ratio = self.cfg.new_token_ratio
+        if ratio:  # SGLang: what it computes and its max new tokens (clipped) within the room
+            tab = self.table
+            left = max(int(tab.output_tokens[rid] - tab.generated[rid]), 0)
+            alone = not (self.off or self.prefilling)  # (alone, it fits: pool.py)
+            if not self._admits_with_decode_room(compute + min(left, ratio[3]), room, alone):
+                return False
+        self.hold_to_completion(rid)
+        return True
+
     def _token_ratio(self) -> float:
         """SGLang's new-token ratio now: from r0 at step g0 down by (initial − floor) / steps a
         decode step to the floor; an empty batch restarts it at the initial value."""
@@ -322,17 +320,18 @@ class BatchFormation:
             self.ratio_r0, self.ratio_g0 = init, self.G
         return max(floor, self.ratio_r0 - (init - floor) / steps * (self.G - self.ratio_g0))
 
-    def _decode_room(self, free_tokens: int) -> tuple[int, int]:
-        """Bounds (low, high) on SGLang's `rem_total_tokens` before this pass admits anything:
-        free tokens less the ratio times the running requests' remaining max new tokens, each
-        clipped. From the group's sums: the unclipped remainder (and clip × requests) bound
-        the clipped one; `_decode_room_exact` is asked only when a decision falls between."""
+    def _decode_room(self, free_tokens: int) -> list[int]:
+        """SGLang's `rem_total_tokens` before this pass admits anything, as [low, high, spent
+        this pass, free tokens]: free tokens less the ratio times the running requests'
+        remaining max new tokens, each clipped. The bounds come from the group's sums (the
+        unclipped remainder and clip × requests bound the clipped one);
+        `_admits_with_decode_room` counts exactly only when a decision falls between them."""
         n = len(self.off)
         if not n:
-            return free_tokens, free_tokens
+            return [free_tokens, free_tokens, 0, free_tokens]
         cached = self.off_sum + n * self.G + self.shared_sum
         left = min(self.full_sum - cached - n, self.cfg.new_token_ratio[3] * n)
-        return free_tokens - int(self._token_ratio() * max(left, 0)), free_tokens
+        return [free_tokens - int(self._token_ratio() * max(left, 0)), free_tokens, 0, free_tokens]
 
     def _decode_room_exact(self, free_tokens: int) -> int:
         """SGLang's `rem_total_tokens` before this pass admits anything (`_decode_room`)."""
@@ -355,22 +354,19 @@ class BatchFormation:
             cached += np.fromiter((shared.get(r, 0) for r in rids), np.int64, len(rids))
         return full - 1 - cached
 
-    def _admits_with_decode_room(
-        self, total: int, room: list[int], free_tokens: int, alone: bool = False
-    ) -> bool:
+    def _admits_with_decode_room(self, total: int, room: list[int], alone: bool) -> bool:
         """Whether a request needing `total` tokens (compute and max new, clipped) passes
-        SGLang's check `total < rem_total_tokens` (always, `alone` in the replica); `room` =
-        [low, high, spent this pass], exact once computed. Spends its tokens and a page when
-        it passes."""
-        lo, hi, spent = room
-        if alone:
-            pass
-        elif total >= hi - spent:
-            return False
-        elif total >= lo - spent:
-            room[0] = room[1] = exact = self._decode_room_exact(free_tokens)
-            if total >= exact - spent:
+        SGLang's check `total < rem_total_tokens` (always, `alone` in the replica); `room` as
+        `_decode_room` made it, exact once counted. Spends its tokens and a page when it
+        passes."""
+        lo, hi, spent, free_tokens = room
+        if not alone:
+            if total >= hi - spent:
                 return False
+            if total >= lo - spent:
+                room[0] = room[1] = exact = self._decode_room_exact(free_tokens)
+                if total >= exact - spent:
+                    return False
         room[2] = spent + total + self.cfg.block_size
         return True
 
@@ -395,15 +391,15 @@ class BatchFormation:
     def _resume_retracted(self) -> None:
         """Reload retracted requests, oldest first, while each fits with the decode reserve
         kept for every request here and itself (SGLang's `resume_retracted_reqs`: prompt,
-        output and reserve within the allocatable tokens); with nothing running the next one
-        always fits (the pool checked it)."""
+        output and reserve within the allocatable tokens); with nothing running, as soon as
+        its own blocks fit (they do once transfers in flight have landed and run)."""
         bs, per = self.cfg.block_size, self.cfg.decode_reserve_tokens
         while self.retracted:
             rid = self.retracted[0]
             cached, t_last = self.swapped[rid]
             held = len(self.off) + len(self.incoming) + self.promised
-            need = -(-(cached + 1 + per * (held + 1)) // bs)
-            if self.off and not self.has_room(need):
+            reserve = per * (held + 1) if self.off else 0
+            if not self.has_room(-(-(cached + 1 + reserve) // bs)):
                 return
             self.retracted.popleft()
             del self.swapped[rid]

@@ -388,11 +388,10 @@ class Cluster:
             gen = tab.generated[rid]
             cached = tab.prompt_tokens[rid] + (gen - 1 if gen > 1 else 0)
             need = -(-(cached + 1) // bs)
-            final = dst.completion_blocks(rid)
-            if not (dst.has_seat() and dst.can_preallocate(need) and dst.fits_to_completion(final)):
+            if not (dst.has_seat() and dst.can_preallocate(need) and dst.fits_to_completion(rid)):
                 return
             q.popleft()
-            dst.hold_to_completion(rid, final)
+            dst.hold_to_completion(rid)
             dst.reserve(need)
             dst.promised += 1
             nbytes = path.kv_bytes(cached) / path.compression

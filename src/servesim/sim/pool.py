@@ -87,9 +87,12 @@ def build_pool(
     itl: ItlHistogram,
     role: str = "mixed",
     count: int | None = None,
+    own_cache: bool = True,
 ) -> tuple[list[Replica], MemoryLayout]:
     """Replicas of a deployment (pipeline-parallel ones as `pp` virtual engines sharing the
-    cache), with the deployment's policy and, when prompts carry hash ids, prefix caches."""
+    cache), with the deployment's policy and, when prompts carry hash ids, prefix caches.
+    `own_cache` False: decode lanes sharing their prefill lane's cache (semi-PD), which can
+    recompute a preempted request and so do not retract it to host memory."""
     seqs, budget, chunked = dep.batching()
     mem = dep.memory()
     pred = dep.predictor()
@@ -116,7 +119,7 @@ def build_pool(
         # (a context server's requests end at their first token: nothing to reserve beyond it)
         reserve_to_completion=e.reserve_to_completion and role != "prefill",
         decode_reserve_tokens=e.disagg_decode_reserve_tokens if role == "decode" else 0,
-        retract_to_host=e.disagg_decode_retracts_to_host and role == "decode",
+        retract_to_host=e.disagg_decode_retracts_to_host and role == "decode" and own_cache,
         # (a context server's requests ask for one token; a decode worker pre-allocates)
         new_token_ratio=e.new_token_ratio if role == "mixed" else (),
         recv_interval=(

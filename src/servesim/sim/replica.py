@@ -512,14 +512,17 @@ class Replica(
         tab = self.table
         return -(-int(tab.prompt_tokens[rid] + tab.output_tokens[rid]) // self.cfg.block_size)
 
-    def fits_to_completion(self, blocks: int) -> bool:
-        """Whether a request of `blocks` final blocks may be admitted: always, unless the
-        engine reserves to completion and the admitted requests' final blocks leave too few."""
-        return not self.cfg.reserve_to_completion or self.final_blocks + blocks <= self.kv_blocks
+    def fits_to_completion(self, rid: int) -> bool:
+        """Whether request `rid` may be admitted: always, unless the engine reserves to
+        completion and the admitted requests' final blocks leave too few for its own."""
+        if not self.cfg.reserve_to_completion:
+            return True
+        return self.final_blocks + self.completion_blocks(rid) <= self.kv_blocks
 
-    def hold_to_completion(self, rid: int, blocks: int) -> None:
+    def hold_to_completion(self, rid: int) -> None:
         """Count an admitted request's final blocks (engines that reserve to completion)."""
         if self.cfg.reserve_to_completion:
+            blocks = self.completion_blocks(rid)
             self.final_of[rid] = blocks
             self.final_blocks += blocks
 

@@ -227,7 +227,7 @@ def simulate_semipd(
     lanes = _Lanes(dep)
     p_pred, d_pred = lanes.pair(dep.prefill_share)
     pre, mem = build_pool(dep.base, req, itl, role="prefill")
-    dec, _ = build_pool(dep.base, replace(req, hashes=None), itl, role="decode")
+    dec, _ = build_pool(dep.base, replace(req, hashes=None), itl, role="decode", own_cache=False)
     pairs: list[tuple[Replica, Replica]] = []
     for p, d in zip(pre, dec, strict=True):
         p.set_predictor(p_pred, 0.0)
