@@ -297,6 +297,30 @@ def test_tensorrt_llm_admits_only_what_can_run_to_completion() -> None:
     assert _most_in_service(vllm) > 4 and vllm["preemptions"].sum() > 0
 
 
+def test_a_scheduling_policy_keeps_the_engines_admission_checks() -> None:
+    """A policy orders the queue; it does not lift the engine's own admission: TensorRT-LLM
+    under `--policy priority` still admits only what runs to completion and never evicts (the
+    case above: four of ten 256 + 768-token requests in a 4,096-token cache, none preempted,
+    though priority would preempt on vLLM), where vLLM under the same policy admits on prompts
+    and preempts. After the first request (alone when it arrives) the better-priority ones are
+    admitted first."""
+    from servesim.sim.policies import Policy
+
+    prio = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    w = Workload(np.zeros(10), np.full(10, 256), np.full(10, 768), priority=prio)
+    trt = with_kv_tokens(dep(engine=get_engine("trtllm"), policy=Policy("priority")), 4096)
+    cols = simulate(trt, w).columns()
+    assert cols["preemptions"].sum() == 0
+    assert _most_in_service(cols) == 4
+    assert (cols["generated_tokens"] == 768).all()
+    urgent = cols["priority"] == 0
+    assert cols["scheduled_s"][urgent].max() <= cols["scheduled_s"][1:5].min()
+    assert cols["scheduled_s"][0] < cols["scheduled_s"][urgent].min()
+    vllm = with_kv_tokens(dep(policy=Policy("priority")), 4096)
+    vcols = simulate(vllm, w).columns()
+    assert _most_in_service(vcols) > 4 and vcols["preemptions"].sum() > 0
+
+
 def test_sglang_admits_a_prompt_only_with_room_left_for_decoding() -> None:
     """SGLang's PrefillAdder admits a waiting request only if its prompt and its max new
     tokens (clipped at 4,096) fit what is free after 0.7 (falling to 0.098 over 600 decode

@@ -83,6 +83,7 @@ class PolicyBatchFormation:
         if entry is not None:
             self.prefilling.remove(entry)
             self.fixed_blocks -= entry[3]
+            self._end_hold(rid)
             if self.pins:
                 self._unpin(rid)
         else:
@@ -119,6 +120,9 @@ class PolicyBatchFormation:
                 return
             if len(self.off) + len(self.prefilling) >= self.cfg.max_num_seqs:
                 return
+            if not self.fits_to_completion(rid):  # (engines that reserve to completion)
+                return
+            self.hold_to_completion(rid)
             waiting.popleft()
             self.queued_tokens -= self._recompute_tokens(rid)
             del self.swapped[rid]
@@ -135,7 +139,9 @@ class PolicyBatchFormation:
         budget = cfg.max_num_batched_tokens
         classes = ps.policy.name == "laps" or ps.policy.prefill_preemption
         batch_class = ps.batch_class
-        preempts = ps.preempts
+        # An engine that reserves to completion never evicts (TensorRT-LLM's
+        # GUARANTEED_NO_EVICT), whatever the order: the policy only orders its queue.
+        preempts = ps.preempts and not cfg.reserve_to_completion
         if cfg.mixed_batches and off:
             self._reserve_decode_blocks(budget // bs + len(self.prefilling) + 2)
         new_blocks = 0
@@ -148,6 +154,17 @@ class PolicyBatchFormation:
         def n_dec_now() -> int:
             return len(off) if cfg.mixed_batches else 0
 
+        # The engine's own admission checks hold under any order (`_engine_admits`):
+        # TensorRT-LLM's reservation to completion, SGLang's room for decoding, whose tokens
+        # are counted from the pass's start (what this pass admitted stays spent).
+        def fresh_room(spent: int) -> list[int]:
+            if not cfg.new_token_ratio:
+                return []
+            r = self._decode_room((free_now() + new_blocks) * bs)
+            r[2] = spent
+            return r
+
+        room = fresh_room(0)
         run_key = ps.run_key
         pre = sorted(
             (
@@ -220,9 +237,10 @@ class PolicyBatchFormation:
             # older prompt holding the blocks it needs would wait for each other for ever.
             for e in self.prefilling:
                 free -= max(0, -(-(e[2] - e[4]) // bs) - e[3])
-            if -(-todo // bs) + pin > free:
+            if -(-todo // bs) + pin > free or not self._engine_admits(rid, todo, room):
                 if preempts and self._preempt_victim(waiting.head_key(), chosen) is not None:
                     pi = 0  # the room made may let a partial prefill passed over go on
+                    room = fresh_room(room[2] if room else 0)
                 else:
                     blocked = True
                 continue
