@@ -290,9 +290,8 @@ def launch_settings(script: str) -> dict[str, str]:
       `--enable-flashinfer-allreduce-fusion`, '' otherwise;
     - mxfp4_activation: what MXFP4 experts quantise activations to, where the script chooses
       (`mxfp4_activation_of`);
-    - moe_backend: "flashinfer_trtllm" where a vLLM script sets
-      `VLLM_USE_FLASHINFER_MOE_INT4=1` (FlashInfer's TRT-LLM MxInt4 MoE instead of Marlin,
-      e.g. kimik2.5_int4_b200.sh), '' otherwise.
+    - moe_backend: the fused-MoE kernels a vLLM script asks for (`vllm_moe_backend_of`), ''
+      for vLLM's own choice.
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
@@ -378,11 +377,26 @@ def launch_settings(script: str) -> dict[str, str]:
     fusion = re.search(r"--enable-flashinfer-allreduce-fusion\b", script)
     out["ar_fusion"] = "flashinfer" if fusion else ""
     out["mxfp4_activation"] = mxfp4_activation_of(script)
-    int4 = re.search(r"VLLM_USE_FLASHINFER_MOE_INT4=[\"']?1\b", script)
-    out["moe_backend"] = "flashinfer_trtllm" if int4 else ""
+    out["moe_backend"] = vllm_moe_backend_of(script)
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
     return out
+
+
+def vllm_moe_backend_of(script: str) -> str:
+    """The fused-MoE kernels a vLLM launch script asks for: "flashinfer_trtllm" where it sets
+    `VLLM_USE_FLASHINFER_MOE_INT4=1` (FlashInfer's TRT-LLM MxInt4 MoE instead of Marlin, e.g.
+    kimik2.5_int4_b200.sh); "triton" where it passes `--moe-backend triton` or turns both
+    FlashInfer's and DeepGEMM's fp8 MoE off (`VLLM_USE_FLASHINFER_MOE_FP8=0` with
+    `VLLM_MOE_USE_DEEP_GEMM=0` or `VLLM_USE_DEEP_GEMM=0`, minimaxm2.5_fp8_b200.sh before
+    2026-04-03), which leaves the oracle Triton; '' for vLLM's own choice."""
+    if re.search(r"VLLM_USE_FLASHINFER_MOE_INT4=[\"']?1\b", script):
+        return "flashinfer_trtllm"
+    if re.search(r"--moe-backend[= ]+[\"']?triton\b", script):
+        return "triton"
+    no_fi = re.search(r"VLLM_USE_FLASHINFER_MOE_FP8=[\"']?0\b", script)
+    no_dg = re.search(r"VLLM_(?:MOE_)?USE_DEEP_GEMM=[\"']?0\b", script)
+    return "triton" if no_fi and no_dg else ""
 
 
 # How a launch chooses the activation format of MXFP4 experts (gpt-oss), and which it is:

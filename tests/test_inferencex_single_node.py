@@ -216,6 +216,14 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     # kimik2.5_int4_b200.sh from 2026-03-25: FlashInfer's TRT-LLM MxInt4 MoE, not Marlin
     int4 = launch_settings("export VLLM_USE_FLASHINFER_MOE_INT4=1\n" + vllm)
     assert (int4["moe_backend"], got["moe_backend"]) == ("flashinfer_trtllm", "")
+    # minimaxm2.5_fp8_b200.sh until 2026-04-02 turned FlashInfer's and DeepGEMM's fp8 MoE
+    # off (Triton), minimaxm2.5_fp8_h200.sh from 2026-05-26 names Triton; one switch alone
+    # leaves the oracle another choice
+    off = "export VLLM_USE_FLASHINFER_MOE_FP8=0\nexport VLLM_MOE_USE_DEEP_GEMM=0\n"
+    assert launch_settings(off + vllm)["moe_backend"] == "triton"
+    assert launch_settings("vllm serve $MODEL --moe-backend triton")["moe_backend"] == "triton"
+    no_fi = "export VLLM_USE_FLASHINFER_MOE_FP8=0\n"
+    assert launch_settings(no_fi + vllm)["moe_backend"] == ""
     assert got["token_budget"] == ""  # 8192 in the file and ISL*2 on the command line
     assert got["graph_max_bs"] == "2048"
     trt = (
@@ -352,8 +360,14 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
         .replace("v0.19.0", "v0.17.0"),
     }
     filled = silicon.single_node_config(march)[0]
-    assert silicon.script_launch(filled) == {"kv_cache_dtype": "auto", "mem_fraction": 0.95}
-    assert silicon.deployment_of(filled, silicon.Catalog()).model.kv_dtype == "bf16"
+    assert silicon.script_launch(filled) == {
+        "kv_cache_dtype": "auto",
+        "mem_fraction": 0.95,
+        "moe_backend": "triton",  # VLLM_USE_FLASHINFER_MOE_FP8=0, VLLM_MOE_USE_DEEP_GEMM=0
+    }
+    march_dep = silicon.deployment_of(filled, silicon.Catalog())
+    assert march_dep.model.kv_dtype == "bf16"
+    assert (march_dep.engine.moe_backend, dep.engine.moe_backend) == ("triton", "auto")
 
 
 def test_runner_values_evaluate_only_arithmetic_in_the_runners_variables() -> None:

@@ -883,6 +883,41 @@ def test_mxfp4_experts_are_priced_by_the_activation_format_the_engine_runs() -> 
         mk.mxfp4_activation("vllm", "b200_sxm", "fp8")
 
 
+def test_vllm_block_fp8_experts_on_blackwell_run_the_kernel_its_oracle_picks() -> None:
+    """From vLLM 0.16 the fp8 MoE oracle tries FlashInfer's TRT-LLM kernels first on SM 10.x
+    (PR #32414, #34260). aiconfigurator's vLLM 0.19 B200 table timed `fused_experts`' Triton
+    kernels directly (`vllm_fused_moe`), its 0.24 table the oracle's FlashInfer choice: a 0.19
+    launch of MiniMax-M2.5's fp8 experts is priced by the FlashInfer rows (0.24's measurement),
+    one that turned FlashInfer and DeepGEMM off (`moe_backend` triton) by the Triton rows, and
+    a 0.15 launch (before the oracle) keeps its nearest table. Hopper keeps its nearest table."""
+    layout = (3072, 1536, 8, 256, 2, 1)  # MiniMax-M2.5's expert layer at TP 2
+    dev = get_device("b200_sxm")
+
+    def row(version: str, kernel: str) -> float:
+        found = kernel_tables.find("b200_sxm", "moe", "moe_perf", "vllm", version)
+        assert found is not None and found[1] == version
+        c = kernel_tables.read(found[0], mk._MOE_COLS)
+        hit = (c["moe_dtype"] == "fp8_block") & (c["hidden_size"] == 3072)
+        hit &= (c["inter_size"] == 1536) & (c["num_tokens"] == 8192) & (c["moe_tp_size"] == 2)
+        hit &= (c["moe_ep_size"] == 1) & (c["distribution"] == "power_law_1.01")
+        hit &= np.array([kernel in str(k) for k in c["kernel_source"]])
+        assert hit.any()
+        return float(c["latency"][hit].min()) * 1e-3
+
+    flashinfer, triton = row("0.24.0", "flashinfer_trtllm"), row("0.19.0", "vllm_fused_moe")
+    assert triton > 1.5 * flashinfer
+
+    def price(version: str, backend: str = "auto", gpu: str = "b200_sxm") -> tuple[float, int]:
+        b = mk.backend("measured", get_device(gpu), "vllm", version, FIT, moe_backend=backend)
+        return one_moe(b, 8192, layout, "fp8", "power_law_1.01", block=True)
+
+    assert price("0.19.0") == (pytest.approx(flashinfer), mk.MEASURED)
+    assert price("0.19.0", "triton") == (pytest.approx(triton), mk.MEASURED)
+    assert price("0.15.1") == price("0.19.0", "triton")  # nearest: the 0.19 Triton rows
+    assert price("0.19.0", gpu="h200_sxm") == price("0.15.1", gpu="h200_sxm")
+    assert dev.name in mk.SM100_GPUS
+
+
 def test_a_vllm_launch_asking_for_flashinfer_int4_moe_is_priced_by_that_kernel() -> None:
     """`VLLM_USE_FLASHINFER_MOE_INT4=1` (InferenceX's Kimi-K2.5 B200 launches) runs FlashInfer's
     TRT-LLM MxInt4 MoE instead of Marlin on SM 10.x. vLLM's B200 tables measured Marlin only;

@@ -225,8 +225,10 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         metavar="NAME",
         help="the engine's fused-MoE kernels (TRT-LLM moe_config.backend, SGLang "
         "--moe-runner-backend; vLLM flashinfer_trtllm for VLLM_USE_FLASHINFER_MOE_INT4=1 on "
-        "Blackwell); measured MoE tables of other kernels are not used (default: the "
-        "engine's own choice)",
+        "Blackwell, triton for --moe-backend triton or VLLM_USE_FLASHINFER_MOE_FP8=0 with "
+        "DeepGEMM off); measured MoE tables of other kernels are not used (default: the "
+        "engine's own choice, which for vLLM 0.16+ on Blackwell runs block-fp8 experts on "
+        "FlashInfer's TRT-LLM kernels)",
     )
     g.add_argument(
         "--moe-a2a-backend",

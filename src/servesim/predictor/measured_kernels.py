@@ -66,6 +66,11 @@ MXFP4_TABLES = {"bf16": "w4a16_mxfp4", "mxfp8": "w4a8_mxfp4_mxfp8"}
 # GPUs of the measured set by tensor-core generation: SM 10.x (B200, B300, GB200, GB300) and
 # SM 12.0 (RTX PRO 6000 Blackwell); the others are Ampere, Ada, Hopper or not NVIDIA's.
 SM100_GPUS = frozenset({"b200_sxm", "b300_sxm", "gb200", "gb300"})
+# The first vLLM release whose fp8 MoE oracle tries FlashInfer's kernels first (`_moe_kernel_
+# family`), and the table kernel names of each kernel family a launch can ask for: the direct
+# `fused_experts` collections (`vllm_fused_moe`) timed Triton's kernels.
+VLLM_FP8_MOE_ORACLE = (0, 16, 0, 0)
+MOE_KERNEL_FAMILIES = {"triton": ("triton", "vllm_fused_moe")}
 SM120_GPUS = frozenset({"rtx_pro_6000_server"})
 ACT_BYTES = 2.0  # activations travel in bf16
 # The MLA tables measure DeepSeek-V3's latent layout: (kv_lora_rank, qk_rope_head_dim,
@@ -474,29 +479,51 @@ class MeasuredKernels:
         return None
 
     @functools.cached_property
-    def _moe_paths(self) -> list[Path]:
-        """Every collection of expert-layer tables, this engine's nearest version first: the
-        collections measured different model layouts (TensorRT-LLM 1.3.0rc23's H200 tables
-        hold four, none DeepSeek's, which rc20 measured). A launch that names a kernel family
-        (`_moe_kernel_family`) looks in every engine's tables after its own for it."""
+    def _moe_tables(self) -> tuple[list[Path], list[Path]]:
+        """(this engine's collections of expert-layer tables, every engine's after it), the
+        nearest version first: the collections measured different model layouts
+        (TensorRT-LLM 1.3.0rc23's H200 tables hold four, none DeepSeek's, which rc20
+        measured)."""
         paths: list[Path] = []
+        own = 0
         for engine in self.engines:  # one engine's kernels, as `_find` picks them
             found = kernel_tables.find_all(self.gpu, "moe", "moe_perf", engine, self.version)
             paths += [path for path, _ in found]
-            if paths and not self._moe_kernel_family:
-                break
-        return paths
+            own = own or len(paths)
+        return paths[:own], paths
 
-    @property
-    def _moe_kernel_family(self) -> str:
-        """The kernel family a vLLM launch asks its fused MoE for, whichever engine's tables
-        measured it ('' for the engine's own choice): `VLLM_USE_FLASHINFER_MOE_INT4=1` runs
-        FlashInfer's TRT-LLM MxInt4 MoE on SM 10.x (`is_flashinfer_mxint4_moe_available`),
-        which vLLM's tables do not hold and SGLang's (`sglang_flashinfer_trtllm_moe`, int4)
-        do."""
+    def _moe_paths(self, table_dtype: str) -> list[Path]:
+        """The expert-layer tables that price this table dtype: the engine's own, or, for a
+        launch whose kernel family (`_moe_kernel_family`) other engines measured too, every
+        engine's after its own."""
+        own, every = self._moe_tables
+        return every if self._moe_kernel_family(table_dtype) else own
+
+    def _moe_kernel_family(self, table_dtype: str) -> str:
+        """The kernel family a vLLM launch runs its fused MoE of this table dtype with,
+        whichever engine's tables measured it ('' for every kernel of the engine's tables):
+        - `VLLM_USE_FLASHINFER_MOE_INT4=1` (`moe_backend` flashinfer_trtllm) runs FlashInfer's
+          TRT-LLM MxInt4 MoE on SM 10.x (`is_flashinfer_mxint4_moe_available`), which vLLM's
+          tables do not hold and SGLang's (`sglang_flashinfer_trtllm_moe`, int4) do;
+        - block-scaled fp8 experts on SM 10.x run FlashInfer's TRT-LLM kernels from vLLM
+          0.16 on: the MoE oracle tries FLASHINFER_TRTLLM first (vllm-project/vllm PR #32414,
+          `oracle/fp8.py` `_get_priority_backends`; PR #34260 keeps FlashInfer ahead of DeepGEMM
+          on Blackwell), where aiconfigurator's vLLM 0.19/0.22 tables timed `fused_experts`'
+          Triton kernels directly (`vllm_fused_moe`) and its 0.24 tables the oracle's choice;
+        - a launch that turns FlashInfer's and DeepGEMM's fp8 MoE off
+          (`VLLM_USE_FLASHINFER_MOE_FP8=0` with `VLLM_MOE_USE_DEEP_GEMM=0`, or `--moe-backend
+          triton`: `moe_backend` triton) runs Triton's."""
+        if self.engine != "vllm":
+            return ""
         sm100 = self.gpu in SM100_GPUS
-        if self.engine == "vllm" and self.moe_backend == "flashinfer_trtllm" and sm100:
+        if self.moe_backend == "triton":
+            return "triton"
+        if self.moe_backend == "flashinfer_trtllm" and sm100:
             return "flashinfer_trtllm"
+        if self.moe_backend == "auto" and sm100 and table_dtype == "fp8_block":
+            newest = self.version is None
+            if newest or kernel_tables.version_key(self.version) >= VLLM_FP8_MOE_ORACLE:
+                return "flashinfer_trtllm"
         return ""
 
     @functools.cached_property
@@ -803,9 +830,7 @@ class MeasuredKernels:
             priced = self._moe_from(wide, tokens, layout, expert_dtype, gated, distribution, block)
             if priced is not None:
                 return priced
-        return self._moe_from(
-            self._moe_paths, tokens, layout, expert_dtype, gated, distribution, block
-        )
+        return self._moe_from(None, tokens, layout, expert_dtype, gated, distribution, block)
 
     def _moe_table_dtypes(self, expert_dtype: str, block: bool) -> tuple[str, ...]:
         """The MoE tables' dtypes that price experts of this format, preferred first: MXFP4
@@ -829,9 +854,10 @@ class MeasuredKernels:
         only in its opt-in min-latency mode, and CUTLASS's NVFP4 rows price B200 decode pools
         20-25 % above their measured TPOT (NOTES.md, stop 35). A vLLM launch naming a kernel
         family (`_moe_kernel_family`) runs only kernels of that family."""
-        if self._moe_kernel_family:
-            family = self._moe_kernel_family
-            return frozenset(k for k in _moe_sources(path, moe_dtype) if family in k)
+        family = self._moe_kernel_family(moe_dtype)
+        if family:
+            names = MOE_KERNEL_FAMILIES.get(family, (family,))
+            return frozenset(k for k in _moe_sources(path, moe_dtype) if any(n in k for n in names))
         if self.engine != "trtllm":
             return None
         sources = _moe_sources(path, moe_dtype)
@@ -841,7 +867,7 @@ class MeasuredKernels:
 
     def _moe_from(
         self,
-        paths: list[Path],
+        paths: list[Path] | None,
         tokens: np.ndarray,
         layout: tuple[int, int, int, int, int, int],
         expert_dtype: str,
@@ -849,8 +875,9 @@ class MeasuredKernels:
         distribution: str,
         block: bool,
     ) -> Coded | None:
-        """`moe` from one family of tables (`paths`, nearest version first); None where they
-        hold no layout of this dtype and routing."""
+        """`moe` from one family of tables (`paths`, nearest version first; None: the
+        fused-MoE tables, `_moe_paths`); None where they hold no layout of this dtype and
+        routing."""
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
         path_kernels: frozenset[str] | None = None
@@ -860,8 +887,8 @@ class MeasuredKernels:
         for table_dtype in self._moe_table_dtypes(expert_dtype, block):
             if strict and found:
                 break
-            for where in paths:  # the nearest version first
-                kernels = self._moe_kernels(where, table_dtype)
+            for where in self._moe_paths(table_dtype) if paths is None else paths:
+                kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
                 if kernels is not None and not kernels:
                     continue  # none of this launch's kernels was measured here
                 # (the DeepEP tables call an even spread `uniform`)
