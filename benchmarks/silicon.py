@@ -225,25 +225,34 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int]
     return None
 
 
-def inferencex_vllm_launch(row: dict[str, str]) -> tuple[int, int, int] | None:
+# What InferenceX's 2025 Llama-3.1-70B B200 launches set for vLLM's FlashInfer all-reduce
+# fusion: `VLLM_FLASHINFER_ALLREDUCE_FUSION_THRESHOLDS_MB='{"2":32,"4":32,"8":8}'`.
+LLAMA70B_B200_FUSION_MIB = ((2, 32.0), (4, 32.0), (8, 8.0))
+
+
+def inferencex_vllm_launch(
+    row: dict[str, str],
+) -> tuple[int, int, int, tuple[tuple[int, float], ...] | None] | None:
     """(`--max-num-seqs`, `--max-num-batched-tokens`, tokens up to which prefill iterations
-    replay piecewise CUDA graphs) of InferenceX's colocated vLLM launch for a row, or None when
-    the row is not one. Every such launch also sets `async-scheduling: true` (the overlap
-    scheduler here) and `no-enable-prefix-caching`.
+    replay piecewise CUDA graphs, the all-reduce fusion's largest inputs or None without it)
+    of InferenceX's colocated vLLM launch for a row, or None when the row is not one. Every
+    such launch also sets `async-scheduling: true` (the overlap scheduler here) and
+    `no-enable-prefix-caching`.
 
     From SemiAnalysisAI/InferenceX before commit 3233df20f ("remove llama 70b", 2025-10-29):
     benchmarks/70b_fp8_b200_docker.sh and 70b_fp4_b200_docker.sh pass `--max-num-seqs 512`,
     `max-num-batched-tokens: 8192` and `cudagraph_mode: FULL_DECODE_ONLY` with no splitting ops
-    (iterations that carry prefill tokens run without CUDA graphs); 70b_fp8_h200_slurm.sh and
-    70b_fp8_h100_docker.sh pass `--max-num-seqs CONC`, the same budget and vLLM's default
-    compilation (piecewise graphs up to 512 tokens)."""
+    (iterations that carry prefill tokens run without CUDA graphs), and `pass_config:
+    {"enable_fi_allreduce_fusion": true}` with `LLAMA70B_B200_FUSION_MIB` (since 2025-09-12);
+    70b_fp8_h200_slurm.sh and 70b_fp8_h100_docker.sh pass `--max-num-seqs CONC`, the same
+    budget and vLLM's default compilation (piecewise graphs up to 512 tokens, no fusion)."""
     if row.get("backend") != "vllm" or row.get("mode", "agg") not in ("agg", ""):
         return None
     if protocol_of(row) is AIPERF or "llama-3.1-70b" not in row["model_path"].lower():
         return None
     if row["system"].startswith("b200"):
-        return 512, 8192, 0
-    return concurrency_of(row), 8192, 512
+        return 512, 8192, 0, LLAMA70B_B200_FUSION_MIB
+    return concurrency_of(row), 8192, 512, None
 
 
 # What a launch script fixes for its engine: the columns scripts/inferencex_single_node.py
@@ -544,6 +553,10 @@ def deployment_of(
             eng = engine.with_overrides(
                 overlap_scheduling=True, prefix_caching=False, prefill_graph_max_tokens=vllm[2]
             )
+            if vllm[3] is not None:
+                eng = eng.with_overrides(
+                    allreduce_norm_fusion="vllm", allreduce_fusion_max_mib=vllm[3]
+                )
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and scripted and all(x is None for x in (trt, vllm)):
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)

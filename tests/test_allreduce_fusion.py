@@ -111,6 +111,30 @@ def test_sglang_fuses_up_to_2048_tokens_when_launched_with_the_flag() -> None:
     assert "norms" in {op.name for op in plain.ops(BatchShape(prefill=((512, 0),)))}
 
 
+def test_vllm_fuses_inputs_up_to_its_per_tp_size_limit() -> None:
+    """vLLM's `enable_fi_allreduce_fusion` pass fuses an all-reduce whose input is at most the
+    MiB its table gives the TP degree: `max_size // (hidden * 2)` tokens. With InferenceX's
+    2025 Llama-3.1-70B B200 thresholds (32 MiB at TP 4, 8 at TP 8) that is 2,048 and 512 tokens
+    of 8,192 bf16 values; vLLM's own defaults (64/32/1 MiB at 2/4/8) give 4,096, 2,048 and 64;
+    TP 3, not in the table, is not fused; a bad threshold is one sentence."""
+    inferencex = get_engine("vllm").with_overrides(
+        allreduce_norm_fusion="vllm", allreduce_fusion_max_mib=((2, 32.0), (4, 32.0), (8, 8.0))
+    )
+    assert fused_allreduce_max_tokens(inferencex, 8192, 4) == 2048
+    assert fused_allreduce_max_tokens(inferencex, 8192, 8) == 512
+    default = get_engine("vllm").with_overrides(allreduce_norm_fusion="vllm")
+    got = [fused_allreduce_max_tokens(default, 8192, tp) for tp in (2, 4, 8, 3)]
+    assert got == [4096, 2048, 64, 0]
+    assert fuses_allreduce_norm(default, "qwen3", 5120, 4, 1, nvlink=True)
+    b200 = get_device("b200_sxm")
+    pred = Predictor(LLAMA70, b200, Parallel(tp=8), engine=inferencex)
+    for tokens, kept in ((512, False), (513, True)):
+        names = {op.name for op in pred.ops(BatchShape(prefill=((tokens, 0),)))}
+        assert ("norms" in names) is kept and ("residual_add" in names) is kept
+    with pytest.raises(ServesimError, match="allreduce_fusion_max_mib"):
+        EngineProfile(allreduce_fusion_max_mib=((1, 32.0),))
+
+
 def test_the_predict_flag_sets_the_fusion(predict_op_names) -> None:
     """`servesim predict --engine sglang --allreduce-norm-fusion flashinfer` lists no norm or
     residual operator for a decode step at TP 8; without the flag SGLang has them."""

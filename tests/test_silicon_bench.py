@@ -361,7 +361,9 @@ def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting()
 def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
     """InferenceX's 2025 Llama-3.1-70B vLLM launches: 8,192-token budget, async scheduling, no
     prefix caching; B200 runs 512 sequences with prefill outside CUDA graphs
-    (FULL_DECODE_ONLY), H200 and H100 CONC sequences with piecewise graphs up to 512 tokens."""
+    (FULL_DECODE_ONLY) and vLLM's FlashInfer all-reduce fusion (inputs up to 32/32/8 MiB at
+    TP 2/4/8), H200 and H100 CONC sequences with piecewise graphs up to 512 tokens and no
+    fusion."""
     ix = "source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency={c}; measured=2025"
     llama = row(
         backend="vllm",
@@ -373,8 +375,10 @@ def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
         batch_size="",
         silicon_data_source=ix.format(c=16) + "-10-29T00:00:00.000Z; wip=False",
     )
-    assert silicon.inferencex_vllm_launch(llama) == (512, 8192, 0)
-    assert silicon.inferencex_vllm_launch({**llama, "system": "h200_sxm"}) == (16, 8192, 512)
+    fusion = ((2, 32.0), (4, 32.0), (8, 8.0))
+    assert silicon.inferencex_vllm_launch(llama) == (512, 8192, 0, fusion)
+    h200 = {**llama, "system": "h200_sxm"}
+    assert silicon.inferencex_vllm_launch(h200) == (16, 8192, 512, None)
     assert silicon.inferencex_vllm_launch({**llama, "backend": "sglang"}) is None
     aiperf = {**llama, "silicon_data_source": AIPERF_SOURCE}
     assert silicon.inferencex_vllm_launch(aiperf) is None
@@ -382,6 +386,11 @@ def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
     assert dep.engine.overlap_scheduling and not dep.engine.prefix_caching
     assert dep.engine.prefill_graph_max_tokens == 0
     assert (dep.max_num_seqs, dep.max_num_batched_tokens) == (512, 8192)
+    assert (dep.engine.allreduce_norm_fusion, dep.engine.allreduce_fusion_max_mib) == (
+        "vllm",
+        fusion,
+    )
+    assert silicon.deployment_of(h200, Catalog()).engine.allreduce_norm_fusion == "none"
 
 
 def test_inferencex_rows_before_the_search_space_get_their_scripts_layout() -> None:

@@ -244,7 +244,8 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         help="residual add and RMSNorm done inside each TP all-reduce: trtllm (TensorRT-LLM's "
         "eager fusion: Llama above hidden 4096, DeepSeek-V3/Kimi-K2, within its 8 MB "
         "workspace), flashinfer (SGLang --enable-flashinfer-allreduce-fusion, up to 2048 "
-        "tokens) or none (default: the engine's; trtllm for trtllm, none otherwise)",
+        "tokens), vllm (vLLM's enable_fi_allreduce_fusion pass, inputs up to 64/32/1 MiB at "
+        "TP 2/4/8) or none (default: the engine's; trtllm for trtllm, none otherwise)",
     )
     g.add_argument(
         "--mxfp4-activation",

@@ -85,7 +85,12 @@ VLLM_UNGRAPHED_HOST_S_PER_LAYER = 0.47e-3
 TOKENIZE_S_PER_TOKEN = 2.5e-6
 
 
-ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer")
+ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer", "vllm")
+# vLLM's default largest all-reduce input its FlashInfer fusion pass fuses, per TP degree, on
+# Blackwell (`_FI_ALLREDUCE_MAX_INPUT_SIZES["10.0"]`, vllm/config/compilation.py, PR #24248):
+# 64 MiB at 2 ranks, 32 at 4, 1 at 8; `VLLM_FLASHINFER_ALLREDUCE_FUSION_THRESHOLDS_MB` replaces
+# it. A TP degree it does not list is not fused.
+VLLM_FUSION_MAX_MIB = ((2, 64.0), (4, 32.0), (8, 1.0))
 # What MXFP4 expert GEMMs quantise their activations to (`EngineProfile.mxfp4_activation`).
 MXFP4_ACTIVATIONS = ("auto", "mxfp8", "bf16")
 
@@ -244,8 +249,12 @@ class EngineProfile:
     # follow them, in the same kernel (`fuses_allreduce_norm`, `fused_allreduce_max_tokens`):
     # "none"; "trtllm", TensorRT-LLM's eager fusion for the model families it enables it for;
     # "flashinfer", every model, up to 2,048 tokens (SGLang's
-    # `--enable-flashinfer-allreduce-fusion`).
+    # `--enable-flashinfer-allreduce-fusion`); "vllm", every model, for inputs up to
+    # `allreduce_fusion_max_mib` at the TP degree (vLLM's `enable_fi_allreduce_fusion` pass).
     allreduce_norm_fusion: str = "none"
+    # ((TP degree, MiB), ...): the largest all-reduce input vLLM's fusion pass fuses at each TP
+    # degree (`VLLM_FLASHINFER_ALLREDUCE_FUSION_THRESHOLDS_MB`); () for vLLM's defaults.
+    allreduce_fusion_max_mib: tuple[tuple[int, float], ...] = ()
     # How expert-parallel MoE layers exchange tokens: SGLang's `--moe-a2a-backend`
     # (server_args.py, default "none"), vLLM's `--all2all-backend` (vllm/config/parallel.py,
     # default "allgather_reducescatter"); "none" is the engine's default. SGLang "none": the
@@ -268,6 +277,18 @@ class EngineProfile:
                 f"allreduce_norm_fusion {self.allreduce_norm_fusion!r} is not one of "
                 f"{', '.join(ALLREDUCE_NORM_FUSION)}."
             )
+        for pair in self.allreduce_fusion_max_mib:
+            if not (
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and isinstance(pair[0], int)
+                and pair[0] >= 2
+                and pair[1] >= 0
+            ):
+                raise ServesimError(
+                    f"allreduce_fusion_max_mib {self.allreduce_fusion_max_mib!r} must be "
+                    "(TP degree of 2 or more, MiB of 0 or more) pairs, e.g. ((2, 32), (8, 8))."
+                )
         if self.disagg_first_token not in FIRST_TOKEN_SOURCES:
             raise ServesimError(
                 f"disagg_first_token {self.disagg_first_token!r} is not one of "
@@ -449,7 +470,7 @@ def fuses_allreduce_norm(
     `ifFallbackToNCCL` when peers lack NVLink; FlashInfer's fused kernel needs NVLink P2P)."""
     if tp <= 1 or attention_dp > 1 or not nvlink or engine.allreduce_norm_fusion == "none":
         return False
-    if engine.allreduce_norm_fusion == "flashinfer":
+    if engine.allreduce_norm_fusion in ("flashinfer", "vllm"):
         return True
     if model_type == "llama":
         return hidden_size > 4096
@@ -465,9 +486,15 @@ def fused_allreduce_max_tokens(engine: EngineProfile, hidden_size: int, tp: int)
     8 MB for more, in the 1.0-1.2 releases the measured rows ran; later releases raised it to
     64 MiB), and hands larger ones to NCCL followed by separate kernels
     (`fallbackRunSubsequentOps`, cpp/tensorrt_llm/thop/allreduceOp.cpp); a token is hidden_size
-    bf16 values. SGLang: `FUSE_ALLREDUCE_MAX_BATCH_SIZE` = 2,048 tokens."""
+    bf16 values. SGLang: `FUSE_ALLREDUCE_MAX_BATCH_SIZE` = 2,048 tokens. vLLM: the pass's
+    largest input at this TP degree (`allreduce_fusion_max_mib`, MiB of bf16 activations;
+    vllm/compilation/passes/fusion/allreduce_rms_fusion.py `max_token_num = max_size //
+    (hidden_dim * element_size)`), none at a degree it does not list."""
     if engine.allreduce_norm_fusion == "flashinfer":
         return 2048.0
+    if engine.allreduce_norm_fusion == "vllm":
+        mib = dict(engine.allreduce_fusion_max_mib or VLLM_FUSION_MAX_MIB).get(tp, 0.0)
+        return float(int(mib * 2**20) // (2 * hidden_size))
     workspace_bytes = 16e6 if tp <= 2 else 8e6
     return workspace_bytes / (2.0 * hidden_size)
 
