@@ -321,7 +321,7 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
 # all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`), the format
 # MXFP4 experts quantise activations to (e.g. vLLM's VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)
 # and the MoE kernels (vLLM's VLLM_USE_FLASHINFER_MOE_INT4=1).
-TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion", "mxfp4_activation", "moe_backend")
+TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion", "ar_fusion_mib", "mxfp4_activation", "moe_backend")
 
 
 def script_launch(row: dict[str, str]) -> dict[str, float | str]:
@@ -560,6 +560,9 @@ def deployment_of(
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and scripted and all(x is None for x in (trt, vllm)):
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
+            unset = row["backend"] == "vllm" and not scripted.get("ar_fusion")
+            if unset and vllm_fuses_by_default(row):  # the release's own default on this GPU
+                eng = eng.with_overrides(allreduce_norm_fusion="vllm")
         pool_model = model
         if recipe:
             eng, limits = _apply_script(eng, limits, recipe, row["backend"], par.dp)
@@ -630,6 +633,37 @@ def _apply_script(
     return engine.with_overrides(**overrides), limits
 
 
+def fusion_mib(text: str) -> tuple[tuple[int, float], ...]:
+    """vLLM's fusion input limits as the table writes them ("2:32 4:32 8:8")."""
+    pairs = (pair.split(":") for pair in text.split())
+    return tuple((int(tp), float(mib)) for tp, mib in pairs)
+
+
+# vLLM fuses TP all-reduces with the following RMSNorm by default (`enable_allreduce_rms_
+# fusion`, at the default -O2) on SM 10.0 from 0.17 (vllm-project/vllm PR #34299, 2026-02-11,
+# after 0.16's branch) and on SM 10.3 from 0.19 (PR #37755, 2026-03-21); never on Hopper.
+VLLM_DEFAULT_FUSION_FROM = {
+    "b200_sxm": (0, 17),
+    "gb200": (0, 17),
+    "b300_sxm": (0, 19),
+    "gb300": (0, 19),
+}
+
+
+def vllm_fuses_by_default(row: dict[str, str]) -> bool:
+    """Whether the vLLM release a row ran fuses its all-reduces with the norms by default on
+    the row's GPU (`VLLM_DEFAULT_FUSION_FROM`); the release is the row's backend_version, else
+    its image's tag."""
+    since = VLLM_DEFAULT_FUSION_FROM.get(row.get("system", ""))
+    if since is None:
+        return False
+    version = row.get("backend_version") or ""
+    if not version:
+        m = re.search(r"image=[^;]*:v?([\d.]+\w*)", row.get("silicon_data_source", ""))
+        version = m.group(1) if m else ""
+    return version_key(version)[:2] >= since
+
+
 # Recipe settings whose values are names, not numbers.
 _TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend"})
 
@@ -638,7 +672,8 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "mem_fraction": ("mem_util", float),
     "graph_max_bs": ("cuda_graph_max_seqs", int),
     "recv_interval": ("recv_interval_steps", int),
-    "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang --enable-flashinfer-allreduce-fusion
+    "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang's flag; vLLM's fusion pass
+    "ar_fusion_mib": ("allreduce_fusion_max_mib", fusion_mib),  # vLLM's fusion input limits
     "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend (recipes only)
     "moe_backend": ("moe_backend", str),  # TRT-LLM moe_config.backend; vLLM's FlashInfer int4
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)

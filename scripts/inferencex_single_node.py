@@ -50,6 +50,7 @@ LAUNCH_FIELDS = (
     "recv_interval",
     "ssm_dtype",
     "ar_fusion",
+    "ar_fusion_mib",
     "mxfp4_activation",
     "moe_backend",
 )
@@ -286,8 +287,8 @@ def launch_settings(script: str) -> dict[str, str]:
     - ssm_dtype: the recurrent (Mamba / Gated DeltaNet) state's format, SGLang
       `--mamba-ssm-dtype`, vLLM `--mamba-ssm-cache-dtype`; '' leaves the checkpoint's
       `mamba_ssm_dtype`;
-    - ar_fusion: "flashinfer" where the script passes SGLang's
-      `--enable-flashinfer-allreduce-fusion`, '' otherwise;
+    - ar_fusion: the all-reduce + RMSNorm fusion the script asks for (`allreduce_fusion_of`);
+    - ar_fusion_mib: vLLM's fusion input limits it sets (`fusion_thresholds_of`);
     - mxfp4_activation: what MXFP4 experts quantise activations to, where the script chooses
       (`mxfp4_activation_of`);
     - moe_backend: the fused-MoE kernels a vLLM script asks for (`vllm_moe_backend_of`), ''
@@ -374,13 +375,39 @@ def launch_settings(script: str) -> dict[str, str]:
             word=True,
         ),
     }
-    fusion = re.search(r"--enable-flashinfer-allreduce-fusion\b", script)
-    out["ar_fusion"] = "flashinfer" if fusion else ""
+    out["ar_fusion"] = allreduce_fusion_of(script)
+    out["ar_fusion_mib"] = fusion_thresholds_of(script)
     out["mxfp4_activation"] = mxfp4_activation_of(script)
     out["moe_backend"] = vllm_moe_backend_of(script)
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
     return out
+
+
+def allreduce_fusion_of(script: str) -> str:
+    """The all-reduce + residual + RMSNorm fusion a launch script asks for: "flashinfer" for
+    SGLang's `--enable-flashinfer-allreduce-fusion`; "vllm" where a vLLM compilation config
+    turns the pass on (`fuse_allreduce_rms` or, before vLLM 0.12, `enable_fi_allreduce_fusion`
+    true, e.g. gptoss_fp4_b200.sh, kimik2.5_int4_b200.sh), "none" where it turns it off; ''
+    for the engine's default."""
+    if re.search(r"--enable-flashinfer-allreduce-fusion\b", script):
+        return "flashinfer"
+    switch = r"(?:fuse_allreduce_rms|enable_fi_allreduce_fusion)[\"']?\s*[:= ]\s*[\"']?"
+    if re.search(switch + r"true\b", script, re.I):
+        return "vllm"
+    if re.search(switch + r"false\b", script, re.I):
+        return "none"
+    return ""
+
+
+def fusion_thresholds_of(script: str) -> str:
+    """vLLM's fusion input limits a script sets, `VLLM_FLASHINFER_ALLREDUCE_FUSION_THRESHOLDS_MB
+    ='{"2":32,"4":32,"8":8}'` (TP degree: MiB), as "2:32 4:32 8:8"; '' when it sets none."""
+    m = re.search(r"VLLM_FLASHINFER_ALLREDUCE_FUSION_THRESHOLDS_MB=[\"']?(\{[^}]*\})", script)
+    if not m:
+        return ""
+    pairs = re.findall(r"[\"']?(\d+)[\"']?\s*:\s*([\d.]+)", m.group(1))
+    return " ".join(f"{tp}:{mib}" for tp, mib in pairs)
 
 
 def vllm_moe_backend_of(script: str) -> str:

@@ -224,6 +224,19 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     assert launch_settings("vllm serve $MODEL --moe-backend triton")["moe_backend"] == "triton"
     no_fi = "export VLLM_USE_FLASHINFER_MOE_FP8=0\n"
     assert launch_settings(no_fi + vllm)["moe_backend"] == ""
+    # vLLM's all-reduce + RMSNorm fusion pass (gptoss_fp4_b200.sh, kimik2.5_int4_b200.sh)
+    # and its input limits; SGLang's flag as before
+    gptoss = (
+        'export VLLM_FLASHINFER_ALLREDUCE_FUSION_THRESHOLDS_MB=\'{"2":32,"4":32,"8":8}\'\n'
+        "cat > config.yaml << EOF\ncompilation-config: "
+        '\'{"pass_config":{"fuse_allreduce_rms":true,"eliminate_noops":true}}\'\nEOF\n'
+    )
+    fused = launch_settings(gptoss + vllm)
+    assert (fused["ar_fusion"], fused["ar_fusion_mib"]) == ("vllm", "2:32 4:32 8:8")
+    kimi = "vllm serve $MODEL --compilation_config.pass_config.fuse_allreduce_rms true \\\n"
+    assert launch_settings(kimi)["ar_fusion"] == "vllm"
+    off = launch_settings("vllm serve -cc.pass_config.fuse_allreduce_rms=false")
+    assert (off["ar_fusion"], got["ar_fusion"], got["ar_fusion_mib"]) == ("none", "", "")
     assert got["token_budget"] == ""  # 8192 in the file and ISL*2 on the command line
     assert got["graph_max_bs"] == "2048"
     trt = (
@@ -243,6 +256,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "recv_interval": "",
         "ssm_dtype": "",
         "ar_fusion": "",
+        "ar_fusion_mib": "",
         "mxfp4_activation": "",  # TensorRT-LLM's own choice on the GPU
         "moe_backend": "",
     }
@@ -368,6 +382,18 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
     march_dep = silicon.deployment_of(filled, silicon.Catalog())
     assert march_dep.model.kv_dtype == "bf16"
     assert (march_dep.engine.moe_backend, dep.engine.moe_backend) == ("triton", "auto")
+    # vLLM fuses its all-reduces with the norms by default on B200 from 0.17 (the script sets
+    # nothing), not on Hopper, not before 0.17
+    assert (march_dep.engine.allreduce_norm_fusion, dep.engine.allreduce_norm_fusion) == (
+        "vllm",
+        "vllm",
+    )
+    assert silicon.vllm_fuses_by_default({"system": "b200_sxm", "backend_version": "0.17.0"})
+    assert not silicon.vllm_fuses_by_default({"system": "b200_sxm", "backend_version": "0.16.0"})
+    assert not silicon.vllm_fuses_by_default({"system": "h200_sxm", "backend_version": "0.19.0"})
+    b300 = {"system": "b300_sxm", "silicon_data_source": "x; image=vllm/vllm-openai:v0.18.0-cu130"}
+    assert not silicon.vllm_fuses_by_default(b300)
+    assert silicon.vllm_fuses_by_default({**b300, "silicon_data_source": "image=v:v0.19.0"})
 
 
 def test_runner_values_evaluate_only_arithmetic_in_the_runners_variables() -> None:
