@@ -891,7 +891,6 @@ def test_vllm_block_fp8_experts_on_blackwell_run_the_kernel_its_oracle_picks() -
     one that turned FlashInfer and DeepGEMM off (`moe_backend` triton) by the Triton rows, and
     a 0.15 launch (before the oracle) keeps its nearest table. Hopper keeps its nearest table."""
     layout = (3072, 1536, 8, 256, 2, 1)  # MiniMax-M2.5's expert layer at TP 2
-    dev = get_device("b200_sxm")
 
     def row(version: str, kernel: str) -> float:
         found = kernel_tables.find("b200_sxm", "moe", "moe_perf", "vllm", version)
@@ -915,7 +914,6 @@ def test_vllm_block_fp8_experts_on_blackwell_run_the_kernel_its_oracle_picks() -
     assert price("0.19.0", "triton") == (pytest.approx(triton), mk.MEASURED)
     assert price("0.15.1") == price("0.19.0", "triton")  # nearest: the 0.19 Triton rows
     assert price("0.19.0", gpu="h200_sxm") == price("0.15.1", gpu="h200_sxm")
-    assert dev.name in mk.SM100_GPUS
 
 
 def test_a_vllm_launch_asking_for_flashinfer_int4_moe_is_priced_by_that_kernel() -> None:
