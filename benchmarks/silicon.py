@@ -558,8 +558,12 @@ def deployment_of(
                     allreduce_norm_fusion="vllm", allreduce_fusion_max_mib=vllm[3]
                 )
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
-        if role == "agg" and scripted and all(x is None for x in (trt, vllm)):
+        if role == "agg" and scripted and vllm is None:
+            # (with the TensorRT-LLM launch read by hand, the script's settings apply too;
+            # its token budget and batch waiting are the hand-read ones)
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
+            if trt is not None:
+                limits["max_num_batched_tokens"] = trt[0] * par.dp
             unset = row["backend"] == "vllm" and not scripted.get("ar_fusion")
             if unset and vllm_fuses_by_default(row):  # the release's own default on this GPU
                 eng = eng.with_overrides(allreduce_norm_fusion="vllm")

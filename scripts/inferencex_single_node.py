@@ -141,20 +141,25 @@ _TEST_OPS = {"-eq": "==", "-ne": "!=", "-ge": ">=", "-gt": ">", "-le": "<=", "-l
 
 def _shell_test(text: str) -> str | None:
     """A bash `if`/`elif` condition as an expression in RUNNER_VARS (`CONC>=16`, tests joined
-    by `&`/`|`), or None when it tests anything else (a string, another variable, a file)."""
+    by `&`/`|`), or None when it tests anything else (a string, another variable, a file).
+    A test compares a runner variable with a number, numerically (`-ge`) or as text (`"$ISL"
+    == "1024"`, the form of dsr1_fp8_b200_trt.sh); `&&` and `||` join tests inside one `[[ ]]`
+    as between them (bash gives `&&` the higher precedence, as the expression does)."""
     m = re.fullmatch(r"(?:el)?if\s+(.*?)\s*;\s*then", text)
     if not m:
         return None
-    parts = re.split(r"\s*(\|\||&&)\s*", m.group(1))
+    cond = re.sub(r"(?<!\S)\[\[?|\]\]?(?!\S)", " ", m.group(1))  # the brackets, not `$((`
+    parts = re.split(r"\s*(\|\||&&)\s*", cond.strip())
     out = []
     for part in parts:
         if part in ("||", "&&"):
             out.append("|" if part == "||" else "&")
             continue
-        t = re.fullmatch(r"\[\[?\s*\"?\$\{?([A-Z_]+)\}?\"?\s+(-[a-z]{2})\s+(\d+)\s*\]\]?", part)
-        if not t or t.group(1) not in RUNNER_VARS or t.group(2) not in _TEST_OPS:
+        t = re.fullmatch(r"\"?\$\{?([A-Z_]+)\}?\"?\s+(-[a-z]{2}|==|!=)\s+\"?(\d+)\"?", part)
+        op = t and _TEST_OPS.get(t.group(2), t.group(2) if t.group(2) in ("==", "!=") else None)
+        if not t or t.group(1) not in RUNNER_VARS or not op:
             return None
-        out.append(f"({t.group(1)}{_TEST_OPS[t.group(2)]}{t.group(3)})")
+        out.append(f"({t.group(1)}{op}{t.group(3)})")
     return "".join(out)
 
 

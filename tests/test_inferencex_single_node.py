@@ -325,6 +325,36 @@ def test_settings_a_script_sets_per_branch_follow_the_runners_values() -> None:
         (2, 32): None,
     }
     assert silicon._runner_value(got["M"], {**names, "TP": 4, "CONC": 8}) == 0.95
+    # dsr1_fp8_b200_trt.sh (2026-01-29 on) tests ISL and OSL as text inside one `[[ ]]`:
+    # KV_CACHE_FREE_MEM_FRACTION 0.8, 0.7 at 1k/8k from 256 clients, 0.75 at 8k/1k on TP 4
+    trt = "\n".join(
+        [
+            "KV_CACHE_FREE_MEM_FRACTION=0.8",
+            'if [[ "$ISL" == "1024" && "$OSL" == "1024" ]]; then',
+            "    if [[ $CONC -ge 64 ]]; then",
+            '        PIECEWISE_CUDA_GRAPHS="true"',
+            "    fi",
+            'elif [[ "$ISL" == "1024" && "$OSL" == "8192" ]]; then',
+            "    if [[ $CONC -ge 256 ]]; then",
+            "        KV_CACHE_FREE_MEM_FRACTION=0.7",
+            "    fi",
+            'elif [[ "$ISL" == "8192" && "$OSL" == "1024" ]]; then',
+            '    if [[ "$TP" == "4" ]]; then',
+            "        KV_CACHE_FREE_MEM_FRACTION=0.75",
+            "    fi",
+            "fi",
+            "cat > $F << EOF",
+            "kv_cache_config:",
+            "    free_gpu_memory_fraction: $KV_CACHE_FREE_MEM_FRACTION",
+            "EOF",
+        ]
+    )
+    frac = launch_settings(trt)["mem_fraction"]
+    cases = {(1024, 1024, 8, 256): 0.8, (1024, 8192, 8, 256): 0.7, (1024, 8192, 8, 128): 0.8}
+    cases |= {(8192, 1024, 4, 64): 0.75, (8192, 1024, 8, 64): 0.8}
+    for (isl, osl, tp, conc), want in cases.items():
+        at = {"ISL": isl, "OSL": osl, "TP": tp, "CONC": conc, "EP_SIZE": 1}
+        assert silicon._runner_value(frac, at) == want, (isl, osl, tp, conc)
 
 
 def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
@@ -514,3 +544,23 @@ def test_a_script_passing_the_flashinfer_fusion_flag_runs_with_it() -> None:
     assert dep.engine.allreduce_norm_fusion == "flashinfer"
     plain = silicon.deployment_of({**filled, "launch_ar_fusion": ""}, silicon.Catalog())
     assert plain.engine.allreduce_norm_fusion == "none"
+
+
+def test_a_hand_read_tensorrt_llm_launch_takes_its_scripts_settings_too() -> None:
+    """The dev file's DeepSeek-R1 FP8 B200 TensorRT-LLM row at 256 clients, 8k/1k, TP 8
+    (dsr1_fp8_b200_trt.sh, which tests ISL and OSL as text): the script's KV fraction (0.8 at
+    8k/1k on TP 8; 0.75 on TP 4) and CUDA-graph size (CONC) apply beside the hand-read launch's
+    token budget (max(8192, CONC + ISL + 64 rounded up to 64) = 8,512)."""
+    rid = "2026_03_25_deepseek_r1_b200_sxm_trtllm_fp8_agg_8192x1024_c256_tp8_0_ep1_0_1196"
+    with open(REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["id"] == rid)
+    filled, source, refusal = silicon.single_node_config(silicon.normalised_row(row)[0])
+    assert refusal == "" and "dsr1-fp8-b200-trt" in source
+    assert silicon.script_launch(filled)["mem_fraction"] == 0.8
+    dep = silicon.deployment_of(filled, silicon.Catalog())
+    assert (dep.engine.mem_util, dep.engine.cuda_graph_max_seqs) == (0.8, 256)
+    assert dep.max_num_batched_tokens == 8512
+    tp4 = silicon._runner_value(
+        filled["launch_mem_fraction"], {"ISL": 8192, "OSL": 1024, "TP": 4, "CONC": 64, "EP_SIZE": 1}
+    )
+    assert tp4 == 0.75
