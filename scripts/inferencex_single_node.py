@@ -155,6 +155,11 @@ def _shell_test(text: str) -> str | None:
         if part in ("||", "&&"):
             out.append("|" if part == "||" else "&")
             continue
+        lit = re.fullmatch(r"\"([a-z]+)\"\s+(==|!=)\s+\"([a-z]+)\"", part)
+        if lit:  # two words (a config flag the runner's value was put in for): a constant
+            same = lit.group(1) == lit.group(3)
+            out.append("(1==1)" if same == (lit.group(2) == "==") else "(1==0)")
+            continue
         t = re.fullmatch(r"\"?\$\{?([A-Z_]+)\}?\"?\s+(-[a-z]{2}|==|!=)\s+\"?(\d+)\"?", part)
         op = t and _TEST_OPS.get(t.group(2), t.group(2) if t.group(2) in ("==", "!=") else None)
         if not t or t.group(1) not in RUNNER_VARS or not op:
@@ -273,10 +278,12 @@ def _one(
     return found.pop() or "" if len(found) == 1 else ""
 
 
-def launch_settings(script: str) -> dict[str, str]:
+def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     """What an InferenceX single-node launch script passes its engine (LAUNCH_FIELDS), read
     from vLLM's `--flag value` or config-file `flag: value`, SGLang's `--flag value` and
-    TensorRT-LLM's `--flag value` or extra-options YAML.
+    TensorRT-LLM's `--flag value` or extra-options YAML. `dp_attn`: the config item's attention
+    DP, which its runner exports as `DP_ATTENTION` (dsr1_fp8_b200_trt_mtp.sh takes a KV fraction
+    of 0.7 under it, 0.8 without); None leaves settings that depend on it unknown.
 
     - kv_cache_dtype: `--kv-cache-dtype` (fp8_e4m3 is fp8), TensorRT-LLM's `kv_cache_config`
       `dtype`; '' when the script leaves the engine's default;
@@ -301,6 +308,8 @@ def launch_settings(script: str) -> dict[str, str]:
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
+    if dp_attn is not None:  # the config item's attention DP, as its runner exports it
+        script = re.sub(r"\$\{?DP_ATTENTION\}?", "true" if dp_attn else "false", script)
     assigned: dict[str, set[str]] = {}
     for m in re.finditer(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)\s*$", script, re.M):
         if "EVAL_" not in m.group(2):  # accuracy-eval runs only (`EVAL_ONLY` branches)
@@ -489,7 +498,8 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                 k = ""
                 if spec == "mtp" and script:
                     k = draft_tokens(script, bool(item.get("dp-attn", False)))
-                launch = launch_settings(script) if script else dict.fromkeys(LAUNCH_FIELDS, "")
+                dp = bool(item.get("dp-attn", False))
+                launch = launch_settings(script, dp) if script else dict.fromkeys(LAUNCH_FIELDS, "")
                 rows.append(
                     {
                         "config_key": key,

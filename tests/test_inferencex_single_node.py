@@ -355,6 +355,24 @@ def test_settings_a_script_sets_per_branch_follow_the_runners_values() -> None:
     for (isl, osl, tp, conc), want in cases.items():
         at = {"ISL": isl, "OSL": osl, "TP": tp, "CONC": conc, "EP_SIZE": 1}
         assert silicon._runner_value(frac, at) == want, (isl, osl, tp, conc)
+    # dsr1_fp8_b200_trt_mtp.sh: 0.7 under attention DP (the item's dp-attn, which the runner
+    # exports as DP_ATTENTION), else 0.8; unknown without the item
+    mtp = "\n".join(
+        [
+            "KV_CACHE_FREE_MEM_FRACTION=0.8",
+            'if [[ "$DP_ATTENTION" == "true" ]]; then',
+            "    KV_CACHE_FREE_MEM_FRACTION=0.7",
+            "fi",
+            "cat > $F << EOF",
+            "kv_cache_config:",
+            "    free_gpu_memory_fraction: $KV_CACHE_FREE_MEM_FRACTION",
+            "EOF",
+        ]
+    )
+    at = {"ISL": 1024, "OSL": 1024, "TP": 8, "CONC": 64, "EP_SIZE": 8}
+    for dp, want in ((True, 0.7), (False, 0.8)):
+        assert silicon._runner_value(launch_settings(mtp, dp)["mem_fraction"], at) == want
+    assert launch_settings(mtp)["mem_fraction"] == ""
 
 
 def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
