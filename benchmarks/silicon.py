@@ -13,7 +13,9 @@ worker pools with the KV cache moved between them. Rows it cannot predict (a mod
 bundled config, an unknown system, backend or quantisation) are counted with the reason.
 
 A row is predicted only when it says what was deployed (`specified_or_reason`); servesim does
-not guess a layout. Fully specified means, per mode:
+not guess a layout. Every row states its client count (`silicon_concurrency=N` in
+`silicon_data_source`: aiconfigurator's benchmark sweeps several per deployment, so a batch size
+does not say which ran). Fully specified means, per mode:
 - `agg`: `batch_size` and `tp_size` are given, and the clients fit the batch slots: concurrency
   ≤ batch_size × attention_dp_size (the row has no replica count, so more clients than slots
   would mean unstated replicas or a deep queue the real run did not have);
@@ -104,12 +106,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"
 
 
+def stated_concurrency(row: dict[str, str]) -> int | None:
+    """Clients of the benchmark as the row states them (`silicon_concurrency=N` in its
+    provenance), or None."""
+    m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", ""))
+    return int(m.group(1)) if m else None
+
+
 def concurrency_of(row: dict[str, str]) -> int:
     """Clients of the benchmark: `silicon_concurrency=N` in the provenance, else the batch size
-    (of all decode workers for disaggregated rows)."""
-    m = re.search(r"silicon_concurrency=(\d+)", row.get("silicon_data_source", ""))
-    if m:
-        return int(m.group(1))
+    (of all decode workers for disaggregated rows) for a row a caller built by hand; the
+    benchmark refuses a row that states no client count (`specified_or_reason`)."""
+    stated = stated_concurrency(row)
+    if stated is not None:
+        return stated
     if row.get("mode") == "disagg":
         return _int(row, "decode_batch_size") * _int(row, "decode_num_workers")
     return _int(row, "batch_size")
@@ -1359,6 +1369,10 @@ def specified_or_reason(row: dict[str, str], benchmarked_clients: bool = False) 
     `benchmarked_clients`: the layout and the client count both come from the deployment's
     own benchmark config (`recovered_layout`), so clients beyond the decode slots are the
     queue that benchmark really had, not a sign of unstated workers."""
+    if stated_concurrency(row) is None:
+        # aiconfigurator's benchmark sweeps several client counts per deployment (bench_run.sh.j2:
+        # 1, 2, 8, 16, 32, 64, 128 and its estimate ±5 %), so the batch size does not say which ran.
+        return "row states no client count (silicon_concurrency)"
     mode = (row.get("mode") or "agg").strip() or "agg"
     clients = concurrency_of(row)
     if mode == "disagg":

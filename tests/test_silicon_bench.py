@@ -97,6 +97,7 @@ def test_main_counts_skipped_rows_with_their_reason(tmp_path: Path, capsys) -> N
         row(model_path="nobody/unknown-model", batch_size="8", tp_size="2"),
         row(system="nonexistent_gpu", batch_size="8", tp_size="2"),
     ]
+    rows[1:] = [{**r, "silicon_data_source": "silicon_concurrency=8"} for r in rows[1:]]
     path = tmp_path / "rows.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HEADER)
@@ -165,13 +166,31 @@ def _rows_by_id(path: Path, ids: list[str]) -> list[dict[str, str]]:
 
 def test_under_specified_rows_are_refused_with_their_reason() -> None:
     """A disaggregated row without worker counts, or a colocated row with more clients than
-    batch slots and no replica count, is refused rather than simulated as 1 worker at batch 1."""
-    assert silicon.specified_or_reason(row(batch_size="8", tp_size="2")) == ""
+    batch slots and no replica count, is refused rather than simulated as 1 worker at batch 1;
+    so is a row that does not state its client count."""
+    stated = "silicon_concurrency=8"
+    assert silicon.specified_or_reason(row(batch_size="8", tp_size="2")) == (
+        "row states no client count (silicon_concurrency)"
+    )
+    assert (
+        silicon.specified_or_reason(row(batch_size="8", tp_size="2", silicon_data_source=stated))
+        == ""
+    )
     over = row(batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=64")
     assert "concurrency above batch_size" in silicon.specified_or_reason(over)
     # Attention-DP ranks each hold batch_size slots: 8 × 8 = 64 clients fit.
     assert silicon.specified_or_reason({**over, "attention_dp_size": "8"}) == ""
-    assert silicon.specified_or_reason(row(tp_size="2")) == "agg row without batch_size"
+    assert silicon.specified_or_reason(row(tp_size="2", silicon_data_source=stated)) == (
+        "agg row without batch_size"
+    )
+    # aiconfigurator's own collection: Qwen3-32B on 2 GB200s, batch 256, no client count in
+    # its provenance (its id reads `_c_`); the measured 54 s TTFT is not 256 clients' queue.
+    (no_count,) = _rows_by_id(
+        DEV_CSV, ["qwen3_32b_qwen3_32b_gb200_trtllm_agg_4000x1000_c_tp2_epnone_2"]
+    )
+    assert (
+        silicon.specified_or_reason(no_count) == "row states no client count (silicon_concurrency)"
+    )
     (unspecified,) = _rows_by_id(
         DEV_CSV,
         ["2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c288_tp8_0_ep8_0_353"],
