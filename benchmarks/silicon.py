@@ -995,7 +995,9 @@ def stated_layout_settings(
     (`prefill_settings` / `decode_settings`) and, for a database record, the recipe's batch
     limits. Items that differ only in flags or batch limits leave the row as stated; items
     that differ in speculative decoding make the row ambiguous (refused, like a dashboard row
-    two configs match). It refines a stated deployment, so no match is not a refusal."""
+    two configs match). It refines a stated deployment, so for an export no match is not a
+    refusal; a database record's batch columns are placeholders, so a record whose items do not
+    give one set of batch limits is refused."""
     src = row.get("silicon_data_source", "")
     if (row.get("mode") or "").strip() != "disagg" or row.get("prefill_settings"):
         return row, "", ""
@@ -1017,6 +1019,15 @@ def stated_layout_settings(
     specs = {(item["spec_decoding"], item["num_draft_tokens"]) for item in found.values()}
     if len(specs) > 1:
         return row, "", f"{len(found)} InferenceX configs match"
+    # A database record of a disaggregated run does not hold the engines' batch limits: its
+    # prefill batch is 1 in every record (the recipes' context servers take 1-64 requests a
+    # rank) and its decode batch is the clients over the decode ranks (370 clients on 5
+    # workers: 74, where the recipe's generation servers take 64). Only a recipe's stand.
+    record = src.startswith("db-dump/")
+    limits = {(i["prefill_max_batch"], i["decode_max_batch"]) for i in found.values()}
+    batches = limits.pop() if len(limits) == 1 else ("", "")
+    if record and not all(batches):
+        return row, "", "database record whose recipe's batch limits are not known"
     if not specs:
         return row, "", ""
     spec, drafts = specs.pop()
@@ -1035,17 +1046,9 @@ def stated_layout_settings(
             out["decode_settings"] = item["decode_settings"]
             rc = item["recipe_commits"].split()[run]
             notes.append(f"engine flags from {item['recipe']}@srt-slurm {rc}")
-        if src.startswith("db-dump/") and item["prefill_max_batch"] and item["decode_max_batch"]:
-            # A database record of a disaggregated run does not hold the engines' batch
-            # limits: its prefill batch is 1 in every record (the recipes' context servers
-            # take 1-64 requests a rank) and its decode batch is the clients over the decode
-            # ranks (370 clients on 5 workers: 74, where the recipe's generation servers take
-            # 64). The recipe's (or config's) stand.
-            out["prefill_batch_size"] = item["prefill_max_batch"]
-            out["decode_batch_size"] = item["decode_max_batch"]
-            notes.append(
-                f"batch {item['prefill_max_batch']} / {item['decode_max_batch']} a rank from it"
-            )
+    if record:  # the recipe's (or config's) batch limits replace the record's placeholders
+        out["prefill_batch_size"], out["decode_batch_size"] = batches
+        notes.append(f"batch {batches[0]} / {batches[1]} a rank from it")
     return out, "; ".join(notes), ""
 
 

@@ -494,7 +494,8 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     and decode batch 74 (= 370 / 5: clients, not a limit). Of InferenceX's items that day only the
     ctx2_gen5_tep8_batch64 recipe has that layout: its flags come along and its batch limits
     (2 a context rank, 64 a generation worker) replace the record's. A record no item matches
-    (GB200 cfg229) keeps what it states; colocated rows are left alone."""
+    (GB200 cfg229) is refused: its batch columns are placeholders, not the engines' limits.
+    Colocated rows are left alone."""
     row = dev_row("dsr1_b200_trtllm_fp4_disagg_8192x1024_c370_cfg315")
     assert (row["prefill_batch_size"], row["decode_batch_size"]) == ("1", "74")
     out, note, refusal = silicon.stated_layout_settings(row)
@@ -507,7 +508,11 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     )
     assert row["decode_batch_size"] == "74"  # the input row is not modified
     other = dev_row("dsr1_gb200_trtllm_fp4_disagg_8192x1024_c6_cfg229")
-    assert silicon.stated_layout_settings(other) == (other, "", "")
+    assert silicon.stated_layout_settings(other) == (
+        other,
+        "",
+        "database record whose recipe's batch limits are not known",
+    )
     agg = dev_row("dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91")
     assert silicon.stated_layout_settings(agg) == (agg, "", "")
 
