@@ -264,6 +264,20 @@ def test_quantised_and_rereleased_checkpoints_resolve_to_their_architecture(
     assert m.weight_dtype == (weight or b.weight_dtype)
 
 
+def test_a_modelopt_checkpoint_known_by_name_caches_in_fp8() -> None:
+    """NVIDIA's ModelOpt releases store an FP8 KV cache (hf_ptq.py's `--kv_cache_qformat`
+    default; kv_cache_quant_algo FP8 in every NVFP4/FP8 checkpoint aiconfigurator-core ships),
+    so `nvidia/Qwen3-32B-NVFP4`, resolved from the bundled Qwen3-32B by its suffix, holds half
+    the KV bytes a token: 64 layers x 8 KV heads x 128 x 2 (K and V) x 1 byte = 131,072.
+    Another organisation's quantised name keeps the base model's bf16 cache."""
+    nv = load_model("nvidia/Qwen3-32B-NVFP4")
+    assert (nv.weight_dtype, nv.kv_dtype) == ("fp4", "fp8")
+    assert nv.kv_bytes_per_token() == 64 * 8 * 128 * 2 * 1
+    assert load_model("nvidia/Llama-3.3-70B-Instruct-FP4").kv_dtype == "fp8"
+    assert load_model("Qwen/Qwen3-32B-AWQ").kv_dtype == "bf16"
+    assert load_model("Qwen/Qwen3-32B").kv_bytes_per_token() == 2 * nv.kv_bytes_per_token()
+
+
 def test_a_model_only_aiconfigurator_core_ships_loads_by_name() -> None:
     """Qwen3.5-122B-A10B is not bundled; aiconfigurator-core's config (read in place) gives
     it: 48 layers, 256 experts of which 8 route, ~122 B parameters. Names neither knows are

@@ -1168,7 +1168,19 @@ def load_model(name_or_path: str) -> ModelSpec:
     hf_quant = json.loads(side.read_text()) if side.is_file() else None
     hf_id = stem.replace("--", "/")
     spec = spec_from_config(json.loads(text), name=hf_id, hf_quant=hf_quant)
-    return spec.with_dtypes(weight=weight) if weight else spec
+    return (
+        spec.with_dtypes(weight=weight, kv=_modelopt_kv(name_or_path, weight)) if weight else spec
+    )
+
+
+def _modelopt_kv(name: str, weight: str | None) -> str | None:
+    """The KV-cache format of a quantised checkpoint known only by its name: NVIDIA's ModelOpt
+    releases (`nvidia/<model>-NVFP4`, `-FP4`, `-FP8`) store an FP8 KV cache, because ModelOpt's
+    exporter quantises it unless told not to (examples/llm_ptq/hf_ptq.py `--kv_cache_qformat`,
+    default fp8) and every such checkpoint aiconfigurator-core ships says `kv_cache_quant_algo:
+    FP8`; the engines then cache in FP8. None (the base model's) for any other name."""
+    org = name.strip().split("/", 1)[0].lower() if "/" in name else ""
+    return "fp8" if org == "nvidia" and weight in ("fp4", "fp8") else None
 
 
 def config_path(name_or_path: str) -> Path | None:
