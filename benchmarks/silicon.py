@@ -569,8 +569,11 @@ def deployment_of(
                 )
             limits.update(max_num_seqs=vllm[0], max_num_batched_tokens=vllm[1])
         if role == "agg" and scripted and vllm is None:
-            # (with the TensorRT-LLM launch read by hand, the script's settings apply too;
-            # its token budget and batch waiting are the hand-read ones)
+            # An InferenceX launch runs what its script sets and the engine's own defaults
+            # elsewhere: `batching_of`'s figures are aiconfigurator's generator rules, for its
+            # own collection. (With the TensorRT-LLM launch read by hand, the script's settings
+            # apply too; its token budget and batch waiting are the hand-read ones.)
+            limits.update(max_num_seqs=None, max_num_batched_tokens=None)
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
             if trt is not None:
                 limits["max_num_batched_tokens"] = trt[0] * par.dp

@@ -381,7 +381,8 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
     `--max-num-batched-tokens $((ISL * 2))`, `--gpu-memory-utilization 0.90`, `--kv-cache-dtype
     fp8` and `--max-cudagraph-capture-size 2048`: simulated with 2,048 tokens a step at ISL
     1,024, 0.9 of the device and an fp8 cache. The March version of the script (0.95, no KV
-    flag) gives a March row 0.95 and the checkpoint's cache."""
+    flag, no batch limits) gives a March row 0.95, the checkpoint's cache and vLLM's own batch
+    defaults."""
     conc = 16
     row = {
         "silicon_data_source": (
@@ -429,6 +430,11 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
     }
     march_dep = silicon.deployment_of(filled, silicon.Catalog())
     assert march_dep.model.kv_dtype == "bf16"
+    # The March script sets no budget or sequence cap: vLLM's own defaults for an OpenAI server
+    # on a GPU of 70 GiB or more (8,192 tokens, 1,024 sequences: arg_utils.py
+    # get_batch_defaults), not aiconfigurator's generator rule (512 + ISL + 1,500 = 3,036).
+    assert (march_dep.max_num_seqs, march_dep.max_num_batched_tokens) == (None, None)
+    assert march_dep.batching()[:2] == (1024, 8192)
     assert (march_dep.engine.moe_backend, dep.engine.moe_backend) == ("triton", "auto")
     # vLLM fuses its all-reduces with the norms by default on B200 from 0.17 (the script sets
     # nothing), not on Hopper, not before 0.17

@@ -161,3 +161,27 @@ def test_vllm_kv_tokens_match_a_logged_server() -> None:
     assert dev.mem_bytes == 24564 * 2**20
     mem = memory_layout(model, dev, Parallel(tp=2), 2048, mem_util=0.98)
     assert mem.kv_tokens == pytest.approx(81_536, rel=0.03)
+
+
+def test_sglang_chunks_prefill_by_its_default_size_for_the_device() -> None:
+    """SGLang's default --chunked-prefill-size (server_args.py, v0.5) by memory tier: 8,192 on
+    an H100 or H200 (< 160 GiB), 16,384 on a B200 (179 GiB), 4,096 on an L40S (< 60 GiB). A
+    deployment's or the engine's explicit budget replaces the rule; vLLM keeps its 8,192."""
+    from servesim.sim.deployment import Deployment
+
+    m = load_model("Qwen/Qwen3-32B")
+    sglang = get_engine("sglang")
+
+    def budget(device: str, engine=sglang, **kw) -> int:
+        dep = Deployment(m, get_device(device), Parallel(tp=2), engine, **kw)
+        return dep.batching()[1]
+
+    assert {d: budget(d) for d in ("h100_sxm", "h200_sxm", "b200_sxm", "l40s")} == {
+        "h100_sxm": 8192,
+        "h200_sxm": 8192,
+        "b200_sxm": 16384,
+        "l40s": 4096,
+    }
+    assert budget("b200_sxm", max_num_batched_tokens=4096) == 4096
+    assert budget("b200_sxm", sglang.with_overrides(max_num_batched_tokens=2048)) == 2048
+    assert budget("b200_sxm", get_engine("vllm")) == 8192

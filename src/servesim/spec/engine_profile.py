@@ -181,6 +181,12 @@ class EngineProfile:
     # cuda_graph_max_seqs; "": cuda_graph_max_seqs as it stands. Setting cuda_graph_max_seqs
     # (an explicit --cuda-graph-max-bs) turns the rule off.
     cuda_graph_rule: str = ""
+    # "sglang": a deployment that sets no token budget runs SGLang's default
+    # `--chunked-prefill-size` for its device's memory (server_args.py, v0.5: 8,192 below
+    # 160 GiB, 16,384 above; `spec.memory.sglang_server_defaults`), the server's chunk over all
+    # its attention-DP ranks; "": max_num_batched_tokens as it stands. Setting
+    # max_num_batched_tokens (an explicit --chunked-prefill-size) turns the rule off.
+    token_budget_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
@@ -318,7 +324,7 @@ class EngineProfile:
                 f"Engine setting batch_wait_max_tokens_ratio must be in [0, 1], not "
                 f"{self.batch_wait_max_tokens_ratio!r}."
             )
-        for key in ("cuda_graph_rule", "mem_fraction_rule"):
+        for key in ("cuda_graph_rule", "mem_fraction_rule", "token_budget_rule"):
             if getattr(self, key) not in SERVER_RULES:
                 raise ServesimError(
                     f"Engine setting {key} {getattr(self, key)!r} is not one of "
@@ -352,13 +358,16 @@ class EngineProfile:
             given["mem_fraction_rule"] = ""  # an explicit fraction replaces the engine's rule
         if "cuda_graph_max_seqs" in given and "cuda_graph_rule" not in given:
             given["cuda_graph_rule"] = ""  # so does an explicit graph size
+        if "max_num_batched_tokens" in given and "token_budget_rule" not in given:
+            given["token_budget_rule"] = ""  # and an explicit token budget
         return replace(self, **given)
 
 
 # Defaults: vLLM V1 on GPUs with ≥70 GB (OpenAI server: max_num_batched_tokens 8192,
 # max_num_seqs 1024, chunked prefill on, block 16, CUDA graphs up to 512 sequences);
-# SGLang (chunked_prefill_size 8192 on 80 GB GPUs, prefill and decode in separate batches unless
-# --enable-mixed-chunk, token-granular pages, cuda graphs up to bs 160-256);
+# SGLang (chunked_prefill_size 8192 below 160 GiB and 16384 above, by its rule; prefill and
+# decode in separate batches unless --enable-mixed-chunk, token-granular pages, cuda graphs up
+# to bs 160-256);
 # TensorRT-LLM (in-flight batching mixes context and generation, max_num_tokens 8192,
 # kv pages of 32 tokens, C++ runtime with a lower per-step cost).
 #
@@ -420,6 +429,7 @@ ENGINES: dict[str, EngineProfile] = {
         reserve_in_fraction=True,
         mem_fraction_rule="sglang",
         cuda_graph_rule="sglang",
+        token_budget_rule="sglang",
     ),
     "trtllm": EngineProfile(
         name="trtllm",
