@@ -48,6 +48,25 @@ def test_lone_request_ttft_is_its_prefill_and_tpot_its_decode_steps() -> None:
     assert cols["e2e_s"][0] == pytest.approx(front + prefill + sum(steps), rel=1e-9)
 
 
+def test_tensorrt_llm_prefills_a_long_prompt_whole_by_default() -> None:
+    """TensorRT-LLM's `enable_chunked_prefill` defaults to False (LlmArgs): a 12,000-token
+    prompt runs as one 12,000-token context iteration beyond its 8,192-token max_num_tokens;
+    with --chunked-prefill it takes two iterations, 8,192 then 3,808 over the first 8,192."""
+    trt = get_engine("trtllm")
+    whole = dep(engine=trt)
+    pred = whole.predictor()
+    assert whole.batching()[1:] == (8192, False)
+    ttft = simulate(whole, one_request(12_000, 2)).columns()["ttft_s"][0]
+    once = pred.iteration(BatchShape(prefill=((12_000, 0),))).seconds
+    assert ttft == pytest.approx(trt.frontend_s(12_000) + once, rel=1e-9)
+    chunked = dep(engine=trt, chunked_prefill=True)
+    two = sum(
+        pred.iteration(BatchShape(prefill=((n, c),))).seconds for n, c in ((8192, 0), (3808, 8192))
+    )
+    got = simulate(chunked, one_request(12_000, 2)).columns()["ttft_s"][0]
+    assert got == pytest.approx(trt.frontend_s(12_000) + two, rel=1e-9)
+
+
 def test_long_prompt_is_chunked_into_budget_sized_iterations() -> None:
     d = dep(max_num_batched_tokens=512)
     pred = d.predictor()

@@ -446,6 +446,9 @@ ENGINES: dict[str, EngineProfile] = {
         eager_host_s_per_linear_mixer=EAGER_HOST_S_PER_LINEAR_MIXER,
         block_size=32,
         max_num_seqs=2048,
+        # Context phases run whole unless `enable_chunked_prefill` (LlmArgs default False,
+        # tensorrt_llm/llmapi/llm_args.py): a prompt must fit max_num_tokens in one iteration.
+        chunked_prefill=False,
         mem_util=0.9,
         mem_util_of_free=True,
         reserve_to_completion=True,
