@@ -185,3 +185,28 @@ def test_sglang_chunks_prefill_by_its_default_size_for_the_device() -> None:
     assert budget("b200_sxm", max_num_batched_tokens=4096) == 4096
     assert budget("b200_sxm", sglang.with_overrides(max_num_batched_tokens=2048)) == 2048
     assert budget("b200_sxm", get_engine("vllm")) == 8192
+
+
+def test_vllm_takes_its_batch_defaults_for_the_gpu() -> None:
+    """vLLM's OpenAI-server defaults (arg_utils.py `get_batch_defaults`): 8,192 tokens and 1,024
+    sequences on a GPU of 70 GiB or more, except an A100; 2,048 and 256 on an A100, an L40S or
+    an L4. Explicit limits, on the deployment or as engine flags, stand."""
+    from servesim.sim.deployment import Deployment
+
+    m = load_model("meta-llama/Llama-3.1-8B")
+    vllm = get_engine("vllm")
+
+    def limits(device: str, engine=vllm, **kw) -> tuple[int, int]:
+        return Deployment(m, get_device(device), Parallel(), engine, **kw).batching()[:2]
+
+    assert {d: limits(d) for d in ("h100_sxm", "b200_sxm", "a100_sxm", "l40s", "l4")} == {
+        "h100_sxm": (1024, 8192),
+        "b200_sxm": (1024, 8192),
+        "a100_sxm": (256, 2048),
+        "l40s": (256, 2048),
+        "l4": (256, 2048),
+    }
+    assert limits("a100_sxm", max_num_seqs=64, max_num_batched_tokens=4096) == (64, 4096)
+    flags = vllm.with_overrides(max_num_seqs=512, max_num_batched_tokens=16384)
+    assert limits("l4", flags) == (512, 16384)
+    assert limits("l4", vllm.with_overrides(max_num_seqs=512)) == (512, 2048)

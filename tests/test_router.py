@@ -121,13 +121,15 @@ def test_migration_moves_load_off_a_replica_running_out_of_cache() -> None:
     preempting; without migration it preempts and recomputes, and the last long request ends
     much later (138 s against 102 s). Two A10G replicas (~15.5k tokens of cache each), round
     robin: the even requests (3,100 tokens each at the end) all land on replica 0, the odd ones
-    (150 tokens) on replica 1."""
+    (150 tokens) on replica 1. The budget is pinned at 8,192 tokens (vLLM's default on a large
+    GPU; on an A10G it would be 2,048), as the figures were checked."""
     n = 16
     w = Workload(np.linspace(0, 1, n), np.full(n, 100), np.where(np.arange(n) % 2 == 0, 3000, 50))
-    dep = Deployment(LLAMA8, get_device("a10g"), replicas=2)
+    limits = {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+    dep = Deployment(LLAMA8, get_device("a10g"), replicas=2, **limits)
     base = simulate(dep, w, router="round_robin").columns()
     moved = simulate(
-        Deployment(dep.model, dep.device, replicas=2, migration=Migration()),
+        Deployment(dep.model, dep.device, replicas=2, migration=Migration(), **limits),
         w,
         router="round_robin",
     )

@@ -29,7 +29,13 @@ from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.finetune import FineTuneJob
 from servesim.spec.lora import LoraAdapters
-from servesim.spec.memory import MemoryLayout, engine_memory, memory_layout, sglang_server_defaults
+from servesim.spec.memory import (
+    MemoryLayout,
+    engine_memory,
+    memory_layout,
+    sglang_server_defaults,
+    vllm_batch_defaults,
+)
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
@@ -128,8 +134,13 @@ class Deployment:
         e = self.engine
         seqs = self.max_num_seqs or e.max_num_seqs
         tokens = self.max_num_batched_tokens or e.max_num_batched_tokens
-        if not self.max_num_batched_tokens and e.token_budget_rule == "sglang":
+        gpu = self.device.kind == "gpu"  # the servers' rules read a GPU's memory
+        if not self.max_num_batched_tokens and gpu and e.token_budget_rule == "sglang":
             tokens = sglang_server_defaults(self.device, self.parallel)[0]
+        if not self.max_num_batched_tokens and gpu and e.token_budget_rule == "vllm":
+            tokens = vllm_batch_defaults(self.device)[0]
+        if not self.max_num_seqs and gpu and e.max_seqs_rule == "vllm":
+            seqs = vllm_batch_defaults(self.device)[1]
         chunked = e.chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
         if seqs < 1 or tokens < 1:
             raise ServesimError("max_num_seqs and max_num_batched_tokens must be ≥ 1.")

@@ -18,6 +18,7 @@ from servesim.errors import ServesimError
 
 FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
 SERVER_RULES = ("", "sglang")  # whose default rules an engine setting follows
+BATCH_RULES = ("", "sglang", "vllm")  # ... and for the batch limits
 
 # The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
 # minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
@@ -184,9 +185,15 @@ class EngineProfile:
     # "sglang": a deployment that sets no token budget runs SGLang's default
     # `--chunked-prefill-size` for its device's memory (server_args.py, v0.5: 8,192 below
     # 160 GiB, 16,384 above; `spec.memory.sglang_server_defaults`), the server's chunk over all
-    # its attention-DP ranks; "": max_num_batched_tokens as it stands. Setting
-    # max_num_batched_tokens (an explicit --chunked-prefill-size) turns the rule off.
+    # its attention-DP ranks; "vllm": vLLM's OpenAI-server default for the GPU
+    # (`spec.memory.vllm_batch_defaults`: 8,192, or 2,048 under 70 GiB and on an A100); "":
+    # max_num_batched_tokens as it stands. Setting max_num_batched_tokens (an explicit
+    # --chunked-prefill-size or --max-num-batched-tokens) turns the rule off.
     token_budget_rule: str = ""
+    # "vllm": a deployment that sets no sequence cap runs vLLM's default for the GPU (1,024, or
+    # 256 under 70 GiB and on an A100); "": max_num_seqs as it stands. Setting max_num_seqs
+    # turns it off.
+    max_seqs_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
@@ -324,11 +331,16 @@ class EngineProfile:
                 f"Engine setting batch_wait_max_tokens_ratio must be in [0, 1], not "
                 f"{self.batch_wait_max_tokens_ratio!r}."
             )
-        for key in ("cuda_graph_rule", "mem_fraction_rule", "token_budget_rule"):
-            if getattr(self, key) not in SERVER_RULES:
+        for key, rules in (
+            ("cuda_graph_rule", SERVER_RULES),
+            ("mem_fraction_rule", SERVER_RULES),
+            ("token_budget_rule", BATCH_RULES),
+            ("max_seqs_rule", ("", "vllm")),
+        ):
+            if getattr(self, key) not in rules:
                 raise ServesimError(
                     f"Engine setting {key} {getattr(self, key)!r} is not one of "
-                    f"{', '.join(map(repr, SERVER_RULES))} ('' keeps the value as given)."
+                    f"{', '.join(map(repr, rules))} ('' keeps the value as given)."
                 )
         for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
             value = getattr(self, key)
@@ -360,6 +372,8 @@ class EngineProfile:
             given["cuda_graph_rule"] = ""  # so does an explicit graph size
         if "max_num_batched_tokens" in given and "token_budget_rule" not in given:
             given["token_budget_rule"] = ""  # and an explicit token budget
+        if "max_num_seqs" in given and "max_seqs_rule" not in given:
+            given["max_seqs_rule"] = ""  # and an explicit sequence cap
         return replace(self, **given)
 
 
@@ -401,6 +415,8 @@ ENGINES: dict[str, EngineProfile] = {
     # compiled code, whose host time no measurement found here prices: none is charged.
     "vllm": EngineProfile(
         name="vllm",
+        token_budget_rule="vllm",
+        max_seqs_rule="vllm",
         prefill_graph_max_tokens=512,
         eager_host_s_per_layer=VLLM_UNGRAPHED_HOST_S_PER_LAYER,
     ),

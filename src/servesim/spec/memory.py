@@ -125,6 +125,16 @@ def sglang_server_defaults(device: Device, par: Parallel) -> tuple[int, int]:
     return 16384, 512
 
 
+def vllm_batch_defaults(device: Device) -> tuple[int, int]:
+    """vLLM's (`--max-num-batched-tokens`, `--max-num-seqs`) defaults for an OpenAI server
+    (vllm/engine/arg_utils.py `get_batch_defaults`): 8,192 and 1,024 on a GPU of 70 GiB or more
+    that is not an A100 (PR #17885: a large budget lowers an A100's throughput), 2,048 and 256
+    elsewhere."""
+    if device.mem_bytes >= 70 * 1024 * MIB and "a100" not in device.name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
 def sglang_mem_fraction(
     device: Device,
     par: Parallel,
