@@ -580,6 +580,8 @@ def deployment_of(
             unset = row["backend"] == "vllm" and not scripted.get("ar_fusion")
             if unset and vllm_fuses_by_default(row):  # the release's own default on this GPU
                 eng = eng.with_overrides(allreduce_norm_fusion="vllm")
+        if row["backend"] == "vllm" and vllm is None and vllm_async_by_default(row, par.pp):
+            eng = eng.with_overrides(overlap_scheduling=True)  # its release's default
         pool_model = model
         if recipe:
             eng, limits = _apply_script(eng, limits, recipe, row["backend"], par.dp)
@@ -667,18 +669,35 @@ VLLM_DEFAULT_FUSION_FROM = {
 }
 
 
-def vllm_fuses_by_default(row: dict[str, str]) -> bool:
-    """Whether the vLLM release a row ran fuses its all-reduces with the norms by default on
-    the row's GPU (`VLLM_DEFAULT_FUSION_FROM`); the release is the row's backend_version, else
-    its image's tag."""
-    since = VLLM_DEFAULT_FUSION_FROM.get(row.get("system", ""))
-    if since is None:
-        return False
+def vllm_release(row: dict[str, str]) -> tuple[int, ...]:
+    """The vLLM release a row ran, as numbers: its backend_version, else its image's tag; ()
+    when neither says."""
     version = row.get("backend_version") or ""
     if not version:
         m = re.search(r"image=[^;]*:v?([\d.]+\w*)", row.get("silicon_data_source", ""))
         version = m.group(1) if m else ""
-    return version_key(version)[:2] >= since
+    return tuple(version_key(version)[:2]) if version else ()
+
+
+def vllm_fuses_by_default(row: dict[str, str]) -> bool:
+    """Whether the vLLM release a row ran fuses its all-reduces with the norms by default on
+    the row's GPU (`VLLM_DEFAULT_FUSION_FROM`)."""
+    since = VLLM_DEFAULT_FUSION_FROM.get(row.get("system", ""))
+    release = vllm_release(row)
+    return since is not None and bool(release) and release >= since
+
+
+# vLLM schedules asynchronously by default from 0.14.0 (vllm/config/scheduler.py
+# `async_scheduling: bool = Field(default=None)`, which VllmConfig.__post_init__ turns on unless
+# pipeline parallelism, a draft method other than EAGLE/MTP or an unsupporting executor rules it
+# out); in 0.12 and 0.13 it is False unless `--async-scheduling` is passed.
+VLLM_ASYNC_DEFAULT_FROM = (0, 14)
+
+
+def vllm_async_by_default(row: dict[str, str], pp: int) -> bool:
+    """Whether the vLLM release a row ran overlaps scheduling with execution by default."""
+    release = vllm_release(row)
+    return pp == 1 and bool(release) and release >= VLLM_ASYNC_DEFAULT_FROM
 
 
 # Recipe settings whose values are names, not numbers.

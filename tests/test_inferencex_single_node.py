@@ -442,6 +442,13 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
         "vllm",
         "vllm",
     )
+    # Both releases schedule asynchronously by default (from 0.14.0; not under pipeline
+    # parallelism), which the simulator's overlap scheduling models
+    assert dep.engine.overlap_scheduling and march_dep.engine.overlap_scheduling
+    assert silicon.vllm_async_by_default({"backend_version": "0.14.0"}, pp=1)
+    assert not silicon.vllm_async_by_default({"backend_version": "0.13.0"}, pp=1)
+    assert not silicon.vllm_async_by_default({"backend_version": "0.19.0"}, pp=2)
+    assert not silicon.vllm_async_by_default({"backend_version": ""}, pp=1)
     assert silicon.vllm_fuses_by_default({"system": "b200_sxm", "backend_version": "0.17.0"})
     assert not silicon.vllm_fuses_by_default({"system": "b200_sxm", "backend_version": "0.16.0"})
     assert not silicon.vllm_fuses_by_default({"system": "h200_sxm", "backend_version": "0.19.0"})
