@@ -268,7 +268,7 @@ def inferencex_vllm_launch(
 # What a launch script fixes for its engine: the columns scripts/inferencex_single_node.py
 # writes into the colocated config table (its module is the one definition of them).
 sys.path.insert(0, str(ROOT / "scripts"))
-from inferencex_single_node import LAUNCH_FIELDS  # noqa: E402
+from inferencex_single_node import LAUNCH_FIELDS, TEXT_LAUNCH_FIELDS  # noqa: E402
 
 _ARITHMETIC = {
     ast.Add: operator.add,
@@ -325,13 +325,6 @@ def _runner_value(expr: str, names: dict[str, int]) -> float | None:
         return value(tree)
     except (ValueError, ZeroDivisionError):
         return None
-
-
-# Launch fields that are names, not numbers: the recurrent state's format, SGLang's
-# all-reduce fusion ("flashinfer" for `--enable-flashinfer-allreduce-fusion`), the format
-# MXFP4 experts quantise activations to (e.g. vLLM's VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)
-# and the MoE kernels (vLLM's VLLM_USE_FLASHINFER_MOE_INT4=1).
-TEXT_LAUNCH_FIELDS = ("ssm_dtype", "ar_fusion", "ar_fusion_mib", "mxfp4_activation", "moe_backend")
 
 
 def script_launch(row: dict[str, str]) -> dict[str, float | str]:
@@ -715,6 +708,9 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)
     "adp_balance_timeout": ("adp_balance_timeout_iters", int),
+    # SGLang --disable-radix-cache and the like (scripts only): no hits on these random
+    # prompts, but SGLang keeps a hybrid model's overlap schedule only without it
+    "prefix_cache": ("prefix_caching", lambda text: text == "on"),
 }
 
 

@@ -40,20 +40,24 @@ from inferencex_layouts import (
 ROOT = Path(__file__).resolve().parents[1]
 # What a launch script sets that the simulation uses (`launch_settings`): each a number, an
 # expression in the runner's variables (ISL, OSL, CONC, TP, EP_SIZE) or '' (not set, or set
-# differently in different branches, so unknown).
-LAUNCH_FIELDS = (
-    "kv_cache_dtype",
+# differently in different branches, so unknown) ...
+NUMERIC_LAUNCH_FIELDS = (
     "mem_fraction",
     "token_budget",
     "max_seqs",
     "graph_max_bs",
     "recv_interval",
+)
+# ... or a name (a format, a kernel family, a switch), kept as text.
+TEXT_LAUNCH_FIELDS = (
     "ssm_dtype",
     "ar_fusion",
     "ar_fusion_mib",
     "mxfp4_activation",
     "moe_backend",
+    "prefix_cache",
 )
+LAUNCH_FIELDS = ("kv_cache_dtype", *NUMERIC_LAUNCH_FIELDS, *TEXT_LAUNCH_FIELDS)
 # The runner's variables a script's values may depend on (runners/launch_*.sh export them).
 RUNNER_VARS = ("ISL", "OSL", "CONC", "TP", "EP_SIZE")
 OUT = ROOT / "data" / "inferencex" / "single_node_configs.csv"
@@ -304,7 +308,9 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     - mxfp4_activation: what MXFP4 experts quantise activations to, where the script chooses
       (`mxfp4_activation_of`);
     - moe_backend: the fused-MoE kernels a vLLM script asks for (`vllm_moe_backend_of`), ''
-      for vLLM's own choice.
+      for vLLM's own choice;
+    - prefix_cache: "off" or "on" where the script sets prefix caching (`prefix_cache_of`),
+      '' for the engine's default (on in all three).
     """
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     script = "\n".join(lines)
@@ -393,6 +399,7 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     out["ar_fusion_mib"] = fusion_thresholds_of(script)
     out["mxfp4_activation"] = mxfp4_activation_of(script)
     out["moe_backend"] = vllm_moe_backend_of(script)
+    out["prefix_cache"] = prefix_cache_of(script)
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
     return out
@@ -411,6 +418,31 @@ def allreduce_fusion_of(script: str) -> str:
         return "vllm"
     if re.search(switch + r"false\b", script, re.I):
         return "none"
+    return ""
+
+
+def prefix_cache_of(script: str) -> str:
+    """Whether a launch script turns prefix caching off or on: "off" for SGLang's
+    `--disable-radix-cache`, vLLM's `--no-enable-prefix-caching` (or `enable-prefix-caching:
+    false` in a config file) and TensorRT-LLM's `kv_cache_config` `enable_block_reuse: false`;
+    "on" for an explicit `--enable-prefix-caching` or `enable_block_reuse: true`; '' where it
+    leaves the engine's default. (SGLang keeps the overlap schedule of a hybrid model only
+    with its radix cache off: `EngineProfile.overlap_rule`.)"""
+    off = (
+        r"--disable-radix-cache\b",
+        r"--no-enable-prefix-caching\b",
+        r"^\s*enable-prefix-caching:\s*false\b",
+        r"enable_block_reuse:\s*false\b",
+    )
+    on = (
+        r"--enable-prefix-caching\b",
+        r"^\s*enable-prefix-caching:\s*true\b",
+        r"enable_block_reuse:\s*true\b",
+    )
+    if any(re.search(p, script, re.M | re.I) for p in off):
+        return "off"
+    if any(re.search(p, script, re.M | re.I) for p in on):
+        return "on"
     return ""
 
 

@@ -259,6 +259,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "ar_fusion_mib": "",
         "mxfp4_activation": "",  # TensorRT-LLM's own choice on the GPU
         "moe_backend": "",
+        "prefix_cache": "",
     }
     sglang = (
         "if [[ $TP -eq 8 ]]; then\n  MEM_FRAC_STATIC=0.82\nelse\n  MEM_FRAC_STATIC=0.95\nfi\n"
@@ -279,6 +280,17 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     assert silicon._runner_value(got["mem_fraction"], {**names, "TP": 8}) == 0.82
     assert silicon._runner_value(got["mem_fraction"], {**names, "TP": 4}) == 0.95
     assert got["ssm_dtype"] == "bfloat16"  # Qwen3.5's SGLang launches since 2026-02-28
+    # Prefix caching: what keeps SGLang's overlap schedule for a hybrid model
+    assert got["prefix_cache"] == "off"
+    assert launch_settings(sglang.replace(" --disable-radix-cache", ""))["prefix_cache"] == ""
+    assert launch_settings("vllm serve $M --no-enable-prefix-caching")["prefix_cache"] == "off"
+    assert launch_settings("vllm serve $M --enable-prefix-caching")["prefix_cache"] == "on"
+    assert (
+        launch_settings(trt.replace("    dtype: fp8\n", "    enable_block_reuse: false\n"))[
+            "prefix_cache"
+        ]
+        == "off"
+    )
 
 
 def test_settings_a_script_sets_per_branch_follow_the_runners_values() -> None:
@@ -411,9 +423,10 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
         "mem_fraction": 0.9,
         "token_budget": 2048.0,
         "graph_max_bs": 2048.0,
+        "prefix_cache": "off",  # --no-enable-prefix-caching
     }
     dep = silicon.deployment_of(filled, silicon.Catalog())
-    assert dep.max_num_batched_tokens == 2048
+    assert dep.max_num_batched_tokens == 2048 and not dep.uses_prefix_cache()
     assert dep.engine.mem_util == 0.9 and dep.engine.cuda_graph_max_seqs == 2048
     assert dep.model.kv_dtype == "fp8"
     march = {

@@ -86,3 +86,32 @@ def test_every_request_still_finishes_with_all_its_tokens() -> None:
 def test_the_interval_is_a_whole_number_of_steps() -> None:
     with pytest.raises(ServesimError, match="recv_interval_steps"):
         CORE.with_overrides(recv_interval_steps=0)
+
+
+def test_without_overlap_the_pass_after_each_step_reads_when_the_interval_comes_round() -> None:
+    """SGLang's receive skipper also gates the loop without overlap (`recv_requests` runs at
+    the top of both event loops): B, arriving during A's first decode step, is read by the
+    pass right after that step with interval 1 (one step sooner than with overlap), and by
+    the pass after the 4th step with interval 4."""
+    plain = CORE.with_overrides(overlap_scheduling=False)
+    pred = Deployment(model=LLAMA8, device=H100, engine=plain).predictor()
+    a_prefill = pred.iteration(BatchShape(prefill=((2000, 0),))).seconds
+    steps = [pred.iteration(BatchShape(1, 2000 + j)).seconds for j in range(1, 9)]
+    b_prefill = pred.iteration(BatchShape(prefill=((100, 0),))).seconds
+    t_b = a_prefill + 0.5 * steps[0]
+
+    def first_token_of_b(every: int, t: float) -> float:
+        d = Deployment(
+            model=LLAMA8, device=H100, engine=plain.with_overrides(recv_interval_steps=every)
+        )
+        w = Workload(np.array([0.0, t]), np.array([2000, 100]), np.array([40, 5]))
+        return float(simulate(d, w).columns()["first_token_s"][1])
+
+    assert first_token_of_b(1, t_b) == pytest.approx(a_prefill + steps[0] + b_prefill, rel=1e-6)
+    assert first_token_of_b(4, t_b) == pytest.approx(
+        a_prefill + sum(steps[:4]) + b_prefill, rel=1e-6
+    )
+    t_late = a_prefill + sum(steps[:4]) + 0.5 * steps[4]
+    assert first_token_of_b(4, t_late) == pytest.approx(
+        a_prefill + sum(steps[:8]) + b_prefill, rel=1e-6
+    )

@@ -121,7 +121,7 @@ class DecodeStretch:
         t0, _, step0, slope, w0 = seg
         n = len(self.off)
         itl = self.itl
-        if self.lagged:  # only the overlap pass reads it
+        if self.lagged:  # only the lagged path (overlap, receive interval) reads it
             self.iter_start = t0 + (k - 1) * step0 + slope * (k - 1) * (k - 2) * 0.5
         if self.fresh_n:
             self._decode_gaps(t0 + step0)

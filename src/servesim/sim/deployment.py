@@ -54,6 +54,18 @@ def _shared(key: tuple, make: Callable[[], Predictor]) -> Predictor:
     return pred
 
 
+# SGLang's running-request cap under speculative decoding when the launch sets none
+# (server_args.py `_handle_speculative_decoding`, "Max running requests is reset to 48").
+SGLANG_SPECULATIVE_MAX_SEQS = 48
+
+
+def _sglang_mamba_cache(model: ModelSpec) -> bool:
+    """Whether SGLang serves a model's radix cache with its Mamba state cache (hybrid Mamba2 or
+    Gated DeltaNet models); Kimi Linear's KDA layers have none, so SGLang turns that radix cache
+    off instead (server_args.py `support_mamba_cache=False`)."""
+    return model.num_linear_layers > 0 and model.linear_kind in ("gdn", "mamba2")
+
+
 @dataclass(frozen=True)
 class Deployment:
     """One model served by `replicas` identical replicas of one engine on one device type."""
@@ -141,6 +153,8 @@ class Deployment:
             tokens = vllm_batch_defaults(self.device)[0]
         if not self.max_num_seqs and gpu and e.max_seqs_rule == "vllm":
             seqs = vllm_batch_defaults(self.device)[1]
+        if not self.max_num_seqs and e.overlap_rule == "sglang" and self.speculative is not None:
+            seqs = SGLANG_SPECULATIVE_MAX_SEQS  # server_args.py `_handle_speculative_decoding`
         chunked = e.chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
         if seqs < 1 or tokens < 1:
             raise ServesimError("max_num_seqs and max_num_batched_tokens must be ≥ 1.")
@@ -361,5 +375,21 @@ class Deployment:
             )
 
     def uses_prefix_cache(self) -> bool:
-        """Whether prefix caching is on (the engine's default unless set)."""
-        return self.engine.prefix_caching if self.prefix_caching is None else self.prefix_caching
+        """Whether prefix caching is on (the engine's default unless set). SGLang turns the
+        radix cache of a hybrid Mamba / Gated DeltaNet model off under speculative decoding
+        (`EngineProfile.overlap_rule`)."""
+        on = self.engine.prefix_caching if self.prefix_caching is None else self.prefix_caching
+        if on and self.engine.overlap_rule == "sglang" and self.speculative is not None:
+            return not _sglang_mamba_cache(self.model)
+        return on
+
+    def overlaps(self) -> bool:
+        """Whether the engine schedules the next iteration while one runs: its profile's
+        `overlap_scheduling`, less SGLang's own exceptions (`EngineProfile.overlap_rule`):
+        speculative decoding, and a hybrid model whose radix cache is on."""
+        e = self.engine
+        if not e.overlap_scheduling or e.overlap_rule != "sglang":
+            return e.overlap_scheduling
+        if self.speculative is not None:
+            return False
+        return not (_sglang_mamba_cache(self.model) and self.uses_prefix_cache())

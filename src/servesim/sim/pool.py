@@ -115,7 +115,7 @@ def build_pool(
         mixed_batches=e.mixed_batches,
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
-        overlap=e.overlap_scheduling and role != "prefill",
+        overlap=dep.overlaps() and role != "prefill",
         # (a context server's requests end at their first token: nothing to reserve beyond it)
         reserve_to_completion=e.reserve_to_completion and role != "prefill",
         decode_reserve_tokens=e.disagg_decode_reserve_tokens if role == "decode" else 0,

@@ -92,7 +92,8 @@ class ReplicaConfig:
     kv_blocks: int = 10_000
     overlap: bool = False  # the next iteration is scheduled while this one runs
     # Decode steps between the scheduler's reads of new requests (SGLang
-    # `--scheduler-recv-interval`; 1 = every pass). Acts on the overlap path only.
+    # `--scheduler-recv-interval`; 1 = every pass). Its receive skipper sits in the loop both
+    # with and without overlap (scheduler.py `recv_requests`), so it acts on either path.
     recv_interval: int = 1
     # TensorRT-LLM attention-DP balancing (EngineProfile.adp_balance_timeout_iters): with
     # recv_interval = the timeout, prompts go early once `recv_quorum` of them wait (one per DP
@@ -394,18 +395,20 @@ class Replica(
             self.now = max(self.now, t)
             self._schedule()
             return []
-        if self.cfg.overlap:
-            # The pass that planned the next iteration ran when this one started: the request
-            # waits for the pass after it, at the next boundary.
+        if self.cfg.overlap or self.cfg.recv_interval > 1:
+            # Overlap: the pass that planned the next iteration ran when this one started, so
+            # the request waits for the pass after it, at the next boundary. Either way, with a
+            # receive interval only the passes that read new requests see it.
             self.lagged.append((t, rid))
             if self._seg is not None and len(self.off) + len(self.prefilling) < (
                 self.cfg.max_num_seqs
             ):
+                lag = 1 if self.cfg.overlap else 0
                 if self.cfg.recv_quorum:
                     # Attention-DP balancing: the next pass decides (a later arrival may
                     # complete the ranks before the timeout), and plans to the timeout.
-                    return self._cut(t, extra=1)
-                return self._cut(t, extra=1 + self._steps_to_recv(t))
+                    return self._cut(t, extra=lag)
+                return self._cut(t, extra=lag + self._steps_to_recv(t))
             return []
         self.waiting.append(rid)
         if self._seg is not None:
@@ -706,19 +709,21 @@ class Replica(
         return True
 
     def _steps_to_recv(self, t: float) -> int:
-        """Decode steps past the first pass after t (at the boundary one step after the one at
-        or after t) until a pass that reads new requests, in the stretch in flight."""
+        """Decode steps past the first pass that could see t (with overlap at the boundary one
+        step after the one at or after t, without it at that boundary) until a pass that reads
+        new requests, in the stretch in flight."""
         every = self.cfg.recv_interval
         if every <= 1:
             return 0
-        j = self._boundary(self._seg, t) + 1
+        j = self._boundary(self._seg, t) + (1 if self.cfg.overlap else 0)
         return -(self.recv_steps + j) % every
 
     def _release_lagged(self) -> None:
         """Overlap scheduling: arrivals that came before the iteration just ended started are
-        seen by this pass; with nothing running, the engine's loop sees every arrival. With a
-        receive interval the busy engine reads them only every `recv_interval` decode steps
-        (or right after an iteration that carried prefill tokens)."""
+        seen by this pass (without overlap, every arrival until its end); with nothing
+        running, the engine's loop sees every arrival. With a receive interval the busy engine
+        reads them only every `recv_interval` decode steps (or right after an iteration that
+        carried prefill tokens)."""
         lagged, waiting = self.lagged, self.waiting
         if not (self.off or self.prefilling or waiting or self.incoming):
             while lagged:
@@ -726,7 +731,7 @@ class Replica(
             self.recv_steps = 0
             return
         cfg = self.cfg
-        start = self.iter_start
+        start = self.iter_start if cfg.overlap else self.now
         if cfg.recv_interval > 1 and self.recv_steps < cfg.recv_interval:
             q = cfg.recv_quorum
             if not q:

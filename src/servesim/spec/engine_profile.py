@@ -197,6 +197,16 @@ class EngineProfile:
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
     overlap_scheduling: bool = False
+    # "sglang": where SGLang's server turns its overlap schedule off, so does servesim
+    # (`Deployment.overlaps`): speculative decoding runs without it unless SGLANG_ENABLE_SPEC_V2
+    # is set (server_args.py `_handle_speculative_decoding`: "Overlap scheduler is disabled when
+    # spec v2 is off"), and a hybrid Mamba / Gated DeltaNet model with its radix cache on runs
+    # without it too (`_handle_mamba_radix_cache`: the default "no_buffer" mamba strategy "is
+    # not compatible with overlap schedule"; launches pass --disable-radix-cache to keep it).
+    # Speculative decoding also disables the radix cache of such a model, and caps the running
+    # requests at 48 where the launch sets no cap (both in `_handle_speculative_decoding`,
+    # SGLang 0.5.x). "": overlap_scheduling as it stands.
+    overlap_rule: str = ""
     # Decode steps between the scheduler's reads of new requests while it is busy (SGLang
     # `--scheduler-recv-interval`, default 1: python/sglang/srt/server_args.py). SGLang's
     # SchedulerRecvSkipper (python/sglang/srt/managers/scheduler_recv_skipper.py) adds 1 per
@@ -368,6 +378,8 @@ class EngineProfile:
         given = {k: v for k, v in kwargs.items() if v is not None}
         if "mem_util" in given and "mem_fraction_rule" not in given:
             given["mem_fraction_rule"] = ""  # an explicit fraction replaces the engine's rule
+        if "overlap_scheduling" in given and "overlap_rule" not in given:
+            given["overlap_rule"] = ""  # an explicit overlap setting (SGLANG_ENABLE_SPEC_V2) too
         if "cuda_graph_max_seqs" in given and "cuda_graph_rule" not in given:
             given["cuda_graph_rule"] = ""  # so does an explicit graph size
         if "max_num_batched_tokens" in given and "token_budget_rule" not in given:
@@ -446,6 +458,7 @@ ENGINES: dict[str, EngineProfile] = {
         mem_fraction_rule="sglang",
         cuda_graph_rule="sglang",
         token_budget_rule="sglang",
+        overlap_rule="sglang",
     ),
     "trtllm": EngineProfile(
         name="trtllm",

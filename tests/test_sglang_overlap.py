@@ -1,0 +1,81 @@
+"""SGLang turns its overlap schedule off on its own in two cases (server_args.py, 0.5.x), and
+servesim follows (`EngineProfile.overlap_rule`, `Deployment.overlaps`): speculative decoding
+without SGLANG_ENABLE_SPEC_V2 (which also caps running requests at 48 where the launch sets no
+cap), and a hybrid Mamba / Gated DeltaNet model whose radix cache is on (the default
+"no_buffer" mamba strategy); speculative decoding turns such a model's radix cache off."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from servesim.predictor.iteration import BatchShape
+from servesim.sim.deployment import SGLANG_SPECULATIVE_MAX_SEQS, Deployment
+from servesim.sim.simulate import simulate
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+from servesim.spec.speculative import SpeculativeDecoding
+
+SGLANG = get_engine("sglang")
+LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
+QWEN35 = load_model("Qwen/Qwen3.5-397B-A17B")
+H100, B200 = get_device("h100_sxm"), get_device("b200_sxm")
+EAGLE = SpeculativeDecoding("eagle", 3, (0.8, 0.5, 0.25))
+
+
+def test_speculative_decoding_runs_without_overlap_and_48_requests_by_default() -> None:
+    plain = Deployment(model=LLAMA8, device=H100, engine=SGLANG)
+    spec = dataclasses.replace(plain, speculative=EAGLE)
+    assert plain.overlaps() and not spec.overlaps()
+    assert SGLANG_SPECULATIVE_MAX_SEQS == 48
+    assert spec.batching()[0] == 48
+    assert dataclasses.replace(spec, max_num_seqs=256).batching()[0] == 256  # the launch's cap
+    assert plain.batching()[0] == SGLANG.max_num_seqs
+    # An explicit overlap setting is the user's (SGLANG_ENABLE_SPEC_V2 keeps overlap on)
+    v2 = dataclasses.replace(spec, engine=SGLANG.with_overrides(overlap_scheduling=True))
+    assert v2.overlaps()
+    # Other engines keep their own: vLLM overlaps only by its profile, TensorRT-LLM always.
+    for name in ("vllm", "trtllm"):
+        other = dataclasses.replace(spec, engine=get_engine(name))
+        assert other.overlaps() == get_engine(name).overlap_scheduling
+        assert other.batching()[0] != 48
+
+
+def test_a_hybrid_model_overlaps_only_with_its_radix_cache_off() -> None:
+    par = Parallel(tp=8)
+    on = Deployment(model=QWEN35, device=B200, parallel=par, engine=SGLANG)
+    off = dataclasses.replace(on, prefix_caching=False)  # --disable-radix-cache
+    assert not on.overlaps() and on.uses_prefix_cache()
+    assert off.overlaps()
+    # Kimi Linear's KDA layers have no Mamba cache: SGLang drops the radix cache instead.
+    kda = dataclasses.replace(on, model=dataclasses.replace(QWEN35, linear_kind="kda"))
+    assert kda.overlaps()
+    # Speculative decoding turns the hybrid's radix cache off (and the overlap with it).
+    mtp = dataclasses.replace(on, speculative=SpeculativeDecoding("mtp", 3))
+    assert not mtp.uses_prefix_cache() and not mtp.overlaps()
+    dense = Deployment(model=LLAMA8, device=H100, engine=SGLANG, speculative=EAGLE)
+    assert dense.uses_prefix_cache()  # a dense model keeps its radix cache
+
+
+def test_without_overlap_an_arrival_is_planned_one_step_sooner() -> None:
+    """B arrives during A's first decode step: with overlap the pass that sees it plans the
+    step after next; without it, the next one."""
+    w = Workload(np.array([0.0, 0.0]), np.array([2000, 100]), np.array([40, 5]))
+    core = SGLANG.with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
+    on = Deployment(model=LLAMA8, device=H100, engine=core)
+    pred = on.predictor()
+    a_prefill = pred.iteration(BatchShape(prefill=((2000, 0),))).seconds
+    step1 = pred.iteration(BatchShape(1, 2001)).seconds
+    step2 = pred.iteration(BatchShape(1, 2002)).seconds
+    b_prefill = pred.iteration(BatchShape(prefill=((100, 0),))).seconds
+    w = Workload(np.array([0.0, a_prefill + 0.5 * step1]), w.prompt_tokens, w.output_tokens)
+    off = dataclasses.replace(on, engine=core.with_overrides(overlap_scheduling=False))
+    t_on = simulate(on, w).columns()["first_token_s"][1]
+    t_off = simulate(off, w).columns()["first_token_s"][1]
+    assert t_on == pytest.approx(a_prefill + step1 + step2 + b_prefill, rel=1e-6)
+    assert t_off == pytest.approx(a_prefill + step1 + b_prefill, rel=1e-6)
