@@ -573,8 +573,8 @@ def deployment_of(
             unset = row["backend"] == "vllm" and not scripted.get("ar_fusion")
             if unset and vllm_fuses_by_default(row):  # the release's own default on this GPU
                 eng = eng.with_overrides(allreduce_norm_fusion="vllm")
-        if row["backend"] == "vllm" and vllm is None and vllm_async_by_default(row, par.pp):
-            eng = eng.with_overrides(overlap_scheduling=True)  # its release's default
+        if row["backend"] == "vllm" and vllm is None:  # its release's default, not today's
+            eng = eng.with_overrides(overlap_scheduling=vllm_async_by_default(row, par.pp))
         pool_model = model
         if recipe:
             eng, limits = _apply_script(eng, limits, recipe, row["backend"], par.dp)

@@ -330,7 +330,9 @@ def test_arrivals_within_one_decode_step_join_at_the_same_pass() -> None:
     their first token together (here colocated: their prompts share the iteration at the
     boundary; a decode replica admits KV hand-overs through the same cut). Before, only the
     first arrival cut the decode stretch at the boundary; the second one waited a step more."""
-    ideal = get_engine("vllm").with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
+    ideal = get_engine("vllm").with_overrides(
+        request_overhead_s=0.0, tokenize_s_per_token=0.0, overlap_scheduling=False
+    )  # the synchronous pass (vLLM before 0.14); with overlap both join one step later
     dep = Deployment(LLAMA8, H100, engine=ideal)
     step = dep.predictor().iteration(BatchShape(1, 1100)).seconds
     t1 = 1.0 + 0.1 * step

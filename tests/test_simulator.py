@@ -83,7 +83,9 @@ def test_overlap_scheduling_admits_an_arrival_one_iteration_later() -> None:
     prompt that arrives during A's prefill misses the next iteration (A's first decode) and
     starts in the one after; an idle engine still starts it at once. (The engine loop alone:
     no frontend, so the arrivals reach the engine as sent.)"""
-    core = get_engine("vllm").with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
+    core = get_engine("vllm").with_overrides(
+        request_overhead_s=0.0, tokenize_s_per_token=0.0, overlap_scheduling=False
+    )  # vLLM before 0.14, synchronous
     overlap = core.with_overrides(overlap_scheduling=True)
     w = Workload(np.array([0.0, 0.001]), np.array([2000, 100]), np.array([40, 5]))
     plain = simulate(dep(engine=core), w).columns()

@@ -258,8 +258,9 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         add_switch(
             g,
             "--overlap-scheduling",
-            "plan the next iteration while one runs (default: the engine's; on for trtllm and "
-            "sglang, off for vllm, whose --async-scheduling turns it on)",
+            "plan the next iteration while one runs (default: the engine's own, on for all "
+            "three except where it turns it off: vLLM before 0.14, with a draft model or PP; "
+            "SGLang under speculative decoding or for a hybrid model with its radix cache)",
         )
     g.add_argument("--weight-dtype", help="bf16, fp8, int4, ... (default: the config's)")
     g.add_argument("--kv-dtype", help="KV cache dtype: bf16, fp16 or fp8")

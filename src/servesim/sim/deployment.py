@@ -385,11 +385,20 @@ class Deployment:
 
     def overlaps(self) -> bool:
         """Whether the engine schedules the next iteration while one runs: its profile's
-        `overlap_scheduling`, less SGLang's own exceptions (`EngineProfile.overlap_rule`):
-        speculative decoding, and a hybrid model whose radix cache is on."""
+        `overlap_scheduling`, less the engine's own exceptions (`EngineProfile.overlap_rule`):
+        SGLang's under speculative decoding and for a hybrid model whose radix cache is on,
+        vLLM's under a draft-model speculator and pipeline parallelism; and a policy that
+        preempts prefills on arrival (FlowPrefill) runs on a synchronous loop."""
         e = self.engine
-        if not e.overlap_scheduling or e.overlap_rule != "sglang":
-            return e.overlap_scheduling
+        if not e.overlap_scheduling:
+            return False
+        if self.policy is not None and self.policy.prefill_preemption:
+            return False  # FlowPrefill stops a prefill as a prompt arrives: a synchronous loop
+        if e.overlap_rule == "vllm":
+            drafts = self.speculative is not None and self.speculative.method == "draft"
+            return self.parallel.pp == 1 and not drafts
+        if e.overlap_rule != "sglang":
+            return True
         if self.speculative is not None:
             return False
         return not (_sglang_mamba_cache(self.model) and self.uses_prefix_cache())

@@ -205,7 +205,10 @@ class EngineProfile:
     # not compatible with overlap schedule"; launches pass --disable-radix-cache to keep it).
     # Speculative decoding also disables the radix cache of such a model, and caps the running
     # requests at 48 where the launch sets no cap (both in `_handle_speculative_decoding`,
-    # SGLang 0.5.x). "": overlap_scheduling as it stands.
+    # SGLang 0.5.x). "vllm": vLLM's async scheduling (its default from 0.14.0) is off with a
+    # draft-model speculator (`VllmConfig.__post_init__` keeps it for EAGLE and MTP only) and,
+    # as servesim models it, under pipeline parallelism (vLLM's PP batch queue instead).
+    # "": overlap_scheduling as it stands.
     overlap_rule: str = ""
     # Decode steps between the scheduler's reads of new requests while it is busy (SGLang
     # `--scheduler-recv-interval`, default 1: python/sglang/srt/server_args.py). SGLang's
@@ -427,6 +430,10 @@ ENGINES: dict[str, EngineProfile] = {
     # compiled code, whose host time no measurement found here prices: none is charged.
     "vllm": EngineProfile(
         name="vllm",
+        # Async scheduling, vLLM's default from 0.14.0 (`SchedulerConfig.async_scheduling`
+        # None, turned on in `VllmConfig.__post_init__`); `overlap_rule` has its exceptions.
+        overlap_scheduling=True,
+        overlap_rule="vllm",
         token_budget_rule="vllm",
         max_seqs_rule="vllm",
         prefill_graph_max_tokens=512,

@@ -1,8 +1,10 @@
-"""SGLang turns its overlap schedule off on its own in two cases (server_args.py, 0.5.x), and
-servesim follows (`EngineProfile.overlap_rule`, `Deployment.overlaps`): speculative decoding
-without SGLANG_ENABLE_SPEC_V2 (which also caps running requests at 48 where the launch sets no
-cap), and a hybrid Mamba / Gated DeltaNet model whose radix cache is on (the default
-"no_buffer" mamba strategy); speculative decoding turns such a model's radix cache off."""
+"""Where engines turn their overlap scheduling off on their own, servesim follows
+(`EngineProfile.overlap_rule`, `Deployment.overlaps`). SGLang (server_args.py, 0.5.x):
+speculative decoding without SGLANG_ENABLE_SPEC_V2 (which also caps running requests at 48
+where the launch sets no cap), and a hybrid Mamba / Gated DeltaNet model whose radix cache is on
+(the default "no_buffer" mamba strategy); speculative decoding turns such a model's radix cache
+off. vLLM (async scheduling by default from 0.14, `VllmConfig.__post_init__`): off with a
+draft-model speculator, and under pipeline parallelism as servesim models it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from servesim.predictor.iteration import BatchShape
 from servesim.sim.deployment import SGLANG_SPECULATIVE_MAX_SEQS, Deployment
+from servesim.sim.policies import Policy
 from servesim.sim.simulate import simulate
 from servesim.sim.workload import Workload
 from servesim.spec.devices import get_device
@@ -39,11 +42,26 @@ def test_speculative_decoding_runs_without_overlap_and_48_requests_by_default() 
     # An explicit overlap setting is the user's (SGLANG_ENABLE_SPEC_V2 keeps overlap on)
     v2 = dataclasses.replace(spec, engine=SGLANG.with_overrides(overlap_scheduling=True))
     assert v2.overlaps()
-    # Other engines keep their own: vLLM overlaps only by its profile, TensorRT-LLM always.
+    # The other engines keep overlapping under EAGLE, and their own sequence caps.
     for name in ("vllm", "trtllm"):
         other = dataclasses.replace(spec, engine=get_engine(name))
-        assert other.overlaps() == get_engine(name).overlap_scheduling
-        assert other.batching()[0] != 48
+        assert other.overlaps() and other.batching()[0] != 48
+
+
+def test_vllm_schedules_asynchronously_except_with_a_draft_model_or_pipeline_stages() -> None:
+    vllm = Deployment(model=LLAMA8, device=H100, engine=get_engine("vllm"))
+    assert vllm.overlaps()  # async scheduling, the default from vLLM 0.14
+    assert dataclasses.replace(vllm, speculative=EAGLE).overlaps()  # EAGLE/MTP keep it
+    draft = SpeculativeDecoding("draft", 3, (0.8, 0.5, 0.25), draft_model=LLAMA8)
+    assert not dataclasses.replace(vllm, speculative=draft).overlaps()
+    assert not dataclasses.replace(vllm, parallel=Parallel(tp=1, pp=2)).overlaps()
+    # An older vLLM (or --no-async-scheduling): the user's setting
+    old = dataclasses.replace(
+        vllm, engine=get_engine("vllm").with_overrides(overlap_scheduling=False)
+    )
+    assert not old.overlaps()
+    # TensorRT-LLM has no exception
+    assert dataclasses.replace(vllm, engine=get_engine("trtllm"), speculative=draft).overlaps()
 
 
 def test_a_hybrid_model_overlaps_only_with_its_radix_cache_off() -> None:
@@ -79,3 +97,12 @@ def test_without_overlap_an_arrival_is_planned_one_step_sooner() -> None:
     t_off = simulate(off, w).columns()["first_token_s"][1]
     assert t_on == pytest.approx(a_prefill + step1 + step2 + b_prefill, rel=1e-6)
     assert t_off == pytest.approx(a_prefill + step1 + b_prefill, rel=1e-6)
+
+
+def test_a_policy_that_preempts_prefills_on_arrival_runs_synchronously() -> None:
+    """FlowPrefill stops a running prefill the moment an urgent prompt arrives; a lagged
+    (overlapped) arrival would never trigger it, so such a deployment runs without overlap."""
+    vllm = Deployment(model=LLAMA8, device=H100, engine=get_engine("vllm"))
+    assert dataclasses.replace(vllm, policy=Policy("priority")).overlaps()
+    flow = Policy("priority", prefill_preemption=True)
+    assert not dataclasses.replace(vllm, policy=flow).overlaps()
