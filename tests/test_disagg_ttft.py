@@ -199,6 +199,26 @@ def test_sglang_prefill_waits_for_the_decode_to_read_the_request_in() -> None:
     assert any(j > j0 for j, j0 in zip(starts, firsts, strict=True))  # B waited past one
 
 
+def test_sglang_sends_the_kv_to_the_decode_worker_paired_at_arrival() -> None:
+    """Claim (SGLang PD): the router sends a request to a prefill and a decode worker together,
+    and the bootstrap room ties the prefill's KV to that decode worker. With two decode
+    workers taken in turn, the third request goes to the first one, still busy with a long
+    reply, though the second is idle by then; TensorRT-LLM's disaggregated server picks the
+    decode worker after the prefill, here the idle one."""
+    w = Workload(np.array([0.0, 0.01, 2.0]), np.full(3, 1000), np.array([2000, 5, 5]))
+
+    def decode_workers(engine: str) -> list[int]:
+        pool = Deployment(LLAMA8, H100, engine=get_engine(engine))
+        dep = DisaggDeployment(pool, replace(pool, replicas=2), "infiniband")
+        cols = simulate(dep, w).columns()
+        return [int(x) for x in cols["replica"]]
+
+    sg = decode_workers("sglang")
+    assert sg[0] == sg[2] != sg[1]  # the third request joins the busy first worker
+    trt = decode_workers("trtllm")
+    assert trt[0] != trt[2]  # least loaded at hand-off: the idle one
+
+
 def test_a_lone_sglang_pd_request_agrees_with_a_published_measurement() -> None:
     """Outside check (ai-dynamo/dynamo issue #4425, 2025-11-18): DeepSeek-V3 on one prefill and
     one decode server of 8 H200s each, SGLang with NIXL, TP 8, 1,000-token prompts and 200

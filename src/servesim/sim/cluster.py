@@ -131,14 +131,15 @@ class Cluster:
             self.pair_of[d.index] = (p, d)
             self.sync_pair(p, d)
         # SGLang's bootstrap: a request reaches the prefill worker only once a decode worker
-        # (taken in turn, as the router picks the pair at arrival) has read it in. Not for
-        # semi-PD lanes, which hand over in place.
+        # (taken in turn, as the router picks the pair at arrival) has read it in, and its KV
+        # goes to that worker. Not for semi-PD lanes, which hand over in place.
         self.boot = (
             bool(self.decode)
             and not self.pairs
             and self.decode[0].pred.engine.disagg_prefill_waits_for_decode
         )
         self.boot_turn = 0
+        self.boot_decode: dict[int, Replica] = {}  # the decode worker paired at arrival
         self.booting = 0  # requests waiting for their decode worker to read them
         path = kv_path or migration_path
         if path is not None:
@@ -253,7 +254,9 @@ class Cluster:
                 target = route(rid, self.active_entry)
                 if self.boot:
                     pool = self.decode
-                    read = pool[self.boot_turn % len(pool)].next_read_s(t_arr)
+                    chosen = pool[self.boot_turn % len(pool)]
+                    self.boot_decode[rid] = chosen  # its KV goes there after the prefill
+                    read = chosen.next_read_s(t_arr)
                     self.boot_turn += 1
                     if read > t_arr:  # the prefill sees it once the decode has read it
                         push(heap, (read, _BOOT, rid, target.index))
@@ -364,7 +367,9 @@ class Cluster:
             return done
         pool, pending = self.decode, self.pending
         for rid in src.handoff:
-            dst = least_outstanding(pool)
+            # SGLang's router paired the request with a decode worker at arrival (the bootstrap
+            # room ties the two); elsewhere the least loaded one takes it at hand-off.
+            dst = self.boot_decode.pop(rid, None) or least_outstanding(pool)
             load = tab.output_tokens[rid] - tab.generated[rid]
             dst.attached_load[rid] = load  # counted now so a burst spreads over the pool
             dst.outstanding_tokens += load

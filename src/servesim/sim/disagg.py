@@ -1,7 +1,8 @@
 """Prefill/decode disaggregation (DistServe, Splitwise): two pools joined by a KV transfer.
 
 Prefill replicas run prompts only; when a prompt's first token is out, the request's KV cache
-waits in prefill memory until a decode replica (the least loaded) has room, then moves over the
+waits in prefill memory until a decode replica (the least loaded; under SGLang the one its
+router paired with the prefill at arrival) has room, then moves over the
 link — contended when several transfers share an instance's links — and the request joins that
 replica's decode batch at its next step (decode admission waits for the transfer). Each pool has
 its own device, count, parallelism and batching.
