@@ -195,7 +195,8 @@ class EngineProfile:
     # turns it off.
     max_seqs_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
-    # overlap schedule): an arrival is first seen by the pass at the next iteration's start.
+    # overlap schedule, vLLM's async scheduling): an arrival is first seen by the pass at the
+    # next iteration's start.
     overlap_scheduling: bool = False
     # "sglang": where SGLang's server turns its overlap schedule off, so does servesim
     # (`Deployment.overlaps`): speculative decoding runs without it unless SGLANG_ENABLE_SPEC_V2
