@@ -106,3 +106,14 @@ def test_a_policy_that_preempts_prefills_on_arrival_runs_synchronously() -> None
     assert dataclasses.replace(vllm, policy=Policy("priority")).overlaps()
     flow = Policy("priority", prefill_preemption=True)
     assert not dataclasses.replace(vllm, policy=flow).overlaps()
+
+
+def test_the_summary_says_how_the_engine_loop_ran() -> None:
+    """A run's summary names the loop the engine ran after its own rules (and the CLI prints
+    it), so a user sees that SGLang's speculative run was synchronous and capped at 48."""
+    w = Workload(np.array([0.0, 0.1]), np.array([500, 500]), np.array([20, 20]))
+    spec = Deployment(model=LLAMA8, device=H100, engine=SGLANG, speculative=EAGLE)
+    s = simulate(spec, w).summary()
+    assert (s["overlap_scheduling"], s["max_num_seqs"]) == (False, 48)
+    plain = simulate(dataclasses.replace(spec, speculative=None), w).summary()
+    assert plain["overlap_scheduling"] is True and plain["max_num_seqs"] == SGLANG.max_num_seqs

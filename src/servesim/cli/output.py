@@ -84,6 +84,9 @@ def print_summary(summary: dict[str, Any], simulated: bool = True) -> None:
             ),
             ("energy per output token", f"{summary.get('joules_per_output_token', 0):.2f} J"),
         ]
+    if simulated and "overlap_scheduling" in summary:
+        loop = "overlapped" if summary["overlap_scheduling"] else "synchronous"
+        rows.append(("engine loop", f"{loop}, ≤ {summary['max_num_seqs']:,} sequences"))
     if simulated and summary.get("latency_provenance"):
         rows.append(
             (

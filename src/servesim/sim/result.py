@@ -94,6 +94,7 @@ class SimResult:
             }
         )
         s.update(latency_provenance(dep))
+        s.update(engine_loop(dep))
         s.update(self.extra)
         if window is not None:
             s["slo_attainment_over_time"] = [
@@ -136,6 +137,16 @@ def latency_provenance(dep: Any) -> dict[str, Any]:
     if not models:
         return {}
     return {"latency_model": models[0], "latency_provenance": counts}
+
+
+def engine_loop(dep: Any) -> dict[str, Any]:
+    """How the engine that decodes runs its loop, after its own rules: whether it schedules the
+    next iteration while one runs (`Deployment.overlaps`) and its cap on running sequences
+    (`Deployment.batching`). Empty for deployments without them."""
+    pool = getattr(dep, "decode", dep)
+    if not (hasattr(pool, "overlaps") and hasattr(pool, "batching")):
+        return {}
+    return {"overlap_scheduling": pool.overlaps(), "max_num_seqs": pool.batching()[0]}
 
 
 def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
