@@ -75,7 +75,7 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -697,7 +697,7 @@ def vllm_async_by_default(row: dict[str, str], pp: int) -> bool:
 _TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend"})
 
 # Launch-script fields that set an EngineProfile field directly: (field, its type).
-_SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, type]] = {
+_SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "mem_fraction": ("mem_util", float),
     "graph_max_bs": ("cuda_graph_max_seqs", int),
     "recv_interval": ("recv_interval_steps", int),

@@ -527,10 +527,8 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                             break
                     if script:
                         break
-                k = ""
-                if spec == "mtp" and script:
-                    k = draft_tokens(script, bool(item.get("dp-attn", False)))
                 dp = bool(item.get("dp-attn", False))
+                k = draft_tokens(script, dp) if spec == "mtp" and script else ""
                 launch = launch_settings(script, dp) if script else dict.fromkeys(LAUNCH_FIELDS, "")
                 rows.append(
                     {
@@ -544,7 +542,7 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                         "osl": seq.get("osl", ""),
                         "tp": item.get("tp", ""),
                         "ep": item.get("ep", 1),
-                        "dp_attn": bool(item.get("dp-attn", False)),
+                        "dp_attn": dp,
                         "spec_decoding": spec,
                         "num_draft_tokens": k,
                         "script": where if script else "",

@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 
-from servesim.predictor.iteration import BatchShape
-from servesim.sim.deployment import SGLANG_SPECULATIVE_MAX_SEQS, Deployment
+from servesim.sim.deployment import Deployment
 from servesim.sim.policies import Policy
 from servesim.sim.simulate import simulate
 from servesim.sim.workload import Workload
@@ -35,9 +33,10 @@ def test_speculative_decoding_runs_without_overlap_and_48_requests_by_default() 
     plain = Deployment(model=LLAMA8, device=H100, engine=SGLANG)
     spec = dataclasses.replace(plain, speculative=EAGLE)
     assert plain.overlaps() and not spec.overlaps()
-    assert SGLANG_SPECULATIVE_MAX_SEQS == 48
     assert spec.batching()[0] == 48
     assert dataclasses.replace(spec, max_num_seqs=256).batching()[0] == 256  # the launch's cap
+    flag = dataclasses.replace(spec, engine=SGLANG.with_overrides(max_num_seqs=100))
+    assert flag.batching()[0] == 100  # ... given as an engine flag
     assert plain.batching()[0] == SGLANG.max_num_seqs
     # An explicit overlap setting is the user's (SGLANG_ENABLE_SPEC_V2 keeps overlap on)
     v2 = dataclasses.replace(spec, engine=SGLANG.with_overrides(overlap_scheduling=True))
@@ -78,25 +77,6 @@ def test_a_hybrid_model_overlaps_only_with_its_radix_cache_off() -> None:
     assert not mtp.uses_prefix_cache() and not mtp.overlaps()
     dense = Deployment(model=LLAMA8, device=H100, engine=SGLANG, speculative=EAGLE)
     assert dense.uses_prefix_cache()  # a dense model keeps its radix cache
-
-
-def test_without_overlap_an_arrival_is_planned_one_step_sooner() -> None:
-    """B arrives during A's first decode step: with overlap the pass that sees it plans the
-    step after next; without it, the next one."""
-    w = Workload(np.array([0.0, 0.0]), np.array([2000, 100]), np.array([40, 5]))
-    core = SGLANG.with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
-    on = Deployment(model=LLAMA8, device=H100, engine=core)
-    pred = on.predictor()
-    a_prefill = pred.iteration(BatchShape(prefill=((2000, 0),))).seconds
-    step1 = pred.iteration(BatchShape(1, 2001)).seconds
-    step2 = pred.iteration(BatchShape(1, 2002)).seconds
-    b_prefill = pred.iteration(BatchShape(prefill=((100, 0),))).seconds
-    w = Workload(np.array([0.0, a_prefill + 0.5 * step1]), w.prompt_tokens, w.output_tokens)
-    off = dataclasses.replace(on, engine=core.with_overrides(overlap_scheduling=False))
-    t_on = simulate(on, w).columns()["first_token_s"][1]
-    t_off = simulate(off, w).columns()["first_token_s"][1]
-    assert t_on == pytest.approx(a_prefill + step1 + step2 + b_prefill, rel=1e-6)
-    assert t_off == pytest.approx(a_prefill + step1 + b_prefill, rel=1e-6)
 
 
 def test_a_policy_that_preempts_prefills_on_arrival_runs_synchronously() -> None:

@@ -153,8 +153,8 @@ class Deployment:
             tokens = vllm_batch_defaults(self.device)[0]
         if not self.max_num_seqs and gpu and e.max_seqs_rule == "vllm":
             seqs = vllm_batch_defaults(self.device)[1]
-        if not self.max_num_seqs and e.overlap_rule == "sglang" and self.speculative is not None:
-            seqs = SGLANG_SPECULATIVE_MAX_SEQS  # server_args.py `_handle_speculative_decoding`
+        if not self.max_num_seqs and e.max_seqs_rule == "sglang" and self.speculative is not None:
+            seqs = SGLANG_SPECULATIVE_MAX_SEQS
         chunked = e.chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
         if seqs < 1 or tokens < 1:
             raise ServesimError("max_num_seqs and max_num_batched_tokens must be ≥ 1.")

@@ -18,7 +18,15 @@ from servesim.errors import ServesimError
 
 FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
 SERVER_RULES = ("", "sglang")  # whose default rules an engine setting follows
-BATCH_RULES = ("", "sglang", "vllm")  # ... and for the batch limits
+ENGINE_RULES = ("", "sglang", "vllm")  # ... where both engines have one
+# An explicit setting replaces the engine's rule for it: setting -> the rule it turns off.
+RULE_OF_SETTING = {
+    "mem_util": "mem_fraction_rule",
+    "cuda_graph_max_seqs": "cuda_graph_rule",
+    "max_num_batched_tokens": "token_budget_rule",
+    "max_num_seqs": "max_seqs_rule",
+    "overlap_scheduling": "overlap_rule",  # e.g. SGLANG_ENABLE_SPEC_V2 keeps overlap on
+}
 
 # The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
 # minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
@@ -191,8 +199,9 @@ class EngineProfile:
     # --chunked-prefill-size or --max-num-batched-tokens) turns the rule off.
     token_budget_rule: str = ""
     # "vllm": a deployment that sets no sequence cap runs vLLM's default for the GPU (1,024, or
-    # 256 under 70 GiB and on an A100); "": max_num_seqs as it stands. Setting max_num_seqs
-    # turns it off.
+    # 256 under 70 GiB and on an A100); "sglang": SGLang's cap of 48 running requests under
+    # speculative decoding (server_args.py `_handle_speculative_decoding`, SGLang 0.5.x);
+    # "": max_num_seqs as it stands. Setting max_num_seqs turns it off.
     max_seqs_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule, vLLM's async scheduling): an arrival is first seen by the pass at the
@@ -204,12 +213,11 @@ class EngineProfile:
     # spec v2 is off"), and a hybrid Mamba / Gated DeltaNet model with its radix cache on runs
     # without it too (`_handle_mamba_radix_cache`: the default "no_buffer" mamba strategy "is
     # not compatible with overlap schedule"; launches pass --disable-radix-cache to keep it).
-    # Speculative decoding also disables the radix cache of such a model, and caps the running
-    # requests at 48 where the launch sets no cap (both in `_handle_speculative_decoding`,
-    # SGLang 0.5.x). "vllm": vLLM's async scheduling (its default from 0.14.0) is off with a
-    # draft-model speculator (`VllmConfig.__post_init__` keeps it for EAGLE and MTP only) and,
-    # as servesim models it, under pipeline parallelism (vLLM's PP batch queue instead).
-    # "": overlap_scheduling as it stands.
+    # Speculative decoding also disables the radix cache of such a model
+    # (`_handle_mamba_radix_cache`, SGLang 0.5.x). "vllm": vLLM's async scheduling (its
+    # default from 0.14.0) is off with a draft-model speculator (`VllmConfig.__post_init__`
+    # keeps it for EAGLE and MTP only) and, as servesim models it, under pipeline parallelism
+    # (vLLM's PP batch queue instead). "": overlap_scheduling as it stands.
     overlap_rule: str = ""
     # Decode steps between the scheduler's reads of new requests while it is busy (SGLang
     # `--scheduler-recv-interval`, default 1: python/sglang/srt/server_args.py). SGLang's
@@ -348,8 +356,9 @@ class EngineProfile:
         for key, rules in (
             ("cuda_graph_rule", SERVER_RULES),
             ("mem_fraction_rule", SERVER_RULES),
-            ("token_budget_rule", BATCH_RULES),
-            ("max_seqs_rule", ("", "vllm")),
+            ("token_budget_rule", ENGINE_RULES),
+            ("max_seqs_rule", ENGINE_RULES),
+            ("overlap_rule", ENGINE_RULES),
         ):
             if getattr(self, key) not in rules:
                 raise ServesimError(
@@ -380,16 +389,9 @@ class EngineProfile:
         if unknown:
             raise ServesimError(f"Unknown engine setting(s) {', '.join(unknown)}.")
         given = {k: v for k, v in kwargs.items() if v is not None}
-        if "mem_util" in given and "mem_fraction_rule" not in given:
-            given["mem_fraction_rule"] = ""  # an explicit fraction replaces the engine's rule
-        if "overlap_scheduling" in given and "overlap_rule" not in given:
-            given["overlap_rule"] = ""  # an explicit overlap setting (SGLANG_ENABLE_SPEC_V2) too
-        if "cuda_graph_max_seqs" in given and "cuda_graph_rule" not in given:
-            given["cuda_graph_rule"] = ""  # so does an explicit graph size
-        if "max_num_batched_tokens" in given and "token_budget_rule" not in given:
-            given["token_budget_rule"] = ""  # and an explicit token budget
-        if "max_num_seqs" in given and "max_seqs_rule" not in given:
-            given["max_seqs_rule"] = ""  # and an explicit sequence cap
+        for setting, rule in RULE_OF_SETTING.items():
+            if setting in given and rule not in given:
+                given[rule] = ""  # an explicit setting replaces the engine's rule for it
         return replace(self, **given)
 
 
@@ -466,6 +468,7 @@ ENGINES: dict[str, EngineProfile] = {
         mem_fraction_rule="sglang",
         cuda_graph_rule="sglang",
         token_budget_rule="sglang",
+        max_seqs_rule="sglang",
         overlap_rule="sglang",
     ),
     "trtllm": EngineProfile(
