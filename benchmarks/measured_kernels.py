@@ -51,9 +51,12 @@ def families(gpu: str, engine: str) -> dict[str, list[tuple[mk.Grid, int]]]:
     out: dict[str, list[tuple[mk.Grid, int]]] = {}
     found = kernel_tables.find(gpu, "gemm", "gemm_perf", engine)
     if found:
-        cols = kernel_tables.read(found[0], ("gemm_dtype",))
-        for dt in sorted(set(cols["gemm_dtype"])):
-            g = mk._gemm_grid(found[0], dt)
+        # each dtype from the table the backend prices it with (vLLM's eager fp8_block rows
+        # give way to another engine's graphed ones: kernel_tables.UNTIMED_GEMM_DTYPES)
+        engines = (engine, *[e for e in kernel_tables.ENGINES if e != engine])
+        for dt in sorted(kernel_tables.gemm_dtypes_of(found[0])):
+            path = kernel_tables.gemm_table(gpu, dt, engines)
+            g = mk._gemm_grid(path, dt) if path is not None else None
             if g is not None:
                 out.setdefault("gemm", []).append((g, 0))
     for fam, table, decode in (

@@ -250,6 +250,11 @@ def load_package_tables(
 
     out: dict[str, Table] = {}
     for stem, (family, fallback) in PACKAGE_TABLES.items():
+        if stem == "gemm_perf":
+            gemm = _package_gemm_table(gpu, engine, max_rows, seed)
+            if gemm is not None:
+                out[stem] = gemm
+            continue
         engines = (engine, *[e for e in fallback if e != engine])
         found = None
         for eng in engines:
@@ -260,6 +265,34 @@ def load_package_tables(
             continue
         out[stem] = _parquet_table(found[0], SCHEMAS[stem], OPTIONAL.get(stem, {}), max_rows, seed)
     return out
+
+
+def _package_gemm_table(gpu: str, engine: str, max_rows: int | None, seed: int) -> Table | None:
+    """The engine's GEMM table on `gpu`, each dtype's rows from the table that prices it as
+    the engine serves it (`kernel_tables.gemm_table`: vLLM's eager fp8_block rows are
+    replaced by another engine's graphed ones), sub-sampled like `_parquet_table`."""
+    from servesim.predictor import kernel_tables
+
+    own = kernel_tables.find(gpu, "gemm", "gemm_perf", engine)
+    if own is None:
+        return None
+    engines = (engine, *[e for e in kernel_tables.ENGINES if e != engine])
+    parts = []
+    for dtype in sorted(kernel_tables.gemm_dtypes_of(own[0])):
+        path = kernel_tables.gemm_table(gpu, dtype, engines)
+        if path is None:
+            continue
+        t = _parquet_table(path, SCHEMAS["gemm_perf"], {}, None, seed)
+        keep = t["gemm_dtype"] == dtype
+        parts.append({c: v[keep] for c, v in t.items()})
+    if not parts:
+        return None
+    table = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    n = len(table["m"])
+    if max_rows is not None and n > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+        table = {c: v[keep] for c, v in table.items()}
+    return table
 
 
 def _parquet_table(

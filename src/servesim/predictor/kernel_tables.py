@@ -135,3 +135,44 @@ def read(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     for c in missing:
         out[c] = np.full(t.num_rows, OPTIONAL_COLUMNS[c])
     return out
+
+
+# GEMM dtypes whose rows in an engine's own GEMM table do not time the kernel the engine serves
+# with; another engine's table on the same GPU prices them (`gemm_table`):
+# - vLLM fp8_block: aiconfigurator's collector times it eagerly, one op a loop, without CUDA
+#   graphs (collector/vllm/collect_gemm.py, `use_cuda_graph=gemm_type != "fp8_block"`), so its
+#   rows hold the host's dispatch of the block-fp8 op: none is under 55 µs on H100/H200, 151 µs
+#   on B200, 236 µs on GB200/GB300 (the same B200 die on a Grace host), 282 µs on L40S, where
+#   every graphed table (vLLM's other dtypes, SGLang's and TensorRT-LLM's fp8_block) starts at
+#   2-12 µs. Where vLLM's rows are kernel-bound (3x that floor) they agree with SGLang's
+#   fp8_block rows (median ratio 1.08 on H100, 1.09 on B200) and with vLLM's graphed per-tensor
+#   fp8 rows (1.05, 0.99), and a served engine replays its decode in CUDA graphs.
+# - TensorRT-LLM nvfp4: its collector (collector/trtllm/collect_gemm.py) never enters
+#   `autotune()`, so `trtllm::nvfp4_gemm` ran its untuned fallback tactic; the engine tunes
+#   every tunable op at warm-up.
+UNTIMED_GEMM_DTYPES: dict[str, frozenset[str]] = {
+    "vllm": frozenset({"fp8_block"}),
+    "trtllm": frozenset({"nvfp4"}),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def gemm_dtypes_of(path: Path) -> frozenset[str]:
+    """The GEMM dtypes one `gemm_perf` table holds."""
+    return frozenset(str(x) for x in read(path, ("gemm_dtype",))["gemm_dtype"])
+
+
+def gemm_table(
+    gpu: str, gemm_dtype: str, engines: tuple[str, ...], version: str | None = None
+) -> Path | None:
+    """The `gemm_perf` table that prices `gemm_dtype` on `gpu`: the first of `engines` (the
+    serving engine first) whose table holds the dtype as that engine serves it
+    (`UNTIMED_GEMM_DTYPES`); a cuBLAS or CUTLASS GEMM is the same kernel whichever engine
+    calls it. None when no engine's table does."""
+    for engine in engines:
+        if gemm_dtype in UNTIMED_GEMM_DTYPES.get(engine, ()):
+            continue
+        found = find(gpu, "gemm", "gemm_perf", engine, version)
+        if found is not None and gemm_dtype in gemm_dtypes_of(found[0]):
+            return found[0]
+    return None

@@ -459,13 +459,9 @@ class MeasuredKernels:
         self.trtllm_wide_ep = engine == "trtllm" and self.moe_backend == "wideep"
         # The activation format of MXFP4 expert GEMMs (`EngineProfile.mxfp4_activation`).
         self.mxfp4_activation = mxfp4_activation
-        # aiconfigurator's TensorRT-LLM GEMM collector (collector/trtllm/collect_gemm.py) never
-        # enters `autotune()`, so `trtllm::nvfp4_gemm`, which picks its tactic with
-        # `AutoTuner.choose_one`, ran its untuned fallback tactic there; the engine tunes every
-        # tunable op at warm-up. Those tables do not price what TensorRT-LLM serves with.
-        self.untuned_gemm_dtypes = {"nvfp4"} if engine == "trtllm" else set()
         first = engine if engine in kernel_tables.ENGINES else None
         self._layout_memo: dict[tuple, tuple | None] = {}
+        self._gemm_paths: dict[str, Path | None] = {}  # `_gemm_path`
         self._blocks: dict[tuple, Sequence[Any]] = {}  # `_in_blocks`
         self._anchor_memo: dict[tuple, float] = {}  # the roofline at an MLA prefill anchor
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
@@ -557,7 +553,6 @@ class MeasuredKernels:
     @functools.cached_property
     def _paths(self) -> dict[str, Path | None]:
         return {
-            "gemm": self._find("gemm", "gemm_perf"),
             "prefill": self._find("attention", "context_attention_perf"),
             "decode": self._find("attention", "generation_attention_perf"),
             "custom_ar": self._find("comm", "custom_allreduce_perf"),
@@ -569,6 +564,17 @@ class MeasuredKernels:
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
+    def _gemm_path(self, table_dtype: str) -> Path | None:
+        """The GEMM table that prices this dtype: the engine's own, or another engine's on the
+        same GPU where the own table lacks the dtype or did not time it as the engine serves
+        it (`kernel_tables.UNTIMED_GEMM_DTYPES`: vLLM's eager fp8_block rows, TensorRT-LLM's
+        untuned nvfp4 rows)."""
+        if table_dtype not in self._gemm_paths:
+            self._gemm_paths[table_dtype] = kernel_tables.gemm_table(
+                self.gpu, table_dtype, tuple(self.engines), self.version
+            )
+        return self._gemm_paths[table_dtype]
+
     def gemm(
         self,
         m: np.ndarray,
@@ -587,9 +593,11 @@ class MeasuredKernels:
         so); with `static_scale` (a checkpoint's calibrated scale) that pass is taken off, as
         aiconfigurator does for its fp8_static mode: the engine's `computescale` table at
         (m, k), never below the GEMM's speed of light."""
-        path = self._paths["gemm"]
         table_dtype = GEMM_DTYPES.get(kernel_format(weight_dtype, block))
-        if path is None or table_dtype is None or table_dtype in self.untuned_gemm_dtypes:
+        if table_dtype is None:
+            return None
+        path = self._gemm_path(table_dtype)
+        if path is None:
             return None
         grid = _gemm_grid(path, table_dtype)
         if grid is None:
