@@ -589,9 +589,9 @@ def test_tensorrt_llm_nvfp4_gemms_are_not_priced_from_their_untuned_tables() -> 
     """aiconfigurator's TensorRT-LLM GEMM collector never enters `autotune()`, so
     `trtllm::nvfp4_gemm` (which picks its tactic with `AutoTuner.choose_one`) ran its fallback
     tactic there: about 19 µs at 8 × 2048 × 7168 on B200, twice the bf16 GEMM of four times the
-    bytes, while the engine tunes at warm-up. TensorRT-LLM's NVFP4 GEMMs are therefore priced
-    from another engine's nvfp4 table on the same GPU (still measured); its other GEMM tables
-    stay its own."""
+    bytes, while the engine tunes at warm-up, picking the fastest of its tactics. TensorRT-LLM's
+    NVFP4 GEMMs are therefore priced by the faster of the other engines' measured nvfp4 kernels
+    on the same GPU (still measured); its other GEMM tables stay its own."""
     trt = backend("b200_sxm", "trtllm")
     m = np.array([8.0])
     rows = {d: gemm_rows("b200_sxm", d, "trtllm") for d in ("bfloat16", "nvfp4")}
@@ -601,8 +601,8 @@ def test_tensorrt_llm_nvfp4_gemms_are_not_priced_from_their_untuned_tables() -> 
     priced = trt.gemm(m, 2048, 7168, "fp4")
     assert priced is not None and priced[1][0] == mk.MEASURED
     assert priced[0][0] < 0.7 * fp4_s
-    vllm_s, _ = one_gemm(backend("b200_sxm", "vllm"), 8, 2048, 7168, "fp4")
-    assert priced[0][0] == pytest.approx(vllm_s)
+    others = [one_gemm(backend("b200_sxm", e), 8, 2048, 7168, "fp4")[0] for e in ("vllm", "sglang")]
+    assert priced[0][0] == pytest.approx(min(others)) and max(others) > min(others)
     assert one_gemm(trt, 8, 2048, 7168, "bf16")[0] == pytest.approx(bf16_s)
 
 

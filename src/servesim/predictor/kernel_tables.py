@@ -156,6 +156,13 @@ UNTIMED_GEMM_DTYPES: dict[str, frozenset[str]] = {
 }
 
 
+# GEMM dtypes an engine autotunes at warm-up (TensorRT-LLM's `AutoTuner` picks the fastest of
+# its tactics for `trtllm::nvfp4_gemm`: CUTLASS, cuBLASLt, TRT-LLM-gen kernels): the op runs at
+# least as fast as the fastest kernel another engine measured for it, so it is priced by the
+# lower envelope of their tables (`gemm_tables`).
+AUTOTUNED_GEMM_DTYPES: dict[str, frozenset[str]] = {"trtllm": frozenset({"nvfp4"})}
+
+
 @functools.lru_cache(maxsize=256)
 def gemm_dtypes_of(path: Path) -> frozenset[str]:
     """The GEMM dtypes one `gemm_perf` table holds."""
@@ -176,3 +183,18 @@ def gemm_table(
         if found is not None and gemm_dtype in gemm_dtypes_of(found[0]):
             return found[0]
     return None
+
+
+def gemm_tables(
+    gpu: str, gemm_dtype: str, engines: tuple[str, ...], version: str | None = None
+) -> tuple[Path, ...]:
+    """The `gemm_perf` tables whose lower envelope prices `gemm_dtype` on `gpu` for the
+    serving engine `engines[0]`: every other engine's table that holds the dtype where the
+    serving engine autotunes it (`AUTOTUNED_GEMM_DTYPES`), else the one `gemm_table` picks."""
+    if engines and gemm_dtype in AUTOTUNED_GEMM_DTYPES.get(engines[0], ()):
+        found = [gemm_table(gpu, gemm_dtype, (e,), version) for e in engines[1:]]
+        paths = tuple(p for p in found if p is not None)
+        if paths:
+            return paths
+    one = gemm_table(gpu, gemm_dtype, engines, version)
+    return (one,) if one is not None else ()

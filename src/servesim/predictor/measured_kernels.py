@@ -461,7 +461,7 @@ class MeasuredKernels:
         self.mxfp4_activation = mxfp4_activation
         first = engine if engine in kernel_tables.ENGINES else None
         self._layout_memo: dict[tuple, tuple | None] = {}
-        self._gemm_paths: dict[str, Path | None] = {}  # `_gemm_path`
+        self._gemm_paths: dict[str, tuple[Path, ...]] = {}  # `_gemm_paths_of`
         self._blocks: dict[tuple, Sequence[Any]] = {}  # `_in_blocks`
         self._anchor_memo: dict[tuple, float] = {}  # the roofline at an MLA prefill anchor
         self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
@@ -564,13 +564,13 @@ class MeasuredKernels:
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
-    def _gemm_path(self, table_dtype: str) -> Path | None:
-        """The GEMM table that prices this dtype: the engine's own, or another engine's on the
+    def _gemm_paths_of(self, table_dtype: str) -> tuple[Path, ...]:
+        """The GEMM tables that price this dtype: the engine's own, or another engine's on the
         same GPU where the own table lacks the dtype or did not time it as the engine serves
         it (`kernel_tables.UNTIMED_GEMM_DTYPES`: vLLM's eager fp8_block rows, TensorRT-LLM's
-        untuned nvfp4 rows)."""
+        untuned nvfp4 rows); several when the engine autotunes the op (their lower envelope)."""
         if table_dtype not in self._gemm_paths:
-            self._gemm_paths[table_dtype] = kernel_tables.gemm_table(
+            self._gemm_paths[table_dtype] = kernel_tables.gemm_tables(
                 self.gpu, table_dtype, tuple(self.engines), self.version
             )
         return self._gemm_paths[table_dtype]
@@ -596,11 +596,9 @@ class MeasuredKernels:
         table_dtype = GEMM_DTYPES.get(kernel_format(weight_dtype, block))
         if table_dtype is None:
             return None
-        path = self._gemm_path(table_dtype)
-        if path is None:
-            return None
-        grid = _gemm_grid(path, table_dtype)
-        if grid is None:
+        found = (_gemm_grid(p, table_dtype) for p in self._gemm_paths_of(table_dtype))
+        grids = [g for g in found if g is not None]
+        if not grids:
             return None
         wdt = canonical(weight_dtype)
         cdt = (
@@ -615,7 +613,11 @@ class MeasuredKernels:
 
         m = np.asarray(m, dtype=np.float64)
         x = np.stack([m, np.full_like(m, n), np.full_like(m, k)], axis=1)
-        t, code = anchored(grid, x, roof)
+        t, code = anchored(grids[0], x, roof)
+        for grid in grids[1:]:  # an autotuned op: the fastest kernel measured
+            t2, code2 = anchored(grid, x, roof)
+            faster = t2 < t
+            t, code = np.where(faster, t2, t), np.where(faster, code2, code)
         scale_path = self._paths["scale"]
         if static_scale and table_dtype == "fp8" and scale_path is not None:
             scale = _scale_grid(scale_path)
