@@ -184,7 +184,7 @@ class Predictor:
         if engine.cuda_graph_rule == "sglang":  # the server's default graph size here
             graph_bs = sglang_server_defaults(device, self.par)[1]
             engine = engine.with_overrides(cuda_graph_max_seqs=graph_bs)
-        self.engine = engine
+        self.engine = engine.on_host(device.host_time_factor)
         self.fit = fit or roofline.default_fit()
         model.check_tp(self.par.tp)
         self._ar_fuses_norm = fuses_allreduce_norm(

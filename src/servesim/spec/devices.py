@@ -49,6 +49,10 @@ class Device:
     mem_channels: int = 0
     core_bw_bytes_per_s: float = 0.0
     unified_memory: bool = False
+    # The serving engines' host work (Python scheduling, kernel launches outside CUDA graphs,
+    # the API server) on this system's host CPU, relative to the x86 hosts the engine
+    # profiles' figures were measured on (1.0): GB200/GB300's Grace hosts are slower.
+    host_time_factor: float = 1.0
 
     def stream_bw(self, threads: int = 0) -> float:
         """DRAM bytes/s that `threads` cores can stream (0: all cores): the socket's bandwidth,
@@ -115,6 +119,7 @@ _OPTIONAL = (
     "mem_channels",
     "core_bw_gb_s",
     "unified_memory",
+    "host_time_factor",
 )
 _KINDS = ("gpu", "cpu", "edge")
 
@@ -186,8 +191,12 @@ def _device_from_entry(name: str, entry: dict[str, Any], origin: str) -> Device:
     unified = entry.get("unified_memory", False)
     if not isinstance(unified, bool):
         raise ServesimError(f"{where}: unified_memory must be true or false, not {unified!r}.")
+    host = _number(entry.get("host_time_factor", 1.0), "host_time_factor", where)
+    if host <= 0:
+        raise ServesimError(f"{where}: host_time_factor is {host!r}; use a number > 0 (1: x86).")
     return Device(
         name=name,
+        host_time_factor=host,
         mem_channels=int(channels),
         core_bw_bytes_per_s=_number(entry.get("core_bw_gb_s", 0), "core_bw_gb_s", where) * 1e9,
         unified_memory=unified,

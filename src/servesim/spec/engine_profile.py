@@ -104,6 +104,21 @@ VLLM_FUSION_MAX_MIB = ((2, 64.0), (4, 32.0), (8, 1.0))
 MXFP4_ACTIVATIONS = ("auto", "mxfp8", "bf16")
 
 
+# The profile's figures that are host CPU time (`EngineProfile.on_host` scales them for a slower
+# or faster host; `eager_host_s_per_moe_layer`, which may be None, with them).
+HOST_TIME_FIELDS = (
+    "step_overhead_s",
+    "per_seq_overhead_s",
+    "prefill_overhead_s",
+    "request_overhead_s",
+    "tokenize_s_per_token",
+    "disagg_handoff_s",
+    "eager_host_s_per_layer",
+    "eager_host_s_per_linear_mixer",
+    "piecewise_host_s_per_layer",
+)
+
+
 @dataclass(frozen=True)
 class EngineProfile:
     """Per-engine constants the predictor and the scheduler read."""
@@ -382,6 +397,17 @@ class EngineProfile:
         if self.disagg_handoff_tokenizes:
             t += self.tokenize_s_per_token * prompt_tokens
         return t
+
+    def on_host(self, factor: float) -> EngineProfile:
+        """This profile on a host whose CPU takes `factor` times as long for the same host
+        work (`Device.host_time_factor`): every host-side figure (scheduling, launches outside
+        CUDA graphs, the frontend and the disaggregated hand-off) scaled by it."""
+        if factor == 1.0:
+            return self
+        scaled = {name: getattr(self, name) * factor for name in HOST_TIME_FIELDS}
+        if self.eager_host_s_per_moe_layer is not None:
+            scaled["eager_host_s_per_moe_layer"] = self.eager_host_s_per_moe_layer * factor
+        return replace(self, **scaled)
 
     def with_overrides(self, **kwargs: object) -> EngineProfile:
         """A copy with some fields replaced; unknown names are refused."""
