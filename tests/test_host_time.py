@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from servesim.errors import ServesimError
 from servesim.predictor import kernel_tables
@@ -16,25 +17,28 @@ from servesim.spec.engine_profile import HOST_TIME_FIELDS, get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
 
-# A minimal user device entry (the catalog's human units).
-NEW_DEVICE = """
-devices:
-  my_npu:
-    peak_tflops: {bf16: 400}
-    mem_gb: 96
-    mem_bw_gb_s: 2400
-    num_sms: 64
-    l2_mb: 32
-    link_bw_gb_s: 200
-    link_latency_us: 3
-    max_devices_per_node: 8
-    net_bw_gb_s: 25
-    net_latency_us: 5
-    host_bw_gb_s: 32
-    idle_power_w: 60
-    max_power_w: 450
-    price_per_hour: 2.0
-"""
+
+# A user's device entry: the bundled B200's fields under another name.
+def _user_entry(**extra: float) -> str:
+    b200 = get_device("b200_sxm")
+    entry = {
+        "peak_tflops": {"bf16": b200.peak_flops("bf16") / 1e12},
+        "mem_gb": b200.mem_bytes / 1e9,
+        "mem_bw_gb_s": b200.mem_bw_bytes_per_s / 1e9,
+        "num_sms": b200.num_sms,
+        "l2_mb": b200.l2_bytes / 1e6,
+        "link_bw_gb_s": b200.link_bw_bytes_per_s / 1e9,
+        "link_latency_us": b200.link_latency_s * 1e6,
+        "max_devices_per_node": b200.max_devices_per_node,
+        "net_bw_gb_s": b200.net_bw_bytes_per_s / 1e9,
+        "net_latency_us": b200.net_latency_s * 1e6,
+        "host_bw_gb_s": b200.host_bw_bytes_per_s / 1e9,
+        "idle_power_w": b200.idle_power_w,
+        "max_power_w": b200.max_power_w,
+        "price_per_hour": b200.price_per_hour,
+        **extra,
+    }
+    return yaml.safe_dump({"devices": {"my_npu": entry}})
 
 
 def _host_bound_fp8_block_rows(gpu: str) -> dict[tuple[float, float, float], float]:
@@ -96,8 +100,8 @@ def test_a_grace_hosted_gpu_pays_its_factor_on_host_time_only() -> None:
 
 def test_a_device_entry_with_a_non_positive_host_factor_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(NEW_DEVICE + "    host_time_factor: 0\n")
+    path.write_text(_user_entry(host_time_factor=0))
     with pytest.raises(ServesimError, match=r"my_npu.*host_time_factor is 0.0; use a number > 0"):
         Catalog([path])
-    path.write_text(NEW_DEVICE + "    host_time_factor: 1.4\n")
+    path.write_text(_user_entry(host_time_factor=1.4))
     assert Catalog([path]).get("my_npu").host_time_factor == 1.4
