@@ -53,7 +53,7 @@ def families(gpu: str, engine: str) -> dict[str, list[tuple[mk.Grid, int]]]:
     if found:
         # each dtype from the table the backend prices it with (vLLM's eager fp8_block rows
         # give way to another engine's graphed ones: kernel_tables.UNTIMED_GEMM_DTYPES)
-        engines = (engine, *[e for e in kernel_tables.ENGINES if e != engine])
+        engines = kernel_tables.engine_order(engine)
         for dt in sorted(kernel_tables.gemm_dtypes_of(found[0])):
             path = kernel_tables.gemm_table(gpu, dt, engines)
             g = mk._gemm_grid(path, dt) if path is not None else None

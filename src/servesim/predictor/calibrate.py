@@ -276,13 +276,16 @@ def _package_gemm_table(gpu: str, engine: str, max_rows: int | None, seed: int) 
     own = kernel_tables.find(gpu, "gemm", "gemm_perf", engine)
     if own is None:
         return None
-    engines = (engine, *[e for e in kernel_tables.ENGINES if e != engine])
+    engines = kernel_tables.engine_order(engine)
+    read: dict[Path, Table] = {}  # each source table read once
     parts = []
     for dtype in sorted(kernel_tables.gemm_dtypes_of(own[0])):
         path = kernel_tables.gemm_table(gpu, dtype, engines)
         if path is None:
             continue
-        t = _parquet_table(path, SCHEMAS["gemm_perf"], {}, None, seed)
+        if path not in read:
+            read[path] = _parquet_table(path, SCHEMAS["gemm_perf"], {}, None, seed)
+        t = read[path]
         keep = t["gemm_dtype"] == dtype
         parts.append({c: v[keep] for c, v in t.items()})
     if not parts:

@@ -22,6 +22,13 @@ from servesim.errors import ServesimError
 ENGINES = ("vllm", "sglang", "trtllm")
 
 
+def engine_order(engine: str) -> tuple[str, ...]:
+    """The engines whose tables may price `engine`'s kernels: its own first, then the others
+    (an unknown name, e.g. a CPU runtime, has no own tables)."""
+    own = (engine,) if engine in ENGINES else ()
+    return own + tuple(e for e in ENGINES if e != engine)
+
+
 @functools.cache
 def data_root() -> Path:
     """The installed package's data folder (one sub-folder per GPU)."""
@@ -185,6 +192,7 @@ def gemm_table(
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def gemm_tables(
     gpu: str, gemm_dtype: str, engines: tuple[str, ...], version: str | None = None
 ) -> tuple[Path, ...]:

@@ -459,12 +459,10 @@ class MeasuredKernels:
         self.trtllm_wide_ep = engine == "trtllm" and self.moe_backend == "wideep"
         # The activation format of MXFP4 expert GEMMs (`EngineProfile.mxfp4_activation`).
         self.mxfp4_activation = mxfp4_activation
-        first = engine if engine in kernel_tables.ENGINES else None
         self._layout_memo: dict[tuple, tuple | None] = {}
-        self._gemm_paths: dict[str, tuple[Path, ...]] = {}  # `_gemm_paths_of`
         self._blocks: dict[tuple, Sequence[Any]] = {}  # `_in_blocks`
         self._anchor_memo: dict[tuple, float] = {}  # the roofline at an MLA prefill anchor
-        self.engines = ([first] if first else []) + [e for e in kernel_tables.ENGINES if e != first]
+        self.engines = kernel_tables.engine_order(engine)
         self.engine = engine
 
     def _find(self, family: str, table: str) -> Path | None:
@@ -564,17 +562,6 @@ class MeasuredKernels:
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
-    def _gemm_paths_of(self, table_dtype: str) -> tuple[Path, ...]:
-        """The GEMM tables that price this dtype: the engine's own, or another engine's on the
-        same GPU where the own table lacks the dtype or did not time it as the engine serves
-        it (`kernel_tables.UNTIMED_GEMM_DTYPES`: vLLM's eager fp8_block rows, TensorRT-LLM's
-        untuned nvfp4 rows); several when the engine autotunes the op (their lower envelope)."""
-        if table_dtype not in self._gemm_paths:
-            self._gemm_paths[table_dtype] = kernel_tables.gemm_tables(
-                self.gpu, table_dtype, tuple(self.engines), self.version
-            )
-        return self._gemm_paths[table_dtype]
-
     def gemm(
         self,
         m: np.ndarray,
@@ -596,7 +583,11 @@ class MeasuredKernels:
         table_dtype = GEMM_DTYPES.get(kernel_format(weight_dtype, block))
         if table_dtype is None:
             return None
-        found = (_gemm_grid(p, table_dtype) for p in self._gemm_paths_of(table_dtype))
+        # the engine's own table, or another engine's on the same GPU where the own one lacks
+        # the dtype or did not time it as the engine serves it (several, their lower envelope,
+        # where the engine autotunes the op): `kernel_tables.gemm_tables`
+        paths = kernel_tables.gemm_tables(self.gpu, table_dtype, self.engines, self.version)
+        found = (_gemm_grid(p, table_dtype) for p in paths)
         grids = [g for g in found if g is not None]
         if not grids:
             return None

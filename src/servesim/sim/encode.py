@@ -163,8 +163,7 @@ def encode_stage(dep: EpdDeployment, workload: Workload) -> EncodeStage:
     n = len(workload)
     images = workload.images
     pool = dep.encode
-    lm = _entry(dep.serve)
-    e = lm.engine.on_host(lm.device.host_time_factor)  # as its Predictor prices the frontend
+    e = _entry(dep.serve).predictor().engine  # the profile as it runs on the device's host
     ready = np.asarray(workload.arrival_s, dtype=np.float64).copy()
     stats = Quantiles()
     busy = np.zeros(pool.workers)

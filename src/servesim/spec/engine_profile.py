@@ -105,7 +105,7 @@ MXFP4_ACTIVATIONS = ("auto", "mxfp8", "bf16")
 
 
 # The profile's figures that are host CPU time (`EngineProfile.on_host` scales them for a slower
-# or faster host; `eager_host_s_per_moe_layer`, which may be None, with them).
+# or faster host; one left None stays None).
 HOST_TIME_FIELDS = (
     "step_overhead_s",
     "per_seq_overhead_s",
@@ -114,6 +114,7 @@ HOST_TIME_FIELDS = (
     "tokenize_s_per_token",
     "disagg_handoff_s",
     "eager_host_s_per_layer",
+    "eager_host_s_per_moe_layer",
     "eager_host_s_per_linear_mixer",
     "piecewise_host_s_per_layer",
 )
@@ -404,10 +405,8 @@ class EngineProfile:
         CUDA graphs, the frontend and the disaggregated hand-off) scaled by it."""
         if factor == 1.0:
             return self
-        scaled = {name: getattr(self, name) * factor for name in HOST_TIME_FIELDS}
-        if self.eager_host_s_per_moe_layer is not None:
-            scaled["eager_host_s_per_moe_layer"] = self.eager_host_s_per_moe_layer * factor
-        return replace(self, **scaled)
+        values = {name: getattr(self, name) for name in HOST_TIME_FIELDS}
+        return replace(self, **{k: v * factor for k, v in values.items() if v is not None})
 
     def with_overrides(self, **kwargs: object) -> EngineProfile:
         """A copy with some fields replaced; unknown names are refused."""
