@@ -293,3 +293,45 @@ def test_a_model_only_aiconfigurator_core_ships_loads_by_name() -> None:
 def test_a_different_family_with_a_known_suffix_is_still_refused() -> None:
     with pytest.raises(ServesimError, match="Unknown model"):
         load_model("zai-org/GLM-4.7-FP8")
+
+
+# Published context lengths (model cards); the configs state them as the engines read them.
+CONTEXTS = [
+    ("meta-llama/Llama-3.1-8B", 131_072),  # 128K; llama3 RoPE scaling is already counted
+    ("deepseek-ai/DeepSeek-V3", 163_840),  # YaRN: 4,096 original positions x factor 40
+    ("openai/gpt-oss-120b", 131_072),  # YaRN: 4,096 x 32
+    ("Qwen/Qwen3-32B", 40_960),  # the card: 32,768 tokens for outputs plus 8,192 for prompts
+    ("Qwen/Qwen3.5-397B-A17B", 262_144),  # text_config of the multimodal wrapper
+    ("nvidia/Nemotron-H-56B-Base-8K", 8_192),
+    ("facebook/opt-13b", 2_048),
+]
+
+
+@pytest.mark.parametrize(("name", "tokens"), CONTEXTS)
+def test_context_length_is_read_from_the_config(name: str, tokens: int) -> None:
+    assert load_model(name).max_context_tokens == tokens
+
+
+def test_context_length_follows_the_engines_rope_scaling_rule() -> None:
+    """vLLM's `_get_and_verify_max_len`: the smallest length key, times a RoPE scaling factor
+    unless the type already counts it; YaRN scales the original positions."""
+    from servesim.spec.model import context_tokens
+
+    assert context_tokens({"max_position_embeddings": 4096, "seq_length": 2048}) == 2048
+    linear = {"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2}}
+    assert context_tokens(linear) == 8192
+    yarn = {
+        "max_position_embeddings": 32768,
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 32768,
+        },
+    }
+    assert context_tokens(yarn) == 131_072
+    llama3 = {
+        "max_position_embeddings": 131072,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8},
+    }
+    assert context_tokens(llama3) == 131_072
+    assert context_tokens({"hidden_size": 8}) == 0  # not stated: nothing to check

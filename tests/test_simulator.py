@@ -201,9 +201,20 @@ def test_model_that_cannot_fit_is_refused() -> None:
 
 
 def test_request_longer_than_the_cache_is_refused() -> None:
+    # 100k tokens are within Llama-3.1-8B's 131,072-token context but not one L4's KV cache.
     d = Deployment(model=LLAMA8, device=get_device("l4"))
     with pytest.raises(ServesimError, match="does not fit the KV cache"):
-        simulate(d, one_request(200_000, 10))
+        simulate(d, one_request(100_000, 10))
+
+
+def test_request_longer_than_the_model_context_is_refused() -> None:
+    """Engines reject a request whose prompt and output exceed the model's context (HTTP 400),
+    so the run refuses it, naming both lengths, on a device whose cache would hold it."""
+    d = Deployment(model=LLAMA8, device=get_device("h200_sxm"))
+    assert LLAMA8.max_context_tokens == 131_072
+    simulate(d, one_request(131_000, 72))  # 131,072 tokens: at the limit, served
+    with pytest.raises(ServesimError, match=r"131,073 tokens .* 131,072-token context"):
+        simulate(d, one_request(131_000, 73))
 
 
 def test_bad_inputs_get_one_clear_sentence() -> None:

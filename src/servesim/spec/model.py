@@ -114,6 +114,9 @@ class ModelSpec:
     # FP8, llm-compressor with `dynamic: false`, `activation_scheme: static`) rather than one
     # computed from each batch at run time: the engine skips the amax pass before each GEMM.
     fp8_static_act: bool = False
+    # The longest sequence (prompt + output tokens) the checkpoint serves, as the engines
+    # derive their default limit from config.json (`context_tokens`); 0: not stated.
+    max_context_tokens: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a shape no model has: every size positive, heads that split evenly, experts
@@ -150,6 +153,7 @@ class ModelSpec:
             "num_mixer_only_layers",
             "num_mlp_only_layers",
             "num_mtp_layers",
+            "max_context_tokens",
         ):
             _positive(getattr(self, key), key, where, zero_ok=True)
         if not self.is_mla and self.num_heads % self.num_kv_heads:
@@ -776,6 +780,47 @@ def _quant_formats(
     )
 
 
+# Config keys that state a model's sequence limit, in vLLM's order (vllm/config/model.py
+# `_get_and_verify_max_len`: OPT/Llama, GPT-2, MPT, ChatGLM, Command-R, others); the smallest
+# present is the limit. SGLang's `get_context_length` reads the same keys.
+CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
+
+def context_tokens(cfg: dict[str, Any]) -> int:
+    """The longest sequence (prompt + output tokens) a checkpoint serves by default, derived as
+    vLLM derives its `max_model_len` and SGLang its `context_length`: the smallest of the
+    config's length keys, times the RoPE scaling factor unless the length already counts it
+    (`llama3`, `longrope`/`su`); YaRN scales `original_max_position_embeddings`. 0 when the
+    config states no length (the engines then assume one; servesim checks none)."""
+    found = [
+        v
+        for k in CONTEXT_KEYS
+        if isinstance(v := cfg.get(k), (int, float)) and not isinstance(v, bool) and v > 0
+    ]
+    if not found:
+        return 0
+    limit = float(min(found))
+    rope = cfg.get("rope_scaling")
+    if isinstance(rope, dict):
+        kind = str(rope.get("rope_type") or rope.get("type") or "default")
+        factor = rope.get("factor")
+        if kind not in ("su", "longrope", "llama3", "default") and isinstance(factor, (int, float)):
+            original = rope.get("original_max_position_embeddings")
+            if kind == "yarn" and isinstance(original, (int, float)) and original > 0:
+                limit = float(original)
+            limit *= float(factor)
+    return int(limit)
+
+
 class _Config:
     """A parsed config.json read strictly: sizes must be whole numbers, missing keys named."""
 
@@ -869,6 +914,7 @@ def spec_from_config(
         intermediate_size=c.int("intermediate_size", 4 * h),
         vocab_size=c.int("vocab_size"),
         tie_embeddings=c.flag("tie_word_embeddings", False),
+        max_context_tokens=context_tokens(cfg),
         **formats,
     )
     if model_type == "qwen2":
