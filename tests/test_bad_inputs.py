@@ -256,8 +256,9 @@ SPECIFIC: list[tuple[Argv, str]] = [
     (_with(BASE["simulate"], "--tp", "2.5"), "--tp must be a whole number"),
     (_with(BASE["simulate"], "--bogus-flag"), "--bogus-flag"),
     (_with(BASE["predict"], "--pp", "1000"), "exceeds"),
-    (_with(BASE["predict"], "--prefill", "1000000"), "tokens of KV cache"),
-    (_with(BASE["predict"], "--prefill", "100000000"), "tokens of KV cache"),
+    (_with(BASE["predict"], "--context", "100000"), "tokens of KV cache"),
+    (_with(BASE["predict"], "--prefill", "1000000"), "131,072-token context"),
+    (_with(BASE["predict"], "--prefill", "100000000"), "131,072-token context"),
     (["predict", "--decode-seqs", "5000", "--context", "10"], "--max-num-seqs"),
     (["predict", "--prefill", "9000"], "--max-num-batched-tokens"),
     (["predict", "--prefill", "10", "--context", "100"], "--context is the context"),
@@ -342,7 +343,7 @@ def test_file_keys_are_named_as_written_and_flags_as_typed(
     [
         (["simulate", "--seed", "-1"], "--seed must be ≥ 0"),
         (["plan", "--rate", "inf", "--out", "{out}"], "--rate must be a finite number"),
-        (["predict", "--prefill", "100000000"], "KV cache"),
+        (["predict", "--prefill", "100000000"], "token context"),
     ],
 )
 def test_a_real_process_exits_2_with_one_line(args: Argv, needle: str, tmp_path: Path) -> None:

@@ -301,3 +301,19 @@ def test_disk_errors_while_writing_become_one_sentence(tmp_path: Path) -> None:
         config.writing(tmp_path, "--out"),
     ):
         raise OSError(28, "No space left on device", str(tmp_path / "requests.parquet"))
+
+
+def test_a_sequence_longer_than_the_model_context_is_refused(tmp_path: Path, capsys) -> None:
+    """Llama-3.1-8B serves 131,072 tokens a sequence: predict refuses a longer prefill or decode
+    context and plan a longer request, each in one sentence naming the limit."""
+    model = ["--model", "meta-llama/Llama-3.1-8B", "--device", "h200_sxm"]
+    code, _, err = run(["predict", *model, "--prefill", "1000:130072"], capsys)
+    assert code == 0
+    code, _, err = run(["predict", *model, "--prefill", "1000:130073"], capsys)
+    assert code == 2 and "131,073 tokens exceeds" in err and "131,072-token context" in err
+    code, _, err = run(["predict", *model, "--decode-seqs", "2", "--context", "140000"], capsys)
+    assert code == 2 and "140,000 tokens exceeds" in err
+    plan = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--gpus", "h100_sxm", "--rate", "1"]
+    plan += ["--prompt", "fixed:131000", "--output", "fixed:100", "--out", str(tmp_path)]
+    code, _, err = run(plan, capsys)
+    assert code == 2 and "131,100 tokens" in err and err.count("\n") == 1

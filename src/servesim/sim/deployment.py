@@ -343,8 +343,9 @@ class Deployment:
     def check_batch(
         self, batch: BatchShape, spell: Callable[[str], str] = str, require_fit: bool = True
     ) -> None:
-        """Refuse a batch the engine would never run: more sequences or tokens than its limits,
-        or more context than its KV cache holds (checked before anything is priced).
+        """Refuse a batch the engine would never run: a sequence longer than the model's
+        context, more sequences or tokens than its limits, or more context than its KV cache
+        holds (checked before anything is priced).
         `spell` names a setting the way the caller's user gives it (a flag, a YAML key).
         `require_fit` False: a deployment that does not fit its devices has no KV cache to
         check against (the caller reports the misfit itself)."""
@@ -355,6 +356,15 @@ class Deployment:
             if require_fit:
                 raise
             mem = None
+        limit = self.model.max_context_tokens
+        longest = max((n + c for n, c in batch.prefill), default=0)
+        if batch.decode_seqs:  # (the mean decode context: some sequence holds at least it)
+            longest = max(longest, -(-batch.decode_context // batch.decode_seqs))
+        if limit and longest > limit:
+            raise ServesimError(
+                f"A sequence of {longest:,} tokens exceeds {self.model.name}'s {limit:,}-token "
+                "context, which no engine serves beyond; give shorter sequences."
+            )
         context = batch.decode_context + sum(n + c for n, c in batch.prefill)
         if mem is not None and context > mem.kv_tokens:
             raise ServesimError(
