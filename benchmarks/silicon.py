@@ -663,11 +663,12 @@ VLLM_DEFAULT_FUSION_FROM = {
 
 
 def vllm_release(row: dict[str, str]) -> tuple[int, ...]:
-    """The vLLM release a row ran, as numbers: its backend_version, else its image's tag; ()
-    when neither says."""
+    """The vLLM release a row ran, as numbers: its backend_version, else its image's tag (a
+    dashboard export's `image=`, a database record's bare image, `source_fields`); () when
+    neither says."""
     version = row.get("backend_version") or ""
     if not version:
-        m = re.search(r"image=[^;]*:v?([\d.]+\w*)", row.get("silicon_data_source", ""))
+        m = re.search(r":v?(\d+\.\d+[\w.]*)(?:-[\w.]+)?$", source_fields(row)["image"])
         version = m.group(1) if m else ""
     return tuple(version_key(version)[:2]) if version else ()
 

@@ -468,6 +468,13 @@ def test_a_scripted_row_runs_with_its_scripts_settings() -> None:
     b300 = {"system": "b300_sxm", "silicon_data_source": "x; image=vllm/vllm-openai:v0.18.0-cu130"}
     assert not silicon.vllm_fuses_by_default(b300)
     assert silicon.vllm_fuses_by_default({**b300, "silicon_data_source": "image=v:v0.19.0"})
+    # A database record names its image bare, last, and may leave backend_version empty: the
+    # same run as a dashboard export's must read the same release
+    record = "db-dump/2026-04-27; config_id=9; workflow_run_id=1; vllm/vllm-openai:v0.19.0-cu130"
+    assert silicon.vllm_release({"silicon_data_source": record, "backend_version": ""}) == (0, 19)
+    assert silicon.vllm_fuses_by_default({**b300, "silicon_data_source": record})
+    nightly = record.replace("v0.19.0-cu130", "nightly")
+    assert silicon.vllm_release({"silicon_data_source": nightly}) == ()
 
 
 def test_runner_values_evaluate_only_arithmetic_in_the_runners_variables() -> None:
