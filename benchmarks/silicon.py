@@ -565,11 +565,17 @@ def deployment_of(
             # An InferenceX launch runs what its script sets and the engine's own defaults
             # elsewhere: `batching_of`'s figures are aiconfigurator's generator rules, for its
             # own collection. (With the TensorRT-LLM launch read by hand, the script's settings
-            # apply too; its token budget and batch waiting are the hand-read ones.)
+            # apply too; its batch waiting is the hand-read one, and so is its token budget
+            # where the table has none for the script.)
             limits.update(max_num_seqs=None, max_num_batched_tokens=None)
             eng, limits = _apply_script(eng, limits, scripted, row["backend"], par.dp)
-            if trt is not None:
+            if trt is not None and "token_budget" not in scripted:
                 limits["max_num_batched_tokens"] = trt[0] * par.dp
+            if scripted.get("prefill_graphs"):
+                # TensorRT-LLM replays piecewise CUDA graphs for iterations with prefill
+                # tokens, captured up to the script's max_num_tokens (per rank).
+                tokens = limits.get("max_num_batched_tokens") or eng.max_num_batched_tokens * par.dp
+                eng = eng.with_overrides(prefill_graph_max_tokens=int(tokens) // par.dp)
             unset = row["backend"] == "vllm" and not scripted.get("ar_fusion")
             if unset and vllm_fuses_by_default(row):  # the release's own default on this GPU
                 eng = eng.with_overrides(allreduce_norm_fusion="vllm")

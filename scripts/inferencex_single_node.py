@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,6 +48,7 @@ NUMERIC_LAUNCH_FIELDS = (
     "max_seqs",
     "graph_max_bs",
     "recv_interval",
+    "prefill_graphs",
 )
 # ... or a name (a format, a kernel family, a switch), kept as text.
 TEXT_LAUNCH_FIELDS = (
@@ -141,6 +143,18 @@ def draft_tokens(script: str, dp_attn: bool) -> str:
 
 
 _TEST_OPS = {"-eq": "==", "-ne": "!=", "-ge": ">=", "-gt": ">", "-le": "<=", "-lt": "<"}
+# `NAME=value` (one word) or `NAME=$(( arithmetic ))` (spaces allowed inside), as one line.
+_ASSIGNMENT = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\$\(\(.*\)\)|\S*)")
+
+
+def _assignment(text: str) -> tuple[str, str] | None:
+    """(name, value) of a shell assignment line, quotes dropped; a `true`/`false` switch reads
+    as 1/0 (`PIECEWISE_CUDA_GRAPHS="true"`); None for any other line."""
+    m = _ASSIGNMENT.fullmatch(text)
+    if not m:
+        return None
+    value = m.group(2).strip("'\"")
+    return m.group(1), {"true": "1", "false": "0"}.get(value, value)
 
 
 def _shell_test(text: str) -> str | None:
@@ -159,7 +173,7 @@ def _shell_test(text: str) -> str | None:
         if part in ("||", "&&"):
             out.append("|" if part == "||" else "&")
             continue
-        lit = re.fullmatch(r"\"([a-z]+)\"\s+(==|!=)\s+\"([a-z]+)\"", part)
+        lit = re.fullmatch(r"\"?([a-z]+)\"?\s+(==|!=)\s+\"([a-z]+)\"", part)
         if lit:  # two words (a config flag the runner's value was put in for): a constant
             same = lit.group(1) == lit.group(3)
             out.append("(1==1)" if same == (lit.group(2) == "==") else "(1==0)")
@@ -194,10 +208,10 @@ def branched_values(script: str) -> dict[str, str]:
         elif text == "fi" and frames:
             frames.pop()
         else:
-            m = re.fullmatch(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)", text)
-            if not m or "EVAL_" in m.group(2):
+            a = _assignment(text)
+            if not a or "EVAL_" in a[1]:
                 continue
-            name, value = m.group(1), m.group(2).strip("'\"")
+            name, value = a
             path = []
             for branches in frames:
                 *before, here = branches
@@ -207,11 +221,10 @@ def branched_values(script: str) -> dict[str, str]:
                 negs = [f"NOT({c})" for c in before]
                 path.append("&".join(([] if here == "else" else [here]) + negs) or "(1==1)")
             else:
-                if not re.fullmatch(r"[0-9.]+|\$\{?[A-Z_]+\}?", value):
-                    unknown.add(name)
-                    continue
-                value = value.strip("${}")
-                if value not in RUNNER_VARS and not re.fullmatch(r"[0-9.]+", value):
+                # A number, a runner variable or arithmetic in them and in what the script set
+                # before (a top-level reassignment reads the value it replaces).
+                value = _shell_value(value, {}, values) or ""
+                if not value or "NONE" in value:
                     unknown.add(name)
                     continue
                 cond = "&".join(f"({p})" for p in path)
@@ -224,34 +237,38 @@ def branched_values(script: str) -> dict[str, str]:
 def _shell_value(
     text: str, assigned: dict[str, set[str]], branched: dict[str, str] | None = None
 ) -> str | None:
-    """A flag's value as a number or an expression in RUNNER_VARS: quotes dropped, `$((...))`
-    unwrapped, a variable the script assigns one value resolved, one it sets per branch on the
-    runner's variables replaced by its `branched` expression; None if it depends on anything
-    else."""
+    """A flag's value as a number or an expression in RUNNER_VARS: quotes dropped, a variable
+    the script assigns one value resolved, one it sets per branch on the runner's variables
+    replaced by its `branched` expression, `$((...))` read as bash arithmetic
+    (`_arithmetic`); None if it depends on anything else."""
+
+    def known(name: str) -> str | None:
+        if name in RUNNER_VARS:
+            return name
+        values = assigned.get(name, set())
+        if len(values) == 1:
+            return next(iter(values))
+        if branched and name in branched:
+            return branched[name]
+        return None
+
     text = text.strip().strip("'\"")
-    m = re.fullmatch(r"\$\(\((.*)\)\)", text)
-    if m:
-        text = m.group(1)
-    for _ in range(3):  # a variable may name another
+    for _ in range(6):  # a variable may name another
+        m = re.fullmatch(r"\$\(\((.*)\)\)", text.strip())
+        if m:
+            text = _arithmetic(m.group(1), known) or ""
+            if not text:
+                return None
+            continue
         names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", text)
         if not names:
             break
         for name in names:
-            values = assigned.get(name, set())
-            if name in RUNNER_VARS:
-                value = name
-            elif len(values) == 1:
-                value = next(iter(values))
-            elif branched and name in branched:
-                value = branched[name]
-            else:
+            value = known(name)
+            if value is None:
                 return None
-            text = re.sub(r"\$\{?" + name + r"\}?(?![A-Za-z0-9_])", value, text)
-    text = text.strip().strip("'\"")
-    m = re.fullmatch(r"\$\(\((.*)\)\)", text)
-    if m:
-        text = m.group(1)
-    text = re.sub(r"\s+", "", text)
+            text = re.sub(r"\$\{?" + name + r"\}?(?![A-Za-z0-9_])", lambda _, v=value: v, text)
+    text = re.sub(r"\s+", "", text.strip().strip("'\""))
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
     if (
         not text
@@ -260,6 +277,38 @@ def _shell_value(
     ):
         return None
     return text
+
+
+def _arithmetic(body: str, known: Callable[[str], str | None]) -> str | None:
+    """A bash `$((...))` body as an expression in RUNNER_VARS: variables (`$X` or bare `X`)
+    resolved by `known`, each in parentheses; `a ? b : c` as IF(a,b,c); `/` as integer
+    division, as bash computes it (`//`). None when a name is unknown."""
+    expr = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", r"\1", body)
+    expr = re.sub(r"\s+", "", expr)
+    m = re.fullmatch(r"([^?:]+)\?([^?:]+):([^?:]+)", expr)
+    if m:  # (one top-level choice: the scripts' `CONC < 8 ? CONC : CONC / 8`)
+        expr = f"IF({m.group(1)},{m.group(2)},{m.group(3)})"
+    expr = re.sub(r"(?<!/)/(?!/)", "//", expr)
+    reserved = {*RUNNER_VARS, "IF", "NOT", "NONE"}
+    for _ in range(6):  # a variable may name another
+        words = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr))]
+        words = [w for w in words if w not in reserved]
+        if not words:
+            return expr
+        for word in words:
+            value = known(word)
+            if value is None:
+                return None
+            inner = re.fullmatch(r"\$\(\((.*)\)\)", value.strip())
+            if inner:
+                value = _arithmetic(inner.group(1), known) or ""
+                if not value:
+                    return None
+            value = value.strip("${}") if re.fullmatch(r"\$\{?[A-Z_]+\}?", value) else value
+            expr = re.sub(
+                r"(?<![A-Za-z0-9_])" + word + r"(?![A-Za-z0-9_])", lambda _, v=value: f"({v})", expr
+            )
+    return None
 
 
 def _one(
@@ -300,6 +349,8 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     - graph_max_bs: SGLang `--cuda-graph-max-bs`, vLLM `max-cudagraph-capture-size`,
       TensorRT-LLM `cuda_graph_config`'s `max_batch_size`;
     - recv_interval: SGLang `--scheduler-recv-interval`;
+    - prefill_graphs: 1 where a TensorRT-LLM script turns on piecewise CUDA graphs for
+      prefill iterations (captured up to its max_num_tokens), 0 or '' where not;
     - ssm_dtype: the recurrent (Mamba / Gated DeltaNet) state's format, SGLang
       `--mamba-ssm-dtype`, vLLM `--mamba-ssm-cache-dtype`; '' leaves the checkpoint's
       `mamba_ssm_dtype`;
@@ -317,9 +368,10 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     if dp_attn is not None:  # the config item's attention DP, as its runner exports it
         script = re.sub(r"\$\{?DP_ATTENTION\}?", "true" if dp_attn else "false", script)
     assigned: dict[str, set[str]] = {}
-    for m in re.finditer(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S*)\s*$", script, re.M):
-        if "EVAL_" not in m.group(2):  # accuracy-eval runs only (`EVAL_ONLY` branches)
-            assigned.setdefault(m.group(1), set()).add(m.group(2).strip("'\""))
+    for line in script.splitlines():
+        a = _assignment(line.strip())
+        if a and "EVAL_" not in a[1]:  # accuracy-eval runs only (`EVAL_ONLY` branches)
+            assigned.setdefault(a[0], set()).add(a[1])
     branched = branched_values(script)
     val = r"[= ]+(\"[^\"]*\"|'[^']*'|\S+)"
     yaml_val = r":\s*(\S+)\s*$"
@@ -395,6 +447,15 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
             word=True,
         ),
     }
+    # TensorRT-LLM's piecewise CUDA graphs for iterations with prefill tokens
+    # (`torch_compile_config: enable_piecewise_cuda_graph: true`, its capture sizes up to
+    # max_num_tokens in every script that sets it): 1 where the script turns them on, as the
+    # `PIECEWISE_CUDA_GRAPHS` switch that guards the block says per branch.
+    graphs = ""
+    if re.search(r"^\s*enable_piecewise_cuda_graph:\s*true", script, re.M):
+        guard = "PIECEWISE_CUDA_GRAPHS"
+        graphs = _shell_value("$" + guard, assigned, branched) or "" if guard in assigned else "1"
+    out["prefill_graphs"] = graphs
     out["ar_fusion"] = allreduce_fusion_of(script)
     out["ar_fusion_mib"] = fusion_thresholds_of(script)
     out["mxfp4_activation"] = mxfp4_activation_of(script)

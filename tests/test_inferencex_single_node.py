@@ -254,6 +254,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "max_seqs": "512",
         "graph_max_bs": "CONC",
         "recv_interval": "",
+        "prefill_graphs": "",
         "ssm_dtype": "",
         "ar_fusion": "",
         "ar_fusion_mib": "",
@@ -615,3 +616,59 @@ def test_a_hand_read_tensorrt_llm_launch_takes_its_scripts_settings_too() -> Non
         filled["launch_mem_fraction"], {"ISL": 8192, "OSL": 1024, "TP": 4, "CONC": 64, "EP_SIZE": 1}
     )
     assert tp4 == 0.75
+
+
+# benchmarks/single_node/dsr1_fp8_b200_trt_mtp.sh as InferenceX ran it from 2026-02-23 (the
+# lines that set the engine's limits and its piecewise CUDA graphs), in the runner's variables.
+TRT_MTP_SCRIPT = """
+MAX_BATCH_SIZE=$CONC
+PIECEWISE_CUDA_GRAPHS="true"
+MTP=3
+if [[ "$DP_ATTENTION" == "true" ]]; then
+    PIECEWISE_CUDA_GRAPHS="false"
+    MAX_BATCH_SIZE=$(( CONC < 8 ? CONC : CONC / 8 ))
+    MTP=1
+fi
+if [[ "$ISL" == "1024" && "$OSL" == "1024" ]]; then
+    if [[ $CONC -le 4 ]]; then
+        PIECEWISE_CUDA_GRAPHS="false"
+    fi
+fi
+MAX_NUM_TOKENS=$(( ((MTP+1)*MAX_BATCH_SIZE+ISL+64+63)/64*64 ))
+if [[ "$PIECEWISE_CUDA_GRAPHS" == "true" ]]; then
+    cat << EOF >> $EXTRA_CONFIG_FILE
+torch_compile_config:
+    enable_piecewise_cuda_graph: true
+EOF
+fi
+trtllm-serve $MODEL --max_batch_size=$MAX_BATCH_SIZE --max_num_tokens=$MAX_NUM_TOKENS
+"""
+
+
+def test_launch_settings_read_bash_arithmetic_and_the_piecewise_graph_switch() -> None:
+    """The MTP launch sizes max_num_tokens to one prompt beside a full batch of verify tokens:
+    `$(( ))` with bare names, integer division and a `? :` choice read as the runner's
+    expression; the piecewise-graph switch per branch."""
+    from inferencex_single_node import launch_settings
+
+    names = {"ISL": 1024, "OSL": 1024, "CONC": 128, "TP": 8, "EP_SIZE": 1}
+    plain = launch_settings(TRT_MTP_SCRIPT, dp_attn=False)
+    # (3 + 1) x 128 + 1024 + 64 = 1,600, rounded up to 64 by bash's integer division
+    assert silicon._runner_value(plain["token_budget"], names) == 1600
+    assert silicon._runner_value(plain["max_seqs"], names) == 128
+    assert silicon._runner_value(plain["prefill_graphs"], names) == 1
+    assert silicon._runner_value(plain["prefill_graphs"], {**names, "CONC": 4}) == 0
+    dp = launch_settings(TRT_MTP_SCRIPT, dp_attn=True)
+    # attention DP: MTP 1 and a batch of 128 / 8 = 16 a rank: 2 x 16 + 1,088 -> 1,152
+    assert silicon._runner_value(dp["max_seqs"], names) == 16
+    assert silicon._runner_value(dp["max_seqs"], {**names, "CONC": 4}) == 4
+    assert silicon._runner_value(dp["token_budget"], names) == 1152
+    assert silicon._runner_value(dp["prefill_graphs"], names) == 0
+    # A top-level reassignment reads the value it replaces (the plain script's 8192 floor)
+    floor = (
+        "N=$(( ($CONC+$ISL+64+63)/64*64 ))\nN=$(( N > 8192 ? N : 8192 ))\n"
+        "trtllm-serve --max_num_tokens=$N\n"
+    )
+    budget = launch_settings(floor)["token_budget"]
+    assert silicon._runner_value(budget, names) == 8192
+    assert silicon._runner_value(budget, {**names, "ISL": 8192}) == 8384  # 128 + 8,192 + 64
