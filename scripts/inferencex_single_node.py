@@ -359,7 +359,7 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     - mxfp4_activation: what MXFP4 experts quantise activations to, where the script chooses
       (`mxfp4_activation_of`);
     - moe_backend: the fused-MoE kernels a vLLM script asks for (`vllm_moe_backend_of`), ''
-      for vLLM's own choice;
+      for vLLM's own choice; TensorRT-LLM's `moe_config.backend` (`trtllm_moe_backend_of`);
     - prefix_cache: "off" or "on" where the script sets prefix caching (`prefix_cache_of`),
       '' for the engine's default (on in all three).
     """
@@ -459,7 +459,7 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     out["ar_fusion"] = allreduce_fusion_of(script)
     out["ar_fusion_mib"] = fusion_thresholds_of(script)
     out["mxfp4_activation"] = mxfp4_activation_of(script)
-    out["moe_backend"] = vllm_moe_backend_of(script)
+    out["moe_backend"] = vllm_moe_backend_of(script) or trtllm_moe_backend_of(script, assigned)
     out["prefix_cache"] = prefix_cache_of(script)
     dtype = out["kv_cache_dtype"].lower()
     out["kv_cache_dtype"] = "fp8" if dtype.startswith("fp8") else dtype
@@ -531,6 +531,39 @@ def vllm_moe_backend_of(script: str) -> str:
     no_fi = re.search(r"VLLM_USE_FLASHINFER_MOE_FP8=[\"']?0\b", script)
     no_dg = re.search(r"VLLM_(?:MOE_)?USE_DEEP_GEMM=[\"']?0\b", script)
     return "triton" if no_fi and no_dg else ""
+
+
+def trtllm_moe_backend_of(script: str, assigned: dict[str, set[str]]) -> str:
+    """TensorRT-LLM's fused-MoE backend a launch script writes into its extra-options YAML
+    (`moe_config:` `backend:`), lower-cased: a literal, or a variable the script sets per
+    branch where that resolves to one name for the item (the attention-DP switch is
+    substituted before: dsr1_fp8_b200_trt_mtp.sh asks for DEEPGEMM under attention DP and
+    TRTLLM without); '' where it depends on the clients or lengths, or is not set."""
+    m = re.search(r"^moe_config:\s*\n(?:[ \t]+\S.*\n)*?[ \t]+backend:\s*(\S+)\s*$", script, re.M)
+    if not m:
+        return ""
+    value = m.group(1).strip("'\"")
+    var = re.fullmatch(r"\$\{?([A-Z_]+)\}?", value)
+    if not var:
+        return value.lower() if re.fullmatch(r"[A-Za-z_]+", value) else ""
+    name = var.group(1)
+    choices = sorted(assigned.get(name, set()))
+    if not choices or not all(re.fullmatch(r"[A-Za-z_]+", c) for c in choices):
+        return ""
+    code = {c: str(i + 1) for i, c in enumerate(choices)}  # the names as numbers, per branch
+    coded = re.sub(
+        r"^(\s*" + name + r"=)[\"']?([A-Za-z_]+)[\"']?\s*$",
+        lambda a: a.group(1) + code.get(a.group(2), "0"),
+        script,
+        flags=re.M,
+    )
+    expr = branched_values(coded).get(name, "")
+    if not expr or set(re.findall(r"[A-Za-z_]+", expr)) - {"IF", "NOT"}:
+        return ""  # (it depends on the runner's variables)
+    functions = {"IF": lambda c, a, b: a if c else b, "NOT": lambda c: not c}
+    chosen = int(eval(expr, {"__builtins__": {}}, functions))  # only numbers, IF and NOT
+    names = {int(v): k for k, v in code.items()}
+    return names.get(chosen, "").lower()
 
 
 # How a launch chooses the activation format of MXFP4 experts (gpt-oss), and which it is:

@@ -672,3 +672,21 @@ def test_launch_settings_read_bash_arithmetic_and_the_piecewise_graph_switch() -
     budget = launch_settings(floor)["token_budget"]
     assert silicon._runner_value(budget, names) == 8192
     assert silicon._runner_value(budget, {**names, "ISL": 8192}) == 8384  # 128 + 8,192 + 64
+
+
+def test_the_tensorrt_llm_moe_backend_a_script_chooses_per_branch() -> None:
+    """`moe_config: backend: $MOE_BACKEND`: DEEPGEMM under attention DP and TRTLLM without in
+    the fp8 MTP script; a choice that depends on the clients stays unknown."""
+    from inferencex_single_node import launch_settings
+
+    script = (
+        'MOE_BACKEND="TRTLLM"\nif [[ "$DP_ATTENTION" == "true" ]]; then\n'
+        '    MOE_BACKEND="DEEPGEMM"\nfi\n'
+        "cat > $F << EOF\nmoe_config:\n    backend: $MOE_BACKEND\nEOF\n"
+    )
+    assert launch_settings(script, dp_attn=True)["moe_backend"] == "deepgemm"
+    assert launch_settings(script, dp_attn=False)["moe_backend"] == "trtllm"
+    by_clients = script.replace('"$DP_ATTENTION" == "true"', "$CONC -ge 256")
+    assert launch_settings(by_clients, dp_attn=False)["moe_backend"] == ""
+    literal = "cat > $F << EOF\nmoe_config:\n    backend: CUTLASS\nEOF\n"
+    assert launch_settings(literal)["moe_backend"] == "cutlass"
