@@ -782,7 +782,8 @@ def _quant_formats(
 
 # Config keys that state a model's sequence limit, in vLLM's order (vllm/config/model.py
 # `_get_and_verify_max_len`: OPT/Llama, GPT-2, MPT, ChatGLM, Command-R, others); the smallest
-# present is the limit. SGLang's `get_context_length` reads the same keys.
+# present is the limit. (SGLang's `get_context_length` takes the first of five of them and
+# does not scale a YaRN config that states its original positions: never a longer limit.)
 CONTEXT_KEYS = (
     "max_position_embeddings",
     "n_positions",
@@ -797,10 +798,11 @@ CONTEXT_KEYS = (
 
 def context_tokens(cfg: dict[str, Any]) -> int:
     """The longest sequence (prompt + output tokens) a checkpoint serves by default, derived as
-    vLLM derives its `max_model_len` and SGLang its `context_length`: the smallest of the
-    config's length keys, times the RoPE scaling factor unless the length already counts it
-    (`llama3`, `longrope`/`su`); YaRN scales `original_max_position_embeddings`. 0 when the
-    config states no length (the engines then assume one; servesim checks none)."""
+    vLLM derives its `max_model_len` (the most any engine allows without an override): the
+    smallest of the config's length keys, times the RoPE scaling factor unless the length
+    already counts it (`llama3`, `longrope`/`su`); YaRN scales
+    `original_max_position_embeddings`. 0 when the config states no length (the engines then
+    assume one; servesim checks none)."""
     found = [
         v
         for k in CONTEXT_KEYS
