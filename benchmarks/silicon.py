@@ -204,7 +204,10 @@ def inferencex_trtllm_launch(row: dict[str, str]) -> tuple[int, int, float, int]
     the 8192 floor before the search space, SEARCH_SPACE_DAY), only
     dsr1_fp8_b200_trt.sh at 1k/1k with 64 or more clients waits (40 iterations, 0.8), and with
     attention DP all three write `attention_dp_config: {batching_wait_iters: 0, enable_balance:
-    true, timeout_iters: 60}` (batch waiting is skipped under attention DP).
+    true, timeout_iters: 60}` (batch waiting is skipped under attention DP). The token budget
+    here stands only where the launch-script table has none for the row's script
+    (`deployment_of`): the table reads each script's own arithmetic, the MTP scripts' budget of
+    one prompt beside a full batch of verify tokens included.
     """
     if row.get("backend") != "trtllm" or row.get("mode", "agg") not in ("agg", ""):
         return None
