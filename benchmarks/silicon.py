@@ -50,7 +50,9 @@ aiconfigurator's own rows get its generator's settings (`batching_of`,
 
 The last line is one JSON object: overall TTFT/TPOT median and p90 absolute percentage error
 (APE, |predicted − measured| / measured, in %) of the predicted rows, `predicted_fraction`,
-`by_group` (`"<system>/<mode>": {rows, ttft_median_ape, tpot_median_ape}`), `skipped_by_reason`
+`by_group` (`"<system>/<mode>": {rows, ttft_median_ape, tpot_median_ape}`), `bias_by_engine`
+(`"<backend>/<precision>": {rows, ttft_signed_median_pct, tpot_signed_median_pct}`: the signed
+median error, + where servesim predicts too slow), `skipped_by_reason`
 (reason → rows), the slowest row's wall time and `recovered_layouts` (rows whose layout came from
 InferenceX's config). `--rows-out FILE` writes one CSV row per input
 row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused),
@@ -1459,6 +1461,7 @@ ROWS_OUT_FIELDS = (
     "model_path",
     "isl",
     "osl",
+    "precision",
     "concurrency",
     "measured_ttft_ms",
     "predicted_ttft_ms",
@@ -1471,29 +1474,51 @@ ROWS_OUT_FIELDS = (
 )
 
 
+def precision_label(row: dict[str, str]) -> str:
+    """The row's weight format as it states it (`precision`, else `gemm_quant_mode`), or
+    `checkpoint` where it states none (the model's own dtype runs)."""
+    return (row.get("precision") or row.get("gemm_quant_mode") or "").strip() or "checkpoint"
+
+
 def summary(results: list[dict[str, object]]) -> dict[str, object]:
     """The benchmark's figures from per-row results (`ROWS_OUT_FIELDS` dicts; predicted ones
-    have status `ok`): overall and per-`system/mode` APEs, skips by reason, the slowest row."""
+    have status `ok`): overall and per-`system/mode` APEs, the signed median error per
+    `engine/precision` (which way the prediction leans, where an APE hides it), skips by
+    reason, the slowest row."""
     ok = [r for r in results if r["status"] == "ok"]
 
-    def apes(rows: list[dict[str, object]], what: str) -> list[float]:
+    def signed(rows: list[dict[str, object]], what: str) -> list[float]:
         return [
-            100.0 * abs(float(r[f"predicted_{what}_ms"]) / float(r[f"measured_{what}_ms"]) - 1.0)
+            100.0 * (float(r[f"predicted_{what}_ms"]) / float(r[f"measured_{what}_ms"]) - 1.0)
             for r in rows
         ]
 
+    def apes(rows: list[dict[str, object]], what: str) -> list[float]:
+        return [abs(e) for e in signed(rows, what)]
+
+    def grouped(key: Callable[[dict[str, object]], str]) -> dict[str, list[dict[str, object]]]:
+        out: dict[str, list[dict[str, object]]] = defaultdict(list)
+        for r in ok:
+            out[key(r)].append(r)
+        return dict(sorted(out.items()))
+
     tm, tp9 = ape_stats(apes(ok, "ttft"))
     pm, pp9 = ape_stats(apes(ok, "tpot"))
-    groups: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for r in ok:
-        groups[f"{r['system']}/{r['mode']}"].append(r)
     by_group = {
         g: {
             "rows": len(rs),
             "ttft_median_ape": round(ape_stats(apes(rs, "ttft"))[0], 2),
             "tpot_median_ape": round(ape_stats(apes(rs, "tpot"))[0], 2),
         }
-        for g, rs in sorted(groups.items())
+        for g, rs in grouped(lambda r: f"{r['system']}/{r['mode']}").items()
+    }
+    bias_by_engine = {
+        g: {
+            "rows": len(rs),
+            "ttft_signed_median_pct": round(float(np.median(signed(rs, "ttft"))), 2),
+            "tpot_signed_median_pct": round(float(np.median(signed(rs, "tpot"))), 2),
+        }
+        for g, rs in grouped(lambda r: f"{r['backend']}/{r['precision']}").items()
     }
     skipped = Counter(str(r["status"]) for r in results if r["status"] != "ok")
     slowest = max(results, key=lambda r: float(r["wall_s"]), default=None)
@@ -1507,6 +1532,7 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
         "tpot_median_ape": round(pm, 2),
         "tpot_p90_ape": round(pp9, 2),
         "by_group": by_group,
+        "bias_by_engine": bias_by_engine,
         "skipped_by_reason": dict(skipped.most_common()),
         "slowest_row_s": round(float(slowest["wall_s"]), 3) if slowest else 0.0,
         "slowest_row_id": slowest["id"] if slowest else "",
@@ -1571,6 +1597,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         t_row, cpu_row = time.perf_counter(), time.process_time()
         out: dict[str, object] = {k: row.get(k, "") for k in ROWS_OUT_FIELDS[:7]}
+        out["precision"] = precision_label(row)
         out.update(
             measured_ttft_ms=row.get("silicon_ttft_ms", ""),
             measured_tpot_ms=row.get("silicon_tpot_ms", ""),
@@ -1615,24 +1642,22 @@ def main(argv: list[str] | None = None) -> int:
         e_ttft = 100.0 * (ttft - m_ttft) / m_ttft
         e_tpot = 100.0 * (tpot - m_tpot) / m_tpot
         group = f"{row['system']}/{row['mode']}"
-        for key in ("all", group, row["backend"], row["model_path"]):
+        engine = f"{row['backend']}/{precision_label(row)}"
+        for key in ("all", group, row["backend"], engine, row["model_path"]):
             errs[f"ttft:{key}"].append(e_ttft)
             errs[f"tpot:{key}"].append(e_tpot)
     wall = time.perf_counter() - t0
     groups = sorted({k.split(":", 1)[1] for k in errs}, key=lambda g: (g != "all", g))
-    heads = ("TTFT med", "TTFT p90", "TPOT med", "TPOT p90")
+    # APE median and p90, and the signed median (+: predicted too slow, −: too fast)
+    heads = ("TTFT med", "TTFT p90", "TTFT bias", "TPOT med", "TPOT p90", "TPOT bias")
     print(f"{'group':42s} {'rows':>5s} " + " ".join(f"{h:>9s}" for h in heads))
     for g in groups:
-        tm, tp9 = ape_stats(errs[f"ttft:{g}"])
-        pm, pp9 = ape_stats(errs[f"tpot:{g}"])
-        n = len(errs[f"ttft:{g}"])
-        print(f"{g:42s} {n:5d} {tm:8.1f}% {tp9:8.1f}% {pm:8.1f}% {pp9:8.1f}%")
-        if g == "all":
-            bias_t = float(np.median(errs["ttft:all"]))
-            bias_p = float(np.median(errs["tpot:all"]))
-            print(
-                f"{'  (signed median error)':42s} {'':5s} {bias_t:+8.1f}% {'':9s} {bias_p:+8.1f}%"
-            )
+        cells = []
+        for what in ("ttft", "tpot"):
+            med, p90 = ape_stats(errs[f"{what}:{g}"])
+            bias = float(np.median(errs[f"{what}:{g}"]))
+            cells += [f"{med:8.1f}%", f"{p90:8.1f}%", f"{bias:+8.1f}%"]
+        print(f"{g:42s} {len(errs[f'ttft:{g}']):5d} " + " ".join(cells))
     stats = summary(results)
     for reason, count in stats["skipped_by_reason"].items():
         print(f"skipped {count} row(s): {reason}")

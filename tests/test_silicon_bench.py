@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,6 +282,27 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
     }
     assert last["ttft_median_ape"] == round(sorted(ape(r, "ttft") for r in (a, b, c))[1], 2)
     assert last["tpot_median_ape"] == round(sorted(ape(r, "tpot") for r in (a, b, c))[1], 2)
+
+    # The signed median per engine and precision, from the same file: the sign survives.
+    def signed(r: dict[str, str], what: str) -> float:
+        return 100.0 * (float(r[f"predicted_{what}_ms"]) / float(r[f"measured_{what}_ms"]) - 1)
+
+    # the H100 rows state no format (their checkpoints' bf16 runs); the H200 one says fp8
+    assert [r["precision"] for r in (a, b, c)] == ["checkpoint", "checkpoint", "fp8"]
+    assert h100[0]["precision"] == h100[0]["gemm_quant_mode"] == "" and h200["precision"] == "fp8"
+    engines: dict[str, list[dict[str, str]]] = {}
+    for r in (a, b, c):
+        engines.setdefault(f"{r['backend']}/{r['precision']}", []).append(r)
+    assert last["bias_by_engine"] == {
+        g: {
+            "rows": len(rs),
+            "ttft_signed_median_pct": round(float(np.median([signed(r, "ttft") for r in rs])), 2),
+            "tpot_signed_median_pct": round(float(np.median([signed(r, "tpot") for r in rs])), 2),
+        }
+        for g, rs in sorted(engines.items())
+    }
+    assert set(last["bias_by_engine"]) == {"trtllm/checkpoint", "sglang/fp8"}
+    assert any(signed(r, "ttft") < 0 for r in (a, b, c))  # a lean the APE alone would hide
 
 
 def test_dense_row_ignores_its_moe_columns() -> None:
