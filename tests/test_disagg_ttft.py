@@ -11,10 +11,11 @@ import pytest
 from properties_lib import with_kv_tokens
 
 from servesim.predictor.iteration import BatchShape
+from servesim.sim import cluster as cluster_module
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.simulate import simulate
-from servesim.sim.transfer import link_for
+from servesim.sim.transfer import Network, link_for
 from servesim.sim.workload import Workload
 from servesim.spec.devices import get_device
 from servesim.spec.engine_profile import get_engine
@@ -123,6 +124,45 @@ def test_a_busy_decode_worker_admits_at_its_next_step_boundary(engine: str) -> N
     assert (cols["generated_tokens"] == cols["output_tokens"]).all()
     assert (cols["first_token_s"] >= cols["arrival_s"]).all()
     assert (cols["first_token_s"] <= cols["finish_s"]).all()
+
+
+def test_the_kv_bytes_move_after_the_hand_off(monkeypatch) -> None:
+    """Claim: the hand-off (the router's hop, vLLM's second tokenising of the prompt, the
+    decode worker's next pass) comes before the KV moves, so a transfer takes link bandwidth
+    only from then on. Recorded at the network: A's bytes (vLLM, one client) start at frontend
+    + prefill + hand-off (7 ms + 2.5 µs × 4,000) with the link's own latency; a second request
+    B, whose long prompt is tokenised again for 22 ms, starts its bytes after its own
+    hand-off, not at its prefill's end."""
+    starts: list[tuple[float, float, float]] = []
+
+    class Recording(Network):
+        def start(self, t, src, dst, nbytes, latency, payload):  # type: ignore[override]
+            starts.append((t, nbytes, latency))
+            return super().start(t, src, dst, nbytes, latency, payload)
+
+    monkeypatch.setattr(cluster_module, "Network", Recording)
+    dep, pred = disagg("vllm")
+    e = dep.decode.engine
+    simulate(dep, Workload(np.array([0.0]), np.array([P]), np.array([OUT])))
+    prefill = pred.iteration(BatchShape(prefill=((P, 0),))).seconds
+    ((t, nbytes, latency),) = starts
+    assert t == pytest.approx(e.frontend_s(P) + prefill + (7e-3 + P * 2.5e-6), rel=1e-12)
+    assert nbytes == LLAMA8.kv_bytes(P) and latency == LINK.latency_s
+    # Two requests sent together, B (6,000 tokens) first: B's prefill runs alone (A reaches
+    # the engine behind B's tokenising and waits), then A's (500 tokens). B's bytes start
+    # after B's prefill and its 22 ms hand-off, A's after both prefills and its 8.25 ms one,
+    # each with the link's latency only (before, B's bytes moved during its hand-off).
+    starts.clear()
+    w = Workload(np.array([0.0, 0.0]), np.array([6000, 500]), np.array([OUT, OUT]))
+    simulate(dep, w)
+    one = {n: pred.iteration(BatchShape(prefill=((n, 0),))).seconds for n in (6000, 500)}
+    t_b = e.frontend_s(6000) + one[6000] + (7e-3 + 6000 * 2.5e-6)
+    t_a = e.frontend_s(6000) + one[6000] + one[500] + (7e-3 + 500 * 2.5e-6)
+    assert [(t0, b) for t0, b, _ in starts] == [
+        (pytest.approx(t_a, rel=1e-12), LLAMA8.kv_bytes(500)),
+        (pytest.approx(t_b, rel=1e-12), LLAMA8.kv_bytes(6000)),
+    ]
+    assert all(lat == LINK.latency_s for _, _, lat in starts)
 
 
 def test_the_ideal_path_is_still_available() -> None:

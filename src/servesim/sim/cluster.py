@@ -32,7 +32,7 @@ from servesim.sim.synthetic import ClosedLoop
 from servesim.sim.transfer import Link, Network
 
 INF = math.inf
-_REP, _XFER, _TICK, _BOOT = 0, 1, 2, 3
+_REP, _XFER, _TICK, _BOOT, _XSTART = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -58,7 +58,8 @@ class ClusterStats:
 
     kv_transfers: int = 0
     kv_bytes: float = 0.0
-    kv_transfer_s: Quantiles = field(default_factory=Quantiles)  # per transfer, start to arrival
+    # per transfer, from the decode's pull (its hand-off included) to the KV's arrival
+    kv_transfer_s: Quantiles = field(default_factory=Quantiles)
     migrations: int = 0
     migration_bytes: float = 0.0
     migration_downtime_s: Quantiles = field(default_factory=Quantiles)  # predicted stop-copy
@@ -141,6 +142,9 @@ class Cluster:
         self.boot_turn = 0
         self.boot_decode: dict[int, Replica] = {}  # the decode worker paired at arrival
         self.booting = 0  # requests waiting for their decode worker to read them
+        # KV transfers waiting out their hand-off before the bytes move: token -> arguments
+        self.starting: dict[int, tuple] = {}
+        self.next_start = 0
         path = kv_path or migration_path
         if path is not None:
             for r in self.reps:
@@ -289,6 +293,9 @@ class Cluster:
                         self.sync_pair(*pair_of[a])
                 elif kind == _XFER:
                     done = self._transfer_done(t, a)
+                elif kind == _XSTART:
+                    self._start_transfer(*self.starting.pop(a))
+                    done = []
                 else:
                     done = []
                     tick = True
@@ -339,6 +346,7 @@ class Cluster:
         return (
             more_arrivals
             or bool(self.booting)
+            or bool(self.starting)
             or any(r.next_t < INF for r in self.reps)
             or bool(self.net.active)
         )
@@ -383,7 +391,8 @@ class Cluster:
     def _pull(self, dst: Replica) -> None:
         """Start the transfers `dst` has a request slot and KV room for, in order (DistServe:
         decode pulls KV; engines take a request in only under their request cap, so the rest
-        wait with their KV on the prefill side and the client sees no first token yet)."""
+        wait with their KV on the prefill side and the client sees no first token yet). Each
+        one's bytes move after its hand-off (`_handoff_s`), taking link bandwidth from then."""
         q = self.pending[dst.index]
         tab = self.table
         bs = dst.cfg.block_size
@@ -402,7 +411,13 @@ class Cluster:
             nbytes = path.kv_bytes(cached) / path.compression
             payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
             delay = self._handoff_s(rid, dst)
-            self._start_transfer(src, dst, nbytes, path.link.latency_s + delay, payload)
+            if delay > 0.0:  # the hand-off comes first; the bytes move after it
+                token = self.next_start
+                self.next_start += 1
+                self.starting[token] = (src, dst, nbytes, path.link.latency_s, payload)
+                heapq.heappush(self.heap, (self.now + delay, _XSTART, token, 0))
+            else:
+                self._start_transfer(src, dst, nbytes, path.link.latency_s, payload)
 
     def _handoff_s(self, rid: int, dst: Replica) -> float:
         """Seconds from now until the KV of a finished prefill starts to move, beyond the link:
