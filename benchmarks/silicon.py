@@ -1642,7 +1642,7 @@ def main(argv: list[str] | None = None) -> int:
         e_ttft = 100.0 * (ttft - m_ttft) / m_ttft
         e_tpot = 100.0 * (tpot - m_tpot) / m_tpot
         group = f"{row['system']}/{row['mode']}"
-        engine = f"{row['backend']}/{precision_label(row)}"
+        engine = f"{row['backend']}/{out['precision']}"
         for key in ("all", group, row["backend"], engine, row["model_path"]):
             errs[f"ttft:{key}"].append(e_ttft)
             errs[f"tpot:{key}"].append(e_tpot)
