@@ -383,8 +383,9 @@ QUANT = {
     "w4a8_mxfp4_mxfp8": "mxfp4",
     "w4a8_mxfp4_mxfp8_trtllm": "mxfp4",
 }
-# The MXFP4 MoE modes name the activation format the run quantised to (MXFP8 or none); the
-# tables price the two as different kernels (`EngineProfile.mxfp4_activation`).
+# The MXFP4 MoE modes of aiconfigurator's own rows name the activation format the run quantised
+# to (MXFP8 or none); the tables price the two as different kernels
+# (`EngineProfile.mxfp4_activation`).
 MXFP4_ACTIVATION = {
     "w4a16_mxfp4": "bf16",
     "w4a16_mxfp4_cutlass": "bf16",
@@ -531,8 +532,13 @@ def deployment_of(
     device = catalog.get(row["system"])
     model = _model(row)
     moe_mode = (row.get("moe_quant_mode") or "").strip().lower()
+    # aiconfigurator's own rows name the MXFP4 kernel its collection configured (W4A8 or
+    # W4A16); an InferenceX export's mode column labels the checkpoint, and which kernel its
+    # engine ran is the launch script's choice (`script_launch`) or the engine's own rule
+    # (`measured_kernels.mxfp4_activation`: TensorRT-LLM and SGLang quantise to MXFP8 on SM 10.x).
+    own = protocol_of(row) is AIPERF
     engine = get_engine(row["backend"]).with_overrides(
-        mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode)
+        mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode) if own else None
     )
     isl = _int(row, "isl")
 

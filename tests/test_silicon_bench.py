@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import silicon  # noqa: E402
 
+from servesim.predictor.iteration import BatchShape  # noqa: E402
 from servesim.sim.deployment import Deployment  # noqa: E402
 from servesim.sim.disagg import DisaggDeployment  # noqa: E402
 from servesim.spec.devices import Catalog  # noqa: E402
@@ -575,6 +576,31 @@ def test_an_mxfp4_row_runs_the_activation_format_its_moe_mode_names() -> None:
     for mode, act in (("w4a8_mxfp4_mxfp8", "mxfp8"), ("w4a16_mxfp4", "bf16"), ("", "auto")):
         dep = silicon.deployment_of(row(**base, moe_quant_mode=mode, batch_size="8"), cat)
         assert dep.engine.mxfp4_activation == act
+
+
+def test_an_inferencex_gpt_oss_row_runs_the_kernel_its_engine_picks() -> None:
+    """An InferenceX export's MoE mode labels the checkpoint, not the kernel: TensorRT-LLM on
+    a B200 runs gpt-oss's MXFP4 experts W4A8 (`get_mxfp4_quant_algo`: MXFP8 activations from
+    SM 100), whatever the column says, and the step is priced by that kernel (W4A16 would price
+    a 64-sequence decode step ~3x longer). aiconfigurator's own rows keep their mode's kernel."""
+    cat = Catalog()
+    src = (
+        "source_file=2025-11-03.csv; model=gpt-oss-120b; silicon_concurrency=64; "
+        "measured=2025-11-03T12:00:00Z; wip=False; "
+        "image=nvcr.io#nvidia/tensorrt-llm/release:1.2.0rc0.post1"
+    )
+    kw = dict(
+        model_path="openai/gpt-oss-120b", system="b200_sxm", backend="trtllm", tp_size="1",
+        precision="fp4", gemm_quant_mode="bfloat16", moe_quant_mode="w4a16_mxfp4",
+        batch_size="64", isl="1024", osl="1024",
+    )  # fmt: skip
+    ix = silicon.deployment_of(row(**kw, silicon_data_source=src), cat)
+    own = silicon.deployment_of(row(**kw, silicon_data_source="silicon_concurrency=64"), cat)
+    assert silicon.protocol_of(row(silicon_data_source=src)) is not silicon.AIPERF
+    assert ix.engine.mxfp4_activation == "auto" and own.engine.mxfp4_activation == "bf16"
+    step = {n: d.predictor().iteration(BatchShape(64, 64 * 1500)).seconds
+            for n, d in (("ix", ix), ("own", own))}  # fmt: skip
+    assert step["own"] > 2.5 * step["ix"]
 
 
 def test_launch_ssm_dtype_reaches_the_model() -> None:
