@@ -383,6 +383,8 @@ QUANT = {
     "w4a8_mxfp4_mxfp8": "mxfp4",
     "w4a8_mxfp4_mxfp8_trtllm": "mxfp4",
 }
+# A row's generic 4-bit names (InferenceX's precision `fp4`, an export's `nvfp4`).
+FP4_NAMES = ("fp4", "nvfp4")
 # The MXFP4 MoE modes of aiconfigurator's own rows name the activation format the run quantised
 # to (MXFP8 or none); the tables price the two as different kernels
 # (`EngineProfile.mxfp4_activation`).
@@ -452,6 +454,10 @@ def _model(row: dict[str, str]):
     # whole model), which the engines run with block-scaled kernels.
     block = "fp8_block" in (quant, moe)
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
+    if model.expert_dtype == "mxfp4" and quant in FP4_NAMES and moe in ("", *FP4_NAMES):
+        # A checkpoint that ships its own 4-bit experts (gpt-oss: MXFP4 experts, bf16
+        # attention) is the model's FP4 release: a row that says fp4 of it ran it as it is.
+        quant = moe = ""
     kv = inferencex_kv_dtype(row)
     scripted = script_launch(row)
     if kv is None and scripted:  # the launch script's, else the checkpoint's

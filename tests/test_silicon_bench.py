@@ -603,6 +603,25 @@ def test_an_inferencex_gpt_oss_row_runs_the_kernel_its_engine_picks() -> None:
     assert step["own"] > 2.5 * step["ix"]
 
 
+def test_a_gpt_oss_row_that_says_fp4_runs_its_own_mxfp4_checkpoint() -> None:
+    """gpt-oss ships MXFP4 experts and bf16 attention: that checkpoint is its FP4 release, so
+    a row saying `fp4` or `nvfp4` of it (InferenceX's precision, a generic export's modes)
+    keeps the checkpoint's formats instead of pricing its attention as NVFP4 GEMMs; a model
+    whose checkpoint is bf16 still takes the row's format."""
+    cat = Catalog()
+    base = dict(system="b200_sxm", backend="vllm", tp_size="1", batch_size="8", precision="fp4")
+    for g, mo in (("nvfp4", "nvfp4"), ("", ""), ("bfloat16", "w4a16_mxfp4")):
+        dep = silicon.deployment_of(
+            row(**base, model_path="openai/gpt-oss-120b", gemm_quant_mode=g, moe_quant_mode=mo),
+            cat,
+        )
+        assert (dep.model.weight_dtype, dep.model.expert_dtype) == ("bf16", "mxfp4")
+    llama = silicon.deployment_of(
+        row(**base, model_path="meta-llama/Llama-3.1-70B", gemm_quant_mode="nvfp4"), cat
+    )
+    assert llama.model.weight_dtype == "fp4"
+
+
 def test_launch_ssm_dtype_reaches_the_model() -> None:
     """InferenceX's qwen3.5_fp8_b200.sh passes `--mamba-ssm-dtype bfloat16` (since a02210c17):
     the matched config carries it and the simulated model keeps its Gated DeltaNet state in
