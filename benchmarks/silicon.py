@@ -383,8 +383,9 @@ QUANT = {
     "w4a8_mxfp4_mxfp8": "mxfp4",
     "w4a8_mxfp4_mxfp8_trtllm": "mxfp4",
 }
-# A row's generic 4-bit names (InferenceX's precision `fp4`, an export's `nvfp4`).
-FP4_NAMES = ("fp4", "nvfp4")
+# The 4-bit format a row's name stands for (InferenceX's precisions `fp4` and `int4`, an
+# export's `nvfp4`, a checkpoint's own MXFP4 or INT4 experts).
+FORMAT_FAMILY = {"fp4": "fp4", "nvfp4": "fp4", "mxfp4": "fp4", "int4": "int4"}
 # The MXFP4 MoE modes of aiconfigurator's own rows name the activation format the run quantised
 # to (MXFP8 or none); the tables price the two as different kernels
 # (`EngineProfile.mxfp4_activation`).
@@ -454,9 +455,16 @@ def _model(row: dict[str, str]):
     # whole model), which the engines run with block-scaled kernels.
     block = "fp8_block" in (quant, moe)
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
-    if model.expert_dtype == "mxfp4" and quant in FP4_NAMES and moe in ("", *FP4_NAMES):
-        # A checkpoint that ships its own 4-bit experts (gpt-oss: MXFP4 experts, bf16
-        # attention) is the model's FP4 release: a row that says fp4 of it ran it as it is.
+    family = FORMAT_FAMILY.get(model.expert_dtype)
+    if (
+        family
+        and model.weight_dtype == "bf16"
+        and FORMAT_FAMILY.get(quant) == family
+        and (not moe or FORMAT_FAMILY.get(moe) == family)
+    ):
+        # A checkpoint that ships its own 4-bit experts beside bf16 layers (gpt-oss: MXFP4
+        # experts; Kimi-K2.5: INT4 experts) is that format's release of the model: a row that
+        # names only the format ran the checkpoint as it is, its attention still bf16.
         quant = moe = ""
     kv = inferencex_kv_dtype(row)
     scripted = script_launch(row)

@@ -603,11 +603,12 @@ def test_an_inferencex_gpt_oss_row_runs_the_kernel_its_engine_picks() -> None:
     assert step["own"] > 2.5 * step["ix"]
 
 
-def test_a_gpt_oss_row_that_says_fp4_runs_its_own_mxfp4_checkpoint() -> None:
-    """gpt-oss ships MXFP4 experts and bf16 attention: that checkpoint is its FP4 release, so
-    a row saying `fp4` or `nvfp4` of it (InferenceX's precision, a generic export's modes)
-    keeps the checkpoint's formats instead of pricing its attention as NVFP4 GEMMs; a model
-    whose checkpoint is bf16 still takes the row's format."""
+def test_a_row_that_names_a_checkpoints_own_expert_format_runs_that_checkpoint() -> None:
+    """gpt-oss ships MXFP4 experts and bf16 attention, Kimi-K2.5 INT4 experts: those
+    checkpoints are the models' FP4 and INT4 releases, so a row saying `fp4`/`nvfp4` or `int4`
+    of them (InferenceX's precision, a generic export's modes) keeps the checkpoint's formats
+    instead of pricing the attention as 4-bit GEMMs; a bf16 checkpoint still takes the row's
+    format."""
     cat = Catalog()
     base = dict(system="b200_sxm", backend="vllm", tp_size="1", batch_size="8", precision="fp4")
     for g, mo in (("nvfp4", "nvfp4"), ("", ""), ("bfloat16", "w4a16_mxfp4")):
@@ -616,6 +617,10 @@ def test_a_gpt_oss_row_that_says_fp4_runs_its_own_mxfp4_checkpoint() -> None:
             cat,
         )
         assert (dep.model.weight_dtype, dep.model.expert_dtype) == ("bf16", "mxfp4")
+    kimi = dict(base, precision="int4", tp_size="8", model_path="moonshotai/Kimi-K2.5")
+    for g, mo in (("int4", "int4"), ("", ""), ("int4_wo", "int4_wo")):
+        dep = silicon.deployment_of(row(**kimi, gemm_quant_mode=g, moe_quant_mode=mo), cat)
+        assert (dep.model.weight_dtype, dep.model.expert_dtype) == ("bf16", "int4")
     llama = silicon.deployment_of(
         row(**base, model_path="meta-llama/Llama-3.1-70B", gemm_quant_mode="nvfp4"), cat
     )
