@@ -1500,6 +1500,25 @@ def precision_label(row: dict[str, str]) -> str:
     return (row.get("precision") or row.get("gemm_quant_mode") or "").strip() or "checkpoint"
 
 
+def signed_errors(rows: list[dict[str, object]], what: str) -> list[float]:
+    """Per predicted row (`ROWS_OUT_FIELDS` dicts), the % error of `what` ("ttft" or
+    "tpot"): + where servesim predicts too slow."""
+    return [
+        100.0 * (float(r[f"predicted_{what}_ms"]) / float(r[f"measured_{what}_ms"]) - 1.0)
+        for r in rows
+    ]
+
+
+def grouped(
+    rows: list[dict[str, object]], key: Callable[[dict[str, object]], str]
+) -> dict[str, list[dict[str, object]]]:
+    """The rows by `key`, in key order."""
+    out: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return dict(sorted(out.items()))
+
+
 def summary(results: list[dict[str, object]]) -> dict[str, object]:
     """The benchmark's figures from per-row results (`ROWS_OUT_FIELDS` dicts; predicted ones
     have status `ok`): overall and per-`system/mode` APEs, the signed median error per
@@ -1507,20 +1526,8 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
     reason, the slowest row."""
     ok = [r for r in results if r["status"] == "ok"]
 
-    def signed(rows: list[dict[str, object]], what: str) -> list[float]:
-        return [
-            100.0 * (float(r[f"predicted_{what}_ms"]) / float(r[f"measured_{what}_ms"]) - 1.0)
-            for r in rows
-        ]
-
     def apes(rows: list[dict[str, object]], what: str) -> list[float]:
-        return [abs(e) for e in signed(rows, what)]
-
-    def grouped(key: Callable[[dict[str, object]], str]) -> dict[str, list[dict[str, object]]]:
-        out: dict[str, list[dict[str, object]]] = defaultdict(list)
-        for r in ok:
-            out[key(r)].append(r)
-        return dict(sorted(out.items()))
+        return [abs(e) for e in signed_errors(rows, what)]
 
     tm, tp9 = ape_stats(apes(ok, "ttft"))
     pm, pp9 = ape_stats(apes(ok, "tpot"))
@@ -1530,15 +1537,15 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
             "ttft_median_ape": round(ape_stats(apes(rs, "ttft"))[0], 2),
             "tpot_median_ape": round(ape_stats(apes(rs, "tpot"))[0], 2),
         }
-        for g, rs in grouped(lambda r: f"{r['system']}/{r['mode']}").items()
+        for g, rs in grouped(ok, lambda r: f"{r['system']}/{r['mode']}").items()
     }
     bias_by_engine = {
         g: {
             "rows": len(rs),
-            "ttft_signed_median_pct": round(float(np.median(signed(rs, "ttft"))), 2),
-            "tpot_signed_median_pct": round(float(np.median(signed(rs, "tpot"))), 2),
+            "ttft_signed_median_pct": round(float(np.median(signed_errors(rs, "ttft"))), 2),
+            "tpot_signed_median_pct": round(float(np.median(signed_errors(rs, "tpot"))), 2),
         }
-        for g, rs in grouped(lambda r: f"{r['backend']}/{r['precision']}").items()
+        for g, rs in grouped(ok, lambda r: f"{r['backend']}/{r['precision']}").items()
     }
     skipped = Counter(str(r["status"]) for r in results if r["status"] != "ok")
     slowest = max(results, key=lambda r: float(r["wall_s"]), default=None)
@@ -1611,7 +1618,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         rows = rows[: args.limit]
     rows = date_twins(rows)
-    errs: dict[str, list[float]] = defaultdict(list)
     results: list[dict[str, object]] = []
     t0 = time.perf_counter()
     for row in rows:
@@ -1626,7 +1632,8 @@ def main(argv: list[str] | None = None) -> int:
             layout_source="",
         )
         try:
-            row, measured = normalised_row(row)
+            row, _ = normalised_row(row)
+            out.update({k: row.get(k, "") for k in ROWS_OUT_FIELDS[1:7]})  # in one spelling
             row, out["layout_source"], refusal = recovered_layout(row)
             if not refusal and not out["layout_source"]:
                 row, out["layout_source"], refusal = single_node_config(row)
@@ -1656,28 +1663,26 @@ def main(argv: list[str] | None = None) -> int:
         out["wall_s"] = round(time.perf_counter() - t_row, 4)
         out["cpu_s"] = round(time.process_time() - cpu_row, 4)
         results.append(out)
-        if status != "ok":
-            continue
-        m_ttft, m_tpot = measured
-        e_ttft = 100.0 * (ttft - m_ttft) / m_ttft
-        e_tpot = 100.0 * (tpot - m_tpot) / m_tpot
-        group = f"{row['system']}/{row['mode']}"
-        engine = f"{row['backend']}/{out['precision']}"
-        for key in ("all", group, row["backend"], engine, row["model_path"]):
-            errs[f"ttft:{key}"].append(e_ttft)
-            errs[f"tpot:{key}"].append(e_tpot)
     wall = time.perf_counter() - t0
-    groups = sorted({k.split(":", 1)[1] for k in errs}, key=lambda g: (g != "all", g))
+    ok = [r for r in results if r["status"] == "ok"]
+    keys: tuple[Callable[[dict[str, object]], str], ...] = (
+        lambda r: "all",
+        lambda r: f"{r['system']}/{r['mode']}",
+        lambda r: str(r["backend"]),
+        lambda r: f"{r['backend']}/{r['precision']}",
+        lambda r: str(r["model_path"]),
+    )
+    groups = {g: rs for key in keys for g, rs in grouped(ok, key).items()}
     # APE median and p90, and the signed median (+: predicted too slow, −: too fast)
     heads = ("TTFT med", "TTFT p90", "TTFT bias", "TPOT med", "TPOT p90", "TPOT bias")
     print(f"{'group':42s} {'rows':>5s} " + " ".join(f"{h:>9s}" for h in heads))
-    for g in groups:
+    for g in sorted(groups, key=lambda g: (g != "all", g)):
         cells = []
         for what in ("ttft", "tpot"):
-            med, p90 = ape_stats(errs[f"{what}:{g}"])
-            bias = float(np.median(errs[f"{what}:{g}"]))
-            cells += [f"{med:8.1f}%", f"{p90:8.1f}%", f"{bias:+8.1f}%"]
-        print(f"{g:42s} {len(errs[f'ttft:{g}']):5d} " + " ".join(cells))
+            errors = signed_errors(groups[g], what)
+            med, p90 = ape_stats(errors)
+            cells += [f"{med:8.1f}%", f"{p90:8.1f}%", f"{float(np.median(errors)):+8.1f}%"]
+        print(f"{g:42s} {len(groups[g]):5d} " + " ".join(cells))
     stats = summary(results)
     for reason, count in stats["skipped_by_reason"].items():
         print(f"skipped {count} row(s): {reason}")

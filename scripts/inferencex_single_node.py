@@ -291,7 +291,7 @@ def _arithmetic(body: str, known: Callable[[str], str | None]) -> str | None:
     expr = re.sub(r"(?<!/)/(?!/)", "//", expr)
     reserved = {*RUNNER_VARS, "IF", "NOT", "NONE"}
     for _ in range(6):  # a variable may name another
-        words = [w for w in dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr))]
+        words = list(dict.fromkeys(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr)))
         words = [w for w in words if w not in reserved]
         if not words:
             return expr

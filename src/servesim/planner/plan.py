@@ -29,7 +29,6 @@ from servesim.planner.ranking import add_rankings
 from servesim.planner.runner import run_local, run_ray
 from servesim.planner.sizing import Sizing, best_sizings, cheapest_by_engine, verified_sizings
 from servesim.planner.store import PlanStore, write_rows
-from servesim.sim.pool import check_context
 
 
 @dataclass
@@ -93,7 +92,7 @@ def run_plan(
     for d in space.devices:
         catalog.get(d)  # unknown devices fail here, with the list of known ones
     longest = spec.workload.longest_tokens()  # of every request a search may draw
-    check_context(model, longest)  # no candidate could serve it
+    model.check_context(longest, "A request (prompt and output)")  # no candidate serves it
     candidates = enumerate_candidates(space, model)
     kept, pruned = prune(candidates, model, catalog, longest)
     if limit:

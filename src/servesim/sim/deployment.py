@@ -356,15 +356,10 @@ class Deployment:
             if require_fit:
                 raise
             mem = None
-        limit = self.model.max_context_tokens
         longest = max((n + c for n, c in batch.prefill), default=0)
         if batch.decode_seqs:  # (the mean decode context: some sequence holds at least it)
             longest = max(longest, -(-batch.decode_context // batch.decode_seqs))
-        if limit and longest > limit:
-            raise ServesimError(
-                f"A sequence of {longest:,} tokens exceeds {self.model.name}'s {limit:,}-token "
-                "context, which no engine serves beyond; give shorter sequences."
-            )
+        self.model.check_context(longest)
         context = batch.decode_context + sum(n + c for n, c in batch.prefill)
         if mem is not None and context > mem.kv_tokens:
             raise ServesimError(

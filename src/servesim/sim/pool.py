@@ -23,7 +23,6 @@ from servesim.sim.router import check_router
 from servesim.sim.synthetic import ClosedLoop
 from servesim.sim.workload import Workload
 from servesim.spec.memory import MemoryLayout
-from servesim.spec.model import ModelSpec
 from servesim.spec.vision import Images
 
 
@@ -82,20 +81,6 @@ def prepare(
     return Requests(table, closed_loop, longest, table.hashes, block_tokens, outputs, images)
 
 
-def check_context(model: ModelSpec, longest: int) -> None:
-    """Refuse a workload whose longest request (prompt + output tokens) exceeds the model's
-    context: every engine rejects such a request before serving it (vLLM's OpenAI server and
-    SGLang's tokenizer manager answer HTTP 400, TensorRT-LLM fails it on `max_seq_len`), so no
-    latency could be simulated for it."""
-    limit = model.max_context_tokens
-    if limit and longest > limit:
-        raise ServesimError(
-            f"A request of {longest:,} tokens (prompt and output) exceeds {model.name}'s "
-            f"{limit:,}-token context, and engines reject such requests; shorten the prompts or "
-            f"outputs, or drop requests longer than {limit:,} tokens."
-        )
-
-
 def build_pool(
     dep: Deployment,
     req: Requests,
@@ -115,7 +100,7 @@ def build_pool(
     pp = dep.parallel.pp
     if not chunked:
         budget = max(budget, req.longest)  # engines raise the budget to the model length
-    check_context(dep.model, req.longest)
+    dep.model.check_context(req.longest, "A request (prompt and output)")
     blocks = mem.kv_tokens // e.block_size
     per_engine = blocks // pp * e.block_size  # whole pages only
     if req.longest > per_engine:

@@ -556,6 +556,17 @@ class ModelSpec:
                 "checkpoint (--weight-dtype) or a Hopper, Ada or Blackwell GPU."
             )
 
+    def check_context(self, tokens: int, what: str = "A sequence") -> None:
+        """Refuse a sequence (prompt and output tokens) longer than the model's context: every
+        engine rejects one before serving it (vLLM's OpenAI server and SGLang's tokenizer
+        manager answer HTTP 400, TensorRT-LLM fails it on `max_seq_len`)."""
+        limit = self.max_context_tokens
+        if limit and tokens > limit:
+            raise ServesimError(
+                f"{what} of {tokens:,} tokens exceeds {self.name}'s {limit:,}-token context, "
+                f"which engines refuse; give sequences of at most {limit:,} tokens."
+            )
+
     def check_tp(self, tp: int) -> None:
         """Refuse a tensor-parallel degree that does not split the heads evenly."""
         if tp < 1:
