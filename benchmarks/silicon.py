@@ -532,6 +532,35 @@ def _parallel(
     )
 
 
+# The TensorRT-LLM release inside each ai-dynamo `tensorrtllm-runtime` image tag (Dynamo's
+# docs/reference/release-artifacts.md). 0.8.1.post2 is not listed there: it sits between
+# post1 (1.2.0rc6.post2) and post3 (1.2.0rc6.post3), so 1.2.0rc6, which is what picks tables.
+DYNAMO_TRTLLM = {
+    "0.6.0": "1.1.0rc5", "0.6.1": "1.1.0rc5", "0.6.1.post1": "1.1.0rc5",
+    "0.7.0": "1.2.0rc2", "0.7.0.post1": "1.2.0rc3", "0.7.0.post2": "1.2.0rc2",
+    "0.7.1": "1.2.0rc3", "0.8.0": "1.2.0rc6.post1", "0.8.1": "1.2.0rc6.post1",
+    "0.8.1.post1": "1.2.0rc6.post2", "0.8.1.post2": "1.2.0rc6", "0.8.1.post3": "1.2.0rc6.post3",
+    "0.9.0": "1.3.0rc1", "0.9.1": "1.3.0rc3", "1.0.0": "1.3.0rc5.post1",
+    "1.0.1": "1.3.0rc5.post1", "1.0.2": "1.3.0rc5.post1", "1.1.0": "1.3.0rc11",
+    "1.1.1": "1.3.0rc11",
+}  # fmt: skip
+# Whether rows read the kernel tables of the engine release they ran (`engine_release`, the
+# nearest collection where that release was not measured); `--newest-tables` turns it off, so
+# that every row reads the newest collection first.
+ENGINE_RELEASES = True
+
+
+def engine_release(row: dict[str, str]) -> str:
+    """The engine release a row ran ("" when not known): a Dynamo TensorRT-LLM image's
+    TensorRT-LLM (`DYNAMO_TRTLLM`; such rows give the Dynamo tag as their backend_version),
+    else the row's backend_version when it is a release."""
+    image = source_fields(row)["image"]
+    if "tensorrtllm-runtime:" in image:
+        return DYNAMO_TRTLLM.get(image.rsplit(":", 1)[1].strip(), "")
+    version = (row.get("backend_version") or "").strip()
+    return version if version and version_key(version) != (0,) else ""
+
+
 def deployment_of(
     row: dict[str, str],
     catalog: Catalog,
@@ -552,7 +581,8 @@ def deployment_of(
     # (`measured_kernels.mxfp4_activation`: TensorRT-LLM and SGLang quantise to MXFP8 on SM 10.x).
     own = protocol_of(row) is AIPERF
     engine = get_engine(row["backend"]).with_overrides(
-        mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode) if own else None
+        mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode) if own else None,
+        version=engine_release(row) if ENGINE_RELEASES else None,
     )
     isl = _int(row, "isl")
 
@@ -1599,7 +1629,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=("auto", "roofline", "measured"),
         help="kernel times: measured tables where the GPU has them (auto), or the roofline",
     )
+    ap.add_argument(
+        "--newest-tables",
+        action="store_true",
+        help="read the newest kernel collection first, not the one nearest each row's release",
+    )
     args = ap.parse_args(argv)
+    global ENGINE_RELEASES
+    ENGINE_RELEASES = not args.newest_tables
     catalog = Catalog()
     try:
         with open(args.path, newline="") as f:

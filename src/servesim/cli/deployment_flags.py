@@ -83,6 +83,7 @@ class DeploymentSettings(Settings):
     ep: PosInt = 1
     dp: PosInt = 1
     engine: NonEmpty = "vllm"
+    engine_version: NonEmpty | None = None  # None: the newest measured collection
     max_num_seqs: PosInt | None = None
     max_num_batched_tokens: PosInt | None = None
     chunked_prefill: bool | None = None
@@ -210,6 +211,12 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     if simulate:
         g.add_argument("--replicas", type=int, help="identical data-parallel replicas")
     g.add_argument("--engine", help="engine profile: vllm, sglang or trtllm")
+    g.add_argument(
+        "--engine-version",
+        metavar="RELEASE",
+        help="the engine release served (e.g. 0.12.0, 1.2.0rc6): kernel tables of its "
+        "collection, the nearest measured one otherwise (default: the newest)",
+    )
     g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget per iteration")
     add_switch(g, "--chunked-prefill", "split long prefills across iterations")
@@ -310,6 +317,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
             moe_a2a=s.moe_a2a_backend.lower() if s.moe_a2a_backend else None,
             allreduce_norm_fusion=s.allreduce_norm_fusion,
             mxfp4_activation=s.mxfp4_activation,
+            version=s.engine_version,
         ),
         replicas=getattr(s, "replicas", 1),
         max_num_seqs=s.max_num_seqs,

@@ -212,7 +212,7 @@ class Predictor:
             latency_model,
             device,
             self.engine.name,
-            getattr(self.engine, "version", None),
+            self.engine.version or None,
             self.fit,
             self.engine.moe_backend,
             self.engine.mxfp4_activation,

@@ -10,14 +10,13 @@ nearest version when the exact one was not measured) and reads columns as numpy 
 from __future__ import annotations
 
 import functools
-import re
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from packaging.version import InvalidVersion, Version
 
 from servesim.errors import ServesimError
+from servesim.spec.release import _FINAL, version_key  # noqa: F401 (re-exported)
 
 ENGINES = ("vllm", "sglang", "trtllm")
 
@@ -52,28 +51,6 @@ def versions(gpu: str, family: str, engine: str) -> list[str]:
     """Engine versions measured for a GPU and operator family (empty if none)."""
     where = data_root() / gpu / family / engine
     return sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
-
-
-# A final release sorts after every release candidate of its number.
-_FINAL = 1_000_000
-
-
-# The leading release of a version string: numbers, a pre-release and a post-release.
-_VERSION_PREFIX = re.compile(r"v?\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?")
-
-
-def version_key(v: str) -> tuple[int, ...]:
-    """(major, minor, patch, candidate) of a release string such as "0.5.8.post1" or
-    "1.3.0rc20" (candidate: the rc/beta number, `_FINAL` for a release); a build suffix that
-    is not part of the version (a container tag's "0.5.6.post2-cu130", "v0.5.9") is dropped;
-    (0,) if unparsable."""
-    m = _VERSION_PREFIX.match(v.strip())
-    try:
-        ver = Version(m.group(0) if m else v)
-    except InvalidVersion:
-        return (0,)
-    rel = tuple(ver.release[:3]) + (0,) * (3 - len(ver.release[:3]))
-    return (*rel, ver.pre[1] if ver.pre else _FINAL)
 
 
 def nearest_version(available: list[str], wanted: str | None) -> str:

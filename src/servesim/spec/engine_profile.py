@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, replace
 
 from servesim.errors import ServesimError
+from servesim.spec.release import version_key
 
 FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
 SERVER_RULES = ("", "sglang")  # whose default rules an engine setting follows
@@ -316,8 +317,19 @@ class EngineProfile:
     # all-to-all. vLLM across DP ranks: its default and "naive" gather, deepep_*, pplx and
     # flashinfer_* all-to-all. TensorRT-LLM picks its own path (`Predictor._uses_alltoall`).
     moe_a2a: str = "none"
+    # The engine release served ("0.12.0", "1.2.0rc6"): the measured backend reads the kernel
+    # tables that release's collection measured, the nearest one where it was not measured
+    # (`kernel_tables.nearest_version`); "" reads the newest collection first.
+    version: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.version, str) or (
+            self.version.strip() and version_key(self.version) == (0,)
+        ):
+            raise ServesimError(
+                f"Engine version {self.version!r} is not a release such as 0.12.0, 0.5.9 or "
+                "1.2.0rc6; give the engine's own version, not its container's."
+            )
         if not (isinstance(self.moe_a2a, str) and self.moe_a2a.strip()):
             raise ServesimError(
                 f"moe_a2a {self.moe_a2a!r} must name the engine's all-to-all backend (none for "

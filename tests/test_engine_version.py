@@ -1,0 +1,97 @@
+"""The engine release a deployment serves picks the measured collection its kernels come from."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from servesim.cli.main import main
+from servesim.errors import ServesimError
+from servesim.predictor import kernel_tables, measured_kernels
+from servesim.predictor.roofline import default_fit
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import silicon
+
+# DeepSeek-R1's expert layer as TensorRT-LLM's TEP8 runs it: hidden, inter, top-k, experts,
+# moe TP, EP.
+LAYOUT = (7168, 2048, 8, 256, 1, 8)
+
+
+def _table_s(version: str, tokens: int) -> float:
+    """Seconds of that layout in one H200 TensorRT-LLM collection (power-law routing)."""
+    path = kernel_tables.data_root() / "h200_sxm" / "moe" / "trtllm" / version / "moe_perf.parquet"
+    t = pq.read_table(str(path)).to_pandas()
+    hit = t[
+        (t.moe_dtype == "fp8_block")
+        & (t.hidden_size == LAYOUT[0])
+        & (t.inter_size == LAYOUT[1])
+        & (t.topk == LAYOUT[2])
+        & (t.num_experts == LAYOUT[3])
+        & (t.moe_tp_size == LAYOUT[4])
+        & (t.moe_ep_size == LAYOUT[5])
+        & (t.distribution == "power_law_1.01")
+        & (t.num_tokens == tokens)
+    ]
+    assert len(hit) == 1
+    return float(hit.latency.iloc[0]) * 1e-3
+
+
+def _moe_s(version: str | None, tokens: int) -> float:
+    kernels = measured_kernels.backend(
+        "measured", get_device("h200_sxm"), "trtllm", version, default_fit()
+    )
+    t, _ = kernels.moe(np.array([tokens]), LAYOUT, "fp8", True, "power_law_1.01", block=True)
+    return float(t[0])
+
+
+def test_a_release_reads_the_collection_nearest_it() -> None:
+    # 1.2.0rc6 was not measured: 1.3.0rc10 is the nearest collection holding the layout, and
+    # the newest one (1.3.0rc20, what no version reads) times the same layer 3.4x faster.
+    assert _moe_s("1.2.0rc6", 1) == pytest.approx(_table_s("1.3.0rc10", 1), rel=1e-9)
+    assert _moe_s("1.3.0rc20", 1) == pytest.approx(_table_s("1.3.0rc20", 1), rel=1e-9)
+    assert _moe_s(None, 1) == pytest.approx(_table_s("1.3.0rc20", 1), rel=1e-9)
+    assert _table_s("1.3.0rc10", 1) > 3 * _table_s("1.3.0rc20", 1)
+
+
+def test_an_engine_version_must_be_a_release() -> None:
+    assert get_engine("trtllm").with_overrides(version="1.2.0rc6.post2").version == "1.2.0rc6.post2"
+    with pytest.raises(ServesimError, match="not a release"):
+        get_engine("trtllm").with_overrides(version="tensorrtllm-runtime:0.8.1")
+
+
+def test_predict_takes_the_engine_release(capsys) -> None:
+    args = [
+        "predict", "--model", "deepseek-ai/DeepSeek-R1", "--device", "h200_sxm", "--tp", "8",
+        "--ep", "8", "--engine", "trtllm", "--decode-seqs", "1", "--context", "1500", "--json",
+    ]  # fmt: skip
+    assert main(args) == 0
+    newest = json.loads(capsys.readouterr().out)
+    assert main([*args, "--engine-version", "1.2.0rc6"]) == 0
+    older = json.loads(capsys.readouterr().out)
+    assert older["totals"]["seconds"] > newest["totals"]["seconds"]
+    assert main([*args, "--engine-version", "latest"]) == 2
+    assert "not a release" in capsys.readouterr().err
+
+
+def test_a_dynamo_image_names_the_tensorrt_llm_release_inside_it() -> None:
+    row = {
+        "backend": "trtllm",
+        "backend_version": "0.8.1.post1",
+        "silicon_data_source": "source_file=2026-03-25.csv; measured=2026-02-14T06:57:35Z; "
+        "image=nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post1",
+    }
+    assert silicon.engine_release(row) == "1.2.0rc6.post2"
+    row["silicon_data_source"] = row["silicon_data_source"].replace("0.8.1.post1", "0.5.1-rc0")
+    assert silicon.engine_release(row) == ""  # before Dynamo's published history
+    plain = {"backend": "sglang", "backend_version": "0.5.9", "silicon_data_source": ""}
+    assert silicon.engine_release(plain) == "0.5.9"
+    plain["backend_version"] = "nightly-dev-20260216-d3bae71e"
+    assert silicon.engine_release(plain) == ""
