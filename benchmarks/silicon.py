@@ -553,12 +553,20 @@ ENGINE_RELEASES = True
 def engine_release(row: dict[str, str]) -> str:
     """The engine release a row ran ("" when not known): a Dynamo TensorRT-LLM image's
     TensorRT-LLM (`DYNAMO_TRTLLM`; such rows give the Dynamo tag as their backend_version),
-    else the row's backend_version when it is a release."""
-    image = source_fields(row)["image"]
+    else the row's backend_version when it is a release, else the release its image is tagged
+    with (the row's own image, or the one of the InferenceX config it matched,
+    `matched_image`: dashboard exports of early 2026 name none)."""
+    image = source_fields(row)["image"] or row.get("matched_image", "")
+    tag = image.rsplit(":", 1)[1].strip() if ":" in image else ""
     if "tensorrtllm-runtime:" in image:
-        return DYNAMO_TRTLLM.get(image.rsplit(":", 1)[1].strip(), "")
+        return DYNAMO_TRTLLM.get(tag, "")
     version = (row.get("backend_version") or "").strip()
-    return version if version and version_key(version) != (0,) else ""
+    if version and version_key(version) != (0,):
+        return version
+    if "/ai-dynamo/" in image:  # another Dynamo image: its engine is not in its tag
+        return ""
+    m = re.fullmatch(r"v?(\d+\.\d+[\w.]*?)(?:-[\w.-]+)?", tag)
+    return m.group(1) if m and version_key(m.group(1)) != (0,) else ""
 
 
 def deployment_of(
@@ -1055,6 +1063,8 @@ def recovered_layout(
     run = in_effect(item["days_in_effect"], day) or 0
     commit = item["source_commits"].split()[run]
     filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
+    if not fields["image"]:
+        filled["matched_image"] = item["image"].replace("#", "/")  # `engine_release` reads it
     if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
         filled["speculative_num_draft_tokens"] = item["num_draft_tokens"]
     where = f"{item['source_file']}@{commit}"
@@ -1433,6 +1443,8 @@ def single_node_config(
     commit = item["source_commits"].split()[-1 if run is None else run]
     where = f"{item['config_key']} in {item['source_file']}@{commit}"
     out = _single_node_layout(item, row, conc) if remapped else dict(row)
+    if not source_fields(row)["image"] and len({m["image"] for m, _ in matches}) == 1:
+        out["matched_image"] = item["image"].replace("#", "/")  # `engine_release` reads it
     if item.get("script") and len({m.get("script") for m, _ in matches}) == 1:
         # What the launch script passes its engine (`script_launch`), for the GPUs it ran on.
         out.update({f"launch_{f}": item[f] for f in LAUNCH_FIELDS})

@@ -95,3 +95,40 @@ def test_a_dynamo_image_names_the_tensorrt_llm_release_inside_it() -> None:
     assert silicon.engine_release(plain) == "0.5.9"
     plain["backend_version"] = "nightly-dev-20260216-d3bae71e"
     assert silicon.engine_release(plain) == ""
+
+
+def test_an_export_without_an_image_takes_the_release_of_the_config_it_matched() -> None:
+    # A dashboard export of early 2026 names no image and no backend_version; the InferenceX
+    # config it matched does (`matched_image`, set by single_node_config / recovered_layout).
+    row = {"backend": "sglang", "backend_version": "", "silicon_data_source": "wip=False"}
+    assert silicon.engine_release(row) == ""
+    cases = {
+        "lmsysorg/sglang:v0.5.8.post1-cu130-amd64": "0.5.8.post1",
+        "vllm/vllm-openai:v0.12.0": "0.12.0",
+        "nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc6.post2": "1.2.0rc6.post2",
+        "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post3": "1.2.0rc6.post3",
+        "nvcr.io/nvidia/ai-dynamo/sglang-runtime:0.5.1-rc0.pre1": "",
+        "lmsysorg/sglang:nightly-dev-20260216-d3bae71e": "",
+    }
+    for image, release in cases.items():
+        assert silicon.engine_release({**row, "matched_image": image}) == release, image
+
+
+def test_a_plan_prices_each_engine_at_its_stated_release(capsys, tmp_path) -> None:
+    from servesim.planner.candidates import Candidate, PlanSpec, deployment_for
+
+    spec = PlanSpec(model="meta-llama/Llama-3.1-8B", engine_versions=(("sglang", "0.5.9"),))
+    plain = PlanSpec(model="meta-llama/Llama-3.1-8B")
+    assert spec.key() != plain.key()  # stored answers of another release are not reused
+    sglang = deployment_for(spec, Candidate(device="h200_sxm", tp=1, engine="sglang"))
+    vllm = deployment_for(spec, Candidate(device="h200_sxm", tp=1, engine="vllm"))
+    assert (sglang.engine.version, vllm.engine.version) == ("0.5.9", "")
+
+    base = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--gpus", "h100_sxm", "--tp", "1"]
+    base += ["--num-requests", "10", "--out", str(tmp_path / "p")]
+    assert main([*base, "--engine-version", "0.12.0"]) == 2
+    assert "ENGINE=RELEASE, e.g. vllm=0.12.0" in capsys.readouterr().err
+    assert main([*base, "--engine-version", "trtllm=1.2.0rc6"]) == 2
+    assert "does not search" in capsys.readouterr().err
+    assert main([*base, "--engine-version", "vllm=newest"]) == 2
+    assert "not a release" in capsys.readouterr().err

@@ -119,6 +119,7 @@ class PlanSettings(AFPlanSettings, EpdPlanSettings):
     tp: PosInts = (1, 2, 4, 8)
     pp: PosInts = (1,)
     engines: Names = ("vllm", "sglang")
+    engine_version: Names = ()  # ENGINE=RELEASE pairs, or one RELEASE with one engine
     batching: Pairs = ((64, 2048), (256, 8192), (1024, 16384))
     weight_dtypes: Names = ()
     kv_dtypes: Names = ("bf16",)
@@ -245,6 +246,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tp", help="comma-separated TP degrees")
     s.add_argument("--pp", help="comma-separated PP degrees (at most the model's layers)")
     s.add_argument("--engines", help="comma-separated engine profiles/policies")
+    s.add_argument(
+        "--engine-version",
+        metavar="ENGINE=RELEASE,...",
+        help="the release each engine serves (e.g. vllm=0.12.0,sglang=0.5.9; a bare release "
+        "with one engine): kernel tables of its collection (default: the newest)",
+    )
     s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
     s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
     s.add_argument("--kv-dtypes", help="comma-separated KV-cache formats")
@@ -323,6 +330,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         workflow_policy=s.workflow_policy,
         skip_prob=s.skip_prob,
         skip_correlation=s.skip_correlation,
+        engine_versions=engine_versions(s),
         **({"latency_model": s.latency_model} if s.latency_model else {}),
     )
     space = SearchSpace(
@@ -338,6 +346,30 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         speculative_tree_width=tuple(dict.fromkeys(s.spec_tree_width)),
     )
     return spec, space
+
+
+def engine_versions(s: PlanSettings) -> tuple[tuple[str, str], ...]:
+    """(engine, release) pairs from `--engine-version`: ENGINE=RELEASE items, or one bare
+    RELEASE when the plan searches one engine."""
+    out: dict[str, str] = {}
+    for item in s.engine_version:
+        name, sep, release = item.partition("=")
+        if not sep:
+            if len(s.engines) != 1:
+                raise Misuse(
+                    f"{{engine_version}} {item!r} names no engine and the plan searches "
+                    f"{len(s.engines)}; write it as ENGINE=RELEASE, e.g. "
+                    f"{s.engines[0]}={item}."
+                )
+            name, release = s.engines[0], item
+        name, release = name.strip(), release.strip()
+        if name not in s.engines:
+            raise Misuse(
+                f"{{engine_version}} names {name!r}, which {{engines}} does not search "
+                f"({', '.join(s.engines)}); add it or drop its release."
+            )
+        out[name] = release
+    return tuple(out.items())
 
 
 def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
@@ -366,6 +398,7 @@ def check_inputs(s: PlanSettings, spec: PlanSpec, space: SearchSpace) -> None:
         cat.get(d)
     for e in space.engines:
         get_engine(e)
+        spec.engine(e)  # a stated release must read as one
     for w in space.weight_dtypes:
         canonical(w)
     for kv in space.kv_dtypes:

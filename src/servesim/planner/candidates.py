@@ -30,7 +30,7 @@ from servesim.sim.synthetic import parse_length, synthetic
 from servesim.sim.workload import Workload
 from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Catalog, catalog
-from servesim.spec.engine_profile import get_engine
+from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.memory import engine_memory, memory_layout
 from servesim.spec.model import ModelSpec, load_model
 from servesim.spec.parallel import Parallel
@@ -217,6 +217,14 @@ class PlanSpec:
     # Per-request layer skipping every candidate runs (FiRST): probability and correlation.
     skip_prob: float | None = None
     skip_correlation: float = 0.0
+    # (engine, release) pairs: the release each engine's candidates serve, whose measured
+    # kernel collection prices them (`EngineProfile.version`); an engine not named reads the
+    # newest collection first.
+    engine_versions: tuple[tuple[str, str], ...] = ()
+
+    def engine(self, name: str) -> EngineProfile:
+        """The engine profile a candidate of engine `name` runs (at its stated release)."""
+        return get_engine(name).with_overrides(version=dict(self.engine_versions).get(name))
 
     def key(self) -> str:
         """Identifier of the question (model, workload, SLO) whose answers can be reused."""
@@ -241,6 +249,8 @@ class PlanSpec:
             doc["workflows"] = [self.workflows, self.workflow_policy]
         if self.skip_prob is not None:
             doc["layer_skipping"] = [self.skip_prob, self.skip_correlation]
+        if self.engine_versions:
+            doc["engine_versions"] = [list(p) for p in sorted(self.engine_versions)]
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -414,7 +424,7 @@ def deployment_for(
             model=model,
             device=device,
             parallel=Parallel(tp=tp, pp=pp),
-            engine=get_engine(c.engine),
+            engine=spec.engine(c.engine),
             replicas=n,
             max_num_seqs=c.max_num_seqs,
             max_num_batched_tokens=c.max_num_batched_tokens,
