@@ -544,10 +544,6 @@ DYNAMO_TRTLLM = {
     "1.0.1": "1.3.0rc5.post1", "1.0.2": "1.3.0rc5.post1", "1.1.0": "1.3.0rc11",
     "1.1.1": "1.3.0rc11",
 }  # fmt: skip
-# Whether rows read the kernel tables of the engine release they ran (`engine_release`, the
-# nearest collection where that release was not measured); `--newest-tables` turns it off, so
-# that every row reads the newest collection first.
-ENGINE_RELEASES = True
 
 
 def engine_release(row: dict[str, str]) -> str:
@@ -574,9 +570,11 @@ def deployment_of(
     catalog: Catalog,
     budget_vllm: int | None = None,
     latency_model: str = DEFAULT_LATENCY_MODEL,
+    releases: bool = True,
 ) -> Deployment | DisaggDeployment:
     """The deployment a row measured, its kernels priced by `latency_model` (roofline, auto or
-    measured); ServesimError says why a row cannot be predicted."""
+    measured) from the collection nearest the engine release the row ran (`engine_release`;
+    `releases` False: the newest first); ServesimError says why a row cannot be predicted."""
     mode = row.get("mode", "agg") or "agg"
     if mode not in ("agg", "disagg"):
         raise ServesimError(f"mode {mode!r} is neither 'agg' nor 'disagg'")
@@ -590,7 +588,7 @@ def deployment_of(
     own = protocol_of(row) is AIPERF
     engine = get_engine(row["backend"]).with_overrides(
         mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode) if own else None,
-        version=engine_release(row) if ENGINE_RELEASES else None,
+        version=engine_release(row) if releases else None,
     )
     isl = _int(row, "isl")
 
@@ -854,6 +852,7 @@ def simulate_row(
     budget_vllm: int | None = None,
     latency_model: str = DEFAULT_LATENCY_MODEL,
     protocol: str = "auto",
+    releases: bool = True,
 ) -> tuple[float, float]:
     """Simulated (mean TTFT ms, mean TPOT ms) of one benchmark row.
 
@@ -863,7 +862,7 @@ def simulate_row(
     clients at 0, fixed lengths, `rounds × concurrency` measured requests after `warmup_rounds
     × concurrency` uncounted ones in the same loop (`rounds` applies to it only).
     """
-    dep = deployment_of(row, catalog, budget_vllm, latency_model)
+    dep = deployment_of(row, catalog, budget_vllm, latency_model, releases)
     clients = concurrency_of(row)
     isl, osl = _int(row, "isl"), _int(row, "osl")
     proto = protocol_of(row) if protocol == "auto" else client_protocol(protocol)
@@ -1647,8 +1646,6 @@ def main(argv: list[str] | None = None) -> int:
         help="read the newest kernel collection first, not the one nearest each row's release",
     )
     args = ap.parse_args(argv)
-    global ENGINE_RELEASES
-    ENGINE_RELEASES = not args.newest_tables
     catalog = Catalog()
     try:
         with open(args.path, newline="") as f:
@@ -1703,6 +1700,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.vllm_budget,
                     args.latency_model,
                     args.client_protocol,
+                    not args.newest_tables,
                 )
                 out.update(predicted_ttft_ms=ttft, predicted_tpot_ms=tpot)
                 status = "ok"

@@ -123,6 +123,7 @@ def test_a_plan_prices_each_engine_at_its_stated_release(capsys, tmp_path) -> No
     sglang = deployment_for(spec, Candidate(device="h200_sxm", tp=1, engine="sglang"))
     vllm = deployment_for(spec, Candidate(device="h200_sxm", tp=1, engine="vllm"))
     assert (sglang.engine.version, vllm.engine.version) == ("0.5.9", "")
+    assert "tp1 sglang 0.5.9 " in sglang.label() and "tp1 vllm budget" in vllm.label()
 
     base = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--gpus", "h100_sxm", "--tp", "1"]
     base += ["--num-requests", "10", "--out", str(tmp_path / "p")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from servesim.predictor import kernel_tables as kt
+from servesim.spec.release import FINAL_RELEASE
 
 
 def test_the_package_has_the_gpus_servesim_plans_on() -> None:
@@ -39,7 +40,7 @@ def test_version_keys_drop_a_container_tag_s_build_suffix() -> None:
     orders as that release (before, "0.5.6.post2-cu130" read as unparsable, (0,), and turned
     SGLang's mixed chunking off for a 0.5.6 run)."""
     key = kt.version_key
-    assert key("0.5.6.post2-cu130") == key("0.5.6.post2") == (0, 5, 6, kt._FINAL)
+    assert key("0.5.6.post2-cu130") == key("0.5.6.post2") == (0, 5, 6, FINAL_RELEASE)
     assert key("v0.5.9") == key("0.5.9") > key("0.5.6")
     assert key("1.2.0rc6.post2") == (1, 2, 0, 6) < key("1.2.0")
     assert key("nightly") == (0,)

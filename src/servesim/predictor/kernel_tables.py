@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.spec.release import _FINAL, version_key  # noqa: F401 (re-exported)
+from servesim.spec.release import version_key
 
 ENGINES = ("vllm", "sglang", "trtllm")
 

@@ -314,6 +314,8 @@ class Deployment:
     def label(self) -> str:
         """Short description such as `2x h100_sxm tp4 vllm`."""
         text = f"{self.replicas}x {self.device.name} {self.parallel.label()} {self.engine.name}"
+        if self.engine.version:
+            text += f" {self.engine.version}"
         if self.max_num_batched_tokens is not None:
             text += f" budget{self.max_num_batched_tokens}"
         if self.chunked_prefill is False:
