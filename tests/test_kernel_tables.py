@@ -44,3 +44,12 @@ def test_version_keys_drop_a_container_tag_s_build_suffix() -> None:
     assert key("v0.5.9") == key("0.5.9") > key("0.5.6")
     assert key("1.2.0rc6.post2") == (1, 2, 0, 6) < key("1.2.0")
     assert key("nightly") == (0,)
+
+
+def test_a_dtype_the_nearest_collection_lacks_comes_from_the_next_nearest() -> None:
+    # SGLang 0.5.14's H100 GEMM table holds no int8 weight-only rows; an older collection does.
+    found = kt.find_all("h100_sxm", "gemm", "gemm_perf", "sglang", "0.5.14")
+    assert found[0][1] == "0.5.14" and "int8_wo" not in kt.gemm_dtypes_of(found[0][0])
+    older = next(p for p, _ in found[1:] if "int8_wo" in kt.gemm_dtypes_of(p))
+    assert kt.gemm_table("h100_sxm", "int8_wo", ("sglang",), "0.5.14") == older
+    assert kt.gemm_table("h100_sxm", "bfloat16", ("sglang",), "0.5.14") == found[0][0]

@@ -158,14 +158,15 @@ def gemm_table(
 ) -> Path | None:
     """The `gemm_perf` table that prices `gemm_dtype` on `gpu`: the first of `engines` (the
     serving engine first) whose table holds the dtype as that engine serves it
-    (`UNTIMED_GEMM_DTYPES`); a cuBLAS or CUTLASS GEMM is the same kernel whichever engine
-    calls it. None when no engine's table does."""
+    (`UNTIMED_GEMM_DTYPES`), in the collection nearest `version` that measured the dtype (an
+    older collection may not have); a cuBLAS or CUTLASS GEMM is the same kernel whichever
+    engine calls it. None when no engine's table does."""
     for engine in engines:
         if gemm_dtype in UNTIMED_GEMM_DTYPES.get(engine, ()):
             continue
-        found = find(gpu, "gemm", "gemm_perf", engine, version)
-        if found is not None and gemm_dtype in gemm_dtypes_of(found[0]):
-            return found[0]
+        for path, _ in find_all(gpu, "gemm", "gemm_perf", engine, version):
+            if gemm_dtype in gemm_dtypes_of(path):
+                return path
     return None
 
 
