@@ -730,13 +730,10 @@ VLLM_DEFAULT_FUSION_FROM = {
 
 
 def vllm_release(row: dict[str, str]) -> tuple[int, ...]:
-    """The vLLM release a row ran, as numbers: its backend_version, else its image's tag (a
-    dashboard export's `image=`, a database record's bare image, `source_fields`); () when
-    neither says."""
-    version = row.get("backend_version") or ""
-    if not version:
-        m = re.search(r":v?(\d+\.\d+[\w.]*)(?:-[\w.]+)?$", source_fields(row)["image"])
-        version = m.group(1) if m else ""
+    """The vLLM release a row ran, as (major, minor): `engine_release` (its backend_version,
+    else its image's tag: a dashboard export's `image=`, a database record's bare image, or the
+    image of the InferenceX config it matched); () when none says."""
+    version = engine_release(row)
     return tuple(version_key(version)[:2]) if version else ()
 
 

@@ -133,3 +133,22 @@ def test_a_plan_prices_each_engine_at_its_stated_release(capsys, tmp_path) -> No
     assert "does not search" in capsys.readouterr().err
     assert main([*base, "--engine-version", "vllm=newest"]) == 2
     assert "not a release" in capsys.readouterr().err
+
+
+def test_the_collections_a_release_can_pick_are_listed(capsys) -> None:
+    found = kernel_tables.collections("h200_sxm")
+    assert "moe" in found["trtllm"]["1.3.0rc10"] and "gemm" in found["trtllm"]["1.3.0rc20"]
+    releases = list(found["trtllm"])
+    assert releases.index("1.3.0rc10") < releases.index("1.3.0rc20")  # oldest first
+    assert main(["devices", "--tables"]) == 0
+    assert "measured kernel collections" in capsys.readouterr().out
+
+
+def test_the_vllm_release_defaults_read_the_same_release() -> None:
+    # A Dynamo vLLM image's tag is Dynamo's (0.8.0), not vLLM's; the matched config's image
+    # counts where the row names none.
+    dynamo = {"silicon_data_source": "image=nvcr.io/nvidia/ai-dynamo/vllm-runtime:0.8.0"}
+    assert silicon.vllm_release({**dynamo, "backend_version": ""}) == ()
+    assert silicon.vllm_release({**dynamo, "backend_version": "0.12.0"}) == (0, 12)
+    bare = {"silicon_data_source": "wip=False", "matched_image": "vllm/vllm-openai:v0.12.0"}
+    assert silicon.vllm_release(bare) == (0, 12)

@@ -17,6 +17,12 @@ def add_catalog_parsers(sub: Any) -> None:
     """Add `devices` and `models` to servesim's subcommand parsers."""
     dev = sub.add_parser("devices", help="list the device catalog")
     dev.add_argument("--devices", help="extra device catalog YAML")
+    dev.add_argument(
+        "--tables",
+        action="store_true",
+        help="also the measured kernel collections per GPU and engine (the releases "
+        "--engine-version can name)",
+    )
     mod = sub.add_parser("models", help="list the bundled model configs")
     mod.add_argument(
         "--all",
@@ -53,7 +59,27 @@ def cmd_devices(args: argparse.Namespace) -> int:
             ", ".join(d.aliases),
         )
     console.print(table)
+    if getattr(args, "tables", False):
+        console.print(collections_table(cat.names()))
     return 0
+
+
+def collections_table(names: list[str]) -> Table:
+    """The measured kernel collections of the catalog's GPUs: per engine, each release and the
+    operator families it measured (aiconfigurator-core's installed tables)."""
+    from servesim.predictor import kernel_tables
+
+    table = Table(title="measured kernel collections (aiconfigurator-core)")
+    for col in ("device", "engine", "release", "families"):
+        table.add_column(col, overflow="fold")
+    measured = set(kernel_tables.gpus())
+    for name in names:
+        if name not in measured:
+            continue
+        for engine, found in kernel_tables.collections(name).items():
+            for release, families in found.items():
+                table.add_row(name, engine, release, ", ".join(families))
+    return table
 
 
 def cmd_models(args: argparse.Namespace) -> int:

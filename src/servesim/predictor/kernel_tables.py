@@ -53,6 +53,23 @@ def versions(gpu: str, family: str, engine: str) -> list[str]:
     return sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
 
 
+def collections(gpu: str) -> dict[str, dict[str, list[str]]]:
+    """The measured collections of a GPU: engine -> release -> the operator families it
+    measured (tables present), releases oldest first; what `--engine-version` can pick."""
+    out: dict[str, dict[str, list[str]]] = {}
+    root = data_root() / gpu
+    families = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for family in families:
+        for engine in ENGINES:
+            for v in versions(gpu, family, engine):
+                if any((root / family / engine / v).glob("*.parquet")):
+                    out.setdefault(engine, {}).setdefault(v, []).append(family)
+    return {
+        e: dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
+        for e, found in sorted(out.items())
+    }
+
+
 def nearest_version(available: list[str], wanted: str | None) -> str:
     """The exact version when measured; else the nearest by (major, minor, patch, release
     candidate), the newer on a tie; with no version wanted, the newest."""
