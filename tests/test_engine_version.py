@@ -25,8 +25,8 @@ import silicon
 LAYOUT = (7168, 2048, 8, 256, 1, 8)
 
 
-def _table_s(version: str, tokens: int) -> float:
-    """Seconds of that layout in one H200 TensorRT-LLM collection (power-law routing)."""
+def _table_s(version: str, tokens: int, routing: str = "power_law_1.01") -> float:
+    """Seconds of that layout in one H200 TensorRT-LLM collection."""
     path = kernel_tables.data_root() / "h200_sxm" / "moe" / "trtllm" / version / "moe_perf.parquet"
     t = pq.read_table(str(path)).to_pandas()
     hit = t[
@@ -37,28 +37,41 @@ def _table_s(version: str, tokens: int) -> float:
         & (t.num_experts == LAYOUT[3])
         & (t.moe_tp_size == LAYOUT[4])
         & (t.moe_ep_size == LAYOUT[5])
-        & (t.distribution == "power_law_1.01")
+        & (t.distribution == routing)
         & (t.num_tokens == tokens)
     ]
     assert len(hit) == 1
     return float(hit.latency.iloc[0]) * 1e-3
 
 
-def _moe_s(version: str | None, tokens: int) -> float:
+def _moe_s(version: str | None, tokens: int, routing: str = "power_law_1.01") -> float:
     kernels = measured_kernels.backend(
         "measured", get_device("h200_sxm"), "trtllm", version, default_fit()
     )
-    t, _ = kernels.moe(np.array([tokens]), LAYOUT, "fp8", True, "power_law_1.01", block=True)
+    t, _ = kernels.moe(np.array([tokens]), LAYOUT, "fp8", True, routing, block=True)
     return float(t[0])
 
 
 def test_a_release_reads_the_collection_nearest_it() -> None:
     # 1.2.0rc6 was not measured: 1.3.0rc10 is the nearest collection holding the layout, and
-    # the newest one (1.3.0rc20, what no version reads) times the same layer 3.4x faster.
-    assert _moe_s("1.2.0rc6", 1) == pytest.approx(_table_s("1.3.0rc10", 1), rel=1e-9)
+    # its balanced rows price it; the newest (1.3.0rc20, what no version reads) is faster.
+    assert _moe_s("1.2.0rc6", 1, "balanced") == pytest.approx(
+        _table_s("1.3.0rc10", 1, "balanced"), rel=1e-9
+    )
+    assert _moe_s(None, 1, "balanced") == pytest.approx(
+        _table_s("1.3.0rc20", 1, "balanced"), rel=1e-9
+    )
+    assert _table_s("1.3.0rc10", 1, "balanced") > 1.2 * _table_s("1.3.0rc20", 1, "balanced")
+
+
+def test_routed_rows_come_from_a_collection_made_after_the_routing_refinement() -> None:
+    # 1.3.0rc10's power-law rows predate aiconfigurator PR #876: at one token they are 2.6x
+    # its balanced ones (a lone token's experts piled on one rank), rc20's are 1.0x. A routed
+    # price for 1.2.0rc6 therefore comes from rc20, the nearest refined collection.
+    assert _table_s("1.3.0rc10", 1) > 2.5 * _table_s("1.3.0rc10", 1, "balanced")
+    assert _table_s("1.3.0rc20", 1) < 1.05 * _table_s("1.3.0rc20", 1, "balanced")
+    assert _moe_s("1.2.0rc6", 1) == pytest.approx(_table_s("1.3.0rc20", 1), rel=1e-9)
     assert _moe_s("1.3.0rc20", 1) == pytest.approx(_table_s("1.3.0rc20", 1), rel=1e-9)
-    assert _moe_s(None, 1) == pytest.approx(_table_s("1.3.0rc20", 1), rel=1e-9)
-    assert _table_s("1.3.0rc10", 1) > 3 * _table_s("1.3.0rc20", 1)
 
 
 def test_an_engine_version_must_be_a_release() -> None:

@@ -420,6 +420,27 @@ def _path(found: tuple[Path, str] | None) -> Path | None:
     return None if found is None else found[0]
 
 
+# Expert-layer collections whose routed (power-law) rows were generated before aiconfigurator
+# refined its power-law routing (ai-dynamo/aiconfigurator PR #876, 2026-04-19: the selections a
+# rounded power law leaves over go round-robin over the EP ranks instead of onto the
+# least-loaded experts wherever they sit). TensorRT-LLM 1.3.0rc10's MoE data of these GPUs
+# came in with PR #738 (2026-04-18) from pipelines of 2026-04-09..15 and was not collected
+# again; at one token its power-law row is 2.6x its balanced one on H200, where 1.3.0rc20's
+# (collected after the refinement) is 1.0x. Their balanced rows are unaffected.
+PRE_REFINED_ROUTING = frozenset(
+    (gpu, "trtllm", "1.3.0rc10")
+    for gpu in ("b200_sxm", "b300_sxm", "gb200", "gb300", "h100_sxm", "h200_sxm")
+)
+EVEN_ROUTINGS = ("balanced", "uniform")
+
+
+def _pre_refined(path: Path) -> bool:
+    """Whether a MoE table's routed rows predate the routing refinement (`PRE_REFINED_ROUTING`):
+    its path ends in <gpu>/moe/<engine>/<version>/<table>."""
+    version, engine, gpu = path.parent.name, path.parent.parent.name, path.parents[3].name
+    return (gpu, engine, version) in PRE_REFINED_ROUTING
+
+
 def has_tables(gpu: str) -> bool:
     """Whether aiconfigurator-core measured GEMMs on this GPU (for any engine)."""
     try:
@@ -878,7 +899,30 @@ class MeasuredKernels:
     ) -> Coded | None:
         """`moe` from one family of tables (`paths`, nearest version first; None: the
         fused-MoE tables, `_moe_paths`); None where they hold no layout of this dtype and
-        routing."""
+        routing. A routed (power-law) distribution is read from collections generated after
+        aiconfigurator refined its power-law routing first (`PRE_REFINED_ROUTING`), from
+        those before it only where no other holds the layout."""
+        if distribution not in EVEN_ROUTINGS:
+            priced = self._moe_scan(
+                paths, tokens, layout, expert_dtype, gated, distribution, block, refined=True
+            )
+            if priced is not None:
+                return priced
+        return self._moe_scan(paths, tokens, layout, expert_dtype, gated, distribution, block)
+
+    def _moe_scan(
+        self,
+        paths: list[Path] | None,
+        tokens: np.ndarray,
+        layout: tuple[int, int, int, int, int, int],
+        expert_dtype: str,
+        gated: bool,
+        distribution: str,
+        block: bool,
+        refined: bool = False,
+    ) -> Coded | None:
+        """`_moe_from` over the collections (all, or with `refined` the ones whose routed rows
+        postdate the refinement)."""
         best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
         path_kernels: frozenset[str] | None = None
@@ -889,6 +933,8 @@ class MeasuredKernels:
             if strict and found:
                 break
             for where in self._moe_paths(table_dtype) if paths is None else paths:
+                if refined and _pre_refined(where):
+                    continue
                 kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
                 if kernels is not None and not kernels:
                     continue  # none of this launch's kernels was measured here
