@@ -902,53 +902,35 @@ class MeasuredKernels:
         routing. A routed (power-law) distribution is read from collections generated after
         aiconfigurator refined its power-law routing first (`PRE_REFINED_ROUTING`), from
         those before it only where no other holds the layout."""
-        if distribution not in EVEN_ROUTINGS:
-            priced = self._moe_scan(
-                paths, tokens, layout, expert_dtype, gated, distribution, block, refined=True
-            )
-            if priced is not None:
-                return priced
-        return self._moe_scan(paths, tokens, layout, expert_dtype, gated, distribution, block)
-
-    def _moe_scan(
-        self,
-        paths: list[Path] | None,
-        tokens: np.ndarray,
-        layout: tuple[int, int, int, int, int, int],
-        expert_dtype: str,
-        gated: bool,
-        distribution: str,
-        block: bool,
-        refined: bool = False,
-    ) -> Coded | None:
-        """`_moe_from` over the collections (all, or with `refined` the ones whose routed rows
-        postdate the refinement)."""
-        best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
         path: Path | None = None
-        path_kernels: frozenset[str] | None = None
         # Block-scaled fp8 and MXFP4 experts keep the first dtype found: the others are other
         # kernels (per-tensor scales; the other activation format), not other layouts.
         strict = block or kernel_format(expert_dtype) == "mxfp4"
-        for table_dtype in self._moe_table_dtypes(expert_dtype, block):
-            if strict and found:
+        for refined in (True, False) if distribution not in EVEN_ROUTINGS else (False,):
+            best_d, best, found, dist_used = math.inf, np.zeros(0), "", "balanced"
+            path_kernels: frozenset[str] | None = None
+            for table_dtype in self._moe_table_dtypes(expert_dtype, block):
+                if strict and found:
+                    break
+                for where in self._moe_paths(table_dtype) if paths is None else paths:
+                    if refined and _pre_refined(where):
+                        continue
+                    kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
+                    if kernels is not None and not kernels:
+                        continue  # none of this launch's kernels was measured here
+                    # (the DeepEP tables call an even spread `uniform`)
+                    for routing in dict.fromkeys((distribution, "balanced", "uniform")):
+                        layouts = _moe_layouts(where, table_dtype, routing, kernels)
+                        if len(layouts):
+                            break
+                    if not len(layouts):
+                        continue
+                    dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
+                    if dist.min() < best_d - 1e-12:
+                        best_d, best = float(dist.min()), layouts[np.argmin(dist)]
+                        found, path, dist_used, path_kernels = table_dtype, where, routing, kernels
+            if path is not None:
                 break
-            for where in self._moe_paths(table_dtype) if paths is None else paths:
-                if refined and _pre_refined(where):
-                    continue
-                kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
-                if kernels is not None and not kernels:
-                    continue  # none of this launch's kernels was measured here
-                # (the DeepEP tables call an even spread `uniform`)
-                for routing in dict.fromkeys((distribution, "balanced", "uniform")):
-                    layouts = _moe_layouts(where, table_dtype, routing, kernels)
-                    if len(layouts):
-                        break
-                if not len(layouts):
-                    continue
-                dist = np.abs(np.log(layouts) - np.log(layout)).sum(axis=1)
-                if dist.min() < best_d - 1e-12:
-                    best_d, best, found = float(dist.min()), layouts[np.argmin(dist)], table_dtype
-                    path, dist_used, path_kernels = where, routing, kernels
         if path is None:
             return None
         grid = _moe_grid(path, found, tuple(float(v) for v in best), dist_used, path_kernels)
