@@ -17,7 +17,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from servesim.predictor import linear_scan, measured_kernels, roofline
+from servesim.predictor import expert_spread, linear_scan, measured_kernels, roofline
 from servesim.predictor.kernel_classes import nvlink_class
 from servesim.predictor.measured_kernels import EXTRAPOLATED, PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
@@ -849,8 +849,49 @@ class Predictor:
         if priced is None:
             return None
         sec, prov = priced
+        few = self._few_token_layers(np.asarray(tokens, dtype=float), layout, block)
+        if few is not None:
+            mask, even_sec, even_prov = few
+            sec, prov = np.where(mask, even_sec, sec), np.where(mask, even_prov, prov)
         roof = sum(term.seconds for term in expert_terms)
         return sec * expert_terms[0].calls / roof, prov
+
+    def _few_token_layers(
+        self, tokens: np.ndarray, layout: tuple[int, ...], block: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(mask, seconds, provenance) for expert layers run on few tokens under expert
+        parallelism (tokens × top-k ≤ experts): weight-bound, they wait for the rank running the
+        most distinct experts (`expert_spread`), priced as the balanced rows at the token count
+        that puts that many experts on every rank; None where no token count is that few."""
+        m, p = self.model, self.par
+        if p.ep <= 1 or not m.num_experts:
+            return None
+        mask = (tokens >= 1) & (tokens * m.experts_per_token <= m.num_experts)
+        if not mask.any():
+            return None
+        eff = np.array(
+            [
+                expert_spread.busiest_rank_experts(
+                    m.num_experts,
+                    m.experts_per_token,
+                    m.expert_groups,
+                    m.expert_groups_per_token,
+                    p.ep,
+                    round(float(t)),
+                )
+                * p.ep
+                / m.experts_per_token
+                if ok
+                else 1.0
+                for t, ok in zip(tokens, mask, strict=True)
+            ]
+        )
+        even = self.kernels.moe(
+            eff, layout, m.expert_dtype, m.gated_mlp, "balanced", block, self._table_phase
+        )
+        if even is None:
+            return None
+        return mask, even[0], even[1]
 
     def _lm_head_op(self, rank_seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence of a rank that samples."""

@@ -69,6 +69,10 @@ class ModelSpec:
     shared_expert_intermediate_size: int = 0  # total width of always-on shared experts
     first_dense_layers: int = 0
     expert_bias: bool = False  # gpt-oss experts carry biases
+    # Group-limited routing (DeepSeek-V3's `n_group` / `topk_group`): a token's experts come
+    # from its best `expert_groups_per_token` of `expert_groups` groups; 1 / 1 is plain top-k.
+    expert_groups: int = 1
+    expert_groups_per_token: int = 1
     # MLA (DeepSeek-V3 style)
     q_lora_rank: int = 0
     kv_lora_rank: int = 0
@@ -1008,6 +1012,8 @@ def spec_from_config(
             qk_rope_head_dim=c.int("qk_rope_head_dim"),
             v_head_dim=c.int("v_head_dim"),
             num_mtp_layers=c.int("num_nextn_predict_layers", 0),
+            expert_groups=c.int("n_group", 1) or 1,
+            expert_groups_per_token=c.int("topk_group", 1) or 1,
         )
         if model_type in DSA_TYPES:
             base.update(
