@@ -864,34 +864,31 @@ class Predictor:
         most distinct experts (`expert_spread`), priced as the balanced rows at the token count
         that puts that many experts on every rank; None where no token count is that few."""
         m, p = self.model, self.par
-        if p.ep <= 1 or not m.num_experts:
+        if p.ep <= 1 or not m.num_experts or self.kernels is None:
             return None
         mask = (tokens >= 1) & (tokens * m.experts_per_token <= m.num_experts)
         if not mask.any():
             return None
-        eff = np.array(
-            [
-                expert_spread.busiest_rank_experts(
-                    m.num_experts,
-                    m.experts_per_token,
-                    m.expert_groups,
-                    m.expert_groups_per_token,
-                    p.ep,
-                    round(float(t)),
-                )
-                * p.ep
-                / m.experts_per_token
-                if ok
-                else 1.0
-                for t, ok in zip(tokens, mask, strict=True)
-            ]
-        )
+        busiest = [
+            expert_spread.busiest_rank_experts(
+                m.num_experts,
+                m.experts_per_token,
+                m.expert_groups,
+                m.expert_groups_per_token,
+                p.ep,
+                round(float(t)),
+            )
+            for t in tokens[mask]
+        ]
+        eff = np.asarray(busiest) * p.ep / m.experts_per_token
         even = self.kernels.moe(
             eff, layout, m.expert_dtype, m.gated_mlp, "balanced", block, self._table_phase
         )
         if even is None:
             return None
-        return mask, even[0], even[1]
+        sec, prov = np.zeros(len(tokens)), np.zeros(len(tokens), dtype=even[1].dtype)
+        sec[mask], prov[mask] = even
+        return mask, sec, prov
 
     def _lm_head_op(self, rank_seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence of a rank that samples."""

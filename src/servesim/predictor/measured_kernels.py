@@ -919,7 +919,7 @@ class MeasuredKernels:
                     if kernels is not None and not kernels:
                         continue  # none of this launch's kernels was measured here
                     # (the DeepEP tables call an even spread `uniform`)
-                    for routing in dict.fromkeys((distribution, "balanced", "uniform")):
+                    for routing in dict.fromkeys((distribution, *EVEN_ROUTINGS)):
                         layouts = _moe_layouts(where, table_dtype, routing, kernels)
                         if len(layouts):
                             break
