@@ -72,17 +72,18 @@ def test_profile_writes_tables_calibrate_reads(profiled):
     samples = calibrate.all_samples(tables, vidur)
     assert {"gemm", "attention_prefill", "attention_decode", "elementwise"} <= set(samples)
     # Latencies are milliseconds in the tables and plausible for one CPU core: a GEMM of 64 rows
-    # does 64x the work of one row and takes longer, but not 64x longer (fixed costs). One
-    # shape's pair of timings is noise-prone on a shared core (a 512x128 GEMM of one row and of
-    # 64 rows both take ~0.1 ms, and a median over six such pairs came out 0.97 once), so the
-    # claim is checked on the time summed over the model's shapes, which the larger GEMMs carry.
+    # does 64x the work of one row but does not take 64x longer (fixed costs). Whether it takes
+    # longer at all is not checked: this model's GEMMs are so small (a 64 x 256 x 128 GEMM is
+    # 2 MFLOP, ~10 us) that fixed costs carry them, and on a shared core the 64-row timings,
+    # summed over the shapes, came out below the 1-row ones (0.20 against 0.24 ms) in one run.
     g = tables["gemm_perf"]
     lat = {}
     for n, k, mm, t in zip(g["n"], g["k"], g["m"], g["latency"], strict=True):
         lat.setdefault((n, k), {})[mm] = t
     assert all(0.0005 < v[1.0] < 5.0 for v in lat.values())
     rows1, rows64 = (sum(v[m] for v in lat.values()) for m in (1.0, 64.0))
-    assert 1.0 < rows64 / rows1 < 64.0, lat
+    assert rows64 / rows1 < 64.0, lat
+    assert all(set(v) == set(cfg.token_counts) for v in lat.values())
     dev = Catalog([res.out_dir / "device.yaml"]).get("cpu_test")
     assert dev.kind == "cpu" and dev.num_sms == 1
     assert dev.peak_flops("bf16") == pytest.approx(res.peak_flops_per_s, rel=1e-5)
