@@ -55,6 +55,11 @@ DEFAULT_LATENCY_MODEL = "auto"
 MOE_DISTRIBUTION = "power_law_1.01"
 
 MEASURED_CODE = 0
+# Token counts up to this are tabulated whole (every count up to a power of two); a step with
+# more (a prefill batch of many long prompts) is priced from blocks of FAR_BLOCK counts around
+# it, so one 131,072-token batch does not tabulate 262,144 counts of every operator.
+FAR_TOKENS = 1 << 15
+FAR_BLOCK = 1 << 12
 # Context per sequence (tokens) of the two decode-attention measurements a line goes through.
 DECODE_CTX_REF = (128.0, 4096.0)
 
@@ -88,6 +93,17 @@ def _prov_name(prov: np.ndarray | int, i: int) -> str:
     """Provenance name of element i of a term's codes (one code may stand for all)."""
     a = np.asarray(prov)
     return PROVENANCE[int(a if a.ndim == 0 else a[i])]
+
+
+def _provenance_counts(terms: list[_Term], shape: tuple[int, ...], skip: int = 0) -> dict[int, int]:
+    """Tabulated operator shapes per provenance code: every token count of every term, less
+    the first `skip` counts (the zero-token entry of the whole tables)."""
+    counts: dict[int, int] = {}
+    for term in terms:
+        codes = np.broadcast_to(np.asarray(term.prov), shape)[skip:]
+        for code, n in zip(*np.unique(codes, return_counts=True), strict=True):
+            counts[int(code)] = counts.get(int(code), 0) + int(n)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -242,7 +258,10 @@ class Predictor:
         self._piecewise_s = self.engine.piecewise_host_s_per_layer * self.layers_per_stage
         self._hosted = bool(self._eager_s or self._piecewise_s)  # any host time to price
         self._dense_tab: list[float] = []
+        self._far: dict[int, tuple[list[float], list[float]]] = {}  # block -> (s, work)
+        self._far_prov: dict[int, int] = {}  # provenance counts of the far blocks
         self._group_tab: list[float] = []
+        self._far_group: dict[int, list[float]] = {}  # block -> expert-layer seconds
         self._lm_tab: list[float] = []
         self._dyn_dense_tab: list[float] = []
         self._dyn_lm_tab: list[float] = []
@@ -975,32 +994,60 @@ class Predictor:
         size = max(1024, 1 << int(need).bit_length())
         t = np.arange(size, dtype=np.float64)
         t[0] = 1.0
-        # Time: a rank's own work (plus the expert layers when one rank is the whole stage);
-        # busy work: the expert layers' share of each device with every rank at t tokens.
-        rank_terms = self._rank_terms(t)
-        terms = rank_terms + self._group_terms(t * self.par.dp)
-        timed = terms if self.par.dp == 1 else rank_terms
-        dense = sum(term.seconds for term in timed)
+        dense, dyn, terms = self._dense_arrays(t)
         dense[0] = 0.0
         lm_term = self._gemm(
             "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
         )
         lm = lm_term.seconds.copy()
         lm[0] = 0.0
-        dyn = sum(self._work_s(term) for term in terms)
         dyn[0] = 0.0
         dyn_lm = self._work_s(lm_term)
         dyn_lm[0] = 0.0
-        counts: dict[int, int] = {}
-        for term in [*terms, lm_term]:  # every tabulated token count of every operator
-            codes = np.broadcast_to(np.asarray(term.prov), t.shape)[1:]
-            for code, n in zip(*np.unique(codes, return_counts=True), strict=True):
-                counts[int(code)] = counts.get(int(code), 0) + int(n)
-        self._dense_prov = counts
+        self._dense_prov = _provenance_counts([*terms, lm_term], t.shape, skip=1)
+        for code, n in self._far_prov.items():
+            self._dense_prov[code] = self._dense_prov.get(code, 0) + n
         self._dense_tab = dense.tolist()
         self._lm_tab = lm.tolist()
         self._dyn_dense_tab = dyn.tolist()
         self._dyn_lm_tab = dyn_lm.tolist()
+
+    def _dense_arrays(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[_Term]]:
+        """(seconds, busy work, terms) of a rank's non-attention work at each token count in
+        `t`. Time: a rank's own work (plus the expert layers when one rank is the whole
+        stage); busy work: the expert layers' share of each device with every rank at t."""
+        rank_terms = self._rank_terms(t)
+        terms = rank_terms + self._group_terms(t * self.par.dp)
+        timed = terms if self.par.dp == 1 else rank_terms
+        dense = sum(term.seconds for term in timed)
+        dyn = sum(self._work_s(term) for term in terms)
+        return dense, dyn, terms
+
+    def _far_dense(self, tokens: int) -> tuple[float, float]:
+        """(seconds, busy work) of a rank's non-attention work at a token count beyond the
+        whole tables (`FAR_TOKENS`), from the block of `FAR_BLOCK` counts that holds it: the
+        same per-count figures the whole tables would hold, priced only around the counts
+        used."""
+        block = tokens // FAR_BLOCK
+        cached = self._far.get(block)
+        if cached is None:
+            t = np.arange(block * FAR_BLOCK, (block + 1) * FAR_BLOCK, dtype=np.float64)
+            dense, dyn, terms = self._dense_arrays(t)
+            cached = self._far[block] = (dense.tolist(), dyn.tolist())
+            for code, n in _provenance_counts(terms, t.shape).items():
+                self._far_prov[code] = self._far_prov.get(code, 0) + n
+                self._dense_prov[code] = self._dense_prov.get(code, 0) + n
+        i = tokens - block * FAR_BLOCK
+        return cached[0][i], cached[1][i]
+
+    def _is_far(self, tokens: int) -> bool:
+        """Whether `tokens` is priced from a far block instead of the whole tables."""
+        return tokens >= FAR_TOKENS and tokens >= len(self._dense_tab)
+
+    def _lm_rows(self, seqs: int) -> None:
+        """Grow the whole tables to hold `seqs` LM-head rows."""
+        if seqs >= len(self._lm_tab):
+            self._grow_tables(seqs)
 
     def _work_s(self, term: _Term) -> np.ndarray:
         """Seconds of full dynamic power one operator is worth: its FLOPs at peak plus its bytes
@@ -1357,12 +1404,23 @@ class Predictor:
 
     def _rank_dense_s(self, tokens: int, seqs: int) -> float:
         """One rank's own non-attention work (and LM head) for its tokens and sequences."""
+        if self._is_far(tokens):
+            self._lm_rows(seqs)
+            return self._far_dense(tokens)[0] + self._lm_tab[seqs]
         if tokens >= len(self._dense_tab) or seqs >= len(self._lm_tab):
             self._grow_tables(max(tokens, seqs))
         return self._dense_tab[tokens] + self._lm_tab[seqs] if tokens else 0.0
 
     def _group_s(self, tokens: int) -> float:
         """The shared expert layers' seconds for the stage's tokens (attention DP only)."""
+        if tokens >= FAR_TOKENS and tokens >= len(self._group_tab):
+            block = tokens // FAR_BLOCK
+            far = self._far_group.get(block)
+            if far is None:
+                t = np.arange(block * FAR_BLOCK, (block + 1) * FAR_BLOCK, dtype=np.float64)
+                tab = sum((term.seconds for term in self._group_terms(t)), np.zeros(FAR_BLOCK))
+                far = self._far_group[block] = tab.tolist()
+            return far[tokens - block * FAR_BLOCK]
         if tokens >= len(self._group_tab):
             size = max(1024, 1 << int(tokens).bit_length())
             t = np.arange(size, dtype=np.float64)
@@ -1491,12 +1549,15 @@ class Predictor:
             return 0.0
         t = -(-np.asarray(tokens, dtype=np.int64) // self.par.dp)
         r = -(-np.asarray(seqs, dtype=np.int64) // self.par.dp)
-        need = int(max(t.max(), r.max()))
+        far = (t >= FAR_TOKENS) & (t >= len(self._dyn_dense_tab))
+        near = t[~far]
+        need = int(max(near.max(initial=0), r.max()))
         if need >= len(self._dyn_dense_tab) or need >= len(self._dyn_lm_tab):
             self._grow_tables(need)
         dense = np.asarray(self._dyn_dense_tab)
         lm = np.asarray(self._dyn_lm_tab)
-        return float(dense[t].sum() + np.where(t > 0, lm[r], 0.0).sum())
+        work = float(dense[near].sum() + np.where(t > 0, lm[r], 0.0).sum())
+        return work + sum(self._far_dense(int(n))[1] for n in t[far])
 
     @property
     def decode_work_per_token_s(self) -> float:
@@ -1527,6 +1588,9 @@ class Predictor:
         seqs = rows + n_pre
         rank_tokens = -(-tokens // self.par.dp)
         rows = -(-seqs // self.par.dp)
+        if tokens and self._is_far(rank_tokens):
+            self._lm_rows(rows)
+            return work + (self._far_dense(rank_tokens)[1] + self._dyn_lm_tab[rows])
         if rank_tokens >= len(self._dyn_dense_tab) or rows >= len(self._dyn_lm_tab):
             self._grow_tables(max(rank_tokens, rows))
         if tokens:

@@ -1,0 +1,43 @@
+"""A step with more tokens than the whole tables hold is priced from a block around it, with the
+figures the whole tables would give: one huge prefill batch must not tabulate every count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.predictor.iteration import FAR_BLOCK, FAR_TOKENS, Predictor
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+from servesim.spec.parallel import Parallel
+
+CASES = [
+    ("deepseek-ai/DeepSeek-R1", "b200_sxm", Parallel(tp=8, ep=8)),
+    ("meta-llama/Llama-3.1-70B", "h100_sxm", Parallel(tp=4)),
+    ("deepseek-ai/DeepSeek-R1", "gb200", Parallel(tp=1, ep=8, dp=8)),
+]
+
+
+@pytest.mark.parametrize(("name", "device", "par"), CASES)
+def test_far_counts_price_as_the_whole_tables_do(name: str, device: str, par: Parallel) -> None:
+    model = load_model(name)
+    far = Predictor(model, get_device(device), par, get_engine("sglang"))
+    whole = Predictor(model, get_device(device), par, get_engine("sglang"))
+    counts = [FAR_TOKENS + 7, 70_000, 131_072]
+    seconds = [far.dense_s(t, 10) for t in counts]
+    work = [far.step_work_s(0, 0, [(t, 0)]) for t in counts]
+    whole._grow_tables(max(counts))  # the old way: every count up to 262,144 ...
+    t = np.arange(1 << 18, dtype=np.float64)
+    t[0] = 1.0
+    group = sum((term.seconds for term in whole._group_terms(t)), np.zeros(len(t)))
+    whole._group_tab = group.tolist()  # ... for the expert layers too
+    assert seconds == [whole.dense_s(t, 10) for t in counts]
+    assert work == [whole.step_work_s(0, 0, [(t, 0)]) for t in counts]
+    # ... and only the blocks holding them were priced, not the counts in between
+    assert len(far._dense_tab) <= FAR_TOKENS
+    rank = [-(-t // par.dp) for t in counts]
+    assert sorted(far._far) == sorted({t // FAR_BLOCK for t in rank if t >= FAR_TOKENS})
+    if par.dp > 1:  # the expert layers see every rank's tokens
+        assert len(far._group_tab) <= FAR_TOKENS
+        assert sorted(far._far_group) == sorted({t // FAR_BLOCK for t in counts})
