@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from servesim.predictor.expert_spread import busiest_rank_experts
+from servesim.predictor.expert_spread import busiest_rank_curve, busiest_rank_experts
 from servesim.predictor.iteration import BatchShape, Predictor
 from servesim.predictor.kernel_tables import data_root
 from servesim.spec.devices import get_device
@@ -43,8 +43,21 @@ def test_deepseek_routing_piles_a_lone_token_on_few_ranks() -> None:
 
 
 def test_the_estimate_is_reproducible() -> None:
-    once = busiest_rank_experts.__wrapped__(256, 8, 8, 4, 8, 4)  # bypass the cache
-    assert once == busiest_rank_experts.__wrapped__(256, 8, 8, 4, 8, 4)
+    once = busiest_rank_curve.__wrapped__(256, 8, 8, 4, 8, 32)  # bypass the cache
+    assert once == busiest_rank_curve.__wrapped__(256, 8, 8, 4, 8, 32)
+
+
+def test_every_token_count_is_a_prefix_of_one_draw() -> None:
+    # Every few-token count reads the one curve drawn for experts // top-k = 32 tokens (the
+    # first t tokens of the same seeded draws), so an estimate does not depend on which counts
+    # were asked for before, and it never falls as tokens are added.
+    long = busiest_rank_curve.__wrapped__(256, 8, 8, 4, 8, 32)
+    assert list(long) == sorted(long)
+    assert [busiest_rank_experts(256, 8, 8, 4, 8, t) for t in (1, 5, 32)] == [
+        long[0],
+        long[4],
+        long[31],
+    ]
 
 
 def test_the_config_s_group_limits_are_read() -> None:
