@@ -16,6 +16,8 @@ CASES = [
     ("deepseek-ai/DeepSeek-R1", "b200_sxm", Parallel(tp=8, ep=8)),
     ("meta-llama/Llama-3.1-70B", "h100_sxm", Parallel(tp=4)),
     ("deepseek-ai/DeepSeek-R1", "gb200", Parallel(tp=1, ep=8, dp=8)),
+    # two nodes: the attention-DP gather and scatter are multi-node collectives
+    ("deepseek-ai/DeepSeek-R1", "h100_sxm", Parallel(tp=1, ep=16, dp=16)),
 ]
 
 
@@ -41,3 +43,18 @@ def test_far_counts_price_as_the_whole_tables_do(name: str, device: str, par: Pa
     if par.dp > 1:  # the expert layers see every rank's tokens
         assert len(far._group_tab) <= FAR_TOKENS
         assert sorted(far._far_group) == sorted({t // FAR_BLOCK for t in counts})
+
+
+def test_a_wide_ep_prefill_twin_keeps_its_own_far_blocks() -> None:
+    """SGLang's DeepEP prefill (normal mode) prices its expert layers from other tables than
+    the decode (low-latency mode): the twin must not read the decode's far blocks."""
+    model = load_model("deepseek-ai/DeepSeek-R1")
+    engine = get_engine("sglang").with_overrides(moe_a2a="deepep")
+    dev, par = get_device("gb200"), Parallel(tp=1, ep=8, dp=8)
+    pred = Predictor(model, dev, par, engine)
+    big = 8 * 40_000
+    pred._group_s(big)  # the decode tables' far block
+    twin = pred._prefill_twin()
+    fresh = Predictor(model, dev, par, engine)._prefill_twin()
+    assert twin._group_s(big) == fresh._group_s(big)
+    assert twin._far_group is not pred._far_group

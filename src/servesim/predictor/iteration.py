@@ -55,6 +55,8 @@ DEFAULT_LATENCY_MODEL = "auto"
 MOE_DISTRIBUTION = "power_law_1.01"
 
 MEASURED_CODE = 0
+# Sizes an octave at which a multi-node collective is priced (then interpolated in log bytes).
+MULTI_NODE_STEPS = 8
 # Token counts up to this are tabulated whole (every count up to a power of two); a step with
 # more (a prefill batch of many long prompts) is priced from blocks of FAR_BLOCK counts around
 # it, so one 131,072-token batch does not tabulate 262,144 counts of every operator.
@@ -262,6 +264,7 @@ class Predictor:
         self._far_prov: dict[int, int] = {}  # provenance counts of the far blocks
         self._group_tab: list[float] = []
         self._far_group: dict[int, list[float]] = {}  # block -> expert-layer seconds
+        self._mn_curves: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._lm_tab: list[float] = []
         self._dyn_dense_tab: list[float] = []
         self._dyn_lm_tab: list[float] = []
@@ -453,17 +456,27 @@ class Predictor:
 
     def _collective(self, op: str, nbytes_moved: np.ndarray, n: int) -> np.ndarray:
         """Seconds of an NCCL collective of `nbytes_moved` (nccl-tests size) over n devices,
-        hierarchical past one node (sampled on a log grid there: the multi-node model is
-        scalar)."""
+        hierarchical past one node (interpolated there on a fixed log grid of sizes,
+        `_multi_node_curve`: the multi-node model is scalar)."""
         nb = np.asarray(nbytes_moved, dtype=np.float64)
         if n <= 1:
             return np.zeros_like(nb)
         if n <= self.device.max_devices_per_node:
             return np.asarray(roofline.collective_np(op, nb, n, self.device, self.fit))
-        lo, hi = max(1.0, float(nb.min())), max(2.0, float(nb.max()))
-        grid = np.geomspace(lo, hi, 48)
-        vals = [roofline._collective_s(op, float(x), n, self.device, self.fit) for x in grid]
-        return np.interp(np.log(np.maximum(nb, 1.0)), np.log(grid), np.asarray(vals))
+        log_grid, vals = self._multi_node_curve(op, n)
+        return np.interp(np.log(np.maximum(nb, 1.0)), log_grid, vals)
+
+    def _multi_node_curve(self, op: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(log bytes, seconds) of a multi-node collective at MULTI_NODE_STEPS sizes an octave
+        from 1 B to 1 TiB: the same grid whatever sizes are asked, so a size's price does not
+        depend on the others priced with it."""
+        key = (op, n)
+        curve = self._mn_curves.get(key)
+        if curve is None:
+            sizes = np.exp2(np.arange(40 * MULTI_NODE_STEPS + 1) / MULTI_NODE_STEPS)
+            vals = [roofline._collective_s(op, float(x), n, self.device, self.fit) for x in sizes]
+            curve = self._mn_curves[key] = (np.log(sizes), np.asarray(vals))
+        return curve
 
     def _ffn_terms(
         self, t: np.ndarray, dense_tp: int, dense: bool = True, shared: bool = True
@@ -552,7 +565,8 @@ class Predictor:
             terms.append(
                 self._gemm("v_up_proj", t, nq * m.v_head_dim, m.kv_lora_rank, layers, dtype=adt)
             )
-            terms.append(self._gemm("o_proj", t, h, nq * m.v_head_dim, layers, dtype=adt))
+            odt = m.attn_out_weight_dtype
+            terms.append(self._gemm("o_proj", t, h, nq * m.v_head_dim, layers, dtype=odt))
             if m.is_sparse:
                 terms += self._indexer_proj_terms(t, layers)
         elif layers:
@@ -565,7 +579,7 @@ class Predictor:
             if m.attn_output_gate:  # attention output × sigmoid(gate) before o_proj
                 gate_bytes = 3 * t * q_out * ACT_BYTES
                 terms.append(self._elementwise("attn_gate", "act", gate_bytes, layers))
-            terms.append(self._gemm("o_proj", t, h, q_out, layers, dtype=adt))
+            terms.append(self._gemm("o_proj", t, h, q_out, layers, dtype=m.attn_out_weight_dtype))
         if m.num_linear_layers:
             terms += self._linear_proj_terms(t, self._stage_fraction(m.num_linear_layers))
         if p.dense_tp == tp or p.shared_tp == tp:
@@ -1461,6 +1475,7 @@ class Predictor:
             twin._table_phase = "context"
             twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
             twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
+            twin._far, twin._far_prov, twin._far_group = {}, {}, {}
             twin._dense_prov = {}
             self._context_twin = twin
         return twin
