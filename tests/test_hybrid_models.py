@@ -11,6 +11,7 @@ from servesim.errors import ServesimError
 from servesim.predictor.iteration import BatchShape, Predictor
 from servesim.spec.devices import catalog
 from servesim.spec.dtypes import gemm_compute_dtype
+from servesim.spec.engine_profile import get_engine
 from servesim.spec.memory import memory_layout, weight_bytes_per_device
 from servesim.spec.model import load_model, spec_from_config
 from servesim.spec.parallel import Parallel
@@ -140,11 +141,15 @@ def test_hybrid_memory_reserves_state_per_sequence() -> None:
 def test_checkpoint_formats_nvfp4_with_mtp() -> None:
     m = load_model("nvidia/DeepSeek-R1-NVFP4")
     assert (m.weight_dtype, m.expert_dtype, m.attn_weight_dtype) == ("fp4", "fp4", "bf16")
+    # its unquantised modules list q_a, q_b, kv_a and kv_b of every layer, not o_proj
+    assert m.attn_out_weight_dtype == "fp4"
     assert m.kv_dtype == "fp8" and m.mtp_dtype == "bf16" and m.num_mtp_layers == 1
     c = m.param_counts()
+    o_proj = 61 * 128 * 128 * 7168  # layers x heads x v_head_dim x hidden
     expected = (
         c["routed_experts"] * 0.5
-        + c["attention"] * 2.0
+        + (c["attention"] - o_proj) * 2.0
+        + o_proj * 0.5
         + (c["dense_mlp"] + c["shared_experts"]) * 0.5
         + (c["router"] + c["norms"] + c["embedding"]) * 2.0
         + m.mtp_params() * 2.0
@@ -401,3 +406,42 @@ def test_predict_prices_a_deployment_that_does_not_fit_and_says_so(capsys) -> No
     # Fitting (fp8 weights: 744 GB over 8 GPUs) reports its layout.
     assert main([*args, "--weight-dtype", "fp8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["memory"]["fits"] is True
+
+
+def test_an_output_projection_the_checkpoint_quantises_keeps_its_format(tmp_path) -> None:
+    """Listing some attention projections among the unquantised modules leaves o_proj in the
+    checkpoint's format unless a pattern names it or the whole attention block."""
+    for excluded, want in (
+        (["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"], "fp4"),
+        (["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.o_proj"], "bf16"),
+        (["model.layers.0.self_attn"], "bf16"),
+        (["model.layers.0.self_attn*"], "bf16"),
+        (["*self_attn.*"], "bf16"),
+    ):
+        q = {"quantization": {"quant_algo": "NVFP4", "exclude_modules": excluded}}
+        m = _write(tmp_path, SMALL, q)
+        assert (m.attn_weight_dtype, m.attn_out_weight_dtype) == ("bf16", want), excluded
+        # the o_proj weights (4 layers x 8 heads x 128 x 1024) count in their own format
+        c, o_proj = m.param_counts(), 4 * 8 * 128 * 1024
+        attn = (c["attention"] - o_proj) * 2.0 + o_proj * (0.5 if want == "fp4" else 2.0)
+        rest = m.param_bytes() - attn
+        assert rest == pytest.approx(
+            (c["dense_mlp"] + c["shared_experts"]) * 0.5
+            + (c["router"] + c["norms"]) * 2.0
+            + c["embedding"] * 2.0
+        )
+    # The bundled NVIDIA checkpoints: DeepSeek-R1's o_proj is NVFP4, GLM-5 lists it unquantised.
+    assert load_model("nvidia/GLM-5-NVFP4").attn_out_weight_dtype == "bf16"
+    # ... and the predictor runs DeepSeek-R1's o_proj as an fp4 GEMM on B200
+    m = load_model("nvidia/DeepSeek-R1-NVFP4")
+    pred = Predictor(m, catalog().get("b200_sxm"), Parallel(tp=8), get_engine("trtllm"))
+    ops = {o.name: o for o in pred.ops(BatchShape(decode_seqs=4, decode_context=1000))}
+    bf16 = Predictor(
+        replace(m, attention_out_dtype=""),
+        catalog().get("b200_sxm"),
+        Parallel(tp=8),
+        get_engine("trtllm"),
+    ).ops(BatchShape(decode_seqs=4, decode_context=1000))
+    o_bf16 = next(o for o in bf16 if o.name == "o_proj")
+    assert ops["o_proj"].nbytes < 0.3 * o_bf16.nbytes  # 4-bit weights, not 16-bit
+    assert ops["o_proj"].seconds < o_bf16.seconds

@@ -109,6 +109,10 @@ class ModelSpec:
     expert_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     attention_dtype: str = ""
+    # The attention output projection (o_proj) where the checkpoint quantises it while keeping
+    # the rest of the attention unquantised (NVIDIA's DeepSeek-R1/V3.2 NVFP4 list q_a, q_b,
+    # kv_a and kv_b among their unquantised modules, not o_proj); "" = as the attention.
+    attention_out_dtype: str = ""
     mtp_dtype: str = ""
     # fp8 weights scaled per block (DeepSeek's `weight_block_size` [128, 128]) rather than per
     # tensor: engines run them with block-scaled GEMM and MoE kernels, measured in their own
@@ -258,6 +262,11 @@ class ModelSpec:
         return self.attention_dtype or self.weight_dtype
 
     @property
+    def attn_out_weight_dtype(self) -> str:
+        """Format of the attention output projection (o_proj)."""
+        return self.attention_out_dtype or self.attn_weight_dtype
+
+    @property
     def qk_head_dim(self) -> int:
         """Query/key width per head (MLA: nope + rope parts)."""
         return self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.head_dim
@@ -286,12 +295,11 @@ class ModelSpec:
                 q = h * self.num_heads * qk
             kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
             kv_b = self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
-            o = self.num_heads * self.v_head_dim * h
-            return q + kv_a + kv_b + o + self.indexer_params()
+            return q + kv_a + kv_b + self.o_proj_params() + self.indexer_params()
         q_out = self.num_heads * self.head_dim
         kv_out = self.num_kv_heads * self.head_dim
         gate = q_out if self.attn_output_gate else 0
-        params = h * (q_out + gate + 2 * kv_out) + q_out * h
+        params = h * (q_out + gate + 2 * kv_out) + self.o_proj_params()
         if self.attention_bias:
             params += q_out + 2 * kv_out + h
         if self.qk_norm:
@@ -299,6 +307,19 @@ class ModelSpec:
         if self.model_type == "gpt_oss":
             params += self.num_heads  # attention sinks
         return params
+
+    def o_proj_params(self) -> int:
+        """Weights of one attention block's output projection (part of `attention_params`)."""
+        width = self.num_heads * (self.v_head_dim if self.is_mla else self.head_dim)
+        return width * self.hidden_size
+
+    def _attention_bytes(self, params: int, blocks: int) -> float:
+        """Bytes of `params` attention parameters over `blocks` attention blocks, their output
+        projections in `attn_out_weight_dtype`, the rest in `attn_weight_dtype`."""
+        out = blocks * self.o_proj_params() if self.attention_out_dtype else 0
+        return (params - out) * nbytes(self.attn_weight_dtype) + out * nbytes(
+            self.attn_out_weight_dtype
+        )
 
     def indexer_params(self) -> int:
         """Parameters of one DSA lightning indexer: query up-projection from the q latent, one
@@ -441,7 +462,7 @@ class ModelSpec:
             per = sum(p.values()) * nbytes(self.mtp_dtype)
         else:
             per = (
-                p["attention"] * nbytes(self.attn_weight_dtype)
+                self._attention_bytes(p["attention"], 1)
                 + p["routed_experts"] * nbytes(self.expert_dtype)
                 + (p["mlp"] + p["proj"]) * nbytes(self.weight_dtype)
             )
@@ -455,7 +476,8 @@ class ModelSpec:
         emb_b = max(w, 2.0)  # embeddings and lm_head stay in 16 bits
         return (
             c["routed_experts"] * nbytes(self.expert_dtype)
-            + (c["attention"] + c["linear_attention"]) * nbytes(self.attn_weight_dtype)
+            + self._attention_bytes(c["attention"], self.num_attention_layers)
+            + c["linear_attention"] * nbytes(self.attn_weight_dtype)
             + (c["dense_mlp"] + c["shared_experts"]) * w
             + (c["router"] + c["norms"]) * 2.0
             + c["embedding"] * emb_b
@@ -533,14 +555,21 @@ class ModelSpec:
         if k not in ("bf16", "fp16", "fp8"):
             raise ServesimError(f"KV-cache dtype {kv!r} is not supported; use bf16, fp16 or fp8.")
         a = "" if weight else self.attention_dtype
+        out = "" if weight else self.attention_out_dtype
         mtp = "" if weight else self.mtp_dtype
         return replace(
-            self, weight_dtype=w, expert_dtype=e, kv_dtype=k, attention_dtype=a, mtp_dtype=mtp
+            self,
+            weight_dtype=w,
+            expert_dtype=e,
+            kv_dtype=k,
+            attention_dtype=a,
+            attention_out_dtype=out,
+            mtp_dtype=mtp,
         )
 
     def weight_dtypes(self) -> set[str]:
         """Every format the checkpoint's GEMM weights come in."""
-        out = {self.weight_dtype, self.attn_weight_dtype}
+        out = {self.weight_dtype, self.attn_weight_dtype, self.attn_out_weight_dtype}
         if self.is_moe:
             out.add(self.expert_dtype)
         if self.num_mtp_layers and self.mtp_dtype:
@@ -663,11 +692,22 @@ _ATTN_MARKS = (
     "mixer",
 )
 _SHARED_MARKS = ("shared_expert",)
+# Names of whole attention (or mixer) blocks: a pattern ending in one leaves every projection of
+# the block unquantised, its output projection too.
+_BLOCK_MARKS = ("self_attn", "attention", "attn", "mixer")
 
 
 def _excluded(patterns: list[Any], marks: tuple[str, ...]) -> bool:
     """True when some unquantised-module pattern names one of `marks`."""
     return any(any(m in str(p) for m in marks) for p in patterns)
+
+
+def _covers_o_proj(pattern: Any) -> bool:
+    """True when an unquantised-module pattern takes in the attention output projection: it
+    names o_proj, or a whole attention or mixer block (`...self_attn`, `...self_attn*`)."""
+    s = str(pattern)
+    block = s.rstrip("*.")
+    return "o_proj" in s or block.endswith(_BLOCK_MARKS)
 
 
 def _mtp_excluded(patterns: list[Any], num_layers: int) -> bool:
@@ -708,6 +748,8 @@ def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[s
         out["fp8_static_act"] = True
     if dtype != "bf16" and _excluded(excluded, _ATTN_MARKS):
         out["attention_dtype"] = "bf16"
+        if not any(_covers_o_proj(p) for p in excluded):
+            out["attention_out_dtype"] = dtype
     if dtype != "bf16" and _excluded(excluded, _SHARED_MARKS):
         out["weight_dtype"] = "bf16"
     if dtype != "bf16" and _mtp_excluded(excluded, num_layers):
