@@ -383,6 +383,16 @@ QUANT = {
     "w4a8_mxfp4_mxfp8": "mxfp4",
     "w4a8_mxfp4_mxfp8_trtllm": "mxfp4",
 }
+# The checkpoint an NVFP4 row of a base model ran. InferenceX's DeepSeek FP4 configs name
+# nvidia/DeepSeek-R1-0528-NVFP4-v2 (or -FP4-V2; .github/configs/nvidia-master.yaml), whose rows
+# give the base model's path; NVIDIA's ModelOpt NVFP4 releases of this architecture (R1, V3.1,
+# V3.2: the quantisation files servesim bundles or aiconfigurator-core ships) all list the MLA
+# input projections (q_a, q_b, kv_a, kv_b) and the MTP layer as unquantised and quantise the
+# rest, o_proj included. servesim's nvidia/DeepSeek-R1-NVFP4 is that file on R1's config.
+NVFP4_RELEASES = {
+    "deepseek-ai/DeepSeek-R1": "nvidia/DeepSeek-R1-NVFP4",
+    "deepseek-ai/DeepSeek-V3": "nvidia/DeepSeek-R1-NVFP4",
+}
 # The 4-bit format a row's name stands for (InferenceX's precisions `fp4` and `int4`, an
 # export's `nvfp4`, a checkpoint's own MXFP4 or INT4 experts).
 FORMAT_FAMILY = {"fp4": "fp4", "nvfp4": "fp4", "mxfp4": "fp4", "int4": "int4"}
@@ -447,6 +457,20 @@ def inferencex_kv_dtype(row: dict[str, str]) -> str | None:
     return None
 
 
+def _formats_of(model, release):
+    """`model` stored as `release` stores it (weights, experts, attention, o_proj, MTP layer;
+    the KV cache as the row says)."""
+    return replace(
+        model,
+        weight_dtype=release.weight_dtype,
+        expert_dtype=release.expert_dtype,
+        attention_dtype=release.attention_dtype,
+        attention_out_dtype=release.attention_out_dtype,
+        mtp_dtype=release.mtp_dtype,
+        fp8_block=False,
+    )
+
+
 def _model(row: dict[str, str]):
     model = load_model(row["model_path"])
     quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
@@ -455,16 +479,21 @@ def _model(row: dict[str, str]):
     # whole model), which the engines run with block-scaled kernels.
     block = "fp8_block" in (quant, moe)
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
+    release = NVFP4_RELEASES.get(model.name)
+    if release and FORMAT_FAMILY.get(quant) == "fp4" and FORMAT_FAMILY.get(moe or quant) == "fp4":
+        model = _formats_of(model, load_model(release))
     family = FORMAT_FAMILY.get(model.expert_dtype)
     if (
         family
-        and model.weight_dtype == "bf16"
+        and (model.weight_dtype == "bf16" or FORMAT_FAMILY.get(model.weight_dtype) == family)
         and FORMAT_FAMILY.get(quant) == family
         and (not moe or FORMAT_FAMILY.get(moe) == family)
     ):
         # A checkpoint that ships its own 4-bit experts beside bf16 layers (gpt-oss: MXFP4
-        # experts; Kimi-K2.5: INT4 experts) is that format's release of the model: a row that
-        # names only the format ran the checkpoint as it is, its attention still bf16.
+        # experts; Kimi-K2.5: INT4 experts), or that format's release quantised throughout
+        # but for the modules it lists (nvidia/DeepSeek-R1-NVFP4: the MLA input projections
+        # and the MTP layer in bf16), is that format's release of the model: a row that names
+        # only the format ran the checkpoint as it is.
         quant = moe = ""
     kv = inferencex_kv_dtype(row)
     scripted = script_launch(row)

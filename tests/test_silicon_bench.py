@@ -530,6 +530,35 @@ def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
     assert silicon.inferencex_kv_dtype({**ds, "mode": "disagg"}) is None
 
 
+def test_a_deepseek_fp4_row_runs_nvidia_s_nvfp4_release() -> None:
+    """A DeepSeek row that names the base model and NVFP4 ran NVIDIA's NVFP4 release (its MLA
+    input projections and MTP layer bf16, the rest, o_proj included, NVFP4), as does a row that
+    names the release itself; a Llama-3.1-70B NVFP4 row takes NVFP4 throughout."""
+    ds = row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        tp_size="4",
+        gemm_quant_mode="nvfp4",
+        moe_quant_mode="nvfp4",
+        silicon_data_source=INFERENCEX_SOURCE,
+    )
+    formats = ("weight_dtype", "expert_dtype", "attn_weight_dtype", "attn_out_weight_dtype")
+    want = ("fp4", "fp4", "bf16", "fp4")
+    for model_path in (
+        "deepseek-ai/DeepSeek-R1",
+        "deepseek-ai/DeepSeek-V3",
+        "nvidia/DeepSeek-R1-NVFP4",
+    ):
+        m = silicon._model({**ds, "model_path": model_path})
+        assert tuple(getattr(m, f) for f in formats) == want, model_path
+        assert (m.mtp_dtype, m.fp8_block, m.kv_dtype) == ("bf16", False, "fp8")
+    llama = silicon._model({**ds, "model_path": "meta-llama/Llama-3.1-70B"})
+    assert tuple(getattr(llama, f) for f in formats) == ("fp4", "fp4", "fp4", "fp4")
+    # the fp8 rows of the base model keep its own block-scaled fp8 checkpoint
+    fp8 = silicon._model({**ds, "gemm_quant_mode": "fp8_block", "moe_quant_mode": "fp8_block"})
+    assert (fp8.weight_dtype, fp8.attn_out_weight_dtype, fp8.fp8_block) == ("fp8", "fp8", True)
+
+
 def test_inferencex_llama_fp8_rows_run_a_static_scale_checkpoint() -> None:
     """InferenceX serves nvidia/Llama-3.3-70B-Instruct-FP8 (ModelOpt, calibrated input
     scales) for its Llama FP8 rows; aiconfigurator's own rows say `fp8_static` when they mean
