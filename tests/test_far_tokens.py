@@ -58,3 +58,17 @@ def test_a_wide_ep_prefill_twin_keeps_its_own_far_blocks() -> None:
     fresh = Predictor(model, dev, par, engine)._prefill_twin()
     assert twin._group_s(big) == fresh._group_s(big)
     assert twin._far_group is not pred._far_group
+
+
+def test_variants_that_read_the_whole_tables_still_grow_them() -> None:
+    """Co-served fine-tuning reads the dense table at its own counts; a 40,000-token training
+    budget must not find the table cut short by the far blocks."""
+    from servesim.predictor.coserving import CoServingPredictor
+    from servesim.spec.finetune import FineTuneJob
+
+    model, dev = load_model("meta-llama/Llama-3.1-8B"), get_device("h100_sxm")
+    co = CoServingPredictor(model, dev, job=FineTuneJob(40_000))
+    base = Predictor(model, dev)
+    base.cover(40_008, 1)
+    extra = base._dense_tab[40_008] - base._dense_tab[8]
+    assert co.step_s(8, 8 * 1024, ()) > base.step_s(8, 8 * 1024, ()) + 2 * extra

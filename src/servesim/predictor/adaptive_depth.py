@@ -75,7 +75,7 @@ class SkippingPredictor(Predictor):
         tokens = decode_seqs + pre_tokens
         if tokens == 0:
             return self.overhead_s(0, 0)
-        self.dense_s(tokens, seqs)  # grows the tables to cover every count used below
+        self.cover(tokens, seqs)  # every count used below
         dense, lm = self._dense_tab, self._lm_tab
         layers = self.model.num_layers
         a, b = self._decode_cache(decode_seqs) if decode_seqs else (0.0, 0.0)

@@ -26,7 +26,7 @@ class CoServingPredictor(Predictor):
         """Extra seconds of k training tokens beside `tokens` inference tokens."""
         if k <= 0:
             return 0.0
-        self.dense_s(tokens + k, 1)  # grow the tables
+        self.cover(tokens + k, 1)
         dense = self._dense_tab
         extra = dense[tokens + k] - dense[tokens]
         seq = self.job.seq_len

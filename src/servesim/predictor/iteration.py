@@ -1058,6 +1058,12 @@ class Predictor:
         """Whether `tokens` is priced from a far block instead of the whole tables."""
         return tokens >= FAR_TOKENS and tokens >= len(self._dense_tab)
 
+    def cover(self, tokens: int, seqs: int) -> None:
+        """Grow the whole tables to hold `tokens` tokens and `seqs` LM-head rows, for the
+        variants that index them directly (beyond `FAR_TOKENS`, `dense_s` does not grow them)."""
+        if tokens >= len(self._dense_tab) or seqs >= len(self._lm_tab):
+            self._grow_tables(max(tokens, seqs))
+
     def _lm_rows(self, seqs: int) -> None:
         """Grow the whole tables to hold `seqs` LM-head rows."""
         if seqs >= len(self._lm_tab):
