@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from servesim.errors import ServesimError
@@ -236,3 +237,30 @@ def test_expert_collectives_follow_each_engine(r1, gb200) -> None:
         BatchShape(64, 64000))}  # fmt: skip
     a2a = ops["ep_alltoall"]
     assert a2a.calls == 2 * 58 and a2a.nbytes == pytest.approx(64 / 8 * 8 * 7168 * 2)
+
+
+def test_trtllm_gathers_expert_inputs_in_their_quantised_format(gb200) -> None:
+    """TensorRT-LLM quantises an expert layer's input before the attention-DP all-gather
+    (`run_post_quant_allgather`): an NVFP4 token moves 7,168 x (0.5 + 1/16) bytes of values and
+    scales plus 8 x (4 + 4) of routing, 4,096 bytes instead of bf16's 14,336; the
+    reduce-scatter of the output stays bf16. SGLang's dp_gather moves bf16."""
+    from servesim.spec.engine_profile import get_engine
+
+    nvfp4 = load_model("nvidia/DeepSeek-R1-NVFP4")
+    par = Parallel(tp=1, ep=4, dp=4)  # EP 4 <= top-k 8: gathered, not all-to-all
+    trt = Predictor(nvfp4, gb200, par, get_engine("trtllm"))
+    assert trt._moe_input_bytes_per_token() == 4096.0
+    tokens = np.array([4 * 8192.0])
+    hb = tokens * 7168 * 2
+    gathered = trt._collective("all_gather", tokens * 4096.0, 4)
+    scatter = trt._collective("reduce_scatter", hb, 4)
+    (term,) = [x for x in trt._group_terms(tokens) if x.name == "dp_gather_scatter"]
+    assert term.seconds[0] == pytest.approx(58 * (gathered + scatter)[0])  # 58 expert layers
+    assert gathered[0] < 0.4 * trt._collective("all_gather", hb, 4)[0]
+    sgl = Predictor(nvfp4, gb200, par, get_engine("sglang"))
+    (bf16,) = [x for x in sgl._group_terms(tokens) if x.name == "dp_gather_scatter"]
+    full = sgl._collective("all_gather", hb, 4) + scatter
+    assert bf16.seconds[0] == pytest.approx(58 * full[0])
+    # block-scaled fp8 experts: a byte a value and an fp32 scale per 128, plus the routing
+    fp8 = Predictor(load_model("deepseek-ai/DeepSeek-R1"), gb200, par, get_engine("trtllm"))
+    assert fp8._moe_input_bytes_per_token() == 7168 * (1 + 4 / 128) + 64

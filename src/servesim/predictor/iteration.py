@@ -410,16 +410,46 @@ class Predictor:
             # all_rank_num_tokens); SGLang dp-attention gathers (layers/dp_attention.py
             # dp_gather) and all-reduces over the group before dp_scatter. Priced as one
             # all-gather and one reduce-scatter of the stage's hidden states per such layer.
-            count = gathered + (
-                self._stage_fraction(m.num_dense_layers) if p.dense_tp > p.tp else 0.0
-            )
+            # TensorRT-LLM quantises an expert layer's input before it gathers it
+            # (`run_post_quant_allgather = self.use_dp and self.parallel_size > 1` in its
+            # CUTLASS, TRTLLM-gen and CuTe DSL MoE modules; the TRTLLM backend since PR #6794,
+            # 2025-09): the gather moves the expert GEMMs' input format with the routing, the
+            # reduce-scatter the bf16 output.
+            dense = self._stage_fraction(m.num_dense_layers) if p.dense_tp > p.tp else 0.0
             hb = tokens * m.hidden_size * ACT_BYTES
-            sec = self._collective("all_gather", hb, group) + self._collective(
-                "reduce_scatter", hb, group
-            )
+            scatter = self._collective("reduce_scatter", hb, group)
+            full = self._collective("all_gather", hb, group) + scatter
+            moe = full
+            if gathered and self.engine.name == "trtllm":
+                qb = tokens * self._moe_input_bytes_per_token()
+                moe = self._collective("all_gather", qb, group) + scatter
+            count = gathered + dense
+            sec = gathered * moe + dense * full
             zero = np.zeros_like(tokens)
-            terms.append(_Term("dp_gather_scatter", "comm", 2 * count, count * sec, zero, hb))
+            terms.append(_Term("dp_gather_scatter", "comm", 2 * count, sec, zero, hb))
         return terms
+
+    def _moe_input_bytes_per_token(self) -> float:
+        """Bytes of one token's expert-layer input in the format the expert GEMMs quantise it
+        to, with its routing (top-k int32 expert ids and fp32 weights): NVFP4's e2m1 values and
+        an fp8 scale per 16, fp8 (and a block-scaled fp8's fp32 scale per 128), MXFP4 experts'
+        MXFP8 activations (a scale per 32) where the engine runs them, else bf16."""
+        m = self.model
+        fmt = m.expert_dtype
+        if fmt == "fp4":
+            per = 0.5 + 1.0 / 16
+        elif fmt == "fp8":
+            per = 1.0 + (4.0 / 128 if m.fp8_block else 0.0)
+        elif fmt == "mxfp4" and self._mxfp4_act() == "mxfp8":
+            per = 1.0 + 1.0 / 32
+        else:
+            per = ACT_BYTES
+        return m.hidden_size * per + m.experts_per_token * 8.0
+
+    def _mxfp4_act(self) -> str:
+        """The activation format this engine runs MXFP4 experts on here."""
+        e = self.engine
+        return measured_kernels.mxfp4_activation(e.name, self.device.name, e.mxfp4_activation)
 
     def _uses_alltoall(self) -> bool:
         """Whether the expert layers move tokens by all-to-all (dispatch and combine) rather
