@@ -261,6 +261,7 @@ def test_trtllm_gathers_expert_inputs_in_their_quantised_format(gb200) -> None:
     (bf16,) = [x for x in sgl._group_terms(tokens) if x.name == "dp_gather_scatter"]
     full = sgl._collective("all_gather", hb, 4) + scatter
     assert bf16.seconds[0] == pytest.approx(58 * full[0])
-    # block-scaled fp8 experts: a byte a value and an fp32 scale per 128, plus the routing
+    # block-scaled fp8 experts are quantised after the gather (CUTLASS and DeepGEMM backends):
+    # bf16 and the routing
     fp8 = Predictor(load_model("deepseek-ai/DeepSeek-R1"), gb200, par, get_engine("trtllm"))
-    assert fp8._moe_input_bytes_per_token() == 7168 * (1 + 4 / 128) + 64
+    assert fp8._moe_input_bytes_per_token() == 7168 * 2 + 64

@@ -430,16 +430,17 @@ class Predictor:
         return terms
 
     def _moe_input_bytes_per_token(self) -> float:
-        """Bytes of one token's expert-layer input in the format the expert GEMMs quantise it
-        to, with its routing (top-k int32 expert ids and fp32 weights): NVFP4's e2m1 values and
-        an fp8 scale per 16, fp8 (and a block-scaled fp8's fp32 scale per 128), MXFP4 experts'
-        MXFP8 activations (a scale per 32) where the engine runs them, else bf16."""
+        """Bytes of one token's expert-layer input as TensorRT-LLM gathers it, with its routing
+        (top-k int32 expert ids and fp32 weights): NVFP4's e2m1 values and an fp8 scale per
+        16, per-tensor fp8, MXFP4 experts' MXFP8 activations (a scale per 32) where the engine
+        runs them; bf16 for block-scaled fp8 (the CUTLASS and DeepGEMM backends quantise it
+        after the gather) and the weight-only formats."""
         m = self.model
         fmt = m.expert_dtype
         if fmt == "fp4":
             per = 0.5 + 1.0 / 16
-        elif fmt == "fp8":
-            per = 1.0 + (4.0 / 128 if m.fp8_block else 0.0)
+        elif fmt == "fp8" and not m.fp8_block:
+            per = 1.0
         elif fmt == "mxfp4" and self._mxfp4_act() == "mxfp8":
             per = 1.0 + 1.0 / 32
         else:
