@@ -265,3 +265,21 @@ def test_trtllm_gathers_expert_inputs_in_their_quantised_format(gb200) -> None:
     # bf16 and the routing
     fp8 = Predictor(load_model("deepseek-ai/DeepSeek-R1"), gb200, par, get_engine("trtllm"))
     assert fp8._moe_input_bytes_per_token() == 7168 * 2 + 64
+
+
+def test_trtllm_dispatches_quantised_tokens_and_combines_bf16(gb200) -> None:
+    """Past top-k EP ranks inside one NVLink domain TensorRT-LLM moves tokens all-to-all; it
+    dispatches them quantised like its all-gather (`post_quant_comm`), 4,096 bytes a copy of an
+    NVFP4 DeepSeek token, and combines the bf16 outputs (14,336 bytes a copy)."""
+    from servesim.spec.engine_profile import get_engine
+
+    nvfp4 = load_model("nvidia/DeepSeek-R1-NVFP4")
+    par = Parallel(tp=1, ep=32, dp=32)
+    trt = Predictor(nvfp4, gb200, par, get_engine("trtllm"))
+    tokens = np.array([32 * 64.0])  # 64 decode tokens a rank
+    copies = tokens / 32 * 8  # each rank's tokens, once per chosen expert
+    (term,) = [x for x in trt._moe_terms(tokens, 58.0) if x.name == "ep_alltoall"]
+    dispatch = trt._collective("alltoall", copies * 4096.0, 32)
+    combine = trt._collective("alltoall", copies * 14336.0, 32)
+    assert term.seconds[0] == pytest.approx(58 * (dispatch + combine)[0])
+    assert dispatch[0] < combine[0]

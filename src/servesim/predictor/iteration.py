@@ -843,11 +843,20 @@ class Predictor:
         if self.expert_load is not None:  # the busiest EP rank's routed tokens (whole ones)
             routed = np.ceil(routed * self._imbalance - 1e-9)
         if self._uses_alltoall():
-            # Each device dispatches its 1/(tp·dp) share of the stage's tokens.
-            a2a_bytes = tokens / (p.tp * p.dp) * k_top * h * ACT_BYTES * self._imbalance
+            # Each device dispatches its 1/(tp·dp) share of the stage's tokens and combines
+            # their outputs (bf16). TensorRT-LLM dispatches them in the expert GEMMs' input
+            # format with their routing (`post_quant_comm = run_post_quant_allgather or
+            # self.enable_alltoall`: the same quantisation as its all-gather).
+            copies = tokens / (p.tp * p.dp) * k_top * self._imbalance
+            a2a_bytes = copies * h * ACT_BYTES
             a2a = self._collective("alltoall", a2a_bytes, p.ep)
+            sent = a2a
+            if self.engine.name == "trtllm":
+                sent = self._collective(
+                    "alltoall", copies * self._moe_input_bytes_per_token(), p.ep
+                )
             terms.append(
-                _Term("ep_alltoall", "comm", 2 * layers, 2 * layers * a2a, zero, a2a_bytes)
+                _Term("ep_alltoall", "comm", 2 * layers, layers * (sent + a2a), zero, a2a_bytes)
             )
         expert_terms = self._expert_terms(routed, layers)
         # The measured layer over the roofline's, both at the tables' routing; a stated
