@@ -457,20 +457,6 @@ def inferencex_kv_dtype(row: dict[str, str]) -> str | None:
     return None
 
 
-def _formats_of(model, release):
-    """`model` stored as `release` stores it (weights, experts, attention, o_proj, MTP layer;
-    the KV cache as the row says)."""
-    return replace(
-        model,
-        weight_dtype=release.weight_dtype,
-        expert_dtype=release.expert_dtype,
-        attention_dtype=release.attention_dtype,
-        attention_out_dtype=release.attention_out_dtype,
-        mtp_dtype=release.mtp_dtype,
-        fp8_block=False,
-    )
-
-
 def _model(row: dict[str, str]):
     model = load_model(row["model_path"])
     quant = (row.get("gemm_quant_mode") or row.get("precision") or "").strip().lower()
@@ -481,7 +467,7 @@ def _model(row: dict[str, str]):
     quant, moe = QUANT.get(quant, quant), QUANT.get(moe, moe)
     release = NVFP4_RELEASES.get(model.name)
     if release and FORMAT_FAMILY.get(quant) == "fp4" and FORMAT_FAMILY.get(moe or quant) == "fp4":
-        model = _formats_of(model, load_model(release))
+        model = model.stored_as(load_model(release))
     family = FORMAT_FAMILY.get(model.expert_dtype)
     if (
         family

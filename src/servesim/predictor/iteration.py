@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +107,17 @@ def _provenance_counts(terms: list[_Term], shape: tuple[int, ...], skip: int = 0
         for code, n in zip(*np.unique(codes, return_counts=True), strict=True):
             counts[int(code)] = counts.get(int(code), 0) + int(n)
     return counts
+
+
+def _far_block(cache: dict[int, Any], tokens: int, tabulate: Callable[[np.ndarray], Any]) -> Any:
+    """The block of `FAR_BLOCK` token counts holding `tokens`, tabulated by `tabulate` the
+    first time it is asked for and kept in `cache` (block index -> what `tabulate` returned)."""
+    block = tokens // FAR_BLOCK
+    found = cache.get(block)
+    if found is None:
+        t = np.arange(block * FAR_BLOCK, (block + 1) * FAR_BLOCK, dtype=np.float64)
+        found = cache[block] = tabulate(t)
+    return found
 
 
 @dataclass(frozen=True)
@@ -423,10 +435,9 @@ class Predictor:
             if gathered and self.engine.name == "trtllm":
                 qb = tokens * self._moe_input_bytes_per_token()
                 moe = self._collective("all_gather", qb, group) + scatter
-            count = gathered + dense
             sec = gathered * moe + dense * full
             zero = np.zeros_like(tokens)
-            terms.append(_Term("dp_gather_scatter", "comm", 2 * count, sec, zero, hb))
+            terms.append(_Term("dp_gather_scatter", "comm", 2 * (gathered + dense), sec, zero, hb))
         return terms
 
     def _moe_input_bytes_per_token(self) -> float:
@@ -1082,21 +1093,17 @@ class Predictor:
         whole tables (`FAR_TOKENS`), from the block of `FAR_BLOCK` counts that holds it: the
         same per-count figures the whole tables would hold, priced only around the counts
         used."""
-        block = tokens // FAR_BLOCK
-        cached = self._far.get(block)
-        if cached is None:
-            t = np.arange(block * FAR_BLOCK, (block + 1) * FAR_BLOCK, dtype=np.float64)
+
+        def tabulate(t: np.ndarray) -> tuple[list[float], list[float]]:
             dense, dyn, terms = self._dense_arrays(t)
-            cached = self._far[block] = (dense.tolist(), dyn.tolist())
             for code, n in _provenance_counts(terms, t.shape).items():
                 self._far_prov[code] = self._far_prov.get(code, 0) + n
                 self._dense_prov[code] = self._dense_prov.get(code, 0) + n
-        i = tokens - block * FAR_BLOCK
-        return cached[0][i], cached[1][i]
+            return dense.tolist(), dyn.tolist()
 
-    def _is_far(self, tokens: int) -> bool:
-        """Whether `tokens` is priced from a far block instead of the whole tables."""
-        return tokens >= FAR_TOKENS and tokens >= len(self._dense_tab)
+        seconds, work = _far_block(self._far, tokens, tabulate)
+        i = tokens % FAR_BLOCK
+        return seconds[i], work[i]
 
     def cover(self, tokens: int, seqs: int) -> None:
         """Grow the whole tables to hold `tokens` tokens and `seqs` LM-head rows, for the
@@ -1464,31 +1471,29 @@ class Predictor:
 
     def _rank_dense_s(self, tokens: int, seqs: int) -> float:
         """One rank's own non-attention work (and LM head) for its tokens and sequences."""
-        if self._is_far(tokens):
-            self._lm_rows(seqs)
-            return self._far_dense(tokens)[0] + self._lm_tab[seqs]
         if tokens >= len(self._dense_tab) or seqs >= len(self._lm_tab):
-            self._grow_tables(max(tokens, seqs))
+            if tokens >= FAR_TOKENS and tokens >= len(self._dense_tab):
+                self._lm_rows(seqs)
+                return self._far_dense(tokens)[0] + self._lm_tab[seqs]
+            self.cover(tokens, seqs)
         return self._dense_tab[tokens] + self._lm_tab[seqs] if tokens else 0.0
 
     def _group_s(self, tokens: int) -> float:
         """The shared expert layers' seconds for the stage's tokens (attention DP only)."""
-        if tokens >= FAR_TOKENS and tokens >= len(self._group_tab):
-            block = tokens // FAR_BLOCK
-            far = self._far_group.get(block)
-            if far is None:
-                t = np.arange(block * FAR_BLOCK, (block + 1) * FAR_BLOCK, dtype=np.float64)
-                tab = sum((term.seconds for term in self._group_terms(t)), np.zeros(FAR_BLOCK))
-                far = self._far_group[block] = tab.tolist()
-            return far[tokens - block * FAR_BLOCK]
         if tokens >= len(self._group_tab):
+            if tokens >= FAR_TOKENS:
+                return _far_block(self._far_group, tokens, self._group_seconds)[tokens % FAR_BLOCK]
             size = max(1024, 1 << int(tokens).bit_length())
             t = np.arange(size, dtype=np.float64)
             t[0] = 1.0
-            tab = sum((term.seconds for term in self._group_terms(t)), np.zeros(size))
+            tab = self._group_seconds(t)
             tab[0] = 0.0
-            self._group_tab = tab.tolist()
+            self._group_tab = tab
         return self._group_tab[tokens]
+
+    def _group_seconds(self, t: np.ndarray) -> list[float]:
+        """The shared expert layers' seconds at each stage token count in `t`."""
+        return sum((term.seconds for term in self._group_terms(t)), np.zeros(len(t))).tolist()
 
     def _step_dp_s(
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
@@ -1649,7 +1654,7 @@ class Predictor:
         seqs = rows + n_pre
         rank_tokens = -(-tokens // self.par.dp)
         rows = -(-seqs // self.par.dp)
-        if tokens and self._is_far(rank_tokens):
+        if tokens and rank_tokens >= FAR_TOKENS and rank_tokens >= len(self._dyn_dense_tab):
             self._lm_rows(rows)
             return work + (self._far_dense(rank_tokens)[1] + self._dyn_lm_tab[rows])
         if rank_tokens >= len(self._dyn_dense_tab) or rows >= len(self._dyn_lm_tab):

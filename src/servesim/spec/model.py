@@ -567,6 +567,21 @@ class ModelSpec:
             mtp_dtype=mtp,
         )
 
+    def stored_as(self, release: ModelSpec) -> ModelSpec:
+        """This model in the storage formats of `release`, another checkpoint of it (weights,
+        experts, attention and its output projection, MTP layer, fp8 scaling); the KV cache
+        stays, as the serving launch sets it."""
+        return replace(
+            self,
+            weight_dtype=release.weight_dtype,
+            expert_dtype=release.expert_dtype,
+            attention_dtype=release.attention_dtype,
+            attention_out_dtype=release.attention_out_dtype,
+            mtp_dtype=release.mtp_dtype,
+            fp8_block=release.fp8_block,
+            fp8_static_act=release.fp8_static_act,
+        )
+
     def weight_dtypes(self) -> set[str]:
         """Every format the checkpoint's GEMM weights come in."""
         out = {self.weight_dtype, self.attn_weight_dtype, self.attn_out_weight_dtype}
