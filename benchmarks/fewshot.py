@@ -201,7 +201,8 @@ def _change(arrays: dict, knobs, ks: list[int]) -> float:
                     (r[ix], d[ix]) if old is None else
                     (np.concatenate([old[0], r[ix]]), np.vstack([old[1], d[ix]]))
                 )  # fmt: skip
-        weights, offset = ft.weigh(per_fam, prior, knobs)
+        families = tuple(dict.fromkeys(transfer.FAMILY_OF[x] for x in arrays))
+        weights, offset = ft.weigh(per_fam, prior, knobs, families)
         out.append(_median_ape(arrays, picks, weights, offset) / base - 1.0)
     return float(np.mean(out))
 

@@ -62,7 +62,7 @@ def test_no_shots_return_the_prior_exactly(fitted) -> None:
 
 def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
     """True times = the prior x 1.3 everywhere; with no other GPU to propose anything, the
-    adaptation is the device-wide offset: log 1.3 x k / (k + 40), by hand."""
+    adaptation is the device-wide offset: log 1.3 x k / (k + 20), by hand."""
     model, _ = fitted
     dev = dataclasses.replace(H100, name="odd")
     s = _device_rows()
@@ -78,8 +78,8 @@ def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
     # More shots move the prediction monotonically towards the shots, never past them.
     assert np.all(np.diff(ratios) > 0)
     assert ratios[0] > 1.0 and ratios[-1] < 1.3
-    # k = 10: 1.3^(10/50) = 1.0539, so the error on the device falls from 23.1 % to 18.9 %.
-    assert ratios[2] == pytest.approx(1.3**0.2, rel=1e-9)
+    # k = 10: 1.3^(10/30) = 1.0914, so the error on the device falls from 23.1 % to 16.0 %.
+    assert ratios[2] == pytest.approx(1.3 ** (1 / 3), rel=1e-9)
 
 
 def test_a_device_like_a_fitted_gpu_takes_its_proposal(fitted) -> None:
@@ -298,8 +298,8 @@ def test_suggest_offers_shapes_of_every_family_the_device_runs(tmp_path: Path, c
 
 def test_all_reduce_shots_neither_set_nor_take_the_device_offset() -> None:
     """An all-reduce measures the fabric, not the chip: with compute shots 1.3x and all-reduce
-    shots 2x the model, the offset is the compute shots' median shrunk by k / (k + 40), here
-    10 / 50 x log 1.3 (the all-reduce shots leave it alone), and it applies to compute
+    shots 2x the model, the offset is the compute shots' median shrunk by k / (k + 20), here
+    10 / 30 x log 1.3 (the all-reduce shots leave it alone), and it applies to compute
     families only."""
     none = np.zeros((10, 0))
     per_fam = {
@@ -312,3 +312,34 @@ def test_all_reduce_shots_neither_set_nor_take_the_device_offset() -> None:
     assert alone == 0.0
     adapted = ft.Adapted(None, "odd", (), {}, offset, 20)  # type: ignore[arg-type]
     assert adapted._offset("gemm") == offset and adapted._offset("allreduce") == 0.0
+
+
+def test_compute_shots_weigh_one_device_wide_posterior() -> None:
+    """Which fitted GPU a device behaves like is one question for all its compute kernels: a
+    GEMM shot and a decode-attention shot, each 0.2 (log) above the transferred model; GPU A
+    proposes +0.2 for both, GPU B +0.2 for the GEMM only. Summed over both shots the losses of
+    [stay, A, B] are [0.4, 0, 0.2], so the posterior is prior x exp(-loss / scale), the same for
+    the GEMM, the attention and the MoE family, which had no shot. The all-reduce shot (the
+    fabric) weighs the all-reduce proposals alone: losses [0.5, 0.5, 0]."""
+    prior = np.array([0.8, 0.1, 0.1])
+    per_fam = {
+        "gemm": (np.array([0.2]), np.array([[0.2, 0.2]])),
+        "attention_decode": (np.array([0.2]), np.array([[0.2, 0.0]])),
+        "allreduce": (np.array([0.5]), np.array([[0.0, 0.5]])),
+    }
+    families = ("gemm", "attention_decode", "moe", "allreduce")
+    weights, _ = ft.weigh(per_fam, prior, families=families)
+
+    def by_hand(loss):
+        lw = np.log(prior) - np.asarray(loss) / ft.KNOBS.scale
+        w = np.exp(lw - lw.max())
+        return (w / w.sum())[1:]
+
+    for fam in ("gemm", "attention_decode", "moe"):
+        assert weights[fam] == pytest.approx(by_hand([0.4, 0.0, 0.2]), rel=1e-12)
+    assert weights["allreduce"] == pytest.approx(by_hand([0.5, 0.5, 0.0]), rel=1e-12)
+    # A alone explains both compute shots: 0.1 / (0.8 e^-4 + 0.1 + 0.1 e^-2) = 78 %.
+    assert weights["gemm"][0] == pytest.approx(0.1 / (0.8 * np.exp(-4) + 0.1 + 0.1 * np.exp(-2)))
+    # Without compute shots nothing is weighed for the compute families.
+    alone, _ = ft.weigh({"allreduce": per_fam["allreduce"]}, prior, families=families)
+    assert set(alone) == {"allreduce"}

@@ -2,16 +2,19 @@
 
 HELP's idea (Lee et al., NeurIPS 2021) on `transfer`'s model: what transfers is the shape
 dependence learnt on the fitted GPUs, and the device embedding is *which of them the new device
-behaves like, per operator family*. Each fitted GPU j proposes its own correction for every
-shape (the model evaluated with GPU j's spec sheet); before any measurement the transferred
-model keeps weight `Knobs.stay` and the proposals share the rest, each by how close it already is to
-the transferred one over the shapes at hand (a GPU whose proposal differs wildly from the spec
-sheet's is an unlikely twin). The shots of a family then weigh that family's proposals by a
-Laplace likelihood of scale `Knobs.scale` (log units); families without shots keep the transferred
-model. What the weighted proposals still miss on the compute shots, their median, becomes one
-device-wide log offset shrunk by k / (k + `Knobs.offset_shots`), for the compute families only:
-an all-reduce measures the fabric the GPUs sit on, not the chip, so its shots neither set the
-offset nor take it (`FABRIC`). k = 0 returns the transferred model exactly.
+behaves like*. Each fitted GPU j proposes its own correction for every shape (the model
+evaluated with GPU j's spec sheet); before any measurement the transferred model keeps weight
+`Knobs.stay` and the proposals share the rest, each by how close it already is to the
+transferred one over the shapes at hand (a GPU whose proposal differs wildly from the spec
+sheet's is an unlikely twin). The shots then weigh the proposals by a Laplace likelihood of
+scale `Knobs.scale` (log units): the compute families' shots together, one posterior that every
+compute family takes, shots or not (as HELP's embedding is one per device: ten shots spread over
+seven families are ten pieces of evidence about one question, not one or two about each of
+seven), and the all-reduce shots their own family's alone. What the weighted proposals still
+miss on the compute shots, their median, becomes one device-wide log offset shrunk by
+k / (k + `Knobs.offset_shots`), for the compute families only: an all-reduce measures the
+fabric the GPUs sit on, not the chip, so its shots neither set the offset nor take it
+(`FABRIC`). k = 0 returns the transferred model exactly.
 
 Where to measure matters as much as how many: `plan_shots` picks, family by family, shapes on
 which the plausible proposals disagree with the transferred model (the `Knobs.quantile`-th most
@@ -19,9 +22,10 @@ disagreeing, so one odd shape is not the whole evidence), chosen from shapes alo
 latency is seen.
 
 The constants were chosen by leave-one-GPU-out meta-validation on the ten aiconfigurator GPUs
-(NOTES, issue 11: for each GPU the grid point best on the other nine; the same point won for
-all ten). Per-family offsets, thresholded offsets and local kernel-smoothed corrections were
-measured too and made most GPUs worse at k = 3..10: the error left after the transfer model is
+(NOTES, issue 11: for each GPU the grid point best on the other nine; with the shots weighing
+one posterior, the same point won for eight of the ten, A100 and B300 preferring no offset).
+Per-family offsets, thresholded offsets and local kernel-smoothed corrections were measured
+too and made most GPUs worse at k = 3..10: the error left after the transfer model is
 shape-specific and larger per shot than the family offsets a few shots could estimate.
 """
 
@@ -48,7 +52,7 @@ class Knobs:
     stay: float = 0.8  # prior weight of the transferred model itself
     scale: float = 0.1  # Laplace scale of a shot's log error about the right proposal
     similarity: float = 0.02  # a proposal's prior falls by e per this much median |log diff|
-    offset_shots: float = 40.0  # the device offset: the shots' median left-over x k/(k + this)
+    offset_shots: float = 20.0  # the device offset: the shots' median left-over x k/(k + this)
     quantile: float = 0.9  # `plan_shots` measures the shape at this quantile of disagreement
 
 
@@ -143,19 +147,37 @@ def prior_weights(diffs: list[np.ndarray], knobs: Knobs = KNOBS) -> np.ndarray:
 
 
 def weigh(
-    per_fam: dict[str, tuple[np.ndarray, np.ndarray]], prior: np.ndarray, knobs: Knobs = KNOBS
+    per_fam: dict[str, tuple[np.ndarray, np.ndarray]],
+    prior: np.ndarray,
+    knobs: Knobs = KNOBS,
+    families: tuple[str, ...] = (),
 ) -> tuple[dict[str, np.ndarray], float]:
     """(candidate weights per family, device log offset of the compute families) from the
     shots' log residuals over the transferred model and the candidates' differences to it, per
-    family."""
-    weights, left = {}, []
-    for fam, (r, d) in per_fam.items():
-        dz = np.column_stack([np.zeros(len(r)), d])
-        lw = np.log(prior) - np.abs(r[:, None] - dz).sum(axis=0) / knobs.scale
+    family. The compute families' shots weigh the proposals together: which fitted GPU the
+    device behaves like is one question (HELP's device embedding is one per device), so every
+    compute family takes that one posterior, and so do the compute families of `families`
+    that have no shot. All-reduce shots (`FABRIC`) weigh the all-reduce proposals alone."""
+
+    def posterior(loss: np.ndarray) -> np.ndarray:
+        lw = np.log(prior) - loss / knobs.scale
         w = np.exp(lw - lw.max())
-        weights[fam] = (w / w.sum())[1:]
-        if fam not in FABRIC:
-            left.append(r - d @ weights[fam])
+        return (w / w.sum())[1:]
+
+    def loss(r: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return np.abs(r[:, None] - np.column_stack([np.zeros(len(r)), d])).sum(axis=0)
+
+    weights: dict[str, np.ndarray] = {}
+    compute = [fam for fam in per_fam if fam not in FABRIC]
+    if compute:
+        shared = posterior(sum(loss(*per_fam[fam]) for fam in compute))
+        for fam in dict.fromkeys([*compute, *families]):
+            if fam not in FABRIC:
+                weights[fam] = shared
+    for fam in per_fam:
+        if fam in FABRIC:
+            weights[fam] = posterior(loss(*per_fam[fam]))
+    left = [r - d @ weights[fam] for fam, (r, d) in per_fam.items() if fam not in FABRIC]
     if not left:
         return weights, 0.0
     rest = np.concatenate(left)
@@ -307,7 +329,7 @@ def adapt(
         fam: (np.concatenate([p[0] for p in parts]), np.vstack([p[1] for p in parts]))
         for fam, parts in per_fam.items()
     }
-    weights, offset = weigh(joined, prior, knobs)
+    weights, offset = weigh(joined, prior, knobs, tuple(model.families))
     return Adapted(model, device.name, cands, weights, offset, k)
 
 
