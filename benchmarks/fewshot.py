@@ -208,15 +208,21 @@ def _change(arrays: dict, knobs, ks: list[int]) -> float:
 
 
 def _median_ape(arrays: dict, picks: dict, weights: dict, offset: float) -> float:
-    """Median APE over the rows not picked, with the adaptation's log correction applied."""
+    """Median APE over the rows not picked, with the adaptation's log correction applied as
+    `fewshot_transfer.Adapted` applies it."""
+    from servesim.predictor import fewshot_transfer as ft
     from servesim.predictor import transfer
 
     errs = []
     for x, (r, d) in arrays.items():
         keep = np.ones(len(r), dtype=bool)
         keep[picks.get(x, np.zeros(0, dtype=int))] = False
-        w = weights.get(transfer.FAMILY_OF[x])
-        corr = offset + (d[keep] @ w if w is not None and len(w) else 0.0)
+        fam = transfer.FAMILY_OF[x]
+        w = weights.get(fam)
+        # the device offset is the compute families' (`Adapted._offset`), not the fabric's
+        corr = (0.0 if fam in ft.FABRIC else offset) + (
+            d[keep] @ w if w is not None and len(w) else 0.0
+        )
         errs.append(100.0 * np.abs(np.exp(corr - r[keep]) - 1.0))
     return float(np.median(np.concatenate(errs)))
 
