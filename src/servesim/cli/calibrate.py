@@ -193,14 +193,18 @@ def _few_shot(s: CalibrateSettings, device: Any, out: Path) -> int:
     adapted = ft.adapt(model, shots, device, shapes=ft.pool_shapes(device))
     fit = ft.adapted_fit(adapted, physical_fit())
     save_fit(fit, out, s.spell("out"))
-    moved = ", ".join(
-        f"{fam} {100 * (1 - w.sum()):.0f}% transferred model"
+    # Families that share one set of weights (every compute family does) are named together.
+    groups: dict[tuple[float, ...], list[str]] = {}
+    for fam, w in adapted.weights.items():
+        groups.setdefault(tuple(round(float(x), 6) for x in w), []).append(fam)
+    moved = "; ".join(
+        f"{'/'.join(fams)}: {100 * (1 - sum(w)):.0f}% transferred model"
         + "".join(
             f", {100 * x:.0f}% {c.name}"
             for c, x in zip(adapted.candidates, w, strict=True)
             if x >= 0.05
         )
-        for fam, w in adapted.weights.items()
+        for w, fams in groups.items()
     )
     console.print(
         f"wrote {out} ({fit.fitted_on}; offset x{math.exp(adapted.offset):.3f}"
