@@ -76,3 +76,21 @@ def test_variants_that_read_the_whole_tables_still_grow_them() -> None:
     extra += 39 * base.prefill_attn_s(1024, 0) + base.prefill_attn_s(64, 0)
     step = base.step_s(8, 8 * 1024, ())
     assert co.step_s(8, 8 * 1024, ()) == pytest.approx(step + 2 * extra)
+
+
+def test_a_far_block_counts_its_operator_shapes_once() -> None:
+    """The run summary counts priced operator shapes by provenance: a far block adds its
+    FAR_BLOCK counts of every non-attention operator, once however often it is read, and
+    growing the whole tables later neither drops nor repeats them."""
+    model = load_model("meta-llama/Llama-3.1-70B")
+    pred = Predictor(model, get_device("h100_sxm"), Parallel(tp=4), get_engine("vllm"))
+    pred.dense_s(10, 1)
+    before = sum(pred.provenance_counts().values())
+    ops = len(pred._dense_arrays(np.ones(1))[2])
+    pred.dense_s(FAR_TOKENS + 5, 1)
+    pred.dense_s(FAR_TOKENS + 9, 1)  # the same block
+    after = sum(pred.provenance_counts().values())
+    assert after - before == ops * FAR_BLOCK
+    pred._grow_tables(2048)  # the whole tables grow: the block's shapes stay counted once
+    whole = sum(pred._dense_prov.values())
+    assert sum(pred.provenance_counts().values()) == whole + ops * FAR_BLOCK

@@ -501,18 +501,23 @@ def test_vllm_rows_get_aiconfigurators_batch_and_token_budget() -> None:
     assert silicon.batching_of("vllm", "agg", 64, 4096, 8192)["max_num_batched_tokens"] == 8192
 
 
+def _deepseek_b200_row(quant: str) -> dict[str, str]:
+    """An InferenceX DeepSeek-R1 row on B200 at TP 4 with `quant` weights and experts."""
+    return row(
+        model_path="deepseek-ai/DeepSeek-R1",
+        system="b200_sxm",
+        tp_size="4",
+        gemm_quant_mode=quant,
+        moe_quant_mode=quant,
+        silicon_data_source=INFERENCEX_SOURCE,
+    )
+
+
 def test_inferencex_rows_cache_kv_in_the_format_their_launch_sets() -> None:
     """InferenceX's launches: TensorRT-LLM and vLLM Llama-3.1-70B cache in fp8 whatever the
     weights, SGLang DeepSeek in fp8 on B200 and bf16 on H200, Qwen3.5 as its weights; an fp4
     row no longer caches in bf16, and aiperf rows keep the weight rule."""
-    ds = row(
-        model_path="deepseek-ai/DeepSeek-R1",
-        system="b200_sxm",
-        tp_size="4",
-        gemm_quant_mode="fp4",
-        moe_quant_mode="fp4",
-        silicon_data_source=INFERENCEX_SOURCE,
-    )
+    ds = _deepseek_b200_row("fp4")
     assert silicon.inferencex_kv_dtype(ds) == "fp8"
     assert silicon._model(ds).kv_dtype == "fp8"
     assert silicon.inferencex_kv_dtype({**ds, "backend": "sglang"}) == "fp8"
@@ -534,14 +539,7 @@ def test_a_deepseek_fp4_row_runs_nvidia_s_nvfp4_release() -> None:
     """A DeepSeek row that names the base model and NVFP4 ran NVIDIA's NVFP4 release (its MLA
     input projections and MTP layer bf16, the rest, o_proj included, NVFP4), as does a row that
     names the release itself; a Llama-3.1-70B NVFP4 row takes NVFP4 throughout."""
-    ds = row(
-        model_path="deepseek-ai/DeepSeek-R1",
-        system="b200_sxm",
-        tp_size="4",
-        gemm_quant_mode="nvfp4",
-        moe_quant_mode="nvfp4",
-        silicon_data_source=INFERENCEX_SOURCE,
-    )
+    ds = _deepseek_b200_row("nvfp4")
     formats = ("weight_dtype", "expert_dtype", "attn_weight_dtype", "attn_out_weight_dtype")
     want = ("fp4", "fp4", "bf16", "fp4")
     for model_path in (

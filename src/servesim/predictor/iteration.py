@@ -266,7 +266,7 @@ class Predictor:
         # short prompt leaves idle. Hybrids (linear mixers) and DSA keep per-chunk prices.
         self._batched_prefill = not model.num_linear_layers and not model.is_sparse
         self._gain_memo: dict[tuple[int, int], float] = {}
-        self._dense_prov: dict[int, int] = {}  # provenance code -> tabulated operator shapes
+        self._dense_prov: dict[int, int] = {}  # provenance code -> shapes in the whole tables
         self._attn_prov: dict[tuple, int] = {}  # attention (or GDN) shape -> provenance code
         self._eager_s = self._eager_host_s()
         self._piecewise_s = self.engine.piecewise_host_s_per_layer * self.layers_per_stage
@@ -1070,8 +1070,6 @@ class Predictor:
         dyn_lm = self._work_s(lm_term)
         dyn_lm[0] = 0.0
         self._dense_prov = _provenance_counts([*terms, lm_term], t.shape, skip=1)
-        for code, n in self._far_prov.items():
-            self._dense_prov[code] = self._dense_prov.get(code, 0) + n
         self._dense_tab = dense.tolist()
         self._lm_tab = lm.tolist()
         self._dyn_dense_tab = dyn.tolist()
@@ -1098,7 +1096,6 @@ class Predictor:
             dense, dyn, terms = self._dense_arrays(t)
             for code, n in _provenance_counts(terms, t.shape).items():
                 self._far_prov[code] = self._far_prov.get(code, 0) + n
-                self._dense_prov[code] = self._dense_prov.get(code, 0) + n
             return dense.tolist(), dyn.tolist()
 
         seconds, work = _far_block(self._far, tokens, tabulate)
@@ -1369,8 +1366,9 @@ class Predictor:
         """Operator shapes this predictor priced, by provenance: each dense operator once per
         tabulated token count, attention once per distinct decode batch and prefill chunk."""
         counts = dict.fromkeys(PROVENANCE, 0)
-        for code, n in self._dense_prov.items():
-            counts[PROVENANCE[code]] += n
+        for tables in (self._dense_prov, self._far_prov):  # whole tables, far blocks
+            for code, n in tables.items():
+                counts[PROVENANCE[code]] += n
         for code in self._attn_prov.values():
             counts[PROVENANCE[code]] += 1
         return counts
