@@ -15,7 +15,8 @@ printed is one JSON object: {"k": [...], "median_ape": [...]} (percent, all devi
 
 With `--leave-one-gpu-out`, each GPU of aiconfigurator-core's installed tables is the unseen
 device: the prior is the transfer model fitted on all the other GPUs (`transfer.fit`: roofline
-times a boosted-tree shape correction); k of the left-out GPU's GEMM, attention, MLA, MoE and
+times a boosted-tree shape correction, with its twins' measured efficiencies blended in:
+`twin_efficiency`); k of the left-out GPU's GEMM, attention, MLA, MoE and
 all-reduce rows are measured — chosen from their shapes alone, latencies removed
 (`fewshot_transfer.plan_shots`, `--shots plan`, the default) or drawn at random (`--shots
 random`, averaged over `--repeats` draws) — and adapt it (`fewshot_transfer.adapt`: per

@@ -18,7 +18,9 @@ nccl-tests from comm/nccl), and for each GPU fits the cross-GPU model on all the
 (`--fit-rows` random rows per table, seed 0) and predicts that GPU's tables (`--eval-rows`
 random rows per table, seed 1). `--method transfer` (default) is `servesim.predictor.transfer`:
 the physical roofline (bundled H100 fit, each device's own spec sheet) times a correction learnt
-per family as a linear device trend plus boosted trees on device-normalised shape features;
+per family as a linear device trend plus boosted trees on device-normalised shape features,
+pulled towards the measured efficiencies of the left-out GPU's twins among the others (GPUs with
+its compute, and for all-reduce its fabric: `servesim.predictor.twin_efficiency`);
 `--method joint` is the older log-linear device model (`calibrate.fit_transfer`). The last line
 is {"gpus": {gpu: {family_median_ape, family_p90_ape}}, "worst_median_ape", "worst_p90_ape"}
 with families gemm, attention_prefill, attention_decode, mla (context and generation), moe

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from servesim.predictor import roofline
+from servesim.predictor import roofline, twin_efficiency
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.vision import ACT_BYTES, VisionEncoder
@@ -35,7 +35,7 @@ class EncoderTiming:
     _memo: dict[tuple[int, int, int], float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.fit = self.fit or roofline.default_fit()
+        self.fit = self.fit or twin_efficiency.default_fit()
 
     def image_s(self, width_px: int, height_px: int, frames: int = 1) -> float:
         """Seconds for one image (or video of `frames` frames) through the encoder."""

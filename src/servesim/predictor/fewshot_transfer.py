@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.predictor import calibrate, transfer
+from servesim.predictor import calibrate, transfer, twin_efficiency
 from servesim.predictor.calibrate import Samples
 from servesim.predictor.transfer_model import GRID, TransferModel, corrects_family
 from servesim.spec.devices import Device, get_device
@@ -49,11 +49,11 @@ from servesim.spec.devices import Device, get_device
 class Knobs:
     """The adaptation's few constants (chosen by leave-one-GPU-out meta-validation, NOTES)."""
 
-    stay: float = 0.8  # prior weight of the transferred model itself
+    stay: float = 0.98  # prior weight of the transferred model itself
     scale: float = 0.1  # Laplace scale of a shot's log error about the right proposal
     similarity: float = 0.02  # a proposal's prior falls by e per this much median |log diff|
     offset_shots: float = 20.0  # the device offset: the shots' median left-over x k/(k + this)
-    quantile: float = 0.9  # `plan_shots` measures the shape at this quantile of disagreement
+    quantile: float = 0.75  # `plan_shots` measures the shape at this quantile of disagreement
 
 
 KNOBS = Knobs()
@@ -74,11 +74,8 @@ FABRIC = frozenset({"allreduce"})
 
 
 def fitted_gpus(model: TransferModel) -> tuple[str, ...]:
-    """The GPUs a transfer model was fitted on (from its note, `transfer.fit`'s wording)."""
-    text = model.fitted_on.split(";")[0]
-    if not text.startswith("fitted on "):
-        return ()
-    return tuple(n.strip() for n in text[len("fitted on ") :].split(",") if n.strip())
+    """The GPUs a transfer model was fitted on."""
+    return model.gpus
 
 
 def candidates_of(model: TransferModel) -> tuple[Device, ...]:
@@ -107,10 +104,12 @@ def covered(shots: dict[str, Samples]) -> dict[str, Samples]:
 def log_corrections(
     model: TransferModel, source: str, s: Samples, device: Device, cands: tuple[Device, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(the model's log correction per row, each candidate's proposal minus it per row)."""
+    """(the model's log correction per row, each candidate's proposal minus it per row). The
+    model's is the one it prices with: pulled towards the device's twins' measured efficiencies
+    where it has twins (`twin_efficiency`)."""
     fam = transfer.FAMILY_OF[source]
     feats, _ = transfer.design(fam, source, s, device)
-    z = model.log_correction(fam, feats)
+    z = twin_efficiency.log_correction(model, fam, s, device, feats)
     cols = []
     for dev in cands:
         try:
@@ -226,7 +225,8 @@ class Adapted:
         feats, _ = transfer.design(fam, source, s, device)
         if not corrects_family(fam, device):  # as roofline.collective_np prices it
             return np.zeros(len(next(iter(feats.values()))))
-        z = self.model.log_correction(fam, feats) + self._offset(fam)
+        z = twin_efficiency.log_correction(self.model, fam, s, device, feats)
+        z = z + self._offset(fam)
         if w is None or not len(self.candidates):
             return z
         keep = tuple(i for i, x in enumerate(w) if x > MIN_WEIGHT)
@@ -258,7 +258,7 @@ class Adapted:
     ) -> np.ndarray:
         """Factor per row (see `TransferModel.correction`): the model's, times the adapted
         proposals' on the adapted device."""
-        base = self.model.correction(family, s, device, t_base, along)
+        base = twin_efficiency.Twinned(self.model).correction(family, s, device, t_base, along)
         if not self.applies(device):
             return base
         base = base * math.exp(self._offset(family))

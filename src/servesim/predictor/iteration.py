@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from servesim.predictor import expert_spread, linear_scan, measured_kernels, roofline
+from servesim.predictor import (
+    expert_spread,
+    linear_scan,
+    measured_kernels,
+    roofline,
+    twin_efficiency,
+)
 from servesim.predictor.kernel_classes import nvlink_class
 from servesim.predictor.measured_kernels import EXTRAPOLATED, PROVENANCE, ROOFLINE
 from servesim.spec.devices import Device
@@ -215,7 +221,7 @@ class Predictor:
             graph_bs = sglang_server_defaults(device, self.par)[1]
             engine = engine.with_overrides(cuda_graph_max_seqs=graph_bs)
         self.engine = engine.on_host(device.host_time_factor)
-        self.fit = fit or roofline.default_fit()
+        self.fit = fit or twin_efficiency.default_fit()
         model.check_tp(self.par.tp)
         self._ar_fuses_norm = fuses_allreduce_norm(
             engine,
@@ -259,6 +265,11 @@ class Predictor:
             and bool(model.num_experts)
         )
         self._table_phase = "generation" if self._wide_ep else ""
+        # A GPU without tables prices its expert layers from its twins' measured ones
+        # (`twin_efficiency`; the cross-GPU correction corrects no grouped GEMM).
+        self._moe_twins: list[tuple[measured_kernels.MeasuredKernels, float]] = []
+        if self.kernels is None and model.num_experts:
+            self._moe_twins = twin_efficiency.moe_twins(self.fit, device, self.engine)
         self._context_twin: Predictor | None = None
         # The prefill chunks of one rank's iteration run as one batched (varlen) attention call
         # a layer in every engine (vLLM's FlashAttention/FlashInfer, SGLang's ragged prefill,
@@ -915,8 +926,6 @@ class Predictor:
         """(measured fused MoE layer time over the roofline's expert terms, provenance) per
         token count, tokens routed as `MOE_DISTRIBUTION`; None without a table for the layer.
         Up, down and activation share the measured time as the roofline shares it."""
-        if self.kernels is None:
-            return None
         m, p = self.model, self.par
         layout = (
             m.hidden_size,
@@ -927,6 +936,8 @@ class Predictor:
             p.ep,
         )
         block = m.fp8_block and m.expert_dtype == "fp8"
+        if self.kernels is None:
+            return self._twin_scale(tokens, layout, block, expert_terms)
         priced = self.kernels.moe(
             tokens, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION, block, self._table_phase
         )
@@ -939,6 +950,39 @@ class Predictor:
             sec, prov = np.where(mask, even_sec, sec), np.where(mask, even_prov, prov)
         roof = sum(term.seconds for term in expert_terms)
         return sec * expert_terms[0].calls / roof, prov
+
+    def _twin_scale(
+        self,
+        tokens: np.ndarray,
+        layout: tuple[int, int, int, int, int, int],
+        block: bool,
+        expert_terms: list[_Term],
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(this GPU's expert layer over the roofline's expert terms, provenance) per token
+        count from its twins' measured layers: each twin's measured time over its own roofline
+        (`moe_roofline_np`), pooled as `twin_efficiency` pools efficiencies (the learnt
+        correction takes no grouped GEMM: 0), times this GPU's roofline; None without twins."""
+        m = self.model
+        tok = np.asarray(tokens, dtype=float)
+        rows = np.column_stack([tok, *(np.full(len(tok), float(x)) for x in layout)])
+        phys = roofline.physical_fit()
+        parts = []
+        for kernels, a in self._moe_twins:
+            priced = kernels.moe(
+                tok, layout, m.expert_dtype, m.gated_mlp, MOE_DISTRIBUTION, block, self._table_phase
+            )
+            if priced is None:
+                continue
+            roof = measured_kernels.moe_roofline_np(
+                rows, m.gated_mlp, m.expert_dtype, kernels.device, phys
+            )
+            parts.append((np.log(priced[0] / roof), np.full(len(tok), a)))
+        if not parts:
+            return None
+        eff = twin_efficiency.pooled(np.zeros(len(tok)), parts)
+        own = measured_kernels.moe_roofline_np(rows, m.gated_mlp, m.expert_dtype, self.device, phys)
+        roof = sum(term.seconds for term in expert_terms)
+        return own * np.exp(eff) * expert_terms[0].calls / roof, np.full(len(tok), ROOFLINE)
 
     def _few_token_layers(
         self, tokens: np.ndarray, layout: tuple[int, ...], block: bool

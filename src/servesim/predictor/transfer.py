@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.predictor import calibrate
+from servesim.predictor import calibrate, twin_efficiency
 from servesim.predictor.roofline import KernelFit, physical_fit
 from servesim.predictor.transfer_model import (
     FamilyModel,
@@ -83,7 +83,7 @@ def predict(model: TransferModel, source: str, s: Samples, device: Device) -> np
     feats, t_base = design(fam, source, s, device)
     if not corrects_family(fam, device):  # as the product prices it (roofline.collective_np)
         return t_base
-    return t_base * np.exp(model.log_correction(fam, feats))
+    return t_base * np.exp(twin_efficiency.log_correction(model, fam, s, device, feats))
 
 
 def _family_arrays(

@@ -11,6 +11,7 @@ multiplies its times by `correction` on GPUs without measured kernel tables (`ap
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -25,6 +26,7 @@ from servesim.predictor.trees import Trees
 from servesim.spec.devices import Device
 
 Samples = dict[str, np.ndarray]
+Adjust = Callable[[str, Samples, Device, np.ndarray], np.ndarray]
 BASE_FEATURE = "log_t_base_us"
 GRID = 192  # sizes at which a long table of one varying size is corrected (then interpolated)
 
@@ -63,6 +65,14 @@ class TransferModel:
     families: dict[str, FamilyModel]
     fitted_on: str
 
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The GPUs it was fitted on (from its note, `transfer.fit`'s wording)."""
+        text = self.fitted_on.split(";")[0]
+        if not text.startswith("fitted on "):
+            return ()
+        return tuple(n.strip() for n in text[len("fitted on ") :].split(",") if n.strip())
+
     def log_correction(self, family: str, feats: dict[str, np.ndarray]) -> np.ndarray:
         """Predicted log(measured / roofline) per row (0 for a family the model lacks)."""
         m = self.families.get(family)
@@ -77,21 +87,36 @@ class TransferModel:
         device: Device,
         t_base: np.ndarray,
         along: np.ndarray | None = None,
+        adjust: Adjust | None = None,
     ) -> np.ndarray:
         """Factor per row of `s` (family `family`, roofline times `t_base`) on `device`.
+        `adjust(family, rows, device, log correction)`: a change of the log correction per row
+        (the twin GPUs' measured efficiencies, `twin_efficiency`), made before interpolating.
 
         `along`: the one size the rows vary in (a GEMM's token count over a table of them);
         past GRID rows the trees run on GRID sizes spread evenly in log size and the log factor
         in between is interpolated (the simulator tabulates thousands of token counts)."""
         feats = features(family, s, device, t_base)
         if along is None or len(along) <= GRID:
-            return np.exp(self.log_correction(family, feats))
+            return np.exp(self._adjusted(family, s, device, feats, adjust))
         x = np.log(np.maximum(np.asarray(along, dtype=float), 1e-9))
         order = np.argsort(x)
         at = np.searchsorted(x[order], np.linspace(x[order[0]], x[order[-1]], GRID))
         pick = order[np.unique(np.clip(at, 0, len(x) - 1))]
-        z = self.log_correction(family, {k: v[pick] for k, v in feats.items()})
+        sub = {k: (np.asarray(v)[pick] if np.ndim(v) else v) for k, v in s.items()}
+        z = self._adjusted(family, sub, device, {k: v[pick] for k, v in feats.items()}, adjust)
         return np.exp(np.interp(x, x[pick], z))
+
+    def _adjusted(
+        self,
+        family: str,
+        s: Samples,
+        device: Device,
+        feats: dict[str, np.ndarray],
+        adjust: Adjust | None,
+    ) -> np.ndarray:
+        z = self.log_correction(family, feats)
+        return z if adjust is None else adjust(family, s, device, z)
 
     def save(self, path: str | Path) -> None:
         """Write the model as one `.npz` of plain arrays (no pickle)."""

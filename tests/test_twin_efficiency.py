@@ -1,0 +1,151 @@
+"""A GPU without tables takes the measured efficiencies of the measured GPUs that share its
+compute (`predictor/twin_efficiency.py`): affinities, nearest-shape look-ups and the blend by
+hand, and the product's GEMM on an H800 priced from the H100's and H200's tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from servesim.predictor import roofline, transfer_model
+from servesim.predictor import twin_efficiency as te
+from servesim.predictor.iteration import Predictor
+from servesim.spec.devices import get_device
+from servesim.spec.model import load_model
+
+
+def test_devices_sharing_their_compute_are_twins_and_memory_bandwidth_does_not_matter():
+    h100, h200, h800 = (get_device(n) for n in ("h100_sxm", "h200_sxm", "h800_sxm"))
+    # H200 is an H100 with faster, larger HBM; the roofline carries the bandwidth.
+    assert te.affinity(h100, h200) == pytest.approx(1.0)
+    # B200 against GB200: 2.25 against 2.5 PFLOP/s bf16 (and fp8 likewise) on 148 SMs each.
+    d = math.log10(2.5 / 2.25)
+    want = math.exp(-(2 * d * d) / (2 * te.DEVICE_SCALE**2))
+    assert te.affinity(get_device("b200_sxm"), get_device("gb200")) == pytest.approx(want)
+    assert te.affinity(h100, get_device("b200_sxm")) < te.MIN_AFFINITY
+    assert te.affinity(h100, get_device("mi300x")) == 0.0  # another vendor's kernels
+    gpus = transfer_model.bundled().gpus
+    assert dict(te.twins(h800, gpus)) == pytest.approx({"h100_sxm": 1.0, "h200_sxm": 1.0})
+    assert te.twins(get_device("mi300x"), gpus) == []
+    assert "h100_sxm" not in dict(te.twins(h100, gpus))  # never its own twin
+
+
+def _table() -> te.Efficiencies:
+    s = {
+        "m": np.array([1.0, 15.0, 1.0]),
+        "n": np.array([7.0, 7.0, 7.0]),
+        "dtype": np.array(["bfloat16", "bfloat16", "fp8"], dtype=object),
+        "latency_s": np.ones(3),
+        "group": np.array(["a", "a", "a"], dtype=object),
+    }
+    return te.Efficiencies(s, np.array([0.1, 0.2, 0.3]))
+
+
+def test_a_lookup_takes_the_nearest_measured_shape_of_the_same_dtype():
+    table = _table()
+    q = {
+        "m": np.array([1.0, 15.0, 3.0, 1.0, 1.0]),
+        "n": np.array([7.0, 7.0, 7.0, 7.0, 7.0]),
+        "dtype": np.array(["bf16", "bf16", "bf16", "fp8", "fp4"], dtype=object),
+    }
+    eff, aff = table.lookup(q, 5)
+    assert eff[:4].tolist() == [0.1, 0.2, 0.1, 0.3]  # "bf16" is "bfloat16"
+    assert math.isnan(eff[4]) and aff[4] == 0.0  # no fp4 row was measured
+    # m = 3 lies log1p-distance ln(4) - ln(2) from m = 1 and ln(16) - ln(4) from m = 15.
+    d = math.log(4.0) - math.log(2.0)
+    assert aff[:4] == pytest.approx([1.0, 1.0, math.exp(-d * d / (2 * te.SHAPE_SCALE**2)), 1.0])
+
+
+def test_the_blend_weighs_each_twin_by_device_and_shape_affinity(monkeypatch):
+    table = _table()
+    monkeypatch.setattr(te, "measured", lambda gpu, source: table)
+    monkeypatch.setattr(te, "twins", lambda device, gpus, fabric: [("g1", 0.5), ("g2", 1.0)])
+    q = {"m": np.array([1.0, 3.0]), "n": np.array([7.0, 7.0]), "dtype": np.array(["bf16"] * 2)}
+    z = np.array([0.4, -0.2])
+    got = te.blend(("g1", "g2"), "gemm", q, get_device("h800_sxm"), z)
+    d = math.log(4.0) - math.log(2.0)
+    s = math.exp(-d * d / (2 * te.SHAPE_SCALE**2))
+    want0 = (te.PRIOR * 0.4 + 1.5 * 0.1) / (te.PRIOR + 1.5)
+    want1 = (te.PRIOR * -0.2 + 1.5 * s * 0.1) / (te.PRIOR + 1.5 * s)
+    assert got == pytest.approx([want0, want1])
+    # A family no twin prices (an all-to-all, say) is left as it was.
+    assert te.blend(("g1",), "alltoall", q, get_device("h800_sxm"), z).tolist() == z.tolist()
+
+
+def test_an_all_reduce_twin_shares_the_fabric_too():
+    gpus = transfer_model.bundled().gpus
+    b300, gb300 = get_device("b300_sxm"), get_device("gb300")
+    # B300 and B200: one 8-GPU NVLink 5 server each; GB300 joins 72 GPUs on the same links.
+    assert dict(te.twins(b300, gpus, fabric=True)) == pytest.approx(
+        {"b200_sxm": te.affinity(b300, get_device("b200_sxm"))}
+    )
+    assert "b300_sxm" not in dict(te.twins(gb300, gpus, fabric=True))
+    # An H800 computes like an H100 but its NVLink runs at 200 GB/s, not 450.
+    h800 = get_device("h800_sxm")
+    assert "h100_sxm" in dict(te.twins(h800, gpus))
+    assert te.twins(h800, gpus, fabric=True) == []
+    d = math.log10(450 / 200)
+    want = math.exp(-d * d / (2 * te.DEVICE_SCALE**2))
+    assert te.fabric_affinity(h800, get_device("h100_sxm")) == pytest.approx(want)
+
+
+def test_an_h800_gemm_is_priced_from_its_twins_measured_efficiency():
+    h800 = get_device("h800_sxm")
+    # The predictor prices with the twinned fit unless given another.
+    fit = Predictor(load_model("meta-llama/Llama-3.1-8B-Instruct"), h800).fit
+    assert isinstance(fit.transfer, te.Twinned)
+    phys = roofline.physical_fit()
+    m = np.array([1.0, 16.0, 256.0, 4096.0])
+    got = roofline.gemm_np(m, 4096, 4096, "bf16", h800, fit)
+    roof = roofline.gemm_np(m, 4096, 4096, "bf16", h800, phys)
+    # The same shapes' efficiency (log measured over roofline) on the H100 and the H200.
+    rows = {
+        "m": m,
+        "n": np.full(4, 4096.0),
+        "k": np.full(4, 4096.0),
+        "dtype": np.array(["bf16"] * 4, dtype=object),
+        "format": np.array(["bf16"] * 4, dtype=object),
+        "weight_dtype": np.array(["bf16"] * 4, dtype=object),
+    }
+    effs = [te.measured(g, "gemm").lookup(rows, 4) for g in ("h100_sxm", "h200_sxm")]
+    assert all((aff == 1.0).all() for _, aff in effs)  # measured at exactly these shapes
+    feats = transfer_model.features("gemm", rows, h800, roof)
+    z = transfer_model.bundled().log_correction("gemm", feats)
+    want = roof * np.exp((te.PRIOR * z + effs[0][0] + effs[1][0]) / (te.PRIOR + 2.0))
+    assert got == pytest.approx(want, rel=1e-9)
+    # ... which is the twins' measured time scaled by the H800's roofline, within their spread.
+    assert np.all(np.abs(np.log(got / roof) - (effs[0][0] + effs[1][0]) / 2) < 0.05)
+
+
+def test_an_h800_expert_layer_is_priced_from_its_twins_measured_layers():
+    from servesim.predictor import measured_kernels as mk
+    from servesim.predictor.iteration import MOE_DISTRIBUTION
+    from servesim.spec.parallel import Parallel
+
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    h800 = get_device("h800_sxm")
+    pred = Predictor(model, h800, Parallel(tp=8))
+    assert [g.device.name for g, _ in pred._moe_twins] == ["h100_sxm", "h200_sxm"]
+    tokens = np.array([64.0, 4096.0])
+    layout = (7168, 2048, 8, 256, pred.par.moe_tp, pred.par.ep)
+    terms = pred._expert_terms(tokens / pred.par.ep, 1.0)
+    scale, prov = pred._measured_scale(tokens, terms)
+    assert (prov == mk.ROOFLINE).all()
+    rows = np.column_stack([tokens, *(np.full(2, float(x)) for x in layout)])
+    phys = roofline.physical_fit()
+    effs = []
+    for g in ("h100_sxm", "h200_sxm"):
+        kern = mk.MeasuredKernels(get_device(g), "vllm", None, pred.fit)
+        sec, _ = kern.moe(tokens, layout, "fp8", True, MOE_DISTRIBUTION, True)
+        effs.append(np.log(sec / mk.moe_roofline_np(rows, True, "fp8", get_device(g), phys)))
+    own = mk.moe_roofline_np(rows, True, "fp8", h800, phys)
+    want = own * np.exp((effs[0] + effs[1]) / (te.PRIOR + 2.0))
+    got = scale * sum(t.seconds for t in terms)
+    assert got == pytest.approx(want, rel=1e-9)
+    # An H800 computes and streams HBM like an H100: its layer is the H100's measured one
+    # within the two twins' spread.
+    h100 = mk.MeasuredKernels(get_device("h100_sxm"), "vllm", None, pred.fit)
+    measured_h100, _ = h100.moe(tokens, layout, "fp8", True, MOE_DISTRIBUTION, True)
+    assert np.all(np.abs(np.log(got / measured_h100)) < np.abs(effs[1] - effs[0]) + 0.1)
