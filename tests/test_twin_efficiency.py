@@ -149,3 +149,20 @@ def test_an_h800_expert_layer_is_priced_from_its_twins_measured_layers():
     h100 = mk.MeasuredKernels(get_device("h100_sxm"), "vllm", None, pred.fit)
     measured_h100, _ = h100.moe(tokens, layout, "fp8", True, MOE_DISTRIBUTION, True)
     assert np.all(np.abs(np.log(got / measured_h100)) < np.abs(effs[1] - effs[0]) + 0.1)
+
+
+def test_predict_names_the_twins_that_price_a_gpu_without_tables(capsys):
+    import json
+
+    from servesim.cli.main import main
+
+    base = ["predict", "--model", "meta-llama/Llama-3.1-8B-Instruct", "--decode-seqs", "8"]
+    assert main([*base, "--device", "h800_sxm"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "h800_sxm has no measured tables" in out and "h100_sxm (affinity 1.00)" in out
+    assert main([*base, "--device", "h800_sxm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["twin_gpus"] == {"h100_sxm": 1.0, "h200_sxm": 1.0}
+    assert main([*base, "--device", "h100_sxm", "--json"]) == 0  # measured itself: no twins
+    assert json.loads(capsys.readouterr().out)["twin_gpus"] == {}
+    assert main([*base, "--device", "mi300x", "--json"]) == 0  # no GPU shares its compute
+    assert json.loads(capsys.readouterr().out)["twin_gpus"] == {}

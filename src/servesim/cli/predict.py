@@ -32,6 +32,7 @@ from servesim.cli.settings import (
     PosInt,
 )
 from servesim.errors import ServesimError
+from servesim.predictor import twin_efficiency
 
 
 class PredictSettings(
@@ -115,6 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         cost = replace(cost, seconds=seq)
     if s.json_output:
         out = _as_json(dep, batch, cost, mem, misfit)
+        out["twin_gpus"] = dict(_twins(pred))
         if skipping:
             out["layer_skipping"] = skipping
         if overlap:
@@ -157,6 +159,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"sequences {batch.num_seqs}; latency model {pred.latency_model}, kernel time "
         + ", ".join(f"{k} {v:.0%}" for k, v in _time_by_provenance(cost).items() if v)
     )
+    twins = _twins(pred)
+    if twins:
+        console.print(
+            f"{pred.device.name} has no measured tables: its roofline takes the measured "
+            "efficiencies of GPUs with its compute, "
+            + ", ".join(f"{g} (affinity {a:.2f})" for g, a in twins)
+        )
     if skipping:
         console.print(
             f"with layer skipping (each layer skipped with p={skipping['skip_prob']:g}, "
@@ -249,6 +258,15 @@ def _speculative(dep: Any, pred: Any, batch: Any, cost: Any) -> dict[str, Any]:
         "tokens_per_step": tau,
         "seconds_per_token": cost.seconds / tau if batch.decode_seqs else None,
     }
+
+
+def _twins(pred: Any) -> list[tuple[str, float]]:
+    """(GPU, affinity) whose measured kernels price this GPU without tables (`twin_efficiency`);
+    none for a predictor without one fit and device (a split or wrapped deployment)."""
+    fit, device = getattr(pred, "fit", None), getattr(pred, "device", None)
+    if fit is None or device is None:
+        return []
+    return twin_efficiency.priced_by(fit, device)
 
 
 def _time_by_provenance(cost: Any) -> dict[str, float]:

@@ -300,13 +300,19 @@ def default_fit() -> roofline.KernelFit:
     return replace(fit, transfer=Twinned(fit.transfer))
 
 
-def moe_twins(
-    fit: roofline.KernelFit, device: Device, engine: EngineProfile
-) -> list[tuple[MeasuredKernels, float]]:
-    """(the measured backend of each twin, affinity) that prices `device`'s expert layers:
+def priced_by(fit: roofline.KernelFit, device: Device) -> list[tuple[str, float]]:
+    """(twin GPU, affinity) whose measured kernels price `device` under `fit`'s correction:
     none unless `fit` carries the twinned correction and `device` has no tables."""
     if not isinstance(fit.transfer, Twinned) or not transfer_model.applies_to(device):
         return []
+    return twins(device, fit.transfer.model.gpus)
+
+
+def moe_twins(
+    fit: roofline.KernelFit, device: Device, engine: EngineProfile
+) -> list[tuple[MeasuredKernels, float]]:
+    """(the measured backend of each twin, affinity) that prices `device`'s expert layers
+    (`priced_by`)."""
     return [
         (
             MeasuredKernels(
@@ -319,6 +325,6 @@ def moe_twins(
             ),
             a,
         )
-        for g, a in twins(device, fit.transfer.model.gpus)
+        for g, a in priced_by(fit, device)
         if measured_kernels.has_tables(g)
     ]
