@@ -73,15 +73,10 @@ MIN_WEIGHT = 1e-4  # proposals below this weight are not evaluated
 FABRIC = frozenset({"allreduce"})
 
 
-def fitted_gpus(model: TransferModel) -> tuple[str, ...]:
-    """The GPUs a transfer model was fitted on."""
-    return model.gpus
-
-
 def candidates_of(model: TransferModel) -> tuple[Device, ...]:
     """The catalog devices of the GPUs `model` was fitted on (the proposals' spec sheets)."""
     out = []
-    for name in fitted_gpus(model):
+    for name in model.gpus:
         try:
             out.append(get_device(name))
         except ServesimError:

@@ -48,8 +48,11 @@ Samples = dict[str, np.ndarray]
 # The sample families a twin's efficiency carries to: the compute kernels, and all-reduce
 # (NCCL's and the engines' own), whose twin must share the fabric too (`fabric_affinity`).
 COMPUTE = ("gemm", "attention_prefill", "attention_decode", "mla_prefill", "mla_decode", "moe")
-FABRIC = {"allreduce": ("nccl", "custom_allreduce"), "nccl": ("nccl",)}
-FABRIC["custom_allreduce"] = ("custom_allreduce",)
+FABRIC = {
+    "allreduce": ("nccl", "custom_allreduce"),  # the product's family: both tables
+    "nccl": ("nccl",),
+    "custom_allreduce": ("custom_allreduce",),
+}
 # Device affinity length in log10 units (0.1: a 26 % difference in one feature halves it at
 # 1.18 sigma) and the learnt correction's own weight: chosen on the leave-one-GPU-out
 # benchmark (`benchmarks/kernels.py`), where 0.05-0.2 and 0.05-0.3 give the same cells.
