@@ -166,3 +166,23 @@ def test_predict_names_the_twins_that_price_a_gpu_without_tables(capsys):
     assert json.loads(capsys.readouterr().out)["twin_gpus"] == {}
     assert main([*base, "--device", "mi300x", "--json"]) == 0  # no GPU shares its compute
     assert json.loads(capsys.readouterr().out)["twin_gpus"] == {}
+
+
+def test_a_twin_whose_tables_cannot_be_read_adds_nothing(monkeypatch):
+    from servesim.errors import ServesimError
+    from servesim.predictor import calibrate
+
+    def broken(*args, **kwargs):
+        raise ServesimError("a table is malformed")
+
+    te._tables.cache_clear()
+    te.measured.cache_clear()
+    monkeypatch.setattr(calibrate, "load_package_tables", broken)
+    try:
+        z = np.array([0.3])
+        rows = {"m": np.array([16.0]), "n": np.array([4096.0]), "k": np.array([4096.0])}
+        got = te.blend(("h100_sxm",), "gemm", rows, get_device("h800_sxm"), z)
+        assert got.tolist() == z.tolist()
+    finally:
+        te._tables.cache_clear()
+        te.measured.cache_clear()

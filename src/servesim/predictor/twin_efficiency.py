@@ -228,7 +228,12 @@ def measured(gpu: str, source: str) -> Efficiencies | None:
 
 @cache
 def _tables(gpu: str) -> dict[str, Samples]:
-    return calibrate.all_samples(calibrate.load_package_tables(gpu, "vllm", None))
+    """A measured GPU's tables as samples; none when they cannot be read (a twin then adds
+    nothing, and the learnt correction prices alone)."""
+    try:
+        return calibrate.all_samples(calibrate.load_package_tables(gpu, "vllm", None))
+    except (ServesimError, OSError, ValueError):
+        return {}
 
 
 def blend(
