@@ -204,11 +204,14 @@ def _change(arrays: dict, knobs, ks: list[int]) -> float:
                 )  # fmt: skip
         families = tuple(dict.fromkeys(transfer.FAMILY_OF[x] for x in arrays))
         weights, offset = ft.weigh(per_fam, prior, knobs, families)
-        out.append(_median_ape(arrays, picks, weights, offset) / base - 1.0)
+        own = ft.family_offsets(per_fam, weights, offset, knobs)
+        out.append(_median_ape(arrays, picks, weights, offset, own) / base - 1.0)
     return float(np.mean(out))
 
 
-def _median_ape(arrays: dict, picks: dict, weights: dict, offset: float) -> float:
+def _median_ape(
+    arrays: dict, picks: dict, weights: dict, offset: float, family_offsets: dict | None = None
+) -> float:
     """Median APE over the rows not picked, with the adaptation's log correction applied as
     `fewshot_transfer.Adapted` applies it."""
     from servesim.predictor import fewshot_transfer as ft
@@ -221,8 +224,11 @@ def _median_ape(arrays: dict, picks: dict, weights: dict, offset: float) -> floa
         fam = transfer.FAMILY_OF[x]
         w = weights.get(fam)
         # the device offset is the compute families' (`Adapted._offset`), not the fabric's
-        corr = (0.0 if fam in ft.FABRIC else offset) + (
-            d[keep] @ w if w is not None and len(w) else 0.0
+        own = (family_offsets or {}).get(fam, 0.0)
+        corr = (
+            (0.0 if fam in ft.FABRIC else offset)
+            + own
+            + (d[keep] @ w if w is not None and len(w) else 0.0)
         )
         errs.append(100.0 * np.abs(np.exp(corr - r[keep]) - 1.0))
     return float(np.median(np.concatenate(errs)))

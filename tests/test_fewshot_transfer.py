@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,8 @@ def test_no_shots_return_the_prior_exactly(fitted) -> None:
 
 def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
     """True times = the prior x 1.3 everywhere; with no other GPU to propose anything, the
-    adaptation is the device-wide offset: log 1.3 x k / (k + 20), by hand."""
+    adaptation is the device-wide offset o = log 1.3 x k / (k + 20) plus the family's own,
+    (log 1.3 - o) x k / (k + 5), by hand."""
     model, _ = fitted
     dev = dataclasses.replace(H100, name="odd")
     s = _device_rows()
@@ -72,14 +74,16 @@ def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
         shots = {"gemm": calibrate.subset(s, np.arange(200) < k)}
         adapted = ft.adapt(model, shots, dev, candidates=())
         ratio = adapted.predict("gemm", s, dev) / transfer.predict(model, "gemm", s, dev)
-        want = 1.3 ** (k / (k + ft.KNOBS.offset_shots))
+        o = math.log(1.3) * k / (k + ft.KNOBS.offset_shots)
+        want = math.exp(o + (math.log(1.3) - o) * k / (k + ft.KNOBS.family_shots))
         assert ratio == pytest.approx(np.full(200, want), rel=1e-9)
         ratios.append(float(ratio[0]))
     # More shots move the prediction monotonically towards the shots, never past them.
     assert np.all(np.diff(ratios) > 0)
     assert ratios[0] > 1.0 and ratios[-1] < 1.3
-    # k = 10: 1.3^(10/30) = 1.0914, so the error on the device falls from 23.1 % to 16.0 %.
-    assert ratios[2] == pytest.approx(1.3 ** (1 / 3), rel=1e-9)
+    # k = 10: o = ln 1.3 / 3 = 0.08745, the family's own (0.26236 - 0.08745) x 10/15 = 0.11661:
+    # x1.2264, so the error on the device falls from 23.1 % to 5.7 %.
+    assert ratios[2] == pytest.approx(math.exp(math.log(1.3) * (1 / 3 + 2 / 3 * 2 / 3)), rel=1e-9)
 
 
 def test_a_device_like_a_fitted_gpu_takes_its_proposal(fitted) -> None:
@@ -183,6 +187,8 @@ def test_a_saved_adaptation_reloads_identically(tmp_path: Path) -> None:
     with pytest.raises(ServesimError, match="few-shot adaptation; read it with"):
         roofline.KernelFit.load(tmp_path / "f.json")  # never silently without it
     assert back.transfer.offset == adapted.offset
+    assert back.transfer.family_offsets == adapted.family_offsets
+    assert adapted.family_offsets  # the example's shots set some
     for fam, w in adapted.weights.items():
         assert np.array_equal(back.transfer.weights[fam], w)
     s = ft.read_shots(EXAMPLE)["gemm"]
@@ -315,6 +321,48 @@ def test_all_reduce_shots_neither_set_nor_take_the_device_offset() -> None:
     assert alone == 0.0
     adapted = ft.Adapted(None, "odd", (), {}, offset, 20)  # type: ignore[arg-type]
     assert adapted._offset("gemm") == offset and adapted._offset("allreduce") == 0.0
+
+
+def test_each_family_takes_what_its_own_shots_still_miss() -> None:
+    """After the device offset (compute shots only), each family with shots takes its own
+    offset: the median left-over of its shots shrunk by k_f / (k_f + 5), by hand. Compute
+    shots 1.3x (gemm, 4 shots) and 1.1x (prefill attention, 2 shots), all-reduce 2x (2)."""
+    none = lambda n: np.zeros((n, 0))  # noqa: E731 - no candidates propose anything
+    per_fam = {
+        "gemm": (np.full(4, np.log(1.3)), none(4)),
+        "attention_prefill": (np.full(2, np.log(1.1)), none(2)),
+        "allreduce": (np.full(2, np.log(2.0)), none(2)),
+    }
+    weights, offset = ft.weigh(per_fam, np.ones(1))
+    # the device offset: the median of six compute left-overs (log 1.3 x4, log 1.1 x2) x 6/26
+    dev = 6 / (6 + ft.KNOBS.offset_shots) * np.log(1.3)
+    assert offset == pytest.approx(dev, rel=1e-12)
+    own = ft.family_offsets(per_fam, weights, offset)
+    c = ft.KNOBS.family_shots
+    assert own == pytest.approx(
+        {
+            "gemm": 4 / (4 + c) * (np.log(1.3) - dev),
+            "attention_prefill": 2 / (2 + c) * (np.log(1.1) - dev),
+            "allreduce": 2 / (2 + c) * np.log(2.0),  # the fabric takes no device offset
+        },
+        rel=1e-12,
+    )
+    adapted = ft.Adapted(None, "odd", (), weights, offset, 8, own)  # type: ignore[arg-type]
+    assert adapted._offset("gemm") == pytest.approx(dev + own["gemm"], rel=1e-12)
+    assert adapted._offset("allreduce") == pytest.approx(own["allreduce"], rel=1e-12)
+    assert adapted._offset("moe") == pytest.approx(dev, rel=1e-12)  # no shots: the device's
+
+
+def test_a_fit_file_with_malformed_family_offsets_is_refused(tmp_path: Path) -> None:
+    model = transfer_model.bundled()
+    adapted = ft.adapt(model, ft.read_shots(EXAMPLE), get_device("l40s"))
+    doc = adapted.to_dict()
+    assert ft.from_dict({**doc, "family_offsets": {}}, model, "x").family_offsets == {}
+    old = {k: v for k, v in doc.items() if k != "family_offsets"}  # written before them
+    assert ft.from_dict(old, model, "x").family_offsets == {}
+    for bad in ({"gemm": float("nan")}, {"warp": 0.1}, [0.1], {"gemm": True}):
+        with pytest.raises(ServesimError, match="family offsets are malformed"):
+            ft.from_dict({**doc, "family_offsets": bad}, model, "x")
 
 
 def test_compute_shots_weigh_one_device_wide_posterior() -> None:

@@ -14,7 +14,10 @@ seven), and the all-reduce shots their own family's alone. What the weighted pro
 miss on the compute shots, their median, becomes one device-wide log offset shrunk by
 k / (k + `Knobs.offset_shots`), for the compute families only: an all-reduce measures the
 fabric the GPUs sit on, not the chip, so its shots neither set the offset nor take it
-(`FABRIC`). k = 0 returns the transferred model exactly.
+(`FABRIC`). What each family's own shots still miss after that becomes its own offset, shrunk
+by k_f / (k_f + `Knobs.family_shots`) (`family_offsets`): where twin GPUs price the device
+(`twin_efficiency`) the rest is mostly a per-family twin-to-device difference. k = 0 returns
+the transferred model exactly.
 
 Where to measure matters as much as how many: `plan_shots` picks, family by family, shapes on
 which the plausible proposals disagree with the transferred model (the `Knobs.quantile`-th most
@@ -24,15 +27,16 @@ latency is seen.
 The constants were chosen by leave-one-GPU-out meta-validation on the ten aiconfigurator GPUs
 (NOTES, issue 11: for each GPU the grid point best on the other nine; with the shots weighing
 one posterior, the same point won for eight of the ten, A100 and B300 preferring no offset).
-Per-family offsets, thresholded offsets and local kernel-smoothed corrections were measured
-too and made most GPUs worse at k = 3..10: the error left after the transfer model is
-shape-specific and larger per shot than the family offsets a few shots could estimate.
+Before the twins, per-family offsets, thresholded offsets and local kernel-smoothed
+corrections made most GPUs worse at k = 3..10 (the error left after the learnt trend was
+shape-specific); on the twinned base the family offsets (`family_shots` 5, on top of the device
+offset) were the variant every GPU's other nine chose.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ class Knobs:
     scale: float = 0.1  # Laplace scale of a shot's log error about the right proposal
     similarity: float = 0.02  # a proposal's prior falls by e per this much median |log diff|
     offset_shots: float = 20.0  # the device offset: the shots' median left-over x k/(k + this)
+    family_shots: float = 5.0  # a family's own offset: its left-over median x k_f/(k_f + this)
     quantile: float = 0.75  # `plan_shots` measures the shape at this quantile of disagreement
 
 
@@ -179,6 +184,29 @@ def weigh(
     return weights, k / (k + knobs.offset_shots) * float(np.median(rest))
 
 
+def family_offsets(
+    per_fam: dict[str, tuple[np.ndarray, np.ndarray]],
+    weights: dict[str, np.ndarray],
+    offset: float,
+    knobs: Knobs = KNOBS,
+) -> dict[str, float]:
+    """Per family with shots, the log offset its own shots still ask for once the weighted
+    proposals and the device offset are applied: their median left-over, shrunk by
+    k_f / (k_f + `Knobs.family_shots`). Where twin GPUs price the device (`twin_efficiency`)
+    what is left is mostly each family's twin-to-device difference (B300's prefill attention
+    runs 13.5 % slower than B200's, its decode attention does not), which one device-wide
+    offset cannot follow."""
+    out = {}
+    for fam, (r, d) in per_fam.items():
+        w = weights.get(fam)
+        moved = d @ w if w is not None and len(w) else 0.0
+        left = r - moved - (0.0 if fam in FABRIC else offset)
+        k = len(left)
+        if k:
+            out[fam] = k / (k + knobs.family_shots) * float(np.median(left))
+    return out
+
+
 def pick(scores: dict[str, np.ndarray], k: int, knobs: Knobs = KNOBS) -> dict[str, np.ndarray]:
     """k row indices spread over the families of `scores` (in the given order, round robin):
     in each, the row at `knobs.quantile` of the disagreement score, then the ones below."""
@@ -208,10 +236,14 @@ class Adapted:
     weights: dict[str, np.ndarray]  # model family -> one weight per candidate
     offset: float = 0.0  # device-wide log offset on top of the compute families (not FABRIC)
     shots: int = 0
+    # each family's own log offset on top (`family_offsets`), for the families with shots
+    family_offsets: dict[str, float] = field(default_factory=dict)
 
     def _offset(self, family: str) -> float:
-        """The device-wide log offset where it applies: the compute families."""
-        return 0.0 if family in FABRIC else self.offset
+        """The log offset of `family`: the device-wide one (compute families only) plus the
+        family's own."""
+        device = 0.0 if family in FABRIC else self.offset
+        return device + self.family_offsets.get(family, 0.0)
 
     def log_correction(self, source: str, s: Samples, device: Device) -> np.ndarray:
         """log(predicted / roofline) per row of sample family `source` on `device`."""
@@ -287,6 +319,7 @@ class Adapted:
             "device": self.device_name,
             "shots": self.shots,
             "offset": self.offset,
+            "family_offsets": dict(self.family_offsets),
             "weights": {
                 fam: {c.name: float(x) for c, x in zip(self.candidates, w, strict=True)}
                 for fam, w in self.weights.items()
@@ -325,7 +358,8 @@ def adapt(
         for fam, parts in per_fam.items()
     }
     weights, offset = weigh(joined, prior, knobs, tuple(model.families))
-    return Adapted(model, device.name, cands, weights, offset, k)
+    own = family_offsets(joined, weights, offset, knobs)
+    return Adapted(model, device.name, cands, weights, offset, k, own)
 
 
 def plan_shots(
@@ -513,9 +547,22 @@ def from_dict(doc: dict[str, Any], model: TransferModel, origin: str) -> Adapted
     if bad or any(not np.isfinite(w).all() or (w < 0).any() for w in arr.values()):
         raise ServesimError(f"Kernel fit {origin}: its few-shot adaptation is malformed; {fix}.")
     offset = doc.get("offset", 0.0)
-    if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+    if not _finite_number(offset):
         raise ServesimError(f"Kernel fit {origin}: its few-shot offset is {offset!r}; {fix}.")
-    return Adapted(model, name, cands, arr, float(offset), int(doc.get("shots", 0)))
+    own = doc.get("family_offsets", {})  # fit files written before family offsets have none
+    if not isinstance(own, dict) or not all(
+        f in transfer.SOURCES and _finite_number(x) for f, x in own.items()
+    ):
+        raise ServesimError(
+            f"Kernel fit {origin}: its few-shot family offsets are malformed ({own!r}); {fix}."
+        )
+    shots = int(doc.get("shots", 0))
+    fam_off = {str(f): float(x) for f, x in own.items()}
+    return Adapted(model, name, cands, arr, float(offset), shots, fam_off)
+
+
+def _finite_number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
 
 
 def load_fit(path: str | Path) -> Any:
