@@ -168,8 +168,8 @@ class Meta:
         from servesim.predictor import fewshot_transfer as ft
 
         grid = [
-            ft.Knobs(stay, scale, sim, off, q)
-            for stay in (0.8, 0.9)
+            ft.Knobs(stay=stay, scale=scale, similarity=sim, offset_shots=off, quantile=q)
+            for stay in (0.8, 0.9, 0.98)
             for scale in (0.1, 0.2)
             for sim in (0.02, 0.05)
             for off in (20.0, 40.0, 80.0, 1e9)

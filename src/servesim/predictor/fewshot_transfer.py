@@ -57,8 +57,8 @@ class Knobs:
     scale: float = 0.1  # Laplace scale of a shot's log error about the right proposal
     similarity: float = 0.02  # a proposal's prior falls by e per this much median |log diff|
     offset_shots: float = 20.0  # the device offset: the shots' median left-over x k/(k + this)
-    family_shots: float = 5.0  # a family's own offset: its left-over median x k_f/(k_f + this)
     quantile: float = 0.75  # `plan_shots` measures the shape at this quantile of disagreement
+    family_shots: float = 5.0  # a family's own offset: its left-over median x k_f/(k_f + this)
 
 
 KNOBS = Knobs()
