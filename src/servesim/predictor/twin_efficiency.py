@@ -53,9 +53,9 @@ FABRIC = {
     "nccl": ("nccl",),
     "custom_allreduce": ("custom_allreduce",),
 }
-# Device affinity length in log10 units (0.1: a 26 % difference in one feature halves it at
-# 1.18 sigma) and the learnt correction's own weight: chosen on the leave-one-GPU-out
-# benchmark (`benchmarks/kernels.py`), where 0.05-0.2 and 0.05-0.3 give the same cells.
+# Device affinity length in log10 units (0.1: a 31 % difference in one feature halves the
+# affinity) and the learnt correction's own weight: chosen on the leave-one-GPU-out benchmark
+# (`benchmarks/kernels.py`); (0.05, 0.3) and (0.2, 0.05) miss one cell more or the same.
 DEVICE_SCALE = 0.1
 PRIOR = 0.1
 # Shape affinity length in natural-log units: a twin's efficiency is trusted about a factor
