@@ -186,3 +186,14 @@ def test_a_twin_whose_tables_cannot_be_read_adds_nothing(monkeypatch):
     finally:
         te._tables.cache_clear()
         te.measured.cache_clear()
+
+
+def test_the_run_summary_names_the_twins_of_a_gpu_without_tables():
+    from servesim.sim.deployment import Deployment
+    from servesim.sim.result import latency_provenance
+
+    model = load_model("meta-llama/Llama-3.1-8B-Instruct")
+    h800 = latency_provenance(Deployment(model, get_device("h800_sxm")))
+    assert h800["twin_gpus"] == {"h100_sxm": 1.0, "h200_sxm": 1.0}
+    assert "twin_gpus" not in latency_provenance(Deployment(model, get_device("h100_sxm")))
+    assert "twin_gpus" not in latency_provenance(Deployment(model, get_device("l4")))

@@ -91,7 +91,13 @@ def print_summary(summary: dict[str, Any], simulated: bool = True) -> None:
         rows.append(
             (
                 f"kernel times ({summary.get('latency_model', '')} model)",
-                provenance_text(summary["latency_provenance"]),
+                provenance_text(summary["latency_provenance"])
+                + (
+                    "; roofline from the measured efficiencies of "
+                    + ", ".join(summary["twin_gpus"])
+                    if summary.get("twin_gpus")
+                    else ""
+                ),
             )
         )
     if "sim_wall_s" in summary:

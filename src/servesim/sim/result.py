@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from servesim.predictor import twin_efficiency
 from servesim.sim.cluster import ClusterStats
 from servesim.sim.metrics import ItlHistogram, RunSummary, Slo
 from servesim.sim.pool import Requests
@@ -120,11 +121,13 @@ _SUMMARY_COLUMNS = [
 def latency_provenance(dep: Any) -> dict[str, Any]:
     """The latency model and the operator shapes its predictors priced, by provenance
     (measured, interpolated, extrapolated, roofline; see `Predictor.provenance_counts`), summed
-    over the deployment's pools. Empty for deployments whose predictors are built elsewhere."""
+    over the deployment's pools, and the twin GPUs whose measured efficiencies priced a GPU
+    without tables. Empty for deployments whose predictors are built elsewhere."""
     pools = [getattr(dep, n, None) for n in ("prefill", "decode")] if hasattr(dep, "decode") else []
     pools = [p for p in pools if p is not None] or [dep]
     counts: dict[str, int] = {}
     models: list[str] = []
+    twins: dict[str, float] = {}
     for pool in pools:
         if getattr(pool, "profiled", None) is not None or not hasattr(pool, "latency_model"):
             continue
@@ -134,9 +137,15 @@ def latency_provenance(dep: Any) -> dict[str, Any]:
         models.append(getattr(pred, "latency_model", pool.latency_model))
         for k, v in pred.provenance_counts().items():
             counts[k] = counts.get(k, 0) + v
+        fit, device = getattr(pred, "fit", None), getattr(pred, "device", None)
+        if fit is not None and device is not None:
+            twins.update(twin_efficiency.priced_by(fit, device))
     if not models:
         return {}
-    return {"latency_model": models[0], "latency_provenance": counts}
+    out: dict[str, Any] = {"latency_model": models[0], "latency_provenance": counts}
+    if twins:  # a GPU without tables priced from its twins' (`twin_efficiency`)
+        out["twin_gpus"] = twins
+    return out
 
 
 def engine_loop(dep: Any) -> dict[str, Any]:
