@@ -248,21 +248,15 @@ class Adapted:
     def log_correction(self, source: str, s: Samples, device: Device) -> np.ndarray:
         """log(predicted / roofline) per row of sample family `source` on `device`."""
         fam = transfer.FAMILY_OF[source]
-        w = self.weights.get(fam)
-        feats, _ = transfer.design(fam, source, s, device)
         if not corrects_family(fam, device):  # as roofline.collective_np prices it
-            return np.zeros(len(next(iter(feats.values()))))
-        z = twin_efficiency.log_correction(self.model, fam, s, device, feats)
+            return np.zeros(max(len(np.atleast_1d(v)) for v in s.values()))
+        w = self.weights.get(fam)
+        keep = [] if w is None else [i for i, x in enumerate(w) if x > MIN_WEIGHT]
+        # One pass prices the twinned base and the kept proposals' differences to it.
+        cands = tuple(self.candidates[i] for i in keep)
+        z, d = log_corrections(self.model, source, s, device, cands)
         z = z + self._offset(fam)
-        if w is None or not len(self.candidates):
-            return z
-        keep = tuple(i for i, x in enumerate(w) if x > MIN_WEIGHT)
-        if not keep:
-            return z
-        _, d = log_corrections(
-            self.model, source, s, device, tuple(self.candidates[i] for i in keep)
-        )
-        return z + d @ w[list(keep)]
+        return z + d @ w[keep] if keep else z
 
     def predict(self, source: str, s: Samples, device: Device) -> np.ndarray:
         """Seconds for rows `s` of sample family `source` on `device`."""
