@@ -63,8 +63,8 @@ def test_no_shots_return_the_prior_exactly(fitted) -> None:
 
 def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
     """True times = the prior x 1.3 everywhere; with no other GPU to propose anything, the
-    adaptation is the device-wide offset o = log 1.3 x k / (k + 20) plus the family's own,
-    (log 1.3 - o) x k / (k + 5), by hand."""
+    adaptation is the family's own offset log 1.3 x k / (k + 10) (no device offset by
+    default), by hand."""
     model, _ = fitted
     dev = dataclasses.replace(H100, name="odd")
     s = _device_rows()
@@ -73,17 +73,34 @@ def test_a_known_factor_is_recovered_by_the_shrunk_offset(fitted) -> None:
     for k in (1, 3, 10, 40, 160):
         shots = {"gemm": calibrate.subset(s, np.arange(200) < k)}
         adapted = ft.adapt(model, shots, dev, candidates=())
+        assert adapted.offset == 0.0
         ratio = adapted.predict("gemm", s, dev) / transfer.predict(model, "gemm", s, dev)
-        o = math.log(1.3) * k / (k + ft.KNOBS.offset_shots)
-        want = math.exp(o + (math.log(1.3) - o) * k / (k + ft.KNOBS.family_shots))
+        want = math.exp(math.log(1.3) * k / (k + ft.KNOBS.family_shots))
         assert ratio == pytest.approx(np.full(200, want), rel=1e-9)
         ratios.append(float(ratio[0]))
     # More shots move the prediction monotonically towards the shots, never past them.
     assert np.all(np.diff(ratios) > 0)
     assert ratios[0] > 1.0 and ratios[-1] < 1.3
-    # k = 10: o = ln 1.3 / 3 = 0.08745, the family's own (0.26236 - 0.08745) x 10/15 = 0.11661:
-    # x1.2264, so the error on the device falls from 23.1 % to 5.7 %.
-    assert ratios[2] == pytest.approx(math.exp(math.log(1.3) * (1 / 3 + 2 / 3 * 2 / 3)), rel=1e-9)
+    # k = 10: ln 1.3 x 10/20 = 0.13118, x1.1402, so the error on the device falls from 23.1 %
+    # to 12.3 %.
+    assert ratios[2] == pytest.approx(1.1401754, rel=1e-6)
+
+
+def test_the_device_offset_knob_recovers_a_known_factor_with_the_family_offset(fitted) -> None:
+    """With the device offset on (`Knobs.offset_shots` 20, family 5: the knobs before stop 45),
+    the adaptation is o = log 1.3 x k / (k + 20) plus the family's own (log 1.3 - o) x
+    k / (k + 5), by hand: k = 10 gives o = ln 1.3 / 3 and x exp(ln 1.3 x (1/3 + 2/3 x 2/3))."""
+    model, _ = fitted
+    dev = dataclasses.replace(H100, name="odd")
+    s = _device_rows()
+    s["latency_s"] = transfer.predict(model, "gemm", s, dev) * 1.3
+    knobs = ft.Knobs(offset_shots=20.0, family_shots=5.0)
+    shots = {"gemm": calibrate.subset(s, np.arange(200) < 10)}
+    adapted = ft.adapt(model, shots, dev, candidates=(), knobs=knobs)
+    assert adapted.offset == pytest.approx(math.log(1.3) / 3, rel=1e-12)
+    ratio = adapted.predict("gemm", s, dev) / transfer.predict(model, "gemm", s, dev)
+    want = math.exp(math.log(1.3) * (1 / 3 + 2 / 3 * 2 / 3))
+    assert ratio == pytest.approx(np.full(200, want), rel=1e-9)
 
 
 def test_a_device_like_a_fitted_gpu_takes_its_proposal(fitted) -> None:
@@ -315,16 +332,18 @@ def test_all_reduce_shots_neither_set_nor_take_the_device_offset() -> None:
         "gemm": (np.full(10, np.log(1.3)), none),
         "allreduce": (np.full(10, np.log(2.0)), none),
     }
-    _, offset = ft.weigh(per_fam, np.ones(1))
-    assert offset == pytest.approx(10 / (10 + ft.KNOBS.offset_shots) * np.log(1.3), rel=1e-12)
-    _, alone = ft.weigh({"allreduce": per_fam["allreduce"]}, np.ones(1))
+    knobs = ft.Knobs(offset_shots=20.0)  # on (the default leaves it off: `KNOBS`)
+    assert ft.weigh(per_fam, np.ones(1))[1] == 0.0
+    _, offset = ft.weigh(per_fam, np.ones(1), knobs)
+    assert offset == pytest.approx(10 / 30 * np.log(1.3), rel=1e-12)
+    _, alone = ft.weigh({"allreduce": per_fam["allreduce"]}, np.ones(1), knobs)
     assert alone == 0.0
     adapted = ft.Adapted(None, "odd", (), {}, offset, 20)  # type: ignore[arg-type]
     assert adapted._offset("gemm") == offset and adapted._offset("allreduce") == 0.0
 
 
 def test_each_family_takes_what_its_own_shots_still_miss() -> None:
-    """After the device offset (compute shots only), each family with shots takes its own
+    """After the device offset (on here: compute shots only), each family with shots takes its own
     offset: the median left-over of its shots shrunk by k_f / (k_f + 5), by hand. Compute
     shots 1.3x (gemm, 4 shots) and 1.1x (prefill attention, 2 shots), all-reduce 2x (2)."""
     none = lambda n: np.zeros((n, 0))  # noqa: E731 - no candidates propose anything
@@ -333,12 +352,13 @@ def test_each_family_takes_what_its_own_shots_still_miss() -> None:
         "attention_prefill": (np.full(2, np.log(1.1)), none(2)),
         "allreduce": (np.full(2, np.log(2.0)), none(2)),
     }
-    weights, offset = ft.weigh(per_fam, np.ones(1))
+    knobs = ft.Knobs(offset_shots=20.0, family_shots=5.0)  # the device offset on
+    weights, offset = ft.weigh(per_fam, np.ones(1), knobs)
     # the device offset: the median of six compute left-overs (log 1.3 x4, log 1.1 x2) x 6/26
-    dev = 6 / (6 + ft.KNOBS.offset_shots) * np.log(1.3)
+    dev = 6 / 26 * np.log(1.3)
     assert offset == pytest.approx(dev, rel=1e-12)
-    own = ft.family_offsets(per_fam, weights, offset)
-    c = ft.KNOBS.family_shots
+    own = ft.family_offsets(per_fam, weights, offset, knobs)
+    c = 5.0
     assert own == pytest.approx(
         {
             "gemm": 4 / (4 + c) * (np.log(1.3) - dev),
