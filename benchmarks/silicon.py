@@ -1145,8 +1145,12 @@ def stated_layout_settings(
         if item["prefill_settings"] or item["decode_settings"]:
             out["prefill_settings"] = item["prefill_settings"]
             out["decode_settings"] = item["decode_settings"]
-            rc = item["recipe_commits"].split()[run]
-            notes.append(f"engine flags from {item['recipe']}@srt-slurm {rc}")
+            if item["recipe"]:
+                rc = item["recipe_commits"].split()[run]
+                notes.append(f"engine flags from {item['recipe']}@srt-slurm {rc}")
+            else:  # an early item's `additional-settings` (inferencex_layouts.CONFIG_SETTINGS)
+                sc = item["source_commits"].split()[run]
+                notes.append(f"engine limits from {item['config_key']}@{sc}'s settings")
     if record:  # the recipe's (or config's) batch limits replace the record's placeholders
         out["prefill_batch_size"], out["decode_batch_size"] = batches
         notes.append(f"batch {batches[0]} / {batches[1]} a rank from it")

@@ -257,6 +257,39 @@ READERS = (
 )
 
 
+# InferenceX's first multi-node TensorRT-LLM items (`dsr1-fp4-gb200-dynamo-trt`,
+# `gptoss-fp4-gb200-dynamo-trt`, December 2025 to January 2026) have no srt-slurm recipe: the
+# engines' limits are the item's `additional-settings`, which benchmarks/*_gb200_dynamo-trt_slurm.sh
+# hands to Dynamo's performance_sweeps (benchmark_disagg.slurm -> scripts/gen_yaml.py): the
+# context servers' `max_num_tokens`, the generation servers' `max_num_tokens` and
+# `kv_cache_config.free_gpu_memory_fraction`, and generation CUDA graphs whose `batch_sizes`
+# end with the generation batch (padding on, so every batch up to it is graphed). Per pool:
+# (setting, servesim's name), each in TensorRT-LLM's meaning (per rank, fraction of free memory).
+CONFIG_SETTINGS = {
+    "prefill": (("PREFILL_MAX_NUM_TOKENS", "token_budget"),),
+    "decode": (
+        ("DECODE_MAX_NUM_TOKENS", "token_budget"),
+        ("DECODE_GPU_MEM_FRACTION", "mem_fraction"),
+        ("DECODE_MAX_BATCH_SIZE", "graph_max_bs"),
+    ),
+}
+
+
+def config_settings(extra: dict[str, str]) -> tuple[str, str]:
+    """(prefill, decode) engine settings an InferenceX item's `additional-settings` fix
+    (`CONFIG_SETTINGS`), written as `recipe_settings` writes a recipe's; ("", "") when it
+    gives none."""
+    out = []
+    for role in ("prefill", "decode"):
+        found = {
+            name: extra[key]
+            for key, name in CONFIG_SETTINGS[role]
+            if key in extra and float(extra[key]) > 0
+        }
+        out.append(" ".join(f"{k}={v}" for k, v in sorted(found.items())))
+    return out[0], out[1]
+
+
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
@@ -366,6 +399,8 @@ def layouts(
                                 mtp = recipe_draft_tokens(body)
                     else:
                         r_commit = ""
+                if not (pre_set or dec_set) and entry.get("framework") == "dynamo-trt":
+                    pre_set, dec_set = config_settings(extra)
                 conc = item.get("conc-list") or []
                 rows.append(
                     {

@@ -488,6 +488,47 @@ def test_rows_stating_the_deployment_s_total_gpus_in_their_tp_columns() -> None:
     assert silicon.recovered_layout(ambiguous)[2] == "2 InferenceX configs match"
 
 
+def test_early_dynamo_trt_items_pass_their_limits_as_additional_settings() -> None:
+    """InferenceX's first GB200 TensorRT-LLM items have no recipe: their `additional-settings`
+    are the engines' limits (Dynamo's gen_yaml.py). Hand-checked: the 2,150-client MTP item
+    of nvidia-master.yaml@25506e87c8e4 sets PREFILL_MAX_NUM_TOKENS 4608, DECODE_MAX_NUM_TOKENS
+    256, DECODE_MAX_BATCH_SIZE 128 and DECODE_GPU_MEM_FRACTION 0.7; its pools are 2 x DEP4
+    and 1 x DEP16, and TensorRT-LLM's token budgets are per attention-DP rank. Before, the
+    pools took aiconfigurator's generator rules (2,528 / 128 tokens a rank, 0.9, graphs to 512).
+    """
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    from servesim.spec.devices import Catalog
+
+    extra = {
+        "PREFILL_MAX_NUM_TOKENS": "4608",
+        "PREFILL_MAX_BATCH_SIZE": "4",
+        "DECODE_MAX_NUM_TOKENS": "256",
+        "DECODE_MAX_BATCH_SIZE": "128",
+        "DECODE_GPU_MEM_FRACTION": "0.7",
+        "DECODE_MTP_SIZE": "1",
+    }
+    assert lay.config_settings(extra) == (
+        "token_budget=4608",
+        "graph_max_bs=128 mem_fraction=0.7 token_budget=256",
+    )
+    assert lay.config_settings({"CONFIG_FILE": "recipes/x.yaml"}) == ("", "")
+    row = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c2150_tp24_ep1_1081")
+    filled, _, refusal = silicon.recovered_layout(row)
+    assert refusal == ""
+    assert filled["prefill_settings"] == "token_budget=4608"
+    assert filled["decode_settings"] == "graph_max_bs=128 mem_fraction=0.7 token_budget=256"
+    dep = silicon.deployment_of(filled, Catalog())
+    pre, dec = dep.prefill, dep.decode
+    assert pre.max_num_batched_tokens == 4608 * 4
+    assert pre.max_num_seqs == 4 * 4
+    assert dec.max_num_batched_tokens == 256 * 16
+    assert dec.max_num_seqs == 128 * 16
+    assert dec.engine.cuda_graph_max_seqs == 128
+    assert dec.engine.mem_util == 0.7 and dec.engine.mem_util_of_free
+
+
 def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     """Hand-checked: database record cfg315 (B200 TensorRT-LLM fp4, 8k/1k, 370 clients) states
     2 context workers of 4 attention-DP ranks and 5 generation workers of TEP 8, prefill batch 1
@@ -569,7 +610,15 @@ def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flag
         "1.0,1.0,1.0,1.0,4.0,1.0,4.0,34.0,1.0,1.0,1.0,32.0,1.0,32.0",
     )
     out, note, refusal = silicon.stated_layout_settings(plain)
-    assert (refusal, note) == ("", "batch 4 / 32 a rank from it")
+    assert refusal == ""
+    assert note == (
+        "engine limits from dsr1-fp4-gb200-dynamo-trt@25506e87c8e4's settings; "
+        "batch 4 / 32 a rank from it"
+    )
+    # the item's own limits (PREFILL_MAX_NUM_TOKENS 4608; DECODE_MAX_NUM_TOKENS 32,
+    # DECODE_MAX_BATCH_SIZE 32, DECODE_GPU_MEM_FRACTION 0.7)
+    assert out["prefill_settings"] == "token_budget=4608"
+    assert out["decode_settings"] == "graph_max_bs=32 mem_fraction=0.7 token_budget=32"
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("4", "32")
     assert "speculative_num_draft_tokens" not in out
 
