@@ -142,7 +142,9 @@ def recipe_batches(recipe_text: str) -> tuple[int | None, int | None]:
         elif vllm.get("max-num-seqs"):
             out.append(int(vllm["max-num-seqs"]))
         elif sgl.get("max-running-requests"):
-            dp = int(sgl.get("dp-size") or 1) if sgl.get("enable-dp-attention") else 1
+            # `--dp-size` is also spelt `--data-parallel-size` (server_args.py; recipes use both)
+            size = sgl.get("dp-size") or sgl.get("data-parallel-size") or 1
+            dp = int(size) if sgl.get("enable-dp-attention") else 1
             out.append(int(sgl["max-running-requests"]) // dp or None)  # < 1 a rank: unknown
         else:
             out.append(None)

@@ -233,6 +233,19 @@ def test_recipe_draft_length_from_either_engine() -> None:
         "      max-num-seqs: 1024\n    decode:\n      max-num-seqs: 256\n"
     )
     assert lay.recipe_batches(seqs) == (1024, 256)
+    # SGLang's max-running-requests is per server, split over its DP-attention ranks, whichever
+    # spelling of the DP size the recipe uses (b200-fp4/1k1k/stp/low-latency-dep4-1p-tep8-5d:
+    # 512 on a prefill server of `data-parallel-size: 4` is 128 a rank; its decode has no DP)
+    for flag in ("dp-size", "data-parallel-size"):
+        sgl = "backend:\n  sglang_config:\n    prefill:\n      enable-dp-attention: true\n" + (
+            f"      {flag}: 4\n      max-running-requests: 512\n"
+            "    decode:\n      data-parallel-size: 1\n      max-running-requests: 512\n"
+        )
+        assert lay.recipe_batches(sgl) == (128, 512)
+    no_adp = "backend:\n  sglang_config:\n    prefill:\n      data-parallel-size: 4\n" + (
+        "      max-running-requests: 512\n"
+    )
+    assert lay.recipe_batches(no_adp) == (512, None)  # DP without DP attention: replicas
     table = silicon.inferencex_layouts()
     for r in table:  # no plain item names a draft length; an MTP item does unless its
         # recipe is not public (April 2026's `recipes/<gpu>-<fmt>/1k1k.yaml:zip_override_...`
