@@ -26,9 +26,12 @@ the commits of its first day.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime
+import fnmatch
 import functools
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -120,6 +123,108 @@ def first_version(gitdir: str, path: str) -> str:
     """The commit that first added `path` on any branch ('' if never)."""
     out = git(gitdir, "log", "--all", "--diff-filter=A", "--format=%H", "--", path).split()
     return out[-1] if out else ""
+
+
+# From March 2026 an srt-slurm recipe file may hold several variants: a `base` and
+# `override_<name>` / `zip_override_<name>` sections that srtctl merges into it
+# (src/srtctl/core/config.py, `generate_override_configs`): a dict merges key by key, a list
+# or scalar replaces, a null deletes the key; a zip group's list values give its i-th variant
+# their i-th element (one-element lists broadcast). InferenceX names one with
+# `CONFIG_FILE=recipes/<file>.yaml:<selector>`: `override_x`, `zip_override_x[i]`, a whole
+# zip group, `base` or a glob over the section names.
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """srtctl's `deep_merge`: `override` merged into a copy of `base`."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _list_lengths(d: dict) -> list[int]:
+    """The length of every list-valued leaf of `d`."""
+    out: list[int] = []
+    for v in d.values():
+        if isinstance(v, list):
+            out.append(len(v))
+        elif isinstance(v, dict):
+            out.extend(_list_lengths(v))
+    return out
+
+
+def _zip_slice(d: dict, i: int) -> dict:
+    """A zip section's variant `i`: each list leaf replaced by its i-th element."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, list):
+            out[k] = v[0 if len(v) == 1 else i]
+        elif isinstance(v, dict):
+            out[k] = _zip_slice(v, i)
+        else:
+            out[k] = v
+    return out
+
+
+def _zip_variants(base: dict, section: dict) -> list[dict]:
+    """Every variant of one zip section (none when its lists disagree in length)."""
+    lengths = {n for n in _list_lengths(section) if n != 1}
+    if len(lengths) > 1 or 0 in lengths:
+        return []
+    n = lengths.pop() if lengths else 1
+    return [_deep_merge(base, _zip_slice(section, i)) for i in range(n)]
+
+
+def recipe_variants(recipe_text: str, selector: str) -> list[dict]:
+    """The recipes a file holds under `selector` ("" for all of a multi-variant file; a file
+    without `base` is one recipe, named by no selector)."""
+    doc = parsed(recipe_text)
+    base = doc.get("base")
+    if not isinstance(base, dict):
+        return [] if selector else [doc]
+    if selector == "base":
+        return [base]
+    m = re.fullmatch(r"(zip_override_[\w-]+)\[(\d+)\]", selector)
+    if m:
+        section = doc.get(m.group(1))
+        found = _zip_variants(base, section) if isinstance(section, dict) else []
+        i = int(m.group(2))
+        return [found[i]] if i < len(found) else []
+    out: list[dict] = []
+    for key in sorted(k for k in doc if k.startswith(("override_", "zip_override_"))):
+        if selector and not fnmatch.fnmatchcase(key, selector):
+            continue
+        section = doc[key]
+        if not isinstance(section, dict):
+            continue
+        if key.startswith("zip_"):
+            out.extend(_zip_variants(base, section))
+        else:
+            out.append(_deep_merge(base, section))
+    return out
+
+
+def recipe_for(recipe_text: str, selector: str, workers: tuple[object, object]) -> str:
+    """The recipe `selector` names in a file whose (prefill, decode) worker counts are
+    `workers`, as YAML text; "" when none is, or several are and differ."""
+    found = [
+        v
+        for v in recipe_variants(recipe_text, selector)
+        if (
+            ((v.get("resources") or {}).get("prefill_workers")),
+            ((v.get("resources") or {}).get("decode_workers")),
+        )
+        == workers
+    ]
+    texts = {yaml.safe_dump({k: v for k, v in d.items() if k != "name"}) for d in found}
+    if len(texts) != 1:
+        return ""
+    return yaml.safe_dump(found[0], sort_keys=False)
 
 
 def recipe_batches(recipe_text: str) -> tuple[int | None, int | None]:
@@ -378,12 +483,16 @@ def layouts(
                 pre_set = dec_set = ""
                 if recipe and srt_commit:
                     r_commit = srt_commit
-                    body = file_at(srt, srt_commit, recipe)
+                    file, _, selector = recipe.partition(":")
+                    body = file_at(srt, srt_commit, file)
                     if not body:
                         # Not in srt-slurm that day: its first public version, e.g. the
                         # sa-submission-q1-2026 branch InferenceX cites, merged 2026-03-03.
-                        r_commit = first_version(srt, recipe)
-                        body = file_at(srt, r_commit, recipe) if r_commit else ""
+                        r_commit = first_version(srt, file)
+                        body = file_at(srt, r_commit, file) if r_commit else ""
+                    workers = (pre.get("num-worker"), dec.get("num-worker"))
+                    if body and (selector or "base" in parsed(body)):
+                        body = recipe_for(body, selector, workers)
                     res = parsed(body).get("resources") or {}
                     # Use a recipe only if its worker counts are the config's (same deployment).
                     same = (res.get("prefill_workers"), res.get("decode_workers")) == (

@@ -375,6 +375,70 @@ def test_a_kimi_gb200_disaggregated_row_gets_its_recipe_and_simulates() -> None:
     assert 0 < ttft_ms < 1000 and 0 < tpot_ms < 100
 
 
+def test_a_recipe_file_of_several_variants_yields_the_one_the_config_names() -> None:
+    """srt-slurm's multi-variant files (March 2026 on) as srtctl expands them: `base` merged
+    with an `override_*` section (a null deletes a key) or with variant i of a
+    `zip_override_*` section (lists zipped, one-element lists broadcast); InferenceX names one
+    as `file.yaml:<selector>`, and the table takes the variant whose worker counts are the
+    config item's. Hand-checked on srt-slurm 37f8ca23's recipes/b200-fp4/8k1k.yaml: its
+    `zip_override_stp_lowlat[1]` is 1 prefill worker of DEP4 (512 requests a server, 128 a
+    rank) and 5 decode workers of TP8 (512), benchmarked at 8 clients."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    text = (
+        "base:\n  name: b\n  resources: {prefill_workers: 1, decode_workers: 1}\n"
+        "  backend:\n    sglang_config:\n      prefill: {enable-dp-attention: true,"
+        " data-parallel-size: 4, max-running-requests: 512}\n"
+        "      decode: {max-running-requests: 512}\n"
+        "  benchmark: {concurrencies: '4'}\n"
+        "override_tp4:\n  backend:\n    sglang_config:\n"
+        "      prefill: {enable-dp-attention: null, data-parallel-size: 1}\n"
+        "zip_override_low:\n  name: [l0, l1, l2]\n"
+        "  resources: {prefill_workers: [1, 1, 2], decode_workers: [1, 5, 5]}\n"
+        "  benchmark: {concurrencies: ['64x128', '8', '4x128']}\n"
+    )
+    tp4 = lay.recipe_variants(text, "override_tp4")
+    assert len(tp4) == 1
+    assert tp4[0]["backend"]["sglang_config"]["prefill"] == {
+        "data-parallel-size": 1,
+        "max-running-requests": 512,
+    }
+    low = lay.recipe_variants(text, "zip_override_low")
+    assert [v["resources"] for v in low] == [
+        {"prefill_workers": 1, "decode_workers": 1},
+        {"prefill_workers": 1, "decode_workers": 5},
+        {"prefill_workers": 2, "decode_workers": 5},
+    ]
+    one = lay.recipe_for(text, "zip_override_low[1]", (1, 5))
+    assert lay.recipe_concurrencies(one) == [8]
+    assert lay.recipe_batches(one) == (128, 512)
+    assert lay.recipe_for(text, "zip_override_low", (2, 5)) == lay.recipe_for(
+        text, "zip_override_low[2]", (2, 5)
+    )
+    assert lay.recipe_batches(lay.recipe_for(text, "override_tp4", (1, 1))) == (512, 512)
+    # a selector naming no variant, or none with the config's worker counts: no recipe
+    assert lay.recipe_for(text, "zip_override_low[7]", (1, 5)) == ""
+    assert lay.recipe_for(text, "zip_override_low[1]", (3, 3)) == ""
+    # two variants with the config's worker counts that differ: which one ran is not known
+    assert lay.recipe_for(text, "*", (1, 1)) == ""
+    # a plain recipe file is itself, and names no selector
+    assert lay.recipe_variants("resources: {prefill_workers: 1}\n", "") == [
+        {"resources": {"prefill_workers": 1}}
+    ]
+    assert lay.recipe_variants("resources: {prefill_workers: 1}\n", "override_x") == []
+    table = {
+        (r["recipe"], r["days_in_effect"]): r
+        for r in silicon.inferencex_layouts()
+        if r["recipe"].startswith("recipes/b200-fp4/8k1k.yaml:")
+    }
+    row = next(r for (name, _), r in table.items() if name.endswith("zip_override_stp_lowlat[1]"))
+    assert (row["prefill_workers"], row["decode_workers"]) == ("1", "5")
+    assert (row["prefill_max_batch"], row["decode_max_batch"]) == ("128", "512")
+    assert row["recipe_concurrencies"] == "8"
+    assert "token_budget=32768" in row["prefill_settings"]
+
+
 def test_recipe_engine_settings_in_servesim_names() -> None:
     """Each engine's recipe flags under servesim's names: SGLang's memory fraction, KV dtype,
     chunked-prefill size, graph size and receive interval; TensorRT-LLM's kv_cache_config,
