@@ -144,8 +144,15 @@ def _number(key: str, text: str) -> float:
     return value
 
 
+# A pool whose public srt-slurm recipe sets no batch limit (the GB200/GB300 SGLang
+# low-latency recipes' decode servers give no `max-running-requests`) runs with the engine's
+# own: `recovered_layout` writes this in its batch column, and `deployment_of` leaves the
+# limit to `EngineProfile.max_num_seqs` and its rules (SGLang: 4,096, or its speculative cap).
+ENGINE_BATCH = "engine"
+
+
 def batching_of(
-    backend: str, role: str, bs: int, isl: int, budget_vllm: int | None = None, dp: int = 1
+    backend: str, role: str, bs: int | None, isl: int, budget_vllm: int | None = None, dp: int = 1
 ) -> dict[str, object]:
     """Batching limits the benchmarked engines ran with.
 
@@ -159,8 +166,13 @@ def batching_of(
     (backend_config_mapping.yaml; in the vLLM launch templates since 2026-01-08 for the generic
     one and 2026-02-11 for 0.12.0). `budget_vllm` overrides vLLM's budget. `role` is `agg`,
     `prefill` or `decode`. `bs` and the budgets are per attention-DP rank; one servesim replica
-    holds all `dp` ranks, so its limits are `dp` times theirs.
+    holds all `dp` ranks, so its limits are `dp` times theirs. `bs` None: a pool whose recipe
+    leaves the batch to the engine (`ENGINE_BATCH`), which keeps its own limits.
     """
+    if bs is None:  # `ENGINE_BATCH`: the engine's own limits (the token budget the recipe's)
+        tokens = (isl + 1500) * dp if role == "prefill" or backend == "sglang" else None
+        out: dict[str, object] = {"max_num_seqs": None, "max_num_batched_tokens": tokens}
+        return {**out, "chunked_prefill": False} if backend == "trtllm" else out
     if backend == "trtllm":
         tokens = {"agg": bs + isl + 1500, "prefill": isl + 1500, "decode": bs}[role]
         tokens = -(-tokens // 32) * 32
@@ -618,7 +630,8 @@ def deployment_of(
     def pool(prefix: str, role: str) -> Deployment:
         recipe = pool_settings(row, prefix) if role != "agg" else {}
         par = _parallel(row, prefix, role, moe=model.num_experts > 0, recipe=recipe)
-        bs = _int(row, prefix + "batch_size")
+        engine_batch = (row.get(prefix + "batch_size") or "").strip() == ENGINE_BATCH
+        bs = None if engine_batch else _int(row, prefix + "batch_size")
         limits = batching_of(row["backend"], role, bs, isl, budget_vllm, par.dp)
         eng = engine
         if trt is not None:
@@ -994,7 +1007,7 @@ def _pool_columns(row: dict[str, str], layout: dict[str, str], pool: str) -> dic
     return {
         f"{pool}_settings": layout.get(f"{pool}_settings", ""),
         f"{pool}_num_workers": layout[f"{pool}_workers"],
-        f"{pool}_batch_size": layout[f"{pool}_max_batch"],
+        f"{pool}_batch_size": layout[f"{pool}_max_batch"] or ENGINE_BATCH,
         f"{pool}_tp_size": str(tp // dp),
         f"{pool}_pp_size": "1",
         f"{pool}_attention_dp_size": str(dp),
@@ -1069,9 +1082,10 @@ def recovered_layout(
     refusal = speculation_refusal(spec, item["num_draft_tokens"])
     if refusal:
         return row, "", refusal
-    if not (item["prefill_max_batch"] and item["decode_max_batch"]):
-        return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
     run = in_effect(item["days_in_effect"], day) or 0
+    public = item["recipe"] and item["recipe_commits"].split()[run] != "-"
+    if not (item["prefill_max_batch"] and item["decode_max_batch"]) and not public:
+        return row, "", "InferenceX config's srt-slurm recipe (batch sizes) is not public"
     commit = item["source_commits"].split()[run]
     filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
     if not fields["image"]:
@@ -1492,10 +1506,14 @@ def specified_or_reason(row: dict[str, str], benchmarked_clients: bool = False) 
             for key in ("num_workers", "batch_size", "tp_size")
             if not _given(row, f"{pool}_{key}")
         ]
+        engine = [k for k in missing if k.endswith("batch_size") and row.get(k) == ENGINE_BATCH]
+        missing = [k for k in missing if k not in engine]
         if any(k.endswith(("num_workers", "batch_size")) for k in missing):
             return "disagg row without worker counts or batch sizes"
         if missing:
             return "disagg row without tensor-parallel sizes"
+        if "decode_batch_size" in engine:
+            return ""  # the engine's own limit, thousands of sequences: no clients to compare
         slots = (
             _int(row, "decode_batch_size")
             * _int(row, "decode_num_workers")

@@ -700,6 +700,20 @@ def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flag
     assert "speculative_num_draft_tokens" not in out
 
 
+def _dashboard_row(item: dict[str, str], common: dict[str, str]) -> dict[str, str]:
+    """A dashboard-style disaggregated row of a table item (`inferencex_kinds.kinds`): the
+    columns an export states, its pools' TP and EP but no worker counts or batches."""
+    return {
+        **common,
+        "backend": silicon.INFERENCEX_FRAMEWORK[item["framework"]],
+        "system": silicon.INFERENCEX_GPU[item["gpu"]],
+        "mode": "disagg",
+        "prefill_tp_size": item["prefill_tp"],
+        "prefill_moe_ep_size": item["prefill_ep"],
+        "decode_tp_size": item["decode_tp"],
+    }
+
+
 def test_every_kind_of_table_deployment_simulates_from_a_dashboard_row() -> None:
     """Rows held out from this repository name other GPUs and models of the same table: one
     dashboard-style row per model, GPU, framework, precision and MTP-or-not (at the item's
@@ -714,15 +728,7 @@ def test_every_kind_of_table_deployment_simulates_from_a_dashboard_row() -> None
         r for r in silicon.inferencex_layouts() if r["prefill_max_batch"] and r["decode_max_batch"]
     ]
     for item, common in kinds(tuple(usable), clients_of="recipe_concurrencies"):
-        row = {
-            **common,
-            "backend": silicon.INFERENCEX_FRAMEWORK[item["framework"]],
-            "system": silicon.INFERENCEX_GPU[item["gpu"]],
-            "mode": "disagg",
-            "prefill_tp_size": item["prefill_tp"],
-            "prefill_moe_ep_size": item["prefill_ep"],
-            "decode_tp_size": item["decode_tp"],
-        }
+        row = _dashboard_row(item, common)
         filled, source, refusal = silicon.recovered_layout(row)
         if refusal:
             assert refusal.endswith("configs match"), (row["id"], refusal)
@@ -732,6 +738,56 @@ def test_every_kind_of_table_deployment_simulates_from_a_dashboard_row() -> None
         assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (row["id"], ttft, tpot)
         simulated += 1
     assert simulated >= 20
+
+
+def test_a_public_recipe_without_batch_limits_leaves_them_to_the_engine() -> None:
+    """The GB200 and GB300 SGLang fp4 low-latency recipes (srt-slurm b2c9f1a4e56b) give their
+    decode servers no `max-running-requests`, so SGLang's own limit applies; their rows were
+    refused as "recipe (batch sizes) is not public". Now the pool's batch column says
+    `ENGINE_BATCH` and the decode pool keeps the engine's limit (4,096 sequences, SGLang's
+    default here) and the recipe's settings; a config whose recipe is not public is still
+    refused."""
+    from inferencex_kinds import kinds
+
+    from servesim.spec.devices import Catalog
+
+    table = silicon.inferencex_layouts()
+    open_ended = tuple(
+        r
+        for r in table
+        if r["recipe"]
+        and set(r["recipe_commits"].split()) != {"-"}
+        and not (r["prefill_max_batch"] and r["decode_max_batch"])
+    )
+    assert {r["config_key"] for r in open_ended} >= {
+        "dsr1-fp4-gb200-dynamo-sglang",
+        "dsr1-fp4-gb300-dynamo-sglang",
+    }
+    catalog, simulated = Catalog(), 0
+    for item, common in kinds(open_ended, clients_of="recipe_concurrencies"):
+        row = _dashboard_row(item, common)
+        filled, source, refusal = silicon.recovered_layout(row)
+        if refusal.endswith("configs match"):
+            continue
+        assert refusal == "" and source.startswith("layout recovered"), (row["id"], refusal)
+        assert filled["decode_batch_size"] == silicon.ENGINE_BATCH
+        assert silicon.specified_or_reason(filled, benchmarked_clients=True) == ""
+        dep = silicon.deployment_of(filled, catalog)
+        assert dep.decode.max_num_seqs is None
+        assert dep.decode.batching()[0] == 4096
+        ttft, tpot = silicon.simulate_row(filled, catalog, 10)
+        assert 0 < ttft < 1e6 and 0 < tpot < 1e4, (row["id"], ttft, tpot)
+        simulated += 1
+    assert simulated >= 2
+    assert silicon.batching_of("sglang", "decode", None, 1024, dp=1) == {
+        "max_num_seqs": None,
+        "max_num_batched_tokens": 2524,
+    }
+    assert silicon.batching_of("trtllm", "decode", None, 1024, dp=4) == {
+        "max_num_seqs": None,
+        "max_num_batched_tokens": None,
+        "chunked_prefill": False,
+    }
 
 
 def test_sglang_moe_dense_tp_size_1_keeps_the_dense_layers_on_each_rank() -> None:
