@@ -166,6 +166,8 @@ def test_calibrate_shots_end_to_end(tmp_path: Path, capsys) -> None:
     assert "few-shot transfer (10 measurements)" in said
     # One device-wide posterior: the compute families are named together, with one share each.
     assert "gemm/attention_prefill/attention_decode" in said
+    # each family's own offset is shown; no device-wide offset is applied by default
+    assert "family offsets gemm x" in said and "device offset" not in said
     doc = json.loads(out.read_text())
     assert doc["adaptation"]["device"] == "l40s" and doc["adaptation"]["shots"] == 10
     fit = ft.load_fit(out)

@@ -207,8 +207,10 @@ def _few_shot(s: CalibrateSettings, device: Any, out: Path) -> int:
         for w, fams in groups.items()
     )
     own = ", ".join(f"{f} x{math.exp(x):.3f}" for f, x in adapted.family_offsets.items())
+    # The device-wide offset is off by default (`fewshot_transfer.Knobs.offset_shots`).
+    device = f"; device offset x{math.exp(adapted.offset):.3f}" if adapted.offset else ""
     console.print(
-        f"wrote {out} ({fit.fitted_on}; offset x{math.exp(adapted.offset):.3f}"
+        f"wrote {out} ({fit.fitted_on}{device}"
         + (f"; family offsets {own}" if own else "")
         + (f"; {moved}" if moved else "")
         + ")"
