@@ -397,6 +397,14 @@ def config_settings(extra: dict[str, str]) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def sweep_clients(conc: list[object], decode_workers: object) -> list[int]:
+    """The clients Dynamo's performance_sweeps benchmark runs for an item's `conc-list`: each
+    value times the generation servers (scripts/bench.sh: `concurrency=$((concurrency *
+    num_gen_servers))`, in every stored version), so a 4-worker item listing 8 ran 32."""
+    workers = int(decode_workers or 1)
+    return [int(c) * workers for c in conc if str(c).strip().isdigit()]
+
+
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
@@ -510,9 +518,11 @@ def layouts(
                                 mtp = recipe_draft_tokens(body)
                     else:
                         r_commit = ""
+                conc = item.get("conc-list") or []
                 if not (pre_set or dec_set) and entry.get("framework") == "dynamo-trt":
                     pre_set, dec_set = config_settings(extra)
-                conc = item.get("conc-list") or []
+                    if (pre_set or dec_set) and not recipe:
+                        clients = sweep_clients(conc, dec.get("num-worker"))
                 rows.append(
                     {
                         "config_key": key,

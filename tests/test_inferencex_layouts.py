@@ -606,6 +606,34 @@ def test_early_dynamo_trt_items_pass_their_limits_as_additional_settings() -> No
     assert dec.engine.mem_util == 0.7 and dec.engine.mem_util_of_free
 
 
+def test_dynamo_sweeps_run_each_listed_concurrency_per_generation_server() -> None:
+    """Dynamo's performance_sweeps (InferenceX's first GB200 TensorRT-LLM items) benchmark
+    each `conc-list` value times the generation servers (scripts/bench.sh). Hand-checked:
+    `dsr1-fp4-gb200-dynamo-trt` 1k/1k plain, 4 generation workers, lists 1 2 4 8 16 32 64 141,
+    so it ran 4 … 564 clients, and the dev file has GB200 rows at exactly 144, 256 and 564
+    clients that no list held before (they were refused as matching no config)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    assert lay.sweep_clients([1, 2, 141], 4) == [4, 8, 564]
+    assert lay.sweep_clients(["8"], None) == [8]
+    table = silicon.inferencex_layouts()
+    tep = [
+        r
+        for r in table
+        if r["config_key"] == "dsr1-fp4-gb200-dynamo-trt"
+        and r["isl"] == "1024"
+        and r["spec_decoding"] == "none"
+        and r["decode_workers"] == "4"
+        and not r["recipe"]  # the config's own items, before srt-slurm recipes
+    ]
+    assert tep and {r["recipe_concurrencies"] for r in tep} == {"4 8 16 32 64 128 256 564"}
+    row = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c564_tp36_ep1_1088")
+    filled, source, refusal = silicon.recovered_layout(row)
+    assert refusal == "" and source.endswith("the row's tp 36 read as the deployment's GPUs")
+    assert (filled["prefill_num_workers"], filled["decode_num_workers"]) == ("1", "4")
+
+
 def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     """Hand-checked: database record cfg315 (B200 TensorRT-LLM fp4, 8k/1k, 370 clients) states
     2 context workers of 4 attention-DP ranks and 5 generation workers of TEP 8, prefill batch 1
@@ -625,12 +653,17 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
         "graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 moe_backend=trtllm token_budget=64"
     )
     assert row["decode_batch_size"] == "74"  # the input row is not modified
+    # GB200 cfg229 (2025-12-19, 1 context worker of TP4, 3 generation workers of TEP8): Dynamo's
+    # sweep ran each listed concurrency times the 3 generation servers, so 6 clients is the
+    # MTP item's 2 and the plain item's 2 (refused: which one ran is not known), while 102
+    # is the plain item's 34 alone: its limits (1 a context server, 32 a generation server).
     other = dev_row("dsr1_gb200_trtllm_fp4_disagg_8192x1024_c6_cfg229")
-    assert silicon.stated_layout_settings(other) == (
-        other,
-        "",
-        "database record whose recipe's batch limits are not known",
-    )
+    assert silicon.stated_layout_settings(other) == (other, "", "2 InferenceX configs match")
+    plain = dev_row("dsr1_gb200_trtllm_fp4_disagg_8192x1024_c102_cfg229")
+    out, note, refusal = silicon.stated_layout_settings(plain)
+    assert refusal == "" and "speculative_num_draft_tokens" not in out
+    assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("1", "32")
+    assert out["prefill_settings"] == "token_budget=8448"
     agg = dev_row("dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91")
     assert silicon.stated_layout_settings(agg) == (agg, "", "")
 
