@@ -180,13 +180,15 @@ class Meta:
         ]
         inner = [g for g in self.test if g != exclude]
         arrays = {j: self._arrays(exclude, j) for j in inner}
-        worst = {kn: max(_change(arrays[j], kn, [max(ks)]) for j in inner) for kn in grid}
-        mean = {kn: float(np.mean([_change(arrays[j], kn, ks) for j in inner])) for kn in grid}
+        last = ks.index(max(ks))
+        changes = {kn: [_changes(arrays[j], kn, ks) for j in inner] for kn in grid}
+        worst = {kn: max(c[last] for c in changes[kn]) for kn in grid}
+        mean = {kn: float(np.mean(changes[kn])) for kn in grid}
         return min(grid, key=lambda kn: (round(worst[kn], 6), mean[kn]))
 
 
-def _change(arrays: dict, knobs, ks: list[int]) -> float:
-    """Mean relative change of the median APE from k = 0 over `ks` (planned shots)."""
+def _changes(arrays: dict, knobs, ks: list[int]) -> list[float]:
+    """Relative change of the median APE from k = 0 at each of `ks` (planned shots)."""
     from servesim.predictor import fewshot_transfer as ft
     from servesim.predictor import transfer
 
@@ -210,7 +212,7 @@ def _change(arrays: dict, knobs, ks: list[int]) -> float:
         weights, offset = ft.weigh(per_fam, prior, knobs, families)
         own = ft.family_offsets(per_fam, weights, offset, knobs)
         out.append(_median_ape(arrays, picks, weights, offset, own) / base - 1.0)
-    return float(np.mean(out))
+    return out
 
 
 def _median_ape(

@@ -221,8 +221,8 @@ def recipe_for(recipe_text: str, selector: str, workers: tuple[object, object]) 
         )
         == workers
     ]
-    texts = {yaml.safe_dump({k: v for k, v in d.items() if k != "name"}) for d in found}
-    if len(texts) != 1:
+    unnamed = [{k: v for k, v in d.items() if k != "name"} for d in found]
+    if not found or any(d != unnamed[0] for d in unnamed):
         return ""
     return yaml.safe_dump(found[0], sort_keys=False)
 
