@@ -264,6 +264,27 @@ def test_a_small_all_reduce_over_two_h100_nodes_agrees_with_nccls_own_model(h100
     assert roofline.allreduce_s(65536, 16, h100, fit) == pytest.approx(nccl_model_s, rel=0.25)
 
 
+def test_a_small_all_reduce_over_pcie_agrees_with_nccls_model_and_the_l40s_table(fit):
+    """Over PCIe a ring step costs what NCCL's own tuning model says (src/graph/tuning.cc
+    hwLat, Ring/LL: 1.0 µs over PCI against 0.6 over NVLink), so a PCIe GPU's link latency is
+    1.0/0.6 of the NVLink parts' 2.0 µs. NCCL's model for a 1 KiB all-reduce, Ring/LL: base
+    6.6 µs + 2(n-1) x 1.0 µs = 8.6 µs on 2 GPUs and 20.6 µs on 8 (Tree/LL 20.8). The L40S
+    nccl-tests table in aiconfigurator-core measures 8.3 and 22.4 µs (512 B); servesim prices
+    8.7 and 25.9 µs (its bandwidth term adds 2 µs at 8 GPUs). With the old 10 µs link latency
+    the 8-GPU all-reduce priced 64 µs."""
+    l40s = get_device("l40s")
+    assert l40s.link_latency_s == pytest.approx(2.0 * US / 0.6, rel=0.01)
+    for n, nccl_model_s in ((2, 8.6 * US), (8, 20.6 * US)):
+        t = roofline.allreduce_s(1024, n, l40s, fit)
+        assert t == pytest.approx(nccl_model_s, rel=0.3), n
+    s = calibrate.all_samples(calibrate.load_package_tables("l40s", "vllm", None))["nccl"]
+    for n in (2, 4, 8):
+        pick = (s["op"] == "all_reduce") & (s["num_devices"] == n) & (s["nbytes"] <= 4096)
+        measured = float(np.median(np.asarray(s["latency_s"])[pick]))
+        t = roofline.allreduce_s(1024, n, l40s, fit)
+        assert t == pytest.approx(measured, rel=0.25), (n, t, measured)
+
+
 def test_p2p(h100, fit):
     intra = roofline.p2p_s(2**20, h100, fit)
     inter = roofline.p2p_s(2**20, h100, fit, inter_node=True)
