@@ -1625,6 +1625,7 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
     skipped = Counter(str(r["status"]) for r in results if r["status"] != "ok")
     slowest = max(results, key=lambda r: float(r["wall_s"]), default=None)
     cpu = max((float(r["cpu_s"]) for r in results), default=0.0)
+
     return {
         "rows": len(ok),
         "skipped": sum(skipped.values()),
@@ -1682,7 +1683,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     catalog = Catalog()
     try:
-        with open(args.path, newline="") as f:
+        # utf-8-sig: a spreadsheet's export starts with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(args.path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]

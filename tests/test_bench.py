@@ -172,6 +172,9 @@ def test_word_and_tokenizer_prompts_have_exact_lengths(tmp_path):
     rng = np.random.default_rng(0)
     w = bench.WordPrompts(["aa", "bb"], offset=1)
     assert len(w.build(50, rng).split()) == 49
+    words = tmp_path / "words.txt"  # saved with a byte-order mark: the first word stays "aa"
+    words.write_bytes(b"\xef\xbb\xbfaa\r\nbb\r\n")
+    assert bench.WordPrompts.from_file(words).words == ["aa", "bb"]
     tokenizers = pytest.importorskip("tokenizers")
     vocab = {"[UNK]": 0, **{f"w{i}": i + 1 for i in range(200)}}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))

@@ -61,6 +61,15 @@ def test_config_file_gives_the_same_run_as_flags(tmp_path: Path, capsys) -> None
     assert c["throughput_req_per_s"] > 1.5 * a["throughput_req_per_s"]
 
 
+def test_a_json_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte-order mark; the config is read all the same."""
+    from servesim.cli.settings import load_file
+
+    cfg = tmp_path / "run.json"
+    cfg.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": "Qwen/Qwen3-8B", "tp": 2}).encode())
+    assert load_file(cfg) == {"model": "Qwen/Qwen3-8B", "tp": 2}
+
+
 def test_closed_loop_from_the_cli(tmp_path: Path, capsys) -> None:
     code, out, _ = run(
         [

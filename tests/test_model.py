@@ -122,6 +122,9 @@ def test_config_path_and_bad_inputs(tmp_path) -> None:
     assert m.head_dim == 64 and m.num_layers == 2
     with pytest.raises(ServesimError, match="Unknown model"):
         load_model("not-a-model")
+    bom = tmp_path / "bom.json"  # saved by a Windows editor: a byte-order mark first
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(cfg).encode())
+    assert load_model(str(bom)).num_layers == 2
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ServesimError, match="not valid JSON"):

@@ -93,6 +93,20 @@ def test_moe_row_maps_expert_parallelism_and_quantisation() -> None:
         silicon.deployment_of({**r, "moe_tp_size": "2"}, Catalog())
 
 
+def test_a_spreadsheet_export_with_a_byte_order_mark_is_read(tmp_path: Path, capsys) -> None:
+    """A CSV saved by a spreadsheet starts with a UTF-8 byte-order mark and CRLF line ends; its
+    first column keeps its name (it used to read as '\\ufeffid', so the file was refused)."""
+    path = tmp_path / "exported.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.DictWriter(f, fieldnames=HEADER, lineterminator="\r\n")
+        w.writeheader()
+        w.writerow(
+            {**row(batch_size="8", tp_size="2"), "silicon_data_source": "silicon_concurrency=8"}
+        )
+    assert silicon.main([str(path), "--rounds", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 1
+
+
 def test_main_counts_skipped_rows_with_their_reason(tmp_path: Path, capsys) -> None:
     rows = [
         row(batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=8"),

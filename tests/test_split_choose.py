@@ -182,6 +182,13 @@ def test_read_quality_errors(tmp_path) -> None:
         ch.read_quality(f)
 
 
+def test_read_quality_takes_a_spreadsheet_export(tmp_path) -> None:
+    """A spreadsheet's CSV starts with a byte-order mark; the header is still `model,score`."""
+    f = tmp_path / "q.csv"
+    f.write_bytes("\ufeffmodel,score\r\nmeta-llama/Meta-Llama-3.1-8B,0.7\r\n".encode())
+    assert ch.read_quality(f) == {"meta-llama/Meta-Llama-3.1-8B": 0.7}
+
+
 def test_cli_split_and_choose_json(capsys) -> None:
     rc = cli.main(
         [

@@ -165,6 +165,8 @@ def test_files_and_bundled_examples(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text(json.dumps(doc))
     assert load_workflows(str(path))[0].nodes[0].output == Fixed(4)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())  # a byte-order mark first
+    assert load_workflows(str(path))[0].name == "w"
     with pytest.raises(ServesimError, match="bundled example"):
         load_workflows("no_such_workflow")
     bad = tmp_path / "bad.yaml"

@@ -227,7 +227,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ServesimError(f"Config file {str(p)!r} does not exist; check the path.")
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = p.read_bytes().decode("utf-8-sig")  # a Windows editor's byte-order mark too
     except UnicodeDecodeError:
         raise ServesimError(
             f"Config file {str(p)!r} is not UTF-8 text; save it as UTF-8."

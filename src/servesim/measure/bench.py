@@ -92,7 +92,7 @@ class WordPrompts:
         """Read one word per line."""
         p = Path(path)
         try:
-            return cls(p.read_text(encoding="utf-8").split(), offset)
+            return cls(p.read_text(encoding="utf-8-sig").split(), offset)  # BOM too
         except UnicodeDecodeError:
             raise ServesimError(
                 f"Word list {str(p)!r} is not UTF-8 text; save it as UTF-8."

@@ -125,7 +125,7 @@ def read_quality(path: str | Path) -> dict[str, float]:
     if not p.is_file():
         raise ServesimError(f"Quality file {str(p)!r} does not exist; check the path.")
     out: dict[str, float] = {}
-    with p.open(newline="", encoding="utf-8") as f:
+    with p.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark
         rows = list(csv.reader(f))
     if not rows or [x.strip().lower() for x in rows[0][:2]] != ["model", "score"]:
         raise ServesimError(f"Quality file {str(p)!r} must start with the header `model,score`.")

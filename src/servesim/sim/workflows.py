@@ -476,7 +476,7 @@ def load_workflows(path_or_name: str) -> tuple[WorkflowSpec, ...]:
             )
         p = bundled
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")  # a Windows editor's byte-order mark too
         doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ServesimError(f"Cannot read workflows from {p}: {exc}".split("\n")[0]) from None

@@ -1206,7 +1206,7 @@ _HF_QUANT_SUFFIX = "_hf_quant_config.json"
 def _read_json(p: Path, what: str) -> Any:
     """A JSON file's content; one sentence naming the file when it cannot be read."""
     try:
-        return json.loads(p.read_bytes().decode("utf-8"))
+        return json.loads(p.read_bytes().decode("utf-8-sig"))  # a BOM from a Windows editor
     except UnicodeDecodeError:
         raise ServesimError(
             f"{what} {str(p)!r} is not UTF-8 text; save it as UTF-8 JSON."
