@@ -1626,14 +1626,17 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
     slowest = max(results, key=lambda r: float(r["wall_s"]), default=None)
     cpu = max((float(r["cpu_s"]) for r in results), default=0.0)
 
+    def figure(x: float) -> float | None:  # no predicted row: null, so the line stays JSON
+        return None if math.isnan(x) else round(x, 2)
+
     return {
         "rows": len(ok),
         "skipped": sum(skipped.values()),
         "predicted_fraction": round(len(ok) / len(results), 4) if results else 0.0,
-        "ttft_median_ape": round(tm, 2),
-        "ttft_p90_ape": round(tp9, 2),
-        "tpot_median_ape": round(pm, 2),
-        "tpot_p90_ape": round(pp9, 2),
+        "ttft_median_ape": figure(tm),
+        "ttft_p90_ape": figure(tp9),
+        "tpot_median_ape": figure(pm),
+        "tpot_p90_ape": figure(pp9),
         "by_group": by_group,
         "bias_by_engine": bias_by_engine,
         "skipped_by_reason": dict(skipped.most_common()),

@@ -107,6 +107,21 @@ def test_a_spreadsheet_export_with_a_byte_order_mark_is_read(tmp_path: Path, cap
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] == 1
 
 
+def test_a_file_without_rows_ends_with_strict_json(tmp_path: Path, capsys) -> None:
+    """A header and no rows: nothing to score, so the figures are null, not NaN (which a
+    strict JSON reader refuses), and the run still exits 0."""
+    path = tmp_path / "empty.csv"
+    with open(path, "w", newline="") as f:
+        csv.DictWriter(f, fieldnames=HEADER).writeheader()
+    assert silicon.main([str(path)]) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1], parse_constant=refuse)
+    assert last["rows"] == 0 and last["ttft_median_ape"] is None and last["tpot_p90_ape"] is None
+
+
 def test_main_counts_skipped_rows_with_their_reason(tmp_path: Path, capsys) -> None:
     rows = [
         row(batch_size="8", tp_size="2", silicon_data_source="silicon_concurrency=8"),
