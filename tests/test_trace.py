@@ -253,6 +253,17 @@ def test_generic_jsonl(tmp_path: Path) -> None:
         assert w.priority is None and w.prefix_hashes is None
 
 
+def test_a_negative_arrival_time_is_refused_with_its_line(tmp_path: Path) -> None:
+    """The run starts at 0, so a request at -1 s would wait unseen and report a TTFT it never
+    had (1.008 s for a 100-token prompt on an H100, before); an absolute timestamp column is
+    measured from its earliest row instead and may hold any values."""
+    path = write(tmp_path, "g.csv", "arrival_s,prompt_tokens,output_tokens\n0,100,10\n-1,100,10\n")
+    with pytest.raises(ServesimError, match=r"^line 3 of .*g\.csv: arrival_s -1\.0 is negative"):
+        read_trace(path)
+    stamps = write(tmp_path, "t.csv", "timestamp,prompt_tokens,output_tokens\n-3,10,1\n-1,10,1\n")
+    assert list(read_trace(stamps).arrival_s) == [0.0, 2.0]
+
+
 def test_generic_missing_columns_listed(tmp_path: Path) -> None:
     path = write(tmp_path, "g.csv", "time,prompt_tokens\n1,2\n")
     with pytest.raises(ServesimError) as info:

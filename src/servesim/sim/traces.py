@@ -375,6 +375,15 @@ def _sorted_workload(
     t = cols.pop("time")
     if rebase:
         _rebase(t, origin, time_col, locate)
+    elif len(t) and t.min() < 0:  # the run starts at 0: an earlier arrival would wait unseen
+        row = int(np.argmin(t))
+        raise _row_error(
+            origin,
+            locate(row),
+            f"{time_col} {_shown(t[row].item())} is negative, but arrival times count from the "
+            "start of the run at 0 (an absolute timestamp column is measured from its earliest "
+            "row)",
+        )
     order = np.argsort(t, kind="stable") if np.any(t[1:] < t[:-1]) else None
 
     def take(a: np.ndarray) -> np.ndarray:
