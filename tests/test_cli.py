@@ -61,6 +61,13 @@ def test_config_file_gives_the_same_run_as_flags(tmp_path: Path, capsys) -> None
     assert c["throughput_req_per_s"] > 1.5 * a["throughput_req_per_s"]
 
 
+def test_an_error_shows_the_user_s_text_as_typed(capsys) -> None:
+    """rich turns `:100:` into an emoji by default; an error quoting what the user typed must
+    quote it as typed."""
+    code, _, err = run(["simulate", "--rate", "2", "--prompt", "normal:100:-5"], capsys)
+    assert code == 2 and "'normal:100:-5' is not understood" in " ".join(err.split())
+
+
 def test_a_json_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     """Windows editors save UTF-8 with a byte-order mark; the config is read all the same."""
     from servesim.cli.settings import load_file

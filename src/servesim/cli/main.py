@@ -81,7 +81,7 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn bad input into one line and exit code 2."""
-    err = Console(stderr=True, soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True, emoji=False)
     try:
         args, extra = _parser().parse_known_args(argv)
         if extra:

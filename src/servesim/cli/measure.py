@@ -30,7 +30,7 @@ from servesim.cli.settings import (
 from servesim.errors import ServesimError
 
 # No markup: paths, labels and names come from the user and may hold [brackets].
-console = Console(markup=False)
+console = Console(markup=False, emoji=False)
 
 
 class BenchSettings(WorkloadSettings):
@@ -262,7 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if summary["requests"] and not summary["finished"]:
         first = next((r.error for r in res.records if r.error), "")
         why = f" (first error: {' '.join(str(first).split())[:160]})" if first else ""
-        Console(stderr=True).print(
+        Console(stderr=True, emoji=False).print(
             f"every one of the {summary['requests']} requests failed ({counts}){why}; check "
             f"that the server at {s.url} is up and serves {s.model!r} (exit status 1).",
             highlight=False,

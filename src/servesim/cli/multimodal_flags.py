@@ -199,5 +199,5 @@ def run_epd_plan(s: EpdPlanSettings, spec: Any) -> int:
             f"{r.ttft_p90_s:.3f}",
             f"{r.tpot_p50_s * 1e3:.1f}",
         )
-    Console().print(table)
+    Console(emoji=False).print(table)
     return 0

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 # No markup: paths, labels and names come from the user and may hold [brackets].
-console = Console(markup=False)
+console = Console(markup=False, emoji=False)
 
 
 def _fmt_ms(x: float) -> str:

@@ -43,7 +43,7 @@ from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
 from servesim.sim.metrics import Slo
 
 # No markup: paths, labels and names come from the user and may hold [brackets].
-console = Console(markup=False)
+console = Console(markup=False, emoji=False)
 
 
 def _pairs(v: Any) -> Any:
@@ -457,7 +457,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if result.closest_miss() is not None
             else "every candidate was pruned before simulation"
         )
-        Console(stderr=True).print(
+        Console(stderr=True, emoji=False).print(
             f"{why} (exit status 1); the report and plan.parquet say how close each came.",
             highlight=False,
             soft_wrap=True,
