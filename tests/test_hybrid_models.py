@@ -4,6 +4,7 @@ layers: parameter counts against published sizes, state and KV bytes and operato
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,8 @@ PUBLISHED = [
     ("deepseek-ai/DeepSeek-V3.2", 671.0, 37.0),  # V3's architecture plus the indexer
     ("nvidia/DeepSeek-R1-NVFP4", 671.0, 37.0),
     ("nvidia/Nemotron-H-56B-Base-8K", 56.0, None),  # Nemotron-H paper: 56B
+    # model card: 31.6B total, 3.6B active per token with the embeddings
+    ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", 31.6, 3.6),
 ]
 
 # Published hyper-parameters of models whose configs are not bundled (model cards, Apache-2.0 /
@@ -115,6 +118,46 @@ def test_nemotron_h_blocks_state_and_kv_by_hand() -> None:
     per_layer = 256 * 64 * 256 * 2 + 3 * (256 * 64 + 2 * 8 * 256) * 2
     assert m.state_bytes_per_seq() == 54 * per_layer == 459_620_352
     assert m.kv_bytes_per_token() == 10 * 2 * 8 * 128 * 2
+
+
+def test_nemotron_3_nano_moe_blocks_state_and_kv_by_hand() -> None:
+    """Nemotron 3 Nano's pattern adds E (routed-expert MLP) blocks to Nemotron-H's M, * and
+    -: 23 Mamba2, 6 attention and 23 MoE blocks; 128 experts, 6 a token, one shared expert of
+    3,712; squared-ReLU experts (up and down only); its config keeps the SSM state in float32."""
+    m = load_model("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+    assert (m.num_linear_layers, m.num_attention_layers, m.num_moe_layers) == (23, 6, 23)
+    assert (m.num_dense_layers, m.num_experts, m.experts_per_token) == (0, 128, 6)
+    assert m.shared_expert_intermediate_size == 3712 and not m.gated_mlp
+    assert m.expert_params() == 2 * 2688 * 1856
+    # Mamba2: 64 heads x 64 head dim x 128 state in fp32; conv over x (64x64) and B, C
+    # (8 groups x 128) with 3 past inputs in bf16.
+    assert m.state_dtype == "fp32"
+    assert m.state_bytes_per_seq() == 23 * (64 * 64 * 128 * 4 + 3 * (64 * 64 + 2 * 8 * 128) * 2)
+    assert m.kv_bytes_per_token() == 6 * 2 * 2 * 128 * 2
+
+
+def test_nemotron_blocks_listed_by_name_and_latent_moe_refused() -> None:
+    """Newer Nemotron configs list `layers_block_type` names instead of the letter pattern;
+    LatentMoE (Nemotron 3 Super/Ultra: experts in a `moe_latent_size` space) is refused."""
+    import aiconfigurator_core
+
+    nano = load_model("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16")
+    folder = Path(aiconfigurator_core.__file__).parent / "model_configs"
+    cfg = json.loads(
+        (folder / "nvidia--NVIDIA-Nemotron-3-Nano-30B-A3B-BF16_config.json").read_text()
+    )
+    letters = {"M": "mamba", "*": "attention", "-": "mlp", "E": "moe"}
+    named = {**cfg, "layers_block_type": [letters[x] for x in cfg["hybrid_override_pattern"]]}
+    del named["hybrid_override_pattern"]
+    m = spec_from_config(named, name="nemotron-3-nano-named")
+    assert m.num_params() == nano.num_params() and m.num_moe_layers == 23
+    # ... and may give the depth only as that list's length (Nemotron 3.5, Nemotron 3 Ultra)
+    depthless = spec_from_config({**named, "num_hidden_layers": None}, name="depthless")
+    assert depthless.num_layers == 52 and depthless.num_params() == nano.num_params()
+    with pytest.raises(ServesimError, match="latent space"):
+        spec_from_config({**cfg, "moe_latent_size": 1024}, name="latent")
+    with pytest.raises(ServesimError, match="E \\(MoE\\) for each"):
+        spec_from_config({**cfg, "hybrid_override_pattern": "X" * 52}, name="bad")
 
 
 def test_dsa_kv_adds_the_indexer_keys() -> None:

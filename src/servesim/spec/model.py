@@ -960,6 +960,14 @@ def spec_from_config(
             inner["model_type"] = _VL_TEXT.get(model_type, model_type)
             inner.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings"))
         return spec_from_config(inner, name, origin, hf_quant)
+    blocks = cfg.get("layers_block_type")
+    if (
+        model_type == "nemotron_h"
+        and cfg.get("num_hidden_layers") is None
+        and isinstance(blocks, list)
+    ):
+        # Nemotron 3.5 configs may give the depth only as their list of blocks.
+        return spec_from_config({**cfg, "num_hidden_layers": len(blocks)}, name, origin, hf_quant)
     if model_type not in KNOWN_TYPES:
         raise ServesimError(
             f"Model family {model_type or '(none)'!r} of {name} is not supported; servesim "
@@ -1095,21 +1103,39 @@ def spec_from_config(
         raise ServesimError(f"{str(exc).rstrip('.')} (read from {origin}).") from None
 
 
+# Nemotron-H's block letters, and the names Nemotron 3.5 configs list instead
+# (`layers_block_type`): Mamba2 mixer, attention, dense MLP, routed-expert MLP.
+_NEMOTRON_BLOCKS = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}
+
+
+def _nemotron_pattern(c: _Config, layers: int, name: str) -> str:
+    """A Nemotron-H config's block per layer as letters: `hybrid_override_pattern`, or the
+    `layers_block_type` list newer configs give instead."""
+    pattern = c.get("hybrid_override_pattern")
+    if not pattern and isinstance(c.get("layers_block_type"), list):
+        kinds = [str(k) for k in c.get("layers_block_type")]
+        pattern = "".join(_NEMOTRON_BLOCKS.get(k, "?") for k in kinds)
+    pattern = str(pattern or "")
+    if len(pattern) != layers or set(pattern) - set("M*-E"):
+        raise ServesimError(
+            f"The block pattern of {name} (hybrid_override_pattern or layers_block_type) must "
+            f"give one of M (Mamba2), * (attention), - (MLP) or E (MoE) for each of its "
+            f"{layers} layers."
+        )
+    return pattern
+
+
 def _hybrid_fields(c: _Config, model_type: str, base: dict[str, Any], name: str) -> dict[str, Any]:
     """Layer counts and mixer shapes of a linear/full-attention hybrid."""
     layers = base["num_layers"]
     if model_type == "nemotron_h":
-        pattern = str(c.get("hybrid_override_pattern", ""))
-        if len(pattern) != layers or set(pattern) - set("M*-"):
-            raise ServesimError(
-                f"hybrid_override_pattern of {name} must give one of M (Mamba2), * (attention) "
-                f"or - (MLP) for each of its {layers} layers; MoE blocks (E) are not modelled."
-            )
-        mamba, attn, mlp = pattern.count("M"), pattern.count("*"), pattern.count("-")
+        pattern = _nemotron_pattern(c, layers, name)
+        mamba, attn = pattern.count("M"), pattern.count("*")
+        dense, moe = pattern.count("-"), pattern.count("E")
         heads = c.int("num_attention_heads")
-        return dict(
+        out = dict(
             head_dim=c.int("attention_head_dim", c.get("head_dim", base["hidden_size"] // heads)),
-            gated_mlp=False,  # squared-ReLU MLP
+            gated_mlp=False,  # squared-ReLU MLP (the experts' too)
             mlp_bias=c.flag("mlp_bias", False),
             attention_bias=c.flag("attention_bias", False),
             linear_kind="mamba2",
@@ -1121,9 +1147,33 @@ def _hybrid_fields(c: _Config, model_type: str, base: dict[str, Any], name: str)
             linear_conv_kernel=c.int("conv_kernel", 4),
             linear_chunk=c.int("chunk_size", 256),
             num_mixer_only_layers=mamba + attn,
-            num_mlp_only_layers=mlp,
+            num_mlp_only_layers=dense + moe,
             num_mtp_layers=c.int("num_nextn_predict_layers", 0),
         )
+        ssm = c.get("mamba_ssm_cache_dtype")  # Nemotron 3 keeps its SSM state in float32
+        if ssm:
+            out["state_dtype"] = canonical(str(ssm))
+        if moe:
+            # Nemotron 3: each E block is a routed-expert MLP (squared ReLU, not gated) with
+            # `n_shared_experts` always-on experts of `moe_shared_expert_intermediate_size`;
+            # the dense (-) blocks, if any, count as the non-MoE MLP layers.
+            if c.get("moe_latent_size"):
+                raise ServesimError(
+                    f"{name} routes its experts in a latent space (moe_latent_size, Nemotron 3 "
+                    "Super/Ultra LatentMoE), which servesim does not model; Nemotron 3 Nano's "
+                    "plain experts are."
+                )
+            out.update(
+                num_experts=c.int("n_routed_experts"),
+                experts_per_token=c.int("num_experts_per_tok"),
+                moe_intermediate_size=c.int("moe_intermediate_size"),
+                shared_expert_intermediate_size=c.int("n_shared_experts", 0)
+                * c.int("moe_shared_expert_intermediate_size", 0),
+                first_dense_layers=dense,
+                expert_groups=c.int("n_group", 1) or 1,
+                expert_groups_per_token=c.int("topk_group", 1) or 1,
+            )
+        return out
     if model_type == "kimi_linear":
         la = c.get("linear_attn_config")
         if not isinstance(la, dict):
