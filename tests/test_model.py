@@ -338,3 +338,47 @@ def test_context_length_follows_the_engines_rope_scaling_rule() -> None:
     }
     assert context_tokens(llama3) == 131_072
     assert context_tokens({"hidden_size": 8}) == 0  # not stated: nothing to check
+
+
+@pytest.mark.parametrize(
+    ("name", "total_b", "moe_layers", "dense_width"),
+    [
+        # model cards: "17B active, 109B total" (Scout, 16 experts) and "17B active, 400B
+        # total" (Maverick, 128 experts); the totals include a ~1B vision encoder servesim
+        # does not model.
+        ("meta-llama/Llama-4-Scout-17B-16E-Instruct", 109.0, 48, 16384),
+        ("meta-llama/Llama-4-Maverick-17B-128E-Instruct", 400.0, 24, 16384),
+    ],
+)
+def test_llama_4_interleaved_experts_and_chunked_attention(
+    name: str, total_b: float, moe_layers: int, dense_width: int
+) -> None:
+    """Llama 4: a shared expert plus one routed expert (width 8,192) in every
+    interleave_moe_layer_step-th layer, a dense MLP of intermediate_size_mlp in the others;
+    attention chunked at 8,192 tokens in the 36 RoPE layers, global in every 4th."""
+    m = load_model(name)
+    assert m.num_params() / 1e9 == pytest.approx(total_b, rel=0.02)
+    assert m.num_active_params() / 1e9 == pytest.approx(17.0, rel=0.03)
+    assert (m.num_moe_layers, m.num_dense_layers) == (moe_layers, 48 - moe_layers)
+    assert m.intermediate_size == dense_width and m.moe_intermediate_size == 8192
+    assert m.shared_expert_intermediate_size == 8192 and m.experts_per_token == 1
+    assert (m.sliding_window, m.num_sliding_layers) == (8192, 36)
+    # the cache grows per token in the 12 global layers; the chunked ones hold one window
+    assert m.num_full_attention_layers == 12
+    assert m.kv_bytes_per_token() == 12 * 2 * 8 * 128 * 2
+
+
+def test_a_windowed_model_that_does_not_fit_names_its_window_kv() -> None:
+    """Each running sequence keeps a full window of KV in its windowed layers: Llama 4 Scout's
+    36 chunked layers hold 8,192 tokens x 2 KV heads per device (TP 4) x 128 x 2 x 2 bytes
+    = 302 MB a sequence, 77.3 GB for 256; the refusal says so, as it does for SSM state."""
+    from servesim.spec.devices import catalog
+    from servesim.spec.memory import memory_layout
+    from servesim.spec.parallel import Parallel
+
+    m = load_model("meta-llama/Llama-4-Scout-17B-16E-Instruct")
+    assert m.kv_bytes_per_seq_window() / 4 == 36 * 8192 * 8 * 128 * 2 * 2 / 4
+    h100, par = catalog().get("h100_sxm"), Parallel(tp=4)
+    with pytest.raises(ServesimError, match=r"77\.3 GB of KV for the 8,192-token window of 256"):
+        memory_layout(m, h100, par, max_num_seqs=256)
+    assert memory_layout(m, h100, par, max_num_seqs=64).kv_tokens > 0

@@ -247,6 +247,11 @@ def memory_layout(
             if state_per_seq
             else ""
         )
+        if window_per_seq:  # each running sequence keeps a full window of its windowed layers
+            state += (
+                f" plus {max_num_seqs * window_per_seq / 1e9:.1f} GB of KV for the "
+                f"{model.sliding_window:,}-token window of {max_num_seqs} sequences"
+            )
         raise ServesimError(
             f"{model.name} ({model.weight_dtype} weights) needs {need:.1f} GB per device for "
             f"weights and activations{state} but {device.name} "

@@ -24,7 +24,7 @@ from servesim.errors import ServesimError
 from servesim.spec.dtypes import canonical, nbytes
 
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt")
-MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "minimax_m2")
+MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "minimax_m2", "llama4_text")
 MLA_TYPES = ("deepseek_v3", "kimi_k2")
 DSA_TYPES = ("deepseek_v32", "glm_moe_dsa")  # MLA + lightning indexer + top-k sparse attention
 HYBRID_TYPES = ("qwen3_next", "qwen3_5_moe", "qwen3_5", "kimi_linear", "nemotron_h")
@@ -930,7 +930,7 @@ class _Config:
 
 
 # Qwen3-VL wraps a Qwen3 (dense or MoE) language model; its vision encoder is `spec.vision`.
-_VL_TEXT = {"qwen3_vl": "qwen3", "qwen3_vl_moe": "qwen3_moe"}
+_VL_TEXT = {"qwen3_vl": "qwen3", "qwen3_vl_moe": "qwen3_moe", "llama4": "llama4_text"}
 
 
 def spec_from_config(
@@ -1051,6 +1051,31 @@ def spec_from_config(
             expert_bias=True,
             sliding_window=c.int("sliding_window", 0),
             num_sliding_layers=sum(t == "sliding_attention" for t in layer_types),
+        )
+    elif model_type == "llama4_text":
+        # Llama 4: one shared expert of the experts' width plus top-k routed experts, in every
+        # `interleave_moe_layer_step`-th layer (the others a dense MLP of intermediate_size_mlp);
+        # attention is chunked (`attention_chunk_size`) in the layers with RoPE
+        # (`no_rope_layers` 1, default every layer but each 4th) and global in the NoPE ones.
+        # A chunk's tokens attend within their chunk, so a window of the chunk size bounds
+        # them (exact below one chunk; at most ~2x their mean attended context beyond it).
+        layers = base["num_layers"]
+        step = max(1, c.int("interleave_moe_layer_step", 1))
+        moe_layers = len(range(step - 1, layers, step))
+        expert_i = c.int("intermediate_size")
+        rope = c.get("no_rope_layers")
+        if not isinstance(rope, list) or len(rope) != layers:
+            rope = [int((i + 1) % 4 != 0) for i in range(layers)]
+        chunk = c.int("attention_chunk_size", 0)
+        base.update(
+            intermediate_size=c.int("intermediate_size_mlp", expert_i),
+            num_experts=c.int("num_local_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            moe_intermediate_size=expert_i,
+            shared_expert_intermediate_size=expert_i,
+            first_dense_layers=layers - moe_layers,
+            sliding_window=chunk,
+            num_sliding_layers=sum(1 for r in rope if r) if chunk else 0,
         )
     elif model_type == "minimax_m2":
         base.update(
