@@ -90,23 +90,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     everything = getattr(args, "all", False)
     names = known_models() if everything else bundled_models()
     table = Table(title="models loadable by name" if everything else "bundled models")
-    for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
-        table.add_column(col, overflow="fold")
     unusable: list[tuple[str, str]] = []
+    rows: list[tuple[str, ...]] = []
     for name in names:
         try:
             m = load_model(name)
         except ServesimError as exc:
             unusable.append((name, str(exc)))
             continue
-        table.add_row(
-            name,
-            m.model_type,
-            f"{m.num_params() / 1e9:.1f}",
-            f"{m.num_active_params() / 1e9:.1f}",
-            f"{m.weight_dtype}/{m.expert_dtype}",
-            f"{m.kv_bytes_per_token() / 1e3:.1f}",
+        rows.append(
+            (
+                name,
+                m.model_type,
+                f"{m.num_params() / 1e9:.1f}",
+                f"{m.num_active_params() / 1e9:.1f}",
+                f"{m.weight_dtype}/{m.expert_dtype}",
+                f"{m.kv_bytes_per_token() / 1e3:.1f}",
+            )
         )
+    # The family names are short words: keep each whole; long model names fold instead.
+    family = max((len(r[1]) for r in rows), default=6)
+    for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
+        table.add_column(col, overflow="fold", min_width=family if col == "family" else None)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     if unusable:
         console.print(
