@@ -1,11 +1,12 @@
 """ModelSpec against published model sizes and hand-computed shapes."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.spec.model import bundled_models, load_model
+from servesim.spec.model import bundled_models, load_model, spec_from_config
 
 # (bundled name, published total params in billions, published active params in billions or None)
 PUBLISHED = [
@@ -366,6 +367,8 @@ def test_llama_4_interleaved_experts_and_chunked_attention(
     # the cache grows per token in the 12 global layers; the chunked ones hold one window
     assert m.num_full_attention_layers == 12
     assert m.kv_bytes_per_token() == 12 * 2 * 8 * 128 * 2
+    with pytest.raises(ServesimError, match="no_rope_layers"):
+        spec_from_config(m_config(name)["text_config"] | {"no_rope_layers": [1, 0]}, name="bad")
 
 
 def test_a_windowed_model_that_does_not_fit_names_its_window_kv() -> None:
@@ -377,8 +380,16 @@ def test_a_windowed_model_that_does_not_fit_names_its_window_kv() -> None:
     from servesim.spec.parallel import Parallel
 
     m = load_model("meta-llama/Llama-4-Scout-17B-16E-Instruct")
-    assert m.kv_bytes_per_seq_window() / 4 == 36 * 8192 * 8 * 128 * 2 * 2 / 4
+    assert m.kv_bytes_per_seq_window() == 36 * 8192 * 8 * 128 * 2 * 2  # all 8 KV heads
     h100, par = catalog().get("h100_sxm"), Parallel(tp=4)
     with pytest.raises(ServesimError, match=r"77\.3 GB of KV for the 8,192-token window of 256"):
         memory_layout(m, h100, par, max_num_seqs=256)
     assert memory_layout(m, h100, par, max_num_seqs=64).kv_tokens > 0
+
+
+def m_config(name: str) -> dict:
+    """aiconfigurator-core's bundled config of `name` (a dependency's file, read in place)."""
+    import aiconfigurator_core
+
+    folder = Path(aiconfigurator_core.__file__).parent / "model_configs"
+    return json.loads((folder / f"{name.replace('/', '--')}_config.json").read_text())

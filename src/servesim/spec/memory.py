@@ -241,20 +241,20 @@ def memory_layout(
     kv = usable - weights - reserve - max_num_seqs * (window_per_seq + state_per_seq)
     if kv <= 0:
         need = (weights + reserve) / 1e9
-        state = (
-            f" plus {max_num_seqs * state_per_seq / 1e9:.1f} GB of recurrent state for "
-            f"{max_num_seqs} sequences"
-            if state_per_seq
-            else ""
-        )
-        if window_per_seq:  # each running sequence keeps a full window of its windowed layers
-            state += (
+        per_seq = []  # what each running sequence holds besides its cache pages
+        if state_per_seq:
+            per_seq.append(
+                f" plus {max_num_seqs * state_per_seq / 1e9:.1f} GB of recurrent state for "
+                f"{max_num_seqs} sequences"
+            )
+        if window_per_seq:  # a full window of the windowed layers' KV per running sequence
+            per_seq.append(
                 f" plus {max_num_seqs * window_per_seq / 1e9:.1f} GB of KV for the "
                 f"{model.sliding_window:,}-token window of {max_num_seqs} sequences"
             )
         raise ServesimError(
             f"{model.name} ({model.weight_dtype} weights) needs {need:.1f} GB per device for "
-            f"weights and activations{state} but {device.name} "
+            f"weights and activations{''.join(per_seq)} but {device.name} "
             + (
                 f"has {device.mem_bytes / 1e9:.1f} GB"
                 if mem_util_of_free

@@ -1064,8 +1064,12 @@ def spec_from_config(
         moe_layers = len(range(step - 1, layers, step))
         expert_i = c.int("intermediate_size")
         rope = c.get("no_rope_layers")
-        if not isinstance(rope, list) or len(rope) != layers:
+        if rope is None:
             rope = [int((i + 1) % 4 != 0) for i in range(layers)]
+        elif not isinstance(rope, list) or len(rope) != layers:
+            raise ServesimError(
+                f"no_rope_layers of {name} must list 0 or 1 for each of its {layers} layers."
+            )
         chunk = c.int("attention_chunk_size", 0)
         base.update(
             intermediate_size=c.int("intermediate_size_mlp", expert_i),
