@@ -796,7 +796,7 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "recv_interval": ("recv_interval_steps", int),
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang's flag; vLLM's fusion pass
     "ar_fusion_mib": ("allreduce_fusion_max_mib", fusion_mib),  # vLLM's fusion input limits
-    "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend (recipes only)
+    "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend, TensorRT-LLM's forced all-to-all
     "moe_backend": ("moe_backend", str),  # TRT-LLM moe_config.backend; vLLM's FlashInfer int4
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)

@@ -421,9 +421,26 @@ def recipe_settings(recipe_text: str) -> tuple[str, str]:
             cfg = (backend.get(section) or {}).get(role)
             if isinstance(cfg, dict):
                 found = read(cfg)
+                if section == "trtllm_config":
+                    found.update(_trtllm_env_settings(backend.get(f"{role}_environment")))
                 break
         out.append(" ".join(f"{k}={v}" for k, v in sorted(found.items())))
     return out[0], out[1]
+
+
+# TensorRT-LLM's forced expert all-to-all (`TRTLLM_FORCE_ALLTOALL_METHOD`, read before any
+# other rule by `select_alltoall_method_type` of its fused-MoE modules, WideEP included, in the
+# 1.2 releases) in servesim's names: DeepEP's normal (high-throughput) and low-latency modes.
+TRTLLM_FORCED_A2A = {"deepep": "deepep", "deepeplowlatency": "deepep_low_latency"}
+
+
+def _trtllm_env_settings(env: object) -> dict[str, object]:
+    """The settings a TensorRT-LLM worker's environment (`prefill_environment`,
+    `decode_environment`) gives: the all-to-all it forces (`TRTLLM_FORCE_ALLTOALL_METHOD`)."""
+    if not isinstance(env, dict):
+        return {}
+    forced = str(env.get("TRTLLM_FORCE_ALLTOALL_METHOD", "")).strip().lower()
+    return {"a2a": TRTLLM_FORCED_A2A[forced]} if forced in TRTLLM_FORCED_A2A else {}
 
 
 def recipe_concurrencies(recipe_text: str) -> list[int]:

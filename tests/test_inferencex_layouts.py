@@ -468,6 +468,17 @@ def test_recipe_engine_settings_in_servesim_names() -> None:
         "kv_dtype=fp8 mem_fraction=0.6 token_budget=16384",
         "adp_balance_timeout=60 graph_max_bs=768 token_budget=768",
     )
+    # a worker's environment forcing TensorRT-LLM's all-to-all (the H100 recipes force DeepEP
+    # on the decode workers only here; an unknown method is not read)
+    forced = (
+        "backend:\n  type: trtllm\n  decode_environment:\n"
+        "    TRTLLM_FORCE_ALLTOALL_METHOD: DeepEP\n  prefill_environment:\n"
+        "    TRTLLM_FORCE_ALLTOALL_METHOD: Bogus\n" + trt.removeprefix("backend:\n")
+    )
+    assert lay.recipe_settings(forced) == (
+        "kv_dtype=fp8 mem_fraction=0.6 token_budget=16384",
+        "a2a=deepep adp_balance_timeout=60 graph_max_bs=768 token_budget=768",
+    )
     vllm = (
         "backend:\n  vllm_config:\n    prefill:\n      gpu-memory-utilization: 0.9\n"
         "      kv-cache-dtype: fp8\n      max-num-batched-tokens: 16384\n"

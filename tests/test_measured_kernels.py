@@ -956,3 +956,90 @@ def test_a_vllm_launch_asking_for_flashinfer_int4_moe_is_priced_by_that_kernel()
     hopper = mk.backend("measured", h200, "vllm", None, FIT, moe_backend="flashinfer_trtllm")
     default = mk.backend("measured", h200, "vllm", None, FIT)
     assert one_moe(hopper, 4096, layout, "int4") == one_moe(default, 4096, layout, "int4")
+
+
+def deepep_row(gpu: str, version: str, mode: str, node_num: int, tokens: int) -> float:
+    """Seconds of one dispatch plus one combine in a row of SGLang's measured DeepEP tables
+    (DeepSeek's layout: hidden 7,168, 256 experts, top-8; normal mode at 20 SMs)."""
+    path = kernel_tables.data_root() / gpu / "comm" / "sglang" / version
+    path = path / f"{mk.DEEPEP_TABLES[mode]}.parquet"
+    parts = (
+        ("dispatch_avg_t_us", "combine_avg_t_us")
+        if mode == "low_latency"
+        else (
+            "dispatch_transmit_us",
+            "dispatch_notify_us",
+            "combine_transmit_us",
+            "combine_notify_us",
+        )
+    )
+    extra = ("dispatch_sms",) if mode == "normal" else ()
+    cols = ("node_num", "num_token", "hidden_size", "num_experts", "num_topk", *extra, *parts)
+    c = kernel_tables.read(path, cols)
+    hit = (c["node_num"] == node_num) & (c["num_token"] == tokens) & (c["hidden_size"] == 7168)
+    hit &= (c["num_experts"] == 256) & (c["num_topk"] == 8)
+    if mode == "normal":
+        hit &= c["dispatch_sms"] == 20
+    assert hit.sum() == 1
+    return sum(float(c[p][hit][0]) for p in parts) * 1e-6
+
+
+def test_sglang_deepep_dispatch_and_combine_are_priced_from_the_measured_deepep_tables() -> None:
+    """SGLang's DeepEP all-to-all (`--moe-a2a-backend deepep`) takes aiconfigurator's measured
+    DeepEP rows: low-latency mode for a decode step, normal mode (20 SMs, notify included) for
+    a step with prefill, at each rank's own token count; a table that measured the EP group's
+    rank count comes first (H200: 0.5.6.post2 ran two nodes, 0.5.12 one). Beyond the measured
+    ranks the roofline carries the nearest row (GB200's tables hold one 4-GPU tray); the
+    roofline latency model keeps the roofline's all-to-all."""
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    deepep = get_engine("sglang").with_overrides(moe_a2a="deepep", version="0.5.12")
+    layers = r1.num_moe_layers
+
+    def a2a(gpu: str, par: Parallel, batch: BatchShape, model: str = "auto") -> tuple:
+        pred = Predictor(r1, get_device(gpu), par, deepep, latency_model=model)
+        op = {o.name: o for o in pred.ops(batch)}["ep_alltoall"]
+        return op.seconds, op.provenance
+
+    # 16 H200s over two nodes, 16 decoding sequences a rank: the two-node row of 16 tokens
+    sec, prov = a2a("h200_sxm", Parallel(tp=1, dp=16, ep=16), BatchShape(256, 256 * 2000, ()))
+    want = layers * deepep_row("h200_sxm", "0.5.6.post2", "low_latency", 2, 16)
+    assert sec == pytest.approx(want, rel=1e-9)
+    assert prov == "measured"
+    # 8 H200s each prefilling 4,096 tokens: the normal-mode row of the release nearest 0.5.12
+    prefill = BatchShape(0, 0, tuple((4096, 0) for _ in range(8)))
+    sec, prov = a2a("h200_sxm", Parallel(tp=1, dp=8, ep=8), prefill)
+    assert sec == pytest.approx(layers * deepep_row("h200_sxm", "0.5.12", "normal", 1, 4096))
+    assert prov == "measured"
+    # 32 GB200s: past the tray the tables measured, the roofline carries its row
+    _, prov = a2a("gb200", Parallel(tp=1, dp=32, ep=32), BatchShape(2048, 2048 * 2000, ()))
+    assert prov == "extrapolated"
+    sec, _ = a2a("gb200", Parallel(tp=1, dp=4, ep=4), BatchShape(64, 64 * 2000, ()))
+    assert sec == pytest.approx(layers * deepep_row("gb200", "0.5.12", "low_latency", 1, 16))
+    # the roofline latency model: no table
+    _, prov = a2a("h200_sxm", Parallel(tp=1, dp=8, ep=8), prefill, "roofline")
+    assert prov == "roofline"
+
+
+def test_a_trtllm_launch_forcing_deepep_runs_it_across_nodes() -> None:
+    """TensorRT-LLM takes a forced all-to-all (`TRTLLM_FORCE_ALLTOALL_METHOD=DeepEP`, servesim's
+    moe_a2a deepep) before its own rules, so DeepSeek-R1 on 16 H100s over two nodes with
+    attention DP dispatches by DeepEP's normal mode, in decode too, where it would otherwise
+    all-gather and reduce-scatter (its own all-to-all needs one NVLink domain): priced from the
+    two-node normal-mode row at 16 tokens a rank."""
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    h100, par = get_device("h100_sxm"), Parallel(tp=1, dp=16, ep=16)
+    trt = get_engine("trtllm").with_overrides(version="1.2.0rc6.post3")
+    batch = BatchShape(256, 256 * 1500, ())
+
+    def ops(engine: object) -> dict:
+        return {
+            o.name: o for o in Predictor(r1, h100, par, engine, latency_model="auto").ops(batch)
+        }
+
+    plain = ops(trt)
+    assert "dp_gather_scatter" in plain and "ep_alltoall" not in plain
+    forced = ops(trt.with_overrides(moe_a2a="deepep"))
+    assert "dp_gather_scatter" not in forced
+    want = r1.num_moe_layers * deepep_row("h100_sxm", "0.5.6.post2", "normal", 2, 16)
+    assert forced["ep_alltoall"].seconds == pytest.approx(want, rel=1e-9)
+    assert forced["ep_alltoall"].provenance == "measured"

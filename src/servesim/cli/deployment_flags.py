@@ -240,8 +240,9 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
     g.add_argument(
         "--moe-a2a-backend",
         metavar="NAME",
-        help="how expert-parallel layers exchange tokens: SGLang's --moe-a2a-backend or vLLM's "
-        "--all2all-backend; none (default: the engine's; SGLang finds the tokens on every "
+        help="how expert-parallel layers exchange tokens: SGLang's --moe-a2a-backend, vLLM's "
+        "--all2all-backend or TensorRT-LLM's TRTLLM_FORCE_ALLTOALL_METHOD (deepep, "
+        "deepep_low_latency); none (default: the engine's; SGLang finds the tokens on every "
         "device or gathers them under attention DP, vLLM gathers across DP ranks) or an "
         "all-to-all backend such as deepep (tokens dispatched and combined by all-to-all)",
     )

@@ -487,8 +487,9 @@ class Predictor:
         and a group inside one NVLink domain, else all-gather and reduce-scatter
         (`select_alltoall_method_type`, tensorrt_llm/_torch/modules/fused_moe/): its
         all-to-all is MNNVL's (NVLink-mapped workspaces) or DeepEP's, which the engine takes
-        only under TRTLLM_CAN_USE_DEEP_EP=1 (no InferenceX recipe sets it), so an EP group
-        spanning nodes joined by InfiniBand (H100 DEP16) gathers. SGLang: only with an
+        by itself only under TRTLLM_CAN_USE_DEEP_EP=1 (no InferenceX recipe sets it), so an
+        EP group spanning nodes joined by InfiniBand gathers, unless the launch forces a
+        method (`_trtllm_deepep`: the H100 DEP16 recipes force DeepEP). SGLang: only with an
         all-to-all backend (`--moe-a2a-backend deepep` and the like, `EngineProfile.moe_a2a`;
         its default "none" gathers under attention DP and otherwise finds the tokens on every
         device); DeepEP first scatters the tokens over the attention-TP ranks, so each device
@@ -503,9 +504,20 @@ class Predictor:
         if p.dp == 1:
             return False
         if self.engine.name == "trtllm":
+            if self._trtllm_deepep():
+                return True
             in_domain = p.tp * p.dp <= self.device.max_devices_per_node
             return p.ep > self.model.experts_per_token and in_domain
         return a2a not in ("none", "allgather_reducescatter", "naive")
+
+    def _trtllm_deepep(self) -> bool:
+        """Whether TensorRT-LLM's expert layers run DeepEP because the launch forces it
+        (`TRTLLM_FORCE_ALLTOALL_METHOD=DeepEP` or `DeepEPLowLatency`, `EngineProfile.moe_a2a`
+        deepep or deepep_low_latency): its fused-MoE modules' `select_alltoall_method_type`
+        returns a forced method before any other rule, whatever the EP group's fabric."""
+        p = self.par
+        forced = self.engine.name == "trtllm" and self.engine.moe_a2a.lower().startswith("deepep")
+        return forced and p.dp > 1 and p.ep > 1
 
     def _collective(self, op: str, nbytes_moved: np.ndarray, n: int) -> np.ndarray:
         """Seconds of an NCCL collective of `nbytes_moved` (nccl-tests size) over n devices,
@@ -871,15 +883,23 @@ class Predictor:
             # self.enable_alltoall`: the same quantisation as its all-gather).
             copies = tokens / (p.tp * p.dp) * k_top * self._imbalance
             a2a_bytes = copies * h * ACT_BYTES
-            a2a = self._collective("alltoall", a2a_bytes, p.ep)
-            sent = a2a
-            if self.engine.name == "trtllm":
-                sent = self._collective(
-                    "alltoall", copies * self._moe_input_bytes_per_token(), p.ep
+            deepep = self._wide_ep or self._trtllm_deepep()
+            measured = self._deepep_s(copies / k_top) if deepep else None
+            if measured is not None:
+                sec, prov = measured
+                terms.append(
+                    _Term("ep_alltoall", "comm", 2 * layers, layers * sec, zero, a2a_bytes, prov)
                 )
-            terms.append(
-                _Term("ep_alltoall", "comm", 2 * layers, layers * (sent + a2a), zero, a2a_bytes)
-            )
+            else:
+                a2a = self._collective("alltoall", a2a_bytes, p.ep)
+                sent = a2a
+                if self.engine.name == "trtllm":
+                    sent = self._collective(
+                        "alltoall", copies * self._moe_input_bytes_per_token(), p.ep
+                    )
+                terms.append(
+                    _Term("ep_alltoall", "comm", 2 * layers, layers * (sent + a2a), zero, a2a_bytes)
+                )
         expert_terms = self._expert_terms(routed, layers)
         # The measured layer over the roofline's, both at the tables' routing; a stated
         # popularity keeps the roofline's extra load of its busiest rank on top of that ratio.
@@ -894,6 +914,36 @@ class Predictor:
             return terms + expert_terms
         scale, prov = priced
         return terms + [replace(t, seconds=t.seconds * scale, prov=prov) for t in expert_terms]
+
+    def _deepep_s(self, sent: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(seconds, provenance) of one DeepEP dispatch plus combine when each device sends
+        `sent` tokens (an array), from the measured DeepEP tables: SGLang's normal mode in a
+        step with prefill and low latency in a decode-only one (`_table_phase`), TensorRT-LLM's
+        forced mode in both; None without a table of this expert layout, or with the
+        roofline's all-to-all (`latency_model`)."""
+        if self.kernels is None:
+            return None
+        m, p = self.model, self.par
+        h, k_top = m.hidden_size, m.experts_per_token
+
+        def roof(pts: np.ndarray) -> np.ndarray:
+            out = np.empty(len(pts))
+            for r in np.unique(pts[:, 0]):
+                sel = pts[:, 0] == r
+                nbytes = pts[sel, 1] * k_top * h * ACT_BYTES
+                out[sel] = 2.0 * self._collective("alltoall", nbytes, round(r))
+            return out
+
+        if self.engine.name == "trtllm":  # the mode the launch forced, in every phase
+            mode = "low_latency" if "low" in self.engine.moe_a2a.lower() else "normal"
+        else:  # SGLang's `--deepep-mode auto`: normal with prefill, low latency to decode
+            mode = "normal" if self._table_phase == "context" else "low_latency"
+        sent = np.asarray(sent, dtype=np.float64)
+        priced = self.kernels.deepep(mode, sent, p.ep, (h, m.num_experts, k_top), roof)
+        if priced is None:
+            return None
+        sec, prov = priced
+        return np.where(sent > 0, sec, 0.0), prov
 
     def _expert_terms(self, routed: np.ndarray, layers: float) -> list[_Term]:
         """The roofline's expert GEMMs and activation when each EP rank routes `routed` tokens:

@@ -83,6 +83,18 @@ SHAPE_BLOCK = 256
 # batches its low-latency mode (`--deepep-mode auto`, the default).
 WIDE_EP_PHASES = ("context", "generation")
 
+# DeepEP's dispatch and combine, measured by aiconfigurator's SGLang WideEP collectors
+# (collector/wideep/sglang/collect_deepep_normal.py and collect_deepep_ll.py, DeepEP's own
+# test_intranode / test_low_latency runs): `num_token` is what each rank dispatches, `node_num`
+# counts full nodes of this many ranks ("4 on GB200, 8 on B200/H200"; 8 elsewhere).
+DEEPEP_NODE_RANKS = {"gb200": 4, "gb300": 4}
+# The SMs DeepEP's normal mode runs on when the launch gives no `--deepep-config`:
+# `deep_ep.Buffer.num_sms`, 20, which SGLang's DeepEPConfig takes (token_dispatcher/deepep.py).
+DEEPEP_NORMAL_SMS = 20
+# The two modes of SGLang's `--deepep-mode auto`: normal for batches with prefill, low latency
+# for decode-only ones; the table of each.
+DEEPEP_TABLES = {"normal": "wideep_deepep_normal_perf", "low_latency": "wideep_deepep_ll_perf"}
+
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
 
@@ -277,6 +289,35 @@ def _comm_grid(path: Path, num_gpus: int, custom: bool) -> Grid | None:
     if not keep.any():
         return None
     return build_grid([c["message_size"][keep] * 2.0], c["latency"][keep])
+
+
+@functools.lru_cache(maxsize=64)
+def _deepep_grid(
+    path: Path, mode: str, hidden: int, experts: int, topk: int, node_ranks: int
+) -> Grid | None:
+    """(EP ranks, tokens a rank) grid of one dispatch plus one combine of DeepEP in `mode` for
+    one expert layout, from a `DEEPEP_TABLES` table; None where it lacks the layout. Normal
+    mode at `DEEPEP_NORMAL_SMS`, its notify phases included (they run before each transfer)."""
+    shape = ("node_num", "num_token", "hidden_size", "num_topk", "num_experts")
+    if mode == "normal":
+        parts = (
+            "dispatch_transmit_us",
+            "dispatch_notify_us",
+            "combine_transmit_us",
+            "combine_notify_us",
+        )
+        c = kernel_tables.read(path, (*shape, "dispatch_sms", *parts))
+        keep = c["dispatch_sms"] == DEEPEP_NORMAL_SMS
+    else:
+        parts = ("dispatch_avg_t_us", "combine_avg_t_us")
+        c = kernel_tables.read(path, (*shape, *parts))
+        keep = np.ones(len(c["num_token"]), dtype=bool)
+    keep &= (c["hidden_size"] == hidden) & (c["num_topk"] == topk) & (c["num_experts"] == experts)
+    if not keep.any():
+        return None
+    us = sum(np.asarray(c[k], dtype=np.float64) for k in parts)[keep]
+    ranks = np.asarray(c["node_num"], dtype=np.float64)[keep] * node_ranks
+    return build_grid([ranks, c["num_token"][keep]], us / 1e3)
 
 
 _MOE_COLS = (
@@ -1111,6 +1152,34 @@ class MeasuredKernels:
             else:
                 out_t[mask], out_c[mask] = anchored(grid, nb[mask][:, None], roof)
         return out_t, out_c
+
+    def deepep(
+        self,
+        mode: str,
+        tokens: np.ndarray,
+        ranks: int,
+        layout: tuple[int, int, int],
+        roof: Callable[[np.ndarray], np.ndarray],
+    ) -> Coded | None:
+        """Seconds of one DeepEP dispatch plus combine per layer when each of `ranks` EP ranks
+        sends `tokens` tokens (an array) of an expert `layout` (hidden, experts, top-k), in
+        `mode` ("normal" or "low_latency"), from SGLang's measured DeepEP tables: the nearest
+        version holding the layout, one that measured this many ranks first; `roof(points)`
+        (rows of ranks, tokens) anchors what lies outside the measured grid. None without a
+        table of the layout (DeepEP is the same library whichever engine calls it)."""
+        hidden, experts, topk = layout
+        node = DEEPEP_NODE_RANKS.get(self.gpu, 8)
+        version = self.version if self.engine == "sglang" else None
+        found = kernel_tables.find_all(self.gpu, "comm", DEEPEP_TABLES[mode], "sglang", version)
+        grids = [g for p, _ in found if (g := _deepep_grid(p, mode, hidden, experts, topk, node))]
+        if not grids:
+            return None
+        lr = math.log(ranks)
+        covers = [g for g in grids if g.axes[0][0] - 1e-9 <= lr <= g.axes[0][-1] + 1e-9]
+        grid = (covers or grids)[0]
+        t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+        x = np.column_stack([np.full(len(t), float(ranks)), t])
+        return anchored(grid, x, roof)
 
 
 def _anchored_cols(
