@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from servesim.cli.main import main
+from servesim.predictor import measured_kernels, twin_efficiency
 from servesim.predictor.encoder import EncoderTiming
 from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
 from servesim.spec.vision import load_vision
 
 VL = ["--model", "Qwen/Qwen3-VL-8B-Instruct", "--device", "h100_sxm"]
@@ -44,7 +46,12 @@ def test_simulate_in_engine_and_on_an_encode_pool(tmp_path: Path, capsys) -> Non
 def test_predict_shows_the_encoder_time_per_image(capsys) -> None:
     code, out, _ = run(["predict", *VL, "--decode-seqs", "8", "--image-size", "1024x1024"], capsys)
     assert code == 0
-    t = EncoderTiming(load_vision("Qwen/Qwen3-VL-8B-Instruct"), get_device("h100_sxm"))
+    # priced from the H100's measured kernels, as the iteration is (the default latency model)
+    h100, vllm = get_device("h100_sxm"), get_engine("vllm")
+    fit = twin_efficiency.default_fit()
+    kernels = measured_kernels.backend("auto", h100, "vllm", vllm.version or None, fit)
+    vision = load_vision("Qwen/Qwen3-VL-8B-Instruct")
+    t = EncoderTiming(vision, h100, 1, vllm, fit, kernels)
     assert f"{t.image_s(1024, 1024) * 1e3:.3f} ms per 1024x1024 image" in " ".join(out.split())
 
 

@@ -120,3 +120,30 @@ def test_bad_input_is_one_sentence():
     wl = synthetic_images(Workload(np.array([0.0]), np.array([10]), np.array([5])), enc, 1, 64, 64)
     with pytest.raises(ServesimError, match="no vision encoder"):
         simulate(Deployment(m, get_device("h100_sxm")), wl)
+
+
+def test_a_gpu_with_tables_prices_its_vit_from_the_measured_kernels():
+    """With the GPU's measured kernels (the default latency model's), the ViT's attention is
+    aiconfigurator's encoder-attention row of its head layout and sequence (Qwen3-VL-8B: 16
+    heads of 72, one 4,096-patch sequence for a 1024x1024 image, 27 full-attention blocks;
+    H100, vLLM) and its GEMMs the measured bf16 GEMMs; without them the roofline prices both."""
+    from servesim.predictor import kernel_tables, measured_kernels, twin_efficiency
+    from servesim.spec.engine_profile import get_engine
+
+    v = load_vision("Qwen/Qwen3-VL-8B-Instruct")
+    h100, vllm = get_device("h100_sxm"), get_engine("vllm")
+    fit = twin_efficiency.default_fit()
+    kernels = measured_kernels.backend("auto", h100, "vllm", None, fit)
+    measured = EncoderTiming(v, h100, 1, vllm, fit, kernels).breakdown(1024, 1024)
+    roof = EncoderTiming(v, h100, 1, vllm, fit).breakdown(1024, 1024)
+    found = kernel_tables.find("h100_sxm", "encoder_attention", "encoder_attention_perf", "vllm")
+    assert found is not None
+    c = kernel_tables.read(found[0], ("batch_size", "isl", "num_heads", "head_dim", "latency"))
+    row = (c["batch_size"] == 1) & (c["isl"] == 4096) & (c["num_heads"] == 16)
+    row &= c["head_dim"] == 72
+    assert row.sum() == 1
+    assert measured["attention"] == pytest.approx(27 * float(c["latency"][row][0]) * 1e-3)
+    assert measured["attention"] != pytest.approx(roof["attention"], rel=1e-3)
+    assert measured["linear"] != pytest.approx(roof["linear"], rel=1e-3)
+    # a GPU without tables has no measured backend: the roofline, as before
+    assert measured_kernels.backend("auto", get_device("l4"), "vllm", None, fit) is None

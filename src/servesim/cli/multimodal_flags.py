@@ -133,15 +133,18 @@ def _attach(work: Any, vision: Any, s: ImageSettings) -> Any:
     return synthetic_images(work, vision, s.images_per_request, w, h, s.video_frames)
 
 
-def encoder_line(model: str, device: Any, tp: int, engine: Any, s: ImageSizeSettings) -> str:
-    """`predict`'s line on the vision encoder: seconds per image of the size asked for."""
+def encoder_line(
+    model: str, device: Any, tp: int, engine: Any, s: ImageSizeSettings, kernels: Any = None
+) -> str:
+    """`predict`'s line on the vision encoder: seconds per image of the size asked for (from the
+    GPU's measured `kernels` where given)."""
     from servesim.predictor.encoder import EncoderTiming
     from servesim.spec.vision import load_vision, parse_size
 
     vision = load_vision(model)
     w, h = parse_size(s.image_size)
     f = s.video_frames
-    t = EncoderTiming(vision, device, tp, engine).image_s(w, h, f)
+    t = EncoderTiming(vision, device, tp, engine, kernels=kernels).image_s(w, h, f)
     what = f"{w}x{h} image" if f == 1 else f"{w}x{h} video of {f} frames"
     return (
         f"vision encoder: {t * 1e3:.3f} ms per {what} on tp{tp} ({vision.patches(w, h, f):,} "

@@ -189,7 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{','.join(f'{a:g}' for a in spec['acceptance'])}), "
             f"{spec['seconds_per_token'] * 1e3:.3f} ms per output token"
         )
-    vision = _vision_line(dep, s)
+    vision = _vision_line(dep, s, getattr(pred, "kernels", None))
     if vision:
         console.print(vision)
     if mem is None:
@@ -204,13 +204,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vision_line(dep: Any, s: PredictSettings) -> str:
+def _vision_line(dep: Any, s: PredictSettings, kernels: Any = None) -> str:
     """The vision encoder's time per image for a vision-language model (or when an image size
-    is asked for, which a text-only model refuses)."""
+    is asked for, which a text-only model refuses), priced by the predictor's measured kernels
+    where it has them."""
     from servesim.errors import ServesimError
 
     try:
-        return encoder_line(s.model, dep.device, dep.parallel.tp, dep.engine, s)
+        return encoder_line(s.model, dep.device, dep.parallel.tp, dep.engine, s, kernels)
     except ServesimError:
         if s.given("image_size") or s.given("video_frames"):
             raise

@@ -8,14 +8,20 @@ its attention bidirectional within each image (or window). Attention is priced a
 prefill kernel over the sequence with half of it already cached, which has the FLOPs of
 bidirectional attention over the whole sequence (N·(N/2 + N/2) = N²). With tensor parallelism
 the ViT shards as the language model does (vLLM's default `mm_encoder_tp_mode="weights"`): heads
-and MLP columns over the ranks, two all-reduces per block.
+and MLP columns over the ranks, two all-reduces per block. Given the measured kernels of the
+GPU (`measured_kernels.MeasuredKernels`, the latency model's), the GEMMs take the bf16 GEMM
+tables and the attention aiconfigurator's encoder-attention tables (its ViT FlashAttention
+kernels, images × tokens per head layout); shapes they lack stay on the roofline.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from servesim.predictor import roofline, twin_efficiency
+from servesim.predictor.measured_kernels import MeasuredKernels
 from servesim.spec.devices import Device
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.vision import ACT_BYTES, VisionEncoder
@@ -32,6 +38,7 @@ class EncoderTiming:
     tp: int = 1
     engine: EngineProfile | None = None
     fit: roofline.KernelFit | None = None
+    kernels: MeasuredKernels | None = None  # the GPU's measured tables (None: the roofline)
     _memo: dict[tuple[int, int, int], float] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,7 +58,7 @@ class EncoderTiming:
         merger, allreduce, launch (host time beyond the kernels')."""
         launch = self.engine.eager_host_s_per_layer if self.engine else 0.0
         args = (self.enc, self.device, self.tp, self.fit, width_px, height_px, frames, launch)
-        return dict(_breakdown(*args))
+        return dict(_breakdown(*args, kernels=self.kernels))
 
 
 def _breakdown(
@@ -63,6 +70,7 @@ def _breakdown(
     height_px: int,
     frames: int,
     launch_s_per_layer: float,
+    kernels: MeasuredKernels | None = None,
 ) -> tuple[tuple[str, float], ...]:
     p = enc.patches(width_px, height_px, frames)
     h, i, heads = enc.hidden_size, enc.intermediate_size, enc.num_heads
@@ -71,7 +79,17 @@ def _breakdown(
     k_embed = enc.in_channels * enc.temporal_patch_size * enc.patch_size**2
 
     def gemm(m: int, n: int, k: int) -> float:
+        got = kernels.gemm(np.array([float(m)]), n, k, _BF16) if kernels else None
+        if got is not None:
+            return float(got[0][0])
         return roofline.gemm_s(m, n, k, _BF16, device, fit)
+
+    def attn(count: int, length: int) -> float:
+        def roof(p: np.ndarray) -> np.ndarray:
+            return np.array([_bidir_s(int(c), int(n), q_heads, hd, device, fit) for c, n in p])
+
+        got = kernels.encoder_attention(count, length, q_heads, hd, roof) if kernels else None
+        return got[0] if got is not None else _bidir_s(count, length, q_heads, hd, device, fit)
 
     embed = gemm(p, h, k_embed)
     mlp = (
@@ -82,11 +100,11 @@ def _breakdown(
     linear = enc.depth * (gemm(p, 3 * h // tp, h) + gemm(p, h, h // tp) + mlp)
     seqs = enc.attention_seqs(width_px, height_px, frames)
     full = seqs["full"]
-    full_s = _bidir_s(full["count"], full["len"], q_heads, hd, device, fit)
+    full_s = attn(full["count"], full["len"])
     # Windowed blocks: windows of unequal size priced as equal ones with the same Σ len².
     w_len = max(1, round(seqs["window_sq"] / seqs["window_sum"]))
     w_count = max(1, round(seqs["window_sum"] / w_len))
-    win_s = _bidir_s(w_count, w_len, q_heads, hd, device, fit)
+    win_s = attn(w_count, w_len)
     attention = sum(full_s if enc._full(b) else win_s for b in range(enc.depth))
     # Per block: two norms (read+write), two residual adds (2 reads + write), the activation
     # (gated: 2 reads + write of i; plain: read + write), RoPE on q and k.

@@ -320,6 +320,20 @@ def _deepep_grid(
     return build_grid([ranks, c["num_token"][keep]], us / 1e3)
 
 
+@functools.lru_cache(maxsize=64)
+def _encoder_attn_grid(path: Path, heads: int, head_dim: int) -> Grid | None:
+    """(images, tokens an image) grid of a vision encoder's bidirectional attention in bf16 for
+    a head layout per device (aiconfigurator's encoder_attention tables: `batch_size`
+    sequences of `isl` tokens); None where it was not measured."""
+    cols = ("batch_size", "isl", "num_heads", "head_dim", "attn_dtype", "latency")
+    c = kernel_tables.read(path, cols)
+    keep = (c["num_heads"] == heads) & (c["head_dim"] == head_dim)
+    keep &= np.isin(c["attn_dtype"], ("bfloat16", "bf16"))
+    if not keep.any():
+        return None
+    return build_grid([c["batch_size"][keep], c["isl"][keep]], c["latency"][keep])
+
+
 _MOE_COLS = (
     "kernel_source",
     "moe_dtype",
@@ -621,6 +635,7 @@ class MeasuredKernels:
             "mla_decode": self._find("mla", "generation_mla_perf"),
             "gdn": self._find("linear_attention", "gdn_perf"),
             "scale": self._find("quantize", "computescale_perf"),
+            "encoder_attention": self._find("encoder_attention", "encoder_attention_perf"),
         }
 
     # ---- GEMM -----------------------------------------------------------------------------
@@ -1152,6 +1167,26 @@ class MeasuredKernels:
             else:
                 out_t[mask], out_c[mask] = anchored(grid, nb[mask][:, None], roof)
         return out_t, out_c
+
+    def encoder_attention(
+        self,
+        images: int,
+        tokens: int,
+        heads: int,
+        head_dim: int,
+        roof: Callable[[np.ndarray], np.ndarray],
+    ) -> tuple[float, int] | None:
+        """(seconds, provenance) of a vision encoder's bidirectional attention over `images`
+        sequences of `tokens` tokens each with `heads` heads of `head_dim` per device, from the
+        engine's measured encoder-attention table (another engine's on the same GPU where it
+        has none); None where no table holds the head layout. `roof(points)` (rows of images,
+        tokens) anchors what lies outside the measured grid."""
+        path = self._paths["encoder_attention"]
+        grid = _encoder_attn_grid(path, heads, head_dim) if path else None
+        if grid is None:
+            return None
+        t, code = anchored(grid, np.array([[float(images), float(tokens)]]), roof)
+        return float(t[0]), int(code[0])
 
     def deepep(
         self,

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from servesim.errors import ServesimError
-from servesim.predictor import roofline
+from servesim.predictor import measured_kernels, roofline, twin_efficiency
 from servesim.predictor.encoder import EncoderTiming
+from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.sim.cluster import Cluster
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment, simulate_disagg
@@ -56,6 +57,8 @@ class EncodePool:
     tp: int = 1
     engine: EngineProfile = field(default_factory=lambda: get_engine("vllm"))
     fit: roofline.KernelFit | None = None
+    # auto: the GPU's measured GEMM and encoder-attention tables where it has them
+    latency_model: str = DEFAULT_LATENCY_MODEL
 
     def __post_init__(self) -> None:
         for key in ("workers", "tp"):
@@ -80,7 +83,12 @@ class EncodePool:
 
     def timing(self) -> EncoderTiming:
         """Seconds per image on one worker."""
-        return EncoderTiming(self.vision, self.device, self.tp, self.engine, self.fit)
+        fit = self.fit or twin_efficiency.default_fit()
+        e = self.engine
+        kernels = measured_kernels.backend(
+            self.latency_model, self.device, e.name, e.version or None, fit
+        )
+        return EncoderTiming(self.vision, self.device, self.tp, e, fit, kernels)
 
     def label(self) -> str:
         """Short description such as `4x h100_sxm tp1`."""

@@ -149,7 +149,8 @@ def build_pool(
                 f"The workload carries images but {dep.label()} has no vision encoder; give the "
                 "Deployment the model's VisionEncoder (spec.vision.load_vision) or drop the images."
             )
-        timing = EncoderTiming(dep.vision, dep.device, dep.parallel.tp, e, dep.fit)
+        kernels = getattr(pred, "kernels", None)  # the pool's measured tables, if any
+        timing = EncoderTiming(dep.vision, dep.device, dep.parallel.tp, e, dep.fit, kernels)
         encoder = InEngineEncoder(timing, req.images, req.table.request_id)
     n = (dep.replicas if count is None else count) * pp
     reps = [
