@@ -270,12 +270,13 @@ def test_trtllm_gathers_expert_inputs_in_their_quantised_format(gb200) -> None:
 def test_trtllm_dispatches_quantised_tokens_and_combines_bf16(gb200) -> None:
     """Past top-k EP ranks inside one NVLink domain TensorRT-LLM moves tokens all-to-all; it
     dispatches them quantised like its all-gather (`post_quant_comm`), 4,096 bytes a copy of an
-    NVFP4 DeepSeek token, and combines the bf16 outputs (14,336 bytes a copy)."""
+    NVFP4 DeepSeek token, and combines the bf16 outputs (14,336 bytes a copy). (The roofline's
+    exchange: with GB200's tables the measured kernel prices it, test_measured_kernels.)"""
     from servesim.spec.engine_profile import get_engine
 
     nvfp4 = load_model("nvidia/DeepSeek-R1-NVFP4")
     par = Parallel(tp=1, ep=32, dp=32)
-    trt = Predictor(nvfp4, gb200, par, get_engine("trtllm"))
+    trt = Predictor(nvfp4, gb200, par, get_engine("trtllm"), latency_model="roofline")
     tokens = np.array([32 * 64.0])  # 64 decode tokens a rank
     copies = tokens / 32 * 8  # each rank's tokens, once per chosen expert
     (term,) = [x for x in trt._moe_terms(tokens, 58.0) if x.name == "ep_alltoall"]

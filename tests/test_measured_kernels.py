@@ -1043,3 +1043,52 @@ def test_a_trtllm_launch_forcing_deepep_runs_it_across_nodes() -> None:
     want = r1.num_moe_layers * deepep_row("h100_sxm", "0.5.6.post2", "normal", 2, 16)
     assert forced["ep_alltoall"].seconds == pytest.approx(want, rel=1e-9)
     assert forced["ep_alltoall"].provenance == "measured"
+
+
+def trtllm_a2a_row(kernel: str, phase: str, dtype: str, ep: int, tokens: int) -> float:
+    """Seconds of one row of TensorRT-LLM's measured NVLink all-to-all table on GB200
+    (DeepSeek's layout: hidden 7,168, 256 experts, top-8)."""
+    found = kernel_tables.find("gb200", "comm", "trtllm_alltoall_perf", "trtllm")
+    assert found is not None
+    cols = ("kernel_source", "op_name", "moe_dtype", "num_tokens", "moe_ep_size", "latency")
+    c = kernel_tables.read(found[0], cols)
+    hit = (c["kernel_source"] == kernel) & (c["op_name"] == phase) & (c["moe_dtype"] == dtype)
+    hit &= (c["moe_ep_size"] == ep) & (c["num_tokens"] == tokens)
+    assert hit.sum() == 1
+    return float(c["latency"][hit][0]) * 1e-3
+
+
+def test_trtllm_nvlink_alltoall_is_priced_from_its_measured_table() -> None:
+    """TensorRT-LLM's attention-DP expert layers on a GB200 rack exchange tokens by its NVLink
+    all-to-all, measured per phase with TensorRT-LLM 1.2.0rc6: the one-sided kernel (dispatch
+    in NVFP4, combine) for the TRTLLM and CUTLASS backends, the two-sided one (prepare,
+    dispatch, combine) for WideEP, at each rank's token count (16 ranks, 128 decodes each).
+    Its DeepGEMM and CuTe DSL backends gather instead; the roofline latency model keeps the
+    roofline's all-to-all."""
+    fp4 = load_model("nvidia/DeepSeek-R1-NVFP4")
+    gb200, par = get_device("gb200"), Parallel(tp=1, dp=16, ep=16)
+    trt = get_engine("trtllm").with_overrides(version="1.2.0rc6.post3")
+    batch = BatchShape(2048, 2048 * 1500, ())
+    layers = fp4.num_moe_layers
+
+    def ops(engine: object, model: str = "auto") -> dict:
+        pred = Predictor(fp4, gb200, par, engine, latency_model=model)
+        return {o.name: o for o in pred.ops(batch)}
+
+    one = ops(trt)["ep_alltoall"]
+    want = sum(
+        trtllm_a2a_row("NVLinkOneSided", ph, "nvfp4", 16, 128)
+        for ph in ("alltoall_dispatch", "alltoall_combine")
+    )
+    assert one.seconds == pytest.approx(layers * want, rel=1e-9)
+    assert one.provenance == "measured"
+    two = ops(trt.with_overrides(moe_backend="wideep"))["ep_alltoall"]
+    want = sum(
+        trtllm_a2a_row("NVLinkTwoSided", ph, "nvfp4", 16, 128)
+        for ph in ("alltoall_prepare", "alltoall_dispatch", "alltoall_combine")
+    )
+    assert two.seconds == pytest.approx(layers * want, rel=1e-9)
+    assert ops(trt, "roofline")["ep_alltoall"].provenance == "roofline"
+    for backend in ("deepgemm", "cutedsl"):
+        names = ops(trt.with_overrides(moe_backend=backend))
+        assert "dp_gather_scatter" in names and "ep_alltoall" not in names

@@ -51,6 +51,12 @@ MEM_POWER_SHARE = 0.5
 # truth the roofline approximates; "roofline" is the choice for figures that must not move
 # with the tables (both simulate at the same speed, benchmarks/speed.py).
 DEFAULT_LATENCY_MODEL = "auto"
+# TensorRT-LLM fused-MoE backends whose attention-DP expert layers always all-gather their
+# tokens and reduce-scatter the outputs, never all-to-all: DeepGEMM's (`DeepGemmFusedMoE.
+# forward_chunk`: `use_allgather = self.use_dp and self.parallel_size > 1`, finalize with
+# `enable_alltoall` False) and CuTe DSL's (aiconfigurator's `_select_alltoall_kernel`, which
+# mirrors the engine's per-backend `select_alltoall_method_type`: NotEnabled for both).
+TRTLLM_GATHER_BACKENDS = frozenset({"deepgemm", "cutedsl", "cute_dsl"})
 
 
 # How tokens spread over the experts when the measured MoE tables price them. A trained router
@@ -493,7 +499,8 @@ class Predictor:
         all-to-all backend (`--moe-a2a-backend deepep` and the like, `EngineProfile.moe_a2a`;
         its default "none" gathers under attention DP and otherwise finds the tokens on every
         device); DeepEP first scatters the tokens over the attention-TP ranks, so each device
-        sends its 1/(tp·dp) share even at dp 1.
+        sends its 1/(tp·dp) share even at dp 1. TensorRT-LLM's DeepGEMM and CuTe DSL
+        fused-MoE backends always gather (`TRTLLM_GATHER_BACKENDS`).
         """
         p = self.par
         if p.ep == 1:
@@ -506,6 +513,8 @@ class Predictor:
         if self.engine.name == "trtllm":
             if self._trtllm_deepep():
                 return True
+            if self.engine.moe_backend.lower() in TRTLLM_GATHER_BACKENDS:
+                return False
             in_domain = p.tp * p.dp <= self.device.max_devices_per_node
             return p.ep > self.model.experts_per_token and in_domain
         return a2a not in ("none", "allgather_reducescatter", "naive")
@@ -890,6 +899,11 @@ class Predictor:
                 terms.append(
                     _Term("ep_alltoall", "comm", 2 * layers, layers * sec, zero, a2a_bytes, prov)
                 )
+            elif (nvlink := self._trtllm_nvlink_a2a(copies / k_top)) is not None:
+                sec, prov = nvlink
+                terms.append(
+                    _Term("ep_alltoall", "comm", 2 * layers, layers * sec, zero, a2a_bytes, prov)
+                )
             else:
                 a2a = self._collective("alltoall", a2a_bytes, p.ep)
                 sent = a2a
@@ -914,6 +928,40 @@ class Predictor:
             return terms + expert_terms
         scale, prov = priced
         return terms + [replace(t, seconds=t.seconds * scale, prov=prov) for t in expert_terms]
+
+    def _trtllm_nvlink_a2a(self, sent: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(seconds, provenance) of TensorRT-LLM's NVLink all-to-all of one expert layer when
+        each device sends `sent` tokens (an array), from the measured table (GB200, TensorRT-LLM
+        1.2.0rc6): WideEP runs the two-sided kernel, the other backends the one-sided one
+        (`select_alltoall_method_type`, which aiconfigurator's `_select_alltoall_kernel`
+        mirrors), its dispatch in the expert GEMMs' input format. None where no table holds
+        the layout and format, or on the roofline latency model."""
+        if self.kernels is None or self.engine.name != "trtllm":
+            return None
+        m, p = self.model, self.par
+        h, k_top = m.hidden_size, m.experts_per_token
+        wide = self.engine.moe_backend.lower() == "wideep"
+        kernel = "NVLinkTwoSided" if wide else "NVLinkOneSided"
+        per_token = self._moe_input_bytes_per_token()
+        fmt = (per_token - k_top * 8.0) / h  # bytes a hidden value, without the routing
+        dtype = "nvfp4" if fmt < 1.0 else "fp8" if fmt < ACT_BYTES else "bfloat16"
+
+        def roof(pts: np.ndarray) -> np.ndarray:
+            out = np.empty(len(pts))
+            for r in np.unique(pts[:, 0]):
+                sel = pts[:, 0] == r
+                copies = pts[sel, 1] * k_top
+                out[sel] = self._collective("alltoall", copies * per_token, round(r))
+                out[sel] += self._collective("alltoall", copies * h * ACT_BYTES, round(r))
+            return out
+
+        sent = np.asarray(sent, dtype=np.float64)
+        layout = (h, m.num_experts, k_top)
+        priced = self.kernels.trtllm_alltoall(kernel, dtype, sent, p.ep, layout, roof)
+        if priced is None:
+            return None
+        sec, prov = priced
+        return np.where(sent > 0, sec, 0.0), prov
 
     def _deepep_s(self, sent: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(seconds, provenance) of one DeepEP dispatch plus combine when each device sends

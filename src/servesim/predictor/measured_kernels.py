@@ -95,6 +95,14 @@ DEEPEP_NORMAL_SMS = 20
 # for decode-only ones; the table of each.
 DEEPEP_TABLES = {"normal": "wideep_deepep_normal_perf", "low_latency": "wideep_deepep_ll_perf"}
 
+# TensorRT-LLM's NVLink all-to-all kernels (MNNVL) and the phases each runs per expert layer,
+# as aiconfigurator measured them (`comm/trtllm/<v>/trtllm_alltoall_perf`, TensorRT-LLM
+# 1.2.0rc6 on GB200): the two-sided one (WideEP) exchanges routing metadata first.
+TRTLLM_A2A_PHASES = {
+    "NVLinkOneSided": ("alltoall_dispatch", "alltoall_combine"),
+    "NVLinkTwoSided": ("alltoall_prepare", "alltoall_dispatch", "alltoall_combine"),
+}
+
 Coded = tuple[np.ndarray, np.ndarray]  # (seconds, provenance codes), one per shape
 
 
@@ -332,6 +340,39 @@ def _encoder_attn_grid(path: Path, heads: int, head_dim: int) -> Grid | None:
     if not keep.any():
         return None
     return build_grid([c["batch_size"][keep], c["isl"][keep]], c["latency"][keep])
+
+
+@functools.lru_cache(maxsize=64)
+def _trtllm_a2a_grids(
+    path: Path, kernel: str, dtype: str, layout: tuple[int, int, int]
+) -> tuple[Grid, ...] | None:
+    """(EP ranks, tokens a rank) grids of each phase (`TRTLLM_A2A_PHASES`) of one TensorRT-LLM
+    NVLink all-to-all kernel for an expert layout (hidden, experts, top-k) whose dispatch
+    moves `dtype` (nvfp4, fp8 or bfloat16); None unless every phase was measured."""
+    cols = (
+        "kernel_source",
+        "op_name",
+        "moe_dtype",
+        "num_tokens",
+        "hidden_size",
+        "topk",
+        "num_experts",
+        "moe_ep_size",
+        "latency",
+    )
+    c = kernel_tables.read(path, cols)
+    hidden, experts, topk = layout
+    base = (c["kernel_source"] == kernel) & (c["moe_dtype"] == dtype)
+    base &= (c["hidden_size"] == hidden) & (c["num_experts"] == experts) & (c["topk"] == topk)
+    grids = []
+    for phase in TRTLLM_A2A_PHASES[kernel]:
+        keep = base & (c["op_name"] == phase)
+        if not keep.any():
+            return None
+        grids.append(
+            build_grid([c["moe_ep_size"][keep], c["num_tokens"][keep]], c["latency"][keep])
+        )
+    return tuple(grids)
 
 
 _MOE_COLS = (
@@ -1187,6 +1228,38 @@ class MeasuredKernels:
             return None
         t, code = anchored(grid, np.array([[float(images), float(tokens)]]), roof)
         return float(t[0]), int(code[0])
+
+    def trtllm_alltoall(
+        self,
+        kernel: str,
+        dtype: str,
+        tokens: np.ndarray,
+        ranks: int,
+        layout: tuple[int, int, int],
+        roof: Callable[[np.ndarray], np.ndarray],
+    ) -> Coded | None:
+        """Seconds of one expert layer's TensorRT-LLM NVLink all-to-all (every phase of
+        `kernel`, `TRTLLM_A2A_PHASES`) when each of `ranks` EP ranks sends `tokens` tokens (an
+        array) whose dispatch moves `dtype`, from the measured table of the nearest release
+        that holds it; `roof(points)` (rows of ranks, tokens) anchors what lies outside the
+        measured grid. None without such a table."""
+        found = kernel_tables.find_all(
+            self.gpu, "comm", "trtllm_alltoall_perf", "trtllm", self.version
+        )
+        grids = next(
+            (g for p, _ in found if (g := _trtllm_a2a_grids(p, kernel, dtype, layout))), None
+        )
+        if grids is None:
+            return None
+        t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+        x = np.column_stack([np.full(len(t), float(ranks)), t])
+        total = np.zeros(len(t))
+        code = np.full(len(t), MEASURED, dtype=np.int8)
+        for grid in grids:
+            sec, c = anchored(grid, x, roof)
+            total += sec
+            code = np.maximum(code, c)
+        return total, code
 
     def deepep(
         self,
