@@ -1092,3 +1092,23 @@ def test_trtllm_nvlink_alltoall_is_priced_from_its_measured_table() -> None:
     for backend in ("deepgemm", "cutedsl"):
         names = ops(trt.with_overrides(moe_backend=backend))
         assert "dp_gather_scatter" in names and "ep_alltoall" not in names
+
+
+def test_an_intel_gpus_all_reduce_is_priced_from_its_oneccl_table() -> None:
+    """B60's collectives run oneCCL, which aiconfigurator-core measures in the NCCL tables'
+    columns (`comm/oneccl/<v>/oneccl_perf`): a 4-GPU all-reduce of 1 Mi fp16 values is that
+    table's row (185 µs), where no table priced it before and the roofline (B60's 15 µs link
+    latency a ring step) gave 317 µs."""
+    b60 = get_device("b60")
+    found = kernel_tables.find("b60", "comm", "oneccl_perf", "oneccl")
+    assert found is not None
+    c = kernel_tables.read(
+        found[0], ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency")
+    )
+    row = (c["op_name"] == "all_reduce") & (c["nccl_dtype"] == "half") & (c["num_gpus"] == 4)
+    row &= c["message_size"] == 1048576
+    assert row.sum() == 1
+    sec, code = backend("b60").allreduce(np.array([2.0 * 1048576]), 4, "auto")
+    assert sec[0] == pytest.approx(float(c["latency"][row][0]) * 1e-3, rel=1e-9)
+    assert code[0] == mk.MEASURED
+    assert roofline.allreduce_s(2.0 * 1048576, 4, b60, FIT) > 1.5 * sec[0]

@@ -671,7 +671,9 @@ class MeasuredKernels:
             "prefill": self._find("attention", "context_attention_perf"),
             "decode": self._find("attention", "generation_attention_perf"),
             "custom_ar": self._find("comm", "custom_allreduce_perf"),
-            "nccl": _path(kernel_tables.find(self.gpu, "comm", "nccl_perf", "nccl")),
+            # an Intel GPU's collectives are oneCCL's, measured in the same columns
+            "nccl": _path(kernel_tables.find(self.gpu, "comm", "nccl_perf", "nccl"))
+            or _path(kernel_tables.find(self.gpu, "comm", "oneccl_perf", "oneccl")),
             "mla_prefill": self._find("mla", "context_mla_perf"),
             "mla_decode": self._find("mla", "generation_mla_perf"),
             "gdn": self._find("linear_attention", "gdn_perf"),
