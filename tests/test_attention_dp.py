@@ -284,3 +284,33 @@ def test_trtllm_dispatches_quantised_tokens_and_combines_bf16(gb200) -> None:
     combine = trt._collective("alltoall", copies * 14336.0, 32)
     assert term.seconds[0] == pytest.approx(58 * (dispatch + combine)[0])
     assert dispatch[0] < combine[0]
+
+
+def test_sglang_overlaps_deepseek_shared_experts_in_graph_replayed_decode() -> None:
+    """SGLang runs a DeepSeek MoE layer's shared experts on one CUDA stream beside the router
+    and routed experts on another when it replays a decode graph (no all-to-all backend, shared
+    experts not fused): the layer takes max(shared, routed), so a graphed decode step is the
+    eager one less min(shared, routed) over the layers. Prefill steps stay serial; fusion (EP 1
+    on Hopper, DeepSeek-V3's 256 experts) and DeepEP leave no second stream."""
+    from servesim.spec.engine_profile import get_engine
+
+    fp4 = load_model("nvidia/DeepSeek-R1-NVFP4")
+    sgl = get_engine("sglang").with_overrides(version="0.5.9")
+    pred = Predictor(fp4, get_device("b200_sxm"), Parallel(tp=4, ep=4), sgl)
+    serial = pred._serial_twin()
+    batch = BatchShape(4, 4 * 4000, ())
+    ops = {o.name: o.seconds for o in serial.ops(batch)}
+    shared = sum(v for k, v in ops.items() if k.startswith("shared_"))
+    routed = sum(ops[k] for k in ("router", "moe_up_proj", "moe_down_proj", "moe_act"))
+    assert 0 < shared < routed
+    graphed = pred.step_s(4, 4 * 4000, ())
+    assert graphed == pytest.approx(serial.step_s(4, 4 * 4000, ()) - shared, rel=1e-9)
+    assert sum(o.seconds for o in pred.ops(batch)) == pytest.approx(graphed, rel=1e-9)
+    chunk = ((2048, 0),)
+    assert pred.step_s(0, 0, chunk) == pytest.approx(serial.step_s(0, 0, chunk), rel=1e-12)
+    # fused shared experts (EP 1, Hopper's own MoE runner) and DeepEP: no second stream
+    r1 = load_model("deepseek-ai/DeepSeek-R1")
+    assert not Predictor(r1, get_device("h200_sxm"), Parallel(tp=8), sgl)._shared_overlap
+    assert Predictor(r1, get_device("h200_sxm"), Parallel(tp=8, ep=8), sgl)._shared_overlap
+    deepep = sgl.with_overrides(moe_a2a="deepep")
+    assert not Predictor(r1, get_device("b200_sxm"), Parallel(tp=8, ep=8), deepep)._shared_overlap

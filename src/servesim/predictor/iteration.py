@@ -57,6 +57,9 @@ DEFAULT_LATENCY_MODEL = "auto"
 # `enable_alltoall` False) and CuTe DSL's (aiconfigurator's `_select_alltoall_kernel`, which
 # mirrors the engine's per-backend `select_alltoall_method_type`: NotEnabled for both).
 TRTLLM_GATHER_BACKENDS = frozenset({"deepgemm", "cutedsl", "cute_dsl"})
+# The model types SGLang serves with DeepseekV2MoE (models/deepseek_v2.py and its subclasses):
+# the MoE layer whose shared experts it can run on a second CUDA stream.
+SGLANG_DEEPSEEK_MOE = frozenset({"deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2"})
 
 
 # How tokens spread over the experts when the measured MoE tables price them. A trained router
@@ -277,6 +280,10 @@ class Predictor:
         if self.kernels is None and model.num_experts:
             self._moe_twins = twin_efficiency.moe_twins(self.fit, device, self.engine)
         self._context_twin: Predictor | None = None
+        # SGLang runs a DeepSeek MoE layer's shared experts beside its routed ones in
+        # graph-replayed steps (`_sglang_dual_stream`); other steps take a twin without that.
+        self._shared_overlap = self._sglang_dual_stream()
+        self._serial: Predictor | None = None
         # The prefill chunks of one rank's iteration run as one batched (varlen) attention call
         # a layer in every engine (vLLM's FlashAttention/FlashInfer, SGLang's ragged prefill,
         # TensorRT-LLM's context FMHA over all context requests), which fills the SMs that one
@@ -346,6 +353,8 @@ class Predictor:
             stage_tokens = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
             group = self._prefill_twin() if self._wide_ep and batch.prefill else self
             terms = self._rank_terms(t) + group._group_terms(np.array([float(stage_tokens)]))
+            if self._graphed(batch.decode_seqs, tuple(batch.prefill)):
+                terms = self._overlapped(terms)
             for term in terms:
                 if not term.calls:
                     continue  # done inside another operator here (a fused all-reduce)
@@ -518,6 +527,79 @@ class Predictor:
             in_domain = p.tp * p.dp <= self.device.max_devices_per_node
             return p.ep > self.model.experts_per_token and in_domain
         return a2a not in ("none", "allgather_reducescatter", "naive")
+
+    def _sglang_dual_stream(self) -> bool:
+        """Whether SGLang overlaps each DeepSeek MoE layer's shared experts with its router and
+        routed experts when it replays a CUDA graph. SGLang 0.5.9 `DeepseekV2MoE.forward`
+        takes `forward_normal_dual_stream` (shared experts on the current stream, router,
+        top-k and routed experts on `alt_stream`, joined before the all-reduce) without an
+        all-to-all backend, with the shared experts not fused into the routed kernel, in
+        graph capture mode; `alt_stream` exists on every CUDA device. Fusion
+        (`determine_num_fused_shared_experts`) needs DeepSeek-V3's 256 routed experts and one
+        shared one with EP 1, and server_args turns it off under the FlashInfer TRT-LLM MoE
+        runner, which SGLang picks itself for DeepSeek-V3 in FP8 or FP4 on SM 10.x. Priced
+        for one attention-DP rank (the tables' dp = 1 path)."""
+        m, p, e = self.model, self.par, self.engine
+        if e.name != "sglang" or m.model_type not in SGLANG_DEEPSEEK_MOE:
+            return False
+        if not m.num_experts or not m.shared_expert_intermediate_size:
+            return False
+        if self._wide_ep or e.moe_a2a.lower() != "none" or p.dp > 1 or p.pp > 1:
+            return False
+        if e.cuda_graph_max_seqs <= 0:
+            return False
+        runner = e.moe_backend.lower()
+        sm100 = self.device.name.split("@")[0] in measured_kernels.SM100_GPUS
+        trtllm_runner = runner == "flashinfer_trtllm" or (
+            runner == "auto" and sm100 and m.expert_dtype in ("fp8", "fp4")
+        )
+        one_shared = m.shared_expert_intermediate_size == m.moe_intermediate_size
+        fused = (
+            m.model_type == "deepseek_v3"
+            and m.num_experts == 256
+            and one_shared
+            and p.ep == 1
+            and not trtllm_runner
+        )
+        return not fused
+
+    def _overlapped(self, terms: list[_Term]) -> list[_Term]:
+        """`terms` with the shared experts' time hidden under the router and routed experts
+        as far as those last (`_sglang_dual_stream`): a layer takes max(shared, routed)."""
+        if not self._shared_overlap:
+            return terms
+        shared = [i for i, x in enumerate(terms) if x.name.startswith("shared_")]
+        routed = [
+            x for x in terms if x.name in ("router", "moe_up_proj", "moe_down_proj", "moe_act")
+        ]
+        if not shared or not routed:
+            return terms
+        s = sum(terms[i].seconds for i in shared)
+        r = sum(x.seconds for x in routed)
+        keep = np.where(s > 0, (s - np.minimum(s, r)) / np.where(s > 0, s, 1.0), 1.0)
+        out = list(terms)
+        for i in shared:
+            out[i] = replace(out[i], seconds=out[i].seconds * keep)
+        return out
+
+    def _serial_twin(self) -> Predictor:
+        """This predictor without the dual-stream overlap, for steps SGLang runs eagerly (with
+        prefill, or more sequences than its CUDA graphs hold): a shallow copy with its own
+        operator tables."""
+        twin = self._serial
+        if twin is None:
+            twin = copy.copy(self)
+            twin._shared_overlap = False
+            twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
+            twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
+            twin._far, twin._far_prov, twin._far_group = {}, {}, {}
+            twin._dense_prov = {}
+            self._serial = twin
+        return twin
+
+    def _graphed(self, decode_seqs: int, prefill: tuple) -> bool:
+        """Whether SGLang replays a CUDA graph for this step: decode only, within its graphs."""
+        return not prefill and decode_seqs <= self.engine.cuda_graph_max_seqs
 
     def _trtllm_deepep(self) -> bool:
         """Whether TensorRT-LLM's expert layers run DeepEP because the launch forces it
@@ -1223,7 +1305,7 @@ class Predictor:
         stage); busy work: the expert layers' share of each device with every rank at t."""
         rank_terms = self._rank_terms(t)
         terms = rank_terms + self._group_terms(t * self.par.dp)
-        timed = terms if self.par.dp == 1 else rank_terms
+        timed = self._overlapped(terms) if self.par.dp == 1 else rank_terms
         dense = sum(term.seconds for term in timed)
         dyn = sum(self._work_s(term) for term in terms)
         return dense, dyn, terms
@@ -1679,6 +1761,10 @@ class Predictor:
             prefill = tuple(prefill)
             if prefill:  # a prefill batch: DeepEP's normal mode (the base step, not a variant's)
                 return Predictor.step_s(self._prefill_twin(), decode_seqs, decode_context, prefill)
+        if self._shared_overlap:
+            prefill = tuple(prefill)
+            if not self._graphed(decode_seqs, prefill):  # eager: no dual-stream overlap
+                return Predictor.step_s(self._serial_twin(), decode_seqs, decode_context, prefill)
         if self.par.dp > 1:
             return self._step_dp_s(decode_seqs, decode_context, prefill)
         tokens = rows = decode_seqs * self.decode_tokens  # rows: of the LM head
