@@ -586,16 +586,9 @@ class Predictor:
         """This predictor without the dual-stream overlap, for steps SGLang runs eagerly (with
         prefill, or more sequences than its CUDA graphs hold): a shallow copy with its own
         operator tables."""
-        twin = self._serial
-        if twin is None:
-            twin = copy.copy(self)
-            twin._shared_overlap = False
-            twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
-            twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
-            twin._far, twin._far_prov, twin._far_group = {}, {}, {}
-            twin._dense_prov = {}
-            self._serial = twin
-        return twin
+        if self._serial is None:
+            self._serial = self._twin(_shared_overlap=False)
+        return self._serial
 
     def _graphed(self, decode_seqs: int, prefill: tuple) -> bool:
         """Whether SGLang replays a CUDA graph for this step: decode only, within its graphs."""
@@ -1742,15 +1735,21 @@ class Predictor:
     def _prefill_twin(self) -> Predictor:
         """This predictor with the expert tables of DeepEP's prefill phase (wide EP only): a
         shallow copy sharing the attention memos, its own operator tables."""
-        twin = self._context_twin
-        if twin is None:
-            twin = copy.copy(self)
-            twin._table_phase = "context"
-            twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
-            twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
-            twin._far, twin._far_prov, twin._far_group = {}, {}, {}
-            twin._dense_prov = {}
-            self._context_twin = twin
+        if self._context_twin is None:
+            self._context_twin = self._twin(_table_phase="context")
+        return self._context_twin
+
+    def _twin(self, **changed: Any) -> Predictor:
+        """A shallow copy of this predictor with `changed` attributes and its own (empty)
+        operator tables, sharing the attention memos: a variant of the same deployment whose
+        non-attention terms differ (`_prefill_twin`, `_serial_twin`)."""
+        twin = copy.copy(self)
+        for name, value in changed.items():
+            setattr(twin, name, value)
+        twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
+        twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
+        twin._far, twin._far_prov, twin._far_group = {}, {}, {}
+        twin._dense_prov = {}
         return twin
 
     def step_s(
