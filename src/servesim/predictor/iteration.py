@@ -195,6 +195,17 @@ class IterationCost:
     ops: tuple[OpCost, ...] = field(default=(), compare=False)
 
 
+def _no_tokens_free(
+    sent: np.ndarray, priced: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A measured exchange's (seconds, provenance) with nothing charged where no token is
+    sent (the tables start at one token a rank)."""
+    if priced is None:
+        return None
+    sec, prov = priced
+    return np.where(sent > 0, sec, 0.0), prov
+
+
 def _python_float(fn: Callable[..., float]) -> Callable[..., float]:
     """`fn` with its result as a Python float."""
     return lambda *args: float(fn(*args))
@@ -1021,22 +1032,29 @@ class Predictor:
         fmt = (per_token - k_top * 8.0) / h  # bytes a hidden value, without the routing
         dtype = "nvfp4" if fmt < 1.0 else "fp8" if fmt < ACT_BYTES else "bfloat16"
 
+        sent = np.asarray(sent, dtype=np.float64)
+        layout = (h, m.num_experts, k_top)
+        roof = self._a2a_roof(per_token)
+        return _no_tokens_free(
+            sent, self.kernels.trtllm_alltoall(kernel, dtype, sent, p.ep, layout, roof)
+        )
+
+    def _a2a_roof(self, dispatch_bytes: float) -> Callable[[np.ndarray], np.ndarray]:
+        """The roofline all-to-all of one expert layer at points (EP ranks, tokens a rank):
+        a dispatch of `dispatch_bytes` a routed copy and a bf16 combine. It carries the
+        measured exchange tables beyond their grids (`anchored`)."""
+        h, k_top = self.model.hidden_size, self.model.experts_per_token
+
         def roof(pts: np.ndarray) -> np.ndarray:
             out = np.empty(len(pts))
             for r in np.unique(pts[:, 0]):
                 sel = pts[:, 0] == r
                 copies = pts[sel, 1] * k_top
-                out[sel] = self._collective("alltoall", copies * per_token, round(r))
+                out[sel] = self._collective("alltoall", copies * dispatch_bytes, round(r))
                 out[sel] += self._collective("alltoall", copies * h * ACT_BYTES, round(r))
             return out
 
-        sent = np.asarray(sent, dtype=np.float64)
-        layout = (h, m.num_experts, k_top)
-        priced = self.kernels.trtllm_alltoall(kernel, dtype, sent, p.ep, layout, roof)
-        if priced is None:
-            return None
-        sec, prov = priced
-        return np.where(sent > 0, sec, 0.0), prov
+        return roof
 
     def _deepep_s(self, sent: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(seconds, provenance) of one DeepEP dispatch plus combine when each device sends
@@ -1048,25 +1066,15 @@ class Predictor:
             return None
         m, p = self.model, self.par
         h, k_top = m.hidden_size, m.experts_per_token
-
-        def roof(pts: np.ndarray) -> np.ndarray:
-            out = np.empty(len(pts))
-            for r in np.unique(pts[:, 0]):
-                sel = pts[:, 0] == r
-                nbytes = pts[sel, 1] * k_top * h * ACT_BYTES
-                out[sel] = 2.0 * self._collective("alltoall", nbytes, round(r))
-            return out
-
         if self.engine.name == "trtllm":  # the mode the launch forced, in every phase
             mode = "low_latency" if "low" in self.engine.moe_a2a.lower() else "normal"
         else:  # SGLang's `--deepep-mode auto`: normal with prefill, low latency to decode
             mode = "normal" if self._table_phase == "context" else "low_latency"
         sent = np.asarray(sent, dtype=np.float64)
-        priced = self.kernels.deepep(mode, sent, p.ep, (h, m.num_experts, k_top), roof)
-        if priced is None:
-            return None
-        sec, prov = priced
-        return np.where(sent > 0, sec, 0.0), prov
+        roof = self._a2a_roof(h * ACT_BYTES)  # DeepEP moves bf16 both ways here
+        return _no_tokens_free(
+            sent, self.kernels.deepep(mode, sent, p.ep, (h, m.num_experts, k_top), roof)
+        )
 
     def _expert_terms(self, routed: np.ndarray, layers: float) -> list[_Term]:
         """The roofline's expert GEMMs and activation when each EP rank routes `routed` tokens:

@@ -1253,10 +1253,9 @@ class MeasuredKernels:
         )
         if grids is None:
             return None
-        t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
-        x = np.column_stack([np.full(len(t), float(ranks)), t])
-        total = np.zeros(len(t))
-        code = np.full(len(t), MEASURED, dtype=np.int8)
+        x = _rank_points(tokens, ranks)
+        total = np.zeros(len(x))
+        code = np.full(len(x), MEASURED, dtype=np.int8)
         for grid in grids:
             sec, c = anchored(grid, x, roof)
             total += sec
@@ -1287,9 +1286,13 @@ class MeasuredKernels:
         lr = math.log(ranks)
         covers = [g for g in grids if g.axes[0][0] - 1e-9 <= lr <= g.axes[0][-1] + 1e-9]
         grid = (covers or grids)[0]
-        t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
-        x = np.column_stack([np.full(len(t), float(ranks)), t])
-        return anchored(grid, x, roof)
+        return anchored(grid, _rank_points(tokens, ranks), roof)
+
+
+def _rank_points(tokens: np.ndarray, ranks: int) -> np.ndarray:
+    """Points (EP ranks, tokens a rank) of an exchange table's grid, at least one token each."""
+    t = np.maximum(np.asarray(tokens, dtype=np.float64), 1.0)
+    return np.column_stack([np.full(len(t), float(ranks)), t])
 
 
 def _anchored_cols(
