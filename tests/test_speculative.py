@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -184,6 +186,36 @@ def test_measured_verify_attention_is_anchored_on_the_one_query_table() -> None:
     assert (a, b) == pytest.approx((a1 * many[0] / one[0], b1 * many[1] / one[1]), rel=1e-9)
     assert b > 2.0 * b1
     assert spec.provenance_counts()["extrapolated"] >= 1
+
+
+def test_an_unquantised_mtp_layer_drafts_at_its_own_weight_reads() -> None:
+    """NVIDIA's NVFP4 DeepSeek-R1 keeps its MTP layer in bf16 (`model.layers.61*` excluded from
+    quantisation; TensorRT-LLM loads it unquantized), so a draft pass reads bf16 weights: it
+    costs what the same model stored in bf16 drafts, not what an NVFP4 MTP layer would, while
+    the verify pass keeps the NVFP4 checkpoint's price. At 16 decodes on 4 B200s the draft
+    passes are weight reads of the routed experts, 4x the bytes of NVFP4's."""
+    nv = load_model("nvidia/DeepSeek-R1-NVFP4")
+    assert nv.mtp_dtype == "bf16" and nv.expert_dtype == "fp4"
+    flat = nv.mtp_layer_model()
+    assert (flat.weight_dtype, flat.expert_dtype, flat.mtp_dtype) == ("bf16", "bf16", "")
+    assert load_model("deepseek-ai/DeepSeek-R1").mtp_layer_model() == load_model(
+        "deepseek-ai/DeepSeek-R1"
+    )  # an FP8 checkpoint quantises its MTP layer with the rest
+    b200, par, sd = get_device("b200_sxm"), Parallel(tp=4), SpeculativeDecoding("mtp", 3)
+    n, ctx = 16, 16 * 1500
+
+    def spec(model):
+        return SpeculativePredictor(model, b200, sd, par, engine=get_engine("trtllm"))
+
+    kept = spec(nv)
+    bf16 = spec(nv.with_dtypes(weight="bf16"))  # every layer in bf16, the MTP layer too
+    fp4_mtp = spec(replace(nv, mtp_dtype=""))  # a checkpoint quantising its MTP layer
+    assert fp4_mtp.model.mtp_dtype == "" and fp4_mtp.head_host is fp4_mtp
+    assert kept.draft_s(n, ctx) == pytest.approx(bf16.draft_s(n, ctx), rel=1e-12)
+    assert kept.draft_s(n, ctx) > 2.0 * fp4_mtp.draft_s(n, ctx)
+    verify = Predictor.step_s(kept, n, ctx, ())
+    assert verify == pytest.approx(Predictor.step_s(fp4_mtp, n, ctx, ()), rel=1e-12)
+    assert verify < Predictor.step_s(bf16, n, ctx, ())
 
 
 def test_a_hybrid_verify_writes_the_state_after_every_draft_token() -> None:

@@ -80,15 +80,23 @@ class SpeculativePredictor(Predictor):
                 latency_model=latency_model,
             )
         # Where a head's draft passes run: here, or (Mirror-SD) on the draft devices, one
-        # head for the whole batch, tensor-parallel over them.
+        # head for the whole batch, tensor-parallel over them. An MTP head the checkpoint
+        # keeps in its own format (`ModelSpec.mtp_dtype`: NVIDIA's NVFP4 DeepSeek-R1 and
+        # Qwen3.5 exclude `model.layers.61*` / `mtp.layers.0*` from quantisation, and the
+        # engines load it so: TensorRT-LLM's `DeepseekV3DecoderLayer._get_decoder_layer_quant_
+        # config` gives "the MTP layer in the nvfp4 checkpoint", unquantized, no quant_algo)
+        # drafts at that format's weight reads, priced by a predictor of the model in it.
         self.head_host: Predictor = self
-        if mirror is not None and self.draft is None:
+        head_model = model.mtp_layer_model() if speculative.method == "mtp" else model
+        if self.draft is None and (mirror is not None or head_model is not model):
             self.head_host = Predictor(
-                model,
-                mirror,
-                Parallel(tp=speculative.mirror_devices),
+                head_model,
+                mirror or device,
+                Parallel(tp=speculative.mirror_devices) if mirror else self.par,
                 self.engine,
+                None if mirror else self.fit,
                 latency_model=latency_model,
+                expert_load=None if mirror else expert_load,
             )
         self._draft_cache: dict[tuple[int, int], tuple[float, float]] = {}
         self._proj_tab = np.zeros(0)  # a head's 2h→h input projection by row count

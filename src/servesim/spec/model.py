@@ -582,6 +582,24 @@ class ModelSpec:
             fp8_static_act=release.fp8_static_act,
         )
 
+    def mtp_layer_model(self) -> ModelSpec:
+        """This model with every layer in the MTP layer's format, the shape a draft pass of its
+        MTP head is priced in: itself unless the checkpoint keeps the MTP layers apart
+        (`mtp_dtype`, e.g. NVIDIA's NVFP4 DeepSeek-R1 and Qwen3.5 leave them unquantised)."""
+        if not self.num_mtp_layers or not self.mtp_dtype:
+            return self
+        d = self.mtp_dtype
+        return replace(
+            self,
+            weight_dtype=d,
+            expert_dtype=d,
+            attention_dtype="",
+            attention_out_dtype="",
+            mtp_dtype="",
+            fp8_block=False,
+            fp8_static_act=False,
+        )
+
     def weight_dtypes(self) -> set[str]:
         """Every format the checkpoint's GEMM weights come in."""
         out = {self.weight_dtype, self.attn_weight_dtype, self.attn_out_weight_dtype}
