@@ -84,8 +84,10 @@ class SpeculativePredictor(Predictor):
         # keeps in its own format (`ModelSpec.mtp_dtype`: NVIDIA's NVFP4 DeepSeek-R1 and
         # Qwen3.5 exclude `model.layers.61*` / `mtp.layers.0*` from quantisation, and the
         # engines load it so: TensorRT-LLM's `DeepseekV3DecoderLayer._get_decoder_layer_quant_
-        # config` gives "the MTP layer in the nvfp4 checkpoint", unquantized, no quant_algo)
-        # drafts at that format's weight reads, priced by a predictor of the model in it.
+        # config` gives "the MTP layer in the nvfp4 checkpoint", unquantized, no quant_algo;
+        # SGLang's `DeepseekModelNextN` drops a modelopt_fp4 quant config, its FP8 cast of the
+        # MTP experts being opt-in) drafts at that format's weight reads, priced by a
+        # predictor of the model in it.
         self.head_host: Predictor = self
         head_model = model.mtp_layer_model() if speculative.method == "mtp" else model
         if self.draft is None and (mirror is not None or head_model is not model):
@@ -95,6 +97,7 @@ class SpeculativePredictor(Predictor):
                 Parallel(tp=speculative.mirror_devices) if mirror else self.par,
                 self.engine,
                 None if mirror else self.fit,
+                None if mirror else power_device,
                 latency_model=latency_model,
                 expert_load=None if mirror else expert_load,
             )

@@ -596,8 +596,8 @@ class ModelSpec:
             attention_dtype="",
             attention_out_dtype="",
             mtp_dtype="",
-            fp8_block=False,
-            fp8_static_act=False,
+            fp8_block=self.fp8_block and d == "fp8",
+            fp8_static_act=self.fp8_static_act and d == "fp8",
         )
 
     def weight_dtypes(self) -> set[str]:
