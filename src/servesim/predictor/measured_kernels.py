@@ -228,13 +228,56 @@ def anchored(grid: Grid, x: np.ndarray, roof: Callable[[np.ndarray], np.ndarray]
 
 
 # ---- reading the tables -----------------------------------------------------------------------
+# vLLM's CUTLASS fp8 GEMM (`CutlassFP8ScaledMMLinearKernel`) on SM 10.x runs one kernel
+# configuration per bucket of rows (`cutlass_gemm_sm100_fp8_dispatch` in csrc/quantization/
+# cutlass_w8a8/c3x/scaled_mm_sm100_fp8_dispatch.cuh): m in [1, 16] (`sm100_fp8_config_M16_
+# swap_ab`: the rows fit one 32-wide tile), (16, 64) (`sm100_fp8_config_M64_swap_ab`; m = 64
+# takes it from k = 4,096 and an unswapped one below, so m = 64 is a bucket of its own here),
+# (64, 256] (M256) and above (the default). Within a bucket the same kernel on fewer rows does
+# no more work, so a cell slower than a larger m of its bucket is a timing artefact of the
+# table (its B200/B300/GB200/GB300 tables time m = 1 at 2-4x m = 2 on most shapes and scatter
+# 2-3x spikes elsewhere): such a cell takes the fastest time of the larger rows of its bucket.
+VLLM_SM100_FP8_KERNEL = "CutlassFP8ScaledMMLinearKernel"
+VLLM_SM100_FP8_M_BUCKETS = (16.0, 63.0, 64.0, 256.0)
+
+
 @functools.lru_cache(maxsize=256)
 def _gemm_grid(path: Path, gemm_dtype: str) -> Grid | None:
     cols = kernel_tables.read(path, ("gemm_dtype", "m", "n", "k", "latency"))
     keep = cols["gemm_dtype"] == gemm_dtype
     if not keep.any():
         return None
-    return build_grid([cols[c][keep] for c in ("m", "n", "k")], cols["latency"][keep])
+    grid = build_grid([cols[c][keep] for c in ("m", "n", "k")], cols["latency"][keep])
+    if _one_config_per_bucket(path, gemm_dtype):
+        grid = bucket_floor(grid, VLLM_SM100_FP8_M_BUCKETS)
+    return grid
+
+
+def _one_config_per_bucket(path: Path, gemm_dtype: str) -> bool:
+    """Whether a GEMM table is vLLM's CUTLASS fp8 kernel on an SM 10.x GPU (the table's GPU is
+    its folder four levels up: <gpu>/gemm/<engine>/<version>/gemm_perf)."""
+    if gemm_dtype != "fp8" or len(path.parts) < 5 or path.parts[-5] not in SM100_GPUS:
+        return False
+    try:
+        sources = kernel_tables.read(path, ("gemm_dtype", "kernel_source"))
+    except ServesimError:  # a table without kernel names
+        return False
+    names = set(sources["kernel_source"][sources["gemm_dtype"] == gemm_dtype].tolist())
+    return names == {VLLM_SM100_FP8_KERNEL}
+
+
+def bucket_floor(grid: Grid, bounds: tuple[float, ...]) -> Grid:
+    """`grid` (axes m, ...) with each cell no slower than the larger measured m of its bucket of
+    rows (buckets end at `bounds`, inclusive): the fastest time from it to the bucket's end."""
+    m = np.exp(grid.axes[0])
+    bucket = np.searchsorted(np.asarray(bounds), m - 1e-9)
+    vals = grid.values.copy()
+    for b in np.unique(bucket):
+        rows = np.nonzero(bucket == b)[0]
+        # running minimum from the bucket's largest m down, NaN (unmeasured) cells skipped
+        vals[rows[::-1]] = np.fmin.accumulate(vals[rows[::-1]], axis=0)
+    vals[np.isnan(grid.values)] = np.nan  # an unmeasured cell stays unmeasured
+    return Grid(grid.axes, vals)
 
 
 @functools.lru_cache(maxsize=64)
