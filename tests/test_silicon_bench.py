@@ -290,6 +290,10 @@ def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys)
     assert last["recovered_layouts"] == 0 and all(r["layout_source"] == "" for r in out)
     assert out[2]["predicted_ttft_ms"] == "" and float(out[2]["wall_s"]) >= 0.0
     assert float(out[0]["cpu_s"]) > 0.0 and last["slowest_row_cpu_s"] >= float(out[0]["cpu_s"])
+    slow = sum(1 for r in out if float(r["wall_s"]) > silicon.ROW_GOAL_S)
+    assert last["rows_over_goal_s"] == slow  # the rows-out file's own count
+    timed = [{**r, "wall_s": w} for r, w in zip(out, (0.1, 2.5, 2.0, 9.0, 0.0), strict=True)]
+    assert silicon.summary(timed)["rows_over_goal_s"] == 2  # 2.5 and 9.0 s; 2.0 s meets it
 
     def ape(r: dict[str, str], what: str) -> float:
         pred, meas = float(r[f"predicted_{what}_ms"]), float(r[f"measured_{what}_ms"])
