@@ -253,10 +253,15 @@ def _gemm_grid(path: Path, gemm_dtype: str) -> Grid | None:
     return grid
 
 
+def _table_origin(path: Path) -> tuple[str, str, str]:
+    """(GPU, engine, version) of a table, from its path: <gpu>/<family>/<engine>/<version>/
+    <table>, as aiconfigurator-core lays its data out."""
+    return path.parents[3].name, path.parent.parent.name, path.parent.name
+
+
 def _one_config_per_bucket(path: Path, gemm_dtype: str) -> bool:
-    """Whether a GEMM table is vLLM's CUTLASS fp8 kernel on an SM 10.x GPU (the table's GPU is
-    its folder four levels up: <gpu>/gemm/<engine>/<version>/gemm_perf)."""
-    if gemm_dtype != "fp8" or len(path.parts) < 5 or path.parts[-5] not in SM100_GPUS:
+    """Whether a GEMM table is vLLM's CUTLASS fp8 kernel on an SM 10.x GPU."""
+    if gemm_dtype != "fp8" or len(path.parents) < 4 or _table_origin(path)[0] not in SM100_GPUS:
         return False
     try:
         sources = kernel_tables.read(path, ("gemm_dtype", "kernel_source"))
@@ -576,8 +581,7 @@ EVEN_ROUTINGS = ("balanced", "uniform")
 def _pre_refined(path: Path) -> bool:
     """Whether a MoE table's routed rows predate the routing refinement (`PRE_REFINED_ROUTING`):
     its path ends in <gpu>/moe/<engine>/<version>/<table>."""
-    version, engine, gpu = path.parent.name, path.parent.parent.name, path.parents[3].name
-    return (gpu, engine, version) in PRE_REFINED_ROUTING
+    return _table_origin(path) in PRE_REFINED_ROUTING
 
 
 def has_tables(gpu: str) -> bool:
