@@ -22,6 +22,7 @@ does), and an item's days in effect are written as runs `D1..D2`.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from collections.abc import Callable
@@ -83,8 +84,9 @@ FIELDS = (
     "source_file",
     "days_in_effect",
     "source_commits",
+    "script_commits",
 )
-WHEN = ("days_in_effect", "source_commits")
+WHEN = ("days_in_effect", "source_commits", "script_commits")
 # Where an entry's launch script has lived: benchmarks/single_node/ since early 2026, before
 # that benchmarks/<name>.sh, and earlier still benchmarks/<name>_slurm.sh (or _docker.sh).
 SCRIPT_PATHS = (
@@ -157,9 +159,11 @@ def _assignment(text: str) -> tuple[str, str] | None:
     return m.group(1), {"true": "1", "false": "0"}.get(value, value)
 
 
-def _shell_test(text: str) -> str | None:
+def _shell_test(text: str, values: dict[str, str] | None = None) -> str | None:
     """A bash `if`/`elif` condition as an expression in RUNNER_VARS (`CONC>=16`, tests joined
-    by `&`/`|`), or None when it tests anything else (a string, another variable, a file).
+    by `&`/`|`), or None when it tests anything else (a string, a file, a variable neither a
+    runner's nor among the script's own `values` so far: dsr1_fp8_h200_trt_mtp.sh clamps its
+    `MAX_BATCH_SIZE=$((CONC/TP))` with `if [[ $MAX_BATCH_SIZE -lt 1 ]]`).
     A test compares a runner variable with a number, numerically (`-ge`) or as text (`"$ISL"
     == "1024"`, the form of dsr1_fp8_b200_trt.sh); `&&` and `||` join tests inside one `[[ ]]`
     as between them (bash gives `&&` the higher precedence, as the expression does)."""
@@ -180,9 +184,14 @@ def _shell_test(text: str) -> str | None:
             continue
         t = re.fullmatch(r"\"?\$\{?([A-Z_]+)\}?\"?\s+(-[a-z]{2}|==|!=)\s+\"?(\d+)\"?", part)
         op = t and _TEST_OPS.get(t.group(2), t.group(2) if t.group(2) in ("==", "!=") else None)
-        if not t or t.group(1) not in RUNNER_VARS or not op:
+        name = t.group(1) if t else ""
+        if name not in RUNNER_VARS and values and name in values:
+            name = f"({values[name]})"
+        elif name not in RUNNER_VARS:
             return None
-        out.append(f"({t.group(1)}{op}{t.group(3)})")
+        if not op:
+            return None
+        out.append(f"({name}{op}{t.group(3)})")
     return "".join(out)
 
 
@@ -200,9 +209,9 @@ def branched_values(script: str) -> dict[str, str]:
     for line in script.splitlines():
         text = line.split("#", 1)[0].strip()
         if re.match(r"if\s", text):
-            frames.append([_shell_test(text)])
+            frames.append([_shell_test(text, values)])
         elif re.match(r"elif\s", text) and frames:
-            frames[-1].append(_shell_test(text))
+            frames[-1].append(_shell_test(text, values))
         elif text == "else" and frames:
             frames[-1].append("else")
         elif text == "fi" and frames:
@@ -597,6 +606,10 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
             break
     else:
         return []
+    # The launch scripts change on their own (Qwen3.5's BF16 B200 script gained its recipe
+    # flags on 2026-02-20 under an unchanged config), so they are read as the repository stood
+    # at the end of `day`, not at the config's last commit.
+    head, _ = commit_at(inferencex, day)
     rows: list[dict[str, object]] = []
     for key, entry in master_config(inferencex, commit, path).items():
         if not isinstance(entry, dict) or entry.get("disagg") or entry.get("multinode"):
@@ -616,7 +629,7 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                 for name in (base + fw + mtp, *((base,) if gpu == "h100" else ())):
                     for pattern in SCRIPT_PATHS:
                         where = pattern.format(name)
-                        script = git(inferencex, "show", f"{commit}:{where}")
+                        script = git(inferencex, "show", f"{head}:{where}")
                         if script:
                             break
                     if script:
@@ -645,9 +658,16 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                         "source_file": path,
                         "days_in_effect": day,
                         "source_commits": commit[:12],
+                        "script_commits": _last_commit(inferencex, day, where) if script else "-",
                     }
                 )
     return rows
+
+
+@functools.cache
+def _last_commit(inferencex: str, day: str, path: str) -> str:
+    """The last commit touching `path` up to the end of `day`, abbreviated."""
+    return commit_at(inferencex, day, path)[0][:12]
 
 
 def main(argv: list[str] | None = None) -> int:

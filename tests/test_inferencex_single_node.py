@@ -690,3 +690,74 @@ def test_the_tensorrt_llm_moe_backend_a_script_chooses_per_branch() -> None:
     assert launch_settings(by_clients, dp_attn=False)["moe_backend"] == ""
     literal = "cat > $F << EOF\nmoe_config:\n    backend: CUTLASS\nEOF\n"
     assert launch_settings(literal)["moe_backend"] == "cutlass"
+
+
+def test_the_table_reads_each_days_launch_script_not_the_configs(tmp_path: Path) -> None:
+    """A launch script edited under an unchanged config runs from its edit on: InferenceX's
+    qwen3.5_bf16_b200.sh gained its recipe flags (--scheduler-recv-interval, ...) on 2026-02-20,
+    four days after the config's last change; the table read the config's script until then."""
+    import subprocess
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from inferencex_single_node import single_node
+
+    repo = tmp_path / "ix"
+    script = repo / "benchmarks" / "single_node" / "qwen3.5_bf16_b200.sh"
+    script.parent.mkdir(parents=True)
+    config = repo / ".github" / "configs" / "nvidia-master.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(
+        "qwen3.5-bf16-b200-sglang:\n  image: img\n  model-prefix: qwen3.5\n  precision: bf16\n"
+        "  framework: sglang\n  multinode: false\n  seq-len-configs:\n  - isl: 1024\n"
+        "    osl: 1024\n    search-space:\n    - { tp: 8, ep: 1, conc-start: 4, conc-end: 64 }\n"
+    )
+    launch = "python3 -m sglang.launch_server --model-path=$MODEL --tensor-parallel-size=$TP"
+
+    def commit(day: str) -> None:
+        env = {"GIT_AUTHOR_DATE": f"{day}T06:00:00Z", "GIT_COMMITTER_DATE": f"{day}T06:00:00Z"}
+        for args in (
+            ["add", "-A"],
+            ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", day],
+        ):
+            subprocess.run(
+                ["git", *args], cwd=repo, check=True, env={**env, "PATH": "/usr/bin:/bin"}
+            )
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    script.write_text(f"{launch} --mem-fraction-static 0.8 > log &\n")
+    commit("2026-02-16")
+    script.write_text(f"{launch} --mem-fraction-static 0.82 --scheduler-recv-interval 30 > log &\n")
+    commit("2026-02-20")
+    gitdir = str(repo / ".git")
+    (before,) = single_node(gitdir, "2026-02-18", ("qwen3.5",))
+    (after,) = single_node(gitdir, "2026-02-20", ("qwen3.5",))
+    assert (before["mem_fraction"], before["recv_interval"]) == ("0.8", "")
+    assert (after["mem_fraction"], after["recv_interval"]) == ("0.82", "30")
+    # The config is the same commit; the script's own commit says which version ran.
+    assert before["source_commits"] == after["source_commits"] == before["script_commits"]
+    assert after["script_commits"] != before["script_commits"]
+
+
+def test_a_clamp_on_a_scripts_own_variable_keeps_the_setting_known() -> None:
+    """dsr1_fp8_h200_trt_mtp.sh (from 2026-02-19) sets MAX_BATCH_SIZE=$((CONC/TP)) under
+    attention DP and raises it to 1 when that is below 1: a test on the script's own variable,
+    read as its expression, not as an unknown."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from inferencex_single_node import launch_settings
+
+    script = (
+        'if [[ "$DP_ATTENTION" == "true" ]]; then\n'
+        "    MAX_BATCH_SIZE=$((CONC/TP))\n"
+        "    if [[ $MAX_BATCH_SIZE -lt 1 ]]; then\n"
+        "        MAX_BATCH_SIZE=1\n"
+        "    fi\n"
+        "else\n"
+        "    MAX_BATCH_SIZE=$CONC\n"
+        "fi\n"
+        "trtllm-serve $MODEL --max_batch_size=$MAX_BATCH_SIZE --tp_size=$TP\n"
+    )
+    runner = {"ISL": 1024, "OSL": 1024, "EP_SIZE": 8, "TP": 8}
+    dp = launch_settings(script, dp_attn=True)["max_seqs"]
+    assert [silicon._runner_value(dp, {**runner, "CONC": c}) for c in (4, 8, 64)] == [1, 1, 8]
+    plain = launch_settings(script, dp_attn=False)["max_seqs"]
+    assert silicon._runner_value(plain, {**runner, "CONC": 4}) == 4

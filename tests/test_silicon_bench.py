@@ -352,8 +352,9 @@ def test_inferencex_sglang_rows_run_with_the_script_in_effect_on_their_day() -> 
     late February 2026 benchmarks/single_node/qwen3.5_fp8_b200.sh and dsr1_fp8_b200.sh receive
     every 10 decode steps below 16 clients and every 30 from 16 (dsr1_fp8_b200.sh: TP 4 always
     10, with its own budget and memory fraction), with 32,768-token chunks; the H200 scripts
-    set no interval; and the first Qwen3.5 bf16 script (benchmarks/qwen3.5_bf16_b200.sh, 17–22
-    February) passed only `--mem-fraction-static 0.8`, so its rows keep SGLang's defaults."""
+    set no interval; and the first Qwen3.5 bf16 script (benchmarks/qwen3.5_bf16_b200.sh, 17–19
+    February) passed only `--mem-fraction-static 0.8`, so its rows keep SGLang's defaults, until
+    the script took the fp8 recipe's flags on 20 February (the config unchanged until the 23rd)."""
     ix = "db-dump/2026-04-27; config_id=1; silicon_concurrency={c}; measured={day}; {image}"
     v59, v56 = "lmsysorg/sglang:v0.5.9-cu130-amd64", "lmsysorg/sglang:v0.5.6-cu129-amd64"
 
@@ -387,9 +388,13 @@ def test_inferencex_sglang_rows_run_with_the_script_in_effect_on_their_day() -> 
     h200 = dict(ds, system="h200_sxm", image="lmsysorg/sglang:v0.5.9-cu129-amd64")
     assert dep(64, **h200).engine.recv_interval_steps == 1
     bf16 = {"precision": "bf16", "gemm_quant_mode": "bf16", "moe_quant_mode": "bf16"}
-    early = dep(8, day="2026-02-20", image="lmsysorg/sglang:nightly-dev-20260216-d3bae71e", **bf16)
+    nightly = "lmsysorg/sglang:nightly-dev-20260216-d3bae71e"
+    early = dep(8, day="2026-02-18", image=nightly, **bf16)
     assert early.engine.recv_interval_steps == get_engine("sglang").recv_interval_steps == 1
     assert early.engine.mem_util == 0.8
+    recipe = dep(8, day="2026-02-20", image=nightly, **bf16)
+    assert (recipe.engine.recv_interval_steps, recipe.engine.mem_util) == (10, 0.82)
+    assert recipe.max_num_batched_tokens == 32768 and recipe.max_num_seqs == 128
 
 
 def test_inferencex_trtllm_rows_get_the_scripts_token_budget_and_batch_waiting() -> None:
