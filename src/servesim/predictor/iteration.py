@@ -1141,12 +1141,14 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(this GPU's expert layer over the roofline's expert terms, provenance) per token
         count from its twins' measured layers: each twin's measured time over its own roofline
-        (`moe_roofline_np`), pooled as `twin_efficiency` pools efficiencies (the learnt
+        (`moe_roofline_np`), carried to this GPU (`twin_efficiency.carried`: the excess over the
+        roofline stays) and pooled as `twin_efficiency` pools efficiencies (the learnt
         correction takes no grouped GEMM: 0), times this GPU's roofline; None without twins."""
         m = self.model
         tok = np.asarray(tokens, dtype=float)
         rows = np.column_stack([tok, *(np.full(len(tok), float(x)) for x in layout)])
         phys = roofline.physical_fit()
+        own = measured_kernels.moe_roofline_np(rows, m.gated_mlp, m.expert_dtype, self.device, phys)
         parts = []
         for kernels, a in self._moe_twins:
             priced = kernels.moe(
@@ -1157,11 +1159,11 @@ class Predictor:
             roof = measured_kernels.moe_roofline_np(
                 rows, m.gated_mlp, m.expert_dtype, kernels.device, phys
             )
-            parts.append((np.log(priced[0] / roof), np.full(len(tok), a)))
+            eff = twin_efficiency.carried(np.log(priced[0] / roof), roof / own, a)
+            parts.append((eff, np.full(len(tok), a)))
         if not parts:
             return None
         eff = twin_efficiency.pooled(np.zeros(len(tok)), parts)
-        own = measured_kernels.moe_roofline_np(rows, m.gated_mlp, m.expert_dtype, self.device, phys)
         roof = sum(term.seconds for term in expert_terms)
         return own * np.exp(eff) * expert_terms[0].calls / roof, np.full(len(tok), ROOFLINE)
 
