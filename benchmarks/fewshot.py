@@ -202,7 +202,7 @@ def _changes(arrays: dict, knobs, ks: list[int]) -> list[float]:
         for x, ix in picks.items():
             if len(ix):
                 r, d = arrays[x]
-                fam = transfer.FAMILY_OF[x]
+                fam = ft.unit_of(x)
                 old = per_fam.get(fam)
                 per_fam[fam] = (
                     (r[ix], d[ix]) if old is None else
@@ -221,18 +221,17 @@ def _median_ape(
     """Median APE over the rows not picked, with the adaptation's log correction applied as
     `fewshot_transfer.Adapted` applies it."""
     from servesim.predictor import fewshot_transfer as ft
-    from servesim.predictor import transfer
 
     errs = []
     for x, (r, d) in arrays.items():
         keep = np.ones(len(r), dtype=bool)
         keep[picks.get(x, np.zeros(0, dtype=int))] = False
-        fam = transfer.FAMILY_OF[x]
+        fam = ft.unit_of(x)
         w = weights.get(fam)
         # the device offset is the compute families' (`Adapted._offset`), not the fabric's
         own = (family_offsets or {}).get(fam, 0.0)
         corr = (
-            (0.0 if fam in ft.FABRIC else offset)
+            (0.0 if ft.is_fabric(fam) else offset)
             + own
             + (d[keep] @ w if w is not None and len(w) else 0.0)
         )

@@ -416,3 +416,31 @@ def test_compute_shots_weigh_one_device_wide_posterior() -> None:
     # Without compute shots nothing is weighed for the compute families.
     alone, _ = ft.weigh({"allreduce": per_fam["allreduce"]}, prior, families=families)
     assert set(alone) == {"allreduce"}
+
+
+def test_each_all_reduce_implementation_keeps_its_own_shots() -> None:
+    """A custom all-reduce shot 2.3x (log 0.84) above the transferred model moves the custom
+    rows (its own offset, 1 / (1 + family_shots) of it) and leaves NCCL's rows, which weigh
+    their own shot (GB300 at k = 10: NCCL's error went 4.0 -> 11.2 % while the two shared one
+    offset); a fit file written before the split keeps its one all-reduce figure for both."""
+    model = transfer_model.bundled()
+    b200 = get_device("b200_sxm")
+    tables = calibrate.all_samples(calibrate.load_package_tables("b200_sxm", "vllm", None))
+    nccl = calibrate.subset(tables["nccl"], tables["nccl"]["op"] == "all_reduce")
+    custom = tables["custom_allreduce"]
+    shots = {}
+    for src, s in (("nccl", nccl), ("custom_allreduce", custom)):
+        one = calibrate.subset(s, np.arange(len(s["latency_s"])) == 0)
+        scale = 1.0 if src == "nccl" else math.exp(0.84)
+        one["latency_s"] = ft.Adapted(model, "b200_sxm", (), {}).predict(src, one, b200) * scale
+        shots[src] = one
+    adapted = ft.adapt(model, shots, b200, candidates=())
+    c = ft.KNOBS.family_shots
+    assert adapted.family_offsets == pytest.approx(
+        {"nccl": 0.0, "custom_allreduce": 0.84 / (1.0 + c)}, abs=1e-9
+    )
+    assert adapted._offset("nccl") == 0.0 and ft.unit_of("nccl") == "nccl"
+    assert ft.unit_of("gemm") == "gemm" and ft.is_fabric("allreduce")
+    # Before the split a fit file held one "allreduce" offset; both implementations read it.
+    old = ft.Adapted(model, "b200_sxm", (), {}, family_offsets={"allreduce": 0.1})
+    assert old._offset("nccl") == old._offset("custom_allreduce") == 0.1

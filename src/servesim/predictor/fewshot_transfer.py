@@ -81,6 +81,24 @@ MIN_WEIGHT = 1e-4  # proposals below this weight are not evaluated
 # Families whose times are the interconnect's (NVLink, PCIe, NCCL's algorithms), not the chip's:
 # kept out of the device-wide offset.
 FABRIC = frozenset({"allreduce"})
+# ... and within them the implementations (NCCL's algorithms, an engine's custom all-reduce),
+# each of which weighs its own proposals and takes its own offset: a custom all-reduce's shot
+# says little about NCCL's (on GB300 one custom shot 2.3x above its prediction moved NCCL's
+# rows from 4.0 to 11.2 % error while the two shared one unit).
+FABRIC_UNITS = frozenset(src for src, fam in transfer.FAMILY_OF.items() if fam in FABRIC)
+
+
+def unit_of(source: str) -> str:
+    """The unit the adaptation weighs and offsets sample family `source` in: its model
+    family, or for an all-reduce its implementation (`FABRIC_UNITS`)."""
+    fam = transfer.FAMILY_OF[source]
+    return source if fam in FABRIC else fam
+
+
+def is_fabric(unit: str) -> bool:
+    """Whether an adaptation unit (a family or an all-reduce implementation) is the fabric's:
+    kept out of the device-wide offset and of the compute families' shared posterior."""
+    return unit in FABRIC or unit in FABRIC_UNITS
 
 
 def candidates_of(model: TransferModel) -> tuple[Device, ...]:
@@ -172,16 +190,16 @@ def weigh(
         return np.abs(r[:, None] - np.column_stack([np.zeros(len(r)), d])).sum(axis=0)
 
     weights: dict[str, np.ndarray] = {}
-    compute = [fam for fam in per_fam if fam not in FABRIC]
+    compute = [fam for fam in per_fam if not is_fabric(fam)]
     if compute:
         shared = posterior(sum(loss(*per_fam[fam]) for fam in compute))
         for fam in dict.fromkeys([*compute, *families]):
-            if fam not in FABRIC:
+            if not is_fabric(fam):
                 weights[fam] = shared
     for fam in per_fam:
-        if fam in FABRIC:
+        if is_fabric(fam):
             weights[fam] = posterior(loss(*per_fam[fam]))
-    left = [r - d @ weights[fam] for fam, (r, d) in per_fam.items() if fam not in FABRIC]
+    left = [r - d @ weights[fam] for fam, (r, d) in per_fam.items() if not is_fabric(fam)]
     if not left:
         return weights, 0.0
     rest = np.concatenate(left)
@@ -205,7 +223,7 @@ def family_offsets(
     for fam, (r, d) in per_fam.items():
         w = weights.get(fam)
         moved = d @ w if w is not None and len(w) else 0.0
-        left = r - moved - (0.0 if fam in FABRIC else offset)
+        left = r - moved - (0.0 if is_fabric(fam) else offset)
         k = len(left)
         if k:
             out[fam] = k / (k + knobs.family_shots) * float(np.median(left))
@@ -238,29 +256,38 @@ class Adapted:
     model: TransferModel
     device_name: str
     candidates: tuple[Device, ...]
-    weights: dict[str, np.ndarray]  # model family -> one weight per candidate
+    weights: dict[str, np.ndarray]  # unit (`unit_of`) -> one weight per candidate
     offset: float = 0.0  # device-wide log offset on top of the compute families (not FABRIC)
     shots: int = 0
     # each family's own log offset on top (`family_offsets`), for the families with shots
     family_offsets: dict[str, float] = field(default_factory=dict)
 
-    def _offset(self, family: str) -> float:
-        """The log offset of `family`: the device-wide one (compute families only) plus the
-        family's own."""
-        device = 0.0 if family in FABRIC else self.offset
-        return device + self.family_offsets.get(family, 0.0)
+    def _offset(self, unit: str) -> float:
+        """The log offset of `unit` (a family or an all-reduce implementation): the device-wide
+        one (compute families only) plus the unit's own."""
+        own = self.family_offsets.get(unit)
+        if own is None and unit in FABRIC_UNITS:  # a fit file from before the units were apart
+            own = self.family_offsets.get(transfer.FAMILY_OF[unit])
+        return (0.0 if is_fabric(unit) else self.offset) + (own or 0.0)
+
+    def _weights(self, unit: str) -> np.ndarray | None:
+        """The proposals' weights of `unit` (None: the transferred model alone)."""
+        w = self.weights.get(unit)
+        if w is None and unit in FABRIC_UNITS:  # a fit file from before the units were apart
+            w = self.weights.get(transfer.FAMILY_OF[unit])
+        return w
 
     def log_correction(self, source: str, s: Samples, device: Device) -> np.ndarray:
         """log(predicted / roofline) per row of sample family `source` on `device`."""
-        fam = transfer.FAMILY_OF[source]
+        fam, unit = transfer.FAMILY_OF[source], unit_of(source)
         if not corrects_family(fam, device):  # as roofline.collective_np prices it
             return np.zeros(max(len(np.atleast_1d(v)) for v in s.values()))
-        w = self.weights.get(fam)
+        w = self._weights(unit)
         keep = [] if w is None else [i for i, x in enumerate(w) if x > MIN_WEIGHT]
         # One pass prices the twinned base and the kept proposals' differences to it.
         cands = tuple(self.candidates[i] for i in keep)
         z, d = log_corrections(self.model, source, s, device, cands)
-        z = z + self._offset(fam)
+        z = z + self._offset(unit)
         return z + d @ w[keep] if keep else z
 
     def predict(self, source: str, s: Samples, device: Device) -> np.ndarray:
@@ -287,25 +314,31 @@ class Adapted:
         base = twin_efficiency.Twinned(self.model).correction(family, s, device, t_base, along)
         if not self.applies(device):
             return base
-        base = base * math.exp(self._offset(family))
-        w = self.weights.get(family)
+        source = transfer.SOURCES[family][0]
+        unit = unit_of(source)
+        if family in FABRIC:  # the rows' implementation (`roofline.collective_np` prices one)
+            impl = np.atleast_1d(s.get("impl", "nccl"))
+            unit = "custom_allreduce" if len(impl) and str(impl[0]) == "custom" else "nccl"
+        base = base * math.exp(self._offset(unit))
+        w = self._weights(unit)
         if w is None or not (w > MIN_WEIGHT).any():
             return base
-        source = transfer.SOURCES[family][0]
         n = len(np.atleast_1d(t_base))
         if along is None or n <= GRID:
-            return base * np.exp(self._extra(family, source, s, device))
+            return base * np.exp(self._extra(unit, source, s, device))
         x = np.log(np.maximum(np.asarray(along, dtype=float), 1e-9))
         order = np.argsort(x)
         at = np.searchsorted(x[order], np.linspace(x[order[0]], x[order[-1]], GRID))
         pick = order[np.unique(np.clip(at, 0, n - 1))]
         sub = {k: np.asarray(v)[pick] for k, v in s.items()}
-        extra = self._extra(family, source, sub, device)
+        extra = self._extra(unit, source, sub, device)
         return base * np.exp(np.interp(x, x[pick], extra))
 
-    def _extra(self, family: str, source: str, s: Samples, device: Device) -> np.ndarray:
+    def _extra(self, unit: str, source: str, s: Samples, device: Device) -> np.ndarray:
         """The weighted proposals' log difference to the model, per row."""
-        w = self.weights[family]
+        w = self._weights(unit)
+        if w is None:
+            return np.zeros(max(len(np.atleast_1d(v)) for v in s.values()))
         keep = [i for i, x in enumerate(w) if x > MIN_WEIGHT]
         _, d = log_corrections(
             self.model, source, s, device, tuple(self.candidates[i] for i in keep)
@@ -345,7 +378,7 @@ def adapt(
         return Adapted(model, device.name, cands, {}, 0.0, 0)
     per_fam: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for src, (r, d) in residuals(model, rows, device, cands).items():
-        per_fam.setdefault(transfer.FAMILY_OF[src], []).append((r, d))
+        per_fam.setdefault(unit_of(src), []).append((r, d))
     if shapes is None:
         prior = prior_weights([d for parts in per_fam.values() for _, d in parts], knobs)
     else:
@@ -542,7 +575,8 @@ def from_dict(doc: dict[str, Any], model: TransferModel, origin: str) -> Adapted
         raise ServesimError(
             f"Kernel fit {origin}: its few-shot adaptation is malformed ({exc}); {fix}."
         ) from None
-    bad = [f for f in arr if f not in transfer.SOURCES]
+    units = {*transfer.SOURCES, *FABRIC_UNITS}
+    bad = [f for f in arr if f not in units]
     if bad or any(not np.isfinite(w).all() or (w < 0).any() for w in arr.values()):
         raise ServesimError(f"Kernel fit {origin}: its few-shot adaptation is malformed; {fix}.")
     offset = doc.get("offset", 0.0)
@@ -550,7 +584,7 @@ def from_dict(doc: dict[str, Any], model: TransferModel, origin: str) -> Adapted
         raise ServesimError(f"Kernel fit {origin}: its few-shot offset is {offset!r}; {fix}.")
     own = doc.get("family_offsets", {})  # fit files written before family offsets have none
     if not isinstance(own, dict) or not all(
-        f in transfer.SOURCES and _finite_number(x) for f, x in own.items()
+        f in units and _finite_number(x) for f, x in own.items()
     ):
         raise ServesimError(
             f"Kernel fit {origin}: its few-shot family offsets are malformed ({own!r}); {fix}."
