@@ -22,7 +22,6 @@ does), and an item's days in effect are written as runs `D1..D2`.
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 from collections.abc import Callable
@@ -184,13 +183,13 @@ def _shell_test(text: str, values: dict[str, str] | None = None) -> str | None:
             continue
         t = re.fullmatch(r"\"?\$\{?([A-Z_]+)\}?\"?\s+(-[a-z]{2}|==|!=)\s+\"?(\d+)\"?", part)
         op = t and _TEST_OPS.get(t.group(2), t.group(2) if t.group(2) in ("==", "!=") else None)
-        name = t.group(1) if t else ""
-        if name not in RUNNER_VARS and values and name in values:
-            name = f"({values[name]})"
-        elif name not in RUNNER_VARS:
+        if not t or not op:
             return None
-        if not op:
-            return None
+        name = t.group(1)
+        if name not in RUNNER_VARS:
+            if not values or name not in values:
+                return None
+            name = f"({values[name]})"  # the script's own value, as an expression
         out.append(f"({name}{op}{t.group(3)})")
     return "".join(out)
 
@@ -658,16 +657,12 @@ def single_node(inferencex: str, day: str, models: tuple[str, ...]) -> list[dict
                         "source_file": path,
                         "days_in_effect": day,
                         "source_commits": commit[:12],
-                        "script_commits": _last_commit(inferencex, day, where) if script else "-",
+                        "script_commits": (
+                            commit_at(inferencex, day, where)[0][:12] if script else "-"
+                        ),
                     }
                 )
     return rows
-
-
-@functools.cache
-def _last_commit(inferencex: str, day: str, path: str) -> str:
-    """The last commit touching `path` up to the end of `day`, abbreviated."""
-    return commit_at(inferencex, day, path)[0][:12]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -441,6 +441,10 @@ def test_each_all_reduce_implementation_keeps_its_own_shots() -> None:
     )
     assert adapted._offset("nccl") == 0.0 and ft.unit_of("nccl") == "nccl"
     assert ft.unit_of("gemm") == "gemm" and ft.is_fabric("allreduce")
-    # Before the split a fit file held one "allreduce" offset; both implementations read it.
-    old = ft.Adapted(model, "b200_sxm", (), {}, family_offsets={"allreduce": 0.1})
-    assert old._offset("nccl") == old._offset("custom_allreduce") == 0.1
+    # Before the split a fit file held one "allreduce" figure; both implementations read it.
+    doc = {**adapted.to_dict(), "family_offsets": {"gemm": 0.2, "allreduce": 0.1}}
+    doc["weights"] = {"allreduce": {"b200_sxm": 0.3}}
+    old = ft.from_dict(doc, model, "old.json")
+    assert old.family_offsets == {"gemm": 0.2, "nccl": 0.1, "custom_allreduce": 0.1}
+    assert set(old.weights) == {"nccl", "custom_allreduce"}
+    assert old.weights["nccl"].tolist() == old.weights["custom_allreduce"].tolist() == [0.3]

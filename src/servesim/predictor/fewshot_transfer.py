@@ -265,24 +265,15 @@ class Adapted:
     def _offset(self, unit: str) -> float:
         """The log offset of `unit` (a family or an all-reduce implementation): the device-wide
         one (compute families only) plus the unit's own."""
-        own = self.family_offsets.get(unit)
-        if own is None and unit in FABRIC_UNITS:  # a fit file from before the units were apart
-            own = self.family_offsets.get(transfer.FAMILY_OF[unit])
-        return (0.0 if is_fabric(unit) else self.offset) + (own or 0.0)
-
-    def _weights(self, unit: str) -> np.ndarray | None:
-        """The proposals' weights of `unit` (None: the transferred model alone)."""
-        w = self.weights.get(unit)
-        if w is None and unit in FABRIC_UNITS:  # a fit file from before the units were apart
-            w = self.weights.get(transfer.FAMILY_OF[unit])
-        return w
+        device = 0.0 if is_fabric(unit) else self.offset
+        return device + self.family_offsets.get(unit, 0.0)
 
     def log_correction(self, source: str, s: Samples, device: Device) -> np.ndarray:
         """log(predicted / roofline) per row of sample family `source` on `device`."""
         fam, unit = transfer.FAMILY_OF[source], unit_of(source)
         if not corrects_family(fam, device):  # as roofline.collective_np prices it
             return np.zeros(max(len(np.atleast_1d(v)) for v in s.values()))
-        w = self._weights(unit)
+        w = self.weights.get(unit)
         keep = [] if w is None else [i for i, x in enumerate(w) if x > MIN_WEIGHT]
         # One pass prices the twinned base and the kept proposals' differences to it.
         cands = tuple(self.candidates[i] for i in keep)
@@ -320,7 +311,7 @@ class Adapted:
             impl = np.atleast_1d(s.get("impl", "nccl"))
             unit = "custom_allreduce" if len(impl) and str(impl[0]) == "custom" else "nccl"
         base = base * math.exp(self._offset(unit))
-        w = self._weights(unit)
+        w = self.weights.get(unit)
         if w is None or not (w > MIN_WEIGHT).any():
             return base
         n = len(np.atleast_1d(t_base))
@@ -336,9 +327,7 @@ class Adapted:
 
     def _extra(self, unit: str, source: str, s: Samples, device: Device) -> np.ndarray:
         """The weighted proposals' log difference to the model, per row."""
-        w = self._weights(unit)
-        if w is None:
-            return np.zeros(max(len(np.atleast_1d(v)) for v in s.values()))
+        w = self.weights[unit]
         keep = [i for i, x in enumerate(w) if x > MIN_WEIGHT]
         _, d = log_corrections(
             self.model, source, s, device, tuple(self.candidates[i] for i in keep)
@@ -591,7 +580,18 @@ def from_dict(doc: dict[str, Any], model: TransferModel, origin: str) -> Adapted
         )
     shots = int(doc.get("shots", 0))
     fam_off = {str(f): float(x) for f, x in own.items()}
-    return Adapted(model, name, cands, arr, float(offset), shots, fam_off)
+    return Adapted(model, name, cands, _apart(arr), float(offset), shots, _apart(fam_off))
+
+
+def _apart(per_unit: dict[str, Any]) -> dict[str, Any]:
+    """A fit file's figures per unit, with a file written before the all-reduce
+    implementations were apart (one `allreduce` figure) giving that figure to each."""
+    out = {u: v for u, v in per_unit.items() if u not in FABRIC}
+    for fam in FABRIC & set(per_unit):
+        for unit in FABRIC_UNITS:
+            if transfer.FAMILY_OF[unit] == fam:
+                out.setdefault(unit, per_unit[fam])
+    return out
 
 
 def _finite_number(x: Any) -> bool:

@@ -280,15 +280,18 @@ def blend(
     if (source not in COMPUTE and source not in FABRIC) or not len(z):
         return z
     parts = []
-    own = None if source in FABRIC else _roofline_s(source, s, device)
+    own: np.ndarray | None = None  # this device's roofline, priced once a twin has a table
     for g, a in twins(device, gpus, fabric=source in FABRIC):
         table = measured(g, source)
-        if table is not None:
-            eff, aff = table.lookup(s, len(z))
+        if table is None:
+            continue
+        eff, aff = table.lookup(s, len(z))
+        if source not in FABRIC:
+            own = _roofline_s(source, s, device) if own is None else own
             theirs = None if own is None else _roofline_s(source, s, get_device(g))
             if theirs is not None:
                 eff = carried(eff, theirs / own, a)
-            parts.append((eff, a * aff))
+        parts.append((eff, a * aff))
     return pooled(z, parts)
 
 
