@@ -74,14 +74,39 @@ def logo_rows(samples: dict, preds: dict) -> dict[str, tuple[np.ndarray, np.ndar
 
 
 def leave_one_gpu_out(
-    gpus: list[str] | None, fit_rows: int, eval_rows: int, max_nfev: int, method: str
+    gpus: list[str] | None,
+    fit_rows: int,
+    eval_rows: int,
+    max_nfev: int,
+    method: str,
+    only: list[str] | None = None,
 ) -> int:
-    """Fit on all GPUs but one, predict that one; print a table and the JSON summary."""
+    """Fit on all GPUs but one, predict that one; print a table and the JSON summary.
+
+    `gpus` is the measured set (default: every GPU with tables); `only` the GPUs to leave out
+    in turn (default: each of the set)."""
     from servesim.predictor import kernel_tables, transfer
 
     names = gpus or kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=fit_rows, seed=0)
-    test = calibrate.package_data(list(train), max_rows=eval_rows, seed=1)
+    if len(train) < 2:
+        print(
+            f"--leave-one-gpu-out needs two or more GPUs with tables, got {len(train)} "
+            f"({', '.join(train) or 'none'}); name more with --gpus, or pick the GPU to leave "
+            "out with --only.",
+            file=sys.stderr,
+        )
+        return 2
+    unknown = sorted(set(only or ()) - set(train))
+    if unknown:
+        print(
+            f"--only names GPUs without tables in the set ({', '.join(unknown)}); pick from "
+            f"{', '.join(train)}.",
+            file=sys.stderr,
+        )
+        return 2
+    left_out = [g for g in train if not only or g in only]
+    test = calibrate.package_data(left_out, max_rows=eval_rows, seed=1)
     skipped = sorted(set(names) - set(train))
     out: dict[str, dict[str, float]] = {}
     body = []
@@ -231,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leave-one-gpu-out", action="store_true", help="cross-GPU transfer test")
     ap.add_argument("--gpus", help="comma-separated GPUs for --leave-one-gpu-out (default: all)")
     ap.add_argument(
+        "--only", help="comma-separated GPUs to leave out in turn (default: each of --gpus)"
+    )
+    ap.add_argument(
         "--method",
         choices=("transfer", "joint"),
         default="transfer",
@@ -243,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.leave_one_gpu_out:
         gpus = args.gpus.split(",") if args.gpus else None
-        return leave_one_gpu_out(gpus, args.fit_rows, args.eval_rows, args.max_nfev, args.method)
+        only = args.only.split(",") if args.only else None
+        return leave_one_gpu_out(
+            gpus, args.fit_rows, args.eval_rows, args.max_nfev, args.method, only
+        )
 
     shared = args.tables is None
     tables_dir = Path(args.tables) if args.tables else REPO / "data" / "aic" / "h100_sxm"
