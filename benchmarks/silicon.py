@@ -34,7 +34,9 @@ colocated rows (dashboard exports, database records) are matched to the config t
 (`single_node_config`, table data/inferencex/single_node_configs.csv) by image, day, layout and
 concurrency: runs with speculative decoding (MTP), which the rows do not flag, are simulated
 with the draft length of the config's launch script, and rows no config or both kinds of config
-match are refused.
+match are refused. A database record that both kinds match takes the kind its config's other
+records settle on (`config_specs`: InferenceX's database keys a config by its speculative
+method, so one `config_id` ran one).
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
 InferenceX rows get their launch scripts' engine settings: the TensorRT-LLM and vLLM
@@ -1131,6 +1133,7 @@ def stated_layout_settings(
         ):
             key = tuple(item[k] for k in _STATED_KEYS)
             found.setdefault(key, item)
+    found = _of_config_spec(found, row)
     specs = {(item["spec_decoding"], item["num_draft_tokens"]) for item in found.values()}
     if len(specs) > 1:
         return row, "", f"{len(found)} InferenceX configs match"
@@ -1153,6 +1156,8 @@ def stated_layout_settings(
     if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
         out["speculative_num_draft_tokens"] = drafts
         notes.append(f"MTP with {drafts} draft tokens")
+    if row.get("config_spec"):
+        notes.append(f"{spec} as config_id {config_id_of(row)}'s other records")
     if len(found) == 1:
         item = next(iter(found.values()))
         run = in_effect(item["days_in_effect"], day) or 0
@@ -1180,6 +1185,54 @@ _STATED_KEYS = (
     "prefill_max_batch",
     "decode_max_batch",
 )
+
+
+def config_id_of(row: dict[str, str]) -> str:
+    """A database record's `config_id` (InferenceX-app's `configs` row), else ""."""
+    src = row.get("silicon_data_source", "")
+    found = re.search(r"config_id=(\d+)", src) if src.startswith("db-dump/") else None
+    return found.group(1) if found else ""
+
+
+def _of_config_spec(
+    found: dict[tuple[str, ...], dict[str, str]], row: dict[str, str]
+) -> dict[tuple[str, ...], dict[str, str]]:
+    """The items of `found` whose speculative method is the record's config's, if known."""
+    spec = row.get("config_spec")
+    return {k: i for k, i in found.items() if i["spec_decoding"] == spec} if spec else found
+
+
+def layout_of(row: dict[str, str]) -> tuple[dict[str, str], str, str]:
+    """(row, layout_source, refusal) from InferenceX's configs: a dashboard export's recovered
+    disaggregated layout, a colocated row's config, or a stated layout's recipe flags."""
+    row, source, refusal = recovered_layout(row)
+    if not refusal and not source:
+        row, source, refusal = single_node_config(row)
+    if not refusal and not source:
+        row, source, refusal = stated_layout_settings(row)
+    return row, source, refusal
+
+
+def config_specs(rows: list[dict[str, str]]) -> dict[str, str]:
+    """config_id -> the speculative method its database records settle on.
+
+    InferenceX's database keys a config by hardware, framework, model, precision, speculative
+    method, disaggregation and each pool's TP, EP, attention DP and workers (InferenceX-app
+    packages/db/migrations/001_initial_schema.sql, `configs_natural_key`), so every record of
+    one `config_id` ran the same speculative method. Where the configs table matches some of a
+    config's records to one method and none to another, that method is the config's; records
+    that two methods match take it (`config_spec`). The draft length is not in the key, so it
+    still comes from the matched item alone."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        cid = config_id_of(row)
+        if not cid:
+            continue
+        with contextlib.suppress(ServesimError):
+            out, source, refusal = layout_of(normalised_row(row)[0])
+            if source and not refusal:  # matched to InferenceX items of one method
+                seen[cid].add("mtp" if out.get("speculative_num_draft_tokens") else "none")
+    return {cid: specs.pop() for cid, specs in seen.items() if len(specs) == 1}
 
 
 def source_fields(row: dict[str, str]) -> dict[str, str]:
@@ -1449,6 +1502,8 @@ def single_node_config(
             unstated.append(item)  # the row left EP and DP at their defaults
     if not matches:  # the config's own layout where the row states only its TP
         matches = [(item, True) for item in unstated]
+    if row.get("config_spec"):  # the spec method of the record's database config
+        matches = [(i, r) for i, r in matches if i["spec_decoding"] == row["config_spec"]]
     kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
     if not matches:
         early = inferencex_2025_trt_layout(row)
@@ -1472,6 +1527,8 @@ def single_node_config(
     commit = item["source_commits"].split()[-1 if run is None else run]
     where = f"{item['config_key']} in {item['source_file']}@{commit}"
     out = _single_node_layout(item, row, conc) if remapped else dict(row)
+    if row.get("config_spec"):
+        where += f"; {spec} as config_id {config_id_of(row)}'s other records"
     if not source_fields(row)["image"] and len({m["image"] for m, _ in matches}) == 1:
         out["matched_image"] = item["image"].replace("#", "/")  # `engine_release` reads it
     if item.get("script") and len({m.get("script") for m, _ in matches}) == 1:
@@ -1711,6 +1768,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         rows = rows[: args.limit]
     rows = date_twins(rows)
+    specs = config_specs(rows)
     results: list[dict[str, object]] = []
     t0 = time.perf_counter()
     for row in rows:
@@ -1727,11 +1785,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row, _ = normalised_row(row)
             out.update({k: row.get(k, "") for k in ROWS_OUT_FIELDS[1:7]})  # in one spelling
-            row, out["layout_source"], refusal = recovered_layout(row)
-            if not refusal and not out["layout_source"]:
-                row, out["layout_source"], refusal = single_node_config(row)
-            if not refusal and not out["layout_source"]:
-                row, out["layout_source"], refusal = stated_layout_settings(row)
+            if config_id_of(row) in specs:
+                row = {**row, "config_spec": specs[config_id_of(row)]}
+            row, out["layout_source"], refusal = layout_of(row)
             # (single_node_config answers colocated rows only: a disaggregated row's source is
             # its recovered layout or its recipe's flags)
             recovered = row.get("mode") == "disagg" and bool(out["layout_source"])

@@ -693,6 +693,21 @@ def _record(
     return dict(zip(header, next(csv.reader([text])), strict=True))
 
 
+def _b200_mtp_record() -> dict[str, str]:
+    """A B200 fp4 record (config_id 999) of 1 context worker of 4 attention-DP ranks and 5
+    generation workers of 8, at 875 clients on 2026-04-27: only an MTP item has that layout."""
+    return _record(
+        "mtp_record",
+        "db-dump/2026-04-27; config_id=999; silicon_concurrency=875; "
+        "measured=2026-04-27T00:00:00.000Z; workflow_run_id=1; "
+        "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post1",
+        "b200_sxm",
+        "fp4",
+        "nvfp4",
+        "1.0,1.0,1.0,1.0,4.0,1.0,4.0,22.0,5.0,1.0,1.0,8.0,1.0,8.0",
+    )
+
+
 def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flags() -> None:
     """A database record states workers, TP, EP and attention DP but neither speculative
     decoding nor the engines' batch limits. Hand-checked against the table: on 2026-04-27 the
@@ -703,16 +718,7 @@ def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flag
     recipe flags in the table but its batch limits (4 / 32). Before, the first was simulated
     without MTP (TPOT 15.0 ms against its dashboard twin's 6.9) and the second kept the record's
     prefill batch of 1 (TTFT 29.7 s against 4.4 s)."""
-    mtp = _record(
-        "mtp_record",
-        "db-dump/2026-04-27; config_id=999; silicon_concurrency=875; "
-        "measured=2026-04-27T00:00:00.000Z; workflow_run_id=1; "
-        "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1.post1",
-        "b200_sxm",
-        "fp4",
-        "nvfp4",
-        "1.0,1.0,1.0,1.0,4.0,1.0,4.0,22.0,5.0,1.0,1.0,8.0,1.0,8.0",
-    )
+    mtp = _b200_mtp_record()
     out, note, refusal = silicon.stated_layout_settings(mtp)
     assert refusal == "" and note.startswith("MTP with 3 draft tokens")
     assert "ctx1_gen5_dep8_batch16_eplb0_mtp3.yaml" in note
@@ -850,3 +856,36 @@ def test_sglang_moe_dense_tp_size_1_keeps_the_dense_layers_on_each_rank() -> Non
     assert silicon._parallel(row, "prefill_", "prefill", recipe=recipe).dense_tp == 1
     row["backend"] = "trtllm"  # TensorRT-LLM keeps them on every rank anyway
     assert silicon._parallel(row, "prefill_", "prefill").dense_tp == 1
+
+
+def test_a_database_config_runs_one_speculative_method() -> None:
+    """InferenceX's database keys a config by hardware, framework, model, precision, speculative
+    method and each pool's layout (InferenceX-app 001_initial_schema.sql, `configs_natural_key`),
+    so the records of one config_id ran one method. Hand-checked: GB200 cfg229's 48- and
+    102-client records match only the plain item (Dynamo's sweep: 16 and 34 clients per
+    generation server), so its 3-24-client records, which the MTP and the plain item both
+    explain, ran the plain item too and take its limits (1 a context server, 32 a generation
+    server). Records of one config_id that settle on different methods give it none."""
+    ids = [f"dsr1_gb200_trtllm_fp4_disagg_8192x1024_c{c}_cfg229" for c in (3, 6, 12, 24, 48, 102)]
+    rows = [silicon.normalised_row(dev_row(i))[0] for i in ids]
+    assert silicon.config_specs(rows) == {"229": "none"}
+    six = rows[1]
+    assert silicon.stated_layout_settings(six)[2] == "2 InferenceX configs match"
+    out, note, refusal = silicon.stated_layout_settings({**six, "config_spec": "none"})
+    assert refusal == "" and "speculative_num_draft_tokens" not in out
+    assert note.startswith("none as config_id 229's other records")
+    assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("1", "32")
+    mtp, _, refusal = silicon.stated_layout_settings({**six, "config_spec": "mtp"})
+    assert refusal == "" and mtp["speculative_num_draft_tokens"]
+    # A colocated record (B200 SGLang fp8 cfg87) follows its config's method the same way.
+    agg = silicon.normalised_row(dev_row("dsr1_b200_sglang_fp8_agg_1024x1024_c64_cfg87"))[0]
+    assert silicon.single_node_config(agg)[2] == "2 InferenceX configs match"
+    plain, source, _ = silicon.single_node_config({**agg, "config_spec": "none"})
+    assert "speculative_num_draft_tokens" not in plain
+    assert source.startswith("no speculative decoding") and "config_id 87" in source
+    drafted, source, _ = silicon.single_node_config({**agg, "config_spec": "mtp"})
+    assert source.startswith("MTP k=2") and drafted["speculative_num_draft_tokens"] == "2"
+    # Two records of one config_id that settle on different methods: the key says nothing.
+    drafting = _b200_mtp_record()
+    source = rows[5]["silicon_data_source"].replace("config_id=229", "config_id=999")
+    assert silicon.config_specs([drafting, {**rows[5], "silicon_data_source": source}]) == {}
