@@ -71,14 +71,18 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
     ks = [int(x) for x in args.k.split(",")]
     names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=args.fit_rows, seed=0)
-    test = calibrate.package_data(list(train), max_rows=args.eval_rows, seed=1)
+    only = args.only.split(",") if args.only else None
+    problem = kernel_tables.leave_out_problem(list(train), only)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    left_out = [g for g in train if not only or g in only]
+    test = calibrate.package_data(left_out, max_rows=args.eval_rows, seed=1)
     per_gpu: dict[str, list[float]] = {}
     families: dict[str, dict[str, list[float]]] = {}
     t0 = time.perf_counter()
     meta = Meta(args, names) if args.meta else None
     for gpu, (device, samples) in test.items():
-        if args.only and gpu not in args.only.split(","):
-            continue
         others = {g: d for g, d in train.items() if g != gpu}
         prior = transfer.fit(others)
         cands = tuple(dev for dev, _ in others.values())

@@ -89,21 +89,9 @@ def leave_one_gpu_out(
 
     names = gpus or kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=fit_rows, seed=0)
-    if len(train) < 2:
-        print(
-            f"--leave-one-gpu-out needs two or more GPUs with tables, got {len(train)} "
-            f"({', '.join(train) or 'none'}); name more with --gpus, or pick the GPU to leave "
-            "out with --only.",
-            file=sys.stderr,
-        )
-        return 2
-    unknown = sorted(set(only or ()) - set(train))
-    if unknown:
-        print(
-            f"--only names GPUs without tables in the set ({', '.join(unknown)}); pick from "
-            f"{', '.join(train)}.",
-            file=sys.stderr,
-        )
+    problem = kernel_tables.leave_out_problem(list(train), only)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     left_out = [g for g in train if not only or g in only]
     test = calibrate.package_data(left_out, max_rows=eval_rows, seed=1)

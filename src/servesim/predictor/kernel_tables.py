@@ -47,6 +47,24 @@ def gpus() -> list[str]:
     return sorted(p.name for p in data_root().iterdir() if p.is_dir())
 
 
+def leave_out_problem(fitted: list[str], only: list[str] | None) -> str:
+    """Why a leave-one-GPU-out run over the GPUs `fitted` (those with tables), leaving out
+    `only` (None: each in turn), cannot run, in one sentence; "" when it can."""
+    if len(fitted) < 2:
+        return (
+            f"leaving one GPU out needs two or more GPUs with tables, got {len(fitted)} "
+            f"({', '.join(fitted) or 'none'}); name more with --gpus, or pick the GPU to leave "
+            "out with --only."
+        )
+    unknown = sorted(set(only or ()) - set(fitted))
+    if unknown:
+        return (
+            f"--only names GPUs without tables in the set ({', '.join(unknown)}); pick from "
+            f"{', '.join(fitted)}."
+        )
+    return ""
+
+
 def versions(gpu: str, family: str, engine: str) -> list[str]:
     """Engine versions measured for a GPU and operator family (empty if none)."""
     where = data_root() / gpu / family / engine
