@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from servesim.errors import script_exit
 from servesim.predictor.adaptive_depth import SkippingPredictor
 from servesim.predictor.iteration import Predictor
 from servesim.spec.adaptive_depth import LayerSkipping
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_exit(main))

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
+from servesim.errors import script_exit
 from servesim.sim.deployment import Deployment
 from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.metrics import Slo
@@ -112,4 +112,4 @@ def _timed(dep: object, trace: object, router: str, slo: Slo) -> tuple[float, ob
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(script_exit(main))

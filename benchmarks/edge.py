@@ -26,6 +26,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import edge  # noqa: E402
 
+from servesim.errors import script_exit  # noqa: E402
+
 
 def compact(doc: dict) -> dict:
     """The fields the issue asks for, errors as fractions."""
@@ -81,4 +83,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_exit(main))

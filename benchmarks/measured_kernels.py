@@ -19,6 +19,7 @@ import json
 
 import numpy as np
 
+from servesim.errors import script_exit
 from servesim.predictor import kernel_tables
 from servesim.predictor import measured_kernels as mk
 
@@ -136,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_exit(main))

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from servesim.errors import script_exit
 from servesim.planner.candidates import PlanSpec, WorkloadSpec, catalog_for
 from servesim.planner.melange import (
     best_single_type,
@@ -104,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_exit(main))

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 
+from servesim.errors import script_exit
 from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
 from servesim.planner.plan import run_plan
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
@@ -90,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(script_exit(main))

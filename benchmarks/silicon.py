@@ -85,7 +85,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servesim.errors import ServesimError
+from servesim.errors import ServesimError, script_exit
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.predictor.kernel_tables import version_key
 from servesim.sim.clients import (
@@ -1852,4 +1852,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(script_exit(main))

@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 
+from servesim.errors import counts, script_exit
 from servesim.predictor.speculative import SpeculativePredictor
 from servesim.sim.deployment import Deployment
 from servesim.sim.simulate import simulate
@@ -64,7 +65,7 @@ def main() -> None:
         f"{'TPOT ms':>8} {'spec TPOT':>9} {'sim x':>6} {'wall s':>6}"
     )
     batches, speedups = [], []
-    for b in (int(x) for x in a.batches.split(",")):
+    for b in counts(a.batches, "--batches", 1):
         ctx = b * (a.prompt + a.output // 2)  # mid-generation context
         step = plain_pred.step_s(b, ctx, ())
         spec_step = spec_pred.step_s(b, ctx, ())
@@ -88,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(script_exit(main))

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from servesim.errors import counts, script_exit
 from servesim.sim.deployment import Deployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed
@@ -44,7 +45,7 @@ def main() -> None:
     ap.add_argument("--silicon-rows", help="comma-separated rows of the dev CSV to time instead")
     a = ap.parse_args()
     if a.silicon_rows:
-        silicon_rows([int(x) for x in a.silicon_rows.split(",")])
+        silicon_rows(counts(a.silicon_rows, "--silicon-rows"))
         return
     model = load_model("deepseek-ai/DeepSeek-R1")
     device, engine = get_device("b200_sxm"), get_engine("sglang")
@@ -92,4 +93,4 @@ def silicon_rows(indices: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(script_exit(main))

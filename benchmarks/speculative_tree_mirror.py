@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from servesim.errors import counts, script_exit
 from servesim.sim.deployment import Deployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed
@@ -57,7 +58,7 @@ def main() -> None:
     chain_pred = deps["chain"].predictor()
     print(f"{'batch':>5} {'draft%':>7} " + " ".join(f"{n + ' x':>9}" for n in kinds))
     out: dict[str, list] = {"batch": [], "draft_share": []} | {n: [] for n in kinds}
-    for b in (int(x) for x in a.batches.split(",")):
+    for b in counts(a.batches, "--batches", 1):
         tpot = {}
         for name, dep in deps.items():
             loop = ClosedLoop(b, 2 * b, Fixed(512), Fixed(a.output))
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(script_exit(main))

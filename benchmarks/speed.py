@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 
+from servesim.errors import script_exit
 from servesim.sim.deployment import Deployment
 from servesim.sim.simulate import simulate
 from servesim.sim.traces import bundled_trace
@@ -87,4 +87,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(script_exit(main))

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from servesim.errors import ServesimError
+from servesim.errors import ServesimError, script_exit
 from servesim.predictor import kernel_tables, linear_scan
 from servesim.spec.devices import get_device
 
@@ -111,4 +111,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(script_exit(main))

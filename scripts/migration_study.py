@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from servesim.errors import script_exit
 from servesim.sim.deployment import Deployment
 from servesim.sim.router import Migration
 from servesim.sim.simulate import simulate
@@ -63,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(script_exit(main))

@@ -363,3 +363,40 @@ def test_a_real_process_exits_2_with_one_line(args: Argv, needle: str, tmp_path:
     assert done.stderr.count("\n") == 1 and needle in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "needle"),
+    [
+        ("benchmarks/kernels.py", ["--tables", "/nonexistent", "--device", "h100_sxm"], "exist"),
+        ("benchmarks/kernels.py", ["--leave-one-gpu-out", "--fit-rows", "0"], "--fit-rows"),
+        ("benchmarks/fewshot.py", ["--leave-one-gpu-out", "--k", "0,x"], "--k '0,x'"),
+        ("benchmarks/speculative.py", ["--batches", "0"], "--batches '0'"),
+    ],
+)
+def test_a_script_exits_2_with_one_line(script: str, args: Argv, needle: str) -> None:
+    """The benchmark and validation scripts report bad input as the CLI does
+    (`servesim.errors.script_exit`): one sentence on stderr, status 2, no traceback."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_counts_reads_whole_numbers_at_least_the_minimum() -> None:
+    from servesim.errors import ServesimError, counts
+
+    assert counts("0,3,5,10", "--k") == [0, 3, 5, 10]
+    for bad in ("", "1,,2", "1.5", "-1"):
+        with pytest.raises(ServesimError, match="--k"):
+            counts(bad, "--k")
+    with pytest.raises(ServesimError, match="≥ 1"):
+        counts("0", "--batches", 1)

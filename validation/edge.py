@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import engines  # noqa: E402
 
+from servesim.errors import script_exit  # noqa: E402
 from servesim.predictor.device_step import Step, decode, prefill  # noqa: E402
 from servesim.predictor.edge_fit import Shot, ape, fit_csv, write_shots_csv  # noqa: E402
 from servesim.spec.devices import Device, get_device  # noqa: E402
@@ -379,4 +380,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(script_exit(main))

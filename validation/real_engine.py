@@ -39,6 +39,7 @@ import contextlib  # noqa: E402
 import engines  # noqa: E402
 
 from servesim.cli import main as cli  # noqa: E402
+from servesim.errors import script_exit  # noqa: E402
 from servesim.measure import bench, compare  # noqa: E402
 from servesim.measure.measured_engine import (  # noqa: E402
     fit_engine_overheads,
@@ -389,4 +390,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(script_exit(main))

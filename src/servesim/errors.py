@@ -4,6 +4,36 @@ Every message is a single sentence that names the problem and the fix; the CLI p
 without a traceback and exits with status 2.
 """
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
 
 class ServesimError(Exception):
     """A user-facing error: bad input, an impossible configuration, or a missing file."""
+
+
+def script_exit(main: Callable[[], int | None]) -> int:
+    """Run a script's `main()` as the CLI runs a command: a ServesimError becomes its one
+    sentence on stderr and exit status 2, not a traceback; otherwise main's status (None: 0)."""
+    try:
+        return main() or 0
+    except ServesimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def counts(text: str, flag: str, minimum: int = 0) -> list[int]:
+    """A script flag's comma-separated whole numbers (`--k 0,3,5`), each at least `minimum`;
+    anything else is a ServesimError naming the flag."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < minimum:
+        raise ServesimError(
+            f"{flag} {text!r} is not a comma-separated list of whole numbers ≥ {minimum}; "
+            f"write e.g. {flag} {max(minimum, 1)},{max(minimum, 1) * 2}."
+        )
+    return values
