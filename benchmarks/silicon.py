@@ -85,6 +85,7 @@ from pathlib import Path
 
 import numpy as np
 
+from servesim.cli.settings import check_out_file
 from servesim.errors import ServesimError, script_exit
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.predictor.kernel_tables import version_key
@@ -1748,6 +1749,8 @@ def main(argv: list[str] | None = None) -> int:
         help="read the newest kernel collection first, not the one nearest each row's release",
     )
     args = ap.parse_args(argv)
+    if args.rows_out:  # before the run, not after it
+        check_out_file(args.rows_out, "--rows-out")
     catalog = Catalog()
     try:
         # utf-8-sig: a spreadsheet's export starts with a byte-order mark, which would
@@ -1843,6 +1846,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{stats['rows_over_goal_s']} over {ROW_GOAL_S:g} s)"
     )
     if args.rows_out:
+        Path(args.rows_out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.rows_out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(ROWS_OUT_FIELDS))
             w.writeheader()

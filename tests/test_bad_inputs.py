@@ -400,3 +400,23 @@ def test_counts_reads_whole_numbers_at_least_the_minimum() -> None:
             counts(bad, "--k")
     with pytest.raises(ServesimError, match="≥ 1"):
         counts("0", "--batches", 1)
+
+
+def test_script_exit_turns_a_path_error_into_one_sentence(capsys) -> None:
+    from servesim.errors import ServesimError, script_exit
+
+    def missing() -> int:
+        raise FileNotFoundError(2, "No such file or directory", "/no/such/rows.csv")
+
+    def refused() -> int:
+        raise ServesimError("--k 'x' is not a list; write e.g. --k 1,2.")
+
+    assert script_exit(missing) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: No such file or directory (/no/such/rows.csv); check the path, its permissions "
+        "and the free space.\n"
+    )
+    assert script_exit(refused) == 2
+    assert capsys.readouterr().err == "error: --k 'x' is not a list; write e.g. --k 1,2.\n"
+    assert script_exit(lambda: None) == 0 and script_exit(lambda: 3) == 3

@@ -781,3 +781,18 @@ def test_a_file_that_is_not_a_silicon_csv_is_one_sentence_and_exit_2(
     assert silicon.main([str(other)]) == 2
     out = capsys.readouterr().out
     assert "lacks the column(s) id, silicon_data_source" in out and "Traceback" not in out
+
+
+def test_a_bad_rows_out_path_is_refused_before_the_run(tmp_path: Path, capsys) -> None:
+    """`--rows-out` is checked before any row is simulated (a folder is refused at once, not
+    after minutes of work), and a file under folders that do not exist yet gets them."""
+    from servesim.errors import ServesimError
+
+    csv_path = REPO / "data" / "aic_e2e" / "silicon_sample_h100_dense_agg.csv"
+    with pytest.raises(ServesimError, match=r"--rows-out .* is a folder"):
+        silicon.main([str(csv_path), "--rows-out", str(tmp_path)])
+    assert "simulated" not in capsys.readouterr().out  # nothing ran
+    nested = tmp_path / "new" / "rows.csv"
+    assert silicon.main([str(csv_path), "--limit", "1", "--rows-out", str(nested)]) == 0
+    with open(nested, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 1

@@ -15,12 +15,21 @@ class ServesimError(Exception):
 
 
 def script_exit(main: Callable[[], int | None]) -> int:
-    """Run a script's `main()` as the CLI runs a command: a ServesimError becomes its one
-    sentence on stderr and exit status 2, not a traceback; otherwise main's status (None: 0)."""
+    """Run a script's `main()` as the CLI runs a command: a ServesimError (or an OSError on a
+    path it was given) becomes one sentence on stderr and exit status 2, not a traceback;
+    otherwise main's status (None: 0)."""
     try:
         return main() or 0
     except ServesimError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the script was given: missing, unreadable, disk full
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"error: {exc.strerror or exc}{where}; check the path, its permissions and the "
+            "free space.",
+            file=sys.stderr,
+        )
         return 2
 
 
