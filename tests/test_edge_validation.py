@@ -116,3 +116,16 @@ def test_quick_llama_cpp_run_on_this_cpu() -> None:
     assert 0.2 < row["spec_decode"] / row["measured_decode"] < 5
     assert 0.2 < row["spec_prefill"] / row["measured_prefill"] < 5
     assert row["decode_ape"] < 0.2 and row["prefill_ape"] < 0.2
+
+
+def test_bad_out_and_threads_are_refused_before_any_measuring(tmp_path) -> None:
+    """`--out` is checked before minutes of measuring (a folder is refused at once) and
+    `--threads` takes whole numbers of at least 1."""
+    sys.path.insert(0, str(REPO / "validation"))
+    import edge
+
+    with pytest.raises(ServesimError, match="is a folder"):
+        edge.parse(["--quick", "--out", str(tmp_path)])
+    with pytest.raises(ServesimError, match="--threads"):
+        edge.parse(["--threads", "0,2"])
+    assert edge.parse(["--threads", "1,2"]).threads == [1, 2]

@@ -30,7 +30,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import engines  # noqa: E402
 
-from servesim.errors import script_exit  # noqa: E402
+from servesim.cli.settings import check_out_file  # noqa: E402
+from servesim.errors import counts, script_exit  # noqa: E402
 from servesim.predictor.device_step import Step, decode, prefill  # noqa: E402
 from servesim.predictor.edge_fit import Shot, ape, fit_csv, write_shots_csv  # noqa: E402
 from servesim.spec.devices import Device, get_device  # noqa: E402
@@ -362,7 +363,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         a.n_prompt, a.n_gen, a.reps, a.wait_s = 32, 8, 1, 0.0
     a.sizes = [s for s in a.sizes.split(",") if s]
     a.quants = [q for q in a.quants.split(",") if q]
-    a.threads = [int(t) for t in str(a.threads).split(",") if t]
+    a.threads = counts(str(a.threads), "--threads", 1)
+    if a.out:  # before minutes of measuring, not after
+        check_out_file(a.out, "--out")
     bad = [s for s in a.sizes if s not in SIZES] + [q for q in a.quants if q not in QUANTS]
     if bad:
         p.error(f"unknown size or quant {bad}; sizes {list(SIZES)}, quants {list(QUANTS)}")
