@@ -75,10 +75,7 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
     names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=args.fit_rows, seed=0)
     only = args.only.split(",") if args.only else None
-    problem = kernel_tables.leave_out_problem(list(train), only)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    kernel_tables.check_leave_out(list(train), only)
     left_out = [g for g in train if not only or g in only]
     test = calibrate.package_data(left_out, max_rows=args.eval_rows, seed=1)
     per_gpu: dict[str, list[float]] = {}

@@ -15,25 +15,25 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import fewshot  # noqa: E402
 import kernels  # noqa: E402
 
+from servesim.errors import ServesimError, script_exit  # noqa: E402
+
 pytest.importorskip("aiconfigurator_core")
 
 
 @pytest.mark.parametrize("bench", [kernels, fewshot])
 def test_one_gpu_is_refused_with_the_fix_not_a_traceback(bench, capsys):
-    assert bench.main(["--leave-one-gpu-out", "--gpus", "a100_sxm"]) == 2
-    err = capsys.readouterr().err
-    assert "needs two or more GPUs" in err and "--only" in err
-    assert err.count("\n") == 1
+    with pytest.raises(ServesimError, match=r"needs two or more GPUs .* with --only"):
+        bench.main(["--leave-one-gpu-out", "--gpus", "a100_sxm"])
+    assert script_exit(lambda: bench.main(["--leave-one-gpu-out", "--gpus", "a100_sxm"])) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 @pytest.mark.parametrize("bench", [kernels, fewshot])
 def test_only_must_name_a_gpu_of_the_set(bench, capsys):
-    code = bench.main(["--leave-one-gpu-out", "--gpus", "h100_sxm,h200_sxm", "--only", "t4"])
-    assert code == 2
-    out = capsys.readouterr()
-    assert "t4" in out.err and "h100_sxm, h200_sxm" in out.err
-    assert out.err.count("\n") == 1
-    assert "NaN" not in out.out  # no summary of nothing
+    args = ["--leave-one-gpu-out", "--gpus", "h100_sxm,h200_sxm", "--only", "t4"]
+    with pytest.raises(ServesimError, match=r"\(t4\); pick from h100_sxm, h200_sxm"):
+        bench.main(args)
+    assert "NaN" not in capsys.readouterr().out  # no summary of nothing
 
 
 def test_only_leaves_out_the_named_gpu_and_fits_on_the_rest(capsys):

@@ -47,22 +47,21 @@ def gpus() -> list[str]:
     return sorted(p.name for p in data_root().iterdir() if p.is_dir())
 
 
-def leave_out_problem(fitted: list[str], only: list[str] | None) -> str:
-    """Why a leave-one-GPU-out run over the GPUs `fitted` (those with tables), leaving out
-    `only` (None: each in turn), cannot run, in one sentence; "" when it can."""
+def check_leave_out(fitted: list[str], only: list[str] | None) -> None:
+    """Refuse, in one sentence, a leave-one-GPU-out run over the GPUs `fitted` (those with
+    tables) that leaves out `only` (None: each in turn), when it cannot run."""
     if len(fitted) < 2:
-        return (
+        raise ServesimError(
             f"leaving one GPU out needs two or more GPUs with tables, got {len(fitted)} "
             f"({', '.join(fitted) or 'none'}); name more with --gpus, or pick the GPU to leave "
             "out with --only."
         )
     unknown = sorted(set(only or ()) - set(fitted))
     if unknown:
-        return (
+        raise ServesimError(
             f"--only names GPUs without tables in the set ({', '.join(unknown)}); pick from "
             f"{', '.join(fitted)}."
         )
-    return ""
 
 
 def versions(gpu: str, family: str, engine: str) -> list[str]:
