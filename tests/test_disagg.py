@@ -342,3 +342,37 @@ def test_arrivals_within_one_decode_step_join_at_the_same_pass() -> None:
     first = cols["arrival_s"] + cols["ttft_s"]
     assert first[1] == pytest.approx(first[2], abs=1e-12)
     assert cols["ttft_s"][1] < 3 * step  # the boundary, then one iteration with both prompts
+
+
+def test_sglang_bootstraps_due_together_go_in_arrival_order_whatever_their_slots() -> None:
+    """Regression (found by scripts/fuzz.py: a repeated run differed): an SGLang decode worker
+    reads requests in (the bootstrap) at its next receive; the prefill side then sees them in
+    the order they arrived. Those due at one time were ordered by their table slot, and a slot
+    is reused once finished rows are harvested, so how often rows were harvested changed which
+    prefill ran first. Here 13 requests finish before 12 more arrive, with rows harvested
+    every 2 finishes in the first run and never in the repeat: both runs now agree."""
+    decode = {
+        **{"tp": 1, "pp": 2, "engine": "sglang", "overlap": None, "replicas": 1},
+        **{"max_num_seqs": 45, "max_num_batched_tokens": 16, "chunked_prefill": True},
+        **{"kv_factor": 5.0, "prefix_caching": False},
+    }
+    late = [0.011666, 0.013330, 0.014223, 0.014331, 0.014427, 0.014434]
+    late += [0.015450, 0.016378, 0.016824, 0.017811, 0.018642, 0.018759]
+    case = case_of(
+        kind="disagg",
+        model="openai/gpt-oss-20b",
+        tp=2,
+        pp=2,
+        replicas=2,
+        max_num_seqs=2,
+        max_num_batched_tokens=570,
+        chunked_prefill=False,
+        router="least_requests",
+        decode=decode,
+        link="pcie",
+        prompts=[6, 5, 8, 5, 8, 2, 1, 6, 5, 3, 3, 4, 6, 5, 6, 5, 6, 4, 7, 4, 7, 2, 4, 7, 3],
+        outputs=[5, 3, 1, 6, 2, 3, 6, 6, 3, 1, 8, 5, 3, 5, 8, 7, 7, 6, 1, 8, 4, 3, 4, 2, 6],
+        arrivals=[0.0] * 13 + late,
+        repeat=True,
+    )
+    assert run_case(case, limit_s=10.0) is None

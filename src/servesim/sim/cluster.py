@@ -141,7 +141,11 @@ class Cluster:
         )
         self.boot_turn = 0
         self.boot_decode: dict[int, Replica] = {}  # the decode worker paired at arrival
-        self.booting = 0  # requests waiting for their decode worker to read them
+        # Requests waiting for their decode worker to read them: token -> (request, prefill
+        # replica). Tokens count up, so reads due at one time go in arrival order (a request's
+        # slot number does not: slots are reused once finished rows are harvested).
+        self.booting: dict[int, tuple[int, int]] = {}
+        self.next_boot = 0
         # KV transfers waiting out their hand-off before the bytes move: token -> arguments
         self.starting: dict[int, tuple] = {}
         self.next_start = 0
@@ -263,8 +267,10 @@ class Cluster:
                     read = chosen.next_read_s(t_arr)
                     self.boot_turn += 1
                     if read > t_arr:  # the prefill sees it once the decode has read it
-                        push(heap, (read, _BOOT, rid, target.index))
-                        self.booting += 1
+                        token = self.next_boot
+                        self.next_boot += 1
+                        self.booting[token] = (rid, target.index)
+                        push(heap, (read, _BOOT, token, 0))
                         done = []
                     else:
                         done = self._enter(target, rid, t_arr)
@@ -274,8 +280,8 @@ class Cluster:
                 t, kind, a, b = pop(heap)
                 self.now = t
                 if kind == _BOOT:
-                    self.booting -= 1
-                    done = self._enter(reps[b], a, t)
+                    rid, at = self.booting.pop(a)
+                    done = self._enter(reps[at], rid, t)
                 elif kind == _REP:
                     r = reps[a]
                     done = r.advance()
