@@ -239,3 +239,36 @@ def test_two_lanes_woken_together_never_hold_more_than_their_cache() -> None:
     Cluster(req.table, [p], Router("round_robin"), decode=[d], pairs=[(p, d)])
     assert p.next_t < np.inf  # the prefill lane started its prompt
     assert p.fixed_blocks + d.fixed_blocks <= p.cfg.kv_blocks, (p.fixed_blocks, d.fixed_blocks)
+
+
+def test_a_lane_giving_way_lets_go_of_its_reservation_to_completion() -> None:
+    """Regression (found by scripts/fuzz.py, seed 5151, example 298: "request 22 needs more KV
+    blocks than the replica has"): TensorRT-LLM reserves a request's final blocks when it admits
+    it. A semi-PD lane that gave a half-done prefill back to the queue, so that its partner
+    could have the shared cache, kept that reservation; the lane, empty, then refused every
+    request as larger than its cache. Tight cache (the longest request plus one page), 13-token
+    chunks, 24 requests at once: every one is now served."""
+    semipd = {"share": 0.95, "controller": False}
+    semipd.update(interval_s=0.05, window_s=0.1, ttft_s=0.05, tpot_s=0.1)
+    prompts = [101, 118, 278, 281, 74, 244, 272, 74, 148, 53, 130, 226]
+    prompts += [89, 274, 186, 252, 65, 1, 160, 79, 155, 198, 175, 146]
+    outputs = [8, 5, 51, 23, 25, 32, 60, 51, 27, 59, 26, 44]
+    outputs += [43, 53, 51, 39, 32, 8, 42, 7, 13, 54, 58, 25]
+    case = case_of(
+        kind="semipd",
+        model="Qwen/Qwen3-8B",
+        device="a100_sxm",
+        tp=2,
+        engine="trtllm",
+        overlap=False,
+        max_num_batched_tokens=13,
+        chunked_prefill=True,
+        kv_factor=1.0,
+        prefix_caching=False,
+        router="power_of_two",
+        semipd=semipd,
+        prompts=prompts,
+        outputs=outputs,
+        arrivals=[0.0] * 24,
+    )
+    assert run_case(case, limit_s=20.0) is None

@@ -599,6 +599,7 @@ class Replica(
                 continue
             del pre[i]
             self.fixed_blocks -= blocks
+            self._end_hold(rid)  # its reservation to completion goes with it
             if self.pins:
                 self._unpin(rid)
             self.table.preemptions[rid] += 1
