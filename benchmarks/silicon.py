@@ -1134,7 +1134,7 @@ def stated_layout_settings(
         ):
             key = tuple(item[k] for k in _STATED_KEYS)
             found.setdefault(key, item)
-    found = _of_config_spec(found, row)
+    found = {k: item for k, item in found.items() if _config_allows(item, row)}
     specs = {(item["spec_decoding"], item["num_draft_tokens"]) for item in found.values()}
     if len(specs) > 1:
         return row, "", f"{len(found)} InferenceX configs match"
@@ -1195,12 +1195,11 @@ def config_id_of(row: dict[str, str]) -> str:
     return found.group(1) if found else ""
 
 
-def _of_config_spec(
-    found: dict[tuple[str, ...], dict[str, str]], row: dict[str, str]
-) -> dict[tuple[str, ...], dict[str, str]]:
-    """The items of `found` whose speculative method is the record's config's, if known."""
+def _config_allows(item: dict[str, str], row: dict[str, str]) -> bool:
+    """Whether an InferenceX item can be the record's config: its speculative method is the
+    one the config's other records settled on (`config_spec`), when known."""
     spec = row.get("config_spec")
-    return {k: i for k, i in found.items() if i["spec_decoding"] == spec} if spec else found
+    return not spec or item["spec_decoding"] == spec
 
 
 def layout_of(row: dict[str, str]) -> tuple[dict[str, str], str, str]:
@@ -1503,8 +1502,7 @@ def single_node_config(
             unstated.append(item)  # the row left EP and DP at their defaults
     if not matches:  # the config's own layout where the row states only its TP
         matches = [(item, True) for item in unstated]
-    if row.get("config_spec"):  # the spec method of the record's database config
-        matches = [(i, r) for i, r in matches if i["spec_decoding"] == row["config_spec"]]
+    matches = [(item, r) for item, r in matches if _config_allows(item, row)]
     kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
     if not matches:
         early = inferencex_2025_trt_layout(row)
@@ -1788,8 +1786,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row, _ = normalised_row(row)
             out.update({k: row.get(k, "") for k in ROWS_OUT_FIELDS[1:7]})  # in one spelling
-            if config_id_of(row) in specs:
-                row = {**row, "config_spec": specs[config_id_of(row)]}
+            spec = specs.get(config_id_of(row))
+            if spec:
+                row = {**row, "config_spec": spec}
             row, out["layout_source"], refusal = layout_of(row)
             # (single_node_config answers colocated rows only: a disaggregated row's source is
             # its recovered layout or its recipe's flags)
