@@ -6,7 +6,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from properties_lib import case_of, run_case, with_kv_tokens
+from properties_lib import build, case_of, check_result, run_case, with_kv_tokens
 
 from servesim.errors import ServesimError
 from servesim.planner import placement
@@ -272,3 +272,44 @@ def test_a_lane_giving_way_lets_go_of_its_reservation_to_completion() -> None:
         arrivals=[0.0] * 24,
     )
     assert run_case(case, limit_s=20.0) is None
+
+
+def _shared_prefix_case(kv_tokens: int) -> dict:
+    """Eight 1,088-token prompts that share a 1,024-token prefix (16 hash blocks of 64), 32
+    output tokens each: the first alone at t = 0, the other seven at 0.5 s, when its prefix is
+    cached. SGLang semi-PD (prefix caching on by default), an even split."""
+    n = 8
+    semipd = {"share": 0.5, "controller": False, "interval_s": 0.5, "window_s": 1.0}
+    semipd.update(ttft_s=0.05, tpot_s=0.1)
+    return case_of(
+        kind="semipd",
+        model="Qwen/Qwen3-8B",
+        engine="sglang",
+        kv_tokens=kv_tokens,
+        prefix={"block_tokens": 64, "hashes": [[*range(16), 1000 + i] for i in range(n)]},
+        prompts=[1088] * n,
+        outputs=[32] * n,
+        arrivals=[0.0] + [0.5] * (n - 1),
+        semipd=semipd,
+    )
+
+
+def test_a_handed_over_prompt_reads_its_shared_prefix_where_the_prefill_lane_keeps_it() -> None:
+    """Regression (scripts/fuzz.py, seed 22, examples 1759 and 5599: mean KV use 1.55): the
+    decode lane counted every handed-over prompt whole, so prompts sharing a prefix held it
+    once per request. The shared blocks now stay pinned in the prefill lane's cache, counted
+    once, until the request leaves the decode lane. The eight requests need 1,024 + 8 × (64 +
+    32) = 1,792 tokens: a 2,600-token cache holds them all without a preemption (counted whole,
+    8 × 1,120 = 8,960 tokens, five were preempted). A 1,500-token cache cannot hold them, and
+    its preemptions hand the prefix back: KV use stays at most 1 throughout."""
+    dep, work, closed = build(_shared_prefix_case(2600))
+    res = simulate(dep, work, closed, "round_robin")
+    check_result(res, work, closed)
+    summary = res.summary()
+    assert summary["prefix_hit_rate"] == pytest.approx(7 * 1024 / (8 * 1088))
+    assert summary["preemptions"] == 0
+    assert res.columns()["preemptions"].sum() == 0
+    dep, work, closed = build(_shared_prefix_case(1500))
+    res = simulate(dep, work, closed, "round_robin")
+    check_result(res, work, closed)  # finishes every request, KV use ≤ 1
+    assert res.summary()["preemptions"] > 0

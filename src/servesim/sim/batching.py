@@ -36,7 +36,7 @@ class BatchFormation:
         first = self.table.first_token_s
         now = self.now
         while self.incoming:
-            rid, cached, t_tok, reserved, in_order = self.incoming.popleft()
+            rid, cached, t_tok, reserved, in_order, shared = self.incoming.popleft()
             self.fixed_blocks -= reserved
             if t_tok < 0:
                 if t_tok == -1.0:
@@ -44,7 +44,7 @@ class BatchFormation:
                 else:
                     after_step.append(rid)
                 t_tok = now
-            self._join(rid, cached, t_tok)
+            self._join(rid, cached, t_tok, shared)
             if in_order:
                 self._place_by_arrival(rid)
         if after_step:

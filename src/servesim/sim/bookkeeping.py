@@ -55,6 +55,8 @@ class RequestBookkeeping:
         if self.shared:
             s = self.shared.pop(rid, 0)
             self.shared_sum -= s
+            if s and self.pin_owner is not None:  # its prefix pins end with its stay here
+                self.pin_owner.partner_left(rid, self.now)
             return off + self.G + s
         return off + self.G
 

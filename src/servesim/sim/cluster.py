@@ -130,6 +130,7 @@ class Cluster:
         for p, d in self.pairs:
             self.pair_of[p.index] = (p, d)
             self.pair_of[d.index] = (p, d)
+            d.pin_owner = p
             self.sync_pair(p, d)
         # SGLang's bootstrap: a request reaches the prefill worker only once a decode worker
         # (taken in turn, as the router picks the pair at arrival) has read it in, and its KV
@@ -370,11 +371,16 @@ class Cluster:
                 cached = tab.prompt_tokens[rid] + max(0, tab.generated[rid] - 1)
                 # The blocks stay where they are and become the decode lane's: promise them to
                 # it and take them off the prefill lane's allowance before the release lets
-                # the prefill lane admit its next prompt.
+                # the prefill lane admit its next prompt. Prefix blocks it shares with other
+                # prompts stay pinned in the prefill lane's cache, counted once, until the
+                # request leaves the decode lane.
+                shared = src.pins.get(rid, 0) * src.prefix.block_tokens if src.pins else 0
                 dst.reserve(held)
                 src.kv_blocks -= held
-                src.release(rid, self.now)
-                done += dst.attach(rid, self.now, cached, tab.first_token_s[rid], held)
+                src.release(rid, self.now, keep_pins=True)
+                done += dst.attach(
+                    rid, self.now, cached, tab.first_token_s[rid], held, shared=shared
+                )
             src.handoff.clear()
             self._touch(src)
             self._touch(dst)

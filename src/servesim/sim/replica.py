@@ -171,6 +171,7 @@ class Replica(
         "off",
         "off_sum",
         "outstanding_tokens",
+        "pin_owner",
         "pins",
         "power_pred",
         "pp",
@@ -277,11 +278,14 @@ class Replica(
         self.prefix = prefix
         self.hashes = hashes
         self.pins: dict[int, int] = {}  # rid -> leading hash blocks it pins
+        # Semi-PD decode lane: the prefill lane whose prefix cache still pins the shared prompt
+        # blocks of the requests it handed over, until they leave here (None elsewhere).
+        self.pin_owner: Replica | None = None
         # Disaggregation and migration
         self.handoff: list[int] = []  # prefill role: rids whose first token is out
         self.held: dict[int, int] = {}  # rid -> private blocks kept for the KV transfer
         # (rid, cached tokens, last token time, reserved blocks, keeps its arrival-order place)
-        self.incoming: deque[tuple[int, int, float, int, bool]] = deque()
+        self.incoming: deque[tuple[int, int, float, int, bool, int]] = deque()
         # Sequences whose KV is on its way here (a decode slot is taken when the pull starts).
         self.promised = 0
         self.attached_load: dict[int, int] = {}  # rid -> tokens it added to the router signal
@@ -431,13 +435,16 @@ class Replica(
         counted: bool = False,
         in_order: bool = False,
         handed_over: bool = False,
+        shared: int = 0,
     ) -> list[int]:
         """Take over a running request whose KV cache (`cached` tokens) has arrived at time t;
         `reserved` blocks were set aside for it by `reserve`; `counted` when its load was
         already added to the router signal; `in_order` when it takes its place among the running
         requests by arrival time (a migrated request: the order that picks preemption victims)
         rather than joining last; `handed_over` when it comes from a prefill pool, so that the
-        client's first token comes from here as the engine's `disagg_first_token` says.
+        client's first token comes from here as the engine's `disagg_first_token` says;
+        `shared` leading tokens of them sit in prefix blocks the `pin_owner` lane holds (a
+        semi-PD hand-over), counted there and not among this replica's own blocks.
         Returns finished rids."""
         tab = self.table
         if handed_over:
@@ -449,7 +456,7 @@ class Replica(
                 cached -= 1
                 tab.generated[rid] -= 1
                 t_token = FIRST_AFTER_STEP
-        self.incoming.append((rid, cached, t_token, reserved, in_order))
+        self.incoming.append((rid, cached, t_token, reserved, in_order, min(shared, cached)))
         if not counted:
             load = tab.output_tokens[rid] - tab.generated[rid]
             self.attached_load[rid] = load
@@ -560,10 +567,11 @@ class Replica(
         """Give back blocks set aside with `reserve`."""
         self.fixed_blocks -= blocks
 
-    def release(self, rid: int, t: float) -> None:
-        """Prefill role: the request's KV has left; free its blocks (and pins) at time t."""
+    def release(self, rid: int, t: float, keep_pins: bool = False) -> None:
+        """Prefill role: the request's KV has left; free its blocks (and pins, unless
+        `keep_pins`: a semi-PD partner reads them in place until the request ends) at time t."""
         self.fixed_blocks -= self.held.pop(rid)
-        if self.pins:
+        if self.pins and not keep_pins:
             self._unpin(rid)
         tab = self.table
         self.outstanding_tokens -= tab.prompt_tokens[rid] + tab.output_tokens[rid]
@@ -571,14 +579,24 @@ class Replica(
             self.now = max(self.now, t)  # freed blocks may let a prompt (or its next chunk) in
             self._schedule()
         else:  # the time series sees the blocks go now (a partner may take them at once)
-            n_run = len(self.off)
-            self.samples.extend(
-                (
-                    max(self.now, t),
-                    n_run + len(self.prefilling),
-                    self.off_sum + n_run * self.G + self.fixed_blocks * self.cfg.block_size,
-                )
+            self._sample_at(t)
+
+    def partner_left(self, rid: int, t: float) -> None:
+        """Semi-PD prefill lane: a request it handed to its partner lane left that lane at
+        time t (finished, preempted, moved): the prefix blocks it read are unpinned."""
+        self._unpin(rid)
+        self._sample_at(t)
+
+    def _sample_at(self, t: float) -> None:
+        """Log the time series' point for blocks that went outside a scheduling pass."""
+        n_run = len(self.off)
+        self.samples.extend(
+            (
+                max(self.now, t),
+                n_run + len(self.prefilling),
+                self.off_sum + n_run * self.G + self.fixed_blocks * self.cfg.block_size,
             )
+        )
 
     def kick(self, t: float) -> None:
         """Reconsider the queue at time t if idle (blocks may have been freed elsewhere)."""
