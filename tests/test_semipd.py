@@ -313,3 +313,28 @@ def test_a_handed_over_prompt_reads_its_shared_prefix_where_the_prefill_lane_kee
     res = simulate(dep, work, closed, "round_robin")
     check_result(res, work, closed)  # finishes every request, KV use ≤ 1
     assert res.summary()["preemptions"] > 0
+
+
+def test_the_controller_reads_the_same_live_rows_as_a_mid_run_observer(monkeypatch) -> None:
+    """`RequestTable.live_timing` (the four columns the controller polls at every tick) holds
+    exactly the arrival, first-token and finish times and generated tokens that
+    `live_columns` gives for the requests in flight; and ticks too soon after a change to
+    judge skip the poll without changing what the controller decides."""
+    from servesim.sim import semipd
+
+    seen: list[int] = []
+    real = semipd._PartitionController.attainment
+
+    def checked(self, cluster, t, since):  # type: ignore[no-untyped-def]
+        live = cluster.table.live_columns()
+        keys = ("arrival_s", "first_token_s", "finish_s", "generated_tokens")
+        want = np.stack([live[k].astype(np.float64) for k in keys])
+        np.testing.assert_array_equal(cluster.table.live_timing(), want)
+        seen.append(want.shape[1])
+        return real(self, cluster, t, since)
+
+    monkeypatch.setattr(semipd._PartitionController, "attainment", checked)
+    dep = SemiPDDeployment(Deployment(LLAMA8, H100), 0.3, SemiPDController(SLO))
+    res = simulate(dep, workload())
+    assert seen and max(seen) > 0  # it polled, and saw requests in flight
+    assert res.extra["prefill_share_changes"] >= 1

@@ -478,6 +478,23 @@ class RequestTable:
         if len(f) >= self.every:
             self.harvest()
 
+    def live_timing(self) -> np.ndarray:
+        """Arrival, first-token and finish times and generated tokens of the requests in
+        flight (and finished but not yet harvested), as the rows of one float array: the
+        part of `live_columns` that SLO controllers poll, without the other columns."""
+        m = len(self.request_id)
+        ids = np.fromiter(self.request_id, np.int64, m)
+        idx = np.flatnonzero(ids >= 0)
+        out = np.empty((4, len(idx)))
+        if self._arrivals is not None:
+            out[0] = self._arrivals[ids[idx]]
+        else:
+            out[0] = np.fromiter(self.arrival_s, np.float64, m)[idx]
+        out[1] = np.fromiter(self.first_token_s, np.float64, m)[idx]
+        out[2] = np.fromiter(self.finish_s, np.float64, m)[idx]
+        out[3] = np.fromiter(self.generated, np.int64, m)[idx]
+        return out
+
     def _rows(self, idx: np.ndarray, free: bool = False) -> dict[str, np.ndarray]:
         """The rows of slots `idx` as columns (what the run wrote from the lists, what the
         workload gave from its arrays by request id); with `free`, the slots are reset to a

@@ -167,8 +167,24 @@ class _PartitionController:
     def tick(self, cluster: Cluster, t: float, which: int, busy: bool, kind: int = 0) -> None:
         ctl = self.ctl
         since = max(t - ctl.window_s, self.history[-1][0])  # judge only the current split
+        if t - self.history[-1][0] < ctl.window_s / 2:  # too soon after a change to judge
+            self._forget(t)
+        else:
+            self._judge(cluster, t, since)
+        if busy:
+            cluster.schedule_tick(t + ctl.interval_s, which)
+
+    def _forget(self, t: float) -> None:
+        """Drop the recorded rows no later window can count (finished before t − window)."""
+        if self.recent:
+            past = np.hstack(self.recent)
+            self.recent = [past[:, past[2] >= t - self.ctl.window_s]]
+
+    def _judge(self, cluster: Cluster, t: float, since: float) -> None:
+        """Move the split if the window's attainment asks for it."""
+        ctl = self.ctl
         ttft_ok, tpot_ok, n = self.attainment(cluster, t, since)
-        if n >= 10 and t - self.history[-1][0] >= ctl.window_s / 2:
+        if n >= 10:
             new = self.share
             if ttft_ok < ctl.target <= tpot_ok:
                 new = min(ctl.max_share, self.share + ctl.step)
@@ -183,8 +199,6 @@ class _PartitionController:
                         cluster.late += lane.set_predictor(pred, t)
                         cluster.touch(lane)
                     cluster.sync_pair(p_lane, d_lane)
-        if busy:
-            cluster.schedule_tick(t + ctl.interval_s, which)
 
     def attainment(self, cluster: Cluster, t: float, since: float) -> tuple[float, float, int]:
         """TTFT and TPOT attainment since `since`: TTFT of requests whose first token came in
@@ -192,11 +206,8 @@ class _PartitionController:
         Requests are those in flight, those recorded in the window, and (open loop) those
         whose arrival is past but the engine has not seen yet (the frontend's lag)."""
         ctl = self.ctl
-        keys = ("arrival_s", "first_token_s", "finish_s", "generated_tokens")
-        past = np.hstack([np.zeros((4, 0)), *self.recent])
-        self.recent = [past[:, past[2] >= t - ctl.window_s]]  # what later ticks may count
-        live = cluster.table.live_columns()
-        rows = np.hstack([past, np.stack([live[k].astype(np.float64) for k in keys])])
+        self._forget(t)
+        rows = np.hstack([*self.recent, cluster.table.live_timing()])
         arr, first, fin, gen_all = rows
         recent = (first >= since) & (first <= t)
         late = (first < 0) & (arr >= 0) & (arr <= t - ctl.slo.ttft_s)
