@@ -36,6 +36,8 @@ from servesim.errors import ServesimError, script_exit
 NOT_BY_DEFAULT = frozenset({"bench", "profile", "compare", "fewshot", "plan"})
 NUMBERS = ("0", "1", "2", "3", "8", "64", "4096", "-1", "0.5", "1e-9", "1e9", "nan", "inf")
 NUMBERS += ("-inf", "abc", "", "1,2", "x:y", "0.0")
+GOOD_INTS = ("1", "2", "4", "8", "16")
+GOOD_FLOATS = ("0.05", "0.5", "1", "2", "10")
 DEVICES = ("h100_sxm", "b200_sxm", "a100_sxm", "l40s", "gb200", "mi300x", "no_such_gpu")
 MODELS = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-R1", "no/such-model")
 MODELS += ("Qwen/Qwen3.5-397B-A17B", "openai/gpt-oss-20b", "nvidia/Nemotron-H-56B-Base-8K")
@@ -77,6 +79,8 @@ def value_for(action: argparse.Action, rng: random.Random) -> str:
         return rng.choice(MODELS)
     if dest in PATH_DESTS:
         return rng.choice(PATHS)
+    if action.type in (int, float) and rng.random() < 0.7:  # mostly a value it may accept
+        return rng.choice(GOOD_INTS if action.type is int else GOOD_FLOATS)
     return rng.choice(NUMBERS)
 
 
