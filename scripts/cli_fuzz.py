@@ -10,8 +10,10 @@ empty, names of devices and models that exist and do not, missing files). `--sta
 replays it. `bench`, `profile`, `compare` and `fewshot` need an endpoint, a model run here or
 files, and `plan` searches for a minute per case: they run only when named in `--commands`. A
 case still running after `--limit-s` is counted as slow and printed (a plan may be legitimately
-long; a hang would show up here). Failures print the command line. The last line is one JSON
-object: {"cases": N, "failures": F, "slow": S, "exit_codes": {...}}.
+long; a hang would show up here). Failures print the command line. Cases run in a scratch
+directory, removed afterwards, so what they write (`--out`, plan-out/) never lands where the
+fuzzer was started. The last line is one JSON object:
+{"cases": N, "failures": F, "slow": S, "exit_codes": {...}}.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import collections
 import contextlib
 import io
 import json
+import os
 import random
 import shlex
 import signal
 import sys
+import tempfile
 import traceback
 from typing import Any
 
@@ -41,7 +45,7 @@ GOOD_FLOATS = ("0.05", "0.5", "1", "2", "10")
 DEVICES = ("h100_sxm", "b200_sxm", "a100_sxm", "l40s", "gb200", "mi300x", "no_such_gpu")
 MODELS = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-R1", "no/such-model")
 MODELS += ("Qwen/Qwen3.5-397B-A17B", "openai/gpt-oss-20b", "nvidia/Nemotron-H-56B-Base-8K")
-PATHS = ("/nonexistent/file.yaml", "/tmp", "/dev/null", "azure_conv")
+PATHS = ("/nonexistent/file.yaml", "out", "/dev/null", "azure_conv")  # relative: in the scratch dir
 PATH_DESTS = frozenset({"config", "trace", "out", "measured", "fit", "devices", "workflows"})
 PATH_DESTS |= {"tables", "shots", "vidur"}
 # Flags that make a case small enough to run in a second or two.
@@ -161,30 +165,42 @@ def main(argv: list[str] | None = None) -> int:
                 f"--commands names {', '.join(unknown)}, not a servesim command; pick from "
                 f"{', '.join(sorted(parsers))}."
             )
-    failures = slow = 0
+    outcomes: collections.Counter[str] = collections.Counter()
     codes: collections.Counter[str] = collections.Counter()
-    for i in range(start, start + cases):
-        line = draw(random.Random(f"{args.seed}:{i}"), commands, parsers)
-        shown = "servesim " + shlex.join(line)
+    home = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="servesim-cli-fuzz-") as scratch:
+        os.chdir(scratch)  # what the cases write (--out, plan-out/, ...) lands here
         try:
-            status, stderr = run(line, args.limit_s)
-        except Slow:
-            slow += 1
-            print(f"SLOW case {i}: {shown}", flush=True)
-            continue
-        except Exception:
-            failures += 1
-            print(f"FAIL case {i}: {shown}: an exception escaped main", flush=True)
-            traceback.print_exc(limit=4, file=sys.stdout)
-            continue
-        codes[str(status)] += 1
-        why = problem(status, stderr)
-        if why is not None:
-            failures += 1
-            print(f"FAIL case {i}: {shown}: {why}\n  {stderr.strip()[-400:]}", flush=True)
+            for i in range(start, start + cases):
+                line = draw(random.Random(f"{args.seed}:{i}"), commands, parsers)
+                outcomes[one_case(i, line, args.limit_s, codes)] += 1
+        finally:
+            os.chdir(home)
+    failures, slow = outcomes["fail"], outcomes["slow"]
     summary = {"cases": cases, "failures": failures, "slow": slow, "exit_codes": dict(codes)}
     print(json.dumps(summary, sort_keys=True))
     return 1 if failures else 0
+
+
+def one_case(i: int, line: list[str], limit_s: float, codes: collections.Counter[str]) -> str:
+    """Run case i's command line; prints what went wrong; returns "ok", "slow" or "fail" and
+    counts the exit status in `codes`."""
+    shown = "servesim " + shlex.join(line)
+    try:
+        status, stderr = run(line, limit_s)
+    except Slow:
+        print(f"SLOW case {i}: {shown}", flush=True)
+        return "slow"
+    except Exception:
+        print(f"FAIL case {i}: {shown}: an exception escaped main", flush=True)
+        traceback.print_exc(limit=4, file=sys.stdout)
+        return "fail"
+    codes[str(status)] += 1
+    why = problem(status, stderr)
+    if why is not None:
+        print(f"FAIL case {i}: {shown}: {why}\n  {stderr.strip()[-400:]}", flush=True)
+        return "fail"
+    return "ok"
 
 
 if __name__ == "__main__":
