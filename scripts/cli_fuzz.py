@@ -11,8 +11,8 @@ replays it. `bench`, `profile`, `compare` and `fewshot` need an endpoint, a mode
 files, and `plan` searches for a minute per case: they run only when named in `--commands`. A
 case still running after `--limit-s` is counted as slow and printed (a plan may be legitimately
 long; a hang would show up here). Failures print the command line. Cases run in a scratch
-directory, removed afterwards, so what they write (`--out`, plan-out/) never lands where the
-fuzzer was started. The last line is one JSON object:
+directory of their own, removed afterwards, so what they write (`--out`, plan-out/) never lands
+where the fuzzer was started and a missing input file is missing. The last line is one JSON object:
 {"cases": N, "failures": F, "slow": S, "exit_codes": {...}}.
 """
 
@@ -45,7 +45,10 @@ GOOD_FLOATS = ("0.05", "0.5", "1", "2", "10")
 DEVICES = ("h100_sxm", "b200_sxm", "a100_sxm", "l40s", "gb200", "mi300x", "no_such_gpu")
 MODELS = ("meta-llama/Llama-3.1-8B", "Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-R1", "no/such-model")
 MODELS += ("Qwen/Qwen3.5-397B-A17B", "openai/gpt-oss-20b", "nvidia/Nemotron-H-56B-Base-8K")
-PATHS = ("/nonexistent/file.yaml", "out", "/dev/null", "azure_conv")  # relative: in the scratch dir
+# Relative paths resolve in the case's own empty directory, so "missing/file.yaml" is missing
+# when the case starts and what a case writes stays there; no other absolute path, since a
+# case may create the folders of an output path it is given.
+PATHS = ("missing/file.yaml", "out", "/dev/null", "azure_conv")
 PATH_DESTS = frozenset({"config", "trace", "out", "measured", "fit", "devices", "workflows"})
 PATH_DESTS |= {"tables", "shots", "vidur"}
 # Flags that make a case small enough to run in a second or two.
@@ -169,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     codes: collections.Counter[str] = collections.Counter()
     home = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="servesim-cli-fuzz-") as scratch:
-        os.chdir(scratch)  # what the cases write (--out, plan-out/, ...) lands here
         try:
             for i in range(start, start + cases):
+                here = os.path.join(scratch, str(i))
+                os.mkdir(here)
+                os.chdir(here)  # what the case writes (--out, servesim-out/) lands here
                 line = draw(random.Random(f"{args.seed}:{i}"), commands, parsers)
                 outcomes[one_case(i, line, args.limit_s, codes)] += 1
         finally:

@@ -30,6 +30,9 @@ def test_a_short_run_finds_every_command_line_answered_properly(  # type: ignore
     monkeypatch.chdir(tmp_path)
     assert cli_fuzz.main(["--cases", "40", "--seed", "2"]) == 0
     assert list(tmp_path.iterdir()) == []
+    # A case may create the folders of an output path it is given: no pool path may point
+    # outside the case's own directory (a "/nonexistent/file.yaml" once made /nonexistent).
+    assert all(not p.startswith("/") or p == "/dev/null" for p in cli_fuzz.PATHS)
     out = _last_json(capsys)
     assert out["cases"] == 40 and out["failures"] == 0
     assert sum(out["exit_codes"].values()) + out["slow"] == 40
