@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from servesim.errors import ServesimError, counts, script_exit  # noqa: E402
+from servesim.errors import at_least, counts, script_exit  # noqa: E402
 from servesim.predictor import fewshot  # noqa: E402
 from servesim.predictor.roofline import default_fit  # noqa: E402
 from servesim.spec.devices import Catalog  # noqa: E402
@@ -70,8 +70,8 @@ def leave_one_gpu_out(args: argparse.Namespace) -> int:
     from servesim.predictor import fewshot_transfer as ft
 
     ks = counts(args.k, "--k")
-    if min(args.fit_rows, args.eval_rows) < 1:
-        raise ServesimError("--fit-rows and --eval-rows take at least 1 row a table; raise them.")
+    at_least(args.fit_rows, "--fit-rows")
+    at_least(args.eval_rows, "--eval-rows")
     names = args.gpus.split(",") if args.gpus else kernel_tables.gpus()
     train = calibrate.package_data(names, max_rows=args.fit_rows, seed=0)
     only = args.only.split(",") if args.only else None

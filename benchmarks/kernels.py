@@ -40,7 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from servesim.errors import ServesimError, script_exit  # noqa: E402
+from servesim.errors import at_least, script_exit  # noqa: E402
 from servesim.predictor import calibrate, roofline  # noqa: E402
 from servesim.predictor.roofline import default_fit  # noqa: E402
 from servesim.spec.devices import get_device  # noqa: E402
@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-rows", type=int, default=3000, help="rows per table to predict")
     ap.add_argument("--max-nfev", type=int, default=calibrate.TRANSFER_MAX_NFEV)
     args = ap.parse_args(argv)
-    if min(args.fit_rows, args.eval_rows) < 1:
-        raise ServesimError("--fit-rows and --eval-rows take at least 1 row a table; raise them.")
+    at_least(args.fit_rows, "--fit-rows")
+    at_least(args.eval_rows, "--eval-rows")
     if args.leave_one_gpu_out:
         gpus = args.gpus.split(",") if args.gpus else None
         only = args.only.split(",") if args.only else None

@@ -85,7 +85,7 @@ from pathlib import Path
 
 import numpy as np
 
-from servesim.cli.settings import check_out_file
+from servesim.cli.settings import check_out_file, replace_atomically
 from servesim.errors import ServesimError, script_exit
 from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
 from servesim.predictor.kernel_tables import version_key
@@ -1845,13 +1845,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{stats['rows_over_goal_s']} over {ROW_GOAL_S:g} s)"
     )
     if args.rows_out:
-        Path(args.rows_out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.rows_out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(ROWS_OUT_FIELDS))
-            w.writeheader()
-            w.writerows(results)
+        replace_atomically(args.rows_out, lambda tmp: _write_rows(tmp, results))
     print(json.dumps({**stats, "wall_s": round(wall, 1)}))
     return 0
+
+
+def _write_rows(path: Path, results: list[dict[str, object]]) -> None:
+    """The `--rows-out` CSV: one row per input row."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(ROWS_OUT_FIELDS))
+        w.writeheader()
+        w.writerows(results)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import traceback
 from typing import Any
 
 from servesim.cli import main as cli
-from servesim.errors import ServesimError, script_exit
+from servesim.errors import ServesimError, at_least, script_exit
 
 # Commands that need more than flags (an endpoint, a real model run here, input files) or run
 # long: left out unless named.
@@ -136,26 +136,15 @@ def problem(status: int, stderr: str) -> str | None:
     return None
 
 
-def _one(text: str, flag: str, minimum: int) -> int:
-    """A flag's single whole number, at least `minimum` (one sentence otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ServesimError(f"{flag} takes one whole number ≥ {minimum}, not {text!r}.")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--cases", default="300", help="how many command lines to try")
+    ap.add_argument("--cases", type=int, default=300, help="how many command lines to try")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--start", default="0", help="index of the first case")
+    ap.add_argument("--start", type=int, default=0, help="index of the first case")
     ap.add_argument("--limit-s", type=float, default=20.0, help="wall-clock limit per case")
     ap.add_argument("--commands", help="comma-separated commands (default: all but bench, ...)")
     args = ap.parse_args(argv)
-    cases, start = _one(args.cases, "--cases", 1), _one(args.start, "--start", 0)
+    cases, start = at_least(args.cases, "--cases"), at_least(args.start, "--start", 0)
     if not args.limit_s > 0:
         raise ServesimError(f"--limit-s must be a positive number of seconds, not {args.limit_s}.")
     parsers = subcommands()

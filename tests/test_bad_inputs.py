@@ -371,15 +371,19 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     ("script", "args", "needle"),
     [
-        ("benchmarks/kernels.py", ["--tables", "/nonexistent", "--device", "h100_sxm"], "exist"),
-        ("benchmarks/kernels.py", ["--leave-one-gpu-out", "--fit-rows", "0"], "--fit-rows"),
+        ("benchmarks/kernels.py", ["--tables", "{missing}", "--device", "h100_sxm"], "exist"),
+        ("benchmarks/kernels.py", ["--leave-one-gpu-out", "--fit-rows", "0"], "--fit-rows takes"),
         ("benchmarks/fewshot.py", ["--leave-one-gpu-out", "--k", "0,x"], "--k '0,x'"),
         ("benchmarks/speculative.py", ["--batches", "0"], "--batches '0'"),
     ],
 )
-def test_a_script_exits_2_with_one_line(script: str, args: Argv, needle: str) -> None:
+def test_a_script_exits_2_with_one_line(
+    script: str, args: Argv, needle: str, tmp_path: Path
+) -> None:
     """The benchmark and validation scripts report bad input as the CLI does
-    (`servesim.errors.script_exit`): one sentence on stderr, status 2, no traceback."""
+    (`servesim.errors.script_exit`): one sentence on stderr, status 2, no traceback. A missing
+    folder is one under the test's own directory (a fixed `/nonexistent` can come to exist)."""
+    args = [a.format(missing=tmp_path / "missing") for a in args]
     done = subprocess.run(
         [sys.executable, str(REPO / script), *args],
         capture_output=True,
@@ -400,6 +404,14 @@ def test_counts_reads_whole_numbers_at_least_the_minimum() -> None:
             counts(bad, "--k")
     with pytest.raises(ServesimError, match="≥ 1"):
         counts("0", "--batches", 1)
+
+
+def test_at_least_refuses_a_number_below_the_minimum() -> None:
+    from servesim.errors import ServesimError, at_least
+
+    assert at_least(1, "--fit-rows") == 1 and at_least(0, "--start", 0) == 0
+    with pytest.raises(ServesimError, match=r"--fit-rows takes a whole number ≥ 1, not 0\."):
+        at_least(0, "--fit-rows")
 
 
 def test_script_exit_turns_a_path_error_into_one_sentence(capsys) -> None:

@@ -33,6 +33,14 @@ def script_exit(main: Callable[[], int | None]) -> int:
         return 2
 
 
+def at_least(value: int, flag: str, minimum: int = 1) -> int:
+    """A script flag's whole number, returned if it is at least `minimum`; else a
+    ServesimError naming the flag."""
+    if value < minimum:
+        raise ServesimError(f"{flag} takes a whole number ≥ {minimum}, not {value}.")
+    return value
+
+
 def counts(text: str, flag: str, minimum: int = 0) -> list[int]:
     """A script flag's comma-separated whole numbers (`--k 0,3,5`), each at least `minimum`;
     anything else is a ServesimError naming the flag."""
