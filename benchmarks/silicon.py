@@ -60,7 +60,9 @@ InferenceX's config). `--rows-out FILE` writes one CSV row per input
 row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused),
 `layout_source` (where a recovered layout or a stated layout's recipe flags came from, else
 empty) and the wall and CPU seconds
-it took (on a shared machine CPU time is the steadier figure).
+it took (on a shared machine CPU time is the steadier figure). A row whose simulation raises
+an unexpected exception (a servesim bug) is counted as `internal error (<type>: <message>)`
+and named on stderr, and the other rows still run.
 """
 
 from __future__ import annotations
@@ -1712,6 +1714,11 @@ def summary(results: list[dict[str, object]]) -> dict[str, object]:
     }
 
 
+# The status of a row whose simulation raised an unexpected exception: a servesim bug, counted
+# among the skips with its type and message so that the run's other rows still give figures.
+INTERNAL_ERROR = "internal error"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("path", nargs="?", default=str(DEFAULT_CSV), help="silicon sample CSV")
@@ -1811,6 +1818,9 @@ def main(argv: list[str] | None = None) -> int:
                 status = "ok"
         except ServesimError as exc:
             status = str(exc).split(";")[0].rstrip(".")  # the reason, not the advice after it
+        except Exception as exc:  # a bug in one row must not lose the others
+            status = f"{INTERNAL_ERROR} ({type(exc).__name__}: {exc})"
+            print(f"{row.get('id', '?')}: {status}; please report it.", file=sys.stderr)
         out["status"] = status
         out["wall_s"] = round(time.perf_counter() - t_row, 4)
         out["cpu_s"] = round(time.process_time() - cpu_row, 4)

@@ -142,6 +142,41 @@ def test_main_counts_skipped_rows_with_their_reason(tmp_path: Path, capsys) -> N
     assert any("unknown-model" in s for s in skips) and any("nonexistent_gpu" in s for s in skips)
 
 
+def test_a_row_that_hits_a_bug_is_counted_and_the_others_still_run(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """An unexpected exception in one row's simulation (a servesim bug) is that row's status,
+    with its type and message, and the run goes on: a held-out file's other rows keep their
+    figures and the last line stays JSON."""
+    real = silicon.simulate_row
+
+    def failing_on_osl_128(r, *args, **kw):
+        if r.get("osl") == "128":
+            raise ZeroDivisionError("float division by zero")
+        return real(r, *args, **kw)
+
+    monkeypatch.setattr(silicon, "simulate_row", failing_on_osl_128)
+    source = "silicon_concurrency=8; " + AIPERF_SOURCE
+    rows = [
+        row(id="a", batch_size="8", tp_size="2", silicon_data_source=source),
+        row(id="b", batch_size="8", tp_size="2", osl="128", silicon_data_source=source),
+    ]
+    path, out_path = tmp_path / "rows.csv", tmp_path / "out.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    assert silicon.main([str(path), "--rounds", "2", "--rows-out", str(out_path)]) == 0
+    captured = capsys.readouterr()
+    last = json.loads(captured.out.strip().splitlines()[-1])
+    reason = "internal error (ZeroDivisionError: float division by zero)"
+    assert last["rows"] == 1 and last["skipped_by_reason"] == {reason: 1}
+    assert captured.err.strip() == f"b: {reason}; please report it."
+    with open(out_path, newline="") as f:
+        status = {r["id"]: r["status"] for r in csv.DictReader(f)}
+    assert status == {"a": "ok", "b": reason}
+
+
 def test_attention_dp_row_scales_per_rank_limits_to_the_replica() -> None:
     """aiconfigurator's batch size and token budgets are per attention-DP rank; a servesim
     replica holds all ranks, so a DEP8 row gets 8 times the slots and budget of one rank."""
