@@ -343,7 +343,7 @@ class BatchFormation:
         """Max new tokens each running request has left: output − (cached − prompt + 1)."""
         tab, g, spec, shared = self.table, self.G, self.spec_state, self.shared
         if spec is not None:  # the sequences' paths, in their dense slots
-            rids = spec.rid_at[: spec.n].tolist()
+            rids = list(spec.rid_at)
             cached = spec.offsets(g) + g
         else:
             rids = list(self.off)

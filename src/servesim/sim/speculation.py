@@ -27,6 +27,7 @@ drawn steps.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -47,13 +48,14 @@ class StepDraw:
     multinomial's tokens are below the target whenever it is used (checked; else every step is
     drawn singly)."""
 
-    __slots__ = ("cdf", "cum", "margin", "p", "pos", "rng", "tau")
+    __slots__ = ("cdf", "cum", "margin", "p", "pos", "rng", "sizes", "tau")
 
     BLOCK = 1 << 14  # single steps drawn ahead at a time
 
     def __init__(self, p: np.ndarray, rng: np.random.Generator) -> None:
         self.p, self.rng = p, rng
         sizes = np.arange(1, len(p) + 1)
+        self.sizes = sizes.tolist()  # tokens of a step of each kind
         self.tau = tau = float(sizes @ p)
         # Six standard deviations of the tokens per step, scaled by √tokens at each use.
         self.margin = 6.0 * math.sqrt(float((sizes - tau) ** 2 @ p) / tau)
@@ -71,58 +73,59 @@ class StepDraw:
         """Verify steps until `remaining` tokens are emitted (the last one cut to them)."""
         if remaining <= 0:
             return 0
-        head = int((remaining - self.margin * math.sqrt(remaining) - len(self.p)) / self.tau)
+        sizes = self.sizes
+        head = int((remaining - self.margin * math.sqrt(remaining) - len(sizes)) / self.tau)
         steps = 0
         if head > 16:
             counts = self.rng.multinomial(head, self.p).tolist()
-            made = sum(i * c for i, c in enumerate(counts, 1))
+            made = sum(map(operator.mul, sizes, counts))
             if made < remaining:  # else beyond six standard deviations: every step singly
                 steps, remaining = head, remaining - made
         # Each step emits at least one token: the steps left are within the next `remaining`.
         if self.pos + remaining >= len(self.cum):
             self._refill(remaining)
         pos, cum = self.pos, self.cum
-        j = int(np.searchsorted(cum[pos : pos + remaining + 1], int(cum[pos]) + remaining))
+        j = int(cum[pos : pos + remaining + 1].searchsorted(int(cum[pos]) + remaining))
         self.pos = pos + j
         return steps + j
 
 
 class SpecState:
     """The drawn steps of a replica's running sequences in dense slots (join offset, join step,
-    step count, tokens to emit; a leaving sequence's slot takes the last one's), so the whole
-    group is one contiguous numpy pass, and the affine sums of their paths."""
+    step count, tokens to emit; a leaving sequence's slot takes the last one's), and the affine
+    sums of their paths. The slots are plain lists, cheap to touch one at a time on every join
+    and leave; the whole-group passes (`offsets`, `resum`) make arrays of them when asked."""
 
-    __slots__ = ("a_sum", "draw", "g0", "n", "off0", "rate_sum", "rem", "rid_at", "slot", "steps")
+    __slots__ = ("a_sum", "draw", "g0", "off0", "rate_sum", "rem", "rid_at", "slot", "steps")
 
     def __init__(self, acceptance: tuple[float, ...], seed: int, index: int) -> None:
         p = step_probabilities(np.asarray(acceptance, dtype=np.float64))
         self.draw = StepDraw(p, np.random.default_rng((seed, index)))
         self.slot: dict[int, int] = {}  # rid -> slot
-        self.n = 0  # slots in use
-        self.rid_at = np.zeros(64, dtype=np.int64)
-        self.off0 = np.zeros(64, dtype=np.int64)
-        self.g0 = np.zeros(64, dtype=np.int64)
-        self.steps = np.zeros(64, dtype=np.int64)
-        self.rem = np.zeros(64, dtype=np.int64)
+        self.rid_at: list[int] = []
+        self.off0: list[int] = []
+        self.g0: list[int] = []
+        self.steps: list[int] = []
+        self.rem: list[int] = []
         # Σ offsets at step G = a_sum + rate_sum·G − n·G (each path: off0 + g0 + R(G−g0)/S − G).
         self.a_sum = 0.0
         self.rate_sum = 0.0
 
+    @property
+    def n(self) -> int:
+        """Slots in use (running sequences)."""
+        return len(self.rid_at)
+
     def join(self, rid: int, off: int, g: int, remaining: int) -> int:
         """Draw a joining sequence's step count; returns it."""
         remaining = max(remaining, 0)
-        i = self.n
-        if i == len(self.off0):
-            for name in ("rid_at", "off0", "g0", "steps", "rem"):
-                arr = getattr(self, name)
-                grown = np.zeros(2 * i, dtype=np.int64)
-                grown[:i] = arr
-                setattr(self, name, grown)
         steps = self.draw.steps(remaining)
-        self.slot[rid] = i
-        self.n = i + 1
-        self.rid_at[i], self.off0[i], self.g0[i] = rid, off, g
-        self.steps[i], self.rem[i] = steps, remaining
+        self.slot[rid] = len(self.rid_at)
+        self.rid_at.append(rid)
+        self.off0.append(off)
+        self.g0.append(g)
+        self.steps.append(steps)
+        self.rem.append(remaining)
         rate = remaining / steps if steps else 0.0
         self.a_sum += off + g - rate * g
         self.rate_sum += rate
@@ -130,43 +133,47 @@ class SpecState:
 
     def leave(self, rid: int, g: int) -> int:
         """A sequence leaves at step g: drop its path from the sums; returns its offset."""
-        off = self.offset(rid, g)
         i = self.slot.pop(rid)
-        steps, rem, g0 = int(self.steps[i]), int(self.rem[i]), int(self.g0[i])
+        steps, rem, g0, off0 = self.steps[i], self.rem[i], self.g0[i], self.off0[i]
+        off = off0 + g0 + rem * min(g - g0, steps) // max(steps, 1) - g
         rate = rem / steps if steps else 0.0
-        self.a_sum -= int(self.off0[i]) + g0 - rate * g0
+        self.a_sum -= off0 + g0 - rate * g0
         self.rate_sum -= rate
-        self.n = last = self.n - 1
+        last = len(self.rid_at) - 1
+        columns = (self.rid_at, self.off0, self.g0, self.steps, self.rem)
         if i != last:  # the last slot fills the hole
-            for arr in (self.rid_at, self.off0, self.g0, self.steps, self.rem):
-                arr[i] = arr[last]
-            self.slot[int(self.rid_at[i])] = i
+            for col in columns:
+                col[i] = col.pop()
+            self.slot[self.rid_at[i]] = i
+        else:
+            for col in columns:
+                col.pop()
         return off
 
     def offset_sum(self, g: int) -> int:
         """Σ offsets (cached tokens − g) of the running sequences' paths at step g."""
-        return round(self.a_sum + (self.rate_sum - self.n) * g)
+        return round(self.a_sum + (self.rate_sum - len(self.rid_at)) * g)
 
     def offsets(self, g: int) -> np.ndarray:
         """Offsets of every running sequence at step g: the tokens their paths reached."""
-        n = self.n
-        g0, steps = self.g0[:n], self.steps[:n]
-        made = self.rem[:n] * np.minimum(g - g0, steps) // np.maximum(steps, 1)
-        return self.off0[:n] + g0 + made - g
+        g0 = np.array(self.g0, dtype=np.int64)
+        steps = np.array(self.steps, dtype=np.int64)
+        rem = np.array(self.rem, dtype=np.int64)
+        made = rem * np.minimum(g - g0, steps) // np.maximum(steps, 1)
+        return np.array(self.off0, dtype=np.int64) + g0 + made - g
 
     def offset(self, rid: int, g: int) -> int:
         """Offset of one running sequence at step g."""
         i = self.slot[rid]
-        g0, steps = int(self.g0[i]), int(self.steps[i])
-        made = int(self.rem[i]) * min(g - g0, steps) // max(steps, 1)
-        return int(self.off0[i]) + g0 + made - g
+        g0, steps = self.g0[i], self.steps[i]
+        return self.off0[i] + g0 + self.rem[i] * min(g - g0, steps) // max(steps, 1) - g
 
     def resum(self) -> None:
         """Recompute the affine sums over the running sequences (float drift stays bounded)."""
-        n = self.n
-        steps = self.steps[:n]
-        rate = self.rem[:n] / np.maximum(steps, 1)  # a sequence with no steps has no tokens
-        self.a_sum = float((self.off0[:n] + self.g0[:n] * (1.0 - rate)).sum())
+        steps = np.array(self.steps, dtype=np.int64)
+        g0 = np.array(self.g0, dtype=np.int64)
+        rate = np.array(self.rem, dtype=np.int64) / np.maximum(steps, 1)  # no steps: no tokens
+        self.a_sum = float((np.array(self.off0, dtype=np.int64) + g0 * (1.0 - rate)).sum())
         self.rate_sum = float(rate.sum())
 
 
