@@ -138,6 +138,43 @@ def test_verify_is_a_decode_step_of_k_plus_1_tokens_per_sequence(llama8, h100) -
     assert any(op.name == "draft:eagle" for op in ops)
 
 
+def test_a_prefill_iteration_runs_the_drafter_over_its_prompt_tokens(llama8, h100) -> None:
+    """The iteration that prefills a prompt also runs the drafter over its tokens: one head
+    layer over the 1,000 new tokens (its share of the dense work, the 2h→h projection, its
+    attention to the chunk) with the LM head at the chunk's last position. SGLang stops there
+    (`forward_draft_extend`); TensorRT-LLM's MTP-Eagle worker runs the other k−1 passes over
+    every sequence, the prefilled one included. Outside a graph each pass takes at least a
+    layer's host time (an eager prefill; TensorRT-LLM's MTP layers always, kept out of
+    torch.compile)."""
+    k, tokens, h = 3, 1000, llama8.hidden_size
+    chunk = ((tokens, 0),)
+    base = Predictor(llama8, h100, engine=get_engine("sglang"), latency_model="roofline")
+    layers = base.layers_per_stage
+    dense = base.dense_s(tokens, 1)
+    lm = base._lm_tab[1]
+    proj = base._gemm("eh_proj", np.array([float(tokens)]), h, 2 * h, 1.0).seconds[0]
+    attn = base._prefill_chunks_s(chunk) / layers
+    first = (dense - lm) / layers + attn + proj + lm
+    host = base._eager_s / layers  # SGLang prefills eager (no piecewise graphs by default)
+    assert host > 0 and first > 0
+    for engine, later in (("sglang", 0), ("trtllm", k - 1)):
+        e = get_engine(engine)
+        plain = Predictor(llama8, h100, engine=e, latency_model="roofline")
+        sd = SpeculativeDecoding("eagle", k)
+        spec = SpeculativePredictor(llama8, h100, sd, engine=e, latency_model="roofline")
+        eager = plain._eager_s / layers
+        one = spec.draft_pass_coeffs(1)
+        want = max(first, eager) + later * max(one[0] + one[1] * tokens, eager)
+        got = spec.step_s(0, 0, chunk) - plain.step_s(0, 0, chunk)
+        assert got == pytest.approx(want, rel=1e-9), engine
+        assert spec.breakdown_s(BatchShape(prefill=chunk))[0] == pytest.approx(want, rel=1e-9)
+    # A decode-only step is unchanged: the decodes' k passes, no prefill term.
+    spec = SpeculativePredictor(llama8, h100, SpeculativeDecoding("eagle", k))
+    assert spec.step_s(8, 8000, ()) == pytest.approx(
+        Predictor.step_s(spec, 8, 8000, ()) + spec.draft_s(8, 8000), rel=1e-12
+    )
+
+
 def test_verify_attention_does_k_plus_1_queries_of_work() -> None:
     """The verify pass's k+1 queries per sequence attend the same cached keys, packed beside
     the query heads as the kernels do (the roofline's decode for heads x (k+1) query rows on

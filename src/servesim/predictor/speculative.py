@@ -180,13 +180,92 @@ class SpeculativePredictor(Predictor):
     def step_s(self, decode_seqs: int, decode_context: int, prefill) -> float:  # type: ignore[override]
         """Seconds of one iteration: the verify pass (with any prefill chunks) plus the drafts,
         or with Mirror-SD the longer of the two plus the exchange."""
+        prefill = tuple(prefill)
         t = super().step_s(decode_seqs, decode_context, prefill)
-        if not decode_seqs:
-            return t
-        d = self.draft_s(decode_seqs, decode_context)
         if self.speculative.mirror_device is not None:
+            if not decode_seqs:
+                return t
+            d = self.draft_s(decode_seqs, decode_context)
             return max(t, d) + self.exchange_s(decode_seqs)
-        return t + d
+        return t + self.drafts_s(decode_seqs, decode_context, prefill)
+
+    def drafts_s(self, decode_seqs: int, decode_context: int, prefill=()) -> float:
+        """Seconds of an iteration's draft passes in series with verify: the decodes' k passes
+        (`draft_s`) and, in an iteration with prefill chunks, the drafter over those chunks.
+
+        Every engine runs the drafter over the chunks' new tokens in the iteration that
+        prefills them, for its KV of those positions and the first draft at each chunk's last
+        (SGLang's `EAGLEWorker.forward_draft_extend` after `forward_target_extend`;
+        TensorRT-LLM's `MTPEagleWorker.forward`, whose first MTP pass takes every context token;
+        vLLM's `EagleProposer.propose` over every scheduled token). TensorRT-LLM and vLLM then
+        run the other k−1 passes over every sequence of the batch, the prefilled ones included;
+        SGLang drafts those at the prefilled request's first decode step. Outside a CUDA graph
+        each pass pays a layer's host time, max(kernels, host): a prefill iteration past the
+        piecewise graphs' token limit is eager, and TensorRT-LLM keeps its MTP layers out of
+        torch.compile (docs/source/features/torch_compile_and_piecewise_cuda_graph.md, "exclude
+        output projection & MTP from torch.compile's scope"), so they run eager in every
+        iteration with prefill tokens."""
+        chunks = tuple(prefill)
+        if not chunks:
+            return self.draft_s(decode_seqs, decode_context) if decode_seqs else 0.0
+        passes = self._pass_kernels(decode_seqs, decode_context, chunks)
+        host = self.head_host
+        stage = sum(n for n, _ in chunks) + decode_seqs * self.decode_tokens
+        tokens = -(-stage // self.par.dp)
+        eager = self.engine.name == "trtllm" or tokens > self.engine.prefill_graph_max_tokens
+        h = host._eager_s / host.layers_per_stage if eager else 0.0
+        return sum(max(p, h) for p in passes)
+
+    def _pass_kernels(
+        self, n: int, context: int, chunks: tuple[tuple[int, int], ...]
+    ) -> list[float]:
+        """Kernel seconds of each draft pass of an iteration with prefill chunks (see
+        `drafts_s`): the decodes' passes as `draft_s` prices them, the first one also over the
+        chunks' tokens, the later ones over the prefilled sequences too where the engine runs
+        them."""
+        first, *later = self.speculative.draft_rows
+        prefilled_too = self.engine.name in ("trtllm", "vllm")
+        if n:
+            a, b = self.draft_pass_coeffs(n, first)
+            slope = self.draft_pass_coeffs(n)[1] * context
+            out = [a + b * context] + [self.draft_pass_coeffs(n * r)[0] + slope for r in later]
+        else:  # only the passes that run: the first, and the later ones where they draft too
+            out = [0.0] * (1 + (len(later) if prefilled_too else 0))
+        out[0] += self._chunk_pass_s(chunks)
+        if later and prefilled_too:
+            seqs = len(chunks)
+            prompt = sum(n_new + c for n_new, c in chunks)
+            for i, r in enumerate(later, 1):
+                a, b = self.draft_pass_coeffs(n * r + seqs)
+                base = self.draft_pass_coeffs(n * r)[0] if n else 0.0
+                out[i] += (a - base) + b * prompt
+        return out
+
+    def _chunk_pass_s(self, chunks: tuple[tuple[int, int], ...]) -> float:
+        """Kernel seconds of the drafter's pass over prefill chunks (new tokens, cached before):
+        a draft model's prefill of them, or a head's one layer over every new token (its
+        attention to the chunk's prefix, the 2h→h projection) with the LM head at one position
+        a chunk."""
+        if self.draft is not None:  # one copy per DP rank: the busiest rank's chunks
+            dp = self.par.dp
+            rank = chunks[::dp] if dp > 1 else chunks
+            tokens = sum(n for n, _ in rank)
+            return self.draft._prefill_chunks_s(rank) + self.draft.dense_s(tokens, len(rank))
+        host = self.head_host
+        dp = host.par.dp
+        rank = chunks[::dp] if dp > 1 else chunks  # round-robin: rank 0 holds the most
+        tokens = sum(n for n, _ in chunks)
+        rows = -(-tokens // dp)
+        layers = host.layers_per_stage
+        dense = host.dense_s(tokens, len(chunks))  # (tabulates the LM head's rows too)
+        lm = host._lm_tab[-(-len(chunks) // dp)]
+        h = host.model.hidden_size
+        tab = self._proj_tab
+        if rows >= len(tab):
+            rows_all = np.maximum(np.arange(2 * rows + 64, dtype=np.float64), 1.0)
+            tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
+        attn = host._prefill_chunks_s(rank) / layers
+        return (dense - lm) / layers + attn + float(tab[rows]) + lm
 
     def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
         c0 = self.step_s(n, 0, ())  # verify and drafts at zero context
@@ -200,6 +279,7 @@ class SpeculativePredictor(Predictor):
 
     def step_work_s(self, decode_seqs: int, decode_context: int, prefill) -> float:  # type: ignore[override]
         """Busy work of the verify pass plus the draft passes (their dense work and LM head)."""
+        prefill = tuple(prefill)
         work = super().step_work_s(decode_seqs, decode_context, prefill)
         if decode_seqs:
             host = self.head_host
@@ -213,6 +293,16 @@ class SpeculativePredictor(Predictor):
                 # the first pass takes logits at one position a sequence, later ones every node
                 logits = -(-decode_seqs // host.par.dp) if i == 0 else rows
                 work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[logits]
+        chunks = prefill
+        if chunks and self.speculative.mirror_device is None:  # the drafter over the prompts
+            if self.draft is not None:
+                return work + self.draft.step_work_s(0, 0, chunks[:: self.par.dp])
+            host = self.head_host
+            rows = -(-sum(n for n, _ in chunks) // host.par.dp)
+            if rows >= len(host._dyn_dense_tab):
+                host._grow_tables(rows)
+            logits = -(-len(chunks) // host.par.dp)
+            work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[logits]
         return work
 
     def ops(self, batch: BatchShape) -> list[OpCost]:
@@ -220,8 +310,12 @@ class SpeculativePredictor(Predictor):
         (`draft:<method>`, with the worst provenance of the kernels it is built from)."""
         verify = super().ops(batch)
         out = [replace(op, name=f"verify:{op.name}") for op in verify]
-        if batch.decode_seqs:
-            sec = self.draft_s(batch.decode_seqs, batch.decode_context)
+        mirror = self.speculative.mirror_device is not None
+        if batch.decode_seqs or (batch.prefill and not mirror):
+            if mirror:
+                sec = self.draft_s(batch.decode_seqs, batch.decode_context)
+            else:
+                sec = self.drafts_s(batch.decode_seqs, batch.decode_context, batch.prefill)
             parts = self.draft.ops(BatchShape(batch.decode_seqs, 0)) if self.draft else verify
             codes = [PROVENANCE.index(op.provenance) for op in parts if op.provenance in PROVENANCE]
             prov = PROVENANCE[max(codes)] if codes else "roofline"
@@ -232,4 +326,6 @@ class SpeculativePredictor(Predictor):
     def breakdown_s(self, batch: BatchShape) -> tuple[float, float]:
         """(draft seconds, verify seconds) of one iteration (with Mirror-SD they overlap)."""
         n, c = batch.decode_seqs, batch.decode_context
-        return self.draft_s(n, c), Predictor.step_s(self, n, c, batch.prefill)
+        if self.speculative.mirror_device is not None:
+            return self.draft_s(n, c), Predictor.step_s(self, n, c, batch.prefill)
+        return self.drafts_s(n, c, batch.prefill), Predictor.step_s(self, n, c, batch.prefill)
