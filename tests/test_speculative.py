@@ -168,6 +168,15 @@ def test_a_prefill_iteration_runs_the_drafter_over_its_prompt_tokens(llama8, h10
         got = spec.step_s(0, 0, chunk) - plain.step_s(0, 0, chunk)
         assert got == pytest.approx(want, rel=1e-9), engine
         assert spec.breakdown_s(BatchShape(prefill=chunk))[0] == pytest.approx(want, rel=1e-9)
+    # A draft model prefills the prompt itself: its attention and dense work over the tokens,
+    # logits at the last, at least its whole forward's eager host time (SGLang: one pass).
+    big, e = load_model("meta-llama/Llama-3.1-70B"), get_engine("sglang")
+    sd = SpeculativeDecoding("draft", k, (0.6,), draft_model=llama8)
+    spec = SpeculativePredictor(big, h100, sd, Parallel(tp=4), engine=e, latency_model="roofline")
+    d = spec.draft
+    want = max(d._prefill_chunks_s(chunk) + d.dense_s(tokens, 1), d._eager_s)
+    assert d._eager_s > 0
+    assert spec.drafts_s(0, 0, chunk) == pytest.approx(want, rel=1e-12)
     # A decode-only step is unchanged: the decodes' k passes, no prefill term.
     spec = SpeculativePredictor(llama8, h100, SpeculativeDecoding("eagle", k))
     assert spec.step_s(8, 8000, ()) == pytest.approx(

@@ -209,11 +209,13 @@ class SpeculativePredictor(Predictor):
         if not chunks:
             return self.draft_s(decode_seqs, decode_context) if decode_seqs else 0.0
         passes = self._pass_kernels(decode_seqs, decode_context, chunks)
-        host = self.head_host
         stage = sum(n for n, _ in chunks) + decode_seqs * self.decode_tokens
         tokens = -(-stage // self.par.dp)
         eager = self.engine.name == "trtllm" or tokens > self.engine.prefill_graph_max_tokens
-        h = host._eager_s / host.layers_per_stage if eager else 0.0
+        h = 0.0
+        if eager:  # a draft model's pass issues all its layers, a head's one layer
+            host = self.head_host
+            h = self.draft._eager_s if self.draft else host._eager_s / host.layers_per_stage
         return sum(max(p, h) for p in passes)
 
     def _pass_kernels(
