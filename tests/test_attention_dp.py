@@ -92,6 +92,40 @@ def test_moe_tp_over_attention_dp_ranks_weights_by_hand(r1) -> None:
     assert sgl_ep == pytest.approx(other + shared + (dense - shared) / 8 + experts / 8)
 
 
+def test_sglang_gathers_an_extend_batch_by_all_reduce(r1, gb200) -> None:
+    """SGLang's attention DP moves an extend (prefill) batch's tokens between the attention
+    ranks and the expert layers by two all-reduces of every rank's tokens (a zero-filled
+    buffer all-reduced to gather, the MLP's output all-reduced before the local copy back,
+    `DpPaddingMode.SUM_LEN`); a decode batch all-gathers and reduce-scatters them. DeepSeek-R1
+    at tp1 dp4 ep4: 58 expert layers at 4,000 tokens (57 MB of bf16 hidden states)."""
+    from servesim.predictor import roofline
+
+    pred = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), ENGINE)
+    tokens = 4000
+    hb = np.array([tokens * r1.hidden_size * 2.0])
+
+    def nccl(op: str) -> float:
+        return float(roofline.collective_np(op, hb, 4, gb200, pred.fit)[0])
+
+    def gather_s(p: Predictor) -> float:
+        (term,) = [t for t in p._group_terms(np.array([float(tokens)])) if t.name.startswith("dp_")]
+        return float(term.seconds[0])
+
+    layers = r1.num_moe_layers
+    assert gather_s(pred) == pytest.approx(layers * (nccl("all_gather") + nccl("reduce_scatter")))
+    extend = pred._sum_len_twin()
+    assert gather_s(extend) == pytest.approx(layers * 2 * nccl("all_reduce"))
+    assert gather_s(extend) > 1.5 * gather_s(pred)
+    # A prefill iteration is priced with it, a decode-only one without.
+    chunks = ((1000, 0),) * 4
+    assert pred.step_s(0, 0, chunks) == pytest.approx(Predictor.step_s(extend, 0, 0, chunks))
+    assert pred.step_s(0, 0, chunks) > pred._step_dp_s(0, 0, chunks)
+    assert pred.step_s(64, 64 * 1000, ()) == pytest.approx(pred._step_dp_s(64, 64 * 1000, ()))
+    # TensorRT-LLM gathers every batch the same way.
+    trt = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), replace(ENGINE, name="trtllm"))
+    assert not trt._gathers_by_sum()
+
+
 def test_parallel_expert_layout_rules() -> None:
     assert Parallel(tp=1, dp=8).moe_tp == 8  # every engine spreads experts over tp × dp
     assert Parallel(tp=2, dp=4, ep=4).moe_tp == 2
@@ -126,7 +160,9 @@ def test_busiest_rank_under_round_robin_dispatch(r1, gb200) -> None:
         one_rank
         + a
         + b * 1000
-        + pred._group_s(10 + 4500)
+        # the expert layers over every rank's tokens, gathered as SGLang gathers an extend
+        # batch (`test_sglang_gathers_an_extend_batch_by_all_reduce`)
+        + pred._sum_len_twin()._group_s(10 + 4500)
         + pred._rank_overhead_s(3, 2)  # the busiest rank: 3 decodes, 2 prefills
     )
     assert five == pytest.approx(hand)

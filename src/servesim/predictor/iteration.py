@@ -295,6 +295,14 @@ class Predictor:
         # graph-replayed steps (`_sglang_dual_stream`); other steps take a twin without that.
         self._shared_overlap = self._sglang_dual_stream()
         self._serial: Predictor | None = None
+        # SGLang's attention DP gathers an extend (prefill) batch's tokens by all-reducing a
+        # zero-filled buffer of them all and all-reduces the MLP's output, where a decode
+        # batch all-gathers and reduce-scatters (layers/dp_attention.py `DpPaddingMode`:
+        # SUM_LEN whenever the batch extends, MAX_LEN for balanced decodes; communicator.py
+        # `_scatter_hidden_states` reduce-scatters only under MAX_LEN). A prefill iteration
+        # takes a twin that prices the gather that way (`_sum_len_twin`).
+        self._sum_len = False
+        self._extend_twin: Predictor | None = None
         # The prefill chunks of one rank's iteration run as one batched (varlen) attention call
         # a layer in every engine (vLLM's FlashAttention/FlashInfer, SGLang's ragged prefill,
         # TensorRT-LLM's context FMHA over all context requests), which fills the SMs that one
@@ -362,7 +370,8 @@ class Predictor:
         if batch.num_tokens:
             t = np.array([max(1, rank_tokens)], dtype=np.float64)
             stage_tokens = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
-            group = self._prefill_twin() if self._wide_ep and batch.prefill else self
+            group = self._sum_len_twin() if batch.prefill and self._gathers_by_sum() else self
+            group = group._prefill_twin() if self._wide_ep and batch.prefill else group
             terms = self._rank_terms(t) + group._group_terms(np.array([float(stage_tokens)]))
             if self._graphed(batch.decode_seqs, tuple(batch.prefill)):
                 terms = self._overlapped(terms)
@@ -468,6 +477,8 @@ class Predictor:
             hb = tokens * m.hidden_size * ACT_BYTES
             scatter = self._collective("reduce_scatter", hb, group)
             full = self._collective("all_gather", hb, group) + scatter
+            if self._sum_len:  # SGLang extend batch: two all-reduces of every rank's tokens
+                full = 2.0 * self._collective("all_reduce", hb, group)
             moe = full
             if gathered and self.engine.name == "trtllm":
                 qb = tokens * self._moe_input_bytes_per_token()
@@ -1749,6 +1760,18 @@ class Predictor:
             self._context_twin = self._twin(_table_phase="context")
         return self._context_twin
 
+    def _gathers_by_sum(self) -> bool:
+        """Whether a prefill iteration here gathers the DP ranks' tokens by all-reduce (SGLang
+        with attention DP; see `_sum_len`)."""
+        return self.engine.name == "sglang" and self.par.dp > 1 and not self._sum_len
+
+    def _sum_len_twin(self) -> Predictor:
+        """This predictor pricing the attention-DP gather of an extend batch as SGLang runs it
+        (`_sum_len`): a shallow copy sharing the attention memos, its own operator tables."""
+        if self._extend_twin is None:
+            self._extend_twin = self._twin(_sum_len=True, _context_twin=None, _serial=None)
+        return self._extend_twin
+
     def _twin(self, **changed: Any) -> Predictor:
         """A shallow copy of this predictor with `changed` attributes and its own (empty)
         operator tables, sharing the attention memos: a variant of the same deployment whose
@@ -1766,6 +1789,10 @@ class Predictor:
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
     ) -> float:
         """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
+        if self._gathers_by_sum():
+            prefill = tuple(prefill)
+            if prefill:  # an extend batch: SGLang gathers the DP ranks' tokens by all-reduce
+                return Predictor.step_s(self._sum_len_twin(), decode_seqs, decode_context, prefill)
         if self._table_phase == "generation":
             prefill = tuple(prefill)
             if prefill:  # a prefill batch: DeepEP's normal mode (the base step, not a variant's)
