@@ -184,6 +184,34 @@ def test_a_prefill_iteration_runs_the_drafter_over_its_prompt_tokens(llama8, h10
     )
 
 
+def test_a_prefill_iterations_busy_work_counts_the_drafter(llama8, h100) -> None:
+    """The simulator prices the busy work of its iterations with prefill tokens in bulk
+    (`dense_work_many` over their token and sequence counts): the drafter's passes count there
+    as in `step_work_s`: one head layer's share of the dense work over every token with the LM
+    head at every sequence, and for TensorRT-LLM k−1 more over the sequences."""
+    k, tokens, seqs = 3, 3000, 4
+    t, r = np.array([tokens]), np.array([seqs])
+
+    for engine, later in (("sglang", 0), ("trtllm", k - 1)):
+        spec = SpeculativePredictor(
+            llama8, h100, SpeculativeDecoding("eagle", k), engine=get_engine(engine)
+        )
+
+        def head(n: int, rows: int, spec: SpeculativePredictor = spec) -> float:
+            total = Predictor.dense_work_many(spec, np.array([n]), np.array([rows]))
+            lm = spec._dyn_lm_tab[rows]
+            return (total - lm) / spec.layers_per_stage + lm
+
+        base = Predictor.dense_work_many(spec, t, r)
+        want = base + head(tokens, seqs) + later * head(seqs, seqs)
+        assert spec.dense_work_many(t, r) == pytest.approx(want, rel=1e-12), engine
+        assert head(tokens, seqs) > 0
+        # a prefill-only iteration's own work adds the same drafter work
+        chunks = ((750, 0),) * seqs
+        extra = spec.step_work_s(0, 0, chunks) - Predictor.step_work_s(spec, 0, 0, chunks)
+        assert extra == pytest.approx(head(tokens, seqs) + later * head(seqs, seqs), rel=1e-12)
+
+
 def test_verify_attention_does_k_plus_1_queries_of_work() -> None:
     """The verify pass's k+1 queries per sequence attend the same cached keys, packed beside
     the query heads as the kernels do (the roofline's decode for heads x (k+1) query rows on

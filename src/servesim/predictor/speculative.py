@@ -226,7 +226,7 @@ class SpeculativePredictor(Predictor):
         chunks' tokens, the later ones over the prefilled sequences too where the engine runs
         them."""
         first, *later = self.speculative.draft_rows
-        prefilled_too = self.engine.name in ("trtllm", "vllm")
+        prefilled_too = self._later_prefill_passes() > 0
         if n:
             a, b = self.draft_pass_coeffs(n, first)
             slope = self.draft_pass_coeffs(n)[1] * context
@@ -297,15 +297,53 @@ class SpeculativePredictor(Predictor):
                 work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[logits]
         chunks = prefill
         if chunks and self.speculative.mirror_device is None:  # the drafter over the prompts
+            later = self._later_prefill_passes()
+            seqs = len(chunks)
             if self.draft is not None:
-                return work + self.draft.step_work_s(0, 0, chunks[:: self.par.dp])
-            host = self.head_host
-            rows = -(-sum(n for n, _ in chunks) // host.par.dp)
-            if rows >= len(host._dyn_dense_tab):
-                host._grow_tables(rows)
-            logits = -(-len(chunks) // host.par.dp)
-            work += host._dyn_dense_tab[rows] / host.layers_per_stage + host._dyn_lm_tab[logits]
+                rank = -(-seqs // self.par.dp)
+                work += self.draft.step_work_s(0, 0, chunks[:: self.par.dp])
+                return work + later * self.draft.step_work_s(rank, 0, ())
+            tokens = sum(n for n, _ in chunks)
+            work += self._head_work_many(np.array([tokens]), np.array([seqs]))
+            work += later * self._head_work_many(np.array([seqs]), np.array([seqs]))
         return work
+
+    def _later_prefill_passes(self) -> int:
+        """Draft passes after the first that also run over the sequences an iteration
+        prefills: TensorRT-LLM and vLLM draft for every sequence of the batch (`drafts_s`)."""
+        if self.engine.name in ("trtllm", "vllm"):
+            return len(self.speculative.draft_rows) - 1
+        return 0
+
+    def _head_work_many(self, tokens: np.ndarray, seqs: np.ndarray) -> float:
+        """Busy work of one head pass per iteration over `tokens` tokens with the LM head at
+        `seqs` rows (per iteration; stage totals spread over the DP ranks): one layer's share of
+        the dense work and the whole LM head."""
+        host = self.head_host
+        t, r = np.asarray(tokens, dtype=np.int64), np.asarray(seqs, dtype=np.int64)
+        if not len(t):
+            return 0.0
+        total = Predictor.dense_work_many(host, t, r)  # every layer's dense work, the LM head
+        lm = np.asarray(host._dyn_lm_tab)[-(-r // host.par.dp)]
+        lm_sum = float(np.where(t > 0, lm, 0.0).sum())
+        return (total - lm_sum) / host.layers_per_stage + lm_sum
+
+    def dense_work_many(self, tokens: np.ndarray, seqs: np.ndarray) -> float:
+        """Busy work of many iterations with prefill tokens (the simulator's logged shapes):
+        the target's, plus the drafter's passes in them (`drafts_s`): the first over every
+        token, and the later ones over every sequence where the engine drafts the prefilled
+        ones too (TensorRT-LLM, vLLM). Mirror-SD's drafter runs on devices of its own."""
+        work = super().dense_work_many(tokens, seqs)
+        t = np.asarray(tokens, dtype=np.int64)
+        if self.speculative.mirror_device is not None or not len(t):
+            return work
+        r = np.asarray(seqs, dtype=np.int64)
+        later = self._later_prefill_passes()
+        if self.draft is not None:  # one copy per DP rank: each rank's share
+            d, dp = self.draft, self.par.dp
+            tr, rr = -(-t // dp), -(-r // dp)
+            return work + d.dense_work_many(tr, rr) + later * d.dense_work_many(rr, rr)
+        return work + self._head_work_many(t, r) + later * self._head_work_many(r, r)
 
     def ops(self, batch: BatchShape) -> list[OpCost]:
         """The verify pass's operators (named `verify:…`) and the k draft passes as one row
