@@ -406,9 +406,13 @@ QUANT = {
 # V3.2: the quantisation files servesim bundles or aiconfigurator-core ships) all list the MLA
 # input projections (q_a, q_b, kv_a, kv_b) and the MTP layer as unquantised and quantise the
 # rest, o_proj included. servesim's nvidia/DeepSeek-R1-NVFP4 is that file on R1's config.
+# InferenceX's Kimi-K2.5 FP4 configs and recipes serve nvidia/Kimi-K2.5-NVFP4 (its INT4 ones
+# the base checkpoint), whose bf16 attention and FP8 KV cache a base-path row would otherwise
+# lose.
 NVFP4_RELEASES = {
     "deepseek-ai/DeepSeek-R1": "nvidia/DeepSeek-R1-NVFP4",
     "deepseek-ai/DeepSeek-V3": "nvidia/DeepSeek-R1-NVFP4",
+    "moonshotai/Kimi-K2.5": "nvidia/Kimi-K2.5-NVFP4",
 }
 # The 4-bit format a row's name stands for (InferenceX's precisions `fp4` and `int4`, an
 # export's `nvfp4`, a checkpoint's own MXFP4 or INT4 experts).

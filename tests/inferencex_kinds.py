@@ -3,17 +3,16 @@ deployment in a config table (model, GPU, framework, precision, MTP or not)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-# Dashboard model names (InferenceX-app's data-mappings.ts) and a checkpoint of each prefix.
-DASHBOARD = {
-    "dsr1": ("DeepSeek-R1", "deepseek-ai/DeepSeek-R1"),
-    "kimik2.5": ("Kimi-K2.5", "nvidia/Kimi-K2.5-NVFP4"),
-    "minimaxm2.5": ("MiniMax-M2.5", "MiniMaxAI/MiniMax-M2.5"),
-    "gptoss": ("gpt-oss-120b", "openai/gpt-oss-120b"),
-    "glm5": ("GLM-5", "zai-org/GLM-5"),
-    "qwen3.5": ("Qwen3.5-397B", "Qwen/Qwen3.5-397B-A17B"),
-}
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+# Dashboard model names and a checkpoint of each prefix: the held-out-like rows' table.
+from heldout_like_rows import MODELS as DASHBOARD  # noqa: E402
+
 KIND = ("model_prefix", "gpu", "framework", "precision", "spec_decoding")
 
 

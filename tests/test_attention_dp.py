@@ -3,6 +3,7 @@ every GPU of a stage, and the busiest rank under the engines' request dispatch (
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -107,23 +108,30 @@ def test_sglang_gathers_an_extend_batch_by_all_reduce(r1, gb200) -> None:
     def nccl(op: str) -> float:
         return float(roofline.collective_np(op, hb, 4, gb200, pred.fit)[0])
 
-    def gather_s(p: Predictor) -> float:
-        (term,) = [t for t in p._group_terms(np.array([float(tokens)])) if t.name.startswith("dp_")]
+    def gather_s(sum_len: bool) -> float:
+        terms = pred._group_terms(np.array([float(tokens)]), sum_len)
+        (term,) = [t for t in terms if t.name.startswith("dp_")]
         return float(term.seconds[0])
 
     layers = r1.num_moe_layers
-    assert gather_s(pred) == pytest.approx(layers * (nccl("all_gather") + nccl("reduce_scatter")))
-    extend = pred._sum_len_twin()
-    assert gather_s(extend) == pytest.approx(layers * 2 * nccl("all_reduce"))
-    assert gather_s(extend) > 1.5 * gather_s(pred)
-    # A prefill iteration is priced with it, a decode-only one without.
+    assert gather_s(False) == pytest.approx(layers * (nccl("all_gather") + nccl("reduce_scatter")))
+    assert gather_s(True) == pytest.approx(layers * 2 * nccl("all_reduce"))
+    assert gather_s(True) > 1.5 * gather_s(False)
+    # A prefill iteration pays the difference, a decode-only one does not: against the same
+    # predictor told to gather every batch the decode way.
+    plain = copy.copy(pred)
+    plain._sum_len_gather = False
     chunks = ((1000, 0),) * 4
-    assert pred.step_s(0, 0, chunks) == pytest.approx(Predictor.step_s(extend, 0, 0, chunks))
-    assert pred.step_s(0, 0, chunks) > pred._step_dp_s(0, 0, chunks)
-    assert pred.step_s(64, 64 * 1000, ()) == pytest.approx(pred._step_dp_s(64, 64 * 1000, ()))
+    extra = pred._group_s(tokens, True) - pred._group_s(tokens)
+    assert extra > 0
+    assert pred.step_s(0, 0, chunks) - plain.step_s(0, 0, chunks) == pytest.approx(extra)
+    assert pred.step_s(64, 64 * 1000, ()) == pytest.approx(plain.step_s(64, 64 * 1000, ()))
+    # The breakdown agrees with the step.
+    ops = pred.ops(BatchShape(prefill=chunks))
+    assert sum(op.seconds for op in ops) == pytest.approx(pred.step_s(0, 0, chunks), rel=1e-9)
     # TensorRT-LLM gathers every batch the same way.
     trt = Predictor(r1, gb200, Parallel(tp=1, dp=4, ep=4), replace(ENGINE, name="trtllm"))
-    assert not trt._gathers_by_sum()
+    assert not trt._sum_len_gather and pred._sum_len_gather
 
 
 def test_parallel_expert_layout_rules() -> None:
@@ -162,7 +170,7 @@ def test_busiest_rank_under_round_robin_dispatch(r1, gb200) -> None:
         + b * 1000
         # the expert layers over every rank's tokens, gathered as SGLang gathers an extend
         # batch (`test_sglang_gathers_an_extend_batch_by_all_reduce`)
-        + pred._sum_len_twin()._group_s(10 + 4500)
+        + pred._group_s(10 + 4500, sum_len=True)
         + pred._rank_overhead_s(3, 2)  # the busiest rank: 3 decodes, 2 prefills
     )
     assert five == pytest.approx(hand)

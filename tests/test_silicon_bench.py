@@ -625,6 +625,15 @@ def test_a_deepseek_fp4_row_runs_nvidia_s_nvfp4_release() -> None:
         assert (m.mtp_dtype, m.fp8_block, m.kv_dtype) == ("bf16", False, "fp8")
     llama = silicon._model({**ds, "model_path": "meta-llama/Llama-3.1-70B"})
     assert tuple(getattr(llama, f) for f in formats) == ("fp4", "fp4", "fp4", "fp4")
+    # Kimi-K2.5: an FP4 row of the base path ran nvidia/Kimi-K2.5-NVFP4 (its attention bf16;
+    # the KV cache as the launch sets it), an INT4 row the base checkpoint's own INT4 experts
+    base = silicon._model({**ds, "model_path": "moonshotai/Kimi-K2.5"})
+    release = silicon._model({**ds, "model_path": "nvidia/Kimi-K2.5-NVFP4"})
+    for kimi in (base, release):
+        assert tuple(getattr(kimi, f) for f in formats) == ("fp4", "fp4", "bf16", "bf16")
+    int4 = {"gemm_quant_mode": "int4", "moe_quant_mode": "int4", "precision": "int4"}
+    kimi = silicon._model({**ds, "model_path": "moonshotai/Kimi-K2.5", **int4})
+    assert (kimi.expert_dtype, kimi.attn_weight_dtype) == ("int4", "bf16")
     # the fp8 rows of the base model keep its own block-scaled fp8 checkpoint
     fp8 = silicon._model({**ds, "gemm_quant_mode": "fp8_block", "moe_quant_mode": "fp8_block"})
     assert (fp8.weight_dtype, fp8.attn_out_weight_dtype, fp8.fp8_block) == ("fp8", "fp8", True)

@@ -299,10 +299,9 @@ class Predictor:
         # zero-filled buffer of them all and all-reduces the MLP's output, where a decode
         # batch all-gathers and reduce-scatters (layers/dp_attention.py `DpPaddingMode`:
         # SUM_LEN whenever the batch extends, MAX_LEN for balanced decodes; communicator.py
-        # `_scatter_hidden_states` reduce-scatters only under MAX_LEN). A prefill iteration
-        # takes a twin that prices the gather that way (`_sum_len_twin`).
-        self._sum_len = False
-        self._extend_twin: Predictor | None = None
+        # `_scatter_hidden_states` reduce-scatters only under MAX_LEN). The expert layers of a
+        # prefill iteration here are priced that way (`_group_terms(..., sum_len=True)`).
+        self._sum_len_gather = self.engine.name == "sglang" and self.par.dp > 1
         # The prefill chunks of one rank's iteration run as one batched (varlen) attention call
         # a layer in every engine (vLLM's FlashAttention/FlashInfer, SGLang's ragged prefill,
         # TensorRT-LLM's context FMHA over all context requests), which fills the SMs that one
@@ -317,8 +316,10 @@ class Predictor:
         self._dense_tab: list[float] = []
         self._far: dict[int, tuple[list[float], list[float]]] = {}  # block -> (s, work)
         self._far_prov: dict[int, int] = {}  # provenance counts of the far blocks
-        self._group_tab: list[float] = []
-        self._far_group: dict[int, list[float]] = {}  # block -> expert-layer seconds
+        # expert-layer seconds by stage tokens, and by far block, for decode-style (False) and
+        # SGLang extend (True) gathers
+        self._group_tab: dict[bool, list[float]] = {False: [], True: []}
+        self._far_group: dict[bool, dict[int, list[float]]] = {False: {}, True: {}}
         self._mn_curves: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._lm_tab: list[float] = []
         self._dyn_dense_tab: list[float] = []
@@ -370,9 +371,10 @@ class Predictor:
         if batch.num_tokens:
             t = np.array([max(1, rank_tokens)], dtype=np.float64)
             stage_tokens = batch.num_tokens + batch.decode_seqs * (self.decode_tokens - 1)
-            group = self._sum_len_twin() if batch.prefill and self._gathers_by_sum() else self
-            group = group._prefill_twin() if self._wide_ep and batch.prefill else group
-            terms = self._rank_terms(t) + group._group_terms(np.array([float(stage_tokens)]))
+            group = self._prefill_twin() if self._wide_ep and batch.prefill else self
+            sum_len = bool(batch.prefill) and self._sum_len_gather
+            stage = np.array([float(stage_tokens)])
+            terms = self._rank_terms(t) + group._group_terms(stage, sum_len)
             if self._graphed(batch.decode_seqs, tuple(batch.prefill)):
                 terms = self._overlapped(terms)
             for term in terms:
@@ -445,7 +447,7 @@ class Predictor:
         dp·t tokens of the stage."""
         return self._rank_terms(t) + self._group_terms(t * self.par.dp)
 
-    def _group_terms(self, tokens: np.ndarray) -> list[_Term]:
+    def _group_terms(self, tokens: np.ndarray, sum_len: bool = False) -> list[_Term]:
         """Work of the layers every device of a stage runs together over the stage's `tokens`
         (all attention-DP ranks' tokens, each counted once): routed experts and their
         collectives, and the dense FFN/shared experts when they span the DP ranks."""
@@ -477,7 +479,7 @@ class Predictor:
             hb = tokens * m.hidden_size * ACT_BYTES
             scatter = self._collective("reduce_scatter", hb, group)
             full = self._collective("all_gather", hb, group) + scatter
-            if self._sum_len:  # SGLang extend batch: two all-reduces of every rank's tokens
+            if sum_len:  # SGLang extend batch: two all-reduces of every rank's tokens
                 full = 2.0 * self._collective("all_reduce", hb, group)
             moe = full
             if gathered and self.engine.name == "trtllm":
@@ -1284,12 +1286,13 @@ class Predictor:
         return round(self._stage_fraction(count))
 
     # ---- memoised pieces the simulator uses ----------------------------------------------
-    def dense_s(self, tokens: int, seqs: int) -> float:
+    def dense_s(self, tokens: int, seqs: int, extend: bool = False) -> float:
         """Seconds of all non-attention work for `tokens` tokens from `seqs` sequences spread
-        evenly over the attention-DP ranks."""
+        evenly over the attention-DP ranks (`extend`: of an iteration with prefill tokens)."""
         dp = self.par.dp
         rank = self._rank_dense_s(-(-tokens // dp), -(-seqs // dp))
-        return rank + (self._group_s(tokens) if dp > 1 and tokens else 0.0)
+        sum_len = extend and self._sum_len_gather
+        return rank + (self._group_s(tokens, sum_len) if dp > 1 and tokens else 0.0)
 
     def _grow_tables(self, need: int) -> None:
         """Tabulate dense and LM-head time (and busy work) for every count up to a power of two
@@ -1714,22 +1717,28 @@ class Predictor:
             self.cover(tokens, seqs)
         return self._dense_tab[tokens] + self._lm_tab[seqs] if tokens else 0.0
 
-    def _group_s(self, tokens: int) -> float:
-        """The shared expert layers' seconds for the stage's tokens (attention DP only)."""
-        if tokens >= len(self._group_tab):
+    def _group_s(self, tokens: int, sum_len: bool = False) -> float:
+        """The shared expert layers' seconds for the stage's tokens (attention DP only),
+        gathered as SGLang gathers an extend batch when `sum_len` (`_group_terms`)."""
+        tab = self._group_tab[sum_len]
+        if tokens >= len(tab):
             if tokens >= FAR_TOKENS:
-                return _far_block(self._far_group, tokens, self._group_seconds)[tokens % FAR_BLOCK]
+                block = _far_block(
+                    self._far_group[sum_len], tokens, lambda t: self._group_seconds(t, sum_len)
+                )
+                return block[tokens % FAR_BLOCK]
             size = max(1024, 1 << int(tokens).bit_length())
             t = np.arange(size, dtype=np.float64)
             t[0] = 1.0
-            tab = self._group_seconds(t)
+            tab = self._group_seconds(t, sum_len)
             tab[0] = 0.0
-            self._group_tab = tab
-        return self._group_tab[tokens]
+            self._group_tab[sum_len] = tab
+        return tab[tokens]
 
-    def _group_seconds(self, t: np.ndarray) -> list[float]:
+    def _group_seconds(self, t: np.ndarray, sum_len: bool = False) -> list[float]:
         """The shared expert layers' seconds at each stage token count in `t`."""
-        return sum((term.seconds for term in self._group_terms(t)), np.zeros(len(t))).tolist()
+        terms = self._group_terms(t, sum_len)
+        return sum((term.seconds for term in terms), np.zeros(len(t))).tolist()
 
     def _step_dp_s(
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
@@ -1744,7 +1753,7 @@ class Predictor:
             stage += a + b * decode_context
         stage += self._rank_dense_s(rank_tokens, rank_seqs)
         tokens = decode_seqs * self.decode_tokens + sum(n for n, _ in chunks)
-        stage += self._group_s(tokens)
+        stage += self._group_s(tokens, bool(chunks) and self._sum_len_gather)
         dec_rank = -(-decode_seqs // self.par.dp)
         if self._hosted:
             stage = max(stage, self.host_s(rank_tokens, len(idx), dec_rank))
@@ -1760,18 +1769,6 @@ class Predictor:
             self._context_twin = self._twin(_table_phase="context")
         return self._context_twin
 
-    def _gathers_by_sum(self) -> bool:
-        """Whether a prefill iteration here gathers the DP ranks' tokens by all-reduce (SGLang
-        with attention DP; see `_sum_len`)."""
-        return self.engine.name == "sglang" and self.par.dp > 1 and not self._sum_len
-
-    def _sum_len_twin(self) -> Predictor:
-        """This predictor pricing the attention-DP gather of an extend batch as SGLang runs it
-        (`_sum_len`): a shallow copy sharing the attention memos, its own operator tables."""
-        if self._extend_twin is None:
-            self._extend_twin = self._twin(_sum_len=True, _context_twin=None, _serial=None)
-        return self._extend_twin
-
     def _twin(self, **changed: Any) -> Predictor:
         """A shallow copy of this predictor with `changed` attributes and its own (empty)
         operator tables, sharing the attention memos: a variant of the same deployment whose
@@ -1779,9 +1776,11 @@ class Predictor:
         twin = copy.copy(self)
         for name, value in changed.items():
             setattr(twin, name, value)
-        twin._dense_tab, twin._group_tab, twin._lm_tab = [], [], []
+        twin._dense_tab, twin._lm_tab = [], []
+        twin._group_tab = {False: [], True: []}
         twin._dyn_dense_tab, twin._dyn_lm_tab = [], []
-        twin._far, twin._far_prov, twin._far_group = {}, {}, {}
+        twin._far, twin._far_prov = {}, {}
+        twin._far_group = {False: {}, True: {}}
         twin._dense_prov = {}
         return twin
 
@@ -1789,10 +1788,6 @@ class Predictor:
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
     ) -> float:
         """Seconds of one iteration through every pipeline stage (the simulator's hot call)."""
-        if self._gathers_by_sum():
-            prefill = tuple(prefill)
-            if prefill:  # an extend batch: SGLang gathers the DP ranks' tokens by all-reduce
-                return Predictor.step_s(self._sum_len_twin(), decode_seqs, decode_context, prefill)
         if self._table_phase == "generation":
             prefill = tuple(prefill)
             if prefill:  # a prefill batch: DeepEP's normal mode (the base step, not a variant's)

@@ -259,7 +259,7 @@ class SpeculativePredictor(Predictor):
         tokens = sum(n for n, _ in chunks)
         rows = -(-tokens // dp)
         layers = host.layers_per_stage
-        dense = host.dense_s(tokens, len(chunks))  # (tabulates the LM head's rows too)
+        dense = host.dense_s(tokens, len(chunks), extend=True)  # (tabulates the LM head's rows)
         lm = host._lm_tab[-(-len(chunks) // dp)]
         h = host.model.hidden_size
         tab = self._proj_tab
