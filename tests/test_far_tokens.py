@@ -33,7 +33,7 @@ def test_far_counts_price_as_the_whole_tables_do(name: str, device: str, par: Pa
     t = np.arange(1 << 18, dtype=np.float64)
     t[0] = 1.0
     group = sum((term.seconds for term in whole._group_terms(t)), np.zeros(len(t)))
-    whole._group_tab = group.tolist()  # ... for the expert layers too
+    whole._group_tab[False] = group.tolist()  # ... for the expert layers too
     assert seconds == [whole.dense_s(t, 10) for t in counts]
     assert work == [whole.step_work_s(0, 0, [(t, 0)]) for t in counts]
     # ... and only the blocks holding them were priced, not the counts in between
@@ -41,8 +41,8 @@ def test_far_counts_price_as_the_whole_tables_do(name: str, device: str, par: Pa
     rank = [-(-t // par.dp) for t in counts]
     assert sorted(far._far) == sorted({t // FAR_BLOCK for t in rank if t >= FAR_TOKENS})
     if par.dp > 1:  # the expert layers see every rank's tokens
-        assert len(far._group_tab) <= FAR_TOKENS
-        assert sorted(far._far_group) == sorted({t // FAR_BLOCK for t in counts})
+        assert len(far._group_tab[False]) <= FAR_TOKENS
+        assert sorted(far._far_group[False]) == sorted({t // FAR_BLOCK for t in counts})
 
 
 def test_a_wide_ep_prefill_twin_keeps_its_own_far_blocks() -> None:
@@ -57,7 +57,7 @@ def test_a_wide_ep_prefill_twin_keeps_its_own_far_blocks() -> None:
     twin = pred._prefill_twin()
     fresh = Predictor(model, dev, par, engine)._prefill_twin()
     assert twin._group_s(big) == fresh._group_s(big)
-    assert twin._far_group is not pred._far_group
+    assert twin._far_group[False] is not pred._far_group[False]
 
 
 def test_variants_that_read_the_whole_tables_still_grow_them() -> None:
