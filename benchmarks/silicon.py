@@ -36,7 +36,10 @@ concurrency: runs with speculative decoding (MTP), which the rows do not flag, a
 with the draft length of the config's launch script, and rows no config or both kinds of config
 match are refused. A database record that both kinds match takes the kind its config's other
 records settle on (`config_specs`: InferenceX's database keys a config by its speculative
-method, so one `config_id` ran one).
+method, so one `config_id` ran one). Where several configs still match, those InferenceX's
+changelog-driven sweep ran on the measured day are kept (`swept`, table
+data/inferencex/changelog_sweeps.csv): a push adding perf-changelog entries benchmarks just the
+configs they name.
 A disaggregated config that drafts with DeepSeek's MTP head is simulated with its draft length
 (`num_draft_tokens`) at the sourced default acceptance (servesim.spec.speculative).
 InferenceX rows get their launch scripts' engine settings: the TensorRT-LLM and vLLM
@@ -84,6 +87,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -1007,6 +1011,44 @@ def inferencex_layouts(path: Path = INFERENCEX_LAYOUTS) -> tuple[dict[str, str],
         return tuple(csv.DictReader(f))
 
 
+INFERENCEX_SWEEPS = ROOT / "data" / "inferencex" / "changelog_sweeps.csv"
+T = TypeVar("T")
+
+
+@functools.cache
+def inferencex_sweeps(path: Path = INFERENCEX_SWEEPS) -> dict[str, tuple[re.Pattern[str], ...]]:
+    """UTC day → the config-name patterns InferenceX's changelog-driven sweeps ran that day
+    (scripts/inferencex_sweeps.py; `*` matches anything, the whole name must match, as
+    `get_config_keys_from_master` in InferenceX's utils/process_changelog.py reads them)."""
+    days: dict[str, list[re.Pattern[str]]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            for key in rec["config_keys"].split():
+                days[rec["day"]].append(re.compile(re.escape(key).replace(r"\*", ".*")))
+    return {day: tuple(found) for day, found in days.items()}
+
+
+def swept(items: list[T], day: str, key_of: Callable[[T], str]) -> tuple[list[T], str]:
+    """(items, note): of a row's candidate InferenceX items, those whose config a changelog
+    sweep ran on the measured day (UTC), with a note naming the day; all of them and '' when
+    that keeps all or none.
+
+    From 2025-12-15 InferenceX benchmarks on a push that adds `perf-changelog.yaml` entries,
+    and then only the configs those entries name (.github/workflows/run-sweep.yml,
+    utils/process_changelog.py), so a row measured that day is one of them: a dashboard
+    export's `measured` time is the push's, seconds later (2026-01-14T22:26:21Z for the push
+    of 22:26:18). This settles rows that a plain config and its MTP twin (`...-mtp`) both
+    explain: on 2026-01-14 only TensorRT-LLM `-mtp` configs were swept. On every day of the dev
+    file's rows that a sweep covers, the config a row matches alone was among them (NOTES)."""
+    if not day or len(items) < 2:
+        return items, ""
+    patterns = inferencex_sweeps().get(day, ())
+    kept = [i for i in items if any(p.fullmatch(key_of(i)) for p in patterns)]
+    if not kept or len(kept) == len(items):
+        return items, ""
+    return kept, f"; swept on {day} by InferenceX's perf-changelog"
+
+
 def _pool_columns(row: dict[str, str], layout: dict[str, str], pool: str) -> dict[str, str]:
     """A pool's row columns in this file's convention from an InferenceX item: with
     attention DP, `tp` GPUs are `tp` DP ranks of attention TP 1; experts are split `ep` ways
@@ -1074,14 +1116,18 @@ def recovered_layout(
         "decode_tp": row.get("decode_tp_size", ""),
     }
     items = _disagg_items(row, fields, table)
-    matches = _layouts_of(item for item in items if all(item[k] == v for k, v in pools.items()))
+    fits = [item for item in items if all(item[k] == v for k, v in pools.items())]
     total = ""
-    if not matches and _float(pools["prefill_tp"]) == _float(pools["decode_tp"]) > 0:
+    if not fits and _float(pools["prefill_tp"]) == _float(pools["decode_tp"]) > 0:
         # Some dashboard exports (rows measured in December 2025) state the deployment's total
         # GPU count in both tp columns: prefill 1 x 4 + decode 1 x 32 GPUs reads "36" / "36".
         n = _float(pools["prefill_tp"])
-        matches = _layouts_of(item for item in items if _item_gpus(item) == n)
+        fits = [item for item in items if _item_gpus(item) == n]
         total = f"; the row's tp {n:g} read as the deployment's GPUs"
+    matches = _layouts_of(fits)
+    if len(matches) > 1:  # the day's changelog sweeps may say which of them ran
+        fits, note = swept(fits, day, operator.itemgetter("config_key"))
+        matches, total = _layouts_of(fits), total + note
     if not matches:
         return row, "", "no InferenceX config matches"
     if len(matches) > 1:
@@ -1130,17 +1176,22 @@ def stated_layout_settings(
     fields = source_fields(row)
     day = fields["measured"][:10]
     keys = ("num_workers", "tp_size", "attention_dp_size", "moe_ep_size")
-    found: dict[tuple[str, ...], dict[str, str]] = {}
+    fits = []
     for item in _disagg_items(row, fields, table):
         cols = {**_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
-        if all(
+        if _config_allows(item, row) and all(
             _float(cols[f"{pool}_{k}"]) == _float(row.get(f"{pool}_{k}", ""))
             for pool in ("prefill", "decode")
             for k in keys
         ):
-            key = tuple(item[k] for k in _STATED_KEYS)
-            found.setdefault(key, item)
-    found = {k: item for k, item in found.items() if _config_allows(item, row)}
+            fits.append(item)
+    sweep_note = ""
+    if len({tuple(item[k] for k in _STATED_KEYS) for item in fits}) > 1:
+        # Items that differ: the day's changelog sweeps may say which of them ran.
+        fits, sweep_note = swept(fits, day, operator.itemgetter("config_key"))
+    found: dict[tuple[str, ...], dict[str, str]] = {}
+    for item in fits:
+        found.setdefault(tuple(item[k] for k in _STATED_KEYS), item)
     specs = {(item["spec_decoding"], item["num_draft_tokens"]) for item in found.values()}
     if len(specs) > 1:
         return row, "", f"{len(found)} InferenceX configs match"
@@ -1165,6 +1216,8 @@ def stated_layout_settings(
         notes.append(f"MTP with {drafts} draft tokens")
     if row.get("config_spec"):
         notes.append(f"{spec} as config_id {config_id_of(row)}'s other records")
+    if sweep_note:
+        notes.append(sweep_note.removeprefix("; "))
     if len(found) == 1:
         item = next(iter(found.values()))
         run = in_effect(item["days_in_effect"], day) or 0
@@ -1510,6 +1563,11 @@ def single_node_config(
         matches = [(item, True) for item in unstated]
     matches = [(item, r) for item, r in matches if _config_allows(item, row)]
     kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
+    sweep_note = ""
+    if len(kinds) > 1 or len({(m["tp"], m["ep"], m["dp_attn"]) for m, _ in matches}) > 1:
+        # The day's changelog sweeps may say which of them ran.
+        matches, sweep_note = swept(matches, day, lambda m: m[0]["config_key"])
+        kinds = {(item["spec_decoding"], item["num_draft_tokens"]) for item, _ in matches}
     if not matches:
         early = inferencex_2025_trt_layout(row)
         if early is not None:
@@ -1530,7 +1588,7 @@ def single_node_config(
         return row, "", f"{len(matches)} InferenceX configs match"
     run = in_effect(item["days_in_effect"], day) if day else None
     commit = item["source_commits"].split()[-1 if run is None else run]
-    where = f"{item['config_key']} in {item['source_file']}@{commit}"
+    where = f"{item['config_key']} in {item['source_file']}@{commit}{sweep_note}"
     out = _single_node_layout(item, row, conc) if remapped else dict(row)
     if row.get("config_spec"):
         where += f"; {spec} as config_id {config_id_of(row)}'s other records"

@@ -8,6 +8,8 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -80,7 +82,12 @@ def test_the_image_tells_the_mtp_run_from_the_plain_one() -> None:
     assert mtp["speculative_num_draft_tokens"] == "3"
 
 
-def test_without_an_image_both_kinds_match_and_the_row_is_refused() -> None:
+def test_without_an_image_both_kinds_match_and_the_row_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a day without changelog sweeps (the real 2026-02-05 swept the `-mtp` config alone,
+    # which settles it: tests/test_inferencex_sweeps.py).
+    monkeypatch.setattr(silicon, "inferencex_sweeps", lambda *a, **k: {})
     _, _, refusal = silicon.single_node_config(dashboard_row("", 8, 8), TABLE)
     assert refusal == "2 InferenceX configs match"
     # A concurrency no config lists, or a day it was not in effect: nothing matches.
