@@ -181,6 +181,39 @@ def test_hybrid_memory_reserves_state_per_sequence() -> None:
     assert a.kv_tokens == int(a.kv_bytes // a.kv_bytes_per_token)
 
 
+def test_speculative_decoding_keeps_state_copies_per_sequence() -> None:
+    """A hybrid model that decodes speculatively keeps extra recurrent states per running
+    sequence so the verify pass can restart from any accepted position: SGLang one per verified
+    token (4 for MTP with 3 drafts: `speculative_num_draft_tokens`), vLLM one per draft token;
+    the KV cache gets what is left. Qwen3.5 (fp8 weights) on 4 B200s at 64 sequences, by hand."""
+    from servesim.sim.deployment import Deployment
+    from servesim.spec.memory import speculative_state_copies
+    from servesim.spec.speculative import SpeculativeDecoding
+
+    sglang, vllm, trtllm = (get_engine(n) for n in ("sglang", "vllm", "trtllm"))
+    assert speculative_state_copies(sglang, 3, 4) == 5
+    assert speculative_state_copies(vllm, 3, 4) == 4
+    assert speculative_state_copies(trtllm, 3, 4) == 1  # no source for TensorRT-LLM's
+    assert speculative_state_copies(sglang, 0, 1) == 1  # no speculation
+    m = load_model("Qwen/Qwen3.5-397B-A17B").with_dtypes(weight="fp8")
+    b200 = catalog().get("b200_sxm")
+    par = Parallel(tp=4)
+    one = memory_layout(m, b200, par, max_num_seqs=64)
+    five = memory_layout(m, b200, par, max_num_seqs=64, state_copies=5)
+    state = m.state_bytes_per_seq() / 4
+    assert one.kv_bytes - five.kv_bytes == pytest.approx(64 * 4 * state)
+    assert five.state_bytes_per_seq == pytest.approx(5 * state)
+    # A deployment lays its memory out with its engine's copies.
+    spec = SpeculativeDecoding("mtp", 3)
+    dep = Deployment(m, b200, par, sglang, max_num_seqs=64, speculative=spec)
+    plain = replace(dep, speculative=None)
+    a, b = plain.memory(), dep.memory()
+    # less KV: SGLang's smaller memory fraction under speculation, the MTP layer's weights and
+    # the four extra states of each of the 64 sequences
+    drop = (a.usable_bytes - b.usable_bytes) + (b.weight_bytes - a.weight_bytes)
+    assert a.kv_bytes - b.kv_bytes == pytest.approx(drop + 64 * 4 * state, rel=1e-9)
+
+
 def test_checkpoint_formats_nvfp4_with_mtp() -> None:
     m = load_model("nvidia/DeepSeek-R1-NVFP4")
     assert (m.weight_dtype, m.expert_dtype, m.attn_weight_dtype) == ("fp4", "fp4", "bf16")

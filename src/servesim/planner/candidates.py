@@ -31,7 +31,7 @@ from servesim.sim.workload import Workload
 from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Catalog, catalog
 from servesim.spec.engine_profile import EngineProfile, get_engine
-from servesim.spec.memory import engine_memory, memory_layout
+from servesim.spec.memory import engine_memory, memory_layout, speculative_state_copies
 from servesim.spec.model import ModelSpec, load_model
 from servesim.spec.parallel import Parallel
 from servesim.spec.speculative import SpeculativeDecoding
@@ -376,13 +376,16 @@ def _prune_reason(
         return "no_fp8", f"{device.name} has no fp8 support for an fp8 KV cache"
     try:
         par = Parallel(tp=c.tp, pp=c.pp)
+        engine = get_engine(c.engine)
+        k = c.num_draft_tokens
         mem = memory_layout(
             m,
             device,
             par,
             max_batched_tokens=c.max_num_batched_tokens,
             max_num_seqs=min(c.max_num_seqs, 256),
-            **engine_memory(get_engine(c.engine), device, par),
+            state_copies=speculative_state_copies(engine, k, 1 + k * max(c.spec_tree_width, 1)),
+            **engine_memory(engine, device, par),
         )
     except ServesimError as exc:
         return "does_not_fit", str(exc)

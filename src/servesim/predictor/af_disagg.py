@@ -385,6 +385,7 @@ def af_memory_layout(
     max_num_seqs: int = 256,
     mem_util_of_free: bool = False,
     reserve_in_fraction: bool = False,
+    state_copies: int = 1,
 ) -> MemoryLayout:
     """The attention pool's memory (its KV cache is the replica's), after checking that the
     routed experts fit the expert pool. The attention GPUs hold no routed experts."""
@@ -411,6 +412,7 @@ def af_memory_layout(
         max_num_seqs=max_num_seqs,
         mem_util_of_free=mem_util_of_free,
         reserve_in_fraction=reserve_in_fraction,
+        state_copies=state_copies,
     )
     return replace(
         layout,

@@ -34,6 +34,7 @@ from servesim.spec.memory import (
     engine_memory,
     memory_layout,
     sglang_server_defaults,
+    speculative_state_copies,
     vllm_batch_defaults,
 )
 from servesim.spec.model import ModelSpec
@@ -176,8 +177,14 @@ class Deployment:
         if rt is not None:
             return local_memory(self.model, self.device, rt)
         seqs, tokens, _ = self.batching()
-        method = self.speculative.method if self.speculative is not None else ""
+        spec = self.speculative
+        method = spec.method if spec is not None else ""
         share = engine_memory(self.engine, self.device, self.parallel, method)
+        copies = speculative_state_copies(
+            self.engine,
+            spec.num_draft_tokens if spec is not None else 0,
+            spec.verify_tokens if spec is not None else 1,
+        )
         model = self.model.loaded(mtp=method == "mtp")
         if self.af is not None:  # the attention pool's memory; the experts checked to fit
             return af_memory_layout(
@@ -187,6 +194,7 @@ class Deployment:
                 self.af,
                 tokens,
                 max_num_seqs=min(seqs, 256),
+                state_copies=copies,
                 **share,
             )
         return memory_layout(
@@ -195,6 +203,7 @@ class Deployment:
             self.parallel,
             max_batched_tokens=tokens,
             max_num_seqs=min(seqs, 256),
+            state_copies=copies,
             **share,
         )
 

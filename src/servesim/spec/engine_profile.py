@@ -236,6 +236,15 @@ class EngineProfile:
     # keeps it for EAGLE and MTP only) and, as servesim models it, under pipeline parallelism
     # (vLLM's PP batch queue instead). "": overlap_scheduling as it stands.
     overlap_rule: str = ""
+    # Recurrent-state copies a running sequence of a hybrid (Gated DeltaNet / Mamba) model
+    # holds under speculative decoding, so its verify pass can roll back to any accepted
+    # position. "sglang": the state plus one per verified token (`handle_max_mamba_cache` in
+    # model_executor/model_runner_kv_cache_mixin.py sets aside `mamba_cache_per_req ×
+    # max_running_requests × speculative_num_draft_tokens` of intermediate states before the KV
+    # cache is sized). "vllm": the state plus one per draft token (`MambaSpec(...,
+    # num_speculative_blocks=num_speculative_tokens)`, model_executor/layers/mamba/abstract.py).
+    # "": one copy (no source for TensorRT-LLM's).
+    spec_state_rule: str = ""
     # Decode steps between the scheduler's reads of new requests while it is busy (SGLang
     # `--scheduler-recv-interval`, default 1: python/sglang/srt/server_args.py). SGLang's
     # SchedulerRecvSkipper (python/sglang/srt/managers/scheduler_recv_skipper.py) adds 1 per
@@ -387,6 +396,7 @@ class EngineProfile:
             ("token_budget_rule", ENGINE_RULES),
             ("max_seqs_rule", ENGINE_RULES),
             ("overlap_rule", ENGINE_RULES),
+            ("spec_state_rule", ENGINE_RULES),
         ):
             if getattr(self, key) not in rules:
                 raise ServesimError(
@@ -474,6 +484,7 @@ ENGINES: dict[str, EngineProfile] = {
         # None, turned on in `VllmConfig.__post_init__`); `overlap_rule` has its exceptions.
         overlap_scheduling=True,
         overlap_rule="vllm",
+        spec_state_rule="vllm",
         token_budget_rule="vllm",
         max_seqs_rule="vllm",
         prefill_graph_max_tokens=512,
@@ -507,6 +518,7 @@ ENGINES: dict[str, EngineProfile] = {
         token_budget_rule="sglang",
         max_seqs_rule="sglang",
         overlap_rule="sglang",
+        spec_state_rule="sglang",
     ),
     "trtllm": EngineProfile(
         name="trtllm",

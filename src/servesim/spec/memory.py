@@ -92,6 +92,17 @@ def state_bytes_per_seq_per_device(model: ModelSpec, par: Parallel) -> float:
     return model.state_bytes_per_seq() / par.pp / shards
 
 
+def speculative_state_copies(engine: EngineProfile, draft_tokens: int, verify_tokens: int) -> int:
+    """Recurrent-state copies a running sequence holds when it decodes speculatively
+    (`EngineProfile.spec_state_rule`): SGLang keeps one more per verified token, vLLM one more
+    per draft token, so the verify pass can restart from any accepted position; 1 without
+    speculative decoding or a rule."""
+    if draft_tokens <= 0:
+        return 1
+    extra = {"sglang": verify_tokens, "vllm": draft_tokens}.get(engine.spec_state_rule, 0)
+    return 1 + extra
+
+
 def activation_reserve_bytes(model: ModelSpec, par: Parallel, max_batched_tokens: int) -> float:
     """Peak activation memory of a forward pass over `max_batched_tokens` (the replica's
     budget: each attention-DP rank runs its own forward over its 1/dp share, so a device holds
@@ -211,9 +222,11 @@ def memory_layout(
     max_num_seqs: int = 256,
     mem_util_of_free: bool = False,
     reserve_in_fraction: bool = False,
+    state_copies: int = 1,
 ) -> MemoryLayout:
     """Lay out one replica's memory; refuse a configuration whose weights (and the recurrent
-    state of `max_num_seqs` sequences) leave no KV space, or formats the device cannot run.
+    state of `max_num_seqs` sequences, `state_copies` of it each: `speculative_state_copies`)
+    leave no KV space, or formats the device cannot run.
 
     `mem_util` is the engine's share of the whole device (vLLM, SGLang) or, with
     `mem_util_of_free`, of the memory left after weights and activations (TRT-LLM). With
@@ -237,7 +250,7 @@ def memory_layout(
     window_per_seq = model.kv_bytes_per_seq_window() / par.pp
     if not model.is_mla:
         window_per_seq /= min(par.tp, model.num_kv_heads)
-    state_per_seq = state_bytes_per_seq_per_device(model, par)
+    state_per_seq = state_bytes_per_seq_per_device(model, par) * state_copies
     kv = usable - weights - reserve - max_num_seqs * (window_per_seq + state_per_seq)
     if kv <= 0:
         need = (weights + reserve) / 1e9
@@ -246,6 +259,7 @@ def memory_layout(
             per_seq.append(
                 f" plus {max_num_seqs * state_per_seq / 1e9:.1f} GB of recurrent state for "
                 f"{max_num_seqs} sequences"
+                + (f" ({state_copies} copies each for speculative decoding)" * (state_copies > 1))
             )
         if window_per_seq:  # a full window of the windowed layers' KV per running sequence
             per_seq.append(
