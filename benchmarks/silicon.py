@@ -932,12 +932,43 @@ _RUNS: dict[bytes, tuple[float, float]] = {}
 
 def _run_key(dep: Deployment | DisaggDeployment, loop: ClosedLoop, first: int) -> bytes | None:
     """A digest of everything a row's simulation reads (the deployment, its closed loop and
-    where the measured requests start), or None when the deployment cannot be serialised."""
+    where the measured requests start), or None when the deployment cannot be serialised.
+    A pool whose KV cache holds every client's longest request at once never runs short of
+    it, so its memory fraction is left out (`_unbound_kv`): recipes that differ only there
+    (a GB300 prefill pool at 0.4 or 0.1) simulate alike."""
+    if isinstance(dep, DisaggDeployment):
+        key_dep: object = replace(
+            dep, prefill=_unbound_kv(dep.prefill, loop), decode=_unbound_kv(dep.decode, loop)
+        )
+    else:
+        key_dep = _unbound_kv(dep, loop)
     try:
-        blob = pickle.dumps((dep, loop, first), protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps((key_dep, loop, first), protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
         return None
     return hashlib.sha256(blob).digest()
+
+
+# Tokens a request may hold beyond its prompt and output: the last block's rounding, the draft
+# slots a speculative step writes and an SGLang decode server's reservation (512), with margin;
+# and the share of the cache an engine keeps free (vLLM's watermark: 1 %), with margin.
+_KV_SLACK_TOKENS = 1024
+_KV_SLACK_SHARE = 1.1
+
+
+def _unbound_kv(pool: Deployment, loop: ClosedLoop) -> Deployment:
+    """`pool` with its engine's memory fraction set to 1 when that cannot matter: a closed loop
+    has at most `clients` requests in the system, so a KV cache (per attention-DP rank) that
+    holds them all at their longest is never full, whatever the fraction (which sizes nothing
+    else: `memory_layout`). Otherwise, or when the layout cannot be computed, `pool` itself."""
+    try:
+        mem = pool.memory()
+    except (ServesimError, ValueError, AttributeError):
+        return pool
+    longest = int(loop.prompt_tokens.max()) + int(loop.output_tokens.max()) + _KV_SLACK_TOKENS
+    if mem.kv_tokens / max(pool.parallel.dp, 1) < _KV_SLACK_SHARE * loop.clients * longest:
+        return pool
+    return replace(pool, engine=replace(pool.engine, mem_util=1.0))
 
 
 def ape_stats(errors: list[float]) -> tuple[float, float]:

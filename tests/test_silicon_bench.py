@@ -778,6 +778,32 @@ def test_a_repeated_run_takes_the_first_ones_figures(monkeypatch) -> None:
     assert len(calls) == 2 and other != first
 
 
+def test_a_memory_fraction_that_cannot_matter_does_not_split_repeated_runs() -> None:
+    """A closed loop keeps at most `clients` requests in the system, so a pool whose KV cache
+    holds them all at their longest never runs short: runs that differ only in its memory
+    fraction share one key (and one simulation). Where the cache can fill, they do not."""
+    from dataclasses import replace
+
+    from servesim.sim.synthetic import ClosedLoop, Fixed
+
+    model = load_model("meta-llama/Llama-3.1-8B")
+    h100 = Catalog().get("h100_sxm")
+    dep = Deployment(model, h100, Parallel(tp=1), get_engine("vllm"))
+    lower = replace(dep, engine=replace(dep.engine, mem_util=0.5))
+    assert lower.memory().kv_tokens < dep.memory().kv_tokens  # the fraction sizes the cache
+    few = ClosedLoop(4, 40, Fixed(1024), Fixed(128))
+    assert silicon._run_key(dep, few, 8) == silicon._run_key(lower, few, 8)
+    # 4 clients × (1,024 + 128 + 1,024 slack) × 1.1 tokens fit either cache; 200 clients of
+    # 8,192-token prompts (2.0 M tokens) fit neither, so the fraction matters.
+    many = ClosedLoop(200, 400, Fixed(8192), Fixed(128))
+    assert lower.memory().kv_tokens < 200 * (8192 + 128)
+    assert silicon._run_key(dep, many, 8) != silicon._run_key(lower, many, 8)
+    # A disaggregated deployment: each pool is judged alone.
+    disagg = DisaggDeployment(prefill=dep, decode=dep)
+    other = DisaggDeployment(prefill=lower, decode=dep)
+    assert silicon._run_key(disagg, few, 8) == silicon._run_key(other, few, 8)
+
+
 def test_malformed_rows_are_refused_with_the_column_and_spellings_agree(
     tmp_path: Path, capsys
 ) -> None:
