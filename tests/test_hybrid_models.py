@@ -203,6 +203,11 @@ def test_speculative_decoding_keeps_state_copies_per_sequence() -> None:
     state = m.state_bytes_per_seq() / 4
     assert one.kv_bytes - five.kv_bytes == pytest.approx(64 * 4 * state)
     assert five.state_bytes_per_seq == pytest.approx(5 * state)
+    # With the checkpoint's fp32 state, 256 sequences no longer fit at InferenceX's memory
+    # fraction (0.8), and the refusal says why.
+    with pytest.raises(ServesimError, match=r"256 sequences \(5 copies each for speculative"):
+        memory_layout(m, b200, par, max_num_seqs=256, mem_util=0.8, state_copies=5)
+    memory_layout(m, b200, par, max_num_seqs=256, mem_util=0.8)  # one copy fits
     # A deployment lays its memory out with its engine's copies.
     spec = SpeculativeDecoding("mtp", 3)
     dep = Deployment(m, b200, par, sglang, max_num_seqs=64, speculative=spec)

@@ -259,7 +259,11 @@ def memory_layout(
             per_seq.append(
                 f" plus {max_num_seqs * state_per_seq / 1e9:.1f} GB of recurrent state for "
                 f"{max_num_seqs} sequences"
-                + (f" ({state_copies} copies each for speculative decoding)" * (state_copies > 1))
+                + (
+                    f" ({state_copies} copies each for speculative decoding)"
+                    if state_copies > 1
+                    else ""
+                )
             )
         if window_per_seq:  # a full window of the windowed layers' KV per running sequence
             per_seq.append(
