@@ -243,7 +243,9 @@ class EngineProfile:
     # max_running_requests × speculative_num_draft_tokens` of intermediate states before the KV
     # cache is sized). "vllm": the state plus one per draft token (`MambaSpec(...,
     # num_speculative_blocks=num_speculative_tokens)`, model_executor/layers/mamba/abstract.py).
-    # "": one copy (no source for TensorRT-LLM's).
+    # "": one copy. TensorRT-LLM's `PythonMambaCacheManager.SpeculativeState` keeps either full
+    # intermediate SSM states (its legacy path) or a compact replay history of inputs, by
+    # release; which one a launch runs is not read here, so it keeps one copy.
     spec_state_rule: str = ""
     # Decode steps between the scheduler's reads of new requests while it is busy (SGLang
     # `--scheduler-recv-interval`, default 1: python/sglang/srt/server_args.py). SGLang's
