@@ -478,9 +478,10 @@ class Predictor:
             dense = self._stage_fraction(m.num_dense_layers) if p.dense_tp > p.tp else 0.0
             hb = tokens * m.hidden_size * ACT_BYTES
             scatter = self._collective("reduce_scatter", hb, group)
-            full = self._collective("all_gather", hb, group) + scatter
             if sum_len:  # SGLang extend batch: two all-reduces of every rank's tokens
                 full = 2.0 * self._collective("all_reduce", hb, group)
+            else:
+                full = self._collective("all_gather", hb, group) + scatter
             moe = full
             if gathered and self.engine.name == "trtllm":
                 qb = tokens * self._moe_input_bytes_per_token()

@@ -131,14 +131,19 @@ class SpeculativePredictor(Predictor):
         # The layers' work over every position, the LM head over one position a sequence.
         dense = host.dense_s(n * q, n)
         lm = host._lm_tab[rows]
-        h = host.model.hidden_size
-        tab = self._proj_tab
-        if rows * q >= len(tab):  # priced for every row count up to twice this one, at once
-            rows_all = np.maximum(np.arange(2 * rows * q + 64, dtype=np.float64), 1.0)
-            tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
-        proj = tab[rows * q]
         a, b = host.decode_coeffs(n, queries=q)
-        return (dense - lm) / layers + float(proj) + lm + a / layers, b / layers
+        return (dense - lm) / layers + self._proj_s(rows * q) + lm + a / layers, b / layers
+
+    def _proj_s(self, rows: int) -> float:
+        """Seconds of a head's 2h→h input projection over `rows` rows (tabulated for every row
+        count up to about twice the largest asked, at once)."""
+        tab = self._proj_tab
+        if rows >= len(tab):
+            host = self.head_host
+            h = host.model.hidden_size
+            rows_all = np.maximum(np.arange(2 * rows + 64, dtype=np.float64), 1.0)
+            tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
+        return float(tab[rows])
 
     def draft_s(self, decode_seqs: int, decode_context: int) -> float:
         """Seconds of a step's k draft passes over n sequences of total context C: pass i runs
@@ -261,13 +266,8 @@ class SpeculativePredictor(Predictor):
         layers = host.layers_per_stage
         dense = host.dense_s(tokens, len(chunks), extend=True)  # (tabulates the LM head's rows)
         lm = host._lm_tab[-(-len(chunks) // dp)]
-        h = host.model.hidden_size
-        tab = self._proj_tab
-        if rows >= len(tab):
-            rows_all = np.maximum(np.arange(2 * rows + 64, dtype=np.float64), 1.0)
-            tab = self._proj_tab = host._gemm("eh_proj", rows_all, h, 2 * h, 1.0).seconds
         attn = host._prefill_chunks_s(rank) / layers
-        return (dense - lm) / layers + attn + float(tab[rows]) + lm
+        return (dense - lm) / layers + attn + self._proj_s(rows) + lm
 
     def _decode_step_coeffs(self, n: int) -> tuple[float, float]:
         c0 = self.step_s(n, 0, ())  # verify and drafts at zero context
