@@ -6,7 +6,11 @@ benchmark_serving.py or aiconfigurator's aiperf: warm-up, length spread, all cli
 again as soon as their request ends) from the device specs and the fitted kernel efficiencies,
 and compares its mean TTFT and TPOT with the measured ones.
 
-    .venv/bin/python benchmarks/silicon.py [PATH.csv] [--rounds R] [--limit N]
+    .venv/bin/python benchmarks/silicon.py [PATH.csv ...] [--rounds R] [--limit N]
+
+Several files run as one set (as issue 12's goals count the two dev files together): the
+figures are over all their rows, with `by_file` per file; each row is predicted as in a run
+over its own file.
 
 Colocated (`agg`) rows run one engine; disaggregated (`disagg`) rows run prefill and decode
 worker pools with the KV cache moved between them. Rows it cannot predict (a model without a
@@ -58,14 +62,14 @@ The last line is one JSON object: overall TTFT/TPOT median and p90 absolute perc
 `by_group` (`"<system>/<mode>": {rows, ttft_median_ape, tpot_median_ape}`), `bias_by_engine`
 (`"<backend>/<precision>": {rows, ttft_signed_median_pct, tpot_signed_median_pct}`: the signed
 median error, + where servesim predicts too slow), `skipped_by_reason`
-(reason → rows), the slowest row's wall time and `recovered_layouts` (rows whose layout came from
-InferenceX's config). `--rows-out FILE` writes one CSV row per input
+(reason → rows), the slowest row's wall time, `recovered_layouts` (rows whose layout came from
+InferenceX's config), `goal_misses` (issue 12's goals the figures miss, `GOALS`; empty when
+all are met) and, over several files, `by_file`. `--rows-out FILE` writes one CSV row per input
 row: id, measured and predicted TTFT and TPOT (ms), status (`ok` or the reason it was refused),
 `layout_source` (where a recovered layout or a stated layout's recipe flags came from, else
-empty) and the wall and CPU seconds
-it took (on a shared machine CPU time is the steadier figure). A row whose simulation raises
-an unexpected exception (a servesim bug) is counted as `internal error (<type>: <message>)`
-and named on stderr, and the other rows still run.
+empty), the wall and CPU seconds it took (on a shared machine CPU time is the steadier figure)
+and its file. A row whose simulation raises an unexpected exception (a servesim bug) is counted
+as `internal error (<type>: <message>)` and named on stderr, and the other rows still run.
 """
 
 from __future__ import annotations
@@ -1717,6 +1721,7 @@ ROWS_OUT_FIELDS = (
     "layout_source",
     "wall_s",
     "cpu_s",
+    "file",
 )
 
 
@@ -1747,6 +1752,43 @@ def grouped(
 
 # Issue 12's speed goal: every row simulated in under this many wall seconds.
 ROW_GOAL_S = 2.0
+# Issue 12's accuracy and coverage goals: median APE overall, and in every system/mode group
+# with at least `group_rows` predicted rows, and the fraction of rows predicted.
+GOALS = {
+    "ttft_median_ape": 15.0,
+    "tpot_median_ape": 8.0,
+    "group_ttft_median_ape": 25.0,
+    "group_tpot_median_ape": 12.0,
+    "group_rows": 20,
+    "predicted_fraction": 0.9,
+}
+
+
+def goal_misses(stats: dict[str, object]) -> list[str]:
+    """Issue 12's goals a run's figures (`summary`) miss, one phrase each (none: all met)."""
+    out = []
+    if not stats["rows"]:
+        return ["no row predicted"]
+    for what in ("ttft", "tpot"):
+        got, want = stats[f"{what}_median_ape"], GOALS[f"{what}_median_ape"]
+        if got > want:
+            out.append(f"{what.upper()} median APE {got} % > {want:g} %")
+    groups = stats["by_group"]
+    for g, fig in groups.items():  # type: ignore[union-attr]
+        if fig["rows"] < GOALS["group_rows"]:
+            continue
+        for what in ("ttft", "tpot"):
+            got, want = fig[f"{what}_median_ape"], GOALS[f"group_{what}_median_ape"]
+            if got > want:
+                out.append(f"{g} {what.upper()} {got} % > {want:g} %")
+    if stats["predicted_fraction"] < GOALS["predicted_fraction"]:
+        out.append(
+            f"{100 * stats['predicted_fraction']:.2f} % of rows predicted "
+            f"< {100 * GOALS['predicted_fraction']:g} %"
+        )
+    if stats["rows_over_goal_s"]:
+        out.append(f"{stats['rows_over_goal_s']} row(s) over {ROW_GOAL_S:g} s")
+    return out
 
 
 def summary(results: list[dict[str, object]]) -> dict[str, object]:
@@ -1814,7 +1856,13 @@ INTERNAL_ERROR = "internal error"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("path", nargs="?", default=str(DEFAULT_CSV), help="silicon sample CSV")
+    ap.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        default=[str(DEFAULT_CSV)],
+        help="silicon sample CSV(s); several run as one set (figures over all, and per file)",
+    )
     ap.add_argument(
         "--rounds", type=int, default=10, help="measured requests per client (lockstep only)"
     )
@@ -1850,27 +1898,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows_out:  # before the run, not after it
         check_out_file(args.rows_out, "--rows-out")
     catalog = Catalog()
-    try:
-        # utf-8-sig: a spreadsheet's export starts with a byte-order mark, which would
-        # otherwise become part of the first column's name.
-        with open(args.path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        print(f"error: cannot read {args.path} as a CSV ({exc}); pass a silicon sample CSV.")
-        return 2
-    if missing:
-        print(
-            f"error: {args.path} lacks the column(s) {', '.join(missing)}; pass a CSV in the "
-            f"format of {DEFAULT_CSV.name} (one row per measured run)."
-        )
-        return 2
+    rows = []
+    for path in args.paths:  # every file is read and checked before any row runs
+        read = read_rows(path)
+        if isinstance(read, str):
+            print(read)
+            return 2
+        rows += [{**r, FILE_KEY: path} for r in read]
     if args.limit:
         rows = rows[: args.limit]
     t0 = time.perf_counter()  # the run's wall time includes matching records to configs
-    rows = date_twins(rows)
-    specs = config_specs(rows)
+    # Twins and a config's other records are looked up within each file, so a run over several
+    # files predicts each row as a run over its own file would.
+    files: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        files[row[FILE_KEY]].append(row)
+    rows, specs = [], {}
+    for path, mine in files.items():
+        rows += date_twins(mine)
+        specs[path] = config_specs(mine)
     results: list[dict[str, object]] = []
     for row in rows:
         t_row, cpu_row = time.perf_counter(), time.process_time()
@@ -1886,7 +1932,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row, _ = normalised_row(row)
             out.update({k: row.get(k, "") for k in ROWS_OUT_FIELDS[1:7]})  # in one spelling
-            spec = specs.get(config_id_of(row))
+            spec = specs[row[FILE_KEY]].get(config_id_of(row))
             if spec:
                 row = {**row, "config_spec": spec}
             row, out["layout_source"], refusal = layout_of(row)
@@ -1917,6 +1963,7 @@ def main(argv: list[str] | None = None) -> int:
         out["status"] = status
         out["wall_s"] = round(time.perf_counter() - t_row, 4)
         out["cpu_s"] = round(time.process_time() - cpu_row, 4)
+        out["file"] = row.get(FILE_KEY, "")
         results.append(out)
     wall = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == "ok"]
@@ -1949,8 +1996,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.rows_out:
         replace_atomically(args.rows_out, lambda tmp: _write_rows(tmp, results))
+    stats["goal_misses"] = goal_misses(stats)
+    print(
+        "goals (issue 12): "
+        + ("met" if not stats["goal_misses"] else "NOT met: " + "; ".join(stats["goal_misses"]))
+    )
+    if len(args.paths) > 1:
+        stats["by_file"] = by_file(results)
+        for name, fig in stats["by_file"].items():
+            print(
+                f"{name}: {fig['rows']} of {fig['rows'] + fig['skipped']} rows predicted, "
+                f"TTFT {fig['ttft_median_ape']} % / TPOT {fig['tpot_median_ape']} % median APE"
+            )
     print(json.dumps({**stats, "wall_s": round(wall, 1)}))
     return 0
+
+
+# The key under which each input row carries the CSV it came from (never a column of the files).
+FILE_KEY = "\x00file"
+
+
+def read_rows(path: str) -> list[dict[str, str]] | str:
+    """The rows of one silicon CSV, or the one sentence that says why it cannot be read."""
+    try:
+        # utf-8-sig: a spreadsheet's export starts with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"error: cannot read {path} as a CSV ({exc}); pass a silicon sample CSV."
+    if missing:
+        return (
+            f"error: {path} lacks the column(s) {', '.join(missing)}; pass a CSV in the "
+            f"format of {DEFAULT_CSV.name} (one row per measured run)."
+        )
+    return rows
+
+
+def by_file(results: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    """Per input file (a run over several): rows predicted and skipped, TTFT and TPOT median
+    APE of its predicted rows."""
+    out = {}
+    for name, rs in grouped(results, lambda r: str(r["file"])).items():
+        fig = summary(rs)
+        out[name] = {k: fig[k] for k in ("rows", "skipped", "ttft_median_ape", "tpot_median_ape")}
+    return out
 
 
 def _write_rows(path: Path, results: list[dict[str, object]]) -> None:

@@ -224,6 +224,17 @@ def test_moe_tp_across_attention_dp_ranks_is_represented() -> None:
 DEV_CSV = REPO / "data" / "aic_e2e" / "silicon_sample_dev_more.csv"
 
 
+# Two H100 rows and one H200 row of Llama-3.1-8B (aiperf runs) the report tests run for real.
+H100_LLAMA8B_IDS = [
+    f"meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_{x}"
+    for x in ("1024x128_c8_tp1_epnone_1", "1024x128_c8_tp2_epnone_43")
+]
+H200_LLAMA8B_ID = (
+    "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h200_sxm_sglang"
+    "_agg_1000x100_c160_tp1_epnone_1"
+)
+
+
 def _rows_by_id(path: Path, ids: list[str]) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         by_id = {r["id"]: r for r in csv.DictReader(f)}
@@ -284,20 +295,11 @@ def test_under_specified_rows_are_refused_with_their_reason() -> None:
 def test_report_groups_and_skips_match_the_rows_out_file(tmp_path: Path, capsys) -> None:
     """On five real rows (two H100 and one H200 Llama-3.1-8B row predicted, two refused) the
     last line's counts, per-group and overall APEs equal those computed from `--rows-out`."""
-    h100 = _rows_by_id(
-        silicon.DEFAULT_CSV,
-        [
-            "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm"
-            "_agg_1024x128_c8_tp1_epnone_1",
-            "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm"
-            "_agg_1024x128_c8_tp2_epnone_43",
-        ],
-    )
+    h100 = _rows_by_id(silicon.DEFAULT_CSV, H100_LLAMA8B_IDS)
     h200, disagg = _rows_by_id(
         DEV_CSV,
         [
-            "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h200_sxm_sglang"
-            "_agg_1000x100_c160_tp1_epnone_1",
+            H200_LLAMA8B_ID,
             "2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c4_tp36_ep1_1079",
         ],
     )
@@ -866,3 +868,76 @@ def test_a_bad_rows_out_path_is_refused_before_the_run(tmp_path: Path, capsys) -
     assert silicon.main([str(csv_path), "--limit", "1", "--rows-out", str(nested)]) == 0
     with open(nested, newline="") as f:
         assert len(list(csv.DictReader(f))) == 1
+
+
+def test_several_files_run_as_one_set_and_each_row_as_in_its_own_file(
+    tmp_path: Path, capsys
+) -> None:
+    """Issue 12's goals count the two dev files together: `silicon.py A B` predicts every row
+    of both exactly as the two single-file runs do, its figures cover all rows, `by_file` gives
+    each file's own, and rows-out names each row's file. Two rows with one id (the files are
+    separate samples) both stay. A second file that cannot be read stops the run before any
+    row is simulated, in one sentence naming it."""
+    h100 = _rows_by_id(silicon.DEFAULT_CSV, H100_LLAMA8B_IDS)
+    h200 = _rows_by_id(DEV_CSV, [H200_LLAMA8B_ID])
+    refused = {**h200[0], "batch_size": "20"}  # 160 clients on 20 slots, same id
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    for path, rows in ((a, h100), (b, [*h200, refused])):
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=HEADER)
+            w.writeheader()
+            w.writerows(rows)
+
+    def run(*paths: Path) -> tuple[dict, list[dict[str, str]]]:
+        out_csv = tmp_path / "out.csv"
+        assert silicon.main([*map(str, paths), "--rows-out", str(out_csv)]) == 0
+        last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        with open(out_csv, newline="") as f:
+            return last, list(csv.DictReader(f))
+
+    alone_a, rows_a = run(a)
+    alone_b, rows_b = run(b)
+    both, rows_ab = run(a, b)
+    strip = ("wall_s", "cpu_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in rows_ab] == [
+        {k: v for k, v in r.items() if k not in strip} for r in (*rows_a, *rows_b)
+    ]
+    assert [r["file"] for r in rows_ab] == [str(a), str(a), str(b), str(b)]
+    assert both["rows"] == 3 and both["skipped"] == 1 and both["predicted_fraction"] == 0.75
+    assert "by_file" not in alone_a
+    keys = ("rows", "skipped", "ttft_median_ape", "tpot_median_ape")
+    assert both["by_file"] == {
+        str(a): {k: alone_a[k] for k in keys},
+        str(b): {k: alone_b[k] for k in keys},
+    }
+    assert both["by_group"]["h100_sxm/agg"] == alone_a["by_group"]["h100_sxm/agg"]
+
+    assert silicon.main([str(a), str(tmp_path / "missing.csv")]) == 2
+    out = capsys.readouterr().out
+    assert "cannot read" in out and "missing.csv" in out and "simulated" not in out
+
+
+def test_goal_misses_name_each_of_issue_12s_goals_a_run_misses() -> None:
+    """The goals line: overall medians against 15 % / 8 %, groups of 20 rows or more against
+    25 % / 12 % (a smaller group is not judged), 90 % of rows predicted, no row over 2 s."""
+    stats = {
+        "rows": 90,
+        "ttft_median_ape": 15.0,  # on the bound: met
+        "tpot_median_ape": 8.01,
+        "by_group": {
+            "b200_sxm/agg": {"rows": 20, "ttft_median_ape": 25.5, "tpot_median_ape": 12.0},
+            "h100_sxm/disagg": {"rows": 19, "ttft_median_ape": 90.0, "tpot_median_ape": 40.0},
+        },
+        "predicted_fraction": 0.8999,
+        "rows_over_goal_s": 3,
+    }
+    assert silicon.goal_misses(stats) == [
+        "TPOT median APE 8.01 % > 8 %",
+        "b200_sxm/agg TTFT 25.5 % > 25 %",
+        "89.99 % of rows predicted < 90 %",
+        "3 row(s) over 2 s",
+    ]
+    met = {**stats, "tpot_median_ape": 8.0, "predicted_fraction": 0.9, "rows_over_goal_s": 0}
+    met["by_group"] = {"b200_sxm/agg": {"rows": 20, "ttft_median_ape": 25, "tpot_median_ape": 12}}
+    assert silicon.goal_misses(met) == []
+    assert silicon.goal_misses({**met, "rows": 0}) == ["no row predicted"]
