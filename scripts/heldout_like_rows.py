@@ -6,10 +6,11 @@ measured figures are held out, but what such a row says is known: InferenceX's d
 export of one of its configs (`data/inferencex/single_node_configs.csv`,
 `data/inferencex/disagg_layouts.csv`) on a day it was in effect. This script writes one row in
 that format per config item, per run of days it was in effect (its first day) and per chosen
-client count (the smallest, middle and largest of its list), with placeholder measured figures
-(100 ms TTFT, 10 ms TPOT). Run through `benchmarks/silicon.py`, the rows check what does not
-need the measurement: every row is predicted or refused with a reason, never an internal
-error, and every prediction is a finite positive number.
+client count (the smallest, middle and largest of its list: an srt-slurm recipe's own, where
+it has one), with placeholder measured figures (100 ms TTFT, 10 ms TPOT). Run through
+`benchmarks/silicon.py`, the rows check what does not need the measurement: every row is
+predicted or refused with a reason, never an internal error, and every prediction is a finite
+positive number.
 
     python scripts/heldout_like_rows.py OUT.csv [--concurrency min|mid|max|all ...]
         [--models kimik2.5,gptoss] [--gpus gb300,b300] [--mode agg|disagg]
@@ -151,7 +152,11 @@ def rows_of(
                 continue
             for run in item["days_in_effect"].split():
                 day = run.split("..")[0]
-                for conc in chosen(item["concurrencies"], picks):
+                # A disaggregated item with an srt-slurm recipe runs the recipe's clients
+                # (InferenceX submits the recipe as it is; the config's list is nominal there),
+                # and its dashboard row states those.
+                clients = item.get("recipe_concurrencies") or item["concurrencies"]
+                for conc in chosen(clients, picks):
                     if not max_concurrency or conc <= max_concurrency:
                         out.append(make(columns, item, day, conc))
     seen: dict[str, int] = {}

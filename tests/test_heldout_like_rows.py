@@ -79,3 +79,29 @@ def test_the_chosen_client_counts_and_filters() -> None:
     assert len({r["id"] for r in rows}) == len(rows)
     with pytest.raises(ServesimError, match="--gpus names mi999"):
         heldout_like_rows._names("b200,mi999", set(silicon.INFERENCEX_GPU), "--gpus")
+
+
+def test_a_recipe_item_s_rows_state_the_clients_its_recipe_runs() -> None:
+    """A disaggregated item with an srt-slurm recipe runs the recipe's clients (InferenceX
+    submits the recipe as it is: H200 TensorRT-LLM DeepSeek-R1 at 1k/1k from 2026-01-29 lists
+    4 clients for a recipe of 11 decode workers that runs 44), so its dashboard row says 44 and
+    the matcher finds the item; at the nominal 4 no item runs the row's clients."""
+    rows = [
+        r
+        for r in heldout_like_rows.rows_of(("min",), models={"dsr1"}, gpus={"h200"}, mode="disagg")
+        if r["id"].startswith("dsr1-fp8-h200-dynamo-trt_disagg_2026-01-29_1024x1024")
+    ]
+    assert 44 in {silicon.stated_concurrency(r) for r in rows}
+    assert 4 not in {silicon.stated_concurrency(r) for r in rows}
+    for r in rows:
+        _, source, refusal = silicon.recovered_layout(silicon.normalised_row(r)[0])
+        assert refusal != "no InferenceX config matches" and (source or refusal)
+    first = next(r for r in rows if silicon.stated_concurrency(r) == 44)
+    nominal = {
+        **first,
+        "silicon_data_source": first["silicon_data_source"].replace(
+            "silicon_concurrency=44", "silicon_concurrency=4"
+        ),
+    }
+    refusal = silicon.recovered_layout(silicon.normalised_row(nominal)[0])[2]
+    assert refusal == "no InferenceX config matches"
