@@ -1899,6 +1899,10 @@ def main(argv: list[str] | None = None) -> int:
         check_out_file(args.rows_out, "--rows-out")
     catalog = Catalog()
     rows = []
+    twice = sorted({p for p in args.paths if args.paths.count(p) > 1})
+    if twice:  # its rows would count twice in every figure
+        print(f"error: {', '.join(twice)} given more than once; pass each file once.")
+        return 2
     for path in args.paths:  # every file is read and checked before any row runs
         read = read_rows(path)
         if isinstance(read, str):

@@ -877,7 +877,7 @@ def test_several_files_run_as_one_set_and_each_row_as_in_its_own_file(
     of both exactly as the two single-file runs do, its figures cover all rows, `by_file` gives
     each file's own, and rows-out names each row's file. Two rows with one id (the files are
     separate samples) both stay. A second file that cannot be read stops the run before any
-    row is simulated, in one sentence naming it."""
+    row is simulated, in one sentence naming it; so does a file given twice."""
     h100 = _rows_by_id(silicon.DEFAULT_CSV, H100_LLAMA8B_IDS)
     h200 = _rows_by_id(DEV_CSV, [H200_LLAMA8B_ID])
     refused = {**h200[0], "batch_size": "20"}  # 160 clients on 20 slots, same id
@@ -915,6 +915,9 @@ def test_several_files_run_as_one_set_and_each_row_as_in_its_own_file(
     assert silicon.main([str(a), str(tmp_path / "missing.csv")]) == 2
     out = capsys.readouterr().out
     assert "cannot read" in out and "missing.csv" in out and "simulated" not in out
+    assert silicon.main([str(a), str(b), str(a)]) == 2  # its rows would count twice
+    out = capsys.readouterr().out
+    assert f"{a} given more than once" in out and "simulated" not in out
 
 
 def test_goal_misses_name_each_of_issue_12s_goals_a_run_misses() -> None:
