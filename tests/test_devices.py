@@ -266,3 +266,37 @@ def test_a_bad_mem_mib_is_named(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("devices:\n  b200_sxm:\n    mem_mib: lots\n")
     with pytest.raises(ServesimError, match="mem_mib"):
         Catalog([tmp_path / "bad.yaml"])
+
+
+def test_get_device_builds_the_catalog_once_per_set_of_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The predictor looks GPUs up by name on every priced shape, so `get_device` keeps the
+    catalog it built (one lookup no longer rebuilds the whole catalog), yet a device file
+    edited between lookups, or a new SERVESIM_DEVICES, is read again."""
+    import servesim.spec.devices as devices
+
+    built = []
+    real_init = Catalog.__init__
+
+    def counting(self, *args, **kw):
+        built.append(args)
+        real_init(self, *args, **kw)
+
+    monkeypatch.setattr(Catalog, "__init__", counting)
+    devices._catalog_of.cache_clear()
+    for _ in range(50):
+        assert get_device("h100_sxm").name == "h100_sxm"
+    assert len(built) == 1
+    path = tmp_path / "mine.yaml"
+    path.write_text(NEW_DEVICE)
+    assert get_device("my_npu", [path]).max_power_w == 450
+    path.write_text(NEW_DEVICE.replace("max_power_w: 450", "max_power_w: 451") + "\n")
+    assert get_device("my_npu", [path]).max_power_w == 451  # edited: read again
+    assert len(built) == 3
+    monkeypatch.setenv("SERVESIM_DEVICES", str(path))  # the same file as it stands: its catalog
+    assert get_device("my_npu").max_power_w == 451
+    assert len(built) == 3
+    monkeypatch.setenv("SERVESIM_DEVICES", str(tmp_path / "gone.yaml"))
+    with pytest.raises(ServesimError, match="does not exist"):
+        get_device("h100_sxm")
