@@ -1899,7 +1899,10 @@ def main(argv: list[str] | None = None) -> int:
         check_out_file(args.rows_out, "--rows-out")
     catalog = Catalog()
     rows = []
-    twice = sorted({p for p in args.paths if args.paths.count(p) > 1})
+    real = [Path(p).resolve() for p in args.paths]  # `a.csv` and `./a.csv` are one file
+    twice = list(
+        dict.fromkeys(p for p, r in zip(args.paths, real, strict=True) if real.count(r) > 1)
+    )
     if twice:  # its rows would count twice in every figure
         print(f"error: {', '.join(twice)} given more than once; pass each file once.")
         return 2

@@ -180,11 +180,8 @@ class Deployment:
         spec = self.speculative
         method = spec.method if spec is not None else ""
         share = engine_memory(self.engine, self.device, self.parallel, method)
-        copies = speculative_state_copies(
-            self.engine,
-            spec.num_draft_tokens if spec is not None else 0,
-            spec.verify_tokens if spec is not None else 1,
-        )
+        k, verify = (spec.num_draft_tokens, spec.verify_tokens) if spec is not None else (0, 1)
+        copies = speculative_state_copies(self.engine, k, verify)
         model = self.model.loaded(mtp=method == "mtp")
         if self.af is not None:  # the attention pool's memory; the experts checked to fit
             return af_memory_layout(
