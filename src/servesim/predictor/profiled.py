@@ -224,9 +224,11 @@ def fit_forward_overhead(tables: OpTables, model: ModelSpec) -> tuple[ForwardOve
         raise ServesimError("forward_perf.csv has too few rows matching the attention tables.")
     x, y = np.array(tok), np.array(res)
     scale = max(float(np.median(np.abs(y))), 1e-6)
+    # Start inside the bounds: on a busy machine the kernels can time slower than whole
+    # passes, leaving a negative median residual (and no overhead to find).
     fit = least_squares(
         lambda p: (p[0] + p[1] * x - y) / scale,
-        [float(np.median(y)), 0.0],
+        [max(float(np.median(y)), 0.0), 0.0],
         bounds=([0.0, 0.0], [np.inf, np.inf]),
         loss="soft_l1",
         f_scale=0.1,
