@@ -115,6 +115,7 @@ from servesim.spec.dtypes import canonical
 from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
+from servesim.spec.sampling import filters_logits, sorts_vocab
 from servesim.spec.speculative import SpeculativeDecoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -630,9 +631,15 @@ def deployment_of(
     # engine ran is the launch script's choice (`script_launch`) or the engine's own rule
     # (`measured_kernels.mxfp4_activation`: TensorRT-LLM and SGLang quantise to MXFP8 on SM 10.x).
     own = protocol_of(row) is AIPERF
+    release = engine_release(row)
     engine = get_engine(row["backend"]).with_overrides(
         mxfp4_activation=MXFP4_ACTIVATION.get(moe_mode) if own else None,
-        version=engine_release(row) if releases else None,
+        version=release if releases else None,
+        # aiperf sends no sampling parameters, so vLLM samples with the checkpoint's generation
+        # config; InferenceX's client sends temperature 0 (greedy, no filter).
+        sampler_sorts_vocab=sorts_vocab(
+            row["backend"], release, own and filters_logits(row["model_path"])
+        ),
     )
     isl = _int(row, "isl")
 

@@ -84,6 +84,7 @@ class DeploymentSettings(Settings):
     dp: PosInt = 1
     engine: NonEmpty = "vllm"
     engine_version: NonEmpty | None = None  # None: the newest measured collection
+    sampling: Literal["greedy", "filtered"] = "greedy"
     max_num_seqs: PosInt | None = None
     max_num_batched_tokens: PosInt | None = None
     chunked_prefill: bool | None = None
@@ -217,6 +218,14 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         help="the engine release served (e.g. 0.12.0, 1.2.0rc6): kernel tables of its "
         "collection, the nearest measured one otherwise (default: the newest)",
     )
+    g.add_argument(
+        "--sampling",
+        choices=("greedy", "filtered"),
+        help="how requests sample: greedy (temperature 0, the default) or filtered with "
+        "top-k/top-p (what a client that sets nothing gets from a checkpoint whose "
+        "generation config sets them); vLLM 0.11.1-0.14 sorts the vocabulary to filter, "
+        "every step",
+    )
     g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget per iteration")
     add_switch(g, "--chunked-prefill", "split long prefills across iterations")
@@ -296,6 +305,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
     from servesim.sim.deployment import Deployment
     from servesim.spec.model import load_model
     from servesim.spec.parallel import Parallel
+    from servesim.spec.sampling import sorts_vocab
 
     device = catalog(s.devices).get(s.device)
     model = load_model(s.model)
@@ -307,11 +317,14 @@ def build_deployment(s: DeploymentSettings) -> Any:
     fit = load_fit(s.fit) if s.fit and not is_edge_fit(s.fit) else None
     # A calibration the user measured prices every kernel unless they ask for the tables too.
     latency = s.latency_model or ("roofline" if fit is not None else None)
+    engine = get_engine(s.engine)
+    sorts = sorts_vocab(engine.name, s.engine_version or "", s.sampling == "filtered")
     return Deployment(
         model=model,
         device=device,
         parallel=par,
-        engine=get_engine(s.engine).with_overrides(
+        engine=engine.with_overrides(
+            sampler_sorts_vocab=sorts,
             overlap_scheduling=getattr(s, "overlap_scheduling", None),
             prefill_graph_max_tokens=s.piecewise_cuda_graph_max_tokens,
             moe_backend=s.moe_backend.lower() if s.moe_backend else None,

@@ -23,6 +23,7 @@ from servesim.predictor import (
     linear_scan,
     measured_kernels,
     roofline,
+    sampler,
     twin_efficiency,
 )
 from servesim.predictor.kernel_classes import nvlink_class
@@ -392,6 +393,9 @@ class Predictor:
                     )
                 )
             out.append(self._lm_head_op(rank_seqs))
+            if self.engine.sampler_sorts_vocab:
+                sort = float(self._sampler_sort_s(np.array([float(max(1, rank_seqs))]))[0])
+                out.append(OpCost("topk_topp_sort", "sampler", 1, sort, 0.0, 0.0, "engine"))
         rank_batch = replace(batch, prefill=tuple(batch.prefill[i] for i in chunks))
         out += self._attention_ops(rank_batch)
         n_pre = len(chunks)
@@ -1215,6 +1219,14 @@ class Predictor:
         sec[mask], prov[mask] = even
         return mask, sec, prov
 
+    def _sampler_sort_s(self, rows: np.ndarray) -> np.ndarray:
+        """Seconds of the sampler's sort-based top-k/top-p filter over each count of a rank's
+        sampled rows (`EngineProfile.sampler_sorts_vocab`; zeros otherwise). Every TP rank
+        filters the whole vocabulary, so TP does not divide it."""
+        if not self.engine.sampler_sorts_vocab:
+            return np.zeros(len(rows))
+        return sampler.sort_filter_s(rows, self.model.vocab_size, self.device)
+
     def _lm_head_op(self, rank_seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence of a rank that samples."""
         term = self._gemm(
@@ -1306,10 +1318,11 @@ class Predictor:
         lm_term = self._gemm(
             "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
         )
-        lm = lm_term.seconds.copy()
+        sort = self._sampler_sort_s(t)
+        lm = lm_term.seconds + sort
         lm[0] = 0.0
         dyn[0] = 0.0
-        dyn_lm = self._work_s(lm_term)
+        dyn_lm = self._work_s(lm_term) + MEM_POWER_SHARE * sort  # a sort streams HBM
         dyn_lm[0] = 0.0
         self._dense_prov = _provenance_counts([*terms, lm_term], t.shape, skip=1)
         self._dense_tab = dense.tolist()

@@ -332,6 +332,13 @@ class EngineProfile:
     # tables that release's collection measured, the nearest one where it was not measured
     # (`kernel_tables.nearest_version`); "" reads the newest collection first.
     version: str = ""
+    # The sampler sorts every sampled row's whole vocabulary each step to filter top-k/top-p,
+    # and the requests sample with top-k or top-p (`predictor.sampler`): vLLM's PyTorch filter,
+    # its default in the releases `spec.sampling.vllm_sorts_logits` names, for requests that
+    # set a filter or leave sampling to a checkpoint whose generation config sets one
+    # (`spec.sampling.filters_logits`). False: greedy requests, or a sampler that does not
+    # sort (FlashInfer's, SGLang's, vLLM's Triton one).
+    sampler_sorts_vocab: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or (
