@@ -63,10 +63,11 @@ def test_vllm_releases_that_sort_and_checkpoints_that_filter() -> None:
     assert not filters_logits("deepseek-ai/DeepSeek-R1")  # its generation config is not bundled
 
 
-def _qwen_predictor(tp: int, sorts: bool):
+def _qwen_predictor(tp: int, sorts: bool, pp: int = 1):
     engine = get_engine("vllm").with_overrides(version="0.12.0", sampler_sorts_vocab=sorts)
     model = load_model("Qwen/Qwen3-32B")
-    return Deployment(model=model, device=H100, parallel=Parallel(tp=tp), engine=engine).predictor()
+    par = Parallel(tp=tp, pp=pp)
+    return Deployment(model=model, device=H100, parallel=par, engine=engine).predictor()
 
 
 @pytest.mark.parametrize("tp", [2, 8])
@@ -85,6 +86,9 @@ def test_the_filter_adds_to_every_step_undivided_by_tp(tp: int) -> None:
     assert sort.seconds == pytest.approx(extra, rel=1e-9)
     assert sum(op.seconds for op in ops) == pytest.approx(sorting.step_s(128, 128 * 1500, ()))
     assert not any(op.name == "topk_topp_sort" for op in plain.ops(BatchShape(128, 0, ())))
+    # Under pipeline parallelism the last stage alone samples: one filter an iteration.
+    staged = _qwen_predictor(tp, True, pp=2).step_s(128, 0, ())
+    assert staged - _qwen_predictor(tp, False, pp=2).step_s(128, 0, ()) == pytest.approx(extra)
 
 
 def _h100_vllm_row() -> dict[str, str]:

@@ -1220,12 +1220,13 @@ class Predictor:
         return mask, sec, prov
 
     def _sampler_sort_s(self, rows: np.ndarray) -> np.ndarray:
-        """Seconds of the sampler's sort-based top-k/top-p filter over each count of a rank's
-        sampled rows (`EngineProfile.sampler_sorts_vocab`; zeros otherwise). Every TP rank
-        filters the whole vocabulary, so TP does not divide it."""
+        """Seconds per pipeline stage of the sampler's sort-based top-k/top-p filter over each
+        count of a rank's sampled rows (`EngineProfile.sampler_sorts_vocab`; zeros otherwise).
+        Every TP rank filters the whole vocabulary, so TP does not divide it; the last stage
+        alone samples, so an iteration through the pp stages holds it once."""
         if not self.engine.sampler_sorts_vocab:
             return np.zeros(len(rows))
-        return sampler.sort_filter_s(rows, self.model.vocab_size, self.device)
+        return sampler.sort_filter_s(rows, self.model.vocab_size, self.device) / self.par.pp
 
     def _lm_head_op(self, rank_seqs: int) -> OpCost:
         """The LM head runs on the last token of every sequence of a rank that samples."""
