@@ -135,3 +135,27 @@ def test_predict_prices_the_filter_for_filtered_requests_on_a_sorting_release(ca
     assert sort_ms("--engine-version", "0.24.0", "--sampling", "filtered") == 0.0
     assert main([*args, "--sampling", "top-p"]) == 2
     assert "sampling" in capsys.readouterr().err
+
+
+def test_a_plan_prices_the_filter_for_filtered_requests(capsys) -> None:
+    """`plan --sampling filtered` builds vLLM 0.12.0 candidates that sort (SGLang's and a
+    greedy plan's do not), and its stored answers are kept apart from a greedy plan's."""
+    from servesim.cli.main import main
+    from servesim.cli.plan import PlanSettings, build
+    from servesim.planner.candidates import Candidate, PlanSpec, deployment_for
+
+    model = "Qwen/Qwen3-32B"
+    versions = (("vllm", "0.12.0"),)
+    spec = PlanSpec(model=model, engine_versions=versions, sampling="filtered")
+    greedy = PlanSpec(model=model, engine_versions=versions)
+    assert spec.key() != greedy.key()
+    assert greedy.key() == PlanSpec(model=model, engine_versions=versions, sampling="greedy").key()
+    vllm = Candidate(device="h100_sxm", tp=8, engine="vllm")
+    assert deployment_for(spec, vllm).engine.sampler_sorts_vocab
+    assert not deployment_for(greedy, vllm).engine.sampler_sorts_vocab
+    sglang = Candidate(device="h100_sxm", tp=8, engine="sglang")
+    assert not deployment_for(spec, sglang).engine.sampler_sorts_vocab
+    settings = PlanSettings(model=model, engine_version=("vllm=0.12.0",), sampling="filtered")
+    assert build(settings)[0].sampling == "filtered"
+    assert main(["plan", "--model", model, "--sampling", "nucleus"]) == 2
+    assert "sampling" in capsys.readouterr().err

@@ -120,6 +120,7 @@ class PlanSettings(AFPlanSettings, EpdPlanSettings):
     pp: PosInts = (1,)
     engines: Names = ("vllm", "sglang")
     engine_version: Names = ()  # ENGINE=RELEASE pairs, or one RELEASE with one engine
+    sampling: Literal["greedy", "filtered"] = "greedy"
     batching: Pairs = ((64, 2048), (256, 8192), (1024, 16384))
     weight_dtypes: Names = ()
     kv_dtypes: Names = ("bf16",)
@@ -252,6 +253,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the release each engine serves (e.g. vllm=0.12.0,sglang=0.5.9; a bare release "
         "with one engine): kernel tables of its collection (default: the newest)",
     )
+    s.add_argument(
+        "--sampling",
+        choices=("greedy", "filtered"),
+        help="how requests sample: greedy (the default) or filtered with top-k/top-p, which "
+        "vLLM 0.11.1-0.14 does by sorting the vocabulary every step",
+    )
     s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
     s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")
     s.add_argument("--kv-dtypes", help="comma-separated KV-cache formats")
@@ -331,6 +338,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         skip_prob=s.skip_prob,
         skip_correlation=s.skip_correlation,
         engine_versions=engine_versions(s),
+        sampling=s.sampling,
         **({"latency_model": s.latency_model} if s.latency_model else {}),
     )
     space = SearchSpace(

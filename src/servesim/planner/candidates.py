@@ -34,6 +34,7 @@ from servesim.spec.engine_profile import EngineProfile, get_engine
 from servesim.spec.memory import engine_memory, memory_layout, speculative_state_copies
 from servesim.spec.model import ModelSpec, load_model
 from servesim.spec.parallel import Parallel
+from servesim.spec.sampling import sorts_vocab
 from servesim.spec.speculative import SpeculativeDecoding
 
 # Bumped whenever `capacity.find_capacity` measures differently, so stores do not mix rules.
@@ -221,10 +222,16 @@ class PlanSpec:
     # kernel collection prices them (`EngineProfile.version`); an engine not named reads the
     # newest collection first.
     engine_versions: tuple[tuple[str, str], ...] = ()
+    # How requests sample: "greedy" or "filtered" with top-k/top-p, which vLLM 0.11.1-0.14
+    # does by sorting the vocabulary every step (`spec.sampling`, `predictor.sampler`).
+    sampling: str = "greedy"
 
     def engine(self, name: str) -> EngineProfile:
         """The engine profile a candidate of engine `name` runs (at its stated release)."""
-        return get_engine(name).with_overrides(version=dict(self.engine_versions).get(name))
+        version = dict(self.engine_versions).get(name)
+        engine = get_engine(name)
+        sorts = sorts_vocab(engine.name, version or "", self.sampling == "filtered")
+        return engine.with_overrides(version=version, sampler_sorts_vocab=sorts)
 
     def key(self) -> str:
         """Identifier of the question (model, workload, SLO) whose answers can be reused."""
@@ -251,6 +258,8 @@ class PlanSpec:
             doc["layer_skipping"] = [self.skip_prob, self.skip_correlation]
         if self.engine_versions:
             doc["engine_versions"] = [list(p) for p in sorted(self.engine_versions)]
+        if self.sampling != "greedy":
+            doc["sampling"] = self.sampling
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
