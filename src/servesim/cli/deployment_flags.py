@@ -223,7 +223,7 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         choices=("greedy", "filtered"),
         help="how requests sample: greedy (temperature 0, the default) or filtered with "
         "top-k/top-p (what a client that sets nothing gets from a checkpoint whose "
-        "generation config sets them); vLLM 0.11.1-0.14 sorts the vocabulary to filter, "
+        "generation config sets them); vLLM 0.11.1-0.15 sorts the vocabulary to filter, "
         "every step",
     )
     g.add_argument("--max-num-seqs", type=int, help="max sequences per batch")

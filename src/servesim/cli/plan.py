@@ -257,7 +257,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--sampling",
         choices=("greedy", "filtered"),
         help="how requests sample: greedy (the default) or filtered with top-k/top-p, which "
-        "vLLM 0.11.1-0.14 does by sorting the vocabulary every step",
+        "vLLM 0.11.1-0.15 does by sorting the vocabulary every step",
     )
     s.add_argument("--batching", help="comma-separated MAX_SEQS:TOKEN_BUDGET pairs")
     s.add_argument("--weight-dtypes", help="comma-separated weight formats (default: model's)")

@@ -222,7 +222,7 @@ class PlanSpec:
     # kernel collection prices them (`EngineProfile.version`); an engine not named reads the
     # newest collection first.
     engine_versions: tuple[tuple[str, str], ...] = ()
-    # How requests sample: "greedy" or "filtered" with top-k/top-p, which vLLM 0.11.1-0.14
+    # How requests sample: "greedy" or "filtered" with top-k/top-p, which vLLM 0.11.1-0.15
     # does by sorting the vocabulary every step (`spec.sampling`, `predictor.sampler`).
     sampling: str = "greedy"
 

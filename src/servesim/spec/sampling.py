@@ -31,9 +31,10 @@ GENERATION_TOP_K_TOP_P: dict[str, tuple[int, float]] = {
 
 # vLLM filters top-k/top-p with a PyTorch sort of the whole vocabulary (`predictor.sampler`) from
 # 0.11.1, the first release after PR #26859 turned the FlashInfer sampler off by default
-# (2025-10-15), through 0.14: PR #32558 (2026-01-18) still calls the sort "the current"
-# implementation, and the Triton sampler replacing it (PR #33538) was merged in February 2026.
-VLLM_SORT_RELEASES = ((0, 11, 1), (0, 15, 0))
+# (2025-10-15), through 0.15: PR #32558 (2026-01-18) still calls the sort "the current"
+# implementation, and the Triton sampler replacing it (PR #33538) was opened on 2026-02-02,
+# when 0.15.0 was out (0.15.1 was by 2026-02-06; patch releases carry fixes, not kernels).
+VLLM_SORT_RELEASES = ((0, 11, 1), (0, 16, 0))
 
 
 def filters_logits(model_id: str) -> bool:
