@@ -45,10 +45,10 @@ def filters_logits(model_id: str) -> bool:
 
 
 def vllm_sorts_logits(version: str) -> bool:
-    """Whether a vLLM release filters top-k/top-p by sorting the vocabulary by default."""
-    key = version_key(version)[:3] if version.strip() else ()
+    """Whether a vLLM release filters top-k/top-p by sorting the vocabulary by default (an
+    unknown or unparsable release, `version_key` (0,), sorts below the window: no)."""
     lo, hi = VLLM_SORT_RELEASES
-    return bool(key) and key != (0,) and lo <= key < hi
+    return lo <= version_key(version)[:3] < hi
 
 
 def sorts_vocab(engine: str, version: str, filtered: bool) -> bool:
