@@ -525,15 +525,29 @@ def fusion_thresholds_of(script: str) -> str:
     return " ".join(f"{tp}:{mib}" for tp, mib in pairs)
 
 
+# A vLLM launch's switches that run MXFP4 experts on Marlin (`get_mxfp4_backend`).
+_MXFP4_MARLIN = (
+    r"VLLM_MXFP4_USE_MARLIN=[\"']?1\b"
+    r"|VLLM_MXFP4_BACKEND=[\"']?(?:marlin|MARLIN)\b"
+    r"|--mxfp4-backend[= ]+[\"']?(?:marlin|MARLIN)\b"
+)
+
+
 def vllm_moe_backend_of(script: str) -> str:
     """The fused-MoE kernels a vLLM launch script asks for: "flashinfer_trtllm" where it sets
     `VLLM_USE_FLASHINFER_MOE_INT4=1` (FlashInfer's TRT-LLM MxInt4 MoE instead of Marlin, e.g.
-    kimik2.5_int4_b200.sh); "triton" where it passes `--moe-backend triton` or turns both
+    kimik2.5_int4_b200.sh); "marlin" where it runs MXFP4 experts on Marlin
+    (`VLLM_MXFP4_USE_MARLIN=1`, `VLLM_MXFP4_BACKEND=marlin` or `--mxfp4-backend marlin`:
+    vllm/model_executor/layers/quantization/mxfp4.py `get_mxfp4_backend`, where Hopper
+    otherwise runs OpenAI's Triton kernels; gptoss_fp4_h100.sh, gptoss_fp4_h200.sh);
+    "triton" where it passes `--moe-backend triton` or turns both
     FlashInfer's and DeepGEMM's fp8 MoE off (`VLLM_USE_FLASHINFER_MOE_FP8=0` with
     `VLLM_MOE_USE_DEEP_GEMM=0` or `VLLM_USE_DEEP_GEMM=0`, minimaxm2.5_fp8_b200.sh before
     2026-04-03), which leaves the oracle Triton; '' for vLLM's own choice."""
     if re.search(r"VLLM_USE_FLASHINFER_MOE_INT4=[\"']?1\b", script):
         return "flashinfer_trtllm"
+    if re.search(_MXFP4_MARLIN, script):
+        return "marlin"
     if re.search(r"--moe-backend[= ]+[\"']?triton\b", script):
         return "triton"
     no_fi = re.search(r"VLLM_USE_FLASHINFER_MOE_FP8=[\"']?0\b", script)

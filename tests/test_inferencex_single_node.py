@@ -218,6 +218,11 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
     assert mxfp8["mxfp4_activation"] == "mxfp8"
     marlin = launch_settings("export VLLM_MXFP4_USE_MARLIN=1\n" + vllm)
     assert marlin["mxfp4_activation"] == "bf16"
+    # ... on Marlin's kernels, where Hopper otherwise runs OpenAI's Triton ones
+    assert (marlin["moe_backend"], got["moe_backend"]) == ("marlin", "")
+    assert launch_settings("vllm serve --mxfp4-backend marlin")["moe_backend"] == "marlin"
+    assert launch_settings("export VLLM_MXFP4_BACKEND=marlin\n")["moe_backend"] == "marlin"
+    assert launch_settings("export VLLM_MXFP4_USE_MARLIN=0\n" + vllm)["moe_backend"] == ""
     assert launch_settings("vllm serve --mxfp4-backend trtllm-mxfp8")["mxfp4_activation"] == "mxfp8"
     assert launch_settings("vllm serve --mxfp4-backend trtllm")["mxfp4_activation"] == "bf16"
     # kimik2.5_int4_b200.sh from 2026-03-25: FlashInfer's TRT-LLM MxInt4 MoE, not Marlin

@@ -1154,3 +1154,35 @@ def test_an_intel_gpus_all_reduce_is_priced_from_its_oneccl_table() -> None:
     assert sec[0] == pytest.approx(float(c["latency"][row][0]) * 1e-3, rel=1e-9)
     assert code[0] == mk.MEASURED
     assert roofline.allreduce_s(2.0 * 1048576, 4, b60, FIT) > 1.5 * sec[0]
+
+
+def test_a_vllm_launch_running_mxfp4_experts_on_marlin_is_priced_by_marlin() -> None:
+    """`VLLM_MXFP4_USE_MARLIN=1` (InferenceX's gpt-oss H100 and H200 vLLM launches) runs the
+    MXFP4 experts on Marlin, where Hopper otherwise runs OpenAI's Triton kernels (vLLM
+    `get_mxfp4_backend`). The H100 tables measured Marlin's MXFP4 MoE only at another layout
+    (hidden 3,584, 896 experts, top-16): there it prices exactly, and gpt-oss's layout takes
+    the roofline anchored to it (extrapolated), not the Triton rows measured at gpt-oss's own
+    layout. Other formats and other engines keep their kernels."""
+    dev = get_device("h100_sxm")
+    rows = moe_rows("h100_sxm", "w4a16_mxfp4", engine="vllm", version="0.24.0")
+    hit = (rows["num_tokens"] == 16) & (rows["num_experts"] == 896) & (rows["topk"] == 16)
+    hit &= (rows["moe_tp_size"] == 8) & (rows["moe_ep_size"] == 1)
+    hit &= rows["distribution"] == "balanced"
+    assert hit.sum() == 1 and "marlin" in str(rows["kernel_source"][hit][0])
+    marlin_row = float(rows["latency"][hit][0]) * 1e-3
+    marlin = mk.backend("measured", dev, "vllm", "0.15.1", FIT, moe_backend="marlin")
+    default = mk.backend("measured", dev, "vllm", "0.15.1", FIT)
+    own = (3584, 3072, 16, 896, 8, 1)
+    assert one_moe(marlin, 16, own, "mxfp4") == (pytest.approx(marlin_row), mk.MEASURED)
+    gptoss = (2880, 2880, 4, 128, 8, 1)  # gpt-oss-120b's expert layer at TP 8
+    triton, code = one_moe(default, 4, gptoss, "mxfp4")
+    assert code == mk.MEASURED  # OpenAI's Triton kernel, measured at this layout
+    t, code = one_moe(marlin, 4, gptoss, "mxfp4")
+    assert code == mk.EXTRAPOLATED and t != pytest.approx(triton)
+    # block-scaled fp8 experts and TensorRT-LLM's launches are not Marlin's to price
+    fp8 = (7168, 2048, 8, 256, 8, 1)
+    same = one_moe(default, 64, fp8, "fp8", block=True)
+    assert one_moe(marlin, 64, fp8, "fp8", block=True) == same
+    trt = mk.backend("measured", dev, "trtllm", None, FIT)
+    trt_marlin = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend="marlin")
+    assert one_moe(trt_marlin, 4, gptoss, "mxfp4") == one_moe(trt, 4, gptoss, "mxfp4")

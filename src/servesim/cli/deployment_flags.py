@@ -242,7 +242,8 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         help="the engine's fused-MoE kernels (TRT-LLM moe_config.backend, SGLang "
         "--moe-runner-backend; vLLM flashinfer_trtllm for VLLM_USE_FLASHINFER_MOE_INT4=1 on "
         "Blackwell, triton for --moe-backend triton or VLLM_USE_FLASHINFER_MOE_FP8=0 with "
-        "DeepGEMM off); measured MoE tables of other kernels are not used (default: the "
+        "DeepGEMM off, marlin for MXFP4 experts under VLLM_MXFP4_USE_MARLIN=1); measured MoE "
+        "tables of other kernels are not used (default: the "
         "engine's own choice, which for vLLM 0.16+ on Blackwell runs block-fp8 experts on "
         "FlashInfer's TRT-LLM kernels)",
     )

@@ -70,7 +70,7 @@ SM100_GPUS = frozenset({"b200_sxm", "b300_sxm", "gb200", "gb300"})
 # family`), and the table kernel names of each kernel family a launch can ask for: the direct
 # `fused_experts` collections (`vllm_fused_moe`) timed Triton's kernels.
 VLLM_FP8_MOE_ORACLE = (0, 16, 0, 0)
-MOE_KERNEL_FAMILIES = {"triton": ("triton", "vllm_fused_moe")}
+MOE_KERNEL_FAMILIES = {"triton": ("triton", "vllm_fused_moe"), "marlin": ("marlin",)}
 SM120_GPUS = frozenset({"rtx_pro_6000_server"})
 ACT_BYTES = 2.0  # activations travel in bf16
 # The MLA tables measure DeepSeek-V3's latent layout: (kv_lora_rank, qk_rope_head_dim,
@@ -670,12 +670,17 @@ class MeasuredKernels:
           Triton kernels directly (`vllm_fused_moe`) and its 0.24 tables the oracle's choice;
         - a launch that turns FlashInfer's and DeepGEMM's fp8 MoE off
           (`VLLM_USE_FLASHINFER_MOE_FP8=0` with `VLLM_MOE_USE_DEEP_GEMM=0`, or `--moe-backend
-          triton`: `moe_backend` triton) runs Triton's."""
+          triton`: `moe_backend` triton) runs Triton's;
+        - `VLLM_MXFP4_USE_MARLIN=1` (`moe_backend` marlin) runs MXFP4 experts on Marlin
+          (`get_mxfp4_backend`; Hopper's default is OpenAI's Triton kernels), priced from the
+          Marlin rows of any layout, anchored, rather than another kernel's rows."""
         if self.engine != "vllm":
             return ""
         sm100 = self.gpu in SM100_GPUS
         if self.moe_backend == "triton":
             return "triton"
+        if self.moe_backend == "marlin" and table_dtype == MXFP4_TABLES["bf16"]:
+            return "marlin"
         if self.moe_backend == "flashinfer_trtllm" and sm100:
             return "flashinfer_trtllm"
         if self.moe_backend == "auto" and sm100 and table_dtype == "fp8_block":
