@@ -773,3 +773,38 @@ def test_a_clamp_on_a_scripts_own_variable_keeps_the_setting_known() -> None:
     assert [silicon._runner_value(dp, {**runner, "CONC": c}) for c in (4, 8, 64)] == [1, 1, 8]
     plain = launch_settings(script, dp_attn=False)["max_seqs"]
     assert silicon._runner_value(plain, {**runner, "CONC": 4}) == 4
+
+
+def test_a_gptoss_hopper_vllm_row_runs_its_experts_on_marlin() -> None:
+    """gptoss_fp4_h100.sh exports VLLM_MXFP4_USE_MARLIN=1 from 2026-01-02 on: a dashboard row
+    of 2026-02-25 (vLLM 0.15.1, TP 8) prices its MXFP4 experts from Marlin rows, a row of
+    2025-12-05 (no switch) from vLLM's own choice, OpenAI's Triton kernels."""
+    conc = 16
+
+    def row(day: str, image: str) -> dict[str, str]:
+        return {
+            "silicon_data_source": (
+                f"source_file={day}.csv; model=gpt-oss-120b; silicon_concurrency={conc}; "
+                f"measured={day}T12:00:00Z; wip=False; image=vllm/vllm-openai:{image}"
+            ),
+            "mode": "agg",
+            "system": "h100_sxm",
+            "backend": "vllm",
+            "model_path": "openai/gpt-oss-120b",
+            "precision": "fp4",
+            "isl": "1024",
+            "osl": "1024",
+            "batch_size": str(conc),
+            "tp_size": "8",
+            "attention_dp_size": "1",
+            "moe_ep_size": "1",
+        }
+
+    filled, source, refusal = silicon.single_node_config(row("2026-02-25", "v0.15.1"))
+    assert refusal == "" and "gptoss-fp4-h100-vllm" in source
+    assert silicon.script_launch(filled)["moe_backend"] == "marlin"
+    dep = silicon.deployment_of(filled, silicon.Catalog())
+    assert dep.engine.moe_backend == "marlin"
+    before, _, refusal = silicon.single_node_config(row("2025-12-05", "v0.11.2"))
+    assert refusal == "" and "moe_backend" not in silicon.script_launch(before)
+    assert silicon.deployment_of(before, silicon.Catalog()).engine.moe_backend == "auto"
