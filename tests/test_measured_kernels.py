@@ -1179,6 +1179,8 @@ def test_a_vllm_launch_running_mxfp4_experts_on_marlin_is_priced_by_marlin() -> 
     assert code == mk.MEASURED  # OpenAI's Triton kernel, measured at this layout
     t, code = one_moe(marlin, 4, gptoss, "mxfp4")
     assert code == mk.EXTRAPOLATED and t != pytest.approx(triton)
+    # Marlin runs bf16 activations: no MXFP8 kernel's rows price it where Marlin has none
+    assert marlin._moe_kernel_family("w4a8_mxfp4_mxfp8") == "marlin"
     # block-scaled fp8 experts and TensorRT-LLM's launches are not Marlin's to price
     fp8 = (7168, 2048, 8, 256, 8, 1)
     same = one_moe(default, 64, fp8, "fp8", block=True)
