@@ -1188,3 +1188,31 @@ def test_a_vllm_launch_running_mxfp4_experts_on_marlin_is_priced_by_marlin() -> 
     trt = mk.backend("measured", dev, "trtllm", None, FIT)
     trt_marlin = mk.backend("measured", dev, "trtllm", None, FIT, moe_backend="marlin")
     assert one_moe(trt_marlin, 4, gptoss, "mxfp4") == one_moe(trt, 4, gptoss, "mxfp4")
+
+
+def test_vllm_bridging_moe_collections_give_way_to_later_ones_at_the_same_layout() -> None:
+    """aiconfigurator-core flags vLLM's 0.19/0.22 expert-layer collections as bridging ones due
+    for retirement; a vLLM 0.15 launch on H200 is nearer 0.19 than 0.24, yet Kimi's int4
+    layout, measured by both, prices from 0.24's row (2-3x faster than 0.19's). A layout only
+    the bridging collection measured still prices from it."""
+    layout = (7168, 2048, 8, 384, 8, 1)  # Kimi-K2.5's expert layer, MoE TP 8
+    dev = get_device("h200_sxm")
+
+    def row(version: str, tokens: int, hidden: int = 7168, experts: int = 384) -> float:
+        rows = moe_rows("h200_sxm", "int4_wo", version=version)
+        hit = (rows["num_tokens"] == tokens) & (rows["num_experts"] == experts)
+        hit &= (rows["hidden_size"] == hidden) & (rows["moe_tp_size"] == 8)
+        hit &= rows["moe_ep_size"] == 1
+        assert hit.sum() >= 1
+        return float(rows["latency"][hit].min()) * 1e-3
+
+    new, old = row("0.24.0", 64), row("0.19.0", 64)
+    assert old > 2 * new
+    b = mk.backend("measured", dev, "vllm", "0.15.1", FIT)
+    assert one_moe(b, 64, layout, "int4") == (pytest.approx(new), mk.MEASURED)
+    # DeepSeek-V3's int4 layout (256 experts) only the bridging collection measured
+    ds = (7168, 2048, 8, 256, 8, 1)
+    assert one_moe(b, 64, ds, "int4") == (
+        pytest.approx(row("0.19.0", 64, experts=256)),
+        mk.MEASURED,
+    )

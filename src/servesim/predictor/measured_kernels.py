@@ -576,6 +576,20 @@ PRE_REFINED_ROUTING = frozenset(
     for gpu in ("b200_sxm", "b300_sxm", "gb200", "gb300", "h100_sxm", "h200_sxm")
 )
 EVEN_ROUTINGS = ("balanced", "uniform")
+# vLLM's 0.19 and 0.22 expert-layer collections are bridging ones that aiconfigurator-core
+# flags for retirement (its 0.24.0 `collection_meta.yaml`: "the 0.19/0.22 bridging moe dirs
+# were flagged for retirement"). They time 1.5-2.6x slower than 0.24 at the same layouts and
+# kernel families on H200 (DeepSeek's fp8 experts on Triton, Kimi's int4 on Marlin), where
+# vllm-project/vllm #32832 profiles DeepSeek-V3.1's two Triton MoE kernels at 109 µs a layer
+# (16 sequences, TP 8) against 0.24's 142 and 0.19's 219. So a bridging table gives way to a
+# later vLLM one that measured the same kernel family (`BRIDGING_KERNEL_FAMILIES`: the family
+# of each kernel they name), and prices only layouts no later one measured.
+BRIDGING_MOE = frozenset({("vllm", "0.19.0"), ("vllm", "0.22.0")})
+BRIDGING_KERNEL_FAMILIES = {
+    "vllm_fused_moe": "triton",
+    "vllm_marlin_int4_moe": "marlin",
+    "vllm_flashinfer_trtllm_moe_fp4": "flashinfer_trtllm",
+}
 
 
 def _pre_refined(path: Path) -> bool:
@@ -653,9 +667,50 @@ class MeasuredKernels:
     def _moe_paths(self, table_dtype: str) -> list[Path]:
         """The expert-layer tables that price this table dtype: the engine's own, or, for a
         launch whose kernel family (`_moe_kernel_family`) other engines measured too, every
-        engine's after its own."""
+        engine's after its own; a bridging vLLM table after the later ones that measured its
+        kernels (`_bridging_order`)."""
+        return self._bridging_order(self._moe_paths_raw(table_dtype), table_dtype)[0]
+
+    def _moe_paths_raw(self, table_dtype: str) -> list[Path]:
+        """`_moe_paths` before the bridging tables give way."""
         own, every = self._moe_tables
         return every if self._moe_kernel_family(table_dtype) else own
+
+    def _bridging_order(
+        self, paths: list[Path], table_dtype: str
+    ) -> tuple[list[Path], dict[Path, frozenset[str]]]:
+        """`paths` with each bridging vLLM table (`BRIDGING_MOE`) moved after the later vLLM
+        ones when those measured every kernel family it holds for this dtype, and the kernels
+        of those later tables that then price (its families' only); memoised."""
+        key = (tuple(paths), table_dtype)
+        memo = self.__dict__.setdefault("_bridging_memo", {})
+        if key in memo:
+            return memo[key]
+        later = [p for p in paths if _table_origin(p)[1] == "vllm"]
+        later = [p for p in later if _table_origin(p)[1:] not in BRIDGING_MOE]
+        moved: list[Path] = []
+        keep: dict[Path, frozenset[str]] = {}
+        for path in paths:
+            if _table_origin(path)[1:] not in BRIDGING_MOE:
+                continue
+            kernels = _moe_sources(path, table_dtype)
+            families = {BRIDGING_KERNEL_FAMILIES.get(k) for k in kernels}
+            if not kernels or None in families:
+                continue  # a kernel of no known family: the table keeps its place
+            same = {
+                p: frozenset(
+                    k for k in _moe_sources(p, table_dtype) if any(f in k for f in families)
+                )
+                for p in later
+            }
+            measured = frozenset().union(*same.values())
+            if not all(any(f in k for k in measured) for f in families):
+                continue  # no later table measured its kernels: it keeps its place
+            moved.append(path)
+            for p, ks in same.items():
+                keep[p] = keep.get(p, frozenset()) | ks
+        memo[key] = ([p for p in paths if p not in moved] + moved, keep)
+        return memo[key]
 
     def _moe_kernel_family(self, table_dtype: str) -> str:
         """The kernel family a vLLM launch runs its fused MoE of this table dtype with,
@@ -1067,6 +1122,12 @@ class MeasuredKernels:
                     if refined and _pre_refined(where):
                         continue
                     kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
+                    if paths is None:  # a later vLLM table in a bridging one's place
+                        keep = self._bridging_order(self._moe_paths_raw(table_dtype), table_dtype)[
+                            1
+                        ]
+                        if where in keep:
+                            kernels = keep[where] if kernels is None else kernels & keep[where]
                     if kernels is not None and not kernels:
                         continue  # none of this launch's kernels was measured here
                     # (the DeepEP tables call an even spread `uniform`)
