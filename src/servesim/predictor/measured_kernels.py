@@ -1123,9 +1123,8 @@ class MeasuredKernels:
                         continue
                     kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
                     if paths is None:  # a later vLLM table in a bridging one's place
-                        keep = self._bridging_order(self._moe_paths_raw(table_dtype), table_dtype)[
-                            1
-                        ]
+                        raw = self._moe_paths_raw(table_dtype)
+                        keep = self._bridging_order(raw, table_dtype)[1]
                         if where in keep:
                             kernels = keep[where] if kernels is None else kernels & keep[where]
                     if kernels is not None and not kernels:
