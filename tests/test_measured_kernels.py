@@ -1216,3 +1216,14 @@ def test_vllm_bridging_moe_collections_give_way_to_later_ones_at_the_same_layout
         pytest.approx(row("0.19.0", 64, experts=256)),
         mk.MEASURED,
     )
+    # A later table stands in with its bridging one's kernel family only: DeepSeek's block fp8
+    # experts at EP 2, which 0.24 timed on FlashInfer's CUTLASS kernels alone, keep 0.19's
+    # Triton (`vllm_fused_moe`) row, not a kernel this release's launch does not run.
+    ep2 = (7168, 2048, 8, 256, 1, 2)
+    fp8 = moe_rows("h200_sxm", "fp8_block", engine="vllm", version="0.19.0")
+    hit = (fp8["num_tokens"] == 64) & (fp8["num_experts"] == 256) & (fp8["moe_ep_size"] == 2)
+    hit &= (fp8["hidden_size"] == 7168) & (fp8["moe_tp_size"] == 1)
+    hit &= fp8["distribution"] == "balanced"
+    assert hit.sum() == 1 and fp8["kernel_source"][hit][0] == "vllm_fused_moe"
+    triton = float(fp8["latency"][hit][0]) * 1e-3
+    assert one_moe(b, 64, ep2, "fp8", block=True) == (pytest.approx(triton), mk.MEASURED)

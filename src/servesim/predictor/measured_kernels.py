@@ -446,6 +446,13 @@ def _moe_sources(path: Path, moe_dtype: str) -> frozenset[str]:
     return frozenset(str(s) for s in c["kernel_source"][c["moe_dtype"] == moe_dtype])
 
 
+def _family_kernels(path: Path, moe_dtype: str, family: str) -> frozenset[str]:
+    """The kernels of one family (`MOE_KERNEL_FAMILIES`; else its name) a MoE table measured
+    for one dtype."""
+    names = MOE_KERNEL_FAMILIES.get(family, (family,))
+    return frozenset(k for k in _moe_sources(path, moe_dtype) if any(n in k for n in names))
+
+
 @functools.lru_cache(maxsize=64)
 def _moe_layouts(
     path: Path,
@@ -592,6 +599,33 @@ BRIDGING_KERNEL_FAMILIES = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _bridging_order(
+    paths: tuple[Path, ...], table_dtype: str
+) -> tuple[list[Path], dict[Path, frozenset[str]]]:
+    """`paths` with each bridging vLLM table (`BRIDGING_MOE`) moved after the later vLLM ones
+    when those measured every kernel family it holds for this dtype, and the kernels of those
+    later tables that then price (its families' only). Read-only: the result is cached."""
+    later = [p for p in paths if _table_origin(p)[1] == "vllm"]
+    later = [p for p in later if _table_origin(p)[1:] not in BRIDGING_MOE]
+    moved: list[Path] = []
+    keep: dict[Path, frozenset[str]] = {}
+    for path in paths:
+        if _table_origin(path)[1:] not in BRIDGING_MOE:
+            continue
+        kernels = _moe_sources(path, table_dtype)
+        families = {BRIDGING_KERNEL_FAMILIES.get(k) for k in kernels}
+        if not kernels or None in families:
+            continue  # a kernel of no known family: the table keeps its place
+        same = {p: {f: _family_kernels(p, table_dtype, f) for f in families} for p in later}
+        if not all(any(same[p][f] for p in later) for f in families):
+            continue  # no later table measured its kernels: it keeps its place
+        moved.append(path)
+        for p, by_family in same.items():
+            keep[p] = keep.get(p, frozenset()).union(*by_family.values())
+    return [p for p in paths if p not in moved] + moved, keep
+
+
 def _pre_refined(path: Path) -> bool:
     """Whether a MoE table's routed rows predate the routing refinement (`PRE_REFINED_ROUTING`):
     its path ends in <gpu>/moe/<engine>/<version>/<table>."""
@@ -664,53 +698,14 @@ class MeasuredKernels:
             own = own or len(paths)
         return paths[:own], paths
 
-    def _moe_paths(self, table_dtype: str) -> list[Path]:
+    def _moe_paths(self, table_dtype: str) -> tuple[list[Path], dict[Path, frozenset[str]]]:
         """The expert-layer tables that price this table dtype: the engine's own, or, for a
         launch whose kernel family (`_moe_kernel_family`) other engines measured too, every
-        engine's after its own; a bridging vLLM table after the later ones that measured its
-        kernels (`_bridging_order`)."""
-        return self._bridging_order(self._moe_paths_raw(table_dtype), table_dtype)[0]
-
-    def _moe_paths_raw(self, table_dtype: str) -> list[Path]:
-        """`_moe_paths` before the bridging tables give way."""
+        engine's after its own; with the bridging vLLM tables after the later ones that stand
+        in for them, and the kernels those are then held to (`_bridging_order`)."""
         own, every = self._moe_tables
-        return every if self._moe_kernel_family(table_dtype) else own
-
-    def _bridging_order(
-        self, paths: list[Path], table_dtype: str
-    ) -> tuple[list[Path], dict[Path, frozenset[str]]]:
-        """`paths` with each bridging vLLM table (`BRIDGING_MOE`) moved after the later vLLM
-        ones when those measured every kernel family it holds for this dtype, and the kernels
-        of those later tables that then price (its families' only); memoised."""
-        key = (tuple(paths), table_dtype)
-        memo = self.__dict__.setdefault("_bridging_memo", {})
-        if key in memo:
-            return memo[key]
-        later = [p for p in paths if _table_origin(p)[1] == "vllm"]
-        later = [p for p in later if _table_origin(p)[1:] not in BRIDGING_MOE]
-        moved: list[Path] = []
-        keep: dict[Path, frozenset[str]] = {}
-        for path in paths:
-            if _table_origin(path)[1:] not in BRIDGING_MOE:
-                continue
-            kernels = _moe_sources(path, table_dtype)
-            families = {BRIDGING_KERNEL_FAMILIES.get(k) for k in kernels}
-            if not kernels or None in families:
-                continue  # a kernel of no known family: the table keeps its place
-            same = {
-                p: frozenset(
-                    k for k in _moe_sources(p, table_dtype) if any(f in k for f in families)
-                )
-                for p in later
-            }
-            measured = frozenset().union(*same.values())
-            if not all(any(f in k for k in measured) for f in families):
-                continue  # no later table measured its kernels: it keeps its place
-            moved.append(path)
-            for p, ks in same.items():
-                keep[p] = keep.get(p, frozenset()) | ks
-        memo[key] = ([p for p in paths if p not in moved] + moved, keep)
-        return memo[key]
+        paths = every if self._moe_kernel_family(table_dtype) else own
+        return _bridging_order(tuple(paths), table_dtype)
 
     def _moe_kernel_family(self, table_dtype: str) -> str:
         """The kernel family a vLLM launch runs its fused MoE of this table dtype with,
@@ -1084,8 +1079,7 @@ class MeasuredKernels:
         family (`_moe_kernel_family`) runs only kernels of that family."""
         family = self._moe_kernel_family(moe_dtype)
         if family:
-            names = MOE_KERNEL_FAMILIES.get(family, (family,))
-            return frozenset(k for k in _moe_sources(path, moe_dtype) if any(n in k for n in names))
+            return _family_kernels(path, moe_dtype, family)
         if self.engine != "trtllm":
             return None
         sources = _moe_sources(path, moe_dtype)
@@ -1118,15 +1112,14 @@ class MeasuredKernels:
             for table_dtype in self._moe_table_dtypes(expert_dtype, block):
                 if strict and found:
                     break
-                for where in self._moe_paths(table_dtype) if paths is None else paths:
+                # (held: a later vLLM table in a bridging one's place prices its kernels only)
+                order, held = (paths, {}) if paths is not None else self._moe_paths(table_dtype)
+                for where in order:
                     if refined and _pre_refined(where):
                         continue
                     kernels = self._moe_kernels(where, table_dtype)  # (nearest version first)
-                    if paths is None:  # a later vLLM table in a bridging one's place
-                        raw = self._moe_paths_raw(table_dtype)
-                        keep = self._bridging_order(raw, table_dtype)[1]
-                        if where in keep:
-                            kernels = keep[where] if kernels is None else kernels & keep[where]
+                    if where in held:
+                        kernels = held[where] if kernels is None else kernels & held[where]
                     if kernels is not None and not kernels:
                         continue  # none of this launch's kernels was measured here
                     # (the DeepEP tables call an even spread `uniform`)
