@@ -811,7 +811,7 @@ def vllm_async_by_default(row: dict[str, str], pp: int) -> bool:
 
 
 # Recipe settings whose values are names, not numbers.
-_TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend"})
+_TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend", "lm_head"})
 
 # Launch-script fields that set an EngineProfile field directly: (field, its type).
 _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -821,6 +821,9 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang's flag; vLLM's fusion pass
     "ar_fusion_mib": ("allreduce_fusion_max_mib", fusion_mib),  # vLLM's fusion input limits
     "a2a": ("moe_a2a", str),  # SGLang --moe-a2a-backend, TensorRT-LLM's forced all-to-all
+    # the output head's split under attention DP (SGLang --enable-dp-lm-head, TensorRT-LLM
+    # enable_lm_head_tp_in_adp; recipes only)
+    "lm_head": ("lm_head_split", str),
     "moe_backend": ("moe_backend", str),  # TRT-LLM moe_config.backend; vLLM's FlashInfer int4
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)

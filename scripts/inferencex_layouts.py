@@ -325,14 +325,19 @@ def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, o
         a2a = "deepep"
     if a2a and a2a != "none":
         out["a2a"] = a2a
+    # SGLang's output head under attention DP: a whole copy per DP rank with
+    # `enable-dp-lm-head`, else split over the whole TP group (`EngineProfile.lm_head_split`).
+    if str(cfg.get("enable-dp-lm-head", "")).lower() == "true":
+        out["lm_head"] = "attention_tp"
     return out
 
 
 def _trtllm_settings(cfg: dict) -> dict[str, object]:
     """TensorRT-LLM LLM-API options servesim models: `kv_cache_config` (free-memory fraction,
     dtype), `max_num_tokens` (per rank), `cuda_graph_config` (largest captured batch),
-    attention-DP balancing (`attention_dp_config.enable_balance`, `timeout_iters`) and the fused
-    MoE's kernels (`moe_config.backend`: TRTLLM, CUTLASS, DEEPGEMM, WIDEEP, CUTEDSL)."""
+    attention-DP balancing (`attention_dp_config.enable_balance`, `timeout_iters`), the fused
+    MoE's kernels (`moe_config.backend`: TRTLLM, CUTLASS, DEEPGEMM, WIDEEP, CUTEDSL) and the
+    output head's split under attention DP (`enable_lm_head_tp_in_adp`)."""
     out: dict[str, object] = {}
     moe = cfg.get("moe_config") or {}
     if isinstance(moe, dict) and moe.get("backend"):
@@ -350,6 +355,9 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
         top = graphs.get("max_batch_size") or (max(sizes) if sizes else None)
         if top:
             out["graph_max_bs"] = top
+    # The output head split between attention-DP ranks (`EngineProfile.lm_head_split`).
+    if str(cfg.get("enable_lm_head_tp_in_adp", "")).lower() == "true":
+        out["lm_head"] = "adp_tp"
     adp = cfg.get("attention_dp_config") or {}
     if adp.get("enable_balance") and adp.get("timeout_iters"):
         out["adp_balance_timeout"] = adp["timeout_iters"]
@@ -408,7 +416,8 @@ def sweep_clients(conc: list[object], decode_workers: object) -> list[int]:
 def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
-    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend);
+    token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend,
+    lm_head);
     each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per
     server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch

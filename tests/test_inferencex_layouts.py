@@ -28,6 +28,7 @@ SETTING_KEYS = {
     "graph_max_bs",
     "recv_interval",
     "adp_balance_timeout",
+    "lm_head",
 }
 
 
@@ -191,6 +192,8 @@ def test_layout_table_is_well_formed() -> None:
                     assert value.replace("_", "").isalnum()
                 elif key == "moe_backend":
                     assert value in ("trtllm", "cutlass", "deepgemm", "wideep", "cutedsl")
+                elif key == "lm_head":  # TensorRT-LLM's flag, SGLang's
+                    assert value == ("adp_tp" if "trt" in r["config_key"] else "attention_tp")
                 else:
                     assert float(value) > 0
 

@@ -20,7 +20,12 @@ from servesim.cli.settings import (
     add_switch,
 )
 from servesim.spec.devices import catalog
-from servesim.spec.engine_profile import ALLREDUCE_NORM_FUSION, MXFP4_ACTIVATIONS, get_engine
+from servesim.spec.engine_profile import (
+    ALLREDUCE_NORM_FUSION,
+    LM_HEAD_SPLITS,
+    MXFP4_ACTIVATIONS,
+    get_engine,
+)
 
 
 def parse_chunk(text: str) -> tuple[int, int]:
@@ -70,6 +75,7 @@ TreeWidths = Annotated[tuple[PosInt, ...], BeforeValidator(_int_list)]
 MirrorLink = Literal["nvlink", "infiniband", "pcie"]
 NormFusion = Literal[ALLREDUCE_NORM_FUSION]  # type: ignore[valid-type]  # the engine profile's
 Mxfp4Activation = Literal[MXFP4_ACTIVATIONS]  # type: ignore[valid-type]
+LmHeadSplit = Literal[tuple(x for x in LM_HEAD_SPLITS if x)]  # type: ignore[valid-type]
 
 
 class DeploymentSettings(Settings):
@@ -93,6 +99,7 @@ class DeploymentSettings(Settings):
     moe_a2a_backend: NonEmpty | None = None  # None: the engine's (SGLang: none)
     allreduce_norm_fusion: NormFusion | None = None  # None: the engine's
     mxfp4_activation: Mxfp4Activation | None = None  # None: the engine's choice on the GPU
+    lm_head_split: LmHeadSplit | None = None  # None: the engine's under attention DP
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -266,6 +273,16 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "TP 2/4/8) or none (default: the engine's; trtllm for trtllm, none otherwise)",
     )
     g.add_argument(
+        "--lm-head-split",
+        choices=[x for x in LM_HEAD_SPLITS if x],
+        help="how the output head splits its vocabulary under attention DP (--dp > 1): "
+        "attention_tp (each DP rank holds a whole copy: TensorRT-LLM's default, SGLang "
+        "--enable-dp-lm-head, vLLM), world (over every GPU of the replica, rows and logits "
+        "gathered: SGLang's default with --enable-dp-attention) or adp_tp (TensorRT-LLM "
+        "enable_lm_head_tp_in_adp: up to a node's GPUs share it while a rank has under 256 "
+        "rows); default: the engine's",
+    )
+    g.add_argument(
         "--mxfp4-activation",
         choices=MXFP4_ACTIVATIONS,
         help="what MXFP4 experts (gpt-oss) quantise activations to: mxfp8 (W4A8: TensorRT-LLM "
@@ -332,6 +349,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
             moe_a2a=s.moe_a2a_backend.lower() if s.moe_a2a_backend else None,
             allreduce_norm_fusion=s.allreduce_norm_fusion,
             mxfp4_activation=s.mxfp4_activation,
+            lm_head_split=s.lm_head_split,
             version=s.engine_version,
         ),
         replicas=getattr(s, "replicas", 1),

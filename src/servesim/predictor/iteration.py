@@ -1229,23 +1229,65 @@ class Predictor:
         return sampler.sort_filter_s(rows, self.model.vocab_size, self.device) / self.par.pp
 
     def _lm_head_op(self, rank_seqs: int) -> OpCost:
-        """The LM head runs on the last token of every sequence of a rank that samples."""
-        term = self._gemm(
-            "lm_head",
-            np.array([float(max(1, rank_seqs))]),
-            self.model.vocab_size // self.par.tp,
-            self.model.hidden_size,
-            1.0,
-        )
+        """The LM head runs on the last token of every sequence of a rank that samples (its
+        gathers, under a vocabulary split across attention-DP ranks, included)."""
+        terms = self._lm_head_terms(np.array([float(max(1, rank_seqs))]))
         return OpCost(
             "lm_head",
             "gemm",
             1,
-            float(term.seconds[0]),
-            float(term.flops[0]),
-            float(term.nbytes[0]),
-            _prov_name(term.prov, 0),
+            float(sum(x.seconds[0] for x in terms)),
+            float(sum(x.flops[0] for x in terms)),
+            float(sum(x.nbytes[0] for x in terms)),
+            _prov_name(terms[0].prov, 0),
         )
+
+    def _lm_split(self) -> str:
+        """How the output head splits its vocabulary here (`EngineProfile.lm_head_split` with
+        the engine's default resolved): over the TP group without attention DP."""
+        if self.par.dp <= 1:
+            return "attention_tp"
+        if self.engine.lm_head_split:
+            return self.engine.lm_head_split
+        return "world" if self.engine.name == "sglang" else "attention_tp"
+
+    def _lm_head_terms(self, t: np.ndarray) -> list[_Term]:
+        """The output head over `t` rows on every rank (each attention-DP rank at t rows), in
+        the checkpoint's head format, split as the engine splits it (`EngineProfile.
+        lm_head_split`): its GEMM and, across DP ranks, the gather of the rows into the split
+        and of the logits back out of it (bf16, NCCL all-gathers)."""
+        m, p = self.model, self.par
+        v, h, fmt = m.vocab_size, m.hidden_size, m.lm_head_dtype
+        split = self._lm_split()
+        if split == "attention_tp":
+            return [self._gemm("lm_head", t, v // p.tp, h, 1.0, dtype=fmt)]
+        if split == "world":  # every DP rank's rows meet over the whole TP group
+            sizes = np.full(t.shape, float(p.dp))
+        else:  # "adp_tp": 256 // rows rounded up to a power of two, at most a node
+            raw = np.maximum(256 // np.maximum(t, 1.0), 1.0)
+            sizes = np.minimum(np.exp2(np.ceil(np.log2(raw))), min(self.device.host_gpus, p.dp))
+        seconds, flops, nbytes_moved = np.zeros_like(t), np.zeros_like(t), np.zeros_like(t)
+        prov: np.ndarray = np.full(t.shape, ROOFLINE)
+        comm = np.zeros_like(t)
+        for size in np.unique(sizes):
+            at = sizes == size
+            k = int(size)
+            rows = t * k
+            g = self._gemm("lm_head", rows, v // (p.tp * k), h, 1.0, dtype=fmt)
+            seconds = np.where(at, g.seconds, seconds)
+            flops = np.where(at, g.flops, flops)
+            nbytes_moved = np.where(at, g.nbytes, nbytes_moved)
+            prov = np.where(at, np.broadcast_to(np.asarray(g.prov), t.shape), prov)
+            if k * p.tp > 1:
+                n = k * p.tp
+                gather = self._collective("all_gather", rows * h * ACT_BYTES, n)
+                gather = gather + self._collective("all_gather", rows * v * ACT_BYTES, n)
+                comm = np.where(at, gather, comm)
+        zero = np.zeros_like(t)
+        return [
+            _Term("lm_head", "gemm", 1.0, seconds, flops, nbytes_moved, prov),
+            _Term("lm_head_gather", "comm", 1.0, comm, zero, zero),
+        ]
 
     def _attn_heads(self) -> tuple[int, int, int, int, bool]:
         """(q heads, kv heads, qk dim, v dim, latent) per device for the attention kernels."""
@@ -1316,16 +1358,15 @@ class Predictor:
         t[0] = 1.0
         dense, dyn, terms = self._dense_arrays(t)
         dense[0] = 0.0
-        lm_term = self._gemm(
-            "lm_head", t, self.model.vocab_size // self.par.tp, self.model.hidden_size, 1.0
-        )
+        lm_terms = self._lm_head_terms(t)
         sort = self._sampler_sort_s(t)
-        lm = lm_term.seconds + sort
+        lm = sum(x.seconds for x in lm_terms) + sort
         lm[0] = 0.0
         dyn[0] = 0.0
-        dyn_lm = self._work_s(lm_term) + MEM_POWER_SHARE * sort  # a sort streams HBM
+        head_work = sum(self._work_s(x) for x in lm_terms)
+        dyn_lm = head_work + MEM_POWER_SHARE * sort  # a sort streams HBM
         dyn_lm[0] = 0.0
-        self._dense_prov = _provenance_counts([*terms, lm_term], t.shape, skip=1)
+        self._dense_prov = _provenance_counts([*terms, lm_terms[0]], t.shape, skip=1)
         self._dense_tab = dense.tolist()
         self._lm_tab = lm.tolist()
         self._dyn_dense_tab = dyn.tolist()

@@ -53,6 +53,14 @@ class Device:
     # the API server) on this system's host CPU, relative to the x86 hosts the engine
     # profiles' figures were measured on (1.0): GB200/GB300's Grace hosts are slower.
     host_time_factor: float = 1.0
+    # GPUs one host (one OS instance) drives, as launchers count `gpus_per_node`; 0: the NVLink
+    # domain's, up to 8 (an HGX board). GB200/GB300 NVL72 racks are 18 trays of 4 GPUs each.
+    gpus_per_host: int = 0
+
+    @property
+    def host_gpus(self) -> int:
+        """GPUs of one host (`gpus_per_host`, else the NVLink domain's up to 8)."""
+        return self.gpus_per_host or min(self.max_devices_per_node, 8)
 
     def stream_bw(self, threads: int = 0) -> float:
         """DRAM bytes/s that `threads` cores can stream (0: all cores): the socket's bandwidth,
@@ -120,6 +128,7 @@ _OPTIONAL = (
     "core_bw_gb_s",
     "unified_memory",
     "host_time_factor",
+    "gpus_per_host",
 )
 _KINDS = ("gpu", "cpu", "edge")
 
@@ -194,9 +203,13 @@ def _device_from_entry(name: str, entry: dict[str, Any], origin: str) -> Device:
     host = _number(entry.get("host_time_factor", 1.0), "host_time_factor", where)
     if host <= 0:
         raise ServesimError(f"{where}: host_time_factor is {host!r}; use a number > 0 (1: x86).")
+    per_host = _number(entry.get("gpus_per_host", 0), "gpus_per_host", where)
+    if per_host != int(per_host):
+        raise ServesimError(f"{where}: gpus_per_host is {per_host!r}; use a whole number.")
     return Device(
         name=name,
         host_time_factor=host,
+        gpus_per_host=int(per_host),
         mem_channels=int(channels),
         core_bw_bytes_per_s=_number(entry.get("core_bw_gb_s", 0), "core_bw_gb_s", where) * 1e9,
         unified_memory=unified,

@@ -103,6 +103,9 @@ ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer", "vllm")
 VLLM_FUSION_MAX_MIB = ((2, 64.0), (4, 32.0), (8, 1.0))
 # What MXFP4 expert GEMMs quantise their activations to (`EngineProfile.mxfp4_activation`).
 MXFP4_ACTIVATIONS = ("auto", "mxfp8", "bf16")
+# How the output head splits its vocabulary under attention DP (`EngineProfile.lm_head_split`;
+# "" is the engine's default).
+LM_HEAD_SPLITS = ("", "attention_tp", "world", "adp_tp")
 
 
 # The profile's figures that are host CPU time (`EngineProfile.on_host` scales them for a slower
@@ -328,6 +331,20 @@ class EngineProfile:
     # all-to-all. vLLM across DP ranks: its default and "naive" gather, deepep_*, pplx and
     # flashinfer_* all-to-all. TensorRT-LLM picks its own path (`Predictor._uses_alltoall`).
     moe_a2a: str = "none"
+    # How the output head splits its vocabulary under attention DP (`Predictor._lm_head_terms`;
+    # without attention DP it is split over the TP group in every engine). "" is the engine's
+    # default. "attention_tp": over the attention-TP group only, so each DP rank holds a whole
+    # copy for its own rows: TensorRT-LLM's default (`DecoderModelForCausalLM` builds an
+    # unsharded `LMHead` when `enable_attention_dp` and not `enable_lm_head_tp_in_adp`), SGLang
+    # with `--enable-dp-lm-head` (`ParallelLMHead(use_attn_tp_group=True)`), vLLM (a DP rank is
+    # an engine of its own). "world": SGLang's default with `--enable-dp-attention`: the head
+    # splits over the whole TP group, which gathers every DP rank's rows, and the logits are
+    # all-gathered back (`LogitsProcessor`, `do_tensor_parallel_all_gather_dp_attn`).
+    # "adp_tp": TensorRT-LLM's `enable_lm_head_tp_in_adp`: a group of
+    # min(next power of two of 256 // rows, GPUs per node) ranks gathers its rows and splits
+    # the head between them (`create_lm_head_tp_mapping`: "token_count=256 will hit the
+    # boundary of math-bound problem"), then gathers the logits.
+    lm_head_split: str = ""
     # The engine release served ("0.12.0", "1.2.0rc6"): the measured backend reads the kernel
     # tables that release's collection measured, the nearest one where it was not measured
     # (`kernel_tables.nearest_version`); "" reads the newest collection first.
@@ -352,6 +369,11 @@ class EngineProfile:
             raise ServesimError(
                 f"moe_a2a {self.moe_a2a!r} must name the engine's all-to-all backend (none for "
                 "its default, deepep, ...)."
+            )
+        if self.lm_head_split not in LM_HEAD_SPLITS:
+            raise ServesimError(
+                f"Engine setting lm_head_split {self.lm_head_split!r} is not one of "
+                f"{', '.join(repr(x) for x in LM_HEAD_SPLITS)} ('' is the engine's default)."
             )
         if self.allreduce_norm_fusion not in ALLREDUCE_NORM_FUSION:
             raise ServesimError(

@@ -217,6 +217,14 @@ class ModelSpec:
         return self.num_experts > 0
 
     @property
+    def lm_head_dtype(self) -> str:
+        """The output head's storage format: 16 bits unless the model is wider. Quantised
+        checkpoints keep it unquantised (NVIDIA's NVFP4 and FP8 checkpoints list `lm_head`
+        among their excluded modules; DeepSeek's block-fp8 checkpoint stores it in bf16
+        without a scale) and the engines build it so, as `param_bytes` counts it."""
+        return self.weight_dtype if nbytes(self.weight_dtype) >= 2 else "bf16"
+
+    @property
     def is_mla(self) -> bool:
         """True for DeepSeek multi-head latent attention (a compressed, head-shared KV cache)."""
         return self.kv_lora_rank > 0
