@@ -390,17 +390,36 @@ CONFIG_SETTINGS = {
 }
 
 
-def config_settings(extra: dict[str, str]) -> tuple[str, str]:
+def sweep_settings(prefix: str, decode_tp: object, decode_dp_attn: object) -> dict[str, dict]:
+    """What Dynamo's TensorRT-LLM performance sweeps write into every item's engine configs
+    beside its `additional-settings` (components/backends/trtllm/performance_sweeps/scripts/
+    gen_yaml.py, in both stored versions of the release branches InferenceX's
+    *_gb200_dynamo-trt_slurm.sh check out): `kv_cache_config.dtype: fp8` on the context and
+    generation servers, and DeepSeek-R1's generation `moe_config.backend`: WIDEEP under
+    attention DP over 16 or more GPUs, CUTLASS under it over fewer, TRTLLM without it.
+    (gpt-oss's generation backend differs between the two versions, so it is left out.)"""
+    out: dict[str, dict] = {"prefill": {"kv_dtype": "fp8"}, "decode": {"kv_dtype": "fp8"}}
+    if prefix == "dsr1":
+        dp = str(decode_dp_attn).lower() == "true"
+        tp = int(decode_tp or 1)
+        out["decode"]["moe_backend"] = ("wideep" if tp >= 16 else "cutlass") if dp else "trtllm"
+    return out
+
+
+def config_settings(extra: dict[str, str], fixed: dict[str, dict] | None = None) -> tuple[str, str]:
     """(prefill, decode) engine settings an InferenceX item's `additional-settings` fix
-    (`CONFIG_SETTINGS`), written as `recipe_settings` writes a recipe's; ("", "") when it
-    gives none."""
+    (`CONFIG_SETTINGS`), with `fixed` (`sweep_settings`) beside them when they give any, written
+    as `recipe_settings` writes a recipe's; ("", "") when the item gives none."""
     out = []
+    given = any(key in extra for role in CONFIG_SETTINGS.values() for key, _ in role)
     for role in ("prefill", "decode"):
         found = {
             name: extra[key]
             for key, name in CONFIG_SETTINGS[role]
             if key in extra and float(extra[key]) > 0
         }
+        if given and fixed:
+            found.update(fixed.get(role, {}))
         out.append(" ".join(f"{k}={v}" for k, v in sorted(found.items())))
     return out[0], out[1]
 
@@ -546,7 +565,12 @@ def layouts(
                         r_commit = ""
                 conc = item.get("conc-list") or []
                 if not (pre_set or dec_set) and entry.get("framework") == "dynamo-trt":
-                    pre_set, dec_set = config_settings(extra)
+                    fixed = None
+                    if not recipe:  # Dynamo's performance sweeps wrote the engine configs
+                        fixed = sweep_settings(
+                            entry.get("model-prefix", ""), dec.get("tp"), dec.get("dp-attn")
+                        )
+                    pre_set, dec_set = config_settings(extra, fixed)
                     if (pre_set or dec_set) and not recipe:
                         clients = sweep_clients(conc, dec.get("num-worker"))
                 rows.append(
