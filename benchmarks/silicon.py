@@ -811,7 +811,7 @@ def vllm_async_by_default(row: dict[str, str], pp: int) -> bool:
 
 
 # Recipe settings whose values are names, not numbers.
-_TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend", "lm_head"})
+_TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend", "lm_head", "overlap"})
 
 # Launch-script fields that set an EngineProfile field directly: (field, its type).
 _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -824,6 +824,9 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     # the output head's split under attention DP (SGLang --enable-dp-lm-head, TensorRT-LLM
     # enable_lm_head_tp_in_adp; recipes only)
     "lm_head": ("lm_head_split", str),
+    # the overlap scheduler turned off (TensorRT-LLM disable_overlap_scheduler, SGLang
+    # --disable-overlap-schedule; recipes only)
+    "overlap": ("overlap_scheduling", lambda text: text != "off"),
     "moe_backend": ("moe_backend", str),  # TRT-LLM moe_config.backend; vLLM's FlashInfer int4
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)

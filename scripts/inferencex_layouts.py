@@ -329,6 +329,8 @@ def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, o
     # `enable-dp-lm-head`, else split over the whole TP group (`EngineProfile.lm_head_split`).
     if str(cfg.get("enable-dp-lm-head", "")).lower() == "true":
         out["lm_head"] = "attention_tp"
+    if str(cfg.get("disable-overlap-schedule", "")).lower() == "true":
+        out["overlap"] = "off"
     return out
 
 
@@ -358,6 +360,10 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
     # The output head split between attention-DP ranks (`EngineProfile.lm_head_split`).
     if str(cfg.get("enable_lm_head_tp_in_adp", "")).lower() == "true":
         out["lm_head"] = "adp_tp"
+    # The overlap scheduler off (330 of 335 recipes' context servers: TensorRT-LLM refused
+    # context-only requests with it on, `base_worker.py`, until PR #10755 in January 2026).
+    if str(cfg.get("disable_overlap_scheduler", "")).lower() == "true":
+        out["overlap"] = "off"
     adp = cfg.get("attention_dp_config") or {}
     if adp.get("enable_balance") and adp.get("timeout_iters"):
         out["adp_balance_timeout"] = adp["timeout_iters"]
@@ -395,10 +401,14 @@ def sweep_settings(prefix: str, decode_tp: object, decode_dp_attn: object) -> di
     beside its `additional-settings` (components/backends/trtllm/performance_sweeps/scripts/
     gen_yaml.py, in both stored versions of the release branches InferenceX's
     *_gb200_dynamo-trt_slurm.sh check out): `kv_cache_config.dtype: fp8` on the context and
-    generation servers, and DeepSeek-R1's generation `moe_config.backend`: WIDEEP under
+    generation servers, the context servers' overlap scheduler off, and DeepSeek-R1's
+    generation `moe_config.backend`: WIDEEP under
     attention DP over 16 or more GPUs, CUTLASS under it over fewer, TRTLLM without it.
     (gpt-oss's generation backend differs between the two versions, so it is left out.)"""
-    out: dict[str, dict] = {"prefill": {"kv_dtype": "fp8"}, "decode": {"kv_dtype": "fp8"}}
+    out: dict[str, dict] = {
+        "prefill": {"kv_dtype": "fp8", "overlap": "off"},  # `disable_overlap_scheduler: True`
+        "decode": {"kv_dtype": "fp8"},
+    }
     if prefix == "dsr1":
         dp = str(decode_dp_attn).lower() == "true"
         tp = int(decode_tp or 1)
@@ -436,7 +446,7 @@ def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
     token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend,
-    lm_head);
+    lm_head, overlap);
     each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per
     server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch

@@ -29,6 +29,7 @@ SETTING_KEYS = {
     "recv_interval",
     "adp_balance_timeout",
     "lm_head",
+    "overlap",
 }
 
 
@@ -192,6 +193,8 @@ def test_layout_table_is_well_formed() -> None:
                     assert value.replace("_", "").isalnum()
                 elif key == "moe_backend":
                     assert value in ("trtllm", "cutlass", "deepgemm", "wideep", "cutedsl")
+                elif key == "overlap":  # the context servers' `disable_overlap_scheduler`
+                    assert value == "off" and pool == "prefill"
                 elif key == "lm_head":  # TensorRT-LLM's flag, SGLang's
                     assert value == ("adp_tp" if "trt" in r["config_key"] else "attention_tp")
                 else:
@@ -605,26 +608,27 @@ def test_early_dynamo_trt_items_pass_their_limits_as_additional_settings() -> No
         "graph_max_bs=128 mem_fraction=0.7 token_budget=256",
     )
     assert lay.config_settings({"CONFIG_FILE": "recipes/x.yaml"}) == ("", "")
-    # Dynamo's sweep writes an fp8 KV cache on both servers and DeepSeek-R1's generation MoE
-    # backend (gen_yaml.py): WIDEEP under attention DP over 16+ GPUs, CUTLASS over fewer,
-    # TRTLLM without it; gpt-oss's backend is left to the engine.
+    # Dynamo's sweep writes an fp8 KV cache on both servers, no overlap scheduler on the
+    # context servers and DeepSeek-R1's generation MoE backend (gen_yaml.py): WIDEEP under
+    # attention DP over 16+ GPUs, CUTLASS over fewer, TRTLLM without it; gpt-oss's backend is
+    # left to the engine.
     dsr1 = lay.sweep_settings("dsr1", 16, True)
     assert dsr1 == {
-        "prefill": {"kv_dtype": "fp8"},
+        "prefill": {"kv_dtype": "fp8", "overlap": "off"},
         "decode": {"kv_dtype": "fp8", "moe_backend": "wideep"},
     }
     assert lay.sweep_settings("dsr1", 4, True)["decode"]["moe_backend"] == "cutlass"
     assert lay.sweep_settings("dsr1", 8, False)["decode"]["moe_backend"] == "trtllm"
     assert lay.sweep_settings("gptoss", 8, False)["decode"] == {"kv_dtype": "fp8"}
     assert lay.config_settings(extra, dsr1) == (
-        "kv_dtype=fp8 token_budget=4608",
+        "kv_dtype=fp8 overlap=off token_budget=4608",
         "graph_max_bs=128 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep token_budget=256",
     )
     assert lay.config_settings({}, dsr1) == ("", "")  # nothing the item gives: no sweep read
     row = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c2150_tp24_ep1_1081")
     filled, _, refusal = silicon.recovered_layout(row)
     assert refusal == ""
-    assert filled["prefill_settings"] == "kv_dtype=fp8 token_budget=4608"
+    assert filled["prefill_settings"] == "kv_dtype=fp8 overlap=off token_budget=4608"
     assert filled["decode_settings"] == (
         "graph_max_bs=128 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep token_budget=256"
     )
@@ -695,7 +699,7 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     out, note, refusal = silicon.stated_layout_settings(plain)
     assert refusal == "" and "speculative_num_draft_tokens" not in out
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("1", "32")
-    assert out["prefill_settings"] == "kv_dtype=fp8 token_budget=8448"  # Dynamo's sweep's KV
+    assert out["prefill_settings"] == "kv_dtype=fp8 overlap=off token_budget=8448"  # the sweep
     agg = dev_row("dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91")
     assert silicon.stated_layout_settings(agg) == (agg, "", "")
 
@@ -766,7 +770,7 @@ def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flag
     # the item's own limits (PREFILL_MAX_NUM_TOKENS 4608; DECODE_MAX_NUM_TOKENS 32,
     # DECODE_MAX_BATCH_SIZE 32, DECODE_GPU_MEM_FRACTION 0.7) and what Dynamo's sweep adds (an
     # fp8 KV cache; WIDEEP experts on the 32-GPU attention-DP generation server)
-    assert out["prefill_settings"] == "kv_dtype=fp8 token_budget=4608"
+    assert out["prefill_settings"] == "kv_dtype=fp8 overlap=off token_budget=4608"
     assert out["decode_settings"] == (
         "graph_max_bs=32 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep token_budget=32"
     )

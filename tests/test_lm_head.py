@@ -119,6 +119,11 @@ def test_recipes_name_the_split() -> None:
         "    decode:\n      enable_attention_dp: true\n      enable_lm_head_tp_in_adp: true\n"
     )
     assert lay.recipe_settings(trt) == ("token_budget=8192", "lm_head=adp_tp")
+    # a context server without the overlap scheduler (`disable_overlap_scheduler: true`)
+    off = trt.replace(
+        "max_num_tokens: 8192\n", "max_num_tokens: 8192\n      disable_overlap_scheduler: true\n"
+    )
+    assert lay.recipe_settings(off) == ("overlap=off token_budget=8192", "lm_head=adp_tp")
     sgl = (
         "backend:\n  sglang_config:\n    prefill:\n      chunked-prefill-size: 8192\n"
         "    decode:\n      enable-dp-attention: true\n      enable-dp-lm-head: true\n"
