@@ -827,6 +827,9 @@ _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     # the overlap scheduler turned off (TensorRT-LLM disable_overlap_scheduler, SGLang
     # --disable-overlap-schedule; recipes only)
     "overlap": ("overlap_scheduling", lambda text: text != "off"),
+    # the KV pool's cap per attention-DP rank (SGLang --max-total-tokens, TensorRT-LLM
+    # kv_cache_config.max_tokens; recipes only)
+    "kv_tokens": ("max_kv_tokens", lambda value: int(float(value))),
     "moe_backend": ("moe_backend", str),  # TRT-LLM moe_config.backend; vLLM's FlashInfer int4
     "mxfp4_activation": ("mxfp4_activation", str),  # MXFP4 experts' activations (scripts only)
     # TensorRT-LLM attention-DP balancing (recipes only; it acts under attention DP alone)

@@ -297,6 +297,7 @@ SGLANG_FLAGS = (
     ("cuda-graph-max-bs", "graph_max_bs"),
     ("scheduler-recv-interval", "recv_interval"),
     ("moe-dense-tp-size", "dense_tp"),
+    ("max-total-tokens", "kv_tokens"),  # the KV pool's cap (per scheduler, i.e. per DP rank)
 )
 VLLM_FLAGS = (
     ("gpu-memory-utilization", "mem_fraction"),
@@ -349,6 +350,8 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
         out["mem_fraction"] = kv["free_gpu_memory_fraction"]
     if KV_DTYPES.get(str(kv.get("dtype", "")).lower()):
         out["kv_dtype"] = KV_DTYPES[str(kv["dtype"]).lower()]
+    if kv.get("max_tokens"):  # the KV pool's cap, per rank
+        out["kv_tokens"] = kv["max_tokens"]
     if cfg.get("max_num_tokens"):
         out["token_budget"] = cfg["max_num_tokens"]
     graphs = cfg.get("cuda_graph_config")
@@ -446,7 +449,7 @@ def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
     token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend,
-    lm_head, overlap);
+    lm_head, overlap, kv_tokens);
     each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per
     server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch

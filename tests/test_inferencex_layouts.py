@@ -30,6 +30,7 @@ SETTING_KEYS = {
     "adp_balance_timeout",
     "lm_head",
     "overlap",
+    "kv_tokens",
 }
 
 

@@ -6,7 +6,7 @@ migration, autoscaling), and the iteration-time predictor its replicas share.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from servesim.errors import ServesimError
 from servesim.predictor import roofline
@@ -194,7 +194,7 @@ class Deployment:
                 state_copies=copies,
                 **share,
             )
-        return memory_layout(
+        layout = memory_layout(
             model,
             self.device,
             self.parallel,
@@ -203,6 +203,10 @@ class Deployment:
             state_copies=copies,
             **share,
         )
+        cap = self.engine.max_kv_tokens * self.parallel.dp  # each attention-DP rank's own
+        if cap and cap < layout.kv_tokens:
+            layout = replace(layout, kv_tokens=cap)
+        return layout
 
     def predictor(self) -> Predictor:
         """The iteration-time predictor of one replica, shared by equal deployments.

@@ -345,6 +345,12 @@ class EngineProfile:
     # the head between them (`create_lm_head_tp_mapping`: "token_count=256 will hit the
     # boundary of math-bound problem"), then gathers the logits.
     lm_head_split: str = ""
+    # A cap on the KV-cache tokens each attention-DP rank holds, below what memory allows (0: no
+    # cap): SGLang's `--max-total-tokens` (ModelRunner: `max_total_num_tokens = min(profiled,
+    # max_total_tokens)`), TensorRT-LLM's `kv_cache_config.max_tokens`. A disaggregated
+    # prefill server keeps a request's KV until the decode side has pulled it, so a small cap
+    # holds back its next prompts (srt-slurm's GB200 SGLang low-latency recipes: 8,192).
+    max_kv_tokens: int = 0
     # The engine release served ("0.12.0", "1.2.0rc6"): the measured backend reads the kernel
     # tables that release's collection measured, the nearest one where it was not measured
     # (`kernel_tables.nearest_version`); "" reads the newest collection first.
@@ -369,6 +375,11 @@ class EngineProfile:
             raise ServesimError(
                 f"moe_a2a {self.moe_a2a!r} must name the engine's all-to-all backend (none for "
                 "its default, deepep, ...)."
+            )
+        if not (isinstance(self.max_kv_tokens, int) and self.max_kv_tokens >= 0):
+            raise ServesimError(
+                f"Engine setting max_kv_tokens must be a whole number ≥ 0 (0: no cap), not "
+                f"{self.max_kv_tokens!r}."
             )
         if self.lm_head_split not in LM_HEAD_SPLITS:
             raise ServesimError(
