@@ -49,3 +49,29 @@ def test_a_kv_pool_cap_bounds_each_dp_rank_and_comes_from_recipes() -> None:
         "        max_tokens: 16384\n    decode:\n      max_num_tokens: 64\n"
     )
     assert lay.recipe_settings(trt) == ("kv_tokens=16384", "token_budget=64")
+
+
+def test_the_cli_caps_the_kv_pool(capsys) -> None:
+    """`--max-kv-tokens 8192` on DEP4: 4 x 8,192 tokens, and only their bytes allocated."""
+    import json
+
+    from servesim.cli.main import main
+
+    args = "predict --model deepseek-ai/DeepSeek-R1 --device gb200 --tp 1 --dp 4 --ep 4"
+    args += " --engine sglang --decode-seqs 16 --weight-dtype fp4 --max-kv-tokens 8192 --json"
+    assert main(args.split()) in (0, None)
+    mem = json.loads(capsys.readouterr().out)["memory"]
+    assert mem["kv_tokens"] == 4 * 8192
+    per_token = (
+        Deployment(
+            model=replace(
+                load_model("deepseek-ai/DeepSeek-R1"), weight_dtype="fp4", expert_dtype="fp4"
+            ),
+            device=get_device("gb200"),
+            parallel=Parallel(tp=1, dp=4, ep=4),
+            engine=get_engine("sglang"),
+        )
+        .memory()
+        .kv_bytes_per_token
+    )
+    assert mem["kv_gb"] == pytest.approx(8192 * per_token / 1e9, rel=1e-6)

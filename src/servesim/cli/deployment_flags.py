@@ -100,6 +100,7 @@ class DeploymentSettings(Settings):
     allreduce_norm_fusion: NormFusion | None = None  # None: the engine's
     mxfp4_activation: Mxfp4Activation | None = None  # None: the engine's choice on the GPU
     lm_head_split: LmHeadSplit | None = None  # None: the engine's under attention DP
+    max_kv_tokens: PosInt | None = None  # None: what memory allows
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -283,6 +284,13 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "rows); default: the engine's",
     )
     g.add_argument(
+        "--max-kv-tokens",
+        type=int,
+        metavar="N",
+        help="cap each attention-DP rank's KV cache at N tokens below what memory allows "
+        "(SGLang --max-total-tokens, TensorRT-LLM kv_cache_config.max_tokens)",
+    )
+    g.add_argument(
         "--mxfp4-activation",
         choices=MXFP4_ACTIVATIONS,
         help="what MXFP4 experts (gpt-oss) quantise activations to: mxfp8 (W4A8: TensorRT-LLM "
@@ -350,6 +358,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
             allreduce_norm_fusion=s.allreduce_norm_fusion,
             mxfp4_activation=s.mxfp4_activation,
             lm_head_split=s.lm_head_split,
+            max_kv_tokens=s.max_kv_tokens,
             version=s.engine_version,
         ),
         replicas=getattr(s, "replicas", 1),

@@ -203,9 +203,10 @@ class Deployment:
             state_copies=copies,
             **share,
         )
-        cap = self.engine.max_kv_tokens * self.parallel.dp  # each attention-DP rank's own
-        if cap and cap < layout.kv_tokens:
-            layout = replace(layout, kv_tokens=cap)
+        cap = self.engine.max_kv_tokens  # each attention-DP rank's own pool, allocated to it
+        if cap and cap * self.parallel.dp < layout.kv_tokens:
+            pool = cap * layout.kv_bytes_per_token
+            layout = replace(layout, kv_tokens=cap * self.parallel.dp, kv_bytes=pool)
         return layout
 
     def predictor(self) -> Predictor:
