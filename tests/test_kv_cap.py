@@ -75,3 +75,14 @@ def test_the_cli_caps_the_kv_pool(capsys) -> None:
         .kv_bytes_per_token
     )
     assert mem["kv_gb"] == pytest.approx(8192 * per_token / 1e9, rel=1e-6)
+
+
+def test_a_cap_too_small_for_a_request_names_the_flag(capsys) -> None:
+    """A cap below one request's length is refused in one sentence that names the fix."""
+    from servesim.cli.main import main
+
+    args = "simulate --model meta-llama/Llama-3.1-8B --device h100_sxm --max-kv-tokens 16"
+    code = main([*args.split(), "--num-requests", "5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "raise --max-kv-tokens" in err and "Traceback" not in err

@@ -378,7 +378,12 @@ class Deployment:
             raise ServesimError(
                 f"The batch needs {context:,} tokens of KV cache but the cache of "
                 f"{self.model.name} on {self.label()} holds {mem.kv_tokens:,}; give fewer or "
-                "shorter sequences, or more devices per replica."
+                "shorter sequences, or "
+                + (
+                    "raise --max-kv-tokens."
+                    if self.engine.max_kv_tokens
+                    else "more devices per replica."
+                )
             )
         if batch.num_seqs > seqs:
             raise ServesimError(

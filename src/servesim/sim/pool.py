@@ -104,10 +104,15 @@ def build_pool(
     blocks = mem.kv_tokens // e.block_size
     per_engine = blocks // pp * e.block_size  # whole pages only
     if req.longest > per_engine:
+        fix = (
+            "raise --max-kv-tokens"
+            if e.max_kv_tokens
+            else "use more devices per replica, fp8 KV cache"
+        )
         raise ServesimError(
             f"A request of {req.longest} tokens does not fit the KV cache of "
-            f"{per_engine} tokens per engine of {dep.label()}; use more devices per "
-            "replica, fp8 KV cache, or drop requests longer than the cache."
+            f"{per_engine} tokens per engine of {dep.label()}; {fix}, or drop requests "
+            "longer than the cache."
         )
     cfg = ReplicaConfig(
         max_num_seqs=max(1, seqs // pp),
