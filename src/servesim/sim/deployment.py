@@ -184,7 +184,7 @@ class Deployment:
         copies = speculative_state_copies(self.engine, k, verify)
         model = self.model.loaded(mtp=method == "mtp")
         if self.af is not None:  # the attention pool's memory; the experts checked to fit
-            return af_memory_layout(
+            layout = af_memory_layout(
                 model,
                 self.device,
                 self.parallel,
@@ -194,15 +194,16 @@ class Deployment:
                 state_copies=copies,
                 **share,
             )
-        layout = memory_layout(
-            model,
-            self.device,
-            self.parallel,
-            max_batched_tokens=tokens,
-            max_num_seqs=min(seqs, 256),
-            state_copies=copies,
-            **share,
-        )
+        else:
+            layout = memory_layout(
+                model,
+                self.device,
+                self.parallel,
+                max_batched_tokens=tokens,
+                max_num_seqs=min(seqs, 256),
+                state_copies=copies,
+                **share,
+            )
         cap = self.engine.max_kv_tokens  # each attention-DP rank's own pool, allocated to it
         if cap and cap * self.parallel.dp < layout.kv_tokens:
             pool = cap * layout.kv_bytes_per_token

@@ -481,7 +481,7 @@ class ModelSpec:
         in 16 bits, the rest in `weight_dtype`; MTP layers the checkpoint carries included."""
         c = self.param_counts()
         w = nbytes(self.weight_dtype)
-        emb_b = max(w, 2.0)  # embeddings and lm_head stay in 16 bits
+        emb_b = nbytes(self.lm_head_dtype)  # embeddings and the head stay in 16 bits
         return (
             c["routed_experts"] * nbytes(self.expert_dtype)
             + self._attention_bytes(c["attention"], self.num_attention_layers)
