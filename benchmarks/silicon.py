@@ -103,6 +103,7 @@ from servesim.sim.clients import (
     AIPERF,
     INFERENCEX,
     INFERENCEX_2025,
+    INFERENCEX_MULTINODE,
     ClientProtocol,
     client_protocol,
 )
@@ -845,7 +846,9 @@ def protocol_of(row: dict[str, str]) -> ClientProtocol:
 
     `db-dump/<date>` rows are InferenceX database records, and `source_file=<date>.csv;
     model=...` rows its dashboard exports (InferenceX's ISL/OSL set 1k/1k, 1k/8k, 8k/1k and
-    container images): its benchmark_serving.py client, with warm-up requests from 2026-01-21.
+    container images): its benchmark_serving.py client, with warm-up requests from 2026-01-21
+    (single-node runs repeat the first prompt; disaggregated ones run srt-slurm's sa-bench,
+    whose warm-up is a run of its own).
     `qwen3.5-397b-gap-analysis.csv` rows repeat InferenceX measurements (each matches an
     InferenceX row's TTFT and TPOT to 0.01 ms), so they are InferenceX runs too. The rest
     (`.../aic-auto-gap-analysis/...`) are aiconfigurator's own collection, whose benchmark is
@@ -855,7 +858,9 @@ def protocol_of(row: dict[str, str]) -> ClientProtocol:
     if src.startswith("source_file=qwen3.5-397b-gap-analysis.csv"):
         return INFERENCEX
     if src.startswith("db-dump/") or re.match(r"source_file=\d{4}-\d\d-\d\d\.csv;", src):
-        return INFERENCEX if _measured_day(row) >= "2026-01-21" else INFERENCEX_2025
+        if _measured_day(row) < "2026-01-21":
+            return INFERENCEX_2025
+        return INFERENCEX_MULTINODE if row.get("mode") == "disagg" else INFERENCEX
     return AIPERF
 
 

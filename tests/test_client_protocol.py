@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from servesim.errors import ServesimError
-from servesim.sim.clients import AIPERF, INFERENCEX, client_protocol
+from servesim.sim.clients import AIPERF, INFERENCEX, INFERENCEX_MULTINODE, client_protocol
 from servesim.sim.deployment import Deployment
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed, Uniform, range_ratio_length
@@ -151,6 +151,29 @@ def test_presets_size_their_runs_by_the_concurrency() -> None:
     )
     with pytest.raises(ServesimError, match="unknown; use one of"):
         client_protocol("genai-perf-ish")
+
+
+def test_inferencex_warmups_repeat_the_first_measured_request() -> None:
+    loop = INFERENCEX.closed_loop(4, 1024, 1024)
+    w = loop.warmup_requests
+    assert w == 8 and loop.warmup_repeats_first
+    p, o = loop.prompt_tokens, loop.output_tokens
+    assert (p[:w] == p[w]).all() and (o[:w] == o[w]).all()
+    # The measured requests are drawn as before; sa-bench's warm-up run draws its own prompts.
+    multi = INFERENCEX_MULTINODE.closed_loop(4, 1024, 1024)
+    assert not multi.warmup_repeats_first
+    assert np.array_equal(multi.prompt_tokens[w:], p[w:])
+    assert len(set(multi.prompt_tokens[:w].tolist())) > 1
+
+
+def test_silicon_rows_of_disaggregated_runs_use_sa_bench() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import silicon
+
+    src = "source_file=2026-04-06.csv; model=DeepSeek-R1; measured=2026-02-07T13:00:07Z"
+    assert silicon.protocol_of({"silicon_data_source": src, "mode": "agg"}).name == "inferencex"
+    row = {"silicon_data_source": src, "mode": "disagg"}
+    assert silicon.protocol_of(row).name == "inferencex_multinode"
 
 
 # ---- in the simulator --------------------------------------------------------------------------

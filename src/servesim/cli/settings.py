@@ -153,7 +153,15 @@ class WorkloadSettings(Settings):
     think_s: NonNegFloat = 0.0
     # The benchmark client a closed loop mirrors (servesim.sim.clients presets).
     client_protocol: (
-        Literal["vllm_bench_serve", "inferencex", "inferencex_2025", "aiperf", "lockstep"] | None
+        Literal[
+            "vllm_bench_serve",
+            "inferencex",
+            "inferencex_multinode",
+            "inferencex_2025",
+            "aiperf",
+            "lockstep",
+        ]
+        | None
     ) = None
     length_range_ratio: NonNegFloat | None = None
     ramp_s: NonNegFloat = 0.0

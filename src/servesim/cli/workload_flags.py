@@ -24,8 +24,10 @@ def add_workload_args(w: argparse._ArgumentGroup) -> None:
     w.add_argument("--think-s", type=float, help="closed-loop think time between requests")
     w.add_argument(
         "--client-protocol",
-        help="closed loop as a benchmark client runs it: inferencex, inferencex_2025, aiperf, "
-        "vllm_bench_serve or lockstep (warm-up, length spread, requests per client)",
+        help="closed loop as a benchmark client runs it: inferencex (single node: warm-ups "
+        "repeat the first prompt), inferencex_multinode (srt-slurm's sa-bench), "
+        "inferencex_2025, aiperf, vllm_bench_serve or lockstep (warm-up, length spread, "
+        "requests per client)",
     )
     w.add_argument(
         "--length-range-ratio",

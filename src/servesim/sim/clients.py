@@ -35,6 +35,7 @@ class ClientProtocol:
     request_rate_per_s: float = math.inf
     dataset_entries: int = 0  # distinct prompts the client cycles through (0: all new)
     dataset_sampling: str = "shuffle"
+    warmup_repeats_first: bool = False  # warm-ups resend the first measured request
 
     def closed_loop(
         self,
@@ -64,6 +65,7 @@ class ClientProtocol:
             warmup_requests=warmup,
             dataset_entries=self.dataset_entries,
             dataset_sampling=self.dataset_sampling,
+            warmup_repeats_first=self.warmup_repeats_first,
         )
 
 
@@ -81,12 +83,26 @@ VLLM_BENCH_SERVE = ClientProtocol(
 # with --max-concurrency CONC --request-rate inf --ignore-eos --num-warmups 2*CONC,
 # --num-prompts CONC*10 (benchmarks/single_node/*.sh) and --random-range-ratio
 # $RANDOM_RANGE_RATIO = 0.8 (.github/workflows/benchmark-tmpl.yml), which that fork draws
-# uniform on [int(L*0.8), L]. Multi-node (disaggregated) runs use srt-slurm's sa-bench
-# (github.com/NVIDIA/srt-slurm src/srtctl/benchmarks/scripts/sa-bench/bench.sh): the same
-# client and draw, range ratio 0.8, CONC*10 prompts after a separate 2*CONC warm-up run.
+# uniform on [int(L*0.8), L]. Its warm-ups all send the run's first prompt again
+# (benchmark_serving.py `benchmark`: `test_prompt, ... = input_requests[0]`, then
+# `num_warmups` copies of that request under the same concurrency limit).
 INFERENCEX = ClientProtocol(
     "inferencex",
     "github.com/SemiAnalysisAI/InferenceX benchmarks/benchmark_lib.sh (since 2026-01-21)",
+    requests_per_client=10,
+    warmup_per_client=2,
+    range_ratio=0.8,
+    convention="below",
+    warmup_repeats_first=True,
+)
+
+# InferenceX multi-node (disaggregated) runs use srt-slurm's sa-bench
+# (github.com/NVIDIA/srt-slurm src/srtctl/benchmarks/scripts/sa-bench/bench.sh): the same
+# client and draw, range ratio 0.8, CONC*10 prompts after a separate 2*CONC warm-up run of
+# benchmark_serving.py with its own random prompts (not one prompt repeated).
+INFERENCEX_MULTINODE = ClientProtocol(
+    "inferencex_multinode",
+    "github.com/NVIDIA/srt-slurm src/srtctl/benchmarks/scripts/sa-bench/bench.sh",
     requests_per_client=10,
     warmup_per_client=2,
     range_ratio=0.8,
@@ -130,7 +146,9 @@ AIPERF = ClientProtocol(
 # client protocols (every round phase-locked when lengths are fixed).
 LOCKSTEP = ClientProtocol("lockstep", "servesim", requests_per_client=10)
 
-PROTOCOLS = (VLLM_BENCH_SERVE, INFERENCEX, INFERENCEX_2025, AIPERF, LOCKSTEP)
+PROTOCOLS = (
+    VLLM_BENCH_SERVE, INFERENCEX, INFERENCEX_MULTINODE, INFERENCEX_2025, AIPERF, LOCKSTEP,
+)  # fmt: skip
 
 
 def client_protocol(name: str) -> ClientProtocol:

@@ -282,6 +282,9 @@ class ClosedLoop:
       all of them have finished (benchmark_serving.py `--num-warmups` and aiperf
       `--warmup-request-count` both finish the warm-up before the profile starts). Warm-up
       requests are the first request ids and are left out of `SimResult.summary`.
+    - `warmup_repeats_first`: every warm-up request sends the measured phase's first request
+      (its prompt and output length) again, as benchmark_serving.py's `--num-warmups` does
+      (`test_prompt = input_requests[0]`); otherwise warm-ups are drawn like the others.
     - `jitter_s`: extra per-request delay, uniform in [0, jitter_s) (no client cites one).
     - `dataset_entries`: the client draws its prompts from a pool of this many distinct ones
       (aiperf's synthetic dataset holds `--num-dataset-entries`, 100 by default, and reuses
@@ -305,6 +308,7 @@ class ClosedLoop:
     warmup_requests: int = 0
     dataset_entries: int = 0
     dataset_sampling: str = "shuffle"
+    warmup_repeats_first: bool = False
 
     def __post_init__(self) -> None:
         _check_count(self.clients, "Number of clients")
@@ -354,12 +358,20 @@ class ClosedLoop:
         if not e:
             return None
         if self.dataset_sampling == "sequential":
-            return np.arange(n) % e
+            return self._repeat_first(np.arange(n) % e)
         gen = _rng(self.seed + 3)
         if self.dataset_sampling == "random":
-            return gen.integers(0, e, size=n)
+            return self._repeat_first(gen.integers(0, e, size=n))
         passes = -(-n // e)
-        return np.concatenate([gen.permutation(e) for _ in range(passes)])[:n]
+        return self._repeat_first(np.concatenate([gen.permutation(e) for _ in range(passes)])[:n])
+
+    def _repeat_first(self, values: np.ndarray) -> np.ndarray:
+        """`values` (per request) with the warm-ups' set to the measured phase's first one's
+        when warm-ups repeat it (`warmup_repeats_first`)."""
+        w = self.warmup_requests
+        if self.warmup_repeats_first and w:
+            values[:w] = values[w]
+        return values
 
     @cached_property
     def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
@@ -367,7 +379,9 @@ class ClosedLoop:
         m = int(self.dataset_entries) or self.num_requests
         p, o = self.prompt.sample(m, gen), self.output.sample(m, gen)
         idx = self.entry_of
-        return (p, o) if idx is None else (p[idx], o[idx])
+        if idx is None:  # each request its own prompt; a pool's warm-ups repeat an entry
+            return self._repeat_first(p), self._repeat_first(o)
+        return p[idx], o[idx]
 
     @property
     def prefix_block_tokens(self) -> int:
