@@ -13,6 +13,7 @@ from servesim.cli.settings import (
     LatencyModel,
     Misuse,
     NonEmpty,
+    NonNegFloat,
     NonNegInt,
     PosInt,
     Settings,
@@ -101,6 +102,7 @@ class DeploymentSettings(Settings):
     mxfp4_activation: Mxfp4Activation | None = None  # None: the engine's choice on the GPU
     lm_head_split: LmHeadSplit | None = None  # None: the engine's under attention DP
     max_kv_tokens: PosInt | None = None  # None: what memory allows
+    token_count_compile_ms: NonNegFloat | None = None  # None: the engine release's
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -291,6 +293,14 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "(SGLang --max-total-tokens, TensorRT-LLM kv_cache_config.max_tokens)",
     )
     g.add_argument(
+        "--token-count-compile-ms",
+        type=float,
+        metavar="MS",
+        help="host milliseconds a prefill of a Gated DeltaNet/KDA model pays the first time the "
+        "server sees its token count (a kernel compiled per count: SGLang before 0.5.16, 90 ms); "
+        "0 turns it off; default: the engine release's",
+    )
+    g.add_argument(
         "--mxfp4-activation",
         choices=MXFP4_ACTIVATIONS,
         help="what MXFP4 experts (gpt-oss) quantise activations to: mxfp8 (W4A8: TensorRT-LLM "
@@ -359,6 +369,9 @@ def build_deployment(s: DeploymentSettings) -> Any:
             mxfp4_activation=s.mxfp4_activation,
             lm_head_split=s.lm_head_split,
             max_kv_tokens=s.max_kv_tokens,
+            token_count_compile_s=(
+                None if s.token_count_compile_ms is None else s.token_count_compile_ms / 1e3
+            ),
             version=s.engine_version,
         ),
         replicas=getattr(s, "replicas", 1),

@@ -343,6 +343,17 @@ class Predictor:
         """Layers on the busiest pipeline stage."""
         return math.ceil(self.model.num_layers / self.par.pp)
 
+    @property
+    def token_count_compile_s(self) -> float:
+        """Host seconds a prefill forward pays the first time its server sees its token count:
+        the engine's (`EngineProfile.token_count_compile`) for a model whose linear-attention
+        mixers (Gated DeltaNet, KDA) normalise q and k with the kernel specialised on it; 0
+        otherwise (softmax attention and Mamba2 never call it)."""
+        m = self.model
+        if not m.num_linear_layers or m.linear_kind not in ("gdn", "kda"):
+            return 0.0
+        return self.engine.token_count_compile()
+
     def _eager_host_s(self) -> float:
         """Host seconds to issue the busiest stage's layers without a CUDA graph: MoE layers
         at the engine's MoE figure, the others at its per-layer one, and each linear-attention

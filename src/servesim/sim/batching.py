@@ -89,6 +89,16 @@ class BatchFormation:
             self._preempt_one()
         return 0
 
+    def _compile_s(self, tokens: int) -> float:
+        """Host seconds a prefill forward of `tokens` tokens spends compiling a kernel
+        specialised on its token count: the engine's figure the first time the count comes up
+        on this server, 0 after (`Predictor.token_count_compile_s`)."""
+        seen = self.compiled
+        if seen is None or tokens in seen:
+            return 0.0
+        seen.add(tokens)
+        return self.pred.token_count_compile_s
+
     def _start_mixed(self) -> bool:
         """Form an iteration with prefill tokens (and decodes when mixing); False if none fit."""
         cfg = self.cfg
@@ -158,6 +168,8 @@ class BatchFormation:
         self.fixed_blocks += new_blocks
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes)
+        if self.compiled is not None:
+            dt += self._compile_s(cfg.max_num_batched_tokens - budget)  # the forward's tokens
         if self.encoder is not None:
             enc_s = self.encoder.chunks_s(chunks)
             dt += enc_s

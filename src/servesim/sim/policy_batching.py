@@ -263,6 +263,8 @@ class PolicyBatchFormation:
         n_dec = n_dec_now()
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes) + self.stall_s
+        if self.compiled is not None:
+            dt += self._compile_s(n_dec * self.step_slots + sum(n for _, n in chunks))
         if self.encoder is not None:
             enc_s = self.encoder.chunks_s(chunks)
             dt += enc_s

@@ -137,6 +137,7 @@ class Replica(
         "blocks",
         "busy_s",
         "cfg",
+        "compiled",
         "encoder",
         "final_blocks",
         "final_of",
@@ -224,6 +225,9 @@ class Replica(
         # iteration for the images its prefill chunks reach; None for text-only serving.
         self.encoder = encoder
         self.pred = predictor
+        # Token counts the server's prefill forwards have run (None: the engine compiles
+        # nothing per count, `Predictor.token_count_compile_s`).
+        self.compiled: set[int] | None = set() if predictor.token_count_compile_s else None
         self.cfg = cfg
         self.table = table
         self.itl = itl

@@ -93,6 +93,19 @@ VLLM_UNGRAPHED_HOST_S_PER_LAYER = 0.47e-3
 # on 1 GB of text. All three engines tokenise with it in the API process when the client sends
 # text, as benchmark clients do (aiperf, `vllm bench serve`, sglang bench_serving).
 TOKENIZE_S_PER_TOKEN = 2.5e-6
+# A Triton kernel compiled again for each new prefill token count. SGLang's FLA port declares
+# the row count of `l2norm_fwd_kernel` (python/sglang/srt/layers/attention/fla/l2norm.py:
+# `T: tl.constexpr`, rows = the forward's tokens × its q/k heads) a compile-time constant, and
+# every Gated DeltaNet or KDA prefill normalises q and k with it (fla/chunk.py
+# `chunk_gated_delta_rule(..., use_qk_l2norm_in_kernel=True)`, fla/kda.py), so the first
+# extend forward with a token count the server has not run yet compiles it inline, on the
+# scheduler's critical path, before launching: "~90 ms each on L20Y" against a 0.03 ms kernel
+# (sgl-project/sglang PR #23448; PR #30403: up to ~110 ms a burst on a Qwen3.5-MoE-style model;
+# PR #31558, H200, variable-length prompts: mean TTFT 131.5 -> 78.8 ms once fixed). Read in the
+# PyPI wheels: still `T: tl.constexpr` in 0.5.2 ... 0.5.15.post1, `do_not_specialize=["T"]`
+# from 0.5.16. Decode and verify steps use fused recurrent kernels that normalise in-kernel.
+TOKEN_COUNT_COMPILE_S = 0.090
+SGLANG_L2NORM_FIXED = "0.5.16"  # the first SGLang release that compiles it once
 
 
 ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer", "vllm")
@@ -121,6 +134,7 @@ HOST_TIME_FIELDS = (
     "eager_host_s_per_moe_layer",
     "eager_host_s_per_linear_mixer",
     "piecewise_host_s_per_layer",
+    "token_count_compile_s",
 )
 
 
@@ -362,6 +376,10 @@ class EngineProfile:
     # (`spec.sampling.filters_logits`). False: greedy requests, or a sampler that does not
     # sort (FlashInfer's, SGLang's, vLLM's Triton one).
     sampler_sorts_vocab: bool = False
+    # Host seconds an extend (prefill) forward of a linear-attention model (Gated DeltaNet, KDA)
+    # pays the first time the server sees its token count, compiling a kernel specialised on it
+    # (`TOKEN_COUNT_COMPILE_S`); None: the engine release's (`token_count_compile`), 0: none.
+    token_count_compile_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or (
@@ -445,10 +463,27 @@ class EngineProfile:
                     f"Engine setting {key} {getattr(self, key)!r} is not one of "
                     f"{', '.join(map(repr, rules))} ('' keeps the value as given)."
                 )
+        tc = self.token_count_compile_s
+        if tc is not None and not (isinstance(tc, int | float) and math.isfinite(tc) and tc >= 0):
+            raise ServesimError(
+                f"Engine setting token_count_compile_s must be ≥ 0 s (0: no compile), not {tc!r}."
+            )
         for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
             value = getattr(self, key)
             if not (value >= 0.0 and math.isfinite(value)):
                 raise ServesimError(f"Engine setting {key} must be ≥ 0 s, not {value!r}.")
+
+    def token_count_compile(self) -> float:
+        """Seconds a linear-attention model's prefill forward pays the first time its token
+        count comes up: `token_count_compile_s` if set, else SGLang's before 0.5.16
+        (`TOKEN_COUNT_COMPILE_S`), else none (vLLM and later SGLang releases do not specialise
+        the kernel on the count; an unnamed release reads as the newest)."""
+        if self.token_count_compile_s is not None:
+            return float(self.token_count_compile_s)
+        v = self.version.strip()
+        if self.name == "sglang" and v and version_key(v) < version_key(SGLANG_L2NORM_FIXED):
+            return TOKEN_COUNT_COMPILE_S
+        return 0.0
 
     def frontend_s(self, prompt_tokens: int) -> float:
         """Seconds a request spends in the serving frontend (both ways) before and after the
@@ -470,6 +505,7 @@ class EngineProfile:
         if factor == 1.0:
             return self
         values = {name: getattr(self, name) for name in HOST_TIME_FIELDS}
+        values["token_count_compile_s"] = self.token_count_compile()  # the release's, scaled
         return replace(self, **{k: v * factor for k, v in values.items() if v is not None})
 
     def with_overrides(self, **kwargs: object) -> EngineProfile:
