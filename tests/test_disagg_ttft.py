@@ -78,7 +78,9 @@ def test_trtllm_lone_client_gets_the_context_token_when_the_generation_server_ad
 def test_sglang_lone_client_pays_no_router_hop() -> None:
     """Claim (SGLang PD): the router sent the request to both servers at once, the decode
     pre-allocated during the prefill, so TTFT = frontend + prefill + KV push, and the idle
-    decode streams the prefill's token at its next (immediate) pass."""
+    decode streams the prefill's token at its next (immediate) pass: its overlapped loop
+    processes the prebuilt batch right after launching the first step, with nothing in flight
+    before it; the idle prefill server posts the KV at once (no next batch to launch first)."""
     cols, _, prefill, transfer = lone("sglang")
     ttft = (7e-3 + P * 2.5e-6) + prefill + transfer
     assert cols["ttft_s"][0] == pytest.approx(ttft, rel=1e-9)
@@ -88,8 +90,9 @@ def test_sglang_lone_client_pays_no_router_hop() -> None:
 def test_a_busy_decode_worker_admits_at_its_next_step_boundary(engine: str) -> None:
     """Claim: when the decode worker is busy decoding request A, request B's KV is requested
     (TRT-LLM, vLLM: at the worker's first step boundary after the router's hop) and its first
-    token comes at the first step boundary after the KV arrived (vLLM: at the end of the step
-    that follows). The boundaries are A's decode steps, summed here by hand."""
+    token comes at the first step boundary after the KV arrived (vLLM, and SGLang's overlapped
+    loop: at the end of the step that follows). The boundaries are A's decode steps, summed
+    here by hand."""
     dep, pred = disagg(engine)
     e = dep.decode.engine
     t_b = 0.5  # A is decoding alone by then
@@ -115,9 +118,11 @@ def test_a_busy_decode_worker_admits_at_its_next_step_boundary(engine: str) -> N
         ready = next_boundary(ready)
     arrive = ready + transfer
     first = next_boundary(arrive)
-    if e.disagg_first_token == "decode_step":
-        # The step after admission runs A and B together: B recomputes its last prompt token.
-        ctx = (P + 1 + int(np.searchsorted(bounds, arrive))) + P  # both sequences' context
+    if e.disagg_first_token in ("decode_step", "prebuilt"):
+        # The step after admission runs A and B together: B recomputes its last prompt token
+        # (vLLM); SGLang's overlapped loop streams B's token once the step in flight is done
+        # (its prebuilt batch's result is processed after the next launch), B decoding from it.
+        ctx = (ctx0 + 1 + int(np.searchsorted(bounds, arrive))) + P  # both sequences' context
         first += pred.iteration(BatchShape(2, ctx)).seconds
     assert first > arrive + 1e-6  # a real wait: B's KV lands mid-step
     assert cols["ttft_s"][1] == pytest.approx(first - t_b, rel=1e-9)

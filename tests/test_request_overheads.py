@@ -70,12 +70,17 @@ def test_a_closed_loop_client_pays_the_frontend_on_every_request() -> None:
 
 
 def test_turning_the_frontend_off_gives_the_engine_alone() -> None:
-    """Claim: with no frontend cost TTFT is the prefill alone (the old, ideal behaviour)."""
+    """Claim: with no frontend cost TTFT is the prefill alone, plus (TensorRT-LLM's overlap
+    loop returns the first token after launching the next iteration) what the next launch
+    adds past the prefill's end: its decode step's scheduling, as the prefill is host-bound."""
     e = get_engine("trtllm").with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
     d = Deployment(LLAMA8, H100, engine=e)
     cols = simulate(d, Workload(np.array([0.0]), np.array([512]), np.array([2]))).columns()
-    prefill = d.predictor().iteration(BatchShape(prefill=((512, 0),))).seconds
-    assert cols["ttft_s"][0] == pytest.approx(prefill, rel=1e-9)
+    pred = d.predictor()
+    prefill = pred.iteration(BatchShape(prefill=((512, 0),))).seconds
+    launch = pred.host_s(512, 1, 0) + pred.overhead_s(0, 1)
+    assert prefill == pytest.approx(launch, rel=1e-12)  # host-bound
+    assert cols["ttft_s"][0] == pytest.approx(prefill + pred.overhead_s(1, 0), rel=1e-9)
 
 
 def test_bad_overheads_are_refused_in_one_sentence() -> None:

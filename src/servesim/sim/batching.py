@@ -31,14 +31,23 @@ class BatchFormation:
         """Join requests whose KV arrived (disaggregation, migration) at this step boundary.
 
         A request handed over by a prefill pool may get its client-visible first token here: at
-        this pass (token time -1) or at the end of the first step that runs it (-2)."""
+        this pass (token time -1), at the end of the first step that runs it (-2), or as the
+        one or the other as the worker is idle or decoding (-3, SGLang's prebuilt batch)."""
         after_step: list[int] = []
         first = self.table.first_token_s
         now = self.now
+        busy = bool(self.off)  # decoding when the pass came (a prebuilt request waits a step)
         while self.incoming:
             rid, cached, t_tok, reserved, in_order, shared = self.incoming.popleft()
             self.fixed_blocks -= reserved
             if t_tok < 0:
+                if t_tok == -3.0:  # SGLang's prebuilt batch under overlap
+                    if busy:  # its token follows the step in flight; its decoding starts then
+                        cached -= 1
+                        self.table.generated[rid] -= 1
+                        t_tok = -2.0
+                    else:
+                        t_tok = -1.0
                 if t_tok == -1.0:
                     first[rid] = now
                 else:
@@ -272,8 +281,12 @@ class BatchFormation:
                 held = private
             if tab.first_token_s[rid] < 0:
                 tab.first_token_s[rid] = end
+                if self.defers_results:  # it leaves after the next launch, unless it ends here
+                    self.fresh_first.append(rid)
             tab.generated[rid] += 1
             if tab.generated[rid] >= tab.output_tokens[rid]:
+                if self.fresh_first and self.fresh_first[-1] == rid:
+                    self.fresh_first.pop()
                 self.fixed_blocks -= held
                 self._end_hold(rid)
                 if self.pins:

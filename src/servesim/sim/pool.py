@@ -122,6 +122,7 @@ def build_pool(
         block_size=e.block_size,
         kv_blocks=max(1, blocks // pp),
         overlap=dep.overlaps() and role != "prefill",
+        defers_results=dep.overlaps() and e.results_after_next_launch,
         # (a context server's requests end at their first token: nothing to reserve beyond it)
         reserve_to_completion=e.reserve_to_completion and role != "prefill",
         decode_reserve_tokens=e.disagg_decode_reserve_tokens if role == "decode" else 0,

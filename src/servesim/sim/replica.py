@@ -55,6 +55,10 @@ ROLES = ("mixed", "prefill", "decode")
 # `incoming` token times meaning "the client's first token is made here" (disaggregation).
 FIRST_AT_ADMISSION = -1.0  # at the scheduler pass that admits the request
 FIRST_AFTER_STEP = -2.0  # at the end of the first iteration that runs it
+# SGLang's overlapped decode loop streams a prebuilt request's token when it processes that
+# batch's result, after launching the next step: a busy worker's step in flight ends first
+# (as FIRST_AFTER_STEP), an idle one launches at once (as FIRST_AT_ADMISSION).
+FIRST_PREBUILT = -3.0
 
 
 def dp_rank_of(rid: int, ranks: int) -> int:
@@ -91,6 +95,10 @@ class ReplicaConfig:
     block_size: int = 16
     kv_blocks: int = 10_000
     overlap: bool = False  # the next iteration is scheduled while this one runs
+    # ... and its results are processed after the next launch (`EngineProfile.
+    # results_after_next_launch`; a disaggregated prefill server too, whose arrivals `overlap`
+    # leaves unlagged)
+    defers_results: bool = False
     # Decode steps between the scheduler's reads of new requests (SGLang
     # `--scheduler-recv-interval`; 1 = every pass). Its receive skipper sits in the loop both
     # with and without overlap (scheduler.py `recv_requests`), so it acts on either path.
@@ -138,12 +146,14 @@ class Replica(
         "busy_s",
         "cfg",
         "compiled",
+        "defers_results",
         "encoder",
         "final_blocks",
         "final_of",
         "finish_heap",
         "fixed_blocks",
         "fresh",
+        "fresh_first",
         "fresh_n",
         "full_sum",
         "group",
@@ -228,6 +238,11 @@ class Replica(
         # Token counts the server's prefill forwards have run (None: the engine compiles
         # nothing per count, `Predictor.token_count_compile_s`).
         self.compiled: set[int] | None = set() if predictor.token_count_compile_s else None
+        # Overlap scheduling that processes an iteration's results after launching the next
+        # (`EngineProfile.results_after_next_launch`): the prompts whose first token the last
+        # iteration produced, until the next launch times it.
+        self.defers_results = cfg.defers_results
+        self.fresh_first: list[int] = []
         self.cfg = cfg
         self.table = table
         self.itl = itl
@@ -453,7 +468,9 @@ class Replica(
         tab = self.table
         if handed_over:
             source = self.pred.engine.disagg_first_token
-            if source == "decode_admit":
+            if source == "prebuilt" and self.cfg.overlap:
+                t_token = FIRST_PREBUILT  # resolved at admission: busy or idle
+            elif source in ("decode_admit", "prebuilt"):
                 t_token = FIRST_AT_ADMISSION
             elif source == "decode_step":
                 # The last prompt token is recomputed here and the first token sampled again.
@@ -662,7 +679,8 @@ class Replica(
     def advance(self) -> list[int]:
         """Finish the work in flight at `next_t` and start the next; returns finished rids."""
         done: list[int] = []
-        if self._mixed is not None:
+        mixed = self._mixed
+        if mixed is not None:
             self._commit_mixed(done)
         else:
             seg = self._seg
@@ -674,7 +692,37 @@ class Replica(
                 self.left.append((rid, self._drop(rid) if rid in self.off else -1, self.now))
             self.leaving.clear()
         self._schedule()
+        if self.fresh_first and mixed is not None:
+            self._defer_first_tokens(mixed)
         return done
+
+    def _launch_s(self, n_dec: int, chunks: list[tuple[list[int], int]]) -> float:
+        """Host seconds to schedule and launch an iteration of `n_dec` decodes and these
+        prefill chunks (`Predictor.host_s`: eager, piecewise or graph-replayed)."""
+        pred = self.pred
+        tokens = n_dec * self.step_slots + sum(n for _, n in chunks)
+        return pred.host_s(tokens, len(chunks), n_dec) + pred.overhead_s(n_dec, len(chunks))
+
+    def _defer_first_tokens(self, mixed: tuple) -> None:
+        """The first tokens the iteration `mixed` just produced leave once the engine has
+        launched the next iteration (`EngineProfile.results_after_next_launch`): that launch
+        starts when the previous one ended, so they wait for the host's two launches when those
+        outlast the iteration; at once when the engine goes idle."""
+        fresh, self.fresh_first = self.fresh_first, []
+        if self.next_t == INF:
+            return
+        _, dt, n_dec, chunks = mixed
+        nxt = self._mixed
+        if nxt is not None and nxt[0] == self.now:
+            launched = self._launch_s(nxt[2], nxt[3])
+        else:  # a decode stretch: its first step's launch
+            n = len(self.off)
+            launched = self.pred.host_s(n, 0, n) + self.pred.overhead_s(n, 0)
+        delay = self._launch_s(n_dec, chunks) + launched - dt
+        if delay > 0.0:
+            first = self.table.first_token_s
+            for rid in fresh:
+                first[rid] += delay
 
     # ---- scheduling ----------------------------------------------------------------------
     def _schedule(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from servesim.errors import ServesimError
 from servesim.spec.release import version_key
 
-FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step")
+FIRST_TOKEN_SOURCES = ("prefill", "decode_admit", "decode_step", "prebuilt")
 SERVER_RULES = ("", "sglang")  # whose default rules an engine setting follows
 ENGINE_RULES = ("", "sglang", "vllm")  # ... where both engines have one
 # An explicit setting replaces the engine's rule for it: setting -> the rule it turns off.
@@ -65,9 +65,11 @@ EAGER_HOST_S_PER_MOE_LAYER = 1.35e-3
 # tokens, TTFT p50): DeepSeek-R1 FP4 on 8 B200s at TP 8 with EP none/4/8: 161.0/160.2/172.7 ms;
 # FP8 on 8 H200s: 164.6/134.4/124.1 ms. servesim prices the kernels of that prefill below
 # 81 ms in each case, so it is host-bound; less the frontend (7 ms + 1,600 × 2.5 µs of
-# tokenising), the step overhead (0.5 ms) and 3 dense layers at 0.62 ms, 58 MoE layers take
-# 1.91-2.75 ms each (median of the six: 2.54 ms). SGLang keeps its own measured 1.35 ms.
-TRTLLM_EAGER_HOST_S_PER_MOE_LAYER = 2.54e-3
+# tokenising), the step overhead (0.5 ms), the launch of the decode step before which the
+# overlap loop returns the first token (0.502 ms: `results_after_next_launch`) and 3 dense
+# layers at 0.62 ms, 58 MoE layers take 1.90-2.74 ms each (median of the six, 160.6 ms:
+# 2.53 ms). SGLang keeps its own measured 1.35 ms.
+TRTLLM_EAGER_HOST_S_PER_MOE_LAYER = 2.53e-3
 # A linear-attention mixer (Gated DeltaNet, Mamba2, KDA) issues more again than softmax
 # attention: its chunked scan is several Triton kernels (cumulative decay, the intra-chunk
 # triangular solve, the state pass, the output), plus the causal convolution and the gating.
@@ -157,7 +159,15 @@ class EngineProfile:
     #   "decode_admit": the decode worker streams the token the prefill sampled once it admits
     #     the request, at its first scheduler pass after the KV arrived (SGLang, TRT-LLM);
     #   "decode_step": the decode worker recomputes the last prompt token and samples the first
-    #     token itself, so it comes out at the end of the decode iteration that admits it (vLLM).
+    #     token itself, so it comes out at the end of the decode iteration that admits it (vLLM);
+    #   "prebuilt": the decode scheduler admits the request in a "prebuilt" batch without a
+    #     forward and streams the prefill's token when it processes that batch's result: in the
+    #     same pass without overlap scheduling (as "decode_admit"), but under overlap only in
+    #     the next loop iteration, after the next decode step has run, and the request's own
+    #     decoding starts with that step (SGLang `event_loop_overlap_disagg_decode` pops a
+    #     batch's result after launching the next one; `process_batch_result_prebuilt` streams
+    #     it: python/sglang/srt/disaggregation/decode.py, 0.5.6.post2 to 0.5.22): timed as
+    #     "decode_step" times it.
     disagg_first_token: str = "decode_step"
     # Latency between the prefill's end and the decode worker holding the request: the prefill
     # server's non-streaming response, the router, the decode server's frontend (0 when the
@@ -176,6 +186,19 @@ class EngineProfile:
     # its `--scheduler-recv-interval` lets read: python/sglang/srt/disaggregation/prefill.py,
     # decode.py). False: the prefill starts at once (TRT-LLM context-first, vLLM NIXL).
     disagg_prefill_waits_for_decode: bool = False
+    # Under overlap scheduling the engine processes an iteration's results only after it has
+    # launched the next iteration, so the first tokens of the prompts it finished (and on a
+    # disaggregated prefill worker their KV, which leaves with the first token) go out then:
+    # SGLang's `event_loop_overlap` and `event_loop_overlap_disagg_prefill` call
+    # `run_batch(N+1)` before processing batch N (managers/scheduler.py,
+    # disaggregation/prefill.py, read in 0.5.2 to 0.5.22; SGLANG_DISABLE_CONSECUTIVE_PREFILL_
+    # OVERLAP, off by default, would process a prefill's results first when the next batch is a
+    # prefill too; PR #35132: the prefill "waits until the previous prefill result is processed
+    # before submitting its KV chunk"); TensorRT-LLM's `_executor_loop_overlap` likewise (PR
+    # #14061's early first-token emission is opt-in, off by default). A host-bound eager prefill
+    # followed by another makes that a whole launch later; a graph-replayed decode step next,
+    # its scheduling overhead.
+    results_after_next_launch: bool = False
     # Host time to issue one layer's kernels in a forward that is not graph-captured (PyTorch
     # eager: Python modules, dispatcher, cudaLaunchKernel per kernel). The CPU runs ahead of the
     # GPU, so such an iteration takes max(kernel time, host time) rather than their sum: a
@@ -572,11 +595,12 @@ ENGINES: dict[str, EngineProfile] = {
         name="sglang",
         overlap_scheduling=True,
         mixed_batches=False,
-        disagg_first_token="decode_admit",
+        disagg_first_token="prebuilt",
         disagg_handoff_s=0.0,  # the router sent the request to both servers at the start
         disagg_handoff_tokenizes=False,
         disagg_pull_at_pass=False,  # the prefill pushes into pre-allocated blocks
         disagg_prefill_waits_for_decode=True,  # ... which the decode allocated first
+        results_after_next_launch=True,
         disagg_decode_reserve_tokens=512,
         disagg_decode_retracts_to_host=True,
         new_token_ratio=(0.7, 0.7 * 0.14, 600, 4096),
@@ -602,6 +626,7 @@ ENGINES: dict[str, EngineProfile] = {
         name="trtllm",
         overlap_scheduling=True,
         allreduce_norm_fusion="trtllm",
+        results_after_next_launch=True,
         disagg_first_token="decode_admit",
         disagg_handoff_tokenizes=False,  # the generation request carries prompt_token_ids
         step_overhead_s=0.5e-3,

@@ -1,0 +1,89 @@
+"""Overlap scheduling as SGLang and TensorRT-LLM run it: an iteration's results are processed
+only after the next iteration has been launched, so the first tokens of the prompts it
+finished (and a disaggregated prefill server's KV, which leaves with them) go out then
+(`EngineProfile.results_after_next_launch`). The launches are the predictor's own host and
+scheduling figures, so every expected time below is composed from them by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from servesim.sim import cluster as cluster_module
+from servesim.sim.deployment import Deployment
+from servesim.sim.disagg import DisaggDeployment
+from servesim.sim.simulate import simulate
+from servesim.sim.transfer import Network
+from servesim.sim.workload import Workload
+from servesim.spec.devices import get_device
+from servesim.spec.engine_profile import get_engine
+from servesim.spec.model import load_model
+
+LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
+H100 = get_device("h100_sxm")
+
+
+def engine(defers: bool, name: str = "sglang"):
+    return get_engine(name).with_overrides(
+        request_overhead_s=0.0, tokenize_s_per_token=0.0, results_after_next_launch=defers
+    )
+
+
+def ttft(defers: bool, prompts: list[int], name: str = "sglang") -> np.ndarray:
+    dep = Deployment(LLAMA8, H100, engine=engine(defers, name))
+    w = Workload(np.zeros(len(prompts)), np.array(prompts), np.full(len(prompts), 5))
+    return simulate(dep, w).columns()["ttft_s"]
+
+
+def test_the_engines_that_defer_their_results() -> None:
+    assert get_engine("sglang").results_after_next_launch
+    assert get_engine("trtllm").results_after_next_launch
+    assert not get_engine("vllm").results_after_next_launch
+
+
+def test_a_host_bound_prefill_waits_for_the_next_steps_launch() -> None:
+    """A 100-token prefill is host-bound on H100 (its iteration is exactly its eager launch
+    plus the scheduler's overhead), so its first token leaves after the next launch: the
+    request's first decode step, graph-replayed, whose launch is the scheduler's overhead."""
+    pred = Deployment(LLAMA8, H100, engine=engine(True)).predictor()
+    launch = pred.host_s(100, 1, 0) + pred.overhead_s(0, 1)
+    assert pred.step_s(0, 0, ((100, 0),)) == pytest.approx(launch, rel=1e-12)  # host-bound
+    assert pred.host_s(1, 0, 1) == 0.0  # the decode step replays a CUDA graph
+    delay = ttft(True, [100]) - ttft(False, [100])
+    assert delay[0] == pytest.approx(pred.overhead_s(1, 0), rel=1e-9)
+    assert (ttft(True, [100], "trtllm") > ttft(False, [100], "trtllm")).all()
+
+
+def test_a_gpu_bound_prefill_hides_the_next_launch() -> None:
+    """A 16,000-token prefill's kernels outlast its launch by far more than the next launch,
+    so its result is ready later than that launch ends: no wait."""
+    pred = Deployment(LLAMA8, H100, engine=engine(True)).predictor()
+    launch = pred.host_s(16000, 1, 0) + pred.overhead_s(0, 1)
+    assert pred.step_s(0, 0, ((16000, 0),)) > launch + pred.overhead_s(1, 0)
+    assert ttft(True, [16000])[0] == ttft(False, [16000])[0]
+
+
+def test_a_prefill_server_posts_the_kv_after_launching_the_next_prefill(monkeypatch) -> None:
+    """SGLang PD: A's prefill runs alone; B, sent 1 ms later, is the prefill server's next
+    batch. A's KV (and first token) goes out only after B's eager launch, which is as long as
+    B's iteration (host-bound): recorded at the network, A's bytes start at two prefills'
+    time, not one; B's, with no batch behind it, at the end of its own prefill."""
+    starts: list[tuple[float, float]] = []
+
+    class Recording(Network):
+        def start(self, t, src, dst, nbytes, latency, payload):  # type: ignore[override]
+            starts.append((t, nbytes))
+            return super().start(t, src, dst, nbytes, latency, payload)
+
+    monkeypatch.setattr(cluster_module, "Network", Recording)
+    pred = Deployment(LLAMA8, H100, engine=engine(True)).predictor()
+    one = pred.step_s(0, 0, ((100, 0),))
+    w = Workload(np.array([0.0, 0.001]), np.array([100, 100]), np.array([5, 5]))
+    for defers, a_start in ((False, one), (True, 2 * one)):
+        starts.clear()
+        pool = Deployment(LLAMA8, H100, engine=engine(defers))
+        simulate(DisaggDeployment(pool, pool, "infiniband"), w)
+        assert sorted(t for t, _ in starts) == [
+            pytest.approx(a_start, rel=1e-9),
+            pytest.approx(2 * one, rel=1e-9),
+        ]
