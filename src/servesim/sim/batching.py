@@ -178,7 +178,8 @@ class BatchFormation:
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes)
         if self.compiled is not None:
-            dt += self._compile_s(cfg.max_num_batched_tokens - budget)  # the forward's tokens
+            self.host_extra_s = self._compile_s(cfg.max_num_batched_tokens - budget)
+            dt += self.host_extra_s  # compiled inline on the host, before the launch
         if self.encoder is not None:
             enc_s = self.encoder.chunks_s(chunks)
             dt += enc_s

@@ -161,6 +161,7 @@ class Replica(
         "hands_off",
         "hashes",
         "held",
+        "host_extra_s",
         "idle_share",
         "incoming",
         "index",
@@ -243,6 +244,7 @@ class Replica(
         # iteration produced, until the next launch times it.
         self.defers_results = cfg.defers_results
         self.fresh_first: list[int] = []
+        self.host_extra_s = 0.0  # host time the iteration in flight adds to its launch (compiles)
         self.cfg = cfg
         self.table = table
         self.itl = itl
@@ -679,7 +681,8 @@ class Replica(
     def advance(self) -> list[int]:
         """Finish the work in flight at `next_t` and start the next; returns finished rids."""
         done: list[int] = []
-        mixed = self._mixed
+        mixed, extra = self._mixed, self.host_extra_s
+        self.host_extra_s = 0.0
         if mixed is not None:
             self._commit_mixed(done)
         else:
@@ -693,7 +696,7 @@ class Replica(
             self.leaving.clear()
         self._schedule()
         if self.fresh_first and mixed is not None:
-            self._defer_first_tokens(mixed)
+            self._defer_first_tokens(mixed, extra)
         return done
 
     def _launch_s(self, n_dec: int, chunks: list[tuple[list[int], int]]) -> float:
@@ -703,22 +706,23 @@ class Replica(
         tokens = n_dec * self.step_slots + sum(n for _, n in chunks)
         return pred.host_s(tokens, len(chunks), n_dec) + pred.overhead_s(n_dec, len(chunks))
 
-    def _defer_first_tokens(self, mixed: tuple) -> None:
+    def _defer_first_tokens(self, mixed: tuple, extra_s: float) -> None:
         """The first tokens the iteration `mixed` just produced leave once the engine has
         launched the next iteration (`EngineProfile.results_after_next_launch`): that launch
-        starts when the previous one ended, so they wait for the host's two launches when those
-        outlast the iteration; at once when the engine goes idle."""
+        starts when the previous one ended, so they wait for the host's two launches (with any
+        kernel compiled inline, `extra_s` for `mixed`) when those outlast the iteration; at
+        once when the engine goes idle."""
         fresh, self.fresh_first = self.fresh_first, []
         if self.next_t == INF:
             return
         _, dt, n_dec, chunks = mixed
         nxt = self._mixed
         if nxt is not None and nxt[0] == self.now:
-            launched = self._launch_s(nxt[2], nxt[3])
+            launched = self._launch_s(nxt[2], nxt[3]) + self.host_extra_s
         else:  # a decode stretch: its first step's launch
             n = len(self.off)
             launched = self.pred.host_s(n, 0, n) + self.pred.overhead_s(n, 0)
-        delay = self._launch_s(n_dec, chunks) + launched - dt
+        delay = self._launch_s(n_dec, chunks) + extra_s + launched - dt
         if delay > 0.0:
             first = self.table.first_token_s
             for rid in fresh:
