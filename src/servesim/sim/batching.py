@@ -9,6 +9,15 @@ import numpy as np
 
 from servesim.spec.memory import kv_bytes_per_token_per_device
 
+# `Replica.incoming` token times meaning "the client's first token is made here"
+# (disaggregation), resolved at admission (`BatchFormation._admit_incoming`).
+FIRST_AT_ADMISSION = -1.0  # at the scheduler pass that admits the request
+FIRST_AFTER_STEP = -2.0  # at the end of the first iteration that runs it
+# SGLang's overlapped decode loop streams a prebuilt request's token when it processes that
+# batch's result, after launching the next step: a busy worker's step in flight ends first
+# (as FIRST_AFTER_STEP), an idle one launches at once (as FIRST_AT_ADMISSION).
+FIRST_PREBUILT = -3.0
+
 
 def _chunk_fit(entry: list[int], budget: int, free: int, bs: int) -> tuple[int, int]:
     """(tokens, new blocks) of a partial prefill's next chunk: at most `budget` tokens, cut to
@@ -41,14 +50,14 @@ class BatchFormation:
             rid, cached, t_tok, reserved, in_order, shared = self.incoming.popleft()
             self.fixed_blocks -= reserved
             if t_tok < 0:
-                if t_tok == -3.0:  # SGLang's prebuilt batch under overlap
+                if t_tok == FIRST_PREBUILT:  # SGLang's prebuilt batch under overlap
                     if busy:  # its token follows the step in flight; its decoding starts then
                         cached -= 1
                         self.table.generated[rid] -= 1
-                        t_tok = -2.0
+                        t_tok = FIRST_AFTER_STEP
                     else:
-                        t_tok = -1.0
-                if t_tok == -1.0:
+                        t_tok = FIRST_AT_ADMISSION
+                if t_tok == FIRST_AT_ADMISSION:
                     first[rid] = now
                 else:
                     after_step.append(rid)
@@ -97,6 +106,11 @@ class BatchFormation:
                 return need
             self._preempt_one()
         return 0
+
+    def _forward_tokens(self, n_dec: int, chunks: list[tuple[list[int], int]]) -> int:
+        """Tokens an iteration of `n_dec` decodes (each writing its verify slots) and these
+        prefill chunks runs through the model."""
+        return n_dec * self.step_slots + sum(n for _, n in chunks)
 
     def _compile_s(self, tokens: int) -> float:
         """Host seconds a prefill forward of `tokens` tokens spends compiling a kernel
@@ -178,7 +192,7 @@ class BatchFormation:
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes)
         if self.compiled is not None:
-            self.host_extra_s = self._compile_s(cfg.max_num_batched_tokens - budget)
+            self.host_extra_s = self._compile_s(self._forward_tokens(n_dec, chunks))
             dt += self.host_extra_s  # compiled inline on the host, before the launch
         if self.encoder is not None:
             enc_s = self.encoder.chunks_s(chunks)
@@ -280,14 +294,11 @@ class BatchFormation:
                 private = -(-(target - shared) // self.cfg.block_size)
                 self.fixed_blocks += private - held  # computed prompt blocks are now shared
                 held = private
-            if tab.first_token_s[rid] < 0:
+            first = tab.first_token_s[rid] < 0
+            if first:
                 tab.first_token_s[rid] = end
-                if self.defers_results:  # it leaves after the next launch, unless it ends here
-                    self.fresh_first.append(rid)
             tab.generated[rid] += 1
             if tab.generated[rid] >= tab.output_tokens[rid]:
-                if self.fresh_first and self.fresh_first[-1] == rid:
-                    self.fresh_first.pop()
                 self.fixed_blocks -= held
                 self._end_hold(rid)
                 if self.pins:
@@ -295,7 +306,10 @@ class BatchFormation:
                 tab.finish_s[rid] = end
                 self.outstanding_tokens -= self._load_of(rid)
                 done.append(rid)
-            elif self.hands_off:
+                continue
+            if first and self.defers_results:  # it leaves after the next launch
+                self.fresh_first.append(rid)
+            if self.hands_off:
                 self.held[rid] = held
                 self.handoff.append(rid)
             else:

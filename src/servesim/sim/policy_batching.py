@@ -264,7 +264,7 @@ class PolicyBatchFormation:
         context = (self.off_sum + n_dec * (self.G + 1) + self.shared_sum) if n_dec else 0
         dt = self.pred.step_s(n_dec, context, shapes) + self.stall_s
         if self.compiled is not None:
-            self.host_extra_s = self._compile_s(n_dec * self.step_slots + sum(n for _, n in chunks))
+            self.host_extra_s = self._compile_s(self._forward_tokens(n_dec, chunks))
             dt += self.host_extra_s
         if self.encoder is not None:
             enc_s = self.encoder.chunks_s(chunks)

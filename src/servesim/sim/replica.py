@@ -39,7 +39,12 @@ from typing import Any
 import numpy as np
 
 from servesim.predictor.iteration import Predictor
-from servesim.sim.batching import BatchFormation
+from servesim.sim.batching import (
+    FIRST_AFTER_STEP,
+    FIRST_AT_ADMISSION,
+    FIRST_PREBUILT,
+    BatchFormation,
+)
 from servesim.sim.bookkeeping import RequestBookkeeping
 from servesim.sim.decode_stretch import DecodeStretch
 from servesim.sim.kvcache import DecodeBlocks
@@ -52,13 +57,6 @@ from servesim.sim.speculation import SpecBlocks, SpecState, SpeculativeSteps
 
 INF = math.inf
 ROLES = ("mixed", "prefill", "decode")
-# `incoming` token times meaning "the client's first token is made here" (disaggregation).
-FIRST_AT_ADMISSION = -1.0  # at the scheduler pass that admits the request
-FIRST_AFTER_STEP = -2.0  # at the end of the first iteration that runs it
-# SGLang's overlapped decode loop streams a prebuilt request's token when it processes that
-# batch's result, after launching the next step: a busy worker's step in flight ends first
-# (as FIRST_AFTER_STEP), an idle one launches at once (as FIRST_AT_ADMISSION).
-FIRST_PREBUILT = -3.0
 
 
 def dp_rank_of(rid: int, ranks: int) -> int:
@@ -702,8 +700,7 @@ class Replica(
     def _launch_s(self, n_dec: int, chunks: list[tuple[list[int], int]]) -> float:
         """Host seconds to schedule and launch an iteration of `n_dec` decodes and these
         prefill chunks (`Predictor.host_s`: eager, piecewise or graph-replayed)."""
-        pred = self.pred
-        tokens = n_dec * self.step_slots + sum(n for _, n in chunks)
+        pred, tokens = self.pred, self._forward_tokens(n_dec, chunks)
         return pred.host_s(tokens, len(chunks), n_dec) + pred.overhead_s(n_dec, len(chunks))
 
     def _defer_first_tokens(self, mixed: tuple, extra_s: float) -> None:
@@ -720,8 +717,7 @@ class Replica(
         if nxt is not None and nxt[0] == self.now:
             launched = self._launch_s(nxt[2], nxt[3]) + self.host_extra_s
         else:  # a decode stretch: its first step's launch
-            n = len(self.off)
-            launched = self.pred.host_s(n, 0, n) + self.pred.overhead_s(n, 0)
+            launched = self._launch_s(len(self.off), [])
         delay = self._launch_s(n_dec, chunks) + extra_s + launched - dt
         if delay > 0.0:
             first = self.table.first_token_s
