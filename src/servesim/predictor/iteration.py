@@ -852,7 +852,7 @@ class Predictor:
         return state, m.linear_num_v_heads // shards, m.linear_conv_dim // shards
 
     def _mixer_decode_parts(
-        self, seqs_rank: int, queries: int = 1
+        self, seqs_rank: int, queries: int = 1, verify: bool = False
     ) -> list[tuple[str, str, float, float, int]]:
         """(name, kind, a, b, provenance) of the per-sequence work outside softmax attention in
         a decode step of `queries` tokens per sequence, seconds = a + b × total context: the
@@ -861,7 +861,9 @@ class Predictor:
         SGLang's `intermediate_ssm_state_cache`, vLLM's per-token state slots; Gated
         DeltaNet's from the measured tables where they hold the head layout, one token
         anchoring the rest) and the DSA indexer (every query's logits against every cached
-        key, the keys read once)."""
+        key, the keys read once). `verify`: a speculative verify pass, after which the engine
+        may copy each sequence's accepted state into place (`EngineProfile.
+        spec_state_copy_passes`)."""
         m, dev = self.model, self.device
         parts: list[tuple[str, str, float, float, int]] = []
         if m.num_linear_layers:
@@ -889,6 +891,13 @@ class Predictor:
                     prov,
                 )
             )
+            passes = self.engine.spec_state_copy_passes() if verify and queries > 1 else 0
+            if passes:  # every linear layer's accepted state at once, `passes` times over
+                moved = passes * seqs_rank * state * self._stage_fraction(m.num_linear_layers)
+                parts.append(
+                    ("linear_state_accept", "state_copy", self._stream_s(0.0, moved, "fp32"), 0.0,
+                     ROOFLINE)
+                )  # fmt: skip
         if m.is_sparse:
             hd = m.index_n_heads * m.index_head_dim
             keys = m.index_bytes_per_token_per_layer()
@@ -1327,7 +1336,7 @@ class Predictor:
                     PROVENANCE[code],
                 )
                 for name, kind, pa, pb, code in self._mixer_decode_parts(
-                    seqs_rank, self.decode_tokens
+                    seqs_rank, self.decode_tokens, verify=True
                 )
             ]
             t -= sum(op.seconds for op in extra)
@@ -1349,6 +1358,8 @@ class Predictor:
     def _part_calls(self, kind: str) -> int:
         """Kernel calls per iteration of a per-sequence part: one per linear or DSA layer."""
         m = self.model
+        if kind == "state_copy":  # its kernels cover every layer at once
+            return self.engine.spec_state_copy_passes()
         count = m.num_linear_layers if kind == "linear_attention" else m.num_full_attention_layers
         return round(self._stage_fraction(count))
 
@@ -1598,6 +1609,7 @@ class Predictor:
         # not. The measured tables hold one query per sequence: anchored on them, such a pass
         # takes the roofline's ratio of q query rows to one ("extrapolated").
         q = self.decode_tokens if queries is None else queries
+        verify = queries is None  # the verify pass; a draft pass names its queries
         seqs_rank = math.ceil(seqs / self.par.dp)
         if self.kernels is not None and not m.is_sparse:
             measured = self._measured_decode_coeffs(seqs, seqs_rank)
@@ -1613,7 +1625,7 @@ class Predictor:
                     a *= float(many[0]) / float(one[0])
                     b *= float(many[1]) / float(one[1])
                     self._attn_prov[(seqs,)] = max(self._attn_prov[(seqs,)], EXTRAPOLATED)
-                for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank, q):
+                for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank, q, verify):
                     a, b = a + pa, b + pb
                 return a, b
         self._attn_prov[(seqs,)] = ROOFLINE
@@ -1634,7 +1646,7 @@ class Predictor:
         slide = self._stage_fraction(m.num_sliding_layers)
         if slide:  # windowed layers attend to at most the window: constant in context
             a += slide * at(seqs_rank * m.sliding_window)
-        for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank, q):
+        for _, _, pa, pb, _ in self._mixer_decode_parts(seqs_rank, q, verify):
             a, b = a + pa, b + pb
         return a, b
 

@@ -108,6 +108,17 @@ TOKENIZE_S_PER_TOKEN = 2.5e-6
 # from 0.5.16. Decode and verify steps use fused recurrent kernels that normalise in-kernel.
 TOKEN_COUNT_COMPILE_S = 0.090
 SGLANG_L2NORM_FIXED = "0.5.16"  # the first SGLang release that compiles it once
+# After a speculative verify pass of a linear-attention model, SGLang makes each sequence's
+# accepted position its recurrent state: `update_mamba_state_after_mtp_verify`
+# (python/sglang/srt/layers/attention/hybrid_linear_attn_backend.py) copies that position's SSM
+# state and conv window out of the verify's per-position cache into the state pool, for every
+# linear layer at once. Read in the PyPI wheels: 0.5.8.post1 and 0.5.9 do it with eager
+# advanced indexing (`ssm_states[:, dst, :] = intermediate_state_cache[:, src, last_steps]`: a
+# gather into a temporary, then a scatter, so the state is read, written, read and written);
+# 0.5.10 and later with one fused gather-scatter Triton kernel (`fused_mamba_state_scatter_
+# with_mask`: read once, written once). vLLM keeps every verified position's state in a slot
+# of its own and starts the next step from the accepted one (no copy).
+SGLANG_FUSED_STATE_SCATTER = "0.5.10"
 
 
 ALLREDUCE_NORM_FUSION = ("none", "trtllm", "flashinfer", "vllm")
@@ -507,6 +518,16 @@ class EngineProfile:
         if self.name == "sglang" and v and version_key(v) < version_key(SGLANG_L2NORM_FIXED):
             return TOKEN_COUNT_COMPILE_S
         return 0.0
+
+    def spec_state_copy_passes(self) -> int:
+        """How many times a speculative verify step streams each sequence's accepted recurrent
+        state (reads plus writes) to make it the sequence's state, per linear layer: SGLang's
+        4 before 0.5.10 and 2 from it (`SGLANG_FUSED_STATE_SCATTER`; an unnamed release reads
+        as the newest), none for vLLM (per-position slots) and the other engines."""
+        if self.spec_state_rule != "sglang":
+            return 0
+        v = self.version.strip()
+        return 4 if v and version_key(v) < version_key(SGLANG_FUSED_STATE_SCATTER) else 2
 
     def frontend_s(self, prompt_tokens: int) -> float:
         """Seconds a request spends in the serving frontend (both ways) before and after the
