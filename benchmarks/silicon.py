@@ -547,13 +547,19 @@ def _parallel(
     them on every attention-DP rank (`overridden_tp_size=1 if enable_attention_dp`,
     tensorrt_llm/_torch/models/).
     A dense model (`moe` false) has no expert layers: its moe_tp/ep columns say nothing.
-    `recipe`: the pool's srt-slurm settings (`pool_settings`), where its flags come from.
+    `recipe`: the pool's srt-slurm settings (`pool_settings`), where its flags come from,
+    and its attention-DP ranks (`attention_dp`), which replace the row's split of the same GPUs.
     """
     tp, pp, dp, ep = (
         max(1, _int(row, prefix + key))
         for key in ("tp_size", "pp_size", "attention_dp_size", "moe_ep_size")
     )
     moe_tp = _int(row, prefix + "moe_tp_size", 0)
+    adp = int((recipe or {}).get("attention_dp", 0))
+    if adp and adp != dp and (tp * dp) % adp == 0:
+        # The recipe launches its own attention DP over the worker's GPUs (InferenceX's config
+        # names `dp-attn` beside it, and 20 of its items name the other one): theirs ran.
+        tp, dp = tp * dp // adp, adp
     if not moe:
         moe_tp, ep = 0, 1
     if moe_tp and moe_tp * ep != tp * dp:

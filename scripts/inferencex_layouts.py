@@ -335,6 +335,18 @@ def _flag_settings(cfg: dict, flags: tuple[tuple[str, str], ...]) -> dict[str, o
     return out
 
 
+def _sglang_settings(cfg: dict) -> dict[str, object]:
+    """A SGLang pool's flags (`_flag_settings`) and, where it sets `enable-dp-attention` and its
+    TP size, its attention-DP ranks: `dp-size` (or `data-parallel-size`) when true, else 1."""
+    out = _flag_settings(cfg, SGLANG_FLAGS)
+    if "enable-dp-attention" in cfg and (cfg.get("tp-size") or cfg.get("tensor-parallel-size")):
+        on = str(cfg["enable-dp-attention"]).lower() == "true"
+        out["attention_dp"] = (
+            int(cfg.get("dp-size") or cfg.get("data-parallel-size") or 1) if on else 1
+        )
+    return out
+
+
 def _trtllm_settings(cfg: dict) -> dict[str, object]:
     """TensorRT-LLM LLM-API options servesim models: `kv_cache_config` (free-memory fraction,
     dtype), `max_num_tokens` (per rank), `cuda_graph_config` (largest captured batch),
@@ -367,6 +379,11 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
     # context-only requests with it on, `base_worker.py`, until PR #10755 in January 2026).
     if str(cfg.get("disable_overlap_scheduler", "")).lower() == "true":
         out["overlap"] = "off"
+    # Where the recipe sets `enable_attention_dp` and the worker's ranks: attention DP over
+    # every rank, or none.
+    if "enable_attention_dp" in cfg and cfg.get("tensor_parallel_size"):
+        on = str(cfg["enable_attention_dp"]).lower() == "true"
+        out["attention_dp"] = int(cfg["tensor_parallel_size"]) if on else 1
     adp = cfg.get("attention_dp_config") or {}
     if adp.get("enable_balance") and adp.get("timeout_iters"):
         out["adp_balance_timeout"] = adp["timeout_iters"]
@@ -375,7 +392,7 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
 
 # Each engine's section of a recipe's `backend` and how its pool settings are read.
 READERS = (
-    ("sglang_config", lambda cfg: _flag_settings(cfg, SGLANG_FLAGS)),
+    ("sglang_config", _sglang_settings),
     ("trtllm_config", _trtllm_settings),
     ("vllm_config", lambda cfg: _flag_settings(cfg, VLLM_FLAGS)),
 )
@@ -449,7 +466,8 @@ def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
     token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend,
-    lm_head, overlap, kv_tokens);
+    lm_head, overlap, kv_tokens, attention_dp: the attention-DP ranks a worker runs where the
+    recipe sets it, which is what ran even where InferenceX's config names another `dp-attn`);
     each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per
     server or per rank), which `benchmarks/silicon.py` applies as it does for colocated launch

@@ -31,6 +31,7 @@ SETTING_KEYS = {
     "lm_head",
     "overlap",
     "kv_tokens",
+    "attention_dp",
 }
 
 
@@ -532,7 +533,8 @@ def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
     assert refusal == ""
     assert (
         filled["decode_settings"]
-        == "graph_max_bs=768 kv_dtype=fp8 mem_fraction=0.8 moe_backend=cutlass token_budget=768"
+        == "attention_dp=4 graph_max_bs=768 kv_dtype=fp8 mem_fraction=0.8 moe_backend=cutlass "
+        "token_budget=768"
     )
     dep = silicon.deployment_of(filled, Catalog())
     pre, dec = dep.prefill, dep.decode
@@ -687,7 +689,8 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     assert "ctx2_gen5_tep8_batch64_eplb0_mtp0.yaml" in note
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("2", "64")
     assert out["decode_settings"] == (
-        "graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 moe_backend=trtllm token_budget=64"
+        "attention_dp=1 graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 moe_backend=trtllm "
+        "token_budget=64"
     )
     assert row["decode_batch_size"] == "74"  # the input row is not modified
     # GB200 cfg229 (2025-12-19, 1 context worker of TP4, 3 generation workers of TEP8): Dynamo's
@@ -918,3 +921,51 @@ def test_a_database_config_runs_one_speculative_method() -> None:
     drafting = _b200_mtp_record()
     source = rows[5]["silicon_data_source"].replace("config_id=229", "config_id=999")
     assert silicon.config_specs([drafting, {**rows[5], "silicon_data_source": source}]) == {}
+
+
+def test_the_recipe_s_attention_dp_is_what_ran() -> None:
+    """InferenceX's config names each pool's `dp-attn`, but srt-slurm launches the recipe's
+    engine config: where the recipe sets attention DP (TensorRT-LLM `enable_attention_dp`,
+    SGLang `enable-dp-attention` with `dp-size`), that is the layout. The H200 TensorRT-LLM
+    1k/1k recipes run their context servers with attention DP over 8 ranks where the config
+    says none; the 8k/1k ones run them without where it says DP (a later config says so too)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+
+    trt = (
+        "backend:\n  trtllm_config:\n    prefill:\n      tensor_parallel_size: 8\n"
+        "      enable_attention_dp: true\n    decode:\n      tensor_parallel_size: 8\n"
+        "      enable_attention_dp: false\n"
+    )
+    assert lay.recipe_settings(trt) == ("attention_dp=8", "attention_dp=1")
+    sgl = (
+        "backend:\n  sglang_config:\n    prefill:\n      tp-size: 8\n      dp-size: 4\n"
+        "      enable-dp-attention: true\n    decode:\n      tp-size: 8\n"
+    )
+    assert lay.recipe_settings(sgl) == ("attention_dp=4", "")  # unset: the config's stands
+    row = {"backend": "trtllm", "prefill_tp_size": "8", "prefill_attention_dp_size": "1"}
+    row |= {"prefill_moe_ep_size": "8", "prefill_moe_tp_size": "1", "prefill_pp_size": "1"}
+    par = silicon._parallel(row, "prefill_", "prefill")
+    assert (par.tp, par.dp, par.ep) == (8, 1, 8)
+    recipe = silicon.pool_settings(
+        {"prefill_settings": "attention_dp=8 token_budget=8192"}, "prefill_"
+    )
+    par = silicon._parallel(row, "prefill_", "prefill", recipe=recipe)
+    assert (par.tp, par.dp, par.ep) == (1, 8, 8)  # the same 8 GPUs
+    row |= {"prefill_tp_size": "1", "prefill_attention_dp_size": "8"}
+    recipe = silicon.pool_settings({"prefill_settings": "attention_dp=1"}, "prefill_")
+    par = silicon._parallel(row, "prefill_", "prefill", recipe=recipe)
+    assert (par.tp, par.dp, par.ep) == (8, 1, 8)
+    # The bundled table: the 1k/1k H200 items' context servers, as their recipes launch them.
+    items = [
+        r
+        for r in silicon.inferencex_layouts()
+        if r["config_key"] == "dsr1-fp8-h200-dynamo-trt" and r["isl"] == "1024" and r["recipe"]
+    ]
+    assert items and all("attention_dp=8" in r["prefill_settings"] for r in items)
+    row = {"mode": "disagg", "backend": "trtllm", "model_path": "deepseek-ai/DeepSeek-R1"}
+    row |= {"system": "h200_sxm", "isl": "1024", "osl": "1024", "precision": "fp8"}
+    row |= silicon._pool_columns(row, items[0], "prefill")
+    recipe = silicon.pool_settings(row, "prefill_")
+    par = silicon._parallel(row, "prefill_", "prefill", recipe=recipe)
+    assert (par.tp, par.dp) == (1, 8)
