@@ -246,22 +246,41 @@ def test_sglang_prefill_waits_for_the_decode_to_read_the_request_in() -> None:
 
 def test_sglang_sends_the_kv_to_the_decode_worker_paired_at_arrival() -> None:
     """Claim (SGLang PD): the router sends a request to a prefill and a decode worker together,
-    and the bootstrap room ties the prefill's KV to that decode worker. With two decode
-    workers taken in turn, the third request goes to the first one, still busy with a long
-    reply, though the second is idle by then; TensorRT-LLM's disaggregated server picks the
-    decode worker after the prefill, here the idle one."""
-    w = Workload(np.array([0.0, 0.01, 2.0]), np.full(3, 1000), np.array([2000, 5, 5]))
+    and the bootstrap room ties the prefill's KV to that decode worker, in arrival order.
+    TensorRT-LLM's disaggregated server (and Dynamo's frontend) picks the decode worker once
+    the prefill is done, in turn (`RoundRobinRouter`, its default; Dynamo's `--router-mode`
+    round-robin): a long prompt on one prefill worker and a short one on the other finish in
+    the other order, so the two engines pair them with the two decode workers the other way
+    round."""
+    w = Workload(np.array([0.0, 0.001]), np.array([8000, 100]), np.array([5, 5]))
 
     def decode_workers(engine: str) -> list[int]:
         pool = Deployment(LLAMA8, H100, engine=get_engine(engine))
-        dep = DisaggDeployment(pool, replace(pool, replicas=2), "infiniband")
-        cols = simulate(dep, w).columns()
+        two = replace(pool, replicas=2)
+        cols = simulate(DisaggDeployment(two, two, "infiniband"), w).columns()
         return [int(x) for x in cols["replica"]]
 
-    sg = decode_workers("sglang")
-    assert sg[0] == sg[2] != sg[1]  # the third request joins the busy first worker
-    trt = decode_workers("trtllm")
-    assert trt[0] != trt[2]  # least loaded at hand-off: the idle one
+    sg, trt = decode_workers("sglang"), decode_workers("trtllm")
+    assert sg[0] != sg[1] and trt[0] != trt[1]
+    assert sg[0] == trt[1]  # SGLang: the first arrival's turn; TensorRT-LLM: the first hand-off
+
+
+def test_round_robin_hand_off_queues_at_a_full_decode_worker() -> None:
+    """The router takes decode workers in turn, whatever they hold: with two workers of one
+    request each (`max_num_seqs` 1), a long reply on the first, and two more requests, the
+    third goes to the busy first worker and waits there for a seat, though the second worker
+    is idle by then; a least-loaded router sends it to the idle one."""
+    w = Workload(np.array([0.0, 0.01, 2.0]), np.full(3, 1000), np.array([2000, 5, 5]))
+
+    def run(router: str) -> tuple[list[int], float]:
+        pool = Deployment(LLAMA8, H100, engine=get_engine("trtllm"), max_num_seqs=1)
+        dep = DisaggDeployment(pool, replace(pool, replicas=2), "infiniband")
+        cols = simulate(dep, w, router=router).columns()
+        return [int(x) for x in cols["replica"]], float(cols["ttft_s"][2])
+
+    (rr, wait), (ll, quick) = run("round_robin"), run("least_loaded")
+    assert rr[0] == rr[2] != rr[1] and ll[0] != ll[2]
+    assert wait > 10 * quick  # it waited for the 2,000-token reply to end
 
 
 def test_a_lone_sglang_pd_request_agrees_with_a_published_measurement() -> None:

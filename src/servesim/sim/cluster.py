@@ -26,7 +26,6 @@ from servesim.sim.router import (
     Migration,
     Router,
     freeness_steps,
-    least_outstanding,
 )
 from servesim.sim.synthetic import ClosedLoop
 from servesim.sim.transfer import Link, Network
@@ -97,6 +96,12 @@ class Cluster:
         for i, r in enumerate(self.reps):
             r.index = i
         self.router = router
+        # The decode worker a finished prefill hands over to, picked by the same policy with its
+        # own turn: Dynamo's frontend (`--router-mode`, round-robin by default: dynamo/frontend/
+        # main.py), TensorRT-LLM's disaggregated server (`RoundRobinRouter` by default) and
+        # vLLM's proxies route both pools so.
+        self.decode_router = Router(router.name)
+        self.decode_router.ids = table.request_id
         # The serving frontend's latency before an engine sees a request (HTTP, tokenising).
         self.lag = entry[0].pred.engine.frontend_s if entry else (lambda _: 0.0)
         self.closed = closed
@@ -388,8 +393,8 @@ class Cluster:
         pool, pending = self.decode, self.pending
         for rid in src.handoff:
             # SGLang's router paired the request with a decode worker at arrival (the bootstrap
-            # room ties the two); elsewhere the least loaded one takes it at hand-off.
-            dst = self.boot_decode.pop(rid, None) or least_outstanding(pool)
+            # room ties the two); elsewhere the router picks one at hand-off.
+            dst = self.boot_decode.pop(rid, None) or self.decode_router.pick(rid, pool)
             load = tab.output_tokens[rid] - tab.generated[rid]
             dst.attached_load[rid] = load  # counted now so a burst spreads over the pool
             dst.outstanding_tokens += load
