@@ -558,7 +558,7 @@ def _parallel(
     adp = int((recipe or {}).get("attention_dp", 0))
     if adp and adp != dp and (tp * dp) % adp == 0:
         # The recipe launches its own attention DP over the worker's GPUs (InferenceX's config
-        # names `dp-attn` beside it, and 20 of its items name the other one): theirs ran.
+        # names `dp-attn` beside it, and 21 of its items name the other one): theirs ran.
         tp, dp = tp * dp // adp, adp
     if not moe:
         moe_tp, ep = 0, 1
