@@ -147,7 +147,8 @@ def add_simulate_parser(sub: Any) -> None:
     s.add_argument(
         "--router",
         help="round_robin, least_loaded, least_requests, least_kv, power_of_two, "
-        "prefix_affinity or session (with --replicas 2 or more)",
+        "prefix_affinity or session (with --replicas 2 or more; with --disagg it also picks "
+        "the decode worker at hand-off, SGLang's at arrival)",
     )
     s.add_argument("--out", help="output folder for requests.parquet and summary.json")
     s.add_argument(
