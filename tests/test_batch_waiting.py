@@ -23,7 +23,10 @@ H100 = get_device("h100_sxm")
 # TensorRT-LLM's loop alone: overlap scheduling, mixed iterations, no frontend (first tokens
 # out at the iteration's end: tests/test_overlap_results.py times their wait).
 CORE = get_engine("trtllm").with_overrides(
-    request_overhead_s=0.0, tokenize_s_per_token=0.0, results_after_next_launch=False
+    request_overhead_s=0.0,
+    tokenize_s_per_token=0.0,
+    response_s=0.0,
+    results_after_next_launch=False,
 )
 
 

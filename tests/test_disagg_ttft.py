@@ -29,7 +29,8 @@ LINK = link_for("infiniband", H100)
 
 
 def disagg(engine: str) -> tuple[DisaggDeployment, object]:
-    pool = Deployment(LLAMA8, H100, engine=get_engine(engine))
+    # (the engines' own timing: TensorRT-LLM's serving loop, `response_s`, is timed apart)
+    pool = Deployment(LLAMA8, H100, engine=get_engine(engine).with_overrides(response_s=0.0))
     return DisaggDeployment(pool, pool, "infiniband"), pool.predictor()
 
 
@@ -192,7 +193,8 @@ def test_a_full_decode_worker_holds_the_next_request_until_a_slot_frees() -> Non
     token comes at A's end + the transfer (its hand-off is long over, the worker is idle and
     admits it on arrival). By hand: A's first token at t_a = frontend + prefill + hand-off +
     transfer; its 199 decode steps (attending to P + j) end at a_done."""
-    pool = Deployment(LLAMA8, H100, engine=get_engine("trtllm"), max_num_seqs=1)
+    trt = get_engine("trtllm").with_overrides(response_s=0.0)  # the engine's own timing
+    pool = Deployment(LLAMA8, H100, engine=trt, max_num_seqs=1)
     pred = pool.predictor()
     e = pool.engine
     out_a = 200

@@ -23,7 +23,9 @@ H100 = get_device("h100_sxm")
 @pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
 def test_a_lone_request_pays_the_frontend_then_its_prefill(engine: str) -> None:
     """Claim: a lone request's TTFT is 7 ms of frontend + 2.5 µs per prompt token of
-    tokenising + its prefill; its decode steps are untouched (TPOT is the steps' mean)."""
+    tokenising + its prefill; its decode steps are untouched (TPOT is the steps' mean).
+    TensorRT-LLM's serving loop also handles each response (`response_s`): the idle loop
+    passes the first and the last token on that much later."""
     d = Deployment(LLAMA8, H100, engine=get_engine(engine))
     pred = d.predictor()
     res = simulate(d, Workload(np.array([0.0]), np.array([2000]), np.array([5])))
@@ -31,10 +33,12 @@ def test_a_lone_request_pays_the_frontend_then_its_prefill(engine: str) -> None:
     front = 7.0e-3 + 2000 * 2.5e-6  # = 12 ms, by hand from the engine's constants
     assert d.engine.frontend_s(2000) == pytest.approx(0.012, rel=1e-12)
     prefill = pred.iteration(BatchShape(prefill=((2000, 0),))).seconds
-    assert cols["ttft_s"][0] == pytest.approx(front + prefill, rel=1e-9)
+    loop = d.engine.response_cost_s()
+    assert loop == (pytest.approx(69.1e-6, rel=1e-3) if engine == "trtllm" else 0.0)
+    assert cols["ttft_s"][0] == pytest.approx(front + prefill + loop, rel=1e-9)
     steps = [pred.iteration(BatchShape(1, 2000 + j)).seconds for j in range(1, 5)]
     assert cols["tpot_s"][0] == pytest.approx(sum(steps) / 4, rel=1e-9)
-    assert cols["e2e_s"][0] == pytest.approx(front + prefill + sum(steps), rel=1e-9)
+    assert cols["e2e_s"][0] == pytest.approx(front + prefill + sum(steps) + loop, rel=1e-9)
     assert cols["generated_tokens"][0] == 5
 
 
@@ -73,7 +77,9 @@ def test_turning_the_frontend_off_gives_the_engine_alone() -> None:
     """Claim: with no frontend cost TTFT is the prefill alone, plus (TensorRT-LLM's overlap
     loop returns the first token after launching the next iteration) what the next launch
     adds past the prefill's end: its decode step's scheduling, as the prefill is host-bound."""
-    e = get_engine("trtllm").with_overrides(request_overhead_s=0.0, tokenize_s_per_token=0.0)
+    e = get_engine("trtllm").with_overrides(
+        request_overhead_s=0.0, tokenize_s_per_token=0.0, response_s=0.0
+    )
     d = Deployment(LLAMA8, H100, engine=e)
     cols = simulate(d, Workload(np.array([0.0]), np.array([512]), np.array([2]))).columns()
     pred = d.predictor()

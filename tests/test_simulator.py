@@ -52,7 +52,7 @@ def test_tensorrt_llm_prefills_a_long_prompt_whole_by_default() -> None:
     """TensorRT-LLM's `enable_chunked_prefill` defaults to False (LlmArgs): a 12,000-token
     prompt runs as one 12,000-token context iteration beyond its 8,192-token max_num_tokens;
     with --chunked-prefill it takes two iterations, 8,192 then 3,808 over the first 8,192."""
-    trt = get_engine("trtllm")
+    trt = get_engine("trtllm").with_overrides(response_s=0.0)  # the engine's own timing
     whole = dep(engine=trt)
     pred = whole.predictor()
     assert whole.batching()[1:] == (8192, False)
@@ -279,7 +279,7 @@ def test_the_cache_check_counts_whole_pages() -> None:
     """Regression (found by scripts/fuzz.py): a request was let in when its tokens fitted the
     cache's token count but not its whole pages (a cache of 2,680 tokens is 83 pages of 32, or
     2,656 tokens), and the run then died with a RuntimeError; it is now refused up front."""
-    d = with_kv_tokens(dep(engine=get_engine("trtllm")), 2680)
+    d = with_kv_tokens(dep(engine=get_engine("trtllm").with_overrides(response_s=0.0)), 2680)
     assert d.memory().kv_tokens == 2680
     with time_limit(10), pytest.raises(ServesimError, match="fit the KV cache of 2656 tokens"):
         simulate(d, one_request(2600, 70))  # (before: preempted itself for ever, or raised)
@@ -304,7 +304,9 @@ def test_no_engine_runs_more_sequences_than_max_num_seqs(engine: str) -> None:
     """Regression: without mixed batches (SGLang) prefill admission counted only the prompts in
     flight, not the decoding requests, so a burst ran far above `max_num_seqs`."""
     w = Workload(np.zeros(40), np.full(40, 300), np.full(40, 60))
-    res = simulate(dep(engine=get_engine(engine), max_num_seqs=4), w)
+    # (the engine's own finishes: TensorRT-LLM's serving loop would pass tokens on later)
+    eng = get_engine(engine).with_overrides(response_s=0.0)
+    res = simulate(dep(engine=eng, max_num_seqs=4), w)
     cols = res.columns()
     assert cols["preemptions"].sum() == 0  # so each request is in service once
     assert _most_in_service(cols) == 4
@@ -317,7 +319,7 @@ def test_tensorrt_llm_admits_only_what_can_run_to_completion() -> None:
     ten sent at once run four at a time, none preempted, and the fifth starts when the first
     finishes. vLLM admits on the prompt's blocks (sixteen prompts fit) and preempts."""
     w = Workload(np.zeros(10), np.full(10, 256), np.full(10, 768))
-    trt = with_kv_tokens(dep(engine=get_engine("trtllm")), 4096)
+    trt = with_kv_tokens(dep(engine=get_engine("trtllm").with_overrides(response_s=0.0)), 4096)
     assert trt.memory().kv_tokens == 4096
     cols = simulate(trt, w).columns()
     assert cols["preemptions"].sum() == 0
@@ -340,7 +342,8 @@ def test_a_scheduling_policy_keeps_the_engines_admission_checks() -> None:
 
     prio = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
     w = Workload(np.zeros(10), np.full(10, 256), np.full(10, 768), priority=prio)
-    trt = with_kv_tokens(dep(engine=get_engine("trtllm"), policy=Policy("priority")), 4096)
+    eng = get_engine("trtllm").with_overrides(response_s=0.0)  # the engine's own timing
+    trt = with_kv_tokens(dep(engine=eng, policy=Policy("priority")), 4096)
     cols = simulate(trt, w).columns()
     assert cols["preemptions"].sum() == 0
     assert _most_in_service(cols) == 4

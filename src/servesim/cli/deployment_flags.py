@@ -103,6 +103,9 @@ class DeploymentSettings(Settings):
     lm_head_split: LmHeadSplit | None = None  # None: the engine's under attention DP
     max_kv_tokens: PosInt | None = None  # None: what memory allows
     token_count_compile_ms: NonNegFloat | None = None  # None: the engine release's
+    response_us: NonNegFloat | None = None  # None: the engine's serving loop
+    stream_interval: PosInt | None = None
+    postprocess_workers: PosInt | None = None
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -301,6 +304,27 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "0 turns it off; default: the engine release's",
     )
     g.add_argument(
+        "--response-us",
+        type=float,
+        metavar="US",
+        help="host microseconds the serving process spends on each streamed response, one at a "
+        "time (TensorRT-LLM: 69; a slower loop than the engine queues tokens); 0 turns it off",
+    )
+    g.add_argument(
+        "--stream-interval",
+        type=int,
+        metavar="N",
+        help="steps between a running request's streamed responses (TensorRT-LLM "
+        "stream_interval; default 1)",
+    )
+    g.add_argument(
+        "--postprocess-workers",
+        type=int,
+        metavar="N",
+        help="processes that share the response handling (TensorRT-LLM "
+        "num_postprocess_workers; default: the serving loop alone)",
+    )
+    g.add_argument(
         "--mxfp4-activation",
         choices=MXFP4_ACTIVATIONS,
         help="what MXFP4 experts (gpt-oss) quantise activations to: mxfp8 (W4A8: TensorRT-LLM "
@@ -372,6 +396,9 @@ def build_deployment(s: DeploymentSettings) -> Any:
             token_count_compile_s=(
                 None if s.token_count_compile_ms is None else s.token_count_compile_ms / 1e3
             ),
+            response_s=None if s.response_us is None else s.response_us / 1e6,
+            stream_interval=s.stream_interval,
+            postprocess_workers=s.postprocess_workers,
             version=s.engine_version,
         ),
         replicas=getattr(s, "replicas", 1),

@@ -268,13 +268,17 @@ class BatchFormation:
         self.busy_s += dt
         self.iterations += 1
         tab = self.table
+        seen = end
+        if self.fe_cost:  # the serving loop: the decodes' responses, then the first tokens
+            firsts = sum(1 for entry, n in chunks if entry[1] + n >= entry[2])
+            seen = self._deliver(end, n_dec * self.fe_cost + firsts * self.cfg.response_s)
         if n_dec:
             self._decode_gaps(end)
             self.G += 1
             if self.spec_state is not None:
                 self._spec_advance()
             self.last_decode_end = end
-            self._pop_finished(end, done)
+            self._pop_finished(end, done, seen)
         finished = False
         for entry, n in chunks:
             entry[1] += n
@@ -296,14 +300,14 @@ class BatchFormation:
                 held = private
             first = tab.first_token_s[rid] < 0
             if first:
-                tab.first_token_s[rid] = end
+                tab.first_token_s[rid] = seen
             tab.generated[rid] += 1
             if tab.generated[rid] >= tab.output_tokens[rid]:
                 self.fixed_blocks -= held
                 self._end_hold(rid)
                 if self.pins:
                     self._unpin(rid)
-                tab.finish_s[rid] = end
+                tab.finish_s[rid] = seen
                 self.outstanding_tokens -= self._load_of(rid)
                 done.append(rid)
                 continue

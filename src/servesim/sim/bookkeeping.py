@@ -70,7 +70,9 @@ class RequestBookkeeping:
         self.outstanding_tokens -= self._load_of(rid)
         return cached
 
-    def _pop_finished(self, end: float, done: list[int]) -> None:
+    def _pop_finished(self, end: float, done: list[int], seen: float = -1.0) -> None:
+        """Take the requests that finished at `end` out of the decode group; the client sees
+        their last token at `seen` (the serving loop's, `_deliver`; default `end`)."""
         heap, tab, joined = self.finish_heap, self.table, self.joined
         g = self.G
         while heap and heap[0][0] <= g:
@@ -83,7 +85,7 @@ class RequestBookkeeping:
             if self.pins:
                 self._unpin(rid)
             out = tab.output_tokens[rid]
-            tab.finish_s[rid] = end
+            tab.finish_s[rid] = seen if seen >= end else end
             if self.attached_load:
                 self.outstanding_tokens -= self._load_of(rid)
             else:

@@ -141,9 +141,34 @@ class DecodeStretch:
             self.recv_steps = r if r <= every else (r - 1) % every + 1
         self.now = end
         self.last_decode_end = end
+        seen = self._deliver_steps(seg, k, n) if self.fe_cost else end
         heap = self.finish_heap
         if heap and heap[0][0] <= g:
-            self._pop_finished(end, done)
+            self._pop_finished(end, done, seen)
+
+    def _deliver(self, end: float, work_s: float) -> float:
+        """When the client sees the responses an iteration ending at `end` emits, which take
+        the serving loop `work_s` seconds: the loop handles responses in order, so they wait
+        for what it still holds (a FIFO queue of work, `fe_w` at `fe_t`)."""
+        w = max(0.0, self.fe_w - (end - self.fe_t)) + work_s
+        self.fe_w, self.fe_t = w, end
+        return end + w
+
+    def _deliver_steps(self, seg: tuple, k: int, n: int) -> float:
+        """`_deliver` for the first k steps of a decode stretch of n requests, each step's
+        responses `n · fe_cost` of work, in closed form: after step j the loop holds
+        W_j = max(0, W_{j-1} - (T_j - T_{j-1})) + a, so W_k is the largest of
+        W_1 + (k-1)a - (T_k - T_1) and (k-j+1)a - (T_k - T_j) over j ≥ 2, and as T_j is convex
+        in j the latter peaks at j = 2 or j = k."""
+        a = n * self.fe_cost
+        t1 = self._step_end_s(seg, 1)
+        tk = self._step_end_s(seg, k)
+        w1 = max(0.0, self.fe_w - (t1 - self.fe_t)) + a
+        w = max(w1 + (k - 1) * a - (tk - t1), a)
+        if k >= 2:
+            w = max(w, (k - 1) * a - (tk - self._step_end_s(seg, 2)))
+        self.fe_w, self.fe_t = w, tk
+        return tk + w
 
     def _decode_gaps(self, end: float) -> None:
         """Record the first decode gap of every running request after a pause or a join."""

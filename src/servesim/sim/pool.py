@@ -123,6 +123,9 @@ def build_pool(
         kv_blocks=max(1, blocks // pp),
         overlap=dep.overlaps() and role != "prefill",
         defers_results=dep.overlaps() and e.results_after_next_launch,
+        # (a context server answers the router once, not a client's stream)
+        response_s=e.response_cost_s() if role != "prefill" else 0.0,
+        stream_interval=e.stream_interval,
         # (a context server's requests end at their first token: nothing to reserve beyond it)
         reserve_to_completion=e.reserve_to_completion and role != "prefill",
         decode_reserve_tokens=e.disagg_decode_reserve_tokens if role == "decode" else 0,

@@ -97,6 +97,10 @@ class ReplicaConfig:
     # results_after_next_launch`; a disaggregated prefill server too, whose arrivals `overlap`
     # leaves unlagged)
     defers_results: bool = False
+    # The serving process's loop, per streamed response (`EngineProfile.response_cost_s`; 0:
+    # not modelled), and the steps between a running request's responses.
+    response_s: float = 0.0
+    stream_interval: int = 1
     # Decode steps between the scheduler's reads of new requests (SGLang
     # `--scheduler-recv-interval`; 1 = every pass). Its receive skipper sits in the loop both
     # with and without overlap (scheduler.py `recv_requests`), so it acts on either path.
@@ -146,6 +150,9 @@ class Replica(
         "compiled",
         "defers_results",
         "encoder",
+        "fe_cost",
+        "fe_t",
+        "fe_w",
         "final_blocks",
         "final_of",
         "finish_heap",
@@ -243,6 +250,11 @@ class Replica(
         self.defers_results = cfg.defers_results
         self.fresh_first: list[int] = []
         self.host_extra_s = 0.0  # host time the iteration in flight adds to its launch (compiles)
+        # The serving loop's queue of responses (`ReplicaConfig.response_s`): seconds of work
+        # it held at `fe_t`, and the seconds one running request's step adds.
+        self.fe_cost = cfg.response_s / cfg.stream_interval
+        self.fe_w = 0.0
+        self.fe_t = 0.0
         self.cfg = cfg
         self.table = table
         self.itl = itl

@@ -89,6 +89,17 @@ EAGER_HOST_S_PER_LINEAR_MIXER = 0.66e-3
 # decode step on a PCIe machine's host, the only vLLM measurement of compiled code without
 # graphs found; one figure stands for every model, as above.
 VLLM_UNGRAPHED_HOST_S_PER_LAYER = 0.47e-3
+# TensorRT-LLM's serving process handles every streamed response on one asyncio loop under
+# one GIL: `GenerationResult._handle_response` (with detokenisation) and the OpenAI chunk, per
+# request per response, unless `num_postprocess_workers` moves the formatting into worker
+# processes (trtllm-serve's default is 0: tensorrt_llm/commands/serve.py, llmapi/llm_args.py)
+# and `stream_interval` N responds every N steps (default 1; the first and last token always).
+# NVIDIA's nsys capture of that path (ai-dynamo/dynamo egress_experiments/costs.py @ 6fc2424f:
+# a Dynamo TensorRT-LLM worker, num_postprocess_workers 0, Grace host): per response
+# `_handle_response` 26.3 µs mean, building the chunk 74.7, the hand-off 11.6 = 112.6 µs mean;
+# on an x86 host (Grace runs the engines' Python 1.63x as long, devices.yaml) 69 µs. A lower
+# bound for trtllm-serve (its pydantic chunk and SSE write are not in it).
+TRTLLM_RESPONSE_S = 112.64e-6 / 1.63
 # HF fast tokenizer (Rust BPE) encoding one prompt at a time: 2.4 µs per token (1.7 MB/s) measured
 # here (tokenizers 0.23.3, byte-level BPE of 32k tokens trained on Python sources, 100 prompts
 # of ~8k tokens, one thread); tiktoken's README puts HF's GPT2TokenizerFast 3-6x below tiktoken
@@ -148,6 +159,7 @@ HOST_TIME_FIELDS = (
     "eager_host_s_per_linear_mixer",
     "piecewise_host_s_per_layer",
     "token_count_compile_s",
+    "response_s",
 )
 
 
@@ -414,6 +426,15 @@ class EngineProfile:
     # pays the first time the server sees its token count, compiling a kernel specialised on it
     # (`TOKEN_COUNT_COMPILE_S`); None: the engine release's (`token_count_compile`), 0: none.
     token_count_compile_s: float | None = None
+    # Host seconds the serving process spends on each streamed response (one request's new
+    # tokens of one step), serially, on one loop: the client sees a token once that loop has
+    # handled it, so when the engine outruns the loop the responses queue and first tokens and
+    # finishes reach the client late (`TRTLLM_RESPONSE_S`; 0: not modelled). `stream_interval`
+    # N: a running request responds every N steps (the first token always does);
+    # `postprocess_workers` N: the handling is shared by N worker processes.
+    response_s: float = 0.0
+    stream_interval: int = 1
+    postprocess_workers: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.version, str) or (
@@ -502,7 +523,13 @@ class EngineProfile:
             raise ServesimError(
                 f"Engine setting token_count_compile_s must be ≥ 0 s (0: no compile), not {tc!r}."
             )
-        for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s"):
+        for key, low in (("stream_interval", 1), ("postprocess_workers", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ServesimError(
+                    f"Engine setting {key} must be a whole number ≥ {low}, not {value!r}."
+                )
+        for key in ("request_overhead_s", "tokenize_s_per_token", "disagg_handoff_s", "response_s"):
             value = getattr(self, key)
             if not (value >= 0.0 and math.isfinite(value)):
                 raise ServesimError(f"Engine setting {key} must be ≥ 0 s, not {value!r}.")
@@ -528,6 +555,11 @@ class EngineProfile:
             return 0
         v = self.version.strip()
         return 4 if v and version_key(v) < version_key(SGLANG_FUSED_STATE_SCATTER) else 2
+
+    def response_cost_s(self) -> float:
+        """Host seconds of the serving loop per streamed response, its share of a worker's
+        when `postprocess_workers` share the handling."""
+        return self.response_s / max(1, self.postprocess_workers)
 
     def frontend_s(self, prompt_tokens: int) -> float:
         """Seconds a request spends in the serving frontend (both ways) before and after the
@@ -648,6 +680,7 @@ ENGINES: dict[str, EngineProfile] = {
         overlap_scheduling=True,
         allreduce_norm_fusion="trtllm",
         results_after_next_launch=True,
+        response_s=TRTLLM_RESPONSE_S,
         disagg_first_token="decode_admit",
         disagg_handoff_tokenizes=False,  # the generation request carries prompt_token_ids
         step_overhead_s=0.5e-3,
