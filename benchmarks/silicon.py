@@ -660,6 +660,11 @@ def deployment_of(
 
     def pool(prefix: str, role: str) -> Deployment:
         recipe = pool_settings(row, prefix) if role != "agg" else {}
+        image = source_fields(row)["image"] or row.get("matched_image", "")
+        if "tensorrtllm-runtime" in image:
+            # Dynamo's TensorRT-LLM worker builds its responses itself, so TensorRT-LLM's
+            # postprocess workers do nothing there (ai-dynamo/dynamo PR #12592 drops them).
+            recipe.pop("postprocess_workers", None)
         par = _parallel(row, prefix, role, moe=model.num_experts > 0, recipe=recipe)
         engine_batch = (row.get(prefix + "batch_size") or "").strip() == ENGINE_BATCH
         bs = None if engine_batch else _int(row, prefix + "batch_size")
@@ -824,6 +829,8 @@ _TEXT_SETTINGS = frozenset({"kv_dtype", "ar_fusion", "a2a", "moe_backend", "lm_h
 _SCRIPT_ENGINE_SETTINGS: dict[str, tuple[str, Callable[[str], object]]] = {
     "mem_fraction": ("mem_util", float),
     "graph_max_bs": ("cuda_graph_max_seqs", int),
+    "stream_interval": ("stream_interval", int),
+    "postprocess_workers": ("postprocess_workers", int),
     "recv_interval": ("recv_interval_steps", int),
     "ar_fusion": ("allreduce_norm_fusion", str),  # SGLang's flag; vLLM's fusion pass
     "ar_fusion_mib": ("allreduce_fusion_max_mib", fusion_mib),  # vLLM's fusion input limits

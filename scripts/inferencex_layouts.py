@@ -379,6 +379,12 @@ def _trtllm_settings(cfg: dict) -> dict[str, object]:
     # context-only requests with it on, `base_worker.py`, until PR #10755 in January 2026).
     if str(cfg.get("disable_overlap_scheduler", "")).lower() == "true":
         out["overlap"] = "off"
+    # The serving loop's responses: every `stream_interval` steps, shared by
+    # `num_postprocess_workers` processes (`EngineProfile.response_s`).
+    if cfg.get("stream_interval"):
+        out["stream_interval"] = int(cfg["stream_interval"])
+    if cfg.get("num_postprocess_workers"):
+        out["postprocess_workers"] = int(cfg["num_postprocess_workers"])
     # Where the recipe sets `enable_attention_dp` and the worker's ranks: attention DP over
     # every rank, or none.
     if "enable_attention_dp" in cfg and cfg.get("tensor_parallel_size"):
@@ -421,13 +427,16 @@ def sweep_settings(prefix: str, decode_tp: object, decode_dp_attn: object) -> di
     beside its `additional-settings` (components/backends/trtllm/performance_sweeps/scripts/
     gen_yaml.py, in both stored versions of the release branches InferenceX's
     *_gb200_dynamo-trt_slurm.sh check out): `kv_cache_config.dtype: fp8` on the context and
-    generation servers, the context servers' overlap scheduler off, and DeepSeek-R1's
+    generation servers, the context servers' overlap scheduler off, the generation servers'
+    `stream_interval: 20` (read in the stored version at ai-dynamo/dynamo 357f7dfc), and
+    DeepSeek-R1's
     generation `moe_config.backend`: WIDEEP under
     attention DP over 16 or more GPUs, CUTLASS under it over fewer, TRTLLM without it.
     (gpt-oss's generation backend differs between the two versions, so it is left out.)"""
     out: dict[str, dict] = {
         "prefill": {"kv_dtype": "fp8", "overlap": "off"},  # `disable_overlap_scheduler: True`
-        "decode": {"kv_dtype": "fp8"},
+        # the generation servers respond every 20 steps (`"stream_interval": 20`)
+        "decode": {"kv_dtype": "fp8", "stream_interval": 20},
     }
     if prefix == "dsr1":
         dp = str(decode_dp_attn).lower() == "true"
@@ -466,7 +475,8 @@ def recipe_settings(recipe_text: str) -> tuple[str, str]:
     """(prefill, decode) engine settings an srt-slurm recipe gives its workers, as
     `key=value` pairs joined by spaces in servesim's names (mem_fraction, kv_dtype,
     token_budget, graph_max_bs, recv_interval, adp_balance_timeout, ar_fusion, a2a, moe_backend,
-    lm_head, overlap, kv_tokens, attention_dp: the attention-DP ranks a worker runs where the
+    lm_head, overlap, kv_tokens, stream_interval, postprocess_workers, attention_dp: the
+    attention-DP ranks a worker runs where the
     recipe sets it, which is what ran even where InferenceX's config names another `dp-attn`);
     each engine's
     values keep their own meaning (a fraction of the device or of free memory, a budget per

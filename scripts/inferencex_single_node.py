@@ -49,6 +49,7 @@ NUMERIC_LAUNCH_FIELDS = (
     "graph_max_bs",
     "recv_interval",
     "prefill_graphs",
+    "stream_interval",
 )
 # ... or a name (a format, a kernel family, a switch), kept as text.
 TEXT_LAUNCH_FIELDS = (
@@ -357,6 +358,8 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     - graph_max_bs: SGLang `--cuda-graph-max-bs`, vLLM `max-cudagraph-capture-size`,
       TensorRT-LLM `cuda_graph_config`'s `max_batch_size`;
     - recv_interval: SGLang `--scheduler-recv-interval`;
+    - stream_interval: TensorRT-LLM's `stream_interval` (its serving loop responds every N
+      steps);
     - prefill_graphs: 1 where a TensorRT-LLM script turns on piecewise CUDA graphs for
       prefill iterations (captured up to its max_num_tokens), 0 or '' where not;
     - ssm_dtype: the recurrent (Mamba / Gated DeltaNet) state's format, SGLang
@@ -443,6 +446,9 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
         ),
         "recv_interval": _one(
             script, (r"--scheduler-recv-interval" + val,), assigned, branched=branched
+        ),
+        "stream_interval": _one(
+            script, (r"^stream_interval" + yaml_val,), assigned, branched=branched
         ),
         "ssm_dtype": _one(
             script,

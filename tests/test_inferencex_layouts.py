@@ -32,6 +32,8 @@ SETTING_KEYS = {
     "overlap",
     "kv_tokens",
     "attention_dp",
+    "stream_interval",
+    "postprocess_workers",
 }
 
 
@@ -534,7 +536,7 @@ def test_recovered_pools_run_with_their_recipe_s_engine_settings() -> None:
     assert (
         filled["decode_settings"]
         == "attention_dp=4 graph_max_bs=768 kv_dtype=fp8 mem_fraction=0.8 moe_backend=cutlass "
-        "token_budget=768"
+        "postprocess_workers=4 stream_interval=100 token_budget=768"
     )
     dep = silicon.deployment_of(filled, Catalog())
     pre, dec = dep.prefill, dep.decode
@@ -612,20 +614,25 @@ def test_early_dynamo_trt_items_pass_their_limits_as_additional_settings() -> No
     )
     assert lay.config_settings({"CONFIG_FILE": "recipes/x.yaml"}) == ("", "")
     # Dynamo's sweep writes an fp8 KV cache on both servers, no overlap scheduler on the
-    # context servers and DeepSeek-R1's generation MoE backend (gen_yaml.py): WIDEEP under
+    # context servers, the generation servers' `stream_interval: 20` and DeepSeek-R1's
+    # generation MoE backend (gen_yaml.py): WIDEEP under
     # attention DP over 16+ GPUs, CUTLASS over fewer, TRTLLM without it; gpt-oss's backend is
     # left to the engine.
     dsr1 = lay.sweep_settings("dsr1", 16, True)
     assert dsr1 == {
         "prefill": {"kv_dtype": "fp8", "overlap": "off"},
-        "decode": {"kv_dtype": "fp8", "moe_backend": "wideep"},
+        "decode": {"kv_dtype": "fp8", "stream_interval": 20, "moe_backend": "wideep"},
     }
     assert lay.sweep_settings("dsr1", 4, True)["decode"]["moe_backend"] == "cutlass"
     assert lay.sweep_settings("dsr1", 8, False)["decode"]["moe_backend"] == "trtllm"
-    assert lay.sweep_settings("gptoss", 8, False)["decode"] == {"kv_dtype": "fp8"}
+    assert lay.sweep_settings("gptoss", 8, False)["decode"] == {
+        "kv_dtype": "fp8",
+        "stream_interval": 20,
+    }
     assert lay.config_settings(extra, dsr1) == (
         "kv_dtype=fp8 overlap=off token_budget=4608",
-        "graph_max_bs=128 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep token_budget=256",
+        "graph_max_bs=128 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep stream_interval=20 "
+        "token_budget=256",
     )
     assert lay.config_settings({}, dsr1) == ("", "")  # nothing the item gives: no sweep read
     row = dev_row("2026_04_06_deepseek_r1_gb200_trtllm_fp4_disagg_1024x1024_c2150_tp24_ep1_1081")
@@ -633,7 +640,8 @@ def test_early_dynamo_trt_items_pass_their_limits_as_additional_settings() -> No
     assert refusal == ""
     assert filled["prefill_settings"] == "kv_dtype=fp8 overlap=off token_budget=4608"
     assert filled["decode_settings"] == (
-        "graph_max_bs=128 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep token_budget=256"
+        "graph_max_bs=128 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep stream_interval=20 "
+        "token_budget=256"
     )
     dep = silicon.deployment_of(filled, Catalog())
     pre, dec = dep.prefill, dep.decode
@@ -643,6 +651,7 @@ def test_early_dynamo_trt_items_pass_their_limits_as_additional_settings() -> No
     assert dec.max_num_seqs == 128 * 16
     assert dec.engine.cuda_graph_max_seqs == 128
     assert dec.engine.mem_util == 0.7 and dec.engine.mem_util_of_free
+    assert dec.engine.stream_interval == 20
 
 
 def test_dynamo_sweeps_run_each_listed_concurrency_per_generation_server() -> None:
@@ -690,7 +699,7 @@ def test_database_rows_take_their_recipe_s_flags_and_batch_limits() -> None:
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("2", "64")
     assert out["decode_settings"] == (
         "attention_dp=1 graph_max_bs=64 kv_dtype=fp8 mem_fraction=0.9 moe_backend=trtllm "
-        "token_budget=64"
+        "postprocess_workers=4 stream_interval=100 token_budget=64"
     )
     assert row["decode_batch_size"] == "74"  # the input row is not modified
     # GB200 cfg229 (2025-12-19, 1 context worker of TP4, 3 generation workers of TEP8): Dynamo's
@@ -776,7 +785,8 @@ def test_database_rows_take_mtp_and_config_batch_limits_whatever_the_recipe_flag
     # fp8 KV cache; WIDEEP experts on the 32-GPU attention-DP generation server)
     assert out["prefill_settings"] == "kv_dtype=fp8 overlap=off token_budget=4608"
     assert out["decode_settings"] == (
-        "graph_max_bs=32 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep token_budget=32"
+        "graph_max_bs=32 kv_dtype=fp8 mem_fraction=0.7 moe_backend=wideep stream_interval=20 "
+        "token_budget=32"
     )
     assert (out["prefill_batch_size"], out["decode_batch_size"]) == ("4", "32")
     assert "speculative_num_draft_tokens" not in out
@@ -969,3 +979,36 @@ def test_the_recipe_s_attention_dp_is_what_ran() -> None:
     recipe = silicon.pool_settings(row, "prefill_")
     par = silicon._parallel(row, "prefill_", "prefill", recipe=recipe)
     assert (par.tp, par.dp) == (1, 8)
+
+
+def test_recipes_and_scripts_set_the_serving_loop() -> None:
+    """TensorRT-LLM's serving loop (`EngineProfile.response_s`) responds every
+    `stream_interval` steps, shared by `num_postprocess_workers` processes: the srt-slurm
+    recipes set 100 and 4 on their servers, InferenceX's single-node scripts 10 or 20, and a
+    Dynamo worker builds its responses itself, so its postprocess workers do nothing."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import inferencex_layouts as lay
+    import inferencex_single_node as single
+
+    trt = (
+        "backend:\n  trtllm_config:\n    decode:\n      stream_interval: 100\n"
+        "      num_postprocess_workers: 4\n"
+    )
+    assert lay.recipe_settings(trt) == ("", "postprocess_workers=4 stream_interval=100")
+    script = "cat > config.yml << EOF\nstream_interval: 10\nEOF\ntrtllm-serve ...\n"
+    assert single.launch_settings(script)["stream_interval"] == "10"
+    rows = silicon.inferencex_single_node()
+    assert all(r["stream_interval"] in ("10", "20") for r in rows if r["framework"] == "trt")
+    items = [r for r in silicon.inferencex_layouts() if r["framework"] == "dynamo-trt"]
+    assert any("stream_interval=100" in r["decode_settings"] for r in items)
+    row = {"mode": "disagg", "backend": "trtllm", "model_path": "deepseek-ai/DeepSeek-R1"}
+    row |= {"system": "h200_sxm", "isl": "1024", "osl": "1024", "precision": "fp8"}
+    row |= {"silicon_data_source": "image=nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:0.8.1"}
+    for pool in ("prefill", "decode"):
+        row |= {f"{pool}_{k}": v for k, v in (("num_workers", "1"), ("tp_size", "8"))}
+        row |= {f"{pool}_{k}": v for k, v in (("pp_size", "1"), ("attention_dp_size", "1"))}
+        row |= {f"{pool}_{k}": v for k, v in (("moe_tp_size", "1"), ("moe_ep_size", "8"))}
+        row[f"{pool}_batch_size"] = "8"
+    row["decode_settings"] = "postprocess_workers=4 stream_interval=100"
+    dep = silicon.deployment_of(row, silicon.Catalog())
+    assert (dep.decode.engine.stream_interval, dep.decode.engine.postprocess_workers) == (100, 0)

@@ -267,6 +267,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "graph_max_bs": "CONC",
         "recv_interval": "",
         "prefill_graphs": "",
+        "stream_interval": "",  # TensorRT-LLM's default, 1
         "ssm_dtype": "",
         "ar_fusion": "",
         "ar_fusion_mib": "",
