@@ -556,9 +556,14 @@ def _parallel(
     )
     moe_tp = _int(row, prefix + "moe_tp_size", 0)
     adp = int((recipe or {}).get("attention_dp", 0))
-    if adp and adp != dp and (tp * dp) % adp == 0:
+    if adp and adp != dp:
         # The recipe launches its own attention DP over the worker's GPUs (InferenceX's config
         # names `dp-attn` beside it, and 21 of its items name the other one): theirs ran.
+        if (tp * dp) % adp:
+            raise ServesimError(
+                f"the recipe's attention_dp={adp} does not divide the worker's tp={tp}×dp={dp} "
+                "GPUs, a layout servesim does not model"
+            )
         tp, dp = tp * dp // adp, adp
     if not moe:
         moe_tp, ep = 0, 1
@@ -598,13 +603,18 @@ DYNAMO_TRTLLM = {
 }  # fmt: skip
 
 
+def row_image(row: dict[str, str]) -> str:
+    """The container image a row ran: its own, or the one of the InferenceX config it
+    matched (`matched_image`; dashboard exports of early 2026 name none)."""
+    return source_fields(row)["image"] or row.get("matched_image", "")
+
+
 def engine_release(row: dict[str, str]) -> str:
     """The engine release a row ran ("" when not known): a Dynamo TensorRT-LLM image's
     TensorRT-LLM (`DYNAMO_TRTLLM`; such rows give the Dynamo tag as their backend_version),
-    else the row's backend_version when it is a release, else the release its image is tagged
-    with (the row's own image, or the one of the InferenceX config it matched,
-    `matched_image`: dashboard exports of early 2026 name none)."""
-    image = source_fields(row)["image"] or row.get("matched_image", "")
+    else the row's backend_version when it is a release, else the release its image
+    (`row_image`) is tagged with."""
+    image = row_image(row)
     tag = image.rsplit(":", 1)[1].strip() if ":" in image else ""
     if "tensorrtllm-runtime:" in image:
         return DYNAMO_TRTLLM.get(tag, "")
@@ -660,8 +670,7 @@ def deployment_of(
 
     def pool(prefix: str, role: str) -> Deployment:
         recipe = pool_settings(row, prefix) if role != "agg" else {}
-        image = source_fields(row)["image"] or row.get("matched_image", "")
-        if "tensorrtllm-runtime" in image:
+        if "tensorrtllm-runtime" in row_image(row):
             # Dynamo's TensorRT-LLM worker builds its responses itself, so TensorRT-LLM's
             # postprocess workers do nothing there (ai-dynamo/dynamo PR #12592 drops them).
             recipe.pop("postprocess_workers", None)
@@ -1213,7 +1222,7 @@ def recovered_layout(
     commit = item["source_commits"].split()[run]
     filled = {**row, **_pool_columns(row, item, "prefill"), **_pool_columns(row, item, "decode")}
     if not fields["image"]:
-        filled["matched_image"] = item["image"].replace("#", "/")  # `engine_release` reads it
+        filled["matched_image"] = item["image"].replace("#", "/")  # `row_image` reads it
     if spec == "mtp":  # the decode workers draft with DeepSeek's MTP head
         filled["speculative_num_draft_tokens"] = item["num_draft_tokens"]
     where = f"{item['source_file']}@{commit}"
@@ -1662,7 +1671,7 @@ def single_node_config(
     if row.get("config_spec"):
         where += f"; {spec} as config_id {config_id_of(row)}'s other records"
     if not source_fields(row)["image"] and len({m["image"] for m, _ in matches}) == 1:
-        out["matched_image"] = item["image"].replace("#", "/")  # `engine_release` reads it
+        out["matched_image"] = item["image"].replace("#", "/")  # `row_image` reads it
     if item.get("script") and len({m.get("script") for m, _ in matches}) == 1:
         # What the launch script passes its engine (`script_launch`), for the GPUs it ran on.
         out.update({f"launch_{f}": item[f] for f in LAUNCH_FIELDS})

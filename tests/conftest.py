@@ -35,3 +35,23 @@ def predict_op_names(capsys):
         return {op["name"] for op in json.loads(capsys.readouterr().out)["operators"]}
 
     return run
+
+
+@pytest.fixture
+def cli_mean_ttft_s(capsys, tmp_path):
+    """Runs `servesim simulate` with the given words and returns the mean TTFT its
+    summary.json reports (each call writes into its own folder under `tmp_path`)."""
+    import json
+
+    from servesim.cli.main import main
+
+    runs = []
+
+    def run(args: str) -> float:
+        out = tmp_path / f"run{len(runs)}"
+        runs.append(out)
+        assert main([*args.split(), "--out", str(out)]) in (0, None)
+        capsys.readouterr()
+        return json.loads((out / "summary.json").read_text())["ttft_s"]["mean"]
+
+    return run

@@ -107,21 +107,15 @@ def test_a_loop_slower_than_the_engine_caps_what_clients_see() -> None:
     assert out["si8"][2] > 3 * out["slow"][2]
 
 
-def test_the_cli_sets_the_loop(capsys, tmp_path) -> None:
+def test_the_cli_sets_the_loop(capsys, tmp_path, cli_mean_ttft_s) -> None:
     """`--response-us 0` turns the loop off: a lone request's TTFT drops by the 69 µs of its
     first token's response; a stream interval below 1 is one sentence and exit 2."""
-    import json
-
     from servesim.cli.main import main
 
     args = "simulate --model meta-llama/Llama-3.1-8B --device h100_sxm --engine trtllm"
-    args += " --num-requests 1 --rate 1 --prompt fixed:1000 --output fixed:4 --out"
-    ttft = []
-    for k, extra in enumerate(("", " --response-us 0")):
-        assert main(f"{args} {tmp_path / str(k)}{extra}".split()) in (0, None)
-        ttft.append(json.loads((tmp_path / str(k) / "summary.json").read_text())["ttft_s"])
-    capsys.readouterr()
-    assert ttft[0]["mean"] - ttft[1]["mean"] == pytest.approx(TRTLLM_RESPONSE_S, rel=1e-6)
-    assert main(f"{args} {tmp_path / 'x'} --stream-interval 0".split()) == 2
+    args += " --num-requests 1 --rate 1 --prompt fixed:1000 --output fixed:4"
+    paid, free = cli_mean_ttft_s(args), cli_mean_ttft_s(args + " --response-us 0")
+    assert paid - free == pytest.approx(TRTLLM_RESPONSE_S, rel=1e-6)
+    assert main(f"{args} --out {tmp_path / 'x'} --stream-interval 0".split()) == 2
     err = capsys.readouterr().err
     assert "--stream-interval must be ≥ 1" in err and "Traceback" not in err

@@ -5,8 +5,6 @@ ones of the same count nothing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -75,19 +73,11 @@ def test_a_new_token_count_pays_the_compile_once_per_server() -> None:
     assert paid - free == pytest.approx([0.090, 0.0, 0.090], abs=1e-9)
 
 
-def test_the_cli_sets_the_compile(capsys, tmp_path: Path) -> None:
+def test_the_cli_sets_the_compile(cli_mean_ttft_s) -> None:
     """`--token-count-compile-ms 0` turns it off for SGLang 0.5.9: the lone request's TTFT
     drops by the 90 ms it paid."""
-    import json
-
-    from servesim.cli.main import main
-
     args = "simulate --model Qwen/Qwen3.5-397B-A17B --device b200_sxm --tp 8 --engine sglang"
     args += " --engine-version 0.5.9 --weight-dtype fp8 --kv-dtype fp8 --num-requests 1 --rate 1"
-    args += " --prompt fixed:1000 --output fixed:4 --out"
-    ttft = []
-    for k, extra in enumerate(("", " --token-count-compile-ms 0")):
-        assert main(f"{args} {tmp_path / str(k)}{extra}".split()) in (0, None)
-        ttft.append(json.loads((tmp_path / str(k) / "summary.json").read_text())["ttft_s"])
-    capsys.readouterr()
-    assert ttft[0]["mean"] - ttft[1]["mean"] == pytest.approx(0.090, abs=1e-9)
+    args += " --prompt fixed:1000 --output fixed:4"
+    paid, free = cli_mean_ttft_s(args), cli_mean_ttft_s(args + " --token-count-compile-ms 0")
+    assert paid - free == pytest.approx(0.090, abs=1e-9)

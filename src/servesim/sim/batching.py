@@ -278,7 +278,7 @@ class BatchFormation:
             if self.spec_state is not None:
                 self._spec_advance()
             self.last_decode_end = end
-            self._pop_finished(end, done, seen)
+            self._pop_finished(seen, done)
         finished = False
         for entry, n in chunks:
             entry[1] += n

@@ -70,9 +70,10 @@ class RequestBookkeeping:
         self.outstanding_tokens -= self._load_of(rid)
         return cached
 
-    def _pop_finished(self, end: float, done: list[int], seen: float = -1.0) -> None:
-        """Take the requests that finished at `end` out of the decode group; the client sees
-        their last token at `seen` (the serving loop's, `_deliver`; default `end`)."""
+    def _pop_finished(self, seen_s: float, done: list[int]) -> None:
+        """Take the requests whose last token the group just made out of the decode group;
+        the client sees that token at `seen_s` (the iteration's end, or later when the serving
+        loop delivers it, `_deliver`)."""
         heap, tab, joined = self.finish_heap, self.table, self.joined
         g = self.G
         while heap and heap[0][0] <= g:
@@ -85,7 +86,7 @@ class RequestBookkeeping:
             if self.pins:
                 self._unpin(rid)
             out = tab.output_tokens[rid]
-            tab.finish_s[rid] = seen if seen >= end else end
+            tab.finish_s[rid] = seen_s
             if self.attached_load:
                 self.outstanding_tokens -= self._load_of(rid)
             else:

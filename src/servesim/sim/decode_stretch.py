@@ -144,7 +144,7 @@ class DecodeStretch:
         seen = self._deliver_steps(seg, k, n) if self.fe_cost else end
         heap = self.finish_heap
         if heap and heap[0][0] <= g:
-            self._pop_finished(end, done, seen)
+            self._pop_finished(seen, done)
 
     def _deliver(self, end: float, work_s: float) -> float:
         """When the client sees the responses an iteration ending at `end` emits, which take
