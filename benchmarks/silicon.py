@@ -6,7 +6,7 @@ benchmark_serving.py or aiconfigurator's aiperf: warm-up, length spread, all cli
 again as soon as their request ends) from the device specs and the fitted kernel efficiencies,
 and compares its mean TTFT and TPOT with the measured ones.
 
-    .venv/bin/python benchmarks/silicon.py [PATH.csv ...] [--rounds R] [--limit N]
+    .venv/bin/python benchmarks/silicon.py [PATH.csv ...] [--rounds R] [--limit N] [--only ID]
 
 Several files run as one set (as issue 12's goals count the two dev files together): the
 figures are over all their rows, with `by_file` per file; each row is predicted as in a run
@@ -1925,6 +1925,14 @@ def main(argv: list[str] | None = None) -> int:
         "preset (inferencex, inferencex_2025, aiperf, vllm_bench_serve, lockstep)",
     )
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only the row with this id (repeatable), predicted as in a run over its whole "
+        "file (its twins and its config's other records are still read)",
+    )
     ap.add_argument("--rows-out", help="write one CSV row per input row (predictions, status)")
     ap.add_argument(
         "--latency-model",
@@ -1967,6 +1975,13 @@ def main(argv: list[str] | None = None) -> int:
     for path, mine in files.items():
         rows += date_twins(mine)
         specs[path] = config_specs(mine)
+    if args.only:  # after the file-wide look-ups, so each row runs as in the whole file's run
+        wanted = set(args.only)
+        missing = sorted(wanted - {r.get("id", "") for r in rows})
+        if missing:
+            print(f"error: no row has id {', '.join(missing)}; check the id against the file.")
+            return 2
+        rows = [r for r in rows if r.get("id", "") in wanted]
     results: list[dict[str, object]] = []
     for row in rows:
         t_row, cpu_row = time.perf_counter(), time.process_time()

@@ -945,3 +945,35 @@ def test_goal_misses_name_each_of_issue_12s_goals_a_run_misses() -> None:
     met["by_group"] = {"b200_sxm/agg": {"rows": 20, "ttft_median_ape": 25, "tpot_median_ape": 12}}
     assert silicon.goal_misses(met) == []
     assert silicon.goal_misses({**met, "rows": 0}) == ["no row predicted"]
+
+
+def test_only_runs_the_named_rows_as_the_whole_file_predicts_them(tmp_path: Path, capsys) -> None:
+    """`--only ID` runs just that row, with the figures the run over the whole file gives it;
+    an id the file does not hold is one sentence and exit 2, before anything runs."""
+    source = "silicon_concurrency=8; " + AIPERF_SOURCE
+    rows = [
+        row(id="a", batch_size="8", tp_size="2", silicon_data_source=source),
+        row(id="b", batch_size="8", tp_size="2", osl="128", silicon_data_source=source),
+    ]
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+
+    def predicted(*extra: str) -> dict[str, tuple[str, str]]:
+        out = tmp_path / "out.csv"
+        assert silicon.main([str(path), "--rounds", "2", "--rows-out", str(out), *extra]) == 0
+        with open(out, newline="") as f:
+            return {
+                r["id"]: (r["predicted_ttft_ms"], r["predicted_tpot_ms"]) for r in csv.DictReader(f)
+            }
+
+    whole = predicted()
+    assert set(whole) == {"a", "b"}
+    assert predicted("--only", "b") == {"b": whole["b"]}
+    assert predicted("--only", "b", "--only", "a") == whole
+    capsys.readouterr()
+    assert silicon.main([str(path), "--only", "c"]) == 2
+    out = capsys.readouterr().out
+    assert out.strip() == "error: no row has id c; check the id against the file."
