@@ -50,6 +50,7 @@ NUMERIC_LAUNCH_FIELDS = (
     "recv_interval",
     "prefill_graphs",
     "stream_interval",
+    "postprocess_workers",
 )
 # ... or a name (a format, a kernel family, a switch), kept as text.
 TEXT_LAUNCH_FIELDS = (
@@ -360,6 +361,8 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
     - recv_interval: SGLang `--scheduler-recv-interval`;
     - stream_interval: TensorRT-LLM's `stream_interval` (its serving loop responds every N
       steps);
+    - postprocess_workers: TensorRT-LLM's `num_postprocess_workers` (processes that take the
+      responses' detokenising and formatting off its serving loop; the gpt-oss scripts set 4);
     - prefill_graphs: 1 where a TensorRT-LLM script turns on piecewise CUDA graphs for
       prefill iterations (captured up to its max_num_tokens), 0 or '' where not;
     - ssm_dtype: the recurrent (Mamba / Gated DeltaNet) state's format, SGLang
@@ -449,6 +452,12 @@ def launch_settings(script: str, dp_attn: bool | None = None) -> dict[str, str]:
         ),
         "stream_interval": _one(
             script, (r"^stream_interval" + yaml_val,), assigned, branched=branched
+        ),
+        "postprocess_workers": _one(
+            script,
+            (r"^num_postprocess_workers" + yaml_val, r"--num_postprocess_workers" + val),
+            assigned,
+            branched=branched,
         ),
         "ssm_dtype": _one(
             script,

@@ -997,8 +997,28 @@ def test_recipes_and_scripts_set_the_serving_loop() -> None:
     assert lay.recipe_settings(trt) == ("", "postprocess_workers=4 stream_interval=100")
     script = "cat > config.yml << EOF\nstream_interval: 10\nEOF\ntrtllm-serve ...\n"
     assert single.launch_settings(script)["stream_interval"] == "10"
+    assert single.launch_settings(script)["postprocess_workers"] == ""
+    workers = script.replace("EOF\ntrt", "num_postprocess_workers: 4\nEOF\ntrt")
+    assert single.launch_settings(workers)["postprocess_workers"] == "4"
     rows = silicon.inferencex_single_node()
     assert all(r["stream_interval"] in ("10", "20") for r in rows if r["framework"] == "trt")
+    # InferenceX's gpt-oss TensorRT-LLM scripts alone hand the responses to 4 workers
+    # (benchmarks/gptoss_fp4_b200_trt_slurm.sh and its successors); the DeepSeek ones do not.
+    keys = {r["config_key"] for r in rows if r["postprocess_workers"]}
+    assert keys == {"gptoss-fp4-b200-trt", "gptoss-fp4-h200-trt"}
+    assert {r["postprocess_workers"] for r in rows if r["config_key"] in keys} == {"4"}
+    export = {
+        "id": "g", "mode": "agg", "backend": "trtllm", "model_path": "openai/gpt-oss-120b",
+        "system": "b200_sxm", "precision": "fp4", "isl": "1024", "osl": "1024", "tp_size": "2",
+        "silicon_ttft_ms": "100", "silicon_tpot_ms": "5",
+        "silicon_data_source": "source_file=2025-11-03.csv; model=gpt-oss-120b; "
+        "silicon_concurrency=4; measured=2025-11-03T12:00:00Z; wip=False; "
+        "image=nvcr.io#nvidia/tensorrt-llm/release:1.2.0rc0.post1",
+    }  # fmt: skip
+    filled, source, refusal = silicon.layout_of(export)
+    assert not refusal and "gptoss-fp4-b200-trt" in source
+    engine = silicon.deployment_of(filled, silicon.Catalog()).engine
+    assert (engine.stream_interval, engine.postprocess_workers) == (20, 4)
     items = [r for r in silicon.inferencex_layouts() if r["framework"] == "dynamo-trt"]
     assert any("stream_interval=100" in r["decode_settings"] for r in items)
     row = {"mode": "disagg", "backend": "trtllm", "model_path": "deepseek-ai/DeepSeek-R1"}

@@ -268,6 +268,7 @@ def test_launch_settings_read_only_what_a_script_fixes() -> None:
         "recv_interval": "",
         "prefill_graphs": "",
         "stream_interval": "",  # TensorRT-LLM's default, 1
+        "postprocess_workers": "",  # TensorRT-LLM's default, 0: the loop formats them itself
         "ssm_dtype": "",
         "ar_fusion": "",
         "ar_fusion_mib": "",
