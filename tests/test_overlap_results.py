@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from properties_lib import case_of, run_case
 
 from servesim.sim import cluster as cluster_module
 from servesim.sim.deployment import Deployment
@@ -87,3 +88,28 @@ def test_a_prefill_server_posts_the_kv_after_launching_the_next_prefill(monkeypa
             pytest.approx(a_start, rel=1e-9),
             pytest.approx(2 * one, rel=1e-9),
         ]
+
+
+def test_a_request_never_finishes_before_its_held_back_first_token() -> None:
+    """The loop processes iterations' results in order, so a request's last token leaves no
+    earlier than its first one, which waited for the next launch. Two cases the simulator
+    fuzzer found (`scripts/fuzz.py --seed 62`, examples 193 and 623, reduced): two-token
+    requests on a host-bound TensorRT-LLM replica, whose first token, held back past the next
+    iteration and its response-loop delivery, came out a rounding error after their finish; and
+    a semi-PD SGLang pair whose decode lane finished a three-token request before its prefill
+    lane let the first token go. Both broke the run's conservation check; every property
+    holds now."""
+    colocated = case_of(
+        model="facebook/opt-13b", device="a100_sxm", engine="trtllm", overlap=True,
+        max_num_seqs=3, max_num_batched_tokens=1106, chunked_prefill=True, kv_factor=1.0,
+        prefix_caching=False, prompts=[2] * 13, outputs=[2] * 13,
+    )  # fmt: skip
+    semipd = case_of(
+        kind="semipd", tp=4, engine="sglang", replicas=3, max_num_seqs=2,
+        chunked_prefill=False, kv_factor=5.0, router="least_kv",
+        semipd={"share": 0.8, "controller": False, "interval_s": 0.5, "window_s": 0.01,
+                "ttft_s": 0.001, "tpot_s": 0.02},
+        prompts=[2, 8, 5, 5, 2], outputs=[1, 1, 3, 4, 3],
+    )  # fmt: skip
+    assert run_case(colocated) is None
+    assert run_case(semipd) is None
