@@ -113,3 +113,17 @@ def test_a_request_never_finishes_before_its_held_back_first_token() -> None:
     )  # fmt: skip
     assert run_case(colocated) is None
     assert run_case(semipd) is None
+    # A semi-PD lane that recomputes a request whose first token another lane held back
+    # (`scripts/fuzz.py --seed 777`, example 2675) finishes it no earlier than that token.
+    recomputed = case_of(
+        kind="semipd", model="Qwen/Qwen3-8B", device="a100_sxm", engine="sglang", replicas=3,
+        max_num_seqs=45, kv_factor=1.0, prefix_caching=False, router="least_loaded",
+        semipd={"share": 0.5, "controller": True, "interval_s": 0.005, "window_s": 0.1,
+                "ttft_s": 0.05, "tpot_s": 0.1},
+        prompts=[3, 2, 7, 6, 7, 1, 6, 2, 1, 6, 1, 7, 6, 5, 4, 2, 5, 4, 5, 6, 5, 5],
+        outputs=[3, 3, 2, 3, 5, 7, 2, 1, 3, 4, 8, 5, 6, 4, 7, 4, 8, 8, 1, 2, 1, 5],
+        arrivals=[0.0, 0.0, 0.0048, 0.0052, 0.0068, 0.0076, 0.0079, 0.0085, 0.0085, 0.0097,
+                  0.0114, 0.0118, 0.0131, 0.0144, 0.0145, 0.0153, 0.0189, 0.0196, 0.0207,
+                  0.0230, 0.0233, 0.0248],
+    )  # fmt: skip
+    assert run_case(recomputed) is None

@@ -467,7 +467,10 @@ class ClientPacer:
     calls `start` once and `finished(t)` for every request that ends at t; both return the
     (send time, request index) pairs that became due, in index order."""
 
-    __slots__ = ("barrier", "clients", "delays", "done", "first", "n", "next", "phase_t", "release")
+    __slots__ = (
+        "barrier", "clients", "delays", "done", "first", "n", "next", "phase_t", "release",
+        "warm_end",
+    )  # fmt: skip
 
     def __init__(self, loop: ClosedLoop) -> None:
         self.clients = loop.clients
@@ -481,6 +484,7 @@ class ClientPacer:
         self.next = 0
         self.done = 0
         self.phase_t = 0.0
+        self.warm_end = 0.0  # the latest end among the warm-up requests reported so far
 
     def _phase(self, t0: float, end: int) -> list[tuple[float, int]]:
         self.phase_t = t0
@@ -497,13 +501,17 @@ class ClientPacer:
     def finished(self, t: float, request_id: int = -1) -> list[tuple[float, int]]:
         """A request (any: clients are alike, so `request_id` does not matter) ended at t: the
         freed client's next request, or at the end of the warm-up the measured phase's first
-        requests."""
+        requests. Ends may be reported out of time order (a serving loop delivers a request's
+        last token after the iteration that made it), so the measured phase starts at the
+        latest warm-up end, not at the last one reported."""
         self.done += 1
+        if self.done <= self.barrier:  # nothing but warm-ups runs before the barrier
+            self.warm_end = max(self.warm_end, t)
         k = self.next
         if k >= self.n:
             return []
         if k == self.barrier:  # warm-up fully sent: the profile starts when it has all ended
-            return self._phase(t, self.n) if self.done == self.barrier else []
+            return self._phase(self.warm_end, self.n) if self.done == self.barrier else []
         self.next = k + 1
         sent = t + self.delays[k]
         if self.release is not None:
