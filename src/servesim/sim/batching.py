@@ -307,8 +307,7 @@ class BatchFormation:
                 self._end_hold(rid)
                 if self.pins:
                     self._unpin(rid)
-                # (a recomputed request's first token, held back past a launch, came earlier)
-                tab.finish_s[rid] = max(seen, tab.first_token_s[rid])
+                self._record_finish(rid, seen)
                 self.outstanding_tokens -= self._load_of(rid)
                 done.append(rid)
                 continue

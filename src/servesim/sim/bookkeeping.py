@@ -70,14 +70,20 @@ class RequestBookkeeping:
         self.outstanding_tokens -= self._load_of(rid)
         return cached
 
+    def _record_finish(self, rid: int, seen_s: float) -> None:
+        """The client sees a request's last token at `seen_s`, but never before its first: an
+        overlap loop processes iterations' results in order, so a first token it held back past
+        the next launch (`_defer_first_tokens`) holds back the tokens after it too (on this
+        replica, or on the lane or replica the request moved to)."""
+        tab = self.table
+        t_first = tab.first_token_s[rid]
+        tab.finish_s[rid] = seen_s if seen_s >= t_first else t_first
+
     def _pop_finished(self, seen_s: float, done: list[int]) -> None:
         """Take the requests whose last token the group just made out of the decode group;
         the client sees that token at `seen_s` (the iteration's end, or later when the serving
-        loop delivers it, `_deliver`), and never before its first token: an overlap loop
-        processes iterations' results in order, so a first token it held back past the next
-        launch (`_defer_first_tokens`) holds back the tokens after it too."""
+        loop delivers it, `_deliver`), as `_record_finish` records it."""
         heap, tab, joined = self.finish_heap, self.table, self.joined
-        first = tab.first_token_s
         g = self.G
         while heap and heap[0][0] <= g:
             _, seq, rid = heapq.heappop(heap)
@@ -89,8 +95,7 @@ class RequestBookkeeping:
             if self.pins:
                 self._unpin(rid)
             out = tab.output_tokens[rid]
-            t_first = first[rid]
-            tab.finish_s[rid] = seen_s if seen_s >= t_first else t_first
+            self._record_finish(rid, seen_s)
             if self.attached_load:
                 self.outstanding_tokens -= self._load_of(rid)
             else:
