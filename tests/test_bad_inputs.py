@@ -264,6 +264,12 @@ SPECIFIC: list[tuple[Argv, str]] = [
     (["predict", "--prefill", "10", "--context", "100"], "--context is the context"),
     (["predict"], "Give a batch"),
     (_with(BASE["predict"], "--replicas", "2"), "--replicas"),
+    # Engine flags that price a part this deployment lacks would change nothing (README audit).
+    (_with(BASE["predict"], "--lm-head-split", "adp_tp"), "does nothing without them"),
+    (_with(BASE["predict"], "--mxfp4-activation", "mxfp8"), "has no MXFP4 experts"),
+    (_with(BASE["predict"], "--token-count-compile-ms", "50"), "has no Gated DeltaNet"),
+    (_with(BASE["predict"], "--moe-a2a-backend", "deepep"), "has no routed experts"),
+    (_with(BASE["simulate"], "--moe-backend", "triton"), "has no routed experts"),
     (_with(BASE["plan"], "--rate", "nan"), "--rate must be a finite number"),
     (_with(BASE["plan"], "--gpus", ""), "--gpus needs at least one"),
     (_with(BASE["plan"], "--pp", "1000"), "--pp 1000 exceeds"),

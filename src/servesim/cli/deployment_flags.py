@@ -19,7 +19,9 @@ from servesim.cli.settings import (
     Settings,
     _int_list,
     add_switch,
+    spell_template,
 )
+from servesim.errors import ServesimError
 from servesim.spec.devices import catalog
 from servesim.spec.engine_profile import (
     ALLREDUCE_NORM_FUSION,
@@ -131,6 +133,15 @@ class DeploymentSettings(Settings):
                     )
         elif self.num_draft_tokens is None:
             raise Misuse("{speculative} needs {num_draft_tokens} K, the draft tokens per step.")
+        return self
+
+    @model_validator(mode="after")
+    def _lm_head(self) -> DeploymentSettings:
+        if self.given("lm_head_split") and self.dp <= 1:
+            raise Misuse(
+                "{lm_head_split} chooses how attention-DP ranks share the output head and does "
+                "nothing without them; add {dp} 2 or more, or drop {lm_head_split}."
+            )
         return self
 
 
@@ -358,6 +369,29 @@ def add_latency_model_arg(g: Any) -> None:
     )
 
 
+def check_model_flags(s: DeploymentSettings, model: Any) -> None:
+    """Refuse engine flags that would do nothing for this model (one sentence naming the flag):
+    each one prices a part the model does not have."""
+    unused = []
+    if s.given("mxfp4_activation") and model.expert_dtype != "mxfp4":
+        unused.append(("mxfp4_activation", "MXFP4 experts"))
+    gdn = model.num_linear_layers and model.linear_kind in ("gdn", "kda")
+    if s.given("token_count_compile_ms") and not gdn:
+        unused.append(("token_count_compile_ms", "Gated DeltaNet or KDA layers"))
+    if s.given("moe_a2a_backend") and not model.num_experts:
+        unused.append(("moe_a2a_backend", "routed experts"))
+    if s.given("moe_backend") and not model.num_experts:
+        unused.append(("moe_backend", "routed experts"))
+    if unused:
+        key, part = unused[0]
+        raise ServesimError(
+            spell_template(
+                f"{{{key}}} does nothing for {model.name}, which has no {part}; drop {{{key}}}.",
+                s.spell,
+            )
+        )
+
+
 def build_deployment(s: DeploymentSettings) -> Any:
     """A Deployment from validated settings (the model's own limits checked here)."""
     from servesim.predictor.edge_fit import is_edge_fit
@@ -373,6 +407,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
         model = model.with_dtypes(weight=s.weight_dtype, kv=s.kv_dtype)
     par = Parallel(tp=s.tp, pp=s.pp, ep=s.ep, dp=s.dp)
     model.check_parallel(par)
+    check_model_flags(s, model)
     # A local-device fit (`servesim fewshot --shots`) is the local runtime's: cli.hybrid_flags.
     fit = load_fit(s.fit) if s.fit and not is_edge_fit(s.fit) else None
     # A calibration the user measured prices every kernel unless they ask for the tables too.
