@@ -202,6 +202,38 @@ def test_overlap_scheduling_flag_delays_admission(tmp_path: Path, capsys) -> Non
     assert ttft["--overlap-scheduling"] > ttft["--no-overlap-scheduling"], ttft
 
 
+def test_model_part_flags_work_where_the_part_exists(capsys) -> None:
+    """The engine flags refused for a model without the part they price (test_bad_inputs)
+    are taken, and change the step, on a model that has it: MXFP4 experts' activation format
+    (gpt-oss), the all-to-all of routed experts (DeepSeek-R1 under attention DP)."""
+
+    def step_s(args: list[str]) -> float:
+        code, out, err = run(["predict", "--json", *args], capsys)
+        assert code == 0, err
+        return json.loads(out)["totals"]["seconds"]
+
+    oss = ["--model", "openai/gpt-oss-120b", "--device", "b200_sxm", "--decode-seqs", "256"]
+    oss += ["--max-num-seqs", "256", "--context", "1000", "--tp", "2", "--engine", "trtllm"]
+    assert step_s([*oss, "--mxfp4-activation", "bf16"]) != step_s(
+        [*oss, "--mxfp4-activation", "mxfp8"]
+    )
+    r1 = ["--model", "deepseek-ai/DeepSeek-R1", "--device", "b200_sxm", "--tp", "1"]
+    r1 += ["--dp", "8", "--ep", "8", "--engine", "sglang", "--decode-seqs", "256"]
+    r1 += ["--max-num-seqs", "256", "--context", "1000"]
+    assert step_s([*r1, "--moe-a2a-backend", "none"]) != step_s(
+        [*r1, "--moe-a2a-backend", "deepep"]
+    )
+
+
+def test_figure_rows_flatten_nested_figures() -> None:
+    """A cache's figures nest per category: the terminal table gets one row per number, named
+    by its path, never a printed dict."""
+    from servesim.cli.simulate import figure_rows
+
+    rows = figure_rows({"hit_rate": 0.30081, "served": {"large": 4185}, "by": {"code": {"n": 2}}})
+    assert rows == [("hit_rate", "0.3008"), ("served · large", "4185"), ("by · code · n", "2")]
+
+
 def _live_children(pid: int) -> list[int]:
     """Processes whose parent is `pid` and that are not zombies (Linux /proc)."""
     kids = []

@@ -289,6 +289,8 @@ def test_cli_runs_a_client_protocol_and_summarises_the_measured_requests(
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["requests"] == 40  # 10 per client measured; the 8 warm-up ones left out
+    # The title counts what the table counts: the measured requests, the warm-up apart.
+    assert summary["workload"] == "closed loop, 4 clients, 40 requests after 8 warm-up"
 
 
 @pytest.mark.parametrize(

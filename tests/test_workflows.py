@@ -225,9 +225,10 @@ def test_workflow_capacity_is_monotone_in_target_and_hardware() -> None:
         assert any(p.attainment < 0.9 for p in above)  # a faster rate was tried and missed
 
 
-def test_plan_ranks_deployments_by_workflow_goodput(tmp_path: Path) -> None:
+def test_plan_ranks_deployments_by_workflow_goodput(tmp_path: Path, capsys) -> None:
     """`servesim plan --workflows`: each candidate's capacity is its workflow rate (here the
-    Text-to-SQL pipeline on one H100 vs one A100), ranked per dollar."""
+    Text-to-SQL pipeline on one H100 vs one A100), ranked per dollar; the terminal summary
+    speaks of workflows (their SLO, wf/s, their latency tail), not of requests."""
     import pyarrow.parquet as pq
 
     out = tmp_path / "plan"
@@ -235,6 +236,9 @@ def test_plan_ranks_deployments_by_workflow_goodput(tmp_path: Path) -> None:
     args += ["--tp", "1", "--engines", "vllm", "--batching", "256:8192", "--kv-dtypes", "bf16"]
     args += ["--pd-ratios", "none", "--workflows", "text2sql", "--workers", "1"]
     assert main([*args, "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "end-to-end SLO (text2sql) for 90% of" in shown and "of requests" not in shown
+    assert "wf/s" in shown and "E2E" in shown and "TTFT" not in shown
     rows = pq.read_table(out / "plan.parquet").to_pylist()
     by_gpu = {r["device"]: r for r in rows}
     assert {r["capacity_unit"] for r in rows} == {"workflows/s"}

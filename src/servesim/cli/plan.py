@@ -531,11 +531,16 @@ def print_plan(result: Any, top: int = 10) -> None:
 
     spec = result.spec
     pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
+    goal = (
+        f"each workflow's end-to-end SLO ({spec.workflows}) for {spec.target:.0%} of workflows"
+        if getattr(spec, "workflows", None) is not None
+        else f"TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
+        f"{spec.target:.0%} of requests"
+    )
     console.print(
         Text.assemble(
             (spec.model, "bold"),
-            f": TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
-            f"{spec.target:.0%} of requests; {result.evaluated} candidates simulated, "
+            f": {goal}; {result.evaluated} candidates simulated, "
             f"{result.reused} reused from the store, {len(result.pruned)} pruned "
             f"({pruned or 'none'}) in {result.wall_s:.1f} s",
         )

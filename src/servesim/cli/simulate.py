@@ -136,6 +136,19 @@ class SimulateSettings(
         return self
 
 
+def figure_rows(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(name, value) rows of a figures dict for a terminal table, nested dicts flattened into
+    `outer · inner` names (a cache's per-category hit rates), floats to 4 significant digits."""
+    rows: list[tuple[str, str]] = []
+    for k, v in figures.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows += figure_rows(v, f"{name} · ")
+        else:
+            rows.append((name, f"{v:.4g}" if isinstance(v, float) else str(v)))
+    return rows
+
+
 def add_simulate_parser(sub: Any) -> None:
     """Add `simulate` to servesim's subcommand parsers."""
     sim = sub.add_parser("simulate", help="simulate serving a workload on one deployment")
@@ -231,8 +244,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         table = Table(title=f"servesim: {dep.label()} — {name.replace('_', ' ')}")
         table.add_column("figure")
         table.add_column("value", justify="right")
-        for k, v in figures.items():
-            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        for k, v in figure_rows(figures):
+            table.add_row(k, v)
         console.print(table)
         console.print(f"wrote {out}/summary.json")
         return 0
@@ -252,9 +265,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             summary["workload"] = f"{flows.num_workflows} workflows, {flows.num_requests} calls"
             summary["workflows"] = flows.report(res.columns()["finish_s"])
         elif closed is not None:
-            summary["workload"] = (
-                f"closed loop, {closed.clients} clients, {closed.num_requests} requests"
-            )
+            n, w = closed.num_requests, closed.warmup_requests
+            shown = f"{n - w} requests after {w} warm-up" if w else f"{n} requests"
+            summary["workload"] = f"closed loop, {closed.clients} clients, {shown}"
         else:
             summary["workload"] = getattr(work, "name", "")
         summary["sim_wall_s"] = res.wall_s

@@ -624,6 +624,29 @@ TERMINAL_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
     ("TPOT\np90 ms", "tpot_p90_s", lambda r: fmt(_num(r, "tpot_p90_s") * 1e3)),
     ("P", "pareto", lambda r: "★" if r.get("pareto") else ""),
 )
+
+
+def _workflow_e2e_p90_s(r: Row) -> float:
+    """A workflow plan's candidate: the 90th-percentile workflow latency at its capacity (the
+    probe at that rate), NaN without one."""
+    cap = _num(r, "capacity_req_per_s")
+    try:
+        probes = json.loads(str(r.get("workflow_probes") or "[]"))
+    except ValueError:
+        return math.nan
+    at = [p for p in probes if math.isclose(p.get("rate_per_s", math.nan), cap, rel_tol=1e-9)]
+    return float(at[0].get("e2e_p90_s", math.nan)) if at else math.nan
+
+
+# A workflow plan ranks by workflows per second meeting their end-to-end SLOs: its columns say
+# so, with the workflows' latency tail in place of the per-request TTFT and TPOT.
+TERMINAL_WORKFLOW_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
+    *TERMINAL_COLUMNS[:4],
+    ("wf/s", "capacity_req_per_s", lambda r: fmt(_num(r, "capacity_req_per_s"))),
+    ("$/h per\nwf/s", "dollar_per_req_per_s", lambda r: fmt(_num(r, "dollar_per_req_per_s"))),
+    ("E2E\np90 s", "workflow_probes", lambda r: fmt(_workflow_e2e_p90_s(r))),
+    TERMINAL_COLUMNS[-1],
+)
 TERMINAL_MISS_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
     ("deployment", "label", lambda r: str(r.get("label", ""))),
     ("GPUs", "devices", lambda r: str(r.get("devices", ""))),
@@ -639,9 +662,11 @@ def terminal_table(result: PlanResult, top: int = 10) -> Table:
     """A rich Table of the top candidates (or the closest misses when nothing is feasible),
     readable at 80 columns: few columns, the label wrapped rather than cut."""
     feasible = bool(result.feasible)
+    workflows = getattr(result.spec, "workflows", None) is not None
     if feasible:
-        title = "top deployments by goodput per $/hour (one replica; P = Pareto-optimal)"
-        cols = TERMINAL_COLUMNS
+        what = "workflow goodput" if workflows else "goodput"
+        title = f"top deployments by {what} per $/hour (one replica; P = Pareto-optimal)"
+        cols = TERMINAL_WORKFLOW_COLUMNS if workflows else TERMINAL_COLUMNS
     else:
         title = "no candidate meets the SLO: the closest misses"
         cols = TERMINAL_MISS_COLUMNS
