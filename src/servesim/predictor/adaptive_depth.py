@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import binom
 
 from servesim.errors import ServesimError
 from servesim.predictor.iteration import Predictor
@@ -26,6 +25,8 @@ from servesim.spec.adaptive_depth import LayerSkipping
 def users_pmf(n: int, p: float, correlation: float) -> np.ndarray:
     """P(exactly u of `n` sequences run a layer), u = 0..n, when each skips it with probability
     p and a share `correlation` of them follow one shared decision instead of their own."""
+    from scipy.stats import binom  # imported on use: scipy.stats alone takes ~0.3 s to import
+
     if n == 0:
         return np.ones(1)
     u = np.arange(n + 1)

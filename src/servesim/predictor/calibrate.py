@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from servesim import tables
 from servesim.errors import ServesimError
@@ -1053,6 +1052,8 @@ def fit_params(
             out[n] = float(math.exp(v) if lg else v)
         return out
 
+    from scipy.optimize import least_squares  # on use: scipy.optimize takes ~0.3 s
+
     res = least_squares(
         lambda x: residual(unpack(x)),
         np.array(x0),
@@ -1417,6 +1418,8 @@ def _fit_vector(
                 out[i] = math.exp(x[i])
         return out
 
+    from scipy.optimize import least_squares  # on use: scipy.optimize takes ~0.3 s
+
     res = least_squares(
         lambda x: residual(unpack(x)),
         np.array(x0 + [0.0] * n_coefs),
@@ -1449,6 +1452,8 @@ def device_offsets(
         trial = _with_model(fit, family, fit.params[family], model)
         r = _log_residual(predict(source_of(family), s, device, trial), meas) / noise
         return np.concatenate([r, z / sig])
+
+    from scipy.optimize import least_squares  # on use: scipy.optimize takes ~0.3 s
 
     res = least_squares(resid, np.zeros(len(factors)), loss="soft_l1", f_scale=1.0)
     return dict(zip(factors, (float(v) for v in res.x), strict=True))

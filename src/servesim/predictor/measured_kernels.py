@@ -20,16 +20,18 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from servesim.errors import ServesimError
 from servesim.predictor import kernel_tables, roofline
 from servesim.spec.devices import Device
 from servesim.spec.dtypes import canonical, compute_dtype, gemm_compute_dtype, kernel_format
 from servesim.spec.engine_profile import MXFP4_ACTIVATIONS
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 MEASURED, INTERPOLATED, EXTRAPOLATED, ROOFLINE = 0, 1, 2, 3
 PROVENANCE = ("measured", "interpolated", "extrapolated", "roofline")
@@ -177,6 +179,8 @@ class Grid:
 
     @functools.cached_property
     def _tree(self) -> cKDTree:
+        from scipy.spatial import cKDTree  # imported on use: ~0.2 s, not every run needs it
+
         return cKDTree(self._measured_cells[0])
 
 
