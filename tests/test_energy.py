@@ -34,6 +34,22 @@ def test_a_lone_request_costs_the_energy_of_its_iterations() -> None:
     assert got == pytest.approx(expected, rel=1e-6), (got, expected)
 
 
+def test_a_decode_steps_work_is_its_flops_at_peak_plus_half_its_bytes_at_bandwidth() -> None:
+    """The `work` of the energy claim above, by hand: one Llama-3.1-8B sequence decoding at
+    1,000 tokens of context on an H100 reads every bf16 weight but the input embedding table
+    (one row of it) and its KV cache, and does 2 FLOPs a weight; the bytes count at
+    MEM_POWER_SHARE = 0.5 (memory-bound decode draws about half the idle-to-TDP range)."""
+    from servesim.predictor.iteration import MEM_POWER_SHARE
+
+    assert MEM_POWER_SHARE == 0.5
+    weights = LLAMA8.num_params() - LLAMA8.vocab_size * LLAMA8.hidden_size  # no embedding read
+    nbytes = 2.0 * weights + 1000 * LLAMA8.kv_bytes_per_token()
+    hand = 2.0 * weights / H100.peak_flops_per_s["bf16"] + 0.5 * nbytes / H100.mem_bw_bytes_per_s
+    for latency_model in ("roofline", "auto"):  # the same work whatever prices the time
+        pred = Deployment(LLAMA8, H100, latency_model=latency_model).predictor()
+        assert pred.step_work_s(1, 1000, ()) == pytest.approx(hand, rel=0.01)
+
+
 def test_power_rises_with_utilisation_and_prefill_draws_more_than_decode() -> None:
     """Claim (Splitwise, ISCA'24): the prompt phase runs near TDP while the memory-bound token
     phase draws markedly less; every iteration stays between idle and max power."""

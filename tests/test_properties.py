@@ -32,4 +32,18 @@ def test_every_request_finishes_once_with_its_tokens_in_order(case: dict[str, An
     deployment that does not fit is refused with a ServesimError (returned, not raised)."""
     # A hang never ends; a normal example takes well under 0.1 s. 20 s leaves room for a
     # machine shared with other work (5 s failed once with four processes on two cores).
-    run_case(case, limit_s=20.0)
+    kind = run_case(case, limit_s=20.0)
+    # A refusal passes only as one of the kinds a random deployment meets (weights or a request
+    # too large for it, a prefix block size the cache cannot take): any other error the
+    # simulator raised would be a bug hiding behind `run_case`'s catch.
+    assert kind is None or any(x in kind for x in EXPECTED_REFUSALS), kind
+
+
+# What the cases are refused for (error_kind labels, 1,000 derandomized examples: 971 run,
+# 15 weights, 8 prefix blocks, 6 KV cache; a context limit on other draws).
+EXPECTED_REFUSALS = (
+    "needs N GB per device for weights",
+    "prefix hash blocks",
+    "does not fit the KV cache",
+    "tokens exceed",  # a request (its prompt, or prompt and output) beyond the context
+)

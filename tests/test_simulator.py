@@ -46,6 +46,16 @@ def test_lone_request_ttft_is_its_prefill_and_tpot_its_decode_steps() -> None:
     steps = [pred.iteration(BatchShape(1, 1000 + j)).seconds for j in range(1, 50)]
     assert cols["tpot_s"][0] == pytest.approx(sum(steps) / 49, rel=1e-9)
     assert cols["e2e_s"][0] == pytest.approx(front + prefill + sum(steps), rel=1e-9)
+    summary = res.summary()
+    # Inter-token latencies are the decode steps (a histogram: within its 0.1 % buckets).
+    assert summary["itl_s"]["mean"] == pytest.approx(sum(steps) / 49, rel=5e-3)
+    assert summary["itl_s"]["p50"] == pytest.approx(float(np.median(steps)), rel=5e-3)
+    # Time means over the run (arrival to finish): one sequence decodes from its first token
+    # to its end; the engine is busy from the frontend's hand-over to the end (a 2,000-point
+    # time grid: within 1e-3).
+    duration = front + prefill + sum(steps)
+    assert summary["mean_batch_size"] == pytest.approx(sum(steps) / duration, abs=1e-3)
+    assert summary["utilisation"] == pytest.approx((prefill + sum(steps)) / duration, rel=1e-6)
 
 
 def test_tensorrt_llm_prefills_a_long_prompt_whole_by_default() -> None:

@@ -120,6 +120,8 @@ def test_same_seed_same_workflows() -> None:
     b = WorkflowWorkload((chain(),), 5, 1.0, seed=4)
     assert np.array_equal(a.workflow_arrival_s, b.workflow_arrival_s)
     assert np.array_equal(a.prompt_tokens, b.prompt_tokens)
+    other = WorkflowWorkload((chain(),), 5, 1.0, seed=5)  # and the seed is what decides
+    assert not np.array_equal(a.workflow_arrival_s, other.workflow_arrival_s)
 
 
 @pytest.mark.parametrize(
