@@ -58,6 +58,22 @@ def test_lone_request_ttft_is_its_prefill_and_tpot_its_decode_steps() -> None:
     assert summary["utilisation"] == pytest.approx((prefill + sum(steps)) / duration, rel=1e-6)
 
 
+def test_kv_use_grows_through_a_decode_stretch() -> None:
+    """A lone request decodes its 4,000 tokens as one stretch of steps: the KV time series
+    grows from its 1,000 prompt tokens to 5,000 through it (it held the start value until this
+    was found), so the mean KV use is the mean of the two over the decode's share of the run,
+    the prefill ramping its prompt in."""
+    d = dep()
+    res = simulate(d, one_request(1000, 4000))
+    s, cols = res.summary(), res.columns()
+    first, end = float(cols["first_token_s"][0]), float(cols["finish_s"][0])
+    prefill = d.predictor().iteration(BatchShape(prefill=((1000, 0),))).seconds
+    held = (1000 + 5000) / 2 * (end - first) + 1000 / 2 * prefill  # token-seconds
+    hand = held / s["duration_s"] / s["kv_tokens_per_replica"]
+    assert s["mean_kv_use"] == pytest.approx(hand, rel=5e-3)
+    assert res.series["kv_use"].max() == pytest.approx(5000 / s["kv_tokens_per_replica"], rel=1e-3)
+
+
 def test_tensorrt_llm_prefills_a_long_prompt_whole_by_default() -> None:
     """TensorRT-LLM's `enable_chunked_prefill` defaults to False (LlmArgs): a 12,000-token
     prompt runs as one 12,000-token context iteration beyond its 8,192-token max_num_tokens;

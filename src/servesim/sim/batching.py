@@ -277,6 +277,7 @@ class BatchFormation:
             self.G += 1
             if self.spec_state is not None:
                 self._spec_advance()
+            self._sample_kv(end, len(self.off))  # grown KV, before the finished free theirs
             self.last_decode_end = end
             self._pop_finished(seen, done)
         finished = False

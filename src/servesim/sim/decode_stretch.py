@@ -135,6 +135,9 @@ class DecodeStretch:
         self.G = g = self.G + k
         if self.spec_state is not None:
             self._spec_advance()
+        # The KV the stretch grew to, before its finished requests free theirs: the time
+        # series joins it to the stretch's start linearly (`result._merge_series`).
+        self._sample_kv(end, n)
         every = self.cfg.recv_interval
         if every > 1:  # passes inside the stretch read (nothing) and restart the count
             r = self.recv_steps + k

@@ -603,6 +603,7 @@ class Replica(
     def release(self, rid: int, t: float, keep_pins: bool = False) -> None:
         """Prefill role: the request's KV has left; free its blocks (and pins, unless
         `keep_pins`: a semi-PD partner reads them in place until the request ends) at time t."""
+        self._sample_at(t)  # the KV held up to t (the series steps down at t, not before)
         self.fixed_blocks -= self.held.pop(rid)
         if self.pins and not keep_pins:
             self._unpin(rid)
@@ -617,15 +618,21 @@ class Replica(
     def partner_left(self, rid: int, t: float) -> None:
         """Semi-PD prefill lane: a request it handed to its partner lane left that lane at
         time t (finished, preempted, moved): the prefix blocks it read are unpinned."""
+        self._sample_at(t)  # the KV held up to t
         self._unpin(rid)
         self._sample_at(t)
 
     def _sample_at(self, t: float) -> None:
         """Log the time series' point for blocks that went outside a scheduling pass."""
-        n_run = len(self.off)
+        self._sample_kv(max(self.now, t), len(self.off))
+
+    def _sample_kv(self, t: float, n_run: int) -> None:
+        """Log a time series point at t: sequences running (`n_run` decoding and the prompts
+        in prefill) and the KV tokens held (the decode group at step G, prompts' and pinned
+        blocks)."""
         self.samples.extend(
             (
-                max(self.now, t),
+                t,
                 n_run + len(self.prefilling),
                 self.off_sum + n_run * self.G + self.fixed_blocks * self.cfg.block_size,
             )

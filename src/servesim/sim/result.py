@@ -289,7 +289,8 @@ def _merge_series(
 ) -> dict[str, np.ndarray]:
     """Cluster-wide batch size (sum) and KV use on a common time grid: the KV tokens held over
     the KV tokens of the replicas provisioned at that time (an autoscaled pool's parked
-    replicas count for nothing)."""
+    replicas count for nothing). Sequences running hold their value until the next sample;
+    KV tokens run linearly between samples, as a decode stretch grows them."""
     t_end = max((float(t[-1]) for t in t_all if len(t)), default=0.0)
     grid = np.linspace(0.0, t_end, points) if t_end > 0 else np.zeros(1)
     running = np.zeros_like(grid)
@@ -306,6 +307,8 @@ def _merge_series(
         seen = idx >= 0  # before its first scheduling decision a replica holds nothing
         idx = np.maximum(idx, 0)
         running += r[idx] * seen
-        held += k[idx] * (up & seen)
+        # KV grows through a decode stretch (one sample at its start, one at its end before
+        # releases): linear between samples, a step where two share a time.
+        held += np.interp(grid, t, k) * (up & seen)
     kv = np.divide(held, cap, out=np.zeros_like(grid), where=cap > 0)
     return {"t_s": grid, "running": running, "kv_use": kv}
