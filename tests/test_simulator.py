@@ -74,6 +74,19 @@ def test_kv_use_grows_through_a_decode_stretch() -> None:
     assert res.series["kv_use"].max() == pytest.approx(5000 / s["kv_tokens_per_replica"], rel=1e-3)
 
 
+def test_merged_series_orders_each_replicas_samples_in_time() -> None:
+    """A semi-PD lane can log a hand-over's time ahead of a controller tick it sees later; the
+    merged series reads the samples in time order (on a grid of 0, 1, 2, 3 s: running holds
+    its last sample, KV runs linearly between samples)."""
+    from servesim.sim.result import _merge_series
+
+    t = np.array([0.0, 2.0, 1.0, 3.0])
+    run, kv = np.array([1.0, 3.0, 2.0, 0.0]), np.array([10.0, 30.0, 20.0, 0.0])
+    got = _merge_series([t], [run], [kv], [100.0], [[[0.0, 3.0]]], points=4)
+    assert got["running"].tolist() == [1.0, 2.0, 3.0, 0.0]
+    assert np.allclose(got["kv_use"], [0.1, 0.2, 0.3, 0.0])
+
+
 def test_tensorrt_llm_prefills_a_long_prompt_whole_by_default() -> None:
     """TensorRT-LLM's `enable_chunked_prefill` defaults to False (LlmArgs): a 12,000-token
     prompt runs as one 12,000-token context iteration beyond its 8,192-token max_num_tokens;

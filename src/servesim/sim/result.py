@@ -303,6 +303,9 @@ def _merge_series(
         cap += c * up
         if not len(t):
             continue
+        if np.any(t[1:] < t[:-1]):  # a semi-PD lane can log a hand-over ahead of a later tick
+            order = np.argsort(t, kind="stable")
+            t, r, k = t[order], r[order], k[order]
         idx = np.searchsorted(t, grid, side="right") - 1
         seen = idx >= 0  # before its first scheduling decision a replica holds nothing
         idx = np.maximum(idx, 0)
