@@ -34,6 +34,24 @@ def test_a_lone_request_costs_the_energy_of_its_iterations() -> None:
     assert got == pytest.approx(expected, rel=1e-6), (got, expected)
 
 
+def test_a_run_counts_from_its_first_arrival() -> None:
+    """A lone request arriving at 5 s costs what the same request arriving at 0 does: idle
+    power, rent and the time means count from the first arrival, as the duration does (the
+    energy once took 5 s of idle power more and its mean power, 1,186 W, exceeded the H100's
+    700 W)."""
+    keys = ("energy_j", "mean_power_w", "cost_usd", "mean_batch_size", "mean_kv_use")
+    runs = [
+        simulate(
+            Deployment(LLAMA8, H100), Workload(np.array([t]), np.array([1000]), np.array([50]))
+        )
+        for t in (0.0, 5.0)
+    ]
+    at0, at5 = (r.summary() for r in runs)
+    for key in keys:
+        assert at5[key] == pytest.approx(at0[key], rel=1e-9), key
+    assert at5["mean_power_w"] <= H100.max_power_w
+
+
 def test_a_decode_steps_work_is_its_flops_at_peak_plus_half_its_bytes_at_bandwidth() -> None:
     """The `work` of the energy claim above, by hand: one Llama-3.1-8B sequence decoding at
     1,000 tokens of context on an H100 reads every bf16 weight but the input embedding table

@@ -74,6 +74,17 @@ def test_kv_use_grows_through_a_decode_stretch() -> None:
     assert res.series["kv_use"].max() == pytest.approx(5000 / s["kv_tokens_per_replica"], rel=1e-3)
 
 
+def test_time_means_count_short_bursts_between_grid_points() -> None:
+    """Three lone requests at 0, 1 and 10,000 s: each decodes 49 steps alone, so the mean batch
+    size is three decode spans over the run, though the one at 1 s falls between two points of
+    the series' 2,000-point grid (it once read 0)."""
+    d = dep()
+    res = simulate(d, Workload(np.array([0.0, 1.0, 1e4]), np.full(3, 1000), np.full(3, 50)))
+    cols, s = res.columns(), res.summary()
+    decoding = float((cols["finish_s"] - cols["first_token_s"]).sum())
+    assert s["mean_batch_size"] == pytest.approx(decoding / s["duration_s"], rel=1e-6)
+
+
 def test_merged_series_orders_each_replicas_samples_in_time() -> None:
     """A semi-PD lane can log a hand-over's time ahead of a controller tick it sees later; the
     merged series reads the samples in time order (on a grid of 0, 1, 2, 3 s: running holds

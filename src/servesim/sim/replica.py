@@ -386,9 +386,10 @@ class Replica(
         work += pred.decode_work_per_token_s * decode_context_tokens / self.spec_tau
         return work + pred.attn_pair_work_s * self.attn_pairs
 
-    def provisioned_s(self, end_s: float) -> float:
-        """Seconds this replica was provisioned (powered and paid for) up to `end_s`."""
-        return sum(max(0.0, min(b, end_s) - a) for a, b in self.provisioned)
+    def provisioned_s(self, end_s: float, start_s: float = 0.0) -> float:
+        """Seconds this replica was provisioned (powered and paid for) from `start_s` (the
+        run's first arrival) up to `end_s`."""
+        return sum(max(0.0, min(b, end_s) - max(a, start_s)) for a, b in self.provisioned)
 
     @property
     def num_requests(self) -> int:

@@ -37,11 +37,21 @@ class SimResult:
     # Requests 0..warmup_requests-1 were a closed loop's warm-up: kept in the records, left out
     # of the summary's latencies and throughput (as the benchmark clients report them).
     warmup_requests: int = 0
+    # Time means over the run (first arrival to end) integrated from every sample, not read
+    # off the series' grid (None: the grid's, as for a run built without `result`).
+    time_means: dict[str, float] | None = None
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per-request columns ordered by request id, with derived latencies (computed once;
         a run streamed to Parquet reads its file back)."""
         return self.records.columns()
+
+    def _time_mean(self, series_key: str, key: str) -> float:
+        """A time mean of the run: integrated from every sample where `result` could
+        (`time_means`), else read off the series' grid."""
+        if self.time_means is not None:
+            return self.time_means[key]
+        return _time_mean(self.series["t_s"], self.series[series_key])
 
     def summary(self, slo: Slo | None = None) -> dict[str, Any]:
         """Latency, throughput, SLO and resource summary of the run (one pass over the
@@ -87,8 +97,8 @@ class SimResult:
                 "mean_power_w": energy / max(span, 1e-12),
                 # busy share of the replica-time provisioned (not of the largest pool)
                 "utilisation": busy / max(up_s, 1e-12),
-                "mean_batch_size": _time_mean(self.series["t_s"], self.series["running"]),
-                "mean_kv_use": _time_mean(self.series["t_s"], self.series["kv_use"]),
+                "mean_batch_size": self._time_mean("running", "mean_batch_size"),
+                "mean_kv_use": self._time_mean("kv_use", "mean_kv_use"),
                 "kv_tokens_per_replica": self.memory.kv_tokens,
                 "memory_gb_per_device": self.memory.as_dict(),
                 "iterations": sum(r["iterations"] for r in self.replica_stats),
@@ -158,6 +168,17 @@ def engine_loop(dep: Any) -> dict[str, Any]:
     return {"overlap_scheduling": pool.overlaps(), "max_num_seqs": pool.batching()[0]}
 
 
+def _integral(t: np.ndarray, v: np.ndarray, end: float, linear: bool) -> float:
+    """∫ v dt from a replica's first sample to `end`: v holds each sample until the next
+    (`linear` False) or runs linearly between them (KV tokens; two samples at one time are a
+    step), and holds the last one to `end`. Before its first sample a replica holds nothing."""
+    if not len(t):
+        return 0.0
+    dt = np.diff(t)
+    inner = (0.5 * (v[:-1] + v[1:]) if linear else v[:-1]) * dt
+    return float(inner.sum() + v[-1] * max(0.0, end - t[-1]))
+
+
 def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
     if len(t) < 2:
         return float(v.mean()) if len(v) else 0.0
@@ -166,10 +187,12 @@ def _time_mean(t: np.ndarray, v: np.ndarray) -> float:
     return float((v[:-1] * dt).sum() / total) if total > 0 else float(v.mean())
 
 
-def replica_energy_j(r: Replica, end_s: float, decode_context_tokens: float) -> float:
-    """Energy of one replica (or virtual engine): idle power while provisioned (its share of
-    the devices) plus the dynamic power of the work its iterations did."""
-    up = r.provisioned_s(end_s)
+def replica_energy_j(
+    r: Replica, end_s: float, decode_context_tokens: float, start_s: float = 0.0
+) -> float:
+    """Energy of one replica (or virtual engine): idle power while provisioned from `start_s`
+    (its share of the devices) plus the dynamic power of the work its iterations did."""
+    up = r.provisioned_s(end_s, start_s)
     return r.power_pred.joules(up * r.idle_share, r.total_work_s(decode_context_tokens))
 
 
@@ -213,19 +236,22 @@ def result(
     kv_all: list[np.ndarray] = []
     caps: list[float] = []
     end = max((r.now for r in reps), default=0.0)
+    # The run's window: from its first arrival (idle power, rent and time means count from
+    # there, as its duration does) to its end.
+    start = min(table.sink.start_s, end)
     device_s = 0.0
     price_s = 0.0
     contexts = np.zeros(max(len(reps), len(table.decode_context)))
     contexts[: len(table.decode_context)] = table.decode_context
     for r in reps:
-        up = r.provisioned_s(end)
+        up = r.provisioned_s(end, start)
         stats_out.append(
             {
                 "replica": r.index,
                 "role": r.role,
                 "busy_s": r.busy_s,
                 "iterations": r.iterations,
-                "energy_j": replica_energy_j(r, end, float(contexts[r.index])),
+                "energy_j": replica_energy_j(r, end, float(contexts[r.index]), start),
                 "provisioned_s": up,
             }
         )
@@ -241,7 +267,9 @@ def result(
         # KV tokens this engine's share of its replica's cache holds (pipeline stages hold a
         # slice each; semi-PD lanes share one cache, each counted for half)
         caps.append(r.cfg.kv_blocks * r.cfg.block_size * r.idle_share * r.pp)
-    res.series = _merge_series(t_all, run_all, kv_all, caps, [r.provisioned for r in reps])
+    spans = [r.provisioned for r in reps]
+    res.series = _merge_series(t_all, run_all, kv_all, caps, spans, start=start)
+    res.time_means = _exact_means(t_all, run_all, kv_all, caps, spans, start, end)
     if stats is not None and stats.scale_events:
         start, stop = table.sink.start_s, table.sink.end_s
         res.provisioned_replica_s = sum(
@@ -279,6 +307,48 @@ def result(
     return res
 
 
+def _in_order(
+    t: np.ndarray, r: np.ndarray, k: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A replica's samples in time order (a semi-PD lane can log a hand-over at its time
+    ahead of a controller tick it sees later)."""
+    if np.any(t[1:] < t[:-1]):
+        order = np.argsort(t, kind="stable")
+        return t[order], r[order], k[order]
+    return t, r, k
+
+
+def _exact_means(
+    t_all: list[np.ndarray],
+    run_all: list[np.ndarray],
+    kv_all: list[np.ndarray],
+    caps: list[float],
+    provisioned: list[list[list[float]]],
+    start: float,
+    end: float,
+) -> dict[str, float] | None:
+    """Mean sequences running and mean KV use over [start, end] from every sample (a short
+    burst between two points of the series' grid counts as much as it lasted); None when
+    replicas came and went (autoscaling: the KV use is over the replicas up at each time,
+    which the grid's series keeps; replicas never up count for nothing)."""
+    span = end - start
+    if span <= 0:
+        return None
+    cap = 0.0
+    for spans, c in zip(provisioned, caps, strict=True):
+        if not spans:
+            continue  # a parked replica, never up: no cache to count
+        if len(spans) != 1 or spans[0][0] > start or spans[0][1] < end:
+            return None
+        cap += c
+    run_s = kv_s = 0.0
+    for t, r, k in zip(t_all, run_all, kv_all, strict=True):
+        t, r, k = _in_order(t, r, k)
+        run_s += _integral(t, r, end, linear=False)
+        kv_s += _integral(t, k, end, linear=True)
+    return {"mean_batch_size": run_s / span, "mean_kv_use": kv_s / span / cap if cap else 0.0}
+
+
 def _merge_series(
     t_all: list[np.ndarray],
     run_all: list[np.ndarray],
@@ -286,13 +356,15 @@ def _merge_series(
     caps: list[float],
     provisioned: list[list[list[float]]],
     points: int = 2000,
+    start: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Cluster-wide batch size (sum) and KV use on a common time grid: the KV tokens held over
     the KV tokens of the replicas provisioned at that time (an autoscaled pool's parked
     replicas count for nothing). Sequences running hold their value until the next sample;
     KV tokens run linearly between samples, as a decode stretch grows them."""
-    t_end = max((float(t[-1]) for t in t_all if len(t)), default=0.0)
-    grid = np.linspace(0.0, t_end, points) if t_end > 0 else np.zeros(1)
+    t_end = max((float(t.max()) for t in t_all if len(t)), default=0.0)
+    t0 = min(start, t_end)
+    grid = np.linspace(t0, t_end, points) if t_end > t0 else np.full(1, t_end)
     running = np.zeros_like(grid)
     held = np.zeros_like(grid)
     cap = np.zeros_like(grid)
@@ -303,9 +375,7 @@ def _merge_series(
         cap += c * up
         if not len(t):
             continue
-        if np.any(t[1:] < t[:-1]):  # a semi-PD lane can log a hand-over ahead of a later tick
-            order = np.argsort(t, kind="stable")
-            t, r, k = t[order], r[order], k[order]
+        t, r, k = _in_order(t, r, k)
         idx = np.searchsorted(t, grid, side="right") - 1
         seen = idx >= 0  # before its first scheduling decision a replica holds nothing
         idx = np.maximum(idx, 0)
