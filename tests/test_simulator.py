@@ -11,7 +11,7 @@ from properties_lib import time_limit, with_kv_tokens
 from servesim.errors import ServesimError
 from servesim.predictor.iteration import BatchShape
 from servesim.sim.deployment import Deployment
-from servesim.sim.metrics import ConservationError, check_conservation
+from servesim.sim.metrics import ConservationError, Slo, check_conservation
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import ClosedLoop, Fixed, synthetic
 from servesim.sim.traces import bundled_trace
@@ -83,6 +83,17 @@ def test_time_means_count_short_bursts_between_grid_points() -> None:
     cols, s = res.columns(), res.summary()
     decoding = float((cols["finish_s"] - cols["first_token_s"]).sum())
     assert s["mean_batch_size"] == pytest.approx(decoding / s["duration_s"], rel=1e-6)
+
+
+def test_a_one_token_request_has_no_tpot_to_average_or_miss() -> None:
+    """A request of one output token has no inter-token time: its TPOT is nan, left out of the
+    TPOT figures (it once counted as 0 and halved the mean) and never an SLO miss."""
+    d = dep()
+    res = simulate(d, Workload(np.array([0.0, 50.0]), np.full(2, 1000), np.array([1, 50])))
+    cols, s = res.columns(), res.summary(Slo(ttft_s=1.0, tpot_s=0.05))
+    assert np.isnan(cols["tpot_s"][0]) and cols["tpot_s"][1] > 0
+    assert s["tpot_s"]["mean"] == pytest.approx(float(cols["tpot_s"][1]), rel=1e-12)
+    assert s["slo_attainment"] == 1.0
 
 
 def test_merged_series_orders_each_replicas_samples_in_time() -> None:

@@ -51,9 +51,11 @@ def run_stats(cols: dict[str, np.ndarray], per_request: bool) -> np.ndarray:
     percentiles."""
     ok = cols["finish_s"] >= 0
     ttft, tpot = cols["ttft_s"][ok], cols["tpot_s"][ok]
-    if per_request:
-        return np.concatenate([ttft, tpot])
-    return np.array([*np.percentile(ttft, [50, 90]), *np.percentile(tpot, [50, 90])])
+    if per_request:  # a one-token request has no TPOT (nan) on either side: 0 against 0
+        return np.concatenate([ttft, np.nan_to_num(tpot, nan=0.0)])
+    timed = tpot[np.isfinite(tpot)]
+    tails = np.percentile(timed, [50, 90]) if len(timed) else np.zeros(2)
+    return np.array([*np.percentile(ttft, [50, 90]), *tails])
 
 
 def per_request(work: ClosedLoop | Workload) -> bool:

@@ -38,7 +38,7 @@ import numpy as np
 
 from servesim.errors import ServesimError
 from servesim.sim.deployment import Deployment
-from servesim.sim.metrics import Slo
+from servesim.sim.metrics import Slo, meets_tpot
 from servesim.sim.result import SimResult
 from servesim.sim.simulate import simulate
 from servesim.sim.workload import Workload
@@ -163,9 +163,9 @@ def measure(res: SimResult, slo: Slo, window: tuple[float, float], rate_per_s: f
     n = len(ttft)
     if n == 0:
         raise ServesimError("No request arrived in the steady window; use a longer workload.")
-    ok_t = ttft <= slo.ttft_s  # unfinished requests (nan) meet nothing
-    ok_p = tpot <= slo.tpot_s
     done = cols["finish_s"] >= 0
+    ok_t = ttft <= slo.ttft_s  # unfinished requests (nan) meet nothing
+    ok_p = meets_tpot(tpot, done, slo.tpot_s)
     span = float(cols["finish_s"][done].max() - cols["arrival_s"].min()) if done.any() else 0.0
     return Probe(
         rate_per_s=rate_per_s,

@@ -237,19 +237,28 @@ class Quantiles:
 
 
 def add_derived(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add ttft_s, tpot_s, e2e_s and queue_s columns (nan where a request did not finish)."""
+    """Add ttft_s, tpot_s, e2e_s and queue_s columns (nan where a request did not finish; a
+    request of one output token has no TPOT, nan, which summaries leave out as vLLM's
+    benchmark_serving does and which meets any TPOT target: `meets_tpot`)."""
     done = cols["finish_s"] >= 0
     nan = np.full(len(done), np.nan)
     arrival, first, finish = cols["arrival_s"], cols["first_token_s"], cols["finish_s"]
     gen = cols["generated_tokens"]
     cols["ttft_s"] = np.where(first >= 0, first - arrival, nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(gen > 1, (finish - first) / np.maximum(gen - 1, 1), 0.0)
+        tpot = np.where(gen > 1, (finish - first) / np.maximum(gen - 1, 1), np.nan)
     cols["tpot_s"] = np.where(done, tpot, nan)
     cols["e2e_s"] = np.where(done, finish - arrival, nan)
     sched = cols["scheduled_s"]
     cols["queue_s"] = np.where(sched >= 0, sched - arrival, nan)
     return cols
+
+
+def meets_tpot(tpot_s: np.ndarray, done: np.ndarray, target_s: float) -> np.ndarray:
+    """Which requests meet a TPOT target: finished ones at or under it, and finished ones of
+    a single output token (no TPOT to miss)."""
+    with np.errstate(invalid="ignore"):
+        return done & (np.isnan(tpot_s) | (tpot_s <= target_s))
 
 
 class ConservationError(RuntimeError):
@@ -372,6 +381,12 @@ class RunSummary:
         self.latency = {k: Quantiles() for k in ("ttft_s", "tpot_s", "e2e_s", "queue_s")}
         self.windows: dict[int, list[int]] = {}  # window index -> [good, requests]
 
+    def _tpot_stats(self) -> dict[str, float]:
+        q = self.latency["tpot_s"]
+        if self.n_done and not q.count:
+            return {"mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
+        return q.stats()
+
     def add(self, cols: dict[str, np.ndarray]) -> RunSummary:
         """Count a chunk of rows."""
         slo = self.slo
@@ -385,7 +400,7 @@ class RunSummary:
         self.start = min(self.start, float(cols["arrival_s"].min()))
         if n_done:
             self.end = max(self.end, float(finish[done].max()))
-        good = done & (cols["ttft_s"] <= slo.ttft_s) & (cols["tpot_s"] <= slo.tpot_s)
+        good = (cols["ttft_s"] <= slo.ttft_s) & meets_tpot(cols["tpot_s"], done, slo.tpot_s)
         self.good += int(good.sum())
         gen = cols["generated_tokens"]
         self.out_tokens += int(gen[done].sum())
@@ -428,7 +443,9 @@ class RunSummary:
             "finished": self.n_done,
             "duration_s": span,
             "ttft_s": self.latency["ttft_s"].stats(),
-            "tpot_s": self.latency["tpot_s"].stats(),
+            # Over the requests with a TPOT (more than one output token); a run of one-token
+            # requests only has none to average and reports 0, as before TPOT left them out.
+            "tpot_s": self._tpot_stats(),
             "e2e_s": self.latency["e2e_s"].stats(),
             "queue_s": self.latency["queue_s"].stats(),
             "throughput_req_per_s": self.n_done / span,
