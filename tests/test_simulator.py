@@ -85,6 +85,22 @@ def test_time_means_count_short_bursts_between_grid_points() -> None:
     assert s["mean_batch_size"] == pytest.approx(decoding / s["duration_s"], rel=1e-6)
 
 
+def test_a_preempted_request_leaves_the_series_when_it_is_preempted() -> None:
+    """Two 1,000/400 requests in a 2,400-token cache: B is preempted at 1.512 s and recomputed
+    once A finishes at 2.951 s. The series used to keep both running (and their KV) until A's
+    end, as the pass logged its sample before preempting. An audit's hand timeline (A's decode
+    span and B's two, over the run: 1.320 sequences; their KV over time: 0.663 of the cache)."""
+    lean = get_engine("vllm").with_overrides(
+        request_overhead_s=0.0, tokenize_s_per_token=0.0, overlap_scheduling=False
+    )
+    d = with_kv_tokens(dep(engine=lean), 2400)
+    res = simulate(d, Workload(np.array([0.0, 0.001]), np.full(2, 1000), np.full(2, 400)))
+    assert res.columns()["preemptions"].tolist() == [0, 1]
+    s = res.summary()
+    assert s["mean_batch_size"] == pytest.approx(1.320, rel=2e-3)
+    assert s["mean_kv_use"] == pytest.approx(0.663, rel=2e-3)
+
+
 def test_a_one_token_request_has_no_tpot_to_average_or_miss() -> None:
     """A request of one output token has no inter-token time: its TPOT is nan, left out of the
     TPOT figures (it once counted as 0 and halved the mean) and never an SLO miss."""

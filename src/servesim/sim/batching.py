@@ -469,11 +469,13 @@ class BatchFormation:
                     self.swapped[rid] = (cached, self.now)
                     self.retracted.append(rid)
                     self.stall_s += self._host_copy_s(cached)
+                    self._sample_kv(self.now, len(off))  # the series sees it go now
                     return True
                 self.waiting.appendleft(rid)
                 self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
                 if self.cfg.new_token_ratio:
                     self._retract_estimate()
+                self._sample_kv(self.now, len(off))
                 return True
         if self.prefilling:
             rid, _, _, blocks, _ = self.prefilling.pop()
@@ -484,6 +486,7 @@ class BatchFormation:
             tab.preemptions[rid] += 1
             self.waiting.appendleft(rid)
             self.queued_tokens += self._recompute_tokens(rid)
+            self._sample_kv(self.now, len(off))
             return True
         return False
 

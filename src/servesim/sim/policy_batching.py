@@ -101,6 +101,7 @@ class PolicyBatchFormation:
                 self.swapped[rid] = (cached, last_token)
         self.waiting.appendleft(rid)
         self.queued_tokens += self._recompute_tokens(rid)
+        self._sample_kv(self.now, len(self.off))  # the series sees it go now
         return rid
 
     def _swap_in(self) -> None:
