@@ -99,6 +99,12 @@ def test_a_preempted_request_leaves_the_series_when_it_is_preempted() -> None:
     s = res.summary()
     assert s["mean_batch_size"] == pytest.approx(1.320, rel=2e-3)
     assert s["mean_kv_use"] == pytest.approx(0.663, rel=2e-3)
+    # Every gap between consecutive tokens counts, B's stall across its recompute too (it was
+    # left out: 797 gaps): 399 + 399, their mean the requests' decode spans over them.
+    cols = res.columns()
+    assert sum(res.itl.counts) == 798
+    spans = float((cols["finish_s"] - cols["first_token_s"]).sum())
+    assert s["itl_s"]["mean"] == pytest.approx(spans / 798, rel=2e-3)
 
 
 def test_a_one_token_request_has_no_tpot_to_average_or_miss() -> None:

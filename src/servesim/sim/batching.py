@@ -302,6 +302,9 @@ class BatchFormation:
             first = tab.first_token_s[rid] < 0
             if first:
                 tab.first_token_s[rid] = seen
+            elif self.recompute_from and rid in self.recompute_from:
+                # The recompute samples the token after the one it had before its preemption.
+                self.itl.add(end - self.recompute_from.pop(rid))
             tab.generated[rid] += 1
             if tab.generated[rid] >= tab.output_tokens[rid]:
                 self.fixed_blocks -= held
@@ -471,6 +474,7 @@ class BatchFormation:
                     self.stall_s += self._host_copy_s(cached)
                     self._sample_kv(self.now, len(off))  # the series sees it go now
                     return True
+                self.recompute_from[rid] = self.last_decode_end  # its last token's time
                 self.waiting.appendleft(rid)
                 self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
                 if self.cfg.new_token_ratio:

@@ -99,6 +99,8 @@ class PolicyBatchFormation:
                 ps.swaps += 1
                 ps.swap_s += cost
                 self.swapped[rid] = (cached, last_token)
+            else:  # recomputed: the token its recompute samples comes after `last_token`
+                self.recompute_from[rid] = last_token
         self.waiting.appendleft(rid)
         self.queued_tokens += self._recompute_tokens(rid)
         self._sample_kv(self.now, len(self.off))  # the series sees it go now

@@ -201,6 +201,7 @@ class Replica(
         "queued_tokens",
         "ratio_g0",
         "ratio_r0",
+        "recompute_from",
         "recv_steps",
         "retracted",
         "role",
@@ -327,6 +328,9 @@ class Replica(
         self.left: list[tuple[int, int, float]] = []
         # Policy path state
         self.swapped: dict[int, tuple[int, float]] = {}  # rid -> (cached tokens, last token t)
+        # rid -> its last token's time, for a request preempted to be recomputed: the token
+        # its recompute samples comes that long after it (an inter-token gap, the stall)
+        self.recompute_from: dict[int, float] = {}
         # Requests whose KV a decode worker moved to host memory, in retraction order
         # (`ReplicaConfig.retract_to_host`; their cached tokens and times are in `swapped`).
         self.retracted: deque[int] = deque()
