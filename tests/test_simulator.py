@@ -122,11 +122,11 @@ def test_merged_series_orders_each_replicas_samples_in_time() -> None:
     """A semi-PD lane can log a hand-over's time ahead of a controller tick it sees later; the
     merged series reads the samples in time order (on a grid of 0, 1, 2, 3 s: running holds
     its last sample, KV runs linearly between samples)."""
-    from servesim.sim.result import _merge_series
+    from servesim.sim.result import ReplicaSamples, _merge_series
 
     t = np.array([0.0, 2.0, 1.0, 3.0])
     run, kv = np.array([1.0, 3.0, 2.0, 0.0]), np.array([10.0, 30.0, 20.0, 0.0])
-    got = _merge_series([t], [run], [kv], [100.0], [[[0.0, 3.0]]], points=4)
+    got = _merge_series([ReplicaSamples.of(t, run, kv, 100.0, [[0.0, 3.0]])], points=4)
     assert got["running"].tolist() == [1.0, 2.0, 3.0, 0.0]
     assert np.allclose(got["kv_use"], [0.1, 0.2, 0.3, 0.0])
 

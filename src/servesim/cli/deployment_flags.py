@@ -372,24 +372,19 @@ def add_latency_model_arg(g: Any) -> None:
 def check_model_flags(s: DeploymentSettings, model: Any) -> None:
     """Refuse engine flags that would do nothing for this model (one sentence naming the flag):
     each one prices a part the model does not have."""
-    unused = []
-    if s.given("mxfp4_activation") and model.expert_dtype != "mxfp4":
-        unused.append(("mxfp4_activation", "MXFP4 experts"))
     gdn = model.num_linear_layers and model.linear_kind in ("gdn", "kda")
-    if s.given("token_count_compile_ms") and not gdn:
-        unused.append(("token_count_compile_ms", "Gated DeltaNet or KDA layers"))
-    if s.given("moe_a2a_backend") and not model.num_experts:
-        unused.append(("moe_a2a_backend", "routed experts"))
-    if s.given("moe_backend") and not model.num_experts:
-        unused.append(("moe_backend", "routed experts"))
-    if unused:
-        key, part = unused[0]
-        raise ServesimError(
-            spell_template(
-                f"{{{key}}} does nothing for {model.name}, which has no {part}; drop {{{key}}}.",
-                s.spell,
+    lacks = (
+        ("mxfp4_activation", model.expert_dtype != "mxfp4", "MXFP4 experts"),
+        ("token_count_compile_ms", not gdn, "Gated DeltaNet or KDA layers"),
+        ("moe_a2a_backend", not model.num_experts, "routed experts"),
+        ("moe_backend", not model.num_experts, "routed experts"),
+    )
+    for key, missing, part in lacks:
+        if missing and s.given(key):
+            template = (
+                f"{{{key}}} does nothing for {model.name}, which has no {part}; drop {{{key}}}."
             )
-        )
+            raise ServesimError(spell_template(template, s.spell))
 
 
 def build_deployment(s: DeploymentSettings) -> Any:

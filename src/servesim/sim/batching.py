@@ -456,9 +456,18 @@ class BatchFormation:
 
     def _preempt_one(self) -> bool:
         """Preempt a running request (vLLM: the most recently admitted; else the policy's
-        least urgent) to free blocks."""
+        least urgent) to free blocks; the time series sees it go at once."""
         if self.ps is not None:
-            return self._preempt_victim(None) is not None
+            return self._preempt_victim(None) is not None  # (which logs its sample)
+        if not self._evict_newest():
+            return False
+        self._sample_kv(self.now, len(self.off))
+        return True
+
+    def _evict_newest(self) -> bool:
+        """Send the most recently admitted running request back (its KV to host memory where
+        the engine retracts, else to be recomputed), or else the newest prompt in prefill;
+        False if there is none."""
         order, off, tab = self.join_order, self.off, self.table
         while order:
             rid = order.pop()
@@ -472,14 +481,12 @@ class BatchFormation:
                     self.swapped[rid] = (cached, self.now)
                     self.retracted.append(rid)
                     self.stall_s += self._host_copy_s(cached)
-                    self._sample_kv(self.now, len(off))  # the series sees it go now
                     return True
                 self.recompute_from[rid] = self.last_decode_end  # its last token's time
                 self.waiting.appendleft(rid)
                 self.queued_tokens += cached + 1  # `_recompute_tokens`: prompt + generated
                 if self.cfg.new_token_ratio:
                     self._retract_estimate()
-                self._sample_kv(self.now, len(off))
                 return True
         if self.prefilling:
             rid, _, _, blocks, _ = self.prefilling.pop()
@@ -490,7 +497,6 @@ class BatchFormation:
             tab.preemptions[rid] += 1
             self.waiting.appendleft(rid)
             self.queued_tokens += self._recompute_tokens(rid)
-            self._sample_kv(self.now, len(off))
             return True
         return False
 

@@ -231,10 +231,7 @@ def result(
         finish_events = stats.finish_events
     table.close(finish_events)
     stats_out = res.replica_stats
-    t_all: list[np.ndarray] = []
-    run_all: list[np.ndarray] = []
-    kv_all: list[np.ndarray] = []
-    caps: list[float] = []
+    samples: list[ReplicaSamples] = []
     end = max((r.now for r in reps), default=0.0)
     # The run's window: from its first arrival (idle power, rent and time means count from
     # there, as its duration does) to its end.
@@ -260,16 +257,12 @@ def result(
         per_hour = getattr(r.pred, "price_per_hour", n_dev * r.pred.device.price_per_hour)
         device_s += up * n_dev * r.idle_share
         price_s += up * per_hour * r.idle_share
-        t, running, kv = r.series_arrays()
-        t_all.append(t)
-        run_all.append(running)
-        kv_all.append(kv)
         # KV tokens this engine's share of its replica's cache holds (pipeline stages hold a
         # slice each; semi-PD lanes share one cache, each counted for half)
-        caps.append(r.cfg.kv_blocks * r.cfg.block_size * r.idle_share * r.pp)
-    spans = [r.provisioned for r in reps]
-    res.series = _merge_series(t_all, run_all, kv_all, caps, spans, start=start)
-    res.time_means = _exact_means(t_all, run_all, kv_all, caps, spans, start, end)
+        cap = r.cfg.kv_blocks * r.cfg.block_size * r.idle_share * r.pp
+        samples.append(ReplicaSamples.of(*r.series_arrays(), cap, r.provisioned))
+    res.series = _merge_series(samples, start=start)
+    res.time_means = _exact_means(samples, start, end)
     if stats is not None and stats.scale_events:
         start, stop = table.sink.start_s, table.sink.end_s
         res.provisioned_replica_s = sum(
@@ -307,25 +300,31 @@ def result(
     return res
 
 
-def _in_order(
-    t: np.ndarray, r: np.ndarray, k: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A replica's samples in time order (a semi-PD lane can log a hand-over at its time
-    ahead of a controller tick it sees later)."""
-    if np.any(t[1:] < t[:-1]):
-        order = np.argsort(t, kind="stable")
-        return t[order], r[order], k[order]
-    return t, r, k
+@dataclass(frozen=True)
+class ReplicaSamples:
+    """One replica's time series samples in time order (sequences running, KV tokens held),
+    the KV tokens its cache holds and the spans it was provisioned."""
+
+    t: np.ndarray
+    running: np.ndarray
+    kv: np.ndarray
+    cap: float
+    spans: list[list[float]]
+
+    @classmethod
+    def of(
+        cls, t: np.ndarray, running: np.ndarray, kv: np.ndarray, cap: float, spans: list
+    ) -> ReplicaSamples:
+        """The samples put in time order (a semi-PD lane can log a hand-over at its time
+        ahead of a controller tick it sees later)."""
+        if np.any(t[1:] < t[:-1]):
+            order = np.argsort(t, kind="stable")
+            t, running, kv = t[order], running[order], kv[order]
+        return cls(t, running, kv, cap, spans)
 
 
 def _exact_means(
-    t_all: list[np.ndarray],
-    run_all: list[np.ndarray],
-    kv_all: list[np.ndarray],
-    caps: list[float],
-    provisioned: list[list[list[float]]],
-    start: float,
-    end: float,
+    samples: list[ReplicaSamples], start: float, end: float
 ) -> dict[str, float] | None:
     """Mean sequences running and mean KV use over [start, end] from every sample (a short
     burst between two points of the series' grid counts as much as it lasted); None when
@@ -335,47 +334,38 @@ def _exact_means(
     if span <= 0:
         return None
     cap = 0.0
-    for spans, c in zip(provisioned, caps, strict=True):
-        if not spans:
+    for rs in samples:
+        if not rs.spans:
             continue  # a parked replica, never up: no cache to count
-        if len(spans) != 1 or spans[0][0] > start or spans[0][1] < end:
+        if len(rs.spans) != 1 or rs.spans[0][0] > start or rs.spans[0][1] < end:
             return None
-        cap += c
-    run_s = kv_s = 0.0
-    for t, r, k in zip(t_all, run_all, kv_all, strict=True):
-        t, r, k = _in_order(t, r, k)
-        run_s += _integral(t, r, end, linear=False)
-        kv_s += _integral(t, k, end, linear=True)
+        cap += rs.cap
+    run_s = sum(_integral(rs.t, rs.running, end, linear=False) for rs in samples)
+    kv_s = sum(_integral(rs.t, rs.kv, end, linear=True) for rs in samples)
     return {"mean_batch_size": run_s / span, "mean_kv_use": kv_s / span / cap if cap else 0.0}
 
 
 def _merge_series(
-    t_all: list[np.ndarray],
-    run_all: list[np.ndarray],
-    kv_all: list[np.ndarray],
-    caps: list[float],
-    provisioned: list[list[list[float]]],
-    points: int = 2000,
-    start: float = 0.0,
+    samples: list[ReplicaSamples], points: int = 2000, start: float = 0.0
 ) -> dict[str, np.ndarray]:
     """Cluster-wide batch size (sum) and KV use on a common time grid: the KV tokens held over
     the KV tokens of the replicas provisioned at that time (an autoscaled pool's parked
     replicas count for nothing). Sequences running hold their value until the next sample;
     KV tokens run linearly between samples, as a decode stretch grows them."""
-    t_end = max((float(t.max()) for t in t_all if len(t)), default=0.0)
+    t_end = max((float(rs.t[-1]) for rs in samples if len(rs.t)), default=0.0)
     t0 = min(start, t_end)
     grid = np.linspace(t0, t_end, points) if t_end > t0 else np.full(1, t_end)
     running = np.zeros_like(grid)
     held = np.zeros_like(grid)
     cap = np.zeros_like(grid)
-    for t, r, k, c, spans in zip(t_all, run_all, kv_all, caps, provisioned, strict=True):
+    for rs in samples:
+        t, r, k = rs.t, rs.running, rs.kv
         up = np.zeros(len(grid), dtype=bool)
-        for a, b in spans:
+        for a, b in rs.spans:
             up |= (grid >= a) & (grid <= b)
-        cap += c * up
+        cap += rs.cap * up
         if not len(t):
             continue
-        t, r, k = _in_order(t, r, k)
         idx = np.searchsorted(t, grid, side="right") - 1
         seen = idx >= 0  # before its first scheduling decision a replica holds nothing
         idx = np.maximum(idx, 0)
