@@ -152,8 +152,11 @@ class Cluster:
         # slot number does not: slots are reused once finished rows are harvested).
         self.booting: dict[int, tuple[int, int]] = {}
         self.next_boot = 0
-        # KV transfers waiting out their hand-off before the bytes move: token -> arguments
-        self.starting: dict[int, tuple] = {}
+        # KV transfers waiting out their hand-off before the bytes move; those whose hand-off
+        # ends at one time start together: token -> their (src, dst, bytes, latency, payload)
+        # in hand-off order, and time -> its token.
+        self.starting: dict[int, list[tuple]] = {}
+        self.start_token: dict[float, int] = {}
         self.next_start = 0
         path = kv_path or migration_path
         if path is not None:
@@ -306,7 +309,10 @@ class Cluster:
                 elif kind == _XFER:
                     done = self._transfer_done(t, a)
                 elif kind == _XSTART:
-                    self._start_transfer(*self.starting.pop(a))
+                    # The hand-offs of one prefill batch come due together: they start as
+                    # one, so the links are re-rated once.
+                    del self.start_token[t]
+                    self._start_transfers(self.starting.pop(a))
                     done = []
                 else:
                     done = []
@@ -429,10 +435,14 @@ class Cluster:
             payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
             delay = self._handoff_s(rid, dst)
             if delay > 0.0:  # the hand-off comes first; the bytes move after it
-                token = self.next_start
-                self.next_start += 1
-                self.starting[token] = (src, dst, nbytes, path.link.latency_s, payload)
-                heapq.heappush(self.heap, (self.now + delay, _XSTART, token, 0))
+                when = self.now + delay
+                token = self.start_token.get(when)
+                if token is None:
+                    token = self.start_token[when] = self.next_start
+                    self.next_start += 1
+                    self.starting[token] = []
+                    heapq.heappush(self.heap, (when, _XSTART, token, 0))
+                self.starting[token].append((src, dst, nbytes, path.link.latency_s, payload))
             else:
                 self._start_transfer(src, dst, nbytes, path.link.latency_s, payload)
 
@@ -454,6 +464,16 @@ class Cluster:
         for t, tid, ver in self.net.start(
             self.now, 2 * src.index, 2 * dst.index + 1, nbytes, latency, payload
         ):
+            heapq.heappush(heap, (t, _XFER, tid, ver))
+
+    def _start_transfers(self, batch: list[tuple]) -> None:
+        """Start the transfers of `batch` ((src, dst, bytes, latency, payload) each) now."""
+        if len(batch) == 1:
+            self._start_transfer(*batch[0])
+            return
+        heap = self.heap
+        items = [(2 * s.index, 2 * d.index + 1, n, lat, pl) for s, d, n, lat, pl in batch]
+        for t, tid, ver in self.net.start_many(self.now, items):
             heapq.heappush(heap, (t, _XFER, tid, ver))
 
     def _transfer_done(self, t: float, tid: int) -> list[int]:

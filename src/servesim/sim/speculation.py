@@ -26,6 +26,7 @@ drawn steps.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 
@@ -60,13 +61,14 @@ class StepDraw:
         # Six standard deviations of the tokens per step, scaled by √tokens at each use.
         self.margin = 6.0 * math.sqrt(float((sizes - tau) ** 2 @ p) / tau)
         self.cdf = np.cumsum(p)[:-1]
-        self.cum = np.zeros(1, dtype=np.int64)  # tokens after each step of the stream
+        self.cum: list[int] = [0]  # tokens after each step of the stream
         self.pos = 0
 
     def _refill(self, need: int) -> None:
         rows = max(self.BLOCK, need + 1)
         tokens = 1 + np.searchsorted(self.cdf, self.rng.random(rows), side="right")
-        self.cum = np.concatenate(([0], np.cumsum(tokens)))
+        # A plain list: one bisection per join costs less than a numpy slice and search.
+        self.cum = np.concatenate(([0], np.cumsum(tokens))).tolist()
         self.pos = 0
 
     def steps(self, remaining: int) -> int:
@@ -85,9 +87,9 @@ class StepDraw:
         if self.pos + remaining >= len(self.cum):
             self._refill(remaining)
         pos, cum = self.pos, self.cum
-        j = int(cum[pos : pos + remaining + 1].searchsorted(int(cum[pos]) + remaining))
-        self.pos = pos + j
-        return steps + j
+        end = bisect.bisect_left(cum, cum[pos] + remaining, pos, pos + remaining + 1)
+        self.pos = end
+        return steps + end - pos
 
 
 class SpecState:
@@ -139,15 +141,12 @@ class SpecState:
         rate = rem / steps if steps else 0.0
         self.a_sum -= off0 + g0 - rate * g0
         self.rate_sum -= rate
-        last = len(self.rid_at) - 1
-        columns = (self.rid_at, self.off0, self.g0, self.steps, self.rem)
-        if i != last:  # the last slot fills the hole
-            for col in columns:
-                col[i] = col.pop()
-            self.slot[self.rid_at[i]] = i
-        else:
-            for col in columns:
-                col.pop()
+        rid_at, off0s, g0s, stepss, rems = self.rid_at, self.off0, self.g0, self.steps, self.rem
+        last = rid_at.pop()
+        o, g_, s_, r_ = off0s.pop(), g0s.pop(), stepss.pop(), rems.pop()
+        if i < len(rid_at):  # the last slot fills the hole
+            rid_at[i], off0s[i], g0s[i], stepss[i], rems[i] = last, o, g_, s_, r_
+            self.slot[last] = i
         return off
 
     def offset_sum(self, g: int) -> int:

@@ -137,6 +137,37 @@ class Network:
     ) -> list[tuple[float, int, int]]:
         """Begin a transfer at t; returns (arrival time, id, version) of every pending arrival
         that changed (the new transfer's, if it is its class's next)."""
+        added = self._add(t, src, dst, nbytes, latency, payload)
+        return [added] if isinstance(added, tuple) else self._rerate(t, added)
+
+    def start_many(
+        self, t: float, items: list[tuple[Any, Any, float, float, Any]]
+    ) -> list[tuple[float, int, int]]:
+        """Begin several transfers at t, in order, each (src, dst, nbytes, latency, payload);
+        returns the pending arrivals that changed, as `start` does. The links are re-rated
+        once, after the last start, and the times are those of starting them one by one: a
+        start at t moves no class's bytes, and a class's rate depends only on the counts of
+        its endpoints, so each class ends with the rate and next arrival the last start
+        touching it gives it. Arrivals that a later start supersedes are left out."""
+        fast: list[tuple[float, int, int]] = []
+        touched: dict[_Class, None] = {}
+        for src, dst, nbytes, latency, payload in items:
+            added = self._add(t, src, dst, nbytes, latency, payload)
+            if isinstance(added, tuple):
+                fast.append(added)
+            else:
+                touched.update(dict.fromkeys(added))
+        out = self._rerate(t, list(touched)) if touched else []
+        active = self.active
+        # A lone start's arrival stands unless a later start re-rated its class.
+        out += [e for e in fast if active[e[1]].version == e[2]]
+        return out
+
+    def _add(
+        self, t: float, src: Any, dst: Any, nbytes: float, latency: float, payload: Any
+    ) -> tuple[float, int, int] | list[_Class]:
+        """A transfer's bookkeeping at its start: its arrival when it is alone on both ends
+        (the common case), else the classes whose rates it changes (to re-rate)."""
         key = (src, dst, latency)
         cls = self.classes.get(key)
         if cls is None:
@@ -160,14 +191,14 @@ class Network:
             cls.t = t
             cls.event = tid
             cls.rate = rate = min(self.capacity[src], self.capacity[dst])
-            return [(t + nbytes / rate + latency, tid, 1)]
+            return (t + nbytes / rate + latency, tid, 1)
         touched = self._catch_up(t, src, dst)  # (cls is on src: it is among them)
         tr = _Transfer(cls, cls.v + nbytes, payload)
         self.active[tid] = tr
         heapq.heappush(cls.sending, (tr.end_v, tid))
         count[src] += 1
         count[dst] += 1
-        return self._rerate(t, touched)
+        return touched
 
     def finish(self, t: float, tid: int) -> tuple[Any, list[tuple[float, int, int]]]:
         """End a transfer (its arrival event fired); returns its payload and the new arrival
