@@ -8,8 +8,9 @@ Case i draws from random.Random(f"{seed}:{i}"): a command, its required flags, t
 of its options with values from pools of plausible and implausible ones (numbers, NaN, negative,
 empty, names of devices and models that exist and do not, missing files). `--start i --cases 1`
 replays it. `bench`, `profile`, `compare` and `fewshot` need an endpoint, a model run here or
-files, and `plan` searches for a minute per case: they run only when named in `--commands`. A
-case still running after `--limit-s` is counted as slow and printed (a plan may be legitimately
+files, and `plan` searches 266 candidates per case (about two minutes on one core: give it
+`--limit-s 180`): they run only when named in `--commands`. A case still running after
+`--limit-s` is counted as slow and printed (a plan or a `profile` run here may be legitimately
 long; a hang would show up here). Failures print the command line. Cases run in a scratch
 directory of their own, removed afterwards, so what they write (`--out`, plan-out/) never lands
 where the fuzzer was started and a missing input file is missing. The last line is one JSON object:

@@ -365,3 +365,21 @@ def test_report_renders_in_headless_chromium(plan: PlanResult, tmp_path: Path) -
     assert png_size(shot) == (1400, height)
     assert shot.stat().st_size > 100_000  # a blank page compresses to a few kB
     shutil.copy(report, ARTIFACTS / "plan_report.html")
+
+
+def test_a_share_just_below_the_target_never_prints_as_the_target() -> None:
+    """0.899 of a 0.9 target reads 89.9 %, not the 90 % it rounds to; a share at or above the
+    target, or well below it, keeps whole percent; a target of 99.5 % prints as such."""
+    from servesim.planner.capacity import Probe, explain_miss, share_text
+    from servesim.sim.metrics import Slo
+
+    assert share_text(0.899, 0.9) == "89.9%"
+    assert share_text(0.8996, 0.9) == "89.96%"
+    assert share_text(0.91, 0.9) == "91%"
+    assert share_text(0.5, 0.9) == "50%"
+    probe = Probe(0.00876, 0.899, 0.95, 0.95, 0.1, 0.01, 0.00876)
+    sentence = explain_miss(probe, Slo(ttft_s=2.0, tpot_s=0.05), 0.9)
+    assert "only 89.9% meet both targets; 90% must meet both" in sentence
+    tight = explain_miss(probe, Slo(ttft_s=2.0, tpot_s=0.05), 0.995)
+    assert "TTFT p90" in tight and "(95% of requests meet it)" in tight
+    assert tight.endswith("; 99.5% must meet both")

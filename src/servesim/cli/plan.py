@@ -532,10 +532,11 @@ def print_plan(result: Any, top: int = 10) -> None:
     spec = result.spec
     pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
     goal = (
-        f"each workflow's end-to-end SLO ({spec.workflows}) for {spec.target:.0%} of workflows"
+        f"each workflow's end-to-end SLO ({spec.workflows}) for {spec.target * 100:.4g}% of "
+        "workflows"
         if getattr(spec, "workflows", None) is not None
         else f"TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
-        f"{spec.target:.0%} of requests"
+        f"{spec.target * 100:.4g}% of requests"
     )
     console.print(
         Text.assemble(

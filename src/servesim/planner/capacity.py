@@ -359,23 +359,33 @@ def find_capacity(
     return done(lo, best, best_w)
 
 
+def share_text(x: float, target: float) -> str:
+    """`x` (a fraction) as a percentage with as few decimals as tell it from `target`: a share
+    just below the target (0.899 of 0.9) never prints as the target itself ("90%")."""
+    for digits in range(4):
+        shown = f"{x * 100:.{digits}f}"
+        if x >= target or float(shown) < target * 100:
+            return shown + "%"
+    return f"{x * 100:.4f}%"
+
+
 def explain_miss(p: Probe, slo: Slo, target: float) -> str:
     """One sentence on the closest miss: which latency target fails, by how much, at light load."""
     parts = []
     if p.ttft_ok < target:
         parts.append(
             f"TTFT p90 is {p.ttft_p90_s * 1e3:.0f} ms against a {slo.ttft_s * 1e3:.0f} ms target "
-            f"({p.ttft_ok:.0%} of requests meet it)"
+            f"({share_text(p.ttft_ok, target)} of requests meet it)"
         )
     if p.tpot_ok < target:
         parts.append(
             f"TPOT p90 is {p.tpot_p90_s * 1e3:.1f} ms against a {slo.tpot_s * 1e3:.1f} ms target "
-            f"({p.tpot_ok:.0%} meet it)"
+            f"({share_text(p.tpot_ok, target)} meet it)"
         )
     if not parts:
-        parts.append(f"only {p.attainment:.0%} meet both targets")
+        parts.append(f"only {share_text(p.attainment, target)} meet both targets")
     return (
         f"even at {p.rate_per_s:.3g} req/s "
         + " and ".join(parts)
-        + f"; {target:.0%} must meet both"
+        + f"; {target * 100:.4g}% must meet both"
     )

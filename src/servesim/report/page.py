@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from rich import box
 from rich.table import Table
 
+from servesim.planner.capacity import share_text
 from servesim.planner.ranking import pareto_front
 from servesim.report.plots import PALETTE, axis_type, figure_div, layout, page
 
@@ -218,7 +219,9 @@ def latency_figure(
     slo = slo_s * x_factor
     allx = [v for _, q in series for v in q] + [slo]
     fig.add_trace(_line([slo, slo], [0, 1], "SLO", "#dc2626"))
-    fig.add_trace(_line([min(allx), max(allx)], [target] * 2, f"target {target:.0%}", "#6b7280"))
+    fig.add_trace(
+        _line([min(allx), max(allx)], [target] * 2, f"target {target * 100:.4g}%", "#6b7280")
+    )
     fig.update_xaxes(title_text=xlabel, type=axis_type(allx))
     fig.update_yaxes(title_text="fraction of requests", range=[0, 1.02], tickformat=".0%")
     return layout(fig, 360)
@@ -232,7 +235,7 @@ def rate_figures(rows: list[Row], target: float) -> tuple[go.Figure, go.Figure] 
     rates = [p["rate_per_s"] for _, ps in series for p in ps]
     xtype = axis_type(rates)
     ends = [min(rates) if xtype == "log" else 0.0, max(rates)]
-    att = go.Figure(_line(ends, [target] * 2, f"target {target:.0%}", "#6b7280"))
+    att = go.Figure(_line(ends, [target] * 2, f"target {target * 100:.4g}%", "#6b7280"))
     good = go.Figure(_line(ends, ends, "every request meets the SLO", "#6b7280"))
     tip = "%{hovertext}<br>%{x:.3g} req/s: %{y:.3g}; TTFT %{customdata[0]:.0%}, TPOT "
     tip += "%{customdata[1]:.0%} ok<extra></extra>"
@@ -318,7 +321,7 @@ def _question(result: PlanResult) -> str:
         f"<dt>Model</dt><dd>{_esc(s.model)}</dd>"
         f"<dt>Workload</dt><dd>{work}</dd>"
         f"<dt>SLO</dt><dd>TTFT ≤ {fmt(s.slo.ttft_s)} s and TPOT ≤ {fmt(s.slo.tpot_s * 1e3)} ms, "
-        f"for at least {s.target:.0%} of requests</dd>"
+        f"for at least {s.target * 100:.4g}% of requests</dd>"
         f"<dt>Traffic to serve</dt><dd>{rate}</dd>"
         f"<dt>Search</dt><dd>{len(result.rows)} candidates: {len(evaluated)} simulated "
         f"({result.evaluated} now, {result.reused} from the store), {len(result.pruned)} pruned; "
@@ -338,7 +341,8 @@ def closest_miss_sentence(result: PlanResult) -> str:
             )
         return "No candidate was evaluated."
     best = max(_probes(miss), key=lambda p: p["attainment"], default=None)
-    att = f" (best attainment {best['attainment']:.0%})" if best else ""
+    share = share_text(best["attainment"], result.spec.target) if best else ""
+    att = f" (best attainment {share})" if best else ""
     return f"No candidate meets the SLO. Closest miss: {miss['label']}{att}: {miss['reason']}."
 
 
