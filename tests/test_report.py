@@ -222,6 +222,10 @@ def test_terminal_table_lists_the_top_candidates(plan: PlanResult) -> None:
     labels = list(table.columns[1].cells)
     assert labels == [r["label"] for r in plan.feasible[:3]]
     assert "tp_splits_heads" in str(table.caption)
+    # The mark says what the front is over: some of its objectives are not columns.
+    assert "P: on the Pareto front of $/h per req/s, TTFT p90, TPOT p90, goodput per GPU" in str(
+        table.caption
+    )
 
 
 @pytest.mark.parametrize("width", [80, 120])

@@ -21,7 +21,7 @@ from rich import box
 from rich.table import Table
 
 from servesim.planner.capacity import share_text
-from servesim.planner.ranking import pareto_front
+from servesim.planner.ranking import PARETO_WORDS, pareto_front
 from servesim.report.plots import PALETTE, axis_type, figure_div, layout, page
 
 if TYPE_CHECKING:
@@ -585,7 +585,7 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         _answer(result),
         '<section id="candidates"><h2>Top candidates</h2>',
         '<p class="note">Ranked by goodput per $/h (one replica at its capacity); ★ = on the '
-        "Pareto front of cost, TTFT, TPOT, goodput per GPU and energy.</p>"
+        f"Pareto front of {_esc(PARETO_WORDS)} (not all of them are columns here).</p>"
         if feasible
         else '<p class="note">Nothing is feasible; the closest misses are listed.</p>',
         _candidates_table(shown, top, bool(feasible)),
@@ -684,8 +684,12 @@ def terminal_table(result: PlanResult, top: int = 10) -> Table:
             table.add_column(name, justify="right", no_wrap=True, min_width=widest)
     for r in rows:
         table.add_row(*(get(r) for _, _, get in cols))
+    notes = [f"P: on the Pareto front of {PARETO_WORDS}"] if feasible else []
     if result.pruned_by_rule:
-        table.caption = "pruned: " + ", ".join(
-            f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items())
+        notes.append(
+            "pruned: "
+            + ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
         )
+    if notes:
+        table.caption = "\n".join(notes)
     return table
