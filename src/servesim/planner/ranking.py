@@ -14,8 +14,17 @@ PARETO_OBJECTIVES: tuple[tuple[str, str], ...] = (
     ("goodput_per_gpu", "max"),
     ("joules_per_token", "min"),
 )
-# What the front is over, in words (reports and tables say it beside the mark).
-PARETO_WORDS = "$/h per req/s, TTFT p90, TPOT p90, goodput per GPU and energy per token"
+
+
+def pareto_words(workflows: bool = False) -> str:
+    """What the front is over, in words (reports and tables say it beside the mark); a
+    workflow plan's cost is per workflow a second and its latencies are its calls'."""
+    if workflows:
+        return (
+            "$/h per wf/s, the calls' p90 first-token and per-token latencies, goodput per GPU "
+            "and energy per token"
+        )
+    return "$/h per req/s, TTFT p90, TPOT p90, goodput per GPU and energy per token"
 
 
 def add_rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

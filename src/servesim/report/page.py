@@ -21,7 +21,7 @@ from rich import box
 from rich.table import Table
 
 from servesim.planner.capacity import share_text
-from servesim.planner.ranking import PARETO_WORDS, pareto_front
+from servesim.planner.ranking import pareto_front, pareto_words
 from servesim.report.plots import PALETTE, axis_type, figure_div, layout, page
 
 if TYPE_CHECKING:
@@ -585,7 +585,8 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         _answer(result),
         '<section id="candidates"><h2>Top candidates</h2>',
         '<p class="note">Ranked by goodput per $/h (one replica at its capacity); ★ = on the '
-        f"Pareto front of {_esc(PARETO_WORDS)} (not all of them are columns here).</p>"
+        f"Pareto front of {_esc(pareto_words(_is_workflow_plan(result)))} (not all of them are "
+        "columns here).</p>"
         if feasible
         else '<p class="note">Nothing is feasible; the closest misses are listed.</p>',
         _candidates_table(shown, top, bool(feasible)),
@@ -662,11 +663,16 @@ TERMINAL_MISS_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
 _WRAPPED = ("deployment", "why")
 
 
+def _is_workflow_plan(result: PlanResult) -> bool:
+    """Whether the plan ranks workflows (their rate and SLO) rather than requests."""
+    return getattr(result.spec, "workflows", None) is not None
+
+
 def terminal_table(result: PlanResult, top: int = 10) -> Table:
     """A rich Table of the top candidates (or the closest misses when nothing is feasible),
     readable at 80 columns: few columns, the label wrapped rather than cut."""
     feasible = bool(result.feasible)
-    workflows = getattr(result.spec, "workflows", None) is not None
+    workflows = _is_workflow_plan(result)
     if feasible:
         what = "workflow goodput" if workflows else "goodput"
         title = f"top deployments by {what} per $/hour (one replica; P = Pareto-optimal)"
@@ -684,7 +690,7 @@ def terminal_table(result: PlanResult, top: int = 10) -> Table:
             table.add_column(name, justify="right", no_wrap=True, min_width=widest)
     for r in rows:
         table.add_row(*(get(r) for _, _, get in cols))
-    notes = [f"P: on the Pareto front of {PARETO_WORDS}"] if feasible else []
+    notes = [f"P: on the Pareto front of {pareto_words(workflows)}"] if feasible else []
     if result.pruned_by_rule:
         notes.append(
             "pruned: "
