@@ -146,6 +146,10 @@ def test_the_kv_bytes_move_after_the_hand_off(monkeypatch) -> None:
             starts.append((t, nbytes, latency))
             return super().start(t, src, dst, nbytes, latency, payload)
 
+        def start_many(self, t, items):  # type: ignore[override]
+            starts.extend((t, nbytes, latency) for _, _, nbytes, latency, _ in items)
+            return super().start_many(t, items)
+
     monkeypatch.setattr(cluster_module, "Network", Recording)
     dep, pred = disagg("vllm")
     e = dep.decode.engine

@@ -76,6 +76,10 @@ def test_a_prefill_server_posts_the_kv_after_launching_the_next_prefill(monkeypa
             starts.append((t, nbytes))
             return super().start(t, src, dst, nbytes, latency, payload)
 
+        def start_many(self, t, items):  # type: ignore[override]
+            starts.extend((t, nbytes) for _, _, nbytes, _, _ in items)
+            return super().start_many(t, items)
+
     monkeypatch.setattr(cluster_module, "Network", Recording)
     pred = Deployment(LLAMA8, H100, engine=engine(True)).predictor()
     one = pred.step_s(0, 0, ((100, 0),))

@@ -527,16 +527,17 @@ def _count(n: int, noun: str) -> str:
 
 def print_plan(result: Any, top: int = 10) -> None:
     """Terminal summary: pruning, the top candidates, the winner and the sizing."""
-    from servesim.report.page import terminal_table
+    from servesim.planner.capacity import target_text
+    from servesim.report.page import is_workflow_plan, terminal_table
 
     spec = result.spec
     pruned = ", ".join(f"{n} by {rule}" for rule, n in sorted(result.pruned_by_rule.items()))
     goal = (
-        f"each workflow's end-to-end SLO ({spec.workflows}) for {spec.target * 100:.4g}% of "
+        f"each workflow's end-to-end SLO ({spec.workflows}) for {target_text(spec.target)} of "
         "workflows"
-        if getattr(spec, "workflows", None) is not None
+        if is_workflow_plan(result)
         else f"TTFT ≤ {spec.slo.ttft_s:g} s and TPOT ≤ {spec.slo.tpot_s * 1e3:g} ms for "
-        f"{spec.target * 100:.4g}% of requests"
+        f"{target_text(spec.target)} of requests"
     )
     console.print(
         Text.assemble(

@@ -359,6 +359,11 @@ def find_capacity(
     return done(lo, best, best_w)
 
 
+def target_text(target: float) -> str:
+    """A share target as a percentage as given: 99.5%, not the 100% whole percent would show."""
+    return f"{target * 100:.4g}%"
+
+
 def share_text(x: float, target: float) -> str:
     """`x` (a fraction) as a percentage with as few decimals as tell it from `target`: a share
     just below the target (0.899 of 0.9) never prints as the target itself ("90%")."""
@@ -387,5 +392,5 @@ def explain_miss(p: Probe, slo: Slo, target: float) -> str:
     return (
         f"even at {p.rate_per_s:.3g} req/s "
         + " and ".join(parts)
-        + f"; {target * 100:.4g}% must meet both"
+        + f"; {target_text(target)} must meet both"
     )

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from rich import box
 from rich.table import Table
 
-from servesim.planner.capacity import share_text
+from servesim.planner.capacity import share_text, target_text
 from servesim.planner.ranking import pareto_front, pareto_words
 from servesim.report.plots import PALETTE, axis_type, figure_div, layout, page
 
@@ -220,7 +220,7 @@ def latency_figure(
     allx = [v for _, q in series for v in q] + [slo]
     fig.add_trace(_line([slo, slo], [0, 1], "SLO", "#dc2626"))
     fig.add_trace(
-        _line([min(allx), max(allx)], [target] * 2, f"target {target * 100:.4g}%", "#6b7280")
+        _line([min(allx), max(allx)], [target] * 2, f"target {target_text(target)}", "#6b7280")
     )
     fig.update_xaxes(title_text=xlabel, type=axis_type(allx))
     fig.update_yaxes(title_text="fraction of requests", range=[0, 1.02], tickformat=".0%")
@@ -235,7 +235,7 @@ def rate_figures(rows: list[Row], target: float) -> tuple[go.Figure, go.Figure] 
     rates = [p["rate_per_s"] for _, ps in series for p in ps]
     xtype = axis_type(rates)
     ends = [min(rates) if xtype == "log" else 0.0, max(rates)]
-    att = go.Figure(_line(ends, [target] * 2, f"target {target * 100:.4g}%", "#6b7280"))
+    att = go.Figure(_line(ends, [target] * 2, f"target {target_text(target)}", "#6b7280"))
     good = go.Figure(_line(ends, ends, "every request meets the SLO", "#6b7280"))
     tip = "%{hovertext}<br>%{x:.3g} req/s: %{y:.3g}; TTFT %{customdata[0]:.0%}, TPOT "
     tip += "%{customdata[1]:.0%} ok<extra></extra>"
@@ -321,7 +321,7 @@ def _question(result: PlanResult) -> str:
         f"<dt>Model</dt><dd>{_esc(s.model)}</dd>"
         f"<dt>Workload</dt><dd>{work}</dd>"
         f"<dt>SLO</dt><dd>TTFT ≤ {fmt(s.slo.ttft_s)} s and TPOT ≤ {fmt(s.slo.tpot_s * 1e3)} ms, "
-        f"for at least {s.target * 100:.4g}% of requests</dd>"
+        f"for at least {target_text(s.target)} of requests</dd>"
         f"<dt>Traffic to serve</dt><dd>{rate}</dd>"
         f"<dt>Search</dt><dd>{len(result.rows)} candidates: {len(evaluated)} simulated "
         f"({result.evaluated} now, {result.reused} from the store), {len(result.pruned)} pruned; "
@@ -585,7 +585,7 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         _answer(result),
         '<section id="candidates"><h2>Top candidates</h2>',
         '<p class="note">Ranked by goodput per $/h (one replica at its capacity); ★ = on the '
-        f"Pareto front of {_esc(pareto_words(_is_workflow_plan(result)))} (not all of them are "
+        f"Pareto front of {_esc(pareto_words(is_workflow_plan(result)))} (not all of them are "
         "columns here).</p>"
         if feasible
         else '<p class="note">Nothing is feasible; the closest misses are listed.</p>',
@@ -663,7 +663,7 @@ TERMINAL_MISS_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
 _WRAPPED = ("deployment", "why")
 
 
-def _is_workflow_plan(result: PlanResult) -> bool:
+def is_workflow_plan(result: PlanResult) -> bool:
     """Whether the plan ranks workflows (their rate and SLO) rather than requests."""
     return getattr(result.spec, "workflows", None) is not None
 
@@ -672,7 +672,7 @@ def terminal_table(result: PlanResult, top: int = 10) -> Table:
     """A rich Table of the top candidates (or the closest misses when nothing is feasible),
     readable at 80 columns: few columns, the label wrapped rather than cut."""
     feasible = bool(result.feasible)
-    workflows = _is_workflow_plan(result)
+    workflows = is_workflow_plan(result)
     if feasible:
         what = "workflow goodput" if workflows else "goodput"
         title = f"top deployments by {what} per $/hour (one replica; P = Pareto-optimal)"

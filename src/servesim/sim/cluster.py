@@ -468,9 +468,6 @@ class Cluster:
 
     def _start_transfers(self, batch: list[tuple]) -> None:
         """Start the transfers of `batch` ((src, dst, bytes, latency, payload) each) now."""
-        if len(batch) == 1:
-            self._start_transfer(*batch[0])
-            return
         heap = self.heap
         items = [(2 * s.index, 2 * d.index + 1, n, lat, pl) for s, d, n, lat, pl in batch]
         for t, tid, ver in self.net.start_many(self.now, items):

@@ -46,7 +46,7 @@ class SimResult:
         a run streamed to Parquet reads its file back)."""
         return self.records.columns()
 
-    def _time_mean(self, series_key: str, key: str) -> float:
+    def _run_mean(self, series_key: str, key: str) -> float:
         """A time mean of the run: integrated from every sample where `result` could
         (`time_means`), else read off the series' grid."""
         if self.time_means is not None:
@@ -97,8 +97,8 @@ class SimResult:
                 "mean_power_w": energy / max(span, 1e-12),
                 # busy share of the replica-time provisioned (not of the largest pool)
                 "utilisation": busy / max(up_s, 1e-12),
-                "mean_batch_size": self._time_mean("running", "mean_batch_size"),
-                "mean_kv_use": self._time_mean("kv_use", "mean_kv_use"),
+                "mean_batch_size": self._run_mean("running", "mean_batch_size"),
+                "mean_kv_use": self._run_mean("kv_use", "mean_kv_use"),
                 "kv_tokens_per_replica": self.memory.kv_tokens,
                 "memory_gb_per_device": self.memory.as_dict(),
                 "iterations": sum(r["iterations"] for r in self.replica_stats),
