@@ -27,6 +27,17 @@ from servesim.spec.parallel import Parallel
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")
 H100 = get_device("h100_sxm")
+# DistServe's path, an ideal frontend: no request overhead, the prefill pool streams the
+# first token, the decode takes the KV without a hand-off.
+DISTSERVE_PATH = dict(
+    request_overhead_s=0.0,
+    tokenize_s_per_token=0.0,
+    disagg_first_token="prefill",
+    disagg_handoff_s=0.0,
+    disagg_handoff_tokenizes=False,
+    disagg_pull_at_pass=False,
+)
+IDEAL = get_engine("vllm").with_overrides(**DISTSERVE_PATH)
 
 
 # ---- the mechanism ---------------------------------------------------------------------------
@@ -38,15 +49,7 @@ def test_a_lone_request_pays_prefill_then_transfer_then_decode() -> None:
     then crosses the link (bytes / bandwidth + latency) before the decode replica's first step,
     so the transfer shows in the time per output token, not in TTFT. (What each engine's real
     path adds is in test_disagg_ttft.py.)"""
-    ideal = get_engine("vllm").with_overrides(
-        request_overhead_s=0.0,
-        tokenize_s_per_token=0.0,
-        disagg_first_token="prefill",
-        disagg_handoff_s=0.0,
-        disagg_handoff_tokenizes=False,
-        disagg_pull_at_pass=False,
-    )
-    pool = Deployment(LLAMA8, H100, engine=ideal)
+    pool = Deployment(LLAMA8, H100, engine=IDEAL)
     dep = D.DisaggDeployment(pool, pool, "infiniband")
     res = simulate(dep, Workload(np.array([0.0]), np.array([4000]), np.array([11])))
     cols, s = res.columns(), res.summary()
@@ -60,6 +63,53 @@ def test_a_lone_request_pays_prefill_then_transfer_then_decode() -> None:
     assert cols["e2e_s"][0] == pytest.approx(prefill + transfer + steps, rel=1e-9)
     assert cols["replica"][0] == 1  # finished on the decode replica
     assert s["kv_transfer_gb"] == pytest.approx(LLAMA8.kv_bytes(4000) / 1e9)
+
+
+def test_each_decode_rank_receives_its_own_copy_of_what_it_holds() -> None:
+    """Claim: the bytes a request's transfer moves are what the decode ranks it lands on hold,
+    summed. DeepSeek-R1's MLA latent cache is whole on every attention-TP rank: into TP 8,
+    8 copies of 61 × 576 fp8 bytes a token; with attention DP (one rank a request) one copy.
+    Llama-3.1-8B's 8 KV heads split over TP 8 (one copy in all) and two ranks share each
+    head at TP 16 (two copies). Qwen3.5-397B's recurrent state moves too, once (its 64 v heads
+    split over TP 4): per sequence 45 Gated DeltaNet layers × (64 × 128 × 128 fp32 + 3 conv
+    rows of 12,288 bf16), beside 15 full-attention layers × 2 × 2 heads × 256 bf16 a token,
+    of which TP 4 holds two copies (2 KV heads)."""
+    link = link_for("infiniband", H100)
+    r1 = load_model("deepseek-ai/DeepSeek-R1").with_dtypes(kv="fp8")
+    per_token = 61 * (512 + 64) * 1
+    assert r1.kv_bytes_per_token() == per_token
+    tep8 = D.KvPath.for_model(link, r1, par=Parallel(tp=8, ep=8))
+    dep8 = D.KvPath.for_model(link, r1, par=Parallel(tp=1, dp=8, ep=8))
+    assert tep8.kv_bytes(1000) == pytest.approx(8 * 1000 * per_token)
+    assert dep8.kv_bytes(1000) == pytest.approx(1000 * per_token)
+    assert D.KvPath.for_model(link, r1).kv_bytes(1000) == pytest.approx(1000 * per_token)
+    gqa = 32 * 2 * 8 * 128 * 2
+    assert LLAMA8.kv_bytes_per_token() == gqa
+    assert D.KvPath.for_model(link, LLAMA8, par=Parallel(tp=8)).kv_bytes(10) == 10 * gqa
+    assert D.KvPath.for_model(link, LLAMA8, par=Parallel(tp=16)).kv_bytes(10) == 20 * gqa
+    q35 = load_model("Qwen/Qwen3.5-397B-A17B")
+    state = 45 * (64 * 128 * 128 * 4 + 3 * 12288 * 2)
+    assert q35.state_bytes_per_seq() == state
+    path = D.KvPath.for_model(link, q35, par=Parallel(tp=4, ep=4))
+    kv = 15 * 2 * 2 * 256 * 2  # the 2 KV heads, each whole on two of the 4 ranks
+    assert path.kv_bytes(100) == pytest.approx(2 * 100 * kv + state)
+    assert path.kv_bytes(0) == pytest.approx(state)  # a migration's delta resends the state
+
+
+def test_a_tensor_parallel_mla_decode_pool_takes_longer_to_receive() -> None:
+    """Claim: into a decode pool of TP 8 a DeepSeek-R1 prompt's transfer carries 8 copies of
+    its latent cache, so over InfiniBand its time is 8 × the cache over the pool's 8 NICs (one
+    copy per NIC), and the run's transfer volume counts every copy."""
+    r1 = load_model("deepseek-ai/DeepSeek-R1").with_dtypes(kv="fp8")
+    h200 = get_device("h200_sxm")
+    pre = Deployment(r1, h200, parallel=Parallel(tp=8, ep=8), engine=IDEAL)
+    dep = D.DisaggDeployment(pre, pre, "infiniband")
+    res = simulate(dep, Workload(np.array([0.0]), np.array([8000]), np.array([4])))
+    s = res.summary()
+    cache = 8000 * 61 * 576
+    link = link_for("infiniband", h200)
+    assert s["kv_transfer_gb"] == pytest.approx(8 * cache / 1e9)
+    assert s["kv_transfer_s_mean"] == pytest.approx(link.seconds(8 * cache, 8), rel=1e-6)
 
 
 def _pools(device: str, prefill_tp: int, decode_tp: int, decode_device: str = "") -> tuple:
@@ -204,16 +254,6 @@ MEASURED_TTFT_MS = {
     1420: 131.6, 1455: 125.7, 1478: 128.1, 1589: 133.5, 1699: 168.5, 2003: 161.1,
 }  # fmt: skip
 MEASURED_TPOT_MS = 26.0  # typical TPOT of that run (batches of ~8 at 3 req/s)
-
-
-DISTSERVE_PATH = dict(
-    request_overhead_s=0.0,
-    tokenize_s_per_token=0.0,
-    disagg_first_token="prefill",
-    disagg_handoff_s=0.0,
-    disagg_handoff_tokenizes=False,
-    disagg_pull_at_pass=False,
-)
 
 
 def distserve_search(device: Device, engine_name: str = "vllm", **engine: float) -> list:

@@ -29,6 +29,8 @@ from servesim.sim.router import (
 )
 from servesim.sim.synthetic import ClosedLoop
 from servesim.sim.transfer import Link, Network
+from servesim.spec.memory import kv_bytes_per_token_per_device, state_bytes_per_seq_per_device
+from servesim.spec.parallel import Parallel
 
 INF = math.inf
 _REP, _XFER, _TICK, _BOOT, _XSTART = 0, 1, 2, 3, 4
@@ -39,16 +41,32 @@ class KvPath:
     """How KV moves between two pools: the link, the bytes per token and the compression."""
 
     link: Link
-    kv_bytes: Callable[[int], float]  # bytes of a sequence of n cached tokens (whole model)
+    # bytes that move for a sequence of n cached tokens: every receiving device's share
+    kv_bytes: Callable[[int], float]
     compression: float = 1.0  # CacheGen-style ratio: bytes on the wire = bytes / compression
 
     @classmethod
-    def for_model(cls, link: Link, model: Any, compression: float = 1.0) -> KvPath:
-        """The path for a model's KV cache (per-token bytes computed once)."""
+    def for_model(
+        cls, link: Link, model: Any, compression: float = 1.0, par: Parallel | None = None
+    ) -> KvPath:
+        """The path for a model's cache into a replica laid out as `par` (per-token bytes
+        computed once). Each device a request lives on there (tp × pp of one DP rank) receives
+        its own share: what it holds of the KV cache, where MLA's latent cache and KV heads
+        past the TP degree are whole copies (TensorRT-LLM's `MLACacheFormatter` sends the
+        cache to every generation TP rank; SGLang's and NIXL's transfers fill each rank's own
+        pages), and of a hybrid model's recurrent state, which moves with the KV and is
+        rewritten every step. `par` None: one copy of the cache, as a whole-model figure."""
+        kv_copies, state = 1.0, model.state_bytes_per_seq()
+        if par is not None:
+            ranks = par.tp * par.pp
+            full = model.kv_bytes_per_token()
+            if full > 0:
+                kv_copies = kv_bytes_per_token_per_device(model, par) * ranks / full
+            state = state_bytes_per_seq_per_device(model, par) * ranks
         if model.num_sliding_layers:
-            return cls(link, model.kv_bytes, compression)
-        per_token = model.kv_bytes_per_token()
-        return cls(link, lambda n: n * per_token, compression)
+            return cls(link, lambda n: kv_copies * model.kv_bytes(n) + state, compression)
+        per_token = kv_copies * model.kv_bytes_per_token()
+        return cls(link, lambda n: n * per_token + state, compression)
 
 
 @dataclass

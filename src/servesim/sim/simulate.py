@@ -117,7 +117,7 @@ def _group_virtual_engines(cluster: Cluster, pp: int) -> None:
 
 
 def _migration_path(dep: Deployment) -> KvPath:
-    return KvPath.for_model(link_for(dep.migration.link, dep.device), dep.model)
+    return KvPath.for_model(link_for(dep.migration.link, dep.device), dep.model, par=dep.parallel)
 
 
 def _run_single(single: Replica, table: RequestTable) -> int:
