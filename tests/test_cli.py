@@ -367,3 +367,12 @@ def test_a_sequence_longer_than_the_model_context_is_refused(tmp_path: Path, cap
     plan += ["--prompt", "fixed:131000", "--output", "fixed:100", "--out", str(tmp_path)]
     code, _, err = run(plan, capsys)
     assert code == 2 and "131,100 tokens" in err and err.count("\n") == 1
+
+
+def test_the_package_runs_as_a_module() -> None:
+    """`python -m servesim` is the command line too (a user's first guess), with the same
+    exit codes: 0 for help, 2 for an unknown command."""
+    ok = subprocess.run([sys.executable, "-m", "servesim", "--help"], capture_output=True)
+    assert ok.returncode == 0 and b"simulate" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "servesim", "simulat"], capture_output=True)
+    assert bad.returncode == 2 and b"Traceback" not in bad.stderr

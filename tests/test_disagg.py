@@ -92,24 +92,41 @@ def test_each_decode_rank_receives_its_own_copy_of_what_it_holds() -> None:
     assert q35.state_bytes_per_seq() == state
     path = D.KvPath.for_model(link, q35, par=Parallel(tp=4, ep=4))
     kv = 15 * 2 * 2 * 256 * 2  # the 2 KV heads, each whole on two of the 4 ranks
-    assert path.kv_bytes(100) == pytest.approx(2 * 100 * kv + state)
-    assert path.kv_bytes(0) == pytest.approx(state)  # a migration's delta resends the state
+    assert path.kv_bytes(100) == pytest.approx(2 * 100 * kv)
+    assert path.state_bytes == pytest.approx(state)
+    assert path.wire_bytes(100) == pytest.approx(2 * 100 * kv + state)
+    assert path.wire_bytes(0) == pytest.approx(state)  # a migration's delta resends the state
+    # CacheGen's compression is of the KV cache; the state goes as it is.
+    squeezed = D.KvPath.for_model(link, q35, 4.0, par=Parallel(tp=4, ep=4))
+    assert squeezed.wire_bytes(100) == pytest.approx(2 * 100 * kv / 4 + state)
 
 
-def test_a_tensor_parallel_mla_decode_pool_takes_longer_to_receive() -> None:
-    """Claim: into a decode pool of TP 8 a DeepSeek-R1 prompt's transfer carries 8 copies of
-    its latent cache, so over InfiniBand its time is 8 × the cache over the pool's 8 NICs (one
-    copy per NIC), and the run's transfer volume counts every copy."""
+@pytest.mark.parametrize(
+    ("prefill", "decode", "copies", "links"),
+    [
+        (Parallel(tp=8, ep=8), Parallel(tp=8, ep=8), 8, 8),  # rank to rank, 8 at once
+        (Parallel(tp=1, dp=8, ep=8), Parallel(tp=8, ep=8), 8, 1),  # one prefill rank sends all
+        (Parallel(tp=8, ep=8), Parallel(tp=1, dp=8, ep=8), 1, 1),  # one decode rank receives
+        (Parallel(tp=4, dp=2, ep=8), Parallel(tp=8, ep=8), 8, 4),  # 4 senders, 2 copies each
+    ],
+)
+def test_a_lone_mla_transfer_moves_its_copies_over_the_ranks_links(
+    prefill: Parallel, decode: Parallel, copies: int, links: int
+) -> None:
+    """Claim: a lone DeepSeek-R1 8k prompt's transfer carries one latent cache per decode TP
+    rank, over as many InfiniBand NICs at once as the fewer of its sending and receiving ranks
+    have (a replica's other DP ranks' NICs do not carry it), and the run's transfer volume
+    counts every copy."""
     r1 = load_model("deepseek-ai/DeepSeek-R1").with_dtypes(kv="fp8")
     h200 = get_device("h200_sxm")
-    pre = Deployment(r1, h200, parallel=Parallel(tp=8, ep=8), engine=IDEAL)
-    dep = D.DisaggDeployment(pre, pre, "infiniband")
+    pre = Deployment(r1, h200, parallel=prefill, engine=IDEAL)
+    dep = D.DisaggDeployment(pre, replace(pre, parallel=decode), "infiniband")
     res = simulate(dep, Workload(np.array([0.0]), np.array([8000]), np.array([4])))
     s = res.summary()
     cache = 8000 * 61 * 576
     link = link_for("infiniband", h200)
-    assert s["kv_transfer_gb"] == pytest.approx(8 * cache / 1e9)
-    assert s["kv_transfer_s_mean"] == pytest.approx(link.seconds(8 * cache, 8), rel=1e-6)
+    assert s["kv_transfer_gb"] == pytest.approx(copies * cache / 1e9)
+    assert s["kv_transfer_s_mean"] == pytest.approx(link.seconds(copies * cache, links), rel=1e-6)
 
 
 def _pools(device: str, prefill_tp: int, decode_tp: int, decode_device: str = "") -> tuple:

@@ -4,6 +4,7 @@ its scheduler pass and (vLLM) the decode iteration that samples the first token.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -142,13 +143,13 @@ def test_the_kv_bytes_move_after_the_hand_off(monkeypatch) -> None:
     starts: list[tuple[float, float, float]] = []
 
     class Recording(Network):
-        def start(self, t, src, dst, nbytes, latency, payload):  # type: ignore[override]
+        def start(self, t, src, dst, nbytes, latency, payload, cap=math.inf):  # type: ignore[override]
             starts.append((t, nbytes, latency))
-            return super().start(t, src, dst, nbytes, latency, payload)
+            return super().start(t, src, dst, nbytes, latency, payload, cap)
 
-        def start_many(self, t, items):  # type: ignore[override]
+        def start_many(self, t, items, cap=math.inf):  # type: ignore[override]
             starts.extend((t, nbytes, latency) for _, _, nbytes, latency, _ in items)
-            return super().start_many(t, items)
+            return super().start_many(t, items, cap)
 
     monkeypatch.setattr(cluster_module, "Network", Recording)
     dep, pred = disagg("vllm")

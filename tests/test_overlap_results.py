@@ -6,6 +6,8 @@ scheduling figures, so every expected time below is composed from them by hand."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from properties_lib import case_of, run_case
@@ -72,13 +74,13 @@ def test_a_prefill_server_posts_the_kv_after_launching_the_next_prefill(monkeypa
     starts: list[tuple[float, float]] = []
 
     class Recording(Network):
-        def start(self, t, src, dst, nbytes, latency, payload):  # type: ignore[override]
+        def start(self, t, src, dst, nbytes, latency, payload, cap=math.inf):  # type: ignore[override]
             starts.append((t, nbytes))
-            return super().start(t, src, dst, nbytes, latency, payload)
+            return super().start(t, src, dst, nbytes, latency, payload, cap)
 
-        def start_many(self, t, items):  # type: ignore[override]
+        def start_many(self, t, items, cap=math.inf):  # type: ignore[override]
             starts.extend((t, nbytes) for _, _, nbytes, _, _ in items)
-            return super().start_many(t, items)
+            return super().start_many(t, items, cap)
 
     monkeypatch.setattr(cluster_module, "Network", Recording)
     pred = Deployment(LLAMA8, H100, engine=engine(True)).predictor()

@@ -34,19 +34,19 @@ class ReferenceNetwork:
         self.capacity[name] = capacity_bytes_per_s
         self.on.setdefault(name, set())
 
-    def start(self, t, src, dst, nbytes, latency, payload):
+    def start(self, t, src, dst, nbytes, latency, payload, cap=math.inf):
         tid = self.next_id
         self.next_id += 1
-        # [src, dst, remaining, latency, payload, rate, last_t, version, bytes out]
-        self.active[tid] = [src, dst, max(0.0, nbytes), latency, payload, 0.0, t, 0, False]
+        # [src, dst, remaining, latency, payload, rate, last_t, version, bytes out, cap]
+        self.active[tid] = [src, dst, max(0.0, nbytes), latency, payload, 0.0, t, 0, False, cap]
         self.on[src].add(tid)
         self.on[dst].add(tid)
         return self._rerate(t, self.on[src] | self.on[dst])
 
-    def start_many(self, t, items):
+    def start_many(self, t, items, cap=math.inf):
         out = []
         for src, dst, nbytes, latency, payload in items:
-            out += self.start(t, src, dst, nbytes, latency, payload)
+            out += self.start(t, src, dst, nbytes, latency, payload, cap)
         return out
 
     def finish(self, t, tid):
@@ -74,7 +74,9 @@ class ReferenceNetwork:
             tr[6] = t
             src, dst = tr[0], tr[1]
             tr[5] = min(
-                self.capacity[src] / len(self.on[src]), self.capacity[dst] / len(self.on[dst])
+                self.capacity[src] / len(self.on[src]),
+                self.capacity[dst] / len(self.on[dst]),
+                tr[9],
             )
             tr[7] += 1
             out.append((t + tr[2] / tr[5] + tr[3], tid, tr[7]))
@@ -82,11 +84,11 @@ class ReferenceNetwork:
 
 
 def _run(
-    net, starts: list[tuple[float, str, str, float, float]], together: bool = False
+    net, starts: list[tuple[float, str, str, float, float]], together: bool = False, cap=math.inf
 ) -> dict[int, float]:
-    """Drive a network with transfers started at given times; returns each one's arrival.
-    With `together`, the starts due at one time go in one `start_many` call (as the cluster
-    starts a prefill batch's hand-offs)."""
+    """Drive a network with transfers started at given times, each moving at most `cap`
+    bytes/s; returns each one's arrival. With `together`, the starts due at one time go in one
+    `start_many` call (as the cluster starts a prefill batch's hand-offs)."""
     for ep in ("p0", "p1", "p2"):
         net.endpoint(ep, 10.0)
     for ep in ("d0", "d1"):
@@ -102,7 +104,7 @@ def _run(
             while together and heap and heap[0][:2] == (t, 0):
                 due.append(heapq.heappop(heap)[2])
             items = [(*starts[i][1:], i) for i in due]
-            events = net.start_many(t, items) if together else net.start(t, *items[0])
+            events = net.start_many(t, items, cap) if together else net.start(t, *items[0], cap)
         elif net.valid(a, ver):
             payload, events = net.finish(t, a)
             arrived[payload] = t
@@ -212,6 +214,38 @@ def test_shared_link_halves_then_speeds_up_by_hand() -> None:
         [(0.0, "p0", "d0", 100.0, 0.0), (0.0, "p0", "d0", 100.0, 0.0), (10.0, "p0", "d1", 50.0, 0)],
     )
     assert three == {0: pytest.approx(25.0), 1: pytest.approx(25.0), 2: pytest.approx(25.0)}
+
+
+@pytest.mark.parametrize("cap", [3.0, 6.0])
+def test_a_rate_cap_per_transfer_matches_the_reference(cap: float) -> None:
+    """Transfers that may move at most `cap` bytes/s each (the links of the ranks they run
+    between) on the random starts of the first test, one by one and together: the same
+    arrivals as the reference, and never sooner than their bytes at the cap."""
+    rng = np.random.default_rng(7)
+    t = 0.0
+    starts = []
+    for _ in range(200):
+        t += float(rng.exponential(0.5)) * (rng.random() < 0.5)
+        size = float(rng.choice([0.0, rng.uniform(1, 100)]))
+        starts.append((t, f"p{rng.integers(3)}", f"d{rng.integers(2)}", size, 0.3))
+    ref = _run(ReferenceNetwork(), starts, cap=cap)
+    for together in (False, True):
+        fast = _run(Network(), starts, together=together, cap=cap)
+        for i, s in enumerate(starts):
+            assert fast[i] == pytest.approx(ref[i], abs=1e-9), i
+            assert fast[i] >= s[0] + s[3] / cap + s[4] - 1e-9
+
+
+def test_a_capped_transfer_by_hand() -> None:
+    """A lone 100-byte transfer from p0 (10 B/s) to d0 (25 B/s) capped at 4 B/s takes 25 s;
+    two together take 25 s too (p0's half, 5 B/s, is above the cap); three share p0 at
+    10/3 B/s each, below the cap: 30 s."""
+    one = _run(Network(), [(0.0, "p0", "d0", 100.0, 0.0)], cap=4.0)
+    assert one == {0: pytest.approx(25.0)}
+    two = _run(Network(), [(0.0, "p0", "d0", 100.0, 0.0)] * 2, cap=4.0)
+    assert two == {0: pytest.approx(25.0), 1: pytest.approx(25.0)}
+    three = _run(Network(), [(0.0, "p0", f"d{i % 2}", 100.0, 0.0) for i in range(3)], cap=4.0)
+    assert three == {i: pytest.approx(30.0) for i in range(3)}
 
 
 LLAMA8 = load_model("meta-llama/Llama-3.1-8B")

@@ -38,16 +38,38 @@ _REP, _XFER, _TICK, _BOOT, _XSTART = 0, 1, 2, 3, 4
 
 @dataclass
 class KvPath:
-    """How KV moves between two pools: the link, the bytes per token and the compression."""
+    """How a request's cache moves between two pools: the link, the bytes and the compression.
+
+    `kv_bytes(n)` is the KV cache of a sequence of n cached tokens as the receiving ranks hold
+    it, every rank's share counted; `state_bytes` a hybrid model's recurrent state, likewise;
+    `compression` a CacheGen-style ratio for the KV cache (the state is sent as it is);
+    `flow_bw_bytes_per_s` the most one request's transfer moves at once."""
 
     link: Link
-    # bytes that move for a sequence of n cached tokens: every receiving device's share
     kv_bytes: Callable[[int], float]
-    compression: float = 1.0  # CacheGen-style ratio: bytes on the wire = bytes / compression
+    compression: float = 1.0
+    state_bytes: float = 0.0
+    # The links of the rank pairs one request's bytes run between: a replica's endpoints pool
+    # all its devices' links, but a request lives on one of its DP ranks.
+    flow_bw_bytes_per_s: float = math.inf
+
+    def wire_bytes(self, tokens: int) -> float:
+        """Bytes one sequence of `tokens` cached tokens puts on the link."""
+        return self.kv_bytes(tokens) / self.compression + self.state_bytes
+
+    def seconds(self, nbytes: float, devices: int) -> float:
+        """One uncontended transfer of `nbytes` between replicas of `devices` devices."""
+        bw = min(self.link.bw_bytes_per_s * max(1, devices), self.flow_bw_bytes_per_s)
+        return self.link.latency_s + nbytes / bw
 
     @classmethod
     def for_model(
-        cls, link: Link, model: Any, compression: float = 1.0, par: Parallel | None = None
+        cls,
+        link: Link,
+        model: Any,
+        compression: float = 1.0,
+        par: Parallel | None = None,
+        src_par: Parallel | None = None,
     ) -> KvPath:
         """The path for a model's cache into a replica laid out as `par` (per-token bytes
         computed once). Each device a request lives on there (tp × pp of one DP rank) receives
@@ -55,18 +77,25 @@ class KvPath:
         past the TP degree are whole copies (TensorRT-LLM's `MLACacheFormatter` sends the
         cache to every generation TP rank; SGLang's and NIXL's transfers fill each rank's own
         pages), and of a hybrid model's recurrent state, which moves with the KV and is
-        rewritten every step. `par` None: one copy of the cache, as a whole-model figure."""
+        rewritten every step. `par` None: one copy of the cache, as a whole-model figure.
+        With the sending replica's layout `src_par` too, a request's bytes move over as many
+        links at once as the fewer of its sending and receiving ranks have: a prefill rank
+        under attention DP sends every decode TP rank its copy through its own NIC."""
         kv_copies, state = 1.0, model.state_bytes_per_seq()
+        flow = math.inf
         if par is not None:
             ranks = par.tp * par.pp
             full = model.kv_bytes_per_token()
             if full > 0:
                 kv_copies = kv_bytes_per_token_per_device(model, par) * ranks / full
             state = state_bytes_per_seq_per_device(model, par) * ranks
+            if src_par is not None:
+                flow = link.bw_bytes_per_s * min(ranks, src_par.tp * src_par.pp)
         if model.num_sliding_layers:
-            return cls(link, lambda n: kv_copies * model.kv_bytes(n) + state, compression)
+            kv = model.kv_bytes
+            return cls(link, lambda n: kv_copies * kv(n), compression, state, flow)
         per_token = kv_copies * model.kv_bytes_per_token()
-        return cls(link, lambda n: n * per_token + state, compression)
+        return cls(link, lambda n: n * per_token, compression, state, flow)
 
 
 @dataclass
@@ -78,6 +107,7 @@ class ClusterStats:
     # per transfer, from the decode's pull (its hand-off included) to the KV's arrival
     kv_transfer_s: Quantiles = field(default_factory=Quantiles)
     migrations: int = 0
+    # bytes migrations put on the link: bulk copies (those a finish cut short too) and deltas
     migration_bytes: float = 0.0
     migration_downtime_s: Quantiles = field(default_factory=Quantiles)  # predicted stop-copy
     migration_gap_s: Quantiles = field(default_factory=Quantiles)  # last token at A to attach
@@ -449,7 +479,7 @@ class Cluster:
             dst.hold_to_completion(rid)
             dst.reserve(need)
             dst.promised += 1
-            nbytes = path.kv_bytes(cached) / path.compression
+            nbytes = path.wire_bytes(cached)
             payload = ("kv", rid, src.index, dst.index, cached, need, self.now, nbytes)
             delay = self._handoff_s(rid, dst)
             if delay > 0.0:  # the hand-off comes first; the bytes move after it
@@ -462,7 +492,9 @@ class Cluster:
                     heapq.heappush(self.heap, (when, _XSTART, token, 0))
                 self.starting[token].append((src, dst, nbytes, path.link.latency_s, payload))
             else:
-                self._start_transfer(src, dst, nbytes, path.link.latency_s, payload)
+                self._start_transfer(
+                    src, dst, nbytes, path.link.latency_s, payload, path.flow_bw_bytes_per_s
+                )
 
     def _handoff_s(self, rid: int, dst: Replica) -> float:
         """Seconds from now until the KV of a finished prefill starts to move, beyond the link:
@@ -476,19 +508,26 @@ class Cluster:
         return ready - self.now
 
     def _start_transfer(
-        self, src: Replica, dst: Replica, nbytes: float, latency: float, payload: tuple
+        self,
+        src: Replica,
+        dst: Replica,
+        nbytes: float,
+        latency: float,
+        payload: tuple,
+        cap: float = INF,
     ) -> None:
         heap = self.heap
         for t, tid, ver in self.net.start(
-            self.now, 2 * src.index, 2 * dst.index + 1, nbytes, latency, payload
+            self.now, 2 * src.index, 2 * dst.index + 1, nbytes, latency, payload, cap
         ):
             heapq.heappush(heap, (t, _XFER, tid, ver))
 
     def _start_transfers(self, batch: list[tuple]) -> None:
-        """Start the transfers of `batch` ((src, dst, bytes, latency, payload) each) now."""
+        """Start the KV transfers of `batch` ((src, dst, bytes, latency, payload) each) now."""
         heap = self.heap
         items = [(2 * s.index, 2 * d.index + 1, n, lat, pl) for s, d, n, lat, pl in batch]
-        for t, tid, ver in self.net.start_many(self.now, items):
+        cap = self.kv_path.flow_bw_bytes_per_s
+        for t, tid, ver in self.net.start_many(self.now, items, cap):
             heapq.heappush(heap, (t, _XFER, tid, ver))
 
     def _transfer_done(self, t: float, tid: int) -> list[int]:
@@ -561,7 +600,8 @@ class Cluster:
                 continue
             cached = src.off[rid] + g + src.shared.get(rid, 0)
             # The copy runs while the request decodes: reserve room for what it adds meanwhile.
-            copy_s = path.link.seconds(path.kv_bytes(cached), src.pred.par.num_devices)
+            nbytes = path.wire_bytes(cached)
+            copy_s = path.seconds(nbytes, src.pred.par.num_devices)
             growth = int(copy_s / max(step0, 1e-6)) + 2
             need = -(-(cached + growth) // bs)
             if (free_dst - head_dst - need * bs) / (n_dst + 1) < mig.high_steps:
@@ -573,7 +613,10 @@ class Cluster:
             self.migrating.add(rid)
             self.migrating_reps.update((src.index, dst.index))
             payload = ("mig1", rid, src.index, dst.index, cached, need)
-            self._start_transfer(src, dst, path.kv_bytes(cached), path.link.latency_s, payload)
+            self.stats.migration_bytes += nbytes
+            self._start_transfer(
+                src, dst, nbytes, path.link.latency_s, payload, path.flow_bw_bytes_per_s
+            )
             return
 
     def _migration_stop_copy(self, t: float, payload: tuple) -> list[int]:
@@ -604,10 +647,11 @@ class Cluster:
             self._touch(dst)
             return
         path = self.migration_path
-        delta = path.kv_bytes(max(0, cached - cached0))
-        predicted = path.link.seconds(delta, src.pred.par.num_devices)
+        # The tokens added since, and the recurrent state again (every step rewrites it).
+        delta = path.wire_bytes(max(0, cached - cached0))
+        predicted = path.seconds(delta, src.pred.par.num_devices)
         self.stats.migrations += 1
-        self.stats.migration_bytes += path.kv_bytes(cached)
+        self.stats.migration_bytes += delta
         self.stats.migration_downtime_s.append(predicted)
         extra = -(-(cached + 1) // dst.cfg.block_size) - need
         if extra > 0:
@@ -615,7 +659,8 @@ class Cluster:
             need += extra
         # The delta leaves once the request stops at the step boundary (at or after t).
         payload2 = ("mig2", rid, s, d, cached, need, boundary, predicted)
-        self._start_transfer(src, dst, delta, path.link.latency_s + (boundary - t), payload2)
+        latency = path.link.latency_s + (boundary - t)
+        self._start_transfer(src, dst, delta, latency, payload2, path.flow_bw_bytes_per_s)
 
     def _migration_over(self, rid: int, s: int, d: int) -> None:
         self.inflight_migrations -= 1

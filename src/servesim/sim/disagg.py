@@ -132,7 +132,9 @@ def simulate_disagg(
     itl = ItlHistogram()
     pre, _ = build_pool(dep.prefill, req, itl, role="prefill")
     dec, mem = build_pool(dep.decode, replace(req, hashes=None), itl, role="decode")
-    path = KvPath.for_model(dep.kv_link(), dep.model, dep.kv_compression, dep.decode.parallel)
+    path = KvPath.for_model(
+        dep.kv_link(), dep.model, dep.kv_compression, dep.decode.parallel, dep.prefill.parallel
+    )
     t0 = time.perf_counter()
     cluster = Cluster(
         req.table,

@@ -117,7 +117,8 @@ def _group_virtual_engines(cluster: Cluster, pp: int) -> None:
 
 
 def _migration_path(dep: Deployment) -> KvPath:
-    return KvPath.for_model(link_for(dep.migration.link, dep.device), dep.model, par=dep.parallel)
+    link = link_for(dep.migration.link, dep.device)
+    return KvPath.for_model(link, dep.model, par=dep.parallel, src_par=dep.parallel)
 
 
 def _run_single(single: Replica, table: RequestTable) -> int:

@@ -95,14 +95,17 @@ class _Transfer:
 
 
 class _Class:
-    """Transfers of one (source, destination, latency): they share one rate at all times."""
+    """Transfers of one (source, destination, latency, cap): they share one rate at all times."""
 
-    __slots__ = ("dst", "event", "latency", "n", "rate", "sending", "src", "t", "tail", "v")
+    __slots__ = (
+        "cap", "dst", "event", "latency", "n", "rate", "sending", "src", "t", "tail", "v",
+    )  # fmt: skip
 
-    def __init__(self, src: Any, dst: Any, latency: float) -> None:
+    def __init__(self, src: Any, dst: Any, latency: float, cap: float) -> None:
         self.src = src
         self.dst = dst
         self.latency = latency
+        self.cap = cap  # bytes/s one member moves at most, whatever its endpoints leave it
         self.rate = 0.0  # bytes/s of each member still sending
         self.v = 0.0  # virtual time: bytes each sending member has moved since the class began
         self.t = 0.0  # when `v` was last brought up to date
@@ -113,14 +116,16 @@ class _Class:
 
 
 class Network:
-    """Concurrent transfers between endpoints of given capacity, sharing them fairly."""
+    """Concurrent transfers between endpoints of given capacity, sharing them fairly; a
+    transfer may also have a rate cap of its own (the few NICs of the ranks it runs between,
+    where an endpoint is a whole replica's)."""
 
     def __init__(self) -> None:
         self.capacity: dict[Any, float] = {}  # endpoint -> bytes/s
         self.count: dict[Any, int] = {}  # endpoint -> transfers it carries (until arrival)
         # endpoint -> classes with members on it (a dict as an ordered set)
         self.classes_on: dict[Any, dict[_Class, None]] = {}
-        self.classes: dict[tuple[Any, Any, float], _Class] = {}
+        self.classes: dict[tuple[Any, Any, float, float], _Class] = {}
         self.active: dict[int, _Transfer] = {}
         self.next_id = 0
         self.bytes_moved = 0.0
@@ -133,26 +138,35 @@ class Network:
         self.classes_on.setdefault(name, {})
 
     def start(
-        self, t: float, src: Any, dst: Any, nbytes: float, latency: float, payload: Any
+        self,
+        t: float,
+        src: Any,
+        dst: Any,
+        nbytes: float,
+        latency: float,
+        payload: Any,
+        cap: float = math.inf,
     ) -> list[tuple[float, int, int]]:
-        """Begin a transfer at t; returns (arrival time, id, version) of every pending arrival
-        that changed (the new transfer's, if it is its class's next)."""
-        added = self._add(t, src, dst, nbytes, latency, payload)
+        """Begin a transfer at t, moving at most `cap` bytes/s; returns (arrival time, id,
+        version) of every pending arrival that changed (the new transfer's, if it is its
+        class's next)."""
+        added = self._add(t, (src, dst, nbytes, latency, payload), cap)
         return [added] if isinstance(added, tuple) else self._rerate(t, added)
 
     def start_many(
-        self, t: float, items: list[tuple[Any, Any, float, float, Any]]
+        self, t: float, items: list[tuple[Any, Any, float, float, Any]], cap: float = math.inf
     ) -> list[tuple[float, int, int]]:
-        """Begin several transfers at t, in order, each (src, dst, nbytes, latency, payload);
-        returns the pending arrivals that changed, as `start` does. The links are re-rated
-        once, after the last start, and the times are those of starting them one by one: a
-        start at t moves no class's bytes, and a class's rate depends only on the counts of
-        its endpoints, so each class ends with the rate and next arrival the last start
-        touching it gives it. Arrivals that a later start supersedes are left out."""
+        """Begin several transfers at t, in order, each (src, dst, nbytes, latency, payload)
+        and each moving at most `cap` bytes/s; returns the pending arrivals that changed, as
+        `start` does. The links are re-rated once, after the last start, and the times are
+        those of starting them one by one: a start at t moves no class's bytes, and a class's
+        rate depends only on the counts of its endpoints, so each class ends with the rate and
+        next arrival the last start touching it gives it. Arrivals that a later start
+        supersedes are left out."""
         fast: list[tuple[float, int, int]] = []
         touched: dict[_Class, None] = {}
-        for src, dst, nbytes, latency, payload in items:
-            added = self._add(t, src, dst, nbytes, latency, payload)
+        for item in items:
+            added = self._add(t, item, cap)
             if isinstance(added, tuple):
                 fast.append(added)
             else:
@@ -164,14 +178,16 @@ class Network:
         return out
 
     def _add(
-        self, t: float, src: Any, dst: Any, nbytes: float, latency: float, payload: Any
+        self, t: float, item: tuple[Any, Any, float, float, Any], cap: float
     ) -> tuple[float, int, int] | list[_Class]:
-        """A transfer's bookkeeping at its start: its arrival when it is alone on both ends
-        (the common case), else the classes whose rates it changes (to re-rate)."""
-        key = (src, dst, latency)
+        """A transfer's bookkeeping at its start (`item`: src, dst, nbytes, latency, payload):
+        its arrival when it is alone on both ends (the common case), else the classes whose
+        rates it changes (to re-rate)."""
+        src, dst, nbytes, latency, payload = item
+        key = (src, dst, latency, cap)
         cls = self.classes.get(key)
         if cls is None:
-            cls = self.classes[key] = _Class(src, dst, latency)
+            cls = self.classes[key] = _Class(src, dst, latency, cap)
         nbytes = max(0.0, nbytes)
         count = self.count
         tid = self.next_id
@@ -190,7 +206,7 @@ class Network:
             heapq.heappush(cls.sending, (tr.end_v, tid))
             cls.t = t
             cls.event = tid
-            cls.rate = rate = min(self.capacity[src], self.capacity[dst])
+            cls.rate = rate = min(self.capacity[src], self.capacity[dst], cap)
             return (t + nbytes / rate + latency, tid, 1)
         touched = self._catch_up(t, src, dst)  # (cls is on src: it is among them)
         tr = _Transfer(cls, cls.v + nbytes, payload)
@@ -234,7 +250,7 @@ class Network:
         many (migration deltas each bring their own latency), so memory stays bounded."""
         del self.classes_on[cls.src][cls], self.classes_on[cls.dst][cls]
         if len(self.classes) > _KEEP_CLASSES:
-            del self.classes[(cls.src, cls.dst, cls.latency)]
+            del self.classes[(cls.src, cls.dst, cls.latency, cls.cap)]
 
     def valid(self, tid: int, version: int) -> bool:
         """Whether an arrival event is still current."""
@@ -271,7 +287,7 @@ class Network:
                 cls.rate = 0.0
                 continue
             ns, nd = count[cls.src], count[cls.dst]
-            rate = min(cap[cls.src] / ns, cap[cls.dst] / nd)
+            rate = min(cap[cls.src] / ns, cap[cls.dst] / nd, cls.cap)
             same = rate == cls.rate
             cls.rate = rate
             if cls.tail:
