@@ -52,6 +52,7 @@ MODELS = (
     "openai/gpt-oss-20b",  # sliding-window layers, MoE
     "Qwen/Qwen3-30B-A3B",  # MoE
     "facebook/opt-13b",
+    "nvidia/Nemotron-H-56B-Base-8K",  # Mamba2 hybrid: recurrent state per sequence
 )
 DEVICES = ("h100_sxm", "a100_sxm", "l40s")
 ENGINES = ("vllm", "sglang", "trtllm")
@@ -221,6 +222,7 @@ def _pool(p: Picker, pp_ok: bool = True) -> dict[str, Any]:
     return {
         "tp": p.pick((1, 1, 2, 4)),
         "pp": p.pick((1, 1, 2, 3)) if pp_ok else 1,
+        "dp": p.pick((1, 1, 1, 2, 4)),  # attention data-parallel ranks of a replica
         "engine": p.pick(ENGINES),
         "overlap": p.pick((None, None, True, False)),
         "replicas": p.int(1, 3),
@@ -301,6 +303,7 @@ def case_of(**fields: Any) -> dict[str, Any]:
         "device": "h100_sxm",
         "tp": 1,
         "pp": 1,
+        "dp": 1,
         "engine": "vllm",
         "overlap": None,
         "replicas": 1,
@@ -355,7 +358,7 @@ def _deployment(case: dict[str, Any], pool: dict[str, Any], longest: int) -> Dep
     dep = Deployment(
         model,
         device,
-        parallel=Parallel(tp=pool["tp"], pp=pool["pp"]),
+        parallel=Parallel(tp=pool["tp"], pp=pool["pp"], dp=pool.get("dp", 1)),
         engine=engine,
         replicas=pool["replicas"],
         max_num_seqs=pool["max_num_seqs"],
@@ -367,9 +370,9 @@ def _deployment(case: dict[str, Any], pool: dict[str, Any], longest: int) -> Dep
     if pool.get("kv_tokens") is not None:
         dep = with_kv_tokens(dep, pool["kv_tokens"])
     elif pool["kv_factor"] is not None:  # a tight cache: kv_factor × the longest request
-        bs, pp = engine.block_size, pool["pp"]
-        pages = math.ceil(pool["kv_factor"] * longest / bs) + 1  # per pipeline stage's engine
-        dep = with_kv_tokens(dep, pages * bs * pp)
+        bs, pp, dp = engine.block_size, pool["pp"], pool.get("dp", 1)
+        pages = math.ceil(pool["kv_factor"] * longest / bs) + 1  # per stage's and DP rank's engine
+        dep = with_kv_tokens(dep, pages * bs * pp * dp)
     return dep
 
 
