@@ -1,6 +1,6 @@
-"""KV transfers in virtual time per (source, destination, latency) class are the same processor
-sharing as pricing every transfer at every change: checked against a plain per-transfer
-reference, on random start sequences and on a whole disaggregated cluster run."""
+"""KV transfers in virtual time per (source, destination, latency, cap) class are the same
+processor sharing as pricing every transfer at every change: checked against a plain
+per-transfer reference, on random start sequences and on a whole disaggregated cluster run."""
 
 from __future__ import annotations
 

@@ -3,14 +3,16 @@
 A `Link` is the path one device uses to send KV to another instance: NVLink inside a node, PCIe
 through host memory, InfiniBand or RoCE RDMA between nodes, or plain Ethernet. Each instance has
 one end per device (every GPU of a tensor-parallel replica sends its own shard over its own
-link), so an instance's egress and ingress capacity is the link bandwidth times its devices.
+link), so an instance's egress and ingress capacity is the link bandwidth times its devices;
+one request's transfer may be capped below that, at the links of the ranks it runs between.
 
-`Network` runs transfers with processor sharing: a transfer moves at the smaller of its source's
-and its destination's capacity divided by the transfers each carries at that moment, recomputed
-whenever a transfer starts or ends; the link latency is paid once per transfer (a transfer holds
-its share until it has arrived). Compressed KV (CacheGen) moves fewer bytes.
+`Network` runs transfers with processor sharing: a transfer moves at the smallest of its cap and
+its source's and its destination's capacity divided by the transfers each carries at that
+moment, recomputed whenever a transfer starts or ends; the link latency is paid once per
+transfer (a transfer holds its share until it has arrived). Compressed KV (CacheGen) moves fewer
+bytes.
 
-Transfers with the same source, destination and latency always move at the same rate, so they
+Transfers with the same source, destination, latency and cap always move at the same rate, so they
 form one class served in virtual time (bytes each member has moved since the class began): a
 member's bytes are out when the class's virtual time reaches its start mark plus its size, so
 members leave in the order of those marks and only the class's next departure is an event.
