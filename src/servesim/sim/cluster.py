@@ -103,6 +103,7 @@ class ClusterStats:
     """What the cluster loop did besides serving: transfers, migrations, scaling."""
 
     kv_transfers: int = 0
+    # bytes KV transfers put on the link: every receiving rank's copy, the state, compressed
     kv_bytes: float = 0.0
     # per transfer, from the decode's pull (its hand-off included) to the KV's arrival
     kv_transfer_s: Quantiles = field(default_factory=Quantiles)
