@@ -202,8 +202,8 @@ class Cluster:
         self.booting: dict[int, tuple[int, int]] = {}
         self.next_boot = 0
         # KV transfers waiting out their hand-off before the bytes move; those whose hand-off
-        # ends at one time start together: token -> their (src, dst, bytes, latency, payload)
-        # in hand-off order, and time -> its token.
+        # ends at one time start together: token -> their (src, dst, bytes, payload) in
+        # hand-off order, and time -> its token.
         self.starting: dict[int, list[tuple]] = {}
         self.start_token: dict[float, int] = {}
         self.next_start = 0
@@ -491,11 +491,9 @@ class Cluster:
                     self.next_start += 1
                     self.starting[token] = []
                     heapq.heappush(self.heap, (when, _XSTART, token, 0))
-                self.starting[token].append((src, dst, nbytes, path.link.latency_s, payload))
+                self.starting[token].append((src, dst, nbytes, payload))
             else:
-                self._start_transfer(
-                    src, dst, nbytes, path.link.latency_s, payload, path.flow_bw_bytes_per_s
-                )
+                self._start_transfer(path, src, dst, nbytes, payload)
 
     def _handoff_s(self, rid: int, dst: Replica) -> float:
         """Seconds from now until the KV of a finished prefill starts to move, beyond the link:
@@ -510,26 +508,28 @@ class Cluster:
 
     def _start_transfer(
         self,
+        path: KvPath,
         src: Replica,
         dst: Replica,
         nbytes: float,
-        latency: float,
         payload: tuple,
-        cap: float = INF,
+        wait_s: float = 0.0,
     ) -> None:
-        heap = self.heap
-        for t, tid, ver in self.net.start(
-            self.now, 2 * src.index, 2 * dst.index + 1, nbytes, latency, payload, cap
-        ):
-            heapq.heappush(heap, (t, _XFER, tid, ver))
+        """Start one transfer over `path` now; its bytes arrive the link's latency (plus
+        `wait_s`, a stopped request's wait for its step boundary) after they are out."""
+        ends = (2 * src.index, 2 * dst.index + 1)
+        latency = path.link.latency_s + wait_s
+        cap = path.flow_bw_bytes_per_s
+        for t, tid, ver in self.net.start(self.now, *ends, nbytes, latency, payload, cap):
+            heapq.heappush(self.heap, (t, _XFER, tid, ver))
 
     def _start_transfers(self, batch: list[tuple]) -> None:
-        """Start the KV transfers of `batch` ((src, dst, bytes, latency, payload) each) now."""
-        heap = self.heap
-        items = [(2 * s.index, 2 * d.index + 1, n, lat, pl) for s, d, n, lat, pl in batch]
-        cap = self.kv_path.flow_bw_bytes_per_s
-        for t, tid, ver in self.net.start_many(self.now, items, cap):
-            heapq.heappush(heap, (t, _XFER, tid, ver))
+        """Start the KV transfers of `batch` ((src, dst, bytes, payload) each) now."""
+        path = self.kv_path
+        lat = path.link.latency_s
+        items = [(2 * s.index, 2 * d.index + 1, n, lat, pl) for s, d, n, pl in batch]
+        for t, tid, ver in self.net.start_many(self.now, items, path.flow_bw_bytes_per_s):
+            heapq.heappush(self.heap, (t, _XFER, tid, ver))
 
     def _transfer_done(self, t: float, tid: int) -> list[int]:
         """A transfer arrived: hand the request over; returns requests that finished."""
@@ -615,9 +615,7 @@ class Cluster:
             self.migrating_reps.update((src.index, dst.index))
             payload = ("mig1", rid, src.index, dst.index, cached, need)
             self.stats.migration_bytes += nbytes
-            self._start_transfer(
-                src, dst, nbytes, path.link.latency_s, payload, path.flow_bw_bytes_per_s
-            )
+            self._start_transfer(path, src, dst, nbytes, payload)
             return
 
     def _migration_stop_copy(self, t: float, payload: tuple) -> list[int]:
@@ -660,8 +658,7 @@ class Cluster:
             need += extra
         # The delta leaves once the request stops at the step boundary (at or after t).
         payload2 = ("mig2", rid, s, d, cached, need, boundary, predicted)
-        latency = path.link.latency_s + (boundary - t)
-        self._start_transfer(src, dst, delta, latency, payload2, path.flow_bw_bytes_per_s)
+        self._start_transfer(path, src, dst, delta, payload2, wait_s=boundary - t)
 
     def _migration_over(self, rid: int, s: int, d: int) -> None:
         self.inflight_migrations -= 1
