@@ -193,6 +193,36 @@ def test_rankings_handle_missing_values() -> None:
     assert rows[2]["rank"] == 0 and not rows[2]["pareto"]
 
 
+def test_free_devices_rank_first_in_a_fixed_order() -> None:
+    """A $0/h device (hardware already owned) serves its goodput at no cost: its rows rank
+    ahead of every priced one, the larger goodput first, whatever order they came in (a NaN
+    sort key used to scatter them)."""
+    from servesim.planner.evaluate import per_dollar_hour
+
+    assert per_dollar_hour(2.0, 4.0) == 0.5
+    assert per_dollar_hour(2.0, 0.0) == math.inf
+    assert per_dollar_hour(0.0, 0.0) == 0.0
+
+    def row(label: str, cap: float, price: float) -> dict:
+        return {
+            "label": label,
+            "status": "ok",
+            "capacity_req_per_s": cap,
+            "price_per_hour": price,
+            "goodput_per_dollar_hour": per_dollar_hour(cap, price),
+            "ttft_p90_s": 0.5,
+            "tpot_p90_s": 0.05,
+            "goodput_per_gpu": cap,
+            "joules_per_token": 1.0,
+        }
+
+    rows = [row("h100 a", 8.0, 4.0), row("l40s a", 1.0, 0.0), row("h100 b", 9.0, 2.0)]
+    rows += [row("l40s b", 3.0, 0.0), row("h100 c", 2.0, 4.0)]
+    for order in (rows, rows[::-1], rows[2:] + rows[:2]):
+        ranked = sorted(add_rankings([dict(r) for r in order]), key=lambda r: r["rank"])
+        assert [r["label"] for r in ranked] == ["l40s b", "l40s a", "h100 b", "h100 a", "h100 c"]
+
+
 def test_plan_refuses_bad_questions(tmp_path: Path) -> None:
     with pytest.raises(ServesimError, match="Unknown device"):
         run_plan(spec(), SearchSpace(devices=("h900",)), tmp_path, workers=1, quiet=True)

@@ -23,6 +23,14 @@ from servesim.sim.disagg import DisaggDeployment
 from servesim.sim.metrics import summarize
 
 
+def per_dollar_hour(rate: float, price_per_hour: float) -> float:
+    """Goodput per dollar-hour: a device priced at $0/h (hardware already owned) makes any
+    positive goodput infinitely cheap, so it ranks first instead of as an undefined number."""
+    if price_per_hour > 0:
+        return rate / price_per_hour
+    return math.inf if rate > 0 else 0.0
+
+
 def _pct(x: np.ndarray, q: float) -> float:
     x = x[np.isfinite(x)]
     return float(np.percentile(x, q)) if len(x) else math.nan
@@ -59,7 +67,7 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
             "residence_s": cap.residence_s,
             "probe_requests": cap.probe_requests,
             "goodput_per_gpu": cap.rate_per_s / n_dev,
-            "goodput_per_dollar_hour": cap.rate_per_s / price if price > 0 else math.nan,
+            "goodput_per_dollar_hour": per_dollar_hour(cap.rate_per_s, price),
             "goodput_per_kw": cap.rate_per_s / (n_dev * dev.max_power_w / 1e3),
             "probes": json.dumps([asdict(p) for p in cap.probes]),
         }
@@ -143,7 +151,7 @@ def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[s
             "residence_s": residence,
             "probe_requests": 0,
             "goodput_per_gpu": rate / n_dev,
-            "goodput_per_dollar_hour": rate / price if price > 0 else math.nan,
+            "goodput_per_dollar_hour": per_dollar_hour(rate, price),
             "goodput_per_kw": rate / (n_dev * dev.max_power_w / 1e3),
             "probes": "[]",  # request-level probes; the workflow ones follow
             "workflow_probes": json.dumps(probes),

@@ -35,7 +35,15 @@ def add_rankings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r["dollar_per_req_per_s"] = r["price_per_hour"] / cap if cap > 0 else math.inf
         r["pareto"] = False
         r["rank"] = 0
-    ok.sort(key=lambda r: -r["goodput_per_dollar_hour"])
+    # Goodput per dollar-hour first; among equals (free devices are all infinitely cheap) the
+    # higher goodput, then the candidate's label, so the order never depends on input order.
+    ok.sort(
+        key=lambda r: (
+            -r["goodput_per_dollar_hour"],
+            -r["capacity_req_per_s"],
+            str(r.get("label", "")),
+        )
+    )
     for i, r in enumerate(ok, 1):
         r["rank"] = i
     for r in ok:
