@@ -165,3 +165,23 @@ def test_the_vllm_release_defaults_read_the_same_release() -> None:
     assert silicon.vllm_release({**dynamo, "backend_version": "0.12.0"}) == (0, 12)
     bare = {"silicon_data_source": "wip=False", "matched_image": "vllm/vllm-openai:v0.12.0"}
     assert silicon.vllm_release(bare) == (0, 12)
+
+
+def test_a_plan_names_its_engines_as_its_exports_do() -> None:
+    """`--engines SGLang` ran SGLang's profile, but the exports compare names literally, so the
+    k8s manifest fell back to vLLM and launch_sglang.sh said no SGLang candidate met the SLO:
+    the plan now searches the profiles' own names, releases keyed the same way."""
+    from servesim.cli.plan import PlanSettings, build
+
+    s = PlanSettings(
+        model="meta-llama/Llama-3.1-8B",
+        engines=("SGLang", "TensorRT-LLM", "vllm", "sglang"),
+        engine_version=("SGLang=0.5.9",),
+    )
+    spec, space = build(s)
+    assert space.engines == ("sglang", "trtllm", "vllm")
+    assert spec.engine_versions == (("sglang", "0.5.9"),)
+    one = PlanSettings(
+        model="meta-llama/Llama-3.1-8B", engines=("SGLang",), engine_version=("0.5.9",)
+    )
+    assert build(one)[0].engine_versions == (("sglang", "0.5.9"),)

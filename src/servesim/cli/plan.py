@@ -41,6 +41,7 @@ from servesim.cli.settings import (
 from servesim.errors import ServesimError
 from servesim.planner.candidates import PlanSpec, SearchSpace, WorkloadSpec
 from servesim.sim.metrics import Slo
+from servesim.spec.engine_profile import get_engine
 
 # No markup: paths, labels and names come from the user and may hold [brackets].
 console = Console(markup=False, emoji=False)
@@ -345,7 +346,7 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
         devices=s.gpus,
         tp=s.tp,
         pp=s.pp,
-        engines=s.engines,
+        engines=tuple(dict.fromkeys(map(engine_name, s.engines))),
         batching=s.batching,
         weight_dtypes=s.weight_dtypes,
         kv_dtypes=s.kv_dtypes,
@@ -356,25 +357,35 @@ def build(s: PlanSettings) -> tuple[PlanSpec, SearchSpace]:
     return spec, space
 
 
+def engine_name(name: str) -> str:
+    """An engine as the plan's exports and store name it (`SGLang`, `TensorRT-LLM` and the like
+    read as `sglang`, `trtllm`); an unknown name stays as given for the check that names it."""
+    try:
+        return get_engine(name).name
+    except ServesimError:
+        return name.strip()
+
+
 def engine_versions(s: PlanSettings) -> tuple[tuple[str, str], ...]:
     """(engine, release) pairs from `--engine-version`: ENGINE=RELEASE items, or one bare
     RELEASE when the plan searches one engine."""
+    engines = tuple(dict.fromkeys(map(engine_name, s.engines)))
     out: dict[str, str] = {}
     for item in s.engine_version:
         name, sep, release = item.partition("=")
         if not sep:
-            if len(s.engines) != 1:
+            if len(engines) != 1:
                 raise Misuse(
                     f"{{engine_version}} {item!r} names no engine and the plan searches "
-                    f"{len(s.engines)}; write it as ENGINE=RELEASE, e.g. "
-                    f"{s.engines[0]}={item}."
+                    f"{len(engines)}; write it as ENGINE=RELEASE, e.g. "
+                    f"{engines[0]}={item}."
                 )
-            name, release = s.engines[0], item
-        name, release = name.strip(), release.strip()
-        if name not in s.engines:
+            name, release = engines[0], item
+        name, release = engine_name(name), release.strip()
+        if name not in engines:
             raise Misuse(
                 f"{{engine_version}} names {name!r}, which {{engines}} does not search "
-                f"({', '.join(s.engines)}); add it or drop its release."
+                f"({', '.join(engines)}); add it or drop its release."
             )
         out[name] = release
     return tuple(out.items())
