@@ -223,6 +223,23 @@ def test_free_devices_rank_first_in_a_fixed_order() -> None:
         assert [r["label"] for r in ranked] == ["l40s b", "l40s a", "h100 b", "h100 a", "h100 c"]
 
 
+def test_a_plans_key_follows_what_its_files_hold(tmp_path: Path) -> None:
+    """Stored answers are reused by the question's key: editing a device file (a price) or a
+    trace in place must give another key, or a rerun into the same folder would bring back
+    rows priced from the old file; the same bytes under the same path keep it."""
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  l40s:\n    price_per_hour: 1.86\n")
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,10\n")
+    before = spec(devices_file=str(devices)).key()
+    assert spec(devices_file=str(devices)).key() == before
+    devices.write_text("devices:\n  l40s:\n    price_per_hour: 0.50\n")
+    assert spec(devices_file=str(devices)).key() != before
+    with_trace = spec(workload=WorkloadSpec(trace=str(trace))).key()
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,200,10\n")
+    assert spec(workload=WorkloadSpec(trace=str(trace))).key() != with_trace
+
+
 def test_plan_refuses_bad_questions(tmp_path: Path) -> None:
     with pytest.raises(ServesimError, match="Unknown device"):
         run_plan(spec(), SearchSpace(devices=("h900",)), tmp_path, workers=1, quiet=True)

@@ -260,7 +260,30 @@ class PlanSpec:
             doc["engine_versions"] = [list(p) for p in sorted(self.engine_versions)]
         if self.sampling != "greedy":
             doc["sampling"] = self.sampling
+        # Files the answers depend on count by what they hold, not only by their path: editing
+        # a device's price or a trace in place must not bring back rows priced from the old one.
+        files = {
+            "devices_file": self.devices_file,
+            "fit_file": self.fit_file,
+            "workflows": self.workflows,
+            "trace": self.workload.trace,
+        }
+        digests = {k: d for k, path in files.items() if (d := _file_digest(path)) is not None}
+        if digests:
+            doc["file_digests"] = digests
         return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str | None) -> str | None:
+    """A digest of a file's bytes; None without a path or where none is readable (a bundled
+    trace's name, say, whose contents ship with the package)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha1(f.read()).hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def enumerate_candidates(space: SearchSpace, model: ModelSpec) -> list[Candidate]:
