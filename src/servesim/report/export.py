@@ -8,11 +8,15 @@ engine should load. Flags are the engines' own: vLLM's `vllm serve` engine argum
 the disaggregated KV transceiver). vLLM and SGLang quantise fp8 weights online from a 16-bit
 checkpoint; any other change of weight format (and any at all for TensorRT-LLM, which loads
 ModelOpt-quantised checkpoints) needs a checkpoint already in that format, which `launch_notes`
-says.
+says. A candidate planned with speculative decoding launches it too (`speculative_args`): vLLM's
+`--speculative-config`, SGLang's `--speculative-*` arguments, TensorRT-LLM's
+`speculative_config`; what a flag cannot say (a draft tree where the engine runs chains, a draft
+model the plan did not name) `speculative_notes` says.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -105,6 +109,81 @@ def _mem_fraction(row: dict[str, Any]) -> float:
     return engine_memory(engine, device, par)["mem_util"]
 
 
+# The plan's speculative method (`PlanSpec.speculative`) in each engine's words: vLLM's
+# `speculative_config.method`, SGLang's `--speculative-algorithm` (NEXTN is its name for a
+# checkpoint's own MTP layers) and TensorRT-LLM's `speculative_config.decoding_type`.
+VLLM_SPEC_METHODS = {"mtp": "mtp", "eagle": "eagle", "draft": "draft_model"}
+SGLANG_SPEC_ALGORITHMS = {"mtp": "NEXTN", "eagle": "EAGLE", "draft": "STANDALONE"}
+TRTLLM_DECODING_TYPES = {"mtp": "MTP", "eagle": "Eagle", "draft": "DraftTarget"}
+DRAFT_PLACEHOLDER = "<draft-model>"  # what a launch names when the plan gave no draft model
+
+
+def _speculation(row: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(method, draft tokens a step, tree width) of a row planned with speculative decoding."""
+    k = int(row.get("num_draft_tokens") or 0)
+    if k <= 0:
+        return None
+    width = max(1, int(row.get("spec_tree_width") or 1))
+    return str(row.get("speculative") or "mtp"), k, width
+
+
+def _draft_source(row: dict[str, Any]) -> str:
+    draft = row.get("draft_model")
+    return model_source(str(draft)) if draft else DRAFT_PLACEHOLDER
+
+
+def speculative_args(engine: str, row: dict[str, Any]) -> list[str]:
+    """The command-line arguments that run the row's speculative decoding (vLLM, SGLang; none
+    for TensorRT-LLM, whose settings go in its options YAML: `trtllm_options`)."""
+    spec = _speculation(row)
+    if spec is None or engine == "trtllm":
+        return []
+    method, k, width = spec
+    if engine == "vllm":
+        cfg: dict[str, Any] = {"method": VLLM_SPEC_METHODS[method], "num_speculative_tokens": k}
+        if method != "mtp":
+            cfg["model"] = _draft_source(row)
+        return ["--speculative-config", json.dumps(cfg, separators=(",", ":"))]
+    argv = [
+        "--speculative-algorithm",
+        SGLANG_SPEC_ALGORITHMS[method],
+        "--speculative-num-steps",
+        str(k),
+        "--speculative-eagle-topk",
+        str(width),
+        "--speculative-num-draft-tokens",
+        str(1 + k * width),  # every node of the tree is verified
+    ]
+    if method != "mtp":
+        argv += ["--speculative-draft-model-path", _draft_source(row)]
+    return argv
+
+
+def speculative_notes(engine: str, row: dict[str, Any]) -> list[str]:
+    """What the speculative launch cannot say with its flags."""
+    spec = _speculation(row)
+    if spec is None:
+        return []
+    method, k, width = spec
+    notes = []
+    if method != "mtp" and not row.get("draft_model"):
+        notes.append(
+            f"speculative {method}: replace {DRAFT_PLACEHOLDER} with the draft model to run "
+            "(the plan was given none; its --draft-model writes it here)"
+        )
+    if row.get("mirror_device"):
+        notes.append(
+            f"the plan drafts on separate {row['mirror_device']} devices (Mirror-SD); {engine} "
+            "runs the draft on the target's own GPUs, so the verify steps take longer than planned"
+        )
+    if width > 1 and engine != "sglang":
+        notes.append(
+            f"the plan drafts a tree {width} wide; {engine} is launched with a chain of {k} "
+            "draft tokens, which accepts fewer tokens a step than planned"
+        )
+    return notes
+
+
 # Disaggregated serving: vLLM's NIXL KV connector (a proxy routes prefill then decode) and
 # SGLang's --disaggregation-mode with its transfer backend.
 VLLM_KV_TRANSFER = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
@@ -151,6 +230,7 @@ def _vllm_argv(
         argv += ["--kv-cache-dtype", "fp8"]
     if phase:
         argv += ["--kv-transfer-config", VLLM_KV_TRANSFER]
+    argv += speculative_args("vllm", row)
     return [*argv, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
 
 
@@ -185,13 +265,14 @@ def _sglang_argv(
         argv += ["--kv-cache-dtype", "fp8_e4m3"]
     if phase:
         argv += ["--disaggregation-mode", phase, "--disaggregation-transfer-backend", "nixl"]
+    argv += speculative_args("sglang", row)
     return [*argv, "--host", "0.0.0.0", "--port", str(SGLANG_PORT)]
 
 
 def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, Any]:
     """The `--extra_llm_api_options` YAML (TensorRT-LLM LlmArgs): the KV cache's share of the
-    memory left after the weights and its dtype, chunked prefill, and for a disaggregated pool
-    the KV-cache transceiver."""
+    memory left after the weights and its dtype, chunked prefill, speculative decoding, and for
+    a disaggregated pool the KV-cache transceiver."""
     # TensorRT-LLM's fraction is of the memory left after weights and activations (its profile's
     # meaning), whatever scheduler the row was planned with
     kv: dict[str, Any] = {"free_gpu_memory_fraction": get_engine("trtllm").mem_util}
@@ -203,6 +284,16 @@ def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, A
     }
     if phase:
         doc["cache_transceiver_config"] = {"backend": "DEFAULT"}
+    spec = _speculation(row)
+    if spec is not None:
+        method, k, _ = spec
+        sc: dict[str, Any] = {"decoding_type": TRTLLM_DECODING_TYPES[method]}
+        if method == "mtp":
+            sc["num_nextn_predict_layers"] = k
+        else:
+            sc["max_draft_len"] = k
+            sc["speculative_model_dir"] = _draft_source(row)
+        doc["speculative_config"] = sc
     return doc
 
 
@@ -385,7 +476,8 @@ def k8s_manifest(
             f"# note: {gpus} GPUs per replica exceed a {device.name} node "
             f"({device.max_devices_per_node}); run it multi-node (e.g. LeaderWorkerSet)"
         )
-    header += [f"# note: {n}" for n in launch_notes(row, model_name)]
+    notes = [*launch_notes(row, model_name), *speculative_notes(engine, row)]
+    header += [f"# note: {n}" for n in notes]
     body = yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=100)
     return "\n".join(header) + "\n" + body
 
@@ -475,12 +567,15 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
     pick, pick_replicas = _row_for(result)
     if pick is None:
         return {}
+    pick = _with_speculation(result, pick)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = result.spec.model
     files: dict[str, Path] = {}
     for engine in LAUNCH_ENGINES:
         row, replicas, why = launch_plan(result, engine)
+        if row is not None:
+            row = _with_speculation(result, row)
         if row is None:
             row, replicas = pick, pick_replicas
             why = (
@@ -530,6 +625,18 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
     return files
 
 
+def _with_speculation(result: PlanResult, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with the plan's speculative method and draft model, which its launch needs and
+    the row (one candidate's answer) does not carry."""
+    spec = result.spec
+    return {
+        **row,
+        "speculative": spec.speculative,
+        "draft_model": spec.draft_model,
+        "mirror_device": spec.mirror_device,
+    }
+
+
 def _comments(
     result: PlanResult, row: dict[str, Any], replicas: int, engine: str, why: str
 ) -> list[str]:
@@ -543,6 +650,7 @@ def _comments(
         f"--max-model-len/--context-length {max_model_len_for(result, row)}: the planned "
         "workload's longest request",
         *[f"note: {n}" for n in launch_notes(row, model)],
+        *[f"note: {n}" for n in speculative_notes(engine, row)],
     ]
     if len(phases(row)) > 1:
         out.append(
