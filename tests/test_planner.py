@@ -240,6 +240,47 @@ def test_a_plans_key_follows_what_its_files_hold(tmp_path: Path) -> None:
     assert spec(workload=WorkloadSpec(trace=str(trace))).key() != with_trace
 
 
+def test_a_workflow_plans_front_compares_what_its_rows_measure() -> None:
+    """Workflow rows have no per-token latencies or energy; a missing objective used to end
+    the comparison, so every row was marked Pareto-optimal. Rows are now compared on the
+    objectives both measure: cost per workflow a second, the workflows' end-to-end tail and
+    goodput per GPU."""
+
+    def wf(label: str, cap: float, price: float, e2e: float, gpus: int) -> dict:
+        return {
+            "label": label,
+            "status": "ok",
+            "capacity_req_per_s": cap,
+            "price_per_hour": price,
+            "goodput_per_dollar_hour": cap / price,
+            "e2e_p90_s": e2e,
+            "goodput_per_gpu": cap / gpus,
+        }
+
+    rows = [
+        wf("h100 tp2", 8.0, 8.0, 3.0, 2),  # $1.00/h per wf/s
+        wf("l40s tp2", 2.0, 4.0, 3.5, 2),  # $2.00, slower tail, less per GPU: dominated
+        wf("l40s tp1", 1.5, 1.0, 2.5, 1),  # $0.67 and the shortest tail: on the front
+    ]
+    add_rankings(rows)
+    assert {r["label"]: r["pareto"] for r in rows} == {
+        "h100 tp2": True,
+        "l40s tp2": False,
+        "l40s tp1": True,
+    }
+    # Rows that share no finite objective dominate nothing.
+    lone = [
+        {
+            "status": "ok",
+            "capacity_req_per_s": 1.0,
+            "price_per_hour": math.nan,
+            "goodput_per_dollar_hour": 0.0,
+        }
+    ]
+    lone.append({**lone[0]})
+    assert all(r["pareto"] for r in add_rankings(lone))
+
+
 def test_plan_refuses_bad_questions(tmp_path: Path) -> None:
     with pytest.raises(ServesimError, match="Unknown device"):
         run_plan(spec(), SearchSpace(devices=("h900",)), tmp_path, workers=1, quiet=True)

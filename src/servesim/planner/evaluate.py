@@ -135,8 +135,11 @@ def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[s
         rate, miss = cap.rate_per_s, "" if cap.rate_per_s > 0 else "misses at light load"
         residence = cap.residence_s
         probes = [p.__dict__ for p in cap.probes]
+        at_cap = [p.e2e_p90_s for p in cap.probes if p.rate_per_s == cap.rate_per_s]
+        e2e_p90 = at_cap[-1] if rate > 0 and at_cap else math.nan
     except ServesimError as exc:
         rate, miss, residence, probes = 0.0, f"the simulation failed: {exc}", math.nan, []
+        e2e_p90 = math.nan
     dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
     row.update(
         {
@@ -149,6 +152,7 @@ def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[s
             "capacity_req_per_s": rate,
             "saturation_req_per_s": math.nan,
             "residence_s": residence,
+            "e2e_p90_s": e2e_p90,  # the workflows' end-to-end tail at capacity
             "probe_requests": 0,
             "goodput_per_gpu": rate / n_dev,
             "goodput_per_dollar_hour": per_dollar_hour(rate, price),
