@@ -307,3 +307,23 @@ def test_cli_serves_workflow_calls_on_several_models(tmp_path: Path) -> None:
     report = json.loads((out / "summary.json").read_text())["workflows"]
     assert report["workflows"] == 30 and report["fixed_point_rounds"] <= 3
     assert main([*args, "--out", str(tmp_path / "x")]) == 2  # `small` not given
+
+
+def test_a_workflow_plan_fits_its_calls_not_the_default_trace(tmp_path: Path) -> None:
+    """A workflow plan never simulates the default Azure trace, but its context check and
+    pruning read it: a 2,048-token model was refused for a request of 14,089 tokens the plan
+    would never send. Its longest request is now its workflows' longest call (context
+    included), which also sizes the exports' --max-model-len."""
+    from servesim.planner.candidates import PlanSpec
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        "workflows:\n  - name: small\n    slo_s: 20\n    nodes:\n"
+        "      - {name: a, kind: llm, prompt_tokens: 300, output_tokens: 60}\n"
+        "      - {name: b, kind: llm, after: [a], prompt_tokens: 200, output_tokens: 40,"
+        " context: [a]}\n"
+    )
+    spec = PlanSpec(model="facebook/opt-13b", workflows=str(wf))
+    assert spec.longest_tokens() == 360  # a: 300 + 60; b: 200 + a's 60 + 40 = 300
+    assert PlanSpec(model="facebook/opt-13b").longest_tokens() > 2048  # the Azure trace's
+    load_model("facebook/opt-13b").check_context(spec.longest_tokens(), "A request")

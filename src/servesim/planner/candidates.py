@@ -80,6 +80,17 @@ class WorkloadSpec:
         return max(_longest(self.build()), _longest(self.source()))
 
 
+@lru_cache(maxsize=8)
+def _workflow_longest(workflows: str) -> int:
+    """The longest call among as many workflow instances as a capacity probe may draw
+    (`workflow_capacity.MAX_WORKFLOWS`, at the searches' seed, 0)."""
+    from servesim.planner.workflow_capacity import MAX_WORKFLOWS
+    from servesim.sim.workflows import WorkflowWorkload, load_workflows
+
+    wl = WorkflowWorkload(load_workflows(workflows), MAX_WORKFLOWS, 1.0)
+    return int((wl.prompt_tokens + wl.output_tokens).max())
+
+
 def _longest(w: Workload) -> int:
     return int((w.prompt_tokens + w.output_tokens).max())
 
@@ -225,6 +236,14 @@ class PlanSpec:
     # How requests sample: "greedy" or "filtered" with top-k/top-p, which vLLM 0.11.1-0.15
     # does by sorting the vocabulary every step (`spec.sampling`, `predictor.sampler`).
     sampling: str = "greedy"
+
+    def longest_tokens(self) -> int:
+        """Prompt + output tokens of the longest request the plan's searches can simulate: its
+        workflows' calls when it plans for workflows (their own lengths, context included),
+        else its request workload's (`WorkloadSpec.longest_tokens`)."""
+        if self.workflows is None:
+            return self.workload.longest_tokens()
+        return _workflow_longest(self.workflows)
 
     def engine(self, name: str) -> EngineProfile:
         """The engine profile a candidate of engine `name` runs (at its stated release)."""

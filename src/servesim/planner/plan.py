@@ -91,7 +91,7 @@ def run_plan(
     catalog = catalog_for(spec.devices_file)
     for d in space.devices:
         catalog.get(d)  # unknown devices fail here, with the list of known ones
-    longest = spec.workload.longest_tokens()  # of every request a search may draw
+    longest = spec.longest_tokens()  # of every request a search may draw
     model.check_context(longest, "A request (prompt and output)")  # no candidate serves it
     candidates = enumerate_candidates(space, model)
     kept, pruned = prune(candidates, model, catalog, longest)

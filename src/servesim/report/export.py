@@ -550,7 +550,7 @@ def launch_plan(result: PlanResult, engine: str) -> tuple[dict[str, Any] | None,
 
 def max_model_len_for(result: PlanResult, row: dict[str, Any]) -> int:
     """The planned workload's longest request rounded up to 1024, within the replica's KV cache."""
-    longest = result.spec.workload.longest_tokens()
+    longest = result.spec.longest_tokens()
     cap = int(row.get("kv_tokens") or 0) // int(row.get("pp") or 1)
     want = int(math.ceil(longest / 1024) * 1024)
     return min(want, cap) if cap >= longest else want
