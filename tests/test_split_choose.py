@@ -204,7 +204,9 @@ def test_cli_split_and_choose_json(capsys) -> None:
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["front"][0]["latency_s"] <= doc["front"][-1]["latency_s"]
-    assert set(doc["front"][0]["mem_gb"]) == {"jetson_orin_nano", "rtx_4090"}
+    first = doc["front"][0]
+    assert first["devices"] == ["jetson_orin_nano", "rtx_4090"]
+    assert len(first["mem_gb"]) == len(first["layers"]) == 2
     rc = cli.main(
         [
             "split",
@@ -303,3 +305,20 @@ def test_cli_help(capsys, cmd) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main([cmd, "--help"])
     assert e.value.code == 0 and "--json" in capsys.readouterr().out
+
+
+def test_split_json_keeps_each_of_two_devices_of_a_kind(capsys) -> None:
+    """Two RTX 4090s in one pipeline: the JSON keyed memory by device name, so one of the two
+    stages' figures vanished; it now lists them in pipeline order, as the table shows."""
+    rc = cli.main(
+        ["split", "meta-llama/Llama-3.1-8B", "--on", "rtx_4090,rtx_4090", "--quant", "f16"]
+        + ["--json"]
+    )
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    for s in doc["front"]:
+        assert s["devices"] == ["rtx_4090", "rtx_4090"]
+        assert len(s["mem_gb"]) == 2
+        assert all((m > 0) == (n > 0) for m, n in zip(s["mem_gb"], s["layers"], strict=True))
+        if s["layers"][0] != s["layers"][1]:  # an uneven split holds unequal memory
+            assert s["mem_gb"][0] != s["mem_gb"][1]

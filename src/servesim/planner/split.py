@@ -59,9 +59,10 @@ class Split:
     devices: tuple[str, ...] = ()  # device names in pipeline order
 
     def as_dict(self) -> dict:
-        """Plain fields for JSON, memory named by device."""
+        """Plain fields for JSON: memory in GB per stage, in the order of `devices` and
+        `layers` (a mapping by device name lost one of two devices of the same kind)."""
         d = asdict(self)
-        d["mem_gb"] = {n: m / 1e9 for n, m in zip(self.devices, self.mem_bytes, strict=True)}
+        d["mem_gb"] = [m / 1e9 for m in self.mem_bytes]
         del d["mem_bytes"]
         return d
 
