@@ -80,6 +80,24 @@ def test_search_picks_ngl_for_latency_and_streaming_for_long_prefills(rig) -> No
         search_hybrid(m, q, gpu, cpu, link, "cost")
 
 
+def test_a_long_prompts_own_kv_counts_against_the_gpu() -> None:
+    """A 131,072-token prefill of Llama-3.1-8B in f16 on a 24 GB RTX 4090: its KV alone is
+    ~17 GB, yet the search sized the KV from the 1,024-token default context and picked all 32
+    layers on the GPU at the 512-token figure. Every split it keeps now holds the prompt's KV."""
+    m, q = load_model("meta-llama/Llama-3.1-8B"), get_quant("f16")
+    gpu, cpu, link = get_device("rtx_4090"), get_device("ryzen_9_7950x"), get_link("pcie4_x16")
+    long = search_hybrid(m, q, gpu, cpu, link, "throughput", step=ds.prefill(131_072), context=1024)
+    short = search_hybrid(m, q, gpu, cpu, link, "throughput", step=ds.prefill(512), context=1024)
+    for c in long.candidates:
+        assert c.gpu_mem_bytes == gpu_memory(m, q, c.gpu_layers, 131_072, c.mode)
+        assert c.gpu_mem_bytes <= gpu.mem_bytes
+    assert max(c.gpu_layers for c in long.candidates if c.mode == "ngl") < m.num_layers
+    assert short.best.gpu_layers == m.num_layers  # a short prompt fits whole
+    # a decode step at a longer context than the default keeps its own too
+    lat = search_hybrid(m, q, gpu, cpu, link, "latency", step=ds.decode(1, 65_536), context=1024)
+    assert lat.best.gpu_mem_bytes == gpu_memory(m, q, lat.best.gpu_layers, 65_537, lat.best.mode)
+
+
 def test_unified_memory_has_nothing_to_offload(rig) -> None:
     m, q, _, cpu, link = rig
     with pytest.raises(ServesimError, match="nothing to offload"):

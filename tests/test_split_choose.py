@@ -310,10 +310,8 @@ def test_cli_help(capsys, cmd) -> None:
 def test_split_json_keeps_each_of_two_devices_of_a_kind(capsys) -> None:
     """Two RTX 4090s in one pipeline: the JSON keyed memory by device name, so one of the two
     stages' figures vanished; it now lists them in pipeline order, as the table shows."""
-    rc = cli.main(
-        ["split", "meta-llama/Llama-3.1-8B", "--on", "rtx_4090,rtx_4090", "--quant", "f16"]
-        + ["--json"]
-    )
+    args = ["split", "meta-llama/Llama-3.1-8B", "--on", "rtx_4090,rtx_4090", "--quant", "f16"]
+    rc = cli.main([*args, "--json"])
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     for s in doc["front"]:

@@ -56,19 +56,33 @@ def search_hybrid(
     cpu_eff: Efficiency | None = None,
 ) -> HybridChoice:
     """Search gpu_layers 0..L and both modes; the fastest step (latency) or the most tokens per
-    second (throughput) among splits whose GPU memory (weights, KV for `context` tokens per
-    sequence, buffers, reserve) fits."""
+    second (throughput) among splits whose GPU memory (weights, KV per sequence for the longer
+    of `context` and what the step itself reaches, buffers, reserve) fits: a 131k-token prompt
+    holds its own KV however short `context` is."""
     if target not in TARGETS:
         raise ServesimError(f"Unknown target {target!r}; use one of: {', '.join(TARGETS)}.")
     st = step or (decode(1, context) if target == "latency" else Step(512, 1, 0))
+    # The default steps are sized by `context` itself; a given step holds what it reaches.
+    kv_context = context if step is None else max(context, st.context + st.tokens // st.seqs)
     fits: list[HybridTime] = []
     for mode in MODES:
         for n in range(model.num_layers + 1):
-            if gpu_memory(model, quant, n, context * st.seqs, mode) > gpu.mem_bytes:
+            if gpu_memory(model, quant, n, kv_context * st.seqs, mode) > gpu.mem_bytes:
                 continue
             fits.append(
                 hybrid_step(
-                    model, quant, gpu, cpu, link, st, n, mode, threads, gpu_eff, cpu_eff, context
+                    model,
+                    quant,
+                    gpu,
+                    cpu,
+                    link,
+                    st,
+                    n,
+                    mode,
+                    threads,
+                    gpu_eff,
+                    cpu_eff,
+                    kv_context,
                 )
             )
     if not fits:
