@@ -456,3 +456,25 @@ def test_a_draft_the_plan_did_not_name_is_a_placeholder_with_a_note() -> None:
     assert DRAFT_PLACEHOLDER in note and "--draft-model" in note
     mirrored = {**r, "draft_model": "Qwen/Qwen3-8B", "mirror_device": "l40s"}
     assert any("separate l40s devices" in n for n in speculative_notes("sglang", mirrored))
+
+
+def test_a_stated_release_picks_the_manifests_image(tmp_path: Path) -> None:
+    """`--engine-version vllm=0.12.0` priced the plan at that release, but the manifest ran
+    `vllm/vllm-openai:latest`: it now runs the release's own image, and the launch script says
+    which release it was priced at."""
+    from servesim.report.export import release_image
+
+    spec = replace_spec(
+        PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9),
+        engine_versions=(("vllm", "0.12.0"),),
+    )
+    files = write_exports(_spec_result(spec, row(tp=1)), tmp_path)
+    _, c = container(files["k8s"].read_text())
+    assert c["image"] == "vllm/vllm-openai:v0.12.0"
+    assert "priced at vllm 0.12.0" in files["launch_vllm"].read_text()
+    assert "priced at" not in files["launch_sglang"].read_text()  # it runs vLLM's settings
+    assert release_image("sglang", "nvidia", "0.5.9") == "lmsysorg/sglang:v0.5.9"
+    trt = release_image("trtllm", "nvidia", "1.2.0rc6")
+    assert trt == "nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc6"
+    assert release_image("vllm", "amd", "0.12.0") == "rocm/vllm:latest"
+    assert release_image("vllm", "nvidia", None) == "vllm/vllm-openai:latest"

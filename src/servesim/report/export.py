@@ -48,6 +48,20 @@ IMAGES: dict[tuple[str, str], str] = {
     ("trtllm", "nvidia"): "nvcr.io/nvidia/tensorrt-llm/release:latest",
 }
 GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu"}
+# The tag of an engine's own release image on NVIDIA GPUs (`--engine-version` pins a release);
+# ROCm builds are tagged by ROCm and engine releases together, so they keep the default.
+RELEASE_IMAGES: dict[str, str] = {
+    "vllm": "vllm/vllm-openai:v{release}",
+    "sglang": "lmsysorg/sglang:v{release}",
+    "trtllm": "nvcr.io/nvidia/tensorrt-llm/release:{release}",
+}
+
+
+def release_image(engine: str, vendor: str, release: str | None) -> str | None:
+    """The container image of `engine` at `release` (its default image without one)."""
+    if release and vendor == "nvidia" and engine in RELEASE_IMAGES:
+        return RELEASE_IMAGES[engine].format(release=release.removeprefix("v"))
+    return IMAGES.get((engine, vendor))
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -391,7 +405,7 @@ def k8s_manifest(
             f"No Kubernetes manifest for {device.name} ({device.vendor} {device.kind}); "
             "servesim writes them for NVIDIA and AMD GPUs."
         )
-    image = image or IMAGES.get((engine, device.vendor))
+    image = image or release_image(engine, device.vendor, row.get("engine_version"))
     if image is None:
         raise ServesimError(
             f"No default {engine} image for {device.vendor} GPUs; pass image= a build for them."
@@ -626,14 +640,15 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
 
 
 def _with_speculation(result: PlanResult, row: dict[str, Any]) -> dict[str, Any]:
-    """The row with the plan's speculative method and draft model, which its launch needs and
-    the row (one candidate's answer) does not carry."""
+    """The row with the plan's speculative method and draft model and its engine's stated
+    release, which its launch needs and the row (one candidate's answer) does not carry."""
     spec = result.spec
     return {
         **row,
         "speculative": spec.speculative,
         "draft_model": spec.draft_model,
         "mirror_device": spec.mirror_device,
+        "engine_version": dict(spec.engine_versions).get(str(row.get("engine"))),
     }
 
 
@@ -652,6 +667,9 @@ def _comments(
         *[f"note: {n}" for n in launch_notes(row, model)],
         *[f"note: {n}" for n in speculative_notes(engine, row)],
     ]
+    release = row.get("engine_version") if row.get("engine") == engine else None
+    if release:
+        out.append(f"priced at {engine} {release} (--engine-version): run it with that release")
     if len(phases(row)) > 1:
         out.append(
             "disaggregated: start the prefill and decode pools below and route each request to "
