@@ -478,3 +478,33 @@ def test_a_stated_release_picks_the_manifests_image(tmp_path: Path) -> None:
     assert trt == "nvcr.io/nvidia/tensorrt-llm/release:1.2.0rc6"
     assert release_image("vllm", "amd", "0.12.0") == "rocm/vllm:latest"
     assert release_image("vllm", "nvidia", None) == "vllm/vllm-openai:latest"
+
+
+def test_the_pools_of_a_disaggregated_unit_can_share_a_node(tmp_path: Path) -> None:
+    """A prefill:decode unit is planned inside one node, but both pools' scripts served on the
+    same port, started on the same GPUs and (TensorRT-LLM) wrote the same options file. The
+    decode pool now serves one port up, each script lists the GPUs of its replicas, and each
+    TensorRT-LLM pool writes its own options."""
+    from servesim.report.export import pool_gpus
+
+    r = row(mode="disaggregated", tp=1, prefill_tp=2, prefill_replicas=1)
+    r = {**r, "decode_tp": 1, "decode_replicas": 2}
+    assert pool_gpus(r) == {
+        "prefill": "CUDA_VISIBLE_DEVICES=0,1",
+        "decode": "CUDA_VISIBLE_DEVICES=2; CUDA_VISIBLE_DEVICES=3",
+    }
+    spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9)
+    files = write_exports(_spec_result(spec, r), tmp_path)
+    for engine, base in (("vllm", 8000), ("sglang", 30000), ("trtllm", 8000)):
+        pre, dec = files[f"launch_{engine}_prefill"], files[f"launch_{engine}_decode"]
+        assert flag(script_argv(pre), "--port") == str(base)
+        assert flag(script_argv(dec), "--port") == str(base + 1)
+        assert "CUDA_VISIBLE_DEVICES=2; CUDA_VISIBLE_DEVICES=3" in dec.read_text()
+    pre, dec = files["launch_trtllm_prefill"].read_text(), files["launch_trtllm_decode"].read_text()
+    assert "servesim_llm_api_options_prefill.yml" in pre and "_decode.yml" in dec
+    assert "cache_transceiver_config" in _trtllm_yaml(files["launch_trtllm_decode"])
+    docs = [d for d in yaml.safe_load_all(files["k8s"].read_text()) if d]
+    ports = [
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] for d in docs
+    ]
+    assert ports == [8000, 8001]

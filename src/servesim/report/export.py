@@ -40,6 +40,20 @@ VLLM_PORT = 8000
 SGLANG_PORT = 30000
 TRTLLM_PORT = 8000
 TRTLLM_OPTIONS = "/tmp/servesim_llm_api_options.yml"  # where the launch writes the YAML
+
+
+def port_of(engine: str, phase: str | None = None) -> int:
+    """The port a launch serves on: the engine's default, one above it for a disaggregated
+    decode pool, so the two pools of one node do not collide."""
+    base = {"sglang": SGLANG_PORT, "trtllm": TRTLLM_PORT}.get(engine, VLLM_PORT)
+    return base + (1 if phase == "decode" else 0)
+
+
+def trtllm_options_path(phase: str | None = None) -> str:
+    """Where a TensorRT-LLM launch writes its options YAML (one file per pool of a node)."""
+    return TRTLLM_OPTIONS.replace(".yml", f"_{phase}.yml") if phase else TRTLLM_OPTIONS
+
+
 # (engine, GPU vendor) -> container image; the image's own entrypoint is replaced by `command`.
 IMAGES: dict[tuple[str, str], str] = {
     ("vllm", "nvidia"): "vllm/vllm-openai:latest",
@@ -245,7 +259,7 @@ def _vllm_argv(
     if phase:
         argv += ["--kv-transfer-config", VLLM_KV_TRANSFER]
     argv += speculative_args("vllm", row)
-    return [*argv, "--host", "0.0.0.0", "--port", str(VLLM_PORT)]
+    return [*argv, "--host", "0.0.0.0", "--port", str(port_of("vllm", phase))]
 
 
 def _sglang_argv(
@@ -280,7 +294,7 @@ def _sglang_argv(
     if phase:
         argv += ["--disaggregation-mode", phase, "--disaggregation-transfer-backend", "nixl"]
     argv += speculative_args("sglang", row)
-    return [*argv, "--host", "0.0.0.0", "--port", str(SGLANG_PORT)]
+    return [*argv, "--host", "0.0.0.0", "--port", str(port_of("sglang", phase))]
 
 
 def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, Any]:
@@ -311,8 +325,10 @@ def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, A
     return doc
 
 
-def _trtllm_argv(row: dict[str, Any], model_name: str, max_model_len: int | None) -> list[str]:
-    """A disaggregated pool differs only in its options YAML (`trtllm_options`)."""
+def _trtllm_argv(
+    row: dict[str, Any], model_name: str, max_model_len: int | None, phase: str | None = None
+) -> list[str]:
+    """A disaggregated pool differs in its options YAML (`trtllm_options`) and its port."""
     tokens = int(row["max_num_batched_tokens"])
     if not row["chunked_prefill"] and max_model_len:
         tokens = max(tokens, int(max_model_len))  # a whole prompt in one step's budget
@@ -332,8 +348,8 @@ def _trtllm_argv(row: dict[str, Any], model_name: str, max_model_len: int | None
     ]
     if max_model_len:
         argv += ["--max_seq_len", str(int(max_model_len))]
-    argv += ["--extra_llm_api_options", TRTLLM_OPTIONS]
-    return [*argv, "--host", "0.0.0.0", "--port", str(TRTLLM_PORT)]
+    argv += ["--extra_llm_api_options", trtllm_options_path(phase)]
+    return [*argv, "--host", "0.0.0.0", "--port", str(port_of("trtllm", phase))]
 
 
 def trtllm_command(row: dict[str, Any], model_name: str, max_model_len: int | None = None) -> str:
@@ -363,7 +379,7 @@ def _argv(
     if engine == "sglang":
         return _sglang_argv(row, model_name, max_len, phase)
     if engine == "trtllm":
-        return _trtllm_argv(row, model_name, max_len)
+        return _trtllm_argv(row, model_name, max_len, phase)
     raise ServesimError(f"No launch command for engine {engine!r}; use vllm, sglang or trtllm.")
 
 
@@ -372,7 +388,7 @@ def _prelude(engine: str, row: dict[str, Any], phase: str | None) -> str:
     if engine != "trtllm":
         return ""
     body = yaml.dump(trtllm_options(row, phase), Dumper=_PlainDumper, sort_keys=False)
-    return f"cat > {TRTLLM_OPTIONS} <<'YAML'\n{body}YAML\n"
+    return f"cat > {trtllm_options_path(phase)} <<'YAML'\n{body}YAML\n"
 
 
 def gpu_product_label(device: Device) -> str:
@@ -412,10 +428,9 @@ def k8s_manifest(
         )
     argv = _argv(engine, row, model_name, max_model_len, phase)
     split = 3 if engine == "sglang" else 2
-    port = SGLANG_PORT if engine == "sglang" else VLLM_PORT
+    port = port_of(engine, phase)
     command, args = argv[:split], argv[split:]
     if engine == "trtllm":  # the options YAML is written first, in the container's shell
-        port = TRTLLM_PORT
         command = ["/bin/sh", "-c"]
         args = [_prelude(engine, row, phase) + "exec " + shlex.join(argv)]
     gpus = int(row["tp"]) * int(row.get("pp") or 1)
@@ -608,10 +623,16 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
                 f"see {''.join(scripts)}k8s_deployment.yaml"
             )
         max_len = max_model_len_for(result, row)
+        placement = pool_gpus(row)
         for phase, pool_row, n in phases(row):
             suffix = f"_{phase}" if phase else ""
             path = out / f"launch_{engine}{suffix}.sh"
             extra = [f"{phase} pool: {n * replicas} replica(s) of this command"] if phase else []
+            if phase:
+                extra.append(
+                    f"on one node with the other pool, serve on port {port_of(engine, phase)} "
+                    f"and pin each replica to its own GPUs: {placement[phase]}"
+                )
             argv = _argv(engine, pool_row, model, max_len, phase)
             path.write_text(_script(argv, comments + extra, _prelude(engine, pool_row, phase)))
             path.chmod(0o755)
@@ -637,6 +658,25 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
     path.write_text(text)
     files["k8s"] = path
     return files
+
+
+def pool_gpus(row: dict[str, Any]) -> dict[str, str]:
+    """Per pool of a disaggregated unit, which GPUs of its node each replica takes when the
+    unit shares one node (`CUDA_VISIBLE_DEVICES` per replica: the prefill replicas first, then
+    the decode ones), so the pools do not start on the same devices."""
+    out: dict[str, str] = {}
+    first = 0
+    for phase, pool_row, n in phases(row):
+        if phase is None:
+            continue
+        tp = int(pool_row["tp"])
+        sets = []
+        for _ in range(n):
+            ids = ",".join(str(g) for g in range(first, first + tp))
+            sets.append(f"CUDA_VISIBLE_DEVICES={ids}")
+            first += tp
+        out[phase] = "; ".join(sets)
+    return out
 
 
 def _with_speculation(result: PlanResult, row: dict[str, Any]) -> dict[str, Any]:
