@@ -281,6 +281,24 @@ def test_a_workflow_plans_front_compares_what_its_rows_measure() -> None:
     assert all(r["pareto"] for r in add_rankings(lone))
 
 
+def test_the_closest_miss_is_the_one_nearest_the_targets() -> None:
+    """When every candidate misses even at light load, the closest miss was whichever came
+    first; it is now the one whose tails were least over the targets."""
+    from servesim.planner.plan import PlanResult
+
+    def miss(label: str, ttft: float, tpot: float) -> dict:
+        probe = {"attainment": 0.0, "ttft_p90_s": ttft, "tpot_p90_s": tpot}
+        return {"label": label, "status": "infeasible", "probes": json.dumps([probe])}
+
+    far, near = miss("l40s", 4.0, 0.30), miss("h100", 1.5, 0.06)
+    s = spec(slo=Slo(1.0, 0.05))
+    for rows in ([far, near], [near, far]):
+        res = PlanResult(
+            spec=s, rows=rows, pruned=[], pruned_by_rule={}, evaluated=2, reused=0, wall_s=0.0
+        )
+        assert res.closest_miss()["label"] == "h100"  # type: ignore[index]
+
+
 def test_plan_refuses_bad_questions(tmp_path: Path) -> None:
     with pytest.raises(ServesimError, match="Unknown device"):
         run_plan(spec(), SearchSpace(devices=("h900",)), tmp_path, workers=1, quiet=True)
