@@ -341,3 +341,29 @@ def test_simulator_fed_mix_is_feasible_and_cheaper_than_one_type(fed_plan) -> No
     assert sol.cost_per_hour <= single.cost_per_hour + 1e-9
     assert sol.cost_per_hour < base_cost
     assert len(p.devices) >= 2
+
+
+def test_a_mix_plan_measures_buckets_on_the_requests_asked_for(monkeypatch) -> None:
+    """`plan --mix --num-requests N` measured each bucket's capacity on a fixed 600-request
+    base whatever N said; the requests asked for now reach the capacity runs (the mix's own
+    default stays when none are asked for)."""
+    import servesim.planner.melange as melange
+    from servesim.cli.main import main
+
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(*args: object, **kwargs: object) -> None:
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(melange, "plan_mix", fake)
+    base = ["plan", "--model", "meta-llama/Llama-3.1-8B", "--gpus", "l4,a100_sxm", "--mix"]
+    base += ["--rate", "5"]
+    for extra in (["--num-requests", "900"], []):
+        with pytest.raises(Stop):
+            main([*base, *extra])
+    assert seen[0].get("num_requests") == 900
+    assert "num_requests" not in seen[1]

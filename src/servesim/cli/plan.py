@@ -498,6 +498,8 @@ def _mix(spec: PlanSpec, space: SearchSpace, s: PlanSettings) -> int:
         list(s.output_edges),
         tp=space.tp,
         slice_factor=s.slice_factor,
+        # the buckets' capacity runs: the requests asked for, else the mix's own default
+        **({"num_requests": spec.workload.num_requests} if s.given("num_requests") else {}),
     )
     table = Table(title=Text(f"cheapest mix for {spec.rate_per_s:g} req/s of {spec.model}"))
     for col in ("type", "replicas", "devices", "$/h", "simulated attainment"):
