@@ -378,3 +378,16 @@ def test_cli_prompt_pool_needs_a_closed_loop(capsys) -> None:
     )
     _, err = capsys.readouterr()
     assert code == 2 and "--prompt-pool applies to closed loops only" in err
+
+
+def test_the_inter_token_gaps_of_a_warm_up_are_left_out_with_its_latencies() -> None:
+    """Every other latency of a closed loop with a warm-up counts its measured requests only;
+    the inter-token histogram counted the whole run. With every output the same length the
+    measured gaps' mean is the measured TPOT mean, which the warm-up's heavier load broke."""
+    dep = Deployment(model=load_model("meta-llama/Llama-3.1-8B"), device=Catalog().get("h100_sxm"))
+    loop = ClosedLoop(64, 256, Fixed(4000), Fixed(300), warmup_requests=192)
+    s = simulate(dep, closed_loop=loop).summary()
+    assert s["requests"] == 64
+    assert s["itl_s"]["mean"] == pytest.approx(s["tpot_s"]["mean"], rel=0.01)
+    whole = simulate(dep, closed_loop=dataclass_replace(loop, warmup_requests=0)).summary()
+    assert whole["itl_s"]["mean"] == pytest.approx(whole["tpot_s"]["mean"], rel=0.01)

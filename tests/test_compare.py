@@ -148,3 +148,43 @@ def test_runs_are_named_by_their_folder_and_the_title_says_each_label_once(tmp_p
     labels = ["--labels", "[red]x", "[/b]"]
     code, out, _ = _cli(["compare", str(a), str(b), *labels, "--out", str(tmp_path / "c3")], capsys)
     assert code == 0 and "[red]x (A) vs [/b] (B)" in out
+
+
+def test_a_simulated_warm_up_is_left_out_of_the_comparison_as_of_the_summary(tmp_path):
+    """`simulate` leaves a closed loop's warm-up requests out of every latency; `compare` read
+    the same requests.parquet whole and counted them. The summary now names how many there
+    were and the comparison drops them."""
+    cols = _cols([5.0, 5.0, 0.1, 0.2, 0.3], 0.02)  # two slow warm-up requests first
+    write_parquet(cols, tmp_path / "requests.parquet")
+    write_summary({"warmup_requests": 2}, tmp_path / "summary.json")
+    run = compare.load_run(tmp_path)
+    s = run.summary(compare.Slo(1.0, 0.05))
+    assert s["requests"] == 3 and s["ttft_s"]["p50"] == pytest.approx(0.2)
+    assert s["ttft_s"]["mean"] == pytest.approx(0.2)
+
+
+def test_a_file_without_what_the_summary_reads_is_refused_in_a_sentence(tmp_path):
+    """A Parquet file with only the six timing columns gave a KeyError traceback from the
+    summary; every column it reads is checked first."""
+    cols = _cols([0.1, 0.2], 0.02)
+    keep = ("arrival_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s")
+    write_parquet({k: cols[k] for k in keep}, tmp_path / "thin.parquet")
+    with pytest.raises(ServesimError, match="lacks column 'prompt_tokens'"):
+        compare.load_run(tmp_path / "thin.parquet")
+
+
+def test_requests_never_sent_are_not_part_of_the_run():
+    """A benchmark stopped by its deadline leaves unsent requests at arrival -1: they made
+    the run start at -1 s (duration 2.80 s against 1.80) and counted as misses."""
+    from servesim.sim.metrics import Slo, summarize
+
+    cols = _cols([0.1, 0.2, 0.3], 0.02)
+    sent = summarize(cols, Slo(1.0, 0.05))
+    unsent = {k: np.concatenate([v, v[:2]]) for k, v in cols.items()}
+    unsent["arrival_s"][3:] = -1.0
+    for k in ("first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s"):
+        unsent[k][3:] = -1.0 if k.endswith("token_s") or k == "finish_s" else np.nan
+    s = summarize(unsent, Slo(1.0, 0.05))
+    assert s["requests"] == 3 and s["duration_s"] == pytest.approx(sent["duration_s"])
+    assert s["throughput_req_per_s"] == pytest.approx(sent["throughput_req_per_s"])
+    assert s["slo_attainment"] == pytest.approx(sent["slo_attainment"])

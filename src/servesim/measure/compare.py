@@ -30,6 +30,22 @@ RATES = (
 )
 
 
+# What a run's file must hold for `summarize` and the comparison (simulate and bench write
+# them all).
+RUN_COLUMNS = (
+    "arrival_s",
+    "first_token_s",
+    "finish_s",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "prompt_tokens",
+    "generated_tokens",
+    "preemptions",
+    "queue_s",
+)
+
+
 @dataclass
 class Run:
     """One run's per-request columns and the summary it was written with (if any)."""
@@ -82,8 +98,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise
     except Exception as exc:
         raise ServesimError(f"Cannot read {str(parquet)!r} as Parquet ({exc}).") from None
-    needed = ("arrival_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s")
-    missing = [c for c in needed if c not in cols]
+    missing = [c for c in RUN_COLUMNS if c not in cols]
     if missing:
         raise ServesimError(
             f"{str(parquet)!r} lacks column {missing[0]!r}; is it a servesim requests.parquet?"
@@ -95,6 +110,12 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
             saved = json.loads(sj.read_text())
         except ValueError:
             saved = {}
+    # A simulated closed loop's warm-up requests hold the first ids; its summary leaves them
+    # out of every latency and rate, and so does the comparison.
+    warm = saved.get("warmup_requests") if isinstance(saved, dict) else None
+    if isinstance(warm, int) and warm > 0 and "request_id" in cols:
+        keep = np.asarray(cols["request_id"]) >= warm
+        cols = {k: np.asarray(v)[keep] for k, v in cols.items()}
     # A run is named by its folder (`measured/` or `measured/requests.parquet` → measured).
     folder = p if p.is_dir() else p.parent if p.name == "requests.parquet" else None
     name = label or (folder.resolve().name if folder is not None else p.stem)

@@ -258,9 +258,11 @@ class Cluster:
         # Closed loop: (when the engine sees it, request, when it was sent)
         pending: list[tuple[float, int, float]] = []
         sent_s = None
+        warm_gaps = False  # whether the warm-up's inter-token gaps are still being counted
         if closed is not None:
             # The client protocol (ramp, request rate, warm-up phase) decides each send time.
             pacer = closed.pacer()
+            warm_gaps = pacer.barrier > 0
             if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
                 sent_s = self.arrival_s = np.full(n, -1.0)
             for sent, gid in pacer.start():
@@ -386,6 +388,11 @@ class Cluster:
                     for rid in done:
                         for sent, gid in pacer.finished(float(finish[rid]), ids[rid]):
                             heapq.heappush(pending, (sent + lag(prompt_of(gid)), gid, sent))
+                    if warm_gaps and pacer.next > pacer.barrier:
+                        # The warm-up has ended: the gaps so far were its requests'.
+                        warm_gaps = False
+                        for hist in {id(r.itl): r.itl for r in self.reps}.values():
+                            hist.mark()
                 report(done)
             if tick:
                 tick = False

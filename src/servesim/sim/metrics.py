@@ -29,10 +29,22 @@ _ITL_BINS = int(math.log(1e4 / _ITL_MIN_S) / _ITL_LOG) + 2
 class ItlHistogram:
     """Inter-token gaps on geometric bins, filled in bulk for skipped decode steps."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "marked")
 
     def __init__(self) -> None:
         self.counts = [0.0] * _ITL_BINS
+        self.marked: list[float] | None = None  # the counts when `mark` was called
+
+    def mark(self) -> None:
+        """Remember the counts so far (a closed loop's warm-up ends here: `since_mark`)."""
+        self.marked = list(self.counts)
+
+    def since_mark(self) -> ItlHistogram:
+        """The gaps counted after `mark` (all of them when it was never called)."""
+        out = ItlHistogram()
+        before = self.marked or [0.0] * _ITL_BINS
+        out.counts = [max(0.0, c - b) for c, b in zip(self.counts, before, strict=True)]
+        return out
 
     @staticmethod
     def _bin(gap_s: float) -> int:
@@ -388,8 +400,12 @@ class RunSummary:
         return q.stats()
 
     def add(self, cols: dict[str, np.ndarray]) -> RunSummary:
-        """Count a chunk of rows."""
+        """Count a chunk of rows; a row never sent (arrival -1: a benchmark stopped by its
+        deadline before it) is not a request of the run and is left out."""
         slo = self.slo
+        sent = cols["arrival_s"] >= 0
+        if not sent.all():
+            cols = {k: np.asarray(v)[sent] for k, v in cols.items()}
         finish = cols["finish_s"]
         done = finish >= 0
         n, n_done = len(finish), int(done.sum())

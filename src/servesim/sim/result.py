@@ -71,7 +71,9 @@ class SimResult:
                 if not keep.all():
                     chunk = {k: v[keep] for k, v in chunk.items()}
             acc.add(chunk)
-        s = acc.result(self.itl)
+        # With a warm-up phase the gaps count from the measured phase on, as every other
+        # latency does (the warm-up ends, at its barrier, before a measured request is sent).
+        s = acc.result(self.itl.since_mark() if w else self.itl)
         dep = self.deployment
         span = s["duration_s"]
         out_tokens = max(1, acc.generated)
@@ -104,6 +106,8 @@ class SimResult:
                 "iterations": sum(r["iterations"] for r in self.replica_stats),
             }
         )
+        if w:  # its records' first ids: a comparison of the per-request file leaves them out
+            s["warmup_requests"] = w
         s.update(latency_provenance(dep))
         s.update(engine_loop(dep))
         s.update(self.extra)
