@@ -376,3 +376,20 @@ def test_the_package_runs_as_a_module() -> None:
     assert ok.returncode == 0 and b"simulate" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "servesim", "simulat"], capture_output=True)
     assert bad.returncode == 2 and b"Traceback" not in bad.stderr
+
+
+def test_predict_refuses_the_serving_loops_settings(capsys, tmp_path) -> None:
+    """`predict --response-us 5000 --stream-interval 4 --postprocess-workers 3` was accepted
+    and gave the same seconds: those shape the serving loop a simulation runs, not one
+    iteration. The flags are simulate's, and a config file naming them is refused too."""
+    base = ["predict", "--model", "meta-llama/Llama-3.1-8B", "--device", "h100_sxm"]
+    base += ["--engine", "trtllm", "--decode-seqs", "8"]
+    for flag_ in (["--response-us", "5000"], ["--stream-interval", "4"]):
+        assert main([*base, *flag_]) == 2
+        err = capsys.readouterr().err
+        assert "does not take" in err and "Traceback" not in err
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("model: meta-llama/Llama-3.1-8B\ndevice: h100_sxm\ndecode_seqs: 8\n")
+    cfg.write_text(cfg.read_text() + "postprocess_workers: 3\n")
+    assert main(["predict", "--config", str(cfg)]) == 2
+    assert "Unknown setting 'postprocess_workers'" in capsys.readouterr().err

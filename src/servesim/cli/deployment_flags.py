@@ -105,9 +105,6 @@ class DeploymentSettings(Settings):
     lm_head_split: LmHeadSplit | None = None  # None: the engine's under attention DP
     max_kv_tokens: PosInt | None = None  # None: what memory allows
     token_count_compile_ms: NonNegFloat | None = None  # None: the engine release's
-    response_us: NonNegFloat | None = None  # None: the engine's serving loop
-    stream_interval: PosInt | None = None
-    postprocess_workers: PosInt | None = None
     weight_dtype: NonEmpty | None = None
     kv_dtype: NonEmpty | None = None
     fit: NonEmpty | None = None
@@ -315,34 +312,34 @@ def add_deployment_args(p: argparse.ArgumentParser, simulate: bool) -> None:
         "0 turns it off; default: the engine release's",
     )
     g.add_argument(
-        "--response-us",
-        type=float,
-        metavar="US",
-        help="host microseconds the serving process spends on each streamed response, one at a "
-        "time (TensorRT-LLM: 69; a slower loop than the engine queues tokens); 0 turns it off",
-    )
-    g.add_argument(
-        "--stream-interval",
-        type=int,
-        metavar="N",
-        help="steps between a running request's streamed responses (TensorRT-LLM "
-        "stream_interval; default 1)",
-    )
-    g.add_argument(
-        "--postprocess-workers",
-        type=int,
-        metavar="N",
-        help="processes that share the response handling (TensorRT-LLM "
-        "num_postprocess_workers; default: the serving loop alone)",
-    )
-    g.add_argument(
         "--mxfp4-activation",
         choices=MXFP4_ACTIVATIONS,
         help="what MXFP4 experts (gpt-oss) quantise activations to: mxfp8 (W4A8: TensorRT-LLM "
         "and SGLang on Blackwell, vLLM with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1) or bf16 "
         "(W4A16); auto (default): the engine's own choice on the GPU",
     )
-    if simulate:
+    if simulate:  # the serving loop's own costs: a simulation runs it, one iteration does not
+        g.add_argument(
+            "--response-us",
+            type=float,
+            metavar="US",
+            help="host microseconds the serving process spends on each streamed response, one at a "
+            "time (TensorRT-LLM: 69; a slower loop than the engine queues tokens); 0 turns it off",
+        )
+        g.add_argument(
+            "--stream-interval",
+            type=int,
+            metavar="N",
+            help="steps between a running request's streamed responses (TensorRT-LLM "
+            "stream_interval; default 1)",
+        )
+        g.add_argument(
+            "--postprocess-workers",
+            type=int,
+            metavar="N",
+            help="processes that share the response handling (TensorRT-LLM "
+            "num_postprocess_workers; default: the serving loop alone)",
+        )
         add_switch(
             g,
             "--overlap-scheduling",
@@ -398,6 +395,7 @@ def build_deployment(s: DeploymentSettings) -> Any:
 
     device = catalog(s.devices).get(s.device)
     model = load_model(s.model)
+    response_us = getattr(s, "response_us", None)
     if s.weight_dtype or s.kv_dtype:
         model = model.with_dtypes(weight=s.weight_dtype, kv=s.kv_dtype)
     par = Parallel(tp=s.tp, pp=s.pp, ep=s.ep, dp=s.dp)
@@ -426,9 +424,10 @@ def build_deployment(s: DeploymentSettings) -> Any:
             token_count_compile_s=(
                 None if s.token_count_compile_ms is None else s.token_count_compile_ms / 1e3
             ),
-            response_s=None if s.response_us is None else s.response_us / 1e6,
-            stream_interval=s.stream_interval,
-            postprocess_workers=s.postprocess_workers,
+            # the serving loop's own settings: simulate's (`predict` prices one iteration)
+            response_s=None if response_us is None else response_us / 1e6,
+            stream_interval=getattr(s, "stream_interval", None),
+            postprocess_workers=getattr(s, "postprocess_workers", None),
             version=s.engine_version,
         ),
         replicas=getattr(s, "replicas", 1),

@@ -28,6 +28,7 @@ from servesim.cli.output import console, print_summary, print_workflows
 from servesim.cli.settings import (
     Misuse,
     NonEmpty,
+    NonNegFloat,
     PosFloat,
     PosInt,
     WorkloadSettings,
@@ -70,7 +71,11 @@ class SimulateSettings(
     """Everything `servesim simulate` reads."""
 
     replicas: PosInt = 1
+    # The serving loop around the engine's iterations (`predict` prices one iteration alone).
     overlap_scheduling: bool | None = None
+    response_us: NonNegFloat | None = None  # None: the engine's serving loop
+    stream_interval: PosInt | None = None
+    postprocess_workers: PosInt | None = None
     measured: NonEmpty | None = None
     ttft_slo: PosFloat = 2.0
     tpot_slo: PosFloat = 0.1
