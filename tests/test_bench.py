@@ -269,3 +269,17 @@ def test_bench_summary_shows_only_what_a_measurement_knows(server, tmp_path, cap
     assert "TTFT" in out and "SLO attainment" in out and "requests finished" in out
     for row in ("mean batch size", "KV-cache use", "preemptions", "energy", "queueing", "$ per"):
         assert row not in out, row
+
+
+def test_a_prompt_pool_sends_its_entries_again(server):
+    """`bench --prompt-pool 2` was accepted but every request got its own prompt, while the
+    simulation of the same flags repeats two (and its prefix cache serves the repeats). Each
+    entry's text now goes out again whenever the pool picks it."""
+    server.max_in_flight = 0
+    for pool, distinct in ((2, 2), (0, 10)):
+        server.bodies.clear()
+        loop = ClosedLoop(2, 10, f"fixed:{10 + BOS}", "fixed:3", seed=1, dataset_entries=pool)
+        res = bench.run(_target(server), loop, _prompts(), deadline_s=20)
+        assert res.status_counts()["ok"] == 10
+        sent = [b.get("prompt") or b["messages"][-1]["content"] for b in server.bodies]
+        assert len(sent) == 10 and len(set(sent)) == distinct

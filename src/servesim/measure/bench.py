@@ -492,10 +492,18 @@ async def _run_async(
     o_tok = np.asarray(work.output_tokens, dtype=np.int64)
     n = len(p_tok)
     recs = [Record(int(p_tok[i]), int(o_tok[i])) for i in range(n)]
-    bodies = [
-        target.payload(prompts.build(int(p_tok[i]), _rng_for(seed, i)), int(o_tok[i]))
-        for i in range(n)
-    ]
+    # A closed loop with a prompt pool (`--prompt-pool`, aiperf's dataset entries) sends each
+    # entry's same text again, as the simulation assumes (its prefix cache serves repeats).
+    entry = work.entry_of if closed else None
+    texts: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        k = int(entry[i]) if entry is not None else i
+        if k not in texts:
+            texts[k] = prompts.build(int(p_tok[i]), _rng_for(seed, k))
+        return texts[k]
+
+    bodies = [target.payload(text(i), int(o_tok[i])) for i in range(n)]
     sem = asyncio.Semaphore(max_concurrency)
     # One connection per request: servers that close a finished stream's connection (llama.cpp)
     # would otherwise fail the next request that reuses it.
