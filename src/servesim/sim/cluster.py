@@ -262,7 +262,7 @@ class Cluster:
         if closed is not None:
             # The client protocol (ramp, request rate, warm-up phase) decides each send time.
             pacer = closed.pacer()
-            warm_gaps = pacer.barrier > 0
+            warm_gaps = getattr(pacer, "barrier", 0) > 0  # (a workflow loop has none)
             if any(getattr(c, "wants_arrivals", False) for c in self.controllers):
                 sent_s = self.arrival_s = np.full(n, -1.0)
             for sent, gid in pacer.start():
