@@ -50,11 +50,11 @@ def test_lone_request_ttft_is_its_prefill_and_tpot_its_decode_steps() -> None:
     # Inter-token latencies are the decode steps (a histogram: within its 0.1 % buckets).
     assert summary["itl_s"]["mean"] == pytest.approx(sum(steps) / 49, rel=5e-3)
     assert summary["itl_s"]["p50"] == pytest.approx(float(np.median(steps)), rel=5e-3)
-    # Time means over the run (arrival to finish): one sequence decodes from its first token
-    # to its end; the engine is busy from the frontend's hand-over to the end (a 2,000-point
+    # Time means over the run (arrival to finish): one sequence runs from its prefill to its
+    # end, and the engine is busy for as long, from the frontend's hand-over (a 2,000-point
     # time grid: within 1e-3).
     duration = front + prefill + sum(steps)
-    assert summary["mean_batch_size"] == pytest.approx(sum(steps) / duration, abs=1e-3)
+    assert summary["mean_batch_size"] == pytest.approx((prefill + sum(steps)) / duration, abs=1e-3)
     assert summary["utilisation"] == pytest.approx((prefill + sum(steps)) / duration, rel=1e-6)
 
 
@@ -75,21 +75,23 @@ def test_kv_use_grows_through_a_decode_stretch() -> None:
 
 
 def test_time_means_count_short_bursts_between_grid_points() -> None:
-    """Three lone requests at 0, 1 and 10,000 s: each decodes 49 steps alone, so the mean batch
-    size is three decode spans over the run, though the one at 1 s falls between two points of
-    the series' 2,000-point grid (it once read 0)."""
+    """Three lone requests at 0, 1 and 10,000 s, each alone from its scheduling to its end (its
+    prefill and 49 decode steps): the mean batch size is those three spans over the run, though
+    the one at 1 s falls between two points of the series' 2,000-point grid (it once read 0)."""
     d = dep()
     res = simulate(d, Workload(np.array([0.0, 1.0, 1e4]), np.full(3, 1000), np.full(3, 50)))
     cols, s = res.columns(), res.summary()
-    decoding = float((cols["finish_s"] - cols["first_token_s"]).sum())
-    assert s["mean_batch_size"] == pytest.approx(decoding / s["duration_s"], rel=1e-6)
+    running = float((cols["finish_s"] - cols["scheduled_s"]).sum())
+    assert s["mean_batch_size"] == pytest.approx(running / s["duration_s"], rel=1e-6)
 
 
 def test_a_preempted_request_leaves_the_series_when_it_is_preempted() -> None:
     """Two 1,000/400 requests in a 2,400-token cache: B is preempted at 1.512 s and recomputed
     once A finishes at 2.951 s. The series used to keep both running (and their KV) until A's
-    end, as the pass logged its sample before preempting. An audit's hand timeline (A's decode
-    span and B's two, over the run: 1.320 sequences; their KV over time: 0.663 of the cache)."""
+    end, as the pass logged its sample before preempting. An audit's hand timeline, with each
+    prefill counted since the iterations that admit prompts sample them (stop 66): A from its
+    scheduling to its end, B from its scheduling to 1.512 s and from A's end to its own, over
+    the run (1.337 sequences; before, decode spans only: 1.320); their KV 0.667 of the cache."""
     lean = get_engine("vllm").with_overrides(
         request_overhead_s=0.0, tokenize_s_per_token=0.0, overlap_scheduling=False
     )
@@ -97,8 +99,12 @@ def test_a_preempted_request_leaves_the_series_when_it_is_preempted() -> None:
     res = simulate(d, Workload(np.array([0.0, 0.001]), np.full(2, 1000), np.full(2, 400)))
     assert res.columns()["preemptions"].tolist() == [0, 1]
     s = res.summary()
-    assert s["mean_batch_size"] == pytest.approx(1.320, rel=2e-3)
-    assert s["mean_kv_use"] == pytest.approx(0.663, rel=2e-3)
+    c = res.columns()
+    a_end = c["finish_s"][0]
+    by_hand = a_end - c["scheduled_s"][0] + 1.512 - c["scheduled_s"][1] + c["finish_s"][1] - a_end
+    assert s["mean_batch_size"] == pytest.approx(by_hand / s["duration_s"], rel=2e-3)
+    assert s["mean_batch_size"] == pytest.approx(1.337, rel=2e-3)
+    assert s["mean_kv_use"] == pytest.approx(0.667, rel=2e-3)
     # Every gap between consecutive tokens counts, B's stall across its recompute too (it was
     # left out: 797 gaps): 399 + 399, their mean the requests' decode spans over them.
     cols = res.columns()
@@ -458,3 +464,23 @@ def test_sglang_admits_a_prompt_only_with_room_left_for_decoding() -> None:
     assert (cols["generated_tokens"] == 3000).all()
     vllm = np.sort(simulate(with_kv_tokens(dep(), 8000), w).columns()["scheduled_s"])
     assert vllm[1] == vllm[3]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "output", "rate", "chunked"),
+    [(500, 1, 10.0, True), (8000, 2, 8.0, False), (2000, 64, 4.0, True)],
+)
+def test_the_mean_batch_counts_every_request_from_its_scheduling_to_its_end(
+    prompt: int, output: int, rate: float, chunked: bool
+) -> None:
+    """Mean sequences running is the time mean of the requests between being scheduled and
+    finishing: a prompt counts during its prefill iteration too. The series sampled before
+    an iteration admitted its prompts, so one-token outputs showed a mean batch of 0."""
+    dep = Deployment(model=LLAMA8, device=H100, chunked_prefill=chunked)
+    wl = synthetic(100, rate, Fixed(prompt), Fixed(output), seed=3)
+    res = simulate(dep, wl)
+    c = res.columns()
+    s = res.summary()
+    span = c["finish_s"].max() - c["arrival_s"].min()
+    by_hand = float((c["finish_s"] - c["scheduled_s"]).sum()) / span
+    assert s["mean_batch_size"] == pytest.approx(by_hand, rel=1e-6)

@@ -205,6 +205,9 @@ class BatchFormation:
         if self.stall_s:
             dt += self.stall_s
             self.stall_s = 0.0
+        # The prompts this iteration admitted run in it: the series point at its start (taken
+        # before they were admitted) is followed by one that counts them and their blocks.
+        self._sample_kv(self.now, len(self.off))
         self._mixed = (self.now, dt, n_dec, chunks)
         self.next_t = self.now + dt
         return True

@@ -276,6 +276,9 @@ class PolicyBatchFormation:
         self.stall_s = 0.0
         tokens = n_dec + sum(n for _, n in chunks)
         self.mixed_shapes.append(tokens << 20 | (n_dec + len(chunks)))
+        # The prompts this iteration admitted run in it: the series point at its start (taken
+        # before they were admitted) is followed by one that counts them and their blocks.
+        self._sample_kv(self.now, len(self.off))
         self._mixed = (self.now, dt, n_dec, chunks)
         self.next_t = self.now + dt
         return True
