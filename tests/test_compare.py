@@ -188,3 +188,15 @@ def test_requests_never_sent_are_not_part_of_the_run():
     assert s["requests"] == 3 and s["duration_s"] == pytest.approx(sent["duration_s"])
     assert s["throughput_req_per_s"] == pytest.approx(sent["throughput_req_per_s"])
     assert s["slo_attainment"] == pytest.approx(sent["slo_attainment"])
+
+
+def test_a_label_with_a_comma_keeps_the_table_four_columns_wide(tmp_path):
+    import csv
+
+    a = compare.Run("a", _cols([0.1, 0.2, 0.3], 0.02), {})
+    b = compare.Run("b", _cols([0.2, 0.4, 0.6], 0.01), {})
+    rows = compare.compare(a, b)
+    path = compare.write_table(rows, tmp_path / "c.csv", "vllm, tp 2", 'h100 "sxm"')
+    table = list(csv.reader(path.open()))
+    assert table[0] == ["metric", "vllm, tp 2", 'h100 "sxm"', "rel_err"]
+    assert {len(r) for r in table} == {4}

@@ -9,6 +9,7 @@ Relative errors are of B against A: (B - A) / |A|.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
@@ -182,9 +183,10 @@ def write_table(rows: list[dict[str, Any]], path: str | Path, a: str, b: str) ->
     """Write the comparison rows as CSV (metric, A, B, relative error)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"metric,{a},{b},rel_err"]
-    for r in rows:
-        vals = [r["a"], r["b"], r["rel_err"]]
-        lines.append(",".join([r["metric"], *("" if v is None else f"{v:.6g}" for v in vals)]))
-    p.write_text("\n".join(lines) + "\n")
+    with p.open("w", newline="") as f:  # csv quotes a label holding a comma or a quote
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["metric", a, b, "rel_err"])
+        for r in rows:
+            vals = [r["a"], r["b"], r["rel_err"]]
+            w.writerow([r["metric"], *("" if v is None else f"{v:.6g}" for v in vals)])
     return p
