@@ -119,3 +119,24 @@ def test_a_stated_skew_raises_the_measured_expert_time_too() -> None:
     assert skewed / base == pytest.approx(r1 / r0, rel=1e-6) and skewed > 1.5 * base
     eplb = experts(replace(dep, expert_load=ExpertLoad(1.0, "eplb", 32)))[0]
     assert eplb == pytest.approx(base, rel=0.02)
+
+
+def test_a_rank_with_fewer_experts_than_top_k_still_gets_its_share_of_the_routed_rows() -> None:
+    """Mixtral (8 experts, top-2) on 8 H100s at EP 8: each rank holds one expert, yet a
+    quarter of the 8,192 tokens' 16,384 choices (T·k/EP = 2,048 rows) reach it. The rows were
+    taken as T/EP · min(k, experts a rank), half that, so the layer priced at EP 8 in half its
+    EP 4 time with the same FLOPs (1.6 PFLOP/s on a 989 TFLOP/s part). Every EP degree now
+    runs the same FLOPs over the same devices, at the same roofline time."""
+    model = load_model("mistralai/Mixtral-8x7B-v0.1")
+    h100 = Catalog().get("h100_sxm")
+    up = {}
+    for ep in (1, 4, 8):
+        par = Parallel(tp=8, ep=ep)
+        dep = Deployment(model=model, device=h100, parallel=par, latency_model="roofline")
+        cost = dep.predictor().iteration(BatchShape(prefill=((8192, 0),)), breakdown=True)
+        up[ep] = next(op for op in cost.ops if op.name == "moe_up_proj")
+    flops = {ep: t.flops for ep, t in up.items()}
+    assert flops[1] == pytest.approx(flops[8]) and flops[4] == pytest.approx(flops[8])
+    assert up[8].seconds == pytest.approx(up[4].seconds, rel=0.02)
+    peak = h100.peak_flops_per_s["bf16"]
+    assert up[8].flops / 8 / up[8].seconds < peak  # per device, below the tensor-core peak

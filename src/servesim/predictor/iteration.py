@@ -1123,7 +1123,9 @@ class Predictor:
         width = m.moe_intermediate_size // p.moe_tp
         frac = min(1.0, k_top / experts)
         hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
-        rows = routed * min(k_top, experts) / hit
+        # Each of a token's k choices lands on this rank with probability 1/EP however few
+        # experts the rank holds: T·k/EP rows over the experts hit.
+        rows = routed * k_top / hit
         up = (2 if m.gated_mlp else 1) * width
         cdt = gemm_compute_dtype(m.expert_dtype, self.device.peak_flops_per_s)
         wdt = m.expert_dtype

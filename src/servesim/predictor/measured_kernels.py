@@ -562,7 +562,7 @@ def moe_roofline_np(
     width = np.floor(inter / tp)
     frac = np.minimum(1.0, k_top / experts)
     hit = np.maximum(experts * (1.0 - (1.0 - frac) ** routed), 1e-9)
-    rows = routed * np.minimum(k_top, experts) / hit
+    rows = routed * k_top / hit  # T·k/EP rows a rank, however few experts it holds
     up = (2.0 if gated else 1.0) * width
     cdt = gemm_compute_dtype(weight_dtype, device.peak_flops_per_s)
     sec = roofline.gemm_np(rows, up, h, cdt, device, fit, weight_dtype, groups=hit)
