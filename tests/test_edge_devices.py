@@ -77,6 +77,26 @@ def test_recipe_bytes_match_published_gguf_sizes(llama8, quant, published_gb) ->
     assert got == pytest.approx(published_gb, rel=0.01)
 
 
+def test_moe_q4_k_m_widens_the_experts_down_projections_as_llama_cpp_does() -> None:
+    """llama.cpp's Q4_K_M rule for `ffn_down` also matches `ffn_down_exps`: the experts' down
+    projections are Q6_K on the `use_more_bits` layers. Pricing them in Q4_K made Qwen3-30B-A3B
+    17.31 GB against the published 18.6 GB GGUF (unsloth's Qwen3-30B-A3B-Q4_K_M: 18.6 GB)."""
+    from servesim.spec.model import load_model
+
+    m = load_model("Qwen/Qwen3-30B-A3B")
+    got = ds.weight_bytes(m, get_quant("q4_k_m")) / 1e9
+    assert got == pytest.approx(18.6, rel=0.01)
+    # by hand: a widened layer (0) differs from a plain one (4 of 48) by its 128 experts' down
+    # projections (2048 x 768 each) and its attention's v (2048 x 4 heads x 128), Q6_K not Q4_K
+    q4, q6 = ds.BLOCK_BYTES_PER_WEIGHT["q4_k"], ds.BLOCK_BYTES_PER_WEIGHT["q6_k"]
+    assert use_more_bits(0, 48) and not use_more_bits(7, 48)
+    down = 128 * m.hidden_size * m.moe_intermediate_size
+    v = m.hidden_size * m.num_kv_heads * m.head_dim
+    q = get_quant("q4_k_m")
+    gained = ds.layer_weight_bytes(m, q, 0) - ds.layer_weight_bytes(m, q, 7)
+    assert gained == pytest.approx((down + v) * (q6 - q4))
+
+
 def test_decode_step_by_hand() -> None:
     m = ModelSpec("t", "llama", 2, 256, 4, 4, 64, 512, 1000)
     q = get_quant("f16")

@@ -208,11 +208,11 @@ def layer_work(
         ep = model.expert_params()
         fmt = quant.base
         flops[fmt] = flops.get(fmt, 0.0) + 2.0 * ep * step.tokens * k
-        wbytes += hit * ep * BLOCK_BYTES_PER_WEIGHT[fmt]
+        wbytes += hit * _expert_bytes(model, quant, layer)
         if model.shared_expert_intermediate_size:
-            sp = model.mlp_params(model.shared_expert_intermediate_size)
-            flops[fmt] += 2.0 * sp * step.tokens
-            wbytes += sp * BLOCK_BYTES_PER_WEIGHT[fmt]
+            width = model.shared_expert_intermediate_size
+            flops[fmt] += 2.0 * model.mlp_params(width) * step.tokens
+            wbytes += _ffn_bytes(model, quant, layer, width)
     kv_per_token = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
     kv_read = step.seqs * step.context * kv_per_token
     kv_write = step.tokens * kv_per_token
@@ -261,6 +261,18 @@ def model_work(model: ModelSpec, quant: Quant, step: Step) -> Work:
     return layers_work(model, quant, range(model.num_layers), step) + head_work(model, quant, step)
 
 
+def _ffn_bytes(model: ModelSpec, quant: Quant, layer: int, width: int, extra: int = 0) -> float:
+    """Bytes of one (expert) MLP of `width` in a layer: its down projection takes the wider
+    format on llama.cpp's `use_more_bits` layers like a dense one (`ffn_down_exps` and
+    `ffn_down_shexp` match its `ffn_down` rule), gate and up the base one; `extra` parameters
+    (biases) in the base format."""
+    h = model.hidden_size
+    down = h * width
+    base = BLOCK_BYTES_PER_WEIGHT[quant.base]
+    rest = model.mlp_params(width) - down + extra
+    return rest * base + down * quant.layer_bytes_per_weight("down", layer, model.num_layers)
+
+
 def layer_weight_bytes(model: ModelSpec, quant: Quant, layer: int) -> float:
     """Bytes of one decoder layer's weights (all experts of an MoE layer), norms in f32."""
     check_supported(model)
@@ -269,11 +281,16 @@ def layer_weight_bytes(model: ModelSpec, quant: Quant, layer: int) -> float:
         for part, p in _matrices(model, layer).items()
     )
     if _is_moe_layer(model, layer):
-        per = BLOCK_BYTES_PER_WEIGHT[quant.base]
-        b += model.num_experts * model.expert_params() * per + model.router_params() * 4.0
+        b += model.num_experts * _expert_bytes(model, quant, layer) + model.router_params() * 4.0
         if model.shared_expert_intermediate_size:
-            b += model.mlp_params(model.shared_expert_intermediate_size) * per
+            b += _ffn_bytes(model, quant, layer, model.shared_expert_intermediate_size)
     return b + 2 * model.hidden_size * 4.0
+
+
+def _expert_bytes(model: ModelSpec, quant: Quant, layer: int) -> float:
+    """Bytes of one routed expert of a layer (`_ffn_bytes`, its biases in the base format)."""
+    extra = model.expert_params() - model.mlp_params(model.moe_intermediate_size)
+    return _ffn_bytes(model, quant, layer, model.moe_intermediate_size, extra)
 
 
 def embedding_bytes(model: ModelSpec, quant: Quant) -> float:
