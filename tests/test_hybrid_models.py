@@ -165,6 +165,11 @@ def test_dsa_kv_adds_the_indexer_keys() -> None:
     assert m.is_sparse and m.index_topk == 2048 and m.kv_dtype == "bf16"
     # latent 512 + rope 64 in bf16, plus 128 fp8 indexer key values and one fp32 scale
     assert m.kv_bytes_per_token() == 61 * ((512 + 64) * 2 + 128 + 4)
+    # An fp8 cache takes the sparse MLA kernels' layout (FlashMLA, vLLM `fp8_ds_mla`, SGLang's
+    # NSA pool): 512 fp8 latent values, 4 fp32 scales, 64 rope values in bf16 = 656 bytes.
+    nv = load_model("nvidia/DeepSeek-V3.2-NVFP4")
+    assert nv.kv_dtype == "fp8"
+    assert nv.kv_bytes_per_token() == 61 * ((512 + 4 * 4 + 64 * 2) + 128 + 4)
 
 
 def test_hybrid_memory_reserves_state_per_sequence() -> None:
@@ -227,15 +232,17 @@ def test_checkpoint_formats_nvfp4_with_mtp() -> None:
     assert m.kv_dtype == "fp8" and m.mtp_dtype == "bf16" and m.num_mtp_layers == 1
     c = m.param_counts()
     o_proj = 61 * 128 * 128 * 7168  # layers x heads x v_head_dim x hidden
+    fp4 = 0.5 + 1 / 16  # NVFP4: 4-bit values and one FP8 scale per 16 (4.5 bits a weight)
     expected = (
-        c["routed_experts"] * 0.5
+        c["routed_experts"] * fp4
         + (c["attention"] - o_proj) * 2.0
-        + o_proj * 0.5
-        + (c["dense_mlp"] + c["shared_experts"]) * 0.5
+        + o_proj * fp4
+        + (c["dense_mlp"] + c["shared_experts"]) * fp4
         + (c["router"] + c["norms"] + c["embedding"]) * 2.0
         + m.mtp_params() * 2.0
     )
     assert m.param_bytes() == pytest.approx(expected)
+    assert m.param_bytes() / 1e9 == pytest.approx(409.6, abs=0.1)  # 368.0 without the scales
     # DeepSeek-V3 model card: 14B of MTP module weights (its own embedding and head included)
     assert (m.mtp_params() + m.embedding_params()) / 1e9 == pytest.approx(14.0, rel=0.05)
     # the MTP layer is held in memory: per device, its bytes over TP 8
@@ -243,6 +250,12 @@ def test_checkpoint_formats_nvfp4_with_mtp() -> None:
     par = Parallel(tp=8)
     diff = weight_bytes_per_device(m, par) - weight_bytes_per_device(no_mtp, par)
     assert diff == pytest.approx(m.mtp_bytes() / 8)
+    # MLA's down-projections stay whole on every TP rank (vLLM and SGLang `ReplicatedLinear`,
+    # TensorRT-LLM's `fused_a`): 61 x (7168 x 1536 + 1536 + 7168 x 576 + 512) bf16 values
+    whole = 61 * (7168 * 1536 + 1536 + 7168 * (512 + 64) + 512) * 2.0
+    assert m.replicated_attention_bytes() == pytest.approx(whole)
+    one = weight_bytes_per_device(m, Parallel(tp=1))
+    assert weight_bytes_per_device(m, par) == pytest.approx((one - whole) / 8 + whole)
 
 
 def _write(tmp_path, cfg, quant=None):
@@ -504,10 +517,11 @@ def test_an_output_projection_the_checkpoint_quantises_keeps_its_format(tmp_path
         assert (m.attn_weight_dtype, m.attn_out_weight_dtype) == ("bf16", want), excluded
         # the o_proj weights (4 layers x 8 heads x 128 x 1024) count in their own format
         c, o_proj = m.param_counts(), 4 * 8 * 128 * 1024
-        attn = (c["attention"] - o_proj) * 2.0 + o_proj * (0.5 if want == "fp4" else 2.0)
+        fp4 = 0.5 + 1 / 16  # NVFP4 values and their FP8 scales
+        attn = (c["attention"] - o_proj) * 2.0 + o_proj * (fp4 if want == "fp4" else 2.0)
         rest = m.param_bytes() - attn
         assert rest == pytest.approx(
-            (c["dense_mlp"] + c["shared_experts"]) * 0.5
+            (c["dense_mlp"] + c["shared_experts"]) * fp4
             + (c["router"] + c["norms"]) * 2.0
             + c["embedding"] * 2.0
         )

@@ -22,6 +22,12 @@ BYTES_PER_ELEMENT: dict[str, float] = {
     "mxfp4": 0.5 + 1 / 32,  # 4-bit values plus one 8-bit scale per 32 elements
 }
 
+# Bytes a weight element takes in a checkpoint, its block scales included (what memory
+# holds): NVFP4 stores one FP8 (E4M3) scale per 16 values besides a per-tensor FP32 one, 4.5
+# bits a value; MXFP4's E8M0 scale per 32 is in BYTES_PER_ELEMENT already. The kernel
+# rooflines keep BYTES_PER_ELEMENT, the basis their efficiencies were fitted on.
+STORAGE_BYTES: dict[str, float] = {**BYTES_PER_ELEMENT, "fp4": 0.5 + 1 / 16}
+
 ALIASES: dict[str, str] = {
     "bfloat16": "bf16",
     "float16": "fp16",
@@ -61,6 +67,11 @@ def kernel_format(weight_dtype: str, block: bool = False) -> str:
 def nbytes(name: str) -> float:
     """Bytes per element of a dtype name (any accepted spelling)."""
     return BYTES_PER_ELEMENT[canonical(name)]
+
+
+def storage_nbytes(name: str) -> float:
+    """Bytes a weight element of this format takes in memory, block scales included."""
+    return STORAGE_BYTES[canonical(name)]
 
 
 def compute_dtype(weight_dtype: str) -> str:

@@ -13,7 +13,7 @@ from typing import TypedDict
 
 from servesim.errors import ServesimError
 from servesim.spec.devices import Device
-from servesim.spec.dtypes import nbytes
+from servesim.spec.dtypes import storage_nbytes
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
@@ -54,20 +54,23 @@ def dense_ffn_bytes(model: ModelSpec) -> tuple[float, float]:
     """Bytes of the dense FFN layers (split over `Parallel.dense_tp`) and of the shared experts
     (over `Parallel.shared_tp`)."""
     c = model.param_counts()
-    w = nbytes(model.weight_dtype)
+    w = storage_nbytes(model.weight_dtype)
     return c["dense_mlp"] * w, c["shared_experts"] * w
 
 
 def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
     """Weights one device holds: layers split by PP; attention, embeddings and norms by TP
-    (replicated on every attention-DP rank); routed experts over all moe_tp × ep = tp × dp
-    devices of a stage; dense FFN layers over `dense_tp` devices, shared experts over
-    `shared_tp`."""
+    (replicated on every attention-DP rank) but for what every TP rank holds whole (MLA's
+    down-projections: `ModelSpec.replicated_attention_params`); routed experts over all
+    moe_tp × ep = tp × dp devices of a stage; dense FFN layers over `dense_tp` devices, shared
+    experts over `shared_tp`."""
     expert_bytes = model.expert_bytes()
     dense, shared = dense_ffn_bytes(model)
-    other = model.param_bytes() - expert_bytes - dense - shared
+    whole = model.replicated_attention_bytes()
+    other = model.param_bytes() - expert_bytes - dense - shared - whole
     return (
-        other / (par.tp * par.pp)
+        whole / par.pp
+        + other / (par.tp * par.pp)
         + dense / (par.dense_tp * par.pp)
         + shared / (par.shared_tp * par.pp)
         + expert_bytes / (par.pp * par.moe_tp * par.ep)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from servesim.errors import ServesimError
-from servesim.spec.dtypes import canonical, nbytes
+from servesim.spec.dtypes import canonical, nbytes, storage_nbytes
 
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "opt")
 MOE_TYPES = ("mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "minimax_m2", "llama4_text")
@@ -325,8 +325,28 @@ class ModelSpec:
         """Bytes of `params` attention parameters over `blocks` attention blocks, their output
         projections in `attn_out_weight_dtype`, the rest in `attn_weight_dtype`."""
         out = blocks * self.o_proj_params() if self.attention_out_dtype else 0
-        return (params - out) * nbytes(self.attn_weight_dtype) + out * nbytes(
+        return (params - out) * storage_nbytes(self.attn_weight_dtype) + out * storage_nbytes(
             self.attn_out_weight_dtype
+        )
+
+    def replicated_attention_params(self) -> int:
+        """Parameters of one attention block that every TP rank holds whole: MLA's
+        down-projections (q_a and kv_a with their norms) and a DSA indexer. vLLM and SGLang
+        build them as `ReplicatedLinear` (deepseek_v2.py), TensorRT-LLM its `fused_a` without a
+        TP split; the up-projections and the output projection are split."""
+        if not self.is_mla:
+            return 0
+        h = self.hidden_size
+        q_a = h * self.q_lora_rank + self.q_lora_rank if self.q_lora_rank else 0
+        kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
+        return q_a + kv_a + self.indexer_params()
+
+    def replicated_attention_bytes(self) -> float:
+        """Bytes of `replicated_attention_params` over the main attention layers."""
+        return (
+            self.num_attention_layers
+            * self.replicated_attention_params()
+            * storage_nbytes(self.attn_weight_dtype)
         )
 
     def indexer_params(self) -> int:
@@ -467,12 +487,12 @@ class ModelSpec:
             return 0.0
         p = self.mtp_layer_parts()
         if self.mtp_dtype:
-            per = sum(p.values()) * nbytes(self.mtp_dtype)
+            per = sum(p.values()) * storage_nbytes(self.mtp_dtype)
         else:
             per = (
                 self._attention_bytes(p["attention"], 1)
-                + p["routed_experts"] * nbytes(self.expert_dtype)
-                + (p["mlp"] + p["proj"]) * nbytes(self.weight_dtype)
+                + p["routed_experts"] * storage_nbytes(self.expert_dtype)
+                + (p["mlp"] + p["proj"]) * storage_nbytes(self.weight_dtype)
             )
         return self.num_mtp_layers * per
 
@@ -480,12 +500,12 @@ class ModelSpec:
         """Weight bytes: experts in `expert_dtype`, attention in `attn_weight_dtype`, embeddings
         in 16 bits, the rest in `weight_dtype`; MTP layers the checkpoint carries included."""
         c = self.param_counts()
-        w = nbytes(self.weight_dtype)
-        emb_b = nbytes(self.lm_head_dtype)  # embeddings and the head stay in 16 bits
+        w = storage_nbytes(self.weight_dtype)
+        emb_b = storage_nbytes(self.lm_head_dtype)  # embeddings and the head stay in 16 bits
         return (
-            c["routed_experts"] * nbytes(self.expert_dtype)
+            c["routed_experts"] * storage_nbytes(self.expert_dtype)
             + self._attention_bytes(c["attention"], self.num_attention_layers)
-            + c["linear_attention"] * nbytes(self.attn_weight_dtype)
+            + c["linear_attention"] * storage_nbytes(self.attn_weight_dtype)
             + (c["dense_mlp"] + c["shared_experts"]) * w
             + (c["router"] + c["norms"]) * 2.0
             + c["embedding"] * emb_b
@@ -495,8 +515,8 @@ class ModelSpec:
     def expert_bytes(self) -> float:
         """Bytes of the routed experts (main layers and MTP layers), which EP spreads."""
         mtp = self.num_mtp_layers * self.mtp_layer_parts()["routed_experts"]
-        mtp_b = mtp * nbytes(self.mtp_dtype or self.expert_dtype)
-        return self.param_counts()["routed_experts"] * nbytes(self.expert_dtype) + mtp_b
+        mtp_b = mtp * storage_nbytes(self.mtp_dtype or self.expert_dtype)
+        return self.param_counts()["routed_experts"] * storage_nbytes(self.expert_dtype) + mtp_b
 
     # ---- recurrent state (linear-attention / SSM layers) -----------------------------------
     def state_values_per_layer(self) -> tuple[int, int]:
@@ -524,6 +544,12 @@ class ModelSpec:
         """KV-cache bytes one token adds across the full-attention layers (whole model, no TP);
         linear layers hold none, DSA layers add the indexer's keys."""
         per_layer = self.kv_values_per_token_per_layer * nbytes(self.kv_dtype)
+        if self.is_sparse and canonical(self.kv_dtype) == "fp8":
+            # The sparse MLA kernels' fp8 layout (FlashMLA's, vLLM `fp8_ds_mla`, SGLang's NSA
+            # pool): the latent in fp8 with one fp32 scale per 128 values, the rope part in
+            # bf16: 512 + 16 + 128 = 656 bytes for DeepSeek-V3.2, not 576.
+            r = self.kv_lora_rank
+            per_layer = r + 4.0 * -(-r // 128) + 2.0 * self.qk_rope_head_dim
         return self.num_full_attention_layers * (per_layer + self.index_bytes_per_token_per_layer())
 
     def kv_bytes_per_seq_window(self) -> float:
