@@ -56,3 +56,20 @@ def test_a_layout_that_fits_only_without_the_mtp_layer() -> None:
     assert 0 < mem.kv_bytes < R1.mtp_bytes() / 4
     with pytest.raises(ServesimError, match=r"needs [0-9.]+ GB per device for weights"):
         replace(dep, speculative=SpeculativeDecoding("mtp", 3)).memory()
+
+
+def test_pipeline_stages_each_hold_a_whole_embedding_table() -> None:
+    """The first stage holds the input embedding and the last the output head, each whole (split
+    by TP, not by PP); the layers split over the stages. Dividing both tables by PP put
+    Llama-3.1-8B at 4.02 GB a device on 4 stages where the busiest holds 4.54."""
+    m = load_model("meta-llama/Llama-3.1-8B")
+    table = 128_256 * 4096 * 2.0  # vocab x hidden in bf16
+    one = weight_bytes_per_device(m, Parallel())
+    assert weight_bytes_per_device(m, Parallel(pp=4)) == pytest.approx(
+        (one - 2 * table) / 4 + table
+    )
+    assert weight_bytes_per_device(m, Parallel(pp=4)) / 1e9 == pytest.approx(4.54, abs=0.01)
+    assert weight_bytes_per_device(m, Parallel(pp=2)) == pytest.approx(one / 2)  # one table each
+    assert weight_bytes_per_device(m, Parallel(tp=2, pp=4)) == pytest.approx(
+        ((one - 2 * table) / 4 + table) / 2
+    )

@@ -68,6 +68,16 @@ def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
     dense, shared = dense_ffn_bytes(model)
     whole = model.replicated_attention_bytes()
     other = model.param_bytes() - expert_bytes - dense - shared - whole
+    if par.pp > 1:
+        # The first stage holds the input embedding and the last the output head (a tied one
+        # too: the last stage keeps its own copy); each splits it over TP, none over PP.
+        table_b = (
+            model.vocab_size
+            * (model.embed_dim or model.hidden_size)
+            * storage_nbytes(model.lm_head_dtype)
+        )
+        tables = 1 if model.tie_embeddings else 2
+        other += table_b * (par.pp - tables)  # so that other / pp leaves one table a device
     return (
         whole / par.pp
         + other / (par.tp * par.pp)
