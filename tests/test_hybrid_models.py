@@ -301,6 +301,45 @@ def test_quantisation_configs(tmp_path) -> None:
         _write(tmp_path, {**SMALL, "quantization_config": {"quant_method": "bitsandbytes"}})
 
 
+def test_group_scales_of_integer_checkpoints_are_held_in_memory(tmp_path) -> None:
+    """An int4 weight of a group-quantised checkpoint carries a 16-bit scale per group (and a
+    4-bit zero point per group where asymmetric): Kimi-K2.5's routed experts, int4 in groups
+    of 32, take 0.5 + 2/32 bytes each; the rest of the model stays bf16."""
+    kimi = load_model("moonshotai/Kimi-K2.5")
+    assert (kimi.expert_dtype, kimi.weight_dtype) == ("int4", "bf16")
+    assert kimi.int_scale_bytes_per_weight == pytest.approx(2 / 32)
+    plain = kimi.__class__(**{**kimi.__dict__, "int_scale_bytes_per_weight": 0.0})
+    experts = kimi.param_counts()["routed_experts"]  # 60 MoE layers x 384 x 3 x 7168 x 2048
+    assert experts == 60 * 384 * 3 * 7168 * 2048
+    assert kimi.param_bytes() - plain.param_bytes() == pytest.approx(experts * 2 / 32)
+    # the published checkpoint is about 595 GB (MoonViT's 0.4 B vision weights aside)
+    assert kimi.param_bytes() / 1e9 == pytest.approx(594.2, abs=0.1)  # 530.8 without scales
+    ct = "compressed-tensors"
+    sym = {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}
+    asym = {**sym, "symmetric": False}
+    for q, want in (
+        ({"quant_method": ct, "config_groups": {"g": {"weights": sym}}}, 2 / 128),
+        ({"quant_method": ct, "config_groups": {"g": {"weights": asym}}}, 2.5 / 128),
+        ({"quant_method": "awq", "bits": 4, "group_size": 128}, 2.5 / 128),
+        ({"quant_method": "gptq", "bits": 4, "group_size": 64, "sym": True}, 2 / 64),
+        ({"quant_method": "gptq", "bits": 4, "group_size": -1}, 0.0),  # per channel
+        ({"quant_method": "awq", "bits": 4}, 0.0),  # groups not stated
+    ):
+        m = _write(tmp_path, {**SMALL, "quantization_config": q})
+        assert m.int_scale_bytes_per_weight == pytest.approx(want), q
+        body = m.param_counts()
+        int4 = body["attention"] + body["dense_mlp"]
+        assert m.param_bytes() == pytest.approx(
+            int4 * (0.5 + want) + (body["norms"] + body["embedding"]) * 2.0
+        ), q
+    awq = {"quantization": {"quant_algo": "W4A16_AWQ", "group_size": 128}}
+    assert _write(tmp_path, SMALL, awq).int_scale_bytes_per_weight == pytest.approx(2 / 128)
+    (tmp_path / "hf_quant_config.json").unlink()
+    bad = {"quant_method": "gptq", "bits": 4, "group_size": 0.5}
+    with pytest.raises(ServesimError, match="group_size"):
+        _write(tmp_path, {**SMALL, "quantization_config": bad})
+
+
 def test_block_scaled_fp8_is_told_from_per_tensor(tmp_path) -> None:
     """DeepSeek-style `weight_block_size` and llm-compressor's block strategy mark fp8 weights
     scaled per block (their own kernels); a plain fp8 config is per-tensor."""

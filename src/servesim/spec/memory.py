@@ -54,7 +54,7 @@ def dense_ffn_bytes(model: ModelSpec) -> tuple[float, float]:
     """Bytes of the dense FFN layers (split over `Parallel.dense_tp`) and of the shared experts
     (over `Parallel.shared_tp`)."""
     c = model.param_counts()
-    w = storage_nbytes(model.weight_dtype)
+    w = model.storage_bytes(model.weight_dtype)
     return c["dense_mlp"] * w, c["shared_experts"] * w
 
 

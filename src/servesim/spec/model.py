@@ -122,6 +122,11 @@ class ModelSpec:
     # FP8, llm-compressor with `dynamic: false`, `activation_scheme: static`) rather than one
     # computed from each batch at run time: the engine skips the amax pass before each GEMM.
     fp8_static_act: bool = False
+    # Bytes of group scales (and zero points) per integer-quantised weight: a 16-bit scale per
+    # `group_size` weights (Kimi-K2.5's int4 experts, group 32: 0.0625; AWQ's group 128 with a
+    # 4-bit zero point: 0.0195). 0 where the checkpoint states no groups or the format is set
+    # by hand. Memory only, as NVFP4's block scales (`dtypes.STORAGE_BYTES`).
+    int_scale_bytes_per_weight: float = 0.0
     # The longest sequence (prompt + output tokens) the checkpoint serves, as the engines
     # derive their default limit from config.json (`context_tokens`); 0: not stated.
     max_context_tokens: int = 0
@@ -164,6 +169,11 @@ class ModelSpec:
             "max_context_tokens",
         ):
             _positive(getattr(self, key), key, where, zero_ok=True)
+        if not 0.0 <= self.int_scale_bytes_per_weight < 1.0:
+            raise ServesimError(
+                f"{where}: int_scale_bytes_per_weight must be in [0, 1), not "
+                f"{self.int_scale_bytes_per_weight}."
+            )
         if not self.is_mla and self.num_heads % self.num_kv_heads:
             raise ServesimError(
                 f"{where}: num_heads {self.num_heads} is not a multiple of num_kv_heads "
@@ -321,13 +331,19 @@ class ModelSpec:
         width = self.num_heads * (self.v_head_dim if self.is_mla else self.head_dim)
         return width * self.hidden_size
 
+    def storage_bytes(self, dtype: str) -> float:
+        """Bytes a weight of format `dtype` takes in this checkpoint: the format's own
+        (`dtypes.storage_nbytes`) plus the group scales of integer formats."""
+        extra = self.int_scale_bytes_per_weight if canonical(dtype) in ("int4", "int8") else 0.0
+        return storage_nbytes(dtype) + extra
+
     def _attention_bytes(self, params: int, blocks: int) -> float:
         """Bytes of `params` attention parameters over `blocks` attention blocks, their output
         projections in `attn_out_weight_dtype`, the rest in `attn_weight_dtype`."""
         out = blocks * self.o_proj_params() if self.attention_out_dtype else 0
-        return (params - out) * storage_nbytes(self.attn_weight_dtype) + out * storage_nbytes(
-            self.attn_out_weight_dtype
-        )
+        return (params - out) * self.storage_bytes(
+            self.attn_weight_dtype
+        ) + out * self.storage_bytes(self.attn_out_weight_dtype)
 
     def replicated_attention_params(self) -> int:
         """Parameters of one attention block that every TP rank holds whole: MLA's
@@ -346,7 +362,7 @@ class ModelSpec:
         return (
             self.num_attention_layers
             * self.replicated_attention_params()
-            * storage_nbytes(self.attn_weight_dtype)
+            * self.storage_bytes(self.attn_weight_dtype)
         )
 
     def indexer_params(self) -> int:
@@ -487,12 +503,12 @@ class ModelSpec:
             return 0.0
         p = self.mtp_layer_parts()
         if self.mtp_dtype:
-            per = sum(p.values()) * storage_nbytes(self.mtp_dtype)
+            per = sum(p.values()) * self.storage_bytes(self.mtp_dtype)
         else:
             per = (
                 self._attention_bytes(p["attention"], 1)
-                + p["routed_experts"] * storage_nbytes(self.expert_dtype)
-                + (p["mlp"] + p["proj"]) * storage_nbytes(self.weight_dtype)
+                + p["routed_experts"] * self.storage_bytes(self.expert_dtype)
+                + (p["mlp"] + p["proj"]) * self.storage_bytes(self.weight_dtype)
             )
         return self.num_mtp_layers * per
 
@@ -500,12 +516,12 @@ class ModelSpec:
         """Weight bytes: experts in `expert_dtype`, attention in `attn_weight_dtype`, embeddings
         in 16 bits, the rest in `weight_dtype`; MTP layers the checkpoint carries included."""
         c = self.param_counts()
-        w = storage_nbytes(self.weight_dtype)
+        w = self.storage_bytes(self.weight_dtype)
         emb_b = storage_nbytes(self.lm_head_dtype)  # embeddings and the head stay in 16 bits
         return (
-            c["routed_experts"] * storage_nbytes(self.expert_dtype)
+            c["routed_experts"] * self.storage_bytes(self.expert_dtype)
             + self._attention_bytes(c["attention"], self.num_attention_layers)
-            + c["linear_attention"] * storage_nbytes(self.attn_weight_dtype)
+            + c["linear_attention"] * self.storage_bytes(self.attn_weight_dtype)
             + (c["dense_mlp"] + c["shared_experts"]) * w
             + (c["router"] + c["norms"]) * 2.0
             + c["embedding"] * emb_b
@@ -515,8 +531,8 @@ class ModelSpec:
     def expert_bytes(self) -> float:
         """Bytes of the routed experts (main layers and MTP layers), which EP spreads."""
         mtp = self.num_mtp_layers * self.mtp_layer_parts()["routed_experts"]
-        mtp_b = mtp * storage_nbytes(self.mtp_dtype or self.expert_dtype)
-        return self.param_counts()["routed_experts"] * storage_nbytes(self.expert_dtype) + mtp_b
+        mtp_b = mtp * self.storage_bytes(self.mtp_dtype or self.expert_dtype)
+        return self.param_counts()["routed_experts"] * self.storage_bytes(self.expert_dtype) + mtp_b
 
     # ---- recurrent state (linear-attention / SSM layers) -----------------------------------
     def state_values_per_layer(self) -> tuple[int, int]:
@@ -799,6 +815,25 @@ def _algo_dtype(algo: Any, origin: str) -> str:
     return _ALGO_DTYPES[key]
 
 
+def _group_scale_bytes(weights: list[dict[str, Any]], origin: str) -> float:
+    """Bytes of scales and zero points per integer weight of a group-quantised checkpoint: a
+    16-bit scale per group and, unless symmetric, a zero point of the weights' width (packed as
+    the weights are). 0 without groups (per-channel scales: a row's scale is negligible)."""
+    found = 0.0
+    for w in weights:
+        group = w.get("group_size")
+        if group in (None, -1, 0) or w.get("strategy") not in (None, "group", "tensor_group"):
+            continue
+        if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+            raise ServesimError(
+                f"{origin} gives group_size {group!r}; it must be a whole number of weights "
+                "(or -1 for per-channel scales)."
+            )
+        zero = 0.0 if w.get("symmetric", True) else int(w.get("num_bits") or 4) / 8
+        found = max(found, (2.0 + zero) / group)
+    return found
+
+
 def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[str, Any]:
     """Formats from a ModelOpt description (`hf_quant_config.json`'s `quantization`, or a
     `quantization_config` with quant_method modelopt)."""
@@ -811,6 +846,10 @@ def _modelopt_formats(q: dict[str, Any], num_layers: int, origin: str) -> dict[s
     dtype = _algo_dtype(algo, origin) if algo else "bf16"
     excluded = list(q.get("exclude_modules") or q.get("ignore") or [])
     out: dict[str, Any] = {"weight_dtype": dtype, "expert_dtype": dtype}
+    if dtype in ("int4", "int8") and q.get("group_size"):  # ModelOpt AWQ: symmetric groups
+        out["int_scale_bytes_per_weight"] = _group_scale_bytes(
+            [{"group_size": q.get("group_size"), "strategy": "group"}], origin
+        )
     if str(algo).upper() == "FP8":  # ModelOpt calibrates a static input scale per layer
         out["fp8_static_act"] = True
     if dtype != "bf16" and _excluded(excluded, _ATTN_MARKS):
@@ -873,7 +912,15 @@ def _quant_formats(
         if bits not in (4, 8):
             raise ServesimError(f"{origin}: {method} with {bits}-bit weights is not modelled.")
         dtype = "int4" if bits == 4 else "int8"
-        return {"weight_dtype": dtype, "expert_dtype": dtype}
+        # AutoAWQ always stores a zero point per group; GPTQ packs one unless symmetric.
+        zero = method.startswith("awq") or not q.get("sym", True)
+        group = q.get("group_size", q.get("q_group_size"))
+        spec = {"group_size": group, "num_bits": bits, "symmetric": not zero}
+        return {
+            "weight_dtype": dtype,
+            "expert_dtype": dtype,
+            "int_scale_bytes_per_weight": _group_scale_bytes([spec], origin),
+        }
     if method == "compressed-tensors":
         groups = [g for g in (q.get("config_groups") or {}).values() if isinstance(g, dict)]
         weights = [g.get("weights") or {} for g in groups]
@@ -886,6 +933,8 @@ def _quant_formats(
             dtype = "mxfp4" if "mxfp4" in fmt else ("fp4" if True in floats else "int4")
             dense = "bf16" if "self_attn" in ignore else dtype
             out = {"weight_dtype": dense, "expert_dtype": dtype}
+            if dtype == "int4":
+                out["int_scale_bytes_per_weight"] = _group_scale_bytes(weights, origin)
         elif 8 in bits:
             dtype = "fp8" if True in floats else "int8"
             out = {"weight_dtype": dtype, "expert_dtype": dtype}
