@@ -393,3 +393,20 @@ def m_config(name: str) -> dict:
 
     folder = Path(aiconfigurator_core.__file__).parent / "model_configs"
     return json.loads((folder / f"{name.replace('/', '--')}_config.json").read_text())
+
+
+def test_tp_past_the_kv_heads_replicates_the_kv_projections() -> None:
+    """vLLM's and SGLang's QKVParallelLinear give each rank one whole KV head once TP exceeds
+    the KV heads: Llama-3.1-8B (8 KV heads of 128) at TP 16 holds 32 layers x 2 x 128 x 4096
+    bf16 K/V weights a rank, not a sixteenth of all eight heads'."""
+    from servesim.spec.memory import weight_bytes_per_device
+    from servesim.spec.parallel import Parallel
+
+    m = load_model("meta-llama/Meta-Llama-3.1-8B")
+    kv = 32 * 2 * 8 * 128 * 4096 * 2.0
+    assert m.kv_projection_bytes() == pytest.approx(kv)
+    at8 = weight_bytes_per_device(m, Parallel(tp=8))
+    at16 = weight_bytes_per_device(m, Parallel(tp=16))
+    # the rest halves from 8 to 16; the K/V share (one head a rank) stays kv / 8
+    assert at16 == pytest.approx((at8 - kv / 8) / 2 + kv / 8)
+    assert load_model("deepseek-ai/DeepSeek-R1").kv_projection_bytes() == 0.0  # MLA

@@ -63,7 +63,8 @@ def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
     (replicated on every attention-DP rank) but for what every TP rank holds whole (MLA's
     down-projections: `ModelSpec.replicated_attention_params`); routed experts over all
     moe_tp × ep = tp × dp devices of a stage; dense FFN layers over `dense_tp` devices, shared
-    experts over `shared_tp`."""
+    experts over `shared_tp`. TP past the KV heads gives each rank one KV head's K and V
+    projections (vLLM's and SGLang's `QKVParallelLinear` replicate them), not a 1/tp share."""
     expert_bytes = model.expert_bytes()
     dense, shared = dense_ffn_bytes(model)
     whole = model.replicated_attention_bytes()
@@ -78,8 +79,11 @@ def weight_bytes_per_device(model: ModelSpec, par: Parallel) -> float:
         )
         tables = 1 if model.tie_embeddings else 2
         other += table_b * (par.pp - tables)  # so that other / pp leaves one table a device
+    kv_proj = model.kv_projection_bytes()
+    replicated_kv = kv_proj / min(par.tp, model.num_kv_heads) - kv_proj / par.tp
     return (
         whole / par.pp
+        + replicated_kv / par.pp
         + other / (par.tp * par.pp)
         + dense / (par.dense_tp * par.pp)
         + shared / (par.shared_tp * par.pp)

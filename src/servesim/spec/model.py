@@ -357,6 +357,15 @@ class ModelSpec:
         kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank
         return q_a + kv_a + self.indexer_params()
 
+    def kv_projection_bytes(self) -> float:
+        """Bytes of the K and V projections (biases included) over the attention layers of a
+        grouped-query model, 0 for MLA: what TP past the KV heads replicates rather than splits."""
+        if self.is_mla:
+            return 0.0
+        kv_out = self.num_kv_heads * self.head_dim
+        per_layer = 2 * kv_out * (self.hidden_size + (1 if self.attention_bias else 0))
+        return self.num_attention_layers * per_layer * self.storage_bytes(self.attn_weight_dtype)
+
     def replicated_attention_bytes(self) -> float:
         """Bytes of `replicated_attention_params` over the main attention layers."""
         return (
