@@ -364,27 +364,47 @@ def test_llama_4_interleaved_experts_and_chunked_attention(
     assert m.intermediate_size == dense_width and m.moe_intermediate_size == 8192
     assert m.shared_expert_intermediate_size == 8192 and m.experts_per_token == 1
     assert (m.sliding_window, m.num_sliding_layers) == (8192, 36)
-    # the cache grows per token in the 12 global layers; the chunked ones hold one window
-    assert m.num_full_attention_layers == 12
-    assert m.kv_bytes_per_token() == 12 * 2 * 8 * 128 * 2
+    # 12 global layers; the engines hold the 36 chunked layers' cache per token too
+    assert m.num_full_attention_layers == 12 and m.chunked_attention
+    assert m.kv_bytes_per_token() == 48 * 2 * 8 * 128 * 2
+    assert m.kv_bytes_per_seq_window() == 0 and m.kv_bytes(10_000) == 10_000 * 48 * 4096
     with pytest.raises(ServesimError, match="no_rope_layers"):
         spec_from_config(m_config(name)["text_config"] | {"no_rope_layers": [1, 0]}, name="bad")
 
 
 def test_a_windowed_model_that_does_not_fit_names_its_window_kv() -> None:
-    """Each running sequence keeps a full window of KV in its windowed layers: Llama 4 Scout's
-    36 chunked layers hold 8,192 tokens x 2 KV heads per device (TP 4) x 128 x 2 x 2 bytes
-    = 302 MB a sequence, 77.3 GB for 256; the refusal says so, as it does for SSM state."""
+    """Each running sequence keeps a full window of KV in its sliding-window layers: gpt-oss-
+    120b's 18 windowed layers with the window widened to 8,192 tokens hold 8,192 x 8 KV heads
+    x 64 x 2 x 2 bytes x 18 = 302 MB a sequence at TP 1, 77.3 GB for 256; the refusal says
+    so, as it does for SSM state."""
+    from dataclasses import replace
+
+    from servesim.spec.devices import catalog
+    from servesim.spec.memory import memory_layout
+    from servesim.spec.parallel import Parallel
+
+    m = replace(load_model("openai/gpt-oss-120b"), sliding_window=8192)
+    assert (m.num_sliding_layers, m.chunked_attention) == (18, False)
+    assert m.kv_bytes_per_seq_window() == 18 * 8192 * 8 * 64 * 2 * 2
+    h200, par = catalog().get("h200_sxm"), Parallel(tp=1)
+    with pytest.raises(ServesimError, match=r"77\.3 GB of KV for the 8,192-token window of 256"):
+        memory_layout(m, h200, par, max_num_seqs=256)
+    assert memory_layout(m, h200, par, max_num_seqs=64).kv_tokens > 0
+
+
+def test_llama_4_chunked_layers_are_held_per_token_not_reserved_up_front() -> None:
+    """vLLM (hybrid manager off for chunked local attention) and SGLang (hybrid pool opt-in)
+    hold Llama 4's chunked layers' cache per token like the global layers': Scout at TP 4 on
+    H100 fits 256 sequences (it was refused for 77 GB of window reservations), and its pool
+    costs 48 layers x 2 KV heads x 128 x 2 x 2 bytes a token a device."""
     from servesim.spec.devices import catalog
     from servesim.spec.memory import memory_layout
     from servesim.spec.parallel import Parallel
 
     m = load_model("meta-llama/Llama-4-Scout-17B-16E-Instruct")
-    assert m.kv_bytes_per_seq_window() == 36 * 8192 * 8 * 128 * 2 * 2  # all 8 KV heads
-    h100, par = catalog().get("h100_sxm"), Parallel(tp=4)
-    with pytest.raises(ServesimError, match=r"77\.3 GB of KV for the 8,192-token window of 256"):
-        memory_layout(m, h100, par, max_num_seqs=256)
-    assert memory_layout(m, h100, par, max_num_seqs=64).kv_tokens > 0
+    mem = memory_layout(m, catalog().get("h100_sxm"), Parallel(tp=4), max_num_seqs=256)
+    assert mem.kv_bytes_per_token == 48 * 2 * 128 * 2 * 2 and mem.window_bytes_per_seq == 0
+    assert mem.kv_tokens == int(mem.kv_bytes // mem.kv_bytes_per_token)
 
 
 def m_config(name: str) -> dict:

@@ -82,6 +82,12 @@ class ModelSpec:
     # Sliding-window attention: the window and how many layers use it
     sliding_window: int = 0
     num_sliding_layers: int = 0
+    # The windowed layers attend within fixed chunks (Llama 4's `attention_chunk_size`) rather
+    # than a sliding window. The engines' KV managers hold those layers' cache like full
+    # attention's by default: vLLM turns its hybrid manager off for chunked local attention
+    # (a latency regression; VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE opts in) and
+    # SGLang's hybrid pool for Llama 4 is opt-in. The kernels still attend within the chunk.
+    chunked_attention: bool = False
     attn_output_gate: bool = False  # Qwen3-Next/3.5: q_proj also emits a sigmoid output gate
     # DeepSeek Sparse Attention: lightning indexer heads and width, tokens each query attends to
     index_n_heads: int = 0
@@ -575,12 +581,18 @@ class ModelSpec:
             # bf16: 512 + 16 + 128 = 656 bytes for DeepSeek-V3.2, not 576.
             r = self.kv_lora_rank
             per_layer = r + 4.0 * -(-r // 128) + 2.0 * self.qk_rope_head_dim
-        return self.num_full_attention_layers * (per_layer + self.index_bytes_per_token_per_layer())
+        layers = self.num_full_attention_layers + self._chunked_layers_held_in_full()
+        return layers * (per_layer + self.index_bytes_per_token_per_layer())
+
+    def _chunked_layers_held_in_full(self) -> int:
+        """Windowed layers whose cache the engines hold for every token (`chunked_attention`)."""
+        return self.num_sliding_layers if self.chunked_attention else 0
 
     def kv_bytes_per_seq_window(self) -> float:
-        """KV bytes a sequence holds in its sliding-window layers once past the window."""
+        """KV bytes a sequence holds in its sliding-window layers once past the window (0 for
+        chunked layers, held per token: `chunked_attention`)."""
         return (
-            self.num_sliding_layers
+            (self.num_sliding_layers - self._chunked_layers_held_in_full())
             * self.sliding_window
             * self.kv_values_per_token_per_layer
             * nbytes(self.kv_dtype)
@@ -589,7 +601,7 @@ class ModelSpec:
     def kv_bytes(self, context_tokens: int) -> float:
         """KV bytes of one sequence of `context_tokens`; windowed layers hold at most the window."""
         full = context_tokens * self.kv_bytes_per_token()
-        if not self.num_sliding_layers:
+        if not self.num_sliding_layers or self.chunked_attention:
             return full
         per_token = self.kv_values_per_token_per_layer * nbytes(self.kv_dtype)
         return full + self.num_sliding_layers * min(context_tokens, self.sliding_window) * per_token
@@ -1190,6 +1202,7 @@ def spec_from_config(
             first_dense_layers=layers - moe_layers,
             sliding_window=chunk,
             num_sliding_layers=sum(1 for r in rope if r) if chunk else 0,
+            chunked_attention=bool(chunk),
         )
     elif model_type == "minimax_m2":
         base.update(
