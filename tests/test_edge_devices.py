@@ -131,3 +131,31 @@ def test_quantisation_speeds_memory_bound_decode(llama8) -> None:
     assert tps["f16"] < tps["q8_0"] < tps["q4_k_m"]
     with pytest.raises(ServesimError, match="Unknown quantisation"):
         get_quant("q3_k_xl")
+
+
+def test_windowed_layers_hold_and_read_only_their_window() -> None:
+    """llama.cpp's iSWA cache keeps a window of KV in gpt-oss-20b's 12 sliding layers (128
+    tokens) and every token in its 12 global ones: 8 KV heads x 64 x 2 (K, V) x 2 bytes a
+    token-layer. A decode step at 4,096 tokens reads the window in a windowed layer."""
+    from servesim.spec.model import load_model
+
+    m = load_model("openai/gpt-oss-20b")
+    assert (m.num_layers, m.num_sliding_layers, m.sliding_window) == (24, 12, 128)
+    per = 8 * 64 * 2 * 2
+    q = get_quant("q8_0")
+    assert ds.kv_bytes(m, q, 4096) == per * (12 * 4096 + 12 * 128)
+    assert ds.kv_bytes(m, q, 100) == per * 24 * 100  # inside the window every layer holds all
+    windowed = [i for i in range(24) if ds.is_windowed_layer(m, i)]
+    assert len(windowed) == 12
+    step = ds.decode(4, 4096)
+    w, g = windowed[0], next(i for i in range(24) if i not in windowed)
+    act = 6 * 4 * m.hidden_size * ds.ACT_BYTES
+    assert ds.layer_work(m, q, w, step).other_bytes == pytest.approx(4 * 128 * per + 4 * per + act)
+    assert ds.layer_work(m, q, g, step).other_bytes == pytest.approx(4 * 4096 * per + 4 * per + act)
+    heads_flops = 4.0 * m.num_heads * m.head_dim
+    assert ds.layer_work(m, q, w, step).attn_flops == pytest.approx(heads_flops * 4 * 128)
+    # a 1,000-token prompt: token i attends to min(i, 128) keys in a windowed layer
+    pairs = 128 * 129 / 2 + (1000 - 128) * 128
+    assert ds.attended_pairs(1000, 0, 128) == pairs
+    assert ds.attended_pairs(1000, 0) == 1000 * 1001 / 2
+    assert ds.attended_pairs(10, 120, 128) == 8 * 120 + 8 * 9 / 2 + 2 * 128

@@ -214,15 +214,36 @@ def layer_work(
             flops[fmt] += 2.0 * model.mlp_params(width) * step.tokens
             wbytes += _ffn_bytes(model, quant, layer, width)
     kv_per_token = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
-    kv_read = step.seqs * step.context * kv_per_token
+    window = model.sliding_window if is_windowed_layer(model, layer) else 0
+    held = min(step.context, window) if window else step.context
+    kv_read = step.seqs * held * kv_per_token
     kv_write = step.tokens * kv_per_token
     act = 6 * step.tokens * model.hidden_size * ACT_BYTES
     heads, hd = model.num_heads, model.head_dim
     per_seq = step.tokens / step.seqs
-    # QK^T and PV: 4·heads·hd FLOPs per (query, key) pair; a prompt attends causally (half).
-    pairs = step.tokens * step.context + step.seqs * per_seq * (per_seq + 1) / 2
+    # QK^T and PV: 4·heads·hd FLOPs per (query, key) pair; a prompt attends causally.
+    pairs = step.seqs * attended_pairs(per_seq, step.context, window)
     other = kv_read + kv_write + act
     return Work(flops, wbytes, other, 4.0 * heads * hd * pairs, OPS_PER_LAYER, step.tokens)
+
+
+def is_windowed_layer(model: ModelSpec, layer: int) -> bool:
+    """Whether decoder layer `layer` attends within a window (sliding or chunked): the model's
+    `num_sliding_layers` spread evenly over its layers. llama.cpp's iSWA cache keeps only the
+    window of those layers; which ones they are does not change a step's totals."""
+    n, total = model.num_sliding_layers, model.num_layers
+    return bool(model.sliding_window) and (layer + 1) * n // total > layer * n // total
+
+
+def attended_pairs(tokens: float, context: int, window: int = 0) -> float:
+    """(query, key) pairs of one sequence's `tokens` new tokens after `context` cached ones:
+    token i attends to context + i keys, at most `window` of them (0: no window)."""
+    if not window:
+        return tokens * context + tokens * (tokens + 1) / 2
+    if context >= window:
+        return tokens * window
+    below = min(tokens, window - context)  # tokens that attend to fewer keys than the window
+    return below * context + below * (below + 1) / 2 + (tokens - below) * window
 
 
 def _fmt_of(quant: Quant, part: str, layer: int, num_layers: int) -> str:
@@ -308,9 +329,12 @@ def weight_bytes(model: ModelSpec, quant: Quant) -> float:
 
 
 def kv_bytes(model: ModelSpec, quant: Quant, tokens: int) -> float:
-    """KV-cache bytes of `tokens` cached tokens over all layers."""
+    """KV-cache bytes of one sequence of `tokens` cached tokens over all layers: windowed
+    layers hold at most their window (llama.cpp's iSWA cache without --swa-full)."""
     per = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
-    return tokens * per * model.num_attention_layers
+    windowed = model.num_sliding_layers if model.sliding_window else 0
+    held = min(tokens, model.sliding_window) if windowed else 0
+    return per * (tokens * (model.num_attention_layers - windowed) + held * windowed)
 
 
 @dataclass(frozen=True)

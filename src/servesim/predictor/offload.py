@@ -144,7 +144,7 @@ def hybrid_step(
         gpu_w = sum(layer_weight_bytes(model, quant, i) for i in range(first, n))
         if gpu_layers == n:
             gpu_w += embedding_bytes(model, quant)
-        host = total_w - gpu_w + kv_bytes(model, quant, context * step.seqs) * first / n
+        host = total_w - gpu_w + kv_bytes(model, quant, context) * step.seqs * first / n
         return HybridTime(
             mode, gpu_layers, cpu_s + gpu_s + xfer, cpu_s, gpu_s, xfer, gpu_mem, host, joules
         )
