@@ -90,3 +90,19 @@ def test_cli_simulate_reports_the_finetuning_job(tmp_path) -> None:
     ft = json.loads((out / "summary.json").read_text())["finetune"]
     assert ft["finetune_tok_per_s"] > 0 and 0 < ft["share_of_alone"] <= 1.0
     assert main([*args, "--finetune-full"]) == 2
+
+
+def test_training_tokens_pass_through_every_pipeline_stage() -> None:
+    """Under pipeline parallelism an iteration is a stage's time × pp (every stage runs its
+    layers in turn), so the training tokens' extra time is the same with pp 2 as with pp 1:
+    each stage runs half the layers for them, twice over; not half of it."""
+    from servesim.spec.parallel import Parallel
+
+    job = FineTuneJob(4096)
+    extra = {}
+    for pp in (1, 2):
+        par = Parallel(pp=pp)
+        base = Predictor(LLAMA, H100, par, latency_model="roofline")
+        co = CoServingPredictor(LLAMA, H100, par, latency_model="roofline", job=job)
+        extra[pp] = co.step_s(64, 64 * 1000, ()) - base.step_s(64, 64 * 1000, ())
+    assert extra[2] == pytest.approx(extra[1], rel=0.05)

@@ -23,7 +23,9 @@ class CoServingPredictor(Predictor):
         self.job = job
 
     def _train_s(self, tokens: int, k: int) -> float:
-        """Extra seconds of k training tokens beside `tokens` inference tokens."""
+        """Extra seconds of k training tokens beside `tokens` inference tokens. The dense and
+        attention tables are one pipeline stage's; the training tokens, like the iteration
+        (`Predictor.step_s`: a stage's time × pp), pass through every stage."""
         if k <= 0:
             return 0.0
         self.cover(tokens + k, 1)
@@ -32,7 +34,7 @@ class CoServingPredictor(Predictor):
         seq = self.job.seq_len
         full, rest = divmod(k, seq)
         attn = full * self._prefill_cache(seq, 0) + (self._prefill_cache(rest, 0) if rest else 0.0)
-        return self.job.train_factor * (extra + attn)
+        return self.job.train_factor * (extra + attn) * self.par.pp
 
     def step_s(
         self, decode_seqs: int, decode_context: int, prefill: Iterable[tuple[int, int]]
