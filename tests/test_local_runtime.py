@@ -291,6 +291,12 @@ def test_gpu_layers_prices_llama_cpp_ngl(capsys) -> None:
         44,
     )
     assert doc["totals"]["seconds"] == pytest.approx(h.seconds, rel=1e-12)
+    # the breakdown names where the time goes: the CPU's layers, the GPU's, the link (not the
+    # CPU's layers as "memory-bound forward pass" and the GPU's as "fixed costs")
+    ops = {op["name"]: op["seconds"] for op in doc["operators"]}
+    assert ops["CPU layers"] == pytest.approx(h.cpu_s, rel=1e-12)
+    assert ops["GPU layers"] == pytest.approx(h.gpu_s, rel=1e-12)
+    assert ops["activation transfers"] == pytest.approx(h.transfer_s, rel=1e-12)
 
 
 @pytest.mark.parametrize("target", ["latency", "throughput"])

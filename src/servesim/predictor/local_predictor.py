@@ -160,12 +160,35 @@ class LocalPredictor(Predictor):
 
     def ops(self, batch: BatchShape) -> list[OpCost]:
         """The forward pass in its roofline parts: the binding side of compute and memory, the
-        other side hidden under it, and the fixed costs (operators, pass, transfers)."""
+        other side hidden under it, and the fixed costs (operators, pass, transfers). A layer
+        offload or attention offload is split by where the time goes instead (its `Timed`
+        carries GPU, CPU or attention-device and link seconds, not compute and memory)."""
         st = ds.batch_step(batch.decode_seqs, batch.decode_context, batch.prefill)
         t = self.forward(st)
         work = ds.model_work(self.model, self.runtime.quant, st)
         flops = sum(work.flops.values()) + work.attn_flops
         nbytes = work.weight_bytes + work.other_bytes
+        hybrid = self.runtime.hybrid
+        if hybrid == "layers" and self.runtime.offload_mode == "ngl":
+            # in series: CPU layers, GPU layers, activations across the link
+            return [
+                OpCost("GPU layers", "compute", 1, t.compute_s, 0.0, 0.0, "local"),
+                OpCost("CPU layers", "compute", 1, t.memory_s, 0.0, 0.0, "local"),
+                OpCost("activation transfers", "comm", 1, t.fixed_s, 0.0, 0.0, "local"),
+            ]
+        if hybrid == "layers":  # stream: copies overlap the GPU's compute
+            rest = t.seconds - t.compute_s
+            return [
+                OpCost("GPU layers", "compute", 1, t.compute_s, flops, nbytes, "local"),
+                OpCost("weight streaming (not hidden)", "comm", 1, rest, 0.0, 0.0, "local"),
+            ]
+        if hybrid == "attention" and st.tokens == st.seqs and st.context > 0:  # as `forward`
+            # Lamina's rotation: max(dense, attention, link)
+            parts = {"GPU dense layers": t.compute_s, "offloaded attention": t.memory_s}
+            parts["attention link"] = t.fixed_s
+            name = max(parts, key=lambda k: parts[k])
+            return [OpCost(f"{name} (the bound; the rest overlaps)", "compute", 1, t.seconds,
+                           flops, nbytes, "local")]  # fmt: skip
         bound = max(t.compute_s, t.memory_s)
         rest = t.seconds - bound
         kind = "compute" if t.compute_s >= t.memory_s else "memory"
