@@ -321,6 +321,18 @@ def test_gpu_layers_auto_is_the_planner_split(capsys, target: str) -> None:
     assert doc["totals"]["seconds"] == pytest.approx(best.seconds, rel=1e-9)
 
 
+def test_expert_offload_energy_covers_the_expert_time(capsys) -> None:
+    """The experts' part of a step (most of it: a 2000-token prefill through experts on the
+    CPU) draws power too: at least both devices' idle power over the whole step, and the
+    host CPU's idle power beside the GPU's own part."""
+    common = ["--offload-experts-to-cpu", "--host-cpu", "ryzen_9_7950x", "--prefill", "2000"]
+    doc = _predict_json(capsys, *common, model="Qwen/Qwen3-30B-A3B")
+    gpu, cpu = get_device("rtx_4090"), get_device("ryzen_9_7950x")
+    seconds, joules = doc["totals"]["seconds"], doc["totals"]["joules"]
+    assert joules >= seconds * (gpu.idle_power_w + cpu.idle_power_w)
+    assert joules <= seconds * (gpu.max_power_w + cpu.max_power_w)
+
+
 def test_expert_offload_dynamic_beats_static_when_popularity_shifts(capsys) -> None:
     """HybriMoE's claim through the CLI: with popularity re-ranked every 20 steps, the dynamic
     cache's step is faster than kTransformers' static one; the expert part is the placement

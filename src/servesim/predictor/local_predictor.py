@@ -72,7 +72,15 @@ class LocalPredictor(Predictor):
             work = ds.layers_work(m, q, range(m.num_layers), step, experts=False)
             t = ds.time_work(work + ds.head_work(m, q, step), self.device, q, rt.efficiency)
             extra = self.expert_s(step.tokens)
-            return ds.Timed(t.seconds + extra, t.compute_s, t.memory_s, t.fixed_s + extra, t.joules)
+            # Energy: the GPU's own part (the host idling beside it, as `hybrid_step`), then the
+            # experts, during which both devices draw idle power and the host CPU, streaming
+            # expert weights from DRAM, half its dynamic range (`time_work`'s memory share).
+            host = rt.host
+            joules = t.joules + host.idle_power_w * t.seconds
+            busy_w = self.device.idle_power_w + host.idle_power_w
+            busy_w += 0.5 * (host.max_power_w - host.idle_power_w)
+            joules += busy_w * extra
+            return ds.Timed(t.seconds + extra, t.compute_s, t.memory_s, t.fixed_s + extra, joules)
         if rt.attention_device is not None and step.tokens == step.seqs and step.context > 0:
             assert rt.link is not None
             a = attention_offload_step(
