@@ -137,4 +137,26 @@ def test_hybrimoe_dynamic_beats_static_when_popularity_shifts() -> None:
     # a cache of every expert: both are the GPU alone (8 experts per layer per token)
     full = dict(kw, cache_per_layer=128)
     allgpu = ec.simulate_placement("static", costs, shifting, **full)
-    assert allgpu.mean_step_s == pytest.approx(4 * 8 * costs.gpu_s)
+    assert allgpu.mean_step_s == pytest.approx(4 * (costs.gpu_launch_s + 8 * costs.gpu_s))
+
+
+def test_a_larger_expert_cache_is_never_slower() -> None:
+    """A layer's experts on one side run as one grouped operator (llama.cpp's `mul_mat_id`),
+    so its fixed cost is paid once a layer, not once an expert: with a launch an expert, every
+    expert cached (128) was slower than 16 cached with the misses on the CPU beside them."""
+    m = load_model("Qwen/Qwen3-30B-A3B")
+    q = get_quant("q4_k_m")
+    costs = ec.expert_costs(
+        m, q, get_device("rtx_4090"), get_device("ryzen_9_7950x"), get_link("pcie4_x16")
+    )
+    assert costs.gpu_launch_s > 2 * costs.gpu_s  # launches dominate a lone token's expert
+    steady = ec.Popularity(128, skew=1.2)
+    for policy in ec.POLICIES:
+        times = [
+            ec.simulate_placement(
+                policy, costs, steady, num_layers=4, experts_per_token=8, cache_per_layer=c,
+                steps=100,
+            ).mean_step_s
+            for c in (0, 16, 64, 128)
+        ]  # fmt: skip
+        assert times == sorted(times, reverse=True), (policy, times)

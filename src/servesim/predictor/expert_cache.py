@@ -35,11 +35,16 @@ EXPERT_OPS = 4  # gate, up, down mul_mat and the activation
 
 @dataclass(frozen=True)
 class ExpertCosts:
-    """Seconds to run one expert on `tokens` tokens on GPU and CPU, and to copy it to the GPU."""
+    """Seconds to run one expert on `tokens` tokens on GPU and CPU (its weights and FLOPs),
+    to copy it to the GPU, and the operators' fixed cost each side pays once a layer: the
+    runtimes run a layer's experts on one side as one grouped operator per matrix
+    (llama.cpp's `mul_mat_id`, kTransformers' fused MoE kernels), not one launch an expert."""
 
     gpu_s: float
     cpu_s: float
     copy_s: float
+    gpu_launch_s: float = 0.0
+    cpu_launch_s: float = 0.0
 
 
 def expert_costs(
@@ -59,9 +64,11 @@ def expert_costs(
     p = model.expert_params()
     nbytes = p * BLOCK_BYTES_PER_WEIGHT[quant.base]
     work = Work({quant.base: 2.0 * p * tokens}, nbytes, 0.0, 0.0, EXPERT_OPS, tokens)
-    g = time_work(work, gpu, quant, gpu_eff, step_overhead=False).seconds
-    c = time_work(work, cpu, quant, cpu_eff, threads, step_overhead=False).seconds
-    return ExpertCosts(g, c, link.transfer_s(nbytes))
+    g = time_work(work, gpu, quant, gpu_eff, step_overhead=False)
+    c = time_work(work, cpu, quant, cpu_eff, threads, step_overhead=False)
+    return ExpertCosts(
+        g.seconds - g.fixed_s, c.seconds - c.fixed_s, link.transfer_s(nbytes), g.fixed_s, c.fixed_s
+    )
 
 
 @dataclass(frozen=True)
@@ -94,17 +101,20 @@ class PlacementResult:
 
 
 def _layer_time(misses: int, hits: int, c: ExpertCosts, dynamic: bool) -> tuple[float, int]:
-    """Finish time of one layer and how many misses were copied to the GPU."""
-    gpu_end = hits * c.gpu_s
+    """Finish time of one layer and how many misses were copied to the GPU. A side that runs
+    any expert pays its operators' fixed cost once (`ExpertCosts`)."""
+    gpu_end = c.gpu_launch_s + hits * c.gpu_s if hits else 0.0
     if not dynamic:
-        return max(gpu_end, misses * c.cpu_s), 0
+        cpu_end = c.cpu_launch_s + misses * c.cpu_s if misses else 0.0
+        return max(gpu_end, cpu_end), 0
     cpu_end = 0.0
     copy_end = 0.0
     copied = 0
     for _ in range(misses):
         # the copy queue runs beside the GPU; a copied expert starts when both are ready
-        via_gpu = max(gpu_end, copy_end + c.copy_s) + c.gpu_s
-        via_cpu = cpu_end + c.cpu_s
+        gpu_fixed = 0.0 if gpu_end else c.gpu_launch_s
+        via_gpu = max(gpu_end, copy_end + c.copy_s) + c.gpu_s + gpu_fixed
+        via_cpu = cpu_end + c.cpu_s + (0.0 if cpu_end else c.cpu_launch_s)
         if via_gpu < via_cpu:
             copy_end += c.copy_s
             gpu_end = via_gpu
