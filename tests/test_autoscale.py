@@ -169,3 +169,20 @@ def test_a_replica_is_not_released_while_a_migration_to_it_is_in_flight() -> Non
     for r in res.replica_stats:  # nobody works longer than it is paid for
         assert r["busy_s"] <= r["provisioned_s"] + 1e-9, r
     assert run_case(case) is None  # and every other property holds
+
+
+def test_a_replica_idle_before_it_drains_is_paid_for_until_it_drains() -> None:
+    """Claim: a replica is provisioned until the autoscaler drains and releases it, not only
+    until its last request finished. Two replicas serve a 10 s burst, then sit idle; the
+    queue signal wants one from the first tick, the stabilisation window lets the second
+    drain at t = 80 s (tick 8 at 10 s intervals, 60 s after the low signal began at 20 s), so
+    it is paid for 80 s, not the ~11 s until it emptied."""
+    arrivals = np.concatenate([np.linspace(0, 10, 100), np.linspace(1000, 1010, 20)])
+    work = Workload(arrivals, np.full(120, 512), np.full(120, 64))
+    scaler = Autoscaler("queue", 4, 1, 2, interval_s=10, window_s=10, scale_down_delay_s=60)
+    res = simulate(Deployment(LLAMA8, H100, replicas=2, autoscaler=scaler), work)
+    events = res.summary()["scale_events"]
+    assert [tuple(e) for e in events] == [(0.0, 2), (80.0, 1)], events
+    up_s = [r["provisioned_s"] for r in res.replica_stats]
+    assert up_s[1] == pytest.approx(80.0), up_s
+    assert res.provisioned_replica_s == pytest.approx(sum(up_s)), up_s

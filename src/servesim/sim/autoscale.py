@@ -74,6 +74,7 @@ class AutoscaleController:
         self.initial = min(policy.max_replicas, max(policy.min_replicas, dep.replicas))
         self.groups: dict[int, list[Any]] = {}
         self.state: dict[int, str] = {}  # group -> off | starting | up | draining
+        self.drain_s: dict[int, float] = {}  # group -> when it started draining
         self.low_since: float | None = None
         self.arrival_s: np.ndarray | None = None
         self.arrivals: list[float] = []  # recent arrival times (rate forecast)
@@ -116,7 +117,8 @@ class AutoscaleController:
             if s == "starting" and self.groups[g][0].provisioned[-1][0] + self.cold_s <= t + 1e-9:
                 self.state[g] = "up"
         # Drained replicas are released once empty, with no live migration to or from them in
-        # flight (one landing on a released replica would run there unpaid for).
+        # flight (one landing on a released replica would run there unpaid for). A replica
+        # that emptied before it was told to drain was serving (and paid for) until then.
         moving = cluster.migrating_reps
         for g, s in self.state.items():
             members = self.groups[g]
@@ -125,7 +127,7 @@ class AutoscaleController:
             ):
                 self.state[g] = "off"
                 for r in members:
-                    r.provisioned[-1][1] = max(r.now, r.provisioned[-1][0])
+                    r.provisioned[-1][1] = max(r.now, r.provisioned[-1][0], self.drain_s[g])
         if kind == 1:
             self._publish(cluster)
             return
@@ -159,6 +161,7 @@ class AutoscaleController:
                         break
                     if self.state[g] == "up" and self._count("up") > 1:
                         self.state[g] = "draining"
+                        self.drain_s[g] = t
                         up -= 1
                 self.low_since = None
         else:
