@@ -4,6 +4,8 @@ hit rate and a slow lookup does not pay (category-aware semantic caching's break
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from servesim.errors import ServesimError
 from servesim.planner.cache_fleet import fleet_cost
 from servesim.sim.deployment import Deployment
 from servesim.sim.metrics import Slo
+from servesim.sim.policies import Policy
 from servesim.sim.semantic_cache import CacheCategory, SemanticCache, serve_with_cache
 from servesim.sim.simulate import simulate
 from servesim.sim.synthetic import LogNormal, synthetic
@@ -45,6 +48,21 @@ def test_hits_leave_the_large_model_and_every_request_pays_the_lookup() -> None:
     # No hits at all: the same service, 20 ms later.
     none = serve_with_cache(w, LARGE, SemanticCache({"all": CacheCategory(1.0, 0.0)}, 0.02))
     assert none["ttft_s"] == pytest.approx(base["ttft_s"][order] + 0.02)
+
+
+def test_misses_keep_their_prefix_hashes_and_priorities() -> None:
+    """Claim: a miss reaches the large model as the request it was: a shared system prompt
+    (prefix hash ids) is still cached and a priority still orders it. With no hits and no
+    lookup, serving through the cache is serving without it."""
+    w = synthetic(200, 4.0, 1024, 64, seed=1)
+    w.prefix_hashes = [[7, 8, 100 + i] for i in range(len(w))]  # two shared 512-token blocks
+    w.prefix_block_tokens = 512
+    w.priority = np.arange(len(w)) % 2
+    dep = replace(SMALL, policy=Policy(name="priority"))
+    base = simulate(dep, w).columns()
+    assert base["cached_tokens"].sum() > 0
+    none = serve_with_cache(w, dep, SemanticCache({"all": CacheCategory(1.0, 0.0)}, 0.0))
+    assert none["ttft_s"] == pytest.approx(base["ttft_s"][np.argsort(base["request_id"])])
 
 
 def test_ic_cache_cuts_fleet_cost_at_high_hit_rates_and_not_at_low_ones() -> None:

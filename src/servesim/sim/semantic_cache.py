@@ -82,13 +82,15 @@ class SemanticCache:
 
 def subset(w: Workload, idx: np.ndarray, delay_s: float, extra_prompt: int = 0) -> Workload:
     """Requests `idx` of `w`, arriving `delay_s` later (after the lookup), their prompts
-    `extra_prompt` tokens longer (retrieved examples)."""
-    return Workload(
-        w.arrival_s[idx] + delay_s,
-        w.prompt_tokens[idx] + extra_prompt,
-        w.output_tokens[idx],
-        name=w.name,
-    )
+    `extra_prompt` tokens longer (retrieved examples). Priorities, images and prefix hash ids
+    go with them, so the deployment schedules and caches them as it would without the cache;
+    the hash ids only while the prompts are unchanged (examples ahead of a prompt move its
+    blocks)."""
+    out = w._take(idx, w.arrival_s[idx] + delay_s)
+    if extra_prompt:
+        out.prompt_tokens = out.prompt_tokens + extra_prompt
+        out.prefix_hashes, out.prefix_block_tokens = None, 0
+    return out
 
 
 def serve_with_cache(
