@@ -65,6 +65,22 @@ def test_misses_keep_their_prefix_hashes_and_priorities() -> None:
     assert none["ttft_s"] == pytest.approx(base["ttft_s"][np.argsort(base["request_id"])])
 
 
+def test_misses_are_routed_over_the_replicas_by_the_router_asked_for() -> None:
+    """Claim: the router picks the replica of every miss, as without the cache: with no hits
+    and no lookup, two replicas behind least_loaded serve the misses exactly as
+    least_loaded serves the workload (and not as the default round robin does)."""
+    dep = replace(SMALL, replicas=2)
+    w = synthetic(300, 20.0, LogNormal(600, 3000), LogNormal(100, 800), seed=3)
+    none = SemanticCache({"all": CacheCategory(1.0, 0.0)}, 0.0)
+    out = serve_with_cache(w, dep, none, router="least_loaded")
+    by_router = {}
+    for router in ("least_loaded", "round_robin"):
+        cols = simulate(dep, w, router=router).columns()
+        by_router[router] = cols["e2e_s"][np.argsort(cols["request_id"])]
+    assert not np.allclose(by_router["least_loaded"], by_router["round_robin"])
+    assert out["e2e_s"] == pytest.approx(by_router["least_loaded"])
+
+
 def test_ic_cache_cuts_fleet_cost_at_high_hit_rates_and_not_at_low_ones() -> None:
     """IC-Cache (arXiv:2501.12689) finds > 70 % of requests have similar earlier ones and reports
     1.4-5.9x throughput: here Llama-3.1-70B on 4 H100s with Llama-3.1-8B answering hits with

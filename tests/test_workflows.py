@@ -309,6 +309,29 @@ def test_cli_serves_workflow_calls_on_several_models(tmp_path: Path) -> None:
     assert main([*args, "--out", str(tmp_path / "x")]) == 2  # `small` not given
 
 
+def test_several_models_spread_their_calls_by_the_router_asked_for() -> None:
+    """Claim: on the several-models path each deployment's replicas are picked by the router
+    asked for. One LLM call per workflow, released at the workflow's arrival: its finish times
+    are those of the workload served directly under that router."""
+    from dataclasses import replace
+
+    from servesim.sim.synthetic import LogNormal
+    from servesim.sim.workflows import serve_workflows
+    from servesim.sim.workload import Workload
+
+    dep = replace(Deployment(model=LLAMA, device=H100), replicas=2)
+    node = WorkflowNode("ask", prompt=LogNormal(600, 3000), output=LogNormal(100, 800))
+    wl = WorkflowWorkload((WorkflowSpec("one", (node,), 60.0),), 300, 20.0, seed=3)
+    w = Workload(wl.workflow_arrival_s, wl.prompt_tokens, wl.output_tokens)
+    finish = {}
+    for router in ("least_loaded", "round_robin"):
+        cols = simulate(dep, w, router=router).columns()
+        finish[router] = cols["finish_s"][np.argsort(cols["request_id"])]
+    assert not np.allclose(finish["least_loaded"], finish["round_robin"])
+    out = serve_workflows({"": dep}, wl, router="least_loaded")
+    assert out["finish_s"] == pytest.approx(finish["least_loaded"])
+
+
 def test_a_workflow_plan_fits_its_calls_not_the_default_trace(tmp_path: Path) -> None:
     """A workflow plan never simulates the default Azure trace, but its context check and
     pruning read it: a 2,048-token model was refused for a request of 14,089 tokens the plan

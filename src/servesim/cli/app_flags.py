@@ -80,9 +80,12 @@ def _categories(text: str) -> dict[str, Any]:
     return out
 
 
-def run_app(s: AppSettings, dep: Any, work: Any) -> dict[str, Any] | None:
+def run_app(
+    s: AppSettings, dep: Any, work: Any, router: str = "round_robin"
+) -> dict[str, Any] | None:
     """Serve through the cache or with adapters if the settings ask for it (None otherwise):
-    the summary figures, per-request arrays left out."""
+    the summary figures, per-request arrays left out; `router` spreads a cache's misses and
+    small-model hits over the replicas."""
     from dataclasses import replace
 
     from servesim.sim.workload import Workload
@@ -107,7 +110,7 @@ def run_app(s: AppSettings, dep: Any, work: Any) -> dict[str, Any] | None:
         small = None
         if s.cache_small_model:
             small = replace(dep, model=load_model(s.cache_small_model), parallel=Parallel())
-        out = serve_with_cache(work, dep, c, small)
+        out = serve_with_cache(work, dep, c, small, router)
         key = "semantic_cache"
     else:
         from servesim.sim.adapters import LoraAdapters, serve_with_adapters

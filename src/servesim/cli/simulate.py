@@ -238,7 +238,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _several_models(s, dep, flows, out)
     work = flows if flows is not None else build_workload(s)
     dep, work = apply_multimodal(dep, work, s, s.model)
-    app = run_app(s, dep, work) if flows is None else None
+    app = run_app(s, dep, work, s.router) if flows is None else None
     if app is not None:  # a cache or adapters: their own serving path and figures
         import json
 
@@ -324,7 +324,7 @@ def _several_models(s: SimulateSettings, dep: Any, flows: Any, out: Any) -> int:
         if not sep or not name or not model or (tp and not tp.isdigit()):
             raise Misuse(f"{{workflow_model}} takes NAME=MODEL[:TP], got {item!r}")
         deps[name] = replace(dep, model=load_model(model), parallel=Parallel(tp=int(tp or 1)))
-    res = serve_workflows(deps, flows)
+    res = serve_workflows(deps, flows, router=s.router)
     report = {**res["report"], "fixed_point_rounds": res["rounds"]}
     with config.writing(out, s.spell("out")):
         out.mkdir(parents=True, exist_ok=True)

@@ -94,11 +94,16 @@ def subset(w: Workload, idx: np.ndarray, delay_s: float, extra_prompt: int = 0) 
 
 
 def serve_with_cache(
-    workload: Workload, large: Any, cache: SemanticCache, small: Any = None
+    workload: Workload,
+    large: Any,
+    cache: SemanticCache,
+    small: Any = None,
+    router: str = "round_robin",
 ) -> dict[str, Any]:
     """Serve `workload` through the cache: misses on `large`, hits answered from the cache or,
-    with `on_hit="small_model"`, on `small`. Returns per-request latencies (request order) and
-    the load and cost figures."""
+    with `on_hit="small_model"`, on `small`; `router` spreads each deployment's requests over
+    its replicas. Returns per-request latencies (request order) and the load and cost
+    figures."""
     n = len(workload)
     which, hit = cache.draw(n)
     if cache.on_hit == "small_model" and small is None and hit.any():
@@ -117,7 +122,7 @@ def serve_with_cache(
         if not len(idx):
             continue
         served[name] = len(idx)
-        res = simulate(dep, subset(workload, idx, cache.lookup_s, extra))
+        res = simulate(dep, subset(workload, idx, cache.lookup_s, extra), router=router)
         cols = res.columns()
         order = np.argsort(cols["request_id"])
         ttft[idx] = cache.lookup_s + cols["ttft_s"][order]

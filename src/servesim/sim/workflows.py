@@ -510,9 +510,12 @@ def release_times(wl: WorkflowWorkload, finish_s: np.ndarray) -> np.ndarray:
     return sent
 
 
-def serve_workflows(deployments: dict[str, Any], wl: WorkflowWorkload) -> dict[str, Any]:
+def serve_workflows(
+    deployments: dict[str, Any], wl: WorkflowWorkload, router: str = "round_robin"
+) -> dict[str, Any]:
     """Serve a workflow workload whose calls go to several deployments (`deployments[model]`,
-    "" the default): each deployment serves its calls as an open loop released when their
+    "" the default; `router` spreads each one's calls over its replicas): each deployment
+    serves its calls as an open loop released when their
     predecessors end, found by fixed point — simulate every deployment with the current
     release times, recompute the releases from the finishes, repeat until no release moves by
     more than a millisecond (each round settles at least one more level of the DAGs). Returns
@@ -541,7 +544,7 @@ def serve_workflows(deployments: dict[str, Any], wl: WorkflowWorkload) -> dict[s
             w = Workload(
                 sent[order], wl.prompt_tokens[order], wl.output_tokens[order], priority=prio
             )
-            cols = simulate(dep, w).columns()
+            cols = simulate(dep, w, router=router).columns()
             by_id = np.argsort(cols["request_id"])
             finish[order] = cols["finish_s"][by_id]
         new = release_times(wl, finish)
