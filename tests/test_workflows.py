@@ -307,6 +307,10 @@ def test_cli_serves_workflow_calls_on_several_models(tmp_path: Path) -> None:
     report = json.loads((out / "summary.json").read_text())["workflows"]
     assert report["workflows"] == 30 and report["fixed_point_rounds"] <= 3
     assert main([*args, "--out", str(tmp_path / "x")]) == 2  # `small` not given
+    # a name no node uses would serve nothing: refused, not ignored
+    typo = [*args, "--workflow-model", "small=meta-llama/Llama-3.1-8B"]
+    typo += ["--workflow-model", "smal=meta-llama/Llama-3.1-8B"]
+    assert main([*typo, "--out", str(tmp_path / "y")]) == 2
 
 
 def test_several_models_spread_their_calls_by_the_router_asked_for() -> None:

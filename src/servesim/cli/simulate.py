@@ -323,6 +323,13 @@ def _several_models(s: SimulateSettings, dep: Any, flows: Any, out: Any) -> int:
         model, _, tp = rest.partition(":")
         if not sep or not name or not model or (tp and not tp.isdigit()):
             raise Misuse(f"{{workflow_model}} takes NAME=MODEL[:TP], got {item!r}")
+        if name not in flows.request_model:
+            named = sorted({m for m in flows.request_model if m})
+            raise Misuse(
+                f"{{workflow_model}} {name}=... serves no call: no LLM node of the workflows "
+                f"names model {name!r} (they name: {', '.join(named) or 'none'}); fix the "
+                "name or drop it."
+            )
         deps[name] = replace(dep, model=load_model(model), parallel=Parallel(tp=int(tp or 1)))
     res = serve_workflows(deps, flows, router=s.router)
     report = {**res["report"], "fixed_point_rounds": res["rounds"]}
