@@ -387,3 +387,26 @@ def test_a_share_just_below_the_target_never_prints_as_the_target() -> None:
     tight = explain_miss(probe, Slo(ttft_s=2.0, tpot_s=0.05), 0.995)
     assert "TTFT p90" in tight and "(95% of requests meet it)" in tight
     assert tight.endswith("; 99.5% must meet both")
+
+
+def test_a_workflow_plans_report_speaks_of_workflows_not_requests(tmp_path: Path) -> None:
+    """A workflow plan's capacity is workflows per second under their end-to-end SLOs, but the
+    HTML report called it req/s, stated the unused trace and TTFT/TPOT SLO as the question,
+    drew no Pareto front but goodput ("no feasible candidate") and no probes, while the terminal
+    table already said wf/s. It now says wf/s and E2E throughout and draws the workflow probes."""
+    spec = PlanSpec(MODEL, target=0.9, workflows="text2sql")
+    space = SearchSpace(
+        devices=("h100_sxm",), tp=(1,), engines=("vllm",), batching=((64, 2048), (256, 8192))
+    )
+    result = run_plan(spec, space, tmp_path, workers=1, quiet=True)
+    assert result.winner is not None
+    html = report_html(result)
+    text = re.sub(r"<script.*?</script>", "", html, flags=re.S)
+    assert "req/s" not in text and "TTFT" not in text and "azure_conv" not in text
+    assert "capacity wf/s" in text and "E2E p90 s" in text and "text2sql" in text
+    figs = figures_of(html)
+    e2e = figs["pareto:dollar_per_req_per_s:e2e_p90_s"]
+    assert e2e["points"] == 2 and e2e["layout"]["xaxis"]["title"]["text"] == "$/h per wf/s"
+    assert figs["pareto:dollar_per_req_per_s:goodput_per_gpu"]["points"] == 2
+    rate = figs["rate:attainment"]
+    assert rate["points"] > 0 and "wf/s" in rate["layout"]["xaxis"]["title"]["text"]

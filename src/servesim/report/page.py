@@ -85,8 +85,12 @@ def _esc(x: object) -> str:
 
 
 def _probes(row: Row) -> list[dict[str, float]]:
+    """The capacity search's probes, by rate: per-request ones, or a workflow plan's (workflow
+    rates and attainment, no TTFT/TPOT split)."""
     try:
-        probes = json.loads(row.get("probes") or "[]")
+        probes = json.loads(row.get("probes") or "[]") or json.loads(
+            row.get("workflow_probes") or "[]"
+        )
     except (TypeError, ValueError):
         return []
     return sorted(probes, key=lambda p: p["rate_per_s"])
@@ -109,6 +113,13 @@ PARETO_VIEWS = (
     ("goodput_per_gpu", "max", "Goodput per GPU vs cost", "goodput per GPU (req/s)", 1.0),
 )
 COST, COST_LABEL = "dollar_per_req_per_s", "$/h per req/s"
+# A workflow plan's rows hold workflows per second and the workflows' end-to-end tail; they have
+# no per-request TTFT, TPOT or energy to plot.
+WORKFLOW_PARETO_VIEWS = (
+    ("e2e_p90_s", "min", "Cost vs workflow E2E p90", "workflow E2E p90 (s)", 1.0),
+    ("goodput_per_gpu", "max", "Goodput per GPU vs cost", "goodput per GPU (wf/s)", 1.0),
+)
+WORKFLOW_COST_LABEL = "$/h per wf/s"
 
 
 def _short(r: Row) -> str:
@@ -140,7 +151,13 @@ def _line(xs: list[float], ys: list[float], name: str, color: str) -> go.Scatter
 
 
 def pareto_figure(
-    rows: list[Row], y: str, y_sense: str, ylabel: str, winner: Row | None, y_factor: float = 1.0
+    rows: list[Row],
+    y: str,
+    y_sense: str,
+    ylabel: str,
+    winner: Row | None,
+    y_factor: float = 1.0,
+    cost_label: str = COST_LABEL,
 ) -> go.Figure | None:
     """Every feasible candidate at (cost, y): the 2-D front joined in blue, the dominated grey,
     the winner ringed; hovering names the deployment, its cost and goodput. None if none."""
@@ -156,10 +173,11 @@ def pareto_figure(
 
     def trace(rs: list[Row], name: str, **kw: Any) -> go.Scatter:
         tips = [
-            f"#{r.get('rank') or '–'} {_esc(r.get('label', ''))}<br>{COST_LABEL}: "
+            f"#{r.get('rank') or '–'} {_esc(r.get('label', ''))}<br>{cost_label}: "
             f"{fmt(r['_x'])}<br>{ylabel}: {fmt(r['_y'])}<br>"
             f"${fmt(_num(r, 'price_per_hour'))}/h per replica, goodput "
-            f"{fmt(_num(r, 'capacity_req_per_s'))} req/s ({fmt(_num(r, 'goodput_per_gpu'))}/GPU)"
+            f"{fmt(_num(r, 'capacity_req_per_s'))} {cost_label.split()[-1]} "
+            f"({fmt(_num(r, 'goodput_per_gpu'))}/GPU)"
             for r in rs
         ]
         xy = {"x": [r["_x"] for r in rs], "y": [r["_y"] for r in rs]}
@@ -190,7 +208,7 @@ def pareto_figure(
     if won:
         ring = {"symbol": "circle-open", "size": 18, "color": WINNER, "line": {"width": 2.5}}
         fig.add_trace(trace(won, "winner", mode="markers", marker=ring))
-    fig.update_xaxes(title_text=COST_LABEL, type=axis_type(r["_x"] for r in pts))
+    fig.update_xaxes(title_text=cost_label, type=axis_type(r["_x"] for r in pts))
     fig.update_yaxes(title_text=ylabel, type=axis_type(r["_y"] for r in pts))
     return layout(fig, 380)
 
@@ -227,8 +245,11 @@ def latency_figure(
     return layout(fig, 360)
 
 
-def rate_figures(rows: list[Row], target: float) -> tuple[go.Figure, go.Figure] | None:
-    """SLO attainment and goodput against offered rate, from each candidate's capacity probes."""
+def rate_figures(
+    rows: list[Row], target: float, unit: str = "req/s"
+) -> tuple[go.Figure, go.Figure] | None:
+    """SLO attainment and goodput against offered rate, from each candidate's capacity probes
+    (`unit`: req/s, or wf/s for a workflow plan's probes, which have no TTFT/TPOT split)."""
     series = [(r, p) for r in rows if (p := _probes(r))]
     if not series:
         return None
@@ -236,13 +257,16 @@ def rate_figures(rows: list[Row], target: float) -> tuple[go.Figure, go.Figure] 
     xtype = axis_type(rates)
     ends = [min(rates) if xtype == "log" else 0.0, max(rates)]
     att = go.Figure(_line(ends, [target] * 2, f"target {target_text(target)}", "#6b7280"))
-    good = go.Figure(_line(ends, ends, "every request meets the SLO", "#6b7280"))
-    tip = "%{hovertext}<br>%{x:.3g} req/s: %{y:.3g}; TTFT %{customdata[0]:.0%}, TPOT "
-    tip += "%{customdata[1]:.0%} ok<extra></extra>"
+    every = "every workflow meets its SLO" if unit == "wf/s" else "every request meets the SLO"
+    good = go.Figure(_line(ends, ends, every, "#6b7280"))
+    split = all("ttft_ok" in p for _, ps in series for p in ps)
+    tip = f"%{{hovertext}}<br>%{{x:.3g}} {unit}: %{{y:.3g}}"
+    tip += "; TTFT %{customdata[0]:.0%}, TPOT %{customdata[1]:.0%} ok" if split else ""
+    tip += "<extra></extra>"
     for i, (r, ps) in enumerate(series):
         common = {
             "x": [p["rate_per_s"] for p in ps],
-            "customdata": [[p["ttft_ok"], p["tpot_ok"]] for p in ps],
+            "customdata": [[p.get("ttft_ok"), p.get("tpot_ok")] for p in ps],
             "mode": "lines+markers",
             "name": _short(r),
             "meta": "data",
@@ -253,9 +277,10 @@ def rate_figures(rows: list[Row], target: float) -> tuple[go.Figure, go.Figure] 
         att.add_trace(go.Scatter(y=[p["attainment"] for p in ps], **common))
         good.add_trace(go.Scatter(y=[p["rate_per_s"] * p["attainment"] for p in ps], **common))
     for fig in (att, good):
-        layout(fig, 360).update_xaxes(title_text="offered rate (req/s, one replica)", type=xtype)
-    att.update_yaxes(title_text="requests meeting both SLOs", range=[0, 1.05], tickformat=".0%")
-    good.update_yaxes(title_text="goodput (req/s meeting SLOs)", type=xtype)
+        layout(fig, 360).update_xaxes(title_text=f"offered rate ({unit}, one replica)", type=xtype)
+    met = "workflows meeting their SLO" if unit == "wf/s" else "requests meeting both SLOs"
+    att.update_yaxes(title_text=met, range=[0, 1.05], tickformat=".0%")
+    good.update_yaxes(title_text=f"goodput ({unit} meeting SLOs)", type=xtype)
     return att, good
 
 
@@ -306,6 +331,8 @@ def memory_figure(rows: list[Row]) -> go.Figure | None:
 def _question(result: PlanResult) -> str:
     s = result.spec
     w = s.workload
+    if is_workflow_plan(result):
+        return _workflow_question(result)
     if w.trace:
         work = f"trace <b>{_esc(w.trace)}</b>, {w.num_requests} requests (arrival shape rescaled)"
     else:
@@ -323,6 +350,25 @@ def _question(result: PlanResult) -> str:
         f"<dt>SLO</dt><dd>TTFT ≤ {fmt(s.slo.ttft_s)} s and TPOT ≤ {fmt(s.slo.tpot_s * 1e3)} ms, "
         f"for at least {target_text(s.target)} of requests</dd>"
         f"<dt>Traffic to serve</dt><dd>{rate}</dd>"
+        f"<dt>Search</dt><dd>{len(result.rows)} candidates: {len(evaluated)} simulated "
+        f"({result.evaluated} now, {result.reused} from the store), {len(result.pruned)} pruned; "
+        f"{fmt(result.wall_s)} s</dd></dl></section>"
+    )
+
+
+def _workflow_question(result: PlanResult) -> str:
+    """The question of a workflow plan: its workflows and their end-to-end SLOs, not the
+    per-request trace and TTFT/TPOT it does not use."""
+    s = result.spec
+    evaluated = [r for r in result.rows if r.get("status") in ("ok", "infeasible")]
+    return (
+        '<section id="question"><h2>The question</h2><dl>'
+        f"<dt>Model</dt><dd>{_esc(s.model)}</dd>"
+        f"<dt>Workload</dt><dd>workflows <b>{_esc(s.workflows)}</b>, calls in "
+        f"{_esc(s.workflow_policy)} order</dd>"
+        f"<dt>SLO</dt><dd>each workflow's end-to-end SLO, for at least {target_text(s.target)} "
+        "of workflows</dd>"
+        "<dt>Traffic to serve</dt><dd>not given (per-replica capacity only)</dd>"
         f"<dt>Search</dt><dd>{len(result.rows)} candidates: {len(evaluated)} simulated "
         f"({result.evaluated} now, {result.reused} from the store), {len(result.pruned)} pruned; "
         f"{fmt(result.wall_s)} s</dd></dl></section>"
@@ -355,7 +401,24 @@ def _answer(result: PlanResult) -> str:
             "<p>Loosen the SLO or the target, or add larger devices, more TP, fp8 weights or "
             "an fp8 KV cache to the search.</p></section>"
         )
-    facts = [
+    facts = _workflow_facts(w) if is_workflow_plan(result) else _request_facts(w)
+    return _answer_section(result, w, facts)
+
+
+def _workflow_facts(w: Row) -> list[tuple[str, str]]:
+    """A workflow plan's winner: workflows per second and their end-to-end tail."""
+    return [
+        ("capacity per replica", fmt(_num(w, "capacity_req_per_s"), "wf/s")),
+        ("devices per replica", str(w.get("devices"))),
+        ("price per replica", "$" + fmt(_num(w, "price_per_hour")) + "/h"),
+        ("cost of 1 wf/s", "$" + fmt(_num(w, "dollar_per_req_per_s")) + "/h"),
+        ("goodput per GPU", fmt(_num(w, "goodput_per_gpu"), "wf/s")),
+        ("workflow E2E p90", fmt(_num(w, "e2e_p90_s"), "s")),
+    ]
+
+
+def _request_facts(w: Row) -> list[tuple[str, str]]:
+    return [
         ("capacity per replica", fmt(_num(w, "capacity_req_per_s"), "req/s")),
         ("devices per replica", str(w.get("devices"))),
         ("price per replica", "$" + fmt(_num(w, "price_per_hour")) + "/h"),
@@ -366,6 +429,9 @@ def _answer(result: PlanResult) -> str:
         ("energy", fmt(_num(w, "joules_per_token"), "J/token")),
         ("attainment at capacity", _pct(_num(w, "attainment"))),
     ]
+
+
+def _answer_section(result: PlanResult, w: Row, facts: list[tuple[str, str]]) -> str:
     cells = "".join(f"<div><span>{_esc(k)}</span><b>{_esc(v)}</b></div>" for k, v in facts)
     sizing = []
     for name, sz in (("Lowest $/h", result.cheapest), ("Fewest GPUs", result.fewest_devices)):
@@ -405,6 +471,17 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
 )
 
 
+# A workflow plan's rows: workflows per second and the workflows' end-to-end tail.
+WORKFLOW_TABLE_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
+    *TABLE_COLUMNS[:4],
+    ("capacity wf/s", "capacity_req_per_s", lambda r: fmt(_num(r, "capacity_req_per_s"))),
+    ("$/h per wf/s", "dollar_per_req_per_s", lambda r: fmt(_num(r, "dollar_per_req_per_s"))),
+    ("wf/s per GPU", "goodput_per_gpu", lambda r: fmt(_num(r, "goodput_per_gpu"))),
+    ("E2E p90 s", "e2e_p90_s", lambda r: fmt(_num(r, "e2e_p90_s"))),
+    TABLE_COLUMNS[-1],
+)
+
+
 MISS_COLUMNS: tuple[tuple[str, str, Callable[[Row], str]], ...] = (
     ("candidate", "label", lambda r: str(r.get("label", ""))),
     ("GPUs", "devices", lambda r: str(r.get("devices", ""))),
@@ -420,8 +497,10 @@ def _best_attainment(r: Row) -> float:
     return max((p["attainment"] for p in _probes(r)), default=math.nan)
 
 
-def _candidates_table(rows: list[Row], top: int, feasible: bool = True) -> str:
-    columns = TABLE_COLUMNS if feasible else MISS_COLUMNS
+def _candidates_table(
+    rows: list[Row], top: int, feasible: bool = True, workflows: bool = False
+) -> str:
+    columns = (WORKFLOW_TABLE_COLUMNS if workflows else TABLE_COLUMNS) if feasible else MISS_COLUMNS
     head = "".join(f"<th>{_esc(name)}</th>" for name, _, _ in columns)
     body = []
     for r in rows[:top]:
@@ -511,11 +590,14 @@ def report_html(result: PlanResult, top: int = 15) -> str:
     rows = result.rows
     feasible = result.feasible
     shown = feasible if feasible else _leaders(result, top)
+    workflows = is_workflow_plan(result)
+    views = WORKFLOW_PARETO_VIEWS if workflows else PARETO_VIEWS
+    cost_label = WORKFLOW_COST_LABEL if workflows else COST_LABEL
     pareto = [
         _card(
             f"pareto:{COST}:{y}",
             title,
-            fig := pareto_figure(rows, y, sense, ylabel, winner, factor),
+            fig := pareto_figure(rows, y, sense, ylabel, winner, factor, cost_label),
             f"{len(fig.data[0].x) + len(fig.data[1].x)} feasible candidates, "
             f"{len(fig.data[1].x)} on this front; #k: rank by goodput per $/h. Hover a point for "
             "its candidate; drag to zoom, double-click to reset."
@@ -523,7 +605,7 @@ def report_html(result: PlanResult, top: int = 15) -> str:
             else "",
             "no feasible candidate to plot",
         )
-        for y, sense, title, ylabel, factor in PARETO_VIEWS
+        for y, sense, title, ylabel, factor in views
     ]
     pair = _leaders(result, 2)
     when = (
@@ -549,11 +631,12 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         if feasible
         else "Latency distributions: the closest misses"
     )
-    att, good = rate_figures(_leaders(result, 5), spec.target) or (None, None)
+    unit = "wf/s" if workflows else "req/s"
+    att, good = rate_figures(_leaders(result, 5), spec.target, unit) or (None, None)
     rates = [
         _card(
             "rate:attainment",
-            "SLO attainment vs request rate",
+            f"SLO attainment vs {'workflow' if workflows else 'request'} rate",
             att,
             "Each point is one simulated probe of the capacity search.",
             "no probes",
@@ -562,7 +645,8 @@ def report_html(result: PlanResult, top: int = 15) -> str:
             "rate:goodput",
             "Goodput vs request rate",
             good,
-            "Goodput = offered rate × attainment; the dashed diagonal is every request good.",
+            "Goodput = offered rate × attainment; the dashed diagonal is every "
+            f"{'workflow' if workflows else 'request'} good.",
             "no probes",
         ),
     ]
@@ -589,7 +673,7 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         "columns here).</p>"
         if feasible
         else '<p class="note">Nothing is feasible; the closest misses are listed.</p>',
-        _candidates_table(shown, top, bool(feasible)),
+        _candidates_table(shown, top, bool(feasible), workflows),
         _infeasible_table(rows),
         _pruned_table(result),
         "</section>",
@@ -597,8 +681,11 @@ def report_html(result: PlanResult, top: int = 15) -> str:
         '<p class="note">Every feasible candidate is drawn; those on the front of the two '
         "objectives shown are blue, the dominated grey, the winner ringed in orange.</p>",
         f'<div class="grid2">{"".join(pareto)}</div></section>',
-        f'<section id="latency"><h2>{latency_title}</h2>',
-        f'<div class="grid2">{"".join(cdfs)}</div></section>',
+        # a workflow plan records no per-request TTFT/TPOT distributions
+        ""
+        if workflows
+        else f'<section id="latency"><h2>{latency_title}</h2><div class="grid2">'
+        f"{''.join(cdfs)}</div></section>",
         '<section id="rates"><h2>Goodput and attainment vs rate (top candidates)</h2>',
         f'<div class="grid2">{"".join(rates)}</div></section>',
         '<section id="memory"><h2>Memory layout</h2>',
