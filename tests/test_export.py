@@ -508,3 +508,15 @@ def test_the_pools_of_a_disaggregated_unit_can_share_a_node(tmp_path: Path) -> N
         d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] for d in docs
     ]
     assert ports == [8000, 8001]
+
+
+def test_a_workflow_plans_launch_states_its_capacity_in_workflows(tmp_path: Path) -> None:
+    """A workflow plan's capacity is workflows per second (its rows say `capacity_unit`), but
+    the launch scripts' header called 5.35 workflows/s "5.35 req/s per replica"."""
+    spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9)
+    spec = replace_spec(spec, workflows="text2sql")
+    result = _spec_result(spec, {**row(tp=1), "capacity_unit": "workflows/s"})
+    files = write_exports(result, tmp_path)
+    for name in ("launch_vllm", "launch_sglang", "launch_trtllm"):
+        text = files[name].read_text()
+        assert "capacity 19.00 workflows/s per replica" in text and "req/s" not in text

@@ -698,10 +698,11 @@ def _comments(
     """The header of one launch script: what it runs and what it was planned for."""
     model = result.spec.model
     cap = row.get("capacity_req_per_s") or 0.0
+    unit = row.get("capacity_unit") or "req/s"  # a workflow plan's capacity is workflows/s
     out = [
         f"servesim plan for {model}: {row.get('label', '')}",
         f"planned for {engine}: {why}",
-        f"capacity {cap:.2f} req/s per replica; run {replicas} replica(s) behind a load balancer",
+        f"capacity {cap:.2f} {unit} per replica; run {replicas} replica(s) behind a load balancer",
         f"--max-model-len/--context-length {max_model_len_for(result, row)}: the planned "
         "workload's longest request",
         *[f"note: {n}" for n in launch_notes(row, model)],
