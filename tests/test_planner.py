@@ -408,3 +408,23 @@ def test_sizing_verifies_a_fleet_per_engine_and_each_script_launches_its_own(
         argv = shlex.split(text.split("\nexec ", 1)[1].replace("\\\n", " "))
         seqs = "--max-num-seqs" if engine == "vllm" else "--max-running-requests"
         assert argv[argv.index(seqs) + 1] == str(sz.candidate.max_num_seqs)
+
+
+def test_a_stored_part_that_does_not_read_is_evaluated_again(tmp_path: Path) -> None:
+    """A part cut short by a crash (a rename that reached the disk before the data did) was
+    counted as done, so every rerun skipped its candidate, and then dropped from the rows as
+    unreadable: the candidate vanished from the plan while the reused count included it."""
+    store = PlanStore(tmp_path, "plan")
+    store.add({"key": "good", "status": "ok"})
+    (store.dir / "part-cut.parquet").write_bytes(b"")
+    assert store.done_keys() == {"good"}
+    assert [r["key"] for r in store.rows()] == ["good"]
+    s = spec()
+    first = run_plan(s, SPACE, tmp_path / "p", workers=1, quiet=True, limit=1)
+    part = next((tmp_path / "p" / "store").glob("*/part-*.parquet"))
+    part.write_bytes(part.read_bytes()[:20])
+    again = run_plan(s, SPACE, tmp_path / "p", workers=1, quiet=True, limit=1)
+    assert again.evaluated == 1 and again.reused == 0
+    assert [r["key"] for r in again.rows if r["status"] != "pruned"] == [
+        r["key"] for r in first.rows if r["status"] != "pruned"
+    ]

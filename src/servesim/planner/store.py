@@ -31,8 +31,13 @@ class PlanStore:
         return self.dir / f"part-{key}.parquet"
 
     def done_keys(self) -> set[str]:
-        """Candidate keys already stored."""
-        return {p.stem.removeprefix("part-") for p in self.dir.glob("part-*.parquet")}
+        """Candidate keys already stored in a part that reads. A part that does not (a file cut
+        short by a crash before it reached the disk) is not done: counted as done, its
+        candidate would be skipped by every rerun and then dropped by `rows`."""
+        return {p.stem.removeprefix("part-") for p in self._parts() if _read(p) is not None}
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.parquet"))
 
     def add(self, row: dict[str, Any]) -> None:
         """Store one candidate's row (write to a temporary file, then rename: never half a file)."""
@@ -44,12 +49,17 @@ class PlanStore:
     def rows(self) -> list[dict[str, Any]]:
         """Every stored row (parts that fail to read, e.g. from a crashed writer, are skipped)."""
         out = []
-        for p in sorted(self.dir.glob("part-*.parquet")):
-            try:
-                out.extend(pq.read_table(str(p)).to_pylist())
-            except (OSError, pa.ArrowInvalid):
-                continue
+        for p in self._parts():
+            out.extend(_read(p) or [])
         return out
+
+
+def _read(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of one part, None if it does not read."""
+    try:
+        return pq.read_table(str(path)).to_pylist()
+    except (OSError, pa.ArrowInvalid):
+        return None
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | Path) -> None:
