@@ -520,3 +520,19 @@ def test_a_workflow_plans_launch_states_its_capacity_in_workflows(tmp_path: Path
     for name in ("launch_vllm", "launch_sglang", "launch_trtllm"):
         text = files[name].read_text()
         assert "capacity 19.00 workflows/s per replica" in text and "req/s" not in text
+
+
+def test_the_online_quantisation_note_follows_the_engine_launched(tmp_path: Path) -> None:
+    """When no candidate of an engine met the SLO, its script runs the pick's settings; the
+    fp8 note followed the pick's engine, not the script's: with a TensorRT-LLM pick the vLLM
+    and SGLang scripts said to load a ModelOpt checkpoint beside their own --quantization fp8,
+    and with a vLLM pick the TensorRT-LLM script loaded the 16-bit checkpoint unwarned."""
+    spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9)
+    for pick in ("trtllm", "vllm"):
+        r = row(tp=1, engine=pick, weight_dtype="fp8")
+        files = write_exports(_spec_result(spec, r), tmp_path / pick)
+        for engine in ("vllm", "sglang"):
+            text = files[f"launch_{engine}"].read_text()
+            assert "does not quantise online" not in text and "--quantization fp8" in text
+        assert "does not quantise online" in files["launch_trtllm"].read_text()
+    assert launch_notes(row(tp=1, engine="vllm", weight_dtype="fp8"), LLAMA, "trtllm")

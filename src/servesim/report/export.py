@@ -104,14 +104,17 @@ def _online_quantization(row: dict[str, Any], model_name: str) -> bool:
     return want == "fp8" and _checkpoint_dtype(model_name) in ("bf16", "fp16")
 
 
-def launch_notes(row: dict[str, Any], model_name: str) -> list[str]:
-    """Caveats a launch command cannot express: a weight format the checkpoint does not have."""
+def launch_notes(row: dict[str, Any], model_name: str, engine: str | None = None) -> list[str]:
+    """Caveats a launch command cannot express: a weight format the checkpoint does not have.
+    `engine` is the engine launched (default: the row's), which may run settings planned with
+    another engine's scheduler; whether it quantises online is its own."""
+    engine = engine or str(row.get("engine") or "vllm")
     want = canonical(row.get("weight_dtype") or "bf16")
     have = _checkpoint_dtype(model_name)
     if want == have or {want, have} <= {"bf16", "fp16"}:
         return []
     if _online_quantization(row, model_name):
-        if row.get("engine") != "trtllm":
+        if engine != "trtllm":
             return []
         return [
             f"weights in {want}: TensorRT-LLM does not quantise online; load an {want} "
@@ -505,7 +508,7 @@ def k8s_manifest(
             f"# note: {gpus} GPUs per replica exceed a {device.name} node "
             f"({device.max_devices_per_node}); run it multi-node (e.g. LeaderWorkerSet)"
         )
-    notes = [*launch_notes(row, model_name), *speculative_notes(engine, row)]
+    notes = [*launch_notes(row, model_name, engine), *speculative_notes(engine, row)]
     header += [f"# note: {n}" for n in notes]
     body = yaml.dump(doc, Dumper=_PlainDumper, sort_keys=False, width=100)
     return "\n".join(header) + "\n" + body
@@ -705,7 +708,7 @@ def _comments(
         f"capacity {cap:.2f} {unit} per replica; run {replicas} replica(s) behind a load balancer",
         f"--max-model-len/--context-length {max_model_len_for(result, row)}: the planned "
         "workload's longest request",
-        *[f"note: {n}" for n in launch_notes(row, model)],
+        *[f"note: {n}" for n in launch_notes(row, model, engine)],
         *[f"note: {n}" for n in speculative_notes(engine, row)],
     ]
     release = row.get("engine_version") if row.get("engine") == engine else None
