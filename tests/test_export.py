@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from dataclasses import asdict, replace
@@ -489,9 +490,9 @@ def test_the_pools_of_a_disaggregated_unit_can_share_a_node(tmp_path: Path) -> N
 
     r = row(mode="disaggregated", tp=1, prefill_tp=2, prefill_replicas=1)
     r = {**r, "decode_tp": 1, "decode_replicas": 2}
-    assert pool_gpus(r) == {
-        "prefill": "CUDA_VISIBLE_DEVICES=0,1",
-        "decode": "CUDA_VISIBLE_DEVICES=2; CUDA_VISIBLE_DEVICES=3",
+    assert pool_gpus(r, "trtllm") == {
+        "prefill": "CUDA_VISIBLE_DEVICES=0,1 ... --port 8000",
+        "decode": "CUDA_VISIBLE_DEVICES=2 ... --port 8001; CUDA_VISIBLE_DEVICES=3 ... --port 8003",
     }
     spec = PlanSpec(LLAMA, WorkloadSpec("azure_conv", 100), Slo(2.0, 0.1), 0.9)
     files = write_exports(_spec_result(spec, r), tmp_path)
@@ -499,7 +500,8 @@ def test_the_pools_of_a_disaggregated_unit_can_share_a_node(tmp_path: Path) -> N
         pre, dec = files[f"launch_{engine}_prefill"], files[f"launch_{engine}_decode"]
         assert flag(script_argv(pre), "--port") == str(base)
         assert flag(script_argv(dec), "--port") == str(base + 1)
-        assert "CUDA_VISIBLE_DEVICES=2; CUDA_VISIBLE_DEVICES=3" in dec.read_text()
+        assert f"CUDA_VISIBLE_DEVICES=3{' VLLM_NIXL_SIDE_CHANNEL_PORT=5603' * (engine == 'vllm')}" \
+            f" ... --port {base + 3}" in dec.read_text()  # fmt: skip
     pre, dec = files["launch_trtllm_prefill"].read_text(), files["launch_trtllm_decode"].read_text()
     assert "servesim_llm_api_options_prefill.yml" in pre and "_decode.yml" in dec
     assert "cache_transceiver_config" in _trtllm_yaml(files["launch_trtllm_decode"])
@@ -508,6 +510,36 @@ def test_the_pools_of_a_disaggregated_unit_can_share_a_node(tmp_path: Path) -> N
         d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] for d in docs
     ]
     assert ports == [8000, 8001]
+
+
+def test_the_replicas_of_a_pool_on_one_node_take_their_own_ports() -> None:
+    """Every replica of a pool was told to serve on the pool's one port, and vLLM's NIXL side
+    channels (5600 plus each TP rank) and SGLang's prefill bootstrap servers (8998) all took
+    the engine's default: two replicas on one node could not both start. Each replica now
+    takes its own serving port (prefill base + 2i, decode base + 2i + 1), a side channel
+    above its first GPU, and a bootstrap port of its own."""
+    from servesim.report.export import pool_gpus
+
+    r = row(mode="disaggregated", tp=2, prefill_tp=2, prefill_replicas=2)
+    r = {**r, "decode_tp": 2, "decode_replicas": 2}
+    vllm = pool_gpus(r, "vllm")
+    assert vllm["prefill"] == (
+        "CUDA_VISIBLE_DEVICES=0,1 VLLM_NIXL_SIDE_CHANNEL_PORT=5600 ... --port 8000; "
+        "CUDA_VISIBLE_DEVICES=2,3 VLLM_NIXL_SIDE_CHANNEL_PORT=5602 ... --port 8002"
+    )
+    assert vllm["decode"] == (
+        "CUDA_VISIBLE_DEVICES=4,5 VLLM_NIXL_SIDE_CHANNEL_PORT=5604 ... --port 8001; "
+        "CUDA_VISIBLE_DEVICES=6,7 VLLM_NIXL_SIDE_CHANNEL_PORT=5606 ... --port 8003"
+    )
+    sglang = pool_gpus(r, "sglang")
+    assert sglang["prefill"] == (
+        "CUDA_VISIBLE_DEVICES=0,1 ... --port 30000 --disaggregation-bootstrap-port 8998; "
+        "CUDA_VISIBLE_DEVICES=2,3 ... --port 30002 --disaggregation-bootstrap-port 8999"
+    )
+    assert "bootstrap" not in sglang["decode"]
+    for pools in (vllm, sglang):
+        found = [int(p) for p in re.findall(r"(?:--port |PORT=|bootstrap-port )(\d+)", str(pools))]
+        assert len(found) == len(set(found)) >= 4, found
 
 
 def test_a_workflow_plans_launch_states_its_capacity_in_workflows(tmp_path: Path) -> None:

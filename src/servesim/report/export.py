@@ -42,11 +42,16 @@ TRTLLM_PORT = 8000
 TRTLLM_OPTIONS = "/tmp/servesim_llm_api_options.yml"  # where the launch writes the YAML
 
 
-def port_of(engine: str, phase: str | None = None) -> int:
+NIXL_SIDE_CHANNEL_PORT = 5600  # vLLM's VLLM_NIXL_SIDE_CHANNEL_PORT default (+ each TP rank)
+SGLANG_BOOTSTRAP_PORT = 8998  # SGLang's --disaggregation-bootstrap-port default (prefill)
+
+
+def port_of(engine: str, phase: str | None = None, replica: int = 0) -> int:
     """The port a launch serves on: the engine's default, one above it for a disaggregated
-    decode pool, so the two pools of one node do not collide."""
+    decode pool, and two more for each further replica of a pool, so the replicas of the two
+    pools of one node do not collide (prefill base + 2i, decode base + 2i + 1)."""
     base = {"sglang": SGLANG_PORT, "trtllm": TRTLLM_PORT}.get(engine, VLLM_PORT)
-    return base + (1 if phase == "decode" else 0)
+    return base + (1 if phase == "decode" else 0) + 2 * replica
 
 
 def trtllm_options_path(phase: str | None = None) -> str:
@@ -626,15 +631,15 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
                 f"see {''.join(scripts)}k8s_deployment.yaml"
             )
         max_len = max_model_len_for(result, row)
-        placement = pool_gpus(row)
+        placement = pool_gpus(row, engine)
         for phase, pool_row, n in phases(row):
             suffix = f"_{phase}" if phase else ""
             path = out / f"launch_{engine}{suffix}.sh"
             extra = [f"{phase} pool: {n * replicas} replica(s) of this command"] if phase else []
             if phase:
                 extra.append(
-                    f"on one node with the other pool, serve on port {port_of(engine, phase)} "
-                    f"and pin each replica to its own GPUs: {placement[phase]}"
+                    "on one node with the other pool, start each replica with its own GPUs "
+                    f"and ports (the command below has the first's port): {placement[phase]}"
                 )
             argv = _argv(engine, pool_row, model, max_len, phase)
             path.write_text(_script(argv, comments + extra, _prelude(engine, pool_row, phase)))
@@ -663,10 +668,13 @@ def write_exports(result: PlanResult, out_dir: str | Path) -> dict[str, Path]:
     return files
 
 
-def pool_gpus(row: dict[str, Any]) -> dict[str, str]:
-    """Per pool of a disaggregated unit, which GPUs of its node each replica takes when the
-    unit shares one node (`CUDA_VISIBLE_DEVICES` per replica: the prefill replicas first, then
-    the decode ones), so the pools do not start on the same devices."""
+def pool_gpus(row: dict[str, Any], engine: str = "vllm") -> dict[str, str]:
+    """Per pool of a disaggregated unit, what each replica sets when the unit shares one node:
+    its GPUs (`CUDA_VISIBLE_DEVICES`: the prefill replicas first, then the decode ones), its
+    serving port (`port_of`) and the engine's KV-transfer port, so no two instances start on
+    the same devices or listen on the same port: vLLM's NIXL side channel (each TP rank
+    listens at the base plus its rank, so a replica's base is the default plus its first GPU)
+    and SGLang's prefill bootstrap server. TensorRT-LLM's transceiver picks its own ports."""
     out: dict[str, str] = {}
     first = 0
     for phase, pool_row, n in phases(row):
@@ -674,9 +682,15 @@ def pool_gpus(row: dict[str, Any]) -> dict[str, str]:
             continue
         tp = int(pool_row["tp"])
         sets = []
-        for _ in range(n):
+        for i in range(n):
             ids = ",".join(str(g) for g in range(first, first + tp))
-            sets.append(f"CUDA_VISIBLE_DEVICES={ids}")
+            env = f"CUDA_VISIBLE_DEVICES={ids}"
+            flags = f"--port {port_of(engine, phase, i)}"
+            if engine == "vllm":
+                env += f" VLLM_NIXL_SIDE_CHANNEL_PORT={NIXL_SIDE_CHANNEL_PORT + first}"
+            elif engine == "sglang" and phase == "prefill":
+                flags += f" --disaggregation-bootstrap-port {SGLANG_BOOTSTRAP_PORT + i}"
+            sets.append(f"{env} ... {flags}")
             first += tp
         out[phase] = "; ".join(sets)
     return out
