@@ -447,6 +447,22 @@ def test_a_speculative_candidate_launches_its_speculation(tmp_path: Path) -> Non
     assert "speculative_config" not in _trtllm_yaml(files["launch_trtllm"])
 
 
+def test_vllm_before_0_11_names_mtp_by_the_model_family() -> None:
+    """vLLM unified its MTP drafters as "mtp" in 0.11.0 (PR #25232); a plan pinned to an older
+    release launched with a method that release does not know ("deepseek_mtp" there)."""
+    from servesim.report.export import speculative_args
+
+    r = {**row(tp=8, num_draft_tokens=1), "speculative": "mtp"}
+
+    def method(release: str | None, model_type: str = "deepseek_v3") -> str:
+        argv = speculative_args("vllm", {**r, "engine_version": release}, model_type)
+        return json.loads(argv[1])["method"]
+
+    assert method("0.10.1") == "deepseek_mtp" and method("0.10.1", "qwen3_next") == "qwen3_next_mtp"
+    assert method("0.11.0") == method("0.12.0") == method(None) == "mtp"
+    assert method("0.10.1", "llama") == "mtp"  # a family servesim has no older name for
+
+
 def test_a_draft_the_plan_did_not_name_is_a_placeholder_with_a_note() -> None:
     from servesim.report.export import DRAFT_PLACEHOLDER, speculative_args, speculative_notes
 

@@ -32,6 +32,7 @@ from servesim.spec.engine_profile import get_engine
 from servesim.spec.memory import engine_memory
 from servesim.spec.model import load_model
 from servesim.spec.parallel import Parallel
+from servesim.spec.release import version_key
 
 if TYPE_CHECKING:
     from servesim.planner.plan import PlanResult
@@ -149,9 +150,27 @@ def _mem_fraction(row: dict[str, Any]) -> float:
 # `speculative_config.method`, SGLang's `--speculative-algorithm` (NEXTN is its name for a
 # checkpoint's own MTP layers) and TensorRT-LLM's `speculative_config.decoding_type`.
 VLLM_SPEC_METHODS = {"mtp": "mtp", "eagle": "eagle", "draft": "draft_model"}
+# vLLM before 0.11.0 named MTP drafting per model family (PR #25232 unified them as "mtp")
+VLLM_UNIFIED_MTP = (0, 11, 0)
+VLLM_FAMILY_MTP = {
+    "deepseek_v3": "deepseek_mtp",
+    "deepseek_v32": "deepseek_mtp",
+    "kimi_k2": "deepseek_mtp",
+    "qwen3_next": "qwen3_next_mtp",
+    "glm4_moe": "glm4_moe_mtp",
+    "mimo": "mimo_mtp",
+}
 SGLANG_SPEC_ALGORITHMS = {"mtp": "NEXTN", "eagle": "EAGLE", "draft": "STANDALONE"}
 TRTLLM_DECODING_TYPES = {"mtp": "MTP", "eagle": "Eagle", "draft": "DraftTarget"}
 DRAFT_PLACEHOLDER = "<draft-model>"  # what a launch names when the plan gave no draft model
+
+
+def _model_type(model_name: str) -> str:
+    """config.json's model_type of the model launched ("" when it does not load)."""
+    try:
+        return load_model(model_name).model_type
+    except ServesimError:
+        return ""
 
 
 def _speculation(row: dict[str, Any]) -> tuple[str, int, int] | None:
@@ -168,15 +187,26 @@ def _draft_source(row: dict[str, Any]) -> str:
     return model_source(str(draft)) if draft else DRAFT_PLACEHOLDER
 
 
-def speculative_args(engine: str, row: dict[str, Any]) -> list[str]:
+def _vllm_method(method: str, row: dict[str, Any], model_type: str) -> str:
+    """vLLM's `method` for a drafter: a release before 0.11.0 (the row's `engine_version`)
+    names MTP by the model family, when servesim knows the family's name."""
+    release = str(row.get("engine_version") or "")
+    if method == "mtp" and release and (0,) < version_key(release) < VLLM_UNIFIED_MTP:
+        return VLLM_FAMILY_MTP.get(model_type, "mtp")
+    return VLLM_SPEC_METHODS[method]
+
+
+def speculative_args(engine: str, row: dict[str, Any], model_type: str = "") -> list[str]:
     """The command-line arguments that run the row's speculative decoding (vLLM, SGLang; none
-    for TensorRT-LLM, whose settings go in its options YAML: `trtllm_options`)."""
+    for TensorRT-LLM, whose settings go in its options YAML: `trtllm_options`); `model_type`
+    (config.json's) names vLLM's MTP method in releases before 0.11.0."""
     spec = _speculation(row)
     if spec is None or engine == "trtllm":
         return []
     method, k, width = spec
     if engine == "vllm":
-        cfg: dict[str, Any] = {"method": VLLM_SPEC_METHODS[method], "num_speculative_tokens": k}
+        name = _vllm_method(method, row, model_type)
+        cfg: dict[str, Any] = {"method": name, "num_speculative_tokens": k}
         if method != "mtp":
             cfg["model"] = _draft_source(row)
         return ["--speculative-config", json.dumps(cfg, separators=(",", ":"))]
@@ -266,7 +296,7 @@ def _vllm_argv(
         argv += ["--kv-cache-dtype", "fp8"]
     if phase:
         argv += ["--kv-transfer-config", VLLM_KV_TRANSFER]
-    argv += speculative_args("vllm", row)
+    argv += speculative_args("vllm", row, _model_type(model_name))
     return [*argv, "--host", "0.0.0.0", "--port", str(port_of("vllm", phase))]
 
 
