@@ -126,3 +126,22 @@ def test_cli_simulate_through_a_category_aware_cache(tmp_path) -> None:
     assert fig["by_category"]["code"]["hit_rate"] > fig["by_category"]["chat"]["hit_rate"]
     assert main([*args, "--cache-on-hit", "small_model", "--cache-hit-rate", "0.5"]) == 2
     assert main([*args, "--cache-lookup-ms", "3"]) == 2
+
+
+def test_the_runs_seed_draws_the_caches_hits(tmp_path) -> None:
+    """`--seed` varied the lengths and arrivals but not which requests the cache answered: its
+    draw kept seed 0. The same seed repeats the hits; another draws others."""
+    import json
+
+    from servesim.cli.main import main
+
+    base = ["simulate", "--prompt", "fixed:256", "--output", "fixed:32", "--rate", "5"]
+    base += ["--num-requests", "200", "--cache-hit-rate", "0.5"]
+
+    def hits(seed: int, name: str) -> dict:
+        out = tmp_path / name
+        assert main([*base, "--seed", str(seed), "--out", str(out)]) == 0
+        return json.loads((out / "summary.json").read_text())["semantic_cache"]["served"]
+
+    assert hits(7, "a") == hits(7, "b")
+    assert hits(7, "a") != hits(0, "c")

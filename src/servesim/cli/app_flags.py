@@ -81,11 +81,11 @@ def _categories(text: str) -> dict[str, Any]:
 
 
 def run_app(
-    s: AppSettings, dep: Any, work: Any, router: str = "round_robin"
+    s: AppSettings, dep: Any, work: Any, router: str = "round_robin", seed: int = 0
 ) -> dict[str, Any] | None:
     """Serve through the cache or with adapters if the settings ask for it (None otherwise):
     the summary figures, per-request arrays left out; `router` spreads a cache's misses and
-    small-model hits over the replicas."""
+    small-model hits over the replicas, `seed` (the run's --seed) draws which requests hit."""
     from dataclasses import replace
 
     from servesim.sim.workload import Workload
@@ -106,7 +106,9 @@ def run_app(
             if s.cache_categories
             else {"all": CacheCategory(1.0, float(s.cache_hit_rate or 0.0))}
         )
-        c = SemanticCache(cats, s.cache_lookup_ms / 1e3, s.cache_on_hit, s.cache_example_tokens)
+        c = SemanticCache(
+            cats, s.cache_lookup_ms / 1e3, s.cache_on_hit, s.cache_example_tokens, seed=seed
+        )
         small = None
         if s.cache_small_model:
             small = replace(dep, model=load_model(s.cache_small_model), parallel=Parallel())

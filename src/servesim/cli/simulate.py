@@ -238,7 +238,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _several_models(s, dep, flows, out)
     work = flows if flows is not None else build_workload(s)
     dep, work = apply_multimodal(dep, work, s, s.model)
-    app = run_app(s, dep, work, s.router) if flows is None else None
+    app = run_app(s, dep, work, s.router, s.seed) if flows is None else None
     if app is not None:  # a cache or adapters: their own serving path and figures
         import json
 

@@ -47,7 +47,11 @@ def add_workload_args(w: argparse._ArgumentGroup) -> None:
         "--prompt-pool-sampling",
         help="how clients pick from --prompt-pool: shuffle (aiperf's default), random, sequential",
     )
-    w.add_argument("--seed", type=int, help="seed for synthetic lengths and arrivals (≥ 0)")
+    w.add_argument(
+        "--seed",
+        type=int,
+        help="seed for synthetic lengths and arrivals and the semantic cache's hits (≥ 0)",
+    )
 
 
 def build_workload(s: Any) -> Any:
