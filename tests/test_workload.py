@@ -331,3 +331,12 @@ def test_closed_loop_validation(args: tuple, pattern: str) -> None:
 def test_closed_loop_index_out_of_range() -> None:
     with pytest.raises(ServesimError, match=r"outside 0\.\.4"):
         ClosedLoop(2, 5, Fixed(1), Fixed(1)).request(5)
+
+
+def test_a_lognormal_capped_below_its_median_is_refused() -> None:
+    """`lognormal:100:200:50` made every length 50 without a word: a cap below the median
+    turns most draws into the cap. It is refused; a cap between median and p90 clips the tail."""
+    with pytest.raises(ServesimError, match="below the median 100"):
+        parse_length("lognormal:100:200:50")
+    x = parse_length("lognormal:100:200:150").sample(2000, 0)
+    assert x.max() == 150 and np.median(x) == pytest.approx(100, rel=0.1)

@@ -98,6 +98,12 @@ class LogNormal:
                     f"Lognormal max_tokens={self.max_tokens} is below min_tokens="
                     f"{self.min_tokens}; raise max_tokens."
                 )
+            if self.max_tokens < self.median:  # more than half the draws would be the cap
+                raise ServesimError(
+                    f"Lognormal max_tokens={self.max_tokens} is below the median "
+                    f"{self.median:g}, so most lengths would be the cap; raise the maximum or "
+                    "lower the median."
+                )
 
     @property
     def mu(self) -> float:
