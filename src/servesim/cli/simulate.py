@@ -332,10 +332,19 @@ def _several_models(s: SimulateSettings, dep: Any, flows: Any, out: Any) -> int:
             )
         deps[name] = replace(dep, model=load_model(model), parallel=Parallel(tp=int(tp or 1)))
     res = serve_workflows(deps, flows, router=s.router)
-    report = {**res["report"], "fixed_point_rounds": res["rounds"]}
+    report = {
+        **res["report"],
+        "fixed_point_rounds": res["rounds"],
+        "fixed_point_shift_s": res["shift_s"],
+    }
     with config.writing(out, s.spell("out")):
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps({"workflows": report}, indent=1))
     print_workflows(report)
     console.print(f"wrote {out}/summary.json ({res['rounds']} fixed-point rounds)")
+    if res["shift_s"] >= 1e-3:
+        console.print(
+            f"note: the release times had not settled after {res['rounds']} rounds (the last "
+            f"moved calls by up to {res['shift_s']:.3f} s); the figures are approximate"
+        )
     return 0
