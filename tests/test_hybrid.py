@@ -114,6 +114,13 @@ def test_lamina_overlap_and_capacity() -> None:
     assert b.seconds == pytest.approx(a.dense_s + a.attention_s + a.link_s)
     # the KV cache in host memory holds many more sequences than the GPU left after weights
     assert a.max_seqs_offloaded > 10 * a.max_seqs_gpu_only
+    # energy: both devices draw at least idle power over the whole step and at most their
+    # peak (it was 0 J, so a step bound by the CPU's attention reported the GPU's idle alone)
+    idle = (gpu.idle_power_w + cpu.idle_power_w) * a.seconds
+    peak = (gpu.max_power_w + cpu.max_power_w) * a.seconds
+    assert idle < a.joules < peak
+    assert a.attention_s == a.seconds  # attention-bound: the CPU streams the KV all step
+    assert a.joules > idle + 0.5 * (cpu.max_power_w - cpu.idle_power_w) * a.seconds
 
 
 def test_hybrimoe_dynamic_beats_static_when_popularity_shifts() -> None:

@@ -94,7 +94,7 @@ class LocalPredictor(Predictor):
                 gpu_eff=rt.efficiency,
                 attn_eff=rt.attention_efficiency,
             )
-            return ds.Timed(a.seconds, a.dense_s, a.attention_s, a.link_s, 0.0)
+            return ds.Timed(a.seconds, a.dense_s, a.attention_s, a.link_s, a.joules)
         return ds.step_time(m, q, self.device, step, rt.efficiency, rt.threads)
 
     def _forward_s(self, tokens: int, seqs: int, context: int) -> float:

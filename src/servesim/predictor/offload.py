@@ -181,6 +181,7 @@ class AttentionOffload:
     link_s: float
     max_seqs_gpu_only: int
     max_seqs_offloaded: int
+    joules: float = 0.0  # both devices over the step: each its own work, idle the rest
 
 
 def attention_offload_step(
@@ -204,18 +205,22 @@ def attention_offload_step(
         raise ServesimError("Attention offload needs seqs >= 1 and context >= 1.")
     step = Step(seqs, seqs, 0)  # dense work: no KV read on the GPU
     dense = layers_work(model, quant, range(model.num_layers), step) + head_work(model, quant, step)
-    dense_s = time_work(dense, gpu, quant, gpu_eff).seconds
+    dense_t = time_work(dense, gpu, quant, gpu_eff)
+    dense_s = dense_t.seconds
     per = model.kv_values_per_token_per_layer * KV_BYTES_PER_VALUE
     L = model.num_attention_layers
     kv_read = seqs * context * per * L
     attn_flops = 4.0 * model.num_heads * model.head_dim * seqs * context * L
     e = attn_eff
-    attn_s = time_work(Work({}, 0.0, kv_read, attn_flops, 4 * L), attn_device, quant, e).seconds
+    attn_t = time_work(Work({}, 0.0, kv_read, attn_flops, 4 * L), attn_device, quant, e)
+    attn_s = attn_t.seconds
     qkv = (model.num_heads + 2 * model.num_kv_heads) * model.head_dim
     send = seqs * qkv * 2.0
     back = seqs * model.num_heads * model.head_dim * 2.0
     link_s = L * (link.transfer_s(send) + link.transfer_s(back))
     seconds = max(dense_s, attn_s, link_s) if overlap else dense_s + attn_s + link_s
+    joules = dense_t.joules + gpu.idle_power_w * (seconds - dense_s)
+    joules += attn_t.joules + attn_device.idle_power_w * (seconds - attn_s)
     w = sum(layer_weight_bytes(model, quant, i) for i in range(model.num_layers))
     w += embedding_bytes(model, quant)
     per_seq_kv = kv_bytes(model, quant, context)
@@ -232,6 +237,7 @@ def attention_offload_step(
         link_s,
         int(gpu_free // per_seq_kv),
         int((attn_device.mem_bytes * 0.9) // per_seq_kv),
+        joules,
     )
 
 
