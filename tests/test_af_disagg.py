@@ -261,3 +261,24 @@ def test_cli_plan_searches_the_split() -> None:
     assert "af1+" in ok.stdout and "(colocated)" in ok.stdout and "best AF split" in ok.stdout
     bad = subprocess.run([*base, "--gpus", "h100_sxm,l40s"], capture_output=True, text=True)
     assert bad.returncode == 2 and "one --gpus" in bad.stderr
+
+
+def test_cli_plan_split_prices_kernels_by_the_plans_latency_model(capsys) -> None:
+    """`plan --af-disagg --latency-model roofline` prices the splits on the roofline, as
+    `af_splits(..., latency_model="roofline")` does; it used the default (measured kernels)
+    whatever the flag said. A kernel fit file, which the split search cannot use, is refused."""
+    from servesim.cli import main as cli
+
+    m = load_model("Qwen/Qwen3-30B-A3B")
+    args = ["plan", "--model", m.name, "--gpus", "h100_sxm", "--engines", "vllm", "--tp", "1"]
+    args += ["--af-disagg", "--af-max-gpus", "4", "--af-batch", "64"]
+    args += ["--af-microbatches-search", "2"]
+    printed = {}
+    for lm in ("roofline", "measured"):
+        assert cli.main([*args, "--latency-model", lm]) == 0
+        printed[lm] = capsys.readouterr().out
+        best = af_splits(m, H100, get_engine("vllm"), 2048, 4, 64, 0.1, (1,), (2,), None, None, lm)
+        assert f"{best[0].iteration_s * 1e3:.2f}" in printed[lm]
+    assert printed["roofline"] != printed["measured"]
+    assert cli.main([*args, "--fit", "fit.json"]) == 2
+    assert "--fit does nothing with --af-disagg" in capsys.readouterr().err

@@ -55,6 +55,7 @@ PLAN_ONLY = (
     "speculative",
     "workflows",
     "skip_prob",
+    "fit",  # the split search prices kernels by --latency-model, without a fit file
 )
 
 
@@ -231,10 +232,15 @@ def breakdown_dict(pred: Any, b: Any) -> dict[str, Any]:
     }
 
 
-def run_af_plan(s: Any, top: int = 10) -> int:
+def run_af_plan(s: Any, top: int = 10, engine: Any = None, latency_model: str = "") -> int:
     """`plan --af-disagg`: the best attention/expert splits per batch size against the best
-    colocated layout of the same GPUs; exit 1 when no split meets the TPOT target."""
+    colocated layout of the same GPUs; exit 1 when no split meets the TPOT target.
+
+    `engine` is the plan's engine profile (its stated release and sampling; default: the first
+    of `s.engines` as is) and `latency_model` the plan's (default: the predictor's), so the
+    split search prices kernels as the rest of the plan would."""
     from servesim.planner.af_split import af_splits, colocated
+    from servesim.predictor.iteration import DEFAULT_LATENCY_MODEL
     from servesim.spec.devices import catalog
     from servesim.spec.engine_profile import get_engine
     from servesim.spec.links import get_link
@@ -245,7 +251,8 @@ def run_af_plan(s: Any, top: int = 10) -> int:
     edev = devices.get(s.af_expert_device) if s.af_expert_device else None
     link = get_link(s.af_link) if s.af_link else None
     model = load_model(s.model)
-    engine = get_engine(s.engines[0])
+    engine = engine or get_engine(s.engines[0])
+    latency_model = latency_model or DEFAULT_LATENCY_MODEL
     found = False
     for batch in s.af_batch or (None,):
         rows = af_splits(
@@ -260,9 +267,18 @@ def run_af_plan(s: Any, top: int = 10) -> int:
             tuple(s.af_microbatches_search),
             edev,
             link,
+            latency_model,
         )
         base = colocated(
-            model, device, engine, s.af_context, s.af_max_gpus, batch, s.tpot_slo, tuple(s.tp)
+            model,
+            device,
+            engine,
+            s.af_context,
+            s.af_max_gpus,
+            batch,
+            s.tpot_slo,
+            tuple(s.tp),
+            latency_model,
         )
         what = f"decode batch {batch}" if batch else "decode capacity"
         table = Table(

@@ -456,9 +456,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from servesim.report.page import write_report
 
     s = config.settings(PlanSettings, args)
-    if s.af_disagg:  # the attention/expert split of one replica, priced per decode iteration
-        return run_af_plan(s, s.top)
     spec, space = build(s)
+    if s.af_disagg:  # the attention/expert split of one replica, priced per decode iteration
+        return run_af_plan(s, s.top, spec.engine(space.engines[0]), spec.latency_model)
     check_inputs(s, spec, space)
     if s.epd_gpus is not None or s.images_per_request:
         return run_epd_plan(s, spec)
