@@ -77,6 +77,28 @@ def test_plan_ranks_encode_splits(tmp_path: Path, capsys) -> None:
     assert "e+pd" in out and "colocated" in out and "epd" in out
 
 
+def test_plan_encode_splits_run_the_plans_replica_layout(tmp_path: Path, capsys) -> None:
+    """`plan --epd-gpus` splits the GPUs among replicas of the plan's layout: at --tp 2 two GPUs
+    hold one replica and nothing else (no encode GPU leaves a replica's worth), and the engine
+    and latency model given price it. They were ignored: TP 1, vLLM, the default model."""
+    base = ["plan", "--model", "Qwen/Qwen3-VL-8B-Instruct", "--gpus", "h100_sxm", *LOAD]
+    base += ["--images-per-request", "1", "--epd-gpus", "2", "--out", str(tmp_path)]
+    rows = {}
+    for extra in ([], ["--tp", "2"], ["--engines", "sglang", "--latency-model", "roofline"]):
+        code, out, _ = run([*base, *extra], capsys)
+        assert code == 0
+        rows[" ".join(extra)] = [ln for ln in out.splitlines() if ln.startswith("│")]
+    assert len(rows[""]) == 3  # colocated (2 replicas), pd 1:1, e+pd 1 + 1
+    assert [r.split("│")[1:5] for r in rows["--tp 2"]] == [
+        [" colocated ", " 0      ", " 1       ", " 0      "]
+    ]
+    assert rows["--engines sglang --latency-model roofline"] != rows[""]
+    code, _, err = run([*base, "--tp", "1,2"], capsys)
+    assert code == 2 and "give one --tp" in err
+    code, _, err = run([*base, "--kv-dtypes", "fp8"], capsys)
+    assert code == 2 and "--kv-dtypes does nothing with --epd-gpus" in " ".join(err.split())
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

@@ -153,20 +153,42 @@ def encoder_line(
     )
 
 
-def run_epd_plan(s: EpdPlanSettings, spec: Any) -> int:
+# `plan` settings that choose among several replica layouts: the encode-split search runs one.
+EPD_ONE_LAYOUT = ("tp", "engines", "batching")
+# `plan` settings the encode-split search does not read.
+EPD_UNREAD = ("pp", "weight_dtypes", "kv_dtypes", "pd_ratios", "mix", "speculative", "workflows")
+
+
+def run_epd_plan(s: EpdPlanSettings, spec: Any, space: Any) -> int:
     """`plan --epd-gpus N`: every split of N GPUs over encode, prefill and decode (and without
-    an encode pool) on the plan's workload with images, ranked by mean TTFT."""
+    an encode pool) on the plan's workload with images, ranked by mean TTFT.
+
+    The replicas are the plan's one layout: its TP degree, engine (at its stated release),
+    batching limits, latency model and kernel fit; settings it would not read are refused."""
     from rich.console import Console
     from rich.table import Table
 
+    from servesim.planner.candidates import fit_for
     from servesim.planner.epd import search_encode_split
     from servesim.sim.deployment import Deployment
     from servesim.spec.devices import get_device
     from servesim.spec.model import load_model
+    from servesim.spec.parallel import Parallel
     from servesim.spec.vision import load_vision
 
     if s.epd_gpus is None:
         raise Misuse("{images_per_request} in a plan ranks encode splits; add {epd_gpus}.")
+    for key in EPD_ONE_LAYOUT:
+        if s.given(key) and len(getattr(s, key)) > 1:
+            raise Misuse(
+                f"{{epd_gpus}} splits the GPUs among replicas of one layout; give one {{{key}}}."
+            )
+    for key in EPD_UNREAD:
+        if s.given(key) and getattr(s, key):
+            raise Misuse(
+                f"{{{key}}} does nothing with {{epd_gpus}}, which ranks the encode splits of one "
+                f"replica layout; drop {{{key}}}."
+            )
     work = spec.workload.build()
     if s.images_per_request <= 0 and work.images is None:
         raise Misuse(
@@ -178,7 +200,18 @@ def run_epd_plan(s: EpdPlanSettings, spec: Any) -> int:
     if s.rate is not None:
         work = work.scaled_to_rate(s.rate)
     work = _attach(work, vision, s)
-    base = Deployment(load_model(s.model), device, vision=vision)
+    seqs, tokens = s.batching[0] if s.given("batching") else (None, None)
+    base = Deployment(
+        load_model(s.model),
+        device,
+        parallel=Parallel(tp=space.tp[0]),
+        engine=spec.engine(space.engines[0]),
+        max_num_seqs=seqs,
+        max_num_batched_tokens=tokens,
+        fit=fit_for(spec.fit_file),
+        latency_model=spec.latency_model,
+        vision=vision,
+    )
     rows = search_encode_split(base, work, s.epd_gpus, s.encode_link, split_images=s.split_images)
     table = Table(title=f"{s.model}: {s.epd_gpus} x {device.name}, splits by mean TTFT")
     cols = (

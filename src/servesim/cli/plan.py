@@ -461,7 +461,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return run_af_plan(s, s.top, spec.engine(space.engines[0]), spec.latency_model)
     check_inputs(s, spec, space)
     if s.epd_gpus is not None or s.images_per_request:
-        return run_epd_plan(s, spec)
+        return run_epd_plan(s, spec, space)
     if s.mix:
         return _mix(spec, space, s)
     out = Path(s.out)
