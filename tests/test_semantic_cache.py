@@ -99,6 +99,19 @@ def test_ic_cache_cuts_fleet_cost_at_high_hit_rates_and_not_at_low_ones() -> Non
     assert b["cost_ratio"] >= 1.0, b
 
 
+def test_a_fleet_of_multi_replica_deployments_covers_the_rate() -> None:
+    """A 2-replica deployment of Llama-3.1-8B on one H100 each sustains about 51 req/s, so
+    40 req/s take one copy of it: 2 replicas at 2 × $7.52/h, the same fleet as counting one
+    replica's 26 req/s. It was priced as one replica ($7.52/h for 40 req/s)."""
+    w = traffic(1000, 40.0)
+    cache = SemanticCache({"all": CacheCategory(1.0, 0.3)}, 0.002)
+    one = fleet_cost(w, SMALL, cache, Slo(1.0, 0.1))["without_cache"]
+    two = fleet_cost(w, replace(SMALL, replicas=2), cache, Slo(1.0, 0.1))["without_cache"]
+    assert one["replicas"] == two["replicas"] == 2
+    assert two["usd_per_hour"] == pytest.approx(2 * 7.52) == one["usd_per_hour"]
+    assert two["replicas"] * two["capacity_req_per_s"] / 2 >= 40.0
+
+
 def test_bad_caches_are_refused() -> None:
     with pytest.raises(ServesimError):
         CacheCategory(1.0, 1.5)

@@ -26,9 +26,11 @@ def fleet_cost(
     """Dollars per 1,000 requests at the workload's rate for the fleets it needs, without the
     cache (all on `large`) and with it (misses on `large`, small-model hits on `small`).
 
-    Each fleet is ceil(its share of the rate / the deployment's capacity) replicas, the
-    capacity found by `find_capacity` on the requests that fleet serves
-    (small-model prompts with the retrieved examples), its TTFT target less the lookup.
+    Each fleet is ceil(its share of the rate / the deployment's capacity) copies of the
+    deployment given (its replicas each, priced as a whole: a deployment of two replicas
+    serves twice the rate at twice the price), the capacity found by `find_capacity` on the
+    requests that fleet serves (small-model prompts with the retrieved examples), its TTFT
+    target less the lookup.
     """
     n = len(workload)
     rate = n / max(float(workload.arrival_s[-1] - workload.arrival_s[0]), 1e-9)
@@ -44,12 +46,11 @@ def fleet_cost(
                 f"{dep.label()} cannot meet the SLO even at light load ({cap.miss}); "
                 "loosen the SLO or give a faster deployment."
             )
-        replicas = math.ceil(share * rate / cap.rate_per_s)
-        per_replica = dep.num_devices / max(1, dep.replicas) * dep.device.price_per_hour
+        copies = math.ceil(share * rate / cap.rate_per_s)
         return {
-            "replicas": replicas,
+            "replicas": copies * dep.replicas,
             "capacity_req_per_s": cap.rate_per_s,
-            "usd_per_hour": replicas * per_replica,
+            "usd_per_hour": copies * dep.price_per_hour,
         }
 
     every = np.arange(n)
