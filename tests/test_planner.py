@@ -60,6 +60,20 @@ def test_candidates_that_cannot_run_are_pruned_with_their_reason() -> None:
     assert {(c.device, c.tp) for c in kept} == {("h100_sxm", 8), ("l4", 8)}
 
 
+def test_a_rows_power_counts_mirror_draft_devices_at_their_own_rating() -> None:
+    """Mirror-SD drafts on an L4 (72 W) beside each H100 (700 W): the row's peak power is
+    0.772 kW, not two H100s' 1.4 kW, and goodput per kW divides by that, as its $/h adds
+    the L4's $0.70 to the H100's $7.52."""
+    from servesim.planner.evaluate import evaluate
+
+    s = spec(speculative="eagle", mirror_device="l4")
+    row = evaluate(s, Candidate("h100_sxm", 1, num_draft_tokens=2))
+    assert row["devices"] == 2
+    assert row["price_per_hour"] == pytest.approx(7.52 + 0.70)
+    assert row["power_kw"] == pytest.approx(0.700 + 0.072)
+    assert row["goodput_per_kw"] == pytest.approx(row["capacity_req_per_s"] / 0.772)
+
+
 def test_capacity_is_monotone_in_the_slo() -> None:
     """A looser SLO never yields a lower capacity (same probes until attainments differ)."""
     s = spec()

@@ -31,6 +31,21 @@ def per_dollar_hour(rate: float, price_per_hour: float) -> float:
     return math.inf if rate > 0 else 0.0
 
 
+def power_kw(dep: Any) -> float:
+    """Peak power of every device of a deployment, kW, each at its own device's rating: an
+    AF expert pool and Mirror-SD's draft devices are counted as what they are, as
+    `price_per_hour` prices them (not as more of the replica's device)."""
+    if isinstance(dep, DisaggDeployment):
+        return power_kw(dep.prefill) + power_kw(dep.decode)
+    per = dep.parallel.num_devices * dep.device.max_power_w
+    if dep.af is not None:
+        per += dep.af.expert_gpus * (dep.af.expert_device or dep.device).max_power_w
+    sd = dep.speculative
+    if sd is not None and sd.mirror_device is not None:
+        per += sd.mirror_devices * sd.mirror_device.max_power_w
+    return dep.replicas * per / 1e3
+
+
 def _pct(x: np.ndarray, q: float) -> float:
     x = x[np.isfinite(x)]
     return float(np.percentile(x, q)) if len(x) else math.nan
@@ -52,23 +67,23 @@ def evaluate(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
         cap = find_capacity(dep, base, spec.slo, spec.target, spec.rel_tol, draw=spec.workload.draw)
     except ServesimError as exc:  # one candidate's failed simulation must not end the plan
         cap = Capacity(0.0, math.nan, False, miss=f"the simulation failed: {exc}")
-    dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
     n_dev = dep.num_devices
     price = dep.price_per_hour
+    kw = power_kw(dep)
     row.update(
         {
             "status": "ok" if cap.feasible else "infeasible",
             "reason": cap.miss,
             "devices": n_dev,
             "price_per_hour": price,
-            "power_kw": n_dev * dev.max_power_w / 1e3,
+            "power_kw": kw,
             "capacity_req_per_s": cap.rate_per_s,
             "saturation_req_per_s": cap.saturation_rate_per_s,
             "residence_s": cap.residence_s,
             "probe_requests": cap.probe_requests,
             "goodput_per_gpu": cap.rate_per_s / n_dev,
             "goodput_per_dollar_hour": per_dollar_hour(cap.rate_per_s, price),
-            "goodput_per_kw": cap.rate_per_s / (n_dev * dev.max_power_w / 1e3),
+            "goodput_per_kw": cap.rate_per_s / kw,
             "probes": json.dumps([asdict(p) for p in cap.probes]),
         }
     )
@@ -140,14 +155,14 @@ def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[s
     except ServesimError as exc:
         rate, miss, residence, probes = 0.0, f"the simulation failed: {exc}", math.nan, []
         e2e_p90 = math.nan
-    dev = dep.decode.device if isinstance(dep, DisaggDeployment) else dep.device
+    kw = power_kw(dep)
     row.update(
         {
             "status": "ok" if rate > 0 else "infeasible",
             "reason": miss,
             "devices": n_dev,
             "price_per_hour": price,
-            "power_kw": n_dev * dev.max_power_w / 1e3,
+            "power_kw": kw,
             "capacity_unit": "workflows/s",
             "capacity_req_per_s": rate,
             "saturation_req_per_s": math.nan,
@@ -156,7 +171,7 @@ def _evaluate_workflows(spec: PlanSpec, dep: Any, row: dict[str, Any]) -> dict[s
             "probe_requests": 0,
             "goodput_per_gpu": rate / n_dev,
             "goodput_per_dollar_hour": per_dollar_hour(rate, price),
-            "goodput_per_kw": rate / (n_dev * dev.max_power_w / 1e3),
+            "goodput_per_kw": rate / kw,
             "probes": "[]",  # request-level probes; the workflow ones follow
             "workflow_probes": json.dumps(probes),
         }
