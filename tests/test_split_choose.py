@@ -320,3 +320,13 @@ def test_split_json_keeps_each_of_two_devices_of_a_kind(capsys) -> None:
         assert all((m > 0) == (n > 0) for m, n in zip(s["mem_gb"], s["layers"], strict=True))
         if s["layers"][0] != s["layers"][1]:  # an uneven split holds unequal memory
             assert s["mem_gb"][0] != s["mem_gb"][1]
+
+
+def test_cli_offload_refuses_a_prompt_the_latency_target_ignores(capsys) -> None:
+    """`split --mode offload --prompt N` without `--target throughput` priced batch-1 decode
+    at --context and dropped the prompt without a word; it is one sentence and exit 2."""
+    args = ["split", "meta-llama/Meta-Llama-3.1-8B", "--on", "rtx_4090,this_cpu"]
+    rc = cli.main([*args, "--mode", "offload", "--prompt", "4096"])
+    assert rc == 2
+    assert "--prompt sizes the prefill of --target throughput" in capsys.readouterr().err
+    assert cli.main([*args, "--mode", "offload", "--target", "throughput", "--prompt", "64"]) == 0

@@ -79,6 +79,11 @@ def _check_mode_flags(args: argparse.Namespace) -> None:
     """Refuse flags the chosen mode would ignore, and fill the mode's defaults."""
     if args.any_order and args.mode != "pipeline":
         raise ServesimError("--any-order applies to --mode pipeline only; drop it.")
+    if args.mode == "offload" and args.prompt is not None and args.target != "throughput":
+        raise ServesimError(
+            "--prompt sizes the prefill of --target throughput; the latency target prices one "
+            "decode token at --context. Add --target throughput or drop --prompt."
+        )
     for mode, flags in MODE_FLAGS.items():
         for name, default in flags.items():
             given = getattr(args, name) is not None
