@@ -210,3 +210,35 @@ def test_vllm_takes_its_batch_defaults_for_the_gpu() -> None:
     flags = vllm.with_overrides(max_num_seqs=512, max_num_batched_tokens=16384)
     assert limits("l4", flags) == (512, 16384)
     assert limits("l4", vllm.with_overrides(max_num_seqs=512)) == (512, 2048)
+
+
+def test_sglang_before_0_5_3_reserves_by_the_older_rule() -> None:
+    """SGLang before 0.5.3 (server_args.py `__post_init__`, model_executor/cuda_graph_runner.py,
+    read in 0.4.9.post6 ... 0.5.2) reserved a fixed amount by memory tier, not by chunk and
+    graphs: on an H100 (81,559 MiB, below 90 GiB) (9.5 + TP·PP/2) GiB, so at TP 2 10,752 MiB and
+    (81,559 − 10,752) / 81,559 = 0.868 (0.5.3's rule: 13,568 MiB, 0.834); on a B200 32 GiB,
+    (183,359 − 32,768) / 183,359 = 0.821; an MTP head 2 GiB more. Its graphs went up to 160
+    sequences (256 above 90 GiB, 512 above 160,000 MiB) and its chunk was 8,192 below 160 GiB,
+    an L40S's too (0.5.3: 4,096 and 32 graph slots there)."""
+    from servesim.predictor.iteration import Predictor
+    from servesim.sim.deployment import Deployment
+
+    h100, b200 = get_device("h100_sxm"), get_device("b200_sxm")
+    old = get_engine("sglang").with_overrides(version="0.5.1.post1")
+    new = get_engine("sglang").with_overrides(version="0.5.3")
+    assert engine_memory(old, h100, Parallel(tp=2))["mem_util"] == 0.868
+    assert engine_memory(new, h100, Parallel(tp=2))["mem_util"] == 0.834
+    assert engine_memory(old, b200, Parallel(tp=8))["mem_util"] == 0.821
+    assert sglang_mem_fraction(h100, Parallel(tp=2), "mtp", version="0.5.2") == round(
+        (81559 - 12800) / 81559, 3
+    )
+    m = load_model("meta-llama/Llama-3.1-70B")
+    graphs = {
+        (name, tp): Predictor(m, get_device(name), Parallel(tp=tp), old).engine.cuda_graph_max_seqs
+        for name, tp in (("h100_sxm", 4), ("h200_sxm", 1), ("b200_sxm", 1), ("l40s", 2))
+    }
+    assert graphs == {("h100_sxm", 4): 160, ("h200_sxm", 1): 256, ("b200_sxm", 1): 512,
+                      ("l40s", 2): 160}  # fmt: skip
+    q = load_model("Qwen/Qwen3-32B")
+    assert Deployment(q, get_device("l40s"), Parallel(tp=2), old).batching()[1] == 8192
+    assert Deployment(q, get_device("l40s"), Parallel(tp=2), new).batching()[1] == 4096

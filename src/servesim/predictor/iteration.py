@@ -239,7 +239,7 @@ class Predictor:
         self.par = parallel or Parallel()
         engine = engine or EngineProfile()
         if engine.cuda_graph_rule == "sglang":  # the server's default graph size here
-            graph_bs = sglang_server_defaults(device, self.par)[1]
+            graph_bs = sglang_server_defaults(device, self.par, engine.version)[1]
             engine = engine.with_overrides(cuda_graph_max_seqs=graph_bs)
         self.engine = engine.on_host(device.host_time_factor)
         self.fit = fit or twin_efficiency.default_fit()

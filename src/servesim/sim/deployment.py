@@ -149,7 +149,7 @@ class Deployment:
         tokens = self.max_num_batched_tokens or e.max_num_batched_tokens
         gpu = self.device.kind == "gpu"  # the servers' rules read a GPU's memory
         if not self.max_num_batched_tokens and gpu and e.token_budget_rule == "sglang":
-            tokens = sglang_server_defaults(self.device, self.parallel)[0]
+            tokens = sglang_server_defaults(self.device, self.parallel, e.version)[0]
         if not self.max_num_batched_tokens and gpu and e.token_budget_rule == "vllm":
             tokens = vllm_batch_defaults(self.device)[0]
         if not self.max_num_seqs and gpu and e.max_seqs_rule == "vllm":

@@ -260,13 +260,15 @@ class EngineProfile:
     # than everything the engine allocates (vLLM's gpu_memory_utilization).
     reserve_in_fraction: bool = False
     # "sglang": SGLang's default `--mem-fraction-static` rule (server_args.py
-    # `_handle_gpu_memory_settings`, v0.5) sets mem_util per deployment
+    # `_handle_gpu_memory_settings` from 0.5.3, the older fixed reserve of
+    # `spec.memory.sglang_mem_fraction` before it, by `version`) sets mem_util per deployment
     # (`spec.memory.engine_memory`); "": mem_util as it stands. Setting mem_util (an explicit
     # --mem-fraction-static) turns the rule off.
     mem_fraction_rule: str = ""
     # "sglang": decode batches are graph-captured up to SGLang's default `--cuda-graph-max-bs`
-    # for the server's memory and size (server_args.py, v0.5: 256 below TP 4 and 512 from it
-    # under 160 GiB, 512 above; `spec.memory.sglang_server_defaults`), which then replaces
+    # for the server's memory and size (server_args.py from 0.5.3: 256 below TP 4 and 512 from
+    # it under 160 GiB, 512 above; before 0.5.3 160, 256 above 90 GiB, 512 above 160,000 MiB;
+    # `spec.memory.sglang_server_defaults` by `version`), which then replaces
     # cuda_graph_max_seqs; "": cuda_graph_max_seqs as it stands. Setting cuda_graph_max_seqs
     # (an explicit --cuda-graph-max-bs) turns the rule off.
     cuda_graph_rule: str = ""

@@ -17,6 +17,7 @@ from servesim.spec.dtypes import storage_nbytes
 from servesim.spec.engine_profile import EngineProfile
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
+from servesim.spec.release import version_key
 
 # CUDA context, NCCL buffers, CUDA-graph pools and allocator fragmentation outside the profiled
 # activation peak. vLLM reports 1-3 GiB of "non-torch" and graph memory on H100-class GPUs.
@@ -135,11 +136,44 @@ def activation_reserve_bytes(model: ModelSpec, par: Parallel, max_batched_tokens
 MIB = 2**20
 
 
-def sglang_server_defaults(device: Device, par: Parallel) -> tuple[int, int]:
+# SGLang's first release that sizes the chunk, the decode graphs and the memory fraction by
+# `_handle_gpu_memory_settings` (server_args.py, read in the PyPI wheels: 0.5.3 ... 0.5.9 as
+# the functions below; 0.4.9.post6 ... 0.5.2 by the older rule of `sglang_legacy_defaults`).
+SGLANG_MEMORY_RULE_FROM = "0.5.3"
+
+
+def sglang_legacy_rule(version: str) -> bool:
+    """Whether an SGLang release predates `SGLANG_MEMORY_RULE_FROM` (an unnamed release reads
+    as the newest: no)."""
+    v = version.strip()
+    return bool(v) and version_key(v) < version_key(SGLANG_MEMORY_RULE_FROM)
+
+
+def sglang_legacy_defaults(device: Device, par: Parallel) -> tuple[int, int]:
+    """SGLang's (`--chunked-prefill-size`, largest decode CUDA-graph batch) before 0.5.3
+    (server_args.py `__post_init__` and model_executor/cuda_graph_runner.py
+    `get_batch_sizes_to_capture`, read in 0.4.9.post6, 0.4.10.post2, 0.5.0rc2, 0.5.1.post1 and
+    0.5.2): the chunk 2,048 below 35 GiB, 8,192 below 160 GiB, 16,384 above; `cuda_graph_max_bs`
+    8 (80 from TP 4) below 35 GiB, else unset, so the graphs are captured up to 160, up to 256
+    above 90 GiB (H200) and up to 512 above 160,000 MiB (B200)."""
+    gpu_mib = device.mem_bytes / MIB
+    tp_size = par.tp * par.dp
+    if gpu_mib < 35 * 1024:
+        return 2048, 8 if tp_size < 4 else 80
+    chunk = 8192 if gpu_mib < 160 * 1024 else 16384
+    if gpu_mib > 160 * 1000:
+        return chunk, 512
+    return chunk, 256 if gpu_mib > 90 * 1024 else 160
+
+
+def sglang_server_defaults(device: Device, par: Parallel, version: str = "") -> tuple[int, int]:
     """SGLang's (`--chunked-prefill-size`, `--cuda-graph-max-bs`) defaults by the device's
-    memory (server_args.py `_handle_gpu_memory_settings`, v0.5): below 20 GiB 2,048 and 8; below
-    35 GiB 2,048 and 24 (80 from TP 4); below 60 GiB 4,096 and 32 (160); below 160 GiB 8,192
-    and 256 (512); above, 16,384 and 512."""
+    memory (server_args.py `_handle_gpu_memory_settings`, 0.5.3 onwards): below 20 GiB 2,048
+    and 8; below 35 GiB 2,048 and 24 (80 from TP 4); below 60 GiB 4,096 and 32 (160); below
+    160 GiB 8,192 and 256 (512); above, 16,384 and 512. A release before 0.5.3 (`version`)
+    has the older defaults (`sglang_legacy_defaults`)."""
+    if sglang_legacy_rule(version):
+        return sglang_legacy_defaults(device, par)
     gpu_mib = device.mem_bytes / MIB
     tp_size = par.tp * par.dp
     if gpu_mib < 20 * 1024:
@@ -169,20 +203,42 @@ def sglang_mem_fraction(
     speculative: str = "",
     chunked_prefill_tokens: int | None = None,
     cuda_graph_max_bs: int | None = None,
+    version: str = "",
 ) -> float:
     """SGLang's default `--mem-fraction-static` for a server (python/sglang/srt/server_args.py
-    `_handle_gpu_memory_settings`, v0.5): the device's MiB less a reserve of 512 MiB of
+    `_handle_gpu_memory_settings`, 0.5.3 onwards): the device's MiB less a reserve of 512 MiB of
     metadata, 1.5 MiB per token of the chunked-prefill size (at least 2,048), 2 MiB per CUDA-graph
     batch slot and 128 MiB per GPU of TP × PP; under attention DP 3 MiB more per graph slot and
     DP rank (4.5 above 300 slots); at least 10 GiB on a device of more than 60 GiB; then 2 GiB
     more for an EAGLE/MTP draft head and 6 GiB for a separate draft model (`speculative`:
     servesim's method name, "" for none). Rounded to three decimals as SGLang does. The chunk
     size and graph slots are the server's own defaults (`sglang_server_defaults`) unless
-    given."""
+    given.
+
+    A release before 0.5.3 (`version`; `sglang_legacy_rule`) reserved a fixed amount by the
+    device's memory instead, whatever the chunk and graphs (server_args.py `__post_init__`,
+    read in 0.4.9.post6 ... 0.5.2): (2.8 + P/10) GiB below 35 GiB, (9.5 + P/2) GiB below
+    90 GiB, (12 + P/2) GiB below 160 GiB, 32 GiB above, P = TP × PP; 2 GiB more for a draft
+    head (6 for 0.5.2's STANDALONE draft model) and 4 GiB under attention DP."""
+    gpu_mib = device.mem_bytes / MIB
+    if sglang_legacy_rule(version):
+        size = par.tp * par.dp * par.pp
+        if gpu_mib < 35 * 1024:
+            reserved = (2.8 + size / 10) * 1024
+        elif gpu_mib < 90 * 1024:
+            reserved = (9.5 + size / 2) * 1024
+        elif gpu_mib < 160 * 1024:
+            reserved = (12 + size / 2) * 1024
+        else:
+            reserved = 32.0 * 1024
+        if speculative:
+            reserved += (6.0 if speculative == "draft" else 2.0) * 1024
+        if par.dp > 1:
+            reserved += 4.0 * 1024
+        return round((gpu_mib - reserved) / gpu_mib, 3)
     chunk, graph_bs = sglang_server_defaults(device, par)
     chunk = chunk if chunked_prefill_tokens is None else chunked_prefill_tokens
     graph_bs = graph_bs if cuda_graph_max_bs is None else cuda_graph_max_bs
-    gpu_mib = device.mem_bytes / MIB
     tp_size = par.tp * par.dp  # SGLang's tp_size counts every GPU of an attention-DP server
     reserved = 512.0 + max(chunk, 2048) * 1.5 + graph_bs * 2.0 + tp_size * par.pp / 8 * 1024
     if par.dp > 1:
@@ -222,7 +278,9 @@ def engine_memory(
     if engine.mem_fraction_rule == "sglang" and par.dp == 1:
         # The graph slots the server captures: its default, or the size a launch set.
         graph_bs = engine.cuda_graph_max_seqs if not engine.cuda_graph_rule else None
-        util = sglang_mem_fraction(device, par, speculative, cuda_graph_max_bs=graph_bs)
+        util = sglang_mem_fraction(
+            device, par, speculative, cuda_graph_max_bs=graph_bs, version=engine.version
+        )
     return EngineMemory(
         mem_util=util,
         mem_util_of_free=engine.mem_util_of_free,
