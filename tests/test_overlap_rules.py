@@ -97,3 +97,14 @@ def test_the_summary_says_how_the_engine_loop_ran() -> None:
     assert (s["overlap_scheduling"], s["max_num_seqs"]) == (False, 48)
     plain = simulate(dataclasses.replace(spec, speculative=None), w).summary()
     assert plain["overlap_scheduling"] is True and plain["max_num_seqs"] == SGLANG.max_num_seqs
+
+
+def test_sglang_caps_speculative_requests_at_48_only_up_to_0_5_12() -> None:
+    """server_args.py `_handle_speculative_decoding` resets an unset --max-running-requests to
+    48 for EAGLE/MTP in 0.5.1.post1 ... 0.5.12 and no longer from 0.5.13 (PyPI wheels): a
+    named later release keeps the engine's own cap; an unnamed one keeps 48."""
+    spec = Deployment(model=LLAMA8, device=H100, engine=SGLANG, speculative=EAGLE)
+    for version, seqs in (("0.5.9", 48), ("0.5.12", 48), ("0.5.13", 4096), ("0.5.16", 4096)):
+        eng = SGLANG.with_overrides(version=version)
+        assert dataclasses.replace(spec, engine=eng).batching()[0] == seqs, version
+    assert spec.batching()[0] == 48

@@ -39,6 +39,7 @@ from servesim.spec.memory import (
 )
 from servesim.spec.model import ModelSpec
 from servesim.spec.parallel import Parallel
+from servesim.spec.release import version_key
 from servesim.spec.speculative import SpeculativeDecoding
 from servesim.spec.vision import VisionEncoder
 
@@ -56,8 +57,18 @@ def _shared(key: tuple, make: Callable[[], Predictor]) -> Predictor:
 
 
 # SGLang's running-request cap under speculative decoding when the launch sets none
-# (server_args.py `_handle_speculative_decoding`, "Max running requests is reset to 48").
+# (server_args.py `_handle_speculative_decoding`, "Max running requests is reset to 48" for
+# EAGLE/EAGLE3/NEXTN/STANDALONE), read in the PyPI wheels 0.5.1.post1 ... 0.5.12; 0.5.13
+# dropped it (0.5.13 ... 0.5.16 set no cap there). An unnamed release keeps the cap.
 SGLANG_SPECULATIVE_MAX_SEQS = 48
+SGLANG_SPECULATIVE_CAP_DROPPED = "0.5.13"
+
+
+def _sglang_caps_speculative(version: str) -> bool:
+    """Whether an SGLang release caps its running requests at 48 under speculative decoding
+    (`SGLANG_SPECULATIVE_CAP_DROPPED`)."""
+    v = version.strip()
+    return not v or version_key(v) < version_key(SGLANG_SPECULATIVE_CAP_DROPPED)
 
 
 def _sglang_mamba_cache(model: ModelSpec) -> bool:
@@ -154,7 +165,8 @@ class Deployment:
             tokens = vllm_batch_defaults(self.device)[0]
         if not self.max_num_seqs and gpu and e.max_seqs_rule == "vllm":
             seqs = vllm_batch_defaults(self.device)[1]
-        if not self.max_num_seqs and e.max_seqs_rule == "sglang" and self.speculative is not None:
+        spec = self.speculative is not None and _sglang_caps_speculative(e.version)
+        if not self.max_num_seqs and e.max_seqs_rule == "sglang" and spec:
             seqs = SGLANG_SPECULATIVE_MAX_SEQS
         chunked = e.chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
         if seqs < 1 or tokens < 1:

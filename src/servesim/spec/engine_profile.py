@@ -282,7 +282,8 @@ class EngineProfile:
     token_budget_rule: str = ""
     # "vllm": a deployment that sets no sequence cap runs vLLM's default for the GPU (1,024, or
     # 256 under 70 GiB and on an A100); "sglang": SGLang's cap of 48 running requests under
-    # speculative decoding (server_args.py `_handle_speculative_decoding`, SGLang 0.5.x);
+    # speculative decoding (server_args.py `_handle_speculative_decoding`, up to 0.5.12: gone
+    # from 0.5.13, `sim.deployment.SGLANG_SPECULATIVE_CAP_DROPPED`);
     # "": max_num_seqs as it stands. Setting max_num_seqs turns it off.
     max_seqs_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
