@@ -442,3 +442,23 @@ def test_a_stored_part_that_does_not_read_is_evaluated_again(tmp_path: Path) -> 
     assert [r["key"] for r in again.rows if r["status"] != "pruned"] == [
         r["key"] for r in first.rows if r["status"] != "pruned"
     ]
+
+
+def test_a_large_fleet_is_checked_as_a_part_of_it_at_its_share_of_the_rate() -> None:
+    """Sizing for 100 times a replica's capacity simulated all ~100 replicas over a window of
+    the whole rate (5,000 replicas and millions of requests at 100,000 req/s: in effect a
+    hang). A fleet past MAX_SIMULATED_REPLICAS is checked as that many replicas at their share
+    of the rate, which under least-loaded routing is the harder case; the fleet's size, devices
+    and price are the whole fleet's."""
+    from servesim.planner.evaluate import evaluate
+    from servesim.planner.sizing import MAX_SIMULATED_REPLICAS, verified_sizings
+
+    s = spec()
+    row = evaluate(s, Candidate("h100_sxm", 1))
+    assert row["status"] == "ok"
+    rate = 100 * row["capacity_req_per_s"]
+    (sized,) = verified_sizings(s, [row], rate, top=1, engines=())
+    assert sized.replicas >= 100 and sized.simulated_replicas == MAX_SIMULATED_REPLICAS
+    assert sized.devices == sized.replicas
+    assert sized.price_per_hour == pytest.approx(sized.replicas * row["price_per_hour"])
+    assert sized.attainment >= s.target
