@@ -274,10 +274,12 @@ LLAMA70B_B200_FUSION_MIB = ((2, 32.0), (4, 32.0), (8, 8.0))
 
 def inferencex_vllm_launch(
     row: dict[str, str],
-) -> tuple[int, int, int, tuple[tuple[int, float], ...] | None] | None:
+) -> tuple[int, int, int | None, tuple[tuple[int, float], ...] | None] | None:
     """(`--max-num-seqs`, `--max-num-batched-tokens`, tokens up to which prefill iterations
-    replay piecewise CUDA graphs, the all-reduce fusion's largest inputs or None without it)
-    of InferenceX's colocated vLLM launch for a row, or None when the row is not one. Every
+    replay piecewise CUDA graphs (None: vLLM's default, min(2 × max-num-seqs, 512), the
+    engine profile's `capture_size_rule`), the all-reduce fusion's largest inputs or None
+    without it) of InferenceX's colocated vLLM launch for a row, or None when the row is not
+    one. Every
     such launch also sets `async-scheduling: true` (the overlap scheduler here) and
     `no-enable-prefix-caching`.
 
@@ -287,14 +289,15 @@ def inferencex_vllm_launch(
     (iterations that carry prefill tokens run without CUDA graphs), and `pass_config:
     {"enable_fi_allreduce_fusion": true}` with `LLAMA70B_B200_FUSION_MIB` (since 2025-09-12);
     70b_fp8_h200_slurm.sh and 70b_fp8_h100_docker.sh pass `--max-num-seqs CONC`, the same
-    budget and vLLM's default compilation (piecewise graphs up to 512 tokens, no fusion)."""
+    budget and vLLM's default compilation (piecewise graphs up to 2 × CONC tokens, no
+    fusion)."""
     if row.get("backend") != "vllm" or row.get("mode", "agg") not in ("agg", ""):
         return None
     if protocol_of(row) is AIPERF or "llama-3.1-70b" not in row["model_path"].lower():
         return None
     if row["system"].startswith("b200"):
         return 512, 8192, 0, LLAMA70B_B200_FUSION_MIB
-    return concurrency_of(row), 8192, 512, None
+    return concurrency_of(row), 8192, None, None
 
 
 # What a launch script fixes for its engine: the columns scripts/inferencex_single_node.py
@@ -687,7 +690,7 @@ def deployment_of(
             )
             limits["max_num_batched_tokens"] = trt[0] * par.dp  # per rank (one executor each)
         if vllm is not None:
-            eng = engine.with_overrides(
+            eng = engine.with_overrides(  # (None keeps the engine's capture rule)
                 overlap_scheduling=True, prefix_caching=False, prefill_graph_max_tokens=vllm[2]
             )
             if vllm[3] is not None:

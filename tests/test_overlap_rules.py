@@ -108,3 +108,23 @@ def test_sglang_caps_speculative_requests_at_48_only_up_to_0_5_12() -> None:
         eng = SGLANG.with_overrides(version=version)
         assert dataclasses.replace(spec, engine=eng).batching()[0] == seqs, version
     assert spec.batching()[0] == 48
+
+
+def test_vllm_captures_graphs_up_to_twice_its_sequence_cap() -> None:
+    """From 0.10.0 vLLM captures CUDA graphs up to min(2 × max_num_seqs, 512) tokens
+    (`max_cudagraph_capture_size`): a launch with --max-num-seqs 4 runs a 100-token mixed
+    iteration without graphs (eager host time), where 512 was assumed for every launch."""
+    model, h100 = load_model("Qwen/Qwen3-8B"), get_device("h100_sxm")
+    vllm = get_engine("vllm")
+
+    def graphed(engine, seqs: int | None) -> int:
+        dep = Deployment(model=model, device=h100, engine=engine, max_num_seqs=seqs)
+        return dep.predictor().engine.prefill_graph_max_tokens
+
+    assert graphed(vllm, 4) == 8 and graphed(vllm, 64) == 128
+    assert graphed(vllm, None) == 512  # the default 1,024 sequences: capped at 512
+    assert graphed(vllm.with_overrides(version="0.9.2"), 4) == 512  # before the rule
+    assert graphed(vllm.with_overrides(prefill_graph_max_tokens=256), 4) == 256  # as launched
+    pred = Deployment(model=model, device=h100, engine=vllm, max_num_seqs=4).predictor()
+    assert pred.host_s(100, 1, 3) == pred._eager_s > pred._piecewise_s
+    assert pred.host_s(8, 1, 3) == pred._piecewise_s

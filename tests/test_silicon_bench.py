@@ -495,7 +495,7 @@ def test_inferencex_vllm_rows_get_the_llama_scripts_launch() -> None:
     fusion = ((2, 32.0), (4, 32.0), (8, 8.0))
     assert silicon.inferencex_vllm_launch(llama) == (512, 8192, 0, fusion)
     h200 = {**llama, "system": "h200_sxm"}
-    assert silicon.inferencex_vllm_launch(h200) == (16, 8192, 512, None)
+    assert silicon.inferencex_vllm_launch(h200) == (16, 8192, None, None)  # vLLM's rule
     assert silicon.inferencex_vllm_launch({**llama, "backend": "sglang"}) is None
     aiperf = {**llama, "silicon_data_source": AIPERF_SOURCE}
     assert silicon.inferencex_vllm_launch(aiperf) is None

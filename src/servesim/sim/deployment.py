@@ -25,7 +25,7 @@ from servesim.sim.policies import Policy
 from servesim.sim.router import Migration
 from servesim.spec.adaptive_depth import LayerSkipping
 from servesim.spec.devices import Device
-from servesim.spec.engine_profile import EngineProfile, get_engine
+from servesim.spec.engine_profile import VLLM_CAPTURE_BY_SEQS_FROM, EngineProfile, get_engine
 from servesim.spec.expert_load import ExpertLoad
 from servesim.spec.finetune import FineTuneJob
 from servesim.spec.lora import LoraAdapters
@@ -265,11 +265,20 @@ class Deployment:
     def _priced_engine(self) -> EngineProfile:
         """The engine profile the predictor prices with, carrying this deployment's token
         budget (it bounds what one attention-DP rank prefills in a step,
-        `Predictor._busiest_rank`)."""
-        tokens = self.batching()[1]
-        if tokens == self.engine.max_num_batched_tokens:
-            return self.engine
-        return self.engine.with_overrides(max_num_batched_tokens=tokens)
+        `Predictor._busiest_rank`) and, under vLLM's capture rule (`capture_size_rule`), the
+        largest iteration its graphs cover for its sequence cap."""
+        e = self.engine
+        seqs, tokens, _ = self.batching()
+        over: dict[str, int] = {}
+        if tokens != e.max_num_batched_tokens:
+            over["max_num_batched_tokens"] = tokens
+        if e.capture_size_rule == "vllm" and (
+            not e.version or version_key(e.version) >= version_key(VLLM_CAPTURE_BY_SEQS_FROM)
+        ):
+            graphed = min(e.prefill_graph_max_tokens, 2 * seqs)
+            if graphed != e.prefill_graph_max_tokens:
+                over["prefill_graph_max_tokens"] = graphed
+        return e.with_overrides(**over) if over else e
 
     def _make_predictor(self) -> Predictor:
         """A new predictor for this deployment's variant (one at a time)."""

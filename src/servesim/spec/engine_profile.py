@@ -27,7 +27,9 @@ RULE_OF_SETTING = {
     "max_num_batched_tokens": "token_budget_rule",
     "max_num_seqs": "max_seqs_rule",
     "overlap_scheduling": "overlap_rule",  # e.g. SGLANG_ENABLE_SPEC_V2 keeps overlap on
+    "prefill_graph_max_tokens": "capture_size_rule",
 }
+VLLM_CAPTURE_BY_SEQS_FROM = "0.10.0"  # `capture_size_rule` "vllm": the first such release
 
 # The frontend, fixed part (request in, first token out). vLLM's own measurement: client TTFT
 # minus the server's `time_to_first_token_seconds` (which starts when the engine client stamps
@@ -286,6 +288,13 @@ class EngineProfile:
     # from 0.5.13, `sim.deployment.SGLANG_SPECULATIVE_CAP_DROPPED`);
     # "": max_num_seqs as it stands. Setting max_num_seqs turns it off.
     max_seqs_rule: str = ""
+    # "vllm": the largest batch vLLM captures CUDA graphs for is min(2 × max_num_seqs, 512)
+    # tokens from 0.10.0 on (`VllmConfig` sizes `cudagraph_capture_sizes` from
+    # `max_cudagraph_capture_size` = min(max_num_seqs * 2, 512), vLLM PR #20628), so a launch
+    # with few sequences replays piecewise graphs only for iterations that small
+    # (`prefill_graph_max_tokens` is that bound, `sim.deployment.Deployment._priced_engine`);
+    # "": prefill_graph_max_tokens as it stands. Setting it turns the rule off.
+    capture_size_rule: str = ""
     # The scheduler plans iteration n+1 while n runs (TRT-LLM's overlap scheduler, SGLang's
     # overlap schedule, vLLM's async scheduling): an arrival is first seen by the pass at the
     # next iteration's start.
@@ -515,6 +524,7 @@ class EngineProfile:
             ("max_seqs_rule", ENGINE_RULES),
             ("overlap_rule", ENGINE_RULES),
             ("spec_state_rule", ENGINE_RULES),
+            ("capture_size_rule", ("", "vllm")),
         ):
             if getattr(self, key) not in rules:
                 raise ServesimError(
@@ -645,6 +655,7 @@ ENGINES: dict[str, EngineProfile] = {
         token_budget_rule="vllm",
         max_seqs_rule="vllm",
         prefill_graph_max_tokens=512,
+        capture_size_rule="vllm",
         eager_host_s_per_layer=VLLM_UNGRAPHED_HOST_S_PER_LAYER,
     ),
     "sglang": EngineProfile(
