@@ -145,7 +145,11 @@ def test_trtllm_flags_and_options_follow_each_field() -> None:
     assert opts == {
         "kv_cache_config": {"free_gpu_memory_fraction": 0.9, "dtype": "fp8"},
         "enable_chunked_prefill": True,
+        # every decode batch graphed, as simulated (the default graphs 1-32, 64, 128 only)
+        "cuda_graph_config": {"enable_padding": True, "max_batch_size": 128},
     }
+    many = trtllm_options({**r, "max_num_seqs": 2048})["cuda_graph_config"]
+    assert many["max_batch_size"] == 512  # the profile's largest graphed decode batch
     assert trtllm_options(r, "decode")["cache_transceiver_config"] == {"backend": "DEFAULT"}
     # unchunked: the budget holds the longest prompt
     argv = shlex.split(trtllm_command({**r, "chunked_prefill": False}, LLAMA, max_model_len=9216))

@@ -347,6 +347,15 @@ def trtllm_options(row: dict[str, Any], phase: str | None = None) -> dict[str, A
     doc: dict[str, Any] = {
         "kv_cache_config": kv,
         "enable_chunked_prefill": bool(row["chunked_prefill"]),
+        # Decode batches graph-captured as simulated (every size up to the profile's
+        # `cuda_graph_max_seqs`): TensorRT-LLM's default captures 1-32, 64 and 128 only, with
+        # no padding (llm_args.py `CudaGraphConfig`), so other batches would run eager.
+        "cuda_graph_config": {
+            "enable_padding": True,
+            "max_batch_size": min(
+                get_engine("trtllm").cuda_graph_max_seqs, int(row["max_num_seqs"])
+            ),
+        },
     }
     if phase:
         doc["cache_transceiver_config"] = {"backend": "DEFAULT"}
