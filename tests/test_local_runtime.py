@@ -384,6 +384,12 @@ def test_attention_offload_is_lamina_step(capsys) -> None:
         4096,
     )
     assert doc["totals"]["seconds"] == pytest.approx(a.seconds, rel=1e-12)
+    # the text report puts the KV cache on the attention device, not in the GPU's 26 GB
+    argv = ["predict", "--model", LLAMA8B, "--device", "rtx_4090", "--quant", "q4_k_m"]
+    code, out, _ = run([*argv, "--offload-attention-to", "xeon_8480", "--decode-seqs", "8"], capsys)
+    text = " ".join(out.split())
+    on = f"on {get_device('xeon_8480').name}"
+    assert code == 0 and text.endswith(on) and "of 26 GB" not in text
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         console.print(f"does not fit: {misfit}")
         return 0
     m = mem.as_dict()
+    rt = dep.runtime()
+    kv_elsewhere = rt.attention_device if rt is not None else None
+    if kv_elsewhere is not None:  # attention offload: the KV cache lives on the other device
+        console.print(
+            f"memory: weights {m['weights_gb']:.1f} GB and reserve {m['reserve_gb']:.1f} GB of "
+            f"{dep.device.name}'s {m['device_gb']:.0f} GB; KV {m['kv_gb']:.1f} GB "
+            f"({mem.kv_tokens:,} tokens) on {kv_elsewhere.name}"
+        )
+        return 0
     console.print(
         f"memory per device: weights {m['weights_gb']:.1f} GB, reserve {m['reserve_gb']:.1f} GB, "
         f"KV {m['kv_gb']:.1f} GB ({mem.kv_tokens:,} tokens per replica) of {m['device_gb']:.0f} GB "
