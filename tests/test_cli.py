@@ -393,3 +393,16 @@ def test_predict_refuses_the_serving_loops_settings(capsys, tmp_path) -> None:
     cfg.write_text(cfg.read_text() + "postprocess_workers: 3\n")
     assert main(["predict", "--config", str(cfg)]) == 2
     assert "Unknown setting 'postprocess_workers'" in capsys.readouterr().err
+
+
+def test_the_models_table_keeps_its_border_in_80_columns() -> None:
+    """At 80 columns the `models` table lost its right border: its headers' minimum widths
+    summed past the terminal. Every table row now ends with its border."""
+    env = {**os.environ, "COLUMNS": "80"}
+    out = subprocess.run(
+        [sys.executable, "-m", "servesim", "models"], capture_output=True, text=True, env=env
+    ).stdout
+    table = out.partition("not usable")[0]
+    rows = [line for line in table.splitlines() if line[:1] in "┏┃┡│└"]
+    assert rows and all(line.rstrip()[-1] in "┓┃┩│┘" for line in rows)
+    assert max(len(line) for line in rows) <= 80

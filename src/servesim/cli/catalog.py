@@ -110,7 +110,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     # The family names are short words: keep each whole; long model names fold instead.
     family = max((len(r[1]) for r in rows), default=6)
-    for col in ("model", "family", "params (B)", "active (B)", "weights", "KV/token (kB)"):
+    for col in ("model", "family", "params B", "active B", "weights", "KV kB/tok"):
         table.add_column(col, overflow="fold", min_width=family if col == "family" else None)
     for row in rows:
         table.add_row(*row)
