@@ -111,6 +111,15 @@ def test_misuse_is_one_sentence(args: list[str], said: str, tmp_path: Path, caps
     assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag", [["--encode-link", "pcie5"], ["--image-size", "800x600"]])
+def test_plan_refuses_image_flags_without_images(flag: list[str], tmp_path: Path, capsys) -> None:
+    """`plan --encode-link 2` (no images) ran the whole default search with the flag ignored,
+    minutes of work for a setting that did nothing; it is refused as `simulate` refuses it."""
+    argv = ["plan", "--model", "meta-llama/Llama-3.1-8B", *LOAD, *flag, "--out", str(tmp_path)]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "add --images-per-request" in " ".join(err.split())
+
+
 def test_text_only_model_refuses_images(tmp_path: Path, capsys) -> None:
     code, _, err = run(
         [

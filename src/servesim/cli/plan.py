@@ -462,6 +462,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     check_inputs(s, spec, space)
     if s.epd_gpus is not None or s.images_per_request:
         return run_epd_plan(s, spec, space)
+    for key in ("image_size", "video_frames", "encode_link", "split_images"):
+        if s.given(key):  # the image flags price an encode-split search and nothing else
+            raise Misuse(f"{{{key}}} describes images; add {{images_per_request}}.")
     if s.mix:
         return _mix(spec, space, s)
     out = Path(s.out)
